@@ -1,0 +1,264 @@
+"""Side-by-side benchmark of sharpscope's curvature engine against PyHessian, hessian-eigenthings and
+curvlinops, in one process, on one objective.
+
+Settings:
+  cpu-cnn       small CNN, first 1,000 CIFAR-10 images (synthetic images if no file is given), CPU
+  gpu-resnet18  CIFAR ResNet-18 (BatchNorm, eval mode), first 5,000 CIFAR-10 images, CUDA, strict fp32
+
+Measures: cost of one product as a ratio to one gradient (and peak memory on CUDA); seconds and
+HVPs to the top eigenvalue at tol 1e-3, with the relative error against a tight Lanczos reference;
+seconds for a trace estimate and the standard error it reached. Writes JSON and a markdown table.
+
+    python benchmarks/bench_engine.py --setting cpu-cnn --data ../shared/data/cifar10_train16k.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from sharpscope import HessianOperator, Objective, hutchinson, hutchpp, lanczos
+from sharpscope.curvature.hvp import HVP_MODES
+from sharpscope.curvature.precision import fp32_precision
+from sharpscope.models import build_model
+
+SETTINGS = {
+    "cpu-cnn": dict(device="cpu", n=1000, batch=250, model=("cnn", dict(in_channels=3, num_classes=10,
+                                                                        channels=(16, 32))), train_steps=100),
+    "gpu-resnet18": dict(device="cuda", n=5000, batch=500, model=("resnet18", dict(num_classes=10, norm="bn")),
+                         train_steps=200),
+}
+MEAN, STD = torch.tensor([0.4914, 0.4822, 0.4465]), torch.tensor([0.2470, 0.2435, 0.2616])
+
+
+def load_images(path: str | None, n: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    if path is None:
+        gen = torch.Generator().manual_seed(0)
+        return torch.randn(n, 3, 32, 32, generator=gen), torch.randint(0, 10, (n,), generator=gen), "synthetic"
+    arrays = np.load(path)
+    x = torch.from_numpy(arrays["x"][:n]).permute(0, 3, 1, 2).float() / 255
+    x = (x - MEAN[:, None, None]) / STD[:, None, None]
+    return x, torch.from_numpy(arrays["y"][:n]).long(), f"{Path(path).name}[:{n}]"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int = 3) -> tuple[float, float]:
+    """Median seconds over ``repeats`` runs after one warm-up, and peak extra CUDA memory (GiB)."""
+    fn()
+    sync(device)
+    times = []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    peak = (torch.cuda.max_memory_allocated(device) - base) / 2**30 if device.type == "cuda" else float("nan")
+    return statistics.median(times), peak
+
+
+def train_briefly(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> None:
+    """A few SGD steps so the Hessian is measured away from initialisation."""
+    gen = torch.Generator().manual_seed(1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, x.shape[0], (128,), generator=gen).to(x.device)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
+    model.eval()
+
+
+def product_costs(objective: Objective, device: torch.device) -> dict[str, dict[str, float]]:
+    """One product on one batch, per probe, as a ratio to one gradient of the same batch."""
+    batch, params = objective.batches[0], {n: p.detach() for n, p in objective.params.items()}
+    grad_fn = torch.func.grad(objective.batch_loss)
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.randn(8, objective.dim, generator=gen).to(device)
+    out: dict[str, dict[str, float]] = {}
+    with fp32_precision(False), objective.mode():
+        g_time, g_mem = timed(lambda: grad_fn(params, batch), device)
+        out["gradient"] = {"seconds": g_time, "ratio": 1.0, "peak_gib": g_mem}
+        for label, mode, m in (("fwd-rev, 1 probe", "fwd-rev", 1), ("fwd-rev, vmapped block of 8 (per probe)",
+                                                                    "fwd-rev", 8),
+                               ("rev-rev (double backward), 1 probe", "rev-rev", 1)):
+            t, mem = timed(lambda: HVP_MODES[mode](objective, params, batch, rows[:m]), device)
+            out[label] = {"seconds": t / m, "ratio": t / m / g_time, "peak_gib": mem}
+    return out
+
+
+def count_calls(obj: object, name: str) -> list[int]:
+    """Wrap ``obj.name`` to count its calls; returns a one-element counter."""
+    counter, original = [0], getattr(obj, name)
+
+    def wrapped(*args, **kwargs):  # type: ignore[no-untyped-def]
+        counter[0] += 1
+        return original(*args, **kwargs)
+
+    setattr(obj, name, wrapped)
+    return counter
+
+
+def top_eigenvalue(objective: Objective, model: nn.Module, batches: list, device: torch.device,
+                   skip: set[str]) -> dict[str, dict[str, object]]:
+    op = HessianOperator(objective)
+    rows: dict[str, dict[str, object]] = {}
+    ref = lanczos(op, k=1, tol=1e-6, seed=123)
+    truth = float(ref.eigenvalues[0])
+    rows["reference: sharpscope lanczos tol=1e-6"] = {"value": truth, "seconds": ref.seconds, "hvps": ref.hvps,
+                                                       "residual": float(ref.residuals[0])}
+    for tol in (1e-3,):
+        res = lanczos(op, k=1, tol=tol, seed=0)
+        rows[f"sharpscope lanczos tol={tol:g} ({op.mode})"] = {
+            "value": float(res.eigenvalues[0]), "seconds": res.seconds, "hvps": res.hvps,
+            "residual": float(res.residuals[0]), "converged": res.converged}
+    if "pyhessian" not in skip:
+        import pyhessian
+
+        torch.manual_seed(0)
+        h = pyhessian.hessian(model, nn.CrossEntropyLoss(), dataloader=batches, cuda=device.type == "cuda")
+        calls = count_calls(h, "dataloader_hv_product")
+        sync(device)
+        start = time.perf_counter()
+        with fp32_precision(False):
+            values, _ = h.eigenvalues(maxIter=100, tol=1e-3, top_n=1)
+        sync(device)
+        rows["pyhessian eigenvalues(top_n=1, tol=1e-3)"] = {"value": float(values[0]),
+                                                            "seconds": time.perf_counter() - start, "hvps": calls[0]}
+    if "eigenthings" not in skip:
+        try:
+            import hessian_eigenthings as he
+        except ImportError:
+            he = None
+        if he is not None:
+            H = he.HessianOperator(model, batches, he.supervised_loss(nn.functional.cross_entropy))
+            calls = count_calls(H, "matvec")
+            sync(device)
+            start = time.perf_counter()
+            with fp32_precision(False):
+                res = he.lanczos(H, k=1, which="LA", seed=0)
+            sync(device)
+            rows["hessian-eigenthings lanczos(k=1), defaults"] = {
+                "value": float(res.eigenvalues[0]), "seconds": time.perf_counter() - start, "hvps": calls[0]}
+    for row in rows.values():
+        row["relative_error"] = abs(float(row["value"]) - truth) / abs(truth)
+    return rows
+
+
+def trace_rows(objective: Objective, model: nn.Module, batches: list, device: torch.device, budget: int,
+               skip: set[str]) -> dict[str, dict[str, object]]:
+    op = HessianOperator(objective)
+    rows: dict[str, dict[str, object]] = {}
+    for name, fn in (("hutch++", hutchpp), ("hutchinson", hutchinson)):
+        res = fn(op, budget, seed=0)
+        rows[f"sharpscope {name}, {budget} matvecs ({op.mode}, blocks of {op.block_size})"] = {
+            "estimate": res.estimate, "stderr": res.stderr, "seconds": res.seconds, "hvps": res.hvps}
+    if "eigenthings" not in skip:
+        try:
+            import hessian_eigenthings as he
+        except ImportError:
+            he = None
+        if he is not None:
+            H = he.HessianOperator(model, batches, he.supervised_loss(nn.functional.cross_entropy))
+            calls = count_calls(H, "matvec")
+            sync(device)
+            start = time.perf_counter()
+            with fp32_precision(False):
+                res = he.trace(H, num_matvecs=budget, method="hutch++", seed=0)
+            sync(device)
+            rows[f"hessian-eigenthings hutch++, {budget} matvecs"] = {
+                "estimate": float(res.estimate), "stderr": float(res.stderr), "seconds": time.perf_counter() - start,
+                "hvps": calls[0]}
+    if "pyhessian-trace" not in skip and "pyhessian" not in skip:
+        import pyhessian
+
+        torch.manual_seed(0)
+        h = pyhessian.hessian(model, nn.CrossEntropyLoss(), dataloader=batches, cuda=device.type == "cuda")
+        calls = count_calls(h, "dataloader_hv_product")
+        sync(device)
+        start = time.perf_counter()
+        with fp32_precision(False):
+            samples = torch.tensor(h.trace(maxIter=100, tol=1e-3), dtype=torch.float64)
+        sync(device)
+        rows["pyhessian trace(maxIter=100, tol=1e-3)"] = {
+            "estimate": float(samples.mean()), "stderr": float(samples.std() / len(samples) ** 0.5),
+            "seconds": time.perf_counter() - start, "hvps": calls[0]}
+    for row in rows.values():
+        row["relative_stderr"] = row["stderr"] / abs(row["estimate"])
+    return rows
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# Curvature engine benchmark: {result['setting']}", "", f"{result['environment']}", ""]
+    lines += ["## One product on one batch", "", "| operation | seconds | ratio to gradient | peak extra GiB |",
+              "|---|---|---|---|"]
+    lines += [f"| {k} | {v['seconds']:.4g} | {v['ratio']:.2f} | {v['peak_gib']:.2f} |" for k, v in result["costs"].items()]
+    ours = next(v for k, v in result["top_eigenvalue"].items() if k.startswith("sharpscope lanczos"))
+    lines += ["", "## Top eigenvalue", "", "| method | value | seconds | HVPs | relative error | speed-up of sharpscope |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {k} | {v['value']:.6g} | {v['seconds']:.3g} | {v['hvps']} | {v['relative_error']:.1e} | "
+              f"{v['seconds'] / ours['seconds']:.1f}x |" for k, v in result["top_eigenvalue"].items()]
+    ours = next(v for k, v in result["trace"].items() if k.startswith("sharpscope hutch++"))
+    lines += ["", "## Trace", "", "| method | estimate ± stderr | relative stderr | seconds | HVPs | speed-up of sharpscope hutch++ |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {k} | {v['estimate']:.5g} ± {v['stderr']:.3g} | {v['relative_stderr']:.1%} | {v['seconds']:.3g} | "
+              f"{v['hvps']} | {v['seconds'] / ours['seconds']:.1f}x |" for k, v in result["trace"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--setting", choices=sorted(SETTINGS), required=True)
+    parser.add_argument("--data", help=".npz with CIFAR-10 arrays x (N,32,32,3) uint8 and y")
+    parser.add_argument("--trace-matvecs", type=int, default=24)
+    parser.add_argument("--skip", default="", help="comma-separated: pyhessian, pyhessian-trace, eigenthings")
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+    cfg = SETTINGS[args.setting]
+    device = torch.device(cfg["device"])
+    skip = {s for s in args.skip.split(",") if s}
+
+    x, y, data_name = load_images(args.data, cfg["n"])
+    x, y = x.to(device), y.to(device)
+    name, kwargs = cfg["model"]
+    torch.manual_seed(0)
+    model = build_model(name, **kwargs).to(device)
+    train_briefly(model, x, y, cfg["train_steps"])
+    batches = [(x[i:i + cfg["batch"]], y[i:i + cfg["batch"]]) for i in range(0, x.shape[0], cfg["batch"])]
+    objective = Objective(model, nn.CrossEntropyLoss(), batches, bn="eval")
+
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    result = {
+        "setting": args.setting, "data": data_name, "model": f"{name} {kwargs}", "parameters": objective.dim,
+        "probe_examples": objective.num_examples, "batch_size": cfg["batch"], "bn": "eval", "precision": "fp32, TF32 off",
+        "environment": f"torch {torch.__version__}, {gpu}, {torch.get_num_threads()} CPU threads, "
+                       f"{time.strftime('%Y-%m-%d')}",
+    }
+    result["costs"] = product_costs(objective, device)
+    result["top_eigenvalue"] = top_eigenvalue(objective, model, batches, device, skip)
+    result["trace"] = trace_rows(objective, model, batches, device, args.trace_matvecs, skip)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"engine_{args.setting}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"engine_{args.setting}.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+"""The curvature engine: an objective becomes a Hessian operator; algorithms turn operators into results."""
+
+from sharpscope.curvature.density import slq_density
+from sharpscope.curvature.exact import exact_hessian
+from sharpscope.curvature.hessian import HessianOperator
+from sharpscope.curvature.lanczos import ConvergenceWarning, lanczos
+from sharpscope.curvature.linear_operator import LambdaOperator, LinearOperator, MatrixOperator
+from sharpscope.curvature.objective import Objective
+from sharpscope.curvature.power import power_iteration
+from sharpscope.curvature.results import DensityResult, EigenResult, TraceResult
+from sharpscope.curvature.trace import hutchinson, hutchpp
+
+__all__ = [
+    "ConvergenceWarning", "DensityResult", "EigenResult", "HessianOperator", "LambdaOperator", "LinearOperator",
+    "MatrixOperator", "Objective", "TraceResult", "exact_hessian", "hutchinson", "hutchpp", "lanczos",
+    "power_iteration", "slq_density",
+]

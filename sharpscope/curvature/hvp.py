@@ -1,0 +1,81 @@
+"""Hessian-vector products of one batch's loss, three ways.
+
+Each function returns ``w · H_b V`` for a block of probe vectors ``V`` given as rows ``(m, dim)``,
+where ``H_b`` is the Hessian of batch ``b``'s mean loss and ``w = n_b / N`` its weight:
+
+* ``fwd-rev``: forward-mode derivative of the gradient, ``H v = d/dt ∇ℓ(θ + t v)|_{t=0}``
+  (``torch.func.jvp`` of ``torch.func.grad``), vmapped over the block: one pass serves m probes.
+* ``rev-rev``: double backward (Pearlmutter), ``H v = ∇_θ ⟨∇ℓ(θ), v⟩``; one graph per batch
+  serves the whole block.
+* ``fd``: central differences of gradients, ``H v ≈ (∇ℓ(θ + εv) − ∇ℓ(θ − εv)) / (2ε)``, with
+  ``ε = h (1 + ‖θ‖) / ‖v‖`` and ``h`` about the cube root of machine epsilon; error ``O(ε²)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch.func import grad, jvp, vmap
+
+from sharpscope.curvature.objective import Batch, Objective
+
+HVPFn = Callable[[Objective, dict[str, Tensor], Batch, Tensor], Tensor]
+
+
+def hvp_fwd_rev(objective: Objective, params: dict[str, Tensor], batch: Batch, rows: Tensor) -> Tensor:
+    """Forward-over-reverse products for the rows of ``rows``; returns ``(m, dim)``."""
+    grad_fn = grad(lambda p: objective.batch_loss(p, batch))
+
+    def one(v: Tensor) -> Tensor:
+        _, tangent = jvp(grad_fn, (params,), (objective.unflatten(v),))
+        return objective.flatten(tangent.values())
+
+    if rows.shape[0] == 1:
+        return one(rows[0])[None]
+    return vmap(one)(rows)
+
+
+def hvp_rev_rev(objective: Objective, params: dict[str, Tensor], batch: Batch, rows: Tensor) -> Tensor:
+    """Double-backward products; one forward/backward graph reused for every row."""
+    leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+    out = torch.zeros_like(rows)
+    with torch.enable_grad():
+        loss = objective.batch_loss(leaves, batch)
+        grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True, allow_unused=True)
+        live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+        if not live:  # the loss is at most linear in every selected parameter: H = 0
+            return out
+        inputs = list(leaves.values())
+        for r in range(rows.shape[0]):
+            v = list(objective.unflatten(rows[r]).values())
+            hv = torch.autograd.grad([grads[i] for i in live], inputs, grad_outputs=[v[i] for i in live],
+                                     retain_graph=r + 1 < rows.shape[0], allow_unused=True)
+            out[r] = objective.flatten(torch.zeros_like(p) if h is None else h for h, p in zip(hv, inputs))
+    return out
+
+
+def fd_step(dtype: torch.dtype) -> float:
+    """Relative step ``h`` for central differences: about ``eps^(1/3)`` of the dtype."""
+    return float(torch.finfo(dtype).eps) ** (1.0 / 3.0)
+
+
+def hvp_fd(objective: Objective, params: dict[str, Tensor], batch: Batch, rows: Tensor) -> Tensor:
+    """Central finite-difference products (two gradients per probe)."""
+    grad_fn = grad(lambda p: objective.batch_loss(p, batch))
+    theta = objective.flatten(params.values())
+    scale = fd_step(rows.dtype) * (1.0 + theta.norm())
+    out = torch.zeros_like(rows)
+    for r in range(rows.shape[0]):
+        norm = rows[r].norm()
+        if norm == 0:
+            continue
+        eps = scale / norm
+        plus = grad_fn(objective.unflatten(theta + eps * rows[r]))
+        minus = grad_fn(objective.unflatten(theta - eps * rows[r]))
+        out[r] = (objective.flatten(plus.values()) - objective.flatten(minus.values())) / (2 * eps)
+    return out
+
+
+HVP_MODES: dict[str, HVPFn] = {"fwd-rev": hvp_fwd_rev, "rev-rev": hvp_rev_rev, "fd": hvp_fd}

@@ -1,0 +1,206 @@
+"""Lanczos with full re-orthogonalisation: extreme eigenpairs with residuals, and raw tridiagonals for SLQ.
+
+After ``m`` steps from a unit vector ``q_1`` the method has an orthonormal basis ``Q_m`` of the
+Krylov space ``span{q_1, H q_1, …, H^{m-1} q_1}`` and the tridiagonal ``T_m = Q_mᵀ H Q_m``
+(diagonal ``α``, off-diagonal ``β``). For an eigenpair ``T_m s = θ s`` the Ritz vector
+``y = Q_m s`` has residual ``‖H y − θ y‖ = β_m |s_m|``, known without another product, which is
+how convergence is checked at every step. Each new vector is orthogonalised twice against the whole
+basis (classical Gram–Schmidt, "twice is enough"), which keeps ghost copies of converged
+eigenvalues out of the spectrum.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Literal
+
+import numpy as np
+import torch
+from scipy.linalg import eigh_tridiagonal
+from torch import Tensor
+
+from sharpscope.curvature.linear_operator import LinearOperator
+from sharpscope.curvature.results import EigenResult
+from sharpscope.curvature.sampling import Stopwatch, make_generator
+from sharpscope.errors import ConfigError
+
+Which = Literal["LA", "SA", "LM", "BE"]
+
+
+class ConvergenceWarning(UserWarning):
+    """An iterative method stopped at its iteration limit before reaching its tolerance."""
+
+
+def tridiagonal_eigh(alphas: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (ascending) and eigenvectors of the symmetric tridiagonal ``T`` in float64."""
+    if len(alphas) == 1:
+        return np.asarray(alphas, dtype=np.float64), np.ones((1, 1))
+    return eigh_tridiagonal(np.asarray(alphas, np.float64), np.asarray(betas, np.float64))
+
+
+def wanted_indices(theta: np.ndarray, k: int, which: Which) -> np.ndarray:
+    """Indices of the ``k`` wanted Ritz values, in the order results are reported.
+
+    ``LA``: largest algebraic, descending. ``SA``: smallest algebraic, ascending (most negative
+    first). ``LM``: largest magnitude, by decreasing magnitude. ``BE``: both ends, ``⌈k/2⌉`` from
+    the top and ``⌊k/2⌋`` from the bottom, descending.
+    """
+    k = min(k, len(theta))
+    order = np.argsort(theta)
+    if which == "LA":
+        return order[::-1][:k]
+    if which == "SA":
+        return order[:k]
+    if which == "LM":
+        return np.argsort(-np.abs(theta), kind="stable")[:k]
+    top, bottom = order[::-1][: (k + 1) // 2], order[: k // 2]
+    picked = list(dict.fromkeys([*top.tolist(), *bottom.tolist()]))
+    return np.array(sorted(picked, key=lambda i: -theta[i]), dtype=np.int64)
+
+
+def _orthogonalize(w: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
+    """Remove from the rows of ``w`` (``(r, dim)``) their components on ``basis`` (``(r, j, dim)``), twice.
+
+    Returns the orthogonalised rows and the accumulated coefficients ``(r, j)``.
+    """
+    coeffs = torch.zeros(basis.shape[0], basis.shape[1], dtype=w.dtype, device=w.device)
+    for _ in range(2):
+        c = torch.bmm(basis, w[:, :, None])
+        w = w - torch.bmm(basis.transpose(1, 2), c)[:, :, 0]
+        coeffs += c[:, :, 0]
+    return w, coeffs
+
+
+def _start_vector(op: LinearOperator, v0: Tensor | None, gen: torch.Generator) -> Tensor:
+    if v0 is None:
+        v = torch.randn(op.dim, generator=gen, dtype=torch.float64).to(device=op.device, dtype=op.dtype)
+    else:
+        v = v0.to(device=op.device, dtype=op.dtype)
+        if v.ndim == 2:  # warm start from earlier eigenvectors: their sum spans the same directions
+            v = v.sum(dim=1)
+        if v.shape != (op.dim,):
+            raise ConfigError(f"v0 must have shape ({op.dim},) or ({op.dim}, j), got {tuple(v0.shape)}")
+    norm = v.norm()
+    if not torch.isfinite(norm) or norm == 0:
+        raise ConfigError("the start vector v0 is zero or not finite")
+    return v / norm
+
+
+def lanczos(op: LinearOperator, k: int = 1, *, which: Which = "LA", tol: float = 1e-3,
+            max_iter: int | None = None, v0: Tensor | None = None, seed: int | torch.Generator | None = None,
+            return_eigenvectors: bool = True) -> EigenResult:
+    """The ``k`` extreme eigenpairs of a symmetric operator, stopped on Ritz residuals.
+
+    Iterates until every wanted Ritz pair has ``‖H y − θ y‖ / |θ| < tol`` (denominator floored at
+    ``√eps · ‖T‖`` for eigenvalues near zero), or ``max_iter`` steps (default
+    ``min(dim, max(100, 20 k))``), in which case it warns with :class:`ConvergenceWarning` and
+    reports ``converged=False``. When the Krylov space becomes invariant before ``k`` pairs are
+    found it continues from a fresh random vector orthogonal to the basis. Memory: the basis,
+    ``max_iter`` vectors of length ``dim``.
+
+    Args:
+        which: ``"LA"`` (largest, the sharpness), ``"SA"`` (most negative), ``"LM"`` (largest
+            magnitude) or ``"BE"`` (both ends); see :func:`wanted_indices` for the order returned.
+        v0: start vector, or a ``(dim, j)`` block of earlier eigenvectors to warm-start from.
+        seed: seed (or generator) for the random start vector and restarts.
+    """
+    if k < 1 or k > op.dim:
+        raise ConfigError(f"k must be between 1 and the dimension {op.dim}, got {k}")
+    if which not in ("LA", "SA", "LM", "BE"):
+        raise ConfigError(f"which must be one of LA, SA, LM, BE; got {which!r}")
+    if not tol > 0:
+        raise ConfigError(f"tol must be positive, got {tol}")
+    max_iter = min(op.dim, max(100, 20 * k)) if max_iter is None else min(int(max_iter), op.dim)
+    if max_iter < k:
+        raise ConfigError(f"max_iter={max_iter} is below k={k}")
+    gen = make_generator(seed)
+    clock, start_hvps = Stopwatch(op.device), op.matvecs
+    eps = float(torch.finfo(op.dtype).eps)
+
+    basis = torch.empty(1, max_iter, op.dim, dtype=op.dtype, device=op.device)
+    basis[0, 0] = _start_vector(op, v0, gen)
+    alphas: list[float] = []
+    betas: list[float] = []
+    restarts = 0
+    for j in range(max_iter):
+        w = op.matvec(basis[0, j])[None]
+        w, coeffs = _orthogonalize(w, basis[:, : j + 1])
+        alphas.append(float(coeffs[0, j]))
+        beta = float(w.norm())
+        theta, S = tridiagonal_eigh(np.array(alphas), np.array(betas))
+        scale = max(np.abs(theta).max(), eps)
+        idx = wanted_indices(theta, k, which)
+        floor = math.sqrt(eps) * scale
+        residuals = beta * np.abs(S[-1, idx]) / np.maximum(np.abs(theta[idx]), floor)
+        done = len(idx) == k and bool((residuals < tol).all())
+        if done or j + 1 == max_iter:
+            break
+        if beta <= math.sqrt(eps) * scale:  # invariant subspace: continue from a fresh direction
+            fresh = torch.randn(1, op.dim, generator=gen, dtype=torch.float64).to(op.device, op.dtype)
+            w, _ = _orthogonalize(fresh, basis[:, : j + 1])
+            beta_next, restarts = 0.0, restarts + 1
+            w = w / w.norm()
+        else:
+            beta_next = beta
+            w = w / beta
+        betas.append(beta_next)
+        basis[0, j + 1] = w[0]
+
+    if j + 1 == op.dim:  # the whole space is spanned: T is similar to H, every Ritz pair is exact
+        residuals = np.zeros_like(residuals)
+        done = True
+    if not done:
+        warnings.warn(f"Lanczos stopped after {j + 1} steps with relative residuals {residuals.max():.2e} "
+                      f"above tol={tol:g}; raise max_iter or tol", ConvergenceWarning, stacklevel=2)
+    vectors = None
+    if return_eigenvectors:
+        s = torch.as_tensor(S[:, idx], dtype=op.dtype, device=op.device)
+        vectors = basis[0, : j + 1].T @ s
+    return EigenResult(
+        eigenvalues=torch.as_tensor(theta[idx], dtype=torch.float64),
+        eigenvectors=vectors,
+        residuals=torch.as_tensor(residuals, dtype=torch.float64),
+        hvps=op.matvecs - start_hvps,
+        seconds=clock.seconds(),
+        converged=done,
+        settings={"method": "lanczos", "k": k, "which": which, "tol": tol, "max_iter": max_iter, "steps": j + 1,
+                  "restarts": restarts, "warm_start": v0 is not None,
+                  "seed": seed if isinstance(seed, int) else None},
+    )
+
+
+def lanczos_tridiagonals(op: LinearOperator, starts: Tensor, num_steps: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Run independent Lanczos processes from the columns of ``starts`` (``(dim, r)``), in lockstep.
+
+    All runs share each :meth:`~LinearOperator.matmat` call. A run whose Krylov space becomes
+    invariant stops there (its quadrature is then exact). Returns ``alphas`` ``(r, m)``, ``betas``
+    ``(r, m)`` (``betas[:, i]`` couples steps ``i`` and ``i+1``) and the per-run ``lengths``.
+    """
+    r = starts.shape[1]
+    num_steps = min(num_steps, op.dim)
+    eps = float(torch.finfo(op.dtype).eps)
+    basis = torch.zeros(r, num_steps, op.dim, dtype=op.dtype, device=op.device)
+    basis[:, 0] = (starts / starts.norm(dim=0, keepdim=True)).T
+    alphas = torch.zeros(r, num_steps, dtype=torch.float64)
+    betas = torch.zeros(r, num_steps, dtype=torch.float64)
+    lengths = torch.full((r,), num_steps, dtype=torch.int64)
+    active = torch.arange(r)
+    for j in range(num_steps):
+        rows = active.to(op.device)
+        w = op.matmat(basis[rows, j].T).T
+        w, coeffs = _orthogonalize(w, basis[rows, : j + 1])
+        alphas[active, j] = coeffs[:, j].double().cpu()
+        norms = w.norm(dim=1)
+        betas[active, j] = norms.double().cpu()
+        if j + 1 == num_steps:
+            break
+        scale = alphas[active, : j + 1].abs().amax(dim=1).clamp_min(eps)
+        broken = betas[active, j] <= math.sqrt(eps) * scale
+        lengths[active[broken]] = j + 1
+        keep = (~broken).to(op.device)
+        basis[rows[keep], j + 1] = w[keep] / norms[keep, None]
+        active = active[~broken]
+        if active.numel() == 0:
+            break
+    return alphas, betas, lengths

@@ -1,0 +1,82 @@
+"""The linear-operator interface every curvature algorithm consumes.
+
+An operator is a symmetric map ``v -> A v`` on ``R^dim`` with a dtype and a device. Algorithms only
+call :meth:`matmat` (a block of vectors as the columns of a ``(dim, m)`` tensor), so an operator
+that can multiply many vectors in one pass (vmapped Hessian-vector products) gets that speed-up in
+every algorithm. Each operator counts the vectors it has multiplied, which is how results report
+their cost in HVPs, and calls ``on_matmat`` (if set) after each product, for progress display.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from sharpscope.errors import ConfigError
+
+
+class LinearOperator:
+    """Base class: subclasses implement :meth:`_matmat`; counting and shape checks live here."""
+
+    def __init__(self, dim: int, dtype: torch.dtype, device: torch.device) -> None:
+        if dim < 1:
+            raise ConfigError(f"operator dimension must be positive, got {dim}")
+        self.dim = int(dim)
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.matvecs = 0
+        self.on_matmat: Callable[[], None] | None = None
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def matmat(self, V: Tensor) -> Tensor:
+        """Return ``A V`` for the columns of ``V`` (shape ``(dim, m)``); counts ``m`` products."""
+        if V.ndim != 2 or V.shape[0] != self.dim:
+            raise ConfigError(f"matmat expects a ({self.dim}, m) tensor, got shape {tuple(V.shape)}")
+        out = self._matmat(V.to(device=self.device, dtype=self.dtype))
+        self.matvecs += V.shape[1]
+        if self.on_matmat is not None:
+            self.on_matmat()
+        return out
+
+    def matvec(self, v: Tensor) -> Tensor:
+        """Return ``A v`` for one vector of shape ``(dim,)``."""
+        if v.ndim != 1 or v.shape[0] != self.dim:
+            raise ConfigError(f"matvec expects a ({self.dim},) vector, got shape {tuple(v.shape)}")
+        return self.matmat(v[:, None])[:, 0]
+
+    def __matmul__(self, other: Tensor) -> Tensor:
+        return self.matvec(other) if other.ndim == 1 else self.matmat(other)
+
+    def describe(self) -> dict[str, object]:
+        """Settings that say how a number computed from this operator was obtained."""
+        return {"operator": type(self).__name__, "dim": self.dim, "dtype": str(self.dtype).removeprefix("torch."),
+                "device": str(self.device)}
+
+
+class MatrixOperator(LinearOperator):
+    """A dense symmetric matrix as an operator (tests, exact Hessians, small problems)."""
+
+    def __init__(self, matrix: Tensor) -> None:
+        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+            raise ConfigError(f"MatrixOperator needs a square matrix, got shape {tuple(matrix.shape)}")
+        super().__init__(matrix.shape[0], matrix.dtype, matrix.device)
+        self.matrix = matrix
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        return self.matrix @ V
+
+
+class LambdaOperator(LinearOperator):
+    """An operator given by a function ``V -> A V`` on ``(dim, m)`` blocks."""
+
+    def __init__(self, fn: Callable[[Tensor], Tensor], dim: int, *, dtype: torch.dtype = torch.float64,
+                 device: torch.device | str = "cpu") -> None:
+        super().__init__(dim, dtype, torch.device(device))
+        self.fn = fn
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        return self.fn(V)

@@ -1,0 +1,95 @@
+"""Typed results: every estimate carries its uncertainty, its cost in HVPs and seconds, and its settings."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def _floats(values: Tensor | np.ndarray | list[float]) -> list[float]:
+    return [float(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]
+
+
+@dataclass(frozen=True)
+class EigenResult:
+    """Eigenvalues from a Krylov or power method.
+
+    ``residuals[i] = ‖H y_i − θ_i y_i‖ / |θ_i|`` for the unit Ritz vector ``y_i``; the eigenvalue
+    error is at most that residual times ``|θ_i|`` and, for a well-separated eigenvalue, about its
+    square. ``eigenvectors`` holds ``y_i`` as columns, shape ``(dim, k)``.
+    """
+
+    eigenvalues: Tensor
+    eigenvectors: Tensor | None
+    residuals: Tensor
+    hvps: int
+    seconds: float
+    converged: bool
+    settings: dict[str, object] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready summary (eigenvectors left out)."""
+        return {"eigenvalues": _floats(self.eigenvalues), "residuals": _floats(self.residuals),
+                "converged": self.converged, "hvps": self.hvps, "seconds": self.seconds, "settings": self.settings}
+
+
+@dataclass(frozen=True)
+class TraceResult:
+    """A stochastic trace estimate ``estimate ± stderr`` and the per-probe samples behind it."""
+
+    estimate: float
+    stderr: float
+    samples: Tensor
+    hvps: int
+    seconds: float
+    settings: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def relative_stderr(self) -> float:
+        return self.stderr / abs(self.estimate) if self.estimate != 0 else math.inf
+
+    def to_dict(self) -> dict[str, object]:
+        return {"estimate": self.estimate, "stderr": self.stderr, "num_samples": int(self.samples.numel()),
+                "hvps": self.hvps, "seconds": self.seconds, "settings": self.settings}
+
+
+def gaussian_density(nodes: Tensor, weights: Tensor, grid: Tensor, sigma2: float) -> Tensor:
+    """``φ(t) = (1/R) Σ_r Σ_j τ_rj N(t; θ_rj, σ²)``, the Gaussian-smoothed quadrature measure."""
+    diff = grid[:, None, None] - nodes[None]
+    kernel = torch.exp(-0.5 * diff**2 / sigma2) / math.sqrt(2 * math.pi * sigma2)
+    return (kernel * weights[None]).sum((1, 2)) / nodes.shape[0]
+
+
+@dataclass(frozen=True)
+class DensityResult:
+    """Stochastic Lanczos quadrature: per-run nodes ``θ_rj`` and weights ``τ_rj`` (each run's sum to 1),
+    the raw tridiagonals, and a density smoothed on ``grid``.
+
+    ``trace`` is ``dim · mean_r Σ_j τ_rj θ_rj`` with the standard error over runs.
+    """
+
+    nodes: Tensor
+    weights: Tensor
+    alphas: Tensor
+    betas: Tensor
+    grid: Tensor
+    density: Tensor
+    sigma2: float
+    trace: float
+    trace_stderr: float
+    hvps: int
+    seconds: float
+    settings: dict[str, object] = field(default_factory=dict)
+
+    def smooth(self, sigma2: float, grid: Tensor | None = None) -> Tensor:
+        """Re-smooth the same quadrature nodes with another kernel width (no new HVPs)."""
+        return gaussian_density(self.nodes, self.weights, self.grid if grid is None else grid, sigma2)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"nodes": self.nodes.tolist(), "weights": self.weights.tolist(), "sigma2": self.sigma2,
+                "trace": self.trace, "trace_stderr": self.trace_stderr, "hvps": self.hvps,
+                "seconds": self.seconds, "settings": self.settings}

@@ -1,0 +1,57 @@
+"""Seeded probe vectors and a CUDA-aware stopwatch shared by the algorithms."""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from sharpscope.curvature.linear_operator import LinearOperator
+from sharpscope.errors import ConfigError
+
+Distribution = Literal["rademacher", "gaussian"]
+
+
+def make_generator(seed: int | torch.Generator | None) -> torch.Generator:
+    """A CPU generator: probes are drawn on the CPU so a seed gives the same vectors on any device."""
+    if isinstance(seed, torch.Generator):
+        return seed
+    gen = torch.Generator()
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(int(seed))
+    return gen
+
+
+def probes(op: LinearOperator, m: int, distribution: Distribution, gen: torch.Generator) -> Tensor:
+    """``m`` probe vectors as the columns of a ``(dim, m)`` tensor on the operator's device.
+
+    Rademacher entries are ±1; Gaussian entries are standard normal. Both have ``E[z zᵀ] = I``.
+    """
+    if distribution == "rademacher":
+        z = torch.randint(0, 2, (op.dim, m), generator=gen).to(op.dtype).mul_(2).sub_(1)
+    elif distribution == "gaussian":
+        z = torch.randn(op.dim, m, generator=gen, dtype=op.dtype)
+    else:
+        raise ConfigError(f"distribution must be 'rademacher' or 'gaussian', got {distribution!r}")
+    return z.to(op.device)
+
+
+class Stopwatch:
+    """Wall-clock seconds of GPU work: synchronises the device before reading the clock."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._sync()
+        self.start = time.perf_counter()
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def seconds(self) -> float:
+        self._sync()
+        return time.perf_counter() - self.start

@@ -1,0 +1,49 @@
+"""Data sets for sharpness studies: CIFAR-10/100, MNIST, MNIST-1D, any ``.npz``; label noise,
+the random-label confusion set, and batch iteration. Every loader returns an :class:`ArrayDataset`.
+"""
+
+from sharpscope.data.cache import cache_dir
+from sharpscope.data.cifar import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    cifar10,
+    cifar100,
+    cifar_feature_stats,
+    load_numpy_pickle,
+)
+from sharpscope.data.dataset import ArrayDataset
+from sharpscope.data.download import CIFAR10_SHA256, CIFAR10_URL, download_cifar10, extract_tar_safely
+from sharpscope.data.loaders import ShuffledLoader, batches
+from sharpscope.data.mnist import mnist_npz
+from sharpscope.data.mnist1d_gen import mnist1d
+from sharpscope.data.noise import confusion_set, label_noise
+from sharpscope.data.generic import npz
+from sharpscope.data.resolve import DATA_SPECS, resolve_data
+
+__all__ = [
+    "ArrayDataset",
+    "CIFAR10_MEAN",
+    "CIFAR10_SHA256",
+    "CIFAR10_STD",
+    "CIFAR10_URL",
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
+    "DATA_SPECS",
+    "ShuffledLoader",
+    "batches",
+    "cache_dir",
+    "cifar10",
+    "cifar100",
+    "cifar_feature_stats",
+    "confusion_set",
+    "download_cifar10",
+    "extract_tar_safely",
+    "label_noise",
+    "load_numpy_pickle",
+    "mnist1d",
+    "mnist_npz",
+    "npz",
+    "resolve_data",
+]

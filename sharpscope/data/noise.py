@@ -1,0 +1,113 @@
+"""Label noise and the random-label "confusion" set used to build bad minima (SCIENCE.md 2.1, 6.2)."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from sharpscope.data.dataset import ArrayDataset
+from sharpscope.errors import ConfigError, DataError
+
+_CHUNK = 4096
+
+
+def _check_generator(generator: torch.Generator) -> None:
+    if not isinstance(generator, torch.Generator):
+        raise ConfigError(f"generator must be a torch.Generator (explicit seeds), got {type(generator).__name__}")
+
+
+def label_noise(y: Tensor, p: float, num_classes: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Flip each label with probability ``p`` to a class drawn uniformly among the *other* classes.
+
+    Returns ``(noisy, mask)`` where ``mask`` is True where the label was flipped (so
+    ``noisy[mask] != y[mask]`` always, and ``noisy[~mask] == y[~mask]``). The resulting label
+    distribution — keep with probability ``1-p``, each other class with ``p/(K-1)`` — is the same
+    as Damian et al.'s "resample from the smoothed distribution" (SCIENCE.md 6.2). The same
+    random numbers are drawn whatever ``p`` is, so runs differing only in ``p`` stay coupled.
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> noisy, mask = label_noise(torch.zeros(5, dtype=torch.long), 1.0, 10, g)
+    >>> bool(mask.all()) and bool((noisy != 0).all())
+    True
+    """
+    _check_generator(generator)
+    if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= float(p) <= 1.0:
+        raise ConfigError(f"label-noise probability must be in [0, 1], got {p!r}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ConfigError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    if not isinstance(y, Tensor) or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise DataError(f"labels must be an integer tensor, got {getattr(y, 'dtype', type(y).__name__)}")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise DataError(f"labels out of range: found {int(y.min())}..{int(y.max())}, expected 0..{num_classes - 1}")
+    dev = generator.device
+    flip = torch.rand(y.shape, generator=generator, device=dev) < float(p)
+    offset = torch.randint(1, num_classes, y.shape, generator=generator, device=dev)
+    flip, offset = flip.to(y.device), offset.to(y.device, y.dtype)
+    noisy = torch.where(flip, (y + offset) % num_classes, y)
+    return noisy, flip
+
+
+def confusion_set(x: Tensor | ArrayDataset, num_classes: int, *, copies: int = 10, zero_frac: float = 0.1,
+                  mode: Literal["pixel", "entry"] = "pixel", generator: torch.Generator,
+                  fill: float = 0.0) -> ArrayDataset:
+    """Random-label copies of ``x`` with part of each copy zeroed (Liu et al.; Damian et al.).
+
+    Each of the ``copies`` copies of every example gets exactly ``floor(zero_frac * P)`` of its
+    ``P`` positions set to ``fill`` (independently per copy) and a label drawn uniformly from
+    ``0..num_classes-1``. The originals are not included. ``mode``:
+
+    * ``"pixel"`` (Damian et al.): positions are spatial locations, all channels zeroed together;
+      ``x`` is (N, C, H, W) (P = H*W), (N, H, W) or (N, D) (one channel).
+    * ``"entry"`` (Liu et al.): positions are individual entries (P = all entries of an example).
+
+    Rows are copy-major: rows ``k*N .. (k+1)*N - 1`` are copy ``k`` of examples ``0..N-1``. The
+    zeros are written into the tensor given: pass raw [0, 1] images and standardize afterwards for
+    black pixels (as Liu et al. did), or standardized images for mean-valued ones.
+
+    Differences to Damian et al.'s code (SCIENCE.md 2.1), kept on purpose: their 102 positions
+    are drawn *with* replacement (about 97 distinct positions on average) and their copies are
+    ordered example-major; here exactly ``floor(zero_frac * P)`` distinct positions are zeroed.
+    """
+    _check_generator(generator)
+    if isinstance(x, ArrayDataset):
+        x = x.x
+    if not isinstance(x, Tensor) or not x.dtype.is_floating_point:
+        raise DataError(f"confusion_set needs a floating tensor of inputs, got {getattr(x, 'dtype', type(x).__name__)}")
+    if x.dim() < 2 or x.shape[0] == 0:
+        raise DataError(f"confusion_set needs a non-empty batch of examples, got shape {tuple(x.shape)}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ConfigError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
+        raise ConfigError(f"copies must be a positive integer, got {copies!r}")
+    if not isinstance(zero_frac, (int, float)) or isinstance(zero_frac, bool) or not 0.0 <= zero_frac <= 1.0:
+        raise ConfigError(f"zero_frac must be in [0, 1], got {zero_frac!r}")
+    if mode not in ("pixel", "entry"):
+        raise ConfigError(f"mode must be 'pixel' or 'entry', got {mode!r}")
+    n = x.shape[0]
+    if mode == "pixel" and x.dim() == 4:
+        mask_shape = (1, *x.shape[2:])  # broadcast over channels
+    elif mode == "pixel" and x.dim() > 4:
+        raise DataError(f"pixel mode needs (N, C, H, W), (N, H, W) or (N, D) inputs, got {tuple(x.shape)}")
+    else:
+        mask_shape = tuple(x.shape[1:])
+    positions = math.prod(mask_shape)
+    k = math.floor(round(zero_frac * positions, 9))
+    dev = generator.device
+    labels = torch.randint(0, num_classes, (copies * n,), generator=generator, device=dev).to(x.device)
+    out = torch.empty((copies * n, *x.shape[1:]), dtype=x.dtype, device=x.device)
+    for c in range(copies):
+        for i in range(0, n, _CHUNK):
+            xc = x[i:i + _CHUNK]
+            m = xc.shape[0]
+            mask = torch.zeros(m, positions, dtype=torch.bool, device=dev)
+            if k > 0:
+                idx = torch.rand(m, positions, generator=generator, device=dev).topk(k, dim=1).indices
+                mask.scatter_(1, idx, True)
+            mask = mask.to(x.device).reshape(m, *mask_shape)
+            out[c * n + i:c * n + i + m] = torch.where(mask, torch.full((), fill, dtype=x.dtype, device=x.device), xc)
+    meta = {"copies": copies, "zero_frac": zero_frac, "zeroed_per_copy": k, "positions": positions, "mode": mode,
+            "num_classes": num_classes, "order": "copy-major"}
+    return ArrayDataset(out, labels, f"confusion(copies={copies},zero_frac={zero_frac},mode={mode})", meta)

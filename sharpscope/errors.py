@@ -1,0 +1,23 @@
+"""Errors that sharpscope raises on bad input: one clear message, never a deep traceback."""
+
+from __future__ import annotations
+
+
+class SharpscopeError(ValueError):
+    """Base class of every error sharpscope raises on purpose."""
+
+
+class DataError(SharpscopeError):
+    """The data cannot be used: empty, malformed, wrong shapes or dtypes."""
+
+
+class ObjectiveError(SharpscopeError):
+    """The objective cannot be evaluated: non-finite loss, output/target mismatch, no parameters."""
+
+
+class CheckpointError(SharpscopeError):
+    """A checkpoint is missing, truncated, unsafe to load, or does not fit the model."""
+
+
+class ConfigError(SharpscopeError):
+    """An argument or configuration value is out of range or unknown."""

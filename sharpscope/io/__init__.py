@@ -1,0 +1,24 @@
+"""Checkpoints (with their model spec) and atomic file writes."""
+
+from sharpscope.io.atomic import atomic_write, atomic_write_bytes
+from sharpscope.io.checkpoints import (
+    FORMAT,
+    LoadedCheckpoint,
+    RawCheckpoint,
+    fit_state_dict,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
+
+__all__ = [
+    "FORMAT",
+    "LoadedCheckpoint",
+    "RawCheckpoint",
+    "atomic_write",
+    "atomic_write_bytes",
+    "fit_state_dict",
+    "load_checkpoint",
+    "read_checkpoint",
+    "save_checkpoint",
+]

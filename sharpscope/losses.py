@@ -1,0 +1,59 @@
+"""Losses with the conventions of the edge-of-stability papers, each a mean over examples.
+
+The edge-of-stability thresholds hold for the Hessian of exactly the objective the optimizer
+descends, so the constant factors matter (SCIENCE.md, global conventions):
+
+* ``cross_entropy``: mean cross entropy over examples.
+* ``mse`` (Cohen et al. 2021): ``½ ‖f(x) − e_y‖²`` summed over the outputs, mean over examples.
+* ``mse_mean`` (Long & Bartlett 2024): ``(f(x) − e_y)²`` averaged over outputs *and* examples.
+
+Integer labels are one-hot encoded for the squared losses; float targets are used as given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sharpscope.errors import ConfigError
+
+
+def _targets(outputs: Tensor, targets: Tensor) -> Tensor:
+    if targets.is_floating_point():
+        return targets
+    return F.one_hot(targets, outputs.shape[-1]).to(outputs.dtype)
+
+
+def cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross entropy of logits ``outputs`` against integer labels (or class probabilities)."""
+    return F.cross_entropy(outputs, targets)
+
+
+def mse(outputs: Tensor, targets: Tensor) -> Tensor:
+    """``(1/N) Σ_n ½ ‖f(x_n) − t_n‖²`` (Cohen et al.); integer labels become one-hot ``t_n``."""
+    return 0.5 * (outputs - _targets(outputs, targets)).pow(2).sum(dim=-1).mean()
+
+
+def mse_mean(outputs: Tensor, targets: Tensor) -> Tensor:
+    """``(1/(N C)) Σ_n ‖f(x_n) − t_n‖²`` (Long & Bartlett); integer labels become one-hot ``t_n``."""
+    return (outputs - _targets(outputs, targets)).pow(2).mean()
+
+
+LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"ce": cross_entropy, "mse": mse, "mse-mean": mse_mean}
+
+
+def get_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
+    """The loss registered as ``name`` (``ce``, ``mse``, ``mse-mean``)."""
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ConfigError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}") from None
+
+
+def accuracy(outputs: Tensor, targets: Tensor) -> float:
+    """Fraction of rows whose arg-max output equals the label (or the target's arg-max)."""
+    labels = targets.argmax(dim=-1) if targets.is_floating_point() else targets
+    return float((outputs.argmax(dim=-1) == labels).to(torch.float64).mean())

@@ -1,0 +1,124 @@
+"""Probe one model: top eigenvalues, the most negative one, trace and spectral density, as one report.
+
+This is the library function behind ``sharpscope probe``; the report serialises to the JSON the
+CLI prints, with every measurement's cost and the settings that produced it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from sharpscope.curvature import (
+    DensityResult, EigenResult, HessianOperator, Objective, TraceResult, hutchinson, hutchpp, lanczos, slq_density,
+)
+from sharpscope.errors import ConfigError
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """What to measure and how; recorded with the report."""
+
+    k: int = 1
+    tol: float = 1e-3
+    max_iter: int | None = None
+    negative: bool = False
+    trace: bool = False
+    trace_method: Literal["hutch++", "hutchinson"] = "hutch++"
+    trace_matvecs: int = 99
+    density: bool = False
+    density_steps: int = 90
+    density_runs: int = 10
+    bn: Literal["eval", "batch"] = "eval"
+    batch_size: int | None = 1000
+    hvp_mode: Literal["auto", "fwd-rev", "rev-rev", "fd"] = "auto"
+    block_size: int = 8
+    allow_tf32: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("k", "trace_matvecs", "density_steps", "density_runs", "block_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"batch-size must be positive, got {self.batch_size}")
+        if not (self.tol > 0 and math.isfinite(self.tol)):
+            raise ConfigError(f"tol must be a positive number, got {self.tol}")
+        if self.trace_method not in ("hutch++", "hutchinson"):
+            raise ConfigError(f"trace method must be 'hutch++' or 'hutchinson', got {self.trace_method!r}")
+
+
+@dataclass(frozen=True)
+class ProbeReport:
+    """Everything one probe measured, each part with its HVPs and seconds."""
+
+    loss: float
+    grad_norm: float
+    top: EigenResult
+    most_negative: EigenResult | None
+    trace: TraceResult | None
+    density: DensityResult | None
+    settings: dict[str, object] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, object]:
+        top = self.top.to_dict()
+        out: dict[str, object] = {
+            "eigenvalues": top["eigenvalues"], "residuals": top["residuals"], "converged": top["converged"],
+            "hvps": top["hvps"], "seconds": top["seconds"], "loss": self.loss, "grad_norm": self.grad_norm,
+        }
+        if self.most_negative is not None:
+            neg = self.most_negative.to_dict()
+            out["most_negative"] = {"eigenvalue": neg["eigenvalues"][0], "residual": neg["residuals"][0],
+                                    "converged": neg["converged"], "hvps": neg["hvps"], "seconds": neg["seconds"]}
+        out["trace"] = None if self.trace is None else self.trace.to_dict()
+        out["density"] = None if self.density is None else self.density.to_dict()
+        out["settings"] = self.settings
+        return out
+
+
+def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor,
+          settings: ProbeSettings = ProbeSettings(), *, progress: Progress | None = None) -> ProbeReport:
+    """Measure the Hessian of the mean ``loss_fn`` over ``(x, y)`` at the model's current parameters.
+
+    ``progress(stage, done, total)`` is called after every operator product, with ``total`` the
+    stage's budget in HVPs (an upper bound for Lanczos, which usually stops earlier).
+    """
+    objective = Objective(model, loss_fn, (x, y), bn=settings.bn, batch_size=settings.batch_size)
+    if settings.k > objective.dim:
+        raise ConfigError(f"k={settings.k} exceeds the number of parameters ({objective.dim})")
+    op = HessianOperator(objective, mode=settings.hvp_mode, block_size=settings.block_size,
+                         allow_tf32=settings.allow_tf32)
+    loss, grad_norm = objective.loss(), float(objective.gradient().norm())
+    max_iter = settings.max_iter or min(objective.dim, max(100, 20 * settings.k))
+
+    def stage(name: str, total: int) -> None:
+        first = op.matvecs
+        op.on_matmat = None if progress is None else (lambda: progress(name, op.matvecs - first, total))
+
+    stage("top eigenvalues", max_iter)
+    top = lanczos(op, k=settings.k, which="LA", tol=settings.tol, max_iter=max_iter, seed=settings.seed)
+    negative = trace = density = None
+    if settings.negative:
+        stage("most negative eigenvalue", max_iter)
+        negative = lanczos(op, k=1, which="SA", tol=settings.tol, max_iter=max_iter, seed=settings.seed + 1,
+                           return_eigenvectors=False)
+    if settings.trace:
+        stage("trace", settings.trace_matvecs)
+        estimator = hutchpp if settings.trace_method == "hutch++" else hutchinson
+        trace = estimator(op, settings.trace_matvecs, seed=settings.seed + 2)
+    if settings.density:
+        stage("density", settings.density_steps * settings.density_runs)
+        density = slq_density(op, settings.density_steps, settings.density_runs, seed=settings.seed + 3)
+    op.on_matmat = None
+    record = {**op.describe(), "k": settings.k, "tol": settings.tol, "max_iter": max_iter, "seed": settings.seed,
+              "trace_method": settings.trace_method if settings.trace else None,
+              "trace_matvecs": settings.trace_matvecs if settings.trace else None}
+    return ProbeReport(loss=loss, grad_norm=grad_norm, top=top, most_negative=negative, trace=trace,
+                       density=density, settings=record)
