@@ -1,0 +1,1 @@
+"""The ``sharpscope`` command line (installed as the ``sharpscope_cli`` package)."""

@@ -25,8 +25,10 @@ class HessianOperator(LinearOperator):
         objective: the function whose Hessian is taken.
         mode: ``"fwd-rev"``, ``"rev-rev"``, ``"fd"`` (see :mod:`sharpscope.curvature.hvp`), or
             ``"auto"``: time ``fwd-rev`` and ``rev-rev`` on the first batch and keep the faster one
-            that works (finite differences are approximate and never chosen automatically). The mode
-            used, and why, is in :meth:`describe`.
+            that works, separately for single products (Lanczos) and for probe blocks (trace,
+            density), since vmapping changes which is faster. The timing runs the first time each
+            kind of call is made. Finite differences are approximate and never chosen
+            automatically. The modes used, and why, are in :meth:`describe`.
         block_size: probe vectors per vmapped pass; halved automatically on CUDA out-of-memory.
         allow_tf32: let CUDA use TF32 (about 1e-3 relative error per product); off by default.
 
@@ -51,8 +53,23 @@ class HessianOperator(LinearOperator):
         self.objective = objective
         self.block_size = block_size
         self.allow_tf32 = allow_tf32
-        self.selection: dict[str, object] = {"requested": mode}
-        self.mode = mode if mode != "auto" else self._pick_mode()
+        self.requested = mode
+        self.selection: dict[str, dict[str, object]] = {}
+        self.modes: dict[str, str] = {} if mode == "auto" else {"single": mode, "block": mode}
+
+    @property
+    def mode(self) -> str:
+        """The product mode in use: one name, or ``single/block`` when auto chose differently."""
+        if not self.modes:
+            return "auto (not yet chosen)"
+        chosen = set(self.modes.values())
+        return chosen.pop() if len(chosen) == 1 else "/".join(f"{k}:{v}" for k, v in sorted(self.modes.items()))
+
+    def _mode_for(self, m: int) -> str:
+        regime = "single" if m == 1 else "block"
+        if regime not in self.modes:
+            self.modes[regime] = self._pick_mode(1 if regime == "single" else self.block_size)
+        return self.modes[regime]
 
     # ------------------------------------------------------------------------------ products
     def _params(self) -> dict[str, Tensor]:
@@ -61,7 +78,7 @@ class HessianOperator(LinearOperator):
     def _matmat(self, V: Tensor) -> Tensor:
         rows = V.T.contiguous()
         out = torch.zeros_like(rows)
-        fn = HVP_MODES[self.mode]
+        fn = HVP_MODES[self._mode_for(min(rows.shape[0], self.block_size))]
         params = self._params()
         with fp32_precision(self.allow_tf32), self.objective.mode():
             for batch, w in zip(self.objective.batches, self.objective.weights()):
@@ -100,9 +117,9 @@ class HessianOperator(LinearOperator):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _pick_mode(self) -> str:
+    def _pick_mode(self, m: int) -> str:
         gen = torch.Generator().manual_seed(0)
-        rows = torch.randn(min(4, self.block_size), self.dim, generator=gen, dtype=self.dtype).to(self.device)
+        rows = torch.randn(m, self.dim, generator=gen, dtype=self.dtype).to(self.device)
         seconds: dict[str, float] = {}
         failures: dict[str, str] = {}
         for mode in ("fwd-rev", "rev-rev"):
@@ -113,9 +130,9 @@ class HessianOperator(LinearOperator):
         if not seconds:
             raise ObjectiveError(f"no Hessian-vector product mode works for this model: {failures}")
         chosen = min(seconds, key=seconds.__getitem__)
-        self.selection.update({"trial_seconds_per_probe": seconds, "failed": failures, "chosen": chosen})
+        self.selection[f"probes={m}"] = {"trial_seconds_per_probe": seconds, "failed": failures, "chosen": chosen}
         return chosen
 
     def describe(self) -> dict[str, object]:
-        return {**self.objective.describe(), "hvp_mode": self.mode, "mode_selection": self.selection,
-                "block_size": self.block_size, "tf32": self.allow_tf32}
+        return {**self.objective.describe(), "hvp_mode": self.mode, "hvp_mode_requested": self.requested,
+                "mode_selection": self.selection, "block_size": self.block_size, "tf32": self.allow_tf32}

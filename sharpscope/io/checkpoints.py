@@ -388,12 +388,12 @@ def load_checkpoint(path: str | os.PathLike[str], *, model: nn.Module | None = N
             target = raw.spec.build()
         except ConfigError as e:
             raise CheckpointError(f"{raw.path}: cannot build the stored model spec {raw.spec.to_json()} ({e}); "
-                                  "pass model= or model_factory='module:function' (CLI --model-factory)") from None
+                                  "pass model= or model_factory='module:function' (CLI --model)") from None
     elif raw.module is not None:
         target = raw.module
     else:
         raise CheckpointError(f"{raw.path}: no model spec stored; pass model= or model_factory='module:function' "
-                              "(CLI --model-factory)")
+                              "(CLI --model)")
     if target is not raw.module:
         fit_state_dict(target, raw.state_dict, source=str(raw.path))
     if built and isinstance(map_location, (str, torch.device)):

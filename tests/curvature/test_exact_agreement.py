@@ -27,13 +27,21 @@ def test_finite_differences_approximate_dense_hessian(objective: Objective) -> N
     assert torch.linalg.norm(hv - H @ v) <= 1e-7 * torch.linalg.norm(H @ v)
 
 
-def test_auto_mode_records_its_choice(objective: Objective) -> None:
-    op = HessianOperator(objective)
+def test_auto_mode_chooses_per_regime_and_records_why(objective: Objective) -> None:
+    op = HessianOperator(objective, block_size=4)
+    assert op.describe()["mode_selection"] == {}  # nothing timed before the first product
+    H = exact_hessian(objective)
+    v = torch.randn(objective.dim, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(op.matvec(v[:, 0]), H @ v[:, 0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(op.matmat(v), H @ v, rtol=1e-10, atol=1e-12)
     info = op.describe()
-    assert info["hvp_mode"] in ("fwd-rev", "rev-rev")
-    assert info["mode_selection"]["chosen"] == info["hvp_mode"]
-    assert set(info["mode_selection"]["trial_seconds_per_probe"]) == {"fwd-rev", "rev-rev"}
-    assert info["bn"] == objective.bn
+    assert set(info["mode_selection"]) == {"probes=1", "probes=4"}
+    for regime, trial in zip(("single", "block"), info["mode_selection"].values()):
+        assert set(trial["trial_seconds_per_probe"]) == {"fwd-rev", "rev-rev"}
+        assert trial["chosen"] == op.modes[regime] == min(trial["trial_seconds_per_probe"],
+                                                          key=trial["trial_seconds_per_probe"].get)
+    assert info["hvp_mode_requested"] == "auto" and info["bn"] == objective.bn
+    assert op.matvecs == 7  # trial products are not counted as the caller's HVPs
 
 
 def test_top5_and_most_negative_eigenvalues_match_eigvalsh(objective: Objective) -> None:

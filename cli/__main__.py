@@ -1,0 +1,3 @@
+from sharpscope_cli.main import app
+
+app(prog_name="sharpscope")

@@ -1,0 +1,228 @@
+"""The ``sharpscope`` command line: a thin layer over the library (parse, load, call, print)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import Enum
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import torch
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sharpscope.data import resolve_data
+from sharpscope.errors import SharpscopeError
+from sharpscope.io import load_checkpoint, save_checkpoint
+from sharpscope.losses import get_loss
+from sharpscope.probe import ProbeReport, ProbeSettings, probe
+
+app = typer.Typer(help="Measure the sharpness of neural-network loss landscapes.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+out = Console()
+err = Console(stderr=True)
+
+
+class Loss(str, Enum):
+    ce = "ce"
+    mse = "mse"
+    mse_mean = "mse-mean"
+
+
+class BN(str, Enum):
+    eval = "eval"
+    batch = "batch"
+
+
+class HVPMode(str, Enum):
+    auto = "auto"
+    fwd_rev = "fwd-rev"
+    rev_rev = "rev-rev"
+    fd = "fd"
+
+
+class TraceMethod(str, Enum):
+    hutchpp = "hutch++"
+    hutchinson = "hutchinson"
+
+
+class DType(str, Enum):
+    float32 = "float32"
+    float64 = "float64"
+
+
+def clean_errors(fn: Callable[..., None]) -> Callable[..., None]:
+    """Turn sharpscope's errors into one line on stderr and exit code 1."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except SharpscopeError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except torch.cuda.OutOfMemoryError:
+            err.print("[bold red]error:[/] out of GPU memory; use a smaller --batch-size or --n", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SharpscopeError(f"--device {name}: CUDA is not available on this machine")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise SharpscopeError(f"--device {name!r} is not a device (try cpu, cuda, cuda:1 or auto)") from None
+
+
+@contextmanager
+def progress_bar(enabled: bool) -> Iterator[Callable[[str, int, int], None] | None]:
+    """A progress bar on stderr, one row per stage, counting Hessian-vector products."""
+    if not enabled:
+        yield None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("HVPs"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        tasks: dict[str, int] = {}
+
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=min(done, total))
+
+        yield update
+
+
+def report_table(report: ProbeReport, title: str) -> Table:
+    s = report.settings
+    table = Table(title=title, title_justify="left", show_header=True, header_style="bold")
+    for col in ("quantity", "value", "± / residual", "HVPs", "seconds"):
+        table.add_column(col, justify="left" if col == "quantity" else "right")
+    top = report.top
+    for i, (value, res) in enumerate(zip(top.eigenvalues.tolist(), top.residuals.tolist())):
+        table.add_row(f"λ{i + 1}" if i else "λ_max (sharpness)", f"{value:.6g}", f"res {res:.1e}",
+                      str(top.hvps) if i == 0 else "", f"{top.seconds:.2f}" if i == 0 else "")
+    if report.most_negative is not None:
+        neg = report.most_negative
+        table.add_row("λ_min", f"{float(neg.eigenvalues[0]):.6g}", f"res {float(neg.residuals[0]):.1e}",
+                      str(neg.hvps), f"{neg.seconds:.2f}")
+    if report.trace is not None:
+        tr = report.trace
+        table.add_row(f"trace ({tr.settings['method']})", f"{tr.estimate:.6g}", f"± {tr.stderr:.2g}", str(tr.hvps),
+                      f"{tr.seconds:.2f}")
+        table.add_row("trace / dim", f"{tr.estimate / s['dim']:.4g}", f"± {tr.stderr / s['dim']:.2g}", "", "")
+    if report.density is not None:
+        d = report.density
+        table.add_row("SLQ trace (density)", f"{d.trace:.6g}", f"± {d.trace_stderr:.2g}", str(d.hvps),
+                      f"{d.seconds:.2f}")
+    table.add_row("loss", f"{report.loss:.6g}", "", "", "")
+    table.add_row("‖gradient‖", f"{report.grad_norm:.4g}", "", "", "")
+    table.caption = (f"{s['probe_examples']} examples in {s['num_batches']} batch(es), {s['dim']:,} parameters, "
+                     f"BN {s['bn']}, HVP {s['hvp_mode']}, {s['dtype']} on {s['device']}, seed {s['seed']}")
+    if not top.converged:
+        table.caption += " — λ did NOT converge to tol; raise --max-iter"
+    return table
+
+
+def emit(report: ProbeReport, title: str, as_json: bool, extra: dict[str, Any]) -> None:
+    if as_json:
+        payload = {**report.to_dict(), **extra}
+        sys.stdout.write(json.dumps(payload) + "\n")
+    else:
+        out.print(report_table(report, title))
+
+
+@app.command("probe")
+@clean_errors
+def probe_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint: .safetensors, or .pt/.pth/.ckpt (loaded weights-only).")],
+    data: Annotated[str, typer.Option(help="mnist1d, cifar10:DIR_OR_NPZ, cifar100:DIR, mnist:NPZ or npz:PATH (arrays x, y).")],
+    n: Annotated[Optional[int], typer.Option(help="Keep the first N examples as the probe set.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="module:factory returning the nn.Module, for checkpoints without a model spec.")] = None,
+    loss: Annotated[Loss, typer.Option(help="ce: mean cross entropy; mse: ½‖f−e_y‖² summed over outputs; mse-mean: mean over outputs.")] = Loss.ce,
+    k: Annotated[int, typer.Option(help="Number of top eigenvalues.")] = 1,
+    negative: Annotated[bool, typer.Option("--negative", help="Also the most negative eigenvalue.")] = False,
+    trace: Annotated[bool, typer.Option("--trace", help="Estimate the Hessian trace.")] = False,
+    density: Annotated[bool, typer.Option("--density", help="Spectral density by stochastic Lanczos quadrature.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    bn: Annotated[BN, typer.Option(help="BatchNorm: eval (running stats) or batch (stats of each fixed batch).")] = BN.eval,
+    batch_size: Annotated[int, typer.Option(help="Examples per batch in each product (memory).")] = 1000,
+    tol: Annotated[float, typer.Option(help="Relative Ritz residual at which Lanczos stops.")] = 1e-3,
+    max_iter: Annotated[Optional[int], typer.Option(help="Lanczos step limit (default max(100, 20k)).")] = None,
+    trace_method: Annotated[TraceMethod, typer.Option(help="Trace estimator.")] = TraceMethod.hutchpp,
+    trace_matvecs: Annotated[int, typer.Option(help="HVP budget of the trace estimate.")] = 99,
+    density_steps: Annotated[int, typer.Option(help="Lanczos steps per SLQ run.")] = 90,
+    density_runs: Annotated[int, typer.Option(help="SLQ runs.")] = 10,
+    hvp_mode: Annotated[HVPMode, typer.Option(help="Hessian-vector product: auto picks the faster exact mode.")] = HVPMode.auto,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
+    dtype: Annotated[DType, typer.Option(help="Arithmetic precision.")] = DType.float32,
+    allow_tf32: Annotated[bool, typer.Option("--allow-tf32", help="Let CUDA use TF32 (about 1e-3 relative error).")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of every random vector.")] = 0,
+    unsafe_load: Annotated[bool, typer.Option("--unsafe-load", help="Allow pickles that run code when loaded. Only for files you trust.")] = False,
+) -> None:
+    """Top eigenvalues, trace and spectral density of the loss Hessian at a checkpoint."""
+    dev = pick_device(device)
+    torch_dtype = getattr(torch, dtype.value)
+    settings = ProbeSettings(k=k, tol=tol, max_iter=max_iter, negative=negative, trace=trace,
+                             trace_method=trace_method.value, trace_matvecs=trace_matvecs, density=density,
+                             density_steps=density_steps, density_runs=density_runs, bn=bn.value,
+                             batch_size=batch_size, hvp_mode=hvp_mode.value, allow_tf32=allow_tf32, seed=seed)
+    if n is not None and n < 1:
+        raise SharpscopeError(f"--n must be positive, got {n}")
+    loaded = load_checkpoint(checkpoint, model_factory=model, unsafe_load=unsafe_load)
+    dataset = resolve_data(data, n=n)
+    net = loaded.model.to(device=dev, dtype=torch_dtype)
+    with progress_bar(not as_json and err.is_terminal) as bar:
+        report = probe(net, get_loss(loss.value), dataset.x.to(dev), dataset.y.to(dev), settings, progress=bar)
+    extra = {"checkpoint": str(checkpoint), "data": dataset.name, "loss_fn": loss.value}
+    report.settings.update(extra)
+    emit(report, f"{checkpoint.name} on {dataset.name} ({loss.value} loss)", as_json, extra)
+
+
+@app.command()
+@clean_errors
+def demo(
+    seconds: Annotated[float, typer.Option(help="Training time budget.")] = 3.0,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Keep the checkpoint here (default: a temporary folder).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for training and probing.")] = 0,
+) -> None:
+    """Train a small MLP on MNIST-1D (generated offline) for a few seconds, save it, and probe it:
+    top eigenvalue and Hessian trace."""
+    from sharpscope.demo import train_demo_model
+
+    if not seconds > 0:
+        raise SharpscopeError(f"--seconds must be positive, got {seconds}")
+    if not as_json:
+        err.print(f"training an MLP on MNIST-1D for {seconds:g} s ...")
+    run = train_demo_model(seconds, seed=seed)
+    folder = out_dir or Path(tempfile.mkdtemp(prefix="sharpscope-demo-"))
+    path = save_checkpoint(folder / "demo.safetensors", run.model, spec=run.spec,
+                           extra={"steps": run.steps, "train_accuracy": run.train_accuracy})
+    loaded = load_checkpoint(path)
+    settings = ProbeSettings(k=1, trace=True, batch_size=None, seed=seed)
+    with progress_bar(not as_json and err.is_terminal) as bar:
+        report = probe(loaded.model, get_loss("ce"), run.data.x, run.data.y, settings, progress=bar)
+    extra = {"checkpoint": str(path), "data": run.data.name, "loss_fn": "ce", "train_steps": run.steps,
+             "train_accuracy": run.train_accuracy}
+    report.settings.update(extra)
+    emit(report, f"MLP after {run.steps} SGD steps on MNIST-1D (train accuracy {run.train_accuracy:.1%})",
+         as_json, extra)
+    if not as_json:
+        err.print(f"checkpoint: {path}\nprobe it again: sharpscope probe {path} --data mnist1d --k 5 --trace")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,49 @@
+"""The built-in default job: train a small MLP on MNIST-1D for a few seconds, then probe it.
+
+MNIST-1D (Greydanus & Kobak) is generated offline by the ``mnist1d`` package, so this runs with
+no network and no data files.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sharpscope.data import ArrayDataset, mnist1d
+from sharpscope.losses import accuracy
+from sharpscope.models import ModelSpec
+
+DEMO_SPEC = ModelSpec("mlp", {"in_features": 40, "num_classes": 10, "widths": [100, 100], "activation": "relu"})
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    model: nn.Module
+    spec: ModelSpec
+    data: ArrayDataset
+    steps: int
+    seconds: float
+    train_accuracy: float
+
+
+def train_demo_model(seconds: float = 3.0, *, seed: int = 0, max_steps: int = 3000) -> DemoRun:
+    """SGD with momentum (lr 0.05, β 0.9, batch 128) on the 4,000 MNIST-1D training examples for
+    ``seconds`` of wall-clock time or ``max_steps`` steps, whichever comes first."""
+    data = mnist1d(train=True)
+    torch.manual_seed(seed)
+    model = DEMO_SPEC.build()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    gen = torch.Generator().manual_seed(seed)
+    start, steps = time.perf_counter(), 0
+    while steps < max_steps and time.perf_counter() - start < seconds:
+        idx = torch.randint(0, len(data), (128,), generator=gen)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(data.x[idx]), data.y[idx]).backward()
+        opt.step()
+        steps += 1
+    with torch.no_grad():
+        acc = accuracy(model(data.x), data.y)
+    return DemoRun(model, DEMO_SPEC, data, steps, time.perf_counter() - start, acc)
