@@ -18,7 +18,9 @@ from sharpscope.curvature import (
     LinearOperator,
     MatrixOperator,
     Objective,
+    PreconditionedOperator,
     TraceResult,
+    adam_preconditioner,
     exact_hessian,
     hutchinson,
     hutchpp,
@@ -33,6 +35,6 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointError", "ConfigError", "ConvergenceWarning", "DataError", "DensityResult", "EigenResult",
     "HessianOperator", "LambdaOperator", "LinearOperator", "MatrixOperator", "Objective", "ObjectiveError",
-    "SharpscopeError", "TraceResult", "exact_hessian", "hutchinson", "hutchpp", "lanczos", "power_iteration",
-    "slq_density",
+    "PreconditionedOperator", "SharpscopeError", "TraceResult", "adam_preconditioner", "exact_hessian",
+    "hutchinson", "hutchpp", "lanczos", "power_iteration", "slq_density",
 ]

@@ -7,11 +7,12 @@ from sharpscope.curvature.lanczos import ConvergenceWarning, lanczos
 from sharpscope.curvature.linear_operator import LambdaOperator, LinearOperator, MatrixOperator
 from sharpscope.curvature.objective import Objective
 from sharpscope.curvature.power import power_iteration
+from sharpscope.curvature.preconditioned import PreconditionedOperator, adam_preconditioner
 from sharpscope.curvature.results import DensityResult, EigenResult, TraceResult
 from sharpscope.curvature.trace import hutchinson, hutchpp
 
 __all__ = [
     "ConvergenceWarning", "DensityResult", "EigenResult", "HessianOperator", "LambdaOperator", "LinearOperator",
-    "MatrixOperator", "Objective", "TraceResult", "exact_hessian", "hutchinson", "hutchpp", "lanczos",
-    "power_iteration", "slq_density",
+    "MatrixOperator", "Objective", "PreconditionedOperator", "TraceResult", "adam_preconditioner", "exact_hessian",
+    "hutchinson", "hutchpp", "lanczos", "power_iteration", "slq_density",
 ]

@@ -13,17 +13,25 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 def small_cnn() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Tanh(), nn.AvgPool2d(2),
-                         nn.Conv2d(8, 8, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(8 * 8 * 8, 10))
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Tanh(), nn.AvgPool2d(2),
+                         nn.Conv2d(4, 4, 3, padding=1), nn.Tanh(), nn.AvgPool2d(2), nn.Flatten(),
+                         nn.Linear(4 * 4 * 4, 10))
 
 
-@pytest.mark.parametrize("bn", ["eval", "batch"])
-@pytest.mark.parametrize("mode", ["fwd-rev", "rev-rev"])
-def test_float32_cuda_products_match_float64_cpu(bn: str, mode: str) -> None:
+@pytest.fixture(scope="module", params=["eval", "batch"])
+def problem(request: pytest.FixtureRequest) -> tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """BN mode, data, and the float64 CPU Hessian (about 900 parameters)."""
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(64, 3, 16, 16, generator=gen), torch.randint(0, 10, (64,), generator=gen)
-    exact = exact_hessian(Objective(small_cnn().double(), nn.CrossEntropyLoss(), (x.double(), y), bn=bn,
-                                    batch_size=32))
+    exact = exact_hessian(Objective(small_cnn().double(), nn.CrossEntropyLoss(), (x.double(), y),
+                                    bn=request.param, batch_size=32))
+    return request.param, x, y, exact
+
+
+@pytest.mark.parametrize("mode", ["fwd-rev", "rev-rev"])
+def test_float32_cuda_products_match_float64_cpu(problem: tuple, mode: str) -> None:
+    bn, x, y, exact = problem
+    gen = torch.Generator().manual_seed(1)
     op = HessianOperator(Objective(small_cnn().cuda(), nn.CrossEntropyLoss(), (x, y), bn=bn, batch_size=32),
                          mode=mode)
     V = torch.randn(op.dim, 8, generator=gen, dtype=torch.float64)
