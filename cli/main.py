@@ -169,6 +169,7 @@ def probe_cmd(
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     dtype: Annotated[DType, typer.Option(help="Arithmetic precision.")] = DType.float32,
     allow_tf32: Annotated[bool, typer.Option("--allow-tf32", help="Let CUDA use TF32 (about 1e-3 relative error).")] = False,
+    cache_graphs: Annotated[bool, typer.Option("--cache-graphs", help="Keep every batch's gradient graph between products (double backward; faster, needs the memory of all batches).")] = False,
     seed: Annotated[int, typer.Option(help="Seed of every random vector.")] = 0,
     unsafe_load: Annotated[bool, typer.Option("--unsafe-load", help="Allow pickles that run code when loaded. Only for files you trust.")] = False,
 ) -> None:
@@ -178,7 +179,8 @@ def probe_cmd(
     settings = ProbeSettings(k=k, tol=tol, max_iter=max_iter, negative=negative, trace=trace,
                              trace_method=trace_method.value, trace_matvecs=trace_matvecs, density=density,
                              density_steps=density_steps, density_runs=density_runs, bn=bn.value,
-                             batch_size=batch_size, hvp_mode=hvp_mode.value, allow_tf32=allow_tf32, seed=seed)
+                             batch_size=batch_size, hvp_mode=hvp_mode.value, allow_tf32=allow_tf32,
+                             cache_graphs=cache_graphs, seed=seed)
     if n is not None and n < 1:
         raise SharpscopeError(f"--n must be positive, got {n}")
     loaded = load_checkpoint(checkpoint, model_factory=model, unsafe_load=unsafe_load)

@@ -41,6 +41,7 @@ class ProbeSettings:
     hvp_mode: Literal["auto", "fwd-rev", "rev-rev", "fd"] = "auto"
     block_size: int = 8
     allow_tf32: bool = False
+    cache_graphs: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -94,7 +95,7 @@ def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tens
     if settings.k > objective.dim:
         raise ConfigError(f"k={settings.k} exceeds the number of parameters ({objective.dim})")
     op = HessianOperator(objective, mode=settings.hvp_mode, block_size=settings.block_size,
-                         allow_tf32=settings.allow_tf32)
+                         allow_tf32=settings.allow_tf32, cache_graphs=settings.cache_graphs)
     loss, grad_norm = objective.loss(), float(objective.gradient().norm())
     max_iter = settings.max_iter or min(objective.dim, max(100, 20 * settings.k))
 

@@ -17,7 +17,7 @@ import torch
 from sharpscope.curvature.lanczos import lanczos_tridiagonals, tridiagonal_eigh
 from sharpscope.curvature.linear_operator import LinearOperator
 from sharpscope.curvature.results import DensityResult, gaussian_density
-from sharpscope.curvature.sampling import Stopwatch, make_generator
+from sharpscope.curvature.sampling import Stopwatch, make_generator, seed_record
 from sharpscope.errors import ConfigError
 
 
@@ -67,5 +67,5 @@ def slq_density(op: LinearOperator, num_steps: int = 90, num_runs: int = 10, *, 
         trace=float(per_run_trace.mean()), trace_stderr=trace_stderr,
         hvps=op.matvecs - start_hvps, seconds=clock.seconds(),
         settings={"method": "slq", "num_steps": steps, "num_runs": num_runs, "sigma2_relative": sigma2,
-                  "grid_size": grid_size, "seed": seed if isinstance(seed, int) else None},
+                  "grid_size": grid_size, "seed": seed_record(seed, gen)},
     )

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from sharpscope.curvature.hvp import HVP_MODES
+from sharpscope.curvature.hvp import HVP_MODES, GradientGraph, apply_graph, gradient_graph
 from sharpscope.curvature.linear_operator import LinearOperator
-from sharpscope.curvature.objective import Objective
+from sharpscope.curvature.objective import Batch, Objective
 from sharpscope.curvature.precision import fp32_precision
 from sharpscope.errors import ConfigError, ObjectiveError
 
@@ -31,6 +33,11 @@ class HessianOperator(LinearOperator):
             automatically. The modes used, and why, are in :meth:`describe`.
         block_size: probe vectors per vmapped pass; halved automatically on CUDA out-of-memory.
         allow_tf32: let CUDA use TF32 (about 1e-3 relative error per product); off by default.
+        cache_graphs: with ``rev-rev`` products, keep every batch's gradient graph between calls so
+            each product is one double backward per batch (PyHessian's single-batch trick, for any
+            number of batches). Costs the activation memory of all batches at once. The cache is
+            rebuilt when any parameter or buffer of the model changes (tracked by tensor versions).
+        cudnn_benchmark: let cuDNN time its convolution algorithms (on CUDA; restored afterwards).
 
     Example (float64, a linear least-squares model, where ``H = XᵀX / N`` exactly)::
 
@@ -44,7 +51,7 @@ class HessianOperator(LinearOperator):
     """
 
     def __init__(self, objective: Objective, *, mode: HVPMode = "auto", block_size: int = 8,
-                 allow_tf32: bool = False) -> None:
+                 allow_tf32: bool = False, cache_graphs: bool = False, cudnn_benchmark: bool = True) -> None:
         if mode not in ("auto", *HVP_MODES):
             raise ConfigError(f"mode must be one of auto, {', '.join(HVP_MODES)}; got {mode!r}")
         if block_size < 1:
@@ -54,8 +61,18 @@ class HessianOperator(LinearOperator):
         self.block_size = block_size
         self.allow_tf32 = allow_tf32
         self.requested = mode
+        self.cache_graphs = cache_graphs
+        self.cudnn_benchmark = cudnn_benchmark
+        self._graphs: list[GradientGraph] = []
+        self._graph_key: tuple[tuple[int, int], ...] | None = None
+        if cache_graphs and mode == "auto":
+            mode = "rev-rev"  # the cache exists for double backward only
+        elif cache_graphs and mode != "rev-rev":
+            raise ConfigError(f"cache_graphs needs mode='rev-rev' (or 'auto'), got {mode!r}")
         self.selection: dict[str, dict[str, object]] = {}
         self.modes: dict[str, str] = {} if mode == "auto" else {"single": mode, "block": mode}
+        if cache_graphs:
+            self.selection["cache_graphs"] = {"chosen": "rev-rev", "reason": "graph cache requested"}
 
     @property
     def mode(self) -> str:
@@ -78,9 +95,11 @@ class HessianOperator(LinearOperator):
     def _matmat(self, V: Tensor) -> Tensor:
         rows = V.T.contiguous()
         out = torch.zeros_like(rows)
-        fn = HVP_MODES[self._mode_for(min(rows.shape[0], self.block_size))]
+        fn = self._cached if self.cache_graphs else HVP_MODES[self._mode_for(min(rows.shape[0], self.block_size))]
         params = self._params()
-        with fp32_precision(self.allow_tf32), self.objective.mode():
+        with self._backend_settings(), self.objective.mode():
+            if self.cache_graphs:
+                self._refresh_graphs(params)
             for batch, w in zip(self.objective.batches, self.objective.weights()):
                 start = 0
                 while start < rows.shape[0]:
@@ -101,11 +120,38 @@ class HessianOperator(LinearOperator):
                                  "overflow at these parameters")
         return out.T
 
+    @contextlib.contextmanager
+    def _backend_settings(self) -> Iterator[None]:
+        saved = torch.backends.cudnn.benchmark
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = self.cudnn_benchmark
+        try:
+            with fp32_precision(self.allow_tf32):
+                yield
+        finally:
+            torch.backends.cudnn.benchmark = saved
+
+    # ----------------------------------------------------------------------------- graph cache
+    def _state_key(self) -> tuple[tuple[int, int], ...]:
+        model = self.objective.model
+        return tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
+
+    def _refresh_graphs(self, params: dict[str, Tensor]) -> None:
+        key = self._state_key()
+        if key != self._graph_key:
+            self._graphs = []  # free the old graphs before building new ones
+            self._graphs = [gradient_graph(self.objective, params, b) for b in self.objective.batches]
+            self._graph_key = key
+
+    def _cached(self, objective: Objective, params: dict[str, Tensor], batch: Batch, rows: Tensor) -> Tensor:
+        index = next(i for i, b in enumerate(objective.batches) if b is batch)
+        return apply_graph(objective, self._graphs[index], rows, keep=True)
+
     # ---------------------------------------------------------------------------- auto mode
     def _trial(self, mode: str, rows: Tensor) -> float:
         fn = HVP_MODES[mode]
         batch, params = self.objective.batches[0], self._params()
-        with fp32_precision(self.allow_tf32), self.objective.mode():
+        with self._backend_settings(), self.objective.mode():
             fn(self.objective, params, batch, rows)  # warm-up (kernels, caches)
             self._sync()
             start = time.perf_counter()
@@ -135,4 +181,6 @@ class HessianOperator(LinearOperator):
 
     def describe(self) -> dict[str, object]:
         return {**self.objective.describe(), "hvp_mode": self.mode, "hvp_mode_requested": self.requested,
-                "mode_selection": self.selection, "block_size": self.block_size, "tf32": self.allow_tf32}
+                "mode_selection": self.selection, "block_size": self.block_size, "tf32": self.allow_tf32,
+                "cache_graphs": self.cache_graphs,
+                "cudnn_benchmark": self.cudnn_benchmark if self.device.type == "cuda" else None}

@@ -6,7 +6,8 @@ where ``H_b`` is the Hessian of batch ``b``'s mean loss and ``w = n_b / N`` its 
 * ``fwd-rev``: forward-mode derivative of the gradient, ``H v = d/dt ∇ℓ(θ + t v)|_{t=0}``
   (``torch.func.jvp`` of ``torch.func.grad``), vmapped over the block: one pass serves m probes.
 * ``rev-rev``: double backward (Pearlmutter), ``H v = ∇_θ ⟨∇ℓ(θ), v⟩``; one graph per batch
-  serves the whole block.
+  serves the whole block (and, with :class:`HessianOperator`'s ``cache_graphs``, every later
+  product at the same parameters).
 * ``fd``: central differences of gradients, ``H v ≈ (∇ℓ(θ + εv) − ∇ℓ(θ − εv)) / (2ε)``, with
   ``ε = h (1 + ‖θ‖) / ‖v‖`` and ``h`` about the cube root of machine epsilon; error ``O(ε²)``.
 """
@@ -14,6 +15,7 @@ where ``H_b`` is the Hessian of batch ``b``'s mean loss and ``w = n_b / N`` its 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -37,23 +39,42 @@ def hvp_fwd_rev(objective: Objective, params: dict[str, Tensor], batch: Batch, r
     return vmap(one)(rows)
 
 
-def hvp_rev_rev(objective: Objective, params: dict[str, Tensor], batch: Batch, rows: Tensor) -> Tensor:
-    """Double-backward products; one forward/backward graph reused for every row."""
-    leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
-    out = torch.zeros_like(rows)
+@dataclass(frozen=True)
+class GradientGraph:
+    """One batch's gradient ``∇ℓ_b(θ)`` with its autograd graph kept for double backward."""
+
+    leaves: list[Tensor]
+    grads: list[Tensor]  # only the entries that depend on the parameters
+    live: list[int]
+
+
+def gradient_graph(objective: Objective, params: dict[str, Tensor], batch: Batch) -> GradientGraph:
+    """Forward and backward with ``create_graph=True`` on detached copies of the parameters."""
+    leaves = [p.detach().requires_grad_(True) for p in params.values()]
     with torch.enable_grad():
-        loss = objective.batch_loss(leaves, batch)
-        grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True, allow_unused=True)
-        live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
-        if not live:  # the loss is at most linear in every selected parameter: H = 0
-            return out
-        inputs = list(leaves.values())
+        loss = objective.batch_loss(dict(zip(params, leaves)), batch)
+        grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
+    live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+    return GradientGraph(leaves, [grads[i] for i in live], live)
+
+
+def apply_graph(objective: Objective, graph: GradientGraph, rows: Tensor, *, keep: bool) -> Tensor:
+    """``H_b v = ∇_θ ⟨∇ℓ_b, v⟩`` for each row by double backward; ``keep`` retains the graph after."""
+    out = torch.zeros_like(rows)
+    if not graph.live:  # the loss is at most linear in every selected parameter: H = 0
+        return out
+    with torch.enable_grad():
         for r in range(rows.shape[0]):
             v = list(objective.unflatten(rows[r]).values())
-            hv = torch.autograd.grad([grads[i] for i in live], inputs, grad_outputs=[v[i] for i in live],
-                                     retain_graph=r + 1 < rows.shape[0], allow_unused=True)
-            out[r] = objective.flatten(torch.zeros_like(p) if h is None else h for h, p in zip(hv, inputs))
+            hv = torch.autograd.grad(graph.grads, graph.leaves, grad_outputs=[v[i] for i in graph.live],
+                                     retain_graph=keep or r + 1 < rows.shape[0], allow_unused=True)
+            out[r] = objective.flatten(torch.zeros_like(p) if h is None else h for h, p in zip(hv, graph.leaves))
     return out
+
+
+def hvp_rev_rev(objective: Objective, params: dict[str, Tensor], batch: Batch, rows: Tensor) -> Tensor:
+    """Double-backward products; one forward/backward graph reused for every row."""
+    return apply_graph(objective, gradient_graph(objective, params, batch), rows, keep=False)
 
 
 def fd_step(dtype: torch.dtype) -> float:

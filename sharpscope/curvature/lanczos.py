@@ -22,7 +22,7 @@ from torch import Tensor
 
 from sharpscope.curvature.linear_operator import LinearOperator
 from sharpscope.curvature.results import EigenResult
-from sharpscope.curvature.sampling import Stopwatch, make_generator
+from sharpscope.curvature.sampling import Stopwatch, make_generator, seed_record
 from sharpscope.errors import ConfigError
 
 Which = Literal["LA", "SA", "LM", "BE"]
@@ -166,7 +166,7 @@ def lanczos(op: LinearOperator, k: int = 1, *, which: Which = "LA", tol: float =
         converged=done,
         settings={"method": "lanczos", "k": k, "which": which, "tol": tol, "max_iter": max_iter, "steps": j + 1,
                   "restarts": restarts, "warm_start": v0 is not None,
-                  "seed": seed if isinstance(seed, int) else None},
+                  "seed": seed_record(seed, gen)},
     )
 
 

@@ -11,7 +11,7 @@ from torch import Tensor
 from sharpscope.curvature.lanczos import ConvergenceWarning, _start_vector
 from sharpscope.curvature.linear_operator import LinearOperator
 from sharpscope.curvature.results import EigenResult
-from sharpscope.curvature.sampling import Stopwatch, make_generator
+from sharpscope.curvature.sampling import Stopwatch, make_generator, seed_record
 from sharpscope.errors import ConfigError
 
 
@@ -30,7 +30,8 @@ def power_iteration(op: LinearOperator, *, tol: float = 1e-3, max_iter: int = 10
     if max_iter < 1 or not tol > 0:
         raise ConfigError(f"need max_iter >= 1 and tol > 0, got {max_iter} and {tol}")
     clock, start_hvps = Stopwatch(op.device), op.matvecs
-    v = _start_vector(op, v0, make_generator(seed))
+    gen = make_generator(seed)
+    v = _start_vector(op, v0, gen)
     theta_old, residual, done = None, float("inf"), False
     for step in range(1, max_iter + 1):
         hv = op.matvec(v)
@@ -50,5 +51,5 @@ def power_iteration(op: LinearOperator, *, tol: float = 1e-3, max_iter: int = 10
         residuals=torch.tensor([residual], dtype=torch.float64), hvps=op.matvecs - start_hvps,
         seconds=clock.seconds(), converged=done,
         settings={"method": "power_iteration", "tol": tol, "criterion": criterion, "max_iter": max_iter,
-                  "steps": step, "seed": seed if isinstance(seed, int) else None},
+                  "steps": step, "seed": seed_record(seed, gen)},
     )

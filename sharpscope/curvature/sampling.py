@@ -15,15 +15,28 @@ Distribution = Literal["rademacher", "gaussian"]
 
 
 def make_generator(seed: int | torch.Generator | None) -> torch.Generator:
-    """A CPU generator: probes are drawn on the CPU so a seed gives the same vectors on any device."""
+    """A CPU generator: random vectors are drawn on the CPU so a seed gives the same vectors on any
+    device. ``None`` draws a fresh seed (recorded by :func:`seed_record`); the global RNG is never used.
+    """
     if isinstance(seed, torch.Generator):
+        if seed.device.type != "cpu":
+            raise ConfigError(f"generator must be a CPU torch.Generator (draws are moved to the operator's "
+                              f"device), got one on {seed.device}")
         return seed
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ConfigError(f"seed must be a non-negative integer, a torch.Generator or None, got {seed!r}")
     gen = torch.Generator()
     if seed is None:
         gen.seed()
     else:
-        gen.manual_seed(int(seed))
+        gen.manual_seed(seed)
     return gen
+
+
+def seed_record(seed: int | torch.Generator | None, gen: torch.Generator) -> int | str:
+    """What to record as the seed of a result: the integer seed used (drawn if none was given), or
+    ``"generator"`` when the caller passed a generator whose state is theirs to record."""
+    return "generator" if isinstance(seed, torch.Generator) else gen.initial_seed()
 
 
 def probes(op: LinearOperator, m: int, distribution: Distribution, gen: torch.Generator) -> Tensor:

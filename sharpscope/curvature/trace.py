@@ -23,7 +23,7 @@ from torch import Tensor
 
 from sharpscope.curvature.linear_operator import LinearOperator
 from sharpscope.curvature.results import TraceResult
-from sharpscope.curvature.sampling import Distribution, Stopwatch, make_generator, probes
+from sharpscope.curvature.sampling import Distribution, Stopwatch, make_generator, probes, seed_record
 from sharpscope.errors import ConfigError
 
 
@@ -64,7 +64,7 @@ def hutchinson(op: LinearOperator, num_matvecs: int, *, distribution: Distributi
         estimate=float(s.mean()), stderr=_stderr(s), samples=s, hvps=op.matvecs - start_hvps,
         seconds=clock.seconds(),
         settings={"method": "hutchinson", "distribution": distribution, "num_matvecs": num_matvecs,
-                  "rtol": rtol, "seed": seed if isinstance(seed, int) else None},
+                  "rtol": rtol, "seed": seed_record(seed, gen)},
     )
 
 
@@ -89,5 +89,5 @@ def hutchpp(op: LinearOperator, num_matvecs: int, *, distribution: Distribution 
         estimate=low_rank + float(samples.mean()), stderr=_stderr(samples), samples=samples,
         hvps=op.matvecs - start_hvps, seconds=clock.seconds(),
         settings={"method": "hutch++", "distribution": distribution, "num_matvecs": num_matvecs,
-                  "sketch_size": sketch, "low_rank_trace": low_rank, "seed": seed if isinstance(seed, int) else None},
+                  "sketch_size": sketch, "low_rank_trace": low_rank, "seed": seed_record(seed, gen)},
     )

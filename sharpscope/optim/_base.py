@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sharpscope.curvature import sampling
 from sharpscope.errors import ConfigError, DataError, SharpscopeError
 from sharpscope.optim.batchnorm import frozen_bn_stats
 
@@ -77,14 +78,9 @@ def check_int(name: str, value: Any, *, low: int) -> int:
 
 def make_generator(generator: torch.Generator | None, seed: int) -> torch.Generator:
     """The given CPU generator, or a fresh one seeded with ``seed`` (never the global RNG)."""
-    if generator is None:
-        return torch.Generator(device="cpu").manual_seed(check_int("seed", seed, low=0))
-    if not isinstance(generator, torch.Generator):
+    if generator is not None and not isinstance(generator, torch.Generator):
         raise ConfigError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if generator.device.type != "cpu":
-        raise ConfigError("generator must be a CPU torch.Generator (draws are moved to the "
-                          f"parameters' device), got one on {generator.device}")
-    return generator
+    return sampling.make_generator(generator if generator is not None else check_int("seed", seed, low=0))
 
 
 def call_closure(closure: Closure) -> Any:

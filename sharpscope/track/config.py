@@ -1,0 +1,168 @@
+"""The configuration of a training run: one flat, JSON-serialisable dataclass.
+
+Everything that determines the run's numbers is here (and stored as ``config.json``), so two runs
+with equal configs on the same machine give identical records, and a resumed run can check that
+it continues the run it thinks it continues.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sharpscope.errors import ConfigError
+
+OPTIMIZERS = ("gd", "sgd", "sam", "adam", "adamw")
+
+
+@dataclass
+class TrainConfig:
+    """A training run with sharpness tracking.
+
+    Model and data:
+        model: a model spec ``{"name": ..., "kwargs": {...}}`` (:class:`sharpscope.models.ModelSpec`).
+        data, n, data_options: training set, ``resolve_data(data, n=n, **data_options)``.
+        test_data, test_n, test_data_options: optional fixed test set (``train=False``). The option
+            value ``"feature_stats": "train"`` standardises a CIFAR test file with the per-feature
+            statistics of the *training* file (Cohen et al.'s convention).
+        probe_n: the tracker's probe set is the first ``probe_n`` training examples (None: all of
+            them, which is the objective full-batch GD descends; Cohen et al. use 5000).
+    Training:
+        loss: ``ce``, ``mse`` (½‖f−e_y‖² summed over classes) or ``mse-mean``.
+        optimizer: ``gd``/``sgd`` (``torch.optim.SGD``), ``sam`` (``sharpscope.optim.SAM`` over
+            ``base`` = ``sgd`` or ``adam``), ``adam``, ``adamw``; ``optimizer_kwargs`` go to it
+            (``lr``, ``momentum``, ``nesterov``, ``dampening``, ``weight_decay``, ``betas``,
+            ``rho``, ``base``, ...).
+        batch_size: mini-batch size; None = full batch (gradient accumulated over fixed physical
+            batches of ``physical_batch_size``, weighted by example counts).
+        steps: optimizer steps. stop_at_train_acc: stop once the training accuracy reaches it
+            (every step in full-batch mode, at measurements in mini-batch mode).
+    Tracking:
+        measure_every, k, tol, max_iter, trace, trace_method, trace_matvecs, bn, hvp_mode: see
+        :class:`~sharpscope.track.tracker.SharpnessTracker`. ``hvp_mode`` is fixed (not
+        ``auto``) by default so records are reproducible to the last bit.
+        checkpoint_every: steps between checkpoints (the final step is always checkpointed).
+    Execution:
+        seed: model initialisation, mini-batch order, Lanczos and trace probes (all explicit
+            generators). device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``. dtype: ``float32``/``float64``.
+        recipe, scale: where the config came from (informational).
+    """
+
+    model: dict[str, Any]
+    data: str = "mnist1d"
+    n: int | None = None
+    data_options: dict[str, Any] = field(default_factory=dict)
+    test_data: str | None = None
+    test_n: int | None = None
+    test_data_options: dict[str, Any] = field(default_factory=dict)
+    probe_n: int | None = None
+    loss: str = "mse"
+    optimizer: str = "gd"
+    optimizer_kwargs: dict[str, Any] = field(default_factory=lambda: {"lr": 0.01})
+    batch_size: int | None = None
+    physical_batch_size: int = 1000
+    steps: int = 1000
+    stop_at_train_acc: float | None = None
+    measure_every: int = 50
+    k: int = 1
+    tol: float = 1e-3
+    max_iter: int | None = None
+    trace: bool = False
+    trace_method: str = "hutch++"
+    trace_matvecs: int = 99
+    bn: str = "eval"
+    hvp_mode: str = "rev-rev"
+    checkpoint_every: int = 100
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    recipe: str | None = None
+    scale: str | None = None
+
+    # ------------------------------------------------------------------------ conversion
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready deep copy."""
+        return json.loads(json.dumps(dataclasses.asdict(self), allow_nan=False))
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise :class:`ConfigError` listing the valid ones."""
+        unknown = sorted(set(d) - set(cls.field_names()))
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {unknown}; valid: {', '.join(cls.field_names())}")
+        if "model" not in d:
+            raise ConfigError("a train config needs 'model' ({'name': ..., 'kwargs': {...}})")
+        cfg = cls(**{k: json.loads(json.dumps(v)) for k, v in d.items()})
+        cfg.validate()
+        return cfg
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> TrainConfig:
+        """A copy with ``{"key": value}`` or dotted ``{"optimizer_kwargs.lr": 0.02}`` replaced.
+
+        Dotted keys reach into the dict-valued fields (``model.kwargs.widths``,
+        ``data_options.standardize``); missing intermediate dicts are created.
+        """
+        d = self.to_dict()
+        for key, value in overrides.items():
+            parts = key.split(".")
+            if parts[0] not in d:
+                raise ConfigError(f"unknown config key {parts[0]!r} in {key!r}; valid: {', '.join(self.field_names())}")
+            target = d
+            for i, part in enumerate(parts[:-1]):
+                if target.get(part) is None and i > 0:
+                    target[part] = {}
+                if not isinstance(target.get(part), dict):
+                    raise ConfigError(f"{'.'.join(parts[:i + 1])} is not a dict; cannot set {key!r}")
+                target = target[part]
+            target[parts[-1]] = value
+        return TrainConfig.from_dict(d)
+
+    # ------------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` on a value out of range (one message per problem)."""
+
+        def pos_int(name: str, value: Any, optional: bool = False) -> None:
+            if optional and value is None:
+                return
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer{' or null' if optional else ''}, got {value!r}")
+
+        if not isinstance(self.model, dict) or "name" not in self.model:
+            raise ConfigError(f"model must be {{'name': ..., 'kwargs': {{...}}}}, got {self.model!r}")
+        for name in ("n", "test_n", "probe_n", "batch_size", "max_iter"):
+            pos_int(name, getattr(self, name), optional=True)
+        for name in ("physical_batch_size", "measure_every", "k", "checkpoint_every", "trace_matvecs"):
+            pos_int(name, getattr(self, name))
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
+            raise ConfigError(f"steps must be a non-negative integer, got {self.steps!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        if not isinstance(self.optimizer_kwargs, dict) or "lr" not in self.optimizer_kwargs:
+            raise ConfigError("optimizer_kwargs must be a dict with at least 'lr'")
+        for name in ("data_options", "test_data_options"):
+            if not isinstance(getattr(self, name), dict):
+                raise ConfigError(f"{name} must be a dict, got {getattr(self, name)!r}")
+        if self.stop_at_train_acc is not None and not (isinstance(self.stop_at_train_acc, (int, float))
+                                                       and 0 < self.stop_at_train_acc <= 1):
+            raise ConfigError(f"stop_at_train_acc must be in (0, 1] or null, got {self.stop_at_train_acc!r}")
+        if not isinstance(self.tol, (int, float)) or not self.tol > 0:
+            raise ConfigError(f"tol must be positive, got {self.tol!r}")
+        if self.trace_method not in ("hutch++", "hutchinson"):
+            raise ConfigError(f"trace_method must be 'hutch++' or 'hutchinson', got {self.trace_method!r}")
+        if self.bn not in ("eval", "batch"):
+            raise ConfigError(f"bn must be 'eval' or 'batch', got {self.bn!r}")
+        if self.hvp_mode not in ("auto", "fwd-rev", "rev-rev", "fd"):
+            raise ConfigError(f"hvp_mode must be auto, fwd-rev, rev-rev or fd; got {self.hvp_mode!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise ConfigError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        if not isinstance(self.device, str) or not self.device:
+            raise ConfigError(f"device must be a string like cpu, cuda, cuda:1 or auto, got {self.device!r}")

@@ -1,0 +1,322 @@
+"""The run directory: everything a training run leaves behind, written so a kill loses nothing.
+
+Layout::
+
+    RUN/
+      config.json                 the run's configuration (strict JSON); fixed for the run's life
+      metrics.jsonl               one strict-JSON record per line, appended, flushed and fsynced
+      checkpoints/step-00000050.pt  the latest checkpoint only (model + spec, optimizer, RNG, ...)
+      summary.json                written atomically when the run ends
+      .lock                       held (flock) by the process that writes the directory
+
+Crash consistency. A record is a line ``{"kind": ..., "step": t, ...}``; the pair ``(kind, step)``
+identifies it and is never written twice (:meth:`RunDirectory.append_metric` refuses a second
+one). Checkpoints are written atomically (temporary file, fsync, rename) and the older one is
+deleted only after the new one is in place. On resume, :meth:`RunDirectory.prepare_resume` keeps
+exactly the records with ``step <= s`` where ``s`` is the step of the latest checkpoint (records
+written after it are recomputed identically by the resumed run) and rewrites the file atomically,
+dropping a line torn by the kill.
+
+Non-finite numbers are stored as the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``
+(:mod:`sharpscope.track.jsonsafe`); ``jsonsafe.as_float`` reads them back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from torch import nn
+
+from sharpscope.errors import CheckpointError, ConfigError
+from sharpscope.io import RawCheckpoint, atomic_write_bytes, read_checkpoint, save_checkpoint
+from sharpscope.models import ModelSpec
+from sharpscope.track import jsonsafe
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+CHECKPOINTS = "checkpoints"
+LOCK = ".lock"
+_CKPT = re.compile(r"^step-(\d+)\.pt$")
+_OWN = (CONFIG, METRICS, SUMMARY, CHECKPOINTS, LOCK)
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out or {prefix.rstrip("."): {}}
+    return {prefix.rstrip("."): d}
+
+
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two configs (``"optimizer_kwargs.lr"``)."""
+    a, b = _flat(jsonsafe.to_jsonable(old)), _flat(jsonsafe.to_jsonable(new))
+    return sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
+
+
+def record_key(record: Mapping[str, Any]) -> tuple[str, int]:
+    """``(kind, step)``: the identity of a metrics record (``kind`` defaults to ``"measurement"``)."""
+    step = record.get("step")
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise ConfigError(f"a metrics record needs an integer 'step', got {step!r}")
+    return str(record.get("kind", "measurement")), step
+
+
+class RunDirectory:
+    """A run directory at ``path`` (see the module docstring for the layout and guarantees).
+
+    Typical use::
+
+        run = RunDirectory(out)
+        with run.lock():
+            state = run.create(config, force=force)      # "new" or "resume"
+            start = run.prepare_resume() if state == "resume" else None
+            ...
+            run.append_metric({"step": t, "eigenvalues": [...]})
+            run.save_checkpoint(t, model, spec=spec, state={...})
+            run.write_summary({...})
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path).expanduser()
+        self._keys: set[tuple[str, int]] | None = None
+
+    # ----------------------------------------------------------------------------- paths
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / SUMMARY
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    # ------------------------------------------------------------------------ life cycle
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold an exclusive advisory lock on the directory (two writers would corrupt it).
+
+        The lock dies with the process (also on SIGKILL), so a killed run never leaves it stuck.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no locking
+            yield
+            return
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigError(f"{self.path}: another process is writing this run directory") from None
+            yield
+        finally:
+            os.close(fd)
+
+    def _foreign_entries(self) -> list[str]:
+        return sorted(p.name for p in self.path.iterdir() if p.name not in _OWN and not p.name.startswith(".")) \
+            if self.path.is_dir() else []
+
+    def _is_empty(self) -> bool:
+        return not self.path.exists() or all(p.name == LOCK for p in self.path.iterdir())
+
+    def create(self, config: Mapping[str, Any], *, force: bool = False) -> Literal["new", "resume"]:
+        """Start a new run or recognise the one to resume.
+
+        * missing or empty folder: write ``config.json``, return ``"new"``;
+        * a run folder whose ``config.json`` equals ``config``: return ``"resume"`` (nothing changes);
+        * anything else (another config, a folder that is not a run) raises :class:`ConfigError`
+          naming ``--force``;
+        * ``force=True``: delete the run's own files (config, metrics, checkpoints, summary;
+          other files in the folder are left alone) and start new.
+        """
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"{self.path} exists and is not a directory")
+        text = jsonsafe.dumps(config, indent=2, sort_keys=True) + "\n"
+        if force:
+            self._remove_own_files()
+        elif not self._is_empty():
+            if not self.config_path.is_file():
+                raise ConfigError(f"{self.path} exists, is not empty and is not a sharpscope run directory "
+                                  "(no config.json); refusing to overwrite it: choose another --out or pass --force")
+            try:
+                old = jsonsafe.loads(self.config_path.read_text(encoding="utf-8"))
+            except ValueError as e:
+                raise ConfigError(f"{self.config_path} is unreadable ({e}); pass --force to start the run again") from None
+            diff = config_differences(old, jsonsafe.loads(text))
+            if diff:
+                shown = ", ".join(diff[:8]) + (f" (+{len(diff) - 8} more)" if len(diff) > 8 else "")
+                raise ConfigError(f"{self.path} holds a run with a different configuration (differs in {shown}); "
+                                  "choose another --out, or pass --force to overwrite it")
+            self._keys = None
+            return "resume"
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.config_path, text.encode())
+        self._keys = set()
+        return "new"
+
+    def _remove_own_files(self) -> None:
+        if not self.path.is_dir():
+            return
+        for name in (CONFIG, METRICS, SUMMARY):
+            with contextlib.suppress(FileNotFoundError):
+                (self.path / name).unlink()
+        shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+        for p in self.path.glob(".*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        self._keys = set()
+
+    def read_config(self) -> dict[str, Any]:
+        """The stored ``config.json``."""
+        try:
+            return jsonsafe.loads(self.config_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{self.path}: no config.json; not a sharpscope run directory") from None
+
+    # --------------------------------------------------------------------------- metrics
+    def read_metrics(self, *, torn_ok: bool = False) -> list[dict[str, Any]]:
+        """Every record of ``metrics.jsonl`` in order (strict JSON).
+
+        A last line cut short by a kill is skipped when ``torn_ok``; any other unreadable line
+        raises :class:`CheckpointError`.
+        """
+        if not self.metrics_path.is_file():
+            return []
+        lines = self.metrics_path.read_text(encoding="utf-8").split("\n")
+        records = []
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                rec = jsonsafe.loads(line)
+                if not isinstance(rec, dict):
+                    raise ValueError("not an object")
+            except ValueError as e:
+                last = all(not rest.strip() for rest in lines[i + 1:])
+                if torn_ok and last:
+                    continue
+                raise CheckpointError(f"{self.metrics_path}: line {i + 1} is not a JSON record ({e})") from None
+            records.append(rec)
+        return records
+
+    def _known_keys(self) -> set[tuple[str, int]]:
+        if self._keys is None:
+            self._keys = {record_key(r) for r in self.read_metrics(torn_ok=True)}
+        return self._keys
+
+    def has_metric(self, kind: str, step: int) -> bool:
+        """Whether a record ``(kind, step)`` is already in ``metrics.jsonl``."""
+        return (kind, step) in self._known_keys()
+
+    def find_metric(self, kind: str, step: int) -> dict[str, Any] | None:
+        """The stored record ``(kind, step)``, or None (reads the file)."""
+        for rec in self.read_metrics(torn_ok=True):
+            if record_key(rec) == (kind, step):
+                return rec
+        return None
+
+    def append_metric(self, record: Mapping[str, Any]) -> bool:
+        """Append one record as a line (strict JSON), flush and ``os.fsync``; return True.
+
+        A record whose ``(kind, step)`` is already stored is not written again (returns False),
+        so every metric is recorded exactly once even when a resumed run recomputes it.
+        """
+        key = record_key(record)
+        keys = self._known_keys()
+        if key in keys:
+            return False
+        line = jsonsafe.dumps(dict(record)) + "\n"
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        keys.add(key)
+        return True
+
+    def prepare_resume(self) -> int | None:
+        """Make the directory consistent with its latest checkpoint; return that checkpoint's step.
+
+        Records with ``step`` greater than the checkpoint step (or all records, when there is no
+        checkpoint; None is returned then) are dropped, as is a line torn by a kill, by rewriting
+        ``metrics.jsonl`` atomically. Left-over temporary files are removed.
+        """
+        for p in [*self.path.glob(".*.tmp"), *self.checkpoint_dir.glob(".*.tmp")]:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        latest = self.latest_checkpoint()
+        step = None if latest is None else latest[0]
+        records = self.read_metrics(torn_ok=True)
+        keep = [r for r in records if step is not None and record_key(r)[1] <= step]
+        text = "".join(jsonsafe.dumps(r) + "\n" for r in keep)
+        current = self.metrics_path.read_text(encoding="utf-8") if self.metrics_path.is_file() else ""
+        if text != current:
+            atomic_write_bytes(self.metrics_path, text.encode())
+        with contextlib.suppress(FileNotFoundError):
+            self.summary_path.unlink()  # the run is running again: its summary is not final
+        self._keys = {record_key(r) for r in keep}
+        return step
+
+    # ------------------------------------------------------------------------ checkpoints
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """``(step, path)`` of the stored checkpoints, by step."""
+        if not self.checkpoint_dir.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.checkpoint_dir.iterdir() if (m := _CKPT.match(p.name))]
+        return sorted(found)
+
+    def latest_checkpoint(self) -> tuple[int, Path] | None:
+        """The newest checkpoint, or None."""
+        found = self.checkpoints()
+        return found[-1] if found else None
+
+    def save_checkpoint(self, step: int, model: nn.Module, *, spec: ModelSpec | None,
+                        state: Mapping[str, Any]) -> Path:
+        """Write ``checkpoints/step-<step>.pt`` atomically (model weights + spec, and ``state``:
+        optimizer state, generator states, ... ; tensors allowed), then delete older checkpoints."""
+        path = self.checkpoint_dir / f"step-{step:08d}.pt"
+        save_checkpoint(path, model, spec=spec, extra={**state, "step": int(step)})
+        for old_step, old in self.checkpoints():
+            if old_step != step:
+                with contextlib.suppress(FileNotFoundError):
+                    old.unlink()
+        return path
+
+    def load_checkpoint(self, map_location: Any = "cpu") -> RawCheckpoint | None:
+        """The latest checkpoint's contents (weights, spec and ``extra`` = the saved state), or None."""
+        latest = self.latest_checkpoint()
+        if latest is None:
+            return None
+        raw = read_checkpoint(latest[1], map_location=map_location)
+        if raw.extra.get("step") != latest[0]:
+            raise CheckpointError(f"{latest[1]}: stored step {raw.extra.get('step')!r} does not match its name")
+        return raw
+
+    # ---------------------------------------------------------------------------- summary
+    def write_summary(self, summary: Mapping[str, Any]) -> Path:
+        """Write ``summary.json`` atomically (strict JSON)."""
+        text = jsonsafe.dumps(summary, indent=2) + "\n"
+        return atomic_write_bytes(self.summary_path, text.encode())
+
+    def read_summary(self) -> dict[str, Any] | None:
+        """The stored summary, or None while the run is unfinished."""
+        if not self.summary_path.is_file():
+            return None
+        return jsonsafe.loads(self.summary_path.read_text(encoding="utf-8"))

@@ -1,0 +1,345 @@
+"""Training runner: full-batch GD or mini-batch training, tracked, checkpointed and resumable.
+
+Step convention. ``θ_t`` are the parameters after ``t`` optimizer steps. At each ``t`` the runner,
+in this order: measures (if ``t % measure_every == 0`` or ``t == steps``), checkpoints (if
+``t % checkpoint_every == 0`` or ``t == steps``), stops if ``t == steps``, and otherwise takes
+step ``t → t+1``. A record at step ``t`` therefore describes ``θ_t``.
+
+Full batch. The gradient is accumulated over fixed physical batches ``b`` of the training set,
+
+    ∇L(θ) = Σ_b (n_b / N) ∇ℓ_b(θ),      ℓ_b = mean loss over batch b,
+
+which is exactly the gradient of the tracker's objective when the probe set is the training set,
+so the measured ``λ_max`` is the one that ``2/η`` bounds (check H1). SAM recomputes this
+full-batch gradient in its second (perturbed) pass.
+
+Determinism. The model is initialised inside ``torch.random.fork_rng`` with ``seed`` (the
+caller's global RNG is untouched); mini-batches come from a :class:`ShuffledLoader` with its own
+generator; training runs under a forked global RNG (for dropout) whose state is checkpointed.
+Checkpoints hold the weights, optimizer state, loader position, RNG states and the tracker's
+warm-start vectors, so on CPU a run killed at any point and started again produces records
+identical to an uninterrupted run (only wall-clock fields differ).
+
+Divergence. A non-finite training loss at step ``t`` stops the run before the update: a record
+``{"kind": "diverged", "step": t, ...}`` is written, the parameters ``θ_t`` are checkpointed and
+``summary.json`` says ``"status": "diverged"`` with the step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sharpscope.data import ArrayDataset, ShuffledLoader, cifar_feature_stats, resolve_data
+from sharpscope.errors import CheckpointError, ConfigError
+from sharpscope.io import fit_state_dict
+from sharpscope.losses import accuracy, get_loss
+from sharpscope.models import ModelSpec
+from sharpscope.optim import SAM, TwoPassOptimizer, frozen_bn_stats
+from sharpscope.track import jsonsafe
+from sharpscope.track.config import TrainConfig
+from sharpscope.track.rundir import RunDirectory
+from sharpscope.track.tracker import SharpnessTracker
+
+Progress = Callable[[int, int, "dict[str, Any] | None"], None]
+_BASES: dict[str, type[torch.optim.Optimizer]] = {"sgd": torch.optim.SGD, "gd": torch.optim.SGD,
+                                                   "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+# ------------------------------------------------------------------------------ building
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; anything else as a torch device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r} is not a device (try cpu, cuda, cuda:1 or auto)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r}: CUDA is not available on this machine")
+    return dev
+
+
+def _options(options: Mapping[str, Any], train_spec: str) -> dict[str, Any]:
+    out = dict(options)
+    if out.get("feature_stats") == "train":
+        name, _, path = train_spec.partition(":")
+        if name.lower() not in ("cifar10", "cifar100") or not path:
+            raise ConfigError(f"'feature_stats': 'train' needs a CIFAR training set, got data {train_spec!r}")
+        out["feature_stats"] = cifar_feature_stats(path, dataset=name.lower())  # type: ignore[arg-type]
+    return out
+
+
+def build_data(cfg: TrainConfig) -> tuple[ArrayDataset, ArrayDataset | None]:
+    """The training set and the optional test set of ``cfg`` (CPU, as loaded)."""
+    train_set = resolve_data(cfg.data, n=cfg.n, train=True, **_options(cfg.data_options, cfg.data))
+    test_set = None
+    if cfg.test_data:
+        test_set = resolve_data(cfg.test_data, n=cfg.test_n, train=False,
+                                **_options(cfg.test_data_options, cfg.data))
+    return train_set, test_set
+
+
+def build_model(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> tuple[nn.Module, ModelSpec]:
+    """The model of ``cfg``, initialised from ``cfg.seed`` without touching the global RNG."""
+    spec = ModelSpec.from_dict(cfg.model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = spec.build()
+    return model.to(device=device, dtype=dtype), spec
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """``gd``/``sgd``/``adam``/``adamw`` from ``torch.optim``; ``sam`` = :class:`sharpscope.optim.SAM`
+    over ``optimizer_kwargs["base"]`` (default ``sgd``) with radius ``rho``."""
+    kwargs = dict(cfg.optimizer_kwargs)
+    try:
+        if cfg.optimizer == "sam":
+            base = str(kwargs.pop("base", "sgd"))
+            if base not in _BASES:
+                raise ConfigError(f"unknown SAM base optimizer {base!r}; valid: {', '.join(_BASES)}")
+            rho = kwargs.pop("rho", 0.05)
+            return SAM(model.parameters(), _BASES[base], rho=rho, model=model, **kwargs)
+        if "betas" in kwargs and isinstance(kwargs["betas"], list):
+            kwargs["betas"] = tuple(kwargs["betas"])
+        return _BASES[cfg.optimizer](model.parameters(), **kwargs)
+    except TypeError as e:
+        raise ConfigError(f"optimizer {cfg.optimizer!r} does not accept {cfg.optimizer_kwargs}: {e}") from None
+    except ValueError as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"optimizer {cfg.optimizer!r}: {e}") from None
+
+
+def _gen_state(gen: torch.Generator) -> Tensor:
+    return gen.get_state().clone()
+
+
+# ------------------------------------------------------------------------------ session
+class _Session:
+    """One process's part of a run: set up, maybe restore, train to the end, summarise."""
+
+    def __init__(self, cfg: TrainConfig, run: RunDirectory, progress: Progress | None) -> None:
+        self.cfg, self.run, self.progress = cfg, run, progress
+        self.device = resolve_device(cfg.device)
+        self.dtype = getattr(torch, cfg.dtype)
+        train_set, test_set = build_data(cfg)
+        self.data_info = {"train": {"name": train_set.name, "examples": len(train_set), **train_set.meta},
+                          "test": None if test_set is None else {"name": test_set.name, "examples": len(test_set),
+                                                                 **test_set.meta}}
+        self.train_set = train_set.to(self.device, self.dtype)
+        test_set = None if test_set is None else test_set.to(self.device, self.dtype)
+        self.model, self.spec = build_model(cfg, self.device, self.dtype)
+        self.loss_fn = get_loss(cfg.loss)
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.loader: ShuffledLoader | None = None
+        if cfg.batch_size is not None:
+            self.loader = ShuffledLoader(self.train_set, cfg.batch_size, torch.Generator().manual_seed(cfg.seed + 1))
+        n, pb = len(self.train_set), cfg.physical_batch_size
+        self.batches = [(self.train_set.x[i:i + pb], self.train_set.y[i:i + pb]) for i in range(0, n, pb)]
+        probe = self.train_set if cfg.probe_n is None else self.train_set.subset(min(cfg.probe_n, n))
+        self.tracker = SharpnessTracker(
+            probe, self.loss_fn, every=cfg.measure_every, k=cfg.k, tol=cfg.tol, max_iter=cfg.max_iter,
+            trace=cfg.trace, trace_method=cfg.trace_method, trace_matvecs=cfg.trace_matvecs, bn=cfg.bn,  # type: ignore[arg-type]
+            batch_size=pb, hvp_mode=cfg.hvp_mode, test_data=test_set, seed=cfg.seed, sink=run.append_metric)
+        self.stats: tuple[float, float | None] = (math.nan, None)
+
+    # -- global RNG (dropout and any other implicit draw during training) ------------------
+    def _rng_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _set_rng_state(self, state: Mapping[str, Any]) -> None:
+        torch.set_rng_state(state["cpu"])
+        if self.device.type == "cuda" and "cuda" in state:
+            torch.cuda.set_rng_state(state["cuda"], self.device)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def save(self, step: int) -> None:
+        state = {"optimizer": self.optimizer.state_dict(), "rng": self._rng_state(),
+                 "loader": None if self.loader is None else self.loader.state_dict(),
+                 "tracker": self.tracker.state_dict(), "format": "sharpscope-run-1"}
+        self.run.save_checkpoint(step, self.model, spec=self.spec, state=state)
+
+    def restore(self) -> int | None:
+        raw = self.run.load_checkpoint()
+        if raw is None:
+            return None
+        extra = raw.extra
+        if raw.spec != self.spec:
+            raise CheckpointError(f"{raw.path}: model spec {raw.spec} differs from the config's {self.spec}")
+        fit_state_dict(self.model, raw.state_dict, source=str(raw.path))
+        try:
+            self.optimizer.load_state_dict(extra["optimizer"])
+            self._set_rng_state(extra["rng"])
+            if self.loader is not None:
+                self.loader.load_state_dict(extra["loader"])
+            self.tracker.load_state_dict(extra["tracker"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{raw.path}: cannot restore the training state ({type(e).__name__}: {e}); "
+                                  "pass --force to start the run again") from None
+        return int(extra["step"])
+
+    # -- one step ----------------------------------------------------------------------------
+    def _closure(self, batch: tuple[Tensor, Tensor] | None) -> Callable[[], Tensor]:
+        """Zero the gradients, back-propagate the (full-batch or mini-batch) mean loss, return it.
+
+        Also stores ``(loss, accuracy)`` of the pass in ``self.stats``.
+        """
+        batches = [batch] if batch is not None else self.batches
+        total = sum(int(x.shape[0]) for x, _ in batches)
+
+        def closure() -> Tensor:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss_sum, acc_sum, scores = 0.0, 0.0, True
+            for x, y in batches:
+                w = x.shape[0] / total
+                out = self.model(x)
+                loss = self.loss_fn(out, y)
+                (loss * w).backward()
+                loss_sum += w * float(loss.detach())
+                scores = scores and out.ndim == 2 and out.shape[1] > 1
+                if scores:
+                    acc_sum += w * accuracy(out.detach(), y)
+            self.stats = (loss_sum, acc_sum if scores else None)
+            return torch.tensor(loss_sum)
+
+        return closure
+
+    def gradient_pass(self) -> tuple[Callable[[], Tensor], float, float | None]:
+        """Gradients at ``θ_t`` (full batch, or the next mini-batch); returns the closure, loss and accuracy."""
+        batch = self.loader.next_batch() if self.loader is not None else None
+        closure = self._closure(batch)
+        with torch.enable_grad():
+            closure()
+        return closure, *self.stats
+
+    def apply(self, closure: Callable[[], Tensor]) -> None:
+        """The update ``θ_t → θ_{t+1}`` from the gradients of :meth:`gradient_pass`."""
+        if isinstance(self.optimizer, TwoPassOptimizer):
+            self.optimizer.first_step(zero_grad=True)
+            with frozen_bn_stats(self.model), torch.enable_grad():
+                closure()
+            self.optimizer.second_step(zero_grad=True)
+        else:
+            self.optimizer.step()
+
+    # -- the loop ----------------------------------------------------------------------------
+    def measure(self, step: int) -> dict[str, Any] | None:
+        if self.run.has_metric("measurement", step):
+            return self.run.find_metric("measurement", step)
+        return self.tracker.measure(step, self.model, self.optimizer)
+
+    def ensure_checkpoint(self, step: int) -> None:
+        latest = self.run.latest_checkpoint()
+        if latest is None or latest[0] != step:
+            self.save(step)
+
+    def train(self, resume: bool) -> dict[str, Any]:
+        cfg = self.cfg
+        started = time.perf_counter()
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(cfg.seed + 2)
+            start = self.restore() if resume else None
+            t = start or 0
+            self.model.train()
+            status, event = "completed", None
+            while True:
+                record = None
+                if self.tracker.due(t) or t == cfg.steps:
+                    record = self.measure(t)
+                if t % cfg.checkpoint_every == 0 or t == cfg.steps:
+                    self.ensure_checkpoint(t)
+                if t >= cfg.steps:
+                    break
+                if (cfg.stop_at_train_acc is not None and self.loader is not None and record is not None
+                        and record.get("train_acc") is not None and record["train_acc"] >= cfg.stop_at_train_acc):
+                    status = "reached_train_acc"
+                    break
+                closure, loss, acc = self.gradient_pass()
+                if not math.isfinite(loss):
+                    status = "diverged"
+                    event = {"kind": "diverged", "step": t, "train_loss": loss, "train_acc": acc,
+                             "batch": "full" if self.loader is None else "mini-batch"}
+                    self.run.append_metric(event)
+                    break
+                if (cfg.stop_at_train_acc is not None and self.loader is None and acc is not None
+                        and acc >= cfg.stop_at_train_acc):
+                    status = "reached_train_acc"
+                    self.measure(t)
+                    break
+                self.apply(closure)
+                t += 1
+                if self.progress is not None:
+                    self.progress(t, cfg.steps, self.tracker.last)
+            self.ensure_checkpoint(t)
+        return self.summary(t, status, event, start, time.perf_counter() - started)
+
+    def summary(self, step: int, status: str, event: dict[str, Any] | None, start: int | None,
+                seconds: float) -> dict[str, Any]:
+        records = self.run.read_metrics()
+        measured = [r for r in records if r.get("kind", "measurement") == "measurement"]
+        final = measured[-1] if measured else {}
+        best: tuple[float, int] | None = None
+        crossing = None
+        for r in measured:
+            eig = r.get("eigenvalues") or []
+            if not eig or isinstance(eig[0], str):
+                continue
+            if best is None or eig[0] > best[0]:
+                best = (eig[0], r["step"])
+            edge = (r.get("thresholds") or {}).get("edge")
+            if crossing is None and isinstance(edge, (int, float)) and eig[0] >= edge:
+                crossing = r["step"]
+        latest = self.run.latest_checkpoint()
+        summary = {
+            "status": status, "step": step, "steps_requested": self.cfg.steps,
+            "recipe": self.cfg.recipe, "scale": self.cfg.scale,
+            "diverged_at_step": None if event is None else event["step"],
+            "nonfinite_loss": None if event is None else event["train_loss"],
+            "measurements": len(measured),
+            "final": {key: final.get(key) for key in ("step", "eigenvalues", "residuals", "converged", "trace",
+                                                       "grad_norm", "train_loss", "train_acc", "test_loss",
+                                                       "test_acc", "thresholds") if key in final},
+            "max_sharpness": None if best is None else {"value": best[0], "step": best[1]},
+            "first_step_at_or_above_edge": crossing,
+            "hvps_total": sum(int((r.get("cost") or {}).get("hvps") or 0) for r in measured),
+            "measure_seconds_total": sum(float((r.get("cost") or {}).get("seconds") or 0.0) for r in measured),
+            "session": {"resumed_from_step": start, "seconds": seconds},
+            "data": self.data_info,
+            "checkpoint": None if latest is None else str(latest[1]),
+            "run_dir": str(self.run.path),
+        }
+        self.run.write_summary(summary)
+        return jsonsafe.loads(jsonsafe.dumps(summary))
+
+
+def train(config: TrainConfig | Mapping[str, Any], out_dir: str | Path, *, force: bool = False,
+          progress: Progress | None = None) -> dict[str, Any]:
+    """Run ``config`` into the run directory ``out_dir`` and return its summary.
+
+    A new or empty ``out_dir`` starts the run; a directory holding the same config resumes it from
+    its latest checkpoint (or returns the stored summary if the run has finished); any other
+    existing directory raises :class:`ConfigError` unless ``force`` (which deletes the old run's
+    files first). ``progress(step, steps, last_record)`` is called after every step.
+    """
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+    cfg.validate()
+    run = RunDirectory(out_dir)
+    with run.lock():
+        state = run.create(cfg.to_dict(), force=force)
+        if state == "resume":
+            done = run.read_summary()
+            if done is not None:
+                return done
+            run.prepare_resume()
+        session = _Session(cfg, run, progress)
+        return session.train(resume=state == "resume")

@@ -1,0 +1,90 @@
+"""The stability threshold that matches an optimizer, read from the optimizer itself.
+
+:func:`default_thresholds` inspects the optimizer's class and param group and returns the edge
+its update rule has on a quadratic (:mod:`sharpscope.thresholds`, SCIENCE.md 4.2 and 5.3):
+
+==========================================  =================  ================================
+optimizer (param group 0)                   rule               compared with
+==========================================  =================  ================================
+``SGD(lr=η)``                               ``gd_edge``        λ_max(H): ``2/η``
+``SGD(momentum=β)``                         ``momentum_edge``  λ_max(H): ``(2+2β)/η``
+``SGD(momentum=β, nesterov=True)``          ``momentum_edge``  λ_max(H): ``(2+2β)/(η(1+2β))``
+``SGD(momentum=β, dampening=β)``            ``ema_momentum_edge``  λ_max(H): ``(2+2β)/(η(1−β))``
+``Adam``/``AdamW(betas=(β₁, β₂))``          ``adam_edge``      λ_max(P⁻¹H), **not** λ_max(H)
+``SAM(SGD, rho=ρ)``                         ``sam_edge``       λ_max(H): SAM-edge(η, ρ, ‖g‖)
+==========================================  =================  ================================
+
+``‖g‖`` for the SAM-edge is the gradient norm of the measured objective at the current,
+unperturbed iterate (check H5), i.e. the full-batch gradient norm in full-batch training. The
+SAM-edge is derived for normalised SAM (p = 2, not adaptive) over plain GD; for other SAM set-ups
+the value is still reported, with ``"derived_for": "sam(p=2) over gd"`` saying what it assumes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from sharpscope.errors import SharpscopeError
+from sharpscope.thresholds import adam_edge, ema_momentum_edge, gd_edge, momentum_edge, sam_edge
+
+
+def _sgd_rule(group: dict[str, Any]) -> tuple[str, float]:
+    lr = float(group["lr"])
+    beta = float(group.get("momentum", 0.0) or 0.0)
+    if beta == 0.0:
+        return "gd_edge", gd_edge(lr)
+    if group.get("nesterov", False):
+        return "momentum_edge", momentum_edge(lr, beta, nesterov=True)
+    if float(group.get("dampening", 0.0) or 0.0) == beta:
+        return "ema_momentum_edge", ema_momentum_edge(lr, beta)
+    return "momentum_edge", momentum_edge(lr, beta)
+
+
+def default_thresholds(step: int, optimizer: torch.optim.Optimizer | None,
+                       grad_norm: float | None) -> dict[str, Any]:
+    """``{"rule", "edge", "on", <rule>: value, "gd_edge": 2/η, "lr": η, ...}`` for ``optimizer``.
+
+    ``edge`` is the threshold of the optimizer's own update rule; ``on`` names the eigenvalue it
+    bounds. Returns ``{}`` for no optimizer, and only ``gd_edge`` (as a reference line) for an
+    optimizer this table does not cover. ``step`` is unused (schedules read ``lr`` live).
+    """
+    del step
+    if optimizer is None or not optimizer.param_groups or "lr" not in optimizer.param_groups[0]:
+        return {}
+    group = optimizer.param_groups[0]
+    lr = float(group["lr"])
+    if not lr > 0:
+        return {"lr": lr}
+    out: dict[str, Any] = {"lr": lr, "gd_edge": gd_edge(lr), "on": "lambda_max(H)"}
+    try:
+        from sharpscope.optim import SAM
+
+        if isinstance(optimizer, SAM):
+            rho = float(group.get("sam_rho", 0.0))
+            out["rho"] = rho
+            out["rule"] = "sam_edge"
+            if grad_norm is not None and math.isfinite(grad_norm):
+                out["sam_edge"] = out["edge"] = sam_edge(lr, rho, grad_norm)
+            else:
+                out["edge"] = None
+            plain = (getattr(optimizer, "p", 2) == 2 and not group.get("sam_adaptive", False)
+                     and isinstance(optimizer.base_optimizer, torch.optim.SGD)
+                     and float(group.get("momentum", 0.0) or 0.0) == 0.0)
+            out["derived_for"] = "sam(p=2) over gd" + ("" if plain else " (this optimizer differs: indicative only)")
+        elif isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+            beta1 = float(group["betas"][0])
+            out.update(rule="adam_edge", edge=adam_edge(lr, beta1), adam_edge=adam_edge(lr, beta1),
+                       on="lambda_max(P^-1 H), P = diag(sqrt(v_hat) + eps)")
+        elif isinstance(optimizer, torch.optim.SGD):
+            rule, edge = _sgd_rule(group)
+            out.update(rule=rule, edge=edge)
+            out[rule] = edge
+        else:
+            out.update(rule="gd_edge", edge=None, note=f"no threshold known for {type(optimizer).__name__}; "
+                                                        "gd_edge is a reference line")
+    except SharpscopeError as e:  # e.g. an lr or beta outside the formula's range
+        out.update(edge=None, error=str(e))
+    return out
