@@ -196,20 +196,20 @@ def probe_cmd(
 @app.command()
 @clean_errors
 def demo(
-    seconds: Annotated[float, typer.Option(help="Training time budget.")] = 3.0,
+    steps: Annotated[int, typer.Option(help="SGD steps (1,500 take a few seconds on two cores).")] = 1500,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Keep the checkpoint here (default: a temporary folder).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
     seed: Annotated[int, typer.Option(help="Seed for training and probing.")] = 0,
 ) -> None:
     """Train a small MLP on MNIST-1D (generated offline) for a few seconds, save it, and probe it:
-    top eigenvalue and Hessian trace."""
+    top eigenvalue and Hessian trace, with their residual, standard error and cost."""
     from sharpscope.demo import train_demo_model
 
-    if not seconds > 0:
-        raise SharpscopeError(f"--seconds must be positive, got {seconds}")
+    if steps < 1:
+        raise SharpscopeError(f"--steps must be positive, got {steps}")
     if not as_json:
-        err.print(f"training an MLP on MNIST-1D for {seconds:g} s ...")
-    run = train_demo_model(seconds, seed=seed)
+        err.print(f"training an MLP on MNIST-1D for {steps} steps ...")
+    run = train_demo_model(steps, seed=seed)
     folder = out_dir or Path(tempfile.mkdtemp(prefix="sharpscope-demo-"))
     path = save_checkpoint(folder / "demo.safetensors", run.model, spec=run.spec,
                            extra={"steps": run.steps, "train_accuracy": run.train_accuracy})
@@ -225,6 +225,10 @@ def demo(
     if not as_json:
         err.print(f"checkpoint: {path}\nprobe it again: sharpscope probe {path} --data mnist1d --k 5 --trace")
 
+
+from sharpscope_cli.train import train_cmd  # noqa: E402  (the command lives in cli/train.py)
+
+app.command("train")(clean_errors(train_cmd))
 
 if __name__ == "__main__":
     app()

@@ -339,7 +339,7 @@ def train(config: TrainConfig | Mapping[str, Any], out_dir: str | Path, *, force
         if state == "resume":
             done = run.read_summary()
             if done is not None:
-                return done
+                return {**done, "already_complete": True}
             run.prepare_resume()
         session = _Session(cfg, run, progress)
         return session.train(resume=state == "resume")

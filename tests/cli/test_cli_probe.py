@@ -133,8 +133,9 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path: Path, setup: tuple
 
 
 def test_demo_runs_the_default_job(tmp_path: Path) -> None:
-    proc = run("demo", "--seconds", "0.5", "--out", str(tmp_path), "--json")
+    proc = run("demo", "--steps", "200", "--out", str(tmp_path), "--json")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["eigenvalues"][0] > 0 and out["trace"]["estimate"] > 0
     assert out["settings"]["data"].startswith("mnist1d") and (tmp_path / "demo.safetensors").exists()
+    assert out["settings"]["train_steps"] == 200 and out["hvps"] > 0 and out["trace"]["stderr"] > 0

@@ -1,0 +1,97 @@
+"""``sharpscope train RECIPE --out DIR``: run an experiment recipe into a run directory (thin layer)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from sharpscope.experiments import RECIPES, get_recipe, parse_overrides
+from sharpscope.track import train
+
+err = Console(stderr=True)
+
+
+class Scale(str, Enum):
+    smoke = "smoke"
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+@contextmanager
+def step_bar(enabled: bool) -> Iterator[Callable[[int, int, dict[str, Any] | None], None] | None]:
+    """A progress bar of optimizer steps on stderr, showing the last measured λ_max."""
+    if not enabled:
+        yield None
+        return
+    columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("steps  {task.fields[info]}"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("train", total=None, info="")
+
+        def update(step: int, total: int, record: dict[str, Any] | None) -> None:
+            info = ""
+            if record and record.get("eigenvalues"):
+                lam = record["eigenvalues"][0]
+                edge = (record.get("thresholds") or {}).get("edge")
+                info = f"λ_max {lam:.4g}" if isinstance(lam, (int, float)) else f"λ_max {lam}"
+                if isinstance(edge, (int, float)):
+                    info += f" / edge {edge:.4g}"
+            bar.update(task, total=total, completed=step, info=info)
+
+        yield update
+
+
+def _num(value: Any, fmt: str) -> str:
+    return format(value, fmt) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """One line: status, step, final sharpness against its threshold, losses, cost, where."""
+    final = summary.get("final") or {}
+    parts = [f"{summary.get('recipe') or 'run'} ({summary.get('scale') or 'custom'}): {summary['status']} at step "
+             f"{summary['step']}/{summary['steps_requested']}"]
+    eig = final.get("eigenvalues")
+    if eig:
+        th = final.get("thresholds") or {}
+        edge = f" vs {th.get('rule')} {_num(th.get('edge'), '.4g')}" if th.get("rule") else ""
+        parts.append(f"λ_max {_num(eig[0], '.4g')}{edge}")
+    if "train_loss" in final:
+        parts.append(f"train loss {_num(final['train_loss'], '.4g')} acc {_num(final.get('train_acc'), '.1%')}")
+    if "test_acc" in final:
+        parts.append(f"test acc {_num(final['test_acc'], '.1%')}")
+    if summary.get("diverged_at_step") is not None:
+        parts.append(f"non-finite loss at step {summary['diverged_at_step']}")
+    parts.append(f"{summary['measurements']} measurements, {summary['hvps_total']} HVPs")
+    session = summary.get("session") or {}
+    if summary.get("already_complete"):
+        parts.append("already complete")
+    elif session.get("resumed_from_step") is not None:
+        parts.append(f"resumed from step {session['resumed_from_step']}")
+    return "; ".join(parts) + f" -> {summary['run_dir']}"
+
+
+def train_cmd(
+    recipe: Annotated[str, typer.Argument(help=f"Experiment recipe: {', '.join(RECIPES)}.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Run directory (config.json, metrics.jsonl, checkpoints/, summary.json). Rerunning the same command resumes a killed run.")],
+    scale: Annotated[Scale, typer.Option(help="smoke: seconds (plumbing); cpu: minutes on a CPU; gpu: the paper's setting.")] = Scale.smoke,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing run directory (deletes its run files).")] = False,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config field, KEY=VALUE (JSON when it parses; dotted keys reach into dicts, e.g. optimizer_kwargs.lr=0.02). Repeatable.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object instead of one line.")] = False,
+) -> None:
+    """Run an experiment recipe (training with sharpness tracking) into a run directory."""
+    cfg = get_recipe(recipe, scale.value, parse_overrides(set_ or []))
+    with step_bar(not as_json and err.is_terminal) as bar:
+        summary = train(cfg, out_dir, force=force, progress=bar)
+    if as_json:
+        sys.stdout.write(json.dumps(summary) + "\n")
+    else:
+        typer.echo(summary_line(summary))
