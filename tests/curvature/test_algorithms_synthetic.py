@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import warnings
 
 import pytest
 import torch
@@ -159,3 +160,18 @@ def test_operators_validate_shapes_and_count_products() -> None:
         hutchpp(op, 5)
     with pytest.raises(ConfigError, match="distribution"):
         hutchinson(op, 4, distribution="uniform")
+
+
+def test_unseeded_runs_record_the_seed_that_reproduces_them() -> None:
+    A = MatrixOperator(with_spectrum(torch.linspace(0.0, 5.0, 60, dtype=torch.float64)))
+    for algorithm in (lambda s: lanczos(A, k=2, tol=1e-4, seed=s), lambda s: hutchpp(A, 12, seed=s),
+                      lambda s: slq_density(A, 10, 3, seed=s), lambda s: power_iteration(A, max_iter=5, seed=s)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            first = algorithm(None)
+            again = algorithm(first.settings["seed"])
+        assert isinstance(first.settings["seed"], int)
+        assert first.to_dict() | {"seconds": 0} == again.to_dict() | {"seconds": 0}
+    assert hutchinson(A, 4, seed=torch.Generator().manual_seed(3)).settings["seed"] == "generator"
+    with pytest.raises(ConfigError, match="seed must be"):
+        hutchinson(A, 4, seed=-1)
