@@ -88,14 +88,15 @@ def eos_gd(scale: str, *, optimizer: str = "gd", momentum: float | None = None) 
         return TrainConfig(model=_fc(40, [200, 200], "tanh"), **_mnist1d(256, 200), loss="mse",
                            optimizer=optimizer, optimizer_kwargs={"lr": 0.01, **kw}, physical_batch_size=128,
                            steps=60, measure_every=5, k=2, trace=True, trace_method="hutchinson",
-                           trace_matvecs=8, checkpoint_every=10, dtype="float32")
+                           trace_matvecs=8, checkpoint_every=10, cache_graphs=True)
     data = _cifar5k()
     in_features = 3072 if data is not None else 40
     data = data or _mnist1d(None, 1000)
     if scale == "cpu":
         return TrainConfig(model=_fc(in_features, [200, 200], "tanh"), **data, loss="mse", optimizer=optimizer,
                            optimizer_kwargs={"lr": 0.02, **kw}, physical_batch_size=1000, steps=2000,
-                           stop_at_train_acc=0.99, measure_every=20, k=2, checkpoint_every=100)
+                           stop_at_train_acc=0.99, measure_every=20, k=2, checkpoint_every=100,
+                           cache_graphs=True)
     return TrainConfig(model=_fc(in_features, [200, 200], "tanh"), **data, loss="mse", optimizer=optimizer,
                        optimizer_kwargs={"lr": 0.01, **kw}, physical_batch_size=1000, steps=20000,
                        stop_at_train_acc=0.99, measure_every=50, k=2, trace=True, checkpoint_every=500,
@@ -114,11 +115,11 @@ def sam_edge(scale: str) -> TrainConfig:
     if scale == "smoke":
         return TrainConfig(model=_fc(40, [64, 64], "relu", "glorot_normal"), **_mnist1d(256, 200), loss="mse-mean",
                            optimizer="sam", optimizer_kwargs=opt, physical_batch_size=128, steps=40,
-                           measure_every=5, k=1, checkpoint_every=10)
+                           measure_every=5, k=1, checkpoint_every=10, cache_graphs=True)
     if scale == "cpu":
         return TrainConfig(model=_fc(40, [256, 256, 256], "relu", "glorot_normal"), **_mnist1d(None, 1000),
                            loss="mse-mean", optimizer="sam", optimizer_kwargs=opt, physical_batch_size=1000,
-                           steps=3000, measure_every=25, k=1, checkpoint_every=250)
+                           steps=3000, measure_every=25, k=1, checkpoint_every=250, cache_graphs=True)
     return TrainConfig(model=_fc(40, [1000] * 4, "relu", "glorot_normal"), **_mnist1d(None, 1000), loss="mse-mean",
                        optimizer="sam", optimizer_kwargs={"lr": 0.01, "rho": 0.1}, physical_batch_size=4000,
                        steps=20000, measure_every=50, k=1, checkpoint_every=1000, hvp_mode="fwd-rev", device="auto")

@@ -41,7 +41,8 @@ class TrainConfig:
         steps: optimizer steps. stop_at_train_acc: stop once the training accuracy reaches it
             (every step in full-batch mode, at measurements in mini-batch mode).
     Tracking:
-        measure_every, k, tol, max_iter, trace, trace_method, trace_matvecs, bn, hvp_mode: see
+        measure_every, k, tol, max_iter, trace, trace_method, trace_matvecs, bn, hvp_mode,
+        cache_graphs: see
         :class:`~sharpscope.track.tracker.SharpnessTracker`. ``hvp_mode`` is fixed (not
         ``auto``) by default so records are reproducible to the last bit.
         checkpoint_every: steps between checkpoints (the final step is always checkpointed).
@@ -75,6 +76,7 @@ class TrainConfig:
     trace_matvecs: int = 99
     bn: str = "eval"
     hvp_mode: str = "rev-rev"
+    cache_graphs: bool = False
     checkpoint_every: int = 100
     seed: int = 0
     device: str = "cpu"
@@ -162,6 +164,10 @@ class TrainConfig:
             raise ConfigError(f"bn must be 'eval' or 'batch', got {self.bn!r}")
         if self.hvp_mode not in ("auto", "fwd-rev", "rev-rev", "fd"):
             raise ConfigError(f"hvp_mode must be auto, fwd-rev, rev-rev or fd; got {self.hvp_mode!r}")
+        if not isinstance(self.cache_graphs, bool):
+            raise ConfigError(f"cache_graphs must be true or false, got {self.cache_graphs!r}")
+        if self.cache_graphs and self.hvp_mode not in ("rev-rev", "auto"):
+            raise ConfigError(f"cache_graphs needs hvp_mode rev-rev, got {self.hvp_mode!r}")
         if self.dtype not in ("float32", "float64"):
             raise ConfigError(f"dtype must be float32 or float64, got {self.dtype!r}")
         if not isinstance(self.device, str) or not self.device:

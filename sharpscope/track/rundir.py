@@ -158,7 +158,8 @@ class RunDirectory:
             try:
                 old = jsonsafe.loads(self.config_path.read_text(encoding="utf-8"))
             except ValueError as e:
-                raise ConfigError(f"{self.config_path} is unreadable ({e}); pass --force to start the run again") from None
+                raise ConfigError(f"{self.config_path} is unreadable ({e}); "
+                                  "pass --force to start the run again") from None
             diff = config_differences(old, jsonsafe.loads(text))
             if diff:
                 shown = ", ".join(diff[:8]) + (f" (+{len(diff) - 8} more)" if len(diff) > 8 else "")

@@ -146,8 +146,10 @@ class _Session:
         probe = self.train_set if cfg.probe_n is None else self.train_set.subset(min(cfg.probe_n, n))
         self.tracker = SharpnessTracker(
             probe, self.loss_fn, every=cfg.measure_every, k=cfg.k, tol=cfg.tol, max_iter=cfg.max_iter,
-            trace=cfg.trace, trace_method=cfg.trace_method, trace_matvecs=cfg.trace_matvecs, bn=cfg.bn,  # type: ignore[arg-type]
-            batch_size=pb, hvp_mode=cfg.hvp_mode, test_data=test_set, seed=cfg.seed, sink=run.append_metric)
+            trace=cfg.trace, trace_method=cfg.trace_method,  # type: ignore[arg-type]
+            trace_matvecs=cfg.trace_matvecs, bn=cfg.bn,  # type: ignore[arg-type]
+            batch_size=pb, hvp_mode=cfg.hvp_mode, cache_graphs=cfg.cache_graphs, test_data=test_set, seed=cfg.seed,
+            sink=run.append_metric)
         self.stats: tuple[float, float | None] = (math.nan, None)
 
     # -- global RNG (dropout and any other implicit draw during training) ------------------

@@ -18,6 +18,11 @@ optimizer (param group 0)                   rule               compared with
 unperturbed iterate (check H5), i.e. the full-batch gradient norm in full-batch training. The
 SAM-edge is derived for normalised SAM (p = 2, not adaptive) over plain GD; for other SAM set-ups
 the value is still reported, with ``"derived_for": "sam(p=2) over gd"`` saying what it assumes.
+
+Weight decay (check H1). ``SGD``/``Adam``/``SAM`` with ``weight_decay = wd`` descend
+``L + (wd/2)‖θ‖²``, whose Hessian is ``H + wd·I``: the tracker measures ``H`` (the loss on the
+probe set), so ``"weight_decay"`` is recorded and the eigenvalues plus ``wd`` are what the edge
+bounds. AdamW's decoupled decay is not part of the gradient and is only recorded.
 """
 
 from __future__ import annotations
@@ -87,4 +92,10 @@ def default_thresholds(step: int, optimizer: torch.optim.Optimizer | None,
                                                         "gd_edge is a reference line")
     except SharpscopeError as e:  # e.g. an lr or beta outside the formula's range
         out.update(edge=None, error=str(e))
+    wd = float(group.get("weight_decay", 0.0) or 0.0)
+    if wd:
+        out["weight_decay"] = wd
+        out["weight_decay_note"] = ("decoupled (AdamW): not in the gradient" if isinstance(optimizer, torch.optim.AdamW)
+                                    else "coupled: the descended Hessian is H + weight_decay*I; compare "
+                                         "eigenvalues + weight_decay with the edge")
     return out

@@ -90,6 +90,8 @@ class SharpnessTracker:
         batch_size: physical batch size of the probe (memory only: the objective is the same).
         hvp_mode: ``"auto"`` picks the faster exact mode by timing (once per tracker, kept in
             :meth:`state_dict`); a fixed mode makes records reproducible to the last bit.
+        cache_graphs: keep the probe batches' gradient graphs between products (``rev-rev``
+            only; same values, fewer passes; costs their activation memory between measurements).
         test_data: optional fixed test set for test loss and accuracy.
         threshold: ``(step, optimizer, grad_norm) -> dict`` stored as ``thresholds``.
         grad_norm: measure ``‖∇L‖`` (one gradient over the probe set).
@@ -101,7 +103,8 @@ class SharpnessTracker:
     def __init__(self, probe_data: Any, loss_fn: LossFn, *, every: int, k: int = 1, tol: float = 1e-3,
                  max_iter: int | None = None, trace: bool = False, trace_method: TraceMethod = "hutch++",
                  trace_matvecs: int = 99, bn: BNMode = "eval", batch_size: int | None = None,
-                 hvp_mode: str = "auto", test_data: Any = None, threshold: ThresholdFn | None = default_thresholds,
+                 hvp_mode: str = "auto", cache_graphs: bool = False, test_data: Any = None,
+                 threshold: ThresholdFn | None = default_thresholds,
                  grad_norm: bool = True, warm_start: bool = True, seed: int = 0,
                  sink: Callable[[dict[str, Any]], Any] | None = None) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
@@ -123,6 +126,7 @@ class SharpnessTracker:
         self.bn: BNMode = bn
         self.batch_size = batch_size
         self.hvp_mode = hvp_mode
+        self.cache_graphs = bool(cache_graphs)
         self.threshold = threshold
         self.grad_norm, self.warm_start, self.seed, self.sink = grad_norm, warm_start, seed, sink
         self._key: tuple[int, ...] | None = None
@@ -145,7 +149,8 @@ class SharpnessTracker:
                                         batch_size=self.batch_size, validate=False)
             self._test = None if self.test_data is None else Objective(
                 model, self.loss_fn, self.test_data, bn=self.bn, batch_size=self.batch_size, validate=False)
-            self._op = HessianOperator(self._objective, mode=self.hvp_mode)  # type: ignore[arg-type]
+            self._op = HessianOperator(self._objective, mode=self.hvp_mode,  # type: ignore[arg-type]
+                                       cache_graphs=self.cache_graphs)
             if self.hvp_mode == "auto" and self._saved_modes:
                 self._op.modes.update(self._saved_modes)
             self._key = key
@@ -234,7 +239,8 @@ class SharpnessTracker:
         """How the numbers are obtained (stored with every record)."""
         return {"probe_examples": objective.num_examples, "num_batches": len(objective.batches), "bn": self.bn,
                 "dim": objective.dim, "dtype": str(objective.dtype).removeprefix("torch."),
-                "device": str(objective.device), "hvp_mode": op.mode, "k": self.k, "tol": self.tol,
+                "device": str(objective.device), "hvp_mode": op.mode, "cache_graphs": self.cache_graphs,
+                "k": self.k, "tol": self.tol,
                 "max_iter": self.max_iter, "trace": self.trace_method if self.trace else None,
                 "trace_matvecs": self.trace_matvecs if self.trace else None,
                 "test_examples": None if self._test is None else self._test.num_examples, "seed": self.seed}

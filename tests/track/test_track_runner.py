@@ -1,0 +1,150 @@
+"""The runner: the full-batch objective, divergence, early stop, exact resume after a crash, configs and recipes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from sharpscope.curvature import Objective
+from sharpscope.errors import ConfigError
+from sharpscope.experiments import RECIPES, SCALES, get_recipe, parse_overrides
+from sharpscope.losses import get_loss
+from sharpscope.track import RunDirectory, TrainConfig, build_data, build_model, train
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(**overrides: Any) -> TrainConfig:
+    """MNIST-1D, 64 examples in uneven physical batches (24, 24, 16), a 40-16-10 MLP."""
+    base = TrainConfig(model={"name": "mlp", "kwargs": {"in_features": 40, "num_classes": 10, "widths": [16],
+                                                         "activation": "tanh"}},
+                       data="mnist1d", n=64, test_data="mnist1d", test_n=32, physical_batch_size=24, steps=12,
+                       measure_every=3, checkpoint_every=4, k=2, loss="mse", optimizer_kwargs={"lr": 0.5})
+    return base.with_overrides(overrides)
+
+
+def without_seconds(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: without_seconds(v) for k, v in obj.items() if "seconds" not in k}
+    if isinstance(obj, list):
+        return [without_seconds(v) for v in obj]
+    return obj
+
+
+def test_a_full_batch_step_descends_the_tracked_objective(tmp_path: Path) -> None:
+    """θ_1 = θ_0 − η ∇L(θ_0) with ∇L the example-weighted mean over uneven physical batches (check H1)."""
+    cfg = tiny(steps=1, dtype="float64", measure_every=1)
+    summary = train(cfg, tmp_path / "run")
+    model0, _ = build_model(cfg, torch.device("cpu"), torch.float64)
+    data, _ = build_data(cfg)
+    objective = Objective(model0, get_loss("mse"), (data.x.double(), data.y), validate=False)
+    expected = objective.parameter_vector() - 0.5 * objective.gradient()
+    raw = RunDirectory(tmp_path / "run").load_checkpoint()
+    assert raw is not None and raw.extra["step"] == 1
+    got = torch.cat([raw.state_dict[name].reshape(-1) for name in objective.names])
+    assert torch.allclose(got, expected, rtol=1e-12, atol=1e-14)
+    records = RunDirectory(tmp_path / "run").read_metrics()
+    assert records[0]["grad_norm"] == pytest.approx(float(objective.gradient().norm()), rel=1e-12)
+    assert records[0]["settings"]["num_batches"] == 3 and records[0]["settings"]["probe_examples"] == 64
+    assert summary["status"] == "completed" and [r["step"] for r in records] == [0, 1]
+
+
+def test_a_non_finite_loss_stops_the_run_cleanly(tmp_path: Path) -> None:
+    cfg = tiny(**{"model.kwargs.activation": "relu", "optimizer_kwargs.lr": 50.0, "k": 1})
+    rng = torch.get_rng_state()
+    summary = train(cfg, tmp_path / "run")
+    assert torch.equal(torch.get_rng_state(), rng)  # the caller's global RNG is untouched
+    run = RunDirectory(tmp_path / "run")
+    step = summary["diverged_at_step"]
+    assert summary["status"] == "diverged" and 0 < step < cfg.steps and summary["step"] == step
+    assert summary["nonfinite_loss"] in ("NaN", "Infinity", "-Infinity")
+    records = run.read_metrics()  # strict JSON throughout
+    events = [r for r in records if r.get("kind") == "diverged"]
+    assert len(events) == 1 and events[0]["step"] == step
+    assert max(r["step"] for r in records) == step
+    raw = run.load_checkpoint()
+    assert raw is not None and raw.extra["step"] == step  # the run directory stays usable
+    assert json.loads(run.summary_path.read_text())["status"] == "diverged"
+    again = train(cfg, tmp_path / "run")  # the same command again: nothing is redone
+    assert again["already_complete"] and run.read_metrics() == records
+
+
+def test_training_stops_at_the_accuracy_goal_with_a_final_measurement(tmp_path: Path) -> None:
+    cfg = tiny(loss="ce", steps=200, measure_every=50, stop_at_train_acc=0.3, test_data=None, k=1)
+    summary = train(cfg, tmp_path / "run")
+    run = RunDirectory(tmp_path / "run")
+    stop = summary["step"]
+    assert summary["status"] == "reached_train_acc" and 0 < stop < 50
+    assert [r["step"] for r in run.read_metrics()] == [0, stop]
+    assert summary["final"]["train_acc"] >= 0.3 and run.latest_checkpoint()[0] == stop
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("overrides", [
+    {"optimizer": "sgd", "optimizer_kwargs": {"lr": 0.1, "momentum": 0.9}, "batch_size": 20, "trace": True,
+     "trace_matvecs": 8, "loss": "ce"},
+    {"optimizer": "sam", "optimizer_kwargs": {"lr": 0.3, "rho": 0.05}, "loss": "mse-mean"},
+], ids=["minibatch-sgd-momentum", "fullbatch-sam"])
+def test_a_crashed_run_resumes_to_exactly_the_uninterrupted_records(tmp_path: Path, overrides: dict) -> None:
+    cfg = tiny(**overrides)
+    reference = train(cfg, tmp_path / "ref")
+
+    def crash_at_7(step: int, total: int, record: dict | None) -> None:
+        if step == 7:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(cfg, tmp_path / "run", progress=crash_at_7)
+    run = RunDirectory(tmp_path / "run")
+    assert [r["step"] for r in run.read_metrics()] == [0, 3, 6] and run.latest_checkpoint()[0] == 4
+    resumed = train(cfg, tmp_path / "run")
+    assert resumed["session"]["resumed_from_step"] == 4
+    ref_records = RunDirectory(tmp_path / "ref").read_metrics()
+    records = run.read_metrics()
+    assert [r["step"] for r in records] == [0, 3, 6, 9, 12]
+    assert without_seconds(records) == without_seconds(ref_records)
+    assert [r["warm_start"] for r in records] == [False, True, True, True, True]
+    assert without_seconds(resumed["final"]) == without_seconds(reference["final"])
+
+
+def test_configs_overrides_and_recipes() -> None:
+    assert parse_overrides(["optimizer_kwargs.lr=0.02", "data=mnist1d", "model.kwargs.widths=[8, 8]", "n=null",
+                            "trace=true", "x=a=b"]) == {
+        "optimizer_kwargs.lr": 0.02, "data": "mnist1d", "model.kwargs.widths": [8, 8], "n": None, "trace": True,
+        "x": "a=b"}
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_overrides(["steps"])
+    cfg = get_recipe("eos-gd", "smoke", {"optimizer_kwargs.lr": 0.02, "model.kwargs.widths": [8], "steps": 3})
+    assert cfg.optimizer_kwargs == {"lr": 0.02} and cfg.model["kwargs"]["widths"] == [8] and cfg.steps == 3
+    assert (cfg.recipe, cfg.scale, cfg.loss, cfg.optimizer) == ("eos-gd", "smoke", "mse", "gd")
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="unknown config key 'stpes'"):
+        cfg.with_overrides({"stpes": 3})
+    with pytest.raises(ConfigError, match="measure_every must be a positive integer"):
+        cfg.with_overrides({"measure_every": 0})
+    with pytest.raises(ConfigError, match="unknown recipe"):
+        get_recipe("nope")
+    with pytest.raises(ConfigError, match="unknown scale"):
+        get_recipe("eos-gd", "huge")
+    for name in RECIPES:
+        for scale in SCALES:
+            c = get_recipe(name, scale)
+            assert c.hvp_mode != "auto"  # records reproducible to the bit
+    assert get_recipe("eos-momentum", "smoke").optimizer_kwargs["momentum"] == 0.9
+    sam = get_recipe("sam-edge", "smoke")
+    assert (sam.optimizer, sam.loss, sam.batch_size) == ("sam", "mse-mean", None)
+    assert get_recipe("demo", "smoke").batch_size is not None
