@@ -146,8 +146,8 @@ def test_adam_preconditioner_matches_hand_computation(cls: type, amsgrad: bool) 
                                rtol=1e-12, atol=0)
 
 
-def test_adam_preconditioner_is_the_denominator_of_the_next_step() -> None:
-    """With no first-moment history left to mix in, Adam's next step is -(η/bc1) m / P."""
+def test_adam_preconditioner_is_the_denominator_of_the_latest_step() -> None:
+    """Adam's step t is exactly -(η/(1 - β1^t)) m_t / P with P read from the state after it."""
     model, x, y = _model_and_data()
     objective = Objective(model, mse, (x, y))
     opt = torch.optim.Adam(model.parameters(), lr=0.01, betas=(0.9, 0.99), eps=1e-6)

@@ -7,23 +7,24 @@ offline, float32) with plain ``torch.optim`` loops, and measures the top Hessian
 ``lanczos(HessianOperator(Objective(...)), k=1, tol=1e-3, v0=previous eigenvector)``. A checkpoint
 at step ``t`` measures the iterate *before* update ``t``.
 
-Pass criteria (fixed before tuning the settings; the measured numbers are in each docstring):
+Shared definitions (the pass criteria of each test are listed in its docstring):
 
-* **first crossing** ``c``: the first checkpoint whose ratio ``λ/threshold`` is ``≥ 1``.
+* **first crossing** ``c``: the first checkpoint whose ratio ``λ/threshold`` is ``≥ 1``; "after the
+  crossing" means checkpoints ``c`` … end inclusive, and there must be at least 20 of them.
 * **progressive sharpening** (E1 i): the run starts well below the threshold
-  (``λ_0 < 0.6·threshold``), crosses it, and at the crossing ``λ`` is ``≥ 1.5×`` its minimum over
-  the earlier checkpoints, with ``λ`` increasing over ``≥ 90%`` of the intervals between that
-  minimum and the crossing.
-* **edge of stability** (E1 ii; checkpoints ``c`` … end, at least 20 of them): median ratio in
-  the stated band; at least 90% of them in ``[0.9, 1.25]`` (the issue's "stays within");
-  no *sustained excursion* — never two consecutive checkpoints with ratio ``> 1.3``; the training
-  loss is non-monotone after ``c`` and lower at the end than at ``c`` [P].
-* SAM (E5) and Adam (E4) have their own criteria, stated in their tests.
+  (``λ_0 < 0.6·threshold``), crosses it at a step ``> 0``, and at the crossing ``λ`` is ``≥ 1.5×``
+  its minimum over the earlier checkpoints, with ``λ`` increasing over ``≥ 90%`` of the intervals
+  between that minimum and the crossing.
+* **sustained excursion** (E1 ii): two or more consecutive checkpoints with ratio ``> 1.3``;
+  none is allowed.
+* **band fraction**: the share of the checkpoints after the crossing whose ratio lies in a band
+  (``[0.9, 1.25]`` is the issue's "stays within").
+* **loss** (E1 [P]): non-monotone after the crossing, and lower at the end than at the crossing.
 
 Settings were chosen for a reliable, fast effect on 2 shared CPU cores (each run 5–15 s) and
-checked on 4 init seeds; seed 0 is used here. The dynamics after the first crossing are chaotic,
-so another platform's BLAS gives a different trajectory with the same statistics; the criteria keep
-a margin over the spread seen across seeds (quoted per test).
+checked on init seeds 0–3 (every test passes for each); seed 0 is used here. The dynamics after
+the first crossing are chaotic, so another platform's BLAS gives a different trajectory with the
+same statistics; the criteria keep a margin over the spread seen across seeds (quoted per test).
 
 Threads: these matrices are tiny, and with 2 intra-op threads on a machine whose other core is
 busy, a training step was 30x slower (165 ms vs 5 ms) than with one; the module runs single
@@ -35,12 +36,19 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import pytest
 import torch
 from torch import Tensor, nn
 
-from sharpscope import HessianOperator, Objective, PreconditionedOperator, adam_preconditioner, lanczos
+from sharpscope import (
+    HessianOperator,
+    Objective,
+    PreconditionedOperator,
+    adam_preconditioner,
+    lanczos,
+)
 from sharpscope.data import mnist1d
 from sharpscope.losses import mse, mse_mean
 from sharpscope.models import build_model
@@ -76,7 +84,7 @@ class Trajectory:
     steps: list[int] = field(default_factory=list)
     sharpness: list[float] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
-    extra: list[float] = field(default_factory=list)  # ‖g‖ (SAM) or preconditioned sharpness (Adam)
+    extra: list[float] = field(default_factory=list)  # SAM only: full-batch ‖∇L‖ at each checkpoint
     hvps: int = 0
 
 
@@ -108,42 +116,46 @@ def _train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Ten
 
         opt.step(closure)
         if sam and t % every == 0:  # SAM's own first-pass norm is the same ‖g‖
-            assert abs(opt.last_grad_norm - traj.extra[-1]) <= 1e-4 * traj.extra[-1]
+            assert abs(opt.last_grad_norm - traj.extra[-1]) <= 1e-4 * traj.extra[-1], (opt.last_grad_norm,
+                                                                                     traj.extra[-1])
     return traj
 
 
-def _edge_stats(steps: list[int], sharpness: list[float], loss: list[float], threshold: float) -> dict:
+def _edge_stats(steps: list[int], sharpness: list[float], loss: list[float], threshold: float,
+                band: tuple[float, float] = (0.9, 1.25)) -> dict:
+    """The statistics behind the shared definitions of the module docstring."""
     ratios = [s / threshold for s in sharpness]
     c = next((i for i, r in enumerate(ratios) if r >= 1.0), None)
     assert c is not None, f"never reached the threshold {threshold:.4g}: max ratio {max(ratios):.3f}"
     post = ratios[c:]
     pre = sharpness[: c + 1]
     lo = min(range(len(pre)), key=pre.__getitem__)
-    rising = [b > a for a, b in zip(pre[lo:], pre[lo + 1:])]
+    rising = [b > a for a, b in pairwise(pre[lo:])]
     run = longest = 0
     for r in post:
         run = run + 1 if r > 1.3 else 0
         longest = max(longest, run)
     post_loss = loss[c:]
     return {
-        "cross_step": steps[c], "n_post": len(post), "initial_ratio": ratios[0],
+        "cross_step": steps[c], "cross_index": c, "n_post": len(post), "initial_ratio": ratios[0],
         "rise": sharpness[c] / pre[lo], "rising_frac": sum(rising) / max(1, len(rising)),
         "median": statistics.median(post), "min": min(post), "max": max(post),
-        "in_band": sum(0.9 <= r <= 1.25 for r in post) / len(post), "longest_above_1.3": longest,
-        "loss_nonmonotone": any(b > a for a, b in zip(post_loss, post_loss[1:])),
+        "in_band": sum(band[0] <= r <= band[1] for r in post) / len(post), "longest_above_1.3": longest,
+        "loss_nonmonotone": any(b > a for a, b in pairwise(post_loss)),
         "loss_end_below_cross": post_loss[-1] < post_loss[0],
     }
 
 
-def _assert_edge_of_stability(stats: dict, median_band: tuple[float, float]) -> None:
-    msg = {k: round(v, 3) if isinstance(v, float) else v for k, v in stats.items()}
-    # progressive sharpening up to the threshold
+def _rounded(stats: dict) -> dict:
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in stats.items()}
+
+
+def _assert_sharpening_then_no_excursion(stats: dict) -> None:
+    """Progressive sharpening, ≥ 20 checkpoints after the crossing, no sustained excursion, loss."""
+    msg = _rounded(stats)
     assert stats["cross_step"] > 0 and stats["initial_ratio"] < 0.6, msg
     assert stats["rise"] >= 1.5 and stats["rising_frac"] >= 0.9, msg
-    # then it hovers at the threshold
     assert stats["n_post"] >= 20, msg
-    assert median_band[0] <= stats["median"] <= median_band[1], msg
-    assert stats["in_band"] >= 0.9, msg
     assert stats["longest_above_1.3"] < 2, msg
     assert stats["loss_nonmonotone"] and stats["loss_end_below_cross"], msg
 
@@ -152,32 +164,48 @@ def _assert_edge_of_stability(stats: dict, median_band: tuple[float, float]) -> 
 def test_gd_sharpens_progressively_then_hovers_at_2_over_eta(train_set, lr: float, steps: int) -> None:
     """E1: full-batch GD, MSE (Cohen: ½‖f−e_y‖² summed over classes), 1000 examples, every 10 steps.
 
+    Pass: progressive sharpening to 2/η; after the crossing median ratio in SCIENCE.md E1's
+    [0.95, 1.15] (inside the issue's [0.9, 1.25]), ≥ 90% of checkpoints in [0.9, 1.25], no
+    sustained excursion above 1.3; loss non-monotone and lower at the end. Both step sizes must
+    settle at their own 2/η.
+
     Measured (seed 0, float32): η = 0.2 (2/η = 10): λ 4.0 at init, dips to 3.55, crosses at step
-    330 (rise 2.9×); over the 48 checkpoints after, median ratio 1.033, range [0.962, 1.228], all
-    in [0.9, 1.25]; ~10 s. η = 0.15 (2/η = 13.3): crosses at step 570 (rise 3.75×); 44
-    checkpoints, median 1.043, range [0.88, 1.13], 95.5% in [0.9, 1.25]; ~13 s. Seeds 0–3 at
-    η = 0.2: medians 1.026–1.048, ranges within [0.914, 1.228]; seeds 0–2 at η = 0.15: medians
-    1.03–1.043. The median is held to SCIENCE.md E1's tighter [0.95, 1.15] (the issue's band is
-    [0.9, 1.25]); both step sizes settle at their own 2/η.
+    330 (rise 2.9×); 48 checkpoints after, median ratio 1.033, range [0.962, 1.228], 100% in
+    [0.9, 1.25]; 612 HVPs, ~11 s. η = 0.15 (2/η = 13.3): crosses at step 570 (rise 3.75×); 44
+    checkpoints, median 1.043, range [0.880, 1.130], 95.5% in band; ~10 s. Seeds 0–3 at η = 0.2:
+    medians 1.026–1.048, ranges within [0.914, 1.228], 100% in band; seeds 0–3 at η = 0.15:
+    medians 1.030–1.044, crossings at steps 570–720, 95.5–100% in band. Each seed 0–3 passes
+    every assertion of every test in this module. (η = 0.4, 2/η = 5, is too close to the initial
+    sharpness: overshoots to 1.46 with a 2-checkpoint excursion; η = 0.1 does not reach 2/η in
+    1400 steps.)
     """
     x, y = train_set
     model = _model()
     traj = _train(model, mse, x, y, torch.optim.SGD(model.parameters(), lr=lr), steps=steps, every=10)
     stats = _edge_stats(traj.steps, traj.sharpness, traj.loss, gd_edge(lr))
-    print(stats, traj.hvps)
-    _assert_edge_of_stability(stats, (0.95, 1.15))
+    print(_rounded(stats), traj.hvps)
+    _assert_sharpening_then_no_excursion(stats)
+    assert 0.95 <= stats["median"] <= 1.15, _rounded(stats)
+    assert stats["in_band"] >= 0.9, _rounded(stats)
 
 
 def test_polyak_momentum_settles_at_the_momentum_edge(train_set) -> None:
     """E2: as E1 with ``SGD(momentum=0.9)`` (PyTorch heavy ball), η = 0.2, 500 examples, 600 steps.
 
-    Threshold (2 + 2β)/η = 19 (GD's would be 10). Measured (seed 0): λ 4.0 at init, crosses at
-    step 90 (rise 7.2×); 52 checkpoints after, median ratio 0.972, range [0.68, 1.11], 88.5% in
-    [0.9, 1.25]; median λ/(2/η) = 1.85; ~8 s. Seeds 0–3: medians 0.965–0.983, minima 0.68–0.91,
-    maxima 1.07–1.15. Momentum EoS is a saw-tooth: λ climbs to the edge, a spike of loss throws it
-    down to 0.7–0.8 of the edge, and it climbs back, so the median sits a little under 1 and some
-    checkpoints fall below 0.9. With 1000 examples (the GD subset) the medians were 0.943–0.970
-    (seeds 0–3), closer to the band's edge, hence 500 here. Median band: the issue's [0.9, 1.25].
+    Threshold (2 + 2β)/η = 19 (GD's 2/η = 10). Pass: progressive sharpening to the momentum edge;
+    after the crossing median ratio in the issue's [0.9, 1.25], no sustained excursion above 1.3,
+    loss non-monotone and lower at the end; and the plateau is not GD's: median λ ≥ 1.5·(2/η).
+
+    Measured (seed 0): λ 4.0 at init, crosses at step 90 (rise 7.2×); 52 checkpoints after, median
+    ratio 0.972, range [0.679, 1.108]; median λ = 1.85·(2/η); 434 HVPs, ~5 s. Seeds 0–3: medians
+    0.965–0.983, minima 0.68–0.91, maxima 1.07–1.15.
+
+    Not asserted, because it does not hold: "stays within [0.9, 1.25]". Only 88.5% of the
+    checkpoints after the crossing are in that band (seeds 0–3: 85–100%). Momentum EoS is a
+    saw-tooth: λ climbs to the edge, a loss spike throws it down to 0.7–0.8 of the edge, and it
+    climbs back, so the median sits a little under 1 and some checkpoints fall below 0.9. With
+    the GD test's 1000 examples the medians were 0.943–0.970 and 69–92% in band (seeds 0–3),
+    hence 500 examples here. η = 0.3 diverged; width 200 at η = 0.2 diverged.
     """
     x, y = train_set
     x, y = x[:500], y[:500]
@@ -186,17 +214,11 @@ def test_polyak_momentum_settles_at_the_momentum_edge(train_set) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=beta)
     traj = _train(model, mse, x, y, opt, steps=600, every=10)
     stats = _edge_stats(traj.steps, traj.sharpness, traj.loss, momentum_edge(lr, beta))
-    print(stats, traj.hvps)
-    msg = {k: round(v, 3) if isinstance(v, float) else v for k, v in stats.items()}
-    assert stats["cross_step"] > 0 and stats["initial_ratio"] < 0.6, msg
-    assert stats["rise"] >= 1.5 and stats["rising_frac"] >= 0.9, msg
-    assert stats["n_post"] >= 20, msg
-    assert 0.9 <= stats["median"] <= 1.25, msg
-    assert stats["longest_above_1.3"] < 2, msg
-    assert stats["loss_nonmonotone"] and stats["loss_end_below_cross"], msg
-    # not GD's edge: the plateau is far above 2/η
-    post = traj.sharpness[traj.steps.index(stats["cross_step"]):]
-    assert statistics.median(post) / gd_edge(lr) >= 1.5, msg
+    print(_rounded(stats), traj.hvps)
+    _assert_sharpening_then_no_excursion(stats)
+    assert 0.9 <= stats["median"] <= 1.25, _rounded(stats)
+    plateau = statistics.median(traj.sharpness[stats["cross_index"]:])
+    assert plateau >= 1.5 * gd_edge(lr), _rounded(stats)
 
 
 def test_sam_tracks_the_sam_edge_well_below_2_over_eta(train_set) -> None:
@@ -204,20 +226,24 @@ def test_sam_tracks_the_sam_edge_well_below_2_over_eta(train_set) -> None:
     η = 1.0 (2/η = 2), ρ ∈ {0.02, 0.1}, 1000 examples, 500 steps, every 20 steps.
 
     ‖g‖ is the full-batch gradient norm at the measured iterate (checked equal to
-    ``SAM.last_grad_norm`` of the step taken from it). Criteria: from the first checkpoint with ``λ ≥ 0.9·SAM_edge`` on, ``λ/SAM_edge`` is in
-    [0.8, 1.25] for ≥ 80% of checkpoints (at least 20), ``max λ < 0.8·(2/η)`` over the whole run,
-    and the larger ρ settles lower (each run at its own edge).
+    ``SAM.last_grad_norm`` of the step taken from it). Pass: from the first checkpoint with
+    ``λ ≥ 0.9·SAM_edge`` on, ``λ/SAM_edge`` is in [0.8, 1.25] for ≥ 80% of checkpoints (at least
+    20), ``max λ < 0.8·(2/η)`` over the whole run, and the larger ρ settles lower (median λ at
+    ρ = 0.1 below 0.75× that at ρ = 0.02): each run sits at its own edge.
 
-    Measured (seed 0): ρ = 0.02: tracking from step 20, 25 checkpoints, median λ/edge 1.039,
-    range [0.947, 1.137], 100% in band; λ rises 0.71 → 1.40 with the edge 0.64 → 1.33; max λ =
-    0.70·(2/η). ρ = 0.1: median 1.091, range [1.025, 1.183], 100% in band; λ 0.40–0.65 with the
-    edge 0.38–0.60; max λ = 0.40·(2/η). ~10 s each. Seeds 1–3: medians 1.02–1.04 (ρ = 0.02) and
-    1.06–1.08 (ρ = 0.1), ≥ 96% in band, max λ ≤ 0.71·(2/η) (ρ = 0.02) and ≤ 0.57·(2/η) (ρ = 0.1,
-    the initial λ). Observation: ‖g‖ falls from 0.17 to ~0.02 in the first 20 steps, so the edge
-    drops *below* the initial λ ≈ 0.8 and SAM first pulls λ down onto it; afterwards λ and the edge
-    rise together as the oscillation grows ‖g‖. The "rise to the edge" phase of the paper is
-    therefore a fast descent here. For contrast, the ρ = 0 run of this setting is exactly the
-    η = 0.2 run of the GD test (``mse_mean = mse/5``), which equilibrates at 2/η.
+    Measured (seed 0): ρ = 0.02: tracking from step 20, 25 checkpoints, median λ/edge 1.033,
+    range [0.947, 1.137], 100% in band; λ rises 0.72 → 1.32 (range 0.71–1.38) with the edge
+    0.76 → 1.29 (range 0.64–1.33); max λ = 0.69·(2/η). ρ = 0.1: median 1.098, range [1.025, 1.183],
+    100% in band; λ 0.40–0.65 with the edge 0.38–0.59; max λ = 0.40·(2/η). ~17 s for both.
+    Seeds 1–3: medians 1.02–1.04 (ρ = 0.02) and 1.06–1.08 (ρ = 0.1), ≥ 96% in band, max λ ≤
+    0.71·(2/η) (ρ = 0.02) and ≤ 0.57·(2/η) (ρ = 0.1, the initial λ).
+
+    Observation: ‖g‖ falls from 0.17 to 0.01–0.02 in the first 20 steps, so the edge drops *below* the
+    initial λ ≈ 0.8 and SAM first pulls λ down onto it; afterwards λ and the edge rise together as
+    the oscillation grows ‖g‖. The paper's "rise to the edge" is a fast descent here (with
+    ρ = 0.01 λ does rise onto the edge from below, but then exceeds 0.8·(2/η)). The ρ = 0 run of
+    this setting is the η = 0.2 run of the GD test (``mse_mean = mse/5``, so the updates are
+    identical; checked: the same λ/5 to 4 digits through step 300), which equilibrates at 2/η.
     """
     x, y = train_set
     lr = 1.0
@@ -233,14 +259,13 @@ def test_sam_tracks_the_sam_edge_well_below_2_over_eta(train_set) -> None:
         assert start is not None, f"ρ={rho}: λ never reached 0.9·SAM_edge; ratios {ratios}"
         post = ratios[start:]
         stats = {"rho": rho, "start_step": traj.steps[start], "n": len(post),
-                 "median": round(statistics.median(post), 3), "min": round(min(post), 3),
-                 "max": round(max(post), 3),
-                 "in_band": round(sum(0.8 <= r <= 1.25 for r in post) / len(post), 3),
-                 "max_lam_over_2_eta": round(max(traj.sharpness) / gd_edge(lr), 3), "hvps": traj.hvps}
-        print(stats)
-        assert stats["n"] >= 20, stats
-        assert stats["in_band"] >= 0.8, stats
-        assert stats["max_lam_over_2_eta"] < 0.8, stats
+                 "median": statistics.median(post), "min": min(post), "max": max(post),
+                 "in_band": sum(0.8 <= r <= 1.25 for r in post) / len(post),
+                 "max_lam_over_2_eta": max(traj.sharpness) / gd_edge(lr), "hvps": traj.hvps}
+        print(_rounded(stats))
+        assert stats["n"] >= 20, _rounded(stats)
+        assert stats["in_band"] >= 0.8, _rounded(stats)
+        assert stats["max_lam_over_2_eta"] < 0.8, _rounded(stats)
         medians[rho] = statistics.median(traj.sharpness[start:])
     assert medians[0.1] < 0.75 * medians[0.02], medians
 
@@ -250,17 +275,22 @@ def test_adam_preconditioned_sharpness_at_the_adaptive_edge(train_set) -> None:
     steps, every 15 steps; preconditioned sharpness ``λ1(P^{-1/2} H P^{-1/2})`` with Adam's
     ``P = diag(sqrt(v̂) + ε)`` (bias-corrected: the denominator of the next step).
 
-    Threshold 38/η = 38 000. Criteria: E1's crossing / band / excursion rules on the preconditioned
-    ratio, with SCIENCE.md E4's median band [0.9, 1.2]; raw ``λ_max(H)`` keeps rising after the
-    crossing (AEoS): it ends ``≥ 1.15×`` its value at the crossing and increases over ``≥ 80%``
-    of the intervals.
+    Threshold 38/η = 38 000. Pass, on the preconditioned ratio: it starts below 0.6 and rises ≥ 1.5×
+    to the crossing; after it (≥ 20 checkpoints) median in SCIENCE.md E4's [0.9, 1.2], ≥ 90% of
+    checkpoints in [0.8, 1.25] (E5's band; E4 states no band), no sustained excursion above 1.3;
+    and raw ``λ_max(H)`` keeps rising (AEoS): it ends ≥ 1.15× its value at the crossing and
+    increases over ≥ 80% of the intervals.
 
-    Measured (seed 0): crossing at step 195 (preconditioned ratio 0.08 at step 30); 34 checkpoints
-    after, median 0.992, range [0.80, 1.08], all in [0.8, 1.25]; raw λ 16.9 → 27.7 (1.64×), rising
-    at every interval; ~15 s. Seeds 0–3: medians 0.968–0.993, ranges within [0.785, 1.14], raw
-    growth 1.29–1.68×. Bias-correction convention (SCIENCE.md [NF]): with the raw ``v`` instead of
-    ``v̂`` the same run's ratio sits at 1.4–2.6 (median 1.68), since ``1 − β2^t`` is still 0.2–0.5
-    over these steps; only the bias-corrected ``P`` (the default) equilibrates at 38/η here.
+    Measured (seed 0): ratio 0.06 at step 15, crossing at step 195; 34 checkpoints after, median
+    0.992, range [0.804, 1.077], 100% in [0.8, 1.25] (91% in [0.9, 1.25]); raw λ 16.9 → 27.7
+    (1.64×), rising at every interval; ~13 s. Seeds 0–3: medians 0.968–0.993, ranges within
+    [0.785, 1.14], 97–100% in [0.8, 1.25] (84–100% in [0.9, 1.25]: after the first overshoot the
+    ratio dips to ~0.8 for a few checkpoints, then settles at 1.00 ± 0.05), raw growth 1.29–1.68×.
+
+    Bias-correction convention (SCIENCE.md [NF]): with the raw ``v`` instead of ``v̂``
+    (``bias_correction=False``) the same run's ratio sits at 1.4–2.6 (median 1.68), because
+    ``1 − β2^t`` is still 0.2–0.5 over these steps; only the bias-corrected ``P`` (the default,
+    which is exactly PyTorch's denominator) equilibrates at 38/η here.
     """
     x, y = train_set
     lr, beta1 = 1e-3, 0.9
@@ -285,12 +315,12 @@ def test_adam_preconditioned_sharpness_at_the_adaptive_edge(train_set) -> None:
         opt.zero_grad()
         mse(model(x), y).backward()
         opt.step()
-    stats = _edge_stats(steps, pre, loss, adam_edge(lr, beta1))
-    c = steps.index(stats["cross_step"])
-    rising = [b > a for a, b in zip(raw[c:], raw[c + 1:])]
+    stats = _edge_stats(steps, pre, loss, adam_edge(lr, beta1), band=(0.8, 1.25))
+    c = stats["cross_index"]
+    rising = [b > a for a, b in pairwise(raw[c:])]
     stats.update(raw_at_cross=raw[c], raw_end=raw[-1], raw_rising_frac=sum(rising) / len(rising))
-    print(stats)
-    msg = {k: round(v, 3) if isinstance(v, float) else v for k, v in stats.items()}
+    print(_rounded(stats))
+    msg = _rounded(stats)
     assert stats["initial_ratio"] < 0.6 and stats["rise"] >= 1.5, msg
     assert stats["n_post"] >= 20, msg
     assert 0.9 <= stats["median"] <= 1.2, msg
