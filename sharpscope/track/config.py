@@ -15,7 +15,7 @@ from typing import Any
 
 from sharpscope.errors import ConfigError
 
-OPTIMIZERS = ("gd", "sgd", "sam", "adam", "adamw")
+OPTIMIZERS = ("gd", "sgd", "sam", "sparse-sam", "rs", "sa", "adam", "adamw")
 
 
 @dataclass
@@ -32,8 +32,11 @@ class TrainConfig:
             them, which is the objective full-batch GD descends; Cohen et al. use 5000).
     Training:
         loss: ``ce``, ``mse`` (½‖f−e_y‖² summed over classes) or ``mse-mean``.
-        optimizer: ``gd``/``sgd`` (``torch.optim.SGD``), ``sam`` (``sharpscope.optim.SAM`` over
-            ``base`` = ``sgd`` or ``adam``), ``adam``, ``adamw``; ``optimizer_kwargs`` go to it
+        optimizer: ``gd``/``sgd`` (``torch.optim.SGD``), ``sam`` / ``sparse-sam``
+            (``sharpscope.optim.SAM`` / ``SparseSAM`` over ``base`` = ``sgd`` or ``adam``), ``rs`` /
+            ``sa`` (``sharpscope.optim.RS`` / ``SA``, whose "full gradient" is the gradient of the
+            batch in use: the whole set in full batch, else the mini-batch), ``adam``, ``adamw``;
+            ``optimizer_kwargs`` go to it
             (``lr``, ``momentum``, ``nesterov``, ``dampening``, ``weight_decay``, ``betas``,
             ``rho``, ``base``, ...).
         batch_size: mini-batch size; None = full batch (gradient accumulated over fixed physical

@@ -41,7 +41,7 @@ from sharpscope.errors import CheckpointError, ConfigError
 from sharpscope.io import fit_state_dict
 from sharpscope.losses import accuracy, get_loss
 from sharpscope.models import ModelSpec
-from sharpscope.optim import SAM, TwoPassOptimizer, frozen_bn_stats
+from sharpscope.optim import RS, SA, SAM, SparseSAM, TwoPassOptimizer, frozen_bn_stats
 from sharpscope.track import jsonsafe
 from sharpscope.track.config import TrainConfig
 from sharpscope.track.rundir import RunDirectory
@@ -95,17 +95,27 @@ def build_model(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> t
     return model.to(device=device, dtype=dtype), spec
 
 
-def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """``gd``/``sgd``/``adam``/``adamw`` from ``torch.optim``; ``sam`` = :class:`sharpscope.optim.SAM`
-    over ``optimizer_kwargs["base"]`` (default ``sgd``) with radius ``rho``."""
+def build_optimizer(cfg: TrainConfig, model: nn.Module, num_examples: int) -> torch.optim.Optimizer:
+    """``gd``/``sgd``/``adam``/``adamw`` from ``torch.optim``; ``sam``/``sparse-sam`` =
+    :class:`sharpscope.optim.SAM`/:class:`~sharpscope.optim.SparseSAM` over
+    ``optimizer_kwargs["base"]`` (default ``sgd``) with radius ``rho``; ``rs``/``sa`` =
+    :class:`~sharpscope.optim.RS`/:class:`~sharpscope.optim.SA` (seeded from ``cfg.seed`` unless
+    ``seed`` is given; SA draws its examples from the ``num_examples`` of the training set)."""
     kwargs = dict(cfg.optimizer_kwargs)
     try:
-        if cfg.optimizer == "sam":
+        if cfg.optimizer in ("sam", "sparse-sam"):
             base = str(kwargs.pop("base", "sgd"))
             if base not in _BASES:
                 raise ConfigError(f"unknown SAM base optimizer {base!r}; valid: {', '.join(_BASES)}")
             rho = kwargs.pop("rho", 0.05)
-            return SAM(model.parameters(), _BASES[base], rho=rho, model=model, **kwargs)
+            cls = SAM if cfg.optimizer == "sam" else SparseSAM
+            return cls(model.parameters(), _BASES[base], rho=rho, model=model, **kwargs)
+        if cfg.optimizer in ("rs", "sa"):
+            kwargs.setdefault("seed", cfg.seed)
+            kwargs.setdefault("lr_perturb", None)
+            if cfg.optimizer == "sa":
+                return SA(model.parameters(), num_examples=num_examples, model=model, **kwargs)
+            return RS(model.parameters(), model=model, **kwargs)
         if "betas" in kwargs and isinstance(kwargs["betas"], list):
             kwargs["betas"] = tuple(kwargs["betas"])
         return _BASES[cfg.optimizer](model.parameters(), **kwargs)
@@ -137,7 +147,7 @@ class _Session:
         test_set = None if test_set is None else test_set.to(self.device, self.dtype)
         self.model, self.spec = build_model(cfg, self.device, self.dtype)
         self.loss_fn = get_loss(cfg.loss)
-        self.optimizer = build_optimizer(cfg, self.model)
+        self.optimizer = build_optimizer(cfg, self.model, len(self.train_set))
         self.loader: ShuffledLoader | None = None
         if cfg.batch_size is not None:
             self.loader = ShuffledLoader(self.train_set, cfg.batch_size, torch.Generator().manual_seed(cfg.seed + 1))
@@ -216,6 +226,14 @@ class _Session:
 
         return closure
 
+    def _example_closure(self, indices: Tensor) -> Tensor:
+        """SA's per-example (or per-B-batch) loss: zero grads, mean loss over ``indices``, backward."""
+        self.optimizer.zero_grad(set_to_none=True)
+        idx = indices.to(self.device)
+        loss = self.loss_fn(self.model(self.train_set.x[idx]), self.train_set.y[idx])
+        loss.backward()
+        return loss.detach()
+
     def gradient_pass(self) -> tuple[Callable[[], Tensor], float, float | None]:
         """Gradients at ``θ_t`` (full batch, or the next mini-batch); returns the closure, loss and accuracy."""
         batch = self.loader.next_batch() if self.loader is not None else None
@@ -226,7 +244,11 @@ class _Session:
 
     def apply(self, closure: Callable[[], Tensor]) -> None:
         """The update ``θ_t → θ_{t+1}`` from the gradients of :meth:`gradient_pass`."""
-        if isinstance(self.optimizer, TwoPassOptimizer):
+        if isinstance(self.optimizer, SA):
+            self.optimizer.step(closure, self._example_closure)
+        elif isinstance(self.optimizer, RS):
+            self.optimizer.step(closure)
+        elif isinstance(self.optimizer, TwoPassOptimizer):
             self.optimizer.first_step(zero_grad=True)
             with frozen_bn_stats(self.model), torch.enable_grad():
                 closure()

@@ -98,7 +98,12 @@ class Crash(Exception):
     {"optimizer": "sgd", "optimizer_kwargs": {"lr": 0.1, "momentum": 0.9}, "batch_size": 20, "trace": True,
      "trace_matvecs": 8, "loss": "ce"},
     {"optimizer": "sam", "optimizer_kwargs": {"lr": 0.3, "rho": 0.05}, "loss": "mse-mean"},
-], ids=["minibatch-sgd-momentum", "fullbatch-sam"])
+    {"optimizer": "sparse-sam", "optimizer_kwargs": {"lr": 0.3, "rho": 0.05, "mask": "dynamic", "sparsity": 0.5,
+                                                     "update_interval": 2, "total_steps": 12}},
+    {"optimizer": "rs", "optimizer_kwargs": {"lr": 0.3, "lr_perturb": 0.6, "rho": 0.05, "eps0": 1e9}},
+    {"optimizer": "sa", "optimizer_kwargs": {"lr": 0.3, "rho": 0.05, "eps0": 1e9, "batch_size": 4},
+     "batch_size": 20},
+], ids=["minibatch-sgd-momentum", "fullbatch-sam", "sparse-sam-dynamic", "fullbatch-rs", "minibatch-sa"])
 def test_a_crashed_run_resumes_to_exactly_the_uninterrupted_records(tmp_path: Path, overrides: dict) -> None:
     cfg = tiny(**overrides)
     reference = train(cfg, tmp_path / "ref")
