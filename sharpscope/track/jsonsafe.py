@@ -80,3 +80,13 @@ def as_float(value: Any) -> float:
         except KeyError:
             raise ValueError(f"not a stored number: {value!r}") from None
     return float(value)
+
+
+def without_timings(obj: Any) -> Any:
+    """``obj`` with every ``*seconds*`` entry removed (recursively): what two runs of the same
+    config must agree on exactly, wall-clock time aside."""
+    if isinstance(obj, dict):
+        return {k: without_timings(v) for k, v in obj.items() if "seconds" not in k}
+    if isinstance(obj, list):
+        return [without_timings(v) for v in obj]
+    return obj

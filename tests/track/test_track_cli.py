@@ -8,9 +8,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from sharpscope.track import RunDirectory
+from sharpscope.track.jsonsafe import without_timings
 
 SCRIPT = Path(sys.executable).parent / "sharpscope"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # no oversubscription on small machines
@@ -25,12 +25,6 @@ def start(out: Path, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(command(out, *extra), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def without_seconds(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: without_seconds(v) for k, v in obj.items() if "seconds" not in k}
-    if isinstance(obj, list):
-        return [without_seconds(v) for v in obj]
-    return obj
 
 
 def test_a_run_killed_with_sigkill_resumes_to_the_same_metrics_exactly_once(tmp_path: Path) -> None:
@@ -65,9 +59,9 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_metrics_exactly_once(tmp_
     expected = RunDirectory(tmp_path / "ref").read_metrics()
     steps = [r["step"] for r in records]
     assert steps == list(range(0, 61, 5)) == [r["step"] for r in expected]  # each once, none lost
-    assert without_seconds(records) == without_seconds(expected)  # bit-identical values
+    assert without_timings(records) == without_timings(expected)  # bit-identical values
     assert all(r["warm_start"] for r in records[1:])
-    assert without_seconds(summary["final"]) == without_seconds(RunDirectory(tmp_path / "ref").read_summary()["final"])
+    assert without_timings(summary["final"]) == without_timings(RunDirectory(tmp_path / "ref").read_summary()["final"])
 
 
 def test_reruns_and_refusals_are_one_clean_line(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +14,9 @@ from sharpscope.errors import ConfigError
 from sharpscope.experiments import RECIPES, SCALES, get_recipe, parse_overrides
 from sharpscope.losses import get_loss
 from sharpscope.track import RunDirectory, TrainConfig, build_data, build_model, train
+from sharpscope.track.jsonsafe import without_timings
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny(**overrides: Any) -> TrainConfig:
@@ -34,12 +28,6 @@ def tiny(**overrides: Any) -> TrainConfig:
     return base.with_overrides(overrides)
 
 
-def without_seconds(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: without_seconds(v) for k, v in obj.items() if "seconds" not in k}
-    if isinstance(obj, list):
-        return [without_seconds(v) for v in obj]
-    return obj
 
 
 def test_a_full_batch_step_descends_the_tracked_objective(tmp_path: Path) -> None:
@@ -121,9 +109,9 @@ def test_a_crashed_run_resumes_to_exactly_the_uninterrupted_records(tmp_path: Pa
     ref_records = RunDirectory(tmp_path / "ref").read_metrics()
     records = run.read_metrics()
     assert [r["step"] for r in records] == [0, 3, 6, 9, 12]
-    assert without_seconds(records) == without_seconds(ref_records)
+    assert without_timings(records) == without_timings(ref_records)
     assert [r["warm_start"] for r in records] == [False, True, True, True, True]
-    assert without_seconds(resumed["final"]) == without_seconds(reference["final"])
+    assert without_timings(resumed["final"]) == without_timings(reference["final"])
 
 
 def test_configs_overrides_and_recipes() -> None:

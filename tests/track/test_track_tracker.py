@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -16,13 +15,7 @@ from sharpscope.thresholds import sam_edge
 from sharpscope.track import SharpnessTracker, default_thresholds
 from sharpscope.track.jsonsafe import dumps, loads
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def problem(n: int = 200, d: int = 40, seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
