@@ -12,7 +12,7 @@ from torch import Tensor
 
 from sharpscope.curvature.hvp import HVP_MODES, GradientGraph, apply_graph, gradient_graph
 from sharpscope.curvature.linear_operator import LinearOperator
-from sharpscope.curvature.objective import Batch, Objective
+from sharpscope.curvature.objective import Objective
 from sharpscope.curvature.precision import fp32_precision
 from sharpscope.errors import ConfigError, ObjectiveError
 
@@ -95,17 +95,21 @@ class HessianOperator(LinearOperator):
     def _matmat(self, V: Tensor) -> Tensor:
         rows = V.T.contiguous()
         out = torch.zeros_like(rows)
-        fn = self._cached if self.cache_graphs else HVP_MODES[self._mode_for(min(rows.shape[0], self.block_size))]
+        fn = None if self.cache_graphs else HVP_MODES[self._mode_for(min(rows.shape[0], self.block_size))]
         params = self._params()
         with self._backend_settings(), self.objective.mode():
             if self.cache_graphs:
                 self._refresh_graphs(params)
-            for batch, w in zip(self.objective.batches, self.objective.weights()):
+            for index, (batch, w) in enumerate(zip(self.objective.batches, self.objective.weights())):
                 start = 0
                 while start < rows.shape[0]:
                     stop = min(start + self.block_size, rows.shape[0])
+                    block = rows[start:stop]
                     try:
-                        out[start:stop] += w * fn(self.objective, params, batch, rows[start:stop])
+                        if fn is None:
+                            out[start:stop] += w * apply_graph(self.objective, self._graphs[index], block, keep=True)
+                        else:
+                            out[start:stop] += w * fn(self.objective, params, batch, block)
                     except torch.cuda.OutOfMemoryError:
                         if self.block_size == 1:
                             raise ObjectiveError(
@@ -142,10 +146,6 @@ class HessianOperator(LinearOperator):
             self._graphs = []  # free the old graphs before building new ones
             self._graphs = [gradient_graph(self.objective, params, b) for b in self.objective.batches]
             self._graph_key = key
-
-    def _cached(self, objective: Objective, params: dict[str, Tensor], batch: Batch, rows: Tensor) -> Tensor:
-        index = next(i for i, b in enumerate(objective.batches) if b is batch)
-        return apply_graph(objective, self._graphs[index], rows, keep=True)
 
     # ---------------------------------------------------------------------------- auto mode
     def _trial(self, mode: str, rows: Tensor) -> float:
