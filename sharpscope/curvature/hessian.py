@@ -10,6 +10,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from sharpscope.curvature.distributed import from_rank0, sum_across_ranks
 from sharpscope.curvature.hvp import HVP_MODES, GradientGraph, apply_graph, gradient_graph
 from sharpscope.curvature.linear_operator import LinearOperator
 from sharpscope.curvature.objective import Objective
@@ -23,7 +24,8 @@ class HessianOperator(LinearOperator):
     """``v -> H v`` with ``H = ∇²L(θ)`` the Hessian of the objective's mean loss over the probe set.
 
     ``H v = Σ_b (n_b / N) H_b v`` is accumulated batch by batch, so memory is bounded by one batch
-    times one probe block. Args:
+    times one probe block; under ``torch.distributed`` the sum runs over every rank's batches, so
+    all ranks get the same product and run the same algorithm from the same seed. Args:
         objective: the function whose Hessian is taken.
         mode: ``"fwd-rev"``, ``"rev-rev"``, ``"fd"`` (see :mod:`sharpscope.curvature.hvp`), or
             ``"auto"``: time ``fwd-rev`` and ``rev-rev`` on the first batch and keep the faster one
@@ -119,6 +121,7 @@ class HessianOperator(LinearOperator):
                         torch.cuda.empty_cache()
                         continue
                     start = stop
+        sum_across_ranks(out)
         if not torch.isfinite(out).all():
             raise ObjectiveError("a Hessian-vector product is not finite: the loss or its derivatives "
                                  "overflow at these parameters")
@@ -175,7 +178,7 @@ class HessianOperator(LinearOperator):
                 failures[mode] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
         if not seconds:
             raise ObjectiveError(f"no Hessian-vector product mode works for this model: {failures}")
-        chosen = min(seconds, key=seconds.__getitem__)
+        chosen = from_rank0(min(seconds, key=seconds.__getitem__))  # every rank uses rank 0's choice
         self.selection[f"probes={m}"] = {"trial_seconds_per_probe": seconds, "failed": failures, "chosen": chosen}
         return chosen
 

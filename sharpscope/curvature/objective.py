@@ -5,7 +5,8 @@ The objective is the mean loss over every example of the probe set,
     L(θ) = (1/N) Σ_b n_b · ℓ_b(θ),
 
 where batch ``b`` holds ``n_b`` examples and ``ℓ_b`` is ``loss_fn`` (a *mean* over its batch). So the
-same data split into batches of any sizes gives the same objective. It must be the objective the
+same data split into batches of any sizes gives the same objective. Under ``torch.distributed``
+each rank holds a shard of the batches and ``N`` counts the examples of all ranks. It must be the objective the
 optimizer descends, or the edge-of-stability thresholds are off by constant factors.
 """
 
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from sharpscope.curvature.distributed import sum_across_ranks, sum_scalar_across_ranks, world_size
 from sharpscope.errors import ConfigError, DataError, ObjectiveError
 
 BNMode = Literal["eval", "batch"]
@@ -131,7 +133,8 @@ class Objective:
         self.batches = [b for b in self.batches if b.size > 0]
         if not self.batches:
             raise DataError("the probe set is empty: no examples to evaluate the loss on")
-        self.num_examples = sum(b.size for b in self.batches)
+        self.local_examples = sum(b.size for b in self.batches)
+        self.num_examples = int(sum_scalar_across_ranks(self.local_examples, device=self.device))
         self.has_batchnorm = any(isinstance(m, _NORM_WITH_STATS) for m in model.modules())
         if validate:
             self.loss()
@@ -213,7 +216,7 @@ class Objective:
                 if not math.isfinite(value):
                     raise ObjectiveError(f"loss is {value} on batch {i} of the probe set")
                 total += w * value
-        return total
+        return sum_scalar_across_ranks(total, device=self.device)
 
     def gradient(self) -> Tensor:
         """``∇L(θ)`` as a flat vector."""
@@ -223,10 +226,11 @@ class Objective:
         with self.mode():
             for batch, w in zip(self.batches, self.weights()):
                 total += w * self.flatten(grad_fn(params, batch).values())
-        return total
+        return sum_across_ranks(total)
 
     def describe(self) -> dict[str, object]:
         """How the objective is set up, for the record of every result."""
-        return {"probe_examples": self.num_examples, "num_batches": len(self.batches), "bn": self.bn,
+        return {"probe_examples": self.num_examples, "num_batches": len(self.batches), "world_size": world_size(),
+                "bn": self.bn,
                 "has_batchnorm": self.has_batchnorm, "dim": self.dim, "num_params_tensors": len(self.names),
                 "dtype": str(self.dtype).removeprefix("torch."), "device": str(self.device)}
