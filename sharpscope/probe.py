@@ -14,7 +14,7 @@ from typing import Literal
 from torch import Tensor, nn
 
 from sharpscope.curvature import (
-    DensityResult, EigenResult, HessianOperator, Objective, TraceResult, hutchinson, hutchpp, lanczos, slq_density,
+    DensityResult, EigenResult, HessianOperator, Objective, TraceResult, lanczos, slq_density, trace_estimator,
 )
 from sharpscope.errors import ConfigError
 
@@ -51,8 +51,7 @@ class ProbeSettings:
             raise ConfigError(f"batch-size must be positive, got {self.batch_size}")
         if not (self.tol > 0 and math.isfinite(self.tol)):
             raise ConfigError(f"tol must be a positive number, got {self.tol}")
-        if self.trace_method not in ("hutch++", "hutchinson"):
-            raise ConfigError(f"trace method must be 'hutch++' or 'hutchinson', got {self.trace_method!r}")
+        trace_estimator(self.trace_method)  # a clear error for an unknown name
 
 
 @dataclass(frozen=True)
@@ -111,8 +110,7 @@ def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tens
                            return_eigenvectors=False)
     if settings.trace:
         stage("trace", settings.trace_matvecs)
-        estimator = hutchpp if settings.trace_method == "hutch++" else hutchinson
-        trace = estimator(op, settings.trace_matvecs, seed=settings.seed + 2)
+        trace = trace_estimator(settings.trace_method)(op, settings.trace_matvecs, seed=settings.seed + 2)
     if settings.density:
         stage("density", settings.density_steps * settings.density_runs)
         density = slq_density(op, settings.density_steps, settings.density_runs, seed=settings.seed + 3)

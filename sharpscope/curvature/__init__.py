@@ -9,10 +9,10 @@ from sharpscope.curvature.objective import Objective
 from sharpscope.curvature.power import power_iteration
 from sharpscope.curvature.preconditioned import PreconditionedOperator, adam_preconditioner
 from sharpscope.curvature.results import DensityResult, EigenResult, TraceResult
-from sharpscope.curvature.trace import hutchinson, hutchpp
+from sharpscope.curvature.trace import hutchinson, hutchpp, trace_estimator
 
 __all__ = [
     "ConvergenceWarning", "DensityResult", "EigenResult", "HessianOperator", "LambdaOperator", "LinearOperator",
     "MatrixOperator", "Objective", "PreconditionedOperator", "TraceResult", "adam_preconditioner", "exact_hessian",
-    "hutchinson", "hutchpp", "lanczos", "power_iteration", "slq_density",
+    "hutchinson", "hutchpp", "lanczos", "power_iteration", "slq_density", "trace_estimator",
 ]

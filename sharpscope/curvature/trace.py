@@ -17,6 +17,7 @@ Its standard error is that of the deflated Hutchinson part, conditional on the s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -91,3 +92,14 @@ def hutchpp(op: LinearOperator, num_matvecs: int, *, distribution: Distribution 
         settings={"method": "hutch++", "distribution": distribution, "num_matvecs": num_matvecs,
                   "sketch_size": sketch, "low_rank_trace": low_rank, "seed": seed_record(seed, gen)},
     )
+
+
+TRACE_ESTIMATORS: dict[str, Callable[..., TraceResult]] = {"hutch++": hutchpp, "hutchinson": hutchinson}
+
+
+def trace_estimator(name: str) -> Callable[..., TraceResult]:
+    """The trace estimator called ``name`` (``"hutch++"`` or ``"hutchinson"``)."""
+    try:
+        return TRACE_ESTIMATORS[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"trace method must be one of {', '.join(TRACE_ESTIMATORS)}; got {name!r}") from None

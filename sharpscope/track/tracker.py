@@ -37,7 +37,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from sharpscope.curvature import ConvergenceWarning, HessianOperator, Objective, hutchinson, hutchpp, lanczos
+from sharpscope.curvature import ConvergenceWarning, HessianOperator, Objective, lanczos, trace_estimator
 from sharpscope.curvature.objective import BNMode, LossFn
 from sharpscope.data import ArrayDataset
 from sharpscope.errors import ConfigError, SharpscopeError
@@ -111,8 +111,7 @@ class SharpnessTracker:
             raise ConfigError(f"every must be a positive integer, got {every!r}")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ConfigError(f"k must be a positive integer, got {k!r}")
-        if trace_method not in ("hutch++", "hutchinson"):
-            raise ConfigError(f"trace_method must be 'hutch++' or 'hutchinson', got {trace_method!r}")
+        trace_estimator(trace_method)  # a clear error for an unknown name
         if trace and trace_matvecs < (6 if trace_method == "hutch++" else 2):
             raise ConfigError(f"trace_matvecs={trace_matvecs} is too small for {trace_method}")
         if hvp_mode not in ("auto", "fwd-rev", "rev-rev", "fd"):
@@ -202,8 +201,7 @@ class SharpnessTracker:
         trace_hvps = 0
         if self.trace:
             try:
-                fn = hutchpp if self.trace_method == "hutch++" else hutchinson
-                tr = fn(op, self.trace_matvecs, seed=step_seed(self.seed, step, 2))
+                tr = trace_estimator(self.trace_method)(op, self.trace_matvecs, seed=step_seed(self.seed, step, 2))
                 trace_hvps = tr.hvps
                 rec["trace"] = {"estimate": tr.estimate, "stderr": tr.stderr, "per_param": tr.estimate / op.dim,
                                 "method": self.trace_method, "hvps": tr.hvps, "seconds": tr.seconds}
