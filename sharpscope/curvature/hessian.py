@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
 from typing import Literal
 
@@ -15,6 +14,7 @@ from sharpscope.curvature.hvp import HVP_MODES, GradientGraph, apply_graph, grad
 from sharpscope.curvature.linear_operator import LinearOperator
 from sharpscope.curvature.objective import Objective
 from sharpscope.curvature.precision import fp32_precision
+from sharpscope.curvature.sampling import Stopwatch
 from sharpscope.errors import ConfigError, ObjectiveError
 
 HVPMode = Literal["auto", "fwd-rev", "rev-rev", "fd"]
@@ -156,15 +156,9 @@ class HessianOperator(LinearOperator):
         batch, params = self.objective.batches[0], self._params()
         with self._backend_settings(), self.objective.mode():
             fn(self.objective, params, batch, rows)  # warm-up (kernels, caches)
-            self._sync()
-            start = time.perf_counter()
+            clock = Stopwatch(self.device)
             fn(self.objective, params, batch, rows)
-            self._sync()
-        return (time.perf_counter() - start) / rows.shape[0]
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            return clock.seconds() / rows.shape[0]
 
     def _pick_mode(self, m: int) -> str:
         gen = torch.Generator().manual_seed(0)
