@@ -18,10 +18,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sharpscope.curvature import PerLayerCurvature
 from sharpscope.data import resolve_data
 from sharpscope.errors import SharpscopeError
 from sharpscope.io import load_checkpoint, save_checkpoint
 from sharpscope.losses import get_loss
+from sharpscope.parallel import init_distributed, rank, shard_dataset, sharding
 from sharpscope.probe import ProbeReport, ProbeSettings, probe
 
 app = typer.Typer(help="Measure the sharpness of neural-network loss landscapes.", no_args_is_help=True,
@@ -136,12 +138,28 @@ def report_table(report: ProbeReport, title: str) -> Table:
     return table
 
 
+def layers_table(result: PerLayerCurvature) -> Table:
+    table = Table(title=f"per-layer curvature (grouped by {result.grouping})", title_justify="left",
+                  header_style="bold")
+    for col in ("layer", "parameters", "λ_max", "residual", "trace", "±", "HVPs", "seconds"):
+        table.add_column(col, justify="left" if col == "layer" else "right")
+    for row in result.rows:
+        tr = row.trace
+        table.add_row(row.name, f"{row.numel:,}", f"{float(row.top.eigenvalues[0]):.6g}",
+                      f"{float(row.top.residuals[0]):.1e}", "" if tr is None else f"{tr.estimate:.6g}",
+                      "" if tr is None else f"{tr.stderr:.2g}", str(row.hvps), f"{row.seconds:.2f}")
+    table.caption = "diagonal Hessian blocks: each layer's curvature with the others fixed (cross-layer terms excluded)"
+    return table
+
+
 def emit(report: ProbeReport, title: str, as_json: bool, extra: dict[str, Any]) -> None:
     if as_json:
         payload = {**report.to_dict(), **extra}
         sys.stdout.write(json.dumps(payload) + "\n")
     else:
         out.print(report_table(report, title))
+        if report.per_layer is not None:
+            out.print(layers_table(report.per_layer))
 
 
 @app.command("probe")
@@ -171,26 +189,31 @@ def probe_cmd(
     allow_tf32: Annotated[bool, typer.Option("--allow-tf32", help="Let CUDA use TF32 (about 1e-3 relative error).")] = False,
     cache_graphs: Annotated[bool, typer.Option("--cache-graphs", help="Keep every batch's gradient graph between products (double backward; faster, needs the memory of all batches).")] = False,
     seed: Annotated[int, typer.Option(help="Seed of every random vector.")] = 0,
+    per_layer: Annotated[bool, typer.Option("--per-layer", help="Also top eigenvalues (and trace, with --trace) of each layer's diagonal Hessian block.")] = False,
+    layer_depth: Annotated[Optional[int], typer.Option(help="With --per-layer: group by the first N components of the module path (blocks) instead of by module.")] = None,
     unsafe_load: Annotated[bool, typer.Option("--unsafe-load", help="Allow pickles that run code when loaded. Only for files you trust.")] = False,
 ) -> None:
-    """Top eigenvalues, trace and spectral density of the loss Hessian at a checkpoint."""
+    """Top eigenvalues, trace and spectral density of the loss Hessian at a checkpoint (optionally per layer)."""
     dev = pick_device(device)
     torch_dtype = getattr(torch, dtype.value)
     settings = ProbeSettings(k=k, tol=tol, max_iter=max_iter, negative=negative, trace=trace,
                              trace_method=trace_method.value, trace_matvecs=trace_matvecs, density=density,
                              density_steps=density_steps, density_runs=density_runs, bn=bn.value,
                              batch_size=batch_size, hvp_mode=hvp_mode.value, allow_tf32=allow_tf32,
-                             cache_graphs=cache_graphs, seed=seed)
+                             cache_graphs=cache_graphs, seed=seed, per_layer=per_layer, layer_depth=layer_depth)
     if n is not None and n < 1:
         raise SharpscopeError(f"--n must be positive, got {n}")
+    dev = init_distributed(dev)  # under torchrun: each rank probes its shard; the sums run across ranks
     loaded = load_checkpoint(checkpoint, model_factory=model, unsafe_load=unsafe_load)
     dataset = resolve_data(data, n=n)
+    part = shard_dataset(dataset)
     net = loaded.model.to(device=dev, dtype=torch_dtype)
-    with progress_bar(not as_json and err.is_terminal) as bar:
-        report = probe(net, get_loss(loss.value), dataset.x.to(dev), dataset.y.to(dev), settings, progress=bar)
+    with progress_bar(not as_json and err.is_terminal and rank() == 0) as bar:
+        report = probe(net, get_loss(loss.value), part.x.to(dev), part.y.to(dev), settings, progress=bar)
     extra = {"checkpoint": str(checkpoint), "data": dataset.name, "loss_fn": loss.value}
-    report.settings.update(extra)
-    emit(report, f"{checkpoint.name} on {dataset.name} ({loss.value} loss)", as_json, extra)
+    report.settings.update(extra, sharding=sharding(len(dataset)))
+    if rank() == 0:
+        emit(report, f"{checkpoint.name} on {dataset.name} ({loss.value} loss)", as_json, extra)
 
 
 @app.command()
@@ -227,8 +250,14 @@ def demo(
 
 
 from sharpscope_cli.train import train_cmd  # noqa: E402  (the command lives in cli/train.py)
+from sharpscope_cli.reproduce import reproduce_cmd  # noqa: E402  (the command lives in cli/reproduce.py)
 
 app.command("train")(clean_errors(train_cmd))
+from sharpscope_cli.landscape import landscape_cmd  # noqa: E402  (the command lives in cli/landscape.py)
+app.command("landscape")(clean_errors(landscape_cmd))
+app.command("reproduce")(clean_errors(reproduce_cmd))
+from sharpscope_cli.plot import plot_cmd  # noqa: E402
+app.command("plot")(clean_errors(plot_cmd))
 
 if __name__ == "__main__":
     app()

@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sharpscope.experiments import RECIPES, get_recipe, parse_overrides
-from sharpscope.track import train
+from sharpscope.parallel import init_distributed, rank
+from sharpscope.track import resolve_device, train
 
 err = Console(stderr=True)
 
@@ -89,8 +90,11 @@ def train_cmd(
 ) -> None:
     """Run an experiment recipe (training with sharpness tracking) into a run directory."""
     cfg = get_recipe(recipe, scale.value, parse_overrides(set_ or []))
-    with step_bar(not as_json and err.is_terminal) as bar:
+    init_distributed(resolve_device(cfg.device))  # under torchrun: data parallel, rank 0 writes and prints
+    with step_bar(rank() == 0 and not as_json and err.is_terminal) as bar:
         summary = train(cfg, out_dir, force=force, progress=bar)
+    if rank() != 0:
+        return
     if as_json:
         sys.stdout.write(json.dumps(summary) + "\n")
     else:

@@ -1,4 +1,4 @@
-"""Probe one model: top eigenvalues, the most negative one, trace and spectral density, as one report.
+"""Probe one model: top eigenvalues, the most negative one, trace, spectral density and per-layer curvature.
 
 This is the library function behind ``sharpscope probe``; the report serialises to the JSON the
 CLI prints, with every measurement's cost and the settings that produced it.
@@ -14,7 +14,8 @@ from typing import Literal
 from torch import Tensor, nn
 
 from sharpscope.curvature import (
-    DensityResult, EigenResult, HessianOperator, Objective, TraceResult, lanczos, slq_density, trace_estimator,
+    DensityResult, EigenResult, HessianOperator, Objective, PerLayerCurvature, TraceResult, lanczos,
+    per_layer_curvature, slq_density, trace_estimator,
 )
 from sharpscope.errors import ConfigError
 
@@ -42,6 +43,8 @@ class ProbeSettings:
     allow_tf32: bool = False
     cache_graphs: bool = False
     seed: int = 0
+    per_layer: bool = False
+    layer_depth: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("k", "trace_matvecs", "density_steps", "density_runs", "block_size"):
@@ -49,9 +52,14 @@ class ProbeSettings:
                 raise ConfigError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch-size must be positive, got {self.batch_size}")
+        if self.max_iter is not None and self.max_iter < 1:  # 0 would silently mean "the default"
+            raise ConfigError(f"max-iter must be positive, got {self.max_iter}")
         if not (self.tol > 0 and math.isfinite(self.tol)):
             raise ConfigError(f"tol must be a positive number, got {self.tol}")
         trace_estimator(self.trace_method)  # a clear error for an unknown name
+        if self.layer_depth is not None and (self.layer_depth < 1 or not self.per_layer):
+            raise ConfigError(f"layer-depth must be a positive depth and needs per-layer, got {self.layer_depth} "
+                              f"with per-layer {'on' if self.per_layer else 'off'}")
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,7 @@ class ProbeReport:
     trace: TraceResult | None
     density: DensityResult | None
     settings: dict[str, object] = field(default_factory=dict)
+    per_layer: PerLayerCurvature | None = None
 
     def to_dict(self) -> dict[str, object]:
         top = self.top.to_dict()
@@ -79,6 +88,8 @@ class ProbeReport:
         out["trace"] = None if self.trace is None else self.trace.to_dict()
         out["density"] = None if self.density is None else self.density.to_dict()
         out["settings"] = self.settings
+        if self.per_layer is not None:
+            out["per_layer"] = self.per_layer.to_dict()
         return out
 
 
@@ -115,8 +126,16 @@ def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tens
         stage("density", settings.density_steps * settings.density_runs)
         density = slq_density(op, settings.density_steps, settings.density_runs, seed=settings.seed + 3)
     op.on_matmat = None
+    layers = None
+    if settings.per_layer:
+        layers = per_layer_curvature(
+            model, loss_fn, [(b.x, b.y) for b in objective.batches], groups=settings.layer_depth or "module",
+            k=settings.k, tol=settings.tol, max_iter=settings.max_iter, trace=settings.trace,
+            trace_method=settings.trace_method, trace_matvecs=settings.trace_matvecs, bn=settings.bn,
+            hvp_mode=settings.hvp_mode, block_size=settings.block_size, allow_tf32=settings.allow_tf32,
+            cache_graphs=settings.cache_graphs, seed=settings.seed, progress=progress)
     record = {**op.describe(), "k": settings.k, "tol": settings.tol, "max_iter": max_iter, "seed": settings.seed,
               "trace_method": settings.trace_method if settings.trace else None,
               "trace_matvecs": settings.trace_matvecs if settings.trace else None}
     return ProbeReport(loss=loss, grad_norm=grad_norm, top=top, most_negative=negative, trace=trace,
-                       density=density, settings=record)
+                       density=density, settings=record, per_layer=layers)

@@ -6,11 +6,12 @@ pays nothing.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TypeVar
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 
 T = TypeVar("T")
 
@@ -46,3 +47,32 @@ def from_rank0(obj: T) -> T:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def sum_gradients(params: Iterable[Tensor]) -> None:
+    """``p.grad ← Σ_ranks p.grad`` for every parameter, in one all-reduce.
+
+    A rank without a gradient for ``p`` (it saw no examples) contributes zeros; ``p.grad`` stays
+    None only when no rank has one, exactly as in one process. Callers weight each rank's
+    backward pass by ``n_b / N`` with ``N`` counting all ranks' examples, so the sum is the
+    example-weighted mean gradient over the union of the shards.
+    """
+    if not is_distributed():
+        return
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        return
+    ref = params[0]
+    parts = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
+    present = torch.tensor([float(p.grad is not None) for p in params], dtype=ref.dtype, device=ref.device)
+    flat = sum_across_ranks(torch.cat([*parts, present]))
+    grads = torch.split(flat[:-len(params)], [p.numel() for p in params])
+    for p, g, seen in zip(params, grads, flat[-len(params):].tolist()):
+        p.grad = g.view_as(p).clone() if seen else None
+
+
+def broadcast_buffers(module: nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank, as DDP's ``broadcast_buffers`` does."""
+    if is_distributed():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)

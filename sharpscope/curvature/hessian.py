@@ -33,7 +33,8 @@ class HessianOperator(LinearOperator):
             density), since vmapping changes which is faster. The timing runs the first time each
             kind of call is made. Finite differences are approximate and never chosen
             automatically. The modes used, and why, are in :meth:`describe`.
-        block_size: probe vectors per vmapped pass; halved automatically on CUDA out-of-memory.
+        block_size: probe vectors per vmapped pass; on out-of-memory the failing block is halved
+            (and the smaller size kept) until a single product fails, which raises ObjectiveError.
         allow_tf32: let CUDA use TF32 (about 1e-3 relative error per product); off by default.
         cache_graphs: with ``rev-rev`` products, keep every batch's gradient graph between calls so
             each product is one double backward per batch (PyHessian's single-batch trick, for any
@@ -112,12 +113,12 @@ class HessianOperator(LinearOperator):
                             out[start:stop] += w * apply_graph(self.objective, self._graphs[index], block, keep=True)
                         else:
                             out[start:stop] += w * fn(self.objective, params, batch, block)
-                    except torch.cuda.OutOfMemoryError:
-                        if self.block_size == 1:
+                    except torch.OutOfMemoryError:
+                        if stop - start == 1:
                             raise ObjectiveError(
                                 f"out of GPU memory for one Hessian-vector product on a batch of {batch.size} "
                                 "examples; split the probe set into smaller batches (batch_size=...)") from None
-                        self.block_size = max(1, self.block_size // 2)
+                        self.block_size = (stop - start) // 2  # halve the block that failed, and keep it so
                         torch.cuda.empty_cache()
                         continue
                     start = stop

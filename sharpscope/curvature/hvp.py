@@ -26,6 +26,7 @@ from sharpscope.curvature.objective import Batch, Objective
 HVPFn = Callable[[Objective, dict[str, Tensor], Batch, Tensor], Tensor]
 
 
+@torch.no_grad()  # no autograd record through parameters left out of ``params``; torch.func ignores it
 def hvp_fwd_rev(objective: Objective, params: dict[str, Tensor], batch: Batch, rows: Tensor) -> Tensor:
     """Forward-over-reverse products for the rows of ``rows``; returns ``(m, dim)``."""
     grad_fn = grad(lambda p: objective.batch_loss(p, batch))
@@ -82,6 +83,7 @@ def fd_step(dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).eps) ** (1.0 / 3.0)
 
 
+@torch.no_grad()
 def hvp_fd(objective: Objective, params: dict[str, Tensor], batch: Batch, rows: Tensor) -> Tensor:
     """Central finite-difference products (two gradients per probe)."""
     grad_fn = grad(lambda p: objective.batch_loss(p, batch))

@@ -23,7 +23,7 @@ from torch import Tensor
 from sharpscope.curvature.linear_operator import LinearOperator
 from sharpscope.curvature.results import EigenResult
 from sharpscope.curvature.sampling import Stopwatch, make_generator, seed_record
-from sharpscope.errors import ConfigError
+from sharpscope.errors import ConfigError, ObjectiveError
 
 Which = Literal["LA", "SA", "LM", "BE"]
 
@@ -128,6 +128,9 @@ def lanczos(op: LinearOperator, k: int = 1, *, which: Which = "LA", tol: float =
         w, coeffs = _orthogonalize(w, basis[:, : j + 1])
         alphas.append(float(coeffs[0, j]))
         beta = float(w.norm())
+        if not (math.isfinite(alphas[-1]) and math.isfinite(beta)):
+            raise ObjectiveError(f"Lanczos step {j + 1}: the Hessian's Rayleigh quotients overflow {op.dtype} "
+                                 "at these parameters (the curvature is not finite in this precision)")
         theta, S = tridiagonal_eigh(np.array(alphas), np.array(betas))
         scale = max(np.abs(theta).max(), eps)
         idx = wanted_indices(theta, k, which)

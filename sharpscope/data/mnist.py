@@ -10,6 +10,10 @@ per pixel is not documented, SCIENCE.md 4.4, so both are offered):
 * ``center=None``: no centring.
 
 The mean used is stored in ``dataset.meta["mean"]`` (a float, or a (784,) list).
+
+``order="interleave"`` reorders the file's examples class by class in turn (the i-th example of
+each class, classes ascending, then the (i+1)-th ...; stable) before the first ``n`` are kept, so
+a prefix of a class-sorted file such as the shared ``mnist5k.npz`` is class-balanced.
 """
 
 from __future__ import annotations
@@ -26,8 +30,11 @@ from sharpscope.errors import ConfigError, DataError
 
 
 def mnist_npz(path: str | Path, *, n: int | None = None, flatten: bool = True,
-              center: Literal["scalar", "feature"] | None = "scalar") -> ArrayDataset:
+              center: Literal["scalar", "feature"] | None = "scalar",
+              order: Literal["file", "interleave"] = "file") -> ArrayDataset:
     """MNIST images as float32 (N, 784) (or (N, 1, 28, 28) with ``flatten=False``), int64 labels."""
+    if order not in ("file", "interleave"):
+        raise ConfigError(f"order must be 'file' or 'interleave', got {order!r}")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise ConfigError(f"n must be a positive integer or None, got {n!r}")
     if center not in ("scalar", "feature", None):
@@ -38,12 +45,18 @@ def mnist_npz(path: str | Path, *, n: int | None = None, flatten: bool = True,
     if x.dtype != np.uint8 or x.ndim != 3 or x.shape[1:] != (28, 28) or x.shape[0] == 0:
         raise DataError(f"{path}: 'x' must be uint8 of shape (N, 28, 28), found {x.dtype} {x.shape}")
     y = check_labels(arrays["y"], x.shape[0], 10, f"{path} ('y')")
+    if order == "interleave":
+        rank = np.zeros(len(y), dtype=np.int64)  # position of each example within its class
+        for c in np.unique(y):
+            rank[y == c] = np.arange(int((y == c).sum()))
+        perm = np.lexsort((y, rank))
+        x, y = x[perm], y[perm]
     if n is not None:
         if n > len(y):
             raise DataError(f"{path}: has {len(y)} images, asked for the first {n}")
         x, y = x[:n], y[:n]
     xf = x.reshape(len(x), -1).astype(np.float64) / 255.0
-    meta: dict = {"source": str(path), "scale": "x/255", "center": center, "num_classes": 10}
+    meta: dict = {"source": str(path), "scale": "x/255", "center": center, "num_classes": 10, "order": order}
     if center == "scalar":
         mean = float(xf.mean())
         xf -= mean

@@ -89,8 +89,8 @@ def mnist1d(*, n: int | None = None, train: bool = True, seed: int = DEFAULT_SEE
     scaled values (mean 0, std 1 over all 5000 examples); no further preprocessing.
     ``seed`` 42 (default) gives the published data set.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"mnist1d seed must be an integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:  # NumPy's seed range
+        raise ConfigError(f"mnist1d seed must be an integer in [0, 2**32), got {seed!r}")
     arrays = _load_arrays(seed)
     xk, yk = ("x", "y") if train else ("x_test", "y_test")
     x = torch.from_numpy(np.ascontiguousarray(arrays[xk], dtype=np.float32))

@@ -14,11 +14,13 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
 
     Readers see either the old file or the complete new one, never a partial write: the
     temporary file is flushed and fsynced before ``os.replace``; on any error it is removed.
+    The file gets the permissions a plain ``open(path, "w")`` would (``0o666`` less the umask).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -37,6 +39,12 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
     return atomic_write(path, lambda f: f.write(data))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -49,7 +49,10 @@ def mlp(in_features: int, num_classes: int, widths: Sequence[int] = (200, 200), 
     widths = int_list(widths, "widths", allow_empty=True)
     if init not in ("torch", "glorot_normal"):
         raise ConfigError(f"unknown init {init!r}; valid: 'torch', 'glorot_normal'")
-    model = MLP(in_features, num_classes, widths, activation, bool(bias), bool(flatten))
+    for name, flag in (("bias", bias), ("flatten", flatten)):
+        if not isinstance(flag, bool):
+            raise ConfigError(f"{name} must be true or false, got {flag!r}")
+    model = MLP(in_features, num_classes, widths, activation, bias, flatten)
     if init == "glorot_normal":
         for m in model.modules():
             if isinstance(m, nn.Linear):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,9 @@ class TrainConfig:
 
     Model and data:
         model: a model spec ``{"name": ..., "kwargs": {...}}`` (:class:`sharpscope.models.ModelSpec`).
+        init_from: start from these weights instead of the seeded initialisation: a checkpoint file
+            or a run directory (its latest checkpoint); read safely, its stored spec must equal
+            ``model``. The file used and its step are recorded in the summary (``init``).
         data, n, data_options: training set, ``resolve_data(data, n=n, **data_options)``.
         test_data, test_n, test_data_options: optional fixed test set (``train=False``). The option
             value ``"feature_stats": "train"`` standardises a CIFAR test file with the per-feature
@@ -45,7 +49,8 @@ class TrainConfig:
             (every step in full-batch mode, at measurements in mini-batch mode).
     Tracking:
         measure_every, k, tol, max_iter, trace, trace_method, trace_matvecs, bn, hvp_mode,
-        cache_graphs: see
+        cache_graphs, alignment (cosines of the gradient and of the update with the top-k
+        eigenvectors, in ``"alignment"`` records): see
         :class:`~sharpscope.track.tracker.SharpnessTracker`. ``hvp_mode`` is fixed (not
         ``auto``) by default so records are reproducible to the last bit.
         checkpoint_every: steps between checkpoints (the final step is always checkpointed).
@@ -56,6 +61,7 @@ class TrainConfig:
     """
 
     model: dict[str, Any]
+    init_from: str | None = None
     data: str = "mnist1d"
     n: int | None = None
     data_options: dict[str, Any] = field(default_factory=dict)
@@ -80,6 +86,7 @@ class TrainConfig:
     bn: str = "eval"
     hvp_mode: str = "rev-rev"
     cache_graphs: bool = False
+    alignment: bool = False
     checkpoint_every: int = 100
     seed: int = 0
     device: str = "cpu"
@@ -139,8 +146,13 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer{' or null' if optional else ''}, got {value!r}")
 
+        for key, value in _leaves(dataclasses.asdict(self)):  # config.json is strict JSON
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{key} must be a finite number, got {value}")
         if not isinstance(self.model, dict) or "name" not in self.model:
             raise ConfigError(f"model must be {{'name': ..., 'kwargs': {{...}}}}, got {self.model!r}")
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
+            raise ConfigError(f"init_from must be a checkpoint file or run directory path, got {self.init_from!r}")
         for name in ("n", "test_n", "probe_n", "batch_size", "max_iter"):
             pos_int(name, getattr(self, name), optional=True)
         for name in ("physical_batch_size", "measure_every", "k", "checkpoint_every", "trace_matvecs"):
@@ -157,9 +169,10 @@ class TrainConfig:
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"{name} must be a dict, got {getattr(self, name)!r}")
         if self.stop_at_train_acc is not None and not (isinstance(self.stop_at_train_acc, (int, float))
+                                                       and not isinstance(self.stop_at_train_acc, bool)
                                                        and 0 < self.stop_at_train_acc <= 1):
             raise ConfigError(f"stop_at_train_acc must be in (0, 1] or null, got {self.stop_at_train_acc!r}")
-        if not isinstance(self.tol, (int, float)) or not self.tol > 0:
+        if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float)) or not self.tol > 0:
             raise ConfigError(f"tol must be positive, got {self.tol!r}")
         if self.trace_method not in ("hutch++", "hutchinson"):
             raise ConfigError(f"trace_method must be 'hutch++' or 'hutchinson', got {self.trace_method!r}")
@@ -169,9 +182,22 @@ class TrainConfig:
             raise ConfigError(f"hvp_mode must be auto, fwd-rev, rev-rev or fd; got {self.hvp_mode!r}")
         if not isinstance(self.cache_graphs, bool):
             raise ConfigError(f"cache_graphs must be true or false, got {self.cache_graphs!r}")
+        if not isinstance(self.trace, bool):
+            raise ConfigError(f"trace must be true or false, got {self.trace!r}")
+        if not isinstance(self.alignment, bool):
+            raise ConfigError(f"alignment must be true or false, got {self.alignment!r}")
         if self.cache_graphs and self.hvp_mode not in ("rev-rev", "auto"):
             raise ConfigError(f"cache_graphs needs hvp_mode rev-rev, got {self.hvp_mode!r}")
         if self.dtype not in ("float32", "float64"):
             raise ConfigError(f"dtype must be float32 or float64, got {self.dtype!r}")
         if not isinstance(self.device, str) or not self.device:
             raise ConfigError(f"device must be a string like cpu, cuda, cuda:1 or auto, got {self.device!r}")
+
+
+def _leaves(value: Any, key: str = "") -> list[tuple[str, Any]]:
+    """``(dotted key, value)`` for every non-container value of nested dicts and lists."""
+    if isinstance(value, dict):
+        return [leaf for k, v in value.items() for leaf in _leaves(v, f"{key}.{k}" if key else str(k))]
+    if isinstance(value, (list, tuple)):
+        return [leaf for i, v in enumerate(value) for leaf in _leaves(v, f"{key}[{i}]")]
+    return [(key, value)]

@@ -7,7 +7,7 @@ Layout::
       metrics.jsonl               one strict-JSON record per line, appended, flushed and fsynced
       checkpoints/step-00000050.pt  the latest checkpoint only (model + spec, optimizer, RNG, ...)
       summary.json                written atomically when the run ends
-      .lock                       held (flock) by the process that writes the directory
+      .lock                       left by older versions; the writing process now flocks RUN/ itself
 
 Crash consistency. A record is a line ``{"kind": ..., "step": t, ...}``; the pair ``(kind, step)``
 identifies it and is never written twice (:meth:`RunDirectory.append_metric` refuses a second
@@ -111,15 +111,22 @@ class RunDirectory:
     def lock(self) -> Iterator[None]:
         """Hold an exclusive advisory lock on the directory (two writers would corrupt it).
 
-        The lock dies with the process (also on SIGKILL), so a killed run never leaves it stuck.
+        The lock is taken on the folder itself (created if missing), so a folder that turns out not
+        to be this run is left exactly as it was. It dies with the process (also on SIGKILL), so a
+        killed run never leaves it stuck.
         """
-        self.path.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"{self.path} exists and is not a directory")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create the run directory {self.path} ({e.strerror or e})") from None
         try:
             import fcntl
         except ImportError:  # pragma: no cover - not POSIX: no locking
             yield
             return
-        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDONLY)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

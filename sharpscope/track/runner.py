@@ -3,7 +3,8 @@
 Step convention. ``θ_t`` are the parameters after ``t`` optimizer steps. At each ``t`` the runner,
 in this order: measures (if ``t % measure_every == 0`` or ``t == steps``), checkpoints (if
 ``t % checkpoint_every == 0`` or ``t == steps``), stops if ``t == steps``, and otherwise takes
-step ``t → t+1``. A record at step ``t`` therefore describes ``θ_t``.
+step ``t → t+1``. A record at step ``t`` therefore describes ``θ_t`` (an ``"alignment"`` record, with
+``alignment=True``, describes the update ``θ_t → θ_{t+1}`` taken right after that measurement).
 
 Full batch. The gradient is accumulated over fixed physical batches ``b`` of the training set,
 
@@ -23,10 +24,24 @@ identical to an uninterrupted run (only wall-clock fields differ).
 Divergence. A non-finite training loss at step ``t`` stops the run before the update: a record
 ``{"kind": "diverged", "step": t, ...}`` is written, the parameters ``θ_t`` are checkpointed and
 ``summary.json`` says ``"status": "diverged"`` with the step.
+
+Data parallel. Under a ``torch.distributed`` process group (``torchrun``; see
+:mod:`sharpscope.parallel`) every rank builds the same model from the same seed and keeps a
+contiguous shard of the training, probe and test sets (of each mini-batch, in mini-batch mode:
+every rank draws the same batch and keeps its part). Each rank back-propagates
+``Σ_{b on the rank} (n_b / N) ℓ_b`` with ``N`` counting all ranks' examples and the gradients are
+summed across ranks before every optimizer use, SAM's first pass included, so the update is the
+single-process one on the union (up to rounding), for full-batch SAM too (its ascent uses the
+full gradient; SA's per-example gradients come from the whole training set, which every rank
+holds). BatchNorm in training mode normalises with per-rank batch statistics; the running
+statistics are rank 0's, broadcast after every step as DDP does. Only rank 0 touches the run
+directory: it decides new/resume/refuse, reads the checkpoint for every rank and writes records,
+checkpoints (with every rank's RNG state) and the summary.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -36,12 +51,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sharpscope.curvature import Objective
+from sharpscope.curvature.distributed import broadcast_buffers, sum_across_ranks, sum_gradients, world_size
+from sharpscope.curvature.objective import LossFn
 from sharpscope.data import ArrayDataset, ShuffledLoader, cifar_feature_stats, resolve_data
 from sharpscope.errors import CheckpointError, ConfigError
-from sharpscope.io import fit_state_dict
+from sharpscope.io import fit_state_dict, read_checkpoint
 from sharpscope.losses import accuracy, get_loss
 from sharpscope.models import ModelSpec
-from sharpscope.optim import RS, SA, SAM, SparseSAM, TwoPassOptimizer, frozen_bn_stats
+from sharpscope.optim import RS, SA, SAM, SparseSAM, TwoPassOptimizer, empirical_fisher_diagonal, frozen_bn_stats
+from sharpscope.optim._base import check_int
+from sharpscope.parallel import gather_to_rank0, local_device, on_rank0, rank, shard_bounds, shard_dataset, sharding
 from sharpscope.track import jsonsafe
 from sharpscope.track.config import TrainConfig
 from sharpscope.track.rundir import RunDirectory
@@ -95,12 +115,49 @@ def build_model(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> t
     return model.to(device=device, dtype=dtype), spec
 
 
-def build_optimizer(cfg: TrainConfig, model: nn.Module, num_examples: int) -> torch.optim.Optimizer:
+def load_initial_weights(source: str, model: nn.Module, spec: ModelSpec) -> dict[str, Any]:
+    """Load ``init_from`` into ``model``: a checkpoint file, or a run directory's latest checkpoint.
+
+    The checkpoint is read safely; a stored spec must equal ``spec``. Returns ``{"path", "step"}``.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        latest = RunDirectory(path).latest_checkpoint()
+        if latest is None:
+            raise CheckpointError(f"init_from {source}: the folder holds no run checkpoint")
+        path = latest[1]
+    elif not path.exists():
+        raise CheckpointError(f"init_from {source}: no such checkpoint file or run directory")
+    raw = read_checkpoint(path)
+    if raw.spec is not None and raw.spec != spec:
+        raise CheckpointError(f"init_from {path}: model spec {raw.spec} differs from the config's {spec}")
+    fit_state_dict(model, raw.state_dict, source=str(path))
+    step = raw.extra.get("step")
+    return {"path": str(path.resolve()), "step": step if isinstance(step, int) else None}
+
+
+def fisher_scores(cfg: TrainConfig, model: nn.Module, train_set: ArrayDataset, loss_fn: LossFn,
+                  samples: int) -> Callable[[], list[Tensor]]:
+    """SSAM-F's scores: the empirical Fisher diagonal over ``samples`` training examples drawn once
+    (without replacement, seeded by ``cfg.seed``) — :func:`~sharpscope.optim.empirical_fisher_diagonal`."""
+    samples = check_int("fisher_samples", samples, low=1)
+    gen = torch.Generator().manual_seed(cfg.seed + 2)
+    idx = torch.randperm(len(train_set), generator=gen)[:samples].to(train_set.x.device)
+    x, y = train_set.x[idx], train_set.y[idx]
+    return lambda: empirical_fisher_diagonal(model, lambda m, xb, yb: loss_fn(m(xb), yb), x, y)
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module, train_set: ArrayDataset,
+                    loss_fn: LossFn) -> torch.optim.Optimizer:
     """``gd``/``sgd``/``adam``/``adamw`` from ``torch.optim``; ``sam``/``sparse-sam`` =
     :class:`sharpscope.optim.SAM`/:class:`~sharpscope.optim.SparseSAM` over
     ``optimizer_kwargs["base"]`` (default ``sgd``) with radius ``rho``; ``rs``/``sa`` =
     :class:`~sharpscope.optim.RS`/:class:`~sharpscope.optim.SA` (seeded from ``cfg.seed`` unless
-    ``seed`` is given; SA draws its examples from the ``num_examples`` of the training set)."""
+    ``seed`` is given; SA draws its examples from the training set).
+
+    Sparse SAM with a ``fisher`` or ``nm`` mask scores coordinates by :func:`fisher_scores` over
+    ``fisher_samples`` examples (default 128), computes the first mask before step 0 and updates it
+    every ``update_interval`` steps (default: never again), so no step runs with an empty mask."""
     kwargs = dict(cfg.optimizer_kwargs)
     try:
         if cfg.optimizer in ("sam", "sparse-sam"):
@@ -108,13 +165,21 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, num_examples: int) -> to
             if base not in _BASES:
                 raise ConfigError(f"unknown SAM base optimizer {base!r}; valid: {', '.join(_BASES)}")
             rho = kwargs.pop("rho", 0.05)
-            cls = SAM if cfg.optimizer == "sam" else SparseSAM
-            return cls(model.parameters(), _BASES[base], rho=rho, model=model, **kwargs)
+            if cfg.optimizer == "sam":
+                return SAM(model.parameters(), _BASES[base], rho=rho, model=model, **kwargs)
+            samples = kwargs.pop("fisher_samples", 128)
+            if kwargs.get("mask", "fisher") in ("fisher", "nm"):
+                kwargs["score_fn"] = fisher_scores(cfg, model, train_set, loss_fn, samples)
+                kwargs.setdefault("update_interval", cfg.steps + 1)
+            opt = SparseSAM(model.parameters(), _BASES[base], rho=rho, model=model, **kwargs)
+            if opt.mask_kind in ("fisher", "nm"):
+                opt.update_mask()
+            return opt
         if cfg.optimizer in ("rs", "sa"):
             kwargs.setdefault("seed", cfg.seed)
             kwargs.setdefault("lr_perturb", None)
             if cfg.optimizer == "sa":
-                return SA(model.parameters(), num_examples=num_examples, model=model, **kwargs)
+                return SA(model.parameters(), num_examples=len(train_set), model=model, **kwargs)
             return RS(model.parameters(), model=model, **kwargs)
         if "betas" in kwargs and isinstance(kwargs["betas"], list):
             kwargs["betas"] = tuple(kwargs["betas"])
@@ -127,6 +192,27 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, num_examples: int) -> to
         raise ConfigError(f"optimizer {cfg.optimizer!r}: {e}") from None
 
 
+def check_model_fits(model: nn.Module, loss_fn: LossFn, data: ArrayDataset, k: int) -> None:
+    """Raise :class:`ConfigError` (or ObjectiveError) now, before any file is written, when the run cannot
+    work: ``k`` above the number of trainable parameters, inputs the model cannot take or a loss that
+    fails (tried on two examples), or an integer label outside the model's outputs."""
+    objective = Objective(model, loss_fn, (data.x[:2], data.y[:2]), validate=False)
+    if k > objective.dim:
+        raise ConfigError(f"k={k} exceeds the number of trainable parameters ({objective.dim})")
+    batch = objective.batches[0]
+    with torch.no_grad(), objective.mode():
+        try:
+            out = model(batch.x)
+        except RuntimeError as e:
+            raise ConfigError(f"the model cannot take inputs of shape {tuple(batch.x.shape)} from {data.name} "
+                              f"({str(e).splitlines()[0]})") from None
+        objective._checked_loss(out, batch.y)
+    if not data.y.is_floating_point() and out.ndim == 2:
+        low, high = int(data.y.min()), int(data.y.max())
+        if low < 0 or high >= out.shape[1]:
+            raise ConfigError(f"{data.name} has labels {low}..{high} but the model has {out.shape[1]} outputs")
+
+
 def _gen_state(gen: torch.Generator) -> Tensor:
     return gen.get_state().clone()
 
@@ -137,8 +223,9 @@ class _Session:
 
     def __init__(self, cfg: TrainConfig, run: RunDirectory, progress: Progress | None) -> None:
         self.cfg, self.run, self.progress = cfg, run, progress
-        self.device = resolve_device(cfg.device)
+        self.device = local_device(resolve_device(cfg.device))
         self.dtype = getattr(torch, cfg.dtype)
+        self.lead = rank() == 0  # only rank 0 writes the run directory
         train_set, test_set = build_data(cfg)
         self.data_info = {"train": {"name": train_set.name, "examples": len(train_set), **train_set.meta},
                           "test": None if test_set is None else {"name": test_set.name, "examples": len(test_set),
@@ -146,20 +233,26 @@ class _Session:
         self.train_set = train_set.to(self.device, self.dtype)
         test_set = None if test_set is None else test_set.to(self.device, self.dtype)
         self.model, self.spec = build_model(cfg, self.device, self.dtype)
+        self.init_info = None if cfg.init_from is None else load_initial_weights(cfg.init_from, self.model, self.spec)
         self.loss_fn = get_loss(cfg.loss)
-        self.optimizer = build_optimizer(cfg, self.model, len(self.train_set))
+        for data in (self.train_set, test_set):
+            if data is not None:
+                check_model_fits(self.model, self.loss_fn, data, cfg.k)
+        self.optimizer = build_optimizer(cfg, self.model, self.train_set, self.loss_fn)
         self.loader: ShuffledLoader | None = None
         if cfg.batch_size is not None:
             self.loader = ShuffledLoader(self.train_set, cfg.batch_size, torch.Generator().manual_seed(cfg.seed + 1))
         n, pb = len(self.train_set), cfg.physical_batch_size
-        self.batches = [(self.train_set.x[i:i + pb], self.train_set.y[i:i + pb]) for i in range(0, n, pb)]
+        own = shard_dataset(self.train_set)  # this rank's examples (all of them in one process)
+        self.batches = [(own.x[i:i + pb], own.y[i:i + pb]) for i in range(0, len(own), pb)]
         probe = self.train_set if cfg.probe_n is None else self.train_set.subset(min(cfg.probe_n, n))
+        test_set = None if test_set is None else shard_dataset(test_set)
         self.tracker = SharpnessTracker(
-            probe, self.loss_fn, every=cfg.measure_every, k=cfg.k, tol=cfg.tol, max_iter=cfg.max_iter,
+            shard_dataset(probe), self.loss_fn, every=cfg.measure_every, k=cfg.k, tol=cfg.tol, max_iter=cfg.max_iter,
             trace=cfg.trace, trace_method=cfg.trace_method,  # type: ignore[arg-type]
             trace_matvecs=cfg.trace_matvecs, bn=cfg.bn,  # type: ignore[arg-type]
             batch_size=pb, hvp_mode=cfg.hvp_mode, cache_graphs=cfg.cache_graphs, test_data=test_set, seed=cfg.seed,
-            sink=run.append_metric)
+            sink=run.append_metric if self.lead else None, alignment=cfg.alignment)
         self.stats: tuple[float, float | None] = (math.nan, None)
 
     # -- global RNG (dropout and any other implicit draw during training) ------------------
@@ -176,13 +269,18 @@ class _Session:
 
     # -- checkpoints -------------------------------------------------------------------------
     def save(self, step: int) -> None:
-        state = {"optimizer": self.optimizer.state_dict(), "rng": self._rng_state(),
+        rngs = gather_to_rank0(self._rng_state())  # dropout draws differ between shards
+        if rngs is None:
+            return
+        state = {"optimizer": self.optimizer.state_dict(), "rng": rngs[0],
                  "loader": None if self.loader is None else self.loader.state_dict(),
                  "tracker": self.tracker.state_dict(), "format": "sharpscope-run-1"}
+        if len(rngs) > 1:
+            state["rng_ranks"] = rngs
         self.run.save_checkpoint(step, self.model, spec=self.spec, state=state)
 
     def restore(self) -> int | None:
-        raw = self.run.load_checkpoint()
+        raw = on_rank0(self.run.load_checkpoint)  # every rank restores rank 0's reading
         if raw is None:
             return None
         extra = raw.extra
@@ -191,7 +289,8 @@ class _Session:
         fit_state_dict(self.model, raw.state_dict, source=str(raw.path))
         try:
             self.optimizer.load_state_dict(extra["optimizer"])
-            self._set_rng_state(extra["rng"])
+            rngs = extra.get("rng_ranks") or []
+            self._set_rng_state(rngs[rank()] if len(rngs) == world_size() else extra["rng"])
             if self.loader is not None:
                 self.loader.load_state_dict(extra["loader"])
             self.tracker.load_state_dict(extra["tracker"])
@@ -206,8 +305,9 @@ class _Session:
 
         Also stores ``(loss, accuracy)`` of the pass in ``self.stats``.
         """
-        batches = [batch] if batch is not None else self.batches
-        total = sum(int(x.shape[0]) for x, _ in batches)
+        batches = self.batches if batch is None else [self._own_part(batch)]
+        batches = [(x, y) for x, y in batches if x.shape[0] > 0]
+        total = len(self.train_set) if batch is None else int(batch[0].shape[0])  # all ranks' examples
 
         def closure() -> Tensor:
             self.optimizer.zero_grad(set_to_none=True)
@@ -221,10 +321,19 @@ class _Session:
                 scores = scores and out.ndim == 2 and out.shape[1] > 1
                 if scores:
                     acc_sum += w * accuracy(out.detach(), y)
-            self.stats = (loss_sum, acc_sum if scores else None)
+            sum_gradients(self.model.parameters())
+            loss_sum, acc_sum, no_scores = sum_across_ranks(torch.tensor(  # NCCL sums CUDA tensors only
+                [loss_sum, acc_sum, float(bool(batches) and not scores)], dtype=torch.float64,
+                device=self.device)).tolist()
+            self.stats = (loss_sum, acc_sum if no_scores == 0 else None)
             return torch.tensor(loss_sum)
 
         return closure
+
+    def _own_part(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """This rank's contiguous part of a mini-batch that every rank drew alike (may be empty)."""
+        lo, hi = shard_bounds(int(batch[0].shape[0]))
+        return batch[0][lo:hi], batch[1][lo:hi]
 
     def _example_closure(self, indices: Tensor) -> Tensor:
         """SA's per-example (or per-B-batch) loss: zero grads, mean loss over ``indices``, backward."""
@@ -258,12 +367,14 @@ class _Session:
 
     # -- the loop ----------------------------------------------------------------------------
     def measure(self, step: int) -> dict[str, Any] | None:
-        if self.run.has_metric("measurement", step):
-            return self.run.find_metric("measurement", step)
+        stored = on_rank0(lambda: self.run.find_metric("measurement", step)
+                          if self.run.has_metric("measurement", step) else None)
+        if stored is not None:
+            return stored
         return self.tracker.measure(step, self.model, self.optimizer)
 
     def ensure_checkpoint(self, step: int) -> None:
-        latest = self.run.latest_checkpoint()
+        latest = on_rank0(self.run.latest_checkpoint)
         if latest is None or latest[0] != step:
             self.save(step)
 
@@ -293,7 +404,8 @@ class _Session:
                     status = "diverged"
                     event = {"kind": "diverged", "step": t, "train_loss": loss, "train_acc": acc,
                              "batch": "full" if self.loader is None else "mini-batch"}
-                    self.run.append_metric(event)
+                    if self.lead:
+                        self.run.append_metric(event)
                     break
                 if (cfg.stop_at_train_acc is not None and self.loader is None and acc is not None
                         and acc >= cfg.stop_at_train_acc):
@@ -301,11 +413,14 @@ class _Session:
                     self.measure(t)
                     break
                 self.apply(closure)
+                broadcast_buffers(self.model)
+                self.tracker.after_step(t, self.model)  # completes an alignment record of θ_t → θ_{t+1}
                 t += 1
                 if self.progress is not None:
                     self.progress(t, cfg.steps, self.tracker.last)
             self.ensure_checkpoint(t)
-        return self.summary(t, status, event, start, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        return on_rank0(lambda: self.summary(t, status, event, start, seconds))
 
     def summary(self, step: int, status: str, event: dict[str, Any] | None, start: int | None,
                 seconds: float) -> dict[str, Any]:
@@ -339,6 +454,8 @@ class _Session:
             "measure_seconds_total": sum(float((r.get("cost") or {}).get("seconds") or 0.0) for r in measured),
             "session": {"resumed_from_step": start, "seconds": seconds},
             "data": self.data_info,
+            "sharding": sharding(len(self.train_set)),
+            "init": self.init_info,
             "checkpoint": None if latest is None else str(latest[1]),
             "run_dir": str(self.run.path),
         }
@@ -353,17 +470,28 @@ def train(config: TrainConfig | Mapping[str, Any], out_dir: str | Path, *, force
     A new or empty ``out_dir`` starts the run; a directory holding the same config resumes it from
     its latest checkpoint (or returns the stored summary if the run has finished); any other
     existing directory raises :class:`ConfigError` unless ``force`` (which deletes the old run's
-    files first). ``progress(step, steps, last_record)`` is called after every step.
+    files first). ``progress(step, steps, last_record)`` is called after every step. Data, model
+    and optimizer are built (and so checked) before the folder is touched, so a bad config leaves
+    no trace. Under a process group every rank calls this with the same arguments (see the module
+    docstring); all return rank 0's summary.
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     cfg.validate()
-    run = RunDirectory(out_dir)
-    with run.lock():
-        state = run.create(cfg.to_dict(), force=force)
-        if state == "resume":
-            done = run.read_summary()
-            if done is not None:
-                return {**done, "already_complete": True}
-            run.prepare_resume()
-        session = _Session(cfg, run, progress)
+    session = _Session(cfg, RunDirectory(out_dir), progress)
+    with contextlib.ExitStack() as held:
+        state, done = on_rank0(lambda: _open_run(session.run, cfg, force, held))
+        if done is not None:
+            return {**done, "already_complete": True}
         return session.train(resume=state == "resume")
+
+
+def _open_run(run: RunDirectory, cfg: TrainConfig, force: bool,
+              held: contextlib.ExitStack) -> tuple[str, dict[str, Any] | None]:
+    """Lock ``run`` until ``held`` closes, create or recognise the run, prepare a resume; the stored
+    summary if the run has finished."""
+    held.enter_context(run.lock())
+    state = run.create(cfg.to_dict(), force=force)
+    done = run.read_summary() if state == "resume" else None
+    if state == "resume" and done is None:
+        run.prepare_resume()
+    return state, done

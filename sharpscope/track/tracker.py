@@ -11,7 +11,9 @@ At a measured step ``t`` with parameters ``θ_t`` the tracker evaluates, on a *f
 * the threshold matching the optimizer (:func:`~sharpscope.track.thresholds.default_thresholds`
   or any callable ``(step, optimizer, grad_norm) -> dict``);
 * loss and accuracy on the probe (training) set and on an optional fixed test set;
-* the cost of each part (HVPs, seconds) and the settings (probe size, BN mode, HVP mode, dtype).
+* the cost of each part (HVPs, seconds) and the settings (probe size, BN mode, HVP mode, dtype);
+* optionally (``alignment=True``) how the gradient and the optimizer's update lie in the top-``k``
+  eigenspace: see :func:`subspace_alignment` and :meth:`SharpnessTracker.after_step`.
 
 Nothing is mutated: parameters, gradients (``.grad``), train/eval flags, BatchNorm buffers and
 every random number generator are as before the call, so measuring never changes training.
@@ -29,6 +31,7 @@ Example, in a hand-written loop::
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -38,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from sharpscope.curvature import ConvergenceWarning, HessianOperator, Objective, lanczos, trace_estimator
+from sharpscope.curvature.distributed import sum_across_ranks, world_size
 from sharpscope.curvature.objective import BNMode, LossFn
 from sharpscope.data import ArrayDataset
 from sharpscope.errors import ConfigError, SharpscopeError
@@ -55,8 +59,9 @@ def _pair(data: Any) -> Any:
 def evaluate(objective: Objective) -> tuple[float, float | None]:
     """Mean loss and accuracy of ``objective.model`` over the objective's batches, in its mode.
 
-    ``(Σ_b n_b ℓ_b / N, Σ_b n_b acc_b / N)``; accuracy is None when outputs are not class scores
-    (fewer than two columns). Non-finite losses are returned as they are, not raised.
+    ``(Σ_b n_b ℓ_b / N, Σ_b n_b acc_b / N)``, summed over ranks under a process group; accuracy
+    is None when outputs are not class scores (fewer than two columns). Non-finite losses are
+    returned as they are, not raised.
     """
     loss, acc = 0.0, 0.0
     scores = True
@@ -67,12 +72,26 @@ def evaluate(objective: Objective) -> tuple[float, float | None]:
             scores = scores and out.ndim == 2 and out.shape[1] > 1
             if scores:
                 acc += w * accuracy(out, batch.y)
+    loss, acc = sum_across_ranks(torch.tensor([loss, acc], dtype=torch.float64, device=objective.device)).tolist()
     return loss, (acc if scores else None)
 
 
 def step_seed(seed: int, step: int, salt: int) -> int:
     """A seed for the random vectors of measurement ``step`` (independent of what came before)."""
     return (int(seed) * 1_000_003 + int(step) * 16 + salt) % (2**62)
+
+
+def subspace_alignment(u: Tensor, vectors: Tensor) -> tuple[list[float], float] | None:
+    """``([cos(u, v_1), ..., cos(u, v_k)], ‖P_k u‖ / ‖u‖)`` for orthonormal columns ``v_i`` of ``vectors``.
+
+    ``cos(u, v_i) = v_iᵀu / ‖u‖`` and ``P_k = V Vᵀ`` projects onto their span, so
+    ``‖P_k u‖ / ‖u‖ = (Σ_i cos²(u, v_i))^{1/2} ∈ [0, 1]`` (clipped at 1 against rounding). None when ``u = 0``.
+    """
+    norm = float(u.norm())
+    if norm == 0 or not math.isfinite(norm):
+        return None
+    coeffs = (vectors.T @ u).double().cpu() / norm
+    return coeffs.tolist(), min(1.0, float(coeffs.norm()))
 
 
 class SharpnessTracker:
@@ -98,6 +117,14 @@ class SharpnessTracker:
         warm_start: start Lanczos from the previous eigenvectors.
         seed: seed of the random start vectors and trace probes (combined with the step).
         sink: called with every record (e.g. ``RunDirectory.append_metric``).
+        alignment: at each measurement also record ``grad_cos`` (``cos(g, v_i)`` for the top-``k``
+            eigenvectors, each signed so that ``gᵀv_i ≥ 0``, since eigenvectors have no sign) and
+            ``grad_fraction`` = ``‖P_k g‖/‖g‖``, with ``g = ∇L`` on the probe set; and, once
+            :meth:`after_step` sees the update ``Δ = θ_{t+1} − θ_t`` that the optimizer took right
+            after the measurement at ``t``, a record ``{"kind": "alignment", "step": t}`` with
+            ``update_cos`` (``cos(Δ, v_i)``, same signs: negative means the update descends along
+            ``v_i``), ``update_fraction`` = ``‖P_k Δ‖/‖Δ‖`` and ``update_norm``. It needs the
+            gradient, so ``grad_norm`` is recorded too.
     """
 
     def __init__(self, probe_data: Any, loss_fn: LossFn, *, every: int, k: int = 1, tol: float = 1e-3,
@@ -106,7 +133,7 @@ class SharpnessTracker:
                  hvp_mode: str = "auto", cache_graphs: bool = False, test_data: Any = None,
                  threshold: ThresholdFn | None = default_thresholds,
                  grad_norm: bool = True, warm_start: bool = True, seed: int = 0,
-                 sink: Callable[[dict[str, Any]], Any] | None = None) -> None:
+                 sink: Callable[[dict[str, Any]], Any] | None = None, alignment: bool = False) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ConfigError(f"every must be a positive integer, got {every!r}")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -135,6 +162,8 @@ class SharpnessTracker:
         self._eigenvectors: Tensor | None = None
         self._saved_modes: dict[str, str] = {}
         self.last: dict[str, Any] | None = None
+        self.alignment = bool(alignment)
+        self._pending: dict[str, Any] | None = None  # θ_t and eigenvector signs until after_step(t)
 
     # ------------------------------------------------------------------------------ set-up
     def due(self, step: int) -> bool:
@@ -210,11 +239,14 @@ class SharpnessTracker:
                 errors["trace"] = str(e)
 
         gnorm: float | None = None
-        if self.grad_norm:
+        if self.grad_norm or self.alignment:
             t = time.perf_counter()
-            gnorm = float(objective.gradient().norm())
+            grad = objective.gradient()
+            gnorm = float(grad.norm())
             rec["grad_norm"] = gnorm
             cost["grad_seconds"] = time.perf_counter() - t
+        if self.alignment:
+            rec["alignment"] = self._start_alignment(step, objective, grad)
 
         if self.threshold is not None:
             try:
@@ -233,9 +265,43 @@ class SharpnessTracker:
             self.sink(rec)
         return rec
 
+    def _start_alignment(self, step: int, objective: Objective, grad: Tensor) -> dict[str, Any] | None:
+        """``grad_cos`` and ``grad_fraction`` of this measurement; keep ``θ_t`` and the signs for :meth:`after_step`."""
+        self._pending = None
+        if self._eigenvectors is None:  # Lanczos failed: nothing to align with
+            return None
+        vectors = self._eigenvectors.to(grad.device, grad.dtype)
+        signs = torch.where(vectors.T @ grad < 0, -1.0, 1.0).to(grad.dtype)
+        self._pending = {"step": int(step), "theta": objective.parameter_vector(), "signs": signs}
+        found = subspace_alignment(grad, vectors * signs)
+        return None if found is None else {"grad_cos": found[0], "grad_fraction": found[1]}
+
+    def after_step(self, step: int, model: nn.Module) -> dict[str, Any] | None:
+        """Call right after the optimizer step ``θ_t → θ_{t+1}`` of every step ``t`` (cheap when nothing
+        is pending). If ``t`` was measured with ``alignment=True``, return the ``"alignment"`` record of
+        ``Δ = θ_{t+1} − θ_t`` with that measurement's eigenvectors (also passed to ``sink``); else None.
+        A pending measurement not completed at its own step is dropped.
+        """
+        pending, self._pending = self._pending, None
+        if pending is None or pending["step"] != int(step) or self._eigenvectors is None:
+            return None
+        theta = self._objects(model)[0].parameter_vector()
+        if theta.shape != pending["theta"].shape:
+            return None
+        delta = theta - pending["theta"].to(theta.device, theta.dtype)
+        vectors = self._eigenvectors.to(theta.device, theta.dtype) * pending["signs"].to(theta.device, theta.dtype)
+        found = subspace_alignment(delta, vectors)
+        rec = {"kind": "alignment", "step": int(step), "update_norm": float(delta.norm()),
+               "update_cos": None if found is None else found[0],
+               "update_fraction": None if found is None else found[1]}
+        if self.sink is not None:
+            self.sink(rec)
+        return rec
+
     def settings(self, objective: Objective, op: HessianOperator) -> dict[str, Any]:
         """How the numbers are obtained (stored with every record)."""
-        return {"probe_examples": objective.num_examples, "num_batches": len(objective.batches), "bn": self.bn,
+        return {"probe_examples": objective.num_examples, "num_batches": len(objective.batches),
+                "world_size": world_size(), "bn": self.bn,
                 "dim": objective.dim, "dtype": str(objective.dtype).removeprefix("torch."),
                 "device": str(objective.device), "hvp_mode": op.mode, "cache_graphs": self.cache_graphs,
                 "k": self.k, "tol": self.tol,
@@ -245,10 +311,14 @@ class SharpnessTracker:
 
     # ------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """What a resumed run needs to continue identically: the warm-start vectors and the HVP modes."""
+        """What a resumed run needs to continue identically: the warm-start vectors, the HVP modes and
+        a pending alignment (``θ_t`` and signs, between a measurement and :meth:`after_step`)."""
         modes = dict(self._op.modes) if self._op is not None else dict(self._saved_modes)
         vecs = None if self._eigenvectors is None else self._eigenvectors.detach().cpu().clone()
-        return {"eigenvectors": vecs, "hvp_modes": modes}
+        pending = None if self._pending is None else {
+            "step": self._pending["step"], "theta": self._pending["theta"].cpu().clone(),
+            "signs": self._pending["signs"].cpu().clone()}
+        return {"eigenvectors": vecs, "hvp_modes": modes, "alignment": pending}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Inverse of :meth:`state_dict` (vectors are moved to the model's device at the next measurement)."""
@@ -256,6 +326,11 @@ class SharpnessTracker:
         if vecs is not None and not isinstance(vecs, Tensor):
             raise ConfigError("tracker state: eigenvectors must be a tensor or None")
         self._eigenvectors = vecs
+        pending = state.get("alignment")
+        if pending is not None and not (isinstance(pending, Mapping) and isinstance(pending.get("step"), int)
+                                        and all(isinstance(pending.get(key), Tensor) for key in ("theta", "signs"))):
+            raise ConfigError("tracker state: alignment must be None or {'step': int, 'theta': tensor, 'signs': tensor}")
+        self._pending = None if pending is None else dict(pending)
         self._saved_modes = dict(state.get("hvp_modes") or {})
         if self._op is not None and self.hvp_mode == "auto":
             self._op.modes.update(self._saved_modes)

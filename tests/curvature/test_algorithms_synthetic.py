@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sharpscope import (
-    ConfigError, ConvergenceWarning, LambdaOperator, MatrixOperator, hutchinson, hutchpp, lanczos,
+    ConfigError, ConvergenceWarning, LambdaOperator, MatrixOperator, ObjectiveError, hutchinson, hutchpp, lanczos,
     power_iteration, slq_density,
 )
 
@@ -86,6 +86,12 @@ def test_lanczos_exact_when_the_space_is_spanned() -> None:
     result = lanczos(MatrixOperator(A), k=8, tol=1e-12)
     assert result.converged and result.hvps == 8
     torch.testing.assert_close(result.eigenvalues, torch.arange(8.0, 0.0, -1, dtype=torch.float64))
+
+
+def test_lanczos_overflow_is_a_clear_error_not_a_scipy_traceback() -> None:
+    A = with_spectrum(torch.tensor([3e38, 1.0, 2.0, 4.0], dtype=torch.float64)).float()
+    with pytest.raises(ObjectiveError, match="overflow"):
+        lanczos(MatrixOperator(A), k=1)
 
 
 def test_power_iteration_agrees_and_costs_more(spectrum_2000) -> None:

@@ -1,0 +1,41 @@
+"""``sharpscope plot RUN [RUN...] --out STEM``: a figure from run directories or density JSON (thin layer)."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from sharpscope.errors import ConfigError
+from sharpscope.plots.kinds import KINDS, make_figure
+
+
+def plot_cmd(
+    inputs: Annotated[list[Path], typer.Argument(metavar="RUN...", help="Run directories; for --kind density, JSON files written by `sharpscope probe --density --json` (or a DensityResult's to_dict()).")],
+    out_stem: Annotated[Path, typer.Option("--out", help="Writes STEM.png (150 dpi), STEM.pdf and STEM.json (the plotted data and this command).")],
+    kind: Annotated[str, typer.Option(help=f"{', '.join(KINDS)}. auto: density for files; escape when a run uses RS/SA; sharpness when eigenvalues are recorded; else trace.")] = "auto",
+    labels: Annotated[Optional[str], typer.Option(help="Comma-separated labels, one per input (default: folder or file names).")] = None,
+    ratio: Annotated[bool, typer.Option("--ratio", help="sharpness: plot λ/edge with the band [0.8, 1.25].")] = False,
+    k: Annotated[int, typer.Option(help="sharpness: plot λ_1..λ_k (as far as recorded).")] = 1,
+    caption: Annotated[Optional[str], typer.Option(help="Caption stored in STEM.json.")] = None,
+) -> None:
+    """Plot sharpness against its thresholds, trace against test accuracy, escape curves or a spectral density."""
+    from sharpscope.plots.save import save_figure  # matplotlib: imported only when plotting
+
+    names = None
+    if labels is not None:
+        names = [s.strip() for s in labels.split(",")]
+        if len(names) != len(inputs):
+            raise ConfigError(f"--labels gives {len(names)} label(s) for {len(inputs)} input(s)")
+    chosen, fig, data = make_figure(kind, inputs, labels=names, k=k, ratio=ratio)
+    command = ["sharpscope", "plot", *map(str, inputs), "--kind", kind, "--out", str(out_stem)]
+    if labels is not None:
+        command += ["--labels", labels]
+    if ratio:
+        command.append("--ratio")
+    if k != 1:
+        command += ["--k", str(k)]
+    paths = save_figure(fig, out_stem, data=data, command=shlex.join(command), caption=caption)
+    typer.echo(f"{chosen} figure of {len(inputs)} input(s): {', '.join(str(p) for p in paths)}")

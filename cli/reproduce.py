@@ -1,0 +1,45 @@
+"""``sharpscope reproduce STUDY --scale cpu --out runs/STUDY [--figures figures/]``: run a study (thin layer)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from sharpscope.experiments.studies import STUDIES, run_study
+from sharpscope_cli.train import Scale, err
+
+
+def _stage_line(stage: str, summary: dict[str, Any]) -> None:
+    final = summary.get("final") or {}
+    acc = final.get("test_acc", final.get("train_acc"))
+    note = f", acc {acc:.1%}" if isinstance(acc, (int, float)) else ""
+    err.print(f"{stage}: {summary['status']} at step {summary['step']}{note}", highlight=False)
+
+
+def reproduce_cmd(
+    study: Annotated[str, typer.Argument(help=f"Study: {', '.join(STUDIES)}.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Study folder: one run directory per stage, data/, STUDY-summary.json. Rerunning resumes.")],
+    scale: Annotated[Scale, typer.Option(help="smoke: seconds (plumbing); cpu: minutes on a CPU; gpu: the paper's setting.")] = Scale.smoke,
+    figures: Annotated[Optional[Path], typer.Option("--figures", help="Write the study's figures (PNG, PDF, JSON) and summary here.")] = None,
+    only: Annotated[Optional[list[str]], typer.Option("--only", help="Run only this stage (and the stages it starts from). Repeatable.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the study summary as one JSON object.")] = False,
+) -> None:
+    """Run a reproduction study (several dependent training runs), check its claims, draw its figures."""
+    summary = run_study(study, scale.value, out_dir, only=only or None,
+                        progress=None if as_json else _stage_line)
+    if figures is not None:
+        from sharpscope.experiments.figures import study_figures
+
+        command = shlex.join(["sharpscope", *sys.argv[1:]]) if sys.argv[1:2] == ["reproduce"] else \
+            f"sharpscope reproduce {study} --scale {scale.value} --out {out_dir} --figures {figures}"
+        for path in study_figures(study, out_dir, figures, command=command):
+            err.print(f"wrote {path}", highlight=False)
+    if as_json:
+        sys.stdout.write(json.dumps(summary) + "\n")
+    else:
+        typer.echo(json.dumps(summary["results"], indent=1, default=str))

@@ -1,0 +1,140 @@
+"""The pass criteria of SCIENCE.md 9.2–9.4, computed from a run directory's records.
+
+Every function takes the measurement records of a run (``metrics.jsonl`` rows of kind
+``measurement``; non-finite values may be strings, read with :func:`sharpscope.track.as_float`)
+and returns a JSON-ready dict of the numbers the criterion is stated in, with ``holds`` (bool)
+where the criterion is a test.
+
+* :func:`edge_stats` (E1, E2, E3): ratio ``r_t = λ_t/edge_t``; first crossing ``c`` = first
+  ``r ≥ 1``; after it: median, range, the share in ``band``, the longest run of ``r > 1.3``;
+  progressive sharpening = ``λ_c / min_{t ≤ c} λ_t``; loss non-monotone after ``c`` and lower at the
+  end than at ``c``. E1 holds when the run sharpens (≥ 1.5×, starting below 0.6·edge), the median
+  after the crossing is in ``[0.95, 1.15]``, ≥ 90% of the checkpoints are in ``[0.9, 1.25]``, no
+  two consecutive ratios exceed 1.3, and the loss condition holds.
+* :func:`sam_edge_stats` (E5): from the first ``r ≥ 0.9`` on, ``r ∈ [0.8, 1.25]`` for ≥ 80% of the
+  checkpoints, and ``max λ < 0.8·(2/η)`` over the run.
+* :func:`trace_accuracy` (G6, A2–A4): trace and test accuracy along the run and their Spearman
+  rank correlation.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+from scipy.stats import spearmanr
+
+from sharpscope.track import RunDirectory, as_float
+
+
+def measurements(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The measurement records of a run directory, in step order."""
+    records = RunDirectory(run_dir).read_metrics()
+    return [r for r in records if r.get("kind", "measurement") == "measurement"]
+
+
+def column(records: Sequence[dict[str, Any]], key: str) -> list[float]:
+    """``records[i][a][b]...`` for a dotted ``key`` (list indices allowed), NaN where missing."""
+    out = []
+    for r in records:
+        value: Any = r
+        for part in key.split("."):
+            if isinstance(value, list) and part.isdigit() and int(part) < len(value):
+                value = value[int(part)]
+            elif isinstance(value, dict):
+                value = value.get(part)
+            else:
+                value = None
+        out.append(as_float(value) if value is not None else math.nan)
+    return out
+
+
+def _finite(pairs: Sequence[tuple[float, ...]]) -> list[tuple[float, ...]]:
+    return [p for p in pairs if all(math.isfinite(v) for v in p)]
+
+
+def edge_stats(records: Sequence[dict[str, Any]], band: tuple[float, float] = (0.9, 1.25)) -> dict[str, Any]:
+    """E1-style statistics of ``λ_max/edge`` (see the module docstring); ``crossed`` False if never ``≥ 1``."""
+    rows = _finite(list(zip(column(records, "step"), column(records, "eigenvalues.0"),
+                            column(records, "thresholds.edge"), column(records, "train_loss"))))
+    if not rows:
+        return {"crossed": False, "holds": False, "checkpoints": 0}
+    steps, lam, edge, loss = (list(c) for c in zip(*rows))
+    ratios = [a / b for a, b in zip(lam, edge)]
+    c = next((i for i, r in enumerate(ratios) if r >= 1.0), None)
+    out: dict[str, Any] = {"checkpoints": len(ratios), "initial_ratio": ratios[0], "max_ratio": max(ratios),
+                           "edge_initial": edge[0], "crossed": c is not None}
+    if c is None:
+        return {**out, "holds": False}
+    post, pre = ratios[c:], lam[: c + 1]
+    lo = min(range(len(pre)), key=pre.__getitem__)
+    rising = [b > a for a, b in pairwise(pre[lo:])]
+    run = longest = 0
+    for r in post:
+        run = run + 1 if r > 1.3 else 0
+        longest = max(longest, run)
+    out.update(cross_step=int(steps[c]), after_crossing=len(post), rise=lam[c] / pre[lo],
+               rising_frac=sum(rising) / max(1, len(rising)), median=statistics.median(post), min=min(post),
+               max=max(post), in_band=sum(band[0] <= r <= band[1] for r in post) / len(post), band=list(band),
+               longest_above_1_3=longest, median_lambda=statistics.median(lam[c:]),
+               loss_nonmonotone=any(b > a for a, b in pairwise(loss[c:])), loss_end_below_cross=loss[-1] < loss[c])
+    out["sharpens"] = bool(out["cross_step"] > 0 and out["initial_ratio"] < 0.6 and out["rise"] >= 1.5)
+    out["holds"] = bool(out["sharpens"] and 0.95 <= out["median"] <= 1.15 and out["in_band"] >= 0.9
+                        and longest < 2 and out["loss_nonmonotone"] and out["loss_end_below_cross"])
+    return out
+
+
+def sam_edge_stats(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """E5: ``λ/SAM_edge`` from the first ``≥ 0.9`` on, and ``max λ`` against ``2/η``."""
+    rows = _finite(list(zip(column(records, "step"), column(records, "eigenvalues.0"),
+                            column(records, "thresholds.edge"), column(records, "thresholds.gd_edge"))))
+    if not rows:
+        return {"holds": False, "checkpoints": 0}
+    steps, lam, edge, gd = (list(c) for c in zip(*rows))
+    ratios = [a / b for a, b in zip(lam, edge)]
+    start = next((i for i, r in enumerate(ratios) if r >= 0.9), None)
+    out: dict[str, Any] = {"checkpoints": len(ratios), "max_lambda_over_2_eta": max(lam) / gd[0],
+                           "lambda_range": [min(lam), max(lam)], "edge_range": [min(edge), max(edge)]}
+    if start is None:
+        return {**out, "tracking_from": None, "holds": False}
+    post = ratios[start:]
+    out.update(tracking_from=int(steps[start]), after=len(post), median=statistics.median(post), min=min(post),
+               max=max(post), in_band=sum(0.8 <= r <= 1.25 for r in post) / len(post),
+               median_lambda=statistics.median(lam[start:]))
+    out["holds"] = bool(out["in_band"] >= 0.8 and out["max_lambda_over_2_eta"] < 0.8)
+    return out
+
+
+def trace_accuracy(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Trace and test accuracy at the first and last checkpoint, and their Spearman correlation."""
+    rows = _finite(list(zip(column(records, "step"), column(records, "trace.estimate"),
+                            column(records, "test_acc"), column(records, "train_acc"))))
+    if not rows:
+        return {"checkpoints": 0}
+    steps, trace, test, train = (list(c) for c in zip(*rows))
+    varies = len(rows) >= 3 and len(set(trace)) > 1 and len(set(test)) > 1  # else the correlation is undefined
+    rho = spearmanr(trace, test).statistic if varies else math.nan
+    return {"checkpoints": len(rows), "steps": [int(steps[0]), int(steps[-1])], "trace": [trace[0], trace[-1]],
+            "test_acc": [test[0], test[-1]], "train_acc": [train[0], train[-1]], "min_train_acc": min(train),
+            "spearman_trace_test_acc": float(rho)}
+
+
+def final_record(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The last measurement's eigenvalues, trace, accuracies and losses (as floats)."""
+    if not records:
+        return {}
+    last = records[-1]
+    eig = [as_float(v) for v in last.get("eigenvalues") or []]
+    out: dict[str, Any] = {"step": last.get("step"), "eigenvalues": eig}
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+        if last.get(key) is not None:
+            out[key] = as_float(last[key])
+    if isinstance(last.get("trace"), dict):
+        out["trace"] = as_float(last["trace"].get("estimate"))
+    if len(eig) >= 5 and eig[4] > 0:
+        out["lambda1_over_lambda5"] = eig[0] / eig[4]
+    return out

@@ -1,0 +1,65 @@
+"""The figures of a study, drawn from its run directories with :mod:`sharpscope.plots`.
+
+Each :class:`~sharpscope.experiments.studies.Figure` of a study becomes ``<fig_dir>/<study>-<stem>``
+``.png``/``.pdf``/``.json``; the JSON holds the plotted numbers, the study's criteria results and
+each plotted run's ``summary.json``, the command, and a caption that names the scale and device.
+The study's summary (``<out_dir>/<study>-summary.json``) is copied to ``<fig_dir>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure as MplFigure
+
+from sharpscope.experiments.studies import STUDIES, summary_path
+from sharpscope.io.atomic import atomic_write_bytes
+from sharpscope.plots.runs import load_run
+from sharpscope.plots.save import save_figure
+from sharpscope.plots.trajectory import (
+    escape_data,
+    escape_figure,
+    sharpness_data,
+    sharpness_figure,
+    trace_accuracy_data,
+    trace_accuracy_figure,
+)
+from sharpscope.track import jsonsafe
+
+_KINDS: dict[str, tuple[Callable[..., MplFigure], Callable[..., dict[str, Any]]]] = {
+    "sharpness": (sharpness_figure, sharpness_data),
+    "escape": (escape_figure, escape_data),
+    "trace-accuracy": (trace_accuracy_figure, trace_accuracy_data),
+}
+
+
+def device_note(scale: str) -> str:
+    """The caption's statement of where the runs were made."""
+    return (f"Scale '{scale}', run on 2 shared CPU cores: no GPU was lent this session, so this is a small "
+            "version of the paper's experiment.")
+
+
+def study_figures(name: str, out_dir: str | Path, fig_dir: str | Path, *, command: str) -> list[Path]:
+    """Draw every figure of study ``name`` with a finished stage in ``out_dir``; return the files written."""
+    out, figs = Path(out_dir), Path(fig_dir)
+    summary = jsonsafe.loads(summary_path(name, out).read_text(encoding="utf-8"))
+    written: list[Path] = []
+    finished = [s for s in summary["stages"] if (out / s / "summary.json").is_file()]
+    for spec in STUDIES[name].figures:
+        stages = [s for pattern in spec.stages for s in finished if fnmatch(s, pattern)]
+        if not stages:
+            continue
+        runs = [load_run(out / s, label=s) for s in dict.fromkeys(stages)]
+        draw, data_of = _KINDS[spec.kind]
+        options: dict[str, Any] = {"k": spec.k} if spec.kind == "sharpness" else {}
+        fig = draw(runs, **options)
+        data = {"plot": data_of(runs, **options), "results": {r.label: summary["results"].get(r.label) for r in runs},
+                "run_summaries": {r.label: r.summary for r in runs}}
+        caption = f"{spec.caption} {device_note(summary['scale'])}"
+        written += save_figure(fig, figs / f"{name}-{spec.stem}", data=data, command=command, caption=caption)
+    target = figs / f"{name}-summary.json"
+    written.append(atomic_write_bytes(target, (jsonsafe.dumps(summary, indent=2) + "\n").encode()))
+    return written

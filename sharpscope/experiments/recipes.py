@@ -1,0 +1,253 @@
+"""Single-run recipes: the papers' set-ups as :class:`~sharpscope.track.TrainConfig` factories.
+
+``RECIPES[name](scale)`` returns a config; ``scale`` is ``"smoke"`` (seconds on a laptop CPU,
+plumbing only: no phenomenon is expected), ``"cpu"`` (minutes on 2 CPU cores, a small version of
+the experiment whose effect was checked here) or ``"gpu"`` (the paper's setting, or close to it).
+Every field can be overridden (:func:`get_recipe` ``overrides``, CLI ``--set key=value``; dotted
+keys reach into dicts, e.g. ``optimizer_kwargs.lr=0.02`` or ``model.kwargs.widths=[100,100]``).
+
+Recipes (SCIENCE.md sections and checks in brackets):
+
+* ``eos-gd`` [5.2, E1] — Cohen et al.: fully connected tanh net, MSE ``½‖f−e_y‖²`` summed over
+  classes, full-batch GD, sharpness = λ_max of the same objective, threshold ``2/η``.
+  gpu: the first 5 000 CIFAR-10 images (``cifar10-5k``, flattened, per-feature standardised with
+  the training file's statistics) when ``../shared/data/cifar10_train16k.npz`` is found (else
+  MNIST-1D), 200-200 net, the paper's ``η = 0.01``, stop at 99% train accuracy. cpu: the setting
+  of ``tests/science/test_science_eos.py`` (tanh 40→100→100→10 on the first 1 000 MNIST-1D
+  examples, ``η = 0.2``, 800 steps, λ every 10 steps): CIFAR-5k full batch is ~1 s a step here.
+* ``eos-momentum`` [5.3, E2] — the same with Polyak momentum β = 0.9 (PyTorch form), threshold
+  ``(2+2β)/η = 3.8/η``; cpu: 500 examples, 600 steps (the test's setting).
+* ``eos-ce`` [5.2, E3] — ``eos-gd`` with cross entropy.
+* ``sam-edge`` [4, E5] — Long & Bartlett: ReLU MLP (depth 4), MSE averaged over outputs and
+  examples (``mse-mean``), full-batch SAM (normalised, over GD); threshold SAM-edge(η, ρ, ‖g‖)
+  with the full-batch ‖g‖ of each measurement. cpu: width 100 on the first 1 000 MNIST images
+  (``../shared/data/mnist5k.npz``, class-balanced; MNIST-1D if absent), ``η = 0.4`` (λ_max ≈ 3.5 at
+  init, so η = 1 starts above 2/η), ρ = 0.1 (ρ = 0 is the GD control; the ``sam-edge`` study sweeps ρ).
+* ``sam-edge-cnn`` [4, E6] — the same with conv-ReLU-LayerNorm-maxpool ×2 on 1 000 CIFAR-10 images
+  (cpu: 250 images, channels 8/16, 150 steps: ~4 s a SAM step on the shared CPU). Its λ_max at init
+  is ≈ 187 (mse-mean, 500 images, seed 0), so ``η = 0.008`` (2/η = 250); ``η = 1`` diverged at step 3.
+* ``sam-flatness`` [3, G3] — mini-batch SGD (ρ = 0) on a BatchNorm-free ReLU MLP, cross entropy,
+  λ_1..λ_5 measured along the run; the ``sam-flatness`` study runs it with SAM and Sparse SAM too.
+* ``demo`` — mini-batch SGD with momentum and cross entropy on MNIST-1D, with trace estimates.
+
+The multi-stage set-ups (the escape from a bad minimum, label-noise SGD, sweeps) are studies:
+:mod:`sharpscope.experiments.studies`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from sharpscope.errors import ConfigError
+from sharpscope.track.config import TrainConfig
+
+SCALES = ("smoke", "cpu", "gpu")
+_REPO = Path(__file__).resolve().parents[2]
+
+
+def shared_data_file(name: str) -> Path | None:
+    """``../shared/data/<name>`` relative to the working directory or the repository, if it exists."""
+    for base in (Path.cwd() / ".." / "shared" / "data", _REPO / ".." / "shared" / "data"):
+        path = base / name
+        if path.is_file():
+            return path.resolve()
+    return None
+
+
+def fc(in_features: int, widths: list[int], activation: str, init: str = "torch") -> dict[str, Any]:
+    """The spec of a fully connected net with 10 outputs."""
+    kwargs: dict[str, Any] = {"in_features": in_features, "num_classes": 10, "widths": widths,
+                              "activation": activation}
+    if init != "torch":
+        kwargs["init"] = init
+    return {"name": "mlp", "kwargs": kwargs}
+
+
+def mnist1d_data(n: int | None, test_n: int | None) -> dict[str, Any]:
+    """Config fields for the first ``n`` MNIST-1D training examples (and ``test_n`` test examples)."""
+    out: dict[str, Any] = {"data": "mnist1d", "n": n}
+    if test_n is not None:
+        out.update(test_data="mnist1d", test_n=test_n)
+    return out
+
+
+def _cifar(n: int, flatten: bool) -> dict[str, Any] | None:
+    train = shared_data_file("cifar10_train16k.npz")
+    if train is None:
+        return None
+    standardize = "feature" if flatten else "channel"
+    out: dict[str, Any] = {"data": f"cifar10:{train}", "n": n,
+                           "data_options": {"standardize": standardize, "flatten": flatten}}
+    test = shared_data_file("cifar10_test2k.npz")
+    if test is not None:
+        options: dict[str, Any] = {"standardize": standardize, "flatten": flatten}
+        if flatten:
+            options["feature_stats"] = "train"
+        out.update(test_data=f"cifar10:{test}", test_n=None, test_data_options=options)
+    return out
+
+
+def _mnist(n: int) -> dict[str, Any] | None:
+    path = shared_data_file("mnist5k.npz")
+    return None if path is None else {"data": f"mnist:{path}", "n": n, "data_options": {"order": "interleave"}}
+
+
+def check_scale(scale: str) -> None:
+    if scale not in SCALES:
+        raise ConfigError(f"unknown scale {scale!r}; valid: {', '.join(SCALES)}")
+
+
+def eos_gd(scale: str, *, optimizer: str = "gd", momentum: float | None = None, loss: str = "mse") -> TrainConfig:
+    """Cohen et al. fc-tanh / MSE / full-batch GD (see the module docstring)."""
+    check_scale(scale)
+    kw: dict[str, Any] = {}
+    if momentum is not None:
+        kw["momentum"] = momentum
+    if scale == "smoke":
+        return TrainConfig(model=fc(40, [32, 32], "tanh"), **mnist1d_data(128, 100), loss=loss,
+                           optimizer=optimizer, optimizer_kwargs={"lr": 0.01, **kw}, physical_batch_size=128,
+                           steps=60, measure_every=5, k=2, trace=True, trace_method="hutchinson",
+                           trace_matvecs=8, checkpoint_every=10, cache_graphs=True)
+    if scale == "cpu":
+        n, steps = (500, 600) if momentum is not None else (1000, 800)
+        return TrainConfig(model=fc(40, [100, 100], "tanh"), **mnist1d_data(n, None), loss=loss,
+                           optimizer=optimizer, optimizer_kwargs={"lr": 0.2, **kw}, physical_batch_size=1000,
+                           steps=steps, measure_every=10, k=1, checkpoint_every=100, cache_graphs=True)
+    data = _cifar(5000, flatten=True)
+    in_features = 3072 if data is not None else 40
+    data = data or mnist1d_data(None, 1000)
+    return TrainConfig(model=fc(in_features, [200, 200], "tanh"), **data, loss=loss, optimizer=optimizer,
+                       optimizer_kwargs={"lr": 0.01, **kw}, physical_batch_size=1000, steps=20000,
+                       stop_at_train_acc=0.99, measure_every=50, k=2, trace=True, checkpoint_every=500,
+                       hvp_mode="fwd-rev", device="auto")
+
+
+def eos_momentum(scale: str) -> TrainConfig:
+    """:func:`eos_gd` with Polyak momentum β = 0.9 (threshold 3.8/η)."""
+    return eos_gd(scale, optimizer="sgd", momentum=0.9)
+
+
+def eos_ce(scale: str) -> TrainConfig:
+    """:func:`eos_gd` with cross entropy (E3: λ_max rises to about 2/η and hovers, may fall late)."""
+    return eos_gd(scale, loss="ce")
+
+
+def sam_edge(scale: str, *, rho: float = 0.1) -> TrainConfig:
+    """Long & Bartlett full-batch SAM, ReLU MLP, mse-mean (see the module docstring)."""
+    check_scale(scale)
+    opt = {"lr": 0.05, "rho": rho}
+    if scale == "smoke":
+        return TrainConfig(model=fc(40, [64, 64], "relu", "glorot_normal"), **mnist1d_data(256, 200),
+                           loss="mse-mean", optimizer="sam", optimizer_kwargs=opt, physical_batch_size=128,
+                           steps=40, measure_every=5, k=1, checkpoint_every=10, cache_graphs=True)
+    data, in_features = _mnist(1000), 784
+    if data is None:
+        data, in_features = mnist1d_data(1000, None), 40
+    if scale == "cpu":
+        return TrainConfig(model=fc(in_features, [100] * 3, "relu", "glorot_normal"), **data, loss="mse-mean",
+                           optimizer="sam", optimizer_kwargs={"lr": 0.4, "rho": rho}, physical_batch_size=1000,
+                           steps=500, measure_every=20, k=1, checkpoint_every=100, cache_graphs=True)
+    return TrainConfig(model=fc(in_features, [1000] * 3, "relu", "glorot_normal"), **data, loss="mse-mean",
+                       optimizer="sam", optimizer_kwargs={"lr": 0.01, "rho": rho}, physical_batch_size=1000,
+                       steps=20000, measure_every=50, k=1, checkpoint_every=1000, hvp_mode="fwd-rev", device="auto")
+
+
+def sam_edge_cnn(scale: str, *, rho: float = 0.1) -> TrainConfig:
+    """Long & Bartlett's CNN (conv-ReLU-LayerNorm-maxpool ×2) with full-batch SAM on 1 000 CIFAR-10 images."""
+    check_scale(scale)
+    data = _cifar(1000 if scale == "gpu" else 250, flatten=False)
+    if data is not None:  # λ is the claim; no test set (saves an evaluation per measurement)
+        data = {k: v for k, v in data.items() if not k.startswith("test_")}
+    if data is None:  # MNIST-1D cannot feed a 2-d CNN: 1 000 MNIST images (28×28) instead
+        path = shared_data_file("mnist5k.npz")
+        data = None if path is None else {"data": f"mnist:{path}", "n": 1000, "data_options": {"flatten": False,
+                                                                                    "order": "interleave"}}
+    if data is None:
+        raise ConfigError("sam-edge-cnn needs ../shared/data/cifar10_train16k.npz or mnist5k.npz")
+    channels, size = (3, 32) if data["data"].startswith("cifar10") else (1, 28)
+    if scale == "smoke":
+        data["n"] = 32
+    cnn = {"name": "cnn", "kwargs": {"in_channels": channels, "num_classes": 10, "image_size": size,
+                                     "channels": [8, 16] if scale != "gpu" else [32, 64], "norm": "ln"}}
+    steps, every = {"smoke": (10, 5), "cpu": (150, 10), "gpu": (5000, 50)}[scale]
+    return TrainConfig(model=cnn, **data, loss="mse-mean", optimizer="sam",
+                       optimizer_kwargs={"lr": 0.008, "rho": rho},
+                       physical_batch_size=500, steps=steps, measure_every=every, k=1, checkpoint_every=every * 5,
+                       cache_graphs=scale != "gpu", hvp_mode="rev-rev", max_iter=10 if scale == "smoke" else None,
+                       device="auto" if scale == "gpu" else "cpu")
+
+
+def sam_flatness(scale: str, *, optimizer: str = "sgd", rho: float = 0.05) -> TrainConfig:
+    """Foret et al.'s flatness comparison (G3) on a BatchNorm-free ReLU MLP, cross entropy, mini-batch 128.
+
+    ``optimizer`` ``sgd`` (the control), ``sam`` or ``sparse-sam`` (SSAM-D, 50%); λ_1..λ_5 are
+    measured on a fixed training subset, so λ_max/λ_5 is read from the last record.
+    """
+    check_scale(scale)
+    widths, n, steps, every = {"smoke": ([32], 256, 20, 10), "cpu": ([256, 256], None, 3000, 300),
+                               "gpu": ([1024, 1024], None, 20000, 1000)}[scale]
+    opt: dict[str, Any] = {"lr": 0.05, "momentum": 0.9}
+    if optimizer != "sgd":
+        opt["rho"] = rho
+    if optimizer == "sparse-sam":  # SSAM-D: a random mask, drop-and-regrow every steps/30
+        opt.update(sparsity=0.5, mask="dynamic", total_steps=steps, update_interval=max(1, steps // 30))
+    return TrainConfig(model=fc(40, widths, "relu"), **mnist1d_data(n, 200 if scale == "smoke" else 1000),
+                       loss="ce", optimizer=optimizer, optimizer_kwargs=opt, batch_size=128, probe_n=1000,
+                       physical_batch_size=1000, steps=steps, measure_every=every, k=5, tol=1e-4,
+                       checkpoint_every=every, device="cpu" if scale != "gpu" else "auto")
+
+
+def demo(scale: str) -> TrainConfig:
+    """Mini-batch SGD + momentum, cross entropy, MNIST-1D, with trace estimates."""
+    check_scale(scale)
+    steps, every = {"smoke": (60, 20), "cpu": (2000, 100), "gpu": (5000, 100)}[scale]
+    n, test_n = (256, 200) if scale == "smoke" else (None, 1000)
+    return TrainConfig(model=fc(40, [100, 100], "relu"), **mnist1d_data(n, test_n), loss="ce", optimizer="sgd",
+                       optimizer_kwargs={"lr": 0.05, "momentum": 0.9}, batch_size=128, steps=steps,
+                       measure_every=every, k=1, trace=True, trace_matvecs=30, checkpoint_every=every,
+                       device="cpu" if scale != "gpu" else "auto")
+
+
+RECIPES: dict[str, Callable[[str], TrainConfig]] = {
+    "eos-gd": eos_gd,
+    "eos-momentum": eos_momentum,
+    "eos-ce": eos_ce,
+    "sam-edge": sam_edge,
+    "sam-edge-cnn": sam_edge_cnn,
+    "sam-flatness": sam_flatness,
+    "demo": demo,
+}
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``["optimizer_kwargs.lr=0.02", "data=mnist1d"]`` → ``{"optimizer_kwargs.lr": 0.02, "data": "mnist1d"}``.
+
+    Values are parsed as JSON when possible (numbers, ``true``, ``null``, lists, objects), else
+    kept as strings.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        out[key] = value
+    return out
+
+
+def get_recipe(name: str, scale: str = "smoke", overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """The recipe ``name`` at ``scale`` with ``overrides`` applied (``recipe``/``scale`` recorded)."""
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; valid: {', '.join(RECIPES)}")
+    check_scale(scale)
+    cfg = RECIPES[name](scale)
+    cfg.recipe, cfg.scale = name, scale
+    cfg.validate()
+    return cfg.with_overrides(overrides) if overrides else cfg

@@ -1,0 +1,167 @@
+"""Loss and accuracy of an objective at many points ``θ + Σ_j c_pj d_j`` of parameter space.
+
+Each point's value is the objective's: ``L(θ_p) = Σ_b (n_b / N) ℓ_b(θ_p)`` over its fixed batches,
+in its BatchNorm mode with dropout off, and the accuracy likewise weighted by batch sizes. Points
+are taken in chunks: the chunk's parameter vectors are built at once and the model is run on
+each batch for all of them with ``torch.vmap`` over :func:`torch.func.functional_call`
+(``method="vmap"``), or one point after another (``"loop"``). Which is faster depends on the
+model and the device (on CPUs a vmapped convolution over a stack of weights is often slower than
+the loop), so ``"auto"`` times both on a few points of the first batch and keeps the faster one
+that works; models vmap cannot batch (data-dependent control flow, in-place updates of inputs)
+get the loop. The trial and the choice are recorded. On CUDA out-of-memory the chunk is halved. Under
+``torch.distributed`` each rank evaluates its shard of the probe set and the sums are reduced
+across ranks, as for the objective's loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.func import functional_call
+
+from sharpscope.curvature import Objective
+from sharpscope.curvature.distributed import from_rank0, sum_across_ranks
+from sharpscope.curvature.objective import Batch
+from sharpscope.curvature.precision import fp32_precision
+from sharpscope.curvature.sampling import Stopwatch
+from sharpscope.errors import ConfigError, ObjectiveError
+
+Method = Literal["auto", "vmap", "loop"]
+GridProgress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class PointValues:
+    """Loss (and accuracy, None when outputs are not class scores) at each point, and how they were evaluated."""
+
+    loss: np.ndarray
+    accuracy: np.ndarray | None
+    method: str
+    selection: dict[str, object] | None
+    chunk_size: int
+
+
+def _batch_values(objective: Objective, thetas: Tensor, batch: Batch, method: str) -> tuple[Tensor, Tensor]:
+    """Loss ``(c,)`` and model outputs ``(c, n_b, ...)`` at each row of ``thetas`` on one batch."""
+    def point(flat: Tensor) -> tuple[Tensor, Tensor]:
+        out = functional_call(objective.model, objective.unflatten(flat), (batch.x,), strict=False)
+        return objective._checked_loss(out, batch.y), out
+
+    if method == "vmap":
+        return torch.vmap(point)(thetas)
+    losses, outs = zip(*(point(t) for t in thetas))
+    return torch.stack(losses), torch.stack(outs)
+
+
+def correct_fraction(outputs: Tensor, targets: Tensor) -> Tensor:
+    """:func:`sharpscope.losses.accuracy` for a stack of outputs ``(c, n, classes)``: for each of the ``c``
+    points, the fraction of rows whose arg-max equals the label (or the target's arg-max)."""
+    labels = targets.argmax(dim=-1) if targets.is_floating_point() else targets
+    return (outputs.argmax(dim=-1) == labels).to(torch.float64).mean(dim=-1)
+
+
+def _chunk_values(objective: Objective, thetas: Tensor, method: str,
+                  with_accuracy: bool) -> tuple[Tensor, Tensor | None]:
+    """Weighted sums over the batches of the loss and accuracy at each row of ``thetas``."""
+    loss = torch.zeros(thetas.shape[0], dtype=torch.float64, device=thetas.device)
+    acc: Tensor | None = torch.zeros_like(loss) if with_accuracy else None
+    for batch, w in zip(objective.batches, objective.weights()):
+        losses, out = _batch_values(objective, thetas, batch, method)
+        loss += w * losses.double()
+        if acc is not None and not (out.ndim == 3 and out.shape[2] > 1):
+            acc = None  # not class scores
+        if acc is not None:
+            acc += w * correct_fraction(out, batch.y)
+    return loss.cpu(), None if acc is None else acc.cpu()
+
+
+def _error_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+
+
+def pick_method(objective: Objective, thetas: Tensor) -> tuple[str, dict[str, object]]:
+    """Time ``vmap`` and ``loop`` on the rows of ``thetas`` and the first batch (after a warm-up
+    call each); return the faster method that works and the record of the trial."""
+    batch = objective.batches[0]
+    seconds: dict[str, float] = {}
+    failed: dict[str, str] = {}
+    for method in ("vmap", "loop"):
+        try:
+            _batch_values(objective, thetas, batch, method)
+            clock = Stopwatch(thetas.device)
+            _batch_values(objective, thetas, batch, method)
+            seconds[method] = clock.seconds() / thetas.shape[0]
+        except (RuntimeError, NotImplementedError) as err:  # CUDA out-of-memory included
+            failed[method] = _error_line(err)
+    if not seconds:
+        raise ObjectiveError(f"the model cannot be evaluated at the grid's points: {failed}")
+    chosen = from_rank0(min(seconds, key=seconds.__getitem__))  # every rank uses rank 0's choice
+    return chosen, {"trial_points": int(thetas.shape[0]), "trial_seconds_per_point": seconds, "failed": failed,
+                    "chosen": chosen}
+
+
+def evaluate_points(objective: Objective, center: Tensor, directions: Tensor, coords: np.ndarray, *,
+                    chunk_size: int = 16, method: Method = "auto", accuracy: bool = True, allow_tf32: bool = False,
+                    progress: GridProgress | None = None) -> PointValues:
+    """Loss and accuracy of ``objective`` at ``center + coords[p] @ directions`` for every row of ``coords``.
+
+    Args:
+        center: flat parameters ``(dim,)``; directions: ``(k, dim)``; coords: ``(P, k)``.
+        chunk_size: points evaluated together (memory: ``chunk_size`` parameter vectors and the
+            activations of one batch for each).
+        method: ``"vmap"``, ``"loop"`` or ``"auto"`` (see the module docstring).
+        accuracy: also the accuracy (arg-max of the outputs against the labels).
+        progress: ``progress(done, total)`` after every chunk.
+    Non-finite losses far from the center are returned as they are.
+    """
+    if method not in ("auto", "vmap", "loop"):
+        raise ConfigError(f"method must be 'auto', 'vmap' or 'loop', got {method!r}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ConfigError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    coords_t = torch.as_tensor(np.asarray(coords, dtype=np.float64))
+    if coords_t.ndim != 2 or coords_t.shape[1] != directions.shape[0]:
+        raise ConfigError(f"coords must have shape (P, {directions.shape[0]}), got {tuple(coords_t.shape)}")
+    total = coords_t.shape[0]
+    loss = torch.zeros(total, dtype=torch.float64)
+    acc: Tensor | None = torch.zeros(total, dtype=torch.float64) if accuracy else None
+    chosen, selection = method, None
+    start = 0
+    with torch.no_grad(), objective.mode(), fp32_precision(allow_tf32):
+        if method == "auto":
+            trial = coords_t[:min(chunk_size, 4)].to(device=center.device, dtype=center.dtype)
+            chosen, selection = pick_method(objective, center + trial @ directions)
+        while start < total:
+            stop = min(start + chunk_size, total)
+            thetas = center + coords_t[start:stop].to(device=center.device, dtype=center.dtype) @ directions
+            try:
+                chunk_loss, chunk_acc = _chunk_values(objective, thetas, chosen, acc is not None)
+            except torch.cuda.OutOfMemoryError:
+                if chunk_size == 1:
+                    raise ObjectiveError("out of GPU memory evaluating one point; split the probe set into smaller "
+                                         "batches (batch_size=...)") from None
+                del thetas
+                torch.cuda.empty_cache()
+                chunk_size = max(1, chunk_size // 2)
+                continue
+            except (RuntimeError, NotImplementedError) as err:
+                if chosen != "vmap":
+                    raise
+                raise ObjectiveError(f"the model cannot be evaluated under torch.vmap ({_error_line(err)}); use "
+                                     "method='loop' or 'auto'") from None
+            loss[start:stop] = chunk_loss
+            if chunk_acc is None:
+                acc = None
+            elif acc is not None:
+                acc[start:stop] = chunk_acc
+            start = stop
+            if progress is not None:
+                progress(start, total)
+    loss = sum_across_ranks(loss.to(center.device)).cpu()
+    if acc is not None:
+        acc = sum_across_ranks(acc.to(center.device)).cpu()
+    return PointValues(loss.numpy(), None if acc is None else acc.numpy(), chosen, selection, chunk_size)

@@ -1,0 +1,80 @@
+"""Per-layer curvature as bar charts: the top eigenvalue and the trace of each layer's Hessian block.
+
+Reads a :class:`~sharpscope.curvature.PerLayerCurvature`, its ``to_dict()``, or the JSON of
+``sharpscope probe --per-layer --json`` (whose ``"per_layer"`` entry it is). Bars are horizontal,
+layers top to bottom in model order; traces carry ± one standard error. Each bar is the diagonal
+block ``H_ℓℓ`` (cross-layer terms excluded), so the λ_max bars are each at most the network's λ_max.
+With ``log=True`` the value axis is logarithmic, or symmetric-logarithmic (linear within the
+smallest non-zero magnitude) when a value is zero or negative.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Union
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
+
+from sharpscope.curvature import PerLayerCurvature
+from sharpscope.errors import DataError
+from sharpscope.plots.style import FONT_SIZE, PANEL_SIZE, color, label_axes, new_figure
+
+PerLayerLike = Union[PerLayerCurvature, Mapping[str, Any]]
+
+
+def _layers(result: PerLayerLike) -> list[Mapping[str, Any]]:
+    """The rows, from a result, its ``to_dict()`` or a probe report's JSON."""
+    d = result.to_dict() if isinstance(result, PerLayerCurvature) else result
+    if "layers" not in d and isinstance(d.get("per_layer"), Mapping):
+        d = d["per_layer"]
+    layers = d.get("layers")
+    if not isinstance(layers, Sequence) or not layers:
+        raise DataError("no per-layer curvature to plot: expected a 'layers' list "
+                        "(run sharpscope probe with --per-layer)")
+    return list(layers)
+
+
+def _set_scale(ax: Axes, values: np.ndarray) -> None:
+    finite = values[np.isfinite(values)]
+    if finite.size and (finite > 0).all():
+        ax.set_xscale("log")
+        ax.set_xlim(left=10 ** (np.floor(np.log10(finite.min())) - 1))  # a decade below the smallest bar
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    else:
+        nonzero = np.abs(finite[finite != 0])
+        ax.set_xscale("symlog", linthresh=float(nonzero.min()) if nonzero.size else 1.0)
+
+
+def layer_curvature_figure(result: PerLayerLike, *, log: bool = False, title: str | None = None) -> Figure:
+    """Bars of λ_max per layer and, when traces were measured, of tr(H_ℓℓ) ± stderr beside them."""
+    layers = _layers(result)
+    try:
+        names = [str(layer["name"]) for layer in layers]
+        top = np.array([float(layer["eigenvalues"][0]) for layer in layers])
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise DataError("per-layer rows need a 'name' and a list of 'eigenvalues'") from None
+    traces = [layer.get("trace") for layer in layers]
+    has_trace = any(isinstance(t, Mapping) for t in traces)
+    fig, axes = new_figure(1, 2 if has_trace else 1)
+    fig.set_size_inches(fig.get_size_inches()[0], max(PANEL_SIZE[1], 0.8 + 0.22 * len(layers)))
+    y = np.arange(len(layers))
+    axes[0].barh(y, top, color=color(0))
+    label_axes(axes[0], "λ_max of the layer's Hessian block", "")
+    if title:
+        fig.suptitle(title, fontsize=FONT_SIZE)
+    panels = [(axes[0], top)]
+    if has_trace:
+        est = np.array([float(t["estimate"]) if isinstance(t, Mapping) else np.nan for t in traces])
+        err = np.array([float(t["stderr"]) if isinstance(t, Mapping) else 0.0 for t in traces])
+        axes[1].barh(y, est, xerr=np.where(np.isfinite(err), err, 0.0), color=color(1), error_kw={"linewidth": 0.8})
+        label_axes(axes[1], "trace of the layer's Hessian block (± stderr)", "")
+        panels.append((axes[1], est))
+    for i, (ax, values) in enumerate(panels):
+        ax.set_yticks(y, names if i == 0 else [""] * len(names))
+        ax.invert_yaxis()
+        if log:
+            _set_scale(ax, values)
+    return fig

@@ -1,0 +1,144 @@
+"""Run directories as plain data for figures: the records of one run and series pulled out of them.
+
+:func:`load_run` reads ``config.json``, ``metrics.jsonl`` and ``summary.json`` through
+:class:`~sharpscope.track.RunDirectory` and decodes the stored non-finite strings (``"NaN"``,
+``"Infinity"``) back into floats. :func:`series` turns a dotted key into two aligned arrays::
+
+    steps, lam = series(run, "eigenvalues.0")        # λ_max at every measurement
+    steps, edge = series(run, "thresholds.edge")     # the optimizer's threshold (2/η, SAM-edge, ...)
+
+A record without the value (no trace measured, a failed Lanczos run, a list that is too short)
+gives NaN at its step, so lines show a gap there instead of failing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from sharpscope.errors import ConfigError, DataError, SharpscopeError
+from sharpscope.track import RunDirectory
+from sharpscope.track.jsonsafe import NONFINITE
+
+@dataclass(frozen=True)
+class RunData:
+    """One run directory, read: its config, its measurement records (``kind == "measurement"``) in
+    step order, its other records (``events``, e.g. ``{"kind": "diverged", "step": t}``), its
+    summary (None while the run is unfinished) and the label figures give it."""
+
+    path: Path
+    config: dict[str, Any]
+    measurements: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    summary: dict[str, Any] | None
+    label: str
+
+    @property
+    def diverged_at(self) -> int | None:
+        """The step at which the training loss became non-finite, or None."""
+        for event in self.events:
+            if event.get("kind") == "diverged":
+                return int(event["step"])
+        return None
+
+
+RunLike = Union[RunData, str, os.PathLike]
+
+
+def _decode(obj: Any) -> Any:
+    """``obj`` with the stored strings ``"NaN"``/``"Infinity"``/``"-Infinity"`` turned back into floats."""
+    if isinstance(obj, str):
+        return NONFINITE.get(obj, obj)
+    if isinstance(obj, list):
+        return [_decode(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _decode(v) for k, v in obj.items()}
+    return obj
+
+
+def load_run(path: str | os.PathLike[str], label: str | None = None) -> RunData:
+    """Read the run directory ``path`` (``label`` defaults to the folder name).
+
+    A last ``metrics.jsonl`` line torn by a kill is skipped, so a running or killed run can be
+    plotted. Raises :class:`~sharpscope.errors.ConfigError` when ``path`` is not a run directory.
+    """
+    run = RunDirectory(path)
+    if not run.path.is_dir():
+        what = "a file" if run.path.exists() else "no such folder"
+        raise ConfigError(f"{run.path} is not a sharpscope run directory ({what})")
+    try:
+        config, summary = run.read_config(), run.read_summary()
+    except SharpscopeError:
+        raise
+    except ValueError as e:  # a config.json or summary.json that is not strict JSON
+        raise ConfigError(f"{run.path}: unreadable run file ({e})") from None
+    records = _decode(run.read_metrics(torn_ok=True))
+    measurements = sorted((r for r in records if r.get("kind", "measurement") == "measurement"),
+                          key=lambda r: r["step"])
+    events = [r for r in records if r.get("kind", "measurement") != "measurement"]
+    name = label if label is not None else (run.path.resolve().name or str(run.path))
+    return RunData(path=run.path, config=config, measurements=measurements, events=events,
+                   summary=None if summary is None else _decode(summary), label=name)
+
+
+def as_runs(runs: RunLike | Sequence[RunLike], labels: Sequence[str] | None = None) -> list[RunData]:
+    """``runs`` (run data or run-directory paths, one or several) as a list of :class:`RunData`,
+    relabelled with ``labels`` when given (a single string labels a single run). Raises
+    :class:`DataError` for no runs or a run without measurements, :class:`ConfigError` for a label
+    count that does not match."""
+    items = [runs] if isinstance(runs, (RunData, str, os.PathLike)) else list(runs)
+    if isinstance(labels, str):
+        labels = [labels]
+    if not items:
+        raise DataError("no runs to plot")
+    if labels is not None and len(labels) != len(items):
+        raise ConfigError(f"{len(labels)} label(s) for {len(items)} run(s); give one label per run")
+    out = []
+    for i, item in enumerate(items):
+        run = item if isinstance(item, RunData) else load_run(item)
+        if labels is not None:
+            run = dataclasses.replace(run, label=str(labels[i]))
+        if not run.measurements:
+            raise DataError(f"{run.path}: no measurements recorded (metrics.jsonl is empty or missing)")
+        out.append(run)
+    return out
+
+
+def value(record: Mapping[str, Any], key: str) -> float:
+    """The number at dotted ``key`` in ``record`` (list entries by index: ``"eigenvalues.1"``), or NaN
+    when any part is missing or is not a number."""
+    node: Any = record
+    for part in key.split("."):
+        if isinstance(node, Mapping):
+            node = node.get(part)
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return math.nan
+    if isinstance(node, bool) or not isinstance(node, (int, float)):
+        return math.nan
+    return float(node)
+
+
+def series(run: RunData, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, values)`` of dotted ``key`` over the run's measurements (missing values are NaN).
+
+    Keys: ``"eigenvalues.0"`` (λ_max), ``"residuals.0"``, ``"trace.estimate"``, ``"trace.stderr"``,
+    ``"grad_norm"``, ``"train_loss"``, ``"train_acc"``, ``"test_loss"``, ``"test_acc"``,
+    ``"thresholds.edge"``, ``"thresholds.gd_edge"``, ``"cost.hvps"``, ...
+    """
+    steps = np.array([int(r["step"]) for r in run.measurements], dtype=np.int64)
+    values = np.array([value(r, key) for r in run.measurements], dtype=np.float64)
+    return steps, values
+
+
+def has_values(runs: Sequence[RunData], key: str) -> bool:
+    """Whether any measurement of any run holds a finite number at ``key``."""
+    return any(math.isfinite(value(r, key)) for run in runs for r in run.measurements)

@@ -1,0 +1,271 @@
+"""Figures of training trajectories read from run directories.
+
+* :func:`sharpness_figure` — λ_max (and λ_2..λ_k) against step with each run's stability
+  threshold from its records' ``thresholds`` (SCIENCE.md 4.2, 5): GD ``2/η`` and Polyak momentum
+  ``(2+2β)/η`` are constant lines; the SAM-edge ``(‖g‖/(2ρ))(√(1 + 8ρ/(η‖g‖)) − 1)`` moves with
+  ‖g‖ and is drawn through its per-measurement values, with 2/η as a dotted reference. Adam's
+  edge ``(2+2β₁)/(η(1−β₁))`` (38/η at β₁ = 0.9) bounds the *preconditioned* sharpness λ_max(P⁻¹H):
+  it is drawn against ``preconditioned_eigenvalues`` when the records carry them, and left out
+  (only 2/η as a reference) when they hold λ_max(H) alone. ``ratio=True`` plots λ/edge with the
+  band :data:`RATIO_BAND`. A run that diverged gets an ✕ at the step its loss became non-finite.
+* :func:`trace_accuracy_figure` — tr(H) ± stderr and test accuracy against step, and tr(H)
+  against test accuracy with each run's Spearman rank correlation ρ_s (Damian et al.: negative).
+* :func:`escape_figure` — tr(H), test and train accuracy against step, one line per run
+  (SGD vs RS vs SA, batch sizes; Ahn et al. Fig. 3).
+
+Each ``*_figure`` has a ``*_data`` twin returning the plotted numbers as a dict (NumPy arrays,
+NaN where a record lacks the value), for :func:`~sharpscope.plots.save.save_figure` ``data=``.
+Runs are :class:`~sharpscope.plots.runs.RunData` or run-directory paths; ``labels`` renames them.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
+from scipy import stats
+
+from sharpscope.errors import ConfigError, DataError
+from sharpscope.plots.runs import RunData, RunLike, as_runs, has_values, series
+from sharpscope.plots.style import EIGEN_STYLES, color, label_axes, legend, new_figure
+
+RATIO_BAND = (0.8, 1.25)
+EDGE_NAMES = {"gd_edge": "2/η", "momentum_edge": "momentum edge (2+2β)/η",
+              "ema_momentum_edge": "EMA momentum edge (2+2β)/(η(1−β))", "sam_edge": "SAM-edge",
+              "adam_edge": "Adam edge (2+2β₁)/(η(1−β₁))"}
+PRECONDITIONED = "preconditioned_eigenvalues"
+
+
+def _rule(run: RunData) -> str | None:
+    for r in run.measurements:
+        rule = (r.get("thresholds") or {}).get("rule")
+        if rule:
+            return str(rule)
+    return None
+
+
+def _name_item(item: dict[str, Any], text: str, several: bool) -> str:
+    return f"{item['label']}: {text}" if several else text
+
+
+def _check_k(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"k must be a positive integer, got {k!r}")
+
+
+# ------------------------------------------------------------------------------ sharpness
+def sharpness_data(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str] | None = None, k: int = 1,
+                   ratio: bool = False) -> dict[str, Any]:
+    """What :func:`sharpness_figure` plots, per run: ``steps``, ``eigenvalues`` (one array per
+    λ_i, i ≤ k, as far as recorded), ``quantity`` (``"lambda_max(H)"`` or the preconditioned one),
+    ``edge`` (the threshold that bounds it, per measurement; None when none applies), ``rule``,
+    ``gd_edge`` (2/η), ``train_loss``, ``diverged_at_step`` and, with ``ratio``, ``ratio`` = λ/edge."""
+    _check_k(k)
+    out: list[dict[str, Any]] = []
+    for run in as_runs(runs, labels):
+        rule = _rule(run)
+        key, quantity, note = "eigenvalues", "lambda_max(H)", None
+        if rule == "adam_edge":
+            if has_values([run], f"{PRECONDITIONED}.0"):
+                key, quantity = PRECONDITIONED, "lambda_max(P^-1 H)"
+            else:
+                note = ("Adam's edge bounds lambda_max(P^-1 H), which these records do not hold; "
+                        "lambda_max(H) is shown with 2/eta as a reference only")
+        recorded = max(len(r.get(key) or []) for r in run.measurements)
+        steps, loss = series(run, "train_loss")
+        eigs = [series(run, f"{key}.{i}")[1] for i in range(min(k, max(recorded, 1)))]
+        edge = None if note else series(run, "thresholds.edge")[1]
+        item: dict[str, Any] = {
+            "label": run.label, "path": str(run.path), "rule": rule, "quantity": quantity, "steps": steps,
+            "eigenvalues": eigs, "edge": edge, "gd_edge": series(run, "thresholds.gd_edge")[1],
+            "train_loss": loss, "diverged_at_step": run.diverged_at}
+        if note:
+            item["note"] = note
+        if ratio:
+            item["ratio"] = [e / edge if edge is not None else np.full_like(e, np.nan) for e in eigs]
+        out.append(item)
+    data: dict[str, Any] = {"figure": "sharpness", "k": k, "ratio": ratio, "runs": out}
+    if ratio:
+        data["band"] = list(RATIO_BAND)
+    return data
+
+
+def _divergence_marker(ax: Axes, steps: np.ndarray, values: np.ndarray, at: int, c: str, label: str) -> None:
+    """An ✕ at the divergence step, at the last finite value measured before it (a vertical line
+    when there is none)."""
+    before = np.isfinite(values) & (steps <= at)
+    if before.any():
+        y = values[before][-1]
+        (line,) = ax.plot([at], [y], marker="X", markersize=8, linestyle="none", color=c, label=label)
+    else:
+        line = ax.axvline(at, color=c, linestyle=(0, (1, 2)), linewidth=1.0, label=label)
+    line.set_gid("diverged")
+
+
+def sharpness_figure(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str] | None = None, k: int = 1,
+                     ratio: bool = False, loss: bool = True) -> Figure:
+    """λ_1..λ_k against step with each run's threshold (see the module docstring); with ``loss``, a
+    second panel of the training loss. Lines carry gids ``lambda1``, ``lambda2``, ..., ``edge``,
+    ``gd_edge``, ``diverged``, ``train_loss`` (and ``band`` for the ratio band)."""
+    data = sharpness_data(runs, labels=labels, k=k, ratio=ratio)
+    items = data["runs"]
+    several = len(items) > 1
+    fig, axes = new_figure(2 if loss else 1, sharex=True)
+    ax = axes[0]
+    if ratio:
+        lo, hi = RATIO_BAND
+        ax.axhspan(lo, hi, color="0.85", alpha=0.6, linewidth=0, label=f"band [{lo}, {hi}]").set_gid("band")
+        ax.axhline(1.0, color="0.3", linewidth=0.8).set_gid("unit")
+    for i, item in enumerate(items):
+        c = color(i)
+        steps = item["steps"]
+        sym = "λ(P⁻¹H)" if item["quantity"] != "lambda_max(H)" else "λ"
+        ys = item["ratio"] if ratio else item["eigenvalues"]
+        for j, y in enumerate(ys):
+            text = f"{sym}_max" if j == 0 else f"{sym}_{j + 1}"
+            (line,) = ax.plot(steps, y, color=c, linestyle=EIGEN_STYLES[j % len(EIGEN_STYLES)],
+                              linewidth=1.4 if j == 0 else 0.9, marker="." if len(steps) < 30 else None,
+                              markersize=3, label=_name_item(item, text + ("/edge" if ratio else ""), several))
+            line.set_gid(f"lambda{j + 1}")
+        if not ratio:
+            if item["edge"] is not None:
+                (line,) = ax.plot(steps, item["edge"], color=c, linestyle=(0, (5, 2)), linewidth=1.0, alpha=0.8,
+                                  label=_name_item(item, EDGE_NAMES.get(item["rule"] or "", "edge"), several))
+                line.set_gid("edge")
+            if item["rule"] != "gd_edge" and np.isfinite(item["gd_edge"]).any():
+                (line,) = ax.plot(steps, item["gd_edge"], color=c, linestyle=(0, (1, 2)), linewidth=0.9,
+                                  alpha=0.7, label=_name_item(item, "2/η", several))
+                line.set_gid("gd_edge")
+        if item["diverged_at_step"] is not None:
+            _divergence_marker(ax, steps, ys[0], item["diverged_at_step"], c,
+                               _name_item(item, f"diverged (step {item['diverged_at_step']})", several))
+    quantity = "λ_max(P⁻¹H)" if all(it["quantity"] != "lambda_max(H)" for it in items) else "λ_max"
+    label_axes(ax, "" if loss else "step", f"{quantity} / edge" if ratio else f"sharpness {quantity}")
+    legend(ax)
+    if loss:
+        ax = axes[1]
+        for i, item in enumerate(items):
+            (line,) = ax.plot(item["steps"], item["train_loss"], color=color(i), linewidth=1.2,
+                              label=item["label"] if several else None)
+            line.set_gid("train_loss")
+        finite = np.concatenate([it["train_loss"][np.isfinite(it["train_loss"])] for it in items])
+        if finite.size and (finite > 0).all():
+            ax.set_yscale("log")
+        label_axes(ax, "step", "train loss")
+    return fig
+
+
+# -------------------------------------------------------------------------- trace, accuracy
+def _require(runs: list[RunData], key: str, what: str, hint: str) -> None:
+    if not has_values(runs, key):
+        names = ", ".join(str(r.path) for r in runs)
+        raise DataError(f"{names}: no {what} recorded ({key!r} is missing from every measurement; {hint})")
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float, int]:
+    """``(ρ_s, p-value, n)`` of :func:`scipy.stats.spearmanr` over the pairs where both are finite;
+    NaN with fewer than 3 pairs or a constant side."""
+    mask = np.isfinite(x) & np.isfinite(y)
+    n = int(mask.sum())
+    if n < 3 or np.ptp(x[mask]) == 0 or np.ptp(y[mask]) == 0:
+        return math.nan, math.nan, n
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = stats.spearmanr(x[mask], y[mask])
+    return float(res.statistic), float(res.pvalue), n
+
+
+def _curves(run: RunData) -> dict[str, Any]:
+    steps, trace = series(run, "trace.estimate")
+    return {"label": run.label, "path": str(run.path), "steps": steps, "trace": trace,
+            "trace_stderr": series(run, "trace.stderr")[1], "test_acc": series(run, "test_acc")[1],
+            "train_acc": series(run, "train_acc")[1], "diverged_at_step": run.diverged_at}
+
+
+def trace_accuracy_data(runs: RunLike | Sequence[RunLike], *,
+                        labels: Sequence[str] | None = None) -> dict[str, Any]:
+    """What :func:`trace_accuracy_figure` plots, per run: ``steps``, ``trace``, ``trace_stderr``,
+    ``test_acc``, ``train_acc`` and ``spearman`` = ``{"rho", "pvalue", "n"}`` of tr(H) vs test accuracy."""
+    loaded = as_runs(runs, labels)
+    _require(loaded, "trace.estimate", "Hessian trace", "train with trace=True")
+    _require(loaded, "test_acc", "test accuracy", "train with test_data set")
+    items = []
+    for run in loaded:
+        item = _curves(run)
+        rho, p, n = spearman(item["trace"], item["test_acc"])
+        item["spearman"] = {"rho": rho, "pvalue": p, "n": n}
+        items.append(item)
+    return {"figure": "trace_accuracy", "runs": items}
+
+
+def _trace_panel(ax: Axes, items: list[dict[str, Any]], several: bool) -> None:
+    for i, item in enumerate(items):
+        c, steps, tr, se = color(i), item["steps"], item["trace"], item["trace_stderr"]
+        (line,) = ax.plot(steps, tr, color=c, linewidth=1.3, marker="." if len(steps) < 30 else None,
+                          markersize=3, label=item["label"] if several else "tr(H)")
+        line.set_gid("trace")
+        if np.isfinite(se).any():
+            ax.fill_between(steps, tr - se, tr + se, color=c, alpha=0.2, linewidth=0,
+                            label=None if several else "± stderr")
+    label_axes(ax, "step", "trace tr(H)")
+
+
+def _step_panel(ax: Axes, items: list[dict[str, Any]], key: str, ylabel: str, several: bool) -> None:
+    for i, item in enumerate(items):
+        (line,) = ax.plot(item["steps"], item[key], color=color(i), linewidth=1.3,
+                          marker="." if len(item["steps"]) < 30 else None, markersize=3,
+                          label=item["label"] if several else None)
+        line.set_gid(key)
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    label_axes(ax, "step", ylabel)
+
+
+def trace_accuracy_figure(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str] | None = None) -> Figure:
+    """Three panels: tr(H) ± stderr against step, test accuracy against step, and tr(H) against test
+    accuracy (markers, gid ``scatter``) with ρ_s per run in the legend."""
+    data = trace_accuracy_data(runs, labels=labels)
+    items, several = data["runs"], len(data["runs"]) > 1
+    fig, axes = new_figure(1, 3)
+    _trace_panel(axes[0], items, several)
+    legend(axes[0])
+    _step_panel(axes[1], items, "test_acc", "test accuracy", several)
+    ax = axes[2]
+    for i, item in enumerate(items):
+        sp = item["spearman"]
+        rho = "n/a" if math.isnan(sp["rho"]) else f"{sp['rho']:+.2f}"
+        (line,) = ax.plot(item["trace"], item["test_acc"], color=color(i), marker="o", markersize=3.5,
+                          linestyle="none", alpha=0.85,
+                          label=_name_item(item, f"Spearman ρ_s = {rho} (n = {sp['n']})", several))
+        line.set_gid("scatter")
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    label_axes(ax, "trace tr(H)", "test accuracy")
+    legend(ax)
+    return fig
+
+
+# ---------------------------------------------------------------------------------- escape
+def escape_data(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str] | None = None) -> dict[str, Any]:
+    """What :func:`escape_figure` plots, per run: ``steps``, ``trace``, ``trace_stderr``,
+    ``test_acc``, ``train_acc``, ``diverged_at_step``."""
+    loaded = as_runs(runs, labels)
+    _require(loaded, "trace.estimate", "Hessian trace", "train with trace=True")
+    return {"figure": "escape", "runs": [_curves(run) for run in loaded]}
+
+
+def escape_figure(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str] | None = None) -> Figure:
+    """Three panels against step, one line per run: tr(H) ± stderr, test accuracy, train accuracy
+    (gids ``trace``, ``test_acc``, ``train_acc``)."""
+    data = escape_data(runs, labels=labels)
+    items = data["runs"]
+    fig, axes = new_figure(1, 3)
+    _trace_panel(axes[0], items, several=True)
+    _step_panel(axes[1], items, "test_acc", "test accuracy", several=True)
+    _step_panel(axes[2], items, "train_acc", "train accuracy", several=True)
+    legend(axes[0])
+    return fig

@@ -1,0 +1,91 @@
+"""Out-of-memory fallback of HessianOperator, simulated on the CPU.
+
+The product function raises ``torch.OutOfMemoryError`` (what CUDA raises) for blocks of more than
+``limit`` probe vectors; the operator must halve the failing block until it fits, keep the
+smaller size, give the same products as an unconstrained operator, and end with one clear
+:class:`SharpscopeError` when even a single product does not fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor, nn
+from typer.testing import CliRunner
+
+from sharpscope import HessianOperator, Objective
+from sharpscope.curvature import hvp
+from sharpscope.errors import ObjectiveError, SharpscopeError
+from sharpscope.io import save_checkpoint
+from sharpscope.models import ModelSpec
+from sharpscope_cli.main import app
+
+from .conftest import mlp_data, tiny_mlp
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+MESSAGE = "out of GPU memory for one Hessian-vector product on a batch of 16 examples"
+
+
+def limited_products(monkeypatch: pytest.MonkeyPatch, limit: int) -> list[int]:
+    """Make ``rev-rev`` products fail above ``limit`` vectors; returns the block sizes tried, in order."""
+    real: Callable[..., Tensor] = hvp.HVP_MODES["rev-rev"]
+    tried: list[int] = []
+
+    def product(objective: Objective, params: dict[str, Tensor], batch: object, rows: Tensor) -> Tensor:
+        tried.append(int(rows.shape[0]))
+        if rows.shape[0] > limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return real(objective, params, batch, rows)
+
+    monkeypatch.setitem(hvp.HVP_MODES, "rev-rev", product)
+    return tried
+
+
+def objective() -> Objective:
+    return Objective(tiny_mlp(), nn.CrossEntropyLoss(), mlp_data(), batch_size=16)  # batches of 16, 16, 8
+
+
+def test_the_failing_block_is_halved_until_it_fits_and_products_are_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+    obj = objective()
+    V = torch.randn(obj.dim, 11, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = HessianOperator(obj, mode="rev-rev", block_size=8).matmat(V)
+    tried = limited_products(monkeypatch, limit=2)
+    op = HessianOperator(obj, mode="rev-rev", block_size=8)
+    got = op.matmat(V)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
+    assert tried[:3] == [8, 4, 2] and max(tried[3:]) == 2  # 8 and 4 fail once; every later block has 2 vectors
+    assert op.block_size == 2 and op.describe()["block_size"] == 2
+    tried.clear()
+    op.matmat(V)  # the smaller size is kept: no more failures
+    assert max(tried) == 2 and len(tried) == 3 * 6  # three batches, 11 vectors in blocks of 2
+
+
+def test_a_single_product_that_does_not_fit_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    obj = objective()
+    tried = limited_products(monkeypatch, limit=0)
+    op = HessianOperator(obj, mode="rev-rev", block_size=8)
+    with pytest.raises(ObjectiveError, match=MESSAGE) as info:
+        op.matmat(torch.ones(obj.dim, 8, dtype=torch.float64))
+    assert isinstance(info.value, SharpscopeError) and "batch_size" in str(info.value)
+    assert tried == [8, 4, 2, 1]
+    tried.clear()
+    with pytest.raises(ObjectiveError, match=MESSAGE):
+        HessianOperator(obj, mode="rev-rev", block_size=8).matvec(torch.ones(obj.dim, dtype=torch.float64))
+    assert tried == [1]  # a single vector cannot be split: no pointless retries
+
+
+def test_the_cli_reports_it_in_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    x, y = mlp_data()
+    np.savez(tmp_path / "data.npz", x=x.numpy(), y=y.numpy())
+    spec = ModelSpec("mlp", {"in_features": 5, "num_classes": 3, "widths": [4]})
+    ckpt = save_checkpoint(tmp_path / "m.safetensors", spec.build(), spec=spec)
+    limited_products(monkeypatch, limit=0)
+    result = CliRunner().invoke(app, ["probe", str(ckpt), "--data", f"npz:{tmp_path / 'data.npz'}",
+                                      "--hvp-mode", "rev-rev", "--batch-size", "16", "--json"])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.startswith("error: " + MESSAGE) and result.stderr.count("\n") == 1

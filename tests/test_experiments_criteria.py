@@ -1,0 +1,69 @@
+"""The SCIENCE.md 9 criteria on hand-made records, against numbers worked out by hand."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from sharpscope.experiments import criteria
+from sharpscope.track import RunDirectory
+
+
+def _records(lam: list[float], edge: list[float], loss: list[float], gd: float | None = None) -> list[dict]:
+    return [{"kind": "measurement", "step": 10 * i, "eigenvalues": [a], "train_loss": l,
+             "thresholds": {"edge": e, "gd_edge": gd if gd is not None else e}} for i, (a, e, l) in
+            enumerate(zip(lam, edge, loss))]
+
+
+LOSS = [2.0, 1.9, 1.8, 1.7, 1.6, 1.5, 1.6, 1.4, 1.45, 1.3, 1.2]
+
+
+def test_edge_statistics_of_a_run_with_a_sustained_excursion() -> None:
+    lam = [4, 3, 5, 7, 9, 10.5, 9.5, 10, 14, 14, 9.8]  # ratios to 10: 0.4 0.3 ... first ≥ 1 at index 5
+    s = criteria.edge_stats(_records(lam, [10.0] * 11, LOSS))
+    assert s["crossed"] and s["cross_step"] == 50 and s["after_crossing"] == 6
+    assert s["median"] == pytest.approx((1.0 + 1.05) / 2) and s["min"] == pytest.approx(0.95)
+    assert s["in_band"] == pytest.approx(4 / 6) and s["longest_above_1_3"] == 2
+    assert s["rise"] == pytest.approx(10.5 / 3) and s["rising_frac"] == 1.0 and s["initial_ratio"] == 0.4
+    assert s["loss_nonmonotone"] and s["loss_end_below_cross"] and s["sharpens"] and not s["holds"]
+
+
+def test_edge_statistics_of_a_run_that_holds_and_of_one_that_never_crosses() -> None:
+    lam = [4, 3, 5, 7, 9, 10.5, 9.5, 10, 11, 10.2, 9.8]
+    s = criteria.edge_stats(_records(lam, [10.0] * 11, LOSS))
+    assert s["in_band"] == 1.0 and s["median"] == pytest.approx(1.01) and s["holds"]
+    never = criteria.edge_stats(_records([4, 5, 6], [10.0] * 3, LOSS[:3]))
+    assert not never["crossed"] and not never["holds"] and never["max_ratio"] == 0.6
+    with_nan = _records(lam, [10.0] * 11, LOSS)
+    with_nan[3]["eigenvalues"] = ["NaN"]  # a failed measurement is skipped, not fatal
+    assert criteria.edge_stats(with_nan)["checkpoints"] == 10
+
+
+def test_sam_edge_statistics_follow_a_moving_edge() -> None:
+    recs = _records([0.5, 0.85, 1.0, 1.3, 1.1], [2.0, 1.0, 1.0, 1.0, 1.0], [1.0] * 5, gd=4.0)
+    s = criteria.sam_edge_stats(recs)
+    assert s["tracking_from"] == 20 and s["after"] == 3 and s["in_band"] == pytest.approx(2 / 3)
+    assert s["max_lambda_over_2_eta"] == pytest.approx(1.3 / 4) and s["median"] == pytest.approx(1.1)
+    assert not s["holds"]
+    recs[3]["eigenvalues"] = [1.2]
+    assert criteria.sam_edge_stats(recs)["holds"]
+
+
+def test_trace_accuracy_and_the_final_record(tmp_path: Path) -> None:
+    recs = [{"kind": "measurement", "step": s, "trace": {"estimate": t}, "test_acc": a, "train_acc": 1.0,
+             "eigenvalues": [8.0, 4.0, 3.0, 2.5, 2.0]}
+            for s, t, a in [(0, 5.0, 0.5), (5, 4.0, 0.6), (10, 3.0, 0.55), (15, 2.0, 0.8)]]
+    out = criteria.trace_accuracy(recs)
+    # ranks of trace 4 3 2 1 and of accuracy 1 3 2 4: d = 3 0 0 -3, ρ = 1 - 6·18/(4·15) = -0.8
+    assert out["spearman_trace_test_acc"] == pytest.approx(-0.8)
+    assert out["trace"] == [5.0, 2.0] and out["test_acc"] == [0.5, 0.8] and out["steps"] == [0, 15]
+    final = criteria.final_record(recs)
+    assert final["lambda1_over_lambda5"] == 4.0 and final["trace"] == 2.0 and final["test_acc"] == 0.8
+    run = RunDirectory(tmp_path / "run")
+    run.create({"model": {"name": "mlp"}})
+    for r in [*recs, {"kind": "diverged", "step": 20}]:
+        run.append_metric(r)
+    assert [r["step"] for r in criteria.measurements(tmp_path / "run")] == [0, 5, 10, 15]
+    assert math.isnan(criteria.column([{"a": {}}], "a.b")[0])

@@ -1,0 +1,121 @@
+"""Every recipe and every study runs at smoke scale; studies resume, chain their stages and draw figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from sharpscope.errors import ConfigError
+from sharpscope.experiments import RECIPES, SCALES, get_recipe
+from sharpscope.experiments.studies import STUDIES, run_study, study_stages
+from sharpscope.track import RunDirectory, train
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+# the recipes that studies run (so the study test trains them at smoke scale)
+IN_STUDIES = {"eos-gd", "eos-momentum", "eos-ce", "sam-edge", "sam-edge-cnn", "sam-flatness"}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder for the module: ``escape`` and ``label-noise`` share their bad-minimizer stages."""
+    return tmp_path_factory.mktemp("studies")
+
+
+def _folder(root: Path, name: str) -> Path:
+    return root / ("escape" if name in ("escape", "label-noise") else name)
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_builds_at_every_scale_and_trains_at_smoke_scale(name: str, tmp_path: Path) -> None:
+    for scale in SCALES:
+        assert get_recipe(name, scale).hvp_mode != "auto"
+    if name in IN_STUDIES:  # trained by test_every_study_runs_at_smoke_scale_with_its_figures
+        return
+    summary = train(get_recipe(name, "smoke", {"steps": 2}), tmp_path / "run")
+    assert summary["status"] == "completed" and summary["step"] == 2
+    records = RunDirectory(tmp_path / "run").read_metrics()
+    assert records and all(isinstance(r["eigenvalues"][0], float) for r in records)
+
+
+@pytest.mark.parametrize("name", sorted(STUDIES))
+def test_every_study_runs_at_smoke_scale_with_its_figures(name: str, root: Path, tmp_path: Path) -> None:
+    from sharpscope.experiments.figures import study_figures
+
+    out = _folder(root, name)
+    summary = run_study(name, "smoke", out)
+    stages = [s.name for s in study_stages(name, "smoke")]
+    assert list(summary["stages"]) == stages
+    assert all(s["status"] in ("completed", "reached_train_acc") for s in summary["stages"].values())
+    assert json.loads((out / f"{name}-summary.json").read_text())["results"].keys() == summary["results"].keys()
+    for stage in study_stages(name, "smoke"):  # a stage that starts from another has its final weights
+        if stage.init_from is not None:
+            init = summary["stages"][stage.name]["init"]
+            assert init["path"] == summary["stages"][stage.init_from]["checkpoint"]
+    again = run_study(name, "smoke", out)  # resumable: finished stages are not trained again
+    assert all(s.get("already_complete") for s in again["stages"].values())
+    files = study_figures(name, out, tmp_path / "figs", command="cmd")
+    figures = [f for f in files if f.suffix == ".json" and not f.name.endswith("summary.json")]
+    assert len(figures) == len(STUDIES[name].figures)
+    for f in figures:
+        stored = json.loads(f.read_text())
+        assert stored["command"] == "cmd" and "no GPU" in stored["caption"] and stored["data"]["plot"]["runs"]
+        assert f.with_suffix(".png").stat().st_size > 0 and f.with_suffix(".pdf").stat().st_size > 0
+
+
+def test_the_escape_data_sets(tmp_path: Path) -> None:
+    """clean ∪ confusion set for pre-training, noisy copies at p = 0.2, one shared test split."""
+    run_study("escape", "smoke", tmp_path, only=["random-init"])
+    clean = np.load(tmp_path / "data" / "clean.npz")
+    pre = np.load(tmp_path / "data" / "pretrain.npz")
+    noisy = np.load(tmp_path / "data" / "noisy.npz")
+    info = json.loads((tmp_path / "data" / "info.json").read_text())
+    n, copies = len(clean["y"]), info["confusion"]["copies"]
+    assert len(pre["y"]) == n * (1 + copies) and np.array_equal(pre["x"][:n], clean["x"])
+    assert np.array_equal(pre["y"][:n], clean["y"])
+    black = np.float32(0.0 - info["centering"]["subtract"])  # a zeroed pixel after centring
+    copy_x, orig = pre["x"][n:], np.tile(clean["x"], (copies, 1))
+    assert ((copy_x == orig) | (copy_x == black)).all()  # copies differ from their originals only by zeroing
+    assert ((copy_x == black).sum(1) >= info["confusion"]["zeroed_per_copy"]).all()
+    assert np.array_equal(noisy["x"], np.tile(clean["x"], (info["noise"]["copies"], 1)))
+    flipped = noisy["y"] != np.tile(clean["y"], info["noise"]["copies"])
+    assert flipped.mean() == pytest.approx(info["noise"]["flipped"])
+    assert np.array_equal(clean["x_test"], pre["x_test"])
+    if info["source"].startswith("mnist:"):  # class-sorted file read with order="interleave": balanced prefixes
+        for y in (clean["y"], clean["y_test"]):
+            counts = np.bincount(y, minlength=10)
+            assert counts.max() - counts.min() <= 1
+    assert not (tmp_path / "pretrain").exists()  # only the requested stage (and what it starts from) ran
+
+
+def test_unknown_study_stage_and_scale_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown study 'nope'"):
+        run_study("nope", "smoke", tmp_path)
+    with pytest.raises(ConfigError, match="has no stage"):
+        run_study("eos", "smoke", tmp_path, only=["gd-lr9"])
+    with pytest.raises(ConfigError, match="unknown scale"):
+        study_stages("eos", "huge")
+
+
+def test_the_reproduce_command(root: Path, tmp_path: Path) -> None:
+    """On a fresh folder it runs the requested stage only; on a finished study it just draws."""
+    from sharpscope_cli.main import app
+
+    out = tmp_path / "eos"
+    result = CliRunner().invoke(app, ["reproduce", "eos", "--scale", "smoke", "--out", str(out), "--only", "momentum"])
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in out.iterdir() if p.is_dir()] == ["momentum"]
+    result = CliRunner().invoke(app, ["reproduce", "eos", "--scale", "smoke", "--out", str(_folder(root, "eos")),
+                                      "--figures", str(tmp_path / "figs")])
+    assert result.exit_code == 0, result.output
+    stored = json.loads((tmp_path / "figs" / "eos-momentum-ce.json").read_text())
+    assert stored["data"]["run_summaries"]["momentum"]["status"] == "completed"
+    assert stored["command"].startswith("sharpscope reproduce eos --scale smoke")
+    assert (tmp_path / "figs" / "eos-summary.json").is_file()
+    bad = CliRunner().invoke(app, ["reproduce", "nope", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 1 and "unknown study" in bad.output
