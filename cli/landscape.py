@@ -94,6 +94,7 @@ def landscape_cmd(
     figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Also write the figures.")] = True,
     log: Annotated[bool, typer.Option("--log/--linear", help="2-D figures: log10 of the loss (far from the center it grows by orders of magnitude) or the loss itself.")] = True,
     vmax: Annotated[Optional[float], typer.Option(help="2-D figures: clip the loss at this value.")] = None,
+    caption: Annotated[Optional[str], typer.Option(help="Caption stored in each figure's JSON.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite slice files already in --out.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result's record as one JSON object.")] = False,
     unsafe_load: Annotated[bool, typer.Option("--unsafe-load", help="Allow pickles that run code when loaded. Only for files you trust.")] = False,
@@ -162,11 +163,13 @@ def landscape_cmd(
     if figures:
         data_record = landscape_data(result)
         if dims == 1:
-            files += map(str, save_figure(line_figure(result), out_dir / "line", data=data_record, command=command))
+            files += map(str, save_figure(line_figure(result), out_dir / "line", data=data_record, command=command,
+                                          caption=caption))
         else:
             for name, draw in (("contour", contour_figure), ("surface", surface_figure)):
                 fig = draw(result, log=log, vmax=vmax)
-                files += map(str, save_figure(fig, out_dir / name, data=data_record, command=command))
+                files += map(str, save_figure(fig, out_dir / name, data=data_record, command=command,
+                                              caption=caption))
     if as_json:
         sys.stdout.write(jsonsafe.dumps({**result.to_dict(), "files": files}) + "\n")
         return

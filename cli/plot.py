@@ -1,4 +1,5 @@
-"""``sharpscope plot RUN [RUN...] --out STEM``: a figure from run directories or density JSON (thin layer)."""
+"""``sharpscope plot RUN [RUN...] --out STEM``: a figure from run directories, density or per-layer probe JSON
+(thin layer)."""
 
 from __future__ import annotations
 
@@ -13,15 +14,16 @@ from sharpscope.plots.kinds import KINDS, make_figure
 
 
 def plot_cmd(
-    inputs: Annotated[list[Path], typer.Argument(metavar="RUN...", help="Run directories; for --kind density, JSON files written by `sharpscope probe --density --json` (or a DensityResult's to_dict()).")],
+    inputs: Annotated[list[Path], typer.Argument(metavar="RUN...", help="Run directories; for --kind density, JSON files written by `sharpscope probe --density --json` (or a DensityResult's to_dict()); for --kind layers, one JSON file written by `sharpscope probe --per-layer --json`.")],
     out_stem: Annotated[Path, typer.Option("--out", help="Writes STEM.png (150 dpi), STEM.pdf and STEM.json (the plotted data and this command).")],
-    kind: Annotated[str, typer.Option(help=f"{', '.join(KINDS)}. auto: density for files; escape when a run uses RS/SA; sharpness when eigenvalues are recorded; else trace.")] = "auto",
+    kind: Annotated[str, typer.Option(help=f"{', '.join(KINDS)}. auto: layers for probe JSON with per-layer rows, density for other files; escape when a run uses RS/SA; sharpness when eigenvalues are recorded; else trace.")] = "auto",
     labels: Annotated[Optional[str], typer.Option(help="Comma-separated labels, one per input (default: folder or file names).")] = None,
     ratio: Annotated[bool, typer.Option("--ratio", help="sharpness: plot λ/edge with the band [0.8, 1.25].")] = False,
     k: Annotated[int, typer.Option(help="sharpness: plot λ_1..λ_k (as far as recorded).")] = 1,
     caption: Annotated[Optional[str], typer.Option(help="Caption stored in STEM.json.")] = None,
 ) -> None:
-    """Plot sharpness against its thresholds, trace against test accuracy, escape curves or a spectral density."""
+    """Plot sharpness against its thresholds, trace against test accuracy, escape curves, a spectral density or
+    per-layer curvature bars."""
     from sharpscope.plots.save import save_figure  # matplotlib: imported only when plotting
 
     names = None

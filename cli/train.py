@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sharpscope.experiments import RECIPES, get_recipe, parse_overrides
 from sharpscope.parallel import init_distributed, rank
 from sharpscope.track import resolve_device, train
+from sharpscope.track.thresholds import bounded_sharpness
 
 err = Console(stderr=True)
 
@@ -40,10 +41,10 @@ def step_bar(enabled: bool) -> Iterator[Callable[[int, int, dict[str, Any] | Non
 
         def update(step: int, total: int, record: dict[str, Any] | None) -> None:
             info = ""
-            if record and record.get("eigenvalues"):
-                lam = record["eigenvalues"][0]
+            if record:
+                name, lam = bounded_sharpness(record)
                 edge = (record.get("thresholds") or {}).get("edge")
-                info = f"λ_max {lam:.4g}" if isinstance(lam, (int, float)) else f"λ_max {lam}"
+                info = f"{name} {_num(lam, '.4g')}"
                 if isinstance(edge, (int, float)):
                     info += f" / edge {edge:.4g}"
             bar.update(task, total=total, completed=step, info=info)
@@ -60,11 +61,11 @@ def summary_line(summary: dict[str, Any]) -> str:
     final = summary.get("final") or {}
     parts = [f"{summary.get('recipe') or 'run'} ({summary.get('scale') or 'custom'}): {summary['status']} at step "
              f"{summary['step']}/{summary['steps_requested']}"]
-    eig = final.get("eigenvalues")
-    if eig:
+    if final.get("eigenvalues"):
         th = final.get("thresholds") or {}
+        name, value = bounded_sharpness(final)
         edge = f" vs {th.get('rule')} {_num(th.get('edge'), '.4g')}" if th.get("rule") else ""
-        parts.append(f"λ_max {_num(eig[0], '.4g')}{edge}")
+        parts.append(f"{name} {_num(value, '.4g')}{edge}")
     if "train_loss" in final:
         parts.append(f"train loss {_num(final['train_loss'], '.4g')} acc {_num(final.get('train_acc'), '.1%')}")
     if "test_acc" in final:

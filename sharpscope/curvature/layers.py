@@ -49,6 +49,7 @@ from sharpscope.curvature.objective import BNMode, LossFn, Objective, ParamSelec
 from sharpscope.curvature.results import EigenResult, TraceResult
 from sharpscope.curvature.trace import trace_estimator
 from sharpscope.errors import ConfigError
+from sharpscope.validation import check_int
 
 LayerGrouping = Literal["module"] | int | Mapping[str, ParamSelector]
 Progress = Callable[[str, int, int], None]
@@ -161,8 +162,7 @@ def per_layer_curvature(model: nn.Module, loss_fn: LossFn, data: object, *, grou
     a single group holding every parameter reproduces a probe). ``progress(stage, done, total)`` is
     called after every product, one stage per group and measurement.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ConfigError(f"k must be a positive integer, got {k!r}")
+    check_int("k", k, low=1)
     estimator = trace_estimator(trace_method)
     start = time.perf_counter()
     names = parameter_groups(model, groups)

@@ -29,6 +29,7 @@ from torch import Tensor
 from sharpscope.curvature.linear_operator import LinearOperator
 from sharpscope.curvature.objective import Objective
 from sharpscope.errors import ConfigError
+from sharpscope.validation import check_bool
 
 __all__ = ["PreconditionedOperator", "adam_preconditioner"]
 
@@ -149,8 +150,7 @@ def adam_preconditioner(optimizer: torch.optim.Optimizer, params: object, *,
         ConfigError: the optimizer is not Adam/AdamW, a parameter is not in any of its groups, or
             it has no state for a parameter yet (no step taken).
     """
-    if not isinstance(bias_correction, bool):
-        raise ConfigError(f"bias_correction must be a bool, got {bias_correction!r}")
+    check_bool("bias_correction", bias_correction)
     adam = _unwrap(optimizer)
     named = _as_named_params(params)
     if not named:

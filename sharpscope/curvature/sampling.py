@@ -10,6 +10,7 @@ from torch import Tensor
 
 from sharpscope.curvature.linear_operator import LinearOperator
 from sharpscope.errors import ConfigError
+from sharpscope.validation import check_int
 
 Distribution = Literal["rademacher", "gaussian"]
 
@@ -23,8 +24,7 @@ def make_generator(seed: int | torch.Generator | None) -> torch.Generator:
             raise ConfigError(f"generator must be a CPU torch.Generator (draws are moved to the operator's "
                               f"device), got one on {seed.device}")
         return seed
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise ConfigError(f"seed must be a non-negative integer, a torch.Generator or None, got {seed!r}")
+    check_int("seed", seed, low=0, optional=True)
     gen = torch.Generator()
     if seed is None:
         gen.seed()

@@ -44,6 +44,7 @@ from torch import Tensor
 from sharpscope.data._npz import check_labels, read_npz
 from sharpscope.data.dataset import ArrayDataset
 from sharpscope.errors import ConfigError, DataError
+from sharpscope.validation import check_int
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -251,8 +252,7 @@ def _standardize(x_nhwc: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.nd
 
 def _load(path: str | Path, dataset: str, *, train: bool, n: int | None, standardize: Standardize,
           flatten: bool, label_key: str, channel_stats: Any, feature_stats: Any) -> ArrayDataset:
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ConfigError(f"n must be a positive integer or None, got {n!r}")
+    check_int("n", n, low=1, optional=True)
     if standardize not in ("channel", "feature", None):
         raise ConfigError(f"standardize must be 'channel', 'feature' or None, got {standardize!r}")
     path = Path(path).expanduser()

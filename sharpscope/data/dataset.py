@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from sharpscope.errors import ConfigError, DataError
+from sharpscope.validation import check_int
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,7 @@ class ArrayDataset:
 
     def subset(self, n: int) -> ArrayDataset:
         """The first ``n`` examples (``n`` in 1..len); views, no copy."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ConfigError(f"subset size must be a positive integer, got {n!r}")
+        check_int("subset size", n, low=1)
         if n > len(self):
             raise DataError(f"dataset {self.name!r} has {len(self)} examples, asked for the first {n}")
         if n == len(self):

@@ -9,7 +9,8 @@ import torch
 
 from sharpscope.data._npz import read_npz
 from sharpscope.data.dataset import ArrayDataset
-from sharpscope.errors import ConfigError, DataError
+from sharpscope.errors import DataError
+from sharpscope.validation import check_int
 
 
 def npz(path: str | Path, *, n: int | None = None, train: bool = True) -> ArrayDataset:
@@ -19,8 +20,7 @@ def npz(path: str | Path, *, n: int | None = None, train: bool = True) -> ArrayD
     ``train=False`` reads ``x_test``/``y_test`` and fails if the file has none. Integer ``x``
     (e.g. uint8 images) is converted to float32 without rescaling.
     """
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ConfigError(f"n must be a positive integer or None, got {n!r}")
+    check_int("n", n, low=1, optional=True)
     path = Path(path).expanduser()
     keys = ("x", "y") if train else ("x_test", "y_test")
     arrays = read_npz(path, keys)

@@ -10,16 +10,12 @@ from torch import Tensor
 
 from sharpscope.data.dataset import ArrayDataset
 from sharpscope.errors import ConfigError
-
-
-def _check_batch_size(batch_size: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+from sharpscope.validation import check_int
 
 
 def batches(dataset: ArrayDataset, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
     """The examples in order, ``batch_size`` at a time (the last batch may be smaller); views."""
-    _check_batch_size(batch_size)
+    check_int("batch_size", batch_size, low=1)
     for i in range(0, len(dataset), batch_size):
         yield dataset.x[i:i + batch_size], dataset.y[i:i + batch_size]
 
@@ -42,7 +38,7 @@ class ShuffledLoader:
 
     def __init__(self, dataset: ArrayDataset, batch_size: int, generator: torch.Generator, drop_last: bool = False,
                  device: torch.device | str | None = None) -> None:
-        _check_batch_size(batch_size)
+        check_int("batch_size", batch_size, low=1)
         if not isinstance(generator, torch.Generator):
             raise ConfigError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         if drop_last and batch_size > len(dataset):

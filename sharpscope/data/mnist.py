@@ -27,6 +27,7 @@ import torch
 from sharpscope.data._npz import check_labels, read_npz
 from sharpscope.data.dataset import ArrayDataset
 from sharpscope.errors import ConfigError, DataError
+from sharpscope.validation import check_int
 
 
 def mnist_npz(path: str | Path, *, n: int | None = None, flatten: bool = True,
@@ -35,8 +36,7 @@ def mnist_npz(path: str | Path, *, n: int | None = None, flatten: bool = True,
     """MNIST images as float32 (N, 784) (or (N, 1, 28, 28) with ``flatten=False``), int64 labels."""
     if order not in ("file", "interleave"):
         raise ConfigError(f"order must be 'file' or 'interleave', got {order!r}")
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ConfigError(f"n must be a positive integer or None, got {n!r}")
+    check_int("n", n, low=1, optional=True)
     if center not in ("scalar", "feature", None):
         raise ConfigError(f"center must be 'scalar', 'feature' or None, got {center!r}")
     path = Path(path).expanduser()

@@ -19,8 +19,9 @@ import torch
 
 from sharpscope.data.cache import cache_dir
 from sharpscope.data.dataset import ArrayDataset
-from sharpscope.errors import ConfigError, DataError
+from sharpscope.errors import DataError
 from sharpscope.io.atomic import atomic_write
+from sharpscope.validation import check_int
 
 DEFAULT_SEED = 42
 _KEYS = ("x", "y", "x_test", "y_test")
@@ -89,8 +90,7 @@ def mnist1d(*, n: int | None = None, train: bool = True, seed: int = DEFAULT_SEE
     scaled values (mean 0, std 1 over all 5000 examples); no further preprocessing.
     ``seed`` 42 (default) gives the published data set.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:  # NumPy's seed range
-        raise ConfigError(f"mnist1d seed must be an integer in [0, 2**32), got {seed!r}")
+    check_int("mnist1d seed", seed, low=0, high=2**32 - 1)  # NumPy's seed range
     arrays = _load_arrays(seed)
     xk, yk = ("x", "y") if train else ("x_test", "y_test")
     x = torch.from_numpy(np.ascontiguousarray(arrays[xk], dtype=np.float32))

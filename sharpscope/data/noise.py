@@ -10,6 +10,7 @@ from torch import Tensor
 
 from sharpscope.data.dataset import ArrayDataset
 from sharpscope.errors import ConfigError, DataError
+from sharpscope.validation import check_int, check_real
 
 _CHUNK = 4096
 
@@ -34,10 +35,8 @@ def label_noise(y: Tensor, p: float, num_classes: int, generator: torch.Generato
     True
     """
     _check_generator(generator)
-    if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= float(p) <= 1.0:
-        raise ConfigError(f"label-noise probability must be in [0, 1], got {p!r}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ConfigError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    p = check_real("label-noise probability", p, low=0.0, high=1.0)
+    check_int("num_classes", num_classes, low=2)
     if not isinstance(y, Tensor) or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
         raise DataError(f"labels must be an integer tensor, got {getattr(y, 'dtype', type(y).__name__)}")
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
@@ -78,12 +77,9 @@ def confusion_set(x: Tensor | ArrayDataset, num_classes: int, *, copies: int = 1
         raise DataError(f"confusion_set needs a floating tensor of inputs, got {getattr(x, 'dtype', type(x).__name__)}")
     if x.dim() < 2 or x.shape[0] == 0:
         raise DataError(f"confusion_set needs a non-empty batch of examples, got shape {tuple(x.shape)}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ConfigError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-    if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
-        raise ConfigError(f"copies must be a positive integer, got {copies!r}")
-    if not isinstance(zero_frac, (int, float)) or isinstance(zero_frac, bool) or not 0.0 <= zero_frac <= 1.0:
-        raise ConfigError(f"zero_frac must be in [0, 1], got {zero_frac!r}")
+    check_int("num_classes", num_classes, low=2)
+    check_int("copies", copies, low=1)
+    zero_frac = check_real("zero_frac", zero_frac, low=0.0, high=1.0)
     if mode not in ("pixel", "entry"):
         raise ConfigError(f"mode must be 'pixel' or 'entry', got {mode!r}")
     n = x.shape[0]

@@ -5,10 +5,12 @@ from sharpscope.experiments.recipes import (
     RECIPES,
     SCALES,
     demo,
+    eos_adam,
     eos_ce,
     eos_gd,
     eos_momentum,
     get_recipe,
+    landscape_resnet18,
     parse_overrides,
     sam_edge,
     sam_edge_cnn,
@@ -16,5 +18,6 @@ from sharpscope.experiments.recipes import (
     shared_data_file,
 )
 
-__all__ = ["RECIPES", "SCALES", "demo", "eos_ce", "eos_gd", "eos_momentum", "get_recipe", "parse_overrides",
+__all__ = ["RECIPES", "SCALES", "demo", "eos_adam", "eos_ce", "eos_gd", "eos_momentum", "get_recipe",
+           "landscape_resnet18", "parse_overrides",
            "sam_edge", "sam_edge_cnn", "sam_flatness", "shared_data_file"]

@@ -18,6 +18,10 @@ Recipes (SCIENCE.md sections and checks in brackets):
 * ``eos-momentum`` [5.3, E2] — the same with Polyak momentum β = 0.9 (PyTorch form), threshold
   ``(2+2β)/η = 3.8/η``; cpu: 500 examples, 600 steps (the test's setting).
 * ``eos-ce`` [5.2, E3] — ``eos-gd`` with cross entropy.
+* ``eos-adam`` [5.4, E4] — ``eos-gd`` with full-batch Adam (β = (0.9, 0.999), ε = 1e-8), measuring the
+  preconditioned sharpness λ_max(P⁻¹H), ``P = diag(√v̂ + ε)`` (``preconditioned``), against
+  ``38/η``; cpu: ``η = 1e-3``, 700 steps, λ every 15 steps (the setting of the E4 test); gpu
+  (``η = 1e-4``) not checked here.
 * ``sam-edge`` [4, E5] — Long & Bartlett: ReLU MLP (depth 4), MSE averaged over outputs and
   examples (``mse-mean``), full-batch SAM (normalised, over GD); threshold SAM-edge(η, ρ, ‖g‖)
   with the full-batch ‖g‖ of each measurement. cpu: width 100 on the first 1 000 MNIST images
@@ -29,6 +33,12 @@ Recipes (SCIENCE.md sections and checks in brackets):
 * ``sam-flatness`` [3, G3] — mini-batch SGD (ρ = 0) on a BatchNorm-free ReLU MLP, cross entropy,
   λ_1..λ_5 measured along the run; the ``sam-flatness`` study runs it with SAM and Sparse SAM too.
 * ``demo`` — mini-batch SGD with momentum and cross entropy on MNIST-1D, with trace estimates.
+* ``landscape-resnet18`` — the run behind the ResNet-18 loss-landscape figures (issue 7): CIFAR
+  ResNet-18 with BatchNorm, mini-batch SGD (batch 128, momentum 0.9) with cross entropy on the first
+  2 000 CIFAR-10 images (MNIST-1D cannot feed it: needs ``../shared/data/cifar10_train16k.npz``),
+  every checkpoint kept (``keep_checkpoints``) as the iterates whose PCA directions span the slice
+  and whose path is drawn on it; λ_max sparse. cpu: width 8, 300 steps, a checkpoint every 20;
+  gpu: width 64, 5 000 images, 3 000 steps.
 
 The multi-stage set-ups (the escape from a bad minimum, label-noise SGD, sweeps) are studies:
 :mod:`sharpscope.experiments.studies`.
@@ -135,6 +145,17 @@ def eos_ce(scale: str) -> TrainConfig:
     return eos_gd(scale, loss="ce")
 
 
+def eos_adam(scale: str) -> TrainConfig:
+    """:func:`eos_gd` with full-batch Adam and the preconditioned sharpness (E4: λ_max(P⁻¹H) settles at 38/η)."""
+    check_scale(scale)
+    lr = {"smoke": 1e-3, "cpu": 1e-3, "gpu": 1e-4}[scale]
+    overrides: dict[str, Any] = {"optimizer": "adam", "optimizer_kwargs": {"lr": lr, "betas": [0.9, 0.999], "eps": 1e-8},
+                                 "preconditioned": True}
+    if scale == "cpu":
+        overrides.update(steps=700, measure_every=15)
+    return eos_gd(scale).with_overrides(overrides)
+
+
 def sam_edge(scale: str, *, rho: float = 0.1) -> TrainConfig:
     """Long & Bartlett full-batch SAM, ReLU MLP, mse-mean (see the module docstring)."""
     check_scale(scale)
@@ -211,14 +232,33 @@ def demo(scale: str) -> TrainConfig:
                        device="cpu" if scale != "gpu" else "auto")
 
 
+def landscape_resnet18(scale: str) -> TrainConfig:
+    """CIFAR ResNet-18 (BatchNorm) trained by mini-batch SGD, every checkpoint kept (see the module docstring)."""
+    check_scale(scale)
+    n, width, steps, every, measure = {"smoke": (64, 2, 4, 2, 4), "cpu": (2000, 8, 300, 20, 100),
+                                       "gpu": (5000, 64, 3000, 200, 500)}[scale]
+    data = _cifar(n, flatten=False)
+    if data is None:
+        raise ConfigError("landscape-resnet18 needs ../shared/data/cifar10_train16k.npz (CIFAR-10)")
+    if scale == "smoke":
+        data["test_n"] = 64 if "test_data" in data else None
+    model = {"name": "resnet18", "kwargs": {"num_classes": 10, "norm": "bn", "width": width}}
+    return TrainConfig(model=model, **data, loss="ce", optimizer="sgd", optimizer_kwargs={"lr": 0.05, "momentum": 0.9},
+                       batch_size=128 if scale != "smoke" else 32, probe_n=min(n, 500), physical_batch_size=500,
+                       steps=steps, measure_every=measure, k=1, max_iter=10 if scale == "smoke" else None,
+                       checkpoint_every=every, keep_checkpoints=True, device="auto" if scale == "gpu" else "cpu")
+
+
 RECIPES: dict[str, Callable[[str], TrainConfig]] = {
     "eos-gd": eos_gd,
     "eos-momentum": eos_momentum,
     "eos-ce": eos_ce,
+    "eos-adam": eos_adam,
     "sam-edge": sam_edge,
     "sam-edge-cnn": sam_edge_cnn,
     "sam-flatness": sam_flatness,
     "demo": demo,
+    "landscape-resnet18": landscape_resnet18,
 }
 
 

@@ -32,7 +32,6 @@ Studies (``scale`` as for recipes: smoke / cpu / gpu):
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -349,16 +348,6 @@ STUDIES: dict[str, Study] = {
 }
 
 
-def _defaults() -> dict[str, Any]:
-    out = {}
-    for f in dataclasses.fields(TrainConfig):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            out[f.name] = f.default_factory()
-    return out
-
-
 def finished_summary(run_dir: Path, cfg: TrainConfig) -> dict[str, Any] | None:
     """The stored summary of a finished run of ``cfg``, also when the run predates config fields
     added since (absent from its ``config.json`` and at their defaults in ``cfg``) or was made by
@@ -366,7 +355,7 @@ def finished_summary(run_dir: Path, cfg: TrainConfig) -> dict[str, Any] | None:
     run = RunDirectory(run_dir)
     if not run.config_path.is_file() or not run.summary_path.is_file():
         return None
-    stored, new, defaults = run.read_config(), cfg.to_dict(), _defaults()
+    stored, new, defaults = run.read_config(), cfg.to_dict(), TrainConfig.defaults()
     if any(stored.get(k, defaults.get(k)) != jsonsafe.loads(jsonsafe.dumps(v)) for k, v in new.items()
            if k != "recipe"):
         return None

@@ -39,6 +39,7 @@ from sharpscope.curvature.hessian import HVPMode
 from sharpscope.curvature.sampling import make_generator, seed_record
 from sharpscope.errors import ConfigError
 from sharpscope.landscape.iterates import Source, expand_sources, parameter_vectors, source_names
+from sharpscope.validation import check_int
 
 Normalization = Literal["filter", "layer"]
 
@@ -107,8 +108,7 @@ def random_directions(objective: Objective, k: int = 2, *, seed: int | torch.Gen
     ``include_bn_and_bias=False`` (Li et al.'s default) leaves every parameter with fewer than two
     dimensions at zero in the directions.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ConfigError(f"k must be a positive integer, got {k!r}")
+    check_int("k", k, low=1)
     if normalization not in ("filter", "layer"):
         raise ConfigError(f"normalization must be 'filter' or 'layer', got {normalization!r}")
     gen = make_generator(seed)
@@ -191,8 +191,7 @@ def pca_directions(objective: Objective, iterates: Sequence[Source], k: int = 2,
     checkpoint files, sorted by name) or flat parameter vectors; pass the final one's parameters
     as the objective's.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ConfigError(f"k must be a positive integer, got {k!r}")
+    check_int("k", k, low=1)
     vectors = parameter_vectors(objective, iterates, unsafe_load=unsafe_load)
     if len(vectors) < k:
         raise ConfigError(f"{k} principal directions need at least {k} iterates, got {len(vectors)}")

@@ -30,6 +30,7 @@ from sharpscope.curvature.objective import Batch
 from sharpscope.curvature.precision import fp32_precision
 from sharpscope.curvature.sampling import Stopwatch
 from sharpscope.errors import ConfigError, ObjectiveError
+from sharpscope.validation import check_int
 
 Method = Literal["auto", "vmap", "loop"]
 GridProgress = Callable[[int, int], None]
@@ -121,8 +122,7 @@ def evaluate_points(objective: Objective, center: Tensor, directions: Tensor, co
     """
     if method not in ("auto", "vmap", "loop"):
         raise ConfigError(f"method must be 'auto', 'vmap' or 'loop', got {method!r}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ConfigError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    check_int("chunk_size", chunk_size, low=1)
     coords_t = torch.as_tensor(np.asarray(coords, dtype=np.float64))
     if coords_t.ndim != 2 or coords_t.shape[1] != directions.shape[0]:
         raise ConfigError(f"coords must have shape (P, {directions.shape[0]}), got {tuple(coords_t.shape)}")

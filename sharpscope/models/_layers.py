@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from sharpscope.errors import ConfigError
+from sharpscope.validation import check_int
 
 ACTIVATIONS = ("tanh", "relu", "elu", "softplus", "hardtanh", "gelu", "identity")
 NORMS = (None, "bn", "gn", "ln")
@@ -62,16 +63,10 @@ def check_norm(kind: str | None, allowed: Sequence[str | None]) -> None:
         raise ConfigError(f"unknown norm {kind!r}; valid: {', '.join(repr(a) for a in allowed)}")
 
 
-def positive_int(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{what} must be a positive integer, got {value!r}")
-    return value
-
-
 def int_list(values: object, what: str, *, allow_empty: bool = False) -> list[int]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
         raise ConfigError(f"{what} must be a list of positive integers, got {values!r}")
-    out = [positive_int(v, f"each entry of {what}") for v in values]
+    out = [check_int(f"each entry of {what}", v, low=1) for v in values]
     if not out and not allow_empty:
         raise ConfigError(f"{what} must not be empty")
     return out

@@ -9,8 +9,9 @@ from torch import Tensor, nn
 
 from sharpscope.errors import ConfigError
 from sharpscope.models._layers import activation as make_activation
-from sharpscope.models._layers import check_norm, int_list, norm2d, positive_int
+from sharpscope.models._layers import check_norm, int_list, norm2d
 from sharpscope.models.registry import register_model
+from sharpscope.validation import check_int
 
 
 class CNN(nn.Module):
@@ -42,10 +43,10 @@ def cnn(in_channels: int, num_classes: int, channels: Sequence[int] = (32, 32), 
     ``cnn(3, 10)``; ``cnn-bn-relu``: ``norm="bn"``; ``cnn-avgpool-*``: ``pool="avg"``. Long &
     Bartlett: ``cnn(3, 10, channels=[16, 32], norm="ln")``. PyTorch default init.
     """
-    in_channels = positive_int(in_channels, "in_channels")
-    num_classes = positive_int(num_classes, "num_classes")
+    in_channels = check_int("in_channels", in_channels, low=1)
+    num_classes = check_int("num_classes", num_classes, low=1)
     channels = int_list(channels, "channels")
-    image_size = positive_int(image_size, "image_size")
+    image_size = check_int("image_size", image_size, low=1)
     check_norm(norm, (None, "bn", "gn", "ln"))
     if pool not in ("max", "avg"):
         raise ConfigError(f"unknown pool {pool!r}; valid: 'max', 'avg'")

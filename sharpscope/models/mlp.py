@@ -9,8 +9,9 @@ from torch import Tensor, nn
 
 from sharpscope.errors import ConfigError, DataError
 from sharpscope.models._layers import activation as make_activation
-from sharpscope.models._layers import int_list, positive_int
+from sharpscope.models._layers import int_list
 from sharpscope.models.registry import register_model
+from sharpscope.validation import check_bool, check_int
 
 
 class MLP(nn.Module):
@@ -44,14 +45,13 @@ def mlp(in_features: int, num_classes: int, widths: Sequence[int] = (200, 200), 
     — read as 4 hidden layers). ``init``: "torch" (PyTorch default) or "glorot_normal"
     (Xavier-normal weights, zero biases). ``widths=[]`` gives a linear model.
     """
-    in_features = positive_int(in_features, "in_features")
-    num_classes = positive_int(num_classes, "num_classes")
+    in_features = check_int("in_features", in_features, low=1)
+    num_classes = check_int("num_classes", num_classes, low=1)
     widths = int_list(widths, "widths", allow_empty=True)
     if init not in ("torch", "glorot_normal"):
         raise ConfigError(f"unknown init {init!r}; valid: 'torch', 'glorot_normal'")
-    for name, flag in (("bias", bias), ("flatten", flatten)):
-        if not isinstance(flag, bool):
-            raise ConfigError(f"{name} must be true or false, got {flag!r}")
+    check_bool("bias", bias)
+    check_bool("flatten", flatten)
     model = MLP(in_features, num_classes, widths, activation, bias, flatten)
     if init == "glorot_normal":
         for m in model.modules():

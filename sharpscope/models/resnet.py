@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from sharpscope.models._layers import check_norm, init_conv_relu, norm2d, positive_int
+from sharpscope.models._layers import check_norm, init_conv_relu, norm2d
 from sharpscope.models.registry import register_model
+from sharpscope.validation import check_int
 
 
 class BasicBlock(nn.Module):
@@ -68,5 +69,5 @@ def resnet18(num_classes: int = 10, norm: str | None = "bn", width: int = 64, in
     ``width`` scales every stage (e.g. 8 or 16 for fast tests). He-normal (fan_out) conv init.
     """
     check_norm(norm, ("bn", "gn", None))
-    return ResNet18(positive_int(num_classes, "num_classes"), norm, positive_int(width, "width"),
-                    positive_int(in_channels, "in_channels"))
+    return ResNet18(check_int("num_classes", num_classes, low=1), norm, check_int("width", width, low=1),
+                    check_int("in_channels", in_channels, low=1))

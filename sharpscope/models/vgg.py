@@ -8,8 +8,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from sharpscope.models._layers import check_norm, int_list, norm2d, positive_int
+from sharpscope.models._layers import check_norm, int_list, norm2d
 from sharpscope.models.registry import register_model
+from sharpscope.validation import check_int
 
 # configuration "A": channels in units of the base width 64, "M" = 2x2 max-pool
 _CFG_A: tuple[int | str, ...] = (1, "M", 2, "M", 4, 4, "M", 8, 8, "M", 8, 8, "M")
@@ -57,6 +58,6 @@ def vgg11(num_classes: int = 10, norm: str | None = None, width: int = 64, in_ch
     ``width`` is the first stage's channel count (64 in the paper).
     """
     check_norm(norm, (None, "bn", "gn"))
-    return VGG11(positive_int(num_classes, "num_classes"), norm, positive_int(width, "width"),
-                 positive_int(in_channels, "in_channels"),
+    return VGG11(check_int("num_classes", num_classes, low=1), norm, check_int("width", width, low=1),
+                 check_int("in_channels", in_channels, low=1),
                  int_list(classifier_widths, "classifier_widths", allow_empty=True))

@@ -13,8 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from sharpscope.errors import ConfigError
-from sharpscope.models._layers import check_norm, init_conv_relu, norm2d, positive_int
+from sharpscope.models._layers import check_norm, init_conv_relu, norm2d
 from sharpscope.models.registry import register_model
+from sharpscope.validation import check_int, check_real
 
 
 class WideBlock(nn.Module):
@@ -75,12 +76,11 @@ def wrn(depth: int = 16, widen: int = 4, num_classes: int = 10, norm: str | None
     channels per group) or None (BN-free). ``residual_gain``: None (plain residual sums) or the
     initial value of a learnable scalar gain on every residual branch (SkipInit; any norm).
     """
-    depth = positive_int(depth, "depth")
+    depth = check_int("depth", depth, low=1)
     if depth < 10 or (depth - 4) % 6:
         raise ConfigError(f"WideResNet depth must be 6n+4 with n >= 1 (10, 16, 22, 28, ...), got {depth}")
     check_norm(norm, ("bn", "gn", None))
-    if residual_gain is not None and (isinstance(residual_gain, bool) or not isinstance(residual_gain, (int, float))):
-        raise ConfigError(f"residual_gain must be None or a number, got {residual_gain!r}")
-    return WideResNet(depth, positive_int(widen, "widen"), positive_int(num_classes, "num_classes"), norm,
-                      positive_int(in_channels, "in_channels"),
-                      None if residual_gain is None else float(residual_gain))
+    residual_gain = check_real("residual_gain", residual_gain, optional=True)
+    return WideResNet(depth, check_int("widen", widen, low=1), check_int("num_classes", num_classes, low=1), norm,
+                      check_int("in_channels", in_channels, low=1),
+                      residual_gain)

@@ -14,7 +14,6 @@ Two layers:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -25,6 +24,7 @@ from torch import Tensor, nn
 from sharpscope.curvature import sampling
 from sharpscope.errors import ConfigError, DataError, SharpscopeError
 from sharpscope.optim.batchnorm import frozen_bn_stats
+from sharpscope.validation import check_int
 
 __all__ = ["maybe_no_sync", "PerturbedOptimizer", "TwoPassOptimizer"]
 
@@ -47,33 +47,6 @@ def maybe_no_sync(model: nn.Module | None) -> Iterator[None]:
             yield
     else:
         yield
-
-
-def check_real(name: str, value: Any, *, low: float | None = None, high: float | None = None,
-               low_open: bool = False, high_open: bool = False, allow_inf: bool = False) -> float:
-    """``value`` as a float in the given range (finite unless ``allow_inf``), else ConfigError."""
-    if isinstance(value, (bool, str, bytes)):
-        raise ConfigError(f"{name} must be a real number, got {value!r}")
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a real number, got {value!r}") from None
-    if math.isnan(out) or (math.isinf(out) and not allow_inf):
-        raise ConfigError(f"{name} must be finite, got {value!r}")
-    if low is not None and (out < low or (low_open and out == low)):
-        raise ConfigError(f"{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
-    if high is not None and (out > high or (high_open and out == high)):
-        raise ConfigError(f"{name} must be {'<' if high_open else '<='} {high}, got {value!r}")
-    return out
-
-
-def check_int(name: str, value: Any, *, low: int) -> int:
-    """``value`` as an int ``>= low``, else ConfigError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} must be an int, got {value!r}")
-    if value < low:
-        raise ConfigError(f"{name} must be >= {low}, got {value!r}")
-    return value
 
 
 def make_generator(generator: torch.Generator | None, seed: int) -> torch.Generator:

@@ -51,13 +51,12 @@ from sharpscope.optim._base import (
     Closure,
     PerturbedOptimizer,
     call_closure,
-    check_int,
-    check_real,
     global_norm,
     make_generator,
     require_closure,
 )
 from sharpscope.optim.batchnorm import frozen_bn_stats
+from sharpscope.validation import check_bool, check_int, check_real
 
 __all__ = ["RS", "SA", "StepRecord", "sample_unit_sphere"]
 
@@ -94,8 +93,7 @@ class _RandomPerturbation(PerturbedOptimizer):
         self.eps0 = check_real("eps0", eps0, low=0.0, allow_inf=True)
         for name, flag in (("project", project), ("tolerance_branch", tolerance_branch),
                            ("inclusive", inclusive), ("include_gradient_step", include_gradient_step)):
-            if not isinstance(flag, bool):
-                raise ConfigError(f"{name} must be a bool, got {flag!r}")
+            check_bool(name, flag)
         self.project, self.tolerance_branch = project, tolerance_branch
         self.inclusive, self.include_gradient_step = inclusive, include_gradient_step
         super().__init__(params, {"lr": lr, "lr_perturb": lr_perturb, "rho": rho}, model=model)

@@ -26,7 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from sharpscope.errors import ConfigError
-from sharpscope.optim._base import TwoPassOptimizer, check_real, global_norm
+from sharpscope.optim._base import TwoPassOptimizer, global_norm
+from sharpscope.validation import check_bool, check_real
 
 __all__ = ["SAM", "asam_param_groups"]
 
@@ -103,10 +104,8 @@ class SAM(TwoPassOptimizer):
     ) -> None:
         rho = check_real("rho", rho, low=0.0)
         eta = check_real("eta", eta, low=0.0)
-        if not isinstance(adaptive, bool):
-            raise ConfigError(f"adaptive must be a bool, got {adaptive!r}")
-        if not isinstance(wd_in_perturbation, bool):
-            raise ConfigError(f"wd_in_perturbation must be a bool, got {wd_in_perturbation!r}")
+        check_bool("adaptive", adaptive)
+        check_bool("wd_in_perturbation", wd_in_perturbation)
         self.p = _check_p(p)
         self.perturb_eps = check_real("perturb_eps", perturb_eps, low=0.0)
         self.wd_in_perturbation = wd_in_perturbation

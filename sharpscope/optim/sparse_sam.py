@@ -25,9 +25,10 @@ import torch
 from torch import Tensor, nn
 
 from sharpscope.errors import ConfigError, DataError
-from sharpscope.optim._base import LossFn, check_int, check_real, make_generator
+from sharpscope.optim._base import LossFn, make_generator
 from sharpscope.optim.batchnorm import frozen_bn_stats
 from sharpscope.optim.sam import SAM
+from sharpscope.validation import check_bool, check_int, check_real
 
 __all__ = [
     "SparseSAM",
@@ -251,9 +252,7 @@ class SparseSAM(SAM):
             if value not in ("gradient", "weight", "random"):
                 raise ConfigError(f"{name} must be 'gradient', 'weight' or 'random', got {value!r}")
         self.drop_strategy, self.growth_strategy = drop_strategy, growth_strategy
-        if not isinstance(normalize_masked, bool):
-            raise ConfigError(f"normalize_masked must be a bool, got {normalize_masked!r}")
-        self.normalize_masked = normalize_masked
+        self.normalize_masked = check_bool("normalize_masked", normalize_masked)
         self.generator = make_generator(generator, seed)
         self._dynamic_done_at = -1
 

@@ -8,14 +8,17 @@ kind           inputs                                      figure
 ``escape``     run directories (trace)                     :func:`~.trajectory.escape_figure`
 ``density``    ``probe --density --json`` / DensityResult  :func:`~.density.density_figure`
                JSON files
+``layers``     one ``probe --per-layer --json`` JSON file  :func:`~.layers.layer_curvature_figure`
 =============  ==========================================  =====================================
 
-``auto`` (:func:`auto_kind`): files → ``density``; run directories with an RS or SA run →
+``auto`` (:func:`auto_kind`): files → ``layers`` when they hold per-layer rows and no density, else
+``density``; run directories with an RS or SA run →
 ``escape``; with top eigenvalues recorded → ``sharpness``; with traces only → ``trace``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +32,7 @@ from sharpscope.plots.runs import RunData, as_runs, has_values
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-KINDS = ("auto", "sharpness", "trace", "escape", "density")
+KINDS = ("auto", "sharpness", "trace", "escape", "density", "layers")
 ESCAPE_OPTIMIZERS = ("rs", "sa")
 
 
@@ -40,12 +43,38 @@ def auto_kind(inputs: Sequence[str | os.PathLike[str]]) -> str:
         raise DataError("nothing to plot: give run directories or density JSON files")
     files = [p.is_file() for p in paths]
     if all(files):
-        return "density"
+        reports = [_read_json(p) for p in paths]
+        per_layer = all(isinstance(r.get("per_layer"), dict) and r.get("density") is None for r in reports)
+        return "layers" if per_layer else "density"
     if any(files):
         raise ConfigError("mix of files and run directories: give run directories, or density JSON files "
                           "(sharpscope probe --density --json) only")
     runs = as_runs(paths)
     return _kind_of_runs(runs)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path`` (``probe --json`` output may hold bare ``NaN``)."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"{path} is not a JSON file ({e})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def layers_data(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The plotted numbers of ``--kind layers``: the probe report's ``per_layer`` entry (grouping, rows of
+    ``name``, ``eigenvalues``, ``trace``, ...) with the checkpoint, data and loss it was measured on."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: not a file; --kind layers reads the JSON of sharpscope probe --per-layer --json")
+    report = _read_json(path)
+    if not isinstance(report.get("per_layer"), dict):
+        raise DataError(f"{path}: no per-layer curvature (run sharpscope probe with --per-layer --json)")
+    return {"source": str(path), **{k: report.get(k) for k in ("checkpoint", "data", "loss_fn")},
+            "per_layer": report["per_layer"]}
 
 
 def _kind_of_runs(runs: list[RunData]) -> str:
@@ -62,10 +91,11 @@ def make_figure(kind: str, inputs: Sequence[str | os.PathLike[str]], *, labels: 
                 k: int = 1, ratio: bool = False) -> tuple[str, Figure, dict[str, Any]]:
     """``(kind, figure, data)`` for ``inputs`` (``kind="auto"`` resolved by :func:`auto_kind`).
 
-    ``k`` and ``ratio`` apply to ``sharpness`` only. Raises :class:`ConfigError` for an unknown kind.
+    ``k`` and ``ratio`` apply to ``sharpness`` only; ``layers`` bars use a logarithmic value axis. Raises :class:`ConfigError` for an unknown kind.
     Matplotlib and SciPy are imported here, so importing this module (the CLI does) stays cheap.
     """
     from sharpscope.plots.density import density_data, density_figure, load_density
+    from sharpscope.plots.layers import layer_curvature_figure
     from sharpscope.plots.trajectory import (
         escape_data, escape_figure, sharpness_data, sharpness_figure, trace_accuracy_data, trace_accuracy_figure,
     )
@@ -78,6 +108,11 @@ def make_figure(kind: str, inputs: Sequence[str | os.PathLike[str]], *, labels: 
         results = [load_density(p) for p in inputs]
         names = labels if labels is not None else [Path(p).stem for p in inputs]
         return kind, density_figure(results, labels=names), density_data(results, labels=names)
+    if kind == "layers":
+        if len(inputs) != 1:
+            raise ConfigError(f"--kind layers plots one probe JSON file, got {len(inputs)} inputs")
+        data = layers_data(inputs[0])
+        return kind, layer_curvature_figure(data["per_layer"], log=True), data
     runs = as_runs(list(inputs), labels)
     if kind == "sharpness":
         return kind, sharpness_figure(runs, k=k, ratio=ratio), sharpness_data(runs, k=k, ratio=ratio)

@@ -31,9 +31,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 from scipy import stats
 
-from sharpscope.errors import ConfigError, DataError
+from sharpscope.errors import DataError
 from sharpscope.plots.runs import RunData, RunLike, as_runs, has_values, series
 from sharpscope.plots.style import EIGEN_STYLES, color, label_axes, legend, new_figure
+from sharpscope.validation import check_int
 
 RATIO_BAND = (0.8, 1.25)
 EDGE_NAMES = {"gd_edge": "2/η", "momentum_edge": "momentum edge (2+2β)/η",
@@ -54,11 +55,6 @@ def _name_item(item: dict[str, Any], text: str, several: bool) -> str:
     return f"{item['label']}: {text}" if several else text
 
 
-def _check_k(k: int) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ConfigError(f"k must be a positive integer, got {k!r}")
-
-
 # ------------------------------------------------------------------------------ sharpness
 def sharpness_data(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str] | None = None, k: int = 1,
                    ratio: bool = False) -> dict[str, Any]:
@@ -66,7 +62,7 @@ def sharpness_data(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str] |
     λ_i, i ≤ k, as far as recorded), ``quantity`` (``"lambda_max(H)"`` or the preconditioned one),
     ``edge`` (the threshold that bounds it, per measurement; None when none applies), ``rule``,
     ``gd_edge`` (2/η), ``train_loss``, ``diverged_at_step`` and, with ``ratio``, ``ratio`` = λ/edge."""
-    _check_k(k)
+    check_int("k", k, low=1)
     out: list[dict[str, Any]] = []
     for run in as_runs(runs, labels):
         rule = _rule(run)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sharpscope.errors import ConfigError
+from sharpscope.validation import check_bool, check_int, check_real
 
 OPTIMIZERS = ("gd", "sgd", "sam", "sparse-sam", "rs", "sa", "adam", "adamw")
 
@@ -53,7 +54,12 @@ class TrainConfig:
         eigenvectors, in ``"alignment"`` records): see
         :class:`~sharpscope.track.tracker.SharpnessTracker`. ``hvp_mode`` is fixed (not
         ``auto``) by default so records are reproducible to the last bit.
+        preconditioned: also measure Adam's preconditioned sharpness ``λ_max(P⁻¹H)``, ``P = diag(√v̂ + ε)``
+            (what the Adam edge bounds; ``preconditioned_eigenvalues`` in the records); only with
+            ``adam``/``adamw`` or ``sam``/``sparse-sam`` over ``base`` = ``adam``/``adamw``.
         checkpoint_every: steps between checkpoints (the final step is always checkpointed).
+        keep_checkpoints: keep every checkpoint (``checkpoints/step-*.pt``, e.g. as the iterates of a
+            landscape path) instead of only the latest; resume still starts from the latest.
     Execution:
         seed: model initialisation, mini-batch order, Lanczos and trace probes (all explicit
             generators). device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``. dtype: ``float32``/``float64``.
@@ -87,7 +93,9 @@ class TrainConfig:
     hvp_mode: str = "rev-rev"
     cache_graphs: bool = False
     alignment: bool = False
+    preconditioned: bool = False
     checkpoint_every: int = 100
+    keep_checkpoints: bool = False
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
@@ -102,6 +110,17 @@ class TrainConfig:
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """The default of every field that has one (``model`` has none), JSON-ready."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                out[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                out[f.name] = f.default_factory()
+        return json.loads(json.dumps(out))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
@@ -140,12 +159,6 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise :class:`ConfigError` on a value out of range (one message per problem)."""
 
-        def pos_int(name: str, value: Any, optional: bool = False) -> None:
-            if optional and value is None:
-                return
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer{' or null' if optional else ''}, got {value!r}")
-
         for key, value in _leaves(dataclasses.asdict(self)):  # config.json is strict JSON
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{key} must be a finite number, got {value}")
@@ -154,13 +167,11 @@ class TrainConfig:
         if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
             raise ConfigError(f"init_from must be a checkpoint file or run directory path, got {self.init_from!r}")
         for name in ("n", "test_n", "probe_n", "batch_size", "max_iter"):
-            pos_int(name, getattr(self, name), optional=True)
+            check_int(name, getattr(self, name), low=1, optional=True)
         for name in ("physical_batch_size", "measure_every", "k", "checkpoint_every", "trace_matvecs"):
-            pos_int(name, getattr(self, name))
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
-            raise ConfigError(f"steps must be a non-negative integer, got {self.steps!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
+            check_int(name, getattr(self, name), low=1)
+        check_int("steps", self.steps, low=0)
+        check_int("seed", self.seed, low=0)
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         if not isinstance(self.optimizer_kwargs, dict) or "lr" not in self.optimizer_kwargs:
@@ -168,24 +179,22 @@ class TrainConfig:
         for name in ("data_options", "test_data_options"):
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"{name} must be a dict, got {getattr(self, name)!r}")
-        if self.stop_at_train_acc is not None and not (isinstance(self.stop_at_train_acc, (int, float))
-                                                       and not isinstance(self.stop_at_train_acc, bool)
-                                                       and 0 < self.stop_at_train_acc <= 1):
-            raise ConfigError(f"stop_at_train_acc must be in (0, 1] or null, got {self.stop_at_train_acc!r}")
-        if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float)) or not self.tol > 0:
-            raise ConfigError(f"tol must be positive, got {self.tol!r}")
+        check_real("stop_at_train_acc", self.stop_at_train_acc, low=0.0, low_open=True, high=1.0, optional=True)
+        check_real("tol", self.tol, low=0.0, low_open=True)
         if self.trace_method not in ("hutch++", "hutchinson"):
             raise ConfigError(f"trace_method must be 'hutch++' or 'hutchinson', got {self.trace_method!r}")
         if self.bn not in ("eval", "batch"):
             raise ConfigError(f"bn must be 'eval' or 'batch', got {self.bn!r}")
         if self.hvp_mode not in ("auto", "fwd-rev", "rev-rev", "fd"):
             raise ConfigError(f"hvp_mode must be auto, fwd-rev, rev-rev or fd; got {self.hvp_mode!r}")
-        if not isinstance(self.cache_graphs, bool):
-            raise ConfigError(f"cache_graphs must be true or false, got {self.cache_graphs!r}")
-        if not isinstance(self.trace, bool):
-            raise ConfigError(f"trace must be true or false, got {self.trace!r}")
-        if not isinstance(self.alignment, bool):
-            raise ConfigError(f"alignment must be true or false, got {self.alignment!r}")
+        for name in ("cache_graphs", "trace", "alignment", "preconditioned"):
+            check_bool(name, getattr(self, name))
+        adam = self.optimizer in ("adam", "adamw") or (self.optimizer in ("sam", "sparse-sam") and isinstance(
+            self.optimizer_kwargs, dict) and self.optimizer_kwargs.get("base", "sgd") in ("adam", "adamw"))
+        if self.preconditioned and not adam:
+            raise ConfigError("preconditioned=true measures Adam's preconditioned sharpness and needs optimizer adam or "
+                              f"adamw (or sam/sparse-sam with base adam/adamw), got {self.optimizer!r}")
+        check_bool("keep_checkpoints", self.keep_checkpoints)
         if self.cache_graphs and self.hvp_mode not in ("rev-rev", "auto"):
             raise ConfigError(f"cache_graphs needs hvp_mode rev-rev, got {self.hvp_mode!r}")
         if self.dtype not in ("float32", "float64"):

@@ -5,7 +5,8 @@ Layout::
     RUN/
       config.json                 the run's configuration (strict JSON); fixed for the run's life
       metrics.jsonl               one strict-JSON record per line, appended, flushed and fsynced
-      checkpoints/step-00000050.pt  the latest checkpoint only (model + spec, optimizer, RNG, ...)
+      checkpoints/step-00000050.pt  the latest checkpoint (model + spec, optimizer, RNG, ...);
+                                  older ones too with ``keep_older`` (config ``keep_checkpoints``)
       summary.json                written atomically when the run ends
       .lock                       left by older versions; the writing process now flocks RUN/ itself
 
@@ -56,8 +57,14 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): d}
 
 
-def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """Dotted keys whose values differ between two configs (``"optimizer_kwargs.lr"``)."""
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any], *,
+                       defaults: Mapping[str, Any] | None = None) -> list[str]:
+    """Dotted keys whose values differ between two configs (``"optimizer_kwargs.lr"``).
+
+    A top-level key absent from ``old`` counts as ``defaults[key]`` when ``defaults`` has it: a
+    run made before a config field was added equals the same run with that field at its default.
+    """
+    old = {**{k: v for k, v in (defaults or {}).items() if k not in old}, **old}
     a, b = _flat(jsonsafe.to_jsonable(old)), _flat(jsonsafe.to_jsonable(new))
     return sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
 
@@ -143,11 +150,14 @@ class RunDirectory:
     def _is_empty(self) -> bool:
         return not self.path.exists() or all(p.name == LOCK for p in self.path.iterdir())
 
-    def create(self, config: Mapping[str, Any], *, force: bool = False) -> Literal["new", "resume"]:
+    def create(self, config: Mapping[str, Any], *, force: bool = False,
+               defaults: Mapping[str, Any] | None = None) -> Literal["new", "resume"]:
         """Start a new run or recognise the one to resume.
 
         * missing or empty folder: write ``config.json``, return ``"new"``;
-        * a run folder whose ``config.json`` equals ``config``: return ``"resume"`` (nothing changes);
+        * a run folder whose ``config.json`` equals ``config``: return ``"resume"`` (nothing changes;
+          keys missing from the stored config count as their ``defaults``, and the stored config is
+          then rewritten, atomically, with them filled in);
         * anything else (another config, a folder that is not a run) raises :class:`ConfigError`
           naming ``--force``;
         * ``force=True``: delete the run's own files (config, metrics, checkpoints, summary;
@@ -167,11 +177,13 @@ class RunDirectory:
             except ValueError as e:
                 raise ConfigError(f"{self.config_path} is unreadable ({e}); "
                                   "pass --force to start the run again") from None
-            diff = config_differences(old, jsonsafe.loads(text))
+            diff = config_differences(old, jsonsafe.loads(text), defaults=defaults)
             if diff:
                 shown = ", ".join(diff[:8]) + (f" (+{len(diff) - 8} more)" if len(diff) > 8 else "")
                 raise ConfigError(f"{self.path} holds a run with a different configuration (differs in {shown}); "
                                   "choose another --out, or pass --force to overwrite it")
+            if set(jsonsafe.loads(text)) - set(old):
+                atomic_write_bytes(self.config_path, text.encode())
             self._keys = None
             return "resume"
         self.path.mkdir(parents=True, exist_ok=True)
@@ -296,13 +308,14 @@ class RunDirectory:
         return found[-1] if found else None
 
     def save_checkpoint(self, step: int, model: nn.Module, *, spec: ModelSpec | None,
-                        state: Mapping[str, Any]) -> Path:
+                        state: Mapping[str, Any], keep_older: bool = False) -> Path:
         """Write ``checkpoints/step-<step>.pt`` atomically (model weights + spec, and ``state``:
-        optimizer state, generator states, ... ; tensors allowed), then delete older checkpoints."""
+        optimizer state, generator states, ... ; tensors allowed), then delete older checkpoints
+        unless ``keep_older``."""
         path = self.checkpoint_dir / f"step-{step:08d}.pt"
         save_checkpoint(path, model, spec=spec, extra={**state, "step": int(step)})
         for old_step, old in self.checkpoints():
-            if old_step != step:
+            if old_step != step and not keep_older:
                 with contextlib.suppress(FileNotFoundError):
                     old.unlink()
         return path

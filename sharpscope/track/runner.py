@@ -60,11 +60,12 @@ from sharpscope.io import fit_state_dict, read_checkpoint
 from sharpscope.losses import accuracy, get_loss
 from sharpscope.models import ModelSpec
 from sharpscope.optim import RS, SA, SAM, SparseSAM, TwoPassOptimizer, empirical_fisher_diagonal, frozen_bn_stats
-from sharpscope.optim._base import check_int
+from sharpscope.validation import check_int
 from sharpscope.parallel import gather_to_rank0, local_device, on_rank0, rank, shard_bounds, shard_dataset, sharding
 from sharpscope.track import jsonsafe
 from sharpscope.track.config import TrainConfig
 from sharpscope.track.rundir import RunDirectory
+from sharpscope.track.thresholds import bounded_sharpness
 from sharpscope.track.tracker import SharpnessTracker
 
 Progress = Callable[[int, int, "dict[str, Any] | None"], None]
@@ -252,7 +253,7 @@ class _Session:
             trace=cfg.trace, trace_method=cfg.trace_method,  # type: ignore[arg-type]
             trace_matvecs=cfg.trace_matvecs, bn=cfg.bn,  # type: ignore[arg-type]
             batch_size=pb, hvp_mode=cfg.hvp_mode, cache_graphs=cfg.cache_graphs, test_data=test_set, seed=cfg.seed,
-            sink=run.append_metric if self.lead else None, alignment=cfg.alignment)
+            sink=run.append_metric if self.lead else None, alignment=cfg.alignment, preconditioned=cfg.preconditioned)
         self.stats: tuple[float, float | None] = (math.nan, None)
 
     # -- global RNG (dropout and any other implicit draw during training) ------------------
@@ -277,7 +278,8 @@ class _Session:
                  "tracker": self.tracker.state_dict(), "format": "sharpscope-run-1"}
         if len(rngs) > 1:
             state["rng_ranks"] = rngs
-        self.run.save_checkpoint(step, self.model, spec=self.spec, state=state)
+        self.run.save_checkpoint(step, self.model, spec=self.spec, state=state,
+                                 keep_older=self.cfg.keep_checkpoints)
 
     def restore(self) -> int | None:
         raw = on_rank0(self.run.load_checkpoint)  # every rank restores rank 0's reading
@@ -436,7 +438,8 @@ class _Session:
             if best is None or eig[0] > best[0]:
                 best = (eig[0], r["step"])
             edge = (r.get("thresholds") or {}).get("edge")
-            if crossing is None and isinstance(edge, (int, float)) and eig[0] >= edge:
+            _, bounded = bounded_sharpness(r)
+            if crossing is None and isinstance(edge, (int, float)) and bounded is not None and bounded >= edge:
                 crossing = r["step"]
         latest = self.run.latest_checkpoint()
         summary = {
@@ -445,7 +448,8 @@ class _Session:
             "diverged_at_step": None if event is None else event["step"],
             "nonfinite_loss": None if event is None else event["train_loss"],
             "measurements": len(measured),
-            "final": {key: final.get(key) for key in ("step", "eigenvalues", "residuals", "converged", "trace",
+            "final": {key: final.get(key) for key in ("step", "eigenvalues", "residuals", "converged",
+                                                       "preconditioned_eigenvalues", "trace",
                                                        "grad_norm", "train_loss", "train_acc", "test_loss",
                                                        "test_acc", "thresholds") if key in final},
             "max_sharpness": None if best is None else {"value": best[0], "step": best[1]},
@@ -490,7 +494,7 @@ def _open_run(run: RunDirectory, cfg: TrainConfig, force: bool,
     """Lock ``run`` until ``held`` closes, create or recognise the run, prepare a resume; the stored
     summary if the run has finished."""
     held.enter_context(run.lock())
-    state = run.create(cfg.to_dict(), force=force)
+    state = run.create(cfg.to_dict(), force=force, defaults=TrainConfig.defaults())
     done = run.read_summary() if state == "resume" else None
     if state == "resume" and done is None:
         run.prepare_resume()

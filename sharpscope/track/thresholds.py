@@ -28,6 +28,7 @@ bounds. AdamW's decoupled decay is not part of the gradient and is only recorded
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -99,3 +100,15 @@ def default_thresholds(step: int, optimizer: torch.optim.Optimizer | None,
                                     else "coupled: the descended Hessian is H + weight_decay*I; compare "
                                          "eigenvalues + weight_decay with the edge")
     return out
+
+
+def bounded_sharpness(record: Mapping[str, Any]) -> tuple[str, float | None]:
+    """``(name, value)`` of the sharpness a measurement's threshold bounds (the table above):
+    ``λ_max(P⁻¹H)`` from ``preconditioned_eigenvalues`` under the ``adam_edge`` rule, else
+    ``λ_max`` from ``eigenvalues``; the value is None when the record does not hold it."""
+    rule = (record.get("thresholds") or {}).get("rule")
+    key, name = ("preconditioned_eigenvalues", "λ_max(P⁻¹H)") if rule == "adam_edge" else ("eigenvalues", "λ_max")
+    values = record.get(key) or []
+    first = values[0] if values else None
+    ok = isinstance(first, (int, float)) and not isinstance(first, bool)
+    return name, float(first) if ok else None

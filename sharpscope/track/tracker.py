@@ -13,7 +13,10 @@ At a measured step ``t`` with parameters ``θ_t`` the tracker evaluates, on a *f
 * loss and accuracy on the probe (training) set and on an optional fixed test set;
 * the cost of each part (HVPs, seconds) and the settings (probe size, BN mode, HVP mode, dtype);
 * optionally (``alignment=True``) how the gradient and the optimizer's update lie in the top-``k``
-  eigenspace: see :func:`subspace_alignment` and :meth:`SharpnessTracker.after_step`.
+  eigenspace: see :func:`subspace_alignment` and :meth:`SharpnessTracker.after_step`;
+* optionally (``preconditioned=True``, for Adam/AdamW or SAM over Adam) the top ``k`` eigenvalues of
+  ``P^{-1/2} H P^{-1/2}`` with Adam's ``P = diag(√v̂ + ε)``, i.e. of ``P⁻¹H``: the quantity that
+  Adam's edge ``(2+2β₁)/(η(1−β₁))`` bounds (SCIENCE.md E4), which λ_max(H) does not.
 
 Nothing is mutated: parameters, gradients (``.grad``), train/eval flags, BatchNorm buffers and
 every random number generator are as before the call, so measuring never changes training.
@@ -43,10 +46,12 @@ from torch import Tensor, nn
 from sharpscope.curvature import ConvergenceWarning, HessianOperator, Objective, lanczos, trace_estimator
 from sharpscope.curvature.distributed import sum_across_ranks, world_size
 from sharpscope.curvature.objective import BNMode, LossFn
+from sharpscope.curvature.preconditioned import PreconditionedOperator, _unwrap, adam_preconditioner
 from sharpscope.data import ArrayDataset
 from sharpscope.errors import ConfigError, SharpscopeError
 from sharpscope.losses import accuracy
 from sharpscope.track.thresholds import default_thresholds
+from sharpscope.validation import check_bool, check_int
 
 ThresholdFn = Callable[[int, "torch.optim.Optimizer | None", "float | None"], Mapping[str, Any]]
 TraceMethod = Literal["hutch++", "hutchinson"]
@@ -125,6 +130,13 @@ class SharpnessTracker:
             ``update_cos`` (``cos(Δ, v_i)``, same signs: negative means the update descends along
             ``v_i``), ``update_fraction`` = ``‖P_k Δ‖/‖Δ‖`` and ``update_norm``. It needs the
             gradient, so ``grad_norm`` is recorded too.
+        preconditioned: also record ``preconditioned_eigenvalues`` (top ``k`` of ``P^{-1/2} H P^{-1/2}``,
+            ``P`` = :func:`~sharpscope.curvature.adam_preconditioner` of the optimizer passed to
+            :meth:`measure`), ``preconditioned_residuals`` and ``preconditioned_hvps`` (also in
+            ``cost.hvps``), by Lanczos with the same ``k``/``tol``, warm-started from its own previous
+            vectors. The optimizer must be Adam/AdamW or wrap one as ``base_optimizer`` (SAM over Adam),
+            else :meth:`measure` raises :class:`ConfigError`; before Adam's first step (no ``v̂``) the
+            three are None and ``errors["preconditioned_eigenvalues"]`` says why.
     """
 
     def __init__(self, probe_data: Any, loss_fn: LossFn, *, every: int, k: int = 1, tol: float = 1e-3,
@@ -133,11 +145,10 @@ class SharpnessTracker:
                  hvp_mode: str = "auto", cache_graphs: bool = False, test_data: Any = None,
                  threshold: ThresholdFn | None = default_thresholds,
                  grad_norm: bool = True, warm_start: bool = True, seed: int = 0,
-                 sink: Callable[[dict[str, Any]], Any] | None = None, alignment: bool = False) -> None:
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ConfigError(f"every must be a positive integer, got {every!r}")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ConfigError(f"k must be a positive integer, got {k!r}")
+                 sink: Callable[[dict[str, Any]], Any] | None = None, alignment: bool = False,
+                 preconditioned: bool = False) -> None:
+        check_int("every", every, low=1)
+        check_int("k", k, low=1)
         trace_estimator(trace_method)  # a clear error for an unknown name
         if trace and trace_matvecs < (6 if trace_method == "hutch++" else 2):
             raise ConfigError(f"trace_matvecs={trace_matvecs} is too small for {trace_method}")
@@ -145,6 +156,7 @@ class SharpnessTracker:
             raise ConfigError(f"hvp_mode must be auto, fwd-rev, rev-rev or fd; got {hvp_mode!r}")
         if bn not in ("eval", "batch"):
             raise ConfigError(f"bn must be 'eval' or 'batch', got {bn!r}")
+        check_bool("preconditioned", preconditioned)
         self.probe_data, self.test_data = _pair(probe_data), _pair(test_data)
         self.loss_fn = loss_fn
         self.every, self.k, self.tol, self.max_iter = every, k, tol, max_iter
@@ -164,6 +176,8 @@ class SharpnessTracker:
         self.last: dict[str, Any] | None = None
         self.alignment = bool(alignment)
         self._pending: dict[str, Any] | None = None  # θ_t and eigenvector signs until after_step(t)
+        self.preconditioned = preconditioned
+        self._pre_eigenvectors: Tensor | None = None  # warm start of the preconditioned Lanczos
 
     # ------------------------------------------------------------------------------ set-up
     def due(self, step: int) -> bool:
@@ -193,6 +207,8 @@ class SharpnessTracker:
     def measure(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
         """Measure now and return the record (also passed to ``sink``). See the module docstring."""
         start = time.perf_counter()
+        if self.preconditioned:
+            self._check_adam(optimizer)
         objective, op = self._objects(model)
         rec: dict[str, Any] = {"kind": "measurement", "step": int(step)}
         cost: dict[str, Any] = {}
@@ -226,6 +242,8 @@ class SharpnessTracker:
             rec.update(eigenvalues=None, residuals=None, converged=False, hvps=None, seconds=None)
             errors["eigenvalues"] = str(e)
             self._eigenvectors = None
+        if self.preconditioned:
+            lanczos_hvps += self._measure_preconditioned(step, objective, op, optimizer, rec, errors)
 
         trace_hvps = 0
         if self.trace:
@@ -264,6 +282,41 @@ class SharpnessTracker:
         if self.sink is not None:
             self.sink(rec)
         return rec
+
+    @staticmethod
+    def _check_adam(optimizer: torch.optim.Optimizer | None) -> None:
+        """Raise :class:`ConfigError` unless ``optimizer`` is (or wraps, as ``base_optimizer``) Adam/AdamW."""
+        try:
+            _unwrap(optimizer)
+        except ConfigError:
+            got = "no optimizer" if optimizer is None else type(optimizer).__name__
+            raise ConfigError("preconditioned=True measures lambda_max(P^-1 H) with Adam's P = diag(sqrt(v_hat) + eps) "
+                              f"and needs torch.optim.Adam/AdamW (or SAM over one) passed to measure; got {got}. "
+                              "Set preconditioned=False for other optimizers") from None
+
+    def _measure_preconditioned(self, step: int, objective: Objective, op: HessianOperator,
+                                optimizer: torch.optim.Optimizer | None, rec: dict[str, Any],
+                                errors: dict[str, str]) -> int:
+        """Top ``k`` of ``P^{-1/2} H P^{-1/2}`` into ``rec``; returns its HVPs. None values and the reason in
+        ``errors`` when Adam has no state yet (before its first step) or Lanczos fails."""
+        v0 = self._pre_eigenvectors if self.warm_start else None
+        if v0 is not None and v0.shape[0] != op.dim:
+            v0 = None
+        try:
+            pre = PreconditionedOperator(op, adam_preconditioner(optimizer, objective))  # type: ignore[arg-type]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                top = lanczos(pre, self.k, which="LA", tol=self.tol, max_iter=self.max_iter, v0=v0,
+                              seed=step_seed(self.seed, step, 3))
+        except SharpscopeError as e:
+            rec.update(preconditioned_eigenvalues=None, preconditioned_residuals=None, preconditioned_hvps=None)
+            errors["preconditioned_eigenvalues"] = str(e)
+            self._pre_eigenvectors = None
+            return 0
+        rec.update(preconditioned_eigenvalues=top.eigenvalues.tolist(), preconditioned_residuals=top.residuals.tolist(),
+                   preconditioned_hvps=top.hvps)
+        self._pre_eigenvectors = None if top.eigenvectors is None else top.eigenvectors.detach().clone()
+        return top.hvps
 
     def _start_alignment(self, step: int, objective: Objective, grad: Tensor) -> dict[str, Any] | None:
         """``grad_cos`` and ``grad_fraction`` of this measurement; keep ``θ_t`` and the signs for :meth:`after_step`."""
@@ -307,25 +360,29 @@ class SharpnessTracker:
                 "k": self.k, "tol": self.tol,
                 "max_iter": self.max_iter, "trace": self.trace_method if self.trace else None,
                 "trace_matvecs": self.trace_matvecs if self.trace else None,
-                "test_examples": None if self._test is None else self._test.num_examples, "seed": self.seed}
+                "test_examples": None if self._test is None else self._test.num_examples, "seed": self.seed,
+                "preconditioned": "adam" if self.preconditioned else None}
 
     # ------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """What a resumed run needs to continue identically: the warm-start vectors, the HVP modes and
-        a pending alignment (``θ_t`` and signs, between a measurement and :meth:`after_step`)."""
+        """What a resumed run needs to continue identically: the warm-start vectors (also the preconditioned
+        ones), the HVP modes and a pending alignment (``θ_t`` and signs, between a measurement and
+        :meth:`after_step`)."""
         modes = dict(self._op.modes) if self._op is not None else dict(self._saved_modes)
         vecs = None if self._eigenvectors is None else self._eigenvectors.detach().cpu().clone()
         pending = None if self._pending is None else {
             "step": self._pending["step"], "theta": self._pending["theta"].cpu().clone(),
             "signs": self._pending["signs"].cpu().clone()}
-        return {"eigenvectors": vecs, "hvp_modes": modes, "alignment": pending}
+        pre = None if self._pre_eigenvectors is None else self._pre_eigenvectors.detach().cpu().clone()
+        return {"eigenvectors": vecs, "hvp_modes": modes, "alignment": pending, "preconditioned_eigenvectors": pre}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Inverse of :meth:`state_dict` (vectors are moved to the model's device at the next measurement)."""
-        vecs = state.get("eigenvectors")
-        if vecs is not None and not isinstance(vecs, Tensor):
-            raise ConfigError("tracker state: eigenvectors must be a tensor or None")
-        self._eigenvectors = vecs
+        vecs, pre = state.get("eigenvectors"), state.get("preconditioned_eigenvectors")
+        for name, value in (("eigenvectors", vecs), ("preconditioned_eigenvectors", pre)):
+            if value is not None and not isinstance(value, Tensor):
+                raise ConfigError(f"tracker state: {name} must be a tensor or None")
+        self._eigenvectors, self._pre_eigenvectors = vecs, pre
         pending = state.get("alignment")
         if pending is not None and not (isinstance(pending, Mapping) and isinstance(pending.get("step"), int)
                                         and all(isinstance(pending.get(key), Tensor) for key in ("theta", "signs"))):

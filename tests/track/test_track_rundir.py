@@ -40,6 +40,20 @@ def test_new_then_same_config_resumes_and_other_config_is_refused(tmp_path: Path
     assert json.loads(run.config_path.read_text()) == CONFIG  # untouched
 
 
+def test_a_field_added_since_the_run_counts_as_its_default(tmp_path: Path) -> None:
+    """A run made before a config field existed resumes when the field is at its default (and its
+    stored config gains the field); any other value of the field is a different run."""
+    run = RunDirectory(tmp_path / "run")
+    run.create(CONFIG)
+    newer = {**CONFIG, "keep_checkpoints": False}
+    with pytest.raises(ConfigError, match="keep_checkpoints"):
+        RunDirectory(tmp_path / "run").create({**CONFIG, "keep_checkpoints": True}, defaults={"keep_checkpoints": False})
+    with pytest.raises(ConfigError, match="keep_checkpoints"):
+        RunDirectory(tmp_path / "run").create(newer)  # without defaults an absent key is a difference
+    assert RunDirectory(tmp_path / "run").create(newer, defaults={"keep_checkpoints": False}) == "resume"
+    assert json.loads(run.config_path.read_text()) == newer
+
+
 def test_a_foreign_non_empty_directory_is_refused_without_force(tmp_path: Path) -> None:
     folder = tmp_path / "mine"
     folder.mkdir()
