@@ -65,27 +65,42 @@ def edge_stats(records: Sequence[dict[str, Any]], band: tuple[float, float] = (0
         return {"crossed": False, "holds": False, "checkpoints": 0}
     steps, lam, edge, loss = (list(c) for c in zip(*rows))
     ratios = [a / b for a, b in zip(lam, edge)]
-    c = next((i for i, r in enumerate(ratios) if r >= 1.0), None)
     out: dict[str, Any] = {"checkpoints": len(ratios), "initial_ratio": ratios[0], "max_ratio": max(ratios),
-                           "edge_initial": edge[0], "crossed": c is not None}
-    if c is None:
+                           "edge_initial": edge[0]}
+    crossing = crossing_stats(steps, lam, edge, loss, band)
+    out["crossed"] = crossing is not None
+    if crossing is None:
         return {**out, "holds": False}
-    post, pre = ratios[c:], lam[: c + 1]
+    out.update(crossing)
+    out["sharpens"] = bool(out["cross_step"] > 0 and out["initial_ratio"] < 0.6 and out["rise"] >= 1.5)
+    out["holds"] = bool(out["sharpens"] and 0.95 <= out["median"] <= 1.15 and out["in_band"] >= 0.9
+                        and out["longest_above_1_3"] < 2 and out["loss_nonmonotone"] and out["loss_end_below_cross"])
+    return out
+
+
+def crossing_stats(steps: Sequence[int], sharpness: Sequence[float], edges: Sequence[float], loss: Sequence[float],
+                   band: tuple[float, float] = (0.9, 1.25)) -> dict[str, Any] | None:
+    """Statistics of ``r_t = λ_t/edge_t`` around the first checkpoint ``c`` with ``r ≥ 1`` (None if
+    there is none): ``rise`` = λ_c over the minimum of λ before it, ``rising_frac`` = share of rising
+    steps from that minimum to ``c``, ``median``/``min``/``max``/``in_band`` of ``r`` from ``c`` on,
+    ``longest_above_1_3`` = the longest run of ``r > 1.3``, and whether the loss is non-monotone
+    after ``c`` and lower at the end than at ``c``."""
+    ratios = [a / b for a, b in zip(sharpness, edges)]
+    c = next((i for i, r in enumerate(ratios) if r >= 1.0), None)
+    if c is None:
+        return None
+    post, pre = ratios[c:], list(sharpness[: c + 1])
     lo = min(range(len(pre)), key=pre.__getitem__)
     rising = [b > a for a, b in pairwise(pre[lo:])]
     run = longest = 0
     for r in post:
         run = run + 1 if r > 1.3 else 0
         longest = max(longest, run)
-    out.update(cross_step=int(steps[c]), after_crossing=len(post), rise=lam[c] / pre[lo],
-               rising_frac=sum(rising) / max(1, len(rising)), median=statistics.median(post), min=min(post),
-               max=max(post), in_band=sum(band[0] <= r <= band[1] for r in post) / len(post), band=list(band),
-               longest_above_1_3=longest, median_lambda=statistics.median(lam[c:]),
-               loss_nonmonotone=any(b > a for a, b in pairwise(loss[c:])), loss_end_below_cross=loss[-1] < loss[c])
-    out["sharpens"] = bool(out["cross_step"] > 0 and out["initial_ratio"] < 0.6 and out["rise"] >= 1.5)
-    out["holds"] = bool(out["sharpens"] and 0.95 <= out["median"] <= 1.15 and out["in_band"] >= 0.9
-                        and longest < 2 and out["loss_nonmonotone"] and out["loss_end_below_cross"])
-    return out
+    return {"cross_step": int(steps[c]), "cross_index": c, "after_crossing": len(post), "rise": sharpness[c] / pre[lo],
+            "rising_frac": sum(rising) / max(1, len(rising)), "median": statistics.median(post), "min": min(post),
+            "max": max(post), "in_band": sum(band[0] <= r <= band[1] for r in post) / len(post), "band": list(band),
+            "longest_above_1_3": longest, "median_lambda": statistics.median(sharpness[c:]),
+            "loss_nonmonotone": any(b > a for a, b in pairwise(loss[c:])), "loss_end_below_cross": loss[-1] < loss[c]}
 
 
 def sam_edge_stats(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
