@@ -20,32 +20,20 @@ from __future__ import annotations
 import math
 
 from sharpscope.errors import ConfigError
+from sharpscope.validation import check_real
 
 __all__ = ["gd_edge", "momentum_edge", "ema_momentum_edge", "adam_edge", "sam_edge"]
 
 
-def _real(name: str, value: float) -> float:
-    """``value`` as a finite float (Python/NumPy scalars, 0-d tensors), or ConfigError naming it."""
-    if isinstance(value, (bool, str, bytes)):
-        raise ConfigError(f"{name} must be a real number, got {value!r}")
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a real number, got {value!r}") from None
-    if not math.isfinite(out):
-        raise ConfigError(f"{name} must be finite, got {value!r}")
-    return out
-
-
 def _lr(lr: float) -> float:
-    out = _real("lr", lr)
+    out = check_real("lr", lr)
     if out <= 0.0:
         raise ConfigError(f"lr must be > 0, got {lr!r}")
     return out
 
 
 def _beta(name: str, beta: float) -> float:
-    out = _real(name, beta)
+    out = check_real(name, beta)
     if not 0.0 <= out < 1.0:
         raise ConfigError(f"{name} must satisfy 0 <= {name} < 1, got {beta!r}")
     return out
@@ -112,10 +100,10 @@ def sam_edge(lr: float, rho: float, grad_norm: float) -> float:
     ``grad_norm`` is the gradient norm at the current (unperturbed) iterate on the batch in use.
     """
     eta = _lr(lr)
-    r = _real("rho", rho)
+    r = check_real("rho", rho)
     if r < 0.0:
         raise ConfigError(f"rho must be >= 0, got {rho!r}")
-    g = _real("grad_norm", grad_norm)
+    g = check_real("grad_norm", grad_norm)
     if g < 0.0:
         raise ConfigError(f"grad_norm must be >= 0, got {grad_norm!r}")
     if r == 0.0:
