@@ -31,7 +31,7 @@ from sharpscope.curvature.objective import Objective
 from sharpscope.errors import ConfigError
 from sharpscope.validation import check_bool
 
-__all__ = ["PreconditionedOperator", "adam_preconditioner"]
+__all__ = ["PreconditionedOperator", "adam_optimizer", "adam_preconditioner"]
 
 
 class PreconditionedOperator(LinearOperator):
@@ -86,7 +86,7 @@ class PreconditionedOperator(LinearOperator):
                                    "geometric_mean": float(p.log().mean().exp())}}
 
 
-def _unwrap(optimizer: object) -> torch.optim.Optimizer:
+def adam_optimizer(optimizer: object) -> torch.optim.Optimizer:
     """The Adam/AdamW instance behind ``optimizer`` (a wrapper such as SAM exposes ``base_optimizer``)."""
     inner = optimizer
     if not isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)):
@@ -151,7 +151,7 @@ def adam_preconditioner(optimizer: torch.optim.Optimizer, params: object, *,
             it has no state for a parameter yet (no step taken).
     """
     check_bool("bias_correction", bias_correction)
-    adam = _unwrap(optimizer)
+    adam = adam_optimizer(optimizer)
     named = _as_named_params(params)
     if not named:
         raise ConfigError("params is empty")

@@ -46,7 +46,9 @@ from torch import Tensor, nn
 from sharpscope.curvature import ConvergenceWarning, HessianOperator, Objective, lanczos, trace_estimator
 from sharpscope.curvature.distributed import sum_across_ranks, world_size
 from sharpscope.curvature.objective import BNMode, LossFn
-from sharpscope.curvature.preconditioned import PreconditionedOperator, _unwrap, adam_preconditioner
+from sharpscope.curvature.linear_operator import LinearOperator
+from sharpscope.curvature.preconditioned import PreconditionedOperator, adam_optimizer, adam_preconditioner
+from sharpscope.curvature.results import EigenResult
 from sharpscope.data import ArrayDataset
 from sharpscope.errors import ConfigError, SharpscopeError
 from sharpscope.losses import accuracy
@@ -220,16 +222,11 @@ class SharpnessTracker:
             rec["test_loss"], rec["test_acc"] = evaluate(self._test)
         cost["eval_seconds"] = time.perf_counter() - t
 
-        v0 = self._eigenvectors if self.warm_start else None
-        if v0 is not None and v0.shape[0] != op.dim:
-            v0 = None
+        v0 = self._start_vectors(self._eigenvectors, op)
         rec["warm_start"] = v0 is not None
         lanczos_hvps = 0
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                top = lanczos(op, self.k, which="LA", tol=self.tol, max_iter=self.max_iter, v0=v0,
-                              seed=step_seed(self.seed, step, 1))
+            top = self._top_eigenpairs(op, v0, step, salt=1)
             rec["eigenvalues"] = top.eigenvalues.tolist()
             rec["residuals"] = top.residuals.tolist()
             rec["converged"] = top.converged
@@ -283,11 +280,24 @@ class SharpnessTracker:
             self.sink(rec)
         return rec
 
+    def _start_vectors(self, previous: Tensor | None, op: LinearOperator) -> Tensor | None:
+        """The previous measurement's eigenvectors as Lanczos' start block, when warm starting and they fit."""
+        ok = self.warm_start and previous is not None and previous.shape[0] == op.dim
+        return previous if ok else None
+
+    def _top_eigenpairs(self, op: LinearOperator, v0: Tensor | None, step: int, salt: int) -> EigenResult:
+        """Top ``k`` of ``op`` by Lanczos from ``v0``, seeded by ``(seed, step, salt)``; an unconverged
+        result is recorded with its residuals rather than warned about."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return lanczos(op, self.k, which="LA", tol=self.tol, max_iter=self.max_iter, v0=v0,
+                           seed=step_seed(self.seed, step, salt))
+
     @staticmethod
     def _check_adam(optimizer: torch.optim.Optimizer | None) -> None:
         """Raise :class:`ConfigError` unless ``optimizer`` is (or wraps, as ``base_optimizer``) Adam/AdamW."""
         try:
-            _unwrap(optimizer)
+            adam_optimizer(optimizer)
         except ConfigError:
             got = "no optimizer" if optimizer is None else type(optimizer).__name__
             raise ConfigError("preconditioned=True measures lambda_max(P^-1 H) with Adam's P = diag(sqrt(v_hat) + eps) "
@@ -299,15 +309,10 @@ class SharpnessTracker:
                                 errors: dict[str, str]) -> int:
         """Top ``k`` of ``P^{-1/2} H P^{-1/2}`` into ``rec``; returns its HVPs. None values and the reason in
         ``errors`` when Adam has no state yet (before its first step) or Lanczos fails."""
-        v0 = self._pre_eigenvectors if self.warm_start else None
-        if v0 is not None and v0.shape[0] != op.dim:
-            v0 = None
+        v0 = self._start_vectors(self._pre_eigenvectors, op)
         try:
             pre = PreconditionedOperator(op, adam_preconditioner(optimizer, objective))  # type: ignore[arg-type]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                top = lanczos(pre, self.k, which="LA", tol=self.tol, max_iter=self.max_iter, v0=v0,
-                              seed=step_seed(self.seed, step, 3))
+            top = self._top_eigenpairs(pre, v0, step, salt=3)
         except SharpscopeError as e:
             rec.update(preconditioned_eigenvalues=None, preconditioned_residuals=None, preconditioned_hvps=None)
             errors["preconditioned_eigenvalues"] = str(e)
