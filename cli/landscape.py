@@ -27,7 +27,7 @@ from sharpscope.landscape import (
     slice_1d, slice_2d,
 )
 from sharpscope.losses import get_loss
-from sharpscope.track import jsonsafe
+from sharpscope.track import jsonsafe, resolve_device
 
 err = Console(stderr=True)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -102,7 +102,6 @@ def landscape_cmd(
     """Loss (and accuracy) on a 1-D or 2-D slice through a checkpoint, with contour and surface figures."""
     from sharpscope.plots.landscape import contour_figure, landscape_data, line_figure, surface_figure
     from sharpscope.plots.save import save_figure  # plotting imports here: they slow every other command's start
-    from sharpscope_cli.main import pick_device
 
     kind = directions.value
     dims = dims if dims is not None else (1 if kind == "interp" else 2)
@@ -126,7 +125,7 @@ def landscape_cmd(
     if not force and any(p.exists() for p in (stem.with_suffix(".npz"), stem.with_suffix(".json"))):
         raise ConfigError(f"{stem}.json/.npz already exist; pass --force to overwrite")
 
-    dev = pick_device(device)
+    dev = resolve_device(device)
     loaded = load_checkpoint(checkpoint, model_factory=model, unsafe_load=unsafe_load)
     dataset = resolve_data(data, n=n)
     net = loaded.model.to(device=dev, dtype=DTYPES[dtype])

@@ -25,6 +25,7 @@ from sharpscope.io import load_checkpoint, save_checkpoint
 from sharpscope.losses import get_loss
 from sharpscope.parallel import init_distributed, rank, shard_dataset, sharding
 from sharpscope.probe import ProbeReport, ProbeSettings, probe
+from sharpscope.track import resolve_device
 
 app = typer.Typer(help="Measure the sharpness of neural-network loss landscapes.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -75,17 +76,6 @@ def clean_errors(fn: Callable[..., None]) -> Callable[..., None]:
             raise typer.Exit(1) from None
 
     return wrapper
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SharpscopeError(f"--device {name}: CUDA is not available on this machine")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise SharpscopeError(f"--device {name!r} is not a device (try cpu, cuda, cuda:1 or auto)") from None
 
 
 @contextmanager
@@ -194,7 +184,7 @@ def probe_cmd(
     unsafe_load: Annotated[bool, typer.Option("--unsafe-load", help="Allow pickles that run code when loaded. Only for files you trust.")] = False,
 ) -> None:
     """Top eigenvalues, trace and spectral density of the loss Hessian at a checkpoint (optionally per layer)."""
-    dev = pick_device(device)
+    dev = resolve_device(device)
     torch_dtype = getattr(torch, dtype.value)
     settings = ProbeSettings(k=k, tol=tol, max_iter=max_iter, negative=negative, trace=trace,
                              trace_method=trace_method.value, trace_matvecs=trace_matvecs, density=density,

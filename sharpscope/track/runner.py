@@ -60,12 +60,12 @@ from sharpscope.io import fit_state_dict, read_checkpoint
 from sharpscope.losses import accuracy, get_loss
 from sharpscope.models import ModelSpec
 from sharpscope.optim import RS, SA, SAM, SparseSAM, TwoPassOptimizer, empirical_fisher_diagonal, frozen_bn_stats
-from sharpscope.validation import check_int
 from sharpscope.parallel import gather_to_rank0, local_device, on_rank0, rank, shard_bounds, shard_dataset, sharding
 from sharpscope.track import jsonsafe
 from sharpscope.track.config import TrainConfig
 from sharpscope.track.rundir import RunDirectory
 from sharpscope.track.thresholds import bounded_sharpness
+from sharpscope.validation import check_int
 from sharpscope.track.tracker import SharpnessTracker
 
 Progress = Callable[[int, int, "dict[str, Any] | None"], None]
