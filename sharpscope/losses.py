@@ -55,5 +55,12 @@ def get_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
 
 def accuracy(outputs: Tensor, targets: Tensor) -> float:
     """Fraction of rows whose arg-max output equals the label (or the target's arg-max)."""
+    return float(correct_fraction(outputs, targets))
+
+
+def correct_fraction(outputs: Tensor, targets: Tensor) -> Tensor:
+    """:func:`accuracy` over the last two dimensions of ``outputs`` ``(..., n, classes)``: the
+    fraction of the ``n`` rows whose arg-max equals the label, for each leading index (a stack of
+    outputs at several parameter points gives one accuracy per point)."""
     labels = targets.argmax(dim=-1) if targets.is_floating_point() else targets
-    return float((outputs.argmax(dim=-1) == labels).to(torch.float64).mean())
+    return (outputs.argmax(dim=-1) == labels).to(torch.float64).mean(dim=-1)

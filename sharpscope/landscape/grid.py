@@ -30,6 +30,7 @@ from sharpscope.curvature.objective import Batch
 from sharpscope.curvature.precision import fp32_precision
 from sharpscope.curvature.sampling import Stopwatch
 from sharpscope.errors import ConfigError, ObjectiveError
+from sharpscope.losses import correct_fraction
 from sharpscope.validation import check_int
 
 Method = Literal["auto", "vmap", "loop"]
@@ -57,13 +58,6 @@ def _batch_values(objective: Objective, thetas: Tensor, batch: Batch, method: st
         return torch.vmap(point)(thetas)
     losses, outs = zip(*(point(t) for t in thetas))
     return torch.stack(losses), torch.stack(outs)
-
-
-def correct_fraction(outputs: Tensor, targets: Tensor) -> Tensor:
-    """:func:`sharpscope.losses.accuracy` for a stack of outputs ``(c, n, classes)``: for each of the ``c``
-    points, the fraction of rows whose arg-max equals the label (or the target's arg-max)."""
-    labels = targets.argmax(dim=-1) if targets.is_floating_point() else targets
-    return (outputs.argmax(dim=-1) == labels).to(torch.float64).mean(dim=-1)
 
 
 def _chunk_values(objective: Objective, thetas: Tensor, method: str,
