@@ -1,6 +1,6 @@
 """``sharpscope probe`` under torchrun: two gloo ranks, each probing its shard, print what one process prints.
 
-The default test forks two processes that set torchrun's variables (``RANK``, ``WORLD_SIZE``,
+The default test spawns two processes that set torchrun's variables (``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) and run the CLI in-process, which is the whole
 of what torchrun hands a worker; the slow test launches ``python -m torch.distributed.run`` itself.
 """
@@ -96,7 +96,7 @@ def test_two_ranks_under_torchrun_variables_print_the_single_process_probe(files
     assert single.exit_code == 0, single.stderr
     tiny = ["probe", str(files[0]), "--data", f"npz:{files[1]}", "--n", "1", "--json"]
     mp.start_processes(worker, args=(free_port(), str(tmp_path), probe_args(files), tiny), nprocs=2, join=True,
-                       start_method="fork")
+                       start_method="spawn")
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["code"] == r1["code"] == 0, (r0["stderr"], r1["stderr"])
     assert r1["stdout"] == "" and r0["stdout"].count("\n") == 1  # only rank 0 prints

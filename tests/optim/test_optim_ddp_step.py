@@ -97,7 +97,7 @@ def single_process(case: str) -> list[Tensor]:
 
 def test_ddp_sam_steps_equal_single_process_steps_on_the_union(tmp_path: Path) -> None:
     expected = {case: single_process(case) for case in CASES}
-    mp.start_processes(worker, args=(str(tmp_path),), nprocs=2, join=True, start_method="fork")
+    mp.start_processes(worker, args=(str(tmp_path),), nprocs=2, join=True, start_method="spawn")
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     start = [p.detach() for p in model().parameters()]
     for case in CASES:

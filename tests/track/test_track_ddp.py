@@ -3,8 +3,8 @@
 Each rank holds a contiguous shard (31 and 32 of 63 training examples, 10 and 10 test examples),
 so the per-rank batches differ from the single-process ones and sums run in another order: values
 agree to rounding (float64), not bit for bit. Rank 1 is handed a different run folder, which
-must never appear: every file comes from rank 0. The processes are forked (no re-import), each on
-one thread.
+must never appear: every file comes from rank 0. The processes are spawned (a fork
+inside a test session that has run threaded tests can deadlock), each on one thread.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def weights(run: RunDirectory) -> torch.Tensor:
 
 def test_two_gloo_ranks_train_like_one_process_and_only_rank0_writes(tmp_path: Path) -> None:
     references = {name: train(config(**over), tmp_path / "single" / name) for name, over in SCENARIOS.items()}
-    mp.start_processes(worker, args=(str(tmp_path),), nprocs=2, join=True, start_method="fork")  # after the imports
+    mp.start_processes(worker, args=(str(tmp_path),), nprocs=2, join=True, start_method="spawn")
     assert not (tmp_path / "rank1-never-written").exists()
     s0, s1 = (json.loads((tmp_path / f"summaries{r}.json").read_text()) for r in (0, 1))
     assert s0 == s1, "every rank returns rank 0's summary"
