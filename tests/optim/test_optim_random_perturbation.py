@@ -98,14 +98,51 @@ def test_tolerance_branch_switches_between_plain_and_perturbed() -> None:
     assert opt2.last_step.perturbed
 
 
-def test_tolerance_inequality_convention() -> None:
-    model, (x, y) = tiny_mlp(), data()
-    gn = float(flat(grad_at(model, params_of(model), x, y)).norm())
-    for inclusive, perturbed in ((True, True), (False, False)):
-        m = tiny_mlp()
-        opt = RS(m.parameters(), 0.1, 1.0, 0.2, gn, inclusive=inclusive)
-        opt.step(make_closure(opt, m, x, y))
-        assert opt.last_step.perturbed is perturbed
+class _IntegerQuadratic(nn.Module):
+    """f(a, b) = (a² + b²)/2 at a = 3, b = 4: the gradient (3, 4) and its norm 5 are exact in
+    float64 whatever order a norm is accumulated in, so ε0 = 5 is an exact tie."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor([3.0], dtype=torch.float64))
+        self.b = nn.Parameter(torch.tensor([4.0], dtype=torch.float64))
+
+    def loss(self) -> torch.Tensor:
+        return (self.a.pow(2).sum() + self.b.pow(2).sum()) / 2
+
+
+@pytest.mark.parametrize(("inclusive", "perturbed"), [(True, True), (False, False)])
+def test_tolerance_inequality_convention(inclusive: bool, perturbed: bool) -> None:
+    """At ‖∇f‖ = ε0 exactly, ``inclusive=True`` perturbs (‖g‖ ≤ ε0) and ``False`` does not (‖g‖ < ε0)."""
+    model = _IntegerQuadratic()
+    opt = RS(model.parameters(), 0.1, 1.0, 0.2, 5.0, inclusive=inclusive)
+
+    def closure():
+        opt.zero_grad()
+        loss = model.loss()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert opt.last_step.grad_norm == 5.0  # the tie is exact, not approximate
+    assert opt.last_step.perturbed is perturbed
+
+
+def test_tolerance_convention_away_from_the_tie() -> None:
+    """Either convention agrees off the tie: ε0 a relative 1e-9 above ‖g‖ perturbs, below does not."""
+    for inclusive in (True, False):
+        for eps0, perturbed in ((5.0 * (1 + 1e-9), True), (5.0 * (1 - 1e-9), False)):
+            model = _IntegerQuadratic()
+            opt = RS(model.parameters(), 0.1, 1.0, 0.2, eps0, inclusive=inclusive)
+
+            def closure(opt=opt, model=model):
+                opt.zero_grad()
+                loss = model.loss()
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+            assert opt.last_step.perturbed is perturbed
 
 
 # --------------------------------------------------------------------------- SA
