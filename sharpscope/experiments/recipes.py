@@ -15,6 +15,8 @@ Recipes (SCIENCE.md sections and checks in brackets):
   MNIST-1D), 200-200 net, the paper's ``η = 0.01``, stop at 99% train accuracy. cpu: the setting
   of ``tests/science/test_science_eos.py`` (tanh 40→100→100→10 on the first 1 000 MNIST-1D
   examples, ``η = 0.2``, 800 steps, λ every 10 steps): CIFAR-5k full batch is ~1 s a step here.
+* ``eos-cifar5k`` [E1 on the paper's data] — ``eos-gd`` on the first 5 000 CIFAR-10 images at
+  ``η = 2/100`` on CPU (see :func:`eos_cifar5k`).
 * ``eos-momentum`` [5.3, E2] — the same with Polyak momentum β = 0.9 (PyTorch form), threshold
   ``(2+2β)/η = 3.8/η``; cpu: 500 examples, 600 steps (the test's setting).
 * ``eos-ce`` [5.2, E3] — ``eos-gd`` with cross entropy.
@@ -133,6 +135,28 @@ def eos_gd(scale: str, *, optimizer: str = "gd", momentum: float | None = None, 
                        optimizer_kwargs={"lr": 0.01, **kw}, physical_batch_size=1000, steps=20000,
                        stop_at_train_acc=0.99, measure_every=50, k=2, trace=True, checkpoint_every=500,
                        hvp_mode="fwd-rev", device="auto")
+
+
+def eos_cifar5k(scale: str, *, lr: float = 0.02) -> TrainConfig:
+    """Cohen et al.'s own data on CPU: full-batch GD, fc-tanh 200-200, MSE, the first 5 000 CIFAR-10 images.
+
+    cpu: ``η = 2/100`` (the crossing of 2/η comes within the first ~2 000 steps), 3 000 steps with
+    λ_max every 25 steps and no train-accuracy stop, so the run stays at the edge for well over
+    500 steps after it first reaches 0.9·2/η; ~1 s a step on 2 cores. gpu: the paper's ``η = 0.01``
+    with the 99% stop (:func:`eos_gd`'s gpu scale). smoke: 200 images, plumbing only.
+    Needs ``../shared/data/cifar10_train16k.npz``.
+    """
+    check_scale(scale)
+    data = _cifar(5000 if scale != "smoke" else 200, flatten=True)
+    if data is None:
+        raise ConfigError("eos-cifar5k needs ../shared/data/cifar10_train16k.npz (CIFAR-10)")
+    if scale == "gpu":
+        return eos_gd("gpu")
+    data = {k: v for k, v in data.items() if not k.startswith("test_")}  # the claim is λ_max; no test set
+    steps, every = (3000, 25) if scale == "cpu" else (6, 3)
+    return TrainConfig(model=fc(3072, [200, 200], "tanh"), **data, loss="mse", optimizer="gd",
+                       optimizer_kwargs={"lr": lr}, physical_batch_size=1000, steps=steps, measure_every=every,
+                       k=1, checkpoint_every=every * 4, cache_graphs=True, max_iter=10 if scale == "smoke" else None)
 
 
 def eos_momentum(scale: str) -> TrainConfig:
@@ -254,6 +278,7 @@ RECIPES: dict[str, Callable[[str], TrainConfig]] = {
     "eos-momentum": eos_momentum,
     "eos-ce": eos_ce,
     "eos-adam": eos_adam,
+    "eos-cifar5k": eos_cifar5k,
     "sam-edge": sam_edge,
     "sam-edge-cnn": sam_edge_cnn,
     "sam-flatness": sam_flatness,

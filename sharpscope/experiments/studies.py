@@ -47,6 +47,7 @@ from sharpscope.experiments import criteria
 from sharpscope.experiments.recipes import (
     check_scale,
     eos_ce,
+    eos_cifar5k,
     eos_gd,
     eos_momentum,
     fc,
@@ -113,8 +114,13 @@ def _eos_stages(scale: str) -> list[Stage]:
     for lr in sweep:
         extra = {"steps": 2500} if (scale == "cpu" and lr == 0.1) else {}  # 2/η = 20 is reached late
         stages.append(_stage(f"gd-lr{lr:.4g}", eos_gd, {"optimizer_kwargs.lr": lr, **extra}, **smoke))
-    return [*stages, _stage("momentum", eos_momentum, **smoke),
-            _stage("ce", eos_ce, smoke={"steps": 6, "measure_every": 3}, cpu={"steps": 2000})]
+    stages += [_stage("momentum", eos_momentum, **smoke),
+               _stage("ce", eos_ce, smoke={"steps": 6, "measure_every": 3}, cpu={"steps": 2000})]
+    if shared_data_file("cifar10_train16k.npz") is not None and scale != "gpu":  # E1 on the paper's data
+        stages += [_stage("cifar5k-lr0.02", eos_cifar5k),
+                   _stage("cifar5k-lr0.01", eos_cifar5k, {"optimizer_kwargs.lr": 0.01},
+                          cpu={"steps": 6000})]
+    return stages
 
 
 def _eos_evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:

@@ -3,8 +3,10 @@
 Provided here: :class:`SAM` (p = 2 / ∞ / any p > 1, ASAM, m-sharpness, weight decay in or out
 of the ascent), :class:`SparseSAM` (Fisher, dynamic, random, N:M and fixed masks), :class:`RS`
 and :class:`SA` (Ahn et al. 2024), the BatchNorm helper :func:`frozen_bn_stats` and the DDP
-helper :func:`maybe_no_sync`. All SAM variants share one two-pass protocol
-(``step(closure)`` or ``first_step()`` / ``second_step()``) around any ``torch.optim`` optimizer.
+helper :func:`maybe_no_sync`. Every optimizer here follows one protocol: ``step(closure)``
+(the closure is called at ``w`` and at every moved point), ``step_from_gradient(closure)`` (``.grad``
+already holds the gradient at ``w``) and ``restore()``; SAM variants also offer
+``first_step()`` / ``second_step()`` around any ``torch.optim`` optimizer.
 
 Full-batch GD and momentum come from ``torch.optim`` unchanged; the thresholds in
 :mod:`sharpscope.thresholds` are derived for exactly these updates (``g`` = gradient of the
@@ -31,7 +33,15 @@ dampening), which equals the updates above with ``b₀ = 0`` and dampening 0. Wi
 
 from sharpscope.optim._base import PerturbedOptimizer, TwoPassOptimizer, maybe_no_sync
 from sharpscope.optim.batchnorm import disable_running_stats, enable_running_stats, frozen_bn_stats
-from sharpscope.optim.random_perturbation import RS, SA, StepRecord, sample_unit_sphere
+from sharpscope.optim.random_perturbation import (
+    BATCH_SCALINGS,
+    PERTURBATION_BATCHES,
+    RS,
+    SA,
+    StepRecord,
+    batch_scaled,
+    sample_unit_sphere,
+)
 from sharpscope.optim.sam import SAM, asam_param_groups
 from sharpscope.optim.sparse_sam import (
     SparseSAM,
@@ -50,6 +60,9 @@ __all__ = [
     "RS",
     "SA",
     "StepRecord",
+    "BATCH_SCALINGS",
+    "PERTURBATION_BATCHES",
+    "batch_scaled",
     "asam_param_groups",
     "frozen_bn_stats",
     "disable_running_stats",

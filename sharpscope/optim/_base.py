@@ -10,6 +10,18 @@ Two layers:
   ``first_step()`` (perturb), ``second_step()`` (restore, base step), ``step(closure)`` (both
   passes), ``m_sharpness_step`` (per-group perturbations), GradScaler and DDP integration.
   Subclasses only supply the perturbation ``ε`` (method ``_perturbation``) and optional hooks.
+
+One step protocol for every optimizer here, torch style:
+
+* ``step(closure)`` — ``closure()`` zeroes the gradients, computes the loss, calls
+  ``backward()`` and returns the loss; the optimizer calls it first at ``w`` and then at every
+  point it moves to, and returns the loss at ``w``.
+* ``step_from_gradient(closure)`` — the same step when the caller has already run the first
+  backward pass (``.grad`` holds ``∇L(w)``): the closure is called only at the moved points.
+* If anything raises while the weights are moved (a closure interrupted by Ctrl-C or out of
+  memory), the weights are put back to ``w`` and the optimizer is no longer perturbed before the
+  exception propagates; :meth:`PerturbedOptimizer.restore` does the same for callers of
+  ``first_step``/``second_step``.
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ from sharpscope.validation import check_int
 __all__ = ["maybe_no_sync", "PerturbedOptimizer", "TwoPassOptimizer"]
 
 Closure = Callable[[], Any]
+ExampleClosure = Callable[[Tensor], Any]
 LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 _EXTRA_KEY = "sharpscope"
 
@@ -129,6 +142,16 @@ class PerturbedOptimizer(torch.optim.Optimizer):
 
     def _params(self) -> list[Tensor]:
         return [p for group in self.param_groups for p in group["params"]]
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Put the weights back to ``w`` and leave the perturbed state (no update is taken)."""
+        self._restore()
+        self._perturbed = False
+
+    def step_from_gradient(self, closure: Closure | None = None) -> None:
+        """One step when ``.grad`` already holds the gradient at ``w`` (see the module docstring)."""
+        raise NotImplementedError
 
     # -- state ---------------------------------------------------------------------------
     def _extra_state(self) -> dict[str, Any]:
@@ -330,11 +353,29 @@ class TwoPassOptimizer(PerturbedOptimizer):
         )
         with maybe_no_sync(self.model):
             loss = call_closure(closure)
-        self.first_step()
-        with frozen_bn_stats(self.model):
-            call_closure(closure)
-        self.second_step()
+        self._second_pass(closure)
         return loss
+
+    @torch.no_grad()
+    def step_from_gradient(self, closure: Closure | None = None) -> None:
+        """The SAM step when ``.grad`` already holds the first-pass gradient: ``first_step()``,
+        ``closure()`` at ``w + ε`` (BatchNorm statistics frozen), ``second_step()``."""
+        if self._in_scaler_step:
+            self.base_optimizer.step()
+            return
+        closure = require_closure(closure, f"{type(self).__name__}.step_from_gradient()",
+                                  "pass the closure that produced the gradients in .grad")
+        self._second_pass(closure)
+
+    def _second_pass(self, closure: Closure) -> None:
+        self.first_step()
+        try:
+            with frozen_bn_stats(self.model):
+                call_closure(closure)
+        except BaseException:
+            self.restore()
+            raise
+        self.second_step()
 
     def m_sharpness_step(self, model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Tensor,
                          m: int) -> Tensor:

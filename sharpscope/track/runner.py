@@ -59,7 +59,7 @@ from sharpscope.errors import CheckpointError, ConfigError
 from sharpscope.io import fit_state_dict, read_checkpoint
 from sharpscope.losses import accuracy, get_loss
 from sharpscope.models import ModelSpec
-from sharpscope.optim import RS, SA, SAM, SparseSAM, TwoPassOptimizer, empirical_fisher_diagonal, frozen_bn_stats
+from sharpscope.optim import RS, SA, SAM, PerturbedOptimizer, SparseSAM, empirical_fisher_diagonal
 from sharpscope.parallel import gather_to_rank0, local_device, on_rank0, rank, shard_bounds, shard_dataset, sharding
 from sharpscope.track import jsonsafe
 from sharpscope.track.config import TrainConfig
@@ -179,9 +179,14 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, train_set: ArrayDataset,
         if cfg.optimizer in ("rs", "sa"):
             kwargs.setdefault("seed", cfg.seed)
             kwargs.setdefault("lr_perturb", None)
-            if cfg.optimizer == "sa":
-                return SA(model.parameters(), num_examples=len(train_set), model=model, **kwargs)
-            return RS(model.parameters(), model=model, **kwargs)
+            default_batch = "independent" if cfg.optimizer == "sa" else "same"
+            if kwargs.get("perturbation_batch", default_batch) == "same":
+                # the perturbation batch is the descent batch: B for the scaling rule is its size
+                kwargs.setdefault("batch_size", cfg.batch_size or len(train_set))
+            else:
+                kwargs.setdefault("num_examples", len(train_set))
+            cls = SA if cfg.optimizer == "sa" else RS
+            return cls(model.parameters(), model=model, **kwargs)
         if "betas" in kwargs and isinstance(kwargs["betas"], list):
             kwargs["betas"] = tuple(kwargs["betas"])
         return _BASES[cfg.optimizer](model.parameters(), **kwargs)
@@ -240,6 +245,8 @@ class _Session:
             if data is not None:
                 check_model_fits(self.model, self.loss_fn, data, cfg.k)
         self.optimizer = build_optimizer(cfg, self.model, self.train_set, self.loss_fn)
+        if isinstance(self.optimizer, (RS, SA)):
+            self.optimizer.set_example_closure(self._example_closure)
         self.loader: ShuffledLoader | None = None
         if cfg.batch_size is not None:
             self.loader = ShuffledLoader(self.train_set, cfg.batch_size, torch.Generator().manual_seed(cfg.seed + 1))
@@ -354,16 +361,12 @@ class _Session:
         return closure, *self.stats
 
     def apply(self, closure: Callable[[], Tensor]) -> None:
-        """The update ``θ_t → θ_{t+1}`` from the gradients of :meth:`gradient_pass`."""
-        if isinstance(self.optimizer, SA):
-            self.optimizer.step(closure, self._example_closure)
-        elif isinstance(self.optimizer, RS):
-            self.optimizer.step(closure)
-        elif isinstance(self.optimizer, TwoPassOptimizer):
-            self.optimizer.first_step(zero_grad=True)
-            with frozen_bn_stats(self.model), torch.enable_grad():
-                closure()
-            self.optimizer.second_step(zero_grad=True)
+        """The update ``θ_t → θ_{t+1}`` from the gradients of :meth:`gradient_pass` (already in
+        ``.grad``): ``torch.optim`` optimizers step on them; the perturbation optimizers re-evaluate
+        ``closure`` at the points they move to (:meth:`PerturbedOptimizer.step_from_gradient`)."""
+        if isinstance(self.optimizer, PerturbedOptimizer):
+            self.optimizer.step_from_gradient(closure)
+            self.optimizer.zero_grad(set_to_none=True)
         else:
             self.optimizer.step()
 

@@ -11,7 +11,7 @@ from optim_helpers import data, flat, grad_at, make_closure, mse, params_of, tin
 from torch import nn
 
 from sharpscope.errors import ConfigError
-from sharpscope.optim import RS, SA, sample_unit_sphere
+from sharpscope.optim import RS, SA, batch_scaled, sample_unit_sphere
 
 
 # --------------------------------------------------------------------------- U8 smoothing identity
@@ -204,7 +204,8 @@ def test_sa_b1_draws_one_example_and_its_update_removes_the_gradient_component()
         with torch.no_grad():
             model.w.copy_(x0)
         n_before = len(seen)
-        opt.step(closure, example_closure)
+        opt.set_example_closure(example_closure)
+        opt.step(closure)
         assert len(seen) - n_before == 2 and len(seen[-1]) == 1 and seen[-1] == seen[-2]  # one example
         rec = opt.last_step
         v = -(model.w.detach() - x0)  # lr = 0, lr_perturb = 1: Δx = −v
@@ -247,8 +248,8 @@ def test_sa_batch_size_and_step_equal_hand_computation() -> None:
         loss = mse(model, x[ix], y[ix])
         loss.backward()
         return loss
-
-    opt.step(make_closure(opt, model, x, y), example_closure)
+    opt.set_example_closure(example_closure)
+    opt.step(make_closure(opt, model, x, y))
     assert all(len(set(t.tolist())) == b for t in got)  # B distinct examples
     assert torch.equal(got[0], idx) and opt.last_step.sign == sign
     assert torch.allclose(flat(params_of(model)), expected, atol=1e-14, rtol=0)
@@ -275,8 +276,8 @@ def test_sa_degenerate_zero_example_gradient_uses_a_tiny_random_shift() -> None:
         loss = f(w, idx)
         loss.backward()
         return loss
-
-    opt.step(closure, example_closure)
+    opt.set_example_closure(example_closure)
+    opt.step(closure)
     assert opt.last_step.degenerate and opt.last_step.indices == (0,)
     # hand computation replaying the generator: indices, sign, then ξ
     gen = torch.Generator().manual_seed(5)
@@ -295,7 +296,8 @@ def test_sa_plain_branch_does_not_sample() -> None:
     opt = SA([model.w], 0.1, 1.0, 0.1, 0.0, num_examples=3, inclusive=False)  # ‖g‖ < 0 never holds
     closure, example_closure, seen = _sa_closures(opt, model)
     state = opt.generator.get_state()
-    opt.step(closure, example_closure)
+    opt.set_example_closure(example_closure)
+    opt.step(closure)
     assert seen == [] and not opt.last_step.perturbed
     assert torch.equal(opt.generator.get_state(), state)
 
@@ -329,3 +331,108 @@ def test_rs_never_touches_the_global_rng() -> None:
     for _ in range(3):
         opt.step(make_closure(opt, model, x, y))
     assert torch.equal(torch.get_rng_state(), before)
+
+
+# --------------------------------------------------------------------------- readings left open
+def _sa_hand(model, x, y, idx, sign, lr, lr_p, rho, *, difference):
+    """x − η g − η′ Proj⊥_g(∇f_I(x + ρσu) − [difference]·∇f_I(x)), u = ∇f_I(x)/‖∇f_I(x)‖, in float64."""
+    w = params_of(model)
+    g = flat(grad_at(model, w, x, y))
+    gi = grad_at(model, w, x[idx], y[idx])
+    ni = flat(gi).norm()
+    wp = flat(grad_at(model, [a + sign * rho * c / ni for a, c in zip(w, gi)], x[idx], y[idx]))
+    if difference:
+        wp = wp - flat(gi)
+    v = wp - (wp @ g) / (g @ g) * g
+    return flat(w) - lr * g - lr_p * v
+
+
+@pytest.mark.parametrize("difference", [False, True])
+def test_sa_same_batch_equals_hand_computation(difference: bool) -> None:
+    """perturbation_batch="same": I is the closure's batch, u = σ ∇f(x)/‖∇f(x)‖; the difference
+    form changes nothing (∇f_I(x) = ∇f(x) is projected out)."""
+    model, (x, y) = tiny_mlp(), data(n=12)
+    lr, lr_p, rho, seed = 0.05, 0.2, 0.1, 3
+    gen = torch.Generator().manual_seed(seed)
+    sign = 1 if int(torch.randint(0, 2, (1,), generator=gen)) == 1 else -1
+    expected = _sa_hand(model, x, y, torch.arange(12), sign, lr, lr_p, rho, difference=False)
+    opt = SA(model.parameters(), lr, lr_p, rho, math.inf, perturbation_batch="same", difference=difference,
+             seed=seed)
+    opt.step(make_closure(opt, model, x, y))
+    assert opt.last_step.sign == sign and opt.last_step.indices is None
+    assert torch.allclose(flat(params_of(model)), expected, atol=1e-14, rtol=0)
+
+
+def test_sa_difference_form_equals_hand_computation() -> None:
+    """Independent batch with ``difference=True``: v = Proj⊥(∇f_I(x + ρσu) − ∇f_I(x)), which differs
+    from the plain form by η′·Proj⊥ ∇f_I(x) (so the check can fail)."""
+    model, (x, y) = tiny_mlp(), data(n=12)
+    lr, lr_p, rho, seed, b = 0.05, 0.2, 0.1, 3, 4
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(12, generator=gen)[:b]
+    sign = 1 if int(torch.randint(0, 2, (1,), generator=gen)) == 1 else -1
+    expected = _sa_hand(model, x, y, idx, sign, lr, lr_p, rho, difference=True)
+    plain = _sa_hand(model, x, y, idx, sign, lr, lr_p, rho, difference=False)
+    assert float((expected - plain).norm()) > 1e-4
+
+    def example_closure(ix):
+        opt.zero_grad()
+        loss = mse(model, x[ix], y[ix])
+        loss.backward()
+        return loss
+
+    opt = SA(model.parameters(), lr, lr_p, rho, math.inf, num_examples=12, batch_size=b, difference=True,
+             seed=seed, example_closure=example_closure)
+    opt.step(make_closure(opt, model, x, y))
+    assert torch.equal(torch.tensor(opt.last_step.indices), idx)
+    assert torch.allclose(flat(params_of(model)), expected, atol=1e-14, rtol=0)
+
+
+def test_rs_independent_batch_difference_equals_hand_computation() -> None:
+    """RS with its own perturbation batch J: w = ∇f_J(x + ρu) − ∇f_J(x), indices drawn before u."""
+    model, (x, y) = tiny_mlp(), data(n=12)
+    lr, lr_p, rho, seed, b = 0.05, 0.3, 0.2, 4, 5
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(12, generator=gen)[:b]
+    w = params_of(model)
+    u = sample_unit_sphere(w, gen)
+    g = flat(grad_at(model, w, x, y))
+    wp = flat(grad_at(model, [a + rho * c for a, c in zip(w, u)], x[idx], y[idx])) - flat(grad_at(model, w, x[idx],
+                                                                                                  y[idx]))
+    v = wp - (wp @ g) / (g @ g) * g
+    expected = flat(w) - lr * g - lr_p * v
+
+    def example_closure(ix):
+        opt.zero_grad()
+        loss = mse(model, x[ix], y[ix])
+        loss.backward()
+        return loss
+
+    opt = RS(model.parameters(), lr, lr_p, rho, math.inf, perturbation_batch="independent", num_examples=12,
+             batch_size=b, difference=True, seed=seed, example_closure=example_closure)
+    opt.step(make_closure(opt, model, x, y))
+    assert torch.allclose(flat(params_of(model)), expected, atol=1e-14, rtol=0)
+
+
+@pytest.mark.parametrize(("rule", "rho_f", "lr_f"), [("none", 1.0, 1.0), ("rho", 0.5, 1.0), ("rho+lr", 0.5, 0.5)])
+def test_batch_scaling_rule(rule: str, rho_f: float, lr_f: float) -> None:
+    """ρ_B = ρ√(B/B_ref) (and η′ with "rho+lr"): B = 32 against B_ref = 128 halves them; the scaled
+    step equals an unscaled optimizer given the scaled ρ and η′."""
+    assert batch_scaled(0.08, 0.4, 32, 128, rule) == pytest.approx((0.08 * rho_f, 0.4 * lr_f), rel=1e-15)
+    assert batch_scaled(0.08, 0.4, 1, 1, rule) == (0.08, 0.4)
+    out = []
+    for scaled in (True, False):
+        model, (x, y) = tiny_mlp(), data(n=12)
+        kw = ({"batch_scaling": rule, "reference_batch": 48} if scaled else {})
+        rho, lr_p = (0.2, 0.4) if scaled else (0.2 * rho_f, 0.4 * lr_f)
+        opt = RS(model.parameters(), 0.05, lr_p, rho, math.inf, batch_size=12, seed=1, **kw)
+        opt.step(make_closure(opt, model, x, y))
+        out.append(flat(params_of(model)))
+        if scaled:
+            assert opt.last_step.rho == pytest.approx(0.2 * rho_f) and opt.last_step.lr_perturb == pytest.approx(
+                0.4 * lr_f)
+    assert torch.allclose(out[0], out[1], atol=1e-15, rtol=0)
+    with pytest.raises(ConfigError, match="batch_scaling"):
+        batch_scaled(0.1, 0.1, 4, 128, "linear")
+    with pytest.raises(ConfigError, match="batch_size"):
+        RS(tiny_mlp().parameters(), 0.1, None, 0.1, 1.0, batch_scaling="rho")

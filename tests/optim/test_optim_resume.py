@@ -49,7 +49,8 @@ FACTORIES: dict[str, Callable[[nn.Module], torch.optim.Optimizer]] = {
 
 def _one_step(opt: torch.optim.Optimizer, model: nn.Module) -> None:
     if isinstance(opt, SA):
-        opt.step(make_closure(opt, model, X, Y), _example_closure(opt, model))
+        opt.set_example_closure(_example_closure(opt, model))
+        opt.step(make_closure(opt, model, X, Y))
     else:
         opt.step(make_closure(opt, model, X, Y))
 
