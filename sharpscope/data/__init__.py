@@ -18,7 +18,7 @@ from sharpscope.data.download import CIFAR10_SHA256, CIFAR10_URL, download_cifar
 from sharpscope.data.loaders import ShuffledLoader, batches
 from sharpscope.data.mnist import mnist_npz
 from sharpscope.data.mnist1d_gen import mnist1d
-from sharpscope.data.noise import confusion_set, label_noise
+from sharpscope.data.noise import confusion_set, fresh_label_noise, label_noise, step_generator
 from sharpscope.data.generic import npz
 from sharpscope.data.resolve import DATA_SPECS, resolve_data
 
@@ -41,6 +41,8 @@ __all__ = [
     "download_cifar10",
     "extract_tar_safely",
     "label_noise",
+    "fresh_label_noise",
+    "step_generator",
     "load_numpy_pickle",
     "mnist1d",
     "mnist_npz",

@@ -1,4 +1,5 @@
-"""Label noise and the random-label "confusion" set used to build bad minima (SCIENCE.md 2.1, 6.2)."""
+"""Label noise (a fixed draw or a fresh draw at every step) and the random-label "confusion" set used to
+build bad minima (Liu et al. 2020; Damian et al. 2021)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def label_noise(y: Tensor, p: float, num_classes: int, generator: torch.Generato
     Returns ``(noisy, mask)`` where ``mask`` is True where the label was flipped (so
     ``noisy[mask] != y[mask]`` always, and ``noisy[~mask] == y[~mask]``). The resulting label
     distribution — keep with probability ``1-p``, each other class with ``p/(K-1)`` — is the same
-    as Damian et al.'s "resample from the smoothed distribution" (SCIENCE.md 6.2). The same
+    as Damian et al.'s "resample from the smoothed distribution". The same
     random numbers are drawn whatever ``p`` is, so runs differing only in ``p`` stay coupled.
 
     >>> g = torch.Generator().manual_seed(0)
@@ -47,6 +48,28 @@ def label_noise(y: Tensor, p: float, num_classes: int, generator: torch.Generato
     flip, offset = flip.to(y.device), offset.to(y.device, y.dtype)
     noisy = torch.where(flip, (y + offset) % num_classes, y)
     return noisy, flip
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """A CPU generator determined by ``(seed, step)`` alone (numpy's ``SeedSequence([seed, step])``),
+    so the draws of step ``t`` need no state from earlier steps: a resumed run redraws them exactly."""
+    import numpy as np
+
+    check_int("seed", seed, low=0)
+    check_int("step", step, low=0)
+    state = int(np.random.SeedSequence([seed, step]).generate_state(1, np.uint64)[0])
+    return torch.Generator().manual_seed(state)
+
+
+def fresh_label_noise(y: Tensor, p: float, num_classes: int, *, seed: int, step: int) -> Tensor:
+    """The labels of the mini-batch of step ``step`` with fresh noise (Damian et al.'s label-noise SGD):
+    :func:`label_noise` with the generator :func:`step_generator` ``(seed, step)``.
+
+    >>> y = torch.arange(10) % 10
+    >>> bool((fresh_label_noise(y, 0.5, 10, seed=1, step=7) == fresh_label_noise(y, 0.5, 10, seed=1, step=7)).all())
+    True
+    """
+    return label_noise(y, p, num_classes, step_generator(seed, step))[0]
 
 
 def confusion_set(x: Tensor | ArrayDataset, num_classes: int, *, copies: int = 10, zero_frac: float = 0.1,

@@ -46,6 +46,10 @@ class TrainConfig:
             ``rho``, ``base``, ...).
         batch_size: mini-batch size; None = full batch (gradient accumulated over fixed physical
             batches of ``physical_batch_size``, weighted by example counts).
+        label_noise: label-noise SGD (Damian et al.): each label of every mini-batch is flipped with
+            this probability to a uniformly drawn other class, with fresh noise at every step drawn
+            from ``(seed, step)`` alone (:func:`sharpscope.data.fresh_label_noise`), so a resumed run
+            redraws it exactly. The probe and test sets keep their clean labels. None: no noise.
         steps: optimizer steps. stop_at_train_acc: stop once the training accuracy reaches it
             (every step in full-batch mode, at measurements in mini-batch mode).
     Tracking:
@@ -80,6 +84,7 @@ class TrainConfig:
     optimizer_kwargs: dict[str, Any] = field(default_factory=lambda: {"lr": 0.01})
     batch_size: int | None = None
     physical_batch_size: int = 1000
+    label_noise: float | None = None
     steps: int = 1000
     stop_at_train_acc: float | None = None
     measure_every: int = 50
@@ -181,6 +186,11 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a dict, got {getattr(self, name)!r}")
         check_real("stop_at_train_acc", self.stop_at_train_acc, low=0.0, low_open=True, high=1.0, optional=True)
         check_real("tol", self.tol, low=0.0, low_open=True)
+        check_real("label_noise", self.label_noise, low=0.0, high=1.0, high_open=True, optional=True)
+        if self.label_noise is not None and self.batch_size is None:
+            raise ConfigError("label_noise draws fresh noisy labels for each mini-batch and needs batch_size")
+        if self.label_noise is not None and self.loss != "ce":
+            raise ConfigError(f"label_noise flips class labels and needs loss 'ce', got {self.loss!r}")
         if self.trace_method not in ("hutch++", "hutchinson"):
             raise ConfigError(f"trace_method must be 'hutch++' or 'hutchinson', got {self.trace_method!r}")
         if self.bn not in ("eval", "batch"):

@@ -54,7 +54,7 @@ from torch import Tensor, nn
 from sharpscope.curvature import Objective
 from sharpscope.curvature.distributed import broadcast_buffers, sum_across_ranks, sum_gradients, world_size
 from sharpscope.curvature.objective import LossFn
-from sharpscope.data import ArrayDataset, ShuffledLoader, cifar_feature_stats, resolve_data
+from sharpscope.data import ArrayDataset, ShuffledLoader, cifar_feature_stats, fresh_label_noise, resolve_data
 from sharpscope.errors import CheckpointError, ConfigError
 from sharpscope.io import fit_state_dict, read_checkpoint
 from sharpscope.losses import accuracy, get_loss
@@ -247,6 +247,7 @@ class _Session:
         self.optimizer = build_optimizer(cfg, self.model, self.train_set, self.loss_fn)
         if isinstance(self.optimizer, (RS, SA)):
             self.optimizer.set_example_closure(self._example_closure)
+        self.num_classes = int(self.train_set.y.max()) + 1 if cfg.label_noise is not None else 0
         self.loader: ShuffledLoader | None = None
         if cfg.batch_size is not None:
             self.loader = ShuffledLoader(self.train_set, cfg.batch_size, torch.Generator().manual_seed(cfg.seed + 1))
@@ -352,9 +353,13 @@ class _Session:
         loss.backward()
         return loss.detach()
 
-    def gradient_pass(self) -> tuple[Callable[[], Tensor], float, float | None]:
-        """Gradients at ``θ_t`` (full batch, or the next mini-batch); returns the closure, loss and accuracy."""
+    def gradient_pass(self, step: int) -> tuple[Callable[[], Tensor], float, float | None]:
+        """Gradients at ``θ_t`` (full batch, or the next mini-batch with fresh label noise if asked);
+        returns the closure, loss and accuracy."""
         batch = self.loader.next_batch() if self.loader is not None else None
+        if batch is not None and self.cfg.label_noise is not None:
+            batch = (batch[0], fresh_label_noise(batch[1], self.cfg.label_noise, self.num_classes,
+                                                 seed=self.cfg.seed, step=step))
         closure = self._closure(batch)
         with torch.enable_grad():
             closure()
@@ -404,7 +409,7 @@ class _Session:
                         and record.get("train_acc") is not None and record["train_acc"] >= cfg.stop_at_train_acc):
                     status = "reached_train_acc"
                     break
-                closure, loss, acc = self.gradient_pass()
+                closure, loss, acc = self.gradient_pass(t)
                 if not math.isfinite(loss):
                     status = "diverged"
                     event = {"kind": "diverged", "step": t, "train_loss": loss, "train_acc": acc,

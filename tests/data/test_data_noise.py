@@ -127,3 +127,18 @@ def test_confusion_errors() -> None:
         confusion_set(x, 10, copies=0, generator=gen())
     with pytest.raises(DataError):
         confusion_set(torch.zeros(2, 3, dtype=torch.long), 10, generator=gen())
+
+
+def test_fresh_label_noise_is_a_function_of_seed_and_step() -> None:
+    """The stream needs no state: (seed, step) fixes the draw (so a resumed run redraws it), steps and
+    seeds differ, and the flip rate over many steps is p within 4 standard errors."""
+    from sharpscope.data import fresh_label_noise
+
+    y = torch.arange(1000) % 10
+    a = fresh_label_noise(y, 0.2, 10, seed=3, step=5)
+    assert torch.equal(a, fresh_label_noise(y, 0.2, 10, seed=3, step=5))
+    assert not torch.equal(a, fresh_label_noise(y, 0.2, 10, seed=3, step=6))
+    assert not torch.equal(a, fresh_label_noise(y, 0.2, 10, seed=4, step=5))
+    flips = torch.stack([fresh_label_noise(y, 0.2, 10, seed=0, step=t) != y for t in range(50)]).double()
+    n = flips.numel()
+    assert abs(float(flips.mean()) - 0.2) < 4 * (0.2 * 0.8 / n) ** 0.5

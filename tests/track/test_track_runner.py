@@ -91,7 +91,11 @@ class Crash(Exception):
     {"optimizer": "rs", "optimizer_kwargs": {"lr": 0.3, "lr_perturb": 0.6, "rho": 0.05, "eps0": 1e9}},
     {"optimizer": "sa", "optimizer_kwargs": {"lr": 0.3, "rho": 0.05, "eps0": 1e9, "batch_size": 4},
      "batch_size": 20},
-], ids=["minibatch-sgd-momentum", "fullbatch-sam", "sparse-sam-dynamic", "fullbatch-rs", "minibatch-sa"])
+    {"optimizer": "sa", "optimizer_kwargs": {"lr": 0.3, "rho": 0.05, "eps0": 1e9, "perturbation_batch": "same",
+                                             "difference": True, "batch_scaling": "rho+lr"}, "batch_size": 20},
+    {"optimizer": "sgd", "optimizer_kwargs": {"lr": 0.1}, "batch_size": 20, "loss": "ce", "label_noise": 0.3},
+], ids=["minibatch-sgd-momentum", "fullbatch-sam", "sparse-sam-dynamic", "fullbatch-rs", "minibatch-sa",
+        "minibatch-sa-same-batch", "label-noise-sgd"])
 def test_a_crashed_run_resumes_to_exactly_the_uninterrupted_records(tmp_path: Path, overrides: dict) -> None:
     cfg = tiny(**overrides)
     reference = train(cfg, tmp_path / "ref")
@@ -141,3 +145,15 @@ def test_configs_overrides_and_recipes() -> None:
     sam = get_recipe("sam-edge", "smoke")
     assert (sam.optimizer, sam.loss, sam.batch_size) == ("sam", "mse-mean", None)
     assert get_recipe("demo", "smoke").batch_size is not None
+
+
+def test_fresh_label_noise_changes_the_run_and_is_drawn_per_step(tmp_path: Path) -> None:
+    """label_noise moves the weights away from the noiseless run; two seeds draw different noise."""
+    base = {"optimizer": "sgd", "optimizer_kwargs": {"lr": 0.1}, "batch_size": 20, "loss": "ce", "steps": 6,
+            "measure_every": 6, "test_data": None}
+    finals = {}
+    for name, extra in (("clean", {}), ("noisy", {"label_noise": 0.5})):
+        finals[name] = train(tiny(**base, **extra), tmp_path / name)["final"]["train_loss"]
+    assert finals["clean"] != finals["noisy"]
+    with pytest.raises(ConfigError, match="batch_size"):
+        tiny(label_noise=0.2, loss="ce")
