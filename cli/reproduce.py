@@ -10,6 +10,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from sharpscope.experiments import parse_overrides
 from sharpscope.experiments.studies import STUDIES, run_study
 from sharpscope_cli.train import Scale, err
 
@@ -27,11 +28,13 @@ def reproduce_cmd(
     scale: Annotated[Scale, typer.Option(help="smoke: seconds (plumbing); cpu: minutes on a CPU; gpu: the paper's setting.")] = Scale.smoke,
     figures: Annotated[Optional[Path], typer.Option("--figures", help="Write the study's figures (PNG, PDF, JSON) and summary here.")] = None,
     only: Annotated[Optional[list[str]], typer.Option("--only", help="Run only this stage (and the stages it starts from). Repeatable.")] = None,
+    option: Annotated[Optional[list[str]], typer.Option("--option", help="A study option KEY=VALUE, e.g. construction=clean+confusion for escape and label-noise. Repeatable.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the study summary as one JSON object.")] = False,
 ) -> None:
     """Run a reproduction study (several dependent training runs), check its claims, draw its figures."""
+    options = parse_overrides(option or [])
     summary = run_study(study, scale.value, out_dir, only=only or None,
-                        progress=None if as_json else _stage_line)
+                        progress=None if as_json else _stage_line, options=options or None)
     if figures is not None:
         from sharpscope.experiments.figures import study_figures
 

@@ -103,6 +103,14 @@ def crossing_stats(steps: Sequence[int], sharpness: Sequence[float], edges: Sequ
             "loss_nonmonotone": any(b > a for a, b in pairwise(loss[c:])), "loss_end_below_cross": loss[-1] < loss[c]}
 
 
+def steps_after_ratio(records: Sequence[dict[str, Any]], ratio: float) -> int | None:
+    """Steps run after the first measurement with ``λ_max ≥ ratio·edge`` (None if never)."""
+    rows = _finite(list(zip(column(records, "step"), column(records, "eigenvalues.0"),
+                            column(records, "thresholds.edge"))))
+    first = next((s for s, lam, e in rows if lam >= ratio * e), None)
+    return None if first is None else int(rows[-1][0] - first)
+
+
 def sam_edge_stats(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """E5: ``λ/SAM_edge`` from the first ``≥ 0.9`` on, and ``max λ`` against ``2/η``."""
     rows = _finite(list(zip(column(records, "step"), column(records, "eigenvalues.0"),

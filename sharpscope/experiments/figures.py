@@ -17,6 +17,7 @@ from matplotlib.figure import Figure as MplFigure
 
 from sharpscope.experiments.studies import STUDIES, summary_path
 from sharpscope.io.atomic import atomic_write_bytes
+from sharpscope.plots.arms import arms_data, arms_figure
 from sharpscope.plots.runs import load_run
 from sharpscope.plots.save import save_figure
 from sharpscope.plots.trajectory import (
@@ -33,6 +34,7 @@ _KINDS: dict[str, tuple[Callable[..., MplFigure], Callable[..., dict[str, Any]]]
     "sharpness": (sharpness_figure, sharpness_data),
     "escape": (escape_figure, escape_data),
     "trace-accuracy": (trace_accuracy_figure, trace_accuracy_data),
+    "escape-seeds": (arms_figure, arms_data),
 }
 
 

@@ -1,0 +1,67 @@
+"""Studies: ordered sets of named runs with dependencies, and the claims they check.
+
+The framework (:mod:`~sharpscope.experiments.studies.framework`) runs a study's stages into one
+folder, resumably; each study is a module:
+
+* ``eos`` (:mod:`.eos`) — full-batch GD at the edge of stability: a sweep of η (each run should
+  settle at its own 2/η), Polyak momentum (3.8/η), cross entropy, and Cohen et al.'s CIFAR-5k setting.
+* ``sam-edge`` (:mod:`.sam_edge`) — full-batch SAM against the SAM-edge on an MLP and a CNN.
+* ``escape`` and ``label-noise`` (:mod:`.escape`) — escaping a bad global minimizer with RS and SA
+  (Ahn et al.) and label-noise SGD (Damian et al.), with their controls, over seeds.
+* ``sam-flatness`` (:mod:`.flatness`) — SGD, SAM and Sparse SAM: λ_max, λ_max/λ_5, test accuracy.
+
+Scales as for recipes: smoke / cpu / gpu.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sharpscope.errors import ConfigError
+from sharpscope.experiments.recipes import check_scale
+from sharpscope.experiments.studies import eos, escape, flatness, sam_edge
+from sharpscope.experiments.studies.framework import (
+    Figure,
+    Progress,
+    Stage,
+    Study,
+    finished_summary,
+    recipe_stage,
+    run,
+    summary_path,
+)
+
+STUDIES: dict[str, Study] = {
+    "eos": eos.STUDY,
+    "sam-edge": sam_edge.STUDY,
+    "escape": escape.ESCAPE,
+    "label-noise": escape.LABEL_NOISE,
+    "sam-flatness": flatness.STUDY,
+}
+
+__all__ = ["STUDIES", "Figure", "Stage", "Study", "finished_summary", "recipe_stage", "run_study", "study_stages",
+           "summary_path"]
+
+
+def study_stages(name: str, scale: str) -> list[Stage]:
+    """The stages of study ``name`` at ``scale`` (unknown names raise :class:`ConfigError`)."""
+    if name not in STUDIES:
+        raise ConfigError(f"unknown study {name!r}; valid: {', '.join(STUDIES)}")
+    check_scale(scale)
+    return STUDIES[name].stages(scale)
+
+
+def run_study(name: str, scale: str, out_dir: str | Path, *, only: list[str] | None = None,
+              progress: Progress | None = None, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Run (or resume) study ``name`` into ``out_dir`` and write :func:`summary_path`.
+
+    ``only`` restricts to these stages (the stages they start from or wait for are run too).
+    ``progress(stage, summary)`` is called after each stage; ``options`` go to the study's data
+    preparation (``escape``/``label-noise``: ``construction``). Returns the study summary:
+    ``{"study", "scale", "checks", "data", "stages": {name: run summary}, "results": criteria}``.
+    """
+    if name not in STUDIES:
+        raise ConfigError(f"unknown study {name!r}; valid: {', '.join(STUDIES)}")
+    return run(STUDIES[name], scale, out_dir, only=only, progress=progress, options=options)

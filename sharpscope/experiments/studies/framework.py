@@ -1,0 +1,145 @@
+"""The study framework: named stages with dependencies, run into one folder, resumable.
+
+A study is run by :func:`run_study` into ``out_dir``: derived data sets are written once by the
+study's ``prepare`` to ``out_dir/data/``, each stage trains into ``out_dir/<stage>`` (a finished
+stage returns its stored summary; a killed one resumes), a stage that starts from another one's
+weights has ``init_from = out_dir/<that stage>`` (its latest checkpoint), a stage may also wait
+for others (``after``: a full-length run that takes its setting from a sweep), and the study's
+numbers go to ``out_dir/<study>-summary.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sharpscope.errors import ConfigError
+from sharpscope.experiments.recipes import check_scale
+from sharpscope.io.atomic import atomic_write_bytes
+from sharpscope.track import RunDirectory, TrainConfig, jsonsafe, train
+
+Progress = Callable[[str, dict[str, Any]], None]
+Build = Callable[[str, Path], TrainConfig]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One run of a study: ``build(scale, study_dir)`` gives its config; ``init_from`` names the stage
+    whose final weights it starts from; ``after`` names stages that must finish before it is built."""
+
+    name: str
+    build: Build
+    init_from: str | None = None
+    after: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A figure of a study: ``kind`` (``sharpness``, ``escape``, ``trace-accuracy``, ``escape-seeds``)
+    over the finished stages matching the ``fnmatch`` patterns ``stages`` (in that order), saved as
+    ``<study>-<stem>``; ``k`` eigenvalues per run in ``sharpness`` figures."""
+
+    stem: str
+    kind: str
+    stages: tuple[str, ...]
+    caption: str
+    k: int = 1
+
+
+@dataclass(frozen=True)
+class Study:
+    """``stages(scale)``; ``evaluate({stage: run dir})`` gives the criteria; ``prepare(scale, out_dir,
+    options)`` writes derived data once and returns what it made."""
+
+    name: str
+    checks: tuple[str, ...]
+    stages: Callable[[str], list[Stage]]
+    evaluate: Callable[[Mapping[str, Path]], dict[str, Any]]
+    prepare: Callable[[str, Path, Mapping[str, Any]], dict[str, Any]] | None = None
+    figures: tuple[Figure, ...] = field(default=())
+
+
+def recipe_stage(name: str, cfg: Callable[[str], TrainConfig], overrides: Mapping[str, Any] | None = None,
+                 **scaled: Mapping[str, Any]) -> Stage:
+    """A stage from a recipe function with ``overrides`` (all scales) and per-scale ``scaled[scale]``."""
+
+    def build(scale: str, _: Path) -> TrainConfig:
+        out = cfg(scale)
+        both = {**(overrides or {}), **scaled.get(scale, {})}
+        return out.with_overrides(both) if both else out
+
+    return Stage(name, build)
+
+
+def finished_summary(run_dir: Path, cfg: TrainConfig) -> dict[str, Any] | None:
+    """The stored summary of a finished run of ``cfg``, also when the run predates config fields
+    added since (absent from its ``config.json`` and at their defaults in ``cfg``) or was made by
+    another study sharing the stage (``recipe`` differs); else None."""
+    run = RunDirectory(run_dir)
+    if not run.config_path.is_file() or not run.summary_path.is_file():
+        return None
+    stored, new, defaults = run.read_config(), cfg.to_dict(), TrainConfig.defaults()
+    if any(stored.get(k, defaults.get(k)) != jsonsafe.loads(jsonsafe.dumps(v)) for k, v in new.items()
+           if k != "recipe"):
+        return None
+    summary = run.read_summary()
+    return None if summary is None else {**summary, "already_complete": True}
+
+
+def summary_path(name: str, out_dir: str | Path) -> Path:
+    """Where :func:`run_study` writes study ``name``'s numbers: ``<out_dir>/<name>-summary.json`` (studies
+    that share stages, like ``escape`` and ``label-noise``, can share a folder)."""
+    return Path(out_dir) / f"{name}-summary.json"
+
+
+def stage_order(stages: list[Stage], wanted: list[str]) -> list[str]:
+    """``wanted`` and every stage they start from or wait for, in the study's declared order."""
+    by_name = {s.name: s for s in stages}
+    unknown = [s for s in wanted if s not in by_name]
+    if unknown:
+        raise ConfigError(f"no stage(s) {unknown}; valid: {', '.join(by_name)}")
+    order: list[str] = []
+
+    def add(stage: str) -> None:
+        spec = by_name[stage]
+        for parent in ([spec.init_from] if spec.init_from else []) + list(spec.after):
+            add(parent)
+        if stage not in order:
+            order.append(stage)
+
+    for stage in wanted:
+        add(stage)
+    return sorted(order, key=list(by_name).index)
+
+
+def run(study: Study, scale: str, out_dir: str | Path, *, only: list[str] | None = None,
+        progress: Progress | None = None, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Run (or resume) ``study`` into ``out_dir`` and write :func:`summary_path` (see the module docstring)."""
+    check_scale(scale)
+    stages = study.stages(scale)
+    by_name = {s.name: s for s in stages}
+    try:
+        order = stage_order(stages, list(by_name) if only is None else list(only))
+    except ConfigError as e:
+        raise ConfigError(f"study {study.name!r} has {e}") from None
+    out = Path(out_dir)
+    data = study.prepare(scale, out, dict(options or {})) if study.prepare is not None else None
+    if options and study.prepare is None:
+        raise ConfigError(f"study {study.name!r} takes no options, got {sorted(options)}")
+    summaries: dict[str, Any] = {}
+    for stage_name in order:
+        stage = by_name[stage_name]
+        cfg = stage.build(scale, out)
+        cfg.recipe, cfg.scale = f"{study.name}/{stage.name}", scale
+        if stage.init_from is not None:
+            cfg.init_from = str((out / stage.init_from).resolve())
+        summaries[stage.name] = finished_summary(out / stage.name, cfg) or train(cfg, out / stage.name)
+        if progress is not None:
+            progress(stage.name, summaries[stage.name])
+    results = study.evaluate({s: out / s for s in summaries})
+    summary = {"study": study.name, "scale": scale, "checks": list(study.checks), "data": data,
+               "stages": summaries, "results": results}
+    atomic_write_bytes(summary_path(study.name, out), (jsonsafe.dumps(summary, indent=2) + "\n").encode())
+    return jsonsafe.loads(jsonsafe.dumps(summary))
