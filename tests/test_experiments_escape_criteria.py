@@ -1,0 +1,109 @@
+"""The escape and label-noise criteria on synthetic run directories: arms over seeds, controls, matched loss."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from sharpscope.experiments import escape_criteria as ec
+
+
+def _run(root: Path, name: str, traces: list[float], accs: list[float], losses: list[float] | None = None,
+         status: str = "completed", kwargs: dict | None = None) -> Path:
+    """A run directory with measurements at steps 0, 10, ... of tr(H), test accuracy, train loss."""
+    path = root / name
+    path.mkdir(parents=True)
+    losses = losses or [0.01 * 0.8**i for i in range(len(traces))]
+    with (path / "metrics.jsonl").open("w") as f:
+        for i, (t, a, loss) in enumerate(zip(traces, accs, losses)):
+            f.write(json.dumps({"kind": "measurement", "step": 10 * i, "trace": {"estimate": t}, "test_acc": a,
+                                "train_acc": 1.0, "train_loss": loss}) + "\n")
+    (path / "summary.json").write_text(json.dumps({"status": status, "data": {"test": {"examples": 2000}}}))
+    (path / "config.json").write_text(json.dumps({"optimizer_kwargs": kwargs or {"lr": 0.001}}))
+    return path
+
+
+def _arm(root: Path, arm: str, end_traces: list[float], end_accs: list[float], **kw) -> dict[str, Path]:
+    return {f"{arm}-s{i}": _run(root, f"{arm}-s{i}", [20.0, t], [0.3, a], **kw)
+            for i, (t, a) in enumerate(zip(end_traces, end_accs))}
+
+
+def test_arm_of_and_grouping(tmp_path: Path) -> None:
+    assert ec.arm_of("best-sa-rho0-s12") == "best-sa-rho0" and ec.arm_of("finetune") == "finetune"
+    dirs = {**_arm(tmp_path, "sgd", [5, 6, 7], [0.3, 0.3, 0.3])}
+    assert list(ec.arms(dirs)) == ["sgd"] and len(ec.arms(dirs)["sgd"]) == 3
+
+
+def test_a3_holds_only_beyond_the_spread_and_against_every_control(tmp_path: Path) -> None:
+    """SA clearly below RS and every control: holds. The same SA with a control that matches it within the
+    spread: not demonstrated. SA inside RS's spread: does not hold."""
+    sa = _arm(tmp_path / "a", "best-sa", [5.0, 5.2, 4.8], [0.50, 0.51, 0.49])
+    rs = _arm(tmp_path / "a", "best-rs", [10.0, 10.5, 9.5], [0.40, 0.41, 0.39])
+    twin = _arm(tmp_path / "a", "best-sa-rho0", [11.0, 11.5, 10.5], [0.38, 0.39, 0.37])
+    sgd = _arm(tmp_path / "a", "sgd", [12.0, 12.5, 11.5], [0.30, 0.31, 0.29])
+    res = ec.escape_results({**sa, **rs, **twin, **sgd})["A3"]
+    assert res["verdict"] == "holds" and res["sa_vs_rs"]["better"]
+    assert res["matched_loss"]["levels"]  # every run reaches the same losses here
+
+    close = _arm(tmp_path / "b", "best-sa-rho0", [5.1, 5.6, 4.5], [0.50, 0.52, 0.48])
+    sa_b = _arm(tmp_path / "b", "best-sa", [5.0, 5.2, 4.8], [0.50, 0.51, 0.49])
+    rs_b = _arm(tmp_path / "b", "best-rs", [10.0, 10.5, 9.5], [0.40, 0.41, 0.39])
+    res = ec.escape_results({**sa_b, **rs_b, **close})["A3"]
+    assert res["verdict"] == "not demonstrated"
+    assert not res["sa_vs_controls"]["best-sa-rho0"]["trace"]["beyond_spread"]
+
+    rs_c = _arm(tmp_path / "c", "best-rs", [5.5, 4.0, 6.0], [0.50, 0.52, 0.48])
+    sa_c = _arm(tmp_path / "c", "best-sa", [5.0, 5.2, 4.8], [0.50, 0.51, 0.49])
+    assert ec.escape_results({**sa_c, **rs_c})["A3"]["verdict"] == "does not hold at this scale"
+
+
+def test_two_seeds_never_pass(tmp_path: Path) -> None:
+    sa = _arm(tmp_path, "best-sa", [1.0, 1.1], [0.9, 0.91])
+    rs = _arm(tmp_path, "best-rs", [10.0, 10.1], [0.1, 0.11])
+    res = ec.escape_results({**sa, **rs})["A3"]
+    assert res["verdict"] == "does not hold at this scale" and "reason" in res["sa_vs_rs"]["trace"]
+
+
+def test_matched_loss_reads_each_arm_at_equal_training_loss(tmp_path: Path) -> None:
+    """Two arms whose traces are the same function of the loss (linear in log L, which the interpolation
+    reproduces exactly) but who reach the losses at different steps: at matched step they differ, at
+    matched loss they agree."""
+    curve = lambda loss: 50 - 10 * math.log(loss)  # noqa: E731
+    fast = {f"fast-s{i}": _run(tmp_path, f"fast-s{i}", [curve(0.1 ** (j / 2)) for j in range(5)], [0.3] * 5,
+                               losses=[0.1 ** (j / 2) for j in range(5)]) for i in range(3)}
+    slow = {f"slow-s{i}": _run(tmp_path, f"slow-s{i}", [curve(0.1 ** (j / 4)) for j in range(5)], [0.3] * 5,
+                               losses=[0.1 ** (j / 4) for j in range(5)]) for i in range(3)}
+    groups = ec.arms({**fast, **slow})
+    matched = ec.at_matched_loss(groups)
+    assert matched["levels"]
+    for i, level in enumerate(matched["levels"]):
+        for arm in ("fast", "slow"):
+            assert matched["arms"][arm]["trace"][i]["mean"] == pytest.approx(curve(level), rel=1e-9)
+    ends = {a: ec.arm_summary(p)["trace"]["mean"] for a, p in groups.items()}
+    assert ends["fast"] > ends["slow"] + 10
+
+
+def test_best_setting_prefers_runs_that_kept_their_accuracy(tmp_path: Path) -> None:
+    _run(tmp_path, "sweep-sa-ind-rho0.1-lrp10", [20.0, 1.0], [0.3, 0.3], kwargs={"rho": 0.1, "lr_perturb": 0.01})
+    _run(tmp_path, "sweep-sa-same-rho0.05-lrp1", [20.0, 3.0], [0.3, 0.3], kwargs={"rho": 0.05, "lr_perturb": 0.001})
+    _run(tmp_path, "sweep-rs-rho0.5-lrp1", [20.0, 0.5], [0.3, 0.3], status="diverged",
+         kwargs={"rho": 0.5, "lr_perturb": 0.001})
+    best = ec.best_setting(tmp_path, ["sweep-sa-ind-rho0.1-lrp10", "sweep-sa-same-rho0.05-lrp1", "sweep-rs-rho0.5-lrp1"])
+    assert best is not None and best["name"] == "sweep-sa-ind-rho0.1-lrp10" and best["alg"] == "sa-ind"
+    assert best["rho"] == 0.1 and best["lr_perturb"] == 0.01 and best["kept_train_acc"]
+
+
+def test_label_noise_criterion(tmp_path: Path) -> None:
+    """ρ_s after step 0 from runs where the trace falls as the accuracy rises; the noiseless control keeps a
+    higher trace."""
+    noisy = {f"label-noise-s{i}": _run(tmp_path, f"label-noise-s{i}", [30, 25 - i, 20, 15, 10, 8 + i * 0.1],
+                                       [0.3, 0.31, 0.33, 0.35, 0.37, 0.40]) for i in range(3)}
+    quiet = {f"noiseless-s{i}": _run(tmp_path, f"noiseless-s{i}", [30, 30, 29, 30, 31, 30 + i],
+                                     [0.3, 0.3, 0.3, 0.3, 0.3, 0.3]) for i in range(3)}
+    res = ec.label_noise_results({**noisy, **quiet})["G6"]
+    assert all(p["after_step_0"]["rho"] == pytest.approx(-1.0) for p in res["spearman_per_seed"])
+    assert res["verdict"] == "holds"
+    assert math.isfinite(res["spearman_after_step_0"]["mean"])
