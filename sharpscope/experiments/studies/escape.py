@@ -23,6 +23,11 @@ order, the perturbation draws and the trace probes; the minimizer is shared):
 * G6 (the ``label-noise`` study): label-noise SGD (p = 0.2, fresh noise at every step) at ``noise_lr``
   and its control, the same SGD without noise.
 
+Scales: ``cpu`` uses the first 1 000 CIFAR-10 training images, 2 000 test images and a GroupNorm CNN
+(32-64-128 channels); ``gpu`` is Ahn et al.'s setting except for the data: a GroupNorm ResNet-18 (width
+64) on the 16 000 training images ``../shared/data`` holds (the paper uses all 50 000). Without the
+CIFAR-10 files both fall back to MNIST-1D and a ReLU MLP (recorded as the data source).
+
 Every run measures tr(H) (Hutch++ on the first ``probe_n`` clean training images, the loss and
 accuracy on them too) and the test accuracy on ``test_n`` held-out images, ``measurements`` times.
 The criteria (:mod:`sharpscope.experiments.escape_criteria`) compare arms at the last step and at
@@ -90,7 +95,7 @@ SCALES: dict[str, EscapeScale] = {
                        seeds=(0, 1, 2), rhos=(0.01, 0.05, 0.1, 0.5), lr_perturb_factors=(1.0, 10.0),
                        sa_batches=(1, 64, 128), noise_lr=0.1, noise_steps=1500, a5_draws=256, a5_probes=32,
                        a5_examples=256),
-    "gpu": EscapeScale(n=16000, test_n=2000, copies=10, channels=(64, 128, 256), pretrain_acc=0.9999,
+    "gpu": EscapeScale(n=16000, test_n=2000, copies=10, channels=(64,), pretrain_acc=0.9999,
                        fit_steps=400000, fit_every=1000, steps=20000, sweep_steps=4000, measurements=20, probe_n=5000,
                        trace_matvecs=99, seeds=(0, 1, 2), rhos=(0.01, 0.05, 0.1, 0.5), lr_perturb_factors=(1.0, 10.0),
                        sa_batches=(1, 64, 128), noise_lr=0.1, noise_steps=20000, a5_draws=256, a5_probes=64,
@@ -163,9 +168,13 @@ def _info(out_dir: Path) -> dict[str, Any]:
 
 
 def network(scale: str, info: Mapping[str, Any]) -> dict[str, Any]:
-    """The model spec: a GroupNorm CNN (conv-ReLU-GN-maxpool blocks) on images, else a ReLU MLP."""
+    """The model spec: a GroupNorm ResNet-18 (width ``channels[0]``) at the gpu scale and a GroupNorm CNN
+    (conv-ReLU-GN-maxpool blocks) below it on images, else a ReLU MLP."""
     channels = list(SCALES[scale].channels)
     shape = info["input_shape"]
+    if len(shape) == 3 and scale == "gpu":
+        return {"name": "resnet18", "kwargs": {"num_classes": 10, "norm": "gn", "width": channels[0],
+                                               "in_channels": shape[0]}}
     if len(shape) == 3:
         return {"name": "cnn", "kwargs": {"in_channels": shape[0], "num_classes": 10, "channels": channels,
                                           "norm": "gn", "image_size": shape[1]}}
@@ -198,7 +207,7 @@ def _fit(data: str, seed: int = 0):  # noqa: ANN202 - a Stage builder
         cfg.stop_at_train_acc = 1.0 if data == "clean" else sc.pretrain_acc
         if data == "pretrain":  # the stopping rule reads the probe set's accuracy: all of it; no trace
             cfg.probe_n, cfg.trace, cfg.k, cfg.max_iter = None, False, 1, 2
-            cfg.test_data = None
+            cfg.test_data, cfg.measure_every = None, 2 * sc.fit_every
         return cfg
 
     return build
