@@ -77,6 +77,8 @@ def sharpness_data(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str] |
         steps, loss = series(run, "train_loss")
         eigs = [series(run, f"{key}.{i}")[1] for i in range(min(k, max(recorded, 1)))]
         edge = None if note else series(run, "thresholds.edge")[1]
+        if edge is not None and not np.isfinite(edge).any():  # the optimizer has no derived edge: draw none
+            edge = None
         item: dict[str, Any] = {
             "label": run.label, "path": str(run.path), "rule": rule, "quantity": quantity, "steps": steps,
             "eigenvalues": eigs, "edge": edge, "gd_edge": series(run, "thresholds.gd_edge")[1],

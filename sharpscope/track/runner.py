@@ -379,7 +379,9 @@ class _Session:
     def measure(self, step: int) -> dict[str, Any] | None:
         stored = on_rank0(lambda: self.run.find_metric("measurement", step)
                           if self.run.has_metric("measurement", step) else None)
-        if stored is not None:
+        if stored is not None:  # measured before a crash: its SAM batch record may still be missing
+            if not on_rank0(lambda: self.run.has_metric("sam_batch", step)):
+                self.tracker.expect_batch_record(step, self.optimizer)
             return stored
         return self.tracker.measure(step, self.model, self.optimizer)
 
@@ -424,7 +426,7 @@ class _Session:
                     break
                 self.apply(closure)
                 broadcast_buffers(self.model)
-                self.tracker.after_step(t, self.model)  # completes an alignment record of θ_t → θ_{t+1}
+                self.tracker.after_step(t, self.model, self.optimizer)  # alignment / SAM batch records of θ_t → θ_{t+1}
                 t += 1
                 if self.progress is not None:
                     self.progress(t, cfg.steps, self.tracker.last)

@@ -15,9 +15,12 @@ optimizer (param group 0)                   rule               compared with
 ==========================================  =================  ================================
 
 ``‖g‖`` for the SAM-edge is the gradient norm of the measured objective at the current,
-unperturbed iterate (check H5), i.e. the full-batch gradient norm in full-batch training. The
-SAM-edge is derived for normalised SAM (p = 2, not adaptive) over plain GD; for other SAM set-ups
-the value is still reported, with ``"derived_for": "sam(p=2) over gd"`` saying what it assumes.
+unperturbed iterate, i.e. the full-batch gradient norm in full-batch training. In mini-batch
+training SAM normalises the gradient of its mini-batch instead: the tracker then also records
+that norm and the SAM-edge computed from it (:func:`batch_sam_edge`, a ``"sam_batch"`` record after
+the step). The SAM-edge is derived for normalised SAM (p = 2, not adaptive) over plain SGD without
+momentum; for other SAM set-ups no edge applies (``edge`` is None) and the formula's value is
+kept as ``sam_edge_indicative`` with ``derived_for`` saying what it assumes.
 
 Weight decay (check H1). ``SGD``/``Adam``/``SAM`` with ``weight_decay = wd`` descend
 ``L + (wd/2)‖θ‖²``, whose Hessian is ``H + wd·I``: the tracker measures ``H`` (the loss on the
@@ -72,14 +75,11 @@ def default_thresholds(step: int, optimizer: torch.optim.Optimizer | None,
             rho = float(group.get("sam_rho", 0.0))
             out["rho"] = rho
             out["rule"] = "sam_edge"
-            if grad_norm is not None and math.isfinite(grad_norm):
-                out["sam_edge"] = out["edge"] = sam_edge(lr, rho, grad_norm)
-            else:
-                out["edge"] = None
-            plain = (getattr(optimizer, "p", 2) == 2 and not group.get("sam_adaptive", False)
-                     and isinstance(optimizer.base_optimizer, torch.optim.SGD)
-                     and float(group.get("momentum", 0.0) or 0.0) == 0.0)
-            out["derived_for"] = "sam(p=2) over gd" + ("" if plain else " (this optimizer differs: indicative only)")
+            plain = sam_edge_applies(optimizer)
+            value = sam_edge(lr, rho, grad_norm) if grad_norm is not None and math.isfinite(grad_norm) else None
+            out["edge"] = value if plain else None
+            out["sam_edge" if plain else "sam_edge_indicative"] = value
+            out["derived_for"] = "sam(p=2) over gd" + ("" if plain else " (this optimizer differs: no edge applies)")
         elif isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
             beta1 = float(group["betas"][0])
             out.update(rule="adam_edge", edge=adam_edge(lr, beta1), adam_edge=adam_edge(lr, beta1),
@@ -100,6 +100,36 @@ def default_thresholds(step: int, optimizer: torch.optim.Optimizer | None,
                                     else "coupled: the descended Hessian is H + weight_decay*I; compare "
                                          "eigenvalues + weight_decay with the edge")
     return out
+
+
+def sam_edge_applies(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the SAM-edge is derived for ``optimizer``: normalised SAM (p = 2, not adaptive) over SGD
+    without momentum."""
+    from sharpscope.optim import SAM
+
+    if not isinstance(optimizer, SAM):
+        return False
+    group = optimizer.param_groups[0]
+    return bool(getattr(optimizer, "p", 2) == 2 and not group.get("sam_adaptive", False)
+                and isinstance(optimizer.base_optimizer, torch.optim.SGD)
+                and float(group.get("momentum", 0.0) or 0.0) == 0.0)
+
+
+def batch_sam_edge(step: int, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+    """The ``"sam_batch"`` record of SAM's step from ``θ_t``: the norm of the mini-batch gradient it
+    normalised (``last_grad_norm``) and the SAM-edge from that norm (None where no edge applies); None
+    for an optimizer that is not SAM or has not stepped."""
+    from sharpscope.optim import SAM
+
+    norm = getattr(optimizer, "last_grad_norm", None) if isinstance(optimizer, SAM) else None
+    if norm is None:
+        return None
+    group = optimizer.param_groups[0]
+    lr, rho = float(group["lr"]), float(group.get("sam_rho", 0.0))
+    applies = sam_edge_applies(optimizer) and math.isfinite(norm) and lr > 0
+    return {"kind": "sam_batch", "step": int(step), "batch_grad_norm": float(norm),
+            "sam_edge_batch": sam_edge(lr, rho, float(norm)) if applies else None,
+            "derived_for": "sam(p=2) over gd" + ("" if applies else " (this optimizer differs: no edge applies)")}
 
 
 def bounded_sharpness(record: Mapping[str, Any]) -> tuple[str, float | None]:

@@ -52,7 +52,7 @@ from sharpscope.curvature.results import EigenResult
 from sharpscope.data import ArrayDataset
 from sharpscope.errors import ConfigError, SharpscopeError
 from sharpscope.losses import accuracy
-from sharpscope.track.thresholds import default_thresholds
+from sharpscope.track.thresholds import batch_sam_edge, default_thresholds
 from sharpscope.validation import check_bool, check_int
 
 ThresholdFn = Callable[[int, "torch.optim.Optimizer | None", "float | None"], Mapping[str, Any]]
@@ -99,6 +99,12 @@ def subspace_alignment(u: Tensor, vectors: Tensor) -> tuple[list[float], float] 
         return None
     coeffs = (vectors.T @ u).double().cpu() / norm
     return coeffs.tolist(), min(1.0, float(coeffs.norm()))
+
+
+def _is_sam(optimizer: torch.optim.Optimizer | None) -> bool:
+    from sharpscope.optim import SAM
+
+    return isinstance(optimizer, SAM)
 
 
 class SharpnessTracker:
@@ -178,6 +184,7 @@ class SharpnessTracker:
         self.last: dict[str, Any] | None = None
         self.alignment = bool(alignment)
         self._pending: dict[str, Any] | None = None  # θ_t and eigenvector signs until after_step(t)
+        self._sam_step: int | None = None  # a measured step whose SAM batch norm after_step records
         self.preconditioned = preconditioned
         self._pre_eigenvectors: Tensor | None = None  # warm start of the preconditioned Lanczos
 
@@ -263,6 +270,7 @@ class SharpnessTracker:
         if self.alignment:
             rec["alignment"] = self._start_alignment(step, objective, grad)
 
+        self._sam_step = int(step) if _is_sam(optimizer) else None
         if self.threshold is not None:
             try:
                 rec["thresholds"] = dict(self.threshold(int(step), optimizer, gnorm))
@@ -334,12 +342,25 @@ class SharpnessTracker:
         found = subspace_alignment(grad, vectors * signs)
         return None if found is None else {"grad_cos": found[0], "grad_fraction": found[1]}
 
-    def after_step(self, step: int, model: nn.Module) -> dict[str, Any] | None:
+    def expect_batch_record(self, step: int, optimizer: torch.optim.Optimizer | None) -> None:
+        """Have :meth:`after_step` ``(step)`` record SAM's batch gradient norm, as after a measurement
+        at ``step`` (for a resumed run whose measurement at ``step`` was stored before a crash)."""
+        self._sam_step = int(step) if _is_sam(optimizer) else None
+
+    def after_step(self, step: int, model: nn.Module,
+                   optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any] | None:
         """Call right after the optimizer step ``θ_t → θ_{t+1}`` of every step ``t`` (cheap when nothing
         is pending). If ``t`` was measured with ``alignment=True``, return the ``"alignment"`` record of
         ``Δ = θ_{t+1} − θ_t`` with that measurement's eigenvectors (also passed to ``sink``); else None.
+        If ``t`` was measured and ``optimizer`` is SAM, first record (``sink``) the ``"sam_batch"`` record
+        of the gradient norm its step normalised (:func:`~sharpscope.track.thresholds.batch_sam_edge`).
         A pending measurement not completed at its own step is dropped.
         """
+        sam_step, self._sam_step = self._sam_step, None
+        if sam_step == int(step) and optimizer is not None:
+            batch = batch_sam_edge(step, optimizer)
+            if batch is not None and self.sink is not None:
+                self.sink(batch)
         pending, self._pending = self._pending, None
         if pending is None or pending["step"] != int(step) or self._eigenvectors is None:
             return None
@@ -379,7 +400,8 @@ class SharpnessTracker:
             "step": self._pending["step"], "theta": self._pending["theta"].cpu().clone(),
             "signs": self._pending["signs"].cpu().clone()}
         pre = None if self._pre_eigenvectors is None else self._pre_eigenvectors.detach().cpu().clone()
-        return {"eigenvectors": vecs, "hvp_modes": modes, "alignment": pending, "preconditioned_eigenvectors": pre}
+        return {"eigenvectors": vecs, "hvp_modes": modes, "alignment": pending, "preconditioned_eigenvectors": pre,
+                "sam_step": self._sam_step}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Inverse of :meth:`state_dict` (vectors are moved to the model's device at the next measurement)."""
@@ -393,6 +415,8 @@ class SharpnessTracker:
                                         and all(isinstance(pending.get(key), Tensor) for key in ("theta", "signs"))):
             raise ConfigError("tracker state: alignment must be None or {'step': int, 'theta': tensor, 'signs': tensor}")
         self._pending = None if pending is None else dict(pending)
+        sam_step = state.get("sam_step")
+        self._sam_step = sam_step if isinstance(sam_step, int) else None
         self._saved_modes = dict(state.get("hvp_modes") or {})
         if self._op is not None and self.hvp_mode == "auto":
             self._op.modes.update(self._saved_modes)
