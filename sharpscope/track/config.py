@@ -66,7 +66,9 @@ class TrainConfig:
             landscape path) instead of only the latest; resume still starts from the latest.
     Execution:
         seed: model initialisation, mini-batch order, Lanczos and trace probes (all explicit
-            generators). device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``. dtype: ``float32``/``float64``.
+            generators). probe_seed: seeds the Lanczos start and trace probes instead (None: ``seed``),
+            so runs that differ in ``seed`` can share their estimator's random numbers: a difference
+            between their traces then comes from the weights, not from the probes. device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``. dtype: ``float32``/``float64``.
         recipe, scale: where the config came from (informational).
     """
 
@@ -102,6 +104,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     keep_checkpoints: bool = False
     seed: int = 0
+    probe_seed: int | None = None
     device: str = "cpu"
     dtype: str = "float32"
     recipe: str | None = None
@@ -177,6 +180,7 @@ class TrainConfig:
             check_int(name, getattr(self, name), low=1)
         check_int("steps", self.steps, low=0)
         check_int("seed", self.seed, low=0)
+        check_int("probe_seed", self.probe_seed, low=0, optional=True)
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         if not isinstance(self.optimizer_kwargs, dict) or "lr" not in self.optimizer_kwargs:

@@ -260,7 +260,8 @@ class _Session:
             shard_dataset(probe), self.loss_fn, every=cfg.measure_every, k=cfg.k, tol=cfg.tol, max_iter=cfg.max_iter,
             trace=cfg.trace, trace_method=cfg.trace_method,  # type: ignore[arg-type]
             trace_matvecs=cfg.trace_matvecs, bn=cfg.bn,  # type: ignore[arg-type]
-            batch_size=pb, hvp_mode=cfg.hvp_mode, cache_graphs=cfg.cache_graphs, test_data=test_set, seed=cfg.seed,
+            batch_size=pb, hvp_mode=cfg.hvp_mode, cache_graphs=cfg.cache_graphs, test_data=test_set,
+            seed=cfg.seed if cfg.probe_seed is None else cfg.probe_seed,
             sink=run.append_metric if self.lead else None, alignment=cfg.alignment, preconditioned=cfg.preconditioned)
         self.stats: tuple[float, float | None] = (math.nan, None)
 

@@ -28,8 +28,9 @@ Scales: ``cpu`` uses the first 1 000 CIFAR-10 training images, 2 000 test images
 64) on the 16 000 training images ``../shared/data`` holds (the paper uses all 50 000). Without the
 CIFAR-10 files both fall back to MNIST-1D and a ReLU MLP (recorded as the data source).
 
-Every run measures tr(H) (Hutch++ on the first ``probe_n`` clean training images, the loss and
-accuracy on them too) and the test accuracy on ``test_n`` held-out images, ``measurements`` times.
+Every run measures tr(H) (Hutch++ on the first ``probe_n`` clean training images with the same probe
+vectors in every run from the minimizer, so arms differ by their weights and not by their probes; the
+loss and accuracy on those images too) and the test accuracy on ``test_n`` held-out images, ``measurements`` times.
 The criteria (:mod:`sharpscope.experiments.escape_criteria`) compare arms at the last step and at
 common training-loss levels, over seeds.
 """
@@ -231,6 +232,7 @@ def after_minimizer(optimizer: str = "sgd", *, seed: int = 0, rho: float = 0.0, 
         cfg = base_config(scale, out_dir, "clean", lr=lr, steps=steps, every=_every(steps, sc.measurements),
                           seed=seed)
         cfg.label_noise = label_noise
+        cfg.probe_seed = 0  # common random numbers: every arm and seed estimates tr(H) with the same probes
         if optimizer in ("rs", "sa"):
             cfg.optimizer = optimizer
             cfg.optimizer_kwargs.update(rho=rho, lr_perturb=lr if lr_perturb is None else lr_perturb, eps0=0.0,

@@ -1,0 +1,86 @@
+"""Markdown tables of a study's arms and verdicts, written from its summary (``<study>-summary.json``).
+
+``python -m sharpscope.experiments.report runs/escape/escape-summary.json`` prints the tables that
+``docs/reproductions.md`` quotes, so every number there is one the criteria code computed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+def _pm(stats: Mapping[str, Any] | None, scale: float = 1.0, digits: int = 3) -> str:
+    if not stats or not isinstance(stats.get("mean"), (int, float)) or not math.isfinite(stats["mean"]):
+        return "–"
+    mean, std, n = stats["mean"] * scale, stats.get("std", math.nan), stats.get("n", 0)
+    if n > 1 and isinstance(std, (int, float)) and math.isfinite(std):
+        return f"{mean:.{digits}g} ± {std * scale:.{digits - 1}g}"
+    return f"{mean:.{digits}g}"
+
+
+def arms_table(arms: Mapping[str, Mapping[str, Any]]) -> str:
+    """One row per arm: seeds, tr(H) at the start and the end, tr(H)/L, test accuracy (± its binomial
+    standard error), the lowest train accuracy along the runs, and the runs' statuses."""
+    rows = ["| arm | seeds | tr(H) start | tr(H) end | tr(H)/L end | test acc end (%) | binomial SE (pts) "
+            "| min train acc (%) | status |", "|---|---|---|---|---|---|---|---|---|"]
+    for arm, a in arms.items():
+        se = a.get("test_acc_stderr")
+        se_text = f"{100 * se:.2f}" if isinstance(se, (int, float)) and math.isfinite(se) else "–"
+        low = a.get("min_train_acc")
+        low_text = f"{100 * low:.2f}" if isinstance(low, (int, float)) and math.isfinite(low) else "–"
+        status = ", ".join(sorted({str(s) for s in a.get("status", [])}))
+        rows.append(f"| {arm} | {a.get('seeds')} | {_pm(a.get('trace_start'))} | {_pm(a.get('trace'))} "
+                    f"| {_pm(a.get('trace_over_loss'))} | {_pm(a.get('test_acc'), 100)} | {se_text} | {low_text} "
+                    f"| {status} |")
+    return "\n".join(rows)
+
+
+def comparison_table(title: str, comparisons: Mapping[str, Mapping[str, Any]]) -> str:
+    """Per compared arm: the difference of means and the summed seed spread for tr(H), test accuracy,
+    tr(H)/L and tr(H) at the lowest common loss, and whether the first arm is better beyond the spread."""
+    rows = [f"| {title} | quantity | difference of means | spread (std + std) | better beyond spread |",
+            "|---|---|---|---|---|"]
+    for other, c in comparisons.items():
+        for key in ("trace", "test_acc", "trace_over_loss", "trace_at_lowest_common_loss"):
+            if key not in c:
+                continue
+            d = c[key]
+            scale = 100 if key == "test_acc" else 1
+            diff, spread = d.get("difference", math.nan), d.get("spread", math.nan)
+            rows.append(f"| vs {other} | {key} | {diff * scale:.3g} | {spread * scale:.3g} | "
+                        f"{'yes' if d.get('holds') else 'no'} |")
+    return "\n".join(rows)
+
+
+def study_report(summary: Mapping[str, Any]) -> str:
+    """The markdown for a study summary: arms, comparisons and verdicts."""
+    res = summary["results"]
+    parts = [f"### {summary['study']} ({summary['scale']})", "", arms_table(res.get("arms", {})), ""]
+    for check in ("A1", "A2", "A3", "A4", "A5", "G6"):
+        if check not in res:
+            continue
+        r = res[check]
+        parts.append(f"**{check}** — {r.get('criterion', '')}: **{r.get('verdict', '–')}**")
+        if check == "A3":
+            parts += ["", comparison_table("best-sa", {"best-rs": r["sa_vs_rs"], **r["sa_vs_controls"]})]
+        if check == "A4" and r.get("vs_rho0_twin"):
+            parts += ["", comparison_table("sa-bB", {f"{k} vs its ρ = 0 twin": v for k, v in r["vs_rho0_twin"].items()})]
+        if check == "G6" and r.get("vs_noiseless"):
+            parts += ["", comparison_table("label-noise", {"noiseless": r["vs_noiseless"]})]
+        parts.append("")
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    for path in argv if argv is not None else sys.argv[1:]:
+        sys.stdout.write(study_report(json.loads(Path(path).read_text())) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
