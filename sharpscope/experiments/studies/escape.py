@@ -31,7 +31,7 @@ CIFAR-10 files both fall back to MNIST-1D and a ReLU MLP (recorded as the data s
 Every run measures tr(H) (Hutch++ on the first ``probe_n`` clean training images with the same probe
 vectors in every run from the minimizer, so arms differ by their weights and not by their probes; the
 loss and accuracy on those images too) and the test accuracy on ``test_n`` held-out images, ``measurements`` times.
-The criteria (:mod:`sharpscope.experiments.escape_criteria`) compare arms at the last step and at
+The criteria (:mod:`sharpscope.experiments.arms`) compare arms at the last step and at
 common training-loss levels, over seeds.
 """
 
@@ -48,7 +48,7 @@ import torch
 
 from sharpscope.data import confusion_set, mnist1d, resolve_data
 from sharpscope.errors import ConfigError
-from sharpscope.experiments import escape_criteria
+from sharpscope.experiments import arms as arm_criteria
 from sharpscope.experiments.recipes import fc, shared_data_file
 from sharpscope.experiments.studies.framework import Figure, Stage, Study
 from sharpscope.io.atomic import atomic_write, atomic_write_bytes
@@ -265,7 +265,7 @@ def _best_builder(kind: str, seed: int, *, twin: bool = False, batch: int | None
         sc = SCALES[scale]
         names = [_sweep_name(a, r, f) for a in _ALGS if a.startswith(kind) for r in sc.rhos
                  for f in sc.lr_perturb_factors]
-        best = escape_criteria.best_setting(out_dir, names)
+        best = arm_criteria.best_setting(out_dir, names)
         if best is None:
             raise ConfigError(f"no sweep run of {kind} finished in {out_dir}; nothing to run at full length")
         alg, variant = _ALGS[best["alg"]]
@@ -326,11 +326,11 @@ def label_noise_stages(scale: str) -> list[Stage]:
 
 
 def evaluate_escape(dirs: Mapping[str, Path]) -> dict[str, Any]:
-    return escape_criteria.escape_results(dirs)
+    return arm_criteria.escape_results(dirs)
 
 
 def evaluate_label_noise(dirs: Mapping[str, Path]) -> dict[str, Any]:
-    return escape_criteria.label_noise_results(dirs)
+    return arm_criteria.label_noise_results(dirs)
 
 
 _CAPTION = ("Arms are means over seeds (bands: ± one standard deviation); test accuracy on the held-out images "

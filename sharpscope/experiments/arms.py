@@ -1,4 +1,5 @@
-"""Criteria of the escape and label-noise studies: arms over seeds, at the last step and at matched loss.
+"""Criteria over arms of seeded runs (the escape, label-noise and flatness studies): at the last step and at
+matched training loss, over seeds.
 
 A run directory named ``<arm>-s<seed>`` is one seed of an arm (a name without the suffix is an arm
 of one run). For every arm the criteria report, per quantity, the per-seed values and their mean ± std
@@ -48,10 +49,15 @@ def series(path: Path) -> dict[str, Any]:
     rec = criteria.measurements(path)
     summary = RunDirectory(path).read_summary() or {}
     test = ((summary.get("data") or {}).get("test") or {}).get("examples")
+    lam1, lam5 = criteria.column(rec, "eigenvalues.0"), criteria.column(rec, "eigenvalues.4")
     return {"step": criteria.column(rec, "step"), "loss": criteria.column(rec, "train_loss"),
             "trace": criteria.column(rec, "trace.estimate"), "test_acc": criteria.column(rec, "test_acc"),
-            "train_acc": criteria.column(rec, "train_acc"), "status": summary.get("status"),
-            "test_examples": test}
+            "train_acc": criteria.column(rec, "train_acc"), "lambda_max": lam1,
+            "lambda1_over_lambda5": [a / b if b > 0 else math.nan for a, b in zip(lam1, lam5)],
+            "status": summary.get("status"), "test_examples": test}
+
+
+QUANTITIES = ("trace", "lambda_max", "lambda1_over_lambda5", "test_acc", "train_acc", "loss")
 
 
 def _last_finite(values: Sequence[float]) -> float:
@@ -59,12 +65,13 @@ def _last_finite(values: Sequence[float]) -> float:
 
 
 def run_numbers(path: Path) -> dict[str, Any]:
-    """Start and end of one run: tr(H), test and train accuracy, loss, tr(H)/L, and the minimum train accuracy."""
+    """Start and end of one run: tr(H), λ_max, λ_1/λ_5, test and train accuracy, loss, tr(H)/L, and the
+    minimum train accuracy."""
     s = series(path)
     out: dict[str, Any] = {"status": s["status"], "measurements": len(s["step"])}
     if not s["step"]:
         return out
-    for key in ("trace", "test_acc", "train_acc", "loss"):
+    for key in QUANTITIES:
         out[key] = [s[key][0], _last_finite(s[key])]
     ratio = [t / loss if loss > 0 else math.nan for t, loss in zip(out["trace"], out["loss"])]
     out["trace_over_loss"] = ratio
@@ -78,7 +85,7 @@ def arm_summary(paths: Sequence[Path]) -> dict[str, Any]:
     """Per-seed end values of an arm and their mean ± std; the test accuracy's binomial standard error."""
     runs = [run_numbers(p) for p in paths]
     out: dict[str, Any] = {"seeds": len(runs), "status": [r.get("status") for r in runs]}
-    for key in ("trace", "test_acc", "train_acc", "loss", "trace_over_loss"):
+    for key in (*QUANTITIES, "trace_over_loss"):
         out[key] = evidence.seed_stats([r[key][1] if key in r else math.nan for r in runs])
         out[f"{key}_start"] = evidence.seed_stats([r[key][0] if key in r else math.nan for r in runs])
     out["min_train_acc"] = min((r.get("min_train_acc", math.nan) for r in runs), default=math.nan)
@@ -89,17 +96,19 @@ def arm_summary(paths: Sequence[Path]) -> dict[str, Any]:
     return out
 
 
-def at_matched_loss(groups: Mapping[str, Sequence[Path]], num: int = 4) -> dict[str, Any]:
-    """tr(H) and test accuracy of each arm at training-loss levels every run of ``groups`` reaches."""
+def at_matched_loss(groups: Mapping[str, Sequence[Path]], num: int = 4,
+                    quantities: Sequence[str] = ("trace", "test_acc", "lambda_max")) -> dict[str, Any]:
+    """``quantities`` of each arm (per level: mean ± std over seeds) at training-loss levels every run of
+    ``groups`` reaches."""
     runs = {arm: [series(p) for p in paths] for arm, paths in groups.items()}
     losses = [s["loss"] for ss in runs.values() for s in ss]
     levels = evidence.common_loss_levels(losses, num=num)
     out: dict[str, Any] = {"levels": levels, "arms": {}}
     for arm, ss in runs.items():
-        tr = [evidence.interpolate_at_loss(s["loss"], s["trace"], levels) for s in ss]
-        acc = [evidence.interpolate_at_loss(s["loss"], s["test_acc"], levels) for s in ss]
-        out["arms"][arm] = {"trace": [evidence.seed_stats([t[i] for t in tr]) for i in range(len(levels))],
-                            "test_acc": [evidence.seed_stats([a[i] for a in acc]) for i in range(len(levels))]}
+        out["arms"][arm] = {}
+        for q in quantities:
+            vals = [evidence.interpolate_at_loss(s["loss"], s[q], levels) for s in ss]
+            out["arms"][arm][q] = [evidence.seed_stats([v[i] for v in vals]) for i in range(len(levels))]
     return out
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sharpscope.experiments import escape_criteria as ec
+from sharpscope.experiments import arms as ec
 
 
 def _run(root: Path, name: str, traces: list[float], accs: list[float], losses: list[float] | None = None,
