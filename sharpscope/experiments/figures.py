@@ -8,6 +8,7 @@ The study's summary (``<out_dir>/<study>-summary.json``) is copied to ``<fig_dir
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from fnmatch import fnmatch
 from pathlib import Path
@@ -35,6 +36,7 @@ _KINDS: dict[str, tuple[Callable[..., MplFigure], Callable[..., dict[str, Any]]]
     "escape": (escape_figure, escape_data),
     "trace-accuracy": (trace_accuracy_figure, trace_accuracy_data),
     "escape-seeds": (arms_figure, arms_data),
+    "arms-lambda": (functools.partial(arms_figure, quantity="lambda_max"), arms_data),
 }
 
 

@@ -26,8 +26,8 @@ def _pm(stats: Mapping[str, Any] | None, scale: float = 1.0, digits: int = 3) ->
 def arms_table(arms: Mapping[str, Mapping[str, Any]]) -> str:
     """One row per arm: seeds, tr(H) at the start and the end, tr(H)/L, test accuracy (± its binomial
     standard error), the lowest train accuracy along the runs, and the runs' statuses."""
-    rows = ["| arm | seeds | tr(H) start | tr(H) end | tr(H)/L end | test acc end (%) | binomial SE (pts) "
-            "| min train acc (%) | status |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| arm | seeds | tr(H) start | tr(H) end | tr(H)/L end | λ_max end | test acc end (%) | binomial SE (pts) "
+            "| min train acc (%) | status |", "|---|---|---|---|---|---|---|---|---|---|"]
     for arm, a in arms.items():
         se = a.get("test_acc_stderr")
         se_text = f"{100 * se:.2f}" if isinstance(se, (int, float)) and math.isfinite(se) else "–"
@@ -35,7 +35,8 @@ def arms_table(arms: Mapping[str, Mapping[str, Any]]) -> str:
         low_text = f"{100 * low:.2f}" if isinstance(low, (int, float)) and math.isfinite(low) else "–"
         status = ", ".join(sorted({str(s) for s in a.get("status", [])}))
         rows.append(f"| {arm} | {a.get('seeds')} | {_pm(a.get('trace_start'))} | {_pm(a.get('trace'))} "
-                    f"| {_pm(a.get('trace_over_loss'))} | {_pm(a.get('test_acc'), 100)} | {se_text} | {low_text} "
+                    f"| {_pm(a.get('trace_over_loss'))} | {_pm(a.get('lambda_max'))} | {_pm(a.get('test_acc'), 100)} "
+                    f"| {se_text} | {low_text} "
                     f"| {status} |")
     return "\n".join(rows)
 
@@ -61,10 +62,11 @@ def study_report(summary: Mapping[str, Any]) -> str:
     """The markdown for a study summary: arms, comparisons and verdicts."""
     res = summary["results"]
     parts = [f"### {summary['study']} ({summary['scale']})", "", arms_table(res.get("arms", {})), ""]
-    for check in ("A1", "A2", "A3", "A4", "A5", "G6"):
-        if check not in res:
-            continue
+    checks = [c for c in res if c not in ("arms", "matched_loss")]
+    for check in checks:
         r = res[check]
+        if not isinstance(r, Mapping):
+            continue
         parts.append(f"**{check}** — {r.get('criterion', '')}: **{r.get('verdict', '–')}**")
         if check == "A3":
             parts += ["", comparison_table("best-sa", {"best-rs": r["sa_vs_rs"], **r["sa_vs_controls"]})]

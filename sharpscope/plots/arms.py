@@ -23,7 +23,9 @@ from sharpscope.plots.runs import RunData, RunLike, as_runs, series
 from sharpscope.plots.style import color, label_axes, legend, new_figure
 
 _SEED = re.compile(r"^(?P<arm>.+)-s(?P<seed>\d+)$")
-_KEYS = {"trace": "trace.estimate", "loss": "train_loss", "test_acc": "test_acc", "train_acc": "train_acc"}
+_KEYS = {"trace": "trace.estimate", "lambda_max": "eigenvalues.0", "loss": "train_loss", "test_acc": "test_acc",
+         "train_acc": "train_acc"}
+_NAMES = {"trace": "trace tr(H)", "lambda_max": "sharpness λ_max"}
 
 
 def _arm(label: str) -> str:
@@ -80,28 +82,34 @@ def _band(ax: Axes, steps: np.ndarray, stats: dict[str, np.ndarray], c: str, lab
     ax.fill_between(steps[: len(mean)], mean - std, mean + std, color=c, alpha=0.2, linewidth=0)
 
 
-def arms_figure(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str] | None = None) -> Figure:
-    """The four panels of the module docstring; one colour per arm (legend: arm and number of seeds)."""
+def arms_figure(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str] | None = None,
+                quantity: str = "trace") -> Figure:
+    """The four panels of the module docstring; one colour per arm (legend: arm and number of seeds).
+    ``quantity`` ``"lambda_max"`` draws λ_max (log axis) where tr(H) is drawn by default."""
+    if quantity not in _NAMES:
+        raise ValueError(f"quantity must be one of {', '.join(_NAMES)}, got {quantity!r}")
     data = arms_data(runs, labels=labels)
     fig, axes = new_figure(2, 2)
     for i, item in enumerate(data["arms"]):
         c, steps = color(i), np.asarray(item["steps"], dtype=float)
         name = f"{item['arm']} ({item['seeds']} seed{'s' if item['seeds'] > 1 else ''})"
-        _band(axes[0], steps, item["trace"], c, name, "trace")
+        _band(axes[0], steps, item[quantity], c, name, quantity)
         _band(axes[2], steps, item["test_acc"], c, name, "test_acc")
         _band(axes[3], steps, item["train_acc"], c, name, "train_acc")
         for j, run in enumerate(item["per_run"]):
-            ok = np.isfinite(run["loss"]) & np.isfinite(run["trace"]) & (run["loss"] > 0)
-            (line,) = axes[1].plot(run["loss"][ok], run["trace"][ok], color=c, linewidth=1.0, alpha=0.8,
+            ok = np.isfinite(run["loss"]) & np.isfinite(run[quantity]) & (run["loss"] > 0)
+            (line,) = axes[1].plot(run["loss"][ok], run[quantity][ok], color=c, linewidth=1.0, alpha=0.8,
                                    marker=".", markersize=3, label=name if j == 0 else None)
-            line.set_gid("trace_vs_loss")
+            line.set_gid(f"{quantity}_vs_loss")
             at = run["diverged_at_step"]
             if at is not None:
                 for ax in (axes[0], axes[2], axes[3]):
-                    ax.plot([at], [np.nanmax(item["trace"]["mean"]) if ax is axes[0] else 0.0], marker="x",
+                    ax.plot([at], [np.nanmax(item[quantity]["mean"]) if ax is axes[0] else 0.0], marker="x",
                             color=c, markersize=8, linestyle="none", label=f"{run['label']} diverged")
-    label_axes(axes[0], "step", "trace tr(H)")
-    label_axes(axes[1], "training loss L (probe set)", "trace tr(H)")
+    label_axes(axes[0], "step", _NAMES[quantity])
+    label_axes(axes[1], "training loss L (probe set)", _NAMES[quantity])
+    if quantity == "lambda_max":
+        axes[0].set_yscale("log")
     axes[1].set_xscale("log")
     axes[1].set_yscale("log")
     axes[1].invert_xaxis()
