@@ -222,16 +222,20 @@ def escape_results(dirs: Mapping[str, Path]) -> dict[str, Any]:
 
 
 def _a5(dirs: Mapping[str, Path]) -> dict[str, Any] | None:
-    """The smoothing identity at the bad minimizer, computed once into ``<study>/a5.json``."""
+    """The smoothing identity at the bad minimizer, computed once into ``<study>/a5.json`` when the whole
+    study is evaluated (a run of some stages only reads it if it exists)."""
     if "finetune" not in dirs or not (dirs["finetune"] / "summary.json").is_file():
         return None
     from sharpscope.experiments.smoothing import identity_at_run
-    from sharpscope.experiments.studies.escape import SCALES
+    from sharpscope.experiments.studies.escape import SCALES, escape_stages
 
     target = dirs["finetune"].parent / "a5.json"
     if target.is_file():
         return jsonsafe.loads(target.read_text())
-    sc = SCALES[RunDirectory(dirs["finetune"]).read_config().get("scale") or "cpu"]
+    scale = RunDirectory(dirs["finetune"]).read_config().get("scale") or "cpu"
+    if set(dirs) != {s.name for s in escape_stages(scale)}:
+        return None
+    sc = SCALES[scale]
     result = identity_at_run(dirs["finetune"], examples=sc.a5_examples, draws=sc.a5_draws, probes=sc.a5_probes,
                              counts=sorted({16, 64, sc.a5_draws}))
     at = {row["draws"]: row["cosine"] for row in result["rhos"].get("0.01", [])}
