@@ -209,12 +209,15 @@ def escape_results(dirs: Mapping[str, Path]) -> dict[str, Any]:
         spread = [evidence.compare_seeds(_values(summaries[a]["trace"]), _values(summaries[b]["trace"]),
                                          lower_is_better=True) for a, b in zip(batch_arms, batch_arms[1:])]
         diverged = [a for a in batch_arms if "diverged" in summaries[a]["status"]]
+        seeds = min(summaries[a]["seeds"] for a in batch_arms)
         out["A4"] = {"trace_by_batch": tr, "ordered": ordered, "ordering_beyond_spread": [s["holds"] for s in spread],
                      "vs_rho0_twin": twins, "diverged": diverged,
                      "criterion": "tr(H) ordered B = 1 < 64 < 128 beyond the seed spread, and B = 1 better than its "
                                   "ρ = 0 twin",
-                     "verdict": _verdict(bool(spread) and all(s["holds"] for s in spread) and not diverged,
-                                         bool(twins) and twins.get(batch_arms[0], {}).get("better", False), True)}
+                     "seeds": seeds,
+                     "verdict": "not demonstrated" if seeds < evidence.MIN_SEEDS else _verdict(
+                         bool(spread) and all(s["holds"] for s in spread) and not diverged,
+                         bool(twins) and twins.get(batch_arms[0], {}).get("better", False), True)}
     a5 = _a5(dirs)
     if a5 is not None:
         out["A5"] = a5

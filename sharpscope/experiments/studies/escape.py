@@ -17,7 +17,7 @@ order, the perturbation draws and the trace probes; the minimizer is shared):
 * A3 full length (``steps``, all seeds): the sweep's best RS and best SA (the lowest tr(H)/L at the end,
   preferring runs that kept ≥ 99% train accuracy), the best SA's ρ = 0 twin, and SGD at η′ (the
   reviewer's explanation: the extra step is SGD at a larger step size).
-* A4 (``sweep_steps``, all seeds): independent-batch SA at the best SA's ρ and η′ with perturbation
+* A4 (``sweep_steps``, the seeds ``a4_seeds``: one at the cpu scale, for time): independent-batch SA at the best SA's ρ and η′ with perturbation
   batch B ∈ ``sa_batches`` and the ``rho+lr`` batch scaling (ρ and η′ times √(B/128)), each with its
   ρ = 0 twin.
 * G6 (the ``label-noise`` study): label-noise SGD (p = 0.2, fresh noise at every step) at ``noise_lr``
@@ -80,6 +80,7 @@ class EscapeScale:
     sa_batches: tuple[int, ...]
     noise_lr: float
     noise_steps: int
+    a4_seeds: tuple[int, ...]  # the perturbation-batch runs
     a5_draws: int  # the smoothing identity at the bad minimizer: RS draws, Hutchinson probes, examples
     a5_probes: int
     a5_examples: int
@@ -90,16 +91,17 @@ SCALES: dict[str, EscapeScale] = {
     "smoke": EscapeScale(n=32, test_n=32, copies=2, channels=(4, 8), pretrain_acc=0.5, fit_steps=4, fit_every=2,
                          steps=4, sweep_steps=2, measurements=2, probe_n=32, trace_matvecs=6, seeds=(0, 1),
                          rhos=(0.05,), lr_perturb_factors=(10.0,), sa_batches=(1,), noise_lr=0.05, noise_steps=4,
-                         a5_draws=16, a5_probes=2, a5_examples=16),
+                         a4_seeds=(0,), a5_draws=16, a5_probes=2, a5_examples=16),
     "cpu": EscapeScale(n=1000, test_n=2000, copies=10, channels=(32, 64, 128), pretrain_acc=0.9999, fit_steps=20000,
                        fit_every=400, steps=1000, sweep_steps=200, measurements=5, probe_n=256, trace_matvecs=20,
                        seeds=(0, 1, 2), rhos=(0.01, 0.05, 0.1, 0.5), lr_perturb_factors=(1.0, 10.0),
-                       sa_batches=(1, 64, 128), noise_lr=0.1, noise_steps=1500, a5_draws=256, a5_probes=32,
-                       a5_examples=256),
+                       sa_batches=(1, 64, 128), noise_lr=0.1, noise_steps=1500, a4_seeds=(0,), a5_draws=256,
+                       a5_probes=16, a5_examples=128),
     "gpu": EscapeScale(n=16000, test_n=2000, copies=10, channels=(64,), pretrain_acc=0.9999,
                        fit_steps=400000, fit_every=1000, steps=20000, sweep_steps=4000, measurements=20, probe_n=5000,
                        trace_matvecs=99, seeds=(0, 1, 2), rhos=(0.01, 0.05, 0.1, 0.5), lr_perturb_factors=(1.0, 10.0),
-                       sa_batches=(1, 64, 128), noise_lr=0.1, noise_steps=20000, a5_draws=256, a5_probes=64,
+                       sa_batches=(1, 64, 128), noise_lr=0.1, noise_steps=20000, a4_seeds=(0, 1, 2), a5_draws=256,
+                       a5_probes=64,
                        a5_examples=1000),
 }
 
@@ -304,7 +306,7 @@ def escape_stages(scale: str) -> list[Stage]:
             if factor != 1.0:
                 stages.append(Stage(f"sgd-lr{factor * ETA:g}-s{s}", after_minimizer(seed=s, lr=factor * ETA),
                                     init_from="finetune"))
-        for b in sc.sa_batches:
+        for b in sc.sa_batches if s in sc.a4_seeds else ():
             stages += [Stage(f"sa-b{b}-s{s}", _best_builder("sa", s, batch=b, length="sweep_steps"),
                              init_from="finetune", after=after),
                        Stage(f"sa-b{b}-rho0-s{s}", _best_builder("sa", s, twin=True, batch=b, length="sweep_steps"),
