@@ -229,8 +229,7 @@ def _a5(dirs: Mapping[str, Path]) -> dict[str, Any] | None:
     study is evaluated (a run of some stages only reads it if it exists)."""
     if "finetune" not in dirs or not (dirs["finetune"] / "summary.json").is_file():
         return None
-    from sharpscope.experiments.smoothing import identity_at_run
-    from sharpscope.experiments.studies.escape import SCALES, escape_stages
+    from sharpscope.experiments.studies.escape import escape_stages
 
     target = dirs["finetune"].parent / "a5.json"
     if target.is_file():
@@ -238,8 +237,17 @@ def _a5(dirs: Mapping[str, Path]) -> dict[str, Any] | None:
     scale = RunDirectory(dirs["finetune"]).read_config().get("scale") or "cpu"
     if set(dirs) != {s.name for s in escape_stages(scale)}:
         return None
+    return smoothing_check(dirs["finetune"], scale)
+
+
+def smoothing_check(finetune: Path, scale: str) -> dict[str, Any]:
+    """A5 at the run ``finetune`` with the sizes of ``scale``, written to ``a5.json`` beside it."""
+    from sharpscope.experiments.smoothing import identity_at_run
+    from sharpscope.experiments.studies.escape import SCALES
+    from sharpscope.io.atomic import atomic_write_bytes
+
     sc = SCALES[scale]
-    result = identity_at_run(dirs["finetune"], examples=sc.a5_examples, draws=sc.a5_draws, probes=sc.a5_probes,
+    result = identity_at_run(finetune, examples=sc.a5_examples, draws=sc.a5_draws, probes=sc.a5_probes,
                              counts=sorted({16, 64, sc.a5_draws}))
     at = {row["draws"]: row["cosine"] for row in result["rhos"].get("0.01", [])}
     result["criterion"] = "cosine ≥ 0.5 at ρ = 1e-2 with all draws, and not lower with more draws"
@@ -247,9 +255,7 @@ def _a5(dirs: Mapping[str, Path]) -> dict[str, Any] | None:
         most = at[max(at)]
         result["verdict"] = "holds" if most >= 0.5 and most >= at[min(at)] else (
             "partly" if most > 0 else "does not hold at this scale")
-    from sharpscope.io.atomic import atomic_write_bytes
-
-    atomic_write_bytes(target, (jsonsafe.dumps(result, indent=2) + "\n").encode())
+    atomic_write_bytes(finetune.parent / "a5.json", (jsonsafe.dumps(result, indent=2) + "\n").encode())
     return jsonsafe.loads(jsonsafe.dumps(result))
 
 
