@@ -95,7 +95,7 @@ SCALES: dict[str, EscapeScale] = {
     "cpu": EscapeScale(n=1000, test_n=2000, copies=10, channels=(32, 64, 128), pretrain_acc=0.9999, fit_steps=20000,
                        fit_every=400, steps=1000, sweep_steps=200, measurements=5, probe_n=256, trace_matvecs=20,
                        seeds=(0, 1, 2), rhos=(0.01, 0.05, 0.1, 0.5), lr_perturb_factors=(1.0, 10.0),
-                       sa_batches=(1, 64, 128), noise_lr=0.1, noise_steps=1500, a4_seeds=(0,), a5_draws=256,
+                       sa_batches=(1, 64, 128), noise_lr=0.1, noise_steps=1000, a4_seeds=(0,), a5_draws=256,
                        a5_probes=32, a5_examples=256),
     "gpu": EscapeScale(n=16000, test_n=2000, copies=10, channels=(64,), pretrain_acc=0.9999,
                        fit_steps=400000, fit_every=1000, steps=20000, sweep_steps=4000, measurements=20, probe_n=5000,
