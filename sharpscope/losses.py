@@ -1,7 +1,7 @@
 """Losses with the conventions of the edge-of-stability papers, each a mean over examples.
 
 The edge-of-stability thresholds hold for the Hessian of exactly the objective the optimizer
-descends, so the constant factors matter (SCIENCE.md, global conventions):
+descends, so the constant factors matter:
 
 * ``cross_entropy``: mean cross entropy over examples.
 * ``mse`` (Cohen et al. 2021): ``½ ‖f(x) − e_y‖²`` summed over the outputs, mean over examples.

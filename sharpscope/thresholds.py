@@ -2,7 +2,7 @@
 
 Every function returns the critical value of the relevant eigenvalue: GD, momentum and SAM
 compare it with ``λ_max(H)``; Adam / EMA momentum with ``λ_max(P⁻¹H)`` of the preconditioned
-Hessian (SCIENCE.md sections 4.2, 5.3, 5.4). On the 1-D quadratic ``f(x) = λx²/2`` the iteration
+Hessian. On the 1-D quadratic ``f(x) = λx²/2`` the iteration
 is stable for ``λ`` below the threshold and diverges above it.
 
 Worked values at ``η = 0.01``, ``β = 0.9`` (checked by bisection in ``tests/test_thresholds.py``)::
@@ -57,7 +57,7 @@ def momentum_edge(lr: float, beta: float, nesterov: bool = False) -> float:
         Nesterov  (2 + 2β) / (η (1 + 2β))
 
     Both reduce to ``2/η`` at ``β = 0``. Derivation: the characteristic polynomial of the
-    2×2 iteration has a root at ``z = −1`` exactly at these λ (SCIENCE.md 5.3, [D]).
+    2×2 iteration has a root at ``z = −1`` exactly at these λ.
     """
     eta = _lr(lr)
     b = _beta("beta", beta)

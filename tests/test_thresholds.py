@@ -1,4 +1,4 @@
-"""Tests for sharpscope.thresholds: reference values (SCIENCE.md U5/U6), properties, and a
+"""Tests for sharpscope.thresholds: reference values, properties, and a
 bisection on simulated 1-D quadratics that finds each divergence threshold independently."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def test_reference_values_u5() -> None:
 @pytest.mark.parametrize(("g", "expected"), [(10.0, 123.6), (1.0, 54.0), (0.1, 19.0)])
 def test_sam_edge_reference_values(g: float, expected: float) -> None:
     assert round(sam_edge(ETA, RHO, g), 1) == expected
-    # the closed form as written in SCIENCE.md 4.2
+    # the closed form as Long & Bartlett write it
     direct = (g / (2 * RHO)) * (math.sqrt(1 + 8 * RHO / (ETA * g)) - 1)
     assert sam_edge(ETA, RHO, g) == pytest.approx(direct, rel=1e-12)
 

@@ -2,7 +2,7 @@
 
 An adaptive method ``x ← x − η P⁻¹ m`` is stable on a quadratic with Hessian ``H`` only while the
 top eigenvalue of ``P⁻¹H`` stays below the threshold of its momentum rule (Cohen et al. 2022,
-SCIENCE.md 5.4; :func:`sharpscope.thresholds.adam_edge` gives ``38/η`` at ``β₁ = 0.9``). ``P⁻¹H``
+:func:`sharpscope.thresholds.adam_edge` gives ``38/η`` at ``β₁ = 0.9``). ``P⁻¹H``
 is not symmetric, but for a positive diagonal ``P`` it is similar to the symmetric
 
     A = P^{-1/2} H P^{-1/2}        (A = P^{1/2} (P⁻¹H) P^{-1/2})
@@ -132,7 +132,7 @@ def adam_preconditioner(optimizer: torch.optim.Optimizer, params: object, *,
         params: the objective's parameters in its flat order: an :class:`Objective`, its
             ``objective.params`` mapping, or a sequence of the parameter tensors.
         bias_correction: how the bias correction is folded into ``P`` (an open point in Cohen
-            et al. 2022, SCIENCE.md 5.4 [NF]). ``True`` (default) uses ``v̂ = v / (1 − β₂^t)``
+            et al. 2022; a reading the paper leaves open). ``True`` (default) uses ``v̂ = v / (1 − β₂^t)``
             with ``t`` the state's step count, which makes ``P`` exactly the denominator PyTorch
             divided by in its latest step: ``x_t − x_{t−1} = −(η/(1 − β₁^t)) P⁻¹ m_t``. ``False``
             uses the raw EMA ``v``, i.e. ``P = sqrt(v) + ε``; this is smaller by about

@@ -3,7 +3,7 @@
 Preprocessing: pixels are divided by 255 (values in [0, 1]), then centred by subtracting the
 mean of the loaded images (Long & Bartlett centre MNIST by the mean of the first batch, which
 for their full-batch runs is the loaded training set; whether their mean is one scalar or one
-per pixel is not documented, SCIENCE.md 4.4, so both are offered):
+per pixel is not documented, so both are offered):
 
 * ``center="scalar"`` (default): one number, the mean over all pixels of the ``n`` loaded images;
 * ``center="feature"``: per-pixel mean over the loaded images;

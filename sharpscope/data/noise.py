@@ -89,7 +89,7 @@ def confusion_set(x: Tensor | ArrayDataset, num_classes: int, *, copies: int = 1
     zeros are written into the tensor given: pass raw [0, 1] images and standardize afterwards for
     black pixels (as Liu et al. did), or standardized images for mean-valued ones.
 
-    Differences to Damian et al.'s code (SCIENCE.md 2.1), kept on purpose: their 102 positions
+    Differences to Damian et al.'s code, kept on purpose: their 102 positions
     are drawn *with* replacement (about 97 distinct positions on average) and their copies are
     ordered example-major; here exactly ``floor(zero_frac * P)`` distinct positions are zeroed.
     """

@@ -6,36 +6,36 @@ the experiment whose effect was checked here) or ``"gpu"`` (the paper's setting,
 Every field can be overridden (:func:`get_recipe` ``overrides``, CLI ``--set key=value``; dotted
 keys reach into dicts, e.g. ``optimizer_kwargs.lr=0.02`` or ``model.kwargs.widths=[100,100]``).
 
-Recipes (SCIENCE.md sections and checks in brackets):
+Recipes:
 
-* ``eos-gd`` [5.2, E1] — Cohen et al.: fully connected tanh net, MSE ``½‖f−e_y‖²`` summed over
+* ``eos-gd`` — Cohen et al.: fully connected tanh net, MSE ``½‖f−e_y‖²`` summed over
   classes, full-batch GD, sharpness = λ_max of the same objective, threshold ``2/η``.
   gpu: the first 5 000 CIFAR-10 images (``cifar10-5k``, flattened, per-feature standardised with
   the training file's statistics) when ``../shared/data/cifar10_train16k.npz`` is found (else
   MNIST-1D), 200-200 net, the paper's ``η = 0.01``, stop at 99% train accuracy. cpu: the setting
   of ``tests/science/test_science_eos.py`` (tanh 40→100→100→10 on the first 1 000 MNIST-1D
   examples, ``η = 0.2``, 800 steps, λ every 10 steps): CIFAR-5k full batch is ~1 s a step here.
-* ``eos-cifar5k`` [E1 on the paper's data] — ``eos-gd`` on the first 5 000 CIFAR-10 images at
+* ``eos-cifar5k`` (E1 on the paper's data) — ``eos-gd`` on the first 5 000 CIFAR-10 images at
   ``η = 2/100`` on CPU (see :func:`eos_cifar5k`).
-* ``eos-momentum`` [5.3, E2] — the same with Polyak momentum β = 0.9 (PyTorch form), threshold
+* ``eos-momentum`` — the same with Polyak momentum β = 0.9 (PyTorch form), threshold
   ``(2+2β)/η = 3.8/η``; cpu: 500 examples, 600 steps (the test's setting).
-* ``eos-ce`` [5.2, E3] — ``eos-gd`` with cross entropy.
-* ``eos-adam`` [5.4, E4] — ``eos-gd`` with full-batch Adam (β = (0.9, 0.999), ε = 1e-8), measuring the
+* ``eos-ce`` — ``eos-gd`` with cross entropy.
+* ``eos-adam`` — ``eos-gd`` with full-batch Adam (β = (0.9, 0.999), ε = 1e-8), measuring the
   preconditioned sharpness λ_max(P⁻¹H), ``P = diag(√v̂ + ε)`` (``preconditioned``), against
   ``38/η``; cpu: ``η = 1e-3``, 700 steps, λ every 15 steps (the setting of the E4 test); gpu
   (``η = 1e-4``) not checked here.
-* ``sam-edge`` [4, E5] — Long & Bartlett: ReLU MLP (depth 4), MSE averaged over outputs and
+* ``sam-edge`` — Long & Bartlett: ReLU MLP (depth 4), MSE averaged over outputs and
   examples (``mse-mean``), full-batch SAM (normalised, over GD); threshold SAM-edge(η, ρ, ‖g‖)
   with the full-batch ‖g‖ of each measurement. cpu: width 100 on the first 1 000 MNIST images
   (``../shared/data/mnist5k.npz``, class-balanced; MNIST-1D if absent), ``η = 0.4`` (λ_max ≈ 3.5 at
   init, so η = 1 starts above 2/η), ρ = 0.1 (ρ = 0 is the GD control; the ``sam-edge`` study sweeps ρ).
-* ``sam-edge-cnn`` [4, E6] — the same with conv-ReLU-LayerNorm-maxpool ×2 on 1 000 CIFAR-10 images
+* ``sam-edge-cnn`` — the same with conv-ReLU-LayerNorm-maxpool ×2 on 1 000 CIFAR-10 images
   (cpu: 250 images, channels 8/16, 150 steps: ~4 s a SAM step on the shared CPU). Its λ_max at init
   is ≈ 187 (mse-mean, 500 images, seed 0), so ``η = 0.008`` (2/η = 250); ``η = 1`` diverged at step 3.
-* ``sam-flatness`` [3, G3] — mini-batch SGD (ρ = 0) on a BatchNorm-free ReLU MLP, cross entropy,
+* ``sam-flatness`` — mini-batch SGD (ρ = 0) on a BatchNorm-free ReLU MLP, cross entropy,
   λ_1..λ_5 measured along the run; the ``sam-flatness`` study runs it with SAM and Sparse SAM too.
 * ``demo`` — mini-batch SGD with momentum and cross entropy on MNIST-1D, with trace estimates.
-* ``landscape-resnet18`` — the run behind the ResNet-18 loss-landscape figures (issue 7): CIFAR
+* ``landscape-resnet18`` — the run behind the ResNet-18 loss-landscape figures: CIFAR
   ResNet-18 with BatchNorm, mini-batch SGD (batch 128, momentum 0.9) with cross entropy on the first
   2 000 CIFAR-10 images (MNIST-1D cannot feed it: needs ``../shared/data/cifar10_train16k.npz``),
   every checkpoint kept (``keep_checkpoints``) as the iterates whose PCA directions span the slice

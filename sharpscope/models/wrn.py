@@ -1,8 +1,8 @@
 """WideResNet (Zagoruyko & Komodakis), pre-activation blocks, with BN, GroupNorm or no norm.
 
-Foret et al. computed their Hessian spectra on a WideResNet without BatchNorm (SCIENCE.md,
-global conventions); ``norm=None`` gives that variant (its convs carry biases). At He init its
-logits stay well scaled at depth 16 (std ~0.3 for unit inputs) and grow slowly with depth; for
+Foret et al. computed their Hessian spectra on a WideResNet without BatchNorm; ``norm=None`` gives that
+variant (its convs carry biases). At He init its logits stay well scaled at depth 16 (std ~0.3 for
+unit inputs) and grow slowly with depth; for
 deep BN-free nets ``residual_gain=0.0`` ends every residual branch in a learnable scalar gain
 initialised to that value (SkipInit, De & Smith 2020), so each block starts as the identity.
 """

@@ -2,7 +2,7 @@
 
 SAM-family steps run two forward passes in training mode. The official SAM code keeps the
 running-average state produced by the *first* (unperturbed) pass and discards the second pass's
-update (SCIENCE.md 3.4, check H4). :func:`frozen_bn_stats` gives that behaviour in any loop::
+update. :func:`frozen_bn_stats` gives that behaviour in any loop::
 
     loss_fn(model(x), y).backward()          # pass 1: batch statistics, running stats updated
     opt.first_step(zero_grad=True)

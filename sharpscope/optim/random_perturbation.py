@@ -34,13 +34,13 @@ documented in ``docs/conventions.md``):
   each example's output by ``≈ ρ a/√B`` and ``‖w‖`` grows like ``1/√B``: the rule keeps both at
   their size at ``B = reference_batch``.
 
-* ``project=True`` — remove the component of ``w`` along ``g`` (RS: [P] prose; SA: [NF]).
+* ``project=True`` — remove the component of ``w`` along ``g`` (RS: stated in the prose; SA: assumed).
   With ``g = 0`` nothing can be removed and ``v = w``.
-* ``tolerance_branch=True`` — plain GD step while ‖g‖ > ε0 (for SA: [NF], assumed as in RS);
+* ``tolerance_branch=True`` — plain GD step while ‖g‖ > ε0 (for SA: assumed as in RS);
   ``False`` perturbs at every step and ignores ``eps0``.
 * ``inclusive=True`` — the perturbed branch is taken when ``‖g‖ ≤ ε0`` (``False``: ``< ε0``).
 * ``lr_perturb`` — η′, the separate step size of ``v``; ``None`` means η′ = η.
-* ``eps0`` — the gradient-norm tolerance ε0 (required; its values in the paper are [NF]);
+* ``eps0`` — the gradient-norm tolerance ε0 (required; the paper gives no values);
   ``math.inf`` perturbs at every step, as does ``tolerance_branch=False``.
 * ``include_gradient_step=True`` — the perturbed step is ``x − η g − η′ v``; ``False`` gives
   ``x − η′ v``.

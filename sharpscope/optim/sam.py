@@ -1,6 +1,6 @@
 """SAM (Foret et al. 2021) and ASAM (Kwon et al. 2021) over any ``torch.optim`` base optimizer.
 
-Ascent direction (first-order solution of ``max_{‖T⁻¹ε‖_p ≤ ρ} L(w + ε)``, SCIENCE.md 3.1, 3.7)::
+Ascent direction (first-order solution of ``max_{‖T⁻¹ε‖_p ≤ ρ} L(w + ε)``; Foret et al., Kwon et al.)::
 
     h = T (g + wd·w)            g = ∇L(w) (unscaled);  wd·w only if wd_in_perturbation
     δ = ρ · sign(h) |h|^{q−1} / (‖h‖_q^{q−1} + perturb_eps)      1/p + 1/q = 1

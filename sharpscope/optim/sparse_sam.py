@@ -1,8 +1,8 @@
 """Sparse SAM (Mi et al. 2022, follow-up 2023): the SAM perturbation multiplied by a binary mask.
 
-``ε = ε_SAM(g) ⊙ m`` with ``m ∈ {0,1}^d`` (1 = perturbed), SCIENCE.md section 7. By default the
+``ε = ε_SAM(g) ⊙ m`` with ``m ∈ {0,1}^d`` (1 = perturbed). By default the
 normaliser is the norm of the **full, unmasked** ascent vector, as in the official code, so
-``‖ε‖ ≤ ρ``; ``normalize_masked=True`` normalises ``h ⊙ m`` instead (paper equation: [NF]).
+``‖ε‖ ≤ ρ``; ``normalize_masked=True`` normalises ``h ⊙ m`` instead (paper equation: left open).
 Sparsity ``s`` is the fraction of coordinates *not* perturbed; a mask keeps
 ``k = d − ⌈s·d⌉ = ⌊(1 − s)·d⌋`` ones (computed without floating-point slop).
 
@@ -210,7 +210,7 @@ class SparseSAM(SAM):
         drop_rate, total_steps: SSAM-D schedule (``total_steps`` required for ``"dynamic"``).
         drop_strategy, growth_strategy: ``"gradient"`` (|g|), ``"weight"`` (|w|) or ``"random"``
             scores for SSAM-D death (default gradient) and growth (default random).
-        normalize_masked: [NF] normalise by ``‖h ⊙ m‖`` instead of the unmasked ``‖h‖``
+        normalize_masked: (left open by the paper) normalise by ``‖h ⊙ m‖`` instead of the unmasked ``‖h‖``
             (default False = official code; then ``‖ε‖_p ≤ ρ``).
         generator, seed: the RNG of random masks and random scores (a CPU generator; never the
             global RNG). Its state is saved in ``state_dict()`` together with the masks.

@@ -1,7 +1,7 @@
 """Figures of training trajectories read from run directories.
 
 * :func:`sharpness_figure` — λ_max (and λ_2..λ_k) against step with each run's stability
-  threshold from its records' ``thresholds`` (SCIENCE.md 4.2, 5): GD ``2/η`` and Polyak momentum
+  threshold from its records' ``thresholds``: GD ``2/η`` and Polyak momentum
   ``(2+2β)/η`` are constant lines; the SAM-edge ``(‖g‖/(2ρ))(√(1 + 8ρ/(η‖g‖)) − 1)`` moves with
   ‖g‖ and is drawn through its per-measurement values, with 2/η as a dotted reference. Adam's
   edge ``(2+2β₁)/(η(1−β₁))`` (38/η at β₁ = 0.9) bounds the *preconditioned* sharpness λ_max(P⁻¹H):

@@ -11,7 +11,7 @@ Full batch. The gradient is accumulated over fixed physical batches ``b`` of the
     ∇L(θ) = Σ_b (n_b / N) ∇ℓ_b(θ),      ℓ_b = mean loss over batch b,
 
 which is exactly the gradient of the tracker's objective when the probe set is the training set,
-so the measured ``λ_max`` is the one that ``2/η`` bounds (check H1). SAM recomputes this
+so the measured ``λ_max`` is the one that ``2/η`` bounds. SAM recomputes this
 full-batch gradient in its second (perturbed) pass.
 
 Determinism. The model is initialised inside ``torch.random.fork_rng`` with ``seed`` (the

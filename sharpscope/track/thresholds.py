@@ -1,7 +1,7 @@
 """The stability threshold that matches an optimizer, read from the optimizer itself.
 
 :func:`default_thresholds` inspects the optimizer's class and param group and returns the edge
-its update rule has on a quadratic (:mod:`sharpscope.thresholds`, SCIENCE.md 4.2 and 5.3):
+its update rule has on a quadratic (:mod:`sharpscope.thresholds`):
 
 ==========================================  =================  ================================
 optimizer (param group 0)                   rule               compared with
@@ -22,7 +22,7 @@ the step). The SAM-edge is derived for normalised SAM (p = 2, not adaptive) over
 momentum; for other SAM set-ups no edge applies (``edge`` is None) and the formula's value is
 kept as ``sam_edge_indicative`` with ``derived_for`` saying what it assumes.
 
-Weight decay (check H1). ``SGD``/``Adam``/``SAM`` with ``weight_decay = wd`` descend
+Weight decay. ``SGD``/``Adam``/``SAM`` with ``weight_decay = wd`` descend
 ``L + (wd/2)‖θ‖²``, whose Hessian is ``H + wd·I``: the tracker measures ``H`` (the loss on the
 probe set), so ``"weight_decay"`` is recorded and the eigenvalues plus ``wd`` are what the edge
 bounds. AdamW's decoupled decay is not part of the gradient and is only recorded.

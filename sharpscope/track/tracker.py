@@ -5,9 +5,9 @@ At a measured step ``t`` with parameters ``θ_t`` the tracker evaluates, on a *f
 
 * the top ``k`` eigenvalues of ``H = ∇²L(θ_t)`` by Lanczos (``which="LA"``), warm-started from
   the previous measurement's eigenvectors (``v0 = Σ_i y_i``), with their Ritz residuals
-  ``‖H y − θ y‖/|θ|`` and the number of Hessian-vector products (check H3);
+  ``‖H y − θ y‖/|θ|`` and the number of Hessian-vector products;
 * optionally ``tr(H)`` by Hutch++ or Hutchinson, with its standard error, and ``tr(H)/d``;
-* ``‖∇L(θ_t)‖`` at the unperturbed point (check H5; the ``‖g‖`` of the SAM-edge);
+* ``‖∇L(θ_t)‖`` at the unperturbed point (the ``‖g‖`` of the SAM-edge);
 * the threshold matching the optimizer (:func:`~sharpscope.track.thresholds.default_thresholds`
   or any callable ``(step, optimizer, grad_norm) -> dict``);
 * loss and accuracy on the probe (training) set and on an optional fixed test set;
@@ -16,7 +16,7 @@ At a measured step ``t`` with parameters ``θ_t`` the tracker evaluates, on a *f
   eigenspace: see :func:`subspace_alignment` and :meth:`SharpnessTracker.after_step`;
 * optionally (``preconditioned=True``, for Adam/AdamW or SAM over Adam) the top ``k`` eigenvalues of
   ``P^{-1/2} H P^{-1/2}`` with Adam's ``P = diag(√v̂ + ε)``, i.e. of ``P⁻¹H``: the quantity that
-  Adam's edge ``(2+2β₁)/(η(1−β₁))`` bounds (SCIENCE.md E4), which λ_max(H) does not.
+  Adam's edge ``(2+2β₁)/(η(1−β₁))`` bounds, which λ_max(H) does not.
 
 Nothing is mutated: parameters, gradients (``.grad``), train/eval flags, BatchNorm buffers and
 every random number generator are as before the call, so measuring never changes training.
@@ -113,12 +113,12 @@ class SharpnessTracker:
     Args:
         probe_data: the fixed probe set: an ``(x, y)`` pair, an :class:`ArrayDataset`, or an
             iterable of ``(x, y)`` batches. It must define the objective the optimizer descends
-            (same loss, same examples for full-batch training) or thresholds are off (check H1).
+            (same loss, same examples for full-batch training) or thresholds are off.
         loss_fn: ``(outputs, targets) -> mean loss over the batch`` (e.g. :func:`sharpscope.losses.mse`).
         every: measure when ``step % every == 0``.
         k: number of top eigenvalues. tol, max_iter: Lanczos stopping (relative Ritz residual).
         trace: also estimate ``tr(H)`` with ``trace_method`` and ``trace_matvecs`` products.
-        bn: BatchNorm mode of the objective (``"eval"`` or ``"batch"``; check H2).
+        bn: BatchNorm mode of the objective (``"eval"`` or ``"batch"``).
         batch_size: physical batch size of the probe (memory only: the objective is the same).
         hvp_mode: ``"auto"`` picks the faster exact mode by timing (once per tracker, kept in
             :meth:`state_dict`); a fixed mode makes records reproducible to the last bit.

@@ -1,4 +1,4 @@
-"""Algorithms on synthetic operators with known spectra (SCIENCE.md 9.1, U1-U4)."""
+"""Algorithms on synthetic operators with known spectra."""
 
 from __future__ import annotations
 

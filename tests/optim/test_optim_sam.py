@@ -110,7 +110,7 @@ def test_sparse_sam_fixed_mask_step_equals_hand_computation() -> None:
     opt = SparseSAM(model.parameters(), torch.optim.SGD, rho=RHO, mask=masks, lr=LR, perturb_eps=0.0)
     _assert_close(_sam_step(opt, model, x, y), [wi - LR * gi for wi, gi in zip(w, g2)])
 
-    # [NF] option: normalise the masked vector instead
+    # option left open by the paper: normalise the masked vector instead
     model2 = tiny_mlp()
     gm = flat([gi * mi for gi, mi in zip(g, masks)]).norm()
     g3 = grad_at(model2, [wi + RHO * gi * mi / gm for wi, gi, mi in zip(w, g, masks)], x, y)

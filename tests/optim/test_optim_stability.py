@@ -1,4 +1,4 @@
-"""Stability of the actual optimizers on quadratics with known Hessians (SCIENCE.md U5).
+"""Stability of the actual optimizers on quadratics with known Hessians.
 
 SAM-edge setting. The SAM-edge is derived for the SAM map linearised with the gradient norm ‖g‖
 held fixed. We realise that with a quadratic whose gradient has a large constant component

@@ -1,4 +1,4 @@
-"""Edge-of-stability effects at CPU scale (SCIENCE.md 9.2 E1, E2, E4, E5), on real data.
+"""Edge-of-stability effects at CPU scale, on real data.
 
 Every test trains a tanh MLP 40→100→100→10 (PyTorch default init, ``torch.manual_seed`` fixed)
 **full batch** on a fixed prefix of the MNIST-1D training set (``mnist1d(n=...)``, generated
@@ -141,7 +141,7 @@ def _assert_sharpening_then_no_excursion(stats: dict) -> None:
 def test_gd_sharpens_progressively_then_hovers_at_2_over_eta(train_set, lr: float, steps: int) -> None:
     """E1: full-batch GD, MSE (Cohen: ½‖f−e_y‖² summed over classes), 1000 examples, every 10 steps.
 
-    Pass: progressive sharpening to 2/η; after the crossing median ratio in SCIENCE.md E1's
+    Pass: progressive sharpening to 2/η; after the crossing median ratio in the stated
     [0.95, 1.15] (inside the issue's [0.9, 1.25]), ≥ 90% of checkpoints in [0.9, 1.25], no
     sustained excursion above 1.3; loss non-monotone and lower at the end. Both step sizes must
     settle at their own 2/η.
@@ -253,7 +253,7 @@ def test_adam_preconditioned_sharpness_at_the_adaptive_edge(train_set) -> None:
     ``P = diag(sqrt(v̂) + ε)`` (bias-corrected: the denominator of the next step).
 
     Threshold 38/η = 38 000. Pass, on the preconditioned ratio: it starts below 0.6 and rises ≥ 1.5×
-    to the crossing; after it (≥ 20 checkpoints) median in SCIENCE.md E4's [0.9, 1.2], ≥ 90% of
+    to the crossing; after it (≥ 20 checkpoints) median in the stated [0.9, 1.2], ≥ 90% of
     checkpoints in [0.8, 1.25] (E5's band; E4 states no band), no sustained excursion above 1.3;
     and raw ``λ_max(H)`` keeps rising (AEoS): it ends ≥ 1.15× its value at the crossing and
     increases over ≥ 80% of the intervals.
@@ -264,7 +264,7 @@ def test_adam_preconditioned_sharpness_at_the_adaptive_edge(train_set) -> None:
     [0.785, 1.14], 97–100% in [0.8, 1.25] (84–100% in [0.9, 1.25]: after the first overshoot the
     ratio dips to ~0.8 for a few checkpoints, then settles at 1.00 ± 0.05), raw growth 1.29–1.68×.
 
-    Bias-correction convention (SCIENCE.md [NF]): with the raw ``v`` instead of ``v̂``
+    Bias-correction convention: with the raw ``v`` instead of ``v̂``
     (``bias_correction=False``) the same run's ratio sits at 1.4–2.6 (median 1.68), because
     ``1 − β2^t`` is still 0.2–0.5 over these steps; only the bias-corrected ``P`` (the default,
     which is exactly PyTorch's denominator) equilibrates at 38/η here.

@@ -31,7 +31,7 @@ def tiny(**overrides: Any) -> TrainConfig:
 
 
 def test_a_full_batch_step_descends_the_tracked_objective(tmp_path: Path) -> None:
-    """θ_1 = θ_0 − η ∇L(θ_0) with ∇L the example-weighted mean over uneven physical batches (check H1)."""
+    """θ_1 = θ_0 − η ∇L(θ_0) with ∇L the example-weighted mean over uneven physical batches."""
     cfg = tiny(steps=1, dtype="float64", measure_every=1)
     summary = train(cfg, tmp_path / "run")
     model0, _ = build_model(cfg, torch.device("cpu"), torch.float64)
