@@ -53,7 +53,7 @@ or ``seed``), whose state is saved by ``state_dict()``; draws are made in float6
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 

@@ -37,7 +37,6 @@ common training-loss levels, over seeds.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +51,7 @@ from sharpscope.experiments import arms as arm_criteria
 from sharpscope.experiments.recipes import fc, shared_data_file
 from sharpscope.experiments.studies.framework import Figure, Stage, Study
 from sharpscope.io.atomic import atomic_write, atomic_write_bytes
-from sharpscope.track import RunDirectory, TrainConfig, jsonsafe
+from sharpscope.track import TrainConfig, jsonsafe
 
 CONSTRUCTIONS = ("confusion", "clean+confusion")
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
