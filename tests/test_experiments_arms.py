@@ -107,3 +107,16 @@ def test_label_noise_criterion(tmp_path: Path) -> None:
     assert all(p["after_step_0"]["rho"] == pytest.approx(-1.0) for p in res["spearman_per_seed"])
     assert res["verdict"] == "holds"
     assert math.isfinite(res["spearman_after_step_0"]["mean"])
+
+
+def test_the_report_quotes_the_criteria(tmp_path: Path) -> None:
+    """The markdown report carries every arm, each verdict as the criteria computed it, and the comparisons."""
+    from sharpscope.experiments.report import study_report
+
+    sa = _arm(tmp_path, "best-sa", [5.0, 5.2, 4.8], [0.50, 0.51, 0.49])
+    rs = _arm(tmp_path, "best-rs", [10.0, 10.5, 9.5], [0.40, 0.41, 0.39])
+    results = ec.escape_results({**sa, **rs})
+    text = study_report({"study": "escape", "scale": "cpu", "results": results})
+    assert "| best-sa | 3 |" in text and "| best-rs | 3 |" in text
+    assert f"**A3** — {results['A3']['criterion']}: **{results['A3']['verdict']}**" in text
+    assert "| vs best-rs | trace |" in text
