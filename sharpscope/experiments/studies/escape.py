@@ -14,7 +14,7 @@ order, the perturbation draws and the trace probes; the minimizer is shared):
 * A3 sweep (seed 0, ``sweep_steps``): RS, SA on the descent batch (``same``) and SA on an independent
   batch (``ind``) for ρ ∈ ``rhos`` and η′ ∈ ``lr_perturbs``, and the independent-batch SA's ρ = 0 twin
   for each η′ (RS's and same-batch SA's ρ = 0 twins are SGD at η: their v = Proj⊥ ∇f(x) = 0).
-* A3 full length (``steps``, all seeds): the sweep's best RS and best SA (the lowest tr(H)/L at the end,
+* A3 full length (``steps``, all seeds): the sweep's best RS and best SA (the lowest tr(H) at the end,
   preferring runs that kept ≥ 99% train accuracy), the best SA's ρ = 0 twin, and SGD at η′ (the
   reviewer's explanation: the extra step is SGD at a larger step size).
 * A4 (``sweep_steps``, the seeds ``a4_seeds``: one at the cpu scale, for time): independent-batch SA at the best SA's ρ and η′ with perturbation
