@@ -259,8 +259,8 @@ _ALGS = {"rs": ("rs", "same"), "sa-same": ("sa", "same"), "sa-ind": ("sa", "ind"
 
 def _best_builder(kind: str, seed: int, *, twin: bool = False, batch: int | None = None,
                   length: str = "steps"):  # noqa: ANN202
-    """A full-length stage whose setting is the sweep's best ``kind`` (``rs`` or ``sa``): lowest tr(H)/L at
-    the end among sweep runs that kept ≥ 99% train accuracy. ``twin``: the same with ρ = 0."""
+    """A full-length stage whose setting is the sweep's best ``kind`` (``rs`` or ``sa``):
+    :func:`~sharpscope.experiments.arms.best_setting`. ``twin``: the same with ρ = 0."""
 
     def build(scale: str, out_dir: Path) -> TrainConfig:
         sc = SCALES[scale]
