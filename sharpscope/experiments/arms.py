@@ -12,7 +12,8 @@ picks training-loss levels every run reaches, and tr(H) and test accuracy are re
 each run falls to each level (:func:`~sharpscope.experiments.evidence.interpolate_at_loss`).
 
 A difference counts only beyond the seed spread (:func:`~sharpscope.experiments.evidence.compare_seeds`:
-≥ 3 seeds per arm, ``|mean_a − mean_b| > std_a + std_b``). A claim whose effect a control reproduces is
+≥ 3 seeds per arm, ``|mean_a − mean_b| > std_a + std_b``); a test-accuracy difference also beyond its
+binomial standard error (:func:`accuracy_comparison`). A claim whose effect a control reproduces is
 "not demonstrated".
 """
 
@@ -116,12 +117,22 @@ def _values(stats: Mapping[str, Any]) -> list[float]:
     return list(stats.get("values", []))
 
 
+def accuracy_comparison(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """``a``'s test accuracy above ``b``'s: beyond the seed spread *and* beyond the binomial standard error
+    of the difference, √(SE_a² + SE_b²) (seeds share one test set, so its sampling error is not in the
+    seed spread)."""
+    out = evidence.compare_seeds(_values(a["test_acc"]), _values(b["test_acc"]), lower_is_better=False)
+    se = math.hypot(a.get("test_acc_stderr", math.nan), b.get("test_acc_stderr", math.nan))
+    beyond_se = bool(math.isfinite(se) and abs(out["difference"]) > se)
+    return {**out, "binomial_stderr": se, "beyond_binomial_stderr": beyond_se, "holds": bool(out["holds"] and beyond_se)}
+
+
 def versus(a: Mapping[str, Any], b: Mapping[str, Any], matched: Mapping[str, Any] | None = None,
            a_arm: str = "", b_arm: str = "") -> dict[str, Any]:
-    """Arm ``a`` against ``b``: lower tr(H) and higher test accuracy at the end, lower tr(H)/L, and lower
-    tr(H) at the lowest common loss level (when ``matched`` holds both arms)."""
+    """Arm ``a`` against ``b``: lower tr(H) and higher test accuracy (:func:`accuracy_comparison`) at the
+    end, lower tr(H)/L, and lower tr(H) at the lowest common loss level (when ``matched`` holds both arms)."""
     out = {"trace": evidence.compare_seeds(_values(a["trace"]), _values(b["trace"]), lower_is_better=True),
-           "test_acc": evidence.compare_seeds(_values(a["test_acc"]), _values(b["test_acc"]), lower_is_better=False),
+           "test_acc": accuracy_comparison(a, b),
            "trace_over_loss": evidence.compare_seeds(_values(a["trace_over_loss"]), _values(b["trace_over_loss"]),
                                                      lower_is_better=True)}
     if matched and matched.get("levels") and a_arm in matched["arms"] and b_arm in matched["arms"]:

@@ -86,9 +86,9 @@ def stages(scale: str) -> list[Stage]:
 def _acc_vs(a: Mapping[str, Any], b: Mapping[str, Any], margin: float) -> dict[str, Any]:
     """``a``'s test accuracy against ``b``'s: the difference of means (points), its binomial standard error,
     and whether ``a`` is within ``margin`` of ``b`` or better (not worse beyond the seed spread)."""
-    cmp = evidence.compare_seeds(list(b["test_acc"]["values"]), list(a["test_acc"]["values"]), lower_is_better=False)
+    cmp = arm_criteria.accuracy_comparison(b, a)  # b above a beyond spread and standard error: a is worse
     diff = a["test_acc"]["mean"] - b["test_acc"]["mean"]
-    se = math.hypot(a["test_acc_stderr"], b["test_acc_stderr"])
+    se = cmp["binomial_stderr"]
     seeds = min(a["test_acc"]["n"], b["test_acc"]["n"])
     return {"difference_points": 100 * diff, "stderr_points": 100 * se, "worse_beyond_spread": cmp["holds"],
             "seeds": seeds, "within_margin": bool(diff >= -margin and not cmp["holds"] and seeds >= evidence.MIN_SEEDS)}
@@ -109,10 +109,10 @@ def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
     matched = arm_criteria.at_matched_loss(groups, quantities=("lambda_max", "trace", "test_acc"))
     out["matched_loss"] = matched
     sam, sgd = summaries["sam"], summaries["sgd"]
-    g1 = evidence.compare_seeds(list(sam["test_acc"]["values"]), list(sgd["test_acc"]["values"]),
-                                lower_is_better=False)
+    g1 = arm_criteria.accuracy_comparison(sam, sgd)
     out["G1"] = {"sam_minus_sgd_points": 100 * g1["difference"], "spread_points": 100 * g1["spread"],
-                 "criterion": "SAM's test accuracy above SGD's beyond the seed spread",
+                 "stderr_points": 100 * g1["binomial_stderr"],
+                 "criterion": "SAM's test accuracy above SGD's beyond the seed spread and the binomial standard error",
                  "verdict": "holds" if g1["holds"] else "does not hold at this scale"}
     ratio_end = sgd["lambda_max"]["mean"] / sam["lambda_max"]["mean"]
     low = matched["arms"]
