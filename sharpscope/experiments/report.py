@@ -52,7 +52,7 @@ def comparison_table(title: str, comparisons: Mapping[str, Mapping[str, Any]]) -
                 continue
             d = c[key]
             scale = 100 if key == "test_acc" else 1
-            diff, spread = d.get("difference", math.nan), d.get("spread", math.nan)
+            diff, spread = float(d.get("difference", math.nan)), float(d.get("spread", math.nan))  # "NaN" in JSON
             rows.append(f"| vs {other} | {key} | {diff * scale:.3g} | {spread * scale:.3g} | "
                         f"{'yes' if d.get('holds') else 'no'} |")
     return "\n".join(rows)
