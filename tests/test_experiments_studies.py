@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from fnmatch import fnmatch
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +32,20 @@ def _folder(root: Path, name: str) -> Path:
     return root / ("escape" if name in ("escape", "label-noise") else name)
 
 
+def needs_shared_data(error: ConfigError) -> bool:
+    """A recipe or study that needs ``../shared/data`` says so; without it the test skips."""
+    return "needs ../shared/data" in str(error)
+
+
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_every_recipe_builds_at_every_scale_and_trains_at_smoke_scale(name: str, tmp_path: Path) -> None:
     for scale in SCALES:
-        assert get_recipe(name, scale).hvp_mode != "auto"
+        try:
+            assert get_recipe(name, scale).hvp_mode != "auto"
+        except ConfigError as e:
+            if needs_shared_data(e):
+                pytest.skip(str(e))
+            raise
     if name in IN_STUDIES:  # trained by test_every_study_runs_at_smoke_scale_with_its_figures
         return
     summary = train(get_recipe(name, "smoke", {"steps": 2}), tmp_path / "run")
@@ -48,7 +59,12 @@ def test_every_study_runs_at_smoke_scale_with_its_figures(name: str, root: Path,
     from sharpscope.experiments.figures import study_figures
 
     out = _folder(root, name)
-    summary = run_study(name, "smoke", out)
+    try:
+        summary = run_study(name, "smoke", out)
+    except ConfigError as e:
+        if needs_shared_data(e):
+            pytest.skip(str(e))
+        raise
     stages = [s.name for s in study_stages(name, "smoke")]
     assert list(summary["stages"]) == stages
     assert all(s["status"] in ("completed", "reached_train_acc") for s in summary["stages"].values())
@@ -61,7 +77,8 @@ def test_every_study_runs_at_smoke_scale_with_its_figures(name: str, root: Path,
     assert all(s.get("already_complete") for s in again["stages"].values())
     files = study_figures(name, out, tmp_path / "figs", command="cmd")
     figures = [f for f in files if f.suffix == ".json" and not f.name.endswith("summary.json")]
-    assert len(figures) == len(STUDIES[name].figures)
+    drawn = [f for f in STUDIES[name].figures if any(fnmatch(s, p) for p in f.stages for s in stages)]
+    assert len(figures) == len(drawn)  # a figure whose stages the study has at this scale (data present)
     for f in figures:
         stored = json.loads(f.read_text())
         assert stored["command"] == "cmd" and "no GPU" in stored["caption"] and (stored["data"]["plot"].get("runs") or stored["data"]["plot"].get("arms"))

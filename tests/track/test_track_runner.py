@@ -140,7 +140,11 @@ def test_configs_overrides_and_recipes() -> None:
         get_recipe("eos-gd", "huge")
     for name in RECIPES:
         for scale in SCALES:
-            c = get_recipe(name, scale)
+            try:
+                c = get_recipe(name, scale)
+            except ConfigError as e:  # a recipe on ../shared/data says so when the data is absent
+                assert "needs ../shared/data" in str(e)
+                continue
             assert c.hvp_mode != "auto"  # records reproducible to the bit
     assert get_recipe("eos-momentum", "smoke").optimizer_kwargs["momentum"] == 0.9
     sam = get_recipe("sam-edge", "smoke")
