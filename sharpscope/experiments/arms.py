@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from sharpscope.experiments import criteria, evidence
-from sharpscope.track import RunDirectory, jsonsafe
+from sharpscope.track import RunDirectory
 
 _SEED = re.compile(r"^(?P<arm>.+)-s(?P<seed>\d+)$")
 
@@ -169,9 +169,7 @@ def best_setting(out_dir: Path, names: Sequence[str]) -> dict[str, Any] | None:
             "kept_train_acc": kept}
 
 
-def _verdict(beats_main: bool, beats_controls: bool, ran: bool) -> str:
-    if not ran:
-        return "not run"
+def _verdict(beats_main: bool, beats_controls: bool) -> str:
     if beats_main and beats_controls:
         return "holds"
     if beats_main:
@@ -180,7 +178,7 @@ def _verdict(beats_main: bool, beats_controls: bool, ran: bool) -> str:
 
 
 def escape_results(dirs: Mapping[str, Path]) -> dict[str, Any]:
-    """A1–A5 from the escape study's run directories (see the module docstring)."""
+    """A1–A4 from the escape study's run directories (see the module docstring)."""
     groups = arms(dirs)
     summaries = {arm: arm_summary(paths) for arm, paths in groups.items()}
     out: dict[str, Any] = {"arms": summaries}
@@ -213,7 +211,7 @@ def escape_results(dirs: Mapping[str, Path]) -> dict[str, Any]:
         out["A3"] = {"sa_vs_rs": vs_rs, "sa_vs_controls": vs_controls, "matched_loss": matched,
                      "criterion": "SA below RS in tr(H) and above it in test accuracy beyond the seed spread; "
                                   "and the same against every control",
-                     "verdict": _verdict(vs_rs["better"], beats_controls, True)}
+                     "verdict": _verdict(vs_rs["better"], beats_controls)}
     batch_arms = sorted((a for a in summaries if re.fullmatch(r"sa-b\d+", a)), key=lambda a: int(a[4:]))
     if batch_arms:
         tr = {a: summaries[a]["trace"]["mean"] for a in batch_arms}
@@ -231,46 +229,8 @@ def escape_results(dirs: Mapping[str, Path]) -> dict[str, Any]:
                      "seeds": seeds,
                      "verdict": "not demonstrated" if seeds < evidence.MIN_SEEDS else _verdict(
                          bool(spread) and all(s["holds"] for s in spread) and not diverged,
-                         bool(twins) and twins.get(batch_arms[0], {}).get("better", False), True)}
-    a5 = _a5(dirs)
-    if a5 is not None:
-        out["A5"] = a5
+                         bool(twins) and twins.get(batch_arms[0], {}).get("better", False))}
     return out
-
-
-def _a5(dirs: Mapping[str, Path]) -> dict[str, Any] | None:
-    """The smoothing identity at the bad minimizer, computed once into ``<study>/a5.json`` when the whole
-    study is evaluated (a run of some stages only reads it if it exists)."""
-    if "finetune" not in dirs or not (dirs["finetune"] / "summary.json").is_file():
-        return None
-    from sharpscope.experiments.studies.escape import escape_stages
-
-    target = dirs["finetune"].parent / "a5.json"
-    if target.is_file():
-        return jsonsafe.loads(target.read_text())
-    scale = RunDirectory(dirs["finetune"]).read_config().get("scale") or "cpu"
-    if set(dirs) != {s.name for s in escape_stages(scale)}:
-        return None
-    return smoothing_check(dirs["finetune"], scale)
-
-
-def smoothing_check(finetune: Path, scale: str) -> dict[str, Any]:
-    """A5 at the run ``finetune`` with the sizes of ``scale``, written to ``a5.json`` beside it."""
-    from sharpscope.experiments.smoothing import identity_at_run
-    from sharpscope.experiments.studies.escape import SCALES
-    from sharpscope.io.atomic import atomic_write_bytes
-
-    sc = SCALES[scale]
-    result = identity_at_run(finetune, examples=sc.a5_examples, draws=sc.a5_draws, probes=sc.a5_probes,
-                             counts=sorted({16, 64, sc.a5_draws}))
-    at = {row["draws"]: row["cosine"] for row in result["rhos"].get("0.01", [])}
-    result["criterion"] = "cosine ≥ 0.5 at ρ = 1e-2 with all draws, and not lower with more draws"
-    if at:
-        most = at[max(at)]
-        result["verdict"] = "holds" if most >= 0.5 and most >= at[min(at)] else (
-            "partly" if most > 0 else "does not hold at this scale")
-    atomic_write_bytes(finetune.parent / "a5.json", (jsonsafe.dumps(result, indent=2) + "\n").encode())
-    return jsonsafe.loads(jsonsafe.dumps(result))
 
 
 def label_noise_results(dirs: Mapping[str, Path]) -> dict[str, Any]:
@@ -301,5 +261,5 @@ def label_noise_results(dirs: Mapping[str, Path]) -> dict[str, Any]:
                  "noiseless_spearman_after_step_0": control, "vs_noiseless": vs,
                  "criterion": "ρ_s ≤ −0.7 with its 95% interval below 0 in every seed, and tr(H) below the "
                               "noiseless control beyond the seed spread",
-                 "verdict": _verdict(correlated, bool(vs and vs["trace"]["holds"]), True)}
+                 "verdict": _verdict(correlated, bool(vs and vs["trace"]["holds"]))}
     return out

@@ -14,6 +14,7 @@ limited by the noise of either.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -93,7 +94,7 @@ def identity_at_run(run_dir: str | Path, *, examples: int = 256, **kwargs: Any) 
     from sharpscope.track import TrainConfig
     from sharpscope.track.runner import build_data, build_model, load_initial_weights
 
-    cfg = TrainConfig.from_dict(__import__("json").loads((Path(run_dir) / "config.json").read_text()))
+    cfg = TrainConfig.from_dict(json.loads((Path(run_dir) / "config.json").read_text()))
     model, spec = build_model(cfg, torch.device("cpu"), torch.float64)
     where = load_initial_weights(str(run_dir), model, spec)
     train_set, _ = build_data(cfg)

@@ -233,15 +233,18 @@ class _RandomPerturbation(PerturbedOptimizer):
         ``B`` indices drawn now from the generator, and the indices."""
         if self.perturbation_batch == "same":
             return None, None
-        if self.example_closure is None:
+        assert self.num_examples is not None and self.batch_size is not None and self.example_closure is not None
+        idx = torch.randperm(self.num_examples, generator=self.generator)[: self.batch_size]
+        fn = self.example_closure
+        return (lambda: fn(idx)), idx
+
+    def _require_example_closure(self) -> None:
+        """Raise, before any work, when the independent perturbation batch has no example closure."""
+        if self.perturbation_batch == "independent" and self.example_closure is None:
             raise ConfigError(
                 f"{type(self).__name__} with perturbation_batch='independent' needs an example_closure(indices) "
                 "that zeroes grads, computes the mean loss over those examples, calls backward() and returns it "
                 "(constructor argument or set_example_closure())")
-        assert self.num_examples is not None and self.batch_size is not None
-        idx = torch.randperm(self.num_examples, generator=self.generator)[: self.batch_size]
-        fn = self.example_closure
-        return (lambda: fn(idx)), idx
 
     def _direction(self, closure: Closure, batch: Closure, g: list[Tensor], g_norm: float
                    ) -> tuple[list[Tensor], list[Tensor] | None, dict[str, Any]]:
@@ -254,8 +257,7 @@ class _RandomPerturbation(PerturbedOptimizer):
         then the plain or the perturbed update. Returns the loss at ``x``."""
         closure = require_closure(closure, f"{type(self).__name__}.step()",
                                   "pass one that zeroes grads, computes the loss, calls backward() and returns it")
-        if self.perturbation_batch == "independent" and self.example_closure is None:
-            self._batch_closure()  # raises before any work: says what to pass
+        self._require_example_closure()
         loss = call_closure(closure)
         self._step_with_gradient(closure)
         return loss
@@ -265,11 +267,10 @@ class _RandomPerturbation(PerturbedOptimizer):
         """The step when ``.grad`` already holds ``∇f(x)`` (the caller ran the first backward pass)."""
         closure = require_closure(closure, f"{type(self).__name__}.step_from_gradient()",
                                   "pass the closure that produced the gradients in .grad")
+        self._require_example_closure()
         self._step_with_gradient(closure)
 
     def _step_with_gradient(self, closure: Closure) -> None:
-        if self.perturbation_batch == "independent" and self.example_closure is None:
-            self._batch_closure()  # raises: says what to pass
         g = self._grads()
         g_norm = float(global_norm(g, 2.0)) if g else 0.0
         if not self._take_perturbed_branch(g_norm):

@@ -51,7 +51,7 @@ from sharpscope.experiments import arms as arm_criteria
 from sharpscope.experiments.recipes import fc, shared_data_file
 from sharpscope.experiments.studies.framework import Figure, Stage, Study
 from sharpscope.io.atomic import atomic_write, atomic_write_bytes
-from sharpscope.track import TrainConfig, jsonsafe
+from sharpscope.track import RunDirectory, TrainConfig, jsonsafe
 
 CONSTRUCTIONS = ("confusion", "clean+confusion")
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -327,7 +327,44 @@ def label_noise_stages(scale: str) -> list[Stage]:
 
 
 def evaluate_escape(dirs: Mapping[str, Path]) -> dict[str, Any]:
-    return arm_criteria.escape_results(dirs)
+    """A1–A4 (:func:`~sharpscope.experiments.arms.escape_results`) and A5 (:func:`_a5`)."""
+    out = arm_criteria.escape_results(dirs)
+    a5 = _a5(dirs)
+    if a5 is not None:
+        out["A5"] = a5
+    return out
+
+
+def _a5(dirs: Mapping[str, Path]) -> dict[str, Any] | None:
+    """The smoothing identity at the bad minimizer, computed once into ``<study>/a5.json`` when the whole
+    study is evaluated (a run of some stages only reads it if it exists)."""
+    if "finetune" not in dirs or not (dirs["finetune"] / "summary.json").is_file():
+        return None
+    target = dirs["finetune"].parent / "a5.json"
+    if target.is_file():
+        return jsonsafe.loads(target.read_text())
+    scale = RunDirectory(dirs["finetune"]).read_config().get("scale") or "cpu"
+    if set(dirs) != {s.name for s in escape_stages(scale)}:
+        return None
+    return smoothing_check(dirs["finetune"], scale)
+
+
+def smoothing_check(finetune: Path, scale: str) -> dict[str, Any]:
+    """A5 at the run ``finetune`` with the sizes of ``scale``, written to ``a5.json`` beside it."""
+    from sharpscope.experiments.smoothing import identity_at_run  # torch.func work, only when A5 runs
+
+    sc = SCALES[scale]
+    result = identity_at_run(finetune, examples=sc.a5_examples, draws=sc.a5_draws, probes=sc.a5_probes,
+                             counts=sorted({16, 64, sc.a5_draws}))
+    at = {row["draws"]: row["cosine"] for row in result["rhos"].get("0.01", [])}
+    result["criterion"] = "cosine ≥ 0.5 at ρ = 1e-2 with all draws, and not lower with more draws"
+    if at:
+        most = at[max(at)]
+        result["verdict"] = "holds" if most >= 0.5 and most >= at[min(at)] else (
+            "partly" if most > 0 else "does not hold at this scale")
+    atomic_write_bytes(finetune.parent / "a5.json", (jsonsafe.dumps(result, indent=2) + "\n").encode())
+    return jsonsafe.loads(jsonsafe.dumps(result))
+
 
 
 def evaluate_label_noise(dirs: Mapping[str, Path]) -> dict[str, Any]:
