@@ -19,6 +19,7 @@ from matplotlib.figure import Figure as MplFigure
 from sharpscope.experiments.studies import STUDIES, summary_path
 from sharpscope.io.atomic import atomic_write_bytes
 from sharpscope.plots.arms import arms_data, arms_figure
+from sharpscope.plots.minibatch import minibatch_data, minibatch_figure
 from sharpscope.plots.runs import load_run
 from sharpscope.plots.save import save_figure
 from sharpscope.plots.trajectory import (
@@ -37,6 +38,7 @@ _KINDS: dict[str, tuple[Callable[..., MplFigure], Callable[..., dict[str, Any]]]
     "trace-accuracy": (trace_accuracy_figure, trace_accuracy_data),
     "escape-seeds": (arms_figure, arms_data),
     "arms-lambda": (functools.partial(arms_figure, quantity="lambda_max"), arms_data),
+    "minibatch-edge": (minibatch_figure, minibatch_data),
 }
 
 
