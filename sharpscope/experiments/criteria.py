@@ -31,8 +31,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from scipy.stats import spearmanr
-
+from sharpscope.experiments import evidence
 from sharpscope.track import RunDirectory, as_float
 
 
@@ -201,7 +200,7 @@ def trace_accuracy(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         return {"checkpoints": 0}
     steps, trace, test, train = (list(c) for c in zip(*rows))
     varies = len(rows) >= 3 and len(set(trace)) > 1 and len(set(test)) > 1  # else the correlation is undefined
-    rho = spearmanr(trace, test).statistic if varies else math.nan
+    rho = evidence.spearman_with_ci(trace, test, resamples=0)["rho"] if varies else math.nan
     return {"checkpoints": len(rows), "steps": [int(steps[0]), int(steps[-1])], "trace": [trace[0], trace[-1]],
             "test_acc": [test[0], test[-1]], "train_acc": [train[0], train[-1]], "min_train_acc": min(train),
             "spearman_trace_test_acc": float(rho)}

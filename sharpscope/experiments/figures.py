@@ -48,6 +48,13 @@ def device_note(scale: str) -> str:
             "version of the paper's experiment.")
 
 
+def seeds_note(runs: list[Any]) -> str:
+    """The caption's statement of the seeds behind the plotted runs."""
+    seeds = sorted({int(r.config.get("seed", 0)) for r in runs})
+    return (f"Each run is one seed ({seeds[0]})." if len(seeds) == 1 else
+            f"Seeds {', '.join(map(str, seeds))} ({len(seeds)} in all).")
+
+
 def study_figures(name: str, out_dir: str | Path, fig_dir: str | Path, *, command: str) -> list[Path]:
     """Draw every figure of study ``name`` with a finished stage in ``out_dir``; return the files written."""
     out, figs = Path(out_dir), Path(fig_dir)
@@ -64,7 +71,7 @@ def study_figures(name: str, out_dir: str | Path, fig_dir: str | Path, *, comman
         fig = draw(runs, **options)
         data = {"plot": data_of(runs, **options), "results": {r.label: summary["results"].get(r.label) for r in runs},
                 "run_summaries": {r.label: r.summary for r in runs}}
-        caption = f"{spec.caption} {device_note(summary['scale'])}"
+        caption = f"{spec.caption} {seeds_note(runs)} {device_note(summary['scale'])}"
         written += save_figure(fig, figs / f"{name}-{spec.stem}", data=data, command=command, caption=caption)
     target = figs / f"{name}-summary.json"
     written.append(atomic_write_bytes(target, (jsonsafe.dumps(summary, indent=2) + "\n").encode()))
