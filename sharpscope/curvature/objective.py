@@ -464,6 +464,7 @@ class Objective:
         """Compare ``ℓ`` of a batch with its halves: a mean equals ``(n₁ℓ₁ + n₂ℓ₂)/(n₁+n₂)``, a sum ``ℓ₁ + ℓ₂``.
 
         Runs with BatchNorm on running statistics (``bn="batch"`` couples the examples of a batch).
+        Agreement means within a relative ``max(√eps, 1e-4)`` (losses often compute in float32 inside).
         Returns the verdict; raises :class:`ObjectiveError` when it contradicts ``reduction``.
         """
         batch = next((b for b in self.batches if self._rows_or_zero(b) >= 2), None)
@@ -483,7 +484,7 @@ class Objective:
             return "not checked (the halves hold no examples)"
         mean = (n1 * parts[0] + n2 * parts[1]) / (n1 + n2)
         total = parts[0] + parts[1]
-        tol = math.sqrt(torch.finfo(self.dtype).eps) * max(abs(mean), abs(total), 1e-30)
+        tol = max(math.sqrt(torch.finfo(self.dtype).eps), 1e-4) * max(abs(mean), abs(total), 1e-30)
         fits_mean, fits_sum = abs(whole - mean) <= tol, abs(whole - total) <= tol
         verdict = "mean" if fits_mean and not fits_sum else "sum" if fits_sum and not fits_mean else "undetermined"
         if verdict == "undetermined":
