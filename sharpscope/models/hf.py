@@ -1,4 +1,4 @@
-"""Hugging Face causal language models for curvature probes, and byte-level tokens without a tokenizer.
+"""Hugging Face causal language models for curvature probes (byte-level data: :mod:`sharpscope.data.text`).
 
 Needs the optional extra ``hf`` (``pip install -e ".[hf]"``, which installs ``transformers``).
 Models are built with eager attention: the fused attention kernels have no double-backward or
@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from sharpscope.errors import ConfigError, DataError
+from sharpscope.errors import ConfigError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
 
@@ -52,17 +52,23 @@ def hf_model(source: str | Path, *, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def byte_tokens(text: bytes | str, seq_len: int) -> tuple[Tensor, Tensor]:
-    """Next-byte prediction pairs from text: ids ``x`` of shape ``(B, seq_len)`` and targets ``y = x`` shifted by one.
+def hf_checkpoint_model(source: str | Path, checkpoint: str | Path) -> nn.Module:
+    """:func:`hf_model` for ``source``, then the weights of ``checkpoint`` unless it is ``source``'s own folder
+    or a file in it (loaded already). Keys must match the model's, except weights tied to a loaded one
+    (a language-model head sharing the embedding)."""
+    from sharpscope.io import read_checkpoint
 
-    Bytes are the vocabulary (ids 0..255), so no tokenizer is needed; the text is cut into
-    ``B = (len − 1) // seq_len`` consecutive windows, the tail dropped.
-    """
-    if seq_len < 1:
-        raise ConfigError(f"seq_len must be positive, got {seq_len}")
-    data = text.encode() if isinstance(text, str) else bytes(text)
-    windows = (len(data) - 1) // seq_len
-    if windows < 1:
-        raise DataError(f"the text holds {len(data)} bytes; one window of {seq_len} tokens needs {seq_len + 1}")
-    ids = torch.frombuffer(bytearray(data[: windows * seq_len + 1]), dtype=torch.uint8).long()
-    return ids[:-1].view(windows, seq_len), ids[1:].view(windows, seq_len)
+    model = hf_model(source)
+    folder = Path(source).expanduser().resolve()
+    folder = folder if folder.is_dir() else folder.parent
+    weights = Path(checkpoint).expanduser().resolve()
+    if weights == folder or weights.parent == folder and any((folder / f).is_file() for f in WEIGHT_FILES):
+        return model
+    state = read_checkpoint(weights).state_dict
+    result = model.load_state_dict(state, strict=False)
+    loaded = {t.data_ptr() for n, t in model.state_dict().items() if n in state}
+    missing = [n for n in result.missing_keys if model.state_dict()[n].data_ptr() not in loaded]
+    if missing or result.unexpected_keys:
+        raise ConfigError(f"{weights} does not fit the model of {source}: missing {missing[:5]}, unexpected "
+                          f"{list(result.unexpected_keys)[:5]}")
+    return model

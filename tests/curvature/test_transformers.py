@@ -16,7 +16,8 @@ from torch import Tensor
 from torch.func import functional_call
 
 from sharpscope import HessianOperator, Objective, exact_hessian, hutchpp, lanczos
-from sharpscope.models.hf import byte_tokens, hf_model
+from sharpscope.data.text import byte_tokens
+from sharpscope.models.hf import hf_model
 
 transformers = pytest.importorskip("transformers")
 
