@@ -94,7 +94,6 @@ def test_saved_model_folder_and_config_load_without_downloads(tmp_path: Path) ->
     (tmp_path / "config.json").write_text(json.dumps(config))
     fresh = hf_model(tmp_path / "config.json")
     x, y = byte_tokens(Path(textwrap.__file__).read_bytes()[:200], seq_len=8)
-    assert x.shape == (24, 8) and torch.equal(x[:, 1:], y[:, :-1]) and int(x.max()) < 256
     objective = Objective(fresh, lambda logits, t: F.cross_entropy(logits.flatten(0, 1), t.flatten()), (x, y),
                           params="transformer.h.0.attn.c_proj.*")
     assert objective.dtype == torch.float32 and objective.describe()["reduction_check"] == "mean"
