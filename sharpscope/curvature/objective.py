@@ -214,9 +214,10 @@ class Objective:
             computes in the parameters' dtype. float32/float64 parameters are used as they are.
         dropout: dropout is off during every evaluation (modules in eval mode). A model in train
             mode with dropout layers warns (:class:`DropoutWarning`) unless ``dropout="off"`` says so.
-        stream: ``True`` reads the data source afresh for each product, one batch on the device at a
-            time (the source must be re-iterable and give the same batches each pass); ``False``
-            keeps every batch on the device. Default: stream a re-iterable source that is not a list
+        stream: ``True`` reads the data afresh for each product, one batch on the device at a time
+            (tensors stay where they are, e.g. in host memory, split by ``batch_size``; a source must
+            be re-iterable and give the same batches each pass); ``False`` keeps every batch on the
+            device. Default: stream a re-iterable source that is not a list
             or tuple (a ``DataLoader``, a dataset of batches), keep anything else.
     """
 
@@ -251,7 +252,8 @@ class Objective:
         self.device, self.param_dtype = first.device, first.dtype
         upcast = precision == "upcast" and self.param_dtype in _LOW_PRECISION
         self.dtype = torch.float32 if upcast else self.param_dtype
-        self._state = self._upcast_state() if upcast else {}
+        self._upcast = upcast
+        self._state: dict[str, Tensor] = {}  # float32 copies of the rest of the model, inside mode()
         self._apply = _Apply(model, closure or forward) if (closure or forward) is not None else None
         self.names = list(self.params)
         self.shapes = [p.shape for p in self.params.values()]
@@ -260,14 +262,15 @@ class Objective:
         self.has_batchnorm = any(isinstance(m, _NORM_WITH_STATS) for m in model.modules())
         self.dropout = self._dropout_policy(dropout)
         self.fwd_rev_workaround: str | None = None
-        self.streamed, self.stream_reason = self._stream_choice(data, stream, batch_size)
+        self.streamed, self.stream_reason = self._stream_choice(data, stream)
+        source = _as_batches(data, batch_size)
         self.batches: list[Batch] | structure.StreamedBatches
         if self.streamed:
-            counts = [self._make(i, raw).size for i, raw in enumerate(data)]  # type: ignore[union-attr]
-            self.batches = structure.StreamedBatches(data, self._make, counts)  # type: ignore[arg-type]
+            counts = [self._make(i, raw).size for i, raw in enumerate(source)]
+            self.batches = structure.StreamedBatches(source, self._make, counts)
             self.counts = [c for c in counts if c > 0]
         else:
-            kept = [self._make(i, raw) for i, raw in enumerate(_as_batches(data, batch_size))]
+            kept = [self._make(i, raw) for i, raw in enumerate(source)]
             self.batches = [b for b in kept if b.size > 0]
             self.counts = [b.size for b in self.batches]
         if not self.counts:
@@ -296,23 +299,18 @@ class Objective:
                               "with dropout off (pass dropout='off' to say so)", DropoutWarning, stacklevel=3)
         return "off"
 
-    def _stream_choice(self, data: object, stream: bool | None, batch_size: int | None) -> tuple[bool, str]:
-        source = not (structure.is_pair(data) and isinstance(data, tuple) or isinstance(data, (Tensor, Mapping)))
-        if stream and not (source and _is_reiterable(data)):
-            raise ConfigError("stream=True needs a re-iterable source of batches (a DataLoader, a list of batches); "
-                              f"got {type(data).__name__}")
-        if source and _shuffles(data):
+    def _stream_choice(self, data: object, stream: bool | None) -> tuple[bool, str]:
+        single = structure.is_pair(data) and isinstance(data, tuple) or isinstance(data, (Tensor, Mapping))
+        if stream and not (single or _is_reiterable(data)):
+            raise ConfigError("stream=True needs data that can be read again: tensors, a DataLoader or a list of "
+                              f"batches, not a one-shot {type(data).__name__}")
+        if not single and _shuffles(data):
             raise ConfigError("the data loader shuffles; the probe set must be the same batches every pass "
                               "(use shuffle=False)")
         if stream is None:
-            stream = source and _is_reiterable(data) and not isinstance(data, (list, tuple))
-            reason = "re-iterable source" if stream else "in-memory data"
-        else:
-            reason = "requested"
-        if stream and batch_size is not None:
-            raise ConfigError("batch_size applies to one tensor, (x, y) pair or mapping; a streamed source is used "
-                              "as given")
-        return bool(stream), reason
+            stream = not single and _is_reiterable(data) and not isinstance(data, (list, tuple))
+            return bool(stream), "re-iterable source" if stream else "in-memory data"
+        return bool(stream), "requested"
 
     def _make(self, index: int, raw: object) -> Batch:
         _check_structure(index, raw)
@@ -334,11 +332,15 @@ class Objective:
 
         All modules go to eval (no dropout). With ``bn="batch"`` BatchNorm layers normalise with
         the current batch's statistics and do not update their running buffers. ``bn`` overrides
-        the objective's mode for this block.
+        the objective's mode for this block. When upcasting, the model's unselected low-precision
+        parameters and buffers are copied to float32 here, at their current values.
         """
         bn = bn or self.bn
         saved = [(m, m.training, getattr(m, "track_running_stats", None)) for m in self.model.modules()]
+        saved_state = self._state
         try:
+            if self._upcast:
+                self._state = self._upcast_state()
             self.model.eval()
             if bn == "batch":
                 for m in self.model.modules():
@@ -347,6 +349,7 @@ class Objective:
                         m.track_running_stats = False
             yield
         finally:
+            self._state = saved_state
             for m, training, track in saved:
                 m.training = training
                 if track is not None:
@@ -465,6 +468,7 @@ class Objective:
 
         Runs with BatchNorm on running statistics (``bn="batch"`` couples the examples of a batch).
         Agreement means within a relative ``max(√eps, 1e-4)`` (losses often compute in float32 inside).
+        Costs the forward passes of one batch and of its two halves.
         Returns the verdict; raises :class:`ObjectiveError` when it contradicts ``reduction``.
         """
         batch = next((b for b in self.batches if self._rows_or_zero(b) >= 2), None)

@@ -171,15 +171,17 @@ def test_streamed_source_equals_the_in_memory_objective() -> None:
     top_m = lanczos(HessianOperator(memory, mode="rev-rev"), k=1, tol=1e-10, seed=0).eigenvalues
     torch.testing.assert_close(top_s, top_m, rtol=1e-10, atol=0)
     listed = Objective(tiny_mlp(), nn.CrossEntropyLoss(), [(x[:20], y[:20]), (x[20:], y[20:])], stream=True)
-    assert listed.describe()["data_reason"] == "requested"
-    torch.testing.assert_close(exact_hessian(listed), dense, rtol=1e-10, atol=1e-12)
+    host = Objective(tiny_mlp(), nn.CrossEntropyLoss(), (x, y), batch_size=7, stream=True)
+    for objective in (listed, host):
+        assert objective.describe()["data"] == "streamed" and objective.describe()["data_reason"] == "requested"
+        torch.testing.assert_close(exact_hessian(objective), dense, rtol=1e-10, atol=1e-12)
 
 
 def test_streaming_refuses_shuffled_and_changing_sources() -> None:
     x, y = mlp_data(20)
     with pytest.raises(ConfigError, match="shuffles"):
         Objective(tiny_mlp(), nn.CrossEntropyLoss(), DataLoader(TensorDataset(x, y), batch_size=5, shuffle=True))
-    with pytest.raises(ConfigError, match="re-iterable"):
+    with pytest.raises(ConfigError, match="one-shot"):
         Objective(tiny_mlp(), nn.CrossEntropyLoss(), iter([(x, y)]), stream=True)
 
     class Growing:
@@ -225,6 +227,10 @@ def test_low_precision_models_compute_in_float32_unless_asked() -> None:
         hv = HessianOperator(upcast, mode=mode).matvec(v)
         assert hv.dtype == torch.float32
         torch.testing.assert_close(hv, dense @ v, rtol=1e-4, atol=1e-5)
+    block = Objective(model, nn.CrossEntropyLoss(), (x, y), params="2.*")  # the rest of the model upcast too
+    tail = slice(upcast.dim - block.dim, upcast.dim)
+    torch.testing.assert_close(HessianOperator(block, mode="fwd-rev").matvec(v[tail]), dense[tail, tail] @ v[tail],
+                               rtol=1e-4, atol=1e-5)
     native = Objective(model, nn.CrossEntropyLoss(), (x, y), precision="native")
     assert native.dtype == torch.bfloat16 and native.describe()["upcast"] is False
     assert HessianOperator(native, mode="rev-rev").matvec(v.bfloat16()).dtype == torch.bfloat16
