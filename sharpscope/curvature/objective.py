@@ -86,16 +86,6 @@ def default_output(out: object) -> object:
     return logits if isinstance(logits, Tensor) else out
 
 
-def default_forward(model: nn.Module, data: object) -> object:
-    """``model(x)`` for an ``(x, y)`` pair or a tensor, ``model(**batch)`` for a mapping, ``model(batch[0])``
-    for any other tuple or list."""
-    if isinstance(data, Tensor):
-        return model(data)
-    if isinstance(data, Mapping):
-        return model(**data)
-    return model(data[0])  # type: ignore[index]
-
-
 class _Apply(nn.Module):
     """``fn(model, batch)`` as a module, so ``functional_call`` can swap the model's parameters."""
 
@@ -195,8 +185,8 @@ class Objective:
             objective is the same for any split).
         validate: evaluate the loss on every batch now, so bad data fails here with a clear error,
             and check the loss's reduction (see ``reduction``).
-        forward: ``(model, batch) -> raw output``; default :func:`default_forward` (``model(x)``
-            for pairs and tensors, ``model(**batch)`` for mappings).
+        forward: ``(model, batch) -> raw output``; default ``model(x)`` for an ``(x, y)`` pair or a
+            tensor, ``model(**batch)`` for a mapping, ``model(batch[0])`` for any other tuple or list.
         output: ``raw output -> output`` given to ``loss_fn``; default :func:`default_output` (takes
             ``.logits``/``["logits"]`` when present). ``output=lambda o: o`` passes the raw output.
         closure: ``(model, batch) -> loss of the batch``, instead of ``loss_fn``/``forward``/``output``
@@ -217,8 +207,8 @@ class Objective:
         stream: ``True`` reads the data afresh for each product, one batch on the device at a time
             (tensors stay where they are, e.g. in host memory, split by ``batch_size``; a source must
             be re-iterable and give the same batches each pass); ``False`` keeps every batch on the
-            device. Default: stream a re-iterable source that is not a list
-            or tuple (a ``DataLoader``, a dataset of batches), keep anything else.
+            device. Default: stream a re-iterable source that is not a list or tuple (a
+            ``DataLoader``, a dataset of batches), keep anything else.
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn | None, data: object, *, bn: BNMode = "eval",
@@ -376,7 +366,8 @@ class Objective:
 
     # ----------------------------------------------------------------------------- evaluation
     def _call(self, params: dict[str, Tensor], batch: Batch) -> object:
-        """The forward adapter (or the closure) at the given parameter values."""
+        """The forward adapter (or the closure) at the given parameter values; the default forward
+        calls the model itself, so its parameters are swapped without a wrapper."""
         state = {**self._state, **params} if self._state else params
         if self._apply is not None:
             return functional_call(self._apply, {f"model.{n}": t for n, t in state.items()}, (batch.data,),
