@@ -472,6 +472,11 @@ class Objective:
         try:
             with torch.no_grad(), self.mode(bn="eval"):
                 whole, *parts = (float(self.batch_loss(params, b)) for b in (batch, *halves))
+        except (RuntimeError, ValueError, IndexError, TypeError) as err:  # e.g. a model fixed to one batch size
+            reason = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:160]}"
+            warnings.warn(f"cannot check the loss's reduction: half a batch fails ({reason}); using it as "
+                          f"reduction={saved!r}", ReductionWarning, stacklevel=3)
+            return f"not checked (half a batch fails: {reason})"
         finally:
             self.reduction = saved
         n1, n2 = halves[0].size, halves[1].size

@@ -212,6 +212,16 @@ def test_sum_reduced_losses_are_refused_or_rescaled_as_declared() -> None:
         Objective(tiny_mlp(), nn.CrossEntropyLoss(), (x, y), reduction="sum")
 
 
+def test_a_model_fixed_to_one_batch_size_is_measured_with_the_check_left_out() -> None:
+    x, y = mlp_data(12)
+    net = tiny_mlp()
+    fixed = lambda m, b: F.cross_entropy(m(b[0]).reshape(12, 3), b[1])  # noqa: E731  (only whole batches)
+    with pytest.warns(ReductionWarning, match="half a batch fails"):
+        objective = Objective(net, None, (x, y), closure=fixed)
+    assert objective.describe()["reduction_check"].startswith("not checked")
+    assert_products_match(objective, dense_reference(net, lambda f: F.cross_entropy(f(x), y)))
+
+
 def test_low_precision_models_compute_in_float32_unless_asked() -> None:
     x, y = mlp_data(16)
     model = tiny_mlp().to(torch.bfloat16)
