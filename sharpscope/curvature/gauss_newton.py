@@ -29,6 +29,7 @@ from torch.func import functional_call, grad, jvp, vjp, vmap
 from sharpscope.curvature.distributed import sum_across_ranks
 from sharpscope.curvature.linear_operator import LinearOperator
 from sharpscope.curvature.objective import Batch, Objective
+from sharpscope.curvature.precision import fp32_precision
 from sharpscope.errors import ConfigError, ObjectiveError
 
 
@@ -48,16 +49,18 @@ class OutputCurvatureOperator(LinearOperator):
     Args:
         objective: model, loss and probe set (dropout off; BatchNorm as the objective says).
         block_size: vectors per vmapped pass (memory: one batch's outputs times the block).
+        allow_tf32: let CUDA use TF32 (about 1e-3 relative error per product); off by default.
     """
 
     name = "output-curvature"
 
-    def __init__(self, objective: Objective, *, block_size: int = 8) -> None:
+    def __init__(self, objective: Objective, *, block_size: int = 8, allow_tf32: bool = False) -> None:
         if block_size < 1:
             raise ConfigError(f"block_size must be positive, got {block_size}")
         super().__init__(objective.dim, objective.dtype, objective.device)
         self.objective = objective
         self.block_size = block_size
+        self.allow_tf32 = allow_tf32
         with objective.mode(), torch.no_grad():
             first = objective.batches[0]
             out = batch_outputs(objective, self._params(), first)
@@ -102,7 +105,7 @@ class OutputCurvatureOperator(LinearOperator):
         rows = V.T.contiguous()
         out = torch.zeros_like(rows)
         params = self._params()
-        with self.objective.mode():
+        with fp32_precision(self.allow_tf32), self.objective.mode():
             for batch, w in zip(self.objective.batches, self.objective.weights()):
                 for start in range(0, rows.shape[0], self.block_size):
                     stop = min(start + self.block_size, rows.shape[0])
@@ -114,7 +117,8 @@ class OutputCurvatureOperator(LinearOperator):
         return out.T
 
     def describe(self) -> dict[str, object]:
-        return {**self.objective.describe(), "operator": self.name, "block_size": self.block_size}
+        return {**self.objective.describe(), "operator": self.name, "block_size": self.block_size,
+                "tf32": self.allow_tf32}
 
 
 class GGNOperator(OutputCurvatureOperator):
