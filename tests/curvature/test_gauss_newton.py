@@ -174,3 +174,31 @@ def test_against_curvlinops(name: str) -> None:
     # example (a mean over them): its empirical Fisher is C times ours; for cross entropy they agree
     scale = objective.batches[0].y.shape[1] if isinstance(objective.loss_fn, nn.MSELoss) else 1
     torch.testing.assert_close(scale * EmpiricalFisherOperator(objective).matmat(V), theirs @ V, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("kind", list(DENSE))
+def test_a_parameter_subset_gives_the_matching_block(kind: str) -> None:
+    x, y = mlp_data(30)
+    full = Objective(tiny_mlp(), nn.CrossEntropyLoss(), (x, y), batch_size=12)
+    part = Objective(tiny_mlp(), nn.CrossEntropyLoss(), (x, y), batch_size=12, params="2.*")
+    cls, dense = DENSE[kind]
+    A = dense(full)
+    tail = A[-part.dim:, -part.dim:]  # "2.weight", "2.bias" are the last parameters
+    V = torch.randn(part.dim, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    torch.testing.assert_close(cls(part).matmat(V), tail @ V, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind", list(DENSE))
+@pytest.mark.parametrize("bn", ["eval", "batch"])
+def test_float32_cuda_products_match_float64_cpu(kind: str, bn: str) -> None:
+    cx, cy = cnn_data(16)
+    cls = DENSE[kind][0]
+    reference = cls(Objective(tiny_bn_cnn(), nn.CrossEntropyLoss(), (cx, cy), bn=bn, batch_size=10))
+    model = tiny_bn_cnn().float().cuda()
+    op = cls(Objective(model, nn.CrossEntropyLoss(), (cx.float(), cy), bn=bn, batch_size=10))
+    V = torch.randn(op.dim, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    want = reference.matmat(V)
+    got = op.matmat(V.float().cuda()).double().cpu()
+    assert torch.linalg.norm(got - want) <= 1e-4 * torch.linalg.norm(want)
