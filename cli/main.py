@@ -217,7 +217,7 @@ def probe_cmd(
     if rank() == 0:
         emit(report, f"{checkpoint.name} on {dataset.name} ({loss.value} loss)", as_json, extra)
         if report.density is not None and not as_json:
-            out.print(density_text(report.density), highlight=False)
+            out.print(density_text(report.density), highlight=False, markup=False, soft_wrap=True)
         for path in write_outputs(report, {**report.to_dict(), **extra}, net, out=out_file, eigenvectors=eigenvectors,
                                   command=["sharpscope", *sys.argv[1:]]):
             if not as_json:

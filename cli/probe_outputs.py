@@ -40,7 +40,7 @@ def density_text(result: DensityResult, bins: int = 12, width: int = 32) -> str:
     """A compact histogram of the SLQ density: one line per bin, the fraction of eigenvalues in it
     and a bar whose length is log-scaled from ``LOG_FLOOR`` to 1 (so outliers beside the bulk show)."""
     edges, mass = result.histogram(bins)
-    lines = [f"spectral density (fraction of eigenvalues per bin; bars on a log scale from {LOG_FLOOR:g} to 1)"]
+    lines = [f"spectral density: fraction of eigenvalues per bin (bars log-scaled from {LOG_FLOOR:g} to 1)"]
     for lo, hi, m in zip(edges[:-1].tolist(), edges[1:].tolist(), mass.tolist()):
         length = 0 if m <= 0 else max(1, round(width * (1 - math.log10(max(m, LOG_FLOOR)) / math.log10(LOG_FLOOR))))
         lines.append(f"  [{lo:>11.4g}, {hi:>11.4g})  {m:9.3e}  {'█' * length}")

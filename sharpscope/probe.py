@@ -14,8 +14,8 @@ from typing import Literal
 from torch import Tensor, nn
 
 from sharpscope.curvature import (
-    DensityResult, EigenResult, EmpiricalFisherOperator, GGNOperator, HessianOperator, LinearOperator, Objective, PerLayerCurvature, TraceResult, lanczos,
-    per_layer_curvature, slq_density, trace_estimator,
+    DensityResult, EigenResult, EmpiricalFisherOperator, GGNOperator, HessianOperator, LinearOperator, Objective,
+    PerLayerCurvature, TraceResult, lanczos, per_layer_curvature, slq_density, trace_estimator,
 )
 from sharpscope.errors import ConfigError
 
@@ -155,7 +155,8 @@ def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tens
             trace_method=settings.trace_method, trace_matvecs=settings.trace_matvecs, bn=settings.bn,
             hvp_mode=settings.hvp_mode, block_size=settings.block_size, allow_tf32=settings.allow_tf32,
             cache_graphs=settings.cache_graphs, seed=settings.seed, progress=progress)
-    record = {**op.describe(), "operator": settings.operator, "k": settings.k, "tol": settings.tol, "max_iter": max_iter, "seed": settings.seed,
+    record = {**op.describe(), "operator": settings.operator, "k": settings.k, "tol": settings.tol,
+              "max_iter": max_iter, "seed": settings.seed,
               "trace_method": settings.trace_method if settings.trace else None,
               "trace_matvecs": settings.trace_matvecs if settings.trace else None}
     return ProbeReport(loss=loss, grad_norm=grad_norm, top=top, most_negative=negative, trace=trace,

@@ -14,8 +14,9 @@ Both have the form ``A = Σ_b w_b J_bᵀ M_b J_b`` with ``J_b = ∂f(X_b; θ)/�
   ``r̂_i = ∂ℓ_b/∂f_i`` (a rank-one term per example).
 
 Products are matrix-free: ``u = J_b v`` by forward mode (``torch.func.jvp``), ``M_b u`` in output
-space (for the GGN by reverse mode on the output gradient), then ``J_bᵀ (M_b u)`` by reverse mode (``torch.func.vjp``), vmapped over a block of vectors.
-The cost of one product is about that of one Hessian-vector product; results count it the same way.
+space (for the GGN by reverse mode on the output gradient), then ``J_bᵀ (M_b u)`` by reverse mode
+(``torch.func.vjp``), vmapped over a block of vectors. One product costs about one forward-mode and
+one reverse pass per batch, like a Hessian-vector product; results count it as one HVP.
 """
 
 from __future__ import annotations

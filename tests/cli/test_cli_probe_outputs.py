@@ -71,7 +71,7 @@ def test_table_mode_prints_the_density_histogram_and_writes_the_figure(setup: tu
     result = runner.invoke(app, ["probe", str(ckpt), "--data", f"npz:{folder / 'data.npz'}", "--density",
                                  "--density-steps", "12", "--density-runs", "2", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "spectral density (fraction of eigenvalues per bin" in result.stdout
+    assert "spectral density: fraction of eigenvalues per bin" in result.stdout
     assert sum(line.startswith("  [") for line in result.stdout.splitlines()) == 12
     assert (tmp_path / "r-density.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads(out.read_text())["density"]["hvps"] == 24

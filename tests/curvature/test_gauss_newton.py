@@ -96,7 +96,8 @@ def test_products_equal_dense_matrix(name: str, kind: str) -> None:
 
 def test_ggn_equals_hessian_for_linear_least_squares() -> None:
     gen = torch.Generator().manual_seed(4)
-    x, t = torch.randn(20, 4, generator=gen, dtype=torch.float64), torch.randn(20, 2, generator=gen, dtype=torch.float64)
+    x = torch.randn(20, 4, generator=gen, dtype=torch.float64)
+    t = torch.randn(20, 2, generator=gen, dtype=torch.float64)
     model = nn.Linear(4, 2).double()
     objective = Objective(model, nn.MSELoss(), (x, t), batch_size=7)
     V = torch.randn(objective.dim, 3, generator=gen, dtype=torch.float64)
@@ -119,9 +120,10 @@ def test_algorithms_run_on_the_operators(kind: str) -> None:
     torch.testing.assert_close(top.eigenvalues, exact.flip(0)[:3], rtol=1e-8, atol=1e-12)
     # the stochastic estimators see the same probes on the operator and on the dense matrix
     A = MatrixOperator(dense(objective))
-    torch.testing.assert_close(hutchpp(op, num_matvecs=30, seed=0).estimate, hutchpp(A, num_matvecs=30, seed=0).estimate,
-                               rtol=1e-10, atol=0)
-    ours, reference = slq_density(op, num_steps=20, num_runs=2, seed=0), slq_density(A, num_steps=20, num_runs=2, seed=0)
+    torch.testing.assert_close(hutchpp(op, num_matvecs=30, seed=0).estimate,
+                               hutchpp(A, num_matvecs=30, seed=0).estimate, rtol=1e-10, atol=0)
+    ours = slq_density(op, num_steps=20, num_runs=2, seed=0)
+    reference = slq_density(A, num_steps=20, num_runs=2, seed=0)
     torch.testing.assert_close(ours.trace, reference.trace, rtol=1e-10, atol=0)
     torch.testing.assert_close(ours.nodes, reference.nodes, rtol=1e-8, atol=1e-10)
 
