@@ -13,6 +13,10 @@ flattened by :func:`flatten_record`: nested keys joined by dots (``trace.estimat
 indexed (``eigenvalues.0``). TensorBoard and W&B take the numbers only: each under the tag
 ``kind/key`` (booleans as 0/1, the stored strings ``"NaN"``/``"Infinity"`` as floats; other strings
 and ``None`` are left out, the JSONL keeps them).
+
+Only the JSONL is the run's record: a resumed run drops the records written after its last
+checkpoint and writes them again, once, in ``metrics.jsonl``; the other sinks append what they are
+given, so they then hold those steps twice (TensorBoard and W&B plot both points at the same step).
 """
 
 from __future__ import annotations
