@@ -26,6 +26,7 @@ from sharpscope.losses import get_loss
 from sharpscope.parallel import init_distributed, rank, shard_dataset, sharding
 from sharpscope.probe import ProbeReport, ProbeSettings, probe
 from sharpscope.track import resolve_device
+from sharpscope_cli.probe_outputs import check_outputs, density_text, write_outputs
 
 app = typer.Typer(help="Measure the sharpness of neural-network loss landscapes.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -50,6 +51,12 @@ class HVPMode(str, Enum):
     fwd_rev = "fwd-rev"
     rev_rev = "rev-rev"
     fd = "fd"
+
+
+class Operator(str, Enum):
+    hessian = "hessian"
+    ggn = "ggn"
+    ef = "ef"
 
 
 class TraceMethod(str, Enum):
@@ -123,7 +130,7 @@ def report_table(report: ProbeReport, title: str) -> Table:
     table.add_row("loss", f"{report.loss:.6g}", "", "", "")
     table.add_row("‖gradient‖", f"{report.grad_norm:.4g}", "", "", "")
     table.caption = (f"{s['probe_examples']} examples in {s['num_batches']} batch(es), {s['dim']:,} parameters, "
-                     f"BN {s['bn']}, HVP {s['hvp_mode']}, {s['dtype']} on {s['device']}, seed {s['seed']}")
+                     f"BN {s['bn']}, {'HVP ' + str(s['hvp_mode']) if s.get('operator', 'hessian') == 'hessian' else s['operator'].upper() + ' products'}, {s['dtype']} on {s['device']}, seed {s['seed']}")
     if not top.converged:
         table.caption += " — λ did NOT converge to tol; raise --max-iter"
     return table
@@ -193,15 +200,20 @@ def probe_cmd(
     per_layer: Annotated[bool, typer.Option("--per-layer", help="Also top eigenvalues (and trace, with --trace) of each layer's diagonal Hessian block.")] = False,
     layer_depth: Annotated[Optional[int], typer.Option(help="With --per-layer: group by the first N components of the module path (blocks) instead of by module.")] = None,
     unsafe_load: Annotated[bool, typer.Option("--unsafe-load", help="Allow pickles that run code when loaded. Only for files you trust.")] = False,
+    operator: Annotated[Operator, typer.Option(help="Matrix to measure: hessian, ggn (generalised Gauss-Newton) or ef (empirical Fisher).")] = Operator.hessian,
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="Also write the JSON result to FILE (with --density, the figure to FILE-density.png/.pdf/.json).")] = None,
+    eigenvectors: Annotated[Optional[Path], typer.Option("--eigenvectors", help="Save the top eigenvectors to FILE (.safetensors).")] = None,
 ) -> None:
-    """Top eigenvalues, trace and spectral density of the loss Hessian at a checkpoint (optionally per layer)."""
+    """Top eigenvalues, trace and spectral density of the loss Hessian (or GGN, empirical Fisher) at a checkpoint (optionally per layer)."""
     dev = resolve_device(device)
     torch_dtype = getattr(torch, dtype.value)
     settings = ProbeSettings(k=k, tol=tol, max_iter=max_iter, negative=negative, trace=trace,
                              trace_method=trace_method.value, trace_matvecs=trace_matvecs, density=density,
                              density_steps=density_steps, density_runs=density_runs, bn=bn.value,
                              batch_size=batch_size, hvp_mode=hvp_mode.value, allow_tf32=allow_tf32,
-                             cache_graphs=cache_graphs, seed=seed, per_layer=per_layer, layer_depth=layer_depth)
+                             cache_graphs=cache_graphs, seed=seed, per_layer=per_layer, layer_depth=layer_depth,
+                             operator=operator.value)
+    check_outputs(out_file, eigenvectors, density)
     if n is not None and n < 1:
         raise SharpscopeError(f"--n must be positive, got {n}")
     dev = init_distributed(dev)  # under torchrun: each rank probes its shard; the sums run across ranks
@@ -215,6 +227,12 @@ def probe_cmd(
     report.settings.update(extra, sharding=sharding(len(dataset)))
     if rank() == 0:
         emit(report, f"{checkpoint.name} on {dataset.name} ({loss.value} loss)", as_json, extra)
+        if report.density is not None and not as_json:
+            out.print(density_text(report.density), highlight=False, markup=False, soft_wrap=True)
+        for path in write_outputs(report, {**report.to_dict(), **extra}, net, out=out_file, eigenvectors=eigenvectors,
+                                  command=["sharpscope", *sys.argv[1:]]):
+            if not as_json:
+                err.print(f"wrote {path}", highlight=False)
 
 
 @app.command()

@@ -13,6 +13,8 @@ from sharpscope.curvature import (
     ConvergenceWarning,
     DensityResult,
     EigenResult,
+    EmpiricalFisherOperator,
+    GGNOperator,
     HessianOperator,
     LambdaOperator,
     LinearOperator,
@@ -34,7 +36,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError", "ConfigError", "ConvergenceWarning", "DataError", "DensityResult", "EigenResult",
-    "HessianOperator", "LambdaOperator", "LinearOperator", "MatrixOperator", "Objective", "ObjectiveError",
-    "PreconditionedOperator", "SharpscopeError", "TraceResult", "adam_preconditioner", "exact_hessian",
+    "EmpiricalFisherOperator", "GGNOperator", "HessianOperator", "LambdaOperator", "LinearOperator", "MatrixOperator",
+    "Objective", "ObjectiveError", "PreconditionedOperator", "SharpscopeError", "TraceResult", "adam_preconditioner", "exact_hessian",
     "hutchinson", "hutchpp", "lanczos", "power_iteration", "slq_density",
 ]

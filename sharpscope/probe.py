@@ -14,12 +14,13 @@ from typing import Literal
 from torch import Tensor, nn
 
 from sharpscope.curvature import (
-    DensityResult, EigenResult, HessianOperator, Objective, PerLayerCurvature, TraceResult, lanczos,
-    per_layer_curvature, slq_density, trace_estimator,
+    DensityResult, EigenResult, EmpiricalFisherOperator, GGNOperator, HessianOperator, LinearOperator, Objective,
+    PerLayerCurvature, TraceResult, lanczos, per_layer_curvature, slq_density, trace_estimator,
 )
 from sharpscope.errors import ConfigError
 
 Progress = Callable[[str, int, int], None]
+OPERATORS = ("hessian", "ggn", "ef")
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,18 @@ class ProbeSettings:
     seed: int = 0
     per_layer: bool = False
     layer_depth: int | None = None
+    operator: Literal["hessian", "ggn", "ef"] = "hessian"
 
     def __post_init__(self) -> None:
+        if self.operator not in OPERATORS:
+            raise ConfigError(f"operator must be one of {', '.join(OPERATORS)}; got {self.operator!r}")
+        if self.operator != "hessian":
+            hessian_only = {"per-layer": self.per_layer, "cache-graphs": self.cache_graphs,
+                            f"hvp-mode {self.hvp_mode}": self.hvp_mode != "auto"}
+            used = [name for name, on in hessian_only.items() if on]
+            if used:
+                raise ConfigError(f"{', '.join(used)} appl{'ies' if len(used) == 1 else 'y'} to the Hessian only, "
+                                  f"not to operator {self.operator}")
         for name in ("k", "trace_matvecs", "density_steps", "density_runs", "block_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
@@ -93,9 +104,20 @@ class ProbeReport:
         return out
 
 
+def curvature_operator(objective: Objective, settings: ProbeSettings) -> LinearOperator:
+    """The matrix the probe measures: the Hessian, the generalised Gauss–Newton or the empirical Fisher."""
+    if settings.operator == "ggn":
+        return GGNOperator(objective, block_size=settings.block_size, allow_tf32=settings.allow_tf32)
+    if settings.operator == "ef":
+        return EmpiricalFisherOperator(objective, block_size=settings.block_size, allow_tf32=settings.allow_tf32)
+    return HessianOperator(objective, mode=settings.hvp_mode, block_size=settings.block_size,
+                           allow_tf32=settings.allow_tf32, cache_graphs=settings.cache_graphs)
+
+
 def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor,
           settings: ProbeSettings = ProbeSettings(), *, progress: Progress | None = None) -> ProbeReport:
-    """Measure the Hessian of the mean ``loss_fn`` over ``(x, y)`` at the model's current parameters.
+    """Measure the Hessian of the mean ``loss_fn`` over ``(x, y)`` at the model's current parameters
+    (or, with ``settings.operator``, its generalised Gauss–Newton ``"ggn"`` or empirical Fisher ``"ef"``).
 
     ``progress(stage, done, total)`` is called after every operator product, with ``total`` the
     stage's budget in HVPs (an upper bound for Lanczos, which usually stops earlier).
@@ -103,8 +125,7 @@ def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tens
     objective = Objective(model, loss_fn, (x, y), bn=settings.bn, batch_size=settings.batch_size)
     if settings.k > objective.dim:
         raise ConfigError(f"k={settings.k} exceeds the number of parameters ({objective.dim})")
-    op = HessianOperator(objective, mode=settings.hvp_mode, block_size=settings.block_size,
-                         allow_tf32=settings.allow_tf32, cache_graphs=settings.cache_graphs)
+    op = curvature_operator(objective, settings)
     loss, grad_norm = objective.loss(), float(objective.gradient().norm())
     max_iter = settings.max_iter or min(objective.dim, max(100, 20 * settings.k))
 
@@ -134,7 +155,8 @@ def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tens
             trace_method=settings.trace_method, trace_matvecs=settings.trace_matvecs, bn=settings.bn,
             hvp_mode=settings.hvp_mode, block_size=settings.block_size, allow_tf32=settings.allow_tf32,
             cache_graphs=settings.cache_graphs, seed=settings.seed, progress=progress)
-    record = {**op.describe(), "k": settings.k, "tol": settings.tol, "max_iter": max_iter, "seed": settings.seed,
+    record = {**op.describe(), "operator": settings.operator, "k": settings.k, "tol": settings.tol,
+              "max_iter": max_iter, "seed": settings.seed,
               "trace_method": settings.trace_method if settings.trace else None,
               "trace_matvecs": settings.trace_matvecs if settings.trace else None}
     return ProbeReport(loss=loss, grad_norm=grad_norm, top=top, most_negative=negative, trace=trace,

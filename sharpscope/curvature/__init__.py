@@ -2,6 +2,7 @@
 
 from sharpscope.curvature.density import slq_density
 from sharpscope.curvature.exact import exact_hessian
+from sharpscope.curvature.gauss_newton import EmpiricalFisherOperator, GGNOperator
 from sharpscope.curvature.hessian import HessianOperator
 from sharpscope.curvature.lanczos import ConvergenceWarning, lanczos
 from sharpscope.curvature.layers import LayerCurvature, PerLayerCurvature, parameter_groups, per_layer_curvature
@@ -13,8 +14,9 @@ from sharpscope.curvature.results import DensityResult, EigenResult, TraceResult
 from sharpscope.curvature.trace import hutchinson, hutchpp, trace_estimator
 
 __all__ = [
-    "ConvergenceWarning", "DensityResult", "DropoutWarning", "EigenResult", "HessianOperator", "LambdaOperator",
-    "LayerCurvature", "LinearOperator", "MatrixOperator", "Objective", "PerLayerCurvature", "PreconditionedOperator",
-    "ReductionWarning", "TraceResult", "adam_preconditioner", "exact_hessian", "hutchinson", "hutchpp", "lanczos",
-    "parameter_groups", "per_layer_curvature", "power_iteration", "slq_density", "trace_estimator",
+    "ConvergenceWarning", "DensityResult", "DropoutWarning", "EigenResult", "EmpiricalFisherOperator", "GGNOperator",
+    "HessianOperator", "LambdaOperator", "LayerCurvature", "LinearOperator", "MatrixOperator", "Objective",
+    "PerLayerCurvature", "PreconditionedOperator", "ReductionWarning", "TraceResult", "adam_preconditioner",
+    "exact_hessian", "hutchinson", "hutchpp", "lanczos", "parameter_groups", "per_layer_curvature",
+    "power_iteration", "slq_density", "trace_estimator",
 ]

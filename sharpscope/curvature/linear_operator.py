@@ -10,11 +10,16 @@ their cost in HVPs, and calls ``on_matmat`` (if set) after each product, for pro
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from sharpscope.errors import ConfigError
+
+if TYPE_CHECKING:
+    import scipy.sparse.linalg
 
 
 class LinearOperator:
@@ -50,6 +55,25 @@ class LinearOperator:
 
     def __matmul__(self, other: Tensor) -> Tensor:
         return self.matvec(other) if other.ndim == 1 else self.matmat(other)
+
+    def to_scipy(self) -> scipy.sparse.linalg.LinearOperator:
+        """This operator as a ``scipy.sparse.linalg.LinearOperator`` on float64 NumPy arrays.
+
+        Vectors are converted to the operator's dtype and device for each product and the result
+        back to float64 on the CPU; products are counted in :attr:`matvecs` as usual. Symmetric, so
+        the adjoint products are the products themselves. Use it with ``eigsh``, ``cg``, ``lobpcg``.
+        """
+        import scipy.sparse.linalg
+
+        def matmat(X: np.ndarray) -> np.ndarray:
+            block = torch.as_tensor(np.asarray(X, dtype=np.float64).reshape(self.dim, -1))
+            return self.matmat(block).detach().to("cpu", torch.float64).numpy()
+
+        def matvec(x: np.ndarray) -> np.ndarray:
+            return matmat(x).reshape(-1)
+
+        return scipy.sparse.linalg.LinearOperator((self.dim, self.dim), matvec=matvec, rmatvec=matvec,
+                                                  matmat=matmat, rmatmat=matmat, dtype=np.float64)
 
     def describe(self) -> dict[str, object]:
         """Settings that say how a number computed from this operator was obtained."""

@@ -387,7 +387,12 @@ class Objective:
             raise ObjectiveError("this objective's loss is a closure on the model; it has no separate model "
                                  "output (give loss_fn with forward=/output= instead)")
         out = self.output_fn(self._call(params, batch))
-        return out, lambda o: self._checked_loss(o, batch.y, batch.size)
+        return out, lambda o: self.output_loss(o, batch)
+
+    def output_loss(self, out: object, batch: Batch) -> Tensor:
+        """``ℓ_b`` as a function of the model output ``out`` of ``batch`` (checked and rescaled as the
+        objective is); ``batch`` may be a slice of a probe batch."""
+        return self._checked_loss(out, batch.y, batch.size)
 
     def batch_loss(self, params: dict[str, Tensor], batch: Batch) -> Tensor:
         """``ℓ_b`` at the given parameter values (others and buffers as in the model); call inside :meth:`mode`."""

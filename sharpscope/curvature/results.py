@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sharpscope.errors import ConfigError
+
 
 def _floats(values: Tensor | np.ndarray | list[float]) -> list[float]:
     return [float(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]
@@ -88,6 +90,22 @@ class DensityResult:
     def smooth(self, sigma2: float, grid: Tensor | None = None) -> Tensor:
         """Re-smooth the same quadrature nodes with another kernel width (no new HVPs)."""
         return gaussian_density(self.nodes, self.weights, self.grid if grid is None else grid, sigma2)
+
+    def histogram(self, bins: int = 12) -> tuple[Tensor, Tensor]:
+        """``(edges, mass)``: the quadrature measure's mass in ``bins`` equal bins between the extreme
+        nodes, ``mass_k = (1/R) Σ_r Σ_j τ_rj [θ_rj in bin k]`` (an estimate of the fraction of
+        eigenvalues in each bin; the masses sum to 1). No smoothing, no new HVPs."""
+        if bins < 1:
+            raise ConfigError(f"bins must be positive, got {bins}")
+        nodes, weights = self.nodes.double().reshape(-1), self.weights.double().reshape(-1)
+        nodes, weights = nodes[weights > 0], weights[weights > 0]  # runs that stopped early are padded
+        lo, hi = float(nodes.min()), float(nodes.max())
+        if hi <= lo:
+            hi = lo + max(1e-12, abs(lo) * 1e-12)
+        edges = torch.linspace(lo, hi, bins + 1, dtype=torch.float64)
+        index = torch.bucketize(nodes, edges[1:-1], right=True)  # nodes equal to the top edge fall in the last bin
+        mass = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, weights) / self.nodes.shape[0]
+        return edges, mass
 
     def to_dict(self) -> dict[str, object]:
         return {"nodes": self.nodes.tolist(), "weights": self.weights.tolist(), "sigma2": self.sigma2,

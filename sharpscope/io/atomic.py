@@ -36,6 +36,31 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
     return path
 
 
+def check_writable(path: str | os.PathLike[str], what: str = "output") -> Path:
+    """Raise :class:`~sharpscope.errors.ConfigError` unless :func:`atomic_write` can create ``path``.
+
+    Call it before long work, so a bad output path fails in a second rather than after the work.
+    The nearest existing folder on the way must accept a new file (missing folders are created on
+    write); an existing ``path`` must be a file, and it is left untouched until the write.
+    """
+    from sharpscope.errors import ConfigError
+
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder; give a file name")
+    folder = path.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"{what} {path}: {folder} is not a folder")
+    try:  # a real trial: permission bits do not tell for root, read-only mounts or special file systems
+        with tempfile.TemporaryFile(prefix=".write-check.", dir=folder):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{what} {path}: cannot write in {folder} ({e.strerror or e})") from None
+    return path
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
     return atomic_write(path, lambda f: f.write(data))

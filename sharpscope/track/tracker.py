@@ -129,7 +129,8 @@ class SharpnessTracker:
         grad_norm: measure ``‖∇L‖`` (one gradient over the probe set).
         warm_start: start Lanczos from the previous eigenvectors.
         seed: seed of the random start vectors and trace probes (combined with the step).
-        sink: called with every record (e.g. ``RunDirectory.append_metric``).
+        sink: called with every record: ``RunDirectory.append_metric``, or any sink of
+            :mod:`sharpscope.track.sinks` (JSONL, CSV, TensorBoard, W&B; several with ``MultiSink``).
         alignment: at each measurement also record ``grad_cos`` (``cos(g, v_i)`` for the top-``k``
             eigenvectors, each signed so that ``gᵀv_i ≥ 0``, since eigenvectors have no sign) and
             ``grad_fraction`` = ``‖P_k g‖/‖g‖``, with ``g = ∇L`` on the probe set; and, once

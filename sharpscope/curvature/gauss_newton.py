@@ -1,0 +1,192 @@
+"""Curvature through the model's outputs: generalised Gauss–Newton and empirical Fisher operators.
+
+Both have the form ``A = Σ_b w_b J_bᵀ M_b J_b`` with ``J_b = ∂f(X_b; θ)/∂θ`` the Jacobian of batch
+``b``'s outputs, ``w_b = n_b / N`` and an output-space matrix ``M_b``:
+
+* generalised Gauss–Newton (:class:`GGNOperator`): ``M_b = ∇²_f ℓ_b``, the Hessian of the batch's
+  mean loss with respect to the outputs. It is the Hessian without the term that carries the
+  outputs' second derivatives, ``H = G + Σ_b w_b Σ_o (∂ℓ_b/∂f_o) ∇²_θ f_o``; positive
+  semi-definite for a convex loss (cross entropy, squared error).
+* empirical Fisher (:class:`EmpiricalFisherOperator`): ``F = (1/N) Σ_i g_i g_iᵀ`` over the ``N``
+  examples of the probe set, with ``g_i = ∇_θ ℓ(f(x_i), y_i)`` the gradient of example ``i``'s own
+  loss (no ``1/N²``: the mean, not the sum, of the outer products). Since ``ℓ_b = (1/n_b) Σ_i ℓ_i``,
+  ``g_i = J_bᵀ r_i`` with ``r_i = n_b ∂ℓ_b/∂f_i``, so ``M_b = n_b Σ_i r̂_i r̂_iᵀ`` with
+  ``r̂_i = ∂ℓ_b/∂f_i`` (a rank-one term per example).
+
+Products are matrix-free: ``u = J_b v`` by forward mode (``torch.func.jvp``), ``M_b u`` in output
+space (for the GGN by reverse mode on the output gradient), then ``J_bᵀ (M_b u)`` by reverse mode
+(``torch.func.vjp``), vmapped over a block of vectors. One product costs about one forward-mode and
+one reverse pass per batch, like a Hessian-vector product; results count it as one HVP.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.func import grad, jvp, vjp, vmap
+
+from sharpscope.curvature.distributed import sum_across_ranks
+from sharpscope.curvature.linear_operator import LinearOperator
+from sharpscope.curvature.objective import Batch, Objective
+from sharpscope.curvature.precision import fp32_precision
+from sharpscope.errors import ConfigError, ObjectiveError
+
+
+def batch_outputs(objective: Objective, params: dict[str, Tensor], batch: Batch) -> Tensor:
+    """The model's outputs ``f(X_b; θ)`` on one batch, after the objective's output adapter (call inside
+    ``objective.mode()``); they must be one tensor."""
+    out, _ = objective.output_and_loss(params, batch)
+    if not isinstance(out, Tensor):
+        raise ObjectiveError(f"output-space operators need the model output as one tensor, got {type(out).__name__} "
+                             "(pass output= to the Objective to select it)")
+    return out
+
+
+def output_loss(objective: Objective, out: Tensor, batch: Batch) -> Tensor:
+    """The batch's mean loss ``ℓ_b`` as a function of the outputs."""
+    return objective.output_loss(out, batch)
+
+
+class OutputCurvatureOperator(LinearOperator):
+    """``v -> Σ_b w_b J_bᵀ M_b J_b v``; subclasses give the output-space product ``M_b U``.
+
+    Args:
+        objective: model, loss and probe set (dropout off; BatchNorm as the objective says).
+        block_size: vectors per vmapped pass (memory: one batch's outputs times the block).
+        allow_tf32: let CUDA use TF32 (about 1e-3 relative error per product); off by default.
+    """
+
+    name = "output-curvature"
+
+    def __init__(self, objective: Objective, *, block_size: int = 8, allow_tf32: bool = False) -> None:
+        if block_size < 1:
+            raise ConfigError(f"block_size must be positive, got {block_size}")
+        super().__init__(objective.dim, objective.dtype, objective.device)
+        self.objective = objective
+        self.block_size = block_size
+        self.allow_tf32 = allow_tf32
+        with objective.mode(), torch.no_grad():
+            first = objective.batches[0]
+            out = batch_outputs(objective, self._params(), first)
+            if out.ndim < 1 or out.shape[0] != first.size:
+                raise ObjectiveError(f"model outputs {tuple(out.shape)} for a batch of {first.size} examples: "
+                                     "the first dimension must index the examples")
+            self._check(out, first)
+
+    def _check(self, out: Tensor, batch: Batch) -> None:
+        """Validate the loss on the first batch's outputs before any product (subclasses)."""
+
+    def _params(self) -> dict[str, Tensor]:
+        return self.objective.param_values()
+
+    def _output_product(self, out: Tensor, batch: Batch, U: Tensor, context: object = None) -> Tensor:
+        """``M_b U`` for one output-shaped tangent ``U`` (vmapped over the block); ``context`` from :meth:`_prepare`."""
+        raise NotImplementedError
+
+    @torch.no_grad()  # parameters left out of ``params`` must not record autograd history
+    def _batch_product(self, params: dict[str, Tensor], batch: Batch, rows: Tensor) -> Tensor:
+        objective = self.objective
+
+        def outputs(p: dict[str, Tensor]) -> Tensor:
+            return batch_outputs(objective, p, batch)
+
+        out, pullback = vjp(outputs, params)
+        out = out.detach()
+        context = self._prepare(out, batch)
+
+        def one(v: Tensor) -> Tensor:
+            _, u = jvp(outputs, (params,), (objective.unflatten(v),))
+            (g,) = pullback(self._output_product(out, batch, u, context))
+            return objective.flatten(g.values())
+
+        return vmap(one)(rows)
+
+    def _prepare(self, out: Tensor, batch: Batch) -> object:
+        """Per-batch quantities the output product reuses for every vector of a block."""
+        return None
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        rows = V.T.contiguous()
+        out = torch.zeros_like(rows)
+        params = self._params()
+        with fp32_precision(self.allow_tf32), self.objective.mode():
+            for batch, w in zip(self.objective.batches, self.objective.weights()):
+                for start in range(0, rows.shape[0], self.block_size):
+                    stop = min(start + self.block_size, rows.shape[0])
+                    out[start:stop] += w * self._batch_product(params, batch, rows[start:stop])
+        sum_across_ranks(out)
+        if not torch.isfinite(out).all():
+            raise ObjectiveError(f"a {self.name} product is not finite: the loss or its derivatives overflow "
+                                 "at these parameters")
+        return out.T
+
+    def describe(self) -> dict[str, object]:
+        return {**self.objective.describe(), "operator": self.name, "block_size": self.block_size,
+                "tf32": self.allow_tf32}
+
+
+class GGNOperator(OutputCurvatureOperator):
+    """The generalised Gauss–Newton matrix ``G = Σ_b (n_b/N) J_bᵀ (∇²_f ℓ_b) J_b`` (see the module docstring).
+
+    For a model linear in its parameters with a squared loss it equals the Hessian.
+
+    Example (least squares, where ``G = H = XᵀX / N``)::
+
+        >>> X, y = torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 1, dtype=torch.float64)
+        >>> model = torch.nn.Linear(3, 1, bias=False).double()
+        >>> loss = lambda out, t: 0.5 * ((out - t) ** 2).sum(1).mean()
+        >>> G = GGNOperator(Objective(model, loss, (X, y)))
+        >>> v = torch.randn(3, dtype=torch.float64)
+        >>> torch.allclose(G.matvec(v), X.T @ X @ v / 8)
+        True
+    """
+
+    name = "ggn"
+
+    def _prepare(self, out: Tensor, batch: Batch) -> object:
+        # ∇²_f ℓ_b is symmetric, so its product is the pullback of the output gradient (reverse over
+        # reverse); forward mode through some losses' backward (mse_loss) fails in torch.func
+        _, pullback = vjp(grad(lambda o: output_loss(self.objective, o, batch)), out)
+        return pullback
+
+    def _output_product(self, out: Tensor, batch: Batch, U: Tensor, context: object = None) -> Tensor:
+        assert callable(context)
+        (hu,) = context(U)
+        return hu
+
+
+class EmpiricalFisherOperator(OutputCurvatureOperator):
+    """The empirical Fisher ``F = (1/N) Σ_i g_i g_iᵀ``, ``g_i`` the gradient of example ``i``'s loss.
+
+    Normalisation: the mean over the ``N`` examples of the probe set (so ``tr F`` is the mean
+    squared per-example gradient norm). ``loss_fn`` must be a mean over examples (cross entropy,
+    the squared losses of :mod:`sharpscope.losses`, ``nn.MSELoss()``); this is checked on the first
+    batch. With ``bn="batch"`` an example's loss is evaluated with its batch's statistics, so ``g_i``
+    also flows through the other examples of the batch.
+    """
+
+    name = "ef"
+
+    def _check(self, out: Tensor, batch: Batch) -> None:
+        whole = float(output_loss(self.objective, out, batch))
+        if not batch.pair:
+            raise ConfigError("the empirical Fisher splits batches into examples and needs (x, y) pair batches")
+        rows = [float(output_loss(self.objective, out[i:i + 1], Batch((batch.x[i:i + 1], batch.y[i:i + 1]), 1.0)))
+                for i in range(int(batch.size))]
+        mean = math.fsum(rows) / len(rows)
+        tol = math.sqrt(torch.finfo(self.dtype).eps) * max(1.0, abs(whole))
+        if not abs(whole - mean) <= tol:
+            raise ConfigError(f"the empirical Fisher needs loss_fn to be the mean of per-example losses; on the "
+                              f"first batch loss_fn gives {whole:.6g} but the mean of its per-example values is "
+                              f"{mean:.6g} (a sum-reduced loss?)")
+
+    def _prepare(self, out: Tensor, batch: Batch) -> object:
+        return grad(lambda o: output_loss(self.objective, o, batch))(out)  # r̂_i as rows
+
+    def _output_product(self, out: Tensor, batch: Batch, U: Tensor, context: object = None) -> Tensor:
+        r = context
+        assert isinstance(r, Tensor)
+        s = (r * U).reshape(r.shape[0], -1).sum(1)  # r̂_iᵀ U_i for each example
+        return batch.size * r * s.reshape(-1, *([1] * (r.ndim - 1)))
