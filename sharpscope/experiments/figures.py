@@ -42,10 +42,13 @@ _KINDS: dict[str, tuple[Callable[..., MplFigure], Callable[..., dict[str, Any]]]
 }
 
 
-def device_note(scale: str) -> str:
-    """The caption's statement of where the runs were made."""
-    return (f"Scale '{scale}', run on 2 shared CPU cores: no GPU was lent this session, so this is a small "
-            "version of the paper's experiment.")
+def device_note(scale: str, runs: list[Any] | None = None) -> str:
+    """The caption's statement of the scale and of the devices the plotted runs measured on (from their
+    records' settings)."""
+    devices = sorted({str((m.get("settings") or {}).get("device", "?")) for r in runs or [] for m in r.measurements})
+    where = ", ".join(d.upper() if d == "cpu" else d for d in devices) or "an unrecorded device"
+    small = "" if scale == "gpu" else ", a small version of the paper's experiment"
+    return f"Scale '{scale}'{small}; measured on {where}."
 
 
 def seeds_note(runs: list[Any]) -> str:
@@ -71,7 +74,7 @@ def study_figures(name: str, out_dir: str | Path, fig_dir: str | Path, *, comman
         fig = draw(runs, **options)
         data = {"plot": data_of(runs, **options), "results": {r.label: summary["results"].get(r.label) for r in runs},
                 "run_summaries": {r.label: r.summary for r in runs}}
-        caption = f"{spec.caption} {seeds_note(runs)} {device_note(summary['scale'])}"
+        caption = f"{spec.caption} {seeds_note(runs)} {device_note(summary['scale'], runs)}"
         written += save_figure(fig, figs / f"{name}-{spec.stem}", data=data, command=command, caption=caption)
     target = figs / f"{name}-summary.json"
     written.append(atomic_write_bytes(target, (jsonsafe.dumps(summary, indent=2) + "\n").encode()))
