@@ -51,6 +51,11 @@ class HVPMode(str, Enum):
     fd = "fd"
 
 
+class Stop(str, Enum):
+    eigenvalue = "eigenvalue"
+    residual = "residual"
+
+
 class TraceMethod(str, Enum):
     hutchpp = "hutch++"
     hutchinson = "hutchinson"
@@ -167,7 +172,8 @@ def probe_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
     bn: Annotated[BN, typer.Option(help="BatchNorm: eval (running stats) or batch (stats of each fixed batch).")] = BN.eval,
     batch_size: Annotated[int, typer.Option(help="Examples per batch in each product (memory).")] = 1000,
-    tol: Annotated[float, typer.Option(help="Relative Ritz residual at which Lanczos stops.")] = 1e-3,
+    tol: Annotated[float, typer.Option(help="Lanczos stops when the estimated relative eigenvalue error (or, with --stop residual, the relative Ritz residual) is below this.")] = 1e-3,
+    stop: Annotated[Stop, typer.Option(help="What --tol bounds: eigenvalue (error bound r²/gap, fewer products) or residual (accurate eigenvectors too).")] = Stop.eigenvalue,
     max_iter: Annotated[Optional[int], typer.Option(help="Lanczos step limit (default max(100, 20k)).")] = None,
     trace_method: Annotated[TraceMethod, typer.Option(help="Trace estimator.")] = TraceMethod.hutchpp,
     trace_matvecs: Annotated[int, typer.Option(help="HVP budget of the trace estimate.")] = 99,
@@ -177,7 +183,7 @@ def probe_cmd(
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     dtype: Annotated[DType, typer.Option(help="Arithmetic precision.")] = DType.float32,
     allow_tf32: Annotated[bool, typer.Option("--allow-tf32", help="Let CUDA use TF32 (about 1e-3 relative error).")] = False,
-    cache_graphs: Annotated[bool, typer.Option("--cache-graphs", help="Keep every batch's gradient graph between products (double backward; faster, needs the memory of all batches).")] = False,
+    cache_graphs: Annotated[Optional[bool], typer.Option("--cache-graphs/--no-cache-graphs", help="Keep every batch's gradient graph between products (double backward; faster, needs the memory of all batches). Default: automatic, when the graphs fit in half the free memory.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of every random vector.")] = 0,
     per_layer: Annotated[bool, typer.Option("--per-layer", help="Also top eigenvalues (and trace, with --trace) of each layer's diagonal Hessian block.")] = False,
     layer_depth: Annotated[Optional[int], typer.Option(help="With --per-layer: group by the first N components of the module path (blocks) instead of by module.")] = None,
@@ -186,11 +192,11 @@ def probe_cmd(
     """Top eigenvalues, trace and spectral density of the loss Hessian at a checkpoint (optionally per layer)."""
     dev = resolve_device(device)
     torch_dtype = getattr(torch, dtype.value)
-    settings = ProbeSettings(k=k, tol=tol, max_iter=max_iter, negative=negative, trace=trace,
+    settings = ProbeSettings(k=k, tol=tol, max_iter=max_iter, stop=stop.value, negative=negative, trace=trace,
                              trace_method=trace_method.value, trace_matvecs=trace_matvecs, density=density,
                              density_steps=density_steps, density_runs=density_runs, bn=bn.value,
                              batch_size=batch_size, hvp_mode=hvp_mode.value, allow_tf32=allow_tf32,
-                             cache_graphs=cache_graphs, seed=seed, per_layer=per_layer, layer_depth=layer_depth)
+                             cache_graphs="auto" if cache_graphs is None else cache_graphs, seed=seed, per_layer=per_layer, layer_depth=layer_depth)
     if n is not None and n < 1:
         raise SharpscopeError(f"--n must be positive, got {n}")
     dev = init_distributed(dev)  # under torchrun: each rank probes its shard; the sums run across ranks

@@ -29,6 +29,7 @@ class ProbeSettings:
     k: int = 1
     tol: float = 1e-3
     max_iter: int | None = None
+    stop: Literal["eigenvalue", "residual"] = "eigenvalue"
     negative: bool = False
     trace: bool = False
     trace_method: Literal["hutch++", "hutchinson"] = "hutch++"
@@ -41,7 +42,7 @@ class ProbeSettings:
     hvp_mode: Literal["auto", "fwd-rev", "rev-rev", "fd"] = "auto"
     block_size: int = 8
     allow_tf32: bool = False
-    cache_graphs: bool = False
+    cache_graphs: bool | Literal["auto"] = "auto"
     seed: int = 0
     per_layer: bool = False
     layer_depth: int | None = None
@@ -56,6 +57,8 @@ class ProbeSettings:
             raise ConfigError(f"max-iter must be positive, got {self.max_iter}")
         if not (self.tol > 0 and math.isfinite(self.tol)):
             raise ConfigError(f"tol must be a positive number, got {self.tol}")
+        if self.stop not in ("eigenvalue", "residual"):
+            raise ConfigError(f"stop must be 'eigenvalue' or 'residual', got {self.stop!r}")
         trace_estimator(self.trace_method)  # a clear error for an unknown name
         if self.layer_depth is not None and (self.layer_depth < 1 or not self.per_layer):
             raise ConfigError(f"layer-depth must be a positive depth and needs per-layer, got {self.layer_depth} "
@@ -78,7 +81,8 @@ class ProbeReport:
     def to_dict(self) -> dict[str, object]:
         top = self.top.to_dict()
         out: dict[str, object] = {
-            "eigenvalues": top["eigenvalues"], "residuals": top["residuals"], "converged": top["converged"],
+            "eigenvalues": top["eigenvalues"], "residuals": top["residuals"], "error_bounds": top["error_bounds"],
+            "converged": top["converged"],
             "hvps": top["hvps"], "seconds": top["seconds"], "loss": self.loss, "grad_norm": self.grad_norm,
         }
         if self.most_negative is not None:
@@ -113,12 +117,13 @@ def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tens
         op.on_matmat = None if progress is None else (lambda: progress(name, op.matvecs - first, total))
 
     stage("top eigenvalues", max_iter)
-    top = lanczos(op, k=settings.k, which="LA", tol=settings.tol, max_iter=max_iter, seed=settings.seed)
+    top = lanczos(op, k=settings.k, which="LA", tol=settings.tol, max_iter=max_iter, seed=settings.seed,
+                  stop=settings.stop)
     negative = trace = density = None
     if settings.negative:
         stage("most negative eigenvalue", max_iter)
         negative = lanczos(op, k=1, which="SA", tol=settings.tol, max_iter=max_iter, seed=settings.seed + 1,
-                           return_eigenvectors=False)
+                           return_eigenvectors=False, stop=settings.stop)
     if settings.trace:
         stage("trace", settings.trace_matvecs)
         trace = trace_estimator(settings.trace_method)(op, settings.trace_matvecs, seed=settings.seed + 2)
@@ -134,7 +139,8 @@ def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tens
             trace_method=settings.trace_method, trace_matvecs=settings.trace_matvecs, bn=settings.bn,
             hvp_mode=settings.hvp_mode, block_size=settings.block_size, allow_tf32=settings.allow_tf32,
             cache_graphs=settings.cache_graphs, seed=settings.seed, progress=progress)
-    record = {**op.describe(), "k": settings.k, "tol": settings.tol, "max_iter": max_iter, "seed": settings.seed,
+    record = {**op.describe(), "k": settings.k, "tol": settings.tol, "stop": settings.stop, "max_iter": max_iter,
+              "seed": settings.seed,
               "trace_method": settings.trace_method if settings.trace else None,
               "trace_matvecs": settings.trace_matvecs if settings.trace else None}
     return ProbeReport(loss=loss, grad_norm=grad_norm, top=top, most_negative=negative, trace=trace,

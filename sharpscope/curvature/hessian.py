@@ -10,8 +10,9 @@ import torch
 from torch import Tensor
 
 from sharpscope.curvature.distributed import from_rank0, sum_across_ranks
-from sharpscope.curvature.hvp import HVP_MODES, GradientGraph, apply_graph, gradient_graph
+from sharpscope.curvature.hvp import HVP_MODES, GradientGraph, apply_graph, gradient_graph, measured_gradient_graph
 from sharpscope.curvature.linear_operator import LinearOperator
+from sharpscope.curvature.memory import available_bytes
 from sharpscope.curvature.objective import Objective
 from sharpscope.curvature.precision import fp32_precision
 from sharpscope.curvature.sampling import Stopwatch
@@ -40,6 +41,11 @@ class HessianOperator(LinearOperator):
             each product is one double backward per batch (PyHessian's single-batch trick, for any
             number of batches). Costs the activation memory of all batches at once. The cache is
             rebuilt when any parameter or buffer of the model changes (tracked by tensor versions).
+            ``"auto"`` (default): at the first product, build batch 0's graph, measure the tensors
+            it keeps, scale by the probe set's size, and cache when that fits in half the device's
+            free memory (``mode`` ``"auto"`` or ``"rev-rev"`` only); the estimate and the choice
+            are recorded in :meth:`describe` under ``mode_selection["cache_graphs"]``. ``True`` /
+            ``False`` force it. Products are the same numbers either way.
         cudnn_benchmark: let cuDNN time its convolution algorithms (on CUDA; restored afterwards).
 
     Example (float64, a linear least-squares model, where ``H = XᵀX / N`` exactly)::
@@ -54,7 +60,8 @@ class HessianOperator(LinearOperator):
     """
 
     def __init__(self, objective: Objective, *, mode: HVPMode = "auto", block_size: int = 8,
-                 allow_tf32: bool = False, cache_graphs: bool = False, cudnn_benchmark: bool = True) -> None:
+                 allow_tf32: bool = False, cache_graphs: bool | Literal["auto"] = "auto",
+                 cudnn_benchmark: bool = True) -> None:
         if mode not in ("auto", *HVP_MODES):
             raise ConfigError(f"mode must be one of auto, {', '.join(HVP_MODES)}; got {mode!r}")
         if block_size < 1:
@@ -63,8 +70,16 @@ class HessianOperator(LinearOperator):
         self.objective = objective
         self.block_size = block_size
         self.allow_tf32 = allow_tf32
+        if cache_graphs not in (True, False, "auto"):
+            raise ConfigError(f"cache_graphs must be True, False or 'auto', got {cache_graphs!r}")
         self.requested = mode
-        self.cache_graphs = cache_graphs
+        self.cache_requested = cache_graphs
+        self.selection: dict[str, dict[str, object]] = {}
+        if cache_graphs == "auto" and mode in ("fwd-rev", "fd"):
+            self.selection["cache_graphs"] = {"chosen": False, "reason": f"mode {mode!r} requested"}
+            cache_graphs = False
+        self._cache_pending = cache_graphs == "auto"
+        self.cache_graphs = cache_graphs is True
         self.cudnn_benchmark = cudnn_benchmark
         self._graphs: list[GradientGraph] = []
         self._graph_key: tuple[tuple[int, int], ...] | None = None
@@ -72,9 +87,8 @@ class HessianOperator(LinearOperator):
             mode = "rev-rev"  # the cache exists for double backward only
         elif cache_graphs and mode != "rev-rev":
             raise ConfigError(f"cache_graphs needs mode='rev-rev' (or 'auto'), got {mode!r}")
-        self.selection: dict[str, dict[str, object]] = {}
         self.modes: dict[str, str] = {} if mode == "auto" else {"single": mode, "block": mode}
-        if cache_graphs:
+        if cache_graphs is True:
             self.selection["cache_graphs"] = {"chosen": "rev-rev", "reason": "graph cache requested"}
 
     @property
@@ -98,6 +112,8 @@ class HessianOperator(LinearOperator):
     def _matmat(self, V: Tensor) -> Tensor:
         rows = V.T.contiguous()
         out = torch.zeros_like(rows)
+        if self._cache_pending:
+            self._decide_cache()
         fn = None if self.cache_graphs else HVP_MODES[self._mode_for(min(rows.shape[0], self.block_size))]
         params = self._params()
         with self._backend_settings(), self.objective.mode():
@@ -151,6 +167,27 @@ class HessianOperator(LinearOperator):
             self._graphs = [gradient_graph(self.objective, params, b) for b in self.objective.batches]
             self._graph_key = key
 
+    def _decide_cache(self) -> None:
+        """Cache every batch's graph when their estimated memory fits in half the free memory."""
+        self._cache_pending = False
+        params = self._params()
+        with self._backend_settings(), self.objective.mode():
+            first, nbytes = measured_gradient_graph(self.objective, params, self.objective.batches[0])
+        local = sum(b.size for b in self.objective.batches)
+        estimate = int(nbytes * local / self.objective.batches[0].size)
+        free = available_bytes(self.device)
+        fits = free is not None and estimate <= free // 2
+        fits = from_rank0(fits)  # every rank makes rank 0's choice
+        record: dict[str, object] = {"chosen": fits, "estimate_bytes": estimate, "available_bytes": free,
+                                     "rule": "cache when the graphs of all batches fit in half the free memory"}
+        self.selection["cache_graphs"] = record
+        if fits:
+            self.cache_graphs = True
+            self.modes = {"single": "rev-rev", "block": "rev-rev"}
+            with self._backend_settings(), self.objective.mode():
+                rest = [gradient_graph(self.objective, params, b) for b in self.objective.batches[1:]]
+            self._graphs, self._graph_key = [first, *rest], self._state_key()
+
     # ---------------------------------------------------------------------------- auto mode
     def _trial(self, mode: str, rows: Tensor) -> float:
         fn = HVP_MODES[mode]
@@ -180,5 +217,5 @@ class HessianOperator(LinearOperator):
     def describe(self) -> dict[str, object]:
         return {**self.objective.describe(), "hvp_mode": self.mode, "hvp_mode_requested": self.requested,
                 "mode_selection": self.selection, "block_size": self.block_size, "tf32": self.allow_tf32,
-                "cache_graphs": self.cache_graphs,
+                "cache_graphs": "auto (not yet chosen)" if self._cache_pending else self.cache_graphs,
                 "cudnn_benchmark": self.cudnn_benchmark if self.device.type == "cuda" else None}
