@@ -15,7 +15,6 @@ from typing import Annotated, Any, Optional
 import torch
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from sharpscope.curvature import PerLayerCurvature
@@ -26,6 +25,7 @@ from sharpscope.losses import get_loss
 from sharpscope.parallel import init_distributed, rank, shard_dataset, sharding
 from sharpscope.probe import ProbeReport, ProbeSettings, probe
 from sharpscope.track import resolve_device
+from sharpscope_cli.progress import ProgressLines
 
 app = typer.Typer(help="Measure the sharpness of neural-network loss landscapes.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -85,10 +85,13 @@ def clean_errors(fn: Callable[..., None]) -> Callable[..., None]:
 
 @contextmanager
 def progress_bar(enabled: bool) -> Iterator[Callable[[str, int, int], None] | None]:
-    """A progress bar on stderr, one row per stage, counting Hessian-vector products."""
+    """A progress bar on stderr, one row per stage, counting Hessian-vector products; on a stderr that is
+    not a terminal, plain progress lines instead (rank 0 only)."""
     if not enabled:
-        yield None
+        yield ProgressLines(sys.stderr) if not err.is_terminal and rank() == 0 else None
         return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # lazy: start-up
+
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("HVPs"),
                TimeElapsedColumn())
     with Progress(*columns, console=err, transient=True) as bar:

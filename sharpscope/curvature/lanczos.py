@@ -18,7 +18,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-from scipy.linalg import eigh_tridiagonal
 from torch import Tensor
 
 from sharpscope.curvature.krylov_basis import DEFAULT_CHUNK, KrylovBasis
@@ -39,6 +38,7 @@ class ConvergenceWarning(UserWarning):
 
 def tridiagonal_eigh(alphas: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Eigenvalues (ascending) and eigenvectors of the symmetric tridiagonal ``T`` in float64."""
+    from scipy.linalg import eigh_tridiagonal  # scipy.linalg takes ~0.5 s to import: not at start-up
     if len(alphas) == 1:
         return np.asarray(alphas, dtype=np.float64), np.ones((1, 1))
     return eigh_tridiagonal(np.asarray(alphas, np.float64), np.asarray(betas, np.float64))
