@@ -29,7 +29,7 @@ class ProbeSettings:
     k: int = 1
     tol: float = 1e-3
     max_iter: int | None = None
-    stop: Literal["eigenvalue", "residual"] = "eigenvalue"
+    stop: Literal["eigenvalue", "residual"] = "residual"
     negative: bool = False
     trace: bool = False
     trace_method: Literal["hutch++", "hutchinson"] = "hutch++"

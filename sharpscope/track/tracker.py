@@ -118,8 +118,7 @@ class SharpnessTracker:
         loss_fn: ``(outputs, targets) -> mean loss over the batch`` (e.g. :func:`sharpscope.losses.mse`).
         every: measure when ``step % every == 0``.
         k: number of top eigenvalues. tol, max_iter, stop: Lanczos stopping; ``stop="residual"``
-            (default here: the eigenvectors feed alignment and warm starts) bounds the relative Ritz
-            residual, ``stop="eigenvalue"`` the estimated relative eigenvalue error (fewer products).
+            (default) bounds the relative Ritz residual, ``stop="eigenvalue"`` the estimated relative eigenvalue error (fewer products).
         trace: also estimate ``tr(H)`` with ``trace_method`` and ``trace_matvecs`` products.
         bn: BatchNorm mode of the objective (``"eval"`` or ``"batch"``).
         batch_size: physical batch size of the probe (memory only: the objective is the same).
