@@ -20,6 +20,11 @@ from sharpscope.errors import ConfigError, ObjectiveError
 
 HVPMode = Literal["auto", "fwd-rev", "rev-rev", "fd"]
 
+# Product modes chosen by timing, kept for the rest of the process: a second operator on the same
+# architecture, device, precision and batch shapes (a second probe, a tracker rebuilt after a
+# resume) reuses the choice instead of timing again. Keyed by :meth:`HessianOperator._timing_key`.
+_TIMED_CHOICES: dict[tuple[object, ...], dict[str, object]] = {}
+
 
 class HessianOperator(LinearOperator):
     """``v -> H v`` with ``H = ∇²L(θ)`` the Hessian of the objective's mean loss over the probe set.
@@ -32,8 +37,10 @@ class HessianOperator(LinearOperator):
             ``"auto"``: time ``fwd-rev`` and ``rev-rev`` on the first batch and keep the faster one
             that works, separately for single products (Lanczos) and for probe blocks (trace,
             density), since vmapping changes which is faster. The timing runs the first time each
-            kind of call is made. Finite differences are approximate and never chosen
-            automatically. The modes used, and why, are in :meth:`describe`.
+            kind of call is made, or reused from an earlier operator of this process with the same
+            architecture, loss, device, precision, BN mode and batch shapes (``"remembered": True``
+            in the record). Finite differences are approximate and never chosen automatically. The
+            modes used, and why, are in :meth:`describe`.
         block_size: probe vectors per vmapped pass; on out-of-memory the failing block is halved
             (and the smaller size kept) until a single product fails, which raises ObjectiveError.
         allow_tf32: let CUDA use TF32 (about 1e-3 relative error per product); off by default.
@@ -182,10 +189,16 @@ class HessianOperator(LinearOperator):
                                      "rule": "cache when the graphs of all batches fit in half the free memory"}
         self.selection["cache_graphs"] = record
         if fits:
+            try:
+                with self._backend_settings(), self.objective.mode():
+                    rest = [gradient_graph(self.objective, params, b) for b in self.objective.batches[1:]]
+            except torch.OutOfMemoryError:  # the estimate was too low: products without the cache
+                del first
+                torch.cuda.empty_cache()
+                record.update(chosen=False, reason="out of memory while building the graphs")
+                return
             self.cache_graphs = True
             self.modes = {"single": "rev-rev", "block": "rev-rev"}
-            with self._backend_settings(), self.objective.mode():
-                rest = [gradient_graph(self.objective, params, b) for b in self.objective.batches[1:]]
             self._graphs, self._graph_key = [first, *rest], self._state_key()
 
     # ---------------------------------------------------------------------------- auto mode
@@ -198,7 +211,20 @@ class HessianOperator(LinearOperator):
             fn(self.objective, params, batch, rows)
             return clock.seconds() / rows.shape[0]
 
+    def _timing_key(self, m: int) -> tuple[object, ...]:
+        """What decides which product mode is faster: architecture (class, parameter names and shapes),
+        loss, device, precision, BN mode, the batches' shapes and the probes per pass."""
+        obj = self.objective
+        return (type(obj.model).__qualname__, tuple(zip(obj.names, map(tuple, obj.shapes))),
+                type(obj.loss_fn).__qualname__, str(self.device), str(self.dtype), self.allow_tf32, obj.bn,
+                tuple((tuple(b.x.shape), str(b.x.dtype), tuple(b.y.shape)) for b in obj.batches), m)
+
     def _pick_mode(self, m: int) -> str:
+        key = self._timing_key(m)
+        if key in _TIMED_CHOICES:
+            record = {**_TIMED_CHOICES[key], "remembered": True}
+            self.selection[f"probes={m}"] = record
+            return str(record["chosen"])
         gen = torch.Generator().manual_seed(0)
         rows = torch.randn(m, self.dim, generator=gen, dtype=self.dtype).to(self.device)
         seconds: dict[str, float] = {}
@@ -212,6 +238,7 @@ class HessianOperator(LinearOperator):
             raise ObjectiveError(f"no Hessian-vector product mode works for this model: {failures}")
         chosen = from_rank0(min(seconds, key=seconds.__getitem__))  # every rank uses rank 0's choice
         self.selection[f"probes={m}"] = {"trial_seconds_per_probe": seconds, "failed": failures, "chosen": chosen}
+        _TIMED_CHOICES[key] = dict(self.selection[f"probes={m}"])
         return chosen
 
     def describe(self) -> dict[str, object]:
