@@ -185,7 +185,7 @@ class HessianOperator(LinearOperator):
         free = available_bytes(self.device)
         fits = free is not None and estimate <= free // 2
         fits = from_rank0(fits)  # every rank makes rank 0's choice
-        record: dict[str, object] = {"chosen": fits, "estimate_bytes": estimate, "available_bytes": free,
+        record: dict[str, object] = {"chosen": fits, "estimate_bytes": estimate,
                                      "rule": "cache when the graphs of all batches fit in half the free memory"}
         self.selection["cache_graphs"] = record
         if fits:

@@ -48,9 +48,10 @@ def gib(nbytes: float) -> str:
 def check_fits(what: str, need: int, device: torch.device, *, hint: str) -> dict[str, object]:
     """Raise :class:`ConfigError` when ``need`` bytes exceed the free memory of ``device``.
 
-    Returns the record kept in a result's settings: the estimate and the free memory seen.
+    Returns the record kept in a result's settings: the estimate (the free memory seen changes from
+    run to run, so it stays out of results that must reproduce exactly).
     """
     free = available_bytes(device)
     if free is not None and need > free:
         raise ConfigError(f"{what} needs about {gib(need)} but {device} has {gib(free)} free; {hint}")
-    return {"estimate_bytes": int(need), "available_bytes": free}
+    return {"estimate_bytes": int(need)}
