@@ -16,7 +16,6 @@ import numpy as np
 import torch
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sharpscope.curvature import Objective
 from sharpscope.data import resolve_data
@@ -60,6 +59,8 @@ def point_bar(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
     if not enabled:
         yield None
         return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # lazy: start-up
+
     columns = (TextColumn("landscape"), BarColumn(), MofNCompleteColumn(), TextColumn("points"), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=True) as bar:
         task = bar.add_task("points", total=None)

@@ -15,7 +15,6 @@ from typing import Annotated, Any, Optional
 import torch
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from sharpscope.curvature import PerLayerCurvature
@@ -27,6 +26,7 @@ from sharpscope.parallel import init_distributed, rank, shard_dataset, sharding
 from sharpscope.probe import ProbeReport, ProbeSettings, probe
 from sharpscope.track import resolve_device
 from sharpscope_cli.probe_outputs import check_outputs, density_text, write_outputs
+from sharpscope_cli.progress import ProgressLines
 
 app = typer.Typer(help="Measure the sharpness of neural-network loss landscapes.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -59,6 +59,11 @@ class Operator(str, Enum):
     ef = "ef"
 
 
+class Stop(str, Enum):
+    eigenvalue = "eigenvalue"
+    residual = "residual"
+
+
 class TraceMethod(str, Enum):
     hutchpp = "hutch++"
     hutchinson = "hutchinson"
@@ -88,10 +93,13 @@ def clean_errors(fn: Callable[..., None]) -> Callable[..., None]:
 
 @contextmanager
 def progress_bar(enabled: bool) -> Iterator[Callable[[str, int, int], None] | None]:
-    """A progress bar on stderr, one row per stage, counting Hessian-vector products."""
+    """A progress bar on stderr, one row per stage, counting Hessian-vector products; on a stderr that is
+    not a terminal, plain progress lines instead (rank 0 only)."""
     if not enabled:
-        yield None
+        yield ProgressLines(sys.stderr) if not err.is_terminal and rank() == 0 else None
         return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # lazy: start-up
+
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("HVPs"),
                TimeElapsedColumn())
     with Progress(*columns, console=err, transient=True) as bar:
@@ -185,7 +193,8 @@ def probe_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
     bn: Annotated[BN, typer.Option(help="BatchNorm: eval (running stats) or batch (stats of each fixed batch).")] = BN.eval,
     batch_size: Annotated[int, typer.Option(help="Examples per batch in each product (memory).")] = 1000,
-    tol: Annotated[float, typer.Option(help="Relative Ritz residual at which Lanczos stops.")] = 1e-3,
+    tol: Annotated[float, typer.Option(help="Lanczos stops when the relative Ritz residual (or, with --stop eigenvalue, the estimated relative eigenvalue error) is below this.")] = 1e-3,
+    stop: Annotated[Stop, typer.Option(help="What --tol bounds: residual (eigenvalue and eigenvector) or eigenvalue (error bound r²/gap: fewer products, can stop early inside a near-degenerate pair).")] = Stop.residual,
     max_iter: Annotated[Optional[int], typer.Option(help="Lanczos step limit (default max(100, 20k)).")] = None,
     trace_method: Annotated[TraceMethod, typer.Option(help="Trace estimator.")] = TraceMethod.hutchpp,
     trace_matvecs: Annotated[int, typer.Option(help="HVP budget of the trace estimate.")] = 99,
@@ -195,7 +204,7 @@ def probe_cmd(
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     dtype: Annotated[DType, typer.Option(help="Arithmetic precision.")] = DType.float32,
     allow_tf32: Annotated[bool, typer.Option("--allow-tf32", help="Let CUDA use TF32 (about 1e-3 relative error).")] = False,
-    cache_graphs: Annotated[bool, typer.Option("--cache-graphs", help="Keep every batch's gradient graph between products (double backward; faster, needs the memory of all batches).")] = False,
+    cache_graphs: Annotated[Optional[bool], typer.Option("--cache-graphs/--no-cache-graphs", help="Keep every batch's gradient graph between products (double backward; faster, needs the memory of all batches). Default: automatic, when the graphs fit in half the free memory.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of every random vector.")] = 0,
     per_layer: Annotated[bool, typer.Option("--per-layer", help="Also top eigenvalues (and trace, with --trace) of each layer's diagonal Hessian block.")] = False,
     layer_depth: Annotated[Optional[int], typer.Option(help="With --per-layer: group by the first N components of the module path (blocks) instead of by module.")] = None,
@@ -207,12 +216,12 @@ def probe_cmd(
     """Top eigenvalues, trace and spectral density of the loss Hessian (or GGN, empirical Fisher) at a checkpoint (optionally per layer)."""
     dev = resolve_device(device)
     torch_dtype = getattr(torch, dtype.value)
-    settings = ProbeSettings(k=k, tol=tol, max_iter=max_iter, negative=negative, trace=trace,
+    settings = ProbeSettings(k=k, tol=tol, max_iter=max_iter, stop=stop.value, negative=negative, trace=trace,
                              trace_method=trace_method.value, trace_matvecs=trace_matvecs, density=density,
                              density_steps=density_steps, density_runs=density_runs, bn=bn.value,
                              batch_size=batch_size, hvp_mode=hvp_mode.value, allow_tf32=allow_tf32,
-                             cache_graphs=cache_graphs, seed=seed, per_layer=per_layer, layer_depth=layer_depth,
-                             operator=operator.value)
+                             cache_graphs="auto" if cache_graphs is None else cache_graphs, seed=seed,
+                             per_layer=per_layer, layer_depth=layer_depth, operator=operator.value)
     check_outputs(out_file, eigenvectors, density)
     if n is not None and n < 1:
         raise SharpscopeError(f"--n must be positive, got {n}")

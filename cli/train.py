@@ -12,7 +12,6 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sharpscope.experiments import RECIPES, get_recipe, parse_overrides
 from sharpscope.parallel import init_distributed, rank
@@ -34,6 +33,8 @@ def step_bar(enabled: bool) -> Iterator[Callable[[int, int, dict[str, Any] | Non
     if not enabled:
         yield None
         return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # lazy: start-up
+
     columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("steps  {task.fields[info]}"),
                TimeElapsedColumn())
     with Progress(*columns, console=err, transient=True) as bar:

@@ -5,7 +5,7 @@ operator into results that carry their uncertainty and cost::
 
     from sharpscope import Objective, HessianOperator, lanczos, hutchpp
     H = HessianOperator(Objective(model, torch.nn.CrossEntropyLoss(), (x, y), bn="eval"))
-    top = lanczos(H, k=5, tol=1e-3, seed=0)        # .eigenvalues .residuals .hvps .seconds
+    top = lanczos(H, k=5, tol=1e-3, seed=0)        # .eigenvalues .error_bounds .residuals .hvps .seconds
     tr = hutchpp(H, num_matvecs=99, seed=0)        # .estimate .stderr
 """
 

@@ -30,6 +30,7 @@ class ProbeSettings:
     k: int = 1
     tol: float = 1e-3
     max_iter: int | None = None
+    stop: Literal["eigenvalue", "residual"] = "residual"
     negative: bool = False
     trace: bool = False
     trace_method: Literal["hutch++", "hutchinson"] = "hutch++"
@@ -42,7 +43,7 @@ class ProbeSettings:
     hvp_mode: Literal["auto", "fwd-rev", "rev-rev", "fd"] = "auto"
     block_size: int = 8
     allow_tf32: bool = False
-    cache_graphs: bool = False
+    cache_graphs: bool | Literal["auto"] = "auto"
     seed: int = 0
     per_layer: bool = False
     layer_depth: int | None = None
@@ -52,7 +53,7 @@ class ProbeSettings:
         if self.operator not in OPERATORS:
             raise ConfigError(f"operator must be one of {', '.join(OPERATORS)}; got {self.operator!r}")
         if self.operator != "hessian":
-            hessian_only = {"per-layer": self.per_layer, "cache-graphs": self.cache_graphs,
+            hessian_only = {"per-layer": self.per_layer, "cache-graphs": self.cache_graphs is True,
                             f"hvp-mode {self.hvp_mode}": self.hvp_mode != "auto"}
             used = [name for name, on in hessian_only.items() if on]
             if used:
@@ -67,6 +68,8 @@ class ProbeSettings:
             raise ConfigError(f"max-iter must be positive, got {self.max_iter}")
         if not (self.tol > 0 and math.isfinite(self.tol)):
             raise ConfigError(f"tol must be a positive number, got {self.tol}")
+        if self.stop not in ("eigenvalue", "residual"):
+            raise ConfigError(f"stop must be 'eigenvalue' or 'residual', got {self.stop!r}")
         trace_estimator(self.trace_method)  # a clear error for an unknown name
         if self.layer_depth is not None and (self.layer_depth < 1 or not self.per_layer):
             raise ConfigError(f"layer-depth must be a positive depth and needs per-layer, got {self.layer_depth} "
@@ -89,7 +92,8 @@ class ProbeReport:
     def to_dict(self) -> dict[str, object]:
         top = self.top.to_dict()
         out: dict[str, object] = {
-            "eigenvalues": top["eigenvalues"], "residuals": top["residuals"], "converged": top["converged"],
+            "eigenvalues": top["eigenvalues"], "residuals": top["residuals"], "error_bounds": top["error_bounds"],
+            "converged": top["converged"],
             "hvps": top["hvps"], "seconds": top["seconds"], "loss": self.loss, "grad_norm": self.grad_norm,
         }
         if self.most_negative is not None:
@@ -134,12 +138,13 @@ def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tens
         op.on_matmat = None if progress is None else (lambda: progress(name, op.matvecs - first, total))
 
     stage("top eigenvalues", max_iter)
-    top = lanczos(op, k=settings.k, which="LA", tol=settings.tol, max_iter=max_iter, seed=settings.seed)
+    top = lanczos(op, k=settings.k, which="LA", tol=settings.tol, max_iter=max_iter, seed=settings.seed,
+                  stop=settings.stop)
     negative = trace = density = None
     if settings.negative:
         stage("most negative eigenvalue", max_iter)
         negative = lanczos(op, k=1, which="SA", tol=settings.tol, max_iter=max_iter, seed=settings.seed + 1,
-                           return_eigenvectors=False)
+                           return_eigenvectors=False, stop=settings.stop)
     if settings.trace:
         stage("trace", settings.trace_matvecs)
         trace = trace_estimator(settings.trace_method)(op, settings.trace_matvecs, seed=settings.seed + 2)
@@ -156,7 +161,7 @@ def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tens
             hvp_mode=settings.hvp_mode, block_size=settings.block_size, allow_tf32=settings.allow_tf32,
             cache_graphs=settings.cache_graphs, seed=settings.seed, progress=progress)
     record = {**op.describe(), "operator": settings.operator, "k": settings.k, "tol": settings.tol,
-              "max_iter": max_iter, "seed": settings.seed,
+              "stop": settings.stop, "max_iter": max_iter, "seed": settings.seed,
               "trace_method": settings.trace_method if settings.trace else None,
               "trace_matvecs": settings.trace_matvecs if settings.trace else None}
     return ProbeReport(loss=loss, grad_norm=grad_norm, top=top, most_negative=negative, trace=trace,

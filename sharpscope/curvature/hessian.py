@@ -10,14 +10,20 @@ import torch
 from torch import Tensor
 
 from sharpscope.curvature.distributed import from_rank0, sum_across_ranks
-from sharpscope.curvature.hvp import HVP_MODES, GradientGraph, apply_graph, gradient_graph
+from sharpscope.curvature.hvp import HVP_MODES, GradientGraph, apply_graph, gradient_graph, measured_gradient_graph
 from sharpscope.curvature.linear_operator import LinearOperator
+from sharpscope.curvature.memory import available_bytes
 from sharpscope.curvature.objective import Objective
 from sharpscope.curvature.precision import fp32_precision
 from sharpscope.curvature.sampling import Stopwatch
 from sharpscope.errors import ConfigError, ObjectiveError
 
 HVPMode = Literal["auto", "fwd-rev", "rev-rev", "fd"]
+
+# Product modes chosen by timing, kept for the rest of the process: a second operator on the same
+# architecture, device, precision and batch shapes (a second probe, a tracker rebuilt after a
+# resume) reuses the choice instead of timing again. Keyed by :meth:`HessianOperator._timing_key`.
+_TIMED_CHOICES: dict[tuple[object, ...], dict[str, object]] = {}
 
 
 class HessianOperator(LinearOperator):
@@ -31,8 +37,10 @@ class HessianOperator(LinearOperator):
             ``"auto"``: time ``fwd-rev`` and ``rev-rev`` on the first batch and keep the faster one
             that works, separately for single products (Lanczos) and for probe blocks (trace,
             density), since vmapping changes which is faster. The timing runs the first time each
-            kind of call is made. Finite differences are approximate and never chosen
-            automatically. The modes used, and why, are in :meth:`describe`.
+            kind of call is made, or reused from an earlier operator of this process with the same
+            architecture, loss, device, precision, BN mode and batch shapes (``"remembered": True``
+            in the record). Finite differences are approximate and never chosen automatically. The
+            modes used, and why, are in :meth:`describe`.
         block_size: probe vectors per vmapped pass; on out-of-memory the failing block is halved
             (and the smaller size kept) until a single product fails, which raises ObjectiveError.
         allow_tf32: let CUDA use TF32 (about 1e-3 relative error per product); off by default.
@@ -40,6 +48,11 @@ class HessianOperator(LinearOperator):
             each product is one double backward per batch (PyHessian's single-batch trick, for any
             number of batches). Costs the activation memory of all batches at once. The cache is
             rebuilt when any parameter or buffer of the model changes (tracked by tensor versions).
+            ``"auto"`` (default): at the first product, build batch 0's graph, measure the tensors
+            it keeps, scale by the probe set's size, and cache when that fits in half the device's
+            free memory (``mode`` ``"auto"`` or ``"rev-rev"`` only); the estimate and the choice
+            are recorded in :meth:`describe` under ``mode_selection["cache_graphs"]``. ``True`` /
+            ``False`` force it. Products are the same numbers either way.
         cudnn_benchmark: let cuDNN time its convolution algorithms (on CUDA; restored afterwards).
 
     Example (float64, a linear least-squares model, where ``H = XᵀX / N`` exactly)::
@@ -54,7 +67,8 @@ class HessianOperator(LinearOperator):
     """
 
     def __init__(self, objective: Objective, *, mode: HVPMode = "auto", block_size: int = 8,
-                 allow_tf32: bool = False, cache_graphs: bool = False, cudnn_benchmark: bool = True) -> None:
+                 allow_tf32: bool = False, cache_graphs: bool | Literal["auto"] = "auto",
+                 cudnn_benchmark: bool = True) -> None:
         if mode not in ("auto", *HVP_MODES):
             raise ConfigError(f"mode must be one of auto, {', '.join(HVP_MODES)}; got {mode!r}")
         if block_size < 1:
@@ -63,8 +77,16 @@ class HessianOperator(LinearOperator):
         self.objective = objective
         self.block_size = block_size
         self.allow_tf32 = allow_tf32
+        if cache_graphs not in (True, False, "auto"):
+            raise ConfigError(f"cache_graphs must be True, False or 'auto', got {cache_graphs!r}")
         self.requested = mode
-        self.cache_graphs = cache_graphs
+        self.cache_requested = cache_graphs
+        self.selection: dict[str, dict[str, object]] = {}
+        if cache_graphs == "auto" and mode in ("fwd-rev", "fd"):
+            self.selection["cache_graphs"] = {"chosen": False, "reason": f"mode {mode!r} requested"}
+            cache_graphs = False
+        self._cache_pending = cache_graphs == "auto"
+        self.cache_graphs = cache_graphs is True
         self.cudnn_benchmark = cudnn_benchmark
         self._graphs: list[GradientGraph] = []
         self._graph_key: tuple[tuple[int, int], ...] | None = None
@@ -72,9 +94,8 @@ class HessianOperator(LinearOperator):
             mode = "rev-rev"  # the cache exists for double backward only
         elif cache_graphs and mode != "rev-rev":
             raise ConfigError(f"cache_graphs needs mode='rev-rev' (or 'auto'), got {mode!r}")
-        self.selection: dict[str, dict[str, object]] = {}
         self.modes: dict[str, str] = {} if mode == "auto" else {"single": mode, "block": mode}
-        if cache_graphs:
+        if cache_graphs is True:
             self.selection["cache_graphs"] = {"chosen": "rev-rev", "reason": "graph cache requested"}
 
     @property
@@ -98,6 +119,8 @@ class HessianOperator(LinearOperator):
     def _matmat(self, V: Tensor) -> Tensor:
         rows = V.T.contiguous()
         out = torch.zeros_like(rows)
+        if self._cache_pending:
+            self._decide_cache()
         fn = None if self.cache_graphs else HVP_MODES[self._mode_for(min(rows.shape[0], self.block_size))]
         params = self._params()
         with self._backend_settings(), self.objective.mode():
@@ -151,6 +174,33 @@ class HessianOperator(LinearOperator):
             self._graphs = [gradient_graph(self.objective, params, b) for b in self.objective.batches]
             self._graph_key = key
 
+    def _decide_cache(self) -> None:
+        """Cache every batch's graph when their estimated memory fits in half the free memory."""
+        self._cache_pending = False
+        params = self._params()
+        with self._backend_settings(), self.objective.mode():
+            first, nbytes = measured_gradient_graph(self.objective, params, self.objective.batches[0])
+        local = sum(b.size for b in self.objective.batches)
+        estimate = int(nbytes * local / self.objective.batches[0].size)
+        free = available_bytes(self.device)
+        fits = free is not None and estimate <= free // 2
+        fits = from_rank0(fits)  # every rank makes rank 0's choice
+        record: dict[str, object] = {"chosen": fits, "estimate_bytes": estimate,
+                                     "rule": "cache when the graphs of all batches fit in half the free memory"}
+        self.selection["cache_graphs"] = record
+        if fits:
+            try:
+                with self._backend_settings(), self.objective.mode():
+                    rest = [gradient_graph(self.objective, params, b) for b in self.objective.batches[1:]]
+            except torch.OutOfMemoryError:  # the estimate was too low: products without the cache
+                del first
+                torch.cuda.empty_cache()
+                record.update(chosen=False, reason="out of memory while building the graphs")
+                return
+            self.cache_graphs = True
+            self.modes = {"single": "rev-rev", "block": "rev-rev"}
+            self._graphs, self._graph_key = [first, *rest], self._state_key()
+
     # ---------------------------------------------------------------------------- auto mode
     def _trial(self, mode: str, rows: Tensor) -> float:
         fn = HVP_MODES[mode]
@@ -161,7 +211,20 @@ class HessianOperator(LinearOperator):
             fn(self.objective, params, batch, rows)
             return clock.seconds() / rows.shape[0]
 
+    def _timing_key(self, m: int) -> tuple[object, ...]:
+        """What decides which product mode is faster: architecture (class, parameter names and shapes),
+        loss, device, precision, BN mode, the batches' shapes and the probes per pass."""
+        obj = self.objective
+        return (type(obj.model).__qualname__, tuple(zip(obj.names, map(tuple, obj.shapes))),
+                type(obj.loss_fn).__qualname__, str(self.device), str(self.dtype), self.allow_tf32, obj.bn,
+                tuple((tuple(b.x.shape), str(b.x.dtype), tuple(b.y.shape)) for b in obj.batches), m)
+
     def _pick_mode(self, m: int) -> str:
+        key = self._timing_key(m)
+        if key in _TIMED_CHOICES:
+            record = {**_TIMED_CHOICES[key], "remembered": True}
+            self.selection[f"probes={m}"] = record
+            return str(record["chosen"])
         gen = torch.Generator().manual_seed(0)
         rows = torch.randn(m, self.dim, generator=gen, dtype=self.dtype).to(self.device)
         seconds: dict[str, float] = {}
@@ -175,10 +238,11 @@ class HessianOperator(LinearOperator):
             raise ObjectiveError(f"no Hessian-vector product mode works for this model: {failures}")
         chosen = from_rank0(min(seconds, key=seconds.__getitem__))  # every rank uses rank 0's choice
         self.selection[f"probes={m}"] = {"trial_seconds_per_probe": seconds, "failed": failures, "chosen": chosen}
+        _TIMED_CHOICES[key] = dict(self.selection[f"probes={m}"])
         return chosen
 
     def describe(self) -> dict[str, object]:
         return {**self.objective.describe(), "hvp_mode": self.mode, "hvp_mode_requested": self.requested,
                 "mode_selection": self.selection, "block_size": self.block_size, "tf32": self.allow_tf32,
-                "cache_graphs": self.cache_graphs,
+                "cache_graphs": "auto (not yet chosen)" if self._cache_pending else self.cache_graphs,
                 "cudnn_benchmark": self.cudnn_benchmark if self.device.type == "cuda" else None}

@@ -91,6 +91,25 @@ def gradient_graph(objective: Objective, params: dict[str, Tensor], batch: Batch
     return GradientGraph(leaves, [grads[i] for i in live], live)
 
 
+def measured_gradient_graph(objective: Objective, params: dict[str, Tensor],
+                            batch: Batch) -> tuple[GradientGraph, int]:
+    """:func:`gradient_graph` and the bytes it keeps alive: every tensor autograd saves for the
+    double backward (counted once per storage, the batch and the parameters left out) plus the
+    gradient itself."""
+    skip = {t.untyped_storage().data_ptr() for t in (batch.x, batch.y, *params.values())}
+    seen: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in skip:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        graph = gradient_graph(objective, params, batch)
+    return graph, sum(seen.values()) + sum(g.numel() * g.element_size() for g in graph.grads)
+
+
 def apply_graph(objective: Objective, graph: GradientGraph, rows: Tensor, *, keep: bool) -> Tensor:
     """``H_b v = ∇_θ ⟨∇ℓ_b, v⟩`` for each row by double backward; ``keep`` retains the graph after."""
     out = torch.zeros_like(rows)

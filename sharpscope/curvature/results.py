@@ -22,7 +22,9 @@ class EigenResult:
 
     ``residuals[i] = ‖H y_i − θ_i y_i‖ / |θ_i|`` for the unit Ritz vector ``y_i``; the eigenvalue
     error is at most that residual times ``|θ_i|`` and, for a well-separated eigenvalue, about its
-    square. ``eigenvectors`` holds ``y_i`` as columns, shape ``(dim, k)``.
+    square. ``error_bounds[i]`` (Lanczos) estimates a bound on ``|λ_i − θ_i|`` in the eigenvalue's
+    own units: ``min(r, r²/δ)`` with ``r`` the absolute residual and ``δ`` the gap to the other Ritz
+    values. ``eigenvectors`` holds ``y_i`` as columns, shape ``(dim, k)``.
     """
 
     eigenvalues: Tensor
@@ -32,11 +34,13 @@ class EigenResult:
     seconds: float
     converged: bool
     settings: dict[str, object] = field(default_factory=dict)
+    error_bounds: Tensor | None = None
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready summary (eigenvectors left out)."""
+        bounds = None if self.error_bounds is None else _floats(self.error_bounds)
         return {"eigenvalues": _floats(self.eigenvalues), "residuals": _floats(self.residuals),
-                "converged": self.converged, "hvps": self.hvps, "seconds": self.seconds, "settings": self.settings}
+                "error_bounds": bounds, "converged": self.converged, "hvps": self.hvps, "seconds": self.seconds, "settings": self.settings}
 
 
 @dataclass(frozen=True)

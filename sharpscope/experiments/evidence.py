@@ -19,7 +19,6 @@ from itertools import pairwise
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
 
 __all__ = ["VERDICTS", "binomial_stderr", "common_loss_levels", "compare_seeds", "interpolate_at_loss",
            "seed_stats", "spearman_with_ci"]
@@ -190,6 +189,8 @@ def spearman_with_ci(x: Sequence[float], y: Sequence[float], *, resamples: int =
     nan_result = {"rho": math.nan, "ci": [math.nan, math.nan], "n": n, "resamples_used": 0}
     if n < 3 or np.all(xs == xs[0]) or np.all(ys == ys[0]):
         return nan_result
+    from scipy.stats import rankdata  # scipy.stats takes ~1 s to import: only when a claim is checked
+
     rho = float(_row_pearson(rankdata(xs), rankdata(ys)))
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(max(int(resamples), 0), n))

@@ -11,16 +11,28 @@ the command that made it) beside it as JSON.
   per-layer curvature.
 """
 
-from sharpscope.plots.density import density_data, density_figure, load_density
-from sharpscope.plots.kinds import auto_kind, make_figure
-from sharpscope.plots.landscape import contour_figure, landscape_data, line_figure, surface_figure
-from sharpscope.plots.layers import layer_curvature_figure
-from sharpscope.plots.runs import RunData, load_run, series
-from sharpscope.plots.save import load_figure_data, save_figure
-from sharpscope.plots.trajectory import (
-    escape_data, escape_figure, sharpness_data, sharpness_figure, spearman, trace_accuracy_data,
-    trace_accuracy_figure,
-)
+import importlib
+from typing import Any
+
+# Names resolve on first use (PEP 562), so importing one submodule (e.g. ``kinds`` for the CLI's help
+# text) does not load matplotlib.
+_SOURCES = {
+    "density_data": "density", "density_figure": "density", "load_density": "density",
+    "auto_kind": "kinds", "make_figure": "kinds",
+    "contour_figure": "landscape", "landscape_data": "landscape", "line_figure": "landscape",
+    "surface_figure": "landscape", "layer_curvature_figure": "layers",
+    "RunData": "runs", "load_run": "runs", "series": "runs", "load_figure_data": "save", "save_figure": "save",
+    "escape_data": "trajectory", "escape_figure": "trajectory", "sharpness_data": "trajectory",
+    "sharpness_figure": "trajectory", "spearman": "trajectory", "trace_accuracy_data": "trajectory",
+    "trace_accuracy_figure": "trajectory",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SOURCES:
+        return getattr(importlib.import_module(f"sharpscope.plots.{_SOURCES[name]}"), name)
+    raise AttributeError(f"module 'sharpscope.plots' has no attribute {name!r}")
+
 
 __all__ = [
     "RunData", "auto_kind", "contour_figure", "density_data", "density_figure", "escape_data", "escape_figure",

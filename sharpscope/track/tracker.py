@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from sharpscope.curvature import ConvergenceWarning, HessianOperator, Objective, lanczos, trace_estimator
 from sharpscope.curvature.distributed import sum_across_ranks, world_size
 from sharpscope.curvature.objective import BNMode, LossFn
+from sharpscope.curvature.lanczos import Stop
 from sharpscope.curvature.linear_operator import LinearOperator
 from sharpscope.curvature.preconditioned import PreconditionedOperator, adam_optimizer, adam_preconditioner
 from sharpscope.curvature.results import EigenResult
@@ -116,7 +117,8 @@ class SharpnessTracker:
             (same loss, same examples for full-batch training) or thresholds are off.
         loss_fn: ``(outputs, targets) -> mean loss over the batch`` (e.g. :func:`sharpscope.losses.mse`).
         every: measure when ``step % every == 0``.
-        k: number of top eigenvalues. tol, max_iter: Lanczos stopping (relative Ritz residual).
+        k: number of top eigenvalues. tol, max_iter, stop: Lanczos stopping; ``stop="residual"``
+            (default) bounds the relative Ritz residual, ``stop="eigenvalue"`` the estimated relative eigenvalue error (fewer products).
         trace: also estimate ``tr(H)`` with ``trace_method`` and ``trace_matvecs`` products.
         bn: BatchNorm mode of the objective (``"eval"`` or ``"batch"``).
         batch_size: physical batch size of the probe (memory only: the objective is the same).
@@ -155,8 +157,11 @@ class SharpnessTracker:
                  threshold: ThresholdFn | None = default_thresholds,
                  grad_norm: bool = True, warm_start: bool = True, seed: int = 0,
                  sink: Callable[[dict[str, Any]], Any] | None = None, alignment: bool = False,
-                 preconditioned: bool = False) -> None:
+                 preconditioned: bool = False, stop: Stop = "residual") -> None:
         check_int("every", every, low=1)
+        if stop not in ("residual", "eigenvalue"):
+            raise ConfigError(f"stop must be 'residual' or 'eigenvalue', got {stop!r}")
+        self.stop: Stop = stop
         check_int("k", k, low=1)
         trace_estimator(trace_method)  # a clear error for an unknown name
         if trace and trace_matvecs < (6 if trace_method == "hutch++" else 2):
@@ -300,7 +305,7 @@ class SharpnessTracker:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             return lanczos(op, self.k, which="LA", tol=self.tol, max_iter=self.max_iter, v0=v0,
-                           seed=step_seed(self.seed, step, salt))
+                           seed=step_seed(self.seed, step, salt), stop=self.stop)
 
     @staticmethod
     def _check_adam(optimizer: torch.optim.Optimizer | None) -> None:
@@ -404,7 +409,7 @@ class SharpnessTracker:
                 "world_size": world_size(), "bn": self.bn,
                 "dim": objective.dim, "dtype": str(objective.dtype).removeprefix("torch."),
                 "device": str(objective.device), "hvp_mode": op.mode, "cache_graphs": self.cache_graphs,
-                "k": self.k, "tol": self.tol,
+                "k": self.k, "tol": self.tol, "stop": self.stop,
                 "max_iter": self.max_iter, "trace": self.trace_method if self.trace else None,
                 "trace_matvecs": self.trace_matvecs if self.trace else None,
                 "test_examples": None if self._test is None else self._test.num_examples, "seed": self.seed,

@@ -44,7 +44,8 @@ def test_probe_json_contract_and_agreement_with_the_library(setup: tuple[Path, P
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["eigenvalues"] == sorted(out["eigenvalues"], reverse=True) and len(out["eigenvalues"]) == 3
-    assert len(out["residuals"]) == 3 and max(out["residuals"]) < 1e-8
+    assert len(out["residuals"]) == 3 and max(out["residuals"]) < 1e-8 and out["settings"]["stop"] == "residual"
+    assert all(0 <= b <= r * abs(e) + 1e-12 for b, r, e in zip(out["error_bounds"], out["residuals"], out["eigenvalues"]))
     assert out["hvps"] > 0 and out["seconds"] > 0 and out["converged"] is True
     assert out["trace"]["stderr"] > 0 and out["trace"]["hvps"] == 99
     assert out["most_negative"]["eigenvalue"] < out["eigenvalues"][-1]

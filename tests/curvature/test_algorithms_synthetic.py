@@ -32,7 +32,7 @@ def spectrum_2000() -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_u1_lanczos_top_eigenvalue(spectrum_2000: tuple[torch.Tensor, torch.Tensor]) -> None:
     A, lam = spectrum_2000
-    result = lanczos(MatrixOperator(A), k=1, tol=1e-6, max_iter=50, seed=0)
+    result = lanczos(MatrixOperator(A), k=1, tol=1e-6, max_iter=50, seed=0, stop="residual")
     assert result.converged and result.hvps <= 50
     assert abs(result.eigenvalues[0] - 30.0) / 30.0 < 1e-6
     y = result.eigenvectors[:, 0]
@@ -64,10 +64,10 @@ def test_lanczos_warns_instead_of_returning_unconverged_values_silently(spectrum
 def test_lanczos_warm_start_needs_fewer_products(spectrum_2000) -> None:
     A, _ = spectrum_2000
     op = MatrixOperator(A)
-    cold = lanczos(op, k=2, tol=1e-6, seed=0)
+    cold = lanczos(op, k=2, tol=1e-6, seed=0, stop="residual")
     perturbed = A + 1e-3 * with_spectrum(torch.linspace(0, 1, 2000, dtype=torch.float64), seed=5)
-    warm = lanczos(MatrixOperator(perturbed), k=2, tol=1e-6, v0=cold.eigenvectors, seed=0)
-    fresh = lanczos(MatrixOperator(perturbed), k=2, tol=1e-6, seed=0)
+    warm = lanczos(MatrixOperator(perturbed), k=2, tol=1e-6, v0=cold.eigenvectors, seed=0, stop="residual")
+    fresh = lanczos(MatrixOperator(perturbed), k=2, tol=1e-6, seed=0, stop="residual")
     assert warm.converged and warm.hvps < fresh.hvps
     torch.testing.assert_close(warm.eigenvalues, fresh.eigenvalues, rtol=1e-6, atol=0)
 

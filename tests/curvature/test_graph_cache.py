@@ -40,3 +40,48 @@ def test_cache_requires_double_backward() -> None:
     obj = Objective(tiny_bn_cnn(), nn.CrossEntropyLoss(), cnn_data())
     with pytest.raises(ConfigError, match="cache_graphs needs mode='rev-rev'"):
         HessianOperator(obj, mode="fwd-rev", cache_graphs=True)
+
+
+def test_auto_cache_is_chosen_when_it_fits_and_gives_the_same_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_bn_cnn()
+    obj = Objective(model, nn.CrossEntropyLoss(), cnn_data(), bn="batch", batch_size=7)
+    V = torch.randn(obj.dim, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    forced = HessianOperator(obj, mode="rev-rev", cache_graphs=False).matmat(V)
+    auto = HessianOperator(obj)
+    assert auto.describe()["cache_graphs"] == "auto (not yet chosen)"
+    torch.testing.assert_close(auto.matmat(V), forced, rtol=1e-13, atol=1e-15)
+    record = auto.describe()["mode_selection"]["cache_graphs"]
+    assert record["chosen"] is True and auto.cache_graphs and auto.mode == "rev-rev" and len(auto._graphs) == 4
+    assert 0 < record["estimate_bytes"]
+    top = lanczos(auto, k=2, tol=1e-10, seed=0)
+    torch.testing.assert_close(top.eigenvalues, torch.linalg.eigvalsh(exact_hessian(obj)).flip(0)[:2],
+                               rtol=1e-8, atol=1e-10)
+
+    monkeypatch.setattr("sharpscope.curvature.hessian.available_bytes", lambda device: 1000)
+    tight = HessianOperator(obj)
+    torch.testing.assert_close(tight.matmat(V), forced, rtol=1e-10, atol=1e-12)
+    record = tight.describe()["mode_selection"]["cache_graphs"]
+    assert record["chosen"] is False and not tight.cache_graphs and tight._graphs == []
+    assert record["estimate_bytes"] > 500  # what did not fit is recorded
+
+
+def test_graph_memory_estimate_counts_the_activations() -> None:
+    from sharpscope.curvature.hvp import measured_gradient_graph
+
+    width, n = 64, 50
+    model = nn.Sequential(nn.Linear(8, width), nn.Tanh(), nn.Linear(width, 3)).double()
+    x, y = torch.randn(n, 8, dtype=torch.float64), torch.randint(0, 3, (n,))
+    obj = Objective(model, nn.CrossEntropyLoss(), (x, y))
+    params = {k: p.detach() for k, p in obj.params.items()}
+    with obj.mode():
+        _, nbytes = measured_gradient_graph(obj, params, obj.batches[0])
+    # at least the hidden activations (n × width) and the gradient (dim), each in float64
+    assert nbytes >= 8 * (n * width + obj.dim)
+
+
+def test_a_fixed_product_mode_turns_the_automatic_cache_off() -> None:
+    obj = Objective(tiny_bn_cnn(), nn.CrossEntropyLoss(), cnn_data())
+    op = HessianOperator(obj, mode="fwd-rev")
+    assert not op.cache_graphs and op.describe()["mode_selection"]["cache_graphs"]["chosen"] is False
+    with pytest.raises(ConfigError, match="cache_graphs must be"):
+        HessianOperator(obj, cache_graphs="yes")  # type: ignore[arg-type]

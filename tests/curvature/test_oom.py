@@ -8,6 +8,7 @@ smaller size, give the same products as an unconstrained operator, and end with 
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from sharpscope.models import ModelSpec
 from sharpscope_cli.main import app
 
 from .conftest import mlp_data, tiny_mlp
+
+hessian = importlib.import_module("sharpscope.curvature.hessian")  # the package re-exports names
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -51,11 +54,11 @@ def objective() -> Objective:
 
 
 def test_the_failing_block_is_halved_until_it_fits_and_products_are_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
-    obj = objective()
+    obj = objective()  # the uncached product path (the graph cache would replace these products)
     V = torch.randn(obj.dim, 11, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    expected = HessianOperator(obj, mode="rev-rev", block_size=8).matmat(V)
+    expected = HessianOperator(obj, mode="rev-rev", block_size=8, cache_graphs=False).matmat(V)
     tried = limited_products(monkeypatch, limit=2)
-    op = HessianOperator(obj, mode="rev-rev", block_size=8)
+    op = HessianOperator(obj, mode="rev-rev", block_size=8, cache_graphs=False)
     got = op.matmat(V)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
     assert tried[:3] == [8, 4, 2] and max(tried[3:]) == 2  # 8 and 4 fail once; every later block has 2 vectors
@@ -68,14 +71,14 @@ def test_the_failing_block_is_halved_until_it_fits_and_products_are_unchanged(mo
 def test_a_single_product_that_does_not_fit_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     obj = objective()
     tried = limited_products(monkeypatch, limit=0)
-    op = HessianOperator(obj, mode="rev-rev", block_size=8)
+    op = HessianOperator(obj, mode="rev-rev", block_size=8, cache_graphs=False)
     with pytest.raises(ObjectiveError, match=MESSAGE) as info:
         op.matmat(torch.ones(obj.dim, 8, dtype=torch.float64))
     assert isinstance(info.value, SharpscopeError) and "batch_size" in str(info.value)
     assert tried == [8, 4, 2, 1]
     tried.clear()
     with pytest.raises(ObjectiveError, match=MESSAGE):
-        HessianOperator(obj, mode="rev-rev", block_size=8).matvec(torch.ones(obj.dim, dtype=torch.float64))
+        HessianOperator(obj, mode="rev-rev", block_size=8, cache_graphs=False).matvec(torch.ones(obj.dim, dtype=torch.float64))
     assert tried == [1]  # a single vector cannot be split: no pointless retries
 
 
@@ -86,6 +89,26 @@ def test_the_cli_reports_it_in_one_line(monkeypatch: pytest.MonkeyPatch, tmp_pat
     ckpt = save_checkpoint(tmp_path / "m.safetensors", spec.build(), spec=spec)
     limited_products(monkeypatch, limit=0)
     result = CliRunner().invoke(app, ["probe", str(ckpt), "--data", f"npz:{tmp_path / 'data.npz'}",
-                                      "--hvp-mode", "rev-rev", "--batch-size", "16", "--json"])
+                                      "--hvp-mode", "rev-rev", "--no-cache-graphs", "--batch-size", "16",
+                                      "--json"])
     assert result.exit_code == 1 and result.stdout == ""
     assert result.stderr.startswith("error: " + MESSAGE) and result.stderr.count("\n") == 1
+
+
+def test_a_graph_cache_that_runs_out_of_memory_falls_back_to_uncached_products(monkeypatch: pytest.MonkeyPatch) -> None:
+    obj = objective()
+    V = torch.randn(obj.dim, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = HessianOperator(obj, mode="rev-rev", cache_graphs=False).matmat(V)
+    real, built = hessian.gradient_graph, []
+
+    def graph(*args: object) -> object:
+        if built:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        built.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(hessian, "gradient_graph", graph)
+    op = HessianOperator(obj, mode="rev-rev")
+    torch.testing.assert_close(op.matmat(V), expected, rtol=1e-12, atol=1e-14)
+    record = op.describe()["mode_selection"]["cache_graphs"]
+    assert record["chosen"] is False and "out of memory" in record["reason"] and not op._graphs
