@@ -81,7 +81,7 @@ def test_every_study_runs_at_smoke_scale_with_its_figures(name: str, root: Path,
     assert len(figures) == len(drawn)  # a figure whose stages the study has at this scale (data present)
     for f in figures:
         stored = json.loads(f.read_text())
-        assert stored["command"] == "cmd" and "no GPU" in stored["caption"] and (stored["data"]["plot"].get("runs") or stored["data"]["plot"].get("arms"))
+        assert stored["command"] == "cmd" and "measured on CPU" in stored["caption"] and "Scale 'smoke'" in stored["caption"] and (stored["data"]["plot"].get("runs") or stored["data"]["plot"].get("arms"))
         assert f.with_suffix(".png").stat().st_size > 0 and f.with_suffix(".pdf").stat().st_size > 0
 
 
