@@ -15,7 +15,7 @@ from sharpscope.curvature import parameter_groups, per_layer_curvature
 from sharpscope.errors import ConfigError
 from sharpscope.losses import mse
 from sharpscope.probe import ProbeSettings, probe
-from .conftest import mlp_data, tiny_mlp
+from tests.curvature.conftest import mlp_data, tiny_mlp
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

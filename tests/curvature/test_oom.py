@@ -24,7 +24,7 @@ from sharpscope.io import save_checkpoint
 from sharpscope.models import ModelSpec
 from sharpscope_cli.main import app
 
-from .conftest import mlp_data, tiny_mlp
+from tests.curvature.conftest import mlp_data, tiny_mlp
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
