@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from sharpscope.errors import ConfigError
-from sharpscope.track import jsonsafe
+from sharpscope.io import jsonsafe
 from sharpscope.track.rundir import RunDirectory
 from sharpscope.track.sinks import flatten_record
 

@@ -60,8 +60,17 @@ from sharpscope.io import fit_state_dict, read_checkpoint
 from sharpscope.losses import accuracy, get_loss
 from sharpscope.models import ModelSpec
 from sharpscope.optim import RS, SA, SAM, PerturbedOptimizer, SparseSAM, empirical_fisher_diagonal
-from sharpscope.parallel import gather_to_rank0, local_device, on_rank0, rank, shard_bounds, shard_dataset, sharding
-from sharpscope.track import jsonsafe
+from sharpscope.io import jsonsafe
+from sharpscope.parallel import (
+    gather_to_rank0,
+    local_device,
+    on_rank0,
+    rank,
+    resolve_device,
+    shard_bounds,
+    shard_dataset,
+    sharding,
+)
 from sharpscope.track.config import TrainConfig
 from sharpscope.track.rundir import RunDirectory
 from sharpscope.track.thresholds import bounded_sharpness
@@ -74,19 +83,6 @@ _BASES: dict[str, type[torch.optim.Optimizer]] = {"sgd": torch.optim.SGD, "gd": 
 
 
 # ------------------------------------------------------------------------------ building
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; anything else as a torch device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device {name!r} is not a device (try cpu, cuda, cuda:1 or auto)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r}: CUDA is not available on this machine")
-    return dev
-
-
 def _options(options: Mapping[str, Any], train_spec: str) -> dict[str, Any]:
     out = dict(options)
     if out.get("feature_stats") == "train":
