@@ -32,29 +32,20 @@ from pathlib import Path
 from typing import Any
 
 from sharpscope.experiments import evidence
-from sharpscope.track import RunDirectory, as_float
+from sharpscope.io.jsonsafe import as_float
+from sharpscope.io.records import is_measurement, number_at, read_measurements
+from sharpscope.track.rundir import RunDirectory
 
 
 def measurements(run_dir: str | Path) -> list[dict[str, Any]]:
     """The measurement records of a run directory, in step order."""
-    records = RunDirectory(run_dir).read_metrics()
-    return [r for r in records if r.get("kind", "measurement") == "measurement"]
+    return [m.to_json() for m in read_measurements(run_dir)]
 
 
 def column(records: Sequence[dict[str, Any]], key: str) -> list[float]:
-    """``records[i][a][b]...`` for a dotted ``key`` (list indices allowed), NaN where missing."""
-    out = []
-    for r in records:
-        value: Any = r
-        for part in key.split("."):
-            if isinstance(value, list) and part.isdigit() and int(part) < len(value):
-                value = value[int(part)]
-            elif isinstance(value, dict):
-                value = value.get(part)
-            else:
-                value = None
-        out.append(as_float(value) if value is not None else math.nan)
-    return out
+    """``records[i][a][b]...`` for a dotted ``key`` (list indices allowed), NaN where missing or not a number
+    (:func:`sharpscope.io.records.number_at`)."""
+    return [number_at(r, key) for r in records]
 
 
 def _num(value: Any) -> float:
@@ -167,7 +158,7 @@ def minibatch_edge_stats(run_dir: str | Path, window: int = 10) -> dict[str, Any
     gradient norm or from the norm SAM normalised, each ratio smoothed by a rolling median of ``window``
     checkpoints (:func:`_tracking`). ``batch/batch`` is Long & Bartlett's mini-batch reading."""
     records = RunDirectory(run_dir).read_metrics()
-    full = {r["step"]: r for r in records if r.get("kind", "measurement") == "measurement"}
+    full = {r["step"]: r for r in records if is_measurement(r)}
     batch = {r["step"]: r for r in records if r.get("kind") == "sam_batch"}
     steps = sorted(set(full) & set(batch))
     rows = []

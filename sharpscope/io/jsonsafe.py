@@ -82,6 +82,22 @@ def as_float(value: Any) -> float:
     return float(value)
 
 
+def decode(obj: Any) -> Any:
+    """``obj`` with every stored ``"NaN"``/``"Infinity"``/``"-Infinity"`` string (at any depth) turned back into
+    its float; other values as they are. Inverse of :func:`to_jsonable` on its non-finite floats.
+
+    >>> decode({"loss": "NaN", "eig": [1.0, "-Infinity"], "rule": "gd_edge"})
+    {'loss': nan, 'eig': [1.0, -inf], 'rule': 'gd_edge'}
+    """
+    if isinstance(obj, str):
+        return NONFINITE.get(obj, obj)
+    if isinstance(obj, list):
+        return [decode(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: decode(v) for k, v in obj.items()}
+    return obj
+
+
 def without_timings(obj: Any) -> Any:
     """``obj`` with every ``*seconds*`` entry removed (recursively): what two runs of the same
     config must agree on exactly, wall-clock time aside."""
