@@ -209,7 +209,7 @@ def check_model_fits(model: nn.Module, loss_fn: LossFn, data: ArrayDataset, k: i
         except RuntimeError as e:
             raise ConfigError(f"the model cannot take inputs of shape {tuple(batch.x.shape)} from {data.name} "
                               f"({str(e).splitlines()[0]})") from None
-        objective._checked_loss(out, batch.y)
+        objective.output_loss(out, batch)
     if not data.y.is_floating_point() and out.ndim == 2:
         low, high = int(data.y.min()), int(data.y.max())
         if low < 0 or high >= out.shape[1]:
