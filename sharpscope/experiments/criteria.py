@@ -1,7 +1,7 @@
 """The pass criteria of the edge-of-stability, SAM-edge and trace studies, computed from a run directory's records.
 
 Every function takes the measurement records of a run (``metrics.jsonl`` rows of kind
-``measurement``; non-finite values may be strings, read with :func:`sharpscope.track.as_float`)
+``measurement``; non-finite values may be strings, read with :func:`sharpscope.io.records.number_at`)
 and returns a JSON-ready dict of the numbers the criterion is stated in, with ``holds`` (bool)
 where the criterion is a test.
 
@@ -46,11 +46,6 @@ def column(records: Sequence[dict[str, Any]], key: str) -> list[float]:
     """``records[i][a][b]...`` for a dotted ``key`` (list indices allowed), NaN where missing or not a number
     (:func:`sharpscope.io.records.number_at`)."""
     return [number_at(r, key) for r in records]
-
-
-def _num(value: Any) -> float:
-    """A stored number as a float; NaN for None."""
-    return math.nan if value is None else as_float(value)
 
 
 def _finite(pairs: Sequence[tuple[float, ...]]) -> list[tuple[float, ...]]:
@@ -164,10 +159,9 @@ def minibatch_edge_stats(run_dir: str | Path, window: int = 10) -> dict[str, Any
     rows = []
     for t in steps:
         m, b = full[t], batch[t]
-        values = (_num((m.get("eigenvalues") or [math.nan])[0]),
-                  _num((b.get("batch_sharpness") or {}).get("eigenvalue", math.nan)),
-                  _num((m.get("thresholds") or {}).get("edge")),
-                  _num(b.get("sam_edge_batch")), _num(m.get("grad_norm")), _num(b.get("batch_grad_norm")))
+        values = (number_at(m, "eigenvalues.0"), number_at(b, "batch_sharpness.eigenvalue"),
+                  number_at(m, "thresholds.edge"), number_at(b, "sam_edge_batch"), number_at(m, "grad_norm"),
+                  number_at(b, "batch_grad_norm"))
         if all(isinstance(v, float) and math.isfinite(v) for v in values):
             rows.append((t, *values))
     if not rows:
