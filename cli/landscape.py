@@ -26,7 +26,8 @@ from sharpscope.landscape import (
     slice_1d, slice_2d,
 )
 from sharpscope.losses import get_loss
-from sharpscope.track import jsonsafe, resolve_device
+from sharpscope.io import jsonsafe
+from sharpscope.parallel import resolve_device
 
 err = Console(stderr=True)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}

@@ -24,7 +24,7 @@ from sharpscope.io import load_checkpoint, save_checkpoint
 from sharpscope.losses import get_loss
 from sharpscope.parallel import init_distributed, rank, shard_dataset, sharding
 from sharpscope.probe import ProbeReport, ProbeSettings, probe
-from sharpscope.track import resolve_device
+from sharpscope.parallel import resolve_device
 from sharpscope_cli.probe_outputs import check_outputs, density_text, write_outputs
 from sharpscope_cli.progress import ProgressLines
 

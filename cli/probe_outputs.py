@@ -13,7 +13,7 @@ from sharpscope.curvature.objective import select_parameters
 from sharpscope.errors import ConfigError
 from sharpscope.io import atomic_write_bytes, check_writable, save_eigenvectors
 from sharpscope.probe import ProbeReport
-from sharpscope.track import jsonsafe
+from sharpscope.io import jsonsafe
 
 LOG_FLOOR = 1e-6  # the text histogram's bars span masses from this fraction to 1, on a log scale
 

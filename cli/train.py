@@ -15,7 +15,8 @@ from rich.console import Console
 
 from sharpscope.experiments import RECIPES, get_recipe, parse_overrides
 from sharpscope.parallel import init_distributed, rank
-from sharpscope.track import resolve_device, train
+from sharpscope.parallel import resolve_device
+from sharpscope.track import train
 from sharpscope.track.thresholds import bounded_sharpness
 
 err = Console(stderr=True)

@@ -17,8 +17,7 @@ evaluated), so a probe of ``G`` groups costs about ``G`` times one probe.
 Example (two independent quadratics: the blocks are exact)::
 
     >>> import torch
-    >>> import torch
-from torch import nn
+    >>> from torch import nn
     >>> class TwoLayers(nn.Module):
     ...     def __init__(self):
     ...         super().__init__()

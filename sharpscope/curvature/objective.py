@@ -30,6 +30,7 @@ from torch.func import functional_call
 from sharpscope.curvature import batches as structure
 from sharpscope.curvature.distributed import sum_across_ranks, sum_scalar_across_ranks, world_size
 from sharpscope.errors import ConfigError, DataError, ObjectiveError
+from sharpscope.losses import correct_fraction
 
 BNMode = Literal["eval", "batch"]
 Reduction = Literal["mean", "sum"]
@@ -447,6 +448,53 @@ class Objective:
                     raise ObjectiveError(f"loss is {value} on batch {i} of the probe set")
                 total += w * value
         return sum_scalar_across_ranks(total, device=self.device)
+
+    def evaluate_batch(self, thetas: Tensor, batch: Batch, *, vectorize: bool = False) -> tuple[Tensor, Tensor | None]:
+        """``ℓ_b`` at each row of ``thetas`` ``(c, dim)`` on one batch, shape ``(c,)``, and the stacked model
+        outputs ``(c, n_b, ...)`` (None for a ``closure`` objective, which has no separate output). With
+        ``vectorize`` the rows go through :func:`torch.vmap` together, else one at a time. Call inside
+        :meth:`mode` (and ``torch.no_grad()``)."""
+        if self.closure is not None:
+            return torch.stack([self.batch_loss(self.unflatten(flat), batch) for flat in thetas]), None
+
+        def point(flat: Tensor) -> tuple[Tensor, Tensor]:
+            out, loss_of = self.output_and_loss(self.unflatten(flat), batch)
+            return loss_of(out), out  # type: ignore[return-value]
+
+        if vectorize:
+            return torch.vmap(point)(thetas)
+        losses, outs = zip(*(point(flat) for flat in thetas))
+        return torch.stack(losses), torch.stack(outs)
+
+    def evaluate(self, thetas: Tensor | None = None, *, vectorize: bool = False, accuracy: bool = True,
+                 across_ranks: bool = True) -> tuple[Tensor, Tensor | None]:
+        """Mean loss and accuracy over the probe set, weighted by example counts, at each row of ``thetas``.
+
+        ``L(θ) = Σ_b (n_b/N) ℓ_b(θ)`` and ``acc(θ) = Σ_b (n_b/N) acc_b(θ)`` (``acc_b`` the fraction of rows
+        whose arg-max output is the label, or the target's arg-max), as float64 tensors of shape ``(c,)`` for
+        ``thetas`` of shape ``(c, dim)``; of shape ``()`` at the current parameters when ``thetas`` is None.
+        The accuracy is None when not asked for or when the outputs are not class scores (``(n_b, C)`` with
+        ``C ≥ 2``, after the output adapter). Non-finite losses are returned as they are (:meth:`loss`
+        raises instead). ``across_ranks`` sums the ranks' shares under a process group (every rank must
+        call). Runs in :meth:`mode`, without gradients; ``vectorize`` as in :meth:`evaluate_batch`.
+        """
+        points = self.parameter_vector()[None] if thetas is None else thetas
+        loss = torch.zeros(points.shape[0], dtype=torch.float64, device=points.device)
+        acc: Tensor | None = torch.zeros_like(loss) if accuracy else None
+        with torch.no_grad(), self.mode():
+            for batch, w in zip(self.batches, self.weights()):
+                losses, out = self.evaluate_batch(points, batch, vectorize=vectorize)
+                loss += w * losses.double()
+                if acc is not None and not (isinstance(out, Tensor) and out.ndim == 3 and out.shape[2] > 1):
+                    acc = None  # not class scores
+                if acc is not None:
+                    acc += w * correct_fraction(out, batch.y)  # type: ignore[arg-type]
+        if across_ranks:
+            loss = sum_across_ranks(loss)
+            acc = None if acc is None else sum_across_ranks(acc)
+        if thetas is None:
+            return loss[0], None if acc is None else acc[0]
+        return loss, acc
 
     def gradient(self) -> Tensor:
         """``∇L(θ)`` as a flat vector."""

@@ -1,7 +1,7 @@
 """The pass criteria of the edge-of-stability, SAM-edge and trace studies, computed from a run directory's records.
 
 Every function takes the measurement records of a run (``metrics.jsonl`` rows of kind
-``measurement``; non-finite values may be strings, read with :func:`sharpscope.track.as_float`)
+``measurement``; non-finite values may be strings, read with :func:`sharpscope.io.records.number_at`)
 and returns a JSON-ready dict of the numbers the criterion is stated in, with ``holds`` (bool)
 where the criterion is a test.
 
@@ -32,34 +32,20 @@ from pathlib import Path
 from typing import Any
 
 from sharpscope.experiments import evidence
-from sharpscope.track import RunDirectory, as_float
+from sharpscope.io.jsonsafe import as_float
+from sharpscope.io.records import is_measurement, number_at, read_measurements
+from sharpscope.track.rundir import RunDirectory
 
 
 def measurements(run_dir: str | Path) -> list[dict[str, Any]]:
     """The measurement records of a run directory, in step order."""
-    records = RunDirectory(run_dir).read_metrics()
-    return [r for r in records if r.get("kind", "measurement") == "measurement"]
+    return [m.to_json() for m in read_measurements(run_dir)]
 
 
 def column(records: Sequence[dict[str, Any]], key: str) -> list[float]:
-    """``records[i][a][b]...`` for a dotted ``key`` (list indices allowed), NaN where missing."""
-    out = []
-    for r in records:
-        value: Any = r
-        for part in key.split("."):
-            if isinstance(value, list) and part.isdigit() and int(part) < len(value):
-                value = value[int(part)]
-            elif isinstance(value, dict):
-                value = value.get(part)
-            else:
-                value = None
-        out.append(as_float(value) if value is not None else math.nan)
-    return out
-
-
-def _num(value: Any) -> float:
-    """A stored number as a float; NaN for None."""
-    return math.nan if value is None else as_float(value)
+    """``records[i][a][b]...`` for a dotted ``key`` (list indices allowed), NaN where missing or not a number
+    (:func:`sharpscope.io.records.number_at`)."""
+    return [number_at(r, key) for r in records]
 
 
 def _finite(pairs: Sequence[tuple[float, ...]]) -> list[tuple[float, ...]]:
@@ -167,16 +153,15 @@ def minibatch_edge_stats(run_dir: str | Path, window: int = 10) -> dict[str, Any
     gradient norm or from the norm SAM normalised, each ratio smoothed by a rolling median of ``window``
     checkpoints (:func:`_tracking`). ``batch/batch`` is Long & Bartlett's mini-batch reading."""
     records = RunDirectory(run_dir).read_metrics()
-    full = {r["step"]: r for r in records if r.get("kind", "measurement") == "measurement"}
+    full = {r["step"]: r for r in records if is_measurement(r)}
     batch = {r["step"]: r for r in records if r.get("kind") == "sam_batch"}
     steps = sorted(set(full) & set(batch))
     rows = []
     for t in steps:
         m, b = full[t], batch[t]
-        values = (_num((m.get("eigenvalues") or [math.nan])[0]),
-                  _num((b.get("batch_sharpness") or {}).get("eigenvalue", math.nan)),
-                  _num((m.get("thresholds") or {}).get("edge")),
-                  _num(b.get("sam_edge_batch")), _num(m.get("grad_norm")), _num(b.get("batch_grad_norm")))
+        values = (number_at(m, "eigenvalues.0"), number_at(b, "batch_sharpness.eigenvalue"),
+                  number_at(m, "thresholds.edge"), number_at(b, "sam_edge_batch"), number_at(m, "grad_norm"),
+                  number_at(b, "batch_grad_norm"))
         if all(isinstance(v, float) and math.isfinite(v) for v in values):
             rows.append((t, *values))
     if not rows:

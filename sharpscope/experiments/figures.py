@@ -30,7 +30,7 @@ from sharpscope.plots.trajectory import (
     trace_accuracy_data,
     trace_accuracy_figure,
 )
-from sharpscope.track import jsonsafe
+from sharpscope.io import jsonsafe
 
 _KINDS: dict[str, tuple[Callable[..., MplFigure], Callable[..., dict[str, Any]]]] = {
     "sharpness": (sharpness_figure, sharpness_data),

@@ -1,4 +1,4 @@
-"""Checkpoints (with their model spec), eigenvector files and atomic file writes."""
+"""Checkpoints (with their model spec), eigenvector files, atomic file writes, strict JSON and typed run records."""
 
 from sharpscope.io.atomic import atomic_write, atomic_write_bytes, check_writable
 from sharpscope.io.checkpoints import (
@@ -11,9 +11,12 @@ from sharpscope.io.checkpoints import (
     save_checkpoint,
 )
 from sharpscope.io.eigenvectors import EigenvectorFile, load_eigenvectors, save_eigenvectors
+from sharpscope.io.records import Alignment, Measurement, read_measurements
 
 __all__ = [
+    "Alignment",
     "EigenvectorFile",
+    "Measurement",
     "FORMAT",
     "LoadedCheckpoint",
     "RawCheckpoint",
@@ -24,6 +27,7 @@ __all__ = [
     "load_checkpoint",
     "load_eigenvectors",
     "read_checkpoint",
+    "read_measurements",
     "save_checkpoint",
     "save_eigenvectors",
 ]

@@ -55,7 +55,7 @@ def save_eigenvectors(path: str | os.PathLike[str], eigenvalues: Tensor, eigenve
     if len(names) != len(shapes) or sum(math.prod(s) for s in shapes) != eigenvectors.shape[0]:
         raise ConfigError(f"parameter layout ({len(names)} names, {sum(math.prod(s) for s in shapes)} entries) "
                           f"does not fit eigenvectors of dimension {eigenvectors.shape[0]}")
-    from sharpscope.track import jsonsafe
+    from sharpscope.io import jsonsafe
 
     meta = {"format": FORMAT, "names": json.dumps(list(names)), "shapes": json.dumps([list(s) for s in shapes]),
             "settings": jsonsafe.dumps(dict(settings or {}))}
@@ -69,7 +69,7 @@ def load_eigenvectors(path: str | os.PathLike[str]) -> EigenvectorFile:
     """Read a file written by :func:`save_eigenvectors`."""
     from safetensors import SafetensorError, safe_open
 
-    from sharpscope.track import jsonsafe
+    from sharpscope.io import jsonsafe
 
     try:
         with safe_open(str(path), framework="pt") as f:

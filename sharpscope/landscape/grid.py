@@ -22,15 +22,12 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import Tensor
-from torch.func import functional_call
 
 from sharpscope.curvature import Objective
 from sharpscope.curvature.distributed import from_rank0, sum_across_ranks
-from sharpscope.curvature.objective import Batch
 from sharpscope.curvature.precision import fp32_precision
 from sharpscope.curvature.sampling import Stopwatch
 from sharpscope.errors import ConfigError, ObjectiveError
-from sharpscope.losses import correct_fraction
 from sharpscope.validation import check_int
 
 Method = Literal["auto", "vmap", "loop"]
@@ -48,30 +45,10 @@ class PointValues:
     chunk_size: int
 
 
-def _batch_values(objective: Objective, thetas: Tensor, batch: Batch, method: str) -> tuple[Tensor, Tensor]:
-    """Loss ``(c,)`` and model outputs ``(c, n_b, ...)`` at each row of ``thetas`` on one batch."""
-    def point(flat: Tensor) -> tuple[Tensor, Tensor]:
-        out = functional_call(objective.model, objective.unflatten(flat), (batch.x,), strict=False)
-        return objective._checked_loss(out, batch.y), out
-
-    if method == "vmap":
-        return torch.vmap(point)(thetas)
-    losses, outs = zip(*(point(t) for t in thetas))
-    return torch.stack(losses), torch.stack(outs)
-
-
 def _chunk_values(objective: Objective, thetas: Tensor, method: str,
                   with_accuracy: bool) -> tuple[Tensor, Tensor | None]:
-    """Weighted sums over the batches of the loss and accuracy at each row of ``thetas``."""
-    loss = torch.zeros(thetas.shape[0], dtype=torch.float64, device=thetas.device)
-    acc: Tensor | None = torch.zeros_like(loss) if with_accuracy else None
-    for batch, w in zip(objective.batches, objective.weights()):
-        losses, out = _batch_values(objective, thetas, batch, method)
-        loss += w * losses.double()
-        if acc is not None and not (out.ndim == 3 and out.shape[2] > 1):
-            acc = None  # not class scores
-        if acc is not None:
-            acc += w * correct_fraction(out, batch.y)
+    """This rank's weighted sums over its batches of the loss and accuracy at each row of ``thetas``."""
+    loss, acc = objective.evaluate(thetas, vectorize=method == "vmap", accuracy=with_accuracy, across_ranks=False)
     return loss.cpu(), None if acc is None else acc.cpu()
 
 
@@ -87,9 +64,9 @@ def pick_method(objective: Objective, thetas: Tensor) -> tuple[str, dict[str, ob
     failed: dict[str, str] = {}
     for method in ("vmap", "loop"):
         try:
-            _batch_values(objective, thetas, batch, method)
+            objective.evaluate_batch(thetas, batch, vectorize=method == "vmap")
             clock = Stopwatch(thetas.device)
-            _batch_values(objective, thetas, batch, method)
+            objective.evaluate_batch(thetas, batch, vectorize=method == "vmap")
             seconds[method] = clock.seconds() / thetas.shape[0]
         except (RuntimeError, NotImplementedError) as err:  # CUDA out-of-memory included
             failed[method] = _error_line(err)

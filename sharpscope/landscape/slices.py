@@ -28,7 +28,7 @@ from sharpscope.io import atomic_write, atomic_write_bytes
 from sharpscope.landscape.directions import Directions, as_directions
 from sharpscope.landscape.grid import GridProgress, Method, evaluate_points
 from sharpscope.landscape.iterates import Source, expand_sources, parameter_vectors, project_path, source_names
-from sharpscope.track import jsonsafe
+from sharpscope.io import jsonsafe
 
 FORMAT = "sharpscope-slice-1"
 _ARRAYS = ("alphas", "betas", "loss", "accuracy", "path", "path_residuals")

@@ -27,7 +27,7 @@ from sharpscope.curvature import DensityResult
 from sharpscope.curvature.results import gaussian_density
 from sharpscope.errors import ConfigError, DataError
 from sharpscope.plots.style import color, label_axes, legend, new_figure
-from sharpscope.track import jsonsafe
+from sharpscope.io import jsonsafe
 
 DensityLike = Union[DensityResult, Mapping[str, Any]]
 LOG_FLOOR = 1e-8

@@ -24,8 +24,9 @@ from typing import Any, Union
 import numpy as np
 
 from sharpscope.errors import ConfigError, DataError, SharpscopeError
-from sharpscope.track import RunDirectory
-from sharpscope.track.jsonsafe import NONFINITE
+from sharpscope.io.jsonsafe import decode
+from sharpscope.io.records import is_measurement, number_at
+from sharpscope.track.rundir import RunDirectory
 
 @dataclass(frozen=True)
 class RunData:
@@ -52,17 +53,6 @@ class RunData:
 RunLike = Union[RunData, str, os.PathLike]
 
 
-def _decode(obj: Any) -> Any:
-    """``obj`` with the stored strings ``"NaN"``/``"Infinity"``/``"-Infinity"`` turned back into floats."""
-    if isinstance(obj, str):
-        return NONFINITE.get(obj, obj)
-    if isinstance(obj, list):
-        return [_decode(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: _decode(v) for k, v in obj.items()}
-    return obj
-
-
 def load_run(path: str | os.PathLike[str], label: str | None = None) -> RunData:
     """Read the run directory ``path`` (``label`` defaults to the folder name).
 
@@ -79,13 +69,12 @@ def load_run(path: str | os.PathLike[str], label: str | None = None) -> RunData:
         raise
     except ValueError as e:  # a config.json or summary.json that is not strict JSON
         raise ConfigError(f"{run.path}: unreadable run file ({e})") from None
-    records = _decode(run.read_metrics(torn_ok=True))
-    measurements = sorted((r for r in records if r.get("kind", "measurement") == "measurement"),
-                          key=lambda r: r["step"])
-    events = [r for r in records if r.get("kind", "measurement") != "measurement"]
+    records = decode(run.read_metrics(torn_ok=True))
+    measurements = sorted((r for r in records if is_measurement(r)), key=lambda r: r["step"])
+    events = [r for r in records if not is_measurement(r)]
     name = label if label is not None else (run.path.resolve().name or str(run.path))
     return RunData(path=run.path, config=config, measurements=measurements, events=events,
-                   summary=None if summary is None else _decode(summary), label=name)
+                   summary=None if summary is None else decode(summary), label=name)
 
 
 def as_runs(runs: RunLike | Sequence[RunLike], labels: Sequence[str] | None = None) -> list[RunData]:
@@ -113,18 +102,8 @@ def as_runs(runs: RunLike | Sequence[RunLike], labels: Sequence[str] | None = No
 
 def value(record: Mapping[str, Any], key: str) -> float:
     """The number at dotted ``key`` in ``record`` (list entries by index: ``"eigenvalues.1"``), or NaN
-    when any part is missing or is not a number."""
-    node: Any = record
-    for part in key.split("."):
-        if isinstance(node, Mapping):
-            node = node.get(part)
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return math.nan
-    if isinstance(node, bool) or not isinstance(node, (int, float)):
-        return math.nan
-    return float(node)
+    when any part is missing or is not a number (:func:`sharpscope.io.records.number_at`)."""
+    return number_at(record, key)
 
 
 def series(run: RunData, key: str) -> tuple[np.ndarray, np.ndarray]:

@@ -4,7 +4,7 @@
 ``figures/eos.pdf`` and ``figures/eos.json`` = ``{"caption": ..., "command": ..., "data": ...}``,
 each atomically (temporary file, fsync, rename), creating the folder. The JSON is strict: NaN and
 infinities are stored as the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` as in run
-directories (:mod:`sharpscope.track.jsonsafe`), and arrays as lists. PDFs carry no creation date,
+directories (:mod:`sharpscope.io.jsonsafe`), and arrays as lists. PDFs carry no creation date,
 so saving the same figure twice gives the same bytes.
 """
 
@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from sharpscope.errors import ConfigError
 from sharpscope.io import atomic_write, atomic_write_bytes
-from sharpscope.track import jsonsafe
+from sharpscope.io import jsonsafe
 
 DPI = 150
 

@@ -11,19 +11,41 @@
   :func:`metrics_dataframe` reads a run's records back as a pandas DataFrame.
 * :class:`RunDirectory` — ``config.json``, ``metrics.jsonl`` (strict JSON, fsynced per record),
   ``checkpoints/``, ``summary.json``.
+
+Importing this package is cheap: each name below loads its module on first use (so reading a run
+directory, as the figures do, does not load the training runner and the optimizers).
 """
 
-from sharpscope.track.config import OPTIMIZERS, TrainConfig
-from sharpscope.track.dataframe import metrics_dataframe
-from sharpscope.track.jsonsafe import as_float
-from sharpscope.track.rundir import RunDirectory, config_differences
-from sharpscope.track.runner import build_data, build_model, build_optimizer, resolve_device, train
-from sharpscope.track.sinks import CSVSink, JSONLSink, MultiSink, TensorBoardSink, WandbSink, flatten_record
-from sharpscope.track.thresholds import default_thresholds
-from sharpscope.track.tracker import SharpnessTracker, evaluate
+from __future__ import annotations
 
-__all__ = [
-    "CSVSink", "JSONLSink", "MultiSink", "OPTIMIZERS", "RunDirectory", "SharpnessTracker", "TensorBoardSink",
-    "TrainConfig", "WandbSink", "as_float", "build_data", "build_model", "build_optimizer", "config_differences",
-    "default_thresholds", "evaluate", "flatten_record", "metrics_dataframe", "resolve_device", "train",
-]
+import importlib
+from typing import Any
+
+_HOME = {
+    "OPTIMIZERS": "config", "TrainConfig": "config",
+    "metrics_dataframe": "dataframe",
+    "as_float": "jsonsafe",
+    "RunDirectory": "rundir", "config_differences": "rundir",
+    "build_data": "runner", "build_model": "runner", "build_optimizer": "runner", "train": "runner",
+    "resolve_device": "sharpscope.parallel",
+    "CSVSink": "sinks", "JSONLSink": "sinks", "MultiSink": "sinks", "TensorBoardSink": "sinks",
+    "WandbSink": "sinks", "flatten_record": "sinks",
+    "default_thresholds": "thresholds",
+    "SharpnessTracker": "tracker", "evaluate": "tracker",
+}
+
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    """PEP 562: ``sharpscope.track.<name>`` imports the submodule that defines it on first access."""
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    home = _HOME[name]
+    value = getattr(importlib.import_module(home if "." in home else f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOME))

@@ -6,7 +6,8 @@ import os
 from typing import Any
 
 from sharpscope.errors import ConfigError
-from sharpscope.track import jsonsafe
+from sharpscope.io import jsonsafe
+from sharpscope.io.records import record_kind
 from sharpscope.track.rundir import RunDirectory
 from sharpscope.track.sinks import flatten_record
 
@@ -28,7 +29,7 @@ def metrics_dataframe(run: RunDirectory | str | os.PathLike[str], *, kind: str |
         raise ConfigError(f"{run.path}: no such run directory")
     records = run.read_metrics(torn_ok=True)
     if kind is not None:
-        records = [r for r in records if r.get("kind") == kind]
+        records = [r for r in records if record_kind(r) == kind]
     frame = pd.DataFrame([flatten_record(r) for r in records])
     for column in frame.columns:
         values = frame[column]

@@ -60,8 +60,18 @@ from sharpscope.io import fit_state_dict, read_checkpoint
 from sharpscope.losses import accuracy, get_loss
 from sharpscope.models import ModelSpec
 from sharpscope.optim import RS, SA, SAM, PerturbedOptimizer, SparseSAM, empirical_fisher_diagonal
-from sharpscope.parallel import gather_to_rank0, local_device, on_rank0, rank, shard_bounds, shard_dataset, sharding
-from sharpscope.track import jsonsafe
+from sharpscope.io import jsonsafe
+from sharpscope.io.records import Measurement, as_number, is_measurement
+from sharpscope.parallel import (
+    gather_to_rank0,
+    local_device,
+    on_rank0,
+    rank,
+    resolve_device,
+    shard_bounds,
+    shard_dataset,
+    sharding,
+)
 from sharpscope.track.config import TrainConfig
 from sharpscope.track.rundir import RunDirectory
 from sharpscope.track.thresholds import bounded_sharpness
@@ -74,19 +84,6 @@ _BASES: dict[str, type[torch.optim.Optimizer]] = {"sgd": torch.optim.SGD, "gd": 
 
 
 # ------------------------------------------------------------------------------ building
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; anything else as a torch device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device {name!r} is not a device (try cpu, cuda, cuda:1 or auto)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r}: CUDA is not available on this machine")
-    return dev
-
-
 def _options(options: Mapping[str, Any], train_spec: str) -> dict[str, Any]:
     out = dict(options)
     if out.get("feature_stats") == "train":
@@ -212,7 +209,7 @@ def check_model_fits(model: nn.Module, loss_fn: LossFn, data: ArrayDataset, k: i
         except RuntimeError as e:
             raise ConfigError(f"the model cannot take inputs of shape {tuple(batch.x.shape)} from {data.name} "
                               f"({str(e).splitlines()[0]})") from None
-        objective._checked_loss(out, batch.y)
+        objective.output_loss(out, batch)
     if not data.y.is_floating_point() and out.ndim == 2:
         low, high = int(data.y.min()), int(data.y.max())
         if low < 0 or high >= out.shape[1]:
@@ -445,21 +442,20 @@ class _Session:
 
     def summary(self, step: int, status: str, event: dict[str, Any] | None, start: int | None,
                 seconds: float) -> dict[str, Any]:
-        records = self.run.read_metrics()
-        measured = [r for r in records if r.get("kind", "measurement") == "measurement"]
-        final = measured[-1] if measured else {}
+        measured = [Measurement.from_json(r) for r in self.run.read_metrics() if is_measurement(r)]
+        final = measured[-1].to_json() if measured else {}
         best: tuple[float, int] | None = None
         crossing = None
-        for r in measured:
-            eig = r.get("eigenvalues") or []
-            if not eig or isinstance(eig[0], str):
+        for m in measured:
+            lam = m.lambda_max
+            if lam is None or not math.isfinite(lam):
                 continue
-            if best is None or eig[0] > best[0]:
-                best = (eig[0], r["step"])
-            edge = (r.get("thresholds") or {}).get("edge")
-            _, bounded = bounded_sharpness(r)
-            if crossing is None and isinstance(edge, (int, float)) and bounded is not None and bounded >= edge:
-                crossing = r["step"]
+            if best is None or lam > best[0]:
+                best = (lam, m.step)
+            edge = as_number((m.thresholds or {}).get("edge"))
+            _, bounded = bounded_sharpness(m)
+            if crossing is None and math.isfinite(edge) and bounded is not None and bounded >= edge:
+                crossing = m.step
         latest = self.run.latest_checkpoint()
         summary = {
             "status": status, "step": step, "steps_requested": self.cfg.steps,
@@ -473,8 +469,8 @@ class _Session:
                                                        "test_acc", "thresholds") if key in final},
             "max_sharpness": None if best is None else {"value": best[0], "step": best[1]},
             "first_step_at_or_above_edge": crossing,
-            "hvps_total": sum(int((r.get("cost") or {}).get("hvps") or 0) for r in measured),
-            "measure_seconds_total": sum(float((r.get("cost") or {}).get("seconds") or 0.0) for r in measured),
+            "hvps_total": sum(m.total_hvps for m in measured),
+            "measure_seconds_total": sum(m.total_seconds for m in measured),
             "session": {"resumed_from_step": start, "seconds": seconds},
             "data": self.data_info,
             "sharding": sharding(len(self.train_set)),

@@ -30,7 +30,7 @@ from typing import Any
 
 from sharpscope.errors import ConfigError
 from sharpscope.io import atomic_write_bytes
-from sharpscope.track import jsonsafe
+from sharpscope.io import jsonsafe
 from sharpscope.track.rundir import RunDirectory
 
 Sink = Callable[[Mapping[str, Any]], Any]

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from sharpscope.errors import SharpscopeError
+from sharpscope.io.records import Measurement, as_number, lookup
 from sharpscope.thresholds import adam_edge, ema_momentum_edge, gd_edge, momentum_edge, sam_edge
 
 
@@ -160,13 +161,18 @@ def batch_sam_edge(step: int, optimizer: torch.optim.Optimizer,
     return out
 
 
-def bounded_sharpness(record: Mapping[str, Any]) -> tuple[str, float | None]:
+def bounded_sharpness(record: Measurement | Mapping[str, Any]) -> tuple[str, float | None]:
     """``(name, value)`` of the sharpness a measurement's threshold bounds (the table above):
     ``λ_max(P⁻¹H)`` from ``preconditioned_eigenvalues`` under the ``adam_edge`` rule, else
-    ``λ_max`` from ``eigenvalues``; the value is None when the record does not hold it."""
-    rule = (record.get("thresholds") or {}).get("rule")
-    key, name = ("preconditioned_eigenvalues", "λ_max(P⁻¹H)") if rule == "adam_edge" else ("eigenvalues", "λ_max")
-    values = record.get(key) or []
-    first = values[0] if values else None
-    ok = isinstance(first, (int, float)) and not isinstance(first, bool)
-    return name, float(first) if ok else None
+    ``λ_max`` from ``eigenvalues``; the value is None when the record does not hold it as a finite
+    number. ``record`` is a :class:`~sharpscope.io.records.Measurement` or a stored record (or the part
+    of one a run summary keeps, which may lack ``step``)."""
+    if isinstance(record, Measurement):
+        rule = (record.thresholds or {}).get("rule")
+        adam = rule == "adam_edge"
+        first: Any = record.preconditioned_lambda_max if adam else record.lambda_max
+    else:
+        adam = lookup(record, "thresholds.rule") == "adam_edge"
+        first = lookup(record, "preconditioned_eigenvalues.0" if adam else "eigenvalues.0")
+    value = as_number(first)
+    return ("λ_max(P⁻¹H)" if adam else "λ_max"), value if math.isfinite(value) else None

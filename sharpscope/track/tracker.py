@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from sharpscope.curvature import ConvergenceWarning, HessianOperator, Objective, lanczos, trace_estimator
-from sharpscope.curvature.distributed import sum_across_ranks, world_size
+from sharpscope.curvature.distributed import world_size
 from sharpscope.curvature.objective import BNMode, LossFn
 from sharpscope.curvature.lanczos import Stop
 from sharpscope.curvature.linear_operator import LinearOperator
@@ -52,7 +52,6 @@ from sharpscope.curvature.preconditioned import PreconditionedOperator, adam_opt
 from sharpscope.curvature.results import EigenResult
 from sharpscope.data import ArrayDataset
 from sharpscope.errors import ConfigError, SharpscopeError
-from sharpscope.losses import accuracy
 from sharpscope.track.thresholds import batch_sam_edge, default_thresholds
 from sharpscope.validation import check_bool, check_int
 
@@ -65,23 +64,12 @@ def _pair(data: Any) -> Any:
 
 
 def evaluate(objective: Objective) -> tuple[float, float | None]:
-    """Mean loss and accuracy of ``objective.model`` over the objective's batches, in its mode.
-
-    ``(Σ_b n_b ℓ_b / N, Σ_b n_b acc_b / N)``, summed over ranks under a process group; accuracy
-    is None when outputs are not class scores (fewer than two columns). Non-finite losses are
-    returned as they are, not raised.
-    """
-    loss, acc = 0.0, 0.0
-    scores = True
-    with torch.no_grad(), objective.mode():
-        for batch, w in zip(objective.batches, objective.weights()):
-            out = objective.model(batch.x)
-            loss += w * float(objective._checked_loss(out, batch.y))
-            scores = scores and out.ndim == 2 and out.shape[1] > 1
-            if scores:
-                acc += w * accuracy(out, batch.y)
-    loss, acc = sum_across_ranks(torch.tensor([loss, acc], dtype=torch.float64, device=objective.device)).tolist()
-    return loss, (acc if scores else None)
+    """Mean loss and accuracy of the objective's model over its batches, in its mode
+    (:meth:`Objective.evaluate <sharpscope.curvature.Objective.evaluate>` at the current parameters):
+    ``(Σ_b n_b ℓ_b / N, Σ_b n_b acc_b / N)``, summed over ranks under a process group; accuracy is None
+    when outputs are not class scores. Non-finite losses are returned as they are, not raised."""
+    loss, acc = objective.evaluate()
+    return float(loss), None if acc is None else float(acc)
 
 
 def step_seed(seed: int, step: int, salt: int) -> int:

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from sharpscope import ConfigError, DataError, HessianOperator, Objective, ObjectiveError, exact_hessian, lanczos
 from sharpscope.curvature import DropoutWarning, ReductionWarning
 
-from .conftest import mlp_data, tiny_mlp
+from tests.curvature.conftest import mlp_data, tiny_mlp
 
 MODES = ("fwd-rev", "rev-rev")
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from sharpscope import HessianOperator, Objective, hutchinson, lanczos
 
-from .conftest import mlp_data, tiny_mlp
+from tests.curvature.conftest import mlp_data, tiny_mlp
 
 CUT = 17  # unequal shards: rank 0 holds 17 examples, rank 1 holds 23
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from sharpscope import ConfigError, HessianOperator, Objective, exact_hessian, lanczos
 
-from .conftest import cnn_data, tiny_bn_cnn
+from tests.curvature.conftest import cnn_data, tiny_bn_cnn
 
 
 def test_cached_products_are_exact_and_follow_parameter_updates() -> None:

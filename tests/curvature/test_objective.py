@@ -11,7 +11,7 @@ from sharpscope import (
 )
 from sharpscope.losses import mse
 
-from .conftest import cnn_data, mlp_data, tiny_bn_cnn, tiny_mlp
+from tests.curvature.conftest import cnn_data, mlp_data, tiny_bn_cnn, tiny_mlp
 
 
 def test_unequal_batches_give_the_same_operator() -> None:

@@ -25,7 +25,7 @@ from sharpscope.io import save_checkpoint
 from sharpscope.models import ModelSpec
 from sharpscope_cli.main import app
 
-from .conftest import mlp_data, tiny_mlp
+from tests.curvature.conftest import mlp_data, tiny_mlp
 
 hessian = importlib.import_module("sharpscope.curvature.hessian")  # the package re-exports names
 

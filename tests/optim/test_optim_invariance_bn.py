@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 import torch.distributed as dist
-from optim_helpers import data, flat, make_closure, mse, params_of, tiny_mlp
+from tests.optim.optim_helpers import data, flat, make_closure, mse, params_of, tiny_mlp
 from torch import nn
 
 from sharpscope.optim import SAM, SparseSAM, frozen_bn_stats, maybe_no_sync

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from optim_helpers import data, flat, make_closure, mse, params_of, tiny_mlp
+from tests.optim.optim_helpers import data, flat, make_closure, mse, params_of, tiny_mlp
 
 from sharpscope.optim import RS, SA, SAM, PerturbedOptimizer, SparseSAM
 

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 import torch
-from optim_helpers import data, flat, grad_at, make_closure, mse, params_of, tiny_mlp
+from tests.optim.optim_helpers import data, flat, grad_at, make_closure, mse, params_of, tiny_mlp
 from torch import nn
 
 from sharpscope.errors import ConfigError

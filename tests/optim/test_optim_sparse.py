@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from optim_helpers import data, flat, grad_at, make_closure, mse, params_of, tiny_mlp
+from tests.optim.optim_helpers import data, flat, grad_at, make_closure, mse, params_of, tiny_mlp
 from torch import nn
 
 from sharpscope.errors import ConfigError

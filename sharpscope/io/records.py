@@ -1,0 +1,214 @@
+"""Typed run records: one line of ``metrics.jsonl`` as a :class:`Measurement` or an :class:`Alignment`.
+
+A record on disk is a strict-JSON object ``{"kind": ..., "step": t, ...}`` (non-finite floats stored as
+the strings ``"NaN"``/``"Infinity"``/``"-Infinity"``, see :mod:`sharpscope.io.jsonsafe`). A record without
+``"kind"`` is a measurement (:func:`record_kind`). The typed records decode the stored strings into floats,
+keep every key they do not know in ``extra``, and remember the order of the keys they were read with, so
+``Measurement.from_json(r).to_json() == r`` for every stored record ``r``: nothing is lost on a round trip.
+
+Dotted keys reach into a record: ``"eigenvalues.0"`` is ``λ_max``, ``"trace.estimate"`` the trace
+(:func:`lookup`, :func:`number_at`).
+
+>>> m = Measurement.from_json({"kind": "measurement", "step": 3, "eigenvalues": ["Infinity", 2.0], "note": "x"})
+>>> m.step, m.lambda_max, m.extra
+(3, inf, {'note': 'x'})
+>>> m.to_json()
+{'kind': 'measurement', 'step': 3, 'eigenvalues': ['Infinity', 2.0], 'note': 'x'}
+>>> number_at({"trace": {"estimate": "NaN"}}, "trace.estimate"), number_at({"eigenvalues": [5.0]}, "eigenvalues.1")
+(nan, nan)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from sharpscope.errors import DataError
+from sharpscope.io.jsonsafe import NONFINITE, decode, to_jsonable
+
+MEASUREMENT = "measurement"
+ALIGNMENT = "alignment"
+
+
+def record_kind(record: Mapping[str, Any]) -> str:
+    """The kind of a stored record; ``"measurement"`` when the record has no ``"kind"`` key."""
+    return str(record.get("kind", MEASUREMENT))
+
+
+def is_measurement(record: Mapping[str, Any]) -> bool:
+    """Whether ``record`` is a measurement record (:func:`record_kind`)."""
+    return record_kind(record) == MEASUREMENT
+
+
+def lookup(record: Mapping[str, Any], key: str) -> Any:
+    """The value at dotted ``key`` in ``record`` (list entries by index: ``"eigenvalues.1"``), or None when any
+    part is missing."""
+    node: Any = record
+    for part in key.split("."):
+        if isinstance(node, Mapping):
+            node = node.get(part)
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
+
+
+def as_number(value: Any) -> float:
+    """A stored value as a float: numbers as floats, the stored non-finite strings decoded, anything else
+    (None, booleans, other strings, containers) NaN."""
+    if isinstance(value, str):
+        return NONFINITE.get(value, math.nan)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return math.nan
+    return float(value)
+
+
+def number_at(record: Mapping[str, Any], key: str) -> float:
+    """The number at dotted ``key`` in ``record`` (:func:`lookup`, :func:`as_number`); NaN when missing."""
+    return as_number(lookup(record, key))
+
+
+def _scalar(value: Any) -> Any:
+    return NONFINITE.get(value, value) if isinstance(value, str) else value
+
+
+def _vector(value: Any) -> tuple[float, ...] | None:
+    return None if value is None else tuple(_scalar(v) for v in value)
+
+
+def _first(values: tuple[float, ...] | None) -> float | None:
+    return float(values[0]) if values else None
+
+
+class _Record:
+    """Shared reading and writing of the typed records: typed fields, ``extra`` and the stored key order."""
+
+    KIND: ClassVar[str]
+    _VECTORS: ClassVar[frozenset[str]] = frozenset()
+    _DICTS: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def _typed(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls) if f.name not in ("extra", "keys")]  # type: ignore[arg-type]
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> Any:
+        """The typed record of a stored (or freshly made) JSON record; raises :class:`DataError` for a record
+        of another kind or without an integer ``step``."""
+        if record_kind(record) != cls.KIND:
+            raise DataError(f"a {record_kind(record)!r} record is not a {cls.KIND} record")
+        step = record.get("step")
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise DataError(f"a {cls.KIND} record needs an integer 'step', got {step!r}")
+        typed = cls._typed()
+        values: dict[str, Any] = {}
+        for name in typed:
+            if name in record:
+                raw = record[name]
+                values[name] = (_vector(raw) if name in cls._VECTORS else decode(raw) if name in cls._DICTS
+                                else _scalar(raw))
+        extra = {k: v for k, v in record.items() if k not in typed and k != "kind"}
+        return cls(**values, extra=extra, keys=tuple(record))
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as stored: strict-JSON types, the stored key order when it was read from a record (typed
+        fields that are None are left out of a record made in code), ``extra`` kept."""
+        typed = self._typed()
+        keys = self.keys or ("kind", *[n for n in typed if getattr(self, n) is not None], *self.extra)
+        out: dict[str, Any] = {}
+        for key in keys:
+            if key == "kind":
+                out[key] = self.KIND
+            elif key in typed:
+                out[key] = to_jsonable(getattr(self, key))
+            elif key in self.extra:
+                out[key] = self.extra[key]
+        for key, value in self.extra.items():  # added after reading
+            out.setdefault(key, value)
+        return out
+
+
+@dataclass(frozen=True)
+class Measurement(_Record):
+    """One sharpness measurement at ``step`` (a ``"measurement"`` record; see
+    :meth:`~sharpscope.track.SharpnessTracker.measure` for what each field holds). Floats are decoded
+    (``math.nan``/``math.inf``); missing fields are None."""
+
+    KIND: ClassVar[str] = MEASUREMENT
+    _VECTORS: ClassVar[frozenset[str]] = frozenset({"eigenvalues", "residuals", "preconditioned_eigenvalues"})
+    _DICTS: ClassVar[frozenset[str]] = frozenset({"trace", "thresholds", "cost", "settings", "errors", "alignment"})
+
+    step: int
+    warm_start: bool | None = None
+    train_loss: float | None = None
+    train_acc: float | None = None
+    test_loss: float | None = None
+    test_acc: float | None = None
+    eigenvalues: tuple[float, ...] | None = None
+    residuals: tuple[float, ...] | None = None
+    converged: bool | None = None
+    preconditioned_eigenvalues: tuple[float, ...] | None = None
+    trace: dict[str, Any] | None = None
+    grad_norm: float | None = None
+    thresholds: dict[str, Any] | None = None
+    cost: dict[str, Any] | None = None
+    settings: dict[str, Any] | None = None
+    errors: dict[str, str] | None = None
+    alignment: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+    @property
+    def lambda_max(self) -> float | None:
+        """The top Hessian eigenvalue, or None when not measured."""
+        return _first(self.eigenvalues)
+
+    @property
+    def preconditioned_lambda_max(self) -> float | None:
+        """The top eigenvalue of ``P⁻¹H``, or None when not measured."""
+        return _first(self.preconditioned_eigenvalues)
+
+    @property
+    def trace_estimate(self) -> float | None:
+        """The trace estimate, or None when not measured."""
+        return None if not self.trace else self.trace.get("estimate")
+
+    @property
+    def total_hvps(self) -> int:
+        """Hessian-vector products the whole measurement cost, ``cost.hvps`` (0 when not recorded)."""
+        return int((self.cost or {}).get("hvps") or 0)
+
+    @property
+    def total_seconds(self) -> float:
+        """Seconds the whole measurement took, ``cost.seconds`` (0 when not recorded)."""
+        return float((self.cost or {}).get("seconds") or 0.0)
+
+
+@dataclass(frozen=True)
+class Alignment(_Record):
+    """How much of the update from ``step`` lies in the top-eigenvector subspace measured at ``step``
+    (an ``"alignment"`` record): ``update_norm = ‖θ_{t+1} − θ_t‖``, ``update_cos`` the cosine between the
+    update and that subspace, ``update_fraction`` the fraction of ``‖Δθ‖²`` inside it."""
+
+    KIND: ClassVar[str] = ALIGNMENT
+
+    step: int
+    update_norm: float | None = None
+    update_cos: float | None = None
+    update_fraction: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+
+def read_measurements(run_dir: str | os.PathLike[str], *, torn_ok: bool = False) -> list[Measurement]:
+    """The measurement records of the run directory ``run_dir``, typed, in step order (``torn_ok`` skips a
+    last line torn by a kill, as :meth:`~sharpscope.track.RunDirectory.read_metrics` does)."""
+    from sharpscope.track.rundir import RunDirectory  # the run directory's layout lives with the tracker
+
+    records = RunDirectory(run_dir).read_metrics(torn_ok=torn_ok)
+    return sorted((Measurement.from_json(r) for r in records if is_measurement(r)), key=lambda m: m.step)

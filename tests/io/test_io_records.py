@@ -1,0 +1,93 @@
+"""Typed run records: stored records survive a round trip unchanged, readers agree with the raw JSON."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from sharpscope.errors import DataError
+from sharpscope.io import jsonsafe
+from sharpscope.io.records import (
+    Alignment,
+    Measurement,
+    is_measurement,
+    lookup,
+    number_at,
+    read_measurements,
+    record_kind,
+)
+from sharpscope.track.rundir import RunDirectory
+from sharpscope.track.thresholds import bounded_sharpness
+
+# A measurement as the tracker writes it (non-finite values stored as strings), plus a key no reader knows.
+STORED = {
+    "kind": "measurement", "step": 40, "train_loss": 0.25, "train_acc": 1, "warm_start": True,
+    "eigenvalues": [12.5, "NaN", 3.0], "residuals": [1e-9, "Infinity", 2e-9], "converged": False,
+    "hvps": 31, "seconds": 0.01, "lanczos_steps": 12, "preconditioned_eigenvalues": None,
+    "trace": {"estimate": 40.0, "stderr": "NaN", "method": "hutchpp"},
+    "grad_norm": 0.5, "thresholds": {"rule": "gd_edge", "edge": 20.0},
+    "cost": {"eval_seconds": 0.1, "hvps": 41, "seconds": 0.3}, "settings": {"k": 3, "seed": 0},
+    "future_key": {"anything": ["kept", 1]},
+}
+
+
+def test_a_stored_measurement_round_trips_byte_for_byte_and_decodes_its_numbers() -> None:
+    m = Measurement.from_json(STORED)
+    assert m.to_json() == STORED
+    assert jsonsafe.dumps(m.to_json()) == jsonsafe.dumps(STORED)  # same key order, same text on disk
+    assert m.step == 40 and m.lambda_max == 12.5 and math.isnan(m.eigenvalues[1]) and m.residuals[1] == math.inf
+    assert m.train_acc == 1 and isinstance(m.train_acc, int)  # numbers are not rewritten (1 stays 1, not 1.0)
+    assert m.trace_estimate == 40.0 and math.isnan(m.trace["stderr"])
+    assert m.total_hvps == 41 and m.total_seconds == pytest.approx(0.3) and m.warm_start is True
+    assert m.extra == {"hvps": 31, "seconds": 0.01, "lanczos_steps": 12,
+                       "future_key": {"anything": ["kept", 1]}}
+    assert m.preconditioned_eigenvalues is None and m.preconditioned_lambda_max is None
+
+
+def test_a_record_made_in_code_writes_kind_step_and_only_what_it_holds() -> None:
+    m = Measurement(step=3, eigenvalues=(2.0, math.inf), extra={"note": "x"})
+    assert m.to_json() == {"kind": "measurement", "step": 3, "eigenvalues": [2.0, "Infinity"], "note": "x"}
+    assert Measurement.from_json(m.to_json()) == m
+    # a record without a kind is a measurement; the kind is not added on the way back
+    bare = {"step": 1, "eigenvalues": [1.0]}
+    assert record_kind(bare) == "measurement" and is_measurement(bare)
+    assert Measurement.from_json(bare).to_json() == bare
+
+
+def test_alignment_records_round_trip_and_kinds_are_checked() -> None:
+    stored = {"kind": "alignment", "step": 5, "update_norm": 0.5, "update_cos": None, "update_fraction": "NaN"}
+    a = Alignment.from_json(stored)
+    assert a.update_norm == 0.5 and a.update_cos is None and math.isnan(a.update_fraction)
+    assert a.to_json() == stored and not is_measurement(stored)
+    with pytest.raises(DataError, match="'alignment' record is not a measurement"):
+        Measurement.from_json(stored)
+    with pytest.raises(DataError, match="integer 'step'"):
+        Measurement.from_json({"kind": "measurement", "step": "3"})
+
+
+def test_dotted_keys_read_numbers_and_give_nan_for_anything_else() -> None:
+    assert lookup(STORED, "thresholds.rule") == "gd_edge" and lookup(STORED, "eigenvalues.5") is None
+    assert number_at(STORED, "eigenvalues.0") == 12.5 and math.isnan(number_at(STORED, "eigenvalues.1"))
+    assert number_at(STORED, "residuals.1") == math.inf
+    for key in ("thresholds.rule", "converged", "trace.estimate.x", "missing", "eigenvalues.x", "future_key"):
+        assert math.isnan(number_at(STORED, key)), key
+
+
+def test_bounded_sharpness_reads_typed_and_stored_records_alike() -> None:
+    m = Measurement.from_json(STORED)
+    assert bounded_sharpness(m) == bounded_sharpness(STORED) == ("λ_max", 12.5)
+    adam = {**STORED, "thresholds": {"rule": "adam_edge", "edge": 3.0}, "preconditioned_eigenvalues": ["Infinity"]}
+    assert bounded_sharpness(Measurement.from_json(adam)) == bounded_sharpness(adam) == ("λ_max(P⁻¹H)", None)
+
+
+def test_read_measurements_types_a_run_directory_in_step_order(tmp_path: Path) -> None:
+    run = RunDirectory(tmp_path / "run")
+    run.create({"model": {"name": "mlp"}})
+    for rec in [{**STORED, "step": 10}, {"kind": "alignment", "step": 0, "update_norm": 1.0},
+                {"kind": "measurement", "step": 0, "eigenvalues": [1.0]}, {"kind": "diverged", "step": 11}]:
+        run.append_metric(rec)
+    ms = read_measurements(run.path)
+    assert [m.step for m in ms] == [0, 10]
+    stored = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
+    assert ms[1].to_json() == stored[0]  # what is on disk comes back unchanged
