@@ -96,7 +96,7 @@ def measured_gradient_graph(objective: Objective, params: dict[str, Tensor],
     """:func:`gradient_graph` and the bytes it keeps alive: every tensor autograd saves for the
     double backward (counted once per storage, the batch and the parameters left out) plus the
     gradient itself."""
-    skip = {t.untyped_storage().data_ptr() for t in (batch.x, batch.y, *params.values())}
+    skip = {t.untyped_storage().data_ptr() for t in (*structure.leaves(batch.data), *params.values())}
     seen: dict[int, int] = {}
 
     def pack(t: Tensor) -> Tensor:
