@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 import tempfile
@@ -27,8 +28,10 @@ from sharpscope.parallel import init_distributed, rank, shard_dataset, sharding
 from sharpscope.probe import ProbeReport, ProbeSettings, probe
 from sharpscope.track import resolve_device
 
-app = typer.Typer(help="Measure the sharpness of neural-network loss landscapes.", no_args_is_help=True,
-                  add_completion=False, pretty_exceptions_enable=False)
+EXIT_CODES = "Exit codes: 0 completed, 1 error (one line on stderr), 3 training diverged, 130 interrupted."
+app = typer.Typer(help=f"Measure the sharpness of neural-network loss landscapes.\n\n{EXIT_CODES}",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+EXIT_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 3, 130
 out = Console()
 err = Console(stderr=True)
 
@@ -62,7 +65,8 @@ class DType(str, Enum):
 
 
 def clean_errors(fn: Callable[..., None]) -> Callable[..., None]:
-    """Turn sharpscope's errors into one line on stderr and exit code 1."""
+    """Turn sharpscope's errors, file-system errors and Ctrl-C into one line on stderr and an exit
+    code a script can read (:data:`EXIT_CODES`)."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> None:
@@ -70,10 +74,19 @@ def clean_errors(fn: Callable[..., None]) -> Callable[..., None]:
             fn(*args, **kwargs)
         except SharpscopeError as e:
             err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(EXIT_ERROR) from None
         except torch.cuda.OutOfMemoryError:
             err.print("[bold red]error:[/] out of GPU memory; use a smaller --batch-size or --n", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(EXIT_ERROR) from None
+        except OSError as e:
+            code = errno.errorcode.get(e.errno or 0, "") if e.errno else ""
+            err.print(f"[bold red]error:[/] {e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}"
+                      f"{f' ({code})' if code else ''}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_ERROR) from None
+        except KeyboardInterrupt:
+            err.print("interrupted; files already written are intact (a training run resumes when the same "
+                      "command is run again)", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper
 

@@ -21,3 +21,7 @@ class CheckpointError(SharpscopeError):
 
 class ConfigError(SharpscopeError):
     """An argument or configuration value is out of range or unknown."""
+
+
+class StorageError(SharpscopeError):
+    """A file cannot be written or read: disk full, read-only file system, no permission."""

@@ -25,6 +25,7 @@ from torch.func import functional_call
 
 from sharpscope.curvature.distributed import sum_across_ranks, sum_scalar_across_ranks, world_size
 from sharpscope.errors import ConfigError, DataError, ObjectiveError
+from sharpscope.validation import check_cast
 
 BNMode = Literal["eval", "batch"]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -140,9 +141,9 @@ class Objective:
             self.loss()
 
     def _place(self, x: Tensor, y: Tensor) -> Batch:
-        x = x.to(self.device, dtype=self.dtype if x.is_floating_point() else x.dtype)
-        y = y.to(self.device, dtype=self.dtype if y.is_floating_point() else y.dtype)
-        return Batch(x, y)
+        cx = check_cast("the inputs", x, x.to(self.device, dtype=self.dtype if x.is_floating_point() else x.dtype))
+        cy = check_cast("the targets", y, y.to(self.device, dtype=self.dtype if y.is_floating_point() else y.dtype))
+        return Batch(cx, cy)
 
     # ----------------------------------------------------------------------------------- modes
     @contextlib.contextmanager

@@ -51,21 +51,21 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sharpscope.curvature import Objective
 from sharpscope.curvature.distributed import broadcast_buffers, sum_across_ranks, sum_gradients, world_size
 from sharpscope.curvature.objective import LossFn
 from sharpscope.data import ArrayDataset, ShuffledLoader, cifar_feature_stats, fresh_label_noise, resolve_data
-from sharpscope.errors import CheckpointError, ConfigError
+from sharpscope.errors import CheckpointError, ConfigError, StorageError
 from sharpscope.io import fit_state_dict, read_checkpoint
 from sharpscope.losses import accuracy, get_loss
 from sharpscope.models import ModelSpec
+from sharpscope.models.inputs import check_model_fits as fits
 from sharpscope.optim import RS, SA, SAM, PerturbedOptimizer, SparseSAM, empirical_fisher_diagonal
 from sharpscope.parallel import gather_to_rank0, local_device, on_rank0, rank, shard_bounds, shard_dataset, sharding
 from sharpscope.track import jsonsafe
 from sharpscope.track.config import TrainConfig
 from sharpscope.track.rundir import RunDirectory
 from sharpscope.track.thresholds import bounded_sharpness
-from sharpscope.validation import check_int
+from sharpscope.validation import check_int, offset_seed
 from sharpscope.track.tracker import SharpnessTracker
 
 Progress = Callable[[int, int, "dict[str, Any] | None"], None]
@@ -75,15 +75,24 @@ _BASES: dict[str, type[torch.optim.Optimizer]] = {"sgd": torch.optim.SGD, "gd": 
 
 # ------------------------------------------------------------------------------ building
 def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; anything else as a torch device."""
+    """``auto`` → CUDA when available, else CPU; else a device that exists here and computes:
+    ``cpu``, ``cuda``/``cuda:N`` (N below the number of GPUs) or ``mps`` where available."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(name)
-    except RuntimeError:
+    except (RuntimeError, TypeError, ValueError):
         raise ConfigError(f"device {name!r} is not a device (try cpu, cuda, cuda:1 or auto)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r}: CUDA is not available on this machine")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r}: CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ConfigError(f"device {name!r}: MPS is not available on this machine")
+    elif dev.type != "cpu":
+        raise ConfigError(f"device {name!r}: sharpscope computes on cpu, cuda[:N] or mps (or auto), not {dev.type}")
     return dev
 
 
@@ -129,7 +138,7 @@ def load_initial_weights(source: str, model: nn.Module, spec: ModelSpec) -> dict
         path = latest[1]
     elif not path.exists():
         raise CheckpointError(f"init_from {source}: no such checkpoint file or run directory")
-    raw = read_checkpoint(path)
+    raw = read_checkpoint(path, unsafe_flag="")
     if raw.spec is not None and raw.spec != spec:
         raise CheckpointError(f"init_from {path}: model spec {raw.spec} differs from the config's {spec}")
     fit_state_dict(model, raw.state_dict, source=str(path))
@@ -142,7 +151,7 @@ def fisher_scores(cfg: TrainConfig, model: nn.Module, train_set: ArrayDataset, l
     """SSAM-F's scores: the empirical Fisher diagonal over ``samples`` training examples drawn once
     (without replacement, seeded by ``cfg.seed``) — :func:`~sharpscope.optim.empirical_fisher_diagonal`."""
     samples = check_int("fisher_samples", samples, low=1)
-    gen = torch.Generator().manual_seed(cfg.seed + 2)
+    gen = torch.Generator().manual_seed(offset_seed(cfg.seed, 2))
     idx = torch.randperm(len(train_set), generator=gen)[:samples].to(train_set.x.device)
     x, y = train_set.x[idx], train_set.y[idx]
     return lambda: empirical_fisher_diagonal(model, lambda m, xb, yb: loss_fn(m(xb), yb), x, y)
@@ -199,24 +208,8 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, train_set: ArrayDataset,
 
 
 def check_model_fits(model: nn.Module, loss_fn: LossFn, data: ArrayDataset, k: int) -> None:
-    """Raise :class:`ConfigError` (or ObjectiveError) now, before any file is written, when the run cannot
-    work: ``k`` above the number of trainable parameters, inputs the model cannot take or a loss that
-    fails (tried on two examples), or an integer label outside the model's outputs."""
-    objective = Objective(model, loss_fn, (data.x[:2], data.y[:2]), validate=False)
-    if k > objective.dim:
-        raise ConfigError(f"k={k} exceeds the number of trainable parameters ({objective.dim})")
-    batch = objective.batches[0]
-    with torch.no_grad(), objective.mode():
-        try:
-            out = model(batch.x)
-        except RuntimeError as e:
-            raise ConfigError(f"the model cannot take inputs of shape {tuple(batch.x.shape)} from {data.name} "
-                              f"({str(e).splitlines()[0]})") from None
-        objective._checked_loss(out, batch.y)
-    if not data.y.is_floating_point() and out.ndim == 2:
-        low, high = int(data.y.min()), int(data.y.max())
-        if low < 0 or high >= out.shape[1]:
-            raise ConfigError(f"{data.name} has labels {low}..{high} but the model has {out.shape[1]} outputs")
+    """:func:`sharpscope.models.inputs.check_model_fits` on a data set, before any file is written."""
+    fits(model, loss_fn, data.x, data.y, name=data.name, k=k)
 
 
 def _gen_state(gen: torch.Generator) -> Tensor:
@@ -250,7 +243,7 @@ class _Session:
         self.num_classes = int(self.train_set.y.max()) + 1 if cfg.label_noise is not None else 0
         self.loader: ShuffledLoader | None = None
         if cfg.batch_size is not None:
-            self.loader = ShuffledLoader(self.train_set, cfg.batch_size, torch.Generator().manual_seed(cfg.seed + 1))
+            self.loader = ShuffledLoader(self.train_set, cfg.batch_size, torch.Generator().manual_seed(offset_seed(cfg.seed, 1)))
         n, pb = len(self.train_set), cfg.physical_batch_size
         own = shard_dataset(self.train_set)  # this rank's examples (all of them in one process)
         self.batches = [(own.x[i:i + pb], own.y[i:i + pb]) for i in range(0, len(own), pb)]
@@ -395,7 +388,7 @@ class _Session:
         cfg = self.cfg
         started = time.perf_counter()
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(cfg.seed + 2)
+            torch.manual_seed(offset_seed(cfg.seed, 2))
             start = self.restore() if resume else None
             t = start or 0
             self.model.train()
@@ -467,7 +460,7 @@ class _Session:
             "first_step_at_or_above_edge": crossing,
             "hvps_total": sum(int((r.get("cost") or {}).get("hvps") or 0) for r in measured),
             "measure_seconds_total": sum(float((r.get("cost") or {}).get("seconds") or 0.0) for r in measured),
-            "session": {"resumed_from_step": start, "seconds": seconds},
+            "session": {"resumed_from_step": start, "seconds": seconds, "notes": list(self.run.notes)},
             "data": self.data_info,
             "sharding": sharding(len(self.train_set)),
             "init": self.init_info,
@@ -493,11 +486,28 @@ def train(config: TrainConfig | Mapping[str, Any], out_dir: str | Path, *, force
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     cfg.validate()
     session = _Session(cfg, RunDirectory(out_dir), progress)
-    with contextlib.ExitStack() as held:
-        state, done = on_rank0(lambda: _open_run(session.run, cfg, force, held))
-        if done is not None:
-            return {**done, "already_complete": True}
-        return session.train(resume=state == "resume")
+    try:
+        with contextlib.ExitStack() as held:
+            state, done = on_rank0(lambda: _open_run(session.run, cfg, force, held))
+            if done is not None:
+                return {**done, "already_complete": True}
+            return session.train(resume=state == "resume")
+    except OSError as e:
+        raise storage_error(e, session.run.path) from None
+
+
+def storage_error(error: OSError, run_dir: Path) -> StorageError:
+    """One line for an ``OSError`` met while writing the run: the path, the errno, and that the
+    records and checkpoints written before it are intact (every write is atomic or an fsynced
+    append, which a resume repairs)."""
+    import errno as errno_names
+
+    code = errno_names.errorcode.get(error.errno or 0, "") if error.errno else ""
+    where = error.filename or run_dir
+    what = error.strerror or type(error).__name__
+    return StorageError(f"{where}: {what}{f' ({code})' if code else ''}; the run stopped there and nothing it had "
+                        "written was lost: fix the cause (free space, a writable mount, permissions) and rerun "
+                        "the same command to resume")
 
 
 def _open_run(run: RunDirectory, cfg: TrainConfig, force: bool,
@@ -506,7 +516,7 @@ def _open_run(run: RunDirectory, cfg: TrainConfig, force: bool,
     summary if the run has finished."""
     held.enter_context(run.lock())
     state = run.create(cfg.to_dict(), force=force, defaults=TrainConfig.defaults())
-    done = run.read_summary() if state == "resume" else None
+    done = run.finished_summary() if state == "resume" else None
     if state == "resume" and done is None:
         run.prepare_resume()
     return state, done
