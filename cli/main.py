@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from rich.table import Table
 
 from sharpscope.curvature import PerLayerCurvature
 from sharpscope.data import resolve_data
-from sharpscope.errors import SharpscopeError
+from sharpscope.errors import SharpscopeError, os_error_text
 from sharpscope.io import load_checkpoint, save_checkpoint
 from sharpscope.losses import get_loss
 from sharpscope.parallel import init_distributed, rank, shard_dataset, sharding
@@ -79,9 +78,8 @@ def clean_errors(fn: Callable[..., None]) -> Callable[..., None]:
             err.print("[bold red]error:[/] out of GPU memory; use a smaller --batch-size or --n", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_ERROR) from None
         except OSError as e:
-            code = errno.errorcode.get(e.errno or 0, "") if e.errno else ""
-            err.print(f"[bold red]error:[/] {e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}"
-                      f"{f' ({code})' if code else ''}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {f'{e.filename}: ' if e.filename else ''}{os_error_text(e)}",
+                      highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_ERROR) from None
         except KeyboardInterrupt:
             err.print("interrupted; files already written are intact (a training run resumes when the same "

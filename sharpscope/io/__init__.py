@@ -1,5 +1,6 @@
-"""Checkpoints (with their model spec) and atomic file writes."""
+"""Checkpoints (with their model spec), atomic file writes and SHA-256 manifests of written files."""
 
+from sharpscope.io import checksums
 from sharpscope.io.atomic import atomic_write, atomic_write_bytes
 from sharpscope.io.checkpoints import (
     FORMAT,
@@ -17,6 +18,7 @@ __all__ = [
     "RawCheckpoint",
     "atomic_write",
     "atomic_write_bytes",
+    "checksums",
     "fit_state_dict",
     "load_checkpoint",
     "read_checkpoint",

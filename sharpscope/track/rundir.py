@@ -50,7 +50,7 @@ from typing import Any, Literal
 
 from torch import nn
 
-from sharpscope.errors import CheckpointError, ConfigError
+from sharpscope.errors import CheckpointError, ConfigError, StorageError, os_error_text
 from sharpscope.io import RawCheckpoint, atomic_write_bytes, checksums, read_checkpoint, save_checkpoint
 from sharpscope.models import ModelSpec
 from sharpscope.track import jsonsafe
@@ -152,7 +152,7 @@ class RunDirectory:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise ConfigError(f"cannot create the run directory {self.path} ({e.strerror or e})") from None
+            raise StorageError(f"cannot create the run directory {self.path}: {os_error_text(e)}") from None
         try:
             import fcntl
         except ImportError:  # pragma: no cover - not POSIX: no locking

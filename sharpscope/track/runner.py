@@ -23,7 +23,10 @@ identical to an uninterrupted run (only wall-clock fields differ).
 
 Divergence. A non-finite training loss at step ``t`` stops the run before the update: a record
 ``{"kind": "diverged", "step": t, ...}`` is written, the parameters ``θ_t`` are checkpointed and
-``summary.json`` says ``"status": "diverged"`` with the step.
+``summary.json`` says ``"status": "diverged"`` with the step (``sharpscope train`` then exits with
+code 3). An ``OSError`` while writing (full disk, read-only mount) ends the run with one
+:class:`~sharpscope.errors.StorageError` line; what was written before is intact and the same call
+resumes.
 
 Data parallel. Under a ``torch.distributed`` process group (``torchrun``; see
 :mod:`sharpscope.parallel`) every rank builds the same model from the same seed and keeps a
@@ -54,7 +57,7 @@ from torch import Tensor, nn
 from sharpscope.curvature.distributed import broadcast_buffers, sum_across_ranks, sum_gradients, world_size
 from sharpscope.curvature.objective import LossFn
 from sharpscope.data import ArrayDataset, ShuffledLoader, cifar_feature_stats, fresh_label_noise, resolve_data
-from sharpscope.errors import CheckpointError, ConfigError, StorageError
+from sharpscope.errors import CheckpointError, ConfigError, StorageError, os_error_text
 from sharpscope.io import fit_state_dict, read_checkpoint
 from sharpscope.losses import accuracy, get_loss
 from sharpscope.models import ModelSpec
@@ -500,12 +503,8 @@ def storage_error(error: OSError, run_dir: Path) -> StorageError:
     """One line for an ``OSError`` met while writing the run: the path, the errno, and that the
     records and checkpoints written before it are intact (every write is atomic or an fsynced
     append, which a resume repairs)."""
-    import errno as errno_names
-
-    code = errno_names.errorcode.get(error.errno or 0, "") if error.errno else ""
     where = error.filename or run_dir
-    what = error.strerror or type(error).__name__
-    return StorageError(f"{where}: {what}{f' ({code})' if code else ''}; the run stopped there and nothing it had "
+    return StorageError(f"{where}: {os_error_text(error)}; the run stopped there and nothing it had "
                         "written was lost: fix the cause (free space, a writable mount, permissions) and rerun "
                         "the same command to resume")
 

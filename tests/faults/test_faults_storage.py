@@ -110,3 +110,11 @@ def test_a_sam_step_interrupted_in_its_second_pass_resumes_exactly(tmp_path: Pat
     assert all(a.equal(b) for a, b in zip(after, seen["before"]))  # type: ignore[arg-type]  # weights restored
     summary = train(cfg, tmp_path / "run")
     assert summary["session"]["resumed_from_step"] == 4 and same_records(RunDirectory(tmp_path / "run"), reference(cfg))
+
+
+def test_no_permission_to_create_the_run_directory_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+    monkeypatch.setattr(Path, "mkdir", refused)
+    with pytest.raises(StorageError, match=r"cannot create the run directory .*run: Permission denied \(EACCES\)"):
+        train(tiny(), tmp_path / "run")
