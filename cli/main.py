@@ -39,6 +39,7 @@ class Loss(str, Enum):
     ce = "ce"
     mse = "mse"
     mse_mean = "mse-mean"
+    token_ce = "token-ce"
 
 
 class BN(str, Enum):
@@ -163,14 +164,24 @@ def emit(report: ProbeReport, title: str, as_json: bool, extra: dict[str, Any]) 
             out.print(layers_table(report.per_layer))
 
 
+def load_model(checkpoint: Path, model: Optional[str], unsafe_load: bool) -> torch.nn.Module:
+    """The probed model: a Hugging Face model for ``hf:PATH`` (weights from the checkpoint unless it is
+    that model's own folder), else the checkpoint with its spec or ``module:factory``."""
+    if model is not None and model.startswith("hf:"):
+        from sharpscope.models.hf import hf_checkpoint_model
+
+        return hf_checkpoint_model(model.removeprefix("hf:"), checkpoint)
+    return load_checkpoint(checkpoint, model_factory=model, unsafe_load=unsafe_load).model
+
+
 @app.command("probe")
 @clean_errors
 def probe_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint: .safetensors, or .pt/.pth/.ckpt (loaded weights-only).")],
-    data: Annotated[str, typer.Option(help="mnist1d, cifar10:DIR_OR_NPZ, cifar100:DIR, mnist:NPZ or npz:PATH (arrays x, y).")],
+    data: Annotated[str, typer.Option(help="mnist1d, cifar10:DIR_OR_NPZ, cifar100:DIR, mnist:NPZ, npz:PATH (arrays x, y) or text:PATH (64-byte windows, next-byte targets).")],
     n: Annotated[Optional[int], typer.Option(help="Keep the first N examples as the probe set.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="module:factory returning the nn.Module, for checkpoints without a model spec.")] = None,
-    loss: Annotated[Loss, typer.Option(help="ce: mean cross entropy; mse: ½‖f−e_y‖² summed over outputs; mse-mean: mean over outputs.")] = Loss.ce,
+    model: Annotated[Optional[str], typer.Option(help="module:factory returning the nn.Module, for checkpoints without a model spec; hf:CONFIG_OR_FOLDER for a Hugging Face causal LM (a local config.json or a saved model folder; extra hf).")] = None,
+    loss: Annotated[Loss, typer.Option(help="ce: mean cross entropy; mse: ½‖f−e_y‖² summed over outputs; mse-mean: mean over outputs; token-ce: mean cross entropy over tokens (language models, --data text:PATH).")] = Loss.ce,
     k: Annotated[int, typer.Option(help="Number of top eigenvalues.")] = 1,
     negative: Annotated[bool, typer.Option("--negative", help="Also the most negative eigenvalue.")] = False,
     trace: Annotated[bool, typer.Option("--trace", help="Estimate the Hessian trace.")] = False,
@@ -205,10 +216,10 @@ def probe_cmd(
     if n is not None and n < 1:
         raise SharpscopeError(f"--n must be positive, got {n}")
     dev = init_distributed(dev)  # under torchrun: each rank probes its shard; the sums run across ranks
-    loaded = load_checkpoint(checkpoint, model_factory=model, unsafe_load=unsafe_load)
+    loaded = load_model(checkpoint, model, unsafe_load)
     dataset = resolve_data(data, n=n)
     part = shard_dataset(dataset)
-    net = loaded.model.to(device=dev, dtype=torch_dtype)
+    net = loaded.to(device=dev, dtype=torch_dtype)
     with progress_bar(not as_json and err.is_terminal and rank() == 0) as bar:
         report = probe(net, get_loss(loss.value), part.x.to(dev), part.y.to(dev), settings, progress=bar)
     extra = {"checkpoint": str(checkpoint), "data": dataset.name, "loss_fn": loss.value}

@@ -6,6 +6,7 @@ descends, so the constant factors matter:
 * ``cross_entropy``: mean cross entropy over examples.
 * ``mse`` (Cohen et al. 2021): ``½ ‖f(x) − e_y‖²`` summed over the outputs, mean over examples.
 * ``mse_mean`` (Long & Bartlett 2024): ``(f(x) − e_y)²`` averaged over outputs *and* examples.
+* ``token_cross_entropy``: mean cross entropy over every token of a language-model batch.
 
 Integer labels are one-hot encoded for the squared losses; float targets are used as given.
 """
@@ -42,7 +43,13 @@ def mse_mean(outputs: Tensor, targets: Tensor) -> Tensor:
     return (outputs - _targets(outputs, targets)).pow(2).mean()
 
 
-LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"ce": cross_entropy, "mse": mse, "mse-mean": mse_mean}
+def token_cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross entropy over every token: logits ``(B, T, V)`` against ids ``(B, T)`` (language models)."""
+    return F.cross_entropy(outputs.flatten(0, -2), targets.flatten())
+
+
+LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"ce": cross_entropy, "mse": mse, "mse-mean": mse_mean,
+                                                         "token-ce": token_cross_entropy}
 
 
 def get_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:

@@ -86,11 +86,12 @@ def adam_edge(lr: float, beta1: float) -> float:
     return ema_momentum_edge(lr, beta1)
 
 
-def sam_edge(lr: float, rho: float, grad_norm: float) -> float:
+def sam_edge(lr: float, rho: float, grad_norm: float, momentum: float = 0.0) -> float:
     """SAM-edge of Long & Bartlett (2024) for ``w ← w − η∇L(w + ρ g/‖g‖)``.
 
-    With ‖g‖ held fixed, an eigen-direction with eigenvalue λ is multiplied per step by
-    ``1 − ηλ(1 + ρλ/‖g‖)``; solving ``ηλ + (ηρ/‖g‖)λ² = 2`` gives::
+    With ‖g‖ held fixed, SAM's gradient on a quadratic is ``H(I + ρH/‖g‖)w``: an eigen-direction
+    with eigenvalue λ sees the effective curvature ``λ(1 + ρλ/‖g‖)``, and plain gradient descent on
+    it is stable iff ``ηλ + (ηρ/‖g‖)λ² < 2``. Solving gives::
 
         SAM_edge = (‖g‖ / (2ρ)) · (sqrt(1 + 8ρ/(η‖g‖)) − 1)
                  = 4 / (η · (1 + sqrt(1 + 8ρ/(η‖g‖))))      (evaluated in this form)
@@ -98,6 +99,12 @@ def sam_edge(lr: float, rho: float, grad_norm: float) -> float:
     The second form is algebraically equal and free of cancellation as ρ → 0. Limits:
     ``rho == 0`` gives ``2/η``; ``grad_norm == 0`` with ``rho > 0`` gives ``0.0``.
     ``grad_norm`` is the gradient norm at the current (unperturbed) iterate on the batch in use.
+
+    ``momentum = β`` (heavy ball in the PyTorch form, dampening 0, not Nesterov) applies the same
+    linearisation with the momentum threshold ``(2 + 2β)/η`` in place of ``2/η``: with
+    ``c = 2 + 2β``, ``ηλ(1 + ρλ/‖g‖) < c`` gives ``2c / (η(1 + sqrt(1 + 4ρc/(η‖g‖))))``. This
+    extension is the toolkit's (Long & Bartlett derive the edge without momentum); ``momentum = 0``
+    is their formula.
     """
     eta = _lr(lr)
     r = check_real("rho", rho)
@@ -106,8 +113,9 @@ def sam_edge(lr: float, rho: float, grad_norm: float) -> float:
     g = check_real("grad_norm", grad_norm)
     if g < 0.0:
         raise ConfigError(f"grad_norm must be >= 0, got {grad_norm!r}")
+    c = 2.0 + 2.0 * _beta("momentum", momentum)
     if r == 0.0:
-        return 2.0 / eta
+        return c / eta
     if g == 0.0:
         return 0.0
-    return 4.0 / (eta * (1.0 + math.sqrt(1.0 + 8.0 * r / (eta * g))))
+    return 2.0 * c / (eta * (1.0 + math.sqrt(1.0 + 4.0 * r * c / (eta * g))))

@@ -80,3 +80,25 @@ def test_trace_accuracy_and_the_final_record(tmp_path: Path) -> None:
         run.append_metric(r)
     assert [r["step"] for r in criteria.measurements(tmp_path / "run")] == [0, 5, 10, 15]
     assert math.isnan(criteria.column([{"a": {}}], "a.b")[0])
+
+
+def test_rolling_median_and_minibatch_edge_pairings(tmp_path: Path) -> None:
+    """Batch λ sits on the batch-norm edge (noisy: the rolling median removes single outliers); the probe-set λ
+    is half of it, so it tracks no edge; the full-norm edge is twice the batch one."""
+    assert criteria.rolling_median([5.0, 1.0, 3.0, 100.0, 2.0], 3) == [5.0, 3.0, 3.0, 3.0, 3.0]
+    run = RunDirectory(tmp_path / "run")
+    run.create({"model": {"name": "mlp"}})
+    n = 12
+    for t in range(n):
+        edge_b = 50.0 - t
+        lam_b = edge_b * (3.0 if t == 6 else 1.0)  # one outlier
+        run.append_metric({"kind": "measurement", "step": 10 * t, "eigenvalues": [lam_b / 2], "grad_norm": 1.0,
+                           "thresholds": {"edge": 2 * edge_b}})
+        run.append_metric({"kind": "sam_batch", "step": 10 * t, "batch_grad_norm": 2.0, "sam_edge_batch": edge_b,
+                           "batch_sharpness": {"eigenvalue": lam_b}})
+    out = criteria.minibatch_edge_stats(tmp_path / "run", window=3)
+    assert out["checkpoints"] == n and out["grad_norm_batch_over_full_median"] == 2.0
+    assert out["batch/batch"]["tracks"] and out["batch/batch"]["tracking_from"] == 0
+    assert out["batch/batch"]["in_band"] == 1.0 and out["batch/batch"]["median"] == 1.0
+    assert not out["full/batch"]["tracks"] and out["full/batch"]["median_all"] == 0.5
+    assert not out["full/full"]["tracks"] and out["full/full"]["tracking_from"] is None

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # the recipes that studies run (so the study test trains them at smoke scale)
-IN_STUDIES = {"eos-gd", "eos-momentum", "eos-ce", "sam-edge", "sam-edge-cnn", "sam-flatness"}
+IN_STUDIES = {"eos-gd", "eos-momentum", "eos-ce", "sam-edge", "sam-edge-cnn", "sam-minibatch", "sam-flatness"}
 
 
 @pytest.fixture(scope="module")

@@ -93,7 +93,7 @@ class HessianOperator(LinearOperator):
 
     # ------------------------------------------------------------------------------ products
     def _params(self) -> dict[str, Tensor]:
-        return {n: p.detach() for n, p in self.objective.params.items()}
+        return self.objective.param_values()
 
     def _matmat(self, V: Tensor) -> Tensor:
         rows = V.T.contiguous()

@@ -21,18 +21,50 @@ import torch
 from torch import Tensor
 from torch.func import grad, jvp, vmap
 
+from sharpscope.curvature import batches as structure
 from sharpscope.curvature.objective import Batch, Objective
 
 HVPFn = Callable[[Objective, dict[str, Tensor], Batch, Tensor], Tensor]
 
 
+_ZERO_TENSOR_ERROR = "ZeroTensors are immutable"
+
+
 @torch.no_grad()  # no autograd record through parameters left out of ``params``; torch.func ignores it
 def hvp_fwd_rev(objective: Objective, params: dict[str, Tensor], batch: Batch, rows: Tensor) -> Tensor:
-    """Forward-over-reverse products for the rows of ``rows``; returns ``(m, dim)``."""
-    grad_fn = grad(lambda p: objective.batch_loss(p, batch))
+    """Forward-over-reverse products for the rows of ``rows``; returns ``(m, dim)``.
+
+    Some losses' backward formulas (``mse_loss`` in torch 2.13) write into the zero tangent that
+    forward mode gives a constant such as the target, and fail ("ZeroTensors are immutable"). Then
+    the batch's floating tensors enter ``jvp`` as inputs with materialised zero tangents, which
+    changes no value; the objective records the work-around (``fwd_rev_workaround``) and keeps it.
+    """
+    if objective.fwd_rev_workaround is None:
+        try:
+            return _fwd_rev(objective, params, batch, rows, lift=False)
+        except RuntimeError as err:
+            if _ZERO_TENSOR_ERROR not in str(err):
+                raise
+            objective.fwd_rev_workaround = ("batch tensors given zero tangents: the loss's backward fails on "
+                                            f"implicit zero tangents ({_ZERO_TENSOR_ERROR})")
+    return _fwd_rev(objective, params, batch, rows, lift=True)
+
+
+def _fwd_rev(objective: Objective, params: dict[str, Tensor], batch: Batch, rows: Tensor, *, lift: bool) -> Tensor:
+    constants = [t for t in structure.leaves(batch.data) if t.is_floating_point()] if lift else []
+    zeros = [torch.zeros_like(t) for t in constants]
+
+    def loss(p: dict[str, Tensor], lifted: list[Tensor]) -> Tensor:
+        if not lift:
+            return objective.batch_loss(p, batch)
+        supply = iter(lifted)
+        data = structure.rebuild(batch.data, lambda t: next(supply) if t.is_floating_point() else t)
+        return objective.batch_loss(p, Batch(data, batch.size))
+
+    grad_fn = grad(loss)
 
     def one(v: Tensor) -> Tensor:
-        _, tangent = jvp(grad_fn, (params,), (objective.unflatten(v),))
+        _, tangent = jvp(grad_fn, (params, constants), (objective.unflatten(v), zeros))
         return objective.flatten(tangent.values())
 
     if rows.shape[0] == 1:

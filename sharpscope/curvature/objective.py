@@ -4,10 +4,13 @@ The objective is the mean loss over every example of the probe set,
 
     L(θ) = (1/N) Σ_b n_b · ℓ_b(θ),
 
-where batch ``b`` holds ``n_b`` examples and ``ℓ_b`` is ``loss_fn`` (a *mean* over its batch). So the
-same data split into batches of any sizes gives the same objective. Under ``torch.distributed``
-each rank holds a shard of the batches and ``N`` counts the examples of all ranks. It must be the objective the
-optimizer descends, or the edge-of-stability thresholds are off by constant factors.
+where batch ``b`` holds ``n_b`` examples and ``ℓ_b`` is the loss of that batch, a *mean* over its
+examples. So the same data split into batches of any sizes gives the same objective. An example is
+a row (the leading dimension of the batch's tensors) unless ``count_fn`` says otherwise, e.g. the
+tokens of a language-model batch, so that ``L`` is the mean over tokens. Under
+``torch.distributed`` each rank holds a shard of the batches and ``N`` counts the examples of all
+ranks. It must be the objective the optimizer descends, or the edge-of-stability thresholds are off
+by constant factors; a sum-reduced loss is therefore refused unless declared (``reduction="sum"``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,51 +27,113 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from sharpscope.curvature import batches as structure
 from sharpscope.curvature.distributed import sum_across_ranks, sum_scalar_across_ranks, world_size
 from sharpscope.errors import ConfigError, DataError, ObjectiveError
 from sharpscope.validation import check_cast
 
 BNMode = Literal["eval", "batch"]
-LossFn = Callable[[Tensor, Tensor], Tensor]
+Reduction = Literal["mean", "sum"]
+Precision = Literal["upcast", "native"]
+LossFn = Callable[[object, object], Tensor]
+ForwardFn = Callable[[nn.Module, object], object]
+OutputFn = Callable[[object], object]
+ClosureFn = Callable[[nn.Module, object], Tensor]
+CountFn = Callable[[object], "int | float | Tensor"]
 ParamSelector = str | Sequence[str] | Callable[[str, nn.Parameter], bool] | None
 
 _NORM_WITH_STATS = (nn.modules.batchnorm._BatchNorm,)
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+class ReductionWarning(UserWarning):
+    """The loss could not be verified to be a mean over the batch's examples."""
+
+
+class DropoutWarning(UserWarning):
+    """The model is in train mode with dropout; curvature is measured with dropout off."""
 
 
 @dataclass(frozen=True)
 class Batch:
-    """One fixed batch of the probe set, already on the objective's device."""
+    """One fixed batch of the probe set, on the objective's device: its data and example count."""
 
-    x: Tensor
-    y: Tensor
+    data: object
+    size: float
 
     @property
-    def size(self) -> int:
-        return int(self.x.shape[0])
+    def pair(self) -> bool:
+        """Whether the batch is an ``(x, y)`` pair of tensors."""
+        return structure.is_pair(self.data)
+
+    @property
+    def x(self) -> object:
+        """The model input of an ``(x, y)`` pair; the whole batch otherwise."""
+        return self.data[0] if self.pair else self.data  # type: ignore[index]
+
+    @property
+    def y(self) -> object:
+        """What ``loss_fn`` receives besides the output: ``y`` of a pair, the whole batch otherwise."""
+        return self.data[1] if self.pair else self.data  # type: ignore[index]
 
 
-def _as_batches(data: object, batch_size: int | None) -> list[tuple[Tensor, Tensor]]:
-    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
-        x, y = data
-        if x.shape[0] != y.shape[0]:
-            raise DataError(f"data has {x.shape[0]} inputs but {y.shape[0]} targets")
-        if batch_size is not None:
-            if batch_size < 1:
-                raise ConfigError(f"batch_size must be positive, got {batch_size}")
-            return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
-        return [(x, y)]
+def default_output(out: object) -> object:
+    """``out.logits`` or ``out["logits"]`` when the model returns a structure holding logits, else ``out``."""
+    if isinstance(out, Tensor):
+        return out
+    if isinstance(out, Mapping) and "logits" in out:
+        return out["logits"]
+    logits = getattr(out, "logits", None)
+    return logits if isinstance(logits, Tensor) else out
+
+
+class _Apply(nn.Module):
+    """``fn(model, batch)`` as a module, so ``functional_call`` can swap the model's parameters."""
+
+    def __init__(self, model: nn.Module, fn: Callable[[nn.Module, object], object]) -> None:
+        super().__init__()
+        self.model = model
+        self.fn = fn
+
+    def forward(self, data: object) -> object:
+        return self.fn(self.model, data)
+
+
+def _is_reiterable(data: object) -> bool:
+    return isinstance(data, Iterable) and not isinstance(data, Iterator)
+
+
+def _shuffles(data: object) -> bool:
+    sampler = getattr(data, "sampler", None)
+    return isinstance(sampler, torch.utils.data.RandomSampler)
+
+
+def _as_batches(data: object, batch_size: int | None) -> Iterable[object]:
+    """The probe set as an iterable of batch structures (not yet validated one by one)."""
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"batch_size must be positive, got {batch_size}")
+    single = structure.is_pair(data) and isinstance(data, tuple) or isinstance(data, (Tensor, Mapping))
+    if single:
+        if structure.is_pair(data) and data[0].shape[0] != data[1].shape[0]:  # type: ignore[index]
+            raise DataError(f"data has {data[0].shape[0]} inputs but {data[1].shape[0]} targets")  # type: ignore[index]
+        if isinstance(data, Mapping) and not structure.is_structure(data):
+            raise DataError("data is a mapping without tensors")
+        return [data] if batch_size is None else structure.split_rows(data, batch_size)
     if batch_size is not None:
-        raise ConfigError("batch_size applies to an (x, y) tensor pair; an iterable of batches is used as given")
+        raise ConfigError("batch_size applies to one tensor, (x, y) pair or mapping; an iterable of batches is used "
+                          "as given")
     if not isinstance(data, Iterable):
-        raise DataError(f"data must be an (x, y) tensor pair or an iterable of (x, y) batches, got {type(data).__name__}")
-    batches = []
-    for i, item in enumerate(data):
-        if not (isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(t, Tensor) for t in item)):
-            raise DataError(f"batch {i} is not an (x, y) pair of tensors")
-        if item[0].shape[0] != item[1].shape[0]:
-            raise DataError(f"batch {i} has {item[0].shape[0]} inputs but {item[1].shape[0]} targets")
-        batches.append((item[0], item[1]))
-    return batches
+        raise DataError("data must be an (x, y) tensor pair, a tensor, a mapping of tensors, or an iterable of "
+                        f"batches, got {type(data).__name__}")
+    return data
+
+
+def _check_structure(index: int, raw: object) -> None:
+    if not structure.is_structure(raw):
+        raise DataError(f"batch {index} is not a tensor, an (x, y) pair, or a tuple/list/mapping of tensors "
+                        f"(got {type(raw).__name__})")
+    if structure.is_pair(raw) and raw[0].shape[0] != raw[1].shape[0]:  # type: ignore[index]
+        raise DataError(f"batch {index} has {raw[0].shape[0]} inputs but {raw[1].shape[0]} targets")  # type: ignore[index]
 
 
 def select_parameters(model: nn.Module, params: ParamSelector) -> dict[str, nn.Parameter]:
@@ -104,65 +170,179 @@ class Objective:
 
     Args:
         model: the network. Its train/eval flags and buffers are left exactly as they were.
-        loss_fn: ``(outputs, targets) -> mean loss over the batch``, e.g. ``nn.CrossEntropyLoss()``.
-        data: an ``(x, y)`` tensor pair, or an iterable of ``(x, y)`` batches of any sizes. It is
-            read once, moved to the parameters' device (floating inputs cast to their dtype) and kept.
+        loss_fn: ``(output, target) -> loss of the batch``, e.g. ``nn.CrossEntropyLoss()``. ``output``
+            is the model output after the ``output`` adapter; ``target`` is ``y`` for an ``(x, y)``
+            pair and the whole batch for any other structure (so ``loss_fn(logits, batch)`` can read
+            labels and masks from a mapping). ``None`` when ``closure`` is given.
+        data: an ``(x, y)`` tensor pair, a tensor or a mapping of tensors (one batch, split by
+            ``batch_size``), or an iterable of batches of any sizes, each a tensor, a tuple/list or
+            a mapping of tensors (see :mod:`sharpscope.curvature.batches`). Tensors are moved to the
+            parameters' device (floating ones cast to the compute dtype).
         bn: ``"eval"`` evaluates BatchNorm with its running statistics; ``"batch"`` uses the
             statistics of each fixed batch (train-mode normalisation, the batch acting as the ghost
-            batch) without touching the running buffers. Dropout is always off.
+            batch) without touching the running buffers.
         params: which parameters the Hessian is taken over (see :func:`select_parameters`).
-        batch_size: split an ``(x, y)`` pair into batches of this size (memory; the objective is
-            the same for any split).
-        validate: evaluate the loss on every batch now, so bad data fails here with a clear error.
+        batch_size: split one tensor, pair or mapping into batches of this size (memory; the
+            objective is the same for any split).
+        validate: evaluate the loss on every batch now, so bad data fails here with a clear error,
+            and check the loss's reduction (see ``reduction``).
+        forward: ``(model, batch) -> raw output``; default ``model(x)`` for an ``(x, y)`` pair or a
+            tensor, ``model(**batch)`` for a mapping, ``model(batch[0])`` for any other tuple or list.
+        output: ``raw output -> output`` given to ``loss_fn``; default :func:`default_output` (takes
+            ``.logits``/``["logits"]`` when present). ``output=lambda o: o`` passes the raw output.
+        closure: ``(model, batch) -> loss of the batch``, instead of ``loss_fn``/``forward``/``output``
+            (e.g. ``lambda m, b: m(**b).loss`` for a Hugging Face model given labels).
+        count_fn: ``batch -> n_b``, the examples a batch holds; default its leading dimension. With
+            tokens (``lambda b: b["attention_mask"].sum()``) and a loss that is the mean over the
+            batch's tokens, ``L`` is the mean over all tokens, for any split into batches.
+        reduction: ``"mean"`` (``ℓ_b`` is the mean over the batch's examples) or ``"sum"`` (its sum;
+            the objective divides by ``n_b``). With ``validate`` the loss of a batch is compared with
+            its halves' losses: a mean equals their count-weighted mean, a sum their sum. A loss that
+            contradicts the declared reduction is refused; one that fits neither warns
+            (:class:`ReductionWarning`). The verdict is in :meth:`describe`.
+        precision: for float16/bfloat16 parameters, ``"upcast"`` (default) computes in float32
+            (the model's other parameters and buffers are upcast too, in copies); ``"native"``
+            computes in the parameters' dtype. float32/float64 parameters are used as they are.
+        dropout: dropout is off during every evaluation (modules in eval mode). A model in train
+            mode with dropout layers warns (:class:`DropoutWarning`) unless ``dropout="off"`` says so.
+        stream: ``True`` reads the data afresh for each product, one batch on the device at a time
+            (tensors stay where they are, e.g. in host memory, split by ``batch_size``; a source must
+            be re-iterable and give the same batches each pass); ``False`` keeps every batch on the
+            device. Default: stream a re-iterable source that is not a list or tuple (a
+            ``DataLoader``, a dataset of batches), keep anything else.
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, data: object, *, bn: BNMode = "eval",
-                 params: ParamSelector = None, batch_size: int | None = None, validate: bool = True) -> None:
+    def __init__(self, model: nn.Module, loss_fn: LossFn | None, data: object, *, bn: BNMode = "eval",
+                 params: ParamSelector = None, batch_size: int | None = None, validate: bool = True,
+                 forward: ForwardFn | None = None, output: OutputFn | None = None, closure: ClosureFn | None = None,
+                 count_fn: CountFn | None = None, reduction: Reduction = "mean", precision: Precision = "upcast",
+                 dropout: Literal["off"] | None = None, stream: bool | None = None) -> None:
         if bn not in ("eval", "batch"):
             raise ConfigError(f"bn must be 'eval' or 'batch', got {bn!r}")
+        if reduction not in ("mean", "sum"):
+            raise ConfigError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        if precision not in ("upcast", "native"):
+            raise ConfigError(f"precision must be 'upcast' or 'native', got {precision!r}")
+        if dropout not in (None, "off"):
+            raise ConfigError(f"dropout must be 'off' (dropout is never sampled during products), got {dropout!r}")
+        if (loss_fn is None) == (closure is None):
+            raise ConfigError("give exactly one of loss_fn (output, target) -> loss and closure (model, batch) -> loss")
+        if closure is not None and (forward is not None or output is not None):
+            raise ConfigError("closure computes the loss from the model itself; forward= and output= do not apply")
         self.model = model
         self.loss_fn = loss_fn
         self.bn: BNMode = bn
+        self.forward_fn = forward
+        self.output_fn = output if output is not None else default_output
+        self.closure = closure
+        self.count_fn = count_fn
+        self.reduction: Reduction = reduction
+        self.precision: Precision = precision
         self.params = select_parameters(model, params)
         first = next(iter(self.params.values()))
-        self.device, self.dtype = first.device, first.dtype
+        self.device, self.param_dtype = first.device, first.dtype
+        upcast = precision == "upcast" and self.param_dtype in _LOW_PRECISION
+        self.dtype = torch.float32 if upcast else self.param_dtype
+        self._upcast = upcast
+        self._state: dict[str, Tensor] = {}  # float32 copies of the rest of the model, inside mode()
+        self._apply = _Apply(model, closure or forward) if (closure or forward) is not None else None
         self.names = list(self.params)
         self.shapes = [p.shape for p in self.params.values()]
         self.numels = [p.numel() for p in self.params.values()]
         self.dim = sum(self.numels)
-        self.batches = [self._place(x, y) for x, y in _as_batches(data, batch_size)]
-        self.batches = [b for b in self.batches if b.size > 0]
-        if not self.batches:
-            raise DataError("the probe set is empty: no examples to evaluate the loss on")
-        self.local_examples = sum(b.size for b in self.batches)
-        self.num_examples = int(sum_scalar_across_ranks(self.local_examples, device=self.device))
         self.has_batchnorm = any(isinstance(m, _NORM_WITH_STATS) for m in model.modules())
+        self.dropout = self._dropout_policy(dropout)
+        self.fwd_rev_workaround: str | None = None
+        self.streamed, self.stream_reason = self._stream_choice(data, stream)
+        source = _as_batches(data, batch_size)
+        self.batches: list[Batch] | structure.StreamedBatches
+        if self.streamed:
+            counts = [self._make(i, raw).size for i, raw in enumerate(source)]
+            self.batches = structure.StreamedBatches(source, self._make, counts)
+            self.counts = [c for c in counts if c > 0]
+        else:
+            kept = [self._make(i, raw) for i, raw in enumerate(source)]
+            self.batches = [b for b in kept if b.size > 0]
+            self.counts = [b.size for b in self.batches]
+        if not self.counts:
+            raise DataError("the probe set is empty: no examples to evaluate the loss on")
+        self.local_examples = sum(self.counts)
+        self.num_examples = sum_scalar_across_ranks(self.local_examples, device=self.device)
+        if float(self.num_examples).is_integer():
+            self.num_examples = int(self.num_examples)
+        self.reduction_check = "not checked (validate=False)"
         if validate:
             self.loss()
+            self.reduction_check = self._check_reduction()
 
-    def _place(self, x: Tensor, y: Tensor) -> Batch:
-        cx = check_cast("the inputs", x, x.to(self.device, dtype=self.dtype if x.is_floating_point() else x.dtype))
-        cy = check_cast("the targets", y, y.to(self.device, dtype=self.dtype if y.is_floating_point() else y.dtype))
-        return Batch(cx, cy)
+    # ------------------------------------------------------------------------------ set-up
+    def _upcast_state(self) -> dict[str, Tensor]:
+        """float32 copies of every low-precision parameter and buffer that is not selected."""
+        state = {n: t for n, t in (*self.model.named_parameters(), *self.model.named_buffers())
+                 if n not in self.params and t.dtype in _LOW_PRECISION}
+        return {n: t.detach().float() for n, t in state.items()}
+
+    def _dropout_policy(self, dropout: Literal["off"] | None) -> str:
+        if dropout is None and self.model.training:
+            layers = [m for m in self.model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
+            if layers:
+                warnings.warn(f"the model is in train mode with {len(layers)} dropout layers; curvature is measured "
+                              "with dropout off (pass dropout='off' to say so)", DropoutWarning, stacklevel=3)
+        return "off"
+
+    def _stream_choice(self, data: object, stream: bool | None) -> tuple[bool, str]:
+        single = structure.is_pair(data) and isinstance(data, tuple) or isinstance(data, (Tensor, Mapping))
+        if stream and not (single or _is_reiterable(data)):
+            raise ConfigError("stream=True needs data that can be read again: tensors, a DataLoader or a list of "
+                              f"batches, not a one-shot {type(data).__name__}")
+        if not single and _shuffles(data):
+            raise ConfigError("the data loader shuffles; the probe set must be the same batches every pass "
+                              "(use shuffle=False)")
+        if stream is None:
+            stream = not single and _is_reiterable(data) and not isinstance(data, (list, tuple))
+            return bool(stream), "re-iterable source" if stream else "in-memory data"
+        return bool(stream), "requested"
+
+    def _make(self, index: int, raw: object) -> Batch:
+        _check_structure(index, raw)
+        data = structure.place(raw, self.device, self.dtype)
+        for before, after in zip(structure.leaves(raw), structure.leaves(data)):  # 1e300 must not become inf
+            check_cast(f"batch {index}", before, after)
+        if self.count_fn is None:
+            size: float = structure.rows(data, index)
+        else:
+            n = self.count_fn(data)
+            size = float(n.item() if isinstance(n, Tensor) else n)
+            if not (math.isfinite(size) and size >= 0):
+                raise DataError(f"count_fn gave {size} examples for batch {index}; it must be finite and >= 0")
+            size = int(size) if size.is_integer() else size
+        return Batch(data, size)
 
     # ----------------------------------------------------------------------------------- modes
     @contextlib.contextmanager
-    def mode(self) -> Iterator[None]:
+    def mode(self, bn: BNMode | None = None) -> Iterator[None]:
         """Put the model in this objective's evaluation mode; restore every flag afterwards.
 
         All modules go to eval (no dropout). With ``bn="batch"`` BatchNorm layers normalise with
-        the current batch's statistics and do not update their running buffers.
+        the current batch's statistics and do not update their running buffers. ``bn`` overrides
+        the objective's mode for this block. When upcasting, the model's unselected low-precision
+        parameters and buffers are copied to float32 here, at their current values.
         """
+        bn = bn or self.bn
         saved = [(m, m.training, getattr(m, "track_running_stats", None)) for m in self.model.modules()]
+        saved_state = self._state
         try:
+            if self._upcast:
+                self._state = self._upcast_state()
             self.model.eval()
-            if self.bn == "batch":
+            if bn == "batch":
                 for m in self.model.modules():
                     if isinstance(m, _NORM_WITH_STATS):
                         m.train()
                         m.track_running_stats = False
             yield
         finally:
+            self._state = saved_state
             for m, training, track in saved:
                 m.training = training
                 if track is not None:
@@ -179,38 +359,85 @@ class Objective:
         parts = torch.split(v, self.numels, dim=-1)
         return {n: t.reshape(*lead, *s) for n, t, s in zip(self.names, parts, self.shapes)}
 
+    def param_values(self) -> dict[str, Tensor]:
+        """The selected parameters, detached, in the compute dtype (a float32 copy when upcasting)."""
+        return {n: p.detach().to(self.dtype) for n, p in self.params.items()}
+
     def parameter_vector(self) -> Tensor:
         """The current values of the selected parameters as one flat vector (a copy)."""
-        return self.flatten(p.detach() for p in self.params.values()).clone()
+        return self.flatten(self.param_values().values()).clone()
 
     # ----------------------------------------------------------------------------- evaluation
+    def _call(self, params: dict[str, Tensor], batch: Batch) -> object:
+        """The forward adapter (or the closure) at the given parameter values; the default forward
+        calls the model itself, so its parameters are swapped without a wrapper."""
+        state = {**self._state, **params} if self._state else params
+        if self._apply is not None:
+            return functional_call(self._apply, {f"model.{n}": t for n, t in state.items()}, (batch.data,),
+                                   strict=False)
+        if batch.pair or isinstance(batch.data, Tensor):
+            return functional_call(self.model, state, (batch.x,), strict=False)
+        if isinstance(batch.data, Mapping):
+            return functional_call(self.model, state, (), dict(batch.data), strict=False)
+        return functional_call(self.model, state, (batch.data[0],), strict=False)  # type: ignore[index]
+
+    def output_and_loss(self, params: dict[str, Tensor],
+                        batch: Batch) -> tuple[object, Callable[[object], Tensor]]:
+        """For one batch: the model output after the output adapter, and ``output -> ℓ_b`` (the batch's
+        mean loss, checked and rescaled as the objective is). Call inside :meth:`mode`. Operators built
+        on the output (Gauss-Newton, Fisher) use this; a ``closure`` objective has no separate output."""
+        if self.closure is not None:
+            raise ObjectiveError("this objective's loss is a closure on the model; it has no separate model "
+                                 "output (give loss_fn with forward=/output= instead)")
+        out = self.output_fn(self._call(params, batch))
+        return out, lambda o: self._checked_loss(o, batch.y, batch.size)
+
     def batch_loss(self, params: dict[str, Tensor], batch: Batch) -> Tensor:
         """``ℓ_b`` at the given parameter values (others and buffers as in the model); call inside :meth:`mode`."""
-        out = functional_call(self.model, params, (batch.x,), strict=False)
-        return self._checked_loss(out, batch.y)
+        if self.closure is not None:
+            return self._scaled(self._checked_scalar(self._call(params, batch)), batch.size)
+        out, loss_of = self.output_and_loss(params, batch)
+        return loss_of(out)
 
-    def _checked_loss(self, out: Tensor, y: Tensor) -> Tensor:
-        if out.shape[0] != y.shape[0]:
-            raise ObjectiveError(f"model outputs {out.shape[0]} rows for {y.shape[0]} targets")
-        if y.is_floating_point() and out.shape != y.shape:
-            raise ObjectiveError(f"output shape {tuple(out.shape)} does not match target shape {tuple(y.shape)}")
+    def _scaled(self, loss: Tensor, count: float) -> Tensor:
+        return loss / count if self.reduction == "sum" else loss
+
+    @staticmethod
+    def _checked_scalar(loss: object) -> Tensor:
+        if not isinstance(loss, Tensor) or loss.ndim != 0:
+            raise ObjectiveError("the loss must be a scalar tensor (the mean loss over the batch)")
+        return loss
+
+    def _checked_loss(self, out: object, y: object, count: float | None = None) -> Tensor:
+        assert self.loss_fn is not None
+        if isinstance(out, Tensor) and isinstance(y, Tensor):
+            if out.ndim == 0:
+                raise ObjectiveError(f"model output is a scalar for {y.shape[0]} targets")
+            if out.shape[0] != y.shape[0]:
+                raise ObjectiveError(f"model outputs {out.shape[0]} rows for {y.shape[0]} targets")
+            if y.is_floating_point() and out.shape != y.shape:
+                raise ObjectiveError(f"output shape {tuple(out.shape)} does not match target shape {tuple(y.shape)}")
         try:
             loss = self.loss_fn(out, y)
-        except (RuntimeError, ValueError, IndexError) as err:
-            raise ObjectiveError(f"loss_fn failed on outputs {tuple(out.shape)} and targets "
-                                 f"{tuple(y.shape)} ({y.dtype}): {str(err).splitlines()[0]}") from None
-        if not isinstance(loss, Tensor) or loss.ndim != 0:
-            raise ObjectiveError("loss_fn must return a scalar tensor (the mean loss over the batch)")
-        return loss
+        except (RuntimeError, ValueError, IndexError, TypeError, KeyError, AttributeError) as err:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            target = f"{tuple(y.shape)} ({y.dtype})" if isinstance(y, Tensor) else type(y).__name__
+            raise ObjectiveError(f"loss_fn failed on outputs {got} and targets {target}: "
+                                 f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} "
+                                 "(outputs are after the output adapter, which takes .logits when present; "
+                                 "output=lambda o: o passes the raw model output)") from None
+        if count is None:
+            count = structure.rows(y, 0) if isinstance(y, Tensor) else 1.0
+        return self._scaled(self._checked_scalar(loss), count)
 
     def weights(self) -> list[float]:
         """``n_b / N`` for each batch."""
-        return [b.size / self.num_examples for b in self.batches]
+        return [c / self.num_examples for c in self.counts]
 
     def loss(self) -> float:
         """The objective's value; raises :class:`ObjectiveError` if any batch's loss is not finite."""
         total = 0.0
-        params = {n: p.detach() for n, p in self.params.items()}
+        params = self.param_values()
         with torch.no_grad(), self.mode():
             for i, (batch, w) in enumerate(zip(self.batches, self.weights())):
                 value = float(self.batch_loss(params, batch))
@@ -222,16 +449,77 @@ class Objective:
     def gradient(self) -> Tensor:
         """``∇L(θ)`` as a flat vector."""
         grad_fn = torch.func.grad(self.batch_loss)
-        params = {n: p.detach() for n, p in self.params.items()}
+        params = self.param_values()
         total = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
         with self.mode():
             for batch, w in zip(self.batches, self.weights()):
                 total += w * self.flatten(grad_fn(params, batch).values())
         return sum_across_ranks(total)
 
+    # ------------------------------------------------------------------------- reduction check
+    def _check_reduction(self) -> str:
+        """Compare ``ℓ`` of a batch with its halves: a mean equals ``(n₁ℓ₁ + n₂ℓ₂)/(n₁+n₂)``, a sum ``ℓ₁ + ℓ₂``.
+
+        Runs with BatchNorm on running statistics (``bn="batch"`` couples the examples of a batch).
+        Agreement means within a relative ``max(√eps, 1e-4)`` (losses often compute in float32 inside).
+        Costs the forward passes of one batch and of its two halves.
+        Returns the verdict; raises :class:`ObjectiveError` when it contradicts ``reduction``.
+        """
+        batch = next((b for b in self.batches if self._rows_or_zero(b) >= 2), None)
+        if batch is None:
+            return "not checked (no batch holds two examples)"
+        n = structure.rows(batch.data, 0)
+        halves = [self._make(0, structure.slice_rows(batch.data, a, b)) for a, b in ((0, n // 2), (n // 2, n))]
+        params = self.param_values()
+        saved, self.reduction = self.reduction, "mean"  # raw values of the loss as given
+        try:
+            with torch.no_grad(), self.mode(bn="eval"):
+                whole, *parts = (float(self.batch_loss(params, b)) for b in (batch, *halves))
+        except (RuntimeError, ValueError, IndexError, TypeError) as err:  # e.g. a model fixed to one batch size
+            reason = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:160]}"
+            warnings.warn(f"cannot check the loss's reduction: half a batch fails ({reason}); using it as "
+                          f"reduction={saved!r}", ReductionWarning, stacklevel=3)
+            return f"not checked (half a batch fails: {reason})"
+        finally:
+            self.reduction = saved
+        n1, n2 = halves[0].size, halves[1].size
+        if n1 + n2 == 0:
+            return "not checked (the halves hold no examples)"
+        mean = (n1 * parts[0] + n2 * parts[1]) / (n1 + n2)
+        total = parts[0] + parts[1]
+        tol = max(math.sqrt(torch.finfo(self.dtype).eps), 1e-4) * max(abs(mean), abs(total), 1e-30)
+        fits_mean, fits_sum = abs(whole - mean) <= tol, abs(whole - total) <= tol
+        verdict = "mean" if fits_mean and not fits_sum else "sum" if fits_sum and not fits_mean else "undetermined"
+        if verdict == "undetermined":
+            warnings.warn(f"cannot tell whether the loss is a mean or a sum over the batch (loss {whole:.6g}, halves "
+                          f"{parts[0]:.6g} and {parts[1]:.6g} with {n1} and {n2} examples); using it as "
+                          f"reduction={self.reduction!r}", ReductionWarning, stacklevel=3)
+            return "undetermined"
+        if verdict != self.reduction:
+            fix = ("pass a mean-reduced loss, or reduction='sum' to divide by each batch's example count"
+                   if verdict == "sum" else "it is a mean; drop reduction='sum'")
+            raise ObjectiveError(f"the loss is a {verdict} over the batch, not a {self.reduction} (loss of a batch "
+                                 f"{whole:.6g}, its halves {parts[0]:.6g} and {parts[1]:.6g}): {fix}")
+        return verdict
+
+    def _rows_or_zero(self, batch: Batch) -> int:
+        try:
+            return structure.rows(batch.data, 0)
+        except DataError:
+            return 0
+
     def describe(self) -> dict[str, object]:
         """How the objective is set up, for the record of every result."""
-        return {"probe_examples": self.num_examples, "num_batches": len(self.batches), "world_size": world_size(),
-                "bn": self.bn,
-                "has_batchnorm": self.has_batchnorm, "dim": self.dim, "num_params_tensors": len(self.names),
-                "dtype": str(self.dtype).removeprefix("torch."), "device": str(self.device)}
+        record: dict[str, object] = {
+            "probe_examples": self.num_examples, "num_batches": len(self.counts), "world_size": world_size(),
+            "bn": self.bn, "has_batchnorm": self.has_batchnorm, "dim": self.dim, "num_params_tensors": len(self.names),
+            "dtype": str(self.dtype).removeprefix("torch."), "device": str(self.device)}
+        record.update({
+            "param_dtype": str(self.param_dtype).removeprefix("torch."), "precision": self.precision,
+            "upcast": self.dtype != self.param_dtype, "dropout": self.dropout,
+            "data": "streamed" if self.streamed else "in memory", "data_reason": self.stream_reason,
+            "loss": "closure" if self.closure is not None else "loss_fn",
+            "count": "count_fn" if self.count_fn is not None else "leading dimension",
+            "reduction": self.reduction, "reduction_check": self.reduction_check,
+            "fwd_rev_workaround": self.fwd_rev_workaround})
+        return record

@@ -12,6 +12,7 @@ from sharpscope.data.dataset import ArrayDataset
 from sharpscope.data.mnist import mnist_npz
 from sharpscope.data.mnist1d_gen import mnist1d
 from sharpscope.data.generic import npz
+from sharpscope.data.text import text_file
 from sharpscope.errors import ConfigError, DataError
 
 # name -> (loader, needs a path, what the path is)
@@ -21,13 +22,14 @@ _SOURCES: dict[str, tuple[Callable[..., ArrayDataset], bool, str]] = {
     "cifar100": (cifar100, True, "a python-batch folder or an .npz"),
     "mnist": (mnist_npz, True, "an .npz"),
     "npz": (npz, True, "an .npz with arrays x and y"),
+    "text": (text_file, True, "a text file, read as bytes (next-byte windows)"),
 }
-DATA_SPECS = ("mnist1d", "cifar10:DIR_OR_NPZ", "cifar100:DIR", "mnist:NPZ", "npz:PATH")
+DATA_SPECS = ("mnist1d", "cifar10:DIR_OR_NPZ", "cifar100:DIR", "mnist:NPZ", "npz:PATH", "text:PATH")
 
 
 def resolve_data(spec: str, *, n: int | None = None, train: bool = True, **options: Any) -> ArrayDataset:
     """Load the dataset named by ``spec``: ``mnist1d``, ``cifar10:DIR_OR_NPZ``, ``cifar100:DIR``,
-    ``mnist:NPZ`` or ``npz:PATH``. ``n`` keeps the first ``n`` examples; ``options`` go to the
+    ``mnist:NPZ``, ``npz:PATH`` or ``text:PATH`` (byte windows for language models). ``n`` keeps the first ``n`` examples; ``options`` go to the
     loader (e.g. ``standardize="feature", flatten=True`` for CIFAR, ``seed=`` for mnist1d).
     """
     if not isinstance(spec, str) or not spec.strip():

@@ -15,6 +15,9 @@ where the criterion is a test.
   reported separately as ``strict_holds``, also asks ≥ 90% of the checkpoints in ``[0.9, 1.25]``.
 * :func:`sam_edge_stats` (E5): from the first ``r ≥ 0.9`` on, ``r ∈ [0.8, 1.25]`` for ≥ 80% of the
   checkpoints, and ``max λ < 0.8·(2/η)`` over the run.
+* :func:`minibatch_edge_stats` (E7): mini-batch SAM's sharpness (probe set or the step's batch) over
+  the SAM-edge (from either gradient norm), as a rolling median of 10 checkpoints; "tracks" when,
+  from the first smoothed ratio ≥ 0.9 on, ≥ 80% of at least 5 checkpoints lie in ``[0.8, 1.25]``.
 * :func:`trace_accuracy` (G6, A2–A4): trace and test accuracy along the run and their Spearman
   rank correlation.
 """
@@ -28,8 +31,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from scipy.stats import spearmanr
-
+from sharpscope.experiments import evidence
 from sharpscope.track import RunDirectory, as_float
 
 
@@ -53,6 +55,11 @@ def column(records: Sequence[dict[str, Any]], key: str) -> list[float]:
                 value = None
         out.append(as_float(value) if value is not None else math.nan)
     return out
+
+
+def _num(value: Any) -> float:
+    """A stored number as a float; NaN for None."""
+    return math.nan if value is None else as_float(value)
 
 
 def _finite(pairs: Sequence[tuple[float, ...]]) -> list[tuple[float, ...]]:
@@ -135,6 +142,56 @@ def sam_edge_stats(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def rolling_median(values: Sequence[float], window: int) -> list[float]:
+    """The median of each value with the ``window − 1`` before it (fewer at the start)."""
+    return [statistics.median(values[max(0, i - window + 1): i + 1]) for i in range(len(values))]
+
+
+def _tracking(steps: Sequence[int], sharpness: Sequence[float], edges: Sequence[float], window: int) -> dict[str, Any]:
+    """``r_t = λ_t/edge_t`` smoothed by a rolling median of ``window`` checkpoints: from the first smoothed
+    ``r ≥ 0.9`` on, its median, range and the share in ``[0.8, 1.25]``."""
+    ratios = rolling_median([a / b for a, b in zip(sharpness, edges)], window)
+    start = next((i for i, r in enumerate(ratios) if r >= 0.9), None)
+    out: dict[str, Any] = {"checkpoints": len(ratios), "median_all": statistics.median(ratios) if ratios else math.nan}
+    if start is None:
+        return {**out, "tracking_from": None, "in_band": 0.0, "tracks": False}
+    post = ratios[start:]
+    in_band = sum(0.8 <= r <= 1.25 for r in post) / len(post)
+    return {**out, "tracking_from": int(steps[start]), "after": len(post), "median": statistics.median(post),
+            "min": min(post), "max": max(post), "in_band": in_band, "tracks": bool(in_band >= 0.8 and len(post) >= 5)}
+
+
+def minibatch_edge_stats(run_dir: str | Path, window: int = 10) -> dict[str, Any]:
+    """Mini-batch SAM against its edge, every pairing of sharpness and gradient norm: λ_max of the probe
+    set (``full``) or of the step's mini-batch (``batch``) against the SAM-edge from the probe set's
+    gradient norm or from the norm SAM normalised, each ratio smoothed by a rolling median of ``window``
+    checkpoints (:func:`_tracking`). ``batch/batch`` is Long & Bartlett's mini-batch reading."""
+    records = RunDirectory(run_dir).read_metrics()
+    full = {r["step"]: r for r in records if r.get("kind", "measurement") == "measurement"}
+    batch = {r["step"]: r for r in records if r.get("kind") == "sam_batch"}
+    steps = sorted(set(full) & set(batch))
+    rows = []
+    for t in steps:
+        m, b = full[t], batch[t]
+        values = (_num((m.get("eigenvalues") or [math.nan])[0]),
+                  _num((b.get("batch_sharpness") or {}).get("eigenvalue", math.nan)),
+                  _num((m.get("thresholds") or {}).get("edge")),
+                  _num(b.get("sam_edge_batch")), _num(m.get("grad_norm")), _num(b.get("batch_grad_norm")))
+        if all(isinstance(v, float) and math.isfinite(v) for v in values):
+            rows.append((t, *values))
+    if not rows:
+        return {"checkpoints": 0}
+    t, lam_full, lam_batch, edge_full, edge_batch, g_full, g_batch = (list(c) for c in zip(*rows))
+    out: dict[str, Any] = {"checkpoints": len(rows), "window": window,
+                           "lambda_full_range": [min(lam_full), max(lam_full)],
+                           "lambda_batch_over_full_median": statistics.median(b / f for b, f in zip(lam_batch, lam_full)),
+                           "grad_norm_batch_over_full_median": statistics.median(b / f for b, f in zip(g_batch, g_full))}
+    for name, lam in (("full", lam_full), ("batch", lam_batch)):
+        for edge_name, edge in (("full", edge_full), ("batch", edge_batch)):
+            out[f"{name}/{edge_name}"] = _tracking(t, lam, edge, window)
+    return out
+
+
 def trace_accuracy(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Trace and test accuracy at the first and last checkpoint, and their Spearman correlation."""
     rows = _finite(list(zip(column(records, "step"), column(records, "trace.estimate"),
@@ -143,7 +200,7 @@ def trace_accuracy(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         return {"checkpoints": 0}
     steps, trace, test, train = (list(c) for c in zip(*rows))
     varies = len(rows) >= 3 and len(set(trace)) > 1 and len(set(test)) > 1  # else the correlation is undefined
-    rho = spearmanr(trace, test).statistic if varies else math.nan
+    rho = evidence.spearman_with_ci(trace, test, resamples=0)["rho"] if varies else math.nan
     return {"checkpoints": len(rows), "steps": [int(steps[0]), int(steps[-1])], "trace": [trace[0], trace[-1]],
             "test_acc": [test[0], test[-1]], "train_acc": [train[0], train[-1]], "min_train_acc": min(train),
             "spearman_trace_test_acc": float(rho)}

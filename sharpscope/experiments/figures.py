@@ -19,6 +19,7 @@ from matplotlib.figure import Figure as MplFigure
 from sharpscope.experiments.studies import STUDIES, summary_path
 from sharpscope.io.atomic import atomic_write_bytes
 from sharpscope.plots.arms import arms_data, arms_figure
+from sharpscope.plots.minibatch import minibatch_data, minibatch_figure
 from sharpscope.plots.runs import load_run
 from sharpscope.plots.save import save_figure
 from sharpscope.plots.trajectory import (
@@ -37,6 +38,7 @@ _KINDS: dict[str, tuple[Callable[..., MplFigure], Callable[..., dict[str, Any]]]
     "trace-accuracy": (trace_accuracy_figure, trace_accuracy_data),
     "escape-seeds": (arms_figure, arms_data),
     "arms-lambda": (functools.partial(arms_figure, quantity="lambda_max"), arms_data),
+    "minibatch-edge": (minibatch_figure, minibatch_data),
 }
 
 
@@ -44,6 +46,13 @@ def device_note(scale: str) -> str:
     """The caption's statement of where the runs were made."""
     return (f"Scale '{scale}', run on 2 shared CPU cores: no GPU was lent this session, so this is a small "
             "version of the paper's experiment.")
+
+
+def seeds_note(runs: list[Any]) -> str:
+    """The caption's statement of the seeds behind the plotted runs."""
+    seeds = sorted({int(r.config.get("seed", 0)) for r in runs})
+    return (f"Each run is one seed ({seeds[0]})." if len(seeds) == 1 else
+            f"Seeds {', '.join(map(str, seeds))} ({len(seeds)} in all).")
 
 
 def study_figures(name: str, out_dir: str | Path, fig_dir: str | Path, *, command: str) -> list[Path]:
@@ -62,7 +71,7 @@ def study_figures(name: str, out_dir: str | Path, fig_dir: str | Path, *, comman
         fig = draw(runs, **options)
         data = {"plot": data_of(runs, **options), "results": {r.label: summary["results"].get(r.label) for r in runs},
                 "run_summaries": {r.label: r.summary for r in runs}}
-        caption = f"{spec.caption} {device_note(summary['scale'])}"
+        caption = f"{spec.caption} {seeds_note(runs)} {device_note(summary['scale'])}"
         written += save_figure(fig, figs / f"{name}-{spec.stem}", data=data, command=command, caption=caption)
     target = figs / f"{name}-summary.json"
     written.append(atomic_write_bytes(target, (jsonsafe.dumps(summary, indent=2) + "\n").encode()))

@@ -29,9 +29,11 @@ Recipes:
   with the full-batch ‖g‖ of each measurement. cpu: width 100 on the first 1 000 MNIST images
   (``../shared/data/mnist5k.npz``, class-balanced; MNIST-1D if absent), ``η = 0.4`` (λ_max ≈ 3.5 at
   init, so η = 1 starts above 2/η), ρ = 0.1 (ρ = 0 is the GD control; the ``sam-edge`` study sweeps ρ).
-* ``sam-edge-cnn`` — the same with conv-ReLU-LayerNorm-maxpool ×2 on 1 000 CIFAR-10 images
-  (cpu: 250 images, channels 8/16, 150 steps: ~4 s a SAM step on the shared CPU). Its λ_max at init
-  is ≈ 187 (mse-mean, 500 images, seed 0), so ``η = 0.008`` (2/η = 250); ``η = 1`` diverged at step 3.
+* ``sam-edge-cnn`` — the same with conv-ReLU-LayerNorm-maxpool ×2 on CIFAR-10 images (cpu: the
+  first 250, channels 8/16, η = 0.004 calibrated on those images: λ_max ≈ 260 at init, 2/η = 500;
+  ``smooth=True`` swaps in GELU and average pooling, η = 0.015 for the same ratio).
+* ``sam-minibatch`` — mini-batch SAM (batch 128) on the smooth CNN, recording the step's batch
+  sharpness and gradient norm beside the probe-set ones (the mini-batch SAM-edge).
 * ``sam-flatness`` — mini-batch SGD (ρ = 0) on a BatchNorm-free ReLU MLP, cross entropy,
   λ_1..λ_5 measured along the run; the ``sam-flatness`` study runs it with SAM and Sparse SAM too.
 * ``demo`` — mini-batch SGD with momentum and cross entropy on MNIST-1D, with trace estimates.
@@ -87,7 +89,10 @@ def mnist1d_data(n: int | None, test_n: int | None) -> dict[str, Any]:
     return out
 
 
-def _cifar(n: int, flatten: bool) -> dict[str, Any] | None:
+def cifar_data(n: int, flatten: bool) -> dict[str, Any] | None:
+    """Config fields for the first ``n`` images of the shared CIFAR-10 training subset (flattened with
+    per-feature standardisation, or images with per-channel), with the 2 000-image test set when present;
+    None without the files."""
     train = shared_data_file("cifar10_train16k.npz")
     if train is None:
         return None
@@ -129,7 +134,7 @@ def eos_gd(scale: str, *, optimizer: str = "gd", momentum: float | None = None, 
         return TrainConfig(model=fc(40, [100, 100], "tanh"), **mnist1d_data(n, None), loss=loss,
                            optimizer=optimizer, optimizer_kwargs={"lr": 0.2, **kw}, physical_batch_size=1000,
                            steps=steps, measure_every=10, k=1, checkpoint_every=100, cache_graphs=True)
-    data = _cifar(5000, flatten=True)
+    data = cifar_data(5000, flatten=True)
     in_features = 3072 if data is not None else 40
     data = data or mnist1d_data(None, 1000)
     return TrainConfig(model=fc(in_features, [200, 200], "tanh"), **data, loss=loss, optimizer=optimizer,
@@ -148,7 +153,7 @@ def eos_cifar5k(scale: str, *, lr: float = 0.02) -> TrainConfig:
     Needs ``../shared/data/cifar10_train16k.npz``.
     """
     check_scale(scale)
-    data = _cifar(5000 if scale != "smoke" else 200, flatten=True)
+    data = cifar_data(5000 if scale != "smoke" else 200, flatten=True)
     if data is None:
         raise ConfigError("eos-cifar5k needs ../shared/data/cifar10_train16k.npz (CIFAR-10)")
     if scale == "gpu":
@@ -201,10 +206,18 @@ def sam_edge(scale: str, *, rho: float = 0.1) -> TrainConfig:
                        steps=20000, measure_every=50, k=1, checkpoint_every=1000, hvp_mode="fwd-rev", device="auto")
 
 
-def sam_edge_cnn(scale: str, *, rho: float = 0.1) -> TrainConfig:
-    """Long & Bartlett's CNN (conv-ReLU-LayerNorm-maxpool ×2) with full-batch SAM on 1 000 CIFAR-10 images."""
+def sam_edge_cnn(scale: str, *, rho: float = 0.1, smooth: bool = False) -> TrainConfig:
+    """Long & Bartlett's CNN (conv-ReLU-LayerNorm-maxpool ×2) with full-batch SAM on CIFAR-10 images.
+
+    ``cpu``: the first 250 images, channels 8/16, η = 0.004: 2/η = 500 is about twice λ_max at
+    initialisation on these images (≈ 260), so GD has room to sharpen before it reaches 2/η.
+    ``smooth=True`` is the smooth control: GELU activations and average pooling (the ReLU/max-pool
+    net's λ_max is not a smooth function of the weights, so its curvature jumps between nearby
+    iterates), at η = 0.015 for the same ratio (λ_max ≈ 69 at initialisation, 2/η ≈ 133).
+    ``gpu``: the first 1 000 images, channels 32/64, η = 0.008 (not calibrated on the GPU's data).
+    """
     check_scale(scale)
-    data = _cifar(1000 if scale == "gpu" else 250, flatten=False)
+    data = cifar_data(1000 if scale == "gpu" else 250, flatten=False)
     if data is not None:  # λ is the claim; no test set (saves an evaluation per measurement)
         data = {k: v for k, v in data.items() if not k.startswith("test_")}
     if data is None:  # MNIST-1D cannot feed a 2-d CNN: 1 000 MNIST images (28×28) instead
@@ -218,10 +231,41 @@ def sam_edge_cnn(scale: str, *, rho: float = 0.1) -> TrainConfig:
         data["n"] = 32
     cnn = {"name": "cnn", "kwargs": {"in_channels": channels, "num_classes": 10, "image_size": size,
                                      "channels": [8, 16] if scale != "gpu" else [32, 64], "norm": "ln"}}
-    steps, every = {"smoke": (10, 5), "cpu": (150, 10), "gpu": (5000, 50)}[scale]
+    if smooth:
+        cnn["kwargs"].update(activation="gelu", pool="avg")
+    lr = {"gpu": 0.008}.get(scale, 0.015 if smooth else 0.004)
+    steps, every = {"smoke": (10, 5), "cpu": (300, 10), "gpu": (5000, 50)}[scale]
     return TrainConfig(model=cnn, **data, loss="mse-mean", optimizer="sam",
-                       optimizer_kwargs={"lr": 0.008, "rho": rho},
+                       optimizer_kwargs={"lr": lr, "rho": rho},
                        physical_batch_size=500, steps=steps, measure_every=every, k=1, checkpoint_every=every * 5,
+                       cache_graphs=scale != "gpu", hvp_mode="rev-rev", max_iter=10 if scale == "smoke" else None,
+                       device="auto" if scale == "gpu" else "cpu")
+
+
+def sam_minibatch(scale: str, *, rho: float = 0.05, momentum: float = 0.0) -> TrainConfig:
+    """Mini-batch SAM (batch 128) on the smooth CNN (GELU, LayerNorm, average pooling) with CIFAR-10: each
+    measurement records λ_max on a fixed probe subset and, for the step's own mini-batch, λ_max of the
+    batch loss and the gradient norm SAM normalised (``batch_sharpness``), so the SAM-edge can be formed
+    from either gradient norm and compared with either sharpness. ρ = 0 is the SGD control.
+
+    ``cpu``: 1 000 images, probe subset 250, channels 8/16, η = 0.02, 300 steps, measured every 10.
+    ``gpu``: 16 000 images, probe subset 2 000, channels 32/64, 5 000 steps.
+    """
+    check_scale(scale)
+    n, probe, widths, steps, every = {"smoke": (64, 32, [4, 8], 6, 2), "cpu": (1000, 250, [8, 16], 300, 10),
+                                      "gpu": (16000, 2000, [32, 64], 5000, 50)}[scale]
+    data = cifar_data(n, flatten=False)
+    if data is None:
+        raise ConfigError("sam-minibatch needs ../shared/data/cifar10_train16k.npz")
+    data = {k: v for k, v in data.items() if not k.startswith("test_")}
+    cnn = {"name": "cnn", "kwargs": {"in_channels": 3, "num_classes": 10, "image_size": 32, "channels": widths,
+                                     "norm": "ln", "activation": "gelu", "pool": "avg"}}
+    opt: dict[str, Any] = {"lr": 0.02, "rho": rho}
+    if momentum:
+        opt["momentum"] = momentum
+    return TrainConfig(model=cnn, **data, loss="mse-mean", optimizer="sam", optimizer_kwargs=opt,
+                       batch_size=128 if scale != "smoke" else 16, probe_n=probe, physical_batch_size=500,
+                       steps=steps, measure_every=every, k=1, checkpoint_every=every * 5, batch_sharpness=True,
                        cache_graphs=scale != "gpu", hvp_mode="rev-rev", max_iter=10 if scale == "smoke" else None,
                        device="auto" if scale == "gpu" else "cpu")
 
@@ -262,7 +306,7 @@ def landscape_resnet18(scale: str) -> TrainConfig:
     check_scale(scale)
     n, width, steps, every, measure = {"smoke": (64, 2, 4, 2, 4), "cpu": (2000, 8, 300, 20, 100),
                                        "gpu": (5000, 64, 3000, 200, 500)}[scale]
-    data = _cifar(n, flatten=False)
+    data = cifar_data(n, flatten=False)
     if data is None:
         raise ConfigError("landscape-resnet18 needs ../shared/data/cifar10_train16k.npz (CIFAR-10)")
     if scale == "smoke":
@@ -282,6 +326,7 @@ RECIPES: dict[str, Callable[[str], TrainConfig]] = {
     "eos-cifar5k": eos_cifar5k,
     "sam-edge": sam_edge,
     "sam-edge-cnn": sam_edge_cnn,
+    "sam-minibatch": sam_minibatch,
     "sam-flatness": sam_flatness,
     "demo": demo,
     "landscape-resnet18": landscape_resnet18,

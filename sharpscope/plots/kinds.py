@@ -66,14 +66,15 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def layers_data(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The plotted numbers of ``--kind layers``: the probe report's ``per_layer`` entry (grouping, rows of
-    ``name``, ``eigenvalues``, ``trace``, ...) with the checkpoint, data and loss it was measured on."""
+    ``name``, ``eigenvalues``, ``trace``, ...) with the checkpoint, data and loss it was measured on, and the
+    whole network's ``eigenvalues`` and ``trace``."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: not a file; --kind layers reads the JSON of sharpscope probe --per-layer --json")
     report = _read_json(path)
     if not isinstance(report.get("per_layer"), dict):
         raise DataError(f"{path}: no per-layer curvature (run sharpscope probe with --per-layer --json)")
-    return {"source": str(path), **{k: report.get(k) for k in ("checkpoint", "data", "loss_fn")},
+    return {"source": str(path), **{k: report.get(k) for k in ("checkpoint", "data", "loss_fn", "eigenvalues", "trace")},
             "per_layer": report["per_layer"]}
 
 
@@ -112,7 +113,7 @@ def make_figure(kind: str, inputs: Sequence[str | os.PathLike[str]], *, labels: 
         if len(inputs) != 1:
             raise ConfigError(f"--kind layers plots one probe JSON file, got {len(inputs)} inputs")
         data = layers_data(inputs[0])
-        return kind, layer_curvature_figure(data["per_layer"], log=True), data
+        return kind, layer_curvature_figure(data, log=True), data
     runs = as_runs(list(inputs), labels)
     if kind == "sharpness":
         return kind, sharpness_figure(runs, k=k, ratio=ratio), sharpness_data(runs, k=k, ratio=ratio)

@@ -4,7 +4,8 @@ Reads a :class:`~sharpscope.curvature.PerLayerCurvature`, its ``to_dict()``, or 
 ``sharpscope probe --per-layer --json`` (whose ``"per_layer"`` entry it is). Bars are horizontal,
 layers top to bottom in model order; traces carry ± one standard error. Each bar is the diagonal
 block ``H_ℓℓ`` (cross-layer terms excluded), so the λ_max bars are each at most the network's λ_max.
-With ``log=True`` the value axis is logarithmic, or symmetric-logarithmic (linear within the
+A probe report's whole-network λ_max and trace are drawn as dashed lines. With ``log=True`` the value
+axis is logarithmic, or symmetric-logarithmic (linear within the
 smallest non-zero magnitude) when a value is zero or negative.
 """
 
@@ -72,9 +73,29 @@ def layer_curvature_figure(result: PerLayerLike, *, log: bool = False, title: st
         axes[1].barh(y, est, xerr=np.where(np.isfinite(err), err, 0.0), color=color(1), error_kw={"linewidth": 0.8})
         label_axes(axes[1], "trace of the layer's Hessian block (± stderr)", "")
         panels.append((axes[1], est))
+    whole = _network(result)
     for i, (ax, values) in enumerate(panels):
         ax.set_yticks(y, names if i == 0 else [""] * len(names))
         ax.invert_yaxis()
+        line = whole[i] if i < len(whole) else None
+        if line is not None:
+            ax.axvline(line[0], color="0.2", lw=1.2, ls="--", label=line[1])
+            ax.legend(fontsize=FONT_SIZE - 1, loc="lower right")
         if log:
-            _set_scale(ax, values)
+            _set_scale(ax, values if line is None else np.append(values, line[0]))
     return fig
+
+
+def _network(result: PerLayerLike) -> list[tuple[float, str] | None]:
+    """The whole network's λ_max and tr(H), when ``result`` is a probe report that holds them: each block's
+    λ_max is at most the network's, and the block traces sum to the network's trace."""
+    if not isinstance(result, Mapping):
+        return []
+    out: list[tuple[float, str] | None] = []
+    eig = result.get("eigenvalues")
+    out.append((float(eig[0]), f"whole network λ_max = {float(eig[0]):.4g}")
+               if isinstance(eig, Sequence) and eig and isinstance(eig[0], (int, float)) else None)
+    tr = result.get("trace")
+    out.append((float(tr["estimate"]), f"whole network tr(H) = {float(tr['estimate']):.4g} ± {float(tr['stderr']):.2g}")
+               if isinstance(tr, Mapping) and isinstance(tr.get("estimate"), (int, float)) else None)
+    return out

@@ -59,6 +59,10 @@ class TrainConfig:
         eigenvectors, in ``"alignment"`` records): see
         :class:`~sharpscope.track.tracker.SharpnessTracker`. ``hvp_mode`` is fixed (not
         ``auto``) by default so records are reproducible to the last bit.
+        batch_sharpness: at each measured step of mini-batch SAM, also λ_max of the loss on the
+            mini-batch that step uses (Lanczos, k = 1), in its ``"sam_batch"`` record beside the
+            gradient norm SAM normalised: the pair a mini-batch SAM-edge compares. Needs ``sam`` and
+            ``batch_size`` (ρ = 0 gives the SGD control).
         preconditioned: also measure Adam's preconditioned sharpness ``λ_max(P⁻¹H)``, ``P = diag(√v̂ + ε)``
             (what the Adam edge bounds; ``preconditioned_eigenvalues`` in the records); only with
             ``adam``/``adamw`` or ``sam``/``sparse-sam`` over ``base`` = ``adam``/``adamw``.
@@ -102,6 +106,7 @@ class TrainConfig:
     cache_graphs: bool = False
     alignment: bool = False
     preconditioned: bool = False
+    batch_sharpness: bool = False
     checkpoint_every: int = 100
     keep_checkpoints: bool = False
     seed: int = 0
@@ -198,6 +203,9 @@ class TrainConfig:
             raise ConfigError("label_noise draws fresh noisy labels for each mini-batch and needs batch_size")
         if self.label_noise is not None and self.loss != "ce":
             raise ConfigError(f"label_noise flips class labels and needs loss 'ce', got {self.loss!r}")
+        if self.batch_sharpness and (self.optimizer != "sam" or self.batch_size is None):
+            raise ConfigError("batch_sharpness measures the mini-batch of a SAM step and needs optimizer 'sam' "
+                              "(rho=0 for an SGD control) and batch_size")
         if self.trace_method not in ("hutch++", "hutchinson"):
             raise ConfigError(f"trace_method must be 'hutch++' or 'hutchinson', got {self.trace_method!r}")
         if self.trace:
@@ -206,7 +214,7 @@ class TrainConfig:
             raise ConfigError(f"bn must be 'eval' or 'batch', got {self.bn!r}")
         if self.hvp_mode not in ("auto", "fwd-rev", "rev-rev", "fd"):
             raise ConfigError(f"hvp_mode must be auto, fwd-rev, rev-rev or fd; got {self.hvp_mode!r}")
-        for name in ("cache_graphs", "trace", "alignment", "preconditioned"):
+        for name in ("cache_graphs", "trace", "alignment", "preconditioned", "batch_sharpness"):
             check_bool(name, getattr(self, name))
         adam = self.optimizer in ("adam", "adamw") or (self.optimizer in ("sam", "sparse-sam") and isinstance(
             self.optimizer_kwargs, dict) and self.optimizer_kwargs.get("base", "sgd") in ("adam", "adamw"))

@@ -245,6 +245,10 @@ class _Session:
             self.optimizer.set_example_closure(self._example_closure)
         self.num_classes = int(self.train_set.y.max()) + 1 if cfg.label_noise is not None else 0
         self.loader: ShuffledLoader | None = None
+        self.batch: tuple[Tensor, Tensor] | None = None  # the mini-batch of the latest gradient pass
+        if cfg.batch_sharpness and world_size() > 1:
+            raise ConfigError("batch_sharpness runs in one process (the mini-batch is not sharded); got "
+                              f"{world_size()} ranks")
         if cfg.batch_size is not None:
             self.loader = ShuffledLoader(self.train_set, cfg.batch_size, torch.Generator().manual_seed(offset_seed(cfg.seed, 1)))
         n, pb = len(self.train_set), cfg.physical_batch_size
@@ -357,6 +361,7 @@ class _Session:
         if batch is not None and self.cfg.label_noise is not None:
             batch = (batch[0], fresh_label_noise(batch[1], self.cfg.label_noise, self.num_classes,
                                                  seed=self.cfg.seed, step=step))
+        self.batch = batch
         closure = self._closure(batch)
         with torch.enable_grad():
             closure()
@@ -421,9 +426,12 @@ class _Session:
                     status = "reached_train_acc"
                     self.measure(t)
                     break
+                sharp = None
+                if cfg.batch_sharpness and self.batch is not None and self.tracker.wants_batch_record(t):
+                    sharp = self.tracker.batch_sharpness(t, self.model, self.batch)  # at θ_t, before the step
                 self.apply(closure)
                 broadcast_buffers(self.model)
-                self.tracker.after_step(t, self.model, self.optimizer)  # alignment / SAM batch records of θ_t → θ_{t+1}
+                self.tracker.after_step(t, self.model, self.optimizer, sharp)  # alignment / SAM batch records of θ_t → θ_{t+1}
                 t += 1
                 if self.progress is not None:
                     self.progress(t, cfg.steps, self.tracker.last)

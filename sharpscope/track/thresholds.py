@@ -18,9 +18,11 @@ optimizer (param group 0)                   rule               compared with
 unperturbed iterate, i.e. the full-batch gradient norm in full-batch training. In mini-batch
 training SAM normalises the gradient of its mini-batch instead: the tracker then also records
 that norm and the SAM-edge computed from it (:func:`batch_sam_edge`, a ``"sam_batch"`` record after
-the step). The SAM-edge is derived for normalised SAM (p = 2, not adaptive) over plain SGD without
-momentum; for other SAM set-ups no edge applies (``edge`` is None) and the formula's value is
-kept as ``sam_edge_indicative`` with ``derived_for`` saying what it assumes.
+the step). The SAM-edge is derived for normalised SAM (p = 2, not adaptive, all coordinates) over
+plain SGD, and extended here to heavy-ball momentum (:func:`sharpscope.thresholds.sam_edge`);
+for other SAM set-ups (ASAM, Sparse SAM, Nesterov) no edge applies (``edge`` is None) and the
+formula's value without momentum is kept as ``sam_edge_indicative`` with ``derived_for`` saying
+what it assumes.
 
 Weight decay. ``SGD``/``Adam``/``SAM`` with ``weight_decay = wd`` descend
 ``L + (wd/2)‖θ‖²``, whose Hessian is ``H + wd·I``: the tracker measures ``H`` (the loss on the
@@ -75,11 +77,13 @@ def default_thresholds(step: int, optimizer: torch.optim.Optimizer | None,
             rho = float(group.get("sam_rho", 0.0))
             out["rho"] = rho
             out["rule"] = "sam_edge"
-            plain = sam_edge_applies(optimizer)
-            value = sam_edge(lr, rho, grad_norm) if grad_norm is not None and math.isfinite(grad_norm) else None
+            beta = sam_edge_momentum(optimizer)
+            plain = beta is not None
+            value = (sam_edge(lr, rho, grad_norm, beta or 0.0)
+                     if grad_norm is not None and math.isfinite(grad_norm) else None)
             out["edge"] = value if plain else None
             out["sam_edge" if plain else "sam_edge_indicative"] = value
-            out["derived_for"] = "sam(p=2) over gd" + ("" if plain else " (this optimizer differs: no edge applies)")
+            out["derived_for"] = _derived_for(beta)
         elif isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
             beta1 = float(group["betas"][0])
             out.update(rule="adam_edge", edge=adam_edge(lr, beta1), adam_edge=adam_edge(lr, beta1),
@@ -102,23 +106,43 @@ def default_thresholds(step: int, optimizer: torch.optim.Optimizer | None,
     return out
 
 
-def sam_edge_applies(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether the SAM-edge is derived for ``optimizer``: normalised SAM (p = 2, not adaptive) over SGD
-    without momentum."""
+def sam_edge_momentum(optimizer: torch.optim.Optimizer) -> float | None:
+    """The momentum β the SAM-edge is derived for with ``optimizer`` (0.0 for SAM over plain SGD), or
+    None where no edge is derived: normalised SAM (p = 2, not adaptive, every coordinate perturbed) over
+    ``torch.optim.SGD`` with heavy-ball momentum (dampening 0, not Nesterov) or none."""
     from sharpscope.optim import SAM
 
-    if not isinstance(optimizer, SAM):
-        return False
+    if type(optimizer) is not SAM or not isinstance(optimizer.base_optimizer, torch.optim.SGD):
+        return None  # subclasses (Sparse SAM) perturb part of the coordinates: a different edge
     group = optimizer.param_groups[0]
-    return bool(getattr(optimizer, "p", 2) == 2 and not group.get("sam_adaptive", False)
-                and isinstance(optimizer.base_optimizer, torch.optim.SGD)
-                and float(group.get("momentum", 0.0) or 0.0) == 0.0)
+    if getattr(optimizer, "p", 2) != 2 or group.get("sam_adaptive", False):
+        return None
+    beta = float(group.get("momentum", 0.0) or 0.0)
+    if beta and (group.get("nesterov", False) or float(group.get("dampening", 0.0) or 0.0) != 0.0):
+        return None
+    return beta
 
 
-def batch_sam_edge(step: int, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+def sam_edge_applies(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether a SAM-edge is derived for ``optimizer`` (:func:`sam_edge_momentum` is not None)."""
+    return sam_edge_momentum(optimizer) is not None
+
+
+def _derived_for(beta: float | None) -> str:
+    if beta is None:
+        return "sam(p=2) over gd (this optimizer differs: no edge applies)"
+    if beta == 0.0:
+        return "sam(p=2) over gd"
+    return (f"sam(p=2) over heavy-ball sgd(momentum={beta:g}): the same linearisation with (2+2β)/η, an "
+            "extension of the published edge")
+
+
+def batch_sam_edge(step: int, optimizer: torch.optim.Optimizer,
+                   batch_sharpness: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
     """The ``"sam_batch"`` record of SAM's step from ``θ_t``: the norm of the mini-batch gradient it
     normalised (``last_grad_norm``) and the SAM-edge from that norm (None where no edge applies); None
-    for an optimizer that is not SAM or has not stepped."""
+    for an optimizer that is not SAM or has not stepped. ``batch_sharpness`` (λ_max of the loss on
+    that mini-batch at ``θ_t``, with its residual and cost) is added when given."""
     from sharpscope.optim import SAM
 
     norm = getattr(optimizer, "last_grad_norm", None) if isinstance(optimizer, SAM) else None
@@ -126,10 +150,14 @@ def batch_sam_edge(step: int, optimizer: torch.optim.Optimizer) -> dict[str, Any
         return None
     group = optimizer.param_groups[0]
     lr, rho = float(group["lr"]), float(group.get("sam_rho", 0.0))
-    applies = sam_edge_applies(optimizer) and math.isfinite(norm) and lr > 0
-    return {"kind": "sam_batch", "step": int(step), "batch_grad_norm": float(norm),
-            "sam_edge_batch": sam_edge(lr, rho, float(norm)) if applies else None,
-            "derived_for": "sam(p=2) over gd" + ("" if applies else " (this optimizer differs: no edge applies)")}
+    beta = sam_edge_momentum(optimizer)
+    applies = beta is not None and math.isfinite(norm) and lr > 0
+    out = {"kind": "sam_batch", "step": int(step), "batch_grad_norm": float(norm),
+           "sam_edge_batch": sam_edge(lr, rho, float(norm), beta) if applies else None,
+           "derived_for": _derived_for(beta)}
+    if batch_sharpness is not None:
+        out["batch_sharpness"] = dict(batch_sharpness)
+    return out
 
 
 def bounded_sharpness(record: Mapping[str, Any]) -> tuple[str, float | None]:

@@ -347,18 +347,38 @@ class SharpnessTracker:
         at ``step`` (for a resumed run whose measurement at ``step`` was stored before a crash)."""
         self._sam_step = int(step) if _is_sam(optimizer) else None
 
-    def after_step(self, step: int, model: nn.Module,
-                   optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any] | None:
+    def wants_batch_record(self, step: int) -> bool:
+        """Whether :meth:`after_step` ``(step)`` will record SAM's mini-batch gradient norm."""
+        return self._sam_step == int(step)
+
+    def batch_sharpness(self, step: int, model: nn.Module, batch: tuple[Tensor, Tensor]) -> dict[str, Any]:
+        """λ_max of the loss on one mini-batch ``batch`` at the model's current weights (Lanczos, k = 1,
+        this tracker's ``tol``, ``hvp_mode`` and BatchNorm mode; warm-started from the last measured top
+        eigenvector): ``{"eigenvalue", "residual", "converged", "examples", "hvps", "seconds"}``."""
+        objective = Objective(model, self.loss_fn, batch, bn=self.bn, batch_size=self.batch_size, validate=False)
+        op = HessianOperator(objective, mode=self.hvp_mode, cache_graphs=self.cache_graphs)  # type: ignore[arg-type]
+        previous = None if self._eigenvectors is None else self._eigenvectors[:, :1]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            top = lanczos(op, 1, which="LA", tol=self.tol, max_iter=self.max_iter,
+                          v0=self._start_vectors(previous, op), seed=step_seed(self.seed, step, 5))
+        return {"eigenvalue": float(top.eigenvalues[0]), "residual": float(top.residuals[0]),
+                "converged": bool(top.converged), "examples": objective.num_examples, "hvps": int(top.hvps),
+                "seconds": float(top.seconds)}
+
+    def after_step(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                   batch_sharpness: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
         """Call right after the optimizer step ``θ_t → θ_{t+1}`` of every step ``t`` (cheap when nothing
         is pending). If ``t`` was measured with ``alignment=True``, return the ``"alignment"`` record of
         ``Δ = θ_{t+1} − θ_t`` with that measurement's eigenvectors (also passed to ``sink``); else None.
         If ``t`` was measured and ``optimizer`` is SAM, first record (``sink``) the ``"sam_batch"`` record
-        of the gradient norm its step normalised (:func:`~sharpscope.track.thresholds.batch_sam_edge`).
+        of the gradient norm its step normalised (:func:`~sharpscope.track.thresholds.batch_sam_edge`),
+        with ``batch_sharpness`` (from :meth:`batch_sharpness`) when given.
         A pending measurement not completed at its own step is dropped.
         """
         sam_step, self._sam_step = self._sam_step, None
         if sam_step == int(step) and optimizer is not None:
-            batch = batch_sam_edge(step, optimizer)
+            batch = batch_sam_edge(step, optimizer, batch_sharpness)
             if batch is not None and self.sink is not None:
                 self.sink(batch)
         pending, self._pending = self._pending, None

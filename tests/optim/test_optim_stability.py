@@ -101,3 +101,14 @@ def test_torch_sgd_updates_are_the_documented_ones() -> None:
             b = g if b is None else beta * b + (1 - dampening) * g  # torch: b₁ = g
             x -= ETA * 10 * ((g + beta * b) if nesterov else b)
         assert float(w.detach()) == pytest.approx(x, rel=1e-13)
+
+
+@pytest.mark.parametrize("g_norm", [10.0, 0.1])
+def test_sam_over_heavy_ball_is_stable_exactly_below_its_edge(g_norm: float) -> None:
+    """The momentum form of the SAM-edge ((2+2β)/η in place of 2/η in the same linearisation) is where the
+    real SAM over torch's heavy-ball SGD turns unstable; the edge without momentum is below it."""
+    edge = sam_edge(ETA, RHO, g_norm, momentum=0.9)
+    sam = lambda ps: SAM(ps, torch.optim.SGD, rho=RHO, lr=ETA, momentum=0.9)  # noqa: E731
+    assert _growth(sam, 0.99 * edge, g_norm) < 1e-2
+    assert _growth(sam, 1.01 * edge, g_norm) > 1e2
+    assert _growth(sam, 1.05 * sam_edge(ETA, RHO, g_norm), g_norm) < 1e-2  # the edge without momentum is not it

@@ -25,7 +25,7 @@ from typing import Any
 
 from sharpscope.experiments import arms as arm_criteria
 from sharpscope.experiments import evidence
-from sharpscope.experiments.recipes import _cifar, fc, mnist1d_data
+from sharpscope.experiments.recipes import cifar_data, fc, mnist1d_data
 from sharpscope.experiments.studies.framework import Figure, Stage, Study
 from sharpscope.track import TrainConfig
 
@@ -61,7 +61,7 @@ def arm_config(scale: str, arm: str, seed: int) -> TrainConfig:
     kwargs: dict[str, Any] = {"lr": 0.05, "momentum": 0.9, **extra}
     if extra.get("mask") == "dynamic":
         kwargs.update(total_steps=sc.steps, update_interval=max(1, sc.steps // 30))
-    data = _cifar(sc.n, flatten=False)
+    data = cifar_data(sc.n, flatten=False)
     if data is not None:
         if scale == "smoke":
             data["test_n"] = 64

@@ -1,0 +1,72 @@
+"""Mini-batch SAM against its edge: one panel per run, log y-axis.
+
+Each panel shows, against the step, the λ_max of the step's own mini-batch (dots) and of the probe set
+(line), and the edge that applies to the run's optimizer computed from the gradient norm SAM normalised
+(dashed): the SAM-edge for ρ > 0 (with heavy-ball momentum in its momentum form), and for ρ = 0 the
+edge of plain or momentum SGD, which is what the SAM-edge reduces to. Solid thin lines are rolling
+medians of 10 checkpoints, the smoothing the tracking criterion uses. A run whose optimizer has no
+derived edge draws none.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from sharpscope.experiments.criteria import rolling_median
+from sharpscope.plots.runs import RunLike, as_runs
+from sharpscope.plots.style import color, label_axes, legend, new_figure
+
+WINDOW = 10
+
+
+def _num(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
+def minibatch_data(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str] | None = None) -> dict[str, Any]:
+    """Per run: the steps measured, probe-set and batch λ_max, the gradient norms and the batch SAM-edge
+    (None where no edge applies), with their rolling medians."""
+    out = []
+    for run in as_runs(runs, labels):
+        full = {r["step"]: r for r in run.measurements}
+        batch = {r["step"]: r for r in run.events if r.get("kind") == "sam_batch"}
+        steps = sorted(set(full) & set(batch))
+        lam_full = [_num((full[t].get("eigenvalues") or [None])[0]) for t in steps]
+        lam_batch = [_num((batch[t].get("batch_sharpness") or {}).get("eigenvalue")) for t in steps]
+        edges = [batch[t].get("sam_edge_batch") for t in steps]
+        edge = None if any(e is None for e in edges) else [_num(e) for e in edges]
+        kw = (run.config.get("optimizer_kwargs") or {})
+        rho, beta = float(kw.get("rho", 0.0) or 0.0), float(kw.get("momentum", 0.0) or 0.0)
+        name = "SAM-edge (batch ‖g‖)" if rho > 0 else ("(2+2β)/η" if beta else "2/η")
+        out.append({"label": run.label, "edge_name": name, "steps": steps, "lambda_full": lam_full, "lambda_batch": lam_batch,
+                    "grad_norm_full": [_num(full[t].get("grad_norm")) for t in steps],
+                    "grad_norm_batch": [_num(batch[t].get("batch_grad_norm")) for t in steps],
+                    "edge_batch": edge,
+                    "lambda_batch_rolling": rolling_median(lam_batch, WINDOW) if steps else [],
+                    "edge_batch_rolling": None if edge is None or not steps else rolling_median(edge, WINDOW)})
+    return {"runs": out, "window": WINDOW}
+
+
+def minibatch_figure(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str] | None = None) -> Figure:
+    """One panel per run (see the module docstring)."""
+    data = minibatch_data(runs, labels=labels)["runs"]
+    cols = min(2, max(1, len(data)))
+    fig, axes = new_figure(math.ceil(len(data) / cols), cols)
+    for ax, run in zip(axes, data):
+        t = run["steps"]
+        ax.plot(t, run["lambda_batch"], "o", ms=2.5, alpha=0.45, color=color(0), label="λ_max, step's batch")
+        ax.plot(t, run["lambda_batch_rolling"], "-", lw=1.2, color=color(0))
+        ax.plot(t, run["lambda_full"], "-", lw=1.5, color=color(1), label="λ_max, probe set")
+        if run["edge_batch"] is not None:
+            ax.plot(t, run["edge_batch"], "--", lw=1, alpha=0.6, color=color(3), label=run["edge_name"])
+            ax.plot(t, run["edge_batch_rolling"], "-", lw=1, color=color(3))
+        ax.set_yscale("log")
+        label_axes(ax, "step", "eigenvalue", title=run["label"])
+        legend(ax)
+    for ax in axes[len(data):]:
+        ax.set_visible(False)
+    return fig
