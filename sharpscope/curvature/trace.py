@@ -38,15 +38,18 @@ def _stderr(samples: Tensor) -> float:
     return float(samples.std(unbiased=True) / math.sqrt(samples.numel())) if samples.numel() > 1 else math.inf
 
 
-MIN_MATVECS = {"hutchinson": 2, "hutch++": 6}  # a standard error needs two samples; Hutch++ also a sketch
+MIN_MATVECS = {"hutchinson": 2, "hutch++": 6}
+_WHY = {"hutchinson": "two samples give a standard error", "hutch++": "a sketch and at least two probes"}
+_NAMES = {"hutchinson": "Hutchinson", "hutch++": "Hutch++"}
 
 
 def check_trace_budget(method: str, num_matvecs: object) -> int:
     """``num_matvecs`` if it is an integer budget the trace estimator ``method`` can use (at least
-    2 for Hutchinson, 6 for Hutch++: a sketch and two probes); checked before any product."""
+    2 for Hutchinson, 6 for Hutch++); checked before any product."""
     low = MIN_MATVECS.get(method, 2)
     if isinstance(num_matvecs, int) and not isinstance(num_matvecs, bool) and num_matvecs < low:
-        raise ConfigError(f"{method} needs num_matvecs >= {low} ({'a sketch and at least two probes' if low > 2 else 'two samples give a standard error'}), got {num_matvecs}")
+        raise ConfigError(f"{_NAMES.get(method, method)} needs num_matvecs >= {low} ({_WHY.get(method, '')}), "
+                          f"got {num_matvecs}")
     return check_int("num_matvecs", num_matvecs, low=low)
 
 

@@ -39,7 +39,7 @@ def test_eigen_trace_and_density_arguments_are_checked_before_any_product(op: He
              (lambda: lanczos(op, max_iter=2.5), "max_iter must be a positive integer"),
              (lambda: hutchinson(op, math.nan), "num_matvecs must be an integer"),
              (lambda: hutchinson(op, 8.0), "num_matvecs must be an integer"),
-             (lambda: hutchpp(op, 5), "hutch\\+\\+ needs num_matvecs >= 6"),
+             (lambda: hutchpp(op, 5), "Hutch\\+\\+ needs num_matvecs >= 6"),
              (lambda: hutchpp(op, True), "num_matvecs must be an integer"),
              (lambda: slq_density(op, 5, 2.0), "num_runs must be a positive integer"),
              (lambda: slq_density(op, 5, 2, sigma2=math.nan), "sigma2 must be finite")]
