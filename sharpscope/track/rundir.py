@@ -429,7 +429,7 @@ class RunDirectory:
                     target = path.with_name(path.name + ".incomplete")
                     os.replace(path, target)
                     self._note(f"{path}: its checksum was never recorded (the write was cut off); "
-                               f"set aside as {target.name}, resuming from the checkpoint before it")
+                               f"set aside as {target.name}, resuming from an earlier checkpoint or the start")
                     continue
                 raw = read_checkpoint(path, unsafe_flag="")
                 if raw.extra.get("step") != step:
@@ -437,7 +437,7 @@ class RunDirectory:
                                           "does not match its name")
             except CheckpointError as e:
                 target = checksums.set_aside(path)
-                self._note(f"{e}; set aside as {target.name}, resuming from the checkpoint before it")
+                self._note(f"{e}; set aside as {target.name}, resuming from an earlier checkpoint or the start")
                 continue
             return step, raw
         return None
