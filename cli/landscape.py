@@ -27,7 +27,9 @@ from sharpscope.landscape import (
 )
 from sharpscope.losses import get_loss
 from sharpscope.io import jsonsafe
+from sharpscope.landscape.grid import check_grid_memory
 from sharpscope.parallel import resolve_device
+from sharpscope.validation import check_output_dir, check_seed, check_tol
 
 err = Console(stderr=True)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -40,8 +42,9 @@ class DirectionKind(str, Enum):
     interp = "interp"
 
 
-def parse_range(text: str, name: str) -> np.ndarray:
-    """``"START:STOP:NUM"`` -> ``NUM`` evenly spaced values from START to STOP (both included)."""
+def parse_range(text: str, name: str) -> tuple[float, float, int]:
+    """``"START:STOP:NUM"`` -> ``(START, STOP, NUM)``, checked (finite, START < STOP, NUM >= 2);
+    :func:`axis_values` makes the points once the grid's memory has been checked."""
     parts = text.split(":")
     try:
         start, stop, num = float(parts[0]), float(parts[1]), int(parts[2])
@@ -49,9 +52,14 @@ def parse_range(text: str, name: str) -> np.ndarray:
             raise ValueError
     except (ValueError, IndexError):
         raise ConfigError(f"--{name} must look like START:STOP:NUM (e.g. -1:1:21), got {text!r}") from None
-    if num < 2 or not start < stop:
-        raise ConfigError(f"--{name} {text!r}: needs START < STOP and NUM >= 2")
-    return np.linspace(start, stop, num)
+    if num < 2 or not start < stop or not (np.isfinite(start) and np.isfinite(stop)):
+        raise ConfigError(f"--{name} {text!r}: needs finite START < STOP and NUM >= 2")
+    return start, stop, num
+
+
+def axis_values(spec: tuple[float, float, int]) -> np.ndarray:
+    """``NUM`` evenly spaced values from START to STOP (both included)."""
+    return np.linspace(*spec)
 
 
 @contextmanager
@@ -121,8 +129,12 @@ def landscape_cmd(
         raise ConfigError(f"--dtype must be float32 or float64, got {dtype!r}")
     if n is not None and n < 1:
         raise ConfigError(f"--n must be positive, got {n}")
-    ranges = [None if text is None else parse_range(text, name)
-              for text, name in ((alphas, "alphas"), (betas, "betas"))]
+    specs = [None if text is None else parse_range(text, name) for text, name in ((alphas, "alphas"), (betas, "betas"))]
+    check_grid_memory([21 if spec is None else spec[2] for spec in specs[:dims]])  # pca's default axes have 21 points
+    ranges = [None if spec is None else axis_values(spec) for spec in specs]
+    check_seed("--seed", seed)
+    check_tol("--tol", tol)
+    check_output_dir(out_dir, "--out")
     stem = out_dir / "slice"
     if not force and any(p.exists() for p in (stem.with_suffix(".npz"), stem.with_suffix(".json"))):
         raise ConfigError(f"{stem}.json/.npz already exist; pass --force to overwrite")

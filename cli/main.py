@@ -19,7 +19,7 @@ from rich.table import Table
 
 from sharpscope.curvature import PerLayerCurvature
 from sharpscope.data import resolve_data
-from sharpscope.errors import SharpscopeError
+from sharpscope.errors import SharpscopeError, os_error_text
 from sharpscope.io import load_checkpoint, save_checkpoint
 from sharpscope.losses import get_loss
 from sharpscope.parallel import init_distributed, rank, shard_dataset, sharding
@@ -28,8 +28,10 @@ from sharpscope.parallel import resolve_device
 from sharpscope_cli.probe_outputs import check_outputs, density_text, write_outputs
 from sharpscope_cli.progress import ProgressLines
 
-app = typer.Typer(help="Measure the sharpness of neural-network loss landscapes.", no_args_is_help=True,
-                  add_completion=False, pretty_exceptions_enable=False)
+EXIT_CODES = "Exit codes: 0 completed, 1 error (one line on stderr), 3 training diverged, 130 interrupted."
+app = typer.Typer(help=f"Measure the sharpness of neural-network loss landscapes.\n\n{EXIT_CODES}",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+EXIT_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 3, 130
 out = Console()
 err = Console(stderr=True)
 
@@ -75,7 +77,8 @@ class DType(str, Enum):
 
 
 def clean_errors(fn: Callable[..., None]) -> Callable[..., None]:
-    """Turn sharpscope's errors into one line on stderr and exit code 1."""
+    """Turn sharpscope's errors, file-system errors and Ctrl-C into one line on stderr and an exit
+    code a script can read (:data:`EXIT_CODES`)."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> None:
@@ -83,10 +86,18 @@ def clean_errors(fn: Callable[..., None]) -> Callable[..., None]:
             fn(*args, **kwargs)
         except SharpscopeError as e:
             err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(EXIT_ERROR) from None
         except torch.cuda.OutOfMemoryError:
             err.print("[bold red]error:[/] out of GPU memory; use a smaller --batch-size or --n", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(EXIT_ERROR) from None
+        except OSError as e:
+            err.print(f"[bold red]error:[/] {f'{e.filename}: ' if e.filename else ''}{os_error_text(e)}",
+                      highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_ERROR) from None
+        except KeyboardInterrupt:
+            err.print("interrupted; files already written are intact (a training run resumes when the same "
+                      "command is run again)", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper
 

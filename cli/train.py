@@ -91,14 +91,24 @@ def train_cmd(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config field, KEY=VALUE (JSON when it parses; dotted keys reach into dicts, e.g. optimizer_kwargs.lr=0.02). Repeatable.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object instead of one line.")] = False,
 ) -> None:
-    """Run an experiment recipe (training with sharpness tracking) into a run directory."""
+    """Run an experiment recipe (training with sharpness tracking) into a run directory.
+
+    Exit codes: 0 completed (or stopped at its accuracy goal), 1 error, 3 the training loss became
+    non-finite (status "diverged" in summary.json), 130 interrupted. A killed or interrupted run
+    resumes when the same command is run again.
+    """
     cfg = get_recipe(recipe, scale.value, parse_overrides(set_ or []))
     init_distributed(resolve_device(cfg.device))  # under torchrun: data parallel, rank 0 writes and prints
     with step_bar(rank() == 0 and not as_json and err.is_terminal) as bar:
         summary = train(cfg, out_dir, force=force, progress=bar)
     if rank() != 0:
         return
+    if not summary.get("already_complete"):
+        for note in (summary.get("session") or {}).get("notes") or []:
+            err.print(f"note: {note}", highlight=False, soft_wrap=True)
     if as_json:
         sys.stdout.write(json.dumps(summary) + "\n")
     else:
         typer.echo(summary_line(summary))
+    if summary.get("status") == "diverged":
+        raise typer.Exit(3)

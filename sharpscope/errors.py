@@ -21,3 +21,16 @@ class CheckpointError(SharpscopeError):
 
 class ConfigError(SharpscopeError):
     """An argument or configuration value is out of range or unknown."""
+
+
+class StorageError(SharpscopeError):
+    """A file cannot be written or read: disk full, read-only file system, no permission."""
+
+
+def os_error_text(error: OSError) -> str:
+    """``"No space left on device (ENOSPC)"``: the system's words for an ``OSError`` and its errno name."""
+    import errno
+
+    code = errno.errorcode.get(error.errno, "") if isinstance(error.errno, int) else ""
+    words = error.strerror or str(error) or type(error).__name__
+    return f"{words} ({code})" if code else words

@@ -36,15 +36,24 @@ SCHEME = "contiguous"
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; anything else as a torch device."""
+    """``auto`` → CUDA when available, else CPU; else a device that exists here and computes:
+    ``cpu``, ``cuda``/``cuda:N`` (N below the number of GPUs) or ``mps`` where available."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(name)
-    except RuntimeError:
+    except (RuntimeError, TypeError, ValueError):
         raise ConfigError(f"device {name!r} is not a device (try cpu, cuda, cuda:1 or auto)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r}: CUDA is not available on this machine")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r}: CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ConfigError(f"device {name!r}: MPS is not available on this machine")
+    elif dev.type != "cpu":
+        raise ConfigError(f"device {name!r}: sharpscope computes on cpu, cuda[:N] or mps (or auto), not {dev.type}")
     return dev
 
 

@@ -6,7 +6,6 @@ CLI prints, with every measurement's cost and the settings that produced it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -18,6 +17,9 @@ from sharpscope.curvature import (
     PerLayerCurvature, TraceResult, lanczos, per_layer_curvature, slq_density, trace_estimator,
 )
 from sharpscope.errors import ConfigError
+from sharpscope.models.inputs import check_model_fits
+from sharpscope.curvature.trace import check_trace_budget
+from sharpscope.validation import check_int, check_seed, check_tol, offset_seed
 
 Progress = Callable[[str, int, int], None]
 OPERATORS = ("hessian", "ggn", "ef")
@@ -60,14 +62,13 @@ class ProbeSettings:
                 raise ConfigError(f"{', '.join(used)} appl{'ies' if len(used) == 1 else 'y'} to the Hessian only, "
                                   f"not to operator {self.operator}")
         for name in ("k", "trace_matvecs", "density_steps", "density_runs", "block_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ConfigError(f"batch-size must be positive, got {self.batch_size}")
-        if self.max_iter is not None and self.max_iter < 1:  # 0 would silently mean "the default"
-            raise ConfigError(f"max-iter must be positive, got {self.max_iter}")
-        if not (self.tol > 0 and math.isfinite(self.tol)):
-            raise ConfigError(f"tol must be a positive number, got {self.tol}")
+            check_int(name.replace("_", "-"), getattr(self, name), low=1)
+        check_int("batch-size", self.batch_size, low=1, optional=True)
+        check_int("max-iter", self.max_iter, low=1, optional=True)  # 0 would silently mean "the default"
+        check_tol("tol", self.tol)
+        check_seed("seed", self.seed)
+        if self.trace:
+            check_trace_budget(self.trace_method, self.trace_matvecs)
         if self.stop not in ("eigenvalue", "residual"):
             raise ConfigError(f"stop must be 'eigenvalue' or 'residual', got {self.stop!r}")
         trace_estimator(self.trace_method)  # a clear error for an unknown name
@@ -126,6 +127,7 @@ def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tens
     ``progress(stage, done, total)`` is called after every operator product, with ``total`` the
     stage's budget in HVPs (an upper bound for Lanczos, which usually stops earlier).
     """
+    check_model_fits(model, loss_fn, x, y, name="the probe data", k=settings.k)  # one pass on 2 examples first
     objective = Objective(model, loss_fn, (x, y), bn=settings.bn, batch_size=settings.batch_size)
     if settings.k > objective.dim:
         raise ConfigError(f"k={settings.k} exceeds the number of parameters ({objective.dim})")
@@ -143,14 +145,14 @@ def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tens
     negative = trace = density = None
     if settings.negative:
         stage("most negative eigenvalue", max_iter)
-        negative = lanczos(op, k=1, which="SA", tol=settings.tol, max_iter=max_iter, seed=settings.seed + 1,
-                           return_eigenvectors=False, stop=settings.stop)
+        negative = lanczos(op, k=1, which="SA", tol=settings.tol, max_iter=max_iter,
+                           seed=offset_seed(settings.seed, 1), return_eigenvectors=False, stop=settings.stop)
     if settings.trace:
         stage("trace", settings.trace_matvecs)
-        trace = trace_estimator(settings.trace_method)(op, settings.trace_matvecs, seed=settings.seed + 2)
+        trace = trace_estimator(settings.trace_method)(op, settings.trace_matvecs, seed=offset_seed(settings.seed, 2))
     if settings.density:
         stage("density", settings.density_steps * settings.density_runs)
-        density = slq_density(op, settings.density_steps, settings.density_runs, seed=settings.seed + 3)
+        density = slq_density(op, settings.density_steps, settings.density_runs, seed=offset_seed(settings.seed, 3))
     op.on_matmat = None
     layers = None
     if settings.per_layer:

@@ -1,4 +1,5 @@
-"""Argument checks shared by the whole package: integers, reals and flags in a given range.
+"""Argument checks shared by the whole package: integers, reals and flags in a given range,
+seeds, tolerances, nesting depth, output folders and module paths.
 
 Each check returns the value (an ``int``, a ``float`` or a ``bool``) or raises a
 :mod:`sharpscope.errors` exception (``ConfigError`` unless ``error`` says otherwise) whose message
@@ -9,11 +10,17 @@ names the argument, the accepted values and the bad value, e.g.
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import Any, Literal, overload
 
 from sharpscope.errors import ConfigError, SharpscopeError
 
-__all__ = ["check_int", "check_real", "check_bool"]
+__all__ = ["check_int", "check_real", "check_bool", "check_seed", "offset_seed", "check_tol", "check_depth",
+           "check_output_dir", "check_module_path", "check_cast", "SEED_LIMIT", "MAX_DEPTH"]
+
+SEED_LIMIT = 2**64  # torch generators take seeds in [0, 2⁶⁴)
+MAX_DEPTH = 32  # nesting of lists and dicts in a configuration value
 
 ErrorType = type[SharpscopeError]
 
@@ -90,3 +97,82 @@ def check_bool(name: str, value: Any, *, error: ErrorType = ConfigError) -> bool
     if not isinstance(value, bool):
         raise error(f"{name} must be true or false, got {value!r}")
     return value
+
+
+def check_seed(name: str, value: Any, *, optional: bool = False, error: ErrorType = ConfigError) -> int | None:
+    """``value`` if it is an integer seed in ``[0, 2⁶⁴)`` (the range of a torch generator)."""
+    return check_int(name, value, low=0, high=SEED_LIMIT - 1, optional=optional, error=error)
+
+
+def offset_seed(seed: int, offset: int) -> int:
+    """``(seed + offset) mod 2⁶⁴``: a seed derived from ``seed`` that stays in a generator's range
+    (equal to ``seed + offset`` for every seed below ``2⁶⁴ - offset``)."""
+    return (int(seed) + int(offset)) % SEED_LIMIT
+
+
+def check_tol(name: str, value: Any, *, error: ErrorType = ConfigError) -> float:
+    """A relative tolerance: a real number in ``(0, 1)`` (at 1 or above, every start "converges")."""
+    return check_real(name, value, low=0.0, high=1.0, low_open=True, high_open=True, error=error)
+
+
+def check_depth(name: str, value: Any, *, limit: int = MAX_DEPTH, error: ErrorType = ConfigError) -> Any:
+    """``value`` if its lists and dicts nest at most ``limit`` levels deep (checked without recursion)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, tuple, dict)):
+            if depth >= limit:
+                raise error(f"{name} nests lists/dicts more than {limit} levels deep")
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return value
+
+
+def check_output_dir(path: str | os.PathLike[str], flag: str, *, error: ErrorType = ConfigError) -> Path:
+    """``path`` as a :class:`~pathlib.Path` if it is, or can become, a writable folder: it is a
+    folder, or its nearest existing ancestor is a writable folder. Checked before any work."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise error(f"{flag} {path} exists and is not a folder")
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise error(f"{flag} {path}: {probe} is a file, so the folder cannot be created")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise error(f"{flag} {path}: {probe} is not writable")
+    return path
+
+
+def check_module_path(name: str, target: Any, *, error: ErrorType = ConfigError) -> str:
+    """A ``"module:attribute"`` string naming an absolute module (no leading dot: a relative
+    import has no package to be relative to here)."""
+    if not isinstance(target, str):
+        raise error(f"{name} must look like 'module:function', got {target!r}")
+    module, sep, attr = target.partition(":")
+    if not sep or not module or not attr:
+        raise error(f"{name} must look like 'module:function', got {target!r}")
+    if module.startswith("."):
+        raise error(f"{name} {target!r}: relative module paths are not supported; name the module from the "
+                    "current folder or an installed package (e.g. 'models:factory')")
+    if not all(part.isidentifier() for part in module.split(".")) or not all(
+            part.isidentifier() for part in attr.split(".")):
+        raise error(f"{name} {target!r}: module and attribute must be dotted Python names")
+    return target
+
+
+def check_cast(name: str, original: Any, cast: Any, *, error: ErrorType | None = None) -> Any:
+    """``cast`` (a tensor converted from ``original``) if the conversion kept every finite value
+    finite; else an error (``DataError`` by default) naming the largest magnitude and the dtype
+    it overflows, e.g. 1e300 in float32."""
+    import torch
+
+    from sharpscope.errors import DataError
+
+    if (not cast.is_floating_point() or cast.dtype == original.dtype or bool(torch.isfinite(cast).all())
+            or not bool(torch.isfinite(original).all())):
+        return cast
+    biggest = float(original.detach().abs().max())
+    raise (error or DataError)(f"{name}: values up to {biggest:.3g} overflow {str(cast.dtype).replace('torch.', '')}; "
+                               "compute in float64 or rescale the data")

@@ -18,7 +18,7 @@ from sharpscope.curvature.lanczos import lanczos_tridiagonals, tridiagonal_eigh
 from sharpscope.curvature.linear_operator import LinearOperator
 from sharpscope.curvature.results import DensityResult, gaussian_density
 from sharpscope.curvature.sampling import Stopwatch, make_generator, seed_record
-from sharpscope.errors import ConfigError
+from sharpscope.validation import check_int, check_real
 
 
 def slq_density(op: LinearOperator, num_steps: int = 90, num_runs: int = 10, *, sigma2: float = 1e-5,
@@ -31,10 +31,11 @@ def slq_density(op: LinearOperator, num_steps: int = 90, num_runs: int = 10, *, 
     range (at least ± 0.01). The result keeps the raw tridiagonals so the density can be
     re-smoothed without new products (:meth:`DensityResult.smooth`).
     """
-    if num_steps < 1 or num_runs < 1:
-        raise ConfigError(f"num_steps and num_runs must be positive, got {num_steps} and {num_runs}")
-    if not sigma2 > 0 or grid_size < 2:
-        raise ConfigError(f"need sigma2 > 0 and grid_size >= 2, got {sigma2} and {grid_size}")
+    check_int("num_steps", num_steps, low=1)
+    check_int("num_runs", num_runs, low=1)
+    check_real("sigma2", sigma2, low=0.0, low_open=True)
+    check_int("grid_size", grid_size, low=2)
+    check_int("run_block", run_block, low=1, optional=True)
     run_block = num_runs if run_block is None else max(1, run_block)
     gen, clock, start_hvps = make_generator(seed), Stopwatch(op.device), op.matvecs
     steps = min(num_steps, op.dim)

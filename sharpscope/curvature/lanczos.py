@@ -26,6 +26,7 @@ from sharpscope.curvature.memory import check_fits, vector_bytes
 from sharpscope.curvature.results import EigenResult
 from sharpscope.curvature.sampling import Stopwatch, make_generator, seed_record
 from sharpscope.errors import ConfigError, ObjectiveError
+from sharpscope.validation import check_int, check_tol
 
 Which = Literal["LA", "SA", "LM", "BE"]
 Stop = Literal["residual", "eigenvalue"]
@@ -148,12 +149,13 @@ def lanczos(op: LinearOperator, k: int = 1, *, which: Which = "LA", tol: float =
         seed: seed (or generator) for the random start vector and restarts.
         stop: ``"eigenvalue"`` or ``"residual"``, the quantity ``tol`` bounds.
     """
-    if k < 1 or k > op.dim:
+    check_int("k", k, low=1)
+    if k > op.dim:
         raise ConfigError(f"k must be between 1 and the dimension {op.dim}, got {k}")
     if which not in ("LA", "SA", "LM", "BE"):
         raise ConfigError(f"which must be one of LA, SA, LM, BE; got {which!r}")
-    if not tol > 0:
-        raise ConfigError(f"tol must be positive, got {tol}")
+    check_tol("tol", tol)
+    check_int("max_iter", max_iter, low=1, optional=True)
     if stop not in ("residual", "eigenvalue"):
         raise ConfigError(f"stop must be 'residual' or 'eigenvalue', got {stop!r}")
     max_iter = min(op.dim, max(100, 20 * k)) if max_iter is None else min(int(max_iter), op.dim)

@@ -48,7 +48,7 @@ from sharpscope.curvature.objective import BNMode, LossFn, Objective, ParamSelec
 from sharpscope.curvature.results import EigenResult, TraceResult
 from sharpscope.curvature.trace import trace_estimator
 from sharpscope.errors import ConfigError
-from sharpscope.validation import check_int
+from sharpscope.validation import check_int, offset_seed
 
 LayerGrouping = Literal["module"] | int | Mapping[str, ParamSelector]
 Progress = Callable[[str, int, int], None]
@@ -184,7 +184,7 @@ def per_layer_curvature(model: nn.Module, loss_fn: LossFn, data: object, *, grou
             tr = None
             if trace:
                 _report(op, progress, f"{group}: trace", trace_matvecs)
-                tr = estimator(op, trace_matvecs, seed=seed + 2)
+                tr = estimator(op, trace_matvecs, seed=offset_seed(seed, 2))
         op.on_matmat = None
         rows.append(LayerCurvature(name=group, parameters=tuple(params), numel=objective.dim, top=top, trace=tr,
                                    hvps=op.matvecs, seconds=time.perf_counter() - t0, hvp_mode=op.mode))

@@ -31,6 +31,7 @@ from sharpscope.curvature import batches as structure
 from sharpscope.curvature.distributed import sum_across_ranks, sum_scalar_across_ranks, world_size
 from sharpscope.errors import ConfigError, DataError, ObjectiveError
 from sharpscope.losses import correct_fraction
+from sharpscope.validation import check_cast
 
 BNMode = Literal["eval", "batch"]
 Reduction = Literal["mean", "sum"]
@@ -306,6 +307,8 @@ class Objective:
     def _make(self, index: int, raw: object) -> Batch:
         _check_structure(index, raw)
         data = structure.place(raw, self.device, self.dtype)
+        for before, after in zip(structure.leaves(raw), structure.leaves(data)):  # 1e300 must not become inf
+            check_cast(f"batch {index}", before, after)
         if self.count_fn is None:
             size: float = structure.rows(data, index)
         else:

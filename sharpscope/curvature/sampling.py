@@ -10,7 +10,7 @@ from torch import Tensor
 
 from sharpscope.curvature.linear_operator import LinearOperator
 from sharpscope.errors import ConfigError
-from sharpscope.validation import check_int
+from sharpscope.validation import check_seed
 
 Distribution = Literal["rademacher", "gaussian"]
 
@@ -24,7 +24,7 @@ def make_generator(seed: int | torch.Generator | None) -> torch.Generator:
             raise ConfigError(f"generator must be a CPU torch.Generator (draws are moved to the operator's "
                               f"device), got one on {seed.device}")
         return seed
-    check_int("seed", seed, low=0, optional=True)
+    check_seed("seed", seed, optional=True)
     gen = torch.Generator()
     if seed is None:
         gen.seed()

@@ -26,6 +26,7 @@ from sharpscope.curvature.linear_operator import LinearOperator
 from sharpscope.curvature.results import TraceResult
 from sharpscope.curvature.sampling import Distribution, Stopwatch, make_generator, probes, seed_record
 from sharpscope.errors import ConfigError
+from sharpscope.validation import check_int
 
 
 def _quadratic_forms(op: LinearOperator, Z: Tensor) -> Tensor:
@@ -37,6 +38,21 @@ def _stderr(samples: Tensor) -> float:
     return float(samples.std(unbiased=True) / math.sqrt(samples.numel())) if samples.numel() > 1 else math.inf
 
 
+MIN_MATVECS = {"hutchinson": 2, "hutch++": 6}
+_WHY = {"hutchinson": "two samples give a standard error", "hutch++": "a sketch and at least two probes"}
+_NAMES = {"hutchinson": "Hutchinson", "hutch++": "Hutch++"}
+
+
+def check_trace_budget(method: str, num_matvecs: object) -> int:
+    """``num_matvecs`` if it is an integer budget the trace estimator ``method`` can use (at least
+    2 for Hutchinson, 6 for Hutch++); checked before any product."""
+    low = MIN_MATVECS.get(method, 2)
+    if isinstance(num_matvecs, int) and not isinstance(num_matvecs, bool) and num_matvecs < low:
+        raise ConfigError(f"{_NAMES.get(method, method)} needs num_matvecs >= {low} ({_WHY.get(method, '')}), "
+                          f"got {num_matvecs}")
+    return check_int("num_matvecs", num_matvecs, low=low)
+
+
 def hutchinson(op: LinearOperator, num_matvecs: int, *, distribution: Distribution = "rademacher",
                rtol: float | None = None, block_size: int = 8, seed: int | torch.Generator | None = None) -> TraceResult:
     """Hutchinson's estimate of ``tr(H)`` from at most ``num_matvecs`` probes.
@@ -45,10 +61,8 @@ def hutchinson(op: LinearOperator, num_matvecs: int, *, distribution: Distributi
     estimator stops early once ``stderr / |estimate| < rtol`` (checked after each block, from the
     second block on).
     """
-    if num_matvecs < 2:
-        raise ConfigError(f"num_matvecs must be at least 2 to give a standard error, got {num_matvecs}")
-    if block_size < 1:
-        raise ConfigError(f"block_size must be positive, got {block_size}")
+    check_trace_budget("hutchinson", num_matvecs)
+    check_int("block_size", block_size, low=1)
     gen, clock, start_hvps = make_generator(seed), Stopwatch(op.device), op.matvecs
     samples: list[Tensor] = []
     drawn = 0
@@ -76,8 +90,7 @@ def hutchpp(op: LinearOperator, num_matvecs: int, *, distribution: Distribution 
     ``⌈m/3⌉`` products build the sketch ``Q = orth(H S)``, ``⌈m/3⌉`` give ``tr(QᵀHQ)`` and the
     remaining ``m − 2⌈m/3⌉`` probe the deflated remainder. Memory: ``2⌈m/3⌉`` vectors.
     """
-    if num_matvecs < 6:
-        raise ConfigError(f"Hutch++ needs num_matvecs >= 6 (a sketch and at least two probes), got {num_matvecs}")
+    check_trace_budget("hutch++", num_matvecs)
     gen, clock, start_hvps = make_generator(seed), Stopwatch(op.device), op.matvecs
     sketch = min(math.ceil(num_matvecs / 3), op.dim)
     remainder = num_matvecs - 2 * sketch

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from sharpscope.errors import ConfigError, DataError
-from sharpscope.validation import check_int
+from sharpscope.validation import check_cast, check_int
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,8 @@ class ArrayDataset:
         if dtype is not None and not dtype.is_floating_point:
             raise ConfigError(f"dataset dtype must be a floating dtype, got {dtype}")
 
-        def move(t: Tensor) -> Tensor:
-            return t.to(device=device, dtype=dtype if (dtype is not None and t.is_floating_point()) else None)
+        def move(t: Tensor, what: str) -> Tensor:
+            cast = t.to(device=device, dtype=dtype if (dtype is not None and t.is_floating_point()) else None)
+            return check_cast(f"{self.name} {what}", t, cast)
 
-        return replace(self, x=move(self.x), y=move(self.y), meta=dict(self.meta))
+        return replace(self, x=move(self.x, "inputs"), y=move(self.y, "targets"), meta=dict(self.meta))

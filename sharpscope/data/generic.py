@@ -32,6 +32,11 @@ def npz(path: str | Path, *, n: int | None = None, train: bool = True) -> ArrayD
             raise DataError(f"{path}: {k!r} has no examples (shape {a.shape})")
     if x.shape[0] != y.shape[0]:
         raise DataError(f"{path}: {keys[0]!r} has {x.shape[0]} rows but {keys[1]!r} has {y.shape[0]}")
+    for k, a in zip(keys, (x, y)):  # stored as float32: larger magnitudes would become inf
+        if np.issubdtype(a.dtype, np.floating) and np.all(np.isfinite(a)) and a.size and \
+                float(np.abs(a).max()) > float(np.finfo(np.float32).max):
+            raise DataError(f"{path}: {k!r} holds values up to {float(np.abs(a).max()):.3g}, which overflow "
+                            "float32; rescale the data")
     if np.issubdtype(y.dtype, np.floating):
         if not np.all(np.isfinite(y)):
             raise DataError(f"{path}: {keys[1]!r} has non-finite values")

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from sharpscope.data.dataset import ArrayDataset
 from sharpscope.errors import ConfigError, DataError
-from sharpscope.validation import check_int, check_real
+from sharpscope.validation import check_int, check_real, check_seed
 
 _CHUNK = 4096
 
@@ -55,7 +55,7 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     so the draws of step ``t`` need no state from earlier steps: a resumed run redraws them exactly."""
     import numpy as np
 
-    check_int("seed", seed, low=0)
+    check_seed("seed", seed)
     check_int("step", step, low=0)
     state = int(np.random.SeedSequence([seed, step]).generate_state(1, np.uint64)[0])
     return torch.Generator().manual_seed(state)

@@ -57,6 +57,7 @@ from typing import Any
 
 from sharpscope.errors import ConfigError
 from sharpscope.track.config import TrainConfig
+from sharpscope.validation import MAX_DEPTH, check_depth
 
 SCALES = ("smoke", "cpu", "gpu")
 _REPO = Path(__file__).resolve().parents[2]
@@ -348,7 +349,9 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
             value = json.loads(raw)
         except ValueError:
             value = raw
-        out[key] = value
+        except RecursionError:
+            raise ConfigError(f"--set {key}: the value nests lists/dicts more than {MAX_DEPTH} levels deep") from None
+        out[key] = check_depth(f"--set {key}", value)
     return out
 
 

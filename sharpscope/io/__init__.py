@@ -1,5 +1,7 @@
-"""Checkpoints (with their model spec), eigenvector files, atomic file writes, strict JSON and typed run records."""
+"""Checkpoints (with their model spec), eigenvector files, atomic file writes, SHA-256 manifests of written
+files, strict JSON and typed run records."""
 
+from sharpscope.io import checksums
 from sharpscope.io.atomic import atomic_write, atomic_write_bytes, check_writable
 from sharpscope.io.checkpoints import (
     FORMAT,
@@ -23,6 +25,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "check_writable",
+    "checksums",
     "fit_state_dict",
     "load_checkpoint",
     "load_eigenvectors",

@@ -44,8 +44,10 @@ import torch
 from torch import Tensor, nn
 
 from sharpscope.errors import CheckpointError, ConfigError, SharpscopeError
+from sharpscope.io import checksums
 from sharpscope.io.atomic import atomic_write
 from sharpscope.models.registry import ModelSpec
+from sharpscope.validation import check_module_path
 
 FORMAT = "sharpscope-1"
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
@@ -124,11 +126,13 @@ def _format_of(path: Path) -> str:
 
 
 def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *, spec: ModelSpec | None,
-                    extra: Mapping[str, Any] | None = None) -> Path:
+                    extra: Mapping[str, Any] | None = None, checksum: bool = True) -> Path:
     """Write ``model``'s state dict with ``spec`` and ``extra`` to ``path`` atomically; returns the path.
 
     A path without a suffix gets ``.safetensors``. ``extra`` must be JSON-serializable for
-    ``.safetensors``; for ``.pt`` it may also hold tensors (e.g. an optimizer state).
+    ``.safetensors``; for ``.pt`` it may also hold tensors (e.g. an optimizer state). With
+    ``checksum`` the file's SHA-256 is then recorded in ``SHA256SUMS`` next to it
+    (:mod:`sharpscope.io.checksums`), which :func:`read_checkpoint` verifies.
     """
     path = Path(path)
     if not path.suffix:
@@ -149,12 +153,16 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *, spec: Mod
         if spec is not None:
             meta["spec"] = spec.to_json()
         blob = st_save(tensors, metadata=meta)
-        return atomic_write(path, lambda f: f.write(blob))
-    payload = {"format": FORMAT, "state_dict": tensors, "spec": None if spec is None else spec.to_dict(),
-               "extra": extra}
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    return atomic_write(path, lambda f: f.write(buf.getbuffer()))
+        atomic_write(path, lambda f: f.write(blob))
+    else:
+        payload = {"format": FORMAT, "state_dict": tensors, "spec": None if spec is None else spec.to_dict(),
+                   "extra": extra}
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        atomic_write(path, lambda f: f.write(buf.getbuffer()))
+    if checksum:
+        checksums.record(path)
+    return path
 
 
 # ----------------------------------------------------------------- reading
@@ -215,7 +223,14 @@ def _refusal_reason(message: str) -> str:
     return "objects outside the weights-only allow-list"
 
 
-def _read_torch(path: Path, unsafe_load: bool, map_location: Any) -> RawCheckpoint:
+def _looks_like_torch_file(path: Path) -> bool:
+    """A zip archive (``torch.save``) or a pickle stream (protocol 2 to 5): what a real checkpoint starts with."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
+
+
+def _read_torch(path: Path, unsafe_load: bool, map_location: Any, unsafe_flag: str | None) -> RawCheckpoint:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
@@ -226,11 +241,17 @@ def _read_torch(path: Path, unsafe_load: bool, map_location: Any) -> RawCheckpoi
                 obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
+        if not _looks_like_torch_file(path):
+            raise CheckpointError(f"{path}: truncated or corrupt checkpoint (neither a torch.save zip archive "
+                                  "nor a pickle stream)") from None
+        reason = _refusal_reason(msg)
         if not unsafe_load and "Weights only load failed" in msg and "truncated" not in msg:
+            advice = ("if you trust the file, pass unsafe_load=True" + (f" (CLI: {unsafe_flag})" if unsafe_flag else "")
+                      if unsafe_flag != "" else "this command loads weights-only checkpoints: save the "
+                      "model's state_dict() with torch.save and pass that file")
             raise CheckpointError(
                 f"{path}: refused: the pickle needs Python objects beyond tensors and plain containers "
-                f"({_refusal_reason(msg)}), and loading it could run arbitrary code; if you trust the file, "
-                "pass unsafe_load=True (CLI: --unsafe-load)") from None
+                f"({reason}), and loading it could run arbitrary code; {advice}") from None
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({msg.splitlines()[0] if msg else 'UnpicklingError'})") from None
     except Exception as e:  # RuntimeError, EOFError, struct.error, KeyError, ...: unreadable file
         if unsafe_load and isinstance(e, (ImportError, AttributeError)):
@@ -274,31 +295,39 @@ def _interpret(obj: Any, path: Path) -> RawCheckpoint:
 
 
 def read_checkpoint(path: str | os.PathLike[str], *, unsafe_load: bool = False,
-                    map_location: Any = "cpu") -> RawCheckpoint:
-    """Read a checkpoint's state dict, spec and extra without building a model."""
+                    map_location: Any = "cpu", unsafe_flag: str | None = "--unsafe-load") -> RawCheckpoint:
+    """Read a checkpoint's state dict, spec and extra without building a model.
+
+    A file recorded in a ``SHA256SUMS`` next to it is verified first: a mismatch raises
+    :class:`CheckpointError` ("corrupt file") before any byte is unpickled. ``unsafe_flag`` is the
+    command-line flag that a refusal of an unsafe pickle names (``""``: the command has none).
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        checksums.verify(path)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read the file ({e.strerror or e})") from None
     suffix = path.suffix.lower()
     if suffix == SAFETENSORS_SUFFIX:
         return _read_safetensors(path, map_location)
     if suffix in TORCH_SUFFIXES:
-        return _read_torch(path, unsafe_load, map_location)
+        return _read_torch(path, unsafe_load, map_location, unsafe_flag)
     with open(path, "rb") as f:
         head = f.read(9)
     if len(head) == 9 and head[8:9] == b"{":
         return _read_safetensors(path, map_location)
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
-        return _read_torch(path, unsafe_load, map_location)
+        return _read_torch(path, unsafe_load, map_location, unsafe_flag)
     raise CheckpointError(f"{path}: unknown checkpoint format; expected {SAFETENSORS_SUFFIX} or "
                           f"{'/'.join(TORCH_SUFFIXES)} (torch.save)")
 
 
 # ----------------------------------------------------------------- building and fitting
 def _import_factory(target: str) -> nn.Module:
-    module_name, sep, attr = target.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"model factory must look like 'module:function', got {target!r}")
+    check_module_path("model factory", target)
+    module_name, _, attr = target.partition(":")
     with _cwd_on_path():
         try:
             obj: Any = importlib.import_module(module_name)

@@ -15,6 +15,7 @@ across ranks, as for the objective's loss.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -32,6 +33,35 @@ from sharpscope.validation import check_int
 
 Method = Literal["auto", "vmap", "loop"]
 GridProgress = Callable[[int, int], None]
+GRID_MEMORY_SHARE = 0.25  # a slice grid may take at most this share of the machine's memory
+
+
+def grid_bytes(sizes: list[int] | tuple[int, ...]) -> int:
+    """Bytes the arrays of a grid with these axis sizes hold: per point, float64 coordinates and
+    mesh entries for each axis plus loss and accuracy, twice over for the copies made on saving,
+    ``16 (2d + 2)`` bytes for ``d`` axes."""
+    points = 1
+    for n in sizes:
+        points *= int(n)
+    return 16 * (2 * len(sizes) + 2) * points
+
+
+def check_grid_memory(sizes: list[int] | tuple[int, ...], *, total: int | None = None) -> int:
+    """The number of grid points if :func:`grid_bytes` stays within ``GRID_MEMORY_SHARE`` of the
+    machine's memory (``total`` bytes; read from the system when None), else :class:`ConfigError`
+    with the estimate; checked before any array is allocated."""
+    if total is None:
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+            total = 16 * 2**30
+    need = grid_bytes(sizes)
+    if need > GRID_MEMORY_SHARE * total:
+        points = grid_bytes(sizes) // (16 * (2 * len(sizes) + 2))
+        raise ConfigError(f"a grid of {' × '.join(map(str, sizes))} = {points:,} points needs about "
+                          f"{need / 2**30:.3g} GiB for its arrays, more than {GRID_MEMORY_SHARE:.0%} of this machine's "
+                          f"{total / 2**30:.3g} GiB; use fewer points")
+    return need // (16 * (2 * len(sizes) + 2))
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from sharpscope.curvature import sampling
 from sharpscope.errors import ConfigError, DataError, SharpscopeError
 from sharpscope.optim.batchnorm import frozen_bn_stats
-from sharpscope.validation import check_int
+from sharpscope.validation import check_int, check_seed
 
 __all__ = ["maybe_no_sync", "PerturbedOptimizer", "TwoPassOptimizer"]
 
@@ -66,7 +66,7 @@ def make_generator(generator: torch.Generator | None, seed: int) -> torch.Genera
     """The given CPU generator, or a fresh one seeded with ``seed`` (never the global RNG)."""
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ConfigError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    return sampling.make_generator(generator if generator is not None else check_int("seed", seed, low=0))
+    return sampling.make_generator(generator if generator is not None else check_seed("seed", seed))
 
 
 def call_closure(closure: Closure) -> Any:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sharpscope.errors import ConfigError
-from sharpscope.validation import check_bool, check_int, check_real
+from sharpscope.curvature.trace import check_trace_budget
+from sharpscope.validation import check_bool, check_depth, check_int, check_real, check_seed, check_tol
 
 OPTIMIZERS = ("gd", "sgd", "sam", "sparse-sam", "rs", "sa", "adam", "adamw")
 
@@ -172,6 +173,8 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise :class:`ConfigError` on a value out of range (one message per problem)."""
 
+        for f in dataclasses.fields(self):
+            check_depth(f.name, getattr(self, f.name))
         for key, value in _leaves(dataclasses.asdict(self)):  # config.json is strict JSON
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{key} must be a finite number, got {value}")
@@ -184,8 +187,8 @@ class TrainConfig:
         for name in ("physical_batch_size", "measure_every", "k", "checkpoint_every", "trace_matvecs"):
             check_int(name, getattr(self, name), low=1)
         check_int("steps", self.steps, low=0)
-        check_int("seed", self.seed, low=0)
-        check_int("probe_seed", self.probe_seed, low=0, optional=True)
+        check_seed("seed", self.seed)
+        check_seed("probe_seed", self.probe_seed, optional=True)
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         if not isinstance(self.optimizer_kwargs, dict) or "lr" not in self.optimizer_kwargs:
@@ -194,7 +197,7 @@ class TrainConfig:
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"{name} must be a dict, got {getattr(self, name)!r}")
         check_real("stop_at_train_acc", self.stop_at_train_acc, low=0.0, low_open=True, high=1.0, optional=True)
-        check_real("tol", self.tol, low=0.0, low_open=True)
+        check_tol("tol", self.tol)
         check_real("label_noise", self.label_noise, low=0.0, high=1.0, high_open=True, optional=True)
         if self.label_noise is not None and self.batch_size is None:
             raise ConfigError("label_noise draws fresh noisy labels for each mini-batch and needs batch_size")
@@ -205,6 +208,8 @@ class TrainConfig:
                               "(rho=0 for an SGD control) and batch_size")
         if self.trace_method not in ("hutch++", "hutchinson"):
             raise ConfigError(f"trace_method must be 'hutch++' or 'hutchinson', got {self.trace_method!r}")
+        if self.trace:
+            check_trace_budget(self.trace_method, self.trace_matvecs)
         if self.bn not in ("eval", "batch"):
             raise ConfigError(f"bn must be 'eval' or 'batch', got {self.bn!r}")
         if self.hvp_mode not in ("auto", "fwd-rev", "rev-rev", "fd"):

@@ -23,7 +23,10 @@ identical to an uninterrupted run (only wall-clock fields differ).
 
 Divergence. A non-finite training loss at step ``t`` stops the run before the update: a record
 ``{"kind": "diverged", "step": t, ...}`` is written, the parameters ``θ_t`` are checkpointed and
-``summary.json`` says ``"status": "diverged"`` with the step.
+``summary.json`` says ``"status": "diverged"`` with the step (``sharpscope train`` then exits with
+code 3). An ``OSError`` while writing (full disk, read-only mount) ends the run with one
+:class:`~sharpscope.errors.StorageError` line; what was written before is intact and the same call
+resumes.
 
 Data parallel. Under a ``torch.distributed`` process group (``torchrun``; see
 :mod:`sharpscope.parallel`) every rank builds the same model from the same seed and keeps a
@@ -51,14 +54,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sharpscope.curvature import Objective
 from sharpscope.curvature.distributed import broadcast_buffers, sum_across_ranks, sum_gradients, world_size
 from sharpscope.curvature.objective import LossFn
 from sharpscope.data import ArrayDataset, ShuffledLoader, cifar_feature_stats, fresh_label_noise, resolve_data
-from sharpscope.errors import CheckpointError, ConfigError
+from sharpscope.errors import CheckpointError, ConfigError, StorageError, os_error_text
 from sharpscope.io import fit_state_dict, read_checkpoint
 from sharpscope.losses import accuracy, get_loss
 from sharpscope.models import ModelSpec
+from sharpscope.models.inputs import check_model_fits as fits
 from sharpscope.optim import RS, SA, SAM, PerturbedOptimizer, SparseSAM, empirical_fisher_diagonal
 from sharpscope.io import jsonsafe
 from sharpscope.io.records import Measurement, as_number, is_measurement
@@ -75,7 +78,7 @@ from sharpscope.parallel import (
 from sharpscope.track.config import TrainConfig
 from sharpscope.track.rundir import RunDirectory
 from sharpscope.track.thresholds import bounded_sharpness
-from sharpscope.validation import check_int
+from sharpscope.validation import check_int, offset_seed
 from sharpscope.track.tracker import SharpnessTracker
 
 Progress = Callable[[int, int, "dict[str, Any] | None"], None]
@@ -126,7 +129,7 @@ def load_initial_weights(source: str, model: nn.Module, spec: ModelSpec) -> dict
         path = latest[1]
     elif not path.exists():
         raise CheckpointError(f"init_from {source}: no such checkpoint file or run directory")
-    raw = read_checkpoint(path)
+    raw = read_checkpoint(path, unsafe_flag="")
     if raw.spec is not None and raw.spec != spec:
         raise CheckpointError(f"init_from {path}: model spec {raw.spec} differs from the config's {spec}")
     fit_state_dict(model, raw.state_dict, source=str(path))
@@ -139,7 +142,7 @@ def fisher_scores(cfg: TrainConfig, model: nn.Module, train_set: ArrayDataset, l
     """SSAM-F's scores: the empirical Fisher diagonal over ``samples`` training examples drawn once
     (without replacement, seeded by ``cfg.seed``) — :func:`~sharpscope.optim.empirical_fisher_diagonal`."""
     samples = check_int("fisher_samples", samples, low=1)
-    gen = torch.Generator().manual_seed(cfg.seed + 2)
+    gen = torch.Generator().manual_seed(offset_seed(cfg.seed, 2))
     idx = torch.randperm(len(train_set), generator=gen)[:samples].to(train_set.x.device)
     x, y = train_set.x[idx], train_set.y[idx]
     return lambda: empirical_fisher_diagonal(model, lambda m, xb, yb: loss_fn(m(xb), yb), x, y)
@@ -196,24 +199,8 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, train_set: ArrayDataset,
 
 
 def check_model_fits(model: nn.Module, loss_fn: LossFn, data: ArrayDataset, k: int) -> None:
-    """Raise :class:`ConfigError` (or ObjectiveError) now, before any file is written, when the run cannot
-    work: ``k`` above the number of trainable parameters, inputs the model cannot take or a loss that
-    fails (tried on two examples), or an integer label outside the model's outputs."""
-    objective = Objective(model, loss_fn, (data.x[:2], data.y[:2]), validate=False)
-    if k > objective.dim:
-        raise ConfigError(f"k={k} exceeds the number of trainable parameters ({objective.dim})")
-    batch = objective.batches[0]
-    with torch.no_grad(), objective.mode():
-        try:
-            out = model(batch.x)
-        except RuntimeError as e:
-            raise ConfigError(f"the model cannot take inputs of shape {tuple(batch.x.shape)} from {data.name} "
-                              f"({str(e).splitlines()[0]})") from None
-        objective.output_loss(out, batch)
-    if not data.y.is_floating_point() and out.ndim == 2:
-        low, high = int(data.y.min()), int(data.y.max())
-        if low < 0 or high >= out.shape[1]:
-            raise ConfigError(f"{data.name} has labels {low}..{high} but the model has {out.shape[1]} outputs")
+    """:func:`sharpscope.models.inputs.check_model_fits` on a data set, before any file is written."""
+    fits(model, loss_fn, data.x, data.y, name=data.name, k=k)
 
 
 def _gen_state(gen: torch.Generator) -> Tensor:
@@ -251,7 +238,7 @@ class _Session:
             raise ConfigError("batch_sharpness runs in one process (the mini-batch is not sharded); got "
                               f"{world_size()} ranks")
         if cfg.batch_size is not None:
-            self.loader = ShuffledLoader(self.train_set, cfg.batch_size, torch.Generator().manual_seed(cfg.seed + 1))
+            self.loader = ShuffledLoader(self.train_set, cfg.batch_size, torch.Generator().manual_seed(offset_seed(cfg.seed, 1)))
         n, pb = len(self.train_set), cfg.physical_batch_size
         own = shard_dataset(self.train_set)  # this rank's examples (all of them in one process)
         self.batches = [(own.x[i:i + pb], own.y[i:i + pb]) for i in range(0, len(own), pb)]
@@ -397,7 +384,7 @@ class _Session:
         cfg = self.cfg
         started = time.perf_counter()
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(cfg.seed + 2)
+            torch.manual_seed(offset_seed(cfg.seed, 2))
             start = self.restore() if resume else None
             t = start or 0
             self.model.train()
@@ -471,7 +458,7 @@ class _Session:
             "first_step_at_or_above_edge": crossing,
             "hvps_total": sum(m.total_hvps for m in measured),
             "measure_seconds_total": sum(m.total_seconds for m in measured),
-            "session": {"resumed_from_step": start, "seconds": seconds},
+            "session": {"resumed_from_step": start, "seconds": seconds, "notes": list(self.run.notes)},
             "data": self.data_info,
             "sharding": sharding(len(self.train_set)),
             "init": self.init_info,
@@ -497,11 +484,24 @@ def train(config: TrainConfig | Mapping[str, Any], out_dir: str | Path, *, force
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     cfg.validate()
     session = _Session(cfg, RunDirectory(out_dir), progress)
-    with contextlib.ExitStack() as held:
-        state, done = on_rank0(lambda: _open_run(session.run, cfg, force, held))
-        if done is not None:
-            return {**done, "already_complete": True}
-        return session.train(resume=state == "resume")
+    try:
+        with contextlib.ExitStack() as held:
+            state, done = on_rank0(lambda: _open_run(session.run, cfg, force, held))
+            if done is not None:
+                return {**done, "already_complete": True}
+            return session.train(resume=state == "resume")
+    except OSError as e:
+        raise storage_error(e, session.run.path) from None
+
+
+def storage_error(error: OSError, run_dir: Path) -> StorageError:
+    """One line for an ``OSError`` met while writing the run: the path, the errno, and that the
+    records and checkpoints written before it are intact (every write is atomic or an fsynced
+    append, which a resume repairs)."""
+    where = error.filename or run_dir
+    return StorageError(f"{where}: {os_error_text(error)}; the run stopped there and nothing it had "
+                        "written was lost: fix the cause (free space, a writable mount, permissions) and rerun "
+                        "the same command to resume")
 
 
 def _open_run(run: RunDirectory, cfg: TrainConfig, force: bool,
@@ -510,7 +510,7 @@ def _open_run(run: RunDirectory, cfg: TrainConfig, force: bool,
     summary if the run has finished."""
     held.enter_context(run.lock())
     state = run.create(cfg.to_dict(), force=force, defaults=TrainConfig.defaults())
-    done = run.read_summary() if state == "resume" else None
+    done = run.finished_summary() if state == "resume" else None
     if state == "resume" and done is None:
         run.prepare_resume()
     return state, done

@@ -37,7 +37,7 @@ def test_round_trip(tmp_path: Path, suffix: str) -> None:
     assert same_weights(loaded.model, model) and loaded.model is not model
     assert float(loaded.model.blocks[0][2].running_mean.abs().sum()) > 0
     assert loaded.format == ("safetensors" if suffix == ".safetensors" else "torch")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["SHA256SUMS", path.name]  # no temporary files left
 
 
 def test_pt_payload_is_weights_only_loadable(tmp_path: Path) -> None:
@@ -76,7 +76,7 @@ def test_bad_extra_is_refused_and_old_file_kept(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="must end in"):
         save_checkpoint(tmp_path / "m.bin", trained_model(), spec=SPEC)
     assert load_checkpoint(path).extra == {"v": 1}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["SHA256SUMS", "m.safetensors"]
 
 
 class Exploit:
@@ -119,12 +119,33 @@ def test_unsafe_load_accepts_a_whole_pickled_module(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
 def test_truncated_files(tmp_path: Path, suffix: str) -> None:
-    path = save_checkpoint(tmp_path / f"m{suffix}", trained_model(), spec=SPEC)
+    """Without a checksum the parser itself reports the damage; with one, the checksum does first."""
+    path = save_checkpoint(tmp_path / f"m{suffix}", trained_model(), spec=SPEC, checksum=False)
     data = path.read_bytes()
     for cut in (0, 5, len(data) // 2, len(data) - 3):
         path.write_bytes(data[:cut])
         with pytest.raises(CheckpointError, match=r"m\.\w+: truncated or corrupt"):
             load_checkpoint(path)
+    path = save_checkpoint(path, trained_model(), spec=SPEC)
+    path.write_bytes(data[:len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"m\.\w+: corrupt file: its SHA-256"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_a_flipped_bit_is_a_corrupt_file_and_random_bytes_are_not_called_unsafe(tmp_path: Path, suffix: str) -> None:
+    path = save_checkpoint(tmp_path / f"m{suffix}", trained_model(), spec=SPEC)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt file"):
+        load_checkpoint(path)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
+                                         dtype=torch.uint8).tolist()))
+    with pytest.raises(CheckpointError, match="truncated or corrupt") as info:
+        load_checkpoint(junk)
+    assert "unsafe" not in str(info.value) and "arbitrary code" not in str(info.value)
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ Two steps with momentum 0.9, float64; the ranks must agree exactly and match to 
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
@@ -66,8 +67,14 @@ def run_steps(net: nn.Module, opt: SAM, x: Tensor, y: Tensor, case: str) -> None
 
 
 def worker(rank: int, folder: str) -> None:
+    """Both ranks step every case, then tear down in a fixed order: a barrier (no rank shuts its
+    gloo connections while the other still reads from them), the DDP wrappers and optimizers freed
+    (their reducers release the group while it is alive, not during interpreter exit), then
+    ``destroy_process_group``. Without that order a rank could abort ("terminate called without an
+    active exception") depending on which process reached its teardown first."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2)
+    held: list[object] = []
     try:
         x, y = union()
         half = slice(4 * rank, 4 * rank + 4)
@@ -75,10 +82,15 @@ def worker(rank: int, folder: str) -> None:
         for case in CASES:
             ddp = nn.parallel.DistributedDataParallel(model())
             opt = sam(ddp.parameters(), None if case == "synced-ascent" else ddp)
+            held += [ddp, opt]
             run_steps(ddp, opt, x[half], y[half], case)
             out[case] = [p.detach().clone() for p in ddp.module.parameters()]
         torch.save(out, Path(folder) / f"rank{rank}.pt")
+        dist.barrier()
     finally:
+        del held[:]
+        ddp = opt = None  # type: ignore[assignment]
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -108,7 +108,7 @@ def test_two_gloo_ranks_train_like_one_process_and_only_rank0_writes(tmp_path: P
     for name, reference in references.items():
         run, ref = RunDirectory(tmp_path / "ranks" / name), RunDirectory(tmp_path / "single" / name)
         assert sorted(p.name for p in run.path.iterdir()) == sorted(p.name for p in ref.path.iterdir())
-        assert [p.name for p in run.checkpoint_dir.iterdir()] == ["step-00000006.pt"]
+        assert sorted(p.name for p in run.checkpoint_dir.iterdir()) == ["SHA256SUMS", "step-00000006.pt"]
         measured = lambda recs: [r for r in recs if r.get("kind", "measurement") == "measurement"]  # noqa: E731
         records, expected = measured(run.read_metrics()), measured(ref.read_metrics())
         assert [r["step"] for r in records] == [r["step"] for r in expected] == [0, 3, 6]

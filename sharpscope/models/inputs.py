@@ -1,0 +1,62 @@
+"""What input a model takes, and the check that a data set fits it before any work starts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from sharpscope.errors import ConfigError, SharpscopeError
+from sharpscope.validation import check_int
+
+_CONV_SHAPES = {nn.Conv1d: "(N, {c}, L)", nn.Conv2d: "(N, {c}, H, W)", nn.Conv3d: "(N, {c}, D, H, W)"}
+
+
+def expected_input(model: nn.Module) -> str:
+    """Words for the input the model's first layer takes, e.g. ``"(N, 3, H, W) for its first layer
+    Conv2d(3 → 16)"``; a generic phrase when the first layer is not a linear, convolution or
+    embedding layer."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            return f"(N, {m.in_features}) for its first layer Linear({m.in_features} → {m.out_features})"
+        for cls, shape in _CONV_SHAPES.items():
+            if isinstance(m, cls):
+                return f"{shape.format(c=m.in_channels)} for its first layer {cls.__name__}({m.in_channels} → {m.out_channels})"
+        if isinstance(m, nn.Embedding):
+            return f"integer ids below {m.num_embeddings} for its first layer Embedding"
+    return f"the input of {type(model).__name__}"
+
+
+def check_model_fits(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor, *,
+                     name: str = "the data", k: int | None = None) -> None:
+    """Raise a one-line :mod:`sharpscope.errors` exception now, before any measurement or file,
+    when the model cannot work on ``(x, y)``: ``k`` above the number of trainable parameters,
+    inputs the model cannot take (one forward pass on two examples; the message names the input the
+    model expects and the data's shape), a loss that fails, or an integer label outside the
+    model's outputs."""
+    from sharpscope.curvature import Objective
+
+    if x.ndim < 1 or x.shape[0] < 1:
+        raise ConfigError(f"{name} has inputs of shape {tuple(x.shape)}: no examples along the first axis")
+    objective = Objective(model, loss_fn, (x[:2], y[:2]), validate=False)
+    if k is not None and check_int("k", k, low=1) > objective.dim:
+        raise ConfigError(f"k={k} exceeds the number of trainable parameters ({objective.dim})")
+    batch = objective.batches[0]
+    shape = f"{tuple(x.shape[1:])} per example (batch {tuple(batch.x.shape)})"
+    with torch.no_grad(), objective.mode():
+        try:
+            out = model(batch.x)
+        except SharpscopeError:
+            raise
+        except Exception as e:  # a conv/matmul/reshape error: the shapes do not fit
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(f"the model expects inputs {expected_input(model)}, but {name} has inputs of shape "
+                              f"{shape} ({first})") from None
+        if not isinstance(out, Tensor):
+            raise ConfigError(f"the model returned a {type(out).__name__} on {name}, not a tensor of outputs")
+        objective.output_loss(out, batch)
+    if not y.is_floating_point() and out.ndim == 2:
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or high >= out.shape[1]:
+            raise ConfigError(f"{name} has labels {low}..{high} but the model has {out.shape[1]} outputs")

@@ -1,0 +1,137 @@
+"""The command line under faults: every bad input is one line and exit code 1 before any work;
+a diverged run exits 3, an interrupted one 130 (and resumes); a disk error is one line."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from faults_helpers import ENV, SCRIPT, TIMEOUT
+from sharpscope.io import save_checkpoint
+from sharpscope.models import ModelSpec
+from sharpscope.track import RunDirectory
+from sharpscope_cli.main import app
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def one_line_error(code: int, output: str, *needles: str) -> None:
+    assert code == 1, output
+    assert output.startswith("error: ") and output.count("\n") == 1 and "Traceback" not in output, output
+    for needle in needles:
+        assert needle in output, (needle, output)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("inputs")
+    torch.manual_seed(0)
+    cnn = ModelSpec("cnn", {"in_channels": 1, "num_classes": 10, "channels": [4], "image_size": 8})
+    mlp = ModelSpec("mlp", {"in_features": 40, "num_classes": 10, "widths": [8]})
+    (folder / "factory_mod.py").write_text(
+        "from sharpscope.models import ModelSpec\n"
+        "def wide():\n    return ModelSpec('mlp', {'in_features': 12, 'num_classes': 10, 'widths': [8]}).build()\n")
+    x = torch.randn(16, 40, generator=torch.Generator().manual_seed(0))
+    np.savez(folder / "flat.npz", x=x[:, 0].numpy(), y=np.arange(16) % 10)
+    np.savez(folder / "huge.npz", x=np.full((16, 40), 1e300), y=np.arange(16) % 10)
+    return {"folder": folder, "cnn": save_checkpoint(folder / "cnn.safetensors", cnn.build(), spec=cnn),
+            "mlp": save_checkpoint(folder / "mlp.safetensors", mlp.build(), spec=mlp)}
+
+
+def test_probe_checks_that_the_model_takes_the_data_before_measuring(files: dict[str, Path]) -> None:
+    one_line_error(*cli("probe", str(files["cnn"]), "--data", "mnist1d", "--n", "8"),
+                   "(N, 1, H, W)", "Conv2d", "(40,) per example")
+    one_line_error(*cli("probe", str(files["mlp"]), "--data", f"npz:{files['folder'] / 'flat.npz'}"),
+                   "(N, 40)", "shape () per example")
+    cwd = os.getcwd()
+    os.chdir(files["folder"])
+    try:
+        one_line_error(*cli("probe", str(files["mlp"]), "--data", "mnist1d", "--n", "8", "--model", "factory_mod:wide"),
+                       "does not fit")
+        one_line_error(*cli("probe", str(files["mlp"]), "--data", "mnist1d", "--model", ".factory_mod:wide"),
+                       "relative module paths are not supported")
+    finally:
+        os.chdir(cwd)
+    one_line_error(*cli("probe", str(files["mlp"]), "--data", f"npz:{files['folder'] / 'huge.npz'}"),
+                   "1e+300", "overflow float32")  # the data files are stored as float32
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--seed", "99999999999999999999"), "seed must be an integer in [0, 18446744073709551615]"),
+    (("--device", "meta"), "not meta"),
+    (("--tol", "1e300"), "tol must be in (0.0, 1.0)"),
+    (("--tol", "inf"), "tol must be finite"),
+    (("--trace", "--trace-matvecs", "4"), "Hutch++ needs num_matvecs >= 6"),
+])
+def test_probe_options_are_checked_before_any_product(files: dict[str, Path], args: tuple[str, ...],
+                                                      needle: str) -> None:
+    one_line_error(*cli("probe", str(files["mlp"]), "--data", "mnist1d", "--n", "8", *args), needle)
+
+
+def test_train_and_landscape_options_are_checked_before_any_work(tmp_path: Path, files: dict[str, Path]) -> None:
+    out = tmp_path / "run"
+    deep = "[" * 40 + "]" * 40
+    for args, needle in [(("--set", "seed=99999999999999999999"), "seed must be an integer in"),
+                         (("--set", "device=meta"), "not meta"),
+                         (("--set", f"optimizer_kwargs.lr={deep}"), "more than 32 levels deep"),
+                         (("--set", "tol=1e300"), "tol must be in (0.0, 1.0)")]:
+        one_line_error(*cli("train", "eos-gd", "--out", str(out), *args), needle)
+        assert not out.exists()
+    existing = tmp_path / "a-file"
+    existing.write_text("mine")
+    one_line_error(*cli("landscape", str(files["mlp"]), "--data", "mnist1d", "--out", str(existing)),
+                   "exists and is not a folder")
+    one_line_error(*cli("landscape", str(files["mlp"]), "--data", "mnist1d", "--out", str(existing / "sub")),
+                   "is a file")
+    one_line_error(*cli("landscape", str(files["mlp"]), "--data", "mnist1d", "--out", str(tmp_path / "s"),
+                        "--alphas", "0:1:2000000000"), "GiB", "use fewer points")
+    assert existing.read_text() == "mine" and not (tmp_path / "s").exists()
+
+
+def test_a_diverged_run_exits_3_and_says_so(tmp_path: Path) -> None:
+    args = ("train", "eos-gd", "--out", str(tmp_path / "run"), "--set", "model.kwargs.activation=relu",
+            "--set", "optimizer_kwargs.lr=50", "--set", "trace=false", "--set", "steps=30")
+    code, output = cli(*args)
+    assert code == 3 and "diverged at step" in output and "non-finite loss" in output, output
+    assert RunDirectory(tmp_path / "run").read_summary()["status"] == "diverged"
+    code, output = cli(*args)  # the finished run again: still diverged, still 3
+    assert code == 3 and "already complete" in output
+
+
+def test_a_disk_error_is_one_line_with_the_errno(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fsync", full)
+    one_line_error(*cli("train", "eos-gd", "--out", str(tmp_path / "run")), "No space left on device (ENOSPC)",
+                   "nothing it had written was lost", "rerun the same command to resume")
+
+
+def test_ctrl_c_exits_130_with_one_line_and_the_rerun_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    command = [str(SCRIPT), "train", "eos-gd", "--scale", "smoke", "--out", str(out)]
+    victim = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run, deadline = RunDirectory(out), time.monotonic() + TIMEOUT
+    while (run.latest_checkpoint() or (0, None))[0] < 10:
+        assert victim.poll() is None, victim.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    victim.send_signal(signal.SIGINT)
+    stdout, stderr = victim.communicate(timeout=TIMEOUT)
+    assert victim.returncode == 130 and stdout == "", stderr
+    assert stderr.startswith("interrupted") and stderr.count("\n") == 1, stderr
+    again = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=TIMEOUT)
+    assert again.returncode == 0 and "resumed from step" in again.stdout, again.stderr
