@@ -3,9 +3,9 @@
 Each panel shows, against the step, the λ_max of the step's own mini-batch (dots) and of the probe set
 (line), and the edge that applies to the run's optimizer computed from the gradient norm SAM normalised
 (dashed): the SAM-edge for ρ > 0 (with heavy-ball momentum in its momentum form), and for ρ = 0 the
-edge of plain or momentum SGD, which is what the SAM-edge reduces to. Solid thin lines are rolling
-medians of 10 checkpoints, the smoothing the tracking criterion uses. A run whose optimizer has no
-derived edge draws none.
+edge of plain or momentum SGD, which is what the SAM-edge reduces to. The tracking criterion smooths
+the ratios with a rolling median of 10 checkpoints; the data (:func:`minibatch_data`) hold those
+rolling medians. A run whose optimizer has no derived edge draws none.
 """
 
 from __future__ import annotations
@@ -59,11 +59,9 @@ def minibatch_figure(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str]
     for ax, run in zip(axes, data):
         t = run["steps"]
         ax.plot(t, run["lambda_batch"], "o", ms=2.5, alpha=0.45, color=color(0), label="λ_max, step's batch")
-        ax.plot(t, run["lambda_batch_rolling"], "-", lw=1.2, color=color(0))
         ax.plot(t, run["lambda_full"], "-", lw=1.5, color=color(1), label="λ_max, probe set")
         if run["edge_batch"] is not None:
-            ax.plot(t, run["edge_batch"], "--", lw=1, alpha=0.6, color=color(3), label=run["edge_name"])
-            ax.plot(t, run["edge_batch_rolling"], "-", lw=1, color=color(3))
+            ax.plot(t, run["edge_batch"], "--", lw=1.2, color=color(3), label=run["edge_name"])
         ax.set_yscale("log")
         label_axes(ax, "step", "eigenvalue", title=run["label"])
         legend(ax)

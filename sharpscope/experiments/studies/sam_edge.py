@@ -66,7 +66,9 @@ def _sam_evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
                          "checkpoints after it first reaches 0.9, in every seed, for some pairing of sharpness and "
                          "gradient norm; "
                          "the ρ = 0 control's λ against its own edge (2/η or (2+2β)/η) reported beside it",
-            "verdict": ("holds" if "batch/batch" in pairs else "partly" if pairs else "does not hold at this scale")}
+            "verdict": ("holds" if "batch/batch" in pairs else "partly" if pairs else
+                        "does not hold at this scale" if control_tracks else
+                        "not demonstrated (the control does not reach its own edge either)")}
     return out
 
 
