@@ -120,6 +120,7 @@ def sharpness_figure(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str]
         lo, hi = RATIO_BAND
         ax.axhspan(lo, hi, color="0.85", alpha=0.6, linewidth=0, label=f"band [{lo}, {hi}]").set_gid("band")
         ax.axhline(1.0, color="0.3", linewidth=0.8).set_gid("unit")
+    drawn_gd: list[np.ndarray] = []  # 2/η reference lines drawn so far (one per distinct η)
     for i, item in enumerate(items):
         c = color(i)
         steps = item["steps"]
@@ -132,11 +133,18 @@ def sharpness_figure(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str]
                               markersize=3, label=_name_item(item, text + ("/edge" if ratio else ""), several))
             line.set_gid(f"lambda{j + 1}")
         if not ratio:
-            if item["edge"] is not None:
-                (line,) = ax.plot(steps, item["edge"], color=c, linestyle=(0, (5, 2)), linewidth=1.0, alpha=0.8,
-                                  label=_name_item(item, EDGE_NAMES.get(item["rule"] or "", "edge"), several))
+            gd = np.asarray(item["gd_edge"], dtype=float)
+            edge = None if item["edge"] is None else np.asarray(item["edge"], dtype=float)
+            is_gd = edge is not None and edge.shape == gd.shape and np.allclose(edge, gd, rtol=1e-12, equal_nan=True)
+            if edge is not None:  # SAM with ρ = 0 is gradient descent: its edge is 2/η, named so
+                name = "2/η" if is_gd else EDGE_NAMES.get(item["rule"] or "", "edge")
+                (line,) = ax.plot(steps, edge, color=c, linestyle=(0, (5, 2)), linewidth=1.0, alpha=0.8,
+                                  label=_name_item(item, name, several))
                 line.set_gid("edge")
-            if item["rule"] != "gd_edge" and np.isfinite(item["gd_edge"]).any():
+            if is_gd or any(d.shape == gd.shape and np.allclose(d, gd, equal_nan=True) for d in drawn_gd):
+                drawn_gd.append(gd)  # the same 2/η line is drawn already
+            elif item["rule"] != "gd_edge" and np.isfinite(gd).any():
+                drawn_gd.append(gd)
                 (line,) = ax.plot(steps, item["gd_edge"], color=c, linestyle=(0, (1, 2)), linewidth=0.9,
                                   alpha=0.7, label=_name_item(item, "2/η", several))
                 line.set_gid("gd_edge")
