@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 
-from faults_helpers import reference_records
 from sharpscope.track import TrainConfig
+from tests.faults.faults_helpers import reference_records
+
+collect_ignore = ["killer.py"]  # a script the kill tests run in a child process, not a test module
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from faults_helpers import ENV, SCRIPT, TIMEOUT
+from tests.faults.faults_helpers import ENV, SCRIPT, TIMEOUT
 from sharpscope.io import save_checkpoint
 from sharpscope.models import ModelSpec
 from sharpscope.track import RunDirectory

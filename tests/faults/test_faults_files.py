@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from faults_helpers import flip_bit, same_records, tiny
+from tests.faults.faults_helpers import flip_bit, same_records, tiny
 from sharpscope.errors import CheckpointError
 from sharpscope.io import load_checkpoint, read_checkpoint
 from sharpscope.track import RunDirectory, train

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from faults_helpers import run_killer, same_records, tiny
+from tests.faults.faults_helpers import run_killer, same_records, tiny
 from sharpscope.track import RunDirectory, train
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sharpscope.io.atomic as atomic
-from faults_helpers import flip_bit, tiny
+from tests.faults.faults_helpers import flip_bit, tiny
 from sharpscope.errors import SharpscopeError
 from sharpscope.track import RunDirectory, train
 from sharpscope.track.jsonsafe import without_timings

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from faults_helpers import same_records, tiny
+from tests.faults.faults_helpers import same_records, tiny
 from sharpscope.errors import ConfigError, StorageError
 from sharpscope.track import RunDirectory, train
 from sharpscope.track import runner
