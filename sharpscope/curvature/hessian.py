@@ -177,6 +177,9 @@ class HessianOperator(LinearOperator):
     def _decide_cache(self) -> None:
         """Cache every batch's graph when their estimated memory fits in half the free memory."""
         self._cache_pending = False
+        if self.objective.streamed:  # a streamed probe set is read afresh for each product, never kept
+            self.selection["cache_graphs"] = {"chosen": False, "reason": "streamed probe set"}
+            return
         params = self._params()
         with self._backend_settings(), self.objective.mode():
             first, nbytes = measured_gradient_graph(self.objective, params, self.objective.batches[0])

@@ -46,7 +46,7 @@ def check_model_fits(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tenso
     shape = f"{tuple(x.shape[1:])} per example (batch {tuple(batch.x.shape)})"
     with torch.no_grad(), objective.mode():
         try:
-            out = model(batch.x)
+            out = objective.output_fn(model(batch.x))  # the objective's output adapter (e.g. ``.logits``)
         except SharpscopeError:
             raise
         except Exception as e:  # a conv/matmul/reshape error: the shapes do not fit

@@ -122,7 +122,10 @@ def test_a_disk_error_is_one_line_with_the_errno(tmp_path: Path, monkeypatch: py
 
 def test_ctrl_c_exits_130_with_one_line_and_the_rerun_resumes(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    command = [str(SCRIPT), "train", "eos-gd", "--scale", "smoke", "--out", str(out)]
+    # long enough (1 000 steps, measured every 100) that the run cannot end between the checkpoint at
+    # step 10 being seen and the signal arriving, however loaded the machine
+    command = [str(SCRIPT), "train", "eos-gd", "--scale", "smoke", "--out", str(out), "--set", "steps=1000",
+               "--set", "measure_every=100"]
     victim = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run, deadline = RunDirectory(out), time.monotonic() + TIMEOUT
     while (run.latest_checkpoint() or (0, None))[0] < 10:
