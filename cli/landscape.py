@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -20,14 +20,18 @@ from rich.console import Console
 from sharpscope.curvature import Objective
 from sharpscope.data import resolve_data
 from sharpscope.errors import ConfigError
-from sharpscope.io import load_checkpoint
+from sharpscope.io import jsonsafe, load_checkpoint
 from sharpscope.landscape import (
-    covering_grid, eigen_directions, interpolation_direction, pca_directions, random_directions,
-    slice_1d, slice_2d,
+    covering_grid,
+    eigen_directions,
+    interpolation_direction,
+    pca_directions,
+    random_directions,
+    slice_1d,
+    slice_2d,
 )
-from sharpscope.losses import get_loss
-from sharpscope.io import jsonsafe
 from sharpscope.landscape.grid import check_grid_memory
+from sharpscope.losses import get_loss
 from sharpscope.parallel import resolve_device
 from sharpscope.validation import check_output_dir, check_seed, check_tol
 
@@ -81,30 +85,30 @@ def landscape_cmd(
     data: Annotated[str, typer.Option(help="mnist1d, cifar10:DIR_OR_NPZ, cifar100:DIR, mnist:NPZ or npz:PATH (arrays x, y).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder: slice.npz, slice.json and the figures (PNG, PDF, JSON).")],
     directions: Annotated[DirectionKind, typer.Option(help="eig: top Hessian eigenvectors; random: filter-normalised random; pca: principal directions of --iterate checkpoints; interp: the line to --other.")] = DirectionKind.random,
-    dims: Annotated[Optional[int], typer.Option(help="1 or 2 (default 2; interp is 1-D).")] = None,
-    alphas: Annotated[Optional[str], typer.Option(help="First axis START:STOP:NUM (default -1:1:21; interp -0.5:1.5:21; pca: around the path).")] = None,
-    betas: Annotated[Optional[str], typer.Option(help="Second axis START:STOP:NUM (2-D; defaults as --alphas).")] = None,
-    other: Annotated[Optional[Path], typer.Option(help="interp: the checkpoint at t = 1.")] = None,
-    iterate: Annotated[Optional[list[Path]], typer.Option("--iterate", help="A run's checkpoint (or a folder of them, sorted by name); repeatable. pca: the iterates whose principal directions span the slice; 2-D: their projected path is drawn.")] = None,
+    dims: Annotated[int | None, typer.Option(help="1 or 2 (default 2; interp is 1-D).")] = None,
+    alphas: Annotated[str | None, typer.Option(help="First axis START:STOP:NUM (default -1:1:21; interp -0.5:1.5:21; pca: around the path).")] = None,
+    betas: Annotated[str | None, typer.Option(help="Second axis START:STOP:NUM (2-D; defaults as --alphas).")] = None,
+    other: Annotated[Path | None, typer.Option(help="interp: the checkpoint at t = 1.")] = None,
+    iterate: Annotated[list[Path] | None, typer.Option("--iterate", help="A run's checkpoint (or a folder of them, sorted by name); repeatable. pca: the iterates whose principal directions span the slice; 2-D: their projected path is drawn.")] = None,
     normalization: Annotated[str, typer.Option(help="random: filter or layer normalisation.")] = "filter",
     include_bn_bias: Annotated[bool, typer.Option("--include-bn-bias", help="random: also perturb biases and normalisation parameters.")] = False,
-    n: Annotated[Optional[int], typer.Option(help="Keep the first N examples.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="module:factory returning the nn.Module, for checkpoints without a model spec.")] = None,
+    n: Annotated[int | None, typer.Option(help="Keep the first N examples.")] = None,
+    model: Annotated[str | None, typer.Option(help="module:factory returning the nn.Module, for checkpoints without a model spec.")] = None,
     loss: Annotated[str, typer.Option(help="ce, mse (½‖f−e_y‖² summed over outputs) or mse-mean.")] = "ce",
     bn: Annotated[str, typer.Option(help="BatchNorm: eval (running stats) or batch (stats of each fixed batch).")] = "eval",
     batch_size: Annotated[int, typer.Option(help="Examples per batch (memory).")] = 1000,
     chunk_size: Annotated[int, typer.Option(help="Grid points evaluated together in one vmapped pass (memory).")] = 16,
     method: Annotated[str, typer.Option(help="auto (time vmap and loop on a few points, keep the faster), vmap or loop.")] = "auto",
     tol: Annotated[float, typer.Option(help="eig: relative Ritz residual at which Lanczos stops.")] = 1e-3,
-    max_iter: Annotated[Optional[int], typer.Option(help="eig: Lanczos step limit.")] = None,
+    max_iter: Annotated[int | None, typer.Option(help="eig: Lanczos step limit.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     dtype: Annotated[str, typer.Option(help="float32 or float64.")] = "float32",
     allow_tf32: Annotated[bool, typer.Option("--allow-tf32", help="Let CUDA use TF32.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the random directions and of Lanczos.")] = 0,
     figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Also write the figures.")] = True,
     log: Annotated[bool, typer.Option("--log/--linear", help="2-D figures: log10 of the loss (far from the center it grows by orders of magnitude) or the loss itself.")] = True,
-    vmax: Annotated[Optional[float], typer.Option(help="2-D figures: clip the loss at this value.")] = None,
-    caption: Annotated[Optional[str], typer.Option(help="Caption stored in each figure's JSON.")] = None,
+    vmax: Annotated[float | None, typer.Option(help="2-D figures: clip the loss at this value.")] = None,
+    caption: Annotated[str | None, typer.Option(help="Caption stored in each figure's JSON.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite slice files already in --out.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result's record as one JSON object.")] = False,
     unsafe_load: Annotated[bool, typer.Option("--unsafe-load", help="Allow pickles that run code when loaded. Only for files you trust.")] = False,

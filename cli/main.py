@@ -10,23 +10,22 @@ from contextlib import contextmanager
 from enum import Enum
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import torch
 import typer
 from rich.console import Console
 from rich.table import Table
+from sharpscope_cli.probe_outputs import check_outputs, density_text, write_outputs
+from sharpscope_cli.progress import ProgressLines
 
 from sharpscope.curvature import PerLayerCurvature
 from sharpscope.data import resolve_data
 from sharpscope.errors import SharpscopeError, os_error_text
 from sharpscope.io import load_checkpoint, save_checkpoint
 from sharpscope.losses import get_loss
-from sharpscope.parallel import init_distributed, rank, shard_dataset, sharding
+from sharpscope.parallel import init_distributed, rank, resolve_device, shard_dataset, sharding
 from sharpscope.probe import ProbeReport, ProbeSettings, probe
-from sharpscope.parallel import resolve_device
-from sharpscope_cli.probe_outputs import check_outputs, density_text, write_outputs
-from sharpscope_cli.progress import ProgressLines
 
 EXIT_CODES = "Exit codes: 0 completed, 1 error (one line on stderr), 3 training diverged, 130 interrupted."
 app = typer.Typer(help=f"Measure the sharpness of neural-network loss landscapes.\n\n{EXIT_CODES}",
@@ -179,7 +178,7 @@ def emit(report: ProbeReport, title: str, as_json: bool, extra: dict[str, Any]) 
             out.print(layers_table(report.per_layer))
 
 
-def load_model(checkpoint: Path, model: Optional[str], unsafe_load: bool) -> torch.nn.Module:
+def load_model(checkpoint: Path, model: str | None, unsafe_load: bool) -> torch.nn.Module:
     """The probed model: a Hugging Face model for ``hf:PATH`` (weights from the checkpoint unless it is
     that model's own folder), else the checkpoint with its spec or ``module:factory``."""
     if model is not None and model.startswith("hf:"):
@@ -194,8 +193,8 @@ def load_model(checkpoint: Path, model: Optional[str], unsafe_load: bool) -> tor
 def probe_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint: .safetensors, or .pt/.pth/.ckpt (loaded weights-only).")],
     data: Annotated[str, typer.Option(help="mnist1d, cifar10:DIR_OR_NPZ, cifar100:DIR, mnist:NPZ, npz:PATH (arrays x, y) or text:PATH (64-byte windows, next-byte targets).")],
-    n: Annotated[Optional[int], typer.Option(help="Keep the first N examples as the probe set.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="module:factory returning the nn.Module, for checkpoints without a model spec; hf:CONFIG_OR_FOLDER for a Hugging Face causal LM (a local config.json or a saved model folder; extra hf).")] = None,
+    n: Annotated[int | None, typer.Option(help="Keep the first N examples as the probe set.")] = None,
+    model: Annotated[str | None, typer.Option(help="module:factory returning the nn.Module, for checkpoints without a model spec; hf:CONFIG_OR_FOLDER for a Hugging Face causal LM (a local config.json or a saved model folder; extra hf).")] = None,
     loss: Annotated[Loss, typer.Option(help="ce: mean cross entropy; mse: ½‖f−e_y‖² summed over outputs; mse-mean: mean over outputs; token-ce: mean cross entropy over tokens (language models, --data text:PATH).")] = Loss.ce,
     k: Annotated[int, typer.Option(help="Number of top eigenvalues.")] = 1,
     negative: Annotated[bool, typer.Option("--negative", help="Also the most negative eigenvalue.")] = False,
@@ -206,7 +205,7 @@ def probe_cmd(
     batch_size: Annotated[int, typer.Option(help="Examples per batch in each product (memory).")] = 1000,
     tol: Annotated[float, typer.Option(help="Lanczos stops when the relative Ritz residual (or, with --stop eigenvalue, the estimated relative eigenvalue error) is below this.")] = 1e-3,
     stop: Annotated[Stop, typer.Option(help="What --tol bounds: residual (eigenvalue and eigenvector) or eigenvalue (error bound r²/gap: fewer products, can stop early inside a near-degenerate pair).")] = Stop.residual,
-    max_iter: Annotated[Optional[int], typer.Option(help="Lanczos step limit (default max(100, 20k)).")] = None,
+    max_iter: Annotated[int | None, typer.Option(help="Lanczos step limit (default max(100, 20k)).")] = None,
     trace_method: Annotated[TraceMethod, typer.Option(help="Trace estimator.")] = TraceMethod.hutchpp,
     trace_matvecs: Annotated[int, typer.Option(help="HVP budget of the trace estimate.")] = 99,
     density_steps: Annotated[int, typer.Option(help="Lanczos steps per SLQ run.")] = 90,
@@ -215,14 +214,14 @@ def probe_cmd(
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     dtype: Annotated[DType, typer.Option(help="Arithmetic precision.")] = DType.float32,
     allow_tf32: Annotated[bool, typer.Option("--allow-tf32", help="Let CUDA use TF32 (about 1e-3 relative error).")] = False,
-    cache_graphs: Annotated[Optional[bool], typer.Option("--cache-graphs/--no-cache-graphs", help="Keep every batch's gradient graph between products (double backward; faster, needs the memory of all batches). Default: automatic, when the graphs fit in half the free memory.")] = None,
+    cache_graphs: Annotated[bool | None, typer.Option("--cache-graphs/--no-cache-graphs", help="Keep every batch's gradient graph between products (double backward; faster, needs the memory of all batches). Default: automatic, when the graphs fit in half the free memory.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of every random vector.")] = 0,
     per_layer: Annotated[bool, typer.Option("--per-layer", help="Also top eigenvalues (and trace, with --trace) of each layer's diagonal Hessian block.")] = False,
-    layer_depth: Annotated[Optional[int], typer.Option(help="With --per-layer: group by the first N components of the module path (blocks) instead of by module.")] = None,
+    layer_depth: Annotated[int | None, typer.Option(help="With --per-layer: group by the first N components of the module path (blocks) instead of by module.")] = None,
     unsafe_load: Annotated[bool, typer.Option("--unsafe-load", help="Allow pickles that run code when loaded. Only for files you trust.")] = False,
     operator: Annotated[Operator, typer.Option(help="Matrix to measure: hessian, ggn (generalised Gauss-Newton) or ef (empirical Fisher).")] = Operator.hessian,
-    out_file: Annotated[Optional[Path], typer.Option("--out", help="Also write the JSON result to FILE (with --density, the figure to FILE-density.png/.pdf/.json).")] = None,
-    eigenvectors: Annotated[Optional[Path], typer.Option("--eigenvectors", help="Save the top eigenvectors to FILE (.safetensors).")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="Also write the JSON result to FILE (with --density, the figure to FILE-density.png/.pdf/.json).")] = None,
+    eigenvectors: Annotated[Path | None, typer.Option("--eigenvectors", help="Save the top eigenvectors to FILE (.safetensors).")] = None,
 ) -> None:
     """Top eigenvalues, trace and spectral density of the loss Hessian (or GGN, empirical Fisher) at a checkpoint (optionally per layer)."""
     dev = resolve_device(device)
@@ -259,7 +258,7 @@ def probe_cmd(
 @clean_errors
 def demo(
     steps: Annotated[int, typer.Option(help="SGD steps (1,500 take a few seconds on two cores).")] = 1500,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Keep the checkpoint here (default: a temporary folder).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Keep the checkpoint here (default: a temporary folder).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
     seed: Annotated[int, typer.Option(help="Seed for training and probing.")] = 0,
 ) -> None:
@@ -288,14 +287,16 @@ def demo(
         err.print(f"checkpoint: {path}\nprobe it again: sharpscope probe {path} --data mnist1d --k 5 --trace")
 
 
-from sharpscope_cli.train import train_cmd  # noqa: E402  (the command lives in cli/train.py)
 from sharpscope_cli.reproduce import reproduce_cmd  # noqa: E402  (the command lives in cli/reproduce.py)
+from sharpscope_cli.train import train_cmd  # noqa: E402  (the command lives in cli/train.py)
 
 app.command("train")(clean_errors(train_cmd))
 from sharpscope_cli.landscape import landscape_cmd  # noqa: E402  (the command lives in cli/landscape.py)
+
 app.command("landscape")(clean_errors(landscape_cmd))
 app.command("reproduce")(clean_errors(reproduce_cmd))
 from sharpscope_cli.plot import plot_cmd  # noqa: E402
+
 app.command("plot")(clean_errors(plot_cmd))
 
 if __name__ == "__main__":

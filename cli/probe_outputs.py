@@ -11,9 +11,8 @@ from torch import nn
 from sharpscope.curvature import DensityResult
 from sharpscope.curvature.objective import select_parameters
 from sharpscope.errors import ConfigError
-from sharpscope.io import atomic_write_bytes, check_writable, save_eigenvectors
+from sharpscope.io import atomic_write_bytes, check_writable, jsonsafe, save_eigenvectors
 from sharpscope.probe import ProbeReport
-from sharpscope.io import jsonsafe
 
 LOG_FLOOR = 1e-6  # the text histogram's bars span masses from this fraction to 1, on a log scale
 

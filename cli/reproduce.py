@@ -6,13 +6,13 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
+from sharpscope_cli.train import Scale, err
 
 from sharpscope.experiments import parse_overrides
 from sharpscope.experiments.studies import STUDIES, run_study
-from sharpscope_cli.train import Scale, err
 
 
 def _stage_line(stage: str, summary: dict[str, Any]) -> None:
@@ -26,9 +26,9 @@ def reproduce_cmd(
     study: Annotated[str, typer.Argument(help=f"Study: {', '.join(STUDIES)}.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Study folder: one run directory per stage, data/, STUDY-summary.json. Rerunning resumes.")],
     scale: Annotated[Scale, typer.Option(help="smoke: seconds (plumbing); cpu: minutes on a CPU; gpu: the paper's setting.")] = Scale.smoke,
-    figures: Annotated[Optional[Path], typer.Option("--figures", help="Write the study's figures (PNG, PDF, JSON) and summary here.")] = None,
-    only: Annotated[Optional[list[str]], typer.Option("--only", help="Run only this stage (and the stages it starts from). Repeatable.")] = None,
-    option: Annotated[Optional[list[str]], typer.Option("--option", help="A study option KEY=VALUE, e.g. construction=clean+confusion for escape and label-noise. Repeatable.")] = None,
+    figures: Annotated[Path | None, typer.Option("--figures", help="Write the study's figures (PNG, PDF, JSON) and summary here.")] = None,
+    only: Annotated[list[str] | None, typer.Option("--only", help="Run only this stage (and the stages it starts from). Repeatable.")] = None,
+    option: Annotated[list[str] | None, typer.Option("--option", help="A study option KEY=VALUE, e.g. construction=clean+confusion for escape and label-noise. Repeatable.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the study summary as one JSON object.")] = False,
 ) -> None:
     """Run a reproduction study (several dependent training runs), check its claims, draw its figures."""

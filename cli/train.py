@@ -8,14 +8,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
 from sharpscope.experiments import RECIPES, get_recipe, parse_overrides
-from sharpscope.parallel import init_distributed, rank
-from sharpscope.parallel import resolve_device
+from sharpscope.parallel import init_distributed, rank, resolve_device
 from sharpscope.track import train
 from sharpscope.track.thresholds import bounded_sharpness
 
@@ -88,7 +87,7 @@ def train_cmd(
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory (config.json, metrics.jsonl, checkpoints/, summary.json). Rerunning the same command resumes a killed run.")],
     scale: Annotated[Scale, typer.Option(help="smoke: seconds (plumbing); cpu: minutes on a CPU; gpu: the paper's setting.")] = Scale.smoke,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing run directory (deletes its run files).")] = False,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config field, KEY=VALUE (JSON when it parses; dotted keys reach into dicts, e.g. optimizer_kwargs.lr=0.02). Repeatable.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config field, KEY=VALUE (JSON when it parses; dotted keys reach into dicts, e.g. optimizer_kwargs.lr=0.02). Repeatable.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object instead of one line.")] = False,
 ) -> None:
     """Run an experiment recipe (training with sharpness tracking) into a run directory.

@@ -13,12 +13,23 @@ from typing import Literal
 from torch import Tensor, nn
 
 from sharpscope.curvature import (
-    DensityResult, EigenResult, EmpiricalFisherOperator, GGNOperator, HessianOperator, LinearOperator, Objective,
-    PerLayerCurvature, TraceResult, lanczos, per_layer_curvature, slq_density, trace_estimator,
+    DensityResult,
+    EigenResult,
+    EmpiricalFisherOperator,
+    GGNOperator,
+    HessianOperator,
+    LinearOperator,
+    Objective,
+    PerLayerCurvature,
+    TraceResult,
+    lanczos,
+    per_layer_curvature,
+    slq_density,
+    trace_estimator,
 )
+from sharpscope.curvature.trace import check_trace_budget
 from sharpscope.errors import ConfigError
 from sharpscope.models.inputs import check_model_fits
-from sharpscope.curvature.trace import check_trace_budget
 from sharpscope.validation import check_int, check_seed, check_tol, offset_seed
 
 Progress = Callable[[str, int, int], None]

@@ -12,8 +12,8 @@ from sharpscope.track import RunDirectory
 
 
 def _records(lam: list[float], edge: list[float], loss: list[float], gd: float | None = None) -> list[dict]:
-    return [{"kind": "measurement", "step": 10 * i, "eigenvalues": [a], "train_loss": l,
-             "thresholds": {"edge": e, "gd_edge": gd if gd is not None else e}} for i, (a, e, l) in
+    return [{"kind": "measurement", "step": 10 * i, "eigenvalues": [a], "train_loss": ell,
+             "thresholds": {"edge": e, "gd_edge": gd if gd is not None else e}} for i, (a, e, ell) in
             enumerate(zip(lam, edge, loss))]
 
 

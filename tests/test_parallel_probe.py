@@ -20,13 +20,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from sharpscope_cli.main import app
 from typer.testing import CliRunner
 
 from sharpscope.errors import ConfigError, SharpscopeError
 from sharpscope.io import save_checkpoint
 from sharpscope.models import ModelSpec
 from sharpscope.parallel import on_rank0, shard_bounds, sharding, torchrun_env
-from sharpscope_cli.main import app
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -4,7 +4,7 @@ bisection on simulated 1-D quadratics that finds each divergence threshold indep
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings

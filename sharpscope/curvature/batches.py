@@ -10,7 +10,7 @@ its rows, and the same structure with new leaves.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor
@@ -41,8 +41,8 @@ def leaves(data: object) -> list[Tensor]:
     """The tensors of a batch, in a fixed order (mapping values in key order)."""
     if isinstance(data, Tensor):
         return [data]
-    values = data.values() if isinstance(data, Mapping) else data
-    return [v for v in values if isinstance(v, Tensor)]  # type: ignore[union-attr]
+    values = data.values() if isinstance(data, Mapping) else cast(Iterable[object], data)
+    return [v for v in values if isinstance(v, Tensor)]
 
 
 def rebuild(data: object, fn: Callable[[Tensor], Tensor]) -> object:
@@ -51,7 +51,7 @@ def rebuild(data: object, fn: Callable[[Tensor], Tensor]) -> object:
         return fn(data)
     if isinstance(data, Mapping):
         return {k: fn(v) if isinstance(v, Tensor) else v for k, v in data.items()}
-    out = [fn(v) if isinstance(v, Tensor) else v for v in data]  # type: ignore[union-attr]
+    out = [fn(v) if isinstance(v, Tensor) else v for v in cast(Iterable[object], data)]
     return tuple(out) if isinstance(data, tuple) else out
 
 

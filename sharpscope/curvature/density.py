@@ -43,8 +43,10 @@ def slq_density(op: LinearOperator, num_steps: int = 90, num_runs: int = 10, *, 
     for first in range(0, num_runs, run_block):
         r = min(run_block, num_runs - first)
         starts = torch.randn(op.dim, r, generator=gen, dtype=torch.float64).to(op.device, op.dtype)
-        a, b, n = lanczos_tridiagonals(op, starts, steps)
-        alphas.append(a), betas.append(b), lengths.append(n)
+        a, b, run_lengths = lanczos_tridiagonals(op, starts, steps)
+        alphas.append(a)
+        betas.append(b)
+        lengths.append(run_lengths)
     alpha, beta, length = torch.cat(alphas), torch.cat(betas), torch.cat(lengths)
 
     nodes = torch.zeros(num_runs, steps, dtype=torch.float64)

@@ -92,12 +92,12 @@ class OutputCurvatureOperator(LinearOperator):
         def outputs(p: dict[str, Tensor]) -> Tensor:
             return batch_outputs(objective, p, batch)
 
-        out, pullback = vjp(outputs, params)
+        out, pullback = vjp(outputs, params)[:2]
         out = out.detach()
         context = self._prepare(out, batch)
 
         def one(v: Tensor) -> Tensor:
-            _, u = jvp(outputs, (params,), (objective.unflatten(v),))
+            u = jvp(outputs, (params,), (objective.unflatten(v),))[1]
             (g,) = pullback(self._output_product(out, batch, u, context))
             return objective.flatten(g.values())
 
@@ -148,7 +148,10 @@ class GGNOperator(OutputCurvatureOperator):
     def _prepare(self, out: Tensor, batch: Batch) -> object:
         # ∇²_f ℓ_b is symmetric, so its product is the pullback of the output gradient (reverse over
         # reverse); forward mode through some losses' backward (mse_loss) fails in torch.func
-        _, pullback = vjp(grad(lambda o: output_loss(self.objective, o, batch)), out)
+        def loss_of(o: Tensor) -> Tensor:
+            return output_loss(self.objective, o, batch)
+
+        pullback = vjp(grad(loss_of), out)[1]
         return pullback
 
     def _output_product(self, out: Tensor, batch: Batch, U: Tensor, context: object = None) -> Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import Tensor
@@ -13,7 +13,7 @@ from sharpscope.curvature.distributed import from_rank0, sum_across_ranks
 from sharpscope.curvature.hvp import HVP_MODES, GradientGraph, apply_graph, gradient_graph, measured_gradient_graph
 from sharpscope.curvature.linear_operator import LinearOperator
 from sharpscope.curvature.memory import available_bytes
-from sharpscope.curvature.objective import Objective
+from sharpscope.curvature.objective import Batch, Objective
 from sharpscope.curvature.precision import fp32_precision
 from sharpscope.curvature.sampling import Stopwatch
 from sharpscope.errors import ConfigError, ObjectiveError
@@ -194,7 +194,8 @@ class HessianOperator(LinearOperator):
         if fits:
             try:
                 with self._backend_settings(), self.objective.mode():
-                    rest = [gradient_graph(self.objective, params, b) for b in self.objective.batches[1:]]
+                    batches = cast("list[Batch]", self.objective.batches)
+                    rest = [gradient_graph(self.objective, params, b) for b in batches[1:]]
             except torch.OutOfMemoryError:  # the estimate was too low: products without the cache
                 del first
                 torch.cuda.empty_cache()

@@ -64,7 +64,7 @@ def _fwd_rev(objective: Objective, params: dict[str, Tensor], batch: Batch, rows
     grad_fn = grad(loss)
 
     def one(v: Tensor) -> Tensor:
-        _, tangent = jvp(grad_fn, (params, constants), (objective.unflatten(v), zeros))
+        tangent = jvp(grad_fn, (params, constants), (objective.unflatten(v), zeros))[1]
         return objective.flatten(tangent.values())
 
     if rows.shape[0] == 1:

@@ -150,7 +150,8 @@ def per_layer_curvature(model: nn.Module, loss_fn: LossFn, data: object, *, grou
                         k: int = 1, tol: float = 1e-3, max_iter: int | None = None, trace: bool = False,
                         trace_method: str = "hutch++", trace_matvecs: int = 99, bn: BNMode = "eval",
                         batch_size: int | None = None, hvp_mode: HVPMode = "auto", block_size: int = 8,
-                        allow_tf32: bool = False, cache_graphs: bool = False, seed: int = 0,
+                        allow_tf32: bool = False, cache_graphs: bool | Literal["auto"] = False,
+                        seed: int = 0,
                         progress: Progress | None = None) -> PerLayerCurvature:
     """Top-``k`` eigenvalues (and, with ``trace``, the trace) of each group's diagonal Hessian block.
 

@@ -21,7 +21,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -36,7 +36,7 @@ from sharpscope.validation import check_cast
 BNMode = Literal["eval", "batch"]
 Reduction = Literal["mean", "sum"]
 Precision = Literal["upcast", "native"]
-LossFn = Callable[[object, object], Tensor]
+LossFn = Callable[[Any, Any], Tensor]  # (outputs, targets) of whatever structure the model produces
 ForwardFn = Callable[[nn.Module, object], object]
 OutputFn = Callable[[object], object]
 ClosureFn = Callable[[nn.Module, object], Tensor]
@@ -68,12 +68,12 @@ class Batch:
         return structure.is_pair(self.data)
 
     @property
-    def x(self) -> object:
+    def x(self) -> Any:
         """The model input of an ``(x, y)`` pair; the whole batch otherwise."""
         return self.data[0] if self.pair else self.data  # type: ignore[index]
 
     @property
-    def y(self) -> object:
+    def y(self) -> Any:
         """What ``loss_fn`` receives besides the output: ``y`` of a pair, the whole batch otherwise."""
         return self.data[1] if self.pair else self.data  # type: ignore[index]
 
@@ -246,7 +246,8 @@ class Objective:
         self.dtype = torch.float32 if upcast else self.param_dtype
         self._upcast = upcast
         self._state: dict[str, Tensor] = {}  # float32 copies of the rest of the model, inside mode()
-        self._apply = _Apply(model, closure or forward) if (closure or forward) is not None else None
+        apply_fn = closure or forward
+        self._apply = _Apply(model, apply_fn) if apply_fn is not None else None
         self.names = list(self.params)
         self.shapes = [p.shape for p in self.params.values()]
         self.numels = [p.numel() for p in self.params.values()]

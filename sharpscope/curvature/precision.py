@@ -18,7 +18,7 @@ def fp32_precision(allow_tf32: bool) -> Iterator[None]:
     if allow_tf32:
         yield
         return
-    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv  # type: ignore[attr-defined]  # not in torch's stubs
     saved = (matmul.fp32_precision, conv.fp32_precision)
     matmul.fp32_precision, conv.fp32_precision = "ieee", "ieee"
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ class EigenResult:
     settings: dict[str, object] = field(default_factory=dict)
     error_bounds: Tensor | None = None
 
-    def to_dict(self) -> dict[str, object]:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (eigenvectors left out)."""
         bounds = None if self.error_bounds is None else _floats(self.error_bounds)
         return {"eigenvalues": _floats(self.eigenvalues), "residuals": _floats(self.residuals),

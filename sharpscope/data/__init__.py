@@ -15,11 +15,11 @@ from sharpscope.data.cifar import (
 )
 from sharpscope.data.dataset import ArrayDataset
 from sharpscope.data.download import CIFAR10_SHA256, CIFAR10_URL, download_cifar10, extract_tar_safely
+from sharpscope.data.generic import npz
 from sharpscope.data.loaders import ShuffledLoader, batches
 from sharpscope.data.mnist import mnist_npz
 from sharpscope.data.mnist1d_gen import mnist1d
 from sharpscope.data.noise import confusion_set, fresh_label_noise, label_noise, step_generator
-from sharpscope.data.generic import npz
 from sharpscope.data.resolve import DATA_SPECS, resolve_data
 
 __all__ = [

@@ -56,7 +56,7 @@ _IMAGE = (32, 32, 3)
 _FEATURES = 32 * 32 * 3
 _CHUNK = 4096
 
-_LAYOUT = {
+_LAYOUT: dict[str, dict[str, Any]] = {
     "cifar10": {"subdir": "cifar-10-batches-py", "train": [f"data_batch_{i}" for i in range(1, 6)],
                 "test": ["test_batch"], "classes": {"labels": 10}},
     "cifar100": {"subdir": "cifar-100-python", "train": ["train"], "test": ["test"],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -87,7 +87,7 @@ class ShuffledLoader:
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serializable position of the loader (see the class docstring)."""
-        state = self._epoch_state if self._perm is not None else self.generator.get_state()
+        state = cast(Tensor, self._epoch_state) if self._perm is not None else self.generator.get_state()
         return {"epoch": self.epoch, "position": self._position, "generator_state": state.cpu().numpy().tobytes().hex(),
                 "num_examples": len(self.dataset), "batch_size": self.batch_size, "drop_last": self.drop_last}
 

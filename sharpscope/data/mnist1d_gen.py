@@ -8,6 +8,7 @@ the default seed 42. Generation takes a few seconds, so the arrays are cached as
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -73,13 +74,11 @@ def _load_arrays(seed: int) -> dict[str, np.ndarray]:
 
     def write(f) -> None:
         buf = io.BytesIO()
-        np.savez(buf, **arrays)
+        np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub matches **arrays against allow_pickle
         f.write(buf.getvalue())
 
-    try:
+    with contextlib.suppress(OSError):  # a read-only cache only costs the regeneration next time
         atomic_write(path, write)
-    except OSError:
-        pass  # a read-only cache only costs the regeneration next time
     return arrays
 
 

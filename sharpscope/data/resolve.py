@@ -9,9 +9,9 @@ from typing import Any
 
 from sharpscope.data.cifar import cifar10, cifar100
 from sharpscope.data.dataset import ArrayDataset
+from sharpscope.data.generic import npz
 from sharpscope.data.mnist import mnist_npz
 from sharpscope.data.mnist1d_gen import mnist1d
-from sharpscope.data.generic import npz
 from sharpscope.data.text import text_file
 from sharpscope.errors import ConfigError, DataError
 

@@ -131,7 +131,7 @@ def versus(a: Mapping[str, Any], b: Mapping[str, Any], matched: Mapping[str, Any
            a_arm: str = "", b_arm: str = "") -> dict[str, Any]:
     """Arm ``a`` against ``b``: lower tr(H) and higher test accuracy (:func:`accuracy_comparison`) at the
     end, lower tr(H)/L, and lower tr(H) at the lowest common loss level (when ``matched`` holds both arms)."""
-    out = {"trace": evidence.compare_seeds(_values(a["trace"]), _values(b["trace"]), lower_is_better=True),
+    out: dict[str, Any] = {"trace": evidence.compare_seeds(_values(a["trace"]), _values(b["trace"]), lower_is_better=True),
            "test_acc": accuracy_comparison(a, b),
            "trace_over_loss": evidence.compare_seeds(_values(a["trace_over_loss"]), _values(b["trace_over_loss"]),
                                                      lower_is_better=True)}
@@ -201,7 +201,7 @@ def escape_results(dirs: Mapping[str, Path]) -> dict[str, Any]:
                      else "does not hold at this scale"}
     main = ("best-sa", "best-rs")
     if all(a in summaries for a in main):
-        controls = [a for a in ("best-sa-rho0", "sgd") if a in summaries]
+        controls: list[str] = [a for a in ("best-sa-rho0", "sgd") if a in summaries]
         controls += [a for a in summaries if a.startswith("sgd-lr")]
         compared = {a: groups[a] for a in (*main, *controls)}
         matched = at_matched_loss(compared)

@@ -17,6 +17,7 @@ from typing import Any
 from matplotlib.figure import Figure as MplFigure
 
 from sharpscope.experiments.studies import STUDIES, summary_path
+from sharpscope.io import jsonsafe
 from sharpscope.io.atomic import atomic_write_bytes
 from sharpscope.plots.arms import arms_data, arms_figure
 from sharpscope.plots.minibatch import minibatch_data, minibatch_figure
@@ -30,7 +31,6 @@ from sharpscope.plots.trajectory import (
     trace_accuracy_data,
     trace_accuracy_figure,
 )
-from sharpscope.io import jsonsafe
 
 _KINDS: dict[str, tuple[Callable[..., MplFigure], Callable[..., dict[str, Any]]]] = {
     "sharpness": (sharpness_figure, sharpness_data),

@@ -229,7 +229,7 @@ def sam_edge_cnn(scale: str, *, rho: float = 0.1, smooth: bool = False) -> Train
     channels, size = (3, 32) if data["data"].startswith("cifar10") else (1, 28)
     if scale == "smoke":
         data["n"] = 32
-    cnn = {"name": "cnn", "kwargs": {"in_channels": channels, "num_classes": 10, "image_size": size,
+    cnn: dict[str, Any] = {"name": "cnn", "kwargs": {"in_channels": channels, "num_classes": 10, "image_size": size,
                                      "channels": [8, 16] if scale != "gpu" else [32, 64], "norm": "ln"}}
     if smooth:
         cnn["kwargs"].update(activation="gelu", pool="avg")
@@ -258,7 +258,7 @@ def sam_minibatch(scale: str, *, rho: float = 0.05, momentum: float = 0.0) -> Tr
     if data is None:
         raise ConfigError("sam-minibatch needs ../shared/data/cifar10_train16k.npz")
     data = {k: v for k, v in data.items() if not k.startswith("test_")}
-    cnn = {"name": "cnn", "kwargs": {"in_channels": 3, "num_classes": 10, "image_size": 32, "channels": widths,
+    cnn: dict[str, Any] = {"name": "cnn", "kwargs": {"in_channels": 3, "num_classes": 10, "image_size": 32, "channels": widths,
                                      "norm": "ln", "activation": "gelu", "pool": "avg"}}
     opt: dict[str, Any] = {"lr": 0.02, "rho": rho}
     if momentum:

@@ -200,7 +200,7 @@ def _read_safetensors(path: Path, map_location: Any) -> RawCheckpoint:
     try:
         with safe_open(str(path), framework="pt", device=str(map_location)) as f:
             meta = f.metadata() or {}
-            sd = {k: f.get_tensor(k) for k in f.keys()}
+            sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safetensors handle, not a dict)
     except Exception as e:  # SafetensorError, OSError, ...: all mean the file cannot be used
         raise CheckpointError(f"{path}: truncated or corrupt .safetensors file ({type(e).__name__}: {e})") from None
     try:

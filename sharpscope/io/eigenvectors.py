@@ -11,8 +11,8 @@ parameter.
 from __future__ import annotations
 
 import json
-import os
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path

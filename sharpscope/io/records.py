@@ -25,7 +25,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sharpscope.errors import DataError
 from sharpscope.io.jsonsafe import NONFINITE, decode, to_jsonable
@@ -89,6 +89,12 @@ class _Record:
     """Shared reading and writing of the typed records: typed fields, ``extra`` and the stored key order."""
 
     KIND: ClassVar[str]
+    if TYPE_CHECKING:  # the dataclass subclasses define these fields and the __init__ taking them
+        extra: dict[str, Any]
+        keys: tuple[str, ...]
+
+        def __init__(self, **fields: Any) -> None: ...
+
     _VECTORS: ClassVar[frozenset[str]] = frozenset()
     _DICTS: ClassVar[frozenset[str]] = frozenset()
 

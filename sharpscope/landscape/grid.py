@@ -130,7 +130,8 @@ def evaluate_points(objective: Objective, center: Tensor, directions: Tensor, co
     total = coords_t.shape[0]
     loss = torch.zeros(total, dtype=torch.float64)
     acc: Tensor | None = torch.zeros(total, dtype=torch.float64) if accuracy else None
-    chosen, selection = method, None
+    chosen: str = method
+    selection: dict[str, object] | None = None
     start = 0
     with torch.no_grad(), objective.mode(), fp32_precision(allow_tf32):
         if method == "auto":

@@ -24,11 +24,10 @@ from torch import Tensor
 from sharpscope.curvature import Objective
 from sharpscope.curvature.sampling import Stopwatch
 from sharpscope.errors import ConfigError, DataError
-from sharpscope.io import atomic_write, atomic_write_bytes
+from sharpscope.io import atomic_write, atomic_write_bytes, jsonsafe
 from sharpscope.landscape.directions import Directions, as_directions
 from sharpscope.landscape.grid import GridProgress, Method, evaluate_points
 from sharpscope.landscape.iterates import Source, expand_sources, parameter_vectors, project_path, source_names
-from sharpscope.io import jsonsafe
 
 FORMAT = "sharpscope-slice-1"
 _ARRAYS = ("alphas", "betas", "loss", "accuracy", "path", "path_residuals")
@@ -184,7 +183,7 @@ def slice_2d(objective: Objective, directions: Directions | Tensor, alphas: Sequ
         projected = project_path(d.vectors, objective.parameter_vector(), points)
     result = _evaluate(objective, d, axes, chunk_size=chunk_size, method=method, accuracy=accuracy,
                        allow_tf32=allow_tf32, progress=progress)
-    if projected is None:
+    if projected is None or path is None:  # a projection exists exactly when a path was given
         return result
     return replace(result, path=projected[0], path_residuals=projected[1],
                    path_labels=source_names(expand_sources(path)))

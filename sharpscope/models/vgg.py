@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -43,7 +44,7 @@ class VGG11(nn.Module):
             if isinstance(m, nn.Conv2d):
                 n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
                 nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / n))
-                nn.init.zeros_(m.bias)
+                nn.init.zeros_(cast(Tensor, m.bias))  # built with bias=True above
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))

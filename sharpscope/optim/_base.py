@@ -41,6 +41,7 @@ from sharpscope.validation import check_int, check_seed
 __all__ = ["maybe_no_sync", "PerturbedOptimizer", "TwoPassOptimizer"]
 
 Closure = Callable[[], Any]
+Tensors = list[Tensor] | tuple[Tensor, ...]  # what torch._foreach_* ops take (and return, as tuples)
 ExampleClosure = Callable[[Tensor], Any]
 LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 _EXTRA_KEY = "sharpscope"
@@ -336,7 +337,7 @@ class TwoPassOptimizer(PerturbedOptimizer):
         self.num_steps += 1
 
     @torch.no_grad()
-    def step(self, closure: Closure | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Closure | None = None) -> Any:
         """Full SAM step. ``closure()`` must zero the gradients, compute the loss on the batch,
         call ``backward()`` on it (``scaler.scale(loss).backward()`` with a scaler) and return it.
 

@@ -68,7 +68,7 @@ def enable_running_stats(model: nn.Module) -> None:
         if getattr(module, _FLAG, False):
             snapshot: dict[str, torch.Tensor] | None = getattr(module, _SNAPSHOT, None)
             if snapshot is None:
-                module.track_running_stats = True
+                module.track_running_stats = True  # type: ignore[assignment]  # torch types Module attributes as Tensor | Module
             else:
                 with torch.no_grad():
                     for name, saved in snapshot.items():

@@ -156,7 +156,7 @@ class _RandomPerturbation(PerturbedOptimizer):
             raise ConfigError(f"batch_scaling={batch_scaling!r} needs batch_size (the perturbation batch B)")
         batch_scaled(rho, lr_perturb, self.batch_size or 1, self.reference_batch, batch_scaling)  # validates the rule
         super().__init__(params, {"lr": lr, "lr_perturb": lr_perturb, "rho": rho}, model=model)
-        self.generator = make_generator(generator, seed)
+        self.generator: torch.Generator = make_generator(generator, seed)
         self.example_closure: ExampleClosure | None = None
         if example_closure is not None:
             self.set_example_closure(example_closure)

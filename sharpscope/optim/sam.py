@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from sharpscope.errors import ConfigError
-from sharpscope.optim._base import TwoPassOptimizer, global_norm
+from sharpscope.optim._base import Tensors, TwoPassOptimizer, global_norm
 from sharpscope.validation import check_bool, check_real
 
 __all__ = ["SAM", "asam_param_groups"]
@@ -127,11 +127,11 @@ class SAM(TwoPassOptimizer):
             group["sam_rho"] = value
 
     # -- hooks for SparseSAM ----------------------------------------------------------------
-    def _ascent_input(self, params: list[Tensor], h: list[Tensor]) -> list[Tensor]:
+    def _ascent_input(self, params: list[Tensor], h: Tensors) -> Tensors:
         """Transform ``h`` before normalisation (identity here). Must not modify ``h`` in place."""
         return h
 
-    def _mask_perturbation(self, params: list[Tensor], eps: list[Tensor]) -> list[Tensor]:
+    def _mask_perturbation(self, params: list[Tensor], eps: Tensors) -> Tensors:
         """Transform ``ε`` after normalisation (identity here); may modify ``eps`` in place."""
         return eps
 
@@ -145,17 +145,17 @@ class SAM(TwoPassOptimizer):
             segments[-1][1].append(p)
             segments[-1][2].append(g)
 
-        hs: list[list[Tensor]] = []
-        ts: list[list[Tensor] | None] = []
+        hs: list[Tensors] = []
+        ts: list[Tensors | None] = []
         for group, ps, gs in segments:
             wd = float(group.get("weight_decay", 0.0) or 0.0) if self.wd_in_perturbation else 0.0
             adaptive = bool(group["sam_adaptive"])
-            h = gs
+            h: Tensors = gs
             if inv_scale != 1.0 or wd != 0.0 or adaptive:
                 h = torch._foreach_mul(gs, inv_scale)
                 if wd != 0.0:
                     torch._foreach_add_(h, ps, alpha=wd)
-            t = None
+            t: Tensors | None = None
             if adaptive:
                 t = torch._foreach_abs(ps)
                 torch._foreach_add_(t, float(group["sam_eta"]))
@@ -178,6 +178,7 @@ class SAM(TwoPassOptimizer):
         eps: list[Tensor] = []
         for (group, ps, _), h, t in zip(segments, hs, ts):
             rho = float(group["sam_rho"])
+            e: Tensors
             if self.p == 2.0:
                 e = torch._foreach_mul(h, rho / (h_val + self.perturb_eps))
             elif math.isinf(self.p):
@@ -199,7 +200,8 @@ def asam_param_groups(model: nn.Module, **group_options: Any) -> list[dict[str, 
     (biases, ...) get ``sam_adaptive=False`` (``T = I``). Extra options go into both groups.
     Frozen parameters (``requires_grad=False``) are left out; empty groups are dropped.
     """
-    weights, others = [], []
+    weights: list[nn.Parameter] = []
+    others: list[nn.Parameter] = []
     for name, param in model.named_parameters():
         if param.requires_grad:
             (weights if "weight" in name else others).append(param)

@@ -18,14 +18,14 @@ Mask builders are pure functions of tensors (lists aligned with the parameter li
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from sharpscope.errors import ConfigError, DataError
-from sharpscope.optim._base import LossFn, make_generator
+from sharpscope.optim._base import LossFn, Tensors, make_generator
 from sharpscope.optim.batchnorm import frozen_bn_stats
 from sharpscope.optim.sam import SAM
 from sharpscope.validation import check_bool, check_int, check_real
@@ -58,14 +58,14 @@ def num_kept(d: int, sparsity: float) -> int:
     return d - int(n_off)
 
 
-def _flat(tensors: Sequence[Tensor]) -> Tensor:
+def _flat(tensors: Tensors) -> Tensor:
     if not tensors:
         raise DataError("need at least one tensor")
     dev = tensors[0].device
     return torch.cat([t.detach().reshape(-1).to(dev, torch.float64) for t in tensors])
 
 
-def _unflat(flat: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
+def _unflat(flat: Tensor, like: Tensors) -> list[Tensor]:
     out, start = [], 0
     for t in like:
         out.append(flat[start:start + t.numel()].reshape(t.shape).to(t.device))
@@ -82,7 +82,7 @@ def _top_indices(scores: Tensor, candidates: Tensor, k: int) -> Tensor:
     return candidates[order[:k]]
 
 
-def fisher_mask(fisher: Sequence[Tensor], sparsity: float) -> list[Tensor]:
+def fisher_mask(fisher: Tensors, sparsity: float) -> list[Tensor]:
     """Global top-``⌊(1 − s)d⌋`` of the Fisher scores over all tensors together (SSAM-F).
 
     Returns bool tensors shaped like ``fisher``. Ties go to the earlier coordinate.
@@ -94,14 +94,14 @@ def fisher_mask(fisher: Sequence[Tensor], sparsity: float) -> list[Tensor]:
     return [m.bool() for m in _unflat(keep, fisher)]
 
 
-def random_mask(like: Sequence[Tensor], sparsity: float, generator: torch.Generator) -> list[Tensor]:
+def random_mask(like: Tensors, sparsity: float, generator: torch.Generator) -> list[Tensor]:
     """Exactly ``⌊(1 − s)d⌋`` ones at uniformly random positions (top-k of i.i.d. uniforms)."""
     d = sum(t.numel() for t in like)
     scores = torch.rand(d, generator=generator, dtype=torch.float64)
     return fisher_mask(_unflat(scores, [torch.empty(t.shape) for t in like]), sparsity) if like else []
 
 
-def nm_mask(scores: Sequence[Tensor], n: int, m: int) -> list[Tensor]:
+def nm_mask(scores: Tensors, n: int, m: int) -> list[Tensor]:
     """N:M structured mask: in every group of ``m`` consecutive weights keep the ``n`` largest.
 
     Grouping (defined here, not copied from the official code's transposed view): a tensor of
@@ -136,8 +136,8 @@ def cosine_drop_rate(t: float, t_end: float, drop_rate: float) -> float:
     return drop_rate * (1.0 + math.cos(math.pi * min(t, t_end) / t_end)) / 2.0
 
 
-def dynamic_mask_update(mask: Sequence[Tensor], death_scores: Sequence[Tensor],
-                        growth_scores: Sequence[Tensor], drop_rate: float) -> list[Tensor]:
+def dynamic_mask_update(mask: Tensors, death_scores: Tensors,
+                        growth_scores: Tensors, drop_rate: float) -> list[Tensor]:
     """One SSAM-D round: drop the weakest active coordinates, regrow as many inactive ones.
 
     With ``k`` active coordinates out of ``d``, ``r = min(⌊k·dr⌋, d − k)``. The ``k − r``
@@ -158,7 +158,7 @@ def dynamic_mask_update(mask: Sequence[Tensor], death_scores: Sequence[Tensor],
 
 
 def empirical_fisher_diagonal(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Tensor,
-                              *, params: Sequence[Tensor] | None = None) -> list[Tensor]:
+                              *, params: Tensors | None = None) -> list[Tensor]:
     """``F_j = Σ_s (∂ℓ_s/∂w_j)²`` over the examples of ``inputs`` (one backward each, batch size 1).
 
     ``loss_fn(model, x, y)`` is called on single examples; ``params`` defaults to the model's
@@ -222,10 +222,10 @@ class SparseSAM(SAM):
         base_optimizer: type[torch.optim.Optimizer],
         rho: float = 0.05,
         *,
-        mask: MaskKind | Sequence[Tensor] = "fisher",
+        mask: MaskKind | Tensors = "fisher",
         sparsity: float = 0.5,
         update_interval: int | None = None,
-        score_fn: Callable[[], Sequence[Tensor]] | None = None,
+        score_fn: Callable[[], Tensors] | None = None,
         n: int = 2,
         m: int = 4,
         drop_rate: float = 0.5,
@@ -253,7 +253,7 @@ class SparseSAM(SAM):
                 raise ConfigError(f"{name} must be 'gradient', 'weight' or 'random', got {value!r}")
         self.drop_strategy, self.growth_strategy = drop_strategy, growth_strategy
         self.normalize_masked = check_bool("normalize_masked", normalize_masked)
-        self.generator = make_generator(generator, seed)
+        self.generator: torch.Generator = make_generator(generator, seed)
         self._dynamic_done_at = -1
 
         plist = self._params()
@@ -292,7 +292,7 @@ class SparseSAM(SAM):
                 self.masks.append(mask)
                 self._mask_of[p] = mask
 
-    def set_masks(self, masks: Sequence[Tensor]) -> None:
+    def set_masks(self, masks: Tensors) -> None:
         """Install masks (0/1 or bool tensors shaped like the parameters, param-group order)."""
         plist = self._params()
         masks = list(masks)
@@ -321,7 +321,7 @@ class SparseSAM(SAM):
         return [torch.rand(p.shape, generator=self.generator, dtype=torch.float64) for p in params]
 
     @torch.no_grad()
-    def update_mask(self, scores: Sequence[Tensor] | None = None) -> None:
+    def update_mask(self, scores: Tensors | None = None) -> None:
         """Update the mask now, according to ``mask`` (``scores`` for fisher/nm, else ``score_fn``).
 
         ``"dynamic"`` uses the current ``.grad`` for gradient scores and the drop rate at the
@@ -354,12 +354,12 @@ class SparseSAM(SAM):
         return self.update_interval is not None and self.num_steps % self.update_interval == 0
 
     # -- hooks -------------------------------------------------------------------------------
-    def _ascent_input(self, params: list[Tensor], h: list[Tensor]) -> list[Tensor]:
+    def _ascent_input(self, params: list[Tensor], h: Tensors) -> Tensors:
         if not self.normalize_masked:
             return h
         return torch._foreach_mul(h, [self._mask_of[p] for p in params])
 
-    def _mask_perturbation(self, params: list[Tensor], eps: list[Tensor]) -> list[Tensor]:
+    def _mask_perturbation(self, params: list[Tensor], eps: Tensors) -> Tensors:
         torch._foreach_mul_(eps, [self._mask_of[p] for p in params])
         return eps
 

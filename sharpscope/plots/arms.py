@@ -62,7 +62,7 @@ def arms_data(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str] | None
         item: dict[str, Any] = {"arm": name, "runs": [r.label for r in members], "seeds": len(members)}
         steps = [series(r, "step")[1] for r in members]
         item["steps"] = max(steps, key=len)
-        per_run = []
+        per_run: list[dict[str, Any]] = []
         for r in members:
             per_run.append({"label": r.label, "diverged_at_step": r.diverged_at,
                             **{k: series(r, key)[1] for k, key in _KEYS.items()}})

@@ -17,7 +17,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,10 +26,10 @@ from matplotlib.figure import Figure
 from sharpscope.curvature import DensityResult
 from sharpscope.curvature.results import gaussian_density
 from sharpscope.errors import ConfigError, DataError
-from sharpscope.plots.style import color, label_axes, legend, new_figure
 from sharpscope.io import jsonsafe
+from sharpscope.plots.style import color, label_axes, legend, new_figure
 
-DensityLike = Union[DensityResult, Mapping[str, Any]]
+DensityLike = DensityResult | Mapping[str, Any]
 LOG_FLOOR = 1e-8
 
 

@@ -22,9 +22,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sharpscope.errors import ConfigError, DataError
 from sharpscope.plots.runs import RunData, as_runs, has_values
@@ -98,7 +96,12 @@ def make_figure(kind: str, inputs: Sequence[str | os.PathLike[str]], *, labels: 
     from sharpscope.plots.density import density_data, density_figure, load_density
     from sharpscope.plots.layers import layer_curvature_figure
     from sharpscope.plots.trajectory import (
-        escape_data, escape_figure, sharpness_data, sharpness_figure, trace_accuracy_data, trace_accuracy_figure,
+        escape_data,
+        escape_figure,
+        sharpness_data,
+        sharpness_figure,
+        trace_accuracy_data,
+        trace_accuracy_figure,
     )
 
     if kind not in KINDS:

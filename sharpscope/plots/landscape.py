@@ -108,6 +108,7 @@ def surface_figure(result: SliceResult, *, quantity: Quantity = "loss", log: boo
     z = _values(result, quantity, log, vmax)
     fig = Figure(figsize=(4.4, 3.6), layout="constrained")
     ax = fig.add_subplot(projection="3d")
+    assert result.betas is not None  # checked by _check_2d
     A, B = np.meshgrid(result.alphas, result.betas, indexing="ij")
     ax.plot_surface(A, B, z, cmap="viridis", linewidth=0, antialiased=True, rcount=len(result.alphas),
                     ccount=len(result.betas))

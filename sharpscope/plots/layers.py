@@ -12,7 +12,7 @@ smallest non-zero magnitude) when a value is zero or negative.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -23,12 +23,12 @@ from sharpscope.curvature import PerLayerCurvature
 from sharpscope.errors import DataError
 from sharpscope.plots.style import FONT_SIZE, PANEL_SIZE, color, label_axes, new_figure
 
-PerLayerLike = Union[PerLayerCurvature, Mapping[str, Any]]
+PerLayerLike = PerLayerCurvature | Mapping[str, Any]
 
 
 def _layers(result: PerLayerLike) -> list[Mapping[str, Any]]:
     """The rows, from a result, its ``to_dict()`` or a probe report's JSON."""
-    d = result.to_dict() if isinstance(result, PerLayerCurvature) else result
+    d: Mapping[str, Any] = result.to_dict() if isinstance(result, PerLayerCurvature) else result
     if "layers" not in d and isinstance(d.get("per_layer"), Mapping):
         d = d["per_layer"]
     layers = d.get("layers")

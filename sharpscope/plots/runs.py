@@ -19,7 +19,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from sharpscope.errors import ConfigError, DataError, SharpscopeError
 from sharpscope.io.jsonsafe import decode
 from sharpscope.io.records import is_measurement, number_at
 from sharpscope.track.rundir import RunDirectory
+
 
 @dataclass(frozen=True)
 class RunData:
@@ -50,7 +51,7 @@ class RunData:
         return None
 
 
-RunLike = Union[RunData, str, os.PathLike]
+RunLike = RunData | str | os.PathLike
 
 
 def load_run(path: str | os.PathLike[str], label: str | None = None) -> RunData:

@@ -19,8 +19,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from sharpscope.errors import ConfigError
-from sharpscope.io import atomic_write, atomic_write_bytes
-from sharpscope.io import jsonsafe
+from sharpscope.io import atomic_write, atomic_write_bytes, jsonsafe
 
 DPI = 150
 

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sharpscope.errors import ConfigError
 from sharpscope.curvature.trace import check_trace_budget
+from sharpscope.errors import ConfigError
 from sharpscope.validation import check_bool, check_depth, check_int, check_real, check_seed, check_tol
 
 OPTIMIZERS = ("gd", "sgd", "sam", "sparse-sam", "rs", "sa", "adam", "adamw")

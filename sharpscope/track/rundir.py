@@ -370,9 +370,9 @@ class RunDirectory:
             self._note(f"{self.metrics_path} lacks {len(missing)} record(s) ({shown}); replaying from "
                        + (f"the checkpoint at step {chosen[0]}" if chosen is not None else "the start")
                        + " to recompute them")
-        step = None if chosen is None else chosen[0]
+        resume_step = None if chosen is None else chosen[0]
         self._resume_raw = None if chosen is None else chosen[1]
-        keep = [r for r in records if step is not None and record_key(r)[1] <= step]
+        keep = [r for r in records if resume_step is not None and record_key(r)[1] <= resume_step]
         text = "".join(jsonsafe.dumps(r) + "\n" for r in keep)
         current = self.metrics_path.read_text(encoding="utf-8", errors="replace") if self.metrics_path.is_file() else ""
         if text != current:
@@ -380,7 +380,7 @@ class RunDirectory:
         with contextlib.suppress(FileNotFoundError):
             self.summary_path.unlink()  # the run is running again: its summary is not final
         self._keys = {record_key(r) for r in keep}
-        return step
+        return resume_step
 
     # ------------------------------------------------------------------------ checkpoints
     def _checkpoint_files(self) -> list[tuple[int, Path]]:

@@ -58,13 +58,12 @@ from sharpscope.curvature.distributed import broadcast_buffers, sum_across_ranks
 from sharpscope.curvature.objective import LossFn
 from sharpscope.data import ArrayDataset, ShuffledLoader, cifar_feature_stats, fresh_label_noise, resolve_data
 from sharpscope.errors import CheckpointError, ConfigError, StorageError, os_error_text
-from sharpscope.io import fit_state_dict, read_checkpoint
+from sharpscope.io import fit_state_dict, jsonsafe, read_checkpoint
+from sharpscope.io.records import Measurement, as_number, is_measurement
 from sharpscope.losses import accuracy, get_loss
 from sharpscope.models import ModelSpec
 from sharpscope.models.inputs import check_model_fits as fits
 from sharpscope.optim import RS, SA, SAM, PerturbedOptimizer, SparseSAM, empirical_fisher_diagonal
-from sharpscope.io import jsonsafe
-from sharpscope.io.records import Measurement, as_number, is_measurement
 from sharpscope.parallel import (
     gather_to_rank0,
     local_device,
@@ -78,8 +77,8 @@ from sharpscope.parallel import (
 from sharpscope.track.config import TrainConfig
 from sharpscope.track.rundir import RunDirectory
 from sharpscope.track.thresholds import bounded_sharpness
-from sharpscope.validation import check_int, offset_seed
 from sharpscope.track.tracker import SharpnessTracker
+from sharpscope.validation import check_int, offset_seed
 
 Progress = Callable[[int, int, "dict[str, Any] | None"], None]
 _BASES: dict[str, type[torch.optim.Optimizer]] = {"sgd": torch.optim.SGD, "gd": torch.optim.SGD,
@@ -270,7 +269,7 @@ class _Session:
         rngs = gather_to_rank0(self._rng_state())  # dropout draws differ between shards
         if rngs is None:
             return
-        state = {"optimizer": self.optimizer.state_dict(), "rng": rngs[0],
+        state: dict[str, Any] = {"optimizer": self.optimizer.state_dict(), "rng": rngs[0],
                  "loader": None if self.loader is None else self.loader.state_dict(),
                  "tracker": self.tracker.state_dict(), "format": "sharpscope-run-1"}
         if len(rngs) > 1:

@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from sharpscope.errors import ConfigError
-from sharpscope.io import atomic_write_bytes
-from sharpscope.io import jsonsafe
+from sharpscope.io import atomic_write_bytes, jsonsafe
 from sharpscope.track.rundir import RunDirectory
 
 Sink = Callable[[Mapping[str, Any]], Any]

@@ -154,7 +154,7 @@ def batch_sam_edge(step: int, optimizer: torch.optim.Optimizer,
     beta = sam_edge_momentum(optimizer)
     applies = beta is not None and math.isfinite(norm) and lr > 0
     out = {"kind": "sam_batch", "step": int(step), "batch_grad_norm": float(norm),
-           "sam_edge_batch": sam_edge(lr, rho, float(norm), beta) if applies else None,
+           "sam_edge_batch": sam_edge(lr, rho, float(norm), beta) if applies and beta is not None else None,
            "derived_for": _derived_for(beta)}
     if batch_sharpness is not None:
         out["batch_sharpness"] = dict(batch_sharpness)

@@ -45,9 +45,9 @@ from torch import Tensor, nn
 
 from sharpscope.curvature import ConvergenceWarning, HessianOperator, Objective, lanczos, trace_estimator
 from sharpscope.curvature.distributed import world_size
-from sharpscope.curvature.objective import BNMode, LossFn
 from sharpscope.curvature.lanczos import Stop
 from sharpscope.curvature.linear_operator import LinearOperator
+from sharpscope.curvature.objective import BNMode, LossFn
 from sharpscope.curvature.preconditioned import PreconditionedOperator, adam_optimizer, adam_preconditioner
 from sharpscope.curvature.results import EigenResult
 from sharpscope.data import ArrayDataset

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sharpscope_cli.main import app
+from sharpscope_cli.probe_outputs import density_text
 from typer.testing import CliRunner
 
 from sharpscope import GGNOperator, Objective
@@ -17,8 +19,6 @@ from sharpscope.errors import ConfigError
 from sharpscope.io import check_writable, load_eigenvectors, save_checkpoint, save_eigenvectors
 from sharpscope.losses import cross_entropy
 from sharpscope.models import ModelSpec
-from sharpscope_cli.main import app
-from sharpscope_cli.probe_outputs import density_text
 
 runner = CliRunner()
 

@@ -27,15 +27,14 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sharpscope_cli.main import app
 from typer.testing import CliRunner, Result
 
 from sharpscope.errors import ConfigError
 from sharpscope.experiments import RECIPES, SCALES, get_recipe
 from sharpscope.io import save_checkpoint
-from sharpscope.models import ModelSpec
-from sharpscope.models import available_models
+from sharpscope.models import ModelSpec, available_models
 from sharpscope.track import OPTIMIZERS, RunDirectory, TrainConfig
-from sharpscope_cli.main import app
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

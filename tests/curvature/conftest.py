@@ -50,7 +50,7 @@ def make_objective(problem: str) -> Objective:
     return Objective(tiny_bn_cnn(), nn.CrossEntropyLoss(), cnn_data(), bn=bn, batch_size=10)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _dense_hessian(problem: str) -> torch.Tensor:
     return exact_hessian(make_objective(problem))
 

@@ -10,8 +10,16 @@ import pytest
 import torch
 
 from sharpscope import (
-    ConfigError, ConvergenceWarning, LambdaOperator, MatrixOperator, ObjectiveError, hutchinson, hutchpp, lanczos,
-    power_iteration, slq_density,
+    ConfigError,
+    ConvergenceWarning,
+    LambdaOperator,
+    MatrixOperator,
+    ObjectiveError,
+    hutchinson,
+    hutchpp,
+    lanczos,
+    power_iteration,
+    slq_density,
 )
 
 

@@ -18,7 +18,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from sharpscope import ConfigError, DataError, HessianOperator, Objective, ObjectiveError, exact_hessian, lanczos
 from sharpscope.curvature import DropoutWarning, ReductionWarning
-
 from tests.curvature.conftest import mlp_data, tiny_mlp
 
 MODES = ("fwd-rev", "rev-rev")

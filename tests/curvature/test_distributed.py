@@ -11,7 +11,6 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from sharpscope import HessianOperator, Objective, hutchinson, lanczos
-
 from tests.curvature.conftest import mlp_data, tiny_mlp
 
 CUT = 17  # unequal shards: rank 0 holds 17 examples, rank 1 holds 23

@@ -9,7 +9,14 @@ import torch
 from torch import Tensor, nn
 
 from sharpscope import (
-    EmpiricalFisherOperator, GGNOperator, HessianOperator, MatrixOperator, Objective, exact_hessian, hutchpp, lanczos,
+    EmpiricalFisherOperator,
+    GGNOperator,
+    HessianOperator,
+    MatrixOperator,
+    Objective,
+    exact_hessian,
+    hutchpp,
+    lanczos,
     slq_density,
 )
 from sharpscope.errors import ConfigError, ObjectiveError

@@ -7,10 +7,15 @@ import torch
 from torch import nn
 
 from sharpscope import (
-    ConfigError, DataError, HessianOperator, Objective, ObjectiveError, exact_hessian, lanczos,
+    ConfigError,
+    DataError,
+    HessianOperator,
+    Objective,
+    ObjectiveError,
+    exact_hessian,
+    lanczos,
 )
 from sharpscope.losses import mse
-
 from tests.curvature.conftest import cnn_data, mlp_data, tiny_bn_cnn, tiny_mlp
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sharpscope_cli.main import app
 from torch import Tensor, nn
 from typer.testing import CliRunner
 
@@ -23,8 +24,6 @@ from sharpscope.curvature import hvp
 from sharpscope.errors import ObjectiveError, SharpscopeError
 from sharpscope.io import save_checkpoint
 from sharpscope.models import ModelSpec
-from sharpscope_cli.main import app
-
 from tests.curvature.conftest import mlp_data, tiny_mlp
 
 hessian = importlib.import_module("sharpscope.curvature.hessian")  # the package re-exports names

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sharpscope_cli.main import app
 from typer.testing import CliRunner
 
-from tests.faults.faults_helpers import ENV, SCRIPT, TIMEOUT
 from sharpscope.io import save_checkpoint
 from sharpscope.models import ModelSpec
 from sharpscope.track import RunDirectory
-from sharpscope_cli.main import app
+from tests.faults.faults_helpers import ENV, SCRIPT, TIMEOUT
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

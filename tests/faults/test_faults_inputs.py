@@ -16,7 +16,12 @@ from sharpscope.models.inputs import check_model_fits, expected_input
 from sharpscope.probe import ProbeSettings
 from sharpscope.track import resolve_device
 from sharpscope.validation import (
-    check_depth, check_module_path, check_output_dir, check_seed, check_tol, offset_seed,
+    check_depth,
+    check_module_path,
+    check_output_dir,
+    check_seed,
+    check_tol,
+    offset_seed,
 )
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import random
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from tests.faults.faults_helpers import run_killer, same_records, tiny
 from sharpscope.track import RunDirectory, train
+from tests.faults.faults_helpers import run_killer, same_records, tiny
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -32,7 +33,8 @@ CHOSEN = [("after-replace", 2),  # the first checkpoint is in place, its checksu
           ("append", 3)]         # half of a metrics line is on disk
 
 
-def kill_chain(tmp_path: Path, reference, kills: int, seed: int, chosen: list[tuple[str, int]] = []) -> tuple[int, int]:
+def kill_chain(tmp_path: Path, reference, kills: int, seed: int,
+               chosen: Sequence[tuple[str, int]] = ()) -> tuple[int, int]:
     """Kill one run at the ``chosen`` write steps, then ``kills`` times at random ones (fixed seed),
     then finish it; assert its records equal the uninterrupted run's. Returns (kills that landed,
     records compared)."""

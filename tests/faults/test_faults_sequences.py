@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sharpscope.io.atomic as atomic
-from tests.faults.faults_helpers import flip_bit, tiny
 from sharpscope.errors import SharpscopeError
 from sharpscope.track import RunDirectory, train
 from sharpscope.track.jsonsafe import without_timings
+from tests.faults.faults_helpers import flip_bit, tiny
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

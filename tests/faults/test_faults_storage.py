@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.faults_helpers import same_records, tiny
 from sharpscope.errors import ConfigError, StorageError
-from sharpscope.track import RunDirectory, train
-from sharpscope.track import runner
+from sharpscope.track import RunDirectory, runner, train
+from tests.faults.faults_helpers import same_records, tiny
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -79,9 +78,9 @@ def test_a_second_writer_is_refused_before_touching_anything(tmp_path: Path) -> 
     out = tmp_path / "run"
     train(tiny(steps=4), out)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    with RunDirectory(out).lock():
-        with pytest.raises(ConfigError, match="another process is writing this run directory"):
-            train(tiny(steps=4), out)
+    with RunDirectory(out).lock(), \
+            pytest.raises(ConfigError, match="another process is writing this run directory"):
+        train(tiny(steps=4), out)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 

@@ -14,8 +14,14 @@ from sharpscope import Objective
 from sharpscope.errors import CheckpointError, ConfigError
 from sharpscope.io import save_checkpoint
 from sharpscope.landscape import (
-    covering_grid, interpolation_direction, parameter_vectors, pca_directions, project_path, random_directions,
-    slice_1d, slice_2d,
+    covering_grid,
+    interpolation_direction,
+    parameter_vectors,
+    pca_directions,
+    project_path,
+    random_directions,
+    slice_1d,
+    slice_2d,
 )
 from sharpscope.losses import cross_entropy
 from sharpscope.models import ModelSpec

@@ -13,7 +13,13 @@ from torch import Tensor, nn
 from sharpscope import Objective
 from sharpscope.errors import ConfigError, DataError, ObjectiveError
 from sharpscope.landscape import (
-    Directions, SliceResult, eigen_directions, evaluate_points, random_directions, slice_1d, slice_2d,
+    Directions,
+    SliceResult,
+    eigen_directions,
+    evaluate_points,
+    random_directions,
+    slice_1d,
+    slice_2d,
 )
 from sharpscope.losses import cross_entropy, mse
 from sharpscope.models import build_model

@@ -4,8 +4,7 @@ import pytest
 from torch import nn
 
 from sharpscope.errors import ConfigError
-from sharpscope.models import ModelSpec, available_models, build_model, model_kwargs, register_model
-from sharpscope.models import registry
+from sharpscope.models import ModelSpec, available_models, build_model, model_kwargs, register_model, registry
 
 
 def shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:

@@ -7,10 +7,10 @@ import copy
 import pytest
 import torch
 import torch.distributed as dist
-from tests.optim.optim_helpers import data, flat, make_closure, mse, params_of, tiny_mlp
 from torch import nn
 
 from sharpscope.optim import SAM, SparseSAM, frozen_bn_stats, maybe_no_sync
+from tests.optim.optim_helpers import data, flat, make_closure, mse, params_of, tiny_mlp
 
 
 def _bn_net(momentum: float | None = 0.1) -> nn.Module:

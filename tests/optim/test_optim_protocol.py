@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from tests.optim.optim_helpers import data, flat, make_closure, mse, params_of, tiny_mlp
 
 from sharpscope.optim import RS, SA, SAM, PerturbedOptimizer, SparseSAM
+from tests.optim.optim_helpers import data, flat, make_closure, mse, params_of, tiny_mlp
 
 X, Y = data(n=12)
 

@@ -7,11 +7,11 @@ from collections import Counter
 
 import pytest
 import torch
-from tests.optim.optim_helpers import data, flat, grad_at, make_closure, mse, params_of, tiny_mlp
 from torch import nn
 
 from sharpscope.errors import ConfigError
 from sharpscope.optim import RS, SA, batch_scaled, sample_unit_sphere
+from tests.optim.optim_helpers import data, flat, grad_at, make_closure, mse, params_of, tiny_mlp
 
 
 # --------------------------------------------------------------------------- U8 smoothing identity

@@ -7,11 +7,11 @@ import math
 
 import pytest
 import torch
-from tests.optim.optim_helpers import data, flat, grad_at, make_closure, mse, params_of, tiny_mlp
 from torch import nn
 
 from sharpscope.errors import ConfigError, SharpscopeError
 from sharpscope.optim import SAM, SparseSAM, asam_param_groups
+from tests.optim.optim_helpers import data, flat, grad_at, make_closure, mse, params_of, tiny_mlp
 
 LR, RHO = 0.1, 0.07
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.optim.optim_helpers import data, flat, grad_at, make_closure, mse, params_of, tiny_mlp
 from torch import nn
 
 from sharpscope.errors import ConfigError
@@ -23,6 +22,7 @@ from sharpscope.optim import (
     num_kept,
     random_mask,
 )
+from tests.optim.optim_helpers import data, flat, grad_at, make_closure, mse, params_of, tiny_mlp
 
 SHAPES = [(6, 4), (6,), (2, 3, 2, 2), (10,)]  # d = 24 + 6 + 24 + 10 = 64
 

@@ -7,13 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+from sharpscope_cli.main import app
 from typer.testing import CliRunner
 
 from sharpscope.plots.kinds import _kind_of_runs, auto_kind
 from sharpscope.plots.runs import load_run
 from sharpscope.plots.trajectory import sharpness_data
 from sharpscope.track import RunDirectory, jsonsafe
-from sharpscope_cli.main import app
 
 runner = CliRunner()
 

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sharpscope_cli.main import app
 from typer.testing import CliRunner
 
 from sharpscope.io import save_checkpoint
 from sharpscope.models import ModelSpec
 from sharpscope.plots.kinds import auto_kind, make_figure
 from sharpscope.track import jsonsafe
-from sharpscope_cli.main import app
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 runner = CliRunner()

@@ -15,7 +15,13 @@ from scipy import stats
 from sharpscope.errors import ConfigError, DataError
 from sharpscope.plots.runs import RunData, load_run
 from sharpscope.plots.trajectory import (
-    RATIO_BAND, escape_data, escape_figure, sharpness_data, sharpness_figure, spearman, trace_accuracy_data,
+    RATIO_BAND,
+    escape_data,
+    escape_figure,
+    sharpness_data,
+    sharpness_figure,
+    spearman,
+    trace_accuracy_data,
     trace_accuracy_figure,
 )
 from sharpscope.thresholds import adam_edge, gd_edge, momentum_edge, sam_edge

@@ -186,8 +186,9 @@ def test_a_run_records_it_and_the_sharpness_figure_draws_it_against_the_adam_edg
 
 def test_summary_and_cli_compare_the_edge_with_the_sharpness_it_bounds() -> None:
     """Under Adam's rule the edge bounds λ_max(P⁻¹H): the summary line must not set it against raw λ_max."""
-    from sharpscope.track.thresholds import bounded_sharpness
     from sharpscope_cli.train import summary_line
+
+    from sharpscope.track.thresholds import bounded_sharpness
 
     adam = {"eigenvalues": [3.0], "preconditioned_eigenvalues": [41000.0],
             "thresholds": {"rule": "adam_edge", "edge": 38000.0}}

@@ -155,10 +155,8 @@ def test_resume_without_a_checkpoint_starts_over_and_a_corrupt_middle_line_is_no
 
 def test_a_second_writer_is_refused_and_strict_dumps(tmp_path: Path) -> None:
     run = RunDirectory(tmp_path / "run")
-    with run.lock():
-        with pytest.raises(ConfigError, match="another process"):
-            with RunDirectory(tmp_path / "run").lock():
-                pass
+    with run.lock(), pytest.raises(ConfigError, match="another process"), RunDirectory(tmp_path / "run").lock():
+        pass
     with RunDirectory(tmp_path / "run").lock():  # released
         pass
     assert dumps({"a": float("nan")}) == '{"a": "NaN"}'

@@ -15,7 +15,14 @@ from torch import nn
 from sharpscope.errors import ConfigError
 from sharpscope.losses import mse
 from sharpscope.track import (
-    CSVSink, JSONLSink, MultiSink, RunDirectory, SharpnessTracker, TensorBoardSink, WandbSink, flatten_record,
+    CSVSink,
+    JSONLSink,
+    MultiSink,
+    RunDirectory,
+    SharpnessTracker,
+    TensorBoardSink,
+    WandbSink,
+    flatten_record,
     metrics_dataframe,
 )
 from sharpscope.track.jsonsafe import NONFINITE
@@ -50,7 +57,7 @@ def same(stored: Any, expected: Any) -> bool:
     """A CSV cell against the flattened JSONL value (CSV holds text)."""
     if expected is None:
         return stored == ""
-    if isinstance(expected, bool) or isinstance(expected, str):
+    if isinstance(expected, (bool, str)):
         return stored == str(expected)
     return float(stored) == float(expected)  # repr of a Python float round-trips exactly
 

@@ -14,6 +14,7 @@ from sharpscope.experiments.recipes import eos_ce, eos_cifar5k, eos_gd, eos_mome
 from sharpscope.experiments.studies.framework import Figure, Stage, Study
 from sharpscope.experiments.studies.framework import recipe_stage as _stage
 
+
 def _eos_stages(scale: str) -> list[Stage]:
     smoke = {"smoke": {"steps": 6, "measure_every": 3}}
     sweep = {"smoke": (0.01,), "cpu": (0.2, 0.15, 0.1), "gpu": (2 / 50, 2 / 100, 2 / 200)}[scale]
@@ -39,8 +40,8 @@ def _eos_evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
         rec = criteria.measurements(path)
         stats = criteria.edge_stats(rec)
         if name == "momentum":  # E2: the stated criterion on the momentum edge; the plateau must not be GD's
-            gd = criteria.column(rec, "thresholds.gd_edge")[0]
-            stats["median_lambda_over_gd_edge"] = stats.get("median_lambda", math.nan) / gd
+            gd_edge = criteria.column(rec, "thresholds.gd_edge")[0]
+            stats["median_lambda_over_gd_edge"] = stats.get("median_lambda", math.nan) / gd_edge
             stats["holds"] = bool(stats.get("holds") and stats["median_lambda_over_gd_edge"] >= 1.5)
             stats["strict_holds"] = bool(stats["holds"] and stats.get("in_band", 0) >= 0.9)
         out[name] = stats

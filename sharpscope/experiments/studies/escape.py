@@ -120,7 +120,7 @@ def _images(n: int, test_n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 
 def _save_npz(path: Path, **arrays: torch.Tensor) -> None:
     data = {k: v.numpy() for k, v in arrays.items()}
-    atomic_write(path, lambda f: np.savez(f, **data))
+    atomic_write(path, lambda f: np.savez(f, **data))  # type: ignore[arg-type]  # numpy's stub: **data vs allow_pickle
 
 
 def prepare(scale: str, out_dir: Path, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -147,7 +147,7 @@ def prepare(scale: str, out_dir: Path, options: Mapping[str, Any]) -> dict[str, 
     if x.dim() == 4:  # black pixels zeroed in [0, 1], then the CIFAR-10 per-channel standardisation
         mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
-        norm = {"mean": list(CIFAR_MEAN), "std": list(CIFAR_STD)}
+        norm: dict[str, Any] = {"mean": list(CIFAR_MEAN), "std": list(CIFAR_STD)}
     else:
         mean, std = x.mean(), torch.ones(())
         norm = {"subtract": float(mean)}

@@ -26,7 +26,7 @@ from typing import Any
 from sharpscope.experiments import arms as arm_criteria
 from sharpscope.experiments import evidence
 from sharpscope.experiments.recipes import cifar_data, fc, mnist1d_data
-from sharpscope.experiments.studies.framework import Figure, Stage, Study
+from sharpscope.experiments.studies.framework import Build, Figure, Stage, Study
 from sharpscope.track import TrainConfig
 
 
@@ -79,8 +79,10 @@ def arm_config(scale: str, arm: str, seed: int) -> TrainConfig:
 
 
 def stages(scale: str) -> list[Stage]:
-    return [Stage(f"{arm}-s{seed}", lambda sc, _, a=arm, s=seed: arm_config(sc, a, s))
-            for arm in ARMS for seed in SCALES[scale].seeds]
+    def build(arm: str, seed: int) -> Build:
+        return lambda sc, _: arm_config(sc, arm, seed)
+
+    return [Stage(f"{arm}-s{seed}", build(arm, seed)) for arm in ARMS for seed in SCALES[scale].seeds]
 
 
 def _acc_vs(a: Mapping[str, Any], b: Mapping[str, Any], margin: float) -> dict[str, Any]:
