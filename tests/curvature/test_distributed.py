@@ -6,12 +6,11 @@ import json
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from sharpscope import HessianOperator, Objective, hutchinson, lanczos
 from tests.curvature.conftest import mlp_data, tiny_mlp
+from tests.gloo import spawn_ranks
 
 CUT = 17  # unequal shards: rank 0 holds 17 examples, rank 1 holds 23
 
@@ -26,18 +25,14 @@ def measure(objective: Objective) -> dict[str, object]:
 
 
 def rank_main(rank: int, folder: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2)
-    try:
-        x, y = mlp_data()
-        shard = slice(0, CUT) if rank == 0 else slice(CUT, None)
-        objective = Objective(tiny_mlp(), nn.CrossEntropyLoss(), (x[shard], y[shard]), batch_size=10)
-        (Path(folder) / f"rank{rank}.json").write_text(json.dumps(measure(objective)))
-    finally:
-        dist.destroy_process_group()
+    x, y = mlp_data()
+    shard = slice(0, CUT) if rank == 0 else slice(CUT, None)
+    objective = Objective(tiny_mlp(), nn.CrossEntropyLoss(), (x[shard], y[shard]), batch_size=10)
+    (Path(folder) / f"rank{rank}.json").write_text(json.dumps(measure(objective)))
 
 
 def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
-    mp.spawn(rank_main, args=(str(tmp_path),), nprocs=2, join=True)
+    spawn_ranks(rank_main, tmp_path)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     single = measure(Objective(tiny_mlp(), nn.CrossEntropyLoss(), mlp_data(), batch_size=10))
     assert ranks[0] == ranks[1], "every rank must hold the same results"

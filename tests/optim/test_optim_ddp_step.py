@@ -22,11 +22,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import Tensor, nn
 
 from sharpscope.optim import SAM
+from tests.gloo import spawn_ranks
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -67,13 +66,8 @@ def run_steps(net: nn.Module, opt: SAM, x: Tensor, y: Tensor, case: str) -> None
 
 
 def worker(rank: int, folder: str) -> None:
-    """Both ranks step every case, then tear down in a fixed order: a barrier (no rank shuts its
-    gloo connections while the other still reads from them), the DDP wrappers and optimizers freed
-    (their reducers release the group while it is alive, not during interpreter exit), then
-    ``destroy_process_group``. Without that order a rank could abort ("terminate called without an
-    active exception") depending on which process reached its teardown first."""
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2)
+    """Both ranks step every case; the DDP wrappers and optimizers are freed before the group is torn
+    down (:func:`tests.gloo.spawn_ranks`), so their reducers release it while it is alive."""
     held: list[object] = []
     try:
         x, y = union()
@@ -86,12 +80,10 @@ def worker(rank: int, folder: str) -> None:
             run_steps(ddp, opt, x[half], y[half], case)
             out[case] = [p.detach().clone() for p in ddp.module.parameters()]
         torch.save(out, Path(folder) / f"rank{rank}.pt")
-        dist.barrier()
     finally:
         del held[:]
         ddp = opt = None  # type: ignore[assignment]
         gc.collect()
-        dist.destroy_process_group()
 
 
 def single_process(case: str) -> list[Tensor]:
@@ -109,7 +101,7 @@ def single_process(case: str) -> list[Tensor]:
 
 def test_ddp_sam_steps_equal_single_process_steps_on_the_union(tmp_path: Path) -> None:
     expected = {case: single_process(case) for case in CASES}
-    mp.start_processes(worker, args=(str(tmp_path),), nprocs=2, join=True, start_method="spawn")
+    spawn_ranks(worker, tmp_path)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     start = [p.detach() for p in model().parameters()]
     for case in CASES:

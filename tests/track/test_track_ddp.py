@@ -16,11 +16,10 @@ from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from sharpscope.track import RunDirectory, TrainConfig, train
 from sharpscope.track.jsonsafe import without_timings
+from tests.gloo import spawn_ranks
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -53,18 +52,13 @@ def crash(step: int, total: int, record: dict | None) -> None:
 
 
 def worker(rank: int, folder: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2)
-    try:
-        root = Path(folder) / ("ranks" if rank == 0 else "rank1-never-written")
-        summaries = {name: train(config(**over), root / name) for name, over in SCENARIOS.items()}
-        resumable = config(**SCENARIOS["full-batch-gd"])
-        with pytest.raises(Crash):
-            train(resumable, root / "resumed", progress=crash)
-        summaries["resumed"] = train(resumable, root / "resumed")
-        (Path(folder) / f"summaries{rank}.json").write_text(json.dumps(summaries))
-    finally:
-        dist.destroy_process_group()
+    root = Path(folder) / ("ranks" if rank == 0 else "rank1-never-written")
+    summaries = {name: train(config(**over), root / name) for name, over in SCENARIOS.items()}
+    resumable = config(**SCENARIOS["full-batch-gd"])
+    with pytest.raises(Crash):
+        train(resumable, root / "resumed", progress=crash)
+    summaries["resumed"] = train(resumable, root / "resumed")
+    (Path(folder) / f"summaries{rank}.json").write_text(json.dumps(summaries))
 
 
 SPLIT_KEYS = ("settings.num_batches", "settings.world_size", "sharding")  # describe the split itself
@@ -101,7 +95,7 @@ def weights(run: RunDirectory) -> torch.Tensor:
 
 def test_two_gloo_ranks_train_like_one_process_and_only_rank0_writes(tmp_path: Path) -> None:
     references = {name: train(config(**over), tmp_path / "single" / name) for name, over in SCENARIOS.items()}
-    mp.start_processes(worker, args=(str(tmp_path),), nprocs=2, join=True, start_method="spawn")
+    spawn_ranks(worker, tmp_path)
     assert not (tmp_path / "rank1-never-written").exists()
     s0, s1 = (json.loads((tmp_path / f"summaries{r}.json").read_text()) for r in (0, 1))
     assert s0 == s1, "every rank returns rank 0's summary"
