@@ -20,6 +20,7 @@ ranks take the same branch.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -97,7 +98,11 @@ def init_distributed(device: torch.device) -> torch.device:
 
 
 def _destroy() -> None:
+    """Leave the group at exit: a barrier first, so no rank closes its connections while another still
+    reads from them, then the group is destroyed."""
     if is_distributed():
+        with contextlib.suppress(RuntimeError):  # a peer already gone: nothing left to wait for
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -26,7 +26,7 @@ def _rank(rank: int, fn: Callable[..., None], folder: str, extra: tuple[Any, ...
     dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
     try:
         fn(rank, folder, *extra)
-        (Path(folder) / f"finished-rank{rank}").touch()
+        finished(rank, folder)
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -34,9 +34,20 @@ def _rank(rank: int, fn: Callable[..., None], folder: str, extra: tuple[Any, ...
 
 def spawn_ranks(fn: Callable[..., None], folder: str | Path, *extra: Any, world: int = 2) -> None:
     """Run ``fn(rank, folder, *extra)`` in ``world`` spawned processes joined in one gloo group."""
+    start_tolerating_teardown(_rank, (fn, str(folder), extra, world), folder, world)
+
+
+def finished(rank: int, folder: str | Path) -> None:
+    """Mark that ``rank`` finished its work (call before the final barrier)."""
+    (Path(folder) / f"finished-rank{rank}").touch()
+
+
+def start_tolerating_teardown(entry: Callable[..., None], args: tuple[Any, ...], folder: str | Path,
+                              world: int = 2) -> None:
+    """``mp.start_processes(entry, args, world)``, accepting a SIGABRT in teardown once every rank marked
+    itself :func:`finished` (see the module docstring)."""
     try:
-        mp.start_processes(_rank, args=(fn, str(folder), extra, world), nprocs=world, join=True,
-                           start_method="spawn")
+        mp.start_processes(entry, args=args, nprocs=world, join=True, start_method="spawn")
     except ProcessExitedException as e:
         finished = all((Path(folder) / f"finished-rank{r}").exists() for r in range(world))
         if not (finished and e.signal_name == "SIGABRT"):

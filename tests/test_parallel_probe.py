@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from sharpscope_cli.main import app
 from typer.testing import CliRunner
 
@@ -27,6 +26,7 @@ from sharpscope.errors import ConfigError, SharpscopeError
 from sharpscope.io import save_checkpoint
 from sharpscope.models import ModelSpec
 from sharpscope.parallel import on_rank0, shard_bounds, sharding, torchrun_env
+from tests.gloo import finished, start_tolerating_teardown
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -84,10 +84,12 @@ def worker(rank: int, port: int, folder: str, args: list[str], tiny_args: list[s
         shared = "ZeroDivisionError"
     except SharpscopeError as e:
         shared = str(e)
-    dist.destroy_process_group()
     out = {"code": probe.exit_code, "stdout": probe.stdout, "stderr": probe.stderr, "too_few": too_few.exit_code,
            "too_few_stderr": too_few.stderr, "shared": shared}
     (Path(folder) / f"rank{rank}.json").write_text(json.dumps(out))
+    finished(rank, folder)
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def test_two_ranks_under_torchrun_variables_print_the_single_process_probe(files: tuple[Path, Path],
@@ -95,8 +97,7 @@ def test_two_ranks_under_torchrun_variables_print_the_single_process_probe(files
     single = CliRunner().invoke(app, probe_args(files))
     assert single.exit_code == 0, single.stderr
     tiny = ["probe", str(files[0]), "--data", f"npz:{files[1]}", "--n", "1", "--json"]
-    mp.start_processes(worker, args=(free_port(), str(tmp_path), probe_args(files), tiny), nprocs=2, join=True,
-                       start_method="spawn")
+    start_tolerating_teardown(worker, (free_port(), str(tmp_path), probe_args(files), tiny), tmp_path)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["code"] == r1["code"] == 0, (r0["stderr"], r1["stderr"])
     assert r1["stdout"] == "" and r0["stdout"].count("\n") == 1  # only rank 0 prints
