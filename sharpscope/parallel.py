@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import datetime
 import os
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -98,11 +99,12 @@ def init_distributed(device: torch.device) -> torch.device:
 
 
 def _destroy() -> None:
-    """Leave the group at exit: a barrier first, so no rank closes its connections while another still
-    reads from them, then the group is destroyed."""
+    """Leave the group at exit. On gloo, a barrier first (at most a minute), so no rank closes its
+    connections while another still reads from them; then the group is destroyed."""
     if is_distributed():
-        with contextlib.suppress(RuntimeError):  # a peer already gone: nothing left to wait for
-            dist.barrier()
+        if dist.get_backend() == "gloo":
+            with contextlib.suppress(RuntimeError):  # a peer gone or stuck: nothing left to wait for
+                dist.monitored_barrier(timeout=datetime.timedelta(seconds=60))
         dist.destroy_process_group()
 
 
