@@ -52,6 +52,7 @@ from torch import nn
 
 from sharpscope.errors import CheckpointError, ConfigError, StorageError, os_error_text
 from sharpscope.io import RawCheckpoint, atomic_write_bytes, checksums, read_checkpoint, save_checkpoint
+from sharpscope.io.records import record_kind
 from sharpscope.models import ModelSpec
 from sharpscope.track import jsonsafe
 
@@ -89,11 +90,11 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any], *,
 
 
 def record_key(record: Mapping[str, Any]) -> tuple[str, int]:
-    """``(kind, step)``: the identity of a metrics record (``kind`` defaults to ``"measurement"``)."""
+    """``(kind, step)``: the identity of a metrics record (:func:`sharpscope.io.records.record_kind`)."""
     step = record.get("step")
     if isinstance(step, bool) or not isinstance(step, int):
         raise ConfigError(f"a metrics record needs an integer 'step', got {step!r}")
-    return str(record.get("kind", "measurement")), step
+    return record_kind(record), step
 
 
 class RunDirectory:
