@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 from sharpscope.experiments import evidence
 from sharpscope.io.jsonsafe import as_float
-from sharpscope.io.records import is_measurement, number_at, read_measurements
+from sharpscope.io.records import is_measurement, number_at, read_measurements, record_kind
 from sharpscope.track.rundir import RunDirectory
 
 
@@ -147,23 +147,32 @@ def _tracking(steps: Sequence[int], sharpness: Sequence[float], edges: Sequence[
             "min": min(post), "max": max(post), "in_band": in_band, "tracks": bool(in_band >= 0.8 and len(post) >= 5)}
 
 
-def minibatch_edge_stats(run_dir: str | Path, window: int = 10) -> dict[str, Any]:
+ROLLING_WINDOW = 10  # checkpoints in the rolling median of the mini-batch edge ratios
+
+
+def sam_batch_pairs(records: Iterable[Mapping[str, Any]]) -> list[tuple[int, Mapping[str, Any], Mapping[str, Any]]]:
+    """``(step, measurement, "sam_batch" record)`` for every step holding both, in step order."""
+    full, batch = {}, {}
+    for r in records:
+        if is_measurement(r):
+            full[r["step"]] = r
+        elif record_kind(r) == "sam_batch":
+            batch[r["step"]] = r
+    return [(t, full[t], batch[t]) for t in sorted(set(full) & set(batch))]
+
+
+def minibatch_edge_stats(run_dir: str | Path, window: int = ROLLING_WINDOW) -> dict[str, Any]:
     """Mini-batch SAM against its edge, every pairing of sharpness and gradient norm: λ_max of the probe
     set (``full``) or of the step's mini-batch (``batch``) against the SAM-edge from the probe set's
     gradient norm or from the norm SAM normalised, each ratio smoothed by a rolling median of ``window``
     checkpoints (:func:`_tracking`). ``batch/batch`` is Long & Bartlett's mini-batch reading."""
-    records = RunDirectory(run_dir).read_metrics()
-    full = {r["step"]: r for r in records if is_measurement(r)}
-    batch = {r["step"]: r for r in records if r.get("kind") == "sam_batch"}
-    steps = sorted(set(full) & set(batch))
     rows = []
-    for t in steps:
-        m, b = full[t], batch[t]
+    for step, m, b in sam_batch_pairs(RunDirectory(run_dir).read_metrics()):
         values = (number_at(m, "eigenvalues.0"), number_at(b, "batch_sharpness.eigenvalue"),
                   number_at(m, "thresholds.edge"), number_at(b, "sam_edge_batch"), number_at(m, "grad_norm"),
                   number_at(b, "batch_grad_norm"))
         if all(isinstance(v, float) and math.isfinite(v) for v in values):
-            rows.append((t, *values))
+            rows.append((step, *values))
     if not rows:
         return {"checkpoints": 0}
     t, lam_full, lam_batch, edge_full, edge_batch, g_full, g_batch = (list(c) for c in zip(*rows))

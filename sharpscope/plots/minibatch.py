@@ -4,8 +4,8 @@ Each panel shows, against the step, the λ_max of the step's own mini-batch (dot
 (line), and the edge that applies to the run's optimizer computed from the gradient norm SAM normalised
 (dashed): the SAM-edge for ρ > 0 (with heavy-ball momentum in its momentum form), and for ρ = 0 the
 edge of plain or momentum SGD, which is what the SAM-edge reduces to. The tracking criterion smooths
-the ratios with a rolling median of 10 checkpoints; the data (:func:`minibatch_data`) hold those
-rolling medians. A run whose optimizer has no derived edge draws none.
+the ratio of the two with a rolling median of 10 checkpoints; the data (:func:`minibatch_data`) hold
+that rolling ratio. A run whose optimizer has no derived edge draws none.
 """
 
 from __future__ import annotations
@@ -16,39 +16,34 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from sharpscope.experiments.criteria import rolling_median
+from sharpscope.experiments.criteria import ROLLING_WINDOW, rolling_median, sam_batch_pairs
+from sharpscope.io.records import lookup, number_at
 from sharpscope.plots.runs import RunLike, as_runs
 from sharpscope.plots.style import color, label_axes, legend, new_figure
 
-WINDOW = 10
-
-
-def _num(value: Any) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
-
 
 def minibatch_data(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str] | None = None) -> dict[str, Any]:
-    """Per run: the steps measured, probe-set and batch λ_max, the gradient norms and the batch SAM-edge
-    (None where no edge applies), with their rolling medians."""
+    """Per run: the steps measured, probe-set and batch λ_max, the gradient norms, the batch SAM-edge (None
+    where no edge applies) and the rolling median of batch λ over that edge, the ratio the tracking
+    criterion reads (:func:`sharpscope.experiments.criteria.minibatch_edge_stats`)."""
     out = []
     for run in as_runs(runs, labels):
-        full = {r["step"]: r for r in run.measurements}
-        batch = {r["step"]: r for r in run.events if r.get("kind") == "sam_batch"}
-        steps = sorted(set(full) & set(batch))
-        lam_full = [_num((full[t].get("eigenvalues") or [None])[0]) for t in steps]
-        lam_batch = [_num((batch[t].get("batch_sharpness") or {}).get("eigenvalue")) for t in steps]
-        edges = [batch[t].get("sam_edge_batch") for t in steps]
-        edge = None if any(e is None for e in edges) else [_num(e) for e in edges]
+        pairs = sam_batch_pairs([*run.measurements, *run.events])
+        steps = [t for t, _, _ in pairs]
+        lam_batch = [number_at(b, "batch_sharpness.eigenvalue") for _, _, b in pairs]
+        applies = all(lookup(b, "sam_edge_batch") is not None for _, _, b in pairs)
+        edge = [number_at(b, "sam_edge_batch") for _, _, b in pairs] if applies else None
         kw = (run.config.get("optimizer_kwargs") or {})
         rho, beta = float(kw.get("rho", 0.0) or 0.0), float(kw.get("momentum", 0.0) or 0.0)
         name = "SAM-edge (batch ‖g‖)" if rho > 0 else ("(2+2β)/η" if beta else "2/η")
-        out.append({"label": run.label, "edge_name": name, "steps": steps, "lambda_full": lam_full, "lambda_batch": lam_batch,
-                    "grad_norm_full": [_num(full[t].get("grad_norm")) for t in steps],
-                    "grad_norm_batch": [_num(batch[t].get("batch_grad_norm")) for t in steps],
+        out.append({"label": run.label, "edge_name": name, "steps": steps,
+                    "lambda_full": [number_at(m, "eigenvalues.0") for _, m, _ in pairs], "lambda_batch": lam_batch,
+                    "grad_norm_full": [number_at(m, "grad_norm") for _, m, _ in pairs],
+                    "grad_norm_batch": [number_at(b, "batch_grad_norm") for _, _, b in pairs],
                     "edge_batch": edge,
-                    "lambda_batch_rolling": rolling_median(lam_batch, WINDOW) if steps else [],
-                    "edge_batch_rolling": None if edge is None or not steps else rolling_median(edge, WINDOW)})
-    return {"runs": out, "window": WINDOW}
+                    "ratio_batch_rolling": None if edge is None or not steps else
+                    rolling_median([lam / e for lam, e in zip(lam_batch, edge)], ROLLING_WINDOW)})
+    return {"runs": out, "window": ROLLING_WINDOW}
 
 
 def minibatch_figure(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str] | None = None) -> Figure:
