@@ -141,13 +141,12 @@ def sharpness_figure(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str]
                 (line,) = ax.plot(steps, edge, color=c, linestyle=(0, (5, 2)), linewidth=1.0, alpha=0.8,
                                   label=_name_item(item, name, several))
                 line.set_gid("edge")
-            if is_gd or any(d.shape == gd.shape and np.allclose(d, gd, equal_nan=True) for d in drawn_gd):
-                drawn_gd.append(gd)  # the same 2/η line is drawn already
-            elif item["rule"] != "gd_edge" and np.isfinite(gd).any():
-                drawn_gd.append(gd)
-                (line,) = ax.plot(steps, item["gd_edge"], color=c, linestyle=(0, (1, 2)), linewidth=0.9,
-                                  alpha=0.7, label=_name_item(item, "2/η", several))
-                line.set_gid("gd_edge")
+            if not any(d.shape == gd.shape and np.allclose(d, gd, equal_nan=True) for d in drawn_gd):
+                drawn_gd.append(gd)  # one 2/η line per step size (a ρ = 0 run's edge is that line)
+                if not is_gd and item["rule"] != "gd_edge" and np.isfinite(gd).any():
+                    (line,) = ax.plot(steps, item["gd_edge"], color=c, linestyle=(0, (1, 2)), linewidth=0.9,
+                                      alpha=0.7, label=_name_item(item, "2/η", several))
+                    line.set_gid("gd_edge")
         if item["diverged_at_step"] is not None:
             _divergence_marker(ax, steps, ys[0], item["diverged_at_step"], c,
                                _name_item(item, f"diverged (step {item['diverged_at_step']})", several))

@@ -124,11 +124,6 @@ def sam_edge_momentum(optimizer: torch.optim.Optimizer) -> float | None:
     return beta
 
 
-def sam_edge_applies(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether a SAM-edge is derived for ``optimizer`` (:func:`sam_edge_momentum` is not None)."""
-    return sam_edge_momentum(optimizer) is not None
-
-
 def _derived_for(beta: float | None) -> str:
     if beta is None:
         return "sam(p=2) over gd (this optimizer differs: no edge applies)"

@@ -154,8 +154,9 @@ _CAPTION = ("Arms are means over seeds (± one standard deviation); λ_max by La
 STUDY = Study("sam-flatness", ("G1", "G3", "G4", "G5"), stages, evaluate, figures=(
     Figure("lambda-max", "arms-lambda", tuple(f"{arm}-s*" for arm in ARMS),
            "SGD, SAM, ASAM and Sparse SAM (Fisher and dynamic masks, 50%) on a BatchNorm-free CIFAR-10 CNN: λ_max "
-           "(log axis; no stability edge is drawn: momentum SGD's (2+2β)/η is far above and none is derived for "
-           "SAM over momentum). " + _CAPTION),
+           "(log axis; no stability edge is drawn: momentum SGD's (2+2β)/η is far above, ASAM and Sparse SAM have "
+           "none, and SAM's over momentum is the toolkit's extension, not reached in the mini-batch runs of the "
+           "sam-edge study). " + _CAPTION),
     Figure("trace", "escape-seeds", tuple(f"{arm}-s*" for arm in ARMS),
            "The same arms: tr(H), test and train accuracy. " + _CAPTION),
 ))
