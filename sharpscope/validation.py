@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal, TypeVar, overload
 
 from sharpscope.errors import ConfigError, SharpscopeError
 
-__all__ = ["check_int", "check_real", "check_bool", "check_choice", "check_seed", "offset_seed", "check_tol", "check_depth",
-           "check_output_dir", "check_module_path", "check_cast", "SEED_LIMIT", "MAX_DEPTH"]
+__all__ = ["check_int", "check_real", "check_bool", "check_choice", "check_seed", "offset_seed", "check_tol",
+           "check_depth", "check_output_dir", "check_module_path", "check_cast", "SEED_LIMIT", "MAX_DEPTH"]
 
 SEED_LIMIT = 2**64  # torch generators take seeds in [0, 2⁶⁴)
 MAX_DEPTH = 32  # nesting of lists and dicts in a configuration value
