@@ -19,7 +19,7 @@ from rich.table import Table
 from sharpscope_cli.probe_outputs import check_outputs, density_text, write_outputs
 from sharpscope_cli.progress import ProgressLines
 
-from sharpscope.curvature import PerLayerCurvature
+from sharpscope.curvature import CurvatureSettings, PerLayerCurvature
 from sharpscope.data import resolve_data
 from sharpscope.errors import SharpscopeError, os_error_text
 from sharpscope.io import load_checkpoint, save_checkpoint
@@ -226,11 +226,11 @@ def probe_cmd(
     """Top eigenvalues, trace and spectral density of the loss Hessian (or GGN, empirical Fisher) at a checkpoint (optionally per layer)."""
     dev = resolve_device(device)
     torch_dtype = getattr(torch, dtype.value)
-    settings = ProbeSettings(k=k, tol=tol, max_iter=max_iter, stop=stop.value, negative=negative, trace=trace,
-                             trace_method=trace_method.value, trace_matvecs=trace_matvecs, density=density,
-                             density_steps=density_steps, density_runs=density_runs, bn=bn.value,
-                             batch_size=batch_size, hvp_mode=hvp_mode.value, allow_tf32=allow_tf32,
-                             cache_graphs="auto" if cache_graphs is None else cache_graphs, seed=seed,
+    curvature = CurvatureSettings(k=k, tol=tol, max_iter=max_iter, stop=stop.value, trace_method=trace_method.value,
+                                  trace_matvecs=trace_matvecs, bn=bn.value, hvp_mode=hvp_mode.value,
+                                  allow_tf32=allow_tf32, cache_graphs="auto" if cache_graphs is None else cache_graphs)
+    settings = ProbeSettings(curvature=curvature, negative=negative, trace=trace, density=density,
+                             density_steps=density_steps, density_runs=density_runs, batch_size=batch_size, seed=seed,
                              per_layer=per_layer, layer_depth=layer_depth, operator=operator.value)
     check_outputs(out_file, eigenvectors, density)
     if n is not None and n < 1:
@@ -275,7 +275,7 @@ def demo(
     path = save_checkpoint(folder / "demo.safetensors", run.model, spec=run.spec,
                            extra={"steps": run.steps, "train_accuracy": run.train_accuracy})
     loaded = load_checkpoint(path)
-    settings = ProbeSettings(k=1, trace=True, batch_size=None, seed=seed)
+    settings = ProbeSettings(trace=True, batch_size=None, seed=seed)
     with progress_bar(not as_json and err.is_terminal) as bar:
         report = probe(loaded.model, get_loss("ce"), run.data.x, run.data.y, settings, progress=bar)
     extra = {"checkpoint": str(path), "data": run.data.name, "loss_fn": "ce", "train_steps": run.steps,

@@ -44,7 +44,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -187,14 +187,15 @@ class RunDirectory:
                         with contextlib.suppress(FileNotFoundError):
                             p.unlink()
 
-    def create(self, config: Mapping[str, Any], *, force: bool = False,
-               defaults: Mapping[str, Any] | None = None) -> Literal["new", "resume"]:
+    def create(self, config: Mapping[str, Any], *, force: bool = False, defaults: Mapping[str, Any] | None = None,
+               upgrade: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None) -> Literal["new", "resume"]:
         """Start a new run or recognise the one to resume.
 
         * missing or empty folder: write ``config.json``, return ``"new"``;
         * a run folder whose ``config.json`` equals ``config``: return ``"resume"`` (nothing changes;
-          keys missing from the stored config count as their ``defaults``, and the stored config is
-          then rewritten, atomically, with them filled in);
+          the stored config is first read into the current layout by ``upgrade``, keys missing from
+          it count as their ``defaults``, and the stored config is then rewritten, atomically, with
+          them filled in);
         * anything else (another config, a folder that is not a run) raises :class:`ConfigError`
           naming ``--force``;
         * ``force=True``: delete the run's own files (config, metrics, checkpoints, summary;
@@ -214,6 +215,8 @@ class RunDirectory:
             except ValueError as e:
                 raise ConfigError(f"{self.config_path} is unreadable ({e}); "
                                   "pass --force to start the run again") from None
+            if upgrade is not None:
+                old = dict(upgrade(old))
             diff = config_differences(old, jsonsafe.loads(text), defaults=defaults)
             if diff:
                 shown = ", ".join(diff[:8]) + (f" (+{len(diff) - 8} more)" if len(diff) > 8 else "")

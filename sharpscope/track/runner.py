@@ -226,7 +226,7 @@ class _Session:
         self.loss_fn = get_loss(cfg.loss)
         for data in (self.train_set, test_set):
             if data is not None:
-                check_model_fits(self.model, self.loss_fn, data, cfg.k)
+                check_model_fits(self.model, self.loss_fn, data, cfg.curvature.k)
         self.optimizer = build_optimizer(cfg, self.model, self.train_set, self.loss_fn)
         if isinstance(self.optimizer, (RS, SA)):
             self.optimizer.set_example_closure(self._example_closure)
@@ -244,10 +244,8 @@ class _Session:
         probe = self.train_set if cfg.probe_n is None else self.train_set.subset(min(cfg.probe_n, n))
         test_set = None if test_set is None else shard_dataset(test_set)
         self.tracker = SharpnessTracker(
-            shard_dataset(probe), self.loss_fn, every=cfg.measure_every, k=cfg.k, tol=cfg.tol, max_iter=cfg.max_iter,
-            trace=cfg.trace, trace_method=cfg.trace_method,  # type: ignore[arg-type]
-            trace_matvecs=cfg.trace_matvecs, bn=cfg.bn,  # type: ignore[arg-type]
-            batch_size=pb, hvp_mode=cfg.hvp_mode, cache_graphs=cfg.cache_graphs, test_data=test_set,
+            shard_dataset(probe), self.loss_fn, every=cfg.measure_every, curvature=cfg.curvature, trace=cfg.trace,
+            batch_size=pb, test_data=test_set,
             seed=cfg.seed if cfg.probe_seed is None else cfg.probe_seed,
             sink=run.append_metric if self.lead else None, alignment=cfg.alignment, preconditioned=cfg.preconditioned)
         self.stats: tuple[float, float | None] = (math.nan, None)
@@ -508,7 +506,7 @@ def _open_run(run: RunDirectory, cfg: TrainConfig, force: bool,
     """Lock ``run`` until ``held`` closes, create or recognise the run, prepare a resume; the stored
     summary if the run has finished."""
     held.enter_context(run.lock())
-    state = run.create(cfg.to_dict(), force=force, defaults=TrainConfig.defaults())
+    state = run.create(cfg.to_dict(), force=force, defaults=TrainConfig.defaults(), upgrade=TrainConfig.upgrade)
     done = run.finished_summary() if state == "resume" else None
     if state == "resume" and done is None:
         run.prepare_resume()
