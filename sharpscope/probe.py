@@ -28,6 +28,7 @@ from sharpscope.curvature import (
     slq_density,
     trace_estimator,
 )
+from sharpscope.curvature.settings import PROBE_DEFAULTS
 from sharpscope.errors import ConfigError
 from sharpscope.models.inputs import check_model_fits
 from sharpscope.validation import check_bool, check_choice, check_int, check_seed, offset_seed
@@ -42,7 +43,9 @@ class ProbeSettings:
     """What to measure and how; recorded with the report.
 
     ``curvature`` says how every estimate is computed (:class:`~sharpscope.curvature.CurvatureSettings`:
-    ``k``, ``tol``, ``max_iter``, ``stop``, the trace estimator and budget, BatchNorm and product modes).
+    ``k``, ``tol``, ``max_iter``, ``stop``, the trace estimator and budget, BatchNorm and product modes;
+    by default :data:`~sharpscope.curvature.settings.PROBE_DEFAULTS`, which caches gradient graphs
+    when they fit).
     The rest says what this probe measures: the most ``negative`` eigenvalue, the ``trace``, the
     spectral ``density`` (``density_steps`` Lanczos steps, ``density_runs`` runs), ``per_layer``
     curvature (grouped by module, or by the first ``layer_depth`` module-path components), with which
@@ -50,7 +53,7 @@ class ProbeSettings:
     over batches of ``batch_size`` examples (memory only), from random vectors seeded by ``seed``.
     """
 
-    curvature: CurvatureSettings = CurvatureSettings()
+    curvature: CurvatureSettings = PROBE_DEFAULTS
     negative: bool = False
     trace: bool = False
     density: bool = False

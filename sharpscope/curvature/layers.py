@@ -46,7 +46,7 @@ from sharpscope.curvature.hessian import HessianOperator
 from sharpscope.curvature.lanczos import lanczos
 from sharpscope.curvature.objective import LossFn, Objective, ParamSelector, select_parameters
 from sharpscope.curvature.results import EigenResult, TraceResult
-from sharpscope.curvature.settings import UNCACHED, CurvatureSettings
+from sharpscope.curvature.settings import DEFAULTS, CurvatureSettings
 from sharpscope.curvature.trace import trace_estimator
 from sharpscope.errors import ConfigError
 from sharpscope.validation import check_bool, check_seed, offset_seed
@@ -148,7 +148,7 @@ def _report(op: HessianOperator, progress: Progress | None, stage: str, total: i
 
 
 def per_layer_curvature(model: nn.Module, loss_fn: LossFn, data: object, *, groups: LayerGrouping = "module",
-                        settings: CurvatureSettings = UNCACHED, trace: bool = False, batch_size: int | None = None,
+                        settings: CurvatureSettings = DEFAULTS, trace: bool = False, batch_size: int | None = None,
                         seed: int = 0, progress: Progress | None = None) -> PerLayerCurvature:
     """Top-``k`` eigenvalues (and, with ``trace``, the trace) of each group's diagonal Hessian block.
 

@@ -38,7 +38,7 @@ from sharpscope.curvature.trace import check_trace_budget
 from sharpscope.errors import ConfigError
 from sharpscope.validation import check_bool, check_choice, check_int, check_tol
 
-__all__ = ["CacheGraphs", "CurvatureSettings", "HVP_MODES", "RUN_DEFAULTS", "TraceMethod", "UNCACHED",
+__all__ = ["CacheGraphs", "CurvatureSettings", "DEFAULTS", "HVP_MODES", "PROBE_DEFAULTS", "RUN_DEFAULTS", "TraceMethod",
            "default_max_iter"]
 
 TraceMethod = Literal["hutch++", "hutchinson"]
@@ -69,7 +69,8 @@ class CurvatureSettings:
         block_size: probe vectors per operator pass.
         allow_tf32: let CUDA use TF32 (about 1e-3 relative error).
         cache_graphs: keep every batch's gradient graph between products (``rev-rev``): True,
-            False or ``"auto"`` (when the graphs fit in half the free memory; the choice is recorded).
+            False (the default: no memory is held between calls, which a tracker's training needs) or
+            ``"auto"`` (when the graphs fit in half the free memory; the choice is recorded).
     """
 
     k: int = 1
@@ -82,7 +83,7 @@ class CurvatureSettings:
     hvp_mode: HVPMode = "auto"
     block_size: int = 8
     allow_tf32: bool = False
-    cache_graphs: CacheGraphs = "auto"
+    cache_graphs: CacheGraphs = False
 
     def __post_init__(self) -> None:
         check_int("k", self.k, low=1)
@@ -130,11 +131,14 @@ class CurvatureSettings:
         return (base or cls()).replace(**d)
 
 
-#: The defaults of :class:`~sharpscope.track.SharpnessTracker` and
-#: :func:`~sharpscope.curvature.per_layer_curvature`: no gradient graph is kept between calls (a
-#: tracker's graphs would hold activation memory between measurements, while training needs it).
-UNCACHED = CurvatureSettings(cache_graphs=False)
+#: The class defaults, those of :class:`~sharpscope.track.SharpnessTracker` and
+#: :func:`~sharpscope.curvature.per_layer_curvature`.
+DEFAULTS = CurvatureSettings()
 
-#: The defaults of a training run (:class:`~sharpscope.track.TrainConfig`): also one fixed product
-#: mode, so that a run's records are reproducible to the last bit.
-RUN_DEFAULTS = UNCACHED.replace(hvp_mode="rev-rev")
+#: The defaults of a probe (:class:`~sharpscope.probe.ProbeSettings`): it measures once, at fixed
+#: parameters, so the gradient graphs are kept between products when they fit in half the free memory.
+PROBE_DEFAULTS = CurvatureSettings(cache_graphs="auto")
+
+#: The defaults of a training run (:class:`~sharpscope.track.TrainConfig`): one fixed product mode,
+#: so that a run's records are reproducible to the last bit.
+RUN_DEFAULTS = CurvatureSettings(hvp_mode="rev-rev")

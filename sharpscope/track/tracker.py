@@ -49,7 +49,7 @@ from sharpscope.curvature.linear_operator import LinearOperator
 from sharpscope.curvature.objective import LossFn
 from sharpscope.curvature.preconditioned import PreconditionedOperator, adam_optimizer, adam_preconditioner
 from sharpscope.curvature.results import EigenResult
-from sharpscope.curvature.settings import UNCACHED, CurvatureSettings
+from sharpscope.curvature.settings import DEFAULTS, CurvatureSettings
 from sharpscope.data import ArrayDataset
 from sharpscope.errors import ConfigError, SharpscopeError
 from sharpscope.track.thresholds import batch_sam_edge, default_thresholds
@@ -136,7 +136,7 @@ class SharpnessTracker:
             three are None and ``errors["preconditioned_eigenvalues"]`` says why.
     """
 
-    def __init__(self, probe_data: Any, loss_fn: LossFn, *, every: int, curvature: CurvatureSettings = UNCACHED,
+    def __init__(self, probe_data: Any, loss_fn: LossFn, *, every: int, curvature: CurvatureSettings = DEFAULTS,
                  trace: bool = False, batch_size: int | None = None, test_data: Any = None,
                  threshold: ThresholdFn | None = default_thresholds,
                  grad_norm: bool = True, warm_start: bool = True, seed: int = 0,

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from sharpscope.curvature import CurvatureSettings, per_layer_curvature
-from sharpscope.curvature.settings import RUN_DEFAULTS, UNCACHED, default_max_iter
+from sharpscope.curvature.settings import DEFAULTS, PROBE_DEFAULTS, RUN_DEFAULTS, default_max_iter
 from sharpscope.errors import ConfigError
 from sharpscope.probe import ProbeSettings, probe
-from sharpscope.track import SharpnessTracker
+from sharpscope.track import SharpnessTracker, TrainConfig
 
 
 @pytest.mark.parametrize(("dim", "k", "expected"), [(50, 1, 50), (1000, 1, 100), (1000, 5, 100), (1000, 10, 200),
@@ -55,7 +55,10 @@ def test_settings_are_frozen_and_round_trip_through_a_dict() -> None:
     with pytest.raises(ConfigError, match=r"unknown curvature setting\(s\) \['kk'\]") as info:
         CurvatureSettings.from_dict({"kk": 2})
     assert info.value.argument == "curvature"
-    assert (UNCACHED.cache_graphs, RUN_DEFAULTS.cache_graphs, RUN_DEFAULTS.hvp_mode) == (False, False, "rev-rev")
+    assert (DEFAULTS.cache_graphs, DEFAULTS.hvp_mode) == (False, "auto") and CurvatureSettings() == DEFAULTS
+    assert CurvatureSettings(cache_graphs="auto") == PROBE_DEFAULTS and ProbeSettings().curvature == PROBE_DEFAULTS
+    assert CurvatureSettings(hvp_mode="rev-rev") == RUN_DEFAULTS and TrainConfig(model={"name": "mlp"}).curvature == \
+        RUN_DEFAULTS
 
 
 def test_callers_refuse_anything_but_settings() -> None:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from sharpscope.curvature.settings import RUN_DEFAULTS, UNCACHED
+from sharpscope.curvature.settings import RUN_DEFAULTS, CurvatureSettings
 from sharpscope.errors import ConfigError
 from sharpscope.losses import mse
 from sharpscope.track import RunDirectory, SharpnessTracker, TrainConfig, train
@@ -54,7 +54,7 @@ def closed_form(u: torch.Tensor, q: torch.Tensor, g: torch.Tensor) -> tuple[list
 
 def make_tracker(data: tuple[torch.Tensor, torch.Tensor]) -> tuple[SharpnessTracker, list[dict[str, Any]]]:
     records: list[dict[str, Any]] = []
-    tracker = SharpnessTracker(data, mse, every=1, curvature=UNCACHED.replace(k=K, tol=1e-12, hvp_mode="rev-rev"), alignment=True,
+    tracker = SharpnessTracker(data, mse, every=1, curvature=CurvatureSettings(k=K, tol=1e-12, hvp_mode="rev-rev"), alignment=True,
                                sink=records.append)
     return tracker, records
 

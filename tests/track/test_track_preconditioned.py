@@ -11,8 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from sharpscope.curvature import Objective, exact_hessian
-from sharpscope.curvature.settings import UNCACHED
+from sharpscope.curvature import CurvatureSettings, Objective, exact_hessian
 from sharpscope.errors import ConfigError
 from sharpscope.losses import mse
 from sharpscope.optim import SAM
@@ -71,7 +70,7 @@ def dense_preconditioned(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 
 def tracker(**kwargs: Any) -> Callable[[torch.Tensor, torch.Tensor], SharpnessTracker]:
-    return lambda x, y: SharpnessTracker((x, y), mse, every=1, curvature=UNCACHED.replace(k=2, tol=1e-10, hvp_mode="rev-rev"), seed=4, **kwargs)
+    return lambda x, y: SharpnessTracker((x, y), mse, every=1, curvature=CurvatureSettings(k=2, tol=1e-10, hvp_mode="rev-rev"), seed=4, **kwargs)
 
 
 @pytest.mark.parametrize("kind", ["adam", "adamw", "sam-adam"])
