@@ -12,9 +12,10 @@ import pytest
 from sharpscope.curvature.settings import RUN_DEFAULTS
 from sharpscope.errors import ConfigError
 from sharpscope.io import checksums
+from sharpscope.losses import get_loss
 from sharpscope.plots.runs import load_run
 from sharpscope.plots.trajectory import sharpness_data
-from sharpscope.track import RunDirectory, TrainConfig, config_differences, jsonsafe, train
+from sharpscope.track import RunDirectory, TrainConfig, build_data, build_tracker, config_differences, jsonsafe, train
 from sharpscope.track.jsonsafe import without_timings
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -98,3 +99,12 @@ def test_an_old_run_directory_refuses_other_curvature_settings(tmp_path: Path) -
                          (cfg.with_overrides({"stop": "eigenvalue"}), "curvature.stop")):
         with pytest.raises(ConfigError, match=f"different configuration \\(differs in {key}\\)"):
             train(changed, tmp_path / "old")
+
+
+def test_the_tracker_built_from_a_config_carries_its_settings() -> None:
+    cfg = tiny().with_overrides({"probe_seed": 9, "trace": True, "curvature.stop": "eigenvalue"})
+    train_set, _ = build_data(cfg)
+    tracker = build_tracker(cfg, train_set, None, get_loss("mse"))
+    assert tracker.curvature is cfg.curvature and tracker.curvature.stop == "eigenvalue"
+    assert (tracker.seed, tracker.trace, tracker.every, tracker.batch_size) == (9, True, 2, 16)
+    assert build_tracker(cfg.with_overrides({"probe_seed": None, "seed": 4}), train_set, None, get_loss("mse")).seed == 4
