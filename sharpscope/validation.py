@@ -4,7 +4,7 @@ seeds, tolerances, nesting depth, output folders and module paths.
 Each check returns the value (an ``int``, a ``float``, a ``bool`` or one of given choices) or raises a
 :mod:`sharpscope.errors` exception (``ConfigError`` unless ``error`` says otherwise) whose message
 names the argument, the accepted values and the bad value, e.g.
-``k must be a positive integer, got 0``; a ``ConfigError`` also carries the name as its
+``k must be a positive integer, got 0``; the exception also carries the name as its
 ``argument``. ``bool`` is never accepted as a number. Names are the library's argument names
 (``max_iter``), never a command-line spelling.
 """
@@ -30,11 +30,9 @@ T = TypeVar("T")
 
 
 def _error(error: ErrorType, name: str, message: str) -> SharpscopeError:
-    """``error(message)``, with ``argument=name`` when it is a :class:`ConfigError` and ``name`` is a
-    (dotted) Python name such as ``max_iter`` or ``optimizer_kwargs.lr``, not a description."""
-    if issubclass(error, ConfigError) and all(part.isidentifier() for part in name.split(".")):
-        return error(message, argument=name)
-    return error(message)
+    """``error(message)``, with ``argument=name`` when ``name`` is a (dotted) Python name such as
+    ``max_iter`` or ``optimizer_kwargs.lr``, not a description."""
+    return error(message, argument=name if all(part.isidentifier() for part in name.split(".")) else None)
 
 
 def _int_kind(low: int | None, high: int | None) -> str:

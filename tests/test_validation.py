@@ -110,7 +110,7 @@ def test_check_choice_returns_the_choice_and_names_the_alternatives() -> None:
         check_choice("kind", "c", ("a", "b"), error=DataError)
 
 
-def test_config_errors_carry_the_library_argument_and_keep_one_line() -> None:
+def test_errors_carry_the_library_argument_and_keep_one_line() -> None:
     checks = [(lambda: check_int("max_iter", 0, low=1), "max_iter"),
               (lambda: check_real("optimizer_kwargs.lr", math.nan), "optimizer_kwargs.lr"),
               (lambda: check_tol("tol", 1.0), "tol"), (lambda: check_bool("trace", 1), "trace"),
@@ -125,4 +125,4 @@ def test_config_errors_carry_the_library_argument_and_keep_one_line() -> None:
     assert ConfigError("plain").argument is None and str(ConfigError("plain", argument="k")) == "plain"
     with pytest.raises(DataError) as other:
         check_int("n", 0, low=1, error=DataError)
-    assert not hasattr(other.value, "argument")
+    assert other.value.argument == "n" and pickle.loads(pickle.dumps(other.value)).argument == "n"

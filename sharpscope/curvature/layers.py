@@ -77,19 +77,20 @@ def parameter_groups(model: nn.Module, groups: LayerGrouping = "module") -> dict
     """
     if isinstance(groups, Mapping):
         if not groups:
-            raise ConfigError("layer groups: the mapping {name: globs} is empty")
+            raise ConfigError("layer groups: the mapping {name: globs} is empty", argument="groups")
         out: dict[str, list[str]] = {}
         for name, selector in groups.items():
             if selector is None:
-                raise ConfigError(f"layer group {name!r} has no selector (give a glob, a list of globs or a predicate)")
+                raise ConfigError(f"layer group {name!r} has no selector (give a glob, a list of globs or a predicate)",
+                                  argument="groups")
             try:
                 out[str(name)] = list(select_parameters(model, selector))
             except ConfigError as e:
-                raise ConfigError(f"layer group {name!r}: {e}") from None
+                raise ConfigError(f"layer group {name!r}: {e}", argument="groups") from None
         return out
     if isinstance(groups, bool) or not (groups == "module" or isinstance(groups, int) and groups >= 1):
         raise ConfigError(f"layer grouping must be 'module', a positive depth or a mapping {{name: globs}}, "
-                          f"got {groups!r}")
+                          f"got {groups!r}", argument="groups")
     depth = None if groups == "module" else int(groups)
     out = {}
     for name in select_parameters(model, None):

@@ -354,14 +354,14 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+            raise ConfigError(f"an override must look like KEY=VALUE, got {item!r}")
         try:
             value = json.loads(raw)
         except ValueError:
             value = raw
         except RecursionError:
-            raise ConfigError(f"--set {key}: the value nests lists/dicts more than {MAX_DEPTH} levels deep") from None
-        out[key] = check_depth(f"--set {key}", value)
+            raise ConfigError(f"{key} nests lists/dicts more than {MAX_DEPTH} levels deep", argument=key) from None
+        out[key] = check_depth(key, value)
     return out
 
 

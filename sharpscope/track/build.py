@@ -39,7 +39,8 @@ def _options(options: Mapping[str, Any], train_spec: str) -> dict[str, Any]:
     if out.get("feature_stats") == "train":
         name, _, path = train_spec.partition(":")
         if name.lower() not in ("cifar10", "cifar100") or not path:
-            raise ConfigError(f"'feature_stats': 'train' needs a CIFAR training set, got data {train_spec!r}")
+            raise ConfigError(f"'feature_stats': 'train' needs a CIFAR training set, got data {train_spec!r}",
+                              argument="data_options")
         out["feature_stats"] = cifar_feature_stats(path, dataset=name.lower())  # type: ignore[arg-type]
     return out
 
@@ -72,13 +73,14 @@ def load_initial_weights(source: str, model: nn.Module, spec: ModelSpec) -> dict
     if path.is_dir():
         latest = RunDirectory(path).latest_checkpoint()
         if latest is None:
-            raise CheckpointError(f"init_from {source}: the folder holds no run checkpoint")
+            raise CheckpointError(f"init_from {source}: the folder holds no run checkpoint", argument="init_from")
         path = latest[1]
     elif not path.exists():
-        raise CheckpointError(f"init_from {source}: no such checkpoint file or run directory")
+        raise CheckpointError(f"init_from {source}: no such checkpoint file or run directory", argument="init_from")
     raw = read_checkpoint(path, unsafe_flag="")
     if raw.spec is not None and raw.spec != spec:
-        raise CheckpointError(f"init_from {path}: model spec {raw.spec} differs from the config's {spec}")
+        raise CheckpointError(f"init_from {path}: model spec {raw.spec} differs from the config's {spec}",
+                              argument="init_from")
     fit_state_dict(model, raw.state_dict, source=str(path))
     step = raw.extra.get("step")
     return {"path": str(path.resolve()), "step": step if isinstance(step, int) else None}
@@ -111,7 +113,8 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, train_set: ArrayDataset,
         if cfg.optimizer in ("sam", "sparse-sam"):
             base = str(kwargs.pop("base", "sgd"))
             if base not in _BASES:
-                raise ConfigError(f"unknown SAM base optimizer {base!r}; valid: {', '.join(_BASES)}")
+                raise ConfigError(f"unknown SAM base optimizer {base!r}; valid: {', '.join(_BASES)}",
+                                  argument="optimizer_kwargs.base")
             rho = kwargs.pop("rho", 0.05)
             if cfg.optimizer == "sam":
                 return SAM(model.parameters(), _BASES[base], rho=rho, model=model, **kwargs)
@@ -138,11 +141,12 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, train_set: ArrayDataset,
             kwargs["betas"] = tuple(kwargs["betas"])
         return _BASES[cfg.optimizer](model.parameters(), **kwargs)
     except TypeError as e:
-        raise ConfigError(f"optimizer {cfg.optimizer!r} does not accept {cfg.optimizer_kwargs}: {e}") from None
+        raise ConfigError(f"optimizer {cfg.optimizer!r} does not accept {cfg.optimizer_kwargs}: {e}",
+                          argument="optimizer_kwargs") from None
     except ValueError as e:
         if isinstance(e, ConfigError):
             raise
-        raise ConfigError(f"optimizer {cfg.optimizer!r}: {e}") from None
+        raise ConfigError(f"optimizer {cfg.optimizer!r}: {e}", argument="optimizer_kwargs") from None
 
 
 def check_model_fits(model: nn.Module, loss_fn: LossFn, data: ArrayDataset, k: int) -> None:

@@ -161,7 +161,8 @@ class TrainConfig:
         raise :class:`ConfigError` listing the valid ones."""
         unknown = sorted(set(d) - set(cls.field_names()) - set(CurvatureSettings.field_names()))
         if unknown:
-            raise ConfigError(f"unknown config key(s) {unknown}; valid: {', '.join(cls.field_names())}")
+            raise ConfigError(f"unknown config key(s) {unknown}; valid: {', '.join(cls.field_names())}",
+                              argument=unknown[0])
         if "model" not in d:
             raise ConfigError("a train config needs 'model' ({'name': ..., 'kwargs': {...}})", argument="model")
         fields = {k: json.loads(json.dumps(v)) for k, v in cls.upgrade(d).items()}
@@ -183,13 +184,14 @@ class TrainConfig:
             if parts[0] in CurvatureSettings.field_names():
                 parts = ["curvature", *parts]
             if parts[0] not in d:
-                raise ConfigError(f"unknown config key {parts[0]!r} in {key!r}; valid: {', '.join(self.field_names())}")
+                raise ConfigError(f"unknown config key {parts[0]!r} in {key!r}; valid: {', '.join(self.field_names())}",
+                                  argument=key)
             target = d
             for i, part in enumerate(parts[:-1]):
                 if target.get(part) is None and i > 0:
                     target[part] = {}
                 if not isinstance(target.get(part), dict):
-                    raise ConfigError(f"{'.'.join(parts[:i + 1])} is not a dict; cannot set {key!r}")
+                    raise ConfigError(f"{'.'.join(parts[:i + 1])} is not a dict; cannot set {key!r}", argument=key)
                 target = target[part]
             target[parts[-1]] = value
         return TrainConfig.from_dict(d)
@@ -202,11 +204,12 @@ class TrainConfig:
             check_depth(f.name, getattr(self, f.name))
         for key, value in _leaves(dataclasses.asdict(self)):  # config.json is strict JSON
             if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{key} must be a finite number, got {value}")
+                raise ConfigError(f"{key} must be a finite number, got {value}", argument=key)
         if not isinstance(self.model, dict) or "name" not in self.model:
-            raise ConfigError(f"model must be {{'name': ..., 'kwargs': {{...}}}}, got {self.model!r}")
+            raise ConfigError(f"model must be {{'name': ..., 'kwargs': {{...}}}}, got {self.model!r}", argument="model")
         if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
-            raise ConfigError(f"init_from must be a checkpoint file or run directory path, got {self.init_from!r}")
+            raise ConfigError(f"init_from must be a checkpoint file or run directory path, got {self.init_from!r}",
+                              argument="init_from")
         if not isinstance(self.curvature, CurvatureSettings):
             raise ConfigError(f"curvature must be a CurvatureSettings (a dict in TrainConfig.from_dict), got "
                               f"{type(self.curvature).__name__}", argument="curvature")
@@ -218,33 +221,35 @@ class TrainConfig:
         check_seed("seed", self.seed)
         check_seed("probe_seed", self.probe_seed, optional=True)
         if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}", argument="optimizer")
         if not isinstance(self.optimizer_kwargs, dict) or "lr" not in self.optimizer_kwargs:
-            raise ConfigError("optimizer_kwargs must be a dict with at least 'lr'")
+            raise ConfigError("optimizer_kwargs must be a dict with at least 'lr'", argument="optimizer_kwargs")
         for name in ("data_options", "test_data_options"):
             if not isinstance(getattr(self, name), dict):
-                raise ConfigError(f"{name} must be a dict, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be a dict, got {getattr(self, name)!r}", argument=name)
         check_real("stop_at_train_acc", self.stop_at_train_acc, low=0.0, low_open=True, high=1.0, optional=True)
         check_real("label_noise", self.label_noise, low=0.0, high=1.0, high_open=True, optional=True)
         if self.label_noise is not None and self.batch_size is None:
-            raise ConfigError("label_noise draws fresh noisy labels for each mini-batch and needs batch_size")
+            raise ConfigError("label_noise draws fresh noisy labels for each mini-batch and needs batch_size",
+                              argument="label_noise")
         if self.label_noise is not None and self.loss != "ce":
-            raise ConfigError(f"label_noise flips class labels and needs loss 'ce', got {self.loss!r}")
+            raise ConfigError(f"label_noise flips class labels and needs loss 'ce', got {self.loss!r}", argument="label_noise")
         if self.batch_sharpness and (self.optimizer != "sam" or self.batch_size is None):
             raise ConfigError("batch_sharpness measures the mini-batch of a SAM step and needs optimizer 'sam' "
-                              "(rho=0 for an SGD control) and batch_size")
+                              "(rho=0 for an SGD control) and batch_size", argument="batch_sharpness")
         for name in ("trace", "alignment", "preconditioned", "batch_sharpness"):
             check_bool(name, getattr(self, name))
         adam = self.optimizer in ("adam", "adamw") or (self.optimizer in ("sam", "sparse-sam") and isinstance(
             self.optimizer_kwargs, dict) and self.optimizer_kwargs.get("base", "sgd") in ("adam", "adamw"))
         if self.preconditioned and not adam:
             raise ConfigError("preconditioned=true measures Adam's preconditioned sharpness and needs optimizer adam or "
-                              f"adamw (or sam/sparse-sam with base adam/adamw), got {self.optimizer!r}")
+                              f"adamw (or sam/sparse-sam with base adam/adamw), got {self.optimizer!r}", argument="preconditioned")
         check_bool("keep_checkpoints", self.keep_checkpoints)
         if self.dtype not in ("float32", "float64"):
-            raise ConfigError(f"dtype must be float32 or float64, got {self.dtype!r}")
+            raise ConfigError(f"dtype must be float32 or float64, got {self.dtype!r}", argument="dtype")
         if not isinstance(self.device, str) or not self.device:
-            raise ConfigError(f"device must be a string like cpu, cuda, cuda:1 or auto, got {self.device!r}")
+            raise ConfigError(f"device must be a string like cpu, cuda, cuda:1 or auto, got {self.device!r}",
+                              argument="device")
 
 
 def _leaves(value: Any, key: str = "") -> list[tuple[str, Any]]:

@@ -125,7 +125,7 @@ class _Session:
         self.batch: tuple[Tensor, Tensor] | None = None  # the mini-batch of the latest gradient pass
         if cfg.batch_sharpness and world_size() > 1:
             raise ConfigError("batch_sharpness runs in one process (the mini-batch is not sharded); got "
-                              f"{world_size()} ranks")
+                              f"{world_size()} ranks", argument="batch_sharpness")
         if cfg.batch_size is not None:
             self.loader = ShuffledLoader(self.train_set, cfg.batch_size, torch.Generator().manual_seed(offset_seed(cfg.seed, 1)))
         n, pb = len(self.train_set), cfg.physical_batch_size
@@ -179,7 +179,7 @@ class _Session:
             self.tracker.load_state_dict(extra["tracker"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{raw.path}: cannot restore the training state ({type(e).__name__}: {e}); "
-                                  "pass --force to start the run again") from None
+                                  "pass force=True to start the run again", argument="force") from None
         return int(extra["step"])
 
     # -- one step ----------------------------------------------------------------------------

@@ -299,7 +299,7 @@ class SharpnessTracker:
             got = "no optimizer" if optimizer is None else type(optimizer).__name__
             raise ConfigError("preconditioned=True measures lambda_max(P^-1 H) with Adam's P = diag(sqrt(v_hat) + eps) "
                               f"and needs torch.optim.Adam/AdamW (or SAM over one) passed to measure; got {got}. "
-                              "Set preconditioned=False for other optimizers") from None
+                              "Set preconditioned=False for other optimizers", argument="preconditioned") from None
 
     def _measure_preconditioned(self, step: int, objective: Objective, op: HessianOperator,
                                 optimizer: torch.optim.Optimizer | None, rec: dict[str, Any],
