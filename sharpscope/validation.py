@@ -58,7 +58,8 @@ def check_int(name: str, value: Any, *, low: int | None = None, high: int | None
         return None
     if (isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low)
             or (high is not None and value > high)):
-        raise _error(error, name, f"{name} must be {_int_kind(low, high)}{' or None' if optional else ''}, got {value!r}")
+        none = " or None" if optional else ""
+        raise _error(error, name, f"{name} must be {_int_kind(low, high)}{none}, got {value!r}")
     return value
 
 

@@ -15,7 +15,8 @@ from sharpscope.curvature.settings import CurvatureSettings
 from sharpscope.curvature.trace import hutchinson, hutchpp, trace_estimator
 
 __all__ = [
-    "ConvergenceWarning", "CurvatureSettings", "DensityResult", "DropoutWarning", "EigenResult", "EmpiricalFisherOperator", "GGNOperator",
+    "ConvergenceWarning", "CurvatureSettings", "DensityResult", "DropoutWarning", "EigenResult",
+    "EmpiricalFisherOperator", "GGNOperator",
     "HessianOperator", "LambdaOperator", "LayerCurvature", "LinearOperator", "MatrixOperator", "Objective",
     "PerLayerCurvature", "PreconditionedOperator", "ReductionWarning", "TraceResult", "adam_preconditioner",
     "exact_hessian", "hutchinson", "hutchpp", "lanczos", "parameter_groups", "per_layer_curvature",

@@ -166,7 +166,8 @@ def eos_cifar5k(scale: str, *, lr: float = 0.02) -> TrainConfig:
     return TrainConfig(model=fc(3072, [200, 200], "tanh"), **data, loss="mse", optimizer="gd",
                        optimizer_kwargs={"lr": lr}, physical_batch_size=1000, steps=steps, measure_every=every,
                        checkpoint_every=every * 4,
-                       curvature=RUN_DEFAULTS.replace(k=1, cache_graphs=True, max_iter=10 if scale == "smoke" else None))
+                       curvature=RUN_DEFAULTS.replace(k=1, cache_graphs=True,
+                                                      max_iter=10 if scale == "smoke" else None))
 
 
 def eos_momentum(scale: str) -> TrainConfig:
@@ -306,7 +307,8 @@ def demo(scale: str) -> TrainConfig:
     n, test_n = (256, 200) if scale == "smoke" else (None, 1000)
     return TrainConfig(model=fc(40, [100, 100], "relu"), **mnist1d_data(n, test_n), loss="ce", optimizer="sgd",
                        optimizer_kwargs={"lr": 0.05, "momentum": 0.9}, batch_size=128, steps=steps,
-                       measure_every=every, trace=True, checkpoint_every=every, device="cpu" if scale != "gpu" else "auto",
+                       measure_every=every, trace=True, checkpoint_every=every,
+                       device="cpu" if scale != "gpu" else "auto",
                        curvature=RUN_DEFAULTS.replace(k=1, trace_matvecs=30))
 
 

@@ -221,7 +221,8 @@ class TrainConfig:
         check_seed("seed", self.seed)
         check_seed("probe_seed", self.probe_seed, optional=True)
         if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}", argument="optimizer")
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}",
+                              argument="optimizer")
         if not isinstance(self.optimizer_kwargs, dict) or "lr" not in self.optimizer_kwargs:
             raise ConfigError("optimizer_kwargs must be a dict with at least 'lr'", argument="optimizer_kwargs")
         for name in ("data_options", "test_data_options"):
@@ -233,7 +234,8 @@ class TrainConfig:
             raise ConfigError("label_noise draws fresh noisy labels for each mini-batch and needs batch_size",
                               argument="label_noise")
         if self.label_noise is not None and self.loss != "ce":
-            raise ConfigError(f"label_noise flips class labels and needs loss 'ce', got {self.loss!r}", argument="label_noise")
+            raise ConfigError(f"label_noise flips class labels and needs loss 'ce', got {self.loss!r}",
+                              argument="label_noise")
         if self.batch_sharpness and (self.optimizer != "sam" or self.batch_size is None):
             raise ConfigError("batch_sharpness measures the mini-batch of a SAM step and needs optimizer 'sam' "
                               "(rho=0 for an SGD control) and batch_size", argument="batch_sharpness")
@@ -243,7 +245,8 @@ class TrainConfig:
             self.optimizer_kwargs, dict) and self.optimizer_kwargs.get("base", "sgd") in ("adam", "adamw"))
         if self.preconditioned and not adam:
             raise ConfigError("preconditioned=true measures Adam's preconditioned sharpness and needs optimizer adam or "
-                              f"adamw (or sam/sparse-sam with base adam/adamw), got {self.optimizer!r}", argument="preconditioned")
+                              f"adamw (or sam/sparse-sam with base adam/adamw), got {self.optimizer!r}",
+                              argument="preconditioned")
         check_bool("keep_checkpoints", self.keep_checkpoints)
         if self.dtype not in ("float32", "float64"):
             raise ConfigError(f"dtype must be float32 or float64, got {self.dtype!r}", argument="dtype")

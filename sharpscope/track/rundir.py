@@ -209,8 +209,8 @@ class RunDirectory:
         elif not self._is_empty():
             if not self.config_path.is_file():
                 raise ConfigError(f"{self.path} exists, is not empty and is not a sharpscope run directory "
-                                  "(no config.json); refusing to overwrite it: choose another folder or pass force=True",
-                                  argument="force")
+                                  "(no config.json); refusing to overwrite it: choose another folder or pass "
+                                  "force=True", argument="force")
             try:
                 old = jsonsafe.loads(self.config_path.read_text(encoding="utf-8"))
             except ValueError as e:

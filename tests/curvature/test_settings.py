@@ -65,7 +65,8 @@ def test_callers_refuse_anything_but_settings() -> None:
     x, y = torch.zeros(4, 2), torch.zeros(4, 1)
     for build in (lambda: ProbeSettings(curvature={"k": 2}),  # type: ignore[arg-type]
                   lambda: SharpnessTracker((x, y), nn.MSELoss(), every=1, curvature={"k": 2}),  # type: ignore[arg-type]
-                  lambda: per_layer_curvature(nn.Linear(2, 1), nn.MSELoss(), (x, y), settings={"k": 2})):  # type: ignore[arg-type]
+                  lambda: per_layer_curvature(nn.Linear(2, 1), nn.MSELoss(), (x, y),
+                                              settings={"k": 2})):  # type: ignore[arg-type]
         with pytest.raises(ConfigError, match="must be a CurvatureSettings, got dict"):
             build()
     with pytest.raises(ConfigError, match="hvp_mode='fd' applies to the Hessian only, not to operator 'ggn'") as info:

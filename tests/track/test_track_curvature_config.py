@@ -107,4 +107,5 @@ def test_the_tracker_built_from_a_config_carries_its_settings() -> None:
     tracker = build_tracker(cfg, train_set, None, get_loss("mse"))
     assert tracker.curvature is cfg.curvature and tracker.curvature.stop == "eigenvalue"
     assert (tracker.seed, tracker.trace, tracker.every, tracker.batch_size) == (9, True, 2, 16)
-    assert build_tracker(cfg.with_overrides({"probe_seed": None, "seed": 4}), train_set, None, get_loss("mse")).seed == 4
+    assert build_tracker(cfg.with_overrides({"probe_seed": None, "seed": 4}), train_set, None,
+                         get_loss("mse")).seed == 4

@@ -70,7 +70,9 @@ def dense_preconditioned(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 
 def tracker(**kwargs: Any) -> Callable[[torch.Tensor, torch.Tensor], SharpnessTracker]:
-    return lambda x, y: SharpnessTracker((x, y), mse, every=1, curvature=CurvatureSettings(k=2, tol=1e-10, hvp_mode="rev-rev"), seed=4, **kwargs)
+    return lambda x, y: SharpnessTracker((x, y), mse, every=1,
+                                         curvature=CurvatureSettings(k=2, tol=1e-10, hvp_mode="rev-rev"), seed=4,
+                                         **kwargs)
 
 
 @pytest.mark.parametrize("kind", ["adam", "adamw", "sam-adam"])

@@ -25,7 +25,8 @@ def tiny(**overrides: Any) -> TrainConfig:
     base = TrainConfig(model={"name": "mlp", "kwargs": {"in_features": 40, "num_classes": 10, "widths": [16],
                                                          "activation": "tanh"}},
                        data="mnist1d", n=64, test_data="mnist1d", test_n=32, physical_batch_size=24, steps=12,
-                       measure_every=3, checkpoint_every=4, curvature=RUN_DEFAULTS.replace(k=2), loss="mse", optimizer_kwargs={"lr": 0.5})
+                       measure_every=3, checkpoint_every=4, curvature=RUN_DEFAULTS.replace(k=2), loss="mse",
+                       optimizer_kwargs={"lr": 0.5})
     return base.with_overrides(overrides)
 
 

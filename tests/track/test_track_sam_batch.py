@@ -35,7 +35,8 @@ def test_batch_norm_is_the_norm_sam_normalised() -> None:
     the SAM-edge of that norm, next to the measurement's full-batch ‖∇L(θ_t)‖."""
     model, x, y = _problem()
     records: list[dict] = []
-    tracker = SharpnessTracker((x, y), mse, every=1, curvature=CurvatureSettings(hvp_mode="rev-rev"), sink=records.append)
+    tracker = SharpnessTracker((x, y), mse, every=1, curvature=CurvatureSettings(hvp_mode="rev-rev"),
+                               sink=records.append)
     opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.02)
     xb, yb = x[:8], y[:8]
     hand = torch.autograd.grad(mse(model(xb), yb), list(model.parameters()))

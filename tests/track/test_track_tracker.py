@@ -41,7 +41,9 @@ def without_seconds(obj: object) -> object:
 def test_eigenvalues_trace_gradient_and_losses_are_exact_on_least_squares() -> None:
     model, x, y = problem()
     xt, yt = x[:50] * 0.5, y[:50]
-    tracker = SharpnessTracker((x, y), mse, every=1, curvature=CurvatureSettings(k=3, tol=1e-10, trace_matvecs=36, hvp_mode="rev-rev"), trace=True,
+    tracker = SharpnessTracker((x, y), mse, every=1,
+                               curvature=CurvatureSettings(k=3, tol=1e-10, trace_matvecs=36, hvp_mode="rev-rev"),
+                               trace=True,
                                batch_size=64, test_data=(xt, yt))
     rec = tracker.measure(0, model, torch.optim.SGD(model.parameters(), lr=0.1))
     hessian = x.T @ x / len(x)  # ½‖Xw − y‖²/N has Hessian XᵀX/N
@@ -89,7 +91,8 @@ def test_measuring_changes_nothing_in_the_training_state() -> None:
         p.grad = torch.full_like(p, 7.0)
     before = copy.deepcopy(model.state_dict())
     rng = torch.get_rng_state()
-    SharpnessTracker((x, y), mse, every=1, curvature=CurvatureSettings(k=2, trace_matvecs=8), trace=True).measure(0, model)
+    SharpnessTracker((x, y), mse, every=1, curvature=CurvatureSettings(k=2, trace_matvecs=8),
+                     trace=True).measure(0, model)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(torch.equal(p.grad, torch.full_like(p, 7.0)) for p in model.parameters())
     assert model.training and torch.equal(torch.get_rng_state(), rng)
@@ -121,7 +124,8 @@ def test_non_finite_parameters_are_recorded_not_raised_and_any_loop_can_use_the_
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(40, 8), nn.Tanh(), nn.Linear(8, 1)).double()  # H depends on the weights
     records: list[dict] = []
-    tracker = SharpnessTracker((x, y), mse, every=2, curvature=CurvatureSettings(k=1, trace_matvecs=8), trace=True, sink=records.append)
+    tracker = SharpnessTracker((x, y), mse, every=2, curvature=CurvatureSettings(k=1, trace_matvecs=8), trace=True,
+                               sink=records.append)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     for step in range(5):
         tracker.maybe_measure(step, model, opt)
