@@ -161,8 +161,7 @@ class TrainConfig:
         raise :class:`ConfigError` listing the valid ones."""
         unknown = sorted(set(d) - set(cls.field_names()) - set(CurvatureSettings.field_names()))
         if unknown:
-            raise ConfigError(f"unknown config key(s) {unknown}; valid: {', '.join(cls.field_names())}",
-                              argument=unknown[0])
+            raise ConfigError(f"unknown config key(s) {unknown}; valid: {', '.join(cls.field_names())}")
         if "model" not in d:
             raise ConfigError("a train config needs 'model' ({'name': ..., 'kwargs': {...}})", argument="model")
         fields = {k: json.loads(json.dumps(v)) for k, v in cls.upgrade(d).items()}
@@ -184,8 +183,7 @@ class TrainConfig:
             if parts[0] in CurvatureSettings.field_names():
                 parts = ["curvature", *parts]
             if parts[0] not in d:
-                raise ConfigError(f"unknown config key {parts[0]!r} in {key!r}; valid: {', '.join(self.field_names())}",
-                                  argument=key)
+                raise ConfigError(f"unknown config key {parts[0]!r} in {key!r}; valid: {', '.join(self.field_names())}")
             target = d
             for i, part in enumerate(parts[:-1]):
                 if target.get(part) is None and i > 0:
