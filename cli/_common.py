@@ -28,7 +28,7 @@ err = Console(stderr=True)
 # Names the library registers, repeated here so that --help needs no import of torch; a test checks
 # that they equal the library's (sharpscope.experiments.RECIPES, ...STUDIES, sharpscope.plots.kinds.KINDS).
 RECIPE_NAMES = ("eos-gd", "eos-momentum", "eos-ce", "eos-adam", "eos-cifar5k", "sam-edge", "sam-edge-cnn",
-                "sam-minibatch", "sam-flatness", "landscape-resnet18", "demo")
+                "sam-minibatch", "sam-flatness", "demo", "landscape-resnet18")
 STUDY_NAMES = ("eos", "sam-edge", "escape", "label-noise", "sam-flatness")
 PLOT_KINDS = ("auto", "sharpness", "trace", "escape", "density", "layers")
 
