@@ -45,7 +45,7 @@ from sharpscope.landscape.grid import GridProgress, check_grid_memory
 from sharpscope.landscape.iterates import Source, covering_grid
 from sharpscope.landscape.slices import SliceResult, slice_1d, slice_2d
 from sharpscope.losses import LOSSES, get_loss
-from sharpscope.validation import check_int, check_seed, check_tol
+from sharpscope.validation import check_bool, check_int, check_seed, check_tol
 
 DirectionKind = Literal["random", "eig", "pca", "interp"]
 Axis = tuple[float, float, int]
@@ -131,6 +131,10 @@ class SliceSettings:
         _choice("method", self.method, ("auto", "vmap", "loop"))
         if self.dtype is not None:
             _choice("dtype", self.dtype, tuple(DTYPES))
+        for flag in ("include_bn_bias", "allow_tf32"):
+            check_bool(flag, getattr(self, flag))
+        if self.device is not None and not isinstance(self.device, str):
+            raise _refused("device", f"device must be a name such as 'cpu', 'cuda:0' or 'auto', got {self.device!r}")
         check_int("batch_size", self.batch_size, low=1, optional=True)
         check_int("chunk_size", self.chunk_size, low=1)
         check_int("max_iter", self.max_iter, low=1, optional=True)

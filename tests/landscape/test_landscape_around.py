@@ -135,11 +135,20 @@ def test_equals_the_slice_assembled_step_by_step(iterates: Path, kind: str, opti
     (dict(bn="train"), "bn"),
     (dict(method="fast"), "method"),
     (dict(dtype="float16"), "dtype"),
+    (dict(device=0), "device"),
 ])
 def test_bad_settings_name_their_argument(options: dict, argument: str) -> None:
     with pytest.raises(ConfigError, match=argument) as caught:
         SliceSettings(**options)
     assert caught.value.argument == argument and len(str(caught.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("options", [dict(seed=-1), dict(tol=1.0), dict(chunk_size=0), dict(max_iter=0),
+                                     dict(batch_size=0), dict(include_bn_bias=1), dict(allow_tf32="yes")])
+def test_numbers_and_flags_are_checked(options: dict) -> None:
+    name = next(iter(options))
+    with pytest.raises(ConfigError, match=name):
+        SliceSettings(**options)
 
 
 def test_a_grid_too_large_for_memory_is_refused_before_any_work() -> None:
