@@ -8,7 +8,7 @@ import torch
 
 from sharpscope import ConfigError, HessianOperator, LambdaOperator, MatrixOperator, lanczos
 from tests.curvature.conftest import dense_hessian, make_objective
-from tests.curvature.test_lanczos_stopping import with_spectrum
+from tests.curvature.test_lanczos_stopping import SPECTRA, spectrum, with_spectrum
 
 
 def clustered_spectrum(n: int = 200) -> torch.Tensor:
@@ -128,3 +128,15 @@ def test_block_choice_and_bad_input() -> None:
         lanczos(MatrixOperator(A), k=2, block=2, v0=torch.ones(40, 2, dtype=torch.float64))
     with pytest.raises(ConfigError, match="exceeds max_iter"):
         lanczos(MatrixOperator(A), k=2, block=5, max_iter=4)
+
+
+@pytest.mark.parametrize("name", ["gap 2%", "outliers", "gap to the bulk"])
+def test_eigenvalue_rule_bound_covers_the_true_error(name: str) -> None:
+    lam = spectrum(SPECTRA[name])
+    exact = torch.sort(lam, descending=True).values
+    res = lanczos(MatrixOperator(with_spectrum(lam, seed=2)), k=2, block=2, tol=1e-4, stop="eigenvalue",
+                  max_iter=400, seed=3)
+    assert res.converged and res.settings["stop"] == "eigenvalue" and res.error_bounds is not None
+    assert res.settings["basis_vectors"] >= res.settings["min_steps"]
+    assert bool(((res.eigenvalues - exact[:2]).abs() <= res.error_bounds).all()), (res.eigenvalues, exact[:2])
+    assert bool((res.error_bounds < 1e-4 * res.eigenvalues.abs()).all())
