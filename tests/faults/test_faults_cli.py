@@ -75,7 +75,7 @@ def test_probe_checks_that_the_model_takes_the_data_before_measuring(files: dict
     (("--device", "meta"), "not meta"),
     (("--tol", "1e300"), "tol must be in (0.0, 1.0)"),
     (("--tol", "inf"), "tol must be finite"),
-    (("--trace", "--trace-matvecs", "4"), "Hutch++ needs trace_matvecs >= 6"),
+    (("--trace", "--trace-matvecs", "4"), "Hutch++ needs --trace-matvecs >= 6"),  # the flag of trace_matvecs
 ])
 def test_probe_options_are_checked_before_any_product(files: dict[str, Path], args: tuple[str, ...],
                                                       needle: str) -> None:
