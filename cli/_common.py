@@ -179,7 +179,8 @@ def user_message(exc: BaseException, flags: dict[str, list[str]]) -> str:
     flag = option_flag(argument, flags) if isinstance(argument, str) and argument else None
     if flag is None:
         return message
-    return re.sub(rf"(?<![\w-]){re.escape(argument)}(?![\w-])", flag, message)
+    # "force=True" names an on/off flag: the command line spells it "--force"
+    return re.sub(rf"(?<![\w-]){re.escape(argument)}(?:=True)?(?![\w-])", flag, message)
 
 
 def error_line(exc: Exception, flags: dict[str, list[str]]) -> str | None:

@@ -37,6 +37,12 @@ class ConvergenceWarning(UserWarning):
     """An iterative method stopped at its iteration limit before reaching its tolerance."""
 
 
+def default_max_iter(dim: int, k: int) -> int:
+    """The Lanczos step limit when none is given: ``min(d, max(100, 20k))`` for ``d`` parameters
+    (enough for ``k`` well-separated eigenvalues; never more steps than dimensions)."""
+    return min(dim, max(100, 20 * k))
+
+
 def tridiagonal_eigh(alphas: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Eigenvalues (ascending) and eigenvectors of the symmetric tridiagonal ``T`` in float64."""
     from scipy.linalg import eigh_tridiagonal  # scipy.linalg takes ~0.5 s to import: not at start-up
@@ -184,7 +190,7 @@ def lanczos(op: LinearOperator, k: int = 1, *, which: Which = "LA", tol: float =
     check_int("max_iter", max_iter, low=1, optional=True)
     if stop not in ("residual", "eigenvalue"):
         raise ConfigError(f"stop must be 'residual' or 'eigenvalue', got {stop!r}")
-    max_iter = min(op.dim, max(100, 20 * k)) if max_iter is None else min(int(max_iter), op.dim)
+    max_iter = default_max_iter(op.dim, k) if max_iter is None else min(int(max_iter), op.dim)
     if max_iter < k:
         raise ConfigError(f"max_iter={max_iter} is below k={k}")
     b, block_rule = block_size_for(op, k, block)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from sharpscope.curvature.hessian import HVPMode
-from sharpscope.curvature.lanczos import DEFAULT_STOP, Stop
+from sharpscope.curvature.lanczos import DEFAULT_STOP, Stop, default_max_iter
 from sharpscope.curvature.objective import BNMode
 from sharpscope.curvature.trace import check_trace_budget
 from sharpscope.errors import ConfigError
@@ -44,12 +44,6 @@ __all__ = ["CacheGraphs", "CurvatureSettings", "DEFAULTS", "HVP_MODES", "PROBE_D
 TraceMethod = Literal["hutch++", "hutchinson"]
 CacheGraphs = bool | Literal["auto"]
 HVP_MODES: tuple[str, ...] = get_args(HVPMode)
-
-
-def default_max_iter(dim: int, k: int) -> int:
-    """The Lanczos step limit when none is given: ``min(d, max(100, 20k))`` for ``d`` parameters
-    (enough for ``k`` well-separated eigenvalues; never more steps than dimensions)."""
-    return min(dim, max(100, 20 * k))
 
 
 @dataclass(frozen=True)

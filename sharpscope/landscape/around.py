@@ -45,25 +45,13 @@ from sharpscope.landscape.grid import GridProgress, check_grid_memory
 from sharpscope.landscape.iterates import Source, covering_grid
 from sharpscope.landscape.slices import SliceResult, slice_1d, slice_2d
 from sharpscope.losses import LOSSES, get_loss
-from sharpscope.validation import check_bool, check_int, check_seed, check_tol
+from sharpscope.validation import check_bool, check_choice, check_int, check_seed, check_tol
 
 DirectionKind = Literal["random", "eig", "pca", "interp"]
 Axis = tuple[float, float, int]
 DIRECTION_KINDS = ("random", "eig", "pca", "interp")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DEFAULT_POINTS = 21  # points on an axis the settings leave to the slice
-
-
-def _refused(argument: str, message: str) -> ConfigError:
-    """A :class:`ConfigError` about the library argument ``argument`` (kept on the error as ``argument``)."""
-    error = ConfigError(message)
-    setattr(error, "argument", argument)  # noqa: B010 - set on any version of the error class
-    return error
-
-
-def _choice(argument: str, value: Any, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise _refused(argument, f"{argument} must be one of {', '.join(choices)}; got {value!r}")
 
 
 def _axis(argument: str, value: Any) -> Axis | None:
@@ -77,7 +65,7 @@ def _axis(argument: str, value: Any) -> Axis | None:
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise _refused(argument, f"{argument} must be (start, stop, num) with finite start < stop and num >= 2, "
+        raise ConfigError(argument=argument, message=f"{argument} must be (start, stop, num) with finite start < stop and num >= 2, "
                                  f"got {value!r}")
     return float(start), float(stop), int(num)
 
@@ -116,25 +104,25 @@ class SliceSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _choice("directions", self.directions, DIRECTION_KINDS)
+        check_choice("directions", self.directions, DIRECTION_KINDS)
         if self.dims is not None and (isinstance(self.dims, bool) or self.dims not in (1, 2)):
-            raise _refused("dims", f"dims must be 1 or 2, got {self.dims!r}")
+            raise ConfigError(argument="dims", message=f"dims must be 1 or 2, got {self.dims!r}")
         if self.directions == "interp" and self.slice_dims != 1:
-            raise _refused("dims", "directions 'interp' (the line to another checkpoint) is 1-D: dims must be 1")
+            raise ConfigError(argument="dims", message="directions 'interp' (the line to another checkpoint) is 1-D: dims must be 1")
         for name in ("alphas", "betas"):
             object.__setattr__(self, name, _axis(name, getattr(self, name)))
         if self.slice_dims == 1 and self.betas is not None:
-            raise _refused("betas", "betas is the second axis of a 2-D slice; this slice is 1-D (dims 1)")
-        _choice("normalization", self.normalization, ("filter", "layer"))
-        _choice("loss", self.loss, tuple(LOSSES))
-        _choice("bn", self.bn, ("eval", "batch"))
-        _choice("method", self.method, ("auto", "vmap", "loop"))
+            raise ConfigError(argument="betas", message="betas is the second axis of a 2-D slice; this slice is 1-D (dims 1)")
+        check_choice("normalization", self.normalization, ("filter", "layer"))
+        check_choice("loss", self.loss, tuple(LOSSES))
+        check_choice("bn", self.bn, ("eval", "batch"))
+        check_choice("method", self.method, ("auto", "vmap", "loop"))
         if self.dtype is not None:
-            _choice("dtype", self.dtype, tuple(DTYPES))
+            check_choice("dtype", self.dtype, tuple(DTYPES))
         for flag in ("include_bn_bias", "allow_tf32"):
             check_bool(flag, getattr(self, flag))
         if self.device is not None and not isinstance(self.device, str):
-            raise _refused("device", f"device must be a name such as 'cpu', 'cuda:0' or 'auto', got {self.device!r}")
+            raise ConfigError(argument="device", message=f"device must be a name such as 'cpu', 'cuda:0' or 'auto', got {self.device!r}")
         check_int("batch_size", self.batch_size, low=1, optional=True)
         check_int("chunk_size", self.chunk_size, low=1)
         check_int("max_iter", self.max_iter, low=1, optional=True)
@@ -156,13 +144,13 @@ def check_sources(settings: SliceSettings, other: Source | None, iterates: Seque
     """Refuse a checkpoint argument the settings' directions cannot use, or one they need and lack."""
     kind = settings.directions
     if kind == "interp" and other is None:
-        raise _refused("other", "directions 'interp' needs other, the checkpoint at t = 1")
+        raise ConfigError(argument="other", message="directions 'interp' needs other, the checkpoint at t = 1")
     if kind != "interp" and other is not None:
-        raise _refused("other", f"other (the checkpoint at t = 1) is for directions 'interp', not {kind!r}")
+        raise ConfigError(argument="other", message=f"other (the checkpoint at t = 1) is for directions 'interp', not {kind!r}")
     if kind == "pca" and not iterates:
-        raise _refused("iterates", "directions 'pca' needs iterates, the run's checkpoints (or folders of them)")
+        raise ConfigError(argument="iterates", message="directions 'pca' needs iterates, the run's checkpoints (or folders of them)")
     if iterates and settings.slice_dims == 1 and kind != "pca":
-        raise _refused("iterates", "iterates: their path is drawn on 2-D slices only (a 1-D slice takes them for "
+        raise ConfigError(argument="iterates", message="iterates: their path is drawn on 2-D slices only (a 1-D slice takes them for "
                                    "directions 'pca' only)")
 
 

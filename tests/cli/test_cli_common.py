@@ -41,7 +41,7 @@ def failing_app(exc: BaseException) -> typer.Typer:
 
 def config_error(message: str, argument: str | None) -> ConfigError:
     error = ConfigError(message)
-    error.argument = argument  # type: ignore[attr-defined]  # set by hand: works with or without the attribute
+    error.argument = argument
     return error
 
 
@@ -51,6 +51,7 @@ def config_error(message: str, argument: str | None) -> ConfigError:
     ("directions 'pca' needs iterates, the run's checkpoints", "iterates",
      "directions 'pca' needs --iterate, the run's checkpoints"),
     ("cache_graphs applies to the Hessian only", "cache_graphs", "--cache-graphs applies to the Hessian only"),
+    ("pass cache_graphs=True to keep them", "cache_graphs", "pass --cache-graphs to keep them"),  # an on/off flag
     ("block_size must be positive", "block_size", "block_size must be positive"),  # not an option of the command
     ("max_iter_total is not max_iter", "max_iter", "max_iter_total is not --max-iter"),  # whole names only
     ("max_iter must be positive", None, "max_iter must be positive"),
