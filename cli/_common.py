@@ -69,6 +69,12 @@ class TraceMethod(str, Enum):
     hutchinson = "hutchinson"
 
 
+class Precision(str, Enum):
+    strict = "strict"
+    tf32 = "tf32"
+    bf16 = "bf16"
+
+
 class DType(str, Enum):
     float32 = "float32"
     float64 = "float64"

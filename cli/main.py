@@ -17,6 +17,7 @@ from sharpscope_cli._common import (
     HVPMode,
     Loss,
     Operator,
+    Precision,
     Stop,
     TraceMethod,
     clean_errors,
@@ -61,6 +62,9 @@ def report_table(report: ProbeReport, title: str) -> Table:
     table.add_row("‖gradient‖", f"{report.grad_norm:.4g}", "", "", "")
     table.caption = (f"{s['probe_examples']} examples in {s['num_batches']} batch(es), {s['dim']:,} parameters, "
                      f"BN {s['bn']}, {'HVP ' + str(s['hvp_mode']) if s.get('operator', 'hessian') == 'hessian' else s['operator'].upper() + ' products'}, {s['dtype']} on {s['device']}, seed {s['seed']}")
+    deviation = (s.get("product_precision") or {}).get("deviation")
+    if deviation is not None:
+        table.caption += f"; {s['product_precision']['precision']} products deviate {deviation:.1e} (relative) from strict ones"
     if not top.converged:
         table.caption += " — λ did NOT converge to tol; raise --max-iter"
     return table
@@ -88,6 +92,18 @@ def emit(report: ProbeReport, title: str, as_json: bool, extra: dict[str, Any]) 
         out.print(report_table(report, title))
         if report.per_layer is not None:
             out.print(layers_table(report.per_layer))
+
+
+def lanczos_block(text: str | None) -> int | str | None:
+    """``--block``: None, ``"auto"`` or a positive integer."""
+    if text is None or text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        from sharpscope.errors import ConfigError
+
+        raise ConfigError(f"block must be an integer or auto, got {text!r}", argument="block") from None
 
 
 def load_model(checkpoint: Path, model: str | None, unsafe_load: bool) -> torch.nn.Module:
@@ -127,7 +143,9 @@ def probe_cmd(
     hvp_mode: Annotated[HVPMode, typer.Option(help="Hessian-vector product: auto picks the faster exact mode.")] = HVPMode.auto,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     dtype: Annotated[DType, typer.Option(help="Arithmetic precision.")] = DType.float32,
-    allow_tf32: Annotated[bool, typer.Option("--allow-tf32", help="Let CUDA use TF32 (about 1e-3 relative error).")] = False,
+    precision: Annotated[Precision, typer.Option(help="Product arithmetic: strict float32, tf32 (CUDA TF32 matmuls, about 1e-3 relative error) or bf16 (bfloat16 autocast). Anything but strict measures its deviation from a strict product once and reports it.")] = Precision.strict,
+    compile_products: Annotated[bool, typer.Option("--compile", help="torch.compile the forward-over-reverse product (compiling takes tens of seconds; the deviation from eager products is reported).")] = False,
+    block: Annotated[str | None, typer.Option(help="Block Lanczos with this many vectors per step (an integer, or auto: k capped at 8); default single-vector.")] = None,
     cache_graphs: Annotated[bool | None, typer.Option("--cache-graphs/--no-cache-graphs", help="Keep every batch's gradient graph between products (double backward; faster, needs the memory of all batches). Default: automatic, when the graphs fit in half the free memory.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of every random vector.")] = 0,
     per_layer: Annotated[bool, typer.Option("--per-layer", help="Also top eigenvalues (and trace, with --trace) of each layer's diagonal Hessian block.")] = False,
@@ -152,7 +170,8 @@ def probe_cmd(
     torch_dtype = getattr(torch, dtype.value)
     curvature = CurvatureSettings(k=k, tol=tol, max_iter=max_iter, stop=stop.value, trace_method=trace_method.value,
                                   trace_matvecs=trace_matvecs, bn=bn.value, hvp_mode=hvp_mode.value,
-                                  allow_tf32=allow_tf32, cache_graphs="auto" if cache_graphs is None else cache_graphs)
+                                  precision=precision.value, compile=compile_products, block=lanczos_block(block),
+                                  cache_graphs="auto" if cache_graphs is None else cache_graphs)
     settings = ProbeSettings(curvature=curvature, negative=negative, trace=trace, density=density,
                              density_steps=density_steps, density_runs=density_runs, batch_size=batch_size, seed=seed,
                              per_layer=per_layer, layer_depth=layer_depth, operator=operator.value)

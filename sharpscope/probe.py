@@ -18,7 +18,6 @@ from sharpscope.curvature import (
     EigenResult,
     EmpiricalFisherOperator,
     GGNOperator,
-    HessianOperator,
     LinearOperator,
     Objective,
     PerLayerCurvature,
@@ -72,7 +71,9 @@ class ProbeSettings:
         check_choice("operator", self.operator, get_args(Operator))
         if self.operator != "hessian":
             hessian_only = {"per_layer=True": self.per_layer, "cache_graphs=True": self.curvature.cache_graphs is True,
-                            f"hvp_mode={self.curvature.hvp_mode!r}": self.curvature.hvp_mode != "auto"}
+                            f"hvp_mode={self.curvature.hvp_mode!r}": self.curvature.hvp_mode != "auto",
+                            "compile=True": self.curvature.compile,
+                            "precision='bf16'": self.curvature.precision == "bf16"}
             used = [name for name, on in hessian_only.items() if on]
             if used:
                 raise ConfigError(f"{', '.join(used)} appl{'ies' if len(used) == 1 else 'y'} to the Hessian only, "
@@ -124,11 +125,10 @@ def curvature_operator(objective: Objective, settings: ProbeSettings) -> LinearO
     """The matrix the probe measures: the Hessian, the generalised Gauss–Newton or the empirical Fisher."""
     c = settings.curvature
     if settings.operator == "ggn":
-        return GGNOperator(objective, block_size=c.block_size, allow_tf32=c.allow_tf32)
+        return GGNOperator(objective, block_size=c.block_size, allow_tf32=c.precision == "tf32")
     if settings.operator == "ef":
-        return EmpiricalFisherOperator(objective, block_size=c.block_size, allow_tf32=c.allow_tf32)
-    return HessianOperator(objective, mode=c.hvp_mode, block_size=c.block_size, allow_tf32=c.allow_tf32,
-                           cache_graphs=c.cache_graphs)
+        return EmpiricalFisherOperator(objective, block_size=c.block_size, allow_tf32=c.precision == "tf32")
+    return c.hessian(objective)
 
 
 def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor,
@@ -153,7 +153,7 @@ def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tens
         op.on_matmat = None if progress is None else (lambda: progress(name, op.matvecs - first, total))
 
     stage("top eigenvalues", max_iter)
-    top = lanczos(op, k=c.k, which="LA", tol=c.tol, max_iter=max_iter, seed=settings.seed, stop=c.stop)
+    top = lanczos(op, k=c.k, which="LA", tol=c.tol, max_iter=max_iter, seed=settings.seed, stop=c.stop, block=c.block)
     negative = trace = density = None
     if settings.negative:
         stage("most negative eigenvalue", max_iter)

@@ -175,8 +175,7 @@ def per_layer_curvature(model: nn.Module, loss_fn: LossFn, data: object, *, grou
     for group, params in names.items():
         t0 = time.perf_counter()
         objective = Objective(model, loss_fn, batches, bn=settings.bn, params=params, validate=False)
-        op = HessianOperator(objective, mode=settings.hvp_mode, block_size=settings.block_size,
-                             allow_tf32=settings.allow_tf32, cache_graphs=settings.cache_graphs)
+        op = settings.hessian(objective)
         kk = min(settings.k, objective.dim)
         iters = settings.lanczos_steps(objective.dim, kk)
 
@@ -185,6 +184,7 @@ def per_layer_curvature(model: nn.Module, loss_fn: LossFn, data: object, *, grou
         with torch.no_grad():
             _report(op, progress, f"{group}: top eigenvalues", iters)
             top = lanczos(op, kk, which="LA", tol=settings.tol, max_iter=iters, seed=seed, return_eigenvectors=False,
+                          block=settings.block if kk > 1 else None,
                           stop=settings.stop)
             tr = None
             if trace:

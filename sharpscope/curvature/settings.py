@@ -7,8 +7,9 @@
   :func:`default_max_iter` ``= min(d, max(100, 20k))`` for ``d`` parameters.
 * trace: ``trace_method`` (Hutch++ or Hutchinson) with a budget of ``trace_matvecs`` products.
 * the objective and its products: BatchNorm mode ``bn``, Hessian-vector product mode ``hvp_mode``,
-  ``block_size`` probe vectors per pass, TF32 (``allow_tf32``) and the gradient-graph cache
-  (``cache_graphs``) of :class:`~sharpscope.curvature.HessianOperator`.
+  ``block_size`` probe vectors per pass, the arithmetic (``precision``), compiled products
+  (``compile``) and the gradient-graph cache (``cache_graphs``) of
+  :class:`~sharpscope.curvature.HessianOperator`; ``block``, Lanczos' own block of vectors for ``k > 1``.
 
 What to measure (a trace or not, a density, per layer) and the seed of the random vectors stay
 with each caller: they differ between a probe and a tracker, and the seed differs between runs
@@ -31,9 +32,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from sharpscope.curvature.hessian import HVPMode
+from sharpscope.curvature.hessian import HessianOperator, HVPMode
 from sharpscope.curvature.lanczos import DEFAULT_STOP, Stop, default_max_iter
-from sharpscope.curvature.objective import BNMode
+from sharpscope.curvature.objective import BNMode, Objective
+from sharpscope.curvature.precision import PRECISIONS, ProductPrecision
 from sharpscope.curvature.trace import check_trace_budget
 from sharpscope.errors import ConfigError
 from sharpscope.validation import check_bool, check_choice, check_int, check_tol
@@ -61,7 +63,13 @@ class CurvatureSettings:
         bn: BatchNorm in the objective: ``"eval"`` (running statistics) or ``"batch"``.
         hvp_mode: ``"auto"`` (the faster exact mode, by timing), ``"fwd-rev"``, ``"rev-rev"`` or ``"fd"``.
         block_size: probe vectors per operator pass.
-        allow_tf32: let CUDA use TF32 (about 1e-3 relative error).
+        precision: product arithmetic: ``"strict"`` IEEE float32 (the default), ``"tf32"`` (CUDA TF32
+            matmuls, about 1e-3 relative error) or ``"bf16"`` (bfloat16 autocast); any but strict
+            measures its deviation from a strict product once and records it with every result.
+        compile: ``torch.compile`` the forward-over-reverse product (opt-in: compiling costs tens of
+            seconds; its deviation from the eager product is recorded the same way).
+        block: Lanczos block size for ``k > 1`` (None: single-vector Lanczos, the default; ``"auto"``:
+            ``k`` capped at ``block_size``), see :func:`~sharpscope.curvature.lanczos`.
         cache_graphs: keep every batch's gradient graph between products (``rev-rev``): True,
             False (the default: no memory is held between calls, which a tracker's training needs) or
             ``"auto"`` (when the graphs fit in half the free memory; the choice is recorded).
@@ -76,7 +84,9 @@ class CurvatureSettings:
     bn: BNMode = "eval"
     hvp_mode: HVPMode = "auto"
     block_size: int = 8
-    allow_tf32: bool = False
+    precision: ProductPrecision = "strict"
+    compile: bool = False
+    block: int | Literal["auto"] | None = None
     cache_graphs: CacheGraphs = False
 
     def __post_init__(self) -> None:
@@ -89,11 +99,19 @@ class CurvatureSettings:
         check_choice("bn", self.bn, get_args(BNMode))
         check_choice("hvp_mode", self.hvp_mode, HVP_MODES)
         check_int("block_size", self.block_size, low=1)
-        check_bool("allow_tf32", self.allow_tf32)
+        check_choice("precision", self.precision, PRECISIONS)
+        check_bool("compile", self.compile)
+        if self.block != "auto":
+            check_int("block", self.block, low=1, optional=True)
         check_choice("cache_graphs", self.cache_graphs, (True, False, "auto"))
         if self.cache_graphs is True and self.hvp_mode not in ("rev-rev", "auto"):
             raise ConfigError(f"cache_graphs=True needs hvp_mode 'rev-rev' or 'auto', got {self.hvp_mode!r}",
                               argument="cache_graphs")
+
+    def hessian(self, objective: Objective) -> HessianOperator:
+        """The Hessian of ``objective`` with these product settings."""
+        return HessianOperator(objective, mode=self.hvp_mode, block_size=self.block_size, precision=self.precision,
+                               compile=self.compile, cache_graphs=self.cache_graphs)
 
     def lanczos_steps(self, dim: int, k: int | None = None) -> int:
         """``max_iter``, or :func:`default_max_iter` for ``dim`` parameters and ``k`` (default ``self.k``)."""

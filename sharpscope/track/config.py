@@ -148,6 +148,8 @@ class TrainConfig:
         if not isinstance(nested, Mapping):
             return out  # from_dict reports the bad value
         flat = {key: out.pop(key) for key in CurvatureSettings.field_names() if key in out}
+        if out.pop("allow_tf32", False) is True:  # before the product arithmetic had three choices
+            flat["precision"] = "tf32"
         twice = sorted(set(flat) & set(nested))
         if twice:
             raise ConfigError(f"config gives {', '.join(twice)} both at the top level and under 'curvature'",
@@ -159,7 +161,7 @@ class TrainConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
         """Inverse of :meth:`to_dict` (also of an older flat config, see :meth:`upgrade`); unknown keys
         raise :class:`ConfigError` listing the valid ones."""
-        unknown = sorted(set(d) - set(cls.field_names()) - set(CurvatureSettings.field_names()))
+        unknown = sorted(set(d) - set(cls.field_names()) - set(CurvatureSettings.field_names()) - {"allow_tf32"})
         if unknown:
             raise ConfigError(f"unknown config key(s) {unknown}; valid: {', '.join(cls.field_names())}")
         if "model" not in d:

@@ -190,9 +190,7 @@ class SharpnessTracker:
 
     def _operator(self, objective: Objective) -> HessianOperator:
         """The Hessian of ``objective`` with this tracker's product settings."""
-        c = self.curvature
-        return HessianOperator(objective, mode=c.hvp_mode, block_size=c.block_size, allow_tf32=c.allow_tf32,
-                               cache_graphs=c.cache_graphs)
+        return self.curvature.hessian(objective)
 
     # ------------------------------------------------------------------------- measuring
     def maybe_measure(self, step: int, model: nn.Module,
@@ -288,7 +286,7 @@ class SharpnessTracker:
             warnings.simplefilter("ignore", ConvergenceWarning)
             c = self.curvature
             return lanczos(op, c.k, which="LA", tol=c.tol, max_iter=c.max_iter, v0=v0,
-                           seed=step_seed(self.seed, step, salt), stop=c.stop)
+                           seed=step_seed(self.seed, step, salt), stop=c.stop, block=c.block)
 
     @staticmethod
     def _check_adam(optimizer: torch.optim.Optimizer | None) -> None:

@@ -103,6 +103,7 @@ def test_names_in_the_help_are_the_librarys() -> None:
 
 def test_choices_are_the_librarys() -> None:
     from sharpscope.curvature.hessian import HVPMode
+    from sharpscope.curvature.precision import PRECISIONS
     from sharpscope.experiments import SCALES
     from sharpscope.landscape import around
     from sharpscope.losses import LOSSES
@@ -117,6 +118,7 @@ def test_choices_are_the_librarys() -> None:
     assert values(_common.Scale) == list(SCALES)
     assert sorted(values(_common.DirectionKind)) == sorted(around.DIRECTION_KINDS)
     assert values(_common.DType) == list(around.DTYPES)
+    assert values(_common.Precision) == list(PRECISIONS)
     hints = get_type_hints(around.SliceSettings)
     for enum, field in ((_common.BN, "bn"), (_common.Normalization, "normalization"), (_common.GridMethod, "method")):
         assert values(enum) == list(get_args(hints[field]))

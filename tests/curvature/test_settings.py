@@ -33,7 +33,9 @@ def test_the_default_step_limit_is_min_of_dim_and_max_of_100_and_20k(dim: int, k
     ({"bn": "train"}, "bn", "bn must be 'eval' or 'batch', got 'train'"),
     ({"hvp_mode": "rev"}, "hvp_mode", "hvp_mode must be 'auto', 'fwd-rev', 'rev-rev' or 'fd', got 'rev'"),
     ({"block_size": 0}, "block_size", "block_size must be a positive integer, got 0"),
-    ({"allow_tf32": 1}, "allow_tf32", "allow_tf32 must be true or false, got 1"),
+    ({"precision": "fp16"}, "precision", "precision must be 'strict', 'tf32' or 'bf16', got 'fp16'"),
+    ({"compile": 1}, "compile", "compile must be true or false, got 1"),
+    ({"block": 0}, "block", "block must be a positive integer or None, got 0"),
     ({"cache_graphs": 1}, "cache_graphs", "cache_graphs must be True, False or 'auto', got 1"),
     ({"cache_graphs": True, "hvp_mode": "fd"}, "cache_graphs", "cache_graphs=True needs hvp_mode 'rev-rev' or 'auto'"),
 ])
@@ -100,3 +102,32 @@ def test_the_probe_and_the_layers_use_every_setting_they_are_given() -> None:
     assert row.top.settings["stop"] == "eigenvalue" and row.top.settings["max_iter"] == 6
     assert row.trace is not None and row.trace.hvps == 4 and row.hvp_mode == "rev-rev"
     assert layers.settings["stop"] == "eigenvalue" and layers.settings["trace_method"] == "hutchinson"
+
+
+def test_the_probe_tracker_and_layers_run_block_lanczos_when_asked() -> None:
+    """``block`` reaches Lanczos from every caller: top-3 of a 6-dimensional quadratic, exact once the
+    blocks span the space, with the block recorded in the result."""
+    from sharpscope.track import SharpnessTracker
+
+    model, x, y, hessian = quadratic()
+    exact = torch.linalg.eigvalsh(hessian).flip(0)
+    loss = lambda out, t: 0.5 * ((out - t) ** 2).sum(1).mean()  # noqa: E731
+    settings = CurvatureSettings(k=3, tol=1e-10, block=3, hvp_mode="rev-rev")
+    report = probe(model, loss, x, y, ProbeSettings(curvature=settings, batch_size=16))
+    torch.testing.assert_close(report.top.eigenvalues, exact[:3], rtol=1e-9, atol=0)
+    assert report.top.settings["block"] == 3
+    (row,) = per_layer_curvature(model, loss, (x, y), settings=settings).rows
+    assert row.top.settings["block"] == 3
+    torch.testing.assert_close(row.top.eigenvalues, exact[:3], rtol=1e-9, atol=0)
+    tracker = SharpnessTracker((x, y), loss, curvature=settings, every=1)
+    record = tracker.measure(0, model)
+    torch.testing.assert_close(torch.tensor(record["eigenvalues"], dtype=torch.float64), exact[:3], rtol=1e-9, atol=0)
+
+
+def test_precision_and_compile_reach_the_operator() -> None:
+    model, x, y, _ = quadratic()
+    settings = CurvatureSettings(precision="tf32")
+    from sharpscope.curvature import Objective
+
+    op = settings.hessian(Objective(model.float(), lambda out, t: ((out - t) ** 2).mean(), (x.float(), y.float())))
+    assert op.precision == "tf32" and op.compile is False

@@ -30,7 +30,7 @@ def tiny() -> TrainConfig:
 
 def old_layout(cfg: TrainConfig) -> dict[str, Any]:
     """``config.json`` as written before the settings were nested: the eight curvature keys a run had
-    then, flat beside the others (no ``stop``, ``block_size`` or ``allow_tf32``)."""
+    then, flat beside the others (no ``stop``, ``block_size`` or TF32 switch)."""
     out = {key: value for key, value in cfg.to_dict().items() if key != "curvature"}
     out.update({"k": 2, "tol": 1e-4, "max_iter": None, "trace_method": "hutch++", "trace_matvecs": 99, "bn": "eval",
                 "hvp_mode": "rev-rev", "cache_graphs": False})
@@ -109,3 +109,9 @@ def test_the_tracker_built_from_a_config_carries_its_settings() -> None:
     assert (tracker.seed, tracker.trace, tracker.every, tracker.batch_size) == (9, True, 2, 16)
     assert build_tracker(cfg.with_overrides({"probe_seed": None, "seed": 4}), train_set, None,
                          get_loss("mse")).seed == 4
+
+
+def test_an_older_tf32_switch_reads_as_the_tf32_precision() -> None:
+    cfg = tiny()
+    assert TrainConfig.from_dict({**old_layout(cfg), "allow_tf32": True}).curvature.precision == "tf32"
+    assert TrainConfig.from_dict({**old_layout(cfg), "allow_tf32": False}) == cfg
