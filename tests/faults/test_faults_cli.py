@@ -121,9 +121,11 @@ def test_a_disk_error_is_one_line_with_the_errno(tmp_path: Path, monkeypatch: py
 
 # The command in a real process whose training sends itself SIGINT once step 10 is done: the signal
 # arrives at a known point however loaded the machine is (a signal from outside could arrive after
-# a short run had already finished).
+# a short run had already finished). The child restores Python's Ctrl-C handler, which a test run
+# started as a background job of a non-interactive shell would otherwise pass on as "ignore SIGINT".
 INTERRUPTED_AT_10 = """
 import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import sharpscope.track as track
 from sharpscope_cli.main import app
 
