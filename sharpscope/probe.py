@@ -51,6 +51,7 @@ class ProbeSettings:
     density: bool = False
     density_steps: int = 90
     density_runs: int = 10
+    density_tol: float | None = None  # SLQ adaptive stopping (see slq_density's tol); None: fixed steps
     bn: Literal["eval", "batch"] = "eval"
     batch_size: int | None = 1000
     hvp_mode: Literal["auto", "fwd-rev", "rev-rev", "fd"] = "auto"
@@ -77,6 +78,8 @@ class ProbeSettings:
         check_int("batch-size", self.batch_size, low=1, optional=True)
         check_int("max-iter", self.max_iter, low=1, optional=True)  # 0 would silently mean "the default"
         check_tol("tol", self.tol)
+        if self.density_tol is not None:
+            check_tol("density-tol", self.density_tol)
         check_seed("seed", self.seed)
         if self.trace:
             check_trace_budget(self.trace_method, self.trace_matvecs)
@@ -163,7 +166,8 @@ def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tens
         trace = trace_estimator(settings.trace_method)(op, settings.trace_matvecs, seed=offset_seed(settings.seed, 2))
     if settings.density:
         stage("density", settings.density_steps * settings.density_runs)
-        density = slq_density(op, settings.density_steps, settings.density_runs, seed=offset_seed(settings.seed, 3))
+        density = slq_density(op, settings.density_steps, settings.density_runs, tol=settings.density_tol,
+                              seed=offset_seed(settings.seed, 3))
     op.on_matmat = None
     layers = None
     if settings.per_layer:

@@ -19,6 +19,8 @@ from sharpscope import ConfigError, ConvergenceWarning, HessianOperator, MatrixO
 from sharpscope.curvature.density import smoothed_l1
 from sharpscope.curvature.linear_operator import LambdaOperator
 from sharpscope.curvature.results import DensityResult, gaussian_density
+from sharpscope.probe import ProbeSettings, probe
+from tests.curvature.conftest import mlp_data, tiny_mlp
 
 DIM, RUNS, SEED, TOL = 600, 10, 0, 0.01
 SPECTRA = {  # (eigenvalues, relative kernel width sigma2)
@@ -150,3 +152,13 @@ def test_adaptive_runs_on_a_network_hessian_equal_those_on_its_dense_matrix(
     assert ours.hvps < 4 * min(40, op.dim)
     torch.testing.assert_close(ours.nodes, dense.nodes, rtol=1e-8, atol=1e-10)
     torch.testing.assert_close(ours.weights, dense.weights, rtol=1e-6, atol=1e-10)
+
+
+def test_probe_passes_the_density_tolerance_through() -> None:
+    x, y = mlp_data()
+    settings = ProbeSettings(density=True, density_steps=100, density_runs=3, density_tol=TOL, batch_size=None)
+    density = probe(tiny_mlp(), torch.nn.CrossEntropyLoss(), x, y, settings).density
+    assert density is not None and density.settings["tol"] == TOL and density.settings["settled_runs"] == 3
+    assert density.hvps == sum(density.settings["run_steps"]) <= 3 * 66  # 66 parameters: at most the whole space
+    with pytest.raises(ConfigError, match="density-tol"):
+        ProbeSettings(density=True, density_tol=1.0)
