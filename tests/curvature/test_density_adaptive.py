@@ -42,12 +42,12 @@ def rotated(lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class Reference:
     """Exact densities on a grid of spacing σ/4 reaching 8σ beyond the spectrum."""
 
-    def __init__(self, lam: torch.Tensor, Q: torch.Tensor, sigma2: float) -> None:
+    def __init__(self, lam: torch.Tensor, Q: torch.Tensor, sigma2: float, seed: int = SEED) -> None:
         self.width = sigma2 * max(1.0, float(lam.max() - lam.min()))
         sigma = math.sqrt(self.width)
         self.grid = torch.arange(float(lam.min()) - 8 * sigma, float(lam.max()) + 8 * sigma, sigma / 4,
                                  dtype=torch.float64)
-        starts = torch.randn(DIM, RUNS, generator=torch.Generator().manual_seed(SEED), dtype=torch.float64)
+        starts = torch.randn(DIM, RUNS, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         seen = (Q.T @ starts) ** 2
         self.run_weights = (seen / seen.sum(dim=0)).T  # (runs, dim): each start's limit measure
         self.lam = lam
@@ -162,3 +162,18 @@ def test_probe_passes_the_density_tolerance_through() -> None:
     assert density.hvps == sum(density.settings["run_steps"]) <= 3 * 66  # 66 parameters: at most the whole space
     with pytest.raises(ConfigError, match="density-tol"):
         ProbeSettings(density=True, density_tol=1.0)
+
+
+@pytest.mark.parametrize("name", list(SPECTRA))
+def test_the_density_error_estimates_the_sampling_error_of_the_starts(name: str) -> None:
+    lam, sigma2 = SPECTRA[name]
+    Q, H = rotated(lam)
+    ratios = []
+    for seed in range(4):  # 90 steps leave no truncation error (above): the error is the starts' alone
+        result = slq_density(MatrixOperator(H), 90, RUNS, sigma2=sigma2, seed=seed)
+        ref = Reference(lam, Q, sigma2, seed=seed)
+        ratios.append(result.density_error / ref.l1(ref.smooth(result.nodes, result.weights), ref.exact))
+    print(f"{name}: estimated / actual L1 sampling error {[round(r, 2) for r in ratios]}")
+    assert all(0.5 < r < 1.5 for r in ratios) and 0.7 < sum(ratios) / len(ratios) < 1.2
+    one = slq_density(MatrixOperator(H), 5, 1, sigma2=sigma2, seed=0)
+    assert one.density_error == math.inf and one.to_dict()["density_error"] == math.inf
