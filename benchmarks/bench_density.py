@@ -12,7 +12,9 @@ spacing σ/4 reaching 8σ beyond the reference's extreme nodes.
 
 Candidates: today's default (``--runs`` × ``--default-steps`` = 90 fixed steps), the adaptive rule at each ``--tols``
 (capped at ``--ref-steps``), and cheaper fixed settings (``--cheap``, e.g. ``10x60``). Each is
-timed ``--repeats`` times (median). First, the price of a lockstep block: one ``(dim, runs)``
+timed ``--repeats`` times, round robin (the least wall and the least CPU seconds are kept: with one
+thread, process CPU time is the cost least disturbed by other work on a shared machine). First,
+the price of a lockstep block: one ``(dim, runs)``
 product against ``runs`` single products, for each product mode.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_density.py --out benchmarks/results/density_cpu
@@ -27,7 +29,6 @@ import argparse
 import json
 import math
 import platform
-import statistics
 import time
 import warnings
 from collections.abc import Callable
@@ -42,7 +43,8 @@ from sharpscope.demo import train_demo_model
 
 
 def block_price(objective: Objective, runs: int, repeats: int) -> list[dict[str, object]]:
-    """Seconds of one ``(dim, runs)`` product and of ``runs`` single products, per product mode."""
+    """CPU seconds (least of ``repeats``) of one ``(dim, runs)`` product and of ``runs`` single products,
+    per product mode."""
     rows = []
     V = torch.randn(objective.dim, runs, generator=torch.Generator().manual_seed(0), dtype=objective.dtype)
     for mode, cache in (("fwd-rev", False), ("rev-rev", False), ("rev-rev", True)):
@@ -50,15 +52,15 @@ def block_price(objective: Objective, runs: int, repeats: int) -> list[dict[str,
         op.matmat(V)  # warm-up (and the graph cache)
         block, single = [], []
         for _ in range(repeats):
-            start = time.perf_counter()
+            start = time.process_time()
             op.matmat(V)
-            block.append(time.perf_counter() - start)
-            start = time.perf_counter()
+            block.append(time.process_time() - start)
+            start = time.process_time()
             for i in range(runs):
                 op.matvec(V[:, i])
-            single.append(time.perf_counter() - start)
-        b, s = statistics.median(block), statistics.median(single)
-        rows.append({"mode": mode, "graph_cache": cache, "block_seconds": b, "singles_seconds": s,
+            single.append(time.process_time() - start)
+        b, s = min(block), min(single)
+        rows.append({"mode": mode, "graph_cache": cache, "block_cpu_seconds": b, "singles_cpu_seconds": s,
                      "speedup": s / b})
     return rows
 
@@ -98,38 +100,47 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     torch.set_num_threads(args.threads)
     demo = train_demo_model(args.train_steps, seed=0)
     objective = Objective(demo.model, nn.CrossEntropyLoss(), (demo.data.x, demo.data.y), batch_size=1000)
-    prices = block_price(objective, args.runs, args.repeats)
+    prices = block_price(objective, args.runs, 2 * args.repeats + 1)
     op = HessianOperator(objective)
     op.matmat(torch.randn(objective.dim, args.runs, dtype=objective.dtype))  # mode and cache chosen here, not billed
     reference = slq_density(op, args.ref_steps, args.runs, seed=args.seed)
     independent = slq_density(op, args.ref_steps, args.runs, seed=args.seed + 1)
     grid = Grid(reference)
     ref_same, ref_other = grid.density(reference), grid.density(independent)
-    rows: list[dict[str, object]] = []
-    for name, fn in candidates(args).items():
-        seconds, result = [], None
-        for _ in range(args.repeats):
+    fns = candidates(args)
+    wall: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
+    last: dict[str, tuple[DensityResult, list[str]]] = {}
+    for _ in range(args.repeats):  # round robin, so a burst of load on the shared machine hits every setting
+        for name, fn in fns.items():
+            start = time.process_time()
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", ConvergenceWarning)
                 result = fn(op)
-            seconds.append(result.seconds)
-        assert result is not None
+            cpu[name].append(time.process_time() - start)
+            wall[name].append(result.seconds)
+            last[name] = (result, [str(w.message) for w in caught])
+    rows: list[dict[str, object]] = []
+    for name, (result, warned) in last.items():
         f = grid.density(result)
-        steps = result.settings["run_steps"]
-        rows.append({"setting": name, "seconds": statistics.median(seconds), "seconds_all": seconds,
-                     "hvps": result.hvps, "run_steps": steps, "settled_runs": result.settings.get("settled_runs"),
-                     "warned": [str(w.message) for w in caught],
+        rows.append({"setting": name, "seconds": min(wall[name]), "seconds_all": wall[name],
+                     "cpu_seconds": min(cpu[name]), "cpu_seconds_all": cpu[name],
+                     "hvps": result.hvps, "run_steps": result.settings["run_steps"],
+                     "settled_runs": result.settings.get("settled_runs"), "warned": warned,
                      "l1_truncation": grid.l1(f, ref_same), "l1_vs_independent": grid.l1(f, ref_other),
+                     "density_error": result.density_error,
                      "trace": result.trace, "trace_stderr": result.trace_stderr})
     base = rows[0]
     for row in rows:
         row["seconds_ratio"] = float(base["seconds"]) / float(row["seconds"])  # type: ignore[arg-type]
+        row["cpu_seconds_ratio"] = float(base["cpu_seconds"]) / float(row["cpu_seconds"])  # type: ignore[arg-type]
         row["hvps_ratio"] = int(base["hvps"]) / int(row["hvps"])  # type: ignore[call-overload]
     return {
         "model": f"demo MLP ({objective.dim:,} parameters, {args.train_steps} SGD steps, train accuracy "
                  f"{demo.train_accuracy:.1%})", "examples": len(demo.data), "operator": op.describe(),
         "reference": {"runs": args.runs, "steps": args.ref_steps, "seconds": reference.seconds,
                       "hvps": reference.hvps, "kernel_variance": grid.width,
+                      "density_error": [reference.density_error, independent.density_error],
                       "extremes": [float(grid.grid[0]), float(grid.grid[-1])],
                       "l1_between_references": grid.l1(ref_same, ref_other)},
         "block_price": prices, "rows": rows,
@@ -145,24 +156,28 @@ def markdown(result: dict) -> str:
              f"`{result['command']}` (torch {result['machine']['torch']}, {result['machine']['threads']} thread). "
              f"Products: {result['operator']['hvp_mode']}, graph cache {result['operator']['cache_graphs']}.", "",
              "## Price of a lockstep block", "",
-             "| mode | graph cache | one (dim, r) product, s | r single products, s | speed-up |",
+             "| mode | graph cache | one (dim, r) product, CPU s | r single products, CPU s | speed-up |",
              "|---|---|---|---|---|"]
     for p in result["block_price"]:
-        lines.append(f"| {p['mode']} | {p['graph_cache']} | {p['block_seconds']:.3f} | {p['singles_seconds']:.3f} "
+        lines.append(f"| {p['mode']} | {p['graph_cache']} | {p['block_cpu_seconds']:.3f} | {p['singles_cpu_seconds']:.3f} "
                      f"| {p['speedup']:.2f}× |")
     lines += ["", f"## Densities against a {ref['runs']} × {ref['steps']}-step reference", "",
               f"Kernel variance σ² = {ref['kernel_variance']:.3g} (the reference's). Reference: {ref['seconds']:.1f} s, "
               f"{ref['hvps']} products. L1 between the reference and one from independent starts (the sampling "
-              f"error of {ref['runs']} starts): {ref['l1_between_references']:.4f}.", "",
-              "| setting | seconds | products | steps per run | L1 vs same-start reference (truncation) "
-              "| L1 vs independent-start reference | seconds ratio | products ratio |",
-              "|---|---|---|---|---|---|---|---|"]
+              f"error of {ref['runs']} starts): {ref['l1_between_references']:.4f}; each reference's own estimate of "
+              f"its sampling error (`density_error`): {ref['density_error'][0]:.4f} and {ref['density_error'][1]:.4f}.",
+              "",
+              "| setting | wall s | CPU s | products | steps per run | L1 vs same-start reference (truncation) "
+              "| L1 vs independent-start reference | density_error | CPU-seconds ratio | products ratio |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         steps = r["run_steps"]
         span = f"{min(steps)}–{max(steps)}" if min(steps) != max(steps) else str(steps[0])
         note = " (unsettled runs)" if r["warned"] else ""
-        lines.append(f"| {r['setting']}{note} | {r['seconds']:.2f} | {r['hvps']} | {span} | {r['l1_truncation']:.4f} "
-                     f"| {r['l1_vs_independent']:.4f} | {r['seconds_ratio']:.2f}× | {r['hvps_ratio']:.2f}× |")
+        lines.append(f"| {r['setting']}{note} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | {r['hvps']} | {span} "
+                     f"| {r['l1_truncation']:.4f} | {r['l1_vs_independent']:.4f} | {r['density_error']:.4f} "
+                     f"| {r['cpu_seconds_ratio']:.2f}× "
+                     f"| {r['hvps_ratio']:.2f}× |")
     return "\n".join(lines) + "\n"
 
 

@@ -21,6 +21,7 @@ def test_density_benchmark_smoke_path(tmp_path: Path) -> None:
     assert rows["default 2x8"]["hvps"] == 16 and rows["fixed 2x4"]["hvps"] == 8
     adaptive = rows["adaptive tol=0.1"]
     assert adaptive["hvps"] == sum(adaptive["run_steps"]) and len(adaptive["run_steps"]) == 2
+    assert all(0 < row["density_error"] < 2 for row in rows.values())
     assert len(result["block_price"]) == 3 and all(p["block_cpu_seconds"] > 0 for p in result["block_price"])
     assert json.loads((tmp_path / "density.json").read_text())["rows"][0]["setting"] == "default 2x8"
     assert "| fixed 2x4 |" in (tmp_path / "density.md").read_text()
