@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sharpscope.curvature.lanczos import ConvergenceWarning, _orthogonalize, lanczos_tridiagonals, tridiagonal_eigh
+from sharpscope.curvature.lanczos import ConvergenceWarning, _orthogonalize, tridiagonal_eigh
 from sharpscope.curvature.linear_operator import LinearOperator
 from sharpscope.curvature.memory import check_fits, vector_bytes
 from sharpscope.curvature.results import DensityResult, gaussian_density
@@ -29,8 +29,8 @@ from sharpscope.curvature.sampling import Stopwatch, make_generator, seed_record
 from sharpscope.validation import check_int, check_real, check_tol
 
 PATIENCE = 2  # consecutive settled steps before a run stops
-STOP_RULE = (f"a run stops after the first step at which, for {PATIENCE} steps in a row, its smoothed quadrature "
-             "measure moved by at most tol in L1 and its extreme nodes by at most tol kernel widths")
+STOP_RULE = (f"a run stops once {PATIENCE} consecutive steps have each moved its smoothed quadrature measure by "
+             "at most tol in L1 and its extreme nodes by at most tol kernel widths")
 
 
 def quadrature(alphas: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -82,23 +82,25 @@ def run_has_settled(previous: tuple[np.ndarray, np.ndarray], current: tuple[np.n
     return bool(ends_moved <= tol * sigma) and smoothed_l1(previous, current, width) <= tol
 
 
-def adaptive_tridiagonals(op: LinearOperator, starts: Tensor, max_steps: int, *, sigma2: float,
-                          tol: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Lanczos runs from the columns of ``starts`` in lockstep, each stopping once settled.
+def lockstep_tridiagonals(op: LinearOperator, starts: Tensor, max_steps: int, *, sigma2: float,
+                          tol: float | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Lanczos runs from the columns of ``starts`` (``(dim, r)``) in lockstep, with full re-orthogonalisation.
 
-    Like :func:`~sharpscope.curvature.lanczos.lanczos_tridiagonals`, all active runs share each
-    :meth:`~LinearOperator.matmat` call; a run leaves the block when :func:`run_has_settled` holds
-    for :data:`PATIENCE` consecutive steps, or when its Krylov space becomes invariant (its
-    quadrature is then exact), so the block shrinks and products are spent only on unsettled runs.
-    Returns ``alphas``, ``betas`` (``(r, max_steps)``, zero-padded), the per-run ``lengths`` and
-    whether each run ``settled`` (``False``: it reached ``max_steps`` still changing).
+    All active runs share each :meth:`~LinearOperator.matmat` call. A run leaves the block when its
+    Krylov space becomes invariant (its quadrature is then exact) and, with ``tol``, when
+    :func:`run_has_settled` has held for :data:`PATIENCE` consecutive steps, so the block shrinks and
+    products are spent only on unsettled runs. The bases of the active runs are kept contiguous
+    (compacted when a run leaves), so each step works on views, never on copies of the bases.
+    Returns ``alphas`` and ``betas`` (``(r, max_steps)``, zero-padded; ``betas[:, i]`` couples steps
+    ``i`` and ``i+1``), the per-run ``lengths`` and whether each run ``settled`` (``False``: it
+    reached ``max_steps`` still changing; always ``False`` without ``tol`` unless exact).
     """
     r = starts.shape[1]
     max_steps = min(max_steps, op.dim)
     check_fits(f"{r} Lanczos bases of {max_steps} vectors of length {op.dim:,}",
                vector_bytes(op.dim, op.dtype, r * (max_steps + 3)), op.device, hint="use fewer runs or steps")
     eps = float(torch.finfo(op.dtype).eps)
-    basis = torch.zeros(r, max_steps, op.dim, dtype=op.dtype, device=op.device)
+    basis = torch.zeros(r, max_steps, op.dim, dtype=op.dtype, device=op.device)  # rows: the active runs
     basis[:, 0] = (starts / starts.norm(dim=0, keepdim=True)).T
     alphas = torch.zeros(r, max_steps, dtype=torch.float64)
     betas = torch.zeros(r, max_steps, dtype=torch.float64)
@@ -108,9 +110,8 @@ def adaptive_tridiagonals(op: LinearOperator, starts: Tensor, max_steps: int, *,
     previous: list[tuple[np.ndarray, np.ndarray] | None] = [None] * r
     active = torch.arange(r)
     for j in range(max_steps):
-        rows = active.to(op.device)
-        w = op.matmat(basis[rows, j].T).T
-        w, coeffs = _orthogonalize(w, basis[rows, : j + 1])
+        w = op.matmat(basis[:, j].T).T
+        w, coeffs = _orthogonalize(w, basis[:, : j + 1])
         alphas[active, j] = coeffs[:, j].double().cpu()
         norms = w.norm(dim=1)
         betas[active, j] = norms.double().cpu()
@@ -119,7 +120,7 @@ def adaptive_tridiagonals(op: LinearOperator, starts: Tensor, max_steps: int, *,
         scale = alphas[active, : j + 1].abs().amax(dim=1).clamp_min(eps)
         stop = betas[active, j] <= math.sqrt(eps) * scale  # invariant subspace: exact quadrature
         for n, i in enumerate(active.tolist()):
-            if stop[n]:
+            if tol is None or stop[n]:
                 continue
             current = quadrature(alphas[i, : j + 1].numpy(), betas[i, :j].numpy())
             before = previous[i]
@@ -128,11 +129,12 @@ def adaptive_tridiagonals(op: LinearOperator, starts: Tensor, max_steps: int, *,
             stop[n] = calm[i] >= PATIENCE
         settled[active[stop]] = True
         lengths[active[stop]] = j + 1
-        keep = (~stop).to(op.device)
-        basis[rows[keep], j + 1] = w[keep] / norms[keep, None]
-        active = active[~stop]
-        if active.numel() == 0:
-            break
+        if bool(stop.any()):
+            keep = (~stop).to(op.device)
+            basis, w, norms, active = basis[keep], w[keep], norms[keep], active[~stop]
+            if active.numel() == 0:
+                break
+        basis[:, j + 1] = w / norms[:, None]
     if max_steps == op.dim:  # the runs still active span the whole space: their quadrature is exact
         settled[:] = True
     return alphas, betas, lengths, settled
@@ -190,11 +192,8 @@ def slq_density(op: LinearOperator, num_steps: int = 90, num_runs: int = 10, *, 
     for first in range(0, num_runs, run_block):
         r = min(run_block, num_runs - first)
         starts = torch.randn(op.dim, r, generator=gen, dtype=torch.float64).to(op.device, op.dtype)
-        if tol is None:
-            a, b, run_lengths = lanczos_tridiagonals(op, starts, steps)
-        else:
-            a, b, run_lengths, run_settled = adaptive_tridiagonals(op, starts, steps, sigma2=sigma2, tol=tol)
-            settled.append(run_settled)
+        a, b, run_lengths, run_settled = lockstep_tridiagonals(op, starts, steps, sigma2=sigma2, tol=tol)
+        settled.append(run_settled)
         alphas.append(a)
         betas.append(b)
         lengths.append(run_lengths)

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from sharpscope import ConfigError, ConvergenceWarning, HessianOperator, MatrixOperator, Objective, slq_density
-from sharpscope.curvature.density import smoothed_l1
+from sharpscope.curvature.density import lockstep_tridiagonals, smoothed_l1
+from sharpscope.curvature.lanczos import lanczos_tridiagonals
 from sharpscope.curvature.linear_operator import LambdaOperator
 from sharpscope.curvature.results import DensityResult, gaussian_density
 from sharpscope.probe import ProbeSettings, probe
@@ -177,3 +178,17 @@ def test_the_density_error_estimates_the_sampling_error_of_the_starts(name: str)
     assert all(0.5 < r < 1.5 for r in ratios) and 0.7 < sum(ratios) / len(ratios) < 1.2
     one = slq_density(MatrixOperator(H), 5, 1, sigma2=sigma2, seed=0)
     assert one.density_error == math.inf and one.to_dict()["density_error"] == math.inf
+
+
+def test_fixed_lockstep_runs_equal_lanczos_tridiagonals() -> None:
+    """Without ``tol`` the lockstep loop is plain lockstep Lanczos, breakdowns included."""
+    lam = torch.cat([torch.linspace(0.0, 1.0, 50, dtype=torch.float64), torch.tensor([4.0, 9.0], dtype=torch.float64)])
+    _, H = rotated(lam)
+    few = torch.diag(torch.tensor([1.0, 2.0, 3.0] * 10, dtype=torch.float64))  # 3 distinct eigenvalues: breakdown
+    for A in (H, few):
+        starts = torch.randn(A.shape[0], 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        ours = lockstep_tridiagonals(MatrixOperator(A), starts, 20, sigma2=1e-5)
+        plain = lanczos_tridiagonals(MatrixOperator(A), starts, 20)
+        for mine, theirs in zip(ours[:3], plain):
+            torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-10)
+    assert ours[2].tolist() == [3, 3, 3, 3] and ours[3].all()  # exact after 3 steps, counted as settled
