@@ -5,9 +5,11 @@ Settings:
   cpu-cnn       small CNN, first 1,000 CIFAR-10 images (synthetic images if no file is given), CPU
   gpu-resnet18  CIFAR ResNet-18 (BatchNorm, eval mode), first 5,000 CIFAR-10 images, CUDA, strict fp32
 
-Measures: cost of one product as a ratio to one gradient (and peak memory on CUDA); seconds and
+Measures: cost of one product as a ratio to one gradient (and peak memory on CUDA); compiled and
+bfloat16 products against strict eager ones (seconds, compile seconds, relative deviation); seconds and
 HVPs to the top eigenvalue at tol 1e-3, with the relative error against a tight Lanczos reference;
-seconds for a trace estimate and the standard error it reached. Writes JSON and a markdown table.
+the top 5 by single-vector and block Lanczos; seconds for a trace estimate and the standard error it
+reached. Writes JSON and a markdown table.
 
     python benchmarks/bench_engine.py --setting cpu-cnn --data ../shared/data/cifar10_train16k.npz
 """
@@ -27,8 +29,8 @@ import torch
 from torch import nn
 
 from sharpscope import HessianOperator, Objective, hutchinson, hutchpp, lanczos
-from sharpscope.curvature.hvp import HVP_MODES
-from sharpscope.curvature.precision import fp32_precision
+from sharpscope.curvature.hvp import HVP_MODES, compiled_fwd_rev
+from sharpscope.curvature.precision import fp32_precision, product_precision, relative_deviation
 from sharpscope.models import build_model
 
 SETTINGS = {
@@ -103,6 +105,61 @@ def product_costs(objective: Objective, device: torch.device) -> dict[str, dict[
     return out
 
 
+def fast_products(objective: Objective, device: torch.device, skip: set[str]) -> dict[str, dict[str, object]]:
+    """Compiled and bfloat16 products on one batch against the strict eager product of the same mode:
+    seconds per probe (after the warm-up call, which compiles), the warm-up's seconds, and the relative
+    deviation ``‖Hv − Hv_strict‖ / ‖Hv_strict‖`` on the same vectors."""
+    batch, params = objective.batches[0], {n: p.detach() for n, p in objective.params.items()}
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.randn(8, objective.dim, generator=gen).to(device)
+    variants = (("fwd-rev eager", "fwd-rev", False, "strict"), ("fwd-rev compiled", "fwd-rev", True, "strict"),
+                ("fwd-rev bf16 autocast", "fwd-rev", False, "bf16"),
+                ("rev-rev eager", "rev-rev", False, "strict"), ("rev-rev bf16 autocast", "rev-rev", False, "bf16"))
+    out: dict[str, dict[str, object]] = {}
+    reference: dict[tuple[str, int], torch.Tensor] = {}
+    with objective.mode():
+        for label, mode, compiled, precision in variants:
+            if compiled and "compile" in skip:
+                continue
+            fn = compiled_fwd_rev() if compiled else HVP_MODES[mode]
+            for m in (1, 8):
+                with product_precision(precision, device):  # type: ignore[arg-type]
+                    start = time.perf_counter()
+                    value = fn(objective, params, batch, rows[:m])
+                    sync(device)
+                    first = time.perf_counter() - start
+                    t, _ = timed(lambda: fn(objective, params, batch, rows[:m]), device)
+                reference.setdefault((mode, m), value)
+                out[f"{label}, {'1 probe' if m == 1 else 'vmapped block of 8' if mode == 'fwd-rev' else '8 probes, one graph'}"] = {
+                    "seconds_per_probe": t / m, "first_call_seconds": first,
+                    "deviation": relative_deviation(value, reference[(mode, m)])}
+    return out
+
+
+def top_k(objective: Objective, k: int = 5) -> dict[str, dict[str, object]]:
+    """The top ``k`` by single-vector and block Lanczos (block ``k``) at tol 1e-3, with the graph cache
+    (the default on this setting) and without it, against a tight single-vector reference."""
+    rows: dict[str, dict[str, object]] = {}
+    op = HessianOperator(objective)
+    ref = lanczos(op, k=k, tol=1e-6, max_iter=200, seed=123)
+    truth = ref.eigenvalues
+    for cache in ("auto", False):
+        op = HessianOperator(objective, cache_graphs=cache)
+        for block in (None, k):
+            res = lanczos(op, k=k, tol=1e-3, max_iter=200, seed=0, block=block)
+            name = (f"{'block' if block else 'single-vector'} lanczos k={k}{f', block={block}' if block else ''}, "
+                    f"tol=1e-3 ({op.mode}, cache_graphs={'auto: ' if cache == 'auto' else ''}"
+                    f"{op.describe()['cache_graphs']})")
+            rows[name] = {"values": res.eigenvalues.tolist(), "seconds": res.seconds, "hvps": res.hvps,
+                          "steps": res.settings["steps"], "max_residual": float(res.residuals.max()),
+                          "converged": res.converged,
+                          "max_relative_error": float(((res.eigenvalues - truth).abs() / truth.abs()).max())}
+    rows[f"reference: single-vector lanczos k={k}, tol=1e-6"] = {
+        "values": truth.tolist(), "seconds": ref.seconds, "hvps": ref.hvps, "steps": ref.settings["steps"],
+        "max_residual": float(ref.residuals.max()), "converged": ref.converged, "max_relative_error": 0.0}
+    return rows
+
+
 def count_calls(obj: object, name: str) -> list[int]:
     """Wrap ``obj.name`` to count its calls; returns a one-element counter."""
     counter, original = [0], getattr(obj, name)
@@ -134,6 +191,15 @@ def top_eigenvalue(objective: Objective, model: nn.Module, batches: list, device
             "value": float(res.eigenvalues[0]), "seconds": res.seconds, "hvps": res.hvps,
             "residual": float(res.residuals[0]), "converged": res.converged}
         del op3
+    variants = [("bf16", dict(precision="bf16"))] + ([] if "compile" in skip else [("compiled", dict(compile=True))])
+    for label, options in variants:  # fast arithmetic / compiled products; seconds include the check (and compiling)
+        op4 = HessianOperator(objective, **options)  # type: ignore[arg-type]
+        res = lanczos(op4, k=1, tol=1e-3, seed=0)
+        check = op4.precision_record()
+        rows[f"sharpscope lanczos tol=1e-3 ({label}: {op4.mode}; product deviation {check['deviation']:.1e})"] = {
+            "value": float(res.eigenvalues[0]), "seconds": res.seconds, "hvps": res.hvps,
+            "residual": float(res.residuals[0]), "converged": res.converged, "product_precision": check}
+        del op4
     if device.type == "cuda" and "variant" not in skip:  # same objective, GPU-friendlier settings
         merged = Objective(model, nn.CrossEntropyLoss(), [(torch.cat([a for a, _ in batches[i:i + 2]]),
                                                            torch.cat([b for _, b in batches[i:i + 2]]))
@@ -234,6 +300,16 @@ def markdown(result: dict) -> str:
               "|---|---|---|---|---|---|"]
     lines += [f"| {k} | {v['value']:.6g} | {v['seconds']:.3g} | {v['hvps']} | {v['relative_error']:.1e} | "
               f"{v['seconds'] / ours['seconds']:.1f}x |" for k, v in result["top_eigenvalue"].items()]
+    if "fast_products" in result:
+        lines += ["", "## Compiled and bfloat16 products (one batch, against strict eager products of the same mode)", "",
+                  "| product | seconds per probe | first call (compiles) | relative deviation |", "|---|---|---|---|"]
+        lines += [f"| {k} | {v['seconds_per_probe']:.4g} | {v['first_call_seconds']:.3g} | {v['deviation']:.1e} |"
+                  for k, v in result["fast_products"].items()]
+    if "top_k" in result:
+        lines += ["", "## Top 5 eigenvalues: single-vector and block Lanczos", "",
+                  "| method | seconds | HVPs | steps | max residual | max relative error |", "|---|---|---|---|---|---|"]
+        lines += [f"| {k} | {v['seconds']:.3g} | {v['hvps']} | {v['steps']} | {v['max_residual']:.1e} | "
+                  f"{v['max_relative_error']:.1e} |" for k, v in result["top_k"].items()]
     ours = next(v for k, v in result["trace"].items() if k.startswith("sharpscope hutch++"))
     lines += ["", "## Trace", "", "| method | estimate ± stderr | relative stderr | seconds | HVPs | speed-up of sharpscope hutch++ |",
               "|---|---|---|---|---|---|"]
@@ -248,15 +324,16 @@ def main() -> None:
     parser.add_argument("--data", help=".npz with CIFAR-10 arrays x (N,32,32,3) uint8 and y")
     parser.add_argument("--trace-matvecs", type=int, default=24)
     parser.add_argument("--skip", default="",
-                        help="comma-separated: pyhessian, pyhessian-trace, eigenthings, hutchinson")
+                        help="comma-separated: pyhessian, pyhessian-trace, eigenthings, hutchinson, compile")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU, to check the script runs")
     args = parser.parse_args()
     cfg = dict(SETTINGS[args.setting])
-    if args.smoke:
-        cfg.update(device="cpu", n=16, batch=8, train_steps=2)
-    device = torch.device(cfg["device"])
     skip = {s for s in args.skip.split(",") if s}
+    if args.smoke:  # compiling takes tens of seconds whatever the size: the smoke path leaves it out
+        cfg.update(device="cpu", n=16, batch=8, train_steps=2)
+        skip.add("compile")
+    device = torch.device(cfg["device"])
 
     x, y, data_name = load_images(args.data, cfg["n"])
     x, y = x.to(device), y.to(device)
@@ -271,13 +348,16 @@ def main() -> None:
     result = {
         "setting": args.setting, "data": data_name, "model": f"{name} {kwargs}", "parameters": objective.dim,
         "probe_examples": objective.num_examples, "batch_size": cfg["batch"], "bn": "eval", "precision": "fp32, TF32 off",
+        "skipped": sorted(skip),
         "environment": f"torch {torch.__version__}, {gpu}, {torch.get_num_threads()} CPU threads, "
                        f"{time.strftime('%Y-%m-%d')}",
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sections = (("costs", lambda: product_costs(objective, device)),
+                ("fast_products", lambda: fast_products(objective, device, skip)),
                 ("top_eigenvalue", lambda: top_eigenvalue(objective, model, batches, device, skip)),
+                ("top_k", lambda: top_k(objective)),
                 ("trace", lambda: trace_rows(objective, model, batches, device, args.trace_matvecs, skip)))
     for key, run in sections:  # saved after each section, so a run cut short keeps what it measured
         result[key] = run()

@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine import count_calls, load_images  # noqa: E402  (the sibling benchmark's helpers)
 
 from sharpscope import HessianOperator, Objective, lanczos  # noqa: E402
+from sharpscope.curvature import CurvatureSettings  # noqa: E402
 from sharpscope.models import build_model  # noqa: E402
 from sharpscope.track import SharpnessTracker  # noqa: E402
 
@@ -85,8 +86,9 @@ def train_and_track(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor) 
     torch.manual_seed(0)
     model = build_model("mlp", in_features=x.shape[1], num_classes=10, widths=[200, 200], activation="tanh")
     loss_fn = nn.CrossEntropyLoss()
-    trackers = {rule: SharpnessTracker((x, y), loss_fn, every=args.every, k=1, tol=TARGET, stop=rule,
-                                       batch_size=args.batch, cache_graphs=True, grad_norm=False, threshold=None)
+    trackers = {rule: SharpnessTracker((x, y), loss_fn, every=args.every, batch_size=args.batch, grad_norm=False,
+                                       curvature=CurvatureSettings(tol=TARGET, stop=rule, cache_graphs=True),
+                                       threshold=None)
                 for rule in ("eigenvalue", "residual")}
     sharpscope_top(Objective(model, loss_fn, (x, y), batch_size=args.batch), tol=0.5)  # warm-up, not timed
     opt = torch.optim.SGD(model.parameters(), lr=args.lr)

@@ -5,122 +5,35 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from enum import Enum
-from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import torch
 import typer
-from rich.console import Console
 from rich.table import Table
-from sharpscope_cli.probe_outputs import check_outputs, density_text, write_outputs
-from sharpscope_cli.progress import ProgressLines
+from sharpscope_cli._common import (
+    BN,
+    EXIT_CODES,
+    DType,
+    HVPMode,
+    Loss,
+    Operator,
+    Precision,
+    Stop,
+    TraceMethod,
+    clean_errors,
+    err,
+    out,
+    progress,
+)
 
-from sharpscope.curvature import PerLayerCurvature
-from sharpscope.data import resolve_data
-from sharpscope.errors import SharpscopeError, os_error_text
-from sharpscope.io import load_checkpoint, save_checkpoint
-from sharpscope.losses import get_loss
-from sharpscope.parallel import init_distributed, rank, resolve_device, shard_dataset, sharding
-from sharpscope.probe import ProbeReport, ProbeSettings, probe
+if TYPE_CHECKING:  # the library and torch load in the command bodies: --help starts without them
+    import torch
 
-EXIT_CODES = "Exit codes: 0 completed, 1 error (one line on stderr), 3 training diverged, 130 interrupted."
+    from sharpscope.curvature import PerLayerCurvature
+    from sharpscope.probe import ProbeReport
+
 app = typer.Typer(help=f"Measure the sharpness of neural-network loss landscapes.\n\n{EXIT_CODES}",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-EXIT_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 3, 130
-out = Console()
-err = Console(stderr=True)
-
-
-class Loss(str, Enum):
-    ce = "ce"
-    mse = "mse"
-    mse_mean = "mse-mean"
-    token_ce = "token-ce"
-
-
-class BN(str, Enum):
-    eval = "eval"
-    batch = "batch"
-
-
-class HVPMode(str, Enum):
-    auto = "auto"
-    fwd_rev = "fwd-rev"
-    rev_rev = "rev-rev"
-    fd = "fd"
-
-
-class Operator(str, Enum):
-    hessian = "hessian"
-    ggn = "ggn"
-    ef = "ef"
-
-
-class Stop(str, Enum):
-    eigenvalue = "eigenvalue"
-    residual = "residual"
-
-
-class TraceMethod(str, Enum):
-    hutchpp = "hutch++"
-    hutchinson = "hutchinson"
-
-
-class DType(str, Enum):
-    float32 = "float32"
-    float64 = "float64"
-
-
-def clean_errors(fn: Callable[..., None]) -> Callable[..., None]:
-    """Turn sharpscope's errors, file-system errors and Ctrl-C into one line on stderr and an exit
-    code a script can read (:data:`EXIT_CODES`)."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        try:
-            fn(*args, **kwargs)
-        except SharpscopeError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_ERROR) from None
-        except torch.cuda.OutOfMemoryError:
-            err.print("[bold red]error:[/] out of GPU memory; use a smaller --batch-size or --n", highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_ERROR) from None
-        except OSError as e:
-            err.print(f"[bold red]error:[/] {f'{e.filename}: ' if e.filename else ''}{os_error_text(e)}",
-                      highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_ERROR) from None
-        except KeyboardInterrupt:
-            err.print("interrupted; files already written are intact (a training run resumes when the same "
-                      "command is run again)", highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-
-    return wrapper
-
-
-@contextmanager
-def progress_bar(enabled: bool) -> Iterator[Callable[[str, int, int], None] | None]:
-    """A progress bar on stderr, one row per stage, counting Hessian-vector products; on a stderr that is
-    not a terminal, plain progress lines instead (rank 0 only)."""
-    if not enabled:
-        yield ProgressLines(sys.stderr) if not err.is_terminal and rank() == 0 else None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # lazy: start-up
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("HVPs"),
-               TimeElapsedColumn())
-    with Progress(*columns, console=err, transient=True) as bar:
-        tasks: dict[str, int] = {}
-
-        def update(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=min(done, total))
-
-        yield update
 
 
 def report_table(report: ProbeReport, title: str) -> Table:
@@ -149,6 +62,9 @@ def report_table(report: ProbeReport, title: str) -> Table:
     table.add_row("‖gradient‖", f"{report.grad_norm:.4g}", "", "", "")
     table.caption = (f"{s['probe_examples']} examples in {s['num_batches']} batch(es), {s['dim']:,} parameters, "
                      f"BN {s['bn']}, {'HVP ' + str(s['hvp_mode']) if s.get('operator', 'hessian') == 'hessian' else s['operator'].upper() + ' products'}, {s['dtype']} on {s['device']}, seed {s['seed']}")
+    deviation = (s.get("product_precision") or {}).get("deviation")
+    if deviation is not None:
+        table.caption += f"; {s['product_precision']['precision']} products deviate {deviation:.1e} (relative) from strict ones"
     if not top.converged:
         table.caption += " — λ did NOT converge to tol; raise --max-iter"
     return table
@@ -178,9 +94,23 @@ def emit(report: ProbeReport, title: str, as_json: bool, extra: dict[str, Any]) 
             out.print(layers_table(report.per_layer))
 
 
+def lanczos_block(text: str | None) -> int | str | None:
+    """``--block``: None, ``"auto"`` or a positive integer."""
+    if text is None or text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        from sharpscope.errors import ConfigError
+
+        raise ConfigError(f"block must be an integer or auto, got {text!r}", argument="block") from None
+
+
 def load_model(checkpoint: Path, model: str | None, unsafe_load: bool) -> torch.nn.Module:
     """The probed model: a Hugging Face model for ``hf:PATH`` (weights from the checkpoint unless it is
     that model's own folder), else the checkpoint with its spec or ``module:factory``."""
+    from sharpscope.io import load_checkpoint
+
     if model is not None and model.startswith("hf:"):
         from sharpscope.models.hf import hf_checkpoint_model
 
@@ -213,7 +143,9 @@ def probe_cmd(
     hvp_mode: Annotated[HVPMode, typer.Option(help="Hessian-vector product: auto picks the faster exact mode.")] = HVPMode.auto,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     dtype: Annotated[DType, typer.Option(help="Arithmetic precision.")] = DType.float32,
-    allow_tf32: Annotated[bool, typer.Option("--allow-tf32", help="Let CUDA use TF32 (about 1e-3 relative error).")] = False,
+    precision: Annotated[Precision, typer.Option(help="Product arithmetic: strict float32, tf32 (CUDA TF32 matmuls, about 1e-3 relative error) or bf16 (bfloat16 autocast). Anything but strict measures its deviation from a strict product once and reports it.")] = Precision.strict,
+    compile_products: Annotated[bool, typer.Option("--compile", help="torch.compile the forward-over-reverse product (compiling takes tens of seconds; the deviation from eager products is reported).")] = False,
+    block: Annotated[str | None, typer.Option(help="Block Lanczos with this many vectors per step (an integer, or auto: k capped at 8); default single-vector.")] = None,
     cache_graphs: Annotated[bool | None, typer.Option("--cache-graphs/--no-cache-graphs", help="Keep every batch's gradient graph between products (double backward; faster, needs the memory of all batches). Default: automatic, when the graphs fit in half the free memory.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of every random vector.")] = 0,
     per_layer: Annotated[bool, typer.Option("--per-layer", help="Also top eigenvalues (and trace, with --trace) of each layer's diagonal Hessian block.")] = False,
@@ -224,13 +156,24 @@ def probe_cmd(
     eigenvectors: Annotated[Path | None, typer.Option("--eigenvectors", help="Save the top eigenvectors to FILE (.safetensors).")] = None,
 ) -> None:
     """Top eigenvalues, trace and spectral density of the loss Hessian (or GGN, empirical Fisher) at a checkpoint (optionally per layer)."""
+    import torch
+    from sharpscope_cli.probe_outputs import check_outputs, density_text, write_outputs
+
+    from sharpscope.curvature import CurvatureSettings
+    from sharpscope.data import resolve_data
+    from sharpscope.errors import SharpscopeError
+    from sharpscope.losses import get_loss
+    from sharpscope.parallel import init_distributed, rank, resolve_device, shard_dataset, sharding
+    from sharpscope.probe import ProbeSettings, probe
+
     dev = resolve_device(device)
     torch_dtype = getattr(torch, dtype.value)
-    settings = ProbeSettings(k=k, tol=tol, max_iter=max_iter, stop=stop.value, negative=negative, trace=trace,
-                             trace_method=trace_method.value, trace_matvecs=trace_matvecs, density=density,
-                             density_steps=density_steps, density_runs=density_runs, bn=bn.value,
-                             batch_size=batch_size, hvp_mode=hvp_mode.value, allow_tf32=allow_tf32,
-                             cache_graphs="auto" if cache_graphs is None else cache_graphs, seed=seed,
+    curvature = CurvatureSettings(k=k, tol=tol, max_iter=max_iter, stop=stop.value, trace_method=trace_method.value,
+                                  trace_matvecs=trace_matvecs, bn=bn.value, hvp_mode=hvp_mode.value,
+                                  precision=precision.value, compile=compile_products, block=lanczos_block(block),
+                                  cache_graphs="auto" if cache_graphs is None else cache_graphs)
+    settings = ProbeSettings(curvature=curvature, negative=negative, trace=trace, density=density,
+                             density_steps=density_steps, density_runs=density_runs, batch_size=batch_size, seed=seed,
                              per_layer=per_layer, layer_depth=layer_depth, operator=operator.value)
     check_outputs(out_file, eigenvectors, density)
     if n is not None and n < 1:
@@ -240,7 +183,8 @@ def probe_cmd(
     dataset = resolve_data(data, n=n)
     part = shard_dataset(dataset)
     net = loaded.to(device=dev, dtype=torch_dtype)
-    with progress_bar(not as_json and err.is_terminal and rank() == 0) as bar:
+    with progress(unit="HVPs", bar=not as_json and err.is_terminal and rank() == 0,
+                  lines=not err.is_terminal and rank() == 0) as bar:
         report = probe(net, get_loss(loss.value), part.x.to(dev), part.y.to(dev), settings, progress=bar)
     extra = {"checkpoint": str(checkpoint), "data": dataset.name, "loss_fn": loss.value}
     report.settings.update(extra, sharding=sharding(len(dataset)))
@@ -265,6 +209,10 @@ def demo(
     """Train a small MLP on MNIST-1D (generated offline) for a few seconds, save it, and probe it:
     top eigenvalue and Hessian trace, with their residual, standard error and cost."""
     from sharpscope.demo import train_demo_model
+    from sharpscope.errors import SharpscopeError
+    from sharpscope.io import load_checkpoint, save_checkpoint
+    from sharpscope.losses import get_loss
+    from sharpscope.probe import ProbeSettings, probe
 
     if steps < 1:
         raise SharpscopeError(f"--steps must be positive, got {steps}")
@@ -275,8 +223,8 @@ def demo(
     path = save_checkpoint(folder / "demo.safetensors", run.model, spec=run.spec,
                            extra={"steps": run.steps, "train_accuracy": run.train_accuracy})
     loaded = load_checkpoint(path)
-    settings = ProbeSettings(k=1, trace=True, batch_size=None, seed=seed)
-    with progress_bar(not as_json and err.is_terminal) as bar:
+    settings = ProbeSettings(trace=True, batch_size=None, seed=seed)
+    with progress(unit="HVPs", bar=not as_json and err.is_terminal, lines=not err.is_terminal) as bar:
         report = probe(loaded.model, get_loss("ce"), run.data.x, run.data.y, settings, progress=bar)
     extra = {"checkpoint": str(path), "data": run.data.name, "loss_fn": "ce", "train_steps": run.steps,
              "train_accuracy": run.train_accuracy}
@@ -287,17 +235,14 @@ def demo(
         err.print(f"checkpoint: {path}\nprobe it again: sharpscope probe {path} --data mnist1d --k 5 --trace")
 
 
-from sharpscope_cli.reproduce import reproduce_cmd  # noqa: E402  (the command lives in cli/reproduce.py)
-from sharpscope_cli.train import train_cmd  # noqa: E402  (the command lives in cli/train.py)
-
-app.command("train")(clean_errors(train_cmd))
-from sharpscope_cli.landscape import landscape_cmd  # noqa: E402  (the command lives in cli/landscape.py)
-
-app.command("landscape")(clean_errors(landscape_cmd))
-app.command("reproduce")(clean_errors(reproduce_cmd))
+from sharpscope_cli.landscape import landscape_cmd  # noqa: E402  (each command in its own module)
 from sharpscope_cli.plot import plot_cmd  # noqa: E402
+from sharpscope_cli.reproduce import reproduce_cmd  # noqa: E402
+from sharpscope_cli.train import train_cmd  # noqa: E402
 
-app.command("plot")(clean_errors(plot_cmd))
+for _name, _command in (("train", train_cmd), ("landscape", landscape_cmd), ("reproduce", reproduce_cmd),
+                        ("plot", plot_cmd)):
+    app.command(_name)(clean_errors(_command))
 
 if __name__ == "__main__":
     app()

@@ -8,15 +8,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from sharpscope.errors import ConfigError
-from sharpscope.plots.kinds import KINDS, make_figure
+from sharpscope_cli._common import PLOT_KINDS
 
 
 def plot_cmd(
     inputs: Annotated[list[Path], typer.Argument(metavar="RUN...", help="Run directories; for --kind density, JSON files written by `sharpscope probe --density --json` (or a DensityResult's to_dict()); for --kind layers, one JSON file written by `sharpscope probe --per-layer --json`.")],
     out_stem: Annotated[Path, typer.Option("--out", help="Writes STEM.png (150 dpi), STEM.pdf and STEM.json (the plotted data and this command).")],
-    kind: Annotated[str, typer.Option(help=f"{', '.join(KINDS)}. auto: layers for probe JSON with per-layer rows, density for other files; escape when a run uses RS/SA; sharpness when eigenvalues are recorded; else trace.")] = "auto",
+    kind: Annotated[str, typer.Option(help=f"{', '.join(PLOT_KINDS)}. auto: layers for probe JSON with per-layer rows, density for other files; escape when a run uses RS/SA; sharpness when eigenvalues are recorded; else trace.")] = "auto",
     labels: Annotated[str | None, typer.Option(help="Comma-separated labels, one per input (default: folder or file names).")] = None,
     ratio: Annotated[bool, typer.Option("--ratio", help="sharpness: plot λ/edge with the band [0.8, 1.25].")] = False,
     k: Annotated[int, typer.Option(help="sharpness: plot λ_1..λ_k (as far as recorded).")] = 1,
@@ -24,6 +22,8 @@ def plot_cmd(
 ) -> None:
     """Plot sharpness against its thresholds, trace against test accuracy, escape curves, a spectral density or
     per-layer curvature bars."""
+    from sharpscope.errors import ConfigError
+    from sharpscope.plots.kinds import make_figure
     from sharpscope.plots.save import save_figure  # matplotlib: imported only when plotting
 
     names = None

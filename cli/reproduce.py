@@ -9,10 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from sharpscope_cli.train import Scale, err
-
-from sharpscope.experiments import parse_overrides
-from sharpscope.experiments.studies import STUDIES, run_study
+from sharpscope_cli._common import STUDY_NAMES, Scale, err
 
 
 def _stage_line(stage: str, summary: dict[str, Any]) -> None:
@@ -23,7 +20,7 @@ def _stage_line(stage: str, summary: dict[str, Any]) -> None:
 
 
 def reproduce_cmd(
-    study: Annotated[str, typer.Argument(help=f"Study: {', '.join(STUDIES)}.")],
+    study: Annotated[str, typer.Argument(help=f"Study: {', '.join(STUDY_NAMES)}.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Study folder: one run directory per stage, data/, STUDY-summary.json. Rerunning resumes.")],
     scale: Annotated[Scale, typer.Option(help="smoke: seconds (plumbing); cpu: minutes on a CPU; gpu: the paper's setting.")] = Scale.smoke,
     figures: Annotated[Path | None, typer.Option("--figures", help="Write the study's figures (PNG, PDF, JSON) and summary here.")] = None,
@@ -32,6 +29,9 @@ def reproduce_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the study summary as one JSON object.")] = False,
 ) -> None:
     """Run a reproduction study (several dependent training runs), check its claims, draw its figures."""
+    from sharpscope.experiments import parse_overrides
+    from sharpscope.experiments.studies import run_study
+
     options = parse_overrides(option or [])
     summary = run_study(study, scale.value, out_dir, only=only or None,
                         progress=None if as_json else _stage_line, options=options or None)

@@ -4,53 +4,30 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from enum import Enum
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-
-from sharpscope.experiments import RECIPES, get_recipe, parse_overrides
-from sharpscope.parallel import init_distributed, rank, resolve_device
-from sharpscope.track import train
-from sharpscope.track.thresholds import bounded_sharpness
-
-err = Console(stderr=True)
+from sharpscope_cli._common import EXIT_DIVERGED, RECIPE_NAMES, Scale, err, progress
 
 
-class Scale(str, Enum):
-    smoke = "smoke"
-    cpu = "cpu"
-    gpu = "gpu"
+def step_info(record: dict[str, Any] | None) -> str:
+    """The last measured sharpness against its edge, for the progress display (empty before the first)."""
+    from sharpscope.track.thresholds import bounded_sharpness
+
+    if not record:
+        return ""
+    name, lam = bounded_sharpness(record)
+    edge = (record.get("thresholds") or {}).get("edge")
+    return f"{name} {_num(lam, '.4g')}" + (f" / edge {edge:.4g}" if isinstance(edge, (int, float)) else "")
 
 
-@contextmanager
-def step_bar(enabled: bool) -> Iterator[Callable[[int, int, dict[str, Any] | None], None] | None]:
-    """A progress bar of optimizer steps on stderr, showing the last measured λ_max."""
-    if not enabled:
-        yield None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # lazy: start-up
-
-    columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("steps  {task.fields[info]}"),
-               TimeElapsedColumn())
-    with Progress(*columns, console=err, transient=True) as bar:
-        task = bar.add_task("train", total=None, info="")
-
-        def update(step: int, total: int, record: dict[str, Any] | None) -> None:
-            info = ""
-            if record:
-                name, lam = bounded_sharpness(record)
-                edge = (record.get("thresholds") or {}).get("edge")
-                info = f"{name} {_num(lam, '.4g')}"
-                if isinstance(edge, (int, float)):
-                    info += f" / edge {edge:.4g}"
-            bar.update(task, total=total, completed=step, info=info)
-
-        yield update
+def step_progress(update: Callable[..., None] | None) -> Callable[[int, int, dict[str, Any] | None], None] | None:
+    """The runner's ``progress(step, total, record)`` shown on the common display as stage "training"."""
+    if update is None:
+        return None
+    return lambda step, total, record: update("training", step, total, step_info(record))
 
 
 def _num(value: Any, fmt: str) -> str:
@@ -59,6 +36,8 @@ def _num(value: Any, fmt: str) -> str:
 
 def summary_line(summary: dict[str, Any]) -> str:
     """One line: status, step, final sharpness against its threshold, losses, cost, where."""
+    from sharpscope.track.thresholds import bounded_sharpness
+
     final = summary.get("final") or {}
     parts = [f"{summary.get('recipe') or 'run'} ({summary.get('scale') or 'custom'}): {summary['status']} at step "
              f"{summary['step']}/{summary['steps_requested']}"]
@@ -83,7 +62,7 @@ def summary_line(summary: dict[str, Any]) -> str:
 
 
 def train_cmd(
-    recipe: Annotated[str, typer.Argument(help=f"Experiment recipe: {', '.join(RECIPES)}.")],
+    recipe: Annotated[str, typer.Argument(help=f"Experiment recipe: {', '.join(RECIPE_NAMES)}.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory (config.json, metrics.jsonl, checkpoints/, summary.json). Rerunning the same command resumes a killed run.")],
     scale: Annotated[Scale, typer.Option(help="smoke: seconds (plumbing); cpu: minutes on a CPU; gpu: the paper's setting.")] = Scale.smoke,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing run directory (deletes its run files).")] = False,
@@ -96,10 +75,14 @@ def train_cmd(
     non-finite (status "diverged" in summary.json), 130 interrupted. A killed or interrupted run
     resumes when the same command is run again.
     """
+    from sharpscope.experiments import get_recipe, parse_overrides
+    from sharpscope.parallel import init_distributed, rank, resolve_device
+    from sharpscope.track import train
+
     cfg = get_recipe(recipe, scale.value, parse_overrides(set_ or []))
     init_distributed(resolve_device(cfg.device))  # under torchrun: data parallel, rank 0 writes and prints
-    with step_bar(rank() == 0 and not as_json and err.is_terminal) as bar:
-        summary = train(cfg, out_dir, force=force, progress=bar)
+    with progress(unit="steps", bar=rank() == 0 and not as_json and err.is_terminal) as update:
+        summary = train(cfg, out_dir, force=force, progress=step_progress(update))
     if rank() != 0:
         return
     if not summary.get("already_complete"):
@@ -110,4 +93,4 @@ def train_cmd(
     else:
         typer.echo(summary_line(summary))
     if summary.get("status") == "diverged":
-        raise typer.Exit(3)
+        raise typer.Exit(EXIT_DIVERGED)

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 
 class SharpscopeError(ValueError):
-    """Base class of every error sharpscope raises on purpose."""
+    """Base class of every error sharpscope raises on purpose.
+
+    ``argument`` names the library argument the message is about (``"max_iter"``, ``"force"``), when
+    there is one, so that a front end can name its own spelling of it (a command-line flag);
+    ``str(error)`` is the one-line message.
+    """
+
+    def __init__(self, message: str = "", *, argument: str | None = None) -> None:
+        super().__init__(message)
+        self.argument = argument
+
+    def __reduce__(self) -> tuple[object, ...]:  # keep ``argument`` through pickling (process pools)
+        return type(self), self.args, {"argument": self.argument}
 
 
 class DataError(SharpscopeError):

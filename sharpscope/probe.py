@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from torch import Tensor, nn
 
 from sharpscope.curvature import (
+    CurvatureSettings,
     DensityResult,
     EigenResult,
     EmpiricalFisherOperator,
     GGNOperator,
-    HessianOperator,
     LinearOperator,
     Objective,
     PerLayerCurvature,
@@ -27,68 +27,70 @@ from sharpscope.curvature import (
     slq_density,
     trace_estimator,
 )
-from sharpscope.curvature.trace import check_trace_budget
+from sharpscope.curvature.settings import PROBE_DEFAULTS
 from sharpscope.errors import ConfigError
 from sharpscope.models.inputs import check_model_fits
-from sharpscope.validation import check_int, check_seed, check_tol, offset_seed
+from sharpscope.validation import check_bool, check_choice, check_int, check_seed, check_tol, offset_seed
 
 Progress = Callable[[str, int, int], None]
-OPERATORS = ("hessian", "ggn", "ef")
+Operator = Literal["hessian", "ggn", "ef"]
+OPERATORS: tuple[str, ...] = get_args(Operator)
 
 
 @dataclass(frozen=True)
 class ProbeSettings:
-    """What to measure and how; recorded with the report."""
+    """What to measure and how; recorded with the report.
 
-    k: int = 1
-    tol: float = 1e-3
-    max_iter: int | None = None
-    stop: Literal["eigenvalue", "residual"] = "residual"
+    ``curvature`` says how every estimate is computed (:class:`~sharpscope.curvature.CurvatureSettings`:
+    ``k``, ``tol``, ``max_iter``, ``stop``, the trace estimator and budget, BatchNorm and product modes;
+    by default :data:`~sharpscope.curvature.settings.PROBE_DEFAULTS`, which caches gradient graphs
+    when they fit).
+    The rest says what this probe measures: the most ``negative`` eigenvalue, the ``trace``, the
+    spectral ``density`` (``density_runs`` runs of ``density_steps`` Lanczos steps, or fewer with
+    ``density_tol``: see :func:`~sharpscope.curvature.slq_density`'s ``tol``), ``per_layer``
+    curvature (grouped by module, or by the first ``layer_depth`` module-path components), with which
+    ``operator`` (the Hessian, the generalised Gauss–Newton ``"ggn"`` or the empirical Fisher ``"ef"``),
+    over batches of ``batch_size`` examples (memory only), from random vectors seeded by ``seed``.
+    """
+
+    curvature: CurvatureSettings = PROBE_DEFAULTS
     negative: bool = False
     trace: bool = False
-    trace_method: Literal["hutch++", "hutchinson"] = "hutch++"
-    trace_matvecs: int = 99
     density: bool = False
     density_steps: int = 90
     density_runs: int = 10
     density_tol: float | None = None  # SLQ adaptive stopping (see slq_density's tol); None: fixed steps
-    bn: Literal["eval", "batch"] = "eval"
     batch_size: int | None = 1000
-    hvp_mode: Literal["auto", "fwd-rev", "rev-rev", "fd"] = "auto"
-    block_size: int = 8
-    allow_tf32: bool = False
-    cache_graphs: bool | Literal["auto"] = "auto"
     seed: int = 0
     per_layer: bool = False
     layer_depth: int | None = None
-    operator: Literal["hessian", "ggn", "ef"] = "hessian"
+    operator: Operator = "hessian"
 
     def __post_init__(self) -> None:
-        if self.operator not in OPERATORS:
-            raise ConfigError(f"operator must be one of {', '.join(OPERATORS)}; got {self.operator!r}")
+        if not isinstance(self.curvature, CurvatureSettings):
+            raise ConfigError(f"curvature must be a CurvatureSettings, got {type(self.curvature).__name__}",
+                              argument="curvature")
+        check_choice("operator", self.operator, get_args(Operator))
         if self.operator != "hessian":
-            hessian_only = {"per-layer": self.per_layer, "cache-graphs": self.cache_graphs is True,
-                            f"hvp-mode {self.hvp_mode}": self.hvp_mode != "auto"}
+            hessian_only = {"per_layer=True": self.per_layer, "cache_graphs=True": self.curvature.cache_graphs is True,
+                            f"hvp_mode={self.curvature.hvp_mode!r}": self.curvature.hvp_mode != "auto",
+                            "compile=True": self.curvature.compile,
+                            "precision='bf16'": self.curvature.precision == "bf16"}
             used = [name for name, on in hessian_only.items() if on]
             if used:
                 raise ConfigError(f"{', '.join(used)} appl{'ies' if len(used) == 1 else 'y'} to the Hessian only, "
-                                  f"not to operator {self.operator}")
-        for name in ("k", "trace_matvecs", "density_steps", "density_runs", "block_size"):
-            check_int(name.replace("_", "-"), getattr(self, name), low=1)
-        check_int("batch-size", self.batch_size, low=1, optional=True)
-        check_int("max-iter", self.max_iter, low=1, optional=True)  # 0 would silently mean "the default"
-        check_tol("tol", self.tol)
+                                  f"not to operator {self.operator!r}", argument="operator")
+        for name in ("density_steps", "density_runs"):
+            check_int(name, getattr(self, name), low=1)
+        check_int("batch_size", self.batch_size, low=1, optional=True)
         if self.density_tol is not None:
-            check_tol("density-tol", self.density_tol)
+            check_tol("density_tol", self.density_tol)
         check_seed("seed", self.seed)
-        if self.trace:
-            check_trace_budget(self.trace_method, self.trace_matvecs)
-        if self.stop not in ("eigenvalue", "residual"):
-            raise ConfigError(f"stop must be 'eigenvalue' or 'residual', got {self.stop!r}")
-        trace_estimator(self.trace_method)  # a clear error for an unknown name
+        for name in ("negative", "trace", "density", "per_layer"):
+            check_bool(name, getattr(self, name))
         if self.layer_depth is not None and (self.layer_depth < 1 or not self.per_layer):
-            raise ConfigError(f"layer-depth must be a positive depth and needs per-layer, got {self.layer_depth} "
-                              f"with per-layer {'on' if self.per_layer else 'off'}")
+            raise ConfigError(f"layer_depth must be a positive depth and needs per_layer=True, got {self.layer_depth} "
+                              f"with per_layer={self.per_layer}", argument="layer_depth")
 
 
 @dataclass(frozen=True)
@@ -125,12 +127,12 @@ class ProbeReport:
 
 def curvature_operator(objective: Objective, settings: ProbeSettings) -> LinearOperator:
     """The matrix the probe measures: the Hessian, the generalised Gauss–Newton or the empirical Fisher."""
+    c = settings.curvature
     if settings.operator == "ggn":
-        return GGNOperator(objective, block_size=settings.block_size, allow_tf32=settings.allow_tf32)
+        return GGNOperator(objective, block_size=c.block_size, allow_tf32=c.precision == "tf32")
     if settings.operator == "ef":
-        return EmpiricalFisherOperator(objective, block_size=settings.block_size, allow_tf32=settings.allow_tf32)
-    return HessianOperator(objective, mode=settings.hvp_mode, block_size=settings.block_size,
-                           allow_tf32=settings.allow_tf32, cache_graphs=settings.cache_graphs)
+        return EmpiricalFisherOperator(objective, block_size=c.block_size, allow_tf32=c.precision == "tf32")
+    return c.hessian(objective)
 
 
 def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor,
@@ -141,29 +143,29 @@ def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tens
     ``progress(stage, done, total)`` is called after every operator product, with ``total`` the
     stage's budget in HVPs (an upper bound for Lanczos, which usually stops earlier).
     """
-    check_model_fits(model, loss_fn, x, y, name="the probe data", k=settings.k)  # one pass on 2 examples first
-    objective = Objective(model, loss_fn, (x, y), bn=settings.bn, batch_size=settings.batch_size)
-    if settings.k > objective.dim:
-        raise ConfigError(f"k={settings.k} exceeds the number of parameters ({objective.dim})")
+    c = settings.curvature
+    check_model_fits(model, loss_fn, x, y, name="the probe data", k=c.k)  # one pass on 2 examples first
+    objective = Objective(model, loss_fn, (x, y), bn=c.bn, batch_size=settings.batch_size)
+    if c.k > objective.dim:
+        raise ConfigError(f"k={c.k} exceeds the number of parameters ({objective.dim})", argument="k")
     op = curvature_operator(objective, settings)
     loss, grad_norm = objective.loss(), float(objective.gradient().norm())
-    max_iter = settings.max_iter or min(objective.dim, max(100, 20 * settings.k))
+    max_iter = c.lanczos_steps(objective.dim)
 
     def stage(name: str, total: int) -> None:
         first = op.matvecs
         op.on_matmat = None if progress is None else (lambda: progress(name, op.matvecs - first, total))
 
     stage("top eigenvalues", max_iter)
-    top = lanczos(op, k=settings.k, which="LA", tol=settings.tol, max_iter=max_iter, seed=settings.seed,
-                  stop=settings.stop)
+    top = lanczos(op, k=c.k, which="LA", tol=c.tol, max_iter=max_iter, seed=settings.seed, stop=c.stop, block=c.block)
     negative = trace = density = None
     if settings.negative:
         stage("most negative eigenvalue", max_iter)
-        negative = lanczos(op, k=1, which="SA", tol=settings.tol, max_iter=max_iter,
-                           seed=offset_seed(settings.seed, 1), return_eigenvectors=False, stop=settings.stop)
+        negative = lanczos(op, k=1, which="SA", tol=c.tol, max_iter=max_iter,
+                           seed=offset_seed(settings.seed, 1), return_eigenvectors=False, stop=c.stop)
     if settings.trace:
-        stage("trace", settings.trace_matvecs)
-        trace = trace_estimator(settings.trace_method)(op, settings.trace_matvecs, seed=offset_seed(settings.seed, 2))
+        stage("trace", c.trace_matvecs)
+        trace = trace_estimator(c.trace_method)(op, c.trace_matvecs, seed=offset_seed(settings.seed, 2))
     if settings.density:
         stage("density", settings.density_steps * settings.density_runs)
         density = slq_density(op, settings.density_steps, settings.density_runs, tol=settings.density_tol,
@@ -173,13 +175,10 @@ def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tens
     if settings.per_layer:
         layers = per_layer_curvature(
             model, loss_fn, [(b.x, b.y) for b in objective.batches], groups=settings.layer_depth or "module",
-            k=settings.k, tol=settings.tol, max_iter=settings.max_iter, trace=settings.trace,
-            trace_method=settings.trace_method, trace_matvecs=settings.trace_matvecs, bn=settings.bn,
-            hvp_mode=settings.hvp_mode, block_size=settings.block_size, allow_tf32=settings.allow_tf32,
-            cache_graphs=settings.cache_graphs, seed=settings.seed, progress=progress)
-    record = {**op.describe(), "operator": settings.operator, "k": settings.k, "tol": settings.tol,
-              "stop": settings.stop, "max_iter": max_iter, "seed": settings.seed,
-              "trace_method": settings.trace_method if settings.trace else None,
-              "trace_matvecs": settings.trace_matvecs if settings.trace else None}
+            settings=c, trace=settings.trace, seed=settings.seed, progress=progress)
+    record = {**op.describe(), "operator": settings.operator, "k": c.k, "tol": c.tol,
+              "stop": c.stop, "max_iter": max_iter, "seed": settings.seed,
+              "trace_method": c.trace_method if settings.trace else None,
+              "trace_matvecs": c.trace_matvecs if settings.trace else None}
     return ProbeReport(loss=loss, grad_norm=grad_norm, top=top, most_negative=negative, trace=trace,
                        density=density, settings=record, per_layer=layers)

@@ -1,28 +1,38 @@
 """Argument checks shared by the whole package: integers, reals and flags in a given range,
 seeds, tolerances, nesting depth, output folders and module paths.
 
-Each check returns the value (an ``int``, a ``float`` or a ``bool``) or raises a
+Each check returns the value (an ``int``, a ``float``, a ``bool`` or one of given choices) or raises a
 :mod:`sharpscope.errors` exception (``ConfigError`` unless ``error`` says otherwise) whose message
 names the argument, the accepted values and the bad value, e.g.
-``k must be a positive integer, got 0``. ``bool`` is never accepted as a number.
+``k must be a positive integer, got 0``; the exception also carries the name as its
+``argument``. ``bool`` is never accepted as a number. Names are the library's argument names
+(``max_iter``), never a command-line spelling.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, Literal, TypeVar, overload
 
 from sharpscope.errors import ConfigError, SharpscopeError
 
-__all__ = ["check_int", "check_real", "check_bool", "check_seed", "offset_seed", "check_tol", "check_depth",
-           "check_output_dir", "check_module_path", "check_cast", "SEED_LIMIT", "MAX_DEPTH"]
+__all__ = ["check_int", "check_real", "check_bool", "check_choice", "check_seed", "offset_seed", "check_tol",
+           "check_depth", "check_output_dir", "check_module_path", "check_cast", "SEED_LIMIT", "MAX_DEPTH"]
 
 SEED_LIMIT = 2**64  # torch generators take seeds in [0, 2⁶⁴)
 MAX_DEPTH = 32  # nesting of lists and dicts in a configuration value
 
 ErrorType = type[SharpscopeError]
+T = TypeVar("T")
+
+
+def _error(error: ErrorType, name: str, message: str) -> SharpscopeError:
+    """``error(message)``, with ``argument=name`` when ``name`` is a (dotted) Python name such as
+    ``max_iter`` or ``optimizer_kwargs.lr``, not a description."""
+    return error(message, argument=name if all(part.isidentifier() for part in name.split(".")) else None)
 
 
 def _int_kind(low: int | None, high: int | None) -> str:
@@ -48,7 +58,8 @@ def check_int(name: str, value: Any, *, low: int | None = None, high: int | None
         return None
     if (isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low)
             or (high is not None and value > high)):
-        raise error(f"{name} must be {_int_kind(low, high)}{' or None' if optional else ''}, got {value!r}")
+        none = " or None" if optional else ""
+        raise _error(error, name, f"{name} must be {_int_kind(low, high)}{none}, got {value!r}")
     return value
 
 
@@ -79,24 +90,39 @@ def check_real(name: str, value: Any, *, low: float | None = None, high: float |
         return None
     none = " or None" if optional else ""
     if isinstance(value, (bool, str, bytes)):
-        raise error(f"{name} must be a real number{none}, got {value!r}")
+        raise _error(error, name, f"{name} must be a real number{none}, got {value!r}")
     try:
         out = float(value)
     except (TypeError, ValueError):
-        raise error(f"{name} must be a real number{none}, got {value!r}") from None
+        raise _error(error, name, f"{name} must be a real number{none}, got {value!r}") from None
     if math.isnan(out) or (math.isinf(out) and not allow_inf):
-        raise error(f"{name} must be finite, got {value!r}")
+        raise _error(error, name, f"{name} must be finite, got {value!r}")
     if ((low is not None and (out < low or (low_open and out == low)))
             or (high is not None and (out > high or (high_open and out == high)))):
-        raise error(f"{name} must be {_real_kind(low, high, low_open, high_open)}{none}, got {value!r}")
+        raise _error(error, name, f"{name} must be {_real_kind(low, high, low_open, high_open)}{none}, got {value!r}")
     return out
 
 
 def check_bool(name: str, value: Any, *, error: ErrorType = ConfigError) -> bool:
     """``value`` if it is a ``bool`` (not 0/1 or a string), else ``error`` naming ``name``."""
     if not isinstance(value, bool):
-        raise error(f"{name} must be true or false, got {value!r}")
+        raise _error(error, name, f"{name} must be true or false, got {value!r}")
     return value
+
+
+def _alternatives(choices: Sequence[Any]) -> str:
+    """``'a', 'b' or 'c'``: the choices as Python literals."""
+    shown = [repr(c) for c in choices]
+    return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} or {shown[-1]}"
+
+
+def check_choice(name: str, value: Any, choices: Sequence[T], *, error: ErrorType = ConfigError) -> T:
+    """``value`` if it is one of ``choices`` (of the same type: ``True`` is not ``1``), else ``error``
+    naming ``name`` and the choices, e.g. ``bn must be 'eval' or 'batch', got 'train'``."""
+    for choice in choices:
+        if type(value) is type(choice) and value == choice:
+            return choice
+    raise _error(error, name, f"{name} must be {_alternatives(choices)}, got {value!r}")
 
 
 def check_seed(name: str, value: Any, *, optional: bool = False, error: ErrorType = ConfigError) -> int | None:
@@ -122,7 +148,7 @@ def check_depth(name: str, value: Any, *, limit: int = MAX_DEPTH, error: ErrorTy
         item, depth = stack.pop()
         if isinstance(item, (list, tuple, dict)):
             if depth >= limit:
-                raise error(f"{name} nests lists/dicts more than {limit} levels deep")
+                raise _error(error, name, f"{name} nests lists/dicts more than {limit} levels deep")
             stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
     return value
 
@@ -149,16 +175,16 @@ def check_module_path(name: str, target: Any, *, error: ErrorType = ConfigError)
     """A ``"module:attribute"`` string naming an absolute module (no leading dot: a relative
     import has no package to be relative to here)."""
     if not isinstance(target, str):
-        raise error(f"{name} must look like 'module:function', got {target!r}")
+        raise _error(error, name, f"{name} must look like 'module:function', got {target!r}")
     module, sep, attr = target.partition(":")
     if not sep or not module or not attr:
-        raise error(f"{name} must look like 'module:function', got {target!r}")
+        raise _error(error, name, f"{name} must look like 'module:function', got {target!r}")
     if module.startswith("."):
-        raise error(f"{name} {target!r}: relative module paths are not supported; name the module from the "
-                    "current folder or an installed package (e.g. 'models:factory')")
+        raise _error(error, name, f"{name} {target!r}: relative module paths are not supported; name the module "
+                     "from the current folder or an installed package (e.g. 'models:factory')")
     if not all(part.isidentifier() for part in module.split(".")) or not all(
             part.isidentifier() for part in attr.split(".")):
-        raise error(f"{name} {target!r}: module and attribute must be dotted Python names")
+        raise _error(error, name, f"{name} {target!r}: module and attribute must be dotted Python names")
     return target
 
 

@@ -41,7 +41,7 @@ def needs_shared_data(error: ConfigError) -> bool:
 def test_every_recipe_builds_at_every_scale_and_trains_at_smoke_scale(name: str, tmp_path: Path) -> None:
     for scale in SCALES:
         try:
-            assert get_recipe(name, scale).hvp_mode != "auto"
+            assert get_recipe(name, scale).curvature.hvp_mode != "auto"
         except ConfigError as e:
             if needs_shared_data(e):
                 pytest.skip(str(e))

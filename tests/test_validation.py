@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import pickle
 from fractions import Fraction
 
 import numpy as np
 import pytest
 
 from sharpscope.errors import ConfigError, DataError
-from sharpscope.validation import check_bool, check_int, check_real
+from sharpscope.validation import check_bool, check_choice, check_int, check_real, check_tol
 
 
 @pytest.mark.parametrize(("value", "kwargs"), [(0, {}), (-5, {}), (1, {"low": 1}), (7, {"low": 2, "high": 7}),
@@ -93,3 +94,35 @@ def test_optim_base_reexports_check_int() -> None:
     from sharpscope.optim import _base
 
     assert _base.check_int is check_int  # track.runner imports it from there
+
+
+def test_check_choice_returns_the_choice_and_names_the_alternatives() -> None:
+    assert check_choice("bn", "batch", ("eval", "batch")) == "batch"
+    assert check_choice("cache_graphs", "auto", (True, False, "auto")) == "auto"
+    assert check_choice("cache_graphs", False, (True, False, "auto")) is False
+    for bad, shown in (("train", "'train'"), (1, "1"), (0, "0")):  # 1 == True, but 1 is not a choice
+        with pytest.raises(ConfigError, match=f"^cache_graphs must be True, False or 'auto', got {shown}$") as info:
+            check_choice("cache_graphs", bad, (True, False, "auto"))
+        assert info.value.argument == "cache_graphs"
+    with pytest.raises(ConfigError, match="^stop must be 'residual', got 'x'$"):
+        check_choice("stop", "x", ("residual",))
+    with pytest.raises(DataError, match="^kind must be 'a' or 'b', got 'c'$"):
+        check_choice("kind", "c", ("a", "b"), error=DataError)
+
+
+def test_errors_carry_the_library_argument_and_keep_one_line() -> None:
+    checks = [(lambda: check_int("max_iter", 0, low=1), "max_iter"),
+              (lambda: check_real("optimizer_kwargs.lr", math.nan), "optimizer_kwargs.lr"),
+              (lambda: check_tol("tol", 1.0), "tol"), (lambda: check_bool("trace", 1), "trace"),
+              (lambda: check_int("layer group 'a'", -1, low=0), None)]  # a description, not an argument name
+    for check, argument in checks:
+        with pytest.raises(ConfigError) as info:
+            check()
+        assert info.value.argument == argument and "\n" not in str(info.value)
+        assert str(info.value).startswith(argument or "layer group")
+        again = pickle.loads(pickle.dumps(info.value))
+        assert type(again) is ConfigError and str(again) == str(info.value) and again.argument == argument
+    assert ConfigError("plain").argument is None and str(ConfigError("plain", argument="k")) == "plain"
+    with pytest.raises(DataError) as other:
+        check_int("n", 0, low=1, error=DataError)
+    assert other.value.argument == "n" and pickle.loads(pickle.dumps(other.value)).argument == "n"

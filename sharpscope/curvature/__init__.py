@@ -11,10 +11,12 @@ from sharpscope.curvature.objective import DropoutWarning, Objective, ReductionW
 from sharpscope.curvature.power import power_iteration
 from sharpscope.curvature.preconditioned import PreconditionedOperator, adam_preconditioner
 from sharpscope.curvature.results import DensityResult, EigenResult, TraceResult
+from sharpscope.curvature.settings import CurvatureSettings
 from sharpscope.curvature.trace import hutchinson, hutchpp, trace_estimator
 
 __all__ = [
-    "ConvergenceWarning", "DensityResult", "DropoutWarning", "EigenResult", "EmpiricalFisherOperator", "GGNOperator",
+    "ConvergenceWarning", "CurvatureSettings", "DensityResult", "DropoutWarning", "EigenResult",
+    "EmpiricalFisherOperator", "GGNOperator",
     "HessianOperator", "LambdaOperator", "LayerCurvature", "LinearOperator", "MatrixOperator", "Objective",
     "PerLayerCurvature", "PreconditionedOperator", "ReductionWarning", "TraceResult", "adam_preconditioner",
     "exact_hessian", "hutchinson", "hutchpp", "lanczos", "parameter_groups", "per_layer_curvature",

@@ -7,7 +7,8 @@ chunks of ``chunk`` rows, a new chunk is allocated only when the last one is ful
 copied, so the basis never holds more than ``(m + chunk) · dim`` numbers.
 
 Re-orthogonalisation is classical Gram–Schmidt applied twice ("twice is enough"):
-``c = Qᵀ w``, ``w ← w − Q c``, with ``Qᵀ w`` and ``Q c`` summed chunk by chunk.
+``c = Qᵀ w``, ``w ← w − Q c``, with ``Qᵀ w`` and ``Q c`` summed chunk by chunk; ``w`` may be one
+vector ``(dim,)`` or a block ``(dim, m)`` (block Lanczos), orthogonalised column by column at once.
 """
 
 from __future__ import annotations
@@ -38,9 +39,18 @@ class KrylovBasis:
         self._blocks[-1][self.size % self.chunk] = v
         self.size += 1
 
+    def append_columns(self, V: Tensor) -> None:
+        """Store the columns of ``V`` (``(dim, m)``, orthonormal and orthogonal to the basis) in order."""
+        for i in range(V.shape[1]):
+            self.append(V[:, i])
+
     def vector(self, j: int) -> Tensor:
         """The ``j``-th basis vector (a view)."""
         return self._blocks[j // self.chunk][j % self.chunk]
+
+    def columns(self, start: int, stop: int) -> Tensor:
+        """Basis vectors ``start … stop − 1`` as the columns of a ``(dim, stop − start)`` tensor (a copy)."""
+        return torch.stack([self.vector(j) for j in range(start, stop)], dim=1)
 
     def _filled(self) -> list[Tensor]:
         out = []
@@ -51,9 +61,10 @@ class KrylovBasis:
         return out
 
     def orthogonalize(self, w: Tensor) -> tuple[Tensor, Tensor]:
-        """Remove from ``w`` (``(dim,)``) its components on the basis, twice; return it and ``Qᵀ w`` summed."""
+        """Remove from ``w`` (``(dim,)`` or ``(dim, m)``) its components on the basis, twice; return it and
+        ``Qᵀ w`` summed over both passes (``(size,)`` or ``(size, m)``)."""
         blocks = self._filled()
-        coeffs = torch.zeros(self.size, dtype=w.dtype, device=w.device)
+        coeffs = torch.zeros(self.size, *w.shape[1:], dtype=w.dtype, device=w.device)
         for _ in range(2):
             c = torch.cat([block @ w for block in blocks])
             start = 0

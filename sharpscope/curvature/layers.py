@@ -27,7 +27,7 @@ Example (two independent quadratics: the blocks are exact)::
     >>> scales = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0], dtype=torch.float64)
     >>> loss = lambda out, t: 0.5 * (scales * out**2).sum(1).mean()
     >>> x, y = torch.zeros(4, 1, dtype=torch.float64), torch.zeros(4, dtype=torch.long)
-    >>> res = per_layer_curvature(TwoLayers().double(), loss, (x, y), tol=1e-10)
+    >>> res = per_layer_curvature(TwoLayers().double(), loss, (x, y), settings=CurvatureSettings(tol=1e-10))
     >>> [(row.name, round(float(row.top.eigenvalues[0]), 6)) for row in res.rows]
     [('a', 2.0), ('b', 5.0)]
 """
@@ -42,13 +42,14 @@ from typing import Literal
 import torch
 from torch import nn
 
-from sharpscope.curvature.hessian import HessianOperator, HVPMode
+from sharpscope.curvature.hessian import HessianOperator
 from sharpscope.curvature.lanczos import lanczos
-from sharpscope.curvature.objective import BNMode, LossFn, Objective, ParamSelector, select_parameters
+from sharpscope.curvature.objective import LossFn, Objective, ParamSelector, select_parameters
 from sharpscope.curvature.results import EigenResult, TraceResult
+from sharpscope.curvature.settings import DEFAULTS, CurvatureSettings
 from sharpscope.curvature.trace import trace_estimator
 from sharpscope.errors import ConfigError
-from sharpscope.validation import check_int, offset_seed
+from sharpscope.validation import check_bool, check_seed, offset_seed
 
 LayerGrouping = Literal["module"] | int | Mapping[str, ParamSelector]
 Progress = Callable[[str, int, int], None]
@@ -76,19 +77,20 @@ def parameter_groups(model: nn.Module, groups: LayerGrouping = "module") -> dict
     """
     if isinstance(groups, Mapping):
         if not groups:
-            raise ConfigError("layer groups: the mapping {name: globs} is empty")
+            raise ConfigError("layer groups: the mapping {name: globs} is empty", argument="groups")
         out: dict[str, list[str]] = {}
         for name, selector in groups.items():
             if selector is None:
-                raise ConfigError(f"layer group {name!r} has no selector (give a glob, a list of globs or a predicate)")
+                raise ConfigError(f"layer group {name!r} has no selector (give a glob, a list of globs or a predicate)",
+                                  argument="groups")
             try:
                 out[str(name)] = list(select_parameters(model, selector))
             except ConfigError as e:
-                raise ConfigError(f"layer group {name!r}: {e}") from None
+                raise ConfigError(f"layer group {name!r}: {e}", argument="groups") from None
         return out
     if isinstance(groups, bool) or not (groups == "module" or isinstance(groups, int) and groups >= 1):
         raise ConfigError(f"layer grouping must be 'module', a positive depth or a mapping {{name: globs}}, "
-                          f"got {groups!r}")
+                          f"got {groups!r}", argument="groups")
     depth = None if groups == "module" else int(groups)
     out = {}
     for name in select_parameters(model, None):
@@ -147,50 +149,55 @@ def _report(op: HessianOperator, progress: Progress | None, stage: str, total: i
 
 
 def per_layer_curvature(model: nn.Module, loss_fn: LossFn, data: object, *, groups: LayerGrouping = "module",
-                        k: int = 1, tol: float = 1e-3, max_iter: int | None = None, trace: bool = False,
-                        trace_method: str = "hutch++", trace_matvecs: int = 99, bn: BNMode = "eval",
-                        batch_size: int | None = None, hvp_mode: HVPMode = "auto", block_size: int = 8,
-                        allow_tf32: bool = False, cache_graphs: bool | Literal["auto"] = False,
-                        seed: int = 0,
-                        progress: Progress | None = None) -> PerLayerCurvature:
+                        settings: CurvatureSettings = DEFAULTS, trace: bool = False, batch_size: int | None = None,
+                        seed: int = 0, progress: Progress | None = None) -> PerLayerCurvature:
     """Top-``k`` eigenvalues (and, with ``trace``, the trace) of each group's diagonal Hessian block.
 
     ``groups`` is read by :func:`parameter_groups`; the objective is the mean ``loss_fn`` over
-    ``data`` as in :class:`Objective` (``bn``, ``batch_size``). A group with fewer than ``k``
-    parameters gets as many eigenvalues as it has parameters. Lanczos starts from ``seed`` and the
-    trace probes from ``seed + 2`` in every group (the seeds of :func:`sharpscope.probe.probe`, so
-    a single group holding every parameter reproduces a probe). ``progress(stage, done, total)`` is
-    called after every product, one stage per group and measurement.
+    ``data`` as in :class:`Objective` (``settings.bn``, ``batch_size``). ``settings`` says how each
+    block is measured (:class:`~sharpscope.curvature.CurvatureSettings`; by default no gradient graph
+    is cached). A group with fewer than ``k`` parameters gets as many eigenvalues as it has
+    parameters. Lanczos starts from ``seed`` and the trace probes from ``seed + 2`` in every group
+    (the seeds of :func:`sharpscope.probe.probe`, so a single group holding every parameter
+    reproduces a probe). ``progress(stage, done, total)`` is called after every product, one stage
+    per group and measurement.
     """
-    check_int("k", k, low=1)
-    estimator = trace_estimator(trace_method)
+    if not isinstance(settings, CurvatureSettings):
+        raise ConfigError(f"settings must be a CurvatureSettings, got {type(settings).__name__}", argument="settings")
+    check_bool("trace", trace)
+    check_seed("seed", seed)
+    estimator = trace_estimator(settings.trace_method)
     start = time.perf_counter()
     names = parameter_groups(model, groups)
-    full = Objective(model, loss_fn, data, bn=bn, batch_size=batch_size)
+    full = Objective(model, loss_fn, data, bn=settings.bn, batch_size=batch_size)
     batches = [(b.x, b.y) for b in full.batches]
     rows = []
     for group, params in names.items():
         t0 = time.perf_counter()
-        objective = Objective(model, loss_fn, batches, bn=bn, params=params, validate=False)
-        op = HessianOperator(objective, mode=hvp_mode, block_size=block_size, allow_tf32=allow_tf32,
-                             cache_graphs=cache_graphs)
-        kk = min(k, objective.dim)
-        iters = max_iter or min(objective.dim, max(100, 20 * kk))
+        objective = Objective(model, loss_fn, batches, bn=settings.bn, params=params, validate=False)
+        op = settings.hessian(objective)
+        kk = min(settings.k, objective.dim)
+        iters = settings.lanczos_steps(objective.dim, kk)
 
         # no_grad: the parameters outside the group still require grad, and products taken with
         # torch.func (fwd-rev, fd) would otherwise be recorded by autograd through them
         with torch.no_grad():
             _report(op, progress, f"{group}: top eigenvalues", iters)
-            top = lanczos(op, kk, which="LA", tol=tol, max_iter=iters, seed=seed, return_eigenvectors=False)
+            top = lanczos(op, kk, which="LA", tol=settings.tol, max_iter=iters, seed=seed, return_eigenvectors=False,
+                          block=settings.block if kk > 1 else None,
+                          stop=settings.stop)
             tr = None
             if trace:
-                _report(op, progress, f"{group}: trace", trace_matvecs)
-                tr = estimator(op, trace_matvecs, seed=offset_seed(seed, 2))
+                _report(op, progress, f"{group}: trace", settings.trace_matvecs)
+                tr = estimator(op, settings.trace_matvecs, seed=offset_seed(seed, 2))
         op.on_matmat = None
         rows.append(LayerCurvature(name=group, parameters=tuple(params), numel=objective.dim, top=top, trace=tr,
                                    hvps=op.matvecs, seconds=time.perf_counter() - t0, hvp_mode=op.mode))
-    settings = {**full.describe(), "grouping": _grouping_name(groups), "k": k, "tol": tol, "max_iter": max_iter,
-                "trace_method": trace_method if trace else None, "trace_matvecs": trace_matvecs if trace else None,
-                "hvp_mode_requested": hvp_mode, "seed": seed, "blocks": "diagonal (cross-layer terms excluded)"}
+    settings_record = {
+        **full.describe(), "grouping": _grouping_name(groups), "k": settings.k, "tol": settings.tol,
+        "stop": settings.stop, "max_iter": settings.max_iter,
+        "trace_method": settings.trace_method if trace else None,
+        "trace_matvecs": settings.trace_matvecs if trace else None, "hvp_mode_requested": settings.hvp_mode,
+        "seed": seed, "blocks": "diagonal (cross-layer terms excluded)"}
     return PerLayerCurvature(rows=tuple(rows), grouping=_grouping_name(groups), hvps=sum(r.hvps for r in rows),
-                             seconds=time.perf_counter() - start, settings=settings)
+                             seconds=time.perf_counter() - start, settings=settings_record)

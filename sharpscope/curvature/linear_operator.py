@@ -75,6 +75,11 @@ class LinearOperator:
         return scipy.sparse.linalg.LinearOperator((self.dim, self.dim), matvec=matvec, rmatvec=matvec,
                                                   matmat=matmat, rmatmat=matmat, dtype=np.float64)
 
+    def precision_record(self) -> dict[str, object] | None:
+        """How the products' arithmetic departs from the operator's dtype, with its measured deviation;
+        ``None`` when the products are computed plainly in that dtype."""
+        return None
+
     def describe(self) -> dict[str, object]:
         """Settings that say how a number computed from this operator was obtained."""
         return {"operator": type(self).__name__, "dim": self.dim, "dtype": str(self.dtype).removeprefix("torch."),

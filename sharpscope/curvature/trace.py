@@ -43,14 +43,14 @@ _WHY = {"hutchinson": "two samples give a standard error", "hutch++": "a sketch 
 _NAMES = {"hutchinson": "Hutchinson", "hutch++": "Hutch++"}
 
 
-def check_trace_budget(method: str, num_matvecs: object) -> int:
+def check_trace_budget(method: str, num_matvecs: object, name: str = "num_matvecs") -> int:
     """``num_matvecs`` if it is an integer budget the trace estimator ``method`` can use (at least
-    2 for Hutchinson, 6 for Hutch++); checked before any product."""
+    2 for Hutchinson, 6 for Hutch++); checked before any product. ``name``: the argument that holds it."""
     low = MIN_MATVECS.get(method, 2)
     if isinstance(num_matvecs, int) and not isinstance(num_matvecs, bool) and num_matvecs < low:
-        raise ConfigError(f"{_NAMES.get(method, method)} needs num_matvecs >= {low} ({_WHY.get(method, '')}), "
-                          f"got {num_matvecs}")
-    return check_int("num_matvecs", num_matvecs, low=low)
+        raise ConfigError(f"{_NAMES.get(method, method)} needs {name} >= {low} ({_WHY.get(method, '')}), "
+                          f"got {num_matvecs}", argument=name)
+    return check_int(name, num_matvecs, low=low)
 
 
 def hutchinson(op: LinearOperator, num_matvecs: int, *, distribution: Distribution = "rademacher",

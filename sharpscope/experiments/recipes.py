@@ -55,6 +55,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from sharpscope.curvature.settings import RUN_DEFAULTS
 from sharpscope.errors import ConfigError
 from sharpscope.track.config import TrainConfig
 from sharpscope.validation import MAX_DEPTH, check_depth
@@ -127,20 +128,22 @@ def eos_gd(scale: str, *, optimizer: str = "gd", momentum: float | None = None, 
     if scale == "smoke":
         return TrainConfig(model=fc(40, [32, 32], "tanh"), **mnist1d_data(128, 100), loss=loss,
                            optimizer=optimizer, optimizer_kwargs={"lr": 0.01, **kw}, physical_batch_size=128,
-                           steps=60, measure_every=5, k=2, trace=True, trace_method="hutchinson",
-                           trace_matvecs=8, checkpoint_every=10, cache_graphs=True)
+                           steps=60, measure_every=5, trace=True, checkpoint_every=10,
+                           curvature=RUN_DEFAULTS.replace(k=2, trace_method="hutchinson", trace_matvecs=8,
+                                                          cache_graphs=True))
     if scale == "cpu":
         n, steps = (500, 600) if momentum is not None else (1000, 800)
         return TrainConfig(model=fc(40, [100, 100], "tanh"), **mnist1d_data(n, None), loss=loss,
                            optimizer=optimizer, optimizer_kwargs={"lr": 0.2, **kw}, physical_batch_size=1000,
-                           steps=steps, measure_every=10, k=1, checkpoint_every=100, cache_graphs=True)
+                           steps=steps, measure_every=10, checkpoint_every=100,
+                           curvature=RUN_DEFAULTS.replace(k=1, cache_graphs=True))
     data = cifar_data(5000, flatten=True)
     in_features = 3072 if data is not None else 40
     data = data or mnist1d_data(None, 1000)
     return TrainConfig(model=fc(in_features, [200, 200], "tanh"), **data, loss=loss, optimizer=optimizer,
                        optimizer_kwargs={"lr": 0.01, **kw}, physical_batch_size=1000, steps=20000,
-                       stop_at_train_acc=0.99, measure_every=50, k=2, trace=True, checkpoint_every=500,
-                       hvp_mode="fwd-rev", device="auto")
+                       stop_at_train_acc=0.99, measure_every=50, trace=True, checkpoint_every=500, device="auto",
+                       curvature=RUN_DEFAULTS.replace(k=2, hvp_mode="fwd-rev"))
 
 
 def eos_cifar5k(scale: str, *, lr: float = 0.02) -> TrainConfig:
@@ -162,7 +165,9 @@ def eos_cifar5k(scale: str, *, lr: float = 0.02) -> TrainConfig:
     steps, every = (3000, 25) if scale == "cpu" else (6, 3)
     return TrainConfig(model=fc(3072, [200, 200], "tanh"), **data, loss="mse", optimizer="gd",
                        optimizer_kwargs={"lr": lr}, physical_batch_size=1000, steps=steps, measure_every=every,
-                       k=1, checkpoint_every=every * 4, cache_graphs=True, max_iter=10 if scale == "smoke" else None)
+                       checkpoint_every=every * 4,
+                       curvature=RUN_DEFAULTS.replace(k=1, cache_graphs=True,
+                                                      max_iter=10 if scale == "smoke" else None))
 
 
 def eos_momentum(scale: str) -> TrainConfig:
@@ -193,17 +198,20 @@ def sam_edge(scale: str, *, rho: float = 0.1) -> TrainConfig:
     if scale == "smoke":
         return TrainConfig(model=fc(40, [64, 64], "relu", "glorot_normal"), **mnist1d_data(256, 200),
                            loss="mse-mean", optimizer="sam", optimizer_kwargs=opt, physical_batch_size=128,
-                           steps=40, measure_every=5, k=1, checkpoint_every=10, cache_graphs=True)
+                           steps=40, measure_every=5, checkpoint_every=10,
+                           curvature=RUN_DEFAULTS.replace(k=1, cache_graphs=True))
     data, in_features = _mnist(1000), 784
     if data is None:
         data, in_features = mnist1d_data(1000, None), 40
     if scale == "cpu":
         return TrainConfig(model=fc(in_features, [100] * 3, "relu", "glorot_normal"), **data, loss="mse-mean",
                            optimizer="sam", optimizer_kwargs={"lr": 0.4, "rho": rho}, physical_batch_size=1000,
-                           steps=500, measure_every=20, k=1, checkpoint_every=100, cache_graphs=True)
+                           steps=500, measure_every=20, checkpoint_every=100,
+                           curvature=RUN_DEFAULTS.replace(k=1, cache_graphs=True))
     return TrainConfig(model=fc(in_features, [1000] * 3, "relu", "glorot_normal"), **data, loss="mse-mean",
                        optimizer="sam", optimizer_kwargs={"lr": 0.01, "rho": rho}, physical_batch_size=1000,
-                       steps=20000, measure_every=50, k=1, checkpoint_every=1000, hvp_mode="fwd-rev", device="auto")
+                       steps=20000, measure_every=50, checkpoint_every=1000, device="auto",
+                       curvature=RUN_DEFAULTS.replace(k=1, hvp_mode="fwd-rev"))
 
 
 def sam_edge_cnn(scale: str, *, rho: float = 0.1, smooth: bool = False) -> TrainConfig:
@@ -237,9 +245,10 @@ def sam_edge_cnn(scale: str, *, rho: float = 0.1, smooth: bool = False) -> Train
     steps, every = {"smoke": (10, 5), "cpu": (300, 10), "gpu": (5000, 50)}[scale]
     return TrainConfig(model=cnn, **data, loss="mse-mean", optimizer="sam",
                        optimizer_kwargs={"lr": lr, "rho": rho},
-                       physical_batch_size=500, steps=steps, measure_every=every, k=1, checkpoint_every=every * 5,
-                       cache_graphs=scale != "gpu", hvp_mode="rev-rev", max_iter=10 if scale == "smoke" else None,
-                       device="auto" if scale == "gpu" else "cpu")
+                       physical_batch_size=500, steps=steps, measure_every=every, checkpoint_every=every * 5,
+                       device="auto" if scale == "gpu" else "cpu",
+                       curvature=RUN_DEFAULTS.replace(k=1, cache_graphs=scale != "gpu", hvp_mode="rev-rev",
+                                                      max_iter=10 if scale == "smoke" else None))
 
 
 def sam_minibatch(scale: str, *, rho: float = 0.05, momentum: float = 0.0) -> TrainConfig:
@@ -265,9 +274,10 @@ def sam_minibatch(scale: str, *, rho: float = 0.05, momentum: float = 0.0) -> Tr
         opt["momentum"] = momentum
     return TrainConfig(model=cnn, **data, loss="mse-mean", optimizer="sam", optimizer_kwargs=opt,
                        batch_size=128 if scale != "smoke" else 16, probe_n=probe, physical_batch_size=500,
-                       steps=steps, measure_every=every, k=1, checkpoint_every=every * 5, batch_sharpness=True,
-                       cache_graphs=scale != "gpu", hvp_mode="rev-rev", max_iter=10 if scale == "smoke" else None,
-                       device="auto" if scale == "gpu" else "cpu")
+                       steps=steps, measure_every=every, checkpoint_every=every * 5, batch_sharpness=True,
+                       device="auto" if scale == "gpu" else "cpu",
+                       curvature=RUN_DEFAULTS.replace(k=1, cache_graphs=scale != "gpu", hvp_mode="rev-rev",
+                                                      max_iter=10 if scale == "smoke" else None))
 
 
 def sam_flatness(scale: str, *, optimizer: str = "sgd", rho: float = 0.05) -> TrainConfig:
@@ -286,8 +296,8 @@ def sam_flatness(scale: str, *, optimizer: str = "sgd", rho: float = 0.05) -> Tr
         opt.update(sparsity=0.5, mask="dynamic", total_steps=steps, update_interval=max(1, steps // 30))
     return TrainConfig(model=fc(40, widths, "relu"), **mnist1d_data(n, 200 if scale == "smoke" else 1000),
                        loss="ce", optimizer=optimizer, optimizer_kwargs=opt, batch_size=128, probe_n=1000,
-                       physical_batch_size=1000, steps=steps, measure_every=every, k=5, tol=1e-4,
-                       checkpoint_every=every, device="cpu" if scale != "gpu" else "auto")
+                       physical_batch_size=1000, steps=steps, measure_every=every, checkpoint_every=every,
+                       device="cpu" if scale != "gpu" else "auto", curvature=RUN_DEFAULTS.replace(k=5, tol=1e-4))
 
 
 def demo(scale: str) -> TrainConfig:
@@ -297,8 +307,9 @@ def demo(scale: str) -> TrainConfig:
     n, test_n = (256, 200) if scale == "smoke" else (None, 1000)
     return TrainConfig(model=fc(40, [100, 100], "relu"), **mnist1d_data(n, test_n), loss="ce", optimizer="sgd",
                        optimizer_kwargs={"lr": 0.05, "momentum": 0.9}, batch_size=128, steps=steps,
-                       measure_every=every, k=1, trace=True, trace_matvecs=30, checkpoint_every=every,
-                       device="cpu" if scale != "gpu" else "auto")
+                       measure_every=every, trace=True, checkpoint_every=every,
+                       device="cpu" if scale != "gpu" else "auto",
+                       curvature=RUN_DEFAULTS.replace(k=1, trace_matvecs=30))
 
 
 def landscape_resnet18(scale: str) -> TrainConfig:
@@ -314,8 +325,9 @@ def landscape_resnet18(scale: str) -> TrainConfig:
     model = {"name": "resnet18", "kwargs": {"num_classes": 10, "norm": "bn", "width": width}}
     return TrainConfig(model=model, **data, loss="ce", optimizer="sgd", optimizer_kwargs={"lr": 0.05, "momentum": 0.9},
                        batch_size=128 if scale != "smoke" else 32, probe_n=min(n, 500), physical_batch_size=500,
-                       steps=steps, measure_every=measure, k=1, max_iter=10 if scale == "smoke" else None,
-                       checkpoint_every=every, keep_checkpoints=True, device="auto" if scale == "gpu" else "cpu")
+                       steps=steps, measure_every=measure, checkpoint_every=every, keep_checkpoints=True,
+                       device="auto" if scale == "gpu" else "cpu",
+                       curvature=RUN_DEFAULTS.replace(k=1, max_iter=10 if scale == "smoke" else None))
 
 
 RECIPES: dict[str, Callable[[str], TrainConfig]] = {
@@ -344,14 +356,14 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+            raise ConfigError(f"an override must look like KEY=VALUE, got {item!r}")
         try:
             value = json.loads(raw)
         except ValueError:
             value = raw
         except RecursionError:
-            raise ConfigError(f"--set {key}: the value nests lists/dicts more than {MAX_DEPTH} levels deep") from None
-        out[key] = check_depth(f"--set {key}", value)
+            raise ConfigError(f"{key} nests lists/dicts more than {MAX_DEPTH} levels deep", argument=key) from None
+        out[key] = check_depth(key, value)
     return out
 
 

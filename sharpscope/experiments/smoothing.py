@@ -92,7 +92,7 @@ def identity_at_run(run_dir: str | Path, *, examples: int = 256, **kwargs: Any) 
     """:func:`smoothing_identity` at the latest checkpoint of a run directory, on the first ``examples``
     examples of its training set, in float64."""
     from sharpscope.track import TrainConfig
-    from sharpscope.track.runner import build_data, build_model, load_initial_weights
+    from sharpscope.track.build import build_data, build_model, load_initial_weights
 
     cfg = TrainConfig.from_dict(json.loads((Path(run_dir) / "config.json").read_text()))
     model, spec = build_model(cfg, torch.device("cpu"), torch.float64)

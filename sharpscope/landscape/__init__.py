@@ -5,7 +5,8 @@ random directions (Li et al. 2018), the line to another checkpoint, or principal
 run's iterates. Slices (:mod:`~sharpscope.landscape.slices`) evaluate the objective's loss and
 accuracy on a grid, vmapped over chunks of points, and return a :class:`SliceResult` that saves
 as ``.npz`` + ``.json``; a trajectory's iterates can be projected onto a 2-D slice. Figures are in
-:mod:`sharpscope.plots.landscape`.
+:mod:`sharpscope.plots.landscape`. :func:`slice_around` (:mod:`~sharpscope.landscape.around`) takes a
+model, its data and a :class:`SliceSettings` and does all of it: directions, grid, slice.
 
 Least squares at its minimum, where the slice along the top eigenvector is exactly
 ``L₀ + λ₁ α²/2`` (float64)::
@@ -26,6 +27,7 @@ Least squares at its minimum, where the slice along the top eigenvector is exact
     True
 """
 
+from sharpscope.landscape.around import SliceSettings, slice_around
 from sharpscope.landscape.directions import (
     Directions,
     as_directions,
@@ -42,5 +44,5 @@ from sharpscope.landscape.slices import SliceResult, coordinates, slice_1d, slic
 __all__ = [
     "Directions", "PointValues", "SliceResult", "as_directions", "coordinates", "covering_grid", "eigen_directions",
     "evaluate_points", "expand_sources", "interpolation_direction", "normalize_direction", "parameter_vectors",
-    "pca_directions", "project_path", "random_directions", "slice_1d", "slice_2d",
+    "pca_directions", "project_path", "random_directions", "SliceSettings", "slice_1d", "slice_2d", "slice_around",
 ]

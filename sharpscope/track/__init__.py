@@ -6,6 +6,9 @@
 * :func:`train` with a :class:`TrainConfig` — full-batch GD (gradient accumulation over fixed
   batches) or mini-batch training with ``gd``/``sgd``/``sam``/``adam``/``adamw``, into a run
   directory; a killed run resumes from its last checkpoint with every record written exactly once.
+  :mod:`~sharpscope.track.config` holds the config (its curvature settings nested as
+  ``curvature``), :mod:`~sharpscope.track.build` builds its data, model, optimizer and tracker, and
+  :mod:`~sharpscope.track.runner` runs the loop.
 * sinks (:mod:`sharpscope.track.sinks`) — where records go: :class:`JSONLSink`, :class:`CSVSink`,
   :class:`TensorBoardSink`, :class:`WandbSink`, several at once with :class:`MultiSink`;
   :func:`metrics_dataframe` reads a run's records back as a pandas DataFrame.
@@ -26,7 +29,8 @@ _HOME = {
     "metrics_dataframe": "dataframe",
     "as_float": "jsonsafe",
     "RunDirectory": "rundir", "config_differences": "rundir",
-    "build_data": "runner", "build_model": "runner", "build_optimizer": "runner", "train": "runner",
+    "build_data": "build", "build_model": "build", "build_optimizer": "build", "build_tracker": "build",
+    "train": "runner",
     "resolve_device": "sharpscope.parallel",
     "CSVSink": "sinks", "JSONLSink": "sinks", "MultiSink": "sinks", "TensorBoardSink": "sinks",
     "WandbSink": "sinks", "flatten_record": "sinks",

@@ -1,8 +1,11 @@
-"""The configuration of a training run: one flat, JSON-serialisable dataclass.
+"""The configuration of a training run: one JSON-serialisable dataclass, with the curvature
+settings of its measurements nested as ``curvature``.
 
 Everything that determines the run's numbers is here (and stored as ``config.json``), so two runs
 with equal configs on the same machine give identical records, and a resumed run can check that
-it continues the run it thinks it continues.
+it continues the run it thinks it continues. Older run directories stored the curvature settings
+as flat keys (``"k"``, ``"tol"``, ...); :meth:`TrainConfig.upgrade` reads them into ``curvature``,
+so those runs still load, resume and plot.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sharpscope.curvature.trace import check_trace_budget
+from sharpscope.curvature.settings import RUN_DEFAULTS, CurvatureSettings
 from sharpscope.errors import ConfigError
-from sharpscope.validation import check_bool, check_depth, check_int, check_real, check_seed, check_tol
+from sharpscope.validation import check_bool, check_depth, check_int, check_real, check_seed
 
 OPTIMIZERS = ("gd", "sgd", "sam", "sparse-sam", "rs", "sa", "adam", "adamw")
 
@@ -54,11 +57,13 @@ class TrainConfig:
         steps: optimizer steps. stop_at_train_acc: stop once the training accuracy reaches it
             (every step in full-batch mode, at measurements in mini-batch mode).
     Tracking:
-        measure_every, k, tol, max_iter, trace, trace_method, trace_matvecs, bn, hvp_mode,
-        cache_graphs, alignment (cosines of the gradient and of the update with the top-k
-        eigenvectors, in ``"alignment"`` records): see
-        :class:`~sharpscope.track.tracker.SharpnessTracker`. ``hvp_mode`` is fixed (not
-        ``auto``) by default so records are reproducible to the last bit.
+        measure_every, trace, alignment (cosines of the gradient and of the update with the top-k
+        eigenvectors, in ``"alignment"`` records): see :class:`~sharpscope.track.tracker.SharpnessTracker`.
+        curvature: how each measurement is computed, a :class:`~sharpscope.curvature.CurvatureSettings`
+            (``k``, ``tol``, ``max_iter``, ``stop``, ``trace_method``, ``trace_matvecs``, ``bn``,
+            ``hvp_mode``, ...; in ``config.json`` a dict under ``"curvature"``). Its defaults are
+            :data:`~sharpscope.curvature.settings.RUN_DEFAULTS`: ``hvp_mode`` is fixed (``rev-rev``,
+            not ``auto``) so records are reproducible to the last bit, and no graph is cached.
         batch_sharpness: at each measured step of mini-batch SAM, also λ_max of the loss on the
             mini-batch that step uses (Lanczos, k = 1), in its ``"sam_batch"`` record beside the
             gradient norm SAM normalised: the pair a mini-batch SAM-edge compares. Needs ``sam`` and
@@ -95,15 +100,8 @@ class TrainConfig:
     steps: int = 1000
     stop_at_train_acc: float | None = None
     measure_every: int = 50
-    k: int = 1
-    tol: float = 1e-3
-    max_iter: int | None = None
+    curvature: CurvatureSettings = RUN_DEFAULTS
     trace: bool = False
-    trace_method: str = "hutch++"
-    trace_matvecs: int = 99
-    bn: str = "eval"
-    hvp_mode: str = "rev-rev"
-    cache_graphs: bool = False
     alignment: bool = False
     preconditioned: bool = False
     batch_sharpness: bool = False
@@ -131,20 +129,46 @@ class TrainConfig:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             if f.default is not dataclasses.MISSING:
-                out[f.name] = f.default
+                out[f.name] = f.default.to_dict() if isinstance(f.default, CurvatureSettings) else f.default
             elif f.default_factory is not dataclasses.MISSING:
                 out[f.name] = f.default_factory()
         return json.loads(json.dumps(out))
 
+    @staticmethod
+    def upgrade(d: Mapping[str, Any]) -> dict[str, Any]:
+        """A stored config dict in the current layout, with the same meaning.
+
+        Run directories written before the curvature settings were nested hold them as flat keys
+        (``"k": 2, "hvp_mode": "rev-rev"``): they move into ``"curvature"``. Curvature keys that a
+        stored config lacks (it predates them) take :data:`~sharpscope.curvature.settings.RUN_DEFAULTS`,
+        the values those runs used. A key given both flat and nested raises :class:`ConfigError`.
+        """
+        out = dict(d)
+        nested = out.get("curvature", {})
+        if not isinstance(nested, Mapping):
+            return out  # from_dict reports the bad value
+        flat = {key: out.pop(key) for key in CurvatureSettings.field_names() if key in out}
+        if out.pop("allow_tf32", False) is True:  # before the product arithmetic had three choices
+            flat["precision"] = "tf32"
+        twice = sorted(set(flat) & set(nested))
+        if twice:
+            raise ConfigError(f"config gives {', '.join(twice)} both at the top level and under 'curvature'",
+                              argument="curvature")
+        out["curvature"] = {**RUN_DEFAULTS.to_dict(), **flat, **nested}
+        return out
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise :class:`ConfigError` listing the valid ones."""
-        unknown = sorted(set(d) - set(cls.field_names()))
+        """Inverse of :meth:`to_dict` (also of an older flat config, see :meth:`upgrade`); unknown keys
+        raise :class:`ConfigError` listing the valid ones."""
+        unknown = sorted(set(d) - set(cls.field_names()) - set(CurvatureSettings.field_names()) - {"allow_tf32"})
         if unknown:
             raise ConfigError(f"unknown config key(s) {unknown}; valid: {', '.join(cls.field_names())}")
         if "model" not in d:
-            raise ConfigError("a train config needs 'model' ({'name': ..., 'kwargs': {...}})")
-        cfg = cls(**{k: json.loads(json.dumps(v)) for k, v in d.items()})
+            raise ConfigError("a train config needs 'model' ({'name': ..., 'kwargs': {...}})", argument="model")
+        fields = {k: json.loads(json.dumps(v)) for k, v in cls.upgrade(d).items()}
+        fields["curvature"] = CurvatureSettings.from_dict(fields["curvature"], base=RUN_DEFAULTS)
+        cfg = cls(**fields)
         cfg.validate()
         return cfg
 
@@ -152,11 +176,14 @@ class TrainConfig:
         """A copy with ``{"key": value}`` or dotted ``{"optimizer_kwargs.lr": 0.02}`` replaced.
 
         Dotted keys reach into the dict-valued fields (``model.kwargs.widths``,
-        ``data_options.standardize``); missing intermediate dicts are created.
+        ``data_options.standardize``, ``curvature.k``); missing intermediate dicts are created. A
+        curvature setting may also be named alone (``"k"`` for ``"curvature.k"``), as in older configs.
         """
         d = self.to_dict()
         for key, value in overrides.items():
             parts = key.split(".")
+            if parts[0] in CurvatureSettings.field_names():
+                parts = ["curvature", *parts]
             if parts[0] not in d:
                 raise ConfigError(f"unknown config key {parts[0]!r} in {key!r}; valid: {', '.join(self.field_names())}")
             target = d
@@ -164,7 +191,7 @@ class TrainConfig:
                 if target.get(part) is None and i > 0:
                     target[part] = {}
                 if not isinstance(target.get(part), dict):
-                    raise ConfigError(f"{'.'.join(parts[:i + 1])} is not a dict; cannot set {key!r}")
+                    raise ConfigError(f"{'.'.join(parts[:i + 1])} is not a dict; cannot set {key!r}", argument=key)
                 target = target[part]
             target[parts[-1]] = value
         return TrainConfig.from_dict(d)
@@ -177,57 +204,55 @@ class TrainConfig:
             check_depth(f.name, getattr(self, f.name))
         for key, value in _leaves(dataclasses.asdict(self)):  # config.json is strict JSON
             if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{key} must be a finite number, got {value}")
+                raise ConfigError(f"{key} must be a finite number, got {value}", argument=key)
         if not isinstance(self.model, dict) or "name" not in self.model:
-            raise ConfigError(f"model must be {{'name': ..., 'kwargs': {{...}}}}, got {self.model!r}")
+            raise ConfigError(f"model must be {{'name': ..., 'kwargs': {{...}}}}, got {self.model!r}", argument="model")
         if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
-            raise ConfigError(f"init_from must be a checkpoint file or run directory path, got {self.init_from!r}")
-        for name in ("n", "test_n", "probe_n", "batch_size", "max_iter"):
+            raise ConfigError(f"init_from must be a checkpoint file or run directory path, got {self.init_from!r}",
+                              argument="init_from")
+        if not isinstance(self.curvature, CurvatureSettings):
+            raise ConfigError(f"curvature must be a CurvatureSettings (a dict in TrainConfig.from_dict), got "
+                              f"{type(self.curvature).__name__}", argument="curvature")
+        for name in ("n", "test_n", "probe_n", "batch_size"):
             check_int(name, getattr(self, name), low=1, optional=True)
-        for name in ("physical_batch_size", "measure_every", "k", "checkpoint_every", "trace_matvecs"):
+        for name in ("physical_batch_size", "measure_every", "checkpoint_every"):
             check_int(name, getattr(self, name), low=1)
         check_int("steps", self.steps, low=0)
         check_seed("seed", self.seed)
         check_seed("probe_seed", self.probe_seed, optional=True)
         if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}",
+                              argument="optimizer")
         if not isinstance(self.optimizer_kwargs, dict) or "lr" not in self.optimizer_kwargs:
-            raise ConfigError("optimizer_kwargs must be a dict with at least 'lr'")
+            raise ConfigError("optimizer_kwargs must be a dict with at least 'lr'", argument="optimizer_kwargs")
         for name in ("data_options", "test_data_options"):
             if not isinstance(getattr(self, name), dict):
-                raise ConfigError(f"{name} must be a dict, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be a dict, got {getattr(self, name)!r}", argument=name)
         check_real("stop_at_train_acc", self.stop_at_train_acc, low=0.0, low_open=True, high=1.0, optional=True)
-        check_tol("tol", self.tol)
         check_real("label_noise", self.label_noise, low=0.0, high=1.0, high_open=True, optional=True)
         if self.label_noise is not None and self.batch_size is None:
-            raise ConfigError("label_noise draws fresh noisy labels for each mini-batch and needs batch_size")
+            raise ConfigError("label_noise draws fresh noisy labels for each mini-batch and needs batch_size",
+                              argument="label_noise")
         if self.label_noise is not None and self.loss != "ce":
-            raise ConfigError(f"label_noise flips class labels and needs loss 'ce', got {self.loss!r}")
+            raise ConfigError(f"label_noise flips class labels and needs loss 'ce', got {self.loss!r}",
+                              argument="label_noise")
         if self.batch_sharpness and (self.optimizer != "sam" or self.batch_size is None):
             raise ConfigError("batch_sharpness measures the mini-batch of a SAM step and needs optimizer 'sam' "
-                              "(rho=0 for an SGD control) and batch_size")
-        if self.trace_method not in ("hutch++", "hutchinson"):
-            raise ConfigError(f"trace_method must be 'hutch++' or 'hutchinson', got {self.trace_method!r}")
-        if self.trace:
-            check_trace_budget(self.trace_method, self.trace_matvecs)
-        if self.bn not in ("eval", "batch"):
-            raise ConfigError(f"bn must be 'eval' or 'batch', got {self.bn!r}")
-        if self.hvp_mode not in ("auto", "fwd-rev", "rev-rev", "fd"):
-            raise ConfigError(f"hvp_mode must be auto, fwd-rev, rev-rev or fd; got {self.hvp_mode!r}")
-        for name in ("cache_graphs", "trace", "alignment", "preconditioned", "batch_sharpness"):
+                              "(rho=0 for an SGD control) and batch_size", argument="batch_sharpness")
+        for name in ("trace", "alignment", "preconditioned", "batch_sharpness"):
             check_bool(name, getattr(self, name))
         adam = self.optimizer in ("adam", "adamw") or (self.optimizer in ("sam", "sparse-sam") and isinstance(
             self.optimizer_kwargs, dict) and self.optimizer_kwargs.get("base", "sgd") in ("adam", "adamw"))
         if self.preconditioned and not adam:
             raise ConfigError("preconditioned=true measures Adam's preconditioned sharpness and needs optimizer adam or "
-                              f"adamw (or sam/sparse-sam with base adam/adamw), got {self.optimizer!r}")
+                              f"adamw (or sam/sparse-sam with base adam/adamw), got {self.optimizer!r}",
+                              argument="preconditioned")
         check_bool("keep_checkpoints", self.keep_checkpoints)
-        if self.cache_graphs and self.hvp_mode not in ("rev-rev", "auto"):
-            raise ConfigError(f"cache_graphs needs hvp_mode rev-rev, got {self.hvp_mode!r}")
         if self.dtype not in ("float32", "float64"):
-            raise ConfigError(f"dtype must be float32 or float64, got {self.dtype!r}")
+            raise ConfigError(f"dtype must be float32 or float64, got {self.dtype!r}", argument="dtype")
         if not isinstance(self.device, str) or not self.device:
-            raise ConfigError(f"device must be a string like cpu, cuda, cuda:1 or auto, got {self.device!r}")
+            raise ConfigError(f"device must be a string like cpu, cuda, cuda:1 or auto, got {self.device!r}",
+                              argument="device")
 
 
 def _leaves(value: Any, key: str = "") -> list[tuple[str, Any]]:

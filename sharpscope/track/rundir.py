@@ -44,7 +44,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -187,16 +187,17 @@ class RunDirectory:
                         with contextlib.suppress(FileNotFoundError):
                             p.unlink()
 
-    def create(self, config: Mapping[str, Any], *, force: bool = False,
-               defaults: Mapping[str, Any] | None = None) -> Literal["new", "resume"]:
+    def create(self, config: Mapping[str, Any], *, force: bool = False, defaults: Mapping[str, Any] | None = None,
+               upgrade: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None) -> Literal["new", "resume"]:
         """Start a new run or recognise the one to resume.
 
         * missing or empty folder: write ``config.json``, return ``"new"``;
         * a run folder whose ``config.json`` equals ``config``: return ``"resume"`` (nothing changes;
-          keys missing from the stored config count as their ``defaults``, and the stored config is
-          then rewritten, atomically, with them filled in);
+          the stored config is first read into the current layout by ``upgrade``, keys missing from
+          it count as their ``defaults``, and the stored config is then rewritten, atomically, with
+          them filled in);
         * anything else (another config, a folder that is not a run) raises :class:`ConfigError`
-          naming ``--force``;
+          naming ``force=True`` (its ``argument`` is ``"force"``);
         * ``force=True``: delete the run's own files (config, metrics, checkpoints, summary;
           other files in the folder are left alone) and start new.
         """
@@ -208,17 +209,20 @@ class RunDirectory:
         elif not self._is_empty():
             if not self.config_path.is_file():
                 raise ConfigError(f"{self.path} exists, is not empty and is not a sharpscope run directory "
-                                  "(no config.json); refusing to overwrite it: choose another --out or pass --force")
+                                  "(no config.json); refusing to overwrite it: choose another folder or pass "
+                                  "force=True", argument="force")
             try:
                 old = jsonsafe.loads(self.config_path.read_text(encoding="utf-8"))
             except ValueError as e:
                 raise ConfigError(f"{self.config_path} is unreadable ({e}); "
-                                  "pass --force to start the run again") from None
+                                  "pass force=True to start the run again", argument="force") from None
+            if upgrade is not None:
+                old = dict(upgrade(old))
             diff = config_differences(old, jsonsafe.loads(text), defaults=defaults)
             if diff:
                 shown = ", ".join(diff[:8]) + (f" (+{len(diff) - 8} more)" if len(diff) > 8 else "")
                 raise ConfigError(f"{self.path} holds a run with a different configuration (differs in {shown}); "
-                                  "choose another --out, or pass --force to overwrite it")
+                                  "choose another folder, or pass force=True to overwrite it", argument="force")
             if set(jsonsafe.loads(text)) - set(old):
                 atomic_write_bytes(self.config_path, text.encode())
             self._keys = None
@@ -358,7 +362,8 @@ class RunDirectory:
             shown = ", ".join(f"{k}@{t}" for k, t in missing[:6]) + (f" (+{len(missing) - 6} more)" if len(missing) > 6 else "")
             if not replay:
                 raise CheckpointError(f"{self.metrics_path} lacks {len(missing)} record(s) written before the checkpoint "
-                                      f"at step {step}: {shown}; pass --force to start the run again")
+                                      f"at step {step}: {shown}; pass force=True to start the run again",
+                                      argument="force")
             first = missing[0][1]
             earlier = [(t, p) for t, p in self.checkpoints() if t < first]
             for t, p in self._checkpoint_files():

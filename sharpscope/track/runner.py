@@ -1,5 +1,8 @@
 """Training runner: full-batch GD or mini-batch training, tracked, checkpointed and resumable.
 
+The model, data, optimizer and tracker of a config are built by :mod:`sharpscope.track.build`;
+this module runs the loop, writes the checkpoints and records, and opens or resumes the run directory.
+
 Step convention. ``θ_t`` are the parameters after ``t`` optimizer steps. At each ``t`` the runner,
 in this order: measures (if ``t % measure_every == 0`` or ``t == steps``), checkpoints (if
 ``t % checkpoint_every == 0`` or ``t == steps``), stops if ``t == steps``, and otherwise takes
@@ -52,18 +55,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from sharpscope.curvature.distributed import broadcast_buffers, sum_across_ranks, sum_gradients, world_size
-from sharpscope.curvature.objective import LossFn
-from sharpscope.data import ArrayDataset, ShuffledLoader, cifar_feature_stats, fresh_label_noise, resolve_data
+from sharpscope.data import ShuffledLoader, fresh_label_noise
 from sharpscope.errors import CheckpointError, ConfigError, StorageError, os_error_text
-from sharpscope.io import fit_state_dict, jsonsafe, read_checkpoint
+from sharpscope.io import fit_state_dict, jsonsafe
 from sharpscope.io.records import Measurement, as_number, is_measurement
 from sharpscope.losses import accuracy, get_loss
-from sharpscope.models import ModelSpec
-from sharpscope.models.inputs import check_model_fits as fits
-from sharpscope.optim import RS, SA, SAM, PerturbedOptimizer, SparseSAM, empirical_fisher_diagonal
+from sharpscope.optim import RS, SA, PerturbedOptimizer
 from sharpscope.parallel import (
     gather_to_rank0,
     local_device,
@@ -74,132 +74,22 @@ from sharpscope.parallel import (
     shard_dataset,
     sharding,
 )
+from sharpscope.track.build import (
+    build_data,
+    build_model,
+    build_optimizer,
+    build_tracker,
+    check_model_fits,
+    load_initial_weights,
+)
 from sharpscope.track.config import TrainConfig
 from sharpscope.track.rundir import RunDirectory
 from sharpscope.track.thresholds import bounded_sharpness
-from sharpscope.track.tracker import SharpnessTracker
-from sharpscope.validation import check_int, offset_seed
+from sharpscope.validation import offset_seed
+
+__all__ = ["build_data", "build_model", "build_optimizer", "resolve_device", "storage_error", "train"]
 
 Progress = Callable[[int, int, "dict[str, Any] | None"], None]
-_BASES: dict[str, type[torch.optim.Optimizer]] = {"sgd": torch.optim.SGD, "gd": torch.optim.SGD,
-                                                   "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-
-
-# ------------------------------------------------------------------------------ building
-def _options(options: Mapping[str, Any], train_spec: str) -> dict[str, Any]:
-    out = dict(options)
-    if out.get("feature_stats") == "train":
-        name, _, path = train_spec.partition(":")
-        if name.lower() not in ("cifar10", "cifar100") or not path:
-            raise ConfigError(f"'feature_stats': 'train' needs a CIFAR training set, got data {train_spec!r}")
-        out["feature_stats"] = cifar_feature_stats(path, dataset=name.lower())  # type: ignore[arg-type]
-    return out
-
-
-def build_data(cfg: TrainConfig) -> tuple[ArrayDataset, ArrayDataset | None]:
-    """The training set and the optional test set of ``cfg`` (CPU, as loaded)."""
-    train_set = resolve_data(cfg.data, n=cfg.n, train=True, **_options(cfg.data_options, cfg.data))
-    test_set = None
-    if cfg.test_data:
-        test_set = resolve_data(cfg.test_data, n=cfg.test_n, train=False,
-                                **_options(cfg.test_data_options, cfg.data))
-    return train_set, test_set
-
-
-def build_model(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> tuple[nn.Module, ModelSpec]:
-    """The model of ``cfg``, initialised from ``cfg.seed`` without touching the global RNG."""
-    spec = ModelSpec.from_dict(cfg.model)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model = spec.build()
-    return model.to(device=device, dtype=dtype), spec
-
-
-def load_initial_weights(source: str, model: nn.Module, spec: ModelSpec) -> dict[str, Any]:
-    """Load ``init_from`` into ``model``: a checkpoint file, or a run directory's latest checkpoint.
-
-    The checkpoint is read safely; a stored spec must equal ``spec``. Returns ``{"path", "step"}``.
-    """
-    path = Path(source).expanduser()
-    if path.is_dir():
-        latest = RunDirectory(path).latest_checkpoint()
-        if latest is None:
-            raise CheckpointError(f"init_from {source}: the folder holds no run checkpoint")
-        path = latest[1]
-    elif not path.exists():
-        raise CheckpointError(f"init_from {source}: no such checkpoint file or run directory")
-    raw = read_checkpoint(path, unsafe_flag="")
-    if raw.spec is not None and raw.spec != spec:
-        raise CheckpointError(f"init_from {path}: model spec {raw.spec} differs from the config's {spec}")
-    fit_state_dict(model, raw.state_dict, source=str(path))
-    step = raw.extra.get("step")
-    return {"path": str(path.resolve()), "step": step if isinstance(step, int) else None}
-
-
-def fisher_scores(cfg: TrainConfig, model: nn.Module, train_set: ArrayDataset, loss_fn: LossFn,
-                  samples: int) -> Callable[[], list[Tensor]]:
-    """SSAM-F's scores: the empirical Fisher diagonal over ``samples`` training examples drawn once
-    (without replacement, seeded by ``cfg.seed``) — :func:`~sharpscope.optim.empirical_fisher_diagonal`."""
-    samples = check_int("fisher_samples", samples, low=1)
-    gen = torch.Generator().manual_seed(offset_seed(cfg.seed, 2))
-    idx = torch.randperm(len(train_set), generator=gen)[:samples].to(train_set.x.device)
-    x, y = train_set.x[idx], train_set.y[idx]
-    return lambda: empirical_fisher_diagonal(model, lambda m, xb, yb: loss_fn(m(xb), yb), x, y)
-
-
-def build_optimizer(cfg: TrainConfig, model: nn.Module, train_set: ArrayDataset,
-                    loss_fn: LossFn) -> torch.optim.Optimizer:
-    """``gd``/``sgd``/``adam``/``adamw`` from ``torch.optim``; ``sam``/``sparse-sam`` =
-    :class:`sharpscope.optim.SAM`/:class:`~sharpscope.optim.SparseSAM` over
-    ``optimizer_kwargs["base"]`` (default ``sgd``) with radius ``rho``; ``rs``/``sa`` =
-    :class:`~sharpscope.optim.RS`/:class:`~sharpscope.optim.SA` (seeded from ``cfg.seed`` unless
-    ``seed`` is given; SA draws its examples from the training set).
-
-    Sparse SAM with a ``fisher`` or ``nm`` mask scores coordinates by :func:`fisher_scores` over
-    ``fisher_samples`` examples (default 128), computes the first mask before step 0 and updates it
-    every ``update_interval`` steps (default: never again), so no step runs with an empty mask."""
-    kwargs = dict(cfg.optimizer_kwargs)
-    try:
-        if cfg.optimizer in ("sam", "sparse-sam"):
-            base = str(kwargs.pop("base", "sgd"))
-            if base not in _BASES:
-                raise ConfigError(f"unknown SAM base optimizer {base!r}; valid: {', '.join(_BASES)}")
-            rho = kwargs.pop("rho", 0.05)
-            if cfg.optimizer == "sam":
-                return SAM(model.parameters(), _BASES[base], rho=rho, model=model, **kwargs)
-            samples = kwargs.pop("fisher_samples", 128)
-            if kwargs.get("mask", "fisher") in ("fisher", "nm"):
-                kwargs["score_fn"] = fisher_scores(cfg, model, train_set, loss_fn, samples)
-                kwargs.setdefault("update_interval", cfg.steps + 1)
-            opt = SparseSAM(model.parameters(), _BASES[base], rho=rho, model=model, **kwargs)
-            if opt.mask_kind in ("fisher", "nm"):
-                opt.update_mask()
-            return opt
-        if cfg.optimizer in ("rs", "sa"):
-            kwargs.setdefault("seed", cfg.seed)
-            kwargs.setdefault("lr_perturb", None)
-            default_batch = "independent" if cfg.optimizer == "sa" else "same"
-            if kwargs.get("perturbation_batch", default_batch) == "same":
-                # the perturbation batch is the descent batch: B for the scaling rule is its size
-                kwargs.setdefault("batch_size", cfg.batch_size or len(train_set))
-            else:
-                kwargs.setdefault("num_examples", len(train_set))
-            cls = SA if cfg.optimizer == "sa" else RS
-            return cls(model.parameters(), model=model, **kwargs)
-        if "betas" in kwargs and isinstance(kwargs["betas"], list):
-            kwargs["betas"] = tuple(kwargs["betas"])
-        return _BASES[cfg.optimizer](model.parameters(), **kwargs)
-    except TypeError as e:
-        raise ConfigError(f"optimizer {cfg.optimizer!r} does not accept {cfg.optimizer_kwargs}: {e}") from None
-    except ValueError as e:
-        if isinstance(e, ConfigError):
-            raise
-        raise ConfigError(f"optimizer {cfg.optimizer!r}: {e}") from None
-
-
-def check_model_fits(model: nn.Module, loss_fn: LossFn, data: ArrayDataset, k: int) -> None:
-    """:func:`sharpscope.models.inputs.check_model_fits` on a data set, before any file is written."""
-    fits(model, loss_fn, data.x, data.y, name=data.name, k=k)
 
 
 def _gen_state(gen: torch.Generator) -> Tensor:
@@ -226,7 +116,7 @@ class _Session:
         self.loss_fn = get_loss(cfg.loss)
         for data in (self.train_set, test_set):
             if data is not None:
-                check_model_fits(self.model, self.loss_fn, data, cfg.k)
+                check_model_fits(self.model, self.loss_fn, data, cfg.curvature.k)
         self.optimizer = build_optimizer(cfg, self.model, self.train_set, self.loss_fn)
         if isinstance(self.optimizer, (RS, SA)):
             self.optimizer.set_example_closure(self._example_closure)
@@ -235,7 +125,7 @@ class _Session:
         self.batch: tuple[Tensor, Tensor] | None = None  # the mini-batch of the latest gradient pass
         if cfg.batch_sharpness and world_size() > 1:
             raise ConfigError("batch_sharpness runs in one process (the mini-batch is not sharded); got "
-                              f"{world_size()} ranks")
+                              f"{world_size()} ranks", argument="batch_sharpness")
         if cfg.batch_size is not None:
             self.loader = ShuffledLoader(self.train_set, cfg.batch_size, torch.Generator().manual_seed(offset_seed(cfg.seed, 1)))
         n, pb = len(self.train_set), cfg.physical_batch_size
@@ -243,13 +133,8 @@ class _Session:
         self.batches = [(own.x[i:i + pb], own.y[i:i + pb]) for i in range(0, len(own), pb)]
         probe = self.train_set if cfg.probe_n is None else self.train_set.subset(min(cfg.probe_n, n))
         test_set = None if test_set is None else shard_dataset(test_set)
-        self.tracker = SharpnessTracker(
-            shard_dataset(probe), self.loss_fn, every=cfg.measure_every, k=cfg.k, tol=cfg.tol, max_iter=cfg.max_iter,
-            trace=cfg.trace, trace_method=cfg.trace_method,  # type: ignore[arg-type]
-            trace_matvecs=cfg.trace_matvecs, bn=cfg.bn,  # type: ignore[arg-type]
-            batch_size=pb, hvp_mode=cfg.hvp_mode, cache_graphs=cfg.cache_graphs, test_data=test_set,
-            seed=cfg.seed if cfg.probe_seed is None else cfg.probe_seed,
-            sink=run.append_metric if self.lead else None, alignment=cfg.alignment, preconditioned=cfg.preconditioned)
+        self.tracker = build_tracker(cfg, shard_dataset(probe), test_set, self.loss_fn,
+                                     sink=run.append_metric if self.lead else None)
         self.stats: tuple[float, float | None] = (math.nan, None)
 
     # -- global RNG (dropout and any other implicit draw during training) ------------------
@@ -294,7 +179,7 @@ class _Session:
             self.tracker.load_state_dict(extra["tracker"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{raw.path}: cannot restore the training state ({type(e).__name__}: {e}); "
-                                  "pass --force to start the run again") from None
+                                  "pass force=True to start the run again", argument="force") from None
         return int(extra["step"])
 
     # -- one step ----------------------------------------------------------------------------
@@ -508,7 +393,7 @@ def _open_run(run: RunDirectory, cfg: TrainConfig, force: bool,
     """Lock ``run`` until ``held`` closes, create or recognise the run, prepare a resume; the stored
     summary if the run has finished."""
     held.enter_context(run.lock())
-    state = run.create(cfg.to_dict(), force=force, defaults=TrainConfig.defaults())
+    state = run.create(cfg.to_dict(), force=force, defaults=TrainConfig.defaults(), upgrade=TrainConfig.upgrade)
     done = run.finished_summary() if state == "resume" else None
     if state == "resume" and done is None:
         run.prepare_resume()

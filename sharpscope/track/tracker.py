@@ -26,7 +26,7 @@ part of :meth:`SharpnessTracker.state_dict`).
 
 Example, in a hand-written loop::
 
-    tracker = SharpnessTracker((x, y), mse, every=50, k=2, sink=run.append_metric)
+    tracker = SharpnessTracker((x, y), mse, every=50, curvature=CurvatureSettings(k=2), sink=run.append_metric)
     for step in range(steps + 1):
         tracker.maybe_measure(step, model, opt)
         ...  # one optimizer step
@@ -38,25 +38,24 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from sharpscope.curvature import ConvergenceWarning, HessianOperator, Objective, lanczos, trace_estimator
 from sharpscope.curvature.distributed import world_size
-from sharpscope.curvature.lanczos import Stop
 from sharpscope.curvature.linear_operator import LinearOperator
-from sharpscope.curvature.objective import BNMode, LossFn
+from sharpscope.curvature.objective import LossFn
 from sharpscope.curvature.preconditioned import PreconditionedOperator, adam_optimizer, adam_preconditioner
 from sharpscope.curvature.results import EigenResult
+from sharpscope.curvature.settings import DEFAULTS, CurvatureSettings
 from sharpscope.data import ArrayDataset
 from sharpscope.errors import ConfigError, SharpscopeError
 from sharpscope.track.thresholds import batch_sam_edge, default_thresholds
-from sharpscope.validation import check_bool, check_int
+from sharpscope.validation import check_bool, check_int, check_seed
 
 ThresholdFn = Callable[[int, "torch.optim.Optimizer | None", "float | None"], Mapping[str, Any]]
-TraceMethod = Literal["hutch++", "hutchinson"]
 
 
 def _pair(data: Any) -> Any:
@@ -105,15 +104,14 @@ class SharpnessTracker:
             (same loss, same examples for full-batch training) or thresholds are off.
         loss_fn: ``(outputs, targets) -> mean loss over the batch`` (e.g. :func:`sharpscope.losses.mse`).
         every: measure when ``step % every == 0``.
-        k: number of top eigenvalues. tol, max_iter, stop: Lanczos stopping; ``stop="residual"``
-            (default) bounds the relative Ritz residual, ``stop="eigenvalue"`` the estimated relative eigenvalue error (fewer products).
-        trace: also estimate ``tr(H)`` with ``trace_method`` and ``trace_matvecs`` products.
-        bn: BatchNorm mode of the objective (``"eval"`` or ``"batch"``).
+        curvature: how each measurement is computed (:class:`~sharpscope.curvature.CurvatureSettings`:
+            the top ``k`` eigenvalues, Lanczos' ``tol``/``max_iter``/``stop``, the trace estimator,
+            BatchNorm mode, product mode...). By default no gradient graph is cached between products
+            (``cache_graphs=True`` keeps them: same values, fewer passes, their activation memory held
+            between measurements). ``hvp_mode="auto"`` picks the faster exact mode by timing (once per
+            tracker, kept in :meth:`state_dict`); a fixed mode makes records reproducible to the last bit.
+        trace: also estimate ``tr(H)`` with ``curvature.trace_method`` and ``curvature.trace_matvecs`` products.
         batch_size: physical batch size of the probe (memory only: the objective is the same).
-        hvp_mode: ``"auto"`` picks the faster exact mode by timing (once per tracker, kept in
-            :meth:`state_dict`); a fixed mode makes records reproducible to the last bit.
-        cache_graphs: keep the probe batches' gradient graphs between products (``rev-rev``
-            only; same values, fewer passes; costs their activation memory between measurements).
         test_data: optional fixed test set for test loss and accuracy.
         threshold: ``(step, optimizer, grad_norm) -> dict`` stored as ``thresholds``.
         grad_norm: measure ``‖∇L‖`` (one gradient over the probe set).
@@ -138,35 +136,25 @@ class SharpnessTracker:
             three are None and ``errors["preconditioned_eigenvalues"]`` says why.
     """
 
-    def __init__(self, probe_data: Any, loss_fn: LossFn, *, every: int, k: int = 1, tol: float = 1e-3,
-                 max_iter: int | None = None, trace: bool = False, trace_method: TraceMethod = "hutch++",
-                 trace_matvecs: int = 99, bn: BNMode = "eval", batch_size: int | None = None,
-                 hvp_mode: str = "auto", cache_graphs: bool = False, test_data: Any = None,
+    def __init__(self, probe_data: Any, loss_fn: LossFn, *, every: int, curvature: CurvatureSettings = DEFAULTS,
+                 trace: bool = False, batch_size: int | None = None, test_data: Any = None,
                  threshold: ThresholdFn | None = default_thresholds,
                  grad_norm: bool = True, warm_start: bool = True, seed: int = 0,
                  sink: Callable[[dict[str, Any]], Any] | None = None, alignment: bool = False,
-                 preconditioned: bool = False, stop: Stop = "residual") -> None:
+                 preconditioned: bool = False) -> None:
         check_int("every", every, low=1)
-        if stop not in ("residual", "eigenvalue"):
-            raise ConfigError(f"stop must be 'residual' or 'eigenvalue', got {stop!r}")
-        self.stop: Stop = stop
-        check_int("k", k, low=1)
-        trace_estimator(trace_method)  # a clear error for an unknown name
-        if trace and trace_matvecs < (6 if trace_method == "hutch++" else 2):
-            raise ConfigError(f"trace_matvecs={trace_matvecs} is too small for {trace_method}")
-        if hvp_mode not in ("auto", "fwd-rev", "rev-rev", "fd"):
-            raise ConfigError(f"hvp_mode must be auto, fwd-rev, rev-rev or fd; got {hvp_mode!r}")
-        if bn not in ("eval", "batch"):
-            raise ConfigError(f"bn must be 'eval' or 'batch', got {bn!r}")
-        check_bool("preconditioned", preconditioned)
+        if not isinstance(curvature, CurvatureSettings):
+            raise ConfigError(f"curvature must be a CurvatureSettings, got {type(curvature).__name__}",
+                              argument="curvature")
+        for name, flag in (("trace", trace), ("grad_norm", grad_norm), ("warm_start", warm_start),
+                           ("alignment", alignment), ("preconditioned", preconditioned)):
+            check_bool(name, flag)
+        check_int("batch_size", batch_size, low=1, optional=True)
+        check_seed("seed", seed)
+        self.curvature = curvature
         self.probe_data, self.test_data = _pair(probe_data), _pair(test_data)
         self.loss_fn = loss_fn
-        self.every, self.k, self.tol, self.max_iter = every, k, tol, max_iter
-        self.trace, self.trace_method, self.trace_matvecs = trace, trace_method, trace_matvecs
-        self.bn: BNMode = bn
-        self.batch_size = batch_size
-        self.hvp_mode = hvp_mode
-        self.cache_graphs = bool(cache_graphs)
+        self.every, self.trace, self.batch_size = every, trace, batch_size
         self.threshold = threshold
         self.grad_norm, self.warm_start, self.seed, self.sink = grad_norm, warm_start, seed, sink
         self._key: tuple[int, ...] | None = None
@@ -176,7 +164,7 @@ class SharpnessTracker:
         self._eigenvectors: Tensor | None = None
         self._saved_modes: dict[str, str] = {}
         self.last: dict[str, Any] | None = None
-        self.alignment = bool(alignment)
+        self.alignment = alignment
         self._pending: dict[str, Any] | None = None  # θ_t and eigenvector signs until after_step(t)
         self._sam_step: int | None = None  # a measured step whose SAM batch norm after_step records
         self.preconditioned = preconditioned
@@ -190,16 +178,19 @@ class SharpnessTracker:
     def _objects(self, model: nn.Module) -> tuple[Objective, HessianOperator]:
         key = (id(model), *(id(p) for p in model.parameters()))
         if self._key != key or self._objective is None or self._op is None:
-            self._objective = Objective(model, self.loss_fn, self.probe_data, bn=self.bn,
+            self._objective = Objective(model, self.loss_fn, self.probe_data, bn=self.curvature.bn,
                                         batch_size=self.batch_size, validate=False)
             self._test = None if self.test_data is None else Objective(
-                model, self.loss_fn, self.test_data, bn=self.bn, batch_size=self.batch_size, validate=False)
-            self._op = HessianOperator(self._objective, mode=self.hvp_mode,  # type: ignore[arg-type]
-                                       cache_graphs=self.cache_graphs)
-            if self.hvp_mode == "auto" and self._saved_modes:
+                model, self.loss_fn, self.test_data, bn=self.curvature.bn, batch_size=self.batch_size, validate=False)
+            self._op = self._operator(self._objective)
+            if self.curvature.hvp_mode == "auto" and self._saved_modes:
                 self._op.modes.update(self._saved_modes)
             self._key = key
         return self._objective, self._op
+
+    def _operator(self, objective: Objective) -> HessianOperator:
+        """The Hessian of ``objective`` with this tracker's product settings."""
+        return self.curvature.hessian(objective)
 
     # ------------------------------------------------------------------------- measuring
     def maybe_measure(self, step: int, model: nn.Module,
@@ -246,10 +237,11 @@ class SharpnessTracker:
         trace_hvps = 0
         if self.trace:
             try:
-                tr = trace_estimator(self.trace_method)(op, self.trace_matvecs, seed=step_seed(self.seed, step, 2))
+                c = self.curvature
+                tr = trace_estimator(c.trace_method)(op, c.trace_matvecs, seed=step_seed(self.seed, step, 2))
                 trace_hvps = tr.hvps
                 rec["trace"] = {"estimate": tr.estimate, "stderr": tr.stderr, "per_param": tr.estimate / op.dim,
-                                "method": self.trace_method, "hvps": tr.hvps, "seconds": tr.seconds}
+                                "method": c.trace_method, "hvps": tr.hvps, "seconds": tr.seconds}
             except SharpscopeError as e:
                 rec["trace"] = None
                 errors["trace"] = str(e)
@@ -292,8 +284,9 @@ class SharpnessTracker:
         result is recorded with its residuals rather than warned about."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            return lanczos(op, self.k, which="LA", tol=self.tol, max_iter=self.max_iter, v0=v0,
-                           seed=step_seed(self.seed, step, salt), stop=self.stop)
+            c = self.curvature
+            return lanczos(op, c.k, which="LA", tol=c.tol, max_iter=c.max_iter, v0=v0,
+                           seed=step_seed(self.seed, step, salt), stop=c.stop, block=c.block)
 
     @staticmethod
     def _check_adam(optimizer: torch.optim.Optimizer | None) -> None:
@@ -304,7 +297,7 @@ class SharpnessTracker:
             got = "no optimizer" if optimizer is None else type(optimizer).__name__
             raise ConfigError("preconditioned=True measures lambda_max(P^-1 H) with Adam's P = diag(sqrt(v_hat) + eps) "
                               f"and needs torch.optim.Adam/AdamW (or SAM over one) passed to measure; got {got}. "
-                              "Set preconditioned=False for other optimizers") from None
+                              "Set preconditioned=False for other optimizers", argument="preconditioned") from None
 
     def _measure_preconditioned(self, step: int, objective: Objective, op: HessianOperator,
                                 optimizer: torch.optim.Optimizer | None, rec: dict[str, Any],
@@ -349,12 +342,13 @@ class SharpnessTracker:
         """λ_max of the loss on one mini-batch ``batch`` at the model's current weights (Lanczos, k = 1,
         this tracker's ``tol``, ``hvp_mode`` and BatchNorm mode; warm-started from the last measured top
         eigenvector): ``{"eigenvalue", "residual", "converged", "examples", "hvps", "seconds"}``."""
-        objective = Objective(model, self.loss_fn, batch, bn=self.bn, batch_size=self.batch_size, validate=False)
-        op = HessianOperator(objective, mode=self.hvp_mode, cache_graphs=self.cache_graphs)  # type: ignore[arg-type]
+        objective = Objective(model, self.loss_fn, batch, bn=self.curvature.bn, batch_size=self.batch_size,
+                              validate=False)
+        op = self._operator(objective)
         previous = None if self._eigenvectors is None else self._eigenvectors[:, :1]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            top = lanczos(op, 1, which="LA", tol=self.tol, max_iter=self.max_iter,
+            top = lanczos(op, 1, which="LA", tol=self.curvature.tol, max_iter=self.curvature.max_iter,
                           v0=self._start_vectors(previous, op), seed=step_seed(self.seed, step, 5))
         return {"eigenvalue": float(top.eigenvalues[0]), "residual": float(top.residuals[0]),
                 "converged": bool(top.converged), "examples": objective.num_examples, "hvps": int(top.hvps),
@@ -393,13 +387,14 @@ class SharpnessTracker:
 
     def settings(self, objective: Objective, op: HessianOperator) -> dict[str, Any]:
         """How the numbers are obtained (stored with every record)."""
+        c = self.curvature
         return {"probe_examples": objective.num_examples, "num_batches": len(objective.batches),
-                "world_size": world_size(), "bn": self.bn,
+                "world_size": world_size(), "bn": c.bn,
                 "dim": objective.dim, "dtype": str(objective.dtype).removeprefix("torch."),
-                "device": str(objective.device), "hvp_mode": op.mode, "cache_graphs": self.cache_graphs,
-                "k": self.k, "tol": self.tol, "stop": self.stop,
-                "max_iter": self.max_iter, "trace": self.trace_method if self.trace else None,
-                "trace_matvecs": self.trace_matvecs if self.trace else None,
+                "device": str(objective.device), "hvp_mode": op.mode, "cache_graphs": c.cache_graphs,
+                "k": c.k, "tol": c.tol, "stop": c.stop,
+                "max_iter": c.max_iter, "trace": c.trace_method if self.trace else None,
+                "trace_matvecs": c.trace_matvecs if self.trace else None,
                 "test_examples": None if self._test is None else self._test.num_examples, "seed": self.seed,
                 "preconditioned": "adam" if self.preconditioned else None}
 
@@ -432,5 +427,5 @@ class SharpnessTracker:
         sam_step = state.get("sam_step")
         self._sam_step = sam_step if isinstance(sam_step, int) else None
         self._saved_modes = dict(state.get("hvp_modes") or {})
-        if self._op is not None and self.hvp_mode == "auto":
+        if self._op is not None and self.curvature.hvp_mode == "auto":
             self._op.modes.update(self._saved_modes)

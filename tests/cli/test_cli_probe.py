@@ -140,3 +140,20 @@ def test_demo_runs_the_default_job(tmp_path: Path) -> None:
     assert out["eigenvalues"][0] > 0 and out["trace"]["estimate"] > 0
     assert out["settings"]["data"].startswith("mnist1d") and (tmp_path / "demo.safetensors").exists()
     assert out["settings"]["train_steps"] == 200 and out["hvps"] > 0 and out["trace"]["stderr"] > 0
+
+
+def test_probe_block_and_fast_products(setup: tuple[Path, Path, ModelSpec]) -> None:
+    """--block runs block Lanczos (same top-2 as single-vector); --precision bf16 reports its measured deviation."""
+    folder, ckpt, _ = setup
+    common = ("probe", str(ckpt), "--data", f"npz:{folder / 'data.npz'}", "--n", "100", "--k", "2", "--tol", "1e-6")
+    single = json.loads(run(*common, "--json").stdout)
+    block = run(*common, "--json", "--block", "2")
+    assert block.returncode == 0, block.stderr
+    out = json.loads(block.stdout)
+    np.testing.assert_allclose(out["eigenvalues"], single["eigenvalues"], rtol=1e-4)
+    assert single["settings"]["product_precision"]["deviation"] is None
+    fast = run(*common, "--precision", "bf16")
+    assert fast.returncode == 0, fast.stderr
+    assert "bf16 products deviate" in " ".join(fast.stdout.split())
+    bad = run(*common, "--block", "two")
+    assert bad.returncode == 1 and bad.stderr.strip() == "error: --block must be an integer or auto, got 'two'"

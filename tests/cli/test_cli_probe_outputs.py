@@ -95,8 +95,8 @@ def test_density_histogram_masses_are_the_quadrature_weights() -> None:
 @pytest.mark.parametrize("args, message", [
     (["--out", "{ckpt}/r.json"], "is not a folder"),
     (["--eigenvectors", "{folder}"], "is a folder"),
-    (["--operator", "ef", "--per-layer"], "per-layer applies to the Hessian only"),
-    (["--operator", "ggn", "--hvp-mode", "fd"], "hvp-mode fd applies to the Hessian only"),
+    (["--operator", "ef", "--per-layer"], "per_layer=True applies to the Hessian only"),
+    (["--operator", "ggn", "--hvp-mode", "fd"], "hvp_mode='fd' applies to the Hessian only"),
 ])
 def test_bad_outputs_and_options_fail_before_any_work(setup: tuple[Path, Path, ModelSpec], args: list[str],
                                                        message: str) -> None:

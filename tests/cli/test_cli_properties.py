@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from sharpscope_cli.main import app
 from typer.testing import CliRunner, Result
 
+from sharpscope.curvature import CurvatureSettings
 from sharpscope.errors import ConfigError
 from sharpscope.experiments import RECIPES, SCALES, get_recipe
 from sharpscope.io import save_checkpoint
@@ -75,13 +76,14 @@ def bad_overrides(dim: int) -> st.SearchStrategy[str]:
         st.tuples(st.just("k"), st.integers(dim + 1, 10 * dim)),  # beyond the number of parameters
         st.sampled_from(sorted(NAMES)).flatmap(lambda key: st.tuples(st.just(key), st.one_of(
             words(NAMES[key]), st.integers(), st.none() if key != "test_data" else st.nothing()))),
-        st.tuples(st.sampled_from(BOOLS), st.one_of(st.integers(), st.text(string.ascii_letters, max_size=4))),
+        st.tuples(st.sampled_from(BOOLS), st.one_of(st.integers(), st.text(string.ascii_letters, max_size=4))).filter(
+            lambda kv: kv != ("cache_graphs", "auto")),  # the one word cache_graphs takes
         st.tuples(st.sampled_from(("data_options.seed", "test_data_options.seed")),
                   st.one_of(st.integers(max_value=-1), st.integers(min_value=2**32), not_an_int())),
         st.tuples(st.sampled_from(FLOATS), st.sampled_from([math.nan, math.inf, -math.inf])),
         st.tuples(st.sampled_from(("optimizer_kwargs.lr", "tol")), st.one_of(st.floats(max_value=0), st.just("x"))),
         st.tuples(st.just("stop_at_train_acc"), st.floats(min_value=1.0, exclude_min=True)),
-        st.tuples(words(set(TrainConfig.field_names())), st.integers()),  # unknown key
+        st.tuples(words({*TrainConfig.field_names(), *CurvatureSettings.field_names()}), st.integers()),  # unknown key
     ).filter(lambda kv: not (kv[0] == "optimizer_kwargs.lr" and kv[1] == 0))  # lr = 0 is allowed
     written = pairs.map(lambda kv: f"{kv[0]}={json.dumps(kv[1])}")
     malformed = st.one_of(words(set()), st.text(string.ascii_lowercase, max_size=4).map(lambda s: "=" + s))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from sharpscope_cli.progress import ProgressLines
+from sharpscope_cli._common import ProgressLines
 
 
 def test_lines_are_rate_limited_and_say_stage_count_and_elapsed_time() -> None:

@@ -161,7 +161,7 @@ def test_probe_passes_the_density_tolerance_through() -> None:
     density = probe(tiny_mlp(), torch.nn.CrossEntropyLoss(), x, y, settings).density
     assert density is not None and density.settings["tol"] == TOL and density.settings["settled_runs"] == 3
     assert density.hvps == sum(density.settings["run_steps"]) <= 3 * 66  # 66 parameters: at most the whole space
-    with pytest.raises(ConfigError, match="density-tol"):
+    with pytest.raises(ConfigError, match="density_tol"):
         ProbeSettings(density=True, density_tol=1.0)
 
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from sharpscope import Objective, exact_hessian
 from sharpscope.curvature import parameter_groups, per_layer_curvature
+from sharpscope.curvature.settings import CurvatureSettings
 from sharpscope.errors import ConfigError
 from sharpscope.losses import mse
 from sharpscope.probe import ProbeSettings, probe
@@ -64,7 +65,8 @@ def dense_blocks(objective: Objective, H: torch.Tensor, groups: dict[str, list[s
 
 def test_independent_layers_give_their_own_least_squares_spectra() -> None:
     model, x, y, blocks = parallel_problem()
-    res = per_layer_curvature(model, mse, (x, y), k=2, tol=1e-10, trace=True, batch_size=25, hvp_mode="rev-rev")
+    res = per_layer_curvature(model, mse, (x, y), settings=CurvatureSettings(k=2, tol=1e-10, hvp_mode="rev-rev"),
+                              trace=True, batch_size=25)
     assert [r.name for r in res.rows] == ["heads.0", "heads.1", "heads.2"] and res.grouping == "module"
     for row, block, width in zip(res.rows, blocks, WIDTHS):
         assert row.parameters == (f"{row.name}.weight", f"{row.name}.bias") and row.numel == width + 1
@@ -75,7 +77,8 @@ def test_independent_layers_give_their_own_least_squares_spectra() -> None:
         assert row.trace.estimate == pytest.approx(float(block.trace()), rel=1e-10)
         assert row.hvps == row.top.hvps + row.trace.hvps and row.hvp_mode == "rev-rev"
     assert res.hvps == sum(r.hvps for r in res.rows) and res.settings["probe_examples"] == 60
-    whole = per_layer_curvature(model, mse, (x, y), groups=1, k=2, tol=1e-10, hvp_mode="rev-rev")
+    whole = per_layer_curvature(model, mse, (x, y), groups=1,
+                                settings=CurvatureSettings(k=2, tol=1e-10, hvp_mode="rev-rev"))
     (row,) = whole.rows  # depth 1: one block "heads", whose Hessian is the block-diagonal whole
     assert row.name == "heads" and whole.grouping == "depth=1" and row.numel == sum(WIDTHS) + 3
     exact = torch.linalg.eigvalsh(torch.block_diag(*blocks)).flip(0)[:2]
@@ -85,9 +88,10 @@ def test_independent_layers_give_their_own_least_squares_spectra() -> None:
 def test_layer_blocks_of_networks_match_the_dense_hessian(objective: Objective, reference_hessian: torch.Tensor) -> None:
     """Eigenvalues equal ``eigvalsh`` of the dense diagonal blocks; traces lie within four standard errors."""
     data = [(b.x, b.y) for b in objective.batches]
-    res = per_layer_curvature(objective.model, objective.loss_fn, data, k=2, tol=1e-10, trace=True,
-                              trace_method="hutchinson", trace_matvecs=24, bn=objective.bn, seed=3,
-                              hvp_mode="rev-rev")
+    res = per_layer_curvature(objective.model, objective.loss_fn, data,
+                              settings=CurvatureSettings(k=2, tol=1e-10, trace_method="hutchinson", trace_matvecs=24,
+                                                         bn=objective.bn, hvp_mode="rev-rev"),
+                              trace=True, seed=3)
     groups = {r.name: list(r.parameters) for r in res.rows}
     assert groups == parameter_groups(objective.model)
     H = reference_hessian
@@ -109,8 +113,10 @@ def test_a_group_smaller_than_k_and_user_groups() -> None:
     groups = {"last bias": "2.bias", "weights": ["0.weight", "2.weight"], "first": lambda name, p: name.startswith("0.")}
     with warnings.catch_warnings():  # fwd-rev products must not be recorded by autograd through the other layers
         warnings.simplefilter("error", UserWarning)
-        res = per_layer_curvature(model, loss, (x, y), k=5, tol=1e-10, hvp_mode="fwd-rev", groups=groups, trace=True,
-                                  trace_method="hutchinson", trace_matvecs=4)
+        res = per_layer_curvature(model, loss, (x, y),
+                                  settings=CurvatureSettings(k=5, tol=1e-10, hvp_mode="fwd-rev",
+                                                             trace_method="hutchinson", trace_matvecs=4),
+                                  groups=groups, trace=True)
     rows = {r.name: r for r in res.rows}
     assert res.grouping == "custom" and list(rows) == ["last bias", "weights", "first"]
     assert rows["weights"].parameters == ("0.weight", "2.weight") and rows["first"].numel == 42
@@ -130,8 +136,11 @@ def test_one_group_of_every_parameter_reproduces_the_probe() -> None:
     model = tiny_mlp()
     x, y = mlp_data()
     loss = nn.CrossEntropyLoss()
-    report = probe(model, loss, x, y, ProbeSettings(k=2, trace=True, hvp_mode="rev-rev", seed=7, batch_size=16))
-    res = per_layer_curvature(model, loss, (x, y), groups={"all": "*"}, k=2, trace=True, hvp_mode="rev-rev",
+    report = probe(model, loss, x, y,
+                   ProbeSettings(curvature=CurvatureSettings(k=2, hvp_mode="rev-rev"), trace=True, seed=7,
+                                 batch_size=16))
+    res = per_layer_curvature(model, loss, (x, y), groups={"all": "*"},
+                              settings=CurvatureSettings(k=2, hvp_mode="rev-rev"), trace=True,
                               seed=7, batch_size=16)
     (row,) = res.rows
     assert torch.equal(row.top.eigenvalues, report.top.eigenvalues)
@@ -160,12 +169,13 @@ def test_bad_groupings_name_the_problem(groups: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parameter_groups(tiny_mlp(), groups)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="k must be a positive integer"):
-        per_layer_curvature(tiny_mlp(), nn.CrossEntropyLoss(), mlp_data(), k=0)
+        per_layer_curvature(tiny_mlp(), nn.CrossEntropyLoss(), mlp_data(), settings=CurvatureSettings(k=0))
 
 
 def test_probe_settings_check_the_layer_options() -> None:
     assert ProbeSettings(per_layer=True, layer_depth=2).layer_depth == 2
-    with pytest.raises(ConfigError, match="layer-depth must be a positive depth and needs per-layer"):
+    with pytest.raises(ConfigError, match="layer_depth must be a positive depth and needs per_layer=True") as info:
         ProbeSettings(layer_depth=1)
-    with pytest.raises(ConfigError, match="layer-depth must be a positive depth"):
+    assert info.value.argument == "layer_depth"
+    with pytest.raises(ConfigError, match="layer_depth must be a positive depth"):
         ProbeSettings(per_layer=True, layer_depth=0)

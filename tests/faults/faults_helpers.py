@@ -24,7 +24,7 @@ def tiny(**overrides: Any) -> TrainConfig:
     base = TrainConfig(model={"name": "mlp", "kwargs": {"in_features": 40, "num_classes": 10, "widths": [8],
                                                          "activation": "tanh"}},
                        data="mnist1d", n=32, physical_batch_size=16, steps=12, measure_every=3, checkpoint_every=4,
-                       k=1, loss="mse", optimizer_kwargs={"lr": 0.5})
+                       loss="mse", optimizer_kwargs={"lr": 0.5})
     return base.with_overrides(overrides)
 
 

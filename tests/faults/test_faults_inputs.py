@@ -10,6 +10,7 @@ import torch
 
 from sharpscope import HessianOperator, Objective, lanczos
 from sharpscope.curvature import hutchinson, hutchpp, slq_density
+from sharpscope.curvature.settings import CurvatureSettings
 from sharpscope.errors import ConfigError, DataError
 from sharpscope.landscape.grid import check_grid_memory, grid_bytes
 from sharpscope.models.inputs import check_model_fits, expected_input
@@ -55,12 +56,13 @@ def test_eigen_trace_and_density_arguments_are_checked_before_any_product(op: He
 
 
 def test_probe_settings_check_the_trace_budget_and_seed_up_front() -> None:
-    with pytest.raises(ConfigError, match="needs num_matvecs >= 6"):
-        ProbeSettings(trace=True, trace_matvecs=4)
+    with pytest.raises(ConfigError, match="Hutch\\+\\+ needs trace_matvecs >= 6") as info:
+        ProbeSettings(trace=True, curvature=CurvatureSettings(trace_matvecs=4))
+    assert info.value.argument == "trace_matvecs"
     with pytest.raises(ConfigError, match="seed must be an integer in"):
         ProbeSettings(seed=2**64)
     with pytest.raises(ConfigError, match="k must be a positive integer"):
-        ProbeSettings(k=True)
+        ProbeSettings(curvature=CurvatureSettings(k=True))
     assert ProbeSettings(seed=2**64 - 1).seed == 2**64 - 1
     assert offset_seed(2**64 - 1, 2) == 1 and offset_seed(5, 2) == 7
 

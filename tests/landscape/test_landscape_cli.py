@@ -70,11 +70,13 @@ def test_pca_slice_with_path_writes_data_and_figures(run_folder: Path) -> None:
 @pytest.mark.parametrize("args, message", [
     (["--directions", "interp"], "needs --other"),
     (["--directions", "pca"], "--iterate"),
-    (["--alphas", "1:-1:5"], "START < STOP"),
+    (["--alphas", "1:-1:5"], "--alphas must be (start, stop, num) with finite start < stop"),
     (["--alphas", "0:1"], "START:STOP:NUM"),
     (["--dims", "3"], "--dims must be 1 or 2"),
-    (["--bn", "train"], "bn must be 'eval' or 'batch'"),
-    (["--normalization", "model"], "normalization"),
+    (["--dims", "1", "--betas", "0:1:3"], "--betas is the second axis of a 2-D slice"),
+    (["--directions", "interp", "--other", "x.safetensors", "--dims", "2"], "--dims must be 1"),
+    (["--iterate", "run", "--dims", "1"], "--iterate: their path is drawn on 2-D slices only"),
+    (["--other", "x.safetensors"], "--other (the checkpoint at t = 1) is for directions 'interp'"),
 ])
 def test_bad_options_give_one_line_errors(run_folder: Path, tmp_path: Path, args: list[str], message: str) -> None:
     from sharpscope_cli.main import app
@@ -83,6 +85,17 @@ def test_bad_options_give_one_line_errors(run_folder: Path, tmp_path: Path, args
                                       f"npz:{run_folder / 'data.npz'}", "--out", str(tmp_path / "o"), *args])
     assert result.exit_code == 1, result.output
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("option, value", [("--bn", "train"), ("--loss", "l1"), ("--dtype", "float16"),
+                                           ("--normalization", "model"), ("--method", "fast")])
+def test_options_with_choices_refuse_other_values(run_folder: Path, tmp_path: Path, option: str, value: str) -> None:
+    from sharpscope_cli.main import app
+
+    result = CliRunner().invoke(app, ["landscape", str(run_folder / "final.safetensors"), "--data",
+                                      f"npz:{run_folder / 'data.npz'}", "--out", str(tmp_path / "o"), option, value])
+    assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.stderr, result.output
+    assert not (tmp_path / "o").exists()
 
 
 def test_figures_interpolation_and_no_silent_overwrite(run_folder: Path, tmp_path: Path) -> None:

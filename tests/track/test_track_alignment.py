@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from sharpscope.curvature.settings import RUN_DEFAULTS, CurvatureSettings
 from sharpscope.errors import ConfigError
 from sharpscope.losses import mse
 from sharpscope.track import RunDirectory, SharpnessTracker, TrainConfig, train
@@ -53,7 +54,8 @@ def closed_form(u: torch.Tensor, q: torch.Tensor, g: torch.Tensor) -> tuple[list
 
 def make_tracker(data: tuple[torch.Tensor, torch.Tensor]) -> tuple[SharpnessTracker, list[dict[str, Any]]]:
     records: list[dict[str, Any]] = []
-    tracker = SharpnessTracker(data, mse, every=1, k=K, tol=1e-12, hvp_mode="rev-rev", alignment=True,
+    tracker = SharpnessTracker(data, mse, every=1, curvature=CurvatureSettings(k=K, tol=1e-12, hvp_mode="rev-rev"),
+                               alignment=True,
                                sink=records.append)
     return tracker, records
 
@@ -138,7 +140,8 @@ def tiny(**overrides: Any) -> TrainConfig:
     base = TrainConfig(model={"name": "mlp", "kwargs": {"in_features": 40, "num_classes": 10, "widths": [16],
                                                          "activation": "tanh"}},
                        data="mnist1d", n=64, physical_batch_size=24, steps=9, measure_every=3, checkpoint_every=3,
-                       k=2, loss="mse", optimizer_kwargs={"lr": 0.5}, dtype="float64", alignment=True)
+                       loss="mse", optimizer_kwargs={"lr": 0.5}, dtype="float64", alignment=True,
+                       curvature=RUN_DEFAULTS.replace(k=2))
     return base.with_overrides(overrides)
 
 

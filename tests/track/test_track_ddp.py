@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import torch
 
+from sharpscope.curvature.settings import RUN_DEFAULTS
 from sharpscope.track import RunDirectory, TrainConfig, train
 from sharpscope.track.jsonsafe import without_timings
 from tests.gloo import spawn_ranks
@@ -37,7 +38,8 @@ def config(**overrides: Any) -> TrainConfig:
     base = TrainConfig(model={"name": "mlp", "kwargs": {"in_features": 40, "num_classes": 10, "widths": [8],
                                                          "activation": "tanh"}},
                        data="mnist1d", n=63, test_data="mnist1d", test_n=20, physical_batch_size=24, steps=6,
-                       measure_every=3, checkpoint_every=4, k=2, loss="mse", optimizer_kwargs={"lr": 0.5},
+                       measure_every=3, checkpoint_every=4, curvature=RUN_DEFAULTS.replace(k=2), loss="mse",
+                       optimizer_kwargs={"lr": 0.5},
                        dtype="float64")
     return base.with_overrides(overrides)
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 def tiny(**overrides: Any) -> TrainConfig:
     base = TrainConfig(model={"name": "mlp", "kwargs": {"in_features": 40, "num_classes": 10, "widths": [8],
                                                          "activation": "tanh"}},
-                       data="mnist1d", n=32, steps=3, measure_every=1, checkpoint_every=10, k=1, loss="mse",
+                       data="mnist1d", n=32, steps=3, measure_every=1, checkpoint_every=10, loss="mse",
                        optimizer_kwargs={"lr": 0.3}, dtype="float64")
     return base.with_overrides(overrides)
 

@@ -27,7 +27,7 @@ def tiny(**overrides: Any) -> TrainConfig:
     base = TrainConfig(model={"name": "mlp", "kwargs": {"in_features": 40, "num_classes": 10, "widths": [16],
                                                          "activation": "tanh"}},
                        data="mnist1d", n=64, loss="ce", optimizer="sgd", optimizer_kwargs={"lr": 0.1, "momentum": 0.9},
-                       batch_size=16, steps=12, measure_every=6, checkpoint_every=4, k=1)
+                       batch_size=16, steps=12, measure_every=6, checkpoint_every=4)
     return base.with_overrides(overrides)
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from sharpscope.curvature import Objective, exact_hessian
+from sharpscope.curvature import CurvatureSettings, Objective, exact_hessian
 from sharpscope.errors import ConfigError
 from sharpscope.losses import mse
 from sharpscope.optim import SAM
@@ -70,7 +70,9 @@ def dense_preconditioned(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 
 def tracker(**kwargs: Any) -> Callable[[torch.Tensor, torch.Tensor], SharpnessTracker]:
-    return lambda x, y: SharpnessTracker((x, y), mse, every=1, k=2, tol=1e-10, hvp_mode="rev-rev", seed=4, **kwargs)
+    return lambda x, y: SharpnessTracker((x, y), mse, every=1,
+                                         curvature=CurvatureSettings(k=2, tol=1e-10, hvp_mode="rev-rev"), seed=4,
+                                         **kwargs)
 
 
 @pytest.mark.parametrize("kind", ["adam", "adamw", "sam-adam"])
@@ -147,7 +149,7 @@ def tiny_adam(**overrides: Any) -> TrainConfig:
     """Full-batch Adam on 64 MNIST-1D examples, a 40-16-10 MLP, measured every 2 steps."""
     cfg = TrainConfig(model={"name": "mlp", "kwargs": {"in_features": 40, "num_classes": 10, "widths": [16],
                                                         "activation": "tanh"}},
-                      data="mnist1d", n=64, steps=6, measure_every=2, checkpoint_every=3, k=1, loss="mse",
+                      data="mnist1d", n=64, steps=6, measure_every=2, checkpoint_every=3, loss="mse",
                       optimizer="adam", optimizer_kwargs={"lr": 1e-3}, preconditioned=True)
     return cfg.with_overrides(overrides)
 

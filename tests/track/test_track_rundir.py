@@ -1,4 +1,4 @@
-"""Run directory: refusal to overwrite, --force, config mismatch, strict fsynced records, resume truncation."""
+"""Run directory: refusal to overwrite, force=True, config mismatch, strict fsynced records, resume truncation."""
 
 from __future__ import annotations
 
@@ -35,8 +35,9 @@ def test_new_then_same_config_resumes_and_other_config_is_refused(tmp_path: Path
     assert json.loads(run.config_path.read_text()) == CONFIG
     assert RunDirectory(tmp_path / "run").create(json.loads(json.dumps(CONFIG))) == "resume"
     other = {**CONFIG, "optimizer_kwargs": {"lr": 0.02}}
-    with pytest.raises(ConfigError, match=r"different configuration.*optimizer_kwargs\.lr.*--force"):
+    with pytest.raises(ConfigError, match=r"different configuration.*optimizer_kwargs\.lr.*pass force=True") as info:
         RunDirectory(tmp_path / "run").create(other)
+    assert info.value.argument == "force"
     assert json.loads(run.config_path.read_text()) == CONFIG  # untouched
 
 
@@ -58,8 +59,9 @@ def test_a_foreign_non_empty_directory_is_refused_without_force(tmp_path: Path) 
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "notes.txt").write_text("precious")
-    with pytest.raises(ConfigError, match="--force"):
+    with pytest.raises(ConfigError, match="pass force=True") as info:
         RunDirectory(folder).create(CONFIG)
+    assert info.value.argument == "force"
     assert not (folder / "config.json").exists()
     assert RunDirectory(tmp_path / "empty").create(CONFIG) == "new"  # a missing folder is fine
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from sharpscope.curvature import Objective
+from sharpscope.curvature.settings import RUN_DEFAULTS
 from sharpscope.errors import ConfigError
 from sharpscope.experiments import RECIPES, SCALES, get_recipe, parse_overrides
 from sharpscope.losses import get_loss
@@ -24,7 +25,8 @@ def tiny(**overrides: Any) -> TrainConfig:
     base = TrainConfig(model={"name": "mlp", "kwargs": {"in_features": 40, "num_classes": 10, "widths": [16],
                                                          "activation": "tanh"}},
                        data="mnist1d", n=64, test_data="mnist1d", test_n=32, physical_batch_size=24, steps=12,
-                       measure_every=3, checkpoint_every=4, k=2, loss="mse", optimizer_kwargs={"lr": 0.5})
+                       measure_every=3, checkpoint_every=4, curvature=RUN_DEFAULTS.replace(k=2), loss="mse",
+                       optimizer_kwargs={"lr": 0.5})
     return base.with_overrides(overrides)
 
 
@@ -145,7 +147,7 @@ def test_configs_overrides_and_recipes() -> None:
             except ConfigError as e:  # a recipe on ../shared/data says so when the data is absent
                 assert "needs ../shared/data" in str(e)
                 continue
-            assert c.hvp_mode != "auto"  # records reproducible to the bit
+            assert c.curvature.hvp_mode != "auto"  # records reproducible to the bit
     assert get_recipe("eos-momentum", "smoke").optimizer_kwargs["momentum"] == 0.9
     sam = get_recipe("sam-edge", "smoke")
     assert (sam.optimizer, sam.loss, sam.batch_size) == ("sam", "mse-mean", None)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from sharpscope.curvature import CurvatureSettings
 from sharpscope.data import ShuffledLoader
 from sharpscope.io import read_checkpoint
 from sharpscope.losses import mse, mse_mean
@@ -34,7 +35,8 @@ def test_batch_norm_is_the_norm_sam_normalised() -> None:
     the SAM-edge of that norm, next to the measurement's full-batch ‖∇L(θ_t)‖."""
     model, x, y = _problem()
     records: list[dict] = []
-    tracker = SharpnessTracker((x, y), mse, every=1, hvp_mode="rev-rev", sink=records.append)
+    tracker = SharpnessTracker((x, y), mse, every=1, curvature=CurvatureSettings(hvp_mode="rev-rev"),
+                               sink=records.append)
     opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.02)
     xb, yb = x[:8], y[:8]
     hand = torch.autograd.grad(mse(model(xb), yb), list(model.parameters()))
@@ -63,7 +65,7 @@ def test_no_edge_where_none_is_derived(tmp_path: Path) -> None:
     but ``edge`` is None, and the figure data draws no edge; SAM over heavy-ball momentum gets the momentum
     form of the edge and plain SAM its own."""
     model, x, y = _problem()
-    tracker = SharpnessTracker((x, y), mse, every=1, hvp_mode="rev-rev")
+    tracker = SharpnessTracker((x, y), mse, every=1, curvature=CurvatureSettings(hvp_mode="rev-rev"))
     for opt in (SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.01, adaptive=True),
                 SparseSAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.01, sparsity=0.5, mask="random"),
                 SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.01, momentum=0.9, nesterov=True)):

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from sharpscope.curvature import CurvatureSettings
 from sharpscope.errors import ConfigError
 from sharpscope.losses import mse
 from sharpscope.track import (
@@ -41,8 +42,9 @@ def tracked_records(sink: Any) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    tracker = SharpnessTracker((x, y), mse, every=2, k=2, trace=True, trace_matvecs=12, alignment=True,
-                               hvp_mode="rev-rev", sink=sink)
+    tracker = SharpnessTracker((x, y), mse, every=2,
+                               curvature=CurvatureSettings(k=2, trace_matvecs=12, hvp_mode="rev-rev"), trace=True,
+                               alignment=True, sink=sink)
     for step in range(4):
         tracker.maybe_measure(step, model, opt)
         opt.zero_grad()

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from sharpscope.curvature import CurvatureSettings
 from sharpscope.losses import mse
 from sharpscope.optim import SAM
 from sharpscope.thresholds import sam_edge
@@ -40,8 +41,10 @@ def without_seconds(obj: object) -> object:
 def test_eigenvalues_trace_gradient_and_losses_are_exact_on_least_squares() -> None:
     model, x, y = problem()
     xt, yt = x[:50] * 0.5, y[:50]
-    tracker = SharpnessTracker((x, y), mse, every=1, k=3, tol=1e-10, trace=True, trace_matvecs=36,
-                               batch_size=64, test_data=(xt, yt), hvp_mode="rev-rev")
+    tracker = SharpnessTracker((x, y), mse, every=1,
+                               curvature=CurvatureSettings(k=3, tol=1e-10, trace_matvecs=36, hvp_mode="rev-rev"),
+                               trace=True,
+                               batch_size=64, test_data=(xt, yt))
     rec = tracker.measure(0, model, torch.optim.SGD(model.parameters(), lr=0.1))
     hessian = x.T @ x / len(x)  # ½‖Xw − y‖²/N has Hessian XᵀX/N
     exact = torch.linalg.eigvalsh(hessian).flip(0)[:3]
@@ -65,7 +68,7 @@ def test_eigenvalues_trace_gradient_and_losses_are_exact_on_least_squares() -> N
 
 def test_warm_start_uses_fewer_products_than_cold_and_survives_a_state_round_trip() -> None:
     model, x, y = problem()
-    kwargs = dict(every=1, k=2, tol=1e-8, hvp_mode="rev-rev", seed=3)
+    kwargs = dict(every=1, curvature=CurvatureSettings(k=2, tol=1e-8, hvp_mode="rev-rev"), seed=3)
     tracker = SharpnessTracker((x, y), mse, **kwargs)
     cold = tracker.measure(0, model)
     state = tracker.state_dict()
@@ -88,7 +91,8 @@ def test_measuring_changes_nothing_in_the_training_state() -> None:
         p.grad = torch.full_like(p, 7.0)
     before = copy.deepcopy(model.state_dict())
     rng = torch.get_rng_state()
-    SharpnessTracker((x, y), mse, every=1, k=2, trace=True, trace_matvecs=8).measure(0, model)
+    SharpnessTracker((x, y), mse, every=1, curvature=CurvatureSettings(k=2, trace_matvecs=8),
+                     trace=True).measure(0, model)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(torch.equal(p.grad, torch.full_like(p, 7.0)) for p in model.parameters())
     assert model.training and torch.equal(torch.get_rng_state(), rng)
@@ -107,7 +111,7 @@ def test_thresholds_follow_the_optimizer() -> None:
     assert "weight_decay" not in mom
     adam = default_thresholds(0, torch.optim.Adam(params, lr=0.01), 1.0)
     assert adam["rule"] == "adam_edge" and adam["edge"] == pytest.approx(3800.0) and "P^-1" in adam["on"]
-    tracker = SharpnessTracker((x, y), mse, every=1, hvp_mode="rev-rev")
+    tracker = SharpnessTracker((x, y), mse, every=1, curvature=CurvatureSettings(hvp_mode="rev-rev"))
     rec = tracker.measure(0, model, SAM(params, torch.optim.SGD, rho=0.05, lr=0.01))
     th = rec["thresholds"]
     assert th["rule"] == "sam_edge" and th["edge"] == pytest.approx(sam_edge(0.01, 0.05, rec["grad_norm"]), rel=1e-12)
@@ -120,7 +124,8 @@ def test_non_finite_parameters_are_recorded_not_raised_and_any_loop_can_use_the_
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(40, 8), nn.Tanh(), nn.Linear(8, 1)).double()  # H depends on the weights
     records: list[dict] = []
-    tracker = SharpnessTracker((x, y), mse, every=2, k=1, trace=True, trace_matvecs=8, sink=records.append)
+    tracker = SharpnessTracker((x, y), mse, every=2, curvature=CurvatureSettings(k=1, trace_matvecs=8), trace=True,
+                               sink=records.append)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     for step in range(5):
         tracker.maybe_measure(step, model, opt)

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sharpscope.curvature.settings import RUN_DEFAULTS
 from sharpscope.data import confusion_set, mnist1d, resolve_data
 from sharpscope.errors import ConfigError
 from sharpscope.experiments import arms as arm_criteria
@@ -193,10 +194,10 @@ def base_config(scale: str, out_dir: Path, data: str, *, lr: float, steps: int, 
     return TrainConfig(model=network(scale, _info(out_dir)), data=f"npz:{path}",
                        test_data=f"npz:{(out_dir / 'data' / 'clean.npz').resolve()}", loss="ce", optimizer="sgd",
                        optimizer_kwargs={"lr": lr}, batch_size=min(128, sc.n), probe_n=min(sc.n, sc.probe_n),
-                       physical_batch_size=500, steps=steps, measure_every=every, k=1, trace=True,
-                       trace_method="hutch++", trace_matvecs=sc.trace_matvecs, checkpoint_every=every,
-                       max_iter=8, seed=seed,
-                       device="auto" if scale == "gpu" else "cpu")
+                       physical_batch_size=500, steps=steps, measure_every=every, trace=True, checkpoint_every=every,
+                       seed=seed, device="auto" if scale == "gpu" else "cpu",
+                       curvature=RUN_DEFAULTS.replace(k=1, trace_method="hutch++", trace_matvecs=sc.trace_matvecs,
+                                                      max_iter=8))
 
 
 def _fit(data: str, seed: int = 0):  # noqa: ANN202 - a Stage builder
@@ -208,7 +209,7 @@ def _fit(data: str, seed: int = 0):  # noqa: ANN202 - a Stage builder
         cfg = base_config(scale, out_dir, data, lr=0.1, steps=sc.fit_steps, every=sc.fit_every, seed=seed)
         cfg.stop_at_train_acc = 1.0 if data == "clean" else sc.pretrain_acc
         if data == "pretrain":  # the stopping rule reads the probe set's accuracy: all of it; no trace
-            cfg.probe_n, cfg.trace, cfg.k, cfg.max_iter = None, False, 1, 2
+            cfg.probe_n, cfg.trace, cfg.curvature = None, False, cfg.curvature.replace(k=1, max_iter=2)
             cfg.test_data, cfg.measure_every = None, 2 * sc.fit_every
         return cfg
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sharpscope.curvature.settings import RUN_DEFAULTS
 from sharpscope.experiments import arms as arm_criteria
 from sharpscope.experiments import evidence
 from sharpscope.experiments.recipes import cifar_data, fc, mnist1d_data
@@ -73,9 +74,11 @@ def arm_config(scale: str, arm: str, seed: int) -> TrainConfig:
     every = max(1, sc.steps // sc.measurements)
     return TrainConfig(model=model, **data, loss="ce", optimizer=optimizer, optimizer_kwargs=kwargs, batch_size=128,
                        probe_n=min(sc.n, sc.probe_n), physical_batch_size=500, steps=sc.steps, measure_every=every,
-                       k=5, tol=1e-3, max_iter=40 if scale != "smoke" else 10, trace=True, trace_method="hutch++",
-                       trace_matvecs=20 if scale != "smoke" else 6, checkpoint_every=every, seed=seed, probe_seed=0,
-                       device="auto" if scale == "gpu" else "cpu")
+                       trace=True, checkpoint_every=every, seed=seed, probe_seed=0,
+                       device="auto" if scale == "gpu" else "cpu",
+                       curvature=RUN_DEFAULTS.replace(k=5, tol=1e-3, max_iter=40 if scale != "smoke" else 10,
+                                                      trace_method="hutch++",
+                                                      trace_matvecs=20 if scale != "smoke" else 6))
 
 
 def stages(scale: str) -> list[Stage]:

@@ -1,0 +1,228 @@
+"""What every ``sharpscope`` command shares: the consoles, the option choices, one progress display and
+the error wrapper with its exit codes.
+
+Nothing here imports torch or the library at module level, so ``sharpscope --help`` and each
+command's ``--help`` start without them; a command imports what it needs in its body.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+import typing
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import Enum
+from functools import wraps
+from typing import Any, TextIO
+
+import typer
+from rich.console import Console
+
+EXIT_CODES = "Exit codes: 0 completed, 1 error (one line on stderr), 3 training diverged, 130 interrupted."
+EXIT_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 3, 130
+out = Console()
+err = Console(stderr=True)
+
+# Names the library registers, repeated here so that --help needs no import of torch; a test checks
+# that they equal the library's (sharpscope.experiments.RECIPES, ...STUDIES, sharpscope.plots.kinds.KINDS).
+RECIPE_NAMES = ("eos-gd", "eos-momentum", "eos-ce", "eos-adam", "eos-cifar5k", "sam-edge", "sam-edge-cnn",
+                "sam-minibatch", "sam-flatness", "demo", "landscape-resnet18")
+STUDY_NAMES = ("eos", "sam-edge", "escape", "label-noise", "sam-flatness")
+PLOT_KINDS = ("auto", "sharpness", "trace", "escape", "density", "layers")
+
+
+# ------------------------------------------------------------------------------------- choices
+class Loss(str, Enum):
+    ce = "ce"
+    mse = "mse"
+    mse_mean = "mse-mean"
+    token_ce = "token-ce"
+
+
+class BN(str, Enum):
+    eval = "eval"
+    batch = "batch"
+
+
+class HVPMode(str, Enum):
+    auto = "auto"
+    fwd_rev = "fwd-rev"
+    rev_rev = "rev-rev"
+    fd = "fd"
+
+
+class Operator(str, Enum):
+    hessian = "hessian"
+    ggn = "ggn"
+    ef = "ef"
+
+
+class Stop(str, Enum):
+    eigenvalue = "eigenvalue"
+    residual = "residual"
+
+
+class TraceMethod(str, Enum):
+    hutchpp = "hutch++"
+    hutchinson = "hutchinson"
+
+
+class Precision(str, Enum):
+    strict = "strict"
+    tf32 = "tf32"
+    bf16 = "bf16"
+
+
+class DType(str, Enum):
+    float32 = "float32"
+    float64 = "float64"
+
+
+class Scale(str, Enum):
+    smoke = "smoke"
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+class DirectionKind(str, Enum):
+    eig = "eig"
+    random = "random"
+    pca = "pca"
+    interp = "interp"
+
+
+class Normalization(str, Enum):
+    filter = "filter"
+    layer = "layer"
+
+
+class GridMethod(str, Enum):
+    auto = "auto"
+    vmap = "vmap"
+    loop = "loop"
+
+
+# ------------------------------------------------------------------------------------ progress
+Update = Callable[..., None]
+
+
+class ProgressLines:
+    """``progress(stage, done, total, info="")`` callback writing ``stage: done/total UNIT, t s elapsed``
+    lines to ``stream``: at most one line every ``every`` seconds, so a long stage piped to a log
+    file is not silent until it ends and logs stay short."""
+
+    def __init__(self, stream: TextIO, *, every: float = 5.0, unit: str = "HVPs",
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream, self.every, self.unit, self.clock = stream, every, unit, clock
+        self.start = self.last = clock()
+
+    def __call__(self, stage: str, done: int, total: int, info: str = "") -> None:
+        now = self.clock()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        extra = f" ({info})" if info else ""
+        self.stream.write(f"{stage}: {done}/{total} {self.unit}{extra}, {now - self.start:.0f} s elapsed\n")
+        self.stream.flush()
+
+
+@contextmanager
+def progress(*, unit: str, bar: bool, lines: bool = False) -> Iterator[Update | None]:
+    """``update(stage, done, total, info="")``: a progress bar on stderr with one row per stage
+    (``bar``), else plain :class:`ProgressLines` (``lines``, for a stderr that is not a terminal),
+    else None."""
+    if not bar:
+        yield ProgressLines(sys.stderr, unit=unit) if lines else None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # lazy: start-up
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn(f"{unit}  {{task.fields[info]}}"), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as display:
+        tasks: dict[str, Any] = {}
+
+        def update(stage: str, done: int, total: int | None, info: str = "") -> None:
+            if stage not in tasks:
+                tasks[stage] = display.add_task(stage, total=total, info=info)
+            display.update(tasks[stage], total=total, completed=done if total is None else min(done, total),
+                           info=info)
+
+        yield update
+
+
+# -------------------------------------------------------------------------------------- errors
+def command_flags(fn: Callable[..., Any]) -> dict[str, list[str]]:
+    """Each option of a command function, by parameter name: its long flags (``--out``, ``--max-iter``)."""
+    from typer.models import OptionInfo
+
+    flags: dict[str, list[str]] = {}
+    for name, hint in typing.get_type_hints(fn, include_extras=True).items():
+        for info in getattr(hint, "__metadata__", ()):
+            if isinstance(info, OptionInfo):
+                # inside Annotated, typer takes a leading string (stored as the default) for a declaration
+                decls = [info.default, *(info.param_decls or ())]
+                declared = [d.split("/")[0] for d in decls if isinstance(d, str) and d.startswith("--")]
+                flags[name] = declared or ["--" + name.replace("_", "-")]
+    return flags
+
+
+def option_flag(argument: str, flags: dict[str, list[str]]) -> str | None:
+    """The command's flag for the library argument ``argument`` (``max_iter`` -> ``--max-iter``): the
+    option spelled that way, else the option whose parameter is named ``argument``; None if neither."""
+    dashed = "--" + argument.replace("_", "-")
+    if any(dashed in spelled for spelled in flags.values()):
+        return dashed
+    return flags[argument][0] if argument in flags else None
+
+
+def user_message(exc: BaseException, flags: dict[str, list[str]]) -> str:
+    """The error's one-line message, the library argument it names (``exc.argument``) replaced by the
+    command's flag where the command has one."""
+    message = str(exc)
+    argument = getattr(exc, "argument", None)
+    flag = option_flag(argument, flags) if isinstance(argument, str) and argument else None
+    if flag is None:
+        return message
+    # "force=True" names an on/off flag: the command line spells it "--force"
+    return re.sub(rf"(?<![\w-]){re.escape(argument)}(?:=True)?(?![\w-])", flag, message)
+
+
+def error_line(exc: Exception, flags: dict[str, list[str]]) -> str | None:
+    """The one line shown for an error the user can act on, or None for a bug (shown in full).
+
+    Looked up in ``sys.modules`` so that no error class imports torch."""
+    errors = sys.modules.get("sharpscope.errors")
+    if errors is not None and isinstance(exc, errors.SharpscopeError):
+        return user_message(exc, flags)
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError):
+        return "out of GPU memory; use a smaller --batch-size or --n"
+    if isinstance(exc, OSError):
+        from sharpscope.errors import os_error_text
+
+        return f"{f'{exc.filename}: ' if exc.filename else ''}{os_error_text(exc)}"
+    return None
+
+
+def clean_errors(fn: Callable[..., None]) -> Callable[..., None]:
+    """Turn sharpscope's errors, file-system errors and Ctrl-C into one line on stderr and an exit
+    code a script can read (:data:`EXIT_CODES`)."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            err.print("interrupted; files already written are intact (a training run resumes when the same "
+                      "command is run again)", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Exception as e:
+            line = error_line(e, command_flags(fn))
+            if line is None:
+                raise
+            err.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True, markup=True)
+            raise typer.Exit(EXIT_ERROR) from None
+
+    return wrapper

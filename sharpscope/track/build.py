@@ -1,0 +1,166 @@
+"""What a training run is made of, built from its :class:`~sharpscope.track.TrainConfig`: the data
+sets, the model (initialised from the config's seed), the optimizer and the sharpness tracker.
+
+Building checks the config against the data and the model (one forward pass on two examples, the
+tracker's ``k`` against the number of parameters) before :mod:`sharpscope.track.runner` touches the
+run directory, so a bad config leaves no trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sharpscope.curvature.objective import LossFn
+from sharpscope.data import ArrayDataset, cifar_feature_stats, resolve_data
+from sharpscope.errors import CheckpointError, ConfigError
+from sharpscope.io import fit_state_dict, read_checkpoint
+from sharpscope.models import ModelSpec
+from sharpscope.models.inputs import check_model_fits as fits
+from sharpscope.optim import RS, SA, SAM, SparseSAM, empirical_fisher_diagonal
+from sharpscope.track.config import TrainConfig
+from sharpscope.track.rundir import RunDirectory
+from sharpscope.track.tracker import SharpnessTracker
+from sharpscope.validation import check_int, offset_seed
+
+__all__ = ["build_data", "build_model", "build_optimizer", "build_tracker", "check_model_fits", "fisher_scores",
+           "load_initial_weights"]
+
+_BASES: dict[str, type[torch.optim.Optimizer]] = {"sgd": torch.optim.SGD, "gd": torch.optim.SGD,
+                                                   "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+def _options(options: Mapping[str, Any], train_spec: str) -> dict[str, Any]:
+    out = dict(options)
+    if out.get("feature_stats") == "train":
+        name, _, path = train_spec.partition(":")
+        if name.lower() not in ("cifar10", "cifar100") or not path:
+            raise ConfigError(f"'feature_stats': 'train' needs a CIFAR training set, got data {train_spec!r}",
+                              argument="data_options")
+        out["feature_stats"] = cifar_feature_stats(path, dataset=name.lower())  # type: ignore[arg-type]
+    return out
+
+
+def build_data(cfg: TrainConfig) -> tuple[ArrayDataset, ArrayDataset | None]:
+    """The training set and the optional test set of ``cfg`` (CPU, as loaded)."""
+    train_set = resolve_data(cfg.data, n=cfg.n, train=True, **_options(cfg.data_options, cfg.data))
+    test_set = None
+    if cfg.test_data:
+        test_set = resolve_data(cfg.test_data, n=cfg.test_n, train=False,
+                                **_options(cfg.test_data_options, cfg.data))
+    return train_set, test_set
+
+
+def build_model(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> tuple[nn.Module, ModelSpec]:
+    """The model of ``cfg``, initialised from ``cfg.seed`` without touching the global RNG."""
+    spec = ModelSpec.from_dict(cfg.model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = spec.build()
+    return model.to(device=device, dtype=dtype), spec
+
+
+def load_initial_weights(source: str, model: nn.Module, spec: ModelSpec) -> dict[str, Any]:
+    """Load ``init_from`` into ``model``: a checkpoint file, or a run directory's latest checkpoint.
+
+    The checkpoint is read safely; a stored spec must equal ``spec``. Returns ``{"path", "step"}``.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        latest = RunDirectory(path).latest_checkpoint()
+        if latest is None:
+            raise CheckpointError(f"init_from {source}: the folder holds no run checkpoint", argument="init_from")
+        path = latest[1]
+    elif not path.exists():
+        raise CheckpointError(f"init_from {source}: no such checkpoint file or run directory", argument="init_from")
+    raw = read_checkpoint(path, unsafe_flag="")
+    if raw.spec is not None and raw.spec != spec:
+        raise CheckpointError(f"init_from {path}: model spec {raw.spec} differs from the config's {spec}",
+                              argument="init_from")
+    fit_state_dict(model, raw.state_dict, source=str(path))
+    step = raw.extra.get("step")
+    return {"path": str(path.resolve()), "step": step if isinstance(step, int) else None}
+
+
+def fisher_scores(cfg: TrainConfig, model: nn.Module, train_set: ArrayDataset, loss_fn: LossFn,
+                  samples: int) -> Callable[[], list[Tensor]]:
+    """SSAM-F's scores: the empirical Fisher diagonal over ``samples`` training examples drawn once
+    (without replacement, seeded by ``cfg.seed``) — :func:`~sharpscope.optim.empirical_fisher_diagonal`."""
+    samples = check_int("fisher_samples", samples, low=1)
+    gen = torch.Generator().manual_seed(offset_seed(cfg.seed, 2))
+    idx = torch.randperm(len(train_set), generator=gen)[:samples].to(train_set.x.device)
+    x, y = train_set.x[idx], train_set.y[idx]
+    return lambda: empirical_fisher_diagonal(model, lambda m, xb, yb: loss_fn(m(xb), yb), x, y)
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module, train_set: ArrayDataset,
+                    loss_fn: LossFn) -> torch.optim.Optimizer:
+    """``gd``/``sgd``/``adam``/``adamw`` from ``torch.optim``; ``sam``/``sparse-sam`` =
+    :class:`sharpscope.optim.SAM`/:class:`~sharpscope.optim.SparseSAM` over
+    ``optimizer_kwargs["base"]`` (default ``sgd``) with radius ``rho``; ``rs``/``sa`` =
+    :class:`~sharpscope.optim.RS`/:class:`~sharpscope.optim.SA` (seeded from ``cfg.seed`` unless
+    ``seed`` is given; SA draws its examples from the training set).
+
+    Sparse SAM with a ``fisher`` or ``nm`` mask scores coordinates by :func:`fisher_scores` over
+    ``fisher_samples`` examples (default 128), computes the first mask before step 0 and updates it
+    every ``update_interval`` steps (default: never again), so no step runs with an empty mask."""
+    kwargs = dict(cfg.optimizer_kwargs)
+    try:
+        if cfg.optimizer in ("sam", "sparse-sam"):
+            base = str(kwargs.pop("base", "sgd"))
+            if base not in _BASES:
+                raise ConfigError(f"unknown SAM base optimizer {base!r}; valid: {', '.join(_BASES)}",
+                                  argument="optimizer_kwargs.base")
+            rho = kwargs.pop("rho", 0.05)
+            if cfg.optimizer == "sam":
+                return SAM(model.parameters(), _BASES[base], rho=rho, model=model, **kwargs)
+            samples = kwargs.pop("fisher_samples", 128)
+            if kwargs.get("mask", "fisher") in ("fisher", "nm"):
+                kwargs["score_fn"] = fisher_scores(cfg, model, train_set, loss_fn, samples)
+                kwargs.setdefault("update_interval", cfg.steps + 1)
+            opt = SparseSAM(model.parameters(), _BASES[base], rho=rho, model=model, **kwargs)
+            if opt.mask_kind in ("fisher", "nm"):
+                opt.update_mask()
+            return opt
+        if cfg.optimizer in ("rs", "sa"):
+            kwargs.setdefault("seed", cfg.seed)
+            kwargs.setdefault("lr_perturb", None)
+            default_batch = "independent" if cfg.optimizer == "sa" else "same"
+            if kwargs.get("perturbation_batch", default_batch) == "same":
+                # the perturbation batch is the descent batch: B for the scaling rule is its size
+                kwargs.setdefault("batch_size", cfg.batch_size or len(train_set))
+            else:
+                kwargs.setdefault("num_examples", len(train_set))
+            cls = SA if cfg.optimizer == "sa" else RS
+            return cls(model.parameters(), model=model, **kwargs)
+        if "betas" in kwargs and isinstance(kwargs["betas"], list):
+            kwargs["betas"] = tuple(kwargs["betas"])
+        return _BASES[cfg.optimizer](model.parameters(), **kwargs)
+    except TypeError as e:
+        raise ConfigError(f"optimizer {cfg.optimizer!r} does not accept {cfg.optimizer_kwargs}: {e}",
+                          argument="optimizer_kwargs") from None
+    except ValueError as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"optimizer {cfg.optimizer!r}: {e}", argument="optimizer_kwargs") from None
+
+
+def check_model_fits(model: nn.Module, loss_fn: LossFn, data: ArrayDataset, k: int) -> None:
+    """:func:`sharpscope.models.inputs.check_model_fits` on a data set, before any file is written."""
+    fits(model, loss_fn, data.x, data.y, name=data.name, k=k)
+
+
+def build_tracker(cfg: TrainConfig, probe: Any, test: Any, loss_fn: LossFn,
+                  sink: Callable[[dict[str, Any]], Any] | None = None) -> SharpnessTracker:
+    """The tracker of ``cfg`` on the probe set ``probe`` (and the fixed test set ``test``, or None):
+    its curvature settings, trace, alignment and preconditioned measurements every ``measure_every``
+    steps, physical batches of ``physical_batch_size``, random vectors seeded by ``probe_seed`` (or
+    ``seed``), records passed to ``sink``."""
+    return SharpnessTracker(probe, loss_fn, every=cfg.measure_every, curvature=cfg.curvature, trace=cfg.trace,
+                            batch_size=cfg.physical_batch_size, test_data=test,
+                            seed=cfg.seed if cfg.probe_seed is None else cfg.probe_seed, sink=sink,
+                            alignment=cfg.alignment, preconditioned=cfg.preconditioned)
