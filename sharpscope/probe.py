@@ -30,7 +30,7 @@ from sharpscope.curvature import (
 from sharpscope.curvature.settings import PROBE_DEFAULTS
 from sharpscope.errors import ConfigError
 from sharpscope.models.inputs import check_model_fits
-from sharpscope.validation import check_bool, check_choice, check_int, check_seed, offset_seed
+from sharpscope.validation import check_bool, check_choice, check_int, check_seed, check_tol, offset_seed
 
 Progress = Callable[[str, int, int], None]
 Operator = Literal["hessian", "ggn", "ef"]
@@ -46,7 +46,8 @@ class ProbeSettings:
     by default :data:`~sharpscope.curvature.settings.PROBE_DEFAULTS`, which caches gradient graphs
     when they fit).
     The rest says what this probe measures: the most ``negative`` eigenvalue, the ``trace``, the
-    spectral ``density`` (``density_steps`` Lanczos steps, ``density_runs`` runs), ``per_layer``
+    spectral ``density`` (``density_runs`` runs of ``density_steps`` Lanczos steps, or fewer with
+    ``density_tol``: see :func:`~sharpscope.curvature.slq_density`'s ``tol``), ``per_layer``
     curvature (grouped by module, or by the first ``layer_depth`` module-path components), with which
     ``operator`` (the Hessian, the generalised Gauss–Newton ``"ggn"`` or the empirical Fisher ``"ef"``),
     over batches of ``batch_size`` examples (memory only), from random vectors seeded by ``seed``.
@@ -58,6 +59,7 @@ class ProbeSettings:
     density: bool = False
     density_steps: int = 90
     density_runs: int = 10
+    density_tol: float | None = None  # SLQ adaptive stopping (see slq_density's tol); None: fixed steps
     batch_size: int | None = 1000
     seed: int = 0
     per_layer: bool = False
@@ -81,6 +83,8 @@ class ProbeSettings:
         for name in ("density_steps", "density_runs"):
             check_int(name, getattr(self, name), low=1)
         check_int("batch_size", self.batch_size, low=1, optional=True)
+        if self.density_tol is not None:
+            check_tol("density_tol", self.density_tol)
         check_seed("seed", self.seed)
         for name in ("negative", "trace", "density", "per_layer"):
             check_bool(name, getattr(self, name))
@@ -164,7 +168,8 @@ def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tens
         trace = trace_estimator(c.trace_method)(op, c.trace_matvecs, seed=offset_seed(settings.seed, 2))
     if settings.density:
         stage("density", settings.density_steps * settings.density_runs)
-        density = slq_density(op, settings.density_steps, settings.density_runs, seed=offset_seed(settings.seed, 3))
+        density = slq_density(op, settings.density_steps, settings.density_runs, tol=settings.density_tol,
+                              seed=offset_seed(settings.seed, 3))
     op.on_matmat = None
     layers = None
     if settings.per_layer:

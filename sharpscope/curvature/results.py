@@ -76,7 +76,9 @@ class DensityResult:
     """Stochastic Lanczos quadrature: per-run nodes ``θ_rj`` and weights ``τ_rj`` (each run's sum to 1),
     the raw tridiagonals, and a density smoothed on ``grid``.
 
-    ``trace`` is ``dim · mean_r Σ_j τ_rj θ_rj`` with the standard error over runs.
+    ``trace`` is ``dim · mean_r Σ_j τ_rj θ_rj`` with the standard error over runs. ``density_error``
+    estimates the L1 sampling error of ``density`` over the random starts (``∫|φ̂ − φ| dt``, the
+    densities integrating to 1); the steps each run took and the stopping rule are in ``settings``.
     """
 
     nodes: Tensor
@@ -91,6 +93,7 @@ class DensityResult:
     hvps: int
     seconds: float
     settings: dict[str, object] = field(default_factory=dict)
+    density_error: float = math.nan
 
     def smooth(self, sigma2: float, grid: Tensor | None = None) -> Tensor:
         """Re-smooth the same quadrature nodes with another kernel width (no new HVPs)."""
@@ -114,5 +117,6 @@ class DensityResult:
 
     def to_dict(self) -> dict[str, object]:
         return {"nodes": self.nodes.tolist(), "weights": self.weights.tolist(), "sigma2": self.sigma2,
-                "trace": self.trace, "trace_stderr": self.trace_stderr, "hvps": self.hvps,
+                "trace": self.trace, "trace_stderr": self.trace_stderr, "density_error": self.density_error,
+                "hvps": self.hvps,
                 "seconds": self.seconds, "settings": self.settings}
