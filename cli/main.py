@@ -140,6 +140,7 @@ def probe_cmd(
     trace_matvecs: Annotated[int, typer.Option(help="HVP budget of the trace estimate.")] = 99,
     density_steps: Annotated[int, typer.Option(help="Lanczos steps per SLQ run.")] = 90,
     density_runs: Annotated[int, typer.Option(help="SLQ runs.")] = 10,
+    density_tol: Annotated[float | None, typer.Option(help="Stop each SLQ run once, for two steps running, its smoothed density moves by at most this (L1) and its extreme nodes by at most this many kernel widths; --density-steps becomes a cap. Default: fixed steps.")] = None,
     hvp_mode: Annotated[HVPMode, typer.Option(help="Hessian-vector product: auto picks the faster exact mode.")] = HVPMode.auto,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     dtype: Annotated[DType, typer.Option(help="Arithmetic precision.")] = DType.float32,
@@ -173,7 +174,8 @@ def probe_cmd(
                                   precision=precision.value, compile=compile_products, block=lanczos_block(block),
                                   cache_graphs="auto" if cache_graphs is None else cache_graphs)
     settings = ProbeSettings(curvature=curvature, negative=negative, trace=trace, density=density,
-                             density_steps=density_steps, density_runs=density_runs, batch_size=batch_size, seed=seed,
+                             density_steps=density_steps, density_runs=density_runs, density_tol=density_tol,
+                             batch_size=batch_size, seed=seed,
                              per_layer=per_layer, layer_depth=layer_depth, operator=operator.value)
     check_outputs(out_file, eigenvectors, density)
     if n is not None and n < 1:

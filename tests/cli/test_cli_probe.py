@@ -157,3 +157,13 @@ def test_probe_block_and_fast_products(setup: tuple[Path, Path, ModelSpec]) -> N
     assert "bf16 products deviate" in " ".join(fast.stdout.split())
     bad = run(*common, "--block", "two")
     assert bad.returncode == 1 and bad.stderr.strip() == "error: --block must be an integer or auto, got 'two'"
+
+
+def test_probe_density_tol_stops_runs_adaptively(setup: tuple[Path, Path, ModelSpec]) -> None:
+    folder, ckpt, _ = setup
+    proc = run("probe", str(ckpt), "--data", f"npz:{folder / 'data.npz'}", "--n", "100", "--density", "--density-runs",
+               "2", "--density-steps", "40", "--density-tol", "0.05", "--json")
+    assert proc.returncode == 0, proc.stderr
+    density = json.loads(proc.stdout)["density"]
+    assert density["settings"]["tol"] == 0.05 and density["settings"]["stop"] != "fixed steps"
+    assert len(density["settings"]["run_steps"]) == 2 and max(density["settings"]["run_steps"]) <= 40
