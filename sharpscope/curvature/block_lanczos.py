@@ -22,20 +22,13 @@ repeated eigenvalue are found, where single-vector Lanczos sees one copy of each
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from sharpscope.curvature.krylov_basis import DEFAULT_CHUNK, KrylovBasis
-from sharpscope.curvature.lanczos import (
-    ConvergenceWarning,
-    Stop,
-    Which,
-    ritz_error_bounds,
-    wanted_indices,
-)
+from sharpscope.curvature.lanczos import Stop, Which, check_ritz, ritz_result
 from sharpscope.curvature.linear_operator import LinearOperator
 from sharpscope.curvature.memory import check_fits, vector_bytes
 from sharpscope.curvature.results import EigenResult
@@ -135,42 +128,21 @@ def block_lanczos(op: LinearOperator, k: int, *, block: int, which: Which = "LA"
         floor = math.sqrt(eps) * norm_T
         Qw, R = torch.linalg.qr(W)  # ‖B_m x‖ = ‖W x‖ = ‖R x‖ for the residuals
         abs_residuals = np.linalg.norm(R.double().cpu().numpy() @ S[start:size], axis=0)
-        idx = wanted_indices(theta, k, which)
-        denominators = np.maximum(np.abs(theta[idx]), math.sqrt(eps) * norm_T)
-        residuals = abs_residuals[idx] / denominators
-        bounds = ritz_error_bounds(theta, abs_residuals, idx, rounding=size * eps * norm_T)
-        measure = residuals if stop == "residual" else bounds / denominators
-        done = len(idx) == k and bool((measure < tol).all()) and (stop == "residual" or size >= min_vectors)
-        if done or width == 0:
+        check = check_ritz(theta, abs_residuals, k=k, which=which, scale=norm_T, eps=eps, size=size, stop=stop,
+                           tol=tol, ready=size >= min_vectors)
+        if check.done or width == 0:
             break
         Q, coupling, replaced = _next_block(op, basis, Qw, R, width, floor, gen)
         restarts += replaced
         T[size:size + width, start:size] = coupling
         T[start:size, size:size + width] = coupling.T
 
-    if size == op.dim:  # the whole space is spanned: every Ritz pair is exact
-        residuals, measure = np.zeros_like(residuals), np.zeros_like(measure)
-        bounds = np.full_like(bounds, size * eps * norm_T)
-        done = True
-    if not done:
-        warnings.warn(f"block Lanczos stopped after {size} products with relative {stop} measure "
-                      f"{measure.max():.2e} above tol={tol:g}; raise max_iter or tol", ConvergenceWarning,
-                      stacklevel=3)
-    vectors = None
-    if return_eigenvectors:
-        vectors = basis.combine(torch.as_tensor(S[:, idx], dtype=op.dtype, device=op.device))
-    return EigenResult(
-        eigenvalues=torch.as_tensor(theta[idx], dtype=torch.float64),
-        eigenvectors=vectors,
-        residuals=torch.as_tensor(residuals, dtype=torch.float64),
-        hvps=op.matvecs - start_hvps,
-        seconds=clock.seconds(),
-        converged=done,
-        settings={"method": "block_lanczos", "block": b, "block_rule": block_rule, "k": k, "which": which, "tol": tol, "stop": stop,
-                  "max_iter": max_iter, "min_steps": min_vectors if stop == "eigenvalue" else None,
-                  "steps": steps, "basis_vectors": size, "restarts": restarts, "warm_start": v0 is not None,
-                  "seed": seed_record(seed, gen),
-                  "memory": {**memory, "basis_vectors_allocated": basis.allocated},
-                  "product_precision": op.precision_record()},
-        error_bounds=torch.as_tensor(bounds, dtype=torch.float64),
-    )
+    return ritz_result(op, basis, S, theta, check, spanned=size == op.dim, rounding=size * eps * norm_T,
+                       stopped=f"block Lanczos stopped after {size} products", tol=tol, stop=stop,
+                       return_eigenvectors=return_eigenvectors, hvps=op.matvecs - start_hvps, seconds=clock.seconds(),
+                       settings={"method": "block_lanczos", "block": b, "block_rule": block_rule, "k": k,
+                                 "which": which, "tol": tol, "stop": stop, "max_iter": max_iter,
+                                 "min_steps": min_vectors if stop == "eigenvalue" else None, "steps": steps,
+                                 "basis_vectors": size, "restarts": restarts, "warm_start": v0 is not None,
+                                 "seed": seed_record(seed, gen)},
+                       memory=memory, stacklevel=4)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -135,6 +135,57 @@ def block_size_for(op: LinearOperator, k: int, block: int | Literal["auto"] | No
     return block, "requested"
 
 
+class RitzCheck(NamedTuple):
+    """The wanted Ritz pairs' indices, relative residuals, absolute error bounds, the stopping
+    measure and whether it is below ``tol``."""
+
+    idx: np.ndarray
+    residuals: np.ndarray
+    bounds: np.ndarray
+    measure: np.ndarray
+    done: bool
+
+
+def check_ritz(theta: np.ndarray, abs_residuals: np.ndarray, *, k: int, which: Which, scale: float, eps: float,
+               size: int, stop: Stop, tol: float, ready: bool) -> RitzCheck:
+    """The stopping test of (block) Lanczos after ``size`` basis vectors: the relative residual
+    ``r/|θ|`` or the relative error bound ``min(r, r²/δ)/|θ|`` (``|θ|`` floored at ``√eps·scale``)
+    of every wanted Ritz pair below ``tol``; the eigenvalue rule only once ``ready``."""
+    idx = wanted_indices(theta, k, which)
+    denominators = np.maximum(np.abs(theta[idx]), math.sqrt(eps) * scale)
+    residuals = abs_residuals[idx] / denominators
+    bounds = ritz_error_bounds(theta, abs_residuals, idx, rounding=size * eps * scale)
+    measure = residuals if stop == "residual" else bounds / denominators
+    done = len(idx) == k and bool((measure < tol).all()) and (stop == "residual" or ready)
+    return RitzCheck(idx, residuals, bounds, measure, done)
+
+
+def ritz_result(op: LinearOperator, basis: KrylovBasis, S: np.ndarray, theta: np.ndarray, check: RitzCheck, *,
+                spanned: bool, rounding: float, stopped: str, tol: float, stop: Stop, return_eigenvectors: bool,
+                hvps: int, seconds: float, settings: dict[str, object], memory: dict[str, object],
+                stacklevel: int = 3) -> EigenResult:
+    """The :class:`EigenResult` of a (block) Lanczos run (a warning points ``stacklevel`` frames up). When the basis ``spanned`` the whole space,
+    every Ritz pair is exact up to ``rounding``; otherwise a run that did not meet ``tol`` warns
+    with :class:`ConvergenceWarning` (``stopped``: "Lanczos stopped after 12 steps")."""
+    residuals, bounds, measure, done = check.residuals, check.bounds, check.measure, check.done
+    if spanned:
+        residuals, measure = np.zeros_like(residuals), np.zeros_like(measure)
+        bounds, done = np.full_like(bounds, rounding), True
+    if not done:
+        warnings.warn(f"{stopped} with relative {stop} measure {measure.max():.2e} above tol={tol:g}; "
+                      "raise max_iter or tol", ConvergenceWarning, stacklevel=stacklevel)
+    vectors = None
+    if return_eigenvectors:
+        vectors = basis.combine(torch.as_tensor(S[:, check.idx], dtype=op.dtype, device=op.device))
+    return EigenResult(
+        eigenvalues=torch.as_tensor(theta[check.idx], dtype=torch.float64), eigenvectors=vectors,
+        residuals=torch.as_tensor(residuals, dtype=torch.float64), hvps=hvps, seconds=seconds, converged=done,
+        settings={**settings, "memory": {**memory, "basis_vectors_allocated": basis.allocated},
+                  "product_precision": op.precision_record()},
+        error_bounds=torch.as_tensor(bounds, dtype=torch.float64),
+    )
+
+
 def lanczos(op: LinearOperator, k: int = 1, *, which: Which = "LA", tol: float = 1e-3,
             max_iter: int | None = None, v0: Tensor | None = None, seed: int | torch.Generator | None = None,
             return_eigenvectors: bool = True, stop: Stop = DEFAULT_STOP,
@@ -224,14 +275,9 @@ def lanczos(op: LinearOperator, k: int = 1, *, which: Which = "LA", tol: float =
                                  "at these parameters (the curvature is not finite in this precision)")
         theta, S = tridiagonal_eigh(np.array(alphas), np.array(betas))
         scale = max(np.abs(theta).max(), eps)
-        idx = wanted_indices(theta, k, which)
-        denominators = np.maximum(np.abs(theta[idx]), math.sqrt(eps) * scale)
-        abs_residuals = beta * np.abs(S[-1])
-        residuals = abs_residuals[idx] / denominators
-        bounds = ritz_error_bounds(theta, abs_residuals, idx, rounding=(j + 1) * eps * scale)
-        measure = residuals if stop == "residual" else bounds / denominators
-        done = len(idx) == k and bool((measure < tol).all()) and (stop == "residual" or j + 1 >= min_steps)
-        if done or j + 1 == max_iter:
+        check = check_ritz(theta, beta * np.abs(S[-1]), k=k, which=which, scale=scale, eps=eps, size=j + 1,
+                           stop=stop, tol=tol, ready=j + 1 >= min_steps)
+        if check.done or j + 1 == max_iter:
             break
         if beta <= math.sqrt(eps) * scale:  # invariant subspace: continue from a fresh direction
             fresh = torch.randn(op.dim, generator=gen, dtype=torch.float64).to(op.device, op.dtype)
@@ -244,32 +290,14 @@ def lanczos(op: LinearOperator, k: int = 1, *, which: Which = "LA", tol: float =
         betas.append(beta_next)
         basis.append(w)
 
-    if j + 1 == op.dim:  # the whole space is spanned: T is similar to H, every Ritz pair is exact
-        residuals, measure = np.zeros_like(residuals), np.zeros_like(measure)
-        bounds = np.full_like(bounds, (j + 1) * eps * scale)  # rounding only
-        done = True
-    if not done:
-        warnings.warn(f"Lanczos stopped after {j + 1} steps with relative {stop} measure {measure.max():.2e} "
-                      f"above tol={tol:g}; raise max_iter or tol", ConvergenceWarning, stacklevel=2)
-    vectors = None
-    if return_eigenvectors:
-        vectors = basis.combine(torch.as_tensor(S[:, idx], dtype=op.dtype, device=op.device))
-    return EigenResult(
-        eigenvalues=torch.as_tensor(theta[idx], dtype=torch.float64),
-        eigenvectors=vectors,
-        residuals=torch.as_tensor(residuals, dtype=torch.float64),
-        hvps=op.matvecs - start_hvps,
-        seconds=clock.seconds(),
-        converged=done,
-        settings={"method": "lanczos", "block": 1, "block_rule": block_rule, "k": k, "which": which, "tol": tol,
-                  "stop": stop, "max_iter": max_iter,
-                  "min_steps": min_steps if stop == "eigenvalue" else None,
-                  "steps": j + 1, "restarts": restarts, "warm_start": v0 is not None,
-                  "seed": seed_record(seed, gen),
-                  "memory": {**memory, "basis_vectors_allocated": basis.allocated},
-                  "product_precision": op.precision_record()},
-        error_bounds=torch.as_tensor(bounds, dtype=torch.float64),
-    )
+    return ritz_result(op, basis, S, theta, check, spanned=j + 1 == op.dim, rounding=(j + 1) * eps * scale,
+                       stopped=f"Lanczos stopped after {j + 1} steps", tol=tol, stop=stop,
+                       return_eigenvectors=return_eigenvectors, hvps=op.matvecs - start_hvps, seconds=clock.seconds(),
+                       settings={"method": "lanczos", "block": 1, "block_rule": block_rule, "k": k, "which": which,
+                                 "tol": tol, "stop": stop, "max_iter": max_iter,
+                                 "min_steps": min_steps if stop == "eigenvalue" else None, "steps": j + 1,
+                                 "restarts": restarts, "warm_start": v0 is not None, "seed": seed_record(seed, gen)},
+                       memory=memory)
 
 
 def lanczos_tridiagonals(op: LinearOperator, starts: Tensor, num_steps: int) -> tuple[Tensor, Tensor, Tensor]:
