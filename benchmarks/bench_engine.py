@@ -23,6 +23,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -172,6 +173,24 @@ def count_calls(obj: object, name: str) -> list[int]:
     return counter
 
 
+def run_eigenthings(model: nn.Module, batches: list, device: torch.device,
+                    call: Callable[[Any, Any], Any]) -> tuple[Any, float, int] | None:
+    """``call(hessian_eigenthings, its HessianOperator)`` timed in strict fp32, with the products it
+    took; None when hessian-eigenthings is not installed."""
+    try:
+        import hessian_eigenthings as he
+    except ImportError:
+        return None
+    H = he.HessianOperator(model, batches, he.supervised_loss(nn.functional.cross_entropy))
+    calls = count_calls(H, "matvec")
+    sync(device)
+    start = time.perf_counter()
+    with fp32_precision(False):
+        res = call(he, H)
+    sync(device)
+    return res, time.perf_counter() - start, calls[0]
+
+
 def top_eigenvalue(objective: Objective, model: nn.Module, batches: list, device: torch.device,
                    skip: set[str]) -> dict[str, dict[str, object]]:
     rows: dict[str, dict[str, object]] = {}
@@ -226,20 +245,11 @@ def top_eigenvalue(objective: Objective, model: nn.Module, batches: list, device
         rows["pyhessian eigenvalues(top_n=1, tol=1e-3)"] = {"value": float(values[0]),
                                                             "seconds": time.perf_counter() - start, "hvps": calls[0]}
     if "eigenthings" not in skip:
-        try:
-            import hessian_eigenthings as he
-        except ImportError:
-            he = None
-        if he is not None:
-            H = he.HessianOperator(model, batches, he.supervised_loss(nn.functional.cross_entropy))
-            calls = count_calls(H, "matvec")
-            sync(device)
-            start = time.perf_counter()
-            with fp32_precision(False):
-                res = he.lanczos(H, k=1, which="LA", seed=0)
-            sync(device)
+        timed = run_eigenthings(model, batches, device, lambda he, H: he.lanczos(H, k=1, which="LA", seed=0))
+        if timed is not None:
+            res, seconds, hvps = timed
             rows["hessian-eigenthings lanczos(k=1), defaults"] = {
-                "value": float(res.eigenvalues[0]), "seconds": time.perf_counter() - start, "hvps": calls[0]}
+                "value": float(res.eigenvalues[0]), "seconds": seconds, "hvps": hvps}
     for row in rows.values():
         row["relative_error"] = abs(float(row["value"]) - truth) / abs(truth)
     return rows
@@ -256,21 +266,12 @@ def trace_rows(objective: Objective, model: nn.Module, batches: list, device: to
         rows[f"sharpscope {name}, {budget} matvecs ({op.mode}, blocks of {op.block_size})"] = {
             "estimate": res.estimate, "stderr": res.stderr, "seconds": res.seconds, "hvps": res.hvps}
     if "eigenthings" not in skip:
-        try:
-            import hessian_eigenthings as he
-        except ImportError:
-            he = None
-        if he is not None:
-            H = he.HessianOperator(model, batches, he.supervised_loss(nn.functional.cross_entropy))
-            calls = count_calls(H, "matvec")
-            sync(device)
-            start = time.perf_counter()
-            with fp32_precision(False):
-                res = he.trace(H, num_matvecs=budget, method="hutch++", seed=0)
-            sync(device)
+        timed = run_eigenthings(model, batches, device,
+                                lambda he, H: he.trace(H, num_matvecs=budget, method="hutch++", seed=0))
+        if timed is not None:
+            res, seconds, hvps = timed
             rows[f"hessian-eigenthings hutch++, {budget} matvecs"] = {
-                "estimate": float(res.estimate), "stderr": float(res.stderr), "seconds": time.perf_counter() - start,
-                "hvps": calls[0]}
+                "estimate": float(res.estimate), "stderr": float(res.stderr), "seconds": seconds, "hvps": hvps}
     if "pyhessian-trace" not in skip and "pyhessian" not in skip:
         import pyhessian
 
