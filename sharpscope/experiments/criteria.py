@@ -34,7 +34,7 @@ from typing import Any
 from sharpscope.experiments import evidence
 from sharpscope.io.jsonsafe import as_float
 from sharpscope.io.records import is_measurement, number_at, read_measurements, record_kind
-from sharpscope.track.rundir import RunDirectory
+from sharpscope.io.rundir import RunDirectory
 
 
 def measurements(run_dir: str | Path) -> list[dict[str, Any]]:

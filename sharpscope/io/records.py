@@ -214,7 +214,7 @@ class Alignment(_Record):
 def read_measurements(run_dir: str | os.PathLike[str], *, torn_ok: bool = False) -> list[Measurement]:
     """The measurement records of the run directory ``run_dir``, typed, in step order (``torn_ok`` skips a
     last line torn by a kill, as :meth:`~sharpscope.track.RunDirectory.read_metrics` does)."""
-    from sharpscope.track.rundir import RunDirectory  # the run directory's layout lives with the tracker
+    from sharpscope.io.rundir import RunDirectory  # lazy: loads torch.nn and the models
 
     records = RunDirectory(run_dir).read_metrics(torn_ok=torn_ok)
     return sorted((Measurement.from_json(r) for r in records if is_measurement(r)), key=lambda m: m.step)

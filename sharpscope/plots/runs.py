@@ -26,7 +26,7 @@ import numpy as np
 from sharpscope.errors import ConfigError, DataError, SharpscopeError
 from sharpscope.io.jsonsafe import decode
 from sharpscope.io.records import is_measurement, number_at
-from sharpscope.track.rundir import RunDirectory
+from sharpscope.io.rundir import RunDirectory
 
 
 @dataclass(frozen=True)

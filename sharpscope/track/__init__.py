@@ -12,8 +12,8 @@
 * sinks (:mod:`sharpscope.track.sinks`) — where records go: :class:`JSONLSink`, :class:`CSVSink`,
   :class:`TensorBoardSink`, :class:`WandbSink`, several at once with :class:`MultiSink`;
   :func:`metrics_dataframe` reads a run's records back as a pandas DataFrame.
-* :class:`RunDirectory` — ``config.json``, ``metrics.jsonl`` (strict JSON, fsynced per record),
-  ``checkpoints/``, ``summary.json``.
+* :class:`RunDirectory` (defined in :mod:`sharpscope.io.rundir`) — ``config.json``, ``metrics.jsonl``
+  (strict JSON, fsynced per record), ``checkpoints/``, ``summary.json``.
 
 Importing this package is cheap: each name below loads its module on first use (so reading a run
 directory, as the figures do, does not load the training runner and the optimizers).
@@ -28,7 +28,7 @@ _HOME = {
     "OPTIMIZERS": "config", "TrainConfig": "config",
     "metrics_dataframe": "dataframe",
     "as_float": "jsonsafe",
-    "RunDirectory": "rundir", "config_differences": "rundir",
+    "RunDirectory": "sharpscope.io.rundir", "config_differences": "sharpscope.io.rundir",
     "build_data": "build", "build_model": "build", "build_optimizer": "build", "build_tracker": "build",
     "train": "runner",
     "resolve_device": "sharpscope.parallel",

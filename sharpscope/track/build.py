@@ -19,11 +19,11 @@ from sharpscope.curvature.objective import LossFn
 from sharpscope.data import ArrayDataset, cifar_feature_stats, resolve_data
 from sharpscope.errors import CheckpointError, ConfigError
 from sharpscope.io import fit_state_dict, read_checkpoint
+from sharpscope.io.rundir import RunDirectory
 from sharpscope.models import ModelSpec
 from sharpscope.models.inputs import check_model_fits as fits
 from sharpscope.optim import RS, SA, SAM, SparseSAM, empirical_fisher_diagonal
 from sharpscope.track.config import TrainConfig
-from sharpscope.track.rundir import RunDirectory
 from sharpscope.track.tracker import SharpnessTracker
 from sharpscope.validation import check_int, offset_seed
 

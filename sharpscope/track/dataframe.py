@@ -8,7 +8,7 @@ from typing import Any
 from sharpscope.errors import ConfigError
 from sharpscope.io import jsonsafe
 from sharpscope.io.records import record_kind
-from sharpscope.track.rundir import RunDirectory
+from sharpscope.io.rundir import RunDirectory
 from sharpscope.track.sinks import flatten_record
 
 

@@ -62,6 +62,7 @@ from sharpscope.data import ShuffledLoader, fresh_label_noise
 from sharpscope.errors import CheckpointError, ConfigError, StorageError, os_error_text
 from sharpscope.io import fit_state_dict, jsonsafe
 from sharpscope.io.records import Measurement, as_number, is_measurement
+from sharpscope.io.rundir import RunDirectory
 from sharpscope.losses import accuracy, get_loss
 from sharpscope.optim import RS, SA, PerturbedOptimizer
 from sharpscope.parallel import (
@@ -83,7 +84,6 @@ from sharpscope.track.build import (
     load_initial_weights,
 )
 from sharpscope.track.config import TrainConfig
-from sharpscope.track.rundir import RunDirectory
 from sharpscope.track.thresholds import bounded_sharpness
 from sharpscope.validation import offset_seed
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from sharpscope.errors import ConfigError
 from sharpscope.io import atomic_write_bytes, jsonsafe
-from sharpscope.track.rundir import RunDirectory
+from sharpscope.io.rundir import RunDirectory
 
 Sink = Callable[[Mapping[str, Any]], Any]
 

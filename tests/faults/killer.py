@@ -35,7 +35,7 @@ def die() -> None:
 
 
 import sharpscope.io.atomic as atomic  # noqa: E402
-import sharpscope.track.rundir as rundir  # noqa: E402
+import sharpscope.io.rundir as rundir  # noqa: E402
 
 real_replace, real_fsync = os.replace, os.fsync
 

@@ -17,7 +17,7 @@ from sharpscope.io.records import (
     read_measurements,
     record_kind,
 )
-from sharpscope.track.rundir import RunDirectory
+from sharpscope.io.rundir import RunDirectory
 from sharpscope.track.thresholds import bounded_sharpness
 
 # A measurement as the tracker writes it (non-finite values stored as strings), plus a key no reader knows.

@@ -1,0 +1,498 @@
+"""The run directory: everything a training run leaves behind, written so a kill loses nothing.
+
+Layout::
+
+    RUN/
+      config.json                 the run's configuration (strict JSON); fixed for the run's life
+      metrics.jsonl               one strict-JSON record per line, appended, flushed and fsynced
+      checkpoints/step-00000050.pt  the latest checkpoint (model + spec, optimizer, RNG, ...);
+                                  older ones too with ``keep_older`` (config ``keep_checkpoints``)
+      summary.json                written atomically when the run ends
+      SHA256SUMS                  digests of config.json, metrics.jsonl and summary.json of a finished run
+      checkpoints/SHA256SUMS      digests of the checkpoints (:mod:`sharpscope.io.checksums`)
+      .lock                       left by older versions; the writing process now flocks RUN/ itself
+
+Crash consistency. A record is a line ``{"kind": ..., "step": t, ...}``; the pair ``(kind, step)``
+identifies it and is never written twice (:meth:`RunDirectory.append_metric` refuses a second
+one). Checkpoints are written atomically (temporary file, fsync, rename) and the older one is
+deleted only after the new one is in place and its SHA-256, recorded in ``checkpoints/SHA256SUMS``
+right after the write, verifies. A checkpoint also lists the ``(kind, step)`` keys of every record
+written before it. On resume, :meth:`RunDirectory.prepare_resume`
+
+* uses the newest checkpoint whose digest verifies (a corrupt one is renamed ``*.corrupt``, one
+  whose digest was never recorded, cut off by a kill, ``*.incomplete``; one line says so);
+* reconciles ``metrics.jsonl`` with it: unparsable lines (a line torn by the kill) are dropped,
+  repeated keys kept once, records with ``step > s`` dropped (the resumed run recomputes them
+  identically); if a record the checkpoint lists is missing, it rolls back to the newest good
+  checkpoint before the first missing record, or to the start (training is deterministic given
+  the seed, so the replay writes the same records);
+* rewrites the file atomically when anything changed.
+
+A finished run's ``summary.json`` counts only while it and ``metrics.jsonl`` match the digests in
+``SHA256SUMS``; otherwise the run is resumed from its last checkpoint and the summary rebuilt from
+the records. A folder holding only sharpscope's own temporary files (a kill during the very first
+write) counts as empty; stale temporary files are removed when the lock is taken.
+
+Non-finite numbers are stored as the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``
+(:mod:`sharpscope.track.jsonsafe`); ``jsonsafe.as_float`` reads them back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from torch import nn
+
+from sharpscope.errors import CheckpointError, ConfigError, StorageError, os_error_text
+from sharpscope.io import RawCheckpoint, atomic_write_bytes, checksums, jsonsafe, read_checkpoint, save_checkpoint
+from sharpscope.io.records import record_kind
+from sharpscope.models import ModelSpec
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+CHECKPOINTS = "checkpoints"
+LOCK = ".lock"
+MANIFEST = checksums.MANIFEST
+_CKPT = re.compile(r"^step-(\d+)\.pt$")
+_OWN = (CONFIG, METRICS, SUMMARY, CHECKPOINTS, LOCK, MANIFEST)
+_OWN_TEMP = re.compile(r"^\.(config\.json|metrics\.jsonl|summary\.json|SHA256SUMS|step-\d+\.pt)\..+\.tmp$")
+_log = logging.getLogger("sharpscope")
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out or {prefix.rstrip("."): {}}
+    return {prefix.rstrip("."): d}
+
+
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any], *,
+                       defaults: Mapping[str, Any] | None = None) -> list[str]:
+    """Dotted keys whose values differ between two configs (``"optimizer_kwargs.lr"``).
+
+    A top-level key absent from ``old`` counts as ``defaults[key]`` when ``defaults`` has it: a
+    run made before a config field was added equals the same run with that field at its default.
+    """
+    old = {**{k: v for k, v in (defaults or {}).items() if k not in old}, **old}
+    a, b = _flat(jsonsafe.to_jsonable(old)), _flat(jsonsafe.to_jsonable(new))
+    return sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
+
+
+def record_key(record: Mapping[str, Any]) -> tuple[str, int]:
+    """``(kind, step)``: the identity of a metrics record (:func:`sharpscope.io.records.record_kind`)."""
+    step = record.get("step")
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise ConfigError(f"a metrics record needs an integer 'step', got {step!r}")
+    return record_kind(record), step
+
+
+class RunDirectory:
+    """A run directory at ``path`` (see the module docstring for the layout and guarantees).
+
+    Typical use::
+
+        run = RunDirectory(out)
+        with run.lock():
+            state = run.create(config, force=force)      # "new" or "resume"
+            start = run.prepare_resume() if state == "resume" else None
+            ...
+            run.append_metric({"step": t, "eigenvalues": [...]})
+            run.save_checkpoint(t, model, spec=spec, state={...})
+            run.write_summary({...})
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path).expanduser()
+        self._keys: set[tuple[str, int]] | None = None
+        self._resume_raw: RawCheckpoint | None = None
+        self.notes: list[str] = []  # one line per repair made on resume (also logged)
+
+    def _note(self, line: str) -> None:
+        self.notes.append(line)
+        _log.warning(line)
+
+    # ----------------------------------------------------------------------------- paths
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / SUMMARY
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    # ------------------------------------------------------------------------ life cycle
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold an exclusive advisory lock on the directory (two writers would corrupt it).
+
+        The lock is taken on the folder itself (created if missing), so a folder that turns out not
+        to be this run is left exactly as it was. It dies with the process (also on SIGKILL), so a
+        killed run never leaves it stuck.
+        """
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"{self.path} exists and is not a directory")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StorageError(f"cannot create the run directory {self.path}: {os_error_text(e)}") from None
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no locking
+            yield
+            return
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigError(f"{self.path}: another process is writing this run directory") from None
+            self._remove_temporaries()
+            yield
+        finally:
+            os.close(fd)
+
+    def _foreign_entries(self) -> list[str]:
+        return sorted(p.name for p in self.path.iterdir() if p.name not in _OWN and not p.name.startswith(".")) \
+            if self.path.is_dir() else []
+
+    def _is_empty(self) -> bool:
+        """No entries but the lock and sharpscope's own temporary files (a kill during the first write)."""
+        return not self.path.exists() or all(p.name == LOCK or _OWN_TEMP.match(p.name) for p in self.path.iterdir())
+
+    def _remove_temporaries(self) -> None:
+        """Delete temporary files that a killed writer left (only sharpscope's own: ``.NAME.*.tmp``)."""
+        for folder in (self.path, self.checkpoint_dir):
+            if folder.is_dir():
+                for p in folder.iterdir():
+                    if _OWN_TEMP.match(p.name):
+                        with contextlib.suppress(FileNotFoundError):
+                            p.unlink()
+
+    def create(self, config: Mapping[str, Any], *, force: bool = False, defaults: Mapping[str, Any] | None = None,
+               upgrade: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None) -> Literal["new", "resume"]:
+        """Start a new run or recognise the one to resume.
+
+        * missing or empty folder: write ``config.json``, return ``"new"``;
+        * a run folder whose ``config.json`` equals ``config``: return ``"resume"`` (nothing changes;
+          the stored config is first read into the current layout by ``upgrade``, keys missing from
+          it count as their ``defaults``, and the stored config is then rewritten, atomically, with
+          them filled in);
+        * anything else (another config, a folder that is not a run) raises :class:`ConfigError`
+          naming ``force=True`` (its ``argument`` is ``"force"``);
+        * ``force=True``: delete the run's own files (config, metrics, checkpoints, summary;
+          other files in the folder are left alone) and start new.
+        """
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"{self.path} exists and is not a directory")
+        text = jsonsafe.dumps(config, indent=2, sort_keys=True) + "\n"
+        if force:
+            self._remove_own_files()
+        elif not self._is_empty():
+            if not self.config_path.is_file():
+                raise ConfigError(f"{self.path} exists, is not empty and is not a sharpscope run directory "
+                                  "(no config.json); refusing to overwrite it: choose another folder or pass "
+                                  "force=True", argument="force")
+            try:
+                old = jsonsafe.loads(self.config_path.read_text(encoding="utf-8"))
+            except ValueError as e:
+                raise ConfigError(f"{self.config_path} is unreadable ({e}); "
+                                  "pass force=True to start the run again", argument="force") from None
+            if upgrade is not None:
+                old = dict(upgrade(old))
+            diff = config_differences(old, jsonsafe.loads(text), defaults=defaults)
+            if diff:
+                shown = ", ".join(diff[:8]) + (f" (+{len(diff) - 8} more)" if len(diff) > 8 else "")
+                raise ConfigError(f"{self.path} holds a run with a different configuration (differs in {shown}); "
+                                  "choose another folder, or pass force=True to overwrite it", argument="force")
+            if set(jsonsafe.loads(text)) - set(old):
+                atomic_write_bytes(self.config_path, text.encode())
+            self._keys = None
+            return "resume"
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.config_path, text.encode())
+        self._keys = set()
+        return "new"
+
+    def _remove_own_files(self) -> None:
+        if not self.path.is_dir():
+            return
+        for name in (CONFIG, METRICS, SUMMARY, MANIFEST):
+            with contextlib.suppress(FileNotFoundError):
+                (self.path / name).unlink()
+        shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+        self._remove_temporaries()
+        self._keys = set()
+
+    def read_config(self) -> dict[str, Any]:
+        """The stored ``config.json``."""
+        try:
+            return jsonsafe.loads(self.config_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{self.path}: no config.json; not a sharpscope run directory") from None
+
+    # --------------------------------------------------------------------------- metrics
+    def read_metrics(self, *, torn_ok: bool = False) -> list[dict[str, Any]]:
+        """Every record of ``metrics.jsonl`` in order (strict JSON).
+
+        A last line cut short by a kill is skipped when ``torn_ok``; any other unreadable line
+        raises :class:`CheckpointError`.
+        """
+        if not self.metrics_path.is_file():
+            return []
+        lines = self.metrics_path.read_text(encoding="utf-8").split("\n")
+        records = []
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                rec = jsonsafe.loads(line)
+                if not isinstance(rec, dict):
+                    raise ValueError("not an object")
+            except ValueError as e:
+                last = all(not rest.strip() for rest in lines[i + 1:])
+                if torn_ok and last:
+                    continue
+                raise CheckpointError(f"{self.metrics_path}: line {i + 1} is not a JSON record ({e})") from None
+            records.append(rec)
+        return records
+
+    def _known_keys(self) -> set[tuple[str, int]]:
+        if self._keys is None:
+            self._keys = {record_key(r) for r in self.read_metrics(torn_ok=True)}
+        return self._keys
+
+    def has_metric(self, kind: str, step: int) -> bool:
+        """Whether a record ``(kind, step)`` is already in ``metrics.jsonl``."""
+        return (kind, step) in self._known_keys()
+
+    def find_metric(self, kind: str, step: int) -> dict[str, Any] | None:
+        """The stored record ``(kind, step)``, or None (reads the file)."""
+        for rec in self.read_metrics(torn_ok=True):
+            if record_key(rec) == (kind, step):
+                return rec
+        return None
+
+    def append_metric(self, record: Mapping[str, Any]) -> bool:
+        """Append one record as a line (strict JSON), flush and ``os.fsync``; return True.
+
+        A record whose ``(kind, step)`` is already stored is not written again (returns False),
+        so every metric is recorded exactly once even when a resumed run recomputes it.
+        """
+        key = record_key(record)
+        keys = self._known_keys()
+        if key in keys:
+            return False
+        line = jsonsafe.dumps(dict(record)) + "\n"
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        keys.add(key)
+        return True
+
+    def _scan_metrics(self) -> tuple[list[dict[str, Any]], list[int], int]:
+        """Every readable record once, in order; the numbers of the lines that did not parse; the
+        number of repeated records dropped."""
+        if not self.metrics_path.is_file():
+            return [], [], 0
+        records, bad, seen, repeated = [], [], set(), 0
+        for i, line in enumerate(self.metrics_path.read_text(encoding="utf-8", errors="replace").split("\n")):
+            if not line.strip():
+                continue
+            try:
+                rec = jsonsafe.loads(line)
+                key = record_key(rec) if isinstance(rec, dict) else None
+            except ValueError:
+                key = None
+            if key is None:
+                bad.append(i + 1)
+            elif key in seen:
+                repeated += 1
+            else:
+                seen.add(key)
+                records.append(rec)
+        return records, bad, repeated
+
+    def prepare_resume(self, *, replay: bool = True) -> int | None:
+        """Make the directory consistent with its newest good checkpoint; return that checkpoint's step.
+
+        See the module docstring: a checkpoint that fails its checksum or cannot be read is set
+        aside for the previous one; unparsable and repeated lines are dropped, as are records after
+        the checkpoint; records the checkpoint lists but the file lacks are recomputed by rolling
+        back to an earlier checkpoint (or the start: None is returned then, as when there is no
+        checkpoint) — or, with ``replay=False``, refused with a :class:`CheckpointError` naming them.
+        ``metrics.jsonl`` is rewritten atomically when anything changed; the summary is removed.
+        """
+        self._remove_temporaries()
+        records, bad, repeated = self._scan_metrics()
+        if bad:
+            self._note(f"{self.metrics_path}: dropped {len(bad)} unreadable line(s) (line {', '.join(map(str, bad[:5]))}"
+                       f"{', ...' if len(bad) > 5 else ''})")
+        if repeated:
+            self._note(f"{self.metrics_path}: dropped {repeated} repeated record(s)")
+        present = {record_key(r) for r in records}
+        chosen = self._good_checkpoint()
+        while chosen is not None:
+            step, raw = chosen
+            listed = raw.extra.get("records")
+            missing = sorted({(str(k), int(t)) for k, t in listed} - present, key=lambda kt: (kt[1], kt[0])) \
+                if isinstance(listed, list) else []
+            if not missing:
+                break
+            shown = ", ".join(f"{k}@{t}" for k, t in missing[:6]) + (f" (+{len(missing) - 6} more)" if len(missing) > 6 else "")
+            if not replay:
+                raise CheckpointError(f"{self.metrics_path} lacks {len(missing)} record(s) written before the checkpoint "
+                                      f"at step {step}: {shown}; pass force=True to start the run again",
+                                      argument="force")
+            first = missing[0][1]
+            earlier = [(t, p) for t, p in self.checkpoints() if t < first]
+            for t, p in self._checkpoint_files():
+                if t >= first:  # recomputed identically by the replay
+                    with contextlib.suppress(FileNotFoundError):
+                        p.unlink()
+                    with contextlib.suppress(OSError):
+                        checksums.forget(p)
+            chosen = self._good_checkpoint() if earlier else None
+            self._note(f"{self.metrics_path} lacks {len(missing)} record(s) ({shown}); replaying from "
+                       + (f"the checkpoint at step {chosen[0]}" if chosen is not None else "the start")
+                       + " to recompute them")
+        resume_step = None if chosen is None else chosen[0]
+        self._resume_raw = None if chosen is None else chosen[1]
+        keep = [r for r in records if resume_step is not None and record_key(r)[1] <= resume_step]
+        text = "".join(jsonsafe.dumps(r) + "\n" for r in keep)
+        current = self.metrics_path.read_text(encoding="utf-8", errors="replace") if self.metrics_path.is_file() else ""
+        if text != current:
+            atomic_write_bytes(self.metrics_path, text.encode())
+        with contextlib.suppress(FileNotFoundError):
+            self.summary_path.unlink()  # the run is running again: its summary is not final
+        self._keys = {record_key(r) for r in keep}
+        return resume_step
+
+    # ------------------------------------------------------------------------ checkpoints
+    def _checkpoint_files(self) -> list[tuple[int, Path]]:
+        """``(step, path)`` of every ``step-*.pt`` file, by step, its write finished or not."""
+        if not self.checkpoint_dir.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.checkpoint_dir.iterdir() if (m := _CKPT.match(p.name))]
+        return sorted(found)
+
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """``(step, path)`` of the stored checkpoints, by step: those whose checksum is recorded
+        (all of them in a run directory from before checksums)."""
+        recorded = checksums.read_manifest(self.checkpoint_dir)
+        return [(t, p) for t, p in self._checkpoint_files() if recorded is None or p.name in recorded]
+
+    def latest_checkpoint(self) -> tuple[int, Path] | None:
+        """The newest checkpoint, or None."""
+        found = self.checkpoints()
+        return found[-1] if found else None
+
+    def save_checkpoint(self, step: int, model: nn.Module, *, spec: ModelSpec | None,
+                        state: Mapping[str, Any], keep_older: bool = False) -> Path:
+        """Write ``checkpoints/step-<step>.pt`` atomically (model weights + spec, and ``state``:
+        optimizer state, generator states, ... ; tensors allowed) with the keys of the records
+        written so far, record its SHA-256, verify it, then delete older checkpoints unless
+        ``keep_older``."""
+        path = self.checkpoint_dir / f"step-{step:08d}.pt"
+        listed = [[k, t] for k, t in sorted(self._known_keys(), key=lambda kt: (kt[1], kt[0]))]
+        save_checkpoint(path, model, spec=spec, extra={**state, "step": int(step), "records": listed})
+        checksums.verify(path)
+        if not keep_older:
+            older = [p for old_step, p in self._checkpoint_files() if old_step != step]
+            for p in older:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+            checksums.forget(*older)
+        return path
+
+    def _good_checkpoint(self) -> tuple[int, RawCheckpoint] | None:
+        """The newest checkpoint that verifies and reads, with its contents; the ones after it
+        are set aside (``*.corrupt`` or ``*.incomplete``) with a note each."""
+        for step, path in reversed(self._checkpoint_files()):
+            try:
+                verdict = checksums.verify(path)
+                if verdict == "unrecorded":
+                    target = path.with_name(path.name + ".incomplete")
+                    os.replace(path, target)
+                    self._note(f"{path}: its checksum was never recorded (the write was cut off); "
+                               f"set aside as {target.name}, resuming from an earlier checkpoint or the start")
+                    continue
+                raw = read_checkpoint(path, unsafe_flag="")
+                if raw.extra.get("step") != step:
+                    raise CheckpointError(f"{path}: corrupt file: stored step {raw.extra.get('step')!r} "
+                                          "does not match its name")
+            except CheckpointError as e:
+                target = checksums.set_aside(path)
+                self._note(f"{e}; set aside as {target.name}, resuming from an earlier checkpoint or the start")
+                continue
+            return step, raw
+        return None
+
+    def load_checkpoint(self, map_location: Any = "cpu") -> RawCheckpoint | None:
+        """The latest checkpoint's contents (weights, spec and ``extra`` = the saved state), or None.
+
+        Its SHA-256 is verified first (a mismatch raises :class:`CheckpointError`, "corrupt file").
+        """
+        latest = self.latest_checkpoint()
+        if latest is None:
+            return None
+        cached = self._resume_raw
+        if cached is not None and cached.path == latest[1] and map_location in ("cpu", None):
+            return cached
+        raw = read_checkpoint(latest[1], map_location=map_location, unsafe_flag="")
+        if raw.extra.get("step") != latest[0]:
+            raise CheckpointError(f"{latest[1]}: stored step {raw.extra.get('step')!r} does not match its name")
+        return raw
+
+    # ---------------------------------------------------------------------------- summary
+    def write_summary(self, summary: Mapping[str, Any]) -> Path:
+        """Write ``summary.json`` atomically (strict JSON), then record the digests of the finished
+        run's files (config, metrics, summary) in ``SHA256SUMS``."""
+        text = jsonsafe.dumps(summary, indent=2) + "\n"
+        path = atomic_write_bytes(self.summary_path, text.encode())
+        checksums.record(*(p for p in (self.config_path, self.metrics_path, self.summary_path) if p.is_file()))
+        return path
+
+    def read_summary(self) -> dict[str, Any] | None:
+        """The stored summary, or None while the run is unfinished."""
+        if not self.summary_path.is_file():
+            return None
+        return jsonsafe.loads(self.summary_path.read_text(encoding="utf-8"))
+
+    def finished_summary(self) -> dict[str, Any] | None:
+        """The stored summary if it is intact and ``metrics.jsonl`` is the one it was written
+        with (both checked against ``SHA256SUMS``); else None, with a note, so that the run is
+        resumed from its last checkpoint and the summary rebuilt."""
+        if not self.summary_path.is_file():
+            return None
+        try:
+            recorded = checksums.read_manifest(self.path) or {}
+            for path in (self.summary_path, self.metrics_path):
+                if not path.is_file():
+                    if path.name in recorded:
+                        raise CheckpointError(f"{path}: missing, though the finished run recorded it")
+                elif checksums.verify(path) == "unrecorded":
+                    raise CheckpointError(f"{path}: changed since the run finished (no recorded checksum)")
+            return self.read_summary()
+        except (CheckpointError, ValueError, UnicodeDecodeError) as e:
+            self._note(f"{str(e).splitlines()[0]}; rebuilding the run's summary from its last checkpoint")
+            return None
