@@ -74,8 +74,7 @@ class ProbeSettings:
         if self.operator != "hessian":
             hessian_only = {"per_layer=True": self.per_layer, "cache_graphs=True": self.curvature.cache_graphs is True,
                             f"hvp_mode={self.curvature.hvp_mode!r}": self.curvature.hvp_mode != "auto",
-                            "compile=True": self.curvature.compile,
-                            "precision='bf16'": self.curvature.precision == "bf16"}
+                            "compile=True": self.curvature.compile}
             used = [name for name, on in hessian_only.items() if on]
             if used:
                 raise ConfigError(f"{', '.join(used)} appl{'ies' if len(used) == 1 else 'y'} to the Hessian only, "
@@ -129,9 +128,9 @@ def curvature_operator(objective: Objective, settings: ProbeSettings) -> LinearO
     """The matrix the probe measures: the Hessian, the generalised Gauss–Newton or the empirical Fisher."""
     c = settings.curvature
     if settings.operator == "ggn":
-        return GGNOperator(objective, block_size=c.block_size, allow_tf32=c.precision == "tf32")
+        return GGNOperator(objective, block_size=c.block_size, precision=c.precision)
     if settings.operator == "ef":
-        return EmpiricalFisherOperator(objective, block_size=c.block_size, allow_tf32=c.precision == "tf32")
+        return EmpiricalFisherOperator(objective, block_size=c.block_size, precision=c.precision)
     return c.hessian(objective)
 
 

@@ -30,7 +30,7 @@ from torch.func import grad, jvp, vjp, vmap
 from sharpscope.curvature.distributed import sum_across_ranks
 from sharpscope.curvature.linear_operator import LinearOperator
 from sharpscope.curvature.objective import Batch, Objective
-from sharpscope.curvature.precision import fp32_precision
+from sharpscope.curvature.precision import MeasuredPrecision, ProductPrecision, checked_precision, product_precision
 from sharpscope.errors import ConfigError, ObjectiveError
 
 
@@ -49,24 +49,31 @@ def output_loss(objective: Objective, out: Tensor, batch: Batch) -> Tensor:
     return objective.output_loss(out, batch)
 
 
-class OutputCurvatureOperator(LinearOperator):
+class OutputCurvatureOperator(MeasuredPrecision, LinearOperator):
     """``v -> Σ_b w_b J_bᵀ M_b J_b v``; subclasses give the output-space product ``M_b U``.
 
     Args:
         objective: model, loss and probe set (dropout off; BatchNorm as the objective says).
         block_size: vectors per vmapped pass (memory: one batch's outputs times the block).
-        allow_tf32: let CUDA use TF32 (about 1e-3 relative error per product); off by default.
+        precision: the products' arithmetic, as for :class:`~sharpscope.curvature.HessianOperator`:
+            ``"strict"`` IEEE float32 (the default), ``"tf32"`` or ``"bf16"``; a fast one measures its
+            deviation from a strict product once (:meth:`precision_record`).
+        allow_tf32: the older spelling of ``precision="tf32"``.
     """
 
     name = "output-curvature"
 
-    def __init__(self, objective: Objective, *, block_size: int = 8, allow_tf32: bool = False) -> None:
+    def __init__(self, objective: Objective, *, block_size: int = 8, allow_tf32: bool = False,
+                 precision: ProductPrecision | None = None) -> None:
         if block_size < 1:
             raise ConfigError(f"block_size must be positive, got {block_size}")
+        self.precision: ProductPrecision = checked_precision(precision, allow_tf32, objective.dtype)
         super().__init__(objective.dim, objective.dtype, objective.device)
         self.objective = objective
         self.block_size = block_size
-        self.allow_tf32 = allow_tf32
+        self.allow_tf32 = self.precision == "tf32"
+        self.compile = False
+        self._init_precision_check()
         with objective.mode(), torch.no_grad():
             first = objective.batches[0]
             out = batch_outputs(objective, self._params(), first)
@@ -107,16 +114,23 @@ class OutputCurvatureOperator(LinearOperator):
         """Per-batch quantities the output product reuses for every vector of a block."""
         return None
 
-    def _matmat(self, V: Tensor) -> Tensor:
-        rows = V.T.contiguous()
+    def _products(self, rows: Tensor, precision: ProductPrecision) -> Tensor:
+        """``Σ_b w_b J_bᵀ M_b J_b`` applied to the rows over this rank's batches, summed across ranks."""
         out = torch.zeros_like(rows)
         params = self._params()
-        with fp32_precision(self.allow_tf32), self.objective.mode():
+        with product_precision(precision, self.device), self.objective.mode():
             for batch, w in zip(self.objective.batches, self.objective.weights()):
                 for start in range(0, rows.shape[0], self.block_size):
                     stop = min(start + self.block_size, rows.shape[0])
                     out[start:stop] += w * self._batch_product(params, batch, rows[start:stop])
-        sum_across_ranks(out)
+        return sum_across_ranks(out)
+
+    def _strict_and_configured(self, v: Tensor) -> tuple[Tensor, Tensor]:
+        return self._products(v, "strict"), self._products(v, self.precision)
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        self._check_products_once()
+        out = self._products(V.T.contiguous(), self.precision)
         if not torch.isfinite(out).all():
             raise ObjectiveError(f"a {self.name} product is not finite: the loss or its derivatives overflow "
                                  "at these parameters")
@@ -124,7 +138,7 @@ class OutputCurvatureOperator(LinearOperator):
 
     def describe(self) -> dict[str, object]:
         return {**self.objective.describe(), "operator": self.name, "block_size": self.block_size,
-                "tf32": self.allow_tf32}
+                "product_precision": self.precision_record()}
 
 
 class GGNOperator(OutputCurvatureOperator):

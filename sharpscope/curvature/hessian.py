@@ -22,7 +22,7 @@ from sharpscope.curvature.hvp import (
 from sharpscope.curvature.linear_operator import LinearOperator
 from sharpscope.curvature.memory import available_bytes
 from sharpscope.curvature.objective import Batch, Objective
-from sharpscope.curvature.precision import ProductPrecision, product_precision, relative_deviation, resolve_precision
+from sharpscope.curvature.precision import MeasuredPrecision, ProductPrecision, checked_precision, product_precision
 from sharpscope.curvature.sampling import Stopwatch
 from sharpscope.errors import ConfigError, ObjectiveError
 
@@ -34,7 +34,7 @@ HVPMode = Literal["auto", "fwd-rev", "rev-rev", "fd"]
 _TIMED_CHOICES: dict[tuple[object, ...], dict[str, object]] = {}
 
 
-class HessianOperator(LinearOperator):
+class HessianOperator(MeasuredPrecision, LinearOperator):
     """``v -> H v`` with ``H = ∇²L(θ)`` the Hessian of the objective's mean loss over the probe set.
 
     ``H v = Σ_b (n_b / N) H_b v`` is accumulated batch by batch, so memory is bounded by one batch
@@ -101,10 +101,7 @@ class HessianOperator(LinearOperator):
             raise ConfigError(f"cache_graphs must be True, False or 'auto', got {cache_graphs!r}")
         if compile not in (True, False):
             raise ConfigError(f"compile must be True or False, got {compile!r}")
-        self.precision: ProductPrecision = resolve_precision(precision, allow_tf32)
-        if self.precision == "bf16" and objective.dtype != torch.float32:
-            raise ConfigError(f"precision='bf16' autocasts float32 products; this objective computes in "
-                              f"{str(objective.dtype).removeprefix('torch.')}")
+        self.precision: ProductPrecision = checked_precision(precision, allow_tf32, objective.dtype)
         if compile and (mode in ("rev-rev", "fd") or cache_graphs is True):
             raise ConfigError("compile=True compiles forward-over-reverse products (torch.compile does not "
                               f"support double backward); it cannot be combined with mode={mode!r}"
@@ -117,8 +114,7 @@ class HessianOperator(LinearOperator):
         self.requested = mode
         self.cache_requested = cache_graphs
         self.selection: dict[str, dict[str, object]] = {}
-        self.check: dict[str, object] | None = None
-        self._check_pending = compile or self.precision != "strict"
+        self._init_precision_check()
         if compile:
             self.selection["compile"] = {"chosen": "fwd-rev", "reason": "torch.compile cannot compile double "
                                          "backward, so compiled products are forward over reverse"}
@@ -164,8 +160,7 @@ class HessianOperator(LinearOperator):
         rows = V.T.contiguous()
         if self._cache_pending:
             self._decide_cache()
-        if self._check_pending:
-            self._check_products()
+        self._check_products_once()
         out = self._products(rows, self.precision, compiled=self.compile, cached=self.cache_graphs)
         sum_across_ranks(out)
         if not torch.isfinite(out).all():
@@ -206,29 +201,13 @@ class HessianOperator(LinearOperator):
                     start = stop
         return out
 
-    def _check_products(self) -> None:
-        """Multiply one fixed random vector (seed 0) strictly and eagerly, and as configured (fast
-        arithmetic, compiled), and record the relative deviation of the configured product."""
-        self._check_pending = False
-        clock = Stopwatch(self.device)
-        gen = torch.Generator().manual_seed(0)
-        v = torch.randn(1, self.dim, generator=gen, dtype=torch.float64).to(self.device, self.dtype)
+    def _strict_and_configured(self, v: Tensor) -> tuple[Tensor, Tensor]:
         reference = sum_across_ranks(self._products(v, "strict", compiled=False, cached=False))
-        candidate = sum_across_ranks(self._products(v, self.precision, compiled=self.compile,
-                                                    cached=self.cache_graphs))
-        self.check = {"deviation": relative_deviation(candidate, reference), "vectors": 1, "hvps": 2,
-                      "seconds": clock.seconds(), "mode": self.modes.get("single"),
-                      "measure": "‖Hv − Hv_strict‖ / ‖Hv_strict‖ for one Gaussian vector (seed 0), against "
-                                 "strict eager products"}
+        return reference, sum_across_ranks(self._products(v, self.precision, compiled=self.compile,
+                                                          cached=self.cache_graphs))
 
-    def precision_record(self) -> dict[str, object]:
-        """The products' arithmetic and, for fast or compiled products, their measured relative deviation
-        from strict eager ones (``None`` for strict eager products, which are the reference)."""
-        record: dict[str, object] = {"precision": self.precision, "compiled": self.compile}
-        if self.check is not None:
-            return {**record, **self.check}
-        reason = "not yet measured (no product taken)" if self._check_pending else "strict eager products are the reference"
-        return {**record, "deviation": None, "reason": reason}
+    def _check_details(self) -> dict[str, object]:
+        return {"mode": self.modes.get("single")}
 
     @contextlib.contextmanager
     def _backend_settings(self, precision: ProductPrecision | None = None) -> Iterator[None]:
@@ -326,7 +305,7 @@ class HessianOperator(LinearOperator):
 
     def describe(self) -> dict[str, object]:
         return {**self.objective.describe(), "hvp_mode": self.mode, "hvp_mode_requested": self.requested,
-                "mode_selection": self.selection, "block_size": self.block_size, "tf32": self.allow_tf32,
+                "mode_selection": self.selection, "block_size": self.block_size,
                 "product_precision": self.precision_record(),
                 "cache_graphs": "auto (not yet chosen)" if self._cache_pending else self.cache_graphs,
                 "cudnn_benchmark": self.cudnn_benchmark if self.device.type == "cuda" else None}

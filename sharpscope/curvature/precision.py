@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from sharpscope.curvature.sampling import Stopwatch
 from sharpscope.errors import ConfigError
 
 ProductPrecision = Literal["strict", "tf32", "bf16"]
@@ -57,6 +58,65 @@ def resolve_precision(precision: str | None, allow_tf32: bool) -> ProductPrecisi
     if allow_tf32 and precision != "tf32":
         raise ConfigError(f"allow_tf32=True asks for TF32 products but precision={precision!r}; give one of them")
     return precision
+
+
+def checked_precision(precision: str | None, allow_tf32: bool, dtype: torch.dtype) -> ProductPrecision:
+    """:func:`resolve_precision`, refusing ``"bf16"`` for an objective that does not compute in float32."""
+    resolved = resolve_precision(precision, allow_tf32)
+    if resolved == "bf16" and dtype != torch.float32:
+        raise ConfigError(f"precision='bf16' autocasts float32 products; this objective computes in "
+                          f"{str(dtype).removeprefix('torch.')}", argument="precision")
+    return resolved
+
+
+class MeasuredPrecision:
+    """For an operator whose products may be fast (TF32, bf16) or compiled: at the first product,
+    multiply one fixed Gaussian vector (seed 0) strictly and eagerly and as configured, and keep
+    ``‖Av − Av_strict‖ / ‖Av_strict‖`` (:meth:`precision_record`).
+
+    The operator sets ``precision`` and ``compile``, calls :meth:`_init_precision_check`, implements
+    :meth:`_strict_and_configured` and calls :meth:`_check_products_once` before its first product.
+    """
+
+    precision: ProductPrecision
+    compile: bool
+    dim: int
+    dtype: torch.dtype
+    device: torch.device
+
+    def _init_precision_check(self) -> None:
+        self.check: dict[str, object] | None = None
+        self._check_pending = self.compile or self.precision != "strict"
+
+    def _strict_and_configured(self, v: Tensor) -> tuple[Tensor, Tensor]:
+        """The products of the rows ``v`` strictly and eagerly, then as configured."""
+        raise NotImplementedError
+
+    def _check_details(self) -> dict[str, object]:
+        """More to record with the deviation (e.g. the product mode)."""
+        return {}
+
+    def _check_products_once(self) -> None:
+        if not self._check_pending:
+            return
+        self._check_pending = False
+        clock = Stopwatch(self.device)
+        gen = torch.Generator().manual_seed(0)
+        v = torch.randn(1, self.dim, generator=gen, dtype=torch.float64).to(self.device, self.dtype)
+        reference, candidate = self._strict_and_configured(v)
+        self.check = {"deviation": relative_deviation(candidate, reference), "vectors": 1, "hvps": 2,
+                      "seconds": clock.seconds(), **self._check_details(),
+                      "measure": "‖Av − Av_strict‖ / ‖Av_strict‖ for one Gaussian vector (seed 0), against "
+                                 "strict eager products"}
+
+    def precision_record(self) -> dict[str, object]:
+        """The products' arithmetic and, for fast or compiled products, their measured relative deviation
+        from strict eager ones (``None`` for strict eager products, which are the reference)."""
+        record: dict[str, object] = {"precision": self.precision, "compiled": self.compile}
+        if self.check is not None:
+            return {**record, **self.check}
+        reason = "not yet measured (no product taken)" if self._check_pending else "strict eager products are the reference"
+        return {**record, "deviation": None, "reason": reason}
 
 
 @contextlib.contextmanager

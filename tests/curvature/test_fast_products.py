@@ -59,7 +59,7 @@ def test_strict_and_tf32_records() -> None:
     record = lanczos(op, k=1, tol=1e-2, seed=0).settings["product_precision"]
     assert record["precision"] == "strict" and record["deviation"] is None and "reference" in record["reason"]
     legacy = HessianOperator(objective, mode="rev-rev", allow_tf32=True)  # the older flag means TF32
-    assert legacy.precision == "tf32" and legacy.describe()["tf32"] is True
+    assert legacy.precision == "tf32" and legacy.describe()["product_precision"]["precision"] == "tf32"
     legacy.matvec(check_vector(op.dim).float())
     assert legacy.precision_record()["deviation"] < 1e-6  # the CPU has no TF32 path: equal to strict
     for kwargs, message in ((dict(precision="fp8"), "precision must be"),
@@ -100,3 +100,25 @@ def test_compiled_block_products_and_block_lanczos_equal_eager() -> None:
     a = lanczos(compiled, k=3, block=3, tol=1e-10, max_iter=compiled.dim, seed=0)
     b = lanczos(eager, k=3, block=3, tol=1e-10, max_iter=eager.dim, seed=0)
     assert torch.allclose(a.eigenvalues, b.eigenvalues, rtol=1e-11, atol=0)
+
+
+@pytest.mark.parametrize("operator", ["ggn", "ef"])
+def test_output_space_operators_report_their_bf16_deviation(operator: str) -> None:
+    """GGN and empirical Fisher take the same precision option: the deviation they record is that of
+    the products they then use, against a strict operator of the same kind (itself checked against
+    dense matrices in the GGN tests)."""
+    from sharpscope import EmpiricalFisherOperator, GGNOperator
+
+    model, x, y = float32_problem()
+    objective = Objective(model, nn.CrossEntropyLoss(), (x, y))
+    kind = GGNOperator if operator == "ggn" else EmpiricalFisherOperator
+    strict, fast = kind(objective), kind(objective, precision="bf16")
+    v = check_vector(objective.dim).float()
+    exact, approx = strict.matvec(v).double(), fast.matvec(v).double()
+    record = fast.precision_record()
+    assert record["precision"] == "bf16" and record["hvps"] == 2 and fast.describe()["product_precision"] == record
+    assert 1e-4 < record["deviation"] < 0.1
+    assert record["deviation"] == pytest.approx(float((approx - exact).norm() / exact.norm()), rel=1e-6)
+    assert strict.precision_record()["deviation"] is None
+    with pytest.raises(ConfigError, match="float64"):
+        kind(Objective(tiny_mlp(), nn.CrossEntropyLoss(), mlp_data()), precision="bf16")

@@ -59,4 +59,4 @@ def test_tf32_is_off_during_products_and_restored_after() -> None:
     op.matvec(torch.randn(op.dim, device="cuda"))
     assert seen and all(s == ("ieee", "ieee") for s in seen)
     assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == before
-    assert op.describe()["tf32"] is False
+    assert op.describe()["product_precision"]["precision"] == "strict"
