@@ -30,7 +30,7 @@ from torch.func import grad, jvp, vjp, vmap
 from sharpscope.curvature.distributed import sum_across_ranks
 from sharpscope.curvature.linear_operator import LinearOperator
 from sharpscope.curvature.objective import Batch, Objective
-from sharpscope.curvature.precision import MeasuredPrecision, ProductPrecision, checked_precision, product_precision
+from sharpscope.curvature.precision import MeasuredPrecision, ProductPrecision, product_precision, resolve_precision
 from sharpscope.errors import ConfigError, ObjectiveError
 
 
@@ -67,7 +67,7 @@ class OutputCurvatureOperator(MeasuredPrecision, LinearOperator):
                  precision: ProductPrecision | None = None) -> None:
         if block_size < 1:
             raise ConfigError(f"block_size must be positive, got {block_size}")
-        self.precision: ProductPrecision = checked_precision(precision, allow_tf32, objective.dtype)
+        self.precision: ProductPrecision = resolve_precision(precision, allow_tf32, objective.dtype)
         super().__init__(objective.dim, objective.dtype, objective.device)
         self.objective = objective
         self.block_size = block_size

@@ -22,7 +22,7 @@ from sharpscope.curvature.hvp import (
 from sharpscope.curvature.linear_operator import LinearOperator
 from sharpscope.curvature.memory import available_bytes
 from sharpscope.curvature.objective import Batch, Objective
-from sharpscope.curvature.precision import MeasuredPrecision, ProductPrecision, checked_precision, product_precision
+from sharpscope.curvature.precision import MeasuredPrecision, ProductPrecision, product_precision, resolve_precision
 from sharpscope.curvature.sampling import Stopwatch
 from sharpscope.errors import ConfigError, ObjectiveError
 
@@ -101,7 +101,7 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
             raise ConfigError(f"cache_graphs must be True, False or 'auto', got {cache_graphs!r}")
         if compile not in (True, False):
             raise ConfigError(f"compile must be True or False, got {compile!r}")
-        self.precision: ProductPrecision = checked_precision(precision, allow_tf32, objective.dtype)
+        self.precision: ProductPrecision = resolve_precision(precision, allow_tf32, objective.dtype)
         if compile and (mode in ("rev-rev", "fd") or cache_graphs is True):
             raise ConfigError("compile=True compiles forward-over-reverse products (torch.compile does not "
                               f"support double backward); it cannot be combined with mode={mode!r}"

@@ -49,24 +49,19 @@ def _cuda_fp32(mode: str) -> Iterator[None]:
         matmul.fp32_precision, conv.fp32_precision = saved
 
 
-def resolve_precision(precision: str | None, allow_tf32: bool) -> ProductPrecision:
-    """The product precision from ``precision`` and the older ``allow_tf32`` flag (``True`` means ``"tf32"``)."""
+def resolve_precision(precision: str | None, allow_tf32: bool, dtype: torch.dtype) -> ProductPrecision:
+    """The product precision from ``precision`` and the older ``allow_tf32`` flag (``True`` means
+    ``"tf32"``); ``"bf16"`` only for an objective that computes in float32."""
     if precision is None:
         return "tf32" if allow_tf32 else "strict"
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     if allow_tf32 and precision != "tf32":
         raise ConfigError(f"allow_tf32=True asks for TF32 products but precision={precision!r}; give one of them")
-    return precision
-
-
-def checked_precision(precision: str | None, allow_tf32: bool, dtype: torch.dtype) -> ProductPrecision:
-    """:func:`resolve_precision`, refusing ``"bf16"`` for an objective that does not compute in float32."""
-    resolved = resolve_precision(precision, allow_tf32)
-    if resolved == "bf16" and dtype != torch.float32:
+    if precision == "bf16" and dtype != torch.float32:
         raise ConfigError(f"precision='bf16' autocasts float32 products; this objective computes in "
                           f"{str(dtype).removeprefix('torch.')}", argument="precision")
-    return resolved
+    return precision
 
 
 class MeasuredPrecision:
