@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sharpscope.curvature.lanczos import ConvergenceWarning, _orthogonalize, tridiagonal_eigh
+from sharpscope.curvature.lanczos import ConvergenceWarning, tridiagonal_eigh
 from sharpscope.curvature.linear_operator import LinearOperator
 from sharpscope.curvature.memory import check_fits, vector_bytes
 from sharpscope.curvature.results import DensityResult, gaussian_density
@@ -82,6 +82,19 @@ def run_has_settled(previous: tuple[np.ndarray, np.ndarray], current: tuple[np.n
     return bool(ends_moved <= tol * sigma) and smoothed_l1(previous, current, width) <= tol
 
 
+def orthogonalize_rows(w: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
+    """Remove from the rows of ``w`` (``(r, dim)``) their components on ``basis`` (``(r, j, dim)``), twice.
+
+    Returns the orthogonalised rows and the accumulated coefficients ``(r, j)``.
+    """
+    coeffs = torch.zeros(basis.shape[0], basis.shape[1], dtype=w.dtype, device=w.device)
+    for _ in range(2):
+        c = torch.bmm(basis, w[:, :, None])
+        w = w - torch.bmm(basis.transpose(1, 2), c)[:, :, 0]
+        coeffs += c[:, :, 0]
+    return w, coeffs
+
+
 def lockstep_tridiagonals(op: LinearOperator, starts: Tensor, max_steps: int, *, sigma2: float,
                           tol: float | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Lanczos runs from the columns of ``starts`` (``(dim, r)``) in lockstep, with full re-orthogonalisation.
@@ -111,7 +124,7 @@ def lockstep_tridiagonals(op: LinearOperator, starts: Tensor, max_steps: int, *,
     active = torch.arange(r)
     for j in range(max_steps):
         w = op.matmat(basis[:, j].T).T
-        w, coeffs = _orthogonalize(w, basis[:, : j + 1])
+        w, coeffs = orthogonalize_rows(w, basis[:, : j + 1])
         alphas[active, j] = coeffs[:, j].double().cpu()
         norms = w.norm(dim=1)
         betas[active, j] = norms.double().cpu()

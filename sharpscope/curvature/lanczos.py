@@ -71,19 +71,6 @@ def wanted_indices(theta: np.ndarray, k: int, which: Which) -> np.ndarray:
     return np.array(sorted(picked, key=lambda i: -theta[i]), dtype=np.int64)
 
 
-def _orthogonalize(w: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
-    """Remove from the rows of ``w`` (``(r, dim)``) their components on ``basis`` (``(r, j, dim)``), twice.
-
-    Returns the orthogonalised rows and the accumulated coefficients ``(r, j)``.
-    """
-    coeffs = torch.zeros(basis.shape[0], basis.shape[1], dtype=w.dtype, device=w.device)
-    for _ in range(2):
-        c = torch.bmm(basis, w[:, :, None])
-        w = w - torch.bmm(basis.transpose(1, 2), c)[:, :, 0]
-        coeffs += c[:, :, 0]
-    return w, coeffs
-
-
 def _start_vector(op: LinearOperator, v0: Tensor | None, gen: torch.Generator) -> Tensor:
     if v0 is None:
         v = torch.randn(op.dim, generator=gen, dtype=torch.float64).to(device=op.device, dtype=op.dtype)
@@ -298,41 +285,3 @@ def lanczos(op: LinearOperator, k: int = 1, *, which: Which = "LA", tol: float =
                                  "min_steps": min_steps if stop == "eigenvalue" else None, "steps": j + 1,
                                  "restarts": restarts, "warm_start": v0 is not None, "seed": seed_record(seed, gen)},
                        memory=memory)
-
-
-def lanczos_tridiagonals(op: LinearOperator, starts: Tensor, num_steps: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Run independent Lanczos processes from the columns of ``starts`` (``(dim, r)``), in lockstep.
-
-    All runs share each :meth:`~LinearOperator.matmat` call. A run whose Krylov space becomes
-    invariant stops there (its quadrature is then exact). Returns ``alphas`` ``(r, m)``, ``betas``
-    ``(r, m)`` (``betas[:, i]`` couples steps ``i`` and ``i+1``) and the per-run ``lengths``.
-    """
-    r = starts.shape[1]
-    num_steps = min(num_steps, op.dim)
-    check_fits(f"{r} Lanczos bases of {num_steps} vectors of length {op.dim:,}",
-               vector_bytes(op.dim, op.dtype, r * (num_steps + 3)), op.device, hint="use fewer runs or steps")
-    eps = float(torch.finfo(op.dtype).eps)
-    basis = torch.zeros(r, num_steps, op.dim, dtype=op.dtype, device=op.device)
-    basis[:, 0] = (starts / starts.norm(dim=0, keepdim=True)).T
-    alphas = torch.zeros(r, num_steps, dtype=torch.float64)
-    betas = torch.zeros(r, num_steps, dtype=torch.float64)
-    lengths = torch.full((r,), num_steps, dtype=torch.int64)
-    active = torch.arange(r)
-    for j in range(num_steps):
-        rows = active.to(op.device)
-        w = op.matmat(basis[rows, j].T).T
-        w, coeffs = _orthogonalize(w, basis[rows, : j + 1])
-        alphas[active, j] = coeffs[:, j].double().cpu()
-        norms = w.norm(dim=1)
-        betas[active, j] = norms.double().cpu()
-        if j + 1 == num_steps:
-            break
-        scale = alphas[active, : j + 1].abs().amax(dim=1).clamp_min(eps)
-        broken = betas[active, j] <= math.sqrt(eps) * scale
-        lengths[active[broken]] = j + 1
-        keep = (~broken).to(op.device)
-        basis[rows[keep], j + 1] = w[keep] / norms[keep, None]
-        active = active[~broken]
-        if active.numel() == 0:
-            break
-    return alphas, betas, lengths
