@@ -24,6 +24,10 @@ from sharpscope.validation import check_bool, check_depth, check_int, check_real
 OPTIMIZERS = ("gd", "sgd", "sam", "sparse-sam", "rs", "sa", "adam", "adamw")
 
 
+#: The TF32 switch of configs written before ``curvature.precision``; :meth:`TrainConfig.upgrade` reads it.
+OLD_TF32_KEY = "allow_tf32"
+
+
 @dataclass
 class TrainConfig:
     """A training run with sharpness tracking.
@@ -148,7 +152,7 @@ class TrainConfig:
         if not isinstance(nested, Mapping):
             return out  # from_dict reports the bad value
         flat = {key: out.pop(key) for key in CurvatureSettings.field_names() if key in out}
-        if out.pop("allow_tf32", False) is True:  # before the product arithmetic had three choices
+        if out.pop(OLD_TF32_KEY, False) is True:  # before the product arithmetic had three choices
             flat["precision"] = "tf32"
         twice = sorted(set(flat) & set(nested))
         if twice:
@@ -161,7 +165,7 @@ class TrainConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
         """Inverse of :meth:`to_dict` (also of an older flat config, see :meth:`upgrade`); unknown keys
         raise :class:`ConfigError` listing the valid ones."""
-        unknown = sorted(set(d) - set(cls.field_names()) - set(CurvatureSettings.field_names()) - {"allow_tf32"})
+        unknown = sorted(set(d) - set(cls.field_names()) - set(CurvatureSettings.field_names()) - {OLD_TF32_KEY})
         if unknown:
             raise ConfigError(f"unknown config key(s) {unknown}; valid: {', '.join(cls.field_names())}")
         if "model" not in d:
