@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from sharpscope import HessianOperator, Objective, hutchinson, hutchpp, lanczos
-from sharpscope.curvature.hvp import HVP_MODES, compiled_fwd_rev
-from sharpscope.curvature.precision import fp32_precision, product_precision, relative_deviation
+from sharpscope.curvature.operators.hvp import HVP_MODES, compiled_fwd_rev
+from sharpscope.curvature.operators.precision import fp32_precision, product_precision, relative_deviation
 from sharpscope.models import build_model
 
 SETTINGS = {

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from sharpscope import Objective
-from sharpscope.curvature.precision import fp32_precision
+from sharpscope.curvature.operators.precision import fp32_precision
 from sharpscope.data import cifar10
 from sharpscope.landscape import random_directions, slice_1d, slice_2d
 from sharpscope.losses import cross_entropy

@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from sharpscope.curvature import DensityResult
-from sharpscope.curvature.objective import select_parameters
+from sharpscope.curvature.operators.objective import select_parameters
 from sharpscope.errors import ConfigError
 from sharpscope.io import atomic_write_bytes, check_writable, jsonsafe, save_eigenvectors
 from sharpscope.probe import ProbeReport

@@ -8,7 +8,7 @@ without them, so one command runs in one process or in many.
 Sharding. Every rank loads the whole data set and keeps a contiguous block: rank ``r`` of ``W``
 holds examples ``[⌊rN/W⌋, ⌊(r+1)N/W⌋)`` (block sizes differ by at most one). The curvature
 objects weight each batch by ``n_b / N`` with ``N`` summed over ranks
-(:mod:`sharpscope.curvature.distributed`), so the objective is the single-process one whatever
+(:mod:`sharpscope.curvature.operators.distributed`), so the objective is the single-process one whatever
 the split, except that BatchNorm in ``batch`` mode (or training mode) normalises with the
 statistics of each rank's own batches, as DDP without SyncBatchNorm does.
 
@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from sharpscope.curvature.distributed import from_rank0, is_distributed, world_size
+from sharpscope.curvature.operators.distributed import from_rank0, is_distributed, world_size
 from sharpscope.data import ArrayDataset
 from sharpscope.errors import ConfigError, DataError, SharpscopeError
 

@@ -42,12 +42,12 @@ from typing import Literal
 import torch
 from torch import nn
 
-from sharpscope.curvature.hessian import HessianOperator
-from sharpscope.curvature.lanczos import lanczos
-from sharpscope.curvature.objective import LossFn, Objective, ParamSelector, select_parameters
+from sharpscope.curvature.algorithms.lanczos import lanczos
+from sharpscope.curvature.algorithms.trace import trace_estimator
+from sharpscope.curvature.operators.hessian import HessianOperator
+from sharpscope.curvature.operators.objective import LossFn, Objective, ParamSelector, select_parameters
 from sharpscope.curvature.results import EigenResult, TraceResult
 from sharpscope.curvature.settings import DEFAULTS, CurvatureSettings
-from sharpscope.curvature.trace import trace_estimator
 from sharpscope.errors import ConfigError
 from sharpscope.validation import check_bool, check_seed, offset_seed
 

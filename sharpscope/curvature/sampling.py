@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from sharpscope.curvature.linear_operator import LinearOperator
+from sharpscope.curvature.operators.linear_operator import LinearOperator
 from sharpscope.errors import ConfigError
 from sharpscope.validation import check_seed
 

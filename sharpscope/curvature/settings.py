@@ -3,7 +3,7 @@
 :class:`~sharpscope.track.TrainConfig` and :func:`~sharpscope.curvature.per_layer_curvature`.
 
 * Lanczos: the top ``k`` eigenvalues, stopped when the relative measure chosen by ``stop`` is below
-  ``tol`` (:func:`~sharpscope.curvature.lanczos`), after at most ``max_iter`` steps; None means
+  ``tol`` (:func:`~sharpscope.curvature.algorithms.lanczos`), after at most ``max_iter`` steps; None means
   :func:`default_max_iter` ``= min(d, max(100, 20k))`` for ``d`` parameters.
 * trace: ``trace_method`` (Hutch++ or Hutchinson) with a budget of ``trace_matvecs`` products.
 * the objective and its products: BatchNorm mode ``bn``, Hessian-vector product mode ``hvp_mode``,
@@ -32,11 +32,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from sharpscope.curvature.hessian import HessianOperator, HVPMode
-from sharpscope.curvature.lanczos import DEFAULT_STOP, Stop, default_max_iter
-from sharpscope.curvature.objective import BNMode, Objective
-from sharpscope.curvature.precision import PRECISIONS, ProductPrecision
-from sharpscope.curvature.trace import check_trace_budget
+from sharpscope.curvature.algorithms.lanczos import default_max_iter
+from sharpscope.curvature.algorithms.ritz import DEFAULT_STOP, Stop
+from sharpscope.curvature.algorithms.trace import check_trace_budget
+from sharpscope.curvature.operators.hessian import HessianOperator, HVPMode
+from sharpscope.curvature.operators.objective import BNMode, Objective
+from sharpscope.curvature.operators.precision import PRECISIONS, ProductPrecision
 from sharpscope.errors import ConfigError
 from sharpscope.validation import check_bool, check_choice, check_int, check_tol
 
@@ -69,7 +70,7 @@ class CurvatureSettings:
         compile: ``torch.compile`` the forward-over-reverse product (opt-in: compiling costs tens of
             seconds; its deviation from the eager product is recorded the same way).
         block: Lanczos block size for ``k > 1`` (None: single-vector Lanczos, the default; ``"auto"``:
-            ``k`` capped at ``block_size``), see :func:`~sharpscope.curvature.lanczos`.
+            ``k`` capped at ``block_size``), see :func:`~sharpscope.curvature.algorithms.lanczos`.
         cache_graphs: keep every batch's gradient graph between products (``rev-rev``): True,
             False (the default: no memory is held between calls, which a tracker's training needs) or
             ``"auto"`` (when the graphs fit in half the free memory; the choice is recorded).

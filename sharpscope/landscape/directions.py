@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from sharpscope.curvature import HessianOperator, Objective, lanczos
-from sharpscope.curvature.hessian import HVPMode
+from sharpscope.curvature.operators.hessian import HVPMode
 from sharpscope.curvature.sampling import make_generator, seed_record
 from sharpscope.errors import ConfigError
 from sharpscope.landscape.iterates import Source, expand_sources, parameter_vectors, source_names

@@ -25,8 +25,8 @@ import torch
 from torch import Tensor
 
 from sharpscope.curvature import Objective
-from sharpscope.curvature.distributed import from_rank0, sum_across_ranks
-from sharpscope.curvature.precision import fp32_precision
+from sharpscope.curvature.operators.distributed import from_rank0, sum_across_ranks
+from sharpscope.curvature.operators.precision import fp32_precision
 from sharpscope.curvature.sampling import Stopwatch
 from sharpscope.errors import ConfigError, ObjectiveError
 from sharpscope.validation import check_int

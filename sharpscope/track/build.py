@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sharpscope.curvature.objective import LossFn
+from sharpscope.curvature.operators.objective import LossFn
 from sharpscope.data import ArrayDataset, cifar_feature_stats, resolve_data
 from sharpscope.errors import CheckpointError, ConfigError
 from sharpscope.io import fit_state_dict, read_checkpoint

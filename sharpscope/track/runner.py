@@ -57,7 +57,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sharpscope.curvature.distributed import broadcast_buffers, sum_across_ranks, sum_gradients, world_size
+from sharpscope.curvature.operators.distributed import broadcast_buffers, sum_across_ranks, sum_gradients, world_size
 from sharpscope.data import ShuffledLoader, fresh_label_noise
 from sharpscope.errors import CheckpointError, ConfigError, StorageError, os_error_text
 from sharpscope.io import fit_state_dict, jsonsafe

@@ -44,10 +44,10 @@ import torch
 from torch import Tensor, nn
 
 from sharpscope.curvature import ConvergenceWarning, HessianOperator, Objective, lanczos, trace_estimator
-from sharpscope.curvature.distributed import world_size
-from sharpscope.curvature.linear_operator import LinearOperator
-from sharpscope.curvature.objective import LossFn
-from sharpscope.curvature.preconditioned import PreconditionedOperator, adam_optimizer, adam_preconditioner
+from sharpscope.curvature.operators.distributed import world_size
+from sharpscope.curvature.operators.linear_operator import LinearOperator
+from sharpscope.curvature.operators.objective import LossFn
+from sharpscope.curvature.operators.preconditioned import PreconditionedOperator, adam_optimizer, adam_preconditioner
 from sharpscope.curvature.results import EigenResult
 from sharpscope.curvature.settings import DEFAULTS, CurvatureSettings
 from sharpscope.data import ArrayDataset

@@ -102,8 +102,8 @@ def test_names_in_the_help_are_the_librarys() -> None:
 
 
 def test_choices_are_the_librarys() -> None:
-    from sharpscope.curvature.hessian import HVPMode
-    from sharpscope.curvature.precision import PRECISIONS
+    from sharpscope.curvature.operators.hessian import HVPMode
+    from sharpscope.curvature.operators.precision import PRECISIONS
     from sharpscope.experiments import SCALES
     from sharpscope.landscape import around
     from sharpscope.losses import LOSSES

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from sharpscope import GGNOperator, Objective
 from sharpscope.curvature import DensityResult, slq_density
-from sharpscope.curvature.linear_operator import MatrixOperator
+from sharpscope.curvature.operators.linear_operator import MatrixOperator
 from sharpscope.errors import ConfigError
 from sharpscope.io import check_writable, load_eigenvectors, save_checkpoint, save_eigenvectors
 from sharpscope.losses import cross_entropy

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from sharpscope import ConfigError, ConvergenceWarning, HessianOperator, MatrixOperator, Objective, slq_density
-from sharpscope.curvature.density import lockstep_tridiagonals, smoothed_l1
-from sharpscope.curvature.linear_operator import LambdaOperator
+from sharpscope.curvature.algorithms.density import lockstep_tridiagonals, smoothed_l1
+from sharpscope.curvature.operators.linear_operator import LambdaOperator
 from sharpscope.curvature.results import DensityResult, gaussian_density
 from sharpscope.probe import ProbeSettings, probe
 from tests.curvature.conftest import mlp_data, tiny_mlp

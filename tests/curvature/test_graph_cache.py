@@ -56,7 +56,7 @@ def test_auto_cache_is_chosen_when_it_fits_and_gives_the_same_numbers(monkeypatc
     torch.testing.assert_close(top.eigenvalues, torch.linalg.eigvalsh(exact_hessian(obj)).flip(0)[:2],
                                rtol=1e-8, atol=1e-10)
 
-    monkeypatch.setattr("sharpscope.curvature.hessian.available_bytes", lambda device: 1000)
+    monkeypatch.setattr("sharpscope.curvature.operators.hessian.available_bytes", lambda device: 1000)
     tight = HessianOperator(obj)
     torch.testing.assert_close(tight.matmat(V), forced, rtol=1e-10, atol=1e-12)
     record = tight.describe()["mode_selection"]["cache_graphs"]
@@ -65,7 +65,7 @@ def test_auto_cache_is_chosen_when_it_fits_and_gives_the_same_numbers(monkeypatc
 
 
 def test_graph_memory_estimate_counts_the_activations() -> None:
-    from sharpscope.curvature.hvp import measured_gradient_graph
+    from sharpscope.curvature.operators.hvp import measured_gradient_graph
 
     width, n = 64, 50
     model = nn.Sequential(nn.Linear(8, width), nn.Tanh(), nn.Linear(width, 3)).double()

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from sharpscope import ConfigError, LambdaOperator, MatrixOperator, lanczos
-from sharpscope.curvature.krylov_basis import KrylovBasis
+from sharpscope.curvature.algorithms.krylov_basis import KrylovBasis
 
-lanczos_module = importlib.import_module("sharpscope.curvature.lanczos")  # the package re-exports the function
+lanczos_module = importlib.import_module("sharpscope.curvature.algorithms.lanczos")  # the package re-exports the function
 
 
 def with_spectrum(eigenvalues: torch.Tensor, seed: int = 0) -> torch.Tensor:

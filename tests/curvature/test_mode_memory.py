@@ -10,7 +10,7 @@ from torch import nn
 
 from sharpscope import HessianOperator, Objective
 
-hessian_module = importlib.import_module("sharpscope.curvature.hessian")
+hessian_module = importlib.import_module("sharpscope.curvature.operators.hessian")
 
 
 def mlp(width: int) -> nn.Module:

@@ -20,13 +20,13 @@ from torch import Tensor, nn
 from typer.testing import CliRunner
 
 from sharpscope import HessianOperator, Objective
-from sharpscope.curvature import hvp
+from sharpscope.curvature.operators import hvp
 from sharpscope.errors import ObjectiveError, SharpscopeError
 from sharpscope.io import save_checkpoint
 from sharpscope.models import ModelSpec
 from tests.curvature.conftest import mlp_data, tiny_mlp
 
-hessian = importlib.import_module("sharpscope.curvature.hessian")  # the package re-exports names
+hessian = importlib.import_module("sharpscope.curvature.operators.hessian")  # the package re-exports names
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

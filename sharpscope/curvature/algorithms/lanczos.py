@@ -13,62 +13,33 @@ eigenvalues out of the spectrum.
 from __future__ import annotations
 
 import math
-import warnings
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from sharpscope.curvature.krylov_basis import DEFAULT_CHUNK, KrylovBasis
-from sharpscope.curvature.linear_operator import LinearOperator
+from sharpscope.curvature.algorithms.krylov_basis import DEFAULT_CHUNK, KrylovBasis
+from sharpscope.curvature.algorithms.ritz import (
+    DEFAULT_STOP,
+    Stop,
+    Which,
+    check_ritz,
+    ritz_result,
+    tridiagonal_eigh,
+)
 from sharpscope.curvature.memory import check_fits, vector_bytes
+from sharpscope.curvature.operators.linear_operator import LinearOperator
 from sharpscope.curvature.results import EigenResult
 from sharpscope.curvature.sampling import Stopwatch, make_generator, seed_record
 from sharpscope.errors import ConfigError, ObjectiveError
 from sharpscope.validation import check_int, check_tol
-
-Which = Literal["LA", "SA", "LM", "BE"]
-Stop = Literal["residual", "eigenvalue"]
-DEFAULT_STOP: Stop = "residual"  # see lanczos(): the eigenvalue rule can stop inside a near-degenerate pair
-
-
-class ConvergenceWarning(UserWarning):
-    """An iterative method stopped at its iteration limit before reaching its tolerance."""
 
 
 def default_max_iter(dim: int, k: int) -> int:
     """The Lanczos step limit when none is given: ``min(d, max(100, 20k))`` for ``d`` parameters
     (enough for ``k`` well-separated eigenvalues; never more steps than dimensions)."""
     return min(dim, max(100, 20 * k))
-
-
-def tridiagonal_eigh(alphas: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues (ascending) and eigenvectors of the symmetric tridiagonal ``T`` in float64."""
-    from scipy.linalg import eigh_tridiagonal  # scipy.linalg takes ~0.5 s to import: not at start-up
-    if len(alphas) == 1:
-        return np.asarray(alphas, dtype=np.float64), np.ones((1, 1))
-    return eigh_tridiagonal(np.asarray(alphas, np.float64), np.asarray(betas, np.float64))
-
-
-def wanted_indices(theta: np.ndarray, k: int, which: Which) -> np.ndarray:
-    """Indices of the ``k`` wanted Ritz values, in the order results are reported.
-
-    ``LA``: largest algebraic, descending. ``SA``: smallest algebraic, ascending (most negative
-    first). ``LM``: largest magnitude, by decreasing magnitude. ``BE``: both ends, ``⌈k/2⌉`` from
-    the top and ``⌊k/2⌋`` from the bottom, descending.
-    """
-    k = min(k, len(theta))
-    order = np.argsort(theta)
-    if which == "LA":
-        return order[::-1][:k]
-    if which == "SA":
-        return order[:k]
-    if which == "LM":
-        return np.argsort(-np.abs(theta), kind="stable")[:k]
-    top, bottom = order[::-1][: (k + 1) // 2], order[: k // 2]
-    picked = list(dict.fromkeys([*top.tolist(), *bottom.tolist()]))
-    return np.array(sorted(picked, key=lambda i: -theta[i]), dtype=np.int64)
 
 
 def _start_vector(op: LinearOperator, v0: Tensor | None, gen: torch.Generator) -> Tensor:
@@ -86,27 +57,6 @@ def _start_vector(op: LinearOperator, v0: Tensor | None, gen: torch.Generator) -
     return v / norm
 
 
-def ritz_error_bounds(theta: np.ndarray, abs_residuals: np.ndarray, idx: np.ndarray,
-                      rounding: float = 0.0) -> np.ndarray:
-    """Estimated bounds on ``|λ_i − θ_i|`` for the wanted Ritz values ``theta[idx]``.
-
-    A Ritz value is within its residual ``r_i = ‖H y_i − θ_i y_i‖`` of an eigenvalue, and, when no
-    other eigenvalue lies within ``δ_i`` of it, within ``r_i² / δ_i`` (Kato–Temple; Saad, *Numerical
-    Methods for Large Eigenvalue Problems*, §3.2). The gap is estimated from the other Ritz values,
-    each moved towards ``θ_i`` by its own residual: ``δ_i = min_{j≠i} (|θ_i − θ_j| − r_j)``. The
-    bound is ``min(r_i, r_i² / δ_i)``, or ``r_i`` when that gap is not positive, and never below
-    ``rounding`` (the floating-point error of the computed ``θ_i`` itself).
-    """
-    bounds = abs_residuals[idx].astype(np.float64).copy()
-    if len(theta) > 1:
-        for n, i in enumerate(idx):
-            others = np.arange(len(theta)) != i
-            gap = float(np.min(np.abs(theta[i] - theta[others]) - abs_residuals[others]))
-            if gap > 0:
-                bounds[n] = min(bounds[n], abs_residuals[i] ** 2 / gap)
-    return np.maximum(bounds, rounding)
-
-
 def block_size_for(op: LinearOperator, k: int, block: int | Literal["auto"] | None) -> tuple[int, str]:
     """The block size :func:`lanczos` uses, and why: ``None`` or 1, single-vector; an integer, that
     size; ``"auto"``, ``k`` capped at the operator's probes per pass (``op.block_size`` when it has one)
@@ -120,57 +70,6 @@ def block_size_for(op: LinearOperator, k: int, block: int | Literal["auto"] | No
                                 else f"auto: k={k}") + (", at least 2" if k < 2 else "")
     check_int("block", block, low=1, high=op.dim)
     return block, "requested"
-
-
-class RitzCheck(NamedTuple):
-    """The wanted Ritz pairs' indices, relative residuals, absolute error bounds, the stopping
-    measure and whether it is below ``tol``."""
-
-    idx: np.ndarray
-    residuals: np.ndarray
-    bounds: np.ndarray
-    measure: np.ndarray
-    done: bool
-
-
-def check_ritz(theta: np.ndarray, abs_residuals: np.ndarray, *, k: int, which: Which, scale: float, eps: float,
-               size: int, stop: Stop, tol: float, ready: bool) -> RitzCheck:
-    """The stopping test of (block) Lanczos after ``size`` basis vectors: the relative residual
-    ``r/|θ|`` or the relative error bound ``min(r, r²/δ)/|θ|`` (``|θ|`` floored at ``√eps·scale``)
-    of every wanted Ritz pair below ``tol``; the eigenvalue rule only once ``ready``."""
-    idx = wanted_indices(theta, k, which)
-    denominators = np.maximum(np.abs(theta[idx]), math.sqrt(eps) * scale)
-    residuals = abs_residuals[idx] / denominators
-    bounds = ritz_error_bounds(theta, abs_residuals, idx, rounding=size * eps * scale)
-    measure = residuals if stop == "residual" else bounds / denominators
-    done = len(idx) == k and bool((measure < tol).all()) and (stop == "residual" or ready)
-    return RitzCheck(idx, residuals, bounds, measure, done)
-
-
-def ritz_result(op: LinearOperator, basis: KrylovBasis, S: np.ndarray, theta: np.ndarray, check: RitzCheck, *,
-                spanned: bool, rounding: float, stopped: str, tol: float, stop: Stop, return_eigenvectors: bool,
-                hvps: int, seconds: float, settings: dict[str, object], memory: dict[str, object],
-                stacklevel: int = 3) -> EigenResult:
-    """The :class:`EigenResult` of a (block) Lanczos run (a warning points ``stacklevel`` frames up). When the basis ``spanned`` the whole space,
-    every Ritz pair is exact up to ``rounding``; otherwise a run that did not meet ``tol`` warns
-    with :class:`ConvergenceWarning` (``stopped``: "Lanczos stopped after 12 steps")."""
-    residuals, bounds, measure, done = check.residuals, check.bounds, check.measure, check.done
-    if spanned:
-        residuals, measure = np.zeros_like(residuals), np.zeros_like(measure)
-        bounds, done = np.full_like(bounds, rounding), True
-    if not done:
-        warnings.warn(f"{stopped} with relative {stop} measure {measure.max():.2e} above tol={tol:g}; "
-                      "raise max_iter or tol", ConvergenceWarning, stacklevel=stacklevel)
-    vectors = None
-    if return_eigenvectors:
-        vectors = basis.combine(torch.as_tensor(S[:, check.idx], dtype=op.dtype, device=op.device))
-    return EigenResult(
-        eigenvalues=torch.as_tensor(theta[check.idx], dtype=torch.float64), eigenvectors=vectors,
-        residuals=torch.as_tensor(residuals, dtype=torch.float64), hvps=hvps, seconds=seconds, converged=done,
-        settings={**settings, "memory": {**memory, "basis_vectors_allocated": basis.allocated},
-                  "product_precision": op.precision_record()},
-        error_bounds=torch.as_tensor(bounds, dtype=torch.float64),
-    )
 
 
 def lanczos(op: LinearOperator, k: int = 1, *, which: Which = "LA", tol: float = 1e-3,
@@ -209,7 +108,7 @@ def lanczos(op: LinearOperator, k: int = 1, *, which: Which = "LA", tol: float =
         seed: seed (or generator) for the random start vector and restarts.
         stop: ``"eigenvalue"`` or ``"residual"``, the quantity ``tol`` bounds.
         block: ``None`` (default) for single-vector Lanczos; an integer ``b ≥ 2`` for block Lanczos
-            (:mod:`sharpscope.curvature.block_lanczos`), which multiplies ``b`` vectors per step in
+            (:mod:`sharpscope.curvature.algorithms.block_lanczos`), which multiplies ``b`` vectors per step in
             one block product and finds up to ``b`` copies of a repeated eigenvalue; ``"auto"`` for
             ``b = k`` capped at the operator's probes per pass. ``max_iter`` still counts products,
             and ``hvps`` counts vectors. Block Lanczos needs more products than single-vector
@@ -233,7 +132,7 @@ def lanczos(op: LinearOperator, k: int = 1, *, which: Which = "LA", tol: float =
         raise ConfigError(f"max_iter={max_iter} is below k={k}")
     b, block_rule = block_size_for(op, k, block)
     if b > 1:
-        from sharpscope.curvature.block_lanczos import block_lanczos
+        from sharpscope.curvature.algorithms.block_lanczos import block_lanczos
 
         if b > max_iter:
             raise ConfigError(f"block={b} exceeds max_iter={max_iter} (max_iter counts products)")

@@ -18,7 +18,7 @@ from torch import Tensor
 from sharpscope.errors import DataError
 
 if TYPE_CHECKING:
-    from sharpscope.curvature.objective import Batch
+    from sharpscope.curvature.operators.objective import Batch
 
 
 def is_pair(data: object) -> bool:

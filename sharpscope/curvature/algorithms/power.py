@@ -8,8 +8,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from sharpscope.curvature.lanczos import ConvergenceWarning, _start_vector
-from sharpscope.curvature.linear_operator import LinearOperator
+from sharpscope.curvature.algorithms.lanczos import _start_vector
+from sharpscope.curvature.algorithms.ritz import ConvergenceWarning
+from sharpscope.curvature.operators.linear_operator import LinearOperator
 from sharpscope.curvature.results import EigenResult
 from sharpscope.curvature.sampling import Stopwatch, make_generator, seed_record
 from sharpscope.errors import ConfigError

@@ -9,8 +9,9 @@ from typing import Literal, cast
 import torch
 from torch import Tensor
 
-from sharpscope.curvature.distributed import from_rank0, sum_across_ranks
-from sharpscope.curvature.hvp import (
+from sharpscope.curvature.memory import available_bytes
+from sharpscope.curvature.operators.distributed import from_rank0, sum_across_ranks
+from sharpscope.curvature.operators.hvp import (
     HVP_MODES,
     GradientGraph,
     HVPFn,
@@ -19,10 +20,14 @@ from sharpscope.curvature.hvp import (
     gradient_graph,
     measured_gradient_graph,
 )
-from sharpscope.curvature.linear_operator import LinearOperator
-from sharpscope.curvature.memory import available_bytes
-from sharpscope.curvature.objective import Batch, Objective
-from sharpscope.curvature.precision import MeasuredPrecision, ProductPrecision, product_precision, resolve_precision
+from sharpscope.curvature.operators.linear_operator import LinearOperator
+from sharpscope.curvature.operators.objective import Batch, Objective
+from sharpscope.curvature.operators.precision import (
+    MeasuredPrecision,
+    ProductPrecision,
+    product_precision,
+    resolve_precision,
+)
 from sharpscope.curvature.sampling import Stopwatch
 from sharpscope.errors import ConfigError, ObjectiveError
 
@@ -41,7 +46,7 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
     times one probe block; under ``torch.distributed`` the sum runs over every rank's batches, so
     all ranks get the same product and run the same algorithm from the same seed. Args:
         objective: the function whose Hessian is taken.
-        mode: ``"fwd-rev"``, ``"rev-rev"``, ``"fd"`` (see :mod:`sharpscope.curvature.hvp`), or
+        mode: ``"fwd-rev"``, ``"rev-rev"``, ``"fd"`` (see :mod:`sharpscope.curvature.operators.hvp`), or
             ``"auto"``: time ``fwd-rev`` and ``rev-rev`` on the first batch and keep the faster one
             that works, separately for single products (Lanczos) and for probe blocks (trace,
             density), since vmapping changes which is faster. The timing runs the first time each
@@ -51,7 +56,7 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
             modes used, and why, are in :meth:`describe`.
         block_size: probe vectors per vmapped pass; on out-of-memory the failing block is halved
             (and the smaller size kept) until a single product fails, which raises ObjectiveError.
-        precision: the products' arithmetic (:mod:`sharpscope.curvature.precision`): ``"strict"``
+        precision: the products' arithmetic (:mod:`sharpscope.curvature.operators.precision`): ``"strict"``
             (default) IEEE float32 (or the objective's float64); ``"tf32"`` TF32 matmuls and
             convolutions on CUDA; ``"bf16"`` bfloat16 autocast (float32 objectives only). The fast
             modes carry relative errors of about 1e-3 per product, so at the first product the
@@ -59,7 +64,7 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
             and records ``‖Hv_fast − Hv_strict‖ / ‖Hv_strict‖`` (:meth:`precision_record`).
         allow_tf32: the older spelling of ``precision="tf32"``.
         compile: run forward-over-reverse products through ``torch.compile`` (see
-            :func:`~sharpscope.curvature.hvp.compiled_fwd_rev`); ``mode="auto"`` then means
+            :func:`~sharpscope.curvature.operators.hvp.compiled_fwd_rev`); ``mode="auto"`` then means
             ``fwd-rev`` and the graph cache is off (both recorded), since ``torch.compile`` cannot
             compile double backward. The first product checks the compiled product against the
             eager one, as for ``precision``. Opt-in: compiling costs tens of seconds per model and

@@ -27,10 +27,15 @@ import torch
 from torch import Tensor
 from torch.func import grad, jvp, vjp, vmap
 
-from sharpscope.curvature.distributed import sum_across_ranks
-from sharpscope.curvature.linear_operator import LinearOperator
-from sharpscope.curvature.objective import Batch, Objective
-from sharpscope.curvature.precision import MeasuredPrecision, ProductPrecision, product_precision, resolve_precision
+from sharpscope.curvature.operators.distributed import sum_across_ranks
+from sharpscope.curvature.operators.linear_operator import LinearOperator
+from sharpscope.curvature.operators.objective import Batch, Objective
+from sharpscope.curvature.operators.precision import (
+    MeasuredPrecision,
+    ProductPrecision,
+    product_precision,
+    resolve_precision,
+)
 from sharpscope.errors import ConfigError, ObjectiveError
 
 

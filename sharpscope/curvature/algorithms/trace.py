@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from sharpscope.curvature.linear_operator import LinearOperator
+from sharpscope.curvature.operators.linear_operator import LinearOperator
 from sharpscope.curvature.results import TraceResult
 from sharpscope.curvature.sampling import Distribution, Stopwatch, make_generator, probes, seed_record
 from sharpscope.errors import ConfigError

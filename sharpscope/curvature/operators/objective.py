@@ -27,8 +27,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from sharpscope.curvature import batches as structure
-from sharpscope.curvature.distributed import sum_across_ranks, sum_scalar_across_ranks, world_size
+from sharpscope.curvature.operators import batches as structure
+from sharpscope.curvature.operators.distributed import sum_across_ranks, sum_scalar_across_ranks, world_size
 from sharpscope.errors import ConfigError, DataError, ObjectiveError
 from sharpscope.losses import correct_fraction
 from sharpscope.validation import check_cast
@@ -177,7 +177,7 @@ class Objective:
             labels and masks from a mapping). ``None`` when ``closure`` is given.
         data: an ``(x, y)`` tensor pair, a tensor or a mapping of tensors (one batch, split by
             ``batch_size``), or an iterable of batches of any sizes, each a tensor, a tuple/list or
-            a mapping of tensors (see :mod:`sharpscope.curvature.batches`). Tensors are moved to the
+            a mapping of tensors (see :mod:`sharpscope.curvature.operators.batches`). Tensors are moved to the
             parameters' device (floating ones cast to the compute dtype).
         bn: ``"eval"`` evaluates BatchNorm with its running statistics; ``"batch"`` uses the
             statistics of each fixed batch (train-mode normalisation, the batch acting as the ghost

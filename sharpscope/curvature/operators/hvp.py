@@ -22,8 +22,8 @@ import torch
 from torch import Tensor
 from torch.func import grad, jvp, vmap
 
-from sharpscope.curvature import batches as structure
-from sharpscope.curvature.objective import Batch, Objective
+from sharpscope.curvature.operators import batches as structure
+from sharpscope.curvature.operators.objective import Batch, Objective
 
 HVPFn = Callable[[Objective, dict[str, Tensor], Batch, Tensor], Tensor]
 

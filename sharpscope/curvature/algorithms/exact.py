@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sharpscope.curvature.objective import Objective
+from sharpscope.curvature.operators.objective import Objective
 from sharpscope.errors import ConfigError
 
 

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sharpscope.curvature.krylov_basis import DEFAULT_CHUNK, KrylovBasis
-from sharpscope.curvature.lanczos import Stop, Which, check_ritz, ritz_result
-from sharpscope.curvature.linear_operator import LinearOperator
+from sharpscope.curvature.algorithms.krylov_basis import DEFAULT_CHUNK, KrylovBasis
+from sharpscope.curvature.algorithms.ritz import Stop, Which, check_ritz, ritz_result
 from sharpscope.curvature.memory import check_fits, vector_bytes
+from sharpscope.curvature.operators.linear_operator import LinearOperator
 from sharpscope.curvature.results import EigenResult
 from sharpscope.curvature.sampling import Stopwatch, make_generator, seed_record
 from sharpscope.errors import ConfigError, ObjectiveError
@@ -90,7 +90,7 @@ def block_lanczos(op: LinearOperator, k: int, *, block: int, which: Which = "LA"
                   return_eigenvectors: bool = True, stop: Stop = "residual",
                   block_rule: str = "requested") -> EigenResult:
     """The ``k`` extreme eigenpairs by block Lanczos with block size ``block``; arguments are checked
-    and documented by :func:`~sharpscope.curvature.lanczos.lanczos`, which calls this.
+    and documented by :func:`~sharpscope.curvature.algorithms.lanczos.lanczos`, which calls this.
 
     ``max_iter`` counts products (basis vectors), as for single-vector Lanczos; the last block is
     narrowed to stay within it and within ``dim``. The stopping rules are the same, on the block

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sharpscope.curvature.lanczos import ConvergenceWarning, tridiagonal_eigh
-from sharpscope.curvature.linear_operator import LinearOperator
+from sharpscope.curvature.algorithms.ritz import ConvergenceWarning, tridiagonal_eigh
 from sharpscope.curvature.memory import check_fits, vector_bytes
+from sharpscope.curvature.operators.linear_operator import LinearOperator
 from sharpscope.curvature.results import DensityResult, gaussian_density
 from sharpscope.curvature.sampling import Stopwatch, make_generator, seed_record
 from sharpscope.validation import check_int, check_real, check_tol

@@ -26,8 +26,8 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor
 
-from sharpscope.curvature.linear_operator import LinearOperator
-from sharpscope.curvature.objective import Objective
+from sharpscope.curvature.operators.linear_operator import LinearOperator
+from sharpscope.curvature.operators.objective import Objective
 from sharpscope.errors import ConfigError
 from sharpscope.validation import check_bool
 
