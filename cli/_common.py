@@ -75,6 +75,11 @@ class Precision(str, Enum):
     bf16 = "bf16"
 
 
+class BasisLocation(str, Enum):
+    device = "device"
+    host = "host"
+
+
 class DType(str, Enum):
     float32 = "float32"
     float64 = "float64"

@@ -13,6 +13,7 @@ from rich.table import Table
 from sharpscope_cli._common import (
     BN,
     EXIT_CODES,
+    BasisLocation,
     DType,
     HVPMode,
     Loss,
@@ -147,6 +148,9 @@ def probe_cmd(
     precision: Annotated[Precision, typer.Option(help="Product arithmetic: strict float32, tf32 (CUDA TF32 matmuls, about 1e-3 relative error) or bf16 (bfloat16 autocast). Anything but strict measures its deviation from a strict product once and reports it.")] = Precision.strict,
     compile_products: Annotated[bool, typer.Option("--compile", help="torch.compile the forward-over-reverse product (compiling takes tens of seconds; the deviation from eager products is reported).")] = False,
     block: Annotated[str | None, typer.Option(help="Block Lanczos with this many vectors per step (an integer, or auto: k capped at 8); default single-vector.")] = None,
+    guards: Annotated[int, typer.Option(help="Ritz pairs beyond the wanted ones that Lanczos must locate (relative residual below max(tol, 0.01)) before it stops, so that an extreme eigenvalue it has not found yet is not passed over; 0 for the plain rule.")] = 1,
+    memory_budget: Annotated[str | None, typer.Option(help="Vectors the algorithms may hold: '24 vectors' or a size such as 8GiB. Default: half the free memory. Lanczos restarts within it, SLQ runs in chunks or with local re-orthogonalisation, Hutch++ shrinks its sketch; the strategy and peak bytes are in the JSON's settings.memory.")] = None,
+    basis_location: Annotated[BasisLocation, typer.Option(help="Where Lanczos keeps its Krylov basis: device (beside the model) or host (pinned host memory beside a GPU model).")] = BasisLocation.device,
     cache_graphs: Annotated[bool | None, typer.Option("--cache-graphs/--no-cache-graphs", help="Keep every batch's gradient graph between products (double backward; faster, needs the memory of all batches). Default: automatic, when the graphs fit in half the free memory.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of every random vector.")] = 0,
     per_layer: Annotated[bool, typer.Option("--per-layer", help="Also top eigenvalues (and trace, with --trace) of each layer's diagonal Hessian block.")] = False,
@@ -172,7 +176,8 @@ def probe_cmd(
     curvature = CurvatureSettings(k=k, tol=tol, max_iter=max_iter, stop=stop.value, trace_method=trace_method.value,
                                   trace_matvecs=trace_matvecs, bn=bn.value, hvp_mode=hvp_mode.value,
                                   precision=precision.value, compile=compile_products, block=lanczos_block(block),
-                                  cache_graphs="auto" if cache_graphs is None else cache_graphs)
+                                  cache_graphs="auto" if cache_graphs is None else cache_graphs, guards=guards,
+                                  memory_budget=memory_budget, basis_location=basis_location.value)
     settings = ProbeSettings(curvature=curvature, negative=negative, trace=trace, density=density,
                              density_steps=density_steps, density_runs=density_runs, density_tol=density_tol,
                              batch_size=batch_size, seed=seed,

@@ -156,19 +156,20 @@ def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tens
         op.on_matmat = None if progress is None else (lambda: progress(name, op.matvecs - first, total))
 
     stage("top eigenvalues", max_iter)
-    top = lanczos(op, k=c.k, which="LA", tol=c.tol, max_iter=max_iter, seed=settings.seed, stop=c.stop, block=c.block)
+    top = lanczos(op, k=c.k, which="LA", max_iter=max_iter, seed=settings.seed, block=c.block, **c.eigen_options())
     negative = trace = density = None
     if settings.negative:
         stage("most negative eigenvalue", max_iter)
-        negative = lanczos(op, k=1, which="SA", tol=c.tol, max_iter=max_iter,
-                           seed=offset_seed(settings.seed, 1), return_eigenvectors=False, stop=c.stop)
+        negative = lanczos(op, k=1, which="SA", max_iter=max_iter, seed=offset_seed(settings.seed, 1),
+                           return_eigenvectors=False, **c.eigen_options())
     if settings.trace:
         stage("trace", c.trace_matvecs)
-        trace = trace_estimator(c.trace_method)(op, c.trace_matvecs, seed=offset_seed(settings.seed, 2))
+        trace = trace_estimator(c.trace_method)(op, c.trace_matvecs, seed=offset_seed(settings.seed, 2),
+                                                memory_budget=c.memory_budget)
     if settings.density:
         stage("density", settings.density_steps * settings.density_runs)
         density = slq_density(op, settings.density_steps, settings.density_runs, tol=settings.density_tol,
-                              seed=offset_seed(settings.seed, 3))
+                              seed=offset_seed(settings.seed, 3), memory_budget=c.memory_budget)
     op.on_matmat = None
     layers = None
     if settings.per_layer:

@@ -183,13 +183,12 @@ def per_layer_curvature(model: nn.Module, loss_fn: LossFn, data: object, *, grou
         # torch.func (fwd-rev, fd) would otherwise be recorded by autograd through them
         with torch.no_grad():
             _report(op, progress, f"{group}: top eigenvalues", iters)
-            top = lanczos(op, kk, which="LA", tol=settings.tol, max_iter=iters, seed=seed, return_eigenvectors=False,
-                          block=settings.block if kk > 1 else None,
-                          stop=settings.stop)
+            top = lanczos(op, kk, which="LA", max_iter=iters, seed=seed, return_eigenvectors=False,
+                          block=settings.block if kk > 1 else None, **settings.eigen_options())
             tr = None
             if trace:
                 _report(op, progress, f"{group}: trace", settings.trace_matvecs)
-                tr = estimator(op, settings.trace_matvecs, seed=offset_seed(seed, 2))
+                tr = estimator(op, settings.trace_matvecs, seed=offset_seed(seed, 2), memory_budget=settings.memory_budget)
         op.on_matmat = None
         rows.append(LayerCurvature(name=group, parameters=tuple(params), numel=objective.dim, top=top, trace=tr,
                                    hvps=op.matvecs, seconds=time.perf_counter() - t0, hvp_mode=op.mode))

@@ -32,9 +32,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from sharpscope.curvature.algorithms.lanczos import default_max_iter
+from sharpscope.curvature.algorithms.krylov_basis import BASIS_LOCATIONS, BasisLocation
+from sharpscope.curvature.algorithms.lanczos import DEFAULT_GUARDS, default_max_iter
 from sharpscope.curvature.algorithms.ritz import DEFAULT_STOP, Stop
 from sharpscope.curvature.algorithms.trace import check_trace_budget
+from sharpscope.curvature.memory import MemoryBudgetSpec, parse_budget
 from sharpscope.curvature.operators.hessian import HessianOperator, HVPMode
 from sharpscope.curvature.operators.objective import BNMode, Objective
 from sharpscope.curvature.operators.precision import PRECISIONS, ProductPrecision
@@ -74,6 +76,13 @@ class CurvatureSettings:
         cache_graphs: keep every batch's gradient graph between products (``rev-rev``): True,
             False (the default: no memory is held between calls, which a tracker's training needs) or
             ``"auto"`` (when the graphs fit in half the free memory; the choice is recorded).
+        guards: Ritz pairs beyond the ``k`` wanted ones that must converge too before Lanczos stops
+            (so that an extreme eigenvalue the Krylov space has not found yet is not passed over).
+        memory_budget: the vectors an algorithm may hold: None (half the free memory), bytes, or a
+            string such as ``"24 vectors"`` or ``"8GiB"``; Lanczos restarts within it, SLQ runs in
+            chunks or with local re-orthogonalisation, Hutch++ shrinks its sketch (all recorded).
+        basis_location: ``"device"`` or ``"host"``: where Lanczos keeps its Krylov basis (host memory
+            beside a GPU model; see :func:`~sharpscope.curvature.lanczos`).
     """
 
     k: int = 1
@@ -89,6 +98,9 @@ class CurvatureSettings:
     compile: bool = False
     block: int | Literal["auto"] | None = None
     cache_graphs: CacheGraphs = False
+    guards: int = DEFAULT_GUARDS
+    memory_budget: MemoryBudgetSpec = None
+    basis_location: BasisLocation = "device"
 
     def __post_init__(self) -> None:
         check_int("k", self.k, low=1)
@@ -105,6 +117,9 @@ class CurvatureSettings:
         if self.block != "auto":
             check_int("block", self.block, low=1, optional=True)
         check_choice("cache_graphs", self.cache_graphs, (True, False, "auto"))
+        check_int("guards", self.guards, low=0)
+        parse_budget(self.memory_budget)
+        check_choice("basis_location", self.basis_location, BASIS_LOCATIONS)
         if self.cache_graphs is True and self.hvp_mode not in ("rev-rev", "auto"):
             raise ConfigError(f"cache_graphs=True needs hvp_mode 'rev-rev' or 'auto', got {self.hvp_mode!r}",
                               argument="cache_graphs")
@@ -113,6 +128,12 @@ class CurvatureSettings:
         """The Hessian of ``objective`` with these product settings."""
         return HessianOperator(objective, mode=self.hvp_mode, block_size=self.block_size, precision=self.precision,
                                compile=self.compile, cache_graphs=self.cache_graphs)
+
+    def eigen_options(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`~sharpscope.curvature.lanczos` these settings fix (every
+        caller adds its own ``k``, ``which``, seed and start vector)."""
+        return {"tol": self.tol, "stop": self.stop, "guards": self.guards, "memory_budget": self.memory_budget,
+                "basis": self.basis_location}
 
     def lanczos_steps(self, dim: int, k: int | None = None) -> int:
         """``max_iter``, or :func:`default_max_iter` for ``dim`` parameters and ``k`` (default ``self.k``)."""

@@ -238,7 +238,8 @@ class SharpnessTracker:
         if self.trace:
             try:
                 c = self.curvature
-                tr = trace_estimator(c.trace_method)(op, c.trace_matvecs, seed=step_seed(self.seed, step, 2))
+                tr = trace_estimator(c.trace_method)(op, c.trace_matvecs, seed=step_seed(self.seed, step, 2),
+                                                     memory_budget=c.memory_budget)
                 trace_hvps = tr.hvps
                 rec["trace"] = {"estimate": tr.estimate, "stderr": tr.stderr, "per_param": tr.estimate / op.dim,
                                 "method": c.trace_method, "hvps": tr.hvps, "seconds": tr.seconds}
@@ -285,8 +286,8 @@ class SharpnessTracker:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             c = self.curvature
-            return lanczos(op, c.k, which="LA", tol=c.tol, max_iter=c.max_iter, v0=v0,
-                           seed=step_seed(self.seed, step, salt), stop=c.stop, block=c.block)
+            return lanczos(op, c.k, which="LA", max_iter=c.max_iter, v0=v0, seed=step_seed(self.seed, step, salt),
+                           block=c.block, **c.eigen_options())
 
     @staticmethod
     def _check_adam(optimizer: torch.optim.Optimizer | None) -> None:
@@ -348,8 +349,8 @@ class SharpnessTracker:
         previous = None if self._eigenvectors is None else self._eigenvectors[:, :1]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            top = lanczos(op, 1, which="LA", tol=self.curvature.tol, max_iter=self.curvature.max_iter,
-                          v0=self._start_vectors(previous, op), seed=step_seed(self.seed, step, 5))
+            top = lanczos(op, 1, which="LA", max_iter=self.curvature.max_iter, v0=self._start_vectors(previous, op),
+                          seed=step_seed(self.seed, step, 5), **self.curvature.eigen_options())
         return {"eigenvalue": float(top.eigenvalues[0]), "residual": float(top.residuals[0]),
                 "converged": bool(top.converged), "examples": objective.num_examples, "hvps": int(top.hvps),
                 "seconds": float(top.seconds)}

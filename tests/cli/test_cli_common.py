@@ -102,6 +102,7 @@ def test_names_in_the_help_are_the_librarys() -> None:
 
 
 def test_choices_are_the_librarys() -> None:
+    from sharpscope.curvature.algorithms.krylov_basis import BASIS_LOCATIONS
     from sharpscope.curvature.operators.hessian import HVPMode
     from sharpscope.curvature.operators.precision import PRECISIONS
     from sharpscope.experiments import SCALES
@@ -119,6 +120,7 @@ def test_choices_are_the_librarys() -> None:
     assert sorted(values(_common.DirectionKind)) == sorted(around.DIRECTION_KINDS)
     assert values(_common.DType) == list(around.DTYPES)
     assert values(_common.Precision) == list(PRECISIONS)
+    assert values(_common.BasisLocation) == list(BASIS_LOCATIONS)
     hints = get_type_hints(around.SliceSettings)
     for enum, field in ((_common.BN, "bn"), (_common.Normalization, "normalization"), (_common.GridMethod, "method")):
         assert values(enum) == list(get_args(hints[field]))

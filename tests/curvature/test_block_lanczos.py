@@ -85,8 +85,10 @@ def test_network_hessian_top_eigenpairs(problem: str) -> None:
 def test_warm_start_from_a_block_of_eigenvectors() -> None:
     A = with_spectrum(clustered_spectrum(), seed=5)
     U = torch.linalg.eigh(A)[1].flip(1)
-    res = lanczos(MatrixOperator(A), k=3, block=3, tol=1e-8, v0=U[:, :3], seed=0)
+    res = lanczos(MatrixOperator(A), k=3, block=3, tol=1e-8, v0=U[:, :3], seed=0, guards=0)
     assert res.settings["warm_start"] and res.hvps == 3 and res.converged  # the start block is invariant
+    guarded = lanczos(MatrixOperator(A), k=3, block=3, tol=1e-8, v0=U[:, :3], seed=0)
+    assert guarded.converged and guarded.hvps > 3  # a guard lies outside the invariant block: it is searched for
     assert res.eigenvalues.tolist() == pytest.approx([10.0, 10.0, 10.0], abs=1e-12)
     cold = lanczos(MatrixOperator(A), k=5, block=3, tol=1e-8, seed=0)
     warm = lanczos(MatrixOperator(A), k=5, block=3, tol=1e-8, v0=U[:, :2] + 1e-3 * U[:, 10:12], seed=0)

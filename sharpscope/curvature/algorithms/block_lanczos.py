@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sharpscope.curvature.algorithms.krylov_basis import DEFAULT_CHUNK, KrylovBasis
+from sharpscope.curvature.algorithms.krylov_basis import DEFAULT_CHUNK, KrylovBasis, basis_device
 from sharpscope.curvature.algorithms.ritz import Stop, Which, check_ritz, ritz_result
-from sharpscope.curvature.memory import check_fits, vector_bytes
+from sharpscope.curvature.memory import MemoryBudget, gib, resolve_budget, vector_bytes
 from sharpscope.curvature.operators.linear_operator import LinearOperator
 from sharpscope.curvature.results import EigenResult
 from sharpscope.curvature.sampling import Stopwatch, make_generator, seed_record
@@ -88,25 +88,33 @@ def _next_block(op: LinearOperator, basis: KrylovBasis, Qw: Tensor, R: Tensor, w
 def block_lanczos(op: LinearOperator, k: int, *, block: int, which: Which = "LA", tol: float = 1e-3,
                   max_iter: int, v0: Tensor | None = None, seed: int | torch.Generator | None = None,
                   return_eigenvectors: bool = True, stop: Stop = "residual",
-                  block_rule: str = "requested") -> EigenResult:
+                  block_rule: str = "requested", guards: int = 0, budget: MemoryBudget | None = None,
+                  basis_location: str = "device") -> EigenResult:
     """The ``k`` extreme eigenpairs by block Lanczos with block size ``block``; arguments are checked
     and documented by :func:`~sharpscope.curvature.algorithms.lanczos.lanczos`, which calls this.
 
     ``max_iter`` counts products (basis vectors), as for single-vector Lanczos; the last block is
     narrowed to stay within it and within ``dim``. The stopping rules are the same, on the block
-    residuals ``‖B_m s_m‖`` of the wanted Ritz pairs.
+    residuals ``‖B_m s_m‖`` of the wanted and ``guards`` guard Ritz pairs. The basis is never
+    restarted: a ``budget`` (:class:`~sharpscope.curvature.memory.MemoryBudget`) below the full basis
+    is refused, naming single-vector Lanczos, which restarts within it.
     """
     b = block
     chunk = max(DEFAULT_CHUNK, b)
-    memory = check_fits(f"a block Lanczos basis of up to {max_iter} vectors of length {op.dim:,}",
-                        vector_bytes(op.dim, op.dtype, -(-max_iter // chunk) * chunk + 3 * b), op.device,
-                        hint="lower max_iter")
+    where = basis_device(op.device, basis_location)
+    budget = budget or resolve_budget(None, op.dim, op.dtype, where)
+    worst = -(-max_iter // chunk) * chunk + 3 * b + (k if return_eigenvectors else 0)
+    if not budget.fits(worst):
+        raise ConfigError(f"a block Lanczos basis of up to {max_iter} vectors of length {op.dim:,} needs "
+                          f"{gib(vector_bytes(op.dim, op.dtype, worst))} and the memory budget allows "
+                          f"{gib(budget.bytes or 0)} ({budget.rule}); lower max_iter, or use single-vector "
+                          "Lanczos (block=None), which restarts within the budget", argument="memory_budget")
     gen = make_generator(seed)
     clock, start_hvps = Stopwatch(op.device), op.matvecs
     eps = float(torch.finfo(op.dtype).eps)
     min_vectors = min(max_iter, 2 * k + 4)  # as for single-vector Lanczos, counted in basis vectors
 
-    basis = KrylovBasis(op.dim, op.dtype, op.device, chunk=chunk)
+    basis = KrylovBasis(op.dim, op.dtype, where, chunk=chunk, pinned=basis_location == "host")
     Q = start_block(op, b, v0, gen)
     T = np.zeros((max_iter + b, max_iter + b))
     steps = restarts = 0
@@ -115,7 +123,7 @@ def block_lanczos(op: LinearOperator, k: int, *, block: int, which: Which = "LA"
         start = basis.size
         basis.append_columns(Q)
         size = basis.size
-        W, coeffs = basis.orthogonalize(op.matmat(Q))
+        W, coeffs = basis.orthogonalize(op.matmat(Q.to(op.device)))
         steps += 1
         A = coeffs[start:].double().cpu().numpy()
         if not np.isfinite(A).all() or not bool(torch.isfinite(W).all()):
@@ -129,7 +137,7 @@ def block_lanczos(op: LinearOperator, k: int, *, block: int, which: Which = "LA"
         Qw, R = torch.linalg.qr(W)  # ‖B_m x‖ = ‖W x‖ = ‖R x‖ for the residuals
         abs_residuals = np.linalg.norm(R.double().cpu().numpy() @ S[start:size], axis=0)
         check = check_ritz(theta, abs_residuals, k=k, which=which, scale=norm_T, eps=eps, size=size, stop=stop,
-                           tol=tol, ready=size >= min_vectors)
+                           tol=tol, ready=size >= min_vectors, guards=guards)
         if check.done or width == 0:
             break
         Q, coupling, replaced = _next_block(op, basis, Qw, R, width, floor, gen)
@@ -141,8 +149,10 @@ def block_lanczos(op: LinearOperator, k: int, *, block: int, which: Which = "LA"
                        stopped=f"block Lanczos stopped after {size} products", tol=tol, stop=stop,
                        return_eigenvectors=return_eigenvectors, hvps=op.matvecs - start_hvps, seconds=clock.seconds(),
                        settings={"method": "block_lanczos", "block": b, "block_rule": block_rule, "k": k,
-                                 "which": which, "tol": tol, "stop": stop, "max_iter": max_iter,
+                                 "which": which, "tol": tol, "stop": stop, "guards": guards, "max_iter": max_iter,
                                  "min_steps": min_vectors if stop == "eigenvalue" else None, "steps": steps,
                                  "basis_vectors": size, "restarts": restarts, "warm_start": v0 is not None,
                                  "seed": seed_record(seed, gen)},
-                       memory=memory, stacklevel=4)
+                       memory=budget.record("full block basis", basis.allocated + 3 * b + (k if return_eigenvectors else 0),
+                                            estimate_bytes=vector_bytes(op.dim, op.dtype, worst), basis=basis_location),
+                       stacklevel=4)

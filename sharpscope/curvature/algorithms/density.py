@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from sharpscope.curvature.algorithms.ritz import ConvergenceWarning, tridiagonal_eigh
-from sharpscope.curvature.memory import check_fits, vector_bytes
+from sharpscope.curvature.memory import MemoryBudgetSpec, resolve_budget
 from sharpscope.curvature.operators.linear_operator import LinearOperator
 from sharpscope.curvature.results import DensityResult, gaussian_density
 from sharpscope.curvature.sampling import Stopwatch, make_generator, seed_record
-from sharpscope.validation import check_int, check_real, check_tol
+from sharpscope.validation import check_choice, check_int, check_real, check_tol
 
+Reorthogonalize = Literal["full", "local"]
+REORTHOGONALIZE: tuple[str, ...] = get_args(Reorthogonalize)
 PATIENCE = 2  # consecutive settled steps before a run stops
 STOP_RULE = (f"a run stops once {PATIENCE} consecutive steps have each moved its smoothed quadrature measure by "
              "at most tol in L1 and its extreme nodes by at most tol kernel widths")
@@ -96,7 +99,8 @@ def orthogonalize_rows(w: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def lockstep_tridiagonals(op: LinearOperator, starts: Tensor, max_steps: int, *, sigma2: float,
-                          tol: float | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                          tol: float | None = None,
+                          reorthogonalize: Reorthogonalize = "full") -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Lanczos runs from the columns of ``starts`` (``(dim, r)``) in lockstep, with full re-orthogonalisation.
 
     All active runs share each :meth:`~LinearOperator.matmat` call. A run leaves the block when its
@@ -107,13 +111,19 @@ def lockstep_tridiagonals(op: LinearOperator, starts: Tensor, max_steps: int, *,
     Returns ``alphas`` and ``betas`` (``(r, max_steps)``, zero-padded; ``betas[:, i]`` couples steps
     ``i`` and ``i+1``), the per-run ``lengths`` and whether each run ``settled`` (``False``: it
     reached ``max_steps`` still changing; always ``False`` without ``tol`` unless exact).
+
+    ``reorthogonalize="local"`` keeps only each run's last two basis vectors (memory ``2`` instead of
+    ``max_steps`` vectors per run) and orthogonalises each new vector against those two, twice: the
+    three-term recurrence with local re-orthogonalisation. Orthogonality to older vectors is then
+    lost once Ritz values converge, which adds spurious copies of converged extreme nodes; their
+    quadrature weights split the mass of the true node, so the smoothed density changes little
+    (measured against full re-orthogonalisation in ``docs/large-models.md``).
     """
     r = starts.shape[1]
     max_steps = min(max_steps, op.dim)
-    check_fits(f"{r} Lanczos bases of {max_steps} vectors of length {op.dim:,}",
-               vector_bytes(op.dim, op.dtype, r * (max_steps + 3)), op.device, hint="use fewer runs or steps")
     eps = float(torch.finfo(op.dtype).eps)
-    basis = torch.zeros(r, max_steps, op.dim, dtype=op.dtype, device=op.device)  # rows: the active runs
+    slots = max_steps if reorthogonalize == "full" else 2
+    basis = torch.zeros(r, slots, op.dim, dtype=op.dtype, device=op.device)  # rows: the active runs
     basis[:, 0] = (starts / starts.norm(dim=0, keepdim=True)).T
     alphas = torch.zeros(r, max_steps, dtype=torch.float64)
     betas = torch.zeros(r, max_steps, dtype=torch.float64)
@@ -123,9 +133,10 @@ def lockstep_tridiagonals(op: LinearOperator, starts: Tensor, max_steps: int, *,
     previous: list[tuple[np.ndarray, np.ndarray] | None] = [None] * r
     active = torch.arange(r)
     for j in range(max_steps):
-        w = op.matmat(basis[:, j].T).T
-        w, coeffs = orthogonalize_rows(w, basis[:, : j + 1])
-        alphas[active, j] = coeffs[:, j].double().cpu()
+        here = j % slots
+        w = op.matmat(basis[:, here].T).T
+        w, coeffs = orthogonalize_rows(w, basis[:, : min(j + 1, slots)])
+        alphas[active, j] = coeffs[:, here].double().cpu()
         norms = w.norm(dim=1)
         betas[active, j] = norms.double().cpu()
         if j + 1 == max_steps:
@@ -147,8 +158,8 @@ def lockstep_tridiagonals(op: LinearOperator, starts: Tensor, max_steps: int, *,
             basis, w, norms, active = basis[keep], w[keep], norms[keep], active[~stop]
             if active.numel() == 0:
                 break
-        basis[:, j + 1] = w / norms[:, None]
-    if max_steps == op.dim:  # the runs still active span the whole space: their quadrature is exact
+        basis[:, (j + 1) % slots] = w / norms[:, None]
+    if max_steps == op.dim and reorthogonalize == "full":  # the runs still active span the whole space: exact
         settled[:] = True
     return alphas, betas, lengths, settled
 
@@ -172,11 +183,17 @@ def sampling_error_l1(nodes: Tensor, weights: Tensor, grid: Tensor, width: float
 
 def slq_density(op: LinearOperator, num_steps: int = 90, num_runs: int = 10, *, sigma2: float = 1e-5,
                 grid_size: int = 1000, run_block: int | None = None, tol: float | None = None,
-                seed: int | torch.Generator | None = None) -> DensityResult:
+                seed: int | torch.Generator | None = None, memory_budget: MemoryBudgetSpec = None,
+                reorthogonalize: Reorthogonalize | Literal["auto"] = "auto") -> DensityResult:
     """Smoothed spectral density from ``num_runs`` Lanczos runs of up to ``num_steps`` steps each.
 
-    Runs advance together, ``run_block`` at a time (default all), sharing each operator call;
-    memory is ``num_steps · run_block`` vectors. The grid spans the extreme nodes ± 1% of their
+    Runs advance together, ``run_block`` at a time, sharing each operator call. Memory (see
+    :mod:`sharpscope.curvature.memory`): a run with full re-orthogonalisation holds
+    ``num_steps + 3`` vectors, so ``run_block`` (default: all runs) is capped at the runs whose
+    bases fit in ``memory_budget`` and the rest follow in later chunks (the same numbers: each run
+    has its own start vector). When not even one full basis fits, ``reorthogonalize="auto"``
+    switches to ``"local"`` (see :func:`lockstep_tridiagonals`: 5 vectors a run); ``"full"`` then
+    refuses. The strategy, the runs per chunk and the peak bytes are in ``settings["memory"]``. The grid spans the extreme nodes ± 1% of their
     range (at least ± 0.01). The result keeps the raw tridiagonals so the density can be
     re-smoothed without new products (:meth:`DensityResult.smooth`).
 
@@ -198,14 +215,26 @@ def slq_density(op: LinearOperator, num_steps: int = 90, num_runs: int = 10, *, 
     check_int("run_block", run_block, low=1, optional=True)
     if tol is not None:
         check_tol("tol", tol)
-    run_block = num_runs if run_block is None else max(1, run_block)
-    gen, clock, start_hvps = make_generator(seed), Stopwatch(op.device), op.matvecs
+    check_choice("reorthogonalize", reorthogonalize, ("auto", *REORTHOGONALIZE))
     steps = min(num_steps, op.dim)
+    budget = resolve_budget(memory_budget, op.dim, op.dtype, op.device)
+    mode: Reorthogonalize = "full"
+    if reorthogonalize == "local" or (reorthogonalize == "auto" and not budget.fits(steps + 3)):
+        mode = "local"
+    per_run = steps + 3 if mode == "full" else 5
+    if not budget.fits(per_run):
+        raise budget.refuse(f"an SLQ run of {steps} steps with {mode} re-orthogonalisation", per_run)
+    fit = num_runs if budget.vectors is None else budget.vectors // per_run
+    run_block = min(num_runs if run_block is None else max(1, run_block), fit)
+    gen, clock, start_hvps = make_generator(seed), Stopwatch(op.device), op.matvecs
     alphas, betas, lengths, settled = [], [], [], []
     for first in range(0, num_runs, run_block):
         r = min(run_block, num_runs - first)
-        starts = torch.randn(op.dim, r, generator=gen, dtype=torch.float64).to(op.device, op.dtype)
-        a, b, run_lengths, run_settled = lockstep_tridiagonals(op, starts, steps, sigma2=sigma2, tol=tol)
+        # one draw per run, so a run's start vector does not depend on how the runs are chunked
+        starts = torch.stack([torch.randn(op.dim, generator=gen, dtype=torch.float64).to(op.device, op.dtype)
+                              for _ in range(r)], dim=1)
+        a, b, run_lengths, run_settled = lockstep_tridiagonals(op, starts, steps, sigma2=sigma2, tol=tol,
+                                                               reorthogonalize=mode)
         settled.append(run_settled)
         alphas.append(a)
         betas.append(b)
@@ -230,7 +259,9 @@ def slq_density(op: LinearOperator, num_steps: int = 90, num_runs: int = 10, *, 
     settings: dict[str, object] = {
         "method": "slq", "num_steps": steps, "num_runs": num_runs, "sigma2_relative": sigma2,
         "grid_size": grid_size, "seed": seed_record(seed, gen), "run_steps": length.tolist(),
-        "stop": "fixed steps" if tol is None else STOP_RULE, "tol": tol}
+        "stop": "fixed steps" if tol is None else STOP_RULE, "tol": tol, "reorthogonalize": mode,
+        "memory": budget.record(f"chunks of {run_block} run(s), {mode} re-orthogonalisation",
+                                run_block * per_run, run_block=run_block)}
     if tol is not None:
         count = int(torch.cat(settled).sum())
         settings["settled_runs"] = count

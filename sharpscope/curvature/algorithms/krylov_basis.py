@@ -6,6 +6,10 @@ a few steps (100 × 11.2 M floats for a ResNet-18 that converges in 8). Here the
 chunks of ``chunk`` rows, a new chunk is allocated only when the last one is full, and nothing is
 copied, so the basis never holds more than ``(m + chunk) · dim`` numbers.
 
+A restarted Lanczos run compresses the basis in place (:meth:`KrylovBasis.restart`) and reuses
+the chunks already allocated. On a GPU the basis may live in (pinned) host memory while the model
+and the product vectors stay on the device: each step then moves one vector each way.
+
 Re-orthogonalisation is classical Gram–Schmidt applied twice ("twice is enough"):
 ``c = Qᵀ w``, ``w ← w − Q c``, with ``Qᵀ w`` and ``Q c`` summed chunk by chunk; ``w`` may be one
 vector ``(dim,)`` or a block ``(dim, m)`` (block Lanczos), orthogonalised column by column at once.
@@ -13,17 +17,28 @@ vector ``(dim,)`` or a block ``(dim, m)`` (block Lanczos), orthogonalised column
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import Tensor
 
 DEFAULT_CHUNK = 16
+BasisLocation = Literal["device", "host"]
+BASIS_LOCATIONS: tuple[str, ...] = get_args(BasisLocation)
+
+
+def basis_device(device: torch.device, location: str) -> torch.device:
+    """Where a Krylov basis lives: beside the operator (on ``device``), or in host memory."""
+    return torch.device("cpu") if location == "host" else torch.device(device)
 
 
 class KrylovBasis:
     """Orthonormal vectors of length ``dim`` stored as rows of ``(chunk, dim)`` blocks."""
 
-    def __init__(self, dim: int, dtype: torch.dtype, device: torch.device, *, chunk: int = DEFAULT_CHUNK) -> None:
-        self.dim, self.dtype, self.device, self.chunk = dim, dtype, device, max(1, int(chunk))
+    def __init__(self, dim: int, dtype: torch.dtype, device: torch.device, *, chunk: int = DEFAULT_CHUNK,
+                 pinned: bool = False) -> None:
+        self.dim, self.dtype, self.device, self.chunk = dim, dtype, torch.device(device), max(1, int(chunk))
+        self.pinned = pinned and self.device.type == "cpu" and torch.cuda.is_available()
         self._blocks: list[Tensor] = []
         self.size = 0
 
@@ -35,8 +50,10 @@ class KrylovBasis:
     def append(self, v: Tensor) -> None:
         """Store ``v`` (shape ``(dim,)``, assumed unit and orthogonal to the basis) as the next vector."""
         if self.size == self.allocated:
-            self._blocks.append(torch.empty(self.chunk, self.dim, dtype=self.dtype, device=self.device))
-        self._blocks[-1][self.size % self.chunk] = v
+            empty = torch.empty(self.chunk, self.dim, dtype=self.dtype, device=self.device,
+                                pin_memory=self.pinned)
+            self._blocks.append(empty)
+        self._blocks[self.size // self.chunk][self.size % self.chunk] = v
         self.size += 1
 
     def append_columns(self, V: Tensor) -> None:
@@ -62,23 +79,43 @@ class KrylovBasis:
 
     def orthogonalize(self, w: Tensor) -> tuple[Tensor, Tensor]:
         """Remove from ``w`` (``(dim,)`` or ``(dim, m)``) its components on the basis, twice; return it and
-        ``Qᵀ w`` summed over both passes (``(size,)`` or ``(size, m)``)."""
+        ``Qᵀ w`` summed over both passes (``(size,)`` or ``(size, m)``), on the basis' device."""
+        w = w.to(self.device)
         blocks = self._filled()
         coeffs = torch.zeros(self.size, *w.shape[1:], dtype=w.dtype, device=w.device)
         for _ in range(2):
             c = torch.cat([block @ w for block in blocks])
             start = 0
-            for block in blocks:
-                w = w - block.T @ c[start:start + block.shape[0]]
+            for block in blocks:  # w − Q c in one allocation per chunk (no Q c temporary)
+                part = c[start:start + block.shape[0]]
+                w = torch.addmv(w, block.T, part, alpha=-1) if w.ndim == 1 else torch.addmm(w, block.T, part, alpha=-1)
                 start += block.shape[0]
             coeffs += c
         return w, coeffs
 
     def combine(self, s: Tensor) -> Tensor:
-        """``Q s`` for coefficients ``s`` of shape ``(size, k)``: the Ritz vectors, ``(dim, k)``."""
+        """``Q s`` for coefficients ``s`` of shape ``(size, k)``: the Ritz vectors, ``(dim, k)``, accumulated
+        in place (no scratch vectors)."""
+        s = s.to(self.device, self.dtype)
         out = torch.zeros(self.dim, s.shape[1], dtype=self.dtype, device=self.device)
         start = 0
         for block in self._filled():
-            out += block.T @ s[start:start + block.shape[0]]
+            out.addmm_(block.T, s[start:start + block.shape[0]])
             start += block.shape[0]
         return out
+
+    def restart(self, s: Tensor) -> None:
+        """Replace the basis by its first ``l`` combinations ``Q s`` (``s``: ``(size, l)`` with orthonormal
+        columns), in place: the new vectors are computed a slice of coordinates at a time, so the
+        restart needs one vector's worth of scratch memory beyond the basis itself."""
+        s = s.to(self.device, self.dtype)
+        keep = s.shape[1]
+        blocks = self._filled()
+        step = max(1, self.dim // max(self.size, 1))
+        for start in range(0, self.dim, step):
+            stop = min(start + step, self.dim)
+            old = torch.cat([block[:, start:stop] for block in blocks])  # (size, width)
+            new = s.T @ old
+            for j in range(keep):
+                self._blocks[j // self.chunk][j % self.chunk, start:stop] = new[j]
+        self.size = keep

@@ -19,7 +19,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sharpscope.curvature.algorithms.krylov_basis import DEFAULT_CHUNK, KrylovBasis
+from sharpscope.curvature.algorithms.krylov_basis import (
+    BASIS_LOCATIONS,
+    DEFAULT_CHUNK,
+    BasisLocation,
+    KrylovBasis,
+    basis_device,
+)
 from sharpscope.curvature.algorithms.ritz import (
     DEFAULT_STOP,
     Stop,
@@ -27,13 +33,20 @@ from sharpscope.curvature.algorithms.ritz import (
     check_ritz,
     ritz_result,
     tridiagonal_eigh,
+    wanted_indices,
 )
-from sharpscope.curvature.memory import check_fits, vector_bytes
+from sharpscope.curvature.memory import MemoryBudgetSpec, parse_budget, resolve_budget, vector_bytes
 from sharpscope.curvature.operators.linear_operator import LinearOperator
 from sharpscope.curvature.results import EigenResult
 from sharpscope.curvature.sampling import Stopwatch, make_generator, seed_record
 from sharpscope.errors import ConfigError, ObjectiveError
-from sharpscope.validation import check_int, check_tol
+from sharpscope.validation import check_choice, check_int, check_tol
+
+#: Guard Ritz pairs that must converge beside the wanted ones (see :func:`lanczos`).
+DEFAULT_GUARDS = 1
+#: Vectors a Lanczos run holds beside its basis at most: the operator's product and the two passes of its
+#: re-orthogonalisation, or the next vector and a restart's scratch slice.
+WORK_VECTORS = 3
 
 
 def default_max_iter(dim: int, k: int) -> int:
@@ -75,7 +88,8 @@ def block_size_for(op: LinearOperator, k: int, block: int | Literal["auto"] | No
 def lanczos(op: LinearOperator, k: int = 1, *, which: Which = "LA", tol: float = 1e-3,
             max_iter: int | None = None, v0: Tensor | None = None, seed: int | torch.Generator | None = None,
             return_eigenvectors: bool = True, stop: Stop = DEFAULT_STOP,
-            block: int | Literal["auto"] | None = None) -> EigenResult:
+            block: int | Literal["auto"] | None = None, guards: int = DEFAULT_GUARDS,
+            memory_budget: MemoryBudgetSpec = None, basis: BasisLocation = "device") -> EigenResult:
     """The ``k`` extreme eigenpairs of a symmetric operator.
 
     Two stopping rules, both relative to ``|θ|`` (floored at ``√eps · ‖T‖`` for eigenvalues near
@@ -97,9 +111,23 @@ def lanczos(op: LinearOperator, k: int = 1, *, which: Which = "LA", tol: float =
     Either way the result reports both the residuals and the error bounds. After ``max_iter`` steps
     (default ``min(dim, max(100, 20 k))``) it warns with :class:`ConvergenceWarning` and reports
     ``converged=False``. When the Krylov space becomes invariant before ``k`` pairs are found it
-    continues from a fresh random vector orthogonal to the basis. Memory: the basis grows in chunks
-    of 16 vectors of length ``dim`` as steps are taken; the worst case (``max_iter`` vectors) is
-    checked against the device's free memory before the first product.
+    continues from a fresh random vector orthogonal to the basis.
+
+    Memory (see :mod:`sharpscope.curvature.memory`): when the worst case, ``max_iter`` basis vectors
+    plus a few working ones and the returned Ritz vectors, fits in ``memory_budget`` the basis grows
+    in chunks of 16 vectors as steps are taken (strategy ``"full basis"``). Otherwise the basis is
+    capped at what the budget holds and the run restarts whenever it is full, keeping the wanted and
+    guard Ritz vectors and as many more of the wanted end as fill half the basis (thick restart, Wu &
+    Simon 2000; strategy ``"thick restart"``). The projected matrix is then tridiagonal plus an arrow
+    coupling the kept Ritz vectors to the next vector, and the Ritz residuals are still ``β |s_m|``,
+    so the stopping rules and bounds are unchanged; ``max_iter`` still counts products. A restart
+    loses the information outside the kept vectors, so it can take more products than a full basis
+    for the same tolerance. Only a budget below ``k + guards + 2`` basis vectors is refused.
+    ``settings["memory"]`` records the strategy, the budget and the peak bytes of the vectors held.
+
+    Guards: the run stops only once ``guards`` Ritz pairs beyond the ``k`` wanted ones meet the
+    same test (see :func:`~sharpscope.curvature.algorithms.ritz.check_ritz`); their measures are in
+    ``settings["guard_measure"]``. ``guards=0`` reproduces the plain rule.
 
     Args:
         which: ``"LA"`` (largest, the sharpness), ``"SA"`` (most negative), ``"LM"`` (largest
@@ -107,6 +135,12 @@ def lanczos(op: LinearOperator, k: int = 1, *, which: Which = "LA", tol: float =
         v0: start vector, or a ``(dim, j)`` block of earlier eigenvectors to warm-start from.
         seed: seed (or generator) for the random start vector and restarts.
         stop: ``"eigenvalue"`` or ``"residual"``, the quantity ``tol`` bounds.
+        guards: extra Ritz pairs that must converge before the wanted ones are reported (default 1).
+        memory_budget: vectors the run may hold: None (half the free memory of the basis' device),
+            bytes, or a string such as ``"24 vectors"`` or ``"8GiB"``.
+        basis: ``"device"`` keeps the Krylov basis beside the operator; ``"host"`` keeps it in (pinned)
+            host memory while the operator's products stay on its device (for a GPU whose memory the
+            model fills; each step moves two vectors between host and device).
         block: ``None`` (default) for single-vector Lanczos; an integer ``b ≥ 2`` for block Lanczos
             (:mod:`sharpscope.curvature.algorithms.block_lanczos`), which multiplies ``b`` vectors per step in
             one block product and finds up to ``b`` copies of a repeated eigenvalue; ``"auto"`` for
@@ -127,9 +161,15 @@ def lanczos(op: LinearOperator, k: int = 1, *, which: Which = "LA", tol: float =
     check_int("max_iter", max_iter, low=1, optional=True)
     if stop not in ("residual", "eigenvalue"):
         raise ConfigError(f"stop must be 'residual' or 'eigenvalue', got {stop!r}")
+    check_int("guards", guards, low=0)
+    check_choice("basis", basis, BASIS_LOCATIONS)
+    parse_budget(memory_budget)
     max_iter = default_max_iter(op.dim, k) if max_iter is None else min(int(max_iter), op.dim)
     if max_iter < k:
         raise ConfigError(f"max_iter={max_iter} is below k={k}")
+    guards = min(guards, op.dim - k)
+    where = basis_device(op.device, basis)
+    budget = resolve_budget(memory_budget, op.dim, op.dtype, where)
     b, block_rule = block_size_for(op, k, block)
     if b > 1:
         from sharpscope.curvature.algorithms.block_lanczos import block_lanczos
@@ -137,50 +177,77 @@ def lanczos(op: LinearOperator, k: int = 1, *, which: Which = "LA", tol: float =
         if b > max_iter:
             raise ConfigError(f"block={b} exceeds max_iter={max_iter} (max_iter counts products)")
         return block_lanczos(op, k, block=b, which=which, tol=tol, max_iter=max_iter, v0=v0, seed=seed,
-                             return_eigenvectors=return_eigenvectors, stop=stop, block_rule=block_rule)
+                             return_eigenvectors=return_eigenvectors, stop=stop, block_rule=block_rule,
+                             guards=guards, budget=budget, basis_location=basis)
+    work = WORK_VECTORS + (k if return_eigenvectors else 0)
     chunk = min(max_iter, DEFAULT_CHUNK)
+    worst = -(-max_iter // chunk) * chunk
+    if budget.fits(worst + work):
+        capacity, strategy = max_iter, "full basis"
+    else:
+        capacity = (budget.vectors or 0) - work
+        if capacity < k + guards + 2:
+            raise budget.refuse(f"Lanczos for k={k} with {guards} guard(s) on vectors of length {op.dim:,}",
+                                k + guards + 2 + work)
+        chunk, worst, strategy = capacity, capacity, "thick restart"
     min_steps = min(max_iter, 2 * k + 4)  # before this the next Ritz values are bulk averages, not gaps
-    memory = check_fits(f"a Lanczos basis of up to {max_iter} vectors of length {op.dim:,}",
-                        vector_bytes(op.dim, op.dtype, -(-max_iter // chunk) * chunk + 4), op.device,
-                        hint="lower max_iter")
     gen = make_generator(seed)
     clock, start_hvps = Stopwatch(op.device), op.matvecs
     eps = float(torch.finfo(op.dtype).eps)
 
-    basis = KrylovBasis(op.dim, op.dtype, op.device, chunk=chunk)
-    basis.append(_start_vector(op, v0, gen))
+    Q = KrylovBasis(op.dim, op.dtype, where, chunk=chunk, pinned=basis == "host")
+    Q.append(_start_vector(op, v0, gen))
     alphas: list[float] = []
     betas: list[float] = []
-    restarts = 0
-    for j in range(max_iter):
-        w, coeffs = basis.orthogonalize(op.matvec(basis.vector(j)))
-        alphas.append(float(coeffs[j]))
+    T = np.zeros((0, 0))  # the projected matrix after a thick restart (tridiagonal plus an arrow)
+    restarts = thick_restarts = steps = 0
+    scale = eps
+    while True:
+        j = Q.size - 1
+        w, coeffs = Q.orthogonalize(op.matvec(Q.vector(j).to(op.device)))
+        steps += 1
+        c = coeffs.double().cpu().numpy()
         beta = float(w.norm())
-        if not (math.isfinite(alphas[-1]) and math.isfinite(beta)):
-            raise ObjectiveError(f"Lanczos step {j + 1}: the Hessian's Rayleigh quotients overflow {op.dtype} "
+        if not (math.isfinite(float(c[j])) and math.isfinite(beta)):
+            raise ObjectiveError(f"Lanczos step {steps}: the Hessian's Rayleigh quotients overflow {op.dtype} "
                                  "at these parameters (the curvature is not finite in this precision)")
-        theta, S = tridiagonal_eigh(np.array(alphas), np.array(betas))
-        scale = max(np.abs(theta).max(), eps)
-        check = check_ritz(theta, beta * np.abs(S[-1]), k=k, which=which, scale=scale, eps=eps, size=j + 1,
-                           stop=stop, tol=tol, ready=j + 1 >= min_steps)
-        if check.done or j + 1 == max_iter:
+        if thick_restarts == 0:
+            alphas.append(float(c[j]))
+            theta, S = tridiagonal_eigh(np.array(alphas), np.array(betas))
+        else:  # column j of QᵀHQ: its diagonal, its coupling to q_{j-1} and, after a restart, the arrow
+            T[: j + 1, j] = T[j, : j + 1] = c[: j + 1]
+            theta, S = np.linalg.eigh(T[: j + 1, : j + 1])
+        scale = max(scale, float(np.abs(theta).max()))
+        check = check_ritz(theta, beta * np.abs(S[-1]), k=k, which=which, scale=scale, eps=eps, size=Q.size,
+                           stop=stop, tol=tol, ready=steps >= min_steps, guards=guards)
+        if check.done or steps == max_iter or (thick_restarts == 0 and Q.size == op.dim):
             break
         if beta <= math.sqrt(eps) * scale:  # invariant subspace: continue from a fresh direction
-            fresh = torch.randn(op.dim, generator=gen, dtype=torch.float64).to(op.device, op.dtype)
-            w, _ = basis.orthogonalize(fresh)
-            beta_next, restarts = 0.0, restarts + 1
+            fresh = torch.randn(op.dim, generator=gen, dtype=torch.float64).to(where, op.dtype)
+            w, _ = Q.orthogonalize(fresh)
+            beta, restarts = 0.0, restarts + 1
             w = w / w.norm()
         else:
-            beta_next = beta
             w = w / beta
-        betas.append(beta_next)
-        basis.append(w)
+        if Q.size == capacity:  # thick restart: keep the wanted end's Ritz vectors, continue from w
+            keep = wanted_indices(theta, max(k + guards, capacity // 2), which)
+            Q.restart(torch.as_tensor(S[:, keep]))
+            T = np.zeros((capacity, capacity))
+            T[np.arange(len(keep)), np.arange(len(keep))] = theta[keep]
+            thick_restarts += 1
+        elif thick_restarts == 0:
+            betas.append(beta)
+        Q.append(w)
+        del w  # stored in the basis: not held as a working vector through the next product
 
-    return ritz_result(op, basis, S, theta, check, spanned=j + 1 == op.dim, rounding=(j + 1) * eps * scale,
-                       stopped=f"Lanczos stopped after {j + 1} steps", tol=tol, stop=stop,
-                       return_eigenvectors=return_eigenvectors, hvps=op.matvecs - start_hvps, seconds=clock.seconds(),
+    memory = budget.record(strategy, Q.allocated + work, estimate_bytes=vector_bytes(op.dim, op.dtype, worst + work),
+                           basis=basis, thick_restarts=thick_restarts)
+    return ritz_result(op, Q, S, theta, check, spanned=thick_restarts == 0 and Q.size == op.dim,
+                       rounding=Q.size * eps * scale, stopped=f"Lanczos stopped after {steps} steps", tol=tol,
+                       stop=stop, return_eigenvectors=return_eigenvectors, hvps=op.matvecs - start_hvps,
+                       seconds=clock.seconds(),
                        settings={"method": "lanczos", "block": 1, "block_rule": block_rule, "k": k, "which": which,
-                                 "tol": tol, "stop": stop, "max_iter": max_iter,
-                                 "min_steps": min_steps if stop == "eigenvalue" else None, "steps": j + 1,
+                                 "tol": tol, "stop": stop, "guards": guards, "max_iter": max_iter,
+                                 "min_steps": min_steps if stop == "eigenvalue" else None, "steps": steps,
                                  "restarts": restarts, "warm_start": v0 is not None, "seed": seed_record(seed, gen)},
                        memory=memory)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from sharpscope.curvature.memory import MemoryBudget, MemoryBudgetSpec, resolve_budget
 from sharpscope.curvature.operators.linear_operator import LinearOperator
 from sharpscope.curvature.results import TraceResult
 from sharpscope.curvature.sampling import Distribution, Stopwatch, make_generator, probes, seed_record
@@ -53,16 +54,30 @@ def check_trace_budget(method: str, num_matvecs: object, name: str = "num_matvec
     return check_int(name, num_matvecs, low=low)
 
 
+def _probe_block(budget: MemoryBudget, block_size: int, what: str) -> int:
+    """Probes per block: ``block_size``, fewer when the budget holds fewer than ``2·block_size`` vectors
+    (each probe and its product)."""
+    if budget.fits(2 * block_size):
+        return block_size
+    if not budget.fits(2):
+        raise budget.refuse(what, 2)
+    return max(1, (budget.vectors or 2) // 2)
+
+
 def hutchinson(op: LinearOperator, num_matvecs: int, *, distribution: Distribution = "rademacher",
-               rtol: float | None = None, block_size: int = 8, seed: int | torch.Generator | None = None) -> TraceResult:
+               rtol: float | None = None, block_size: int = 8, seed: int | torch.Generator | None = None,
+               memory_budget: MemoryBudgetSpec = None) -> TraceResult:
     """Hutchinson's estimate of ``tr(H)`` from at most ``num_matvecs`` probes.
 
-    Probes are drawn and multiplied ``block_size`` at a time (never all at once). With ``rtol`` the
-    estimator stops early once ``stderr / |estimate| < rtol`` (checked after each block, from the
-    second block on).
+    Probes are drawn and multiplied ``block_size`` at a time (never all at once), so the estimator
+    holds ``2 · block_size`` vectors whatever the budget of products; a ``memory_budget`` (see
+    :mod:`sharpscope.curvature.memory`) below that shrinks the block. With ``rtol`` the estimator
+    stops early once ``stderr / |estimate| < rtol`` (checked after each block, from the second block on).
     """
     check_trace_budget("hutchinson", num_matvecs)
     check_int("block_size", block_size, low=1)
+    budget = resolve_budget(memory_budget, op.dim, op.dtype, op.device)
+    block_size = _probe_block(budget, block_size, f"Hutchinson on vectors of length {op.dim:,}")
     gen, clock, start_hvps = make_generator(seed), Stopwatch(op.device), op.matvecs
     samples: list[Tensor] = []
     drawn = 0
@@ -79,31 +94,52 @@ def hutchinson(op: LinearOperator, num_matvecs: int, *, distribution: Distributi
         estimate=float(s.mean()), stderr=_stderr(s), samples=s, hvps=op.matvecs - start_hvps,
         seconds=clock.seconds(),
         settings={"method": "hutchinson", "distribution": distribution, "num_matvecs": num_matvecs,
-                  "rtol": rtol, "seed": seed_record(seed, gen)},
+                  "rtol": rtol, "seed": seed_record(seed, gen),
+                  "memory": budget.record("streamed probes", 2 * min(block_size, num_matvecs), block_size=block_size)},
     )
 
 
 def hutchpp(op: LinearOperator, num_matvecs: int, *, distribution: Distribution = "rademacher",
-            seed: int | torch.Generator | None = None) -> TraceResult:
+            seed: int | torch.Generator | None = None, block_size: int = 8,
+            memory_budget: MemoryBudgetSpec = None) -> TraceResult:
     """Hutch++ with a budget of ``num_matvecs`` products (at least 6).
 
-    ``⌈m/3⌉`` products build the sketch ``Q = orth(H S)``, ``⌈m/3⌉`` give ``tr(QᵀHQ)`` and the
-    remaining ``m − 2⌈m/3⌉`` probe the deflated remainder. Memory: ``2⌈m/3⌉`` vectors.
+    ``s = ⌈m/3⌉`` products build the sketch ``Q = orth(H S)``, ``s`` give ``tr(QᵀHQ)`` and the
+    remaining ``m − 2s`` probe the deflated remainder, ``block_size`` at a time. Memory: the sketch
+    and its product (``2s`` vectors) while it is built, then ``Q`` beside each probe block and its
+    product (``s + 2·block_size``). When a ``memory_budget`` (see :mod:`sharpscope.curvature.memory`)
+    holds fewer, the sketch shrinks to what fits and the products it frees go to the remainder's
+    probes (the estimate stays unbiased; its variance grows towards Hutchinson's); the sketch size
+    and the rule are recorded.
     """
     check_trace_budget("hutch++", num_matvecs)
+    check_int("block_size", block_size, low=1)
+    budget = resolve_budget(memory_budget, op.dim, op.dtype, op.device)
+    block_size = _probe_block(budget, block_size, f"Hutch++ on vectors of length {op.dim:,}")
     gen, clock, start_hvps = make_generator(seed), Stopwatch(op.device), op.matvecs
     sketch = min(math.ceil(num_matvecs / 3), op.dim)
+    rule = "a third of the products"
+    if budget.vectors is not None and not budget.fits(max(2 * sketch, sketch + 2 * block_size)):
+        sketch = min(budget.vectors // 2, budget.vectors - 2 * block_size)
+        if sketch < 1:
+            raise budget.refuse(f"Hutch++ on vectors of length {op.dim:,}", 2 + 2 * block_size)
+        rule = f"shrunk to fit the memory budget ({budget.vectors} vectors)"
     remainder = num_matvecs - 2 * sketch
     Q, _ = torch.linalg.qr(op.matmat(probes(op, sketch, distribution, gen)))
     low_rank = float((Q * op.matmat(Q)).sum())
-    G = probes(op, remainder, distribution, gen)
-    G = G - Q @ (Q.T @ G)
-    samples = _quadratic_forms(op, G)
+    samples: list[Tensor] = []
+    for start in range(0, remainder, block_size):
+        G = probes(op, min(block_size, remainder - start), distribution, gen)
+        samples.append(_quadratic_forms(op, G - Q @ (Q.T @ G)))
+    s = torch.cat(samples)
     return TraceResult(
-        estimate=low_rank + float(samples.mean()), stderr=_stderr(samples), samples=samples,
+        estimate=low_rank + float(s.mean()), stderr=_stderr(s), samples=s,
         hvps=op.matvecs - start_hvps, seconds=clock.seconds(),
         settings={"method": "hutch++", "distribution": distribution, "num_matvecs": num_matvecs,
-                  "sketch_size": sketch, "low_rank_trace": low_rank, "seed": seed_record(seed, gen)},
+                  "sketch_size": sketch, "sketch_rule": rule, "low_rank_trace": low_rank, "seed": seed_record(seed, gen),
+                  "memory": budget.record("sketch, then streamed probes",
+                                          max(2 * sketch, sketch + 2 * min(block_size, remainder)),
+                                          block_size=block_size)},
     )
 
 
