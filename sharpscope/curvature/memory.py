@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -135,9 +136,16 @@ class MemoryBudget:
                            f"strategy; the memory budget allows {have}", argument="memory_budget")
 
 
-def resolve_budget(spec: MemoryBudgetSpec, dim: int, dtype: torch.dtype, device: torch.device) -> MemoryBudget:
-    """The budget for vectors of length ``dim`` in ``dtype`` on ``device`` (see the module docstring)."""
+def resolve_budget(spec: MemoryBudgetSpec, dim: int, dtype: torch.dtype, device: torch.device,
+                   settle: Callable[[], None] | None = None) -> MemoryBudget:
+    """The budget for vectors of length ``dim`` in ``dtype`` on ``device`` (see the module docstring).
+
+    ``settle`` (an operator's :meth:`~sharpscope.curvature.operators.linear_operator.LinearOperator.settle_memory`)
+    runs first when the budget depends on the free memory, so what the operator keeps between products
+    is already allocated when the free memory is read."""
     spec = parse_budget(spec)
+    if spec is None and settle is not None:
+        settle()
     size = vector_bytes(dim, dtype)
     if spec is None:
         free = available_bytes(device)

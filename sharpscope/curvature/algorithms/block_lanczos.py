@@ -102,7 +102,7 @@ def block_lanczos(op: LinearOperator, k: int, *, block: int, which: Which = "LA"
     b = block
     chunk = max(DEFAULT_CHUNK, b)
     where = basis_device(op.device, basis_location)
-    budget = budget or resolve_budget(None, op.dim, op.dtype, where)
+    budget = budget or resolve_budget(None, op.dim, op.dtype, where, op.settle_memory)
     worst = -(-max_iter // chunk) * chunk + 3 * b + (k if return_eigenvectors else 0)
     if not budget.fits(worst):
         raise ConfigError(f"a block Lanczos basis of up to {max_iter} vectors of length {op.dim:,} needs "

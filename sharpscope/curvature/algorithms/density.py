@@ -217,7 +217,7 @@ def slq_density(op: LinearOperator, num_steps: int = 90, num_runs: int = 10, *, 
         check_tol("tol", tol)
     check_choice("reorthogonalize", reorthogonalize, ("auto", *REORTHOGONALIZE))
     steps = min(num_steps, op.dim)
-    budget = resolve_budget(memory_budget, op.dim, op.dtype, op.device)
+    budget = resolve_budget(memory_budget, op.dim, op.dtype, op.device, op.settle_memory)
     mode: Reorthogonalize = "full"
     if reorthogonalize == "local" or (reorthogonalize == "auto" and not budget.fits(steps + 3)):
         mode = "local"

@@ -169,7 +169,7 @@ def lanczos(op: LinearOperator, k: int = 1, *, which: Which = "LA", tol: float =
         raise ConfigError(f"max_iter={max_iter} is below k={k}")
     guards = min(guards, op.dim - k)
     where = basis_device(op.device, basis)
-    budget = resolve_budget(memory_budget, op.dim, op.dtype, where)
+    budget = resolve_budget(memory_budget, op.dim, op.dtype, where, op.settle_memory)
     b, block_rule = block_size_for(op, k, block)
     if b > 1:
         from sharpscope.curvature.algorithms.block_lanczos import block_lanczos

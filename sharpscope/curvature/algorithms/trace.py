@@ -76,7 +76,7 @@ def hutchinson(op: LinearOperator, num_matvecs: int, *, distribution: Distributi
     """
     check_trace_budget("hutchinson", num_matvecs)
     check_int("block_size", block_size, low=1)
-    budget = resolve_budget(memory_budget, op.dim, op.dtype, op.device)
+    budget = resolve_budget(memory_budget, op.dim, op.dtype, op.device, op.settle_memory)
     block_size = _probe_block(budget, block_size, f"Hutchinson on vectors of length {op.dim:,}")
     gen, clock, start_hvps = make_generator(seed), Stopwatch(op.device), op.matvecs
     samples: list[Tensor] = []
@@ -114,7 +114,7 @@ def hutchpp(op: LinearOperator, num_matvecs: int, *, distribution: Distribution 
     """
     check_trace_budget("hutch++", num_matvecs)
     check_int("block_size", block_size, low=1)
-    budget = resolve_budget(memory_budget, op.dim, op.dtype, op.device)
+    budget = resolve_budget(memory_budget, op.dim, op.dtype, op.device, op.settle_memory)
     block_size = _probe_block(budget, block_size, f"Hutch++ on vectors of length {op.dim:,}")
     gen, clock, start_hvps = make_generator(seed), Stopwatch(op.device), op.matvecs
     sketch = min(math.ceil(num_matvecs / 3), op.dim)

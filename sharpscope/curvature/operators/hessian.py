@@ -173,6 +173,11 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
                                  "overflow at these parameters")
         return out.T
 
+    def settle_memory(self) -> None:
+        """Decide (and build) the graph cache before an algorithm sizes its memory budget."""
+        if self._cache_pending:
+            self._decide_cache()
+
     def _product_fn(self, m: int, compiled: bool) -> HVPFn:
         mode = self._mode_for(min(m, self.block_size))
         return compiled_fwd_rev() if compiled and mode == "fwd-rev" else HVP_MODES[mode]

@@ -75,6 +75,10 @@ class LinearOperator:
         return scipy.sparse.linalg.LinearOperator((self.dim, self.dim), matvec=matvec, rmatvec=matvec,
                                                   matmat=matmat, rmatmat=matmat, dtype=np.float64)
 
+    def settle_memory(self) -> None:
+        """Allocate now whatever the operator will keep between products (a graph cache, say), so that
+        an algorithm's memory budget, taken from the free memory after this call, leaves room for it."""
+
     def precision_record(self) -> dict[str, object] | None:
         """How the products' arithmetic departs from the operator's dtype, with its measured deviation;
         ``None`` when the products are computed plainly in that dtype."""

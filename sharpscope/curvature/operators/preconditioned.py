@@ -67,6 +67,9 @@ class PreconditionedOperator(LinearOperator):
         self.diag_p = p.to(device=op.device)
         self.inv_sqrt_p = p.rsqrt().to(device=op.device, dtype=op.dtype)
 
+    def settle_memory(self) -> None:
+        self.op.settle_memory()
+
     def _matmat(self, V: Tensor) -> Tensor:
         s = self.inv_sqrt_p[:, None]
         return s * self.op.matmat(s * V)
