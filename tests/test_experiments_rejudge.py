@@ -44,6 +44,21 @@ def test_flatness_and_label_noise_from_their_summaries() -> None:
     assert noise["G6"]["verdict"] == "inconclusive" and "share no training loss" in noise["G6"]["reason"]
 
 
+def test_the_flatness_ratio_is_judged_on_geometric_means() -> None:
+    """Log λ of SGD is log 6 + (0, 0.1, −0.1), of SAM (0, 0.1, −0.1): the ratio of geometric means is 6 with the
+    interval 6·exp(±t_{0.975,4}·√(2·0.01/3)) = [4.78, 7.53]."""
+    from sharpscope.experiments.studies.flatness import _ratio_verdict
+
+    base = [1.0, math.exp(0.1), math.exp(-0.1)]
+    sgd = [6.0 * b for b in base]
+    assert _ratio_verdict(sgd, base, 4.0).label == "holds"
+    assert _ratio_verdict(sgd, base, 5.0).label == "inconclusive"
+    assert _ratio_verdict(sgd, base, 8.0).label == "does not hold"
+    assert "[4.78, 7.53]" in _ratio_verdict(sgd, base, 8.0).reason
+    flat = rejudge.sam_flatness(_summary("sam-flatness"))["G3"]
+    assert flat["verdict"] == "does not hold" and "below 5" in flat["reason"]
+
+
 def test_the_command_writes_verdicts_beside_the_summaries(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _summary("sam-edge")  # skips when absent
     shutil.copy(FIGURES / "sam-edge-summary.json", tmp_path)

@@ -29,12 +29,14 @@ from sharpscope.experiments import evidence, verdicts
 from sharpscope.experiments.report import verdict_text
 from sharpscope.experiments.studies import escape as escape_study
 from sharpscope.experiments.studies import flatness as flatness_study
-from sharpscope.experiments.verdicts import Verdict
 from sharpscope.io.atomic import atomic_write_bytes
 from sharpscope.track import jsonsafe
 
 STDERR_NOTE = ("trace estimator stderr: each run's last reading; at matched loss, the same relative error times the "
                "matched value")
+__all__ = ["REJUDGE", "escape", "label_noise", "main", "sam_edge", "sam_flatness", "verdict_table",
+           "with_matched_stderr", "with_stored_stderr"]
+
 PAIRED_NOTE = "no per-example predictions stored: accuracy differences carry unpaired binomial errors"
 
 
@@ -200,6 +202,3 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     raise SystemExit(main())
 
-
-__all__ = ["REJUDGE", "Verdict", "escape", "label_noise", "main", "sam_edge", "sam_flatness", "verdict_table",
-           "with_matched_stderr", "with_stored_stderr"]
