@@ -64,6 +64,16 @@ def test_sam_edge_statistics_follow_a_moving_edge() -> None:
     assert criteria.sam_edge_stats(recs)["holds"]
 
 
+def test_staying_below_two_over_eta_from_initialisation_is_not_evidence() -> None:
+    """λ starts at 0.125·(2/η) and never exceeds 0.3·(2/η): "max λ < 0.8·(2/η)" is met, but already at
+    initialisation, so it is not testable by this run; a run whose λ rises to 0.9·(2/η) does not hold."""
+    low = criteria.sam_edge_stats(_records([0.5, 0.85, 1.0, 1.2, 1.1], [2.0, 1.0, 1.0, 1.0, 1.0], [1.0] * 5, gd=4.0))
+    assert low["initial_lambda_over_2_eta"] == pytest.approx(0.125)
+    assert low["below_2_eta_verdict"]["label"] == "not testable at this scale"
+    high = criteria.sam_edge_stats(_records([0.5, 3.6, 1.0], [2.0, 1.0, 1.0], [1.0] * 3, gd=4.0))
+    assert high["below_2_eta_verdict"]["label"] == "does not hold"
+
+
 def test_trace_accuracy_and_the_final_record(tmp_path: Path) -> None:
     recs = [{"kind": "measurement", "step": s, "trace": {"estimate": t}, "test_acc": a, "train_acc": 1.0,
              "eigenvalues": [8.0, 4.0, 3.0, 2.5, 2.0]}

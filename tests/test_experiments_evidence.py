@@ -7,7 +7,7 @@ from itertools import pairwise
 
 import numpy as np
 import pytest
-from scipy.stats import spearmanr
+from scipy.stats import spearmanr, ttest_ind
 
 from sharpscope.experiments import evidence
 from sharpscope.experiments.evidence import (
@@ -112,35 +112,50 @@ def test_seed_stats_ignores_nan() -> None:
     assert math.isnan(none["mean"]) and none["n"] == 0
 
 
-def test_compare_seeds_difference_inside_the_spread_does_not_pass() -> None:
-    # means 2 and 3.5, stds 1 and 1: |−1.5| < 2.
-    c = compare_seeds([1.0, 2.0, 3.0], [2.5, 3.5, 4.5], lower_is_better=True)
-    assert c["difference"] == -1.5 and c["spread"] == 2.0
-    assert c["a_better"] and not c["beyond_spread"] and not c["holds"]
-    assert "reason" not in c
+def test_compare_seeds_is_welch_interval_of_the_difference() -> None:
+    """Means 2 and 3.5, sds 1 and 1: the interval and p-value are scipy's Welch test; it contains 0, so the claim
+    is inconclusive with a finite MDE."""
+    a, b = [1.0, 2.0, 3.0], [2.5, 3.5, 4.5]
+    c = compare_seeds(a, b, lower_is_better=True)
+    ref = ttest_ind(a, b, equal_var=False)
+    ci = ref.confidence_interval(0.95)
+    assert c["difference"] == -1.5 and c["a_better"]
+    assert c["interval"] == pytest.approx([ci.low, ci.high], rel=1e-12) and c["p_value"] == pytest.approx(ref.pvalue)
+    assert c["verdict"] == "inconclusive" and not c["holds"] and 1.5 < c["mde"] < 6.0
 
 
-def test_compare_seeds_difference_beyond_the_spread_passes() -> None:
-    # means 2 and 5, stds 1 and 1: |−3| > 2.
+def test_compare_seeds_interval_below_zero_holds_and_wrong_direction_does_not() -> None:
     c = compare_seeds([1.0, 2.0, 3.0], [4.0, 5.0, 6.0], lower_is_better=True)
-    assert c["difference"] == -3.0 and c["spread"] == 2.0
-    assert c["beyond_spread"] and c["a_better"] and c["holds"]
-
-
-def test_compare_seeds_wrong_direction_does_not_pass() -> None:
-    c = compare_seeds([1.0, 2.0, 3.0], [4.0, 5.0, 6.0], lower_is_better=False)
-    assert c["beyond_spread"] and not c["a_better"] and not c["holds"]
-    # The same arms, higher is better, swapped: a now wins.
+    assert c["difference"] == -3.0 and c["interval"][1] < 0 and c["holds"] and c["verdict"] == "holds"
+    w = compare_seeds([1.0, 2.0, 3.0], [4.0, 5.0, 6.0], lower_is_better=False)
+    assert not w["a_better"] and not w["holds"] and w["verdict"] == "does not hold"
     assert compare_seeds([4.0, 5.0, 6.0], [1.0, 2.0, 3.0], lower_is_better=False)["holds"]
 
 
-def test_compare_seeds_two_seeds_is_not_enough() -> None:
+def test_compare_seeds_sees_what_the_sd_sum_rule_misses() -> None:
+    """Ten seeds a side, sd 1, difference 1.5: |d| < sd_a + sd_b, so the old rule said no; Welch's interval
+    (se √(2/10) ≈ 0.45) lies below 0."""
+    z = np.linspace(-1.0, 1.0, 10)
+    z = z / z.std(ddof=1)
+    c = compare_seeds(list(z), list(z + 1.5), lower_is_better=True)
+    assert abs(c["difference"]) < 2.0 and c["holds"]
+
+
+def test_compare_seeds_estimator_error_widens_the_interval() -> None:
+    plain = compare_seeds([1.0, 2.0, 3.0], [4.0, 5.0, 6.0], lower_is_better=True)
+    noisy = compare_seeds([1.0, 2.0, 3.0], [4.0, 5.0, 6.0], lower_is_better=True, estimator_se_a=2.0,
+                          estimator_se_b=2.0)
+    assert noisy["se"] == pytest.approx(math.sqrt(plain["se"] ** 2 + 8.0))
+    assert plain["holds"] and noisy["verdict"] == "inconclusive" and noisy["mde"] > plain["mde"]
+
+
+def test_compare_seeds_two_seeds_is_inconclusive() -> None:
     c = compare_seeds([1.0, 1.1], [9.0, 9.1, 9.2], lower_is_better=True)
-    assert not c["holds"] and not c["beyond_spread"] and c["a_better"]
+    assert not c["holds"] and c["a_better"] and c["verdict"] == "inconclusive"
     assert "fewer than 3" in c["reason"]
     # A NaN seed does not count towards the three.
     c = compare_seeds([1.0, 1.1, math.nan], [9.0, 9.1, 9.2], lower_is_better=True)
-    assert not c["holds"] and c["a"]["n"] == 2
+    assert not c["holds"] and c["a"]["n"] == 2 and c["verdict"] == "inconclusive"
 
 
 def test_spearman_perfectly_monotone_gives_one() -> None:
@@ -178,5 +193,5 @@ def test_spearman_too_few_or_constant_is_nan() -> None:
 
 
 def test_verdicts() -> None:
-    assert VERDICTS == ("holds", "partly", "not demonstrated", "does not hold at this scale", "not run")
+    assert VERDICTS == ("holds", "partly", "inconclusive", "not testable at this scale", "does not hold", "not run")
     assert set(evidence.__all__) >= {"VERDICTS", "interpolate_at_loss", "compare_seeds", "spearman_with_ci"}

@@ -11,10 +11,12 @@ Matched loss: for a set of compared arms, :func:`~sharpscope.experiments.evidenc
 picks training-loss levels every run reaches, and tr(H) and test accuracy are read at the first time
 each run falls to each level (:func:`~sharpscope.experiments.evidence.interpolate_at_loss`).
 
-A difference counts only beyond the seed spread (:func:`~sharpscope.experiments.evidence.compare_seeds`:
-≥ 3 seeds per arm, ``|mean_a − mean_b| > std_a + std_b``); a test-accuracy difference also beyond its
-binomial standard error (:func:`accuracy_comparison`). A claim whose effect a control reproduces is
-"not demonstrated".
+A difference is judged by Welch's 95% interval of the difference of arm means
+(:func:`~sharpscope.experiments.evidence.compare_seeds`, ≥ 3 seeds per arm) that also carries the noise the
+seeds do not vary: the trace estimator's standard error (probes are shared across seeds, so it does not
+average out) and, for test accuracy, the binomial error of the one shared test set
+(:func:`accuracy_comparison`). Verdicts are those of :mod:`sharpscope.experiments.verdicts`; a claim whose
+effect a control matches is not a pass (:func:`~sharpscope.experiments.verdicts.with_controls`).
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from sharpscope.experiments import criteria, evidence
+from sharpscope.experiments import criteria, evidence, statistics, verdicts
+from sharpscope.experiments.verdicts import Verdict
 from sharpscope.track import RunDirectory
 
 _SEED = re.compile(r"^(?P<arm>.+)-s(?P<seed>\d+)$")
@@ -52,13 +56,14 @@ def series(path: Path) -> dict[str, Any]:
     test = ((summary.get("data") or {}).get("test") or {}).get("examples")
     lam1, lam5 = criteria.column(rec, "eigenvalues.0"), criteria.column(rec, "eigenvalues.4")
     return {"step": criteria.column(rec, "step"), "loss": criteria.column(rec, "train_loss"),
-            "trace": criteria.column(rec, "trace.estimate"), "test_acc": criteria.column(rec, "test_acc"),
+            "trace": criteria.column(rec, "trace.estimate"), "trace_stderr": criteria.column(rec, "trace.stderr"),
+            "test_acc": criteria.column(rec, "test_acc"),
             "train_acc": criteria.column(rec, "train_acc"), "lambda_max": lam1,
             "lambda1_over_lambda5": [a / b if b > 0 else math.nan for a, b in zip(lam1, lam5)],
             "status": summary.get("status"), "test_examples": test}
 
 
-QUANTITIES = ("trace", "lambda_max", "lambda1_over_lambda5", "test_acc", "train_acc", "loss")
+QUANTITIES = ("trace", "trace_stderr", "lambda_max", "lambda1_over_lambda5", "test_acc", "train_acc", "loss")
 
 
 def _last_finite(values: Sequence[float]) -> float:
@@ -76,6 +81,7 @@ def run_numbers(path: Path) -> dict[str, Any]:
         out[key] = [s[key][0], _last_finite(s[key])]
     ratio = [t / loss if loss > 0 else math.nan for t, loss in zip(out["trace"], out["loss"])]
     out["trace_over_loss"] = ratio
+    out["trace_over_loss_stderr"] = [e / loss if loss > 0 else math.nan for e, loss in zip(out["trace_stderr"], out["loss"])]
     finite_train = [a for a in s["train_acc"] if math.isfinite(a)]
     out["min_train_acc"] = min(finite_train) if finite_train else math.nan
     out["test_examples"] = s["test_examples"]
@@ -86,7 +92,7 @@ def arm_summary(paths: Sequence[Path]) -> dict[str, Any]:
     """Per-seed end values of an arm and their mean ± std; the test accuracy's binomial standard error."""
     runs = [run_numbers(p) for p in paths]
     out: dict[str, Any] = {"seeds": len(runs), "status": [r.get("status") for r in runs]}
-    for key in (*QUANTITIES, "trace_over_loss"):
+    for key in (*QUANTITIES, "trace_over_loss", "trace_over_loss_stderr"):
         out[key] = evidence.seed_stats([r[key][1] if key in r else math.nan for r in runs])
         out[f"{key}_start"] = evidence.seed_stats([r[key][0] if key in r else math.nan for r in runs])
     out["min_train_acc"] = min((r.get("min_train_acc", math.nan) for r in runs), default=math.nan)
@@ -100,14 +106,15 @@ def arm_summary(paths: Sequence[Path]) -> dict[str, Any]:
 def at_matched_loss(groups: Mapping[str, Sequence[Path]], num: int = 4,
                     quantities: Sequence[str] = ("trace", "test_acc", "lambda_max")) -> dict[str, Any]:
     """``quantities`` of each arm (per level: mean ± std over seeds) at training-loss levels every run of
-    ``groups`` reaches."""
+    ``groups`` reaches; with ``trace``, also the trace estimator's standard error read the same way."""
     runs = {arm: [series(p) for p in paths] for arm, paths in groups.items()}
     losses = [s["loss"] for ss in runs.values() for s in ss]
     levels = evidence.common_loss_levels(losses, num=num)
+    wanted = list(quantities) + (["trace_stderr"] if "trace" in quantities else [])
     out: dict[str, Any] = {"levels": levels, "arms": {}}
     for arm, ss in runs.items():
         out["arms"][arm] = {}
-        for q in quantities:
+        for q in wanted:
             vals = [evidence.interpolate_at_loss(s["loss"], s[q], levels) for s in ss]
             out["arms"][arm][q] = [evidence.seed_stats([v[i] for v in vals]) for i in range(len(levels))]
     return out
@@ -117,29 +124,59 @@ def _values(stats: Mapping[str, Any]) -> list[float]:
     return list(stats.get("values", []))
 
 
+def estimator_se(stats: Mapping[str, Any] | None) -> float:
+    """One arm's estimator standard error from its per-seed stderrs (:func:`evidence.seed_stats` of them): their
+    root mean square, 0 when none is recorded. Probes are shared across seeds, so this is the estimator error
+    of the arm's mean too (it does not shrink with the seed count)."""
+    values = [float(v) for v in _values(stats or {}) if isinstance(v, (int, float)) and math.isfinite(v)]
+    return math.sqrt(sum(v * v for v in values) / len(values)) if values else 0.0
+
+
+def trace_comparison(a: Mapping[str, Any], b: Mapping[str, Any], key: str = "trace") -> dict[str, Any]:
+    """``a``'s ``key`` (``trace`` or ``trace_over_loss``) below ``b``'s: :func:`evidence.compare_seeds` with each
+    arm's trace estimator standard error."""
+    return evidence.compare_seeds(_values(a[key]), _values(b[key]), lower_is_better=True,
+                                  estimator_se_a=estimator_se(a.get(f"{key}_stderr")),
+                                  estimator_se_b=estimator_se(b.get(f"{key}_stderr")))
+
+
 def accuracy_comparison(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
-    """``a``'s test accuracy above ``b``'s: beyond the seed spread *and* beyond the binomial standard error
-    of the difference, √(SE_a² + SE_b²) (seeds share one test set, so its sampling error is not in the
-    seed spread)."""
-    out = evidence.compare_seeds(_values(a["test_acc"]), _values(b["test_acc"]), lower_is_better=False)
-    se = math.hypot(a.get("test_acc_stderr", math.nan), b.get("test_acc_stderr", math.nan))
-    beyond_se = bool(math.isfinite(se) and abs(out["difference"]) > se)
-    return {**out, "binomial_stderr": se, "beyond_binomial_stderr": beyond_se, "holds": bool(out["holds"] and beyond_se)}
+    """``a``'s test accuracy above ``b``'s: Welch's interval over seeds with the binomial standard error of each
+    arm's accuracy added (the seeds share one test set, so its sampling error is not in the seed spread). The
+    two binomial errors are added as if independent: a paired test needs each arm's per-example predictions,
+    which the runs do not store, and is tighter whenever the arms err on the same examples."""
+    se_a, se_b = a.get("test_acc_stderr", math.nan), b.get("test_acc_stderr", math.nan)
+    se_a = se_a if isinstance(se_a, (int, float)) and math.isfinite(se_a) else 0.0
+    se_b = se_b if isinstance(se_b, (int, float)) and math.isfinite(se_b) else 0.0
+    out = evidence.compare_seeds(_values(a["test_acc"]), _values(b["test_acc"]), lower_is_better=False,
+                                 estimator_se_a=se_a, estimator_se_b=se_b)
+    return {**out, "binomial_stderr": math.hypot(se_a, se_b), "paired": False}
+
+
+def verdict_of(cmp: Mapping[str, Any]) -> Verdict:
+    """The :class:`Verdict` stored in a comparison (:func:`evidence.compare_seeds`, :func:`versus`)."""
+    mde = cmp.get("mde")
+    return Verdict(cmp["verdict"], cmp.get("reason", ""), mde if isinstance(mde, float) and math.isfinite(mde) else None)
 
 
 def versus(a: Mapping[str, Any], b: Mapping[str, Any], matched: Mapping[str, Any] | None = None,
            a_arm: str = "", b_arm: str = "") -> dict[str, Any]:
     """Arm ``a`` against ``b``: lower tr(H) and higher test accuracy (:func:`accuracy_comparison`) at the
-    end, lower tr(H)/L, and lower tr(H) at the lowest common loss level (when ``matched`` holds both arms)."""
-    out: dict[str, Any] = {"trace": evidence.compare_seeds(_values(a["trace"]), _values(b["trace"]), lower_is_better=True),
-           "test_acc": accuracy_comparison(a, b),
-           "trace_over_loss": evidence.compare_seeds(_values(a["trace_over_loss"]), _values(b["trace_over_loss"]),
-                                                     lower_is_better=True)}
+    end, lower tr(H)/L, and lower tr(H) at the lowest common loss level (when ``matched`` holds both arms).
+    ``verdict``: tr(H) and test accuracy at the end and tr(H) at the lowest common loss, combined
+    (:func:`verdicts.combine`); ``better``: it holds."""
+    out: dict[str, Any] = {"trace": trace_comparison(a, b), "test_acc": accuracy_comparison(a, b),
+                           "trace_over_loss": trace_comparison(a, b, "trace_over_loss")}
     if matched and matched.get("levels") and a_arm in matched["arms"] and b_arm in matched["arms"]:
-        out["trace_at_lowest_common_loss"] = evidence.compare_seeds(
-            _values(matched["arms"][a_arm]["trace"][-1]), _values(matched["arms"][b_arm]["trace"][-1]),
-            lower_is_better=True)
-    out["better"] = bool(out["trace"]["holds"] and out["test_acc"]["holds"])
+        ma, mb = matched["arms"][a_arm], matched["arms"][b_arm]
+        out["trace_at_lowest_common_loss"] = trace_comparison(
+            {"trace": ma["trace"][-1], "trace_stderr": (ma.get("trace_stderr") or [{}])[-1]},
+            {"trace": mb["trace"][-1], "trace_stderr": (mb.get("trace_stderr") or [{}])[-1]})
+    parts = {"tr(H) at the end": verdict_of(out["trace"]), "test accuracy": verdict_of(out["test_acc"])}
+    if "trace_at_lowest_common_loss" in out:
+        parts["tr(H) at the lowest common loss"] = verdict_of(out["trace_at_lowest_common_loss"])
+    verdict = verdicts.combine(parts)
+    out.update(verdict=verdict.label, reason=verdict.reason, mde=verdict.mde, better=verdict.passes)
     return out
 
 
@@ -169,68 +206,146 @@ def best_setting(out_dir: Path, names: Sequence[str]) -> dict[str, Any] | None:
             "kept_train_acc": kept}
 
 
-def _verdict(beats_main: bool, beats_controls: bool) -> str:
-    if beats_main and beats_controls:
-        return "holds"
-    if beats_main:
-        return "not demonstrated"
-    return "does not hold at this scale"
+def _a1(good: Mapping[str, Any], bad: Mapping[str, Any]) -> dict[str, Any]:
+    """A1: the bad minimizer's test accuracy ≥ 20 points below the random-init fits'. The interval carries the
+    random-init seeds' spread and both binomial errors; with one bad minimizer the spread between minimizers
+    is not in it."""
+    acc = good["test_acc"]
+    gap = acc["mean"] - bad["test_acc"]["mean"]
+    seed_se = acc["std"] / math.sqrt(acc["n"]) if acc["n"] >= 2 else math.nan
+    d = statistics.compare_readings(acc["mean"], bad["test_acc"]["mean"],
+                                    se_a=math.hypot(seed_se, good["test_acc_stderr"]), se_b=bad["test_acc_stderr"]) \
+        if math.isfinite(seed_se) and math.isfinite(gap) else None
+    out: dict[str, Any] = {"random_init_test_acc": acc, "bad_test_acc": bad["test_acc"]["mean"],
+                           "bad_train_acc": bad["train_acc"]["mean"], "gap_points": 100 * gap,
+                           "stderr_points": 100 * d.se if d else math.nan,
+                           "interval_points": [100 * d.low, 100 * d.high] if d else [math.nan, math.nan],
+                           "bad_minimizers": bad["seeds"], "criterion": "gap ≥ 20 points"}
+    if d is None or acc["n"] < verdicts.MIN_SEEDS:
+        v = Verdict(verdicts.INCONCLUSIVE, f"fewer than {verdicts.MIN_SEEDS} random-init seeds")
+    else:
+        text = f"gap {100 * gap:.3g} points, 95% interval [{100 * d.low:.3g}, {100 * d.high:.3g}]"
+        if bad["seeds"] < verdicts.MIN_SEEDS:
+            text += f" (from {bad['seeds']} bad minimizer(s): the spread between minimizers is not in it)"
+        label = (verdicts.HOLDS if d.low > 0.2 else verdicts.PARTLY if d.low > 0 and d.high < 0.2 else
+                 verdicts.DOES_NOT_HOLD if d.high <= 0 else verdicts.INCONCLUSIVE)
+        v = Verdict(label, text + ("; worse, but by less than 20 points" if label == verdicts.PARTLY else ""))
+    return {**out, "verdict": v.label, "reason": v.reason}
 
 
-def escape_results(dirs: Mapping[str, Path]) -> dict[str, Any]:
-    """A1–A4 from the escape study's run directories (see the module docstring)."""
-    groups = arms(dirs)
-    summaries = {arm: arm_summary(paths) for arm, paths in groups.items()}
-    out: dict[str, Any] = {"arms": summaries}
+def _a2(sgd: Mapping[str, Any]) -> dict[str, Any]:
+    """A2: SGD at η does not escape: the change of test accuracy from the minimizer to the end within ±2 points
+    (an equivalence test: the whole interval inside ±2 points). Start and end are read on the same test set;
+    without per-example predictions their binomial errors are added as if independent."""
+    start, end = _values(sgd["test_acc_start"]), _values(sgd["test_acc"])
+    n = sgd.get("test_examples")
+    se = [evidence.binomial_stderr(x["mean"], n) if n and math.isfinite(x["mean"]) else 0.0
+          for x in (sgd["test_acc"], sgd["test_acc_start"])]
+    d = statistics.welch_difference(end, start, estimator_se_a=se[0], estimator_se_b=se[1])
+    v = verdicts.judge_equivalence(d, margin=0.02, what="end − start") if d.n_a >= verdicts.MIN_SEEDS else \
+        Verdict(verdicts.INCONCLUSIVE, f"fewer than {verdicts.MIN_SEEDS} seeds")
+    delta = evidence.seed_stats([a - b for a, b in zip(end, start)])
+    return {"delta_test_acc_points": {k: 100 * v if isinstance(v, float) else v for k, v in delta.items()
+                                      if k != "values"},
+            "interval_points": [100 * d.low, 100 * d.high],
+            "trace_start_end": [sgd["trace_start"]["mean"], sgd["trace"]["mean"]],
+            "criterion": "|Δ test accuracy| < 2 points (the 95% interval inside ±2 points)",
+            "verdict": v.label, "reason": v.reason}
+
+
+def escape_verdicts(summaries: Mapping[str, Mapping[str, Any]], matched: Mapping[str, Any] | None = None,
+                    lr_perturb: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """A1–A4 from arm summaries (:func:`arm_summary`), A3's matched-loss reading (:func:`at_matched_loss` over
+    its arms) and the perturbation step sizes η′ of ``best-sa`` and ``best-rs`` (when known: RS and SA at
+    different η′ cannot be compared)."""
+    out: dict[str, Any] = {}
     if "random-init" in summaries and "finetune" in summaries:
-        good, bad = summaries["random-init"], summaries["finetune"]
-        gap = good["test_acc"]["mean"] - bad["test_acc"]["mean"]
-        out["A1"] = {"random_init_test_acc": good["test_acc"], "bad_test_acc": bad["test_acc"]["mean"],
-                     "bad_train_acc": bad["train_acc"]["mean"], "gap_points": 100 * gap,
-                     "stderr_points": 100 * math.hypot(good["test_acc_stderr"], bad["test_acc_stderr"]),
-                     "criterion": "gap ≥ 20 points", "verdict": "holds" if gap >= 0.2 else
-                     ("partly" if gap > 0 else "does not hold at this scale")}
+        out["A1"] = _a1(summaries["random-init"], summaries["finetune"])
     if "sgd" in summaries:
-        sgd = summaries["sgd"]
-        delta = [a - b for a, b in zip(_values(sgd["test_acc"]), _values(sgd["test_acc_start"]))]
-        stats = evidence.seed_stats(delta)
-        out["A2"] = {"delta_test_acc_points": {k: 100 * v if isinstance(v, float) else v for k, v in stats.items()
-                                               if k != "values"},
-                     "trace_start_end": [sgd["trace_start"]["mean"], sgd["trace"]["mean"]],
-                     "criterion": "|Δ test accuracy| < 2 points", "verdict": "holds" if abs(stats["mean"]) < 0.02
-                     else "does not hold at this scale"}
+        out["A2"] = _a2(summaries["sgd"])
     main = ("best-sa", "best-rs")
     if all(a in summaries for a in main):
         controls: list[str] = [a for a in ("best-sa-rho0", "sgd") if a in summaries]
         controls += [a for a in summaries if a.startswith("sgd-lr")]
-        compared = {a: groups[a] for a in (*main, *controls)}
-        matched = at_matched_loss(compared)
         vs_rs = versus(summaries["best-sa"], summaries["best-rs"], matched, "best-sa", "best-rs")
         vs_controls = {c: versus(summaries["best-sa"], summaries[c], matched, "best-sa", c) for c in controls}
-        beats_controls = bool(controls) and all(v["better"] for v in vs_controls.values())
-        out["A3"] = {"sa_vs_rs": vs_rs, "sa_vs_controls": vs_controls, "matched_loss": matched,
-                     "criterion": "SA below RS in tr(H) and above it in test accuracy beyond the seed spread; "
-                                  "and the same against every control",
-                     "verdict": _verdict(vs_rs["better"], beats_controls)}
+        verdict = verdicts.with_controls(verdict_of(vs_rs), {c: verdict_of(v) for c, v in vs_controls.items()})
+        eta = dict(lr_perturb or {})
+        if "best-sa" in eta and "best-rs" in eta and eta["best-sa"] != eta["best-rs"]:
+            verdict = Verdict(verdicts.NOT_TESTABLE, f"SA ran at η′ = {eta['best-sa']:g} and RS at η′ = "
+                              f"{eta['best-rs']:g}: the comparison confounds the algorithm with the step size "
+                              f"({verdict.text()})")
+        out["A3"] = {"sa_vs_rs": vs_rs, "sa_vs_controls": vs_controls, "matched_loss": matched or {},
+                     "lr_perturb": eta,
+                     "criterion": "SA below RS in tr(H) and above it in test accuracy (95% intervals of the "
+                                  "difference, with the estimator and test-set errors), and the same against every "
+                                  "control",
+                     "verdict": verdict.label, "reason": verdict.reason, "mde": verdict.mde}
     batch_arms = sorted((a for a in summaries if re.fullmatch(r"sa-b\d+", a)), key=lambda a: int(a[4:]))
     if batch_arms:
         tr = {a: summaries[a]["trace"]["mean"] for a in batch_arms}
         twins = {a: versus(summaries[a], summaries[f"{a}-rho0"]) for a in batch_arms if f"{a}-rho0" in summaries}
-        means = list(tr.values())
-        ordered = all(x < y for x, y in zip(means, means[1:]))
-        spread = [evidence.compare_seeds(_values(summaries[a]["trace"]), _values(summaries[b]["trace"]),
-                                         lower_is_better=True) for a, b in zip(batch_arms, batch_arms[1:])]
+        ordering = {f"{a} < {b}": trace_comparison(summaries[a], summaries[b]) for a, b in pairwise(batch_arms)}
         diverged = [a for a in batch_arms if "diverged" in summaries[a]["status"]]
         seeds = min(summaries[a]["seeds"] for a in batch_arms)
-        out["A4"] = {"trace_by_batch": tr, "ordered": ordered, "ordering_beyond_spread": [s["holds"] for s in spread],
-                     "vs_rho0_twin": twins, "diverged": diverged,
-                     "criterion": "tr(H) ordered B = 1 < 64 < 128 beyond the seed spread, and B = 1 better than its "
-                                  "ρ = 0 twin",
-                     "seeds": seeds,
-                     "verdict": "not demonstrated" if seeds < evidence.MIN_SEEDS else _verdict(
-                         bool(spread) and all(s["holds"] for s in spread) and not diverged,
-                         bool(twins) and twins.get(batch_arms[0], {}).get("better", False))}
+        main_v = verdicts.combine({k: verdict_of(v) for k, v in ordering.items()})
+        if diverged:
+            main_v = Verdict(verdicts.DOES_NOT_HOLD, f"diverged: {', '.join(diverged)}")
+        twin = twins.get(batch_arms[0])
+        verdict = verdicts.with_controls(main_v, {f"{batch_arms[0]} vs its ρ = 0 twin": verdict_of(twin)}
+                                         if twin else {})
+        out["A4"] = {"trace_by_batch": tr, "ordering": ordering, "vs_rho0_twin": twins, "diverged": diverged,
+                     "criterion": "tr(H) ordered B = 1 < 64 < 128 (95% intervals), and B = 1 below its ρ = 0 twin",
+                     "seeds": seeds, "verdict": verdict.label, "reason": verdict.reason, "mde": verdict.mde}
     return out
+
+
+def escape_results(dirs: Mapping[str, Path]) -> dict[str, Any]:
+    """A1–A4 from the escape study's run directories (:func:`escape_verdicts`)."""
+    groups = arms(dirs)
+    summaries = {arm: arm_summary(paths) for arm, paths in groups.items()}
+    matched = None
+    eta: dict[str, float] = {}
+    if "best-sa" in groups and "best-rs" in groups:
+        compared = [a for a in summaries if a in ("best-sa", "best-rs", "best-sa-rho0", "sgd") or a.startswith("sgd-lr")]
+        matched = at_matched_loss({a: groups[a] for a in compared})
+        for arm in ("best-sa", "best-rs"):
+            kwargs = RunDirectory(groups[arm][0]).read_config().get("optimizer_kwargs") or {}
+            if isinstance(kwargs.get("lr_perturb"), (int, float)):
+                eta[arm] = float(kwargs["lr_perturb"])
+    return {"arms": summaries, **escape_verdicts(summaries, matched, eta)}
+
+
+def spearman_verdict(per_seed: Sequence[Mapping[str, Any]], threshold: float = -0.7) -> Verdict:
+    """G6's correlation part from each seed's Spearman ``rho`` and bootstrap ``ci``: holds when every seed has
+    ``rho ≤ threshold`` with its interval below 0; does not hold when some seed's interval lies above 0;
+    inconclusive otherwise (or with fewer than three seeds)."""
+    rhos = [p["rho"] for p in per_seed]
+    text = "ρ_s " + ", ".join(f"{r:.2g} [{p['ci'][0]:.2g}, {p['ci'][1]:.2g}]" for r, p in zip(rhos, per_seed))
+    if len(per_seed) < verdicts.MIN_SEEDS:
+        return Verdict(verdicts.INCONCLUSIVE, f"fewer than {verdicts.MIN_SEEDS} seeds ({text})")
+    if all(r <= threshold and p["ci"][1] < 0 for r, p in zip(rhos, per_seed)):
+        return Verdict(verdicts.HOLDS, text)
+    if any(p["ci"][0] > 0 for p in per_seed):
+        return Verdict(verdicts.DOES_NOT_HOLD, f"{text}: a positive correlation")
+    return Verdict(verdicts.INCONCLUSIVE, f"{text}: an interval reaches past 0 or ρ_s above {threshold:g}")
+
+
+def label_noise_verdict(per_seed: Sequence[Mapping[str, Any]], vs: Mapping[str, Any] | None,
+                        common_loss_is_start: bool = False) -> Verdict:
+    """G6: the correlation part (:func:`spearman_verdict`) and tr(H) below the noiseless control at equal
+    training loss (the cross-entropy Hessian grows with the loss, which label noise holds up). When the only
+    loss level both arms reach is the shared starting point, the control part cannot be judged."""
+    parts = {"correlation": spearman_verdict([p["after_step_0"] for p in per_seed])}
+    key = "tr(H) below the noiseless control at equal loss"
+    if vs is None:
+        parts[key] = Verdict(verdicts.NOT_RUN, "no noiseless control")
+    elif common_loss_is_start or "trace_at_lowest_common_loss" not in vs:
+        parts[key] = Verdict(verdicts.NOT_TESTABLE, "the arms share no training loss after the start (label noise "
+                             f"raises it); at the end: {verdict_of(vs['trace']).text()}")
+    else:
+        parts[key] = verdict_of(vs["trace_at_lowest_common_loss"])
+    return verdicts.combine(parts)
 
 
 def label_noise_results(dirs: Mapping[str, Path]) -> dict[str, Any]:
@@ -252,14 +367,16 @@ def label_noise_results(dirs: Mapping[str, Path]) -> dict[str, Any]:
         s = series(path)
         control.append(evidence.spearman_with_ci(s["trace"][1:], s["test_acc"][1:])["rho"])
     rhos = [p["after_step_0"]["rho"] for p in per_seed]
-    correlated = bool(rhos) and all(r <= -0.7 and p["after_step_0"]["ci"][1] < 0 for r, p in zip(rhos, per_seed))
-    vs = None
+    vs, at_start = None, False
     if "noiseless" in groups:
         matched = at_matched_loss({a: groups[a] for a in ("label-noise", "noiseless")})
         vs = versus(out["arms"]["label-noise"], out["arms"]["noiseless"], matched, "label-noise", "noiseless")
+        starts = [s["loss"][0] for a in ("label-noise", "noiseless") for s in map(series, groups[a]) if s["loss"]]
+        at_start = bool(matched["levels"]) and bool(starts) and matched["levels"][-1] >= min(starts)
+    verdict = label_noise_verdict(per_seed, vs, at_start)
     out["G6"] = {"spearman_per_seed": per_seed, "spearman_after_step_0": evidence.seed_stats(rhos),
                  "noiseless_spearman_after_step_0": control, "vs_noiseless": vs,
                  "criterion": "ρ_s ≤ −0.7 with its 95% interval below 0 in every seed, and tr(H) below the "
-                              "noiseless control beyond the seed spread",
-                 "verdict": _verdict(correlated, bool(vs and vs["trace"]["holds"]))}
+                              "noiseless control (95% interval of the difference)",
+                 "verdict": verdict.label, "reason": verdict.reason, "mde": verdict.mde}
     return out

@@ -14,7 +14,8 @@ where the criterion is a test.
   non-monotone after the crossing and lower at the end. The toolkit's own stricter check,
   reported separately as ``strict_holds``, also asks ≥ 90% of the checkpoints in ``[0.9, 1.25]``.
 * :func:`sam_edge_stats` (E5): from the first ``r ≥ 0.9`` on, ``r ∈ [0.8, 1.25]`` for ≥ 80% of the
-  checkpoints, and ``max λ < 0.8·(2/η)`` over the run.
+  checkpoints, and ``max λ < 0.8·(2/η)`` over the run (``below_2_eta_verdict``: not testable when λ is
+  already below ``0.8·(2/η)`` at initialisation, before any SAM step).
 * :func:`minibatch_edge_stats` (E7): mini-batch SAM's sharpness (probe set or the step's batch) over
   the SAM-edge (from either gradient norm), as a rolling median of 10 checkpoints; "tracks" when,
   from the first smoothed ratio ≥ 0.9 on, ≥ 80% of at least 5 checkpoints lie in ``[0.8, 1.25]``.
@@ -31,7 +32,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from sharpscope.experiments import evidence
+from sharpscope.experiments import evidence, verdicts
 from sharpscope.io.jsonsafe import as_float
 from sharpscope.io.records import is_measurement, number_at, read_measurements, record_kind
 from sharpscope.io.rundir import RunDirectory
@@ -117,7 +118,12 @@ def sam_edge_stats(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     ratios = [a / b for a, b in zip(lam, edge)]
     start = next((i for i, r in enumerate(ratios) if r >= 0.9), None)
     out: dict[str, Any] = {"checkpoints": len(ratios), "max_lambda_over_2_eta": max(lam) / gd[0],
+                           "initial_lambda_over_2_eta": lam[0] / gd[0],
                            "lambda_range": [min(lam), max(lam)], "edge_range": [min(edge), max(edge)]}
+    below = verdicts.judge_threshold(out["max_lambda_over_2_eta"] < 0.8, met_at_start=lam[0] / gd[0] < 0.8,
+                                     reason=f"max λ = {out['max_lambda_over_2_eta']:.3g}·(2/η), "
+                                            f"{lam[0] / gd[0]:.3g}·(2/η) at initialisation")
+    out["below_2_eta_verdict"] = below.to_json()
     if start is None:
         return {**out, "tracking_from": None, "holds": False}
     post = ratios[start:]

@@ -6,7 +6,8 @@ stated the same way everywhere:
 * :func:`interpolate_at_loss` reads a quantity along one run at the first time its training loss
   falls to given levels; :func:`common_loss_levels` picks levels that every run reaches.
 * :func:`seed_stats` and :func:`compare_seeds` summarise per-seed values and decide whether one arm
-  beats another beyond the seed spread.
+  beats another: Welch's interval of the difference (with the estimator's own standard error) and a
+  verdict from :mod:`sharpscope.experiments.verdicts`.
 * :func:`binomial_stderr` is the standard error of an accuracy measured on ``n`` examples.
 * :func:`spearman_with_ci` is a Spearman rank correlation with a percentile bootstrap interval.
 """
@@ -14,24 +15,19 @@ stated the same way everywhere:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import pairwise
 from typing import Any
 
 import numpy as np
 
+from sharpscope.experiments import statistics, verdicts
+
 __all__ = ["VERDICTS", "binomial_stderr", "common_loss_levels", "compare_seeds", "interpolate_at_loss",
            "seed_stats", "spearman_with_ci"]
 
-#: The verdicts a claim can receive. "holds": the criterion passes; "partly": some of its parts
-#: pass; "not demonstrated": the effect is seen but a control reproduces it, so it cannot be
-#: attributed to the cause under test; "does not hold at this scale": the criterion fails at the
-#: scale that was run; "not run": no evidence was collected.
-VERDICTS: tuple[str, ...] = ("holds", "partly", "not demonstrated", "does not hold at this scale", "not run")
-"""Verdict labels; "not demonstrated" means a control reproduces the effect."""
-
-MIN_SEEDS = 3
-"""The fewest finite seeds per arm for :func:`compare_seeds` to judge a difference."""
+VERDICTS = verdicts.VERDICTS  # the labels, defined in sharpscope.experiments.verdicts
+MIN_SEEDS = verdicts.MIN_SEEDS
 
 
 def _as_float(x: Any) -> float:
@@ -132,29 +128,40 @@ def seed_stats(values: Sequence[float]) -> dict[str, Any]:
     return {"mean": mean, "std": std, "n": n, "values": all_values}
 
 
-def compare_seeds(a: Sequence[float], b: Sequence[float], *, lower_is_better: bool) -> dict[str, Any]:
-    """Whether arm ``a`` beats arm ``b`` beyond the seed spread.
+def _mde(sa: Mapping[str, Any], sb: Mapping[str, Any], estimator_se: float, level: float) -> float:
+    """The minimum detectable effect at the arms' seeds and observed noise (NaN when it cannot be computed)."""
+    sd_a, sd_b = sa["std"], sb["std"]
+    if sa["n"] < 2 or sb["n"] < 2 or not (math.isfinite(sd_a) and math.isfinite(sd_b)):
+        return math.nan
+    if sd_a == 0 and sd_b == 0 and estimator_se == 0:
+        return math.nan
+    return statistics.minimum_detectable_effect(n_a=sa["n"], n_b=sb["n"], sd_a=sd_a, sd_b=sd_b,
+                                                estimator_se=estimator_se, level=level)
 
-    Rule: ``a`` is better than ``b`` beyond the seed spread when each arm has at least three finite
-    seeds, ``|mean_a − mean_b| > std_a + std_b`` (sample standard deviations), and the sign of
-    ``mean_a − mean_b`` is the better direction (negative when ``lower_is_better``, positive
-    otherwise). Returns ``{"a", "b"}`` (:func:`seed_stats`), ``"difference" = mean_a − mean_b``,
-    ``"spread" = std_a + std_b``, ``"beyond_spread"``, ``"a_better"`` (the direction alone) and
-    ``"holds" = a_better and beyond_spread``. With fewer than three seeds in an arm,
-    ``beyond_spread`` and ``holds`` are False and ``"reason"`` says why.
+
+def compare_seeds(a: Sequence[float], b: Sequence[float], *, lower_is_better: bool, estimator_se_a: float = 0.0,
+                  estimator_se_b: float = 0.0, level: float = statistics.LEVEL,
+                  effect_of_interest: float | None = None) -> dict[str, Any]:
+    """Whether arm ``a`` beats arm ``b``: Welch's interval of ``mean_a − mean_b`` over seeds
+    (:func:`~sharpscope.experiments.statistics.welch_difference`, with each arm's estimator standard error
+    that its seeds do not vary), judged by :func:`~sharpscope.experiments.verdicts.judge_difference`.
+
+    Returns ``{"a", "b"}`` (:func:`seed_stats`), ``"difference" = mean_a − mean_b``, ``"interval"``
+    (``level``, two-sided), ``"se"``, ``"df"``, ``"p_value"``, ``"mde"`` (the minimum detectable effect at these
+    seeds and the observed noise, 80% power), ``"a_better"`` (the direction of the estimate alone),
+    ``"verdict"`` and ``"reason"`` (:data:`VERDICTS`), and ``"holds"`` (the verdict is "holds": the interval
+    lies on the better side of 0). Fewer than three finite seeds in an arm: inconclusive.
     """
+    d = statistics.welch_difference(a, b, level=level, estimator_se_a=estimator_se_a, estimator_se_b=estimator_se_b)
     sa, sb = seed_stats(a), seed_stats(b)
-    difference = sa["mean"] - sb["mean"]
-    spread = sa["std"] + sb["std"]
-    a_better = bool(difference < 0) if lower_is_better else bool(difference > 0)
-    out: dict[str, Any] = {"a": sa, "b": sb, "difference": difference, "spread": spread}
-    if sa["n"] < MIN_SEEDS or sb["n"] < MIN_SEEDS:
-        out.update(beyond_spread=False, a_better=a_better, holds=False,
-                   reason=f"fewer than {MIN_SEEDS} finite seeds (a: {sa['n']}, b: {sb['n']})")
-        return out
-    beyond = bool(abs(difference) > spread)
-    out.update(beyond_spread=beyond, a_better=a_better, holds=a_better and beyond)
-    return out
+    e = math.hypot(estimator_se_a, estimator_se_b)
+    mde = _mde(sa, sb, e, level)
+    verdict = verdicts.judge_difference(d, better="lower" if lower_is_better else "higher", mde=mde,
+                                        effect_of_interest=effect_of_interest)
+    a_better = bool(d.estimate < 0) if lower_is_better else bool(d.estimate > 0)
+    return {"a": sa, "b": sb, "difference": d.estimate, "interval": [d.low, d.high], "level": level, "se": d.se,
+            "df": d.df, "p_value": d.p_value, "estimator_se": e, "mde": mde, "a_better": a_better,
+            "verdict": verdict.label, "reason": verdict.reason, "holds": verdict.passes}
 
 
 def _row_pearson(rx: np.ndarray, ry: np.ndarray) -> np.ndarray:

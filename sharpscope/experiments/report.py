@@ -41,33 +41,54 @@ def arms_table(arms: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def _num(x: Any, scale: float = 1.0, digits: int = 3) -> str:
+    return f"{float(x) * scale:.{digits}g}" if isinstance(x, (int, float)) and math.isfinite(float(x)) else "–"
+
+
+def _interval(pair: Any, scale: float = 1.0) -> str:
+    if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+        return "–"
+    lo, hi = (float(v) if isinstance(v, (int, float)) else math.nan for v in pair)  # "NaN" in JSON
+    return f"[{lo * scale:.3g}, {hi * scale:.3g}]" if math.isfinite(lo) and math.isfinite(hi) else "–"
+
+
+def verdict_text(r: Mapping[str, Any]) -> str:
+    """``"inconclusive (MDE 2.1)"``: a stored verdict with the minimum detectable effect when inconclusive."""
+    verdict = str(r.get("verdict", "–"))
+    mde = r.get("mde")
+    if verdict == "inconclusive" and isinstance(mde, (int, float)) and math.isfinite(mde):
+        verdict += f" (MDE {mde:.3g})"
+    return verdict
+
+
 def comparison_table(title: str, comparisons: Mapping[str, Mapping[str, Any]]) -> str:
-    """Per compared arm: the difference of means and the summed seed spread for tr(H), test accuracy,
-    tr(H)/L and tr(H) at the lowest common loss, and whether the first arm is better beyond the spread."""
-    rows = [f"| {title} | quantity | difference of means | spread (std + std) | better beyond spread |",
-            "|---|---|---|---|---|"]
+    """Per compared arm: for tr(H), test accuracy (points), tr(H)/L and tr(H) at the lowest common loss, the
+    difference of means, its 95% interval (seeds and estimator error), the minimum detectable effect, and
+    the verdict of "the first arm is better"."""
+    rows = [f"| {title} | quantity | difference of means | 95% interval | MDE | verdict |", "|---|---|---|---|---|---|"]
     for other, c in comparisons.items():
         for key in ("trace", "test_acc", "trace_over_loss", "trace_at_lowest_common_loss"):
             if key not in c:
                 continue
             d = c[key]
             scale = 100 if key == "test_acc" else 1
-            diff, spread = float(d.get("difference", math.nan)), float(d.get("spread", math.nan))  # "NaN" in JSON
-            rows.append(f"| vs {other} | {key} | {diff * scale:.3g} | {spread * scale:.3g} | "
-                        f"{'yes' if d.get('holds') else 'no'} |")
+            rows.append(f"| vs {other} | {key} | {_num(d.get('difference'), scale)} | "
+                        f"{_interval(d.get('interval'), scale)} | {_num(d.get('mde'), scale)} | {d.get('verdict', '–')} |")
     return "\n".join(rows)
 
 
 def study_report(summary: Mapping[str, Any]) -> str:
-    """The markdown for a study summary: arms, comparisons and verdicts."""
+    """The markdown for a study summary: arms, comparisons and verdicts (with their reasons)."""
     res = summary["results"]
     parts = [f"### {summary['study']} ({summary['scale']})", "", arms_table(res.get("arms", {})), ""]
     checks = [c for c in res if c not in ("arms", "matched_loss")]
     for check in checks:
         r = res[check]
-        if not isinstance(r, Mapping):
+        if not isinstance(r, Mapping) or "verdict" not in r:
             continue
-        parts.append(f"**{check}** — {r.get('criterion', '')}: **{r.get('verdict', '–')}**")
+        parts.append(f"**{check}** — {r.get('criterion', '')}: **{verdict_text(r)}**")
+        if r.get("reason"):
+            parts += ["", f"{r['reason']}"]
         if check == "A3":
             parts += ["", comparison_table("best-sa", {"best-rs": r["sa_vs_rs"], **r["sa_vs_controls"]})]
         if check == "A4" and r.get("vs_rho0_twin"):

@@ -362,7 +362,10 @@ def smoothing_check(finetune: Path, scale: str) -> dict[str, Any]:
     if at:
         most = at[max(at)]
         result["verdict"] = "holds" if most >= 0.5 and most >= at[min(at)] else (
-            "partly" if most > 0 else "does not hold at this scale")
+            "partly" if most > 0 else "not testable at this scale")
+        if result["verdict"] == "not testable at this scale":
+            result["reason"] = ("the draws are independent, not antithetic pairs (u, −u), so the first-order term ρHu "
+                                "stays in the average as noise: a cosine near 0 does not resolve the O(ρ²) drift")
     atomic_write_bytes(finetune.parent / "a5.json", (jsonsafe.dumps(result, indent=2) + "\n").encode())
     return jsonsafe.loads(jsonsafe.dumps(result))
 

@@ -18,16 +18,17 @@ augmentation: neither is reproduced). Without the CIFAR-10 files: MNIST-1D and a
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sharpscope.curvature.settings import RUN_DEFAULTS
 from sharpscope.experiments import arms as arm_criteria
-from sharpscope.experiments import evidence
+from sharpscope.experiments import evidence, statistics, verdicts
 from sharpscope.experiments.recipes import cifar_data, fc, mnist1d_data
 from sharpscope.experiments.studies.framework import Build, Figure, Stage, Study
+from sharpscope.experiments.verdicts import Verdict
 from sharpscope.track import TrainConfig
 
 
@@ -89,20 +90,81 @@ def stages(scale: str) -> list[Stage]:
 
 
 def _acc_vs(a: Mapping[str, Any], b: Mapping[str, Any], margin: float) -> dict[str, Any]:
-    """``a``'s test accuracy against ``b``'s: the difference of means (points), its binomial standard error,
-    and whether ``a`` is within ``margin`` of ``b`` or better (not worse beyond the seed spread)."""
-    cmp = arm_criteria.accuracy_comparison(b, a)  # b above a beyond spread and standard error: a is worse
-    diff = a["test_acc"]["mean"] - b["test_acc"]["mean"]
-    se = cmp["binomial_stderr"]
-    seeds = min(a["test_acc"]["n"], b["test_acc"]["n"])
-    return {"difference_points": 100 * diff, "stderr_points": 100 * se, "worse_beyond_spread": cmp["holds"],
-            "seeds": seeds, "within_margin": bool(diff >= -margin and not cmp["holds"] and seeds >= evidence.MIN_SEEDS)}
+    """``a``'s test accuracy no worse than ``b``'s by more than ``margin`` (a non-inferiority test on the 95%
+    interval of ``a − b`` over seeds, with both binomial errors: :func:`arm_criteria.accuracy_comparison`)."""
+    cmp = arm_criteria.accuracy_comparison(a, b)
+    d = statistics.Difference(estimate=cmp["difference"], low=cmp["interval"][0], high=cmp["interval"][1],
+                              se=cmp["se"], df=cmp["df"], p_value=cmp["p_value"], level=cmp["level"], method="welch",
+                              n_a=cmp["a"]["n"], n_b=cmp["b"]["n"])
+    v = verdicts.judge_non_inferiority(d, margin=margin, mde=cmp["mde"])
+    return {"difference_points": 100 * d.estimate, "interval_points": [100 * d.low, 100 * d.high],
+            "stderr_points": 100 * cmp["binomial_stderr"], "mde_points": 100 * cmp["mde"],
+            "seeds": min(d.n_a, d.n_b), "margin_points": 100 * margin, "verdict": v.label, "reason": v.reason,
+            "mde": cmp["mde"]}
 
 
-def _non_inferior(cmp: Mapping[str, Any]) -> str:
-    if cmp["seeds"] < evidence.MIN_SEEDS:
-        return "not demonstrated"  # fewer than 3 seeds judge nothing
-    return "holds" if cmp["within_margin"] else "does not hold at this scale"
+def _lambda_lower(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+    return evidence.compare_seeds(list(a), list(b), lower_is_better=True)
+
+
+def _ratio_verdict(sgd: Sequence[float], sam: Sequence[float], factor: float) -> Verdict:
+    """``λ_max(SGD)/λ_max(SAM) ≥ factor``, judged on the ratio of geometric means over seeds: Welch's interval of
+    the difference of mean logs, exponentiated. Holds when the interval lies above ``factor``, does not hold
+    when it lies below."""
+    logs = [[math.log(v) if v > 0 else math.nan for v in map(float, x)] for x in (sgd, sam)]
+    d = statistics.welch_difference(logs[0], logs[1])
+    lo, hi, mid = math.exp(d.low), math.exp(d.high), math.exp(d.estimate)
+    text = f"ratio of geometric means {mid:.3g}, 95% interval [{lo:.3g}, {hi:.3g}]"
+    if min(d.n_a, d.n_b) < verdicts.MIN_SEEDS or not d.defined:
+        return Verdict(verdicts.INCONCLUSIVE, f"{text}: fewer than {verdicts.MIN_SEEDS} seeds or no interval")
+    if lo >= factor:
+        return Verdict(verdicts.HOLDS, text)
+    if hi < factor:
+        return Verdict(verdicts.DOES_NOT_HOLD, f"{text}, below {factor:g}")
+    return Verdict(verdicts.INCONCLUSIVE, f"{text} reaches {factor:g}")
+
+
+def flatness_verdicts(summaries: Mapping[str, Mapping[str, Any]], matched: Mapping[str, Any]) -> dict[str, Any]:
+    """G1, G3, G4, G5 from arm summaries and the matched-loss readings (:func:`arm_criteria.at_matched_loss`)."""
+    out: dict[str, Any] = {}
+    sam, sgd = summaries["sam"], summaries["sgd"]
+    g1 = arm_criteria.accuracy_comparison(sam, sgd)
+    out["G1"] = {"sam_minus_sgd_points": 100 * g1["difference"], "interval_points": [100 * x for x in g1["interval"]],
+                 "mde_points": 100 * g1["mde"], "stderr_points": 100 * g1["binomial_stderr"],
+                 "criterion": "SAM's test accuracy above SGD's (95% interval of the difference over seeds, with the "
+                              "binomial error of the test set)",
+                 "verdict": g1["verdict"], "reason": g1["reason"], "mde": g1["mde"]}
+    ratio_end = sgd["lambda_max"]["mean"] / sam["lambda_max"]["mean"]
+    low = matched.get("arms", {})
+    has_matched = bool(matched.get("levels")) and "sam" in low and "sgd" in low
+    ratio_matched = (low["sgd"]["lambda_max"][-1]["mean"] / low["sam"]["lambda_max"][-1]["mean"]
+                     if has_matched else math.nan)
+    lower = _lambda_lower(sam["lambda_max"]["values"], sgd["lambda_max"]["values"])
+    at_loss = (_lambda_lower(low["sam"]["lambda_max"][-1]["values"], low["sgd"]["lambda_max"][-1]["values"])
+               if has_matched else None)
+    ratio = (_ratio_verdict(low["sgd"]["lambda_max"][-1]["values"], low["sam"]["lambda_max"][-1]["values"], 5.0)
+             if has_matched else Verdict(verdicts.NOT_RUN, "no common loss level"))
+    parts = {"lower at the end": arm_criteria.verdict_of(lower),
+             "lower at the lowest common loss": (arm_criteria.verdict_of(at_loss) if at_loss else
+                                                 Verdict(verdicts.NOT_RUN, "no common loss level")),
+             "ratio ≥ 5 at the lowest common loss": ratio}
+    g3 = verdicts.combine(parts)
+    out["G3"] = {"lambda_max_sgd_over_sam_end": ratio_end, "lambda_max_sgd_over_sam_at_lowest_common_loss":
+                 ratio_matched, "sam_lower_end": lower, "sam_lower_at_matched_loss": at_loss,
+                 "lambda1_over_lambda5_sgd_sam": [sgd["lambda1_over_lambda5"]["mean"],
+                                                  sam["lambda1_over_lambda5"]["mean"]],
+                 "criterion": "λ_max(SGD)/λ_max(SAM) ≥ 5, and SAM lower (95% interval) at the end and at the lowest "
+                              "common training loss",
+                 "verdict": g3.label, "reason": g3.reason, "mde": g3.mde}
+    if "asam" in summaries:
+        g4 = _acc_vs(summaries["asam"], sam, 0.0)
+        out["G4"] = {**g4, "criterion": "ASAM's test accuracy at least SAM's (the 95% interval of ASAM − SAM above 0)"}
+    for arm in ("ssam-f", "ssam-d"):
+        if arm in summaries:
+            g5 = _acc_vs(summaries[arm], sam, 0.003)
+            out[f"G5-{arm}"] = {**g5, "criterion": "test accuracy within 0.3 points of SAM's or better (the 95% "
+                                                   "interval of the difference above −0.3 points)"}
+    return out
 
 
 def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
@@ -113,43 +175,7 @@ def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
         return out
     matched = arm_criteria.at_matched_loss(groups, quantities=("lambda_max", "trace", "test_acc"))
     out["matched_loss"] = matched
-    sam, sgd = summaries["sam"], summaries["sgd"]
-    g1 = arm_criteria.accuracy_comparison(sam, sgd)
-    out["G1"] = {"sam_minus_sgd_points": 100 * g1["difference"], "spread_points": 100 * g1["spread"],
-                 "stderr_points": 100 * g1["binomial_stderr"],
-                 "criterion": "SAM's test accuracy above SGD's beyond the seed spread and the binomial standard error",
-                 "verdict": "holds" if g1["holds"] else "does not hold at this scale"}
-    ratio_end = sgd["lambda_max"]["mean"] / sam["lambda_max"]["mean"]
-    low = matched["arms"]
-    ratio_matched = (low["sgd"]["lambda_max"][-1]["mean"] / low["sam"]["lambda_max"][-1]["mean"]
-                     if matched["levels"] else math.nan)
-    lower = evidence.compare_seeds(list(sam["lambda_max"]["values"]), list(sgd["lambda_max"]["values"]),
-                                   lower_is_better=True)
-    at_loss = (evidence.compare_seeds(list(low["sam"]["lambda_max"][-1]["values"]),
-                                      list(low["sgd"]["lambda_max"][-1]["values"]), lower_is_better=True)
-               if matched["levels"] else {"holds": False})
-    flatter = lower["holds"] and at_loss["holds"]
-    out["G3"] = {"lambda_max_sgd_over_sam_end": ratio_end, "lambda_max_sgd_over_sam_at_lowest_common_loss":
-                 ratio_matched, "sam_lower_beyond_spread_end": lower["holds"],
-                 "sam_lower_beyond_spread_at_matched_loss": at_loss["holds"],
-                 "lambda1_over_lambda5_sgd_sam": [sgd["lambda1_over_lambda5"]["mean"],
-                                                  sam["lambda1_over_lambda5"]["mean"]],
-                 "criterion": "λ_max(SGD)/λ_max(SAM) ≥ 5, SAM lower beyond the seed spread at the end and at the "
-                              "lowest common training loss",
-                 "verdict": "holds" if flatter and min(ratio_end, ratio_matched) >= 5 else
-                 ("partly" if flatter else "does not hold at this scale")}
-    if "asam" in summaries:
-        g4 = _acc_vs(summaries["asam"], sam, 0.0)
-        out["G4"] = {**g4, "criterion": "ASAM's test accuracy at least SAM's (not lower beyond the seed spread "
-                                        "and not lower on average)",
-                     "verdict": _non_inferior(g4)}
-    for arm in ("ssam-f", "ssam-d"):
-        if arm in summaries:
-            g5 = _acc_vs(summaries[arm], sam, 0.003)
-            out[f"G5-{arm}"] = {**g5, "criterion": "test accuracy within 0.3 points of SAM's or better, and not "
-                                                   "lower beyond the seed spread",
-                                "verdict": _non_inferior(g5)}
-    return out
+    return {**out, **flatness_verdicts(summaries, matched)}
 
 
 _CAPTION = ("Arms are means over seeds (± one standard deviation); λ_max by Lanczos and tr(H) by Hutch++ on a "

@@ -19,6 +19,7 @@ from sharpscope.experiments import criteria
 from sharpscope.experiments.recipes import sam_edge, sam_edge_cnn, sam_minibatch, shared_data_file
 from sharpscope.experiments.studies.framework import Figure, Stage, Study
 from sharpscope.experiments.studies.framework import recipe_stage as _stage
+from sharpscope.experiments.verdicts import MIN_SEEDS
 
 MINIBATCH = {"mb": 0.0, "mb-mom": 0.9}  # stage prefix: heavy-ball momentum
 
@@ -67,8 +68,10 @@ def _sam_evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
                          "gradient norm; "
                          "the ρ = 0 control's λ against its own edge (2/η or (2+2β)/η) reported beside it",
             "verdict": ("holds" if "batch/batch" in pairs else "partly" if pairs else
-                        "does not hold at this scale" if control_tracks else
-                        "not demonstrated (the control does not reach its own edge either)")}
+                        "does not hold" if control_tracks else "not testable at this scale"),
+            "reason": "" if pairs or control_tracks else "the ρ = 0 control does not reach its own edge either"}
+        if len(seeds) < MIN_SEEDS and out[f"E7-{prefix}"]["verdict"] in ("holds", "partly", "does not hold"):
+            out[f"E7-{prefix}"].update(verdict="inconclusive", reason=f"{len(seeds)} seed(s), fewer than {MIN_SEEDS}")
     return out
 
 

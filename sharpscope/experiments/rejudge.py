@@ -1,0 +1,204 @@
+"""Verdicts recomputed from stored study summaries (``<study>-summary.json``) with the current criteria.
+
+The summaries keep every arm's per-seed values, the matched-loss readings and each run's final record,
+so the intervals, MDEs and verdicts of :mod:`sharpscope.experiments.verdicts` can be recomputed without
+the run directories. What a summary lacks is said in each result's ``notes``:
+
+* the trace estimator's standard error is stored for each run's last reading only; at a matched loss level
+  it is taken as the same relative error (``stderr/tr(H)`` of the run's last reading) times the matched
+  value;
+* the runs store no per-example predictions, so accuracy differences carry unpaired binomial errors.
+
+``python -m sharpscope.experiments.rejudge figures`` reads ``figures/*-summary.json``, writes
+``figures/verdicts.json`` and prints one markdown table per study (the tables ``docs/reproductions.md``
+quotes).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from sharpscope.experiments import arms as ac
+from sharpscope.experiments import evidence, verdicts
+from sharpscope.experiments.report import verdict_text
+from sharpscope.experiments.studies import escape as escape_study
+from sharpscope.experiments.studies import flatness as flatness_study
+from sharpscope.io.atomic import atomic_write_bytes
+from sharpscope.track import jsonsafe
+
+STDERR_NOTE = ("trace estimator stderr: each run's last reading; at matched loss, the same relative error times the "
+               "matched value")
+__all__ = ["REJUDGE", "escape", "label_noise", "main", "sam_edge", "sam_flatness", "verdict_table",
+           "with_matched_stderr", "with_stored_stderr"]
+
+PAIRED_NOTE = "no per-example predictions stored: accuracy differences carry unpaired binomial errors"
+
+
+def _f(x: Any) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _final_trace(stages: Mapping[str, Any], run: str) -> tuple[float, float, float]:
+    """``(tr(H), its stderr, training loss)`` of a run's last reading (NaN where missing)."""
+    final = (stages.get(run) or {}).get("final") or {}
+    trace = final.get("trace") or {}
+    return _f(trace.get("estimate")), _f(trace.get("stderr")), _f(final.get("train_loss"))
+
+
+def _runs_of(stages: Mapping[str, Any], arm: str) -> list[str]:
+    return [name for name in stages if ac.arm_of(name) == arm]
+
+
+def with_stored_stderr(arm_summaries: Mapping[str, Any], stages: Mapping[str, Any]) -> dict[str, Any]:
+    """Arm summaries with ``trace_stderr`` and ``trace_over_loss_stderr`` from the runs' final readings."""
+    out = {}
+    for arm, a in arm_summaries.items():
+        finals = [_final_trace(stages, r) for r in _runs_of(stages, arm)]
+        out[arm] = {**a, "trace_stderr": evidence.seed_stats([se for _, se, _ in finals]),
+                    "trace_over_loss_stderr": evidence.seed_stats([se / loss if loss > 0 else math.nan
+                                                                   for _, se, loss in finals])}
+    return out
+
+
+def _relative_stderr(stages: Mapping[str, Any], arm: str) -> list[float]:
+    return [se / t if t > 0 else math.nan for t, se, _ in (_final_trace(stages, r) for r in _runs_of(stages, arm))]
+
+
+def with_matched_stderr(matched: Mapping[str, Any], stages: Mapping[str, Any]) -> dict[str, Any]:
+    """A matched-loss reading (:func:`arms.at_matched_loss`) with ``trace_stderr`` per level (see the module
+    docstring)."""
+    out: dict[str, Any] = {"levels": list(matched.get("levels") or []), "arms": {}}
+    for arm, q in (matched.get("arms") or {}).items():
+        rel = _relative_stderr(stages, arm)
+        levels = []
+        for stats in q.get("trace", []):
+            values = [_f(v) for v in stats.get("values", [])]
+            levels.append(evidence.seed_stats([v * r for v, r in zip(values, rel)] if len(rel) == len(values)
+                                              else [math.nan] * len(values)))
+        out["arms"][arm] = {**q, "trace_stderr": levels}
+    return out
+
+
+def _best_eta(arm_summaries: Mapping[str, Any], kind: str) -> float | None:
+    """η′ of the sweep's best ``kind`` (``rs`` or ``sa``) by the study's own rule (:func:`arms.best_setting`):
+    the lowest final tr(H) among completed runs, preferring those that kept ≥ 99% train accuracy."""
+    candidates = []
+    for name, a in arm_summaries.items():
+        m = re.fullmatch(rf"sweep-{kind}(-same|-ind)?-rho([\d.e-]+)-lrp([\d.e-]+)", name)
+        score = _f((a.get("trace") or {}).get("mean"))
+        if not m or a.get("status") != ["completed"] or not math.isfinite(score):
+            continue
+        candidates.append((not _f(a.get("min_train_acc")) >= 0.99, score, float(m.group(3)) * escape_study.ETA))
+    return min(candidates)[2] if candidates else None
+
+
+def escape(summary: Mapping[str, Any]) -> dict[str, Any]:
+    res, stages = summary["results"], summary.get("stages") or {}
+    summaries = with_stored_stderr(res["arms"], stages)
+    matched = with_matched_stderr((res.get("A3") or {}).get("matched_loss") or {}, stages)
+    eta = {arm: e for arm, kind in (("best-sa", "sa"), ("best-rs", "rs"))
+           if (e := _best_eta(res["arms"], kind)) is not None}
+    out = ac.escape_verdicts(summaries, matched, eta)
+    if "A5" in res:
+        out["A5"] = {**res["A5"], "verdict": verdicts.NOT_TESTABLE,
+                     "reason": "independent (not antithetic) draws leave the first-order term ρHu in the average as "
+                               "noise far larger than the O(ρ²) drift, and the ReLU/max-pool network is not twice "
+                               "differentiable, so the identity need not hold on it"}
+    return {**out, "notes": [STDERR_NOTE, PAIRED_NOTE]}
+
+
+def label_noise(summary: Mapping[str, Any]) -> dict[str, Any]:
+    res, stages = summary["results"], summary.get("stages") or {}
+    summaries = with_stored_stderr(res["arms"], stages)
+    g6 = res.get("G6") or {}
+    stored = (g6.get("vs_noiseless") or {}).get("trace_at_lowest_common_loss")
+    matched = None
+    if stored:  # the lowest common level's per-seed traces are stored with the comparison
+        matched = with_matched_stderr({"levels": [math.nan], "arms": {"label-noise": {"trace": [stored["a"]]},
+                                                                      "noiseless": {"trace": [stored["b"]]}}}, stages)
+    vs = ac.versus(summaries["label-noise"], summaries["noiseless"], matched, "label-noise", "noiseless") \
+        if "noiseless" in summaries and "label-noise" in summaries else None
+    # the lowest common loss level is the shared start when both arms' readings there are their first ones
+    at_start = False
+    if stored:
+        at_start = all([_f(x) for x in stored[k]["values"]] == [_f(x) for x in res["arms"][arm]["trace_start"]["values"]]
+                       for k, arm in (("a", "label-noise"), ("b", "noiseless")))
+    verdict = ac.label_noise_verdict(g6.get("spearman_per_seed") or [], vs, at_start)
+    return {"G6": {**{k: g6[k] for k in ("spearman_per_seed", "spearman_after_step_0") if k in g6},
+                   "vs_noiseless": vs, "criterion": g6.get("criterion", ""), "verdict": verdict.label,
+                   "reason": verdict.reason, "mde": verdict.mde},
+            "notes": [STDERR_NOTE, PAIRED_NOTE]}
+
+
+def sam_flatness(summary: Mapping[str, Any]) -> dict[str, Any]:
+    res = summary["results"]
+    return {**flatness_study.flatness_verdicts(res["arms"], res.get("matched_loss") or {}), "notes": [PAIRED_NOTE]}
+
+
+def sam_edge(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """E5's "max λ < 0.8·(2/η)" for each SAM run (λ at initialisation is at most the run's maximum, so the part
+    is met at initialisation whenever it is met), and E7 with the three-seed rule."""
+    res = summary["results"]
+    out: dict[str, Any] = {}
+    for name, r in res.items():
+        if "max_lambda_over_2_eta" in r and not name.endswith("rho0"):
+            ratio = _f(r["max_lambda_over_2_eta"])
+            v = verdicts.judge_threshold(ratio < 0.8, met_at_start=ratio < 0.8,
+                                         reason=f"max λ = {ratio:.3g}·(2/η)")
+            out[f"E5-below-2-eta-{name}"] = {"criterion": "max λ < 0.8·(2/η)", "verdict": v.label, "reason": v.reason}
+    for prefix in ("mb", "mb-mom"):
+        r = res.get(f"E7-{prefix}")
+        if not r:
+            continue
+        pairs, control = r.get("sam_tracks_with") or [], bool(r.get("control_at_its_edge"))
+        label = ("holds" if "batch/batch" in pairs else "partly" if pairs else "does not hold" if control else
+                 verdicts.NOT_TESTABLE)
+        reason = f"{r.get('seeds')} seed(s); tracks with {', '.join(pairs) or 'no pairing'}"
+        if not pairs and not control:
+            reason += "; the ρ = 0 control does not reach its own edge either"
+        if r.get("seeds", 0) < verdicts.MIN_SEEDS and label != verdicts.NOT_TESTABLE:
+            label, reason = verdicts.INCONCLUSIVE, f"fewer than {verdicts.MIN_SEEDS} seeds; {reason}"
+        out[f"E7-{prefix}"] = {"criterion": r.get("criterion", ""), "verdict": label, "reason": reason}
+    return out
+
+
+REJUDGE: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
+    "escape": escape, "label-noise": label_noise, "sam-flatness": sam_flatness, "sam-edge": sam_edge}
+
+
+def verdict_table(study: str, results: Mapping[str, Any]) -> str:
+    """One row per claim: the verdict (with the MDE when inconclusive) and its reason."""
+    rows = [f"#### {study}", "", "| claim | verdict | reason |", "|---|---|---|"]
+    for claim, r in results.items():
+        if isinstance(r, Mapping) and "verdict" in r:
+            reason = str(r.get("reason", "")).replace("|", "\\|")
+            rows.append(f"| {claim} | {verdict_text(r)} | {reason} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    folder = Path(args[0] if args else "figures")
+    out: dict[str, Any] = {}
+    for study, judge in REJUDGE.items():
+        path = folder / f"{study}-summary.json"
+        if not path.is_file():
+            continue
+        out[study] = judge(json.loads(path.read_text()))
+        sys.stdout.write(verdict_table(study, out[study]) + "\n\n")
+    atomic_write_bytes(folder / "verdicts.json", (jsonsafe.dumps(out, indent=2) + "\n").encode())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
