@@ -143,6 +143,7 @@ class RunDirectory:
         self._keys: set[tuple[str, int]] | None = None
         self._last = ""  # the digest of the last record line (recordlines), once the keys are read
         self._unchecked = False  # the file holds records written before records carried checksums
+        self._torn = False  # its last line was cut short by a kill
         self._resume_raw: RawCheckpoint | None = None
         self.notes: list[str] = []  # one line per repair made on resume (also logged)
 
@@ -268,7 +269,7 @@ class RunDirectory:
             return "resume"
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.config_path, text.encode())
-        self._keys, self._last, self._unchecked = set(), "", False
+        self._keys, self._last, self._unchecked, self._torn = set(), "", False, False
         return "new"
 
     def _remove_own_files(self) -> None:
@@ -279,7 +280,7 @@ class RunDirectory:
                 (self.path / name).unlink()
         shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
         self._remove_temporaries()
-        self._keys, self._last, self._unchecked = set(), "", False
+        self._keys, self._last, self._unchecked, self._torn = set(), "", False, False
 
     def read_config(self) -> dict[str, Any]:
         """The stored ``config.json``."""
@@ -341,6 +342,7 @@ class RunDirectory:
             self._keys = {record_key(line.record) for line in lines if line.record is not None}
             self._last = "" if scan is None else scan.last_digest
             self._unchecked = bool(lines) and scan is not None and not scan.checked
+            self._torn = scan is not None and scan.torn is not None
         return self._keys
 
     def has_metric(self, kind: str, step: int) -> bool:
@@ -360,7 +362,8 @@ class RunDirectory:
 
         A record whose ``(kind, step)`` is already stored is not written again (returns False),
         so every metric is recorded exactly once even when a resumed run recomputes it. A file written
-        before records carried checksums is first rewritten, atomically, with them.
+        before records carried checksums, or whose last line a kill cut short, is first rewritten,
+        atomically, with checksums and without that line.
         """
         key = record_key(record)
         if any(name in record for name in recordlines.RESERVED):
@@ -369,12 +372,14 @@ class RunDirectory:
         keys = self._known_keys()
         if key in keys:
             return False
-        if self._unchecked:
-            self._adopt_checksums()
+        if self._unchecked or self._torn:
+            if self._unchecked:
+                self._adopt_checksums()
+            self._note(f"{self.metrics_path}: " + ("added checksums to the records written before records carried "
+                                                   "them" if self._unchecked else "dropped a last line cut short"))
             text, self._last = recordlines.encode_all(self.read_metrics(torn_ok=True))
             atomic_write_bytes(self.metrics_path, text.encode())
-            self._unchecked = False
-            self._note(f"{self.metrics_path}: added checksums to the records written before records carried them")
+            self._unchecked = self._torn = False
         line, digest = recordlines.encode(record, self._last)
         self.path.mkdir(parents=True, exist_ok=True)
         with open(self.metrics_path, "a", encoding="utf-8") as f:
@@ -468,7 +473,7 @@ class RunDirectory:
             self.summary_path.unlink()  # the run is running again: its summary is not final
         checksums.forget(self.metrics_path, self.summary_path)
         self._keys = {record_key(r) for r in keep}
-        self._unchecked = False
+        self._unchecked = self._torn = False
         return resume_step
 
     # ------------------------------------------------------------------------ checkpoints

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from sharpscope.io import checksums, jsonsafe, read_checkpoint, read_measurement
 from sharpscope.plots.runs import load_run
 from sharpscope.track import RunDirectory, train
 from sharpscope.track.dataframe import metrics_dataframe
-from tests.faults.faults_helpers import flip_bit, same_records, tiny
+from tests.faults.faults_helpers import ENV, SCRIPT, TIMEOUT, flip_bit, same_records, tiny
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -190,6 +191,8 @@ def test_verify_reports_intact_runs_and_one_line_per_problem(tmp_path: Path) -> 
     assert lines[2].startswith(f"{run.metrics_path}: corrupt file")  # against the finished run's SHA256SUMS
     assert lines[3].startswith(f"{final}: corrupt file")
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files  # verify changes nothing
+    done = subprocess.run([str(SCRIPT), "verify", str(out)], env=ENV, capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 1 and done.stdout == output and done.stderr == ""  # the installed script, for scripts
     code, output = cli("verify", str(tmp_path))
     assert code == 1 and output.startswith("error: ") and "not a sharpscope run directory" in output
 
@@ -242,3 +245,7 @@ def test_runs_from_before_checksums_still_load_verify_and_resume(tmp_path: Path,
     assert [r["x"] for r in RunDirectory(sink.path).read_metrics()] == [1, 2]
     with pytest.raises(ConfigError, match="record_sha256"):
         sink.append_metric({"step": 2, "record_sha256": "0"})
+    with open(sink.metrics_path, "a") as f:
+        f.write('{"step": 2, "x"')  # a kill in the middle of an append, then the loop is started again
+    assert RunDirectory(sink.path).append_metric({"step": 2, "x": 3})
+    assert [r["x"] for r in RunDirectory(sink.path).read_metrics()] == [1, 2, 3]
