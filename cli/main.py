@@ -246,9 +246,10 @@ from sharpscope_cli.landscape import landscape_cmd  # noqa: E402  (each command 
 from sharpscope_cli.plot import plot_cmd  # noqa: E402
 from sharpscope_cli.reproduce import reproduce_cmd  # noqa: E402
 from sharpscope_cli.train import train_cmd  # noqa: E402
+from sharpscope_cli.verify import verify_cmd  # noqa: E402
 
 for _name, _command in (("train", train_cmd), ("landscape", landscape_cmd), ("reproduce", reproduce_cmd),
-                        ("plot", plot_cmd)):
+                        ("plot", plot_cmd), ("verify", verify_cmd)):
     app.command(_name)(clean_errors(_command))
 
 if __name__ == "__main__":

@@ -298,15 +298,17 @@ def read_checkpoint(path: str | os.PathLike[str], *, unsafe_load: bool = False,
                     map_location: Any = "cpu", unsafe_flag: str | None = "--unsafe-load") -> RawCheckpoint:
     """Read a checkpoint's state dict, spec and extra without building a model.
 
-    A file recorded in a ``SHA256SUMS`` next to it is verified first: a mismatch raises
-    :class:`CheckpointError` ("corrupt file") before any byte is unpickled. ``unsafe_flag`` is the
+    A file with a ``SHA256SUMS`` next to it is verified first, before any byte is unpickled: a mismatch
+    raises :class:`CheckpointError` ("corrupt file"), and so does a file the manifest does not record (a
+    write that did not finish, a file copied in later, a damaged manifest). A checkpoint inside a run
+    directory written with checksums needs its manifest (:meth:`~sharpscope.io.rundir.RunDirectory.verify_checkpoint`). ``unsafe_flag`` is the
     command-line flag that a refusal of an unsafe pickle names (``""``: the command has none).
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        checksums.verify(path)
+        _verify(path)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read the file ({e.strerror or e})") from None
     suffix = path.suffix.lower()
@@ -322,6 +324,25 @@ def read_checkpoint(path: str | os.PathLike[str], *, unsafe_load: bool = False,
         return _read_torch(path, unsafe_load, map_location, unsafe_flag)
     raise CheckpointError(f"{path}: unknown checkpoint format; expected {SAFETENSORS_SUFFIX} or "
                           f"{'/'.join(TORCH_SUFFIXES)} (torch.save)")
+
+
+def _verify(path: Path) -> None:
+    """Check ``path`` against the manifest beside it (see :func:`read_checkpoint`)."""
+    from sharpscope.io.rundir import RunDirectory  # lazy: the run directory builds on this module
+
+    run = RunDirectory.of_checkpoint(path)
+    verdict = checksums.verify(path) if run is None else run.verify_checkpoint(path)
+    if verdict != "unrecorded":
+        return
+    manifest = checksums.manifest_path(path)
+    if not manifest.is_file():
+        state = "is missing, though the run was written with checksums"
+    else:
+        damaged = checksums.unreadable_lines(manifest.parent)
+        state = "does not record it" + (f" ({damaged} of its lines are unreadable)" if damaged else "")
+    raise CheckpointError(f"{path}: cannot be verified: {manifest} {state} (a write that did not finish, a file "
+                          f"copied in later, or a damaged manifest); if you trust the file, add its line to the "
+                          f"manifest (sha256sum {path.name} >> {checksums.MANIFEST}, in that folder)")
 
 
 # ----------------------------------------------------------------- building and fitting

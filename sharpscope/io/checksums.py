@@ -60,6 +60,15 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, str] | None:
     return out
 
 
+def unreadable_lines(folder: str | os.PathLike[str]) -> int:
+    """How many non-blank lines of ``folder/SHA256SUMS`` do not parse (0 without a manifest)."""
+    try:
+        text = (Path(folder) / MANIFEST).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return 0
+    return sum(1 for line in text.splitlines() if line.strip() and not _LINE.match(line))
+
+
 def _write_manifest(folder: Path, entries: dict[str, str]) -> None:
     text = "".join(f"{digest}  {name}\n" for name, digest in sorted(entries.items()))
     atomic_write_bytes(folder / MANIFEST, text.encode())

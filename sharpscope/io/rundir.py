@@ -4,13 +4,19 @@ Layout::
 
     RUN/
       config.json                 the run's configuration (strict JSON); fixed for the run's life
-      metrics.jsonl               one strict-JSON record per line, appended, flushed and fsynced
+      metrics.jsonl               one strict-JSON record per line, appended, flushed and fsynced, each with
+                                  its SHA-256 chained to the line before (:mod:`sharpscope.io.recordlines`)
       checkpoints/step-00000050.pt  the latest checkpoint (model + spec, optimizer, RNG, ...);
                                   older ones too with ``keep_older`` (config ``keep_checkpoints``)
       summary.json                written atomically when the run ends
       SHA256SUMS                  digests of config.json, metrics.jsonl and summary.json of a finished run
       checkpoints/SHA256SUMS      digests of the checkpoints (:mod:`sharpscope.io.checksums`)
       .lock                       left by older versions; the writing process now flocks RUN/ itself
+
+Verified reads. Every read of ``metrics.jsonl`` checks each line's checksum and its place after the line
+before: a damaged line (a changed value, a flipped bit, a foreign byte, a line removed or moved) is refused
+in one line naming the file and the line (:class:`~sharpscope.errors.CheckpointError`), never read as a
+different number. Lines written before records carried checksums are read unverified.
 
 Crash consistency. A record is a line ``{"kind": ..., "step": t, ...}``; the pair ``(kind, step)``
 identifies it and is never written twice (:meth:`RunDirectory.append_metric` refuses a second
@@ -21,12 +27,13 @@ written before it. On resume, :meth:`RunDirectory.prepare_resume`
 
 * uses the newest checkpoint whose digest verifies (a corrupt one is renamed ``*.corrupt``, one
   whose digest was never recorded, cut off by a kill, ``*.incomplete``; one line says so);
-* reconciles ``metrics.jsonl`` with it: unparsable lines (a line torn by the kill) are dropped,
-  repeated keys kept once, records with ``step > s`` dropped (the resumed run recomputes them
+* reconciles ``metrics.jsonl`` with it: unparsable or damaged lines (a line torn by the kill, one
+  whose checksum fails) are dropped, repeated keys kept once, records with ``step > s`` dropped (the resumed run recomputes them
   identically); if a record the checkpoint lists is missing, it rolls back to the newest good
   checkpoint before the first missing record, or to the start (training is deterministic given
   the seed, so the replay writes the same records);
-* rewrites the file atomically when anything changed.
+* rewrites the file atomically when anything changed (with fresh checksums; records from before
+  checksums get theirs).
 
 A finished run's ``summary.json`` counts only while it and ``metrics.jsonl`` match the digests in
 ``SHA256SUMS``; otherwise the run is resumed from its last checkpoint and the summary rebuilt from
@@ -45,13 +52,22 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from torch import nn
 
 from sharpscope.errors import CheckpointError, ConfigError, StorageError, os_error_text
-from sharpscope.io import RawCheckpoint, atomic_write_bytes, checksums, jsonsafe, read_checkpoint, save_checkpoint
+from sharpscope.io import (
+    RawCheckpoint,
+    atomic_write_bytes,
+    checksums,
+    jsonsafe,
+    read_checkpoint,
+    recordlines,
+    save_checkpoint,
+)
 from sharpscope.io.records import record_kind
 from sharpscope.models import ModelSpec
 
@@ -96,6 +112,17 @@ def record_key(record: Mapping[str, Any]) -> tuple[str, int]:
     return record_kind(record), step
 
 
+@dataclass(frozen=True)
+class Verification:
+    """What :meth:`RunDirectory.verify` found: one line per problem (none: the run is intact), the records
+    whose checksums verified, those from before checksums (read unverified) and the checkpoints verified."""
+
+    problems: list[str]
+    records: int
+    unverified: int
+    checkpoints: int
+
+
 class RunDirectory:
     """A run directory at ``path`` (see the module docstring for the layout and guarantees).
 
@@ -114,8 +141,20 @@ class RunDirectory:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).expanduser()
         self._keys: set[tuple[str, int]] | None = None
+        self._last = ""  # the digest of the last record line (recordlines), once the keys are read
+        self._unchecked = False  # the file holds records written before records carried checksums
+        self._torn = False  # its last line was cut short by a kill
         self._resume_raw: RawCheckpoint | None = None
         self.notes: list[str] = []  # one line per repair made on resume (also logged)
+
+    @classmethod
+    def of_checkpoint(cls, path: str | os.PathLike[str]) -> RunDirectory | None:
+        """The run directory that holds checkpoint ``path`` (``RUN/checkpoints/NAME`` beside
+        ``RUN/config.json``), or None for a checkpoint elsewhere."""
+        folder = Path(path).expanduser().absolute().parent
+        if folder.name != CHECKPOINTS or not (folder.parent / CONFIG).is_file():
+            return None
+        return cls(folder.parent)
 
     def _note(self, line: str) -> None:
         self.notes.append(line)
@@ -224,11 +263,13 @@ class RunDirectory:
                                   "choose another folder, or pass force=True to overwrite it", argument="force")
             if set(jsonsafe.loads(text)) - set(old):
                 atomic_write_bytes(self.config_path, text.encode())
+                if CONFIG in (checksums.read_manifest(self.path) or {}):  # the same run, its config upgraded
+                    checksums.record(self.config_path)
             self._keys = None
             return "resume"
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.config_path, text.encode())
-        self._keys = set()
+        self._keys, self._last, self._unchecked, self._torn = set(), "", False, False
         return "new"
 
     def _remove_own_files(self) -> None:
@@ -239,7 +280,7 @@ class RunDirectory:
                 (self.path / name).unlink()
         shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
         self._remove_temporaries()
-        self._keys = set()
+        self._keys, self._last, self._unchecked, self._torn = set(), "", False, False
 
     def read_config(self) -> dict[str, Any]:
         """The stored ``config.json``."""
@@ -249,34 +290,59 @@ class RunDirectory:
             raise ConfigError(f"{self.path}: no config.json; not a sharpscope run directory") from None
 
     # --------------------------------------------------------------------------- metrics
-    def read_metrics(self, *, torn_ok: bool = False) -> list[dict[str, Any]]:
-        """Every record of ``metrics.jsonl`` in order (strict JSON).
+    def _scan(self) -> recordlines.Scan | None:
+        """Every line of ``metrics.jsonl`` checked (:mod:`sharpscope.io.recordlines`), or None without the file."""
+        try:
+            return recordlines.scan(self.metrics_path.read_bytes())
+        except FileNotFoundError:
+            return None
 
-        A last line cut short by a kill is skipped when ``torn_ok``; any other unreadable line
-        raises :class:`CheckpointError`.
+    def _recorded_metrics_digest(self) -> str | None:
+        """The digest of ``metrics.jsonl`` recorded when the run finished, while its summary still verifies
+        (a run running again has no summary; a summary written but not yet recorded does not count)."""
+        entries = checksums.read_manifest(self.path) or {}
+        if METRICS not in entries or SUMMARY not in entries or not self.summary_path.is_file():
+            return None
+        return entries[METRICS] if checksums.sha256_file(self.summary_path) == entries[SUMMARY] else None
+
+    def read_metrics(self, *, torn_ok: bool = False) -> list[dict[str, Any]]:
+        """Every record of ``metrics.jsonl`` in order, each verified against its checksum.
+
+        A last line cut short by a kill (no newline at its end) is skipped when ``torn_ok``. A damaged
+        line (a changed value, a flipped bit, a foreign byte, a line removed or moved) raises
+        :class:`CheckpointError` naming the file and the line; so does a finished run's file that no
+        longer matches the digest recorded in ``SHA256SUMS``.
         """
-        if not self.metrics_path.is_file():
-            return []
-        lines = self.metrics_path.read_text(encoding="utf-8").split("\n")
-        records = []
-        for i, line in enumerate(lines):
-            if not line.strip():
-                continue
-            try:
-                rec = jsonsafe.loads(line)
-                if not isinstance(rec, dict):
-                    raise ValueError("not an object")
-            except ValueError as e:
-                last = all(not rest.strip() for rest in lines[i + 1:])
-                if torn_ok and last:
-                    continue
-                raise CheckpointError(f"{self.metrics_path}: line {i + 1} is not a JSON record ({e})") from None
-            records.append(rec)
-        return records
+        scan = self._verified_scan(torn_ok=torn_ok)
+        return [] if scan is None else [line.record for line in scan.lines if line.record is not None]
+
+    def _verified_scan(self, *, torn_ok: bool) -> recordlines.Scan | None:
+        """:meth:`_scan`, refusing any problem as :meth:`read_metrics` describes."""
+        scan = self._scan()
+        if scan is None:
+            return None
+        bad = scan.problems
+        if bad or (scan.torn is not None and not torn_ok):
+            first = bad[0] if bad else scan.torn
+            assert first is not None and first.problem is not None
+            more = f" ({len(bad)} damaged lines)" if len(bad) > 1 else ""
+            raise CheckpointError(f"{self.metrics_path}: line {first.number}: {first.problem}{more}; rerun the run's "
+                                  "train command to recompute it, or see `sharpscope verify` for every problem")
+        want = self._recorded_metrics_digest()
+        if want is not None and scan.sha256 != want:
+            raise CheckpointError(f"{self.metrics_path}: differs from the digest recorded in {self.path / MANIFEST} "
+                                  "when the run finished (records removed or added); rerun the run's train command "
+                                  "to recompute them")
+        return scan
 
     def _known_keys(self) -> set[tuple[str, int]]:
         if self._keys is None:
-            self._keys = {record_key(r) for r in self.read_metrics(torn_ok=True)}
+            scan = self._verified_scan(torn_ok=True)
+            lines = [] if scan is None else [line for line in scan.lines if line.record is not None]
+            self._keys = {record_key(line.record) for line in lines if line.record is not None}
+            self._last = "" if scan is None else scan.last_digest
+            self._unchecked = bool(lines) and scan is not None and not scan.checked
+            self._torn = scan is not None and scan.torn is not None
         return self._keys
 
     def has_metric(self, kind: str, step: int) -> bool:
@@ -291,46 +357,63 @@ class RunDirectory:
         return None
 
     def append_metric(self, record: Mapping[str, Any]) -> bool:
-        """Append one record as a line (strict JSON), flush and ``os.fsync``; return True.
+        """Append one record as a checksummed line (strict JSON, :mod:`sharpscope.io.recordlines`), flush
+        and ``os.fsync``; return True.
 
         A record whose ``(kind, step)`` is already stored is not written again (returns False),
-        so every metric is recorded exactly once even when a resumed run recomputes it.
+        so every metric is recorded exactly once even when a resumed run recomputes it. A file written
+        before records carried checksums, or whose last line a kill cut short, is first rewritten,
+        atomically, with checksums and without that line.
         """
         key = record_key(record)
+        if any(name in record for name in recordlines.RESERVED):
+            raise ConfigError(f"a metrics record may not hold the keys {' or '.join(recordlines.RESERVED)} "
+                              "(the checksums it is stored with)", argument="record")
         keys = self._known_keys()
         if key in keys:
             return False
-        line = jsonsafe.dumps(dict(record)) + "\n"
+        if self._unchecked or self._torn:
+            if self._unchecked:
+                self._adopt_checksums()
+            self._note(f"{self.metrics_path}: " + ("added checksums to the records written before records carried "
+                                                   "them" if self._unchecked else "dropped a last line cut short"))
+            text, self._last = recordlines.encode_all(self.read_metrics(torn_ok=True))
+            atomic_write_bytes(self.metrics_path, text.encode())
+            self._unchecked = self._torn = False
+        line, digest = recordlines.encode(record, self._last)
         self.path.mkdir(parents=True, exist_ok=True)
         with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(line)
+            f.write(line + "\n")
             f.flush()
             os.fsync(f.fileno())
         keys.add(key)
+        self._last = digest
         return True
 
-    def _scan_metrics(self) -> tuple[list[dict[str, Any]], list[int], int]:
-        """Every readable record once, in order; the numbers of the lines that did not parse; the
+    def _adopt_checksums(self) -> None:
+        """A run from before checksums is about to get them: record its checkpoints as they are (nothing
+        can verify them), so that they stay usable in the checksummed run."""
+        files = [p for _, p in self._checkpoint_files()]
+        if files and checksums.read_manifest(self.checkpoint_dir) is None:
+            checksums.record(*files)
+
+    def _scan_metrics(self) -> tuple[list[dict[str, Any]], list[recordlines.Line], int]:
+        """Every usable record once, in order; the lines that cannot be used (unreadable, damaged, torn); the
         number of repeated records dropped."""
-        if not self.metrics_path.is_file():
+        scan = self._scan()
+        if scan is None:
             return [], [], 0
-        records, bad, seen, repeated = [], [], set(), 0
-        for i, line in enumerate(self.metrics_path.read_text(encoding="utf-8", errors="replace").split("\n")):
-            if not line.strip():
+        records, seen, repeated = [], set(), 0
+        for line in scan.lines:
+            if line.record is None:
                 continue
-            try:
-                rec = jsonsafe.loads(line)
-                key = record_key(rec) if isinstance(rec, dict) else None
-            except ValueError:
-                key = None
-            if key is None:
-                bad.append(i + 1)
-            elif key in seen:
+            key = record_key(line.record)
+            if key in seen:
                 repeated += 1
             else:
                 seen.add(key)
-                records.append(rec)
-        return records, bad, repeated
+                records.append(line.record)
+        return records, scan.problems + ([scan.torn] if scan.torn is not None else []), repeated
 
     def prepare_resume(self, *, replay: bool = True) -> int | None:
         """Make the directory consistent with its newest good checkpoint; return that checkpoint's step.
@@ -343,10 +426,12 @@ class RunDirectory:
         ``metrics.jsonl`` is rewritten atomically when anything changed; the summary is removed.
         """
         self._remove_temporaries()
+        legacy = not self.checksummed()
         records, bad, repeated = self._scan_metrics()
         if bad:
-            self._note(f"{self.metrics_path}: dropped {len(bad)} unreadable line(s) (line {', '.join(map(str, bad[:5]))}"
-                       f"{', ...' if len(bad) > 5 else ''})")
+            shown = "; ".join(f"line {line.number}: {line.problem}" for line in bad[:3])
+            self._note(f"{self.metrics_path}: dropped {len(bad)} unreadable or damaged line(s) ({shown}"
+                       f"{'; ...' if len(bad) > 3 else ''})")
         if repeated:
             self._note(f"{self.metrics_path}: dropped {repeated} repeated record(s)")
         present = {record_key(r) for r in records}
@@ -378,13 +463,17 @@ class RunDirectory:
         resume_step = None if chosen is None else chosen[0]
         self._resume_raw = None if chosen is None else chosen[1]
         keep = [r for r in records if resume_step is not None and record_key(r)[1] <= resume_step]
-        text = "".join(jsonsafe.dumps(r) + "\n" for r in keep)
-        current = self.metrics_path.read_text(encoding="utf-8", errors="replace") if self.metrics_path.is_file() else ""
-        if text != current:
+        if legacy:
+            self._adopt_checksums()
+        text, self._last = recordlines.encode_all(keep)
+        current = self.metrics_path.read_bytes() if self.metrics_path.is_file() else b""
+        if text.encode() != current:
             atomic_write_bytes(self.metrics_path, text.encode())
         with contextlib.suppress(FileNotFoundError):
             self.summary_path.unlink()  # the run is running again: its summary is not final
+        checksums.forget(self.metrics_path, self.summary_path)
         self._keys = {record_key(r) for r in keep}
+        self._unchecked = self._torn = False
         return resume_step
 
     # ------------------------------------------------------------------------ checkpoints
@@ -395,10 +484,26 @@ class RunDirectory:
         found = [(int(m.group(1)), p) for p in self.checkpoint_dir.iterdir() if (m := _CKPT.match(p.name))]
         return sorted(found)
 
+    def checksummed(self) -> bool:
+        """Whether this run was written with checksums (a ``SHA256SUMS`` beside its files, or records that
+        carry them): then every checkpoint must be recorded in ``checkpoints/SHA256SUMS``."""
+        if (self.path / MANIFEST).is_file() or (self.checkpoint_dir / MANIFEST).is_file():
+            return True
+        scan = self._scan()
+        return scan is not None and scan.checked
+
+    def verify_checkpoint(self, path: str | os.PathLike[str]) -> checksums.Verdict:
+        """:func:`sharpscope.io.checksums.verify` of a checkpoint of this run, except that a checksummed run
+        whose ``checkpoints/SHA256SUMS`` is gone reads ``"unrecorded"``: nothing is loaded unchecked."""
+        verdict = checksums.verify(path)
+        return "unrecorded" if verdict == "no-manifest" and self.checksummed() else verdict
+
     def checkpoints(self) -> list[tuple[int, Path]]:
         """``(step, path)`` of the stored checkpoints, by step: those whose checksum is recorded
         (all of them in a run directory from before checksums)."""
         recorded = checksums.read_manifest(self.checkpoint_dir)
+        if recorded is None and self.checksummed():
+            recorded = {}
         return [(t, p) for t, p in self._checkpoint_files() if recorded is None or p.name in recorded]
 
     def latest_checkpoint(self) -> tuple[int, Path] | None:
@@ -429,7 +534,7 @@ class RunDirectory:
         are set aside (``*.corrupt`` or ``*.incomplete``) with a note each."""
         for step, path in reversed(self._checkpoint_files()):
             try:
-                verdict = checksums.verify(path)
+                verdict = self.verify_checkpoint(path)
                 if verdict == "unrecorded":
                     target = path.with_name(path.name + ".incomplete")
                     os.replace(path, target)
@@ -478,21 +583,129 @@ class RunDirectory:
             return None
         return jsonsafe.loads(self.summary_path.read_text(encoding="utf-8"))
 
+    def checkpoint_problems(self) -> list[str]:
+        """One line per checkpoint that cannot be trusted (reads only): a digest that differs, a file that
+        ``checkpoints/SHA256SUMS`` records but is gone, a checkpoint that it does not record (in a
+        checksummed run, also when the manifest itself is gone or unreadable)."""
+        recorded = checksums.read_manifest(self.checkpoint_dir) or {}
+        problems = [f"{self.checkpoint_dir / name}: missing, though {self.checkpoint_dir / MANIFEST} records it"
+                    for name in sorted(recorded) if _CKPT.match(name) and not (self.checkpoint_dir / name).is_file()]
+        for _, path in self._checkpoint_files():
+            try:
+                if self.verify_checkpoint(path) == "unrecorded":
+                    problems.append(f"{path}: not recorded in {self.checkpoint_dir / MANIFEST} (its write did not "
+                                    "finish, or the manifest was damaged): it cannot be verified")
+            except CheckpointError as e:
+                problems.append(str(e))
+        return problems
+
+    def _final_checkpoint_problems(self, summary: Mapping[str, Any]) -> list[str]:
+        """:meth:`checkpoint_problems`, and the finished run's own checkpoint (named in its summary) gone."""
+        problems = self.checkpoint_problems()
+        named = summary.get("checkpoint")
+        if isinstance(named, str) and named:
+            final = self.checkpoint_dir / Path(named).name
+            if not final.is_file() and not any(line.startswith(f"{final}:") for line in problems):
+                problems.append(f"{final}: the finished run's checkpoint is missing")
+        return problems
+
+    def _set_aside_checkpoints(self) -> None:
+        """Set aside every checkpoint that does not verify and forget the manifest entries of missing ones,
+        so that the resume that follows starts from a good one (or the start) and replays the rest."""
+        recorded = checksums.read_manifest(self.checkpoint_dir) or {}
+        gone = [self.checkpoint_dir / n for n in recorded if _CKPT.match(n) and not (self.checkpoint_dir / n).is_file()]
+        checksums.forget(*gone)
+        for _, path in self._checkpoint_files():
+            try:
+                if self.verify_checkpoint(path) != "unrecorded":
+                    continue
+                os.replace(path, path.with_name(path.name + ".incomplete"))
+            except CheckpointError:
+                checksums.set_aside(path)
+
+    def verify(self) -> Verification:
+        """Check the whole run without changing it: ``config.json`` parses, every record line verifies (a
+        last line cut short by a kill counts as a problem too), a finished run's files match ``SHA256SUMS``
+        and its checkpoint is present, every checkpoint matches ``checkpoints/SHA256SUMS``, and the records
+        the newest good checkpoint lists are all in ``metrics.jsonl``. One line per problem."""
+        if not self.config_path.is_file():
+            raise ConfigError(f"{self.path}: not a sharpscope run directory (no config.json)", argument="run")
+        problems: list[str] = []
+        try:
+            self.read_config()
+        except ValueError as e:
+            problems.append(f"{self.config_path}: not strict JSON ({str(e).splitlines()[0]})")
+        scan = self._scan()
+        if scan is not None:
+            problems += [f"{self.metrics_path}: line {line.number}: {line.problem}" for line in scan.problems]
+            if scan.torn is not None:
+                problems.append(f"{self.metrics_path}: line {scan.torn.number}: {scan.torn.problem}")
+        recorded = checksums.read_manifest(self.path)
+        for path in (self.config_path, self.metrics_path, self.summary_path):
+            try:
+                if path.name in (recorded or {}) and not path.is_file():
+                    problems.append(f"{path}: missing, though {self.path / MANIFEST} records it")
+                elif path.is_file() and checksums.verify(path) == "unrecorded" and path.name != CONFIG \
+                        and self.summary_path.is_file():
+                    problems.append(f"{path}: not recorded in {self.path / MANIFEST}: the finished run's file "
+                                    "was changed or its manifest damaged")
+            except CheckpointError as e:
+                problems.append(str(e))
+        if self.summary_path.is_file():
+            if recorded is None and self.checksummed():
+                problems.append(f"{self.path / MANIFEST}: missing: the finished run cannot be verified")
+            try:
+                summary = self.read_summary() or {}
+                problems += [p for p in self._final_checkpoint_problems(summary) if p not in problems]
+            except ValueError as e:
+                problems.append(f"{self.summary_path}: not strict JSON ({str(e).splitlines()[0]})")
+        else:
+            problems += self.checkpoint_problems()
+        good = [(t, p) for t, p in self.checkpoints() if not any(line.startswith(f"{p}:") for line in problems)]
+        if good and scan is not None:
+            try:
+                listed = read_checkpoint(good[-1][1], unsafe_flag="").extra.get("records")
+            except CheckpointError as e:
+                problems.append(str(e))
+                listed = None
+            present = {record_key(line.record) for line in scan.lines if line.record is not None}
+            missing = sorted({(str(k), int(t)) for k, t in listed} - present, key=lambda kt: (kt[1], kt[0])) \
+                if isinstance(listed, list) else []
+            if missing:
+                shown = ", ".join(f"{k}@{t}" for k, t in missing[:6]) + (" ..." if len(missing) > 6 else "")
+                problems.append(f"{self.metrics_path}: lacks {len(missing)} record(s) written before the checkpoint "
+                                f"at step {good[-1][0]}: {shown}")
+        lines = [] if scan is None else scan.lines
+        return Verification(problems=problems,
+                            records=sum(1 for ln in lines if ln.record is not None and ln.digest is not None),
+                            unverified=0 if scan is None or scan.checked else len(lines), checkpoints=len(good))
+
     def finished_summary(self) -> dict[str, Any] | None:
-        """The stored summary if it is intact and ``metrics.jsonl`` is the one it was written
-        with (both checked against ``SHA256SUMS``); else None, with a note, so that the run is
-        resumed from its last checkpoint and the summary rebuilt."""
+        """The stored summary if the finished run verifies: ``summary.json`` and ``metrics.jsonl`` match the
+        digests in ``SHA256SUMS``, every record its checksum, and every checkpoint (the final one present)
+        ``checkpoints/SHA256SUMS``. Else None, with a note per problem, so that the run is resumed (from its
+        newest good checkpoint; damaged checkpoints are set aside first) and its summary rebuilt."""
         if not self.summary_path.is_file():
             return None
         try:
-            recorded = checksums.read_manifest(self.path) or {}
+            recorded = checksums.read_manifest(self.path)
+            if recorded is None and self.checksummed():
+                raise CheckpointError(f"{self.path / MANIFEST}: missing: the finished run cannot be verified")
             for path in (self.summary_path, self.metrics_path):
                 if not path.is_file():
-                    if path.name in recorded:
+                    if path.name in (recorded or {}):
                         raise CheckpointError(f"{path}: missing, though the finished run recorded it")
                 elif checksums.verify(path) == "unrecorded":
                     raise CheckpointError(f"{path}: changed since the run finished (no recorded checksum)")
-            return self.read_summary()
+            self.read_metrics()
+            summary = self.read_summary()
+            problems = [] if summary is None else self._final_checkpoint_problems(summary)
+            if problems:
+                for line in problems:
+                    self._note(f"{line}; recomputing it")
+                self._set_aside_checkpoints()
+                return None
+            return summary
         except (CheckpointError, ValueError, UnicodeDecodeError) as e:
             self._note(f"{str(e).splitlines()[0]}; rebuilding the run's summary from its last checkpoint")
             return None

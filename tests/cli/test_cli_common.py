@@ -78,7 +78,7 @@ def test_help_of_every_command_imports_neither_torch_nor_the_library() -> None:
         "import sharpscope_cli.main\n"
         "assert 'torch' not in sys.modules\n"
         "from sharpscope_cli.main import app\n"
-        "for args in ([], ['probe'], ['train'], ['landscape'], ['reproduce'], ['plot'], ['demo']):\n"
+        "for args in ([], ['probe'], ['train'], ['landscape'], ['reproduce'], ['plot'], ['verify'], ['demo']):\n"
         "    try:\n"
         "        app([*args, '--help'], prog_name='sharpscope')\n"
         "    except SystemExit as e:\n"

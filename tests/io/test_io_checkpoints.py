@@ -140,7 +140,8 @@ def test_a_flipped_bit_is_a_corrupt_file_and_random_bytes_are_not_called_unsafe(
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="corrupt file"):
         load_checkpoint(path)
-    junk = tmp_path / "junk.pt"
+    junk = tmp_path / "loose" / "junk.pt"  # a folder without a manifest: the parser itself reports the damage
+    junk.parent.mkdir()
     junk.write_bytes(bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
                                          dtype=torch.uint8).tolist()))
     with pytest.raises(CheckpointError, match="truncated or corrupt") as info:
@@ -165,9 +166,10 @@ def test_state_dict_that_does_not_fit(tmp_path: Path) -> None:
         load_checkpoint(path, model=no_bn)
     sd = trained_model().state_dict()
     del sd["head.bias"]
-    torch.save(sd, tmp_path / "partial.pt")
+    (tmp_path / "loose").mkdir()  # beside m.pt its manifest would refuse it as unrecorded
+    torch.save(sd, tmp_path / "loose" / "partial.pt")
     with pytest.raises(CheckpointError, match=r"1 missing: head\.bias"):
-        load_checkpoint(tmp_path / "partial.pt", model=SPEC.build())
+        load_checkpoint(tmp_path / "loose" / "partial.pt", model=SPEC.build())
 
 
 @pytest.mark.parametrize("wrap", [None, "state_dict", "model_state_dict", "model", "ddp"])
