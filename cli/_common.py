@@ -114,22 +114,26 @@ Update = Callable[..., None]
 
 
 class ProgressLines:
-    """``progress(stage, done, total, info="")`` callback writing ``stage: done/total UNIT, t s elapsed``
-    lines to ``stream``: at most one line every ``every`` seconds, so a long stage piped to a log
-    file is not silent until it ends and logs stay short."""
+    """``progress(stage, done, total, info="")`` callback writing
+    ``stage: done/total UNIT, t s in this stage (T s in all)`` lines to ``stream``: at most one line every
+    ``every`` seconds, so a long stage piped to a log file is not silent until it ends and logs stay
+    short. A stage's time counts from its first report (each layer of ``--per-layer`` is its own stage)."""
 
     def __init__(self, stream: TextIO, *, every: float = 5.0, unit: str = "HVPs",
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.stream, self.every, self.unit, self.clock = stream, every, unit, clock
         self.start = self.last = clock()
+        self.stage_start: dict[str, float] = {}
 
     def __call__(self, stage: str, done: int, total: int, info: str = "") -> None:
         now = self.clock()
+        begun = self.stage_start.setdefault(stage, now)
         if now - self.last < self.every:
             return
         self.last = now
         extra = f" ({info})" if info else ""
-        self.stream.write(f"{stage}: {done}/{total} {self.unit}{extra}, {now - self.start:.0f} s elapsed\n")
+        self.stream.write(f"{stage}: {done}/{total} {self.unit}{extra}, {now - begun:.0f} s in this stage "
+                          f"({now - self.start:.0f} s in all)\n")
         self.stream.flush()
 
 

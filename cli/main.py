@@ -37,23 +37,44 @@ app = typer.Typer(help=f"Measure the sharpness of neural-network loss landscapes
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 
+def quantity_labels(operator: str) -> dict[str, str]:
+    """Row labels of the probe table that name the matrix measured: only the Hessian's top eigenvalue
+    is the sharpness."""
+    from sharpscope.probe import OPERATOR_NAMES
+
+    if operator == "hessian":
+        return {"top": "λ_max (sharpness)", "min": "λ_min", "trace": "trace"}
+    name = OPERATOR_NAMES.get(operator, operator)
+    return {"top": f"λ_max ({name})", "min": f"λ_min ({name})", "trace": f"tr({name})"}
+
+
+def settings_caption(s: dict[str, Any]) -> str:
+    """The table's caption: probe set, parameters, BatchNorm mode (only for a model with BatchNorm), products, dtype."""
+    operator = s.get("operator", "hessian")
+    products = f"HVP {s['hvp_mode']}" if operator == "hessian" else f"{str(operator).upper()} products"
+    bn = f"BN {s['bn']}, " if s.get("has_batchnorm") else ""
+    return (f"{s['probe_examples']} examples in {s['num_batches']} batch(es), {s['dim']:,} parameters, {bn}{products}, "
+            f"{s['dtype']} on {s['device']}, seed {s['seed']}")
+
+
 def report_table(report: ProbeReport, title: str) -> Table:
     s = report.settings
     table = Table(title=title, title_justify="left", show_header=True, header_style="bold")
     for col in ("quantity", "value", "± / residual", "HVPs", "seconds"):
         table.add_column(col, justify="left" if col == "quantity" else "right")
     top = report.top
+    names = quantity_labels(str(s.get("operator", "hessian")))
     for i, (value, res) in enumerate(zip(top.eigenvalues.tolist(), top.residuals.tolist())):
-        table.add_row(f"λ{i + 1}" if i else "λ_max (sharpness)", f"{value:.6g}", f"res {res:.1e}",
+        table.add_row(f"λ{i + 1}" if i else names["top"], f"{value:.6g}", f"res {res:.1e}",
                       str(top.hvps) if i == 0 else "", f"{top.seconds:.2f}" if i == 0 else "")
     if report.most_negative is not None:
         neg = report.most_negative
-        table.add_row("λ_min", f"{float(neg.eigenvalues[0]):.6g}", f"res {float(neg.residuals[0]):.1e}",
+        table.add_row(names["min"], f"{float(neg.eigenvalues[0]):.6g}", f"res {float(neg.residuals[0]):.1e}",
                       str(neg.hvps), f"{neg.seconds:.2f}")
     if report.trace is not None:
         tr = report.trace
-        table.add_row(f"trace ({tr.settings['method']})", f"{tr.estimate:.6g}", f"± {tr.stderr:.2g}", str(tr.hvps),
-                      f"{tr.seconds:.2f}")
+        table.add_row(f"{names['trace']} ({tr.settings['method']})", f"{tr.estimate:.6g}", f"± {tr.stderr:.2g}",
+                      str(tr.hvps), f"{tr.seconds:.2f}")
         table.add_row("trace / dim", f"{tr.estimate / s['dim']:.4g}", f"± {tr.stderr / s['dim']:.2g}", "", "")
     if report.density is not None:
         d = report.density
@@ -61,8 +82,7 @@ def report_table(report: ProbeReport, title: str) -> Table:
                       f"{d.seconds:.2f}")
     table.add_row("loss", f"{report.loss:.6g}", "", "", "")
     table.add_row("‖gradient‖", f"{report.grad_norm:.4g}", "", "", "")
-    table.caption = (f"{s['probe_examples']} examples in {s['num_batches']} batch(es), {s['dim']:,} parameters, "
-                     f"BN {s['bn']}, {'HVP ' + str(s['hvp_mode']) if s.get('operator', 'hessian') == 'hessian' else s['operator'].upper() + ' products'}, {s['dtype']} on {s['device']}, seed {s['seed']}")
+    table.caption = settings_caption(s)
     deviation = (s.get("product_precision") or {}).get("deviation")
     if deviation is not None:
         table.caption += f"; {s['product_precision']['precision']} products deviate {deviation:.1e} (relative) from strict ones"
@@ -196,6 +216,8 @@ def probe_cmd(
     extra = {"checkpoint": str(checkpoint), "data": dataset.name, "loss_fn": loss.value}
     report.settings.update(extra, sharding=sharding(len(dataset)))
     if rank() == 0:
+        for note in report.settings.get("notes") or []:
+            err.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
         emit(report, f"{checkpoint.name} on {dataset.name} ({loss.value} loss)", as_json, extra)
         if report.density is not None and not as_json:
             out.print(density_text(report.density), highlight=False, markup=False, soft_wrap=True)
