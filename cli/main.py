@@ -13,6 +13,8 @@ from rich.table import Table
 from sharpscope_cli._common import (
     BN,
     EXIT_CODES,
+    LOSS_HELP,
+    MODEL_HELP,
     BasisLocation,
     DType,
     HVPMode,
@@ -21,15 +23,16 @@ from sharpscope_cli._common import (
     Precision,
     Stop,
     TraceMethod,
+    check_fits,
     clean_errors,
+    default_loss,
     err,
+    load_model,
     out,
     progress,
 )
 
 if TYPE_CHECKING:  # the library and torch load in the command bodies: --help starts without them
-    import torch
-
     from sharpscope.curvature import PerLayerCurvature
     from sharpscope.probe import ProbeReport
 
@@ -127,26 +130,14 @@ def lanczos_block(text: str | None) -> int | str | None:
         raise ConfigError(f"block must be an integer or auto, got {text!r}", argument="block") from None
 
 
-def load_model(checkpoint: Path, model: str | None, unsafe_load: bool) -> torch.nn.Module:
-    """The probed model: a Hugging Face model for ``hf:PATH`` (weights from the checkpoint unless it is
-    that model's own folder), else the checkpoint with its spec or ``module:factory``."""
-    from sharpscope.io import load_checkpoint
-
-    if model is not None and model.startswith("hf:"):
-        from sharpscope.models.hf import hf_checkpoint_model
-
-        return hf_checkpoint_model(model.removeprefix("hf:"), checkpoint)
-    return load_checkpoint(checkpoint, model_factory=model, unsafe_load=unsafe_load).model
-
-
 @app.command("probe")
 @clean_errors
 def probe_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint: .safetensors, or .pt/.pth/.ckpt (loaded weights-only).")],
     data: Annotated[str, typer.Option(help="mnist1d, cifar10:DIR_OR_NPZ, cifar100:DIR, mnist:NPZ, npz:PATH (arrays x, y) or text:PATH (64-byte windows, next-byte targets).")],
     n: Annotated[int | None, typer.Option(help="Keep the first N examples as the probe set.")] = None,
-    model: Annotated[str | None, typer.Option(help="module:factory returning the nn.Module, for checkpoints without a model spec; hf:CONFIG_OR_FOLDER for a Hugging Face causal LM (a local config.json or a saved model folder; extra hf).")] = None,
-    loss: Annotated[Loss, typer.Option(help="ce: mean cross entropy; mse: ½‖f−e_y‖² summed over outputs; mse-mean: mean over outputs; token-ce: mean cross entropy over tokens (language models, --data text:PATH).")] = Loss.ce,
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
+    loss: Annotated[Loss | None, typer.Option(help=LOSS_HELP, show_default=False)] = None,
     k: Annotated[int, typer.Option(help="Number of top eigenvalues.")] = 1,
     negative: Annotated[bool, typer.Option("--negative", help="Also the most negative eigenvalue.")] = False,
     trace: Annotated[bool, typer.Option("--trace", help="Estimate the Hessian trace.")] = False,
@@ -206,19 +197,21 @@ def probe_cmd(
     if n is not None and n < 1:
         raise SharpscopeError(f"--n must be positive, got {n}")
     dev = init_distributed(dev)  # under torchrun: each rank probes its shard; the sums run across ranks
+    loss_name = default_loss(None if loss is None else loss.value, model)
     loaded = load_model(checkpoint, model, unsafe_load)
     dataset = resolve_data(data, n=n)
     part = shard_dataset(dataset)
     net = loaded.to(device=dev, dtype=torch_dtype)
+    check_fits(net, loss_name, part.x.to(dev), part.y.to(dev), model=model, data=data)
     with progress(unit="HVPs", bar=not as_json and err.is_terminal and rank() == 0,
                   lines=not err.is_terminal and rank() == 0) as bar:
-        report = probe(net, get_loss(loss.value), part.x.to(dev), part.y.to(dev), settings, progress=bar)
-    extra = {"checkpoint": str(checkpoint), "data": dataset.name, "loss_fn": loss.value}
+        report = probe(net, get_loss(loss_name), part.x.to(dev), part.y.to(dev), settings, progress=bar)
+    extra = {"checkpoint": str(checkpoint), "data": dataset.name, "loss_fn": loss_name}
     report.settings.update(extra, sharding=sharding(len(dataset)))
     if rank() == 0:
         for note in report.settings.get("notes") or []:
             err.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
-        emit(report, f"{checkpoint.name} on {dataset.name} ({loss.value} loss)", as_json, extra)
+        emit(report, f"{checkpoint.name} on {dataset.name} ({loss_name} loss)", as_json, extra)
         if report.density is not None and not as_json:
             out.print(density_text(report.density), highlight=False, markup=False, soft_wrap=True)
         for path in write_outputs(report, {**report.to_dict(), **extra}, net, out=out_file, eigenvectors=eigenvectors,

@@ -157,7 +157,7 @@ def precision_note(precision: str, device: str, dtype: str) -> str | None:
     """A sentence when the product ``precision`` asked for cannot change anything where it runs: TF32 is a
     CUDA mode for float32 matrix products (none on a CPU, none for float64); else None."""
     if precision == "tf32" and not device.startswith("cuda"):
-        return f"precision tf32 changes nothing on {device}: TF32 is a CUDA matmul mode; products are strict float32"
+        return f"precision tf32 changes nothing on {device}: TF32 is a CUDA matmul mode; the arithmetic stays strict float32"
     if precision == "tf32" and dtype != "float32":
         return f"precision tf32 changes nothing for {dtype}: TF32 applies to float32 matrix products only"
     return None

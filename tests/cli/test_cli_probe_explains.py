@@ -56,7 +56,7 @@ def test_probe_json_carries_the_solver_settings_and_one_meaning_per_key(checkpoi
                      "trace": {"seed": 9, "rule": "seed + 2 (mod 2^64)"}}
     assert block["trace"]["settings"]["seed"] == seeds["trace"]["seed"]  # the seed the estimator used, explained
     assert block["settings"]["notes"] == ["precision tf32 changes nothing on cpu: TF32 is a CUDA matmul mode; "
-                                          "products are strict float32"]
+                                          "the arithmetic stays strict float32"]
     assert "note: precision tf32 changes nothing on cpu" in notes and "note:" not in quiet
     assert "notes" not in single["settings"]
 
