@@ -196,9 +196,14 @@ class TensorBoardSink:
         return sorted(self.logdir.glob(f"events.out.tfevents.*{self.SUFFIX}")) if self.logdir.is_dir() else []
 
     def __call__(self, record: Mapping[str, Any]) -> None:
+        self._write(record, None)
+
+    def _write(self, record: Mapping[str, Any], present: set[tuple[str, int]] | None) -> None:
+        """Write ``record`` (its scalars not already ``present`` as ``(tag, step)``), and the one-off summaries
+        not yet written; flush."""
         from sharpscope.track import tags
 
-        kind, step, _ = record_scalars(record)
+        _, step, _ = record_scalars(record)
         writer = self.writer
         if not self._written["layout"]:
             writer.add_custom_scalars({"sharpscope": {name: ["Multiline", list(charts)]
@@ -217,7 +222,8 @@ class TensorBoardSink:
             writer.add_text("run/settings", tags.constants_table(constants), step)
             self._written["settings"] = True
         for tag, value in tags.readable_scalars(record).items():
-            writer.add_scalar(tag, value, global_step=step)
+            if present is None or (tag, step) not in present:
+                writer.add_scalar(tag, value, global_step=step)
         writer.flush()
 
     def catch_up(self, records: Sequence[Mapping[str, Any]], step: int | None) -> None:
@@ -225,27 +231,29 @@ class TensorBoardSink:
         checkpoint at ``step``; None: the run starts over), before anything else is written.
 
         Scalars after ``step`` (all events, with ``step`` None) are dropped from this sink's event files
-        and the next file starts with TensorBoard's restart marker at ``step + 1``; a folder that had
-        none of its files gets ``records`` written.
+        and the next file starts with TensorBoard's restart marker at ``step + 1``; the scalars of
+        ``records`` the files lack (all of them in a folder new to the run, or one cut off by a kill
+        between the JSONL and TensorBoard) are written.
         """
         if self._writer is not None:
             raise ConfigError("TensorBoardSink.catch_up must come before the first record")
-        files = self.own_files()
-        for path in files:
-            self._rewind(path, step)
+        present: set[tuple[str, int]] = set()
+        for path in self.own_files():
+            present |= self._rewind(path, step)
         self._purge_step = None if step is None else step + 1
-        if not files:
-            for record in records:
-                self(record)
+        for record in records:
+            self._write(record, present)
 
-    def _rewind(self, path: Path, step: int | None) -> None:
+    def _rewind(self, path: Path, step: int | None) -> set[tuple[str, int]]:
         """Rewrite ``path`` (atomically) without the summaries after ``step`` (all of them for None) and
-        without older restart markers; note which one-off summaries it keeps."""
+        without older restart markers; note which one-off summaries it keeps; return the ``(tag, step)``
+        of the scalars it keeps."""
         from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
         from tensorboard.compat.proto.event_pb2 import Event, SessionLog
         from tensorboard.summary.writer.record_writer import RecordWriter
 
         kept: list[bytes] = []
+        scalars: set[tuple[str, int]] = set()
         changed = False
         for raw in RawEventFileLoader(str(path)).Load():
             event = Event.FromString(raw)
@@ -262,12 +270,15 @@ class TensorBoardSink:
                     self._written["config"] = True
                 elif value.tag.startswith("run/settings"):
                     self._written["settings"] = True
+                else:
+                    scalars.add((value.tag, event.step))
         if changed:
             buffer = io.BytesIO()
             writer = RecordWriter(buffer)
             for raw in kept:
                 writer.write(raw)
             atomic_write_bytes(path, buffer.getvalue())
+        return scalars
 
     def close(self) -> None:
         if self._writer is not None:

@@ -197,3 +197,28 @@ def test_train_cli_takes_log_entries(tmp_path: Path) -> None:
                          env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "tensorboard:DIR" in bad.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_tensorboard_catch_up_drops_later_steps_and_fills_what_a_kill_cut_off(tmp_path: Path) -> None:
+    """Before the kill: measurements at 0, 3, 6 reached TensorBoard, the alignment record at 3 reached only
+    the JSONL. Resumed from the checkpoint at 3: step 6 goes, the alignment at 3 is written, nothing twice."""
+    pytest.importorskip("tensorboard")
+    from sharpscope.track import TensorBoardSink
+
+    def measurement(step: int, lam: float) -> dict[str, Any]:
+        return {"kind": "measurement", "step": step, "eigenvalues": [lam], "train_loss": 1.0 / (step + 1),
+                "settings": {"seed": 0}}
+
+    alignment = {"kind": "alignment", "step": 3, "update_norm": 0.5}
+    before = TensorBoardSink(tmp_path / "tb")
+    for record in (measurement(0, 1.0), measurement(3, 2.0), measurement(6, 3.0)):
+        before(record)
+    before.close()
+    after = TensorBoardSink(tmp_path / "tb")
+    after.catch_up([measurement(0, 1.0), measurement(3, 2.0), alignment], 3)
+    after(measurement(6, 3.5))
+    after.close()
+    scalars = tensorboard_scalars(tmp_path / "tb")
+    assert scalars == {"sharpness/lambda_max": [(0, 1.0), (3, 2.0), (6, 3.5)],
+                       "loss/train": [(0, 1.0), (3, float(np.float32(0.25))), (6, float(np.float32(1 / 7)))],
+                       "alignment/update_norm": [(3, 0.5)]}
