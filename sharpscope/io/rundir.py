@@ -228,6 +228,8 @@ class RunDirectory:
                                   "choose another folder, or pass force=True to overwrite it", argument="force")
             if set(new) - set(old) or any(old.get(key) != new.get(key) for key in outputs if key in new):
                 atomic_write_bytes(self.config_path, text.encode())
+                if CONFIG in (checksums.read_manifest(self.path) or {}):  # a finished run's digest follows it
+                    checksums.record(self.config_path)
             self._keys = None
             return "resume"
         self.path.mkdir(parents=True, exist_ok=True)

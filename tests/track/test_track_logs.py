@@ -222,3 +222,14 @@ def test_tensorboard_catch_up_drops_later_steps_and_fills_what_a_kill_cut_off(tm
     assert scalars == {"sharpness/lambda_max": [(0, 1.0), (3, 2.0), (6, 3.5)],
                        "loss/train": [(0, 1.0), (3, float(np.float32(0.25))), (6, float(np.float32(1 / 7)))],
                        "alignment/update_norm": [(3, 0.5)]}
+
+
+def test_changing_the_logs_of_a_finished_run_keeps_its_checksums(tmp_path: Path) -> None:
+    from sharpscope.io import checksums
+
+    train(tiny(steps=3), tmp_path / "run")
+    again = train(tiny(steps=3, log=[f"csv:{tmp_path / 'm.csv'}"]), tmp_path / "run")
+    assert again["already_complete"]
+    run = RunDirectory(tmp_path / "run")
+    assert run.read_config()["log"] == [f"csv:{tmp_path / 'm.csv'}"]
+    assert all(checksums.verify(run.path / name) == "good" for name in ("config.json", "metrics.jsonl", "summary.json"))
