@@ -68,6 +68,9 @@ def load_run(path: str | os.PathLike[str], label: str | None = None) -> RunData:
         what = "a file" if run.path.exists() else "no such folder"
         raise ConfigError(f"{run.path} is not a sharpscope run directory ({what})")
     if not run.config_path.is_file() and not run.metrics_path.is_file():
+        if (run.path / "slice.json").is_file():
+            raise ConfigError(f"{run.path} holds a loss-landscape slice (slice.json), not a run's records: sharpscope "
+                              "landscape draws its figures (line, contour, surface) with --figures")
         raise ConfigError(f"{run.path} is not a sharpscope run directory: no metrics.jsonl and no config.json "
                           "(sharpscope train writes both; a SharpnessTracker writes metrics.jsonl through a "
                           "RunDirectory or JSONLSink sink)")

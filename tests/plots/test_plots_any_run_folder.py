@@ -81,3 +81,7 @@ def test_a_folder_without_records_is_one_clear_line(tmp_path: Path) -> None:
         load_run(tmp_path / "plain")
     result = runner.invoke(app, ["plot", str(tmp_path / "plain"), "--out", str(tmp_path / "x")])
     assert result.exit_code == 1 and result.stderr.count("\n") == 1 and "no metrics.jsonl" in result.stderr
+    (tmp_path / "slice").mkdir()
+    (tmp_path / "slice" / "slice.json").write_text("{}")
+    with pytest.raises(ConfigError, match="loss-landscape slice .* sharpscope landscape draws its figures"):
+        load_run(tmp_path / "slice")
