@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import math
 import os
 import subprocess
@@ -168,6 +169,14 @@ def test_wandb_skips_the_steps_its_run_already_holds_when_a_run_resumes() -> Non
     logged = first.logged + resumed.logged
     assert logged == [{"step": r["step"], **readable_scalars(r)} for r in RECORDS]
     assert logged[0] == {"step": 0, "sharpness/lambda_max": 3.0} and logged[1] == {"step": 0, "alignment/update_norm": 0.5}
+
+
+def test_a_missing_logging_package_is_one_line_before_any_work(tmp_path: Path) -> None:
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed")
+    with pytest.raises(ConfigError, match=r"log wandb: needs the wandb package: pip install 'sharpscope\[wandb\]'"):
+        train(tiny(steps=3, log=["wandb:project"]), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_wandb_offline_run_through_train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
