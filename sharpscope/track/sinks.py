@@ -146,6 +146,7 @@ class CSVSink:
         writer = csv.DictWriter(text, columns, restval="")
         writer.writeheader()
         writer.writerows([*rows, row])
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.path, text.getvalue().encode("utf-8"))
         self.columns = columns
 
