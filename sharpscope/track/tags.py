@@ -8,7 +8,8 @@ reader looks for; the second kind is shown once, as a table (:func:`record_const
 record key                             chart
 =====================================  ===========================================
 ``eigenvalues[0]``, ``[i]``            ``sharpness/lambda_max``, ``sharpness/lambda_{i+1}``
-``thresholds.edge``                    ``sharpness/edge`` (the optimizer's own threshold)
+``thresholds.edge``                    ``sharpness/edge`` (the optimizer's own threshold; Adam's edge,
+                                       which bounds λ_max(P⁻¹H), is ``sharpness/preconditioned_edge``)
 ``thresholds.gd_edge``                 ``sharpness/gd_edge`` (2/η; only where the edge is another rule)
 ``preconditioned_eigenvalues[0]``      ``sharpness/preconditioned_lambda_max`` (``..._lambda_{i+1}``)
 ``trace.estimate``, ``.stderr``        ``trace``, ``trace/stderr``, ``trace/per_param``
@@ -37,7 +38,7 @@ from sharpscope.io import jsonsafe
 #: The chart pairs a custom-scalars layout overlays: λ_max with the threshold that bounds it.
 OVERLAYS: dict[str, list[str]] = {
     "λ_max and its edge": ["sharpness/lambda_max", "sharpness/edge", "sharpness/gd_edge"],
-    "preconditioned λ_max and its edge": ["sharpness/preconditioned_lambda_max", "sharpness/edge"],
+    "preconditioned λ_max and its edge": ["sharpness/preconditioned_lambda_max", "sharpness/preconditioned_edge"],
     "loss": ["loss/train", "loss/test"],
     "accuracy": ["accuracy/train", "accuracy/test"],
 }
@@ -73,7 +74,8 @@ def _measurement(record: Mapping[str, Any]) -> dict[str, float]:
     _listed(out, record.get("preconditioned_eigenvalues"), "sharpness/preconditioned_lambda_max",
             "sharpness/preconditioned_lambda_{}")
     thresholds = record.get("thresholds") or {}
-    _put(out, "sharpness/edge", thresholds.get("edge"))
+    preconditioned = thresholds.get("rule") == "adam_edge"  # Adam's edge bounds λ_max(P⁻¹H), not λ_max(H)
+    _put(out, "sharpness/preconditioned_edge" if preconditioned else "sharpness/edge", thresholds.get("edge"))
     if thresholds.get("rule") not in (None, "gd_edge"):
         _put(out, "sharpness/gd_edge", thresholds.get("gd_edge"))
     trace = record.get("trace") or {}
@@ -113,6 +115,10 @@ def _sam_batch(record: Mapping[str, Any]) -> dict[str, float]:
 
 def readable_scalars(record: Mapping[str, Any]) -> dict[str, float]:
     """``{chart name: number}`` of one record (the table in the module docstring).
+
+    >>> readable_scalars({"kind": "measurement", "step": 0, "eigenvalues": [9.0], "preconditioned_eigenvalues": [300.0],
+    ...                   "thresholds": {"rule": "adam_edge", "edge": 380.0, "gd_edge": 200.0}})
+    {'sharpness/lambda_max': 9.0, 'sharpness/preconditioned_lambda_max': 300.0, 'sharpness/preconditioned_edge': 380.0, 'sharpness/gd_edge': 200.0}
 
     >>> readable_scalars({"kind": "measurement", "step": 3, "eigenvalues": [4.0, 1.0], "train_loss": 0.5,
     ...                   "thresholds": {"rule": "gd_edge", "edge": 40.0, "gd_edge": 40.0, "lr": 0.05}})
