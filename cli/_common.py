@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
 from functools import wraps
+from pathlib import Path
 from typing import Any, TextIO
 
 import typer
@@ -39,6 +40,11 @@ class Loss(str, Enum):
     mse = "mse"
     mse_mean = "mse-mean"
     token_ce = "token-ce"
+
+
+class SlicePrecision(str, Enum):
+    strict = "strict"
+    tf32 = "tf32"
 
 
 class BN(str, Enum):
@@ -114,22 +120,26 @@ Update = Callable[..., None]
 
 
 class ProgressLines:
-    """``progress(stage, done, total, info="")`` callback writing ``stage: done/total UNIT, t s elapsed``
-    lines to ``stream``: at most one line every ``every`` seconds, so a long stage piped to a log
-    file is not silent until it ends and logs stay short."""
+    """``progress(stage, done, total, info="")`` callback writing
+    ``stage: done/total UNIT, t s in this stage (T s in all)`` lines to ``stream``: at most one line every
+    ``every`` seconds, so a long stage piped to a log file is not silent until it ends and logs stay
+    short. A stage's time counts from its first report (each layer of ``--per-layer`` is its own stage)."""
 
     def __init__(self, stream: TextIO, *, every: float = 5.0, unit: str = "HVPs",
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.stream, self.every, self.unit, self.clock = stream, every, unit, clock
         self.start = self.last = clock()
+        self.stage_start: dict[str, float] = {}
 
     def __call__(self, stage: str, done: int, total: int, info: str = "") -> None:
         now = self.clock()
+        begun = self.stage_start.setdefault(stage, now)
         if now - self.last < self.every:
             return
         self.last = now
         extra = f" ({info})" if info else ""
-        self.stream.write(f"{stage}: {done}/{total} {self.unit}{extra}, {now - self.start:.0f} s elapsed\n")
+        self.stream.write(f"{stage}: {done}/{total} {self.unit}{extra}, {now - begun:.0f} s in this stage "
+                          f"({now - self.start:.0f} s in all)\n")
         self.stream.flush()
 
 
@@ -231,3 +241,69 @@ def clean_errors(fn: Callable[..., None]) -> Callable[..., None]:
             raise typer.Exit(EXIT_ERROR) from None
 
     return wrapper
+
+
+# ------------------------------------------------------------------------------ models and losses
+HF_PREFIX = "hf:"
+LOSS_HELP = ("ce: mean cross entropy; mse: ½‖f−e_y‖² summed over outputs; mse-mean: mean over outputs; token-ce: mean "
+             "cross entropy over tokens (language models, --data text:PATH). Default: token-ce with --model hf:, else ce.")
+MODEL_HELP = ("module:factory returning the nn.Module, for checkpoints without a model spec; hf:CONFIG_OR_FOLDER for a "
+              "Hugging Face causal LM (a local config.json or a saved model folder; extra hf).")
+
+
+def default_loss(loss: str | None, model: str | None) -> str:
+    """The loss a command uses: ``loss`` when given, else the causal-LM token loss for ``--model hf:...``
+    (a language model is scored per token), else mean cross entropy."""
+    if loss is not None:
+        return loss
+    return "token-ce" if model is not None and model.startswith(HF_PREFIX) else "ce"
+
+
+def fit_hint(model: str | None, data: str, loss: str) -> str | None:
+    """What to change when the model does not fit the data and loss: the ``hf:`` model and ``text:`` data
+    take token ids and ``--loss token-ce``; None when neither is involved."""
+    hf, text = model is not None and model.startswith(HF_PREFIX), data.startswith("text:")
+    if hf and not text:
+        return "a Hugging Face causal LM (--model hf:...) reads token ids: give --data text:PATH"
+    if (hf or text) and loss != "token-ce":
+        return ("a causal LM on text: data has a next-token target at every position: use --loss token-ce "
+                "(the default with --model hf:)")
+    return None
+
+
+def load_model(checkpoint: Path, model: str | None, unsafe_load: bool) -> Any:
+    """The model: a Hugging Face model for ``hf:PATH`` (weights from the checkpoint unless it is that
+    model's own folder), else the checkpoint with its spec or ``module:factory``. A checkpoint without a
+    spec is one line naming both ``--model`` forms (and the folder, when a Hugging Face config.json is there)."""
+    from sharpscope.errors import CheckpointError
+    from sharpscope.io import load_checkpoint
+
+    if model is not None and model.startswith(HF_PREFIX):
+        from sharpscope.models.hf import hf_checkpoint_model
+
+        return hf_checkpoint_model(model.removeprefix(HF_PREFIX), checkpoint)
+    try:
+        return load_checkpoint(checkpoint, model_factory=model, unsafe_load=unsafe_load).model
+    except CheckpointError as e:
+        if model is not None or "CLI --model" not in str(e):
+            raise
+        folder = checkpoint.parent
+        where = f"--model hf:{folder}" if (folder / "config.json").is_file() else "--model hf:CONFIG_OR_FOLDER"
+        raise CheckpointError(f"{e}; for a Hugging Face causal LM give {where} (and --data text:PATH)",
+                              argument=e.argument) from None
+
+
+def check_fits(net: Any, loss: str, x: Any, y: Any, *, model: str | None, data: str) -> None:
+    """:func:`sharpscope.models.inputs.check_model_fits` on two examples, its one line completed by
+    :func:`fit_hint` when the ``hf:`` model or ``text:`` data is involved."""
+    from sharpscope.errors import SharpscopeError
+    from sharpscope.losses import get_loss
+    from sharpscope.models.inputs import check_model_fits
+
+    try:
+        check_model_fits(net, get_loss(loss), x[:2], y[:2], name="the data")
+    except SharpscopeError as e:
+        hint = fit_hint(model, data, loss)
+        if hint is None:
+            raise
+        raise type(e)(f"{e}; {hint}", argument=e.argument) from None

@@ -10,7 +10,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from sharpscope_cli._common import BN, DirectionKind, DType, GridMethod, Loss, Normalization, err, progress
+from sharpscope_cli._common import (
+    BN,
+    LOSS_HELP,
+    MODEL_HELP,
+    DirectionKind,
+    DType,
+    GridMethod,
+    Loss,
+    Normalization,
+    SlicePrecision,
+    check_fits,
+    default_loss,
+    err,
+    load_model,
+    progress,
+)
 
 if TYPE_CHECKING:  # the library loads in the command body: --help starts without torch
     from sharpscope.landscape import SliceResult
@@ -72,7 +87,7 @@ def summary_text(result: SliceResult, out_dir: Path) -> str:
 
 def landscape_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint at the center of the slice (.safetensors, .pt, ...).")],
-    data: Annotated[str, typer.Option(help="mnist1d, cifar10:DIR_OR_NPZ, cifar100:DIR, mnist:NPZ or npz:PATH (arrays x, y).")],
+    data: Annotated[str, typer.Option(help="mnist1d, cifar10:DIR_OR_NPZ, cifar100:DIR, mnist:NPZ, npz:PATH (arrays x, y) or text:PATH (64-byte windows, next-byte targets).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder: slice.npz, slice.json and the figures (PNG, PDF, JSON).")],
     directions: Annotated[DirectionKind, typer.Option(help="eig: top Hessian eigenvectors; random: filter-normalised random; pca: principal directions of --iterate checkpoints; interp: the line to --other.")] = DirectionKind.random,
     dims: Annotated[int | None, typer.Option(help="1 or 2 (default 2; interp is 1-D).")] = None,
@@ -83,8 +98,8 @@ def landscape_cmd(
     normalization: Annotated[Normalization, typer.Option(help="random: filter or layer normalisation.")] = Normalization.filter,
     include_bn_bias: Annotated[bool, typer.Option("--include-bn-bias", help="random: also perturb biases and normalisation parameters.")] = False,
     n: Annotated[int | None, typer.Option(help="Keep the first N examples.")] = None,
-    model: Annotated[str | None, typer.Option(help="module:factory returning the nn.Module, for checkpoints without a model spec.")] = None,
-    loss: Annotated[Loss, typer.Option(help="ce: mean cross entropy; mse: ½‖f−e_y‖² summed over outputs; mse-mean: mean over outputs; token-ce: mean cross entropy over tokens.")] = Loss.ce,
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
+    loss: Annotated[Loss | None, typer.Option(help=LOSS_HELP, show_default=False)] = None,
     bn: Annotated[BN, typer.Option(help="BatchNorm: eval (running stats) or batch (stats of each fixed batch).")] = BN.eval,
     batch_size: Annotated[int, typer.Option(help="Examples per batch (memory).")] = 1000,
     chunk_size: Annotated[int, typer.Option(help="Grid points evaluated together in one vmapped pass (memory).")] = 16,
@@ -93,7 +108,8 @@ def landscape_cmd(
     max_iter: Annotated[int | None, typer.Option(help="eig: Lanczos step limit.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     dtype: Annotated[DType, typer.Option(help="Arithmetic precision.")] = DType.float32,
-    allow_tf32: Annotated[bool, typer.Option("--allow-tf32", help="Let CUDA use TF32.")] = False,
+    precision: Annotated[SlicePrecision, typer.Option(help="Loss arithmetic: strict float32 or tf32 (CUDA TF32 matmuls, about 1e-3 relative error; nothing changes on a CPU).")] = SlicePrecision.strict,
+    allow_tf32: Annotated[bool, typer.Option("--allow-tf32", hidden=True, help="Deprecated: --precision tf32.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the random directions and of Lanczos.")] = 0,
     figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Also write the figures.")] = True,
     log: Annotated[bool, typer.Option("--log/--linear", help="2-D figures: log10 of the loss (far from the center it grows by orders of magnitude) or the loss itself.")] = True,
@@ -106,21 +122,32 @@ def landscape_cmd(
     """Loss (and accuracy) on a 1-D or 2-D slice through a checkpoint, with contour and surface figures."""
     from sharpscope.data import resolve_data
     from sharpscope.errors import ConfigError
-    from sharpscope.io import jsonsafe, load_checkpoint
+    from sharpscope.io import jsonsafe
     from sharpscope.landscape import SliceSettings, slice_around
     from sharpscope.landscape.around import check_sources
+    from sharpscope.probe import precision_note
 
+    if allow_tf32:
+        err.print("note: --allow-tf32 is deprecated; use --precision tf32", highlight=False)
+    tf32 = allow_tf32 or precision is SlicePrecision.tf32
+    loss_name = default_loss(None if loss is None else loss.value, model)
     settings = SliceSettings(
         directions=directions.value, dims=dims, alphas=parse_range(alphas, "alphas"), betas=parse_range(betas, "betas"),
-        normalization=normalization.value, include_bn_bias=include_bn_bias, loss=loss.value, bn=bn.value,
+        normalization=normalization.value, include_bn_bias=include_bn_bias, loss=loss_name, bn=bn.value,
         batch_size=batch_size, chunk_size=chunk_size, method=method.value, tol=tol, max_iter=max_iter, device=device,
-        dtype=dtype.value, allow_tf32=allow_tf32, seed=seed)
+        dtype=dtype.value, allow_tf32=tf32, seed=seed)
     check_sources(settings, other, iterates)
     if n is not None and n < 1:
         raise ConfigError(f"--n must be positive, got {n}")
     stem = output_stem(out_dir, force)
-    net = load_checkpoint(checkpoint, model_factory=model, unsafe_load=unsafe_load).model
+    net = load_model(checkpoint, model, unsafe_load)
     dataset = resolve_data(data, n=n)
+    check_fits(net, loss_name, dataset.x, dataset.y, model=model, data=data)
+    from sharpscope.parallel import resolve_device
+
+    note = precision_note("tf32" if tf32 else "strict", str(resolve_device(device)), dtype.value)
+    if note is not None:
+        err.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
     with progress(unit="points", bar=not as_json and err.is_terminal) as update:
         result = slice_around(net, dataset.x, dataset.y, settings, other=other, iterates=iterates,
                               unsafe_load=unsafe_load,

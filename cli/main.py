@@ -13,6 +13,8 @@ from rich.table import Table
 from sharpscope_cli._common import (
     BN,
     EXIT_CODES,
+    LOSS_HELP,
+    MODEL_HELP,
     BasisLocation,
     DType,
     HVPMode,
@@ -21,20 +23,41 @@ from sharpscope_cli._common import (
     Precision,
     Stop,
     TraceMethod,
+    check_fits,
     clean_errors,
+    default_loss,
     err,
+    load_model,
     out,
     progress,
 )
 
 if TYPE_CHECKING:  # the library and torch load in the command bodies: --help starts without them
-    import torch
-
     from sharpscope.curvature import PerLayerCurvature
     from sharpscope.probe import ProbeReport
 
 app = typer.Typer(help=f"Measure the sharpness of neural-network loss landscapes.\n\n{EXIT_CODES}",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+def quantity_labels(operator: str) -> dict[str, str]:
+    """Row labels of the probe table that name the matrix measured: only the Hessian's top eigenvalue
+    is the sharpness."""
+    from sharpscope.probe import OPERATOR_NAMES
+
+    if operator == "hessian":
+        return {"top": "λ_max (sharpness)", "min": "λ_min", "trace": "trace"}
+    name = OPERATOR_NAMES.get(operator, operator)
+    return {"top": f"λ_max ({name})", "min": f"λ_min ({name})", "trace": f"tr({name})"}
+
+
+def settings_caption(s: dict[str, Any]) -> str:
+    """The table's caption: probe set, parameters, BatchNorm mode (only for a model with BatchNorm), products, dtype."""
+    operator = s.get("operator", "hessian")
+    products = f"HVP {s['hvp_mode']}" if operator == "hessian" else f"{str(operator).upper()} products"
+    bn = f"BN {s['bn']}, " if s.get("has_batchnorm") else ""
+    return (f"{s['probe_examples']} examples in {s['num_batches']} batch(es), {s['dim']:,} parameters, {bn}{products}, "
+            f"{s['dtype']} on {s['device']}, seed {s['seed']}")
 
 
 def report_table(report: ProbeReport, title: str) -> Table:
@@ -43,17 +66,18 @@ def report_table(report: ProbeReport, title: str) -> Table:
     for col in ("quantity", "value", "± / residual", "HVPs", "seconds"):
         table.add_column(col, justify="left" if col == "quantity" else "right")
     top = report.top
+    names = quantity_labels(str(s.get("operator", "hessian")))
     for i, (value, res) in enumerate(zip(top.eigenvalues.tolist(), top.residuals.tolist())):
-        table.add_row(f"λ{i + 1}" if i else "λ_max (sharpness)", f"{value:.6g}", f"res {res:.1e}",
+        table.add_row(f"λ{i + 1}" if i else names["top"], f"{value:.6g}", f"res {res:.1e}",
                       str(top.hvps) if i == 0 else "", f"{top.seconds:.2f}" if i == 0 else "")
     if report.most_negative is not None:
         neg = report.most_negative
-        table.add_row("λ_min", f"{float(neg.eigenvalues[0]):.6g}", f"res {float(neg.residuals[0]):.1e}",
+        table.add_row(names["min"], f"{float(neg.eigenvalues[0]):.6g}", f"res {float(neg.residuals[0]):.1e}",
                       str(neg.hvps), f"{neg.seconds:.2f}")
     if report.trace is not None:
         tr = report.trace
-        table.add_row(f"trace ({tr.settings['method']})", f"{tr.estimate:.6g}", f"± {tr.stderr:.2g}", str(tr.hvps),
-                      f"{tr.seconds:.2f}")
+        table.add_row(f"{names['trace']} ({tr.settings['method']})", f"{tr.estimate:.6g}", f"± {tr.stderr:.2g}",
+                      str(tr.hvps), f"{tr.seconds:.2f}")
         table.add_row("trace / dim", f"{tr.estimate / s['dim']:.4g}", f"± {tr.stderr / s['dim']:.2g}", "", "")
     if report.density is not None:
         d = report.density
@@ -61,8 +85,7 @@ def report_table(report: ProbeReport, title: str) -> Table:
                       f"{d.seconds:.2f}")
     table.add_row("loss", f"{report.loss:.6g}", "", "", "")
     table.add_row("‖gradient‖", f"{report.grad_norm:.4g}", "", "", "")
-    table.caption = (f"{s['probe_examples']} examples in {s['num_batches']} batch(es), {s['dim']:,} parameters, "
-                     f"BN {s['bn']}, {'HVP ' + str(s['hvp_mode']) if s.get('operator', 'hessian') == 'hessian' else s['operator'].upper() + ' products'}, {s['dtype']} on {s['device']}, seed {s['seed']}")
+    table.caption = settings_caption(s)
     deviation = (s.get("product_precision") or {}).get("deviation")
     if deviation is not None:
         table.caption += f"; {s['product_precision']['precision']} products deviate {deviation:.1e} (relative) from strict ones"
@@ -107,26 +130,14 @@ def lanczos_block(text: str | None) -> int | str | None:
         raise ConfigError(f"block must be an integer or auto, got {text!r}", argument="block") from None
 
 
-def load_model(checkpoint: Path, model: str | None, unsafe_load: bool) -> torch.nn.Module:
-    """The probed model: a Hugging Face model for ``hf:PATH`` (weights from the checkpoint unless it is
-    that model's own folder), else the checkpoint with its spec or ``module:factory``."""
-    from sharpscope.io import load_checkpoint
-
-    if model is not None and model.startswith("hf:"):
-        from sharpscope.models.hf import hf_checkpoint_model
-
-        return hf_checkpoint_model(model.removeprefix("hf:"), checkpoint)
-    return load_checkpoint(checkpoint, model_factory=model, unsafe_load=unsafe_load).model
-
-
 @app.command("probe")
 @clean_errors
 def probe_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint: .safetensors, or .pt/.pth/.ckpt (loaded weights-only).")],
     data: Annotated[str, typer.Option(help="mnist1d, cifar10:DIR_OR_NPZ, cifar100:DIR, mnist:NPZ, npz:PATH (arrays x, y) or text:PATH (64-byte windows, next-byte targets).")],
     n: Annotated[int | None, typer.Option(help="Keep the first N examples as the probe set.")] = None,
-    model: Annotated[str | None, typer.Option(help="module:factory returning the nn.Module, for checkpoints without a model spec; hf:CONFIG_OR_FOLDER for a Hugging Face causal LM (a local config.json or a saved model folder; extra hf).")] = None,
-    loss: Annotated[Loss, typer.Option(help="ce: mean cross entropy; mse: ½‖f−e_y‖² summed over outputs; mse-mean: mean over outputs; token-ce: mean cross entropy over tokens (language models, --data text:PATH).")] = Loss.ce,
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
+    loss: Annotated[Loss | None, typer.Option(help=LOSS_HELP, show_default=False)] = None,
     k: Annotated[int, typer.Option(help="Number of top eigenvalues.")] = 1,
     negative: Annotated[bool, typer.Option("--negative", help="Also the most negative eigenvalue.")] = False,
     trace: Annotated[bool, typer.Option("--trace", help="Estimate the Hessian trace.")] = False,
@@ -186,17 +197,21 @@ def probe_cmd(
     if n is not None and n < 1:
         raise SharpscopeError(f"--n must be positive, got {n}")
     dev = init_distributed(dev)  # under torchrun: each rank probes its shard; the sums run across ranks
+    loss_name = default_loss(None if loss is None else loss.value, model)
     loaded = load_model(checkpoint, model, unsafe_load)
     dataset = resolve_data(data, n=n)
     part = shard_dataset(dataset)
     net = loaded.to(device=dev, dtype=torch_dtype)
+    check_fits(net, loss_name, part.x.to(dev), part.y.to(dev), model=model, data=data)
     with progress(unit="HVPs", bar=not as_json and err.is_terminal and rank() == 0,
                   lines=not err.is_terminal and rank() == 0) as bar:
-        report = probe(net, get_loss(loss.value), part.x.to(dev), part.y.to(dev), settings, progress=bar)
-    extra = {"checkpoint": str(checkpoint), "data": dataset.name, "loss_fn": loss.value}
+        report = probe(net, get_loss(loss_name), part.x.to(dev), part.y.to(dev), settings, progress=bar)
+    extra = {"checkpoint": str(checkpoint), "data": dataset.name, "loss_fn": loss_name}
     report.settings.update(extra, sharding=sharding(len(dataset)))
     if rank() == 0:
-        emit(report, f"{checkpoint.name} on {dataset.name} ({loss.value} loss)", as_json, extra)
+        for note in report.settings.get("notes") or []:
+            err.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
+        emit(report, f"{checkpoint.name} on {dataset.name} ({loss_name} loss)", as_json, extra)
         if report.density is not None and not as_json:
             out.print(density_text(report.density), highlight=False, markup=False, soft_wrap=True)
         for path in write_outputs(report, {**report.to_dict(), **extra}, net, out=out_file, eigenvectors=eigenvectors,

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from sharpscope_cli._common import PLOT_KINDS
+from sharpscope_cli._common import PLOT_KINDS, err
 
 
 def plot_cmd(
-    inputs: Annotated[list[Path], typer.Argument(metavar="RUN...", help="Run directories; for --kind density, JSON files written by `sharpscope probe --density --json` (or a DensityResult's to_dict()); for --kind layers, one JSON file written by `sharpscope probe --per-layer --json`.")],
+    inputs: Annotated[list[Path], typer.Argument(metavar="RUN...", help="Run directories (sharpscope train's, a SharpnessTracker's RunDirectory/JSONLSink folder, or a study folder of runs); for --kind density, JSON files written by `sharpscope probe --density --json` (or a DensityResult's to_dict()); for --kind layers, one JSON file written by `sharpscope probe --per-layer --json`.")],
     out_stem: Annotated[Path, typer.Option("--out", help="Writes STEM.png (150 dpi), STEM.pdf and STEM.json (the plotted data and this command).")],
     kind: Annotated[str, typer.Option(help=f"{', '.join(PLOT_KINDS)}. auto: layers for probe JSON with per-layer rows, density for other files; escape when a run uses RS/SA; sharpness when eigenvalues are recorded; else trace.")] = "auto",
     labels: Annotated[str | None, typer.Option(help="Comma-separated labels, one per input (default: folder or file names).")] = None,
@@ -21,9 +21,10 @@ def plot_cmd(
     caption: Annotated[str | None, typer.Option(help="Caption stored in STEM.json.")] = None,
 ) -> None:
     """Plot sharpness against its thresholds, trace against test accuracy, escape curves, a spectral density or
-    per-layer curvature bars."""
+    per-layer curvature bars. What the inputs cannot give (no edge recorded, fewer eigenvalues than --k, ...)
+    is named in one note line each on stderr."""
     from sharpscope.errors import ConfigError
-    from sharpscope.plots.kinds import make_figure
+    from sharpscope.plots.kinds import cannot_draw, make_figure
     from sharpscope.plots.save import save_figure  # matplotlib: imported only when plotting
 
     names = None
@@ -41,3 +42,5 @@ def plot_cmd(
         command += ["--k", str(k)]
     paths = save_figure(fig, out_stem, data=data, command=shlex.join(command), caption=caption)
     typer.echo(f"{chosen} figure of {len(inputs)} input(s): {', '.join(str(p) for p in paths)}")
+    for line in cannot_draw(data):
+        err.print(f"note: {line}", highlight=False, markup=False, soft_wrap=True)

@@ -68,6 +68,7 @@ def train_cmd(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing run directory (deletes its run files).")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config field, KEY=VALUE (JSON when it parses; dotted keys reach into dicts, e.g. optimizer_kwargs.lr=0.02). Repeatable.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object instead of one line.")] = False,
+    log: Annotated[list[str] | None, typer.Option("--log", help="Also send the records to tensorboard:DIR, csv:PATH or wandb:PROJECT (repeatable; extras tensorboard, wandb). A resumed run adds each step once.")] = None,
 ) -> None:
     """Run an experiment recipe (training with sharpness tracking) into a run directory.
 
@@ -79,7 +80,10 @@ def train_cmd(
     from sharpscope.parallel import init_distributed, rank, resolve_device
     from sharpscope.track import train
 
-    cfg = get_recipe(recipe, scale.value, parse_overrides(set_ or []))
+    overrides = parse_overrides(set_ or [])
+    if log:
+        overrides["log"] = list(log)
+    cfg = get_recipe(recipe, scale.value, overrides)
     init_distributed(resolve_device(cfg.device))  # under torchrun: data parallel, rank 0 writes and prints
     with progress(unit="steps", bar=rank() == 0 and not as_json and err.is_terminal) as update:
         summary = train(cfg, out_dir, force=force, progress=step_progress(update))

@@ -106,22 +106,61 @@ class ProbeReport:
     per_layer: PerLayerCurvature | None = None
 
     def to_dict(self) -> dict[str, object]:
+        """The JSON of ``sharpscope probe --json``: each estimate with its cost; ``eigensolver`` is how the
+        top eigenvalues were computed (method, block, steps, which, seed, ...), ``settings`` how the
+        operator was set up (see :func:`probe`)."""
         top = self.top.to_dict()
         out: dict[str, object] = {
             "eigenvalues": top["eigenvalues"], "residuals": top["residuals"], "error_bounds": top["error_bounds"],
             "converged": top["converged"],
-            "hvps": top["hvps"], "seconds": top["seconds"], "loss": self.loss, "grad_norm": self.grad_norm,
+            "hvps": top["hvps"], "seconds": top["seconds"], "eigensolver": solver_settings(self.top),
+            "loss": self.loss, "grad_norm": self.grad_norm,
         }
         if self.most_negative is not None:
             neg = self.most_negative.to_dict()
             out["most_negative"] = {"eigenvalue": neg["eigenvalues"][0], "residual": neg["residuals"][0],
-                                    "converged": neg["converged"], "hvps": neg["hvps"], "seconds": neg["seconds"]}
+                                    "converged": neg["converged"], "hvps": neg["hvps"], "seconds": neg["seconds"],
+                                    "eigensolver": solver_settings(self.most_negative)}
         out["trace"] = None if self.trace is None else self.trace.to_dict()
         out["density"] = None if self.density is None else self.density.to_dict()
         out["settings"] = self.settings
         if self.per_layer is not None:
             out["per_layer"] = self.per_layer.to_dict()
         return out
+
+
+def solver_settings(result: EigenResult) -> dict[str, object]:
+    """The eigen-solver's own record of ``result`` (method, block, steps, which, tol, seed, memory, ...);
+    the product arithmetic is left to the operator's ``settings.product_precision``."""
+    return {k: v for k, v in result.settings.items() if k != "product_precision"}
+
+
+#: How :func:`probe` derives the seed of each estimate from ``ProbeSettings.seed`` (:func:`offset_seed`).
+SEED_OFFSETS = {"top": 0, "most_negative": 1, "trace": 2, "density": 3}
+
+
+def derived_seeds(seed: int, parts: list[str]) -> dict[str, dict[str, object]]:
+    """``{part: {"seed": s, "rule": "seed + offset"}}`` for the estimates ``parts`` of a probe with ``seed``.
+
+    >>> derived_seeds(0, ["top", "trace"])
+    {'top': {'seed': 0, 'rule': 'seed'}, 'trace': {'seed': 2, 'rule': 'seed + 2 (mod 2^64)'}}
+    """
+    return {part: {"seed": offset_seed(seed, SEED_OFFSETS[part]),
+                   "rule": f"seed + {SEED_OFFSETS[part]} (mod 2^64)" if SEED_OFFSETS[part] else "seed"}
+            for part in parts}
+
+
+OPERATOR_NAMES = {"hessian": "Hessian", "ggn": "GGN", "ef": "empirical Fisher"}
+
+
+def precision_note(precision: str, device: str, dtype: str) -> str | None:
+    """A sentence when the product ``precision`` asked for cannot change anything where it runs: TF32 is a
+    CUDA mode for float32 matrix products (none on a CPU, none for float64); else None."""
+    if precision == "tf32" and not device.startswith("cuda"):
+        return f"precision tf32 changes nothing on {device}: TF32 is a CUDA matmul mode; the arithmetic stays strict float32"
+    if precision == "tf32" and dtype != "float32":
+        return f"precision tf32 changes nothing for {dtype}: TF32 applies to float32 matrix products only"
+    return None
 
 
 def curvature_operator(objective: Objective, settings: ProbeSettings) -> LinearOperator:
@@ -160,25 +199,35 @@ def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tens
     negative = trace = density = None
     if settings.negative:
         stage("most negative eigenvalue", max_iter)
-        negative = lanczos(op, k=1, which="SA", max_iter=max_iter, seed=offset_seed(settings.seed, 1),
-                           return_eigenvectors=False, **c.eigen_options())
+        negative = lanczos(op, k=1, which="SA", max_iter=max_iter,
+                           seed=offset_seed(settings.seed, SEED_OFFSETS["most_negative"]), return_eigenvectors=False,
+                           **c.eigen_options())
     if settings.trace:
         stage("trace", c.trace_matvecs)
-        trace = trace_estimator(c.trace_method)(op, c.trace_matvecs, seed=offset_seed(settings.seed, 2),
+        trace = trace_estimator(c.trace_method)(op, c.trace_matvecs, seed=offset_seed(settings.seed, SEED_OFFSETS["trace"]),
                                                 memory_budget=c.memory_budget)
     if settings.density:
         stage("density", settings.density_steps * settings.density_runs)
         density = slq_density(op, settings.density_steps, settings.density_runs, tol=settings.density_tol,
-                              seed=offset_seed(settings.seed, 3), memory_budget=c.memory_budget)
+                              seed=offset_seed(settings.seed, SEED_OFFSETS["density"]), memory_budget=c.memory_budget)
     op.on_matmat = None
     layers = None
     if settings.per_layer:
         layers = per_layer_curvature(
             model, loss_fn, [(b.x, b.y) for b in objective.batches], groups=settings.layer_depth or "module",
             settings=c, trace=settings.trace, seed=settings.seed, progress=progress)
+    parts = ["top"] + [part for part, on in (("most_negative", settings.negative), ("trace", settings.trace),
+                                             ("density", settings.density)) if on]
+    seeds = derived_seeds(settings.seed, parts)
+    if settings.per_layer:
+        seeds["per_layer"] = {"seed": settings.seed, "rule": "seed (Lanczos); seed + 2 (mod 2^64) for the trace "
+                                                             "of each layer"}
     record = {**op.describe(), "operator": settings.operator, "k": c.k, "tol": c.tol,
-              "stop": c.stop, "max_iter": max_iter, "seed": settings.seed,
+              "stop": c.stop, "max_iter": max_iter, "seed": settings.seed, "seeds": seeds,
               "trace_method": c.trace_method if settings.trace else None,
               "trace_matvecs": c.trace_matvecs if settings.trace else None}
+    note = precision_note(c.precision, str(objective.device), str(objective.dtype).removeprefix("torch."))
+    if note is not None:
+        record["notes"] = [note]
     return ProbeReport(loss=loss, grad_norm=grad_norm, top=top, most_negative=negative, trace=trace,
                        density=density, settings=record, per_layer=layers)

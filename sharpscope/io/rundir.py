@@ -51,7 +51,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -226,7 +226,8 @@ class RunDirectory:
                             p.unlink()
 
     def create(self, config: Mapping[str, Any], *, force: bool = False, defaults: Mapping[str, Any] | None = None,
-               upgrade: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None) -> Literal["new", "resume"]:
+               upgrade: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
+               outputs: Collection[str] = ()) -> Literal["new", "resume"]:
         """Start a new run or recognise the one to resume.
 
         * missing or empty folder: write ``config.json``, return ``"new"``;
@@ -236,6 +237,8 @@ class RunDirectory:
           them filled in);
         * anything else (another config, a folder that is not a run) raises :class:`ConfigError`
           naming ``force=True`` (its ``argument`` is ``"force"``);
+        * top-level keys in ``outputs`` (where records go, not what the run computes) may differ: the
+          stored config then takes the new values;
         * ``force=True``: delete the run's own files (config, metrics, checkpoints, summary;
           other files in the folder are left alone) and start new.
         """
@@ -256,14 +259,15 @@ class RunDirectory:
                                   "pass force=True to start the run again", argument="force") from None
             if upgrade is not None:
                 old = dict(upgrade(old))
-            diff = config_differences(old, jsonsafe.loads(text), defaults=defaults)
+            new = jsonsafe.loads(text)
+            diff = [key for key in config_differences(old, new, defaults=defaults) if key.split(".")[0] not in outputs]
             if diff:
                 shown = ", ".join(diff[:8]) + (f" (+{len(diff) - 8} more)" if len(diff) > 8 else "")
                 raise ConfigError(f"{self.path} holds a run with a different configuration (differs in {shown}); "
                                   "choose another folder, or pass force=True to overwrite it", argument="force")
-            if set(jsonsafe.loads(text)) - set(old):
+            if set(new) - set(old) or any(old.get(key) != new.get(key) for key in outputs if key in new):
                 atomic_write_bytes(self.config_path, text.encode())
-                if CONFIG in (checksums.read_manifest(self.path) or {}):  # the same run, its config upgraded
+                if CONFIG in (checksums.read_manifest(self.path) or {}):  # a finished run's digest follows it
                     checksums.record(self.config_path)
             self._keys = None
             return "resume"

@@ -11,6 +11,10 @@ kind           inputs                                      figure
 ``layers``     one ``probe --per-layer --json`` JSON file  :func:`~.layers.layer_curvature_figure`
 =============  ==========================================  =====================================
 
+A folder of run directories (a ``sharpscope reproduce`` study folder) stands for those runs.
+:func:`cannot_draw` lists, one line each, what a figure's inputs could not give (no edge recorded, fewer
+eigenvalues than asked, no test accuracy, ...); ``sharpscope plot`` prints them.
+
 ``auto`` (:func:`auto_kind`): files → ``layers`` when they hold per-layer rows and no density, else
 ``density``; run directories with an RS or SA run →
 ``escape``; with top eigenvalues recorded → ``sharpness``; with traces only → ``trace``.
@@ -25,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sharpscope.errors import ConfigError, DataError
-from sharpscope.plots.runs import RunData, as_runs, has_values
+from sharpscope.plots.runs import RunData, as_runs, expand_runs, has_values
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -47,8 +51,18 @@ def auto_kind(inputs: Sequence[str | os.PathLike[str]]) -> str:
     if any(files):
         raise ConfigError("mix of files and run directories: give run directories, or density JSON files "
                           "(sharpscope probe --density --json) only")
-    runs = as_runs(paths)
+    runs = as_runs(expand_runs(paths))
     return _kind_of_runs(runs)
+
+
+def cannot_draw(data: dict[str, Any]) -> list[str]:
+    """One line for each part of a figure its inputs could not give (``"LABEL: no edge line: ..."``): the
+    ``note`` and ``cannot_draw`` entries of the figure data's runs."""
+    lines = []
+    for item in data.get("runs") or []:
+        for text in ([item["note"]] if item.get("note") else []) + list(item.get("cannot_draw") or []):
+            lines.append(f"{item.get('label')}: {text}")
+    return lines
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -117,7 +131,7 @@ def make_figure(kind: str, inputs: Sequence[str | os.PathLike[str]], *, labels: 
             raise ConfigError(f"--kind layers plots one probe JSON file, got {len(inputs)} inputs")
         data = layers_data(inputs[0])
         return kind, layer_curvature_figure(data, log=True), data
-    runs = as_runs(list(inputs), labels)
+    runs = as_runs(expand_runs(inputs), labels)
     if kind == "sharpness":
         return kind, sharpness_figure(runs, k=k, ratio=ratio), sharpness_data(runs, k=k, ratio=ratio)
     if kind == "trace":

@@ -26,7 +26,7 @@ import numpy as np
 from sharpscope.errors import ConfigError, DataError, SharpscopeError
 from sharpscope.io.jsonsafe import decode
 from sharpscope.io.records import is_measurement, number_at
-from sharpscope.io.rundir import RunDirectory
+from sharpscope.io.rundir import CONFIG, METRICS, RunDirectory
 
 
 @dataclass(frozen=True)
@@ -57,15 +57,26 @@ RunLike = RunData | str | os.PathLike
 def load_run(path: str | os.PathLike[str], label: str | None = None) -> RunData:
     """Read the run directory ``path`` (``label`` defaults to the folder name).
 
-    A last ``metrics.jsonl`` line torn by a kill is skipped, so a running or killed run can be
-    plotted. Raises :class:`~sharpscope.errors.ConfigError` when ``path`` is not a run directory.
+    Any folder sharpscope writes records to is a run directory: one from :func:`sharpscope.track.train`
+    (``config.json``, ``metrics.jsonl``, ...) or one that a :class:`~sharpscope.track.SharpnessTracker`
+    in a loop of your own fills through a ``RunDirectory``/``JSONLSink`` sink (``metrics.jsonl`` alone:
+    its config is then ``{}``). A last ``metrics.jsonl`` line torn by a kill is skipped, so a running or
+    killed run can be plotted. Raises :class:`~sharpscope.errors.ConfigError` when ``path`` holds neither file.
     """
     run = RunDirectory(path)
     if not run.path.is_dir():
         what = "a file" if run.path.exists() else "no such folder"
         raise ConfigError(f"{run.path} is not a sharpscope run directory ({what})")
+    if not run.config_path.is_file() and not run.metrics_path.is_file():
+        if (run.path / "slice.json").is_file():
+            raise ConfigError(f"{run.path} holds a loss-landscape slice (slice.json), not a run's records: sharpscope "
+                              "landscape draws its figures (line, contour, surface) with --figures")
+        raise ConfigError(f"{run.path} is not a sharpscope run directory: no metrics.jsonl and no config.json "
+                          "(sharpscope train writes both; a SharpnessTracker writes metrics.jsonl through a "
+                          "RunDirectory or JSONLSink sink)")
     try:
-        config, summary = run.read_config(), run.read_summary()
+        config = run.read_config() if run.config_path.is_file() else {}
+        summary = run.read_summary()
     except SharpscopeError:
         raise
     except ValueError as e:  # a config.json or summary.json that is not strict JSON
@@ -76,6 +87,22 @@ def load_run(path: str | os.PathLike[str], label: str | None = None) -> RunData:
     name = label if label is not None else (run.path.resolve().name or str(run.path))
     return RunData(path=run.path, config=config, measurements=measurements, events=events,
                    summary=None if summary is None else decode(summary), label=name)
+
+
+def is_run_directory(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a folder holding a run's ``metrics.jsonl`` or ``config.json``."""
+    folder = Path(path)
+    return folder.is_dir() and any((folder / name).is_file() for name in (METRICS, CONFIG))
+
+
+def expand_runs(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """``paths`` with each folder of run directories (a ``sharpscope reproduce`` study folder: one run
+    per stage) replaced by those runs, in name order; other paths are kept as they are."""
+    out: list[Path] = []
+    for path in map(Path, paths):
+        inner = sorted(p for p in path.iterdir() if is_run_directory(p)) if path.is_dir() else []
+        out.extend(inner if inner and not is_run_directory(path) else [path])
+    return out
 
 
 def as_runs(runs: RunLike | Sequence[RunLike], labels: Sequence[str] | None = None) -> list[RunData]:

@@ -85,6 +85,7 @@ def sharpness_data(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str] |
             "train_loss": loss, "diverged_at_step": run.diverged_at}
         if note:
             item["note"] = note
+        item["cannot_draw"] = _missing_sharpness(run, edge is None and not note, k, recorded, loss)
         if ratio:
             item["ratio"] = [e / edge if edge is not None else np.full_like(e, np.nan) for e in eigs]
         out.append(item)
@@ -92,6 +93,24 @@ def sharpness_data(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str] |
     if ratio:
         data["band"] = list(RATIO_BAND)
     return data
+
+
+def _missing_sharpness(run: RunData, no_edge: bool, k: int, recorded: int, loss: np.ndarray) -> list[str]:
+    """One sentence for each part of the sharpness figure that ``run``'s records cannot give."""
+    out = []
+    if no_edge:
+        thresholds = [r.get("thresholds") for r in run.measurements]
+        if not any(thresholds):
+            out.append("no edge line: no thresholds recorded (give the tracker the optimizer: "
+                       "tracker.maybe_measure(step, model, optimizer))")
+        else:
+            rule = _rule(run)
+            out.append(f"no edge line: no edge is derived for this optimizer{f' (rule {rule})' if rule else ''}")
+    if k > max(recorded, 1):
+        out.append(f"λ_{recorded + 1}..λ_{k} not drawn: only {recorded} eigenvalue(s) recorded per measurement")
+    if not np.isfinite(loss).any():
+        out.append("no training-loss panel values: no train_loss recorded")
+    return out
 
 
 def _divergence_marker(ax: Axes, steps: np.ndarray, values: np.ndarray, at: int, c: str, label: str) -> None:
@@ -205,6 +224,9 @@ def trace_accuracy_data(runs: RunLike | Sequence[RunLike], *,
         item = _curves(run)
         rho, p, n = spearman(item["trace"], item["test_acc"])
         item["spearman"] = {"rho": rho, "pvalue": p, "n": n}
+        missing = [name for name, key in (("Hessian trace", "trace"), ("test accuracy", "test_acc"))
+                   if not np.isfinite(item[key]).any()]
+        item["cannot_draw"] = [f"no lines: no {' or '.join(missing)} recorded"] if missing else []
         items.append(item)
     return {"figure": "trace_accuracy", "runs": items}
 
@@ -260,7 +282,12 @@ def escape_data(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str] | No
     ``test_acc``, ``train_acc``, ``diverged_at_step``."""
     loaded = as_runs(runs, labels)
     _require(loaded, "trace.estimate", "Hessian trace", "train with trace=True")
-    return {"figure": "escape", "runs": [_curves(run) for run in loaded]}
+    items = [_curves(run) for run in loaded]
+    for item in items:
+        item["cannot_draw"] = [f"no {name} line: no {key} recorded" for key, name in
+                               (("test_acc", "test-accuracy"), ("train_acc", "train-accuracy"))
+                               if not np.isfinite(item[key]).any()]
+    return {"figure": "escape", "runs": items}
 
 
 def escape_figure(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str] | None = None) -> Figure:

@@ -11,7 +11,10 @@
   :mod:`~sharpscope.track.runner` runs the loop.
 * sinks (:mod:`sharpscope.track.sinks`) — where records go: :class:`JSONLSink`, :class:`CSVSink`,
   :class:`TensorBoardSink`, :class:`WandbSink`, several at once with :class:`MultiSink`;
-  :func:`metrics_dataframe` reads a run's records back as a pandas DataFrame.
+  :func:`metrics_dataframe` reads a run's records back as a pandas DataFrame. A training run sends its
+  records to them through ``TrainConfig.log`` (``tensorboard:DIR``, ``csv:PATH``, ``wandb:PROJECT``;
+  :mod:`~sharpscope.track.logs`), each step once across resumes; TensorBoard and W&B chart names are
+  in :mod:`~sharpscope.track.tags`.
 * :class:`RunDirectory` (defined in :mod:`sharpscope.io.rundir`) — ``config.json``, ``metrics.jsonl``
   (strict JSON, fsynced per record), ``checkpoints/``, ``summary.json``.
 

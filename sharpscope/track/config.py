@@ -19,6 +19,7 @@ from typing import Any
 
 from sharpscope.curvature.settings import RUN_DEFAULTS, CurvatureSettings
 from sharpscope.errors import ConfigError
+from sharpscope.track.logs import check_logs
 from sharpscope.validation import check_bool, check_depth, check_int, check_real, check_seed
 
 OPTIMIZERS = ("gd", "sgd", "sam", "sparse-sam", "rs", "sa", "adam", "adamw")
@@ -26,6 +27,9 @@ OPTIMIZERS = ("gd", "sgd", "sam", "sparse-sam", "rs", "sa", "adam", "adamw")
 
 #: The TF32 switch of configs written before ``curvature.precision``; :meth:`TrainConfig.upgrade` reads it.
 OLD_TF32_KEY = "allow_tf32"
+
+#: Config fields that say where records go, not what the run computes: a resume may change them.
+OUTPUT_FIELDS = ("log",)
 
 
 @dataclass
@@ -84,6 +88,9 @@ class TrainConfig:
             so runs that differ in ``seed`` can share their estimator's random numbers: a difference
             between their traces then comes from the weights, not from the probes. device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``. dtype: ``float32``/``float64``.
         recipe, scale: where the config came from (informational).
+        log: where the records also go, ``KIND:TARGET`` entries (:mod:`sharpscope.track.logs`):
+            ``tensorboard:DIR``, ``csv:PATH``, ``wandb:PROJECT``. Not part of what the run computes: a
+            run resumed with other entries is the same run (the stored config takes the new ones).
     """
 
     model: dict[str, Any]
@@ -117,6 +124,7 @@ class TrainConfig:
     dtype: str = "float32"
     recipe: str | None = None
     scale: str | None = None
+    log: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------------------ conversion
     def to_dict(self) -> dict[str, Any]:
@@ -252,6 +260,7 @@ class TrainConfig:
                               f"adamw (or sam/sparse-sam with base adam/adamw), got {self.optimizer!r}",
                               argument="preconditioned")
         check_bool("keep_checkpoints", self.keep_checkpoints)
+        check_logs(self.log)
         if self.dtype not in ("float32", "float64"):
             raise ConfigError(f"dtype must be float32 or float64, got {self.dtype!r}", argument="dtype")
         if not isinstance(self.device, str) or not self.device:

@@ -83,7 +83,8 @@ from sharpscope.track.build import (
     check_model_fits,
     load_initial_weights,
 )
-from sharpscope.track.config import TrainConfig
+from sharpscope.track.config import OUTPUT_FIELDS, TrainConfig
+from sharpscope.track.logs import check_packages, close_logs, new_wandb_id, open_logs
 from sharpscope.track.thresholds import bounded_sharpness
 from sharpscope.validation import offset_seed
 
@@ -134,7 +135,9 @@ class _Session:
         probe = self.train_set if cfg.probe_n is None else self.train_set.subset(min(cfg.probe_n, n))
         test_set = None if test_set is None else shard_dataset(test_set)
         self.tracker = build_tracker(cfg, shard_dataset(probe), test_set, self.loss_fn,
-                                     sink=run.append_metric if self.lead else None)
+                                     sink=self.record if self.lead else None)
+        self.logs: list[Any] = []  # cfg.log's sinks, opened once the resume point is known (rank 0)
+        self.wandb_id: str | None = None
         self.stats: tuple[float, float | None] = (math.nan, None)
 
     # -- global RNG (dropout and any other implicit draw during training) ------------------
@@ -156,7 +159,8 @@ class _Session:
             return
         state: dict[str, Any] = {"optimizer": self.optimizer.state_dict(), "rng": rngs[0],
                  "loader": None if self.loader is None else self.loader.state_dict(),
-                 "tracker": self.tracker.state_dict(), "format": "sharpscope-run-1"}
+                 "tracker": self.tracker.state_dict(), "format": "sharpscope-run-1",
+                 "logs": {"wandb_id": self.wandb_id}}
         if len(rngs) > 1:
             state["rng_ranks"] = rngs
         self.run.save_checkpoint(step, self.model, spec=self.spec, state=state,
@@ -177,10 +181,35 @@ class _Session:
             if self.loader is not None:
                 self.loader.load_state_dict(extra["loader"])
             self.tracker.load_state_dict(extra["tracker"])
+            self.wandb_id = (extra.get("logs") or {}).get("wandb_id")
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{raw.path}: cannot restore the training state ({type(e).__name__}: {e}); "
                                   "pass force=True to start the run again", argument="force") from None
         return int(extra["step"])
+
+    # -- records -----------------------------------------------------------------------------
+    def record(self, record: Mapping[str, Any]) -> bool:
+        """Append ``record`` to ``metrics.jsonl`` and, when it is new there, send it to the ``log`` sinks
+        (a record a resumed run computes again reaches them once)."""
+        new = self.run.append_metric(record)
+        if new:
+            for sink in self.logs:
+                sink(record)
+        return new
+
+    def open_logs(self, step: int | None) -> None:
+        """Open the config's ``log`` sinks and bring each in line with the kept records (see
+        :mod:`sharpscope.track.sinks`); ``step`` is the checkpoint resumed from (None: from the start)."""
+        if not self.lead or not self.cfg.log:
+            return
+        if step is None or self.wandb_id is None:
+            self.wandb_id = new_wandb_id()
+        config = {k: v for k, v in self.cfg.to_dict().items() if k not in OUTPUT_FIELDS}
+        self.logs = open_logs(self.cfg.log, config=config, run_name=self.run.path.resolve().name,
+                              wandb_id=self.wandb_id)
+        kept = self.run.read_metrics() if step is not None else []
+        for sink in self.logs:
+            sink.catch_up(kept, step)
 
     # -- one step ----------------------------------------------------------------------------
     def _closure(self, batch: tuple[Tensor, Tensor] | None) -> Callable[[], Tensor]:
@@ -270,6 +299,7 @@ class _Session:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(offset_seed(cfg.seed, 2))
             start = self.restore() if resume else None
+            self.open_logs(start)
             t = start or 0
             self.model.train()
             status, event = "completed", None
@@ -291,7 +321,7 @@ class _Session:
                     event = {"kind": "diverged", "step": t, "train_loss": loss, "train_acc": acc,
                              "batch": "full" if self.loader is None else "mini-batch"}
                     if self.lead:
-                        self.run.append_metric(event)
+                        self.record(event)
                     break
                 if (cfg.stop_at_train_acc is not None and self.loader is None and acc is not None
                         and acc >= cfg.stop_at_train_acc):
@@ -367,6 +397,7 @@ def train(config: TrainConfig | Mapping[str, Any], out_dir: str | Path, *, force
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     cfg.validate()
+    check_packages(cfg.log)
     session = _Session(cfg, RunDirectory(out_dir), progress)
     try:
         with contextlib.ExitStack() as held:
@@ -376,6 +407,8 @@ def train(config: TrainConfig | Mapping[str, Any], out_dir: str | Path, *, force
             return session.train(resume=state == "resume")
     except OSError as e:
         raise storage_error(e, session.run.path) from None
+    finally:
+        close_logs(session.logs)
 
 
 def storage_error(error: OSError, run_dir: Path) -> StorageError:
@@ -393,7 +426,8 @@ def _open_run(run: RunDirectory, cfg: TrainConfig, force: bool,
     """Lock ``run`` until ``held`` closes, create or recognise the run, prepare a resume; the stored
     summary if the run has finished."""
     held.enter_context(run.lock())
-    state = run.create(cfg.to_dict(), force=force, defaults=TrainConfig.defaults(), upgrade=TrainConfig.upgrade)
+    state = run.create(cfg.to_dict(), force=force, defaults=TrainConfig.defaults(), upgrade=TrainConfig.upgrade,
+                       outputs=OUTPUT_FIELDS)
     done = run.finished_summary() if state == "resume" else None
     if state == "resume" and done is None:
         run.prepare_resume()

@@ -8,23 +8,28 @@ different places; :class:`MultiSink` sends each record to several::
     sink = MultiSink(JSONLSink(run), CSVSink("runs/gd/metrics.csv"), TensorBoardSink("runs/gd/tb"))
     tracker = SharpnessTracker((x, y), loss_fn, every=50, k=2, sink=sink)
 
-Tables (CSV, TensorBoard, W&B, :func:`~sharpscope.track.dataframe.metrics_dataframe`) see a record
-flattened by :func:`flatten_record`: nested keys joined by dots (``trace.estimate``), list entries
-indexed (``eigenvalues.0``). TensorBoard and W&B take the numbers only: each under the tag
-``kind/key`` (booleans as 0/1, the stored strings ``"NaN"``/``"Infinity"`` as floats; other strings
-and ``None`` are left out, the JSONL keeps them).
+CSV and :func:`~sharpscope.track.dataframe.metrics_dataframe` see a record flattened by
+:func:`flatten_record`: nested keys joined by dots (``trace.estimate``), list entries indexed
+(``eigenvalues.0``). TensorBoard and W&B chart the quantities that change along a run under the names
+of :mod:`sharpscope.track.tags` (``sharpness/lambda_max``, ``sharpness/edge``, ``trace``,
+``loss/train``, ...) and show the constants (probe size, seed, step size, ...) once.
 
-Only the JSONL is the run's record: a resumed run drops the records written after its last
-checkpoint and writes them again, once, in ``metrics.jsonl``; the other sinks append what they are
-given, so they then hold those steps twice (TensorBoard and W&B plot both points at the same step).
+Resuming. The JSONL is the run's record: a resumed run drops the records written after its last
+checkpoint and writes them again, once. :func:`sharpscope.track.train` (``TrainConfig.log``) keeps
+its other sinks in step with it: each record goes to them only when the JSONL takes it as new, and
+before the first one each sink's ``catch_up(kept_records, checkpoint_step)`` rewinds it (the CSV is
+rewritten from the kept records; TensorBoard's scalars after the checkpoint are dropped from its
+event files; W&B skips steps its run already holds). So no sink holds a step twice. In a loop of
+your own, call ``catch_up`` the same way when you resume.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +121,22 @@ class CSVSink:
             f.flush()
             os.fsync(f.fileno())
 
+    def catch_up(self, records: Sequence[Mapping[str, Any]], step: int | None = None) -> None:
+        """Rewrite the file (atomically) to hold exactly ``records``, one row each, the header in the order
+        their keys first appear: what it holds after those records alone (a resumed run's kept records;
+        ``step``, its checkpoint, is implied by them)."""
+        del step
+        flats = [{k: "" if v is None else v for k, v in flatten_record(r).items()} for r in records]
+        columns = list(dict.fromkeys(key for flat in flats for key in flat))
+        text = io.StringIO()
+        writer = csv.DictWriter(text, columns, restval="")
+        if columns:
+            writer.writeheader()
+        writer.writerows(flats)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.path, text.getvalue().encode("utf-8"))
+        self.columns = columns
+
     def _rewrite(self, columns: list[str], row: Mapping[str, Any]) -> None:
         rows: list[dict[str, str]] = []
         if self.path.is_file():
@@ -125,44 +146,159 @@ class CSVSink:
         writer = csv.DictWriter(text, columns, restval="")
         writer.writeheader()
         writer.writerows([*rows, row])
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.path, text.getvalue().encode("utf-8"))
         self.columns = columns
 
 
 class TensorBoardSink:
-    """Every number of a record as a TensorBoard scalar ``kind/key`` at the record's step.
+    """A record's quantities as TensorBoard scalars named as readers look for them, its constants once.
 
-    Needs the ``tensorboard`` package (``pip install sharpscope[tensorboard]``). Events are flushed
-    after each record; call :meth:`close` at the end. TensorBoard stores scalars in float32.
+    Scalars are named by :func:`~sharpscope.track.tags.readable_scalars` (``sharpness/lambda_max``,
+    ``sharpness/edge``, ``trace``, ``loss/train``, ...) at the record's step. The first measurement's
+    constants (:func:`~sharpscope.track.tags.record_constants`: probe size, BN mode, dimension, seed,
+    step size, ...) are written once as the text ``run/settings``; ``hparams`` (e.g. a training run's
+    config, flattened) once as the text ``run/config`` and in the HPARAMS dashboard; a custom-scalars
+    layout overlays λ_max with its edge (:data:`~sharpscope.track.tags.OVERLAYS`). Events are flushed
+    after each record; call :meth:`close` at the end. TensorBoard stores scalars in float32. Its
+    event files end in ``.sharpscope``; give each run its own folder (TensorBoard pointed at the parent
+    compares them). Needs the ``tensorboard`` package (``pip install sharpscope[tensorboard]``).
     """
 
-    def __init__(self, logdir: str | os.PathLike[str]) -> None:
+    SUFFIX = ".sharpscope"
+
+    def __init__(self, logdir: str | os.PathLike[str], *, hparams: Mapping[str, Any] | None = None) -> None:
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            import tensorboard  # noqa: F401
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401
         except ImportError:
-            raise ConfigError("TensorBoardSink needs the tensorboard package: pip install 'sharpscope[tensorboard]'") \
-                from None
+            raise ConfigError("TensorBoardSink needs the tensorboard package: pip install 'sharpscope[tensorboard]'",
+                              argument="logdir") from None
         self.logdir = Path(logdir)
-        self.writer = SummaryWriter(log_dir=str(self.logdir))
+        if self.logdir.exists() and not self.logdir.is_dir():
+            raise ConfigError(f"TensorBoard folder {self.logdir} is a file; give a folder", argument="logdir")
+        self.hparams = None if hparams is None else flatten_record(hparams)
+        self._writer: Any = None
+        self._purge_step: int | None = None
+        self._written = {"layout": False, "config": False, "settings": False}
+
+    @property
+    def writer(self) -> Any:
+        """The ``SummaryWriter`` (created on first use, after any :meth:`catch_up`)."""
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.logdir), filename_suffix=self.SUFFIX,
+                                         purge_step=self._purge_step)
+        return self._writer
+
+    def own_files(self) -> list[Path]:
+        """The event files this sink writes in ``logdir`` (name order)."""
+        return sorted(self.logdir.glob(f"events.out.tfevents.*{self.SUFFIX}")) if self.logdir.is_dir() else []
 
     def __call__(self, record: Mapping[str, Any]) -> None:
-        kind, step, numbers = record_scalars(record)
-        for key, value in numbers.items():
-            self.writer.add_scalar(f"{kind}/{key}", value, global_step=step)
-        self.writer.flush()
+        self._write(record, None)
+
+    def _write(self, record: Mapping[str, Any], present: set[tuple[str, int]] | None) -> None:
+        """Write ``record`` (its scalars not already ``present`` as ``(tag, step)``), and the one-off summaries
+        not yet written; flush."""
+        from sharpscope.track import tags
+
+        _, step, _ = record_scalars(record)
+        writer = self.writer
+        if not self._written["layout"]:
+            writer.add_custom_scalars({"sharpscope": {name: ["Multiline", list(charts)]
+                                                      for name, charts in tags.OVERLAYS.items()}})
+            self._written["layout"] = True
+        if self.hparams is not None and not self._written["config"]:
+            from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+            for summary in hparams_summary(tags.hparam_values(self.hparams),
+                                           {"sharpness/lambda_max": math.nan, "loss/train": math.nan}):
+                writer.file_writer.add_summary(summary)
+            writer.add_text("run/config", tags.constants_table(self.hparams), 0)
+            self._written["config"] = True
+        constants = tags.record_constants(record)
+        if constants and not self._written["settings"]:
+            writer.add_text("run/settings", tags.constants_table(constants), step)
+            self._written["settings"] = True
+        for tag, value in tags.readable_scalars(record).items():
+            if present is None or (tag, step) not in present:
+                writer.add_scalar(tag, value, global_step=step)
+        writer.flush()
+
+    def catch_up(self, records: Sequence[Mapping[str, Any]], step: int | None) -> None:
+        """Make the folder hold what it would after ``records`` alone (a resumed run's kept records, its
+        checkpoint at ``step``; None: the run starts over), before anything else is written.
+
+        Scalars after ``step`` (all events, with ``step`` None) are dropped from this sink's event files
+        and the next file starts with TensorBoard's restart marker at ``step + 1``; the scalars of
+        ``records`` the files lack (all of them in a folder new to the run, or one cut off by a kill
+        between the JSONL and TensorBoard) are written.
+        """
+        if self._writer is not None:
+            raise ConfigError("TensorBoardSink.catch_up must come before the first record")
+        present: set[tuple[str, int]] = set()
+        for path in self.own_files():
+            present |= self._rewind(path, step)
+        self._purge_step = None if step is None else step + 1
+        for record in records:
+            self._write(record, present)
+
+    def _rewind(self, path: Path, step: int | None) -> set[tuple[str, int]]:
+        """Rewrite ``path`` (atomically) without the summaries after ``step`` (all of them for None) and
+        without older restart markers; note which one-off summaries it keeps; return the ``(tag, step)``
+        of the scalars it keeps."""
+        from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        kept: list[bytes] = []
+        scalars: set[tuple[str, int]] = set()
+        changed = False
+        for raw in RawEventFileLoader(str(path)).Load():
+            event = Event.FromString(raw)
+            restart = event.HasField("session_log") and event.session_log.status == SessionLog.START
+            if restart or (event.HasField("summary") and (step is None or event.step > step)):
+                changed = True
+                continue
+            kept.append(raw)
+            for value in event.summary.value:
+                plugin = value.metadata.plugin_data.plugin_name
+                if plugin == "custom_scalars":
+                    self._written["layout"] = True
+                elif plugin == "hparams" or value.tag.startswith("run/config"):
+                    self._written["config"] = True
+                elif value.tag.startswith("run/settings"):
+                    self._written["settings"] = True
+                else:
+                    scalars.add((value.tag, event.step))
+        if changed:
+            buffer = io.BytesIO()
+            writer = RecordWriter(buffer)
+            for raw in kept:
+                writer.write(raw)
+            atomic_write_bytes(path, buffer.getvalue())
+        return scalars
 
     def close(self) -> None:
-        self.writer.close()
+        if self._writer is not None:
+            self._writer.close()
 
 
 class WandbSink:
-    """Every number of a record logged to Weights & Biases as ``kind/key``, against the record's ``step``.
+    """A record's quantities logged to Weights & Biases under the chart names of TensorBoard, against its ``step``.
 
     ``run`` is a W&B run; without one, ``wandb.init(**init_kwargs)`` starts one (e.g.
-    ``project="sharpness", mode="offline"``). The record's step is logged as the metric ``step``
-    and every key is plotted against it (``define_metric``), so records of several kinds at the
-    same step, or arriving out of order, are all kept. Needs ``wandb``
-    (``pip install sharpscope[wandb]``); call :meth:`close` to finish a run it started.
+    ``project="sharpness", mode="offline"``). Charts are named by
+    :func:`~sharpscope.track.tags.readable_scalars`; the record's step is logged as the metric
+    ``step`` and every chart is plotted against it (``define_metric``), so records of several kinds
+    at the same step, or arriving out of order, are all kept. The first measurement's constants go
+    to ``run.config``. The run's summary remembers the last step logged (``sharpscope/last_step``)
+    and the kinds logged at it, and a record at or before it that the run already holds is not logged
+    again, so a resumed training run that sends its last records a second time (or :meth:`catch_up`)
+    adds each step once. Needs ``wandb`` (``pip install sharpscope[wandb]``); call :meth:`close` to
+    finish a run it started.
     """
 
     def __init__(self, run: Any = None, **init_kwargs: Any) -> None:
@@ -173,15 +309,47 @@ class WandbSink:
             try:
                 import wandb
             except ImportError:
-                raise ConfigError("WandbSink needs the wandb package: pip install 'sharpscope[wandb]'") from None
+                raise ConfigError("WandbSink needs the wandb package: pip install 'sharpscope[wandb]'",
+                                  argument="wandb") from None
             run = wandb.init(**init_kwargs)
         self.run = run
         self.run.define_metric("step")
         self.run.define_metric("*", step_metric="step")
+        summary = getattr(run, "summary", None)
+        last = summary.get("sharpscope/last_step") if summary is not None else None
+        kinds = summary.get("sharpscope/last_kinds") if summary is not None else None
+        self._last: tuple[int, list[str]] | None = None
+        if isinstance(last, (int, float)) and not isinstance(last, bool):
+            self._last = (int(last), [str(k) for k in kinds] if isinstance(kinds, list) else [])
+        self._constants_sent = False
 
-    def __call__(self, record: Mapping[str, Any]) -> None:
-        kind, step, numbers = record_scalars(record)
-        self.run.log({"step": step, **{f"{kind}/{k}": v for k, v in numbers.items()}})
+    def __call__(self, record: Mapping[str, Any]) -> bool:
+        """Log ``record``; False when the run already holds it (see the class docstring)."""
+        from sharpscope.track import tags
+
+        kind, step, _ = record_scalars(record)
+        if self._last is not None and (step < self._last[0] or (step == self._last[0] and kind in self._last[1])):
+            return False
+        constants = tags.record_constants(record)
+        config = getattr(self.run, "config", None)
+        if constants and not self._constants_sent and config is not None:
+            config.update(constants, allow_val_change=True)
+            self._constants_sent = True
+        self.run.log({"step": step, **tags.readable_scalars(record)})
+        kinds = self._last[1] + [kind] if self._last is not None and self._last[0] == step else [kind]
+        self._last = (step, kinds)
+        summary = getattr(self.run, "summary", None)
+        if summary is not None:
+            summary["sharpscope/last_step"] = step
+            summary["sharpscope/last_kinds"] = kinds
+        return True
+
+    def catch_up(self, records: Sequence[Mapping[str, Any]], step: int | None) -> None:
+        """Log those of a resumed run's kept ``records`` that the W&B run lacks (``step`` is unused:
+        records after it are skipped when they arrive again)."""
+        del step
+        for record in records:
+            self(record)
 
     def close(self) -> None:
         if self._owned:

@@ -86,7 +86,7 @@ def test_loss_closure_on_the_model() -> None:
     model = DictOut()
     closure = lambda m, b: F.cross_entropy(m(b["x"])["logits"], b["labels"])  # noqa: E731
     objective = Objective(model, None, {"x": x, "labels": y}, closure=closure, batch_size=8)
-    assert objective.describe()["loss"] == "closure" and len(objective.batches) == 3
+    assert objective.describe()["loss_closure"] is True and len(objective.batches) == 3
     assert_products_match(objective, dense_reference(model, lambda f: F.cross_entropy(f(x)["logits"], y)))
     with pytest.raises(ObjectiveError, match="closure"):
         objective.output_and_loss(objective.param_values(), objective.batches[0])

@@ -73,7 +73,7 @@ def test_bad_input_is_one_clean_line(run_dirs: dict[str, Path], tmp_path: Path) 
     out = ["--out", str(tmp_path / "x")]
     assert "not a sharpscope run directory" in _error_line(runner.invoke(app, ["plot", str(tmp_path / "nope"), *out]))
     (tmp_path / "plain").mkdir()
-    assert "no config.json" in _error_line(runner.invoke(app, ["plot", str(tmp_path / "plain"), *out]))
+    assert "no metrics.jsonl and no config.json" in _error_line(runner.invoke(app, ["plot", str(tmp_path / "plain"), *out]))
     RunDirectory(tmp_path / "empty").create({"model": {"name": "mlp"}})
     assert "no measurements recorded" in _error_line(runner.invoke(app, ["plot", str(tmp_path / "empty"), *out]))
     line = _error_line(runner.invoke(app, ["plot", str(run_dirs["gd"]), "--kind", "histogram", *out]))

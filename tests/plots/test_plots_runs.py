@@ -71,7 +71,7 @@ def test_not_a_run_directory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="a file"):
         load_run(tmp_path / "file.txt")
     (tmp_path / "plain").mkdir()
-    with pytest.raises(ConfigError, match="no config.json"):
+    with pytest.raises(ConfigError, match="no metrics.jsonl and no config.json"):
         load_run(tmp_path / "plain")
     (tmp_path / "plain" / "config.json").write_text('{"lr": NaN}')
     with pytest.raises(ConfigError, match="unreadable run file"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from sharpscope.track import RunDirectory
 from sharpscope.track.jsonsafe import without_timings
+from tests.track.test_track_logs import csv_rows, tensorboard_scalars
 
 SCRIPT = Path(sys.executable).parent / "sharpscope"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # no oversubscription on small machines
@@ -27,9 +29,18 @@ def start(out: Path, *extra: str) -> subprocess.Popen[str]:
 
 
 
+def logs(out: Path) -> list[str]:
+    """``--log`` entries of a run: a CSV, and TensorBoard where it is installed."""
+    entries = ["--log", f"csv:{out}.csv"]
+    if importlib.util.find_spec("tensorboard") is not None:
+        entries += ["--log", f"tensorboard:{out}-tb"]
+    return entries
+
+
 def test_a_run_killed_with_sigkill_resumes_to_the_same_metrics_exactly_once(tmp_path: Path) -> None:
-    reference = start(tmp_path / "ref")  # uninterrupted, in parallel with the victim
-    victim = start(tmp_path / "run")
+    """... and to the same CSV rows and TensorBoard scalars (read back from the event files), each step once."""
+    reference = start(tmp_path / "ref", *logs(tmp_path / "ref"))  # uninterrupted, in parallel with the victim
+    victim = start(tmp_path / "run", *logs(tmp_path / "run"))
     run = RunDirectory(tmp_path / "run")
     deadline = time.monotonic() + TIMEOUT
     while True:  # wait until the run is genuinely mid-way: a checkpoint past step 0, records written
@@ -46,7 +57,8 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_metrics_exactly_once(tmp_
     before = run.read_metrics(torn_ok=True)
     assert before and max(r["step"] for r in before) < 60
 
-    resumed = subprocess.run(command(tmp_path / "run"), env=ENV, capture_output=True, text=True, timeout=TIMEOUT)
+    resumed = subprocess.run(command(tmp_path / "run", *logs(tmp_path / "run")), env=ENV, capture_output=True,
+                             text=True, timeout=TIMEOUT)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from step" in resumed.stdout and resumed.stdout.count("\n") == 1
     out, errs = reference.communicate(timeout=TIMEOUT)
@@ -62,6 +74,12 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_metrics_exactly_once(tmp_
     assert without_timings(records) == without_timings(expected)  # bit-identical values
     assert all(r["warm_start"] for r in records[1:])
     assert without_timings(summary["final"]) == without_timings(RunDirectory(tmp_path / "ref").read_summary()["final"])
+    assert csv_rows(tmp_path / "run.csv") == csv_rows(tmp_path / "ref.csv")
+    assert len(csv_rows(tmp_path / "run.csv")) == len(records)
+    if importlib.util.find_spec("tensorboard") is not None:
+        scalars = tensorboard_scalars(tmp_path / "run-tb")
+        assert scalars == tensorboard_scalars(tmp_path / "ref-tb")
+        assert [step for step, _ in scalars["sharpness/lambda_max"]] == steps
 
 
 def test_reruns_and_refusals_are_one_clean_line(tmp_path: Path) -> None:

@@ -204,6 +204,8 @@ class Objective:
         precision: for float16/bfloat16 parameters, ``"upcast"`` (default) computes in float32
             (the model's other parameters and buffers are upcast too, in copies); ``"native"``
             computes in the parameters' dtype. float32/float64 parameters are used as they are.
+            :meth:`describe` records it as ``half_precision_params`` (not to be confused with the
+            product arithmetic, ``product_precision``) and whether it upcast (``upcast``).
         dropout: dropout is off during every evaluation (modules in eval mode). A model in train
             mode with dropout layers warns (:class:`DropoutWarning`) unless ``dropout="off"`` says so.
         stream: ``True`` reads the data afresh for each product, one batch on the device at a time
@@ -569,10 +571,10 @@ class Objective:
             "bn": self.bn, "has_batchnorm": self.has_batchnorm, "dim": self.dim, "num_params_tensors": len(self.names),
             "dtype": str(self.dtype).removeprefix("torch."), "device": str(self.device)}
         record.update({
-            "param_dtype": str(self.param_dtype).removeprefix("torch."), "precision": self.precision,
+            "param_dtype": str(self.param_dtype).removeprefix("torch."), "half_precision_params": self.precision,
             "upcast": self.dtype != self.param_dtype, "dropout": self.dropout,
             "data": "streamed" if self.streamed else "in memory", "data_reason": self.stream_reason,
-            "loss": "closure" if self.closure is not None else "loss_fn",
+            "loss_closure": self.closure is not None,
             "count": "count_fn" if self.count_fn is not None else "leading dimension",
             "reduction": self.reduction, "reduction_check": self.reduction_check,
             "fwd_rev_workaround": self.fwd_rev_workaround})

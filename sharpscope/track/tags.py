@@ -1,0 +1,168 @@
+"""Chart names for the records a run writes: the scalars TensorBoard and W&B plot, and the constants they show once.
+
+A measurement record holds a few quantities that change along training and many that do not (the
+probe size, the parameter count, the seed, the step size). Charts get the first kind under names a
+reader looks for; the second kind is shown once, as a table (:func:`record_constants`).
+
+=====================================  ===========================================
+record key                             chart
+=====================================  ===========================================
+``eigenvalues[0]``, ``[i]``            ``sharpness/lambda_max``, ``sharpness/lambda_{i+1}``
+``thresholds.edge``                    ``sharpness/edge`` (the optimizer's own threshold; Adam's edge,
+                                       which bounds λ_max(P⁻¹H), is ``sharpness/preconditioned_edge``)
+``thresholds.gd_edge``                 ``sharpness/gd_edge`` (2/η; only where the edge is another rule)
+``preconditioned_eigenvalues[0]``      ``sharpness/preconditioned_lambda_max`` (``..._lambda_{i+1}``)
+``trace.estimate``, ``.stderr``        ``trace``, ``trace/stderr``, ``trace/per_param``
+``train_loss``, ``test_loss``          ``loss/train``, ``loss/test``
+``train_acc``, ``test_acc``            ``accuracy/train``, ``accuracy/test``
+``grad_norm``                          ``grad_norm``
+``residuals[0]``, ``converged``        ``lanczos/residual``, ``lanczos/converged`` (0/1)
+``cost.hvps``, ``cost.seconds``        ``cost/hvps``, ``cost/seconds``
+``alignment.grad_cos[i]``, ...         ``alignment/grad_cos_{i+1}``, ``alignment/grad_fraction``
+=====================================  ===========================================
+
+An ``alignment`` record gives ``alignment/update_norm``, ``alignment/update_fraction`` and
+``alignment/update_cos_{i+1}``; a ``sam_batch`` record ``sam_batch/grad_norm``, ``sam_batch/edge``
+and ``sam_batch/lambda_max``; a ``diverged`` record ``diverged`` = 1. Records of any other kind
+keep every number under ``kind/key`` (keys flattened by :func:`~sharpscope.track.sinks.flatten_record`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from sharpscope.io import jsonsafe
+
+#: The chart pairs a custom-scalars layout overlays: λ_max with the threshold that bounds it.
+OVERLAYS: dict[str, list[str]] = {
+    "λ_max and its edge": ["sharpness/lambda_max", "sharpness/edge", "sharpness/gd_edge"],
+    "preconditioned λ_max and its edge": ["sharpness/preconditioned_lambda_max", "sharpness/preconditioned_edge"],
+    "loss": ["loss/train", "loss/test"],
+    "accuracy": ["accuracy/train", "accuracy/test"],
+}
+
+
+def _number(value: Any) -> float | None:
+    """A record value as a float (booleans as 0/1, the stored ``"NaN"``/``"Infinity"`` strings decoded); None otherwise."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str) and value in jsonsafe.NONFINITE:
+        return jsonsafe.NONFINITE[value]
+    return None
+
+
+def _put(out: dict[str, float], tag: str, value: Any) -> None:
+    number = _number(value)
+    if number is not None:
+        out[tag] = number
+
+
+def _listed(out: dict[str, float], values: Any, first: str, other: str) -> None:
+    """``values[0]`` as ``first``, ``values[i]`` as ``other.format(i + 1)``."""
+    if isinstance(values, list):
+        for i, value in enumerate(values):
+            _put(out, first if i == 0 else other.format(i + 1), value)
+
+
+def _measurement(record: Mapping[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    _listed(out, record.get("eigenvalues"), "sharpness/lambda_max", "sharpness/lambda_{}")
+    _listed(out, record.get("preconditioned_eigenvalues"), "sharpness/preconditioned_lambda_max",
+            "sharpness/preconditioned_lambda_{}")
+    thresholds = record.get("thresholds") or {}
+    preconditioned = thresholds.get("rule") == "adam_edge"  # Adam's edge bounds λ_max(P⁻¹H), not λ_max(H)
+    _put(out, "sharpness/preconditioned_edge" if preconditioned else "sharpness/edge", thresholds.get("edge"))
+    if thresholds.get("rule") not in (None, "gd_edge"):
+        _put(out, "sharpness/gd_edge", thresholds.get("gd_edge"))
+    trace = record.get("trace") or {}
+    _put(out, "trace", trace.get("estimate"))
+    _put(out, "trace/stderr", trace.get("stderr"))
+    _put(out, "trace/per_param", trace.get("per_param"))
+    for key, tag in (("train_loss", "loss/train"), ("test_loss", "loss/test"), ("train_acc", "accuracy/train"),
+                     ("test_acc", "accuracy/test"), ("grad_norm", "grad_norm"), ("converged", "lanczos/converged")):
+        _put(out, tag, record.get(key))
+    residuals = record.get("residuals")
+    if isinstance(residuals, list) and residuals:
+        _put(out, "lanczos/residual", residuals[0])
+    cost = record.get("cost") or {}
+    _put(out, "cost/hvps", cost.get("hvps"))
+    _put(out, "cost/seconds", cost.get("seconds"))
+    alignment = record.get("alignment") or {}
+    _put(out, "alignment/grad_fraction", alignment.get("grad_fraction"))
+    _listed(out, alignment.get("grad_cos"), "alignment/grad_cos_1", "alignment/grad_cos_{}")
+    return out
+
+
+def _alignment(record: Mapping[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    _put(out, "alignment/update_norm", record.get("update_norm"))
+    _put(out, "alignment/update_fraction", record.get("update_fraction"))
+    _listed(out, record.get("update_cos"), "alignment/update_cos_1", "alignment/update_cos_{}")
+    return out
+
+
+def _sam_batch(record: Mapping[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    _put(out, "sam_batch/grad_norm", record.get("batch_grad_norm"))
+    _put(out, "sam_batch/edge", record.get("sam_edge_batch"))
+    _put(out, "sam_batch/lambda_max", (record.get("batch_sharpness") or {}).get("eigenvalue"))
+    return out
+
+
+def readable_scalars(record: Mapping[str, Any]) -> dict[str, float]:
+    """``{chart name: number}`` of one record (the table in the module docstring).
+
+    >>> readable_scalars({"kind": "measurement", "step": 0, "eigenvalues": [9.0], "preconditioned_eigenvalues": [300.0],
+    ...                   "thresholds": {"rule": "adam_edge", "edge": 380.0, "gd_edge": 200.0}})
+    {'sharpness/lambda_max': 9.0, 'sharpness/preconditioned_lambda_max': 300.0, 'sharpness/preconditioned_edge': 380.0, 'sharpness/gd_edge': 200.0}
+
+    >>> readable_scalars({"kind": "measurement", "step": 3, "eigenvalues": [4.0, 1.0], "train_loss": 0.5,
+    ...                   "thresholds": {"rule": "gd_edge", "edge": 40.0, "gd_edge": 40.0, "lr": 0.05}})
+    {'sharpness/lambda_max': 4.0, 'sharpness/lambda_2': 1.0, 'sharpness/edge': 40.0, 'loss/train': 0.5}
+    """
+    from sharpscope.track.sinks import record_scalars
+
+    kind = record.get("kind", "measurement")
+    if kind == "measurement":
+        return _measurement(record)
+    if kind == "alignment":
+        return _alignment(record)
+    if kind == "sam_batch":
+        return _sam_batch(record)
+    if kind == "diverged":
+        return {"diverged": 1.0}
+    _, _, numbers = record_scalars(record)
+    return {f"{kind}/{key}": value for key, value in numbers.items()}
+
+
+def record_constants(record: Mapping[str, Any]) -> dict[str, Any]:
+    """What a measurement records that does not change along a run, flattened: ``settings.*`` (probe size,
+    BN mode, dimension, seed, ...) and the thresholds' rule and hyperparameters (``thresholds.lr``, ...)
+    other than the edges themselves. Empty for records of other kinds."""
+    from sharpscope.track.sinks import flatten_record
+
+    if record.get("kind", "measurement") != "measurement":
+        return {}
+    thresholds = {k: v for k, v in (record.get("thresholds") or {}).items()
+                  if k not in ("edge", "gd_edge", "sam_edge", "sam_edge_indicative", "momentum_edge",
+                               "ema_momentum_edge", "adam_edge")}
+    parts = {"settings": record.get("settings"), "thresholds": thresholds}
+    return flatten_record({key: value for key, value in parts.items() if value})
+
+
+def constants_table(constants: Mapping[str, Any]) -> str:
+    """A Markdown table ``| key | value |`` of ``constants`` (how TensorBoard's text panel shows them)."""
+    rows = ["| key | value |", "|---|---|"]
+    for key, value in constants.items():
+        shown = value if not isinstance(value, float) or math.isfinite(value) else str(value)
+        rows.append(f"| {key} | {shown} |")
+    return "\n".join(rows)
+
+
+def hparam_values(constants: Mapping[str, Any]) -> dict[str, bool | int | float | str]:
+    """``constants`` as TensorBoard hparams accept them: numbers, booleans and strings (anything else as its text)."""
+    return {k: v if isinstance(v, (bool, int, float, str)) else jsonsafe.dumps(v) for k, v in constants.items()}
