@@ -144,7 +144,8 @@ def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tens
     """
     c = settings.curvature
     check_model_fits(model, loss_fn, x, y, name="the probe data", k=c.k)  # one pass on 2 examples first
-    objective = Objective(model, loss_fn, (x, y), bn=c.bn, batch_size=settings.batch_size)
+    objective = Objective(model, loss_fn, (x, y), bn=c.bn, batch_size=settings.batch_size,
+                          precision=c.weight_precision)
     if c.k > objective.dim:
         raise ConfigError(f"k={c.k} exceeds the number of parameters ({objective.dim})", argument="k")
     op = curvature_operator(objective, settings)

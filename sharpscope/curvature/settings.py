@@ -36,7 +36,7 @@ from sharpscope.curvature.algorithms.lanczos import default_max_iter
 from sharpscope.curvature.algorithms.ritz import DEFAULT_STOP, Stop
 from sharpscope.curvature.algorithms.trace import check_trace_budget
 from sharpscope.curvature.operators.hessian import HessianOperator, HVPMode
-from sharpscope.curvature.operators.objective import BNMode, Objective
+from sharpscope.curvature.operators.objective import BNMode, Objective, Precision
 from sharpscope.curvature.operators.precision import PRECISIONS, ProductPrecision
 from sharpscope.errors import ConfigError
 from sharpscope.validation import check_bool, check_choice, check_int, check_tol
@@ -71,6 +71,11 @@ class CurvatureSettings:
             seconds; its deviation from the eager product is recorded the same way).
         block: Lanczos block size for ``k > 1`` (None: single-vector Lanczos, the default; ``"auto"``:
             ``k`` capped at ``block_size``), see :func:`~sharpscope.curvature.algorithms.lanczos`.
+        weight_precision: float16/bfloat16 weights: ``"upcast"`` (the default) computes on float32 copies
+            (exact products, 4 bytes more per parameter); ``"native"`` keeps their dtype, with
+            finite-difference products under ``hvp_mode="auto"`` whose error against exact products of a
+            float32 copy is measured once and recorded (see :class:`~sharpscope.curvature.HessianOperator`).
+            No effect on float32/float64 weights.
         cache_graphs: keep every batch's gradient graph between products (``rev-rev``): True,
             False (the default: no memory is held between calls, which a tracker's training needs) or
             ``"auto"`` (when the graphs fit in half the free memory; the choice is recorded).
@@ -89,6 +94,7 @@ class CurvatureSettings:
     compile: bool = False
     block: int | Literal["auto"] | None = None
     cache_graphs: CacheGraphs = False
+    weight_precision: Precision = "upcast"
 
     def __post_init__(self) -> None:
         check_int("k", self.k, low=1)
@@ -105,6 +111,7 @@ class CurvatureSettings:
         if self.block != "auto":
             check_int("block", self.block, low=1, optional=True)
         check_choice("cache_graphs", self.cache_graphs, (True, False, "auto"))
+        check_choice("weight_precision", self.weight_precision, get_args(Precision))
         if self.cache_graphs is True and self.hvp_mode not in ("rev-rev", "auto"):
             raise ConfigError(f"cache_graphs=True needs hvp_mode 'rev-rev' or 'auto', got {self.hvp_mode!r}",
                               argument="cache_graphs")
