@@ -17,9 +17,10 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from sharpscope import HessianOperator, Objective
+from sharpscope.curvature import CurvatureSettings
 from sharpscope.curvature.operators.hvp import hvp_fwd_rev, hvp_rev_rev
 from sharpscope.curvature.operators.precision import relative_deviation
-from sharpscope.errors import ConfigError
+from sharpscope.errors import ConfigError, ObjectiveError
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -163,6 +164,18 @@ def test_torch_checkpoint_in_a_plain_module_gives_exact_products(mode: str) -> N
     torch.testing.assert_close(ckpt.matvec(v), plain.matvec(v), rtol=1e-10, atol=1e-12)
 
 
+def test_a_mode_the_model_cannot_run_fails_in_one_line_naming_it() -> None:
+    class Reentrant(Checkpointed):
+        def forward(self, x: Tensor) -> Tensor:
+            return self.b(checkpoint(lambda t: torch.tanh(self.a(t)), x, use_reentrant=True))
+
+    x = torch.randn(10, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    objective = Objective(Reentrant(True).double(), F.cross_entropy, (x, torch.arange(10) % 3))
+    with pytest.raises(ObjectiveError, match=r"^fwd-rev Hessian-vector products fail on this model \(RuntimeError: "
+                                             r".*\); try 'auto'$"):
+        HessianOperator(objective, mode="fwd-rev").matvec(probe_vector(objective.dim))
+
+
 # --------------------------------------------------------------------------------------- bf16 weights
 def independent_fd(model: nn.Module, batch: dict[str, Tensor], v: Tensor, h: float) -> Tensor:
     """Central differences of two bf16 gradients, by writing θ ± εv into a copy of the model."""
@@ -199,17 +212,17 @@ def test_native_bf16_products_record_their_error_against_a_float32_copy() -> Non
     model = gpt2("eager", torch.bfloat16)
     batch = {"input_ids": tokens(2, 8)["input_ids"]}
     op = HessianOperator(Objective(model, None, batch, precision="native"))
-    v = torch.randn(op.dim, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16)
-    op.matvec(v)
+    assert op.dtype == torch.float32  # the algorithms' vectors; the weights and their gradients stay bf16
+    assert op.matvec(torch.randn(op.dim, generator=torch.Generator().manual_seed(5))).dtype == torch.float32
     record = op.precision_record()
     assert op.mode == "fd" and record["weights"] == "bfloat16" and record["mode"] == "fd"
     step = record["fd_step"]
     assert f"{step:.4g}" in record["fd_step_trials"]  # type: ignore[operator]
     assert record["fd_step_trials"][f"{step:.4g}"] == min(record["fd_step_trials"].values())  # type: ignore[index, union-attr]
     # the recorded deviation, recomputed: the seed-0 vector, an independent FD product and a float32 reference
-    seed0 = torch.randn(op.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(torch.bfloat16)
+    seed0 = torch.randn(op.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64).float()
     reference = exact_float32(model, batch, seed0)
-    fd = independent_fd(model, batch, seed0, step).to(torch.bfloat16)  # type: ignore[arg-type]
+    fd = independent_fd(model, batch, seed0, step)  # type: ignore[arg-type]
     expected = relative_deviation(fd, reference)
     assert 1e-3 < expected < 0.5  # a real, finite error of bf16 arithmetic
     assert record["deviation"] == pytest.approx(expected, rel=2e-2)
@@ -222,3 +235,16 @@ def test_upcast_bf16_weights_give_exact_float32_products() -> None:
     v = probe_vector(op.dim, torch.float32)
     torch.testing.assert_close(op.matvec(v), exact_float32(model, batch, v), rtol=1e-4, atol=1e-5)
     assert op.precision_record()["deviation"] is None  # exact products need no measurement
+
+
+def test_weight_precision_is_a_checked_curvature_setting_that_reaches_the_operator() -> None:
+    with pytest.raises(ConfigError, match="^weight_precision must be 'upcast' or 'native', got 'half'$") as err:
+        CurvatureSettings(weight_precision="half")  # type: ignore[arg-type]
+    assert err.value.argument == "weight_precision"
+    model = gpt2("sdpa", torch.bfloat16)
+    batch = {"input_ids": tokens(2, 8)["input_ids"]}
+    native = CurvatureSettings(weight_precision="native", hvp_mode="rev-rev")
+    op = native.hessian(Objective(model, None, batch, precision=native.weight_precision))
+    op.matvec(probe_vector(op.dim, torch.float32))
+    record = op.precision_record()  # exact modes in bf16 arithmetic are measured too
+    assert record["mode"] == "rev-rev" and 0 < record["deviation"] < 0.1 and "fd_step" not in record  # type: ignore[operator]

@@ -122,7 +122,9 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
             raise ConfigError("compile=True compiles forward-over-reverse products (torch.compile does not "
                               f"support double backward); it cannot be combined with mode={mode!r}"
                               + (" or cache_graphs=True" if cache_graphs is True else ""))
-        super().__init__(objective.dim, objective.dtype, objective.device)
+        # low-precision weights computed natively: the algorithms' vectors stay float32
+        super().__init__(objective.dim, torch.float32 if objective.dtype in LOW_PRECISION else objective.dtype,
+                         objective.device)
         self.objective = objective
         self.block_size = block_size
         self.allow_tf32 = self.precision == "tf32"
@@ -206,11 +208,18 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
 
     def _matmat(self, V: Tensor) -> Tensor:
         rows = V.T.contiguous()
-        if self._cache_pending:
-            self._attention_retry(self._decide_cache)
-        self._attention_retry(self._check_products_once)
-        out = self._attention_retry(lambda: self._products(rows, self.precision, compiled=self.compile,
-                                                           cached=self.cache_graphs))
+        try:
+            if self._cache_pending:
+                self._attention_retry(self._decide_cache)
+            self._attention_retry(self._check_products_once)
+            out = self._attention_retry(lambda: self._products(rows, self.precision, compiled=self.compile,
+                                                               cached=self.cache_graphs))
+        except torch.OutOfMemoryError:
+            raise
+        except (RuntimeError, NotImplementedError) as err:  # the model cannot be differentiated this way
+            others = "'auto'" if self.requested != "auto" else "hvp_mode 'fd'"
+            raise ObjectiveError(f"{self.mode} Hessian-vector products fail on this model ({type(err).__name__}: "
+                                 f"{(str(err).splitlines() or [''])[0][:240]}); try {others}") from err
         sum_across_ranks(out)
         if not torch.isfinite(out).all():
             raise ObjectiveError("a Hessian-vector product is not finite: the loss or its derivatives "
@@ -227,6 +236,8 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
         """``w_b H_b`` applied to the rows, summed over this rank's batches, in blocks of ``block_size``."""
         out = torch.zeros_like(rows)
         fn = None if cached else self._product_fn(rows.shape[0], compiled)
+        # exact modes differentiate in the objective's dtype; fd forms θ ± εv from the vectors as they are
+        native = rows.dtype if self._mode_for(min(rows.shape[0], self.block_size)) == "fd" else self.objective.dtype
         params = self._params()
         with self._backend_settings(precision), self.objective.mode():
             if cached:
@@ -235,7 +246,7 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
                 start = 0
                 while start < rows.shape[0]:
                     stop = min(start + self.block_size, rows.shape[0])
-                    block = rows[start:stop]
+                    block = rows[start:stop].to(native)
                     try:
                         if fn is None:
                             out[start:stop] += w * apply_graph(self.objective, self._graphs[index], block, keep=True)
@@ -286,7 +297,8 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
                                "fd_step_rule": "the relative step among (4, 2, 1, 1/2, 1/4, 1/8, 1/16) x eps^(1/3) of "
                                                "the weights' dtype with the smallest deviation on a Gaussian vector "
                                                "(seed 1)",
-                               "vectors": 2, "hvps": 2 + 2 * (1 + len(FD_STEP_FACTORS))}
+                               "vectors": 2, "hvps": 2 + 1 + len(FD_STEP_FACTORS),
+                               "hvps_are": "2 exact float32 products and finite-difference ones (two gradients each)"}
         return reference(v), native(v)
 
     def _check_details(self) -> dict[str, object]:
