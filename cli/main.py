@@ -128,7 +128,7 @@ def probe_cmd(
     data: Annotated[str, typer.Option(help="mnist1d, cifar10:DIR_OR_NPZ, cifar100:DIR, mnist:NPZ, npz:PATH (arrays x, y) or text:PATH (64-byte windows, next-byte targets).")],
     n: Annotated[int | None, typer.Option(help="Keep the first N examples as the probe set.")] = None,
     model: Annotated[str | None, typer.Option(help="module:factory returning the nn.Module, for checkpoints without a model spec; hf:CONFIG_OR_FOLDER for a Hugging Face causal LM (a local config.json or a saved model folder, loaded with its default attention; extra hf).")] = None,
-    loss: Annotated[Loss, typer.Option(help="ce: mean cross entropy; mse: ½‖f−e_y‖² summed over outputs; mse-mean: mean over outputs; token-ce: mean cross entropy over tokens (language models, --data text:PATH).")] = Loss.ce,
+    loss: Annotated[Loss | None, typer.Option(help="ce: mean cross entropy; mse: ½‖f−e_y‖² summed over outputs; mse-mean: mean over outputs; token-ce: mean cross entropy over tokens (language models, --data text:PATH). Default: token-ce for an hf: model (its causal-LM loss on the text windows), ce otherwise.")] = None,
     k: Annotated[int, typer.Option(help="Number of top eigenvalues.")] = 1,
     negative: Annotated[bool, typer.Option("--negative", help="Also the most negative eigenvalue.")] = False,
     trace: Annotated[bool, typer.Option("--trace", help="Estimate the Hessian trace.")] = False,
@@ -172,6 +172,7 @@ def probe_cmd(
     from sharpscope.probe import ProbeSettings, probe
 
     dev = resolve_device(device)
+    loss_name = loss.value if loss is not None else "token-ce" if (model or "").startswith("hf:") else "ce"
     torch_dtype = getattr(torch, dtype.value)
     curvature = CurvatureSettings(k=k, tol=tol, max_iter=max_iter, stop=stop.value, trace_method=trace_method.value,
                                   trace_matvecs=trace_matvecs, bn=bn.value, hvp_mode=hvp_mode.value,
@@ -192,11 +193,11 @@ def probe_cmd(
     net = loaded.to(device=dev, dtype=torch_dtype)
     with progress(unit="HVPs", bar=not as_json and err.is_terminal and rank() == 0,
                   lines=not err.is_terminal and rank() == 0) as bar:
-        report = probe(net, get_loss(loss.value), part.x.to(dev), part.y.to(dev), settings, progress=bar)
-    extra = {"checkpoint": str(checkpoint), "data": dataset.name, "loss_fn": loss.value}
+        report = probe(net, get_loss(loss_name), part.x.to(dev), part.y.to(dev), settings, progress=bar)
+    extra = {"checkpoint": str(checkpoint), "data": dataset.name, "loss_fn": loss_name}
     report.settings.update(extra, sharding=sharding(len(dataset)))
     if rank() == 0:
-        emit(report, f"{checkpoint.name} on {dataset.name} ({loss.value} loss)", as_json, extra)
+        emit(report, f"{checkpoint.name} on {dataset.name} ({loss_name} loss)", as_json, extra)
         if report.density is not None and not as_json:
             out.print(density_text(report.density), highlight=False, markup=False, soft_wrap=True)
         for path in write_outputs(report, {**report.to_dict(), **extra}, net, out=out_file, eigenvectors=eigenvectors,

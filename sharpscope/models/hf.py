@@ -61,7 +61,21 @@ def hf_model(source: str | Path, *, seed: int = 0) -> nn.Module:
             model = auto.from_config(config)
     except (OSError, ValueError, KeyError) as err:
         raise ConfigError(f"{path}: cannot build a causal language model: {str(err).splitlines()[0]}") from None
+    _check_left_to_right(model, path)
     return model.eval()
+
+
+def _check_left_to_right(model: nn.Module, path: Path) -> None:
+    """Refuse the causal-LM class of an encoder's config (``bert``, ``roberta``, ...) unless the config says
+    ``is_decoder``: without it that class attends both ways, and a next-token loss on it is meaningless."""
+    from transformers.models.auto import modeling_auto as auto
+
+    config: Any = model.config
+    kind = getattr(config, "model_type", None)
+    if kind in auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False):
+        raise ConfigError(f"{path}: a {kind!r} config describes a bidirectional encoder; its causal-LM head predicts "
+                          "left to right only with is_decoder=true in the config (a masked-LM model needs its own "
+                          "loss: Objective(model, None, batch with labels))", argument="model")
 
 
 def hf_checkpoint_model(source: str | Path, checkpoint: str | Path) -> nn.Module:

@@ -52,7 +52,7 @@ def test_probe_bf16_weights_natively_reports_the_measured_product_error(tmp_path
     text = tmp_path / "text.txt"
     text.write_bytes(Path(textwrap.__file__).read_bytes()[:1000])
     proc = subprocess.run([str(SCRIPT), "probe", str(tmp_path / "tiny" / "model.safetensors"), "--model",
-                           f"hf:{tmp_path / 'tiny'}", "--data", f"text:{text}", "--n", "4", "--loss", "token-ce",
+                           f"hf:{tmp_path / 'tiny'}", "--data", f"text:{text}", "--n", "4",
                            "--json", "--dtype", "bfloat16", "--weight-precision", "native", "--device", "cpu"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -60,4 +60,4 @@ def test_probe_bf16_weights_natively_reports_the_measured_product_error(tmp_path
     record = settings["product_precision"]
     assert settings["hvp_mode"] == "fd" and settings["param_dtype"] == "bfloat16" and settings["upcast"] is False
     assert record["weights"] == "bfloat16" and 0 < record["deviation"] < 0.5 and record["fd_step"] > 0
-    assert settings["attention"]["kernel"] == "math SDPA backend"
+    assert settings["attention"]["kernel"] == "math SDPA backend" and settings["loss_fn"] == "token-ce"  # the default for hf:

@@ -7,6 +7,9 @@ the causal-LM objective against the byte-window pairs the CLI's ``text:`` data g
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -100,3 +103,16 @@ def test_heads_without_a_known_loss_are_refused_in_one_line() -> None:
         with pytest.raises(ConfigError, match="no default loss for a .*give loss_fn or closure") as err:
             Objective(model, None, ids_and_mask())
         assert err.value.argument == "loss_fn" and "\n" not in str(err.value)
+
+
+def test_loading_an_encoder_config_as_a_causal_lm_is_refused(tmp_path: Path) -> None:
+    from sharpscope.models.hf import hf_model
+
+    config = {"model_type": "bert", "vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 16}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="'bert' config describes a bidirectional encoder") as err:
+        hf_model(tmp_path / "config.json")
+    assert err.value.argument == "model"
+    (tmp_path / "config.json").write_text(json.dumps({**config, "is_decoder": True}))
+    assert type(hf_model(tmp_path / "config.json")).__name__ == "BertLMHeadModel"
