@@ -64,7 +64,12 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
             kind of call is made, or reused from an earlier operator of this process with the same
             architecture, loss, device, precision, BN mode and batch shapes (``"remembered": True``
             in the record). Finite differences are approximate and never chosen automatically. The
-            modes used, and why, are in :meth:`describe`.
+            modes used, and why, are in :meth:`describe`. Models as users load them
+            (:mod:`sharpscope.curvature.operators.loaded`): activation-checkpointed layers take
+            ``rev-rev`` under ``"auto"`` and refuse ``"fwd-rev"``; float16/bfloat16 weights computed
+            natively (``Objective(precision="native")``) take ``"fd"`` under ``"auto"``, the step chosen
+            and the deviation from exact products of a float32 copy measured at the first product
+            (any mode on such weights is measured); the operator's vectors are then float32.
         block_size: probe vectors per vmapped pass; on out-of-memory the failing block is halved
             (and the smaller size kept) until a single product fails, which raises ObjectiveError.
         precision: the products' arithmetic (:mod:`sharpscope.curvature.operators.precision`): ``"strict"``
@@ -281,7 +286,7 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
             return sum_across_ranks(twin._products(rows.float(), "strict", compiled=False, cached=False))
 
         def native(rows: Tensor) -> Tensor:
-            return sum_across_ranks(self._products(rows, self.precision, compiled=False, cached=False))
+            return sum_across_ranks(self._products(rows, self.precision, compiled=self.compile, cached=False))
 
         self._fd_choice = None
         if self._mode_for(1) == "fd":

@@ -184,7 +184,9 @@ class Objective:
     """Mean loss of ``model`` over a fixed probe set, as a function of the selected parameters.
 
     Args:
-        model: the network. Its train/eval flags and buffers are left exactly as they were.
+        model: the network. Its train/eval flags and buffers are left exactly as they were. A model
+            as users load it (fused attention, activation checkpointing, a KV cache) is evaluated
+            with the set-up of :mod:`sharpscope.curvature.operators.loaded`, recorded in :meth:`describe`.
         loss_fn: ``(output, target) -> loss of the batch``, e.g. ``nn.CrossEntropyLoss()``. ``output``
             is the model output after the ``output`` adapter; ``target`` is ``y`` for an ``(x, y)``
             pair and the whole batch for any other structure (so ``loss_fn(logits, batch)`` can read
