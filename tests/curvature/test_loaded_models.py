@@ -248,3 +248,22 @@ def test_weight_precision_is_a_checked_curvature_setting_that_reaches_the_operat
     op.matvec(probe_vector(op.dim, torch.float32))
     record = op.precision_record()  # exact modes in bf16 arithmetic are measured too
     assert record["mode"] == "rev-rev" and 0 < record["deviation"] < 0.1 and "fd_step" not in record  # type: ignore[operator]
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_checkpointed_layers_that_sample_dropout_themselves_run_without_checkpointing() -> None:
+    config = transformers.BartConfig(vocab_size=64, d_model=16, decoder_layers=2, decoder_attention_heads=2,
+                                     decoder_ffn_dim=32, max_position_embeddings=32, dropout=0.3,
+                                     activation_dropout=0.3, attention_dropout=0.0)
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    plain = transformers.BartForCausalLM(config).double().eval()
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.gradient_checkpointing_enable()  # BART's decoder layers call F.dropout(training=self.training)
+    batch = tokens(2, 6)
+    objective = Objective(checkpointed, None, batch)
+    record = objective.describe()["checkpointing"]
+    assert record["layers"] == 0 and "sample dropout themselves" in record["reason"]  # type: ignore[index]
+    v = probe_vector(objective.dim)
+    expected = HessianOperator(Objective(plain, None, batch), mode="rev-rev").matvec(v)
+    torch.testing.assert_close(HessianOperator(objective).matvec(v), expected, rtol=1e-12, atol=1e-12)

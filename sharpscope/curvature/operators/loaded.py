@@ -15,7 +15,10 @@ models loaded from Hugging Face carry three things that get in the way:
   flag stays on while every other module, dropout included, is in eval mode). Reentrant
   checkpointing has no ``torch.autograd.grad`` and no double backward, so a layer set up with it
   runs non-reentrant checkpointing during products (same values, exact products). Neither supports
-  ``torch.func`` transforms, so products through checkpointed layers are double backward.
+  ``torch.func`` transforms, so products through checkpointed layers are double backward. A layer
+  that samples dropout itself in training mode (``F.dropout(..., training=self.training)``, as
+  BART's decoder layers do) would make products random: the objective evaluates one batch twice
+  under different seeds and, if the losses differ, runs products without checkpointing (recorded).
 * **The KV cache** (``use_cache``) is off during products: a cached key/value would be appended
   again when a checkpointed layer is recomputed, and a probe never generates.
 
@@ -65,6 +68,12 @@ class LoadedSetup:
     reentrant: int = 0
     use_cache: bool = False  # the model's config has use_cache on (switched off during products)
 
+    checkpointing_off: str | None = None  # why checkpointing is off during products, when it is
+
+    def stop_checkpointing(self, reason: str) -> None:
+        """Run products with the checkpointed layers in eval mode (no recomputation), recording why."""
+        self.checkpointed, self.reentrant, self.checkpointing_off = [], 0, reason
+
     def use_math_attention(self, reason: str) -> None:
         """Run every later evaluation with the math SDPA backend, recording why."""
         self.math_attention = True
@@ -101,6 +110,9 @@ class LoadedSetup:
     def describe(self) -> dict[str, object]:
         """The record: attention kernel used for products and why; checkpointed layers and how."""
         checkpointing: dict[str, object] | None = None
+        if self.checkpointing_off is not None:
+            checkpointing = {"layers": 0, "products": "without checkpointing (layers in eval mode)",
+                             "reason": self.checkpointing_off}
         if self.checkpointed:
             checkpointing = {"layers": len(self.checkpointed), "reentrant_layers": self.reentrant,
                              "products": "layers stay checkpointed, recomputed inside each product (non-reentrant"

@@ -302,6 +302,8 @@ class Objective:
         self.num_examples = sum_scalar_across_ranks(self.local_examples, device=self.device)
         if float(self.num_examples).is_integer():
             self.num_examples = int(self.num_examples)
+        if self.loaded.checkpointed:
+            self._check_checkpointed_layers()
         self.reduction_check = "not checked (validate=False)"
         if validate:
             self.loss()
@@ -313,6 +315,22 @@ class Objective:
         state = {n: t for n, t in (*self.model.named_parameters(), *self.model.named_buffers())
                  if n not in self.params and t.dtype in LOW_PRECISION}
         return {n: t.detach().float() for n, t in state.items()}
+
+    def _check_checkpointed_layers(self) -> None:
+        """Checkpointed layers stay in training mode during products: evaluate the first batch under two
+        seeds, and turn checkpointing off for products if the losses differ (a layer that samples
+        dropout itself when in training mode). Costs two forward passes of one batch."""
+        params, batch = self.param_values(), self.batches[0]
+        devices = [self.device] if self.device.type == "cuda" else []
+        losses = []
+        for seed in (0, 1):
+            with torch.random.fork_rng(devices=devices), torch.no_grad(), self.mode():
+                torch.manual_seed(seed)
+                losses.append(float(self.batch_loss(params, batch)))
+        if losses[0] != losses[1]:
+            self.loaded.stop_checkpointing(f"the loss of batch 0 differs between two seeds ({losses[0]!r}, "
+                                           f"{losses[1]!r}) with the checkpointed layers in training mode: they "
+                                           "sample dropout themselves")
 
     def _dropout_policy(self, dropout: Literal["off"] | None) -> str:
         if dropout is None and self.model.training:
