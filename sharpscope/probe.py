@@ -74,7 +74,8 @@ class ProbeSettings:
         if self.operator != "hessian":
             hessian_only = {"per_layer=True": self.per_layer, "cache_graphs=True": self.curvature.cache_graphs is True,
                             f"hvp_mode={self.curvature.hvp_mode!r}": self.curvature.hvp_mode != "auto",
-                            "compile=True": self.curvature.compile}
+                            "compile=True": self.curvature.compile,
+                            "weight_precision='native'": self.curvature.weight_precision == "native"}
             used = [name for name, on in hessian_only.items() if on]
             if used:
                 raise ConfigError(f"{', '.join(used)} appl{'ies' if len(used) == 1 else 'y'} to the Hessian only, "

@@ -21,6 +21,7 @@ from sharpscope.curvature import CurvatureSettings
 from sharpscope.curvature.operators.hvp import hvp_fwd_rev, hvp_rev_rev
 from sharpscope.curvature.operators.precision import relative_deviation
 from sharpscope.errors import ConfigError, ObjectiveError
+from sharpscope.probe import ProbeSettings
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -248,6 +249,9 @@ def test_weight_precision_is_a_checked_curvature_setting_that_reaches_the_operat
     op.matvec(probe_vector(op.dim, torch.float32))
     record = op.precision_record()  # exact modes in bf16 arithmetic are measured too
     assert record["mode"] == "rev-rev" and 0 < record["deviation"] < 0.1 and "fd_step" not in record  # type: ignore[operator]
+    with pytest.raises(ConfigError, match="weight_precision='native' applies to the Hessian only") as err:
+        ProbeSettings(operator="ggn", curvature=native.replace(hvp_mode="auto"))  # GGN products would go unmeasured
+    assert err.value.argument == "operator"
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
