@@ -218,7 +218,8 @@ def test_native_bf16_products_record_their_error_against_a_float32_copy() -> Non
     record = op.precision_record()
     assert op.mode == "fd" and record["weights"] == "bfloat16" and record["mode"] == "fd"
     step = record["fd_step"]
-    assert f"{step:.4g}" in record["fd_step_trials"]  # type: ignore[operator]
+    base = float(torch.finfo(torch.bfloat16).eps) ** (1 / 3)  # steps from bf16's precision, not float32's
+    assert list(record["fd_step_trials"]) == [f"{f * base:.4g}" for f in (4, 2, 1, 0.5, 0.25, 0.125, 0.0625)]  # type: ignore[call-overload]
     assert record["fd_step_trials"][f"{step:.4g}"] == min(record["fd_step_trials"].values())  # type: ignore[index, union-attr]
     # the recorded deviation, recomputed: the seed-0 vector, an independent FD product and a float32 reference
     seed0 = torch.randn(op.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64).float()

@@ -295,7 +295,7 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
             target = reference(w)
             trials: dict[float, float] = {}
             for factor in FD_STEP_FACTORS:
-                self.fd_h = factor * fd_step(self.dtype)
+                self.fd_h = factor * fd_step(self.objective.dtype)  # the weights' dtype, not the vectors'
                 trials[self.fd_h] = relative_deviation(native(w), target)
             self.fd_h = from_rank0(min(trials, key=trials.__getitem__))
             self._fd_choice = {"fd_step": self.fd_h, "fd_step_trials": {f"{h:.4g}": d for h, d in trials.items()},
