@@ -91,6 +91,17 @@ class DType(str, Enum):
     float64 = "float64"
 
 
+class ProbeDType(str, Enum):
+    float32 = "float32"
+    float64 = "float64"
+    bfloat16 = "bfloat16"
+
+
+class WeightPrecision(str, Enum):
+    upcast = "upcast"
+    native = "native"
+
+
 class Scale(str, Enum):
     smoke = "smoke"
     cpu = "cpu"

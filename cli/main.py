@@ -16,13 +16,14 @@ from sharpscope_cli._common import (
     LOSS_HELP,
     MODEL_HELP,
     BasisLocation,
-    DType,
     HVPMode,
     Loss,
     Operator,
     Precision,
+    ProbeDType,
     Stop,
     TraceMethod,
+    WeightPrecision,
     check_fits,
     clean_errors,
     default_loss,
@@ -88,7 +89,9 @@ def report_table(report: ProbeReport, title: str) -> Table:
     table.caption = settings_caption(s)
     deviation = (s.get("product_precision") or {}).get("deviation")
     if deviation is not None:
-        table.caption += f"; {s['product_precision']['precision']} products deviate {deviation:.1e} (relative) from strict ones"
+        pp = s["product_precision"]
+        what = f"native {pp['weights']} {pp['mode']}" if "weights" in pp else pp["precision"]
+        table.caption += f"; {what} products deviate {deviation:.1e} (relative) from strict ones"
     if not top.converged:
         table.caption += " — λ did NOT converge to tol; raise --max-iter"
     return table
@@ -155,7 +158,8 @@ def probe_cmd(
     density_tol: Annotated[float | None, typer.Option(help="Stop each SLQ run once, for two steps running, its smoothed density moves by at most this (L1) and its extreme nodes by at most this many kernel widths; --density-steps becomes a cap. Default: fixed steps.")] = None,
     hvp_mode: Annotated[HVPMode, typer.Option(help="Hessian-vector product: auto picks the faster exact mode.")] = HVPMode.auto,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
-    dtype: Annotated[DType, typer.Option(help="Arithmetic precision.")] = DType.float32,
+    dtype: Annotated[ProbeDType, typer.Option(help="The weights' dtype (bfloat16: see --weight-precision).")] = ProbeDType.float32,
+    weight_precision: Annotated[WeightPrecision, typer.Option(help="bfloat16 weights: upcast computes on float32 copies (exact products); native keeps bfloat16 and takes finite-difference products, their error against a float32 copy measured once and reported.")] = WeightPrecision.upcast,
     precision: Annotated[Precision, typer.Option(help="Product arithmetic: strict float32, tf32 (CUDA TF32 matmuls, about 1e-3 relative error) or bf16 (bfloat16 autocast). Anything but strict measures its deviation from a strict product once and reports it.")] = Precision.strict,
     compile_products: Annotated[bool, typer.Option("--compile", help="torch.compile the forward-over-reverse product (compiling takes tens of seconds; the deviation from eager products is reported).")] = False,
     block: Annotated[str | None, typer.Option(help="Block Lanczos with this many vectors per step (an integer, or auto: k capped at 8); default single-vector.")] = None,
@@ -183,12 +187,14 @@ def probe_cmd(
     from sharpscope.probe import ProbeSettings, probe
 
     dev = resolve_device(device)
+    loss_name = loss.value if loss is not None else "token-ce" if (model or "").startswith("hf:") else "ce"
     torch_dtype = getattr(torch, dtype.value)
     curvature = CurvatureSettings(k=k, tol=tol, max_iter=max_iter, stop=stop.value, trace_method=trace_method.value,
                                   trace_matvecs=trace_matvecs, bn=bn.value, hvp_mode=hvp_mode.value,
                                   precision=precision.value, compile=compile_products, block=lanczos_block(block),
                                   cache_graphs="auto" if cache_graphs is None else cache_graphs, guards=guards,
-                                  memory_budget=memory_budget, basis_location=basis_location.value)
+                                  memory_budget=memory_budget, basis_location=basis_location.value,
+                                  weight_precision=weight_precision.value)
     settings = ProbeSettings(curvature=curvature, negative=negative, trace=trace, density=density,
                              density_steps=density_steps, density_runs=density_runs, density_tol=density_tol,
                              batch_size=batch_size, seed=seed,

@@ -7,13 +7,18 @@ descends, so the constant factors matter:
 * ``mse`` (Cohen et al. 2021): ``½ ‖f(x) − e_y‖²`` summed over the outputs, mean over examples.
 * ``mse_mean`` (Long & Bartlett 2024): ``(f(x) − e_y)²`` averaged over outputs *and* examples.
 * ``token_cross_entropy``: mean cross entropy over every token of a language-model batch.
+* ``next_token_cross_entropy``, ``masked_token_cross_entropy`` (Hugging Face batches, a mapping
+  with ``input_ids`` and ``attention_mask``, optionally ``labels``): mean cross entropy over the
+  tokens that are predicted, as Hugging Face causal and masked language models train; their
+  counts (:func:`predicted_tokens`, :func:`masked_tokens`) make a probe set's objective the mean
+  over all its predicted tokens, for any split into batches.
 
 Integer labels are one-hot encoded for the squared losses; float targets are used as given.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +51,42 @@ def mse_mean(outputs: Tensor, targets: Tensor) -> Tensor:
 def token_cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
     """Mean cross entropy over every token: logits ``(B, T, V)`` against ids ``(B, T)`` (language models)."""
     return F.cross_entropy(outputs.flatten(0, -2), targets.flatten())
+
+
+IGNORE_INDEX = -100  # the label of a position that is not predicted (Hugging Face convention)
+
+
+def _causal_labels(batch: Mapping[str, Tensor]) -> Tensor:
+    """Labels of a causal-LM batch: ``batch["labels"]``, or ``input_ids`` with padding
+    (``attention_mask == 0``) set to :data:`IGNORE_INDEX`; position ``t + 1`` is predicted from ``t``."""
+    if "labels" in batch:
+        return batch["labels"]
+    ids = batch["input_ids"]
+    mask = batch.get("attention_mask")
+    return ids if mask is None else ids.masked_fill(mask == 0, IGNORE_INDEX)
+
+
+def next_token_cross_entropy(logits: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
+    """``(1/T) Σ_{b,t} −log softmax(z_{b,t})[y_{b,t+1}]`` over the ``T`` predicted positions: logits
+    ``(B, L, V)``, labels from :func:`_causal_labels` shifted by one, :data:`IGNORE_INDEX` skipped."""
+    labels = _causal_labels(batch)[:, 1:]
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+
+
+def predicted_tokens(batch: Mapping[str, Tensor]) -> Tensor:
+    """The positions :func:`next_token_cross_entropy` averages over."""
+    return (_causal_labels(batch)[:, 1:] != IGNORE_INDEX).sum()
+
+
+def masked_token_cross_entropy(logits: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
+    """Mean cross entropy over the labelled (masked) positions of a masked-LM batch, no shift:
+    ``batch["labels"]`` holds the original token at each masked position and :data:`IGNORE_INDEX` elsewhere."""
+    return F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
+
+
+def masked_tokens(batch: Mapping[str, Tensor]) -> Tensor:
+    """The positions :func:`masked_token_cross_entropy` averages over."""
+    return (batch["labels"] != IGNORE_INDEX).sum()
 
 
 LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"ce": cross_entropy, "mse": mse, "mse-mean": mse_mean,

@@ -74,7 +74,8 @@ class ProbeSettings:
         if self.operator != "hessian":
             hessian_only = {"per_layer=True": self.per_layer, "cache_graphs=True": self.curvature.cache_graphs is True,
                             f"hvp_mode={self.curvature.hvp_mode!r}": self.curvature.hvp_mode != "auto",
-                            "compile=True": self.curvature.compile}
+                            "compile=True": self.curvature.compile,
+                            "weight_precision='native'": self.curvature.weight_precision == "native"}
             used = [name for name, on in hessian_only.items() if on]
             if used:
                 raise ConfigError(f"{', '.join(used)} appl{'ies' if len(used) == 1 else 'y'} to the Hessian only, "
@@ -183,7 +184,8 @@ def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tens
     """
     c = settings.curvature
     check_model_fits(model, loss_fn, x, y, name="the probe data", k=c.k)  # one pass on 2 examples first
-    objective = Objective(model, loss_fn, (x, y), bn=c.bn, batch_size=settings.batch_size)
+    objective = Objective(model, loss_fn, (x, y), bn=c.bn, batch_size=settings.batch_size,
+                          precision=c.weight_precision)
     if c.k > objective.dim:
         raise ConfigError(f"k={c.k} exceeds the number of parameters ({objective.dim})", argument="k")
     op = curvature_operator(objective, settings)

@@ -38,7 +38,7 @@ from sharpscope.curvature.algorithms.ritz import DEFAULT_STOP, Stop
 from sharpscope.curvature.algorithms.trace import check_trace_budget
 from sharpscope.curvature.memory import MemoryBudgetSpec, parse_budget
 from sharpscope.curvature.operators.hessian import HessianOperator, HVPMode
-from sharpscope.curvature.operators.objective import BNMode, Objective
+from sharpscope.curvature.operators.objective import BNMode, Objective, Precision
 from sharpscope.curvature.operators.precision import PRECISIONS, ProductPrecision
 from sharpscope.errors import ConfigError
 from sharpscope.validation import check_bool, check_choice, check_int, check_tol
@@ -73,6 +73,11 @@ class CurvatureSettings:
             seconds; its deviation from the eager product is recorded the same way).
         block: Lanczos block size for ``k > 1`` (None: single-vector Lanczos, the default; ``"auto"``:
             ``k`` capped at ``block_size``), see :func:`~sharpscope.curvature.algorithms.lanczos`.
+        weight_precision: float16/bfloat16 weights: ``"upcast"`` (the default) computes on float32 copies
+            (exact products, 4 bytes more per parameter); ``"native"`` keeps their dtype, with
+            finite-difference products under ``hvp_mode="auto"`` whose error against exact products of a
+            float32 copy is measured once and recorded (see :class:`~sharpscope.curvature.HessianOperator`).
+            No effect on float32/float64 weights.
         cache_graphs: keep every batch's gradient graph between products (``rev-rev``): True,
             False (the default: no memory is held between calls, which a tracker's training needs) or
             ``"auto"`` (when the graphs fit in half the free memory; the choice is recorded).
@@ -101,6 +106,7 @@ class CurvatureSettings:
     guards: int = DEFAULT_GUARDS
     memory_budget: MemoryBudgetSpec = None
     basis_location: BasisLocation = "device"
+    weight_precision: Precision = "upcast"
 
     def __post_init__(self) -> None:
         check_int("k", self.k, low=1)
@@ -120,6 +126,7 @@ class CurvatureSettings:
         check_int("guards", self.guards, low=0)
         parse_budget(self.memory_budget)
         check_choice("basis_location", self.basis_location, BASIS_LOCATIONS)
+        check_choice("weight_precision", self.weight_precision, get_args(Precision))
         if self.cache_graphs is True and self.hvp_mode not in ("rev-rev", "auto"):
             raise ConfigError(f"cache_graphs=True needs hvp_mode 'rev-rev' or 'auto', got {self.hvp_mode!r}",
                               argument="cache_graphs")

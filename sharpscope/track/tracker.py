@@ -179,7 +179,8 @@ class SharpnessTracker:
         key = (id(model), *(id(p) for p in model.parameters()))
         if self._key != key or self._objective is None or self._op is None:
             self._objective = Objective(model, self.loss_fn, self.probe_data, bn=self.curvature.bn,
-                                        batch_size=self.batch_size, validate=False)
+                                        batch_size=self.batch_size, validate=False,
+                                        precision=self.curvature.weight_precision)
             self._test = None if self.test_data is None else Objective(
                 model, self.loss_fn, self.test_data, bn=self.curvature.bn, batch_size=self.batch_size, validate=False)
             self._op = self._operator(self._objective)
@@ -344,7 +345,7 @@ class SharpnessTracker:
         this tracker's ``tol``, ``hvp_mode`` and BatchNorm mode; warm-started from the last measured top
         eigenvector): ``{"eigenvalue", "residual", "converged", "examples", "hvps", "seconds"}``."""
         objective = Objective(model, self.loss_fn, batch, bn=self.curvature.bn, batch_size=self.batch_size,
-                              validate=False)
+                              validate=False, precision=self.curvature.weight_precision)
         op = self._operator(objective)
         previous = None if self._eigenvectors is None else self._eigenvectors[:, :1]
         with warnings.catch_warnings():

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Literal, cast
+import functools
+from collections.abc import Callable, Iterator
+from typing import Literal, TypeVar, cast
 
 import torch
 from torch import Tensor
 
 from sharpscope.curvature.memory import available_bytes
+from sharpscope.curvature.operators import batches as structure
 from sharpscope.curvature.operators.distributed import from_rank0, sum_across_ranks
 from sharpscope.curvature.operators.hvp import (
     HVP_MODES,
@@ -17,21 +19,30 @@ from sharpscope.curvature.operators.hvp import (
     HVPFn,
     apply_graph,
     compiled_fwd_rev,
+    fd_step,
     gradient_graph,
+    hvp_fd,
     measured_gradient_graph,
 )
 from sharpscope.curvature.operators.linear_operator import LinearOperator
-from sharpscope.curvature.operators.objective import Batch, Objective
+from sharpscope.curvature.operators.loaded import is_fused_attention_error
+from sharpscope.curvature.operators.objective import LOW_PRECISION, Batch, Objective
 from sharpscope.curvature.operators.precision import (
     MeasuredPrecision,
     ProductPrecision,
     product_precision,
+    relative_deviation,
     resolve_precision,
 )
 from sharpscope.curvature.sampling import Stopwatch
 from sharpscope.errors import ConfigError, ObjectiveError
 
 HVPMode = Literal["auto", "fwd-rev", "rev-rev", "fd"]
+
+#: Relative finite-difference steps tried for low-precision weights, as multiples of :func:`fd_step`:
+#: the best multiple differs between models (a 2-layer GPT-2 in bfloat16 is best near 1/8, an MLP near 1/2).
+FD_STEP_FACTORS = (4.0, 2.0, 1.0, 0.5, 0.25, 0.125, 0.0625)
+_T = TypeVar("_T")
 
 # Product modes chosen by timing, kept for the rest of the process: a second operator on the same
 # architecture, device, precision and batch shapes (a second probe, a tracker rebuilt after a
@@ -53,7 +64,12 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
             kind of call is made, or reused from an earlier operator of this process with the same
             architecture, loss, device, precision, BN mode and batch shapes (``"remembered": True``
             in the record). Finite differences are approximate and never chosen automatically. The
-            modes used, and why, are in :meth:`describe`.
+            modes used, and why, are in :meth:`describe`. Models as users load them
+            (:mod:`sharpscope.curvature.operators.loaded`): activation-checkpointed layers take
+            ``rev-rev`` under ``"auto"`` and refuse ``"fwd-rev"``; float16/bfloat16 weights computed
+            natively (``Objective(precision="native")``) take ``"fd"`` under ``"auto"``, the step chosen
+            and the deviation from exact products of a float32 copy measured at the first product
+            (any mode on such weights is measured); the operator's vectors are then float32.
         block_size: probe vectors per vmapped pass; on out-of-memory the failing block is halved
             (and the smaller size kept) until a single product fails, which raises ObjectiveError.
         precision: the products' arithmetic (:mod:`sharpscope.curvature.operators.precision`): ``"strict"``
@@ -111,7 +127,9 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
             raise ConfigError("compile=True compiles forward-over-reverse products (torch.compile does not "
                               f"support double backward); it cannot be combined with mode={mode!r}"
                               + (" or cache_graphs=True" if cache_graphs is True else ""))
-        super().__init__(objective.dim, objective.dtype, objective.device)
+        # low-precision weights computed natively: the algorithms' vectors stay float32
+        super().__init__(objective.dim, torch.float32 if objective.dtype in LOW_PRECISION else objective.dtype,
+                         objective.device)
         self.objective = objective
         self.block_size = block_size
         self.allow_tf32 = self.precision == "tf32"
@@ -120,6 +138,9 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
         self.cache_requested = cache_graphs
         self.selection: dict[str, dict[str, object]] = {}
         self._init_precision_check()
+        self.fd_h: float | None = None  # the relative finite-difference step when chosen by measurement
+        self._fd_choice: dict[str, object] | None = None
+        self._check_pending = self._check_pending or objective.dtype in LOW_PRECISION
         if compile:
             self.selection["compile"] = {"chosen": "fwd-rev", "reason": "torch.compile cannot compile double "
                                          "backward, so compiled products are forward over reverse"}
@@ -127,6 +148,7 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
             if cache_graphs == "auto":
                 self.selection["cache_graphs"] = {"chosen": False, "reason": "compiled fwd-rev products"}
                 cache_graphs = False
+        mode, cache_graphs = self._loaded_model_modes(objective, mode, cache_graphs)
         if cache_graphs == "auto" and mode in ("fwd-rev", "fd"):
             self.selection["cache_graphs"] = {"chosen": False, "reason": f"mode {mode!r} requested"}
             cache_graphs = False
@@ -142,6 +164,34 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
         self.modes: dict[str, str] = {} if mode == "auto" else {"single": mode, "block": mode}
         if cache_graphs is True:
             self.selection["cache_graphs"] = {"chosen": "rev-rev", "reason": "graph cache requested"}
+
+    def _loaded_model_modes(self, objective: Objective, mode: HVPMode,
+                            cache_graphs: bool | Literal["auto"]) -> tuple[HVPMode, bool | Literal["auto"]]:
+        """The product mode and graph cache for low-precision weights computed natively and for
+        activation-checkpointed models (:mod:`sharpscope.curvature.operators.loaded`), recorded."""
+        native = objective.dtype in LOW_PRECISION
+        checkpointed = bool(objective.loaded.checkpointed)
+        if checkpointed and mode == "fwd-rev":
+            raise ConfigError("forward-over-reverse products (torch.func) cannot run through activation-checkpointed "
+                              "layers; use mode 'rev-rev', 'fd' or 'auto'" + (" without compile" if self.compile else ""),
+                              argument="mode")
+        if checkpointed and cache_graphs is True:
+            raise ConfigError("cache_graphs=True keeps every layer's activations, which activation checkpointing "
+                              "exists to avoid; leave it 'auto' or False", argument="cache_graphs")
+        why = (f"{str(objective.dtype).removeprefix('torch.')} weights computed natively" if native
+               else "activation-checkpointed layers" if checkpointed else None)
+        if why is None:
+            return mode, cache_graphs
+        if cache_graphs == "auto":
+            self.selection["cache_graphs"] = {"chosen": False, "reason": why}
+            cache_graphs = False
+        if mode == "auto":
+            mode = "fd" if native else "rev-rev"
+            self.selection["mode"] = {"chosen": mode, "reason": why + (
+                ": central differences of two gradients, step from the weights' precision; their relative error "
+                "against strict products of a float32 copy is measured at the first product" if native else
+                ": torch.func transforms do not run through checkpointing, double backward does")}
+        return mode, cache_graphs
 
     @property
     def mode(self) -> str:
@@ -163,10 +213,18 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
 
     def _matmat(self, V: Tensor) -> Tensor:
         rows = V.T.contiguous()
-        if self._cache_pending:
-            self._decide_cache()
-        self._check_products_once()
-        out = self._products(rows, self.precision, compiled=self.compile, cached=self.cache_graphs)
+        try:
+            if self._cache_pending:
+                self._attention_retry(self._decide_cache)
+            self._attention_retry(self._check_products_once)
+            out = self._attention_retry(lambda: self._products(rows, self.precision, compiled=self.compile,
+                                                               cached=self.cache_graphs))
+        except torch.OutOfMemoryError:
+            raise
+        except (RuntimeError, NotImplementedError) as err:  # the model cannot be differentiated this way
+            others = "'auto'" if self.requested != "auto" else "hvp_mode 'fd'"
+            raise ObjectiveError(f"{self.mode} Hessian-vector products fail on this model ({type(err).__name__}: "
+                                 f"{(str(err).splitlines() or [''])[0][:240]}); try {others}") from err
         sum_across_ranks(out)
         if not torch.isfinite(out).all():
             raise ObjectiveError("a Hessian-vector product is not finite: the loss or its derivatives "
@@ -180,12 +238,16 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
 
     def _product_fn(self, m: int, compiled: bool) -> HVPFn:
         mode = self._mode_for(min(m, self.block_size))
+        if mode == "fd" and self.fd_h is not None:
+            return functools.partial(hvp_fd, h=self.fd_h)
         return compiled_fwd_rev() if compiled and mode == "fwd-rev" else HVP_MODES[mode]
 
     def _products(self, rows: Tensor, precision: ProductPrecision, *, compiled: bool, cached: bool) -> Tensor:
         """``w_b H_b`` applied to the rows, summed over this rank's batches, in blocks of ``block_size``."""
         out = torch.zeros_like(rows)
         fn = None if cached else self._product_fn(rows.shape[0], compiled)
+        # exact modes differentiate in the objective's dtype; fd forms θ ± εv from the vectors as they are
+        native = rows.dtype if self._mode_for(min(rows.shape[0], self.block_size)) == "fd" else self.objective.dtype
         params = self._params()
         with self._backend_settings(precision), self.objective.mode():
             if cached:
@@ -194,7 +256,7 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
                 start = 0
                 while start < rows.shape[0]:
                     stop = min(start + self.block_size, rows.shape[0])
-                    block = rows[start:stop]
+                    block = rows[start:stop].to(native)
                     try:
                         if fn is None:
                             out[start:stop] += w * apply_graph(self.objective, self._graphs[index], block, keep=True)
@@ -212,12 +274,64 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
         return out
 
     def _strict_and_configured(self, v: Tensor) -> tuple[Tensor, Tensor]:
+        if self.objective.dtype in LOW_PRECISION:
+            return self._native_check(v)
         reference = sum_across_ranks(self._products(v, "strict", compiled=False, cached=False))
         return reference, sum_across_ranks(self._products(v, self.precision, compiled=self.compile,
                                                           cached=self.cache_graphs))
 
+    def _native_check(self, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Products of low-precision weights computed natively, against exact (``rev-rev``) products of a
+        float32 copy of the objective. Finite differences first choose their relative step among
+        :data:`FD_STEP_FACTORS` times :func:`fd_step` by the smallest deviation on a second Gaussian vector
+        (seed 1), so the deviation reported on ``v`` is independent of the choice."""
+        twin = HessianOperator(self.objective.strict_copy(), mode="rev-rev", cache_graphs=False)
+
+        def reference(rows: Tensor) -> Tensor:
+            return sum_across_ranks(twin._products(rows.float(), "strict", compiled=False, cached=False))
+
+        def native(rows: Tensor) -> Tensor:
+            return sum_across_ranks(self._products(rows, self.precision, compiled=self.compile, cached=False))
+
+        self._fd_choice = None
+        if self._mode_for(1) == "fd":
+            gen = torch.Generator().manual_seed(1)
+            w = torch.randn(1, self.dim, generator=gen, dtype=torch.float64).to(self.device, self.dtype)
+            target = reference(w)
+            trials: dict[float, float] = {}
+            for factor in FD_STEP_FACTORS:
+                self.fd_h = factor * fd_step(self.objective.dtype)  # the weights' dtype, not the vectors'
+                trials[self.fd_h] = relative_deviation(native(w), target)
+            self.fd_h = from_rank0(min(trials, key=trials.__getitem__))
+            self._fd_choice = {"fd_step": self.fd_h, "fd_step_trials": {f"{h:.4g}": d for h, d in trials.items()},
+                               "fd_step_rule": "the relative step among (4, 2, 1, 1/2, 1/4, 1/8, 1/16) x eps^(1/3) of "
+                                               "the weights' dtype with the smallest deviation on a Gaussian vector "
+                                               "(seed 1)",
+                               "vectors": 2, "hvps": 2 + 1 + len(FD_STEP_FACTORS),
+                               "hvps_are": "2 exact float32 products and finite-difference ones (two gradients each)"}
+        return reference(v), native(v)
+
     def _check_details(self) -> dict[str, object]:
-        return {"mode": self.modes.get("single")}
+        details: dict[str, object] = {"mode": self.modes.get("single")}
+        if self.objective.dtype in LOW_PRECISION:
+            details.update(weights=str(self.objective.dtype).removeprefix("torch."),
+                           reference="rev-rev products of a float32 copy of the weights and data",
+                           **(self._fd_choice or {}))
+        return details
+
+    def _attention_retry(self, run: Callable[[], _T]) -> _T:
+        """``run()``; when it fails in a fused attention kernel (no double backward or forward mode), again
+        with the math SDPA backend, which the objective keeps using and records."""
+        try:
+            return run()
+        except (RuntimeError, NotImplementedError) as err:
+            loaded = self.objective.loaded
+            if loaded.math_attention or not is_fused_attention_error(err):
+                raise
+            loaded.use_math_attention(f"detected at the first product ({type(err).__name__}: "
+                                      f"{str(err).splitlines()[0][:160]})")
+            self._graphs, self._graph_key = [], None  # cached graphs hold the fused kernel's backward
+            return run()
 
     @contextlib.contextmanager
     def _backend_settings(self, precision: ProductPrecision | None = None) -> Iterator[None]:
@@ -289,7 +403,7 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
         obj = self.objective
         return (type(obj.model).__qualname__, tuple(zip(obj.names, map(tuple, obj.shapes))),
                 type(obj.loss_fn).__qualname__, str(self.device), str(self.dtype), self.precision, obj.bn,
-                tuple((tuple(b.x.shape), str(b.x.dtype), tuple(b.y.shape)) for b in obj.batches), m)
+                tuple(tuple((tuple(t.shape), str(t.dtype)) for t in structure.leaves(b.data)) for b in obj.batches), m)
 
     def _pick_mode(self, m: int) -> str:
         key = self._timing_key(m)
@@ -303,7 +417,7 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
         failures: dict[str, str] = {}
         for mode in ("fwd-rev", "rev-rev"):
             try:
-                seconds[mode] = self._trial(mode, rows)
+                seconds[mode] = self._attention_retry(lambda: self._trial(mode, rows))  # noqa: B023 (called at once)
             except (RuntimeError, NotImplementedError) as err:
                 failures[mode] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
         if not seconds:

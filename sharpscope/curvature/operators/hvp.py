@@ -9,7 +9,14 @@ where ``H_b`` is the Hessian of batch ``b``'s mean loss and ``w = n_b / N`` its 
   serves the whole block (and, with :class:`HessianOperator`'s ``cache_graphs``, every later
   product at the same parameters).
 * ``fd``: central differences of gradients, ``H v ≈ (∇ℓ(θ + εv) − ∇ℓ(θ − εv)) / (2ε)``, with
-  ``ε = h (1 + ‖θ‖) / ‖v‖`` and ``h`` about the cube root of machine epsilon; error ``O(ε²)``.
+  ``ε = h (1 + ‖θ‖) / ‖v‖`` and ``h`` about the cube root of the parameters' machine epsilon
+  (truncation error ``O(ε²)``, rounding ``O(eps/ε)``). The points ``θ ± εv`` are formed in float32
+  and rounded once to the parameters' dtype (bfloat16 weights stay bfloat16); the difference is
+  taken in float32. Only first derivatives are needed, so it runs where the others cannot.
+
+``rev-rev`` and ``fd`` take their gradients by backward passes inside
+:meth:`Objective.within`, so activation-checkpointed layers recompute with the right parameters;
+``fwd-rev`` uses ``torch.func`` transforms, which checkpointing does not support.
 """
 
 from __future__ import annotations
@@ -103,9 +110,14 @@ class GradientGraph:
 
 def gradient_graph(objective: Objective, params: dict[str, Tensor], batch: Batch) -> GradientGraph:
     """Forward and backward with ``create_graph=True`` on detached copies of the parameters."""
-    leaves = [p.detach().requires_grad_(True) for p in params.values()]
+    return _graph_on(objective, {n: p.detach().requires_grad_(True) for n, p in params.items()}, batch)
+
+
+def _graph_on(objective: Objective, params: dict[str, Tensor], batch: Batch) -> GradientGraph:
+    """:func:`gradient_graph` with ``params`` as the leaves themselves."""
+    leaves = list(params.values())
     with torch.enable_grad():
-        loss = objective.batch_loss(dict(zip(params, leaves)), batch)
+        loss = objective.batch_loss(params, batch)
         grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
     live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
     return GradientGraph(leaves, [grads[i] for i in live], live)
@@ -145,8 +157,10 @@ def apply_graph(objective: Objective, graph: GradientGraph, rows: Tensor, *, kee
 
 
 def hvp_rev_rev(objective: Objective, params: dict[str, Tensor], batch: Batch, rows: Tensor) -> Tensor:
-    """Double-backward products; one forward/backward graph reused for every row."""
-    return apply_graph(objective, gradient_graph(objective, params, batch), rows, keep=False)
+    """Double-backward products; one forward/backward graph reused for every row, built and used
+    inside :meth:`Objective.within` (checkpointed layers recompute with these parameters)."""
+    leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+    return objective.within(leaves, lambda: apply_graph(objective, _graph_on(objective, leaves, batch), rows, keep=False))
 
 
 def fd_step(dtype: torch.dtype) -> float:
@@ -155,20 +169,24 @@ def fd_step(dtype: torch.dtype) -> float:
 
 
 @torch.no_grad()
-def hvp_fd(objective: Objective, params: dict[str, Tensor], batch: Batch, rows: Tensor) -> Tensor:
-    """Central finite-difference products (two gradients per probe)."""
-    grad_fn = grad(lambda p: objective.batch_loss(p, batch))
+def hvp_fd(objective: Objective, params: dict[str, Tensor], batch: Batch, rows: Tensor, *,
+           h: float | None = None) -> Tensor:
+    """Central finite-difference products (two gradients per probe) with relative step ``h`` (default
+    :func:`fd_step` of the parameters' dtype)."""
     theta = objective.flatten(params.values())
-    scale = fd_step(rows.dtype) * (1.0 + theta.norm())
+    wide = torch.float64 if theta.dtype == torch.float64 else torch.float32
+    base = theta.to(wide)
+    scale = (fd_step(theta.dtype) if h is None else h) * (1.0 + float(base.norm()))
     out = torch.zeros_like(rows)
     for r in range(rows.shape[0]):
-        norm = rows[r].norm()
+        v = rows[r].to(wide)
+        norm = float(v.norm())
         if norm == 0:
             continue
         eps = scale / norm
-        plus = grad_fn(objective.unflatten(theta + eps * rows[r]))
-        minus = grad_fn(objective.unflatten(theta - eps * rows[r]))
-        out[r] = (objective.flatten(plus.values()) - objective.flatten(minus.values())) / (2 * eps)
+        plus = objective.batch_gradient(objective.unflatten((base + eps * v).to(theta.dtype)), batch)
+        minus = objective.batch_gradient(objective.unflatten((base - eps * v).to(theta.dtype)), batch)
+        out[r] = ((plus.to(wide) - minus.to(wide)) / (2 * eps)).to(rows.dtype)
     return out
 
 

@@ -16,6 +16,7 @@ by constant factors; a sum-reduced loss is therefore refused unless declared (``
 from __future__ import annotations
 
 import contextlib
+import copy
 import fnmatch
 import math
 import warnings
@@ -29,6 +30,7 @@ from torch.func import functional_call
 
 from sharpscope.curvature.operators import batches as structure
 from sharpscope.curvature.operators.distributed import sum_across_ranks, sum_scalar_across_ranks, world_size
+from sharpscope.curvature.operators.loaded import loaded_setup
 from sharpscope.errors import ConfigError, DataError, ObjectiveError
 from sharpscope.losses import correct_fraction
 from sharpscope.validation import check_cast
@@ -44,7 +46,7 @@ CountFn = Callable[[object], "int | float | Tensor"]
 ParamSelector = str | Sequence[str] | Callable[[str, nn.Parameter], bool] | None
 
 _NORM_WITH_STATS = (nn.modules.batchnorm._BatchNorm,)
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
+LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 class ReductionWarning(UserWarning):
@@ -98,6 +100,18 @@ class _Apply(nn.Module):
 
     def forward(self, data: object) -> object:
         return self.fn(self.model, data)
+
+
+class _Run(nn.Module):
+    """Runs ``fn()`` as its forward, so ``functional_call`` can hold parameters swapped around any code."""
+
+    def __init__(self, model: nn.Module, fn: Callable[[], Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.fn = fn
+
+    def forward(self) -> Any:
+        return self.fn()
 
 
 def _is_reiterable(data: object) -> bool:
@@ -170,11 +184,17 @@ class Objective:
     """Mean loss of ``model`` over a fixed probe set, as a function of the selected parameters.
 
     Args:
-        model: the network. Its train/eval flags and buffers are left exactly as they were.
+        model: the network. Its train/eval flags and buffers are left exactly as they were. A model
+            as users load it (fused attention, activation checkpointing, a KV cache) is evaluated
+            with the set-up of :mod:`sharpscope.curvature.operators.loaded`, recorded in :meth:`describe`.
         loss_fn: ``(output, target) -> loss of the batch``, e.g. ``nn.CrossEntropyLoss()``. ``output``
             is the model output after the ``output`` adapter; ``target`` is ``y`` for an ``(x, y)``
             pair and the whole batch for any other structure (so ``loss_fn(logits, batch)`` can read
-            labels and masks from a mapping). ``None`` when ``closure`` is given.
+            labels and masks from a mapping). ``None`` when ``closure`` is given; ``None`` without
+            ``closure`` for a Hugging Face model takes its head's training loss
+            (:func:`sharpscope.models.hf.head_loss`: next-token cross entropy over the predicted
+            tokens of a causal LM, the labelled positions of a masked LM, the examples of a
+            sequence classifier), with its token count and a forward that leaves ``labels`` out.
         data: an ``(x, y)`` tensor pair, a tensor or a mapping of tensors (one batch, split by
             ``batch_size``), or an iterable of batches of any sizes, each a tensor, a tuple/list or
             a mapping of tensors (see :mod:`sharpscope.curvature.operators.batches`). Tensors are moved to the
@@ -228,8 +248,17 @@ class Objective:
             raise ConfigError(f"precision must be 'upcast' or 'native', got {precision!r}")
         if dropout not in (None, "off"):
             raise ConfigError(f"dropout must be 'off' (dropout is never sampled during products), got {dropout!r}")
-        if (loss_fn is None) == (closure is None):
+        if loss_fn is not None and closure is not None:
             raise ConfigError("give exactly one of loss_fn (output, target) -> loss and closure (model, batch) -> loss")
+        self.head: str | None = None
+        self._needs: tuple[str, ...] = ()
+        if loss_fn is None and closure is None:
+            from sharpscope.models.hf import head_loss
+
+            head = head_loss(model)  # ConfigError for a model without a known head
+            loss_fn, self.head, self._needs = head.loss_fn, head.name, head.needs
+            forward = forward if forward is not None else head.forward
+            count_fn = count_fn if count_fn is not None else head.count_fn
         if closure is not None and (forward is not None or output is not None):
             raise ConfigError("closure computes the loss from the model itself; forward= and output= do not apply")
         self.model = model
@@ -244,7 +273,7 @@ class Objective:
         self.params = select_parameters(model, params)
         first = next(iter(self.params.values()))
         self.device, self.param_dtype = first.device, first.dtype
-        upcast = precision == "upcast" and self.param_dtype in _LOW_PRECISION
+        upcast = precision == "upcast" and self.param_dtype in LOW_PRECISION
         self.dtype = torch.float32 if upcast else self.param_dtype
         self._upcast = upcast
         self._state: dict[str, Tensor] = {}  # float32 copies of the rest of the model, inside mode()
@@ -256,6 +285,7 @@ class Objective:
         self.dim = sum(self.numels)
         self.has_batchnorm = any(isinstance(m, _NORM_WITH_STATS) for m in model.modules())
         self.dropout = self._dropout_policy(dropout)
+        self.loaded = loaded_setup(model)
         self.fwd_rev_workaround: str | None = None
         self.streamed, self.stream_reason = self._stream_choice(data, stream)
         source = _as_batches(data, batch_size)
@@ -274,6 +304,8 @@ class Objective:
         self.num_examples = sum_scalar_across_ranks(self.local_examples, device=self.device)
         if float(self.num_examples).is_integer():
             self.num_examples = int(self.num_examples)
+        if self.loaded.checkpointed:
+            self._check_checkpointed_layers()
         self.reduction_check = "not checked (validate=False)"
         if validate:
             self.loss()
@@ -283,8 +315,24 @@ class Objective:
     def _upcast_state(self) -> dict[str, Tensor]:
         """float32 copies of every low-precision parameter and buffer that is not selected."""
         state = {n: t for n, t in (*self.model.named_parameters(), *self.model.named_buffers())
-                 if n not in self.params and t.dtype in _LOW_PRECISION}
+                 if n not in self.params and t.dtype in LOW_PRECISION}
         return {n: t.detach().float() for n, t in state.items()}
+
+    def _check_checkpointed_layers(self) -> None:
+        """Checkpointed layers stay in training mode during products: evaluate the first batch under two
+        seeds, and turn checkpointing off for products if the losses differ (a layer that samples
+        dropout itself when in training mode). Costs two forward passes of one batch."""
+        params, batch = self.param_values(), self.batches[0]
+        devices = [self.device] if self.device.type == "cuda" else []
+        losses = []
+        for seed in (0, 1):
+            with torch.random.fork_rng(devices=devices), torch.no_grad(), self.mode():
+                torch.manual_seed(seed)
+                losses.append(float(self.batch_loss(params, batch)))
+        if losses[0] != losses[1]:
+            self.loaded.stop_checkpointing(f"the loss of batch 0 differs between two seeds ({losses[0]!r}, "
+                                           f"{losses[1]!r}) with the checkpointed layers in training mode: they "
+                                           "sample dropout themselves")
 
     def _dropout_policy(self, dropout: Literal["off"] | None) -> str:
         if dropout is None and self.model.training:
@@ -309,6 +357,11 @@ class Objective:
 
     def _make(self, index: int, raw: object) -> Batch:
         _check_structure(index, raw)
+        if self._needs:
+            missing = [k for k in self._needs if not isinstance(raw, Mapping) or k not in raw]
+            if missing:
+                raise DataError(f"batch {index} has no {', '.join(missing)}: the {self.head.split(':')[0]} "  # type: ignore[union-attr]
+                                f"loss needs a mapping holding {', '.join(self._needs)}")
         data = structure.place(raw, self.device, self.dtype)
         for before, after in zip(structure.leaves(raw), structure.leaves(data)):  # 1e300 must not become inf
             check_cast(f"batch {index}", before, after)
@@ -321,6 +374,19 @@ class Objective:
                 raise DataError(f"count_fn gave {size} examples for batch {index}; it must be finite and >= 0")
             size = int(size) if size.is_integer() else size
         return Batch(data, size)
+
+    def strict_copy(self) -> Objective:
+        """This objective computed in float32: the same model, loss and probe set, the parameters and
+        floating batch tensors upcast (a shallow copy; the model is shared, nothing is re-validated).
+        The reference of products taken natively in float16/bfloat16."""
+        twin = copy.copy(self)
+        twin.dtype, twin._upcast, twin.precision, twin._state = torch.float32, True, "upcast", {}
+        twin.fwd_rev_workaround = None
+        if isinstance(self.batches, structure.StreamedBatches):
+            twin.batches = structure.StreamedBatches(self.batches.source, twin._make, self.batches.counts)
+        else:
+            twin.batches = [Batch(structure.place(b.data, self.device, torch.float32), b.size) for b in self.batches]
+        return twin
 
     # ----------------------------------------------------------------------------------- modes
     @contextlib.contextmanager
@@ -344,7 +410,8 @@ class Objective:
                     if isinstance(m, _NORM_WITH_STATS):
                         m.train()
                         m.track_running_stats = False
-            yield
+            with self.loaded.context():
+                yield
         finally:
             self._state = saved_state
             for m, training, track in saved:
@@ -384,6 +451,14 @@ class Objective:
         if isinstance(batch.data, Mapping):
             return functional_call(self.model, state, (), dict(batch.data), strict=False)
         return functional_call(self.model, state, (batch.data[0],), strict=False)  # type: ignore[index]
+
+    def within(self, params: dict[str, Tensor], fn: Callable[[], Any]) -> Any:
+        """``fn()`` with the model's selected parameters replaced by ``params`` for its whole duration,
+        backward passes included. An activation-checkpointed layer recomputes its forward during the
+        backward pass, after :meth:`batch_loss`'s own parameter swap has ended; gradients taken inside
+        this block see ``params`` in that recomputation too (outside it, the model's own values)."""
+        state = {**self._state, **params} if self._state else params
+        return functional_call(_Run(self.model, fn), {f"model.{n}": t for n, t in state.items()}, (), strict=False)
 
     def output_and_loss(self, params: dict[str, Tensor],
                         batch: Batch) -> tuple[object, Callable[[object], Tensor]]:
@@ -504,13 +579,26 @@ class Objective:
 
     def gradient(self) -> Tensor:
         """``∇L(θ)`` as a flat vector."""
-        grad_fn = torch.func.grad(self.batch_loss)
         params = self.param_values()
         total = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
         with self.mode():
             for batch, w in zip(self.batches, self.weights()):
-                total += w * self.flatten(grad_fn(params, batch).values())
+                total += w * self.batch_gradient(params, batch)
         return sum_across_ranks(total)
+
+    def batch_gradient(self, params: dict[str, Tensor], batch: Batch) -> Tensor:
+        """``∇ℓ_b`` at ``params`` as a flat vector, by one backward pass inside :meth:`within` (so it is
+        right through activation checkpointing, which ``torch.func`` transforms do not support). Call
+        inside :meth:`mode`."""
+        leaves = {n: t.detach().requires_grad_(True) for n, t in params.items()}
+
+        def run() -> Tensor:
+            with torch.enable_grad():
+                loss = self.batch_loss(leaves, batch)
+                grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+            return self.flatten(torch.zeros_like(p) if g is None else g for g, p in zip(grads, leaves.values()))
+
+        return self.within(leaves, run)
 
     # ------------------------------------------------------------------------- reduction check
     def _check_reduction(self) -> str:
@@ -577,5 +665,5 @@ class Objective:
             "loss_closure": self.closure is not None,
             "count": "count_fn" if self.count_fn is not None else "leading dimension",
             "reduction": self.reduction, "reduction_check": self.reduction_check,
-            "fwd_rev_workaround": self.fwd_rev_workaround})
+            "fwd_rev_workaround": self.fwd_rev_workaround, "head_loss": self.head, **self.loaded.describe()})
         return record
