@@ -47,7 +47,8 @@ class Reference:
         sigma = math.sqrt(self.width)
         self.grid = torch.arange(float(lam.min()) - 8 * sigma, float(lam.max()) + 8 * sigma, sigma / 4,
                                  dtype=torch.float64)
-        starts = torch.randn(DIM, RUNS, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        gen = torch.Generator().manual_seed(seed)  # slq_density draws one start vector per run
+        starts = torch.stack([torch.randn(DIM, generator=gen, dtype=torch.float64) for _ in range(RUNS)], dim=1)
         seen = (Q.T @ starts) ** 2
         self.run_weights = (seen / seen.sum(dim=0)).T  # (runs, dim): each start's limit measure
         self.lam = lam
