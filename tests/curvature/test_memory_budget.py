@@ -260,3 +260,20 @@ def test_hutchinson_streams_within_a_small_budget() -> None:
     assert small.hvps == 40 and small.samples.numel() == 40
     with pytest.raises(ConfigError, match="memory budget allows 1"):
         hutchinson(MatrixOperator(A), 40, seed=0, memory_budget="1 vector")
+
+
+# ----------------------------------------------------------------------------- symmetry
+def test_a_non_symmetric_operator_is_refused_and_a_symmetric_one_records_its_gap() -> None:
+    gen = torch.Generator().manual_seed(0)
+    B = torch.randn(60, 60, dtype=torch.float64, generator=gen)
+    calls: list[int] = []
+    op = LambdaOperator(lambda V: calls.append(V.shape[1]) or B @ V, 60)
+    with pytest.raises(ConfigError, match="not symmetric"):
+        lanczos(op, k=1, seed=0)
+    assert sum(calls) == 2  # refused after two products, the ones the test needs
+    A = with_spectrum(bulk_with([10.0], n=60), seed=0)
+    res = lanczos(MatrixOperator(A), k=1, seed=0)
+    assert res.settings["symmetry_gap"] is not None and res.settings["symmetry_gap"] < 1e-12
+    # a small asymmetry (rounding-sized) passes
+    E = 1e-9 * torch.randn(60, 60, dtype=torch.float64, generator=gen)
+    assert lanczos(MatrixOperator(A + E), k=1, seed=0).settings["symmetry_gap"] < 1e-6

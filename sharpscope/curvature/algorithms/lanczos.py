@@ -49,6 +49,27 @@ DEFAULT_GUARDS = 1
 WORK_VECTORS = 3
 
 
+#: The relative asymmetry ``|⟨u, Av⟩ − ⟨Au, v⟩| / ‖T‖`` above which Lanczos refuses an operator (or four
+#: times the operator's measured product deviation, when that is larger: fast products are symmetric
+#: only to their own accuracy).
+SYMMETRY_TOL = 0.05
+
+
+def check_symmetric(op: LinearOperator, forward: float, backward: float, scale: float) -> float:
+    """The relative gap between ``⟨q_1, A q_2⟩`` and ``⟨A q_1, q_2⟩`` (both known after two Lanczos steps,
+    no extra product); :class:`ConfigError` above :data:`SYMMETRY_TOL`. Lanczos assumes a symmetric
+    operator: on a non-symmetric one it returns numbers that are eigenvalues of neither it nor its
+    symmetric part."""
+    gap = abs(forward - backward) / scale
+    record = op.precision_record() or {}
+    deviation = record.get("deviation") if isinstance(record, dict) else None
+    limit = max(SYMMETRY_TOL, 4 * float(deviation)) if isinstance(deviation, int | float) else SYMMETRY_TOL
+    if gap > limit:
+        raise ConfigError(f"the operator is not symmetric: <q1, A q2> = {forward:.6g} but <A q1, q2> = {backward:.6g} "
+                          f"(relative gap {gap:.2g} > {limit:g}); Lanczos needs a symmetric operator", argument="op")
+    return gap
+
+
 def default_max_iter(dim: int, k: int) -> int:
     """The Lanczos step limit when none is given: ``min(d, max(100, 20k))`` for ``d`` parameters
     (enough for ``k`` well-separated eigenvalues; never more steps than dimensions)."""
@@ -202,6 +223,7 @@ def lanczos(op: LinearOperator, k: int = 1, *, which: Which = "LA", tol: float =
     T = np.zeros((0, 0))  # the projected matrix after a thick restart (tridiagonal plus an arrow)
     restarts = thick_restarts = steps = 0
     scale = eps
+    symmetry_gap: float | None = None
     while True:
         j = Q.size - 1
         w, coeffs = Q.orthogonalize(op.matvec(Q.vector(j).to(op.device)))
@@ -214,6 +236,8 @@ def lanczos(op: LinearOperator, k: int = 1, *, which: Which = "LA", tol: float =
         if thick_restarts == 0:
             alphas.append(float(c[j]))
             theta, S = tridiagonal_eigh(np.array(alphas), np.array(betas))
+            if j == 1 and betas[0] > 0:  # ⟨q_1, A q_2⟩ against ⟨A q_1, q_2⟩ = β_1: a free symmetry test
+                symmetry_gap = check_symmetric(op, float(c[0]), betas[0], max(np.abs(theta).max(), eps))
         else:  # column j of QᵀHQ: its diagonal, its coupling to q_{j-1} and, after a restart, the arrow
             T[: j + 1, j] = T[j, : j + 1] = c[: j + 1]
             theta, S = np.linalg.eigh(T[: j + 1, : j + 1])
@@ -249,5 +273,6 @@ def lanczos(op: LinearOperator, k: int = 1, *, which: Which = "LA", tol: float =
                        settings={"method": "lanczos", "block": 1, "block_rule": block_rule, "k": k, "which": which,
                                  "tol": tol, "stop": stop, "guards": guards, "max_iter": max_iter,
                                  "min_steps": min_steps if stop == "eigenvalue" else None, "steps": steps,
-                                 "restarts": restarts, "warm_start": v0 is not None, "seed": seed_record(seed, gen)},
+                                 "restarts": restarts, "warm_start": v0 is not None, "seed": seed_record(seed, gen),
+                                 "symmetry_gap": symmetry_gap},
                        memory=memory)
