@@ -53,7 +53,7 @@ def test_a_causal_lm_takes_the_shifted_token_loss_over_every_predicted_token() -
     model, batch = gpt2(), ids_and_mask()
     objective = Objective(model, None, batch, batch_size=3)  # batches of 3 and 1 rows: a mean over tokens
     info = objective.describe()
-    assert str(info["head_loss"]).startswith("causal-lm") and info["loss"] == "head"
+    assert str(info["head_loss"]).startswith("causal-lm") and info["loss_closure"] is False
     predicted = int(batch["attention_mask"][:, 1:].sum())
     assert info["probe_examples"] == predicted and info["reduction_check"] == "mean"
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
