@@ -1,5 +1,5 @@
 """Argument checks shared by the whole package: integers, reals and flags in a given range,
-seeds, tolerances, nesting depth, output folders and module paths.
+seeds, tolerances, nesting depth, work budgets, output folders and module paths.
 
 Each check returns the value (an ``int``, a ``float``, a ``bool`` or one of given choices) or raises a
 :mod:`sharpscope.errors` exception (``ConfigError`` unless ``error`` says otherwise) whose message
@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeVar, overload
 from sharpscope.errors import ConfigError, SharpscopeError
 
 __all__ = ["check_int", "check_real", "check_bool", "check_choice", "check_seed", "offset_seed", "check_tol",
-           "check_depth", "check_output_dir", "check_module_path", "check_cast", "SEED_LIMIT", "MAX_DEPTH"]
+           "check_depth", "check_budget", "duration_words", "check_output_dir", "check_module_path", "check_cast", "SEED_LIMIT", "MAX_DEPTH"]
 
 SEED_LIMIT = 2**64  # torch generators take seeds in [0, 2⁶⁴)
 MAX_DEPTH = 32  # nesting of lists and dicts in a configuration value
@@ -150,6 +150,29 @@ def check_depth(name: str, value: Any, *, limit: int = MAX_DEPTH, error: ErrorTy
             if depth >= limit:
                 raise _error(error, name, f"{name} nests lists/dicts more than {limit} levels deep")
             stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return value
+
+
+def duration_words(seconds: float) -> str:
+    """``"3.2 hours"``, ``"11.6 days"``, ``"3.2e+04 years"``: a duration in the largest fitting unit."""
+    for unit, size in (("years", 365.25 * 86400), ("days", 86400.0), ("hours", 3600.0), ("minutes", 60.0)):
+        if seconds >= size:
+            value = seconds / size
+            return f"{value:.3g} {unit}" if value < 1e4 else f"{value:.2g} {unit}"
+    return f"{seconds:.3g} seconds"
+
+
+def check_budget(name: str, value: Any, *, low: int, limit: int, unit: str, seconds_each: float, measured_on: str,
+                 hint: str, error: ErrorType = ConfigError) -> int:
+    """``value`` if it is an integer in ``[low, limit]``; above ``limit`` the error states what the work
+    would cost, ``value × seconds_each`` (``seconds_each``: the time of one ``unit`` ``measured_on`` a
+    stated setting), and ``hint``, what to do instead. Checked before any work, so a mistyped budget
+    (``1000000000`` for ``1000``) fails at once instead of running for days."""
+    value = check_int(name, value, low=low, error=error)
+    if value > limit:
+        raise _error(error, name, f"{name}={value:,} is over the limit of {limit:,} {unit}: it would take about "
+                                  f"{duration_words(value * seconds_each)} at {seconds_each * 1e3:g} ms each "
+                                  f"({measured_on}); {hint}")
     return value
 
 

@@ -27,7 +27,7 @@ from sharpscope.curvature.operators.linear_operator import LinearOperator
 from sharpscope.curvature.results import TraceResult
 from sharpscope.curvature.sampling import Distribution, Stopwatch, make_generator, probes, seed_record
 from sharpscope.errors import ConfigError
-from sharpscope.validation import check_int
+from sharpscope.validation import check_budget, check_int
 
 
 def _quadratic_forms(op: LinearOperator, Z: Tensor) -> Tensor:
@@ -40,6 +40,7 @@ def _stderr(samples: Tensor) -> float:
 
 
 MIN_MATVECS = {"hutchinson": 2, "hutch++": 6}
+MAX_MATVECS = 100_000  # budgets above are refused with an estimate of their time (a typo, not a plan)
 _WHY = {"hutchinson": "two samples give a standard error", "hutch++": "a sketch and at least two probes"}
 _NAMES = {"hutchinson": "Hutchinson", "hutch++": "Hutch++"}
 
@@ -51,7 +52,10 @@ def check_trace_budget(method: str, num_matvecs: object, name: str = "num_matvec
     if isinstance(num_matvecs, int) and not isinstance(num_matvecs, bool) and num_matvecs < low:
         raise ConfigError(f"{_NAMES.get(method, method)} needs {name} >= {low} ({_WHY.get(method, '')}), "
                           f"got {num_matvecs}", argument=name)
-    return check_int(name, num_matvecs, low=low)
+    return check_budget(name, num_matvecs, low=low, limit=MAX_MATVECS, unit="products", seconds_each=1e-3,
+                        measured_on="a small MLP on a few hundred examples on one CPU core",
+                        hint="a trace estimate's standard error falls as 1/sqrt(products): a few hundred are "
+                             "usually enough")
 
 
 def _probe_block(budget: MemoryBudget, block_size: int, what: str) -> int:
