@@ -21,7 +21,9 @@ One step protocol for every optimizer here, torch style:
 * If anything raises while the weights are moved (a closure interrupted by Ctrl-C or out of
   memory), the weights are put back to ``w`` and the optimizer is no longer perturbed before the
   exception propagates; :meth:`PerturbedOptimizer.restore` does the same for callers of
-  ``first_step``/``second_step``.
+  ``first_step``/``second_step``. With ``model`` given, ``step(closure)`` and
+  ``m_sharpness_step`` also put back the BatchNorm running statistics the failed step's first
+  pass had updated; ``step_from_gradient`` cannot (its first pass ran before the call).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from torch import Tensor, nn
 
 from sharpscope.curvature import sampling
 from sharpscope.errors import ConfigError, DataError, SharpscopeError
-from sharpscope.optim.batchnorm import frozen_bn_stats
+from sharpscope.optim.batchnorm import frozen_bn_stats, running_stats_restored_on_error
 from sharpscope.validation import check_int, check_seed
 
 __all__ = ["maybe_no_sync", "PerturbedOptimizer", "TwoPassOptimizer"]
@@ -352,9 +354,10 @@ class TwoPassOptimizer(PerturbedOptimizer):
             "first_step()/second_step() yourself between two backward passes. With a GradScaler, "
             "call second_step() instead of scaler.step(optimizer).",
         )
-        with maybe_no_sync(self.model):
-            loss = call_closure(closure)
-        self._second_pass(closure)
+        with running_stats_restored_on_error(self.model):  # the first pass's BatchNorm update, undone on failure
+            with maybe_no_sync(self.model):
+                loss = call_closure(closure)
+            self._second_pass(closure)
         return loss
 
     @torch.no_grad()
@@ -388,7 +391,9 @@ class TwoPassOptimizer(PerturbedOptimizer):
         ``Σ_k (n_k/n) ∇L_k(w + ε_k)``. ``loss_fn(model, x, y)`` returns the mean loss over the
         examples it is given. ``m >= n`` is ordinary SAM on the whole batch.
 
-        BatchNorm running statistics are updated by each group's first pass only. Under DDP
+        BatchNorm running statistics are updated by each group's first pass only. If any pass
+        raises, the weights, the running statistics and the perturbed state are put back as they
+        were before the call (``.grad`` is cleared) and the exception propagates. Under DDP
         all passes but the last group's second one run in ``no_sync``; that last backward
         all-reduces the accumulated weighted gradient, so ranks average their group means.
         Returns the example-weighted mean first-pass loss (detached).
@@ -401,10 +406,23 @@ class TwoPassOptimizer(PerturbedOptimizer):
         if inputs.shape[0] == 0 or inputs.shape[0] != targets.shape[0]:
             raise DataError(f"inputs and targets need the same non-zero batch size, got "
                             f"{inputs.shape[0]} and {targets.shape[0]}")
-        n = inputs.shape[0]
-        params = self._params()
         chunks = list(zip(inputs.split(m), targets.split(m)))
         self.zero_grad(set_to_none=True)
+        try:
+            with running_stats_restored_on_error(model):
+                total = self._m_sharpness_passes(model, loss_fn, chunks, inputs.shape[0])
+        except BaseException:
+            self.restore()  # w exactly, and no longer perturbed
+            self.zero_grad(set_to_none=True)  # the partial sum of group gradients means nothing
+            raise
+        with torch.no_grad():
+            self._descend()
+        return total
+
+    def _m_sharpness_passes(self, model: nn.Module, loss_fn: LossFn, chunks: list[tuple[Tensor, Tensor]],
+                            n: int) -> Tensor:
+        """Both passes of every group of :meth:`m_sharpness_step`; ``.grad`` ends as the weighted sum."""
+        params = self._params()
         total: Tensor | None = None
         for k, (xk, yk) in enumerate(chunks):
             weight = xk.shape[0] / n
@@ -425,8 +443,6 @@ class TwoPassOptimizer(PerturbedOptimizer):
             self._perturbed = False
             contrib = loss.detach() * weight
             total = contrib if total is None else total + contrib
-        with torch.no_grad():
-            self._descend()
         assert total is not None
         return total
 
