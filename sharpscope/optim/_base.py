@@ -28,7 +28,7 @@ One step protocol for every optimizer here, torch style:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from sharpscope.curvature import sampling
 from sharpscope.errors import ConfigError, DataError, SharpscopeError
 from sharpscope.optim.batchnorm import frozen_bn_stats, running_stats_restored_on_error
-from sharpscope.validation import check_int, check_seed
+from sharpscope.validation import check_int, check_seed, check_type, shown
 
 __all__ = ["maybe_no_sync", "PerturbedOptimizer", "TwoPassOptimizer"]
 
@@ -70,6 +70,38 @@ def make_generator(generator: torch.Generator | None, seed: int) -> torch.Genera
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ConfigError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     return sampling.make_generator(generator if generator is not None else check_seed("seed", seed))
+
+
+def check_params(params: Any) -> list[Any]:
+    """``params`` as a list if it holds what a torch optimizer takes: tensors, or param-group dicts whose
+    ``"params"`` hold tensors; else a :class:`ConfigError` naming ``params`` (before torch's deep error).
+    An empty list is refused: an optimizer of nothing is a mistake (a frozen model, a wrong filter)."""
+    if isinstance(params, (Tensor, str, bytes, Mapping)) or not isinstance(params, Iterable):
+        raise ConfigError(f"params must be an iterable of tensors or of param-group dicts (model.parameters()), "
+                          f"got {type(params).__name__}", argument="params")
+    items = list(params)
+    if not items:
+        raise ConfigError("params is empty: no parameter to optimize (is every parameter frozen, or did a "
+                          "filter select none?)", argument="params")
+    for item in items:
+        group = item.get("params") if isinstance(item, Mapping) else [item]
+        group = [group] if isinstance(group, Tensor) else group
+        if not isinstance(group, Iterable) or isinstance(group, (str, bytes)) or \
+                not all(isinstance(t, Tensor) for t in group):
+            raise ConfigError(f"params must hold tensors (or param-group dicts of them), got "
+                              f"{type(item).__name__}" + (" without tensors under 'params'" if isinstance(item, Mapping)
+                                                         else ""), argument="params")
+    return items
+
+
+def _named_argument(message: str, kwargs: dict[str, Any]) -> str | None:
+    """The keyword argument a base optimizer's error message is about (``lr`` for "Invalid learning
+    rate"), if it can be told; None otherwise."""
+    words = {"learning rate": "lr", "momentum": "momentum", "weight_decay": "weight_decay", "epsilon": "eps",
+             "beta": "betas", "dampening": "dampening", "nesterov": "nesterov"}
+    named = [arg for word, arg in words.items() if word in message.lower() and arg in kwargs]
+    named += [k for k in kwargs if f"'{k}'" in message]
+    return named[0] if named else next(iter(kwargs)) if len(kwargs) == 1 else None
 
 
 def call_closure(closure: Closure) -> Any:
@@ -106,9 +138,9 @@ class PerturbedOptimizer(torch.optim.Optimizer):
     generator: torch.Generator | None = None
 
     def __init__(self, params: Any, defaults: dict[str, Any], *, model: nn.Module | None = None) -> None:
-        super().__init__(params, defaults)
         if model is not None and not isinstance(model, nn.Module):
-            raise ConfigError(f"model must be an nn.Module or None, got {type(model).__name__}")
+            raise ConfigError(f"model must be an nn.Module or None, got {type(model).__name__}", argument="model")
+        super().__init__(check_params(params), defaults)
         self.model = model
         self._stash: dict[Tensor, Tensor] = {}  # persistent buffers holding w during a perturbation
         self._stashed: list[Tensor] = []        # parameters currently moved
@@ -232,7 +264,12 @@ class TwoPassOptimizer(PerturbedOptimizer):
         if clash:
             raise ConfigError(f"keyword(s) {clash} are used by both {type(self).__name__} and the base optimizer")
         super().__init__(params, {**base_kwargs, **defaults}, model=model)
-        self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
+        try:
+            self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
+        except (TypeError, ValueError) as e:  # torch's own checks: "Invalid learning rate: -1", an unknown keyword
+            given = ", ".join(f"{k}={shown(v)}" for k, v in base_kwargs.items())
+            raise ConfigError(f"{base_optimizer.__name__} refused its arguments ({given}): {str(e).splitlines()[0]}",
+                              argument=_named_argument(str(e), base_kwargs)) from None
         self.param_groups = self.base_optimizer.param_groups
         self.state = self.base_optimizer.state
         self.scaler = scaler
@@ -401,8 +438,11 @@ class TwoPassOptimizer(PerturbedOptimizer):
         if self._perturbed:
             raise SharpscopeError("m_sharpness_step() called while the weights are perturbed")
         m = check_int("m", m, low=1)
+        check_type("model", model, nn.Module, "a torch.nn.Module")
+        check_type("inputs", inputs, Tensor, "a torch.Tensor")
+        check_type("targets", targets, Tensor, "a torch.Tensor")
         if not callable(loss_fn):
-            raise ConfigError("loss_fn must be callable as loss_fn(model, inputs, targets)")
+            raise ConfigError("loss_fn must be callable as loss_fn(model, inputs, targets)", argument="loss_fn")
         if inputs.shape[0] == 0 or inputs.shape[0] != targets.shape[0]:
             raise DataError(f"inputs and targets need the same non-zero batch size, got "
                             f"{inputs.shape[0]} and {targets.shape[0]}")

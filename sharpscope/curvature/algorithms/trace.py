@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from sharpscope.curvature.memory import MemoryBudget, MemoryBudgetSpec, resolve_budget
-from sharpscope.curvature.operators.linear_operator import LinearOperator
+from sharpscope.curvature.operators.linear_operator import LinearOperator, check_operator
 from sharpscope.curvature.results import TraceResult
 from sharpscope.curvature.sampling import Distribution, Stopwatch, make_generator, probes, seed_record
 from sharpscope.errors import ConfigError
@@ -78,6 +78,7 @@ def hutchinson(op: LinearOperator, num_matvecs: int, *, distribution: Distributi
     :mod:`sharpscope.curvature.memory`) below that shrinks the block. With ``rtol`` the estimator
     stops early once ``stderr / |estimate| < rtol`` (checked after each block, from the second block on).
     """
+    check_operator(op)
     check_trace_budget("hutchinson", num_matvecs)
     check_int("block_size", block_size, low=1)
     budget = resolve_budget(memory_budget, op.dim, op.dtype, op.device, op.settle_memory)
@@ -116,6 +117,7 @@ def hutchpp(op: LinearOperator, num_matvecs: int, *, distribution: Distribution 
     probes (the estimate stays unbiased; its variance grows towards Hutchinson's); the sketch size
     and the rule are recorded.
     """
+    check_operator(op)
     check_trace_budget("hutch++", num_matvecs)
     check_int("block_size", block_size, low=1)
     budget = resolve_budget(memory_budget, op.dim, op.dtype, op.device, op.settle_memory)
