@@ -8,6 +8,7 @@ command's ``--help`` start without them; a command imports what it needs in its 
 from __future__ import annotations
 
 import re
+import signal
 import sys
 import time
 import typing
@@ -21,8 +22,9 @@ from typing import Any, TextIO
 import typer
 from rich.console import Console
 
-EXIT_CODES = "Exit codes: 0 completed, 1 error (one line on stderr), 3 training diverged, 130 interrupted."
-EXIT_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 3, 130
+EXIT_CODES = ("Exit codes: 0 completed, 1 error (one line on stderr), 3 training diverged, 130 interrupted "
+              "(Ctrl-C), 143 terminated (SIGTERM).")
+EXIT_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 3, 130, 143
 out = Console()
 err = Console(stderr=True)
 
@@ -232,14 +234,43 @@ def error_line(exc: Exception, flags: dict[str, list[str]]) -> str | None:
     return None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, like Ctrl-C: every ``finally`` and two-pass restore runs,
+    and the files already written stay consistent (atomic writes, fsynced appends)."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` (the previous handler is put back after).
+    Only the main thread can set handlers; elsewhere the block runs with the handler it has."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def clean_errors(fn: Callable[..., None]) -> Callable[..., None]:
-    """Turn sharpscope's errors, file-system errors and Ctrl-C into one line on stderr and an exit
-    code a script can read (:data:`EXIT_CODES`)."""
+    """Turn sharpscope's errors, file-system errors, Ctrl-C and SIGTERM into one line on stderr and an
+    exit code a script can read (:data:`EXIT_CODES`)."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> None:
         try:
-            fn(*args, **kwargs)
+            with sigterm_as_interrupt():
+                fn(*args, **kwargs)
+        except Terminated:
+            err.print("terminated (SIGTERM); files already written are intact (a training run resumes when the "
+                      "same command is run again)", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_TERMINATED) from None
         except KeyboardInterrupt:
             err.print("interrupted; files already written are intact (a training run resumes when the same "
                       "command is run again)", highlight=False, soft_wrap=True)

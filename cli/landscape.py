@@ -52,10 +52,14 @@ def parse_range(text: str | None, name: str) -> tuple[float, float, int] | None:
 def output_stem(out_dir: Path, force: bool) -> Path:
     """``out_dir/slice``, checked writable, refused if a slice is there already (unless ``force``)."""
     from sharpscope.errors import ConfigError
+    from sharpscope.io.atomic import check_target
     from sharpscope.validation import check_output_dir
 
     check_output_dir(out_dir, "--out")
     stem = out_dir / "slice"
+    for name in ("slice.npz", "slice.json", *(f"{fig}.{ext}" for fig in ("line", "contour", "surface")
+                                              for ext in ("png", "pdf", "json"))):
+        check_target(out_dir / name, "--out")  # no named pipe or device is replaced, checked before any work
     if not force and any(p.exists() for p in (stem.with_suffix(".npz"), stem.with_suffix(".json"))):
         raise ConfigError(f"{stem}.json/.npz already exist; pass --force to overwrite")
     return stem

@@ -236,14 +236,12 @@ def demo(
 ) -> None:
     """Train a small MLP on MNIST-1D (generated offline) for a few seconds, save it, and probe it:
     top eigenvalue and Hessian trace, with their residual, standard error and cost."""
-    from sharpscope.demo import train_demo_model
-    from sharpscope.errors import SharpscopeError
+    from sharpscope.demo import check_demo, train_demo_model
     from sharpscope.io import load_checkpoint, save_checkpoint
     from sharpscope.losses import get_loss
     from sharpscope.probe import ProbeSettings, probe
 
-    if steps < 1:
-        raise SharpscopeError(f"--steps must be positive, got {steps}")
+    check_demo(steps, seed)  # a step budget over the limit is refused with an estimate of its time
     if not as_json:
         err.print(f"training an MLP on MNIST-1D for {steps} steps ...")
     run = train_demo_model(steps, seed=seed)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from sharpscope_cli._common import STUDY_NAMES, Scale, err
+from sharpscope_cli._common import EXIT_DIVERGED, STUDY_NAMES, Scale, err
 
 
 def _stage_line(stage: str, summary: dict[str, Any]) -> None:
@@ -28,7 +28,10 @@ def reproduce_cmd(
     option: Annotated[list[str] | None, typer.Option("--option", help="A study option KEY=VALUE, e.g. construction=clean+confusion for escape and label-noise. Repeatable.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the study summary as one JSON object.")] = False,
 ) -> None:
-    """Run a reproduction study (several dependent training runs), check its claims, draw its figures."""
+    """Run a reproduction study (several dependent training runs), check its claims, draw its figures.
+
+    Exit code 3 when one of its runs diverged (named on stderr), as for ``train``.
+    """
     from sharpscope.experiments import parse_overrides
     from sharpscope.experiments.studies import run_study
 
@@ -46,3 +49,9 @@ def reproduce_cmd(
         sys.stdout.write(json.dumps(summary) + "\n")
     else:
         typer.echo(json.dumps(summary["results"], indent=1, default=str))
+    diverged = [name for name, stage in (summary.get("stages") or {}).items()
+                if isinstance(stage, dict) and stage.get("status") == "diverged"]
+    if diverged:
+        err.print(f"diverged: {', '.join(diverged)} (non-finite training loss; the study's numbers above do not "
+                  "stand for those runs)", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_DIVERGED)

@@ -73,8 +73,8 @@ def train_cmd(
     """Run an experiment recipe (training with sharpness tracking) into a run directory.
 
     Exit codes: 0 completed (or stopped at its accuracy goal), 1 error, 3 the training loss became
-    non-finite (status "diverged" in summary.json), 130 interrupted. A killed or interrupted run
-    resumes when the same command is run again.
+    non-finite (status "diverged" in summary.json), 130 interrupted, 143 terminated (SIGTERM). A killed,
+    interrupted or terminated run resumes when the same command is run again.
     """
     from sharpscope.experiments import get_recipe, parse_overrides
     from sharpscope.parallel import init_distributed, rank, resolve_device

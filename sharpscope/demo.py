@@ -15,6 +15,7 @@ from torch import nn
 from sharpscope.data import ArrayDataset, mnist1d
 from sharpscope.losses import accuracy
 from sharpscope.models import ModelSpec
+from sharpscope.validation import check_budget, check_seed
 
 DEMO_SPEC = ModelSpec("mlp", {"in_features": 40, "num_classes": 10, "widths": [100, 100], "activation": "relu"})
 
@@ -29,9 +30,22 @@ class DemoRun:
     train_accuracy: float
 
 
+MAX_STEPS = 100_000  # about ten minutes on one CPU core
+
+
+def check_demo(steps: int, seed: int) -> None:
+    """The checks of :func:`train_demo_model`'s arguments, before any work (a command line calls it first)."""
+    check_budget("steps", steps, low=1, limit=MAX_STEPS, unit="steps", seconds_each=5e-3,
+                 measured_on="the demo model on one CPU core", hint="the demo needs about 1,500; train longer "
+                                                                    "runs with `sharpscope train`")
+    check_seed("seed", seed)
+
+
 def train_demo_model(steps: int = 1500, *, seed: int = 0) -> DemoRun:
     """``steps`` steps of SGD with momentum (lr 0.05, β 0.9, batch 128) on the 4,000 MNIST-1D
-    training examples: a few seconds on two CPU cores, and the same model on every machine."""
+    training examples: a few seconds on two CPU cores, and the same model on every machine.
+    More than :data:`MAX_STEPS` steps are refused, with an estimate of their time."""
+    check_demo(steps, seed)
     data = mnist1d(train=True)
     torch.manual_seed(seed)
     model = DEMO_SPEC.build()

@@ -30,7 +30,7 @@ from sharpscope.curvature import (
 from sharpscope.curvature.settings import PROBE_DEFAULTS
 from sharpscope.errors import ConfigError
 from sharpscope.models.inputs import check_model_fits
-from sharpscope.validation import check_bool, check_choice, check_int, check_seed, check_tol, offset_seed
+from sharpscope.validation import check_bool, check_choice, check_int, check_seed, check_tol, check_type, offset_seed
 
 Progress = Callable[[str, int, int], None]
 Operator = Literal["hessian", "ggn", "ef"]
@@ -182,6 +182,15 @@ def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tens
     ``progress(stage, done, total)`` is called after every operator product, with ``total`` the
     stage's budget in HVPs (an upper bound for Lanczos, which usually stops earlier).
     """
+    check_type("model", model, nn.Module, "a torch.nn.Module")
+    if not callable(loss_fn):
+        raise ConfigError(f"loss_fn must be callable (outputs, targets) -> loss, got {type(loss_fn).__name__}",
+                          argument="loss_fn")
+    check_type("x", x, Tensor, "a torch.Tensor")
+    check_type("y", y, Tensor, "a torch.Tensor")
+    check_type("settings", settings, ProbeSettings, "a ProbeSettings")
+    if progress is not None and not callable(progress):
+        raise ConfigError(f"progress must be callable or None, got {type(progress).__name__}", argument="progress")
     c = settings.curvature
     check_model_fits(model, loss_fn, x, y, name="the probe data", k=c.k)  # one pass on 2 examples first
     objective = Objective(model, loss_fn, (x, y), bn=c.bn, batch_size=settings.batch_size,

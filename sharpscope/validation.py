@@ -1,5 +1,5 @@
 """Argument checks shared by the whole package: integers, reals and flags in a given range,
-seeds, tolerances, nesting depth, output folders and module paths.
+seeds, tolerances, nesting depth, types at the public boundary, work budgets, output folders and module paths.
 
 Each check returns the value (an ``int``, a ``float``, a ``bool`` or one of given choices) or raises a
 :mod:`sharpscope.errors` exception (``ConfigError`` unless ``error`` says otherwise) whose message
@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeVar, overload
 from sharpscope.errors import ConfigError, SharpscopeError
 
 __all__ = ["check_int", "check_real", "check_bool", "check_choice", "check_seed", "offset_seed", "check_tol",
-           "check_depth", "check_output_dir", "check_module_path", "check_cast", "SEED_LIMIT", "MAX_DEPTH"]
+           "check_depth", "check_type", "shown", "check_budget", "duration_words", "check_output_dir", "check_module_path", "check_cast", "SEED_LIMIT", "MAX_DEPTH"]
 
 SEED_LIMIT = 2**64  # torch generators take seeds in [0, 2⁶⁴)
 MAX_DEPTH = 32  # nesting of lists and dicts in a configuration value
@@ -33,6 +33,15 @@ def _error(error: ErrorType, name: str, message: str) -> SharpscopeError:
     """``error(message)``, with ``argument=name`` when ``name`` is a (dotted) Python name such as
     ``max_iter`` or ``optimizer_kwargs.lr``, not a description."""
     return error(message, argument=name if all(part.isidentifier() for part in name.split(".")) else None)
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` for a one-line message: a multi-line repr (a model) becomes its type, a long one
+    is cut at 80 characters."""
+    text = repr(value)
+    if "\n" in text:
+        return f"a {type(value).__name__}"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _int_kind(low: int | None, high: int | None) -> str:
@@ -59,7 +68,7 @@ def check_int(name: str, value: Any, *, low: int | None = None, high: int | None
     if (isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low)
             or (high is not None and value > high)):
         none = " or None" if optional else ""
-        raise _error(error, name, f"{name} must be {_int_kind(low, high)}{none}, got {value!r}")
+        raise _error(error, name, f"{name} must be {_int_kind(low, high)}{none}, got {shown(value)}")
     return value
 
 
@@ -90,23 +99,23 @@ def check_real(name: str, value: Any, *, low: float | None = None, high: float |
         return None
     none = " or None" if optional else ""
     if isinstance(value, (bool, str, bytes)):
-        raise _error(error, name, f"{name} must be a real number{none}, got {value!r}")
+        raise _error(error, name, f"{name} must be a real number{none}, got {shown(value)}")
     try:
         out = float(value)
     except (TypeError, ValueError):
-        raise _error(error, name, f"{name} must be a real number{none}, got {value!r}") from None
+        raise _error(error, name, f"{name} must be a real number{none}, got {shown(value)}") from None
     if math.isnan(out) or (math.isinf(out) and not allow_inf):
-        raise _error(error, name, f"{name} must be finite, got {value!r}")
+        raise _error(error, name, f"{name} must be finite, got {shown(value)}")
     if ((low is not None and (out < low or (low_open and out == low)))
             or (high is not None and (out > high or (high_open and out == high)))):
-        raise _error(error, name, f"{name} must be {_real_kind(low, high, low_open, high_open)}{none}, got {value!r}")
+        raise _error(error, name, f"{name} must be {_real_kind(low, high, low_open, high_open)}{none}, got {shown(value)}")
     return out
 
 
 def check_bool(name: str, value: Any, *, error: ErrorType = ConfigError) -> bool:
     """``value`` if it is a ``bool`` (not 0/1 or a string), else ``error`` naming ``name``."""
     if not isinstance(value, bool):
-        raise _error(error, name, f"{name} must be true or false, got {value!r}")
+        raise _error(error, name, f"{name} must be true or false, got {shown(value)}")
     return value
 
 
@@ -122,7 +131,7 @@ def check_choice(name: str, value: Any, choices: Sequence[T], *, error: ErrorTyp
     for choice in choices:
         if type(value) is type(choice) and value == choice:
             return choice
-    raise _error(error, name, f"{name} must be {_alternatives(choices)}, got {value!r}")
+    raise _error(error, name, f"{name} must be {_alternatives(choices)}, got {shown(value)}")
 
 
 def check_seed(name: str, value: Any, *, optional: bool = False, error: ErrorType = ConfigError) -> int | None:
@@ -150,6 +159,38 @@ def check_depth(name: str, value: Any, *, limit: int = MAX_DEPTH, error: ErrorTy
             if depth >= limit:
                 raise _error(error, name, f"{name} nests lists/dicts more than {limit} levels deep")
             stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return value
+
+
+def check_type(name: str, value: Any, types: type | tuple[type, ...], what: str, *, optional: bool = False,
+               error: ErrorType = ConfigError) -> Any:
+    """``value`` if it is an instance of ``types`` (or None when ``optional``), else ``error``:
+    ``model must be a torch.nn.Module, got str``. ``what`` says in words what is expected."""
+    if (optional and value is None) or isinstance(value, types):
+        return value
+    raise _error(error, name, f"{name} must be {what}{' or None' if optional else ''}, got {type(value).__name__}")
+
+
+def duration_words(seconds: float) -> str:
+    """``"3.2 hours"``, ``"11.6 days"``, ``"3.2e+04 years"``: a duration in the largest fitting unit."""
+    for unit, size in (("years", 365.25 * 86400), ("days", 86400.0), ("hours", 3600.0), ("minutes", 60.0)):
+        if seconds >= size:
+            value = seconds / size
+            return f"{value:.3g} {unit}" if value < 1e4 else f"{value:.2g} {unit}"
+    return f"{seconds:.3g} seconds"
+
+
+def check_budget(name: str, value: Any, *, low: int, limit: int, unit: str, seconds_each: float, measured_on: str,
+                 hint: str, error: ErrorType = ConfigError) -> int:
+    """``value`` if it is an integer in ``[low, limit]``; above ``limit`` the error states what the work
+    would cost, ``value × seconds_each`` (``seconds_each``: the time of one ``unit`` ``measured_on`` a
+    stated setting), and ``hint``, what to do instead. Checked before any work, so a mistyped budget
+    (``1000000000`` for ``1000``) fails at once instead of running for days."""
+    value = check_int(name, value, low=low, error=error)
+    if value > limit:
+        raise _error(error, name, f"{name}={value:,} is over the limit of {limit:,} {unit}: it would take about "
+                                  f"{duration_words(value * seconds_each)} at {seconds_each * 1e3:g} ms each "
+                                  f"({measured_on}); {hint}")
     return value
 
 

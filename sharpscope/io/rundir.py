@@ -50,7 +50,6 @@ import contextlib
 import logging
 import os
 import re
-import shutil
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +67,7 @@ from sharpscope.io import (
     recordlines,
     save_checkpoint,
 )
+from sharpscope.io.atomic import append_bytes, refuse_links, remove_entry
 from sharpscope.io.records import record_kind
 from sharpscope.models import ModelSpec
 
@@ -247,7 +247,9 @@ class RunDirectory:
         text = jsonsafe.dumps(config, indent=2, sort_keys=True) + "\n"
         if force:
             self._remove_own_files()
-        elif not self._is_empty():
+        else:
+            refuse_links(self.path, _OWN, "run directory")
+        if not force and not self._is_empty():
             if not self.config_path.is_file():
                 raise ConfigError(f"{self.path} exists, is not empty and is not a sharpscope run directory "
                                   "(no config.json); refusing to overwrite it: choose another folder or pass "
@@ -282,7 +284,7 @@ class RunDirectory:
         for name in (CONFIG, METRICS, SUMMARY, MANIFEST):
             with contextlib.suppress(FileNotFoundError):
                 (self.path / name).unlink()
-        shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+        remove_entry(self.checkpoint_dir)  # a link is unlinked, never followed
         self._remove_temporaries()
         self._keys, self._last, self._unchecked, self._torn = set(), "", False, False
 
@@ -386,10 +388,7 @@ class RunDirectory:
             self._unchecked = self._torn = False
         line, digest = recordlines.encode(record, self._last)
         self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_bytes(self.metrics_path, (line + "\n").encode("utf-8"))  # never through a link or into a special file
         keys.add(key)
         self._last = digest
         return True

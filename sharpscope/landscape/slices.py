@@ -25,6 +25,7 @@ from sharpscope.curvature import Objective
 from sharpscope.curvature.sampling import Stopwatch
 from sharpscope.errors import ConfigError, DataError
 from sharpscope.io import atomic_write, atomic_write_bytes, jsonsafe
+from sharpscope.io.atomic import check_target
 from sharpscope.landscape.directions import Directions, as_directions
 from sharpscope.landscape.grid import GridProgress, Method, evaluate_points
 from sharpscope.landscape.iterates import Source, expand_sources, parameter_vectors, project_path, source_names
@@ -79,6 +80,8 @@ class SliceResult:
         taken without it); return both paths."""
         npz_path, json_path = result_paths(stem)
         arrays = {name: getattr(self, name) for name in _ARRAYS if getattr(self, name) is not None}
+        for path in (npz_path, json_path):  # both checked before the first is written
+            check_target(path, "slice file")
         atomic_write(npz_path, lambda f: np.savez(f, **arrays))
         atomic_write_bytes(json_path, (jsonsafe.dumps(self.to_dict(), indent=1) + "\n").encode())
         return npz_path, json_path

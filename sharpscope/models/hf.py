@@ -14,6 +14,8 @@ refused with one line: a left-to-right loss is never applied to a model not trai
 
 from __future__ import annotations
 
+import pickle
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sharpscope.errors import ConfigError
+from sharpscope.errors import CheckpointError, ConfigError
 from sharpscope.losses import masked_token_cross_entropy, masked_tokens, next_token_cross_entropy, predicted_tokens
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
@@ -54,13 +56,22 @@ def hf_model(source: str | Path, *, seed: int = 0) -> nn.Module:
     auto = transformers.AutoModelForCausalLM
     try:
         if path.is_dir() and any((folder / f).is_file() for f in WEIGHT_FILES):
-            model = auto.from_pretrained(folder, local_files_only=True)
+            with warnings.catch_warnings():  # torch's note on the pickle protocol of a file it then refuses
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                model = auto.from_pretrained(folder, local_files_only=True)
         else:
             config = transformers.AutoConfig.from_pretrained(config_file, local_files_only=True)
             torch.manual_seed(seed)
             model = auto.from_config(config)
+    except pickle.UnpicklingError:  # torch's weights-only loader refused it: loading would run its code
+        raise CheckpointError(f"{folder}: its pytorch_model.bin holds a pickle that would run code when loaded (torch's "
+                              "weights-only loader refused it); save the model as model.safetensors") from None
     except (OSError, ValueError, KeyError) as err:
         raise ConfigError(f"{path}: cannot build a causal language model: {str(err).splitlines()[0]}") from None
+    except Exception as err:
+        if type(err).__name__ != "SafetensorError":  # safetensors' own error type, without importing it here
+            raise
+        raise CheckpointError(f"{folder}: truncated or corrupt model.safetensors ({str(err).splitlines()[0]})") from None
     _check_left_to_right(model, path)
     return model.eval()
 

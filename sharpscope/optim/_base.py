@@ -21,12 +21,14 @@ One step protocol for every optimizer here, torch style:
 * If anything raises while the weights are moved (a closure interrupted by Ctrl-C or out of
   memory), the weights are put back to ``w`` and the optimizer is no longer perturbed before the
   exception propagates; :meth:`PerturbedOptimizer.restore` does the same for callers of
-  ``first_step``/``second_step``.
+  ``first_step``/``second_step``. With ``model`` given, ``step(closure)`` and
+  ``m_sharpness_step`` also put back the BatchNorm running statistics the failed step's first
+  pass had updated; ``step_from_gradient`` cannot (its first pass ran before the call).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -35,8 +37,8 @@ from torch import Tensor, nn
 
 from sharpscope.curvature import sampling
 from sharpscope.errors import ConfigError, DataError, SharpscopeError
-from sharpscope.optim.batchnorm import frozen_bn_stats
-from sharpscope.validation import check_int, check_seed
+from sharpscope.optim.batchnorm import frozen_bn_stats, running_stats_restored_on_error
+from sharpscope.validation import check_int, check_seed, check_type, shown
 
 __all__ = ["maybe_no_sync", "PerturbedOptimizer", "TwoPassOptimizer"]
 
@@ -68,6 +70,38 @@ def make_generator(generator: torch.Generator | None, seed: int) -> torch.Genera
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ConfigError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     return sampling.make_generator(generator if generator is not None else check_seed("seed", seed))
+
+
+def check_params(params: Any) -> list[Any]:
+    """``params`` as a list if it holds what a torch optimizer takes: tensors, or param-group dicts whose
+    ``"params"`` hold tensors; else a :class:`ConfigError` naming ``params`` (before torch's deep error).
+    An empty list is refused: an optimizer of nothing is a mistake (a frozen model, a wrong filter)."""
+    if isinstance(params, (Tensor, str, bytes, Mapping)) or not isinstance(params, Iterable):
+        raise ConfigError(f"params must be an iterable of tensors or of param-group dicts (model.parameters()), "
+                          f"got {type(params).__name__}", argument="params")
+    items = list(params)
+    if not items:
+        raise ConfigError("params is empty: no parameter to optimize (is every parameter frozen, or did a "
+                          "filter select none?)", argument="params")
+    for item in items:
+        group = item.get("params") if isinstance(item, Mapping) else [item]
+        group = [group] if isinstance(group, Tensor) else group
+        if not isinstance(group, Iterable) or isinstance(group, (str, bytes)) or \
+                not all(isinstance(t, Tensor) for t in group):
+            raise ConfigError(f"params must hold tensors (or param-group dicts of them), got "
+                              f"{type(item).__name__}" + (" without tensors under 'params'" if isinstance(item, Mapping)
+                                                         else ""), argument="params")
+    return items
+
+
+def _named_argument(message: str, kwargs: dict[str, Any]) -> str | None:
+    """The keyword argument a base optimizer's error message is about (``lr`` for "Invalid learning
+    rate"), if it can be told; None otherwise."""
+    words = {"learning rate": "lr", "momentum": "momentum", "weight_decay": "weight_decay", "epsilon": "eps",
+             "beta": "betas", "dampening": "dampening", "nesterov": "nesterov"}
+    named = [arg for word, arg in words.items() if word in message.lower() and arg in kwargs]
+    named += [k for k in kwargs if f"'{k}'" in message]
+    return named[0] if named else next(iter(kwargs)) if len(kwargs) == 1 else None
 
 
 def call_closure(closure: Closure) -> Any:
@@ -104,9 +138,9 @@ class PerturbedOptimizer(torch.optim.Optimizer):
     generator: torch.Generator | None = None
 
     def __init__(self, params: Any, defaults: dict[str, Any], *, model: nn.Module | None = None) -> None:
-        super().__init__(params, defaults)
         if model is not None and not isinstance(model, nn.Module):
-            raise ConfigError(f"model must be an nn.Module or None, got {type(model).__name__}")
+            raise ConfigError(f"model must be an nn.Module or None, got {type(model).__name__}", argument="model")
+        super().__init__(check_params(params), defaults)
         self.model = model
         self._stash: dict[Tensor, Tensor] = {}  # persistent buffers holding w during a perturbation
         self._stashed: list[Tensor] = []        # parameters currently moved
@@ -230,7 +264,12 @@ class TwoPassOptimizer(PerturbedOptimizer):
         if clash:
             raise ConfigError(f"keyword(s) {clash} are used by both {type(self).__name__} and the base optimizer")
         super().__init__(params, {**base_kwargs, **defaults}, model=model)
-        self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
+        try:
+            self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
+        except (TypeError, ValueError) as e:  # torch's own checks: "Invalid learning rate: -1", an unknown keyword
+            given = ", ".join(f"{k}={shown(v)}" for k, v in base_kwargs.items())
+            raise ConfigError(f"{base_optimizer.__name__} refused its arguments ({given}): {str(e).splitlines()[0]}",
+                              argument=_named_argument(str(e), base_kwargs)) from None
         self.param_groups = self.base_optimizer.param_groups
         self.state = self.base_optimizer.state
         self.scaler = scaler
@@ -352,9 +391,10 @@ class TwoPassOptimizer(PerturbedOptimizer):
             "first_step()/second_step() yourself between two backward passes. With a GradScaler, "
             "call second_step() instead of scaler.step(optimizer).",
         )
-        with maybe_no_sync(self.model):
-            loss = call_closure(closure)
-        self._second_pass(closure)
+        with running_stats_restored_on_error(self.model):  # the first pass's BatchNorm update, undone on failure
+            with maybe_no_sync(self.model):
+                loss = call_closure(closure)
+            self._second_pass(closure)
         return loss
 
     @torch.no_grad()
@@ -388,7 +428,9 @@ class TwoPassOptimizer(PerturbedOptimizer):
         ``Σ_k (n_k/n) ∇L_k(w + ε_k)``. ``loss_fn(model, x, y)`` returns the mean loss over the
         examples it is given. ``m >= n`` is ordinary SAM on the whole batch.
 
-        BatchNorm running statistics are updated by each group's first pass only. Under DDP
+        BatchNorm running statistics are updated by each group's first pass only. If any pass
+        raises, the weights, the running statistics and the perturbed state are put back as they
+        were before the call (``.grad`` is cleared) and the exception propagates. Under DDP
         all passes but the last group's second one run in ``no_sync``; that last backward
         all-reduces the accumulated weighted gradient, so ranks average their group means.
         Returns the example-weighted mean first-pass loss (detached).
@@ -396,15 +438,31 @@ class TwoPassOptimizer(PerturbedOptimizer):
         if self._perturbed:
             raise SharpscopeError("m_sharpness_step() called while the weights are perturbed")
         m = check_int("m", m, low=1)
+        check_type("model", model, nn.Module, "a torch.nn.Module")
+        check_type("inputs", inputs, Tensor, "a torch.Tensor")
+        check_type("targets", targets, Tensor, "a torch.Tensor")
         if not callable(loss_fn):
-            raise ConfigError("loss_fn must be callable as loss_fn(model, inputs, targets)")
+            raise ConfigError("loss_fn must be callable as loss_fn(model, inputs, targets)", argument="loss_fn")
         if inputs.shape[0] == 0 or inputs.shape[0] != targets.shape[0]:
             raise DataError(f"inputs and targets need the same non-zero batch size, got "
                             f"{inputs.shape[0]} and {targets.shape[0]}")
-        n = inputs.shape[0]
-        params = self._params()
         chunks = list(zip(inputs.split(m), targets.split(m)))
         self.zero_grad(set_to_none=True)
+        try:
+            with running_stats_restored_on_error(model):
+                total = self._m_sharpness_passes(model, loss_fn, chunks, inputs.shape[0])
+        except BaseException:
+            self.restore()  # w exactly, and no longer perturbed
+            self.zero_grad(set_to_none=True)  # the partial sum of group gradients means nothing
+            raise
+        with torch.no_grad():
+            self._descend()
+        return total
+
+    def _m_sharpness_passes(self, model: nn.Module, loss_fn: LossFn, chunks: list[tuple[Tensor, Tensor]],
+                            n: int) -> Tensor:
+        """Both passes of every group of :meth:`m_sharpness_step`; ``.grad`` ends as the weighted sum."""
+        params = self._params()
         total: Tensor | None = None
         for k, (xk, yk) in enumerate(chunks):
             weight = xk.shape[0] / n
@@ -425,8 +483,6 @@ class TwoPassOptimizer(PerturbedOptimizer):
             self._perturbed = False
             contrib = loss.detach() * weight
             total = contrib if total is None else total + contrib
-        with torch.no_grad():
-            self._descend()
         assert total is not None
         return total
 

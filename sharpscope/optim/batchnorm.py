@@ -19,6 +19,11 @@ This also covers ``momentum=None`` (cumulative averaging), for which the "moment
 other ports does not work. Other norm layers with running statistics (InstanceNorm with
 ``track_running_stats=True``) ignore that switch in training mode, so their buffers are copied
 before the block and written back after it.
+
+A step that fails part-way (its second pass raises, Ctrl-C) must leave no trace either: the first
+pass has already updated the running statistics. :func:`running_stats_restored_on_error` copies
+them before the step and writes them back if it raises, so a failed step leaves weights *and*
+statistics as they were.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 
-__all__ = ["frozen_bn_stats", "disable_running_stats", "enable_running_stats"]
+__all__ = ["frozen_bn_stats", "disable_running_stats", "enable_running_stats", "running_stats_restored_on_error"]
 
 _FLAG = "_sharpscope_frozen_running_stats"
 _SNAPSHOT = "_sharpscope_running_stats_snapshot"
@@ -91,3 +96,26 @@ def frozen_bn_stats(model: nn.Module | None) -> Iterator[None]:
         yield
     finally:
         enable_running_stats(model)
+
+
+@contextmanager
+def running_stats_restored_on_error(model: nn.Module | None) -> Iterator[None]:
+    """Context that puts every norm layer's running statistics (``running_mean``, ``running_var``,
+    ``num_batches_tracked``) back to their values at entry if the block raises (any exception,
+    ``KeyboardInterrupt`` included); on success it changes nothing. ``None`` does nothing.
+
+    Cost: one copy of the statistics per block (two vectors per layer, small next to the weights).
+    """
+    if model is None:
+        yield
+        return
+    saved = [(buf, buf.detach().clone()) for module in model.modules()
+             if isinstance(module, _NormBase) and module.running_mean is not None
+             for buf in module.buffers(recurse=False) if buf is not None]
+    try:
+        yield
+    except BaseException:
+        with torch.no_grad():
+            for buf, copy in saved:
+                buf.copy_(copy)
+        raise

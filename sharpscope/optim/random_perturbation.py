@@ -70,7 +70,7 @@ from sharpscope.optim._base import (
     make_generator,
     require_closure,
 )
-from sharpscope.optim.batchnorm import frozen_bn_stats
+from sharpscope.optim.batchnorm import frozen_bn_stats, running_stats_restored_on_error
 from sharpscope.validation import check_bool, check_int, check_real
 
 __all__ = ["BATCH_SCALINGS", "PERTURBATION_BATCHES", "RS", "SA", "StepRecord", "batch_scaled", "sample_unit_sphere"]
@@ -258,8 +258,9 @@ class _RandomPerturbation(PerturbedOptimizer):
         closure = require_closure(closure, f"{type(self).__name__}.step()",
                                   "pass one that zeroes grads, computes the loss, calls backward() and returns it")
         self._require_example_closure()
-        loss = call_closure(closure)
-        self._step_with_gradient(closure)
+        with running_stats_restored_on_error(self.model):  # a failed step leaves no BatchNorm update either
+            loss = call_closure(closure)
+            self._step_with_gradient(closure)
         return loss
 
     @torch.no_grad()

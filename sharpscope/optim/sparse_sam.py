@@ -198,8 +198,11 @@ class SparseSAM(SAM):
             ``"fisher"``/``"nm"`` with a ``score_fn``; must be ``None`` for a fixed mask and for
             ``"fisher"``/``"nm"`` without ``score_fn`` (then call :meth:`update_mask` with scores
             yourself); ``"random"`` with ``None`` keeps one random mask for the whole run.
-            ``"fisher"``/``"nm"``: after that step's SAM update (official SSAM-F order), so the
-            mask is all zeros — a plain base-optimizer step — until the first update.
+            ``"fisher"``/``"nm"``: after that step's SAM update (official SSAM-F order). A
+            ``"fisher"``/``"nm"`` mask never scored would be all zeros (SAM silently reduced to its
+            base optimizer), so the first step scores it first with ``score_fn`` (recorded in
+            ``first_scored_at``, and in ``state_dict()``), and without a ``score_fn`` it is refused
+            until :meth:`update_mask` or :meth:`set_masks` gave it a mask.
             ``"dynamic"``: inside that step's ``first_step``, after ``ε`` was computed with the
             old mask, with drop rate ``cosine_drop_rate(t, total_steps, drop_rate)`` and death
             scores from the first-pass gradient. ``"random"``: redrawn after the step.
@@ -281,6 +284,9 @@ class SparseSAM(SAM):
                                  if self.mask_kind != "fixed" else " (a fixed mask is never updated)"))
         self.masks = [mk.to(p.device) for mk, p in zip(self.masks, plist)]
         self._mask_of = dict(zip(plist, self.masks))
+        # a scored mask: every kind but an unscored "fisher"/"nm" one (all zeros until scores arrive)
+        self.scored = self.mask_kind not in ("fisher", "nm")
+        self.first_scored_at: int | None = None  # the step at which an unscored mask was scored on first use
 
     # -- masks -----------------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -307,6 +313,7 @@ class SparseSAM(SAM):
             out.append(mk.detach().to(device=p.device, dtype=torch.bool).clone())
         self.masks = out
         self._mask_of = dict(zip(plist, out))
+        self.scored = True
 
     def density(self) -> float:
         """Fraction of perturbed coordinates."""
@@ -354,6 +361,18 @@ class SparseSAM(SAM):
         return self.update_interval is not None and self.num_steps % self.update_interval == 0
 
     # -- hooks -------------------------------------------------------------------------------
+    def _perturbation(self, params: list[Tensor], grads: list[Tensor], groups: list[dict[str, Any]],
+                      inv_scale: float) -> list[Tensor] | None:
+        """SAM's ``ε`` masked; an unscored ``"fisher"``/``"nm"`` mask is scored first (or refused)."""
+        if not self.scored:
+            if self.score_fn is None:
+                raise ConfigError(f"SparseSAM(mask={self.mask_kind!r}) has no scores yet: its mask is all zeros, "
+                                  "so the step would be the base optimizer's, unperturbed; pass score_fn= or call "
+                                  "update_mask(scores=...) before the first step", argument="score_fn")
+            self.update_mask()
+            self.first_scored_at = self.num_steps
+        return super()._perturbation(params, grads, groups, inv_scale)
+
     def _ascent_input(self, params: list[Tensor], h: Tensors) -> Tensors:
         if not self.normalize_masked:
             return h
@@ -377,10 +396,15 @@ class SparseSAM(SAM):
         extra = super()._extra_state()
         extra["masks"] = [mk.clone() for mk in self.masks]
         extra["dynamic_done_at"] = self._dynamic_done_at
+        extra["scored"] = self.scored
+        extra["first_scored_at"] = self.first_scored_at
         return extra
 
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         super()._load_extra_state(extra)
         if "masks" in extra:
             self.set_masks(extra["masks"])
+            # state from before this flag: a mask with any one in it was scored
+            self.scored = bool(extra.get("scored", any(bool(mk.any()) for mk in self.masks)))
+        self.first_scored_at = extra.get("first_scored_at")
         self._dynamic_done_at = int(extra.get("dynamic_done_at", -1))

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from sharpscope.errors import ConfigError
 from sharpscope.io import atomic_write, atomic_write_bytes, jsonsafe
+from sharpscope.io.atomic import check_target
 
 DPI = 150
 
@@ -38,7 +39,8 @@ def save_figure(fig: Figure, stem: str | os.PathLike[str], *, data: Any,
                 command: str | Sequence[str] | None = None, caption: str | None = None) -> list[Path]:
     """Write ``stem.png``, ``stem.pdf`` and ``stem.json`` (see the module docstring); return the paths.
 
-    ``command`` (a string, or an argument list joined with shell quoting) records how the figure
+    Each file is checked first (:func:`~sharpscope.io.atomic.check_target`: a named pipe or device
+    is refused before anything is written). ``command`` (a string, or an argument list joined with shell quoting) records how the figure
     was made. ``data`` must be JSON-able after tensor/array conversion, else
     :class:`~sharpscope.errors.ConfigError` is raised before any file is written.
     """
@@ -49,6 +51,8 @@ def save_figure(fig: Figure, stem: str | os.PathLike[str], *, data: Any,
         text = jsonsafe.dumps({"caption": caption, "command": command, "data": data}) + "\n"
     except TypeError as e:
         raise ConfigError(f"figure data for {js} cannot be stored as JSON: {e}") from None
+    for path in (png, pdf, js):  # all three checked before the first is written
+        check_target(path, "figure")
     atomic_write(png, lambda f: fig.savefig(f, format="png", dpi=DPI))
     atomic_write(pdf, lambda f: fig.savefig(f, format="pdf", metadata={"CreationDate": None}))
     atomic_write_bytes(js, text.encode())

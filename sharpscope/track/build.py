@@ -97,6 +97,21 @@ def fisher_scores(cfg: TrainConfig, model: nn.Module, train_set: ArrayDataset, l
     return lambda: empirical_fisher_diagonal(model, lambda m, xb, yb: loss_fn(m(xb), yb), x, y)
 
 
+def check_fits_dtype(kwargs: Mapping[str, Any], model: nn.Module) -> None:
+    """Refuse an optimizer number the weights' dtype cannot hold (``lr=1e308`` for float32 weights
+    overflows inside the update), naming ``optimizer_kwargs.KEY``, before any step."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if not dtypes:
+        return
+    limit = min(torch.finfo(d).max for d in dtypes)
+    for key, value in kwargs.items():
+        for number in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(number, float) and abs(number) > limit:
+                raise ConfigError(f"optimizer_kwargs.{key}={number!r} overflows the weights' "
+                                  f"{str(min(dtypes, key=lambda d: torch.finfo(d).max)).removeprefix('torch.')} "
+                                  f"(largest {limit:.3g})", argument=f"optimizer_kwargs.{key}")
+
+
 def build_optimizer(cfg: TrainConfig, model: nn.Module, train_set: ArrayDataset,
                     loss_fn: LossFn) -> torch.optim.Optimizer:
     """``gd``/``sgd``/``adam``/``adamw`` from ``torch.optim``; ``sam``/``sparse-sam`` =
@@ -109,6 +124,7 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, train_set: ArrayDataset,
     ``fisher_samples`` examples (default 128), computes the first mask before step 0 and updates it
     every ``update_interval`` steps (default: never again), so no step runs with an empty mask."""
     kwargs = dict(cfg.optimizer_kwargs)
+    check_fits_dtype(kwargs, model)
     try:
         if cfg.optimizer in ("sam", "sparse-sam"):
             base = str(kwargs.pop("base", "sgd"))

@@ -20,7 +20,7 @@ from typing import Any
 from sharpscope.curvature.settings import RUN_DEFAULTS, CurvatureSettings
 from sharpscope.errors import ConfigError
 from sharpscope.track.logs import check_logs
-from sharpscope.validation import check_bool, check_depth, check_int, check_real, check_seed
+from sharpscope.validation import MAX_DEPTH, check_bool, check_depth, check_int, check_real, check_seed
 
 OPTIMIZERS = ("gd", "sgd", "sam", "sparse-sam", "rs", "sa", "adam", "adamw")
 
@@ -194,6 +194,9 @@ class TrainConfig:
         d = self.to_dict()
         for key, value in overrides.items():
             parts = key.split(".")
+            if len(parts) > MAX_DEPTH:  # a key as deep as the values allowed; deeper ones overflow the stack
+                raise ConfigError(f"{'.'.join(parts[:3])}... nests {len(parts)} levels deep, more than {MAX_DEPTH}",
+                                  argument=parts[0])
             if parts[0] in CurvatureSettings.field_names():
                 parts = ["curvature", *parts]
             if parts[0] not in d:

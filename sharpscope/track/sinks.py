@@ -35,6 +35,7 @@ from typing import Any
 
 from sharpscope.errors import ConfigError
 from sharpscope.io import atomic_write_bytes, jsonsafe
+from sharpscope.io.atomic import append_bytes
 from sharpscope.io.rundir import RunDirectory
 
 Sink = Callable[[Mapping[str, Any]], Any]
@@ -116,10 +117,9 @@ class CSVSink:
         if new or not self.path.is_file():
             self._rewrite([*self.columns, *new], flat)
             return
-        with open(self.path, "a", newline="", encoding="utf-8") as f:
-            csv.DictWriter(f, self.columns).writerow(flat)
-            f.flush()
-            os.fsync(f.fileno())
+        row = io.StringIO()
+        csv.DictWriter(row, self.columns).writerow(flat)
+        append_bytes(self.path, row.getvalue().encode("utf-8"))
 
     def catch_up(self, records: Sequence[Mapping[str, Any]], step: int | None = None) -> None:
         """Rewrite the file (atomically) to hold exactly ``records``, one row each, the header in the order

@@ -52,8 +52,9 @@ from sharpscope.curvature.results import EigenResult
 from sharpscope.curvature.settings import DEFAULTS, CurvatureSettings
 from sharpscope.data import ArrayDataset
 from sharpscope.errors import ConfigError, SharpscopeError
+from sharpscope.models.inputs import check_model_fits
 from sharpscope.track.thresholds import batch_sam_edge, default_thresholds
-from sharpscope.validation import check_bool, check_int, check_seed
+from sharpscope.validation import check_bool, check_int, check_seed, check_type
 
 ThresholdFn = Callable[[int, "torch.optim.Optimizer | None", "float | None"], Mapping[str, Any]]
 
@@ -151,6 +152,10 @@ class SharpnessTracker:
             check_bool(name, flag)
         check_int("batch_size", batch_size, low=1, optional=True)
         check_seed("seed", seed)
+        for name, fn in (("loss_fn", loss_fn), ("threshold", threshold), ("sink", sink)):
+            if fn is not None and not callable(fn):
+                raise ConfigError(f"{name} must be callable{'' if name == 'loss_fn' else ' or None'}, got "
+                                  f"{type(fn).__name__}", argument=name)
         self.curvature = curvature
         self.probe_data, self.test_data = _pair(probe_data), _pair(test_data)
         self.loss_fn = loss_fn
@@ -176,8 +181,12 @@ class SharpnessTracker:
         return step % self.every == 0
 
     def _objects(self, model: nn.Module) -> tuple[Objective, HessianOperator]:
+        check_type("model", model, nn.Module, "a torch.nn.Module")
         key = (id(model), *(id(p) for p in model.parameters()))
         if self._key != key or self._objective is None or self._op is None:
+            for name, data in (("probe_data", self.probe_data), ("test_data", self.test_data)):
+                if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
+                    check_model_fits(model, self.loss_fn, data[0], data[1], name=name)  # one line, not a deep error
             self._objective = Objective(model, self.loss_fn, self.probe_data, bn=self.curvature.bn,
                                         batch_size=self.batch_size, validate=False,
                                         precision=self.curvature.weight_precision)
@@ -272,9 +281,23 @@ class SharpnessTracker:
         if errors:
             rec["errors"] = errors
         self.last = rec
-        if self.sink is not None:
-            self.sink(rec)
+        self._emit(rec)
         return rec
+
+    def _emit(self, rec: dict[str, Any]) -> None:
+        """Pass ``rec`` to ``sink``; an exception of the sink's own (not a storage error, which the
+        runner reports with its path) becomes one line naming ``sink``."""
+        if self.sink is None:
+            return
+        try:
+            self.sink(rec)
+        except (SharpscopeError, OSError):
+            raise
+        except Exception as e:
+            raise ConfigError(f"sink {getattr(self.sink, '__qualname__', type(self.sink).__name__)} raised "
+                              f"{type(e).__name__} on the {rec.get('kind', 'measurement')} record of step "
+                              f"{rec.get('step')}: {str(e).splitlines()[0] if str(e) else ''}",
+                              argument="sink") from e
 
     def _start_vectors(self, previous: Tensor | None, op: LinearOperator) -> Tensor | None:
         """The previous measurement's eigenvectors as Lanczos' start block, when warm starting and they fit."""
@@ -369,8 +392,8 @@ class SharpnessTracker:
         sam_step, self._sam_step = self._sam_step, None
         if sam_step == int(step) and optimizer is not None:
             batch = batch_sam_edge(step, optimizer, batch_sharpness)
-            if batch is not None and self.sink is not None:
-                self.sink(batch)
+            if batch is not None:
+                self._emit(batch)
         pending, self._pending = self._pending, None
         if pending is None or pending["step"] != int(step) or self._eigenvectors is None:
             return None
@@ -383,8 +406,7 @@ class SharpnessTracker:
         rec = {"kind": "alignment", "step": int(step), "update_norm": float(delta.norm()),
                "update_cos": None if found is None else found[0],
                "update_fraction": None if found is None else found[1]}
-        if self.sink is not None:
-            self.sink(rec)
+        self._emit(rec)
         return rec
 
     def settings(self, objective: Objective, op: HessianOperator) -> dict[str, Any]:

@@ -75,6 +75,7 @@ def test_probe_checks_that_the_model_takes_the_data_before_measuring(files: dict
     (("--tol", "1e300"), "tol must be in (0.0, 1.0)"),
     (("--tol", "inf"), "tol must be finite"),
     (("--trace", "--trace-matvecs", "4"), "Hutch++ needs --trace-matvecs >= 6"),  # the flag of trace_matvecs
+    (("--trace", "--trace-matvecs", "1000000000"), "--trace-matvecs=1,000,000,000 is over the limit of 100,000"),
 ])
 def test_probe_options_are_checked_before_any_product(files: dict[str, Path], args: tuple[str, ...],
                                                       needle: str) -> None:
@@ -99,6 +100,11 @@ def test_train_and_landscape_options_are_checked_before_any_work(tmp_path: Path,
     one_line_error(*cli("landscape", str(files["mlp"]), "--data", "mnist1d", "--out", str(tmp_path / "s"),
                         "--alphas", "0:1:2000000000"), "GiB", "use fewer points")
     assert existing.read_text() == "mine" and not (tmp_path / "s").exists()
+
+
+def test_a_demo_step_budget_over_its_limit_is_refused_before_training() -> None:
+    one_line_error(*cli("demo", "--steps", "100000000000"), "--steps=100,000,000,000 is over the limit",
+                   "15.8 years", "sharpscope train")
 
 
 def test_a_diverged_run_exits_3_and_says_so(tmp_path: Path) -> None:
@@ -154,3 +160,44 @@ def test_ctrl_c_exits_130_with_one_line_and_the_rerun_resumes(tmp_path: Path) ->
     assert RunDirectory(out).latest_checkpoint()[0] <= 10  # stopped at step 10, not at the end
     again = subprocess.run([str(SCRIPT), *args], env=ENV, capture_output=True, text=True, timeout=TIMEOUT)
     assert again.returncode == 0 and "resumed from step" in again.stdout, again.stderr
+
+
+def test_sigterm_stops_a_run_like_ctrl_c_with_exit_143_and_the_rerun_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["train", "eos-gd", "--scale", "smoke", "--out", str(out), "--set", "steps=40", "--set", "measure_every=20"]
+    script = INTERRUPTED_AT_10.replace("signal.SIGINT)\n        if progress", "signal.SIGTERM)\n        if progress")
+    assert "SIGTERM" in script
+    victim = subprocess.run([sys.executable, "-c", script, *args], env=ENV, capture_output=True, text=True,
+                            timeout=TIMEOUT)
+    assert victim.returncode == 143 and victim.stdout == "", (victim.returncode, victim.stdout, victim.stderr)
+    assert victim.stderr.startswith("terminated (SIGTERM)") and victim.stderr.count("\n") == 1, victim.stderr
+    run = RunDirectory(out)
+    assert run.latest_checkpoint()[0] <= 10 and run.read_summary() is None  # stopped at step 10, not finished
+    assert not [p.name for p in out.rglob("*.tmp")]  # no write left half done
+    again = subprocess.run([str(SCRIPT), *args], env=ENV, capture_output=True, text=True, timeout=TIMEOUT)
+    assert again.returncode == 0 and "resumed from step" in again.stdout, again.stderr
+
+
+def test_reproduce_exits_3_naming_the_run_that_diverged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sharpscope.experiments import studies
+    from sharpscope.experiments.studies.framework import Stage, Study
+    from tests.faults.faults_helpers import tiny
+
+    def calm(scale: str, out: Path):  # type: ignore[no-untyped-def]
+        return tiny(steps=3, measure_every=3, checkpoint_every=3)
+
+    def wild(scale: str, out: Path):  # type: ignore[no-untyped-def]
+        return tiny(steps=6, measure_every=3, checkpoint_every=3, trace=False, optimizer_kwargs={"lr": 1e30},
+                    model={"name": "mlp", "kwargs": {"in_features": 40, "num_classes": 10, "widths": [8],
+                                                     "activation": "relu"}})
+
+    study = Study("two-runs", checks=(), stages=lambda scale: [Stage("calm", calm), Stage("wild", wild)],
+                  evaluate=lambda dirs: {"runs": sorted(dirs)})
+    monkeypatch.setitem(studies.STUDIES, "two-runs", study)
+    code, output = cli("reproduce", "two-runs", "--out", str(tmp_path / "study"))
+    assert code == 3 and "diverged: wild (non-finite training loss" in output and "calm," not in output, output
+    assert RunDirectory(tmp_path / "study" / "wild").read_summary()["status"] == "diverged"
+    monkeypatch.setitem(studies.STUDIES, "two-runs", Study("two-runs", checks=(), evaluate=lambda dirs: {},
+                                                            stages=lambda scale: [Stage("calm", calm)]))
+    code, output = cli("reproduce", "two-runs", "--out", str(tmp_path / "study"))
+    assert code == 0, output  # the same study without the diverging run

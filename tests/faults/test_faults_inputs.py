@@ -67,6 +67,25 @@ def test_probe_settings_check_the_trace_budget_and_seed_up_front() -> None:
     assert offset_seed(2**64 - 1, 2) == 1 and offset_seed(5, 2) == 7
 
 
+def test_work_budgets_over_their_limit_are_refused_with_an_estimate_of_their_time(op: HessianOperator) -> None:
+    from sharpscope.curvature.algorithms.trace import MAX_MATVECS
+    from sharpscope.demo import MAX_STEPS, train_demo_model
+
+    for call in (lambda: hutchinson(op, 10**9), lambda: hutchpp(op, MAX_MATVECS + 1)):
+        with pytest.raises(ConfigError, match="over the limit of 100,000 products: it would take about") as info:
+            call()
+        assert info.value.argument == "num_matvecs" and "\n" not in str(info.value)
+    assert op.matvecs == 0
+    with pytest.raises(ConfigError, match=r"trace_matvecs=1,000,000,000 .* about 11.6 days at 1 ms each"):
+        CurvatureSettings(trace_matvecs=10**9)
+    assert CurvatureSettings(trace_matvecs=MAX_MATVECS).trace_matvecs == MAX_MATVECS  # the limit itself is allowed
+    with pytest.raises(ConfigError, match=r"steps=100,000,000,000 is over the limit of 100,000 steps: .* 15.8 years"):
+        train_demo_model(10**11)
+    with pytest.raises(ConfigError, match="steps must be a positive integer"):
+        train_demo_model(1.5)  # type: ignore[arg-type]
+    assert MAX_STEPS == 100_000
+
+
 def test_inputs_that_overflow_the_compute_dtype_are_refused() -> None:
     model = torch.nn.Linear(3, 1)
     x = torch.full((4, 3), 1e300, dtype=torch.float64)

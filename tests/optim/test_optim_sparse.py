@@ -201,22 +201,42 @@ def test_empirical_fisher_diagonal_is_sum_of_squared_example_gradients() -> None
     assert all(p.grad is None for p in model.parameters())  # .grad untouched
 
 
-def test_fisher_sparse_sam_schedule_plain_first_then_masked() -> None:
+def test_fisher_sparse_sam_scores_its_mask_on_first_use_then_updates_it() -> None:
     model, (x, y) = tiny_mlp(), data()
     xs, ys = x[:6], y[:6]
     opt = SparseSAM(model.parameters(), torch.optim.SGD, rho=0.1, mask="fisher", sparsity=0.75,
                     update_interval=1, score_fn=lambda: empirical_fisher_diagonal(model, mse, xs, ys),
                     lr=0.05, perturb_eps=0.0)
-    assert opt.density() == 0.0  # official: all zeros before the first update
-    w = params_of(model)
-    g = grad_at(model, w, x, y)
-    opt.step(make_closure(opt, model, x, y))  # step 0 is a plain SGD step
-    assert torch.allclose(flat(params_of(model)), flat([a - 0.05 * b for a, b in zip(w, g)]), atol=1e-15, rtol=0)
+    assert opt.density() == 0.0 and not opt.scored and opt.first_scored_at is None
+    # the same step by a Sparse SAM handed the mask of the Fisher scores at the starting weights
+    twin = tiny_mlp()
+    fixed = SparseSAM(twin.parameters(), torch.optim.SGD, rho=0.1, lr=0.05, perturb_eps=0.0,
+                      mask=fisher_mask(empirical_fisher_diagonal(twin, mse, xs, ys), 0.75))
+    opt.step(make_closure(opt, model, x, y))  # step 0 is scored first: a masked SAM step, not plain SGD
+    fixed.step(make_closure(fixed, twin, x, y))
+    assert opt.first_scored_at == 0 and opt.scored and opt.state_dict()["sharpscope"]["first_scored_at"] == 0
+    assert torch.equal(flat(params_of(model)), flat(params_of(twin)))
     d = sum(p.numel() for p in model.parameters())
     assert opt.density() == num_kept(d, 0.75) / d
     expected_mask = fisher_mask(empirical_fisher_diagonal(model, mse, xs, ys), 0.75)
-    # the mask was computed at the weights after step 0; compare to the builder directly
+    # updated after step 0 (update_interval=1), at the weights after it; compare to the builder directly
     assert all(torch.equal(a, b) for a, b in zip(opt.masks, expected_mask))
+
+
+def test_an_unscored_fisher_mask_without_score_fn_is_refused_not_silently_sgd() -> None:
+    model, (x, y) = tiny_mlp(), data()
+    opt = SparseSAM(model.parameters(), torch.optim.SGD, rho=0.1, mask="nm", lr=0.05)
+    before = params_of(model)
+    with pytest.raises(ConfigError, match="has no scores yet: its mask is all zeros") as info:
+        opt.step(make_closure(opt, model, x, y))
+    assert info.value.argument == "score_fn"
+    assert torch.equal(flat(params_of(model)), flat(before)) and not opt.perturbed
+    opt.update_mask(scores=[p.detach().abs() for p in model.parameters()])
+    opt.step(make_closure(opt, model, x, y))  # scored: the step runs
+    assert not torch.equal(flat(params_of(model)), flat(before))
+    restored = SparseSAM(tiny_mlp().parameters(), torch.optim.SGD, rho=0.1, mask="nm", lr=0.05)
+    restored.load_state_dict(opt.state_dict())
+    assert restored.scored  # a resumed optimizer keeps its scored mask
 
 
 def test_nm_sparse_sam_masks_satisfy_the_pattern() -> None:

@@ -30,7 +30,7 @@ from torch import Tensor
 from sharpscope.curvature.algorithms.krylov_basis import DEFAULT_CHUNK, KrylovBasis, basis_device
 from sharpscope.curvature.algorithms.ritz import Stop, Which, check_ritz, ritz_result
 from sharpscope.curvature.memory import MemoryBudget, gib, resolve_budget, vector_bytes
-from sharpscope.curvature.operators.linear_operator import LinearOperator
+from sharpscope.curvature.operators.linear_operator import LinearOperator, check_operator
 from sharpscope.curvature.results import EigenResult
 from sharpscope.curvature.sampling import Stopwatch, make_generator, seed_record
 from sharpscope.errors import ConfigError, ObjectiveError
@@ -99,6 +99,7 @@ def block_lanczos(op: LinearOperator, k: int, *, block: int, which: Which = "LA"
     restarted: a ``budget`` (:class:`~sharpscope.curvature.memory.MemoryBudget`) below the full basis
     is refused, naming single-vector Lanczos, which restarts within it.
     """
+    check_operator(op)
     b = block
     chunk = max(DEFAULT_CHUNK, b)
     where = basis_device(op.device, basis_location)

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from sharpscope.curvature.algorithms.ritz import ConvergenceWarning, tridiagonal_eigh
 from sharpscope.curvature.memory import MemoryBudgetSpec, resolve_budget
-from sharpscope.curvature.operators.linear_operator import LinearOperator
+from sharpscope.curvature.operators.linear_operator import LinearOperator, check_operator
 from sharpscope.curvature.results import DensityResult, gaussian_density
 from sharpscope.curvature.sampling import Stopwatch, make_generator, seed_record
 from sharpscope.validation import check_choice, check_int, check_real, check_tol
@@ -209,6 +209,7 @@ def slq_density(op: LinearOperator, num_steps: int = 90, num_runs: int = 10, *, 
     sampling error of the random starts in the same L1 units (:func:`sampling_error_l1`): a ``tol``
     well below it buys no accuracy.
     """
+    check_operator(op)
     check_int("num_steps", num_steps, low=1)
     check_int("num_runs", num_runs, low=1)
     check_real("sigma2", sigma2, low=0.0, low_open=True)

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from sharpscope.curvature.operators.objective import Objective
 from sharpscope.errors import ConfigError
+from sharpscope.validation import check_type
 
 
 def exact_hessian(objective: Objective, *, max_dim: int = 20_000) -> Tensor:
@@ -16,6 +17,7 @@ def exact_hessian(objective: Objective, *, max_dim: int = 20_000) -> Tensor:
     (``torch.func.hessian`` is not used: under ``vmap`` it returns wrong Hessians for train-mode
     BatchNorm, about 1% off in torch 2.13.) Refuses objectives above ``max_dim`` parameters.
     """
+    check_type("objective", objective, Objective, "an Objective (model, loss and probe data)")
     if objective.dim > max_dim:
         raise ConfigError(f"exact_hessian needs dim <= max_dim={max_dim} (dense dim² matrix); this objective "
                           f"has {objective.dim} parameters")

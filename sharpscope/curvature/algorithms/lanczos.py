@@ -36,7 +36,7 @@ from sharpscope.curvature.algorithms.ritz import (
     wanted_indices,
 )
 from sharpscope.curvature.memory import MemoryBudgetSpec, parse_budget, resolve_budget, vector_bytes
-from sharpscope.curvature.operators.linear_operator import LinearOperator
+from sharpscope.curvature.operators.linear_operator import LinearOperator, check_operator
 from sharpscope.curvature.results import EigenResult
 from sharpscope.curvature.sampling import Stopwatch, make_generator, seed_record
 from sharpscope.errors import ConfigError, ObjectiveError
@@ -173,6 +173,7 @@ def lanczos(op: LinearOperator, k: int = 1, *, which: Which = "LA", tol: float =
             single-vector Lanczos took 18 and 14.4 s, which is why it is not the default for ``k > 1``. The block size and the rule that chose it
             are in the settings.
     """
+    check_operator(op)
     check_int("k", k, low=1)
     if k > op.dim:
         raise ConfigError(f"k must be between 1 and the dimension {op.dim}, got {k}")

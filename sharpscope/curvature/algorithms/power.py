@@ -10,7 +10,7 @@ from torch import Tensor
 
 from sharpscope.curvature.algorithms.lanczos import _start_vector
 from sharpscope.curvature.algorithms.ritz import ConvergenceWarning
-from sharpscope.curvature.operators.linear_operator import LinearOperator
+from sharpscope.curvature.operators.linear_operator import LinearOperator, check_operator
 from sharpscope.curvature.results import EigenResult
 from sharpscope.curvature.sampling import Stopwatch, make_generator, seed_record
 from sharpscope.errors import ConfigError
@@ -26,6 +26,7 @@ def power_iteration(op: LinearOperator, *, tol: float = 1e-3, max_iter: int = 10
     rule) drops below ``tol``. Converges at rate ``|λ₂/λ₁|`` per product, so it needs several times
     more products than Lanczos for the same accuracy.
     """
+    check_operator(op)
     if criterion not in ("residual", "change"):
         raise ConfigError(f"criterion must be 'residual' or 'change', got {criterion!r}")
     if max_iter < 1 or not tol > 0:

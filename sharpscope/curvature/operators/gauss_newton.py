@@ -37,6 +37,7 @@ from sharpscope.curvature.operators.precision import (
     resolve_precision,
 )
 from sharpscope.errors import ConfigError, ObjectiveError
+from sharpscope.validation import check_int, check_type
 
 
 def batch_outputs(objective: Objective, params: dict[str, Tensor], batch: Batch) -> Tensor:
@@ -70,8 +71,8 @@ class OutputCurvatureOperator(MeasuredPrecision, LinearOperator):
 
     def __init__(self, objective: Objective, *, block_size: int = 8, allow_tf32: bool = False,
                  precision: ProductPrecision | None = None) -> None:
-        if block_size < 1:
-            raise ConfigError(f"block_size must be positive, got {block_size}")
+        check_type("objective", objective, Objective, "an Objective (model, loss and probe data)")
+        check_int("block_size", block_size, low=1)
         self.precision: ProductPrecision = resolve_precision(precision, allow_tf32, objective.dtype)
         super().__init__(objective.dim, objective.dtype, objective.device)
         self.objective = objective

@@ -36,6 +36,7 @@ from sharpscope.curvature.operators.precision import (
 )
 from sharpscope.curvature.sampling import Stopwatch
 from sharpscope.errors import ConfigError, ObjectiveError
+from sharpscope.validation import check_int, check_type
 
 HVPMode = Literal["auto", "fwd-rev", "rev-rev", "fd"]
 
@@ -114,6 +115,8 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
                  allow_tf32: bool = False, cache_graphs: bool | Literal["auto"] = "auto",
                  cudnn_benchmark: bool = True, precision: ProductPrecision | None = None,
                  compile: bool = False) -> None:
+        check_type("objective", objective, Objective, "an Objective (model, loss and probe data)")
+        check_int("block_size", block_size, low=1)
         if mode not in ("auto", *HVP_MODES):
             raise ConfigError(f"mode must be one of auto, {', '.join(HVP_MODES)}; got {mode!r}")
         if block_size < 1:

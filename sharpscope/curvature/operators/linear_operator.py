@@ -17,9 +17,24 @@ import torch
 from torch import Tensor
 
 from sharpscope.errors import ConfigError
+from sharpscope.validation import check_int
 
 if TYPE_CHECKING:
     import scipy.sparse.linalg
+
+
+def check_operator(op: object, name: str = "op") -> None:
+    """Refuse, naming ``name``, anything that is not a :class:`LinearOperator` (a matrix, a model, a
+    string): every algorithm calls it first, so a wrong argument is one line, not a deep type error."""
+    if not isinstance(op, LinearOperator):
+        raise ConfigError(f"{name} must be a sharpscope LinearOperator (HessianOperator(objective), GGNOperator, "
+                          f"MatrixOperator(matrix), LambdaOperator(fn, dim), ...), got {type(op).__name__}",
+                          argument=name)
+
+
+def _check_tensor(name: str, value: object) -> None:
+    if not isinstance(value, Tensor):
+        raise ConfigError(f"{name} must be a torch.Tensor, got {type(value).__name__}", argument=name)
 
 
 class LinearOperator:
@@ -39,6 +54,7 @@ class LinearOperator:
 
     def matmat(self, V: Tensor) -> Tensor:
         """Return ``A V`` for the columns of ``V`` (shape ``(dim, m)``); counts ``m`` products."""
+        _check_tensor("V", V)
         if V.ndim != 2 or V.shape[0] != self.dim:
             raise ConfigError(f"matmat expects a ({self.dim}, m) tensor, got shape {tuple(V.shape)}")
         out = self._matmat(V.to(device=self.device, dtype=self.dtype))
@@ -49,11 +65,13 @@ class LinearOperator:
 
     def matvec(self, v: Tensor) -> Tensor:
         """Return ``A v`` for one vector of shape ``(dim,)``."""
+        _check_tensor("v", v)
         if v.ndim != 1 or v.shape[0] != self.dim:
             raise ConfigError(f"matvec expects a ({self.dim},) vector, got shape {tuple(v.shape)}")
         return self.matmat(v[:, None])[:, 0]
 
     def __matmul__(self, other: Tensor) -> Tensor:
+        _check_tensor("other", other)
         return self.matvec(other) if other.ndim == 1 else self.matmat(other)
 
     def to_scipy(self) -> scipy.sparse.linalg.LinearOperator:
@@ -94,6 +112,7 @@ class MatrixOperator(LinearOperator):
     """A dense symmetric matrix as an operator (tests, exact Hessians, small problems)."""
 
     def __init__(self, matrix: Tensor) -> None:
+        _check_tensor("matrix", matrix)
         if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
             raise ConfigError(f"MatrixOperator needs a square matrix, got shape {tuple(matrix.shape)}")
         super().__init__(matrix.shape[0], matrix.dtype, matrix.device)
@@ -108,8 +127,17 @@ class LambdaOperator(LinearOperator):
 
     def __init__(self, fn: Callable[[Tensor], Tensor], dim: int, *, dtype: torch.dtype = torch.float64,
                  device: torch.device | str = "cpu") -> None:
+        if not callable(fn):
+            raise ConfigError(f"fn must be callable (a (dim, m) block -> A times it), got {type(fn).__name__}",
+                              argument="fn")
+        check_int("dim", dim, low=1)
         super().__init__(dim, dtype, torch.device(device))
         self.fn = fn
 
     def _matmat(self, V: Tensor) -> Tensor:
-        return self.fn(V)
+        out = self.fn(V)
+        if not isinstance(out, Tensor) or tuple(out.shape) != tuple(V.shape):
+            got = f"shape {tuple(out.shape)}" if isinstance(out, Tensor) else type(out).__name__
+            raise ConfigError(f"LambdaOperator's fn must map a ({self.dim}, m) block to a ({self.dim}, m) tensor; "
+                              f"for shape {tuple(V.shape)} it returned {got}", argument="fn")
+        return out

@@ -33,7 +33,7 @@ from sharpscope.curvature.operators.distributed import sum_across_ranks, sum_sca
 from sharpscope.curvature.operators.loaded import loaded_setup
 from sharpscope.errors import ConfigError, DataError, ObjectiveError
 from sharpscope.losses import correct_fraction
-from sharpscope.validation import check_cast
+from sharpscope.validation import check_cast, check_int, check_type
 
 BNMode = Literal["eval", "batch"]
 Reduction = Literal["mean", "sum"]
@@ -240,6 +240,12 @@ class Objective:
                  forward: ForwardFn | None = None, output: OutputFn | None = None, closure: ClosureFn | None = None,
                  count_fn: CountFn | None = None, reduction: Reduction = "mean", precision: Precision = "upcast",
                  dropout: Literal["off"] | None = None, stream: bool | None = None) -> None:
+        check_type("model", model, nn.Module, "a torch.nn.Module")
+        check_int("batch_size", batch_size, low=1, optional=True)
+        for name, fn in (("loss_fn", loss_fn), ("forward", forward), ("output", output), ("closure", closure),
+                         ("count_fn", count_fn)):
+            if fn is not None and not callable(fn):
+                raise ConfigError(f"{name} must be callable, got {type(fn).__name__}", argument=name)
         if bn not in ("eval", "batch"):
             raise ConfigError(f"bn must be 'eval' or 'batch', got {bn!r}")
         if reduction not in ("mean", "sum"):
@@ -369,6 +375,9 @@ class Objective:
             size: float = structure.rows(data, index)
         else:
             n = self.count_fn(data)
+            if isinstance(n, bool) or not (isinstance(n, (int, float)) or (isinstance(n, Tensor) and n.numel() == 1)):
+                raise DataError(f"count_fn must return a number of examples (an int, a float or a one-element "
+                                f"tensor), got {type(n).__name__} for batch {index}", argument="count_fn")
             size = float(n.item() if isinstance(n, Tensor) else n)
             if not (math.isfinite(size) and size >= 0):
                 raise DataError(f"count_fn gave {size} examples for batch {index}; it must be finite and >= 0")
