@@ -18,18 +18,8 @@ from sharpscope.curvature import CurvatureSettings, slq_density
 from sharpscope.curvature.algorithms.krylov_basis import KrylovBasis
 from sharpscope.curvature.algorithms.ritz import ConvergenceWarning
 from sharpscope.curvature.memory import parse_budget, resolve_budget
-
-
-def with_spectrum(eigenvalues: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    n = eigenvalues.numel()
-    Q, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)))
-    return (Q * eigenvalues) @ Q.T
-
-
-def bulk_with(top: list[float], n: int = 300) -> torch.Tensor:
-    lam = torch.linspace(0.0, 1.0, n, dtype=torch.float64)
-    lam[-len(top):] = torch.tensor(sorted(top), dtype=torch.float64)
-    return lam
+from tests.curvature.test_lanczos_stopping import spectrum as bulk_with
+from tests.curvature.test_lanczos_stopping import with_spectrum
 
 
 # ----------------------------------------------------------------------------- budgets
