@@ -5,7 +5,8 @@ locally (bytes of a standard-library source file as token ids, ``--seqs`` window
 Stages, each with seconds, products, the peak resident memory of the process during the stage
 (sampled every 0.1 s from ``/proc/self/status``) and the memory record of the result:
 
-1. one gradient (the unit of cost) and one product in each exact mode (product/gradient ratio);
+1. one gradient (the unit of cost) and one product in each exact mode, or by finite differences for
+   bf16 weights (product/gradient ratio);
 2. λ_max to tol 1e-3 by Lanczos at the library's defaults (memory budget: half the free memory);
 3. a Hutchinson trace with ``--trace-matvecs`` probes, ± its standard error;
 4. a ``--density-steps``-step SLQ density (``--density-runs`` runs);
@@ -16,7 +17,10 @@ Stages, each with seconds, products, the peak resident memory of the process dur
 
     python benchmarks/bench_large.py --out benchmarks/results/large_cpu
 
-``--tiny`` runs the same stages on a 2-layer GPT-2 of width 64 (for tests). All numbers come from this
+``--config`` picks the model (``gpt2`` small by default; ``gpt2-medium``, ``gpt2-large``, ``llama-1b``, a
+1.1 B Llama-style model; ``tiny`` and ``llama-tiny`` for tests), ``--weights bf16`` bfloat16 weights
+(products by finite differences whose error against a float32 copy is measured and recorded),
+``--device cuda`` a GPU (``benchmarks/gpu.sh`` runs the large-model settings there). All numbers come from this
 one process; on a shared machine ratios are the result, not absolute seconds.
 """
 
@@ -39,6 +43,7 @@ from torch import Tensor, nn
 
 from sharpscope import ConvergenceWarning, HessianOperator, LambdaOperator, Objective, hutchinson, lanczos, slq_density
 from sharpscope.data.text import byte_tokens
+from sharpscope.errors import SharpscopeError
 from sharpscope.losses import token_cross_entropy
 
 
@@ -97,14 +102,25 @@ class Logits(nn.Module):
         return self.model(input_ids=ids).logits
 
 
-def gpt2(tiny: bool, seed: int) -> nn.Module:
+def language_model(config_name: str, seed: int) -> nn.Module:
+    """A causal LM built from its config (randomly initialised from ``seed``; nothing downloaded)."""
     import transformers
 
-    config = (transformers.GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=512, n_positions=256) if tiny
-              else transformers.GPT2Config())  # the defaults are GPT-2 small: 12 layers, width 768, 50,257 tokens
-    config._attn_implementation = "eager"
+    configs: dict[str, Callable[[], Any]] = {
+        "tiny": lambda: transformers.GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=512, n_positions=256),
+        "gpt2": transformers.GPT2Config,  # the defaults are GPT-2 small: 12 layers, width 768, 50,257 tokens
+        "gpt2-medium": lambda: transformers.GPT2Config(n_layer=24, n_embd=1024, n_head=16),
+        "gpt2-large": lambda: transformers.GPT2Config(n_layer=36, n_embd=1280, n_head=20),
+        # a 1.1 B Llama-style model (TinyLlama's shape) and its tiny twin for tests
+        "llama-1b": lambda: transformers.LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                                                     num_attention_heads=32, num_key_value_heads=4, vocab_size=32000),
+        "llama-tiny": lambda: transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                                       num_attention_heads=4, num_key_value_heads=2, vocab_size=512),
+    }
     torch.manual_seed(seed)
-    return Logits(transformers.GPT2LMHeadModel(config)).eval()
+    config = configs[config_name]()
+    model = transformers.AutoModelForCausalLM.from_config(config)  # default attention: products use the math kernel
+    return Logits(model).eval()
 
 
 def seconds_of(fn: Callable[[], object], repeats: int = 2) -> float:
@@ -117,15 +133,22 @@ def seconds_of(fn: Callable[[], object], repeats: int = 2) -> float:
 
 
 def run(args: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    model = gpt2(args.tiny, args.seed)
+    device = torch.device(args.device)
+    model = language_model(args.config, args.seed).to(device)
+    if args.weights == "bf16":
+        model = model.to(torch.bfloat16)
     text = Path(textwrap.__file__).read_bytes() * 4
     x, y = byte_tokens(text, seq_len=args.seq_len)
-    x, y = x[: args.seqs], y[: args.seqs]
-    objective = Objective(model, token_cross_entropy, (x, y))
+    x, y = x[: args.seqs].to(device), y[: args.seqs].to(device)
+    objective = Objective(model, token_cross_entropy, (x, y), precision="native" if args.weights == "bf16" else "upcast")
     dim = objective.dim
-    out: dict[str, Any] = {"model": "GPT-2 (tiny)" if args.tiny else "GPT-2 small", "parameters": dim,
-                           "tokens": int(x.numel()), "shape": list(x.shape), "torch": torch.__version__,
-                           "threads": torch.get_num_threads(), "machine": platform.machine(), "stages": {}}
+    names = {"tiny": "GPT-2 (tiny)", "gpt2": "GPT-2 small", "gpt2-medium": "GPT-2 medium", "gpt2-large": "GPT-2 large",
+             "llama-1b": "Llama-style 1.1 B", "llama-tiny": "Llama-style (tiny)"}
+    out: dict[str, Any] = {"model": names[args.config] + (" (bf16 weights)" if args.weights == "bf16" else ""),
+                           "parameters": dim, "tokens": int(x.numel()), "shape": list(x.shape),
+                           "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+                           "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                           "stages": {}}
     stages = _Stages(out, save)
 
     leaves = {n: p.detach().requires_grad_(True) for n, p in objective.param_values().items()}
@@ -140,8 +163,8 @@ def run(args: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> dic
             g = seconds_of(gradient)
         row["gradient_seconds"] = round(g, 3)
         stages["gradient"] = row
-    v = torch.randn(dim, generator=torch.Generator().manual_seed(0))
-    for mode in ("rev-rev", "fwd-rev"):
+    v = torch.randn(dim, generator=torch.Generator().manual_seed(0)).to(device)
+    for mode in (("fd",) if args.weights == "bf16" else ("rev-rev", "fwd-rev")):
         row: dict[str, Any] = {}
         with peak_rss(row):
             try:
@@ -153,38 +176,46 @@ def run(args: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> dic
         stages[f"product {mode}"] = row
 
     H = HessianOperator(objective)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        row = {}
-        with peak_rss(row):
-            top = lanczos(H, k=1, tol=1e-3, seed=args.seed)
-        row.update(value=float(top.eigenvalues[0]), residual=float(top.residuals[0]),
-                   error_bound=float(top.error_bounds[0]) if top.error_bounds is not None else None,
-                   converged=top.converged, hvps=top.hvps, steps=top.settings["steps"],
-                   memory=top.settings["memory"], hvp_mode=H.mode)
-        stages["lambda_max (lanczos, defaults)"] = row
+    top = None
 
-        row = {}
-        with peak_rss(row):
-            tr = hutchinson(H, args.trace_matvecs, seed=args.seed)
-        row.update(estimate=tr.estimate, stderr=tr.stderr, hvps=tr.hvps, memory=tr.settings["memory"])
-        stages[f"trace (hutchinson, {args.trace_matvecs} probes)"] = row
+    def top_eigenvalue() -> dict[str, Any]:
+        nonlocal top
+        top = lanczos(H, k=1, tol=1e-3, seed=args.seed)
+        return dict(value=float(top.eigenvalues[0]), residual=float(top.residuals[0]),
+                    error_bound=float(top.error_bounds[0]) if top.error_bounds is not None else None,
+                    converged=top.converged, hvps=top.hvps, steps=top.settings["steps"],
+                    memory=top.settings["memory"], hvp_mode=H.mode, symmetry_gap=top.settings["symmetry_gap"])
 
-        row = {}
-        with peak_rss(row):
-            esd = slq_density(H, num_steps=args.density_steps, num_runs=args.density_runs, seed=args.seed)
-        row.update(trace=esd.trace, extreme_nodes=[float(esd.nodes[esd.weights > 0].min()),
-                                                   float(esd.nodes[esd.weights > 0].max())],
-                   hvps=esd.hvps, memory=esd.settings["memory"], reorthogonalize=esd.settings["reorthogonalize"])
-        stages[f"density (slq, {args.density_runs} x {args.density_steps})"] = row
+    def trace() -> dict[str, Any]:
+        tr = hutchinson(H, args.trace_matvecs, seed=args.seed)
+        return dict(estimate=tr.estimate, stderr=tr.stderr, hvps=tr.hvps, memory=tr.settings["memory"])
 
-    if "pyhessian" not in args.skip:
+    def density() -> dict[str, Any]:
+        esd = slq_density(H, num_steps=args.density_steps, num_runs=args.density_runs, seed=args.seed)
+        used = esd.nodes[esd.weights > 0]
+        return dict(trace=esd.trace, extreme_nodes=[float(used.min()), float(used.max())], hvps=esd.hvps,
+                    memory=esd.settings["memory"], reorthogonalize=esd.settings["reorthogonalize"])
+
+    for name, stage in (("lambda_max (lanczos, defaults)", top_eigenvalue),
+                        (f"trace (hutchinson, {args.trace_matvecs} probes)", trace),
+                        (f"density (slq, {args.density_runs} x {args.density_steps})", density)):
+        row = {}
+        with warnings.catch_warnings(), peak_rss(row):
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            try:
+                row.update(stage())
+            except SharpscopeError as err:  # a refusal (say, products too asymmetric) is a result
+                row["failed"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        stages[name] = row
+
+    if "pyhessian" not in args.skip and args.weights == "fp32" and top is not None:
         row = {}
         with peak_rss(row):
             try:
                 import pyhessian
 
-                h = pyhessian.hessian(model, lambda out, t: token_cross_entropy(out, t), data=(x, y), cuda=False)
+                h = pyhessian.hessian(model, lambda out, t: token_cross_entropy(out, t), data=(x, y),
+                                      cuda=device.type == "cuda")
                 torch.manual_seed(args.seed)  # PyHessian draws its start vector from the global generator
                 values, _ = h.eigenvalues(top_n=1)
                 row.update(value=float(values[0]), relative_difference=abs(float(values[0]) - float(top.eigenvalues[0]))
@@ -197,13 +228,13 @@ def run(args: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> dic
 
         stages["curvlinops"] = {"note": "installed but not run by this benchmark"}
     except ImportError:
-        stages["curvlinops"] = {"note": "not installed (extra bench): not run"}
+        stages["curvlinops"] = {"note": "not installed (extra bench): skipped"}
 
-    d = torch.linspace(0.0, 1.0, dim)
+    d = torch.linspace(0.0, 1.0, dim, device=device)
     d[-1] = 2.0
     row = {}
     with peak_rss(row):
-        diag = lanczos(LambdaOperator(lambda V: d[:, None] * V, dim, dtype=torch.float32), k=1, seed=0)
+        diag = lanczos(LambdaOperator(lambda V: d[:, None] * V, dim, dtype=torch.float32, device=device), k=1, seed=0)
     row.update(value=float(diag.eigenvalues[0]), converged=diag.converged, hvps=diag.hvps,
                memory=diag.settings["memory"])
     stages[f"lanczos(k=1) on a diagonal operator of dimension {dim:,}"] = row
@@ -249,17 +280,24 @@ def main() -> None:
     parser.add_argument("--density-runs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip", default="", help="comma-separated: pyhessian")
-    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--config", default="gpt2",
+                        choices=["tiny", "gpt2", "gpt2-medium", "gpt2-large", "llama-1b", "llama-tiny"])
+    parser.add_argument("--tiny", action="store_true", help="the same as --config tiny")
+    parser.add_argument("--weights", default="fp32", choices=["fp32", "bf16"],
+                        help="bf16: bfloat16 weights, products by measured finite differences")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None, help="write OUT.json and OUT.md")
     args = parser.parse_args()
     args.skip = set(filter(None, args.skip.split(",")))
+    if args.tiny:
+        args.config = "tiny"
     import sys
 
     command = "python " + " ".join(sys.argv)
 
     def save(result: dict[str, Any]) -> None:
         text = json.dumps(result, indent=1)
-        print(text, file=sys.stderr, flush=True)
+        print(f"stage done: {list(result['stages'])[-1]}", file=sys.stderr, flush=True)
         if args.out is not None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.with_suffix(".json").write_text(text + "\n")
