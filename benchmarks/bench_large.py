@@ -249,8 +249,9 @@ def markdown(result: dict[str, Any], command: str) -> str:
              "|---|---|---|---|---|---|"]
     for name, row in result["stages"].items():
         memory = row.get("memory") or {}
-        strategy = (f"{memory.get('strategy')}, {memory.get('peak_vector_bytes', 0) / 2**30:.2f} GiB of "
-                    f"{(memory.get('budget_bytes') or 0) / 2**30:.2f}") if memory else ""
+        budget = memory.get("budget_bytes")
+        limit = f"of {budget / 2**30:.2f}" if budget else "(budget not limiting)"
+        strategy = f"{memory.get('strategy')}, {memory.get('peak_vector_bytes', 0) / 2**30:.2f} GiB {limit}" if memory else ""
         if "failed" in row:
             value = row["failed"]
         elif "product_over_gradient" in row:

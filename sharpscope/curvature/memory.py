@@ -114,6 +114,7 @@ class MemoryBudget:
     vectors: int | None
     vector_bytes: int
     rule: str
+    explicit: bool = False
 
     @property
     def bytes(self) -> int | None:
@@ -123,10 +124,17 @@ class MemoryBudget:
         """Whether ``count`` vectors fit."""
         return self.vectors is None or count <= self.vectors
 
-    def record(self, strategy: str, peak_vectors: int, **extra: object) -> dict[str, object]:
-        """The memory record of a result: strategy, budget, and the peak bytes of the vectors held."""
-        return {"strategy": strategy, "budget_bytes": self.bytes, "budget_vectors": self.vectors,
-                "budget_rule": self.rule, "peak_vectors": int(peak_vectors),
+    def record(self, strategy: str, peak_vectors: int, *, limiting: bool, **extra: object) -> dict[str, object]:
+        """The memory record of a result: strategy, budget, and the peak bytes of the vectors held.
+
+        The default budget depends on the free memory of the moment; unless it shaped the result
+        (``limiting``: a restart, chunks, a smaller block or sketch) its size stays out of the record,
+        so that a seeded result reproduces exactly."""
+        shown = self.explicit or limiting
+        return {"strategy": strategy, "budget_bytes": self.bytes if shown else None,
+                "budget_vectors": self.vectors if shown else None,
+                "budget_rule": self.rule if shown else f"{DEFAULT_FRACTION:.0%} of the free memory (not limiting)",
+                "peak_vectors": int(peak_vectors),
                 "peak_vector_bytes": int(peak_vectors) * self.vector_bytes, **extra}
 
     def refuse(self, what: str, need: int) -> ConfigError:
@@ -154,8 +162,8 @@ def resolve_budget(spec: MemoryBudgetSpec, dim: int, dtype: torch.dtype, device:
         return MemoryBudget(int(DEFAULT_FRACTION * free) // size, size,
                             f"{DEFAULT_FRACTION:.0%} of the {gib(free)} free on {device}")
     if isinstance(spec, int):
-        return MemoryBudget(spec // size, size, f"{spec} bytes requested")
+        return MemoryBudget(spec // size, size, f"{spec} bytes requested", explicit=True)
     kind, value = _parse(spec, "memory_budget")
     if kind == "vectors":
-        return MemoryBudget(int(value), size, f"{int(value)} vectors requested")
-    return MemoryBudget(int(math.floor(value)) // size, size, f"{spec.strip()} requested")
+        return MemoryBudget(int(value), size, f"{int(value)} vectors requested", explicit=True)
+    return MemoryBudget(int(math.floor(value)) // size, size, f"{spec.strip()} requested", explicit=True)

@@ -155,5 +155,6 @@ def block_lanczos(op: LinearOperator, k: int, *, block: int, which: Which = "LA"
                                  "basis_vectors": size, "restarts": restarts, "warm_start": v0 is not None,
                                  "seed": seed_record(seed, gen)},
                        memory=budget.record("full block basis", basis.allocated + 3 * b + (k if return_eigenvectors else 0),
-                                            estimate_bytes=vector_bytes(op.dim, op.dtype, worst), basis=basis_location),
+                                            limiting=False, estimate_bytes=vector_bytes(op.dim, op.dtype, worst),
+                                            basis=basis_location),
                        stacklevel=4)

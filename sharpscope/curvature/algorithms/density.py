@@ -263,7 +263,8 @@ def slq_density(op: LinearOperator, num_steps: int = 90, num_runs: int = 10, *, 
         "grid_size": grid_size, "seed": seed_record(seed, gen), "run_steps": length.tolist(),
         "stop": "fixed steps" if tol is None else STOP_RULE, "tol": tol, "reorthogonalize": mode,
         "memory": budget.record(f"chunks of {run_block} run(s), {mode} re-orthogonalisation",
-                                run_block * per_run, run_block=run_block)}
+                                run_block * per_run, limiting=run_block < num_runs or mode == "local",
+                                run_block=run_block)}
     if tol is not None:
         count = int(torch.cat(settled).sum())
         settings["settled_runs"] = count

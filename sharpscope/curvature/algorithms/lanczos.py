@@ -265,7 +265,7 @@ def lanczos(op: LinearOperator, k: int = 1, *, which: Which = "LA", tol: float =
         Q.append(w)
         del w  # stored in the basis: not held as a working vector through the next product
 
-    memory = budget.record(strategy, Q.allocated + work, estimate_bytes=vector_bytes(op.dim, op.dtype, worst + work),
+    memory = budget.record(strategy, Q.allocated + work, limiting=strategy != "full basis", estimate_bytes=vector_bytes(op.dim, op.dtype, worst + work),
                            basis=basis, thick_restarts=thick_restarts)
     return ritz_result(op, Q, S, theta, check, spanned=thick_restarts == 0 and Q.size == op.dim,
                        rounding=Q.size * eps * scale, stopped=f"Lanczos stopped after {steps} steps", tol=tol,

@@ -82,7 +82,7 @@ def hutchinson(op: LinearOperator, num_matvecs: int, *, distribution: Distributi
     check_trace_budget("hutchinson", num_matvecs)
     check_int("block_size", block_size, low=1)
     budget = resolve_budget(memory_budget, op.dim, op.dtype, op.device, op.settle_memory)
-    block_size = _probe_block(budget, block_size, f"Hutchinson on vectors of length {op.dim:,}")
+    requested, block_size = block_size, _probe_block(budget, block_size, f"Hutchinson on vectors of length {op.dim:,}")
     gen, clock, start_hvps = make_generator(seed), Stopwatch(op.device), op.matvecs
     samples: list[Tensor] = []
     drawn = 0
@@ -100,7 +100,8 @@ def hutchinson(op: LinearOperator, num_matvecs: int, *, distribution: Distributi
         seconds=clock.seconds(),
         settings={"method": "hutchinson", "distribution": distribution, "num_matvecs": num_matvecs,
                   "rtol": rtol, "seed": seed_record(seed, gen),
-                  "memory": budget.record("streamed probes", 2 * min(block_size, num_matvecs), block_size=block_size)},
+                  "memory": budget.record("streamed probes", 2 * min(block_size, num_matvecs),
+                                                limiting=block_size < requested, block_size=block_size)},
     )
 
 
@@ -121,7 +122,7 @@ def hutchpp(op: LinearOperator, num_matvecs: int, *, distribution: Distribution 
     check_trace_budget("hutch++", num_matvecs)
     check_int("block_size", block_size, low=1)
     budget = resolve_budget(memory_budget, op.dim, op.dtype, op.device, op.settle_memory)
-    block_size = _probe_block(budget, block_size, f"Hutch++ on vectors of length {op.dim:,}")
+    requested, block_size = block_size, _probe_block(budget, block_size, f"Hutch++ on vectors of length {op.dim:,}")
     gen, clock, start_hvps = make_generator(seed), Stopwatch(op.device), op.matvecs
     sketch = min(math.ceil(num_matvecs / 3), op.dim)
     rule = "a third of the products"
@@ -145,6 +146,7 @@ def hutchpp(op: LinearOperator, num_matvecs: int, *, distribution: Distribution 
                   "sketch_size": sketch, "sketch_rule": rule, "low_rank_trace": low_rank, "seed": seed_record(seed, gen),
                   "memory": budget.record("sketch, then streamed probes",
                                           max(2 * sketch, sketch + 2 * min(block_size, remainder)),
+                                          limiting=block_size < requested or rule != "a third of the products",
                                           block_size=block_size)},
     )
 
