@@ -234,7 +234,7 @@ def test_hutchpp_shrinks_its_sketch_to_the_budget_and_stays_exact_on_low_rank() 
     U, _ = torch.linalg.qr(torch.randn(500, 3, dtype=torch.float64, generator=gen))
     A = (U * torch.tensor([5.0, 3.0, 2.0], dtype=torch.float64)) @ U.T  # rank 3, trace 10
     free = hutchpp(MatrixOperator(A), 60, seed=0)
-    tight = hutchpp(MatrixOperator(A), 60, seed=0, block_size=2, memory_budget="8 vectors")
+    tight = hutchpp(MatrixOperator(A), 60, seed=0, block_size=2, memory_budget="16 vectors")
     assert free.settings["sketch_size"] == 20 and tight.settings["sketch_size"] == 4
     assert tight.settings["sketch_rule"].startswith("shrunk") and tight.hvps == 60
     assert tight.settings["memory"]["peak_vector_bytes"] <= tight.settings["memory"]["budget_bytes"]
@@ -244,7 +244,7 @@ def test_hutchpp_shrinks_its_sketch_to_the_budget_and_stays_exact_on_low_rank() 
 def test_hutchinson_streams_within_a_small_budget() -> None:
     A = with_spectrum(bulk_with([10.0], n=100), seed=0)
     big = hutchinson(MatrixOperator(A), 40, seed=0)
-    small = hutchinson(MatrixOperator(A), 40, seed=0, memory_budget="4 vectors")
+    small = hutchinson(MatrixOperator(A), 40, seed=0, memory_budget="8 vectors")
     assert big.settings["memory"]["block_size"] == 8 and small.settings["memory"]["block_size"] == 2
     assert small.settings["memory"]["peak_vector_bytes"] <= small.settings["memory"]["budget_bytes"]
     assert small.hvps == 40 and small.samples.numel() == 40

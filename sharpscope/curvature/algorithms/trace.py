@@ -58,14 +58,19 @@ def check_trace_budget(method: str, num_matvecs: object, name: str = "num_matvec
                              "usually enough")
 
 
+#: Vectors held per probe of a block: the probe, the operator's row-major copy of it, its product, and
+#: the elementwise product of the two that the quadratic forms sum.
+PER_PROBE = 4
+
+
 def _probe_block(budget: MemoryBudget, block_size: int, what: str) -> int:
-    """Probes per block: ``block_size``, fewer when the budget holds fewer than ``2·block_size`` vectors
-    (each probe and its product)."""
-    if budget.fits(2 * block_size):
+    """Probes per block: ``block_size``, fewer when the budget holds fewer than ``PER_PROBE·block_size``
+    vectors."""
+    if budget.fits(PER_PROBE * block_size):
         return block_size
-    if not budget.fits(2):
-        raise budget.refuse(what, 2)
-    return max(1, (budget.vectors or 2) // 2)
+    if not budget.fits(PER_PROBE):
+        raise budget.refuse(what, PER_PROBE)
+    return max(1, (budget.vectors or PER_PROBE) // PER_PROBE)
 
 
 def hutchinson(op: LinearOperator, num_matvecs: int, *, distribution: Distribution = "rademacher",
@@ -74,7 +79,7 @@ def hutchinson(op: LinearOperator, num_matvecs: int, *, distribution: Distributi
     """Hutchinson's estimate of ``tr(H)`` from at most ``num_matvecs`` probes.
 
     Probes are drawn and multiplied ``block_size`` at a time (never all at once), so the estimator
-    holds ``2 · block_size`` vectors whatever the budget of products; a ``memory_budget`` (see
+    holds ``PER_PROBE · block_size`` vectors whatever the budget of products; a ``memory_budget`` (see
     :mod:`sharpscope.curvature.memory`) below that shrinks the block. With ``rtol`` the estimator
     stops early once ``stderr / |estimate| < rtol`` (checked after each block, from the second block on).
     """
@@ -100,7 +105,7 @@ def hutchinson(op: LinearOperator, num_matvecs: int, *, distribution: Distributi
         seconds=clock.seconds(),
         settings={"method": "hutchinson", "distribution": distribution, "num_matvecs": num_matvecs,
                   "rtol": rtol, "seed": seed_record(seed, gen),
-                  "memory": budget.record("streamed probes", 2 * min(block_size, num_matvecs),
+                  "memory": budget.record("streamed probes", PER_PROBE * min(block_size, num_matvecs),
                                                 limiting=block_size < requested, block_size=block_size)},
     )
 
@@ -112,8 +117,8 @@ def hutchpp(op: LinearOperator, num_matvecs: int, *, distribution: Distribution 
 
     ``s = ⌈m/3⌉`` products build the sketch ``Q = orth(H S)``, ``s`` give ``tr(QᵀHQ)`` and the
     remaining ``m − 2s`` probe the deflated remainder, ``block_size`` at a time. Memory: the sketch
-    and its product (``2s`` vectors) while it is built, then ``Q`` beside each probe block and its
-    product (``s + 2·block_size``). When a ``memory_budget`` (see :mod:`sharpscope.curvature.memory`)
+    and its products (``PER_PROBE · s`` vectors) while it is built, then ``Q`` beside each probe block
+    (``s + PER_PROBE · block_size``). When a ``memory_budget`` (see :mod:`sharpscope.curvature.memory`)
     holds fewer, the sketch shrinks to what fits and the products it frees go to the remainder's
     probes (the estimate stays unbiased; its variance grows towards Hutchinson's); the sketch size
     and the rule are recorded.
@@ -126,10 +131,10 @@ def hutchpp(op: LinearOperator, num_matvecs: int, *, distribution: Distribution 
     gen, clock, start_hvps = make_generator(seed), Stopwatch(op.device), op.matvecs
     sketch = min(math.ceil(num_matvecs / 3), op.dim)
     rule = "a third of the products"
-    if budget.vectors is not None and not budget.fits(max(2 * sketch, sketch + 2 * block_size)):
-        sketch = min(budget.vectors // 2, budget.vectors - 2 * block_size)
+    if budget.vectors is not None and not budget.fits(max(PER_PROBE * sketch, sketch + PER_PROBE * block_size)):
+        sketch = min(budget.vectors // PER_PROBE, budget.vectors - PER_PROBE * block_size)
         if sketch < 1:
-            raise budget.refuse(f"Hutch++ on vectors of length {op.dim:,}", 2 + 2 * block_size)
+            raise budget.refuse(f"Hutch++ on vectors of length {op.dim:,}", 1 + PER_PROBE * block_size)
         rule = f"shrunk to fit the memory budget ({budget.vectors} vectors)"
     remainder = num_matvecs - 2 * sketch
     Q, _ = torch.linalg.qr(op.matmat(probes(op, sketch, distribution, gen)))
@@ -145,7 +150,7 @@ def hutchpp(op: LinearOperator, num_matvecs: int, *, distribution: Distribution 
         settings={"method": "hutch++", "distribution": distribution, "num_matvecs": num_matvecs,
                   "sketch_size": sketch, "sketch_rule": rule, "low_rank_trace": low_rank, "seed": seed_record(seed, gen),
                   "memory": budget.record("sketch, then streamed probes",
-                                          max(2 * sketch, sketch + 2 * min(block_size, remainder)),
+                                          max(PER_PROBE * sketch, sketch + PER_PROBE * min(block_size, remainder)),
                                           limiting=block_size < requested or rule != "a third of the products",
                                           block_size=block_size)},
     )

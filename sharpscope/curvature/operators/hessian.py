@@ -207,7 +207,7 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
     def _mode_for(self, m: int) -> str:
         regime = "single" if m == 1 else "block"
         if regime not in self.modes:
-            self.modes[regime] = self._pick_mode(1 if regime == "single" else self.block_size)
+            self.modes[regime] = self._pick_mode(m)  # timed at the width in use: no wider trial block than the caller's
         return self.modes[regime]
 
     # ------------------------------------------------------------------------------ products
