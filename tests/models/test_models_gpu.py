@@ -11,7 +11,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 @pytest.fixture(autouse=True)
 def _no_tf32():
-    """Curvature work runs without TF32 (DESIGN.md); with it the HVP is only ~1% accurate."""
+    """Curvature work runs without TF32 (docs/conventions.md); with it the HVP is only ~1% accurate."""
     old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     yield
