@@ -63,14 +63,20 @@ def check_trace_budget(method: str, num_matvecs: object, name: str = "num_matvec
 PER_PROBE = 4
 
 
-def _probe_block(budget: MemoryBudget, block_size: int, what: str) -> int:
-    """Probes per block: ``block_size``, fewer when the budget holds fewer than ``PER_PROBE·block_size``
-    vectors."""
+def _checked_block(method: str, op: LinearOperator, num_matvecs: int, block_size: int,
+                   memory_budget: MemoryBudgetSpec) -> tuple[MemoryBudget, int]:
+    """Check a trace estimator's arguments (before any product) and resolve its memory budget; return the
+    budget and the probes per block: ``block_size``, fewer when the budget holds fewer than
+    ``PER_PROBE·block_size`` vectors."""
+    check_operator(op)
+    check_trace_budget(method, num_matvecs)
+    check_int("block_size", block_size, low=1)
+    budget = resolve_budget(memory_budget, op.dim, op.dtype, op.device, op.settle_memory)
     if budget.fits(PER_PROBE * block_size):
-        return block_size
+        return budget, block_size
     if not budget.fits(PER_PROBE):
-        raise budget.refuse(what, PER_PROBE)
-    return max(1, (budget.vectors or PER_PROBE) // PER_PROBE)
+        raise budget.refuse(f"{_NAMES[method]} on vectors of length {op.dim:,}", PER_PROBE)
+    return budget, max(1, (budget.vectors or PER_PROBE) // PER_PROBE)
 
 
 def hutchinson(op: LinearOperator, num_matvecs: int, *, distribution: Distribution = "rademacher",
@@ -83,11 +89,8 @@ def hutchinson(op: LinearOperator, num_matvecs: int, *, distribution: Distributi
     :mod:`sharpscope.curvature.memory`) below that shrinks the block. With ``rtol`` the estimator
     stops early once ``stderr / |estimate| < rtol`` (checked after each block, from the second block on).
     """
-    check_operator(op)
-    check_trace_budget("hutchinson", num_matvecs)
-    check_int("block_size", block_size, low=1)
-    budget = resolve_budget(memory_budget, op.dim, op.dtype, op.device, op.settle_memory)
-    requested, block_size = block_size, _probe_block(budget, block_size, f"Hutchinson on vectors of length {op.dim:,}")
+    requested = block_size
+    budget, block_size = _checked_block("hutchinson", op, num_matvecs, block_size, memory_budget)
     gen, clock, start_hvps = make_generator(seed), Stopwatch(op.device), op.matvecs
     samples: list[Tensor] = []
     drawn = 0
@@ -123,11 +126,8 @@ def hutchpp(op: LinearOperator, num_matvecs: int, *, distribution: Distribution 
     probes (the estimate stays unbiased; its variance grows towards Hutchinson's); the sketch size
     and the rule are recorded.
     """
-    check_operator(op)
-    check_trace_budget("hutch++", num_matvecs)
-    check_int("block_size", block_size, low=1)
-    budget = resolve_budget(memory_budget, op.dim, op.dtype, op.device, op.settle_memory)
-    requested, block_size = block_size, _probe_block(budget, block_size, f"Hutch++ on vectors of length {op.dim:,}")
+    requested = block_size
+    budget, block_size = _checked_block("hutch++", op, num_matvecs, block_size, memory_budget)
     gen, clock, start_hvps = make_generator(seed), Stopwatch(op.device), op.matvecs
     sketch = min(math.ceil(num_matvecs / 3), op.dim)
     rule = "a third of the products"
