@@ -70,6 +70,20 @@ def _mde(mde: float | None) -> float | None:
     return None if mde is None or not math.isfinite(mde) else float(mde)
 
 
+def _interval(diff: Difference, what: str) -> str:
+    """``a − b = 1.2, 95% interval [0.3, 2.1]``: how every verdict on a difference quotes it."""
+    return f"{what} = {diff.estimate:.4g}, {100 * diff.level:g}% interval [{diff.low:.4g}, {diff.high:.4g}]"
+
+
+def _unjudgeable(diff: Difference, what: str, mde: float | None) -> Verdict | None:
+    """Inconclusive when an arm has fewer than :data:`MIN_SEEDS` values or the difference has no spread."""
+    if min(diff.n_a, diff.n_b) < MIN_SEEDS:
+        return Verdict(INCONCLUSIVE, f"fewer than {MIN_SEEDS} seeds (a: {diff.n_a}, b: {diff.n_b})", _mde(mde))
+    if not diff.defined:
+        return Verdict(INCONCLUSIVE, f"{what} = {diff.estimate:.4g} with no variation to judge it by", _mde(mde))
+    return None
+
+
 def judge_difference(diff: Difference, *, better: str, mde: float | None = None,
                      effect_of_interest: float | None = None, what: str = "a − b") -> Verdict:
     """The claim "``a`` is better than ``b``" (``better="lower"``: ``a − b < 0``; ``"higher"``: ``> 0``) from the
@@ -79,11 +93,10 @@ def judge_difference(diff: Difference, *, better: str, mde: float | None = None,
     sign = {"lower": -1, "higher": 1}[check_choice("better", better, ("lower", "higher"))]
     if effect_of_interest is not None and not effect_of_interest > 0:
         raise ConfigError(f"effect_of_interest must be > 0, got {effect_of_interest!r}", argument="effect_of_interest")
-    interval = f"{what} = {diff.estimate:.4g}, {100 * diff.level:g}% interval [{diff.low:.4g}, {diff.high:.4g}]"
-    if min(diff.n_a, diff.n_b) < MIN_SEEDS:
-        return Verdict(INCONCLUSIVE, f"fewer than {MIN_SEEDS} seeds (a: {diff.n_a}, b: {diff.n_b})", _mde(mde))
-    if not diff.defined:
-        return Verdict(INCONCLUSIVE, f"{what} = {diff.estimate:.4g} with no variation to judge it by", _mde(mde))
+    interval = _interval(diff, what)
+    unjudgeable = _unjudgeable(diff, what, mde)
+    if unjudgeable is not None:
+        return unjudgeable
     side = diff.side()
     if side == sign:
         return Verdict(HOLDS, interval)
@@ -104,11 +117,10 @@ def judge_non_inferiority(diff: Difference, *, margin: float, better: str = "hig
     sign = {"lower": -1, "higher": 1}[check_choice("better", better, ("lower", "higher"))]
     if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
         raise ConfigError(f"margin must be a finite number >= 0, got {margin!r}", argument="margin")
-    interval = f"{what} = {diff.estimate:.4g}, {100 * diff.level:g}% interval [{diff.low:.4g}, {diff.high:.4g}]"
-    if min(diff.n_a, diff.n_b) < MIN_SEEDS:
-        return Verdict(INCONCLUSIVE, f"fewer than {MIN_SEEDS} seeds (a: {diff.n_a}, b: {diff.n_b})", _mde(mde))
-    if not diff.defined:
-        return Verdict(INCONCLUSIVE, f"{what} = {diff.estimate:.4g} with no variation to judge it by", _mde(mde))
+    interval = _interval(diff, what)
+    unjudgeable = _unjudgeable(diff, what, mde)
+    if unjudgeable is not None:
+        return unjudgeable
     worst, best = (diff.low, diff.high) if sign > 0 else (-diff.high, -diff.low)
     if worst > -margin:
         return Verdict(HOLDS, f"{interval}, above the margin −{margin:.4g}" if sign > 0 else
@@ -178,7 +190,7 @@ def judge_equivalence(diff: Difference, *, margin: float, mde: float | None = No
     else inconclusive."""
     if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin > 0):
         raise ConfigError(f"margin must be a finite number > 0, got {margin!r}", argument="margin")
-    interval = f"{what} = {diff.estimate:.4g}, {100 * diff.level:g}% interval [{diff.low:.4g}, {diff.high:.4g}]"
+    interval = _interval(diff, what)
     if not diff.defined:
         return Verdict(INCONCLUSIVE, f"{what} = {diff.estimate:.4g} with no interval", _mde(mde))
     if -margin < diff.low and diff.high < margin:
