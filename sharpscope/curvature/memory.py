@@ -145,12 +145,25 @@ class MemoryBudget:
 
 
 def resolve_budget(spec: MemoryBudgetSpec, dim: int, dtype: torch.dtype, device: torch.device,
-                   settle: Callable[[], None] | None = None) -> MemoryBudget:
+                   settle: Callable[[], None] | None = None,
+                   agree: Callable[[int], int] | None = None) -> MemoryBudget:
     """The budget for vectors of length ``dim`` in ``dtype`` on ``device`` (see the module docstring).
 
     ``settle`` (an operator's :meth:`~sharpscope.curvature.operators.linear_operator.LinearOperator.settle_memory`)
     runs first when the budget depends on the free memory, so what the operator keeps between products
-    is already allocated when the free memory is read."""
+    is already allocated when the free memory is read. ``agree`` (a sharded operator's
+    :meth:`~sharpscope.curvature.operators.linear_operator.LinearOperator.common_count`) turns the
+    vectors that fit here into the fewest that fit on any process, so every process chooses the same
+    strategy."""
+    budget = _resolve(spec, dim, dtype, device, settle)
+    if agree is None or budget.vectors is None:
+        return budget
+    return MemoryBudget(agree(budget.vectors), budget.vector_bytes, budget.rule + ", the least over all processes",
+                        budget.explicit)
+
+
+def _resolve(spec: MemoryBudgetSpec, dim: int, dtype: torch.dtype, device: torch.device,
+             settle: Callable[[], None] | None) -> MemoryBudget:
     spec = parse_budget(spec)
     if spec is None and settle is not None:
         settle()

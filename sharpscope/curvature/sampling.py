@@ -40,17 +40,15 @@ def seed_record(seed: int | torch.Generator | None, gen: torch.Generator) -> int
 
 
 def probes(op: LinearOperator, m: int, distribution: Distribution, gen: torch.Generator) -> Tensor:
-    """``m`` probe vectors as the columns of a ``(dim, m)`` tensor on the operator's device.
+    """``m`` probe vectors as the columns of a ``(dim, m)`` tensor in the operator's dtype and device.
 
-    Rademacher entries are ±1; Gaussian entries are standard normal. Both have ``E[z zᵀ] = I``.
+    Rademacher entries are ±1; Gaussian entries are standard normal. Both have ``E[z zᵀ] = I``. The
+    draws are the operator's own (:meth:`~LinearOperator.draw_columns`): one whole vector after
+    another, so a sharded operator draws on each process exactly its slice of the same vectors.
     """
-    if distribution == "rademacher":
-        z = torch.randint(0, 2, (op.dim, m), generator=gen).to(op.dtype).mul_(2).sub_(1)
-    elif distribution == "gaussian":
-        z = torch.randn(op.dim, m, generator=gen, dtype=op.dtype)
-    else:
+    if distribution not in ("rademacher", "gaussian"):
         raise ConfigError(f"distribution must be 'rademacher' or 'gaussian', got {distribution!r}")
-    return z.to(op.device)
+    return op.draw_columns(m, distribution, gen).to(device=op.device, dtype=op.dtype)
 
 
 class Stopwatch:

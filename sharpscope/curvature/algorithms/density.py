@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from typing import Literal, get_args
 
 import numpy as np
@@ -23,10 +24,11 @@ import torch
 from torch import Tensor
 
 from sharpscope.curvature.algorithms.ritz import ConvergenceWarning, tridiagonal_eigh
+from sharpscope.curvature.algorithms.vectors import allsum_on, column_norms
 from sharpscope.curvature.memory import MemoryBudgetSpec, resolve_budget
 from sharpscope.curvature.operators.linear_operator import LinearOperator, check_operator
 from sharpscope.curvature.results import DensityResult, gaussian_density
-from sharpscope.curvature.sampling import Stopwatch, make_generator, seed_record
+from sharpscope.curvature.sampling import Stopwatch, make_generator, probes, seed_record
 from sharpscope.validation import check_choice, check_int, check_real, check_tol
 
 Reorthogonalize = Literal["full", "local"]
@@ -85,14 +87,18 @@ def run_has_settled(previous: tuple[np.ndarray, np.ndarray], current: tuple[np.n
     return bool(ends_moved <= tol * sigma) and smoothed_l1(previous, current, width) <= tol
 
 
-def orthogonalize_rows(w: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
+def orthogonalize_rows(w: Tensor, basis: Tensor,
+                       allsum: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """Remove from the rows of ``w`` (``(r, dim)``) their components on ``basis`` (``(r, j, dim)``), twice.
 
-    Returns the orthogonalised rows and the accumulated coefficients ``(r, j)``.
+    Returns the orthogonalised rows and the accumulated coefficients ``(r, j)``. ``allsum`` sums the
+    coefficients over the slices of vectors split over processes.
     """
     coeffs = torch.zeros(basis.shape[0], basis.shape[1], dtype=w.dtype, device=w.device)
     for _ in range(2):
         c = torch.bmm(basis, w[:, :, None])
+        if allsum is not None:
+            c = allsum(c)
         w = w - torch.bmm(basis.transpose(1, 2), c)[:, :, 0]
         coeffs += c[:, :, 0]
     return w, coeffs
@@ -121,11 +127,12 @@ def lockstep_tridiagonals(op: LinearOperator, starts: Tensor, max_steps: int, *,
     (``docs/large-models.md``); the trace is unaffected.
     """
     r = starts.shape[1]
-    max_steps = min(max_steps, op.dim)
+    max_steps = min(max_steps, op.global_dim)
+    allsum = allsum_on(op)
     eps = float(torch.finfo(op.dtype).eps)
     slots = max_steps if reorthogonalize == "full" else 2
     basis = torch.zeros(r, slots, op.dim, dtype=op.dtype, device=op.device)  # rows: the active runs
-    basis[:, 0] = (starts / starts.norm(dim=0, keepdim=True)).T
+    basis[:, 0] = (starts / column_norms(op, starts)).T
     alphas = torch.zeros(r, max_steps, dtype=torch.float64)
     betas = torch.zeros(r, max_steps, dtype=torch.float64)
     lengths = torch.full((r,), max_steps, dtype=torch.int64)
@@ -136,9 +143,9 @@ def lockstep_tridiagonals(op: LinearOperator, starts: Tensor, max_steps: int, *,
     for j in range(max_steps):
         here = j % slots
         w = op.matmat(basis[:, here].T).T
-        w, coeffs = orthogonalize_rows(w, basis[:, : min(j + 1, slots)])
+        w, coeffs = orthogonalize_rows(w, basis[:, : min(j + 1, slots)], allsum)
         alphas[active, j] = coeffs[:, here].double().cpu()
-        norms = w.norm(dim=1)
+        norms = column_norms(op, w.T)
         betas[active, j] = norms.double().cpu()
         if j + 1 == max_steps:
             break
@@ -160,7 +167,7 @@ def lockstep_tridiagonals(op: LinearOperator, starts: Tensor, max_steps: int, *,
             if active.numel() == 0:
                 break
         basis[:, (j + 1) % slots] = w / norms[:, None]
-    if max_steps == op.dim and reorthogonalize == "full":  # the runs still active span the whole space: exact
+    if max_steps == op.global_dim and reorthogonalize == "full":  # the runs still active span the whole space: exact
         settled[:] = True
     return alphas, betas, lengths, settled
 
@@ -218,8 +225,8 @@ def slq_density(op: LinearOperator, num_steps: int = 90, num_runs: int = 10, *, 
     if tol is not None:
         check_tol("tol", tol)
     check_choice("reorthogonalize", reorthogonalize, ("auto", *REORTHOGONALIZE))
-    steps = min(num_steps, op.dim)
-    budget = resolve_budget(memory_budget, op.dim, op.dtype, op.device, op.settle_memory)
+    steps = min(num_steps, op.global_dim)
+    budget = resolve_budget(memory_budget, op.dim, op.dtype, op.device, op.settle_memory, op.common_count)
     mode: Reorthogonalize = "full"
     if reorthogonalize == "local" or (reorthogonalize == "auto" and not budget.fits(steps + 3)):
         mode = "local"
@@ -233,8 +240,7 @@ def slq_density(op: LinearOperator, num_steps: int = 90, num_runs: int = 10, *, 
     for first in range(0, num_runs, run_block):
         r = min(run_block, num_runs - first)
         # one draw per run, so a run's start vector does not depend on how the runs are chunked
-        starts = torch.stack([torch.randn(op.dim, generator=gen, dtype=torch.float64).to(op.device, op.dtype)
-                              for _ in range(r)], dim=1)
+        starts = probes(op, r, "gaussian", gen)
         a, b, run_lengths, run_settled = lockstep_tridiagonals(op, starts, steps, sigma2=sigma2, tol=tol,
                                                                reorthogonalize=mode)
         settled.append(run_settled)
@@ -250,7 +256,7 @@ def slq_density(op: LinearOperator, num_steps: int = 90, num_runs: int = 10, *, 
         theta, tau = quadrature(alpha[i, :n].numpy(), beta[i, : n - 1].numpy())
         nodes[i, :n] = torch.from_numpy(np.ascontiguousarray(theta))
         weights[i, :n] = torch.from_numpy(np.ascontiguousarray(tau))
-    per_run_trace = op.dim * (weights * nodes).sum(dim=1)
+    per_run_trace = op.global_dim * (weights * nodes).sum(dim=1)
     trace_stderr = float(per_run_trace.std(unbiased=True) / math.sqrt(num_runs)) if num_runs > 1 else math.inf
 
     used = weights > 0

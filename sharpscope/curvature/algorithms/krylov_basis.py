@@ -17,6 +17,7 @@ vector ``(dim,)`` or a block ``(dim, m)`` (block Lanczos), orthogonalised column
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal, get_args
 
 import torch
@@ -36,8 +37,9 @@ class KrylovBasis:
     """Orthonormal vectors of length ``dim`` stored as rows of ``(chunk, dim)`` blocks."""
 
     def __init__(self, dim: int, dtype: torch.dtype, device: torch.device, *, chunk: int = DEFAULT_CHUNK,
-                 pinned: bool = False) -> None:
+                 pinned: bool = False, allsum: Callable[[Tensor], Tensor] | None = None) -> None:
         self.dim, self.dtype, self.device, self.chunk = dim, dtype, torch.device(device), max(1, int(chunk))
+        self._allsum = allsum  # a sharded operator's sum over slices: ``Qᵀ w`` of local slices is a partial sum
         self.pinned = pinned and self.device.type == "cpu" and torch.cuda.is_available()
         self._blocks: list[Tensor] = []
         self.size = 0
@@ -85,6 +87,8 @@ class KrylovBasis:
         coeffs = torch.zeros(self.size, *w.shape[1:], dtype=w.dtype, device=w.device)
         for _ in range(2):
             c = torch.cat([block @ w for block in blocks])
+            if self._allsum is not None:
+                c = self._allsum(c)
             start = 0
             for block in blocks:  # w − Q c in one allocation per chunk (no Q c temporary)
                 part = c[start:start + block.shape[0]]

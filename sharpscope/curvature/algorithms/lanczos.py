@@ -35,10 +35,11 @@ from sharpscope.curvature.algorithms.ritz import (
     tridiagonal_eigh,
     wanted_indices,
 )
+from sharpscope.curvature.algorithms.vectors import allsum_on, vector_norm
 from sharpscope.curvature.memory import MemoryBudgetSpec, parse_budget, resolve_budget, vector_bytes
 from sharpscope.curvature.operators.linear_operator import LinearOperator, check_operator
 from sharpscope.curvature.results import EigenResult
-from sharpscope.curvature.sampling import Stopwatch, make_generator, seed_record
+from sharpscope.curvature.sampling import Stopwatch, make_generator, probes, seed_record
 from sharpscope.errors import ConfigError, ObjectiveError
 from sharpscope.validation import check_choice, check_int, check_tol
 
@@ -78,14 +79,14 @@ def default_max_iter(dim: int, k: int) -> int:
 
 def _start_vector(op: LinearOperator, v0: Tensor | None, gen: torch.Generator) -> Tensor:
     if v0 is None:
-        v = torch.randn(op.dim, generator=gen, dtype=torch.float64).to(device=op.device, dtype=op.dtype)
+        v = probes(op, 1, "gaussian", gen)[:, 0]
     else:
         v = v0.to(device=op.device, dtype=op.dtype)
         if v.ndim == 2:  # warm start from earlier eigenvectors: their sum spans the same directions
             v = v.sum(dim=1)
         if v.shape != (op.dim,):
             raise ConfigError(f"v0 must have shape ({op.dim},) or ({op.dim}, j), got {tuple(v0.shape)}")
-    norm = v.norm()
+    norm = vector_norm(op, v)
     if not torch.isfinite(norm) or norm == 0:
         raise ConfigError("the start vector v0 is zero or not finite")
     return v / norm
@@ -175,8 +176,8 @@ def lanczos(op: LinearOperator, k: int = 1, *, which: Which = "LA", tol: float =
     """
     check_operator(op)
     check_int("k", k, low=1)
-    if k > op.dim:
-        raise ConfigError(f"k must be between 1 and the dimension {op.dim}, got {k}")
+    if k > op.global_dim:
+        raise ConfigError(f"k must be between 1 and the dimension {op.global_dim}, got {k}")
     if which not in ("LA", "SA", "LM", "BE"):
         raise ConfigError(f"which must be one of LA, SA, LM, BE; got {which!r}")
     check_tol("tol", tol)
@@ -186,15 +187,19 @@ def lanczos(op: LinearOperator, k: int = 1, *, which: Which = "LA", tol: float =
     check_int("guards", guards, low=0)
     check_choice("basis", basis, BASIS_LOCATIONS)
     parse_budget(memory_budget)
-    max_iter = default_max_iter(op.dim, k) if max_iter is None else min(int(max_iter), op.dim)
+    max_iter = default_max_iter(op.global_dim, k) if max_iter is None else min(int(max_iter), op.global_dim)
     if max_iter < k:
         raise ConfigError(f"max_iter={max_iter} is below k={k}")
-    guards = min(guards, op.dim - k)
+    guards = min(guards, op.global_dim - k)
     where = basis_device(op.device, basis)
-    budget = resolve_budget(memory_budget, op.dim, op.dtype, where, op.settle_memory)
+    budget = resolve_budget(memory_budget, op.dim, op.dtype, where, op.settle_memory, op.common_count)
     b, block_rule = block_size_for(op, k, block)
     if b > 1:
         from sharpscope.curvature.algorithms.block_lanczos import block_lanczos
+
+        if allsum_on(op) is not None:
+            raise ConfigError(f"block={block!r}: block Lanczos is not available for an operator whose vectors are "
+                              "split over processes (its QR needs whole vectors); use block=None", argument="block")
 
         if b > max_iter:
             raise ConfigError(f"block={b} exceeds max_iter={max_iter} (max_iter counts products)")
@@ -217,7 +222,7 @@ def lanczos(op: LinearOperator, k: int = 1, *, which: Which = "LA", tol: float =
     clock, start_hvps = Stopwatch(op.device), op.matvecs
     eps = float(torch.finfo(op.dtype).eps)
 
-    Q = KrylovBasis(op.dim, op.dtype, where, chunk=chunk, pinned=basis == "host")
+    Q = KrylovBasis(op.dim, op.dtype, where, chunk=chunk, pinned=basis == "host", allsum=allsum_on(op))
     Q.append(_start_vector(op, v0, gen))
     alphas: list[float] = []
     betas: list[float] = []
@@ -230,7 +235,7 @@ def lanczos(op: LinearOperator, k: int = 1, *, which: Which = "LA", tol: float =
         w, coeffs = Q.orthogonalize(op.matvec(Q.vector(j).to(op.device)))
         steps += 1
         c = coeffs.double().cpu().numpy()
-        beta = float(w.norm())
+        beta = float(vector_norm(op, w))
         if not (math.isfinite(float(c[j])) and math.isfinite(beta)):
             raise ObjectiveError(f"Lanczos step {steps}: the Hessian's Rayleigh quotients overflow {op.dtype} "
                                  "at these parameters (the curvature is not finite in this precision)")
@@ -245,13 +250,12 @@ def lanczos(op: LinearOperator, k: int = 1, *, which: Which = "LA", tol: float =
         scale = max(scale, float(np.abs(theta).max()))
         check = check_ritz(theta, beta * np.abs(S[-1]), k=k, which=which, scale=scale, eps=eps, size=Q.size,
                            stop=stop, tol=tol, ready=steps >= min_steps, guards=guards)
-        if check.done or steps == max_iter or (thick_restarts == 0 and Q.size == op.dim):
+        if check.done or steps == max_iter or (thick_restarts == 0 and Q.size == op.global_dim):
             break
         if beta <= math.sqrt(eps) * scale:  # invariant subspace: continue from a fresh direction
-            fresh = torch.randn(op.dim, generator=gen, dtype=torch.float64).to(where, op.dtype)
-            w, _ = Q.orthogonalize(fresh)
+            w, _ = Q.orthogonalize(probes(op, 1, "gaussian", gen)[:, 0].to(where))
             beta, restarts = 0.0, restarts + 1
-            w = w / w.norm()
+            w = w / vector_norm(op, w)
         else:
             w = w / beta
         if Q.size == capacity:  # thick restart: keep the wanted end's Ritz vectors, continue from w
@@ -267,7 +271,7 @@ def lanczos(op: LinearOperator, k: int = 1, *, which: Which = "LA", tol: float =
 
     memory = budget.record(strategy, Q.allocated + work, limiting=strategy != "full basis", estimate_bytes=vector_bytes(op.dim, op.dtype, worst + work),
                            basis=basis, thick_restarts=thick_restarts)
-    return ritz_result(op, Q, S, theta, check, spanned=thick_restarts == 0 and Q.size == op.dim,
+    return ritz_result(op, Q, S, theta, check, spanned=thick_restarts == 0 and Q.size == op.global_dim,
                        rounding=Q.size * eps * scale, stopped=f"Lanczos stopped after {steps} steps", tol=tol,
                        stop=stop, return_eigenvectors=return_eigenvectors, hvps=op.matvecs - start_hvps,
                        seconds=clock.seconds(),

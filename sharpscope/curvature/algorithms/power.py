@@ -10,6 +10,7 @@ from torch import Tensor
 
 from sharpscope.curvature.algorithms.lanczos import _start_vector
 from sharpscope.curvature.algorithms.ritz import ConvergenceWarning
+from sharpscope.curvature.algorithms.vectors import inner, vector_norm
 from sharpscope.curvature.operators.linear_operator import LinearOperator, check_operator
 from sharpscope.curvature.results import EigenResult
 from sharpscope.curvature.sampling import Stopwatch, make_generator, seed_record
@@ -37,11 +38,11 @@ def power_iteration(op: LinearOperator, *, tol: float = 1e-3, max_iter: int = 10
     theta_old, residual, done = None, float("inf"), False
     for step in range(1, max_iter + 1):  # noqa: B007 (the last step is reported after the loop)
         hv = op.matvec(v)
-        theta = float(v @ hv)
-        residual = float((hv - theta * v).norm()) / max(abs(theta), 1e-300)
+        theta = float(inner(op, v, hv))
+        residual = float(vector_norm(op, hv - theta * v)) / max(abs(theta), 1e-300)
         change = abs(theta - theta_old) / max(abs(theta), 1e-300) if theta_old is not None else float("inf")
         done = (residual if criterion == "residual" else change) < tol
-        norm = hv.norm()
+        norm = vector_norm(op, hv)
         if done or norm == 0:
             break
         v, theta_old = hv / norm, theta

@@ -22,6 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from sharpscope.curvature.algorithms.vectors import column_dots, inner, orthonormal_columns
 from sharpscope.curvature.memory import MemoryBudget, MemoryBudgetSpec, resolve_budget
 from sharpscope.curvature.operators.linear_operator import LinearOperator, check_operator
 from sharpscope.curvature.results import TraceResult
@@ -32,7 +33,7 @@ from sharpscope.validation import check_budget, check_int
 
 def _quadratic_forms(op: LinearOperator, Z: Tensor) -> Tensor:
     """``z_iᵀ H z_i`` for the columns of ``Z``, one operator call per probe block."""
-    return (Z * op.matmat(Z)).sum(dim=0).double().cpu()
+    return column_dots(op, Z, op.matmat(Z)).double().cpu()
 
 
 def _stderr(samples: Tensor) -> float:
@@ -71,7 +72,7 @@ def _checked_block(method: str, op: LinearOperator, num_matvecs: int, block_size
     check_operator(op)
     check_trace_budget(method, num_matvecs)
     check_int("block_size", block_size, low=1)
-    budget = resolve_budget(memory_budget, op.dim, op.dtype, op.device, op.settle_memory)
+    budget = resolve_budget(memory_budget, op.dim, op.dtype, op.device, op.settle_memory, op.common_count)
     if budget.fits(PER_PROBE * block_size):
         return budget, block_size
     if not budget.fits(PER_PROBE):
@@ -129,7 +130,7 @@ def hutchpp(op: LinearOperator, num_matvecs: int, *, distribution: Distribution 
     requested = block_size
     budget, block_size = _checked_block("hutch++", op, num_matvecs, block_size, memory_budget)
     gen, clock, start_hvps = make_generator(seed), Stopwatch(op.device), op.matvecs
-    sketch = min(math.ceil(num_matvecs / 3), op.dim)
+    sketch = min(math.ceil(num_matvecs / 3), op.global_dim)
     rule = "a third of the products"
     if budget.vectors is not None and not budget.fits(max(PER_PROBE * sketch, sketch + PER_PROBE * block_size)):
         sketch = min(budget.vectors // PER_PROBE, budget.vectors - PER_PROBE * block_size)
@@ -137,12 +138,12 @@ def hutchpp(op: LinearOperator, num_matvecs: int, *, distribution: Distribution 
             raise budget.refuse(f"Hutch++ on vectors of length {op.dim:,}", 1 + PER_PROBE * block_size)
         rule = f"shrunk to fit the memory budget ({budget.vectors} vectors)"
     remainder = num_matvecs - 2 * sketch
-    Q, _ = torch.linalg.qr(op.matmat(probes(op, sketch, distribution, gen)))
-    low_rank = float((Q * op.matmat(Q)).sum())
+    Q = orthonormal_columns(op, op.matmat(probes(op, sketch, distribution, gen)))
+    low_rank = float(column_dots(op, Q, op.matmat(Q)).sum())
     samples: list[Tensor] = []
     for start in range(0, remainder, block_size):
         G = probes(op, min(block_size, remainder - start), distribution, gen)
-        samples.append(_quadratic_forms(op, G - Q @ (Q.T @ G)))
+        samples.append(_quadratic_forms(op, G - Q @ inner(op, Q, G)))
     s = torch.cat(samples)
     return TraceResult(
         estimate=low_rank + float(s.mean()), stderr=_stderr(s), samples=s,

@@ -83,6 +83,10 @@ class LinearOperator:
         """
         import scipy.sparse.linalg
 
+        if self.sharded:
+            raise ConfigError("a sharded operator has no single-process SciPy form: each process holds a slice "
+                              "of every vector; use sharpscope's algorithms, which work on the slices")
+
         def matmat(X: np.ndarray) -> np.ndarray:
             block = torch.as_tensor(np.asarray(X, dtype=np.float64).reshape(self.dim, -1))
             return self.matmat(block).detach().to("cpu", torch.float64).numpy()
@@ -92,6 +96,45 @@ class LinearOperator:
 
         return scipy.sparse.linalg.LinearOperator((self.dim, self.dim), matvec=matvec, rmatvec=matvec,
                                                   matmat=matmat, rmatmat=matmat, dtype=np.float64)
+
+    # ------------------------------------------------------------------ the vector space
+    # A sharded operator's vectors are split over processes: each holds the slice of every vector that
+    # matches its slice of the parameters. Algorithms therefore take inner products, norms and random
+    # draws through these methods; for an ordinary operator they are the plain local operations.
+
+    @property
+    def global_dim(self) -> int:
+        """The dimension of the space the operator acts on. :attr:`dim` is the length of the vectors
+        this process holds: the same number, except for a sharded operator (a slice on each rank)."""
+        return self.dim
+
+    @property
+    def sharded(self) -> bool:
+        """Whether this process holds only a slice of each vector (see :attr:`global_dim`)."""
+        return self.dim != self.global_dim
+
+    def allsum(self, partial: Tensor) -> Tensor:
+        """The sum over all slices of ``partial``, a result computed from this process's slices (for
+        example ``XᵀY`` of local slices, which summed gives the inner products); the identity here."""
+        return partial
+
+    def common_count(self, n: int) -> int:
+        """The smallest ``n`` over all processes, so that a choice made from local memory (how many
+        vectors fit) is the same everywhere; ``n`` here."""
+        return n
+
+    def draw_columns(self, m: int, distribution: str, gen: torch.Generator) -> Tensor:
+        """``m`` random vectors (``"gaussian"``: standard normal entries; ``"rademacher"``: ±1) as the
+        columns of a ``(dim, m)`` tensor in float64 on the CPU, drawn one whole vector after another
+        from ``gen``."""
+        if distribution == "rademacher":
+            columns = [torch.randint(0, 2, (self.dim,), generator=gen).to(torch.float64).mul_(2).sub_(1)
+                       for _ in range(m)]
+        elif distribution == "gaussian":
+            columns = [torch.randn(self.dim, generator=gen, dtype=torch.float64) for _ in range(m)]
+        else:
+            raise ConfigError(f"distribution must be 'rademacher' or 'gaussian', got {distribution!r}")
+        return torch.stack(columns, dim=1)
 
     def settle_memory(self) -> None:
         """Allocate now whatever the operator will keep between products (a graph cache, say), so that

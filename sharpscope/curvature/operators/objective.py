@@ -461,6 +461,22 @@ class Objective:
             return functional_call(self.model, state, (), dict(batch.data), strict=False)
         return functional_call(self.model, state, (batch.data[0],), strict=False)  # type: ignore[index]
 
+    def module_loss(self, batch: Batch) -> Tensor:
+        """``ℓ_b`` computed by calling the model as it is, its parameters not swapped: for a wrapper that
+        manages its own parameters (a model sharded with ``fully_shard``, whose forward gathers them).
+        Call inside :meth:`mode`; takes no upcast copies, so it is for parameters used as they are."""
+        if self._apply is not None:
+            out = self._apply(batch.data)
+        elif batch.pair or isinstance(batch.data, Tensor):
+            out = self.model(batch.x)
+        elif isinstance(batch.data, Mapping):
+            out = self.model(**batch.data)
+        else:
+            out = self.model(batch.data[0])  # type: ignore[index]
+        if self.closure is not None:
+            return self._scaled(self._checked_scalar(out), batch.size)
+        return self.output_loss(self.output_fn(out), batch)
+
     def within(self, params: dict[str, Tensor], fn: Callable[[], Any]) -> Any:
         """``fn()`` with the model's selected parameters replaced by ``params`` for its whole duration,
         backward passes included. An activation-checkpointed layer recomputes its forward during the
