@@ -67,6 +67,11 @@ class Operator(str, Enum):
     ef = "ef"
 
 
+class Shard(str, Enum):
+    data = "data"
+    fsdp = "fsdp"
+
+
 class Stop(str, Enum):
     eigenvalue = "eigenvalue"
     residual = "residual"

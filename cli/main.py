@@ -21,6 +21,7 @@ from sharpscope_cli._common import (
     Operator,
     Precision,
     ProbeDType,
+    Shard,
     Stop,
     TraceMethod,
     WeightPrecision,
@@ -172,6 +173,7 @@ def probe_cmd(
     layer_depth: Annotated[int | None, typer.Option(help="With --per-layer: group by the first N components of the module path (blocks) instead of by module.")] = None,
     unsafe_load: Annotated[bool, typer.Option("--unsafe-load", help="Allow pickles that run code when loaded. Only for files you trust.")] = False,
     operator: Annotated[Operator, typer.Option(help="Matrix to measure: hessian, ggn (generalised Gauss-Newton) or ef (empirical Fisher).")] = Operator.hessian,
+    shard: Annotated[Shard, typer.Option(help="Under torchrun: data keeps the whole model on every rank and splits the probe set; fsdp also shards the parameters (fully_shard per block) and takes finite-difference Hessian products on sharded vectors, so memory per rank falls with the ranks.")] = Shard.data,
     out_file: Annotated[Path | None, typer.Option("--out", help="Also write the JSON result to FILE (with --density, the figure to FILE-density.png/.pdf/.json).")] = None,
     eigenvectors: Annotated[Path | None, typer.Option("--eigenvectors", help="Save the top eigenvectors to FILE (.safetensors).")] = None,
 ) -> None:
@@ -198,7 +200,7 @@ def probe_cmd(
     settings = ProbeSettings(curvature=curvature, negative=negative, trace=trace, density=density,
                              density_steps=density_steps, density_runs=density_runs, density_tol=density_tol,
                              batch_size=batch_size, seed=seed,
-                             per_layer=per_layer, layer_depth=layer_depth, operator=operator.value)
+                             per_layer=per_layer, layer_depth=layer_depth, operator=operator.value, shard=shard.value)
     check_outputs(out_file, eigenvectors, density)
     if n is not None and n < 1:
         raise SharpscopeError(f"--n must be positive, got {n}")

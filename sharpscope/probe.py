@@ -27,6 +27,7 @@ from sharpscope.curvature import (
     slq_density,
     trace_estimator,
 )
+from sharpscope.curvature.operators.sharded import ShardedHessianOperator, is_sharded, shard_per_block
 from sharpscope.curvature.settings import PROBE_DEFAULTS
 from sharpscope.errors import ConfigError
 from sharpscope.models.inputs import check_model_fits
@@ -34,6 +35,7 @@ from sharpscope.validation import check_bool, check_choice, check_int, check_see
 
 Progress = Callable[[str, int, int], None]
 Operator = Literal["hessian", "ggn", "ef"]
+Shard = Literal["data", "fsdp"]
 OPERATORS: tuple[str, ...] = get_args(Operator)
 
 
@@ -51,6 +53,10 @@ class ProbeSettings:
     curvature (grouped by module, or by the first ``layer_depth`` module-path components), with which
     ``operator`` (the Hessian, the generalised Gauss–Newton ``"ggn"`` or the empirical Fisher ``"ef"``),
     over batches of ``batch_size`` examples (memory only), from random vectors seeded by ``seed``.
+    ``shard="fsdp"`` (under a process group) shards the model's parameters over the ranks with
+    ``fully_shard`` per block and takes finite-difference products on sharded vectors
+    (:class:`~sharpscope.curvature.operators.sharded.ShardedHessianOperator`); a model already sharded
+    is measured that way whatever ``shard`` says. ``"data"`` keeps a whole model on every rank.
     """
 
     curvature: CurvatureSettings = PROBE_DEFAULTS
@@ -65,6 +71,7 @@ class ProbeSettings:
     per_layer: bool = False
     layer_depth: int | None = None
     operator: Operator = "hessian"
+    shard: Shard = "data"
 
     def __post_init__(self) -> None:
         if not isinstance(self.curvature, CurvatureSettings):
@@ -80,6 +87,18 @@ class ProbeSettings:
             if used:
                 raise ConfigError(f"{', '.join(used)} appl{'ies' if len(used) == 1 else 'y'} to the Hessian only, "
                                   f"not to operator {self.operator!r}", argument="operator")
+        check_choice("shard", self.shard, get_args(Shard))
+        if self.shard == "fsdp":
+            c = self.curvature
+            unsharded = {"per_layer=True": self.per_layer, f"operator={self.operator!r}": self.operator != "hessian",
+                         f"block={c.block!r}": c.block is not None, f"hvp_mode={c.hvp_mode!r}": c.hvp_mode != "auto",
+                         "compile=True": c.compile, "cache_graphs=True": c.cache_graphs is True,
+                         f"precision={c.precision!r}": c.precision != "strict",
+                         "weight_precision='native'": c.weight_precision == "native"}
+            used = [name for name, on in unsharded.items() if on]
+            if used:
+                raise ConfigError(f"{', '.join(used)} do{'es' if len(used) == 1 else ''} not apply to a sharded model "
+                                  "(finite-difference Hessian products on sharded vectors)", argument="shard")
         for name in ("density_steps", "density_runs"):
             check_int(name, getattr(self, name), low=1)
         check_int("batch_size", self.batch_size, low=1, optional=True)
@@ -193,12 +212,20 @@ def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tens
         raise ConfigError(f"progress must be callable or None, got {type(progress).__name__}", argument="progress")
     c = settings.curvature
     check_model_fits(model, loss_fn, x, y, name="the probe data", k=c.k)  # one pass on 2 examples first
+    sharded = settings.shard == "fsdp" or is_sharded(model)
+    if sharded and not is_sharded(model):
+        shard_per_block(model)
     objective = Objective(model, loss_fn, (x, y), bn=c.bn, batch_size=settings.batch_size,
-                          precision=c.weight_precision)
+                          precision=c.weight_precision, validate=not sharded)
     if c.k > objective.dim:
         raise ConfigError(f"k={c.k} exceeds the number of parameters ({objective.dim})", argument="k")
-    op = curvature_operator(objective, settings)
-    loss, grad_norm = objective.loss(), float(objective.gradient().norm())
+    op: LinearOperator
+    if sharded:
+        op = ShardedHessianOperator(objective)
+        loss, grad_norm = op.loss(), op.gradient_norm()
+    else:
+        op = curvature_operator(objective, settings)
+        loss, grad_norm = objective.loss(), float(objective.gradient().norm())
     max_iter = c.lanczos_steps(objective.dim)
 
     def stage(name: str, total: int) -> None:
@@ -233,7 +260,8 @@ def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tens
     if settings.per_layer:
         seeds["per_layer"] = {"seed": settings.seed, "rule": "seed (Lanczos); seed + 2 (mod 2^64) for the trace "
                                                              "of each layer"}
-    record = {**op.describe(), "operator": settings.operator, "k": c.k, "tol": c.tol,
+    record = {**op.describe(), "operator": settings.operator, "shard": "fsdp" if sharded else settings.shard,
+              "k": c.k, "tol": c.tol,
               "stop": c.stop, "max_iter": max_iter, "seed": settings.seed, "seeds": seeds,
               "trace_method": c.trace_method if settings.trace else None,
               "trace_matvecs": c.trace_matvecs if settings.trace else None}

@@ -108,6 +108,40 @@ def test_two_ranks_under_torchrun_variables_print_the_single_process_probe(files
     assert r0["shared"] == "ZeroDivisionError" and r1["shared"] == "rank 0 failed: ZeroDivisionError: division by zero"
 
 
+def fsdp_worker(rank: int, port: int, folder: str, args: list[str]) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    result = CliRunner().invoke(app, args)
+    (Path(folder) / f"rank{rank}.json").write_text(json.dumps({"code": result.exit_code, "stdout": result.stdout,
+                                                               "stderr": result.stderr}))
+    finished(rank, folder)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_sharded_probe_on_two_ranks_finds_the_single_process_eigenvalues(files: tuple[Path, Path],
+                                                                         tmp_path: Path) -> None:
+    """``--shard fsdp``: parameters and examples split over two ranks, finite-difference products; the
+    eigenvalues agree with the exact single-process ones to the finite differences' accuracy (1e-6)."""
+    single = json.loads(CliRunner().invoke(app, probe_args(files)).stdout)
+    start_tolerating_teardown(fsdp_worker, (free_port(), str(tmp_path), probe_args(files, "--shard", "fsdp")),
+                              tmp_path)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["code"] == r1["code"] == 0, (r0["stderr"], r1["stderr"])
+    assert r1["stdout"] == "" and r0["stdout"].count("\n") == 1  # only rank 0 prints
+    got = json.loads(r0["stdout"])
+    np.testing.assert_allclose(got["eigenvalues"], single["eigenvalues"], rtol=1e-6)
+    assert math.isclose(got["most_negative"]["eigenvalue"], single["most_negative"]["eigenvalue"], rel_tol=1e-6)
+    assert math.isclose(got["loss"], single["loss"], rel_tol=1e-12)
+    assert math.isclose(got["grad_norm"], single["grad_norm"], rel_tol=1e-10)
+    settings = got["settings"]
+    assert settings["shard"] == "fsdp" and settings["world_size"] == 2 and settings["sharded"] is True
+    assert settings["global_dim"] == single["settings"]["dim"] > settings["dim"]
+    assert settings["product"] == "central finite difference of two sharded gradients"
+    assert got["trace"]["stderr"] > 0
+
+
 @pytest.mark.slow
 def test_torchrun_launch_prints_the_single_process_probe(files: tuple[Path, Path]) -> None:
     single = CliRunner().invoke(app, probe_args(files))

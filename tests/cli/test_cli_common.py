@@ -108,7 +108,7 @@ def test_choices_are_the_librarys() -> None:
     from sharpscope.experiments import SCALES
     from sharpscope.landscape import around
     from sharpscope.losses import LOSSES
-    from sharpscope.probe import OPERATORS
+    from sharpscope.probe import OPERATORS, Shard
 
     def values(enum: type) -> list[str]:
         return [member.value for member in enum]
@@ -121,6 +121,7 @@ def test_choices_are_the_librarys() -> None:
     assert values(_common.DType) == list(around.DTYPES)
     assert values(_common.Precision) == list(PRECISIONS)
     assert values(_common.BasisLocation) == list(BASIS_LOCATIONS)
+    assert values(_common.Shard) == list(get_args(Shard))
     hints = get_type_hints(around.SliceSettings)
     for enum, field in ((_common.BN, "bn"), (_common.Normalization, "normalization"), (_common.GridMethod, "method")):
         assert values(enum) == list(get_args(hints[field]))

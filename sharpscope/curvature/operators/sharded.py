@@ -319,6 +319,30 @@ class ShardedHessianOperator(LinearOperator):
                 p.grad = grad
         return out
 
+    def loss(self) -> float:
+        """The mean loss over every rank's examples at the current weights (one forward pass per batch)."""
+        obj = self.objective
+        total = torch.zeros(1, dtype=torch.float64)
+        first: Batch | None = None
+        done = 0
+        with torch.no_grad(), obj.mode():
+            for batch in obj.batches:
+                first = first or batch
+                total += float(obj.module_loss(batch)) * batch.size
+                done += 1
+            for _ in range(self.num_batches - done):  # the other ranks' extra passes need partners
+                obj.module_loss(first)  # type: ignore[arg-type]
+        return float(self.allsum(total)[0]) / float(obj.num_examples)
+
+    def gradient_norm(self) -> float:
+        """``‖∇L‖`` at the current weights (one gradient; the model's own gradients are put back)."""
+        saved = {p: p.grad for p in self.objective.model.parameters()}
+        try:
+            return float(self._norm(self._gradient()))
+        finally:
+            for p, grad in saved.items():
+                p.grad = grad
+
     # ------------------------------------------------------------------ accuracy and records
     def estimate_error(self, seed: int = 0) -> float:
         """Relative error of one product at the current weights, ``‖D(h) − D(2h)‖ / (3 ‖D(h)‖)`` for the
@@ -349,3 +373,32 @@ class ShardedHessianOperator(LinearOperator):
                 "sharded": self.sharded, "product": "central finite difference of two sharded gradients",
                 "step": self.step, "step_rule": self.step_rule, "gradient_divide_factor": self.divide,
                 "gradients": self.gradients}
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether any parameter of ``model`` is a distributed tensor (the model went through ``fully_shard``)."""
+    return any(_is_dtensor(p) for p in model.parameters())
+
+
+def blocks_to_shard(model: nn.Module) -> list[nn.Module]:
+    """The modules :func:`shard_per_block` wraps before the root: the entries of every ``ModuleList``
+    (a transformer's blocks) when the model has any, else the root's children that hold parameters."""
+    listed = [m for lst in model.modules() if isinstance(lst, nn.ModuleList) for m in lst
+              if any(True for _ in m.parameters())]
+    if listed:
+        return listed
+    return [m for m in model.children() if any(True for _ in m.parameters())]
+
+
+def shard_per_block(model: nn.Module) -> nn.Module:
+    """Shard ``model`` in place as users of FSDP2 do: ``fully_shard`` on each block
+    (:func:`blocks_to_shard`), then on the root, over all ranks of the default process group."""
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ConfigError("sharding a model needs a process group: launch with torchrun (or call "
+                          "torch.distributed.init_process_group first)", argument="shard")
+    from torch.distributed.fsdp import fully_shard
+
+    for block in blocks_to_shard(model):
+        fully_shard(block)
+    fully_shard(model)
+    return model
