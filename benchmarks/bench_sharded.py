@@ -137,21 +137,29 @@ def markdown(result: dict[str, Any], command: str) -> str:
              f"Finite-difference product against the exact one (one process): relative error "
              f"{single['fd_error_vs_exact']:.2e} (the operator's own estimate: {single['fd_error_estimate']:.2e}, "
              f"step {single['fd_step']:.3g}).", "",
-             "| run | stage | value | ± | products | seconds (max over ranks) | peak RSS per rank (GiB) |",
-             "|---|---|---|---|---|---|---|"]
-    runs = [("1 process, exact products", [single["exact"]])]
-    runs += [(f"{w} ranks, FSDP, finite differences", ranks) for w, ranks in result["sharded"].items()]
-    for label, ranks in runs:
+             "| run | stage | value | ± | products | seconds (max over ranks) | longest vector per rank | "
+             "peak RSS per rank (GiB) |",
+             "|---|---|---|---|---|---|---|---|"]
+    runs = [("1 process, exact products", [single["exact"]], [single["parameters"]])]
+    runs += [(f"{w} ranks, FSDP, finite differences", ranks, [r["largest_vector_allocated"] for r in ranks])
+             for w, ranks in result["sharded"].items()]
+    for label, ranks, lengths in runs:
         for stage in ("lambda_max", "trace", "density"):
             rows = [r[stage] for r in ranks]
             first = rows[0]
-            err = first.get("stderr", first.get("residual"))
-            peaks = ", ".join(f"{r.get('peak_rss_bytes', 0) / 2**30:.2f}" for r in rows)
-            lines.append(f"| {label} | {stage} | {first['value']:.6g} | {err:.2g} | {first['hvps']} | "
-                         f"{max(r['seconds'] for r in rows):.1f} | {peaks} |")
-    lines += ["", "λ_max's ± is its relative Ritz residual; the trace's and density trace's ± their standard errors."
-              " The exact and sharded runs draw different random vectors (the sharded draws are the same for any "
-              "number of ranks), so traces agree within their standard errors, not to rounding."]
+            if stage == "density":
+                value, err = f"{first['top_node']:.6g}", "—"
+            else:
+                value, err = f"{first['value']:.6g}", f"{first.get('stderr', first.get('residual')):.2g}"
+            peaks = ", ".join(f"{r['peak_rss_gib']:.2f}" for r in rows)
+            lines.append(f"| {label} | {stage} | {value} | {err} | {first['hvps']} | "
+                         f"{max(r['seconds'] for r in rows):.1f} | {max(lengths):,} | {peaks} |")
+    lines += ["", "λ_max's ± is its relative Ritz residual, the trace's its standard error; the density's value is "
+              "its largest node (the top of the spectrum it sees). The exact and sharded runs draw different "
+              "random vectors (the sharded draws are the same for any number of ranks), so traces agree within "
+              "their standard errors, not to rounding. The longest vector per rank is the longest the sharded "
+              "operator created (its local slice); the one-process run holds full vectors. Peak RSS includes "
+              "each process's Python, torch and transformers (about 0.4 GiB)."]
     return "\n".join(lines) + "\n"
 
 

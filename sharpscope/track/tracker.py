@@ -48,6 +48,7 @@ from sharpscope.curvature.operators.distributed import world_size
 from sharpscope.curvature.operators.linear_operator import LinearOperator
 from sharpscope.curvature.operators.objective import LossFn
 from sharpscope.curvature.operators.preconditioned import PreconditionedOperator, adam_optimizer, adam_preconditioner
+from sharpscope.curvature.operators.sharded import ShardedHessianOperator, is_sharded
 from sharpscope.curvature.results import EigenResult
 from sharpscope.curvature.settings import DEFAULTS, CurvatureSettings
 from sharpscope.data import ArrayDataset
@@ -165,7 +166,8 @@ class SharpnessTracker:
         self._key: tuple[int, ...] | None = None
         self._objective: Objective | None = None
         self._test: Objective | None = None
-        self._op: HessianOperator | None = None
+        self._op: HessianOperator | ShardedHessianOperator | None = None
+        self._test_op: ShardedHessianOperator | None = None  # evaluates the test set of a sharded model
         self._eigenvectors: Tensor | None = None
         self._saved_modes: dict[str, str] = {}
         self.last: dict[str, Any] | None = None
@@ -180,20 +182,30 @@ class SharpnessTracker:
         """Whether ``step`` is a measurement step (``step % every == 0``)."""
         return step % self.every == 0
 
-    def _objects(self, model: nn.Module) -> tuple[Objective, HessianOperator]:
+    def _objects(self, model: nn.Module) -> tuple[Objective, HessianOperator | ShardedHessianOperator]:
         check_type("model", model, nn.Module, "a torch.nn.Module")
         key = (id(model), *(id(p) for p in model.parameters()))
         if self._key != key or self._objective is None or self._op is None:
+            sharded = is_sharded(model)
+            if sharded and (self.alignment or self.preconditioned):
+                used = [name for name, on in (("alignment=True", self.alignment),
+                                              ("preconditioned=True", self.preconditioned)) if on]
+                raise ConfigError(f"{' and '.join(used)} need whole vectors and do not apply to a model sharded "
+                                  "with fully_shard", argument="model")
             for name, data in (("probe_data", self.probe_data), ("test_data", self.test_data)):
                 if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
                     check_model_fits(model, self.loss_fn, data[0], data[1], name=name)  # one line, not a deep error
             self._objective = Objective(model, self.loss_fn, self.probe_data, bn=self.curvature.bn,
                                         batch_size=self.batch_size, validate=False,
-                                        precision=self.curvature.weight_precision)
+                                        precision="native" if sharded else self.curvature.weight_precision)
             self._test = None if self.test_data is None else Objective(
                 model, self.loss_fn, self.test_data, bn=self.curvature.bn, batch_size=self.batch_size, validate=False)
-            self._op = self._operator(self._objective)
-            if self.curvature.hvp_mode == "auto" and self._saved_modes:
+            if sharded:
+                self._op = ShardedHessianOperator(self._objective)
+                self._test_op = None if self._test is None else ShardedHessianOperator(self._test)
+            else:
+                self._op = self._operator(self._objective)
+            if self.curvature.hvp_mode == "auto" and self._saved_modes and isinstance(self._op, HessianOperator):
                 self._op.modes.update(self._saved_modes)
             self._key = key
         return self._objective, self._op
@@ -219,9 +231,11 @@ class SharpnessTracker:
         errors: dict[str, str] = {}
 
         t = time.perf_counter()
-        rec["train_loss"], rec["train_acc"] = evaluate(objective)
+        sharded = isinstance(op, ShardedHessianOperator)
+        rec["train_loss"], rec["train_acc"] = op.evaluate() if isinstance(op, ShardedHessianOperator) else evaluate(objective)
         if self._test is not None:
-            rec["test_loss"], rec["test_acc"] = evaluate(self._test)
+            rec["test_loss"], rec["test_acc"] = (self._test_op.evaluate() if self._test_op is not None
+                                                 else evaluate(self._test))
         cost["eval_seconds"] = time.perf_counter() - t
 
         v0 = self._start_vectors(self._eigenvectors, op)
@@ -241,7 +255,7 @@ class SharpnessTracker:
             rec.update(eigenvalues=None, residuals=None, converged=False, hvps=None, seconds=None)
             errors["eigenvalues"] = str(e)
             self._eigenvectors = None
-        if self.preconditioned:
+        if self.preconditioned and isinstance(op, HessianOperator):  # refused for sharded models in _objects
             lanczos_hvps += self._measure_preconditioned(step, objective, op, optimizer, rec, errors)
 
         trace_hvps = 0
@@ -251,7 +265,7 @@ class SharpnessTracker:
                 tr = trace_estimator(c.trace_method)(op, c.trace_matvecs, seed=step_seed(self.seed, step, 2),
                                                      memory_budget=c.memory_budget)
                 trace_hvps = tr.hvps
-                rec["trace"] = {"estimate": tr.estimate, "stderr": tr.stderr, "per_param": tr.estimate / op.dim,
+                rec["trace"] = {"estimate": tr.estimate, "stderr": tr.stderr, "per_param": tr.estimate / op.global_dim,
                                 "method": c.trace_method, "hvps": tr.hvps, "seconds": tr.seconds}
             except SharpscopeError as e:
                 rec["trace"] = None
@@ -260,12 +274,12 @@ class SharpnessTracker:
         gnorm: float | None = None
         if self.grad_norm or self.alignment:
             t = time.perf_counter()
-            grad = objective.gradient()
-            gnorm = float(grad.norm())
+            grad = None if sharded else objective.gradient()
+            gnorm = op.gradient_norm() if isinstance(op, ShardedHessianOperator) else float(grad.norm())  # type: ignore[union-attr]
             rec["grad_norm"] = gnorm
             cost["grad_seconds"] = time.perf_counter() - t
         if self.alignment:
-            rec["alignment"] = self._start_alignment(step, objective, grad)
+            rec["alignment"] = self._start_alignment(step, objective, grad)  # type: ignore[arg-type]
 
         self._sam_step = int(step) if _is_sam(optimizer) else None
         if self.threshold is not None:
@@ -409,13 +423,18 @@ class SharpnessTracker:
         self._emit(rec)
         return rec
 
-    def settings(self, objective: Objective, op: HessianOperator) -> dict[str, Any]:
+    def settings(self, objective: Objective, op: HessianOperator | ShardedHessianOperator) -> dict[str, Any]:
         """How the numbers are obtained (stored with every record)."""
         c = self.curvature
+        sharded = isinstance(op, ShardedHessianOperator)
+        product = {"hvp_mode": "finite difference (sharded)", "cache_graphs": False,
+                   "shard": {key: value for key, value in op.describe().items()
+                             if key in ("world_size", "step", "step_rule", "gradient_divide_factor")}} if sharded else {
+            "hvp_mode": op.mode, "cache_graphs": c.cache_graphs}  # type: ignore[union-attr]
         return {"probe_examples": objective.num_examples, "num_batches": len(objective.batches),
                 "world_size": world_size(), "bn": c.bn,
                 "dim": objective.dim, "dtype": str(objective.dtype).removeprefix("torch."),
-                "device": str(objective.device), "hvp_mode": op.mode, "cache_graphs": c.cache_graphs,
+                "device": str(objective.device), **product,
                 "k": c.k, "tol": c.tol, "stop": c.stop,
                 "max_iter": c.max_iter, "trace": c.trace_method if self.trace else None,
                 "trace_matvecs": c.trace_matvecs if self.trace else None,
@@ -427,7 +446,7 @@ class SharpnessTracker:
         """What a resumed run needs to continue identically: the warm-start vectors (also the preconditioned
         ones), the HVP modes and a pending alignment (``θ_t`` and signs, between a measurement and
         :meth:`after_step`)."""
-        modes = dict(self._op.modes) if self._op is not None else dict(self._saved_modes)
+        modes = dict(self._op.modes) if isinstance(self._op, HessianOperator) else dict(self._saved_modes)
         vecs = None if self._eigenvectors is None else self._eigenvectors.detach().cpu().clone()
         pending = None if self._pending is None else {
             "step": self._pending["step"], "theta": self._pending["theta"].cpu().clone(),
@@ -451,5 +470,5 @@ class SharpnessTracker:
         sam_step = state.get("sam_step")
         self._sam_step = sam_step if isinstance(sam_step, int) else None
         self._saved_modes = dict(state.get("hvp_modes") or {})
-        if self._op is not None and self.curvature.hvp_mode == "auto":
+        if isinstance(self._op, HessianOperator) and self.curvature.hvp_mode == "auto":
             self._op.modes.update(self._saved_modes)

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from sharpscope.curvature.operators.linear_operator import LinearOperator
 from sharpscope.curvature.operators.objective import Batch, Objective
 from sharpscope.errors import ConfigError, ObjectiveError
+from sharpscope.losses import correct_fraction
 from sharpscope.validation import check_real
 
 DRAW_BLOCK = 1 << 16  # elements of a parameter's flat index drawn from one seed
@@ -323,18 +324,33 @@ class ShardedHessianOperator(LinearOperator):
 
     def loss(self) -> float:
         """The mean loss over every rank's examples at the current weights (one forward pass per batch)."""
+        return self.evaluate(accuracy=False)[0]
+
+    def evaluate(self, accuracy: bool = True) -> tuple[float, float | None]:
+        """Mean loss and accuracy over every rank's examples at the current weights, weighted by example
+        counts: ``(Σ_b n_b ℓ_b / N, Σ_b n_b acc_b / N)``, one forward pass per batch (ranks with fewer
+        batches run extra passes for the others' gathers). The accuracy is None when not asked for or
+        when the outputs are not class scores ``(n_b, C)``, ``C ≥ 2``."""
         obj = self.objective
-        total = torch.zeros(1, dtype=torch.float64)
+        sums = torch.zeros(2, dtype=torch.float64)
+        scores = accuracy and obj.closure is None
         first: Batch | None = None
         done = 0
         with torch.no_grad(), obj.mode():
             for batch in obj.batches:
                 first = first or batch
-                total += float(obj.module_loss(batch)) * batch.size
+                out = obj.module_output(batch)
+                loss = obj.module_loss_of(out, batch)
+                sums[0] += float(loss) * batch.size
+                scores = scores and isinstance(out, Tensor) and out.ndim == 2 and out.shape[1] > 1
+                if scores:
+                    sums[1] += float(correct_fraction(out, batch.y)) * batch.size  # type: ignore[arg-type]
                 done += 1
             for _ in range(self.num_batches - done):  # the other ranks' extra passes need partners
-                obj.module_loss(first)  # type: ignore[arg-type]
-        return float(self.allsum(total)[0]) / float(obj.num_examples)
+                obj.module_output(first)  # type: ignore[arg-type]
+        scores = self.common_count(int(scores), largest=False) == 1
+        total = self.allsum(sums) / float(obj.num_examples)
+        return float(total[0]), float(total[1]) if scores else None
 
     def gradient_norm(self) -> float:
         """``‖∇L‖`` at the current weights (one gradient; the model's own gradients are put back)."""
