@@ -15,13 +15,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sharpscope.curvature.fits import check_model_fits as fits
 from sharpscope.curvature.operators.objective import LossFn
 from sharpscope.data import ArrayDataset, cifar_feature_stats, resolve_data
 from sharpscope.errors import CheckpointError, ConfigError
 from sharpscope.io import fit_state_dict, read_checkpoint
 from sharpscope.io.rundir import RunDirectory
 from sharpscope.models import ModelSpec
-from sharpscope.models.inputs import check_model_fits as fits
 from sharpscope.optim import RS, SA, SAM, SparseSAM, empirical_fisher_diagonal
 from sharpscope.track.config import TrainConfig
 from sharpscope.track.tracker import SharpnessTracker
@@ -166,7 +166,7 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, train_set: ArrayDataset,
 
 
 def check_model_fits(model: nn.Module, loss_fn: LossFn, data: ArrayDataset, k: int) -> None:
-    """:func:`sharpscope.models.inputs.check_model_fits` on a data set, before any file is written."""
+    """:func:`sharpscope.curvature.fits.check_model_fits` on a data set, before any file is written."""
     fits(model, loss_fn, data.x, data.y, name=data.name, k=k)
 
 

@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from sharpscope.curvature import ConvergenceWarning, HessianOperator, Objective, lanczos, trace_estimator
+from sharpscope.curvature.fits import check_model_fits
 from sharpscope.curvature.operators.distributed import world_size
 from sharpscope.curvature.operators.linear_operator import LinearOperator
 from sharpscope.curvature.operators.objective import LossFn
@@ -53,7 +54,6 @@ from sharpscope.curvature.results import EigenResult
 from sharpscope.curvature.settings import DEFAULTS, CurvatureSettings
 from sharpscope.data import ArrayDataset
 from sharpscope.errors import ConfigError, SharpscopeError
-from sharpscope.models.inputs import check_model_fits
 from sharpscope.track.thresholds import batch_sam_edge, default_thresholds
 from sharpscope.validation import check_bool, check_int, check_seed, check_type
 
