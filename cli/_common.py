@@ -73,8 +73,8 @@ class Shard(str, Enum):
 
 
 class Stop(str, Enum):
-    eigenvalue = "eigenvalue"
     residual = "residual"
+    eigenvalue = "eigenvalue"
 
 
 class TraceMethod(str, Enum):
@@ -326,7 +326,7 @@ def load_model(checkpoint: Path, model: str | None, unsafe_load: bool) -> Any:
     from sharpscope.io import load_checkpoint
 
     if model is not None and model.startswith(HF_PREFIX):
-        from sharpscope.models.hf import hf_checkpoint_model
+        from sharpscope.io.hf_weights import hf_checkpoint_model
 
         return hf_checkpoint_model(model.removeprefix(HF_PREFIX), checkpoint)
     try:
@@ -341,11 +341,11 @@ def load_model(checkpoint: Path, model: str | None, unsafe_load: bool) -> Any:
 
 
 def check_fits(net: Any, loss: str, x: Any, y: Any, *, model: str | None, data: str) -> None:
-    """:func:`sharpscope.models.inputs.check_model_fits` on two examples, its one line completed by
+    """:func:`sharpscope.curvature.fits.check_model_fits` on two examples, its one line completed by
     :func:`fit_hint` when the ``hf:`` model or ``text:`` data is involved."""
+    from sharpscope.curvature.fits import check_model_fits
     from sharpscope.errors import SharpscopeError
     from sharpscope.losses import get_loss
-    from sharpscope.models.inputs import check_model_fits
 
     try:
         check_model_fits(net, get_loss(loss), x[:2], y[:2], name="the data")
