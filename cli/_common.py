@@ -219,7 +219,7 @@ def user_message(exc: BaseException, flags: dict[str, list[str]]) -> str:
     if flag is None:
         return message
     # "force=True" names an on/off flag: the command line spells it "--force"
-    return re.sub(rf"(?<![\w-]){re.escape(argument)}(?:=True)?(?![\w-])", flag, message)
+    return re.sub(rf"(?<![\w-]){re.escape(str(argument))}(?:=True)?(?![\w-])", flag, message)
 
 
 def error_line(exc: Exception, flags: dict[str, list[str]]) -> str | None:
