@@ -203,10 +203,13 @@ def command_flags(fn: Callable[..., Any]) -> dict[str, list[str]]:
 
 def option_flag(argument: str, flags: dict[str, list[str]]) -> str | None:
     """The command's flag for the library argument ``argument`` (``max_iter`` -> ``--max-iter``): the
-    option spelled that way, else the option whose parameter is named ``argument``; None if neither."""
+    option spelled that way, ``--set KEY.SUB`` for a dotted config key where the command takes ``--set``,
+    else the option whose parameter is named ``argument``; None if none."""
     dashed = "--" + argument.replace("_", "-")
     if any(dashed in spelled for spelled in flags.values()):
         return dashed
+    if "." in argument and any("--set" in spelled for spelled in flags.values()):
+        return f"--set {argument}"  # a config entry below a field: optimizer_kwargs.rho
     return flags[argument][0] if argument in flags else None
 
 

@@ -81,6 +81,7 @@ from sharpscope.track.build import (
     build_optimizer,
     build_tracker,
     check_model_fits,
+    check_optimizer_options,
     load_initial_weights,
 )
 from sharpscope.track.config import OUTPUT_FIELDS, TrainConfig
@@ -106,6 +107,7 @@ class _Session:
         self.device = local_device(resolve_device(cfg.device))
         self.dtype = getattr(torch, cfg.dtype)
         self.lead = rank() == 0  # only rank 0 writes the run directory
+        check_optimizer_options(cfg)  # a bad option fails before the data and the model load
         train_set, test_set = build_data(cfg)
         self.data_info = {"train": {"name": train_set.name, "examples": len(train_set), **train_set.meta},
                           "test": None if test_set is None else {"name": test_set.name, "examples": len(test_set),

@@ -31,6 +31,7 @@ def failing_app(exc: BaseException) -> typer.Typer:
         out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder.")] = None,
         iterates: Annotated[list[Path] | None, typer.Option("--iterate", help="Repeatable.")] = None,
         cache_graphs: Annotated[bool, typer.Option("--cache-graphs/--no-cache-graphs")] = False,
+        overrides: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE, repeatable.")] = None,
     ) -> None:
         raise exc
 
@@ -57,6 +58,8 @@ def config_error(message: str, argument: str | None) -> ConfigError:
     ("block_size must be positive", "block_size", "block_size must be positive"),  # not an option of the command
     ("max_iter_total is not max_iter", "max_iter", "max_iter_total is not --max-iter"),  # whole names only
     ("max_iter must be positive", None, "max_iter must be positive"),
+    ("optimizer_kwargs.rho must be >= 0.0, got -1", "optimizer_kwargs.rho",
+     "--set optimizer_kwargs.rho must be >= 0.0, got -1"),  # a config entry below a field
 ])
 def test_the_library_argument_is_shown_as_the_commands_flag(message: str, argument: str | None, shown: str) -> None:
     result = CliRunner().invoke(failing_app(config_error(message, argument)), ["run"])
