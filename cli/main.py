@@ -261,7 +261,9 @@ def demo(
     emit(report, f"MLP after {run.steps} SGD steps on MNIST-1D (train accuracy {run.train_accuracy:.1%})",
          as_json, extra)
     if not as_json:
-        err.print(f"checkpoint: {path}\nprobe it again: sharpscope probe {path} --data mnist1d --k 5 --trace")
+        # soft_wrap: a narrow terminal must not break the command in two where it is copied from
+        err.print(f"checkpoint: {path}\nprobe it again: sharpscope probe {path} --data mnist1d --k 5 --trace",
+                  soft_wrap=True)
 
 
 from sharpscope_cli.landscape import landscape_cmd  # noqa: E402  (each command in its own module)
