@@ -94,10 +94,6 @@ __all__ = ["build_data", "build_model", "build_optimizer", "resolve_device", "st
 Progress = Callable[[int, int, "dict[str, Any] | None"], None]
 
 
-def _gen_state(gen: torch.Generator) -> Tensor:
-    return gen.get_state().clone()
-
-
 # ------------------------------------------------------------------------------ session
 class _Session:
     """One process's part of a run: set up, maybe restore, train to the end, summarise."""

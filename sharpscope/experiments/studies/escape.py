@@ -51,8 +51,9 @@ from sharpscope.errors import ConfigError
 from sharpscope.experiments import arms as arm_criteria
 from sharpscope.experiments.recipes import fc, shared_data_file
 from sharpscope.experiments.studies.framework import Figure, Stage, Study
+from sharpscope.io import jsonsafe
 from sharpscope.io.atomic import atomic_write, atomic_write_bytes
-from sharpscope.track import RunDirectory, TrainConfig, jsonsafe
+from sharpscope.track import RunDirectory, TrainConfig
 
 CONSTRUCTIONS = ("confusion", "clean+confusion")
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)

@@ -17,8 +17,9 @@ from typing import Any
 
 from sharpscope.errors import ConfigError
 from sharpscope.experiments.recipes import check_scale
+from sharpscope.io import jsonsafe
 from sharpscope.io.atomic import atomic_write_bytes
-from sharpscope.track import RunDirectory, TrainConfig, jsonsafe, train
+from sharpscope.track import RunDirectory, TrainConfig, train
 
 Progress = Callable[[str, dict[str, Any]], None]
 Build = Callable[[str, Path], TrainConfig]
