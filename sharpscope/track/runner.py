@@ -7,7 +7,9 @@ Step convention. ``θ_t`` are the parameters after ``t`` optimizer steps. At eac
 in this order: measures (if ``t % measure_every == 0`` or ``t == steps``), checkpoints (if
 ``t % checkpoint_every == 0`` or ``t == steps``), stops if ``t == steps``, and otherwise takes
 step ``t → t+1``. A record at step ``t`` therefore describes ``θ_t`` (an ``"alignment"`` record, with
-``alignment=True``, describes the update ``θ_t → θ_{t+1}`` taken right after that measurement).
+``alignment=True``, describes the update ``θ_t → θ_{t+1}`` taken right after that measurement, and so
+does an ``"update_curvature"`` record: ``θ_t`` is captured after checkpoint ``t``, so a resumed run
+captures it again and recomputes the record identically).
 
 Full batch. The gradient is accumulated over fixed physical batches ``b`` of the training set,
 
@@ -331,6 +333,7 @@ class _Session:
                 sharp = None
                 if cfg.batch_sharpness and self.batch is not None and self.tracker.wants_batch_record(t):
                     sharp = self.tracker.batch_sharpness(t, self.model, self.batch)  # at θ_t, before the step
+                self.tracker.before_step(t, self.model)  # θ_t for the update curvature, after checkpoint t
                 self.apply(closure)
                 broadcast_buffers(self.model)
                 self.tracker.after_step(t, self.model, self.optimizer, sharp)  # alignment / SAM batch records of θ_t → θ_{t+1}
