@@ -346,7 +346,9 @@ class _Session:
 
     def summary(self, step: int, status: str, event: dict[str, Any] | None, start: int | None,
                 seconds: float) -> dict[str, Any]:
-        measured = [Measurement.from_json(r) for r in self.run.read_metrics() if is_measurement(r)]
+        records = self.run.read_metrics()
+        measured = [Measurement.from_json(r) for r in records if is_measurement(r)]
+        updates = [r for r in records if r.get("kind") == "update_curvature"]
         final = measured[-1].to_json() if measured else {}
         best: tuple[float, int] | None = None
         crossing = None
@@ -375,6 +377,10 @@ class _Session:
             "first_step_at_or_above_edge": crossing,
             "hvps_total": sum(m.total_hvps for m in measured),
             "measure_seconds_total": sum(m.total_seconds for m in measured),
+            "update_curvature": None if not self.cfg.update_curvature else {
+                "method": self.cfg.update_curvature, "every": self.cfg.update_every, "readings": len(updates),
+                "hvps": sum(int((r.get("cost") or {}).get("hvps") or 0) for r in updates),
+                "forwards": sum(int((r.get("cost") or {}).get("forwards") or 0) for r in updates)},
             "session": {"resumed_from_step": start, "seconds": seconds, "notes": list(self.run.notes)},
             "data": self.data_info,
             "sharding": sharding(len(self.train_set)),

@@ -261,6 +261,9 @@ def test_the_runner_records_update_curvature_and_a_killed_run_resumes_to_the_sam
     reference = RunDirectory(tmp_path / "ref").read_metrics()
     readings = [r for r in reference if r["kind"] == "update_curvature"]
     assert [r["step"] for r in readings] == [0, 2, 4, 6, 8]
+    summary = RunDirectory(tmp_path / "ref").read_summary()
+    assert summary is not None and summary["update_curvature"] == {"method": "hvp", "every": 2, "readings": 5,
+                                                                   "hvps": 5, "forwards": 0}
     measured = {r["step"]: r for r in reference if r["kind"] == "measurement"}
     for r in readings:
         assert r["kappa"] > 0 and r["cost"]["hvps"] == 1
