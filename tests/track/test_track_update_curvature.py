@@ -303,3 +303,12 @@ def test_cli_train_writes_fd_readings_with_their_cost(tmp_path: Path) -> None:
     readings = [r for r in RunDirectory(out).read_metrics() if r["kind"] == "update_curvature"]
     assert [r["step"] for r in readings] == [0, 1, 2, 3]
     assert all(r["method"] == "fd" and r["cost"]["forwards"] == 3 and math.isfinite(r["kappa"]) for r in readings)
+
+
+def test_chart_names_of_an_update_curvature_record() -> None:
+    from sharpscope.track.tags import readable_scalars
+
+    rec = {"kind": "update_curvature", "step": 3, "method": "hvp", "kappa": 7.5, "kappa_preconditioned": None,
+           "update_norm": 0.1, "cost": {"hvps": 1, "forwards": 0, "seconds": 0.01}}
+    assert readable_scalars(rec) == {"sharpness/kappa_u": 7.5, "update_curvature/update_norm": 0.1,
+                                     "update_curvature/hvps": 1.0, "update_curvature/forwards": 0.0}
