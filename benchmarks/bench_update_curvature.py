@@ -98,6 +98,9 @@ def analyse(name: str, hvp: dict[str, Any], fd: dict[str, Any]) -> dict[str, Any
     kappa = {s: num(r.get(kappa_key)) for s, r in upd.items()}
     kappa_fd = {s: num(r.get(kappa_key)) for s, r in upd_fd.items()}
     edge_u = {s: num((r.get("thresholds") or {}).get("edge")) for s, r in upd.items()}
+    kappa_reached = next((s for s in sorted(kappa) if kappa[s] >= EDGE_FRACTION * edge_u[s]), None)
+    near = {p: sum(1 for s in kappa if phase(s, p) and kappa[s] >= EDGE_FRACTION * edge_u[s]) /
+            max(1, sum(1 for s in kappa if phase(s, p))) for p in phases}
     ratio = {p: quartiles([kappa[s] / lam[s] for s in steps if s in kappa and phase(s, p)]) for p in phases}
     to_edge = {p: quartiles([kappa[s] / edge_u[s] for s in kappa if phase(s, p)]) for p in phases}
     window_max = []  # max κ_u over [s, next measurement) against λ(s)
@@ -117,6 +120,7 @@ def analyse(name: str, hvp: dict[str, Any], fd: dict[str, Any]) -> dict[str, Any
         "update_every": cfg.update_every, "optimizer": cfg.optimizer, "optimizer_kwargs": cfg.optimizer_kwargs,
         "rule": rule, "edge": statistics.median(edge.values()), "compared": f"{kappa_key} / {lam_key}[0]",
         "trajectories_identical": same, "edge_reached_at_step": reached,
+        "kappa_reaches_edge_at_step": kappa_reached, "fraction_kappa_at_edge": near,
         "ratio_kappa_over_lambda": ratio, "kappa_over_edge": to_edge, "window_max_kappa_over_lambda": wmax,
         "lambda_over_edge": {p: quartiles([lam[s] / edge[s] for s in steps if phase(s, p)]) for p in phases},
         "abs_cos_update_top_eigenvector": quartiles(cos),
@@ -160,12 +164,14 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [f"## {r['recipe']} ({r['optimizer']} {json.dumps(r['optimizer_kwargs'])}, {r['steps']} steps, "
                   f"λ every {r['measure_every']}, κ_u every {r['update_every']})", "",
                   f"Edge: {r['rule']} = {r['edge']:.4g}, compared: {r['compared']}; edge reached (λ ≥ 0.9·edge) at "
-                  f"step {r['edge_reached_at_step']}; hvp and fd runs identical: {r['trajectories_identical']}.", "",
-                  "| phase | κ_u/λ (same step) | max κ_u in window / λ | κ_u/edge | λ/edge |", "|---|---|---|---|---|"]
+                  f"step {r['edge_reached_at_step']}, κ_u ≥ 0.9·edge first at step {r['kappa_reaches_edge_at_step']}; hvp and fd runs identical: {r['trajectories_identical']}.", "",
+                  "| phase | κ_u/λ (same step) | max κ_u in window / λ | κ_u/edge | readings κ_u ≥ 0.9·edge | λ/edge |",
+                  "|---|---|---|---|---:|---|"]
         for p, label in (("all", "whole run"), ("first_half", "first half"), ("second_half", "second half"),
                          ("at_edge", "at edge")):
             lines.append(f"| {label} | {fmt(r['ratio_kappa_over_lambda'][p])} | "
                          f"{fmt(r['window_max_kappa_over_lambda'][p])} | {fmt(r['kappa_over_edge'][p])} | "
+                         f"{r['fraction_kappa_at_edge'][p]:.0%} | "
                          f"{fmt(r['lambda_over_edge'][p])} |")
         lines += ["", f"|cos(u, v₁)| at measured steps: {fmt(r['abs_cos_update_top_eigenvector'])}.  ",
                   f"fd vs hvp relative difference: {fmt(r['fd_vs_hvp_relative_difference'], '.1e')}; fd rounding "
@@ -181,14 +187,15 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", default="cpu", choices=("smoke", "cpu"))
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES)
     parser.add_argument("--update-every", type=int, default=1)
     parser.add_argument("--steps", type=int, default=None, help="override the recipes' step counts")
     parser.add_argument("--out", default=None, help="write OUT.json and OUT.md")
-    args = parser.parse_args()
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     root = Path(tempfile.mkdtemp(prefix="bench_update_curvature_"))
     try:
@@ -201,7 +208,7 @@ def main() -> None:
                   f"{hvp['seconds']:.0f}+{fd['seconds']:.0f} s", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    command = "OMP_NUM_THREADS=1 python benchmarks/bench_update_curvature.py " + " ".join(sys.argv[1:])
+    command = "OMP_NUM_THREADS=1 python benchmarks/bench_update_curvature.py " + " ".join(argv)
     result = {"command": command.strip(), "scale": args.scale, "platform": platform.platform(),
               "torch": torch.__version__, "recipes": recipes}
     text = markdown(result)
@@ -209,6 +216,7 @@ def main() -> None:
     if args.out:
         Path(args.out).with_suffix(".json").write_text(jsonsafe.dumps(result, indent=1))
         Path(args.out).with_suffix(".md").write_text(text)
+    return result
 
 
 if __name__ == "__main__":
