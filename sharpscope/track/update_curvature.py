@@ -138,7 +138,7 @@ def curvature_along(method: str, objective: Objective, before: Mapping[str, Tens
     if method == "hvp" and op is None:
         raise ConfigError("method 'hvp' needs the Hessian operator op", argument="op")
     start = time.perf_counter()
-    theta0 = objective.flatten([before[n].detach().to(objective.dtype) for n in objective.names])
+    theta0 = objective.flatten([before[n].detach().to(objective.device, objective.dtype) for n in objective.names])
     u = objective.parameter_vector() - theta0
     norm = float(u.double().norm())
     if method == "hvp":
