@@ -23,8 +23,8 @@ Two ways to get the numerator ``uᵀHu`` (:data:`METHODS`):
   integral remainder). On a quadratic ``D = uᵀHu`` exactly; in general
   ``D = uᵀHu + (1/12) ∇⁴L(θ_t)[u, u, u, u] + O(‖u‖⁶)``, and for a quartic the second term is the whole
   error. Rounding: if each loss carries a relative error ``ρ`` the quotient moves by at most
-  ``ρ (|L₊| + 2|L₀| + |L₋|) / ‖u‖²``; :attr:`UpdateCurvature.rounding` is that bound at ``ρ`` = the unit
-  roundoff of the objective's dtype (a loss summed over ``n`` terms errs by up to about ``n`` of those).
+  ``ρ (|L₊| + 2|L₀| + |L₋|) / ‖u‖²``; :attr:`UpdateCurvature.rounding` is that bound at ``ρ`` = the machine
+  epsilon of the objective's dtype (a loss summed over ``n`` terms errs by up to about ``n`` of those).
 
 Cost, per reading: ``hvp`` one product (a forward and two backward passes, or forward-over-reverse);
 ``fd`` three forward passes. Both need ``θ_t``, captured (one parameter copy) just before the step.
