@@ -20,7 +20,7 @@ from typing import Any
 from sharpscope.curvature.settings import RUN_DEFAULTS, CurvatureSettings
 from sharpscope.errors import ConfigError
 from sharpscope.track.logs import check_logs
-from sharpscope.track.update_curvature import check_method
+from sharpscope.track.update_curvature import resolve_method
 from sharpscope.validation import MAX_DEPTH, check_bool, check_depth, check_int, check_real, check_seed
 
 OPTIMIZERS = ("gd", "sgd", "sam", "sparse-sam", "rs", "sa", "adam", "adamw")
@@ -80,7 +80,7 @@ class TrainConfig:
         preconditioned: also measure Adam's preconditioned sharpness ``λ_max(P⁻¹H)``, ``P = diag(√v̂ + ε)``
             (what the Adam edge bounds; ``preconditioned_eigenvalues`` in the records); only with
             ``adam``/``adamw`` or ``sam``/``sparse-sam`` over ``base`` = ``adam``/``adamw``.
-        update_curvature: ``"hvp"`` (one Hessian-vector product) or ``"fd"`` (three forward passes) to
+        update_curvature: ``"hvp"`` (one Hessian-vector product; also ``true``) or ``"fd"`` (three forward passes) to
             record, every ``update_every`` steps, the curvature along the update the optimizer takes,
             ``κ_u = uᵀHu/‖u‖²`` with ``u = θ_{t+1} − θ_t`` (and ``uᵀHu/uᵀPu`` for Adam) in
             ``"update_curvature"`` records with their cost (:mod:`sharpscope.track.update_curvature`);
@@ -123,7 +123,7 @@ class TrainConfig:
     alignment: bool = False
     preconditioned: bool = False
     batch_sharpness: bool = False
-    update_curvature: str | None = None
+    update_curvature: str | bool | None = None
     update_every: int = 1
     checkpoint_every: int = 100
     keep_checkpoints: bool = False
@@ -271,8 +271,7 @@ class TrainConfig:
             raise ConfigError("preconditioned=true measures Adam's preconditioned sharpness and needs optimizer adam or "
                               f"adamw (or sam/sparse-sam with base adam/adamw), got {self.optimizer!r}",
                               argument="preconditioned")
-        if self.update_curvature is not None:
-            check_method(self.update_curvature)
+        resolve_method(self.update_curvature)
         check_bool("keep_checkpoints", self.keep_checkpoints)
         check_logs(self.log)
         if self.dtype not in ("float32", "float64"):

@@ -88,6 +88,7 @@ from sharpscope.track.build import (
 from sharpscope.track.config import OUTPUT_FIELDS, TrainConfig
 from sharpscope.track.logs import check_packages, close_logs, new_wandb_id, open_logs
 from sharpscope.track.thresholds import bounded_sharpness
+from sharpscope.track.update_curvature import resolve_method
 from sharpscope.validation import offset_seed
 
 __all__ = ["build_data", "build_model", "build_optimizer", "resolve_device", "storage_error", "train"]
@@ -377,8 +378,8 @@ class _Session:
             "first_step_at_or_above_edge": crossing,
             "hvps_total": sum(m.total_hvps for m in measured),
             "measure_seconds_total": sum(m.total_seconds for m in measured),
-            "update_curvature": None if not self.cfg.update_curvature else {
-                "method": self.cfg.update_curvature, "every": self.cfg.update_every, "readings": len(updates),
+            "update_curvature": None if resolve_method(self.cfg.update_curvature) is None else {
+                "method": resolve_method(self.cfg.update_curvature), "every": self.cfg.update_every, "readings": len(updates),
                 "hvps": sum(int((r.get("cost") or {}).get("hvps") or 0) for r in updates),
                 "forwards": sum(int((r.get("cost") or {}).get("forwards") or 0) for r in updates)},
             "session": {"resumed_from_step": start, "seconds": seconds, "notes": list(self.run.notes)},

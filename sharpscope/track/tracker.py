@@ -58,7 +58,7 @@ from sharpscope.data import ArrayDataset
 from sharpscope.errors import ConfigError, SharpscopeError
 from sharpscope.models.inputs import check_model_fits
 from sharpscope.track.thresholds import batch_sam_edge, default_thresholds
-from sharpscope.track.update_curvature import check_method, curvature_along
+from sharpscope.track.update_curvature import curvature_along, resolve_method
 from sharpscope.validation import check_bool, check_int, check_seed, check_type
 
 ThresholdFn = Callable[[int, "torch.optim.Optimizer | None", "float | None"], Mapping[str, Any]]
@@ -140,7 +140,7 @@ class SharpnessTracker:
             vectors. The optimizer must be Adam/AdamW or wrap one as ``base_optimizer`` (SAM over Adam),
             else :meth:`measure` raises :class:`ConfigError`; before Adam's first step (no ``v̂``) the
             three are None and ``errors["preconditioned_eigenvalues"]`` says why.
-        update_curvature: ``"hvp"`` or ``"fd"`` (None: off): at every step ``t`` with
+        update_curvature: ``"hvp"`` (or True) or ``"fd"`` (None or False: off): at every step ``t`` with
             ``t % update_every == 0`` whose parameters :meth:`before_step` captured, :meth:`after_step`
             records ``{"kind": "update_curvature", "step": t, "method", "kappa", "kappa_preconditioned",
             "uHu", "uPu", "update_norm", "cost": {"hvps", "forwards", "seconds"}, "thresholds", ...}``
@@ -154,12 +154,11 @@ class SharpnessTracker:
                  threshold: ThresholdFn | None = default_thresholds,
                  grad_norm: bool = True, warm_start: bool = True, seed: int = 0,
                  sink: Callable[[dict[str, Any]], Any] | None = None, alignment: bool = False,
-                 preconditioned: bool = False, update_curvature: str | None = None,
+                 preconditioned: bool = False, update_curvature: str | bool | None = None,
                  update_every: int = 1) -> None:
         check_int("every", every, low=1)
         check_int("update_every", update_every, low=1)
-        if update_curvature is not None:
-            check_method(update_curvature)
+        method = resolve_method(update_curvature)
         if not isinstance(curvature, CurvatureSettings):
             raise ConfigError(f"curvature must be a CurvatureSettings, got {type(curvature).__name__}",
                               argument="curvature")
@@ -190,7 +189,7 @@ class SharpnessTracker:
         self._sam_step: int | None = None  # a measured step whose SAM batch norm after_step records
         self.preconditioned = preconditioned
         self._pre_eigenvectors: Tensor | None = None  # warm start of the preconditioned Lanczos
-        self.update_curvature, self.update_every = update_curvature, update_every
+        self.update_curvature, self.update_every = method, update_every
         self._before: dict[str, Any] | None = None  # {"step": t, "params": θ_t} from before_step until after_step(t)
         self._update_op: HessianOperator | None = None  # uncached products for the update curvature
         self.last_update: dict[str, Any] | None = None

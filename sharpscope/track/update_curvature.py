@@ -48,15 +48,26 @@ from sharpscope.errors import ConfigError
 
 METHODS = ("hvp", "fd")
 
-__all__ = ["METHODS", "UpdateCurvature", "at_parameters", "check_method", "curvature_along", "preconditioned_norm"]
+__all__ = ["METHODS", "UpdateCurvature", "at_parameters", "check_method", "curvature_along", "preconditioned_norm",
+           "resolve_method"]
 
 
 def check_method(method: object) -> str:
     """``method`` if it is one of :data:`METHODS`, else :class:`ConfigError` naming the choices."""
     if not isinstance(method, str) or method not in METHODS:
-        raise ConfigError(f"update curvature method must be one of {', '.join(METHODS)}, got {method!r}",
-                          argument="update_curvature")
+        raise ConfigError(f"update_curvature must be one of {', '.join(METHODS)} (true: hvp; false or null: off), "
+                          f"got {method!r}", argument="update_curvature")
     return method
+
+
+def resolve_method(value: object) -> str | None:
+    """The method an ``update_curvature`` setting names: None or False → None (off), True → ``"hvp"``, a
+    name of :data:`METHODS` → itself; anything else raises :class:`ConfigError` (:func:`check_method`)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "hvp"
+    return check_method(value)
 
 
 @dataclass(frozen=True)

@@ -217,8 +217,10 @@ def test_update_every_before_step_and_bad_input() -> None:
     take_step(model, opt, data)
     tracker.after_step(9, model, opt)  # no before_step: nothing to read
     assert len(records) == 3
-    with pytest.raises(ConfigError, match="update curvature method must be one of hvp, fd, got 'lanczos'"):
+    with pytest.raises(ConfigError, match="update_curvature must be one of hvp, fd .*, got 'lanczos'"):
         SharpnessTracker(data, mse, every=1, update_curvature="lanczos")
+    assert SharpnessTracker(data, mse, every=1, update_curvature=True).update_curvature == "hvp"
+    assert SharpnessTracker(data, mse, every=1, update_curvature=False).update_curvature is None
     with pytest.raises(ConfigError, match="update_every"):
         SharpnessTracker(data, mse, every=1, update_curvature="fd", update_every=0)
 
@@ -288,11 +290,14 @@ def test_the_runner_records_update_curvature_and_a_killed_run_resumes_to_the_sam
 
 
 def test_config_refuses_a_bad_method_in_one_line() -> None:
-    with pytest.raises(ConfigError, match=r"^update curvature method must be one of hvp, fd, got 'yes'$"):
+    with pytest.raises(ConfigError, match=r"^update_curvature must be one of hvp, fd \(true: hvp; false or null: off\), "
+                                          r"got 'yes'$"):
         tiny(update_curvature="yes")
     with pytest.raises(ConfigError, match="update_every"):
         tiny(update_every=0)
     assert tiny(update_curvature=None).update_curvature is None
+    with pytest.raises(ConfigError, match="got 1"):
+        tiny(update_curvature=1)
 
 
 def test_cli_train_writes_fd_readings_with_their_cost(tmp_path: Path) -> None:
