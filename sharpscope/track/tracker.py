@@ -420,7 +420,8 @@ class SharpnessTracker:
         objective, op = self._objects(model)
         if set(before["params"]) != set(objective.params) or any(
                 before["params"][n].shape != p.shape for n, p in objective.params.items()):
-            return  # another model: no update to read
+            raise ConfigError("after_step got a model whose parameters differ from those before_step captured; pass "
+                              "the same model to both", argument="model")
         errors: dict[str, str] = {}
         diag_p = None
         try:

@@ -317,3 +317,12 @@ def test_chart_names_of_an_update_curvature_record() -> None:
            "update_norm": 0.1, "cost": {"hvps": 1, "forwards": 0, "seconds": 0.01}}
     assert readable_scalars(rec) == {"sharpness/kappa_u": 7.5, "update_curvature/update_norm": 0.1,
                                      "update_curvature/hvps": 1.0, "update_curvature/forwards": 0.0}
+
+
+def test_after_step_with_another_model_is_refused_in_one_line() -> None:
+    model, data, _ = designed_quadratic()
+    tracker, _ = tracker_for(data, "fd")
+    tracker.before_step(0, model)
+    other = nn.Linear(6, 1, bias=True).double()
+    with pytest.raises(ConfigError, match="parameters differ from those before_step captured"):
+        tracker.after_step(0, other, None)
