@@ -16,7 +16,11 @@ At a measured step ``t`` with parameters ``θ_t`` the tracker evaluates, on a *f
   eigenspace: see :func:`subspace_alignment` and :meth:`SharpnessTracker.after_step`;
 * optionally (``preconditioned=True``, for Adam/AdamW or SAM over Adam) the top ``k`` eigenvalues of
   ``P^{-1/2} H P^{-1/2}`` with Adam's ``P = diag(√v̂ + ε)``, i.e. of ``P⁻¹H``: the quantity that
-  Adam's edge ``(2+2β₁)/(η(1−β₁))`` bounds, which λ_max(H) does not.
+  Adam's edge ``(2+2β₁)/(η(1−β₁))`` bounds, which λ_max(H) does not;
+* optionally (``update_curvature="hvp"`` or ``"fd"``), every ``update_every`` steps, the curvature along the
+  update the optimizer takes, ``κ_u = uᵀHu/‖u‖²`` with ``u = θ_{t+1} − θ_t`` (and ``uᵀHu/uᵀPu`` for Adam),
+  in one Hessian-vector product or three forward passes: :mod:`sharpscope.track.update_curvature`,
+  :meth:`SharpnessTracker.before_step` and :meth:`SharpnessTracker.after_step`.
 
 Nothing is mutated: parameters, gradients (``.grad``), train/eval flags, BatchNorm buffers and
 every random number generator are as before the call, so measuring never changes training.
@@ -55,6 +59,7 @@ from sharpscope.curvature.settings import DEFAULTS, CurvatureSettings
 from sharpscope.data import ArrayDataset
 from sharpscope.errors import ConfigError, SharpscopeError
 from sharpscope.track.thresholds import batch_sam_edge, default_thresholds
+from sharpscope.track.update_curvature import curvature_along, resolve_method
 from sharpscope.validation import check_bool, check_int, check_seed, check_type
 
 ThresholdFn = Callable[[int, "torch.optim.Optimizer | None", "float | None"], Mapping[str, Any]]
@@ -136,6 +141,13 @@ class SharpnessTracker:
             vectors. The optimizer must be Adam/AdamW or wrap one as ``base_optimizer`` (SAM over Adam),
             else :meth:`measure` raises :class:`ConfigError`; before Adam's first step (no ``v̂``) the
             three are None and ``errors["preconditioned_eigenvalues"]`` says why.
+        update_curvature: ``"hvp"`` (or True) or ``"fd"`` (None or False: off): at every step ``t`` with
+            ``t % update_every == 0`` whose parameters :meth:`before_step` captured, :meth:`after_step`
+            records ``{"kind": "update_curvature", "step": t, "method", "kappa", "kappa_preconditioned",
+            "uHu", "uPu", "update_norm", "cost": {"hvps", "forwards", "seconds"}, "thresholds", ...}``
+            (:func:`~sharpscope.track.update_curvature.curvature_along`; ``kappa_preconditioned`` with Adam's
+            ``P`` after the step, the denominator that step divided by, for Adam/AdamW or SAM over one).
+        update_every: steps between update-curvature readings (1: every step).
     """
 
     def __init__(self, probe_data: Any, loss_fn: LossFn, *, every: int, curvature: CurvatureSettings = DEFAULTS,
@@ -143,8 +155,11 @@ class SharpnessTracker:
                  threshold: ThresholdFn | None = default_thresholds,
                  grad_norm: bool = True, warm_start: bool = True, seed: int = 0,
                  sink: Callable[[dict[str, Any]], Any] | None = None, alignment: bool = False,
-                 preconditioned: bool = False) -> None:
+                 preconditioned: bool = False, update_curvature: str | bool | None = None,
+                 update_every: int = 1) -> None:
         check_int("every", every, low=1)
+        check_int("update_every", update_every, low=1)
+        method = resolve_method(update_curvature)
         if not isinstance(curvature, CurvatureSettings):
             raise ConfigError(f"curvature must be a CurvatureSettings, got {type(curvature).__name__}",
                               argument="curvature")
@@ -176,6 +191,10 @@ class SharpnessTracker:
         self._sam_step: int | None = None  # a measured step whose SAM batch norm after_step records
         self.preconditioned = preconditioned
         self._pre_eigenvectors: Tensor | None = None  # warm start of the preconditioned Lanczos
+        self.update_curvature, self.update_every = method, update_every
+        self._before: dict[str, Any] | None = None  # {"step": t, "params": θ_t} from before_step until after_step(t)
+        self._update_op: HessianOperator | None = None  # uncached products for the update curvature
+        self.last_update: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------------------ set-up
     def due(self, step: int) -> bool:
@@ -187,9 +206,11 @@ class SharpnessTracker:
         key = (id(model), *(id(p) for p in model.parameters()))
         if self._key != key or self._objective is None or self._op is None:
             sharded = is_sharded(model)
-            if sharded and (self.alignment or self.preconditioned):
+            if sharded and (self.alignment or self.preconditioned or self.update_curvature):
                 used = [name for name, on in (("alignment=True", self.alignment),
-                                              ("preconditioned=True", self.preconditioned)) if on]
+                                              ("preconditioned=True", self.preconditioned),
+                                              (f"update_curvature={self.update_curvature!r}", self.update_curvature))
+                        if on]
                 raise ConfigError(f"{' and '.join(used)} need whole vectors and do not apply to a model sharded "
                                   "with fully_shard", argument="model")
             for name, data in (("probe_data", self.probe_data), ("test_data", self.test_data)):
@@ -205,6 +226,7 @@ class SharpnessTracker:
                 self._test_op = None if self._test is None else ShardedHessianOperator(self._test)
             else:
                 self._op = self._operator(self._objective)
+            self._update_op = None
             if self.curvature.hvp_mode == "auto" and self._saved_modes and isinstance(self._op, HessianOperator):
                 self._op.modes.update(self._saved_modes)
             self._key = key
@@ -393,6 +415,72 @@ class SharpnessTracker:
                 "converged": bool(top.converged), "examples": objective.num_examples, "hvps": int(top.hvps),
                 "seconds": float(top.seconds)}
 
+    def update_due(self, step: int) -> bool:
+        """Whether step ``t`` gets an update-curvature reading (``update_curvature`` set, ``t % update_every == 0``)."""
+        return self.update_curvature is not None and step % self.update_every == 0
+
+    def before_step(self, step: int, model: nn.Module) -> None:
+        """Call right before the optimizer step ``θ_t → θ_{t+1}`` (after any checkpoint of ``t``): keeps a
+        copy of ``θ_t`` when :meth:`update_due` ``(step)``, for :meth:`after_step` to form ``u``. Cheap otherwise."""
+        self._before = None
+        if self.update_due(step):
+            objective = self._objects(model)[0]
+            self._before = {"step": int(step), "params": {n: p.detach().clone() for n, p in objective.params.items()}}
+
+    def _update_reading(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+        """The ``"update_curvature"`` record of step ``step`` (to ``sink`` and :attr:`last_update`), when
+        :meth:`before_step` captured ``θ_step``."""
+        before, self._before = self._before, None
+        if before is None or before["step"] != int(step) or self.update_curvature is None:
+            return
+        objective, op = self._objects(model)
+        if set(before["params"]) != set(objective.params) or any(
+                before["params"][n].shape != p.shape for n, p in objective.params.items()):
+            raise ConfigError("after_step got a model whose parameters differ from those before_step captured; pass "
+                              "the same model to both", argument="model")
+        errors: dict[str, str] = {}
+        diag_p = None
+        try:
+            adam_optimizer(optimizer)
+            diag_p = adam_preconditioner(optimizer, objective)  # type: ignore[arg-type]
+        except ConfigError:
+            pass  # not Adam (or no state): no preconditioned quotient
+        rec: dict[str, Any] = {"kind": "update_curvature", "step": int(step)}
+        try:
+            uop = None
+            if self.update_curvature == "hvp" and isinstance(op, HessianOperator):  # refused for sharded models
+                uop = self._update_operator(objective, op)
+            reading = curvature_along(self.update_curvature, objective, before["params"], op=uop, diag_p=diag_p)
+            rec.update(reading.to_json())
+        except SharpscopeError as e:
+            rec.update(method=self.update_curvature, kappa=None, kappa_preconditioned=None,
+                       cost={"hvps": 0, "forwards": 0, "seconds": 0.0})
+            errors["kappa"] = str(e)
+        if self.threshold is not None:
+            try:
+                rec["thresholds"] = dict(self.threshold(int(step), optimizer, None))
+            except SharpscopeError as e:
+                rec["thresholds"] = {}
+                errors["thresholds"] = str(e)
+        rec["settings"] = {"update_every": self.update_every, "probe_examples": objective.num_examples,
+                           "dtype": str(objective.dtype).removeprefix("torch."),
+                           "hvp_mode": self._update_op.mode if self.update_curvature == "hvp" and self._update_op
+                           else None,
+                           "preconditioner": "adam" if diag_p is not None else None}
+        if errors:
+            rec["errors"] = errors
+        self.last_update = rec
+        self._emit(rec)
+
+    def _update_operator(self, objective: Objective, op: HessianOperator) -> HessianOperator:
+        """The Hessian for the update curvature: this tracker's product settings without a graph cache
+        (the graph at ``θ_t`` serves one product), in the product modes the measurements chose."""
+        if self._update_op is None:
+            self._update_op = self.curvature.replace(cache_graphs=False).hessian(objective)
+        if self.curvature.hvp_mode == "auto":
+            self._update_op.modes.update(op.modes or self._saved_modes)
+        return self._update_op
+
     def after_step(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                    batch_sharpness: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
         """Call right after the optimizer step ``θ_t → θ_{t+1}`` of every step ``t`` (cheap when nothing
@@ -401,8 +489,11 @@ class SharpnessTracker:
         If ``t`` was measured and ``optimizer`` is SAM, first record (``sink``) the ``"sam_batch"`` record
         of the gradient norm its step normalised (:func:`~sharpscope.track.thresholds.batch_sam_edge`),
         with ``batch_sharpness`` (from :meth:`batch_sharpness`) when given.
-        A pending measurement not completed at its own step is dropped.
+        A pending measurement not completed at its own step is dropped. With ``update_curvature``, and
+        :meth:`before_step` called before this step, first record the ``"update_curvature"`` reading of
+        ``u = θ_{t+1} − θ_t`` (kept in :attr:`last_update`).
         """
+        self._update_reading(step, model, optimizer)
         sam_step, self._sam_step = self._sam_step, None
         if sam_step == int(step) and optimizer is not None:
             batch = batch_sam_edge(step, optimizer, batch_sharpness)
@@ -439,21 +530,26 @@ class SharpnessTracker:
                 "max_iter": c.max_iter, "trace": c.trace_method if self.trace else None,
                 "trace_matvecs": c.trace_matvecs if self.trace else None,
                 "test_examples": None if self._test is None else self._test.num_examples, "seed": self.seed,
-                "preconditioned": "adam" if self.preconditioned else None}
+                "preconditioned": "adam" if self.preconditioned else None,
+                "update_curvature": self.update_curvature,
+                "update_every": self.update_every if self.update_curvature else None}
 
     # ------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs to continue identically: the warm-start vectors (also the preconditioned
         ones), the HVP modes and a pending alignment (``θ_t`` and signs, between a measurement and
-        :meth:`after_step`)."""
+        :meth:`after_step`), and ``θ_t`` captured by :meth:`before_step` for the update curvature (None
+        except between :meth:`before_step` and :meth:`after_step`; the runner checkpoints before capturing)."""
         modes = dict(self._op.modes) if isinstance(self._op, HessianOperator) else dict(self._saved_modes)
         vecs = None if self._eigenvectors is None else self._eigenvectors.detach().cpu().clone()
         pending = None if self._pending is None else {
             "step": self._pending["step"], "theta": self._pending["theta"].cpu().clone(),
             "signs": self._pending["signs"].cpu().clone()}
         pre = None if self._pre_eigenvectors is None else self._pre_eigenvectors.detach().cpu().clone()
+        before = None if self._before is None else {
+            "step": self._before["step"], "params": {n: t.cpu().clone() for n, t in self._before["params"].items()}}
         return {"eigenvectors": vecs, "hvp_modes": modes, "alignment": pending, "preconditioned_eigenvectors": pre,
-                "sam_step": self._sam_step}
+                "sam_step": self._sam_step, "update_before": before}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Inverse of :meth:`state_dict` (vectors are moved to the model's device at the next measurement)."""
@@ -467,6 +563,12 @@ class SharpnessTracker:
                                         and all(isinstance(pending.get(key), Tensor) for key in ("theta", "signs"))):
             raise ConfigError("tracker state: alignment must be None or {'step': int, 'theta': tensor, 'signs': tensor}")
         self._pending = None if pending is None else dict(pending)
+        before = state.get("update_before")
+        if before is not None and not (isinstance(before, Mapping) and isinstance(before.get("step"), int)
+                                       and isinstance(before.get("params"), Mapping)
+                                       and all(isinstance(t, Tensor) for t in before["params"].values())):
+            raise ConfigError("tracker state: update_before must be None or {'step': int, 'params': {name: tensor}}")
+        self._before = None if before is None else {"step": before["step"], "params": dict(before["params"])}
         sam_step = state.get("sam_step")
         self._sam_step = sam_step if isinstance(sam_step, int) else None
         self._saved_modes = dict(state.get("hvp_modes") or {})
