@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 import torch
-from sharpscope.track.jsonsafe import without_timings
 from sharpscope_cli.main import app
 from torch import Tensor, nn
 from torch.func import functional_call
@@ -24,6 +23,7 @@ from typer.testing import CliRunner
 
 from sharpscope.curvature.settings import RUN_DEFAULTS, CurvatureSettings
 from sharpscope.errors import ConfigError
+from sharpscope.io.jsonsafe import without_timings
 from sharpscope.losses import mse
 from sharpscope.track import RunDirectory, SharpnessTracker, TrainConfig, train
 from sharpscope.track import runner as runner_module
