@@ -59,7 +59,7 @@ from sharpscope.curvature.settings import DEFAULTS, CurvatureSettings
 from sharpscope.data import ArrayDataset
 from sharpscope.errors import ConfigError, SharpscopeError
 from sharpscope.track.thresholds import batch_sam_edge, default_thresholds
-from sharpscope.track.update_curvature import curvature_along, resolve_method
+from sharpscope.track.update_curvature import curvature_along, curvature_along_sharded, resolve_method
 from sharpscope.validation import check_bool, check_int, check_seed, check_type
 
 ThresholdFn = Callable[[int, "torch.optim.Optimizer | None", "float | None"], Mapping[str, Any]]
@@ -76,6 +76,11 @@ def evaluate(objective: Objective) -> tuple[float, float | None]:
     when outputs are not class scores. Non-finite losses are returned as they are, not raised."""
     loss, acc = objective.evaluate()
     return float(loss), None if acc is None else float(acc)
+
+
+def _local(p: Tensor) -> Tensor:
+    """This rank's slice of a parameter sharded with ``fully_shard`` (a distributed tensor)."""
+    return p.to_local()  # type: ignore[attr-defined]
 
 
 def step_seed(seed: int, step: int, salt: int) -> int:
@@ -206,11 +211,9 @@ class SharpnessTracker:
         key = (id(model), *(id(p) for p in model.parameters()))
         if self._key != key or self._objective is None or self._op is None:
             sharded = is_sharded(model)
-            if sharded and (self.alignment or self.preconditioned or self.update_curvature):
+            if sharded and (self.alignment or self.preconditioned):
                 used = [name for name, on in (("alignment=True", self.alignment),
-                                              ("preconditioned=True", self.preconditioned),
-                                              (f"update_curvature={self.update_curvature!r}", self.update_curvature))
-                        if on]
+                                              ("preconditioned=True", self.preconditioned)) if on]
                 raise ConfigError(f"{' and '.join(used)} need whole vectors and do not apply to a model sharded "
                                   "with fully_shard", argument="model")
             for name, data in (("probe_data", self.probe_data), ("test_data", self.test_data)):
@@ -424,8 +427,10 @@ class SharpnessTracker:
         copy of ``θ_t`` when :meth:`update_due` ``(step)``, for :meth:`after_step` to form ``u``. Cheap otherwise."""
         self._before = None
         if self.update_due(step):
-            objective = self._objects(model)[0]
-            self._before = {"step": int(step), "params": {n: p.detach().clone() for n, p in objective.params.items()}}
+            objective, op = self._objects(model)
+            local = isinstance(op, ShardedHessianOperator)  # a sharded model: this rank's slices
+            self._before = {"step": int(step), "params": {n: (_local(p) if local else p).detach().clone()
+                                                          for n, p in objective.params.items()}}
 
     def _update_reading(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
         """The ``"update_curvature"`` record of step ``step`` (to ``sink`` and :attr:`last_update`), when
@@ -434,23 +439,28 @@ class SharpnessTracker:
         if before is None or before["step"] != int(step) or self.update_curvature is None:
             return
         objective, op = self._objects(model)
+        shapes = {n: (_local(p) if isinstance(op, ShardedHessianOperator) else p).shape
+                  for n, p in objective.params.items()}
         if set(before["params"]) != set(objective.params) or any(
-                before["params"][n].shape != p.shape for n, p in objective.params.items()):
+                before["params"][n].shape != shape for n, shape in shapes.items()):
             raise ConfigError("after_step got a model whose parameters differ from those before_step captured; pass "
                               "the same model to both", argument="model")
         errors: dict[str, str] = {}
         diag_p = None
         try:
-            adam_optimizer(optimizer)
-            diag_p = adam_preconditioner(optimizer, objective)  # type: ignore[arg-type]
+            if not isinstance(op, ShardedHessianOperator):  # a sharded optimizer's state is sharded too
+                adam_optimizer(optimizer)
+                diag_p = adam_preconditioner(optimizer, objective)  # type: ignore[arg-type]
         except ConfigError:
             pass  # not Adam (or no state): no preconditioned quotient
         rec: dict[str, Any] = {"kind": "update_curvature", "step": int(step)}
         try:
-            uop = None
-            if self.update_curvature == "hvp" and isinstance(op, HessianOperator):  # refused for sharded models
-                uop = self._update_operator(objective, op)
-            reading = curvature_along(self.update_curvature, objective, before["params"], op=uop, diag_p=diag_p)
+            if isinstance(op, ShardedHessianOperator):
+                flat = torch.cat([before["params"][n].reshape(-1) for n in objective.names])
+                reading = curvature_along_sharded(self.update_curvature, op, flat)
+            else:
+                uop = self._update_operator(objective, op) if self.update_curvature == "hvp" else None
+                reading = curvature_along(self.update_curvature, objective, before["params"], op=uop, diag_p=diag_p)
             rec.update(reading.to_json())
         except SharpscopeError as e:
             rec.update(method=self.update_curvature, kappa=None, kappa_preconditioned=None,
@@ -464,8 +474,9 @@ class SharpnessTracker:
                 errors["thresholds"] = str(e)
         rec["settings"] = {"update_every": self.update_every, "probe_examples": objective.num_examples,
                            "dtype": str(objective.dtype).removeprefix("torch."),
-                           "hvp_mode": self._update_op.mode if self.update_curvature == "hvp" and self._update_op
-                           else None,
+                           "hvp_mode": "finite difference (sharded)" if isinstance(op, ShardedHessianOperator)
+                           and self.update_curvature == "hvp" else self._update_op.mode
+                           if self.update_curvature == "hvp" and self._update_op else None,
                            "preconditioner": "adam" if diag_p is not None else None}
         if errors:
             rec["errors"] = errors

@@ -44,12 +44,13 @@ from torch import Tensor
 
 from sharpscope.curvature.operators.linear_operator import LinearOperator
 from sharpscope.curvature.operators.objective import Objective
+from sharpscope.curvature.operators.sharded import ShardedHessianOperator
 from sharpscope.errors import ConfigError
 
 METHODS = ("hvp", "fd")
 
-__all__ = ["METHODS", "UpdateCurvature", "at_parameters", "check_method", "curvature_along", "preconditioned_norm",
-           "resolve_method"]
+__all__ = ["METHODS", "UpdateCurvature", "at_parameters", "check_method", "curvature_along", "curvature_along_sharded",
+           "preconditioned_norm", "resolve_method"]
 
 
 def check_method(method: object) -> str:
@@ -171,4 +172,40 @@ def curvature_along(method: str, objective: Objective, before: Mapping[str, Tens
     rounding = eps * (abs(lp) + 2 * abs(l0) + abs(lm)) / norm ** 2 if norm > 0 else math.inf
     kappa, pre, upu = _quotients(num, u, diag_p)
     return UpdateCurvature("fd", kappa, pre, num, upu, norm, 0, 3, time.perf_counter() - start,
+                           losses=(lm, l0, lp), rounding=rounding)
+
+
+def curvature_along_sharded(method: str, op: ShardedHessianOperator, before: Tensor) -> UpdateCurvature:
+    """:func:`curvature_along` for a model sharded with ``fully_shard``: ``before`` is this rank's slices
+    of ``θ_t`` (flat, :meth:`ShardedHessianOperator.local_weights` layout) and the model holds ``θ_{t+1}``.
+    ``uᵀu`` and ``uᵀHu`` are sums over the ranks; ``hvp`` takes the operator's finite-difference product
+    at ``θ_t``, ``fd`` three loss evaluations. No preconditioned quotient (an optimizer's state is sharded
+    too). Every rank must call it; the weights are put back bit for bit."""
+    check_method(method)
+    start = time.perf_counter()
+    after = op.local_weights()
+    u = after - before.to(after.device, after.dtype)
+
+    def total(x: Tensor) -> float:
+        return float(op.allsum(x.double().reshape(1))[0])
+
+    norm = math.sqrt(total(u.double().square().sum()))
+    if method == "hvp":
+        num, hvps = 0.0, 0
+        if norm > 0:
+            with op.at_weights(before):
+                hu = op.matvec(u)
+            num, hvps = total(u.double() @ hu.double()), 1
+        kappa = num / norm**2 if norm > 0 and math.isfinite(num) else None
+        return UpdateCurvature("hvp", kappa, None, num, None, norm, hvps, 0, time.perf_counter() - start)
+    with op.at_weights(before - u):
+        lm = op.loss()
+    with op.at_weights(before):
+        l0 = op.loss()
+    lp = op.loss()
+    num = lp - 2.0 * l0 + lm
+    eps = torch.finfo(op.dtype).eps
+    rounding = eps * (abs(lp) + 2 * abs(l0) + abs(lm)) / norm**2 if norm > 0 else math.inf
+    kappa = num / norm**2 if norm > 0 and math.isfinite(num) else None
+    return UpdateCurvature("fd", kappa, None, num, None, norm, 0, 3, time.perf_counter() - start,
                            losses=(lm, l0, lp), rounding=rounding)

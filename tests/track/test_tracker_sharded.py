@@ -39,9 +39,39 @@ def make_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(n, 4, generator=gen, dtype=torch.float64), torch.randint(0, 3, (n,), generator=gen)
 
 
-def tracker(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor]) -> SharpnessTracker:
+def tracker(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor] | None,
+            update: str | None = None) -> SharpnessTracker:
     return SharpnessTracker(train, nn.CrossEntropyLoss(), every=1, curvature=CURVATURE, trace=True,
-                            grad_norm=True, test_data=test, batch_size=4, seed=SEED)
+                            grad_norm=True, test_data=test, batch_size=4, seed=SEED, update_curvature=update)
+
+
+def step_deltas(model: nn.Module) -> list[torch.Tensor]:
+    """A fixed update per parameter (whole tensors), the same in every process."""
+    gen = torch.Generator().manual_seed(3)
+    return [0.05 * torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in model.parameters()]
+
+
+def update_readings(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], sharded: bool) -> dict[str, float]:
+    """κ_u of one fixed step, by each method (the weights are put back after each)."""
+    out = {}
+    for method in ("hvp", "fd"):
+        t = tracker(train, None, update=method)
+        before = [p.detach().clone() for p in model.parameters()]
+        t.before_step(0, model)
+        with torch.no_grad():
+            for p, delta in zip(model.parameters(), step_deltas(model)):
+                if sharded:
+                    from torch.distributed.tensor import distribute_tensor
+
+                    delta = distribute_tensor(delta, p.device_mesh, p.placements)
+                p.add_(delta)
+        t.after_step(0, model)
+        out[method] = t.last_update["kappa"]
+        out[f"{method}_cost"] = t.last_update["cost"]["hvps"] + t.last_update["cost"]["forwards"]
+        with torch.no_grad():
+            for p, b in zip(model.parameters(), before):
+                p.copy_(b)
+    return out
 
 
 def reference(folder: Path) -> None:
@@ -53,6 +83,7 @@ def reference(folder: Path) -> None:
     records[0]["fd_trace"] = trace_estimator(CURVATURE.trace_method)(fd, CURVATURE.trace_matvecs,
                                                                      seed=step_seed(SEED, 0, 2)).estimate
     records[0]["exact_top"] = float(lanczos(HessianOperator(objective), 1, tol=1e-10, seed=0).eigenvalues[0])
+    records[0]["update"] = update_readings(model, train, sharded=False)
     (folder / "reference.json").write_text(json.dumps(records[0]))
 
 
@@ -69,9 +100,10 @@ def rank_work(rank: int, folder: str) -> None:
     tlo, thi = shard_bounds(N_TEST, 2, rank)
     t = tracker((x[lo:hi], y[lo:hi]), (xt[tlo:thi], yt[tlo:thi]))
     first, again = t.measure(0, model), t.measure(1, model)  # the second starts from the first's eigenvector
+    update = update_readings(model, (x[lo:hi], y[lo:hi]), sharded=True)
     with pytest.raises(ConfigError, match="alignment=True"):
         SharpnessTracker((x, y), nn.CrossEntropyLoss(), every=1, alignment=True).measure(0, model)
-    (Path(folder) / f"rank{rank}.json").write_text(json.dumps({"first": first, "again": again}))
+    (Path(folder) / f"rank{rank}.json").write_text(json.dumps({"first": first, "again": again, "update": update}))
 
 
 def timeless(record: object) -> object:
@@ -101,3 +133,10 @@ def test_tracker_on_a_sharded_model_records_what_one_process_measures(tmp_path: 
         assert got["again"]["warm_start"] is True
         torch.testing.assert_close(torch.tensor(got["again"]["eigenvalues"]), torch.tensor(ref["exact_top"]).reshape(1),
                                    rtol=1e-6, atol=0)
+        # κ_u: a finite-difference product against the exact one (1e-6); the three-loss form sums the same
+        # per-batch losses in another order (1e-9); one product and three forward passes
+        torch.testing.assert_close(torch.tensor(got["update"]["hvp"]), torch.tensor(ref["update"]["hvp"]),
+                                   rtol=1e-6, atol=0)
+        torch.testing.assert_close(torch.tensor(got["update"]["fd"]), torch.tensor(ref["update"]["fd"]),
+                                   rtol=1e-9, atol=0)
+        assert (got["update"]["hvp_cost"], got["update"]["fd_cost"]) == (1, 3)

@@ -33,6 +33,7 @@ gradient raises; gradients the model held before are put back too.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -260,6 +261,23 @@ class ShardedHessianOperator(LinearOperator):
     @torch.no_grad()
     def _weights(self) -> Tensor:
         return self._made(torch.cat([t.reshape(-1) for _, t in self._locals()]).clone())
+
+    def local_weights(self) -> Tensor:
+        """This rank's slices of the parameters, flat, in the layout of the operator's vectors (a copy)."""
+        return self._weights()
+
+    @contextlib.contextmanager
+    def at_weights(self, theta: Tensor) -> Iterator[None]:
+        """The local slices hold ``theta`` (flat, this rank's layout) inside the block; the weights they
+        had are copied back afterwards, bit for bit, also when the block raises."""
+        if theta.shape != (self.dim,):
+            raise ConfigError(f"weights of shape {tuple(theta.shape)} for an operator of local dimension {self.dim}")
+        saved = self._weights()
+        try:
+            self._set_weights(theta.to(self.dtype))
+            yield
+        finally:
+            self._set_weights(saved)
 
     @torch.no_grad()
     def _set_weights(self, theta: Tensor, v: Tensor | None = None, h: float = 0.0) -> None:
