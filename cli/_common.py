@@ -33,7 +33,7 @@ err = Console(stderr=True)
 RECIPE_NAMES = ("eos-gd", "eos-momentum", "eos-ce", "eos-adam", "eos-cifar5k", "sam-edge", "sam-edge-cnn",
                 "sam-minibatch", "sam-flatness", "demo", "landscape-resnet18")
 STUDY_NAMES = ("eos", "sam-edge", "escape", "label-noise", "sam-flatness")
-PLOT_KINDS = ("auto", "sharpness", "trace", "escape", "density", "layers")
+PLOT_KINDS = ("auto", "sharpness", "trace", "escape", "arms", "arms-lambda", "minibatch", "density", "layers")
 
 
 # ------------------------------------------------------------------------------------- choices

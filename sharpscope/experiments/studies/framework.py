@@ -38,7 +38,7 @@ class Stage:
 
 @dataclass(frozen=True)
 class Figure:
-    """A figure of a study: ``kind`` (``sharpness``, ``escape``, ``trace-accuracy``, ``escape-seeds``)
+    """A figure of a study: ``kind`` (a run kind of :data:`sharpscope.plots.kinds.RUN_KINDS`)
     over the finished stages matching the ``fnmatch`` patterns ``stages`` (in that order), saved as
     ``<study>-<stem>``; ``k`` eigenvalues per run in ``sharpness`` figures."""
 
