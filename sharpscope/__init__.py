@@ -1,12 +1,20 @@
 """sharpscope: sharpness of neural-network loss landscapes.
 
 An objective (model + loss + fixed probe set) becomes a Hessian operator; algorithms turn the
-operator into results that carry their uncertainty and cost::
+operator into results that carry their uncertainty and cost:
 
-    from sharpscope import Objective, HessianOperator, lanczos, hutchpp
-    H = HessianOperator(Objective(model, torch.nn.CrossEntropyLoss(), (x, y), bn="eval"))
-    top = lanczos(H, k=5, tol=1e-3, seed=0)        # .eigenvalues .error_bounds .residuals .hvps .seconds
-    tr = hutchpp(H, num_matvecs=99, seed=0)        # .estimate .stderr
+    >>> import torch
+    >>> from sharpscope import Objective, HessianOperator, lanczos, hutchpp
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    >>> x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    >>> H = HessianOperator(Objective(model, torch.nn.CrossEntropyLoss(), (x, y), bn="eval"))
+    >>> top = lanczos(H, k=2, tol=1e-3, seed=0)    # .eigenvalues .error_bounds .residuals .hvps .seconds
+    >>> bool(top.converged), top.eigenvalues.shape
+    (True, torch.Size([2]))
+    >>> tr = hutchpp(H, num_matvecs=30, seed=0)    # .estimate .stderr
+    >>> tr.stderr >= 0
+    True
 """
 
 from sharpscope.curvature import (

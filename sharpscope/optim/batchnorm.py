@@ -2,13 +2,21 @@
 
 SAM-family steps run two forward passes in training mode. The official SAM code keeps the
 running-average state produced by the *first* (unperturbed) pass and discards the second pass's
-update. :func:`frozen_bn_stats` gives that behaviour in any loop::
+update. :func:`frozen_bn_stats` gives that behaviour in any loop:
 
-    loss_fn(model(x), y).backward()          # pass 1: batch statistics, running stats updated
-    opt.first_step(zero_grad=True)
-    with frozen_bn_stats(model):             # pass 2: batch statistics, running stats untouched
-        loss_fn(model(x), y).backward()
-    opt.second_step()
+    >>> import torch
+    >>> from sharpscope.optim import SAM
+    >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1))
+    >>> opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, model=model)
+    >>> x, y, loss_fn = torch.randn(16, 3), torch.randn(16, 1), torch.nn.MSELoss()
+    >>> loss_fn(model(x), y).backward()          # pass 1: batch statistics, running stats updated
+    >>> opt.first_step(zero_grad=True)
+    >>> after_first = model[1].running_mean.clone()
+    >>> with frozen_bn_stats(model):             # pass 2: batch statistics, running stats untouched
+    ...     loss_fn(model(x), y).backward()
+    >>> opt.second_step()
+    >>> torch.equal(model[1].running_mean, after_first)
+    True
 
 Mechanism: for every BatchNorm layer (``_BatchNorm``, including ``SyncBatchNorm``) with running
 statistics that is in training mode, ``track_running_stats`` is switched off for the duration of

@@ -68,23 +68,31 @@ class SAM(TwoPassOptimizer):
     decay term — the ‖g‖ of :func:`sharpscope.thresholds.sam_edge`) and
     ``last_perturbation_skipped`` (True when the gradients were non-finite or ρ = 0).
 
-    Example (closure form; the closure zeroes, evaluates, back-propagates, returns the loss)::
+    Example (closure form; the closure zeroes, evaluates, back-propagates, returns the loss):
 
-        opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9, model=model)
-        def closure():
-            opt.zero_grad()
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            return loss
-        loss = opt.step(closure)
+        >>> import copy
+        >>> from sharpscope.optim.batchnorm import frozen_bn_stats
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1))
+        >>> twin = copy.deepcopy(model)
+        >>> x, y, loss_fn = torch.randn(16, 3), torch.randn(16, 1), torch.nn.MSELoss()
+        >>> opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9, model=model)
+        >>> def closure():
+        ...     opt.zero_grad()
+        ...     loss = loss_fn(model(x), y)
+        ...     loss.backward()
+        ...     return loss
+        >>> loss = opt.step(closure)
 
-    Explicit form (same result)::
+    Explicit form (same result; gradient clipping, if any, goes before ``second_step``):
 
-        loss_fn(model(x), y).backward();  opt.first_step(zero_grad=True)
-        with frozen_bn_stats(model):
-            loss_fn(model(x), y).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)   # optional
-        opt.second_step(zero_grad=True)
+        >>> opt2 = SAM(twin.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9, model=twin)
+        >>> loss_fn(twin(x), y).backward();  opt2.first_step(zero_grad=True)
+        >>> with frozen_bn_stats(twin):
+        ...     loss_fn(twin(x), y).backward()
+        >>> opt2.second_step(zero_grad=True)
+        >>> all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), twin.state_dict().values()))
+        True
     """
 
     def __init__(

@@ -2,10 +2,21 @@
 
 :func:`load_run` reads ``config.json``, ``metrics.jsonl`` and ``summary.json`` through
 :class:`~sharpscope.track.RunDirectory` and decodes the stored non-finite strings (``"NaN"``,
-``"Infinity"``) back into floats. :func:`series` turns a dotted key into two aligned arrays::
+``"Infinity"``) back into floats. :func:`series` turns a dotted key into two aligned arrays:
 
-    steps, lam = series(run, "eigenvalues.0")        # λ_max at every measurement
-    steps, edge = series(run, "thresholds.edge")     # the optimizer's threshold (2/η, SAM-edge, ...)
+    >>> import tempfile
+    >>> from sharpscope.io.rundir import RunDirectory
+    >>> folder = RunDirectory(tempfile.mkdtemp() + "/run")
+    >>> folder.create({"model": {"name": "mlp"}})     # a new run (a resumed one would say so)
+    'new'
+    >>> for step, lam in ((0, 1.5), (10, "NaN"), (20, 2.5)):
+    ...     _ = folder.append_metric({"kind": "measurement", "step": step, "eigenvalues": [lam],
+    ...                               "thresholds": {"edge": 2.0}})
+    >>> run = load_run(folder.path)
+    >>> steps, lam = series(run, "eigenvalues.0")        # λ_max at every measurement
+    >>> steps.tolist(), lam.tolist()
+    ([0, 10, 20], [1.5, nan, 2.5])
+    >>> steps, edge = series(run, "thresholds.edge")     # the optimizer's threshold (2/η, SAM-edge, ...)
 
 A record without the value (no trace measured, a failed Lanczos run, a list that is too short)
 gives NaN at its step, so lines show a gap there instead of failing.

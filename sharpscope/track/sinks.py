@@ -2,11 +2,18 @@
 
 A *sink* is any callable taking one record, a JSON-like dict ``{"kind": ..., "step": t, ...}``
 (:class:`~sharpscope.track.SharpnessTracker`'s ``sink=``). The sinks here write the same record to
-different places; :class:`MultiSink` sends each record to several::
+different places; :class:`MultiSink` sends each record to several (``TensorBoardSink(folder)``
+and ``WandbSink(...)`` join the same way):
 
-    run = RunDirectory("runs/gd")
-    sink = MultiSink(JSONLSink(run), CSVSink("runs/gd/metrics.csv"), TensorBoardSink("runs/gd/tb"))
-    tracker = SharpnessTracker((x, y), loss_fn, every=50, k=2, sink=sink)
+    >>> import tempfile
+    >>> from sharpscope.io.rundir import RunDirectory
+    >>> run = RunDirectory(tempfile.mkdtemp() + "/gd")
+    >>> _ = run.create({"model": {"name": "mlp"}})
+    >>> sink = MultiSink(JSONLSink(run), CSVSink(run.path / "metrics.csv"))
+    >>> sink({"kind": "measurement", "step": 0, "eigenvalues": [3.0, 1.0], "trace": {"estimate": 7.5}})
+    [True, None]
+    >>> (run.path / "metrics.csv").read_text().splitlines()[0]
+    'kind,step,eigenvalues.0,eigenvalues.1,trace.estimate'
 
 CSV and :func:`~sharpscope.track.dataframe.metrics_dataframe` see a record flattened by
 :func:`flatten_record`: nested keys joined by dots (``trace.estimate``), list entries indexed

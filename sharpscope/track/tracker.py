@@ -28,12 +28,19 @@ Random start vectors and probes come from generators seeded with ``(seed, step)`
 gives the same record whatever happened before (except for the warm start, whose vectors are
 part of :meth:`SharpnessTracker.state_dict`).
 
-Example, in a hand-written loop::
+Example, in a hand-written loop:
 
-    tracker = SharpnessTracker((x, y), mse, every=50, curvature=CurvatureSettings(k=2), sink=run.append_metric)
-    for step in range(steps + 1):
-        tracker.maybe_measure(step, model, opt)
-        ...  # one optimizer step
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+    >>> x, y, mse = torch.randn(32, 3), torch.randn(32, 1), nn.MSELoss()
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    >>> records = []
+    >>> tracker = SharpnessTracker((x, y), mse, every=5, curvature=CurvatureSettings(k=2), sink=records.append)
+    >>> for step in range(11):
+    ...     _ = tracker.maybe_measure(step, model, opt)
+    ...     opt.zero_grad(); mse(model(x), y).backward(); opt.step()        # one optimizer step
+    >>> [r["step"] for r in records], len(records[0]["eigenvalues"]), "edge" in records[0]["thresholds"]
+    ([0, 5, 10], 2, True)
 """
 
 from __future__ import annotations

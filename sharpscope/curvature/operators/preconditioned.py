@@ -9,11 +9,21 @@ is not symmetric, but for a positive diagonal ``P`` it is similar to the symmetr
 
 so the two have the same eigenvalues, which are also the generalized eigenvalues of the pencil
 ``H u = λ P u``. :class:`PreconditionedOperator` is ``A`` as a :class:`LinearOperator`, so
-Lanczos, power iteration, Hutchinson and SLQ all apply to it unchanged::
+Lanczos, power iteration, Hutchinson and SLQ all apply to it unchanged:
 
-    H = HessianOperator(Objective(model, mse, (x, y)))
-    P = adam_preconditioner(adam, objective)           # diag(sqrt(v̂) + ε), objective order
-    lam = lanczos(PreconditionedOperator(H, P), k=1).eigenvalues[0]   # compare with adam_edge(η, β₁)
+    >>> from sharpscope.curvature import HessianOperator, Objective, lanczos
+    >>> from sharpscope.thresholds import adam_edge
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1)).double()
+    >>> x, y = torch.randn(20, 3, dtype=torch.float64), torch.randn(20, 1, dtype=torch.float64)
+    >>> objective = Objective(model, torch.nn.MSELoss(), (x, y))
+    >>> adam = torch.optim.Adam(model.parameters(), lr=1e-3)
+    >>> torch.nn.MSELoss()(model(x), y).backward(); adam.step()
+    >>> H = HessianOperator(objective)
+    >>> P = adam_preconditioner(adam, objective)       # diag(sqrt(v̂) + ε), objective order
+    >>> lam = float(lanczos(PreconditionedOperator(H, P), k=1).eigenvalues[0])
+    >>> lam > 0, round(adam_edge(1e-3, 0.9))           # compare λ_max(P⁻¹H) with Adam's edge
+    (True, 38000)
 
 An eigenvector ``y`` of ``A`` corresponds to the eigenvector ``P^{-1/2} y`` of ``P⁻¹H``
 (:meth:`PreconditionedOperator.to_original`).
