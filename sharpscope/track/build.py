@@ -202,4 +202,5 @@ def build_tracker(cfg: TrainConfig, probe: Any, test: Any, loss_fn: LossFn,
                             batch_size=cfg.physical_batch_size, test_data=test,
                             seed=cfg.seed if cfg.probe_seed is None else cfg.probe_seed, sink=sink,
                             alignment=cfg.alignment, preconditioned=cfg.preconditioned,
-                            update_curvature=cfg.update_curvature, update_every=cfg.update_every)
+                            update_curvature=cfg.update_curvature, update_every=cfg.update_every,
+                            test_predictions=cfg.test_predictions)

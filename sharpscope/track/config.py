@@ -86,6 +86,8 @@ class TrainConfig:
             ``"update_curvature"`` records with their cost (:mod:`sharpscope.track.update_curvature`);
             None: off.
         update_every: steps between update-curvature readings (1: every step).
+        test_predictions: record at each measurement which test examples are classified right
+            (``test_correct``, packed bits), for paired comparisons of two runs' accuracies.
         checkpoint_every: steps between checkpoints (the final step is always checkpointed).
         keep_checkpoints: keep every checkpoint (``checkpoints/step-*.pt``, e.g. as the iterates of a
             landscape path) instead of only the latest; resume still starts from the latest.
@@ -125,6 +127,7 @@ class TrainConfig:
     batch_sharpness: bool = False
     update_curvature: str | bool | None = None
     update_every: int = 1
+    test_predictions: bool = False
     checkpoint_every: int = 100
     keep_checkpoints: bool = False
     seed: int = 0
@@ -263,7 +266,7 @@ class TrainConfig:
         if self.batch_sharpness and (self.optimizer != "sam" or self.batch_size is None):
             raise ConfigError("batch_sharpness measures the mini-batch of a SAM step and needs optimizer 'sam' "
                               "(rho=0 for an SGD control) and batch_size", argument="batch_sharpness")
-        for name in ("trace", "alignment", "preconditioned", "batch_sharpness"):
+        for name in ("trace", "alignment", "preconditioned", "batch_sharpness", "test_predictions"):
             check_bool(name, getattr(self, name))
         adam = self.optimizer in ("adam", "adamw") or (self.optimizer in ("sam", "sparse-sam") and isinstance(
             self.optimizer_kwargs, dict) and self.optimizer_kwargs.get("base", "sgd") in ("adam", "adamw"))

@@ -65,6 +65,7 @@ from sharpscope.curvature.results import EigenResult
 from sharpscope.curvature.settings import DEFAULTS, CurvatureSettings
 from sharpscope.data import ArrayDataset
 from sharpscope.errors import ConfigError, SharpscopeError
+from sharpscope.io.predictions import pack_correct
 from sharpscope.track.thresholds import batch_sam_edge, default_thresholds
 from sharpscope.track.update_curvature import curvature_along, curvature_along_sharded, resolve_method
 from sharpscope.validation import check_bool, check_int, check_seed, check_type
@@ -160,6 +161,9 @@ class SharpnessTracker:
             (:func:`~sharpscope.track.update_curvature.curvature_along`; ``kappa_preconditioned`` with Adam's
             ``P`` after the step, the denominator that step divided by, for Adam/AdamW or SAM over one).
         update_every: steps between update-curvature readings (1: every step).
+        test_predictions: with ``test_data``, also record ``test_correct``, which test examples the model
+            classifies right (packed bits, :mod:`sharpscope.io.predictions`), so that two runs on one test
+            set can be compared example by example (:func:`sharpscope.experiments.statistics.paired_accuracy`).
     """
 
     def __init__(self, probe_data: Any, loss_fn: LossFn, *, every: int, curvature: CurvatureSettings = DEFAULTS,
@@ -168,7 +172,7 @@ class SharpnessTracker:
                  grad_norm: bool = True, warm_start: bool = True, seed: int = 0,
                  sink: Callable[[dict[str, Any]], Any] | None = None, alignment: bool = False,
                  preconditioned: bool = False, update_curvature: str | bool | None = None,
-                 update_every: int = 1) -> None:
+                 update_every: int = 1, test_predictions: bool = False) -> None:
         check_int("every", every, low=1)
         check_int("update_every", update_every, low=1)
         method = resolve_method(update_curvature)
@@ -176,7 +180,8 @@ class SharpnessTracker:
             raise ConfigError(f"curvature must be a CurvatureSettings, got {type(curvature).__name__}",
                               argument="curvature")
         for name, flag in (("trace", trace), ("grad_norm", grad_norm), ("warm_start", warm_start),
-                           ("alignment", alignment), ("preconditioned", preconditioned)):
+                           ("alignment", alignment), ("preconditioned", preconditioned),
+                           ("test_predictions", test_predictions)):
             check_bool(name, flag)
         check_int("batch_size", batch_size, low=1, optional=True)
         check_seed("seed", seed)
@@ -202,6 +207,7 @@ class SharpnessTracker:
         self._pending: dict[str, Any] | None = None  # θ_t and eigenvector signs until after_step(t)
         self._sam_step: int | None = None  # a measured step whose SAM batch norm after_step records
         self.preconditioned = preconditioned
+        self.test_predictions = test_predictions
         self._pre_eigenvectors: Tensor | None = None  # warm start of the preconditioned Lanczos
         self.update_curvature, self.update_every = method, update_every
         self._before: dict[str, Any] | None = None  # {"step": t, "params": θ_t} from before_step until after_step(t)
@@ -268,6 +274,8 @@ class SharpnessTracker:
         if self._test is not None:
             rec["test_loss"], rec["test_acc"] = (self._test_op.evaluate() if self._test_op is not None
                                                  else evaluate(self._test))
+            if self.test_predictions:
+                rec["test_correct"] = self._test_correct(self._test)
         cost["eval_seconds"] = time.perf_counter() - t
 
         v0 = self._start_vectors(self._eigenvectors, op)
@@ -329,6 +337,14 @@ class SharpnessTracker:
         self.last = rec
         self._emit(rec)
         return rec
+
+    def _test_correct(self, test: Objective) -> dict[str, Any] | None:
+        """Which test examples the model gets right, packed (:mod:`sharpscope.io.predictions`); None when the
+        outputs are not class scores, or when several processes each hold a share of the test set."""
+        if world_size() > 1:
+            return None
+        correct = test.correct_examples()
+        return None if correct is None else pack_correct(correct.numpy())
 
     def _emit(self, rec: dict[str, Any]) -> None:
         """Pass ``rec`` to ``sink``; an exception of the sink's own (not a storage error, which the

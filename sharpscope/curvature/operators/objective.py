@@ -611,6 +611,22 @@ class Objective:
             return loss[0], None if acc is None else acc[0]
         return loss, acc
 
+    def correct_examples(self) -> Tensor | None:
+        """Whether the model gets each of this process's probe examples right at the current parameters
+        (arg-max output equals the label, or the target's arg-max), as a bool vector in batch order; None
+        when the outputs are not class scores ``(n_b, C)``, ``C ≥ 2`` (or for a ``closure`` objective)."""
+        if self.closure is not None:
+            return None
+        flags = []
+        with torch.no_grad(), self.mode():
+            for batch in self.batches:
+                out = self.evaluate_batch(self.parameter_vector()[None], batch)[1]
+                if not (isinstance(out, Tensor) and out.ndim == 3 and out.shape[2] > 1) or batch.y is None:
+                    return None
+                y = batch.y.argmax(dim=-1) if batch.y.is_floating_point() else batch.y
+                flags.append((out[0].argmax(dim=-1) == y).cpu())
+        return torch.cat(flags)
+
     def gradient(self) -> Tensor:
         """``∇L(θ)`` as a flat vector."""
         params = self.param_values()
