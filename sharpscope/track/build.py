@@ -172,11 +172,11 @@ def check_optimizer_options(cfg: TrainConfig) -> None:
     data or model loads. Only the optimizers' own argument checks are reported; anything else the
     stand-in trips on is left to the real build."""
     dtype = getattr(torch, cfg.dtype)
-    model = nn.Linear(2, 2).to(dtype)
     count = max(8, cfg.n or 0, cfg.batch_size or 0)
     stand_in = ArrayDataset(torch.zeros(count, 2, dtype=dtype), torch.zeros(count, dtype=torch.long), "stand-in")
     try:
-        build_optimizer(cfg, model, stand_in, lambda out, y: out.sum() * 0.0, scores=False)
+        with torch.random.fork_rng(devices=[]):  # the stand-in leaves the run's random stream alone
+            build_optimizer(cfg, nn.Linear(2, 2).to(dtype), stand_in, lambda out, y: out.sum() * 0.0, scores=False)
     except ConfigError as e:
         key = e.argument if isinstance(e.argument, str) else None
         if key in cfg.optimizer_kwargs:

@@ -218,5 +218,5 @@ def test_the_installed_script_refuses_a_nan_learning_rate_in_one_line(tmp_path: 
                            str(tmp_path / "run")], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 1 and proc.stdout == ""
-    assert proc.stderr == "error: optimizer_kwargs.lr must be a finite number, got nan\n"
+    assert proc.stderr == "error: --set optimizer_kwargs.lr must be a finite number, got nan\n"
     assert not (tmp_path / "run").exists()
