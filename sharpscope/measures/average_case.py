@@ -19,7 +19,7 @@ from sharpscope.errors import ConfigError
 from sharpscope.measures.perturbed import Counter, PerturbedLoss, draw, example_batches, perturbation_scale
 from sharpscope.measures.settings import SharpnessSettings
 
-#: PAC-Bayes σ bracket: the first trial σ (times the scale's RMS), and the doublings allowed to reach the target.
+#: PAC-Bayes σ bracket: the first trial σ (relative to |w| in the magnitude-aware form), and the doublings allowed to reach the target.
 SIGMA_START = 1e-2
 MAX_DOUBLINGS = 60
 
@@ -78,8 +78,7 @@ def pac_bayes(objective: Objective, settings: SharpnessSettings, counter: Counte
         loss = PerturbedLoss(objective, batches, scale, counter)
         base = loss.value()
         Z = draw(gen, settings.samples, loss.dim, "gaussian", loss.w)
-        rms = float(torch.linalg.vector_norm(scale)) / math.sqrt(loss.dim)
-        if rms == 0:
+        if not bool(torch.any(scale != 0)):
             raise ConfigError("the magnitude-aware PAC-Bayes σ needs nonzero weights (every |w_i| is 0)",
                               argument="adaptive")
 
@@ -88,7 +87,7 @@ def pac_bayes(objective: Objective, settings: SharpnessSettings, counter: Counte
             return statistics.fmean(samples), statistics.stdev(samples) / math.sqrt(len(samples))
 
         lo, lo_stats = 0.0, (0.0, 0.0)
-        hi = SIGMA_START / rms
+        hi = SIGMA_START
         hi_stats = increase(hi)
         doublings = 0
         while hi_stats[0] <= settings.target:  # expand until the target is exceeded

@@ -61,8 +61,10 @@ class PerturbedLoss:
     def dim(self) -> int:
         return self.w.numel()
 
-    def _checked(self, value: float) -> float:
+    def _checked(self, value: float, z: Tensor | None) -> float:
         if not math.isfinite(value):
+            if z is None:
+                raise ObjectiveError(f"the loss is {value} at the current weights")
             raise ObjectiveError(f"the loss is {value} at a perturbed point: the perturbation is too large for "
                                  "this model (lower rho or epsilon)")
         return value
@@ -75,7 +77,7 @@ class PerturbedLoss:
         for batch, weight in zip(self.batches, self.weights):
             total += weight * float(self.objective.batch_loss(params, batch))
             self.counter.forwards += 1
-        return self._checked(total)
+        return self._checked(total, z)
 
     def value_and_grad(self, z: Tensor) -> tuple[float, Tensor]:
         theta = self.w + self.scale * z
@@ -96,7 +98,7 @@ class PerturbedLoss:
             self.counter.backwards += 1
             total += weight * loss
             grad += weight * g
-        return self._checked(total), self.scale * grad
+        return self._checked(total, z), self.scale * grad
 
 
 def perturbation_scale(objective: Objective, kind: str) -> Tensor:
