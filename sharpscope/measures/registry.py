@@ -39,11 +39,12 @@ def check_measure_names(names: object, argument: str = "names") -> tuple[str, ..
     items = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)  # type: ignore[call-overload]
     unknown = [n for n in items if n not in MEASURES]
     if unknown or not items:
-        raise ConfigError(f"unknown sharpness measure {', '.join(map(repr, unknown)) or '(none given)'}; "
-                          f"choose from {', '.join(MEASURES)}", argument=argument)
+        got = f"unknown {', '.join(map(repr, unknown))}" if unknown else "none"
+        raise ConfigError(f"{argument} must name measures among {', '.join(MEASURES)}; got {got}",
+                          argument=argument)
     repeated = sorted({n for n in items if items.count(n) > 1})
     if repeated:
-        raise ConfigError(f"sharpness measure {', '.join(repeated)} given twice", argument=argument)
+        raise ConfigError(f"{argument} names {', '.join(repeated)} twice", argument=argument)
     return tuple(items)
 
 
