@@ -5,10 +5,19 @@
   Gauss–Newton matrix of the loss ``ℓ_b = (1/n_b) Σ_i ½‖f_i‖²``, i.e. output Hessian ``I/n_b``.
 * GGN trace: ``tr G = Σ_b (n_b/N) tr(J_bᵀ H_b J_b)``, ``H_b = ∇²_f ℓ_b``.
 
-``trace="exact"`` takes every row of ``J_b`` by a reverse pass on a one-hot output cotangent ``e_k``
-(``r_k = J_bᵀ e_k``; vectorised ``block`` at a time): ``‖J_b‖_F² = Σ_k ‖r_k‖²`` and
-``tr(J_bᵀ H_b J_b) = tr(H_b J_b J_bᵀ) = Σ_k r_kᵀ (J_bᵀ H_b e_k)``, one more reverse pass per row. With
-BatchNorm on batch statistics the outputs of a batch are coupled and the rows carry that coupling.
+``trace="exact"`` computes them exactly, in one of two ways (recorded as ``details["method"]``):
+
+* ``"exact per-example"``, when the examples of a batch are independent (``(x, y)`` pair batches, and
+  no BatchNorm on batch statistics): each example's Jacobian ``J_i`` (``C`` rows) by ``torch.func.jacrev``
+  on that example alone, vectorised over ``max(1, block // C)`` examples, so the cost is ``C`` reverse
+  passes over the probe set. For the GGN, ``H_b``'s diagonal block ``H_ii`` comes from output-space
+  products ``H_b e_k`` and ``tr(J_iᵀ H_ii J_i) = Σ H_ii ⊙ (J_i J_iᵀ)``; if ``H_b`` has a block off its
+  diagonal above round-off (a loss that couples examples) the batch is taken the other way.
+* ``"exact batch rows"`` otherwise: every row of ``J_b`` by a reverse pass of the whole batch on a
+  one-hot output cotangent ``e_k`` (``r_k = J_bᵀ e_k``, ``block`` at a time), ``‖J_b‖_F² = Σ_k ‖r_k‖²``
+  and ``tr(J_bᵀ H_b J_b) = Σ_k r_kᵀ (J_bᵀ H_b e_k)``. It carries any coupling of the examples (BatchNorm
+  on batch statistics) but costs ``n_b·C`` (GGN: ``2 n_b·C``) reverse passes of the whole batch.
+
 ``"hutchinson"``/``"hutch++"`` estimate the same traces from ``matvecs`` products ``J_bᵀ M_b J_b v``.
 """
 
@@ -18,7 +27,7 @@ import math
 
 import torch
 from torch import Tensor
-from torch.func import grad, vjp, vmap
+from torch.func import grad, jacrev, vjp, vmap
 
 from sharpscope.curvature.algorithms.trace import trace_estimator
 from sharpscope.curvature.operators.gauss_newton import GGNOperator, OutputCurvatureOperator, batch_outputs
@@ -82,6 +91,57 @@ def _exact_batch(objective: Objective, params: dict[str, Tensor], batch: Batch, 
     return float(total)
 
 
+def _independent(objective: Objective) -> bool:
+    """Whether each example's outputs depend on that example only (per-example Jacobians are then exact)."""
+    pairs = all(b.pair for b in objective.batches)
+    return pairs and objective.count_fn is None and not (objective.bn == "batch" and objective.has_batchnorm)
+
+
+@torch.no_grad()
+def _per_example_batch(objective: Objective, params: dict[str, Tensor], batch: Batch, ggn: bool, block: int,
+                       counter: Counter) -> float | None:
+    """``Σ_i ‖J_i‖_F²`` or ``Σ_i tr(J_iᵀ H_ii J_i)`` over the examples of one batch; None when the loss
+    couples examples (``H_b`` off its block diagonal), so the caller takes the batch rows instead."""
+
+    def single(p: dict[str, Tensor], x: Tensor) -> Tensor:
+        out = batch_outputs(objective, p, Batch((x[None], batch.y[:1]), 1.0))
+        return out.reshape(-1)
+
+    x = batch.x
+    n = int(x.shape[0])
+    hessian = None
+    if ggn:
+        out = batch_outputs(objective, params, batch).detach()
+        counter.forwards += 1
+
+        def loss_of(o: Tensor) -> Tensor:
+            return objective.output_loss(o, batch)
+
+        hessian = vjp(grad(loss_of), out)[1]
+        width = out[0].numel()
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        jac = vmap(jacrev(single), in_dims=(None, 0))(params, x[start:stop])  # {name: (c, C, *shape)}
+        counter.forwards += 1
+        rows = torch.cat([t.reshape(t.shape[0], t.shape[1], -1) for t in jac.values()], dim=2)  # (c, C, dim)
+        counter.backwards += rows.shape[1]
+        if hessian is None:
+            total += (rows.double() ** 2).sum()
+            continue
+        E = _rows(out, start * width, stop * width)  # one-hot cotangents of these examples' outputs
+        HE = vmap(hessian)(E)[0].reshape(stop - start, width, n, width)  # (c, C, n, C)
+        index = torch.arange(stop - start, device=x.device)
+        blocks = HE[index, :, start + index, :]  # (c, C, C): H_ii
+        off = HE.clone()
+        off[index, :, start + index, :] = 0
+        if float(off.abs().max()) > 1e-10 * max(float(blocks.abs().max()), 1e-300):
+            return None
+        gram = rows @ rows.transpose(1, 2)  # J_i J_iᵀ
+        total += (blocks * gram).sum().double()
+    return float(total)
+
+
 def _check_exact(objective: Objective) -> None:
     rows = 0
     with objective.mode(), torch.no_grad():
@@ -102,14 +162,30 @@ def _output_trace(objective: Objective, settings: SharpnessSettings, counter: Co
     used = settings.record("trace", "block") if settings.trace == "exact" else settings.record(
         "trace", "matvecs", "block", "seed")
     if settings.trace == "exact":
-        _check_exact(objective)
+        independent, checked = _independent(objective), False
         params = objective.param_values()
-        total = 0.0
+        total, methods = 0.0, set()
         with objective.mode():
+            width = 1
+            if independent:  # outputs per example, from one example of the first batch
+                first = objective.batches[0]
+                with torch.no_grad():
+                    width = batch_outputs(objective, params, Batch((first.x[:1], first.y[:1]), 1.0)).numel()
+                counter.forwards += 1
             for batch in objective.batches:
-                value = _exact_batch(objective, params, batch, ggn, settings.block, counter)
+                value = None
+                if independent:
+                    value = _per_example_batch(objective, params, batch, ggn, max(1, settings.block // width), counter)
+                if value is None:
+                    if not checked:
+                        _check_exact(objective)
+                        checked = True
+                    methods.add("exact batch rows")
+                    value = _exact_batch(objective, params, batch, ggn, settings.block, counter)
+                else:
+                    methods.add("exact per-example")
                 total += value * (batch.size if ggn else 1.0) / objective.num_examples
-        return total, None, None, {"method": "exact"}, used
+        return total, None, None, {"method": ", ".join(sorted(methods))}, used
     op = (GGNOperator if ggn else JacobianGramOperator)(objective, block_size=settings.block)
     counter.forwards += 1  # the operator checks the first batch's outputs
     result = trace_estimator(settings.trace)(op, settings.matvecs, seed=settings.seed, block_size=settings.block)

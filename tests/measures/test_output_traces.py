@@ -22,10 +22,11 @@ def _flat_jacobian(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def test_exact_jacobian_trace_equals_explicit_per_example_jacobians(single_thread: None) -> None:
     model, x, y = relu_net(1, n=10)
     objective = Objective(model, nn.CrossEntropyLoss(), (x, y), batch_size=4)
-    result = measure("jacobian", objective, SharpnessSettings(block=5))
+    result = measure("jacobian", objective, SharpnessSettings(block=6))
     explicit = sum(float((_flat_jacobian(model, x[i:i + 1]) ** 2).sum()) for i in range(10)) / 10
     assert result.value == pytest.approx(explicit, rel=1e-10)
-    assert result.stderr is None and result.backwards == 10 * 3 and result.forwards == 3
+    assert result.details["method"] == "exact per-example" and result.stderr is None
+    assert result.forwards == 1 + 5 and result.backwards == 5 * 3  # chunks of 2 examples: 2 + 2 + 1, 3 outputs each
 
 
 def test_exact_ggn_trace_equals_the_trace_of_a_dense_ggn(single_thread: None) -> None:
@@ -36,6 +37,41 @@ def test_exact_ggn_trace_equals_the_trace_of_a_dense_ggn(single_thread: None) ->
     J = _flat_jacobian(model, x)  # (9·3, dim): cross entropy is per example, so one batch gives the same GGN
     out = model(x).detach()
     H = torch.autograd.functional.hessian(lambda o: loss(o, y), out).reshape(out.numel(), out.numel())
+    assert result.value == pytest.approx(float(torch.trace(J.T @ H @ J)), rel=1e-10)
+    assert result.details["method"] == "exact per-example"
+
+
+def test_a_loss_that_couples_examples_takes_whole_batch_rows(single_thread: None) -> None:
+    model, x, y = relu_net(4, n=8)
+
+    def coupled(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # the batch's mean output in every term
+        return nn.functional.cross_entropy(out - 0.5 * out.mean(0, keepdim=True), target)
+
+    result = measure("ggn", Objective(model, coupled, (x, y), validate=False))
+    J = _flat_jacobian(model, x)
+    out = model(x).detach()
+    H = torch.autograd.functional.hessian(lambda o: coupled(o, y), out).reshape(out.numel(), out.numel())
+    assert result.details["method"] == "exact batch rows"
+    assert result.value == pytest.approx(float(torch.trace(J.T @ H @ J)), rel=1e-10)
+
+
+@pytest.mark.parametrize("name", ["jacobian", "ggn"])
+def test_batchnorm_on_batch_statistics_couples_the_rows(name: str, single_thread: None) -> None:
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Linear(5, 2)).double()
+    x = torch.randn(6, 4, dtype=torch.float64)
+    y = torch.randint(0, 2, (6,))
+    loss = nn.CrossEntropyLoss()
+    result = measure(name, Objective(model, loss, (x, y), bn="batch"))
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm1d):
+            m.track_running_stats = False  # normalise with the batch's statistics, buffers untouched
+    J = _flat_jacobian(model, x)
+    out = model(x).detach()
+    H = (torch.autograd.functional.hessian(lambda o: loss(o, y), out).reshape(out.numel(), out.numel())
+         if name == "ggn" else torch.eye(out.numel(), dtype=torch.float64) / 6)
+    assert result.details["method"] == "exact batch rows"
     assert result.value == pytest.approx(float(torch.trace(J.T @ H @ J)), rel=1e-10)
 
 
