@@ -273,7 +273,7 @@ def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tens
         layers = per_layer_curvature(
             model, loss_fn, [(b.x, b.y) for b in objective.batches], groups=settings.layer_depth or "module",
             settings=c, trace=settings.trace, seed=settings.seed, progress=progress)
-    sharpness = sharpness_measures(objective, settings, progress) if settings.sharpness else None
+    sharpness = sharpness_measures(objective, settings) if settings.sharpness else None
     parts = ["top"] + [part for part, on in (("most_negative", settings.negative), ("trace", settings.trace),
                                              ("density", settings.density), ("sharpness", bool(sharpness))) if on]
     seeds = derived_seeds(settings.seed, parts)
@@ -294,14 +294,9 @@ def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tens
                        density=density, settings=record, per_layer=layers, sharpness=sharpness)
 
 
-def sharpness_measures(objective: Objective, settings: ProbeSettings,
-                       progress: Progress | None = None) -> dict[str, SharpnessResult]:
+def sharpness_measures(objective: Objective, settings: ProbeSettings) -> dict[str, SharpnessResult]:
     """The probe's sharpness measures, each with ``sharpness_settings`` but the seed derived from the probe's
-    (``seed + 4``) and ``m`` only for the measures that take it; ``progress`` counts measures done."""
+    (``seed + 4``) and ``m`` only for the measures that take it."""
     base = replace(settings.sharpness_settings, seed=offset_seed(settings.seed, SEED_OFFSETS["sharpness"]))
-    results: dict[str, SharpnessResult] = {}
-    for i, name in enumerate(settings.sharpness):
-        results[name] = measure(name, objective, base if name in TAKES_M else replace(base, m=None))
-        if progress is not None:
-            progress("sharpness measures", i + 1, len(settings.sharpness))
-    return results
+    return {name: measure(name, objective, base if name in TAKES_M else replace(base, m=None))
+            for name in settings.sharpness}

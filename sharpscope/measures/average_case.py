@@ -58,8 +58,8 @@ def average_case(objective: Objective, settings: SharpnessSettings, counter: Cou
         value, stderr = statistics.fmean(per_set), statistics.stdev(per_set) / math.sqrt(len(per_set))
     details: dict[str, object] = {"loss": statistics.fmean(bases), "sets": len(per_set), "pairs": settings.samples,
                                   "distribution": "gaussian" if settings.norm == "l2" else "uniform"}
-    if len(per_set) > 1:
-        details["per_set"] = per_set
+    if settings.m is not None:
+        details.update(examples=len(per_set) * settings.m, per_set=per_set)
     used = settings.record("rho", "norm", "adaptive", "m", "samples", "seed")
     return value, stderr, None, details, used
 
@@ -74,8 +74,7 @@ def pac_bayes(objective: Objective, settings: SharpnessSettings, counter: Counte
     scale = perturbation_scale(objective, "adaptive" if settings.adaptive else "plain")
     gen = make_generator(settings.seed)
     with objective.mode():
-        batches = example_batches(objective, None)[0]
-        loss = PerturbedLoss(objective, batches, scale, counter)
+        loss = PerturbedLoss(objective, None, scale, counter)
         base = loss.value()
         Z = draw(gen, settings.samples, loss.dim, "gaussian", loss.w)
         if not bool(torch.any(scale != 0)):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -48,11 +48,15 @@ class PerturbedLoss:
     one forward and one backward per batch and returns ``∂/∂z = s ⊙ ∇L(w + s ⊙ z)``.
     """
 
-    def __init__(self, objective: Objective, batches: Sequence[Batch], scale: Tensor, counter: Counter) -> None:
+    def __init__(self, objective: Objective, batches: Sequence[Batch] | None, scale: Tensor, counter: Counter) -> None:
         self.objective = objective
-        self.batches = list(batches)
-        total = sum(b.size for b in self.batches)
-        self.weights = [b.size / total for b in self.batches]
+        if batches is None:  # the whole probe set, read as the objective reads it (streamed or in memory)
+            self.batches: Iterable[Batch] = objective.batches
+            self.weights = objective.weights()
+        else:
+            self.batches = list(batches)
+            total = sum(b.size for b in batches)
+            self.weights = [b.size / total for b in batches]
         self.w = objective.parameter_vector()
         self.scale = scale
         self.counter = counter
@@ -113,14 +117,14 @@ def perturbation_scale(objective: Objective, kind: str) -> Tensor:
     raise ConfigError(f"scale must be 'plain', 'adaptive' or 'keskar', got {kind!r}")
 
 
-def example_batches(objective: Objective, m: int | None) -> list[list[Batch]]:
-    """The sets the measure is computed on: the whole probe set (``m`` None), or consecutive batches of
-    ``m`` examples cut from each probe batch (a probe batch's last ``n_b mod m`` examples are left out,
-    so that every set holds ``m``)."""
-    batches = list(objective.batches)
+def example_batches(objective: Objective, m: int | None) -> list[list[Batch] | None]:
+    """The sets the measure is computed on: the whole probe set (``[None]`` when ``m`` is None), or
+    consecutive batches of ``m`` examples cut from each probe batch (a probe batch's last ``n_b mod m``
+    examples are left out, so that every set holds ``m``)."""
     if m is None:
-        return [batches]
-    sets: list[list[Batch]] = []
+        return [None]
+    batches = list(objective.batches)
+    sets: list[list[Batch] | None] = []
     for batch in batches:
         n = structure.rows(batch.data, 0)
         for start in range(0, n - m + 1, m):

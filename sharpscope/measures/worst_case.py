@@ -157,8 +157,8 @@ def worst_case(objective: Objective, settings: SharpnessSettings, counter: Count
     value = statistics.fmean(values)
     stderr = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
     details: dict[str, object] = {"loss": statistics.fmean(bases), "sets": len(values)}
-    if len(values) > 1:
-        details["per_set"] = values
+    if settings.m is not None:
+        details.update(examples=len(values) * settings.m, per_set=values)
     used = settings.record("rho", "norm", "adaptive", "m", "steps", "restarts", "seed")
     return value, stderr, _merged(records), details, used
 

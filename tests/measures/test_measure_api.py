@@ -127,3 +127,12 @@ def test_a_perturbation_that_overflows_the_loss_is_named() -> None:
     objective = Objective(Exploding(), nn.MSELoss(), (x, x))
     with pytest.raises(ObjectiveError, match="the loss is inf at a perturbed point: the perturbation is too large"):
         measure("average", objective, SharpnessSettings(rho=20.0, samples=2))
+
+
+@pytest.mark.parametrize("name", ["worst", "average", "pacbayes", "ggn"])
+def test_a_streamed_probe_set_gives_the_in_memory_answer(name: str, single_thread: None) -> None:
+    model, x, y = relu_net(8, n=20)
+    settings = SharpnessSettings(steps=5, samples=4, tol=0.1)
+    kept = measure(name, Objective(model, nn.CrossEntropyLoss(), (x, y), batch_size=8, stream=False), settings)
+    streamed = measure(name, Objective(model, nn.CrossEntropyLoss(), (x, y), batch_size=8, stream=True), settings)
+    assert streamed.value == pytest.approx(kept.value, rel=1e-12)
