@@ -14,6 +14,8 @@ At a measured step ``t`` with parameters ``θ_t`` the tracker evaluates, on a *f
 * the cost of each part (HVPs, seconds) and the settings (probe size, BN mode, HVP mode, dtype);
 * optionally (``alignment=True``) how the gradient and the optimizer's update lie in the top-``k``
   eigenspace: see :func:`subspace_alignment` and :meth:`SharpnessTracker.after_step`;
+* optionally (``sharpness=("worst", "average", ...)``) sharpness measures of :mod:`sharpscope.measures`,
+  each with its value, uncertainty and cost;
 * optionally (``preconditioned=True``, for Adam/AdamW or SAM over Adam) the top ``k`` eigenvalues of
   ``P^{-1/2} H P^{-1/2}`` with Adam's ``P = diag(√v̂ + ε)``, i.e. of ``P⁻¹H``: the quantity that
   Adam's edge ``(2+2β₁)/(η(1−β₁))`` bounds, which λ_max(H) does not.
@@ -37,7 +39,8 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, replace
 from typing import Any
 
 import torch
@@ -52,6 +55,9 @@ from sharpscope.curvature.results import EigenResult
 from sharpscope.curvature.settings import DEFAULTS, CurvatureSettings
 from sharpscope.data import ArrayDataset
 from sharpscope.errors import ConfigError, SharpscopeError
+from sharpscope.measures import TAKES_M, SharpnessSettings, check_measure_names
+from sharpscope.measures import measure as sharpness_measure
+from sharpscope.measures.settings import DEFAULTS as SHARPNESS_DEFAULTS
 from sharpscope.models.inputs import check_model_fits
 from sharpscope.track.thresholds import batch_sam_edge, default_thresholds
 from sharpscope.validation import check_bool, check_int, check_seed, check_type
@@ -135,6 +141,11 @@ class SharpnessTracker:
             vectors. The optimizer must be Adam/AdamW or wrap one as ``base_optimizer`` (SAM over Adam),
             else :meth:`measure` raises :class:`ConfigError`; before Adam's first step (no ``v̂``) the
             three are None and ``errors["preconditioned_eigenvalues"]`` says why.
+        sharpness: names of :data:`sharpscope.measures.MEASURES` to record under ``sharpness`` (each
+            measure's value, stderr, convergence, forward/backward counts, seconds and details), computed
+            with ``sharpness_settings`` but seeded by ``(seed, step)`` and with ``m`` only for the measures
+            that take it; a measure that fails records None and its one-line error under
+            ``errors["sharpness.NAME"]``.
     """
 
     def __init__(self, probe_data: Any, loss_fn: LossFn, *, every: int, curvature: CurvatureSettings = DEFAULTS,
@@ -142,8 +153,12 @@ class SharpnessTracker:
                  threshold: ThresholdFn | None = default_thresholds,
                  grad_norm: bool = True, warm_start: bool = True, seed: int = 0,
                  sink: Callable[[dict[str, Any]], Any] | None = None, alignment: bool = False,
-                 preconditioned: bool = False) -> None:
+                 preconditioned: bool = False, sharpness: Sequence[str] = (),
+                 sharpness_settings: SharpnessSettings = SHARPNESS_DEFAULTS) -> None:
         check_int("every", every, low=1)
+        self.sharpness = check_measure_names(sharpness, "sharpness") if sharpness else ()
+        check_type("sharpness_settings", sharpness_settings, SharpnessSettings, "a SharpnessSettings")
+        self.sharpness_settings = sharpness_settings
         if not isinstance(curvature, CurvatureSettings):
             raise ConfigError(f"curvature must be a CurvatureSettings, got {type(curvature).__name__}",
                               argument="curvature")
@@ -257,6 +272,11 @@ class SharpnessTracker:
                 rec["trace"] = None
                 errors["trace"] = str(e)
 
+        if self.sharpness:
+            t = time.perf_counter()
+            rec["sharpness"] = self._measure_sharpness(step, objective, errors)
+            cost["sharpness_seconds"] = time.perf_counter() - t
+
         gnorm: float | None = None
         if self.grad_norm or self.alignment:
             t = time.perf_counter()
@@ -283,6 +303,23 @@ class SharpnessTracker:
         self.last = rec
         self._emit(rec)
         return rec
+
+    def _measure_sharpness(self, step: int, objective: Objective, errors: dict[str, str]) -> dict[str, Any]:
+        """The sharpness measures of one step, each a compact record (its settings go to ``settings``)."""
+        base = replace(self.sharpness_settings, seed=step_seed(self.seed, step, 4))
+        out: dict[str, Any] = {}
+        for name in self.sharpness:
+            try:
+                result = sharpness_measure(name, objective, base if name in TAKES_M else replace(base, m=None))
+            except SharpscopeError as e:
+                out[name] = None
+                errors[f"sharpness.{name}"] = str(e)
+                continue
+            record = result.to_dict()
+            record.pop("settings")
+            record["details"] = {k: v for k, v in result.details.items() if k != "per_set"}
+            out[name] = record
+        return out
 
     def _emit(self, rec: dict[str, Any]) -> None:
         """Pass ``rec`` to ``sink``; an exception of the sink's own (not a storage error, which the
@@ -420,7 +457,9 @@ class SharpnessTracker:
                 "max_iter": c.max_iter, "trace": c.trace_method if self.trace else None,
                 "trace_matvecs": c.trace_matvecs if self.trace else None,
                 "test_examples": None if self._test is None else self._test.num_examples, "seed": self.seed,
-                "preconditioned": "adam" if self.preconditioned else None}
+                "preconditioned": "adam" if self.preconditioned else None,
+                "sharpness": list(self.sharpness) or None,
+                "sharpness_settings": asdict(self.sharpness_settings) if self.sharpness else None}
 
     # ------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
