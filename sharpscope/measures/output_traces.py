@@ -142,12 +142,13 @@ def _per_example_batch(objective: Objective, params: dict[str, Tensor], batch: B
     return float(total)
 
 
-def _check_exact(objective: Objective) -> None:
+def _check_exact(objective: Objective, counter: Counter) -> None:
     rows = 0
     with objective.mode(), torch.no_grad():
         params = objective.param_values()
         for batch in objective.batches:
             rows += batch_outputs(objective, params, batch).numel()
+            counter.forwards += 1
     if rows > MAX_EXACT_ROWS:
         raise ConfigError(f"trace='exact' needs one reverse pass per output element: {rows:,} here, over the limit "
                           f"of {MAX_EXACT_ROWS:,}; use trace='hutch++' (a stochastic estimate with its standard error)",
@@ -178,7 +179,7 @@ def _output_trace(objective: Objective, settings: SharpnessSettings, counter: Co
                     value = _per_example_batch(objective, params, batch, ggn, max(1, settings.block // width), counter)
                 if value is None:
                     if not checked:
-                        _check_exact(objective)
+                        _check_exact(objective, counter)
                         checked = True
                     methods.add("exact batch rows")
                     value = _exact_batch(objective, params, batch, ggn, settings.block, counter)
