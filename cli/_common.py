@@ -72,6 +72,11 @@ class Shard(str, Enum):
     fsdp = "fsdp"
 
 
+class SharpnessNorm(str, Enum):
+    l2 = "l2"
+    linf = "linf"
+
+
 class Stop(str, Enum):
     residual = "residual"
     eigenvalue = "eigenvalue"

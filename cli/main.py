@@ -22,6 +22,7 @@ from sharpscope_cli._common import (
     Precision,
     ProbeDType,
     Shard,
+    SharpnessNorm,
     Stop,
     TraceMethod,
     WeightPrecision,
@@ -62,6 +63,11 @@ def settings_caption(s: dict[str, Any]) -> str:
             f"{s['dtype']} on {s['device']}, seed {s['seed']}")
 
 
+#: Probe-table rows of the sharpness measures (their values in docs/measures.md).
+SHARPNESS_LABELS = {"worst": "worst-case sharpness", "average": "average sharpness", "keskar": "Keskar ε-sharpness",
+                    "pacbayes": "PAC-Bayes 1/σ²", "jacobian": "Jacobian trace", "ggn": "GGN trace"}
+
+
 def report_table(report: ProbeReport, title: str) -> Table:
     s: dict[str, Any] = report.settings
     table = Table(title=title, title_justify="left", show_header=True, header_style="bold")
@@ -81,6 +87,9 @@ def report_table(report: ProbeReport, title: str) -> Table:
         table.add_row(f"{names['trace']} ({tr.settings['method']})", f"{tr.estimate:.6g}", f"± {tr.stderr:.2g}",
                       str(tr.hvps), f"{tr.seconds:.2f}")
         table.add_row("trace / dim", f"{tr.estimate / s['dim']:.4g}", f"± {tr.stderr / s['dim']:.2g}", "", "")
+    for name, result in (report.sharpness or {}).items():
+        spread = "" if result.stderr is None else f"± {result.stderr:.2g}"
+        table.add_row(SHARPNESS_LABELS.get(name, name), f"{result.value:.6g}", spread, "", f"{result.seconds:.2f}")
     if report.density is not None:
         d = report.density
         table.add_row("SLQ trace (density)", f"{d.trace:.6g}", f"± {d.trace_stderr:.2g}", str(d.hvps),
@@ -93,6 +102,10 @@ def report_table(report: ProbeReport, title: str) -> Table:
         pp = s["product_precision"]
         what = f"native {pp['weights']} {pp['mode']}" if "weights" in pp else pp["precision"]
         table.caption += f"; {what} products deviate {deviation:.1e} (relative) from strict ones"
+    if report.sharpness:
+        ss = s.get("sharpness_settings") or {}
+        table.caption += (f"; sharpness ρ={ss.get('rho')} {ss.get('norm')}{' adaptive' if ss.get('adaptive') else ''}"
+                          f"{'' if ss.get('m') is None else ', m=' + str(ss.get('m'))}")
     if not top.converged:
         table.caption += " — λ did NOT converge to tol; raise --max-iter"
     return table
@@ -176,6 +189,11 @@ def probe_cmd(
     unsafe_load: Annotated[bool, typer.Option("--unsafe-load", help="Allow pickles that run code when loaded. Only for files you trust.")] = False,
     operator: Annotated[Operator, typer.Option(help="Matrix to measure: hessian, ggn (generalised Gauss-Newton) or ef (empirical Fisher).")] = Operator.hessian,
     shard: Annotated[Shard, typer.Option(help="Under torchrun: data keeps the whole model on every rank and splits the probe set; fsdp also shards the parameters (fully_shard per block) and takes finite-difference Hessian products on sharded vectors, so memory per rank falls with the ranks.")] = Shard.data,
+    sharpness: Annotated[str | None, typer.Option(help="Also these sharpness measures, a comma list of worst (max loss rise within --rho, by projected gradient ascent), average (mean loss rise under random perturbations of size --rho), keskar (Keskar et al.'s epsilon-sharpness), pacbayes (largest sigma of Gaussian noise raising the loss by 0.1; reported as 1/sigma^2), jacobian (mean squared norm of per-example output Jacobians), ggn (Gauss-Newton trace). See docs/measures.md.")] = None,
+    rho: Annotated[float, typer.Option(help="Radius of the worst/average sharpness perturbation.")] = 0.05,
+    sharpness_norm: Annotated[SharpnessNorm, typer.Option(help="Norm of the worst/average sharpness perturbation: l2 (ball; Gaussian for average) or linf (box; uniform for average).")] = SharpnessNorm.l2,
+    adaptive: Annotated[bool, typer.Option("--adaptive/--no-adaptive", help="Scale perturbations elementwise by |w| (worst, average, pacbayes): invariant to rescaling ReLU layers.")] = False,
+    m: Annotated[int | None, typer.Option(help="m-sharpness: worst/average sharpness on batches of M examples, averaged (standard error over the batches).")] = None,
     out_file: Annotated[Path | None, typer.Option("--out", help="Also write the JSON result to FILE (with --density, the figure to FILE-density.png/.pdf/.json).")] = None,
     eigenvectors: Annotated[Path | None, typer.Option("--eigenvectors", help="Save the top eigenvectors to FILE (.safetensors).")] = None,
 ) -> None:
@@ -187,6 +205,7 @@ def probe_cmd(
     from sharpscope.data import resolve_data
     from sharpscope.errors import SharpscopeError
     from sharpscope.losses import get_loss
+    from sharpscope.measures import SharpnessSettings
     from sharpscope.parallel import init_distributed, rank, resolve_device, shard_dataset, sharding
     from sharpscope.probe import ProbeSettings, probe
 
@@ -201,7 +220,10 @@ def probe_cmd(
     settings = ProbeSettings(curvature=curvature, negative=negative, trace=trace, density=density,
                              density_steps=density_steps, density_runs=density_runs, density_tol=density_tol,
                              batch_size=batch_size, seed=seed,
-                             per_layer=per_layer, layer_depth=layer_depth, operator=operator.value, shard=shard.value)
+                             per_layer=per_layer, layer_depth=layer_depth, operator=operator.value, shard=shard.value,
+                             sharpness=() if sharpness is None else tuple(n.strip() for n in sharpness.split(",")),
+                             sharpness_settings=SharpnessSettings(rho=rho, norm=sharpness_norm.value, adaptive=adaptive,
+                                                                  m=m))
     check_outputs(out_file, eigenvectors, density)
     if n is not None and n < 1:
         raise SharpscopeError(f"--n must be positive, got {n}")

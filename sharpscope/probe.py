@@ -7,7 +7,7 @@ CLI prints, with every measurement's cost and the settings that produced it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal, get_args
 
 from torch import Tensor, nn
@@ -31,6 +31,8 @@ from sharpscope.curvature.fits import check_model_fits
 from sharpscope.curvature.operators.sharded import ShardedHessianOperator, is_sharded, shard_per_block
 from sharpscope.curvature.settings import PROBE_DEFAULTS
 from sharpscope.errors import ConfigError
+from sharpscope.measures import TAKES_M, SharpnessResult, SharpnessSettings, check_measure_names, measure
+from sharpscope.measures.settings import DEFAULTS as SHARPNESS_DEFAULTS
 from sharpscope.validation import check_bool, check_choice, check_int, check_seed, check_tol, check_type, offset_seed
 
 Progress = Callable[[str, int, int], None]
@@ -57,6 +59,9 @@ class ProbeSettings:
     ``fully_shard`` per block and takes finite-difference products on sharded vectors
     (:class:`~sharpscope.curvature.operators.sharded.ShardedHessianOperator`); a model already sharded
     is measured that way whatever ``shard`` says. ``"data"`` keeps a whole model on every rank.
+    ``sharpness`` names measures of :mod:`sharpscope.measures` to compute as well (``"worst"``,
+    ``"average"``, ``"keskar"``, ``"pacbayes"``, ``"jacobian"``, ``"ggn"``) with ``sharpness_settings``;
+    their seed is derived from ``seed`` (:data:`SEED_OFFSETS`) and ``m`` applies to those that take it.
     """
 
     curvature: CurvatureSettings = PROBE_DEFAULTS
@@ -72,8 +77,16 @@ class ProbeSettings:
     layer_depth: int | None = None
     operator: Operator = "hessian"
     shard: Shard = "data"
+    sharpness: tuple[str, ...] = ()
+    sharpness_settings: SharpnessSettings = SHARPNESS_DEFAULTS
 
     def __post_init__(self) -> None:
+        if self.sharpness:
+            object.__setattr__(self, "sharpness", check_measure_names(self.sharpness, "sharpness"))
+        elif not isinstance(self.sharpness, (tuple, list)):
+            raise ConfigError(f"sharpness must be a sequence of measure names, got {self.sharpness!r}",
+                              argument="sharpness")
+        check_type("sharpness_settings", self.sharpness_settings, SharpnessSettings, "a SharpnessSettings")
         if not isinstance(self.curvature, CurvatureSettings):
             raise ConfigError(f"curvature must be a CurvatureSettings, got {type(self.curvature).__name__}",
                               argument="curvature")
@@ -93,7 +106,7 @@ class ProbeSettings:
             unsharded = {"per_layer=True": self.per_layer, f"operator={self.operator!r}": self.operator != "hessian",
                          f"block={c.block!r}": c.block is not None, f"hvp_mode={c.hvp_mode!r}": c.hvp_mode != "auto",
                          "compile=True": c.compile, "cache_graphs=True": c.cache_graphs is True,
-                         f"precision={c.precision!r}": c.precision != "strict",
+                         f"precision={c.precision!r}": c.precision != "strict", f"sharpness={list(self.sharpness)}": bool(self.sharpness),
                          "weight_precision='native'": c.weight_precision == "native"}
             used = [name for name, on in unsharded.items() if on]
             if used:
@@ -124,6 +137,7 @@ class ProbeReport:
     density: DensityResult | None
     settings: dict[str, object] = field(default_factory=dict)
     per_layer: PerLayerCurvature | None = None
+    sharpness: dict[str, SharpnessResult] | None = None
 
     def to_dict(self) -> dict[str, object]:
         """The JSON of ``sharpscope probe --json``: each estimate with its cost; ``eigensolver`` is how the
@@ -146,6 +160,8 @@ class ProbeReport:
         out["settings"] = self.settings
         if self.per_layer is not None:
             out["per_layer"] = self.per_layer.to_dict()
+        if self.sharpness is not None:
+            out["sharpness"] = {name: result.to_dict() for name, result in self.sharpness.items()}
         return out
 
 
@@ -156,7 +172,7 @@ def solver_settings(result: EigenResult) -> dict[str, object]:
 
 
 #: How :func:`probe` derives the seed of each estimate from ``ProbeSettings.seed`` (:func:`offset_seed`).
-SEED_OFFSETS = {"top": 0, "most_negative": 1, "trace": 2, "density": 3}
+SEED_OFFSETS = {"top": 0, "most_negative": 1, "trace": 2, "density": 3, "sharpness": 4}
 
 
 def derived_seeds(seed: int, parts: list[str]) -> dict[str, dict[str, object]]:
@@ -213,6 +229,9 @@ def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tens
     c = settings.curvature
     check_model_fits(model, loss_fn, x, y, name="the probe data", k=c.k)  # one pass on 2 examples first
     sharded = settings.shard == "fsdp" or is_sharded(model)
+    if sharded and settings.sharpness:
+        raise ConfigError("sharpness measures do not apply to a sharded model (they perturb whole parameter "
+                          "vectors in one process)", argument="sharpness")
     if sharded and not is_sharded(model):
         shard_per_block(model)
     objective = Objective(model, loss_fn, (x, y), bn=c.bn, batch_size=settings.batch_size,
@@ -254,8 +273,9 @@ def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tens
         layers = per_layer_curvature(
             model, loss_fn, [(b.x, b.y) for b in objective.batches], groups=settings.layer_depth or "module",
             settings=c, trace=settings.trace, seed=settings.seed, progress=progress)
+    sharpness = sharpness_measures(objective, settings) if settings.sharpness else None
     parts = ["top"] + [part for part, on in (("most_negative", settings.negative), ("trace", settings.trace),
-                                             ("density", settings.density)) if on]
+                                             ("density", settings.density), ("sharpness", bool(sharpness))) if on]
     seeds = derived_seeds(settings.seed, parts)
     if settings.per_layer:
         seeds["per_layer"] = {"seed": settings.seed, "rule": "seed (Lanczos); seed + 2 (mod 2^64) for the trace "
@@ -264,9 +284,19 @@ def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tens
               "k": c.k, "tol": c.tol,
               "stop": c.stop, "max_iter": max_iter, "seed": settings.seed, "seeds": seeds,
               "trace_method": c.trace_method if settings.trace else None,
-              "trace_matvecs": c.trace_matvecs if settings.trace else None}
+              "trace_matvecs": c.trace_matvecs if settings.trace else None,
+              "sharpness": list(settings.sharpness) or None,
+              "sharpness_settings": asdict(settings.sharpness_settings) if settings.sharpness else None}
     note = precision_note(c.precision, str(objective.device), str(objective.dtype).removeprefix("torch."))
     if note is not None:
         record["notes"] = [note]
     return ProbeReport(loss=loss, grad_norm=grad_norm, top=top, most_negative=negative, trace=trace,
-                       density=density, settings=record, per_layer=layers)
+                       density=density, settings=record, per_layer=layers, sharpness=sharpness)
+
+
+def sharpness_measures(objective: Objective, settings: ProbeSettings) -> dict[str, SharpnessResult]:
+    """The probe's sharpness measures, each with ``sharpness_settings`` but the seed derived from the probe's
+    (``seed + 4``) and ``m`` only for the measures that take it."""
+    base = replace(settings.sharpness_settings, seed=offset_seed(settings.seed, SEED_OFFSETS["sharpness"]))
+    return {name: measure(name, objective, base if name in TAKES_M else replace(base, m=None))
+            for name in settings.sharpness}

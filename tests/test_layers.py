@@ -10,8 +10,8 @@ import sharpscope
 
 ROOT = Path(sharpscope.__file__).parent
 LAYERS = {"errors": 0, "validation": 1, "losses": 2, "models": 3, "io": 4, "data": 5, "curvature": 6,
-          "parallel": 7, "thresholds": 7, "optim": 7, "measures": 7, "probe": 7, "demo": 7,
-          "landscape": 8, "track": 8, "plots": 9, "experiments": 10}
+          "parallel": 7, "thresholds": 7, "optim": 7, "measures": 7, "demo": 7,
+          "landscape": 8, "track": 8, "probe": 8, "plots": 9, "experiments": 10}
 
 
 def module_name(path: Path) -> str:

@@ -14,6 +14,8 @@ At a measured step ``t`` with parameters ``θ_t`` the tracker evaluates, on a *f
 * the cost of each part (HVPs, seconds) and the settings (probe size, BN mode, HVP mode, dtype);
 * optionally (``alignment=True``) how the gradient and the optimizer's update lie in the top-``k``
   eigenspace: see :func:`subspace_alignment` and :meth:`SharpnessTracker.after_step`;
+* optionally (``sharpness=("worst", "average", ...)``) sharpness measures of :mod:`sharpscope.measures`,
+  each with its value, uncertainty and cost;
 * optionally (``preconditioned=True``, for Adam/AdamW or SAM over Adam) the top ``k`` eigenvalues of
   ``P^{-1/2} H P^{-1/2}`` with Adam's ``P = diag(√v̂ + ε)``, i.e. of ``P⁻¹H``: the quantity that
   Adam's edge ``(2+2β₁)/(η(1−β₁))`` bounds, which λ_max(H) does not;
@@ -48,7 +50,8 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, replace
 from typing import Any
 
 import torch
@@ -66,6 +69,9 @@ from sharpscope.curvature.settings import DEFAULTS, CurvatureSettings
 from sharpscope.data import ArrayDataset
 from sharpscope.errors import ConfigError, SharpscopeError
 from sharpscope.io.predictions import pack_correct
+from sharpscope.measures import TAKES_M, SharpnessSettings, check_measure_names
+from sharpscope.measures import measure as sharpness_measure
+from sharpscope.measures.settings import DEFAULTS as SHARPNESS_DEFAULTS
 from sharpscope.track.thresholds import batch_sam_edge, default_thresholds
 from sharpscope.track.update_curvature import curvature_along, curvature_along_sharded, resolve_method
 from sharpscope.validation import check_bool, check_int, check_seed, check_type
@@ -164,6 +170,11 @@ class SharpnessTracker:
         test_predictions: with ``test_data``, also record ``test_correct``, which test examples the model
             classifies right (packed bits, :mod:`sharpscope.io.predictions`), so that two runs on one test
             set can be compared example by example (:func:`sharpscope.experiments.statistics.paired_accuracy`).
+        sharpness: names of :data:`sharpscope.measures.MEASURES` to record under ``sharpness`` (each
+            measure's value, stderr, convergence, forward/backward counts, seconds and details), computed
+            with ``sharpness_settings`` but seeded by ``(seed, step)`` and with ``m`` only for the measures
+            that take it; a measure that fails records None and its one-line error under
+            ``errors["sharpness.NAME"]``.
     """
 
     def __init__(self, probe_data: Any, loss_fn: LossFn, *, every: int, curvature: CurvatureSettings = DEFAULTS,
@@ -172,10 +183,14 @@ class SharpnessTracker:
                  grad_norm: bool = True, warm_start: bool = True, seed: int = 0,
                  sink: Callable[[dict[str, Any]], Any] | None = None, alignment: bool = False,
                  preconditioned: bool = False, update_curvature: str | bool | None = None,
-                 update_every: int = 1, test_predictions: bool = False) -> None:
+                 update_every: int = 1, test_predictions: bool = False, sharpness: Sequence[str] = (),
+                 sharpness_settings: SharpnessSettings = SHARPNESS_DEFAULTS) -> None:
         check_int("every", every, low=1)
         check_int("update_every", update_every, low=1)
         method = resolve_method(update_curvature)
+        self.sharpness = check_measure_names(sharpness, "sharpness") if sharpness else ()
+        check_type("sharpness_settings", sharpness_settings, SharpnessSettings, "a SharpnessSettings")
+        self.sharpness_settings = sharpness_settings
         if not isinstance(curvature, CurvatureSettings):
             raise ConfigError(f"curvature must be a CurvatureSettings, got {type(curvature).__name__}",
                               argument="curvature")
@@ -311,6 +326,11 @@ class SharpnessTracker:
                 rec["trace"] = None
                 errors["trace"] = str(e)
 
+        if self.sharpness:
+            t = time.perf_counter()
+            rec["sharpness"] = self._measure_sharpness(step, objective, errors)
+            cost["sharpness_seconds"] = time.perf_counter() - t
+
         gnorm: float | None = None
         if self.grad_norm or self.alignment:
             t = time.perf_counter()
@@ -345,6 +365,23 @@ class SharpnessTracker:
             return None
         correct = test.correct_examples()
         return None if correct is None else pack_correct(correct.numpy())
+
+    def _measure_sharpness(self, step: int, objective: Objective, errors: dict[str, str]) -> dict[str, Any]:
+        """The sharpness measures of one step, each a compact record (its settings go to ``settings``)."""
+        base = replace(self.sharpness_settings, seed=step_seed(self.seed, step, 4))
+        out: dict[str, Any] = {}
+        for name in self.sharpness:
+            try:
+                result = sharpness_measure(name, objective, base if name in TAKES_M else replace(base, m=None))
+            except SharpscopeError as e:
+                out[name] = None
+                errors[f"sharpness.{name}"] = str(e)
+                continue
+            record = result.to_dict()
+            record.pop("settings")
+            record["details"] = {k: v for k, v in result.details.items() if k != "per_set"}
+            out[name] = record
+        return out
 
     def _emit(self, rec: dict[str, Any]) -> None:
         """Pass ``rec`` to ``sink``; an exception of the sink's own (not a storage error, which the
@@ -566,7 +603,9 @@ class SharpnessTracker:
                 "test_examples": None if self._test is None else self._test.num_examples, "seed": self.seed,
                 "preconditioned": "adam" if self.preconditioned else None,
                 "update_curvature": self.update_curvature,
-                "update_every": self.update_every if self.update_curvature else None}
+                "update_every": self.update_every if self.update_curvature else None,
+                "sharpness": list(self.sharpness) or None,
+                "sharpness_settings": asdict(self.sharpness_settings) if self.sharpness else None}
 
     # ------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
