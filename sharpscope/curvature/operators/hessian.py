@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from collections.abc import Callable, Iterator
 from typing import Literal, TypeVar, cast
 
@@ -12,7 +13,8 @@ from torch import Tensor
 
 from sharpscope.curvature.memory import available_bytes
 from sharpscope.curvature.operators import batches as structure
-from sharpscope.curvature.operators.distributed import from_rank0, sum_across_ranks
+from sharpscope.curvature.operators import mode_cache
+from sharpscope.curvature.operators.distributed import from_rank0, sum_across_ranks, sum_scalar_across_ranks
 from sharpscope.curvature.operators.hvp import (
     HVP_MODES,
     GradientGraph,
@@ -190,7 +192,7 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
             cache_graphs = False
         if mode == "auto":
             mode = "fd" if native else "rev-rev"
-            self.selection["mode"] = {"chosen": mode, "reason": why + (
+            self.selection["mode"] = {"chosen": mode, "how": "decided from architecture", "reason": why + (
                 ": central differences of two gradients, step from the weights' precision; their relative error "
                 "against strict products of a float32 copy is measured at the first product" if native else
                 ": torch.func transforms do not run through checkpointing, double backward does")}
@@ -238,6 +240,29 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
         """Decide (and build) the graph cache before an algorithm sizes its memory budget."""
         if self._cache_pending:
             self._decide_cache()
+
+    def loss_and_gradient(self) -> tuple[float, Tensor, str]:
+        """``L(θ) = Σ_b (n_b/N) ℓ_b(θ)`` and ``∇L(θ)`` at the current parameters, and how they were taken.
+
+        With the graph cache in use (decided here if pending) and strict products, the cached graphs
+        already hold every batch's loss and gradient, computed by the same forward and backward passes,
+        so no pass is repeated; otherwise :meth:`Objective.loss` and :meth:`Objective.gradient` run."""
+        self.settle_memory()
+        if not (self.cache_graphs and self.precision == "strict" and not self.objective.streamed):
+            return self.objective.loss(), self.objective.gradient(), "separate forward and backward passes"
+        params = self._params()
+        with self._backend_settings(), self.objective.mode():
+            self._attention_retry(lambda: self._refresh_graphs(params))
+        total = 0.0
+        gradient = torch.zeros(self.objective.dim, dtype=self.objective.dtype, device=self.device)
+        for i, (graph, w) in enumerate(zip(self._graphs, self.objective.weights())):
+            value = float(graph.loss)
+            if not math.isfinite(value):
+                raise ObjectiveError(f"loss is {value} on batch {i} of the probe set")
+            total += w * value
+            gradient += w * graph.gradient(self.objective)
+        return (sum_scalar_across_ranks(total, device=self.device), sum_across_ranks(gradient),
+                "from the cached gradient graphs (no extra pass)")
 
     def _product_fn(self, m: int, compiled: bool) -> HVPFn:
         mode = self._mode_for(min(m, self.block_size))
@@ -388,6 +413,10 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
                 return
             self.cache_graphs = True
             self.modes = {"single": "rev-rev", "block": "rev-rev"}
+            if self.requested == "auto":
+                self.selection["mode"] = {"chosen": "rev-rev", "how": "decided from architecture",
+                                          "reason": "cached gradient graphs are multiplied by double backward; "
+                                                    "nothing is timed"}
             self._graphs, self._graph_key = [first, *rest], self._state_key()
 
     # ---------------------------------------------------------------------------- auto mode
@@ -409,11 +438,24 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
                 tuple(tuple((tuple(t.shape), str(t.dtype)) for t in structure.leaves(b.data)) for b in obj.batches), m)
 
     def _pick_mode(self, m: int) -> str:
+        """The faster exact mode for ``m`` probes per pass: remembered from this process, read from the on-disk
+        cache (:mod:`~sharpscope.curvature.operators.mode_cache`), or timed now (and stored there); the record
+        says which (``"how"``)."""
         key = self._timing_key(m)
         if key in _TIMED_CHOICES:
-            record = {**_TIMED_CHOICES[key], "remembered": True}
+            record = {**_TIMED_CHOICES[key], "remembered": True, "how": "timed earlier in this process"}
             self.selection[f"probes={m}"] = record
             return str(record["chosen"])
+        stored, where = mode_cache.load(key, self.device)
+        hit = stored.get("chosen") if stored is not None and stored.get("chosen") in ("fwd-rev", "rev-rev") else None
+        hit = from_rank0(hit)  # every rank reads rank 0's entry or times with it
+        if hit is not None:
+            record = {**(stored or {}), "chosen": hit, "remembered": True,
+                      "how": "timed in an earlier process, read from the on-disk cache", "cache_file": where,
+                      "cache_version": mode_cache.version_key(self.device)}
+            self.selection[f"probes={m}"] = record
+            _TIMED_CHOICES[key] = {k: v for k, v in record.items() if k != "remembered"}
+            return str(hit)
         gen = torch.Generator().manual_seed(0)
         rows = torch.randn(m, self.dim, generator=gen, dtype=self.dtype).to(self.device)
         seconds: dict[str, float] = {}
@@ -426,8 +468,11 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
         if not seconds:
             raise ObjectiveError(f"no Hessian-vector product mode works for this model: {failures}")
         chosen = from_rank0(min(seconds, key=seconds.__getitem__))  # every rank uses rank 0's choice
-        self.selection[f"probes={m}"] = {"trial_seconds_per_probe": seconds, "failed": failures, "chosen": chosen}
-        _TIMED_CHOICES[key] = dict(self.selection[f"probes={m}"])
+        timed: dict[str, object] = {"trial_seconds_per_probe": seconds, "failed": failures, "chosen": chosen,
+                                    "how": "timed"}
+        timed["cache_file"] = mode_cache.store(key, self.device, timed)
+        self.selection[f"probes={m}"] = timed
+        _TIMED_CHOICES[key] = dict(timed)
         return chosen
 
     def describe(self) -> dict[str, object]:
