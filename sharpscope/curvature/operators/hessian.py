@@ -49,7 +49,8 @@ _T = TypeVar("_T")
 
 # Product modes chosen by timing, kept for the rest of the process: a second operator on the same
 # architecture, device, precision and batch shapes (a second probe, a tracker rebuilt after a
-# resume) reuses the choice instead of timing again. Keyed by :meth:`HessianOperator._timing_key`.
+# resume) reuses the choice instead of timing again. Keyed by :meth:`HessianOperator._timing_key`;
+# a new process finds the choice in the on-disk cache (``mode_cache``).
 _TIMED_CHOICES: dict[tuple[object, ...], dict[str, object]] = {}
 
 
@@ -65,8 +66,10 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
             that works, separately for single products (Lanczos) and for probe blocks (trace,
             density), since vmapping changes which is faster. The timing runs the first time each
             kind of call is made, or reused from an earlier operator of this process with the same
-            architecture, loss, device, precision, BN mode and batch shapes (``"remembered": True``
-            in the record). Finite differences are approximate and never chosen automatically. The
+            architecture, loss, device, precision, BN mode and batch shapes, or from an earlier process
+            on this machine through the on-disk cache (:mod:`~sharpscope.curvature.operators.mode_cache`;
+            ``"remembered": True`` in the record, and ``"how"`` says which). With the graph cache in use the
+            mode is ``rev-rev`` without timing (``"how": "decided from architecture"``). Finite differences are approximate and never chosen automatically. The
             modes used, and why, are in :meth:`describe`. Models as users load them
             (:mod:`sharpscope.curvature.operators.loaded`): activation-checkpointed layers take
             ``rev-rev`` under ``"auto"`` and refuse ``"fwd-rev"``; float16/bfloat16 weights computed
