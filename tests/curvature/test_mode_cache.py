@@ -148,3 +148,40 @@ def test_probe_records_how_loss_and_gradient_were_taken() -> None:
     assert plain.settings["loss_and_gradient"] == "separate forward and backward passes"
     assert plain.settings["mode_selection"]["probes=1"]["how"] == "timed"  # type: ignore[index]
     assert plain.loss == report.loss
+
+
+def test_concurrent_writers_leave_one_whole_entry() -> None:
+    """Threads storing the same key at once (as processes timing one architecture together would): every
+    read sees a whole record, and no temporary file is left behind."""
+    import threading
+
+    key = ("an architecture", 1)
+    device = torch.device("cpu")
+    errors: list[BaseException] = []
+
+    def write(i: int) -> None:
+        try:
+            for _ in range(20):
+                mode_cache.store(key, device, {"chosen": "rev-rev", "writer": i})
+                record, _ = mode_cache.load(key, device)
+                assert record is not None and record["chosen"] == "rev-rev"
+        except BaseException as err:  # noqa: BLE001 (reported below)
+            errors.append(err)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    folder = mode_cache.cache_dir()
+    assert folder is not None and [p.name for p in folder.iterdir() if p.name.startswith(".tmp-")] == []
+    assert len(list(folder.glob("*.json"))) == 1
+
+
+def test_an_unwritable_cache_folder_leaves_the_choice_timed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(mode_cache.CACHE_ENV, str(blocker))
+    record = single_record()
+    assert record["how"] == "timed" and str(record["cache_file"]).startswith("not stored")
