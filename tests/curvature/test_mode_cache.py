@@ -185,3 +185,36 @@ def test_an_unwritable_cache_folder_leaves_the_choice_timed(monkeypatch: pytest.
     monkeypatch.setenv(mode_cache.CACHE_ENV, str(blocker))
     record = single_record()
     assert record["how"] == "timed" and str(record["cache_file"]).startswith("not stored")
+
+
+def record_for(model: nn.Module, n: int, batch_size: int | None = None) -> dict[str, object]:
+    gen = torch.Generator().manual_seed(n)
+    x, y = torch.randn(n, 5, generator=gen, dtype=torch.float64), torch.randint(0, 3, (n,), generator=gen)
+    op = HessianOperator(Objective(model, nn.CrossEntropyLoss(), (x, y), batch_size=batch_size), cache_graphs=False)
+    op.matvec(torch.ones(op.dim, dtype=torch.float64))
+    return op.describe()["mode_selection"]["probes=1"]  # type: ignore[index,return-value]
+
+
+@pytest.mark.parametrize("n, examples", [(40, 40), (300, hessian_module.TRIAL_EXAMPLES)])
+def test_cpu_trials_run_on_at_most_trial_examples_of_the_first_batch(n: int, examples: int) -> None:
+    record = record_for(mlp(), n)
+    assert record["how"] == "timed" and record["trial_examples"] == examples and record["failed"] == {}
+    assert str(hessian_module.TRIAL_EXAMPLES) in str(record["trial_rule"])
+
+
+class FixedBatch(nn.Module):
+    """A model that runs on batches of exactly ``n`` rows (a reshape fixed to the batch size)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n, self.inner = n, mlp()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.reshape(self.n, 5))
+
+
+@pytest.mark.filterwarnings("ignore::sharpscope.curvature.operators.objective.ReductionWarning")
+def test_a_slice_that_fails_falls_back_to_the_whole_first_batch() -> None:
+    record = record_for(FixedBatch(300), 300)
+    assert record["trial_examples"] == 300 and record["failed"] == {}
+    assert set(record["trial_seconds_per_probe"]) == {"fwd-rev", "rev-rev"}  # type: ignore[arg-type]

@@ -37,7 +37,7 @@ from sharpscope.curvature.operators.precision import (
     resolve_precision,
 )
 from sharpscope.curvature.sampling import Stopwatch
-from sharpscope.errors import ConfigError, ObjectiveError
+from sharpscope.errors import ConfigError, DataError, ObjectiveError
 from sharpscope.validation import check_int, check_type
 
 HVPMode = Literal["auto", "fwd-rev", "rev-rev", "fd"]
@@ -46,6 +46,9 @@ HVPMode = Literal["auto", "fwd-rev", "rev-rev", "fd"]
 #: the best multiple differs between models (a 2-layer GPT-2 in bfloat16 is best near 1/8, an MLP near 1/2).
 FD_STEP_FACTORS = (4.0, 2.0, 1.0, 0.5, 0.25, 0.125, 0.0625)
 _T = TypeVar("_T")
+#: Examples of the first batch that ``mode="auto"`` times the product modes on, on the CPU (see
+#: :meth:`HessianOperator._trial_batch`).
+TRIAL_EXAMPLES = 256
 
 # Product modes chosen by timing, kept for the rest of the process: a second operator on the same
 # architecture, device, precision and batch shapes (a second probe, a tracker rebuilt after a
@@ -423,14 +426,40 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
             self._graphs, self._graph_key = [first, *rest], self._state_key()
 
     # ---------------------------------------------------------------------------- auto mode
-    def _trial(self, mode: str, rows: Tensor) -> float:
+    def _trial(self, mode: str, rows: Tensor, batch: Batch) -> float:
         fn = HVP_MODES[mode]
-        batch, params = self.objective.batches[0], self._params()
+        params = self._params()
         with self._backend_settings(), self.objective.mode():
             fn(self.objective, params, batch, rows)  # warm-up (kernels, caches)
             clock = Stopwatch(self.device)
             fn(self.objective, params, batch, rows)
             return clock.seconds() / rows.shape[0]
+
+    def _trial_batch(self) -> tuple[Batch, int | float]:
+        """The batch the modes are timed on: on the CPU the first :data:`TRIAL_EXAMPLES` rows of the first
+        batch (both modes cost about the same per example at any batch size there, so their ratio is what
+        the whole batch would show, at a fraction of the cost); elsewhere (a GPU is not busy on a small
+        batch) and for batches counted by ``count_fn``, the whole first batch."""
+        first = self.objective.batches[0]
+        if self.device.type != "cpu" or self.objective.count_fn is not None:
+            return first, first.size
+        try:
+            n = structure.rows(first.data, 0)
+        except DataError:
+            return first, first.size
+        if n <= TRIAL_EXAMPLES:
+            return first, first.size
+        return Batch(structure.slice_rows(first.data, 0, TRIAL_EXAMPLES), TRIAL_EXAMPLES), TRIAL_EXAMPLES
+
+    def _time_modes(self, rows: Tensor, batch: Batch) -> tuple[dict[str, float], dict[str, str]]:
+        seconds: dict[str, float] = {}
+        failures: dict[str, str] = {}
+        for mode in ("fwd-rev", "rev-rev"):
+            try:
+                seconds[mode] = self._attention_retry(lambda: self._trial(mode, rows, batch))  # noqa: B023 (called at once)
+            except (RuntimeError, NotImplementedError) as err:
+                failures[mode] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        return seconds, failures
 
     def _timing_key(self, m: int) -> tuple[object, ...]:
         """What decides which product mode is faster: architecture (class, parameter names and shapes),
@@ -461,18 +490,20 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
             return str(hit)
         gen = torch.Generator().manual_seed(0)
         rows = torch.randn(m, self.dim, generator=gen, dtype=self.dtype).to(self.device)
-        seconds: dict[str, float] = {}
-        failures: dict[str, str] = {}
-        for mode in ("fwd-rev", "rev-rev"):
-            try:
-                seconds[mode] = self._attention_retry(lambda: self._trial(mode, rows))  # noqa: B023 (called at once)
-            except (RuntimeError, NotImplementedError) as err:
-                failures[mode] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        first = self.objective.batches[0]
+        batch, examples = self._trial_batch()
+        seconds, failures = self._time_modes(rows, batch)
+        if failures and batch is not first:  # a slice may fail where the whole batch runs: time on the whole batch
+            batch, examples = first, first.size
+            seconds, failures = self._time_modes(rows, batch)
         if not seconds:
             raise ObjectiveError(f"no Hessian-vector product mode works for this model: {failures}")
         chosen = from_rank0(min(seconds, key=seconds.__getitem__))  # every rank uses rank 0's choice
         timed: dict[str, object] = {"trial_seconds_per_probe": seconds, "failed": failures, "chosen": chosen,
-                                    "how": "timed"}
+                                    "how": "timed", "trial_examples": examples,
+                                    "trial_rule": f"warm-up and one timed product of each mode on the first "
+                                                  f"{TRIAL_EXAMPLES} examples of the first batch on the CPU, the "
+                                                  "whole first batch elsewhere or when a slice fails"}
         timed["cache_file"] = mode_cache.store(key, self.device, timed)
         self.selection[f"probes={m}"] = timed
         _TIMED_CHOICES[key] = dict(timed)
