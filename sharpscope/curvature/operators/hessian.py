@@ -65,7 +65,8 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
     all ranks get the same product and run the same algorithm from the same seed. Args:
         objective: the function whose Hessian is taken.
         mode: ``"fwd-rev"``, ``"rev-rev"``, ``"fd"`` (see :mod:`sharpscope.curvature.operators.hvp`), or
-            ``"auto"``: time ``fwd-rev`` and ``rev-rev`` on the first batch and keep the faster one
+            ``"auto"``: time ``fwd-rev`` and ``rev-rev`` on the first batch (its first
+            :data:`TRIAL_EXAMPLES` examples on the CPU) and keep the faster one
             that works, separately for single products (Lanczos) and for probe blocks (trace,
             density), since vmapping changes which is faster. The timing runs the first time each
             kind of call is made, or reused from an earlier operator of this process with the same
