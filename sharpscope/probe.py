@@ -18,6 +18,7 @@ from sharpscope.curvature import (
     EigenResult,
     EmpiricalFisherOperator,
     GGNOperator,
+    HessianOperator,
     LinearOperator,
     Objective,
     PerLayerCurvature,
@@ -239,11 +240,14 @@ def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tens
     if c.k > objective.dim:
         raise ConfigError(f"k={c.k} exceeds the number of parameters ({objective.dim})", argument="k")
     op: LinearOperator
+    how = "separate forward and backward passes"
     if sharded:
         op = ShardedHessianOperator(objective)
         loss, grad_norm = op.loss(), op.gradient_norm()
+    elif isinstance(op := curvature_operator(objective, settings), HessianOperator):
+        loss, gradient, how = op.loss_and_gradient()  # from the cached graphs when they are kept
+        grad_norm = float(gradient.norm())
     else:
-        op = curvature_operator(objective, settings)
         loss, grad_norm = objective.loss(), float(objective.gradient().norm())
     max_iter = c.lanczos_steps(objective.dim)
 
@@ -281,7 +285,7 @@ def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tens
         seeds["per_layer"] = {"seed": settings.seed, "rule": "seed (Lanczos); seed + 2 (mod 2^64) for the trace "
                                                              "of each layer"}
     record = {**op.describe(), "operator": settings.operator, "shard": "fsdp" if sharded else settings.shard,
-              "k": c.k, "tol": c.tol,
+              "loss_and_gradient": how, "k": c.k, "tol": c.tol,
               "stop": c.stop, "max_iter": max_iter, "seed": settings.seed, "seeds": seeds,
               "trace_method": c.trace_method if settings.trace else None,
               "trace_matvecs": c.trace_matvecs if settings.trace else None,

@@ -19,3 +19,10 @@ def single_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def private_mode_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets an empty on-disk product-mode cache of its own (no choice leaks between tests or
+    from the user's cache into a test)."""
+    monkeypatch.setenv("SHARPSCOPE_CACHE_DIR", str(tmp_path_factory.mktemp("sharpscope-cache")))

@@ -64,7 +64,8 @@ class CurvatureSettings:
         trace_method, trace_matvecs: the trace estimator and its budget of products (at least 6
             for Hutch++, 2 for Hutchinson).
         bn: BatchNorm in the objective: ``"eval"`` (running statistics) or ``"batch"``.
-        hvp_mode: ``"auto"`` (the faster exact mode, by timing), ``"fwd-rev"``, ``"rev-rev"`` or ``"fd"``.
+        hvp_mode: ``"auto"`` (the faster exact mode: by timing, kept on disk per architecture and machine; ``rev-rev``
+            without timing when the graph cache is used), ``"fwd-rev"``, ``"rev-rev"`` or ``"fd"``.
         block_size: probe vectors per operator pass.
         precision: product arithmetic: ``"strict"`` IEEE float32 (the default), ``"tf32"`` (CUDA TF32
             matmuls, about 1e-3 relative error) or ``"bf16"`` (bfloat16 autocast); any but strict

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from collections.abc import Callable, Iterator
 from typing import Literal, TypeVar, cast
 
@@ -12,7 +13,8 @@ from torch import Tensor
 
 from sharpscope.curvature.memory import available_bytes
 from sharpscope.curvature.operators import batches as structure
-from sharpscope.curvature.operators.distributed import from_rank0, sum_across_ranks
+from sharpscope.curvature.operators import mode_cache
+from sharpscope.curvature.operators.distributed import from_rank0, sum_across_ranks, sum_scalar_across_ranks
 from sharpscope.curvature.operators.hvp import (
     HVP_MODES,
     GradientGraph,
@@ -35,7 +37,7 @@ from sharpscope.curvature.operators.precision import (
     resolve_precision,
 )
 from sharpscope.curvature.sampling import Stopwatch
-from sharpscope.errors import ConfigError, ObjectiveError
+from sharpscope.errors import ConfigError, DataError, ObjectiveError
 from sharpscope.validation import check_int, check_type
 
 HVPMode = Literal["auto", "fwd-rev", "rev-rev", "fd"]
@@ -44,10 +46,14 @@ HVPMode = Literal["auto", "fwd-rev", "rev-rev", "fd"]
 #: the best multiple differs between models (a 2-layer GPT-2 in bfloat16 is best near 1/8, an MLP near 1/2).
 FD_STEP_FACTORS = (4.0, 2.0, 1.0, 0.5, 0.25, 0.125, 0.0625)
 _T = TypeVar("_T")
+#: Examples of the first batch that ``mode="auto"`` times the product modes on, on the CPU (see
+#: :meth:`HessianOperator._trial_batch`).
+TRIAL_EXAMPLES = 256
 
 # Product modes chosen by timing, kept for the rest of the process: a second operator on the same
 # architecture, device, precision and batch shapes (a second probe, a tracker rebuilt after a
-# resume) reuses the choice instead of timing again. Keyed by :meth:`HessianOperator._timing_key`.
+# resume) reuses the choice instead of timing again. Keyed by :meth:`HessianOperator._timing_key`;
+# a new process finds the choice in the on-disk cache (``mode_cache``).
 _TIMED_CHOICES: dict[tuple[object, ...], dict[str, object]] = {}
 
 
@@ -59,12 +65,15 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
     all ranks get the same product and run the same algorithm from the same seed. Args:
         objective: the function whose Hessian is taken.
         mode: ``"fwd-rev"``, ``"rev-rev"``, ``"fd"`` (see :mod:`sharpscope.curvature.operators.hvp`), or
-            ``"auto"``: time ``fwd-rev`` and ``rev-rev`` on the first batch and keep the faster one
+            ``"auto"``: time ``fwd-rev`` and ``rev-rev`` on the first batch (its first
+            :data:`TRIAL_EXAMPLES` examples on the CPU) and keep the faster one
             that works, separately for single products (Lanczos) and for probe blocks (trace,
             density), since vmapping changes which is faster. The timing runs the first time each
             kind of call is made, or reused from an earlier operator of this process with the same
-            architecture, loss, device, precision, BN mode and batch shapes (``"remembered": True``
-            in the record). Finite differences are approximate and never chosen automatically. The
+            architecture, loss, device, precision, BN mode and batch shapes, or from an earlier process
+            on this machine through the on-disk cache (:mod:`~sharpscope.curvature.operators.mode_cache`;
+            ``"remembered": True`` in the record, and ``"how"`` says which). With the graph cache in use the
+            mode is ``rev-rev`` without timing (``"how": "decided from architecture"``). Finite differences are approximate and never chosen automatically. The
             modes used, and why, are in :meth:`describe`. Models as users load them
             (:mod:`sharpscope.curvature.operators.loaded`): activation-checkpointed layers take
             ``rev-rev`` under ``"auto"`` and refuse ``"fwd-rev"``; float16/bfloat16 weights computed
@@ -190,7 +199,7 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
             cache_graphs = False
         if mode == "auto":
             mode = "fd" if native else "rev-rev"
-            self.selection["mode"] = {"chosen": mode, "reason": why + (
+            self.selection["mode"] = {"chosen": mode, "how": "decided from architecture", "reason": why + (
                 ": central differences of two gradients, step from the weights' precision; their relative error "
                 "against strict products of a float32 copy is measured at the first product" if native else
                 ": torch.func transforms do not run through checkpointing, double backward does")}
@@ -238,6 +247,29 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
         """Decide (and build) the graph cache before an algorithm sizes its memory budget."""
         if self._cache_pending:
             self._decide_cache()
+
+    def loss_and_gradient(self) -> tuple[float, Tensor, str]:
+        """``L(θ) = Σ_b (n_b/N) ℓ_b(θ)`` and ``∇L(θ)`` at the current parameters, and how they were taken.
+
+        With the graph cache in use (decided here if pending) and strict products, the cached graphs
+        already hold every batch's loss and gradient, computed by the same forward and backward passes,
+        so no pass is repeated; otherwise :meth:`Objective.loss` and :meth:`Objective.gradient` run."""
+        self.settle_memory()
+        if not (self.cache_graphs and self.precision == "strict" and not self.objective.streamed):
+            return self.objective.loss(), self.objective.gradient(), "separate forward and backward passes"
+        params = self._params()
+        with self._backend_settings(), self.objective.mode():
+            self._attention_retry(lambda: self._refresh_graphs(params))
+        total = 0.0
+        gradient = torch.zeros(self.objective.dim, dtype=self.objective.dtype, device=self.device)
+        for i, (graph, w) in enumerate(zip(self._graphs, self.objective.weights())):
+            value = float(graph.loss)
+            if not math.isfinite(value):
+                raise ObjectiveError(f"loss is {value} on batch {i} of the probe set")
+            total += w * value
+            gradient += w * graph.gradient(self.objective)
+        return (sum_scalar_across_ranks(total, device=self.device), sum_across_ranks(gradient),
+                "from the cached gradient graphs (no extra pass)")
 
     def _product_fn(self, m: int, compiled: bool) -> HVPFn:
         mode = self._mode_for(min(m, self.block_size))
@@ -388,17 +420,47 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
                 return
             self.cache_graphs = True
             self.modes = {"single": "rev-rev", "block": "rev-rev"}
+            if self.requested == "auto":
+                self.selection["mode"] = {"chosen": "rev-rev", "how": "decided from architecture",
+                                          "reason": "cached gradient graphs are multiplied by double backward; "
+                                                    "nothing is timed"}
             self._graphs, self._graph_key = [first, *rest], self._state_key()
 
     # ---------------------------------------------------------------------------- auto mode
-    def _trial(self, mode: str, rows: Tensor) -> float:
+    def _trial(self, mode: str, rows: Tensor, batch: Batch) -> float:
         fn = HVP_MODES[mode]
-        batch, params = self.objective.batches[0], self._params()
+        params = self._params()
         with self._backend_settings(), self.objective.mode():
             fn(self.objective, params, batch, rows)  # warm-up (kernels, caches)
             clock = Stopwatch(self.device)
             fn(self.objective, params, batch, rows)
             return clock.seconds() / rows.shape[0]
+
+    def _trial_batch(self) -> tuple[Batch, int | float]:
+        """The batch the modes are timed on: on the CPU the first :data:`TRIAL_EXAMPLES` rows of the first
+        batch (both modes cost about the same per example at any batch size there, so their ratio is what
+        the whole batch would show, at a fraction of the cost); elsewhere (a GPU is not busy on a small
+        batch) and for batches counted by ``count_fn``, the whole first batch."""
+        first = self.objective.batches[0]
+        if self.device.type != "cpu" or self.objective.count_fn is not None:
+            return first, first.size
+        try:
+            n = structure.rows(first.data, 0)
+        except DataError:
+            return first, first.size
+        if n <= TRIAL_EXAMPLES:
+            return first, first.size
+        return Batch(structure.slice_rows(first.data, 0, TRIAL_EXAMPLES), TRIAL_EXAMPLES), TRIAL_EXAMPLES
+
+    def _time_modes(self, rows: Tensor, batch: Batch) -> tuple[dict[str, float], dict[str, str]]:
+        seconds: dict[str, float] = {}
+        failures: dict[str, str] = {}
+        for mode in ("fwd-rev", "rev-rev"):
+            try:
+                seconds[mode] = self._attention_retry(lambda: self._trial(mode, rows, batch))  # noqa: B023 (called at once)
+            except (RuntimeError, NotImplementedError) as err:
+                failures[mode] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        return seconds, failures
 
     def _timing_key(self, m: int) -> tuple[object, ...]:
         """What decides which product mode is faster: architecture (class, parameter names and shapes),
@@ -409,25 +471,43 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
                 tuple(tuple((tuple(t.shape), str(t.dtype)) for t in structure.leaves(b.data)) for b in obj.batches), m)
 
     def _pick_mode(self, m: int) -> str:
+        """The faster exact mode for ``m`` probes per pass: remembered from this process, read from the on-disk
+        cache (:mod:`~sharpscope.curvature.operators.mode_cache`), or timed now (and stored there); the record
+        says which (``"how"``)."""
         key = self._timing_key(m)
         if key in _TIMED_CHOICES:
-            record = {**_TIMED_CHOICES[key], "remembered": True}
+            record = {**_TIMED_CHOICES[key], "remembered": True, "how": "timed earlier in this process"}
             self.selection[f"probes={m}"] = record
             return str(record["chosen"])
+        stored, where = mode_cache.load(key, self.device)
+        hit = stored.get("chosen") if stored is not None and stored.get("chosen") in ("fwd-rev", "rev-rev") else None
+        hit = from_rank0(hit)  # every rank reads rank 0's entry or times with it
+        if hit is not None:
+            record = {**(stored or {}), "chosen": hit, "remembered": True,
+                      "how": "timed in an earlier process, read from the on-disk cache", "cache_file": where,
+                      "cache_version": mode_cache.version_key(self.device)}
+            self.selection[f"probes={m}"] = record
+            _TIMED_CHOICES[key] = {k: v for k, v in record.items() if k != "remembered"}
+            return str(hit)
         gen = torch.Generator().manual_seed(0)
         rows = torch.randn(m, self.dim, generator=gen, dtype=self.dtype).to(self.device)
-        seconds: dict[str, float] = {}
-        failures: dict[str, str] = {}
-        for mode in ("fwd-rev", "rev-rev"):
-            try:
-                seconds[mode] = self._attention_retry(lambda: self._trial(mode, rows))  # noqa: B023 (called at once)
-            except (RuntimeError, NotImplementedError) as err:
-                failures[mode] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        first = self.objective.batches[0]
+        batch, examples = self._trial_batch()
+        seconds, failures = self._time_modes(rows, batch)
+        if failures and batch is not first:  # a slice may fail where the whole batch runs: time on the whole batch
+            batch, examples = first, first.size
+            seconds, failures = self._time_modes(rows, batch)
         if not seconds:
             raise ObjectiveError(f"no Hessian-vector product mode works for this model: {failures}")
         chosen = from_rank0(min(seconds, key=seconds.__getitem__))  # every rank uses rank 0's choice
-        self.selection[f"probes={m}"] = {"trial_seconds_per_probe": seconds, "failed": failures, "chosen": chosen}
-        _TIMED_CHOICES[key] = dict(self.selection[f"probes={m}"])
+        timed: dict[str, object] = {"trial_seconds_per_probe": seconds, "failed": failures, "chosen": chosen,
+                                    "how": "timed", "trial_examples": examples,
+                                    "trial_rule": f"warm-up and one timed product of each mode on the first "
+                                                  f"{TRIAL_EXAMPLES} examples of the first batch on the CPU, the "
+                                                  "whole first batch elsewhere or when a slice fails"}
+        timed["cache_file"] = mode_cache.store(key, self.device, timed)
+        self.selection[f"probes={m}"] = timed
+        _TIMED_CHOICES[key] = dict(timed)
         return chosen
 
     def describe(self) -> dict[str, object]:

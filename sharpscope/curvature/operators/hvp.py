@@ -106,6 +106,12 @@ class GradientGraph:
     leaves: list[Tensor]
     grads: list[Tensor]  # only the entries that depend on the parameters
     live: list[int]
+    loss: Tensor  # ℓ_b(θ), detached: the value the graph was built from
+    first: tuple[Tensor | None, ...]  # every entry of ∇ℓ_b (None where the loss does not depend on it)
+
+    def gradient(self, objective: Objective) -> Tensor:
+        """``∇ℓ_b(θ)`` as a flat vector (zeros for parameters the loss does not depend on)."""
+        return objective.flatten(torch.zeros_like(p) if g is None else g.detach() for g, p in zip(self.first, self.leaves))
 
 
 def gradient_graph(objective: Objective, params: dict[str, Tensor], batch: Batch) -> GradientGraph:
@@ -120,7 +126,7 @@ def _graph_on(objective: Objective, params: dict[str, Tensor], batch: Batch) -> 
         loss = objective.batch_loss(params, batch)
         grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
     live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
-    return GradientGraph(leaves, [grads[i] for i in live], live)
+    return GradientGraph(leaves, [grads[i] for i in live], live, loss.detach(), grads)
 
 
 def measured_gradient_graph(objective: Objective, params: dict[str, Tensor],
