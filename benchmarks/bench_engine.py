@@ -1,5 +1,5 @@
-"""Side-by-side benchmark of sharpscope's curvature engine against PyHessian, hessian-eigenthings and
-curvlinops, in one process, on one objective.
+"""Side-by-side benchmark of sharpscope's curvature engine against PyHessian and hessian-eigenthings,
+in one process, on one objective.
 
 Settings:
   cpu-cnn       small CNN, first 1,000 CIFAR-10 images (synthetic images if no file is given), CPU

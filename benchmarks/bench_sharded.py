@@ -17,7 +17,12 @@ resident memory of every rank (sampled every 0.1 s):
 
 All ranks share this machine's cores, so seconds here measure overhead, not speed-up; memory per rank
 is the point (each rank holds ``1/W`` of the parameters and of every vector). ``--tiny`` is the test
-size. ``--device cuda`` (one GPU per rank, NCCL) is the variant for a machine with GPUs.
+size. ``--device cuda`` (one GPU per rank, NCCL; peak memory is then each GPU's peak allocation) is
+the variant for a machine with as many GPUs as the largest ``--ranks``; ``--layers`` and ``--width``
+size the model (GPT-2 small is ``--layers 12 --width 768 --vocab 50257``):
+
+    python benchmarks/bench_sharded.py --device cuda --ranks 2 4 --layers 12 --width 768 --vocab 50257 \
+        --seqs 32 --seq-len 256 --out benchmarks/results/sharded_gpu
 """
 
 from __future__ import annotations
@@ -56,21 +61,29 @@ class Logits(nn.Module):
         return self.model(input_ids=ids).logits
 
 
-def gpt(tiny: bool, seed: int) -> nn.Module:
+def gpt(args: argparse.Namespace, device: torch.device) -> nn.Module:
     import transformers
 
-    config = (transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=256, n_positions=64) if tiny else
-              transformers.GPT2Config(n_layer=4, n_embd=256, n_head=4, vocab_size=256, n_positions=128))
-    torch.manual_seed(seed)
-    return Logits(transformers.AutoModelForCausalLM.from_config(config)).eval()
+    layers, width = (2, 32) if args.tiny else (args.layers, args.width)
+    config = transformers.GPT2Config(n_layer=layers, n_embd=width, n_head=max(2, width // 64), vocab_size=args.vocab,
+                                     n_positions=max(64, args.seq_len), bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(args.seed)
+    return Logits(transformers.AutoModelForCausalLM.from_config(config)).eval().to(device)
 
 
-def data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+def data(args: argparse.Namespace, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = byte_tokens(Path(textwrap.__file__).read_bytes(), seq_len=args.seq_len)
-    return x[: args.seqs], y[: args.seqs]
+    return x[: args.seqs].to(device), y[: args.seqs].to(device)
 
 
-def stages(op: Any, args: argparse.Namespace) -> dict[str, Any]:
+def peak_memory(row: dict[str, Any], device: torch.device) -> None:
+    """On a GPU, the peak allocation since the last reset replaces the resident set of the host process."""
+    if device.type == "cuda":
+        row["peak_rss_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def stages(op: Any, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """λ_max, trace and density on ``op``, each with products, seconds and peak RSS."""
     out: dict[str, Any] = {}
     for name, fn in (("lambda_max", lambda: lanczos(op, 1, tol=1e-3, seed=0)),
@@ -81,6 +94,7 @@ def stages(op: Any, args: argparse.Namespace) -> dict[str, Any]:
         with peak_rss(row):
             result = fn()
         row["seconds"] = round(time.perf_counter() - start, 2)
+        peak_memory(row, device)
         row["hvps"] = result.hvps
         if name == "lambda_max":
             row.update(value=float(result.eigenvalues[0]), residual=float(result.residuals[0]),
@@ -94,33 +108,38 @@ def stages(op: Any, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def one_process(args: argparse.Namespace) -> dict[str, Any]:
-    model = gpt(args.tiny, args.seed)
-    x, y = data(args)
+    device = torch.device("cuda:0" if args.device == "cuda" else "cpu")
+    model = gpt(args, device)
+    x, y = data(args, device)
     exact = HessianOperator(Objective(model, token_cross_entropy, (x, y), batch_size=args.batch_size),
                             mode="rev-rev", cache_graphs=False)
     fd = ShardedHessianOperator(Objective(model, token_cross_entropy, (x, y), batch_size=args.batch_size,
                                           validate=False))
-    v = torch.randn(exact.dim, generator=torch.Generator().manual_seed(0))
+    v = torch.randn(exact.dim, generator=torch.Generator().manual_seed(0)).to(device)
     a, b = exact.matvec(v), fd.matvec(v)
     row: dict[str, Any] = {"parameters": exact.dim, "tokens": int(x.numel()),
                            "fd_error_vs_exact": float((a - b).norm() / a.norm()),
                            "fd_error_estimate": fd.estimate_error(), "fd_step": fd.step}
-    row["exact"] = stages(exact, args)
+    row["exact"] = stages(exact, args, device)
     return row
 
 
 def rank_entry(rank: int, world: int, folder: str, args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous-{world}", rank=rank, world_size=world)
+    device = torch.device(f"cuda:{rank}" if args.device == "cuda" else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=f"file://{folder}/rendezvous-{world}",
+                            rank=rank, world_size=world)
     try:
-        model = shard_per_block(gpt(args.tiny, args.seed))
-        x, y = data(args)
+        model = shard_per_block(gpt(args, device))
+        x, y = data(args, device)
         lo, hi = shard_bounds(x.shape[0], world, rank)
         op = ShardedHessianOperator(Objective(model, token_cross_entropy, (x[lo:hi], y[lo:hi]),
                                               batch_size=args.batch_size, validate=False))
         row: dict[str, Any] = {"local_dim": op.dim, "global_dim": op.global_dim, "sequences": hi - lo,
                                "fd_error_estimate": op.estimate_error()}
-        row.update(stages(op, args))
+        row.update(stages(op, args, device))
         row["largest_vector_allocated"] = max(op.lengths_created)
         (Path(folder) / f"w{world}-rank{rank}.json").write_text(json.dumps(row))
         dist.barrier()
@@ -137,21 +156,30 @@ def markdown(result: dict[str, Any], command: str) -> str:
              f"Finite-difference product against the exact one (one process): relative error "
              f"{single['fd_error_vs_exact']:.2e} (the operator's own estimate: {single['fd_error_estimate']:.2e}, "
              f"step {single['fd_step']:.3g}).", "",
-             "| run | stage | value | ± | products | seconds (max over ranks) | peak RSS per rank (GiB) |",
-             "|---|---|---|---|---|---|---|"]
-    runs = [("1 process, exact products", [single["exact"]])]
-    runs += [(f"{w} ranks, FSDP, finite differences", ranks) for w, ranks in result["sharded"].items()]
-    for label, ranks in runs:
+             "| run | stage | value | ± | products | seconds (max over ranks) | longest vector per rank | "
+             "peak memory per rank (GiB) |",
+             "|---|---|---|---|---|---|---|---|"]
+    runs = [("1 process, exact products", [single["exact"]], [single["parameters"]])]
+    runs += [(f"{w} ranks, FSDP, finite differences", ranks, [r["largest_vector_allocated"] for r in ranks])
+             for w, ranks in result["sharded"].items()]
+    for label, ranks, lengths in runs:
         for stage in ("lambda_max", "trace", "density"):
             rows = [r[stage] for r in ranks]
             first = rows[0]
-            err = first.get("stderr", first.get("residual"))
-            peaks = ", ".join(f"{r.get('peak_rss_bytes', 0) / 2**30:.2f}" for r in rows)
-            lines.append(f"| {label} | {stage} | {first['value']:.6g} | {err:.2g} | {first['hvps']} | "
-                         f"{max(r['seconds'] for r in rows):.1f} | {peaks} |")
-    lines += ["", "λ_max's ± is its relative Ritz residual; the trace's and density trace's ± their standard errors."
-              " The exact and sharded runs draw different random vectors (the sharded draws are the same for any "
-              "number of ranks), so traces agree within their standard errors, not to rounding."]
+            if stage == "density":
+                value, err = f"{first['top_node']:.6g}", "—"
+            else:
+                value, err = f"{first['value']:.6g}", f"{first.get('stderr', first.get('residual')):.2g}"
+            peaks = ", ".join(f"{r['peak_rss_gib']:.2f}" for r in rows)
+            lines.append(f"| {label} | {stage} | {value} | {err} | {first['hvps']} | "
+                         f"{max(r['seconds'] for r in rows):.1f} | {max(lengths):,} | {peaks} |")
+    lines += ["", "λ_max's ± is its relative Ritz residual, the trace's its standard error; the density's value is "
+              "its largest node (the top of the spectrum it sees). The exact and sharded runs draw different "
+              "random vectors (the sharded draws are the same for any number of ranks), so traces agree within "
+              "their standard errors, not to rounding. The longest vector per rank is the longest the sharded "
+              "operator created (its local slice); the one-process run holds full vectors. Peak memory is the "
+              "resident set on a CPU, which includes each process's Python, torch and transformers (about "
+              "0.4 GiB), and the peak allocation on a GPU."]
     return "\n".join(lines) + "\n"
 
 
@@ -166,10 +194,18 @@ def main() -> None:
     parser.add_argument("--density-steps", type=int, default=30)
     parser.add_argument("--density-runs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--vocab", type=int, default=256, help="byte tokens index the first 256 entries")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    result: dict[str, Any] = {"torch": torch.__version__, "device": "cpu (gloo)", "one_process": one_process(args),
+    if args.device == "cuda" and torch.cuda.device_count() < max(args.ranks):
+        parser.error(f"--device cuda --ranks {max(args.ranks)} needs {max(args.ranks)} GPUs; "
+                     f"{torch.cuda.device_count()} visible")
+    device = (f"{torch.cuda.get_device_name(0)} (nccl)" if args.device == "cuda" else "cpu (gloo)")
+    result: dict[str, Any] = {"torch": torch.__version__, "device": device, "one_process": one_process(args),
                               "sharded": {}}
     with tempfile.TemporaryDirectory() as folder:
         for world in args.ranks:

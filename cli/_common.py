@@ -33,7 +33,7 @@ err = Console(stderr=True)
 RECIPE_NAMES = ("eos-gd", "eos-momentum", "eos-ce", "eos-adam", "eos-cifar5k", "sam-edge", "sam-edge-cnn",
                 "sam-minibatch", "sam-flatness", "demo", "landscape-resnet18")
 STUDY_NAMES = ("eos", "sam-edge", "escape", "label-noise", "sam-flatness")
-PLOT_KINDS = ("auto", "sharpness", "trace", "escape", "density", "layers")
+PLOT_KINDS = ("auto", "sharpness", "trace", "escape", "arms", "arms-lambda", "minibatch", "density", "layers")
 
 
 # ------------------------------------------------------------------------------------- choices
@@ -78,8 +78,8 @@ class SharpnessNorm(str, Enum):
 
 
 class Stop(str, Enum):
-    eigenvalue = "eigenvalue"
     residual = "residual"
+    eigenvalue = "eigenvalue"
 
 
 class TraceMethod(str, Enum):
@@ -208,10 +208,13 @@ def command_flags(fn: Callable[..., Any]) -> dict[str, list[str]]:
 
 def option_flag(argument: str, flags: dict[str, list[str]]) -> str | None:
     """The command's flag for the library argument ``argument`` (``max_iter`` -> ``--max-iter``): the
-    option spelled that way, else the option whose parameter is named ``argument``; None if neither."""
+    option spelled that way, ``--set KEY.SUB`` for a dotted config key where the command takes ``--set``,
+    else the option whose parameter is named ``argument``; None if none."""
     dashed = "--" + argument.replace("_", "-")
     if any(dashed in spelled for spelled in flags.values()):
         return dashed
+    if "." in argument and any("--set" in spelled for spelled in flags.values()):
+        return f"--set {argument}"  # a config entry below a field: optimizer_kwargs.rho
     return flags[argument][0] if argument in flags else None
 
 
@@ -224,7 +227,7 @@ def user_message(exc: BaseException, flags: dict[str, list[str]]) -> str:
     if flag is None:
         return message
     # "force=True" names an on/off flag: the command line spells it "--force"
-    return re.sub(rf"(?<![\w-]){re.escape(argument)}(?:=True)?(?![\w-])", flag, message)
+    return re.sub(rf"(?<![\w-]){re.escape(str(argument))}(?:=True)?(?![\w-])", flag, message)
 
 
 def error_line(exc: Exception, flags: dict[str, list[str]]) -> str | None:
@@ -331,7 +334,7 @@ def load_model(checkpoint: Path, model: str | None, unsafe_load: bool) -> Any:
     from sharpscope.io import load_checkpoint
 
     if model is not None and model.startswith(HF_PREFIX):
-        from sharpscope.models.hf import hf_checkpoint_model
+        from sharpscope.io.hf_weights import hf_checkpoint_model
 
         return hf_checkpoint_model(model.removeprefix(HF_PREFIX), checkpoint)
     try:
@@ -346,11 +349,11 @@ def load_model(checkpoint: Path, model: str | None, unsafe_load: bool) -> Any:
 
 
 def check_fits(net: Any, loss: str, x: Any, y: Any, *, model: str | None, data: str) -> None:
-    """:func:`sharpscope.models.inputs.check_model_fits` on two examples, its one line completed by
+    """:func:`sharpscope.curvature.fits.check_model_fits` on two examples, its one line completed by
     :func:`fit_hint` when the ``hf:`` model or ``text:`` data is involved."""
+    from sharpscope.curvature.fits import check_model_fits
     from sharpscope.errors import SharpscopeError
     from sharpscope.losses import get_loss
-    from sharpscope.models.inputs import check_model_fits
 
     try:
         check_model_fits(net, get_loss(loss), x[:2], y[:2], name="the data")

@@ -6,7 +6,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 import typer
 from rich.table import Table
@@ -69,7 +69,7 @@ SHARPNESS_LABELS = {"worst": "worst-case sharpness", "average": "average sharpne
 
 
 def report_table(report: ProbeReport, title: str) -> Table:
-    s = report.settings
+    s: dict[str, Any] = report.settings
     table = Table(title=title, title_justify="left", show_header=True, header_style="bold")
     for col in ("quantity", "value", "± / residual", "HVPs", "seconds"):
         table.add_column(col, justify="left" if col == "quantity" else "right")
@@ -135,10 +135,12 @@ def emit(report: ProbeReport, title: str, as_json: bool, extra: dict[str, Any]) 
             out.print(layers_table(report.per_layer))
 
 
-def lanczos_block(text: str | None) -> int | str | None:
+def lanczos_block(text: str | None) -> int | Literal["auto"] | None:
     """``--block``: None, ``"auto"`` or a positive integer."""
-    if text is None or text == "auto":
-        return text
+    if text is None:
+        return None
+    if text == "auto":
+        return "auto"
     try:
         return int(text)
     except ValueError:
@@ -208,7 +210,6 @@ def probe_cmd(
     from sharpscope.probe import ProbeSettings, probe
 
     dev = resolve_device(device)
-    loss_name = loss.value if loss is not None else "token-ce" if (model or "").startswith("hf:") else "ce"
     torch_dtype = getattr(torch, dtype.value)
     curvature = CurvatureSettings(k=k, tol=tol, max_iter=max_iter, stop=stop.value, trace_method=trace_method.value,
                                   trace_matvecs=trace_matvecs, bn=bn.value, hvp_mode=hvp_mode.value,
@@ -239,7 +240,7 @@ def probe_cmd(
     extra = {"checkpoint": str(checkpoint), "data": dataset.name, "loss_fn": loss_name}
     report.settings.update(extra, sharding=sharding(len(dataset)))
     if rank() == 0:
-        for note in report.settings.get("notes") or []:
+        for note in cast(list[str], report.settings.get("notes") or []):
             err.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
         emit(report, f"{checkpoint.name} on {dataset.name} ({loss_name} loss)", as_json, extra)
         if report.density is not None and not as_json:
@@ -282,7 +283,9 @@ def demo(
     emit(report, f"MLP after {run.steps} SGD steps on MNIST-1D (train accuracy {run.train_accuracy:.1%})",
          as_json, extra)
     if not as_json:
-        err.print(f"checkpoint: {path}\nprobe it again: sharpscope probe {path} --data mnist1d --k 5 --trace")
+        # soft_wrap: a narrow terminal must not break the command in two where it is copied from
+        err.print(f"checkpoint: {path}\nprobe it again: sharpscope probe {path} --data mnist1d --k 5 --trace",
+                  soft_wrap=True)
 
 
 from sharpscope_cli.landscape import landscape_cmd  # noqa: E402  (each command in its own module)

@@ -27,12 +27,12 @@ from sharpscope.curvature import (
     slq_density,
     trace_estimator,
 )
+from sharpscope.curvature.fits import check_model_fits
 from sharpscope.curvature.operators.sharded import ShardedHessianOperator, is_sharded, shard_per_block
 from sharpscope.curvature.settings import PROBE_DEFAULTS
 from sharpscope.errors import ConfigError
 from sharpscope.measures import TAKES_M, SharpnessResult, SharpnessSettings, check_measure_names, measure
 from sharpscope.measures.settings import DEFAULTS as SHARPNESS_DEFAULTS
-from sharpscope.models.inputs import check_model_fits
 from sharpscope.validation import check_bool, check_choice, check_int, check_seed, check_tol, check_type, offset_seed
 
 Progress = Callable[[str, int, int], None]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from sharpscope.experiments import criteria
+from sharpscope.io.series import rolling_median
 from sharpscope.track import RunDirectory
 
 
@@ -95,7 +96,7 @@ def test_trace_accuracy_and_the_final_record(tmp_path: Path) -> None:
 def test_rolling_median_and_minibatch_edge_pairings(tmp_path: Path) -> None:
     """Batch λ sits on the batch-norm edge (noisy: the rolling median removes single outliers); the probe-set λ
     is half of it, so it tracks no edge; the full-norm edge is twice the batch one."""
-    assert criteria.rolling_median([5.0, 1.0, 3.0, 100.0, 2.0], 3) == [5.0, 3.0, 3.0, 3.0, 3.0]
+    assert rolling_median([5.0, 1.0, 3.0, 100.0, 2.0], 3) == [5.0, 3.0, 3.0, 3.0, 3.0]
     run = RunDirectory(tmp_path / "run")
     run.create({"model": {"name": "mlp"}})
     n = 12

@@ -135,3 +135,11 @@ def test_the_reproduce_command(root: Path, tmp_path: Path) -> None:
     assert (tmp_path / "figs" / "eos-summary.json").is_file()
     bad = CliRunner().invoke(app, ["reproduce", "nope", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 1 and "unknown study" in bad.output
+
+
+def test_every_study_figure_is_a_run_kind_of_the_one_registry() -> None:
+    from sharpscope.experiments.studies import STUDIES
+    from sharpscope.plots.kinds import RUN_KINDS
+
+    kinds = {figure.kind for study in STUDIES.values() for figure in study.figures}
+    assert kinds <= set(RUN_KINDS), kinds - set(RUN_KINDS)

@@ -38,6 +38,7 @@ def test_every_module_imports_without_the_optional_extras():
 
 
 def test_the_lazy_track_names_resolve_and_unknown_names_fail():
+    assert sorted(sharpscope.track.__all__) == sorted(sharpscope.track._HOME)
     for name in sharpscope.track.__all__:
         assert getattr(sharpscope.track, name) is not None
     assert "train" in dir(sharpscope.track)

@@ -27,15 +27,16 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 from sharpscope.experiments import evidence, verdicts
 from sharpscope.io.jsonsafe import as_float
-from sharpscope.io.records import is_measurement, number_at, read_measurements, record_kind
+from sharpscope.io.records import number_at, read_measurements
 from sharpscope.io.rundir import RunDirectory
+from sharpscope.io.series import ROLLING_WINDOW, rolling_median, sam_batch_pairs
 
 
 def measurements(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -134,11 +135,6 @@ def sam_edge_stats(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def rolling_median(values: Sequence[float], window: int) -> list[float]:
-    """The median of each value with the ``window − 1`` before it (fewer at the start)."""
-    return [statistics.median(values[max(0, i - window + 1): i + 1]) for i in range(len(values))]
-
-
 def _tracking(steps: Sequence[int], sharpness: Sequence[float], edges: Sequence[float], window: int) -> dict[str, Any]:
     """``r_t = λ_t/edge_t`` smoothed by a rolling median of ``window`` checkpoints: from the first smoothed
     ``r ≥ 0.9`` on, its median, range and the share in ``[0.8, 1.25]``."""
@@ -151,20 +147,6 @@ def _tracking(steps: Sequence[int], sharpness: Sequence[float], edges: Sequence[
     in_band = sum(0.8 <= r <= 1.25 for r in post) / len(post)
     return {**out, "tracking_from": int(steps[start]), "after": len(post), "median": statistics.median(post),
             "min": min(post), "max": max(post), "in_band": in_band, "tracks": bool(in_band >= 0.8 and len(post) >= 5)}
-
-
-ROLLING_WINDOW = 10  # checkpoints in the rolling median of the mini-batch edge ratios
-
-
-def sam_batch_pairs(records: Iterable[Mapping[str, Any]]) -> list[tuple[int, Mapping[str, Any], Mapping[str, Any]]]:
-    """``(step, measurement, "sam_batch" record)`` for every step holding both, in step order."""
-    full, batch = {}, {}
-    for r in records:
-        if is_measurement(r):
-            full[r["step"]] = r
-        elif record_kind(r) == "sam_batch":
-            batch[r["step"]] = r
-    return [(t, full[t], batch[t]) for t in sorted(set(full) & set(batch))]
 
 
 def minibatch_edge_stats(run_dir: str | Path, window: int = ROLLING_WINDOW) -> dict[str, Any]:

@@ -8,38 +8,16 @@ The study's summary (``<out_dir>/<study>-summary.json``) is copied to ``<fig_dir
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-from matplotlib.figure import Figure as MplFigure
-
 from sharpscope.experiments.studies import STUDIES, summary_path
 from sharpscope.io import jsonsafe
 from sharpscope.io.atomic import atomic_write_bytes
-from sharpscope.plots.arms import arms_data, arms_figure
-from sharpscope.plots.minibatch import minibatch_data, minibatch_figure
+from sharpscope.plots.kinds import run_figure
 from sharpscope.plots.runs import load_run
 from sharpscope.plots.save import save_figure
-from sharpscope.plots.trajectory import (
-    escape_data,
-    escape_figure,
-    sharpness_data,
-    sharpness_figure,
-    trace_accuracy_data,
-    trace_accuracy_figure,
-)
-
-_KINDS: dict[str, tuple[Callable[..., MplFigure], Callable[..., dict[str, Any]]]] = {
-    "sharpness": (sharpness_figure, sharpness_data),
-    "escape": (escape_figure, escape_data),
-    "trace-accuracy": (trace_accuracy_figure, trace_accuracy_data),
-    "escape-seeds": (arms_figure, arms_data),
-    "arms-lambda": (functools.partial(arms_figure, quantity="lambda_max"), arms_data),
-    "minibatch-edge": (minibatch_figure, minibatch_data),
-}
 
 
 def device_note(scale: str, runs: list[Any] | None = None) -> str:
@@ -69,10 +47,9 @@ def study_figures(name: str, out_dir: str | Path, fig_dir: str | Path, *, comman
         if not stages:
             continue
         runs = [load_run(out / s, label=s) for s in dict.fromkeys(stages)]
-        draw, data_of = _KINDS[spec.kind]
         options: dict[str, Any] = {"k": spec.k} if spec.kind == "sharpness" else {}
-        fig = draw(runs, **options)
-        data = {"plot": data_of(runs, **options), "results": {r.label: summary["results"].get(r.label) for r in runs},
+        fig, plotted = run_figure(spec.kind, runs, **options)
+        data = {"plot": plotted, "results": {r.label: summary["results"].get(r.label) for r in runs},
                 "run_summaries": {r.label: r.summary for r in runs}}
         caption = f"{spec.caption} {seeds_note(runs)} {device_note(summary['scale'], runs)}"
         written += save_figure(fig, figs / f"{name}-{spec.stem}", data=data, command=command, caption=caption)

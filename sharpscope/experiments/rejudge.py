@@ -29,8 +29,8 @@ from sharpscope.experiments import evidence, verdicts
 from sharpscope.experiments.report import verdict_text
 from sharpscope.experiments.studies import escape as escape_study
 from sharpscope.experiments.studies import flatness as flatness_study
+from sharpscope.io import jsonsafe
 from sharpscope.io.atomic import atomic_write_bytes
-from sharpscope.track import jsonsafe
 
 STDERR_NOTE = ("trace estimator stderr: each run's last reading; at matched loss, the same relative error times the "
                "matched value")

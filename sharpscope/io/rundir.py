@@ -41,7 +41,7 @@ the records. A folder holding only sharpscope's own temporary files (a kill duri
 write) counts as empty; stale temporary files are removed when the lock is taken.
 
 Non-finite numbers are stored as the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``
-(:mod:`sharpscope.track.jsonsafe`); ``jsonsafe.as_float`` reads them back.
+(:mod:`sharpscope.io.jsonsafe`); ``jsonsafe.as_float`` reads them back.
 """
 
 from __future__ import annotations
@@ -207,10 +207,6 @@ class RunDirectory:
             yield
         finally:
             os.close(fd)
-
-    def _foreign_entries(self) -> list[str]:
-        return sorted(p.name for p in self.path.iterdir() if p.name not in _OWN and not p.name.startswith(".")) \
-            if self.path.is_dir() else []
 
     def _is_empty(self) -> bool:
         """No entries but the lock and sharpscope's own temporary files (a kill during the first write)."""

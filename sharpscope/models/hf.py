@@ -89,28 +89,6 @@ def _check_left_to_right(model: nn.Module, path: Path) -> None:
                           "loss: Objective(model, None, batch with labels))", argument="model")
 
 
-def hf_checkpoint_model(source: str | Path, checkpoint: str | Path) -> nn.Module:
-    """:func:`hf_model` for ``source``, then the weights of ``checkpoint`` unless it is ``source``'s own folder
-    or a file in it (loaded already). Keys must match the model's, except weights tied to a loaded one
-    (a language-model head sharing the embedding)."""
-    from sharpscope.io import read_checkpoint
-
-    model = hf_model(source)
-    folder = Path(source).expanduser().resolve()
-    folder = folder if folder.is_dir() else folder.parent
-    weights = Path(checkpoint).expanduser().resolve()
-    if weights == folder or weights.parent == folder and any((folder / f).is_file() for f in WEIGHT_FILES):
-        return model
-    state = read_checkpoint(weights).state_dict
-    result = model.load_state_dict(state, strict=False)
-    loaded = {t.data_ptr() for n, t in model.state_dict().items() if n in state}
-    missing = [n for n in result.missing_keys if model.state_dict()[n].data_ptr() not in loaded]
-    if missing or result.unexpected_keys:
-        raise ConfigError(f"{weights} does not fit the model of {source}: missing {missing[:5]}, unexpected "
-                          f"{list(result.unexpected_keys)[:5]}")
-    return model
-
-
 @dataclass(frozen=True)
 class HeadLoss:
     """The training loss of a Hugging Face head: ``loss_fn(logits, batch)`` (a mean over ``count_fn(batch)``

@@ -12,7 +12,24 @@ the command that made it) beside it as JSON.
 """
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what the names below resolve to, for type checkers (nothing is imported at run time)
+    from sharpscope.plots.density import density_data, density_figure, load_density
+    from sharpscope.plots.kinds import auto_kind, make_figure
+    from sharpscope.plots.landscape import contour_figure, landscape_data, line_figure, surface_figure
+    from sharpscope.plots.layers import layer_curvature_figure
+    from sharpscope.plots.runs import RunData, load_run, series
+    from sharpscope.plots.save import load_figure_data, save_figure
+    from sharpscope.plots.trajectory import (
+        escape_data,
+        escape_figure,
+        sharpness_data,
+        sharpness_figure,
+        spearman,
+        trace_accuracy_data,
+        trace_accuracy_figure,
+    )
 
 # Names resolve on first use (PEP 562), so importing one submodule (e.g. ``kinds`` for the CLI's help
 # text) does not load matplotlib.

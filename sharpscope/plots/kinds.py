@@ -6,12 +6,16 @@ kind           inputs                                      figure
 ``sharpness``  run directories                             :func:`~.trajectory.sharpness_figure`
 ``trace``      run directories (trace and test accuracy)  :func:`~.trajectory.trace_accuracy_figure`
 ``escape``     run directories (trace)                     :func:`~.trajectory.escape_figure`
+``arms``       run directories of arms × seeds (trace)    :func:`~.arms.arms_figure`
+``arms-lambda``  the same, λ_max                            :func:`~.arms.arms_figure` (``quantity``)
+``minibatch``  run directories of mini-batch SAM           :func:`~.minibatch.minibatch_figure`
 ``density``    ``probe --density --json`` / DensityResult  :func:`~.density.density_figure`
                JSON files
 ``layers``     one ``probe --per-layer --json`` JSON file  :func:`~.layers.layer_curvature_figure`
 =============  ==========================================  =====================================
 
-A folder of run directories (a ``sharpscope reproduce`` study folder) stands for those runs.
+A folder of run directories (a ``sharpscope reproduce`` study folder) stands for those runs. The run
+kinds are one registry (:data:`RUN_KINDS`), which the studies' figures use too.
 :func:`cannot_draw` lists, one line each, what a figure's inputs could not give (no edge recorded, fewer
 eigenvalues than asked, no test accuracy, ...); ``sharpscope plot`` prints them.
 
@@ -34,7 +38,16 @@ from sharpscope.plots.runs import RunData, as_runs, expand_runs, has_values
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-KINDS = ("auto", "sharpness", "trace", "escape", "density", "layers")
+RUN_KINDS: dict[str, tuple[str, str, str, dict[str, Any]]] = {
+    # kind: (module of sharpscope.plots, figure function, data function, options of the figure only)
+    "sharpness": ("trajectory", "sharpness_figure", "sharpness_data", {}),
+    "trace": ("trajectory", "trace_accuracy_figure", "trace_accuracy_data", {}),
+    "escape": ("trajectory", "escape_figure", "escape_data", {}),
+    "arms": ("arms", "arms_figure", "arms_data", {}),
+    "arms-lambda": ("arms", "arms_figure", "arms_data", {"quantity": "lambda_max"}),
+    "minibatch": ("minibatch", "minibatch_figure", "minibatch_data", {}),
+}
+KINDS = ("auto", *RUN_KINDS, "density", "layers")
 ESCAPE_OPTIMIZERS = ("rs", "sa")
 
 
@@ -100,6 +113,18 @@ def _kind_of_runs(runs: list[RunData]) -> str:
     raise DataError(f"{', '.join(str(r.path) for r in runs)}: no eigenvalues or traces recorded to plot")
 
 
+def run_figure(kind: str, runs: list[RunData], **options: Any) -> tuple[Figure, dict[str, Any]]:
+    """The figure and plotted numbers of the run kind ``kind`` (:data:`RUN_KINDS`) for ``runs``;
+    ``options`` (``k``, ``ratio`` for ``sharpness``) go to both functions."""
+    import importlib
+
+    if kind not in RUN_KINDS:
+        raise ConfigError(f"unknown run figure kind {kind!r}; valid: {', '.join(RUN_KINDS)}")
+    module, figure, data, only_figure = RUN_KINDS[kind]
+    home = importlib.import_module(f"sharpscope.plots.{module}")
+    return getattr(home, figure)(runs, **options, **only_figure), getattr(home, data)(runs, **options)
+
+
 def make_figure(kind: str, inputs: Sequence[str | os.PathLike[str]], *, labels: Sequence[str] | None = None,
                 k: int = 1, ratio: bool = False) -> tuple[str, Figure, dict[str, Any]]:
     """``(kind, figure, data)`` for ``inputs`` (``kind="auto"`` resolved by :func:`auto_kind`).
@@ -109,14 +134,6 @@ def make_figure(kind: str, inputs: Sequence[str | os.PathLike[str]], *, labels: 
     """
     from sharpscope.plots.density import density_data, density_figure, load_density
     from sharpscope.plots.layers import layer_curvature_figure
-    from sharpscope.plots.trajectory import (
-        escape_data,
-        escape_figure,
-        sharpness_data,
-        sharpness_figure,
-        trace_accuracy_data,
-        trace_accuracy_figure,
-    )
 
     if kind not in KINDS:
         raise ConfigError(f"unknown figure kind {kind!r}; valid: {', '.join(KINDS)}")
@@ -132,8 +149,5 @@ def make_figure(kind: str, inputs: Sequence[str | os.PathLike[str]], *, labels: 
         data = layers_data(inputs[0])
         return kind, layer_curvature_figure(data, log=True), data
     runs = as_runs(expand_runs(inputs), labels)
-    if kind == "sharpness":
-        return kind, sharpness_figure(runs, k=k, ratio=ratio), sharpness_data(runs, k=k, ratio=ratio)
-    if kind == "trace":
-        return kind, trace_accuracy_figure(runs), trace_accuracy_data(runs)
-    return kind, escape_figure(runs), escape_data(runs)
+    options: dict[str, Any] = {"k": k, "ratio": ratio} if kind == "sharpness" else {}
+    return (kind, *run_figure(kind, runs, **options))

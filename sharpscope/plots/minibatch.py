@@ -16,8 +16,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from sharpscope.experiments.criteria import ROLLING_WINDOW, rolling_median, sam_batch_pairs
 from sharpscope.io.records import lookup, number_at
+from sharpscope.io.series import ROLLING_WINDOW, rolling_median, sam_batch_pairs
 from sharpscope.plots.runs import RunLike, as_runs
 from sharpscope.plots.style import color, label_axes, legend, new_figure
 

@@ -146,6 +146,14 @@ def series(run: RunData, key: str) -> tuple[np.ndarray, np.ndarray]:
     return steps, values
 
 
+def event_series(run: RunData, kind: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, values)`` of dotted ``key`` over the run's records of ``kind`` (e.g. ``"update_curvature"``,
+    ``"kappa"``), in step order; missing values are NaN."""
+    records = sorted((r for r in run.events if r.get("kind") == kind), key=lambda r: int(r["step"]))
+    steps = np.array([int(r["step"]) for r in records], dtype=np.int64)
+    return steps, np.array([value(r, key) for r in records], dtype=np.float64)
+
+
 def has_values(runs: Sequence[RunData], key: str) -> bool:
     """Whether any measurement of any run holds a finite number at ``key``."""
     return any(math.isfinite(value(r, key)) for run in runs for r in run.measurements)

@@ -8,6 +8,8 @@
   it is drawn against ``preconditioned_eigenvalues`` when the records carry them, and left out
   (only 2/η as a reference) when they hold λ_max(H) alone. ``ratio=True`` plots λ/edge with the
   band :data:`RATIO_BAND`. A run that diverged gets an ✕ at the step its loss became non-finite.
+  A run recorded with ``update_curvature`` also shows ``κ_u = uᵀHu/‖u‖²``, the curvature along each
+  update (thin line beside λ_max; ``uᵀHu/uᵀPu`` beside λ_max(P⁻¹H) under Adam's edge), against the same edge.
 * :func:`trace_accuracy_figure` — tr(H) ± stderr and test accuracy against step, and tr(H)
   against test accuracy with each run's Spearman rank correlation ρ_s (Damian et al.: negative).
 * :func:`escape_figure` — tr(H), test and train accuracy against step, one line per run
@@ -32,7 +34,7 @@ from matplotlib.ticker import PercentFormatter
 from scipy import stats
 
 from sharpscope.errors import DataError
-from sharpscope.plots.runs import RunData, RunLike, as_runs, has_values, series
+from sharpscope.plots.runs import RunData, RunLike, as_runs, event_series, has_values, series
 from sharpscope.plots.style import EIGEN_STYLES, color, label_axes, legend, new_figure
 from sharpscope.validation import check_int
 
@@ -41,6 +43,20 @@ EDGE_NAMES = {"gd_edge": "2/η", "momentum_edge": "momentum edge (2+2β)/η",
               "ema_momentum_edge": "EMA momentum edge (2+2β)/(η(1−β))", "sam_edge": "SAM-edge",
               "adam_edge": "Adam edge (2+2β₁)/(η(1−β₁))"}
 PRECONDITIONED = "preconditioned_eigenvalues"
+UPDATE = "update_curvature"
+
+
+def _update_curvature(run: RunData, preconditioned: bool) -> dict[str, Any] | None:
+    """``{"steps", "values", "edge", "method", "key"}`` of the run's update-curvature records: ``kappa``, or
+    ``kappa_preconditioned`` when the sharpness drawn is λ_max(P⁻¹H); None when it has no such records."""
+    records = [r for r in run.events if r.get("kind") == UPDATE]
+    if not records:
+        return None
+    key = "kappa_preconditioned" if preconditioned else "kappa"
+    steps, values = event_series(run, UPDATE, key)
+    methods = sorted({str(r.get("method")) for r in records})
+    return {"steps": steps, "values": values, "edge": event_series(run, UPDATE, "thresholds.edge")[1],
+            "method": "/".join(methods), "key": key}
 
 
 def _rule(run: RunData) -> str | None:
@@ -61,7 +77,9 @@ def sharpness_data(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str] |
     """What :func:`sharpness_figure` plots, per run: ``steps``, ``eigenvalues`` (one array per
     λ_i, i ≤ k, as far as recorded), ``quantity`` (``"lambda_max(H)"`` or the preconditioned one),
     ``edge`` (the threshold that bounds it, per measurement; None when none applies), ``rule``,
-    ``gd_edge`` (2/η), ``train_loss``, ``diverged_at_step`` and, with ``ratio``, ``ratio`` = λ/edge."""
+    ``gd_edge`` (2/η), ``train_loss``, ``diverged_at_step``, ``update_curvature`` (None, or the κ_u readings
+    with their own steps and edge: see :func:`_update_curvature`) and, with ``ratio``, ``ratio`` = λ/edge
+    (and κ_u/edge in ``update_curvature["ratio"]``)."""
     check_int("k", k, low=1)
     out: list[dict[str, Any]] = []
     for run in as_runs(runs, labels):
@@ -82,12 +100,16 @@ def sharpness_data(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str] |
         item: dict[str, Any] = {
             "label": run.label, "path": str(run.path), "rule": rule, "quantity": quantity, "steps": steps,
             "eigenvalues": eigs, "edge": edge, "gd_edge": series(run, "thresholds.gd_edge")[1],
-            "train_loss": loss, "diverged_at_step": run.diverged_at}
+            "train_loss": loss, "diverged_at_step": run.diverged_at,
+            "update_curvature": _update_curvature(run, key == PRECONDITIONED)}
         if note:
             item["note"] = note
         item["cannot_draw"] = _missing_sharpness(run, edge is None and not note, k, recorded, loss)
         if ratio:
             item["ratio"] = [e / edge if edge is not None else np.full_like(e, np.nan) for e in eigs]
+            if item["update_curvature"] is not None:
+                upd = item["update_curvature"]
+                upd["ratio"] = upd["values"] / upd["edge"] if edge is not None else np.full_like(upd["values"], np.nan)
         out.append(item)
     data: dict[str, Any] = {"figure": "sharpness", "k": k, "ratio": ratio, "runs": out}
     if ratio:
@@ -151,6 +173,13 @@ def sharpness_figure(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str]
                               linewidth=1.4 if j == 0 else 0.9, marker="." if len(steps) < 30 else None,
                               markersize=3, label=_name_item(item, text + ("/edge" if ratio else ""), several))
             line.set_gid(f"lambda{j + 1}")
+        upd = item["update_curvature"]
+        if upd is not None:
+            text = "κ_u^P = uᵀHu/uᵀPu" if upd["key"] == "kappa_preconditioned" else "κ_u = uᵀHu/‖u‖²"
+            (line,) = ax.plot(upd["steps"], upd["ratio"] if ratio else upd["values"], color=c, linewidth=0.7,
+                              alpha=0.55, label=_name_item(item, f"{text} ({upd['method']})" + ("/edge" if ratio else ""),
+                                                           several))
+            line.set_gid("kappa_u")
         if not ratio:
             gd = np.asarray(item["gd_edge"], dtype=float)
             edge = None if item["edge"] is None else np.asarray(item["edge"], dtype=float)

@@ -25,12 +25,24 @@ directory, as the figures do, does not load the training runner and the optimize
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what the names below resolve to, for type checkers (nothing is imported at run time)
+    from sharpscope.io.jsonsafe import as_float
+    from sharpscope.io.rundir import RunDirectory, config_differences
+    from sharpscope.parallel import resolve_device
+    from sharpscope.track.build import build_data, build_model, build_optimizer, build_tracker
+    from sharpscope.track.config import OPTIMIZERS, TrainConfig
+    from sharpscope.track.dataframe import metrics_dataframe
+    from sharpscope.track.runner import train
+    from sharpscope.track.sinks import CSVSink, JSONLSink, MultiSink, TensorBoardSink, WandbSink, flatten_record
+    from sharpscope.track.thresholds import default_thresholds
+    from sharpscope.track.tracker import SharpnessTracker, evaluate
 
 _HOME = {
     "OPTIMIZERS": "config", "TrainConfig": "config",
     "metrics_dataframe": "dataframe",
-    "as_float": "jsonsafe",
+    "as_float": "sharpscope.io.jsonsafe",
     "RunDirectory": "sharpscope.io.rundir", "config_differences": "sharpscope.io.rundir",
     "build_data": "build", "build_model": "build", "build_optimizer": "build", "build_tracker": "build",
     "train": "runner",
@@ -41,7 +53,12 @@ _HOME = {
     "SharpnessTracker": "tracker", "evaluate": "tracker",
 }
 
-__all__ = sorted(_HOME)
+__all__ = [
+    "CSVSink", "JSONLSink", "MultiSink", "OPTIMIZERS", "RunDirectory", "SharpnessTracker", "TensorBoardSink",
+    "TrainConfig", "WandbSink", "as_float", "build_data", "build_model", "build_optimizer", "build_tracker",
+    "config_differences", "default_thresholds", "evaluate", "flatten_record", "metrics_dataframe",
+    "resolve_device", "train",
+]  # the names of _HOME
 
 
 def __getattr__(name: str) -> Any:

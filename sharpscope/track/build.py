@@ -15,19 +15,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sharpscope.curvature.fits import check_model_fits as fits
 from sharpscope.curvature.operators.objective import LossFn
 from sharpscope.data import ArrayDataset, cifar_feature_stats, resolve_data
 from sharpscope.errors import CheckpointError, ConfigError
 from sharpscope.io import fit_state_dict, read_checkpoint
 from sharpscope.io.rundir import RunDirectory
 from sharpscope.models import ModelSpec
-from sharpscope.models.inputs import check_model_fits as fits
 from sharpscope.optim import RS, SA, SAM, SparseSAM, empirical_fisher_diagonal
 from sharpscope.track.config import TrainConfig
 from sharpscope.track.tracker import SharpnessTracker
 from sharpscope.validation import check_int, offset_seed
 
-__all__ = ["build_data", "build_model", "build_optimizer", "build_tracker", "check_model_fits", "fisher_scores",
+__all__ = ["build_data", "build_model", "build_optimizer", "build_tracker", "check_model_fits", "check_optimizer_options", "fisher_scores",
            "load_initial_weights"]
 
 _BASES: dict[str, type[torch.optim.Optimizer]] = {"sgd": torch.optim.SGD, "gd": torch.optim.SGD,
@@ -113,7 +113,7 @@ def check_fits_dtype(kwargs: Mapping[str, Any], model: nn.Module) -> None:
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module, train_set: ArrayDataset,
-                    loss_fn: LossFn) -> torch.optim.Optimizer:
+                    loss_fn: LossFn, *, scores: bool = True) -> torch.optim.Optimizer:
     """``gd``/``sgd``/``adam``/``adamw`` from ``torch.optim``; ``sam``/``sparse-sam`` =
     :class:`sharpscope.optim.SAM`/:class:`~sharpscope.optim.SparseSAM` over
     ``optimizer_kwargs["base"]`` (default ``sgd``) with radius ``rho``; ``rs``/``sa`` =
@@ -122,7 +122,8 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, train_set: ArrayDataset,
 
     Sparse SAM with a ``fisher`` or ``nm`` mask scores coordinates by :func:`fisher_scores` over
     ``fisher_samples`` examples (default 128), computes the first mask before step 0 and updates it
-    every ``update_interval`` steps (default: never again), so no step runs with an empty mask."""
+    every ``update_interval`` steps (default: never again), so no step runs with an empty mask
+    (``scores=False`` skips that first mask: :func:`check_optimizer_options` builds without data)."""
     kwargs = dict(cfg.optimizer_kwargs)
     check_fits_dtype(kwargs, model)
     try:
@@ -139,7 +140,7 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, train_set: ArrayDataset,
                 kwargs["score_fn"] = fisher_scores(cfg, model, train_set, loss_fn, samples)
                 kwargs.setdefault("update_interval", cfg.steps + 1)
             opt = SparseSAM(model.parameters(), _BASES[base], rho=rho, model=model, **kwargs)
-            if opt.mask_kind in ("fisher", "nm"):
+            if scores and opt.mask_kind in ("fisher", "nm"):
                 opt.update_mask()
             return opt
         if cfg.optimizer in ("rs", "sa"):
@@ -165,8 +166,29 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, train_set: ArrayDataset,
         raise ConfigError(f"optimizer {cfg.optimizer!r}: {e}", argument="optimizer_kwargs") from None
 
 
+def check_optimizer_options(cfg: TrainConfig) -> None:
+    """Build the configured optimizer over a stand-in (a 2 × 2 linear layer and zero examples of the
+    configured count), so that a bad option fails in one line naming ``optimizer_kwargs.KEY`` before any
+    data or model loads. Only the optimizers' own argument checks are reported; anything else the
+    stand-in trips on is left to the real build."""
+    dtype = getattr(torch, cfg.dtype)
+    model = nn.Linear(2, 2).to(dtype)
+    count = max(8, cfg.n or 0, cfg.batch_size or 0)
+    stand_in = ArrayDataset(torch.zeros(count, 2, dtype=dtype), torch.zeros(count, dtype=torch.long), "stand-in")
+    try:
+        build_optimizer(cfg, model, stand_in, lambda out, y: out.sum() * 0.0, scores=False)
+    except ConfigError as e:
+        key = e.argument if isinstance(e.argument, str) else None
+        if key in cfg.optimizer_kwargs:
+            raise ConfigError(str(e).replace(f"{key} ", f"optimizer_kwargs.{key} ", 1),
+                              argument=f"optimizer_kwargs.{key}") from None
+        raise
+    except Exception:  # noqa: BLE001 - the stand-in, not the options: the real build reports it
+        return
+
+
 def check_model_fits(model: nn.Module, loss_fn: LossFn, data: ArrayDataset, k: int) -> None:
-    """:func:`sharpscope.models.inputs.check_model_fits` on a data set, before any file is written."""
+    """:func:`sharpscope.curvature.fits.check_model_fits` on a data set, before any file is written."""
     fits(model, loss_fn, data.x, data.y, name=data.name, k=k)
 
 
@@ -174,9 +196,10 @@ def build_tracker(cfg: TrainConfig, probe: Any, test: Any, loss_fn: LossFn,
                   sink: Callable[[dict[str, Any]], Any] | None = None) -> SharpnessTracker:
     """The tracker of ``cfg`` on the probe set ``probe`` (and the fixed test set ``test``, or None):
     its curvature settings, trace, alignment and preconditioned measurements every ``measure_every``
-    steps, physical batches of ``physical_batch_size``, random vectors seeded by ``probe_seed`` (or
+    steps, the update curvature every ``update_every`` steps, physical batches of ``physical_batch_size``, random vectors seeded by ``probe_seed`` (or
     ``seed``), records passed to ``sink``."""
     return SharpnessTracker(probe, loss_fn, every=cfg.measure_every, curvature=cfg.curvature, trace=cfg.trace,
                             batch_size=cfg.physical_batch_size, test_data=test,
                             seed=cfg.seed if cfg.probe_seed is None else cfg.probe_seed, sink=sink,
-                            alignment=cfg.alignment, preconditioned=cfg.preconditioned)
+                            alignment=cfg.alignment, preconditioned=cfg.preconditioned,
+                            update_curvature=cfg.update_curvature, update_every=cfg.update_every)

@@ -20,6 +20,7 @@ from typing import Any
 from sharpscope.curvature.settings import RUN_DEFAULTS, CurvatureSettings
 from sharpscope.errors import ConfigError
 from sharpscope.track.logs import check_logs
+from sharpscope.track.update_curvature import resolve_method
 from sharpscope.validation import MAX_DEPTH, check_bool, check_depth, check_int, check_real, check_seed
 
 OPTIMIZERS = ("gd", "sgd", "sam", "sparse-sam", "rs", "sa", "adam", "adamw")
@@ -79,6 +80,12 @@ class TrainConfig:
         preconditioned: also measure Adam's preconditioned sharpness ``λ_max(P⁻¹H)``, ``P = diag(√v̂ + ε)``
             (what the Adam edge bounds; ``preconditioned_eigenvalues`` in the records); only with
             ``adam``/``adamw`` or ``sam``/``sparse-sam`` over ``base`` = ``adam``/``adamw``.
+        update_curvature: ``"hvp"`` (one Hessian-vector product; also ``true``) or ``"fd"`` (three forward passes) to
+            record, every ``update_every`` steps, the curvature along the update the optimizer takes,
+            ``κ_u = uᵀHu/‖u‖²`` with ``u = θ_{t+1} − θ_t`` (and ``uᵀHu/uᵀPu`` for Adam) in
+            ``"update_curvature"`` records with their cost (:mod:`sharpscope.track.update_curvature`);
+            None: off.
+        update_every: steps between update-curvature readings (1: every step).
         checkpoint_every: steps between checkpoints (the final step is always checkpointed).
         keep_checkpoints: keep every checkpoint (``checkpoints/step-*.pt``, e.g. as the iterates of a
             landscape path) instead of only the latest; resume still starts from the latest.
@@ -116,6 +123,8 @@ class TrainConfig:
     alignment: bool = False
     preconditioned: bool = False
     batch_sharpness: bool = False
+    update_curvature: str | bool | None = None
+    update_every: int = 1
     checkpoint_every: int = 100
     keep_checkpoints: bool = False
     seed: int = 0
@@ -230,7 +239,7 @@ class TrainConfig:
                               f"{type(self.curvature).__name__}", argument="curvature")
         for name in ("n", "test_n", "probe_n", "batch_size"):
             check_int(name, getattr(self, name), low=1, optional=True)
-        for name in ("physical_batch_size", "measure_every", "checkpoint_every"):
+        for name in ("physical_batch_size", "measure_every", "checkpoint_every", "update_every"):
             check_int(name, getattr(self, name), low=1)
         check_int("steps", self.steps, low=0)
         check_seed("seed", self.seed)
@@ -262,6 +271,7 @@ class TrainConfig:
             raise ConfigError("preconditioned=true measures Adam's preconditioned sharpness and needs optimizer adam or "
                               f"adamw (or sam/sparse-sam with base adam/adamw), got {self.optimizer!r}",
                               argument="preconditioned")
+        resolve_method(self.update_curvature)
         check_bool("keep_checkpoints", self.keep_checkpoints)
         check_logs(self.log)
         if self.dtype not in ("float32", "float64"):

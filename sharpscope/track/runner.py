@@ -7,7 +7,9 @@ Step convention. ``θ_t`` are the parameters after ``t`` optimizer steps. At eac
 in this order: measures (if ``t % measure_every == 0`` or ``t == steps``), checkpoints (if
 ``t % checkpoint_every == 0`` or ``t == steps``), stops if ``t == steps``, and otherwise takes
 step ``t → t+1``. A record at step ``t`` therefore describes ``θ_t`` (an ``"alignment"`` record, with
-``alignment=True``, describes the update ``θ_t → θ_{t+1}`` taken right after that measurement).
+``alignment=True``, describes the update ``θ_t → θ_{t+1}`` taken right after that measurement, and so
+does an ``"update_curvature"`` record: ``θ_t`` is captured after checkpoint ``t``, so a resumed run
+captures it again and recomputes the record identically).
 
 Full batch. The gradient is accumulated over fixed physical batches ``b`` of the training set,
 
@@ -81,20 +83,18 @@ from sharpscope.track.build import (
     build_optimizer,
     build_tracker,
     check_model_fits,
+    check_optimizer_options,
     load_initial_weights,
 )
 from sharpscope.track.config import OUTPUT_FIELDS, TrainConfig
 from sharpscope.track.logs import check_packages, close_logs, new_wandb_id, open_logs
 from sharpscope.track.thresholds import bounded_sharpness
+from sharpscope.track.update_curvature import resolve_method
 from sharpscope.validation import offset_seed
 
 __all__ = ["build_data", "build_model", "build_optimizer", "resolve_device", "storage_error", "train"]
 
 Progress = Callable[[int, int, "dict[str, Any] | None"], None]
-
-
-def _gen_state(gen: torch.Generator) -> Tensor:
-    return gen.get_state().clone()
 
 
 # ------------------------------------------------------------------------------ session
@@ -106,6 +106,7 @@ class _Session:
         self.device = local_device(resolve_device(cfg.device))
         self.dtype = getattr(torch, cfg.dtype)
         self.lead = rank() == 0  # only rank 0 writes the run directory
+        check_optimizer_options(cfg)  # a bad option fails before the data and the model load
         train_set, test_set = build_data(cfg)
         self.data_info = {"train": {"name": train_set.name, "examples": len(train_set), **train_set.meta},
                           "test": None if test_set is None else {"name": test_set.name, "examples": len(test_set),
@@ -331,6 +332,7 @@ class _Session:
                 sharp = None
                 if cfg.batch_sharpness and self.batch is not None and self.tracker.wants_batch_record(t):
                     sharp = self.tracker.batch_sharpness(t, self.model, self.batch)  # at θ_t, before the step
+                self.tracker.before_step(t, self.model)  # θ_t for the update curvature, after checkpoint t
                 self.apply(closure)
                 broadcast_buffers(self.model)
                 self.tracker.after_step(t, self.model, self.optimizer, sharp)  # alignment / SAM batch records of θ_t → θ_{t+1}
@@ -343,7 +345,9 @@ class _Session:
 
     def summary(self, step: int, status: str, event: dict[str, Any] | None, start: int | None,
                 seconds: float) -> dict[str, Any]:
-        measured = [Measurement.from_json(r) for r in self.run.read_metrics() if is_measurement(r)]
+        records = self.run.read_metrics()
+        measured = [Measurement.from_json(r) for r in records if is_measurement(r)]
+        updates = [r for r in records if r.get("kind") == "update_curvature"]
         final = measured[-1].to_json() if measured else {}
         best: tuple[float, int] | None = None
         crossing = None
@@ -372,6 +376,10 @@ class _Session:
             "first_step_at_or_above_edge": crossing,
             "hvps_total": sum(m.total_hvps for m in measured),
             "measure_seconds_total": sum(m.total_seconds for m in measured),
+            "update_curvature": None if resolve_method(self.cfg.update_curvature) is None else {
+                "method": resolve_method(self.cfg.update_curvature), "every": self.cfg.update_every, "readings": len(updates),
+                "hvps": sum(int((r.get("cost") or {}).get("hvps") or 0) for r in updates),
+                "forwards": sum(int((r.get("cost") or {}).get("forwards") or 0) for r in updates)},
             "session": {"resumed_from_step": start, "seconds": seconds, "notes": list(self.run.notes)},
             "data": self.data_info,
             "sharding": sharding(len(self.train_set)),

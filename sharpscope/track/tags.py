@@ -23,7 +23,9 @@ record key                             chart
 
 An ``alignment`` record gives ``alignment/update_norm``, ``alignment/update_fraction`` and
 ``alignment/update_cos_{i+1}``; a ``sam_batch`` record ``sam_batch/grad_norm``, ``sam_batch/edge``
-and ``sam_batch/lambda_max``; a ``diverged`` record ``diverged`` = 1. Records of any other kind
+and ``sam_batch/lambda_max``; an ``update_curvature`` record ``sharpness/kappa_u`` (``uᵀHu/‖u‖²``),
+``sharpness/preconditioned_kappa_u`` (``uᵀHu/uᵀPu``, Adam), ``update_curvature/update_norm``,
+``update_curvature/hvps`` and ``update_curvature/forwards``; a ``diverged`` record ``diverged`` = 1. Records of any other kind
 keep every number under ``kind/key`` (keys flattened by :func:`~sharpscope.track.sinks.flatten_record`).
 """
 
@@ -113,6 +115,17 @@ def _sam_batch(record: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def _update_curvature(record: Mapping[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    _put(out, "sharpness/kappa_u", record.get("kappa"))
+    _put(out, "sharpness/preconditioned_kappa_u", record.get("kappa_preconditioned"))
+    _put(out, "update_curvature/update_norm", record.get("update_norm"))
+    cost = record.get("cost") or {}
+    _put(out, "update_curvature/hvps", cost.get("hvps"))
+    _put(out, "update_curvature/forwards", cost.get("forwards"))
+    return out
+
+
 def readable_scalars(record: Mapping[str, Any]) -> dict[str, float]:
     """``{chart name: number}`` of one record (the table in the module docstring).
 
@@ -133,6 +146,8 @@ def readable_scalars(record: Mapping[str, Any]) -> dict[str, float]:
         return _alignment(record)
     if kind == "sam_batch":
         return _sam_batch(record)
+    if kind == "update_curvature":
+        return _update_curvature(record)
     if kind == "diverged":
         return {"diverged": 1.0}
     _, _, numbers = record_scalars(record)

@@ -18,7 +18,11 @@ At a measured step ``t`` with parameters ``θ_t`` the tracker evaluates, on a *f
   each with its value, uncertainty and cost;
 * optionally (``preconditioned=True``, for Adam/AdamW or SAM over Adam) the top ``k`` eigenvalues of
   ``P^{-1/2} H P^{-1/2}`` with Adam's ``P = diag(√v̂ + ε)``, i.e. of ``P⁻¹H``: the quantity that
-  Adam's edge ``(2+2β₁)/(η(1−β₁))`` bounds, which λ_max(H) does not.
+  Adam's edge ``(2+2β₁)/(η(1−β₁))`` bounds, which λ_max(H) does not;
+* optionally (``update_curvature="hvp"`` or ``"fd"``), every ``update_every`` steps, the curvature along the
+  update the optimizer takes, ``κ_u = uᵀHu/‖u‖²`` with ``u = θ_{t+1} − θ_t`` (and ``uᵀHu/uᵀPu`` for Adam),
+  in one Hessian-vector product or three forward passes: :mod:`sharpscope.track.update_curvature`,
+  :meth:`SharpnessTracker.before_step` and :meth:`SharpnessTracker.after_step`.
 
 Nothing is mutated: parameters, gradients (``.grad``), train/eval flags, BatchNorm buffers and
 every random number generator are as before the call, so measuring never changes training.
@@ -47,10 +51,12 @@ import torch
 from torch import Tensor, nn
 
 from sharpscope.curvature import ConvergenceWarning, HessianOperator, Objective, lanczos, trace_estimator
+from sharpscope.curvature.fits import check_model_fits
 from sharpscope.curvature.operators.distributed import world_size
 from sharpscope.curvature.operators.linear_operator import LinearOperator
 from sharpscope.curvature.operators.objective import LossFn
 from sharpscope.curvature.operators.preconditioned import PreconditionedOperator, adam_optimizer, adam_preconditioner
+from sharpscope.curvature.operators.sharded import ShardedHessianOperator, is_sharded
 from sharpscope.curvature.results import EigenResult
 from sharpscope.curvature.settings import DEFAULTS, CurvatureSettings
 from sharpscope.data import ArrayDataset
@@ -58,8 +64,8 @@ from sharpscope.errors import ConfigError, SharpscopeError
 from sharpscope.measures import TAKES_M, SharpnessSettings, check_measure_names
 from sharpscope.measures import measure as sharpness_measure
 from sharpscope.measures.settings import DEFAULTS as SHARPNESS_DEFAULTS
-from sharpscope.models.inputs import check_model_fits
 from sharpscope.track.thresholds import batch_sam_edge, default_thresholds
+from sharpscope.track.update_curvature import curvature_along, curvature_along_sharded, resolve_method
 from sharpscope.validation import check_bool, check_int, check_seed, check_type
 
 ThresholdFn = Callable[[int, "torch.optim.Optimizer | None", "float | None"], Mapping[str, Any]]
@@ -76,6 +82,11 @@ def evaluate(objective: Objective) -> tuple[float, float | None]:
     when outputs are not class scores. Non-finite losses are returned as they are, not raised."""
     loss, acc = objective.evaluate()
     return float(loss), None if acc is None else float(acc)
+
+
+def _local(p: Tensor) -> Tensor:
+    """This rank's slice of a parameter sharded with ``fully_shard`` (a distributed tensor)."""
+    return p.to_local()  # type: ignore[attr-defined]
 
 
 def step_seed(seed: int, step: int, salt: int) -> int:
@@ -146,6 +157,13 @@ class SharpnessTracker:
             with ``sharpness_settings`` but seeded by ``(seed, step)`` and with ``m`` only for the measures
             that take it; a measure that fails records None and its one-line error under
             ``errors["sharpness.NAME"]``.
+        update_curvature: ``"hvp"`` (or True) or ``"fd"`` (None or False: off): at every step ``t`` with
+            ``t % update_every == 0`` whose parameters :meth:`before_step` captured, :meth:`after_step`
+            records ``{"kind": "update_curvature", "step": t, "method", "kappa", "kappa_preconditioned",
+            "uHu", "uPu", "update_norm", "cost": {"hvps", "forwards", "seconds"}, "thresholds", ...}``
+            (:func:`~sharpscope.track.update_curvature.curvature_along`; ``kappa_preconditioned`` with Adam's
+            ``P`` after the step, the denominator that step divided by, for Adam/AdamW or SAM over one).
+        update_every: steps between update-curvature readings (1: every step).
     """
 
     def __init__(self, probe_data: Any, loss_fn: LossFn, *, every: int, curvature: CurvatureSettings = DEFAULTS,
@@ -154,8 +172,11 @@ class SharpnessTracker:
                  grad_norm: bool = True, warm_start: bool = True, seed: int = 0,
                  sink: Callable[[dict[str, Any]], Any] | None = None, alignment: bool = False,
                  preconditioned: bool = False, sharpness: Sequence[str] = (),
-                 sharpness_settings: SharpnessSettings = SHARPNESS_DEFAULTS) -> None:
+                 sharpness_settings: SharpnessSettings = SHARPNESS_DEFAULTS,
+                 update_curvature: str | bool | None = None, update_every: int = 1) -> None:
         check_int("every", every, low=1)
+        check_int("update_every", update_every, low=1)
+        method = resolve_method(update_curvature)
         self.sharpness = check_measure_names(sharpness, "sharpness") if sharpness else ()
         check_type("sharpness_settings", sharpness_settings, SharpnessSettings, "a SharpnessSettings")
         self.sharpness_settings = sharpness_settings
@@ -180,7 +201,8 @@ class SharpnessTracker:
         self._key: tuple[int, ...] | None = None
         self._objective: Objective | None = None
         self._test: Objective | None = None
-        self._op: HessianOperator | None = None
+        self._op: HessianOperator | ShardedHessianOperator | None = None
+        self._test_op: ShardedHessianOperator | None = None  # evaluates the test set of a sharded model
         self._eigenvectors: Tensor | None = None
         self._saved_modes: dict[str, str] = {}
         self.last: dict[str, Any] | None = None
@@ -189,26 +211,41 @@ class SharpnessTracker:
         self._sam_step: int | None = None  # a measured step whose SAM batch norm after_step records
         self.preconditioned = preconditioned
         self._pre_eigenvectors: Tensor | None = None  # warm start of the preconditioned Lanczos
+        self.update_curvature, self.update_every = method, update_every
+        self._before: dict[str, Any] | None = None  # {"step": t, "params": θ_t} from before_step until after_step(t)
+        self._update_op: HessianOperator | None = None  # uncached products for the update curvature
+        self.last_update: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------------------ set-up
     def due(self, step: int) -> bool:
         """Whether ``step`` is a measurement step (``step % every == 0``)."""
         return step % self.every == 0
 
-    def _objects(self, model: nn.Module) -> tuple[Objective, HessianOperator]:
+    def _objects(self, model: nn.Module) -> tuple[Objective, HessianOperator | ShardedHessianOperator]:
         check_type("model", model, nn.Module, "a torch.nn.Module")
         key = (id(model), *(id(p) for p in model.parameters()))
         if self._key != key or self._objective is None or self._op is None:
+            sharded = is_sharded(model)
+            if sharded and (self.alignment or self.preconditioned):
+                used = [name for name, on in (("alignment=True", self.alignment),
+                                              ("preconditioned=True", self.preconditioned)) if on]
+                raise ConfigError(f"{' and '.join(used)} need whole vectors and do not apply to a model sharded "
+                                  "with fully_shard", argument="model")
             for name, data in (("probe_data", self.probe_data), ("test_data", self.test_data)):
                 if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
                     check_model_fits(model, self.loss_fn, data[0], data[1], name=name)  # one line, not a deep error
             self._objective = Objective(model, self.loss_fn, self.probe_data, bn=self.curvature.bn,
                                         batch_size=self.batch_size, validate=False,
-                                        precision=self.curvature.weight_precision)
+                                        precision="native" if sharded else self.curvature.weight_precision)
             self._test = None if self.test_data is None else Objective(
                 model, self.loss_fn, self.test_data, bn=self.curvature.bn, batch_size=self.batch_size, validate=False)
-            self._op = self._operator(self._objective)
-            if self.curvature.hvp_mode == "auto" and self._saved_modes:
+            if sharded:
+                self._op = ShardedHessianOperator(self._objective)
+                self._test_op = None if self._test is None else ShardedHessianOperator(self._test)
+            else:
+                self._op = self._operator(self._objective)
+            self._update_op = None
+            if self.curvature.hvp_mode == "auto" and self._saved_modes and isinstance(self._op, HessianOperator):
                 self._op.modes.update(self._saved_modes)
             self._key = key
         return self._objective, self._op
@@ -234,9 +271,11 @@ class SharpnessTracker:
         errors: dict[str, str] = {}
 
         t = time.perf_counter()
-        rec["train_loss"], rec["train_acc"] = evaluate(objective)
+        sharded = isinstance(op, ShardedHessianOperator)
+        rec["train_loss"], rec["train_acc"] = op.evaluate() if isinstance(op, ShardedHessianOperator) else evaluate(objective)
         if self._test is not None:
-            rec["test_loss"], rec["test_acc"] = evaluate(self._test)
+            rec["test_loss"], rec["test_acc"] = (self._test_op.evaluate() if self._test_op is not None
+                                                 else evaluate(self._test))
         cost["eval_seconds"] = time.perf_counter() - t
 
         v0 = self._start_vectors(self._eigenvectors, op)
@@ -256,7 +295,7 @@ class SharpnessTracker:
             rec.update(eigenvalues=None, residuals=None, converged=False, hvps=None, seconds=None)
             errors["eigenvalues"] = str(e)
             self._eigenvectors = None
-        if self.preconditioned:
+        if self.preconditioned and isinstance(op, HessianOperator):  # refused for sharded models in _objects
             lanczos_hvps += self._measure_preconditioned(step, objective, op, optimizer, rec, errors)
 
         trace_hvps = 0
@@ -266,7 +305,7 @@ class SharpnessTracker:
                 tr = trace_estimator(c.trace_method)(op, c.trace_matvecs, seed=step_seed(self.seed, step, 2),
                                                      memory_budget=c.memory_budget)
                 trace_hvps = tr.hvps
-                rec["trace"] = {"estimate": tr.estimate, "stderr": tr.stderr, "per_param": tr.estimate / op.dim,
+                rec["trace"] = {"estimate": tr.estimate, "stderr": tr.stderr, "per_param": tr.estimate / op.global_dim,
                                 "method": c.trace_method, "hvps": tr.hvps, "seconds": tr.seconds}
             except SharpscopeError as e:
                 rec["trace"] = None
@@ -280,12 +319,12 @@ class SharpnessTracker:
         gnorm: float | None = None
         if self.grad_norm or self.alignment:
             t = time.perf_counter()
-            grad = objective.gradient()
-            gnorm = float(grad.norm())
+            grad = None if sharded else objective.gradient()
+            gnorm = op.gradient_norm() if isinstance(op, ShardedHessianOperator) else float(grad.norm())  # type: ignore[union-attr]
             rec["grad_norm"] = gnorm
             cost["grad_seconds"] = time.perf_counter() - t
         if self.alignment:
-            rec["alignment"] = self._start_alignment(step, objective, grad)
+            rec["alignment"] = self._start_alignment(step, objective, grad)  # type: ignore[arg-type]
 
         self._sam_step = int(step) if _is_sam(optimizer) else None
         if self.threshold is not None:
@@ -416,6 +455,80 @@ class SharpnessTracker:
                 "converged": bool(top.converged), "examples": objective.num_examples, "hvps": int(top.hvps),
                 "seconds": float(top.seconds)}
 
+    def update_due(self, step: int) -> bool:
+        """Whether step ``t`` gets an update-curvature reading (``update_curvature`` set, ``t % update_every == 0``)."""
+        return self.update_curvature is not None and step % self.update_every == 0
+
+    def before_step(self, step: int, model: nn.Module) -> None:
+        """Call right before the optimizer step ``θ_t → θ_{t+1}`` (after any checkpoint of ``t``): keeps a
+        copy of ``θ_t`` when :meth:`update_due` ``(step)``, for :meth:`after_step` to form ``u``. Cheap otherwise."""
+        self._before = None
+        if self.update_due(step):
+            objective, op = self._objects(model)
+            local = isinstance(op, ShardedHessianOperator)  # a sharded model: this rank's slices
+            self._before = {"step": int(step), "params": {n: (_local(p) if local else p).detach().clone()
+                                                          for n, p in objective.params.items()}}
+
+    def _update_reading(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+        """The ``"update_curvature"`` record of step ``step`` (to ``sink`` and :attr:`last_update`), when
+        :meth:`before_step` captured ``θ_step``."""
+        before, self._before = self._before, None
+        if before is None or before["step"] != int(step) or self.update_curvature is None:
+            return
+        objective, op = self._objects(model)
+        shapes = {n: (_local(p) if isinstance(op, ShardedHessianOperator) else p).shape
+                  for n, p in objective.params.items()}
+        if set(before["params"]) != set(objective.params) or any(
+                before["params"][n].shape != shape for n, shape in shapes.items()):
+            raise ConfigError("after_step got a model whose parameters differ from those before_step captured; pass "
+                              "the same model to both", argument="model")
+        errors: dict[str, str] = {}
+        diag_p = None
+        try:
+            if not isinstance(op, ShardedHessianOperator):  # a sharded optimizer's state is sharded too
+                adam_optimizer(optimizer)
+                diag_p = adam_preconditioner(optimizer, objective)  # type: ignore[arg-type]
+        except ConfigError:
+            pass  # not Adam (or no state): no preconditioned quotient
+        rec: dict[str, Any] = {"kind": "update_curvature", "step": int(step)}
+        try:
+            if isinstance(op, ShardedHessianOperator):
+                flat = torch.cat([before["params"][n].reshape(-1) for n in objective.names])
+                reading = curvature_along_sharded(self.update_curvature, op, flat)
+            else:
+                uop = self._update_operator(objective, op) if self.update_curvature == "hvp" else None
+                reading = curvature_along(self.update_curvature, objective, before["params"], op=uop, diag_p=diag_p)
+            rec.update(reading.to_json())
+        except SharpscopeError as e:
+            rec.update(method=self.update_curvature, kappa=None, kappa_preconditioned=None,
+                       cost={"hvps": 0, "forwards": 0, "seconds": 0.0})
+            errors["kappa"] = str(e)
+        if self.threshold is not None:
+            try:
+                rec["thresholds"] = dict(self.threshold(int(step), optimizer, None))
+            except SharpscopeError as e:
+                rec["thresholds"] = {}
+                errors["thresholds"] = str(e)
+        rec["settings"] = {"update_every": self.update_every, "probe_examples": objective.num_examples,
+                           "dtype": str(objective.dtype).removeprefix("torch."),
+                           "hvp_mode": "finite difference (sharded)" if isinstance(op, ShardedHessianOperator)
+                           and self.update_curvature == "hvp" else self._update_op.mode
+                           if self.update_curvature == "hvp" and self._update_op else None,
+                           "preconditioner": "adam" if diag_p is not None else None}
+        if errors:
+            rec["errors"] = errors
+        self.last_update = rec
+        self._emit(rec)
+
+    def _update_operator(self, objective: Objective, op: HessianOperator) -> HessianOperator:
+        """The Hessian for the update curvature: this tracker's product settings without a graph cache
+        (the graph at ``θ_t`` serves one product), in the product modes the measurements chose."""
+        if self._update_op is None:
+            self._update_op = self.curvature.replace(cache_graphs=False).hessian(objective)
+        if self.curvature.hvp_mode == "auto":
+            self._update_op.modes.update(op.modes or self._saved_modes)
+        return self._update_op
+
     def after_step(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                    batch_sharpness: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
         """Call right after the optimizer step ``θ_t → θ_{t+1}`` of every step ``t`` (cheap when nothing
@@ -424,8 +537,11 @@ class SharpnessTracker:
         If ``t`` was measured and ``optimizer`` is SAM, first record (``sink``) the ``"sam_batch"`` record
         of the gradient norm its step normalised (:func:`~sharpscope.track.thresholds.batch_sam_edge`),
         with ``batch_sharpness`` (from :meth:`batch_sharpness`) when given.
-        A pending measurement not completed at its own step is dropped.
+        A pending measurement not completed at its own step is dropped. With ``update_curvature``, and
+        :meth:`before_step` called before this step, first record the ``"update_curvature"`` reading of
+        ``u = θ_{t+1} − θ_t`` (kept in :attr:`last_update`).
         """
+        self._update_reading(step, model, optimizer)
         sam_step, self._sam_step = self._sam_step, None
         if sam_step == int(step) and optimizer is not None:
             batch = batch_sam_edge(step, optimizer, batch_sharpness)
@@ -446,34 +562,44 @@ class SharpnessTracker:
         self._emit(rec)
         return rec
 
-    def settings(self, objective: Objective, op: HessianOperator) -> dict[str, Any]:
+    def settings(self, objective: Objective, op: HessianOperator | ShardedHessianOperator) -> dict[str, Any]:
         """How the numbers are obtained (stored with every record)."""
         c = self.curvature
+        sharded = isinstance(op, ShardedHessianOperator)
+        product = {"hvp_mode": "finite difference (sharded)", "cache_graphs": False,
+                   "shard": {key: value for key, value in op.describe().items()
+                             if key in ("world_size", "step", "step_rule", "gradient_divide_factor")}} if sharded else {
+            "hvp_mode": op.mode, "cache_graphs": c.cache_graphs}  # type: ignore[union-attr]
         return {"probe_examples": objective.num_examples, "num_batches": len(objective.batches),
                 "world_size": world_size(), "bn": c.bn,
                 "dim": objective.dim, "dtype": str(objective.dtype).removeprefix("torch."),
-                "device": str(objective.device), "hvp_mode": op.mode, "cache_graphs": c.cache_graphs,
+                "device": str(objective.device), **product,
                 "k": c.k, "tol": c.tol, "stop": c.stop,
                 "max_iter": c.max_iter, "trace": c.trace_method if self.trace else None,
                 "trace_matvecs": c.trace_matvecs if self.trace else None,
                 "test_examples": None if self._test is None else self._test.num_examples, "seed": self.seed,
                 "preconditioned": "adam" if self.preconditioned else None,
                 "sharpness": list(self.sharpness) or None,
-                "sharpness_settings": asdict(self.sharpness_settings) if self.sharpness else None}
+                "sharpness_settings": asdict(self.sharpness_settings) if self.sharpness else None,
+                "update_curvature": self.update_curvature,
+                "update_every": self.update_every if self.update_curvature else None}
 
     # ------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs to continue identically: the warm-start vectors (also the preconditioned
         ones), the HVP modes and a pending alignment (``θ_t`` and signs, between a measurement and
-        :meth:`after_step`)."""
-        modes = dict(self._op.modes) if self._op is not None else dict(self._saved_modes)
+        :meth:`after_step`), and ``θ_t`` captured by :meth:`before_step` for the update curvature (None
+        except between :meth:`before_step` and :meth:`after_step`; the runner checkpoints before capturing)."""
+        modes = dict(self._op.modes) if isinstance(self._op, HessianOperator) else dict(self._saved_modes)
         vecs = None if self._eigenvectors is None else self._eigenvectors.detach().cpu().clone()
         pending = None if self._pending is None else {
             "step": self._pending["step"], "theta": self._pending["theta"].cpu().clone(),
             "signs": self._pending["signs"].cpu().clone()}
         pre = None if self._pre_eigenvectors is None else self._pre_eigenvectors.detach().cpu().clone()
+        before = None if self._before is None else {
+            "step": self._before["step"], "params": {n: t.cpu().clone() for n, t in self._before["params"].items()}}
         return {"eigenvectors": vecs, "hvp_modes": modes, "alignment": pending, "preconditioned_eigenvectors": pre,
-                "sam_step": self._sam_step}
+                "sam_step": self._sam_step, "update_before": before}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Inverse of :meth:`state_dict` (vectors are moved to the model's device at the next measurement)."""
@@ -487,8 +613,14 @@ class SharpnessTracker:
                                         and all(isinstance(pending.get(key), Tensor) for key in ("theta", "signs"))):
             raise ConfigError("tracker state: alignment must be None or {'step': int, 'theta': tensor, 'signs': tensor}")
         self._pending = None if pending is None else dict(pending)
+        before = state.get("update_before")
+        if before is not None and not (isinstance(before, Mapping) and isinstance(before.get("step"), int)
+                                       and isinstance(before.get("params"), Mapping)
+                                       and all(isinstance(t, Tensor) for t in before["params"].values())):
+            raise ConfigError("tracker state: update_before must be None or {'step': int, 'params': {name: tensor}}")
+        self._before = None if before is None else {"step": before["step"], "params": dict(before["params"])}
         sam_step = state.get("sam_step")
         self._sam_step = sam_step if isinstance(sam_step, int) else None
         self._saved_modes = dict(state.get("hvp_modes") or {})
-        if self._op is not None and self.curvature.hvp_mode == "auto":
+        if isinstance(self._op, HessianOperator) and self.curvature.hvp_mode == "auto":
             self._op.modes.update(self._saved_modes)

@@ -6,10 +6,12 @@ from __future__ import annotations
 import errno
 import subprocess
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, get_args, get_type_hints
 
 import pytest
+import torch
 import typer
 from sharpscope_cli import _common
 from sharpscope_cli._common import EXIT_ERROR, EXIT_INTERRUPTED, clean_errors
@@ -29,6 +31,7 @@ def failing_app(exc: BaseException) -> typer.Typer:
         out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder.")] = None,
         iterates: Annotated[list[Path] | None, typer.Option("--iterate", help="Repeatable.")] = None,
         cache_graphs: Annotated[bool, typer.Option("--cache-graphs/--no-cache-graphs")] = False,
+        overrides: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE, repeatable.")] = None,
     ) -> None:
         raise exc
 
@@ -55,6 +58,8 @@ def config_error(message: str, argument: str | None) -> ConfigError:
     ("block_size must be positive", "block_size", "block_size must be positive"),  # not an option of the command
     ("max_iter_total is not max_iter", "max_iter", "max_iter_total is not --max-iter"),  # whole names only
     ("max_iter must be positive", None, "max_iter must be positive"),
+    ("optimizer_kwargs.rho must be >= 0.0, got -1", "optimizer_kwargs.rho",
+     "--set optimizer_kwargs.rho must be >= 0.0, got -1"),  # a config entry below a field
 ])
 def test_the_library_argument_is_shown_as_the_commands_flag(message: str, argument: str | None, shown: str) -> None:
     result = CliRunner().invoke(failing_app(config_error(message, argument)), ["run"])
@@ -103,8 +108,11 @@ def test_names_in_the_help_are_the_librarys() -> None:
 
 def test_choices_are_the_librarys() -> None:
     from sharpscope.curvature.algorithms.krylov_basis import BASIS_LOCATIONS
+    from sharpscope.curvature.algorithms.ritz import Stop
     from sharpscope.curvature.operators.hessian import HVPMode
+    from sharpscope.curvature.operators.objective import Precision as WeightPrecision
     from sharpscope.curvature.operators.precision import PRECISIONS
+    from sharpscope.curvature.settings import TraceMethod
     from sharpscope.experiments import SCALES
     from sharpscope.landscape import around
     from sharpscope.losses import LOSSES
@@ -125,3 +133,15 @@ def test_choices_are_the_librarys() -> None:
     hints = get_type_hints(around.SliceSettings)
     for enum, field in ((_common.BN, "bn"), (_common.Normalization, "normalization"), (_common.GridMethod, "method")):
         assert values(enum) == list(get_args(hints[field]))
+    assert values(_common.Stop) == list(get_args(Stop))
+    assert values(_common.TraceMethod) == list(get_args(TraceMethod))
+    assert values(_common.WeightPrecision) == list(get_args(WeightPrecision))
+    assert set(values(_common.SlicePrecision)) <= set(PRECISIONS)  # a slice's loss takes strict or TF32 products
+    assert all(isinstance(getattr(torch, v), torch.dtype) for v in values(_common.ProbeDType))
+    checked = {_common.Loss, _common.HVPMode, _common.Operator, _common.Scale, _common.DirectionKind, _common.DType,
+               _common.Precision, _common.BasisLocation, _common.Shard, _common.BN, _common.Normalization,
+               _common.GridMethod, _common.Stop, _common.TraceMethod, _common.WeightPrecision, _common.SlicePrecision,
+               _common.ProbeDType}
+    declared = {v for v in vars(_common).values() if isinstance(v, type) and issubclass(v, Enum) and v is not Enum
+                and v.__module__ == _common.__name__}
+    assert declared == checked, declared ^ checked  # a new choice in the CLI gets its check here

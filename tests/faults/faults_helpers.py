@@ -10,8 +10,9 @@ from typing import Any
 
 import torch
 
-from sharpscope.track import RunDirectory, TrainConfig, jsonsafe, train  # noqa: F401
-from sharpscope.track.jsonsafe import without_timings
+from sharpscope.io import jsonsafe  # noqa: F401
+from sharpscope.io.jsonsafe import without_timings
+from sharpscope.track import RunDirectory, TrainConfig, train  # noqa: F401
 
 SCRIPT = Path(sys.executable).parent / "sharpscope"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

@@ -11,8 +11,8 @@ import torch
 
 from sharpscope.errors import CheckpointError
 from sharpscope.io import load_checkpoint, read_checkpoint
+from sharpscope.io.jsonsafe import without_timings
 from sharpscope.track import RunDirectory, train
-from sharpscope.track.jsonsafe import without_timings
 from tests.faults.faults_helpers import flip_bit, same_records, tiny
 
 pytestmark = pytest.mark.usefixtures("single_thread")

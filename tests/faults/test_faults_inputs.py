@@ -10,10 +10,11 @@ import torch
 
 from sharpscope import HessianOperator, Objective, lanczos
 from sharpscope.curvature import hutchinson, hutchpp, slq_density
+from sharpscope.curvature.fits import check_model_fits
 from sharpscope.curvature.settings import CurvatureSettings
 from sharpscope.errors import ConfigError, DataError
 from sharpscope.landscape.grid import check_grid_memory, grid_bytes
-from sharpscope.models.inputs import check_model_fits, expected_input
+from sharpscope.models.inputs import expected_input
 from sharpscope.probe import ProbeSettings
 from sharpscope.track import resolve_device
 from sharpscope.validation import (

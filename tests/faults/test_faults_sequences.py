@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 import sharpscope.io.atomic as atomic
 from sharpscope.errors import SharpscopeError
+from sharpscope.io.jsonsafe import without_timings
 from sharpscope.track import RunDirectory, train
-from sharpscope.track.jsonsafe import without_timings
 from tests.faults.faults_helpers import flip_bit, tiny
 
 pytestmark = pytest.mark.usefixtures("single_thread")

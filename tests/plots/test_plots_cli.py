@@ -10,10 +10,11 @@ import pytest
 from sharpscope_cli.main import app
 from typer.testing import CliRunner
 
+from sharpscope.io import jsonsafe
 from sharpscope.plots.kinds import _kind_of_runs, auto_kind
 from sharpscope.plots.runs import load_run
 from sharpscope.plots.trajectory import sharpness_data
-from sharpscope.track import RunDirectory, jsonsafe
+from sharpscope.track import RunDirectory
 
 runner = CliRunner()
 

@@ -12,8 +12,8 @@ from scipy.stats import norm
 
 from sharpscope.curvature import MatrixOperator, slq_density
 from sharpscope.errors import ConfigError, DataError
+from sharpscope.io import jsonsafe
 from sharpscope.plots.density import LOG_FLOOR, density_data, density_figure, load_density
-from sharpscope.track import jsonsafe
 
 # 50×50 diagonal matrix: eigenvalue 0 (×30), 1 (×15), 10 (×5); its density is 0.6 δ₀ + 0.3 δ₁ + 0.1 δ₁₀.
 EIGS = torch.tensor([0.0] * 30 + [1.0] * 15 + [10.0] * 5, dtype=torch.float64)

@@ -11,10 +11,9 @@ import torch
 from sharpscope_cli.main import app
 from typer.testing import CliRunner
 
-from sharpscope.io import save_checkpoint
+from sharpscope.io import jsonsafe, save_checkpoint
 from sharpscope.models import ModelSpec
 from sharpscope.plots.kinds import auto_kind, make_figure
-from sharpscope.track import jsonsafe
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 runner = CliRunner()

@@ -16,10 +16,10 @@ from torch import nn
 
 from sharpscope.curvature.settings import RUN_DEFAULTS, CurvatureSettings
 from sharpscope.errors import ConfigError
+from sharpscope.io.jsonsafe import without_timings
 from sharpscope.losses import mse
 from sharpscope.track import RunDirectory, SharpnessTracker, TrainConfig, train
 from sharpscope.track import runner as runner_module
-from sharpscope.track.jsonsafe import without_timings
 from sharpscope.track.tracker import subspace_alignment
 
 pytestmark = pytest.mark.usefixtures("single_thread")

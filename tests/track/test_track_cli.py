@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from sharpscope.io.jsonsafe import without_timings
 from sharpscope.track import RunDirectory
-from sharpscope.track.jsonsafe import without_timings
 from tests.track.test_track_logs import csv_rows, tensorboard_scalars
 
 SCRIPT = Path(sys.executable).parent / "sharpscope"

@@ -11,12 +11,12 @@ import pytest
 
 from sharpscope.curvature.settings import RUN_DEFAULTS
 from sharpscope.errors import ConfigError
-from sharpscope.io import checksums
+from sharpscope.io import checksums, jsonsafe
+from sharpscope.io.jsonsafe import without_timings
 from sharpscope.losses import get_loss
 from sharpscope.plots.runs import load_run
 from sharpscope.plots.trajectory import sharpness_data
-from sharpscope.track import RunDirectory, TrainConfig, build_data, build_tracker, config_differences, jsonsafe, train
-from sharpscope.track.jsonsafe import without_timings
+from sharpscope.track import RunDirectory, TrainConfig, build_data, build_tracker, config_differences, train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

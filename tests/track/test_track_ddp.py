@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from sharpscope.curvature.settings import RUN_DEFAULTS
+from sharpscope.io.jsonsafe import without_timings
 from sharpscope.track import RunDirectory, TrainConfig, train
-from sharpscope.track.jsonsafe import without_timings
 from tests.gloo import spawn_ranks
 
 pytestmark = pytest.mark.usefixtures("single_thread")

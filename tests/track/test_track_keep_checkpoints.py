@@ -12,8 +12,8 @@ import torch
 from sharpscope.errors import ConfigError
 from sharpscope.experiments.studies import finished_summary
 from sharpscope.io import read_checkpoint
+from sharpscope.io.jsonsafe import without_timings
 from sharpscope.track import RunDirectory, TrainConfig, train
-from sharpscope.track.jsonsafe import without_timings
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -13,12 +13,12 @@ from torch import nn
 
 from sharpscope.curvature import CurvatureSettings, Objective, exact_hessian
 from sharpscope.errors import ConfigError
+from sharpscope.io.jsonsafe import without_timings
 from sharpscope.losses import mse
 from sharpscope.optim import SAM
 from sharpscope.plots.trajectory import sharpness_data, sharpness_figure
 from sharpscope.thresholds import adam_edge
 from sharpscope.track import RunDirectory, SharpnessTracker, TrainConfig, train
-from sharpscope.track.jsonsafe import without_timings
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

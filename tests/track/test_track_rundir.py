@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from sharpscope.errors import ConfigError
+from sharpscope.io.jsonsafe import dumps
 from sharpscope.models import ModelSpec
 from sharpscope.track import RunDirectory, as_float, config_differences
-from sharpscope.track.jsonsafe import dumps
 
 CONFIG = {"model": {"name": "mlp", "kwargs": {"widths": [4]}}, "optimizer_kwargs": {"lr": 0.01}, "steps": 10}
 SPEC = ModelSpec("mlp", {"in_features": 3, "num_classes": 2, "widths": [4]})

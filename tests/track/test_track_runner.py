@@ -13,9 +13,9 @@ from sharpscope.curvature import Objective
 from sharpscope.curvature.settings import RUN_DEFAULTS
 from sharpscope.errors import ConfigError
 from sharpscope.experiments import RECIPES, SCALES, get_recipe, parse_overrides
+from sharpscope.io.jsonsafe import without_timings
 from sharpscope.losses import get_loss
 from sharpscope.track import RunDirectory, TrainConfig, build_data, build_model, train
-from sharpscope.track.jsonsafe import without_timings
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

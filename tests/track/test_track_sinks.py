@@ -14,6 +14,7 @@ from torch import nn
 
 from sharpscope.curvature import CurvatureSettings
 from sharpscope.errors import ConfigError
+from sharpscope.io.jsonsafe import NONFINITE
 from sharpscope.losses import mse
 from sharpscope.track import (
     CSVSink,
@@ -26,7 +27,6 @@ from sharpscope.track import (
     flatten_record,
     metrics_dataframe,
 )
-from sharpscope.track.jsonsafe import NONFINITE
 from sharpscope.track.tags import readable_scalars
 
 EXTRA = [  # the awkward cases a tracker can emit: non-finite numbers, None, nesting, empty containers

@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from sharpscope.curvature import CurvatureSettings
+from sharpscope.io.jsonsafe import dumps, loads
 from sharpscope.losses import mse
 from sharpscope.optim import SAM
 from sharpscope.thresholds import sam_edge
 from sharpscope.track import SharpnessTracker, default_thresholds
-from sharpscope.track.jsonsafe import dumps, loads
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -55,12 +55,6 @@ def rebuild(data: object, fn: Callable[[Tensor], Tensor]) -> object:
     return tuple(out) if isinstance(data, tuple) else out
 
 
-def replace_leaves(data: object, new: list[Tensor]) -> object:
-    """The structure with its tensor leaves (as listed by :func:`leaves`) replaced in order."""
-    supply = iter(new)
-    return rebuild(data, lambda _: next(supply))
-
-
 def rows(data: object, index: int) -> int:
     """The leading dimension shared by every tensor of batch ``index``; one clear error otherwise."""
     dims = {int(t.shape[0]) for t in leaves(data) if t.ndim > 0}

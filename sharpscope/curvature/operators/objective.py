@@ -465,6 +465,17 @@ class Objective:
         """``ℓ_b`` computed by calling the model as it is, its parameters not swapped: for a wrapper that
         manages its own parameters (a model sharded with ``fully_shard``, whose forward gathers them).
         Call inside :meth:`mode`; takes no upcast copies, so it is for parameters used as they are."""
+        return self.module_loss_of(self.module_output(batch), batch)
+
+    def module_loss_of(self, out: object, batch: Batch) -> Tensor:
+        """``ℓ_b`` from :meth:`module_output`'s value ``out`` on ``batch``."""
+        if self.closure is not None:
+            return self._scaled(self._checked_scalar(out), batch.size)
+        return self.output_loss(out, batch)
+
+    def module_output(self, batch: Batch) -> object:
+        """The model's output on ``batch`` (after the output adapter), calling the model as it is, as
+        :meth:`module_loss` does; for a ``closure`` objective, the closure's value."""
         if self._apply is not None:
             out = self._apply(batch.data)
         elif batch.pair or isinstance(batch.data, Tensor):
@@ -473,9 +484,7 @@ class Objective:
             out = self.model(**batch.data)
         else:
             out = self.model(batch.data[0])  # type: ignore[index]
-        if self.closure is not None:
-            return self._scaled(self._checked_scalar(out), batch.size)
-        return self.output_loss(self.output_fn(out), batch)
+        return out if self.closure is not None else self.output_fn(out)
 
     def within(self, params: dict[str, Tensor], fn: Callable[[], Any]) -> Any:
         """``fn()`` with the model's selected parameters replaced by ``params`` for its whole duration,

@@ -33,6 +33,7 @@ gradient raises; gradients the model held before are put back too.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from torch import Tensor, nn
 from sharpscope.curvature.operators.linear_operator import LinearOperator
 from sharpscope.curvature.operators.objective import Batch, Objective
 from sharpscope.errors import ConfigError, ObjectiveError
+from sharpscope.losses import correct_fraction
 from sharpscope.validation import check_real
 
 DRAW_BLOCK = 1 << 16  # elements of a parameter's flat index drawn from one seed
@@ -260,6 +262,23 @@ class ShardedHessianOperator(LinearOperator):
     def _weights(self) -> Tensor:
         return self._made(torch.cat([t.reshape(-1) for _, t in self._locals()]).clone())
 
+    def local_weights(self) -> Tensor:
+        """This rank's slices of the parameters, flat, in the layout of the operator's vectors (a copy)."""
+        return self._weights()
+
+    @contextlib.contextmanager
+    def at_weights(self, theta: Tensor) -> Iterator[None]:
+        """The local slices hold ``theta`` (flat, this rank's layout) inside the block; the weights they
+        had are copied back afterwards, bit for bit, also when the block raises."""
+        if theta.shape != (self.dim,):
+            raise ConfigError(f"weights of shape {tuple(theta.shape)} for an operator of local dimension {self.dim}")
+        saved = self._weights()
+        try:
+            self._set_weights(theta.to(self.dtype))
+            yield
+        finally:
+            self._set_weights(saved)
+
     @torch.no_grad()
     def _set_weights(self, theta: Tensor, v: Tensor | None = None, h: float = 0.0) -> None:
         """Copy ``θ + h v`` into the local slices (``θ`` alone when ``v`` is None), slice by slice."""
@@ -323,18 +342,33 @@ class ShardedHessianOperator(LinearOperator):
 
     def loss(self) -> float:
         """The mean loss over every rank's examples at the current weights (one forward pass per batch)."""
+        return self.evaluate(accuracy=False)[0]
+
+    def evaluate(self, accuracy: bool = True) -> tuple[float, float | None]:
+        """Mean loss and accuracy over every rank's examples at the current weights, weighted by example
+        counts: ``(Σ_b n_b ℓ_b / N, Σ_b n_b acc_b / N)``, one forward pass per batch (ranks with fewer
+        batches run extra passes for the others' gathers). The accuracy is None when not asked for or
+        when the outputs are not class scores ``(n_b, C)``, ``C ≥ 2``."""
         obj = self.objective
-        total = torch.zeros(1, dtype=torch.float64)
+        sums = torch.zeros(2, dtype=torch.float64)
+        scores = accuracy and obj.closure is None
         first: Batch | None = None
         done = 0
         with torch.no_grad(), obj.mode():
             for batch in obj.batches:
                 first = first or batch
-                total += float(obj.module_loss(batch)) * batch.size
+                out = obj.module_output(batch)
+                loss = obj.module_loss_of(out, batch)
+                sums[0] += float(loss) * batch.size
+                scores = scores and isinstance(out, Tensor) and out.ndim == 2 and out.shape[1] > 1
+                if scores:
+                    sums[1] += float(correct_fraction(out, batch.y)) * batch.size  # type: ignore[arg-type]
                 done += 1
             for _ in range(self.num_batches - done):  # the other ranks' extra passes need partners
-                obj.module_loss(first)  # type: ignore[arg-type]
-        return float(self.allsum(total)[0]) / float(obj.num_examples)
+                obj.module_output(first)  # type: ignore[arg-type]
+        scores = self.common_count(int(scores), largest=False) == 1
+        total = self.allsum(sums) / float(obj.num_examples)
+        return float(total[0]), float(total[1]) if scores else None
 
     def gradient_norm(self) -> float:
         """``‖∇L‖`` at the current weights (one gradient; the model's own gradients are put back)."""

@@ -51,8 +51,9 @@ from sharpscope.errors import ConfigError
 from sharpscope.experiments import arms as arm_criteria
 from sharpscope.experiments.recipes import fc, shared_data_file
 from sharpscope.experiments.studies.framework import Figure, Stage, Study
+from sharpscope.io import jsonsafe
 from sharpscope.io.atomic import atomic_write, atomic_write_bytes
-from sharpscope.track import RunDirectory, TrainConfig, jsonsafe
+from sharpscope.track import RunDirectory, TrainConfig
 
 CONSTRUCTIONS = ("confusion", "clean+confusion")
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -379,19 +380,19 @@ _CAPTION = ("Arms are means over seeds (bands: ± one standard deviation); test 
             "(binomial standard error in the study summary); tr(H) by Hutch++ on a fixed subset of the clean "
             "training images.")
 ESCAPE = Study("escape", ("A1", "A2", "A3", "A4", "A5"), escape_stages, evaluate_escape, prepare, figures=(
-    Figure("a3", "escape-seeds", ("best-sa-s*", "best-sa-rho0-s*", "best-rs-s*", "sgd-s*", "sgd-lr*"),
+    Figure("a3", "arms", ("best-sa-s*", "best-sa-rho0-s*", "best-rs-s*", "sgd-s*", "sgd-lr*"),
            "From the bad minimizer (η = 0.001, batch 128): the sweep's best SA and RS, SA's ρ = 0 twin, SGD at η "
            "and SGD at η′. " + _CAPTION),
-    Figure("a4", "escape-seeds", ("sa-b*",),
+    Figure("a4", "arms", ("sa-b*",),
            "SA with perturbation batch B (ρ and η′ scaled by √(B/128)) and each B's ρ = 0 twin. " + _CAPTION),
-    Figure("a1", "escape-seeds", ("random-init-s*", "finetune"),
+    Figure("a1", "arms", ("random-init-s*", "finetune"),
            "Fitting the clean images from a random initialisation (seeds) and from the confusion-set "
            "pre-training (the bad minimizer). " + _CAPTION),
 ))
 LABEL_NOISE = Study("label-noise", ("G6",), label_noise_stages, evaluate_label_noise, prepare, figures=(
-    Figure("g6", "escape-seeds", ("label-noise-s*", "noiseless-s*"),
+    Figure("g6", "arms", ("label-noise-s*", "noiseless-s*"),
            "Label-noise SGD (p = 0.2, fresh noise each step) from the bad minimizer and the same SGD without "
            "noise. " + _CAPTION),
-    Figure("trace-accuracy", "trace-accuracy", ("label-noise-s*",),
+    Figure("trace-accuracy", "trace", ("label-noise-s*",),
            "Label-noise SGD: tr(H) against test accuracy along each seed's run."),
 ))

@@ -186,6 +186,6 @@ STUDY = Study("sam-flatness", ("G1", "G3", "G4", "G5"), stages, evaluate, figure
            "(log axis; no stability edge is drawn: momentum SGD's (2+2β)/η is far above, ASAM and Sparse SAM have "
            "none, and SAM's over momentum is the toolkit's extension, not reached in the mini-batch runs of the "
            "sam-edge study). " + _CAPTION),
-    Figure("trace", "escape-seeds", tuple(f"{arm}-s*" for arm in ARMS),
+    Figure("trace", "arms", tuple(f"{arm}-s*" for arm in ARMS),
            "The same arms: tr(H), test and train accuracy. " + _CAPTION),
 ))

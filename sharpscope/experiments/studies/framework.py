@@ -17,8 +17,9 @@ from typing import Any
 
 from sharpscope.errors import ConfigError
 from sharpscope.experiments.recipes import check_scale
+from sharpscope.io import jsonsafe
 from sharpscope.io.atomic import atomic_write_bytes
-from sharpscope.track import RunDirectory, TrainConfig, jsonsafe, train
+from sharpscope.track import RunDirectory, TrainConfig, train
 
 Progress = Callable[[str, dict[str, Any]], None]
 Build = Callable[[str, Path], TrainConfig]
@@ -37,7 +38,7 @@ class Stage:
 
 @dataclass(frozen=True)
 class Figure:
-    """A figure of a study: ``kind`` (``sharpness``, ``escape``, ``trace-accuracy``, ``escape-seeds``)
+    """A figure of a study: ``kind`` (a run kind of :data:`sharpscope.plots.kinds.RUN_KINDS`)
     over the finished stages matching the ``fnmatch`` patterns ``stages`` (in that order), saved as
     ``<study>-<stem>``; ``k`` eigenvalues per run in ``sharpness`` figures."""
 

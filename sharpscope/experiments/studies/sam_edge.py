@@ -83,7 +83,7 @@ STUDY = Study("sam-edge", ("E5", "E6", "E7"), _sam_stages, _sam_evaluate, figure
         Figure("cnn-smooth", "sharpness", ("cnn-smooth-rho*", "cnn-smooth-lr*"),
                "Full-batch SAM on the smooth CNN (GELU, LayerNorm, average pooling): λ_max against the SAM-edge; "
                "ρ = 0 is GD against 2/η (η = 0.015, and η = 0.025 as a second point)."),
-        Figure("minibatch", "minibatch-edge", ("mb-rho0", "mb-rho0.05", "mb-mom-rho0", "mb-mom-rho0.05"),
+        Figure("minibatch", "minibatch", ("mb-rho0", "mb-rho0.05", "mb-mom-rho0", "mb-mom-rho0.05"),
                "Mini-batch SAM (batch 128) on the smooth CNN, without and with momentum 0.9: the step's batch "
                "λ_max and the probe-set λ_max against the SAM-edge from the batch gradient norm SAM normalised; "
                "ρ = 0 is SGD against its own edge.")))
