@@ -118,7 +118,7 @@ def tau_mde(n: int, *, level: float = 0.95, power: float = 0.8, resamples: int =
     below ``critical`` is inconclusive, not evidence of no correlation."""
     check_int("n", n, low=3)
     check_real("power", power, low=0.0, high=1.0, low_open=True, high_open=True)
-    ranks = np.arange(n, dtype=float)
+    ranks = [float(i) for i in range(n)]
     null = tau_null(ranks, ranks, resamples=resamples, level=level, seed=seed)
     sd0 = math.sqrt(2 * (2 * n + 5) / (9 * n * (n - 1)))
     z = float(stats.norm.ppf((1 + level) / 2) + stats.norm.ppf(power))
