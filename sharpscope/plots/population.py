@@ -39,7 +39,9 @@ def population_figure(results: Mapping[str, Any]) -> tuple[Figure, dict[str, Any
         lo = np.array([_num(rows[n][target]["interval"][0]) for n in names])
         hi = np.array([_num(rows[n][target]["interval"][1]) for n in names])
         offset = (i - 0.5) * 0.3
-        ax.errorbar(tau, y + offset, xerr=[tau - lo, hi - tau], fmt="o", ms=3, color=color(i), label=label)
+        # a percentile interval need not contain the point estimate: drawn as a segment, not as ± errors
+        ax.hlines(y + offset, lo, hi, color=color(i), lw=1.2)
+        ax.plot(tau, y + offset, "o", ms=3, color=color(i), label=label)
         plotted["tau"][target] = {"tau": tau.tolist(), "low": lo.tolist(), "high": hi.tolist()}
     ax.axvline(0.0, color="0.3", lw=0.6)
     ax.set_yticks(y, names, fontsize=6)
