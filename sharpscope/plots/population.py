@@ -50,6 +50,7 @@ def population_figure(results: Mapping[str, Any]) -> tuple[Figure, dict[str, Any
     legend(ax)
     included = [m for m in results["models"] if m.get("reached_stop")]
     gap = np.array([_num(m["gap_acc"]) for m in included])
+    plotted["runs"] = [m["name"] for m in included]
     if names:
         defined = [n for n in names if np.isfinite(_num(rows[n]["gap"]["tau"]))] or names
         order = sorted(defined, key=lambda n: _num(rows[n]["gap"]["tau"]))

@@ -217,7 +217,7 @@ def measure_model(run_dir: Path) -> dict[str, Any]:
     measured = {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
                 "gap_acc": train_acc - test_acc, "gap_loss": test_loss - train_loss, "test_error": 1 - test_acc,
                 "test_correct": "".join(map(str, correct)), "probe_n": n, "checkpoint": where,
-                "measures": measures, "seconds": time.perf_counter() - started}
+                "measures": measures, "device": device.type, "seconds": time.perf_counter() - started}
     atomic_write_bytes(cache, (jsonsafe.dumps({"key": key, "measured": measured}, indent=1) + "\n").encode())
     return measured
 
@@ -315,10 +315,12 @@ def figures(summary: Mapping[str, Any]) -> list[tuple[str, Any, dict[str, Any], 
     if not (results.get("ranking") or {}).get("measures"):
         return []
     fig, data = population_figure(results)
+    devices = sorted({str(m.get("device", "?")) for m in results["models"] if m.get("reached_stop")})
+    where = ", ".join(d.upper() if d == "cpu" else d for d in devices)
     caption = (f"Kendall's τ_b of each measure with the generalisation gap (train − test accuracy) and with the "
                f"test error over {results['ranking']['n']} models trained to a fixed training accuracy, with "
                "bootstrap 95% intervals; the band is the smallest |τ| the population can detect. Right: the "
-               f"best- and worst-ranking measures against the gap. Scale '{summary.get('scale')}'.")
+               f"best- and worst-ranking measures against the gap. Scale '{summary.get('scale')}'; measured on {where}.")
     return [("tau", fig, data, caption)]
 
 
