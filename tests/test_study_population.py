@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from sharpscope.errors import ConfigError
 from sharpscope.experiments import rank_correlation as rc
 from sharpscope.experiments.figures import study_figures
 from sharpscope.experiments.studies import STUDIES, run_study, study_stages
@@ -59,6 +60,8 @@ def test_smoke_models_are_trained_to_the_stop_and_measured(smoke: tuple[Path, di
         for r in measures.values():
             assert r["seconds"] >= 0 and r["settings"]
     assert len(results["excluded"]) < len(models)
+    before = summary["data"]["mde_before"]  # computed before any training, for the whole grid
+    assert before["n"] == 8 and before == rc.tau_mde(8, resamples=pop.SCALES["smoke"].resamples)
 
 
 def test_smoke_rankings_table_and_figure(smoke: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
@@ -89,6 +92,12 @@ def test_resume_reuses_training_and_measures(smoke: tuple[Path, dict[str, Any]],
     again = run_study("population", "smoke", out)
     assert all(s.get("already_complete") for s in again["stages"].values())
     assert again["results"]["ranking"] == first["results"]["ranking"]
+
+
+def test_options_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="takes no options"):
+        run_study("population", "smoke", tmp_path, options={"construction": "x"})
+    assert not any(tmp_path.iterdir())
 
 
 def test_ranking_of_a_synthetic_population() -> None:

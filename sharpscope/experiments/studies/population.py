@@ -41,6 +41,7 @@ import torch
 
 from sharpscope.curvature import HessianOperator, Objective, hutchpp, lanczos
 from sharpscope.curvature.settings import RUN_DEFAULTS
+from sharpscope.errors import ConfigError
 from sharpscope.experiments import rank_correlation as rc
 from sharpscope.experiments.recipes import cifar_data, fc, mnist1d_data
 from sharpscope.experiments.studies.framework import Build, Stage, Study
@@ -324,4 +325,14 @@ def figures(summary: Mapping[str, Any]) -> list[tuple[str, Any, dict[str, Any], 
     return [("tau", fig, data, caption)]
 
 
-STUDY = Study("population", ("P1",), stages, evaluate, draw=figures)
+def prepare(scale: str, _: Path, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Before any training: the grid and the smallest |τ| its models can detect (stored under ``data``)."""
+    if options:
+        raise ConfigError(f"study 'population' takes no options, got {sorted(options)}")
+    sc = SCALES[scale]
+    n = len(grid(scale))
+    return {"models": n, "axes": list(AXES), "stop_at_train_acc": sc.target, "max_steps": sc.max_steps,
+            "probe_n": sc.probe_n, "mde_before": rc.tau_mde(n, resamples=sc.resamples)}
+
+
+STUDY = Study("population", ("P1",), stages, evaluate, prepare=prepare, draw=figures)
