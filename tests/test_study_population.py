@@ -60,6 +60,12 @@ def test_smoke_models_are_trained_to_the_stop_and_measured(smoke: tuple[Path, di
         for r in measures.values():
             assert r["seconds"] >= 0 and r["settings"]
     assert len(results["excluded"]) < len(models)
+    pairs = results["sam_vs_sgd"]
+    assert len(pairs) == 4 and all(p["sgd"] == p["sam"].replace("rho0.05", "rho0") for p in pairs)
+    by_name = {m["name"]: m for m in models}
+    for p in pairs:  # the paired difference is the difference of the two accuracies
+        assert p["difference"] == pytest.approx(by_name[p["sam"]]["test_acc"] - by_name[p["sgd"]]["test_acc"])
+        assert p["interval"][0] <= p["difference"] <= p["interval"][1] and 0 < p["p_value"] <= 1
     before = summary["data"]["mde_before"]  # computed before any training, for the whole grid
     assert before["n"] == 8 and before == rc.tau_mde(8, resamples=pop.SCALES["smoke"].resamples)
 

@@ -43,6 +43,7 @@ from sharpscope.curvature import HessianOperator, Objective, hutchpp, lanczos
 from sharpscope.curvature.settings import RUN_DEFAULTS
 from sharpscope.errors import ConfigError
 from sharpscope.experiments import rank_correlation as rc
+from sharpscope.experiments import statistics
 from sharpscope.experiments.recipes import cifar_data, fc, mnist1d_data
 from sharpscope.experiments.studies.framework import Build, Stage, Study
 from sharpscope.io import jsonsafe
@@ -264,6 +265,22 @@ def rank_measures(models: Sequence[Mapping[str, Any]], *, resamples: int, seed: 
     return out
 
 
+def sam_pairs(models: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """SAM against its SGD twin (the model equal in every other axis, ρ = 0), on the same test examples:
+    the paired accuracy difference with McNemar's exact p-value (:func:`statistics.paired_accuracy`)."""
+    plain = {tuple(v for k, v in m["axes"].items() if k != "rho"): m for m in models
+             if m["axes"]["rho"] == 0 and "test_correct" in m}
+    out = []
+    for m in models:
+        twin = plain.get(tuple(v for k, v in m["axes"].items() if k != "rho"))
+        if m["axes"]["rho"] == 0 or twin is None or "test_correct" not in m:
+            continue
+        d = statistics.paired_accuracy([int(c) for c in m["test_correct"]], [int(c) for c in twin["test_correct"]])
+        out.append({"sam": m["name"], "sgd": twin["name"], "difference": d.estimate, "interval": [d.low, d.high],
+                    "p_value": d.p_value, "method": d.method})
+    return out
+
+
 def table(ranked: Mapping[str, Any], excluded: Sequence[str]) -> str:
     """The results as a Markdown table, headed by the MDE."""
     mde = ranked.get("mde")
@@ -305,7 +322,8 @@ def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
     text = table(ranked, excluded)
     if dirs:
         atomic_write_bytes(next(iter(dirs.values())).parent / TABLE_FILE, text.encode())
-    return {"models": models, "excluded": excluded, "ranking": ranked, "table": text, "axes": list(AXES)}
+    return {"models": models, "excluded": excluded, "ranking": ranked, "table": text, "axes": list(AXES),
+            "sam_vs_sgd": sam_pairs(models)}
 
 
 def figures(summary: Mapping[str, Any]) -> list[tuple[str, Any, dict[str, Any], str]]:
