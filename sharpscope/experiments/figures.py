@@ -53,6 +53,11 @@ def study_figures(name: str, out_dir: str | Path, fig_dir: str | Path, *, comman
                 "run_summaries": {r.label: r.summary for r in runs}}
         caption = f"{spec.caption} {seeds_note(runs)} {device_note(summary['scale'], runs)}"
         written += save_figure(fig, figs / f"{name}-{spec.stem}", data=data, command=command, caption=caption)
+    draw = STUDIES[name].draw
+    if draw is not None:
+        for stem, fig, plotted, caption in draw(summary):
+            written += save_figure(fig, figs / f"{name}-{stem}", data={"plot": plotted}, command=command,
+                                   caption=caption)
     target = figs / f"{name}-summary.json"
     written.append(atomic_write_bytes(target, (jsonsafe.dumps(summary, indent=2) + "\n").encode()))
     return written

@@ -9,6 +9,8 @@ folder, resumably; each study is a module:
 * ``escape`` and ``label-noise`` (:mod:`.escape`) — escaping a bad global minimizer with RS and SA
   (Ahn et al.) and label-noise SGD (Damian et al.), with their controls, over seeds.
 * ``sam-flatness`` (:mod:`.flatness`) — SGD, SAM and Sparse SAM: λ_max, λ_max/λ_5, test accuracy.
+* ``population`` (:mod:`.population`) — a grid of trained models ranked by sharpness measures against their
+  generalisation gap (Kendall's τ, granulated τ; Jiang et al., Andriushchenko et al.).
 
 Scales as for recipes: smoke / cpu / gpu.
 """
@@ -21,7 +23,7 @@ from typing import Any
 
 from sharpscope.errors import ConfigError
 from sharpscope.experiments.recipes import check_scale
-from sharpscope.experiments.studies import eos, escape, flatness, sam_edge
+from sharpscope.experiments.studies import eos, escape, flatness, population, sam_edge
 from sharpscope.experiments.studies.framework import (
     Figure,
     Progress,
@@ -39,6 +41,7 @@ STUDIES: dict[str, Study] = {
     "escape": escape.ESCAPE,
     "label-noise": escape.LABEL_NOISE,
     "sam-flatness": flatness.STUDY,
+    "population": population.STUDY,
 }
 
 __all__ = ["STUDIES", "Figure", "Stage", "Study", "finished_summary", "recipe_stage", "run_study", "study_stages",

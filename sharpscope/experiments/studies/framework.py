@@ -52,7 +52,8 @@ class Figure:
 @dataclass(frozen=True)
 class Study:
     """``stages(scale)``; ``evaluate({stage: run dir})`` gives the criteria; ``prepare(scale, out_dir,
-    options)`` writes derived data once and returns what it made."""
+    options)`` writes derived data once and returns what it made; ``draw(summary)`` gives figures drawn
+    from the study summary itself, as ``(stem, figure, plotted numbers, caption)``."""
 
     name: str
     checks: tuple[str, ...]
@@ -60,6 +61,7 @@ class Study:
     evaluate: Callable[[Mapping[str, Path]], dict[str, Any]]
     prepare: Callable[[str, Path, Mapping[str, Any]], dict[str, Any]] | None = None
     figures: tuple[Figure, ...] = field(default=())
+    draw: Callable[[Mapping[str, Any]], list[tuple[str, Any, dict[str, Any], str]]] | None = None
 
 
 def recipe_stage(name: str, cfg: Callable[[str], TrainConfig], overrides: Mapping[str, Any] | None = None,
