@@ -113,10 +113,10 @@ def test_choices_are_the_librarys() -> None:
     from sharpscope.curvature.operators.objective import Precision as WeightPrecision
     from sharpscope.curvature.operators.precision import PRECISIONS
     from sharpscope.curvature.settings import TraceMethod
-    from sharpscope.measures.settings import Norm as SharpnessNorm
     from sharpscope.experiments import SCALES
     from sharpscope.landscape import around
     from sharpscope.losses import LOSSES
+    from sharpscope.measures.settings import Norm as SharpnessNorm
     from sharpscope.probe import OPERATORS, Shard
 
     def values(enum: type) -> list[str]:
