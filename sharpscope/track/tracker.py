@@ -354,6 +354,8 @@ class SharpnessTracker:
         rec["settings"] = self.settings(objective, op)
         if errors:
             rec["errors"] = errors
+        if isinstance(op, HessianOperator):
+            op.release_graphs()  # training needs the memory until the next measurement
         self.last = rec
         self._emit(rec)
         return rec
