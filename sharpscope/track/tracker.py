@@ -28,7 +28,9 @@ Nothing is mutated: parameters, gradients (``.grad``), train/eval flags, BatchNo
 every random number generator are as before the call, so measuring never changes training.
 Random start vectors and probes come from generators seeded with ``(seed, step)``; the same step
 gives the same record whatever happened before (except for the warm start, whose vectors are
-part of :meth:`SharpnessTracker.state_dict`).
+part of :meth:`SharpnessTracker.state_dict`). With ``probes="fixed"`` they are seeded by ``seed``
+alone: every step draws the same trace probes and start vectors (common random numbers over steps),
+so a change in ``tr(H)`` between two steps comes from the weights, not from redrawn probes.
 
 Example, in a hand-written loop:
 
@@ -74,7 +76,7 @@ from sharpscope.measures import measure as sharpness_measure
 from sharpscope.measures.settings import DEFAULTS as SHARPNESS_DEFAULTS
 from sharpscope.track.thresholds import batch_sam_edge, default_thresholds
 from sharpscope.track.update_curvature import curvature_along, curvature_along_sharded, resolve_method
-from sharpscope.validation import check_bool, check_int, check_seed, check_type
+from sharpscope.validation import check_bool, check_choice, check_int, check_seed, check_type
 
 ThresholdFn = Callable[[int, "torch.optim.Optimizer | None", "float | None"], Mapping[str, Any]]
 
@@ -95,6 +97,10 @@ def evaluate(objective: Objective) -> tuple[float, float | None]:
 def _local(p: Tensor) -> Tensor:
     """This rank's slice of a parameter sharded with ``fully_shard`` (a distributed tensor)."""
     return p.to_local()  # type: ignore[attr-defined]
+
+
+#: How the random vectors of a measurement are seeded: ``(seed, step)``, or ``seed`` alone (those of step 0).
+PROBES = ("per-step", "fixed")
 
 
 def step_seed(seed: int, step: int, salt: int) -> int:
@@ -143,6 +149,8 @@ class SharpnessTracker:
         grad_norm: measure ``‖∇L‖`` (one gradient over the probe set).
         warm_start: start Lanczos from the previous eigenvectors.
         seed: seed of the random start vectors and trace probes (combined with the step).
+        probes: ``"per-step"`` draws them afresh at each step (from ``(seed, step)``); ``"fixed"`` draws the
+            same ones at every step (from ``seed`` alone, the vectors ``"per-step"`` draws at step 0).
         sink: called with every record: ``RunDirectory.append_metric``, or any sink of
             :mod:`sharpscope.track.sinks` (JSONL, CSV, TensorBoard, W&B; several with ``MultiSink``).
         alignment: at each measurement also record ``grad_cos`` (``cos(g, v_i)`` for the top-``k``
@@ -184,8 +192,9 @@ class SharpnessTracker:
                  sink: Callable[[dict[str, Any]], Any] | None = None, alignment: bool = False,
                  preconditioned: bool = False, update_curvature: str | bool | None = None,
                  update_every: int = 1, test_predictions: bool = False, sharpness: Sequence[str] = (),
-                 sharpness_settings: SharpnessSettings = SHARPNESS_DEFAULTS) -> None:
+                 sharpness_settings: SharpnessSettings = SHARPNESS_DEFAULTS, probes: str = "per-step") -> None:
         check_int("every", every, low=1)
+        self.probes = check_choice("probes", probes, PROBES)
         check_int("update_every", update_every, low=1)
         method = resolve_method(update_curvature)
         self.sharpness = check_measure_names(sharpness, "sharpness") if sharpness else ()
@@ -263,6 +272,10 @@ class SharpnessTracker:
             self._key = key
         return self._objective, self._op
 
+    def _seed(self, step: int, salt: int) -> int:
+        """The seed of the random vectors numbered ``salt`` at ``step`` (step 0's at every step with fixed probes)."""
+        return step_seed(self.seed, 0 if self.probes == "fixed" else step, salt)
+
     def _operator(self, objective: Objective) -> HessianOperator:
         """The Hessian of ``objective`` with this tracker's product settings."""
         return self.curvature.hessian(objective)
@@ -317,7 +330,7 @@ class SharpnessTracker:
         if self.trace:
             try:
                 c = self.curvature
-                tr = trace_estimator(c.trace_method)(op, c.trace_matvecs, seed=step_seed(self.seed, step, 2),
+                tr = trace_estimator(c.trace_method)(op, c.trace_matvecs, seed=self._seed(step, 2),
                                                      memory_budget=c.memory_budget)
                 trace_hvps = tr.hvps
                 rec["trace"] = {"estimate": tr.estimate, "stderr": tr.stderr, "per_param": tr.estimate / op.global_dim,
@@ -370,7 +383,7 @@ class SharpnessTracker:
 
     def _measure_sharpness(self, step: int, objective: Objective, errors: dict[str, str]) -> dict[str, Any]:
         """The sharpness measures of one step, each a compact record (its settings go to ``settings``)."""
-        base = replace(self.sharpness_settings, seed=step_seed(self.seed, step, 4))
+        base = replace(self.sharpness_settings, seed=self._seed(step, 4))
         out: dict[str, Any] = {}
         for name in self.sharpness:
             try:
@@ -411,7 +424,7 @@ class SharpnessTracker:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             c = self.curvature
-            return lanczos(op, c.k, which="LA", max_iter=c.max_iter, v0=v0, seed=step_seed(self.seed, step, salt),
+            return lanczos(op, c.k, which="LA", max_iter=c.max_iter, v0=v0, seed=self._seed(step, salt),
                            block=c.block, **c.eigen_options())
 
     @staticmethod
@@ -475,7 +488,7 @@ class SharpnessTracker:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             top = lanczos(op, 1, which="LA", max_iter=self.curvature.max_iter, v0=self._start_vectors(previous, op),
-                          seed=step_seed(self.seed, step, 5), **self.curvature.eigen_options())
+                          seed=self._seed(step, 5), **self.curvature.eigen_options())
         return {"eigenvalue": float(top.eigenvalues[0]), "residual": float(top.residuals[0]),
                 "converged": bool(top.converged), "examples": objective.num_examples, "hvps": int(top.hvps),
                 "seconds": float(top.seconds)}
@@ -603,6 +616,7 @@ class SharpnessTracker:
                 "max_iter": c.max_iter, "trace": c.trace_method if self.trace else None,
                 "trace_matvecs": c.trace_matvecs if self.trace else None,
                 "test_examples": None if self._test is None else self._test.num_examples, "seed": self.seed,
+                "probes": self.probes,
                 "preconditioned": "adam" if self.preconditioned else None,
                 "update_curvature": self.update_curvature,
                 "update_every": self.update_every if self.update_curvature else None,
