@@ -87,7 +87,7 @@ class TraceMethod(str, Enum):
     hutchinson = "hutchinson"
 
 
-class Precision(str, Enum):
+class ProductPrecision(str, Enum):
     strict = "strict"
     tf32 = "tf32"
     bf16 = "bf16"
