@@ -72,6 +72,7 @@ def test_the_table_states_the_detectable_tau_and_every_measure() -> None:
     assert "excluded (stop not reached or diverged): 1 (m9)" in text
     assert f"Smallest detectable |τ| with 8 models: {ranked['mde']['critical']:.3f}" in text
     assert "| index | " in text and "| bad | a model's value is not finite |" in text
+    assert "| τ gap [95% CI] |" in text
 
 
 @pytest.mark.parametrize(("change", "words"), [

@@ -204,7 +204,7 @@ def rank_measures(records: Sequence[Mapping[str, Any]], *, axes: Sequence[str] |
     with ``value`` or a :class:`~sharpscope.measures.SharpnessResult`); every record names the same
     hyperparameters and measures. ``axes``: the hyperparameters of the granulated τ (default: all).
 
-    Returns ``n``; ``mde`` (:func:`tau_mde` for ``n`` models: the smallest detectable ``|τ|``; None below
+    Returns ``n``, ``axes``, ``level``; ``mde`` (:func:`tau_mde` for ``n`` models: the smallest detectable ``|τ|``; None below
     3 models, and then no measure is ranked); and for each measure, against the gap and against the test
     error, τ_b with its percentile bootstrap interval (:func:`bootstrap_tau`), the permutation p-value
     (:func:`tau_null`) and a verdict: ``positive``/``negative`` when ``|τ|`` is above the critical value
@@ -232,7 +232,7 @@ def rank_measures(records: Sequence[Mapping[str, Any]], *, axes: Sequence[str] |
     first = records[0]["measures"] if records else {}
     measures = {name: [measure_value(r["measures"][name], name) for r in records] for name in first}
     n = len(records)
-    out: dict[str, Any] = {"n": n, "axes": names, "measures": {},
+    out: dict[str, Any] = {"n": n, "axes": names, "level": level, "measures": {},
                            "mde": tau_mde(n, level=level, resamples=resamples, seed=seed) if n >= 3 else None}
     if n < 3:
         return out
@@ -268,7 +268,8 @@ def ranking_table(ranked: Mapping[str, Any], excluded: Sequence[str] = ()) -> st
         head.append(f"Smallest detectable |τ| with {mde['n']} models: {mde['critical']:.3f} (permutation critical value, "
                     f"{mde['level']:.0%}); {mde['mde']:.3f} at {mde['power']:.0%} power. A |τ| below it is "
                     "inconclusive, not 'no correlation'.")
-    rows = ["| measure | τ gap [CI] | p | τ test error [CI] | p | Ψ (granulated, gap) | verdict (gap) |",
+    ci = f"{ranked.get('level', 0.95):.0%} CI"
+    rows = [f"| measure | τ gap [{ci}] | p | τ test error [{ci}] | p | Ψ (granulated, gap) | verdict (gap) |",
             "|---|---|---|---|---|---|---|"]
     for name, r in ranked.get("measures", {}).items():
         if "error" in r:
