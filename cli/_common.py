@@ -168,6 +168,25 @@ def sharpness_settings(**fields: Any) -> Any:
         raise ConfigError(renamed(str(e), str(e.argument), flag)) from None
 
 
+def given_sharpness_fields(ctx: typer.Context) -> set[str]:
+    """The fields of :data:`SHARPNESS_FLAGS` whose flag is on the command line (each flag's parameter is
+    the flag spelled with underscores). Compared by name: typer may carry its own copy of click."""
+    sources = {field: ctx.get_parameter_source(flag[2:].replace("-", "_")) for field, flag in SHARPNESS_FLAGS.items()}
+    return {field for field, source in sources.items() if getattr(source, "name", None) == "COMMANDLINE"}
+
+
+def check_sharpness_flags(given: set[str], measures: tuple[str, ...]) -> None:
+    """Refuse a measure's flag that no measure of ``--sharpness`` reads: it would change nothing."""
+    from sharpscope.errors import ConfigError
+    from sharpscope.measures.settings import used_by
+
+    for field, flag in SHARPNESS_FLAGS.items():
+        readers = used_by(field)
+        if field in given and not set(readers) & set(measures):
+            named = f"--sharpness names only {', '.join(measures)}" if measures else "--sharpness is not given"
+            raise ConfigError(f"{flag} applies to {', '.join(readers)}, and {named}")
+
+
 # ------------------------------------------------------------------------------------ progress
 Update = Callable[..., None]
 

@@ -28,9 +28,11 @@ from sharpscope_cli._common import (
     TraceMethod,
     WeightPrecision,
     check_fits,
+    check_sharpness_flags,
     clean_errors,
     default_loss,
     err,
+    given_sharpness_fields,
     load_model,
     out,
     progress,
@@ -154,6 +156,7 @@ def lanczos_block(text: str | None) -> int | Literal["auto"] | None:
 @app.command("probe")
 @clean_errors
 def probe_cmd(
+    ctx: typer.Context,
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint: .safetensors, or .pt/.pth/.ckpt (loaded weights-only).")],
     data: Annotated[str, typer.Option(help="mnist1d, cifar10:DIR_OR_NPZ, cifar100:DIR, mnist:NPZ, npz:PATH (arrays x, y) or text:PATH (64-byte windows, next-byte targets).")],
     n: Annotated[int | None, typer.Option(help="Keep the first N examples as the probe set.")] = None,
@@ -191,7 +194,7 @@ def probe_cmd(
     unsafe_load: Annotated[bool, typer.Option("--unsafe-load", help="Allow pickles that run code when loaded. Only for files you trust.")] = False,
     operator: Annotated[Operator, typer.Option(help="Matrix to measure: hessian, ggn (generalised Gauss-Newton) or ef (empirical Fisher).")] = Operator.hessian,
     shard: Annotated[Shard, typer.Option(help="Under torchrun: data keeps the whole model on every rank and splits the probe set; fsdp also shards the parameters (fully_shard per block) and takes finite-difference Hessian products on sharded vectors, so memory per rank falls with the ranks.")] = Shard.data,
-    sharpness: Annotated[str | None, typer.Option(help="Also these sharpness measures, a comma list of worst (max loss rise within --rho, by projected gradient ascent), average (mean loss rise under random perturbations of size --rho), keskar (Keskar et al.'s epsilon-sharpness), pacbayes (largest sigma of Gaussian noise raising the loss by --pacbayes-target; reported as 1/sigma^2), jacobian (mean squared norm of per-example output Jacobians), ggn (Gauss-Newton trace). Each takes the options below that name it; defaults and their reasons in docs/measures.md.")] = None,
+    sharpness: Annotated[str | None, typer.Option(help="Also these sharpness measures, a comma list of worst (max loss rise within --rho, by projected gradient ascent), average (mean loss rise under random perturbations of size --rho), keskar (Keskar et al.'s epsilon-sharpness), pacbayes (largest sigma of Gaussian noise raising the loss by --pacbayes-target; reported as 1/sigma^2), jacobian (mean squared norm of per-example output Jacobians), ggn (Gauss-Newton trace). Each reads the options below that name it (an option that no listed measure reads is refused); defaults and their reasons in docs/measures.md.")] = None,
     rho: Annotated[float, typer.Option(help="Radius of the worst/average sharpness perturbation.")] = 0.05,
     sharpness_norm: Annotated[SharpnessNorm, typer.Option(help="Norm of the worst/average sharpness perturbation: l2 (ball; Gaussian for average) or linf (box; uniform for average).")] = SharpnessNorm.l2,
     adaptive: Annotated[bool, typer.Option("--adaptive/--no-adaptive", help="Scale perturbations elementwise by |w| (worst, average, pacbayes): invariant to rescaling ReLU layers.")] = False,
@@ -237,6 +240,7 @@ def probe_cmd(
                                  restarts=restarts, samples=sharpness_samples, target=pacbayes_target, tol=pacbayes_tol,
                                  epsilon=keskar_epsilon, trace=output_trace.value, matvecs=output_trace_matvecs,
                                  block=output_trace_block))
+    check_sharpness_flags(given_sharpness_fields(ctx), settings.sharpness)
     check_outputs(out_file, eigenvectors, density)
     if n is not None and n < 1:
         raise SharpscopeError(f"--n must be positive, got {n}")

@@ -64,7 +64,7 @@ def test_probe_json_carries_each_measure_as_the_library_computes_it(checkpoint: 
 
 
 def test_probe_table_shows_the_measures_and_their_settings(checkpoint: Path) -> None:
-    result = invoke(checkpoint, "--sharpness", "keskar,pacbayes", "--sharpness-norm", "linf")
+    result = invoke(checkpoint, "--sharpness", "worst,keskar,pacbayes", "--sharpness-norm", "linf")
     assert result.exit_code == 0, result.output
     assert "Keskar ε-sharpness" in result.stdout and "PAC-Bayes 1/σ²" in result.stdout
     assert "sharpness ρ=0.05 linf" in result.stdout
@@ -151,3 +151,18 @@ def test_a_bad_measure_setting_fails_with_one_line_before_any_work(tmp_path: Pat
     assert words in result.output and "Traceback" not in result.output and "absent" not in result.output
     if "Invalid value" not in words:  # typer's own choice error is a box; ours is one line
         assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--sharpness", "worst", "--keskar-epsilon", "0.01"],
+     "--keskar-epsilon applies to keskar, and --sharpness names only worst"),
+    (["--sharpness", "jacobian,keskar", "--m", "8"],
+     "--m applies to worst, average, and --sharpness names only jacobian, keskar"),
+    (["--rho", "0.1"], "--rho applies to worst, average, and --sharpness is not given"),
+    (["--sharpness", "worst", "--output-trace", "exact"], "--output-trace applies to jacobian, ggn"),
+])
+def test_a_measure_flag_that_changes_nothing_is_refused_before_any_work(tmp_path: Path, args: list[str],
+                                                                       words: str) -> None:
+    result = invoke(tmp_path / "absent.safetensors", *args)
+    assert result.exit_code == 1 and words in result.output and "absent" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
