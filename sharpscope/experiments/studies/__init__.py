@@ -11,6 +11,8 @@ folder, resumably; each study is a module:
 * ``sam-flatness`` (:mod:`.flatness`) — SGD, SAM and Sparse SAM: λ_max, λ_max/λ_5, test accuracy.
 * ``population`` (:mod:`.population`) — a grid of trained models ranked by sharpness measures against their
   generalisation gap (Kendall's τ, granulated τ; Jiang et al., Andriushchenko et al.).
+* ``smoothing`` (:mod:`.smoothing`) — the randomized-smoothing identity (A5) with antithetic pairs on a
+  smooth (GELU, average pooling) and a non-smooth (ReLU, max-pooling) CNN.
 
 Scales as for recipes: smoke / cpu / gpu.
 """
@@ -23,7 +25,7 @@ from typing import Any
 
 from sharpscope.errors import ConfigError
 from sharpscope.experiments.recipes import check_scale
-from sharpscope.experiments.studies import eos, escape, flatness, population, sam_edge
+from sharpscope.experiments.studies import eos, escape, flatness, population, sam_edge, smoothing
 from sharpscope.experiments.studies.framework import (
     Figure,
     Progress,
@@ -42,6 +44,7 @@ STUDIES: dict[str, Study] = {
     "label-noise": escape.LABEL_NOISE,
     "sam-flatness": flatness.STUDY,
     "population": population.STUDY,
+    "smoothing": smoothing.STUDY,
 }
 
 __all__ = ["STUDIES", "Figure", "Stage", "Study", "finished_summary", "recipe_stage", "run_study", "study_stages",
