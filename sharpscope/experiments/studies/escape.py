@@ -49,6 +49,7 @@ from sharpscope.curvature.settings import RUN_DEFAULTS
 from sharpscope.data import confusion_set, mnist1d, resolve_data
 from sharpscope.errors import ConfigError
 from sharpscope.experiments import arms as arm_criteria
+from sharpscope.experiments.detectable import Assumption, plan
 from sharpscope.experiments.recipes import fc, shared_data_file
 from sharpscope.experiments.studies.framework import Figure, Stage, Study
 from sharpscope.io import jsonsafe
@@ -378,6 +379,32 @@ def evaluate_label_noise(dirs: Mapping[str, Path]) -> dict[str, Any]:
     return arm_criteria.label_noise_results(dirs)
 
 
+_ASSUMED = "noise of the committed cpu runs, figures/{}-summary.json"
+
+
+def detectable_escape(scale: str) -> list[dict[str, Any]]:
+    """A1–A4's smallest detectable effects at the scale's seeds (the noise: :data:`_ASSUMED`; a single reading
+    has no seed spread and carries its binomial error)."""
+    sc, src = SCALES[scale], _ASSUMED.format("escape")
+    n, n4 = len(sc.seeds), len(sc.a4_seeds)
+    binomial = 0.01415  # two readings of ~28% accuracy on 2 000 test images
+    return plan([
+        Assumption("A1", "test accuracy, random init − bad minimizer", n, 1, 0.0216, 0.0, 0.01485, src),
+        Assumption("A2", "test accuracy, SGD at η end − start", n, 1, 0.0, 0.0, binomial, src),
+        Assumption("A3", "tr(H) at the end, best SA − best RS", n, n, 0.424, 0.0019, 2.87, src),
+        Assumption("A3", "test accuracy at the end, best SA − best RS", n, n, 0.0, 0.0, binomial, src),
+        Assumption("A4", "tr(H), SA with B = 1 − B = 64", n4, n4, 0.424, 0.424, 2.87,
+                   src + "; best SA's seed sd and Hutch++ error"),
+    ])
+
+
+def detectable_label_noise(scale: str) -> list[dict[str, Any]]:
+    """G6's smallest detectable end-of-run trace difference at the scale's seeds."""
+    n = len(SCALES[scale].seeds)
+    return plan([Assumption("G6", "tr(H) at the end, label-noise − noiseless SGD", n, n, 18.6, 0.0247, 6.28,
+                            _ASSUMED.format("label-noise"))])
+
+
 _CAPTION = ("Arms are means over seeds (bands: ± one standard deviation); test accuracy on the held-out images "
             "(binomial standard error in the study summary); tr(H) by Hutch++ on a fixed subset of the clean "
             "training images.")
@@ -390,11 +417,11 @@ ESCAPE = Study("escape", ("A1", "A2", "A3", "A4", "A5"), escape_stages, evaluate
     Figure("a1", "arms", ("random-init-s*", "finetune"),
            "Fitting the clean images from a random initialisation (seeds) and from the confusion-set "
            "pre-training (the bad minimizer). " + _CAPTION),
-))
+), detectable=detectable_escape)
 LABEL_NOISE = Study("label-noise", ("G6",), label_noise_stages, evaluate_label_noise, prepare, figures=(
     Figure("g6", "arms", ("label-noise-s*", "noiseless-s*"),
            "Label-noise SGD (p = 0.2, fresh noise each step) from the bad minimizer and the same SGD without "
            "noise. " + _CAPTION),
     Figure("trace-accuracy", "trace", ("label-noise-s*",),
            "Label-noise SGD: tr(H) against test accuracy along each seed's run."),
-))
+), detectable=detectable_label_noise)
