@@ -83,7 +83,7 @@ class EscapeScale:
     noise_lr: float
     noise_steps: int
     a4_seeds: tuple[int, ...]  # the perturbation-batch runs
-    a5_draws: int  # the smoothing identity at the bad minimizer: RS draws, Hutchinson probes, examples
+    a5_draws: int  # the smoothing identity at the bad minimizer: antithetic pairs, Hutchinson probes, examples
     a5_probes: int
     a5_examples: int
 
