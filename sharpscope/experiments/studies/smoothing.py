@@ -14,7 +14,8 @@ both at the scale's widths.
 
 (Without the CIFAR-10 files: the escape study's MLP with ReLU and with GELU.) At each fitted minimizer the
 identity is checked in float64 on the first ``examples`` training images with ``draws`` antithetic
-pairs per ρ and ``probes`` Hutchinson probes, with its noise ceiling, and judged per network by
+pairs per ρ (independent draws with the option ``pairing=independent``) and ``probes`` Hutchinson
+probes, with its noise ceiling, and judged per network by
 :func:`~sharpscope.experiments.smoothing.judge_identity`. The escape study checks A5 at the bad
 minimizer itself (27 minutes of pre-training at the cpu scale); the identity is local, so a minimizer of
 the clean set tests it as well and costs a few minutes.
@@ -32,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from sharpscope.errors import ConfigError
 from sharpscope.experiments.recipes import fc
 from sharpscope.experiments.studies import escape
 from sharpscope.experiments.studies.framework import Build, Stage, Study
@@ -93,17 +95,31 @@ def stages(scale: str) -> list[Stage]:
     return [Stage(f"fit-{name}", _fit(*act_pool)) for name, act_pool in NETWORKS.items()]
 
 
+OPTIONS_FILE = "identity-options.json"
+
+
 def prepare(scale: str, out_dir: Path, options: Mapping[str, Any]) -> dict[str, Any]:
-    """The escape study's clean images (no confusion set)."""
-    return escape.prepare(scale, out_dir, options, pretrain=False)
+    """The escape study's clean images (no confusion set), and the option ``pairing`` (``antithetic``, the
+    default, or ``independent``) stored in ``data/identity-options.json`` for the checks."""
+    from sharpscope.experiments.smoothing import PAIRINGS
+
+    unknown = sorted(set(options) - {"pairing"})
+    if unknown:
+        raise ConfigError(f"unknown smoothing study option(s) {unknown}; valid: pairing")
+    pairing = options.get("pairing", "antithetic")
+    if pairing not in PAIRINGS:
+        raise ConfigError(f"pairing must be one of {', '.join(PAIRINGS)}; got {pairing!r}")
+    info = escape.prepare(scale, out_dir, {}, pretrain=False)
+    atomic_write_bytes(out_dir / "data" / OPTIONS_FILE, (jsonsafe.dumps({"pairing": pairing}) + "\n").encode())
+    return {**info, "pairing": pairing}
 
 
-def identity_check(run_dir: Path, scale: str) -> dict[str, Any]:
+def identity_check(run_dir: Path, scale: str, pairing: str = "antithetic") -> dict[str, Any]:
     """A5 at the run ``run_dir`` with the sizes of ``scale``, judged; stored as ``identity.json`` in the run and
     reused while its settings are unchanged."""
     from sharpscope.experiments import smoothing  # torch.func work, only when the check runs
 
-    settings = {**asdict(SCALES[scale]), "pairing": "antithetic", "seed": 0}
+    settings = {**asdict(SCALES[scale]), "pairing": pairing, "seed": 0}
     stored = run_dir / "identity.json"
     if stored.is_file():
         result = jsonsafe.loads(stored.read_text())
@@ -111,7 +127,7 @@ def identity_check(run_dir: Path, scale: str) -> dict[str, Any]:
             return result
     sc = SCALES[scale]
     result = smoothing.identity_at_run(run_dir, examples=sc.examples, draws=sc.draws, probes=sc.probes,
-                                       rhos=sc.rhos, counts=sorted({16, sc.draws}), pairing="antithetic")
+                                       rhos=sc.rhos, counts=sorted({16, sc.draws}), pairing=pairing)
     verdict = smoothing.judge_identity(result, result["nonsmooth"])
     final = (RunDirectory(run_dir).read_summary() or {}).get("final") or {}
     result.update(settings=settings, criterion=smoothing.CRITERION, verdict=verdict.label, reason=verdict.reason,
@@ -128,7 +144,9 @@ def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
         if run_dir is None or not (run_dir / "summary.json").is_file():
             continue
         scale = RunDirectory(run_dir).read_config().get("scale") or "cpu"
-        out[f"A5-{name}"] = identity_check(run_dir, scale)
+        chosen = run_dir.parent / "data" / OPTIONS_FILE
+        pairing = jsonsafe.loads(chosen.read_text())["pairing"] if chosen.is_file() else "antithetic"
+        out[f"A5-{name}"] = identity_check(run_dir, scale, pairing)
     return out
 
 
