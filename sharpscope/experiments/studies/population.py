@@ -309,4 +309,15 @@ def prepare(scale: str, _: Path, options: Mapping[str, Any]) -> dict[str, Any]:
             "probe_n": sc.probe_n, "mde_before": rc.tau_mde(n, resamples=sc.resamples)}
 
 
-STUDY = Study("population", ("P1",), stages, evaluate, prepare=prepare, draw=figures)
+def detectable(scale: str) -> list[dict[str, Any]]:
+    """P1's smallest detectable |τ| at the grid's size (:func:`~sharpscope.experiments.rank_correlation.tau_mde`),
+    in the form of :func:`sharpscope.experiments.detectable.plan`."""
+    n = len(grid(scale))
+    tau = rc.tau_mde(n, resamples=SCALES[scale].resamples)
+    return [{"claim": "P1", "quantity": f"Kendall |τ| over {n} models", "mde": tau["mde"], "note": "",
+             "critical": tau["critical"], "power": 0.8, "level": 0.95,
+             "assumption": f"permutation null of {n} untied ranks; a |τ| below the critical value "
+                           f"{tau['critical']:.3f} is inconclusive"}]
+
+
+STUDY = Study("population", ("P1",), stages, evaluate, prepare=prepare, draw=figures, detectable=detectable)
