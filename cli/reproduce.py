@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from sharpscope_cli._common import EXIT_DIVERGED, STUDY_NAMES, Scale, err
+from sharpscope_cli._common import DATA_ROOT_HELP, EXIT_DIVERGED, STUDY_NAMES, Scale, err, use_data_root
 
 
 def _stage_line(stage: str, summary: dict[str, Any]) -> None:
@@ -27,14 +27,17 @@ def reproduce_cmd(
     only: Annotated[list[str] | None, typer.Option("--only", help="Run only this stage (and the stages it starts from). Repeatable.")] = None,
     option: Annotated[list[str] | None, typer.Option("--option", help="A study option KEY=VALUE, e.g. construction=clean+confusion for escape and label-noise. Repeatable.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the study summary as one JSON object.")] = False,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help=DATA_ROOT_HELP)] = None,
 ) -> None:
     """Run a reproduction study (several dependent training runs), check its claims, draw its figures.
 
-    Exit code 3 when one of its runs diverged (named on stderr), as for ``train``.
+    Exit code 3 when one of its runs diverged (named on stderr), as for ``train``. A data file the study
+    can do without but lacks is named on stderr with what the study does instead (also in its summary).
     """
     from sharpscope.experiments import parse_overrides
     from sharpscope.experiments.studies import run_study
 
+    use_data_root(data_root)
     options = parse_overrides(option or [])
     summary = run_study(study, scale.value, out_dir, only=only or None,
                         progress=None if as_json else _stage_line, options=options or None)

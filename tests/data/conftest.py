@@ -9,8 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "../shared/data"
-
 
 def write_batch(path: Path, images_nhwc: np.ndarray, labels: np.ndarray, *, label_key: str = "labels",
                 protocol: int = 2, extra: dict | None = None) -> None:
@@ -86,7 +84,10 @@ def write_cifar_batch() -> Callable[..., None]:
 
 @pytest.fixture
 def shared_data() -> Path:
-    """The shared real-data folder; skips the test when it is absent."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data folder {SHARED_DATA} is absent")
-    return SHARED_DATA.resolve()
+    """The data root (``$SHARPSCOPE_DATA``, see ``tests/conftest.py``); skips the test when none is set."""
+    from sharpscope.data import data_root
+
+    root = data_root()
+    if root is None:
+        pytest.skip("no data root: $SHARPSCOPE_DATA is unset and no ../shared/data is beside the repository")
+    return root

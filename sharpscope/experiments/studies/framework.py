@@ -6,15 +6,21 @@ stage returns its stored summary; a killed one resumes), a stage that starts fro
 weights has ``init_from = out_dir/<that stage>`` (its latest checkpoint), a stage may also wait
 for others (``after``: a full-length run that takes its setting from a sweep), and the study's
 numbers go to ``out_dir/<study>-summary.json``.
+
+A study that can run without a file of the data root (:mod:`sharpscope.data.root`) says what it does
+instead (``without_data``); :func:`run` warns with each such fallback that applies and records them in the
+summary (``data_root``: the root and the fallbacks).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sharpscope.data.root import data_root, fallback_notes
 from sharpscope.errors import ConfigError
 from sharpscope.experiments.recipes import check_scale
 from sharpscope.io import jsonsafe
@@ -53,7 +59,8 @@ class Figure:
 class Study:
     """``stages(scale)``; ``evaluate({stage: run dir})`` gives the criteria; ``prepare(scale, out_dir,
     options)`` writes derived data once and returns what it made; ``draw(summary)`` gives figures drawn
-    from the study summary itself, as ``(stem, figure, plotted numbers, caption)``."""
+    from the study summary itself, as ``(stem, figure, plotted numbers, caption)``; ``without_data(scale)``
+    maps each data-root file the study can do without at ``scale`` to what it does then."""
 
     name: str
     checks: tuple[str, ...]
@@ -62,6 +69,12 @@ class Study:
     prepare: Callable[[str, Path, Mapping[str, Any]], dict[str, Any]] | None = None
     figures: tuple[Figure, ...] = field(default=())
     draw: Callable[[Mapping[str, Any]], list[tuple[str, Any, dict[str, Any], str]]] | None = None
+    without_data: Callable[[str], Mapping[str, str]] | None = None
+
+
+def data_fallbacks(study: Study, scale: str) -> list[str]:
+    """One line per data-root file ``study`` lacks at ``scale`` and what it does instead."""
+    return fallback_notes(study.without_data(scale)) if study.without_data is not None else []
 
 
 def recipe_stage(name: str, cfg: Callable[[str], TrainConfig], overrides: Mapping[str, Any] | None = None,
@@ -122,6 +135,9 @@ def run(study: Study, scale: str, out_dir: str | Path, *, only: list[str] | None
         progress: Progress | None = None, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Run (or resume) ``study`` into ``out_dir`` and write :func:`summary_path` (see the module docstring)."""
     check_scale(scale)
+    fallbacks = data_fallbacks(study, scale)
+    for note in fallbacks:
+        warnings.warn(f"study {study.name}: {note}", stacklevel=2)
     stages = study.stages(scale)
     by_name = {s.name: s for s in stages}
     try:
@@ -143,7 +159,9 @@ def run(study: Study, scale: str, out_dir: str | Path, *, only: list[str] | None
         if progress is not None:
             progress(stage.name, summaries[stage.name])
     results = study.evaluate({s: out / s for s in summaries})
+    root = data_root()
     summary = {"study": study.name, "scale": scale, "checks": list(study.checks), "data": data,
+               "data_root": {"root": None if root is None else str(root), "fallbacks": fallbacks},
                "stages": summaries, "results": results}
     atomic_write_bytes(summary_path(study.name, out), (jsonsafe.dumps(summary, indent=2) + "\n").encode())
     return jsonsafe.loads(jsonsafe.dumps(summary))

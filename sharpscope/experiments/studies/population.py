@@ -41,6 +41,7 @@ import torch
 
 from sharpscope.curvature import HessianOperator, Objective, hutchpp, lanczos
 from sharpscope.curvature.settings import RUN_DEFAULTS
+from sharpscope.data.root import CIFAR10_TRAIN
 from sharpscope.errors import ConfigError
 from sharpscope.experiments import rank_correlation as rc
 from sharpscope.experiments import statistics
@@ -353,4 +354,8 @@ def prepare(scale: str, _: Path, options: Mapping[str, Any]) -> dict[str, Any]:
             "probe_n": sc.probe_n, "mde_before": rc.tau_mde(n, resamples=sc.resamples)}
 
 
-STUDY = Study("population", ("P1",), stages, evaluate, prepare=prepare, draw=figures)
+def without_data(scale: str) -> dict[str, str]:
+    return {} if scale == "smoke" else {CIFAR10_TRAIN: "MNIST-1D and MLPs used"}
+
+
+STUDY = Study("population", ("P1",), stages, evaluate, prepare=prepare, draw=figures, without_data=without_data)
