@@ -90,14 +90,13 @@ def recipe_stage(name: str, cfg: Callable[[str], TrainConfig], overrides: Mappin
 
 
 def finished_summary(run_dir: Path, cfg: TrainConfig) -> dict[str, Any] | None:
-    """The stored summary of a finished run of ``cfg``, also when the run predates config fields
-    added since (absent from its ``config.json`` and at their defaults in ``cfg``; flat curvature keys
-    are read by :meth:`TrainConfig.upgrade`) or was made by
-    another study sharing the stage (``recipe`` differs); else None."""
+    """The stored summary of a finished run of ``cfg``, also when its ``config.json`` is of an older
+    format (read by :meth:`RunDirectory.read_config`), lacks config fields (they count at their defaults) or
+    was made by another study sharing the stage (``recipe`` differs); else None."""
     run = RunDirectory(run_dir)
     if not run.config_path.is_file() or not run.summary_path.is_file():
         return None
-    stored, new, defaults = TrainConfig.upgrade(run.read_config()), cfg.to_dict(), TrainConfig.defaults()
+    stored, new, defaults = run.read_config(), cfg.to_dict(), TrainConfig.defaults()
     if any(stored.get(k, defaults.get(k)) != jsonsafe.loads(jsonsafe.dumps(v)) for k, v in new.items()
            if k != "recipe"):
         return None
