@@ -16,7 +16,7 @@ Recipes:
   the training file's statistics) when ``cifar10_train16k.npz`` is under the data root (else
   MNIST-1D), 200-200 net, the paper's ``η = 0.01``, stop at 99% train accuracy. cpu: the setting
   of ``tests/science/test_science_eos.py`` (tanh 40→100→100→10 on the first 1 000 MNIST-1D
-  examples, ``η = 0.2``, 800 steps, λ every 10 steps): CIFAR-5k full batch is ~1 s a step here.
+  examples, ``η = 0.2``, 800 steps, λ every 10 steps): CIFAR-5k full batch is ``eos-cifar5k``.
 * ``eos-cifar5k`` (E1 on the paper's data) — ``eos-gd`` on the first 5 000 CIFAR-10 images at
   ``η = 2/100`` on CPU (see :func:`eos_cifar5k`).
 * ``eos-momentum`` — the same with Polyak momentum β = 0.9 (PyTorch form), threshold
@@ -143,7 +143,7 @@ def eos_cifar5k(scale: str, *, lr: float = 0.02) -> TrainConfig:
 
     cpu: ``η = 2/100`` (the crossing of 2/η comes within the first ~2 000 steps), 3 000 steps with
     λ_max every 25 steps and no train-accuracy stop, so the run stays at the edge for well over
-    500 steps after it first reaches 0.9·2/η; ~1 s a step on 2 cores. gpu: the paper's ``η = 0.01``
+    500 steps after it first reaches 0.9·2/η (its cost on a CPU: ``docs/speed-options.md``). gpu: the paper's ``η = 0.01``
     with the 99% stop (:func:`eos_gd`'s gpu scale). smoke: 200 images, plumbing only.
     Needs ``cifar10_train16k.npz`` under the data root.
     """
