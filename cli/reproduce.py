@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,10 +35,16 @@ def reproduce_cmd(
     Exit code 3 when one of its runs diverged (named on stderr), as for ``train``. A data file the study
     can do without but lacks is named on stderr with what the study does instead (also in its summary).
     """
+    from sharpscope.data.root import DataFallbackWarning
     from sharpscope.experiments import parse_overrides
-    from sharpscope.experiments.studies import run_study
+    from sharpscope.experiments.studies import STUDIES, run_study
+    from sharpscope.experiments.studies.framework import data_fallbacks
 
     use_data_root(data_root)
+    if study in STUDIES:  # each fallback as one line here; the library's warning of it would repeat it
+        for note in data_fallbacks(STUDIES[study], scale.value):
+            err.print(f"note: {note}", highlight=False, soft_wrap=True)
+        warnings.filterwarnings("ignore", category=DataFallbackWarning)
     options = parse_overrides(option or [])
     summary = run_study(study, scale.value, out_dir, only=only or None,
                         progress=None if as_json else _stage_line, options=options or None)

@@ -28,6 +28,10 @@ class MissingDataError(ConfigError):
     """A recipe or study needs a data file that is not under the data root."""
 
 
+class DataFallbackWarning(UserWarning):
+    """A study runs without a data file of the root, doing what the warning states instead."""
+
+
 def data_root() -> Path | None:
     """The data root, read from ``$SHARPSCOPE_DATA`` at every call; None when unset or empty.
 

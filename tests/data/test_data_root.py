@@ -14,6 +14,7 @@ from sharpscope.data.root import (
     CIFAR10_TRAIN,
     DATA_ROOT_ENV,
     MNIST_5K,
+    DataFallbackWarning,
     MissingDataError,
     data_file,
     data_root,
@@ -79,17 +80,23 @@ def test_a_study_run_warns_with_its_fallback_and_records_it(root: Path, tmp_path
     stage = recipe_stage("demo", lambda scale: get_recipe("demo", scale), {"steps": 1, "measure_every": 1})
     study = Study("tiny", (), lambda _: [stage], lambda _: {}, without_data=lambda _: {MNIST_5K: "MNIST-1D used"})
     line = data_fallbacks(study, "smoke")[0]
-    with pytest.warns(UserWarning, match=f"^{re.escape(f'study tiny: {line}')}$"):
+    with pytest.warns(DataFallbackWarning, match=f"^{re.escape(f'study tiny: {line}')}$"):
         summary = run(study, "smoke", tmp_path / "out")
     assert summary["data_root"] == {"root": str(root.resolve()), "fallbacks": [line]}
     stored = json.loads((tmp_path / "out" / "tiny-summary.json").read_text())
     assert stored["data_root"] == summary["data_root"]
 
 
-def test_the_command_line_sets_the_root_and_refuses_a_missing_folder(tmp_path: Path) -> None:
+def test_the_command_line_sets_the_root_states_fallbacks_and_refuses_a_missing_folder(root: Path, tmp_path: Path,
+                                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     from sharpscope_cli.main import app
 
+    monkeypatch.delenv(DATA_ROOT_ENV)  # the option sets it
     result = CliRunner().invoke(app, ["reproduce", "eos", "--out", str(tmp_path / "o"),
                                       "--data-root", str(tmp_path / "nowhere")])
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1].endswith("nowhere is not a folder")
+    result = CliRunner().invoke(app, ["reproduce", "eos", "--out", str(tmp_path / "o"), "--only", "gd-lr0.01",
+                                      "--data-root", str(root)])
+    assert result.exit_code == 0, result.output
+    assert f"note: {CIFAR10_TRAIN} not found under the data root {root.resolve()}" in result.output

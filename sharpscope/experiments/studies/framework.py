@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sharpscope.data.root import data_root, fallback_notes
+from sharpscope.data.root import DataFallbackWarning, data_root, fallback_notes
 from sharpscope.errors import ConfigError
 from sharpscope.experiments.recipes import check_scale
 from sharpscope.io import jsonsafe
@@ -136,7 +136,7 @@ def run(study: Study, scale: str, out_dir: str | Path, *, only: list[str] | None
     check_scale(scale)
     fallbacks = data_fallbacks(study, scale)
     for note in fallbacks:
-        warnings.warn(f"study {study.name}: {note}", stacklevel=2)
+        warnings.warn(f"study {study.name}: {note}", DataFallbackWarning, stacklevel=2)
     stages = study.stages(scale)
     by_name = {s.name: s for s in stages}
     try:
