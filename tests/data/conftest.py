@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+SHARED_FILES = ("cifar10_train16k.npz", "cifar10_test2k.npz", "mnist5k.npz", "mnist1d.npz")
+
 
 def write_batch(path: Path, images_nhwc: np.ndarray, labels: np.ndarray, *, label_key: str = "labels",
                 protocol: int = 2, extra: dict | None = None) -> None:
@@ -84,10 +86,14 @@ def write_cifar_batch() -> Callable[..., None]:
 
 @pytest.fixture
 def shared_data() -> Path:
-    """The data root (``$SHARPSCOPE_DATA``, see ``tests/conftest.py``); skips the test when none is set."""
+    """The data root (``$SHARPSCOPE_DATA``, see ``tests/conftest.py``); skips the test when none is set or it
+    lacks one of the real-data files the tests read."""
     from sharpscope.data import data_root
 
     root = data_root()
     if root is None:
         pytest.skip("no data root: $SHARPSCOPE_DATA is unset and no ../shared/data is beside the repository")
+    missing = [name for name in SHARED_FILES if not (root / name).is_file()]
+    if missing:
+        pytest.skip(f"the data root {root} lacks {', '.join(missing)}")
     return root
