@@ -36,6 +36,26 @@ STUDY_NAMES = ("eos", "sam-edge", "escape", "label-noise", "sam-flatness", "popu
 PLOT_KINDS = ("auto", "sharpness", "trace", "escape", "arms", "arms-lambda", "minibatch", "density", "layers")
 
 
+DATA_ROOT_HELP = ("Folder holding the data files recipes and studies use (cifar10_train16k.npz, cifar10_test2k.npz, "
+                  "mnist5k.npz); default $SHARPSCOPE_DATA. Without a file a run stops or uses the fallback it "
+                  "states (docs/data.md).")
+
+
+def use_data_root(path: Path | None) -> None:
+    """Make ``path`` the data root of this command and of the processes it starts (``$SHARPSCOPE_DATA``);
+    None keeps the environment's."""
+    if path is None:
+        return
+    import os
+
+    from sharpscope.data.root import DATA_ROOT_ENV
+    from sharpscope.errors import ConfigError
+
+    if not path.is_dir():
+        raise ConfigError(f"--data-root {path} is not a folder")
+    os.environ[DATA_ROOT_ENV] = str(path.resolve())
+
+
 # ------------------------------------------------------------------------------------- choices
 class Loss(str, Enum):
     ce = "ce"

@@ -93,11 +93,10 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
             :func:`~sharpscope.curvature.operators.hvp.compiled_fwd_rev`); ``mode="auto"`` then means
             ``fwd-rev`` and the graph cache is off (both recorded), since ``torch.compile`` cannot
             compile double backward. The first product checks the compiled product against the
-            eager one, as for ``precision``. Opt-in: compiling costs tens of seconds per model and
-            block width (40–48 s for the CPU benchmark's CNN without inductor's disk cache), and
-            there compiled products were 1.3× (one probe) to 1.5× (vmapped block of 8) faster than
-            eager fwd-rev ones but slower than eager double backward over one graph for 8 probes.
-            CUDA graphs are not captured.
+            eager one, as for ``precision``. Opt-in: each model, batch shape and block width is
+            compiled once, at a cost of many products, and compiled products are not always faster
+            than eager ones (compile times and speed ratios measured on the CPU benchmark:
+            ``docs/speed-options.md``). CUDA graphs are not captured.
         cache_graphs: with ``rev-rev`` products, keep every batch's gradient graph between calls so
             each product is one double backward per batch (PyHessian's single-batch trick, for any
             number of batches). Costs the activation memory of all batches at once. The cache is

@@ -25,8 +25,9 @@ order, the perturbation draws and the trace probes; the minimizer is shared):
 
 Scales: ``cpu`` uses the first 1 000 CIFAR-10 training images, 2 000 test images and a GroupNorm CNN
 (32-64-128 channels); ``gpu`` is Ahn et al.'s setting except for the data: a GroupNorm ResNet-18 (width
-64) on the 16 000 training images ``../shared/data`` holds (the paper uses all 50 000). Without the
-CIFAR-10 files both fall back to MNIST-1D and a ReLU MLP (recorded as the data source).
+64) on the 16 000 training images of ``cifar10_train16k.npz`` (the paper uses all 50 000). Without the
+CIFAR-10 files under the data root both fall back to MNIST-1D and a ReLU MLP (stated, and recorded as the
+data source).
 
 Every run measures tr(H) (Hutch++ on the first ``probe_n`` clean training images with the same probe
 vectors in every run from the minimizer, so arms differ by their weights and not by their probes; the
@@ -47,10 +48,11 @@ import torch
 
 from sharpscope.curvature.settings import RUN_DEFAULTS
 from sharpscope.data import confusion_set, mnist1d, resolve_data
+from sharpscope.data.root import CIFAR10_TEST, CIFAR10_TRAIN, data_file
 from sharpscope.errors import ConfigError
 from sharpscope.experiments import arms as arm_criteria
 from sharpscope.experiments.detectable import Assumption, plan
-from sharpscope.experiments.recipes import fc, shared_data_file
+from sharpscope.experiments.recipes import fc
 from sharpscope.experiments.studies.framework import Figure, Stage, Study
 from sharpscope.io import jsonsafe
 from sharpscope.io.atomic import atomic_write, atomic_write_bytes
@@ -111,8 +113,8 @@ SCALES: dict[str, EscapeScale] = {
 # ------------------------------------------------------------------------------ data
 def _images(n: int, test_n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str]:
     """Raw train and test inputs in [0, 1]: the first ``n`` CIFAR-10 training images (NCHW) and ``test_n``
-    test images from ``../shared/data``; else MNIST-1D vectors (unscaled) with its own test split."""
-    train, test = shared_data_file("cifar10_train16k.npz"), shared_data_file("cifar10_test2k.npz")
+    test images from the data root; else MNIST-1D vectors (unscaled) with its own test split."""
+    train, test = data_file(CIFAR10_TRAIN), data_file(CIFAR10_TEST)
     if train is not None and test is not None:
         tr = resolve_data(f"cifar10:{train}", n=n, train=True, standardize=None, flatten=False)
         te = resolve_data(f"cifar10:{test}", n=test_n, train=False, standardize=None, flatten=False)
@@ -408,7 +410,13 @@ def detectable_label_noise(scale: str) -> list[dict[str, Any]]:
 _CAPTION = ("Arms are means over seeds (bands: ± one standard deviation); test accuracy on the held-out images "
             "(binomial standard error in the study summary); tr(H) by Hutch++ on a fixed subset of the clean "
             "training images.")
-ESCAPE = Study("escape", ("A1", "A2", "A3", "A4", "A5"), escape_stages, evaluate_escape, prepare, figures=(
+def without_data(_: str) -> dict[str, str]:
+    """Without the CIFAR-10 files the study runs on MNIST-1D vectors with a ReLU MLP."""
+    return dict.fromkeys((CIFAR10_TRAIN, CIFAR10_TEST), "MNIST-1D and a ReLU MLP used")
+
+
+ESCAPE = Study("escape", ("A1", "A2", "A3", "A4", "A5"), escape_stages, evaluate_escape, prepare,
+               without_data=without_data, figures=(
     Figure("a3", "arms", ("best-sa-s*", "best-sa-rho0-s*", "best-rs-s*", "sgd-s*", "sgd-lr*"),
            "From the bad minimizer (η = 0.001, batch 128): the sweep's best SA and RS, SA's ρ = 0 twin, SGD at η "
            "and SGD at η′. " + _CAPTION),
@@ -418,7 +426,8 @@ ESCAPE = Study("escape", ("A1", "A2", "A3", "A4", "A5"), escape_stages, evaluate
            "Fitting the clean images from a random initialisation (seeds) and from the confusion-set "
            "pre-training (the bad minimizer). " + _CAPTION),
 ), detectable=detectable_escape)
-LABEL_NOISE = Study("label-noise", ("G6",), label_noise_stages, evaluate_label_noise, prepare, figures=(
+LABEL_NOISE = Study("label-noise", ("G6",), label_noise_stages, evaluate_label_noise, prepare,
+                    without_data=without_data, figures=(
     Figure("g6", "arms", ("label-noise-s*", "noiseless-s*"),
            "Label-noise SGD (p = 0.2, fresh noise each step) from the bad minimizer and the same SGD without "
            "noise. " + _CAPTION),

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sharpscope.curvature.settings import RUN_DEFAULTS
+from sharpscope.data.root import CIFAR10_TRAIN
 from sharpscope.experiments import arms as arm_criteria
 from sharpscope.experiments import evidence, statistics, verdicts
 from sharpscope.experiments.detectable import Assumption, plan
@@ -194,7 +195,11 @@ def detectable(scale: str) -> list[dict[str, Any]]:
 
 _CAPTION = ("Arms are means over seeds (± one standard deviation); λ_max by Lanczos and tr(H) by Hutch++ on a "
             "fixed subset of the training images; the second panel compares arms at equal training loss.")
-STUDY = Study("sam-flatness", ("G1", "G3", "G4", "G5"), stages, evaluate, figures=(
+def without_data(_: str) -> dict[str, str]:
+    return {CIFAR10_TRAIN: "MNIST-1D and a ReLU MLP used"}
+
+
+STUDY = Study("sam-flatness", ("G1", "G3", "G4", "G5"), stages, evaluate, without_data=without_data, figures=(
     Figure("lambda-max", "arms-lambda", tuple(f"{arm}-s*" for arm in ARMS),
            "SGD, SAM, ASAM and Sparse SAM (Fisher and dynamic masks, 50%) on a BatchNorm-free CIFAR-10 CNN: λ_max "
            "(log axis; no stability edge is drawn: momentum SGD's (2+2β)/η is far above, ASAM and Sparse SAM have "

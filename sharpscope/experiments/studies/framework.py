@@ -8,15 +8,21 @@ for others (``after``: a full-length run that takes its setting from a sweep), a
 numbers go to ``out_dir/<study>-summary.json``. Before the first stage, a study that compares arms over
 seeds states the smallest effect each claim can detect (``detectable``:
 :mod:`sharpscope.experiments.detectable`): passed to ``notice`` line by line and stored in the summary.
+
+A study that can run without a file of the data root (:mod:`sharpscope.data.root`) says what it does
+instead (``without_data``); :func:`run` warns with each such fallback that applies and records them in the
+summary (``data_root``: the root and the fallbacks).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sharpscope.data.root import DataFallbackWarning, data_root, fallback_notes
 from sharpscope.errors import ConfigError
 from sharpscope.experiments.recipes import check_scale
 from sharpscope.io import jsonsafe
@@ -57,7 +63,8 @@ class Study:
     """``stages(scale)``; ``evaluate({stage: run dir})`` gives the criteria; ``prepare(scale, out_dir,
     options)`` writes derived data once and returns what it made; ``draw(summary)`` gives figures drawn
     from the study summary itself, as ``(stem, figure, plotted numbers, caption)``; ``detectable(scale)`` the
-    smallest effect each claim can detect at the scale's seeds (:func:`sharpscope.experiments.detectable.plan`)."""
+    smallest effect each claim can detect at the scale's seeds (:func:`sharpscope.experiments.detectable.plan`);
+    ``without_data(scale)`` maps each data-root file the study can do without at ``scale`` to what it does then."""
 
     name: str
     checks: tuple[str, ...]
@@ -67,6 +74,12 @@ class Study:
     figures: tuple[Figure, ...] = field(default=())
     draw: Callable[[Mapping[str, Any]], list[tuple[str, Any, dict[str, Any], str]]] | None = None
     detectable: Callable[[str], list[dict[str, Any]]] | None = None
+    without_data: Callable[[str], Mapping[str, str]] | None = None
+
+
+def data_fallbacks(study: Study, scale: str) -> list[str]:
+    """One line per data-root file ``study`` lacks at ``scale`` and what it does instead."""
+    return fallback_notes(study.without_data(scale)) if study.without_data is not None else []
 
 
 def recipe_stage(name: str, cfg: Callable[[str], TrainConfig], overrides: Mapping[str, Any] | None = None,
@@ -82,14 +95,13 @@ def recipe_stage(name: str, cfg: Callable[[str], TrainConfig], overrides: Mappin
 
 
 def finished_summary(run_dir: Path, cfg: TrainConfig) -> dict[str, Any] | None:
-    """The stored summary of a finished run of ``cfg``, also when the run predates config fields
-    added since (absent from its ``config.json`` and at their defaults in ``cfg``; flat curvature keys
-    are read by :meth:`TrainConfig.upgrade`) or was made by
-    another study sharing the stage (``recipe`` differs); else None."""
+    """The stored summary of a finished run of ``cfg``, also when its ``config.json`` is of an older
+    format (read by :meth:`RunDirectory.read_config`), lacks config fields (they count at their defaults) or
+    was made by another study sharing the stage (``recipe`` differs); else None."""
     run = RunDirectory(run_dir)
     if not run.config_path.is_file() or not run.summary_path.is_file():
         return None
-    stored, new, defaults = TrainConfig.upgrade(run.read_config()), cfg.to_dict(), TrainConfig.defaults()
+    stored, new, defaults = run.read_config(), cfg.to_dict(), TrainConfig.defaults()
     if any(stored.get(k, defaults.get(k)) != jsonsafe.loads(jsonsafe.dumps(v)) for k, v in new.items()
            if k != "recipe"):
         return None
@@ -130,6 +142,9 @@ def run(study: Study, scale: str, out_dir: str | Path, *, only: list[str] | None
     from sharpscope.experiments.detectable import lines
 
     check_scale(scale)
+    fallbacks = data_fallbacks(study, scale)
+    for note in fallbacks:
+        warnings.warn(f"study {study.name}: {note}", DataFallbackWarning, stacklevel=2)
     stages = study.stages(scale)
     by_name = {s.name: s for s in stages}
     try:
@@ -155,7 +170,9 @@ def run(study: Study, scale: str, out_dir: str | Path, *, only: list[str] | None
         if progress is not None:
             progress(stage.name, summaries[stage.name])
     results = study.evaluate({s: out / s for s in summaries})
+    root = data_root()
     summary: dict[str, Any] = {"study": study.name, "scale": scale, "checks": list(study.checks), "data": data,
+                               "data_root": {"root": None if root is None else str(root), "fallbacks": fallbacks},
                                "stages": summaries, "results": results}
     if detectable is not None:
         summary["detectable"] = detectable

@@ -40,6 +40,7 @@ import torch
 
 from sharpscope.curvature import HessianOperator, Objective, hutchpp, lanczos
 from sharpscope.curvature.settings import RUN_DEFAULTS
+from sharpscope.data.root import CIFAR10_TRAIN
 from sharpscope.errors import ConfigError
 from sharpscope.experiments import rank_correlation as rc
 from sharpscope.experiments import statistics
@@ -320,4 +321,10 @@ def detectable(scale: str) -> list[dict[str, Any]]:
                            f"{tau['critical']:.3f} is inconclusive"}]
 
 
-STUDY = Study("population", ("P1",), stages, evaluate, prepare=prepare, draw=figures, detectable=detectable)
+def without_data(scale: str) -> dict[str, str]:
+    """The data-root files the population can do without at ``scale``, and what it uses instead."""
+    return {} if scale == "smoke" else {CIFAR10_TRAIN: "MNIST-1D and MLPs used"}
+
+
+STUDY = Study("population", ("P1",), stages, evaluate, prepare=prepare, draw=figures, detectable=detectable,
+              without_data=without_data)
