@@ -30,7 +30,8 @@ def test_sharpness_plot_writes_png_pdf_and_json_with_the_command(run_dirs: dict[
     stored = json.loads((tmp_path / "figs" / "eos.json").read_text())
     assert stored["command"] == " ".join(["sharpscope", *args[:1], str(run_dirs["gd"]), str(run_dirs["sam"]),
                                           "--kind", "auto", *args[3:]])
-    expected = sharpness_data([run_dirs["gd"], run_dirs["sam"]], labels=["GD", "SAM"], k=2)
+    expected = {**sharpness_data([run_dirs["gd"], run_dirs["sam"]], labels=["GD", "SAM"], k=2),
+                "draw": {"log": False}}  # the drawing options, so --from-figure draws the same figure
     assert stored["data"] == jsonsafe.to_jsonable(expected)
 
 

@@ -178,8 +178,14 @@ def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
     return {**out, **flatness_verdicts(summaries, matched)}
 
 
-_CAPTION = ("Arms are means over seeds (± one standard deviation); λ_max by Lanczos and tr(H) by Hutch++ on a "
-            "fixed subset of the training images; the second panel compares arms at equal training loss.")
+_CAPTION = ("Lines: the mean over an arm's 3 seeds; shaded: the 95% Student-t interval of that mean (the seed "
+            "spread the verdicts' Welch intervals are built from). Test accuracy with 95% Wilson bars for the "
+            "2 000 test images; train accuracy on the probe set. Top right, the matched-loss readout: each seed's "
+            "value read at training-loss levels every run reaches (mean and 95% interval over seeds); G3 compares "
+            "SGD's and SAM's λ_max at the lowest level. λ_max by Lanczos and tr(H) by Hutch++ on a fixed subset of "
+            "the training images. Not the papers' setting: 2 000 CIFAR-10 images and a BatchNorm-free CNN "
+            "(16-32-64 channels) for 1 500 steps, no augmentation, where Foret et al. train WideResNets on all "
+            "50 000 images with augmentation.")
 STUDY = Study("sam-flatness", ("G1", "G3", "G4", "G5"), stages, evaluate, figures=(
     Figure("lambda-max", "arms-lambda", tuple(f"{arm}-s*" for arm in ARMS),
            "SGD, SAM, ASAM and Sparse SAM (Fisher and dynamic masks, 50%) on a BatchNorm-free CIFAR-10 CNN: λ_max "
