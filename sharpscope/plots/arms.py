@@ -155,9 +155,8 @@ def draw_arms(data: Mapping[str, Any], *, quantity: str = "trace") -> Figure:
         name = f"{item['arm']} ({item['seeds']} seed{'s' if item['seeds'] > 1 else ''})"
         _band(axes[0], steps, item[quantity], c, name, quantity)
         n_test = item.get("test_examples")
-        shifted = steps + dodge(steps, i, len(items))
-        accuracy_errorbars(axes[2], shifted[: len(item["test_acc"]["mean"])], item["test_acc"]["mean"], n_test,
-                           color=c, linewidth=1.4, marker=".", markersize=3)
+        accuracy_errorbars(axes[2], steps[: len(item["test_acc"]["mean"])], item["test_acc"]["mean"], n_test,
+                           shift=dodge(steps, i, len(items)), color=c, linewidth=1.4, marker=".", markersize=3)
         _fill(axes[2], steps, item["test_acc"], c, "test_acc")
         _band(axes[3], steps, item["train_acc"], c, None, "train_acc")
         if levels:
@@ -179,6 +178,8 @@ def draw_arms(data: Mapping[str, Any], *, quantity: str = "trace") -> Figure:
     if quantity == "trace" and axes[0].get_ylim()[0] < 0:  # tr(H) ≥ 0 near a minimum: the interval runs on below
         axes[0].set_ylim(bottom=0.0)
     if levels:
+        if len(levels) == 1:  # one common level (often the shared start): a factor 2 either side
+            axes[1].set_xlim(levels[0] / 2.0, levels[0] * 2.0)
         log_axis(axes[1], "x")
         axes[1].invert_xaxis()
         if quantity == "lambda_max":

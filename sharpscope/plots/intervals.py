@@ -52,19 +52,20 @@ def seed_interval(rows: np.ndarray, level: float = LEVEL) -> tuple[np.ndarray, n
     return mean, mean - half, mean + half
 
 
-def accuracy_errorbars(ax: Axes, x: Any, acc: Any, n: int | None, *, gid: str = "test_acc", **style: Any) -> None:
-    """Accuracies ``acc`` against ``x`` with their 95% Wilson bars on ``n`` test images (the line alone
-    when ``n`` is unknown), on a percent axis that holds every bar and never passes 100%."""
+def accuracy_errorbars(ax: Axes, x: Any, acc: Any, n: int | None, *, gid: str = "test_acc", shift: float = 0.0,
+                       **style: Any) -> None:
+    """Accuracies ``acc`` against ``x`` (a line with gid ``gid`` and the ``style``'s label) with their 95% Wilson
+    bars on ``n`` test images (none when ``n`` is unknown), the bars moved by ``shift`` along x so that several
+    runs' bars at the same steps stand side by side; a percent axis that holds every bar and never passes 100%."""
     x, acc = np.asarray(x, dtype=float), np.asarray(acc, dtype=float)
+    (line,) = ax.plot(x, acc, **style)
+    line.set_gid(gid)
     if n:
         low, high = wilson_interval(np.clip(acc, 0.0, 1.0), n)
-        yerr = np.vstack([acc - low, high - acc])
-        container = ax.errorbar(x, acc, yerr=yerr, capsize=2.0, elinewidth=0.8, **style)
-        container.lines[0].set_gid(gid)
-        for bar in container.lines[2]:
-            bar.set_gid(ERRORBAR_GID)
-    else:
-        ax.plot(x, acc, gid=gid, **style)
+        container = ax.errorbar(x + shift, acc, yerr=np.vstack([acc - low, high - acc]), fmt="none", capsize=2.0,
+                                elinewidth=0.8, color=line.get_color(), alpha=style.get("alpha", 0.9))
+        for bars in container.lines[2]:
+            bars.set_gid(ERRORBAR_GID)
     ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=None if np.ptp(ax.get_ylim()) > 0.05 else 1))
     low_lim, high_lim = ax.get_ylim()
     if high_lim > 1.0:

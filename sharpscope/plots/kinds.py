@@ -1,19 +1,23 @@
 """One entry point for every figure kind, as used by ``sharpscope plot``: inputs in, figure and data out.
 
 =============  ==========================================  =====================================
-kind           inputs                                      figure
+kind           inputs                                      figure (drawn from the data alone)
 =============  ==========================================  =====================================
-``sharpness``  run directories                             :func:`~.trajectory.sharpness_figure`
-``trace``      run directories (trace and test accuracy)  :func:`~.trajectory.trace_accuracy_figure`
-``escape``     run directories (trace)                     :func:`~.trajectory.escape_figure`
-``arms``       run directories of arms × seeds (trace)    :func:`~.arms.arms_figure`
-``arms-lambda``  the same, λ_max                            :func:`~.arms.arms_figure` (``quantity``)
-``minibatch``  run directories of mini-batch SAM           :func:`~.minibatch.minibatch_figure`
+``sharpness``  run directories                             :func:`~.trajectory.draw_sharpness`
+``trace``      run directories (trace and test accuracy)  :func:`~.trajectory.draw_trace_accuracy`
+``escape``     run directories (trace)                     :func:`~.trajectory.draw_escape`
+``arms``       run directories of arms × seeds (trace)    :func:`~.arms.draw_arms`
+``arms-lambda``  the same, λ_max                            :func:`~.arms.draw_arms` (``quantity``)
+``minibatch``  run directories of mini-batch SAM           :func:`~.minibatch.draw_minibatch`
 ``density``    ``probe --density --json`` / DensityResult  :func:`~.density.density_figure`
                JSON files
 ``layers``     one ``probe --per-layer --json`` JSON file  :func:`~.layers.layer_curvature_figure`
 =============  ==========================================  =====================================
 
+Each run kind is a data function (run directories → plotted numbers) and a drawing function (plotted
+numbers → figure); :func:`run_figure` stores the drawing options in the data (``"draw"``), so
+:func:`draw_from_data` draws the same figure again from a figure's stored JSON
+(``sharpscope plot --from-figure``).
 A folder of run directories (a ``sharpscope reproduce`` study folder) stands for those runs. The run
 kinds are one registry (:data:`RUN_KINDS`), which the studies' figures use too.
 :func:`cannot_draw` lists, one line each, what a figure's inputs could not give (no edge recorded, fewer

@@ -304,8 +304,7 @@ def _accuracy_panel(ax: Axes, items: list[dict[str, Any]], key: str, ylabel: str
     for i, item in enumerate(items):
         n = item.get("test_examples") if key == "test_acc" else None
         steps = np.asarray(item["steps"], dtype=float)
-        steps = steps + (dodge(steps, i, len(items)) if n else 0.0)  # bars side by side
-        accuracy_errorbars(ax, steps, item[key], n, gid=key, color=color(i), linewidth=1.3,
+        accuracy_errorbars(ax, steps, item[key], n, gid=key, shift=dodge(steps, i, len(items)), color=color(i), linewidth=1.3,
                            marker="." if len(steps) < 30 else None, markersize=3,
                            label=item["label"] if several else None)
     label_axes(ax, "step", ylabel)

@@ -214,8 +214,7 @@ def test_escape_panels_one_line_per_run(run_dirs: dict[str, Path]) -> None:
     tr_ax, test_ax, train_ax = fig.axes
     for ax, gid, key in ((test_ax, "test_acc", "test_acc"), (train_ax, "train_acc", "train_acc")):
         got = lines(ax, gid)
-        named = [c.get_label() for c in ax.containers] or [line.get_label() for line in got]  # error bars name the set
-        assert named == ["RS", "SA"]
+        assert [line.get_label() for line in got] == ["RS", "SA"]
         assert has_accuracy_errorbars(ax) == (ax is test_ax)  # test accuracy: Wilson bars on the test-set size
         for line, run in zip(got, runs):
             np.testing.assert_array_equal(ydata(line), records(run, key))

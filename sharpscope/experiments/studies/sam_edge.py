@@ -77,10 +77,13 @@ def _sam_evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
 
 STUDY = Study("sam-edge", ("E5", "E6", "E7"), _sam_stages, _sam_evaluate, figures=(
         Figure("mlp", "sharpness", ("mlp-rho*",),
-               "Full-batch SAM on a ReLU MLP (mse-mean): λ_max against the SAM-edge (moves with ‖g‖); ρ = 0 is GD."),
+               "Full-batch SAM on a ReLU MLP (mse-mean): λ_max against the SAM-edge (moves with ‖g‖); ρ = 0 is GD. "
+               "At the cpu scale: 1 000 MNIST images, 3 hidden layers of 100, η = 0.4, 500 steps (the gpu scale "
+               "has layers of 1 000)."),
         Figure("cnn", "sharpness", ("cnn-rho*",),
-               "Full-batch SAM on the conv-ReLU-LayerNorm-maxpool CNN: λ_max against the SAM-edge (log axis: the GD "
-               "control's λ jumps between 0.4 and 10 × 2/η).", log=True),
+               "Full-batch SAM on the conv-ReLU-LayerNorm-maxpool CNN: λ_max against the SAM-edge (log axis, so that "
+               "SAM's λ beside its edge stays readable next to the jumps of the GD control). At the cpu scale: 250 CIFAR-10 images, channels 8/16, "
+               "η = 0.004, 300 steps.", log=True),
         Figure("cnn-smooth", "sharpness", ("cnn-smooth-rho*", "cnn-smooth-lr*"),
                "Full-batch SAM on the smooth CNN (GELU, LayerNorm, average pooling): λ_max against the SAM-edge; "
                "ρ = 0 is GD against 2/η (η = 0.015, and η = 0.025 as a second point)."),
