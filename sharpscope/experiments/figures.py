@@ -62,8 +62,12 @@ def figure_facts(kind: str, plot: dict[str, Any]) -> str:
 
 
 def _caption(spec: Figure, plot: dict[str, Any], seeds: str, scale: str) -> str:
-    """A study figure's caption: the spec's text, the numbers of :func:`figure_facts`, the seeds and the scale."""
-    return " ".join(part for part in (spec.caption, figure_facts(spec.kind, plot), seeds, scale) if part)
+    """A study figure's caption: the spec's text, the numbers of :func:`figure_facts` and of the spec's own
+    ``facts``, the seeds and the scale."""
+    from sharpscope.io.jsonsafe import decode
+
+    own = spec.facts(decode(plot)) if spec.facts is not None else ""
+    return " ".join(part for part in (spec.caption, figure_facts(spec.kind, plot), own, seeds, scale) if part)
 
 
 def _draw_options(spec: Figure) -> tuple[dict[str, Any], dict[str, Any]]:

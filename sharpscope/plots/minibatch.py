@@ -107,7 +107,8 @@ def draw_minibatch(data: Mapping[str, Any]) -> Figure:
                 thick = pairing in MATCHED  # colour: the edge's reading; line style: the sharpness's
                 rax.plot(t[: len(values)], values, color=color(0 if edge == "batch" else 1), lw=1.6 if thick else 0.8,
                          alpha=1.0 if thick else 0.7, linestyle="-" if lam == "batch" else "--",
-                         label=f"λ {'batch' if lam == 'batch' else 'probe set'} / edge from {edge} ‖g‖"
+                         label=f"λ {'batch' if lam == 'batch' else 'probe set'} / edge from "
+                               f"{'batch' if edge == 'batch' else 'probe-set'} ‖g‖"
                                + ("" if thick else " (crossed)"), gid=f"ratio:{pairing}")
         label_axes(rax, "step", f"rolling median ({data.get('window') or ROLLING_WINDOW}) of λ/edge",
                    title=f"{run['label']}: λ over its edge, band [{band[0]:g}, {band[1]:g}]")
