@@ -10,13 +10,19 @@
   band :data:`RATIO_BAND`. A run that diverged gets an ✕ at the step its loss became non-finite.
   A run recorded with ``update_curvature`` also shows ``κ_u = uᵀHu/‖u‖²``, the curvature along each
   update (thin line beside λ_max; ``uᵀHu/uᵀPu`` beside λ_max(P⁻¹H) under Adam's edge), against the same edge.
-* :func:`trace_accuracy_figure` — tr(H) ± stderr and test accuracy against step, and tr(H)
-  against test accuracy with each run's Spearman rank correlation ρ_s (Damian et al.: negative).
+* :func:`trace_accuracy_figure` — tr(H) ± 1.96 stderr and test accuracy against step, and tr(H)
+  against test accuracy with each run's Spearman rank correlation ρ_s as the label-noise criterion reads
+  it, after step 0, with its bootstrap 95% interval (Damian et al.: negative).
 * :func:`escape_figure` — tr(H), test and train accuracy against step, one line per run
   (SGD vs RS vs SA, batch sizes; Ahn et al. Fig. 3).
 
+Test accuracy carries its 95% Wilson bars for the run's test-set size
+(:func:`~sharpscope.plots.intervals.accuracy_errorbars`). Log axes use
+:func:`~sharpscope.plots.style.log_axis`, whose tick labels do not overlap.
+
 Each ``*_figure`` has a ``*_data`` twin returning the plotted numbers as a dict (NumPy arrays,
-NaN where a record lacks the value), for :func:`~sharpscope.plots.save.save_figure` ``data=``.
+NaN where a record lacks the value), for :func:`~sharpscope.plots.save.save_figure` ``data=``, and a
+``draw_*`` function that draws the figure from those numbers alone (as stored in a figure's JSON).
 Runs are :class:`~sharpscope.plots.runs.RunData` or run-directory paths; ``labels`` renames them.
 """
 

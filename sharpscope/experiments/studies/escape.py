@@ -376,8 +376,9 @@ def evaluate_label_noise(dirs: Mapping[str, Path]) -> dict[str, Any]:
     return arm_criteria.label_noise_results(dirs)
 
 
-_INTERVALS = ("Lines: the mean over an arm's seeds; shaded: the 95% Student-t interval of that mean (the seed "
-              "spread the verdicts' Welch intervals are built from; none for an arm of one seed). Test accuracy on "
+_INTERVALS = ("Lines: the mean over an arm's seeds; shaded: the 95% Student-t interval of that mean over seeds "
+              "(none for an arm of one seed): the seed part of the verdicts' Welch intervals, which add each "
+              "reading's Hutch++ standard error to it. Test accuracy on "
               "the held-out images with 95% Wilson bars for the test-set size (the sampling error the verdicts add "
               "to the seed spread); train accuracy on the probe set. Top right: tr(H) of every seed read at "
               "training-loss levels every run reaches (mean and 95% interval over seeds); the lowest level is the "

@@ -178,8 +178,9 @@ def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
     return {**out, **flatness_verdicts(summaries, matched)}
 
 
-_CAPTION = ("Lines: the mean over an arm's 3 seeds; shaded: the 95% Student-t interval of that mean (the seed "
-            "spread the verdicts' Welch intervals are built from). Test accuracy with 95% Wilson bars for the "
+_CAPTION = ("Lines: the mean over an arm's 3 seeds; shaded: the 95% Student-t interval of that mean over seeds "
+            "(the seed part of the verdicts' Welch intervals, which add the estimators' errors to it). Test accuracy "
+            "with 95% Wilson bars for the "
             "2 000 test images; train accuracy on the probe set. Top right, the matched-loss readout: each seed's "
             "value read at training-loss levels every run reaches (mean and 95% interval over seeds); G3 compares "
             "SGD's and SAM's λ_max at the lowest level. λ_max by Lanczos and tr(H) by Hutch++ on a fixed subset of "
