@@ -50,7 +50,7 @@ def _stack(rows: list[Any]) -> np.ndarray:
     return out
 
 
-def test_examples(run: RunData) -> int | None:
+def test_set_size(run: RunData) -> int | None:
     """The size of the test set a run's test accuracy is counted on (its summary's ``data.test.examples``)."""
     test = ((run.summary or {}).get("data") or {}).get("test") or {}
     n = test.get("examples")
@@ -70,7 +70,7 @@ def arms_data(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str] | None
         item: dict[str, Any] = {"arm": name, "runs": [r.label for r in members], "seeds": len(members)}
         steps = [series(r, "step")[1] for r in members]
         item["steps"] = max(steps, key=len)
-        item["test_examples"] = next((n for n in map(test_examples, members) if n), None)
+        item["test_examples"] = next((n for n in map(test_set_size, members) if n), None)
         item["per_run"] = [{"label": r.label, "diverged_at_step": r.diverged_at,
                             **{k: series(r, key)[1] for k, key in _KEYS.items()}} for r in members]
         arms.append(item)

@@ -39,7 +39,7 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from sharpscope.errors import DataError
-from sharpscope.plots.arms import dodge, test_examples
+from sharpscope.plots.arms import dodge, test_set_size
 from sharpscope.plots.intervals import accuracy_errorbars
 from sharpscope.plots.runs import RunData, RunLike, as_runs, event_series, has_values, series
 from sharpscope.plots.style import EIGEN_STYLES, color, figure_legend, label_axes, legend, log_axis, new_figure
@@ -258,7 +258,7 @@ def _curves(run: RunData) -> dict[str, Any]:
     return {"label": run.label, "path": str(run.path), "steps": steps, "trace": trace,
             "trace_stderr": series(run, "trace.stderr")[1], "test_acc": series(run, "test_acc")[1],
             "train_acc": series(run, "train_acc")[1], "diverged_at_step": run.diverged_at,
-            "test_examples": test_examples(run)}
+            "test_examples": test_set_size(run)}
 
 
 def criterion_spearman(item: dict[str, Any]) -> dict[str, Any]:
