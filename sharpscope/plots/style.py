@@ -58,7 +58,7 @@ def legend(ax: Axes, *, inside: int = 4) -> None:
 def log_axis(ax: Axes, which: str = "y") -> None:
     """A logarithmic ``which`` axis (``"x"`` or ``"y"``) whose tick labels never overlap: plain numbers
     (``0.3``, ``20``, ``1e-05``) at 1, 2 and 5 × 10^k when the axis spans one to three decades, at the decades
-    only when it spans more, at most four evenly placed ticks with the digits that tell them apart when it spans less than one, and no
+    only when it spans more, at most six evenly placed ticks with the digits that tell them apart when it spans less than one, and no
     labels on the minor ticks. Call it after the data are drawn (it reads the limits)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
@@ -68,7 +68,7 @@ def log_axis(ax: Axes, which: str = "y") -> None:
     decades = math.log10(high / low) if low > 0 and high > low else 1.0
     if decades < 1.0:  # as many digits as tell ticks a quarter of the span apart
         digits = max(3, 2 + math.ceil(-math.log10(max((high - low) / high, 1e-15))))
-        axis.set_major_locator(MaxNLocator(nbins=4))
+        axis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
         axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.{digits}g}"))
     else:
         axis.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0) if decades <= 3.0 else (1.0,)))
