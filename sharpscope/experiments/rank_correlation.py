@@ -28,6 +28,7 @@ import numpy as np
 from scipy import stats
 
 from sharpscope.errors import ConfigError
+from sharpscope.measures.result import measure_value
 from sharpscope.validation import check_int, check_real, check_seed
 
 __all__ = ["bootstrap_tau", "granulated_tau", "kendall_tau", "measure_value", "rank_measures", "ranking_table",
@@ -161,19 +162,6 @@ def granulated_tau(values: Sequence[float], gaps: Sequence[float], configs: Sequ
 # ---------------------------------------------------------------------------------- a population
 #: What a per-model record of :func:`rank_measures` must hold.
 RECORD_KEYS = ("axes", "gap_acc", "test_error", "measures")
-
-
-def measure_value(entry: Any, name: str = "measure") -> float:
-    """A measure's number: a plain number, a mapping with ``value`` (a stored result) or an object with a
-    ``value`` attribute (a :class:`~sharpscope.measures.SharpnessResult`)."""
-    raw = entry.get("value") if isinstance(entry, Mapping) else getattr(entry, "value", entry)
-    try:  # non-finite values stored in JSON come back as the strings "NaN", "Infinity"
-        if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
-            raise ValueError
-        return float(raw)
-    except ValueError:
-        raise ConfigError(f"measure {name!r} must be a number, a dict with 'value' or a result with .value, "
-                          f"got {raw!r}") from None
 
 
 def _check_records(records: Sequence[Mapping[str, Any]]) -> None:

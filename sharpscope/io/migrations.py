@@ -11,7 +11,7 @@ Versions:
 
 * 0 — no ``format_version``. In a train config (one with ``model``) the curvature settings may be flat top-level keys (``"k": 2``) instead of
   the ``"curvature"`` dict; ``"allow_tf32": true`` stands for ``precision = "tf32"``; a curvature setting the
-  config lacks takes :data:`~sharpscope.curvature.settings.RUN_DEFAULTS`, the value such runs used.
+  config lacks takes the value such runs used (:data:`CURVATURE_V0`).
   Records may lack the checksum members (:mod:`sharpscope.io.recordlines` reads them unverified).
 * 1 — ``format_version: 1``; the curvature settings complete under ``"curvature"``.
 
@@ -46,23 +46,30 @@ def format_version(config: Mapping[str, Any]) -> int:
     return version
 
 
+#: The curvature settings of a version-0 run and the values it used for those its config lacks (the run
+#: defaults of that format: no graph cache).
+CURVATURE_V0: dict[str, Any] = {
+    "k": 1, "tol": 0.001, "max_iter": None, "stop": "residual", "trace_method": "hutch++", "trace_matvecs": 99,
+    "bn": "eval", "hvp_mode": "rev-rev", "block_size": 8, "precision": "strict", "compile": False, "block": None,
+    "cache_graphs": False, "guards": 1, "memory_budget": None, "basis_location": "device",
+    "weight_precision": "upcast"}
+
+
 def _v0_to_v1(config: dict[str, Any]) -> dict[str, Any]:
     """A train config's (one with ``model``) flat curvature keys and ``allow_tf32`` into ``"curvature"``,
-    completed with ``RUN_DEFAULTS``; other configs unchanged. A key given both flat and nested raises
+    completed with :data:`CURVATURE_V0`; other configs unchanged. A key given both flat and nested raises
     :class:`ConfigError`."""
-    from sharpscope.curvature.settings import RUN_DEFAULTS, CurvatureSettings
-
     nested = config.get("curvature", {})
     if "model" not in config or not isinstance(nested, Mapping):
         return config  # TrainConfig.from_dict reports the bad value
-    flat = {key: config.pop(key) for key in CurvatureSettings.field_names() if key in config}
+    flat = {key: config.pop(key) for key in CURVATURE_V0 if key in config}
     if config.pop(TF32_KEY_V0, False) is True:
         flat["precision"] = "tf32"
     twice = sorted(set(flat) & set(nested))
     if twice:
         raise ConfigError(f"config gives {', '.join(twice)} both at the top level and under 'curvature'",
                           argument="curvature")
-    config["curvature"] = {**RUN_DEFAULTS.to_dict(), **flat, **nested}
+    config["curvature"] = {**CURVATURE_V0, **flat, **nested}
     return config
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from sharpscope.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -33,3 +36,16 @@ class SharpnessResult:
         return {"name": self.name, "value": self.value, "stderr": self.stderr, "forwards": self.forwards,
                 "backwards": self.backwards, "seconds": self.seconds, "convergence": self.convergence,
                 "details": self.details, "settings": self.settings}
+
+
+def measure_value(entry: Any, name: str = "measure") -> float:
+    """A measure's number: a plain number, a mapping with ``value`` (a stored result) or an object with a
+    ``value`` attribute (a :class:`~sharpscope.measures.SharpnessResult`)."""
+    raw = entry.get("value") if isinstance(entry, Mapping) else getattr(entry, "value", entry)
+    try:  # non-finite values stored in JSON come back as the strings "NaN", "Infinity"
+        if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+            raise ValueError
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"measure {name!r} must be a number, a dict with 'value' or a result with .value, "
+                          f"got {raw!r}") from None

@@ -1,31 +1,39 @@
 """Figures of arms over seeds: runs named ``<arm>-s<seed>`` are one arm, drawn as the mean over its seeds
-with a ± one-standard-deviation band.
+with the 95% Student-t interval of that mean (:func:`~sharpscope.plots.intervals.seed_interval`; none for an
+arm of one seed).
 
-:func:`arms_figure` has four panels: tr(H) against step, tr(H) against the training loss (every run
-its own line, log axes: near zero loss the cross-entropy curvature scales with the loss, so arms are
-compared at equal loss here), test accuracy against step, and train accuracy against step. Accuracy
-axes stop at 100%. A run that diverged is marked ✕ at the step its loss became non-finite. Arms are
-aligned by measurement index (the seeds of an arm measure at the same steps).
+:func:`arms_figure` has four panels: tr(H) (or λ_max) against step; the matched-loss readout, each arm's
+tr(H) (or λ_max) read at training-loss levels every run reaches (mean and 95% interval over seeds at each
+level; the same levels and interpolation as the studies' criteria,
+:func:`~sharpscope.io.series.common_loss_levels`, so the lowest level is the reading the
+verdicts compare: near zero loss the cross-entropy curvature scales with the loss, and arms are compared at
+equal loss); test accuracy against step with the 95% Wilson bar of the test-set size at every point
+(:func:`~sharpscope.plots.intervals.accuracy_errorbars`) beside the seed interval; and train accuracy
+(probe set) against step. A run that diverged is marked ✕ at the step its loss became non-finite. Arms are
+aligned by measurement index (the seeds of an arm measure at the same steps). :func:`draw_arms` draws the
+figure from :func:`arms_data`'s numbers alone (as stored in a figure's JSON).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
+from sharpscope.io.series import common_loss_levels, interpolate_at_loss
+from sharpscope.plots.intervals import accuracy_errorbars, seed_interval
 from sharpscope.plots.runs import RunData, RunLike, as_runs, series
-from sharpscope.plots.style import color, label_axes, legend, new_figure
+from sharpscope.plots.style import color, figure_legend, label_axes, log_axis, new_figure
 
 _SEED = re.compile(r"^(?P<arm>.+)-s(?P<seed>\d+)$")
 _KEYS = {"trace": "trace.estimate", "lambda_max": "eigenvalues.0", "loss": "train_loss", "test_acc": "test_acc",
          "train_acc": "train_acc"}
 _NAMES = {"trace": "trace tr(H)", "lambda_max": "sharpness λ_max"}
+LEVELS = 4  # matched-loss levels, as in the studies' criteria
 
 
 def _arm(label: str) -> str:
@@ -33,7 +41,8 @@ def _arm(label: str) -> str:
     return m.group("arm") if m else label
 
 
-def _stack(rows: list[np.ndarray]) -> np.ndarray:
+def _stack(rows: list[Any]) -> np.ndarray:
+    rows = [np.asarray(r, dtype=float) for r in rows]
     n = max(len(r) for r in rows)
     out = np.full((len(rows), n), np.nan)
     for i, r in enumerate(rows):
@@ -41,18 +50,17 @@ def _stack(rows: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def _nan_stats(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    counts = np.isfinite(a).sum(0)
-    total = np.where(np.isfinite(a), a, 0.0).sum(0)
-    mean = np.where(counts > 0, total / np.maximum(counts, 1), np.nan)
-    dev = np.where(np.isfinite(a), a - mean, 0.0)
-    std = np.where(counts > 1, np.sqrt((dev**2).sum(0) / np.maximum(counts - 1, 1)), 0.0)
-    return mean, std
+def test_set_size(run: RunData) -> int | None:
+    """The size of the test set a run's test accuracy is counted on (its summary's ``data.test.examples``)."""
+    test = ((run.summary or {}).get("data") or {}).get("test") or {}
+    n = test.get("examples")
+    return int(n) if isinstance(n, (int, float)) and n > 0 else None
 
 
 def arms_data(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str] | None = None) -> dict[str, Any]:
-    """Per arm: its runs, the steps, and mean/std over seeds of tr(H), loss, test and train accuracy; per run
-    the raw series and the step it diverged at (None)."""
+    """Per arm: its runs, the steps, the test-set size ``test_examples`` and, per run, the raw series and
+    the step it diverged at (None); the intervals and the matched-loss readout are derived from these by
+    :func:`arm_intervals` and :func:`matched_loss` when drawn, and stored beside them."""
     loaded = as_runs(runs, labels)
     groups: dict[str, list[RunData]] = {}
     for run in loaded:
@@ -62,62 +70,148 @@ def arms_data(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str] | None
         item: dict[str, Any] = {"arm": name, "runs": [r.label for r in members], "seeds": len(members)}
         steps = [series(r, "step")[1] for r in members]
         item["steps"] = max(steps, key=len)
-        per_run: list[dict[str, Any]] = []
-        for r in members:
-            per_run.append({"label": r.label, "diverged_at_step": r.diverged_at,
-                            **{k: series(r, key)[1] for k, key in _KEYS.items()}})
-        for k in _KEYS:
-            mean, std = _nan_stats(_stack([p[k] for p in per_run]))
-            item[k] = {"mean": mean, "std": std}
-        item["per_run"] = per_run
+        item["test_examples"] = next((n for n in map(test_set_size, members) if n), None)
+        item["per_run"] = [{"label": r.label, "diverged_at_step": r.diverged_at,
+                            **{k: series(r, key)[1] for k, key in _KEYS.items()}} for r in members]
         arms.append(item)
-    return {"figure": "arms", "arms": arms}
+    data = {"figure": "arms", "arms": arms}
+    return {**data, **derived_arms(data)}
 
 
-def _band(ax: Axes, steps: np.ndarray, stats: dict[str, np.ndarray], c: str, label: str, gid: str) -> None:
-    mean, std = stats["mean"][: len(steps)], stats["std"][: len(steps)]
+def derived_arms(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The numbers :func:`draw_arms` derives from the per-run series: per arm, for every quantity,
+    ``{"mean", "low", "high"}`` (:func:`~sharpscope.plots.intervals.seed_interval`), and ``matched_loss``."""
+    arms = [{**item, **arm_intervals(item)} for item in data["arms"]]
+    return {"arms": arms, "matched_loss": matched_loss(arms)}
+
+
+def arm_intervals(item: Mapping[str, Any]) -> dict[str, Any]:
+    """``{quantity: {"mean", "low", "high"}}`` over the seeds of one arm (NaN bounds for one seed)."""
+    out = {}
+    for k in _KEYS:
+        mean, low, high = seed_interval(_stack([p[k] for p in item["per_run"]]))
+        out[k] = {"mean": mean, "low": low, "high": high}
+    return out
+
+
+def matched_loss(arms: Sequence[Mapping[str, Any]], num: int = LEVELS) -> dict[str, Any]:
+    """``{"levels", "arms": {arm: {quantity: {"mean", "low", "high", "values"}}}}``: tr(H) and λ_max of each run
+    read at ``num`` training-loss levels that every run of every arm reaches (log-linear interpolation, the
+    criteria's :func:`~sharpscope.io.series.interpolate_at_loss`), mean and 95% interval over seeds."""
+    runs = [p for item in arms for p in item["per_run"]]
+    levels = common_loss_levels([list(map(float, p["loss"])) for p in runs], num=num)
+    out: dict[str, Any] = {"levels": levels, "arms": {}}
+    for item in arms:
+        out["arms"][item["arm"]] = {}
+        for q in ("trace", "lambda_max"):
+            values = np.array([interpolate_at_loss(list(map(float, p["loss"])), list(map(float, p[q])), levels)
+                               for p in item["per_run"]], dtype=float).reshape(len(item["per_run"]), len(levels))
+            mean, low, high = seed_interval(values) if levels else (np.array([]),) * 3
+            out["arms"][item["arm"]][q] = {"mean": mean, "low": low, "high": high, "values": values}
+    return out
+
+
+def dodge(x: np.ndarray, i: int, count: int) -> float:
+    """The shift of the ``i``-th of ``count`` arms along an axis whose points are ``x``: the arms side by side
+    within a third of the smallest gap between points, so their error bars do not hide each other."""
+    gaps = np.diff(np.unique(np.asarray(x, dtype=float)))
+    gap = float(gaps.min()) if gaps.size else 0.05
+    return 0.0 if count < 2 else gap / 3 * (i / (count - 1) - 0.5)
+
+
+def _fill(ax: Any, steps: np.ndarray, stats: Mapping[str, Any], c: str, gid: str) -> None:
+    """The seed interval of ``stats`` as a shaded band (nothing for an arm of one seed)."""
+    low, high = (np.asarray(stats[b], dtype=float)[: len(steps)] for b in ("low", "high"))
+    if np.isfinite(low).any():
+        ax.fill_between(steps[: len(low)], low, high, color=c, alpha=0.18, linewidth=0).set_gid(f"{gid}_interval")
+
+
+def _band(ax: Any, steps: np.ndarray, stats: Mapping[str, Any], c: str, label: str | None, gid: str) -> None:
+    """The mean over seeds as a line, with its seed interval (:func:`_fill`)."""
+    mean = np.asarray(stats["mean"], dtype=float)[: len(steps)]
     (line,) = ax.plot(steps[: len(mean)], mean, color=c, linewidth=1.4, marker="." if len(mean) < 30 else None,
                       markersize=3, label=label)
     line.set_gid(gid)
-    ax.fill_between(steps[: len(mean)], mean - std, mean + std, color=c, alpha=0.2, linewidth=0)
+    _fill(ax, steps, stats, c, gid)
 
 
 def arms_figure(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str] | None = None,
                 quantity: str = "trace") -> Figure:
     """The four panels of the module docstring; one colour per arm (legend: arm and number of seeds).
     ``quantity`` ``"lambda_max"`` draws λ_max (log axis) where tr(H) is drawn by default."""
+    return draw_arms(arms_data(runs, labels=labels), quantity=quantity)
+
+
+def draw_arms(data: Mapping[str, Any], *, quantity: str = "trace") -> Figure:
+    """:func:`arms_figure` from the numbers of :func:`arms_data` (intervals and matched-loss readout derived
+    again from the per-run series, so data stored before they were kept draw the same)."""
     if quantity not in _NAMES:
         raise ValueError(f"quantity must be one of {', '.join(_NAMES)}, got {quantity!r}")
-    data = arms_data(runs, labels=labels)
+    data = {**data, **derived_arms(data)}
     fig, axes = new_figure(2, 2)
-    for i, item in enumerate(data["arms"]):
+    items, levels = data["arms"], data["matched_loss"]["levels"]
+    for i, item in enumerate(items):
         c, steps = color(i), np.asarray(item["steps"], dtype=float)
         name = f"{item['arm']} ({item['seeds']} seed{'s' if item['seeds'] > 1 else ''})"
         _band(axes[0], steps, item[quantity], c, name, quantity)
-        _band(axes[2], steps, item["test_acc"], c, name, "test_acc")
-        _band(axes[3], steps, item["train_acc"], c, name, "train_acc")
-        for j, run in enumerate(item["per_run"]):
-            ok = np.isfinite(run["loss"]) & np.isfinite(run[quantity]) & (run["loss"] > 0)
-            (line,) = axes[1].plot(run["loss"][ok], run[quantity][ok], color=c, linewidth=1.0, alpha=0.8,
-                                   marker=".", markersize=3, label=name if j == 0 else None)
-            line.set_gid(f"{quantity}_vs_loss")
+        n_test = item.get("test_examples")
+        accuracy_errorbars(axes[2], steps[: len(item["test_acc"]["mean"])], item["test_acc"]["mean"], n_test,
+                           shift=dodge(steps, i, len(items)), color=c, linewidth=1.4, marker=".", markersize=3)
+        _fill(axes[2], steps, item["test_acc"], c, "test_acc")
+        _band(axes[3], steps, item["train_acc"], c, None, "train_acc")
+        if levels:
+            read = data["matched_loss"]["arms"][item["arm"]][quantity]
+            x = np.asarray(levels) * np.exp(dodge(np.log(levels), i, len(items)))  # arms side by side
+            mean = np.asarray(read["mean"], dtype=float)
+            low, high = (np.asarray(read[b], dtype=float) for b in ("low", "high"))
+            err = np.vstack([np.where(np.isfinite(low), mean - low, 0.0), np.where(np.isfinite(high), high - mean, 0.0)])
+            cont = axes[1].errorbar(x, mean, yerr=err, color=c, marker="o", markersize=3.5, linewidth=1.0, capsize=2.0)
+            cont.lines[0].set_gid(f"{quantity}_at_matched_loss")
+        for run in item["per_run"]:
             at = run["diverged_at_step"]
             if at is not None:
                 for ax in (axes[0], axes[2], axes[3]):
-                    ax.plot([at], [np.nanmax(item[quantity]["mean"]) if ax is axes[0] else 0.0], marker="x",
-                            color=c, markersize=8, linestyle="none", label=f"{run['label']} diverged")
+                    y = np.nanmax(np.asarray(item[quantity]["mean"], dtype=float)) if ax is axes[0] else 0.0
+                    ax.plot([at], [y], marker="x", color=c, markersize=8, linestyle="none",
+                            label=f"{run['label']} diverged")
     label_axes(axes[0], "step", _NAMES[quantity])
-    label_axes(axes[1], "training loss L (probe set)", _NAMES[quantity])
+    if quantity == "trace" and axes[0].get_ylim()[0] < 0:  # tr(H) ≥ 0 near a minimum: the interval runs on below
+        axes[0].set_ylim(bottom=0.0)
+    if levels:
+        if len(levels) == 1:  # one common level (often the shared start): a factor 2 either side
+            axes[1].set_xlim(levels[0] / 2.0, levels[0] * 2.0)
+        log_axis(axes[1], "x")
+        axes[1].invert_xaxis()
+        if quantity == "lambda_max":
+            log_axis(axes[1], "y")
+        label_axes(axes[1], "training loss level L (probe set)", f"{_NAMES[quantity]} at loss L",
+                   title="at matched training loss (lowest level: the verdicts' reading)")
+    else:
+        axes[1].text(0.5, 0.5, "no training-loss level that every run reaches", ha="center", va="center",
+                     transform=axes[1].transAxes, fontsize=7)
     if quantity == "lambda_max":
-        axes[0].set_yscale("log")
-    axes[1].set_xscale("log")
-    axes[1].set_yscale("log")
-    axes[1].invert_xaxis()
-    for ax, what in ((axes[2], "test accuracy"), (axes[3], "train accuracy")):
-        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
-        low, high = ax.get_ylim()
-        ax.set_ylim(max(low, 0.0), min(high, 1.0) if high > 1.0 else high)
-        label_axes(ax, "step", what)
-    legend(axes[0])
-    legend(axes[1])
+        means = np.concatenate([np.asarray(item[quantity]["mean"], dtype=float) for item in items])
+        positive = means[np.isfinite(means) & (means > 0)]
+        if positive.size:  # an interval reaching to 0 or below runs off the log axis: keep the means in view
+            axes[0].set_ylim(bottom=max(axes[0].get_ylim()[0], positive.min() / 3))
+        log_axis(axes[0], "y")
+    label_axes(axes[2], "step", "test accuracy")
+    axes[3].yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    bottom, top = axes[3].get_ylim()
+    axes[3].set_ylim(max(bottom, 0.0), min(top, 1.0 + 0.02 * (1.0 - max(bottom, 0.0))))
+    label_axes(axes[3], "step", "train accuracy (probe set)")
+    figure_legend(fig, axes[0])
     return fig
+
+
+def matched_loss_facts(data: Mapping[str, Any], quantity: str = "trace") -> str:
+    """The matched-loss readout at the lowest common level in words: each arm's mean and 95% interval."""
+    derived = derived_arms(data)["matched_loss"]
+    if not derived["levels"]:
+        return "No training-loss level is reached by every run: no matched-loss readout."
+    name = {"trace": "tr(H)", "lambda_max": "λ_max"}[quantity]
+    parts = []
+    for arm, read in derived["arms"].items():
+        mean, low, high = (float(np.asarray(read[quantity][k], dtype=float)[-1]) for k in ("mean", "low", "high"))
+        parts.append(f"{arm} {mean:.3g}" + (f" [{low:.3g}, {high:.3g}]" if np.isfinite(low) else " (one seed)"))
+    return f"{name} at the lowest common training loss L = {derived['levels'][-1]:.3g}: {', '.join(parts)}."

@@ -1,19 +1,23 @@
 """One entry point for every figure kind, as used by ``sharpscope plot``: inputs in, figure and data out.
 
 =============  ==========================================  =====================================
-kind           inputs                                      figure
+kind           inputs                                      figure (drawn from the data alone)
 =============  ==========================================  =====================================
-``sharpness``  run directories                             :func:`~.trajectory.sharpness_figure`
-``trace``      run directories (trace and test accuracy)  :func:`~.trajectory.trace_accuracy_figure`
-``escape``     run directories (trace)                     :func:`~.trajectory.escape_figure`
-``arms``       run directories of arms × seeds (trace)    :func:`~.arms.arms_figure`
-``arms-lambda``  the same, λ_max                            :func:`~.arms.arms_figure` (``quantity``)
-``minibatch``  run directories of mini-batch SAM           :func:`~.minibatch.minibatch_figure`
+``sharpness``  run directories                             :func:`~.trajectory.draw_sharpness`
+``trace``      run directories (trace and test accuracy)  :func:`~.trajectory.draw_trace_accuracy`
+``escape``     run directories (trace)                     :func:`~.trajectory.draw_escape`
+``arms``       run directories of arms × seeds (trace)    :func:`~.arms.draw_arms`
+``arms-lambda``  the same, λ_max                            :func:`~.arms.draw_arms` (``quantity``)
+``minibatch``  run directories of mini-batch SAM           :func:`~.minibatch.draw_minibatch`
 ``density``    ``probe --density --json`` / DensityResult  :func:`~.density.density_figure`
                JSON files
 ``layers``     one ``probe --per-layer --json`` JSON file  :func:`~.layers.layer_curvature_figure`
 =============  ==========================================  =====================================
 
+Each run kind is a data function (run directories → plotted numbers) and a drawing function (plotted
+numbers → figure); :func:`run_figure` stores the drawing options in the data (``"draw"``), so
+:func:`draw_from_data` draws the same figure again from a figure's stored JSON
+(``sharpscope plot --from-figure``).
 A folder of run directories (a ``sharpscope reproduce`` study folder) stands for those runs. The run
 kinds are one registry (:data:`RUN_KINDS`), which the studies' figures use too.
 :func:`cannot_draw` lists, one line each, what a figure's inputs could not give (no edge recorded, fewer
@@ -39,14 +43,17 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 RUN_KINDS: dict[str, tuple[str, str, str, dict[str, Any]]] = {
-    # kind: (module of sharpscope.plots, figure function, data function, options of the figure only)
-    "sharpness": ("trajectory", "sharpness_figure", "sharpness_data", {}),
-    "trace": ("trajectory", "trace_accuracy_figure", "trace_accuracy_data", {}),
-    "escape": ("trajectory", "escape_figure", "escape_data", {}),
-    "arms": ("arms", "arms_figure", "arms_data", {}),
-    "arms-lambda": ("arms", "arms_figure", "arms_data", {"quantity": "lambda_max"}),
-    "minibatch": ("minibatch", "minibatch_figure", "minibatch_data", {}),
+    # kind: (module of sharpscope.plots, drawing function (from the data alone), data function, drawing options)
+    "sharpness": ("trajectory", "draw_sharpness", "sharpness_data", {}),
+    "trace": ("trajectory", "draw_trace_accuracy", "trace_accuracy_data", {}),
+    "escape": ("trajectory", "draw_escape", "escape_data", {}),
+    "arms": ("arms", "draw_arms", "arms_data", {}),
+    "arms-lambda": ("arms", "draw_arms", "arms_data", {"quantity": "lambda_max"}),
+    "minibatch": ("minibatch", "draw_minibatch", "minibatch_data", {}),
 }
+# the ``figure`` entry of a kind's data → the kind that draws it
+DATA_KINDS = {"sharpness": "sharpness", "trace_accuracy": "trace", "escape": "escape", "arms": "arms",
+              "minibatch": "minibatch"}
 KINDS = ("auto", *RUN_KINDS, "density", "layers")
 ESCAPE_OPTIMIZERS = ("rs", "sa")
 
@@ -113,23 +120,52 @@ def _kind_of_runs(runs: list[RunData]) -> str:
     raise DataError(f"{', '.join(str(r.path) for r in runs)}: no eigenvalues or traces recorded to plot")
 
 
-def run_figure(kind: str, runs: list[RunData], **options: Any) -> tuple[Figure, dict[str, Any]]:
+def run_figure(kind: str, runs: list[RunData], draw: dict[str, Any] | None = None,
+               **options: Any) -> tuple[Figure, dict[str, Any]]:
     """The figure and plotted numbers of the run kind ``kind`` (:data:`RUN_KINDS`) for ``runs``;
-    ``options`` (``k``, ``ratio`` for ``sharpness``) go to both functions."""
+    ``options`` (``k``, ``ratio`` for ``sharpness``) go to the data function, ``draw`` (``log`` for
+    ``sharpness``) to the drawing function. The data record the drawing options under ``"draw"``, so
+    :func:`draw_from_data` draws the same figure from them alone."""
     import importlib
 
     if kind not in RUN_KINDS:
         raise ConfigError(f"unknown run figure kind {kind!r}; valid: {', '.join(RUN_KINDS)}")
-    module, figure, data, only_figure = RUN_KINDS[kind]
+    module, drawer, data_fn, kind_options = RUN_KINDS[kind]
     home = importlib.import_module(f"sharpscope.plots.{module}")
-    return getattr(home, figure)(runs, **options, **only_figure), getattr(home, data)(runs, **options)
+    data = getattr(home, data_fn)(runs, **options)
+    data["draw"] = {**kind_options, **(draw or {})}
+    return getattr(home, drawer)(data, **data["draw"]), data
+
+
+def data_kind(data: dict[str, Any]) -> str:
+    """The run kind whose drawing function draws ``data`` (a run kind's plotted numbers, as stored in a figure's
+    JSON ``data`` or its ``plot`` entry): its ``figure`` entry (:data:`DATA_KINDS`); mini-batch data stored
+    without one are known by their rolling ``window``."""
+    name = data.get("figure") or ("minibatch" if "window" in data and "runs" in data else None)
+    if name not in DATA_KINDS:
+        raise DataError(f"figure data of an unknown kind ({name!r}): valid {', '.join(DATA_KINDS)}")
+    return DATA_KINDS[name]
+
+
+def draw_from_data(data: dict[str, Any], **draw: Any) -> Figure:
+    """The figure of stored plotted numbers ``data`` (non-finite strings decoded), drawn with the options
+    recorded in them (``data["draw"]``) updated by ``draw``."""
+    import importlib
+
+    from sharpscope.io.jsonsafe import decode
+
+    data = decode(data)
+    kind = data_kind(data)
+    module, drawer, _, kind_options = RUN_KINDS[kind]
+    options = {**kind_options, **(data.get("draw") or {}), **draw}
+    return getattr(importlib.import_module(f"sharpscope.plots.{module}"), drawer)(data, **options)
 
 
 def make_figure(kind: str, inputs: Sequence[str | os.PathLike[str]], *, labels: Sequence[str] | None = None,
-                k: int = 1, ratio: bool = False) -> tuple[str, Figure, dict[str, Any]]:
+                k: int = 1, ratio: bool = False, log: bool = False) -> tuple[str, Figure, dict[str, Any]]:
     """``(kind, figure, data)`` for ``inputs`` (``kind="auto"`` resolved by :func:`auto_kind`).
 
-    ``k`` and ``ratio`` apply to ``sharpness`` only; ``layers`` bars use a logarithmic value axis. Raises :class:`ConfigError` for an unknown kind.
+    ``k``, ``ratio`` and ``log`` (a logarithmic sharpness axis) apply to ``sharpness`` only; ``layers`` bars use a logarithmic value axis. Raises :class:`ConfigError` for an unknown kind.
     Matplotlib and SciPy are imported here, so importing this module (the CLI does) stays cheap.
     """
     from sharpscope.plots.density import density_data, density_figure, load_density
@@ -150,4 +186,4 @@ def make_figure(kind: str, inputs: Sequence[str | os.PathLike[str]], *, labels: 
         return kind, layer_curvature_figure(data, log=True), data
     runs = as_runs(expand_runs(inputs), labels)
     options: dict[str, Any] = {"k": k, "ratio": ratio} if kind == "sharpness" else {}
-    return (kind, *run_figure(kind, runs, **options))
+    return (kind, *run_figure(kind, runs, draw={"log": log} if kind == "sharpness" else None, **options))

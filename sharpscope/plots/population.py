@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from sharpscope.experiments.rank_correlation import measure_value
-from sharpscope.plots.style import color, label_axes, legend, new_figure
+from sharpscope.measures.result import measure_value
+from sharpscope.plots.style import color, label_axes, legend, log_axis, new_figure
 
 
 def _num(value: Any) -> float:
@@ -61,7 +61,7 @@ def population_figure(results: Mapping[str, Any]) -> tuple[Figure, dict[str, Any
             values = np.array([measure_value(m["measures"][name], name) for m in included])
             panel.scatter(values, 100 * gap, s=12, color=color(2))
             if (values > 0).all() and values.max() > 10 * values.min():
-                panel.set_xscale("log")
+                log_axis(panel, "x")
             t = _num(rows[name]["gap"]["tau"])
             label_axes(panel, name, "gap (train − test accuracy, points)", title=f"{name}: τ = {t:+.2f}")
             plotted[f"scatter:{name}"] = {"value": values.tolist(), "gap": gap.tolist()}

@@ -8,6 +8,8 @@ runs cycle through it in order, and line styles tell λ_1, λ_2, ... and thresho
 
 from __future__ import annotations
 
+import math
+
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -51,3 +53,33 @@ def legend(ax: Axes, *, inside: int = 4) -> None:
         ax.legend(fontsize=FONT_SIZE - 1.5, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     elif handles:
         ax.legend(fontsize=FONT_SIZE - 1.5, frameon=False)
+
+
+def log_axis(ax: Axes, which: str = "y") -> None:
+    """A logarithmic ``which`` axis (``"x"`` or ``"y"``) whose tick labels never overlap: plain numbers
+    (``0.3``, ``20``, ``1e-05``) at 1, 2 and 5 × 10^k when the axis spans one to three decades, at the decades
+    only when it spans more, at most six evenly placed ticks with the digits that tell them apart when it spans less than one, and no
+    labels on the minor ticks. Call it after the data are drawn (it reads the limits)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    (ax.set_yscale if which == "y" else ax.set_xscale)("log")
+    low, high = sorted(ax.get_ylim() if which == "y" else ax.get_xlim())
+    decades = math.log10(high / low) if low > 0 and high > low else 1.0
+    if decades < 1.0:  # as many digits as tell ticks a quarter of the span apart
+        digits = max(3, 2 + math.ceil(-math.log10(max((high - low) / high, 1e-15))))
+        axis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.{digits}g}"))
+    else:
+        axis.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0) if decades <= 3.0 else (1.0,)))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def figure_legend(fig: Figure, ax: Axes, *, columns: int = 3) -> None:
+    """One legend of ``ax``'s labelled artists below all panels of ``fig`` (constrained layout makes room), in
+    up to ``columns`` columns: for figures whose legend would squeeze a panel."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(columns, len(handles)),
+                   fontsize=FONT_SIZE - 1.5, frameon=False)

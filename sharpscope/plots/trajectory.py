@@ -10,13 +10,19 @@
   band :data:`RATIO_BAND`. A run that diverged gets an ✕ at the step its loss became non-finite.
   A run recorded with ``update_curvature`` also shows ``κ_u = uᵀHu/‖u‖²``, the curvature along each
   update (thin line beside λ_max; ``uᵀHu/uᵀPu`` beside λ_max(P⁻¹H) under Adam's edge), against the same edge.
-* :func:`trace_accuracy_figure` — tr(H) ± stderr and test accuracy against step, and tr(H)
-  against test accuracy with each run's Spearman rank correlation ρ_s (Damian et al.: negative).
+* :func:`trace_accuracy_figure` — tr(H) ± 1.96 stderr and test accuracy against step, and tr(H)
+  against test accuracy with each run's Spearman rank correlation ρ_s as the label-noise criterion reads
+  it, after step 0, with its bootstrap 95% interval (Damian et al.: negative).
 * :func:`escape_figure` — tr(H), test and train accuracy against step, one line per run
   (SGD vs RS vs SA, batch sizes; Ahn et al. Fig. 3).
 
+Test accuracy carries its 95% Wilson bars for the run's test-set size
+(:func:`~sharpscope.plots.intervals.accuracy_errorbars`). Log axes use
+:func:`~sharpscope.plots.style.log_axis`, whose tick labels do not overlap.
+
 Each ``*_figure`` has a ``*_data`` twin returning the plotted numbers as a dict (NumPy arrays,
-NaN where a record lacks the value), for :func:`~sharpscope.plots.save.save_figure` ``data=``.
+NaN where a record lacks the value), for :func:`~sharpscope.plots.save.save_figure` ``data=``, and a
+``draw_*`` function that draws the figure from those numbers alone (as stored in a figure's JSON).
 Runs are :class:`~sharpscope.plots.runs.RunData` or run-directory paths; ``labels`` renames them.
 """
 
@@ -30,12 +36,13 @@ from typing import Any
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import PercentFormatter
 from scipy import stats
 
 from sharpscope.errors import DataError
+from sharpscope.plots.arms import dodge, test_set_size
+from sharpscope.plots.intervals import accuracy_errorbars
 from sharpscope.plots.runs import RunData, RunLike, as_runs, event_series, has_values, series
-from sharpscope.plots.style import EIGEN_STYLES, color, label_axes, legend, new_figure
+from sharpscope.plots.style import EIGEN_STYLES, color, figure_legend, label_axes, legend, log_axis, new_figure
 from sharpscope.validation import check_int
 
 RATIO_BAND = (0.8, 1.25)
@@ -148,11 +155,17 @@ def _divergence_marker(ax: Axes, steps: np.ndarray, values: np.ndarray, at: int,
 
 
 def sharpness_figure(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str] | None = None, k: int = 1,
-                     ratio: bool = False, loss: bool = True) -> Figure:
+                     ratio: bool = False, loss: bool = True, log: bool = False) -> Figure:
     """λ_1..λ_k against step with each run's threshold (see the module docstring); with ``loss``, a
-    second panel of the training loss. Lines carry gids ``lambda1``, ``lambda2``, ..., ``edge``,
-    ``gd_edge``, ``diverged``, ``train_loss`` (and ``band`` for the ratio band)."""
-    data = sharpness_data(runs, labels=labels, k=k, ratio=ratio)
+    second panel of the training loss; ``log``: a logarithmic sharpness axis (for runs whose λ_max differ by
+    orders of magnitude). Lines carry gids ``lambda1``, ``lambda2``, ..., ``edge``, ``gd_edge``, ``diverged``,
+    ``train_loss`` (and ``band`` for the ratio band)."""
+    return draw_sharpness(sharpness_data(runs, labels=labels, k=k, ratio=ratio), loss=loss, log=log)
+
+
+def draw_sharpness(data: dict[str, Any], *, loss: bool = True, log: bool = False) -> Figure:
+    """:func:`sharpness_figure` from the numbers of :func:`sharpness_data`."""
+    ratio = bool(data.get("ratio"))
     items = data["runs"]
     several = len(items) > 1
     fig, axes = new_figure(2 if loss else 1, sharex=True)
@@ -164,7 +177,7 @@ def sharpness_figure(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str]
     drawn_gd: list[np.ndarray] = []  # 2/η reference lines drawn so far (one per distinct η)
     for i, item in enumerate(items):
         c = color(i)
-        steps = item["steps"]
+        steps = np.asarray(item["steps"], dtype=float)
         sym = "λ(P⁻¹H)" if item["quantity"] != "lambda_max(H)" else "λ"
         ys = item["ratio"] if ratio else item["eigenvalues"]
         for j, y in enumerate(ys):
@@ -173,7 +186,7 @@ def sharpness_figure(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str]
                               linewidth=1.4 if j == 0 else 0.9, marker="." if len(steps) < 30 else None,
                               markersize=3, label=_name_item(item, text + ("/edge" if ratio else ""), several))
             line.set_gid(f"lambda{j + 1}")
-        upd = item["update_curvature"]
+        upd = item.get("update_curvature")
         if upd is not None:
             text = "κ_u^P = uᵀHu/uᵀPu" if upd["key"] == "kappa_preconditioned" else "κ_u = uᵀHu/‖u‖²"
             (line,) = ax.plot(upd["steps"], upd["ratio"] if ratio else upd["values"], color=c, linewidth=0.7,
@@ -200,16 +213,22 @@ def sharpness_figure(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str]
                                _name_item(item, f"diverged (step {item['diverged_at_step']})", several))
     quantity = "λ_max(P⁻¹H)" if all(it["quantity"] != "lambda_max(H)" for it in items) else "λ_max"
     label_axes(ax, "" if loss else "step", f"{quantity} / edge" if ratio else f"sharpness {quantity}")
-    legend(ax)
+    if log:
+        log_axis(ax, "y")
+    if len(ax.get_legend_handles_labels()[0]) > 4:
+        figure_legend(fig, ax, columns=2)
+    else:
+        legend(ax)
     if loss:
         ax = axes[1]
         for i, item in enumerate(items):
             (line,) = ax.plot(item["steps"], item["train_loss"], color=color(i), linewidth=1.2,
                               label=item["label"] if several else None)
             line.set_gid("train_loss")
-        finite = np.concatenate([it["train_loss"][np.isfinite(it["train_loss"])] for it in items])
+        losses = [np.asarray(it["train_loss"], dtype=float) for it in items]
+        finite = np.concatenate([x[np.isfinite(x)] for x in losses])
         if finite.size and (finite > 0).all():
-            ax.set_yscale("log")
+            log_axis(ax, "y")
         label_axes(ax, "step", "train loss")
     return fig
 
@@ -238,13 +257,25 @@ def _curves(run: RunData) -> dict[str, Any]:
     steps, trace = series(run, "trace.estimate")
     return {"label": run.label, "path": str(run.path), "steps": steps, "trace": trace,
             "trace_stderr": series(run, "trace.stderr")[1], "test_acc": series(run, "test_acc")[1],
-            "train_acc": series(run, "train_acc")[1], "diverged_at_step": run.diverged_at}
+            "train_acc": series(run, "train_acc")[1], "diverged_at_step": run.diverged_at,
+            "test_examples": test_set_size(run)}
+
+
+def criterion_spearman(item: dict[str, Any]) -> dict[str, Any]:
+    """ρ_s of tr(H) against test accuracy as the label-noise criterion reads it: the measurements after the
+    first (step 0 is the shared starting point, the same in every run), with the percentile-bootstrap 95%
+    interval of :func:`~sharpscope.io.series.spearman_with_ci` (``{"rho", "ci", "n", ...}``)."""
+    from sharpscope.io.series import spearman_with_ci
+
+    trace, acc = (np.asarray(item[k], dtype=float)[1:] for k in ("trace", "test_acc"))
+    return spearman_with_ci(trace.tolist(), acc.tolist())
 
 
 def trace_accuracy_data(runs: RunLike | Sequence[RunLike], *,
                         labels: Sequence[str] | None = None) -> dict[str, Any]:
     """What :func:`trace_accuracy_figure` plots, per run: ``steps``, ``trace``, ``trace_stderr``,
-    ``test_acc``, ``train_acc`` and ``spearman`` = ``{"rho", "pvalue", "n"}`` of tr(H) vs test accuracy."""
+    ``test_acc``, ``train_acc``, ``test_examples``, ``spearman`` = ``{"rho", "pvalue", "n"}`` of tr(H) vs test
+    accuracy over all measurements and ``spearman_after_start`` (:func:`criterion_spearman`, the one drawn)."""
     loaded = as_runs(runs, labels)
     _require(loaded, "trace.estimate", "Hessian trace", "train with trace=True")
     _require(loaded, "test_acc", "test accuracy", "train with test_data set")
@@ -253,6 +284,7 @@ def trace_accuracy_data(runs: RunLike | Sequence[RunLike], *,
         item = _curves(run)
         rho, p, n = spearman(item["trace"], item["test_acc"])
         item["spearman"] = {"rho": rho, "pvalue": p, "n": n}
+        item["spearman_after_start"] = criterion_spearman(item)
         missing = [name for name, key in (("Hessian trace", "trace"), ("test accuracy", "test_acc"))
                    if not np.isfinite(item[key]).any()]
         item["cannot_draw"] = [f"no lines: no {' or '.join(missing)} recorded"] if missing else []
@@ -262,46 +294,56 @@ def trace_accuracy_data(runs: RunLike | Sequence[RunLike], *,
 
 def _trace_panel(ax: Axes, items: list[dict[str, Any]], several: bool) -> None:
     for i, item in enumerate(items):
-        c, steps, tr, se = color(i), item["steps"], item["trace"], item["trace_stderr"]
+        c = color(i)
+        steps, tr, se = (np.asarray(item[k], dtype=float) for k in ("steps", "trace", "trace_stderr"))
         (line,) = ax.plot(steps, tr, color=c, linewidth=1.3, marker="." if len(steps) < 30 else None,
                           markersize=3, label=item["label"] if several else "tr(H)")
         line.set_gid("trace")
         if np.isfinite(se).any():
-            ax.fill_between(steps, tr - se, tr + se, color=c, alpha=0.2, linewidth=0,
-                            label=None if several else "± stderr")
+            ax.fill_between(steps, tr - 1.96 * se, tr + 1.96 * se, color=c, alpha=0.2, linewidth=0,
+                            label=None if several else "± 1.96 stderr (Hutch++)")
     label_axes(ax, "step", "trace tr(H)")
 
 
-def _step_panel(ax: Axes, items: list[dict[str, Any]], key: str, ylabel: str, several: bool) -> None:
+def _accuracy_panel(ax: Axes, items: list[dict[str, Any]], key: str, ylabel: str, several: bool) -> None:
+    """``key`` against step per run; test accuracy with its 95% Wilson bars on the run's test-set size."""
     for i, item in enumerate(items):
-        (line,) = ax.plot(item["steps"], item[key], color=color(i), linewidth=1.3,
-                          marker="." if len(item["steps"]) < 30 else None, markersize=3,
-                          label=item["label"] if several else None)
-        line.set_gid(key)
-    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+        n = item.get("test_examples") if key == "test_acc" else None
+        steps = np.asarray(item["steps"], dtype=float)
+        accuracy_errorbars(ax, steps, item[key], n, gid=key, shift=dodge(steps, i, len(items)), color=color(i), linewidth=1.3,
+                           marker="." if len(steps) < 30 else None, markersize=3,
+                           label=item["label"] if several else None)
     label_axes(ax, "step", ylabel)
 
 
 def trace_accuracy_figure(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str] | None = None) -> Figure:
-    """Three panels: tr(H) ± stderr against step, test accuracy against step, and tr(H) against test
-    accuracy (markers, gid ``scatter``) with ρ_s per run in the legend."""
-    data = trace_accuracy_data(runs, labels=labels)
-    items, several = data["runs"], len(data["runs"]) > 1
+    """Three panels: tr(H) ± 1.96 stderr against step, test accuracy (95% Wilson bars) against step, and
+    tr(H) against test accuracy (markers with the same bars, gid ``scatter``; the step-0 point hollow) with
+    the criterion's ρ_s and its 95% interval per run in the legend (:func:`criterion_spearman`)."""
+    return draw_trace_accuracy(trace_accuracy_data(runs, labels=labels))
+
+
+def draw_trace_accuracy(data: dict[str, Any]) -> Figure:
+    """:func:`trace_accuracy_figure` from the numbers of :func:`trace_accuracy_data`."""
+    items = data["runs"]
+    several = len(items) > 1
     fig, axes = new_figure(1, 3)
     _trace_panel(axes[0], items, several)
     legend(axes[0])
-    _step_panel(axes[1], items, "test_acc", "test accuracy", several)
+    _accuracy_panel(axes[1], items, "test_acc", "test accuracy", several)
     ax = axes[2]
     for i, item in enumerate(items):
-        sp = item["spearman"]
-        rho = "n/a" if math.isnan(sp["rho"]) else f"{sp['rho']:+.2f}"
-        (line,) = ax.plot(item["trace"], item["test_acc"], color=color(i), marker="o", markersize=3.5,
-                          linestyle="none", alpha=0.85,
-                          label=_name_item(item, f"Spearman ρ_s = {rho} (n = {sp['n']})", several))
-        line.set_gid("scatter")
-    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+        sp = item.get("spearman_after_start") or criterion_spearman(item)
+        lo, hi = sp["ci"]
+        rho = "n/a" if not math.isfinite(sp["rho"]) else f"{sp['rho']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+        trace, acc = np.asarray(item["trace"], dtype=float), np.asarray(item["test_acc"], dtype=float)
+        accuracy_errorbars(ax, trace[1:], acc[1:], item.get("test_examples"), gid="scatter", color=color(i),
+                           marker="o", markersize=3.5, linestyle="none", alpha=0.85,
+                           label=_name_item(item, f"ρ_s = {rho} (n = {sp['n']}, steps > 0)", several))
+        ax.plot(trace[:1], acc[:1], marker="o", markersize=4, linestyle="none", markerfacecolor="none",
+                color=color(i), gid="start", label="step 0 (shared start, not in ρ_s)" if i == 0 else None)
     label_axes(ax, "trace tr(H)", "test accuracy")
-    legend(ax)
+    figure_legend(fig, ax, columns=2)
     return fig
 
 
@@ -320,13 +362,17 @@ def escape_data(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str] | No
 
 
 def escape_figure(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str] | None = None) -> Figure:
-    """Three panels against step, one line per run: tr(H) ± stderr, test accuracy, train accuracy
-    (gids ``trace``, ``test_acc``, ``train_acc``)."""
-    data = escape_data(runs, labels=labels)
+    """Three panels against step, one line per run: tr(H) ± 1.96 stderr, test accuracy (95% Wilson bars on
+    the test-set size), train accuracy (gids ``trace``, ``test_acc``, ``train_acc``)."""
+    return draw_escape(escape_data(runs, labels=labels))
+
+
+def draw_escape(data: dict[str, Any]) -> Figure:
+    """:func:`escape_figure` from the numbers of :func:`escape_data`."""
     items = data["runs"]
     fig, axes = new_figure(1, 3)
     _trace_panel(axes[0], items, several=True)
-    _step_panel(axes[1], items, "test_acc", "test accuracy", several=True)
-    _step_panel(axes[2], items, "train_acc", "train accuracy", several=True)
+    _accuracy_panel(axes[1], items, "test_acc", "test accuracy", several=True)
+    _accuracy_panel(axes[2], items, "train_acc", "train accuracy", several=True)
     legend(axes[0])
     return fig

@@ -26,7 +26,8 @@ def tiny() -> TrainConfig:
                                                         "activation": "tanh"}},
                        data="mnist1d", n=16, physical_batch_size=16, steps=2, measure_every=2, checkpoint_every=2,
                        optimizer_kwargs={"lr": 0.1}, curvature=RUN_DEFAULTS.replace(k=2, tol=1e-3, max_iter=10,
-                                                                                      precision="tf32"))
+                                                                                      precision="tf32",
+                                                                                      cache_graphs=False))
 
 
 def version_0(cfg: TrainConfig) -> dict[str, Any]:
@@ -58,6 +59,14 @@ def test_a_version_0_directory_reads_as_the_config_of_a_new_one(tmp_path: Path) 
     assert TrainConfig.from_dict(stored(old.path)) == cfg == TrainConfig.from_dict(stored(new.path))
     assert old.create(cfg.to_dict()) == "resume"  # the same run; its config is now written in the current format
     assert stored(old.path) == stored(new.path)
+
+
+def test_version_0_takes_the_settings_its_runs_used_and_names_only_current_ones() -> None:
+    from sharpscope.curvature.settings import CurvatureSettings
+    from sharpscope.io.migrations import CURVATURE_V0
+
+    assert CurvatureSettings.from_dict(CURVATURE_V0) == RUN_DEFAULTS.replace(cache_graphs=False)
+    assert migrate_config({"model": {"name": "mlp"}})["curvature"]["cache_graphs"] is False  # no graph cache then
 
 
 def test_each_migration_is_needed_and_a_twice_given_key_is_refused() -> None:

@@ -30,7 +30,8 @@ def test_sharpness_plot_writes_png_pdf_and_json_with_the_command(run_dirs: dict[
     stored = json.loads((tmp_path / "figs" / "eos.json").read_text())
     assert stored["command"] == " ".join(["sharpscope", *args[:1], str(run_dirs["gd"]), str(run_dirs["sam"]),
                                           "--kind", "auto", *args[3:]])
-    expected = sharpness_data([run_dirs["gd"], run_dirs["sam"]], labels=["GD", "SAM"], k=2)
+    expected = {**sharpness_data([run_dirs["gd"], run_dirs["sam"]], labels=["GD", "SAM"], k=2),
+                "draw": {"log": False}}  # the drawing options, so --from-figure draws the same figure
     assert stored["data"] == jsonsafe.to_jsonable(expected)
 
 
@@ -84,3 +85,20 @@ def test_bad_input_is_one_clean_line(run_dirs: dict[str, Path], tmp_path: Path) 
     line = _error_line(runner.invoke(app, ["plot", str(run_dirs["sam"]), "--kind", "trace", *out]))
     assert "no Hessian trace recorded" in line
     assert not list(tmp_path.glob("x.*"))
+
+
+def test_from_figure_draws_the_stored_numbers_again(run_dirs: dict[str, Path], tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    args = ["plot", str(run_dirs["sam"]), "--out", str(first), "--log", "--caption", "c"]
+    assert runner.invoke(app, args).exit_code == 0
+    again = tmp_path / "again"
+    result = runner.invoke(app, ["plot", "--from-figure", f"{first}.json", "--out", str(again)])
+    assert result.exit_code == 0, result.output
+    stored, redrawn = (json.loads(Path(f"{p}.json").read_text()) for p in (first, again))
+    assert redrawn == stored  # the same numbers, drawing options ({"log": true}), caption and command
+    assert stored["data"]["draw"] == {"log": True}
+    assert Path(f"{again}.png").read_bytes()[:4] == b"\x89PNG"
+    bad = runner.invoke(app, ["plot", str(run_dirs["sam"]), "--from-figure", f"{first}.json"])
+    assert bad.exit_code != 0 and "--from-figure draws from one figure's JSON" in bad.output
+    missing = runner.invoke(app, ["plot", str(run_dirs["sam"])])
+    assert missing.exit_code != 0 and "--out STEM" in missing.output

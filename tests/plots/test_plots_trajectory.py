@@ -13,6 +13,7 @@ from matplotlib.lines import Line2D
 from scipy import stats
 
 from sharpscope.errors import ConfigError, DataError
+from sharpscope.plots.intervals import has_accuracy_errorbars
 from sharpscope.plots.runs import RunData, load_run
 from sharpscope.plots.trajectory import (
     RATIO_BAND,
@@ -169,16 +170,23 @@ def test_trace_accuracy_lines_and_spearman_matches_scipy(run_dirs: dict[str, Pat
     acc = np.array(records(run, "test_acc"))
     np.testing.assert_array_equal(ydata(lines(tr_ax, "trace")[0]), tr)
     band = tr_ax.collections[0].get_paths()[0].vertices[:, 1]
-    assert band.min() == pytest.approx((tr - se).min()) and band.max() == pytest.approx((tr + se).max())
+    lo, hi = (tr - 1.96 * se).min(), (tr + 1.96 * se).max()  # the 95% band of the Hutch++ estimate
+    assert band.min() == pytest.approx(lo) and band.max() == pytest.approx(hi)
     np.testing.assert_array_equal(ydata(lines(acc_ax, "test_acc")[0]), acc)
-    (scatter,) = lines(sc_ax, "scatter")
-    np.testing.assert_array_equal(scatter.get_xdata(), tr)
-    np.testing.assert_array_equal(ydata(scatter), acc)
+    (scatter,) = lines(sc_ax, "scatter")  # step 0, the shared start, is drawn apart and left out of ρ_s
+    np.testing.assert_array_equal(scatter.get_xdata(), tr[1:])
+    np.testing.assert_array_equal(ydata(scatter), acc[1:])
+    np.testing.assert_array_equal(lines(sc_ax, "start")[0].get_xdata(), tr[:1])
+    data = trace_accuracy_data(run)["runs"][0]
     expected = stats.spearmanr(tr, acc)
-    sp = trace_accuracy_data(run)["runs"][0]["spearman"]
+    sp = data["spearman"]
     assert sp["rho"] == pytest.approx(expected.statistic, abs=1e-12) and sp["n"] == 5
     assert sp["pvalue"] == pytest.approx(expected.pvalue, abs=1e-12)
-    assert f"ρ_s = {expected.statistic:+.2f}" in sc_ax.get_legend().get_texts()[0].get_text()
+    after = stats.spearmanr(tr[1:], acc[1:]).statistic  # the criterion's reading, the one the legend quotes
+    assert data["spearman_after_start"]["rho"] == pytest.approx(after, abs=1e-12)
+    assert data["spearman_after_start"]["n"] == 4
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any(f"ρ_s = {after:+.2f} [" in t and "steps > 0" in t for t in texts), texts
 
 
 def test_spearman_on_known_data_and_degenerate_cases() -> None:
@@ -207,9 +215,11 @@ def test_escape_panels_one_line_per_run(run_dirs: dict[str, Path]) -> None:
     for ax, gid, key in ((test_ax, "test_acc", "test_acc"), (train_ax, "train_acc", "train_acc")):
         got = lines(ax, gid)
         assert [line.get_label() for line in got] == ["RS", "SA"]
+        assert has_accuracy_errorbars(ax) == (ax is test_ax)  # test accuracy: Wilson bars on the test-set size
         for line, run in zip(got, runs):
             np.testing.assert_array_equal(ydata(line), records(run, key))
     for line, run in zip(lines(tr_ax, "trace"), runs):
         np.testing.assert_array_equal(ydata(line), [r["trace"]["estimate"] for r in run.measurements])
     data = escape_data(runs, labels=["RS", "SA"])
     assert [d["label"] for d in data["runs"]] == ["RS", "SA"]
+    assert data["runs"][0]["test_examples"] == runs[0].summary["data"]["test"]["examples"]

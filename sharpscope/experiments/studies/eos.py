@@ -67,10 +67,13 @@ def _eos_without_data(scale: str) -> dict[str, str]:
 
 STUDY = Study("eos", ("E1", "E2", "E3"), _eos_stages, _eos_evaluate, without_data=_eos_without_data, figures=(
         Figure("gd-sweep", "sharpness", ("gd-lr*",),
-               "Full-batch GD on the tanh MLP (MSE): λ_max against step for a sweep of step sizes, with 2/η."),
+               "Full-batch GD on the tanh MLP (MSE): λ_max against step for a sweep of step sizes, with 2/η. Not the "
+               "paper's setting: MNIST-1D and a small tanh MLP at the cpu scale, where Cohen et al. train on "
+               "CIFAR-10 (the cifar5k figure has their data and network)."),
         Figure("momentum-ce", "sharpness", ("momentum", "ce", "ce-lr0.4"),
                "Polyak momentum β = 0.9 (edge 3.8/η) and cross entropy (edge 2/η; η = 0.2 for 2 000 steps, and "
-               "η = 0.4 stopped at 99% train accuracy as Cohen et al. do), full batch, one seed."),
+               "η = 0.4 stopped at 99% train accuracy as Cohen et al. do), full batch, one seed. Not the paper's setting: "
+               "MNIST-1D and a small tanh MLP at the cpu scale, where Cohen et al. train on CIFAR-10."),
         Figure("cifar5k", "sharpness", ("cifar5k-*",),
                "Full-batch GD on the first 5 000 CIFAR-10 images (fc-tanh 200-200, MSE), Cohen et al.'s setting "
                "at η = 2/100 and 2/200 without the 99% stop: λ_max against 2/η; one seed.")))

@@ -49,13 +49,17 @@ class Stage:
 class Figure:
     """A figure of a study: ``kind`` (a run kind of :data:`sharpscope.plots.kinds.RUN_KINDS`)
     over the finished stages matching the ``fnmatch`` patterns ``stages`` (in that order), saved as
-    ``<study>-<stem>``; ``k`` eigenvalues per run in ``sharpness`` figures."""
+    ``<study>-<stem>``; ``k`` eigenvalues per run in ``sharpness`` figures, and ``log`` for their sharpness axis
+    (runs whose λ_max differ by orders of magnitude); ``facts(plotted numbers)`` gives a caption sentence of the
+    numbers a verdict reads from them."""
 
     stem: str
     kind: str
     stages: tuple[str, ...]
     caption: str
     k: int = 1
+    log: bool = False
+    facts: Callable[[Mapping[str, Any]], str] | None = None
 
 
 @dataclass(frozen=True)

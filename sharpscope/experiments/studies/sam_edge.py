@@ -85,13 +85,21 @@ def _sam_without_data(scale: str) -> dict[str, str]:
 
 STUDY = Study("sam-edge", ("E5", "E6", "E7"), _sam_stages, _sam_evaluate, without_data=_sam_without_data, figures=(
         Figure("mlp", "sharpness", ("mlp-rho*",),
-               "Full-batch SAM on a ReLU MLP (mse-mean): λ_max against the SAM-edge (moves with ‖g‖); ρ = 0 is GD."),
+               "Full-batch SAM on a ReLU MLP (mse-mean): λ_max against the SAM-edge (moves with ‖g‖); ρ = 0 is GD. "
+               "At the cpu scale: 1 000 MNIST images, 3 hidden layers of 100, η = 0.4, 500 steps (the gpu scale "
+               "has layers of 1 000)."),
         Figure("cnn", "sharpness", ("cnn-rho*",),
-               "Full-batch SAM on the conv-ReLU-LayerNorm-maxpool CNN: λ_max against the SAM-edge."),
+               "Full-batch SAM on the conv-ReLU-LayerNorm-maxpool CNN: λ_max against the SAM-edge (log axis, so that "
+               "SAM's λ beside its edge stays readable next to the jumps of the GD control). At the cpu scale: 250 CIFAR-10 images, channels 8/16, "
+               "η = 0.004, 300 steps.", log=True),
         Figure("cnn-smooth", "sharpness", ("cnn-smooth-rho*", "cnn-smooth-lr*"),
                "Full-batch SAM on the smooth CNN (GELU, LayerNorm, average pooling): λ_max against the SAM-edge; "
                "ρ = 0 is GD against 2/η (η = 0.015, and η = 0.025 as a second point)."),
         Figure("minibatch", "minibatch", ("mb-rho0", "mb-rho0.05", "mb-mom-rho0", "mb-mom-rho0.05"),
-               "Mini-batch SAM (batch 128) on the smooth CNN, without and with momentum 0.9: the step's batch "
-               "λ_max and the probe-set λ_max against the SAM-edge from the batch gradient norm SAM normalised; "
-               "ρ = 0 is SGD against its own edge.")))
+               "Mini-batch SAM (batch 128, ρ = 0.05, η = 0.02) on the smooth CNN (1 000 CIFAR-10 images), without "
+               "and with heavy-ball momentum 0.9, each beside its ρ = 0 control. Left: the step's batch λ_max "
+               "(dots) against the edge from the batch gradient norm SAM normalised (dashed), and the probe-set "
+               "λ_max (line) against the edge from the probe set's gradient norm (dotted); for ρ = 0 the edge is "
+               "2/η or (2+2β)/η, one line. Right: the ratio λ/edge of each pairing as the rolling median of 10 "
+               "checkpoints that the E7 criterion reads, with its band [0.8, 1.25]; the matched pairings thick. "
+               "Not the paper's setting: Long & Bartlett's mini-batch runs train a Transformer on text.")))
