@@ -22,6 +22,8 @@ DEMO_SPEC = ModelSpec("mlp", {"in_features": 40, "num_classes": 10, "widths": [1
 
 @dataclass(frozen=True)
 class DemoRun:
+    """The trained demo model, its spec and training set, the steps taken, their seconds and the train accuracy."""
+
     model: nn.Module
     spec: ModelSpec
     data: ArrayDataset

@@ -60,7 +60,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def rank() -> int:
-    """This process's rank (0 without a process group)."""
+    """The rank of the process (0 without a process group)."""
     return dist.get_rank() if is_distributed() else 0
 
 
@@ -124,7 +124,7 @@ def shard_bounds(n: int, num_shards: int | None = None, index: int | None = None
 
 
 def shard_dataset(data: ArrayDataset) -> ArrayDataset:
-    """This rank's contiguous block of ``data`` (views; the data set itself with one process).
+    """The contiguous block of ``data`` that belongs to the rank (views; the data set itself with one process).
 
     Raises :class:`DataError` when some rank would get no example (a fixed probe or training set
     must give every rank a part of the objective).

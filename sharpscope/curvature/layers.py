@@ -113,6 +113,7 @@ class LayerCurvature:
     hvp_mode: str
 
     def to_dict(self) -> dict[str, object]:
+        """JSON-ready row: the group, its eigenvalues, residuals, trace ± stderr and cost (eigenvectors left out)."""
         top = self.top.to_dict()
         return {"name": self.name, "parameters": list(self.parameters), "numel": self.numel,
                 "eigenvalues": top["eigenvalues"], "residuals": top["residuals"], "converged": top["converged"],
@@ -132,6 +133,7 @@ class PerLayerCurvature:
     settings: dict[str, object] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
+        """JSON-ready table: the grouping, one row per group, total cost and settings."""
         return {"grouping": self.grouping, "layers": [row.to_dict() for row in self.rows], "hvps": self.hvps,
                 "seconds": self.seconds, "settings": self.settings}
 

@@ -68,6 +68,7 @@ def available_bytes(device: torch.device) -> int | None:
 
 
 def gib(nbytes: float) -> str:
+    """``nbytes / 2³⁰`` as text with two decimals, e.g. ``"1.50 GiB"``."""
     return f"{nbytes / 2**30:.2f} GiB"
 
 
@@ -118,6 +119,7 @@ class MemoryBudget:
 
     @property
     def bytes(self) -> int | None:
+        """``vectors · vector_bytes``, the budget in bytes (``None``: no limit known)."""
         return None if self.vectors is None else self.vectors * self.vector_bytes
 
     def fits(self, count: int) -> bool:

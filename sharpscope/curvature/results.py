@@ -57,9 +57,11 @@ class TraceResult:
 
     @property
     def relative_stderr(self) -> float:
+        """``stderr / |estimate|`` (∞ for a zero estimate)."""
         return self.stderr / abs(self.estimate) if self.estimate != 0 else math.inf
 
     def to_dict(self) -> dict[str, object]:
+        """JSON-ready summary: estimate ± stderr, the number of probes and the cost (samples left out)."""
         return {"estimate": self.estimate, "stderr": self.stderr, "num_samples": int(self.samples.numel()),
                 "hvps": self.hvps, "seconds": self.seconds, "settings": self.settings}
 
@@ -116,6 +118,8 @@ class DensityResult:
         return edges, mass
 
     def to_dict(self) -> dict[str, object]:
+        """JSON-ready summary: quadrature nodes and weights, σ², trace ± stderr, density error and cost
+        (the Lanczos coefficients and the smoothed density on the grid left out)."""
         return {"nodes": self.nodes.tolist(), "weights": self.weights.tolist(), "sigma2": self.sigma2,
                 "trace": self.trace, "trace_stderr": self.trace_stderr, "density_error": self.density_error,
                 "hvps": self.hvps,

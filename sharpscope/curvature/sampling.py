@@ -64,5 +64,6 @@ class Stopwatch:
             torch.cuda.synchronize(self.device)
 
     def seconds(self) -> float:
+        """Seconds since the stopwatch was made, once the device's queued work is done."""
         self._sync()
         return time.perf_counter() - self.start

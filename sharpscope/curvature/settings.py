@@ -158,6 +158,7 @@ class CurvatureSettings:
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
+        """The settings' names, in declaration order."""
         return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod

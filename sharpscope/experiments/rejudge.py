@@ -102,6 +102,7 @@ def _best_eta(arm_summaries: Mapping[str, Any], kind: str) -> float | None:
 
 
 def escape(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """A1–A4 of the escape study with the stored trace errors and the best η′ of SA and RS; A5 not testable."""
     res, stages = summary["results"], summary.get("stages") or {}
     summaries = with_stored_stderr(res["arms"], stages)
     matched = with_matched_stderr((res.get("A3") or {}).get("matched_loss") or {}, stages)
@@ -133,6 +134,8 @@ def smoothing_study(summary: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def label_noise(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """G6 of the label-noise study: per-seed Spearman correlations and tr(H) against the noiseless arm at
+    the lowest common loss."""
     res, stages = summary["results"], summary.get("stages") or {}
     summaries = with_stored_stderr(res["arms"], stages)
     g6 = res.get("G6") or {}
@@ -156,6 +159,7 @@ def label_noise(summary: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def sam_flatness(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """G1, G3, G4, G5 of the SAM-flatness study from its arm summaries and matched-loss readings."""
     res = summary["results"]
     return {**flatness_study.flatness_verdicts(res["arms"], res.get("matched_loss") or {}), "notes": [PAIRED_NOTE]}
 
@@ -203,6 +207,8 @@ def verdict_table(study: str, results: Mapping[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Rejudge every ``<study>-summary.json`` in the folder ``argv[0]`` (default ``figures``), print the
+    tables and write ``verdicts.json`` there; returns the exit status 0."""
     args = sys.argv[1:] if argv is None else argv
     folder = Path(args[0] if args else "figures")
     out: dict[str, Any] = {}

@@ -53,6 +53,7 @@ class Verdict:
 
     @property
     def passes(self) -> bool:
+        """Whether the label is :data:`HOLDS`."""
         return self.label == HOLDS
 
     def text(self, digits: int = 3) -> str:
@@ -63,6 +64,7 @@ class Verdict:
         return f"{out}: {self.reason}" if self.reason else out
 
     def to_json(self) -> dict[str, Any]:
+        """``{"label", "reason", "mde"}``."""
         return {"label": self.label, "reason": self.reason, "mde": self.mde}
 
 

@@ -1,4 +1,4 @@
-"""Checksummed lines of ``metrics.jsonl``: each record carries its SHA-256 and the one of the record before it.
+r"""Checksummed lines of ``metrics.jsonl``: each record carries its SHA-256 and the one of the record before it.
 
 A record is written as one line of strict JSON whose last two members are::
 
@@ -23,9 +23,9 @@ unverified (``Scan.checked`` is False). Once any line of a file carries a digest
 >>> line, digest = encode({"step": 0, "x": 1.5})
 >>> line[:62]
 '{"step": 0, "x": 1.5, "previous_sha256": "", "record_sha256": '
->>> scan((line + "\\n").encode()).lines[0].record
+>>> scan((line + "\n").encode()).lines[0].record
 {'step': 0, 'x': 1.5}
->>> bad = scan((line.replace("1.5", "2.5") + "\\n").encode()).lines[0]
+>>> bad = scan((line.replace("1.5", "2.5") + "\n").encode()).lines[0]
 >>> bad.record is None, bad.problem
 (True, 'checksum mismatch: the record differs from the one written')
 """

@@ -58,6 +58,7 @@ class Directions:
 
     @property
     def k(self) -> int:
+        """The number of directions (rows of ``vectors``)."""
         return int(self.vectors.shape[0])
 
 

@@ -77,7 +77,7 @@ class PointValues:
 
 def _chunk_values(objective: Objective, thetas: Tensor, method: str,
                   with_accuracy: bool) -> tuple[Tensor, Tensor | None]:
-    """This rank's weighted sums over its batches of the loss and accuracy at each row of ``thetas``."""
+    """The local weighted sums over this rank's batches of the loss and accuracy at each row of ``thetas``."""
     loss, acc = objective.evaluate(thetas, vectorize=method == "vmap", accuracy=with_accuracy, across_ranks=False)
     return loss.cpu(), None if acc is None else acc.cpu()
 

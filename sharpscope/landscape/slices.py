@@ -61,6 +61,7 @@ class SliceResult:
 
     @property
     def dims(self) -> int:
+        """1 for a line (``betas`` is None), 2 for a plane."""
         return 1 if self.betas is None else 2
 
     def to_dict(self) -> dict[str, Any]:

@@ -63,6 +63,7 @@ class PerturbedLoss:
 
     @property
     def dim(self) -> int:
+        """The number of parameters, the length of ``z``."""
         return self.w.numel()
 
     def _checked(self, value: float, z: Tensor | None) -> float:
@@ -75,6 +76,7 @@ class PerturbedLoss:
 
     @torch.no_grad()
     def value(self, z: Tensor | None = None) -> float:
+        """``L_S(w + s ⊙ z)`` (``L_S(w)`` when ``z`` is None); a non-finite loss raises :class:`ObjectiveError`."""
         theta = self.w if z is None else self.w + self.scale * z
         params = self.objective.unflatten(theta)
         total = 0.0
@@ -84,6 +86,7 @@ class PerturbedLoss:
         return self._checked(total, z)
 
     def value_and_grad(self, z: Tensor) -> tuple[float, Tensor]:
+        """``L_S(w + s ⊙ z)`` and its gradient in ``z``, ``s ⊙ ∇L_S(w + s ⊙ z)``."""
         theta = self.w + self.scale * z
         total, grad = 0.0, torch.zeros_like(theta)
         for batch, weight in zip(self.batches, self.weights):

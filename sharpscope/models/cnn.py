@@ -33,6 +33,7 @@ class CNN(nn.Module):
         self.head = nn.Linear(c_in * size * size, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(N, classes)`` of images ``(N, C, H, W)``."""
         return self.head(torch.flatten(self.blocks(x), 1))
 
 

@@ -27,6 +27,7 @@ class MLP(nn.Module):
         self.out = nn.Linear(dims[-1], num_classes, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(N, classes)`` of inputs ``(N, in_features)`` (or ``(N, ...)`` flattened to it when ``flatten``)."""
         if self.flatten:
             x = torch.flatten(x, 1)
         if x.shape[-1] != self.in_features:

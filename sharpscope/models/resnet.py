@@ -33,6 +33,7 @@ class BasicBlock(nn.Module):
             self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=bias), norm2d(norm, c_out))
 
     def forward(self, x: Tensor) -> Tensor:
+        """``relu(F(x) + shortcut(x))``: features ``(N, c_out, H/stride, W/stride)`` of ``(N, c_in, H, W)``."""
         out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
         return self.relu2(out + self.downsample(x))
 
@@ -57,6 +58,7 @@ class ResNet18(nn.Module):
         init_conv_relu(self)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(N, classes)`` of images ``(N, C, H, W)``."""
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))

@@ -47,6 +47,7 @@ class VGG11(nn.Module):
                 nn.init.zeros_(cast(Tensor, m.bias))  # built with bias=True above
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(N, classes)`` of images ``(N, C, H, W)``."""
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 

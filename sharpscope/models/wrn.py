@@ -34,6 +34,8 @@ class WideBlock(nn.Module):
         self.gain = None if residual_gain is None else nn.Parameter(torch.tensor(float(residual_gain)))
 
     def forward(self, x: Tensor) -> Tensor:
+        """``g·F(x) + x`` (``g`` the residual gain, 1 without one; ``x`` projected after the first norm and ReLU when
+        the shape changes): features ``(N, c_out, H/stride, W/stride)`` of ``(N, c_in, H, W)``."""
         o = self.relu1(self.bn1(x))
         y = self.conv2(self.relu2(self.bn2(self.conv1(o))))
         if self.gain is not None:
@@ -65,6 +67,7 @@ class WideResNet(nn.Module):
         nn.init.zeros_(self.fc.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(N, classes)`` of images ``(N, C, H, W)``."""
         x = self.block3(self.block2(self.block1(self.conv1(x))))
         return self.fc(torch.flatten(self.avgpool(self.relu(self.bn(x))), 1))
 

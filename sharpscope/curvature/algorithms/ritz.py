@@ -124,9 +124,13 @@ class RitzBasis(Protocol):
     """What :func:`ritz_result` needs of a basis: the vectors' memory and ``Q s``."""
 
     @property
-    def allocated(self) -> int: ...
+    def allocated(self) -> int:
+        """Vectors' worth of memory the basis holds."""
+        ...
 
-    def combine(self, s: torch.Tensor) -> torch.Tensor: ...
+    def combine(self, s: torch.Tensor) -> torch.Tensor:
+        """``Q s``: the basis vectors combined with the coefficients ``s`` (a vector or the columns of a matrix)."""
+        ...
 
 
 def ritz_result(op: LinearOperator, basis: RitzBasis, S: np.ndarray, theta: np.ndarray, check: RitzCheck, *,

@@ -22,6 +22,7 @@ def is_distributed() -> bool:
 
 
 def world_size() -> int:
+    """The number of processes in the default group (1 without a process group)."""
     return dist.get_world_size() if is_distributed() else 1
 
 

@@ -143,6 +143,7 @@ class OutputCurvatureOperator(MeasuredPrecision, LinearOperator):
         return out.T
 
     def describe(self) -> dict[str, object]:
+        """The objective's record with the operator's name, block size and product precision."""
         return {**self.objective.describe(), "operator": self.name, "block_size": self.block_size,
                 "product_precision": self.precision_record()}
 

@@ -515,6 +515,8 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
         return chosen
 
     def describe(self) -> dict[str, object]:
+        """The objective's record with the product mode (requested, chosen and how), block size, precision,
+        graph cache and cuDNN autotuning."""
         return {**self.objective.describe(), "hvp_mode": self.mode, "hvp_mode_requested": self.requested,
                 "mode_selection": self.selection, "block_size": self.block_size,
                 "product_precision": self.precision_record(),

@@ -75,7 +75,7 @@ class LinearOperator:
         return self.matvec(other) if other.ndim == 1 else self.matmat(other)
 
     def to_scipy(self) -> scipy.sparse.linalg.LinearOperator:
-        """This operator as a ``scipy.sparse.linalg.LinearOperator`` on float64 NumPy arrays.
+        """The operator as a ``scipy.sparse.linalg.LinearOperator`` on float64 NumPy arrays.
 
         Vectors are converted to the operator's dtype and device for each product and the result
         back to float64 on the CPU; products are counted in :attr:`matvecs` as usual. Symmetric, so

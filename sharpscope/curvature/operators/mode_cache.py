@@ -70,6 +70,8 @@ def version_key(device: torch.device) -> str:
 
 
 def entry_path(key: tuple[object, ...], version: str) -> Path | None:
+    """The file of ``key`` under ``version``: the first 40 hex digits of ``SHA-256(version, key)`` in
+    :func:`cache_dir` (``None`` when the cache is off)."""
     folder = cache_dir()
     if folder is None:
         return None

@@ -276,7 +276,7 @@ class Objective:
         return "off"
 
     def strict_copy(self) -> Objective:
-        """This objective computed in float32: the same model, loss and probe set, the parameters and
+        """The objective computed in float32: the same model, loss and probe set, the parameters and
         floating batch tensors upcast (a shallow copy; the model is shared, nothing is re-validated).
         The reference of products taken natively in float16/bfloat16."""
         twin = copy.copy(self)

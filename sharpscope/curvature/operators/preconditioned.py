@@ -78,6 +78,7 @@ class PreconditionedOperator(LinearOperator):
         self.inv_sqrt_p = p.rsqrt().to(device=op.device, dtype=op.dtype)
 
     def settle_memory(self) -> None:
+        """The inner operator's :meth:`~LinearOperator.settle_memory` (the scaling keeps only ``P^{-1/2}``)."""
         self.op.settle_memory()
 
     def _matmat(self, V: Tensor) -> Tensor:
@@ -93,6 +94,7 @@ class PreconditionedOperator(LinearOperator):
         return s * vectors.to(device=self.device, dtype=self.dtype)
 
     def describe(self) -> dict[str, object]:
+        """The inner operator's record with this one's name and the range and geometric mean of ``diag(P)``."""
         p = self.diag_p
         return {**self.op.describe(), "operator": type(self).__name__, "inner_operator": type(self.op).__name__,
                 "preconditioner": {"min": float(p.min()), "max": float(p.max()),

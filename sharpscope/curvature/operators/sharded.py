@@ -72,7 +72,7 @@ def _is_dtensor(t: object) -> bool:
 
 
 def local_part(t: Tensor) -> Tensor:
-    """This process's slice of a parameter or gradient (the tensor itself when it is not sharded)."""
+    """The local slice of a parameter or gradient (the tensor itself when it is not sharded)."""
     return t.to_local() if _is_dtensor(t) else t  # type: ignore[attr-defined]
 
 
@@ -217,19 +217,23 @@ class ShardedHessianOperator(LinearOperator):
     # ------------------------------------------------------------------ the vector space
     @property
     def global_dim(self) -> int:
+        """The total number of parameters, summed over the ranks' slices."""
         return self._global_dim
 
     @property
     def sharded(self) -> bool:
+        """Whether the parameters are split across a process group."""
         return self.group is not None
 
     def allsum(self, partial: Tensor) -> Tensor:
+        """``Σ_ranks partial`` over the shards' group (a copy; ``partial`` itself without a group)."""
         if self.group is not None:
             partial = partial.clone()
             dist.all_reduce(partial, op=dist.ReduceOp.SUM, group=self.group)
         return partial
 
     def common_count(self, n: int, *, largest: bool = False) -> int:
+        """``min_ranks n`` (``max_ranks n`` when ``largest``) over the shards' group."""
         if self.group is None:
             return n
         t = torch.tensor([n], dtype=torch.int64)
@@ -237,6 +241,9 @@ class ShardedHessianOperator(LinearOperator):
         return int(t[0])
 
     def draw_columns(self, m: int, distribution: str, gen: torch.Generator) -> Tensor:
+        """The local rows of ``m`` random global vectors: each vector's seed is drawn from ``gen`` and every
+        slice is generated from it, so the ranks' slices join into the same vectors
+        however the parameters are split."""
         if distribution not in ("rademacher", "gaussian"):
             raise ConfigError(f"distribution must be 'rademacher' or 'gaussian', got {distribution!r}")
         columns = []
@@ -263,7 +270,7 @@ class ShardedHessianOperator(LinearOperator):
         return self._made(torch.cat([t.reshape(-1) for _, t in self._locals()]).clone())
 
     def local_weights(self) -> Tensor:
-        """This rank's slices of the parameters, flat, in the layout of the operator's vectors (a copy)."""
+        """The local slices of the parameters, flat, in the layout of the operator's vectors (a copy)."""
         return self._weights()
 
     @contextlib.contextmanager
@@ -401,11 +408,13 @@ class ShardedHessianOperator(LinearOperator):
         return self.fd_error
 
     def precision_record(self) -> dict[str, object] | None:
+        """The finite-difference step, its rule and the measured deviation of :meth:`estimate_error`."""
         return {"precision": "central finite difference of gradients", "step": self.step, "step_rule": self.step_rule,
                 "deviation": self.fd_error,
                 "deviation_rule": None if self.fd_error is None else "|D(h) - D(2h)| / (3 |D(h)|), one random vector"}
 
     def describe(self) -> dict[str, object]:
+        """The base record with the sharding (global dimension, world size), the step and the gradients taken."""
         return {**super().describe(), "global_dim": self.global_dim, "world_size": self.world,
                 "sharded": self.sharded, "product": "central finite difference of two sharded gradients",
                 "step": self.step, "step_rule": self.step_rule, "gradient_divide_factor": self.divide,
