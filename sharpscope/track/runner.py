@@ -63,7 +63,7 @@ from sharpscope.curvature.operators.distributed import broadcast_buffers, sum_ac
 from sharpscope.data import ShuffledLoader, fresh_label_noise
 from sharpscope.errors import CheckpointError, ConfigError, StorageError, os_error_text
 from sharpscope.io import fit_state_dict, jsonsafe
-from sharpscope.io.records import Measurement, as_number, is_measurement
+from sharpscope.io.records import Measurement, RunSummary, as_number, is_measurement
 from sharpscope.io.rundir import RunDirectory
 from sharpscope.losses import accuracy, get_loss
 from sharpscope.optim import RS, SA, PerturbedOptimizer
@@ -362,31 +362,26 @@ class _Session:
             if crossing is None and math.isfinite(edge) and bounded is not None and bounded >= edge:
                 crossing = m.step
         latest = self.run.latest_checkpoint()
-        summary = {
-            "status": status, "step": step, "steps_requested": self.cfg.steps,
-            "recipe": self.cfg.recipe, "scale": self.cfg.scale,
-            "diverged_at_step": None if event is None else event["step"],
-            "nonfinite_loss": None if event is None else event["train_loss"],
-            "measurements": len(measured),
-            "final": {key: final.get(key) for key in ("step", "eigenvalues", "residuals", "converged",
-                                                       "preconditioned_eigenvalues", "trace",
-                                                       "grad_norm", "train_loss", "train_acc", "test_loss",
-                                                       "test_acc", "thresholds") if key in final},
-            "max_sharpness": None if best is None else {"value": best[0], "step": best[1]},
-            "first_step_at_or_above_edge": crossing,
-            "hvps_total": sum(m.total_hvps for m in measured),
-            "measure_seconds_total": sum(m.total_seconds for m in measured),
-            "update_curvature": None if resolve_method(self.cfg.update_curvature) is None else {
+        summary = RunSummary(
+            status=status, step=step, steps_requested=self.cfg.steps, recipe=self.cfg.recipe, scale=self.cfg.scale,
+            diverged_at_step=None if event is None else event["step"],
+            nonfinite_loss=None if event is None else event["train_loss"],
+            measurements=len(measured),
+            final={key: final.get(key) for key in ("step", "eigenvalues", "residuals", "converged",
+                                                   "preconditioned_eigenvalues", "trace",
+                                                   "grad_norm", "train_loss", "train_acc", "test_loss",
+                                                   "test_acc", "thresholds") if key in final},
+            max_sharpness=None if best is None else {"value": best[0], "step": best[1]},
+            first_step_at_or_above_edge=crossing,
+            hvps_total=sum(m.total_hvps for m in measured),
+            measure_seconds_total=sum(m.total_seconds for m in measured),
+            update_curvature=None if resolve_method(self.cfg.update_curvature) is None else {
                 "method": resolve_method(self.cfg.update_curvature), "every": self.cfg.update_every, "readings": len(updates),
                 "hvps": sum(int((r.get("cost") or {}).get("hvps") or 0) for r in updates),
                 "forwards": sum(int((r.get("cost") or {}).get("forwards") or 0) for r in updates)},
-            "session": {"resumed_from_step": start, "seconds": seconds, "notes": list(self.run.notes)},
-            "data": self.data_info,
-            "sharding": sharding(len(self.train_set)),
-            "init": self.init_info,
-            "checkpoint": None if latest is None else str(latest[1]),
-            "run_dir": str(self.run.path),
-        }
+            session={"resumed_from_step": start, "seconds": seconds, "notes": list(self.run.notes)},
+            data=self.data_info, sharding=sharding(len(self.train_set)), init=self.init_info,
+            checkpoint=None if latest is None else str(latest[1]), run_dir=str(self.run.path)).to_json()
         self.run.write_summary(summary)
         return jsonsafe.loads(jsonsafe.dumps(summary))
 
