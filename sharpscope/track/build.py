@@ -197,10 +197,10 @@ def build_tracker(cfg: TrainConfig, probe: Any, test: Any, loss_fn: LossFn,
     """The tracker of ``cfg`` on the probe set ``probe`` (and the fixed test set ``test``, or None):
     its curvature settings, trace, alignment and preconditioned measurements every ``measure_every``
     steps, the update curvature every ``update_every`` steps, physical batches of ``physical_batch_size``, random vectors seeded by ``probe_seed`` (or
-    ``seed``), records passed to ``sink``."""
+    ``seed``; with the step unless ``probes="fixed"``), records passed to ``sink``."""
     return SharpnessTracker(probe, loss_fn, every=cfg.measure_every, curvature=cfg.curvature, trace=cfg.trace,
                             batch_size=cfg.physical_batch_size, test_data=test,
                             seed=cfg.seed if cfg.probe_seed is None else cfg.probe_seed, sink=sink,
                             alignment=cfg.alignment, preconditioned=cfg.preconditioned,
                             update_curvature=cfg.update_curvature, update_every=cfg.update_every,
-                            test_predictions=cfg.test_predictions)
+                            test_predictions=cfg.test_predictions, probes=cfg.probes)

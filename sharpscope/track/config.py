@@ -20,8 +20,9 @@ from typing import Any
 from sharpscope.curvature.settings import RUN_DEFAULTS, CurvatureSettings
 from sharpscope.errors import ConfigError
 from sharpscope.track.logs import check_logs
+from sharpscope.track.tracker import PROBES
 from sharpscope.track.update_curvature import resolve_method
-from sharpscope.validation import MAX_DEPTH, check_bool, check_depth, check_int, check_real, check_seed
+from sharpscope.validation import MAX_DEPTH, check_bool, check_choice, check_depth, check_int, check_real, check_seed
 
 OPTIMIZERS = ("gd", "sgd", "sam", "sparse-sam", "rs", "sa", "adam", "adamw")
 
@@ -95,7 +96,9 @@ class TrainConfig:
         seed: model initialisation, mini-batch order, Lanczos and trace probes (all explicit
             generators). probe_seed: seeds the Lanczos start and trace probes instead (None: ``seed``),
             so runs that differ in ``seed`` can share their estimator's random numbers: a difference
-            between their traces then comes from the weights, not from the probes. device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``. dtype: ``float32``/``float64``.
+            between their traces then comes from the weights, not from the probes. probes: ``"per-step"`` (the
+            default) redraws those vectors at every measurement from ``(probe seed, step)``; ``"fixed"`` draws
+            the same ones at every measurement (common random numbers over steps as well as runs). device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``. dtype: ``float32``/``float64``.
         recipe, scale: where the config came from (informational).
         log: where the records also go, ``KIND:TARGET`` entries (:mod:`sharpscope.track.logs`):
             ``tensorboard:DIR``, ``csv:PATH``, ``wandb:PROJECT``. Not part of what the run computes: a
@@ -132,6 +135,7 @@ class TrainConfig:
     keep_checkpoints: bool = False
     seed: int = 0
     probe_seed: int | None = None
+    probes: str = "per-step"
     device: str = "cpu"
     dtype: str = "float32"
     recipe: str | None = None
@@ -247,6 +251,7 @@ class TrainConfig:
         check_int("steps", self.steps, low=0)
         check_seed("seed", self.seed)
         check_seed("probe_seed", self.probe_seed, optional=True)
+        check_choice("probes", self.probes, PROBES)
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}",
                               argument="optimizer")

@@ -51,6 +51,9 @@ class ProbeView:
         correct = self.objective.correct_examples()
         return None if correct is None else pack_correct(correct.numpy())
 
+    def release(self) -> None:
+        """Free what the products cached between measurements (nothing here)."""
+
 
 class WholeView(ProbeView):
     """The probe set of a model held whole, with its Hessian ``op``."""
@@ -63,6 +66,10 @@ class WholeView(ProbeView):
     def modes(self) -> dict[str, str]:
         """The product modes the operator uses (chosen by timing under ``hvp_mode="auto"``)."""
         return self.op.modes
+
+    def release(self) -> None:
+        """Free the cached gradient graphs: training needs the memory until the next measurement."""
+        self.op.release_graphs()
 
     def gradient(self) -> tuple[Tensor | None, float]:
         """``(∇L, ‖∇L‖)`` at the current weights (one gradient over the probe set)."""

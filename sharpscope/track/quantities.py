@@ -61,12 +61,24 @@ def thresholds_of(threshold: ThresholdFn, step: int, optimizer: torch.optim.Opti
 
 
 @dataclass(frozen=True)
+class Seeds:
+    """The seeds of a measurement's random vectors, numbered by ``salt``: from ``(seed, step)``, or with ``fixed``
+    from ``seed`` alone (step 0's at every step: common random numbers over steps)."""
+
+    seed: int
+    fixed: bool = False
+
+    def __call__(self, step: int, salt: int) -> int:
+        return step_seed(self.seed, 0 if self.fixed else step, salt)
+
+
+@dataclass(frozen=True)
 class EigenSolver:
     """Lanczos (``which="LA"``) with a tracker's settings: its ``k``, ``tol``, ``max_iter``, ``block``, start
-    vectors from the previous measurement when ``warm_start``, and a seed drawn from ``(seed, step, salt)``."""
+    vectors from the previous measurement when ``warm_start``, and a seed from ``seeds``."""
 
     curvature: CurvatureSettings
-    seed: int
+    seeds: Seeds
     warm_start: bool
 
     def start(self, previous: Tensor | None, op: LinearOperator) -> Tensor | None:
@@ -82,7 +94,7 @@ class EigenSolver:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             return lanczos(op, c.k if k is None else k, which="LA", max_iter=c.max_iter, v0=v0,
-                           seed=step_seed(self.seed, step, salt), **extra, **c.eigen_options())
+                           seed=self.seeds(step, salt), **extra, **c.eigen_options())
 
 
 @dataclass
@@ -201,12 +213,12 @@ class Trace(Quantity):
     ``tr(H)`` by the settings' ``trace_method`` with ``trace_matvecs`` products (probes seeded by the step)."""
 
     curvature: CurvatureSettings
-    seed: int
+    seeds: Seeds
 
     def measure(self, reading: Reading) -> int:
         c, op = self.curvature, reading.probe.op
         try:
-            tr = trace_estimator(c.trace_method)(op, c.trace_matvecs, seed=step_seed(self.seed, reading.step, 2),
+            tr = trace_estimator(c.trace_method)(op, c.trace_matvecs, seed=self.seeds(reading.step, 2),
                                                  memory_budget=c.memory_budget)
         except SharpscopeError as e:
             reading.record["trace"] = None
@@ -226,11 +238,11 @@ class SharpnessMeasures(Quantity):
 
     names: tuple[str, ...]
     settings: SharpnessSettings
-    seed: int
+    seeds: Seeds
     timer: ClassVar[str | None] = "sharpness_seconds"
 
     def measure(self, reading: Reading) -> int:
-        base = replace(self.settings, seed=step_seed(self.seed, reading.step, 4))
+        base = replace(self.settings, seed=self.seeds(reading.step, 4))
         out: dict[str, Any] = {}
         for name in self.names:
             try:

@@ -33,7 +33,9 @@ Nothing is mutated: parameters, gradients (``.grad``), train/eval flags, BatchNo
 every random number generator are as before the call, so measuring never changes training.
 Random start vectors and probes come from generators seeded with ``(seed, step)``; the same step
 gives the same record whatever happened before (except for the warm start, whose vectors are
-part of :meth:`SharpnessTracker.state_dict`).
+part of :meth:`SharpnessTracker.state_dict`). With ``probes="fixed"`` they are seeded by ``seed``
+alone: every step draws the same trace probes and start vectors (common random numbers over steps),
+so a change in ``tr(H)`` between two steps comes from the weights, not from redrawn probes.
 
 Example, in a hand-written loop:
 
@@ -75,7 +77,7 @@ from sharpscope.track.probe_view import OperatorView, ProbeView, examples_view, 
 from sharpscope.track.quantities import ThresholdFn, step_seed, subspace_alignment, thresholds_of
 from sharpscope.track.thresholds import batch_sam_edge, default_thresholds
 from sharpscope.track.update_curvature import resolve_method
-from sharpscope.validation import check_bool, check_int, check_seed, check_type
+from sharpscope.validation import check_bool, check_choice, check_int, check_seed, check_type
 
 __all__ = ["SharpnessTracker", "ThresholdFn", "evaluate", "step_seed", "subspace_alignment"]
 
@@ -90,6 +92,10 @@ def evaluate(objective: Objective) -> tuple[float, float | None]:
     ``(Σ_b n_b ℓ_b / N, Σ_b n_b acc_b / N)``, summed over ranks under a process group; accuracy is None
     when outputs are not class scores. Non-finite losses are returned as they are, not raised."""
     return ProbeView(objective).evaluate()
+
+
+#: How the random vectors of a measurement are seeded: ``(seed, step)``, or ``seed`` alone (those of step 0).
+PROBES = ("per-step", "fixed")
 
 
 class SharpnessTracker:
@@ -114,6 +120,8 @@ class SharpnessTracker:
         grad_norm: measure ``‖∇L‖`` (one gradient over the probe set).
         warm_start: start Lanczos from the previous eigenvectors.
         seed: seed of the random start vectors and trace probes (combined with the step).
+        probes: ``"per-step"`` draws them afresh at each step (from ``(seed, step)``); ``"fixed"`` draws the
+            same ones at every step (from ``seed`` alone, the vectors ``"per-step"`` draws at step 0).
         sink: called with every record: ``RunDirectory.append_metric``, or any sink of
             :mod:`sharpscope.track.sinks` (JSONL, CSV, TensorBoard, W&B; several with ``MultiSink``).
         alignment: at each measurement also record ``grad_cos`` (``cos(g, v_i)`` for the top-``k``
@@ -155,8 +163,9 @@ class SharpnessTracker:
                  sink: Callable[[dict[str, Any]], Any] | None = None, alignment: bool = False,
                  preconditioned: bool = False, update_curvature: str | bool | None = None,
                  update_every: int = 1, test_predictions: bool = False, sharpness: Sequence[str] = (),
-                 sharpness_settings: SharpnessSettings = SHARPNESS_DEFAULTS) -> None:
+                 sharpness_settings: SharpnessSettings = SHARPNESS_DEFAULTS, probes: str = "per-step") -> None:
         check_int("every", every, low=1)
+        self.probes = check_choice("probes", probes, PROBES)
         check_int("update_every", update_every, low=1)
         method = resolve_method(update_curvature)
         self.sharpness = check_measure_names(sharpness, "sharpness") if sharpness else ()
@@ -188,7 +197,7 @@ class SharpnessTracker:
         self._test: ProbeView | None = None
         self._saved_modes: dict[str, str] = {}
         self.last: dict[str, Any] | None = None
-        self._solver = qty.EigenSolver(curvature, seed, warm_start)
+        self._solver = qty.EigenSolver(curvature, qty.Seeds(seed, fixed=self.probes == "fixed"), warm_start)
         self._top = qty.TopEigenvalues(self._solver)  # keeps the warm-start eigenvectors
         self._pre = qty.PreconditionedEigenvalues(self._solver)  # keeps its own
         self._align = qty.GradientAlignment(self._top)  # θ_t and eigenvector signs until after_step(t)
@@ -204,9 +213,9 @@ class SharpnessTracker:
         if self.preconditioned:
             chosen.append(self._pre)
         if self.trace:
-            chosen.append(qty.Trace(self.curvature, self.seed))
+            chosen.append(qty.Trace(self.curvature, self._solver.seeds))
         if self.sharpness:
-            chosen.append(qty.SharpnessMeasures(self.sharpness, self.sharpness_settings, self.seed))
+            chosen.append(qty.SharpnessMeasures(self.sharpness, self.sharpness_settings, self._solver.seeds))
         if self.grad_norm or self.alignment:
             chosen.append(qty.GradientNorm())
         if self.alignment:
@@ -280,6 +289,7 @@ class SharpnessTracker:
         rec["settings"] = self.settings(probe)
         if reading.errors:
             rec["errors"] = reading.errors
+        probe.release()  # training needs the memory of cached graphs until the next measurement
         self.last = rec
         self._emit(rec)
         return rec
@@ -407,6 +417,7 @@ class SharpnessTracker:
                 "max_iter": c.max_iter, "trace": c.trace_method if self.trace else None,
                 "trace_matvecs": c.trace_matvecs if self.trace else None,
                 "test_examples": None if self._test is None else self._test.objective.num_examples, "seed": self.seed,
+                "probes": self.probes,
                 "preconditioned": "adam" if self.preconditioned else None,
                 "update_curvature": self.update_curvature,
                 "update_every": self.update_every if self.update_curvature else None,

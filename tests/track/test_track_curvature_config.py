@@ -33,7 +33,7 @@ def old_layout(cfg: TrainConfig) -> dict[str, Any]:
     then, flat beside the others (no ``stop``, ``block_size`` or TF32 switch)."""
     out = {key: value for key, value in cfg.to_dict().items() if key != "curvature"}
     out.update({"k": 2, "tol": 1e-4, "max_iter": None, "trace_method": "hutch++", "trace_matvecs": 99, "bn": "eval",
-                "hvp_mode": "rev-rev", "cache_graphs": False})
+                "hvp_mode": "rev-rev", "cache_graphs": cfg.curvature.cache_graphs})
     return out
 
 

@@ -243,6 +243,11 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
                                  "overflow at these parameters")
         return out.T
 
+    def release_graphs(self) -> None:
+        """Free the cached gradient graphs; the next product rebuilds them (a tracker calls this after each
+        measurement, so that training does not hold them)."""
+        self._graphs, self._graph_key = [], None
+
     def settle_memory(self) -> None:
         """Decide (and build) the graph cache before an algorithm sizes its memory budget."""
         if self._cache_pending:
