@@ -274,8 +274,10 @@ class RunSummary(_Record):
 
     @property
     def final_measurement(self) -> Measurement | None:
-        """The last measurement's fields kept in ``final`` as a :class:`Measurement` (None when nothing was measured)."""
-        return Measurement.from_json(self.final) if isinstance(self.final.get("step"), int) else None
+        """The last measurement's fields kept in ``final`` as a :class:`Measurement` (None when nothing was measured;
+        a ``final`` without its ``step`` takes the summary's)."""
+        final = {"step": self.step, **self.final}
+        return Measurement.from_json(final) if self.final and isinstance(final["step"], int) else None
 
     @property
     def seconds(self) -> float | None:

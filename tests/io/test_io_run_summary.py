@@ -39,6 +39,8 @@ def test_typed_fields_decode_the_stored_numbers() -> None:
     final = s.final_measurement
     assert isinstance(final, Measurement) and final.lambda_max == 4.5 and final.eigenvalues == (4.5, math.inf)
     assert RunSummary.from_json({"status": "completed", "step": 0}).final_measurement is None
+    partial = RunSummary.from_json({"status": "completed", "step": 4, "final": {"eigenvalues": [2.0]}}).final_measurement
+    assert partial is not None and (partial.step, partial.lambda_max) == (4, 2.0)
 
 
 def test_a_summary_made_in_code_writes_every_field_in_order() -> None:
