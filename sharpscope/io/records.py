@@ -32,6 +32,7 @@ from sharpscope.io.jsonsafe import NONFINITE, decode, to_jsonable
 
 MEASUREMENT = "measurement"
 ALIGNMENT = "alignment"
+UPDATE_CURVATURE = "update_curvature"
 
 
 def record_kind(record: Mapping[str, Any]) -> str:
@@ -217,6 +218,42 @@ class Alignment(_Record):
     update_fraction: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class UpdateReading(_Record):
+    """The curvature along the update from ``step`` (an ``"update_curvature"`` record, see
+    ``docs/update-curvature.md``): ``kappa = uᵀHu/‖u‖²`` and ``kappa_preconditioned = uᵀHu/uᵀPu`` of
+    ``u = θ_{t+1} − θ_t`` by ``method`` (``"hvp"`` or ``"fd"``, whose three losses and rounding bound are in
+    ``fd``), with its ``cost`` in products and forward passes."""
+
+    KIND: ClassVar[str] = UPDATE_CURVATURE
+    _DICTS: ClassVar[frozenset[str]] = frozenset({"cost", "fd", "thresholds", "settings", "errors"})
+
+    step: int
+    method: str | None = None
+    kappa: float | None = None
+    kappa_preconditioned: float | None = None
+    uHu: float | None = None
+    uPu: float | None = None
+    update_norm: float | None = None
+    cost: dict[str, Any] | None = None
+    fd: dict[str, Any] | None = None
+    thresholds: dict[str, Any] | None = None
+    settings: dict[str, Any] | None = None
+    errors: dict[str, str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+    @property
+    def hvps(self) -> int:
+        """Hessian-vector products the reading took (``cost.hvps``; 0 when not recorded)."""
+        return int((self.cost or {}).get("hvps") or 0)
+
+    @property
+    def forwards(self) -> int:
+        """Forward passes over the probe set the reading took (``cost.forwards``; 0 when not recorded)."""
+        return int((self.cost or {}).get("forwards") or 0)
 
 
 @dataclass(frozen=True)
