@@ -33,6 +33,9 @@ def reproduce_cmd(
 ) -> None:
     """Run a reproduction study (several dependent training runs), check its claims, draw its figures.
 
+    Before the first stage it prints (stderr), per claim compared over seeds, the smallest effect the planned
+    seeds can detect under the stated noise assumption.
+
     Exit code 3 when one of its runs diverged (named on stderr), as for ``train``.
     """
     from sharpscope.experiments import parse_overrides
@@ -40,7 +43,8 @@ def reproduce_cmd(
 
     options = parse_overrides(option or [])
     summary = run_study(study, scale.value, out_dir, only=only or None,
-                        progress=None if as_json else _stage_line, options=options or None)
+                        progress=None if as_json else _stage_line, options=options or None,
+                        notice=lambda line: err.print(line, highlight=False, soft_wrap=True))
     if figures is not None:
         from sharpscope.experiments.figures import study_figures
 

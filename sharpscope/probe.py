@@ -235,7 +235,7 @@ def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tens
     if sharded and not is_sharded(model):
         shard_per_block(model)
     objective = Objective(model, loss_fn, (x, y), bn=c.bn, batch_size=settings.batch_size,
-                          precision=c.weight_precision, validate=not sharded)
+                          weight_precision=c.weight_precision, validate=not sharded)
     if c.k > objective.dim:
         raise ConfigError(f"k={c.k} exceeds the number of parameters ({objective.dim})", argument="k")
     op: LinearOperator

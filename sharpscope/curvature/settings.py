@@ -38,7 +38,7 @@ from sharpscope.curvature.algorithms.ritz import DEFAULT_STOP, Stop
 from sharpscope.curvature.algorithms.trace import check_trace_budget
 from sharpscope.curvature.memory import MemoryBudgetSpec, parse_budget
 from sharpscope.curvature.operators.hessian import HessianOperator, HVPMode
-from sharpscope.curvature.operators.objective import BNMode, Objective, Precision
+from sharpscope.curvature.operators.objective import BNMode, Objective, WeightPrecision
 from sharpscope.curvature.operators.precision import PRECISIONS, ProductPrecision
 from sharpscope.errors import ConfigError
 from sharpscope.validation import check_bool, check_choice, check_int, check_tol
@@ -108,7 +108,7 @@ class CurvatureSettings:
     guards: int = DEFAULT_GUARDS
     memory_budget: MemoryBudgetSpec = None
     basis_location: BasisLocation = "device"
-    weight_precision: Precision = "upcast"
+    weight_precision: WeightPrecision = "upcast"
 
     def __post_init__(self) -> None:
         check_int("k", self.k, low=1)
@@ -128,7 +128,7 @@ class CurvatureSettings:
         check_int("guards", self.guards, low=0)
         parse_budget(self.memory_budget)
         check_choice("basis_location", self.basis_location, BASIS_LOCATIONS)
-        check_choice("weight_precision", self.weight_precision, get_args(Precision))
+        check_choice("weight_precision", self.weight_precision, get_args(WeightPrecision))
         if self.cache_graphs is True and self.hvp_mode not in ("rev-rev", "auto"):
             raise ConfigError(f"cache_graphs=True needs hvp_mode 'rev-rev' or 'auto', got {self.hvp_mode!r}",
                               argument="cache_graphs")

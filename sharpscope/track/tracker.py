@@ -246,7 +246,7 @@ class SharpnessTracker:
                     check_model_fits(model, self.loss_fn, data[0], data[1], name=name)  # one line, not a deep error
             objective = Objective(model, self.loss_fn, self.probe_data, bn=self.curvature.bn,
                                   batch_size=self.batch_size, validate=False,
-                                  precision="native" if sharded else self.curvature.weight_precision)
+                                  weight_precision="native" if sharded else self.curvature.weight_precision)
             self._probe = view_of(objective, sharded, self._operator)
             self._test = None if self.test_data is None else examples_view(Objective(
                 model, self.loss_fn, self.test_data, bn=self.curvature.bn, batch_size=self.batch_size,
@@ -323,7 +323,7 @@ class SharpnessTracker:
         this tracker's ``tol``, ``hvp_mode`` and BatchNorm mode; warm-started from the last measured top
         eigenvector): ``{"eigenvalue", "residual", "converged", "examples", "hvps", "seconds"}``."""
         objective = Objective(model, self.loss_fn, batch, bn=self.curvature.bn, batch_size=self.batch_size,
-                              validate=False, precision=self.curvature.weight_precision)
+                              validate=False, weight_precision=self.curvature.weight_precision)
         op = self._operator(objective)
         previous = None if self._top.vectors is None else self._top.vectors[:, :1]
         top = self._solver.top(op, self._solver.start(previous, op), step, salt=5, k=1)

@@ -77,7 +77,7 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
             modes used, and why, are in :meth:`describe`. Models as users load them
             (:mod:`sharpscope.curvature.operators.loaded`): activation-checkpointed layers take
             ``rev-rev`` under ``"auto"`` and refuse ``"fwd-rev"``; float16/bfloat16 weights computed
-            natively (``Objective(precision="native")``) take ``"fd"`` under ``"auto"``, the step chosen
+            natively (``Objective(weight_precision="native")``) take ``"fd"`` under ``"auto"``, the step chosen
             and the deviation from exact products of a float32 copy measured at the first product
             (any mode on such weights is measured); the operator's vectors are then float32.
         block_size: probe vectors per vmapped pass; on out-of-memory the failing block is halved

@@ -5,7 +5,9 @@ study's ``prepare`` to ``out_dir/data/``, each stage trains into ``out_dir/<stag
 stage returns its stored summary; a killed one resumes), a stage that starts from another one's
 weights has ``init_from = out_dir/<that stage>`` (its latest checkpoint), a stage may also wait
 for others (``after``: a full-length run that takes its setting from a sweep), and the study's
-numbers go to ``out_dir/<study>-summary.json``.
+numbers go to ``out_dir/<study>-summary.json``. Before the first stage, a study that compares arms over
+seeds states the smallest effect each claim can detect (``detectable``:
+:mod:`sharpscope.experiments.detectable`): passed to ``notice`` line by line and stored in the summary.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from sharpscope.io.atomic import atomic_write_bytes
 from sharpscope.track import RunDirectory, TrainConfig, train
 
 Progress = Callable[[str, dict[str, Any]], None]
+Notice = Callable[[str], None]
 Build = Callable[[str, Path], TrainConfig]
 
 
@@ -53,7 +56,8 @@ class Figure:
 class Study:
     """``stages(scale)``; ``evaluate({stage: run dir})`` gives the criteria; ``prepare(scale, out_dir,
     options)`` writes derived data once and returns what it made; ``draw(summary)`` gives figures drawn
-    from the study summary itself, as ``(stem, figure, plotted numbers, caption)``."""
+    from the study summary itself, as ``(stem, figure, plotted numbers, caption)``; ``detectable(scale)`` the
+    smallest effect each claim can detect at the scale's seeds (:func:`sharpscope.experiments.detectable.plan`)."""
 
     name: str
     checks: tuple[str, ...]
@@ -62,6 +66,7 @@ class Study:
     prepare: Callable[[str, Path, Mapping[str, Any]], dict[str, Any]] | None = None
     figures: tuple[Figure, ...] = field(default=())
     draw: Callable[[Mapping[str, Any]], list[tuple[str, Any, dict[str, Any], str]]] | None = None
+    detectable: Callable[[str], list[dict[str, Any]]] | None = None
 
 
 def recipe_stage(name: str, cfg: Callable[[str], TrainConfig], overrides: Mapping[str, Any] | None = None,
@@ -119,8 +124,11 @@ def stage_order(stages: list[Stage], wanted: list[str]) -> list[str]:
 
 
 def run(study: Study, scale: str, out_dir: str | Path, *, only: list[str] | None = None,
-        progress: Progress | None = None, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        progress: Progress | None = None, options: Mapping[str, Any] | None = None,
+        notice: Notice | None = None) -> dict[str, Any]:
     """Run (or resume) ``study`` into ``out_dir`` and write :func:`summary_path` (see the module docstring)."""
+    from sharpscope.experiments.detectable import lines
+
     check_scale(scale)
     stages = study.stages(scale)
     by_name = {s.name: s for s in stages}
@@ -132,6 +140,10 @@ def run(study: Study, scale: str, out_dir: str | Path, *, only: list[str] | None
     data = study.prepare(scale, out, dict(options or {})) if study.prepare is not None else None
     if options and study.prepare is None:
         raise ConfigError(f"study {study.name!r} takes no options, got {sorted(options)}")
+    detectable = study.detectable(scale) if study.detectable is not None else None
+    if notice is not None:
+        for text in lines(detectable or []):
+            notice(text)
     summaries: dict[str, Any] = {}
     for stage_name in order:
         stage = by_name[stage_name]
@@ -143,7 +155,9 @@ def run(study: Study, scale: str, out_dir: str | Path, *, only: list[str] | None
         if progress is not None:
             progress(stage.name, summaries[stage.name])
     results = study.evaluate({s: out / s for s in summaries})
-    summary = {"study": study.name, "scale": scale, "checks": list(study.checks), "data": data,
-               "stages": summaries, "results": results}
+    summary: dict[str, Any] = {"study": study.name, "scale": scale, "checks": list(study.checks), "data": data,
+                               "stages": summaries, "results": results}
+    if detectable is not None:
+        summary["detectable"] = detectable
     atomic_write_bytes(summary_path(study.name, out), (jsonsafe.dumps(summary, indent=2) + "\n").encode())
     return jsonsafe.loads(jsonsafe.dumps(summary))
