@@ -14,10 +14,13 @@ from sharpscope_cli._common import DATA_ROOT_HELP, EXIT_DIVERGED, STUDY_NAMES, S
 
 
 def _stage_line(stage: str, summary: dict[str, Any]) -> None:
-    final = summary.get("final") or {}
-    acc = final.get("test_acc", final.get("train_acc"))
+    from sharpscope.io.records import RunSummary
+
+    s = RunSummary.from_json(summary)
+    final = s.final_measurement
+    acc = None if final is None else final.test_acc if "test_acc" in final.keys else final.train_acc
     note = f", acc {acc:.1%}" if isinstance(acc, (int, float)) else ""
-    err.print(f"{stage}: {summary['status']} at step {summary['step']}{note}", highlight=False)
+    err.print(f"{stage}: {s.status} at step {s.step}{note}", highlight=False)
 
 
 def reproduce_cmd(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,34 +32,38 @@ def step_progress(update: Callable[..., None] | None) -> Callable[[int, int, dic
 
 
 def _num(value: Any, fmt: str) -> str:
-    return format(value, fmt) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+    """``value`` formatted when it is a finite number; as stored otherwise (``"NaN"``, ``"Infinity"``, None)."""
+    from sharpscope.io.jsonsafe import to_jsonable
+
+    finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return format(value, fmt) if finite else str(to_jsonable(value))
 
 
 def summary_line(summary: dict[str, Any]) -> str:
     """One line: status, step, final sharpness against its threshold, losses, cost, where."""
+    from sharpscope.io.records import RunSummary
     from sharpscope.track.thresholds import bounded_sharpness
 
-    final = summary.get("final") or {}
-    parts = [f"{summary.get('recipe') or 'run'} ({summary.get('scale') or 'custom'}): {summary['status']} at step "
-             f"{summary['step']}/{summary['steps_requested']}"]
-    if final.get("eigenvalues"):
-        th = final.get("thresholds") or {}
+    s = RunSummary.from_json(summary)
+    final = s.final_measurement
+    parts = [f"{s.recipe or 'run'} ({s.scale or 'custom'}): {s.status} at step {s.step}/{s.steps_requested}"]
+    if final is not None and final.eigenvalues:
+        th = final.thresholds or {}
         name, value = bounded_sharpness(final)
         edge = f" vs {th.get('rule')} {_num(th.get('edge'), '.4g')}" if th.get("rule") else ""
         parts.append(f"{name} {_num(value, '.4g')}{edge}")
-    if "train_loss" in final:
-        parts.append(f"train loss {_num(final['train_loss'], '.4g')} acc {_num(final.get('train_acc'), '.1%')}")
-    if "test_acc" in final:
-        parts.append(f"test acc {_num(final['test_acc'], '.1%')}")
-    if summary.get("diverged_at_step") is not None:
-        parts.append(f"non-finite loss at step {summary['diverged_at_step']}")
-    parts.append(f"{summary['measurements']} measurements, {summary['hvps_total']} HVPs")
-    session = summary.get("session") or {}
-    if summary.get("already_complete"):
+    if final is not None and "train_loss" in final.keys:
+        parts.append(f"train loss {_num(final.train_loss, '.4g')} acc {_num(final.train_acc, '.1%')}")
+    if final is not None and "test_acc" in final.keys:
+        parts.append(f"test acc {_num(final.test_acc, '.1%')}")
+    if s.diverged_at_step is not None:
+        parts.append(f"non-finite loss at step {s.diverged_at_step}")
+    parts.append(f"{s.measurements} measurements, {s.hvps_total} HVPs")
+    if s.already_complete:
         parts.append("already complete")
-    elif session.get("resumed_from_step") is not None:
-        parts.append(f"resumed from step {session['resumed_from_step']}")
-    return "; ".join(parts) + f" -> {summary['run_dir']}"
+    elif s.resumed_from_step is not None:
+        parts.append(f"resumed from step {s.resumed_from_step}")
+    return "; ".join(parts) + f" -> {s.run_dir}"
 
 
 def train_cmd(
@@ -78,6 +83,7 @@ def train_cmd(
     interrupted or terminated run resumes when the same command is run again.
     """
     from sharpscope.experiments import get_recipe, parse_overrides
+    from sharpscope.io.records import RunSummary
     from sharpscope.parallel import init_distributed, rank, resolve_device
     from sharpscope.track import train
 
@@ -91,12 +97,13 @@ def train_cmd(
         summary = train(cfg, out_dir, force=force, progress=step_progress(update))
     if rank() != 0:
         return
-    if not summary.get("already_complete"):
-        for note in (summary.get("session") or {}).get("notes") or []:
+    typed = RunSummary.from_json(summary)
+    if not typed.already_complete:
+        for note in typed.notes:
             err.print(f"note: {note}", highlight=False, soft_wrap=True)
     if as_json:
         sys.stdout.write(json.dumps(summary) + "\n")
     else:
         typer.echo(summary_line(summary))
-    if summary.get("status") == "diverged":
+    if typed.status == "diverged":
         raise typer.Exit(EXIT_DIVERGED)

@@ -32,6 +32,7 @@ from sharpscope.io.jsonsafe import NONFINITE, decode, to_jsonable
 
 MEASUREMENT = "measurement"
 ALIGNMENT = "alignment"
+UPDATE_CURVATURE = "update_curvature"
 
 
 def record_kind(record: Mapping[str, Any]) -> str:
@@ -111,6 +112,10 @@ class _Record:
         step = record.get("step")
         if isinstance(step, bool) or not isinstance(step, int):
             raise DataError(f"a {cls.KIND} record needs an integer 'step', got {step!r}")
+        return cls._read(record, ("kind",))
+
+    @classmethod
+    def _read(cls, record: Mapping[str, Any], skip: tuple[str, ...]) -> Any:
         typed = cls._typed()
         values: dict[str, Any] = {}
         for name in typed:
@@ -118,17 +123,21 @@ class _Record:
                 raw = record[name]
                 values[name] = (_vector(raw) if name in cls._VECTORS else decode(raw) if name in cls._DICTS
                                 else _scalar(raw))
-        extra = {k: v for k, v in record.items() if k not in typed and k != "kind"}
+        extra = {k: v for k, v in record.items() if k not in typed and k not in skip}
         return cls(**values, extra=extra, keys=tuple(record))
 
     def to_json(self) -> dict[str, Any]:
         """The record as stored: strict-JSON types, the stored key order when it was read from a record (typed
         fields that are None are left out of a record made in code), ``extra`` kept."""
+        return self._write(("kind", *[n for n in self._typed() if getattr(self, n) is not None]))
+
+    def _write(self, made: tuple[str, ...]) -> dict[str, Any]:
+        """The stored form with the keys read (or ``made`` and ``extra`` for a record made in code)."""
         typed = self._typed()
-        keys = self.keys or ("kind", *[n for n in typed if getattr(self, n) is not None], *self.extra)
+        keys = self.keys or (*made, *self.extra)
         out: dict[str, Any] = {}
         for key in keys:
-            if key == "kind":
+            if key == "kind" and key not in self.extra:
                 out[key] = self.KIND
             elif key in typed:
                 out[key] = to_jsonable(getattr(self, key))
@@ -209,6 +218,131 @@ class Alignment(_Record):
     update_fraction: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class UpdateReading(_Record):
+    """The curvature along the update from ``step`` (an ``"update_curvature"`` record, see
+    ``docs/update-curvature.md``): ``kappa = uᵀHu/‖u‖²`` and ``kappa_preconditioned = uᵀHu/uᵀPu`` of
+    ``u = θ_{t+1} − θ_t`` by ``method`` (``"hvp"`` or ``"fd"``, whose three losses and rounding bound are in
+    ``fd``), with its ``cost`` in products and forward passes."""
+
+    KIND: ClassVar[str] = UPDATE_CURVATURE
+    _DICTS: ClassVar[frozenset[str]] = frozenset({"cost", "fd", "thresholds", "settings", "errors"})
+
+    step: int
+    method: str | None = None
+    kappa: float | None = None
+    kappa_preconditioned: float | None = None
+    uHu: float | None = None
+    uPu: float | None = None
+    update_norm: float | None = None
+    cost: dict[str, Any] | None = None
+    fd: dict[str, Any] | None = None
+    thresholds: dict[str, Any] | None = None
+    settings: dict[str, Any] | None = None
+    errors: dict[str, str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+    @property
+    def hvps(self) -> int:
+        """Hessian-vector products the reading took (``cost.hvps``; 0 when not recorded)."""
+        return int((self.cost or {}).get("hvps") or 0)
+
+    @property
+    def forwards(self) -> int:
+        """Forward passes over the probe set the reading took (``cost.forwards``; 0 when not recorded)."""
+        return int((self.cost or {}).get("forwards") or 0)
+
+
+@dataclass(frozen=True)
+class RunSummary(_Record):
+    """A run's ``summary.json`` (no ``"kind"`` key; see ``docs/run-directory.md``): how the run ended
+    (``status``, ``step`` of ``steps_requested``, ``diverged_at_step`` with its ``nonfinite_loss``), the
+    ``final`` measurement's main fields, ``max_sharpness`` ``{"value", "step"}``, the first step whose bounded
+    sharpness reached its threshold, the measurements' total cost, the update-curvature readings, this
+    session (``resumed_from_step``, ``seconds``, ``notes``), data, sharding, initialisation, last checkpoint
+    and run directory. ``already_complete`` (never stored) marks a stored summary returned again.
+    ``RunSummary.from_json(s).to_json() == s`` for every stored summary ``s``."""
+
+    KIND: ClassVar[str] = "summary"
+    _DICTS: ClassVar[frozenset[str]] = frozenset({"final", "max_sharpness", "update_curvature", "session", "data",
+                                                  "sharding", "init"})
+
+    status: str | None = None
+    step: int | None = None
+    steps_requested: int | None = None
+    recipe: str | None = None
+    scale: str | None = None
+    diverged_at_step: int | None = None
+    nonfinite_loss: float | None = None
+    measurements: int = 0
+    final: dict[str, Any] = field(default_factory=dict)
+    max_sharpness: dict[str, Any] | None = None
+    first_step_at_or_above_edge: int | None = None
+    hvps_total: int = 0
+    measure_seconds_total: float = 0.0
+    update_curvature: dict[str, Any] | None = None
+    session: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] | None = None
+    sharding: dict[str, Any] | None = None
+    init: dict[str, Any] | None = None
+    checkpoint: str | None = None
+    run_dir: str | None = None
+    already_complete: bool | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> RunSummary:
+        """The typed summary of a stored one (any field may be missing: None); :class:`DataError` for a
+        ``status`` that is not a string or a ``step`` that is not an integer."""
+        if not isinstance(record, Mapping):
+            raise DataError(f"a run summary must be a JSON object, got {type(record).__name__}")
+        status, step = record.get("status"), record.get("step")
+        if not isinstance(status, (str, type(None))) or isinstance(step, bool) or not isinstance(step, (int, type(None))):
+            raise DataError(f"a run summary needs a string 'status' and an integer 'step', got {status!r} and {step!r}")
+        return cls._read(record, ())
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary as stored (``already_complete`` only when set)."""
+        return self._write(tuple(n for n in self._typed() if n != "already_complete" or self.already_complete is not None))
+
+    @property
+    def final_measurement(self) -> Measurement | None:
+        """The last measurement's fields kept in ``final`` as a :class:`Measurement` (None when nothing was measured;
+        a ``final`` without its ``step`` takes the summary's)."""
+        final = {"step": self.step, **self.final}
+        return Measurement.from_json(final) if self.final and isinstance(final["step"], int) else None
+
+    @property
+    def seconds(self) -> float | None:
+        """Seconds this session trained (``session.seconds``)."""
+        return self.session.get("seconds")
+
+    @property
+    def resumed_from_step(self) -> int | None:
+        """The step this session resumed from, or None for a fresh run."""
+        return self.session.get("resumed_from_step")
+
+    @property
+    def notes(self) -> list[str]:
+        """What this session noted (repairs, resumes)."""
+        return list(self.session.get("notes") or [])
+
+    @property
+    def test_examples(self) -> int | None:
+        """The size of the test set (``data.test.examples``), or None without one."""
+        return ((self.data or {}).get("test") or {}).get("examples")
+
+
+def read_summary(run_dir: str | os.PathLike[str]) -> RunSummary | None:
+    """The typed summary of the run directory ``run_dir``, or None while the run is unfinished."""
+    from sharpscope.io.rundir import RunDirectory  # lazy: loads torch.nn and the models
+
+    stored = RunDirectory(run_dir).read_summary()
+    return None if stored is None else RunSummary.from_json(stored)
 
 
 def read_measurements(run_dir: str | os.PathLike[str], *, torn_ok: bool = False) -> list[Measurement]:

@@ -63,7 +63,15 @@ from sharpscope.curvature.operators.distributed import broadcast_buffers, sum_ac
 from sharpscope.data import ShuffledLoader, fresh_label_noise
 from sharpscope.errors import CheckpointError, ConfigError, StorageError, os_error_text
 from sharpscope.io import fit_state_dict, jsonsafe
-from sharpscope.io.records import Measurement, as_number, is_measurement
+from sharpscope.io.records import (
+    UPDATE_CURVATURE,
+    Measurement,
+    RunSummary,
+    UpdateReading,
+    as_number,
+    is_measurement,
+    record_kind,
+)
 from sharpscope.io.rundir import RunDirectory
 from sharpscope.losses import accuracy, get_loss
 from sharpscope.optim import RS, SA, PerturbedOptimizer
@@ -312,8 +320,9 @@ class _Session:
                     self.ensure_checkpoint(t)
                 if t >= cfg.steps:
                     break
-                if (cfg.stop_at_train_acc is not None and self.loader is not None and record is not None
-                        and record.get("train_acc") is not None and record["train_acc"] >= cfg.stop_at_train_acc):
+                acc = None if record is None else Measurement.from_json(record).train_acc
+                if (cfg.stop_at_train_acc is not None and self.loader is not None and acc is not None
+                        and acc >= cfg.stop_at_train_acc):
                     status = "reached_train_acc"
                     break
                 closure, loss, acc = self.gradient_pass(t)
@@ -347,7 +356,7 @@ class _Session:
                 seconds: float) -> dict[str, Any]:
         records = self.run.read_metrics()
         measured = [Measurement.from_json(r) for r in records if is_measurement(r)]
-        updates = [r for r in records if r.get("kind") == "update_curvature"]
+        updates = [UpdateReading.from_json(r) for r in records if record_kind(r) == UPDATE_CURVATURE]
         final = measured[-1].to_json() if measured else {}
         best: tuple[float, int] | None = None
         crossing = None
@@ -362,31 +371,25 @@ class _Session:
             if crossing is None and math.isfinite(edge) and bounded is not None and bounded >= edge:
                 crossing = m.step
         latest = self.run.latest_checkpoint()
-        summary = {
-            "status": status, "step": step, "steps_requested": self.cfg.steps,
-            "recipe": self.cfg.recipe, "scale": self.cfg.scale,
-            "diverged_at_step": None if event is None else event["step"],
-            "nonfinite_loss": None if event is None else event["train_loss"],
-            "measurements": len(measured),
-            "final": {key: final.get(key) for key in ("step", "eigenvalues", "residuals", "converged",
-                                                       "preconditioned_eigenvalues", "trace",
-                                                       "grad_norm", "train_loss", "train_acc", "test_loss",
-                                                       "test_acc", "thresholds") if key in final},
-            "max_sharpness": None if best is None else {"value": best[0], "step": best[1]},
-            "first_step_at_or_above_edge": crossing,
-            "hvps_total": sum(m.total_hvps for m in measured),
-            "measure_seconds_total": sum(m.total_seconds for m in measured),
-            "update_curvature": None if resolve_method(self.cfg.update_curvature) is None else {
+        summary = RunSummary(
+            status=status, step=step, steps_requested=self.cfg.steps, recipe=self.cfg.recipe, scale=self.cfg.scale,
+            diverged_at_step=None if event is None else event["step"],
+            nonfinite_loss=None if event is None else event["train_loss"],
+            measurements=len(measured),
+            final={key: final.get(key) for key in ("step", "eigenvalues", "residuals", "converged",
+                                                   "preconditioned_eigenvalues", "trace",
+                                                   "grad_norm", "train_loss", "train_acc", "test_loss",
+                                                   "test_acc", "thresholds") if key in final},
+            max_sharpness=None if best is None else {"value": best[0], "step": best[1]},
+            first_step_at_or_above_edge=crossing,
+            hvps_total=sum(m.total_hvps for m in measured),
+            measure_seconds_total=sum(m.total_seconds for m in measured),
+            update_curvature=None if resolve_method(self.cfg.update_curvature) is None else {
                 "method": resolve_method(self.cfg.update_curvature), "every": self.cfg.update_every, "readings": len(updates),
-                "hvps": sum(int((r.get("cost") or {}).get("hvps") or 0) for r in updates),
-                "forwards": sum(int((r.get("cost") or {}).get("forwards") or 0) for r in updates)},
-            "session": {"resumed_from_step": start, "seconds": seconds, "notes": list(self.run.notes)},
-            "data": self.data_info,
-            "sharding": sharding(len(self.train_set)),
-            "init": self.init_info,
-            "checkpoint": None if latest is None else str(latest[1]),
-            "run_dir": str(self.run.path),
-        }
+                "hvps": sum(u.hvps for u in updates), "forwards": sum(u.forwards for u in updates)},
+            session={"resumed_from_step": start, "seconds": seconds, "notes": list(self.run.notes)},
+            data=self.data_info, sharding=sharding(len(self.train_set)), init=self.init_info,
+            checkpoint=None if latest is None else str(latest[1]), run_dir=str(self.run.path)).to_json()
         self.run.write_summary(summary)
         return jsonsafe.loads(jsonsafe.dumps(summary))
 

@@ -48,6 +48,7 @@ from sharpscope.experiments.recipes import cifar_data, fc, mnist1d_data
 from sharpscope.experiments.studies.framework import Build, Stage, Study
 from sharpscope.io import jsonsafe
 from sharpscope.io.atomic import atomic_write_bytes
+from sharpscope.io.records import RunSummary
 from sharpscope.losses import get_loss
 from sharpscope.measures import SharpnessSettings, measure
 from sharpscope.measures.settings import Norm
@@ -263,14 +264,13 @@ def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
     models, excluded = [], []
     resamples = 500
     for name, path in dirs.items():
-        summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
+        summary = RunSummary.from_json(json.loads((path / "summary.json").read_text(encoding="utf-8")))
         cfg = TrainConfig.from_dict(json.loads((path / "config.json").read_text(encoding="utf-8")))
         resamples = _scale_of(cfg).resamples
-        reached = summary.get("status") == "reached_train_acc"
-        entry: dict[str, Any] = {"name": name, "axes": _axes_of(name), "status": summary.get("status"),
-                                 "steps": summary.get("step"), "reached_stop": reached,
-                                 "train_seconds": summary.get("seconds")}
-        if summary.get("status") != "diverged":
+        reached = summary.status == "reached_train_acc"
+        entry: dict[str, Any] = {"name": name, "axes": _axes_of(name), "status": summary.status,
+                                 "steps": summary.step, "reached_stop": reached, "train_seconds": summary.seconds}
+        if summary.status != "diverged":
             entry.update(measure_model(path))
         models.append(entry)
         if not reached:
