@@ -73,6 +73,7 @@ SHARPNESS_LABELS = {"worst": "worst-case sharpness", "average": "average sharpne
 
 
 def report_table(report: ProbeReport, title: str) -> Table:
+    """The probe report as a table: each estimate with its uncertainty and cost."""
     s: dict[str, Any] = report.settings
     table = Table(title=title, title_justify="left", show_header=True, header_style="bold")
     for col in ("quantity", "value", "± / residual", "HVPs", "seconds"):
@@ -116,6 +117,7 @@ def report_table(report: ProbeReport, title: str) -> Table:
 
 
 def layers_table(result: PerLayerCurvature) -> Table:
+    """Per-layer λ_max (and trace) as a table, one row per parameter group."""
     table = Table(title=f"per-layer curvature (grouped by {result.grouping})", title_justify="left",
                   header_style="bold")
     for col in ("layer", "parameters", "λ_max", "residual", "trace", "±", "HVPs", "seconds"):
@@ -130,6 +132,7 @@ def layers_table(result: PerLayerCurvature) -> Table:
 
 
 def emit(report: ProbeReport, title: str, as_json: bool, extra: dict[str, Any]) -> None:
+    """Print the report: one JSON object (with ``extra``) or the tables."""
     if as_json:
         payload = {**report.to_dict(), **extra}
         sys.stdout.write(json.dumps(payload) + "\n")

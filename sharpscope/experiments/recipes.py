@@ -107,6 +107,7 @@ def _mnist(n: int) -> dict[str, Any] | None:
 
 
 def check_scale(scale: str) -> None:
+    """Raise :class:`ConfigError` unless ``scale`` is one of :data:`SCALES`."""
     if scale not in SCALES:
         raise ConfigError(f"unknown scale {scale!r}; valid: {', '.join(SCALES)}")
 

@@ -100,6 +100,7 @@ def study_report(summary: Mapping[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Print the report of each study summary named on the command line."""
     for path in argv if argv is not None else sys.argv[1:]:
         sys.stdout.write(study_report(json.loads(Path(path).read_text())) + "\n")
     return 0

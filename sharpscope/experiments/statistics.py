@@ -69,6 +69,7 @@ class Difference:
         return 1 if self.low > 0 else -1 if self.high < 0 else 0
 
     def to_json(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict."""
         return asdict(self)
 
 

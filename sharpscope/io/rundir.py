@@ -166,18 +166,22 @@ class RunDirectory:
     # ----------------------------------------------------------------------------- paths
     @property
     def config_path(self) -> Path:
+        """``config.json``."""
         return self.path / CONFIG
 
     @property
     def metrics_path(self) -> Path:
+        """``metrics.jsonl``."""
         return self.path / METRICS
 
     @property
     def summary_path(self) -> Path:
+        """``summary.json``."""
         return self.path / SUMMARY
 
     @property
     def checkpoint_dir(self) -> Path:
+        """The folder of the checkpoints."""
         return self.path / CHECKPOINTS
 
     # ------------------------------------------------------------------------ life cycle

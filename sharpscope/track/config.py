@@ -145,6 +145,7 @@ class TrainConfig:
 
     @classmethod
     def field_names(cls) -> list[str]:
+        """The names of the config's fields, in order."""
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
@@ -205,7 +206,6 @@ class TrainConfig:
     # ------------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Raise :class:`ConfigError` on a value out of range (one message per problem)."""
-
         for f in dataclasses.fields(self):
             check_depth(f.name, getattr(self, f.name))
         for key, value in _leaves(dataclasses.asdict(self)):  # config.json is strict JSON

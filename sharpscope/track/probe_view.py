@@ -117,6 +117,7 @@ class ShardedView(ProbeView):
         return {}
 
     def evaluate(self) -> tuple[float, float | None]:
+        """Loss and accuracy on the probe set, summed over the ranks (every rank must call)."""
         return self.op.evaluate()
 
     def gradient(self) -> tuple[Tensor | None, float]:
@@ -124,10 +125,11 @@ class ShardedView(ProbeView):
         return None, self.op.gradient_norm()
 
     def local_params(self) -> dict[str, Tensor]:
-        """This rank's slice of each parameter, by name."""
+        """Each parameter's slice on this rank, by name."""
         return {n: local_part(p) for n, p in self.objective.params.items()}
 
     def product_settings(self, curvature: CurvatureSettings) -> dict[str, Any]:
+        """How the sharded products are taken, for the record's ``settings``."""
         shard = {key: value for key, value in self.op.describe().items()
                  if key in ("world_size", "step", "step_rule", "gradient_divide_factor")}
         return {"hvp_mode": "finite difference (sharded)", "cache_graphs": False, "shard": shard}

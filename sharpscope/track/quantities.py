@@ -69,6 +69,7 @@ class Seeds:
     fixed: bool = False
 
     def __call__(self, step: int, salt: int) -> int:
+        """The seed of the random vectors numbered ``salt`` at ``step`` (step 0's at every step when fixed)."""
         return step_seed(self.seed, 0 if self.fixed else step, salt)
 
 
@@ -123,6 +124,7 @@ class Quantity:
         """Raise :class:`ConfigError` before any work when this quantity cannot be measured with ``optimizer``."""
 
     def measure(self, reading: Reading) -> int:
+        """Write this quantity's fields into ``reading.record``; return the Hessian-vector products taken."""
         raise NotImplementedError
 
 
@@ -135,6 +137,7 @@ class LossAccuracy(Quantity):
     timer: ClassVar[str | None] = "eval_seconds"
 
     def measure(self, reading: Reading) -> int:
+        """Loss and accuracy on the probe and test sets (and the test predictions when asked)."""
         rec = reading.record
         rec["train_loss"], rec["train_acc"] = reading.probe.evaluate()
         if reading.test is not None:
@@ -156,9 +159,11 @@ class TopEigenvalues(Quantity):
     error_key: ClassVar[str] = "eigenvalues"
 
     def operator(self, reading: Reading) -> LinearOperator:
+        """The operator whose top eigenvalues are read: the probe set's Hessian."""
         return reading.probe.op
 
     def write(self, rec: dict[str, Any], top: EigenResult | None, warm: bool) -> None:
+        """The eigenvalues, residuals, convergence and cost into ``rec`` (None fields when Lanczos failed)."""
         rec["warm_start"] = warm
         if top is None:
             rec.update(eigenvalues=None, residuals=None, converged=False, hvps=None, seconds=None)
@@ -167,6 +172,7 @@ class TopEigenvalues(Quantity):
                        hvps=top.hvps, seconds=top.seconds, lanczos_steps=top.settings["steps"])
 
     def measure(self, reading: Reading) -> int:
+        """Lanczos for the top ``k``, warm-started from the previous eigenvectors when allowed."""
         v0 = self.solver.start(self.vectors, reading.probe.op)
         try:
             top = self.solver.top(self.operator(reading), v0, reading.step, self.salt)
@@ -190,6 +196,7 @@ class PreconditionedEigenvalues(TopEigenvalues):
     error_key: ClassVar[str] = "preconditioned_eigenvalues"
 
     def check(self, optimizer: torch.optim.Optimizer | None) -> None:
+        """Refuse an optimizer that is not Adam/AdamW (the preconditioner needs its second moments)."""
         try:
             adam_optimizer(optimizer)
         except ConfigError:
@@ -199,9 +206,11 @@ class PreconditionedEigenvalues(TopEigenvalues):
                               "Set preconditioned=False for other optimizers", argument="preconditioned") from None
 
     def operator(self, reading: Reading) -> LinearOperator:
+        """``P⁻¹H`` with ``P = diag(√v̂ + ε)`` from the optimizer's state."""
         return PreconditionedOperator(reading.probe.op, adam_preconditioner(reading.optimizer, reading.probe.objective))  # type: ignore[arg-type]
 
     def write(self, rec: dict[str, Any], top: EigenResult | None, warm: bool) -> None:
+        """The preconditioned eigenvalues and residuals into ``rec``."""
         rec.update(preconditioned_eigenvalues=None if top is None else top.eigenvalues.tolist(),
                    preconditioned_residuals=None if top is None else top.residuals.tolist(),
                    preconditioned_hvps=None if top is None else top.hvps)
@@ -216,6 +225,7 @@ class Trace(Quantity):
     seeds: Seeds
 
     def measure(self, reading: Reading) -> int:
+        """``tr(H)`` by the settings' estimator (Hutchinson or Hutch++), its standard error and cost."""
         c, op = self.curvature, reading.probe.op
         try:
             tr = trace_estimator(c.trace_method)(op, c.trace_matvecs, seed=self.seeds(reading.step, 2),
@@ -242,6 +252,7 @@ class SharpnessMeasures(Quantity):
     timer: ClassVar[str | None] = "sharpness_seconds"
 
     def measure(self, reading: Reading) -> int:
+        """Each named sharpness measure, seeded from the step, as a compact record."""
         base = replace(self.settings, seed=self.seeds(reading.step, 4))
         out: dict[str, Any] = {}
         for name in self.names:
@@ -266,6 +277,7 @@ class GradientNorm(Quantity):
     timer: ClassVar[str | None] = "grad_seconds"
 
     def measure(self, reading: Reading) -> int:
+        """``‖∇L‖`` on the probe set."""
         reading.grad, reading.grad_norm = reading.probe.gradient()
         reading.record["grad_norm"] = reading.grad_norm
         return 0
@@ -281,6 +293,7 @@ class GradientAlignment(Quantity):
     pending: dict[str, Any] | None = None
 
     def measure(self, reading: Reading) -> int:
+        """``cos(g, v_i)`` of the gradient with each top eigenvector and the fraction of ``g`` in their span."""
         self.pending = None
         grad, vectors = reading.grad, self.top.vectors
         if vectors is None or grad is None:
@@ -325,6 +338,7 @@ class SamBatch(Quantity):
         self.step = step if isinstance(optimizer, SAM) else None
 
     def measure(self, reading: Reading) -> int:
+        """Mark the step so that the SAM step's batch record follows; no products."""
         self.mark(reading.step, reading.optimizer)
         return 0
 
@@ -336,6 +350,7 @@ class Thresholds(Quantity):
     threshold: ThresholdFn
 
     def measure(self, reading: Reading) -> int:
+        """The thresholds that apply to the optimizer at this step (2/η, momentum, Adam, SAM's edge)."""
         reading.record["thresholds"] = thresholds_of(self.threshold, reading.step, reading.optimizer,
                                                      reading.grad_norm, reading.errors)
         return 0

@@ -252,7 +252,7 @@ class _Session:
         return closure
 
     def _own_part(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        """This rank's contiguous part of a mini-batch that every rank drew alike (may be empty)."""
+        """The contiguous part, on this rank, of a mini-batch that every rank drew alike (may be empty)."""
         lo, hi = shard_bounds(int(batch[0].shape[0]))
         return batch[0][lo:hi], batch[1][lo:hi]
 

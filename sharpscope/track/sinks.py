@@ -97,6 +97,7 @@ class JSONLSink:
         self.run = run if isinstance(run, RunDirectory) else RunDirectory(run)
 
     def __call__(self, record: Mapping[str, Any]) -> bool:
+        """Append ``record`` to the run's ``metrics.jsonl``."""
         return self.run.append_metric(record)
 
 
@@ -119,6 +120,7 @@ class CSVSink:
                 self.columns = next(csv.reader(f), [])
 
     def __call__(self, record: Mapping[str, Any]) -> None:
+        """Append ``record`` as a CSV row, widening the header when new fields appear."""
         flat = {k: "" if v is None else v for k, v in flatten_record(record).items()}
         new = [k for k in flat if k not in self.columns]
         if new or not self.path.is_file():
@@ -204,6 +206,7 @@ class TensorBoardSink:
         return sorted(self.logdir.glob(f"events.out.tfevents.*{self.SUFFIX}")) if self.logdir.is_dir() else []
 
     def __call__(self, record: Mapping[str, Any]) -> None:
+        """Log ``record``'s numbers as scalars at its step."""
         self._write(record, None)
 
     def _write(self, record: Mapping[str, Any], present: set[tuple[str, int]] | None) -> None:
@@ -289,6 +292,7 @@ class TensorBoardSink:
         return scalars
 
     def close(self) -> None:
+        """Flush and close the event writer."""
         if self._writer is not None:
             self._writer.close()
 
@@ -359,6 +363,7 @@ class WandbSink:
             self(record)
 
     def close(self) -> None:
+        """Finish the W&B run if this sink started it."""
         if self._owned:
             self.run.finish()
 
@@ -376,6 +381,7 @@ class MultiSink:
         self.sinks = sinks
 
     def __call__(self, record: Mapping[str, Any]) -> list[Any]:
+        """Pass ``record`` to every sink; a failing sink does not stop the others (errors raised after all ran)."""
         results, errors = [], []
         for sink in self.sinks:
             try:

@@ -378,6 +378,7 @@ def smoothing_check(finetune: Path, scale: str, *, pairing: str = "antithetic") 
 
 
 def evaluate_label_noise(dirs: Mapping[str, Path]) -> dict[str, Any]:
+    """G6's criteria from the label-noise and noiseless runs."""
     return arm_criteria.label_noise_results(dirs)
 
 

@@ -36,6 +36,8 @@ from sharpscope.track import TrainConfig
 
 @dataclass(frozen=True)
 class FlatScale:
+    """The sizes of one scale of the study."""
+
     n: int
     channels: tuple[int, ...]
     steps: int
@@ -85,6 +87,7 @@ def arm_config(scale: str, arm: str, seed: int) -> TrainConfig:
 
 
 def stages(scale: str) -> list[Stage]:
+    """One run per arm and seed."""
     def build(arm: str, seed: int) -> Build:
         return lambda sc, _: arm_config(sc, arm, seed)
 
@@ -170,6 +173,7 @@ def flatness_verdicts(summaries: Mapping[str, Mapping[str, Any]], matched: Mappi
 
 
 def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
+    """G1, G3, G4 and G5 from the arms' runs."""
     groups = arm_criteria.arms(dirs)
     summaries = {arm: arm_criteria.arm_summary(paths) for arm, paths in groups.items()}
     out: dict[str, Any] = {"arms": summaries}

@@ -1,5 +1,5 @@
-"""The population study (Jiang et al. 2019; Andriushchenko et al. 2023): do sharpness measures rank a
-population of trained models by their generalisation?
+"""The population study (Jiang et al. 2019; Andriushchenko et al. 2023): whether sharpness measures rank a
+population of trained models by their generalisation.
 
 Every model of a grid over learning rate × batch size × SAM ρ (0: plain SGD) × weight decay (× width) is
 trained from seed 0 with momentum SGD (0.9) until its training accuracy reaches ``target`` (checked every
@@ -102,6 +102,7 @@ def grid(scale: str) -> list[dict[str, Any]]:
 
 
 def stage_name(c: Mapping[str, Any]) -> str:
+    """The run name of one grid point, e.g. ``lr0.05-b32-rho0-wd0-w16``."""
     return f"lr{c['lr']:g}-b{c['batch']}-rho{c['rho']:g}-wd{c['wd']:g}-w{c['width']}"
 
 
@@ -129,6 +130,7 @@ def model_config(scale: str, c: Mapping[str, Any]) -> TrainConfig:
 
 
 def stages(scale: str) -> list[Stage]:
+    """One run per point of the grid."""
     def build(c: dict[str, Any]) -> Build:
         return lambda sc, _: model_config(sc, c)
 
@@ -261,6 +263,7 @@ def table(ranked: Mapping[str, Any], excluded: Sequence[str]) -> str:
 
 
 def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
+    """Each model's gap, test error and measures, and their rank correlations (P1)."""
     models, excluded = [], []
     resamples = 500
     for name, path in dirs.items():

@@ -93,6 +93,7 @@ def _fit(activation: str, pool: str) -> Build:
 
 
 def stages(scale: str) -> list[Stage]:
+    """One fit per network."""
     return [Stage(f"fit-{name}", _fit(*act_pool)) for name, act_pool in NETWORKS.items()]
 
 
