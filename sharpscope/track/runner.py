@@ -312,9 +312,10 @@ class _Session:
                     self.ensure_checkpoint(t)
                 if t >= cfg.steps:
                     break
-                if (cfg.stop_at_train_acc is not None and self.loader is not None and record is not None
-                        and record.get("train_acc") is not None and record["train_acc"] >= cfg.stop_at_train_acc):
-                    status = "reached_train_acc"
+                reached = _reached(cfg, record.get("train_loss"), record.get("train_acc")) \
+                    if self.loader is not None and record is not None else None
+                if reached is not None:
+                    status = reached
                     break
                 closure, loss, acc = self.gradient_pass(t)
                 if not math.isfinite(loss):
@@ -324,9 +325,9 @@ class _Session:
                     if self.lead:
                         self.record(event)
                     break
-                if (cfg.stop_at_train_acc is not None and self.loader is None and acc is not None
-                        and acc >= cfg.stop_at_train_acc):
-                    status = "reached_train_acc"
+                reached = _reached(cfg, loss, acc) if self.loader is None else None
+                if reached is not None:
+                    status = reached
                     self.measure(t)
                     break
                 sharp = None
@@ -389,6 +390,16 @@ class _Session:
         }
         self.run.write_summary(summary)
         return jsonsafe.loads(jsonsafe.dumps(summary))
+
+
+def _reached(cfg: TrainConfig, loss: float | None, acc: float | None) -> str | None:
+    """The stopping status when the training accuracy reached ``stop_at_train_acc`` (``"reached_train_acc"``) or the
+    training loss fell to ``stop_at_train_loss`` (``"reached_train_loss"``); None otherwise."""
+    if cfg.stop_at_train_acc is not None and acc is not None and acc >= cfg.stop_at_train_acc:
+        return "reached_train_acc"
+    if cfg.stop_at_train_loss is not None and loss is not None and loss <= cfg.stop_at_train_loss:
+        return "reached_train_loss"
+    return None
 
 
 def train(config: TrainConfig | Mapping[str, Any], out_dir: str | Path, *, force: bool = False,

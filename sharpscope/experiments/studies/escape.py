@@ -40,7 +40,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -125,7 +125,23 @@ def _save_npz(path: Path, **arrays: torch.Tensor) -> None:
     atomic_write(path, lambda f: np.savez(f, **data))  # type: ignore[arg-type]  # numpy's stub: **data vs allow_pickle
 
 
+class DataSizes(Protocol):
+    """What the data preparation reads of a scale."""
+
+    @property
+    def n(self) -> int: ...
+    @property
+    def test_n(self) -> int: ...
+    @property
+    def copies(self) -> int: ...
+
+
 def prepare(scale: str, out_dir: Path, options: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`prepare_data` with the sizes of ``scale``."""
+    return prepare_data(SCALES[scale], out_dir, options)
+
+
+def prepare_data(sc: DataSizes, out_dir: Path, options: Mapping[str, Any]) -> dict[str, Any]:
     """Write ``data/clean.npz`` (train and test) and ``data/pretrain.npz`` (the confusion set, or
     clean ∪ confusion with ``construction="clean+confusion"``) once; return what was made."""
     unknown = sorted(set(options) - {"construction"})
@@ -142,7 +158,6 @@ def prepare(scale: str, out_dir: Path, options: Mapping[str, Any]) -> dict[str, 
             raise ConfigError(f"{out_dir} was prepared with construction {info.get('construction')!r}; "
                               f"use another folder for {construction!r}")
         return info
-    sc = SCALES[scale]
     x, y, xt, yt, source = _images(sc.n, sc.test_n)
     g = torch.Generator().manual_seed(0)
     confusion = confusion_set(x, 10, copies=sc.copies, zero_frac=0.1, mode="pixel", generator=g)
@@ -167,7 +182,7 @@ def prepare(scale: str, out_dir: Path, options: Mapping[str, Any]) -> dict[str, 
     return info
 
 
-def _info(out_dir: Path) -> dict[str, Any]:
+def data_info(out_dir: Path) -> dict[str, Any]:
     return jsonsafe.loads((out_dir / "data" / "info.json").read_text())
 
 
@@ -179,6 +194,13 @@ def network(scale: str, info: Mapping[str, Any]) -> dict[str, Any]:
     if len(shape) == 3 and scale == "gpu":
         return {"name": "resnet18", "kwargs": {"num_classes": 10, "norm": "gn", "width": channels[0],
                                                "in_channels": shape[0]}}
+    return small_network(channels, info)
+
+
+def small_network(channels: list[int], info: Mapping[str, Any]) -> dict[str, Any]:
+    """A GroupNorm CNN (conv-ReLU-GN-maxpool blocks of ``channels``) on images, else a ReLU MLP of widths
+    ``4 × channels``."""
+    shape = info["input_shape"]
     if len(shape) == 3:
         return {"name": "cnn", "kwargs": {"in_channels": shape[0], "num_classes": 10, "channels": channels,
                                           "norm": "gn", "image_size": shape[1]}}
@@ -192,7 +214,7 @@ def base_config(scale: str, out_dir: Path, data: str, *, lr: float, steps: int, 
     first ``probe_n`` images, test accuracy on the held-out images."""
     sc = SCALES[scale]
     path = (out_dir / "data" / f"{data}.npz").resolve()
-    return TrainConfig(model=network(scale, _info(out_dir)), data=f"npz:{path}",
+    return TrainConfig(model=network(scale, data_info(out_dir)), data=f"npz:{path}",
                        test_data=f"npz:{(out_dir / 'data' / 'clean.npz').resolve()}", loss="ce", optimizer="sgd",
                        optimizer_kwargs={"lr": lr}, batch_size=min(128, sc.n), probe_n=min(sc.n, sc.probe_n),
                        physical_batch_size=500, steps=steps, measure_every=every, trace=True, checkpoint_every=every,
