@@ -2,7 +2,8 @@
 
 :func:`a3_figure` has two rows of three panels. Top: the readings of tr(H) (± its Hutch++ stderr), of the
 exact Jacobian trace and of test accuracy (± its binomial standard error ``√(p(1−p)/n)``) of SA and of each
-arm at their matched point, one marker per bad minimizer. Bottom: SA − arm for the same three quantities,
+arm at their matched point, one marker per bad minimizer, a grey line joining the two readings from
+one minimizer. Bottom: SA − arm for the same three quantities,
 each minimizer's difference and the mean with its 95% interval over minimizers (the study's paired
 interval, with the estimator and paired test-set errors).
 """
@@ -50,6 +51,9 @@ def a3_figure(results: Mapping[str, Any]) -> tuple[Figure, dict[str, Any]]:
             pairs = comparisons[arm]["pairs"]
             rows = []
             for j, pair in enumerate(pairs):
+                ends = [(i + (k - 0.5) * 0.35 + (j - 1) * 0.06, scale * _num(pair[side].get(quantity)))
+                        for k, side in enumerate(("sa", "arm"))]
+                top.plot(*zip(*ends), color="0.7", lw=0.7)  # one bad minimizer: SA and the arm, paired
                 for k, (side, who) in enumerate((("sa", "SA"), ("arm", NAMES[arm]))):
                     value = scale * _num(pair[side].get(quantity))
                     err = _error(pair[side], quantity)
@@ -77,5 +81,5 @@ def a3_figure(results: Mapping[str, Any]) -> tuple[Figure, dict[str, Any]]:
         label_axes(bottom, "", f"SA − arm ({'points' if quantity == 'test_acc' else label})",
                    title="per minimizer; mean with 95% interval")
         if col == 0:
-            legend(top, inside=6)
+            legend(top, inside=1)
     return fig, plotted

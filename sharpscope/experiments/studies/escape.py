@@ -141,9 +141,10 @@ def prepare(scale: str, out_dir: Path, options: Mapping[str, Any]) -> dict[str, 
     return prepare_data(SCALES[scale], out_dir, options)
 
 
-def prepare_data(sc: DataSizes, out_dir: Path, options: Mapping[str, Any]) -> dict[str, Any]:
+def prepare_data(sc: DataSizes, out_dir: Path, options: Mapping[str, Any], *, pool: int = 1) -> dict[str, Any]:
     """Write ``data/clean.npz`` (train and test) and ``data/pretrain.npz`` (the confusion set, or
-    clean ∪ confusion with ``construction="clean+confusion"``) once; return what was made."""
+    clean ∪ confusion with ``construction="clean+confusion"``) once; return what was made. ``pool > 1``
+    averages the images over ``pool × pool`` pixel blocks first (a 32×32 CIFAR-10 image becomes 16×16 with 2)."""
     unknown = sorted(set(options) - {"construction"})
     if unknown:
         raise ConfigError(f"unknown escape study option(s) {unknown}; valid: construction")
@@ -159,6 +160,8 @@ def prepare_data(sc: DataSizes, out_dir: Path, options: Mapping[str, Any]) -> di
                               f"use another folder for {construction!r}")
         return info
     x, y, xt, yt, source = _images(sc.n, sc.test_n)
+    if pool > 1 and x.dim() == 4:
+        x, xt = torch.nn.functional.avg_pool2d(x, pool), torch.nn.functional.avg_pool2d(xt, pool)
     g = torch.Generator().manual_seed(0)
     confusion = confusion_set(x, 10, copies=sc.copies, zero_frac=0.1, mode="pixel", generator=g)
     if x.dim() == 4:  # black pixels zeroed in [0, 1], then the CIFAR-10 per-channel standardisation
@@ -177,7 +180,7 @@ def prepare_data(sc: DataSizes, out_dir: Path, options: Mapping[str, Any]) -> di
     _save_npz(folder / "pretrain.npz", x=px, y=py, **test)
     info = {"source": source, "clean_examples": len(y), "test_examples": len(yt), "construction": construction,
             "pretrain_examples": len(py), "confusion": confusion.meta, "normalisation": norm,
-            "input_shape": list(x.shape[1:]), "seed": 0}
+            "input_shape": list(x.shape[1:]), "seed": 0, **({"pool": pool} if pool > 1 else {})}
     atomic_write_bytes(info_path, (jsonsafe.dumps(info, indent=2) + "\n").encode())
     return info
 

@@ -15,8 +15,9 @@ bad minimizer. Here:
   the perturbation), ``sgd-lrp`` (SGD at η′) and ``sgd`` (SGD at η).
 * **Loss-matched stopping**: SA runs ``steps`` steps; every other arm runs until its training loss (all
   clean training images, read every ``check_every`` steps) falls to SA's final loss, at most ``max_steps``.
-  An arm that does not get there is compared with SA where SA's own run passes the arm's final loss
-  (SA keeps a checkpoint at every reading). Either way the two are compared at equal loss.
+  An arm that does not get there is compared with SA at the checkpoint of SA's run (it keeps one at every
+  loss reading) whose loss is closest to the arm's final loss. Either way the two are compared at equal
+  loss, up to the ``check_every`` steps between readings (the ratio of the two losses is recorded).
 * **One reading per compared model**, with the probes fixed (:class:`~sharpscope.track.SharpnessTracker`
   with ``probes="fixed"``, one probe seed): tr(H) by Hutch++ with ``trace_matvecs`` products (the same
   probe vectors for every model, so differences come from the weights), its stderr; λ_max by Lanczos; the
@@ -61,6 +62,7 @@ class A3Scale:
 
     n: int  # clean training images (all of them are the probe set and the stopping loss's set)
     test_n: int
+    pool: int  # images averaged over pool × pool pixel blocks
     copies: int  # confusion copies of each clean image
     channels: tuple[int, ...]
     pretrain_acc: float
@@ -77,11 +79,11 @@ class A3Scale:
 
 
 SCALES: dict[str, A3Scale] = {
-    "smoke": A3Scale(n=32, test_n=32, copies=2, channels=(4, 8), pretrain_acc=0.5, fit_steps=4, fit_every=2,
+    "smoke": A3Scale(n=32, test_n=32, pool=2, copies=2, channels=(4, 8), pretrain_acc=0.5, fit_steps=4, fit_every=2,
                      steps=4, max_steps=6, check_every=2, trace_matvecs=6, lanczos_iter=3, minimizers=(0, 1, 2),
                      rho=0.1, lr_perturb=10 * ETA),
-    "cpu": A3Scale(n=256, test_n=2000, copies=4, channels=(16, 32, 32), pretrain_acc=0.99, fit_steps=6000,
-                   fit_every=100, steps=400, max_steps=800, check_every=10, trace_matvecs=120, lanczos_iter=20,
+    "cpu": A3Scale(n=256, test_n=2000, pool=2, copies=4, channels=(16, 32, 32), pretrain_acc=0.99, fit_steps=4000,
+                   fit_every=100, steps=400, max_steps=500, check_every=10, trace_matvecs=100, lanczos_iter=10,
                    minimizers=(0, 1, 2), rho=0.1, lr_perturb=10 * ETA),
 }
 SCALES["gpu"] = SCALES["cpu"]  # no larger scale: the study is sized for one CPU core
@@ -107,7 +109,7 @@ def prepare(scale: str, out_dir: Path, options: Mapping[str, Any]) -> dict[str, 
     if options:
         raise ConfigError(f"study 'escape-a3' takes no options, got {sorted(options)}")
     sc = _sizes(scale)
-    info = prepare_data(sc, out_dir, {})
+    info = prepare_data(sc, out_dir, {}, pool=sc.pool)
     n = len(sc.minimizers)
     plan = {"minimizers": n, "eta": ETA, "lr_perturb": sc.lr_perturb, "rho": sc.rho, "level": statistics.LEVEL,
             "power": POWER, "mde_per_sd": planned_mde(n), "sizes": asdict(sc)}
@@ -201,17 +203,16 @@ def reading(run_dir: Path, sc: A3Scale, step: int | None = None) -> dict[str, An
     from sharpscope.track.build import build_model, load_initial_weights
 
     run = RunDirectory(run_dir)
-    latest = run.latest_checkpoint()
-    if latest is None:
-        raise ConfigError(f"{run_dir} has no checkpoint to read")
-    step = latest[0] if step is None else int(step)
+    kept = dict(run.checkpoints())
+    if not kept or (step is not None and step not in kept):
+        raise ConfigError(f"{run_dir} has no checkpoint {'to read' if step is None else f'of step {step}'}")
+    step = max(kept) if step is None else int(step)
     cache = run_dir.parent / READINGS / f"{run_dir.name}@{step}.json"
     if cache.is_file():
         return dict(jsonsafe.loads(cache.read_text(encoding="utf-8")))
     cfg = TrainConfig.from_dict(run.read_config())
     model, spec = build_model(cfg, torch.device("cpu"), torch.float32)
-    path = run_dir / "checkpoints" / f"step-{step}.pt" if step != latest[0] else run_dir
-    where = load_initial_weights(str(path), model, spec)
+    where = load_initial_weights(str(kept[step]), model, spec)
     clean_file = f"npz:{(run_dir.parent / 'data' / 'clean.npz').resolve()}"
     clean, test_set = resolve_data(clean_file, train=True), resolve_data(clean_file, train=False)
     tracker = SharpnessTracker((clean.x, clean.y), get_loss("ce"), every=1, test_data=test_set,
@@ -239,9 +240,9 @@ def _loss_series(run_dir: Path) -> list[tuple[int, float]]:
 
 
 def sa_step_at(sa_dir: Path, loss: float) -> int:
-    """The first reading of SA's run at or below ``loss`` (its last one if it never gets there)."""
-    series = _loss_series(sa_dir)
-    return next((s for s, value in series if value <= loss), series[-1][0])
+    """The reading (a kept checkpoint) of SA's run whose training loss is closest to ``loss`` in log scale."""
+    series = [(s, value) for s, value in _loss_series(sa_dir) if value > 0]
+    return min(series, key=lambda sv: abs(math.log(sv[1] / loss)))[0]
 
 
 def matched_pair(out: Path, arm: str, m: int, sc: A3Scale) -> dict[str, Any]:
@@ -254,7 +255,7 @@ def matched_pair(out: Path, arm: str, m: int, sc: A3Scale) -> dict[str, Any]:
         sa, how = reading(sa_dir, sc), "the arm stopped at SA's final loss"
     else:
         sa = reading(sa_dir, sc, sa_step_at(sa_dir, other["train_loss"]))
-        how = "SA read where its run passes the arm's final loss"
+        how = "SA read at its checkpoint closest to the arm's final loss"
     return {"sa": sa, "arm": other, "matched": how, "status": status,
             "loss_ratio": other["train_loss"] / sa["train_loss"] if sa["train_loss"] > 0 else math.nan}
 
