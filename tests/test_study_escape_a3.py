@@ -72,7 +72,7 @@ def test_each_comparison_is_the_paired_interval_of_the_readings_at_equal_loss(st
     out, summary = study
     results = summary["results"]
     assert summary["data"]["plan"]["mde_per_sd"] == pytest.approx(planned_mde(len(SC.minimizers)))
-    for arm, cmp in results["comparisons"].items():
+    for cmp in results["comparisons"].values():
         pairs = cmp["pairs"]
         assert len(pairs) == len(SC.minimizers)
         for m, pair in enumerate(pairs):
