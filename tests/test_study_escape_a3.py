@@ -62,10 +62,13 @@ def test_readings_use_the_same_probes_in_every_run(study) -> None:
     fixed probes it gives the minimizer's reading to the last bit; a later step gives other numbers."""
     out, _ = study
     start, minimizer = reading(out / "sa-m0", SC, 0), reading(out / "finetune-m0", SC)
-    for key in ("trace", "trace_stderr", "jacobian_trace", "train_loss", "test_correct", "lambda_max"):
+    for key in ("trace", "trace_stderr", "trace_samples", "jacobian_trace", "train_loss", "test_correct",
+                "lambda_max"):
         assert start[key] == minimizer[key]
     end = reading(out / "sa-m0", SC)
-    assert end["trace"] != start["trace"] and end["hvps"] == start["hvps"] == SC.trace_matvecs + SC.lanczos_iter
+    assert end["trace"] != start["trace"] and end["trace_samples"] != start["trace_samples"]
+    assert end["hvps"] == start["hvps"] == SC.trace_matvecs + SC.lanczos_iter + SC.paired_probes
+    assert end["trace_paired"] == pytest.approx(float(np.mean(end["trace_samples"])), rel=1e-12)
 
 
 def test_each_comparison_is_the_paired_interval_of_the_readings_at_equal_loss(study) -> None:
@@ -87,6 +90,11 @@ def test_each_comparison_is_the_paired_interval_of_the_readings_at_equal_loss(st
         e = math.sqrt(np.mean([p["sa"]["trace_stderr"] ** 2 + p["arm"]["trace_stderr"] ** 2 for p in pairs]))
         d = st.paired_difference(trace, estimator_se=e)
         assert cmp["trace"]["interval"] == pytest.approx([d.low, d.high], rel=1e-9)
+        full = [{side: reading(out / p[side]["run"], SC, p[side]["step"]) for side in ("sa", "arm")} for p in pairs]
+        diffs = [np.subtract(p["sa"]["trace_samples"], p["arm"]["trace_samples"]) for p in full]
+        e = math.sqrt(np.mean([np.var(x, ddof=1) / x.size for x in diffs]))
+        d = st.paired_difference([float(x.mean()) for x in diffs], estimator_se=e)
+        assert cmp["trace_paired"]["interval"] == pytest.approx([d.low, d.high], rel=1e-9)
         assert cmp["trace"]["verdict"] in VERDICTS and cmp["test_acc"]["verdict"] in VERDICTS
     assert results["A3"]["verdict"] in VERDICTS and results["A3"]["minimizers"] == len(SC.minimizers)
 
@@ -98,7 +106,7 @@ def test_the_figure_plots_the_comparisons(study) -> None:
     [(stem, _, plotted, caption)] = figures(summary)
     assert stem == "matched" and "Scale 'smoke'" in caption
     for arm, cmp in summary["results"]["comparisons"].items():
-        assert plotted["differences"]["trace"][arm]["difference"] == pytest.approx(cmp["trace"]["difference"])
+        assert plotted["differences"]["trace"][arm]["difference"] == pytest.approx(cmp["trace_paired"]["difference"])
         assert len(plotted["readings"]["test_acc"][arm]) == 2 * len(SC.minimizers)
 
 

@@ -3,9 +3,9 @@
 :func:`a3_figure` has two rows of three panels. Top: the readings of tr(H) (± its Hutch++ stderr), of the
 exact Jacobian trace and of test accuracy (± its binomial standard error ``√(p(1−p)/n)``) of SA and of each
 arm at their matched point, one marker per bad minimizer, a grey line joining the two readings from
-one minimizer. Bottom: SA − arm for the same three quantities,
-each minimizer's difference and the mean with its 95% interval over minimizers (the study's paired
-interval, with the estimator and paired test-set errors).
+one minimizer. Bottom: SA − arm for the same three quantities
+(tr(H) from the probes both models share), each minimizer's difference and the mean with its 95% interval
+over minimizers (the study's paired interval, with the estimator and paired test-set errors).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from sharpscope.plots.style import color, label_axes, legend, new_figure
 
 QUANTITIES = (("trace", "tr(H)"), ("jacobian_trace", "Jacobian trace"), ("test_acc", "test accuracy (%)"))
+DIFFERENCE = {"trace": "trace_paired"}  # tr(H) differences from the shared Hutchinson probes
 NAMES = {"rs": "RS", "twin": "SA ρ = 0", "sgd-lrp": "SGD at η′", "sgd": "SGD at η"}
 
 
@@ -64,7 +65,7 @@ def a3_figure(results: Mapping[str, Any]) -> tuple[Figure, dict[str, Any]]:
                     rows.append({"minimizer": j, "who": who, "value": value, "error": err,
                                  "loss": _num(pair[side].get("train_loss"))})
             plotted["readings"][quantity][arm] = rows
-            cmp = comparisons[arm][quantity]
+            cmp = comparisons[arm][DIFFERENCE.get(quantity, quantity)]
             per = [scale * _num(v) for v in cmp["per_minimizer"]]
             est, (lo, hi) = scale * _num(cmp["difference"]), (scale * _num(v) for v in cmp["interval"])
             bottom.scatter([i + (j - 1) * 0.08 for j in range(len(per))], per, color=color(i + 1), s=12, alpha=0.7)

@@ -25,9 +25,11 @@ bad minimizer. Here:
   fall with the loss); train loss and accuracy; and which test images each model classifies right.
 * **Statistics** (:mod:`sharpscope.experiments.statistics`): for SA against each arm, the per-minimizer
   differences and their paired interval over minimizers (:func:`~sharpscope.experiments.statistics.paired_difference`)
-  carrying the Hutch++ stderr of both readings (added as independent: conservative, the fixed probes make
-  the two errors correlate positively), and for test accuracy the per-minimizer paired (McNemar) differences
-  on the stored predictions, their interval over minimizers carrying the paired standard error. The minimum
+  carrying the estimator error (:func:`compare`). The tr(H) verdict uses the paired-probe difference
+  ``(1/P) Σ_i z_iᵀ(H_SA − H_arm)z_i`` over ``paired_probes`` shared Rademacher vectors, whose standard
+  error is that of the difference itself (common random numbers); the Hutch++ readings are compared beside it
+  with both stderrs added as if independent. Test accuracy: the per-minimizer paired (McNemar) differences on
+  the stored predictions, their interval over minimizers carrying the paired standard error. The minimum
   detectable effect of that design (in units of the between-minimizer sd) is computed before any run.
   Verdicts: :mod:`sharpscope.experiments.verdicts` (SA against RS, then against every control).
 """
@@ -71,7 +73,8 @@ class A3Scale:
     steps: int  # SA's run from each minimizer
     max_steps: int  # cap of the loss-matched arms
     check_every: int  # steps between loss readings (and SA's checkpoints)
-    trace_matvecs: int
+    trace_matvecs: int  # Hutch++ products of each reading's tr(H)
+    paired_probes: int  # Hutchinson probes, the same vectors for every model: paired differences of tr(H)
     lanczos_iter: int
     minimizers: tuple[int, ...]
     rho: float
@@ -80,10 +83,11 @@ class A3Scale:
 
 SCALES: dict[str, A3Scale] = {
     "smoke": A3Scale(n=32, test_n=32, pool=2, copies=2, channels=(4, 8), pretrain_acc=0.5, fit_steps=4, fit_every=2,
-                     steps=4, max_steps=6, check_every=2, trace_matvecs=6, lanczos_iter=3, minimizers=(0, 1, 2),
+                     steps=4, max_steps=6, check_every=2, trace_matvecs=6, paired_probes=4, lanczos_iter=3, minimizers=(0, 1, 2),
                      rho=0.1, lr_perturb=10 * ETA),
     "cpu": A3Scale(n=256, test_n=2000, pool=2, copies=4, channels=(16, 32, 32), pretrain_acc=0.99, fit_steps=4000,
-                   fit_every=100, steps=400, max_steps=500, check_every=10, trace_matvecs=100, lanczos_iter=10,
+                   fit_every=100, steps=400, max_steps=500, check_every=10, trace_matvecs=100, paired_probes=100,
+                   lanczos_iter=10,
                    minimizers=(0, 1, 2), rho=0.1, lr_perturb=10 * ETA),
 }
 SCALES["gpu"] = SCALES["cpu"]  # no larger scale: the study is sized for one CPU core
@@ -195,8 +199,11 @@ def stages(scale: str) -> list[Stage]:
 # ------------------------------------------------------------------------------ readings
 def reading(run_dir: Path, sc: A3Scale, step: int | None = None) -> dict[str, Any]:
     """The model of ``run_dir`` at checkpoint ``step`` (None: the latest) read once with fixed probes: tr(H)
-    (Hutch++, ``trace_matvecs`` products, probe seed 0 at every model), λ_max, the exact Jacobian trace,
-    train loss and accuracy on all clean images, and the test predictions; cached in ``readings/``."""
+    (Hutch++, ``trace_matvecs`` products, probe seed 0 at every model), the ``paired_probes`` Hutchinson
+    quadratic forms ``z_iᵀHz_i`` (Rademacher ``z_i`` from seed 0: the same vectors for every model), λ_max,
+    the exact Jacobian trace, train loss and accuracy on all clean images, and the test predictions; cached
+    in ``readings/``."""
+    from sharpscope.curvature import Objective, hutchinson
     from sharpscope.losses import get_loss
     from sharpscope.measures import SharpnessSettings
     from sharpscope.track import SharpnessTracker
@@ -222,13 +229,17 @@ def reading(run_dir: Path, sc: A3Scale, step: int | None = None) -> dict[str, An
                                test_predictions=True, sharpness=("jacobian",),
                                sharpness_settings=SharpnessSettings(trace="exact"), batch_size=500)
     rec = tracker.measure(step, model)
+    objective = Objective(model, get_loss("ce"), (clean.x, clean.y), batch_size=500)
+    paired = hutchinson(RUN_DEFAULTS.hessian(objective), sc.paired_probes, seed=0)
     jac = (rec.get("sharpness") or {}).get("jacobian") or {}
     out = {"run": run_dir.name, "step": step, "checkpoint": where, "train_loss": rec["train_loss"],
            "train_acc": rec["train_acc"], "test_acc": rec["test_acc"], "test_correct": rec["test_correct"],
            "trace": rec["trace"]["estimate"] if rec.get("trace") else math.nan,
            "trace_stderr": rec["trace"]["stderr"] if rec.get("trace") else math.nan,
            "lambda_max": (rec.get("eigenvalues") or [math.nan])[0], "jacobian_trace": jac.get("value", math.nan),
-           "hvps": rec["cost"]["hvps"], "seconds": rec["cost"]["seconds"], "probe_examples": len(clean.y),
+           "trace_samples": paired.samples.tolist(), "trace_paired": paired.estimate,
+           "hvps": rec["cost"]["hvps"] + paired.hvps, "seconds": rec["cost"]["seconds"] + paired.seconds,
+           "probe_examples": len(clean.y),
            "test_examples": len(test_set.y), "errors": rec.get("errors")}
     atomic_write_bytes(cache, (jsonsafe.dumps(out, indent=1) + "\n").encode())
     return out
@@ -271,19 +282,32 @@ def _diff_json(d: statistics.Difference, v: Verdict, per: Sequence[float]) -> di
 
 
 def compare(pairs: Sequence[Mapping[str, Any]], quantity: str, *, better: str, what: str) -> dict[str, Any]:
-    """SA − arm of ``quantity`` over minimizers (paired interval), judged in direction ``better``."""
-    per = [p["sa"][quantity] - p["arm"][quantity] for p in pairs]
-    se = 0.0
-    if quantity == "trace":
-        se = _rms([math.hypot(p["sa"]["trace_stderr"], p["arm"]["trace_stderr"]) for p in pairs])
-    if quantity == "test_acc":
-        per, ses = [], []
-        for p in pairs:
-            d = statistics.paired_accuracy(unpack_correct(p["sa"]["test_correct"]),
-                                           unpack_correct(p["arm"]["test_correct"]))
+    """SA − arm of ``quantity`` over minimizers (:func:`~sharpscope.experiments.statistics.paired_difference`),
+    judged in direction ``better``, with the estimator error the minimizers do not vary (the root mean square
+    of the per-minimizer errors, not divided by their number: the probes and the test set are shared):
+
+    * ``trace``: Hutch++ readings, error ``√(se_SA² + se_arm²)`` (as if independent: conservative);
+    * ``trace_paired``: the mean over the shared Hutchinson probes of ``z_iᵀ(H_SA − H_arm)z_i``, error
+      ``sd_i/√P`` of those ``P`` paired differences (common random numbers: the probe noise of the difference);
+    * ``test_acc``: :func:`~sharpscope.experiments.statistics.paired_accuracy` on the stored predictions;
+    * ``jacobian_trace``: exact, no estimator error.
+    """
+    per: list[float] = []
+    ses: list[float] = []
+    for p in pairs:
+        sa, arm = p["sa"], p["arm"]
+        if quantity == "test_acc":
+            d = statistics.paired_accuracy(unpack_correct(sa["test_correct"]), unpack_correct(arm["test_correct"]))
             per.append(d.estimate)
             ses.append(d.se)
-        se = _rms(ses)
+        elif quantity == "trace_paired":
+            diffs = np.asarray(sa["trace_samples"], dtype=float) - np.asarray(arm["trace_samples"], dtype=float)
+            per.append(float(diffs.mean()))
+            ses.append(float(diffs.std(ddof=1)) / math.sqrt(diffs.size) if diffs.size > 1 else math.nan)
+        else:
+            per.append(sa[quantity] - arm[quantity])
+            ses.append(math.hypot(sa["trace_stderr"], arm["trace_stderr"]) if quantity == "trace" else 0.0)
+    se = _rms(ses)
     d = statistics.paired_difference(per, estimator_se=se)
     sd = float(np.std(per, ddof=1)) if len(per) >= 2 else math.nan
     mde = planned_mde(len(per), sd, se) if math.isfinite(sd) and sd > 0 else math.nan
@@ -310,7 +334,8 @@ def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
         comparisons[arm] = {
             "pairs": [{k: v for k, v in p.items() if k not in ("sa", "arm")} | {
                 "sa": _brief(p["sa"]), "arm": _brief(p["arm"])} for p in pairs],
-            "trace": compare(pairs, "trace", better="lower", what=f"tr(H) SA − {arm}"),
+            "trace": compare(pairs, "trace", better="lower", what=f"tr(H) (Hutch++) SA − {arm}"),
+            "trace_paired": compare(pairs, "trace_paired", better="lower", what=f"tr(H) SA − {arm}"),
             "jacobian_trace": compare(pairs, "jacobian_trace", better="lower", what=f"Jacobian trace SA − {arm}"),
             "test_acc": compare(pairs, "test_acc", better="higher", what=f"test accuracy SA − {arm}"),
         }
@@ -319,11 +344,11 @@ def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
 
 
 def _brief(r: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in r.items() if k != "test_correct"}
+    return {k: v for k, v in r.items() if k not in ("test_correct", "trace_samples")}
 
 
 def _parts(cmp: Mapping[str, Any]) -> Verdict:
-    return verdicts.combine({"tr(H)": _verdict(cmp["trace"]), "test accuracy": _verdict(cmp["test_acc"])})
+    return verdicts.combine({"tr(H)": _verdict(cmp["trace_paired"]), "test accuracy": _verdict(cmp["test_acc"])})
 
 
 def _verdict(d: Mapping[str, Any]) -> Verdict:
@@ -337,7 +362,7 @@ def a3_verdict(comparisons: Mapping[str, Any], minimizers: int) -> dict[str, Any
     main = _parts(comparisons["rs"])
     verdict = verdicts.with_controls(main, {c: _parts(comparisons[c]) for c in CONTROLS if c in comparisons})
     return {"criterion": "at equal training loss, SA − RS below 0 in tr(H) and above 0 in test accuracy (95% "
-                         "intervals over the bad minimizers, with the Hutch++ and paired test-set errors), and the "
+                         "intervals over the bad minimizers, with the paired-probe and paired test-set errors), and the "
                          "same against its ρ = 0 twin, SGD at η′ and SGD at η",
             "minimizers": minimizers, "vs_rs": main.to_json(), "verdict": verdict.label, "reason": verdict.reason,
             "mde": verdict.mde}
