@@ -79,7 +79,8 @@ def a3_figure(results: Mapping[str, Any]) -> tuple[Figure, dict[str, Any]]:
             ax.set_xticks(np.arange(len(arms)), [f"vs {NAMES[a]}" for a in arms], fontsize=7)
         bottom.axhline(0.0, color="0.5", lw=0.8)
         label_axes(top, "", label, title=f"{label} at equal loss")
-        label_axes(bottom, "", f"SA − arm ({'points' if quantity == 'test_acc' else label})",
+        unit = {"test_acc": "points", "trace": "tr(H), shared probes"}.get(quantity, label)
+        label_axes(bottom, "", f"SA − arm ({unit})",
                    title="per minimizer; mean with 95% interval")
         if col == 0:
             legend(top, inside=1)

@@ -376,13 +376,21 @@ def figures(summary: Mapping[str, Any]) -> list[tuple[str, Any, dict[str, Any], 
     if not results.get("comparisons"):
         return []
     fig, data = a3_figure(results)
-    plan = (summary.get("data") or {}).get("plan") or {}
+    info = summary.get("data") or {}
+    plan = info.get("plan") or {}
     caption = (f"A3 at equal training loss, from {results['A3']['minimizers']} bad minimizers (pre-training seeds "
-               f"{', '.join(results['minimizers'])}); η = {plan.get('eta')}, η′ = {plan.get('lr_perturb')}, "
-               f"ρ = {plan.get('rho')} for RS and SA. Left: tr(H) (Hutch++, fixed probes, error bars ± one "
-               "Hutch++ stderr) and the exact Jacobian trace of SA and each arm at the matched point; middle: test "
-               "accuracy (error bars ± one binomial standard error); right: SA − arm over minimizers with 95% "
-               f"intervals. Scale '{summary.get('scale')}'; measured on CPU.")
+               f"{', '.join(results['minimizers'])}; every arm from minimizer m uses seed m, so the arms of one "
+               f"minimizer see the same batches); η = {plan.get('eta')}, η′ = {plan.get('lr_perturb')} and "
+               f"ρ = {plan.get('rho')} for RS and SA. Top: tr(H) (Hutch++, the same probes for every model; error "
+               "bars ± one Hutch++ stderr), the exact Jacobian trace and test accuracy (error bars ± one binomial "
+               "standard error) of SA and each arm at the matched point, grey lines joining the two readings from one "
+               "minimizer. Bottom: SA − arm per minimizer (tr(H) from the shared Hutchinson probes) and the mean with "
+               "its 95% paired interval over minimizers. Scale "
+               f"'{summary.get('scale')}' ({info.get('clean_examples')} training inputs of shape "
+               f"{'×'.join(map(str, info.get('input_shape') or []))} from {info.get('source')}, a small version of the "
+               "paper's experiment); measured "
+               f"on CPU. Command: sharpscope reproduce escape-a3 --scale {summary.get('scale')} --out runs/escape-a3 "
+               "--figures figures.")
     return [("matched", fig, data, caption)]
 
 
