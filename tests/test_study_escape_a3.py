@@ -110,6 +110,9 @@ def test_the_figure_plots_the_comparisons(study) -> None:
         assert len(plotted["readings"]["test_acc"][arm]) == 2 * len(SC.minimizers)
 
 
-def test_options_are_refused(tmp_path: Path) -> None:
+def test_options_and_the_gpu_scale_are_refused_before_any_work(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="takes no options"):
-        run_study("escape-a3", "smoke", tmp_path, options={"copies": 3})
+        run_study("escape-a3", "smoke", tmp_path / "a", options={"copies": 3})
+    with pytest.raises(ConfigError, match="sized for one CPU core"):
+        run_study("escape-a3", "gpu", tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -90,7 +90,6 @@ SCALES: dict[str, A3Scale] = {
                    lanczos_iter=10,
                    minimizers=(0, 1, 2), rho=0.1, lr_perturb=10 * ETA),
 }
-SCALES["gpu"] = SCALES["cpu"]  # no larger scale: the study is sized for one CPU core
 
 ARMS = ("sa", "rs", "twin", "sgd-lrp", "sgd")
 CONTROLS = ("twin", "sgd-lrp", "sgd")
@@ -103,6 +102,10 @@ def stage(arm: str, m: int) -> str:
 
 
 def _sizes(scale: str) -> A3Scale:
+    """The sizes of ``scale``; the study has no gpu scale (it is sized for one CPU core)."""
+    if scale not in SCALES:
+        raise ConfigError(f"study 'escape-a3' has the scales {', '.join(SCALES)} (it is sized for one CPU core), "
+                          f"got {scale!r}", argument="scale")
     return SCALES[scale]
 
 
