@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_sharded import data, gpt  # noqa: E402
+from bench_sharded import data, gpt, model_arguments  # noqa: E402
 
 from sharpscope import HessianOperator, Objective, hutchinson, lanczos  # noqa: E402
 from sharpscope.curvature import ShardedHessianOperator  # noqa: E402
@@ -83,14 +83,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tiny", action="store_true")
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--width", type=int, default=256)
-    parser.add_argument("--vocab", type=int, default=256)
-    parser.add_argument("--seqs", type=int, default=16)
-    parser.add_argument("--seq-len", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
+    model_arguments(parser)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)

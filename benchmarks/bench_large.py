@@ -140,7 +140,7 @@ def run(args: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> dic
     text = Path(textwrap.__file__).read_bytes() * 4
     x, y = byte_tokens(text, seq_len=args.seq_len)
     x, y = x[: args.seqs].to(device), y[: args.seqs].to(device)
-    objective = Objective(model, token_cross_entropy, (x, y), precision="native" if args.weights == "bf16" else "upcast")
+    objective = Objective(model, token_cross_entropy, (x, y), weight_precision="native" if args.weights == "bf16" else "upcast")
     dim = objective.dim
     names = {"tiny": "GPT-2 (tiny)", "gpt2": "GPT-2 small", "gpt2-medium": "GPT-2 medium", "gpt2-large": "GPT-2 large",
              "llama-1b": "Llama-style 1.1 B", "llama-tiny": "Llama-style (tiny)"}

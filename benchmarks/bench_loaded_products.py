@@ -35,7 +35,7 @@ def gpt2(layers: int, width: int, seq: int) -> nn.Module:
 
 
 def timed(model: nn.Module, batch: dict[str, torch.Tensor], mode: str, weights: str, repeats: int) -> list[str]:
-    objective = Objective(model, None, batch, precision=weights, validate=False)  # type: ignore[arg-type]
+    objective = Objective(model, None, batch, weight_precision=weights, validate=False)  # type: ignore[arg-type]
     op = HessianOperator(objective, mode=mode, cache_graphs=False)  # type: ignore[arg-type]
     v = torch.randn(op.dim, generator=torch.Generator().manual_seed(1))
     start = time.perf_counter()

@@ -71,6 +71,18 @@ def gpt(args: argparse.Namespace, device: torch.device) -> nn.Module:
     return Logits(transformers.AutoModelForCausalLM.from_config(config)).eval().to(device)
 
 
+def model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose the GPT-2 model and its token batches (shared with bench_fd_step)."""
+    parser.add_argument("--tiny", action="store_true", help="a 2-layer, 32-wide model (for a smoke run)")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--vocab", type=int, default=256, help="byte tokens index the first 256 entries")
+    parser.add_argument("--seqs", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+
+
 def data(args: argparse.Namespace, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = byte_tokens(Path(textwrap.__file__).read_bytes(), seq_len=args.seq_len)
     return x[: args.seqs].to(device), y[: args.seqs].to(device)
@@ -186,17 +198,10 @@ def markdown(result: dict[str, Any], command: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ranks", type=int, nargs="+", default=[2, 4])
-    parser.add_argument("--tiny", action="store_true")
-    parser.add_argument("--seqs", type=int, default=16)
-    parser.add_argument("--seq-len", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=8)
+    model_arguments(parser)
     parser.add_argument("--trace-matvecs", type=int, default=16)
     parser.add_argument("--density-steps", type=int, default=30)
     parser.add_argument("--density-runs", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--width", type=int, default=256)
-    parser.add_argument("--vocab", type=int, default=256, help="byte tokens index the first 256 entries")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()

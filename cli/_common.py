@@ -32,8 +32,29 @@ err = Console(stderr=True)
 # that they equal the library's (sharpscope.experiments.RECIPES, ...STUDIES, sharpscope.plots.kinds.KINDS).
 RECIPE_NAMES = ("eos-gd", "eos-momentum", "eos-ce", "eos-adam", "eos-cifar5k", "sam-edge", "sam-edge-cnn",
                 "sam-minibatch", "sam-flatness", "demo", "landscape-resnet18")
-STUDY_NAMES = ("eos", "sam-edge", "escape", "label-noise", "escape-a3", "sam-flatness", "population")
+STUDY_NAMES = ("eos", "sam-edge", "escape", "label-noise", "escape-a3", "sam-flatness", "population",
+               "smoothing")
 PLOT_KINDS = ("auto", "sharpness", "trace", "escape", "arms", "arms-lambda", "minibatch", "density", "layers")
+
+
+DATA_ROOT_HELP = ("Folder holding the data files recipes and studies use (cifar10_train16k.npz, cifar10_test2k.npz, "
+                  "mnist5k.npz); default $SHARPSCOPE_DATA. Without a file a run stops or uses the fallback it "
+                  "states (docs/data.md).")
+
+
+def use_data_root(path: Path | None) -> None:
+    """Make ``path`` the data root of this command and of the processes it starts (``$SHARPSCOPE_DATA``);
+    None keeps the environment's."""
+    if path is None:
+        return
+    import os
+
+    from sharpscope.data.root import DATA_ROOT_ENV
+    from sharpscope.errors import ConfigError
+
+    if not path.is_dir():
+        raise ConfigError(f"--data-root {path} is not a folder")
+    os.environ[DATA_ROOT_ENV] = str(path.resolve())
 
 
 # ------------------------------------------------------------------------------------- choices
@@ -77,6 +98,12 @@ class SharpnessNorm(str, Enum):
     linf = "linf"
 
 
+class OutputTrace(str, Enum):
+    exact = "exact"
+    hutchinson = "hutchinson"
+    hutchpp = "hutch++"
+
+
 class Stop(str, Enum):
     residual = "residual"
     eigenvalue = "eigenvalue"
@@ -87,7 +114,7 @@ class TraceMethod(str, Enum):
     hutchinson = "hutchinson"
 
 
-class Precision(str, Enum):
+class ProductPrecision(str, Enum):
     strict = "strict"
     tf32 = "tf32"
     bf16 = "bf16"
@@ -136,6 +163,49 @@ class GridMethod(str, Enum):
     auto = "auto"
     vmap = "vmap"
     loop = "loop"
+
+
+#: Each field of ``sharpscope.measures.SharpnessSettings`` and the ``probe`` flag that sets it (the seed
+#: is derived from ``--seed``). A test checks that every field has its flag and that each flag's default
+#: is the library's.
+SHARPNESS_FLAGS = {"rho": "--rho", "norm": "--sharpness-norm", "adaptive": "--adaptive", "m": "--m",
+                   "steps": "--ascent-steps", "restarts": "--restarts", "samples": "--sharpness-samples",
+                   "target": "--pacbayes-target", "tol": "--pacbayes-tol", "epsilon": "--keskar-epsilon",
+                   "trace": "--output-trace", "matvecs": "--output-trace-matvecs", "block": "--output-trace-block"}
+
+
+def sharpness_settings(**fields: Any) -> Any:
+    """``SharpnessSettings(**fields)``; a value it refuses is one line naming the flag
+    (:data:`SHARPNESS_FLAGS`), so ``tol`` is not mistaken for the Lanczos ``--tol``."""
+    from sharpscope.errors import ConfigError
+    from sharpscope.measures import SharpnessSettings
+
+    try:
+        return SharpnessSettings(**fields)
+    except ConfigError as e:
+        flag = SHARPNESS_FLAGS.get(e.argument or "")
+        if flag is None:
+            raise
+        raise ConfigError(renamed(str(e), str(e.argument), flag)) from None
+
+
+def given_sharpness_fields(ctx: typer.Context) -> set[str]:
+    """The fields of :data:`SHARPNESS_FLAGS` whose flag is on the command line (each flag's parameter is
+    the flag spelled with underscores). Compared by name: typer may carry its own copy of click."""
+    sources = {field: ctx.get_parameter_source(flag[2:].replace("-", "_")) for field, flag in SHARPNESS_FLAGS.items()}
+    return {field for field, source in sources.items() if getattr(source, "name", None) == "COMMANDLINE"}
+
+
+def check_sharpness_flags(given: set[str], measures: tuple[str, ...]) -> None:
+    """Refuse a measure's flag that no measure of ``--sharpness`` reads: it would change nothing."""
+    from sharpscope.errors import ConfigError
+    from sharpscope.measures.settings import used_by
+
+    for field, flag in SHARPNESS_FLAGS.items():
+        readers = used_by(field)
+        if field in given and not set(readers) & set(measures):
+            named = f"--sharpness names only {', '.join(measures)}" if measures else "--sharpness is not given"
+            raise ConfigError(f"{flag} applies to {', '.join(readers)}, and {named}")
 
 
 # ------------------------------------------------------------------------------------ progress
@@ -224,10 +294,13 @@ def user_message(exc: BaseException, flags: dict[str, list[str]]) -> str:
     message = str(exc)
     argument = getattr(exc, "argument", None)
     flag = option_flag(argument, flags) if isinstance(argument, str) and argument else None
-    if flag is None:
-        return message
-    # "force=True" names an on/off flag: the command line spells it "--force"
-    return re.sub(rf"(?<![\w-]){re.escape(str(argument))}(?:=True)?(?![\w-])", flag, message)
+    return message if flag is None else renamed(message, str(argument), flag)
+
+
+def renamed(message: str, argument: str, flag: str) -> str:
+    """``message`` with the library argument ``argument`` spelled as the command's ``flag`` (the word
+    alone; "force=True" names an on/off flag, which the command line spells "--force")."""
+    return re.sub(rf"(?<![\w-]){re.escape(argument)}(?:=True)?(?![\w-])", flag, message)
 
 
 def error_line(exc: Exception, flags: dict[str, list[str]]) -> str | None:

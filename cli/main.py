@@ -19,20 +19,24 @@ from sharpscope_cli._common import (
     HVPMode,
     Loss,
     Operator,
-    Precision,
+    OutputTrace,
     ProbeDType,
+    ProductPrecision,
     Shard,
     SharpnessNorm,
     Stop,
     TraceMethod,
     WeightPrecision,
     check_fits,
+    check_sharpness_flags,
     clean_errors,
     default_loss,
     err,
+    given_sharpness_fields,
     load_model,
     out,
     progress,
+    sharpness_settings,
 )
 
 if TYPE_CHECKING:  # the library and torch load in the command bodies: --help starts without them
@@ -152,6 +156,7 @@ def lanczos_block(text: str | None) -> int | Literal["auto"] | None:
 @app.command("probe")
 @clean_errors
 def probe_cmd(
+    ctx: typer.Context,
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint: .safetensors, or .pt/.pth/.ckpt (loaded weights-only).")],
     data: Annotated[str, typer.Option(help="mnist1d, cifar10:DIR_OR_NPZ, cifar100:DIR, mnist:NPZ, npz:PATH (arrays x, y) or text:PATH (64-byte windows, next-byte targets).")],
     n: Annotated[int | None, typer.Option(help="Keep the first N examples as the probe set.")] = None,
@@ -176,7 +181,7 @@ def probe_cmd(
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     dtype: Annotated[ProbeDType, typer.Option(help="The weights' dtype (bfloat16: see --weight-precision).")] = ProbeDType.float32,
     weight_precision: Annotated[WeightPrecision, typer.Option(help="bfloat16 weights: upcast computes on float32 copies (exact products); native keeps bfloat16 and takes finite-difference products, their error against a float32 copy measured once and reported.")] = WeightPrecision.upcast,
-    precision: Annotated[Precision, typer.Option(help="Product arithmetic: strict float32, tf32 (CUDA TF32 matmuls, about 1e-3 relative error) or bf16 (bfloat16 autocast). Anything but strict measures its deviation from a strict product once and reports it.")] = Precision.strict,
+    precision: Annotated[ProductPrecision, typer.Option(help="Product arithmetic: strict float32, tf32 (CUDA TF32 matmuls, about 1e-3 relative error) or bf16 (bfloat16 autocast). Anything but strict measures its deviation from a strict product once and reports it.")] = ProductPrecision.strict,
     compile_products: Annotated[bool, typer.Option("--compile", help="torch.compile the forward-over-reverse product (compiling takes tens of seconds; the deviation from eager products is reported).")] = False,
     block: Annotated[str | None, typer.Option(help="Block Lanczos with this many vectors per step (an integer, or auto: k capped at 8); default single-vector.")] = None,
     guards: Annotated[int, typer.Option(help="Ritz pairs beyond the wanted ones that Lanczos must locate (relative residual below max(tol, 0.01)) before it stops, so that an extreme eigenvalue it has not found yet is not passed over; 0 for the plain rule.")] = 1,
@@ -189,11 +194,20 @@ def probe_cmd(
     unsafe_load: Annotated[bool, typer.Option("--unsafe-load", help="Allow pickles that run code when loaded. Only for files you trust.")] = False,
     operator: Annotated[Operator, typer.Option(help="Matrix to measure: hessian, ggn (generalised Gauss-Newton) or ef (empirical Fisher).")] = Operator.hessian,
     shard: Annotated[Shard, typer.Option(help="Under torchrun: data keeps the whole model on every rank and splits the probe set; fsdp also shards the parameters (fully_shard per block) and takes finite-difference Hessian products on sharded vectors, so memory per rank falls with the ranks.")] = Shard.data,
-    sharpness: Annotated[str | None, typer.Option(help="Also these sharpness measures, a comma list of worst (max loss rise within --rho, by projected gradient ascent), average (mean loss rise under random perturbations of size --rho), keskar (Keskar et al.'s epsilon-sharpness), pacbayes (largest sigma of Gaussian noise raising the loss by 0.1; reported as 1/sigma^2), jacobian (mean squared norm of per-example output Jacobians), ggn (Gauss-Newton trace). See docs/measures.md.")] = None,
+    sharpness: Annotated[str | None, typer.Option(help="Also these sharpness measures, a comma list of worst (max loss rise within --rho, by projected gradient ascent), average (mean loss rise under random perturbations of size --rho), keskar (Keskar et al.'s epsilon-sharpness), pacbayes (largest sigma of Gaussian noise raising the loss by --pacbayes-target; reported as 1/sigma^2), jacobian (mean squared norm of per-example output Jacobians), ggn (Gauss-Newton trace). Each reads the options below that name it (an option that no listed measure reads is refused); defaults and their reasons in docs/measures.md.")] = None,
     rho: Annotated[float, typer.Option(help="Radius of the worst/average sharpness perturbation.")] = 0.05,
     sharpness_norm: Annotated[SharpnessNorm, typer.Option(help="Norm of the worst/average sharpness perturbation: l2 (ball; Gaussian for average) or linf (box; uniform for average).")] = SharpnessNorm.l2,
     adaptive: Annotated[bool, typer.Option("--adaptive/--no-adaptive", help="Scale perturbations elementwise by |w| (worst, average, pacbayes): invariant to rescaling ReLU layers.")] = False,
     m: Annotated[int | None, typer.Option(help="m-sharpness: worst/average sharpness on batches of M examples, averaged (standard error over the batches).")] = None,
+    ascent_steps: Annotated[int, typer.Option(help="worst, keskar: projected gradient ascent steps per run (the JSON's convergence.last_gain says whether the ascent settled).")] = 20,
+    restarts: Annotated[int, typer.Option(help="worst, keskar: ascent runs; the first starts from the gradient direction, the others from random points of the set.")] = 1,
+    sharpness_samples: Annotated[int, typer.Option(help="average, pacbayes: antithetic Monte-Carlo pairs (+z, -z) per estimate (standard error about 1/sqrt of it).")] = 32,
+    pacbayes_target: Annotated[float, typer.Option(help="pacbayes: the expected loss increase that defines sigma.")] = 0.1,
+    pacbayes_tol: Annotated[float, typer.Option(help="pacbayes: bisection stops when the bracket on sigma is narrower than this times sigma.")] = 0.01,
+    keskar_epsilon: Annotated[float, typer.Option(help="keskar: the box |delta_i| <= epsilon (|w_i| + 1).")] = 1e-3,
+    output_trace: Annotated[OutputTrace, typer.Option(help="jacobian, ggn: exact (one backward pass per output) or a stochastic estimator (hutchinson, hutch++) with --output-trace-matvecs products.")] = OutputTrace.exact,
+    output_trace_matvecs: Annotated[int, typer.Option(help="jacobian, ggn with a stochastic --output-trace: products per estimate.")] = 99,
+    output_trace_block: Annotated[int, typer.Option(help="jacobian, ggn: vectors per vectorised pass (memory: that many parameter-sized vectors).")] = 32,
     out_file: Annotated[Path | None, typer.Option("--out", help="Also write the JSON result to FILE (with --density, the figure to FILE-density.png/.pdf/.json).")] = None,
     eigenvectors: Annotated[Path | None, typer.Option("--eigenvectors", help="Save the top eigenvectors to FILE (.safetensors).")] = None,
 ) -> None:
@@ -205,7 +219,6 @@ def probe_cmd(
     from sharpscope.data import resolve_data
     from sharpscope.errors import SharpscopeError
     from sharpscope.losses import get_loss
-    from sharpscope.measures import SharpnessSettings
     from sharpscope.parallel import init_distributed, rank, resolve_device, shard_dataset, sharding
     from sharpscope.probe import ProbeSettings, probe
 
@@ -222,8 +235,12 @@ def probe_cmd(
                              batch_size=batch_size, seed=seed,
                              per_layer=per_layer, layer_depth=layer_depth, operator=operator.value, shard=shard.value,
                              sharpness=() if sharpness is None else tuple(n.strip() for n in sharpness.split(",")),
-                             sharpness_settings=SharpnessSettings(rho=rho, norm=sharpness_norm.value, adaptive=adaptive,
-                                                                  m=m))
+                             sharpness_settings=sharpness_settings(
+                                 rho=rho, norm=sharpness_norm.value, adaptive=adaptive, m=m, steps=ascent_steps,
+                                 restarts=restarts, samples=sharpness_samples, target=pacbayes_target, tol=pacbayes_tol,
+                                 epsilon=keskar_epsilon, trace=output_trace.value, matvecs=output_trace_matvecs,
+                                 block=output_trace_block))
+    check_sharpness_flags(given_sharpness_fields(ctx), settings.sharpness)
     check_outputs(out_file, eigenvectors, density)
     if n is not None and n < 1:
         raise SharpscopeError(f"--n must be positive, got {n}")

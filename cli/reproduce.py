@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from sharpscope_cli._common import EXIT_DIVERGED, STUDY_NAMES, Scale, err
+from sharpscope_cli._common import DATA_ROOT_HELP, EXIT_DIVERGED, STUDY_NAMES, Scale, err, use_data_root
 
 
 def _stage_line(stage: str, summary: dict[str, Any]) -> None:
@@ -27,17 +28,30 @@ def reproduce_cmd(
     only: Annotated[list[str] | None, typer.Option("--only", help="Run only this stage (and the stages it starts from). Repeatable.")] = None,
     option: Annotated[list[str] | None, typer.Option("--option", help="A study option KEY=VALUE, e.g. construction=clean+confusion for escape and label-noise. Repeatable.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the study summary as one JSON object.")] = False,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help=DATA_ROOT_HELP)] = None,
 ) -> None:
     """Run a reproduction study (several dependent training runs), check its claims, draw its figures.
 
-    Exit code 3 when one of its runs diverged (named on stderr), as for ``train``.
-    """
-    from sharpscope.experiments import parse_overrides
-    from sharpscope.experiments.studies import run_study
+    Before the first stage it prints (stderr), per claim compared over seeds, the smallest effect the planned
+    seeds can detect under the stated noise assumption.
 
+    Exit code 3 when one of its runs diverged (named on stderr), as for ``train``. A data file the study
+    can do without but lacks is named on stderr with what the study does instead (also in its summary).
+    """
+    from sharpscope.data.root import DataFallbackWarning
+    from sharpscope.experiments import parse_overrides
+    from sharpscope.experiments.studies import STUDIES, run_study
+    from sharpscope.experiments.studies.framework import data_fallbacks
+
+    use_data_root(data_root)
+    if study in STUDIES:  # each fallback as one line here; the library's warning of it would repeat it
+        for note in data_fallbacks(STUDIES[study], scale.value):
+            err.print(f"note: {note}", highlight=False, soft_wrap=True)
+        warnings.filterwarnings("ignore", category=DataFallbackWarning)
     options = parse_overrides(option or [])
     summary = run_study(study, scale.value, out_dir, only=only or None,
-                        progress=None if as_json else _stage_line, options=options or None)
+                        progress=None if as_json else _stage_line, options=options or None,
+                        notice=lambda line: err.print(line, highlight=False, soft_wrap=True))
     if figures is not None:
         from sharpscope.experiments.figures import study_figures
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from sharpscope_cli._common import EXIT_DIVERGED, RECIPE_NAMES, Scale, err, progress
+from sharpscope_cli._common import DATA_ROOT_HELP, EXIT_DIVERGED, RECIPE_NAMES, Scale, err, progress, use_data_root
 
 
 def step_info(record: dict[str, Any] | None) -> str:
@@ -69,6 +69,7 @@ def train_cmd(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config field, KEY=VALUE (JSON when it parses; dotted keys reach into dicts, e.g. optimizer_kwargs.lr=0.02). Repeatable.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object instead of one line.")] = False,
     log: Annotated[list[str] | None, typer.Option("--log", help="Also send the records to tensorboard:DIR, csv:PATH or wandb:PROJECT (repeatable; extras tensorboard, wandb). A resumed run adds each step once.")] = None,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help=DATA_ROOT_HELP)] = None,
 ) -> None:
     """Run an experiment recipe (training with sharpness tracking) into a run directory.
 
@@ -80,6 +81,7 @@ def train_cmd(
     from sharpscope.parallel import init_distributed, rank, resolve_device
     from sharpscope.track import train
 
+    use_data_root(data_root)
     overrides = parse_overrides(set_ or [])
     if log:
         overrides["log"] = list(log)

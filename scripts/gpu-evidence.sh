@@ -11,11 +11,16 @@
 # What the gpu scales are (and how they differ from the papers):
 #   eos          Cohen et al.'s E1: the first 5 000 CIFAR-10 images, fc-tanh 200-200, MSE, full-batch GD,
 #                eta = 2/50, 2/100, 2/200, stop at 99% train accuracy (the paper's setting).
-#   escape       a GroupNorm ResNet-18 on the 16 000 CIFAR-10 images of ../shared/data (the paper: 50 000).
+#   escape       a GroupNorm ResNet-18 on the 16 000 CIFAR-10 images of cifar10_train16k.npz (the paper: 50 000).
 #                Building the bad minimizer alone takes far longer than one budget: it resumes.
 #   sam-flatness a BatchNorm-free CNN (64-128-256) on 16 000 images; Foret et al. use WideResNets on 50 000
 #                with augmentation.
+#
+# The data files come from the data root $SHARPSCOPE_DATA (docs/data.md); when it is unset, this script
+# uses the shared/data folder beside the repository if there is one.
 set -euo pipefail
+sibling_data="$(cd "$(dirname "$0")/../.." && pwd)/shared/data"
+if [ -z "${SHARPSCOPE_DATA:-}" ] && [ -d "$sibling_data" ]; then export SHARPSCOPE_DATA="$sibling_data"; fi
 OUT=${1:-runs/gpu}
 BUDGET=${2:-540}
 SCALE=${3:-gpu}

@@ -30,7 +30,7 @@ from sharpscope.curvature import (
 )
 from sharpscope.curvature.fits import check_model_fits
 from sharpscope.curvature.operators.sharded import ShardedHessianOperator, is_sharded, shard_per_block
-from sharpscope.curvature.settings import PROBE_DEFAULTS
+from sharpscope.curvature.settings import DEFAULTS
 from sharpscope.errors import ConfigError
 from sharpscope.measures import TAKES_M, SharpnessResult, SharpnessSettings, check_measure_names, measure
 from sharpscope.measures.settings import DEFAULTS as SHARPNESS_DEFAULTS
@@ -48,8 +48,7 @@ class ProbeSettings:
 
     ``curvature`` says how every estimate is computed (:class:`~sharpscope.curvature.CurvatureSettings`:
     ``k``, ``tol``, ``max_iter``, ``stop``, the trace estimator and budget, BatchNorm and product modes;
-    by default :data:`~sharpscope.curvature.settings.PROBE_DEFAULTS`, which caches gradient graphs
-    when they fit).
+    by default the class defaults, which cache gradient graphs when they fit).
     The rest says what this probe measures: the most ``negative`` eigenvalue, the ``trace``, the
     spectral ``density`` (``density_runs`` runs of ``density_steps`` Lanczos steps, or fewer with
     ``density_tol``: see :func:`~sharpscope.curvature.slq_density`'s ``tol``), ``per_layer``
@@ -65,7 +64,7 @@ class ProbeSettings:
     their seed is derived from ``seed`` (:data:`SEED_OFFSETS`) and ``m`` applies to those that take it.
     """
 
-    curvature: CurvatureSettings = PROBE_DEFAULTS
+    curvature: CurvatureSettings = DEFAULTS
     negative: bool = False
     trace: bool = False
     density: bool = False
@@ -236,7 +235,7 @@ def probe(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tens
     if sharded and not is_sharded(model):
         shard_per_block(model)
     objective = Objective(model, loss_fn, (x, y), bn=c.bn, batch_size=settings.batch_size,
-                          precision=c.weight_precision, validate=not sharded)
+                          weight_precision=c.weight_precision, validate=not sharded)
     if c.k > objective.dim:
         raise ConfigError(f"k={c.k} exceeds the number of parameters ({objective.dim})", argument="k")
     op: LinearOperator

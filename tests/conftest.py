@@ -1,9 +1,22 @@
-"""Fixtures shared by every test folder."""
+"""Fixtures shared by every test folder; the data root for the whole run.
 
+The library finds data files only under ``$SHARPSCOPE_DATA``; when it is unset and the repository sits
+beside a ``shared/data`` folder (as CI clones it), the tests use that folder as the root. Tests that need a
+file skip when it is absent.
+"""
+
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
+
+from sharpscope.data.root import DATA_ROOT_ENV
+
+SIBLING_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+if not os.environ.get(DATA_ROOT_ENV) and SIBLING_DATA.is_dir():
+    os.environ[DATA_ROOT_ENV] = str(SIBLING_DATA)
 
 
 @pytest.fixture

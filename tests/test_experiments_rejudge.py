@@ -67,3 +67,16 @@ def test_the_command_writes_verdicts_beside_the_summaries(tmp_path: Path, capsys
     assert out["sam-edge"]["E5-below-2-eta-mlp-rho0.1"]["verdict"] == "not testable at this scale"
     assert out["sam-edge"]["E7-mb-mom"]["verdict"] == "not testable at this scale"
     assert "| E7-mb | holds |" in capsys.readouterr().out
+
+
+def test_the_smoothing_identity_from_its_summaries() -> None:
+    """Antithetic pairs: the identity holds on the GELU/avg-pool CNN, and not on the ReLU/max-pool one, whose
+    pairs agree with each other (a high noise ceiling) but not with ∇tr̄; the escape study's independent draws
+    cannot test it."""
+    out = rejudge.smoothing_study(_summary("smoothing"))
+    smooth, relu = out["A5-gelu-avgpool"], out["A5-relu-maxpool"]
+    assert smooth["verdict"] == "holds" and smooth["pairing"] == "antithetic" and smooth["nonsmooth"] == []
+    assert relu["verdict"] == "does not hold" and "not twice differentiable (MaxPool2d, ReLU)" in relu["reason"]
+    assert relu["noise"]["0.01"]["ceiling"] > 0.5 > relu["rhos"]["0.01"][-1]["cosine"]
+    escape = rejudge.escape(_summary("escape"))["A5"]
+    assert escape["verdict"] == "not testable at this scale" and "first-order term" in escape["reason"]

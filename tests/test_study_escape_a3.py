@@ -13,7 +13,7 @@ import pytest
 from sharpscope.errors import ConfigError
 from sharpscope.experiments import statistics as st
 from sharpscope.experiments.studies import run_study
-from sharpscope.experiments.studies.escape_a3 import SCALES, final_loss, planned_mde, reading, sa_step_at
+from sharpscope.experiments.studies.escape_a3 import SCALES, final_loss, paired_mde, reading, sa_step_at
 from sharpscope.experiments.verdicts import VERDICTS
 from sharpscope.track import RunDirectory
 
@@ -74,7 +74,8 @@ def test_readings_use_the_same_probes_in_every_run(study) -> None:
 def test_each_comparison_is_the_paired_interval_of_the_readings_at_equal_loss(study) -> None:
     out, summary = study
     results = summary["results"]
-    assert summary["data"]["plan"]["mde_per_sd"] == pytest.approx(planned_mde(len(SC.minimizers)))
+    planned = [e["mde"] for e in summary["detectable"]]  # before the run, per sd of the per-minimizer differences
+    assert planned == pytest.approx([paired_mde(len(SC.minimizers))] * 2)
     for cmp in results["comparisons"].values():
         pairs = cmp["pairs"]
         assert len(pairs) == len(SC.minimizers)

@@ -12,6 +12,7 @@ from sharpscope.curvature.operators.hessian import HessianOperator
 from sharpscope.curvature.operators.linear_operator import LambdaOperator, LinearOperator, MatrixOperator
 from sharpscope.curvature.operators.objective import DropoutWarning, Objective, ReductionWarning
 from sharpscope.curvature.operators.preconditioned import PreconditionedOperator, adam_preconditioner
+from sharpscope.curvature.operators.probe_set import ProbeSet
 from sharpscope.curvature.operators.sharded import ShardedHessianOperator, shard_per_block
 from sharpscope.curvature.results import DensityResult, EigenResult, TraceResult
 from sharpscope.curvature.settings import CurvatureSettings
@@ -20,7 +21,7 @@ __all__ = [
     "ConvergenceWarning", "CurvatureSettings", "DensityResult", "DropoutWarning", "EigenResult",
     "EmpiricalFisherOperator", "GGNOperator",
     "HessianOperator", "LambdaOperator", "LayerCurvature", "LinearOperator", "MatrixOperator", "Objective",
-    "PerLayerCurvature", "PreconditionedOperator", "ReductionWarning", "ShardedHessianOperator", "TraceResult",
+    "PerLayerCurvature", "PreconditionedOperator", "ProbeSet", "ReductionWarning", "ShardedHessianOperator", "TraceResult",
     "adam_preconditioner", "exact_hessian", "hutchinson", "hutchpp", "lanczos", "parameter_groups",
     "per_layer_curvature", "power_iteration", "shard_per_block", "slq_density", "trace_estimator",
 ]

@@ -169,13 +169,13 @@ def per_layer_curvature(model: nn.Module, loss_fn: LossFn, data: object, *, grou
     estimator = trace_estimator(settings.trace_method)
     start = time.perf_counter()
     names = parameter_groups(model, groups)
-    full = Objective(model, loss_fn, data, bn=settings.bn, batch_size=batch_size, precision=settings.weight_precision)
+    full = Objective(model, loss_fn, data, bn=settings.bn, batch_size=batch_size, weight_precision=settings.weight_precision)
     batches = [(b.x, b.y) for b in full.batches]
     rows = []
     for group, params in names.items():
         t0 = time.perf_counter()
         objective = Objective(model, loss_fn, batches, bn=settings.bn, params=params, validate=False,
-                              precision=settings.weight_precision)
+                              weight_precision=settings.weight_precision)
         op = settings.hessian(objective)
         kk = min(settings.k, objective.dim)
         iters = settings.lanczos_steps(objective.dim, kk)

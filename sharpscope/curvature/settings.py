@@ -38,12 +38,12 @@ from sharpscope.curvature.algorithms.ritz import DEFAULT_STOP, Stop
 from sharpscope.curvature.algorithms.trace import check_trace_budget
 from sharpscope.curvature.memory import MemoryBudgetSpec, parse_budget
 from sharpscope.curvature.operators.hessian import HessianOperator, HVPMode
-from sharpscope.curvature.operators.objective import BNMode, Objective, Precision
+from sharpscope.curvature.operators.objective import BNMode, Objective, WeightPrecision
 from sharpscope.curvature.operators.precision import PRECISIONS, ProductPrecision
 from sharpscope.errors import ConfigError
 from sharpscope.validation import check_bool, check_choice, check_int, check_tol
 
-__all__ = ["CacheGraphs", "CurvatureSettings", "DEFAULTS", "HVP_MODES", "PROBE_DEFAULTS", "RUN_DEFAULTS", "TraceMethod",
+__all__ = ["CacheGraphs", "CurvatureSettings", "DEFAULTS", "HVP_MODES", "RUN_DEFAULTS", "TraceMethod",
            "default_max_iter"]
 
 TraceMethod = Literal["hutch++", "hutchinson"]
@@ -79,9 +79,10 @@ class CurvatureSettings:
             finite-difference products under ``hvp_mode="auto"`` whose error against exact products of a
             float32 copy is measured once and recorded (see :class:`~sharpscope.curvature.HessianOperator`).
             No effect on float32/float64 weights.
-        cache_graphs: keep every batch's gradient graph between products (``rev-rev``): True,
-            False (the default: no memory is held between calls, which a tracker's training needs) or
-            ``"auto"`` (when the graphs fit in half the free memory; the choice is recorded).
+        cache_graphs: keep every batch's gradient graph between products (``rev-rev``): True, False or
+            ``"auto"`` (the default: when the graphs fit in half the free memory; the choice is
+            recorded). The graphs hold until the parameters change or the operator releases them (a
+            tracker releases them after each measurement, so training keeps its memory).
         guards: Ritz pairs beyond the ``k`` wanted ones that must converge too before Lanczos stops
             (so that an extreme eigenvalue the Krylov space has not found yet is not passed over).
         memory_budget: the vectors an algorithm may hold: None (half the free memory), bytes, or a
@@ -103,11 +104,11 @@ class CurvatureSettings:
     precision: ProductPrecision = "strict"
     compile: bool = False
     block: int | Literal["auto"] | None = None
-    cache_graphs: CacheGraphs = False
+    cache_graphs: CacheGraphs = "auto"
     guards: int = DEFAULT_GUARDS
     memory_budget: MemoryBudgetSpec = None
     basis_location: BasisLocation = "device"
-    weight_precision: Precision = "upcast"
+    weight_precision: WeightPrecision = "upcast"
 
     def __post_init__(self) -> None:
         check_int("k", self.k, low=1)
@@ -127,7 +128,7 @@ class CurvatureSettings:
         check_int("guards", self.guards, low=0)
         parse_budget(self.memory_budget)
         check_choice("basis_location", self.basis_location, BASIS_LOCATIONS)
-        check_choice("weight_precision", self.weight_precision, get_args(Precision))
+        check_choice("weight_precision", self.weight_precision, get_args(WeightPrecision))
         if self.cache_graphs is True and self.hvp_mode not in ("rev-rev", "auto"):
             raise ConfigError(f"cache_graphs=True needs hvp_mode 'rev-rev' or 'auto', got {self.hvp_mode!r}",
                               argument="cache_graphs")
@@ -173,13 +174,9 @@ class CurvatureSettings:
         return (base or cls()).replace(**d)
 
 
-#: The class defaults, those of :class:`~sharpscope.track.SharpnessTracker` and
-#: :func:`~sharpscope.curvature.per_layer_curvature`.
+#: The class defaults, those of a probe (:class:`~sharpscope.probe.ProbeSettings`),
+#: :class:`~sharpscope.track.SharpnessTracker` and :func:`~sharpscope.curvature.per_layer_curvature`.
 DEFAULTS = CurvatureSettings()
-
-#: The defaults of a probe (:class:`~sharpscope.probe.ProbeSettings`): it measures once, at fixed
-#: parameters, so the gradient graphs are kept between products when they fit in half the free memory.
-PROBE_DEFAULTS = CurvatureSettings(cache_graphs="auto")
 
 #: The defaults of a training run (:class:`~sharpscope.track.TrainConfig`): one fixed product mode,
 #: so that a run's records are reproducible to the last bit.

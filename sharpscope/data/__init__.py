@@ -21,9 +21,12 @@ from sharpscope.data.mnist import mnist_npz
 from sharpscope.data.mnist1d_gen import mnist1d
 from sharpscope.data.noise import confusion_set, fresh_label_noise, label_noise, step_generator
 from sharpscope.data.resolve import DATA_SPECS, resolve_data
+from sharpscope.data.root import DATA_ROOT_ENV, MissingDataError, data_file, data_root
 
 __all__ = [
     "ArrayDataset",
+    "DATA_ROOT_ENV",
+    "MissingDataError",
     "CIFAR10_MEAN",
     "CIFAR10_SHA256",
     "CIFAR10_STD",
@@ -38,6 +41,8 @@ __all__ = [
     "cifar100",
     "cifar_feature_stats",
     "confusion_set",
+    "data_file",
+    "data_root",
     "download_cifar10",
     "extract_tar_safely",
     "label_noise",

@@ -15,9 +15,8 @@ from sharpscope.experiments.recipes import (
     sam_edge,
     sam_edge_cnn,
     sam_flatness,
-    shared_data_file,
 )
 
 __all__ = ["RECIPES", "SCALES", "demo", "eos_adam", "eos_ce", "eos_gd", "eos_momentum", "get_recipe",
            "landscape_resnet18", "parse_overrides",
-           "sam_edge", "sam_edge_cnn", "sam_flatness", "shared_data_file"]
+           "sam_edge", "sam_edge_cnn", "sam_flatness"]

@@ -14,6 +14,8 @@ Pure functions on plain numbers (numpy and ``scipy.stats``):
 * :func:`granulated_tau` — Jiang et al.'s granulated τ: for each hyperparameter axis, τ within every group
   of models equal in all *other* axes (groups of ≥ 2 models), averaged over groups; ``Ψ`` is the mean over
   axes.
+* :func:`rank_measures` — all of it for a population of models given as plain per-model records (their
+  hyperparameters, generalisation gap, test error and measures), and :func:`ranking_table` to print it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from scipy import stats
 from sharpscope.errors import ConfigError
 from sharpscope.validation import check_int, check_real, check_seed
 
-__all__ = ["bootstrap_tau", "granulated_tau", "kendall_tau", "tau_mde", "tau_null", "tau_rows"]
+__all__ = ["bootstrap_tau", "granulated_tau", "kendall_tau", "measure_value", "rank_measures", "ranking_table",
+           "tau_mde", "tau_null", "tau_rows"]
 
 
 def _pair(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -153,3 +156,127 @@ def granulated_tau(values: Sequence[float], gaps: Sequence[float], configs: Sequ
                      "undefined_groups": len(taus) - len(defined), "taus": defined}
     psis = [v["tau"] for v in out.values() if math.isfinite(v["tau"])]
     return {"axes": out, "psi": float(np.mean(psis)) if psis else math.nan}
+
+
+# ---------------------------------------------------------------------------------- a population
+#: What a per-model record of :func:`rank_measures` must hold.
+RECORD_KEYS = ("axes", "gap_acc", "test_error", "measures")
+
+
+def measure_value(entry: Any, name: str = "measure") -> float:
+    """A measure's number: a plain number, a mapping with ``value`` (a stored result) or an object with a
+    ``value`` attribute (a :class:`~sharpscope.measures.SharpnessResult`)."""
+    raw = entry.get("value") if isinstance(entry, Mapping) else getattr(entry, "value", entry)
+    try:  # non-finite values stored in JSON come back as the strings "NaN", "Infinity"
+        if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+            raise ValueError
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"measure {name!r} must be a number, a dict with 'value' or a result with .value, "
+                          f"got {raw!r}") from None
+
+
+def _check_records(records: Sequence[Mapping[str, Any]]) -> None:
+    if isinstance(records, (str, bytes, Mapping)) or not all(isinstance(r, Mapping) for r in records):
+        raise ConfigError("records must be a list of dicts, one per model")
+    for i, r in enumerate(records):
+        missing = [k for k in RECORD_KEYS if k not in r]
+        if missing:
+            raise ConfigError(f"record {i} lacks {', '.join(missing)} (each needs {', '.join(RECORD_KEYS)})")
+        if not isinstance(r["axes"], Mapping) or not isinstance(r["measures"], Mapping):
+            raise ConfigError(f"record {i}: axes and measures must be dicts (hyperparameter -> value, "
+                              "measure -> number)")
+        for key in ("axes", "measures"):
+            if set(r[key]) != set(records[0][key]):
+                raise ConfigError(f"record {i} has {key} {sorted(r[key])}, record 0 has {sorted(records[0][key])}")
+        for key in ("gap_acc", "test_error"):
+            value = r[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"record {i}: {key} must be a finite number, got {value!r}")
+
+
+def rank_measures(records: Sequence[Mapping[str, Any]], *, axes: Sequence[str] | None = None,
+                  resamples: int = 2000, level: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """How well each measure ranks a population of models by generalisation.
+
+    ``records``: one dict per model with ``axes`` (its hyperparameters, name → value), ``gap_acc`` (the
+    generalisation gap, train − test accuracy), ``test_error`` and ``measures`` (name → a number, a dict
+    with ``value`` or a :class:`~sharpscope.measures.SharpnessResult`); every record names the same
+    hyperparameters and measures. ``axes``: the hyperparameters of the granulated τ (default: all).
+
+    Returns ``n``, ``axes``, ``level``; ``mde`` (:func:`tau_mde` for ``n`` models: the smallest detectable ``|τ|``; None below
+    3 models, and then no measure is ranked); and for each measure, against the gap and against the test
+    error, τ_b with its percentile bootstrap interval (:func:`bootstrap_tau`), the permutation p-value
+    (:func:`tau_null`) and a verdict: ``positive``/``negative`` when ``|τ|`` is above the critical value
+    and ``p < 1 − level``, else ``inconclusive`` (``undefined`` when a measure is constant); plus
+    ``granulated`` (:func:`granulated_tau` against the gap). A measure with a non-finite value for some
+    model gets ``{"error": ...}`` instead.
+
+    Example::
+
+        >>> recs = [{"axes": {"lr": lr, "width": w}, "gap_acc": 0.01 * i, "test_error": 0.1 + 0.01 * i,
+        ...          "measures": {"sharp": float(i)}} for i, (lr, w) in enumerate([(1, 1), (1, 2), (2, 1), (2, 2)])]
+        >>> rank_measures(recs, resamples=100)["measures"]["sharp"]["gap"]["tau"]
+        1.0
+    """
+    _check_records(records)
+    names = list(axes) if axes is not None else list(records[0]["axes"]) if records else []
+    if records:
+        unknown = [a for a in names if a not in records[0]["axes"]]
+        if unknown or not names:
+            raise ConfigError(f"axes must name hyperparameters of the records ({', '.join(records[0]['axes'])}); "
+                              f"got {', '.join(map(repr, unknown)) if unknown else 'none'}")
+    check_int("resamples", resamples, low=10)
+    check_real("level", level, low=0.0, high=1.0, low_open=True, high_open=True)
+    check_seed("seed", seed)
+    first = records[0]["measures"] if records else {}
+    measures = {name: [measure_value(r["measures"][name], name) for r in records] for name in first}
+    n = len(records)
+    out: dict[str, Any] = {"n": n, "axes": names, "level": level, "measures": {},
+                           "mde": tau_mde(n, level=level, resamples=resamples, seed=seed) if n >= 3 else None}
+    if n < 3:
+        return out
+    critical = out["mde"]["critical"]
+    gap = [float(r["gap_acc"]) for r in records]
+    err = [float(r["test_error"]) for r in records]
+    for name, values in measures.items():
+        if not all(math.isfinite(v) for v in values):
+            out["measures"][name] = {"error": "a model's value is not finite"}
+            continue
+        row: dict[str, Any] = {}
+        for target, ys in (("gap", gap), ("test_error", err)):
+            boot = bootstrap_tau(values, ys, resamples=resamples, level=level, seed=seed)
+            null = tau_null(values, ys, resamples=resamples, level=level, seed=seed)
+            tau = boot["tau"]
+            verdict = ("undefined" if not math.isfinite(tau) else
+                       "inconclusive" if abs(tau) < critical or null["p_value"] >= 1 - level else
+                       "positive" if tau > 0 else "negative")
+            row[target] = {"tau": tau, "interval": [boot["low"], boot["high"]], "p_value": null["p_value"],
+                           "verdict": verdict}
+        row["granulated"] = granulated_tau(values, gap, [r["axes"] for r in records], names)
+        out["measures"][name] = row
+    return out
+
+
+def ranking_table(ranked: Mapping[str, Any], excluded: Sequence[str] = ()) -> str:
+    """:func:`rank_measures`' result as a Markdown table, headed by the smallest detectable ``|τ|``;
+    ``excluded``: the models left out (named in the head)."""
+    mde = ranked.get("mde")
+    head = [f"Models ranked: {ranked['n']}; excluded (stop not reached or diverged): {len(excluded)}"
+            + (f" ({', '.join(excluded)})" if excluded else "") + "."]
+    if mde is not None:
+        head.append(f"Smallest detectable |τ| with {mde['n']} models: {mde['critical']:.3f} (permutation critical value, "
+                    f"{mde['level']:.0%}); {mde['mde']:.3f} at {mde['power']:.0%} power. A |τ| below it is "
+                    "inconclusive, not 'no correlation'.")
+    ci = f"{ranked.get('level', 0.95):.0%} CI"
+    rows = [f"| measure | τ gap [{ci}] | p | τ test error [{ci}] | p | Ψ (granulated, gap) | verdict (gap) |",
+            "|---|---|---|---|---|---|---|"]
+    for name, r in ranked.get("measures", {}).items():
+        if "error" in r:
+            rows.append(f"| {name} | {r['error']} | | | | | |")
+            continue
+        g, e = r["gap"], r["test_error"]
+        rows.append(f"| {name} | {g['tau']:+.3f} [{g['interval'][0]:+.2f}, {g['interval'][1]:+.2f}] | {g['p_value']:.3f} "
+                    f"| {e['tau']:+.3f} [{e['interval'][0]:+.2f}, {e['interval'][1]:+.2f}] | {e['p_value']:.3f} "
+                    f"| {r['granulated']['psi']:+.3f} | {g['verdict']} |")
+    return "\n".join(head) + "\n\n" + "\n".join(rows) + "\n"

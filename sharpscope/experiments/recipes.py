@@ -3,7 +3,9 @@
 ``RECIPES[name](scale)`` returns a config; ``scale`` is ``"smoke"`` (seconds on a laptop CPU,
 plumbing only: no phenomenon is expected), ``"cpu"`` (minutes on 2 CPU cores, a small version of
 the experiment whose effect was checked here) or ``"gpu"`` (the paper's setting, or close to it).
-Every field can be overridden (:func:`get_recipe` ``overrides``, CLI ``--set key=value``; dotted
+Data files come from the data root (:mod:`sharpscope.data.root`, ``$SHARPSCOPE_DATA``): a recipe
+that cannot run without one raises :class:`~sharpscope.data.root.MissingDataError`, one that can uses the
+fallback its entry below states, and its config records the data it uses. Every field can be overridden (:func:`get_recipe` ``overrides``, CLI ``--set key=value``; dotted
 keys reach into dicts, e.g. ``optimizer_kwargs.lr=0.02`` or ``model.kwargs.widths=[100,100]``).
 
 Recipes:
@@ -11,10 +13,10 @@ Recipes:
 * ``eos-gd`` — Cohen et al.: fully connected tanh net, MSE ``½‖f−e_y‖²`` summed over
   classes, full-batch GD, sharpness = λ_max of the same objective, threshold ``2/η``.
   gpu: the first 5 000 CIFAR-10 images (``cifar10-5k``, flattened, per-feature standardised with
-  the training file's statistics) when ``../shared/data/cifar10_train16k.npz`` is found (else
+  the training file's statistics) when ``cifar10_train16k.npz`` is under the data root (else
   MNIST-1D), 200-200 net, the paper's ``η = 0.01``, stop at 99% train accuracy. cpu: the setting
   of ``tests/science/test_science_eos.py`` (tanh 40→100→100→10 on the first 1 000 MNIST-1D
-  examples, ``η = 0.2``, 800 steps, λ every 10 steps): CIFAR-5k full batch is ~1 s a step here.
+  examples, ``η = 0.2``, 800 steps, λ every 10 steps): CIFAR-5k full batch is ``eos-cifar5k``.
 * ``eos-cifar5k`` (E1 on the paper's data) — ``eos-gd`` on the first 5 000 CIFAR-10 images at
   ``η = 2/100`` on CPU (see :func:`eos_cifar5k`).
 * ``eos-momentum`` — the same with Polyak momentum β = 0.9 (PyTorch form), threshold
@@ -27,7 +29,7 @@ Recipes:
 * ``sam-edge`` — Long & Bartlett: ReLU MLP (depth 4), MSE averaged over outputs and
   examples (``mse-mean``), full-batch SAM (normalised, over GD); threshold SAM-edge(η, ρ, ‖g‖)
   with the full-batch ‖g‖ of each measurement. cpu: width 100 on the first 1 000 MNIST images
-  (``../shared/data/mnist5k.npz``, class-balanced; MNIST-1D if absent), ``η = 0.4`` (λ_max ≈ 3.5 at
+  (``mnist5k.npz`` under the data root, class-balanced; MNIST-1D if absent), ``η = 0.4`` (λ_max ≈ 3.5 at
   init, so η = 1 starts above 2/η), ρ = 0.1 (ρ = 0 is the GD control; the ``sam-edge`` study sweeps ρ).
 * ``sam-edge-cnn`` — the same with conv-ReLU-LayerNorm-maxpool ×2 on CIFAR-10 images (cpu: the
   first 250, channels 8/16, η = 0.004 calibrated on those images: λ_max ≈ 260 at init, 2/η = 500;
@@ -39,7 +41,7 @@ Recipes:
 * ``demo`` — mini-batch SGD with momentum and cross entropy on MNIST-1D, with trace estimates.
 * ``landscape-resnet18`` — the run behind the ResNet-18 loss-landscape figures: CIFAR
   ResNet-18 with BatchNorm, mini-batch SGD (batch 128, momentum 0.9) with cross entropy on the first
-  2 000 CIFAR-10 images (MNIST-1D cannot feed it: needs ``../shared/data/cifar10_train16k.npz``),
+  2 000 CIFAR-10 images (MNIST-1D cannot feed it: needs ``cifar10_train16k.npz``),
   every checkpoint kept (``keep_checkpoints``) as the iterates whose PCA directions span the slice
   and whose path is drawn on it; λ_max sparse. cpu: width 8, 300 steps, a checkpoint every 20;
   gpu: width 64, 5 000 images, 3 000 steps.
@@ -52,25 +54,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 from sharpscope.curvature.settings import RUN_DEFAULTS
+from sharpscope.data.root import CIFAR10_TEST, CIFAR10_TRAIN, MNIST_5K, data_file, missing_data
 from sharpscope.errors import ConfigError
 from sharpscope.track.config import TrainConfig
 from sharpscope.validation import MAX_DEPTH, check_depth
 
 SCALES = ("smoke", "cpu", "gpu")
-_REPO = Path(__file__).resolve().parents[2]
-
-
-def shared_data_file(name: str) -> Path | None:
-    """``../shared/data/<name>`` relative to the working directory or the repository, if it exists."""
-    for base in (Path.cwd() / ".." / "shared" / "data", _REPO / ".." / "shared" / "data"):
-        path = base / name
-        if path.is_file():
-            return path.resolve()
-    return None
 
 
 def fc(in_features: int, widths: list[int], activation: str, init: str = "torch") -> dict[str, Any]:
@@ -94,13 +86,13 @@ def cifar_data(n: int, flatten: bool) -> dict[str, Any] | None:
     """Config fields for the first ``n`` images of the shared CIFAR-10 training subset (flattened with
     per-feature standardisation, or images with per-channel), with the 2 000-image test set when present;
     None without the files."""
-    train = shared_data_file("cifar10_train16k.npz")
+    train = data_file(CIFAR10_TRAIN)
     if train is None:
         return None
     standardize = "feature" if flatten else "channel"
     out: dict[str, Any] = {"data": f"cifar10:{train}", "n": n,
                            "data_options": {"standardize": standardize, "flatten": flatten}}
-    test = shared_data_file("cifar10_test2k.npz")
+    test = data_file(CIFAR10_TEST)
     if test is not None:
         options: dict[str, Any] = {"standardize": standardize, "flatten": flatten}
         if flatten:
@@ -110,7 +102,7 @@ def cifar_data(n: int, flatten: bool) -> dict[str, Any] | None:
 
 
 def _mnist(n: int) -> dict[str, Any] | None:
-    path = shared_data_file("mnist5k.npz")
+    path = data_file(MNIST_5K)
     return None if path is None else {"data": f"mnist:{path}", "n": n, "data_options": {"order": "interleave"}}
 
 
@@ -151,14 +143,14 @@ def eos_cifar5k(scale: str, *, lr: float = 0.02) -> TrainConfig:
 
     cpu: ``η = 2/100`` (the crossing of 2/η comes within the first ~2 000 steps), 3 000 steps with
     λ_max every 25 steps and no train-accuracy stop, so the run stays at the edge for well over
-    500 steps after it first reaches 0.9·2/η; ~1 s a step on 2 cores. gpu: the paper's ``η = 0.01``
+    500 steps after it first reaches 0.9·2/η (its cost on a CPU: ``docs/speed-options.md``). gpu: the paper's ``η = 0.01``
     with the 99% stop (:func:`eos_gd`'s gpu scale). smoke: 200 images, plumbing only.
-    Needs ``../shared/data/cifar10_train16k.npz``.
+    Needs ``cifar10_train16k.npz`` under the data root.
     """
     check_scale(scale)
     data = cifar_data(5000 if scale != "smoke" else 200, flatten=True)
     if data is None:
-        raise ConfigError("eos-cifar5k needs ../shared/data/cifar10_train16k.npz (CIFAR-10)")
+        raise missing_data("eos-cifar5k", CIFAR10_TRAIN)
     if scale == "gpu":
         return eos_gd("gpu")
     data = {k: v for k, v in data.items() if not k.startswith("test_")}  # the claim is λ_max; no test set
@@ -229,11 +221,10 @@ def sam_edge_cnn(scale: str, *, rho: float = 0.1, smooth: bool = False) -> Train
     if data is not None:  # λ is the claim; no test set (saves an evaluation per measurement)
         data = {k: v for k, v in data.items() if not k.startswith("test_")}
     if data is None:  # MNIST-1D cannot feed a 2-d CNN: 1 000 MNIST images (28×28) instead
-        path = shared_data_file("mnist5k.npz")
-        data = None if path is None else {"data": f"mnist:{path}", "n": 1000, "data_options": {"flatten": False,
-                                                                                    "order": "interleave"}}
-    if data is None:
-        raise ConfigError("sam-edge-cnn needs ../shared/data/cifar10_train16k.npz or mnist5k.npz")
+        data = _mnist(1000)
+        if data is None:
+            raise missing_data("sam-edge-cnn", CIFAR10_TRAIN, MNIST_5K)
+        data["data_options"]["flatten"] = False
     channels, size = (3, 32) if data["data"].startswith("cifar10") else (1, 28)
     if scale == "smoke":
         data["n"] = 32
@@ -265,7 +256,7 @@ def sam_minibatch(scale: str, *, rho: float = 0.05, momentum: float = 0.0) -> Tr
                                       "gpu": (16000, 2000, [32, 64], 5000, 50)}[scale]
     data = cifar_data(n, flatten=False)
     if data is None:
-        raise ConfigError("sam-minibatch needs ../shared/data/cifar10_train16k.npz")
+        raise missing_data("sam-minibatch", CIFAR10_TRAIN)
     data = {k: v for k, v in data.items() if not k.startswith("test_")}
     cnn: dict[str, Any] = {"name": "cnn", "kwargs": {"in_channels": 3, "num_classes": 10, "image_size": 32, "channels": widths,
                                      "norm": "ln", "activation": "gelu", "pool": "avg"}}
@@ -319,7 +310,7 @@ def landscape_resnet18(scale: str) -> TrainConfig:
                                        "gpu": (5000, 64, 3000, 200, 500)}[scale]
     data = cifar_data(n, flatten=False)
     if data is None:
-        raise ConfigError("landscape-resnet18 needs ../shared/data/cifar10_train16k.npz (CIFAR-10)")
+        raise missing_data("landscape-resnet18", CIFAR10_TRAIN)
     if scale == "smoke":
         data["test_n"] = 64 if "test_data" in data else None
     model = {"name": "resnet18", "kwargs": {"num_classes": 10, "norm": "bn", "width": width}}

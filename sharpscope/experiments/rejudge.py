@@ -34,7 +34,7 @@ from sharpscope.io.atomic import atomic_write_bytes
 
 STDERR_NOTE = ("trace estimator stderr: each run's last reading; at matched loss, the same relative error times the "
                "matched value")
-__all__ = ["REJUDGE", "escape", "label_noise", "main", "sam_edge", "sam_flatness", "verdict_table",
+__all__ = ["REJUDGE", "escape", "label_noise", "main", "sam_edge", "sam_flatness", "smoothing_study", "verdict_table",
            "with_matched_stderr", "with_stored_stderr"]
 
 PAIRED_NOTE = "no per-example predictions stored: accuracy differences carry unpaired binomial errors"
@@ -109,11 +109,27 @@ def escape(summary: Mapping[str, Any]) -> dict[str, Any]:
            if (e := _best_eta(res["arms"], kind)) is not None}
     out = ac.escape_verdicts(summaries, matched, eta)
     if "A5" in res:
-        out["A5"] = {**res["A5"], "verdict": verdicts.NOT_TESTABLE,
-                     "reason": "independent (not antithetic) draws leave the first-order term ρHu in the average as "
-                               "noise far larger than the O(ρ²) drift, and the ReLU/max-pool network is not twice "
-                               "differentiable, so the identity need not hold on it"}
+        network = escape_study.network(summary.get("scale", "cpu"), summary.get("data") or {})
+        out["A5"] = _identity(res["A5"], network)
     return {**out, "notes": [STDERR_NOTE, PAIRED_NOTE]}
+
+
+def _identity(result: Mapping[str, Any], network: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A smoothing-identity result judged again (:func:`smoothing.judge_identity`); its network's non-smooth
+    layers as stored, else from the model spec ``network``."""
+    from sharpscope.experiments import smoothing
+    from sharpscope.models import build_model
+
+    nonsmooth = result.get("nonsmooth")
+    if nonsmooth is None and network is not None:
+        nonsmooth = smoothing.nonsmooth_parts(build_model(network["name"], **network["kwargs"]))
+    v = smoothing.judge_identity(dict(result), nonsmooth or ())
+    return {**result, "verdict": v.label, "reason": v.reason}
+
+
+def smoothing_study(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """A5 on each network of the ``smoothing`` study."""
+    return {claim: _identity(r) for claim, r in (summary.get("results") or {}).items()}
 
 
 def label_noise(summary: Mapping[str, Any]) -> dict[str, Any]:
@@ -172,7 +188,8 @@ def sam_edge(summary: Mapping[str, Any]) -> dict[str, Any]:
 
 
 REJUDGE: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
-    "escape": escape, "label-noise": label_noise, "sam-flatness": sam_flatness, "sam-edge": sam_edge}
+    "escape": escape, "label-noise": label_noise, "sam-flatness": sam_flatness, "sam-edge": sam_edge,
+    "smoothing": smoothing_study}
 
 
 def verdict_table(study: str, results: Mapping[str, Any]) -> str:

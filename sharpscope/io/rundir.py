@@ -3,7 +3,9 @@
 Layout::
 
     RUN/
-      config.json                 the run's configuration (strict JSON); fixed for the run's life
+      config.json                 the run's configuration (strict JSON) and the directory's ``format_version``
+                                  (:mod:`sharpscope.io.migrations`, which reads every older format); fixed for
+                                  the run's life
       metrics.jsonl               one strict-JSON record per line, appended, flushed and fsynced, each with
                                   its SHA-256 chained to the line before (:mod:`sharpscope.io.recordlines`)
       checkpoints/step-00000050.pt  the latest checkpoint (model + spec, optimizer, RNG, ...);
@@ -11,7 +13,7 @@ Layout::
       summary.json                written atomically when the run ends
       SHA256SUMS                  digests of config.json, metrics.jsonl and summary.json of a finished run
       checkpoints/SHA256SUMS      digests of the checkpoints (:mod:`sharpscope.io.checksums`)
-      .lock                       left by older versions; the writing process now flocks RUN/ itself
+      .lock                       not written (the writing process flocks RUN/ itself); one found is ignored
 
 Verified reads. Every read of ``metrics.jsonl`` checks each line's checksum and its place after the line
 before: a damaged line (a changed value, a flipped bit, a foreign byte, a line removed or moved) is refused
@@ -50,7 +52,7 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -63,6 +65,7 @@ from sharpscope.io import (
     atomic_write_bytes,
     checksums,
     jsonsafe,
+    migrations,
     read_checkpoint,
     recordlines,
     save_checkpoint,
@@ -222,15 +225,14 @@ class RunDirectory:
                             p.unlink()
 
     def create(self, config: Mapping[str, Any], *, force: bool = False, defaults: Mapping[str, Any] | None = None,
-               upgrade: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
                outputs: Collection[str] = ()) -> Literal["new", "resume"]:
         """Start a new run or recognise the one to resume.
 
-        * missing or empty folder: write ``config.json``, return ``"new"``;
-        * a run folder whose ``config.json`` equals ``config``: return ``"resume"`` (nothing changes;
-          the stored config is first read into the current layout by ``upgrade``, keys missing from
-          it count as their ``defaults``, and the stored config is then rewritten, atomically, with
-          them filled in);
+        * missing or empty folder: write ``config.json`` (``config`` with the current
+          ``format_version``, :mod:`sharpscope.io.migrations`), return ``"new"``;
+        * a run folder whose ``config.json`` equals ``config``: return ``"resume"`` (the stored config is
+          first migrated to the current format, keys missing from it count as their ``defaults``, and
+          when it was of an older format or lacked keys it is rewritten, atomically, in the current one);
         * anything else (another config, a folder that is not a run) raises :class:`ConfigError`
           naming ``force=True`` (its ``argument`` is ``"force"``);
         * top-level keys in ``outputs`` (where records go, not what the run computes) may differ: the
@@ -240,7 +242,7 @@ class RunDirectory:
         """
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"{self.path} exists and is not a directory")
-        text = jsonsafe.dumps(config, indent=2, sort_keys=True) + "\n"
+        text = jsonsafe.dumps(migrations.stamped(config), indent=2, sort_keys=True) + "\n"
         if force:
             self._remove_own_files()
         else:
@@ -251,19 +253,19 @@ class RunDirectory:
                                   "(no config.json); refusing to overwrite it: choose another folder or pass "
                                   "force=True", argument="force")
             try:
-                old = jsonsafe.loads(self.config_path.read_text(encoding="utf-8"))
+                stored = jsonsafe.loads(self.config_path.read_text(encoding="utf-8"))
             except ValueError as e:
                 raise ConfigError(f"{self.config_path} is unreadable ({e}); "
                                   "pass force=True to start the run again", argument="force") from None
-            if upgrade is not None:
-                old = dict(upgrade(old))
-            new = jsonsafe.loads(text)
+            old = self._migrated(stored)
+            new = migrations.migrate_config(jsonsafe.loads(text))
             diff = [key for key in config_differences(old, new, defaults=defaults) if key.split(".")[0] not in outputs]
             if diff:
                 shown = ", ".join(diff[:8]) + (f" (+{len(diff) - 8} more)" if len(diff) > 8 else "")
                 raise ConfigError(f"{self.path} holds a run with a different configuration (differs in {shown}); "
                                   "choose another folder, or pass force=True to overwrite it", argument="force")
-            if set(new) - set(old) or any(old.get(key) != new.get(key) for key in outputs if key in new):
+            if set(new) - set(old) or any(old.get(key) != new.get(key) for key in outputs if key in new) \
+                    or migrations.format_version(stored) != migrations.FORMAT_VERSION:
                 atomic_write_bytes(self.config_path, text.encode())
                 if CONFIG in (checksums.read_manifest(self.path) or {}):  # a finished run's digest follows it
                     checksums.record(self.config_path)
@@ -285,11 +287,21 @@ class RunDirectory:
         self._keys, self._last, self._unchecked, self._torn = set(), "", False, False
 
     def read_config(self) -> dict[str, Any]:
-        """The stored ``config.json``."""
+        """The stored ``config.json`` migrated to the current format (:func:`sharpscope.io.migrations.migrate_config`:
+        the current layout, without ``format_version``); a newer format is refused with one line."""
         try:
-            return jsonsafe.loads(self.config_path.read_text(encoding="utf-8"))
+            stored = jsonsafe.loads(self.config_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{self.path}: no config.json; not a sharpscope run directory") from None
+        return self._migrated(stored)
+
+    def _migrated(self, stored: Any) -> dict[str, Any]:
+        if not isinstance(stored, Mapping):
+            raise ConfigError(f"{self.config_path} holds a {type(stored).__name__}, not a config object")
+        try:
+            return migrations.migrate_config(stored)
+        except ConfigError as e:
+            raise ConfigError(f"{self.config_path}: {e}", argument=e.argument) from None
 
     # --------------------------------------------------------------------------- metrics
     def _scan(self) -> recordlines.Scan | None:

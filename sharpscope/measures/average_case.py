@@ -17,7 +17,7 @@ from sharpscope.curvature.operators.objective import Objective
 from sharpscope.curvature.sampling import make_generator
 from sharpscope.errors import ConfigError
 from sharpscope.measures.perturbed import Counter, PerturbedLoss, draw, example_batches, perturbation_scale
-from sharpscope.measures.settings import SharpnessSettings
+from sharpscope.measures.settings import FIELDS_USED, SharpnessSettings
 
 #: PAC-Bayes σ bracket: the first trial σ (relative to |w| in the magnitude-aware form), and the doublings allowed to reach the target.
 SIGMA_START = 1e-2
@@ -60,7 +60,7 @@ def average_case(objective: Objective, settings: SharpnessSettings, counter: Cou
                                   "distribution": "gaussian" if settings.norm == "l2" else "uniform"}
     if settings.m is not None:
         details.update(examples=len(per_set) * settings.m, per_set=per_set)
-    used = settings.record("rho", "norm", "adaptive", "m", "samples", "seed")
+    used = settings.record(*FIELDS_USED["average"])
     return value, stderr, None, details, used
 
 
@@ -119,5 +119,5 @@ def pac_bayes(objective: Objective, settings: SharpnessSettings, counter: Counte
     details: dict[str, object] = {"sigma": lo, "sigma_upper": hi, "increase": lo_stats[0],
                                   "increase_stderr": lo_stats[1], "loss": base, "evaluations": evaluations,
                                   "pairs": settings.samples}
-    used = settings.record("target", "tol", "adaptive", "samples", "seed")
+    used = settings.record(*FIELDS_USED["pacbayes"])
     return 1 / lo**2, lo_stats[1], None, details, used

@@ -34,7 +34,7 @@ from sharpscope.curvature.operators.gauss_newton import GGNOperator, OutputCurva
 from sharpscope.curvature.operators.objective import Batch, Objective
 from sharpscope.errors import ConfigError
 from sharpscope.measures.perturbed import Counter
-from sharpscope.measures.settings import SharpnessSettings
+from sharpscope.measures.settings import FIELDS_USED, SharpnessSettings
 
 #: Output elements (rows of all ``J_b``) above which the exact traces are refused: each costs a reverse pass.
 MAX_EXACT_ROWS = 200_000
@@ -160,8 +160,8 @@ def _output_trace(objective: Objective, settings: SharpnessSettings, counter: Co
     if objective.closure is not None:
         raise ConfigError("the Jacobian and GGN traces need the model output; this objective's loss is a closure "
                           "(give loss_fn with forward=/output= instead)")
-    used = settings.record("trace", "block") if settings.trace == "exact" else settings.record(
-        "trace", "matvecs", "block", "seed")
+    stochastic_only = ("matvecs", "seed") if settings.trace == "exact" else ()
+    used = settings.record(*(f for f in FIELDS_USED["ggn" if ggn else "jacobian"] if f not in stochastic_only))
     if settings.trace == "exact":
         independent, checked = _independent(objective), False
         params = objective.param_values()

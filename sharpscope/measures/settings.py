@@ -80,3 +80,19 @@ class SharpnessSettings:
 
 #: The default settings of every measure.
 DEFAULTS = SharpnessSettings()
+
+#: The fields of :class:`SharpnessSettings` each measure reads, as its result records them (the Jacobian
+#: and GGN traces read ``matvecs`` and ``seed`` only with a stochastic ``trace``).
+FIELDS_USED: dict[str, tuple[str, ...]] = {
+    "worst": ("rho", "norm", "adaptive", "m", "steps", "restarts", "seed"),
+    "average": ("rho", "norm", "adaptive", "m", "samples", "seed"),
+    "keskar": ("epsilon", "steps", "restarts", "seed"),
+    "pacbayes": ("target", "tol", "adaptive", "samples", "seed"),
+    "jacobian": ("trace", "matvecs", "block", "seed"),
+    "ggn": ("trace", "matvecs", "block", "seed"),
+}
+
+
+def used_by(field: str) -> tuple[str, ...]:
+    """The measures that read ``field`` (a field of :class:`SharpnessSettings`)."""
+    return tuple(name for name, fields in FIELDS_USED.items() if field in fields)

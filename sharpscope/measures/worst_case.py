@@ -26,7 +26,7 @@ from sharpscope.measures.perturbed import (
     example_batches,
     perturbation_scale,
 )
-from sharpscope.measures.settings import SharpnessSettings
+from sharpscope.measures.settings import FIELDS_USED, SharpnessSettings
 
 MOMENTUM = 0.75
 INCREASE_FRACTION = 0.75
@@ -159,7 +159,7 @@ def worst_case(objective: Objective, settings: SharpnessSettings, counter: Count
     details: dict[str, object] = {"loss": statistics.fmean(bases), "sets": len(values)}
     if settings.m is not None:
         details.update(examples=len(values) * settings.m, per_set=values)
-    used = settings.record("rho", "norm", "adaptive", "m", "steps", "restarts", "seed")
+    used = settings.record(*FIELDS_USED["worst"])
     return value, stderr, _merged(records), details, used
 
 
@@ -171,4 +171,4 @@ def keskar(objective: Objective, settings: SharpnessSettings, counter: Counter) 
     base, top = bases[0], maxima[0]
     value = 100 * (top - base) / (1 + base)
     details: dict[str, object] = {"loss": base, "max_loss": top}
-    return value, None, records[0], details, settings.record("epsilon", "steps", "restarts", "seed")
+    return value, None, records[0], details, settings.record(*FIELDS_USED["keskar"])

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from sharpscope.experiments.rank_correlation import measure_value
 from sharpscope.plots.style import color, label_axes, legend, new_figure
 
 
@@ -23,7 +24,9 @@ def _num(value: Any) -> float:
 
 
 def population_figure(results: Mapping[str, Any]) -> tuple[Figure, dict[str, Any]]:
-    """The figure and its plotted numbers from the study's ``results`` (``ranking`` and ``models``)."""
+    """The figure and its plotted numbers from the study's ``results`` (``ranking`` and ``models``), or from
+    :func:`~sharpscope.experiments.rank_correlation.rank_measures`' result and its records
+    (``{"ranking": ranked, "models": records}``; a record without ``reached_stop`` counts as ranked)."""
     ranking = results["ranking"]
     rows = {k: v for k, v in ranking["measures"].items() if "error" not in v}
     names = list(rows)
@@ -48,14 +51,14 @@ def population_figure(results: Mapping[str, Any]) -> tuple[Figure, dict[str, Any
     ax.set_xlim(-1.05, 1.05)
     label_axes(ax, "Kendall's τ_b (95% bootstrap interval)", "", title="rank correlation per measure")
     legend(ax)
-    included = [m for m in results["models"] if m.get("reached_stop")]
+    included = [m for m in results["models"] if m.get("reached_stop", True)]  # records without it: all ranked
     gap = np.array([_num(m["gap_acc"]) for m in included])
-    plotted["runs"] = [m["name"] for m in included]
+    plotted["runs"] = [str(m.get("name", i)) for i, m in enumerate(included)]
     if names:
         defined = [n for n in names if np.isfinite(_num(rows[n]["gap"]["tau"]))] or names
         order = sorted(defined, key=lambda n: _num(rows[n]["gap"]["tau"]))
         for panel, name in ((best_ax, order[-1]), (worst_ax, order[0])):
-            values = np.array([_num(m["measures"][name]["value"]) for m in included])
+            values = np.array([measure_value(m["measures"][name], name) for m in included])
             panel.scatter(values, 100 * gap, s=12, color=color(2))
             if (values > 0).all() and values.max() > 10 * values.min():
                 panel.set_xscale("log")

@@ -3,9 +3,8 @@ settings of its measurements nested as ``curvature``.
 
 Everything that determines the run's numbers is here (and stored as ``config.json``), so two runs
 with equal configs on the same machine give identical records, and a resumed run can check that
-it continues the run it thinks it continues. Older run directories stored the curvature settings
-as flat keys (``"k"``, ``"tol"``, ...); :meth:`TrainConfig.upgrade` reads them into ``curvature``,
-so those runs still load, resume and plot.
+it continues the run it thinks it continues. A stored config of an older run-directory format is read
+into the current layout by :mod:`sharpscope.io.migrations` (:meth:`TrainConfig.from_dict`).
 """
 
 from __future__ import annotations
@@ -19,16 +18,13 @@ from typing import Any
 
 from sharpscope.curvature.settings import RUN_DEFAULTS, CurvatureSettings
 from sharpscope.errors import ConfigError
+from sharpscope.io.migrations import migrate_config
 from sharpscope.track.logs import check_logs
 from sharpscope.track.tracker import PROBES
 from sharpscope.track.update_curvature import resolve_method
 from sharpscope.validation import MAX_DEPTH, check_bool, check_choice, check_depth, check_int, check_real, check_seed
 
 OPTIMIZERS = ("gd", "sgd", "sam", "sparse-sam", "rs", "sa", "adam", "adamw")
-
-
-#: The TF32 switch of configs written before ``curvature.precision``; :meth:`TrainConfig.upgrade` reads it.
-OLD_TF32_KEY = "allow_tf32"
 
 #: Config fields that say where records go, not what the run computes: a resume may change them.
 OUTPUT_FIELDS = ("log",)
@@ -166,40 +162,19 @@ class TrainConfig:
                 out[f.name] = f.default_factory()
         return json.loads(json.dumps(out))
 
-    @staticmethod
-    def upgrade(d: Mapping[str, Any]) -> dict[str, Any]:
-        """A stored config dict in the current layout, with the same meaning.
-
-        Run directories written before the curvature settings were nested hold them as flat keys
-        (``"k": 2, "hvp_mode": "rev-rev"``): they move into ``"curvature"``. Curvature keys that a
-        stored config lacks (it predates them) take :data:`~sharpscope.curvature.settings.RUN_DEFAULTS`,
-        the values those runs used. A key given both flat and nested raises :class:`ConfigError`.
-        """
-        out = dict(d)
-        nested = out.get("curvature", {})
-        if not isinstance(nested, Mapping):
-            return out  # from_dict reports the bad value
-        flat = {key: out.pop(key) for key in CurvatureSettings.field_names() if key in out}
-        if out.pop(OLD_TF32_KEY, False) is True:  # before the product arithmetic had three choices
-            flat["precision"] = "tf32"
-        twice = sorted(set(flat) & set(nested))
-        if twice:
-            raise ConfigError(f"config gives {', '.join(twice)} both at the top level and under 'curvature'",
-                              argument="curvature")
-        out["curvature"] = {**RUN_DEFAULTS.to_dict(), **flat, **nested}
-        return out
-
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
-        """Inverse of :meth:`to_dict` (also of an older flat config, see :meth:`upgrade`); unknown keys
-        raise :class:`ConfigError` listing the valid ones."""
-        unknown = sorted(set(d) - set(cls.field_names()) - set(CurvatureSettings.field_names()) - {OLD_TF32_KEY})
-        if unknown:
-            raise ConfigError(f"unknown config key(s) {unknown}; valid: {', '.join(cls.field_names())}")
+        """Inverse of :meth:`to_dict`, also of a stored config of any known run-directory format
+        (:func:`sharpscope.io.migrations.migrate_config`); unknown keys raise :class:`ConfigError` listing
+        the valid ones."""
         if "model" not in d:
             raise ConfigError("a train config needs 'model' ({'name': ..., 'kwargs': {...}})", argument="model")
-        fields = {k: json.loads(json.dumps(v)) for k, v in cls.upgrade(d).items()}
-        fields["curvature"] = CurvatureSettings.from_dict(fields["curvature"], base=RUN_DEFAULTS)
+        current = migrate_config(d)
+        unknown = sorted(set(current) - set(cls.field_names()))
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {unknown}; valid: {', '.join(cls.field_names())}")
+        fields = {k: json.loads(json.dumps(v)) for k, v in current.items()}
+        fields["curvature"] = CurvatureSettings.from_dict(fields.get("curvature", {}), base=RUN_DEFAULTS)
         cfg = cls(**fields)
         cfg.validate()
         return cfg
@@ -209,7 +184,7 @@ class TrainConfig:
 
         Dotted keys reach into the dict-valued fields (``model.kwargs.widths``,
         ``data_options.standardize``, ``curvature.k``); missing intermediate dicts are created. A
-        curvature setting may also be named alone (``"k"`` for ``"curvature.k"``), as in older configs.
+        curvature setting may also be named alone (``"k"`` for ``"curvature.k"``).
         """
         d = self.to_dict()
         for key, value in overrides.items():

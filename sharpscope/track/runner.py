@@ -445,8 +445,7 @@ def _open_run(run: RunDirectory, cfg: TrainConfig, force: bool,
     """Lock ``run`` until ``held`` closes, create or recognise the run, prepare a resume; the stored
     summary if the run has finished."""
     held.enter_context(run.lock())
-    state = run.create(cfg.to_dict(), force=force, defaults=TrainConfig.defaults(), upgrade=TrainConfig.upgrade,
-                       outputs=OUTPUT_FIELDS)
+    state = run.create(cfg.to_dict(), force=force, defaults=TrainConfig.defaults(), outputs=OUTPUT_FIELDS)
     done = run.finished_summary() if state == "resume" else None
     if state == "resume" and done is None:
         run.prepare_resume()

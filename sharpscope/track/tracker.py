@@ -258,7 +258,7 @@ class SharpnessTracker:
                     check_model_fits(model, self.loss_fn, data[0], data[1], name=name)  # one line, not a deep error
             self._objective = Objective(model, self.loss_fn, self.probe_data, bn=self.curvature.bn,
                                         batch_size=self.batch_size, validate=False,
-                                        precision="native" if sharded else self.curvature.weight_precision)
+                                        weight_precision="native" if sharded else self.curvature.weight_precision)
             self._test = None if self.test_data is None else Objective(
                 model, self.loss_fn, self.test_data, bn=self.curvature.bn, batch_size=self.batch_size, validate=False)
             if sharded:
@@ -367,6 +367,8 @@ class SharpnessTracker:
         rec["settings"] = self.settings(objective, op)
         if errors:
             rec["errors"] = errors
+        if isinstance(op, HessianOperator):
+            op.release_graphs()  # training needs the memory until the next measurement
         self.last = rec
         self._emit(rec)
         return rec
@@ -480,7 +482,7 @@ class SharpnessTracker:
         this tracker's ``tol``, ``hvp_mode`` and BatchNorm mode; warm-started from the last measured top
         eigenvector): ``{"eigenvalue", "residual", "converged", "examples", "hvps", "seconds"}``."""
         objective = Objective(model, self.loss_fn, batch, bn=self.curvature.bn, batch_size=self.batch_size,
-                              validate=False, precision=self.curvature.weight_precision)
+                              validate=False, weight_precision=self.curvature.weight_precision)
         op = self._operator(objective)
         previous = None if self._eigenvectors is None else self._eigenvectors[:, :1]
         with warnings.catch_warnings():

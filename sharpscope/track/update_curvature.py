@@ -126,12 +126,23 @@ def at_parameters(objective: Objective, values: Mapping[str, Tensor]) -> Iterato
                 p.copy_(current[n])
 
 
-def _quotients(num: float, u: Tensor, diag_p: Tensor | None) -> tuple[float | None, float | None, float | None]:
-    norm2 = float(u.double().square().sum())
-    upu = None if diag_p is None else preconditioned_norm(u, diag_p)
+def _reading(method: str, num: float, norm2: float, start: float, *, hvps: int = 0, upu: float | None = None,
+             losses: tuple[float, float, float] | None = None, eps: float = 0.0) -> UpdateCurvature:
+    """The reading from the numerator ``num``, ``‖u‖² = norm2`` and (``fd``) the three losses: the quotients,
+    and the rounding bound ``eps (|L₊| + 2|L₀| + |L₋|) / ‖u‖²``."""
     kappa = num / norm2 if norm2 > 0 and math.isfinite(num) else None
     pre = num / upu if upu is not None and upu > 0 and math.isfinite(num) else None
-    return kappa, pre, upu
+    rounding = None
+    if losses is not None:
+        lm, l0, lp = losses
+        rounding = eps * (abs(lp) + 2 * abs(l0) + abs(lm)) / norm2 if norm2 > 0 else math.inf
+    return UpdateCurvature(method, kappa, pre, num, upu, math.sqrt(norm2), hvps, 0 if losses is None else 3,
+                           time.perf_counter() - start, losses=losses, rounding=rounding)
+
+
+def _second_difference(lm: float, l0: float, lp: float) -> tuple[float, tuple[float, float, float]]:
+    """``D = L₊ − 2L₀ + L₋`` and the losses ``(L₋, L₀, L₊)``."""
+    return lp - 2.0 * l0 + lm, (lm, l0, lp)
 
 
 def curvature_along(method: str, objective: Objective, before: Mapping[str, Tensor], *,
@@ -152,27 +163,20 @@ def curvature_along(method: str, objective: Objective, before: Mapping[str, Tens
     start = time.perf_counter()
     theta0 = objective.flatten([before[n].detach().to(objective.device, objective.dtype) for n in objective.names])
     u = objective.parameter_vector() - theta0
-    norm = float(u.double().norm())
+    norm2 = float(u.double().square().sum())
+    upu = None if diag_p is None else preconditioned_norm(u, diag_p)
     if method == "hvp":
         assert op is not None
-        if norm > 0:
+        num, hvps = 0.0, 0
+        if norm2 > 0:
             with at_parameters(objective, before):
                 hu = op.matvec(u)
-            num = float(u.double() @ hu.double())
-            hvps = 1
-        else:
-            num, hvps = 0.0, 0
-        kappa, pre, upu = _quotients(num, u, diag_p)
-        return UpdateCurvature("hvp", kappa, pre, num, upu, norm, hvps, 0, time.perf_counter() - start)
+            num, hvps = float(u.double() @ hu.double()), 1
+        return _reading("hvp", num, norm2, start, hvps=hvps, upu=upu)
     points = torch.stack([theta0 - u, theta0, theta0 + u])
-    values = objective.evaluate(points, accuracy=False)[0].tolist()
-    lm, l0, lp = (float(v) for v in values)
-    num = lp - 2.0 * l0 + lm
-    eps = torch.finfo(objective.dtype).eps
-    rounding = eps * (abs(lp) + 2 * abs(l0) + abs(lm)) / norm ** 2 if norm > 0 else math.inf
-    kappa, pre, upu = _quotients(num, u, diag_p)
-    return UpdateCurvature("fd", kappa, pre, num, upu, norm, 0, 3, time.perf_counter() - start,
-                           losses=(lm, l0, lp), rounding=rounding)
+    lm, l0, lp = (float(v) for v in objective.evaluate(points, accuracy=False)[0].tolist())
+    num, losses = _second_difference(lm, l0, lp)
+    return _reading("fd", num, norm2, start, upu=upu, losses=losses, eps=torch.finfo(objective.dtype).eps)
 
 
 def curvature_along_sharded(method: str, op: ShardedHessianOperator, before: Tensor) -> UpdateCurvature:
@@ -189,23 +193,17 @@ def curvature_along_sharded(method: str, op: ShardedHessianOperator, before: Ten
     def total(x: Tensor) -> float:
         return float(op.allsum(x.double().reshape(1))[0])
 
-    norm = math.sqrt(total(u.double().square().sum()))
+    norm2 = total(u.double().square().sum())
     if method == "hvp":
         num, hvps = 0.0, 0
-        if norm > 0:
+        if norm2 > 0:
             with op.at_weights(before):
                 hu = op.matvec(u)
             num, hvps = total(u.double() @ hu.double()), 1
-        kappa = num / norm**2 if norm > 0 and math.isfinite(num) else None
-        return UpdateCurvature("hvp", kappa, None, num, None, norm, hvps, 0, time.perf_counter() - start)
+        return _reading("hvp", num, norm2, start, hvps=hvps)
     with op.at_weights(before - u):
         lm = op.loss()
     with op.at_weights(before):
         l0 = op.loss()
-    lp = op.loss()
-    num = lp - 2.0 * l0 + lm
-    eps = torch.finfo(op.dtype).eps
-    rounding = eps * (abs(lp) + 2 * abs(l0) + abs(lm)) / norm**2 if norm > 0 else math.inf
-    kappa = num / norm**2 if norm > 0 and math.isfinite(num) else None
-    return UpdateCurvature("fd", kappa, None, num, None, norm, 0, 3, time.perf_counter() - start,
-                           losses=(lm, l0, lp), rounding=rounding)
+    num, losses = _second_difference(lm, l0, op.loss())
+    return _reading("fd", num, norm2, start, losses=losses, eps=torch.finfo(op.dtype).eps)

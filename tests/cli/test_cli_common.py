@@ -110,13 +110,14 @@ def test_choices_are_the_librarys() -> None:
     from sharpscope.curvature.algorithms.krylov_basis import BASIS_LOCATIONS
     from sharpscope.curvature.algorithms.ritz import Stop
     from sharpscope.curvature.operators.hessian import HVPMode
-    from sharpscope.curvature.operators.objective import Precision as WeightPrecision
+    from sharpscope.curvature.operators.objective import WeightPrecision
     from sharpscope.curvature.operators.precision import PRECISIONS
     from sharpscope.curvature.settings import TraceMethod
     from sharpscope.experiments import SCALES
     from sharpscope.landscape import around
     from sharpscope.losses import LOSSES
     from sharpscope.measures.settings import Norm as SharpnessNorm
+    from sharpscope.measures.settings import TraceMethod as OutputTrace
     from sharpscope.probe import OPERATORS, Shard
 
     def values(enum: type) -> list[str]:
@@ -128,7 +129,7 @@ def test_choices_are_the_librarys() -> None:
     assert values(_common.Scale) == list(SCALES)
     assert sorted(values(_common.DirectionKind)) == sorted(around.DIRECTION_KINDS)
     assert values(_common.DType) == list(around.DTYPES)
-    assert values(_common.Precision) == list(PRECISIONS)
+    assert values(_common.ProductPrecision) == list(PRECISIONS)
     assert values(_common.BasisLocation) == list(BASIS_LOCATIONS)
     assert values(_common.Shard) == list(get_args(Shard))
     hints = get_type_hints(around.SliceSettings)
@@ -138,12 +139,13 @@ def test_choices_are_the_librarys() -> None:
     assert values(_common.TraceMethod) == list(get_args(TraceMethod))
     assert values(_common.WeightPrecision) == list(get_args(WeightPrecision))
     assert values(_common.SharpnessNorm) == list(get_args(SharpnessNorm))
+    assert values(_common.OutputTrace) == list(get_args(OutputTrace))
     assert set(values(_common.SlicePrecision)) <= set(PRECISIONS)  # a slice's loss takes strict or TF32 products
     assert all(isinstance(getattr(torch, v), torch.dtype) for v in values(_common.ProbeDType))
     checked = {_common.Loss, _common.HVPMode, _common.Operator, _common.Scale, _common.DirectionKind, _common.DType,
-               _common.Precision, _common.BasisLocation, _common.Shard, _common.BN, _common.Normalization,
+               _common.ProductPrecision, _common.BasisLocation, _common.Shard, _common.BN, _common.Normalization,
                _common.GridMethod, _common.Stop, _common.TraceMethod, _common.WeightPrecision, _common.SlicePrecision,
-               _common.ProbeDType, _common.SharpnessNorm}
+               _common.ProbeDType, _common.SharpnessNorm, _common.OutputTrace}
     declared = {v for v in vars(_common).values() if isinstance(v, type) and issubclass(v, Enum) and v is not Enum
                 and v.__module__ == _common.__name__}
     assert declared == checked, declared ^ checked  # a new choice in the CLI gets its check here

@@ -48,7 +48,7 @@ def test_probe_json_carries_the_solver_settings_and_one_meaning_per_key(checkpoi
     assert block["most_negative"]["eigensolver"]["which"] == "SA"
     for out in (single, block):
         settings = out["settings"]
-        assert "precision" not in settings and settings["half_precision_params"] == "upcast"  # not the products'
+        assert "precision" not in settings and settings["weight_precision"] == "upcast"  # not the products'
         assert "loss" not in settings and settings["loss_closure"] is False and settings["loss_fn"] == "ce"
         assert "product_precision" not in out["eigensolver"]
     seeds = block["settings"]["seeds"]

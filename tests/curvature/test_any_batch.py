@@ -240,7 +240,7 @@ def test_low_precision_models_compute_in_float32_unless_asked() -> None:
     tail = slice(upcast.dim - block.dim, upcast.dim)
     torch.testing.assert_close(HessianOperator(block, mode="fwd-rev").matvec(v[tail]), dense[tail, tail] @ v[tail],
                                rtol=1e-4, atol=1e-5)
-    native = Objective(model, nn.CrossEntropyLoss(), (x, y), precision="native")
+    native = Objective(model, nn.CrossEntropyLoss(), (x, y), weight_precision="native")
     assert native.dtype == torch.bfloat16 and native.describe()["upcast"] is False
     # the weights and their gradients stay bf16; the operator's vectors (what algorithms hold) are float32
     assert HessianOperator(native, mode="rev-rev").matvec(v).dtype == torch.float32

@@ -212,7 +212,7 @@ def exact_float32(model: nn.Module, batch: dict[str, Tensor], v: Tensor) -> Tens
 def test_native_bf16_products_record_their_error_against_a_float32_copy() -> None:
     model = gpt2("eager", torch.bfloat16)
     batch = {"input_ids": tokens(2, 8)["input_ids"]}
-    op = HessianOperator(Objective(model, None, batch, precision="native"))
+    op = HessianOperator(Objective(model, None, batch, weight_precision="native"))
     assert op.dtype == torch.float32  # the algorithms' vectors; the weights and their gradients stay bf16
     assert op.matvec(torch.randn(op.dim, generator=torch.Generator().manual_seed(5))).dtype == torch.float32
     record = op.precision_record()
@@ -246,7 +246,7 @@ def test_weight_precision_is_a_checked_curvature_setting_that_reaches_the_operat
     model = gpt2("sdpa", torch.bfloat16)
     batch = {"input_ids": tokens(2, 8)["input_ids"]}
     native = CurvatureSettings(weight_precision="native", hvp_mode="rev-rev")
-    op = native.hessian(Objective(model, None, batch, precision=native.weight_precision))
+    op = native.hessian(Objective(model, None, batch, weight_precision=native.weight_precision))
     op.matvec(probe_vector(op.dim, torch.float32))
     record = op.precision_record()  # exact modes in bf16 arithmetic are measured too
     assert record["mode"] == "rev-rev" and 0 < record["deviation"] < 0.1 and "fd_step" not in record  # type: ignore[operator]

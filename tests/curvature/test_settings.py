@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from sharpscope.curvature import CurvatureSettings, per_layer_curvature
-from sharpscope.curvature.settings import DEFAULTS, PROBE_DEFAULTS, RUN_DEFAULTS, default_max_iter
+from sharpscope.curvature.settings import DEFAULTS, RUN_DEFAULTS, default_max_iter
 from sharpscope.errors import ConfigError
 from sharpscope.probe import ProbeSettings, probe
 from sharpscope.track import SharpnessTracker, TrainConfig
@@ -57,8 +57,8 @@ def test_settings_are_frozen_and_round_trip_through_a_dict() -> None:
     with pytest.raises(ConfigError, match=r"unknown curvature setting\(s\) \['kk'\]") as info:
         CurvatureSettings.from_dict({"kk": 2})
     assert info.value.argument == "curvature"
-    assert (DEFAULTS.cache_graphs, DEFAULTS.hvp_mode) == (False, "auto") and CurvatureSettings() == DEFAULTS
-    assert CurvatureSettings(cache_graphs="auto") == PROBE_DEFAULTS and ProbeSettings().curvature == PROBE_DEFAULTS
+    assert (DEFAULTS.cache_graphs, DEFAULTS.hvp_mode) == ("auto", "auto") and CurvatureSettings() == DEFAULTS
+    assert ProbeSettings().curvature == DEFAULTS
     assert CurvatureSettings(hvp_mode="rev-rev") == RUN_DEFAULTS and TrainConfig(model={"name": "mlp"}).curvature == \
         RUN_DEFAULTS
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "../shared/data"
+SHARED_FILES = ("cifar10_train16k.npz", "cifar10_test2k.npz", "mnist5k.npz", "mnist1d.npz")
 
 
 def write_batch(path: Path, images_nhwc: np.ndarray, labels: np.ndarray, *, label_key: str = "labels",
@@ -86,7 +86,14 @@ def write_cifar_batch() -> Callable[..., None]:
 
 @pytest.fixture
 def shared_data() -> Path:
-    """The shared real-data folder; skips the test when it is absent."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data folder {SHARED_DATA} is absent")
-    return SHARED_DATA.resolve()
+    """The data root (``$SHARPSCOPE_DATA``, see ``tests/conftest.py``); skips the test when none is set or it
+    lacks one of the real-data files the tests read."""
+    from sharpscope.data import data_root
+
+    root = data_root()
+    if root is None:
+        pytest.skip("no data root: $SHARPSCOPE_DATA is unset and no ../shared/data is beside the repository")
+    missing = [name for name in SHARED_FILES if not (root / name).is_file()]
+    if missing:
+        pytest.skip(f"the data root {root} lacks {', '.join(missing)}")
+    return root

@@ -1,4 +1,4 @@
-"""Checks against the real data files in ../shared/data; skipped when that folder is absent."""
+"""Checks against the real data files under the data root; skipped without one (see ``tests/conftest.py``)."""
 
 import numpy as np
 import torch

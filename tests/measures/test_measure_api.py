@@ -136,3 +136,32 @@ def test_a_streamed_probe_set_gives_the_in_memory_answer(name: str, single_threa
     kept = measure(name, Objective(model, nn.CrossEntropyLoss(), (x, y), batch_size=8, stream=False), settings)
     streamed = measure(name, Objective(model, nn.CrossEntropyLoss(), (x, y), batch_size=8, stream=True), settings)
     assert streamed.value == pytest.approx(kept.value, rel=1e-12)
+
+
+#: Another valid value of each field of SharpnessSettings.
+OTHER = {"rho": 0.2, "norm": "linf", "adaptive": True, "m": 4, "steps": 7, "restarts": 2, "samples": 6, "seed": 9,
+         "target": 0.3, "tol": 0.2, "epsilon": 0.01, "trace": "hutchinson", "matvecs": 10, "block": 3}
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # torch's forward-mode set-up
+@pytest.mark.parametrize("name", sorted(MEASURES))
+def test_each_measure_reads_exactly_the_fields_it_records(name: str, single_thread: None) -> None:
+    from dataclasses import fields, replace
+
+    from sharpscope.measures.settings import FIELDS_USED, used_by
+
+    assert set(OTHER) == {f.name for f in fields(SharpnessSettings)}
+    assert all(used_by(f) for f in OTHER)  # every field is read by some measure
+    objective = _objective()
+    base = SharpnessSettings(steps=3, samples=4, tol=0.1, trace="hutchinson", matvecs=6)
+    result = measure(name, objective, base)
+    assert set(result.settings) - {"dim", "probe_examples"} == set(FIELDS_USED[name])
+    for field, value in OTHER.items():
+        if field in FIELDS_USED[name] or field == "m":  # m is refused by the measures that do not take it
+            continue
+        other = measure(name, objective, replace(base, **{field: value}))
+        assert other.value == result.value, f"{name} changed with {field}, which it does not record"
+    if name in ("jacobian", "ggn"):  # the exact trace draws nothing: no seed, no products to count
+        exact = measure(name, objective, replace(base, trace="exact"))
+        assert set(exact.settings) - {"dim", "probe_examples"} == {"trace", "block"}
+        assert measure(name, objective, replace(base, trace="exact", seed=9, matvecs=10)).value == exact.value

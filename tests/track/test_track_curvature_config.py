@@ -1,4 +1,4 @@
-"""A training config nests its curvature settings; run directories written with the older flat layout
+"""A training config nests its curvature settings; run directories of format 0, with the settings flat,
 still load, resume (only with the same settings) and plot."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from sharpscope.curvature.settings import RUN_DEFAULTS
 from sharpscope.errors import ConfigError
 from sharpscope.io import checksums, jsonsafe
 from sharpscope.io.jsonsafe import without_timings
+from sharpscope.io.migrations import migrate_config, stamped
 from sharpscope.losses import get_loss
 from sharpscope.plots.runs import load_run
 from sharpscope.plots.trajectory import sharpness_data
@@ -29,11 +30,11 @@ def tiny() -> TrainConfig:
 
 
 def old_layout(cfg: TrainConfig) -> dict[str, Any]:
-    """``config.json`` as written before the settings were nested: the eight curvature keys a run had
-    then, flat beside the others (no ``stop``, ``block_size`` or TF32 switch)."""
+    """``config.json`` of format 0 with the settings flat: eight curvature keys beside the others (no
+    ``stop``, ``block_size`` or TF32 switch)."""
     out = {key: value for key, value in cfg.to_dict().items() if key != "curvature"}
     out.update({"k": 2, "tol": 1e-4, "max_iter": None, "trace_method": "hutch++", "trace_matvecs": 99, "bn": "eval",
-                "hvp_mode": "rev-rev", "cache_graphs": False})
+                "hvp_mode": "rev-rev", "cache_graphs": cfg.curvature.cache_graphs})
     return out
 
 
@@ -55,7 +56,7 @@ def test_a_flat_config_reads_as_the_nested_one_and_flat_names_still_override() -
     stored = cfg.to_dict()
     assert stored["curvature"] == {**RUN_DEFAULTS.to_dict(), "k": 2, "tol": 1e-4} and "k" not in stored
     assert TrainConfig.from_dict(old_layout(cfg)) == cfg == TrainConfig.from_dict(stored)
-    assert config_differences(TrainConfig.upgrade(old_layout(cfg)), stored) == []
+    assert config_differences(migrate_config(old_layout(cfg)), stored) == []
     assert cfg.with_overrides({"k": 3}) == cfg.with_overrides({"curvature.k": 3})
     assert cfg.with_overrides({"k": 3}).curvature == RUN_DEFAULTS.replace(k=3, tol=1e-4)
     with pytest.raises(ConfigError, match="config gives k both at the top level and under 'curvature'"):
@@ -72,13 +73,13 @@ def test_an_old_run_directory_resumes_to_the_uninterrupted_records_and_plots(tmp
     reference = train(cfg, tmp_path / "ref")
     with pytest.raises(Crash):
         train(cfg, tmp_path / "old", progress=crash_at_5)
-    write_config(tmp_path / "old", old_layout(cfg))  # as an older sharpscope left it
+    write_config(tmp_path / "old", old_layout(cfg))
     resumed = train(cfg, tmp_path / "old")
     assert resumed["session"]["resumed_from_step"] == 3
     assert without_timings(RunDirectory(tmp_path / "old").read_metrics()) == \
         without_timings(RunDirectory(tmp_path / "ref").read_metrics())
     assert without_timings(resumed["final"]) == without_timings(reference["final"])
-    assert json.loads((tmp_path / "old" / "config.json").read_text()) == old_layout(cfg)  # left as it was written
+    assert json.loads((tmp_path / "old" / "config.json").read_text()) == stamped(cfg.to_dict())  # now the current format
 
     # a finished old run is recognised as finished, and reads and plots like a new one
     write_config(tmp_path / "ref", old_layout(cfg))
@@ -111,7 +112,7 @@ def test_the_tracker_built_from_a_config_carries_its_settings() -> None:
                          get_loss("mse")).seed == 4
 
 
-def test_an_older_tf32_switch_reads_as_the_tf32_precision() -> None:
+def test_the_tf32_switch_of_format_0_reads_as_the_tf32_precision() -> None:
     cfg = tiny()
     assert TrainConfig.from_dict({**old_layout(cfg), "allow_tf32": True}).curvature.precision == "tf32"
     assert TrainConfig.from_dict({**old_layout(cfg), "allow_tf32": False}) == cfg

@@ -12,6 +12,7 @@ import torch
 
 from sharpscope.errors import ConfigError
 from sharpscope.io.jsonsafe import dumps
+from sharpscope.io.migrations import stamped
 from sharpscope.models import ModelSpec
 from sharpscope.track import RunDirectory, as_float, config_differences
 
@@ -32,13 +33,13 @@ def strict_lines(path: Path) -> list[dict]:
 def test_new_then_same_config_resumes_and_other_config_is_refused(tmp_path: Path) -> None:
     run = RunDirectory(tmp_path / "run")
     assert run.create(CONFIG) == "new"
-    assert json.loads(run.config_path.read_text()) == CONFIG
+    assert json.loads(run.config_path.read_text()) == stamped(CONFIG)  # with the run-directory format version
     assert RunDirectory(tmp_path / "run").create(json.loads(json.dumps(CONFIG))) == "resume"
     other = {**CONFIG, "optimizer_kwargs": {"lr": 0.02}}
     with pytest.raises(ConfigError, match=r"different configuration.*optimizer_kwargs\.lr.*pass force=True") as info:
         RunDirectory(tmp_path / "run").create(other)
     assert info.value.argument == "force"
-    assert json.loads(run.config_path.read_text()) == CONFIG  # untouched
+    assert json.loads(run.config_path.read_text()) == stamped(CONFIG)  # untouched
 
 
 def test_a_field_added_since_the_run_counts_as_its_default(tmp_path: Path) -> None:
@@ -52,7 +53,7 @@ def test_a_field_added_since_the_run_counts_as_its_default(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match="keep_checkpoints"):
         RunDirectory(tmp_path / "run").create(newer)  # without defaults an absent key is a difference
     assert RunDirectory(tmp_path / "run").create(newer, defaults={"keep_checkpoints": False}) == "resume"
-    assert json.loads(run.config_path.read_text()) == newer
+    assert json.loads(run.config_path.read_text()) == stamped(newer)
 
 
 def test_a_foreign_non_empty_directory_is_refused_without_force(tmp_path: Path) -> None:
@@ -76,7 +77,7 @@ def test_force_replaces_the_run_and_leaves_other_files(tmp_path: Path) -> None:
     other = {**CONFIG, "steps": 20}
     fresh = RunDirectory(run.path)
     assert fresh.create(other, force=True) == "new"
-    assert json.loads(run.config_path.read_text()) == other
+    assert json.loads(run.config_path.read_text()) == stamped(other)
     assert not run.metrics_path.exists() and not run.summary_path.exists() and fresh.checkpoints() == []
     assert (run.path / "notes.txt").read_text() == "kept"
     assert fresh.append_metric({"step": 0, "x": 2.0})  # (0) is free again

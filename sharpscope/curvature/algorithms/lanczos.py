@@ -170,9 +170,9 @@ def lanczos(op: LinearOperator, k: int = 1, *, which: Which = "LA", tol: float =
             and ``hvps`` counts vectors. Block Lanczos needs more products than single-vector
             Lanczos for the same accuracy, so it pays only where a block of ``b`` products costs
             well under ``b`` single ones (vmapped products on a GPU) or where eigenvalues repeat;
-            on the CPU benchmark (small CNN, k = 5, tol 1e-3) it took 40 products and 27.6 s where
-            single-vector Lanczos took 18 and 14.4 s, which is why it is not the default for ``k > 1``. The block size and the rule that chose it
-            are in the settings.
+            it is not the default for ``k > 1`` (products and seconds measured against single-vector
+            Lanczos: ``docs/speed-options.md``). The block size and the rule that chose it are in
+            the settings.
     """
     check_operator(op)
     check_int("k", k, low=1)

@@ -77,7 +77,7 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
             modes used, and why, are in :meth:`describe`. Models as users load them
             (:mod:`sharpscope.curvature.operators.loaded`): activation-checkpointed layers take
             ``rev-rev`` under ``"auto"`` and refuse ``"fwd-rev"``; float16/bfloat16 weights computed
-            natively (``Objective(precision="native")``) take ``"fd"`` under ``"auto"``, the step chosen
+            natively (``Objective(weight_precision="native")``) take ``"fd"`` under ``"auto"``, the step chosen
             and the deviation from exact products of a float32 copy measured at the first product
             (any mode on such weights is measured); the operator's vectors are then float32.
         block_size: probe vectors per vmapped pass; on out-of-memory the failing block is halved
@@ -93,11 +93,10 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
             :func:`~sharpscope.curvature.operators.hvp.compiled_fwd_rev`); ``mode="auto"`` then means
             ``fwd-rev`` and the graph cache is off (both recorded), since ``torch.compile`` cannot
             compile double backward. The first product checks the compiled product against the
-            eager one, as for ``precision``. Opt-in: compiling costs tens of seconds per model and
-            block width (40–48 s for the CPU benchmark's CNN without inductor's disk cache), and
-            there compiled products were 1.3× (one probe) to 1.5× (vmapped block of 8) faster than
-            eager fwd-rev ones but slower than eager double backward over one graph for 8 probes.
-            CUDA graphs are not captured.
+            eager one, as for ``precision``. Opt-in: each model, batch shape and block width is
+            compiled once, at a cost of many products, and compiled products are not always faster
+            than eager ones (compile times and speed ratios measured on the CPU benchmark:
+            ``docs/speed-options.md``). CUDA graphs are not captured.
         cache_graphs: with ``rev-rev`` products, keep every batch's gradient graph between calls so
             each product is one double backward per batch (PyHessian's single-batch trick, for any
             number of batches). Costs the activation memory of all batches at once. The cache is
@@ -242,6 +241,11 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
             raise ObjectiveError("a Hessian-vector product is not finite: the loss or its derivatives "
                                  "overflow at these parameters")
         return out.T
+
+    def release_graphs(self) -> None:
+        """Free the cached gradient graphs; the next product rebuilds them (a tracker calls this after each
+        measurement, so that training does not hold them)."""
+        self._graphs, self._graph_key = [], None
 
     def settle_memory(self) -> None:
         """Decide (and build) the graph cache before an algorithm sizes its memory budget."""

@@ -1,4 +1,4 @@
-"""The objective whose curvature is measured: model, loss, a fixed probe set, BN mode, parameters.
+"""The objective whose curvature is measured: model, loss, BN mode and parameters over a fixed probe set.
 
 The objective is the mean loss over every example of the probe set,
 
@@ -9,7 +9,8 @@ examples. So the same data split into batches of any sizes gives the same object
 a row (the leading dimension of the batch's tensors) unless ``count_fn`` says otherwise, e.g. the
 tokens of a language-model batch, so that ``L`` is the mean over tokens. Under
 ``torch.distributed`` each rank holds a shard of the batches and ``N`` counts the examples of all
-ranks. It must be the objective the optimizer descends, or the edge-of-stability thresholds are off
+ranks (the batches and counts are a :class:`~sharpscope.curvature.operators.probe_set.ProbeSet`).
+It must be the objective the optimizer descends, or the edge-of-stability thresholds are off
 by constant factors; a sum-reduced loss is therefore refused unless declared (``reduction="sum"``).
 """
 
@@ -21,7 +22,6 @@ import fnmatch
 import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -31,18 +31,18 @@ from torch.func import functional_call
 from sharpscope.curvature.operators import batches as structure
 from sharpscope.curvature.operators.distributed import sum_across_ranks, sum_scalar_across_ranks, world_size
 from sharpscope.curvature.operators.loaded import loaded_setup
+from sharpscope.curvature.operators.probe_set import Batch, CountFn, ProbeSet
 from sharpscope.errors import ConfigError, DataError, ObjectiveError
 from sharpscope.losses import correct_fraction
-from sharpscope.validation import check_cast, check_int, check_type
+from sharpscope.validation import check_int, check_type
 
 BNMode = Literal["eval", "batch"]
 Reduction = Literal["mean", "sum"]
-Precision = Literal["upcast", "native"]
+WeightPrecision = Literal["upcast", "native"]
 LossFn = Callable[[Any, Any], Tensor]  # (outputs, targets) of whatever structure the model produces
 ForwardFn = Callable[[nn.Module, object], object]
 OutputFn = Callable[[object], object]
 ClosureFn = Callable[[nn.Module, object], Tensor]
-CountFn = Callable[[object], "int | float | Tensor"]
 ParamSelector = str | Sequence[str] | Callable[[str, nn.Parameter], bool] | None
 
 _NORM_WITH_STATS = (nn.modules.batchnorm._BatchNorm,)
@@ -55,29 +55,6 @@ class ReductionWarning(UserWarning):
 
 class DropoutWarning(UserWarning):
     """The model is in train mode with dropout; curvature is measured with dropout off."""
-
-
-@dataclass(frozen=True)
-class Batch:
-    """One fixed batch of the probe set, on the objective's device: its data and example count."""
-
-    data: object
-    size: float
-
-    @property
-    def pair(self) -> bool:
-        """Whether the batch is an ``(x, y)`` pair of tensors."""
-        return structure.is_pair(self.data)
-
-    @property
-    def x(self) -> Any:
-        """The model input of an ``(x, y)`` pair; the whole batch otherwise."""
-        return self.data[0] if self.pair else self.data  # type: ignore[index]
-
-    @property
-    def y(self) -> Any:
-        """What ``loss_fn`` receives besides the output: ``y`` of a pair, the whole batch otherwise."""
-        return self.data[1] if self.pair else self.data  # type: ignore[index]
 
 
 def default_output(out: object) -> object:
@@ -112,43 +89,6 @@ class _Run(nn.Module):
 
     def forward(self) -> Any:
         return self.fn()
-
-
-def _is_reiterable(data: object) -> bool:
-    return isinstance(data, Iterable) and not isinstance(data, Iterator)
-
-
-def _shuffles(data: object) -> bool:
-    sampler = getattr(data, "sampler", None)
-    return isinstance(sampler, torch.utils.data.RandomSampler)
-
-
-def _as_batches(data: object, batch_size: int | None) -> Iterable[object]:
-    """The probe set as an iterable of batch structures (not yet validated one by one)."""
-    if batch_size is not None and batch_size < 1:
-        raise ConfigError(f"batch_size must be positive, got {batch_size}")
-    single = structure.is_pair(data) and isinstance(data, tuple) or isinstance(data, (Tensor, Mapping))
-    if single:
-        if structure.is_pair(data) and data[0].shape[0] != data[1].shape[0]:  # type: ignore[index]
-            raise DataError(f"data has {data[0].shape[0]} inputs but {data[1].shape[0]} targets")  # type: ignore[index]
-        if isinstance(data, Mapping) and not structure.is_structure(data):
-            raise DataError("data is a mapping without tensors")
-        return [data] if batch_size is None else structure.split_rows(data, batch_size)
-    if batch_size is not None:
-        raise ConfigError("batch_size applies to one tensor, (x, y) pair or mapping; an iterable of batches is used "
-                          "as given")
-    if not isinstance(data, Iterable):
-        raise DataError("data must be an (x, y) tensor pair, a tensor, a mapping of tensors, or an iterable of "
-                        f"batches, got {type(data).__name__}")
-    return data
-
-
-def _check_structure(index: int, raw: object) -> None:
-    if not structure.is_structure(raw):
-        raise DataError(f"batch {index} is not a tensor, an (x, y) pair, or a tuple/list/mapping of tensors "
-                        f"(got {type(raw).__name__})")
-    if structure.is_pair(raw) and raw[0].shape[0] != raw[1].shape[0]:  # type: ignore[index]
-        raise DataError(f"batch {index} has {raw[0].shape[0]} inputs but {raw[1].shape[0]} targets")  # type: ignore[index]
 
 
 def select_parameters(model: nn.Module, params: ParamSelector) -> dict[str, nn.Parameter]:
@@ -221,11 +161,11 @@ class Objective:
             its halves' losses: a mean equals their count-weighted mean, a sum their sum. A loss that
             contradicts the declared reduction is refused; one that fits neither warns
             (:class:`ReductionWarning`). The verdict is in :meth:`describe`.
-        precision: for float16/bfloat16 parameters, ``"upcast"`` (default) computes in float32
+        weight_precision: for float16/bfloat16 parameters, ``"upcast"`` (default) computes in float32
             (the model's other parameters and buffers are upcast too, in copies); ``"native"``
             computes in the parameters' dtype. float32/float64 parameters are used as they are.
-            :meth:`describe` records it as ``half_precision_params`` (not to be confused with the
-            product arithmetic, ``product_precision``) and whether it upcast (``upcast``).
+            :meth:`describe` records it and whether it upcast (``upcast``). The arithmetic of the
+            products is the operator's ``precision``, a separate choice.
         dropout: dropout is off during every evaluation (modules in eval mode). A model in train
             mode with dropout layers warns (:class:`DropoutWarning`) unless ``dropout="off"`` says so.
         stream: ``True`` reads the data afresh for each product, one batch on the device at a time
@@ -238,7 +178,7 @@ class Objective:
     def __init__(self, model: nn.Module, loss_fn: LossFn | None, data: object, *, bn: BNMode = "eval",
                  params: ParamSelector = None, batch_size: int | None = None, validate: bool = True,
                  forward: ForwardFn | None = None, output: OutputFn | None = None, closure: ClosureFn | None = None,
-                 count_fn: CountFn | None = None, reduction: Reduction = "mean", precision: Precision = "upcast",
+                 count_fn: CountFn | None = None, reduction: Reduction = "mean", weight_precision: WeightPrecision = "upcast",
                  dropout: Literal["off"] | None = None, stream: bool | None = None) -> None:
         check_type("model", model, nn.Module, "a torch.nn.Module")
         check_int("batch_size", batch_size, low=1, optional=True)
@@ -250,8 +190,9 @@ class Objective:
             raise ConfigError(f"bn must be 'eval' or 'batch', got {bn!r}")
         if reduction not in ("mean", "sum"):
             raise ConfigError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-        if precision not in ("upcast", "native"):
-            raise ConfigError(f"precision must be 'upcast' or 'native', got {precision!r}")
+        if weight_precision not in ("upcast", "native"):
+            raise ConfigError(f"weight_precision must be 'upcast' or 'native', got {weight_precision!r}",
+                              argument="weight_precision")
         if dropout not in (None, "off"):
             raise ConfigError(f"dropout must be 'off' (dropout is never sampled during products), got {dropout!r}")
         if loss_fn is not None and closure is not None:
@@ -275,11 +216,11 @@ class Objective:
         self.closure = closure
         self.count_fn = count_fn
         self.reduction: Reduction = reduction
-        self.precision: Precision = precision
+        self.weight_precision: WeightPrecision = weight_precision
         self.params = select_parameters(model, params)
         first = next(iter(self.params.values()))
         self.device, self.param_dtype = first.device, first.dtype
-        upcast = precision == "upcast" and self.param_dtype in LOW_PRECISION
+        upcast = weight_precision == "upcast" and self.param_dtype in LOW_PRECISION
         self.dtype = torch.float32 if upcast else self.param_dtype
         self._upcast = upcast
         self._state: dict[str, Tensor] = {}  # float32 copies of the rest of the model, inside mode()
@@ -293,23 +234,9 @@ class Objective:
         self.dropout = self._dropout_policy(dropout)
         self.loaded = loaded_setup(model)
         self.fwd_rev_workaround: str | None = None
-        self.streamed, self.stream_reason = self._stream_choice(data, stream)
-        source = _as_batches(data, batch_size)
-        self.batches: list[Batch] | structure.StreamedBatches
-        if self.streamed:
-            counts = [self._make(i, raw).size for i, raw in enumerate(source)]
-            self.batches = structure.StreamedBatches(source, self._make, counts)
-            self.counts = [c for c in counts if c > 0]
-        else:
-            kept = [self._make(i, raw) for i, raw in enumerate(source)]
-            self.batches = [b for b in kept if b.size > 0]
-            self.counts = [b.size for b in self.batches]
-        if not self.counts:
-            raise DataError("the probe set is empty: no examples to evaluate the loss on")
-        self.local_examples = sum(self.counts)
-        self.num_examples = sum_scalar_across_ranks(self.local_examples, device=self.device)
-        if float(self.num_examples).is_integer():
-            self.num_examples = int(self.num_examples)
+        self.probe_set = ProbeSet(data, device=self.device, dtype=self.dtype, batch_size=batch_size,
+                                  count_fn=count_fn, stream=stream, needs=self._needs,
+                                  needed_by=(self.head or "").split(":")[0])
         if self.loaded.checkpointed:
             self._check_checkpointed_layers()
         self.reduction_check = "not checked (validate=False)"
@@ -348,54 +275,45 @@ class Objective:
                               "with dropout off (pass dropout='off' to say so)", DropoutWarning, stacklevel=3)
         return "off"
 
-    def _stream_choice(self, data: object, stream: bool | None) -> tuple[bool, str]:
-        single = structure.is_pair(data) and isinstance(data, tuple) or isinstance(data, (Tensor, Mapping))
-        if stream and not (single or _is_reiterable(data)):
-            raise ConfigError("stream=True needs data that can be read again: tensors, a DataLoader or a list of "
-                              f"batches, not a one-shot {type(data).__name__}")
-        if not single and _shuffles(data):
-            raise ConfigError("the data loader shuffles; the probe set must be the same batches every pass "
-                              "(use shuffle=False)")
-        if stream is None:
-            stream = not single and _is_reiterable(data) and not isinstance(data, (list, tuple))
-            return bool(stream), "re-iterable source" if stream else "in-memory data"
-        return bool(stream), "requested"
-
-    def _make(self, index: int, raw: object) -> Batch:
-        _check_structure(index, raw)
-        if self._needs:
-            missing = [k for k in self._needs if not isinstance(raw, Mapping) or k not in raw]
-            if missing:
-                raise DataError(f"batch {index} has no {', '.join(missing)}: the {self.head.split(':')[0]} "  # type: ignore[union-attr]
-                                f"loss needs a mapping holding {', '.join(self._needs)}")
-        data = structure.place(raw, self.device, self.dtype)
-        for before, after in zip(structure.leaves(raw), structure.leaves(data)):  # 1e300 must not become inf
-            check_cast(f"batch {index}", before, after)
-        if self.count_fn is None:
-            size: float = structure.rows(data, index)
-        else:
-            n = self.count_fn(data)
-            if isinstance(n, bool) or not (isinstance(n, (int, float)) or (isinstance(n, Tensor) and n.numel() == 1)):
-                raise DataError(f"count_fn must return a number of examples (an int, a float or a one-element "
-                                f"tensor), got {type(n).__name__} for batch {index}", argument="count_fn")
-            size = float(n.item() if isinstance(n, Tensor) else n)
-            if not (math.isfinite(size) and size >= 0):
-                raise DataError(f"count_fn gave {size} examples for batch {index}; it must be finite and >= 0")
-            size = int(size) if size.is_integer() else size
-        return Batch(data, size)
-
     def strict_copy(self) -> Objective:
         """This objective computed in float32: the same model, loss and probe set, the parameters and
         floating batch tensors upcast (a shallow copy; the model is shared, nothing is re-validated).
         The reference of products taken natively in float16/bfloat16."""
         twin = copy.copy(self)
-        twin.dtype, twin._upcast, twin.precision, twin._state = torch.float32, True, "upcast", {}
+        twin.dtype, twin._upcast, twin.weight_precision, twin._state = torch.float32, True, "upcast", {}
         twin.fwd_rev_workaround = None
-        if isinstance(self.batches, structure.StreamedBatches):
-            twin.batches = structure.StreamedBatches(self.batches.source, twin._make, self.batches.counts)
-        else:
-            twin.batches = [Batch(structure.place(b.data, self.device, torch.float32), b.size) for b in self.batches]
+        twin.probe_set = self.probe_set.recast(torch.float32)
         return twin
+
+    # ----------------------------------------------------------------------------------- the probe set
+    @property
+    def batches(self) -> list[Batch] | structure.StreamedBatches:
+        """The probe set's batches (:class:`~sharpscope.curvature.operators.probe_set.ProbeSet`)."""
+        return self.probe_set.batches
+
+    @property
+    def counts(self) -> list[float]:
+        """``n_b`` of each batch."""
+        return self.probe_set.counts
+
+    @property
+    def num_examples(self) -> float:
+        """``N``, the examples of the probe set over all ranks."""
+        return self.probe_set.num_examples
+
+    @property
+    def local_examples(self) -> float:
+        """The examples this rank holds."""
+        return self.probe_set.local_examples
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the probe set is read afresh at every pass."""
+        return self.probe_set.streamed
+
+    def weights(self) -> list[float]:
+        """``n_b / N`` for each batch."""
+        return self.probe_set.weights()
 
     # ----------------------------------------------------------------------------------- modes
     @contextlib.contextmanager
@@ -548,10 +466,6 @@ class Objective:
             count = structure.rows(y, 0) if isinstance(y, Tensor) else 1.0
         return self._scaled(self._checked_scalar(loss), count)
 
-    def weights(self) -> list[float]:
-        """``n_b / N`` for each batch."""
-        return [c / self.num_examples for c in self.counts]
-
     def loss(self) -> float:
         """The objective's value; raises :class:`ObjectiveError` if any batch's loss is not finite."""
         total = 0.0
@@ -663,7 +577,7 @@ class Objective:
         if batch is None:
             return "not checked (no batch holds two examples)"
         n = structure.rows(batch.data, 0)
-        halves = [self._make(0, structure.slice_rows(batch.data, a, b)) for a, b in ((0, n // 2), (n // 2, n))]
+        halves = [self.probe_set.make(0, structure.slice_rows(batch.data, a, b)) for a, b in ((0, n // 2), (n // 2, n))]
         params = self.param_values()
         saved, self.reduction = self.reduction, "mean"  # raw values of the loss as given
         try:
@@ -709,9 +623,9 @@ class Objective:
             "bn": self.bn, "has_batchnorm": self.has_batchnorm, "dim": self.dim, "num_params_tensors": len(self.names),
             "dtype": str(self.dtype).removeprefix("torch."), "device": str(self.device)}
         record.update({
-            "param_dtype": str(self.param_dtype).removeprefix("torch."), "half_precision_params": self.precision,
+            "param_dtype": str(self.param_dtype).removeprefix("torch."), "weight_precision": self.weight_precision,
             "upcast": self.dtype != self.param_dtype, "dropout": self.dropout,
-            "data": "streamed" if self.streamed else "in memory", "data_reason": self.stream_reason,
+            "data": "streamed" if self.streamed else "in memory", "data_reason": self.probe_set.stream_reason,
             "loss_closure": self.closure is not None,
             "count": "count_fn" if self.count_fn is not None else "leading dimension",
             "reduction": self.reduction, "reduction_check": self.reduction_check,

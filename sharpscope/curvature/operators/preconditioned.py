@@ -151,10 +151,10 @@ def adam_preconditioner(optimizer: torch.optim.Optimizer, params: object, *,
             uses the raw EMA ``v``, i.e. ``P = sqrt(v) + ε``; this is smaller by about
             ``sqrt(1 − β₂^t)`` early in training and the same once ``β₂^t ≈ 0``. The first-moment
             correction ``1/(1 − β₁^t)`` multiplies the step size, not ``P``, under either choice; it
-            tends to 1 after a few tens of steps. Why the default: in full-batch Adam on MNIST-1D
-            (``tests/science/test_science_eos.py``) ``λ1`` with the bias-corrected ``P`` settles
-            at ``38/η`` (median ratio 0.99), while with the raw ``v`` it sits at 1.4–2.6× that,
-            because ``1 − β₂^t`` is still 0.2–0.5 after a few hundred steps at ``β₂ = 0.999``.
+            tends to 1 after a few tens of steps. Why the default: with the raw ``v``, ``P`` is too
+            small by ``sqrt(1 − β₂^t)`` for the first thousands of steps at ``β₂ = 0.999``, so
+            ``λ1(P⁻¹H)`` overshoots the ``38/η`` Adam's edge predicts by ``1/sqrt(1 − β₂^t)``; the
+            measured ratios are in ``docs/conventions.md`` (Adam's preconditioner).
 
     Returns:
         A float64 tensor of shape ``(dim,)`` on the parameters' device, each entry ``> 0``.

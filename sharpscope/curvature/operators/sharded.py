@@ -194,7 +194,7 @@ class ShardedHessianOperator(LinearOperator):
             check_real("step", step, low=0.0, low_open=True)
         if objective._upcast:
             raise ConfigError("the sharded operator uses the parameters as they are; with half-precision parameters "
-                              "give Objective(precision='native') or keep float32 master weights", argument="objective")
+                              "give Objective(weight_precision='native') or keep float32 master weights", argument="objective")
         self.objective = objective
         self.lengths_created: set[int] = set()  # lengths of the flat vectors this operator allocated
         self.group = _group(objective.params)

@@ -13,6 +13,8 @@ folder, resumably; each study is a module:
 * ``sam-flatness`` (:mod:`.flatness`) — SGD, SAM and Sparse SAM: λ_max, λ_max/λ_5, test accuracy.
 * ``population`` (:mod:`.population`) — a grid of trained models ranked by sharpness measures against their
   generalisation gap (Kendall's τ, granulated τ; Jiang et al., Andriushchenko et al.).
+* ``smoothing`` (:mod:`.smoothing`) — the randomized-smoothing identity (A5) with antithetic pairs on a
+  smooth (GELU, average pooling) and a non-smooth (ReLU, max-pooling) CNN.
 
 Scales as for recipes: smoke / cpu / gpu.
 """
@@ -25,9 +27,10 @@ from typing import Any
 
 from sharpscope.errors import ConfigError
 from sharpscope.experiments.recipes import check_scale
-from sharpscope.experiments.studies import eos, escape, escape_a3, flatness, population, sam_edge
+from sharpscope.experiments.studies import eos, escape, escape_a3, flatness, population, sam_edge, smoothing
 from sharpscope.experiments.studies.framework import (
     Figure,
+    Notice,
     Progress,
     Stage,
     Study,
@@ -45,6 +48,7 @@ STUDIES: dict[str, Study] = {
     "escape-a3": escape_a3.STUDY,
     "sam-flatness": flatness.STUDY,
     "population": population.STUDY,
+    "smoothing": smoothing.STUDY,
 }
 
 __all__ = ["STUDIES", "Figure", "Stage", "Study", "finished_summary", "recipe_stage", "run_study", "study_stages",
@@ -60,14 +64,17 @@ def study_stages(name: str, scale: str) -> list[Stage]:
 
 
 def run_study(name: str, scale: str, out_dir: str | Path, *, only: list[str] | None = None,
-              progress: Progress | None = None, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+              progress: Progress | None = None, options: Mapping[str, Any] | None = None,
+              notice: Notice | None = None) -> dict[str, Any]:
     """Run (or resume) study ``name`` into ``out_dir`` and write :func:`summary_path`.
 
     ``only`` restricts to these stages (the stages they start from or wait for are run too).
     ``progress(stage, summary)`` is called after each stage; ``options`` go to the study's data
-    preparation (``escape``/``label-noise``: ``construction``). Returns the study summary:
-    ``{"study", "scale", "checks", "data", "stages": {name: run summary}, "results": criteria}``.
+    preparation (``escape``/``label-noise``: ``construction``); ``notice(line)`` receives, before the first
+    stage, one line per claim with the smallest effect it can detect. Returns the study summary:
+    ``{"study", "scale", "checks", "data", "stages": {name: run summary}, "results": criteria}`` (and
+    ``detectable``: the plan behind those lines).
     """
     if name not in STUDIES:
         raise ConfigError(f"unknown study {name!r}; valid: {', '.join(STUDIES)}")
-    return run(STUDIES[name], scale, out_dir, only=only, progress=progress, options=options)
+    return run(STUDIES[name], scale, out_dir, only=only, progress=progress, options=options, notice=notice)

@@ -1,6 +1,6 @@
 """The edge-of-stability study: full-batch GD settles at 2/η (a sweep of η), Polyak momentum at 3.8/η,
 cross entropy rises to about 2/η; and the same on Cohen et al.'s own data (the first 5 000 CIFAR-10
-images, fc-tanh 200-200, MSE) when the data file is present."""
+images, fc-tanh 200-200, MSE) when the data root holds that file."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from sharpscope.data.root import CIFAR10_TRAIN, data_file
 from sharpscope.experiments import criteria
-from sharpscope.experiments.recipes import eos_ce, eos_cifar5k, eos_gd, eos_momentum, shared_data_file
+from sharpscope.experiments.recipes import eos_ce, eos_cifar5k, eos_gd, eos_momentum
 from sharpscope.experiments.studies.framework import Figure, Stage, Study
 from sharpscope.experiments.studies.framework import recipe_stage as _stage
 
@@ -27,7 +28,7 @@ def _eos_stages(scale: str) -> list[Stage]:
                # E3 as Cohen et al. run it: stop at 99% train accuracy; η = 0.4 crosses 2/η early and hovers
                _stage("ce-lr0.4", eos_ce, {"stop_at_train_acc": 0.99}, smoke={"steps": 6, "measure_every": 3},
                       cpu={"steps": 2000, "optimizer_kwargs.lr": 0.4})]
-    if shared_data_file("cifar10_train16k.npz") is not None and scale != "gpu":  # E1 on the paper's data
+    if data_file(CIFAR10_TRAIN) is not None and scale != "gpu":  # E1 on the paper's data
         stages += [_stage("cifar5k-lr0.02", eos_cifar5k),
                    _stage("cifar5k-lr0.01", eos_cifar5k, {"optimizer_kwargs.lr": 0.01},
                           cpu={"steps": 6000})]
@@ -60,7 +61,11 @@ def _eos_evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
 
 
 
-STUDY = Study("eos", ("E1", "E2", "E3"), _eos_stages, _eos_evaluate, figures=(
+def _eos_without_data(scale: str) -> dict[str, str]:
+    return {CIFAR10_TRAIN: "the GD runs use MNIST-1D" if scale == "gpu" else "the cifar5k stages are left out"}
+
+
+STUDY = Study("eos", ("E1", "E2", "E3"), _eos_stages, _eos_evaluate, without_data=_eos_without_data, figures=(
         Figure("gd-sweep", "sharpness", ("gd-lr*",),
                "Full-batch GD on the tanh MLP (MSE): λ_max against step for a sweep of step sizes, with 2/η."),
         Figure("momentum-ce", "sharpness", ("momentum", "ce", "ce-lr0.4"),

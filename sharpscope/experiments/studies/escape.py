@@ -25,8 +25,9 @@ order, the perturbation draws and the trace probes; the minimizer is shared):
 
 Scales: ``cpu`` uses the first 1 000 CIFAR-10 training images, 2 000 test images and a GroupNorm CNN
 (32-64-128 channels); ``gpu`` is Ahn et al.'s setting except for the data: a GroupNorm ResNet-18 (width
-64) on the 16 000 training images ``../shared/data`` holds (the paper uses all 50 000). Without the
-CIFAR-10 files both fall back to MNIST-1D and a ReLU MLP (recorded as the data source).
+64) on the 16 000 training images of ``cifar10_train16k.npz`` (the paper uses all 50 000). Without the
+CIFAR-10 files under the data root both fall back to MNIST-1D and a ReLU MLP (stated, and recorded as the
+data source).
 
 Every run measures tr(H) (Hutch++ on the first ``probe_n`` clean training images with the same probe
 vectors in every run from the minimizer, so arms differ by their weights and not by their probes; the
@@ -37,7 +38,7 @@ common training-loss levels, over seeds.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,9 +48,11 @@ import torch
 
 from sharpscope.curvature.settings import RUN_DEFAULTS
 from sharpscope.data import confusion_set, mnist1d, resolve_data
+from sharpscope.data.root import CIFAR10_TEST, CIFAR10_TRAIN, data_file
 from sharpscope.errors import ConfigError
 from sharpscope.experiments import arms as arm_criteria
-from sharpscope.experiments.recipes import fc, shared_data_file
+from sharpscope.experiments.detectable import Assumption, plan
+from sharpscope.experiments.recipes import fc
 from sharpscope.experiments.studies.framework import Figure, Stage, Study
 from sharpscope.io import jsonsafe
 from sharpscope.io.atomic import atomic_write, atomic_write_bytes
@@ -82,7 +85,7 @@ class EscapeScale:
     noise_lr: float
     noise_steps: int
     a4_seeds: tuple[int, ...]  # the perturbation-batch runs
-    a5_draws: int  # the smoothing identity at the bad minimizer: RS draws, Hutchinson probes, examples
+    a5_draws: int  # the smoothing identity at the bad minimizer: antithetic pairs, Hutchinson probes, examples
     a5_probes: int
     a5_examples: int
 
@@ -110,8 +113,8 @@ SCALES: dict[str, EscapeScale] = {
 # ------------------------------------------------------------------------------ data
 def _images(n: int, test_n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str]:
     """Raw train and test inputs in [0, 1]: the first ``n`` CIFAR-10 training images (NCHW) and ``test_n``
-    test images from ``../shared/data``; else MNIST-1D vectors (unscaled) with its own test split."""
-    train, test = shared_data_file("cifar10_train16k.npz"), shared_data_file("cifar10_test2k.npz")
+    test images from the data root; else MNIST-1D vectors (unscaled) with its own test split."""
+    train, test = data_file(CIFAR10_TRAIN), data_file(CIFAR10_TEST)
     if train is not None and test is not None:
         tr = resolve_data(f"cifar10:{train}", n=n, train=True, standardize=None, flatten=False)
         te = resolve_data(f"cifar10:{test}", n=test_n, train=False, standardize=None, flatten=False)
@@ -136,20 +139,24 @@ class DataSizes(Protocol):
     def copies(self) -> int: ...
 
 
-def prepare(scale: str, out_dir: Path, options: Mapping[str, Any]) -> dict[str, Any]:
+def prepare(scale: str, out_dir: Path, options: Mapping[str, Any], *, pretrain: bool = True) -> dict[str, Any]:
     """:func:`prepare_data` with the sizes of ``scale``."""
-    return prepare_data(SCALES[scale], out_dir, options)
+    return prepare_data(SCALES[scale], out_dir, options, pretrain=pretrain)
 
 
-def prepare_data(sc: DataSizes, out_dir: Path, options: Mapping[str, Any], *, pool: int = 1) -> dict[str, Any]:
+def prepare_data(sc: DataSizes, out_dir: Path, options: Mapping[str, Any], *, pretrain: bool = True,
+                 pool: int = 1) -> dict[str, Any]:
     """Write ``data/clean.npz`` (train and test) and ``data/pretrain.npz`` (the confusion set, or
-    clean ∪ confusion with ``construction="clean+confusion"``) once; return what was made. ``pool > 1``
-    averages the images over ``pool × pool`` pixel blocks first (a 32×32 CIFAR-10 image becomes 16×16 with 2)."""
+    clean ∪ confusion with ``construction="clean+confusion"``) once; return what was made. ``pretrain=False``:
+    the clean set only (construction ``"none"``, no options). ``pool > 1`` averages the images over
+    ``pool × pool`` pixel blocks first (a 32×32 CIFAR-10 image becomes 16×16 with 2)."""
+    if options and not pretrain:
+        raise ConfigError(f"the study takes no options, got {sorted(options)}")
     unknown = sorted(set(options) - {"construction"})
     if unknown:
         raise ConfigError(f"unknown escape study option(s) {unknown}; valid: construction")
-    construction = options.get("construction", "confusion")
-    if construction not in CONSTRUCTIONS:
+    construction = options.get("construction", "confusion") if pretrain else "none"
+    if pretrain and construction not in CONSTRUCTIONS:
         raise ConfigError(f"construction must be one of {', '.join(CONSTRUCTIONS)}; got {construction!r}")
     folder = out_dir / "data"
     info_path = folder / "info.json"
@@ -163,7 +170,7 @@ def prepare_data(sc: DataSizes, out_dir: Path, options: Mapping[str, Any], *, po
     if pool > 1 and x.dim() == 4:
         x, xt = torch.nn.functional.avg_pool2d(x, pool), torch.nn.functional.avg_pool2d(xt, pool)
     g = torch.Generator().manual_seed(0)
-    confusion = confusion_set(x, 10, copies=sc.copies, zero_frac=0.1, mode="pixel", generator=g)
+    confusion = confusion_set(x, 10, copies=sc.copies, zero_frac=0.1, mode="pixel", generator=g) if pretrain else None
     if x.dim() == 4:  # black pixels zeroed in [0, 1], then the CIFAR-10 per-channel standardisation
         mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
@@ -174,13 +181,14 @@ def prepare_data(sc: DataSizes, out_dir: Path, options: Mapping[str, Any], *, po
     scale_x = lambda t: ((t - mean) / std).float()  # noqa: E731
     test = {"x_test": scale_x(xt), "y_test": yt}
     _save_npz(folder / "clean.npz", x=scale_x(x), y=y, **test)
-    px, py = scale_x(confusion.x), confusion.y
-    if construction == "clean+confusion":
-        px, py = torch.cat([scale_x(x), px]), torch.cat([y, py])
-    _save_npz(folder / "pretrain.npz", x=px, y=py, **test)
     info = {"source": source, "clean_examples": len(y), "test_examples": len(yt), "construction": construction,
-            "pretrain_examples": len(py), "confusion": confusion.meta, "normalisation": norm,
-            "input_shape": list(x.shape[1:]), "seed": 0, **({"pool": pool} if pool > 1 else {})}
+            "normalisation": norm, "input_shape": list(x.shape[1:]), "seed": 0, **({"pool": pool} if pool > 1 else {})}
+    if confusion is not None:
+        px, py = scale_x(confusion.x), confusion.y
+        if construction == "clean+confusion":
+            px, py = torch.cat([scale_x(x), px]), torch.cat([y, py])
+        _save_npz(folder / "pretrain.npz", x=px, y=py, **test)
+        info.update(pretrain_examples=len(py), confusion=confusion.meta)
     atomic_write_bytes(info_path, (jsonsafe.dumps(info, indent=2) + "\n").encode())
     return info
 
@@ -211,13 +219,16 @@ def small_network(channels: list[int], info: Mapping[str, Any]) -> dict[str, Any
 
 
 # ------------------------------------------------------------------------------ configs
+Network = Callable[[str, Mapping[str, Any]], dict[str, Any]]
+
+
 def base_config(scale: str, out_dir: Path, data: str, *, lr: float, steps: int, every: int,
-                seed: int = 0) -> TrainConfig:
+                seed: int = 0, model: Network = network) -> TrainConfig:
     """SGD at ``lr`` (batch 128, no momentum or weight decay) on ``data/<data>.npz``, tr(H) by Hutch++ on the
-    first ``probe_n`` images, test accuracy on the held-out images."""
+    first ``probe_n`` images, test accuracy on the held-out images; ``model(scale, data info)`` the spec."""
     sc = SCALES[scale]
     path = (out_dir / "data" / f"{data}.npz").resolve()
-    return TrainConfig(model=network(scale, data_info(out_dir)), data=f"npz:{path}",
+    return TrainConfig(model=model(scale, data_info(out_dir)), data=f"npz:{path}",
                        test_data=f"npz:{(out_dir / 'data' / 'clean.npz').resolve()}", loss="ce", optimizer="sgd",
                        optimizer_kwargs={"lr": lr}, batch_size=min(128, sc.n), probe_n=min(sc.n, sc.probe_n),
                        physical_batch_size=500, steps=steps, measure_every=every, trace=True, checkpoint_every=every,
@@ -226,13 +237,14 @@ def base_config(scale: str, out_dir: Path, data: str, *, lr: float, steps: int, 
                                                       max_iter=8))
 
 
-def _fit(data: str, seed: int = 0):  # noqa: ANN202 - a Stage builder
+def fit(data: str, seed: int = 0, model: Network = network):  # noqa: ANN201 - a Stage builder
     """SGD (lr 0.1, batch 128) on ``data`` until its goal: 100% on the clean set, ``pretrain_acc`` on the
     pre-training set (its accuracy read on all of it at every measurement)."""
 
     def build(scale: str, out_dir: Path) -> TrainConfig:
         sc = SCALES[scale]
-        cfg = base_config(scale, out_dir, data, lr=0.1, steps=sc.fit_steps, every=sc.fit_every, seed=seed)
+        cfg = base_config(scale, out_dir, data, lr=0.1, steps=sc.fit_steps, every=sc.fit_every, seed=seed,
+                          model=model)
         cfg.stop_at_train_acc = 1.0 if data == "clean" else sc.pretrain_acc
         if data == "pretrain":  # the stopping rule reads the probe set's accuracy: all of it; no trace
             cfg.probe_n, cfg.trace, cfg.curvature = None, False, cfg.curvature.replace(k=1, max_iter=2)
@@ -309,8 +321,8 @@ def _best_builder(kind: str, seed: int, *, twin: bool = False, batch: int | None
 def escape_stages(scale: str) -> list[Stage]:
     """All stages of the escape study at ``scale`` (see the module docstring)."""
     sc = SCALES[scale]
-    stages = [Stage(f"random-init-s{s}", _fit("clean", seed=s)) for s in sc.seeds]
-    stages += [Stage("pretrain", _fit("pretrain")), Stage("finetune", _fit("clean"), init_from="pretrain")]
+    stages = [Stage(f"random-init-s{s}", fit("clean", seed=s)) for s in sc.seeds]
+    stages += [Stage("pretrain", fit("pretrain")), Stage("finetune", fit("clean"), init_from="pretrain")]
     stages += [Stage(f"sgd-s{s}", after_minimizer(seed=s), init_from="finetune") for s in sc.seeds]
     sweep: list[str] = []
     for factor in sc.lr_perturb_factors:
@@ -343,7 +355,7 @@ def escape_stages(scale: str) -> list[Stage]:
 def label_noise_stages(scale: str) -> list[Stage]:
     """The bad minimizer, then label-noise SGD (p = 0.2) and noiseless SGD at the same step size, per seed."""
     sc = SCALES[scale]
-    stages = [Stage("pretrain", _fit("pretrain")), Stage("finetune", _fit("clean"), init_from="pretrain")]
+    stages = [Stage("pretrain", fit("pretrain")), Stage("finetune", fit("clean"), init_from="pretrain")]
     for s in sc.seeds:
         stages += [Stage(f"label-noise-s{s}", after_minimizer(seed=s, lr=sc.noise_lr, length="noise_steps",
                                                               label_noise=0.2), init_from="finetune"),
@@ -376,22 +388,16 @@ def _a5(dirs: Mapping[str, Path]) -> dict[str, Any] | None:
     return smoothing_check(dirs["finetune"], scale)
 
 
-def smoothing_check(finetune: Path, scale: str) -> dict[str, Any]:
-    """A5 at the run ``finetune`` with the sizes of ``scale``, written to ``a5.json`` beside it."""
-    from sharpscope.experiments.smoothing import identity_at_run  # torch.func work, only when A5 runs
+def smoothing_check(finetune: Path, scale: str, *, pairing: str = "antithetic") -> dict[str, Any]:
+    """A5 at the run ``finetune`` with the sizes of ``scale`` (antithetic pairs unless ``pairing="independent"``),
+    judged by :func:`~sharpscope.experiments.smoothing.judge_identity`, written to ``a5.json`` beside it."""
+    from sharpscope.experiments import smoothing  # torch.func work, only when A5 runs
 
     sc = SCALES[scale]
-    result = identity_at_run(finetune, examples=sc.a5_examples, draws=sc.a5_draws, probes=sc.a5_probes,
-                             counts=sorted({16, 64, sc.a5_draws}))
-    at = {row["draws"]: row["cosine"] for row in result["rhos"].get("0.01", [])}
-    result["criterion"] = "cosine ≥ 0.5 at ρ = 1e-2 with all draws, and not lower with more draws"
-    if at:
-        most = at[max(at)]
-        result["verdict"] = "holds" if most >= 0.5 and most >= at[min(at)] else (
-            "partly" if most > 0 else "not testable at this scale")
-        if result["verdict"] == "not testable at this scale":
-            result["reason"] = ("the draws are independent, not antithetic pairs (u, −u), so the first-order term ρHu "
-                                "stays in the average as noise: a cosine near 0 does not resolve the O(ρ²) drift")
+    result = smoothing.identity_at_run(finetune, examples=sc.a5_examples, draws=sc.a5_draws, probes=sc.a5_probes,
+                                       counts=sorted({16, 64, sc.a5_draws}), pairing=pairing)
+    verdict = smoothing.judge_identity(result, result["nonsmooth"])
+    result.update(criterion=smoothing.CRITERION, verdict=verdict.label, reason=verdict.reason)
     atomic_write_bytes(finetune.parent / "a5.json", (jsonsafe.dumps(result, indent=2) + "\n").encode())
     return jsonsafe.loads(jsonsafe.dumps(result))
 
@@ -401,10 +407,42 @@ def evaluate_label_noise(dirs: Mapping[str, Path]) -> dict[str, Any]:
     return arm_criteria.label_noise_results(dirs)
 
 
+_ASSUMED = "noise of the committed cpu runs, figures/{}-summary.json"
+
+
+def detectable_escape(scale: str) -> list[dict[str, Any]]:
+    """A1–A4's smallest detectable effects at the scale's seeds (the noise: :data:`_ASSUMED`; a single reading
+    has no seed spread and carries its binomial error)."""
+    sc, src = SCALES[scale], _ASSUMED.format("escape")
+    n, n4 = len(sc.seeds), len(sc.a4_seeds)
+    binomial = 0.01415  # two readings of ~28% accuracy on 2 000 test images
+    return plan([
+        Assumption("A1", "test accuracy, random init − bad minimizer", n, 1, 0.0216, 0.0, 0.01485, src),
+        Assumption("A2", "test accuracy, SGD at η end − start", n, 1, 0.0, 0.0, binomial, src),
+        Assumption("A3", "tr(H) at the end, best SA − best RS", n, n, 0.424, 0.0019, 2.87, src),
+        Assumption("A3", "test accuracy at the end, best SA − best RS", n, n, 0.0, 0.0, binomial, src),
+        Assumption("A4", "tr(H), SA with B = 1 − B = 64", n4, n4, 0.424, 0.424, 2.87,
+                   src + "; best SA's seed sd and Hutch++ error"),
+    ])
+
+
+def detectable_label_noise(scale: str) -> list[dict[str, Any]]:
+    """G6's smallest detectable end-of-run trace difference at the scale's seeds."""
+    n = len(SCALES[scale].seeds)
+    return plan([Assumption("G6", "tr(H) at the end, label-noise − noiseless SGD", n, n, 18.6, 0.0247, 6.28,
+                            _ASSUMED.format("label-noise"))])
+
+
 _CAPTION = ("Arms are means over seeds (bands: ± one standard deviation); test accuracy on the held-out images "
             "(binomial standard error in the study summary); tr(H) by Hutch++ on a fixed subset of the clean "
             "training images.")
-ESCAPE = Study("escape", ("A1", "A2", "A3", "A4", "A5"), escape_stages, evaluate_escape, prepare, figures=(
+def without_data(_: str) -> dict[str, str]:
+    """Without the CIFAR-10 files the study runs on MNIST-1D vectors with a ReLU MLP."""
+    return dict.fromkeys((CIFAR10_TRAIN, CIFAR10_TEST), "MNIST-1D and a ReLU MLP used")
+
+
+ESCAPE = Study("escape", ("A1", "A2", "A3", "A4", "A5"), escape_stages, evaluate_escape, prepare,
+               without_data=without_data, figures=(
     Figure("a3", "arms", ("best-sa-s*", "best-sa-rho0-s*", "best-rs-s*", "sgd-s*", "sgd-lr*"),
            "From the bad minimizer (η = 0.001, batch 128): the sweep's best SA and RS, SA's ρ = 0 twin, SGD at η "
            "and SGD at η′. " + _CAPTION),
@@ -413,11 +451,12 @@ ESCAPE = Study("escape", ("A1", "A2", "A3", "A4", "A5"), escape_stages, evaluate
     Figure("a1", "arms", ("random-init-s*", "finetune"),
            "Fitting the clean images from a random initialisation (seeds) and from the confusion-set "
            "pre-training (the bad minimizer). " + _CAPTION),
-))
-LABEL_NOISE = Study("label-noise", ("G6",), label_noise_stages, evaluate_label_noise, prepare, figures=(
+), detectable=detectable_escape)
+LABEL_NOISE = Study("label-noise", ("G6",), label_noise_stages, evaluate_label_noise, prepare,
+                    without_data=without_data, figures=(
     Figure("g6", "arms", ("label-noise-s*", "noiseless-s*"),
            "Label-noise SGD (p = 0.2, fresh noise each step) from the bad minimizer and the same SGD without "
            "noise. " + _CAPTION),
     Figure("trace-accuracy", "trace", ("label-noise-s*",),
            "Label-noise SGD: tr(H) against test accuracy along each seed's run."),
-))
+), detectable=detectable_label_noise)

@@ -49,7 +49,8 @@ from sharpscope.curvature.settings import RUN_DEFAULTS
 from sharpscope.data import resolve_data
 from sharpscope.errors import ConfigError
 from sharpscope.experiments import statistics, verdicts
-from sharpscope.experiments.studies.escape import ETA, data_info, prepare_data, small_network
+from sharpscope.experiments.detectable import Assumption, plan
+from sharpscope.experiments.studies.escape import ETA, data_info, prepare_data, small_network, without_data
 from sharpscope.experiments.studies.framework import Stage, Study
 from sharpscope.experiments.verdicts import Verdict
 from sharpscope.io import jsonsafe
@@ -110,20 +111,28 @@ def _sizes(scale: str) -> A3Scale:
 
 
 def prepare(scale: str, out_dir: Path, options: Mapping[str, Any]) -> dict[str, Any]:
-    """The clean and confusion sets (:func:`~sharpscope.experiments.studies.escape.prepare_data`) and, before any
-    run, the plan: minimizers, η, η′, ρ and the minimum detectable effect of the paired design per unit of
-    the between-minimizer standard deviation of a difference (95% interval, 80% power)."""
+    """The clean and confusion sets (:func:`~sharpscope.experiments.studies.escape.prepare_data`) and the plan:
+    minimizers, η, η′, ρ and the sizes (the detectable effects are :func:`detectable`)."""
     if options:
         raise ConfigError(f"study 'escape-a3' takes no options, got {sorted(options)}")
     sc = _sizes(scale)
     info = prepare_data(sc, out_dir, {}, pool=sc.pool)
-    n = len(sc.minimizers)
-    plan = {"minimizers": n, "eta": ETA, "lr_perturb": sc.lr_perturb, "rho": sc.rho, "level": statistics.LEVEL,
-            "power": POWER, "mde_per_sd": planned_mde(n), "sizes": asdict(sc)}
-    return {**info, "plan": plan}
+    design = {"minimizers": len(sc.minimizers), "eta": ETA, "lr_perturb": sc.lr_perturb, "rho": sc.rho,
+              "sizes": asdict(sc)}
+    return {**info, "plan": design}
 
 
-def planned_mde(n: int, sd: float = 1.0, estimator_se: float = 0.0) -> float:
+def detectable(scale: str) -> list[dict[str, Any]]:
+    """A3's smallest detectable effects, before any run: paired over the scale's bad minimizers (the interval of
+    :func:`compare`), in units of the standard deviation of the per-minimizer differences (no pilot at this
+    scale), 95% interval, 80% power."""
+    n = len(_sizes(scale).minimizers)
+    src = "paired over the bad minimizers: in units of the sd of the per-minimizer differences (no pilot)"
+    return plan([Assumption("A3", "tr(H), SA − RS at equal loss", n, n, 1.0, 0.0, 0.0, src),
+                 Assumption("A3", "test accuracy, SA − RS at equal loss", n, n, 1.0, 0.0, 0.0, src)])
+
+
+def paired_mde(n: int, sd: float = 1.0, estimator_se: float = 0.0) -> float:
     """The smallest mean difference the paired interval over ``n`` minimizers puts beyond 0 with probability
     :data:`POWER`, for differences of standard deviation ``sd`` and a known estimator error."""
     if n < 2 or not sd > 0:
@@ -135,14 +144,15 @@ def planned_mde(n: int, sd: float = 1.0, estimator_se: float = 0.0) -> float:
 # ------------------------------------------------------------------------------ configs
 def config(scale: str, out_dir: Path, data: str, *, lr: float, steps: int, every: int, seed: int) -> TrainConfig:
     """SGD at ``lr`` (batch 128) on ``data/<data>.npz``, the loss of all clean images read every ``every`` steps
-    (no trace during training: the readings are taken afterwards, :func:`reading`)."""
+    (no trace during training: the readings are taken afterwards, :func:`reading`). No gradient graph is
+    cached between the two products of each reading (the setting the committed cpu run was made with)."""
     sc = _sizes(scale)
     path = (out_dir / "data" / f"{data}.npz").resolve()
     return TrainConfig(model=small_network(list(sc.channels), data_info(out_dir)), data=f"npz:{path}", loss="ce",
                        optimizer="sgd", optimizer_kwargs={"lr": lr}, batch_size=min(128, sc.n),
                        physical_batch_size=500, steps=steps, measure_every=every, checkpoint_every=every,
                        seed=seed, probe_seed=0, probes="fixed", device="cpu",
-                       curvature=RUN_DEFAULTS.replace(k=1, max_iter=2))
+                       curvature=RUN_DEFAULTS.replace(k=1, max_iter=2, cache_graphs=False))
 
 
 def _fit(data: str, m: int):  # noqa: ANN202 - a Stage builder
@@ -227,6 +237,7 @@ def reading(run_dir: Path, sc: A3Scale, step: int | None = None) -> dict[str, An
     clean, test_set = resolve_data(clean_file, train=True), resolve_data(clean_file, train=False)
     tracker = SharpnessTracker((clean.x, clean.y), get_loss("ce"), every=1, test_data=test_set,
                                curvature=RUN_DEFAULTS.replace(k=1, max_iter=sc.lanczos_iter, trace_method="hutch++",
+                                                              cache_graphs=False,
                                                               trace_matvecs=sc.trace_matvecs),
                                trace=True, threshold=None, warm_start=False, seed=0, probes="fixed",
                                test_predictions=True, sharpness=("jacobian",),
@@ -313,7 +324,7 @@ def compare(pairs: Sequence[Mapping[str, Any]], quantity: str, *, better: str, w
     se = _rms(ses)
     d = statistics.paired_difference(per, estimator_se=se)
     sd = float(np.std(per, ddof=1)) if len(per) >= 2 else math.nan
-    mde = planned_mde(len(per), sd, se) if math.isfinite(sd) and sd > 0 else math.nan
+    mde = paired_mde(len(per), sd, se) if math.isfinite(sd) and sd > 0 else math.nan
     v = verdicts.judge_difference(d, better=better, mde=mde if math.isfinite(mde) else None, what=what)
     out = _diff_json(d, v, per)
     out["estimator_se"] = se
@@ -380,11 +391,11 @@ def figures(summary: Mapping[str, Any]) -> list[tuple[str, Any, dict[str, Any], 
         return []
     fig, data = a3_figure(results)
     info = summary.get("data") or {}
-    plan = info.get("plan") or {}
+    design = info.get("plan") or {}
     caption = (f"A3 at equal training loss, from {results['A3']['minimizers']} bad minimizers (pre-training seeds "
                f"{', '.join(results['minimizers'])}; every arm from minimizer m uses seed m, so the arms of one "
-               f"minimizer see the same batches); η = {plan.get('eta')}, η′ = {plan.get('lr_perturb')} and "
-               f"ρ = {plan.get('rho')} for RS and SA. Top: tr(H) (Hutch++, the same probes for every model; error "
+               f"minimizer see the same batches); η = {design.get('eta')}, η′ = {design.get('lr_perturb')} and "
+               f"ρ = {design.get('rho')} for RS and SA. Top: tr(H) (Hutch++, the same probes for every model; error "
                "bars ± one Hutch++ stderr), the exact Jacobian trace and test accuracy (error bars ± one binomial "
                "standard error) of SA and each arm at the matched point, grey lines joining the two readings from one "
                "minimizer. Bottom: SA − arm per minimizer (tr(H) from the shared Hutchinson probes) and the mean with "
@@ -397,4 +408,5 @@ def figures(summary: Mapping[str, Any]) -> list[tuple[str, Any, dict[str, Any], 
     return [("matched", fig, data, caption)]
 
 
-STUDY = Study("escape-a3", ("A3",), stages, evaluate, prepare=prepare, draw=figures)
+STUDY = Study("escape-a3", ("A3",), stages, evaluate, prepare=prepare, draw=figures, detectable=detectable,
+              without_data=without_data)

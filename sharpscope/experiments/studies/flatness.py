@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from sharpscope.curvature.settings import RUN_DEFAULTS
+from sharpscope.data.root import CIFAR10_TRAIN
 from sharpscope.experiments import arms as arm_criteria
 from sharpscope.experiments import evidence, statistics, verdicts
+from sharpscope.experiments.detectable import Assumption, plan
 from sharpscope.experiments.recipes import cifar_data, fc, mnist1d_data
 from sharpscope.experiments.studies.framework import Build, Figure, Stage, Study
 from sharpscope.experiments.verdicts import Verdict
@@ -178,9 +180,26 @@ def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
     return {**out, **flatness_verdicts(summaries, matched)}
 
 
+def detectable(scale: str) -> list[dict[str, Any]]:
+    """G1, G3, G4 and G5's smallest detectable differences at the scale's seeds; the noise assumed from the
+    committed cpu-scale runs (per-arm seed sd; the test set's binomial error of both arms, 1.55 points)."""
+    n, src = len(SCALES[scale].seeds), "noise of the committed cpu runs, figures/sam-flatness-summary.json"
+    return plan([
+        Assumption("G1", "test accuracy, SAM − SGD", n, n, 0.0187, 0.0512, 0.01545, src),
+        Assumption("G3", "λ_max at the end, SAM − SGD", n, n, 9.58, 17.9, 0.0, src),
+        Assumption("G4", "test accuracy, ASAM − SAM", n, n, 0.0121, 0.0187, 0.01563, src),
+        Assumption("G5", "test accuracy, SSAM-F − SAM", n, n, 0.0188, 0.0187, 0.0155, src),
+        Assumption("G5", "test accuracy, SSAM-D − SAM", n, n, 0.0170, 0.0187, 0.0155, src),
+    ])
+
+
 _CAPTION = ("Arms are means over seeds (± one standard deviation); λ_max by Lanczos and tr(H) by Hutch++ on a "
             "fixed subset of the training images; the second panel compares arms at equal training loss.")
-STUDY = Study("sam-flatness", ("G1", "G3", "G4", "G5"), stages, evaluate, figures=(
+def without_data(_: str) -> dict[str, str]:
+    return {CIFAR10_TRAIN: "MNIST-1D and a ReLU MLP used"}
+
+
+STUDY = Study("sam-flatness", ("G1", "G3", "G4", "G5"), stages, evaluate, without_data=without_data, figures=(
     Figure("lambda-max", "arms-lambda", tuple(f"{arm}-s*" for arm in ARMS),
            "SGD, SAM, ASAM and Sparse SAM (Fisher and dynamic masks, 50%) on a BatchNorm-free CIFAR-10 CNN: λ_max "
            "(log axis; no stability edge is drawn: momentum SGD's (2+2β)/η is far above, ASAM and Sparse SAM have "
@@ -188,4 +207,4 @@ STUDY = Study("sam-flatness", ("G1", "G3", "G4", "G5"), stages, evaluate, figure
            "sam-edge study). " + _CAPTION),
     Figure("trace", "arms", tuple(f"{arm}-s*" for arm in ARMS),
            "The same arms: tr(H), test and train accuracy. " + _CAPTION),
-))
+), detectable=detectable)

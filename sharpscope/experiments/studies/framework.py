@@ -5,16 +5,24 @@ study's ``prepare`` to ``out_dir/data/``, each stage trains into ``out_dir/<stag
 stage returns its stored summary; a killed one resumes), a stage that starts from another one's
 weights has ``init_from = out_dir/<that stage>`` (its latest checkpoint), a stage may also wait
 for others (``after``: a full-length run that takes its setting from a sweep), and the study's
-numbers go to ``out_dir/<study>-summary.json``.
+numbers go to ``out_dir/<study>-summary.json``. Before the first stage, a study that compares arms over
+seeds states the smallest effect each claim can detect (``detectable``:
+:mod:`sharpscope.experiments.detectable`): passed to ``notice`` line by line and stored in the summary.
+
+A study that can run without a file of the data root (:mod:`sharpscope.data.root`) says what it does
+instead (``without_data``); :func:`run` warns with each such fallback that applies and records them in the
+summary (``data_root``: the root and the fallbacks).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sharpscope.data.root import DataFallbackWarning, data_root, fallback_notes
 from sharpscope.errors import ConfigError
 from sharpscope.experiments.recipes import check_scale
 from sharpscope.io import jsonsafe
@@ -22,6 +30,7 @@ from sharpscope.io.atomic import atomic_write_bytes
 from sharpscope.track import RunDirectory, TrainConfig, train
 
 Progress = Callable[[str, dict[str, Any]], None]
+Notice = Callable[[str], None]
 Build = Callable[[str, Path], TrainConfig]
 
 
@@ -53,7 +62,9 @@ class Figure:
 class Study:
     """``stages(scale)``; ``evaluate({stage: run dir})`` gives the criteria; ``prepare(scale, out_dir,
     options)`` writes derived data once and returns what it made; ``draw(summary)`` gives figures drawn
-    from the study summary itself, as ``(stem, figure, plotted numbers, caption)``."""
+    from the study summary itself, as ``(stem, figure, plotted numbers, caption)``; ``detectable(scale)`` the
+    smallest effect each claim can detect at the scale's seeds (:func:`sharpscope.experiments.detectable.plan`);
+    ``without_data(scale)`` maps each data-root file the study can do without at ``scale`` to what it does then."""
 
     name: str
     checks: tuple[str, ...]
@@ -62,6 +73,13 @@ class Study:
     prepare: Callable[[str, Path, Mapping[str, Any]], dict[str, Any]] | None = None
     figures: tuple[Figure, ...] = field(default=())
     draw: Callable[[Mapping[str, Any]], list[tuple[str, Any, dict[str, Any], str]]] | None = None
+    detectable: Callable[[str], list[dict[str, Any]]] | None = None
+    without_data: Callable[[str], Mapping[str, str]] | None = None
+
+
+def data_fallbacks(study: Study, scale: str) -> list[str]:
+    """One line per data-root file ``study`` lacks at ``scale`` and what it does instead."""
+    return fallback_notes(study.without_data(scale)) if study.without_data is not None else []
 
 
 def recipe_stage(name: str, cfg: Callable[[str], TrainConfig], overrides: Mapping[str, Any] | None = None,
@@ -77,14 +95,13 @@ def recipe_stage(name: str, cfg: Callable[[str], TrainConfig], overrides: Mappin
 
 
 def finished_summary(run_dir: Path, cfg: TrainConfig) -> dict[str, Any] | None:
-    """The stored summary of a finished run of ``cfg``, also when the run predates config fields
-    added since (absent from its ``config.json`` and at their defaults in ``cfg``; flat curvature keys
-    are read by :meth:`TrainConfig.upgrade`) or was made by
-    another study sharing the stage (``recipe`` differs); else None."""
+    """The stored summary of a finished run of ``cfg``, also when its ``config.json`` is of an older
+    format (read by :meth:`RunDirectory.read_config`), lacks config fields (they count at their defaults) or
+    was made by another study sharing the stage (``recipe`` differs); else None."""
     run = RunDirectory(run_dir)
     if not run.config_path.is_file() or not run.summary_path.is_file():
         return None
-    stored, new, defaults = TrainConfig.upgrade(run.read_config()), cfg.to_dict(), TrainConfig.defaults()
+    stored, new, defaults = run.read_config(), cfg.to_dict(), TrainConfig.defaults()
     if any(stored.get(k, defaults.get(k)) != jsonsafe.loads(jsonsafe.dumps(v)) for k, v in new.items()
            if k != "recipe"):
         return None
@@ -119,9 +136,15 @@ def stage_order(stages: list[Stage], wanted: list[str]) -> list[str]:
 
 
 def run(study: Study, scale: str, out_dir: str | Path, *, only: list[str] | None = None,
-        progress: Progress | None = None, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        progress: Progress | None = None, options: Mapping[str, Any] | None = None,
+        notice: Notice | None = None) -> dict[str, Any]:
     """Run (or resume) ``study`` into ``out_dir`` and write :func:`summary_path` (see the module docstring)."""
+    from sharpscope.experiments.detectable import lines
+
     check_scale(scale)
+    fallbacks = data_fallbacks(study, scale)
+    for note in fallbacks:
+        warnings.warn(f"study {study.name}: {note}", DataFallbackWarning, stacklevel=2)
     stages = study.stages(scale)
     by_name = {s.name: s for s in stages}
     try:
@@ -132,6 +155,10 @@ def run(study: Study, scale: str, out_dir: str | Path, *, only: list[str] | None
     data = study.prepare(scale, out, dict(options or {})) if study.prepare is not None else None
     if options and study.prepare is None:
         raise ConfigError(f"study {study.name!r} takes no options, got {sorted(options)}")
+    detectable = study.detectable(scale) if study.detectable is not None else None
+    if notice is not None:
+        for text in lines(detectable or []):
+            notice(text)
     summaries: dict[str, Any] = {}
     for stage_name in order:
         stage = by_name[stage_name]
@@ -143,7 +170,11 @@ def run(study: Study, scale: str, out_dir: str | Path, *, only: list[str] | None
         if progress is not None:
             progress(stage.name, summaries[stage.name])
     results = study.evaluate({s: out / s for s in summaries})
-    summary = {"study": study.name, "scale": scale, "checks": list(study.checks), "data": data,
-               "stages": summaries, "results": results}
+    root = data_root()
+    summary: dict[str, Any] = {"study": study.name, "scale": scale, "checks": list(study.checks), "data": data,
+                               "data_root": {"root": None if root is None else str(root), "fallbacks": fallbacks},
+                               "stages": summaries, "results": results}
+    if detectable is not None:
+        summary["detectable"] = detectable
     atomic_write_bytes(summary_path(study.name, out), (jsonsafe.dumps(summary, indent=2) + "\n").encode())
     return jsonsafe.loads(jsonsafe.dumps(summary))

@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -41,6 +40,7 @@ import torch
 
 from sharpscope.curvature import HessianOperator, Objective, hutchpp, lanczos
 from sharpscope.curvature.settings import RUN_DEFAULTS
+from sharpscope.data.root import CIFAR10_TRAIN
 from sharpscope.errors import ConfigError
 from sharpscope.experiments import rank_correlation as rc
 from sharpscope.experiments import statistics
@@ -234,35 +234,8 @@ def _axes_of(name: str) -> dict[str, Any]:
 
 
 def rank_measures(models: Sequence[Mapping[str, Any]], *, resamples: int, seed: int = 0) -> dict[str, Any]:
-    """τ of every measure with the accuracy gap and with the test error over ``models`` (each with
-    ``axes``, ``gap_acc``, ``test_error`` and ``measures``), and the granulated τ against the gap."""
-    n = len(models)
-    out: dict[str, Any] = {"n": n, "mde": rc.tau_mde(n, resamples=resamples, seed=seed) if n >= 3 else None,
-                           "measures": {}}
-    if n < 3:
-        return out
-    critical = out["mde"]["critical"]
-    names = [k for k in models[0]["measures"]]
-    gap = [float(m["gap_acc"]) for m in models]
-    err = [float(m["test_error"]) for m in models]
-    for name in names:
-        values = [float(m["measures"][name]["value"]) for m in models]
-        if not all(math.isfinite(v) for v in values):
-            out["measures"][name] = {"error": "a model's value is not finite"}
-            continue
-        row: dict[str, Any] = {}
-        for target, ys in (("gap", gap), ("test_error", err)):
-            boot = rc.bootstrap_tau(values, ys, resamples=resamples, seed=seed)
-            null = rc.tau_null(values, ys, resamples=resamples, seed=seed)
-            tau = boot["tau"]
-            verdict = ("undefined" if not math.isfinite(tau) else
-                       "inconclusive" if abs(tau) < critical or null["p_value"] >= 0.05 else
-                       "positive" if tau > 0 else "negative")
-            row[target] = {"tau": tau, "interval": [boot["low"], boot["high"]], "p_value": null["p_value"],
-                           "verdict": verdict}
-        row["granulated"] = rc.granulated_tau(values, gap, [m["axes"] for m in models], AXES)
-        out["measures"][name] = row
-    return out
+    """:func:`~sharpscope.experiments.rank_correlation.rank_measures` over the study's axes."""
+    return rc.rank_measures(models, axes=AXES, resamples=resamples, seed=seed)
 
 
 def sam_pairs(models: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -282,24 +255,8 @@ def sam_pairs(models: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def table(ranked: Mapping[str, Any], excluded: Sequence[str]) -> str:
-    """The results as a Markdown table, headed by the MDE."""
-    mde = ranked.get("mde")
-    head = [f"Models ranked: {ranked['n']}; excluded (stop not reached or diverged): {len(excluded)}"
-            + (f" ({', '.join(excluded)})" if excluded else "") + "."]
-    if mde is not None:
-        head.append(f"Smallest detectable |τ| with {mde['n']} models: {mde['critical']:.3f} (permutation critical value, "
-                    f"95%); {mde['mde']:.3f} at 80% power. A |τ| below it is inconclusive, not 'no correlation'.")
-    rows = ["| measure | τ gap [95% CI] | p | τ test error [95% CI] | p | Ψ (granulated, gap) | verdict (gap) |",
-            "|---|---|---|---|---|---|---|"]
-    for name, r in ranked.get("measures", {}).items():
-        if "error" in r:
-            rows.append(f"| {name} | {r['error']} | | | | | |")
-            continue
-        g, e = r["gap"], r["test_error"]
-        rows.append(f"| {name} | {g['tau']:+.3f} [{g['interval'][0]:+.2f}, {g['interval'][1]:+.2f}] | {g['p_value']:.3f} "
-                    f"| {e['tau']:+.3f} [{e['interval'][0]:+.2f}, {e['interval'][1]:+.2f}] | {e['p_value']:.3f} "
-                    f"| {r['granulated']['psi']:+.3f} | {g['verdict']} |")
-    return "\n".join(head) + "\n\n" + "\n".join(rows) + "\n"
+    """The results as a Markdown table, headed by the MDE (:func:`~sharpscope.experiments.rank_correlation.ranking_table`)."""
+    return rc.ranking_table(ranked, excluded)
 
 
 def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
@@ -353,4 +310,21 @@ def prepare(scale: str, _: Path, options: Mapping[str, Any]) -> dict[str, Any]:
             "probe_n": sc.probe_n, "mde_before": rc.tau_mde(n, resamples=sc.resamples)}
 
 
-STUDY = Study("population", ("P1",), stages, evaluate, prepare=prepare, draw=figures)
+def detectable(scale: str) -> list[dict[str, Any]]:
+    """P1's smallest detectable |τ| at the grid's size (:func:`~sharpscope.experiments.rank_correlation.tau_mde`),
+    in the form of :func:`sharpscope.experiments.detectable.plan`."""
+    n = len(grid(scale))
+    tau = rc.tau_mde(n, resamples=SCALES[scale].resamples)
+    return [{"claim": "P1", "quantity": f"Kendall |τ| over {n} models", "mde": tau["mde"], "note": "",
+             "critical": tau["critical"], "power": 0.8, "level": 0.95,
+             "assumption": f"permutation null of {n} untied ranks; a |τ| below the critical value "
+                           f"{tau['critical']:.3f} is inconclusive"}]
+
+
+def without_data(scale: str) -> dict[str, str]:
+    """The data-root files the population can do without at ``scale``, and what it uses instead."""
+    return {} if scale == "smoke" else {CIFAR10_TRAIN: "MNIST-1D and MLPs used"}
+
+
+STUDY = Study("population", ("P1",), stages, evaluate, prepare=prepare, draw=figures, detectable=detectable,
+              without_data=without_data)

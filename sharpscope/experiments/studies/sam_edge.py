@@ -15,8 +15,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from sharpscope.data.root import CIFAR10_TRAIN, MNIST_5K, data_file
 from sharpscope.experiments import criteria
-from sharpscope.experiments.recipes import sam_edge, sam_edge_cnn, sam_minibatch, shared_data_file
+from sharpscope.experiments.recipes import sam_edge, sam_edge_cnn, sam_minibatch
 from sharpscope.experiments.studies.framework import Figure, Stage, Study
 from sharpscope.experiments.studies.framework import recipe_stage as _stage
 from sharpscope.experiments.verdicts import MIN_SEEDS
@@ -35,7 +36,7 @@ def _sam_stages(scale: str) -> list[Stage]:
     smooth.append(_stage("cnn-smooth-lr0.025-rho0", partial(sam_edge_cnn, smooth=True),
                          {"optimizer_kwargs.rho": 0.0, "optimizer_kwargs.lr": 0.025}, **smoke))
     out = mlp + cnn + smooth
-    if shared_data_file("cifar10_train16k.npz") is not None:
+    if data_file(CIFAR10_TRAIN) is not None:
         out += [_stage(f"{prefix}-rho{r:g}", partial(sam_minibatch, momentum=beta), {"optimizer_kwargs.rho": r})
                 for prefix, beta in MINIBATCH.items() for r in (0.0, 0.05)]
         out += [_stage(f"mb-rho0.05-s{seed}", sam_minibatch, {"optimizer_kwargs.rho": 0.05, "seed": seed})
@@ -75,7 +76,14 @@ def _sam_evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
     return out
 
 
-STUDY = Study("sam-edge", ("E5", "E6", "E7"), _sam_stages, _sam_evaluate, figures=(
+def _sam_without_data(scale: str) -> dict[str, str]:
+    out = {CIFAR10_TRAIN: f"the CNN stages use the MNIST images of {MNIST_5K}; the mini-batch stages are left out"}
+    if scale != "smoke":
+        out[MNIST_5K] = "the MLP stages use MNIST-1D"
+    return out
+
+
+STUDY = Study("sam-edge", ("E5", "E6", "E7"), _sam_stages, _sam_evaluate, without_data=_sam_without_data, figures=(
         Figure("mlp", "sharpness", ("mlp-rho*",),
                "Full-batch SAM on a ReLU MLP (mse-mean): λ_max against the SAM-edge (moves with ‖g‖); ρ = 0 is GD."),
         Figure("cnn", "sharpness", ("cnn-rho*",),

@@ -1,0 +1,85 @@
+"""The run-directory format version and every migration from an older format to the current one.
+
+``config.json`` carries ``"format_version"`` (:data:`FORMAT_VERSION`), written by
+:meth:`~sharpscope.io.rundir.RunDirectory.create`. A config without it has version 0. Loading a config
+(:meth:`RunDirectory.read_config`, :meth:`TrainConfig.from_dict`) runs it through :func:`migrate_config`:
+each migration takes the config of one version to the next, so a config of any known version comes out in
+the current layout (without the version key, which is the directory's, not the run's); a version newer than
+this sharpscope is refused with one line.
+
+Versions:
+
+* 0 — no ``format_version``. In a train config (one with ``model``) the curvature settings may be flat top-level keys (``"k": 2``) instead of
+  the ``"curvature"`` dict; ``"allow_tf32": true`` stands for ``precision = "tf32"``; a curvature setting the
+  config lacks takes :data:`~sharpscope.curvature.settings.RUN_DEFAULTS`, the value such runs used.
+  Records may lack the checksum members (:mod:`sharpscope.io.recordlines` reads them unverified).
+* 1 — ``format_version: 1``; the curvature settings complete under ``"curvature"``.
+
+>>> migrate_config({"model": {"name": "mlp"}, "k": 3, "allow_tf32": True})["curvature"]["k"]
+3
+>>> migrate_config({"model": {"name": "mlp"}, "format_version": 1}) == {"model": {"name": "mlp"}}
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sharpscope.errors import ConfigError
+
+FORMAT_VERSION = 1
+VERSION_KEY = "format_version"
+#: The key of version 0 that stood for ``precision = "tf32"`` in the curvature settings.
+TF32_KEY_V0 = "allow_tf32"
+
+
+def format_version(config: Mapping[str, Any]) -> int:
+    """The format version a stored config declares (0 without one); :class:`ConfigError` for one that is not
+    a known version (newer than this sharpscope, or not a non-negative integer)."""
+    version = config.get(VERSION_KEY, 0)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise ConfigError(f"{VERSION_KEY} must be a non-negative integer, got {version!r}", argument=VERSION_KEY)
+    if version > FORMAT_VERSION:
+        raise ConfigError(f"run directory format {version} is newer than this sharpscope reads (up to "
+                          f"{FORMAT_VERSION}); upgrade sharpscope to load it", argument=VERSION_KEY)
+    return version
+
+
+def _v0_to_v1(config: dict[str, Any]) -> dict[str, Any]:
+    """A train config's (one with ``model``) flat curvature keys and ``allow_tf32`` into ``"curvature"``,
+    completed with ``RUN_DEFAULTS``; other configs unchanged. A key given both flat and nested raises
+    :class:`ConfigError`."""
+    from sharpscope.curvature.settings import RUN_DEFAULTS, CurvatureSettings
+
+    nested = config.get("curvature", {})
+    if "model" not in config or not isinstance(nested, Mapping):
+        return config  # TrainConfig.from_dict reports the bad value
+    flat = {key: config.pop(key) for key in CurvatureSettings.field_names() if key in config}
+    if config.pop(TF32_KEY_V0, False) is True:
+        flat["precision"] = "tf32"
+    twice = sorted(set(flat) & set(nested))
+    if twice:
+        raise ConfigError(f"config gives {', '.join(twice)} both at the top level and under 'curvature'",
+                          argument="curvature")
+    config["curvature"] = {**RUN_DEFAULTS.to_dict(), **flat, **nested}
+    return config
+
+
+#: ``MIGRATIONS[v]`` takes a config of version ``v`` to version ``v + 1``.
+MIGRATIONS: tuple[Callable[[dict[str, Any]], dict[str, Any]], ...] = (_v0_to_v1,)
+
+
+def migrate_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` of any known format version in the current layout, without ``format_version``; the
+    same meaning. Unknown versions raise :class:`ConfigError` (:func:`format_version`)."""
+    version = format_version(config)
+    out = {k: v for k, v in config.items() if k != VERSION_KEY}
+    for migration in MIGRATIONS[version:]:
+        out = migration(out)
+    return out
+
+
+def stamped(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` (current layout) with the current ``format_version``: what ``config.json`` holds."""
+    return {**config, VERSION_KEY: FORMAT_VERSION}
