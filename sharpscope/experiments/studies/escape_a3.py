@@ -135,7 +135,7 @@ def detectable(scale: str) -> list[dict[str, Any]]:
 def paired_mde(n: int, sd: float = 1.0, estimator_se: float = 0.0) -> float:
     """The smallest mean difference the paired interval over ``n`` minimizers puts beyond 0 with probability
     :data:`POWER`, for differences of standard deviation ``sd`` and a known estimator error."""
-    if n < 2 or not sd > 0:
+    if n < 2 or not (sd > 0 or estimator_se > 0):
         return math.nan
     return statistics.minimum_detectable_effect(n_a=n, n_b=n, sd_a=sd, sd_b=0.0, estimator_se=estimator_se,
                                                 power=POWER)
@@ -324,7 +324,7 @@ def compare(pairs: Sequence[Mapping[str, Any]], quantity: str, *, better: str, w
     se = _rms(ses)
     d = statistics.paired_difference(per, estimator_se=se)
     sd = float(np.std(per, ddof=1)) if len(per) >= 2 else math.nan
-    mde = paired_mde(len(per), sd, se) if math.isfinite(sd) and sd > 0 else math.nan
+    mde = paired_mde(len(per), sd, se) if math.isfinite(sd) else math.nan
     v = verdicts.judge_difference(d, better=better, mde=mde if math.isfinite(mde) else None, what=what)
     out = _diff_json(d, v, per)
     out["estimator_se"] = se
