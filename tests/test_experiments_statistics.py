@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 import pytest
-from scipy.stats import ttest_ind
+from scipy.stats import ttest_ind, ttest_rel
 
 from sharpscope.errors import ConfigError
 from sharpscope.experiments import statistics as st
@@ -171,6 +171,33 @@ def test_paired_accuracy_false_positive_rate() -> None:
     assert rejections / reps <= 0.05 + _bound(0.05, reps)
 
 
+def test_paired_difference_is_scipys_paired_t_test_and_carries_the_estimator_error() -> None:
+    a, b = np.array([3.0, 5.0, 4.1, 7.0]), np.array([1.0, 2.5, 2.0, 3.3])
+    d = st.paired_difference(a - b)
+    ref = ttest_rel(a, b)
+    ci = ref.confidence_interval(0.95)
+    assert d.df == 3 and d.p_value == pytest.approx(ref.pvalue, rel=1e-10)
+    assert (d.low, d.high) == pytest.approx((ci.low, ci.high), rel=1e-10)
+    e = 0.5
+    with_e = st.paired_difference(a - b, estimator_se=e)
+    s2n = float(np.var(a - b, ddof=1)) / 4
+    assert with_e.se == pytest.approx(math.sqrt(s2n + e * e), rel=1e-12)
+    assert with_e.df == pytest.approx((s2n + e * e) ** 2 * 3 / s2n**2, rel=1e-12)  # a known variance adds no term
+    assert math.isnan(st.paired_difference([1.0]).low) and st.paired_difference([1.0]).estimate == 1.0
+
+
+def test_paired_difference_covers_the_mean_difference() -> None:
+    """Three pairs sharing a large pair effect: the paired interval covers the true difference 95% of the time."""
+    reps = 2000
+    rng = np.random.default_rng(3)
+    covered = 0
+    for _ in range(reps):
+        shared = rng.normal(0, 5.0, 3)
+        d = st.paired_difference((shared + 1.0 + rng.normal(0, 0.3, 3)) - (shared + rng.normal(0, 0.3, 3)))
+        covered += d.low < 1.0 < d.high
+    assert abs(covered / reps - 0.95) <= _bound(0.95, reps)
+
+
 def test_compare_readings_covers_the_truth() -> None:
     d = st.compare_readings(10.0, 7.0, se_a=0.3, se_b=0.4, bound_a=0.5)
     assert d.se == pytest.approx(0.5) and (d.low, d.high) == pytest.approx((3 - 1.959964 * 0.5 - 0.5,
@@ -189,6 +216,7 @@ def test_compare_readings_covers_the_truth() -> None:
     (lambda: st.welch_difference([1.0, 2.0], [3.0, 4.0], estimator_se_a=-1.0), "estimator_se_a"),
     (lambda: st.welch_difference([[1.0]], [3.0, 4.0]), "a"),
     (lambda: st.paired_accuracy([1, 0], [1, 0, 1]), "correct_b"),
+    (lambda: st.paired_difference([1.0, 2.0], estimator_se=-1.0), "estimator_se"),
     (lambda: st.paired_accuracy([1, 2], [1, 0]), "correct_a"),
     (lambda: st.hierarchical_bootstrap(np.ones((1, 3))), "a"),
     (lambda: st.minimum_detectable_effect(n_a=3, n_b=3, sd_a=1.0, power=0.01), "power"),

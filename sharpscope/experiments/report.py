@@ -62,12 +62,14 @@ def verdict_text(r: Mapping[str, Any]) -> str:
 
 
 def comparison_table(title: str, comparisons: Mapping[str, Mapping[str, Any]]) -> str:
-    """Per compared arm: for tr(H), test accuracy (points), tr(H)/L and tr(H) at the lowest common loss, the
-    difference of means, its 95% interval (seeds and estimator error), the minimum detectable effect, and
-    the verdict of "the first arm is better"."""
+    """Per compared arm: for tr(H), test accuracy (points), tr(H)/L and tr(H) at the lowest common loss (and, from
+    ``escape-a3``, tr(H) from shared probes and the Jacobian trace), the difference of means, its 95% interval
+    (seeds or minimizers, and estimator error), the minimum detectable effect, and the verdict of "the first arm
+    is better"."""
     rows = [f"| {title} | quantity | difference of means | 95% interval | MDE | verdict |", "|---|---|---|---|---|---|"]
     for other, c in comparisons.items():
-        for key in ("trace", "test_acc", "trace_over_loss", "trace_at_lowest_common_loss"):
+        for key in ("trace", "trace_paired", "jacobian_trace", "test_acc", "trace_over_loss",
+                    "trace_at_lowest_common_loss"):
             if key not in c:
                 continue
             d = c[key]
@@ -89,8 +91,10 @@ def study_report(summary: Mapping[str, Any]) -> str:
         parts.append(f"**{check}** — {r.get('criterion', '')}: **{verdict_text(r)}**")
         if r.get("reason"):
             parts += ["", f"{r['reason']}"]
-        if check == "A3":
+        if check == "A3" and "sa_vs_rs" in r:
             parts += ["", comparison_table("best-sa", {"best-rs": r["sa_vs_rs"], **r["sa_vs_controls"]})]
+        elif check == "A3" and res.get("comparisons"):  # escape-a3: SA against each arm at equal loss
+            parts += ["", comparison_table("sa", res["comparisons"])]
         if check == "A4" and r.get("vs_rho0_twin"):
             parts += ["", comparison_table("sa-bB", {f"{k} vs its ρ = 0 twin": v for k, v in r["vs_rho0_twin"].items()})]
         if check == "G6" and r.get("vs_noiseless"):

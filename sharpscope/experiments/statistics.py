@@ -10,6 +10,9 @@ Pure functions on plain numbers (numpy and ``scipy.stats``). Each comparison ret
   the variance that the seeds do not vary (the trace estimator with probes shared across seeds, one shared
   test set) and ``ν`` the Welch–Satterthwaite degrees of freedom ``V² / Σ (s_x²/n_x)²/(n_x − 1)`` (a known
   variance ``e²`` adds no term). :func:`welch_intervals` is the same, vectorised over replicate rows.
+* :func:`paired_difference` — the mean of paired differences ``d_i = a_i − b_i`` (arms run from the same
+  starting points, e.g. bad minimizers) with the one-sample interval ``d̄ ± t_{(1+level)/2, ν} · √(s_d²/n + e²)``:
+  Welch's interval with a second arm of zero variance, so ``ν = n − 1`` without ``e`` (the paired t interval).
 * :func:`permutation_difference` — the exact (or sampled) permutation test of the same difference.
 * :func:`hierarchical_bootstrap` — seeds resampled, then probe draws within each resampled seed.
 * :func:`paired_accuracy` — two classifiers on one test set, example by example: the accuracy difference
@@ -34,7 +37,7 @@ from sharpscope.errors import ConfigError
 from sharpscope.validation import check_int, check_real, check_seed
 
 __all__ = ["Difference", "compare_readings", "hierarchical_bootstrap", "minimum_detectable_effect",
-           "paired_accuracy", "permutation_difference", "welch_difference", "welch_intervals", "welch_power"]
+           "paired_accuracy", "paired_difference", "permutation_difference", "welch_difference", "welch_intervals", "welch_power"]
 
 LEVEL = 0.95
 """The default two-sided interval level (a directional decision is then a one-sided test at 2.5%)."""
@@ -162,6 +165,30 @@ def welch_difference(a: Sequence[float], b: Sequence[float], *, level: float = L
     return Difference(estimate=est, low=float(r["low"][0]), high=float(r["high"][0]), se=float(r["se"][0]),
                       df=float(r["df"][0]), p_value=float(r["p_value"][0]), level=float(level),
                       method="welch" + (" + estimator stderr" if ea or eb else ""), n_a=int(xa.size), n_b=int(xb.size))
+
+
+def paired_difference(differences: Sequence[float], *, level: float = LEVEL, estimator_se: float = 0.0) -> Difference:
+    """The mean of paired differences ``d_i = a_i − b_i`` (finite values only) with the interval
+    ``d̄ ± t_{(1+level)/2, ν} · √(s_d²/n + e²)``, ``e = estimator_se`` the standard error of ``d̄`` that the pairs do
+    not vary (readings with shared probes, one shared test set). It is :func:`welch_intervals` against a second
+    arm of zero variance: ``ν = (s_d²/n + e²)² (n − 1)/(s_d²/n)²``, which is ``n − 1`` (the paired t interval)
+    when ``e = 0``. Fewer than two differences, or none varying and no ``e``: NaN interval.
+
+    >>> d = paired_difference([1.0, 2.0, 3.0])
+    >>> d.estimate, d.df, round(d.low, 4)
+    (2.0, 2.0, -0.4841)
+    """
+    e = check_real("estimator_se", estimator_se, low=0.0)
+    xd = _finite(differences, "differences")
+    n = int(xd.size)
+    if n < 2:
+        est = float(xd.mean()) if n else math.nan
+        return Difference(estimate=est, low=math.nan, high=math.nan, se=math.nan, df=math.nan, p_value=math.nan,
+                          level=float(_level(level)), method="paired", n_a=n, n_b=n)
+    r = welch_intervals(xd[None, :], np.zeros((1, n)), level=level, estimator_se=e)
+    return Difference(estimate=float(r["estimate"][0]), low=float(r["low"][0]), high=float(r["high"][0]),
+                      se=float(r["se"][0]), df=float(r["df"][0]), p_value=float(r["p_value"][0]), level=float(level),
+                      method="paired" + (" + estimator stderr" if e else ""), n_a=n, n_b=n)
 
 
 def permutation_difference(a: Sequence[float], b: Sequence[float], *, resamples: int = 9999, seed: int = 0) -> Difference:

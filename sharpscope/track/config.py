@@ -61,7 +61,10 @@ class TrainConfig:
             from ``(seed, step)`` alone (:func:`sharpscope.data.fresh_label_noise`), so a resumed run
             redraws it exactly. The probe and test sets keep their clean labels. None: no noise.
         steps: optimizer steps. stop_at_train_acc: stop once the training accuracy reaches it
-            (every step in full-batch mode, at measurements in mini-batch mode).
+            (every step in full-batch mode, at measurements in mini-batch mode). stop_at_train_loss: stop
+            once the training loss is at or below it (the same way; in mini-batch mode the loss of the probe
+            set at a measurement, so runs stopped at one loss are compared at equal loss); status
+            ``reached_train_loss``.
     Tracking:
         measure_every, trace, alignment (cosines of the gradient and of the update with the top-k
         eigenvectors, in ``"alignment"`` records): see :class:`~sharpscope.track.tracker.SharpnessTracker`.
@@ -118,6 +121,7 @@ class TrainConfig:
     label_noise: float | None = None
     steps: int = 1000
     stop_at_train_acc: float | None = None
+    stop_at_train_loss: float | None = None
     measure_every: int = 50
     curvature: CurvatureSettings = RUN_DEFAULTS
     trace: bool = False
@@ -236,6 +240,7 @@ class TrainConfig:
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"{name} must be a dict, got {getattr(self, name)!r}", argument=name)
         check_real("stop_at_train_acc", self.stop_at_train_acc, low=0.0, low_open=True, high=1.0, optional=True)
+        check_real("stop_at_train_loss", self.stop_at_train_loss, low=0.0, optional=True)
         check_real("label_noise", self.label_noise, low=0.0, high=1.0, high_open=True, optional=True)
         if self.label_noise is not None and self.batch_size is None:
             raise ConfigError("label_noise draws fresh noisy labels for each mini-batch and needs batch_size",

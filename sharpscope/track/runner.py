@@ -320,10 +320,11 @@ class _Session:
                     self.ensure_checkpoint(t)
                 if t >= cfg.steps:
                     break
-                acc = None if record is None else Measurement.from_json(record).train_acc
-                if (cfg.stop_at_train_acc is not None and self.loader is not None and acc is not None
-                        and acc >= cfg.stop_at_train_acc):
-                    status = "reached_train_acc"
+                measured = None if record is None else Measurement.from_json(record)
+                reached = _reached(cfg, measured.train_loss, measured.train_acc) \
+                    if self.loader is not None and measured is not None else None
+                if reached is not None:
+                    status = reached
                     break
                 closure, loss, acc = self.gradient_pass(t)
                 if not math.isfinite(loss):
@@ -333,9 +334,9 @@ class _Session:
                     if self.lead:
                         self.record(event)
                     break
-                if (cfg.stop_at_train_acc is not None and self.loader is None and acc is not None
-                        and acc >= cfg.stop_at_train_acc):
-                    status = "reached_train_acc"
+                reached = _reached(cfg, loss, acc) if self.loader is None else None
+                if reached is not None:
+                    status = reached
                     self.measure(t)
                     break
                 sharp = None
@@ -392,6 +393,16 @@ class _Session:
             checkpoint=None if latest is None else str(latest[1]), run_dir=str(self.run.path)).to_json()
         self.run.write_summary(summary)
         return jsonsafe.loads(jsonsafe.dumps(summary))
+
+
+def _reached(cfg: TrainConfig, loss: float | None, acc: float | None) -> str | None:
+    """The stopping status when the training accuracy reached ``stop_at_train_acc`` (``"reached_train_acc"``) or the
+    training loss fell to ``stop_at_train_loss`` (``"reached_train_loss"``); None otherwise."""
+    if cfg.stop_at_train_acc is not None and acc is not None and acc >= cfg.stop_at_train_acc:
+        return "reached_train_acc"
+    if cfg.stop_at_train_loss is not None and loss is not None and loss <= cfg.stop_at_train_loss:
+        return "reached_train_loss"
+    return None
 
 
 def train(config: TrainConfig | Mapping[str, Any], out_dir: str | Path, *, force: bool = False,

@@ -81,6 +81,24 @@ def test_training_stops_at_the_accuracy_goal_with_a_final_measurement(tmp_path: 
     assert summary["final"]["train_acc"] >= 0.3 and run.latest_checkpoint()[0] == stop
 
 
+@pytest.mark.parametrize("batch_size", [16, None], ids=["mini-batch", "full-batch"])
+def test_training_stops_at_the_loss_goal_where_the_unstopped_run_first_reaches_it(tmp_path: Path,
+                                                                                  batch_size: int | None) -> None:
+    """The stopped run is the unstopped run cut at the first measurement whose training loss is at or below the goal."""
+    cfg = tiny(loss="ce", steps=12, measure_every=1, test_data=None, k=1, batch_size=batch_size)
+    train(cfg, tmp_path / "full")
+    losses = [r["train_loss"] for r in RunDirectory(tmp_path / "full").read_metrics()]
+    goal = losses[5]
+    first = next(i for i, loss in enumerate(losses) if loss <= goal)
+    summary = train(cfg.with_overrides({"stop_at_train_loss": goal}), tmp_path / "stopped")
+    stopped = RunDirectory(tmp_path / "stopped").read_metrics()
+    assert summary["status"] == "reached_train_loss" and 0 < first <= 5
+    assert [r["train_loss"] for r in stopped][:first + 1] == losses[:first + 1]
+    assert stopped[-1]["train_loss"] <= goal and all(r["train_loss"] > goal for r in stopped[:first])
+    with pytest.raises(ConfigError, match="stop_at_train_loss"):
+        tiny(stop_at_train_loss=-1.0)
+
+
 class Crash(Exception):
     pass
 

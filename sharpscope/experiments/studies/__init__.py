@@ -8,6 +8,8 @@ folder, resumably; each study is a module:
 * ``sam-edge`` (:mod:`.sam_edge`) — full-batch SAM against the SAM-edge on an MLP and a CNN.
 * ``escape`` and ``label-noise`` (:mod:`.escape`) — escaping a bad global minimizer with RS and SA
   (Ahn et al.) and label-noise SGD (Damian et al.), with their controls, over seeds.
+* ``escape-a3`` (:mod:`.escape_a3`) — claim A3 of ``escape`` at equal training loss over three bad
+  minimizers, RS and SA at the same ρ and η′, tr(H) with fixed probes, paired test accuracy.
 * ``sam-flatness`` (:mod:`.flatness`) — SGD, SAM and Sparse SAM: λ_max, λ_max/λ_5, test accuracy.
 * ``population`` (:mod:`.population`) — a grid of trained models ranked by sharpness measures against their
   generalisation gap (Kendall's τ, granulated τ; Jiang et al., Andriushchenko et al.).
@@ -25,7 +27,7 @@ from typing import Any
 
 from sharpscope.errors import ConfigError
 from sharpscope.experiments.recipes import check_scale
-from sharpscope.experiments.studies import eos, escape, flatness, population, sam_edge, smoothing
+from sharpscope.experiments.studies import eos, escape, escape_a3, flatness, population, sam_edge, smoothing
 from sharpscope.experiments.studies.framework import (
     Figure,
     Notice,
@@ -43,6 +45,7 @@ STUDIES: dict[str, Study] = {
     "sam-edge": sam_edge.STUDY,
     "escape": escape.ESCAPE,
     "label-noise": escape.LABEL_NOISE,
+    "escape-a3": escape_a3.STUDY,
     "sam-flatness": flatness.STUDY,
     "population": population.STUDY,
     "smoothing": smoothing.STUDY,

@@ -41,7 +41,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -128,10 +128,31 @@ def _save_npz(path: Path, **arrays: torch.Tensor) -> None:
     atomic_write(path, lambda f: np.savez(f, **data))  # type: ignore[arg-type]  # numpy's stub: **data vs allow_pickle
 
 
+class DataSizes(Protocol):
+    """What the data preparation reads of a scale."""
+
+    @property
+    def n(self) -> int:
+        """Clean training images."""
+    @property
+    def test_n(self) -> int:
+        """Test images."""
+    @property
+    def copies(self) -> int:
+        """Confusion copies of each clean image."""
+
+
 def prepare(scale: str, out_dir: Path, options: Mapping[str, Any], *, pretrain: bool = True) -> dict[str, Any]:
+    """:func:`prepare_data` with the sizes of ``scale``."""
+    return prepare_data(SCALES[scale], out_dir, options, pretrain=pretrain)
+
+
+def prepare_data(sc: DataSizes, out_dir: Path, options: Mapping[str, Any], *, pretrain: bool = True,
+                 pool: int = 1) -> dict[str, Any]:
     """Write ``data/clean.npz`` (train and test) and ``data/pretrain.npz`` (the confusion set, or
     clean ∪ confusion with ``construction="clean+confusion"``) once; return what was made. ``pretrain=False``:
-    the clean set only (construction ``"none"``, no options)."""
+    the clean set only (construction ``"none"``, no options). ``pool > 1`` averages the images over
+    ``pool × pool`` pixel blocks first (a 32×32 CIFAR-10 image becomes 16×16 with 2)."""
     if options and not pretrain:
         raise ConfigError(f"the study takes no options, got {sorted(options)}")
     unknown = sorted(set(options) - {"construction"})
@@ -148,8 +169,9 @@ def prepare(scale: str, out_dir: Path, options: Mapping[str, Any], *, pretrain: 
             raise ConfigError(f"{out_dir} was prepared with construction {info.get('construction')!r}; "
                               f"use another folder for {construction!r}")
         return info
-    sc = SCALES[scale]
     x, y, xt, yt, source = _images(sc.n, sc.test_n)
+    if pool > 1 and x.dim() == 4:
+        x, xt = torch.nn.functional.avg_pool2d(x, pool), torch.nn.functional.avg_pool2d(xt, pool)
     g = torch.Generator().manual_seed(0)
     confusion = confusion_set(x, 10, copies=sc.copies, zero_frac=0.1, mode="pixel", generator=g) if pretrain else None
     if x.dim() == 4:  # black pixels zeroed in [0, 1], then the CIFAR-10 per-channel standardisation
@@ -163,7 +185,7 @@ def prepare(scale: str, out_dir: Path, options: Mapping[str, Any], *, pretrain: 
     test = {"x_test": scale_x(xt), "y_test": yt}
     _save_npz(folder / "clean.npz", x=scale_x(x), y=y, **test)
     info = {"source": source, "clean_examples": len(y), "test_examples": len(yt), "construction": construction,
-            "normalisation": norm, "input_shape": list(x.shape[1:]), "seed": 0}
+            "normalisation": norm, "input_shape": list(x.shape[1:]), "seed": 0, **({"pool": pool} if pool > 1 else {})}
     if confusion is not None:
         px, py = scale_x(confusion.x), confusion.y
         if construction == "clean+confusion":
@@ -174,7 +196,8 @@ def prepare(scale: str, out_dir: Path, options: Mapping[str, Any], *, pretrain: 
     return info
 
 
-def _info(out_dir: Path) -> dict[str, Any]:
+def data_info(out_dir: Path) -> dict[str, Any]:
+    """What :func:`prepare_data` recorded in ``<out_dir>/data/info.json``."""
     return jsonsafe.loads((out_dir / "data" / "info.json").read_text())
 
 
@@ -186,6 +209,13 @@ def network(scale: str, info: Mapping[str, Any]) -> dict[str, Any]:
     if len(shape) == 3 and scale == "gpu":
         return {"name": "resnet18", "kwargs": {"num_classes": 10, "norm": "gn", "width": channels[0],
                                                "in_channels": shape[0]}}
+    return small_network(channels, info)
+
+
+def small_network(channels: list[int], info: Mapping[str, Any]) -> dict[str, Any]:
+    """A GroupNorm CNN (conv-ReLU-GN-maxpool blocks of ``channels``) on images, else a ReLU MLP of widths
+    ``4 × channels``."""
+    shape = info["input_shape"]
     if len(shape) == 3:
         return {"name": "cnn", "kwargs": {"in_channels": shape[0], "num_classes": 10, "channels": channels,
                                           "norm": "gn", "image_size": shape[1]}}
@@ -202,7 +232,7 @@ def base_config(scale: str, out_dir: Path, data: str, *, lr: float, steps: int, 
     first ``probe_n`` images, test accuracy on the held-out images; ``model(scale, data info)`` the spec."""
     sc = SCALES[scale]
     path = (out_dir / "data" / f"{data}.npz").resolve()
-    return TrainConfig(model=model(scale, _info(out_dir)), data=f"npz:{path}",
+    return TrainConfig(model=model(scale, data_info(out_dir)), data=f"npz:{path}",
                        test_data=f"npz:{(out_dir / 'data' / 'clean.npz').resolve()}", loss="ce", optimizer="sgd",
                        optimizer_kwargs={"lr": lr}, batch_size=min(128, sc.n), probe_n=min(sc.n, sc.probe_n),
                        physical_batch_size=500, steps=steps, measure_every=every, trace=True, checkpoint_every=every,

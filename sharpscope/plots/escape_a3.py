@@ -1,0 +1,87 @@
+"""The figure of the ``escape-a3`` study: SA against each arm at equal training loss, over bad minimizers.
+
+:func:`a3_figure` has two rows of three panels. Top: the readings of tr(H) (± its Hutch++ stderr), of the
+exact Jacobian trace and of test accuracy (± its binomial standard error ``√(p(1−p)/n)``) of SA and of each
+arm at their matched point, one marker per bad minimizer, a grey line joining the two readings from
+one minimizer. Bottom: SA − arm for the same three quantities
+(tr(H) from the probes both models share), each minimizer's difference and the mean with its 95% interval
+over minimizers (the study's paired interval, with the estimator and paired test-set errors).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from sharpscope.plots.style import color, label_axes, legend, new_figure
+
+QUANTITIES = (("trace", "tr(H)"), ("jacobian_trace", "Jacobian trace"), ("test_acc", "test accuracy (%)"))
+DIFFERENCE = {"trace": "trace_paired"}  # tr(H) differences from the shared Hutchinson probes
+NAMES = {"rs": "RS", "twin": "SA ρ = 0", "sgd-lrp": "SGD at η′", "sgd": "SGD at η"}
+
+
+def _num(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _error(reading: Mapping[str, Any], quantity: str) -> float:
+    """One reading's error bar: the Hutch++ stderr of tr(H), the binomial standard error of test accuracy."""
+    if quantity == "trace":
+        return _num(reading.get("trace_stderr"))
+    if quantity == "test_acc":
+        p, n = _num(reading.get("test_acc")), reading.get("test_examples") or 0
+        return 100 * math.sqrt(p * (1 - p) / n) if n and 0 <= p <= 1 else math.nan
+    return 0.0
+
+
+def a3_figure(results: Mapping[str, Any]) -> tuple[Figure, dict[str, Any]]:
+    """The figure and its plotted numbers from the study's ``results`` (``comparisons``)."""
+    comparisons = results["comparisons"]
+    arms = [a for a in NAMES if a in comparisons]
+    fig, axes = new_figure(2, 3)
+    plotted: dict[str, Any] = {"arms": arms, "readings": {}, "differences": {}}
+    for col, (quantity, label) in enumerate(QUANTITIES):
+        top, bottom = axes[col], axes[3 + col]
+        scale = 100.0 if quantity == "test_acc" else 1.0
+        plotted["readings"][quantity], plotted["differences"][quantity] = {}, {}
+        for i, arm in enumerate(arms):
+            pairs = comparisons[arm]["pairs"]
+            rows = []
+            for j, pair in enumerate(pairs):
+                ends = [(i + (k - 0.5) * 0.35 + (j - 1) * 0.06, scale * _num(pair[side].get(quantity)))
+                        for k, side in enumerate(("sa", "arm"))]
+                top.plot(*zip(*ends), color="0.7", lw=0.7)  # one bad minimizer: SA and the arm, paired
+                for k, (side, who) in enumerate((("sa", "SA"), ("arm", NAMES[arm]))):
+                    value = scale * _num(pair[side].get(quantity))
+                    err = _error(pair[side], quantity)
+                    x = i + (k - 0.5) * 0.35 + (j - 1) * 0.06
+                    top.errorbar([x], [value], yerr=[err] if math.isfinite(err) else None, fmt="o" if k == 0 else "s",
+                                 color=color(0 if k == 0 else i + 1), ms=4, capsize=2,
+                                 label=who if (j == 0 and (k == 1 or i == 0)) else None)
+                    rows.append({"minimizer": j, "who": who, "value": value, "error": err,
+                                 "loss": _num(pair[side].get("train_loss"))})
+            plotted["readings"][quantity][arm] = rows
+            cmp = comparisons[arm][DIFFERENCE.get(quantity, quantity)]
+            per = [scale * _num(v) for v in cmp["per_minimizer"]]
+            est, (lo, hi) = scale * _num(cmp["difference"]), (scale * _num(v) for v in cmp["interval"])
+            bottom.scatter([i + (j - 1) * 0.08 for j in range(len(per))], per, color=color(i + 1), s=12, alpha=0.7)
+            if math.isfinite(lo) and math.isfinite(hi):
+                bottom.errorbar([i + 0.3], [est], yerr=[[est - lo], [hi - est]], fmt="D", color="k", ms=4, capsize=3)
+            else:
+                bottom.scatter([i + 0.3], [est], marker="D", color="k", s=14)
+            plotted["differences"][quantity][arm] = {"per_minimizer": per, "difference": est, "interval": [lo, hi],
+                                                     "verdict": cmp["verdict"]}
+        for ax in (top, bottom):
+            ax.set_xticks(np.arange(len(arms)), [f"vs {NAMES[a]}" for a in arms], fontsize=7)
+        bottom.axhline(0.0, color="0.5", lw=0.8)
+        label_axes(top, "", label, title=f"{label} at equal loss")
+        unit = {"test_acc": "points", "trace": "tr(H), shared probes"}.get(quantity, label)
+        label_axes(bottom, "", f"SA − arm ({unit})",
+                   title="per minimizer; mean with 95% interval")
+        if col == 0:
+            legend(top, inside=1)
+    return fig, plotted
