@@ -4,6 +4,7 @@ intervals over the bad minimizers."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,9 @@ def test_readings_use_the_same_probes_in_every_run(study) -> None:
     assert end["trace"] != start["trace"] and end["trace_samples"] != start["trace_samples"]
     assert end["hvps"] == start["hvps"] == SC.trace_matvecs + SC.lanczos_iter + SC.paired_probes
     assert end["trace_paired"] == pytest.approx(float(np.mean(end["trace_samples"])), rel=1e-12)
+    more = reading(out / "sa-m0", replace(SC, paired_probes=SC.paired_probes + 2))  # the cache is for other sizes
+    assert len(more["trace_samples"]) == SC.paired_probes + 2
+    assert reading(out / "sa-m0", SC)["trace_samples"] == end["trace_samples"]  # read again, to the same numbers
 
 
 def test_each_comparison_is_the_paired_interval_of_the_readings_at_equal_loss(study) -> None:

@@ -99,7 +99,7 @@ POWER = 0.8
 
 
 def stage(arm: str, m: int) -> str:
-    """The run name of ``arm`` from bad minimizer ``m``, e.g. ``sa-m0``."""
+    """The stage of ``arm`` from bad minimizer ``m``: ``"sa-m0"``."""
     return f"{arm}-m{m}"
 
 
@@ -183,7 +183,7 @@ def _arm(arm: str, m: int):  # noqa: ANN202 - a Stage builder
             else:
                 cfg.optimizer_kwargs.update(perturbation_batch="independent", batch_size=min(128, sc.n))
         if arm == "sa":
-            cfg.keep_checkpoints = True  # SA read where its run passes an arm's final loss
+            cfg.keep_checkpoints = True  # SA is read at its checkpoint nearest an arm's final loss
         else:
             cfg.stop_at_train_loss = final_loss(out_dir / stage("sa", m))
         return cfg
@@ -200,7 +200,7 @@ def final_loss(run_dir: Path) -> float:
 
 
 def stages(scale: str) -> list[Stage]:
-    """Pre-training and fine-tuning of each bad minimizer, then SA, RS, the ρ = 0 twin and SGD at η′ and η."""
+    """Per minimizer: pre-training, fine-tuning, SA, then the arms that stop at SA's final loss."""
     sc = _sizes(scale)
     out: list[Stage] = []
     for m in sc.minimizers:
@@ -217,7 +217,7 @@ def reading(run_dir: Path, sc: A3Scale, step: int | None = None) -> dict[str, An
     (Hutch++, ``trace_matvecs`` products, probe seed 0 at every model), the ``paired_probes`` Hutchinson
     quadratic forms ``z_iᵀHz_i`` (Rademacher ``z_i`` from seed 0: the same vectors for every model), λ_max,
     the exact Jacobian trace, train loss and accuracy on all clean images, and the test predictions; cached
-    in ``readings/``."""
+    in ``readings/`` (read again when the scale's reading sizes differ from the cached ones)."""
     from sharpscope.curvature import Objective, hutchinson
     from sharpscope.losses import get_loss
     from sharpscope.measures import SharpnessSettings
@@ -230,8 +230,11 @@ def reading(run_dir: Path, sc: A3Scale, step: int | None = None) -> dict[str, An
         raise ConfigError(f"{run_dir} has no checkpoint {'to read' if step is None else f'of step {step}'}")
     step = max(kept) if step is None else int(step)
     cache = run_dir.parent / READINGS / f"{run_dir.name}@{step}.json"
+    settings = {"trace_matvecs": sc.trace_matvecs, "paired_probes": sc.paired_probes, "lanczos_iter": sc.lanczos_iter}
     if cache.is_file():
-        return dict(jsonsafe.loads(cache.read_text(encoding="utf-8")))
+        stored = dict(jsonsafe.loads(cache.read_text(encoding="utf-8")))
+        if stored.get("settings") == settings:
+            return stored
     cfg = TrainConfig.from_dict(run.read_config())
     model, spec = build_model(cfg, torch.device("cpu"), torch.float32)
     where = load_initial_weights(str(kept[step]), model, spec)
@@ -255,7 +258,7 @@ def reading(run_dir: Path, sc: A3Scale, step: int | None = None) -> dict[str, An
            "lambda_max": (rec.get("eigenvalues") or [math.nan])[0], "jacobian_trace": jac.get("value", math.nan),
            "trace_samples": paired.samples.tolist(), "trace_paired": paired.estimate,
            "hvps": rec["cost"]["hvps"] + paired.hvps, "seconds": rec["cost"]["seconds"] + paired.seconds,
-           "probe_examples": len(clean.y),
+           "probe_examples": len(clean.y), "settings": settings,
            "test_examples": len(test_set.y), "errors": rec.get("errors")}
     atomic_write_bytes(cache, (jsonsafe.dumps(out, indent=1) + "\n").encode())
     return out
