@@ -32,7 +32,7 @@ err = Console(stderr=True)
 # that they equal the library's (sharpscope.experiments.RECIPES, ...STUDIES, sharpscope.plots.kinds.KINDS).
 RECIPE_NAMES = ("eos-gd", "eos-momentum", "eos-ce", "eos-adam", "eos-cifar5k", "sam-edge", "sam-edge-cnn",
                 "sam-minibatch", "sam-flatness", "demo", "landscape-resnet18")
-STUDY_NAMES = ("eos", "sam-edge", "escape", "label-noise", "escape-a3", "sam-flatness", "population",
+STUDY_NAMES = ("eos", "sam-edge", "escape", "label-noise", "escape-a3", "escape-a4", "sam-flatness", "population",
                "smoothing")
 PLOT_KINDS = ("auto", "sharpness", "trace", "escape", "arms", "arms-lambda", "minibatch", "density", "layers")
 

@@ -63,12 +63,12 @@ def verdict_text(r: Mapping[str, Any]) -> str:
 
 def comparison_table(title: str, comparisons: Mapping[str, Mapping[str, Any]]) -> str:
     """Per compared arm: for tr(H), test accuracy (points), tr(H)/L and tr(H) at the lowest common loss (and, from
-    ``escape-a3``, tr(H) from shared probes and the Jacobian trace), the difference of means, its 95% interval
+    ``escape-a3`` and ``escape-a4``, tr(H) from shared probes, its tr(H)/L and the Jacobian trace), the difference of means, its 95% interval
     (seeds or minimizers, and estimator error), the minimum detectable effect, and the verdict of "the first arm
     is better"."""
     rows = [f"| {title} | quantity | difference of means | 95% interval | MDE | verdict |", "|---|---|---|---|---|---|"]
     for other, c in comparisons.items():
-        for key in ("trace", "trace_paired", "jacobian_trace", "test_acc", "trace_over_loss",
+        for key in ("trace", "trace_paired", "trace_per_loss", "jacobian_trace", "test_acc", "trace_over_loss",
                     "trace_at_lowest_common_loss"):
             if key not in c:
                 continue
@@ -95,6 +95,9 @@ def study_report(summary: Mapping[str, Any]) -> str:
             parts += ["", comparison_table("best-sa", {"best-rs": r["sa_vs_rs"], **r["sa_vs_controls"]})]
         elif check == "A3" and res.get("comparisons"):  # escape-a3: SA against each arm at equal loss
             parts += ["", comparison_table("sa", res["comparisons"])]
+        if check == "A4" and res.get("batches"):  # escape-a4: between perturbation batches, per form of ρ and η′
+            for form, cmp in (res.get("comparisons") or {}).items():
+                parts += ["", comparison_table(f"B ({form})", {f"B = {k.replace('-', ' − B = ')}": v for k, v in cmp.items()})]
         if check == "A4" and r.get("vs_rho0_twin"):
             parts += ["", comparison_table("sa-bB", {f"{k} vs its ρ = 0 twin": v for k, v in r["vs_rho0_twin"].items()})]
         if check == "G6" and r.get("vs_noiseless"):

@@ -10,6 +10,8 @@ folder, resumably; each study is a module:
   (Ahn et al.) and label-noise SGD (Damian et al.), with their controls, over seeds.
 * ``escape-a3`` (:mod:`.escape_a3`) — claim A3 of ``escape`` at equal training loss over three bad
   minimizers, RS and SA at the same ρ and η′, tr(H) with fixed probes, paired test accuracy.
+* ``escape-a4`` (:mod:`.escape_a4`) — claim A4 of ``escape`` from those minimizers: SA with perturbation
+  batch B = 1, 64, 128, ρ and η′ unscaled and scaled by √(B/128).
 * ``sam-flatness`` (:mod:`.flatness`) — SGD, SAM and Sparse SAM: λ_max, λ_max/λ_5, test accuracy.
 * ``population`` (:mod:`.population`) — a grid of trained models ranked by sharpness measures against their
   generalisation gap (Kendall's τ, granulated τ; Jiang et al., Andriushchenko et al.).
@@ -27,7 +29,7 @@ from typing import Any
 
 from sharpscope.errors import ConfigError
 from sharpscope.experiments.recipes import check_scale
-from sharpscope.experiments.studies import eos, escape, escape_a3, flatness, population, sam_edge, smoothing
+from sharpscope.experiments.studies import eos, escape, escape_a3, escape_a4, flatness, population, sam_edge, smoothing
 from sharpscope.experiments.studies.framework import (
     Figure,
     Notice,
@@ -46,6 +48,7 @@ STUDIES: dict[str, Study] = {
     "escape": escape.ESCAPE,
     "label-noise": escape.LABEL_NOISE,
     "escape-a3": escape_a3.STUDY,
+    "escape-a4": escape_a4.STUDY,
     "sam-flatness": flatness.STUDY,
     "population": population.STUDY,
     "smoothing": smoothing.STUDY,

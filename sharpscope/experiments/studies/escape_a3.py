@@ -300,8 +300,10 @@ def _diff_json(d: statistics.Difference, v: Verdict, per: Sequence[float]) -> di
             "df": d.df, "p_value": d.p_value, "method": d.method, "mde": v.mde, "verdict": v.label, "reason": v.reason}
 
 
-def compare(pairs: Sequence[Mapping[str, Any]], quantity: str, *, better: str, what: str) -> dict[str, Any]:
-    """SA − arm of ``quantity`` over minimizers, judged in direction ``better``.
+def compare(pairs: Sequence[Mapping[str, Any]], quantity: str, *, better: str, what: str,
+            at_most: bool = False) -> dict[str, Any]:
+    """SA − arm of ``quantity`` over minimizers, judged in direction ``better`` (``at_most``: the claim "SA is
+    no worse than the arm", :func:`~sharpscope.experiments.verdicts.judge_non_inferiority` with margin 0).
 
     The interval is :func:`~sharpscope.experiments.statistics.paired_difference` with the estimator error the
     minimizers do not vary (the root mean square of the per-minimizer errors, not divided by their number: the
@@ -310,6 +312,8 @@ def compare(pairs: Sequence[Mapping[str, Any]], quantity: str, *, better: str, w
     * ``trace``: Hutch++ readings, error ``√(se_SA² + se_arm²)`` (as if independent: conservative);
     * ``trace_paired``: the mean over the shared Hutchinson probes of ``z_iᵀ(H_SA − H_arm)z_i``, error
       ``sd_i/√P`` of those ``P`` paired differences (common random numbers: the probe noise of the difference);
+    * ``trace_per_loss``: as ``trace_paired`` for ``z_iᵀH_SA z_i / L_SA − z_iᵀH_arm z_i / L_arm`` (tr(H)/L, free
+      of the cross-entropy loss scale to first order; the losses are exact on the probe set);
     * ``test_acc``: :func:`~sharpscope.experiments.statistics.paired_accuracy` on the stored predictions;
     * ``jacobian_trace``: exact, no estimator error.
     """
@@ -321,8 +325,9 @@ def compare(pairs: Sequence[Mapping[str, Any]], quantity: str, *, better: str, w
             d = statistics.paired_accuracy(unpack_correct(sa["test_correct"]), unpack_correct(arm["test_correct"]))
             per.append(d.estimate)
             ses.append(d.se)
-        elif quantity == "trace_paired":
-            diffs = np.asarray(sa["trace_samples"], dtype=float) - np.asarray(arm["trace_samples"], dtype=float)
+        elif quantity in ("trace_paired", "trace_per_loss"):
+            a, b = (np.asarray(r["trace_samples"], dtype=float) for r in (sa, arm))
+            diffs = a / sa["train_loss"] - b / arm["train_loss"] if quantity == "trace_per_loss" else a - b
             per.append(float(diffs.mean()))
             ses.append(float(diffs.std(ddof=1)) / math.sqrt(diffs.size) if diffs.size > 1 else math.nan)
         else:
@@ -332,7 +337,9 @@ def compare(pairs: Sequence[Mapping[str, Any]], quantity: str, *, better: str, w
     d = statistics.paired_difference(per, estimator_se=se)
     sd = float(np.std(per, ddof=1)) if len(per) >= 2 else math.nan
     mde = paired_mde(len(per), sd, se) if math.isfinite(sd) else math.nan
-    v = verdicts.judge_difference(d, better=better, mde=mde if math.isfinite(mde) else None, what=what)
+    known = mde if math.isfinite(mde) else None
+    v = (verdicts.judge_non_inferiority(d, margin=0.0, better=better, mde=known, what=what) if at_most else
+         verdicts.judge_difference(d, better=better, mde=known, what=what))
     out = _diff_json(d, v, per)
     out["estimator_se"] = se
     return out

@@ -1,0 +1,174 @@
+"""Claim A4 of the escape study from the bad minimizers of ``escape-a3``: SA with perturbation batch B = 1
+escapes fastest, tr_B1 < tr_B64 ≤ tr_B128 (Ahn et al. 2024), with ρ and η′ unscaled beside the scaled form.
+
+The escape study ran A4 with ρ and η′ both scaled by √(B/128) (B = 1 perturbs 11× less than B = 128), one seed.
+Here, from each of ``escape-a3``'s three bad minimizers (the same ``pretrain-m<m>`` and ``finetune-m<m>``
+stages, so a folder of that study is reused as it is):
+
+* **Arms** (SA on an independent perturbation batch of B examples, A3's ``sa`` setting otherwise: batch
+  128, η = 0.001, the minimizer's seed, ``steps`` steps): for B in the scale's :data:`BATCHES` below the
+  main batch, ``sa-b<B>-m<m>`` at the *unscaled* ρ and η′, and ``sa-b<B>-scaled-m<m>`` at ρ·√(B/B₀) and
+  η′·√(B/B₀) (``batch_scaling="rho+lr"`` with ``reference_batch`` B₀ = the main batch); B = B₀ is A3's own
+  ``sa-m<m>``, the same in both forms.
+* **Readings** at each run's end: :func:`~sharpscope.experiments.studies.escape_a3.reading` (tr(H) by Hutch++
+  and on the probes every model shares, the exact Jacobian trace, the training loss on all clean images).
+* **Statistics**: per form, B = 1 − B = B₁ and B₁ − B₀ (and B = 1 − B₀), paired over minimizers with the
+  paired-probe error (:func:`~sharpscope.experiments.studies.escape_a3.compare`), for tr(H), for tr(H)/L
+  (the loss scale of cross entropy removed: every reading's probe values divided by its own training loss)
+  and for the Jacobian trace. The claim per form: B = 1 − B₁ below 0 (:func:`~sharpscope.experiments.verdicts
+  .judge_difference`) and B₁ − B₀ at most 0 (non-inferiority at margin 0); the headline verdict is tr(H) with
+  ρ and η′ unscaled, the scaled form and the loss-free readings beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sharpscope.errors import ConfigError
+from sharpscope.experiments import verdicts
+from sharpscope.experiments.detectable import Assumption, plan
+from sharpscope.experiments.studies import escape_a3
+from sharpscope.experiments.studies.escape import without_data
+from sharpscope.experiments.studies.escape_a3 import _brief, _verdict, compare, reading, stage
+from sharpscope.experiments.studies.framework import Stage, Study
+from sharpscope.track import RunDirectory, TrainConfig
+
+BATCHES: dict[str, tuple[int, int, int]] = {"smoke": (1, 16, 32), "cpu": (1, 64, 128)}
+"""Perturbation batches B per scale: 1, the middle one B₁, and the main batch B₀ (A3's ``sa``)."""
+FORMS = ("unscaled", "scaled")
+SHARED = ("pretrain", "finetune", "sa")  # escape-a3's stages this study reuses
+QUANTITIES = {"trace_paired": "tr(H)", "trace_per_loss": "tr(H)/L", "jacobian_trace": "Jacobian trace"}
+
+
+def batches(scale: str) -> tuple[int, int, int]:
+    """The perturbation batches of ``scale`` (the last is the main batch)."""
+    if scale not in BATCHES:
+        raise ConfigError(f"study 'escape-a4' has the scales {', '.join(BATCHES)} (it is sized for one CPU core), "
+                          f"got {scale!r}", argument="scale")
+    sc = escape_a3._sizes(scale)
+    out = BATCHES[scale]
+    assert out[-1] == min(128, sc.n), "the largest perturbation batch is the main batch"
+    return out
+
+
+def arm(b: int, form: str, m: int, full: int) -> str:
+    """The stage of SA with perturbation batch ``b`` in ``form`` from minimizer ``m`` (``full``: A3's ``sa``)."""
+    return stage("sa", m) if b == full else stage(f"sa-b{b}" + ("-scaled" if form == "scaled" else ""), m)
+
+
+def _batch_arm(base: Stage, b: int, form: str, full: int):  # noqa: ANN202 - a Stage builder
+    """A3's SA stage ``base`` with perturbation batch ``b``; ``scaled``: ρ and η′ times √(b/full)."""
+
+    def build(scale: str, out_dir: Path) -> TrainConfig:
+        cfg = base.build(scale, out_dir)
+        cfg.keep_checkpoints = False  # read at its end only
+        cfg.optimizer_kwargs["batch_size"] = b
+        if form == "scaled":
+            cfg.optimizer_kwargs.update(batch_scaling="rho+lr", reference_batch=full)
+        return cfg
+
+    return build
+
+
+def stages(scale: str) -> list[Stage]:
+    """Per minimizer: ``escape-a3``'s pre-training, fine-tuning and SA, then SA at the smaller batches."""
+    *small, full = batches(scale)
+    out: list[Stage] = []
+    for s in escape_a3.stages(scale):
+        if s.name.rsplit("-m", 1)[0] not in SHARED:
+            continue
+        out.append(s)
+        if s.name.startswith("sa-"):
+            m = int(s.name.rsplit("-m", 1)[1])
+            out += [Stage(arm(b, form, m, full), _batch_arm(s, b, form, full), init_from=stage("finetune", m))
+                    for form in FORMS for b in small]
+    return out
+
+
+def prepare(scale: str, out_dir: Path, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``escape-a3``'s data and plan, with the perturbation batches."""
+    if options:
+        raise ConfigError(f"study 'escape-a4' takes no options, got {sorted(options)}")
+    bs = batches(scale)
+    info = escape_a3.prepare(scale, out_dir, {})
+    info["plan"].update(batches=list(bs), scaling=f"ρ and η′ times √(B/{bs[-1]}) in the scaled form")
+    return info
+
+
+def detectable(scale: str) -> list[dict[str, Any]]:
+    """A4's smallest detectable effects before any run: paired over the bad minimizers, in units of the sd of
+    the per-minimizer differences (no pilot), 95% interval, 80% power."""
+    n = len(escape_a3._sizes(scale).minimizers)
+    b1 = batches(scale)[1]
+    src = "paired over the bad minimizers: in units of the sd of the per-minimizer differences (no pilot)"
+    return plan([Assumption("A4", f"tr(H), B = 1 − B = {b1}, ρ and η′ {form}", n, n, 1.0, 0.0, 0.0, src)
+                 for form in FORMS])
+
+
+def _pairs(small: list[dict[str, Any]], large: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"sa": a, "arm": b} for a, b in zip(small, large, strict=True)]
+
+
+def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
+    """Readings at each run's end, the paired differences between batches per form, and the A4 verdict."""
+    if not dirs:
+        return {}
+    out = next(iter(dirs.values())).parent
+    scale = TrainConfig.from_dict(RunDirectory(next(iter(dirs.values()))).read_config()).scale or "cpu"
+    sc, bs = escape_a3._sizes(scale), batches(scale)
+    one, mid, full = bs
+    ms = [m for m in sc.minimizers if all(arm(b, f, m, full) in dirs for b in bs for f in FORMS)]
+    if len(ms) < 2:
+        return {"A4": {"verdict": verdicts.NOT_RUN, "reason": "fewer than 2 minimizers have all their arms"}}
+    reads = {f: {b: [reading(out / arm(b, f, m, full), sc) for m in ms] for b in bs} for f in FORMS}
+    comparisons: dict[str, Any] = {}
+    parts: dict[str, dict[str, verdicts.Verdict]] = {}
+    for f in FORMS:
+        comparisons[f] = {}
+        for a, b in ((one, mid), (mid, full), (one, full)):
+            pairs, at_most = _pairs(reads[f][a], reads[f][b]), (a, b) == (mid, full)
+            cmp: dict[str, Any] = {q: compare(pairs, q, better="lower", what=f"{label} B = {a} − B = {b} ({f})", at_most=at_most)
+                   for q, label in QUANTITIES.items()}
+            cmp["train_loss"] = [p["sa"]["train_loss"] - p["arm"]["train_loss"] for p in pairs]
+            comparisons[f][f"{a}-{b}"] = cmp
+        parts[f] = {label: verdicts.combine({
+            f"B = 1 < B = {mid}": _verdict(comparisons[f][f"{one}-{mid}"][q]),
+            f"B = {mid} ≤ B = {full}": _verdict(comparisons[f][f"{mid}-{full}"][q])}) for q, label in QUANTITIES.items()}
+    head = parts["unscaled"]["tr(H)"]
+    return {"batches": list(bs), "minimizers": ms,
+            "readings": {f: {str(b): [_brief(r) for r in reads[f][b]] for b in bs} for f in FORMS},
+            "comparisons": comparisons,
+            "A4": {"criterion": f"at each run's end, tr(H) of B = 1 − B = {mid} below 0 and of B = {mid} − B = {full} "
+                                "at most 0 (95% intervals over the bad minimizers, with the paired-probe error), "
+                                "with ρ and η′ unscaled; the scaled form, tr(H)/L and the Jacobian trace beside it",
+                   "minimizers": len(ms), "verdict": head.label, "mde": head.mde,
+                   "reason": f"ρ and η′ unscaled: {head.text()} | scaled by √(B/{full}): {parts['scaled']['tr(H)'].text()}",
+                   "parts": {f: {k: v.to_json() for k, v in p.items()} for f, p in parts.items()}}}
+
+
+def figures(summary: Mapping[str, Any]) -> list[tuple[str, Any, dict[str, Any], str]]:
+    """tr(H), tr(H)/L and the training loss at each run's end against B, per minimizer and form."""
+    from sharpscope.plots.escape_a4 import a4_figure
+
+    results = summary.get("results") or {}
+    if not results.get("readings"):
+        return []
+    fig, data = a4_figure(results)
+    info = summary.get("data") or {}
+    design = info.get("plan") or {}
+    caption = (f"A4 from {len(results['minimizers'])} bad minimizers of escape-a3 (seeds "
+               f"{', '.join(map(str, results['minimizers']))}): SA with perturbation batch B ∈ "
+               f"{{{', '.join(map(str, results['batches']))}}} at ρ = {design.get('rho')} and η′ = "
+               f"{design.get('lr_perturb')} unscaled (solid) and scaled by √(B/{results['batches'][-1]}) (dashed), "
+               f"{(design.get('sizes') or {}).get('steps')} steps at η = {design.get('eta')}; each run read at its "
+               "end with the probes every model shares. Left: tr(H) (Hutch++); middle: tr(H)/L (the loss scale of "
+               "cross entropy removed); right: the training loss. One colour per minimizer. Scale "
+               f"'{summary.get('scale')}'; measured on CPU. Command: sharpscope reproduce escape-a4 --scale "
+               f"{summary.get('scale')} --out runs/escape-a4 --figures figures.")
+    return [("batches", fig, data, caption)]
+
+
+STUDY = Study("escape-a4", ("A4",), stages, evaluate, prepare=prepare, draw=figures, detectable=detectable,
+              without_data=without_data)
