@@ -15,7 +15,7 @@ from sharpscope.experiments import statistics as st
 from sharpscope.experiments import verdicts
 from sharpscope.experiments.studies import run_study, study_stages
 from sharpscope.experiments.studies.escape_a3 import SCALES, reading
-from sharpscope.experiments.studies.escape_a4 import BATCHES, arm
+from sharpscope.experiments.studies.escape_a4 import BATCHES, LEFT_FACTOR, arm, form_verdict, left
 from sharpscope.experiments.studies.framework import finished_summary
 from sharpscope.optim.random_perturbation import batch_scaled
 from sharpscope.track import RunDirectory
@@ -98,7 +98,10 @@ def test_each_comparison_is_the_paired_interval_of_the_end_readings(study) -> No
     parts = {k: verdicts.Verdict(v["verdict"]) for k, v in (
         ("1", results["comparisons"]["unscaled"][f"{ONE}-{MID}"]["trace_paired"]),
         ("2", results["comparisons"]["unscaled"][f"{MID}-{FULL}"]["trace_paired"]))}
-    assert a4["verdict"] == verdicts.combine(parts).label == a4["parts"]["unscaled"]["tr(H)"]["label"]
+    assert verdicts.combine(parts).label == a4["parts"]["unscaled"]["tr(H)"]["label"]
+    start = [reading(out / f"finetune-m{m}", SC) for m in SC.minimizers]
+    ends = {b: [reading(out / arm(b, "unscaled", m, FULL), SC) for m in SC.minimizers] for b in (ONE, MID, FULL)}
+    assert a4["verdict"] == form_verdict(verdicts.combine(parts), left(ends, start), ONE).label
     assert a4["verdict"] in verdicts.VERDICTS and a4["minimizers"] == len(SC.minimizers)
 
 
@@ -133,3 +136,16 @@ def test_the_report_tables_every_comparison_of_both_forms(study) -> None:
         assert f"| B ({form}) |" in text
     for a, b in ((ONE, MID), (MID, FULL), (ONE, FULL)):
         assert text.count(f"| vs B = {a} − B = {b} | trace_per_loss |") == 2
+
+
+def test_a_run_that_leaves_its_minimizer_decides_the_form() -> None:
+    """A run ending above LEFT_FACTOR × the minimizer's loss is no minimizer: B = 1 among them → does not hold
+    whatever tr(H) says; only another batch → not testable; none → the tr(H) ordering itself."""
+    start = [{"train_loss": 0.01}, {"train_loss": 0.02}]
+    just_in, just_out = LEFT_FACTOR * 0.01, LEFT_FACTOR * 0.01 * 1.001
+    ends = {1: [{"train_loss": just_out}, {"train_loss": 0.01}], 64: [{"train_loss": just_in}, {"train_loss": 0.0}]}
+    assert left(ends, start) == {1: [0]}
+    holds = verdicts.Verdict(verdicts.HOLDS, "ordered")
+    assert form_verdict(holds, left(ends, start), 1).label == verdicts.DOES_NOT_HOLD
+    assert form_verdict(holds, {64: [1]}, 1).label == verdicts.NOT_TESTABLE
+    assert form_verdict(holds, {}, 1) == holds

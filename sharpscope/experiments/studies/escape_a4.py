@@ -17,12 +17,13 @@ stages, so a folder of that study is reused as it is):
   (the loss scale of cross entropy removed: every reading's probe values divided by its own training loss)
   and for the Jacobian trace. The claim per form: B = 1 − B₁ below 0 (:func:`~sharpscope.experiments.verdicts
   .judge_difference`) and B₁ − B₀ at most 0 (non-inferiority at margin 0); the headline verdict is tr(H) with
-  ρ and η′ unscaled, the scaled form and the loss-free readings beside it.
+  ρ and η′ unscaled, the scaled form and the loss-free readings beside it. A form whose runs end with a
+  training loss above :data:`LEFT_FACTOR` times the minimizer's has left the minimizer (:func:`form_verdict`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,16 @@ from sharpscope.experiments.studies import escape_a3
 from sharpscope.experiments.studies.escape import without_data
 from sharpscope.experiments.studies.escape_a3 import _brief, _verdict, compare, reading, stage
 from sharpscope.experiments.studies.framework import Stage, Study
+from sharpscope.experiments.verdicts import Verdict
 from sharpscope.track import RunDirectory, TrainConfig
 
 BATCHES: dict[str, tuple[int, int, int]] = {"smoke": (1, 16, 32), "cpu": (1, 64, 128)}
 """Perturbation batches B per scale: 1, the middle one B₁, and the main batch B₀ (A3's ``sa``)."""
 FORMS = ("unscaled", "scaled")
 SHARED = ("pretrain", "finetune", "sa")  # escape-a3's stages this study reuses
+LEFT_FACTOR = 2.0
+"""A run *left* its bad minimizer when its training loss at the end is above this multiple of the minimizer's
+(SA at the main batch lowers it by about 30%): its end is no minimizer, flatter or not."""
 QUANTITIES = {"trace_paired": "tr(H)", "trace_per_loss": "tr(H)/L", "jacobian_trace": "Jacobian trace"}
 
 
@@ -136,16 +141,41 @@ def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
         parts[f] = {label: verdicts.combine({
             f"B = 1 < B = {mid}": _verdict(comparisons[f][f"{one}-{mid}"][q]),
             f"B = {mid} ≤ B = {full}": _verdict(comparisons[f][f"{mid}-{full}"][q])}) for q, label in QUANTITIES.items()}
-    head = parts["unscaled"]["tr(H)"]
-    return {"batches": list(bs), "minimizers": ms,
+    start = [reading(out / stage("finetune", m), sc) for m in ms]
+    gone = {f: left(reads[f], start) for f in FORMS}
+    heads = {f: form_verdict(parts[f]["tr(H)"], gone[f], one) for f in FORMS}
+    head = heads["unscaled"]
+    return {"batches": list(bs), "minimizers": ms, "start": [_brief(r) for r in start],
             "readings": {f: {str(b): [_brief(r) for r in reads[f][b]] for b in bs} for f in FORMS},
             "comparisons": comparisons,
             "A4": {"criterion": f"at each run's end, tr(H) of B = 1 − B = {mid} below 0 and of B = {mid} − B = {full} "
                                 "at most 0 (95% intervals over the bad minimizers, with the paired-probe error), "
                                 "with ρ and η′ unscaled; the scaled form, tr(H)/L and the Jacobian trace beside it",
                    "minimizers": len(ms), "verdict": head.label, "mde": head.mde,
-                   "reason": f"ρ and η′ unscaled: {head.text()} | scaled by √(B/{full}): {parts['scaled']['tr(H)'].text()}",
+                   "reason": f"ρ and η′ unscaled: {head.text()} | scaled by √(B/{full}): {heads['scaled'].text()}",
+                   "scaled": heads["scaled"].to_json(), "left_minimizer": {f: {str(b): v for b, v in g.items()}
+                                                                          for f, g in gone.items()},
                    "parts": {f: {k: v.to_json() for k, v in p.items()} for f, p in parts.items()}}}
+
+
+def left(reads: Mapping[int, Sequence[Mapping[str, Any]]], start: Sequence[Mapping[str, Any]]) -> dict[int, list[int]]:
+    """Per batch B with any, the positions of the minimizers whose run at B ended with a training loss above
+    :data:`LEFT_FACTOR` times the minimizer's (``start``, in the same order)."""
+    out = {b: [j for j, (r, s) in enumerate(zip(rs, start, strict=True))
+               if r["train_loss"] > LEFT_FACTOR * s["train_loss"]] for b, rs in reads.items()}
+    return {b: js for b, js in out.items() if js}
+
+
+def form_verdict(ordering: Verdict, gone: Mapping[int, Sequence[int]], one: int) -> Verdict:
+    """The verdict of one form: ``ordering`` (tr(H) between batches at the end) unless a run left its minimizer
+    (:func:`left`); then the readings at the end are not of minimizers: does not hold when the B = ``one`` runs
+    are among them (the claimed escape loses the fit, as a diverged run does), else not testable."""
+    if not gone:
+        return ordering
+    label = verdicts.DOES_NOT_HOLD if one in gone else verdicts.NOT_TESTABLE
+    which = "; ".join(f"B = {b} from {len(js)} minimizer(s)" for b, js in gone.items())
+    return Verdict(label, f"runs left the bad minimizer (training loss at the end above {LEFT_FACTOR:g}× the "
+                          f"minimizer's): {which}; at the end {ordering.text()}")
 
 
 def figures(summary: Mapping[str, Any]) -> list[tuple[str, Any, dict[str, Any], str]]:
