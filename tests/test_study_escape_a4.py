@@ -14,7 +14,7 @@ from sharpscope.errors import ConfigError
 from sharpscope.experiments import statistics as st
 from sharpscope.experiments import verdicts
 from sharpscope.experiments.studies import run_study, study_stages
-from sharpscope.experiments.studies.escape_a3 import SCALES, reading
+from sharpscope.experiments.studies.escape_a3 import SCALES, reading, sa_step_at
 from sharpscope.experiments.studies.escape_a4 import BATCHES, LEFT_FACTOR, arm, form_verdict, left
 from sharpscope.experiments.studies.framework import finished_summary
 from sharpscope.optim.random_perturbation import batch_scaled
@@ -105,6 +105,34 @@ def test_each_comparison_is_the_paired_interval_of_the_end_readings(study) -> No
     assert a4["verdict"] in verdicts.VERDICTS and a4["minimizers"] == len(SC.minimizers)
 
 
+def test_at_equal_loss_each_end_meets_the_main_batch_run_where_its_loss_is_nearest(study) -> None:
+    out, summary = study
+    results = summary["results"]
+    for form in ("unscaled", "scaled"):
+        gone = results["A4"]["left_minimizer"][form]
+        parts = {}
+        for b in (ONE, MID):
+            cmp = results["at_equal_loss"][form][f"{b}-{FULL}"]
+            if str(b) in gone:
+                assert "skipped" in cmp
+                parts[b] = verdicts.Verdict(verdicts.NOT_TESTABLE)
+                continue
+            ends = [reading(out / arm(b, form, m, FULL), SC) for m in SC.minimizers]
+            steps = [sa_step_at(out / f"sa-m{m}", e["train_loss"]) for m, e in zip(SC.minimizers, ends)]
+            ref = [reading(out / f"sa-m{m}", SC, step) for m, step in zip(SC.minimizers, steps)]
+            assert cmp["steps"] == steps
+            diffs = [np.subtract(e["trace_samples"], r["trace_samples"]) for e, r in zip(ends, ref)]
+            e = math.sqrt(np.mean([np.var(d, ddof=1) / d.size for d in diffs]))
+            d = st.paired_difference([float(x.mean()) for x in diffs], estimator_se=e)
+            assert cmp["trace_paired"]["interval"] == pytest.approx([d.low, d.high], rel=1e-9)
+            judged = (verdicts.judge_non_inferiority(d, margin=0.0, better="lower") if b == MID
+                      else verdicts.judge_difference(d, better="lower"))
+            assert cmp["trace_paired"]["verdict"] == judged.label
+            parts[b] = judged
+        assert results["A4"]["at_equal_loss"][form]["label"] == verdicts.combine(
+            {str(b): v for b, v in parts.items()}).label
+
+
 def test_the_figure_plots_the_end_readings(study) -> None:
     from sharpscope.experiments.studies.escape_a4 import figures
 
@@ -133,9 +161,9 @@ def test_the_report_tables_every_comparison_of_both_forms(study) -> None:
     _, summary = study
     text = study_report(summary)
     for form in ("unscaled", "scaled"):
-        assert f"| B ({form}) |" in text
+        assert f"| B ({form}) |" in text and f"| B ({form}) at equal loss |" in text
     for a, b in ((ONE, MID), (MID, FULL), (ONE, FULL)):
-        assert text.count(f"| vs B = {a} − B = {b} | trace_per_loss |") == 2
+        assert text.count(f"| vs B = {a} − B = {b} | trace_per_loss |") >= 2  # at the end, in both forms
 
 
 def test_a_run_that_leaves_its_minimizer_decides_the_form() -> None:

@@ -96,8 +96,10 @@ def study_report(summary: Mapping[str, Any]) -> str:
         elif check == "A3" and res.get("comparisons"):  # escape-a3: SA against each arm at equal loss
             parts += ["", comparison_table("sa", res["comparisons"])]
         if check == "A4" and res.get("batches"):  # escape-a4: between perturbation batches, per form of ρ and η′
-            for form, cmp in (res.get("comparisons") or {}).items():
-                parts += ["", comparison_table(f"B ({form})", {f"B = {k.replace('-', ' − B = ')}": v for k, v in cmp.items()})]
+            for title, key in (("", "comparisons"), (" at equal loss", "at_equal_loss")):
+                for form, cmp in (res.get(key) or {}).items():
+                    parts += ["", comparison_table(f"B ({form}){title}",
+                                                   {f"B = {k.replace('-', ' − B = ')}": v for k, v in cmp.items()})]
         if check == "A4" and r.get("vs_rho0_twin"):
             parts += ["", comparison_table("sa-bB", {f"{k} vs its ρ = 0 twin": v for k, v in r["vs_rho0_twin"].items()})]
         if check == "G6" and r.get("vs_noiseless"):

@@ -19,6 +19,8 @@ stages, so a folder of that study is reused as it is):
   .judge_difference`) and B₁ − B₀ at most 0 (non-inferiority at margin 0); the headline verdict is tr(H) with
   ρ and η′ unscaled, the scaled form and the loss-free readings beside it. A form whose runs end with a
   training loss above :data:`LEFT_FACTOR` times the minimizer's has left the minimizer (:func:`form_verdict`).
+* **At equal loss** beside it (:func:`at_equal_loss`): each smaller batch's end against SA at the main batch
+  read at its kept checkpoint of the nearest training loss.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from sharpscope.experiments import verdicts
 from sharpscope.experiments.detectable import Assumption, plan
 from sharpscope.experiments.studies import escape_a3
 from sharpscope.experiments.studies.escape import without_data
-from sharpscope.experiments.studies.escape_a3 import _brief, _verdict, compare, reading, stage
+from sharpscope.experiments.studies.escape_a3 import _brief, _verdict, compare, reading, sa_step_at, stage
 from sharpscope.experiments.studies.framework import Stage, Study
 from sharpscope.experiments.verdicts import Verdict
 from sharpscope.track import RunDirectory, TrainConfig
@@ -144,18 +146,47 @@ def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
     start = [reading(out / stage("finetune", m), sc) for m in ms]
     gone = {f: left(reads[f], start) for f in FORMS}
     heads = {f: form_verdict(parts[f]["tr(H)"], gone[f], one) for f in FORMS}
+    equal = {f: at_equal_loss(out, sc, ms, reads[f], gone[f], bs, f) for f in FORMS}
     head = heads["unscaled"]
     return {"batches": list(bs), "minimizers": ms, "start": [_brief(r) for r in start],
             "readings": {f: {str(b): [_brief(r) for r in reads[f][b]] for b in bs} for f in FORMS},
-            "comparisons": comparisons,
+            "comparisons": comparisons, "at_equal_loss": {f: e for f, (e, _) in equal.items()},
             "A4": {"criterion": f"at each run's end, tr(H) of B = 1 − B = {mid} below 0 and of B = {mid} − B = {full} "
                                 "at most 0 (95% intervals over the bad minimizers, with the paired-probe error), "
                                 "with ρ and η′ unscaled; the scaled form, tr(H)/L and the Jacobian trace beside it",
                    "minimizers": len(ms), "verdict": head.label, "mde": head.mde,
                    "reason": f"ρ and η′ unscaled: {head.text()} | scaled by √(B/{full}): {heads['scaled'].text()}",
+                   "at_equal_loss": {f: v.to_json() for f, (_, v) in equal.items()},
                    "scaled": heads["scaled"].to_json(), "left_minimizer": {f: {str(b): v for b, v in g.items()}
                                                                           for f, g in gone.items()},
                    "parts": {f: {k: v.to_json() for k, v in p.items()} for f, p in parts.items()}}}
+
+
+def at_equal_loss(out: Path, sc: escape_a3.A3Scale, ms: Sequence[int], reads: Mapping[int, list[dict[str, Any]]],
+                  gone: Mapping[int, Sequence[int]], bs: Sequence[int], form: str) -> tuple[dict[str, Any], Verdict]:
+    """Each smaller batch's end against SA at the main batch where that run's loss is nearest (its kept
+    checkpoints, :func:`~sharpscope.experiments.studies.escape_a3.sa_step_at`): B = 1 below it and B₁ at most
+    it, in tr(H), tr(H)/L and the Jacobian trace. A batch whose runs left the minimizer (:func:`left`) is not
+    matched: SA at the main batch never reaches such a loss."""
+    one, mid, full = bs
+    out_cmp: dict[str, Any] = {}
+    parts: dict[str, Verdict] = {}
+    for b in (one, mid):
+        key = f"{b}-{full}"
+        if b in gone:
+            out_cmp[key] = {"skipped": f"B = {b} left the bad minimizer"}
+            parts[f"B = {b} vs B = {full}"] = Verdict(verdicts.NOT_TESTABLE, out_cmp[key]["skipped"])
+            continue
+        steps = [sa_step_at(out / stage("sa", m), r["train_loss"]) for m, r in zip(ms, reads[b], strict=True)]
+        ref = [reading(out / stage("sa", m), sc, step) for m, step in zip(ms, steps, strict=True)]
+        pairs = _pairs(reads[b], ref)
+        cmp: dict[str, Any] = {q: compare(pairs, q, better="lower", at_most=b == mid,
+                                          what=f"{label} B = {b} − B = {full} at equal loss ({form})")
+                               for q, label in QUANTITIES.items()}
+        cmp.update(steps=steps, loss_ratio=[p["sa"]["train_loss"] / p["arm"]["train_loss"] for p in pairs])
+        out_cmp[key] = cmp
+        parts[f"B = {b} {'<' if b == one else '≤'} B = {full}"] = _verdict(cmp["trace_paired"])
+    return out_cmp, verdicts.combine(parts)
 
 
 def left(reads: Mapping[int, Sequence[Mapping[str, Any]]], start: Sequence[Mapping[str, Any]]) -> dict[int, list[int]]:
