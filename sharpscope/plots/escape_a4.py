@@ -38,6 +38,8 @@ def a4_figure(results: Mapping[str, Any]) -> tuple[Figure, dict[str, Any]]:
                         label=f"minimizer {plotted['minimizers'][j]}, {form}")
             plotted[quantity][form] = lines
         ax.set_xscale("log", base=2)
+        if quantity != "trace":
+            ax.set_yscale("log")  # a run that leaves its minimizer ends orders of magnitude away
         label_axes(ax, "perturbation batch B", label, title=f"{label} at the end of SA")
     legend(axes[0], inside=6)
     return fig, plotted

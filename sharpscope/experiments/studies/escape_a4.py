@@ -225,7 +225,7 @@ def figures(summary: Mapping[str, Any]) -> list[tuple[str, Any, dict[str, Any], 
                f"{design.get('lr_perturb')} unscaled (solid) and scaled by √(B/{results['batches'][-1]}) (dashed), "
                f"{(design.get('sizes') or {}).get('steps')} steps at η = {design.get('eta')}; each run read at its "
                "end with the probes every model shares. Left: tr(H) (Hutch++); middle: tr(H)/L (the loss scale of "
-               "cross entropy removed); right: the training loss. One colour per minimizer. Scale "
+               "cross entropy removed; log scale); right: the training loss (log scale). One colour per minimizer. Scale "
                f"'{summary.get('scale')}'; measured on CPU. Command: sharpscope reproduce escape-a4 --scale "
                f"{summary.get('scale')} --out runs/escape-a4 --figures figures.")
     return [("batches", fig, data, caption)]
