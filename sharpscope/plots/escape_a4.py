@@ -27,7 +27,9 @@ def a4_figure(results: Mapping[str, Any]) -> tuple[Figure, dict[str, Any]]:
     minimizer); tr(H)/L is the shared-probe tr(H) over the reading's training loss."""
     bs = [int(b) for b in results["batches"]]
     fig, axes = new_figure(1, len(PANELS))
-    plotted: dict[str, Any] = {"batches": bs, "minimizers": list(results["minimizers"])}
+    plotted: dict[str, Any] = {"batches": bs, "minimizers": list(results["minimizers"]),
+                               "runs": {form: {str(b): [r["run"] for r in results["readings"][form][str(b)]] for b in bs}
+                                        for form in STYLES}}
     for ax, (quantity, label) in zip(axes, PANELS, strict=True):
         plotted[quantity] = {}
         for form, style in STYLES.items():
