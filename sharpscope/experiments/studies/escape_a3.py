@@ -103,7 +103,7 @@ def stage(arm: str, m: int) -> str:
     return f"{arm}-m{m}"
 
 
-def _sizes(scale: str) -> A3Scale:
+def sizes(scale: str) -> A3Scale:
     """The sizes of ``scale``; the study has no gpu scale (it is sized for one CPU core)."""
     if scale not in SCALES:
         raise ConfigError(f"study 'escape-a3' has the scales {', '.join(SCALES)} (it is sized for one CPU core), "
@@ -116,7 +116,7 @@ def prepare(scale: str, out_dir: Path, options: Mapping[str, Any]) -> dict[str, 
     minimizers, η, η′, ρ and the sizes (the detectable effects are :func:`detectable`)."""
     if options:
         raise ConfigError(f"study 'escape-a3' takes no options, got {sorted(options)}")
-    sc = _sizes(scale)
+    sc = sizes(scale)
     info = prepare_data(sc, out_dir, {}, pool=sc.pool)
     design = {"minimizers": len(sc.minimizers), "eta": ETA, "lr_perturb": sc.lr_perturb, "rho": sc.rho,
               "sizes": asdict(sc)}
@@ -127,7 +127,7 @@ def detectable(scale: str) -> list[dict[str, Any]]:
     """A3's smallest detectable effects, before any run: paired over the scale's bad minimizers (the interval of
     :func:`compare`), in units of the standard deviation of the per-minimizer differences (no pilot at this
     scale), 95% interval, 80% power."""
-    n = len(_sizes(scale).minimizers)
+    n = len(sizes(scale).minimizers)
     src = "paired over the bad minimizers: in units of the sd of the per-minimizer differences (no pilot)"
     return plan([Assumption("A3", "tr(H), SA − RS at equal loss", n, n, 1.0, 0.0, 0.0, src),
                  Assumption("A3", "test accuracy, SA − RS at equal loss", n, n, 1.0, 0.0, 0.0, src)])
@@ -147,7 +147,7 @@ def config(scale: str, out_dir: Path, data: str, *, lr: float, steps: int, every
     """SGD at ``lr`` (batch 128) on ``data/<data>.npz``, the loss of all clean images read every ``every`` steps
     (no trace during training: the readings are taken afterwards, :func:`reading`). No gradient graph is
     cached between the two products of each reading (the setting the committed cpu run was made with)."""
-    sc = _sizes(scale)
+    sc = sizes(scale)
     path = (out_dir / "data" / f"{data}.npz").resolve()
     return TrainConfig(model=small_network(list(sc.channels), data_info(out_dir)), data=f"npz:{path}", loss="ce",
                        optimizer="sgd", optimizer_kwargs={"lr": lr}, batch_size=min(128, sc.n),
@@ -158,7 +158,7 @@ def config(scale: str, out_dir: Path, data: str, *, lr: float, steps: int, every
 
 def _fit(data: str, m: int):  # noqa: ANN202 - a Stage builder
     def build(scale: str, out_dir: Path) -> TrainConfig:
-        sc = _sizes(scale)
+        sc = sizes(scale)
         cfg = config(scale, out_dir, data, lr=0.1, steps=sc.fit_steps, every=sc.fit_every, seed=m)
         cfg.stop_at_train_acc = 1.0 if data == "clean" else sc.pretrain_acc
         return cfg
@@ -170,7 +170,7 @@ def _arm(arm: str, m: int):  # noqa: ANN202 - a Stage builder
     """Arm ``arm`` from minimizer ``m``; every arm but SA stops at SA's final training loss."""
 
     def build(scale: str, out_dir: Path) -> TrainConfig:
-        sc = _sizes(scale)
+        sc = sizes(scale)
         lr = sc.lr_perturb if arm == "sgd-lrp" else ETA
         cfg = config(scale, out_dir, "clean", lr=lr, steps=sc.steps if arm == "sa" else sc.max_steps,
                      every=sc.check_every, seed=m)
@@ -201,7 +201,7 @@ def final_loss(run_dir: Path) -> float:
 
 def stages(scale: str) -> list[Stage]:
     """Per minimizer: pre-training, fine-tuning, SA, then the arms that stop at SA's final loss."""
-    sc = _sizes(scale)
+    sc = sizes(scale)
     out: list[Stage] = []
     for m in sc.minimizers:
         out += [Stage(stage("pretrain", m), _fit("pretrain", m)),
@@ -351,7 +351,7 @@ def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
         return {}
     out = next(iter(dirs.values())).parent
     cfg = TrainConfig.from_dict(RunDirectory(next(iter(dirs.values()))).read_config())
-    sc = _sizes(cfg.scale or "cpu")
+    sc = sizes(cfg.scale or "cpu")
     ms = [m for m in sc.minimizers if all(stage(a, m) in dirs for a in ARMS)]
     if not ms:
         return {"A3": {"verdict": verdicts.NOT_RUN, "reason": "no minimizer has all its arms"}}
@@ -361,25 +361,27 @@ def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
         pairs = [matched_pair(out, arm, m, sc) for m in ms]
         comparisons[arm] = {
             "pairs": [{k: v for k, v in p.items() if k not in ("sa", "arm")} | {
-                "sa": _brief(p["sa"]), "arm": _brief(p["arm"])} for p in pairs],
+                "sa": brief(p["sa"]), "arm": brief(p["arm"])} for p in pairs],
             "trace": compare(pairs, "trace", better="lower", what=f"tr(H) (Hutch++) SA − {arm}"),
             "trace_paired": compare(pairs, "trace_paired", better="lower", what=f"tr(H) SA − {arm}"),
             "jacobian_trace": compare(pairs, "jacobian_trace", better="lower", what=f"Jacobian trace SA − {arm}"),
             "test_acc": compare(pairs, "test_acc", better="higher", what=f"test accuracy SA − {arm}"),
         }
-    return {"minimizers": {str(m): _brief(r) for m, r in minimizers.items()}, "comparisons": comparisons,
+    return {"minimizers": {str(m): brief(r) for m, r in minimizers.items()}, "comparisons": comparisons,
             "A3": a3_verdict(comparisons, len(ms))}
 
 
-def _brief(r: Mapping[str, Any]) -> dict[str, Any]:
+def brief(r: Mapping[str, Any]) -> dict[str, Any]:
+    """A reading without its bulky members (the packed test predictions and the per-probe samples)."""
     return {k: v for k, v in r.items() if k not in ("test_correct", "trace_samples")}
 
 
 def _parts(cmp: Mapping[str, Any]) -> Verdict:
-    return verdicts.combine({"tr(H)": _verdict(cmp["trace_paired"]), "test accuracy": _verdict(cmp["test_acc"])})
+    return verdicts.combine({"tr(H)": comparison_verdict(cmp["trace_paired"]), "test accuracy": comparison_verdict(cmp["test_acc"])})
 
 
-def _verdict(d: Mapping[str, Any]) -> Verdict:
+def comparison_verdict(d: Mapping[str, Any]) -> Verdict:
+    """The :class:`Verdict` a stored comparison (:func:`compare`) holds, with its MDE when finite."""
     mde = d.get("mde")
     return Verdict(d["verdict"], d.get("reason", ""), mde if isinstance(mde, float) and math.isfinite(mde) else None)
 

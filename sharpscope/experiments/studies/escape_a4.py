@@ -34,7 +34,7 @@ from sharpscope.experiments import verdicts
 from sharpscope.experiments.detectable import Assumption, plan
 from sharpscope.experiments.studies import escape_a3
 from sharpscope.experiments.studies.escape import without_data
-from sharpscope.experiments.studies.escape_a3 import _brief, _verdict, compare, reading, sa_step_at, stage
+from sharpscope.experiments.studies.escape_a3 import brief, compare, comparison_verdict, reading, sa_step_at, stage
 from sharpscope.experiments.studies.framework import Stage, Study
 from sharpscope.experiments.verdicts import Verdict
 from sharpscope.track import RunDirectory, TrainConfig
@@ -54,7 +54,7 @@ def batches(scale: str) -> tuple[int, int, int]:
     if scale not in BATCHES:
         raise ConfigError(f"study 'escape-a4' has the scales {', '.join(BATCHES)} (it is sized for one CPU core), "
                           f"got {scale!r}", argument="scale")
-    sc = escape_a3._sizes(scale)
+    sc = escape_a3.sizes(scale)
     out = BATCHES[scale]
     assert out[-1] == min(128, sc.n), "the largest perturbation batch is the main batch"
     return out
@@ -107,7 +107,7 @@ def prepare(scale: str, out_dir: Path, options: Mapping[str, Any]) -> dict[str, 
 def detectable(scale: str) -> list[dict[str, Any]]:
     """A4's smallest detectable effects before any run: paired over the bad minimizers, in units of the sd of
     the per-minimizer differences (no pilot), 95% interval, 80% power."""
-    n = len(escape_a3._sizes(scale).minimizers)
+    n = len(escape_a3.sizes(scale).minimizers)
     b1 = batches(scale)[1]
     src = "paired over the bad minimizers: in units of the sd of the per-minimizer differences (no pilot)"
     return plan([Assumption("A4", f"tr(H), B = 1 − B = {b1}, ρ and η′ {form}", n, n, 1.0, 0.0, 0.0, src)
@@ -124,7 +124,7 @@ def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
         return {}
     out = next(iter(dirs.values())).parent
     scale = TrainConfig.from_dict(RunDirectory(next(iter(dirs.values()))).read_config()).scale or "cpu"
-    sc, bs = escape_a3._sizes(scale), batches(scale)
+    sc, bs = escape_a3.sizes(scale), batches(scale)
     one, mid, full = bs
     ms = [m for m in sc.minimizers if all(arm(b, f, m, full) in dirs for b in bs for f in FORMS)]
     if len(ms) < 2:
@@ -141,15 +141,15 @@ def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
             cmp["train_loss"] = [p["sa"]["train_loss"] - p["arm"]["train_loss"] for p in pairs]
             comparisons[f][f"{a}-{b}"] = cmp
         parts[f] = {label: verdicts.combine({
-            f"B = 1 < B = {mid}": _verdict(comparisons[f][f"{one}-{mid}"][q]),
-            f"B = {mid} ≤ B = {full}": _verdict(comparisons[f][f"{mid}-{full}"][q])}) for q, label in QUANTITIES.items()}
+            f"B = 1 < B = {mid}": comparison_verdict(comparisons[f][f"{one}-{mid}"][q]),
+            f"B = {mid} ≤ B = {full}": comparison_verdict(comparisons[f][f"{mid}-{full}"][q])}) for q, label in QUANTITIES.items()}
     start = [reading(out / stage("finetune", m), sc) for m in ms]
     gone = {f: left(reads[f], start) for f in FORMS}
     heads = {f: form_verdict(parts[f]["tr(H)"], gone[f], one) for f in FORMS}
     equal = {f: at_equal_loss(out, sc, ms, reads[f], gone[f], bs, f) for f in FORMS}
     head = heads["unscaled"]
-    return {"batches": list(bs), "minimizers": ms, "start": [_brief(r) for r in start],
-            "readings": {f: {str(b): [_brief(r) for r in reads[f][b]] for b in bs} for f in FORMS},
+    return {"batches": list(bs), "minimizers": ms, "start": [brief(r) for r in start],
+            "readings": {f: {str(b): [brief(r) for r in reads[f][b]] for b in bs} for f in FORMS},
             "comparisons": comparisons, "at_equal_loss": {f: e for f, (e, _) in equal.items()},
             "A4": {"criterion": f"at each run's end, tr(H) of B = 1 − B = {mid} below 0 and of B = {mid} − B = {full} "
                                 "at most 0 (95% intervals over the bad minimizers, with the paired-probe error), "
@@ -185,7 +185,7 @@ def at_equal_loss(out: Path, sc: escape_a3.A3Scale, ms: Sequence[int], reads: Ma
                                for q, label in QUANTITIES.items()}
         cmp.update(steps=steps, loss_ratio=[p["sa"]["train_loss"] / p["arm"]["train_loss"] for p in pairs])
         out_cmp[key] = cmp
-        parts[f"B = {b} {'<' if b == one else '≤'} B = {full}"] = _verdict(cmp["trace_paired"])
+        parts[f"B = {b} {'<' if b == one else '≤'} B = {full}"] = comparison_verdict(cmp["trace_paired"])
     return out_cmp, verdicts.combine(parts)
 
 
