@@ -1,7 +1,8 @@
 """The figure of the ``escape-a3`` study: SA against each arm at equal training loss, over bad minimizers.
 
 :func:`a3_figure` has two rows of three panels. Top: the readings of tr(H) (± its Hutch++ stderr), of the
-exact Jacobian trace and of test accuracy (± its binomial standard error ``√(p(1−p)/n)``) of SA and of each
+exact Jacobian trace and of test accuracy (its 95% Wilson interval on the test set,
+:func:`~sharpscope.plots.intervals.wilson_interval`) of SA and of each
 arm at their matched point, one marker per bad minimizer, a grey line joining the two readings from
 one minimizer. Bottom: SA − arm for the same three quantities
 (tr(H) from the probes both models share), each minimizer's difference and the mean with its 95% interval
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from sharpscope.plots.intervals import wilson_interval
 from sharpscope.plots.style import color, label_axes, legend, new_figure
 
 QUANTITIES = (("trace", "tr(H)"), ("jacobian_trace", "Jacobian trace"), ("test_acc", "test accuracy (%)"))
@@ -28,14 +30,19 @@ def _num(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
-def _error(reading: Mapping[str, Any], quantity: str) -> float:
-    """One reading's error bar: the Hutch++ stderr of tr(H), the binomial standard error of test accuracy."""
+def _error(reading: Mapping[str, Any], quantity: str) -> tuple[float, float]:
+    """One reading's error bar below and above it: ± the Hutch++ stderr of tr(H); the 95% Wilson interval of
+    test accuracy (in points); none for the exact Jacobian trace."""
     if quantity == "trace":
-        return _num(reading.get("trace_stderr"))
+        se = _num(reading.get("trace_stderr"))
+        return se, se
     if quantity == "test_acc":
         p, n = _num(reading.get("test_acc")), reading.get("test_examples") or 0
-        return 100 * math.sqrt(p * (1 - p) / n) if n and 0 <= p <= 1 else math.nan
-    return 0.0
+        if not (n and 0 <= p <= 1):
+            return math.nan, math.nan
+        low, high = wilson_interval(p, n)
+        return 100 * (p - float(low)), 100 * (float(high) - p)
+    return 0.0, 0.0
 
 
 def a3_figure(results: Mapping[str, Any]) -> tuple[Figure, dict[str, Any]]:
@@ -59,10 +66,11 @@ def a3_figure(results: Mapping[str, Any]) -> tuple[Figure, dict[str, Any]]:
                     value = scale * _num(pair[side].get(quantity))
                     err = _error(pair[side], quantity)
                     x = i + (k - 0.5) * 0.35 + (j - 1) * 0.06
-                    top.errorbar([x], [value], yerr=[err] if math.isfinite(err) else None, fmt="o" if k == 0 else "s",
+                    top.errorbar([x], [value], yerr=[[err[0]], [err[1]]] if all(map(math.isfinite, err)) else None,
+                                 fmt="o" if k == 0 else "s",
                                  color=color(0 if k == 0 else i + 1), ms=4, capsize=2,
                                  label=who if (j == 0 and (k == 1 or i == 0)) else None)
-                    rows.append({"minimizer": j, "who": who, "value": value, "error": err,
+                    rows.append({"minimizer": j, "who": who, "value": value, "error": list(err),
                                  "loss": _num(pair[side].get("train_loss"))})
             plotted["readings"][quantity][arm] = rows
             cmp = comparisons[arm][DIFFERENCE.get(quantity, quantity)]
