@@ -17,6 +17,7 @@ from sharpscope.experiments.studies import run_study
 from sharpscope.experiments.studies.escape_a3 import SCALES, final_loss, paired_mde, reading, sa_step_at
 from sharpscope.experiments.verdicts import VERDICTS
 from sharpscope.track import RunDirectory
+from tests.smoke_study import run_smoke_study
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 SC = SCALES["smoke"]
@@ -24,13 +25,7 @@ SC = SCALES["smoke"]
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    out = tmp_path_factory.mktemp("escape-a3")
-    try:
-        return out, run_study("escape-a3", "smoke", out)
-    except ConfigError as e:
-        if "needs ../shared/data" in str(e):
-            pytest.skip(str(e))
-        raise
+    return run_smoke_study("escape-a3", tmp_path_factory)
 
 
 def config(out: Path, name: str) -> dict[str, Any]:

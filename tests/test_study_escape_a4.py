@@ -19,6 +19,7 @@ from sharpscope.experiments.studies.escape_a4 import BATCHES, LEFT_FACTOR, arm, 
 from sharpscope.experiments.studies.framework import finished_summary
 from sharpscope.optim.random_perturbation import batch_scaled
 from sharpscope.track import RunDirectory
+from tests.smoke_study import run_smoke_study
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 SC = SCALES["smoke"]
@@ -27,13 +28,7 @@ ONE, MID, FULL = BATCHES["smoke"]
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    out = tmp_path_factory.mktemp("escape-a4")
-    try:
-        return out, run_study("escape-a4", "smoke", out)
-    except ConfigError as e:
-        if "needs ../shared/data" in str(e):
-            pytest.skip(str(e))
-        raise
+    return run_smoke_study("escape-a4", tmp_path_factory)
 
 
 def kwargs(out: Path, name: str) -> dict[str, Any]:

@@ -1,0 +1,21 @@
+"""A study run at smoke scale once per test module; skipped (naming the file) when the data root lacks a file
+the study cannot do without."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sharpscope.data import MissingDataError
+from sharpscope.experiments.studies import run_study
+
+
+def run_smoke_study(name: str, factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """``(folder, summary)`` of study ``name`` run at smoke scale in a fresh folder."""
+    out = factory.mktemp(name)
+    try:
+        return out, run_study(name, "smoke", out)
+    except MissingDataError as e:
+        pytest.skip(str(e))
