@@ -12,6 +12,7 @@ the parameters (model, loss, parameter selection, modes) is :class:`~sharpscope.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -170,8 +171,7 @@ class ProbeSet:
 
     def recast(self, dtype: torch.dtype) -> ProbeSet:
         """The same probe set with floating tensors in ``dtype`` (a shallow copy; nothing re-counted)."""
-        twin = object.__new__(ProbeSet)
-        twin.__dict__.update(self.__dict__)
+        twin = copy.copy(self)
         twin.dtype = dtype
         if isinstance(self.batches, structure.StreamedBatches):
             twin.batches = structure.StreamedBatches(self.batches.source, twin.make, self.batches.counts)
