@@ -31,7 +31,7 @@ from torch import nn
 
 from sharpscope import HessianOperator, Objective, hutchinson, hutchpp, lanczos
 from sharpscope.curvature.operators.hvp import HVP_MODES, compiled_fwd_rev
-from sharpscope.curvature.operators.precision import fp32_precision, product_precision, relative_deviation
+from sharpscope.curvature.operators.precision import product_precision, relative_deviation, strict_fp32
 from sharpscope.models import build_model
 
 SETTINGS = {
@@ -95,7 +95,7 @@ def product_costs(objective: Objective, device: torch.device) -> dict[str, dict[
     gen = torch.Generator().manual_seed(0)
     rows = torch.randn(8, objective.dim, generator=gen).to(device)
     out: dict[str, dict[str, float]] = {}
-    with fp32_precision(False), objective.mode():
+    with strict_fp32(), objective.mode():
         g_time, g_mem = timed(lambda: grad_fn(params, batch), device)
         out["gradient"] = {"seconds": g_time, "ratio": 1.0, "peak_gib": g_mem}
         for label, mode, m in (("fwd-rev, 1 probe", "fwd-rev", 1), ("fwd-rev, vmapped block of 8 (per probe)",
@@ -185,7 +185,7 @@ def run_eigenthings(model: nn.Module, batches: list, device: torch.device,
     calls = count_calls(H, "matvec")
     sync(device)
     start = time.perf_counter()
-    with fp32_precision(False):
+    with strict_fp32():
         res = call(he, H)
     sync(device)
     return res, time.perf_counter() - start, calls[0]
@@ -239,7 +239,7 @@ def top_eigenvalue(objective: Objective, model: nn.Module, batches: list, device
         calls = count_calls(h, "dataloader_hv_product")
         sync(device)
         start = time.perf_counter()
-        with fp32_precision(False):
+        with strict_fp32():
             values, _ = h.eigenvalues(maxIter=100, tol=1e-3, top_n=1)
         sync(device)
         rows["pyhessian eigenvalues(top_n=1, tol=1e-3)"] = {"value": float(values[0]),
@@ -280,7 +280,7 @@ def trace_rows(objective: Objective, model: nn.Module, batches: list, device: to
         calls = count_calls(h, "dataloader_hv_product")
         sync(device)
         start = time.perf_counter()
-        with fp32_precision(False):
+        with strict_fp32():
             samples = torch.tensor(h.trace(maxIter=100, tol=1e-3), dtype=torch.float64)
         sync(device)
         rows["pyhessian trace(maxIter=100, tol=1e-3)"] = {

@@ -3,7 +3,7 @@ directions, with the vmapped grid evaluation against the point-by-point loop.
 
 Settings:
   gpu  CIFAR ResNet-18 (BatchNorm, eval mode, 11.2 M parameters), first 5,000 CIFAR-10 images in
-       batches of 500, 41 × 41 grid, CUDA, strict fp32 unless --allow-tf32 (target: under 2 minutes)
+       batches of 500, 41 × 41 grid, CUDA, strict fp32 unless --precision tf32 (target: under 2 minutes)
   cpu  the same network at width 8 (0.18 M parameters), first 500 images in batches of 250, 11 × 11 grid
 
 Measures: one plain forward pass over the probe set (the floor for one grid point); seconds per
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from sharpscope import Objective
-from sharpscope.curvature.operators.precision import fp32_precision
+from sharpscope.curvature.operators.precision import PRECISIONS, ProductPrecision, product_precision
 from sharpscope.data import cifar10
 from sharpscope.landscape import random_directions, slice_1d, slice_2d
 from sharpscope.losses import cross_entropy
@@ -72,10 +72,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def forward_seconds(objective: Objective, device: torch.device, allow_tf32: bool, repeats: int = 3) -> float:
+def forward_seconds(objective: Objective, device: torch.device, precision: ProductPrecision,
+                    repeats: int = 3) -> float:
     """Median seconds of one plain forward pass over every batch (after a warm-up)."""
     times = []
-    with torch.no_grad(), objective.mode(), fp32_precision(allow_tf32):
+    with torch.no_grad(), objective.mode(), product_precision(precision, device):
         for i in range(repeats + 1):
             sync(device)
             start = time.perf_counter()
@@ -114,7 +115,7 @@ def main() -> None:
                                        "then ../shared/data/cifar10_train16k.npz, else synthetic images)")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU, to check the script runs")
-    parser.add_argument("--allow-tf32", action="store_true", help="let CUDA use TF32 in the slices (recorded)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="strict", help="the slices' arithmetic (recorded)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:
@@ -134,15 +135,15 @@ def main() -> None:
     rows = {}
     for method in ("loop", "vmap"):
         slice_1d(objective, directions.vectors[:1], [0.5], method=method, chunk_size=cfg["chunk"],
-                 allow_tf32=args.allow_tf32)  # warm-up
+                 precision=args.precision)  # warm-up
         r = slice_1d(objective, directions.vectors[:1], line, method=method, chunk_size=cfg["chunk"],
-                     allow_tf32=args.allow_tf32)
+                     precision=args.precision)
         rows[method] = {"seconds": r.seconds, "seconds_per_point": r.seconds / r.evaluations, "points": r.evaluations,
                         "method": r.settings["method"], "chunk_size": r.settings["chunk_size"]}
         print(json.dumps({f"slice_1d {method}": rows[method]}), flush=True)
 
     grid = np.linspace(-1, 1, cfg["grid"])
-    r = slice_2d(objective, directions, grid, grid, chunk_size=cfg["chunk"], allow_tf32=args.allow_tf32)
+    r = slice_2d(objective, directions, grid, grid, chunk_size=cfg["chunk"], precision=args.precision)
     finite = r.loss[np.isfinite(r.loss)]
     two_d = {"grid": f"{cfg['grid']}×{cfg['grid']}", "seconds": r.seconds, "points": r.evaluations,
              "seconds_per_point": r.seconds / r.evaluations, "points_per_second": r.evaluations / r.seconds,
@@ -158,8 +159,8 @@ def main() -> None:
               "environment": f"torch {torch.__version__}, {hardware} ({platform.machine()}, {os.cpu_count()} cores "
                              f"shared with other jobs), {torch.get_num_threads()} CPU threads, "
                              f"{time.strftime('%Y-%m-%d')}",
-              "forward_seconds": forward_seconds(objective, device, args.allow_tf32),
-              "precision": "TF32 allowed" if args.allow_tf32 else "fp32, TF32 off", "slice_1d": rows, "slice_2d": two_d,
+              "forward_seconds": forward_seconds(objective, device, args.precision),
+              "precision": args.precision, "slice_1d": rows, "slice_2d": two_d,
               "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()]}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -65,11 +65,6 @@ class Loss(str, Enum):
     token_ce = "token-ce"
 
 
-class SlicePrecision(str, Enum):
-    strict = "strict"
-    tf32 = "tf32"
-
-
 class BN(str, Enum):
     eval = "eval"
     batch = "batch"

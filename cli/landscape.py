@@ -19,7 +19,7 @@ from sharpscope_cli._common import (
     GridMethod,
     Loss,
     Normalization,
-    SlicePrecision,
+    ProductPrecision,
     check_fits,
     default_loss,
     err,
@@ -112,8 +112,7 @@ def landscape_cmd(
     max_iter: Annotated[int | None, typer.Option(help="eig: Lanczos step limit.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     dtype: Annotated[DType, typer.Option(help="Arithmetic precision.")] = DType.float32,
-    precision: Annotated[SlicePrecision, typer.Option(help="Loss arithmetic: strict float32 or tf32 (CUDA TF32 matmuls, about 1e-3 relative error; nothing changes on a CPU).")] = SlicePrecision.strict,
-    allow_tf32: Annotated[bool, typer.Option("--allow-tf32", hidden=True, help="Deprecated: --precision tf32.")] = False,
+    precision: Annotated[ProductPrecision, typer.Option(help="Loss arithmetic: strict float32, tf32 (CUDA TF32 matmuls, about 1e-3 relative error; nothing changes on a CPU) or bf16 (bfloat16 autocast, float32 only).")] = ProductPrecision.strict,
     seed: Annotated[int, typer.Option(help="Seed of the random directions and of Lanczos.")] = 0,
     figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Also write the figures.")] = True,
     log: Annotated[bool, typer.Option("--log/--linear", help="2-D figures: log10 of the loss (far from the center it grows by orders of magnitude) or the loss itself.")] = True,
@@ -131,15 +130,12 @@ def landscape_cmd(
     from sharpscope.landscape.around import check_sources
     from sharpscope.probe import precision_note
 
-    if allow_tf32:
-        err.print("note: --allow-tf32 is deprecated; use --precision tf32", highlight=False)
-    tf32 = allow_tf32 or precision is SlicePrecision.tf32
     loss_name = default_loss(None if loss is None else loss.value, model)
     settings = SliceSettings(
         directions=directions.value, dims=dims, alphas=parse_range(alphas, "alphas"), betas=parse_range(betas, "betas"),
         normalization=normalization.value, include_bn_bias=include_bn_bias, loss=loss_name, bn=bn.value,
         batch_size=batch_size, chunk_size=chunk_size, method=method.value, tol=tol, max_iter=max_iter, device=device,
-        dtype=dtype.value, allow_tf32=tf32, seed=seed)
+        dtype=dtype.value, precision=precision.value, seed=seed)
     check_sources(settings, other, iterates)
     if n is not None and n < 1:
         raise ConfigError(f"--n must be positive, got {n}")
@@ -149,7 +145,7 @@ def landscape_cmd(
     check_fits(net, loss_name, dataset.x, dataset.y, model=model, data=data)
     from sharpscope.parallel import resolve_device
 
-    note = precision_note("tf32" if tf32 else "strict", str(resolve_device(device)), dtype.value)
+    note = precision_note(precision.value, str(resolve_device(device)), dtype.value)
     if note is not None:
         err.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
     with progress(unit="points", bar=not as_json and err.is_terminal) as update:

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from sharpscope.curvature import Objective
+from sharpscope.curvature.operators.precision import PRECISIONS, ProductPrecision, resolve_precision
 from sharpscope.errors import ConfigError
 from sharpscope.landscape.directions import (
     Directions,
@@ -81,7 +82,8 @@ class SliceSettings:
     ``(start, stop, num)`` axes (None: the defaults of the module docstring). ``loss``: a loss
     registered in :data:`sharpscope.losses.LOSSES`. ``device``/``dtype``: where and in what
     precision to evaluate (None: the model's own). ``batch_size``, ``chunk_size``, ``method`` and
-    ``allow_tf32`` are the memory and speed options of :func:`~sharpscope.landscape.slice_2d`;
+    ``precision`` (the products' arithmetic, :data:`~sharpscope.curvature.operators.precision.PRECISIONS`)
+    are the memory and speed options of :func:`~sharpscope.landscape.slice_2d`;
     ``seed`` seeds the random directions and Lanczos.
     """
 
@@ -100,7 +102,7 @@ class SliceSettings:
     max_iter: int | None = None
     device: str | None = None
     dtype: Literal["float32", "float64"] | None = None
-    allow_tf32: bool = False
+    precision: ProductPrecision = "strict"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -117,10 +119,11 @@ class SliceSettings:
         check_choice("loss", self.loss, tuple(LOSSES))
         check_choice("bn", self.bn, ("eval", "batch"))
         check_choice("method", self.method, ("auto", "vmap", "loop"))
+        check_choice("precision", self.precision, PRECISIONS)
         if self.dtype is not None:
             check_choice("dtype", self.dtype, tuple(DTYPES))
-        for flag in ("include_bn_bias", "allow_tf32"):
-            check_bool(flag, getattr(self, flag))
+            resolve_precision(self.precision, DTYPES[self.dtype])
+        check_bool("include_bn_bias", self.include_bn_bias)
         if self.device is not None and not isinstance(self.device, str):
             raise ConfigError(argument="device", message=f"device must be a name such as 'cpu', 'cuda:0' or 'auto', got {self.device!r}")
         check_int("batch_size", self.batch_size, low=1, optional=True)
@@ -160,7 +163,7 @@ def choose_directions(objective: Objective, settings: SliceSettings, other: Sour
     dims, kind = settings.slice_dims, settings.directions
     if kind == "eig":
         return eigen_directions(objective, dims, tol=settings.tol, max_iter=settings.max_iter, seed=settings.seed,
-                                allow_tf32=settings.allow_tf32)
+                                precision=settings.precision)
     if kind == "random":
         return random_directions(objective, dims, seed=settings.seed, normalization=settings.normalization,
                                  include_bn_and_bias=settings.include_bn_bias)
@@ -209,10 +212,11 @@ def slice_around(model: nn.Module, x: Tensor, y: Tensor, settings: SliceSettings
     check_sources(settings, other, iterates)
     model, x, y = _placed(model, x, y, settings)
     objective = Objective(model, get_loss(settings.loss), (x, y), bn=settings.bn, batch_size=settings.batch_size)
+    resolve_precision(settings.precision, objective.dtype)  # a float64 model's own dtype refuses bf16 here
     directions = choose_directions(objective, settings, other, list(iterates or []), unsafe_load)
     axes = [axis_values(settings, directions, j) for j in range(settings.slice_dims)]
     options: dict[str, Any] = dict(chunk_size=settings.chunk_size, method=settings.method,
-                                   allow_tf32=settings.allow_tf32, progress=progress)
+                                   precision=settings.precision, progress=progress)
     if settings.slice_dims == 1:
         result = slice_1d(objective, directions, axes[0][0], **options)
     else:

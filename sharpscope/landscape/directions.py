@@ -36,6 +36,7 @@ from torch import Tensor
 
 from sharpscope.curvature import HessianOperator, Objective, lanczos
 from sharpscope.curvature.operators.hessian import HVPMode
+from sharpscope.curvature.operators.precision import ProductPrecision
 from sharpscope.curvature.sampling import make_generator, seed_record
 from sharpscope.errors import ConfigError
 from sharpscope.landscape.iterates import Source, expand_sources, parameter_vectors, source_names
@@ -142,7 +143,8 @@ def _geometry(vectors: Tensor) -> dict[str, object]:
 
 # ------------------------------------------------------------------------------------ eigen
 def eigen_directions(objective: Objective, k: int = 2, *, tol: float = 1e-3, max_iter: int | None = None,
-                     seed: int = 0, hvp_mode: HVPMode = "auto", allow_tf32: bool = False) -> Directions:
+                     seed: int = 0, hvp_mode: HVPMode = "auto",
+                     precision: ProductPrecision = "strict") -> Directions:
     """The unit eigenvectors of the ``k`` largest Hessian eigenvalues (Lanczos on a
     :class:`~sharpscope.curvature.HessianOperator` of the objective).
 
@@ -151,7 +153,7 @@ def eigen_directions(objective: Objective, k: int = 2, *, tol: float = 1e-3, max
     operator's settings and the slopes ``d_i · ∇L(θ)``, so that ``L₀ + s_i t + λ_i t²/2`` is the
     quadratic model of the slice along ``d_i``.
     """
-    op = HessianOperator(objective, mode=hvp_mode, allow_tf32=allow_tf32)
+    op = HessianOperator(objective, mode=hvp_mode, precision=precision)
     result = lanczos(op, k=k, which="LA", tol=tol, max_iter=max_iter, seed=seed)
     assert result.eigenvectors is not None
     vectors = result.eigenvectors.T.contiguous()

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from sharpscope.curvature import Objective
 from sharpscope.curvature.operators.distributed import from_rank0, sum_across_ranks
-from sharpscope.curvature.operators.precision import fp32_precision
+from sharpscope.curvature.operators.precision import ProductPrecision, product_precision, resolve_precision
 from sharpscope.curvature.sampling import Stopwatch
 from sharpscope.errors import ConfigError, ObjectiveError
 from sharpscope.validation import check_int
@@ -108,8 +108,8 @@ def pick_method(objective: Objective, thetas: Tensor) -> tuple[str, dict[str, ob
 
 
 def evaluate_points(objective: Objective, center: Tensor, directions: Tensor, coords: np.ndarray, *,
-                    chunk_size: int = 16, method: Method = "auto", accuracy: bool = True, allow_tf32: bool = False,
-                    progress: GridProgress | None = None) -> PointValues:
+                    chunk_size: int = 16, method: Method = "auto", accuracy: bool = True,
+                    precision: ProductPrecision = "strict", progress: GridProgress | None = None) -> PointValues:
     """Loss and accuracy of ``objective`` at ``center + coords[p] @ directions`` for every row of ``coords``.
 
     Args:
@@ -118,12 +118,16 @@ def evaluate_points(objective: Objective, center: Tensor, directions: Tensor, co
             activations of one batch for each).
         method: ``"vmap"``, ``"loop"`` or ``"auto"`` (see the module docstring).
         accuracy: also the accuracy (arg-max of the outputs against the labels).
+        precision: the forward passes' arithmetic, as for the curvature operators
+            (:func:`~sharpscope.curvature.operators.precision.product_precision`): ``"strict"`` IEEE
+            float32, ``"tf32"`` or ``"bf16"``.
         progress: ``progress(done, total)`` after every chunk.
     Non-finite losses far from the center are returned as they are.
     """
     if method not in ("auto", "vmap", "loop"):
         raise ConfigError(f"method must be 'auto', 'vmap' or 'loop', got {method!r}")
     check_int("chunk_size", chunk_size, low=1)
+    resolve_precision(precision, objective.dtype)
     coords_t = torch.as_tensor(np.asarray(coords, dtype=np.float64))
     if coords_t.ndim != 2 or coords_t.shape[1] != directions.shape[0]:
         raise ConfigError(f"coords must have shape (P, {directions.shape[0]}), got {tuple(coords_t.shape)}")
@@ -133,7 +137,7 @@ def evaluate_points(objective: Objective, center: Tensor, directions: Tensor, co
     chosen: str = method
     selection: dict[str, object] | None = None
     start = 0
-    with torch.no_grad(), objective.mode(), fp32_precision(allow_tf32):
+    with torch.no_grad(), objective.mode(), product_precision(precision, center.device):
         if method == "auto":
             trial = coords_t[:min(chunk_size, 4)].to(device=center.device, dtype=center.dtype)
             chosen, selection = pick_method(objective, center + trial @ directions)

@@ -22,6 +22,7 @@ import numpy as np
 from torch import Tensor
 
 from sharpscope.curvature import Objective
+from sharpscope.curvature.operators.precision import ProductPrecision, resolve_precision
 from sharpscope.curvature.sampling import Stopwatch
 from sharpscope.errors import ConfigError, DataError
 from sharpscope.io import atomic_write, atomic_write_bytes, jsonsafe
@@ -138,17 +139,18 @@ def coordinates(values: Sequence[float] | np.ndarray | Tensor, name: str) -> np.
 
 
 def _evaluate(objective: Objective, directions: Directions, axes: list[np.ndarray], *, chunk_size: int,
-              method: Method, accuracy: bool, allow_tf32: bool, progress: GridProgress | None) -> SliceResult:
+              method: Method, accuracy: bool, precision: ProductPrecision,
+              progress: GridProgress | None) -> SliceResult:
     clock = Stopwatch(objective.device)
     center = objective.parameter_vector()
     mesh = np.meshgrid(*axes, indexing="ij")
     coords = np.concatenate([np.zeros((1, len(axes))), np.stack([m.reshape(-1) for m in mesh], axis=1)])
     values = evaluate_points(objective, center, directions.vectors, coords, chunk_size=chunk_size, method=method,
-                             accuracy=accuracy, allow_tf32=allow_tf32, progress=progress)
+                             accuracy=accuracy, precision=precision, progress=progress)
     shape = tuple(len(a) for a in axes)
     acc = values.accuracy
     settings = {**objective.describe(), "method": values.method, "method_selection": values.selection,
-                "chunk_size": values.chunk_size, "tf32": allow_tf32, "points": int(coords.shape[0]),
+                "chunk_size": values.chunk_size, "precision": precision, "points": int(coords.shape[0]),
                 "forward_passes": int(coords.shape[0]) * len(objective.batches)}
     return SliceResult(alphas=axes[0], betas=axes[1] if len(axes) == 2 else None, loss=values.loss[1:].reshape(shape),
                        accuracy=None if acc is None else acc[1:].reshape(shape), center_loss=float(values.loss[0]),
@@ -157,26 +159,28 @@ def _evaluate(objective: Objective, directions: Directions, axes: list[np.ndarra
 
 
 def slice_1d(objective: Objective, direction: Directions | Tensor, alphas: Sequence[float] | np.ndarray | Tensor, *,
-             chunk_size: int = 16, method: Method = "auto", accuracy: bool = True, allow_tf32: bool = False,
-             progress: GridProgress | None = None) -> SliceResult:
+             chunk_size: int = 16, method: Method = "auto", accuracy: bool = True,
+             precision: ProductPrecision = "strict", progress: GridProgress | None = None) -> SliceResult:
     """``L(θ + α d)`` for each ``α`` in ``alphas``; ``direction`` holds one direction (``(dim,)``,
     ``(1, dim)`` or a :class:`Directions` with ``k = 1``). See :func:`evaluate_points` for the options."""
+    resolve_precision(precision, objective.dtype)
     d = as_directions(direction, objective)
     if d.k != 1:
         raise ConfigError(f"a 1-D slice needs one direction, got {d.k}")
     return _evaluate(objective, d, [coordinates(alphas, "alphas")], chunk_size=chunk_size, method=method,
-                     accuracy=accuracy, allow_tf32=allow_tf32, progress=progress)
+                     accuracy=accuracy, precision=precision, progress=progress)
 
 
 def slice_2d(objective: Objective, directions: Directions | Tensor, alphas: Sequence[float] | np.ndarray | Tensor,
              betas: Sequence[float] | np.ndarray | Tensor, *, path: Sequence[Source] | None = None,
              unsafe_load: bool = False, chunk_size: int = 16, method: Method = "auto", accuracy: bool = True,
-             allow_tf32: bool = False, progress: GridProgress | None = None) -> SliceResult:
+             precision: ProductPrecision = "strict", progress: GridProgress | None = None) -> SliceResult:
     """``L(θ + α d₁ + β d₂)`` on the grid ``alphas × betas`` (``loss[i, j]`` at ``(alphas[i], betas[j])``).
 
     ``path``: a trajectory's iterates (checkpoint paths, folders of checkpoints, or flat vectors)
     projected onto the two directions by least squares and stored with the result.
     """
+    resolve_precision(precision, objective.dtype)
     d = as_directions(directions, objective)
     if d.k != 2:
         raise ConfigError(f"a 2-D slice needs two directions, got {d.k}")
@@ -186,7 +190,7 @@ def slice_2d(objective: Objective, directions: Directions | Tensor, alphas: Sequ
         points = parameter_vectors(objective, path, unsafe_load=unsafe_load)
         projected = project_path(d.vectors, objective.parameter_vector(), points)
     result = _evaluate(objective, d, axes, chunk_size=chunk_size, method=method, accuracy=accuracy,
-                       allow_tf32=allow_tf32, progress=progress)
+                       precision=precision, progress=progress)
     if projected is None or path is None:  # a projection exists exactly when a path was given
         return result
     return replace(result, path=projected[0], path_residuals=projected[1],

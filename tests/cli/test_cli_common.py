@@ -140,11 +140,11 @@ def test_choices_are_the_librarys() -> None:
     assert values(_common.WeightPrecision) == list(get_args(WeightPrecision))
     assert values(_common.SharpnessNorm) == list(get_args(SharpnessNorm))
     assert values(_common.OutputTrace) == list(get_args(OutputTrace))
-    assert set(values(_common.SlicePrecision)) <= set(PRECISIONS)  # a slice's loss takes strict or TF32 products
+    assert get_args(hints["precision"]) == PRECISIONS  # slices and operators: one precision setting
     assert all(isinstance(getattr(torch, v), torch.dtype) for v in values(_common.ProbeDType))
     checked = {_common.Loss, _common.HVPMode, _common.Operator, _common.Scale, _common.DirectionKind, _common.DType,
                _common.ProductPrecision, _common.BasisLocation, _common.Shard, _common.BN, _common.Normalization,
-               _common.GridMethod, _common.Stop, _common.TraceMethod, _common.WeightPrecision, _common.SlicePrecision,
+               _common.GridMethod, _common.Stop, _common.TraceMethod, _common.WeightPrecision,
                _common.ProbeDType, _common.SharpnessNorm, _common.OutputTrace}
     declared = {v for v in vars(_common).values() if isinstance(v, type) and issubclass(v, Enum) and v is not Enum
                 and v.__module__ == _common.__name__}

@@ -82,15 +82,13 @@ def test_landscape_takes_text_data_and_precision(tiny_lm: tuple[Path, Path, torc
     code, out, err = invoke(*base, "--out", str(tmp_path / "a"), "--precision", "tf32")
     assert code == 0, err
     record = json.loads(out)
-    assert record["settings"]["loss_fn"] == "token-ce" and record["settings"]["tf32"] is True
+    assert record["settings"]["loss_fn"] == "token-ce" and record["settings"]["precision"] == "tf32"
     assert err.startswith("note: precision tf32 changes nothing on cpu")
     windows = text_file(text, n=4)
     reference = model.double().eval()
     with torch.no_grad():
         expected = float(token_cross_entropy(reference(windows.x).logits, windows.y))
     assert record["center_loss"] == pytest.approx(expected, rel=1e-10)
-    code, old, err = invoke(*base, "--out", str(tmp_path / "b"), "--allow-tf32")
-    assert code == 0 and "--allow-tf32 is deprecated; use --precision tf32" in err
-    assert json.loads(old)["settings"]["tf32"] is True and json.loads(old)["center_loss"] == record["center_loss"]
-    code, _, _ = invoke(*base, "--out", str(tmp_path / "c"), "--precision", "bf16")
-    assert code == 2  # not a choice of landscape: refused by the parser
+    code, _, err = invoke(*base, "--out", str(tmp_path / "b"), "--precision", "bf16")
+    assert code == 1 and err.count("\n") == 1 and "precision='bf16' autocasts float32 products" in err
+    assert not (tmp_path / "b").exists()  # refused before any work

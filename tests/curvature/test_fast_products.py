@@ -58,12 +58,11 @@ def test_strict_and_tf32_records() -> None:
     op = HessianOperator(objective, mode="rev-rev")
     record = lanczos(op, k=1, tol=1e-2, seed=0).settings["product_precision"]
     assert record["precision"] == "strict" and record["deviation"] is None and "reference" in record["reason"]
-    legacy = HessianOperator(objective, mode="rev-rev", allow_tf32=True)  # the older flag means TF32
-    assert legacy.precision == "tf32" and legacy.describe()["product_precision"]["precision"] == "tf32"
-    legacy.matvec(check_vector(op.dim).float())
-    assert legacy.precision_record()["deviation"] < 1e-6  # the CPU has no TF32 path: equal to strict
+    tf32 = HessianOperator(objective, mode="rev-rev", precision="tf32")
+    assert tf32.precision == "tf32" and tf32.describe()["product_precision"]["precision"] == "tf32"
+    tf32.matvec(check_vector(op.dim).float())
+    assert tf32.precision_record()["deviation"] < 1e-6  # the CPU has no TF32 path: equal to strict
     for kwargs, message in ((dict(precision="fp8"), "precision must be"),
-                            (dict(precision="bf16", allow_tf32=True), "give one of them"),
                             (dict(compile=True, mode="rev-rev"), "double backward"),
                             (dict(compile=True, cache_graphs=True), "cache_graphs"),
                             (dict(compile="yes"), "compile must be")):

@@ -144,7 +144,7 @@ def test_bad_settings_name_their_argument(options: dict, argument: str) -> None:
 
 
 @pytest.mark.parametrize("options", [dict(seed=-1), dict(tol=1.0), dict(chunk_size=0), dict(max_iter=0),
-                                     dict(batch_size=0), dict(include_bn_bias=1), dict(allow_tf32="yes")])
+                                     dict(batch_size=0), dict(include_bn_bias=1), dict(precision="fp16"), dict(precision="bf16", dtype="float64")])
 def test_numbers_and_flags_are_checked(options: dict) -> None:
     name = next(iter(options))
     with pytest.raises(ConfigError, match=name):

@@ -188,6 +188,27 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
         SliceResult.load(tmp_path / "missing")
 
 
+def test_the_precision_setting_is_the_operators_and_is_recorded() -> None:
+    """bf16 autocasts the forward passes (losses near, not equal to, strict float32 ones); the setting is
+    recorded; a float64 objective or an unknown name is refused before any point is evaluated."""
+    gen = torch.Generator().manual_seed(4)
+    X, Y = torch.randn(32, 6, generator=gen), torch.randn(32, 3, generator=gen)
+    torch.manual_seed(0)
+    objective = Objective(nn.Linear(6, 3), mse, (X, Y))
+    d = random_directions(objective, 1, seed=1)
+    strict, fast = (slice_1d(objective, d, [-0.5, 0.5], precision=p, method="loop") for p in ("strict", "bf16"))
+    assert strict.settings["precision"] == "strict" and fast.settings["precision"] == "bf16"
+    assert not np.array_equal(strict.loss, fast.loss)
+    assert np.allclose(fast.loss, strict.loss, rtol=1e-2)
+    float64 = Objective(nn.Linear(6, 3).double(), mse, (X.double(), Y.double()))
+    calls: list[int] = []
+    with pytest.raises(ConfigError, match="autocasts float32 products; this objective computes in float64"):
+        slice_1d(float64, torch.ones(21, dtype=F64), [0.0], precision="bf16", progress=lambda *a: calls.append(1))
+    with pytest.raises(ConfigError, match="precision must be one of strict, tf32, bf16"):
+        slice_1d(objective, d, [0.0], precision="fp16")  # type: ignore[arg-type]
+    assert calls == []
+
+
 def test_bad_input_is_refused_with_clear_errors() -> None:
     objective, _, _ = least_squares_at_minimum()
     two = random_directions(objective, 2, seed=0)

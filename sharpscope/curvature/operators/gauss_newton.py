@@ -64,20 +64,17 @@ class OutputCurvatureOperator(MeasuredPrecision, LinearOperator):
         precision: the products' arithmetic, as for :class:`~sharpscope.curvature.HessianOperator`:
             ``"strict"`` IEEE float32 (the default), ``"tf32"`` or ``"bf16"``; a fast one measures its
             deviation from a strict product once (:meth:`precision_record`).
-        allow_tf32: the older spelling of ``precision="tf32"``.
     """
 
     name = "output-curvature"
 
-    def __init__(self, objective: Objective, *, block_size: int = 8, allow_tf32: bool = False,
-                 precision: ProductPrecision | None = None) -> None:
+    def __init__(self, objective: Objective, *, block_size: int = 8, precision: ProductPrecision = "strict") -> None:
         check_type("objective", objective, Objective, "an Objective (model, loss and probe data)")
         check_int("block_size", block_size, low=1)
-        self.precision: ProductPrecision = resolve_precision(precision, allow_tf32, objective.dtype)
+        self.precision: ProductPrecision = resolve_precision(precision, objective.dtype)
         super().__init__(objective.dim, objective.dtype, objective.device)
         self.objective = objective
         self.block_size = block_size
-        self.allow_tf32 = self.precision == "tf32"
         self.compile = False
         self._init_precision_check()
         with objective.mode(), torch.no_grad():

@@ -88,7 +88,6 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
             modes carry relative errors of about 1e-3 per product, so at the first product the
             operator multiplies one fixed random vector both strictly and in the chosen arithmetic
             and records ``‖Hv_fast − Hv_strict‖ / ‖Hv_strict‖`` (:meth:`precision_record`).
-        allow_tf32: the older spelling of ``precision="tf32"``.
         compile: run forward-over-reverse products through ``torch.compile`` (see
             :func:`~sharpscope.curvature.operators.hvp.compiled_fwd_rev`); ``mode="auto"`` then means
             ``fwd-rev`` and the graph cache is off (both recorded), since ``torch.compile`` cannot
@@ -120,20 +119,18 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
     """
 
     def __init__(self, objective: Objective, *, mode: HVPMode = "auto", block_size: int = 8,
-                 allow_tf32: bool = False, cache_graphs: bool | Literal["auto"] = "auto",
-                 cudnn_benchmark: bool = True, precision: ProductPrecision | None = None,
+                 cache_graphs: bool | Literal["auto"] = "auto", cudnn_benchmark: bool = True,
+                 precision: ProductPrecision = "strict",
                  compile: bool = False) -> None:
         check_type("objective", objective, Objective, "an Objective (model, loss and probe data)")
         check_int("block_size", block_size, low=1)
         if mode not in ("auto", *HVP_MODES):
             raise ConfigError(f"mode must be one of auto, {', '.join(HVP_MODES)}; got {mode!r}")
-        if block_size < 1:
-            raise ConfigError(f"block_size must be positive, got {block_size}")
         if cache_graphs not in (True, False, "auto"):
             raise ConfigError(f"cache_graphs must be True, False or 'auto', got {cache_graphs!r}")
         if compile not in (True, False):
             raise ConfigError(f"compile must be True or False, got {compile!r}")
-        self.precision: ProductPrecision = resolve_precision(precision, allow_tf32, objective.dtype)
+        self.precision: ProductPrecision = resolve_precision(precision, objective.dtype)
         if compile and (mode in ("rev-rev", "fd") or cache_graphs is True):
             raise ConfigError("compile=True compiles forward-over-reverse products (torch.compile does not "
                               f"support double backward); it cannot be combined with mode={mode!r}"
@@ -143,7 +140,6 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
                          objective.device)
         self.objective = objective
         self.block_size = block_size
-        self.allow_tf32 = self.precision == "tf32"
         self.compile = compile
         self.requested = mode
         self.cache_requested = cache_graphs

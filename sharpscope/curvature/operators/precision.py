@@ -25,15 +25,8 @@ PRECISIONS: tuple[ProductPrecision, ...] = ("strict", "tf32", "bf16")
 
 
 @contextlib.contextmanager
-def fp32_precision(allow_tf32: bool) -> Iterator[None]:
-    """Run the block with IEEE float32 matmuls and convolutions (or leave TF32 as configured).
-
-    TF32 keeps 10 mantissa bits; Hessian-vector products computed with it carry relative errors
-    around 1e-3, the same size as a typical eigen-solver tolerance, so it is off by default.
-    """
-    if allow_tf32:
-        yield
-        return
+def strict_fp32() -> Iterator[None]:
+    """Run the block with IEEE float32 matmuls and convolutions on CUDA (TF32 off), restored afterwards."""
     with _cuda_fp32("ieee"):
         yield
 
@@ -49,15 +42,11 @@ def _cuda_fp32(mode: str) -> Iterator[None]:
         matmul.fp32_precision, conv.fp32_precision = saved
 
 
-def resolve_precision(precision: str | None, allow_tf32: bool, dtype: torch.dtype) -> ProductPrecision:
-    """The product precision from ``precision`` and the older ``allow_tf32`` flag (``True`` means
-    ``"tf32"``); ``"bf16"`` only for an objective that computes in float32."""
-    if precision is None:
-        return "tf32" if allow_tf32 else "strict"
+def resolve_precision(precision: str, dtype: torch.dtype) -> ProductPrecision:
+    """``precision`` checked: one of :data:`PRECISIONS`, and ``"bf16"`` only for an objective that
+    computes in float32."""
     if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
-    if allow_tf32 and precision != "tf32":
-        raise ConfigError(f"allow_tf32=True asks for TF32 products but precision={precision!r}; give one of them")
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}", argument="precision")
     if precision == "bf16" and dtype != torch.float32:
         raise ConfigError(f"precision='bf16' autocasts float32 products; this objective computes in "
                           f"{str(dtype).removeprefix('torch.')}", argument="precision")
@@ -123,7 +112,7 @@ def product_precision(precision: ProductPrecision, device: torch.device) -> Iter
         with _cuda_fp32("tf32"):
             yield
         return
-    with fp32_precision(False):
+    with strict_fp32():
         if precision == "bf16":
             with torch.autocast(device.type, dtype=torch.bfloat16):
                 yield
