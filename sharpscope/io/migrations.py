@@ -12,7 +12,8 @@ Versions:
 * 0 — no ``format_version``. In a train config (one with ``model``) the curvature settings may be flat top-level keys (``"k": 2``) instead of
   the ``"curvature"`` dict; ``"allow_tf32": true`` stands for ``precision = "tf32"``; a curvature setting the
   config lacks takes the value such runs used (:data:`CURVATURE_V0`).
-  Records may lack the checksum members (:mod:`sharpscope.io.recordlines` reads them unverified).
+  ``metrics.jsonl`` may hold records without the checksum members (:mod:`sharpscope.io.recordlines`); such a
+  file is read unverified (:func:`records_v0`) and gets its checksums at the next write.
 * 1 — ``format_version: 1``; the curvature settings complete under ``"curvature"``.
 
 >>> migrate_config({"model": {"name": "mlp"}, "k": 3, "allow_tf32": True})["curvature"]["k"]
@@ -24,9 +25,11 @@ True
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from sharpscope.errors import ConfigError
+from sharpscope.io.recordlines import NO_DIGEST, Scan
 
 FORMAT_VERSION = 1
 VERSION_KEY = "format_version"
@@ -90,3 +93,13 @@ def migrate_config(config: Mapping[str, Any]) -> dict[str, Any]:
 def stamped(config: Mapping[str, Any]) -> dict[str, Any]:
     """``config`` (current layout) with the current ``format_version``: what ``config.json`` holds."""
     return {**config, VERSION_KEY: FORMAT_VERSION}
+
+
+def records_v0(scan: Scan) -> Scan:
+    """The scan of a ``metrics.jsonl`` with the records of format 0 accepted unverified: in a file where no
+    line carries a digest (``scan.checked`` False), a line whose only problem is :data:`NO_DIGEST` is a
+    readable record of that format. A checksummed file's scan is returned unchanged."""
+    if scan.checked:
+        return scan
+    return replace(scan, lines=[replace(line, problem=None) if line.problem == NO_DIGEST else line
+                                for line in scan.lines])

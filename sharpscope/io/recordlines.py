@@ -17,8 +17,9 @@ Appending needs only the last ``h`` (one write per record, no second file to kee
 flip of a line is detected: inside the covered bytes or the digest by ``h``, in the name ``record_sha256`` by
 :func:`_near_member`, anywhere else because the line stops being JSON.
 
-A file written before records carried digests has no ``record_sha256`` anywhere; its lines are read
-unverified (``Scan.checked`` is False). Once any line of a file carries a digest, every line must.
+A line without ``record_sha256`` has the problem :data:`NO_DIGEST` (its record kept, unverified); in a file
+where any line carries a digest (``Scan.checked``) its record is dropped too. A file in which no line does is
+of run-directory format 0, read by :func:`sharpscope.io.migrations.records_v0`.
 
 >>> line, digest = encode({"step": 0, "x": 1.5})
 >>> line[:62]
@@ -45,6 +46,7 @@ PREVIOUS = "previous_sha256"
 RESERVED = (MEMBER, PREVIOUS)
 _TAIL = re.compile(r', "previous_sha256": "((?:[0-9a-f]{64})?)", "record_sha256": "([0-9a-f]{64})"\}$')
 MISMATCH = "checksum mismatch: the record differs from the one written"
+NO_DIGEST = f"no {MEMBER!r} member"
 
 
 def _sha256(text: str) -> str:
@@ -73,9 +75,9 @@ def encode_all(records: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class Line:
-    """One non-blank line: its 1-based ``number``; the record when it can be trusted (readable, and intact in
-    a checksummed file), else None; the digest it stores (when its tail is readable); the ``problem`` (None
-    when the line is intact and in place)."""
+    """One non-blank line: its 1-based ``number``; the record when it is readable and intact (unverified with
+    the problem :data:`NO_DIGEST`), else None; the digest it stores (when its tail is readable); the
+    ``problem`` (None when the line is intact and in place)."""
 
     number: int
     record: dict[str, Any] | None
@@ -138,7 +140,7 @@ def _check(number: int, raw: bytes, previous: str | None) -> tuple[Line, bool]:
     if MEMBER not in record:
         if any(_near_member(k) for k in record):
             return Line(number, None, None, f"damaged checksum (no {MEMBER!r} member)"), True
-        return Line(number, record, None, None), False
+        return Line(number, record, None, NO_DIGEST), False
     if tail is None:
         return Line(number, None, None, f"the {PREVIOUS!r} and {MEMBER!r} members are not in their written "
                                         "form"), True
@@ -171,7 +173,7 @@ def scan(data: bytes) -> Scan:
         number = len(pieces) + 1
         whole, has = _check(number, last, previous)
         cut, cut_has = _check(number, last[:-1], previous)
-        if whole.problem is None:  # complete but for its newline
+        if whole.problem in (None, NO_DIGEST):  # complete but for its newline
             lines.append(whole)
             checked = checked or has
         elif cut.problem is None and cut_has:  # a complete line whose newline byte was damaged
@@ -180,6 +182,6 @@ def scan(data: bytes) -> Scan:
         else:
             torn = Line(number, None, None, "cut short (no newline at its end): a write interrupted by a kill")
     if checked:  # a line without a digest in a checksummed file is a damaged one
-        lines = [Line(ln.number, None, None, f"no {MEMBER!r}, though the other records carry one")
-                 if ln.problem is None and ln.digest is None else ln for ln in lines]
+        lines = [Line(ln.number, None, None, f"{NO_DIGEST}, though the other records carry one")
+                 if ln.problem == NO_DIGEST else ln for ln in lines]
     return Scan(lines, torn, checked, hashlib.sha256(data).hexdigest())

@@ -129,16 +129,19 @@ class Verification:
 class RunDirectory:
     """A run directory at ``path`` (see the module docstring for the layout and guarantees).
 
-    Typical use::
+    A run in its life cycle (a resumed run also calls :meth:`prepare_resume`, and :meth:`save_checkpoint`
+    keeps its model):
 
-        run = RunDirectory(out)
-        with run.lock():
-            state = run.create(config, force=force)      # "new" or "resume"
-            start = run.prepare_resume() if state == "resume" else None
-            ...
-            run.append_metric({"step": t, "eigenvalues": [...]})
-            run.save_checkpoint(t, model, spec=spec, state={...})
-            run.write_summary({...})
+    >>> import tempfile
+    >>> run = RunDirectory(tempfile.mkdtemp())
+    >>> with run.lock():
+    ...     run.create({"steps": 2})
+    ...     run.append_metric({"step": 0, "loss": 1.5})
+    ...     _ = run.write_summary({"steps": 2})
+    'new'
+    True
+    >>> run.create({"steps": 2}), run.read_metrics(), run.verify().problems
+    ('resume', [{'step': 0, 'loss': 1.5}], [])
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -309,9 +312,10 @@ class RunDirectory:
 
     # --------------------------------------------------------------------------- metrics
     def _scan(self) -> recordlines.Scan | None:
-        """Every line of ``metrics.jsonl`` checked (:mod:`sharpscope.io.recordlines`), or None without the file."""
+        """Every line of ``metrics.jsonl`` checked (:mod:`sharpscope.io.recordlines`; a file of format 0 read
+        by :func:`~sharpscope.io.migrations.records_v0`), or None without the file."""
         try:
-            return recordlines.scan(self.metrics_path.read_bytes())
+            return migrations.records_v0(recordlines.scan(self.metrics_path.read_bytes()))
         except FileNotFoundError:
             return None
 

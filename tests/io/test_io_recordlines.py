@@ -9,6 +9,7 @@ import json
 import pytest
 
 from sharpscope.io import recordlines
+from sharpscope.io.migrations import records_v0
 from sharpscope.io.recordlines import encode, encode_all, scan
 
 RECORDS = [{"kind": "measurement", "step": 0, "eigenvalues": [12.5, "NaN"], "train_loss": 0.25},
@@ -80,9 +81,16 @@ def test_a_removed_repeated_or_moved_line_is_named_at_the_line_after_it_whose_re
 
 def test_a_file_from_before_checksums_reads_unverified_and_a_torn_last_line_is_told_apart() -> None:
     legacy = "".join(json.dumps(r) + "\n" for r in RECORDS).encode()
-    result = scan(legacy)
+    raw = scan(legacy)  # the current format alone: no line is verified
+    assert not raw.checked and [ln.problem for ln in raw.problems] == [recordlines.NO_DIGEST] * 3
+    result = records_v0(raw)  # format 0: the records, unverified
     assert not result.checked and result.problems == [] and [ln.record for ln in result.lines] == RECORDS
     assert result.last_digest == ""
+    unfinished = records_v0(scan(legacy[:-1]))  # format 0 too: a last line complete but for its newline
+    assert unfinished.torn is None and [ln.record for ln in unfinished.lines] == RECORDS
+    mixed = scan(text() + legacy)  # in a checksummed file a line without its digest is damaged, not read
+    assert records_v0(mixed) == mixed and [ln.number for ln in mixed.problems] == [4, 5, 6]
+    assert all(ln.record is None for ln in mixed.problems)
     full = text()
     cut = scan(full[:-30])  # a kill in the middle of the last append
     assert cut.problems == [] and cut.torn is not None and cut.torn.number == 3
