@@ -77,8 +77,8 @@ def run_has_settled(previous: tuple[np.ndarray, np.ndarray], current: tuple[np.n
     Both quadratures are smoothed with the kernel ``σ² = sigma2 · max(1, range)`` of the current
     nodes' range; the step is settled when their L1 distance (:func:`smoothed_l1`) is at most
     ``tol`` and neither extreme node moved by more than ``tol · σ``. Once the quadrature converges
-    geometrically, the change over one step is about the distance still to go (on a network Hessian
-    the remaining L1 error was 0.5–0.8 times the last change).
+    geometrically, the change over one step is about the distance still to go (measured ratios:
+    ``docs/large-models.md``).
     """
     theta = current[0]
     width = kernel_variance(sigma2, float(theta[0]), float(theta[-1]))
@@ -122,9 +122,8 @@ def lockstep_tridiagonals(op: LinearOperator, starts: Tensor, max_steps: int, *,
     ``max_steps`` vectors per run) and orthogonalises each new vector against those two, twice: the
     three-term recurrence with local re-orthogonalisation. Orthogonality to older vectors is then
     lost once Ritz values converge, which adds spurious copies of converged extreme nodes. They
-    take quadrature nodes the bulk needs: with 30 steps the smoothed density was 0.25–0.54 (L1) from
-    the fully re-orthogonalised one, with 90 steps 0.003–0.009, below the sampling error of 10 runs
-    (``docs/large-models.md``); the trace is unaffected.
+    take quadrature nodes the bulk needs until the runs are long enough; the trace is unaffected
+    (measured distances from the fully re-orthogonalised density: ``docs/large-models.md``).
     """
     r = starts.shape[1]
     max_steps = min(max_steps, op.global_dim)
@@ -178,8 +177,8 @@ def sampling_error_l1(nodes: Tensor, weights: Tensor, grid: Tensor, width: float
     ``s(t)`` is the standard error over runs of the per-run smoothed densities at ``t``; were the
     pointwise errors normal, ``E|φ̄(t) − E φ̄(t)| = √(2/π) s(t)`` and the integral is the expected
     L1 distance of the mean density from its expectation (the density at infinitely many runs).
-    An estimate from the runs themselves: on synthetic spectra with 10 runs it was 0.65–1.0 times
-    the actual distance. Infinite for one run. It covers the random starts only, not the
+    An estimate from the runs themselves (how close it comes: ``docs/large-models.md``). Infinite
+    for one run. It covers the random starts only, not the
     truncation of the runs.
     """
     runs = nodes.shape[0]
