@@ -126,10 +126,11 @@ class _RandomPerturbation(PerturbedOptimizer):
     """
 
     def __init__(self, params: Any, lr: float, lr_perturb: float | None, rho: float, eps0: float, *,
-                 project: bool, tolerance_branch: bool, inclusive: bool, include_gradient_step: bool,
-                 perturbation_batch: str, difference: bool, batch_size: int | None, num_examples: int | None,
-                 batch_scaling: str, reference_batch: int, example_closure: ExampleClosure | None,
-                 generator: torch.Generator | None, seed: int, model: nn.Module | None) -> None:
+                 project: bool = True, tolerance_branch: bool = True, inclusive: bool = True,
+                 include_gradient_step: bool = True, perturbation_batch: str = "same", difference: bool = False,
+                 batch_size: int | None = None, num_examples: int | None = None, batch_scaling: str = "none",
+                 reference_batch: int = 128, example_closure: ExampleClosure | None = None,
+                 generator: torch.Generator | None = None, seed: int = 0, model: nn.Module | None = None) -> None:
         lr = check_real("lr", lr, low=0.0)
         lr_perturb = lr if lr_perturb is None else check_real("lr_perturb", lr_perturb, low=0.0)
         rho = check_real("rho", rho, low=0.0)
@@ -307,21 +308,6 @@ class RS(_RandomPerturbation):
     ``model`` (optional) keeps BatchNorm statistics from the first pass only.
     """
 
-    def __init__(self, params: Any, lr: float, lr_perturb: float | None, rho: float, eps0: float, *,
-                 project: bool = True, tolerance_branch: bool = True,
-                 inclusive: bool = True, include_gradient_step: bool = True,
-                 perturbation_batch: str = "same", difference: bool = False,
-                 batch_size: int | None = None, num_examples: int | None = None,
-                 batch_scaling: str = "none", reference_batch: int = 128,
-                 example_closure: ExampleClosure | None = None,
-                 generator: torch.Generator | None = None, seed: int = 0,
-                 model: nn.Module | None = None) -> None:
-        super().__init__(params, lr, lr_perturb, rho, eps0, project=project, tolerance_branch=tolerance_branch,
-                         inclusive=inclusive, include_gradient_step=include_gradient_step,
-                         perturbation_batch=perturbation_batch, difference=difference, batch_size=batch_size,
-                         num_examples=num_examples, batch_scaling=batch_scaling, reference_batch=reference_batch,
-                         example_closure=example_closure, generator=generator, seed=seed, model=model)
-
     def _direction(self, closure: Closure, batch: Closure, g: list[Tensor], g_norm: float
                    ) -> tuple[list[Tensor], list[Tensor] | None, dict[str, Any]]:
         return sample_unit_sphere(self._params(), self.generator), None, {}
@@ -341,19 +327,11 @@ class SA(_RandomPerturbation):
     """
 
     def __init__(self, params: Any, lr: float, lr_perturb: float | None, rho: float, eps0: float, *,
-                 num_examples: int | None = None, batch_size: int | None = 1,
-                 perturbation_batch: str = "independent", difference: bool = False,
-                 batch_scaling: str = "none", reference_batch: int = 128,
-                 example_closure: ExampleClosure | None = None,
-                 project: bool = True, tolerance_branch: bool = True, inclusive: bool = True,
-                 include_gradient_step: bool = True, xi_norm: float = 1e-6,
-                 generator: torch.Generator | None = None, seed: int = 0,
-                 model: nn.Module | None = None) -> None:
-        super().__init__(params, lr, lr_perturb, rho, eps0, project=project, tolerance_branch=tolerance_branch,
-                         inclusive=inclusive, include_gradient_step=include_gradient_step,
-                         perturbation_batch=perturbation_batch, difference=difference, batch_size=batch_size,
-                         num_examples=num_examples, batch_scaling=batch_scaling, reference_batch=reference_batch,
-                         example_closure=example_closure, generator=generator, seed=seed, model=model)
+                 batch_size: int | None = 1, perturbation_batch: str = "independent", xi_norm: float = 1e-6,
+                 **options: Any) -> None:
+        """The options of :class:`RS` (``options``), with a perturbation batch of one fresh example by default."""
+        super().__init__(params, lr, lr_perturb, rho, eps0, batch_size=batch_size,
+                         perturbation_batch=perturbation_batch, **options)
         self.xi_norm = check_real("xi_norm", xi_norm, low=0.0, low_open=True)
 
     def _direction(self, closure: Closure, batch: Closure, g: list[Tensor], g_norm: float
