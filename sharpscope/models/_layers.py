@@ -47,15 +47,14 @@ def gn_groups(channels: int, per_group: int = GN_CHANNELS_PER_GROUP) -> int:
 def norm2d(kind: str | None, channels: int) -> nn.Module:
     """Normalisation after a conv: None, "bn" (BatchNorm2d), "gn" (GroupNorm, 32 channels per
     group), "ln" (:class:`ChannelLayerNorm`)."""
+    check_norm(kind, NORMS)
     if kind is None:
         return nn.Identity()
     if kind == "bn":
         return nn.BatchNorm2d(channels)
     if kind == "gn":
         return nn.GroupNorm(gn_groups(channels), channels)
-    if kind == "ln":
-        return ChannelLayerNorm(channels)
-    raise ConfigError(f"unknown norm {kind!r}; valid: None, 'bn', 'gn', 'ln'")
+    return ChannelLayerNorm(channels)
 
 
 def check_norm(kind: str | None, allowed: Sequence[str | None]) -> None:

@@ -8,8 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from sharpscope.errors import ConfigError
+from sharpscope.models._layers import NORMS, check_norm, int_list, norm2d
 from sharpscope.models._layers import activation as make_activation
-from sharpscope.models._layers import check_norm, int_list, norm2d
 from sharpscope.models.registry import register_model
 from sharpscope.validation import check_int
 
@@ -48,7 +48,7 @@ def cnn(in_channels: int, num_classes: int, channels: Sequence[int] = (32, 32), 
     num_classes = check_int("num_classes", num_classes, low=1)
     channels = int_list(channels, "channels")
     image_size = check_int("image_size", image_size, low=1)
-    check_norm(norm, (None, "bn", "gn", "ln"))
+    check_norm(norm, NORMS)
     if pool not in ("max", "avg"):
         raise ConfigError(f"unknown pool {pool!r}; valid: 'max', 'avg'")
     if image_size >> len(channels) < 1:

@@ -69,13 +69,8 @@ def pairing_ratios(item: Mapping[str, Any], window: int = ROLLING_WINDOW) -> dic
     return out
 
 
-def minibatch_figure(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str] | None = None) -> Figure:
-    """One row per run (see the module docstring)."""
-    return draw_minibatch(minibatch_data(runs, labels=labels))
-
-
 def draw_minibatch(data: Mapping[str, Any]) -> Figure:
-    """:func:`minibatch_figure` from the numbers of :func:`minibatch_data`. The matched pairings (``batch/batch``,
+    """One row per run (see the module docstring), from the numbers of :func:`minibatch_data`. The matched pairings (``batch/batch``,
     which the E7 verdict needs to hold, and ``full/full``, which the ρ = 0 control may also use) are drawn
     thick, the crossed ones thin."""
     runs = data["runs"]

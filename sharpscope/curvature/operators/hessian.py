@@ -142,7 +142,6 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
         self.block_size = block_size
         self.compile = compile
         self.requested = mode
-        self.cache_requested = cache_graphs
         self.selection: dict[str, dict[str, object]] = {}
         self._init_precision_check()
         self.fd_h: float | None = None  # the relative finite-difference step when chosen by measurement

@@ -211,7 +211,6 @@ class Objective:
         self.model = model
         self.loss_fn = loss_fn
         self.bn: BNMode = bn
-        self.forward_fn = forward
         self.output_fn = output if output is not None else default_output
         self.closure = closure
         self.count_fn = count_fn
