@@ -18,7 +18,8 @@ Layout::
 Verified reads. Every read of ``metrics.jsonl`` checks each line's checksum and its place after the line
 before: a damaged line (a changed value, a flipped bit, a foreign byte, a line removed or moved) is refused
 in one line naming the file and the line (:class:`~sharpscope.errors.CheckpointError`), never read as a
-different number. Lines written before records carried checksums are read unverified.
+different number. The records of a format-0 file (no checksums, :func:`~sharpscope.io.migrations.records_v0`)
+are read unverified.
 
 Crash consistency. A record is a line ``{"kind": ..., "step": t, ...}``; the pair ``(kind, step)``
 identifies it and is never written twice (:meth:`RunDirectory.append_metric` refuses a second
@@ -118,7 +119,7 @@ def record_key(record: Mapping[str, Any]) -> tuple[str, int]:
 @dataclass(frozen=True)
 class Verification:
     """What :meth:`RunDirectory.verify` found: one line per problem (none: the run is intact), the records
-    whose checksums verified, those from before checksums (read unverified) and the checkpoints verified."""
+    whose checksums verified, those of format 0 (read unverified) and the checkpoints verified."""
 
     problems: list[str]
     records: int
@@ -148,7 +149,7 @@ class RunDirectory:
         self.path = Path(path).expanduser()
         self._keys: set[tuple[str, int]] | None = None
         self._last = ""  # the digest of the last record line (recordlines), once the keys are read
-        self._unchecked = False  # the file holds records written before records carried checksums
+        self._unchecked = False  # the file holds format-0 records (no checksums)
         self._torn = False  # its last line was cut short by a kill
         self._resume_raw: RawCheckpoint | None = None
         self.notes: list[str] = []  # one line per repair made on resume (also logged)
@@ -383,8 +384,8 @@ class RunDirectory:
         and ``os.fsync``; return True.
 
         A record whose ``(kind, step)`` is already stored is not written again (returns False),
-        so every metric is recorded exactly once even when a resumed run recomputes it. A file written
-        before records carried checksums, or whose last line a kill cut short, is first rewritten,
+        so every metric is recorded exactly once even when a resumed run recomputes it. A file of format 0
+        (records without checksums), or whose last line a kill cut short, is first rewritten,
         atomically, with checksums and without that line.
         """
         key = record_key(record)
@@ -410,7 +411,7 @@ class RunDirectory:
         return True
 
     def _adopt_checksums(self) -> None:
-        """A run from before checksums is about to get them: record its checkpoints as they are (nothing
+        """A run of format 0 is about to get checksums: record its checkpoints as they are (nothing
         can verify them), so that they stay usable in the checksummed run."""
         files = [p for _, p in self._checkpoint_files()]
         if files and checksums.read_manifest(self.checkpoint_dir) is None:
@@ -445,7 +446,7 @@ class RunDirectory:
         ``metrics.jsonl`` is rewritten atomically when anything changed; the summary is removed.
         """
         self._remove_temporaries()
-        legacy = not self.checksummed()
+        format_0 = not self.checksummed()
         records, bad, repeated = self._scan_metrics()
         if bad:
             shown = "; ".join(f"line {line.number}: {line.problem}" for line in bad[:3])
@@ -482,7 +483,7 @@ class RunDirectory:
         resume_step = None if chosen is None else chosen[0]
         self._resume_raw = None if chosen is None else chosen[1]
         keep = [r for r in records if resume_step is not None and record_key(r)[1] <= resume_step]
-        if legacy:
+        if format_0:
             self._adopt_checksums()
         text, self._last = recordlines.encode_all(keep)
         current = self.metrics_path.read_bytes() if self.metrics_path.is_file() else b""
@@ -519,7 +520,7 @@ class RunDirectory:
 
     def checkpoints(self) -> list[tuple[int, Path]]:
         """``(step, path)`` of the stored checkpoints, by step: those whose checksum is recorded
-        (all of them in a run directory from before checksums)."""
+        (all of them in a run directory of format 0)."""
         recorded = checksums.read_manifest(self.checkpoint_dir)
         if recorded is None and self.checksummed():
             recorded = {}
