@@ -111,7 +111,7 @@ def landscape_cmd(
     tol: Annotated[float, typer.Option(help="eig: relative Ritz residual at which Lanczos stops.")] = 1e-3,
     max_iter: Annotated[int | None, typer.Option(help="eig: Lanczos step limit.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
-    dtype: Annotated[DType, typer.Option(help="Arithmetic precision.")] = DType.float32,
+    dtype: Annotated[DType, typer.Option(help="The model's dtype during the slice.")] = DType.float32,
     precision: Annotated[ProductPrecision, typer.Option(help="Loss arithmetic: strict float32, tf32 (CUDA TF32 matmuls, about 1e-3 relative error; nothing changes on a CPU) or bf16 (bfloat16 autocast, float32 only).")] = ProductPrecision.strict,
     seed: Annotated[int, typer.Option(help="Seed of the random directions and of Lanczos.")] = 0,
     figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Also write the figures.")] = True,

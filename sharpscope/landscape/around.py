@@ -80,8 +80,8 @@ class SliceSettings:
     ``pca`` (principal directions of a run's iterates) or ``interp`` (the line to another
     checkpoint; 1-D). ``dims``: 1 or 2 (None: 1 for ``interp``, else 2). ``alphas``/``betas``:
     ``(start, stop, num)`` axes (None: the defaults of the module docstring). ``loss``: a loss
-    registered in :data:`sharpscope.losses.LOSSES`. ``device``/``dtype``: where and in what
-    precision to evaluate (None: the model's own). ``batch_size``, ``chunk_size``, ``method`` and
+    registered in :data:`sharpscope.losses.LOSSES`. ``device``/``dtype``: where to evaluate and the
+    model's dtype there (None: the model's own). ``batch_size``, ``chunk_size``, ``method`` and
     ``precision`` (the products' arithmetic, :data:`~sharpscope.curvature.operators.precision.PRECISIONS`)
     are the memory and speed options of :func:`~sharpscope.landscape.slice_2d`;
     ``seed`` seeds the random directions and Lanczos.
