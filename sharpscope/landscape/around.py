@@ -26,23 +26,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from sharpscope.curvature import Objective
+from sharpscope.curvature.operators.objective import BNMode
 from sharpscope.curvature.operators.precision import PRECISIONS, ProductPrecision, resolve_precision
 from sharpscope.errors import ConfigError
 from sharpscope.landscape.directions import (
     Directions,
+    Normalization,
     eigen_directions,
     interpolation_direction,
     pca_directions,
     random_directions,
 )
-from sharpscope.landscape.grid import GridProgress, check_grid_memory
+from sharpscope.landscape.grid import GridProgress, Method, check_grid_memory
 from sharpscope.landscape.iterates import Source, covering_grid
 from sharpscope.landscape.slices import SliceResult, slice_1d, slice_2d
 from sharpscope.losses import LOSSES, get_loss
@@ -50,7 +52,7 @@ from sharpscope.validation import check_bool, check_choice, check_int, check_see
 
 DirectionKind = Literal["random", "eig", "pca", "interp"]
 Axis = tuple[float, float, int]
-DIRECTION_KINDS = ("random", "eig", "pca", "interp")
+DIRECTION_KINDS: tuple[str, ...] = get_args(DirectionKind)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DEFAULT_POINTS = 21  # points on an axis the settings leave to the slice
 
@@ -91,13 +93,13 @@ class SliceSettings:
     dims: int | None = None
     alphas: Axis | None = None
     betas: Axis | None = None
-    normalization: Literal["filter", "layer"] = "filter"
+    normalization: Normalization = "filter"
     include_bn_bias: bool = False
     loss: str = "ce"
-    bn: Literal["eval", "batch"] = "eval"
+    bn: BNMode = "eval"
     batch_size: int | None = 1000
     chunk_size: int = 16
-    method: Literal["auto", "vmap", "loop"] = "auto"
+    method: Method = "auto"
     tol: float = 1e-3
     max_iter: int | None = None
     device: str | None = None
@@ -115,10 +117,10 @@ class SliceSettings:
             object.__setattr__(self, name, _axis(name, getattr(self, name)))
         if self.slice_dims == 1 and self.betas is not None:
             raise ConfigError(argument="betas", message="betas is the second axis of a 2-D slice; this slice is 1-D (dims 1)")
-        check_choice("normalization", self.normalization, ("filter", "layer"))
+        check_choice("normalization", self.normalization, get_args(Normalization))
         check_choice("loss", self.loss, tuple(LOSSES))
-        check_choice("bn", self.bn, ("eval", "batch"))
-        check_choice("method", self.method, ("auto", "vmap", "loop"))
+        check_choice("bn", self.bn, get_args(BNMode))
+        check_choice("method", self.method, get_args(Method))
         check_choice("precision", self.precision, PRECISIONS)
         if self.dtype is not None:
             check_choice("dtype", self.dtype, tuple(DTYPES))

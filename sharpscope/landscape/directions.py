@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -40,7 +40,7 @@ from sharpscope.curvature.operators.precision import ProductPrecision
 from sharpscope.curvature.sampling import make_generator, seed_record
 from sharpscope.errors import ConfigError
 from sharpscope.landscape.iterates import Source, expand_sources, parameter_vectors, source_names
-from sharpscope.validation import check_int
+from sharpscope.validation import check_choice, check_int
 
 Normalization = Literal["filter", "layer"]
 
@@ -111,8 +111,7 @@ def random_directions(objective: Objective, k: int = 2, *, seed: int | torch.Gen
     dimensions at zero in the directions.
     """
     check_int("k", k, low=1)
-    if normalization not in ("filter", "layer"):
-        raise ConfigError(f"normalization must be 'filter' or 'layer', got {normalization!r}")
+    check_choice("normalization", normalization, get_args(Normalization))
     gen = make_generator(seed)
     theta = objective.unflatten(objective.parameter_vector().double().cpu())
     perturbed = [n for n in objective.names if include_bn_and_bias or theta[n].ndim >= 2]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from sharpscope.curvature.operators.distributed import from_rank0, sum_across_ra
 from sharpscope.curvature.operators.precision import ProductPrecision, product_precision, resolve_precision
 from sharpscope.curvature.sampling import Stopwatch
 from sharpscope.errors import ConfigError, ObjectiveError
-from sharpscope.validation import check_int
+from sharpscope.validation import check_choice, check_int
 
 Method = Literal["auto", "vmap", "loop"]
 GridProgress = Callable[[int, int], None]
@@ -124,8 +124,7 @@ def evaluate_points(objective: Objective, center: Tensor, directions: Tensor, co
         progress: ``progress(done, total)`` after every chunk.
     Non-finite losses far from the center are returned as they are.
     """
-    if method not in ("auto", "vmap", "loop"):
-        raise ConfigError(f"method must be 'auto', 'vmap' or 'loop', got {method!r}")
+    check_choice("method", method, get_args(Method))
     check_int("chunk_size", chunk_size, low=1)
     resolve_precision(precision, objective.dtype)
     coords_t = torch.as_tensor(np.asarray(coords, dtype=np.float64))

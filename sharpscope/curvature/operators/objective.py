@@ -22,7 +22,7 @@ import fnmatch
 import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -34,7 +34,7 @@ from sharpscope.curvature.operators.loaded import loaded_setup
 from sharpscope.curvature.operators.probe_set import Batch, CountFn, ProbeSet
 from sharpscope.errors import ConfigError, DataError, ObjectiveError
 from sharpscope.losses import correct_fraction
-from sharpscope.validation import check_int, check_type
+from sharpscope.validation import check_choice, check_int, check_type
 
 BNMode = Literal["eval", "batch"]
 Reduction = Literal["mean", "sum"]
@@ -186,10 +186,8 @@ class Objective:
                          ("count_fn", count_fn)):
             if fn is not None and not callable(fn):
                 raise ConfigError(f"{name} must be callable, got {type(fn).__name__}", argument=name)
-        if bn not in ("eval", "batch"):
-            raise ConfigError(f"bn must be 'eval' or 'batch', got {bn!r}")
-        if reduction not in ("mean", "sum"):
-            raise ConfigError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        check_choice("bn", bn, get_args(BNMode))
+        check_choice("reduction", reduction, get_args(Reduction))
         if weight_precision not in ("upcast", "native"):
             raise ConfigError(f"weight_precision must be 'upcast' or 'native', got {weight_precision!r}",
                               argument="weight_precision")
