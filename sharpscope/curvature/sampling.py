@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
 from sharpscope.curvature.operators.linear_operator import LinearOperator
 from sharpscope.errors import ConfigError
-from sharpscope.validation import check_seed
+from sharpscope.validation import check_choice, check_seed
 
 Distribution = Literal["rademacher", "gaussian"]
 
@@ -46,8 +46,7 @@ def probes(op: LinearOperator, m: int, distribution: Distribution, gen: torch.Ge
     draws are the operator's own (:meth:`~LinearOperator.draw_columns`): one whole vector after
     another, so a sharded operator draws on each process exactly its slice of the same vectors.
     """
-    if distribution not in ("rademacher", "gaussian"):
-        raise ConfigError(f"distribution must be 'rademacher' or 'gaussian', got {distribution!r}")
+    check_choice("distribution", distribution, get_args(Distribution))
     return op.draw_columns(m, distribution, gen).to(device=op.device, dtype=op.dtype)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +28,7 @@ from sharpscope.errors import ConfigError, DataError
 from sharpscope.optim._base import LossFn, Tensors, make_generator
 from sharpscope.optim.batchnorm import frozen_bn_stats
 from sharpscope.optim.sam import SAM
-from sharpscope.validation import check_bool, check_int, check_real
+from sharpscope.validation import check_bool, check_choice, check_int, check_real
 
 __all__ = [
     "SparseSAM",
@@ -252,8 +252,7 @@ class SparseSAM(SAM):
         self.drop_rate = check_real("drop_rate", drop_rate, low=0.0, high=1.0)
         self.total_steps = None if total_steps is None else check_int("total_steps", total_steps, low=1)
         for name, value in (("drop_strategy", drop_strategy), ("growth_strategy", growth_strategy)):
-            if value not in ("gradient", "weight", "random"):
-                raise ConfigError(f"{name} must be 'gradient', 'weight' or 'random', got {value!r}")
+            check_choice(name, value, get_args(Strategy))
         self.drop_strategy, self.growth_strategy = drop_strategy, growth_strategy
         self.normalize_masked = check_bool("normalize_masked", normalize_masked)
         self.generator: torch.Generator = make_generator(generator, seed)
@@ -261,7 +260,7 @@ class SparseSAM(SAM):
 
         plist = self._params()
         if isinstance(mask, str):
-            if mask not in ("fisher", "nm", "dynamic", "random"):
+            if mask not in get_args(MaskKind):
                 raise ConfigError(f"mask must be 'fisher', 'nm', 'dynamic', 'random' or a list of tensors, got {mask!r}")
             self.mask_kind: str = mask
             if mask == "dynamic" and self.total_steps is None:

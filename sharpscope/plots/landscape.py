@@ -14,7 +14,7 @@ can overflow) are left blank; ``vmax`` clips the colour range so the basin stays
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from sharpscope.errors import ConfigError
 from sharpscope.landscape import SliceResult
 from sharpscope.plots.style import FONT_SIZE, color, label_axes, legend, new_figure
+from sharpscope.validation import check_choice
 
 Quantity = Literal["loss", "accuracy"]
 
@@ -33,8 +34,7 @@ def _labels(result: SliceResult) -> list[str]:
 
 def _values(result: SliceResult, quantity: Quantity, log: bool, vmax: float | None) -> np.ndarray:
     """The plotted grid, non-finite entries as NaN, clipped at ``vmax``, log10 when asked."""
-    if quantity not in ("loss", "accuracy"):
-        raise ConfigError(f"quantity must be 'loss' or 'accuracy', got {quantity!r}")
+    check_choice("quantity", quantity, get_args(Quantity))
     values = result.loss if quantity == "loss" else result.accuracy
     if values is None:
         raise ConfigError("this slice has no accuracy (outputs are not class scores, or it was not evaluated)")

@@ -13,7 +13,7 @@ eigenvalues out of the spectrum.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -178,12 +178,10 @@ def lanczos(op: LinearOperator, k: int = 1, *, which: Which = "LA", tol: float =
     check_int("k", k, low=1)
     if k > op.global_dim:
         raise ConfigError(f"k must be between 1 and the dimension {op.global_dim}, got {k}")
-    if which not in ("LA", "SA", "LM", "BE"):
-        raise ConfigError(f"which must be one of LA, SA, LM, BE; got {which!r}")
+    check_choice("which", which, get_args(Which))
     check_tol("tol", tol)
     check_int("max_iter", max_iter, low=1, optional=True)
-    if stop not in ("residual", "eigenvalue"):
-        raise ConfigError(f"stop must be 'residual' or 'eigenvalue', got {stop!r}")
+    check_choice("stop", stop, get_args(Stop))
     check_int("guards", guards, low=0)
     check_choice("basis", basis, BASIS_LOCATIONS)
     parse_budget(memory_budget)

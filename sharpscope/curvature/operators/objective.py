@@ -188,9 +188,7 @@ class Objective:
                 raise ConfigError(f"{name} must be callable, got {type(fn).__name__}", argument=name)
         check_choice("bn", bn, get_args(BNMode))
         check_choice("reduction", reduction, get_args(Reduction))
-        if weight_precision not in ("upcast", "native"):
-            raise ConfigError(f"weight_precision must be 'upcast' or 'native', got {weight_precision!r}",
-                              argument="weight_precision")
+        check_choice("weight_precision", weight_precision, get_args(WeightPrecision))
         if dropout not in (None, "off"):
             raise ConfigError(f"dropout must be 'off' (dropout is never sampled during products), got {dropout!r}")
         if loss_fn is not None and closure is not None:

@@ -37,7 +37,7 @@ import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import torch
 import torch.distributed as dist
@@ -45,9 +45,10 @@ from torch import Tensor, nn
 
 from sharpscope.curvature.operators.linear_operator import LinearOperator
 from sharpscope.curvature.operators.objective import Batch, Objective
+from sharpscope.curvature.sampling import Distribution
 from sharpscope.errors import ConfigError, ObjectiveError
 from sharpscope.losses import correct_fraction
-from sharpscope.validation import check_real
+from sharpscope.validation import check_choice, check_real
 
 DRAW_BLOCK = 1 << 16  # elements of a parameter's flat index drawn from one seed
 
@@ -244,8 +245,7 @@ class ShardedHessianOperator(LinearOperator):
         """The local rows of ``m`` random global vectors: each vector's seed is drawn from ``gen`` and every
         slice is generated from it, so the ranks' slices join into the same vectors
         however the parameters are split."""
-        if distribution not in ("rademacher", "gaussian"):
-            raise ConfigError(f"distribution must be 'rademacher' or 'gaussian', got {distribution!r}")
+        check_choice("distribution", distribution, get_args(Distribution))
         columns = []
         for _ in range(m):
             seed = int(torch.randint(0, 2**62, (1,), generator=gen))
