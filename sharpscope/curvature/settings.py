@@ -43,12 +43,10 @@ from sharpscope.curvature.operators.precision import PRECISIONS, ProductPrecisio
 from sharpscope.errors import ConfigError
 from sharpscope.validation import check_bool, check_choice, check_int, check_tol
 
-__all__ = ["CacheGraphs", "CurvatureSettings", "DEFAULTS", "HVP_MODES", "RUN_DEFAULTS", "TraceMethod",
-           "default_max_iter"]
+__all__ = ["CacheGraphs", "CurvatureSettings", "DEFAULTS", "RUN_DEFAULTS", "TraceMethod", "default_max_iter"]
 
 TraceMethod = Literal["hutch++", "hutchinson"]
 CacheGraphs = bool | Literal["auto"]
-HVP_MODES: tuple[str, ...] = get_args(HVPMode)
 
 
 @dataclass(frozen=True)
@@ -118,7 +116,7 @@ class CurvatureSettings:
         check_choice("trace_method", self.trace_method, get_args(TraceMethod))
         check_trace_budget(self.trace_method, self.trace_matvecs, name="trace_matvecs")
         check_choice("bn", self.bn, get_args(BNMode))
-        check_choice("hvp_mode", self.hvp_mode, HVP_MODES)
+        check_choice("hvp_mode", self.hvp_mode, get_args(HVPMode))
         check_int("block_size", self.block_size, low=1)
         check_choice("precision", self.precision, PRECISIONS)
         check_bool("compile", self.compile)

@@ -204,7 +204,7 @@ def test_the_precision_setting_is_the_operators_and_is_recorded() -> None:
     calls: list[int] = []
     with pytest.raises(ConfigError, match="autocasts float32 products; this objective computes in float64"):
         slice_1d(float64, torch.ones(21, dtype=F64), [0.0], precision="bf16", progress=lambda *a: calls.append(1))
-    with pytest.raises(ConfigError, match="precision must be one of strict, tf32, bf16"):
+    with pytest.raises(ConfigError, match="precision must be 'strict', 'tf32' or 'bf16', got 'fp16'"):
         slice_1d(objective, d, [0.0], precision="fp16")  # type: ignore[arg-type]
     assert calls == []
 

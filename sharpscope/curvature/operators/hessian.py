@@ -6,7 +6,7 @@ import contextlib
 import functools
 import math
 from collections.abc import Callable, Iterator
-from typing import Literal, TypeVar, cast
+from typing import Literal, TypeVar, cast, get_args
 
 import torch
 from torch import Tensor
@@ -38,7 +38,7 @@ from sharpscope.curvature.operators.precision import (
 )
 from sharpscope.curvature.sampling import Stopwatch
 from sharpscope.errors import ConfigError, DataError, ObjectiveError
-from sharpscope.validation import check_int, check_type
+from sharpscope.validation import check_choice, check_int, check_type
 
 HVPMode = Literal["auto", "fwd-rev", "rev-rev", "fd"]
 
@@ -124,8 +124,7 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
                  compile: bool = False) -> None:
         check_type("objective", objective, Objective, "an Objective (model, loss and probe data)")
         check_int("block_size", block_size, low=1)
-        if mode not in ("auto", *HVP_MODES):
-            raise ConfigError(f"mode must be one of auto, {', '.join(HVP_MODES)}; got {mode!r}")
+        check_choice("mode", mode, get_args(HVPMode))
         if cache_graphs not in (True, False, "auto"):
             raise ConfigError(f"cache_graphs must be True, False or 'auto', got {cache_graphs!r}")
         if compile not in (True, False):

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
 from sharpscope.curvature.sampling import Stopwatch
 from sharpscope.errors import ConfigError
+from sharpscope.validation import check_choice
 
 ProductPrecision = Literal["strict", "tf32", "bf16"]
-PRECISIONS: tuple[ProductPrecision, ...] = ("strict", "tf32", "bf16")
+PRECISIONS: tuple[ProductPrecision, ...] = get_args(ProductPrecision)
 
 
 @contextlib.contextmanager
@@ -45,12 +46,11 @@ def _cuda_fp32(mode: str) -> Iterator[None]:
 def resolve_precision(precision: str, dtype: torch.dtype) -> ProductPrecision:
     """``precision`` checked: one of :data:`PRECISIONS`, and ``"bf16"`` only for an objective that
     computes in float32."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}", argument="precision")
-    if precision == "bf16" and dtype != torch.float32:
+    checked = check_choice("precision", precision, PRECISIONS)
+    if checked == "bf16" and dtype != torch.float32:
         raise ConfigError(f"precision='bf16' autocasts float32 products; this objective computes in "
                           f"{str(dtype).removeprefix('torch.')}", argument="precision")
-    return precision
+    return checked
 
 
 class MeasuredPrecision:
