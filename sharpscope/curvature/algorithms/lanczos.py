@@ -127,8 +127,7 @@ def lanczos(op: LinearOperator, k: int = 1, *, which: Which = "LA", tol: float =
       the same accuracy in ``θ``. The bound assumes the Krylov space has separated the wanted
       eigenvalue from its neighbours: eigenvalues closer together than the residual (a cluster not
       yet resolved) can make it optimistic by up to the cluster's width. Not the default for that
-      reason: at an edge-of-stability checkpoint whose top two eigenvalues are 2% apart it stopped
-      after 6–7 steps 0.1–2% off (on the second eigenvalue for one seed) with bounds of 0.004–0.07%.
+      reason (a measured case: ``docs/large-models.md``).
 
     Either way the result reports both the residuals and the error bounds. After ``max_iter`` steps
     (default ``min(dim, max(100, 20 k))``) it warns with :class:`ConvergenceWarning` and reports

@@ -101,8 +101,7 @@ def check_ritz(theta: np.ndarray, abs_residuals: np.ndarray, *, k: int, which: W
     cannot see an eigenvalue the Krylov space has not found yet: a start vector nearly orthogonal to
     the extreme eigenvector lets its neighbour converge first and pass for the extreme one.
     Locating the guards too takes the extra steps in which the space grows towards the missed
-    eigenvector, which then appears as a new extreme Ritz value (on a close pair 0.1% apart with a
-    start vector 1e-12 along the extreme eigenvector, one guard found it in every seed tried). A
+    eigenvector, which then appears as a new extreme Ritz value (measured: ``docs/large-models.md``). A
     guard needs locating, not accuracy, hence the looser bound: a guard inside the bulk of the
     spectrum would otherwise need many products to meet a tight ``tol``.
     """
