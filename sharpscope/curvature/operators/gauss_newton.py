@@ -150,15 +150,16 @@ class GGNOperator(OutputCurvatureOperator):
 
     For a model linear in its parameters with a squared loss it equals the Hessian.
 
-    Example (least squares, where ``G = H = XᵀX / N``)::
+    Example (a tanh network away from any minimum: ``G`` is symmetric positive semi-definite, as
+    ``J_bᵀ (∇²_f ℓ_b) J_b`` is for a convex loss; the Hessian need not be)::
 
-        >>> X, y = torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 1, dtype=torch.float64)
-        >>> model = torch.nn.Linear(3, 1, bias=False).double()
-        >>> loss = lambda out, t: 0.5 * ((out - t) ** 2).sum(1).mean()
-        >>> G = GGNOperator(Objective(model, loss, (X, y)))
-        >>> v = torch.randn(3, dtype=torch.float64)
-        >>> torch.allclose(G.matvec(v), X.T @ X @ v / 8)
-        True
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).double()
+        >>> X, y = torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 1, dtype=torch.float64)
+        >>> G = GGNOperator(Objective(model, torch.nn.MSELoss(), (X, y)))
+        >>> dense = G.matmat(torch.eye(G.dim, dtype=torch.float64))
+        >>> bool(torch.allclose(dense, dense.T)), bool(torch.linalg.eigvalsh(dense).min() > -1e-10)
+        (True, True)
     """
 
     name = "ggn"
