@@ -209,6 +209,28 @@ def test_the_precision_setting_is_the_operators_and_is_recorded() -> None:
     assert calls == []
 
 
+def test_a_slice_sets_the_cuda_matmul_mode_of_its_precision_and_restores_it() -> None:
+    """The backend flags are global (set on any build): IEEE float32 while a strict slice evaluates, TF32
+    while a tf32 one does, the caller's setting afterwards."""
+    flags = (torch.backends.cuda.matmul, torch.backends.cudnn.conv)  # type: ignore[attr-defined]
+    before = tuple(f.fp32_precision for f in flags)
+    seen: list[tuple[str, ...]] = []
+
+    class Spy(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            seen.append(tuple(f.fp32_precision for f in flags))
+            return x
+
+    X, Y = torch.randn(8, 3, dtype=F64), torch.randn(8, 2, dtype=F64)
+    objective = Objective(nn.Sequential(nn.Linear(3, 2), Spy()).double(), mse, (X, Y))
+    d = random_directions(objective, 1, seed=0)
+    for precision, mode in (("strict", "ieee"), ("tf32", "tf32")):
+        seen.clear()
+        slice_1d(objective, d, [0.0, 1.0], precision=precision, method="loop")
+        assert seen and set(seen) == {(mode, mode)}
+        assert tuple(f.fp32_precision for f in flags) == before
+
+
 def test_bad_input_is_refused_with_clear_errors() -> None:
     objective, _, _ = least_squares_at_minimum()
     two = random_directions(objective, 2, seed=0)
