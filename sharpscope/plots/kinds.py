@@ -9,7 +9,7 @@ kind           inputs                                      figure (drawn from th
 ``arms``       run directories of arms × seeds (trace)    :func:`~.arms.draw_arms`
 ``arms-lambda``  the same, λ_max                            :func:`~.arms.draw_arms` (``quantity``)
 ``minibatch``  run directories of mini-batch SAM           :func:`~.minibatch.draw_minibatch`
-``density``    ``probe --density --json`` / DensityResult  :func:`~.density.density_figure`
+``density``    ``probe --density --json`` / DensityResult  :func:`~.density.draw_density`
                JSON files
 ``layers``     one ``probe --per-layer --json`` JSON file  :func:`~.layers.layer_curvature_figure`
 =============  ==========================================  =====================================
@@ -201,7 +201,7 @@ def make_figure(kind: str, inputs: Sequence[str | os.PathLike[str]], *, labels: 
     ``k``, ``ratio`` and ``log`` (a logarithmic sharpness axis) apply to ``sharpness`` only; ``layers`` bars use a logarithmic value axis. Raises :class:`ConfigError` for an unknown kind.
     Matplotlib and SciPy are imported here, so importing this module (the CLI does) stays cheap.
     """
-    from sharpscope.plots.density import density_data, density_figure, load_density
+    from sharpscope.plots.density import density_data, draw_density, load_density
     from sharpscope.plots.layers import layer_curvature_figure
 
     if kind not in KINDS:
@@ -211,7 +211,8 @@ def make_figure(kind: str, inputs: Sequence[str | os.PathLike[str]], *, labels: 
     if kind == "density":
         results = [load_density(p) for p in inputs]
         names = labels if labels is not None else [Path(p).stem for p in inputs]
-        return kind, density_figure(results, labels=names), density_data(results, labels=names)
+        data = density_data(results, labels=names)
+        return kind, draw_density(data), data
     if kind == "layers":
         if len(inputs) != 1:
             raise ConfigError(f"--kind layers plots one probe JSON file, got {len(inputs)} inputs")
