@@ -99,7 +99,7 @@ def contour_figure(result: SliceResult, *, quantity: Quantity = "loss", levels: 
         ax.plot(p[-1:, 0], p[-1:, 1], color=color(1), marker="*", markersize=12, linestyle="none",
                 label="last iterate")
     ax.plot([0.0], [0.0], color=color(6), marker="+", markersize=9, markeredgewidth=1.4, linestyle="none",
-            label="center (α = β = 0)")
+            label="center (0, 0)")
     labels = _labels(result)
     label_axes(ax, labels[0], labels[1])
     ax.grid(False)
