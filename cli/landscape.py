@@ -67,16 +67,15 @@ def output_stem(out_dir: Path, force: bool) -> Path:
 
 def write_figures(result: SliceResult, out_dir: Path, *, command: str, log: bool, vmax: float | None,
                   caption: str | None) -> list[str]:
-    """The line figure of a 1-D slice, the contour and surface figures of a 2-D one (PNG, PDF, JSON)."""
-    from sharpscope.plots.landscape import contour_figure, landscape_data, line_figure, surface_figure
+    """The line figure of a 1-D slice, the contour and surface figures of a 2-D one (PNG, PDF, JSON), each drawn
+    from its stored numbers (so ``sharpscope plot --from-figure`` draws it again)."""
+    from sharpscope.plots.landscape import draw_slice, landscape_data
     from sharpscope.plots.save import save_figure  # plotting imports here: they slow every other command's start
 
-    data_record = landscape_data(result)
-    figures = {"line": line_figure(result)} if result.dims == 1 else \
-        {name: draw(result, log=log, vmax=vmax) for name, draw in (("contour", contour_figure),
-                                                                   ("surface", surface_figure))}
-    return [str(path) for name, fig in figures.items()
-            for path in save_figure(fig, out_dir / name, data=data_record, command=command, caption=caption)]
+    records = {"line": landscape_data(result, "line")} if result.dims == 1 else \
+        {name: landscape_data(result, name, log=log, vmax=vmax) for name in ("contour", "surface")}
+    return [str(path) for name, record in records.items()
+            for path in save_figure(draw_slice(record, **record["draw"]), out_dir / name, data=record, command=command, caption=caption)]
 
 
 def summary_text(result: SliceResult, out_dir: Path) -> str:

@@ -15,9 +15,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the names below resolve to, for type checkers (nothing is imported at run time)
-    from sharpscope.plots.density import density_data, density_figure, load_density
-    from sharpscope.plots.kinds import auto_kind, make_figure
-    from sharpscope.plots.landscape import contour_figure, landscape_data, line_figure, surface_figure
+    from sharpscope.plots.density import density_data, density_figure, draw_density, load_density
+    from sharpscope.plots.kinds import auto_kind, draw_from_data, make_figure
+    from sharpscope.plots.landscape import (
+        contour_figure,
+        draw_slice,
+        landscape_data,
+        line_figure,
+        slice_from_data,
+        surface_figure,
+    )
     from sharpscope.plots.layers import layer_curvature_figure
     from sharpscope.plots.runs import RunData, load_run, series
     from sharpscope.plots.save import load_figure_data, save_figure
@@ -34,9 +41,10 @@ if TYPE_CHECKING:  # what the names below resolve to, for type checkers (nothing
 # Names resolve on first use (PEP 562), so importing one submodule (e.g. ``kinds`` for the CLI's help
 # text) does not load matplotlib.
 _SOURCES = {
-    "density_data": "density", "density_figure": "density", "load_density": "density",
-    "auto_kind": "kinds", "make_figure": "kinds",
-    "contour_figure": "landscape", "landscape_data": "landscape", "line_figure": "landscape",
+    "density_data": "density", "density_figure": "density", "draw_density": "density", "load_density": "density",
+    "auto_kind": "kinds", "draw_from_data": "kinds", "make_figure": "kinds",
+    "contour_figure": "landscape", "draw_slice": "landscape", "landscape_data": "landscape", "line_figure": "landscape",
+    "slice_from_data": "landscape",
     "surface_figure": "landscape", "layer_curvature_figure": "layers",
     "RunData": "runs", "load_run": "runs", "series": "runs", "load_figure_data": "save", "save_figure": "save",
     "escape_data": "trajectory", "escape_figure": "trajectory", "sharpness_data": "trajectory",
@@ -52,8 +60,9 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "RunData", "auto_kind", "contour_figure", "density_data", "density_figure", "escape_data", "escape_figure",
-    "landscape_data", "layer_curvature_figure", "line_figure", "load_density", "load_figure_data", "load_run",
-    "make_figure", "save_figure", "series", "sharpness_data", "sharpness_figure", "spearman", "surface_figure",
+    "RunData", "auto_kind", "contour_figure", "density_data", "density_figure", "draw_density", "draw_from_data",
+    "draw_slice", "escape_data", "escape_figure", "landscape_data", "layer_curvature_figure", "line_figure",
+    "load_density", "load_figure_data", "load_run", "make_figure", "save_figure", "series", "sharpness_data",
+    "sharpness_figure", "slice_from_data", "spearman", "surface_figure",
     "trace_accuracy_data", "trace_accuracy_figure",
 ]

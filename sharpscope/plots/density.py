@@ -9,6 +9,7 @@ weights and σ², so the density is re-smoothed on the grid ``slq_density`` uses
 
 On the log scale the outliers that dominate λ_max stay visible next to the bulk near zero; values
 below :data:`LOG_FLOOR` × the peak are out of view (the Gaussian tails reach 0).
+:func:`draw_density` draws the figure from :func:`density_data`'s plotted numbers alone (a figure's JSON).
 """
 
 from __future__ import annotations
@@ -141,15 +142,22 @@ def density_figure(results: DensityLike | Sequence[DensityLike], *, labels: Sequ
                    log: bool = True) -> Figure:
     """Eigenvalue density against λ, one line per result (gid ``density``), on a log y-scale
     unless ``log=False``; the legend gives each SLQ trace estimate ± its standard error."""
-    data = density_data(results, labels=labels, log=log)
+    return draw_density(density_data(results, labels=labels, log=log))
+
+
+def draw_density(data: Mapping[str, Any]) -> Figure:
+    """The figure of :func:`density_data`'s plotted numbers (each curve as stored, the log scale as recorded)."""
+    log = bool(data.get("log", True))
     fig, (ax,) = new_figure(1)
     peak = 0.0
     for i, item in enumerate(data["results"]):
-        tr = f"tr ≈ {item['trace']:.4g} ± {item['trace_stderr']:.2g}" if math.isfinite(item["trace"]) else ""
-        (line,) = ax.plot(item["grid"], item["density"], color=color(i), linewidth=1.2,
-                          label=f"{item['label']} ({tr})" if tr else item["label"])
+        trace, stderr = _number(item, "trace"), _number(item, "trace_stderr")
+        tr = f"tr ≈ {trace:.4g} ± {stderr:.2g}" if math.isfinite(trace) else ""
+        density = np.asarray(_floats(list(item["density"])), dtype=np.float64)
+        (line,) = ax.plot(np.asarray(_floats(list(item["grid"])), dtype=np.float64), density, color=color(i),
+                          linewidth=1.2, label=f"{item['label']} ({tr})" if tr else item["label"])
         line.set_gid("density")
-        peak = max(peak, float(np.nanmax(item["density"])))
+        peak = max(peak, float(np.nanmax(density)))
     if log and peak > 0:
         ax.set_yscale("log", nonpositive="mask")
         ax.set_ylim(bottom=peak * LOG_FLOOR, top=peak * 3)

@@ -9,7 +9,7 @@ kind           inputs                                      figure (drawn from th
 ``arms``       run directories of arms × seeds (trace)    :func:`~.arms.draw_arms`
 ``arms-lambda``  the same, λ_max                            :func:`~.arms.draw_arms` (``quantity``)
 ``minibatch``  run directories of mini-batch SAM           :func:`~.minibatch.draw_minibatch`
-``density``    ``probe --density --json`` / DensityResult  :func:`~.density.density_figure`
+``density``    ``probe --density --json`` / DensityResult  :func:`~.density.draw_density`
                JSON files
 ``layers``     one ``probe --per-layer --json`` JSON file  :func:`~.layers.layer_curvature_figure`
 =============  ==========================================  =====================================
@@ -17,7 +17,9 @@ kind           inputs                                      figure (drawn from th
 Each run kind is a data function (run directories → plotted numbers) and a drawing function (plotted
 numbers → figure); :func:`run_figure` stores the drawing options in the data (``"draw"``), so
 :func:`draw_from_data` draws the same figure again from a figure's stored JSON
-(``sharpscope plot --from-figure``).
+(``sharpscope plot --from-figure``). The other figures' plotted numbers name their drawing function the same
+way (their ``figure`` entry, :data:`OTHER_DRAWERS`): densities, per-layer bars, landscape slices and the
+population study's ranking.
 A folder of run directories (a ``sharpscope reproduce`` study folder) stands for those runs. The run
 kinds are one registry (:data:`RUN_KINDS`), which the studies' figures use too.
 :func:`cannot_draw` lists, one line each, what a figure's inputs could not give (no edge recorded, fewer
@@ -54,6 +56,15 @@ RUN_KINDS: dict[str, tuple[str, str, str, dict[str, Any]]] = {
 # the ``figure`` entry of a kind's data → the kind that draws it
 DATA_KINDS = {"sharpness": "sharpness", "trace_accuracy": "trace", "escape": "escape", "arms": "arms",
               "minibatch": "minibatch"}
+# the ``figure`` entry of other plotted numbers → (module of sharpscope.plots, drawing function, drawing options)
+OTHER_DRAWERS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "density": ("density", "draw_density", {}),
+    "layers": ("layers", "layer_curvature_figure", {"log": True}),
+    "line": ("landscape", "draw_slice", {}),
+    "contour": ("landscape", "draw_slice", {}),
+    "surface": ("landscape", "draw_slice", {}),
+    "population": ("population", "draw_population", {}),
+}
 KINDS = ("auto", *RUN_KINDS, "density", "layers")
 ESCAPE_OPTIMIZERS = ("rs", "sa")
 
@@ -106,7 +117,8 @@ def layers_data(path: str | os.PathLike[str]) -> dict[str, Any]:
     report = _read_json(path)
     if not isinstance(report.get("per_layer"), dict):
         raise DataError(f"{path}: no per-layer curvature (run sharpscope probe with --per-layer --json)")
-    return {"source": str(path), **{k: report.get(k) for k in ("checkpoint", "data", "loss_fn", "eigenvalues", "trace")},
+    return {"figure": "layers", "draw": {"log": True}, "source": str(path),
+            **{k: report.get(k) for k in ("checkpoint", "data", "loss_fn", "eigenvalues", "trace")},
             "per_layer": report["per_layer"]}
 
 
@@ -139,24 +151,45 @@ def run_figure(kind: str, runs: list[RunData], draw: dict[str, Any] | None = Non
 
 def data_kind(data: dict[str, Any]) -> str:
     """The run kind whose drawing function draws ``data`` (a run kind's plotted numbers, as stored in a figure's
-    JSON ``data`` or its ``plot`` entry): its ``figure`` entry (:data:`DATA_KINDS`); mini-batch data stored
-    without one are known by their rolling ``window``."""
-    name = data.get("figure") or ("minibatch" if "window" in data and "runs" in data else None)
+    JSON ``data`` or its ``plot`` entry), from :func:`figure_name` (:data:`DATA_KINDS`)."""
+    name = figure_name(data)
     if name not in DATA_KINDS:
-        raise DataError(f"figure data of an unknown kind ({name!r}): valid {', '.join(DATA_KINDS)}")
+        raise DataError(f"figure data of kind {name!r} are not a run figure's: valid {', '.join(DATA_KINDS)}")
     return DATA_KINDS[name]
 
 
+def figure_name(data: dict[str, Any]) -> str:
+    """The ``figure`` entry of plotted numbers, or what numbers stored without one are: a probe report's
+    ``per_layer`` rows are ``layers``, the population ranking's ``tau`` per ``measures`` is ``population``, and
+    a rolling ``window`` over ``runs`` is ``minibatch``."""
+    name = data.get("figure")
+    if name is None and isinstance(data.get("per_layer"), dict):
+        name = "layers"
+    elif name is None and "tau" in data and "measures" in data:
+        name = "population"
+    elif name is None and "window" in data and "runs" in data:
+        name = "minibatch"
+    if name not in DATA_KINDS and name not in OTHER_DRAWERS:
+        raise DataError(f"figure data of an unknown kind ({name!r}): valid {', '.join([*DATA_KINDS, *OTHER_DRAWERS])}")
+    return str(name)
+
+
 def draw_from_data(data: dict[str, Any], **draw: Any) -> Figure:
-    """The figure of stored plotted numbers ``data`` (non-finite strings decoded), drawn with the options
-    recorded in them (``data["draw"]``) updated by ``draw``."""
+    """The figure of stored plotted numbers ``data`` (non-finite strings decoded; a figure JSON's ``data`` whose
+    numbers are its ``plot`` entry stands for them), drawn with the options recorded in them (``data["draw"]``)
+    updated by ``draw``."""
     import importlib
 
     from sharpscope.io.jsonsafe import decode
 
     data = decode(data)
-    kind = data_kind(data)
-    module, drawer, _, kind_options = RUN_KINDS[kind]
+    if "figure" not in data and isinstance(data.get("plot"), dict):
+        data = data["plot"]
+    name = figure_name(data)
+    if name in DATA_KINDS:
+        module, drawer, _, kind_options = RUN_KINDS[DATA_KINDS[name]]
+    else:
+        module, drawer, kind_options = OTHER_DRAWERS[name]
     options = {**kind_options, **(data.get("draw") or {}), **draw}
     return getattr(importlib.import_module(f"sharpscope.plots.{module}"), drawer)(data, **options)
 
@@ -168,7 +201,7 @@ def make_figure(kind: str, inputs: Sequence[str | os.PathLike[str]], *, labels: 
     ``k``, ``ratio`` and ``log`` (a logarithmic sharpness axis) apply to ``sharpness`` only; ``layers`` bars use a logarithmic value axis. Raises :class:`ConfigError` for an unknown kind.
     Matplotlib and SciPy are imported here, so importing this module (the CLI does) stays cheap.
     """
-    from sharpscope.plots.density import density_data, density_figure, load_density
+    from sharpscope.plots.density import density_data, draw_density, load_density
     from sharpscope.plots.layers import layer_curvature_figure
 
     if kind not in KINDS:
@@ -178,12 +211,13 @@ def make_figure(kind: str, inputs: Sequence[str | os.PathLike[str]], *, labels: 
     if kind == "density":
         results = [load_density(p) for p in inputs]
         names = labels if labels is not None else [Path(p).stem for p in inputs]
-        return kind, density_figure(results, labels=names), density_data(results, labels=names)
+        data = density_data(results, labels=names)
+        return kind, draw_density(data), data
     if kind == "layers":
         if len(inputs) != 1:
             raise ConfigError(f"--kind layers plots one probe JSON file, got {len(inputs)} inputs")
         data = layers_data(inputs[0])
-        return kind, layer_curvature_figure(data, log=True), data
+        return kind, layer_curvature_figure(data, **data["draw"]), data
     runs = as_runs(expand_runs(inputs), labels)
     options: dict[str, Any] = {"k": k, "ratio": ratio} if kind == "sharpness" else {}
     return (kind, *run_figure(kind, runs, draw={"log": log} if kind == "sharpness" else None, **options))

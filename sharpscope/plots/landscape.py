@@ -8,23 +8,26 @@
 
 Axis labels come from the directions' description. Non-finite values (far from the center a loss
 can overflow) are left blank; ``vmax`` clips the colour range so the basin stays readable.
-:func:`landscape_data` returns the plotted numbers for :func:`~sharpscope.plots.save.save_figure`.
+:func:`landscape_data` returns the plotted numbers of one of these figures for
+:func:`~sharpscope.plots.save.save_figure` (which figure, and its drawing options, included), and
+:func:`draw_slice` draws that figure again from them alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, get_args
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from sharpscope.errors import ConfigError
+from sharpscope.errors import ConfigError, DataError
 from sharpscope.landscape import SliceResult
-from sharpscope.plots.style import FONT_SIZE, color, label_axes, legend, new_figure
+from sharpscope.plots.style import FONT_SIZE, color, figure_legend, label_axes, legend, new_figure
 from sharpscope.validation import check_choice
 
 Quantity = Literal["loss", "accuracy"]
+FIGURES = ("line", "contour", "surface")
 
 
 def _labels(result: SliceResult) -> list[str]:
@@ -88,16 +91,19 @@ def contour_figure(result: SliceResult, *, quantity: Quantity = "loss", levels: 
     bar = fig.colorbar(cs, ax=ax)
     bar.set_label(f"log10 {quantity}" if log else quantity, fontsize=FONT_SIZE)
     bar.ax.tick_params(labelsize=FONT_SIZE - 1)
-    ax.plot([0.0], [0.0], color=color(6), marker="+", markersize=8, linestyle="none", label="center")
     if path and result.path is not None:
         p = result.path
-        ax.plot(p[:, 0], p[:, 1], color=color(1), marker=".", markersize=3, linewidth=1, label="trajectory")
-        ax.plot(p[:1, 0], p[:1, 1], color=color(1), marker="o", fillstyle="none", linestyle="none")
-        ax.plot(p[-1:, 0], p[-1:, 1], color=color(1), marker="*", markersize=8, linestyle="none")
+        ax.plot(p[:, 0], p[:, 1], color=color(1), marker=".", markersize=3, linewidth=1, label="training path")
+        ax.plot(p[:1, 0], p[:1, 1], color=color(1), marker="o", fillstyle="none", linestyle="none",
+                label="first iterate")
+        ax.plot(p[-1:, 0], p[-1:, 1], color=color(1), marker="*", markersize=12, linestyle="none",
+                label="last iterate")
+    ax.plot([0.0], [0.0], color=color(6), marker="+", markersize=9, markeredgewidth=1.4, linestyle="none",
+            label="center (0, 0)")
     labels = _labels(result)
     label_axes(ax, labels[0], labels[1])
     ax.grid(False)
-    legend(ax)
+    figure_legend(fig, ax, columns=2)  # below the panel: the contours fill it
     return fig
 
 
@@ -121,8 +127,41 @@ def surface_figure(result: SliceResult, *, quantity: Quantity = "loss", log: boo
     return fig
 
 
-def landscape_data(result: SliceResult) -> dict[str, Any]:
-    """The plotted numbers of a slice (for ``save_figure(..., data=...)``)."""
-    return {"alphas": result.alphas, "betas": result.betas, "loss": result.loss, "accuracy": result.accuracy,
-            "center_loss": result.center_loss, "path": result.path, "labels": _labels(result),
-            "directions": result.directions.get("kind")}
+def landscape_data(result: SliceResult, figure: str = "contour", **draw: Any) -> dict[str, Any]:
+    """The plotted numbers of the ``figure`` (``line``, ``contour`` or ``surface``) of a slice, with its drawing
+    options ``draw`` (for ``save_figure(..., data=...)``; :func:`draw_slice` draws the figure from them)."""
+    if figure not in FIGURES:
+        raise ConfigError(f"unknown slice figure {figure!r}; valid: {', '.join(FIGURES)}")
+    return {"figure": figure, "draw": draw, "alphas": result.alphas, "betas": result.betas, "loss": result.loss,
+            "accuracy": result.accuracy, "center_loss": result.center_loss, "path": result.path,
+            "labels": _labels(result), "directions": result.directions.get("kind"),
+            "eigenvalues": result.directions.get("eigenvalues"), "slopes": result.directions.get("slopes")}
+
+
+def slice_from_data(data: Mapping[str, Any]) -> SliceResult:
+    """The slice that :func:`landscape_data` stored (arrays, center loss, path, direction labels, and the top
+    eigenvalues and slopes of an ``eig`` slice); what a figure does not draw (cost, settings) is left empty."""
+    def array(key: str) -> np.ndarray | None:
+        value = data.get(key)
+        return None if value is None else np.asarray(value, dtype=np.float64)
+
+    alphas, loss = array("alphas"), array("loss")
+    if alphas is None or loss is None:
+        raise DataError("slice figure data without 'alphas' and 'loss'")
+    directions = {"kind": data.get("directions"), "labels": list(data.get("labels") or []),
+                  "eigenvalues": data.get("eigenvalues"), "slopes": data.get("slopes")}
+    return SliceResult(alphas=alphas, betas=array("betas"), loss=loss, accuracy=array("accuracy"),
+                       center_loss=float(data["center_loss"]), center_accuracy=None, directions=directions,
+                       settings={}, seconds=0.0, evaluations=0, path=array("path"))
+
+
+def draw_slice(data: Mapping[str, Any], **options: Any) -> Figure:
+    """The figure named by ``data["figure"]`` (``line``, ``contour``, ``surface``) of the slice stored in ``data``
+    (:func:`landscape_data`), drawn with ``options``."""
+    figure = data.get("figure")
+    if figure not in FIGURES:
+        raise DataError(f"slice figure data name no figure ({figure!r}); valid: {', '.join(FIGURES)}")
+    result = slice_from_data(data)
+    if figure == "line":
+        return line_figure(result, **options)
+    return (contour_figure if figure == "contour" else surface_figure)(result, **options)

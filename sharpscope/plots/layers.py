@@ -5,7 +5,7 @@ Reads a :class:`~sharpscope.curvature.PerLayerCurvature`, its ``to_dict()``, or 
 layers top to bottom in model order; traces carry ± one standard error. Each bar is the diagonal
 block ``H_ℓℓ`` (cross-layer terms excluded), so the λ_max bars are each at most the network's λ_max.
 A probe report's whole-network λ_max and trace are drawn as dashed lines. With ``log=True`` the value
-axis is logarithmic, or symmetric-logarithmic (linear within the
+axis is logarithmic (the shared tick labels of :func:`~sharpscope.plots.style.log_axis`), or symmetric-logarithmic (linear within the
 smallest non-zero magnitude) when a value is zero or negative.
 """
 
@@ -17,11 +17,10 @@ from typing import Any
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter
 
 from sharpscope.curvature import PerLayerCurvature
 from sharpscope.errors import DataError
-from sharpscope.plots.style import FONT_SIZE, PANEL_SIZE, color, label_axes, new_figure
+from sharpscope.plots.style import FONT_SIZE, PANEL_SIZE, color, label_axes, log_axis, new_figure
 
 PerLayerLike = PerLayerCurvature | Mapping[str, Any]
 
@@ -43,7 +42,7 @@ def _set_scale(ax: Axes, values: np.ndarray) -> None:
     if finite.size and (finite > 0).all():
         ax.set_xscale("log")
         ax.set_xlim(left=10 ** (np.floor(np.log10(finite.min())) - 1))  # a decade below the smallest bar
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        log_axis(ax, "x")
     else:
         nonzero = np.abs(finite[finite != 0])
         ax.set_xscale("symlog", linthresh=float(nonzero.min()) if nonzero.size else 1.0)

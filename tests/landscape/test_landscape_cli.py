@@ -112,6 +112,8 @@ def test_figures_interpolation_and_no_silent_overwrite(run_folder: Path, tmp_pat
     assert SliceResult.load(tmp_path / "slice").loss.shape == (3, 3)
     for name in ("contour", "surface"):
         assert all((tmp_path / f"{name}.{ext}").stat().st_size > 0 for ext in ("png", "pdf", "json"))
+        stored = json.loads((tmp_path / f"{name}.json").read_text())["data"]  # what --from-figure draws again
+        assert stored["figure"] == name and stored["draw"] == {"log": True, "vmax": 5.0}
 
     other = run_folder / "run" / "step-0.safetensors"
     line = CliRunner().invoke(app, ["landscape", str(run_folder / "final.safetensors"), "--data",

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from sharpscope.errors import ConfigError
+from sharpscope.errors import ConfigError, DataError
+from sharpscope.io import jsonsafe
 from sharpscope.landscape import SliceResult
-from sharpscope.plots.landscape import contour_figure, landscape_data, line_figure, surface_figure
+from sharpscope.plots.kinds import draw_from_data
+from sharpscope.plots.landscape import contour_figure, draw_slice, landscape_data, line_figure, surface_figure
+from tests.pixels import pixels
 
 
 def make_result(dims: int, *, kind: str = "eig", accuracy: bool = True, path: bool = False) -> SliceResult:
@@ -48,7 +52,7 @@ def test_contour_and_surface_draw_the_grid_and_the_path() -> None:
     fig = contour_figure(result, log=True, vmax=3.0)
     render(fig)
     ax = fig.axes[0]
-    traj = [line for line in ax.get_lines() if line.get_label() == "trajectory"]
+    traj = [line for line in ax.get_lines() if line.get_label() == "training path"]
     assert len(traj) == 1 and np.allclose(traj[0].get_xydata(), result.path)
     assert ax.get_xlabel() == "first" and ax.get_ylabel() == "second"
     assert fig.axes[1].get_ylabel() == "log10 loss"  # the colour bar
@@ -74,3 +78,24 @@ def test_figures_refuse_what_they_cannot_show() -> None:
     shifted = make_result(2)
     with pytest.raises(ConfigError, match="log scale"):
         contour_figure(SliceResult(**{**shifted.__dict__, "loss": shifted.loss - 1.0}), log=True)
+
+
+@pytest.mark.parametrize(("figure", "draw"), [("line", {}), ("contour", {"log": True, "vmax": 3.0}),
+                                               ("surface", {"log": True})])
+def test_each_figure_draws_again_from_its_stored_json(figure: str, draw: dict) -> None:
+    """The stored numbers (through strict JSON: the overflowed point as "Infinity") give the same pixels as the
+    slice itself, with the drawing options they record."""
+    result = make_result(1 if figure == "line" else 2, path=figure != "line")
+    direct = {"line": line_figure, "contour": contour_figure, "surface": surface_figure}[figure](result, **draw)
+    stored = json.loads(jsonsafe.dumps(landscape_data(result, figure, **draw)))
+    assert stored["figure"] == figure and stored["draw"] == draw
+    np.testing.assert_array_equal(pixels(draw_from_data(stored)), pixels(direct))
+
+
+def test_slice_figure_data_name_their_figure() -> None:
+    with pytest.raises(ConfigError, match="unknown slice figure 'heatmap'"):
+        landscape_data(make_result(2), "heatmap")
+    data = landscape_data(make_result(2))
+    data.pop("figure")
+    with pytest.raises(DataError, match="name no figure"):
+        draw_slice(data)
