@@ -113,7 +113,7 @@ def test_a_record_made_from_fields_keeps_their_order_and_none_values_and_refuses
 ])
 def test_each_record_kind_is_typed_by_its_kind_and_round_trips(stored: dict) -> None:
     typed = typed_record(stored)
-    assert type(typed).KIND == stored["kind"] and typed_record(typed) is typed
+    assert stored["kind"] == type(typed).KIND and typed_record(typed) is typed
     assert typed.to_json() == stored == stored_record(typed) and stored_record(stored) == stored
     assert type(typed).made({k: v for k, v in typed.to_json().items() if k != "kind"}).step == stored["step"]
 
