@@ -34,7 +34,7 @@ _TAIL = re.compile(r"(Each run is one seed \(\d+\)\.|Seeds [\d, ]+ \(\d+ in all\
 def device_note(scale: str, runs: list[Any] | None = None) -> str:
     """The caption's statement of the scale and of the devices the plotted runs measured on (from their
     records' settings)."""
-    devices = sorted({str((m.get("settings") or {}).get("device", "?")) for r in runs or [] for m in r.measurements})
+    devices = sorted({str((m.settings or {}).get("device", "?")) for r in runs or [] for m in r.measurements})
     where = ", ".join(d.upper() if d == "cpu" else d for d in devices) or "an unrecorded device"
     small = "" if scale == "gpu" else ", a small version of the paper's experiment"
     return f"Scale '{scale}'{small}; measured on {where}."

@@ -40,12 +40,22 @@ SAM_BATCH = "sam_batch"
 DIVERGED = "diverged"
 
 
-def record_kind(record: Mapping[str, Any]) -> str:
-    """The kind of a stored record; ``"measurement"`` when the record has no ``"kind"`` key."""
+def record_kind(record: _Record | Mapping[str, Any]) -> str:
+    """The kind of a typed or stored record; ``"measurement"`` for a stored record without a ``"kind"`` key."""
+    if isinstance(record, _Record):
+        return record.KIND
     return str(record.get("kind", MEASUREMENT))
 
 
-def is_measurement(record: Mapping[str, Any]) -> bool:
+def record_step(record: _Record | Mapping[str, Any]) -> int:
+    """The step of a typed or stored record (:class:`DataError` for a stored one without an integer ``step``)."""
+    step = getattr(record, "step", None) if isinstance(record, _Record) else record.get("step")
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise DataError(f"a {record_kind(record)} record needs an integer 'step', got {step!r}")
+    return step
+
+
+def is_measurement(record: _Record | Mapping[str, Any]) -> bool:
     """Whether ``record`` is a measurement record (:func:`record_kind`)."""
     return record_kind(record) == MEASUREMENT
 
@@ -127,9 +137,7 @@ class _Record:
         of another kind or without an integer ``step``."""
         if record_kind(record) != cls.KIND:
             raise DataError(f"a {record_kind(record)!r} record is not a {cls.KIND} record")
-        step = record.get("step")
-        if isinstance(step, bool) or not isinstance(step, int):
-            raise DataError(f"a {cls.KIND} record needs an integer 'step', got {step!r}")
+        record_step(record)
         return cls._read(record, cls._HEAD)
 
     @classmethod

@@ -104,7 +104,7 @@ class JSONLSink:
 
     def __call__(self, record: AnyRecord) -> bool:
         """Append ``record`` (its stored form) to the run's ``metrics.jsonl``."""
-        return self.run.append_metric(stored_record(record))
+        return self.run.append_metric(record)
 
 
 class CSVSink:

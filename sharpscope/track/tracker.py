@@ -124,8 +124,8 @@ class SharpnessTracker:
         probes: ``"per-step"`` draws them afresh at each step (from ``(seed, step)``); ``"fixed"`` draws the
             same ones at every step (from ``seed`` alone, the vectors ``"per-step"`` draws at step 0).
         sink: called with every record, a typed record of :mod:`sharpscope.io.records` (``record.to_json()`` is
-            its stored form): any sink of :mod:`sharpscope.track.sinks` (JSONL, CSV, TensorBoard, W&B; several
-            with ``MultiSink``), or a callable of your own.
+            its stored form): ``RunDirectory.append_metric``, any sink of :mod:`sharpscope.track.sinks` (JSONL,
+            CSV, TensorBoard, W&B; several with ``MultiSink``), or a callable of your own.
         alignment: at each measurement also record ``grad_cos`` (``cos(g, v_i)`` for the top-``k``
             eigenvectors, each signed so that ``gᵀv_i ≥ 0``, since eigenvectors have no sign) and
             ``grad_fraction`` = ``‖P_k g‖/‖g‖``, with ``g = ∇L`` on the probe set; and, once
