@@ -91,7 +91,7 @@ def study_figures(name: str, out_dir: str | Path, fig_dir: str | Path, *, comman
         options, draw = _draw_options(spec)
         fig, plotted = run_figure(spec.kind, runs, draw=draw, **options)
         data = {"plot": plotted, "results": {r.label: summary["results"].get(r.label) for r in runs},
-                "run_summaries": {r.label: r.summary for r in runs}}
+                "run_summaries": {r.label: None if r.summary is None else r.summary.to_json() for r in runs}}
         caption = _caption(spec, plotted, seeds_note(runs), device_note(summary["scale"], runs))
         written += save_figure(fig, figs / f"{name}-{spec.stem}", data=data, command=command, caption=caption)
     draw_fn = STUDIES[name].draw
