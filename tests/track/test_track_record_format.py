@@ -13,11 +13,13 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
-from sharpscope.curvature.settings import RUN_DEFAULTS
+from sharpscope.curvature.settings import RUN_DEFAULTS, CurvatureSettings
 from sharpscope.data import MissingDataError
 from sharpscope.io.records import Divergence, Measurement, RunSummary, record_kind, typed_record
-from sharpscope.track import RunDirectory, TrainConfig, train
+from sharpscope.track import RunDirectory, SharpnessTracker, TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -90,3 +92,14 @@ def test_each_stored_record_keeps_its_keys_and_reads_back_unchanged(name: str, t
         assert event.train_loss is not None and not math.isfinite(event.train_loss)
         failed = [Measurement.from_json(r) for r in stored if "errors" in r]
         assert failed and all(m.eigenvalues is None and "eigenvalues" in (m.errors or {}) for m in failed)
+
+
+def test_a_run_directory_takes_the_trackers_typed_records_as_its_sink(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+    x, y = torch.randn(12, 3, dtype=torch.float64), torch.randn(12, 1, dtype=torch.float64)
+    run = RunDirectory(tmp_path / "mine")
+    tracker = SharpnessTracker((x, y), nn.MSELoss(), every=1, curvature=CurvatureSettings(k=1), sink=run.append_metric)
+    made = [tracker.measure(step, model) for step in (0, 1)]
+    stored = [{k: v for k, v in r.items() if k not in CHECKSUMS} for r in run.read_metrics()]
+    assert stored == [m.to_json() for m in made] and [Measurement.from_json(r) for r in stored] == made
