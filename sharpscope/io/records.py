@@ -272,7 +272,7 @@ class Measurement(_Record):
 
     @property
     def grad_fraction(self) -> float | None:
-        """``‖P_k g‖/‖g‖``, the fraction of the gradient in the top eigenspace (``alignment.grad_fraction``), or None."""
+        """``‖P_k g‖/‖g‖``, the gradient's fraction in the top eigenspace (``alignment.grad_fraction``), or None."""
         return _entry(self.alignment, "grad_fraction")
 
     @property

@@ -27,11 +27,11 @@ warm-start vectors, so on CPU a run killed at any point and started again produc
 identical to an uninterrupted run (only wall-clock fields differ).
 
 Divergence. A non-finite training loss at step ``t`` stops the run before the update: a record
-(:class:`~sharpscope.io.records.Divergence`, ``{"kind": "diverged", "step": t, ...}``) is written, the parameters ``θ_t`` are checkpointed and
-``summary.json`` says ``"status": "diverged"`` with the step (``sharpscope train`` then exits with
-code 3). An ``OSError`` while writing (full disk, read-only mount) ends the run with one
-:class:`~sharpscope.errors.StorageError` line; what was written before is intact and the same call
-resumes.
+(:class:`~sharpscope.io.records.Divergence`, ``{"kind": "diverged", "step": t, ...}``) is written, the
+parameters ``θ_t`` are checkpointed and ``summary.json`` says ``"status": "diverged"`` with the step
+(``sharpscope train`` then exits with code 3). An ``OSError`` while writing (full disk, read-only mount)
+ends the run with one :class:`~sharpscope.errors.StorageError` line; what was written before is intact
+and the same call resumes.
 
 Data parallel. Under a ``torch.distributed`` process group (``torchrun``; see
 :mod:`sharpscope.parallel`) every rank builds the same model from the same seed and keeps a

@@ -135,10 +135,10 @@ def _derived_for(beta: float | None) -> str:
 
 def batch_sam_edge(step: int, optimizer: torch.optim.Optimizer,
                    batch_sharpness: Mapping[str, Any] | None = None) -> SamBatch | None:
-    """The :class:`~sharpscope.io.records.SamBatch` record of SAM's step from ``θ_t``: the norm of the mini-batch gradient it
-    normalised (``last_grad_norm``) and the SAM-edge from that norm (None where no edge applies); None
-    for an optimizer that is not SAM or has not stepped. ``batch_sharpness`` (λ_max of the loss on
-    that mini-batch at ``θ_t``, with its residual and cost) is added when given."""
+    """The :class:`~sharpscope.io.records.SamBatch` record of SAM's step from ``θ_t``: the norm of the
+    mini-batch gradient it normalised (``last_grad_norm``) and the SAM-edge from that norm (None where no
+    edge applies); None for an optimizer that is not SAM or has not stepped. ``batch_sharpness`` (λ_max of
+    the loss on that mini-batch at ``θ_t``, with its residual and cost) is added when given."""
     from sharpscope.optim import SAM
 
     norm = getattr(optimizer, "last_grad_norm", None) if isinstance(optimizer, SAM) else None

@@ -1,8 +1,9 @@
 """The tracker as a loop over quantities, and the one probe interface for whole and sharded models.
 
 A quantity added to the loop writes its field of the record, with its own cost entry (a name that is not a
-field of the record is an error); the record's keys follow the quantities' order; the whole and the sharded views of one float64 model (one process, no process
-group: the sharded view then holds whole vectors) give the same loss, accuracy and gradient norm.
+field of the record is an error); the record's keys follow the quantities' order; the whole and the sharded
+views of one float64 model (one process, no process group: the sharded view then holds whole vectors) give
+the same loss, accuracy and gradient norm.
 """
 
 from __future__ import annotations
