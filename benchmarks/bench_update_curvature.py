@@ -42,6 +42,7 @@ import torch
 
 from sharpscope.experiments import get_recipe
 from sharpscope.io import jsonsafe
+from sharpscope.io.records import Alignment, Measurement, UpdateReading, typed_record
 from sharpscope.track import RunDirectory, train
 
 RECIPES = ("eos-gd", "eos-momentum", "eos-adam")
@@ -68,24 +69,24 @@ def run_recipe(name: str, scale: str, method: str, every: int, steps: int | None
     start = time.perf_counter()
     summary = train(cfg, root / f"{name}-{method}", force=True)
     seconds = time.perf_counter() - start
-    records = RunDirectory(root / f"{name}-{method}").read_metrics()
+    records = [typed_record(r) for r in RunDirectory(root / f"{name}-{method}").read_metrics()]
     return {"config": cfg, "summary": summary, "seconds": seconds, "records": records}
 
 
 def analyse(name: str, hvp: dict[str, Any], fd: dict[str, Any]) -> dict[str, Any]:
     cfg = hvp["config"]
-    meas = {r["step"]: r for r in hvp["records"] if r.get("kind", "measurement") == "measurement"}
-    meas_fd = {r["step"]: r for r in fd["records"] if r.get("kind", "measurement") == "measurement"}
-    same = all(meas[s]["train_loss"] == meas_fd[s]["train_loss"] for s in meas)
-    upd = {r["step"]: r for r in hvp["records"] if r["kind"] == "update_curvature"}
-    upd_fd = {r["step"]: r for r in fd["records"] if r["kind"] == "update_curvature"}
-    align = {r["step"]: r for r in hvp["records"] if r["kind"] == "alignment"}
-    adam = any((m.get("thresholds") or {}).get("rule") == "adam_edge" for m in meas.values())
+    meas = {r.step: r for r in hvp["records"] if isinstance(r, Measurement)}
+    meas_fd = {r.step: r for r in fd["records"] if isinstance(r, Measurement)}
+    same = all(meas[s].train_loss == meas_fd[s].train_loss for s in meas)
+    upd = {r.step: r for r in hvp["records"] if isinstance(r, UpdateReading)}
+    upd_fd = {r.step: r for r in fd["records"] if isinstance(r, UpdateReading)}
+    align = {r.step: r for r in hvp["records"] if isinstance(r, Alignment)}
+    adam = any(m.threshold_rule == "adam_edge" for m in meas.values())
     lam_key, kappa_key = ("preconditioned_eigenvalues", "kappa_preconditioned") if adam else ("eigenvalues", "kappa")
     steps = sorted(meas)
-    lam = {s: num((meas[s].get(lam_key) or [math.nan])[0]) for s in steps}
-    edge = {s: num((meas[s].get("thresholds") or {}).get("edge")) for s in steps}
-    rule = next((m["thresholds"].get("rule") for m in meas.values() if m.get("thresholds")), None)
+    lam = {s: num(meas[s].preconditioned_lambda_max if adam else meas[s].lambda_max) for s in steps}
+    edge = {s: num(meas[s].edge) for s in steps}
+    rule = next((m.threshold_rule for m in meas.values() if m.thresholds), None)
     reached = next((s for s in steps if lam[s] >= EDGE_FRACTION * edge[s]), None)
     last = max(upd) if upd else 0
     half = last / 2
@@ -95,9 +96,9 @@ def analyse(name: str, hvp: dict[str, Any], fd: dict[str, Any]) -> dict[str, Any
                 "at_edge": reached is not None and s >= reached}[which]
 
     phases = ("all", "first_half", "second_half", "at_edge")
-    kappa = {s: num(r.get(kappa_key)) for s, r in upd.items()}
-    kappa_fd = {s: num(r.get(kappa_key)) for s, r in upd_fd.items()}
-    edge_u = {s: num((r.get("thresholds") or {}).get("edge")) for s, r in upd.items()}
+    kappa = {s: num(r.kappa_preconditioned if adam else r.kappa) for s, r in upd.items()}
+    kappa_fd = {s: num(r.kappa_preconditioned if adam else r.kappa) for s, r in upd_fd.items()}
+    edge_u = {s: num((r.thresholds or {}).get("edge")) for s, r in upd.items()}
     kappa_reached = next((s for s in sorted(kappa) if kappa[s] >= EDGE_FRACTION * edge_u[s]), None)
     near = {p: sum(1 for s in kappa if phase(s, p) and kappa[s] >= EDGE_FRACTION * edge_u[s]) /
             max(1, sum(1 for s in kappa if phase(s, p))) for p in phases}
@@ -110,11 +111,11 @@ def analyse(name: str, hvp: dict[str, Any], fd: dict[str, Any]) -> dict[str, Any
             window_max.append((a, max(inside) / lam[a]))
     wmax = {p: quartiles([r for s, r in window_max if phase(s, p)]) for p in phases}
     rel_fd = [abs(kappa_fd[s] - kappa[s]) / abs(kappa[s]) for s in kappa if s in kappa_fd and kappa[s] != 0]
-    rounding_rel = [num((upd_fd[s].get("fd") or {}).get("rounding")) / abs(num(upd_fd[s].get("kappa")))
-                    for s in upd_fd if num(upd_fd[s].get("kappa")) not in (0.0, math.nan)]
-    cos = [abs(align[s]["update_cos"][0]) for s in align if align[s].get("update_cos")]
-    lanczos = [num(meas[s].get("hvps")) for s in steps]
-    pre_hvps = [num(meas[s].get("preconditioned_hvps")) for s in steps if meas[s].get("preconditioned_hvps")]
+    rounding_rel = [num((upd_fd[s].fd or {}).get("rounding")) / abs(num(upd_fd[s].kappa))
+                    for s in upd_fd if num(upd_fd[s].kappa) not in (0.0, math.nan)]
+    cos = [abs(a.update_cos[0]) for a in align.values() if a.update_cos]
+    lanczos = [num(meas[s].hvps) for s in steps]
+    pre_hvps = [num(meas[s].preconditioned_hvps) for s in steps if meas[s].preconditioned_hvps]
     out: dict[str, Any] = {
         "recipe": name, "scale": cfg.scale, "steps": cfg.steps, "measure_every": cfg.measure_every,
         "update_every": cfg.update_every, "optimizer": cfg.optimizer, "optimizer_kwargs": cfg.optimizer_kwargs,
@@ -130,10 +131,10 @@ def analyse(name: str, hvp: dict[str, Any], fd: dict[str, Any]) -> dict[str, Any
             "lambda_max_lanczos_hvps": statistics.mean(lanczos),
             "preconditioned_lanczos_hvps": statistics.mean(pre_hvps) if pre_hvps else None,
             "kappa_hvp": {"hvps": 1, "forwards": 0,
-                          "seconds": statistics.mean(num(r["cost"]["seconds"]) for r in upd.values())},
+                          "seconds": statistics.mean(num((r.cost or {}).get("seconds")) for r in upd.values())},
             "kappa_fd": {"hvps": 0, "forwards": 3,
-                         "seconds": statistics.mean(num(r["cost"]["seconds"]) for r in upd_fd.values())},
-            "lambda_max_seconds": statistics.mean(num(meas[s]["cost"]["seconds"]) for s in steps)},
+                         "seconds": statistics.mean(num((r.cost or {}).get("seconds")) for r in upd_fd.values())},
+            "lambda_max_seconds": statistics.mean(num(meas[s].cost_seconds) for s in steps)},
         "readings": {"lambda": len(steps), "kappa_hvp": len(upd), "kappa_fd": len(upd_fd)},
         "run_seconds": {"hvp": hvp["seconds"], "fd": fd["seconds"]},
         "series": {"measured_steps": steps, "lambda": [lam[s] for s in steps],
@@ -141,7 +142,7 @@ def analyse(name: str, hvp: dict[str, Any], fd: dict[str, Any]) -> dict[str, Any
                    "kappa_fd": [kappa_fd.get(s, math.nan) for s in sorted(kappa)]},
     }
     if adam:  # the unpreconditioned pair too, for reference
-        plain = [num(upd[s].get("kappa")) / num((meas[s].get("eigenvalues") or [math.nan])[0])
+        plain = [num(upd[s].kappa) / num(meas[s].lambda_max)
                  for s in steps if s in upd]
         out["ratio_plain_kappa_over_lambda_max_H"] = quartiles(plain)
     return out

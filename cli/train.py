@@ -7,24 +7,27 @@ import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from sharpscope_cli._common import DATA_ROOT_HELP, EXIT_DIVERGED, RECIPE_NAMES, Scale, err, progress, use_data_root
 
+if TYPE_CHECKING:
+    from sharpscope.io.records import Measurement, RunSummary
 
-def step_info(record: dict[str, Any] | None) -> str:
+
+def step_info(record: Measurement | None) -> str:
     """The last measured sharpness against its edge, for the progress display (empty before the first)."""
     from sharpscope.track.thresholds import bounded_sharpness
 
-    if not record:
+    if record is None:
         return ""
     name, lam = bounded_sharpness(record)
-    edge = (record.get("thresholds") or {}).get("edge")
+    edge = record.edge
     return f"{name} {_num(lam, '.4g')}" + (f" / edge {edge:.4g}" if isinstance(edge, (int, float)) else "")
 
 
-def step_progress(update: Callable[..., None] | None) -> Callable[[int, int, dict[str, Any] | None], None] | None:
+def step_progress(update: Callable[..., None] | None) -> Callable[[int, int, Measurement | None], None] | None:
     """The runner's ``progress(step, total, record)`` shown on the common display as stage "training"."""
     if update is None:
         return None
@@ -39,22 +42,19 @@ def _num(value: Any, fmt: str) -> str:
     return format(value, fmt) if finite else str(to_jsonable(value))
 
 
-def summary_line(summary: dict[str, Any]) -> str:
+def summary_line(s: RunSummary) -> str:
     """One line: status, step, final sharpness against its threshold, losses, cost, where."""
-    from sharpscope.io.records import RunSummary
     from sharpscope.track.thresholds import bounded_sharpness
 
-    s = RunSummary.from_json(summary)
     final = s.final_measurement
     parts = [f"{s.recipe or 'run'} ({s.scale or 'custom'}): {s.status} at step {s.step}/{s.steps_requested}"]
     if final is not None and final.eigenvalues:
-        th = final.thresholds or {}
         name, value = bounded_sharpness(final)
-        edge = f" vs {th.get('rule')} {_num(th.get('edge'), '.4g')}" if th.get("rule") else ""
+        edge = f" vs {final.threshold_rule} {_num(final.edge, '.4g')}" if final.threshold_rule else ""
         parts.append(f"{name} {_num(value, '.4g')}{edge}")
-    if final is not None and "train_loss" in final.keys:
+    if final is not None and final.train_loss is not None:
         parts.append(f"train loss {_num(final.train_loss, '.4g')} acc {_num(final.train_acc, '.1%')}")
-    if final is not None and "test_acc" in final.keys:
+    if final is not None and final.test_acc is not None:
         parts.append(f"test acc {_num(final.test_acc, '.1%')}")
     if s.diverged_at_step is not None:
         parts.append(f"non-finite loss at step {s.diverged_at_step}")
@@ -83,7 +83,6 @@ def train_cmd(
     interrupted or terminated run resumes when the same command is run again.
     """
     from sharpscope.experiments import get_recipe, parse_overrides
-    from sharpscope.io.records import RunSummary
     from sharpscope.parallel import init_distributed, rank, resolve_device
     from sharpscope.track import train
 
@@ -97,13 +96,12 @@ def train_cmd(
         summary = train(cfg, out_dir, force=force, progress=step_progress(update))
     if rank() != 0:
         return
-    typed = RunSummary.from_json(summary)
-    if not typed.already_complete:
-        for note in typed.notes:
+    if not summary.already_complete:
+        for note in summary.notes:
             err.print(f"note: {note}", highlight=False, soft_wrap=True)
     if as_json:
-        sys.stdout.write(json.dumps(summary) + "\n")
+        sys.stdout.write(json.dumps(summary.to_json()) + "\n")
     else:
         typer.echo(summary_line(summary))
-    if typed.status == "diverged":
+    if summary.status == "diverged":
         raise typer.Exit(EXIT_DIVERGED)

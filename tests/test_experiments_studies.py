@@ -50,7 +50,7 @@ def test_every_recipe_builds_at_every_scale_and_trains_at_smoke_scale(name: str,
     if name in IN_STUDIES:  # trained by test_every_study_runs_at_smoke_scale_with_its_figures
         return
     summary = train(get_recipe(name, "smoke", {"steps": 2}), tmp_path / "run")
-    assert summary["status"] == "completed" and summary["step"] == 2
+    assert summary.status == "completed" and summary.step == 2
     records = RunDirectory(tmp_path / "run").read_metrics()
     assert records and all(isinstance(r["eigenvalues"][0], float) for r in records)
 

@@ -34,7 +34,7 @@ _TAIL = re.compile(r"(Each run is one seed \(\d+\)\.|Seeds [\d, ]+ \(\d+ in all\
 def device_note(scale: str, runs: list[Any] | None = None) -> str:
     """The caption's statement of the scale and of the devices the plotted runs measured on (from their
     records' settings)."""
-    devices = sorted({str((m.get("settings") or {}).get("device", "?")) for r in runs or [] for m in r.measurements})
+    devices = sorted({str((m.settings or {}).get("device", "?")) for r in runs or [] for m in r.measurements})
     where = ", ".join(d.upper() if d == "cpu" else d for d in devices) or "an unrecorded device"
     small = "" if scale == "gpu" else ", a small version of the paper's experiment"
     return f"Scale '{scale}'{small}; measured on {where}."
@@ -91,7 +91,7 @@ def study_figures(name: str, out_dir: str | Path, fig_dir: str | Path, *, comman
         options, draw = _draw_options(spec)
         fig, plotted = run_figure(spec.kind, runs, draw=draw, **options)
         data = {"plot": plotted, "results": {r.label: summary["results"].get(r.label) for r in runs},
-                "run_summaries": {r.label: r.summary for r in runs}}
+                "run_summaries": {r.label: None if r.summary is None else r.summary.to_json() for r in runs}}
         caption = _caption(spec, plotted, seeds_note(runs), device_note(summary["scale"], runs))
         written += save_figure(fig, figs / f"{name}-{spec.stem}", data=data, command=command, caption=caption)
     draw_fn = STUDIES[name].draw

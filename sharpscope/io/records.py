@@ -1,10 +1,13 @@
-"""Typed run records: one line of ``metrics.jsonl`` as a :class:`Measurement` or an :class:`Alignment`.
+"""Typed run records: one line of ``metrics.jsonl`` as a :class:`Measurement`, an :class:`Alignment`, a
+:class:`SamBatch`, an :class:`UpdateReading` or a :class:`Divergence`; ``summary.json`` as a :class:`RunSummary`.
 
 A record on disk is a strict-JSON object ``{"kind": ..., "step": t, ...}`` (non-finite floats stored as
 the strings ``"NaN"``/``"Infinity"``/``"-Infinity"``, see :mod:`sharpscope.io.jsonsafe`). A record without
 ``"kind"`` is a measurement (:func:`record_kind`). The typed records decode the stored strings into floats,
 keep every key they do not know in ``extra``, and remember the order of the keys they were read with, so
 ``Measurement.from_json(r).to_json() == r`` for every stored record ``r``: nothing is lost on a round trip.
+A record made in code (:meth:`Measurement.made`) names typed fields only and is stored in the order they
+were given, None values included: the tracker and the runner write their records this way.
 
 Dotted keys reach into a record: ``"eigenvalues.0"`` is ``λ_max``, ``"trace.estimate"`` the trace
 (:func:`lookup`, :func:`number_at`).
@@ -25,7 +28,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from sharpscope.errors import DataError
 from sharpscope.io.jsonsafe import NONFINITE, decode, to_jsonable
@@ -33,14 +36,26 @@ from sharpscope.io.jsonsafe import NONFINITE, decode, to_jsonable
 MEASUREMENT = "measurement"
 ALIGNMENT = "alignment"
 UPDATE_CURVATURE = "update_curvature"
+SAM_BATCH = "sam_batch"
+DIVERGED = "diverged"
 
 
-def record_kind(record: Mapping[str, Any]) -> str:
-    """The kind of a stored record; ``"measurement"`` when the record has no ``"kind"`` key."""
+def record_kind(record: _Record | Mapping[str, Any]) -> str:
+    """The kind of a typed or stored record; ``"measurement"`` for a stored record without a ``"kind"`` key."""
+    if isinstance(record, _Record):
+        return record.KIND
     return str(record.get("kind", MEASUREMENT))
 
 
-def is_measurement(record: Mapping[str, Any]) -> bool:
+def record_step(record: _Record | Mapping[str, Any]) -> int:
+    """The step of a typed or stored record (:class:`DataError` for a stored one without an integer ``step``)."""
+    step = getattr(record, "step", None) if isinstance(record, _Record) else record.get("step")
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise DataError(f"a {record_kind(record)} record needs an integer 'step', got {step!r}")
+    return step
+
+
+def is_measurement(record: _Record | Mapping[str, Any]) -> bool:
     """Whether ``record`` is a measurement record (:func:`record_kind`)."""
     return record_kind(record) == MEASUREMENT
 
@@ -86,10 +101,23 @@ def _first(values: tuple[float, ...] | None) -> float | None:
     return float(values[0]) if values else None
 
 
+def _entry(part: Mapping[str, Any] | None, key: str) -> Any:
+    """``part[key]`` of a record's dict field, None when the field or the entry is missing."""
+    return None if not part else part.get(key)
+
+
+_R = TypeVar("_R", bound="_Record")
+
+#: The fields of a run's last measurement that its summary keeps under ``final``, in their stored order.
+SUMMARY_FIELDS = ("step", "eigenvalues", "residuals", "converged", "preconditioned_eigenvalues", "trace", "grad_norm",
+                  "train_loss", "train_acc", "test_loss", "test_acc", "thresholds")
+
+
 class _Record:
     """Shared reading and writing of the typed records: typed fields, ``extra`` and the stored key order."""
 
     KIND: ClassVar[str]
+    _HEAD: ClassVar[tuple[str, ...]] = ("kind",)  # the stored keys before the fields
     if TYPE_CHECKING:  # the dataclass subclasses define these fields and the __init__ taking them
         extra: dict[str, Any]
         keys: tuple[str, ...]
@@ -109,10 +137,8 @@ class _Record:
         of another kind or without an integer ``step``."""
         if record_kind(record) != cls.KIND:
             raise DataError(f"a {record_kind(record)!r} record is not a {cls.KIND} record")
-        step = record.get("step")
-        if isinstance(step, bool) or not isinstance(step, int):
-            raise DataError(f"a {cls.KIND} record needs an integer 'step', got {step!r}")
-        return cls._read(record, ("kind",))
+        record_step(record)
+        return cls._read(record, cls._HEAD)
 
     @classmethod
     def _read(cls, record: Mapping[str, Any], skip: tuple[str, ...]) -> Any:
@@ -126,9 +152,21 @@ class _Record:
         extra = {k: v for k, v in record.items() if k not in typed and k not in skip}
         return cls(**values, extra=extra, keys=tuple(record))
 
+    @classmethod
+    def made(cls: type[_R], fields: Mapping[str, Any]) -> _R:
+        """The record of ``fields`` (typed field names, ``step`` among them), stored in their order with None
+        values kept (:meth:`to_json`); list values of vector fields become tuples. A name that is not a typed
+        field is a programming error (:class:`TypeError`), never kept in ``extra``."""
+        typed = cls._typed()
+        unknown = [name for name in fields if name not in typed]
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no field {', '.join(map(repr, unknown))}")
+        values = {k: tuple(v) if k in cls._VECTORS and v is not None else v for k, v in fields.items()}
+        return cls(**values, keys=(*cls._HEAD, *fields))
+
     def to_json(self) -> dict[str, Any]:
-        """The record as stored: strict-JSON types, the stored key order when it was read from a record (typed
-        fields that are None are left out of a record made in code), ``extra`` kept."""
+        """The record as stored: strict-JSON types, the stored key order when it was read from a record or made
+        by :meth:`made` (typed fields that are None are left out of one constructed directly), ``extra`` kept."""
         return self._write(("kind", *[n for n in self._typed() if getattr(self, n) is not None]))
 
     def _write(self, made: tuple[str, ...]) -> dict[str, Any]:
@@ -155,8 +193,10 @@ class Measurement(_Record):
     (``math.nan``/``math.inf``); missing fields are None."""
 
     KIND: ClassVar[str] = MEASUREMENT
-    _VECTORS: ClassVar[frozenset[str]] = frozenset({"eigenvalues", "residuals", "preconditioned_eigenvalues"})
-    _DICTS: ClassVar[frozenset[str]] = frozenset({"trace", "thresholds", "cost", "settings", "errors", "alignment"})
+    _VECTORS: ClassVar[frozenset[str]] = frozenset({"eigenvalues", "residuals", "preconditioned_eigenvalues",
+                                                   "preconditioned_residuals"})
+    _DICTS: ClassVar[frozenset[str]] = frozenset({"trace", "thresholds", "cost", "settings", "errors", "alignment",
+                                                 "sharpness"})
 
     step: int
     warm_start: bool | None = None
@@ -164,11 +204,18 @@ class Measurement(_Record):
     train_acc: float | None = None
     test_loss: float | None = None
     test_acc: float | None = None
+    test_correct: dict[str, Any] | None = None
     eigenvalues: tuple[float, ...] | None = None
     residuals: tuple[float, ...] | None = None
     converged: bool | None = None
+    hvps: int | None = None
+    seconds: float | None = None
+    lanczos_steps: int | None = None
     preconditioned_eigenvalues: tuple[float, ...] | None = None
+    preconditioned_residuals: tuple[float, ...] | None = None
+    preconditioned_hvps: int | None = None
     trace: dict[str, Any] | None = None
+    sharpness: dict[str, Any] | None = None
     grad_norm: float | None = None
     thresholds: dict[str, Any] | None = None
     cost: dict[str, Any] | None = None
@@ -191,17 +238,68 @@ class Measurement(_Record):
     @property
     def trace_estimate(self) -> float | None:
         """The trace estimate, or None when not measured."""
-        return None if not self.trace else self.trace.get("estimate")
+        return _entry(self.trace, "estimate")
+
+    @property
+    def trace_stderr(self) -> float | None:
+        """The standard error of the trace estimate, or None when not measured."""
+        return _entry(self.trace, "stderr")
+
+    @property
+    def trace_per_param(self) -> float | None:
+        """The trace estimate over the parameter count, ``tr(H)/d``, or None when not measured."""
+        return _entry(self.trace, "per_param")
+
+    @property
+    def edge(self) -> float | None:
+        """The optimizer's threshold ``thresholds.edge`` (decoded), or None when not recorded."""
+        return _entry(self.thresholds, "edge")
+
+    @property
+    def gd_edge(self) -> float | None:
+        """GD's threshold ``2/η`` (``thresholds.gd_edge``), or None when not recorded."""
+        return _entry(self.thresholds, "gd_edge")
+
+    @property
+    def threshold_rule(self) -> str | None:
+        """The rule of the optimizer's threshold ``thresholds.rule`` (``"gd_edge"``, ``"adam_edge"``, ...), or None."""
+        return _entry(self.thresholds, "rule")
+
+    @property
+    def grad_cos(self) -> list[float] | None:
+        """``cos(g, v_i)`` of the gradient with each top eigenvector (``alignment.grad_cos``), or None."""
+        return _entry(self.alignment, "grad_cos")
+
+    @property
+    def grad_fraction(self) -> float | None:
+        """``‖P_k g‖/‖g‖``, the gradient's fraction in the top eigenspace (``alignment.grad_fraction``), or None."""
+        return _entry(self.alignment, "grad_fraction")
+
+    @property
+    def cost_hvps(self) -> int | None:
+        """``cost.hvps`` as recorded (None when the record has no cost; :attr:`total_hvps` counts that as 0)."""
+        return _entry(self.cost, "hvps")
+
+    @property
+    def cost_seconds(self) -> float | None:
+        """``cost.seconds`` as recorded (None when the record has no cost)."""
+        return _entry(self.cost, "seconds")
+
+    def summary_part(self) -> dict[str, Any]:
+        """The stored fields a run summary keeps of its last measurement (its ``final``), in
+        :data:`SUMMARY_FIELDS` order."""
+        stored = self.to_json()
+        return {key: stored[key] for key in SUMMARY_FIELDS if key in stored}
 
     @property
     def total_hvps(self) -> int:
         """Hessian-vector products the whole measurement cost, ``cost.hvps`` (0 when not recorded)."""
-        return int((self.cost or {}).get("hvps") or 0)
+        return int(self.cost_hvps or 0)
 
     @property
     def total_seconds(self) -> float:
         """Seconds the whole measurement took, ``cost.seconds`` (0 when not recorded)."""
-        return float((self.cost or {}).get("seconds") or 0.0)
+        return float(self.cost_seconds or 0.0)
 
 
 @dataclass(frozen=True)
@@ -211,11 +309,52 @@ class Alignment(_Record):
     update and that subspace, ``update_fraction`` the fraction of ``‖Δθ‖²`` inside it."""
 
     KIND: ClassVar[str] = ALIGNMENT
+    _VECTORS: ClassVar[frozenset[str]] = frozenset({"update_cos"})
 
     step: int
     update_norm: float | None = None
-    update_cos: float | None = None
+    update_cos: tuple[float, ...] | None = None
     update_fraction: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class SamBatch(_Record):
+    """The mini-batch gradient that SAM's step from ``step`` normalised (a ``"sam_batch"`` record):
+    ``batch_grad_norm`` its norm, ``sam_edge_batch`` the SAM-edge from that norm (None where no edge applies),
+    ``derived_for`` the optimizer the edge was derived for, and ``batch_sharpness`` (when measured)
+    ``{"eigenvalue", "residual", "converged", "examples", "hvps", "seconds"}``: λ_max of the loss on that
+    mini-batch at ``θ_step``."""
+
+    KIND: ClassVar[str] = SAM_BATCH
+    _DICTS: ClassVar[frozenset[str]] = frozenset({"batch_sharpness"})
+
+    step: int
+    batch_grad_norm: float | None = None
+    sam_edge_batch: float | None = None
+    derived_for: str | None = None
+    batch_sharpness: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+    @property
+    def batch_lambda_max(self) -> float | None:
+        """λ_max of the loss on the mini-batch (``batch_sharpness.eigenvalue``), or None when not measured."""
+        return _entry(self.batch_sharpness, "eigenvalue")
+
+
+@dataclass(frozen=True)
+class Divergence(_Record):
+    """The step whose training loss was not finite (a ``"diverged"`` record): that loss ``train_loss``, its
+    accuracy, and whether it was the ``"full"`` or a ``"mini-batch"`` loss (``batch``)."""
+
+    KIND: ClassVar[str] = DIVERGED
+
+    step: int
+    train_loss: float | None = None
+    train_acc: float | None = None
+    batch: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
@@ -267,6 +406,7 @@ class RunSummary(_Record):
     ``RunSummary.from_json(s).to_json() == s`` for every stored summary ``s``."""
 
     KIND: ClassVar[str] = "summary"
+    _HEAD: ClassVar[tuple[str, ...]] = ()
     _DICTS: ClassVar[frozenset[str]] = frozenset({"final", "max_sharpness", "update_curvature", "session", "data",
                                                   "sharding", "init"})
 
@@ -309,6 +449,11 @@ class RunSummary(_Record):
         """The summary as stored (``already_complete`` only when set)."""
         return self._write(tuple(n for n in self._typed() if n != "already_complete" or self.already_complete is not None))
 
+    def returned_again(self) -> RunSummary:
+        """The summary marked ``already_complete`` (returned again for a run that had finished), that key last."""
+        keys = self.keys and (*[k for k in self.keys if k != "already_complete"], "already_complete")
+        return dataclasses.replace(self, already_complete=True, keys=keys)
+
     @property
     def final_measurement(self) -> Measurement | None:
         """The last measurement's fields kept in ``final`` as a :class:`Measurement` (None when nothing was measured;
@@ -335,6 +480,27 @@ class RunSummary(_Record):
     def test_examples(self) -> int | None:
         """The size of the test set (``data.test.examples``), or None without one."""
         return ((self.data or {}).get("test") or {}).get("examples")
+
+
+#: The typed record of each kind that ``metrics.jsonl`` holds.
+RunRecord = Measurement | Alignment | SamBatch | UpdateReading | Divergence
+RECORD_TYPES: dict[str, type[RunRecord]] = {t.KIND: t for t in (Measurement, Alignment, SamBatch, UpdateReading,
+                                                                Divergence)}
+
+
+def typed_record(record: RunRecord | Mapping[str, Any]) -> RunRecord | None:
+    """``record`` as its typed record (itself when typed already), or None for a stored record of a kind
+    without one (any kind may be written by a sink's caller); :class:`DataError` for a known kind without an
+    integer ``step``."""
+    if isinstance(record, _Record):
+        return record
+    kind = RECORD_TYPES.get(record_kind(record))
+    return None if kind is None else kind.from_json(record)
+
+
+def stored_record(record: RunRecord | Mapping[str, Any]) -> dict[str, Any]:
+    """``record`` as stored: :meth:`to_json` of a typed record, a copy of a mapping."""
+    return record.to_json() if isinstance(record, _Record) else dict(record)
 
 
 def read_summary(run_dir: str | os.PathLike[str]) -> RunSummary | None:

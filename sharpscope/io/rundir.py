@@ -72,7 +72,7 @@ from sharpscope.io import (
     save_checkpoint,
 )
 from sharpscope.io.atomic import append_bytes, refuse_links, remove_entry
-from sharpscope.io.records import record_kind
+from sharpscope.io.records import RunRecord, record_kind, stored_record
 from sharpscope.models import ModelSpec
 
 CONFIG = "config.json"
@@ -379,15 +379,17 @@ class RunDirectory:
                 return rec
         return None
 
-    def append_metric(self, record: Mapping[str, Any]) -> bool:
-        """Append one record as a checksummed line (strict JSON, :mod:`sharpscope.io.recordlines`), flush
-        and ``os.fsync``; return True.
+    def append_metric(self, record: RunRecord | Mapping[str, Any]) -> bool:
+        """Append one record (a typed record of :mod:`sharpscope.io.records`, stored as its ``to_json()``, or a
+        stored record) as a checksummed line (strict JSON, :mod:`sharpscope.io.recordlines`), flush and
+        ``os.fsync``; return True.
 
         A record whose ``(kind, step)`` is already stored is not written again (returns False),
         so every metric is recorded exactly once even when a resumed run recomputes it. A file of format 0
         (records without checksums), or whose last line a kill cut short, is first rewritten,
         atomically, with checksums and without that line.
         """
+        record = stored_record(record)
         key = record_key(record)
         if any(name in record for name in recordlines.RESERVED):
             raise ConfigError(f"a metrics record may not hold the keys {' or '.join(recordlines.RESERVED)} "

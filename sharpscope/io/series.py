@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from sharpscope.io.records import is_measurement, record_kind
+from sharpscope.io.records import SAM_BATCH, RunRecord, is_measurement, record_kind, record_step
 
 ROLLING_WINDOW = 10  # checkpoints in the rolling median of the mini-batch edge ratios
 
@@ -21,14 +21,15 @@ def rolling_median(values: Sequence[float], window: int) -> list[float]:
     return [statistics.median(values[max(0, i - window + 1): i + 1]) for i in range(len(values))]
 
 
-def sam_batch_pairs(records: Iterable[Mapping[str, Any]]) -> list[tuple[int, Mapping[str, Any], Mapping[str, Any]]]:
-    """``(step, measurement, "sam_batch" record)`` for every step holding both, in step order."""
+def sam_batch_pairs(records: Iterable[RunRecord | Mapping[str, Any]]) -> list[tuple[int, Any, Any]]:
+    """``(step, measurement, "sam_batch" record)`` for every step holding both, in step order (typed or stored,
+    as given)."""
     full, batch = {}, {}
     for r in records:
         if is_measurement(r):
-            full[r["step"]] = r
-        elif record_kind(r) == "sam_batch":
-            batch[r["step"]] = r
+            full[record_step(r)] = r
+        elif record_kind(r) == SAM_BATCH:
+            batch[record_step(r)] = r
     return [(t, full[t], batch[t]) for t in sorted(set(full) & set(batch))]
 
 

@@ -52,8 +52,7 @@ def _stack(rows: list[Any]) -> np.ndarray:
 
 def test_set_size(run: RunData) -> int | None:
     """The size of the test set a run's test accuracy is counted on (its summary's ``data.test.examples``)."""
-    test = ((run.summary or {}).get("data") or {}).get("test") or {}
-    n = test.get("examples")
+    n = None if run.summary is None else run.summary.test_examples
     return int(n) if isinstance(n, (int, float)) and n > 0 else None
 
 

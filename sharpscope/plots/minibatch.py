@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from sharpscope.io.records import lookup, number_at
+from sharpscope.io.records import as_number
 from sharpscope.io.series import ROLLING_WINDOW, rolling_median, sam_batch_pairs
 from sharpscope.plots.runs import RunLike, as_runs
 from sharpscope.plots.style import color, figure_legend, label_axes, legend, log_axis, new_figure
@@ -38,19 +38,19 @@ def minibatch_data(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str] |
     None where no edge applies), and the rolling medians of every pairing (:func:`pairing_ratios`)."""
     out = []
     for run in as_runs(runs, labels):
-        pairs = sam_batch_pairs([*run.measurements, *run.events])
+        pairs = sam_batch_pairs([*run.measurements, *run.events])  # (step, Measurement, SamBatch)
         steps = [t for t, _, _ in pairs]
-        lam_batch = [number_at(b, "batch_sharpness.eigenvalue") for _, _, b in pairs]
-        applies = all(lookup(b, "sam_edge_batch") is not None for _, _, b in pairs)
+        lam_batch = [as_number(b.batch_lambda_max) for _, _, b in pairs]
+        applies = all(b.sam_edge_batch is not None for _, _, b in pairs)
         kw = (run.config.get("optimizer_kwargs") or {})
         rho, beta = float(kw.get("rho", 0.0) or 0.0), float(kw.get("momentum", 0.0) or 0.0)
         name = "SAM-edge" if rho > 0 else ("(2+2β)/η" if beta else "2/η")
         item = {"label": run.label, "edge_name": name, "rho": rho, "momentum": beta, "steps": steps,
-                "lambda_full": [number_at(m, "eigenvalues.0") for _, m, _ in pairs], "lambda_batch": lam_batch,
-                "grad_norm_full": [number_at(m, "grad_norm") for _, m, _ in pairs],
-                "grad_norm_batch": [number_at(b, "batch_grad_norm") for _, _, b in pairs],
-                "edge_batch": [number_at(b, "sam_edge_batch") for _, _, b in pairs] if applies else None,
-                "edge_full": [number_at(m, "thresholds.edge") for _, m, _ in pairs] if applies else None}
+                "lambda_full": [as_number(m.lambda_max) for _, m, _ in pairs], "lambda_batch": lam_batch,
+                "grad_norm_full": [as_number(m.grad_norm) for _, m, _ in pairs],
+                "grad_norm_batch": [as_number(b.batch_grad_norm) for _, _, b in pairs],
+                "edge_batch": [as_number(b.sam_edge_batch) for _, _, b in pairs] if applies else None,
+                "edge_full": [as_number(m.edge) for _, m, _ in pairs] if applies else None}
         out.append({**item, "ratios": pairing_ratios(item)})
     return {"figure": "minibatch", "runs": out, "window": ROLLING_WINDOW, "band": list(BAND)}
 

@@ -1,8 +1,9 @@
 """Run directories as plain data for figures: the records of one run and series pulled out of them.
 
 :func:`load_run` reads ``config.json``, ``metrics.jsonl`` and ``summary.json`` through
-:class:`~sharpscope.track.RunDirectory` and decodes the stored non-finite strings (``"NaN"``,
-``"Infinity"``) back into floats. :func:`series` turns a dotted key into two aligned arrays:
+:class:`~sharpscope.track.RunDirectory` as the typed records of :mod:`sharpscope.io.records` (the stored
+non-finite strings ``"NaN"``, ``"Infinity"`` decoded back into floats). :func:`series` turns a dotted key
+into two aligned arrays:
 
     >>> import tempfile
     >>> from sharpscope.io.rundir import RunDirectory
@@ -36,29 +37,43 @@ import numpy as np
 
 from sharpscope.errors import ConfigError, DataError, SharpscopeError
 from sharpscope.io.jsonsafe import decode
-from sharpscope.io.records import is_measurement, number_at
+from sharpscope.io.records import (
+    Divergence,
+    Measurement,
+    RunRecord,
+    RunSummary,
+    is_measurement,
+    number_at,
+    record_kind,
+    record_step,
+    stored_record,
+    typed_record,
+)
 from sharpscope.io.rundir import CONFIG, METRICS, RunDirectory
+
+#: A record other than a measurement: typed for the kinds sharpscope writes, the decoded JSON for any other.
+Event = RunRecord | dict[str, Any]
 
 
 @dataclass(frozen=True)
 class RunData:
-    """One run directory, read: its config, its measurement records (``kind == "measurement"``) in
-    step order, its other records (``events``, e.g. ``{"kind": "diverged", "step": t}``), its
-    summary (None while the run is unfinished) and the label figures give it."""
+    """One run directory, read: its config, its :class:`~sharpscope.io.records.Measurement` records in
+    step order, its other records (``events``: a :class:`~sharpscope.io.records.Divergence`, ...), its
+    :class:`~sharpscope.io.records.RunSummary` (None while the run is unfinished) and the label figures give it."""
 
     path: Path
     config: dict[str, Any]
-    measurements: list[dict[str, Any]]
-    events: list[dict[str, Any]]
-    summary: dict[str, Any] | None
+    measurements: list[Measurement]
+    events: list[Event]
+    summary: RunSummary | None
     label: str
 
     @property
     def diverged_at(self) -> int | None:
         """The step at which the training loss became non-finite, or None."""
         for event in self.events:
-            if event.get("kind") == "diverged":
-                return int(event["step"])
+            if isinstance(event, Divergence):
+                return event.step
         return None
 
 
@@ -92,12 +107,12 @@ def load_run(path: str | os.PathLike[str], label: str | None = None) -> RunData:
         raise
     except ValueError as e:  # a config.json or summary.json that is not strict JSON
         raise ConfigError(f"{run.path}: unreadable run file ({e})") from None
-    records = decode(run.read_metrics(torn_ok=True))
-    measurements = sorted((r for r in records if is_measurement(r)), key=lambda r: r["step"])
-    events = [r for r in records if not is_measurement(r)]
+    records = run.read_metrics(torn_ok=True)
+    measurements = sorted((Measurement.from_json(r) for r in records if is_measurement(r)), key=lambda m: m.step)
+    events: list[Event] = [typed_record(r) or decode(r) for r in records if not is_measurement(r)]
     name = label if label is not None else (run.path.resolve().name or str(run.path))
     return RunData(path=run.path, config=config, measurements=measurements, events=events,
-                   summary=None if summary is None else decode(summary), label=name)
+                   summary=None if summary is None else RunSummary.from_json(summary), label=name)
 
 
 def is_run_directory(path: str | os.PathLike[str]) -> bool:
@@ -139,10 +154,10 @@ def as_runs(runs: RunLike | Sequence[RunLike], labels: Sequence[str] | None = No
     return out
 
 
-def value(record: Mapping[str, Any], key: str) -> float:
-    """The number at dotted ``key`` in ``record`` (list entries by index: ``"eigenvalues.1"``), or NaN
-    when any part is missing or is not a number (:func:`sharpscope.io.records.number_at`)."""
-    return number_at(record, key)
+def value(record: RunRecord | Mapping[str, Any], key: str) -> float:
+    """The number at dotted ``key`` in ``record``'s stored form (list entries by index: ``"eigenvalues.1"``), or
+    NaN when any part is missing or is not a number (:func:`sharpscope.io.records.number_at`)."""
+    return number_at(stored_record(record), key)
 
 
 def series(run: RunData, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -152,16 +167,16 @@ def series(run: RunData, key: str) -> tuple[np.ndarray, np.ndarray]:
     ``"grad_norm"``, ``"train_loss"``, ``"train_acc"``, ``"test_loss"``, ``"test_acc"``,
     ``"thresholds.edge"``, ``"thresholds.gd_edge"``, ``"cost.hvps"``, ...
     """
-    steps = np.array([int(r["step"]) for r in run.measurements], dtype=np.int64)
-    values = np.array([value(r, key) for r in run.measurements], dtype=np.float64)
+    steps = np.array([m.step for m in run.measurements], dtype=np.int64)
+    values = np.array([value(m, key) for m in run.measurements], dtype=np.float64)
     return steps, values
 
 
 def event_series(run: RunData, kind: str, key: str) -> tuple[np.ndarray, np.ndarray]:
     """``(steps, values)`` of dotted ``key`` over the run's records of ``kind`` (e.g. ``"update_curvature"``,
     ``"kappa"``), in step order; missing values are NaN."""
-    records = sorted((r for r in run.events if r.get("kind") == kind), key=lambda r: int(r["step"]))
-    steps = np.array([int(r["step"]) for r in records], dtype=np.int64)
+    records = sorted((r for r in run.events if record_kind(r) == kind), key=record_step)
+    steps = np.array([record_step(r) for r in records], dtype=np.int64)
     return steps, np.array([value(r, key) for r in records], dtype=np.float64)
 
 

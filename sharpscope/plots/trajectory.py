@@ -39,6 +39,7 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from sharpscope.errors import DataError
+from sharpscope.io.records import UpdateReading
 from sharpscope.plots.arms import dodge, test_set_size
 from sharpscope.plots.intervals import accuracy_errorbars
 from sharpscope.plots.runs import RunData, RunLike, as_runs, event_series, has_values, series
@@ -50,27 +51,25 @@ EDGE_NAMES = {"gd_edge": "2/η", "momentum_edge": "momentum edge (2+2β)/η",
               "ema_momentum_edge": "EMA momentum edge (2+2β)/(η(1−β))", "sam_edge": "SAM-edge",
               "adam_edge": "Adam edge (2+2β₁)/(η(1−β₁))"}
 PRECONDITIONED = "preconditioned_eigenvalues"
-UPDATE = "update_curvature"
 
 
 def _update_curvature(run: RunData, preconditioned: bool) -> dict[str, Any] | None:
     """``{"steps", "values", "edge", "method", "key"}`` of the run's update-curvature records: ``kappa``, or
     ``kappa_preconditioned`` when the sharpness drawn is λ_max(P⁻¹H); None when it has no such records."""
-    records = [r for r in run.events if r.get("kind") == UPDATE]
+    records = [r for r in run.events if isinstance(r, UpdateReading)]
     if not records:
         return None
     key = "kappa_preconditioned" if preconditioned else "kappa"
-    steps, values = event_series(run, UPDATE, key)
-    methods = sorted({str(r.get("method")) for r in records})
-    return {"steps": steps, "values": values, "edge": event_series(run, UPDATE, "thresholds.edge")[1],
+    steps, values = event_series(run, UpdateReading.KIND, key)
+    methods = sorted({str(r.method) for r in records})
+    return {"steps": steps, "values": values, "edge": event_series(run, UpdateReading.KIND, "thresholds.edge")[1],
             "method": "/".join(methods), "key": key}
 
 
 def _rule(run: RunData) -> str | None:
-    for r in run.measurements:
-        rule = (r.get("thresholds") or {}).get("rule")
-        if rule:
-            return str(rule)
+    for m in run.measurements:
+        if m.threshold_rule:
+            return str(m.threshold_rule)
     return None
 
 
@@ -98,7 +97,8 @@ def sharpness_data(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str] |
             else:
                 note = ("Adam's edge bounds lambda_max(P^-1 H), which these records do not hold; "
                         "lambda_max(H) is shown with 2/eta as a reference only")
-        recorded = max(len(r.get(key) or []) for r in run.measurements)
+        recorded = max(len((m.preconditioned_eigenvalues if key == PRECONDITIONED else m.eigenvalues) or ())
+                       for m in run.measurements)
         steps, loss = series(run, "train_loss")
         eigs = [series(run, f"{key}.{i}")[1] for i in range(min(k, max(recorded, 1)))]
         edge = None if note else series(run, "thresholds.edge")[1]
@@ -128,7 +128,7 @@ def _missing_sharpness(run: RunData, no_edge: bool, k: int, recorded: int, loss:
     """One sentence for each part of the sharpness figure that ``run``'s records cannot give."""
     out = []
     if no_edge:
-        thresholds = [r.get("thresholds") for r in run.measurements]
+        thresholds = [m.thresholds for m in run.measurements]
         if not any(thresholds):
             out.append("no edge line: no thresholds recorded (give the tracker the optimizer: "
                        "tracker.maybe_measure(step, model, optimizer))")

@@ -20,6 +20,7 @@ from sharpscope.curvature.operators.objective import LossFn
 from sharpscope.data import ArrayDataset, cifar_feature_stats, resolve_data
 from sharpscope.errors import CheckpointError, ConfigError
 from sharpscope.io import fit_state_dict, read_checkpoint
+from sharpscope.io.records import RunRecord
 from sharpscope.io.rundir import RunDirectory
 from sharpscope.models import ModelSpec
 from sharpscope.optim import RS, SA, SAM, SparseSAM, empirical_fisher_diagonal
@@ -193,7 +194,7 @@ def check_model_fits(model: nn.Module, loss_fn: LossFn, data: ArrayDataset, k: i
 
 
 def build_tracker(cfg: TrainConfig, probe: Any, test: Any, loss_fn: LossFn,
-                  sink: Callable[[dict[str, Any]], Any] | None = None) -> SharpnessTracker:
+                  sink: Callable[[RunRecord], Any] | None = None) -> SharpnessTracker:
     """The tracker of ``cfg`` on the probe set ``probe`` (and the fixed test set ``test``, or None):
     its curvature settings, trace, alignment and preconditioned measurements every ``measure_every``
     steps, the update curvature every ``update_every`` steps, physical batches of ``physical_batch_size``, random vectors seeded by ``probe_seed`` (or

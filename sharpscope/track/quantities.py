@@ -1,7 +1,8 @@
 """The quantities one tracker measurement records: each a small object that writes its fields and counts its cost.
 
-A measurement at step ``t`` is a loop over :class:`Quantity` objects sharing one :class:`Reading` (the record
-being written, its ``cost`` and ``errors``, the gradient once computed). Each quantity writes its own keys,
+A measurement at step ``t`` is a loop over :class:`Quantity` objects sharing one :class:`Reading` (the fields of
+the :class:`~sharpscope.io.records.Measurement` being made, its ``cost`` and ``errors``, the gradient once
+computed). Each quantity writes its own fields (by their names in ``Measurement``: another name is an error),
 returns the Hessian-vector products it took (summed into ``cost.hvps``) and, when it names a ``timer``, has
 its seconds stored as ``cost[timer]``. A quantity that fails records None for its fields and its one-line
 error under ``errors``; the others still run. The record's key order is the order of the quantities.
@@ -24,6 +25,7 @@ from sharpscope.curvature.operators.preconditioned import PreconditionedOperator
 from sharpscope.curvature.results import EigenResult
 from sharpscope.curvature.settings import CurvatureSettings
 from sharpscope.errors import ConfigError, SharpscopeError
+from sharpscope.io.records import Alignment
 from sharpscope.measures import TAKES_M, SharpnessSettings
 from sharpscope.measures import measure as sharpness_measure
 from sharpscope.track.probe_view import OperatorView, ProbeView
@@ -100,14 +102,14 @@ class EigenSolver:
 
 @dataclass
 class Reading:
-    """One measurement in progress: the step, the optimizer, the probe (and test) views, and what the
-    quantities have written so far."""
+    """One measurement in progress: the step, the optimizer, the probe (and test) views, and the fields of the
+    :class:`~sharpscope.io.records.Measurement` the quantities have written so far (``step`` first)."""
 
     step: int
     optimizer: torch.optim.Optimizer | None
     probe: OperatorView
     test: ProbeView | None
-    record: dict[str, Any]
+    fields: dict[str, Any]
     cost: dict[str, Any] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     grad: Tensor | None = None  # the whole gradient (None for a sharded model or when not computed)
@@ -115,7 +117,7 @@ class Reading:
 
 
 class Quantity:
-    """One thing a measurement records. :meth:`measure` writes its fields into ``reading.record`` and returns
+    """One thing a measurement records. :meth:`measure` writes its fields into ``reading.fields`` and returns
     the Hessian-vector products it took; ``timer`` names the ``cost`` entry of its seconds (None: untimed)."""
 
     timer: ClassVar[str | None] = None
@@ -124,7 +126,7 @@ class Quantity:
         """Raise :class:`ConfigError` before any work when this quantity cannot be measured with ``optimizer``."""
 
     def measure(self, reading: Reading) -> int:
-        """Write this quantity's fields into ``reading.record``; return the Hessian-vector products taken."""
+        """Write this quantity's fields into ``reading.fields``; return the Hessian-vector products taken."""
         raise NotImplementedError
 
 
@@ -138,7 +140,7 @@ class LossAccuracy(Quantity):
 
     def measure(self, reading: Reading) -> int:
         """Loss and accuracy on the probe and test sets (and the test predictions when asked)."""
-        rec = reading.record
+        rec = reading.fields
         rec["train_loss"], rec["train_acc"] = reading.probe.evaluate()
         if reading.test is not None:
             rec["test_loss"], rec["test_acc"] = reading.test.evaluate()
@@ -168,7 +170,8 @@ class TopEigenvalues(Quantity):
         if top is None:
             rec.update(eigenvalues=None, residuals=None, converged=False, hvps=None, seconds=None)
         else:
-            rec.update(eigenvalues=top.eigenvalues.tolist(), residuals=top.residuals.tolist(), converged=top.converged,
+            rec.update(eigenvalues=tuple(top.eigenvalues.tolist()), residuals=tuple(top.residuals.tolist()),
+                       converged=top.converged,
                        hvps=top.hvps, seconds=top.seconds, lanczos_steps=top.settings["steps"])
 
     def measure(self, reading: Reading) -> int:
@@ -177,11 +180,11 @@ class TopEigenvalues(Quantity):
         try:
             top = self.solver.top(self.operator(reading), v0, reading.step, self.salt)
         except SharpscopeError as e:
-            self.write(reading.record, None, v0 is not None)
+            self.write(reading.fields, None, v0 is not None)
             reading.errors[self.error_key] = str(e)
             self.vectors = None
             return 0
-        self.write(reading.record, top, v0 is not None)
+        self.write(reading.fields, top, v0 is not None)
         self.vectors = None if top.eigenvectors is None else top.eigenvectors.detach().clone()
         return top.hvps
 
@@ -211,8 +214,8 @@ class PreconditionedEigenvalues(TopEigenvalues):
 
     def write(self, rec: dict[str, Any], top: EigenResult | None, warm: bool) -> None:
         """The preconditioned eigenvalues and residuals into ``rec``."""
-        rec.update(preconditioned_eigenvalues=None if top is None else top.eigenvalues.tolist(),
-                   preconditioned_residuals=None if top is None else top.residuals.tolist(),
+        rec.update(preconditioned_eigenvalues=None if top is None else tuple(top.eigenvalues.tolist()),
+                   preconditioned_residuals=None if top is None else tuple(top.residuals.tolist()),
                    preconditioned_hvps=None if top is None else top.hvps)
 
 
@@ -231,10 +234,10 @@ class Trace(Quantity):
             tr = trace_estimator(c.trace_method)(op, c.trace_matvecs, seed=self.seeds(reading.step, 2),
                                                  memory_budget=c.memory_budget)
         except SharpscopeError as e:
-            reading.record["trace"] = None
+            reading.fields["trace"] = None
             reading.errors["trace"] = str(e)
             return 0
-        reading.record["trace"] = {"estimate": tr.estimate, "stderr": tr.stderr, "per_param": tr.estimate / op.global_dim,
+        reading.fields["trace"] = {"estimate": tr.estimate, "stderr": tr.stderr, "per_param": tr.estimate / op.global_dim,
                                    "method": c.trace_method, "hvps": tr.hvps, "seconds": tr.seconds}
         return tr.hvps
 
@@ -266,7 +269,7 @@ class SharpnessMeasures(Quantity):
             record.pop("settings")
             record["details"] = {k: v for k, v in result.details.items() if k != "per_set"}
             out[name] = record
-        reading.record["sharpness"] = out
+        reading.fields["sharpness"] = out
         return 0
 
 
@@ -279,7 +282,7 @@ class GradientNorm(Quantity):
     def measure(self, reading: Reading) -> int:
         """``‖∇L‖`` on the probe set."""
         reading.grad, reading.grad_norm = reading.probe.gradient()
-        reading.record["grad_norm"] = reading.grad_norm
+        reading.fields["grad_norm"] = reading.grad_norm
         return 0
 
 
@@ -297,19 +300,19 @@ class GradientAlignment(Quantity):
         self.pending = None
         grad, vectors = reading.grad, self.top.vectors
         if vectors is None or grad is None:
-            reading.record["alignment"] = None
+            reading.fields["alignment"] = None
             return 0
         vectors = vectors.to(grad.device, grad.dtype)
         signs = torch.where(vectors.T @ grad < 0, -1.0, 1.0).to(grad.dtype)
         self.pending = {"step": reading.step, "theta": reading.probe.objective.parameter_vector(), "signs": signs}
         found = subspace_alignment(grad, vectors * signs)
-        reading.record["alignment"] = None if found is None else {"grad_cos": found[0], "grad_fraction": found[1]}
+        reading.fields["alignment"] = None if found is None else {"grad_cos": found[0], "grad_fraction": found[1]}
         return 0
 
-    def update_record(self, step: int, parameters: Callable[[], Tensor]) -> dict[str, Any] | None:
-        """The ``"alignment"`` record of ``Δ = θ_{t+1} − θ_t`` for the measurement at ``step`` (``parameters()``
-        gives ``θ_{t+1}``, asked only then), or None when no measurement of ``step`` is pending; a pending
-        measurement of another step is dropped."""
+    def update_record(self, step: int, parameters: Callable[[], Tensor]) -> Alignment | None:
+        """The :class:`~sharpscope.io.records.Alignment` record of ``Δ = θ_{t+1} − θ_t`` for the measurement at
+        ``step`` (``parameters()`` gives ``θ_{t+1}``, asked only then), or None when no measurement of ``step`` is
+        pending; a pending measurement of another step is dropped."""
         pending, self.pending = self.pending, None
         vectors = self.top.vectors
         if pending is None or pending["step"] != int(step) or vectors is None:
@@ -319,13 +322,13 @@ class GradientAlignment(Quantity):
             return None
         delta = theta - pending["theta"].to(theta.device, theta.dtype)
         found = subspace_alignment(delta, vectors.to(theta.device, theta.dtype) * pending["signs"].to(theta.device, theta.dtype))
-        return {"kind": "alignment", "step": int(step), "update_norm": float(delta.norm()),
-                "update_cos": None if found is None else found[0],
-                "update_fraction": None if found is None else found[1]}
+        return Alignment.made({"step": int(step), "update_norm": float(delta.norm()),
+                               "update_cos": None if found is None else found[0],
+                               "update_fraction": None if found is None else found[1]})
 
 
 @dataclass
-class SamBatch(Quantity):
+class SamStep(Quantity):
     """Writes nothing into the measurement; for a SAM optimizer, marks ``step`` so that the tracker's
     ``after_step`` records the ``"sam_batch"`` norm of the mini-batch gradient that SAM's step normalised."""
 
@@ -351,6 +354,6 @@ class Thresholds(Quantity):
 
     def measure(self, reading: Reading) -> int:
         """The thresholds that apply to the optimizer at this step (2/η, momentum, Adam, SAM's edge)."""
-        reading.record["thresholds"] = thresholds_of(self.threshold, reading.step, reading.optimizer,
+        reading.fields["thresholds"] = thresholds_of(self.threshold, reading.step, reading.optimizer,
                                                      reading.grad_norm, reading.errors)
         return 0

@@ -27,11 +27,11 @@ warm-start vectors, so on CPU a run killed at any point and started again produc
 identical to an uninterrupted run (only wall-clock fields differ).
 
 Divergence. A non-finite training loss at step ``t`` stops the run before the update: a record
-``{"kind": "diverged", "step": t, ...}`` is written, the parameters ``θ_t`` are checkpointed and
-``summary.json`` says ``"status": "diverged"`` with the step (``sharpscope train`` then exits with
-code 3). An ``OSError`` while writing (full disk, read-only mount) ends the run with one
-:class:`~sharpscope.errors.StorageError` line; what was written before is intact and the same call
-resumes.
+(:class:`~sharpscope.io.records.Divergence`, ``{"kind": "diverged", "step": t, ...}``) is written, the
+parameters ``θ_t`` are checkpointed and ``summary.json`` says ``"status": "diverged"`` with the step
+(``sharpscope train`` then exits with code 3). An ``OSError`` while writing (full disk, read-only mount)
+ends the run with one :class:`~sharpscope.errors.StorageError` line; what was written before is intact
+and the same call resumes.
 
 Data parallel. Under a ``torch.distributed`` process group (``torchrun``; see
 :mod:`sharpscope.parallel`) every rank builds the same model from the same seed and keeps a
@@ -62,10 +62,14 @@ from torch import Tensor
 from sharpscope.curvature.operators.distributed import broadcast_buffers, sum_across_ranks, sum_gradients, world_size
 from sharpscope.data import ShuffledLoader, fresh_label_noise
 from sharpscope.errors import CheckpointError, ConfigError, StorageError, os_error_text
-from sharpscope.io import fit_state_dict, jsonsafe
+from sharpscope.io import fit_state_dict
 from sharpscope.io.records import (
+    MEASUREMENT,
+    SAM_BATCH,
     UPDATE_CURVATURE,
+    Divergence,
     Measurement,
+    RunRecord,
     RunSummary,
     UpdateReading,
     as_number,
@@ -102,7 +106,7 @@ from sharpscope.validation import offset_seed
 
 __all__ = ["build_data", "build_model", "build_optimizer", "resolve_device", "storage_error", "train"]
 
-Progress = Callable[[int, int, "dict[str, Any] | None"], None]
+Progress = Callable[[int, int, "Measurement | None"], None]
 
 
 # ------------------------------------------------------------------------------ session
@@ -197,10 +201,10 @@ class _Session:
         return int(extra["step"])
 
     # -- records -----------------------------------------------------------------------------
-    def record(self, record: Mapping[str, Any]) -> bool:
-        """Append ``record`` to ``metrics.jsonl`` and, when it is new there, send it to the ``log`` sinks
-        (a record a resumed run computes again reaches them once)."""
-        new = self.run.append_metric(record)
+    def record(self, record: RunRecord) -> bool:
+        """Append ``record`` (its stored form, ``record.to_json()``) to ``metrics.jsonl`` and, when it is new
+        there, send it to the ``log`` sinks (a record a resumed run computes again reaches them once)."""
+        new = self.run.append_metric(record.to_json())
         if new:
             for sink in self.logs:
                 sink(record)
@@ -288,13 +292,13 @@ class _Session:
             self.optimizer.step()
 
     # -- the loop ----------------------------------------------------------------------------
-    def measure(self, step: int) -> dict[str, Any] | None:
-        stored = on_rank0(lambda: self.run.find_metric("measurement", step)
-                          if self.run.has_metric("measurement", step) else None)
+    def measure(self, step: int) -> Measurement:
+        stored = on_rank0(lambda: self.run.find_metric(MEASUREMENT, step)
+                          if self.run.has_metric(MEASUREMENT, step) else None)
         if stored is not None:  # measured before a crash: its SAM batch record may still be missing
-            if not on_rank0(lambda: self.run.has_metric("sam_batch", step)):
+            if not on_rank0(lambda: self.run.has_metric(SAM_BATCH, step)):
                 self.tracker.expect_batch_record(step, self.optimizer)
-            return stored
+            return Measurement.from_json(stored)
         return self.tracker.measure(step, self.model, self.optimizer)
 
     def ensure_checkpoint(self, step: int) -> None:
@@ -302,7 +306,7 @@ class _Session:
         if latest is None or latest[0] != step:
             self.save(step)
 
-    def train(self, resume: bool) -> dict[str, Any]:
+    def train(self, resume: bool) -> RunSummary:
         cfg = self.cfg
         started = time.perf_counter()
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
@@ -313,14 +317,13 @@ class _Session:
             self.model.train()
             status, event = "completed", None
             while True:
-                record = None
+                measured = None
                 if self.tracker.due(t) or t == cfg.steps:
-                    record = self.measure(t)
+                    measured = self.measure(t)
                 if t % cfg.checkpoint_every == 0 or t == cfg.steps:
                     self.ensure_checkpoint(t)
                 if t >= cfg.steps:
                     break
-                measured = None if record is None else Measurement.from_json(record)
                 reached = _reached(cfg, measured.train_loss, measured.train_acc) \
                     if self.loader is not None and measured is not None else None
                 if reached is not None:
@@ -329,8 +332,8 @@ class _Session:
                 closure, loss, acc = self.gradient_pass(t)
                 if not math.isfinite(loss):
                     status = "diverged"
-                    event = {"kind": "diverged", "step": t, "train_loss": loss, "train_acc": acc,
-                             "batch": "full" if self.loader is None else "mini-batch"}
+                    event = Divergence.made({"step": t, "train_loss": loss, "train_acc": acc,
+                                             "batch": "full" if self.loader is None else "mini-batch"})
                     if self.lead:
                         self.record(event)
                     break
@@ -353,12 +356,12 @@ class _Session:
         seconds = time.perf_counter() - started
         return on_rank0(lambda: self.summary(t, status, event, start, seconds))
 
-    def summary(self, step: int, status: str, event: dict[str, Any] | None, start: int | None,
-                seconds: float) -> dict[str, Any]:
+    def summary(self, step: int, status: str, event: Divergence | None, start: int | None,
+                seconds: float) -> RunSummary:
+        """Write ``summary.json`` from the stored records and return it as stored (:meth:`RunSummary.from_json`)."""
         records = self.run.read_metrics()
         measured = [Measurement.from_json(r) for r in records if is_measurement(r)]
         updates = [UpdateReading.from_json(r) for r in records if record_kind(r) == UPDATE_CURVATURE]
-        final = measured[-1].to_json() if measured else {}
         best: tuple[float, int] | None = None
         crossing = None
         for m in measured:
@@ -367,20 +370,17 @@ class _Session:
                 continue
             if best is None or lam > best[0]:
                 best = (lam, m.step)
-            edge = as_number((m.thresholds or {}).get("edge"))
+            edge = as_number(m.edge)
             _, bounded = bounded_sharpness(m)
             if crossing is None and math.isfinite(edge) and bounded is not None and bounded >= edge:
                 crossing = m.step
         latest = self.run.latest_checkpoint()
         summary = RunSummary(
             status=status, step=step, steps_requested=self.cfg.steps, recipe=self.cfg.recipe, scale=self.cfg.scale,
-            diverged_at_step=None if event is None else event["step"],
-            nonfinite_loss=None if event is None else event["train_loss"],
+            diverged_at_step=None if event is None else event.step,
+            nonfinite_loss=None if event is None else event.train_loss,
             measurements=len(measured),
-            final={key: final.get(key) for key in ("step", "eigenvalues", "residuals", "converged",
-                                                   "preconditioned_eigenvalues", "trace",
-                                                   "grad_norm", "train_loss", "train_acc", "test_loss",
-                                                   "test_acc", "thresholds") if key in final},
+            final=measured[-1].summary_part() if measured else {},
             max_sharpness=None if best is None else {"value": best[0], "step": best[1]},
             first_step_at_or_above_edge=crossing,
             hvps_total=sum(m.total_hvps for m in measured),
@@ -392,7 +392,7 @@ class _Session:
             data=self.data_info, sharding=sharding(len(self.train_set)), init=self.init_info,
             checkpoint=None if latest is None else str(latest[1]), run_dir=str(self.run.path)).to_json()
         self.run.write_summary(summary)
-        return jsonsafe.loads(jsonsafe.dumps(summary))
+        return RunSummary.from_json(summary)
 
 
 def _reached(cfg: TrainConfig, loss: float | None, acc: float | None) -> str | None:
@@ -406,13 +406,14 @@ def _reached(cfg: TrainConfig, loss: float | None, acc: float | None) -> str | N
 
 
 def train(config: TrainConfig | Mapping[str, Any], out_dir: str | Path, *, force: bool = False,
-          progress: Progress | None = None) -> dict[str, Any]:
-    """Run ``config`` into the run directory ``out_dir`` and return its summary.
+          progress: Progress | None = None) -> RunSummary:
+    """Run ``config`` into the run directory ``out_dir`` and return its summary (a
+    :class:`~sharpscope.io.records.RunSummary`; ``summary.to_json()`` is ``summary.json``).
 
     A new or empty ``out_dir`` starts the run; a directory holding the same config resumes it from
     its latest checkpoint (or returns the stored summary if the run has finished); any other
     existing directory raises :class:`ConfigError` unless ``force`` (which deletes the old run's
-    files first). ``progress(step, steps, last_record)`` is called after every step. Data, model
+    files first). ``progress(step, steps, last_measurement)`` is called after every step. Data, model
     and optimizer are built (and so checked) before the folder is touched, so a bad config leaves
     no trace. Under a process group every rank calls this with the same arguments (see the module
     docstring); all return rank 0's summary.
@@ -425,7 +426,7 @@ def train(config: TrainConfig | Mapping[str, Any], out_dir: str | Path, *, force
         with contextlib.ExitStack() as held:
             state, done = on_rank0(lambda: _open_run(session.run, cfg, force, held))
             if done is not None:
-                return {**done, "already_complete": True}
+                return RunSummary.from_json(done).returned_again()
             return session.train(resume=state == "resume")
     except OSError as e:
         raise storage_error(e, session.run.path) from None

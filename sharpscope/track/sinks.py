@@ -1,16 +1,19 @@
 """Where a tracker's records go: JSONL (the run directory), CSV, TensorBoard, Weights & Biases.
 
-A *sink* is any callable taking one record, a JSON-like dict ``{"kind": ..., "step": t, ...}``
-(:class:`~sharpscope.track.SharpnessTracker`'s ``sink=``). The sinks here write the same record to
+A *sink* is any callable taking one record (:class:`~sharpscope.track.SharpnessTracker`'s ``sink=``): the
+tracker sends typed records of :mod:`sharpscope.io.records` (a :class:`~sharpscope.io.records.Measurement`,
+...), whose stored form ``record.to_json()`` is ``{"kind": ..., "step": t, ...}``; the sinks here also take
+that stored form (a resumed run's kept records, or a dict of your own). They write the same record to
 different places; :class:`MultiSink` sends each record to several (``TensorBoardSink(folder)``
 and ``WandbSink(...)`` join the same way):
 
     >>> import tempfile
+    >>> from sharpscope.io.records import Measurement
     >>> from sharpscope.io.rundir import RunDirectory
     >>> run = RunDirectory(tempfile.mkdtemp() + "/gd")
     >>> _ = run.create({"model": {"name": "mlp"}})
     >>> sink = MultiSink(JSONLSink(run), CSVSink(run.path / "metrics.csv"))
-    >>> sink({"kind": "measurement", "step": 0, "eigenvalues": [3.0, 1.0], "trace": {"estimate": 7.5}})
+    >>> sink(Measurement.made({"step": 0, "eigenvalues": [3.0, 1.0], "trace": {"estimate": 7.5}}))
     [True, None]
     >>> (run.path / "metrics.csv").read_text().splitlines()[0]
     'kind,step,eigenvalues.0,eigenvalues.1,trace.estimate'
@@ -43,12 +46,15 @@ from typing import Any
 from sharpscope.errors import ConfigError
 from sharpscope.io import atomic_write_bytes, jsonsafe
 from sharpscope.io.atomic import append_bytes
+from sharpscope.io.records import RunRecord, stored_record
 from sharpscope.io.rundir import RunDirectory
 
-Sink = Callable[[Mapping[str, Any]], Any]
+#: What a sink takes: a typed record or its stored form.
+AnyRecord = RunRecord | Mapping[str, Any]
+Sink = Callable[[AnyRecord], Any]
 
 
-def flatten_record(record: Mapping[str, Any]) -> dict[str, Any]:
+def flatten_record(record: AnyRecord) -> dict[str, Any]:
     """One level of ``key: value`` with JSON-safe scalar values (see the module docstring).
 
     Empty lists and dicts are kept as their JSON text (``"[]"``, ``"{}"``), so no key is lost.
@@ -67,11 +73,11 @@ def flatten_record(record: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
 
-    walk(jsonsafe.to_jsonable(dict(record)), "")
+    walk(jsonsafe.to_jsonable(stored_record(record)), "")
     return out
 
 
-def record_scalars(record: Mapping[str, Any]) -> tuple[str, int, dict[str, float]]:
+def record_scalars(record: AnyRecord) -> tuple[str, int, dict[str, float]]:
     """``(kind, step, {key: number})`` of a record, for the sinks that store numbers only."""
     flat = flatten_record(record)
     kind, step = str(flat.pop("kind", "metrics")), flat.pop("step", None)
@@ -96,8 +102,8 @@ class JSONLSink:
     def __init__(self, run: RunDirectory | str | os.PathLike[str]) -> None:
         self.run = run if isinstance(run, RunDirectory) else RunDirectory(run)
 
-    def __call__(self, record: Mapping[str, Any]) -> bool:
-        """Append ``record`` to the run's ``metrics.jsonl``."""
+    def __call__(self, record: AnyRecord) -> bool:
+        """Append ``record`` (its stored form) to the run's ``metrics.jsonl``."""
         return self.run.append_metric(record)
 
 
@@ -119,7 +125,7 @@ class CSVSink:
             with open(self.path, newline="", encoding="utf-8") as f:
                 self.columns = next(csv.reader(f), [])
 
-    def __call__(self, record: Mapping[str, Any]) -> None:
+    def __call__(self, record: AnyRecord) -> None:
         """Append ``record`` as a CSV row, widening the header when new fields appear."""
         flat = {k: "" if v is None else v for k, v in flatten_record(record).items()}
         new = [k for k in flat if k not in self.columns]
@@ -130,7 +136,7 @@ class CSVSink:
         csv.DictWriter(row, self.columns).writerow(flat)
         append_bytes(self.path, row.getvalue().encode("utf-8"))
 
-    def catch_up(self, records: Sequence[Mapping[str, Any]], step: int | None = None) -> None:
+    def catch_up(self, records: Sequence[AnyRecord], step: int | None = None) -> None:
         """Rewrite the file (atomically) to hold exactly ``records``, one row each, the header in the order
         their keys first appear: what it holds after those records alone (a resumed run's kept records;
         ``step``, its checkpoint, is implied by them)."""
@@ -205,11 +211,11 @@ class TensorBoardSink:
         """The event files this sink writes in ``logdir`` (name order)."""
         return sorted(self.logdir.glob(f"events.out.tfevents.*{self.SUFFIX}")) if self.logdir.is_dir() else []
 
-    def __call__(self, record: Mapping[str, Any]) -> None:
+    def __call__(self, record: AnyRecord) -> None:
         """Log ``record``'s numbers as scalars at its step."""
         self._write(record, None)
 
-    def _write(self, record: Mapping[str, Any], present: set[tuple[str, int]] | None) -> None:
+    def _write(self, record: AnyRecord, present: set[tuple[str, int]] | None) -> None:
         """Write ``record`` (its scalars not already ``present`` as ``(tag, step)``), and the one-off summaries
         not yet written; flush."""
         from sharpscope.track import tags
@@ -237,7 +243,7 @@ class TensorBoardSink:
                 writer.add_scalar(tag, value, global_step=step)
         writer.flush()
 
-    def catch_up(self, records: Sequence[Mapping[str, Any]], step: int | None) -> None:
+    def catch_up(self, records: Sequence[AnyRecord], step: int | None) -> None:
         """Make the folder hold what it would after ``records`` alone (a resumed run's kept records, its
         checkpoint at ``step``; None: the run starts over), before anything else is written.
 
@@ -334,7 +340,7 @@ class WandbSink:
             self._last = (int(last), [str(k) for k in kinds] if isinstance(kinds, list) else [])
         self._constants_sent = False
 
-    def __call__(self, record: Mapping[str, Any]) -> bool:
+    def __call__(self, record: AnyRecord) -> bool:
         """Log ``record``; False when the run already holds it (see the class docstring)."""
         from sharpscope.track import tags
 
@@ -355,7 +361,7 @@ class WandbSink:
             summary["sharpscope/last_kinds"] = kinds
         return True
 
-    def catch_up(self, records: Sequence[Mapping[str, Any]], step: int | None) -> None:
+    def catch_up(self, records: Sequence[AnyRecord], step: int | None) -> None:
         """Log those of a resumed run's kept ``records`` that the W&B run lacks (``step`` is unused:
         records after it are skipped when they arrive again)."""
         del step
@@ -380,7 +386,7 @@ class MultiSink:
             raise ConfigError("MultiSink needs one or more callables taking a record")
         self.sinks = sinks
 
-    def __call__(self, record: Mapping[str, Any]) -> list[Any]:
+    def __call__(self, record: AnyRecord) -> list[Any]:
         """Pass ``record`` to every sink; a failing sink does not stop the others (errors raised after all ran)."""
         results, errors = [], []
         for sink in self.sinks:

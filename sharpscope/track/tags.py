@@ -32,10 +32,19 @@ keep every number under ``kind/key`` (keys flattened by :func:`~sharpscope.track
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sharpscope.io import jsonsafe
+from sharpscope.io.records import (
+    Alignment,
+    Divergence,
+    Measurement,
+    RunRecord,
+    SamBatch,
+    UpdateReading,
+    typed_record,
+)
 
 #: The chart pairs a custom-scalars layout overlays: λ_max with the threshold that bounds it.
 OVERLAYS: dict[str, list[str]] = {
@@ -63,71 +72,66 @@ def _put(out: dict[str, float], tag: str, value: Any) -> None:
         out[tag] = number
 
 
-def _listed(out: dict[str, float], values: Any, first: str, other: str) -> None:
+def _listed(out: dict[str, float], values: Sequence[Any] | None, first: str, other: str) -> None:
     """``values[0]`` as ``first``, ``values[i]`` as ``other.format(i + 1)``."""
-    if isinstance(values, list):
+    if isinstance(values, (list, tuple)):
         for i, value in enumerate(values):
             _put(out, first if i == 0 else other.format(i + 1), value)
 
 
-def _measurement(record: Mapping[str, Any]) -> dict[str, float]:
+def _measurement(m: Measurement) -> dict[str, float]:
     out: dict[str, float] = {}
-    _listed(out, record.get("eigenvalues"), "sharpness/lambda_max", "sharpness/lambda_{}")
-    _listed(out, record.get("preconditioned_eigenvalues"), "sharpness/preconditioned_lambda_max",
+    _listed(out, m.eigenvalues, "sharpness/lambda_max", "sharpness/lambda_{}")
+    _listed(out, m.preconditioned_eigenvalues, "sharpness/preconditioned_lambda_max",
             "sharpness/preconditioned_lambda_{}")
-    thresholds = record.get("thresholds") or {}
-    preconditioned = thresholds.get("rule") == "adam_edge"  # Adam's edge bounds λ_max(P⁻¹H), not λ_max(H)
-    _put(out, "sharpness/preconditioned_edge" if preconditioned else "sharpness/edge", thresholds.get("edge"))
-    if thresholds.get("rule") not in (None, "gd_edge"):
-        _put(out, "sharpness/gd_edge", thresholds.get("gd_edge"))
-    trace = record.get("trace") or {}
-    _put(out, "trace", trace.get("estimate"))
-    _put(out, "trace/stderr", trace.get("stderr"))
-    _put(out, "trace/per_param", trace.get("per_param"))
-    for key, tag in (("train_loss", "loss/train"), ("test_loss", "loss/test"), ("train_acc", "accuracy/train"),
-                     ("test_acc", "accuracy/test"), ("grad_norm", "grad_norm"), ("converged", "lanczos/converged")):
-        _put(out, tag, record.get(key))
-    residuals = record.get("residuals")
-    if isinstance(residuals, list) and residuals:
-        _put(out, "lanczos/residual", residuals[0])
-    cost = record.get("cost") or {}
-    _put(out, "cost/hvps", cost.get("hvps"))
-    _put(out, "cost/seconds", cost.get("seconds"))
-    alignment = record.get("alignment") or {}
-    _put(out, "alignment/grad_fraction", alignment.get("grad_fraction"))
-    _listed(out, alignment.get("grad_cos"), "alignment/grad_cos_1", "alignment/grad_cos_{}")
+    preconditioned = m.threshold_rule == "adam_edge"  # Adam's edge bounds λ_max(P⁻¹H), not λ_max(H)
+    _put(out, "sharpness/preconditioned_edge" if preconditioned else "sharpness/edge", m.edge)
+    if m.threshold_rule not in (None, "gd_edge"):
+        _put(out, "sharpness/gd_edge", m.gd_edge)
+    _put(out, "trace", m.trace_estimate)
+    _put(out, "trace/stderr", m.trace_stderr)
+    _put(out, "trace/per_param", m.trace_per_param)
+    for tag, value in (("loss/train", m.train_loss), ("loss/test", m.test_loss), ("accuracy/train", m.train_acc),
+                       ("accuracy/test", m.test_acc), ("grad_norm", m.grad_norm), ("lanczos/converged", m.converged)):
+        _put(out, tag, value)
+    if m.residuals:
+        _put(out, "lanczos/residual", m.residuals[0])
+    _put(out, "cost/hvps", m.cost_hvps)
+    _put(out, "cost/seconds", m.cost_seconds)
+    _put(out, "alignment/grad_fraction", m.grad_fraction)
+    _listed(out, m.grad_cos, "alignment/grad_cos_1", "alignment/grad_cos_{}")
     return out
 
 
-def _alignment(record: Mapping[str, Any]) -> dict[str, float]:
+def _alignment(a: Alignment) -> dict[str, float]:
     out: dict[str, float] = {}
-    _put(out, "alignment/update_norm", record.get("update_norm"))
-    _put(out, "alignment/update_fraction", record.get("update_fraction"))
-    _listed(out, record.get("update_cos"), "alignment/update_cos_1", "alignment/update_cos_{}")
+    _put(out, "alignment/update_norm", a.update_norm)
+    _put(out, "alignment/update_fraction", a.update_fraction)
+    _listed(out, a.update_cos, "alignment/update_cos_1", "alignment/update_cos_{}")
     return out
 
 
-def _sam_batch(record: Mapping[str, Any]) -> dict[str, float]:
+def _sam_batch(b: SamBatch) -> dict[str, float]:
     out: dict[str, float] = {}
-    _put(out, "sam_batch/grad_norm", record.get("batch_grad_norm"))
-    _put(out, "sam_batch/edge", record.get("sam_edge_batch"))
-    _put(out, "sam_batch/lambda_max", (record.get("batch_sharpness") or {}).get("eigenvalue"))
+    _put(out, "sam_batch/grad_norm", b.batch_grad_norm)
+    _put(out, "sam_batch/edge", b.sam_edge_batch)
+    _put(out, "sam_batch/lambda_max", b.batch_lambda_max)
     return out
 
 
-def _update_curvature(record: Mapping[str, Any]) -> dict[str, float]:
+def _update_curvature(u: UpdateReading) -> dict[str, float]:
     out: dict[str, float] = {}
-    _put(out, "sharpness/kappa_u", record.get("kappa"))
-    _put(out, "sharpness/preconditioned_kappa_u", record.get("kappa_preconditioned"))
-    _put(out, "update_curvature/update_norm", record.get("update_norm"))
-    cost = record.get("cost") or {}
-    _put(out, "update_curvature/hvps", cost.get("hvps"))
-    _put(out, "update_curvature/forwards", cost.get("forwards"))
+    _put(out, "sharpness/kappa_u", u.kappa)
+    _put(out, "sharpness/preconditioned_kappa_u", u.kappa_preconditioned)
+    _put(out, "update_curvature/update_norm", u.update_norm)
+    if u.cost is not None:
+        _put(out, "update_curvature/hvps", u.hvps)
+        _put(out, "update_curvature/forwards", u.forwards)
     return out
 
 
-def readable_scalars(record: Mapping[str, Any]) -> dict[str, float]:
-    """``{chart name: number}`` of one record (the table in the module docstring).
+def readable_scalars(record: RunRecord | Mapping[str, Any]) -> dict[str, float]:
+    """``{chart name: number}`` of one record, typed or stored (the table in the module docstring).
 
     >>> readable_scalars({"kind": "measurement", "step": 0, "eigenvalues": [9.0], "preconditioned_eigenvalues": [300.0],
     ...                   "thresholds": {"rule": "adam_edge", "edge": 380.0, "gd_edge": 200.0}})
@@ -139,33 +143,34 @@ def readable_scalars(record: Mapping[str, Any]) -> dict[str, float]:
     """
     from sharpscope.track.sinks import record_scalars
 
-    kind = record.get("kind", "measurement")
-    if kind == "measurement":
-        return _measurement(record)
-    if kind == "alignment":
-        return _alignment(record)
-    if kind == "sam_batch":
-        return _sam_batch(record)
-    if kind == "update_curvature":
-        return _update_curvature(record)
-    if kind == "diverged":
+    typed = typed_record(record)
+    if isinstance(typed, Measurement):
+        return _measurement(typed)
+    if isinstance(typed, Alignment):
+        return _alignment(typed)
+    if isinstance(typed, SamBatch):
+        return _sam_batch(typed)
+    if isinstance(typed, UpdateReading):
+        return _update_curvature(typed)
+    if isinstance(typed, Divergence):
         return {"diverged": 1.0}
-    _, _, numbers = record_scalars(record)
+    kind, _, numbers = record_scalars(record)
     return {f"{kind}/{key}": value for key, value in numbers.items()}
 
 
-def record_constants(record: Mapping[str, Any]) -> dict[str, Any]:
+def record_constants(record: RunRecord | Mapping[str, Any]) -> dict[str, Any]:
     """What a measurement records that does not change along a run, flattened: ``settings.*`` (probe size,
     BN mode, dimension, seed, ...) and the thresholds' rule and hyperparameters (``thresholds.lr``, ...)
     other than the edges themselves. Empty for records of other kinds."""
     from sharpscope.track.sinks import flatten_record
 
-    if record.get("kind", "measurement") != "measurement":
+    typed = typed_record(record)
+    if not isinstance(typed, Measurement):
         return {}
-    thresholds = {k: v for k, v in (record.get("thresholds") or {}).items()
+    thresholds = {k: v for k, v in (typed.thresholds or {}).items()
                   if k not in ("edge", "gd_edge", "sam_edge", "sam_edge_indicative", "momentum_edge",
                                "ema_momentum_edge", "adam_edge")}
-    parts = {"settings": record.get("settings"), "thresholds": thresholds}
+    parts = {"settings": typed.settings, "thresholds": thresholds}
     return flatten_record({key: value for key, value in parts.items() if value})
 
 

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from sharpscope.errors import SharpscopeError
-from sharpscope.io.records import Measurement, as_number, lookup
+from sharpscope.io.records import Measurement, SamBatch, as_number
 from sharpscope.thresholds import adam_edge, ema_momentum_edge, gd_edge, momentum_edge, sam_edge
 
 
@@ -134,11 +134,11 @@ def _derived_for(beta: float | None) -> str:
 
 
 def batch_sam_edge(step: int, optimizer: torch.optim.Optimizer,
-                   batch_sharpness: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
-    """The ``"sam_batch"`` record of SAM's step from ``θ_t``: the norm of the mini-batch gradient it
-    normalised (``last_grad_norm``) and the SAM-edge from that norm (None where no edge applies); None
-    for an optimizer that is not SAM or has not stepped. ``batch_sharpness`` (λ_max of the loss on
-    that mini-batch at ``θ_t``, with its residual and cost) is added when given."""
+                   batch_sharpness: Mapping[str, Any] | None = None) -> SamBatch | None:
+    """The :class:`~sharpscope.io.records.SamBatch` record of SAM's step from ``θ_t``: the norm of the
+    mini-batch gradient it normalised (``last_grad_norm``) and the SAM-edge from that norm (None where no
+    edge applies); None for an optimizer that is not SAM or has not stepped. ``batch_sharpness`` (λ_max of
+    the loss on that mini-batch at ``θ_t``, with its residual and cost) is added when given."""
     from sharpscope.optim import SAM
 
     norm = getattr(optimizer, "last_grad_norm", None) if isinstance(optimizer, SAM) else None
@@ -148,26 +148,20 @@ def batch_sam_edge(step: int, optimizer: torch.optim.Optimizer,
     lr, rho = float(group["lr"]), float(group.get("sam_rho", 0.0))
     beta = sam_edge_momentum(optimizer)
     applies = beta is not None and math.isfinite(norm) and lr > 0
-    out = {"kind": "sam_batch", "step": int(step), "batch_grad_norm": float(norm),
-           "sam_edge_batch": sam_edge(lr, rho, float(norm), beta) if applies and beta is not None else None,
-           "derived_for": _derived_for(beta)}
+    out: dict[str, Any] = {"step": int(step), "batch_grad_norm": float(norm),
+                           "sam_edge_batch": sam_edge(lr, rho, float(norm), beta) if applies and beta is not None
+                           else None,
+                           "derived_for": _derived_for(beta)}
     if batch_sharpness is not None:
         out["batch_sharpness"] = dict(batch_sharpness)
-    return out
+    return SamBatch.made(out)
 
 
-def bounded_sharpness(record: Measurement | Mapping[str, Any]) -> tuple[str, float | None]:
+def bounded_sharpness(record: Measurement) -> tuple[str, float | None]:
     """``(name, value)`` of the sharpness a measurement's threshold bounds (the table above):
     ``λ_max(P⁻¹H)`` from ``preconditioned_eigenvalues`` under the ``adam_edge`` rule, else
     ``λ_max`` from ``eigenvalues``; the value is None when the record does not hold it as a finite
-    number. ``record`` is a :class:`~sharpscope.io.records.Measurement` or a stored record (or the part
-    of one a run summary keeps, which may lack ``step``)."""
-    if isinstance(record, Measurement):
-        rule = (record.thresholds or {}).get("rule")
-        adam = rule == "adam_edge"
-        first: Any = record.preconditioned_lambda_max if adam else record.lambda_max
-    else:
-        adam = lookup(record, "thresholds.rule") == "adam_edge"
-        first = lookup(record, "preconditioned_eigenvalues.0" if adam else "eigenvalues.0")
-    value = as_number(first)
+    number. A run summary's last measurement is :attr:`~sharpscope.io.records.RunSummary.final_measurement`."""
+    adam = record.threshold_rule == "adam_edge"
+    value = as_number(record.preconditioned_lambda_max if adam else record.lambda_max)
     return ("λ_max(P⁻¹H)" if adam else "λ_max"), value if math.isfinite(value) else None

@@ -48,7 +48,7 @@ Example, in a hand-written loop:
     >>> for step in range(11):
     ...     _ = tracker.maybe_measure(step, model, opt)
     ...     opt.zero_grad(); mse(model(x), y).backward(); opt.step()        # one optimizer step
-    >>> [r["step"] for r in records], len(records[0]["eigenvalues"]), "edge" in records[0]["thresholds"]
+    >>> [r.step for r in records], len(records[0].eigenvalues), records[0].edge is not None
     ([0, 5, 10], 2, True)
 """
 
@@ -70,6 +70,7 @@ from sharpscope.curvature.operators.sharded import is_sharded
 from sharpscope.curvature.settings import DEFAULTS, CurvatureSettings
 from sharpscope.data import ArrayDataset
 from sharpscope.errors import ConfigError, SharpscopeError
+from sharpscope.io.records import Alignment, Measurement, RunRecord, UpdateReading
 from sharpscope.measures import SharpnessSettings, check_measure_names
 from sharpscope.measures.settings import DEFAULTS as SHARPNESS_DEFAULTS
 from sharpscope.track import quantities as qty
@@ -122,13 +123,14 @@ class SharpnessTracker:
         seed: seed of the random start vectors and trace probes (combined with the step).
         probes: ``"per-step"`` draws them afresh at each step (from ``(seed, step)``); ``"fixed"`` draws the
             same ones at every step (from ``seed`` alone, the vectors ``"per-step"`` draws at step 0).
-        sink: called with every record: ``RunDirectory.append_metric``, or any sink of
-            :mod:`sharpscope.track.sinks` (JSONL, CSV, TensorBoard, W&B; several with ``MultiSink``).
+        sink: called with every record, a typed record of :mod:`sharpscope.io.records` (``record.to_json()`` is
+            its stored form): ``RunDirectory.append_metric``, any sink of :mod:`sharpscope.track.sinks` (JSONL,
+            CSV, TensorBoard, W&B; several with ``MultiSink``), or a callable of your own.
         alignment: at each measurement also record ``grad_cos`` (``cos(g, v_i)`` for the top-``k``
             eigenvectors, each signed so that ``gᵀv_i ≥ 0``, since eigenvectors have no sign) and
             ``grad_fraction`` = ``‖P_k g‖/‖g‖``, with ``g = ∇L`` on the probe set; and, once
             :meth:`after_step` sees the update ``Δ = θ_{t+1} − θ_t`` that the optimizer took right
-            after the measurement at ``t``, a record ``{"kind": "alignment", "step": t}`` with
+            after the measurement at ``t``, an :class:`~sharpscope.io.records.Alignment` record of step ``t`` with
             ``update_cos`` (``cos(Δ, v_i)``, same signs: negative means the update descends along
             ``v_i``), ``update_fraction`` = ``‖P_k Δ‖/‖Δ‖`` and ``update_norm``. It needs the
             gradient, so ``grad_norm`` is recorded too.
@@ -141,8 +143,9 @@ class SharpnessTracker:
             three are None and ``errors["preconditioned_eigenvalues"]`` says why.
         update_curvature: ``"hvp"`` (or True) or ``"fd"`` (None or False: off): at every step ``t`` with
             ``t % update_every == 0`` whose parameters :meth:`before_step` captured, :meth:`after_step`
-            records ``{"kind": "update_curvature", "step": t, "method", "kappa", "kappa_preconditioned",
-            "uHu", "uPu", "update_norm", "cost": {"hvps", "forwards", "seconds"}, "thresholds", ...}``
+            records an :class:`~sharpscope.io.records.UpdateReading` of step ``t`` (``method``, ``kappa``,
+            ``kappa_preconditioned``, ``uHu``, ``uPu``, ``update_norm``, ``cost`` ``{"hvps", "forwards",
+            "seconds"}``, ``thresholds``, ...)
             (:func:`~sharpscope.track.update_curvature.curvature_along`; ``kappa_preconditioned`` with Adam's
             ``P`` after the step, the denominator that step divided by, for Adam/AdamW or SAM over one).
         update_every: steps between update-curvature readings (1: every step).
@@ -160,7 +163,7 @@ class SharpnessTracker:
                  trace: bool = False, batch_size: int | None = None, test_data: Any = None,
                  threshold: ThresholdFn | None = default_thresholds,
                  grad_norm: bool = True, warm_start: bool = True, seed: int = 0,
-                 sink: Callable[[dict[str, Any]], Any] | None = None, alignment: bool = False,
+                 sink: Callable[[RunRecord], Any] | None = None, alignment: bool = False,
                  preconditioned: bool = False, update_curvature: str | bool | None = None,
                  update_every: int = 1, test_predictions: bool = False, sharpness: Sequence[str] = (),
                  sharpness_settings: SharpnessSettings = SHARPNESS_DEFAULTS, probes: str = "per-step") -> None:
@@ -196,15 +199,15 @@ class SharpnessTracker:
         self._probe: OperatorView | None = None
         self._test: ProbeView | None = None
         self._saved_modes: dict[str, str] = {}
-        self.last: dict[str, Any] | None = None
+        self.last: Measurement | None = None
         self._solver = qty.EigenSolver(curvature, qty.Seeds(seed, fixed=self.probes == "fixed"), warm_start)
         self._top = qty.TopEigenvalues(self._solver)  # keeps the warm-start eigenvectors
         self._pre = qty.PreconditionedEigenvalues(self._solver)  # keeps its own
         self._align = qty.GradientAlignment(self._top)  # θ_t and eigenvector signs until after_step(t)
-        self._sam = qty.SamBatch()  # a measured step whose SAM batch norm after_step records
+        self._sam = qty.SamStep()  # a measured step whose SAM batch norm after_step records
         self._before: dict[str, Any] | None = None  # {"step": t, "params": θ_t} from before_step until after_step(t)
         self._update_op: HessianOperator | None = None  # uncached products for the update curvature
-        self.last_update: dict[str, Any] | None = None
+        self.last_update: UpdateReading | None = None
 
     def quantities(self) -> list[qty.Quantity]:
         """What a measurement records, in the record's order, as the switches select
@@ -263,12 +266,13 @@ class SharpnessTracker:
 
     # ------------------------------------------------------------------------- measuring
     def maybe_measure(self, step: int, model: nn.Module,
-                      optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any] | None:
+                      optimizer: torch.optim.Optimizer | None = None) -> Measurement | None:
         """:meth:`measure` if :meth:`due` ``(step)``, else None."""
         return self.measure(step, model, optimizer) if self.due(step) else None
 
-    def measure(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
-        """Measure now and return the record (also passed to ``sink``): each of :meth:`quantities` in turn,
+    def measure(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> Measurement:
+        """Measure now and return the :class:`~sharpscope.io.records.Measurement` (also passed to ``sink``): each
+        of :meth:`quantities` in turn,
         then ``cost`` (``hvps`` their products, ``seconds`` the whole measurement), ``settings`` and ``errors``.
         See the module docstring."""
         start = time.perf_counter()
@@ -276,7 +280,7 @@ class SharpnessTracker:
         for quantity in chosen:
             quantity.check(optimizer)
         probe = self._view(model)
-        reading = qty.Reading(int(step), optimizer, probe, self._test, {"kind": "measurement", "step": int(step)})
+        reading = qty.Reading(int(step), optimizer, probe, self._test, {"step": int(step)})
         hvps = 0
         for quantity in chosen:
             t = time.perf_counter()
@@ -284,17 +288,18 @@ class SharpnessTracker:
             if quantity.timer is not None:
                 reading.cost[quantity.timer] = time.perf_counter() - t
         reading.cost.update(hvps=hvps, seconds=time.perf_counter() - start)
-        rec = reading.record
-        rec["cost"] = reading.cost
-        rec["settings"] = self.settings(probe)
+        fields = reading.fields
+        fields["cost"] = reading.cost
+        fields["settings"] = self.settings(probe)
         if reading.errors:
-            rec["errors"] = reading.errors
+            fields["errors"] = reading.errors
+        rec = Measurement.made(fields)
         probe.release()  # training needs the memory of cached graphs until the next measurement
         self.last = rec
         self._emit(rec)
         return rec
 
-    def _emit(self, rec: dict[str, Any]) -> None:
+    def _emit(self, rec: RunRecord) -> None:
         """Pass ``rec`` to ``sink``; an exception of the sink's own (not a storage error, which the
         runner reports with its path) becomes one line naming ``sink``."""
         if self.sink is None:
@@ -305,8 +310,8 @@ class SharpnessTracker:
             raise
         except Exception as e:
             raise ConfigError(f"sink {getattr(self.sink, '__qualname__', type(self.sink).__name__)} raised "
-                              f"{type(e).__name__} on the {rec.get('kind', 'measurement')} record of step "
-                              f"{rec.get('step')}: {str(e).splitlines()[0] if str(e) else ''}",
+                              f"{type(e).__name__} on the {rec.KIND} record of step "
+                              f"{rec.step}: {str(e).splitlines()[0] if str(e) else ''}",
                               argument="sink") from e
 
     def expect_batch_record(self, step: int, optimizer: torch.optim.Optimizer | None) -> None:
@@ -345,7 +350,7 @@ class SharpnessTracker:
             self._before = {"step": int(step), "params": {n: p.detach().clone() for n, p in params.items()}}
 
     def _update_reading(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
-        """The ``"update_curvature"`` record of step ``step`` (to ``sink`` and :attr:`last_update`), when
+        """The :class:`~sharpscope.io.records.UpdateReading` of step ``step`` (to ``sink`` and :attr:`last_update`), when
         :meth:`before_step` captured ``θ_step``."""
         before, self._before = self._before, None
         if before is None or before["step"] != int(step) or self.update_curvature is None:
@@ -357,7 +362,7 @@ class SharpnessTracker:
                               "the same model to both", argument="model")
         errors: dict[str, str] = {}
         how: dict[str, Any] = {"hvp_mode": None, "preconditioner": None}
-        rec: dict[str, Any] = {"kind": "update_curvature", "step": int(step)}
+        rec: dict[str, Any] = {"step": int(step)}
         try:
             rec.update(probe.update_curvature(self.update_curvature, before["params"], optimizer,
                                               lambda: self._update_operator(probe), how).to_json())
@@ -371,8 +376,8 @@ class SharpnessTracker:
                            "dtype": str(probe.objective.dtype).removeprefix("torch."), **how}
         if errors:
             rec["errors"] = errors
-        self.last_update = rec
-        self._emit(rec)
+        self.last_update = UpdateReading.made(rec)
+        self._emit(self.last_update)
 
     def _update_operator(self, probe: OperatorView) -> HessianOperator:
         """The Hessian for the update curvature: this tracker's product settings without a graph cache
@@ -384,7 +389,7 @@ class SharpnessTracker:
         return self._update_op
 
     def after_step(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                   batch_sharpness: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+                   batch_sharpness: Mapping[str, Any] | None = None) -> Alignment | None:
         """Call right after the optimizer step ``θ_t → θ_{t+1}`` of every step ``t`` (cheap when nothing
         is pending). If ``t`` was measured with ``alignment=True``, return the ``"alignment"`` record of
         ``Δ = θ_{t+1} − θ_t`` with that measurement's eigenvectors (also passed to ``sink``); else None.

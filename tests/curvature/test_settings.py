@@ -121,7 +121,7 @@ def test_the_probe_tracker_and_layers_run_block_lanczos_when_asked() -> None:
     torch.testing.assert_close(row.top.eigenvalues, exact[:3], rtol=1e-9, atol=0)
     tracker = SharpnessTracker((x, y), loss, curvature=settings, every=1)
     record = tracker.measure(0, model)
-    torch.testing.assert_close(torch.tensor(record["eigenvalues"], dtype=torch.float64), exact[:3], rtol=1e-9, atol=0)
+    torch.testing.assert_close(torch.tensor(record.eigenvalues, dtype=torch.float64), exact[:3], rtol=1e-9, atol=0)
 
 
 def test_precision_and_compile_reach_the_operator() -> None:

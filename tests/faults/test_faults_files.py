@@ -44,8 +44,8 @@ def test_a_flipped_exponent_bit_in_the_checkpoint_is_detected_and_recomputed(tmp
     with pytest.raises(CheckpointError, match="corrupt file"):
         load_checkpoint(path)
     summary = train(tiny(), run.path)
-    assert summary["status"] == "completed" and same_records(run, reference(tiny()))
-    assert any("corrupt file" in note and path.name in note for note in summary["session"]["notes"])
+    assert summary.status == "completed" and same_records(run, reference(tiny()))
+    assert any("corrupt file" in note and path.name in note for note in summary.notes)
     assert (path.parent / (path.name + ".corrupt")).is_file()  # kept for inspection, never read again
 
 
@@ -54,7 +54,7 @@ def test_resume_falls_back_to_the_previous_good_checkpoint(tmp_path: Path, refer
     assert [t for t, _ in run.checkpoints()] == [0, 4, 8]
     flip_bit(run.checkpoints()[-1][1])
     summary = train(tiny(keep_checkpoints=True), run.path)
-    assert summary["session"]["resumed_from_step"] == 4
+    assert summary.resumed_from_step == 4
     assert same_records(run, reference(tiny(keep_checkpoints=True)))
 
 
@@ -64,7 +64,7 @@ def test_a_random_bytes_checkpoint_is_corrupt_not_unsafe(tmp_path: Path, referen
     path.write_bytes(bytes(torch.randint(0, 256, (path.stat().st_size,), generator=torch.Generator().manual_seed(1),
                                          dtype=torch.uint8).tolist()))
     summary = train(tiny(), run.path)
-    notes = " ".join(summary["session"]["notes"])
+    notes = " ".join(summary.notes)
     assert "corrupt file" in notes and "unsafe" not in notes and "--unsafe-load" not in notes
     assert same_records(run, reference(tiny()))
 
@@ -86,10 +86,10 @@ def test_damaged_metrics_are_reconciled_on_resume(tmp_path: Path, reference, dam
         run.metrics_path.write_text("".join(changed))
     summary = train(tiny(), out)
     expected = reference(tiny())
-    assert not summary.get("already_complete") and summary["status"] == "completed"
+    assert not summary.already_complete and summary.status == "completed"
     assert same_records(run, expected)
-    assert summary["measurements"] == sum(r.get("kind", "measurement") == "measurement" for r in expected)
-    assert summary["session"]["notes"] or when == "crashed"
+    assert summary.measurements == sum(r.get("kind", "measurement") == "measurement" for r in expected)
+    assert summary.notes or when == "crashed"
 
 
 @pytest.mark.parametrize("damage", [b"", b'{"status": "compl', b"\xff\xfe garbage"])
@@ -99,10 +99,10 @@ def test_a_torn_or_corrupt_summary_is_rebuilt(tmp_path: Path, reference, damage:
     run = RunDirectory(out)
     run.summary_path.write_bytes(damage)
     summary = train(tiny(), out)
-    assert not summary.get("already_complete") and summary["status"] == "completed"
-    assert without_timings(summary["final"]) == without_timings(first["final"])
-    assert run.read_summary()["measurements"] == first["measurements"] and same_records(run, reference(tiny()))
-    assert train(tiny(), out)["already_complete"]  # rebuilt and recorded: the next rerun trusts it
+    assert not summary.already_complete and summary.status == "completed"
+    assert without_timings(summary.final) == without_timings(first.final)
+    assert run.read_summary()["measurements"] == first.measurements and same_records(run, reference(tiny()))
+    assert train(tiny(), out).already_complete  # rebuilt and recorded: the next rerun trusts it
 
 
 def test_records_that_cannot_be_replayed_are_refused_naming_them(tmp_path: Path) -> None:
@@ -120,9 +120,9 @@ def test_stale_temporary_files_are_cleaned_and_a_folder_of_them_counts_as_empty(
     (out / ".config.json.k2j3.tmp").write_text('{"half')
     (out / ".lock").write_text("")
     summary = train(tiny(), out)
-    assert summary["status"] == "completed" and same_records(RunDirectory(out), reference(tiny()))
+    assert summary.status == "completed" and same_records(RunDirectory(out), reference(tiny()))
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
     (out / "notes.txt").write_text("mine")  # a foreign file is never touched
     (out / "checkpoints" / ".step-00000012.pt.x1.tmp").write_bytes(b"\x80")
-    assert train(tiny(), out)["already_complete"]
+    assert train(tiny(), out).already_complete
     assert (out / "notes.txt").read_text() == "mine" and not list((out / "checkpoints").glob(".*.tmp"))

@@ -24,7 +24,7 @@ def test_a_kill_during_the_first_config_write_then_a_rerun_starts_the_run(tmp_pa
     left = [p.name for p in out.iterdir()]
     assert left and all(name.startswith(".config.json.") and name.endswith(".tmp") for name in left)
     summary = train(cfg, out)
-    assert summary["status"] == "completed" and same_records(RunDirectory(out), reference(cfg))
+    assert summary.status == "completed" and same_records(RunDirectory(out), reference(cfg))
     assert not [p for p in out.rglob("*.tmp")], "stale temporary files were cleaned"
 
 
@@ -50,8 +50,8 @@ def kill_chain(tmp_path: Path, reference, kills: int, seed: int,
         landed += proc.returncode == -signal.SIGKILL
     summary = train(cfg, out)
     expected = reference(cfg)
-    assert summary["status"] == "completed" and same_records(RunDirectory(out), expected)
-    assert summary["measurements"] == sum(r.get("kind", "measurement") == "measurement" for r in expected)
+    assert summary.status == "completed" and same_records(RunDirectory(out), expected)
+    assert summary.measurements == sum(r.get("kind", "measurement") == "measurement" for r in expected)
     return landed, len(expected)
 
 

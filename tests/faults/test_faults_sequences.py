@@ -114,6 +114,6 @@ def test_any_sequence_of_kills_and_corruptions_ends_exact_or_refused(expected: l
         except SharpscopeError as e:  # a refusal must be one line that names the problem
             assert "\n" not in str(e) and str(out) in str(e)
             return
-        assert summary["status"] == "completed"
+        assert summary.status == "completed"
         assert without_timings(RunDirectory(out).read_metrics()) == expected
-        assert summary["measurements"] == sum(r.get("kind", "measurement") == "measurement" for r in expected)
+        assert summary.measurements == sum(r.get("kind", "measurement") == "measurement" for r in expected)

@@ -41,7 +41,7 @@ def test_a_full_disk_is_one_line_naming_the_errno_and_a_rerun_finishes(tmp_path:
     assert "ENOSPC" in message and "No space left on device" in message and "nothing it had written was lost" in message
     assert "\n" not in message and str(out) in message
     summary = train(tiny(), out)
-    assert summary["status"] == "completed" and same_records(RunDirectory(out), reference(tiny()))
+    assert summary.status == "completed" and same_records(RunDirectory(out), reference(tiny()))
 
 
 def test_resuming_on_a_read_only_mount_is_one_line_and_changes_nothing(tmp_path: Path, reference,
@@ -71,7 +71,7 @@ def test_resuming_on_a_read_only_mount_is_one_line_and_changes_nothing(tmp_path:
             train(tiny(), out)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     summary = train(tiny(), out)
-    assert summary["session"]["resumed_from_step"] == 4 and same_records(RunDirectory(out), reference(tiny()))
+    assert summary.resumed_from_step == 4 and same_records(RunDirectory(out), reference(tiny()))
 
 
 def test_a_second_writer_is_refused_before_touching_anything(tmp_path: Path) -> None:
@@ -108,7 +108,7 @@ def test_a_sam_step_interrupted_in_its_second_pass_resumes_exactly(tmp_path: Pat
     after = list(seen["model"].parameters())  # type: ignore[union-attr]
     assert all(a.equal(b) for a, b in zip(after, seen["before"]))  # type: ignore[arg-type]  # weights restored
     summary = train(cfg, tmp_path / "run")
-    assert summary["session"]["resumed_from_step"] == 4 and same_records(RunDirectory(tmp_path / "run"), reference(cfg))
+    assert summary.resumed_from_step == 4 and same_records(RunDirectory(tmp_path / "run"), reference(cfg))
 
 
 def test_no_permission_to_create_the_run_directory_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -71,9 +71,9 @@ def test_a_damaged_record_is_recomputed_on_resume(tmp_path: Path, reference, how
         train(tiny(), out)
     damage_record(run, how)  # the measurement at step 3, before the checkpoint at step 4
     summary = train(tiny(), out)
-    assert not summary.get("already_complete") and summary["status"] == "completed"
+    assert not summary.already_complete and summary.status == "completed"
     assert same_records(run, reference(tiny()))
-    assert any("line 2" in note for note in summary["session"]["notes"]), summary["session"]["notes"]
+    assert any("line 2" in note for note in summary.notes), summary.notes
     assert recordlines.scan(run.metrics_path.read_bytes()).problems == []
 
 
@@ -104,7 +104,7 @@ def test_removed_trailing_records_of_a_finished_run_are_refused_and_recomputed(t
     run.metrics_path.write_text("".join(lines[:-1]))  # every remaining line verifies: only the file digest tells
     with pytest.raises(CheckpointError, match="differs from the digest recorded"):
         read_measurements(out)
-    assert not train(tiny(), out).get("already_complete") and same_records(run, reference(tiny()))
+    assert not train(tiny(), out).already_complete and same_records(run, reference(tiny()))
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "garbage-manifest", "delete-manifest"])
@@ -126,10 +126,10 @@ def test_a_rerun_of_a_finished_run_verifies_its_checkpoints(tmp_path: Path, refe
     else:
         manifest.unlink()
     summary = train(tiny(), out)
-    assert not summary.get("already_complete") and summary["status"] == "completed"
-    assert any(final.name in note for note in summary["session"]["notes"]), summary["session"]["notes"]
+    assert not summary.already_complete and summary.status == "completed"
+    assert any(final.name in note for note in summary.notes), summary.notes
     assert same_records(run, reference(tiny())) and checksums.verify(final) == "good"
-    assert train(tiny(), out)["already_complete"]  # repaired and recorded: the next rerun trusts it
+    assert train(tiny(), out).already_complete  # repaired and recorded: the next rerun trusts it
 
 
 @pytest.mark.parametrize("manifest", ["garbage", "other-file", "deleted-in-a-run"])
@@ -232,11 +232,11 @@ def test_runs_from_before_checksums_still_load_verify_and_resume(tmp_path: Path,
     assert len(load_run(done).measurements) == 5
     code, output = cli("verify", str(done))
     assert code == 0 and "5 record(s) written before records carried checksums could not be verified" in output
-    assert train(tiny(), done)["already_complete"]
+    assert train(tiny(), done).already_complete
     run = crashed(tmp_path / "crashed")
     strip_checksums(run)
     summary = train(tiny(), run.path)
-    assert summary["status"] == "completed" and same_records(run, reference(tiny()))
+    assert summary.status == "completed" and same_records(run, reference(tiny()))
     assert recordlines.scan(run.metrics_path.read_bytes()).checked  # the resume added the checksums
     sink = RunDirectory(tmp_path / "sink")
     sink.create({"a": 1})

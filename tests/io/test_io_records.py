@@ -9,13 +9,20 @@ import pytest
 from sharpscope.errors import DataError
 from sharpscope.io import jsonsafe
 from sharpscope.io.records import (
+    SUMMARY_FIELDS,
     Alignment,
+    Divergence,
     Measurement,
+    RunSummary,
+    SamBatch,
+    UpdateReading,
     is_measurement,
     lookup,
     number_at,
     read_measurements,
     record_kind,
+    stored_record,
+    typed_record,
 )
 from sharpscope.io.rundir import RunDirectory
 from sharpscope.track.thresholds import bounded_sharpness
@@ -40,8 +47,9 @@ def test_a_stored_measurement_round_trips_byte_for_byte_and_decodes_its_numbers(
     assert m.train_acc == 1 and isinstance(m.train_acc, int)  # numbers are not rewritten (1 stays 1, not 1.0)
     assert m.trace_estimate == 40.0 and math.isnan(m.trace["stderr"])
     assert m.total_hvps == 41 and m.total_seconds == pytest.approx(0.3) and m.warm_start is True
-    assert m.extra == {"hvps": 31, "seconds": 0.01, "lanczos_steps": 12,
-                       "future_key": {"anything": ["kept", 1]}}
+    assert (m.hvps, m.seconds, m.lanczos_steps) == (31, 0.01, 12)  # Lanczos' own cost, typed
+    assert m.extra == {"future_key": {"anything": ["kept", 1]}}
+    assert (m.edge, m.gd_edge, m.threshold_rule, m.cost_hvps, m.trace_per_param) == (20.0, None, "gd_edge", 41, None)
     assert m.preconditioned_eigenvalues is None and m.preconditioned_lambda_max is None
 
 
@@ -74,11 +82,65 @@ def test_dotted_keys_read_numbers_and_give_nan_for_anything_else() -> None:
         assert math.isnan(number_at(STORED, key)), key
 
 
-def test_bounded_sharpness_reads_typed_and_stored_records_alike() -> None:
-    m = Measurement.from_json(STORED)
-    assert bounded_sharpness(m) == bounded_sharpness(STORED) == ("λ_max", 12.5)
+def test_bounded_sharpness_reads_the_sharpness_the_rule_bounds() -> None:
+    assert bounded_sharpness(Measurement.from_json(STORED)) == ("λ_max", 12.5)
     adam = {**STORED, "thresholds": {"rule": "adam_edge", "edge": 3.0}, "preconditioned_eigenvalues": ["Infinity"]}
-    assert bounded_sharpness(Measurement.from_json(adam)) == bounded_sharpness(adam) == ("λ_max(P⁻¹H)", None)
+    assert bounded_sharpness(Measurement.from_json(adam)) == ("λ_max(P⁻¹H)", None)
+    adam["preconditioned_eigenvalues"] = [7.0, 1.0]
+    assert bounded_sharpness(Measurement.from_json(adam)) == ("λ_max(P⁻¹H)", 7.0)
+
+
+def test_a_record_made_from_fields_keeps_their_order_and_none_values_and_refuses_unknown_names() -> None:
+    fields = {"step": 2, "train_loss": math.nan, "eigenvalues": [3.0, 1.0], "trace": None, "converged": True}
+    m = Measurement.made(fields)
+    assert m.eigenvalues == (3.0, 1.0) and m.trace is None
+    assert list(m.to_json()) == ["kind", "step", "train_loss", "eigenvalues", "trace", "converged"]
+    assert m.to_json() == {"kind": "measurement", "step": 2, "train_loss": "NaN", "eigenvalues": [3.0, 1.0],
+                           "trace": None, "converged": True}
+    assert Measurement.from_json(m.to_json()).to_json() == m.to_json()
+    with pytest.raises(TypeError, match="'eigenvalue'"):
+        Measurement.made({"step": 2, "eigenvalue": [3.0]})  # a misspelt field is an error, not an extra key
+    with pytest.raises(TypeError, match="'kind'"):
+        Alignment.made({"kind": "alignment", "step": 0})
+
+
+@pytest.mark.parametrize("stored", [
+    {"kind": "sam_batch", "step": 4, "batch_grad_norm": 1.5, "sam_edge_batch": None, "derived_for": "sam(p=2) over gd",
+     "batch_sharpness": {"eigenvalue": "Infinity", "residual": 0.1, "converged": False, "examples": 16, "hvps": 7}},
+    {"kind": "diverged", "step": 9, "train_loss": "NaN", "train_acc": None, "batch": "full"},
+    {"kind": "alignment", "step": 5, "update_norm": 0.5, "update_cos": [0.5, "NaN"], "update_fraction": 0.25},
+    {"kind": "update_curvature", "step": 1, "method": "hvp", "kappa": 2.0, "cost": {"hvps": 1, "forwards": 0}},
+])
+def test_each_record_kind_is_typed_by_its_kind_and_round_trips(stored: dict) -> None:
+    typed = typed_record(stored)
+    assert stored["kind"] == type(typed).KIND and typed_record(typed) is typed
+    assert typed.to_json() == stored == stored_record(typed) and stored_record(stored) == stored
+    assert type(typed).made({k: v for k, v in typed.to_json().items() if k != "kind"}).step == stored["step"]
+
+
+def test_typed_fields_of_the_other_kinds_decode_their_numbers() -> None:
+    batch = SamBatch.from_json({"kind": "sam_batch", "step": 0, "batch_sharpness": {"eigenvalue": "Infinity"}})
+    assert batch.batch_lambda_max == math.inf and SamBatch.from_json({"kind": "sam_batch", "step": 0}).batch_lambda_max is None
+    assert math.isnan(Divergence.from_json({"kind": "diverged", "step": 3, "train_loss": "NaN"}).train_loss)
+    a = Alignment.from_json({"kind": "alignment", "step": 5, "update_cos": [0.5, "-Infinity"]})
+    assert a.update_cos == (0.5, -math.inf)
+    u = UpdateReading.from_json({"kind": "update_curvature", "step": 1, "cost": {"hvps": 2, "forwards": 3}})
+    assert (u.hvps, u.forwards) == (2, 3)
+    assert typed_record({"kind": "custom", "step": 1, "x": 2}) is None  # a kind of the caller's own stays a dict
+    with pytest.raises(DataError, match="integer 'step'"):
+        typed_record({"kind": "diverged"})
+
+
+def test_a_summary_keeps_the_summary_fields_of_its_last_measurement_and_marks_a_repeat_last() -> None:
+    m = Measurement.from_json(STORED)
+    part = m.summary_part()
+    assert list(part) == [k for k in SUMMARY_FIELDS if k in STORED] and part["eigenvalues"] == [12.5, "NaN", 3.0]
+    stored = {"status": "completed", "step": 40, "final": part, "measurements": 1, "run_dir": "r"}
+    s = RunSummary.from_json(stored)
+    assert s.final_measurement is not None and s.final_measurement.lambda_max == 12.5
+    again = s.returned_again()
+    assert again.already_complete is True and again.to_json() == {**stored, "already_complete": True}
+    assert list(again.returned_again().to_json())[-1] == "already_complete" and s.to_json() == stored
 
 
 def test_read_measurements_types_a_run_directory_in_step_order(tmp_path: Path) -> None:

@@ -68,3 +68,21 @@ def test_read_summary_of_a_run_directory(tmp_path: Path) -> None:
     RunDirectory(tmp_path).write_summary(STORED)
     typed = read_summary(tmp_path)
     assert typed is not None and typed.to_json() == loads(dumps(STORED))
+
+
+FIGURES = Path(__file__).resolve().parents[2] / "figures"
+
+
+@pytest.mark.parametrize("path", sorted(FIGURES.glob("*-summary.json")), ids=lambda p: p.stem)
+def test_the_committed_study_summaries_read_as_typed_run_summaries(path: Path) -> None:
+    """Every stage summary a committed study summary keeps (what ``train`` returned) reads back unchanged, its
+    last measurement as a ``Measurement`` with the fields a summary keeps."""
+    stages = loads(path.read_text(encoding="utf-8")).get("stages") or {}
+    for name, stored in stages.items():
+        summary = RunSummary.from_json(stored)
+        assert summary.to_json() == stored and list(summary.to_json()) == list(stored), name
+        final = summary.final_measurement
+        assert (final is None) == (not stored.get("final")), name
+        if final is not None:  # the runner keeps the fields of SUMMARY_FIELDS, in that order
+            kept = {k: v for k, v in final.summary_part().items() if k in stored["final"]}
+            assert list(kept.items()) == list(stored["final"].items()), name

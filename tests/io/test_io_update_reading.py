@@ -22,7 +22,7 @@ def test_the_trackers_update_records_round_trip(method: str) -> None:
     model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 1)).double()
     x, y = torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 1, dtype=torch.float64)
     opt, loss = torch.optim.Adam(model.parameters(), lr=0.01), nn.MSELoss()
-    records: list[dict] = []
+    records: list[UpdateReading] = []
     tracker = SharpnessTracker((x, y), loss, every=100, curvature=CurvatureSettings(k=1), update_curvature=method,
                                sink=records.append)
     for step in range(3):
@@ -31,12 +31,13 @@ def test_the_trackers_update_records_round_trip(method: str) -> None:
         loss(model(x), y).backward()
         opt.step()
         tracker.after_step(step, model, opt)
-    assert [r["kind"] for r in records] == ["update_curvature"] * 3
+    assert [type(r) for r in records] == [UpdateReading] * 3 and tracker.last_update is records[-1]
     for r in records:
-        typed = UpdateReading.from_json(r)
-        assert typed.to_json() == r and list(typed.to_json()) == list(r)
+        stored = r.to_json()
+        typed = UpdateReading.from_json(stored)
+        assert typed == r and typed.to_json() == stored and list(typed.to_json()) == list(stored)
         assert (typed.hvps, typed.forwards) == ((1, 0) if method == "hvp" else (0, 3))
-        assert typed.method == method and typed.kappa == r["kappa"] and math.isfinite(typed.kappa or math.nan)
+        assert typed.method == method and typed.kappa == stored["kappa"] and math.isfinite(typed.kappa or math.nan)
         assert (typed.fd is not None) == (method == "fd")
 
 

@@ -43,12 +43,12 @@ def test_plot_draws_the_folder_the_readme_tracker_example_writes(tmp_path: Path)
     folder = tracker_folder(tmp_path / "mine")
     assert not (folder / "config.json").exists()
     run = load_run(folder)
-    assert run.config == {} and [r["step"] for r in run.measurements] == [0, 2, 4]
+    assert run.config == {} and [m.step for m in run.measurements] == [0, 2, 4]
     result = runner.invoke(app, ["plot", str(folder), "--out", str(tmp_path / "fig")])
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("sharpness figure of 1 input(s)") and result.stderr == ""
     data = json.loads((tmp_path / "fig.json").read_text())["data"]
-    lam = [r["eigenvalues"][0] for r in run.measurements]
+    lam = [m.lambda_max for m in run.measurements]
     assert data["runs"][0]["eigenvalues"][0] == lam and data["runs"][0]["edge"] == [2 / 0.2] * 3
 
 

@@ -59,7 +59,7 @@ def test_auto_kind(run_dirs: dict[str, Path], tmp_path: Path) -> None:
     assert auto_kind([run_dirs["gd"], run_dirs["sam"]]) == "sharpness"
     run = load_run(run_dirs["momentum"])
     assert _kind_of_runs([dataclasses.replace(run, config={**run.config, "optimizer": "sa"})]) == "escape"
-    no_eigs = dataclasses.replace(run, measurements=[{**r, "eigenvalues": None} for r in run.measurements])
+    no_eigs = dataclasses.replace(run, measurements=[dataclasses.replace(m, eigenvalues=None) for m in run.measurements])
     assert _kind_of_runs([no_eigs]) == "trace"
     (tmp_path / "a.json").write_text("{}")
     assert auto_kind([tmp_path / "a.json"]) == "density"

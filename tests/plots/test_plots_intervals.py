@@ -68,13 +68,13 @@ def bars_fit(ax: Axes) -> None:
 
 def test_arms_figure_of_smoke_runs_draws_wilson_bars_and_seed_intervals(run_dirs: dict[str, Path]) -> None:
     run = load_run(run_dirs["momentum"])
-    n = run.summary["data"]["test"]["examples"]
+    n = run.summary.test_examples
     seeds = [dataclasses.replace(run, label=f"sgd-s{i}") for i in range(2)]
     fig = arms_figure([*seeds, dataclasses.replace(run, label="sam-s0")])
     (ax,) = accuracy_axes(fig)
     assert has_accuracy_errorbars(ax)
     bars_fit(ax)
-    acc = np.array([m["test_acc"] for m in run.measurements], dtype=float)
+    acc = np.array([m.test_acc for m in run.measurements], dtype=float)
     first = next(c for c in ax.containers)
     segments = first.lines[2][0].get_segments()
     expected_low, expected_high = wilson_interval(acc, n)

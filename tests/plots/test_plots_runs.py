@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from sharpscope.errors import ConfigError, DataError
+from sharpscope.io.records import Divergence
 from sharpscope.plots.runs import as_runs, load_run, series, value
 from sharpscope.track import RunDirectory
 
@@ -21,8 +22,8 @@ def test_load_run_splits_records_and_reads_config_and_summary(run_dirs: dict[str
     assert run.label == "gd" and run.path == path
     stored = json.loads((path / "config.json").read_text())
     assert run.config == {k: v for k, v in stored.items() if k != "format_version"} and "format_version" in stored
-    assert run.summary is not None and run.summary["status"] == "completed"
-    assert [r["step"] for r in run.measurements] == [0, 5, 10] == [r["step"] for r in records]
+    assert run.summary is not None and run.summary.status == "completed"
+    assert [m.step for m in run.measurements] == [0, 5, 10] == [r["step"] for r in records]
     assert run.events == [] and run.diverged_at is None
     assert load_run(path, label="GD").label == "GD"
 
@@ -31,9 +32,9 @@ def test_series_pulls_dotted_keys_in_step_order(run_dirs: dict[str, Path]) -> No
     run = load_run(run_dirs["gd"])
     steps, lam2 = series(run, "eigenvalues.1")
     np.testing.assert_array_equal(steps, [0, 5, 10])
-    np.testing.assert_array_equal(lam2, [r["eigenvalues"][1] for r in run.measurements])
+    np.testing.assert_array_equal(lam2, [m.eigenvalues[1] for m in run.measurements])
     _, tr = series(run, "trace.estimate")
-    np.testing.assert_array_equal(tr, [r["trace"]["estimate"] for r in run.measurements])
+    np.testing.assert_array_equal(tr, [m.trace_estimate for m in run.measurements])
     _, edge = series(run, "thresholds.edge")
     np.testing.assert_array_equal(edge, 2 / run.config["optimizer_kwargs"]["lr"])
     for missing in ("eigenvalues.2", "nothing", "trace.estimate.0", "thresholds.rule"):
@@ -42,9 +43,10 @@ def test_series_pulls_dotted_keys_in_step_order(run_dirs: dict[str, Path]) -> No
 
 def test_diverged_run_has_its_event(run_dirs: dict[str, Path]) -> None:
     run = load_run(run_dirs["diverged"])
-    assert run.summary["status"] == "diverged"
-    assert run.diverged_at == run.summary["diverged_at_step"] > 0
-    assert run.events[0]["kind"] == "diverged" and run.events[0]["train_loss"] == math.inf  # decoded string
+    assert run.summary is not None and run.summary.status == "diverged"
+    assert run.diverged_at == run.summary.diverged_at_step > 0
+    event = run.events[0]
+    assert isinstance(event, Divergence) and event.train_loss == math.inf  # decoded string
 
 
 def test_nonfinite_strings_and_missing_values_and_a_torn_line(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from matplotlib.lines import Line2D
 from scipy import stats
 
 from sharpscope.errors import ConfigError, DataError
+from sharpscope.io.records import Measurement
 from sharpscope.plots.intervals import has_accuracy_errorbars
 from sharpscope.plots.runs import RunData, load_run
 from sharpscope.plots.trajectory import (
@@ -38,8 +39,8 @@ def ydata(line: Line2D) -> np.ndarray:
 
 def records(run: RunData, key: str, index: int | None = None) -> list[float]:
     out = []
-    for r in run.measurements:
-        v = r[key] if index is None else r[key][index]
+    for m in run.measurements:
+        v = getattr(m, key) if index is None else getattr(m, key)[index]
         out.append(float(v))
     return out
 
@@ -49,7 +50,7 @@ def test_gd_run_lambda_lines_and_the_2_over_eta_edge(run_dirs: dict[str, Path]) 
     fig = sharpness_figure(run, k=2)
     ax, loss_ax = fig.axes
     (lam1,), (lam2,) = lines(ax, "lambda1"), lines(ax, "lambda2")
-    np.testing.assert_array_equal(lam1.get_xdata(), [r["step"] for r in run.measurements])
+    np.testing.assert_array_equal(lam1.get_xdata(), [m.step for m in run.measurements])
     np.testing.assert_array_equal(ydata(lam1), records(run, "eigenvalues", 0))
     np.testing.assert_array_equal(ydata(lam2), records(run, "eigenvalues", 1))
     (edge,) = lines(ax, "edge")
@@ -88,7 +89,7 @@ def test_sam_edge_moves_with_the_recorded_gradient_norm(run_dirs: dict[str, Path
 def test_ratio_mode_divides_by_each_measurements_edge(run_dirs: dict[str, Path]) -> None:
     run = load_run(run_dirs["sam"])
     ax = sharpness_figure(run, ratio=True).axes[0]
-    lam, edge = np.array(records(run, "eigenvalues", 0)), np.array([r["thresholds"]["edge"] for r in run.measurements])
+    lam, edge = np.array(records(run, "eigenvalues", 0)), np.array([m.edge for m in run.measurements])
     np.testing.assert_allclose(ydata(lines(ax, "lambda1")[0]), lam / edge, rtol=1e-15)
     band = [p for p in ax.patches if p.get_gid() == "band"][0]
     assert (band.get_y(), band.get_y() + band.get_height()) == pytest.approx(RATIO_BAND)
@@ -121,7 +122,8 @@ def test_diverged_run_is_marked_at_its_step(run_dirs: dict[str, Path]) -> None:
 
 
 def _edited(run: RunData, edit) -> RunData:
-    return dataclasses.replace(run, measurements=[edit(i, dict(r)) for i, r in enumerate(run.measurements)])
+    return dataclasses.replace(run, measurements=[Measurement.from_json(edit(i, m.to_json()))
+                                                  for i, m in enumerate(run.measurements)])
 
 
 def test_missing_and_nonfinite_values_leave_gaps(run_dirs: dict[str, Path]) -> None:
@@ -165,8 +167,8 @@ def test_trace_accuracy_lines_and_spearman_matches_scipy(run_dirs: dict[str, Pat
     run = load_run(run_dirs["momentum"])
     fig = trace_accuracy_figure(run)
     tr_ax, acc_ax, sc_ax = fig.axes
-    tr = np.array([r["trace"]["estimate"] for r in run.measurements])
-    se = np.array([r["trace"]["stderr"] for r in run.measurements])
+    tr = np.array([m.trace_estimate for m in run.measurements])
+    se = np.array([m.trace_stderr for m in run.measurements])
     acc = np.array(records(run, "test_acc"))
     np.testing.assert_array_equal(ydata(lines(tr_ax, "trace")[0]), tr)
     band = tr_ax.collections[0].get_paths()[0].vertices[:, 1]
@@ -219,7 +221,7 @@ def test_escape_panels_one_line_per_run(run_dirs: dict[str, Path]) -> None:
         for line, run in zip(got, runs):
             np.testing.assert_array_equal(ydata(line), records(run, key))
     for line, run in zip(lines(tr_ax, "trace"), runs):
-        np.testing.assert_array_equal(ydata(line), [r["trace"]["estimate"] for r in run.measurements])
+        np.testing.assert_array_equal(ydata(line), [m.trace_estimate for m in run.measurements])
     data = escape_data(runs, labels=["RS", "SA"])
     assert [d["label"] for d in data["runs"]] == ["RS", "SA"]
-    assert data["runs"][0]["test_examples"] == runs[0].summary["data"]["test"]["examples"]
+    assert data["runs"][0]["test_examples"] == runs[0].summary.test_examples

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 import numpy as np
 
-from sharpscope.plots.runs import RunData
+from sharpscope.io.records import Measurement, UpdateReading
+from sharpscope.plots.runs import Event, RunData
 from sharpscope.plots.trajectory import sharpness_data, sharpness_figure
 
 matplotlib.use("Agg")
@@ -16,12 +16,13 @@ matplotlib.use("Agg")
 
 def run(rule: str, edge: float, *, adam: bool) -> RunData:
     thresholds = {"rule": rule, "edge": edge, "gd_edge": 20.0}
-    measurements = [{"kind": "measurement", "step": s, "eigenvalues": [10.0 + s], "train_loss": 1.0 / (1 + s),
-                     "thresholds": thresholds, **({"preconditioned_eigenvalues": [30.0 + s]} if adam else {})}
+    measurements = [Measurement.made({"step": s, "eigenvalues": [10.0 + s], "train_loss": 1.0 / (1 + s),
+                                      "thresholds": thresholds, **({"preconditioned_eigenvalues": [30.0 + s]} if adam else {})})
                     for s in (0, 4)]
-    events: list[dict[str, Any]] = [
-        {"kind": "update_curvature", "step": s, "method": "hvp", "kappa": 1.0 + s,
-         "kappa_preconditioned": (5.0 + s) if adam else None, "thresholds": thresholds} for s in range(5)]
+    events: list[Event] = [
+        UpdateReading.made({"step": s, "method": "hvp", "kappa": 1.0 + s,
+                            "kappa_preconditioned": (5.0 + s) if adam else None, "thresholds": thresholds})
+        for s in range(5)]
     return RunData(path=Path("r"), config={}, measurements=measurements, events=events, summary=None, label="r")
 
 

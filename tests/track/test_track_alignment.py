@@ -17,6 +17,7 @@ from torch import nn
 from sharpscope.curvature.settings import RUN_DEFAULTS, CurvatureSettings
 from sharpscope.errors import ConfigError
 from sharpscope.io.jsonsafe import without_timings
+from sharpscope.io.records import Alignment, RunRecord
 from sharpscope.losses import mse
 from sharpscope.track import RunDirectory, SharpnessTracker, TrainConfig, train
 from sharpscope.track import runner as runner_module
@@ -53,7 +54,7 @@ def closed_form(u: torch.Tensor, q: torch.Tensor, g: torch.Tensor) -> tuple[list
 
 
 def make_tracker(data: tuple[torch.Tensor, torch.Tensor]) -> tuple[SharpnessTracker, list[dict[str, Any]]]:
-    records: list[dict[str, Any]] = []
+    records: list[RunRecord] = []
     tracker = SharpnessTracker(data, mse, every=1, curvature=CurvatureSettings(k=K, tol=1e-12, hvp_mode="rev-rev"),
                                alignment=True,
                                sink=records.append)
@@ -74,16 +75,16 @@ def test_a_gd_update_is_minus_the_gradient_in_every_eigendirection() -> None:
     grad_cos, grad_fraction = closed_form(g, q, g)
     ac = SPECTRUM * torch.tensor(COEFFS, dtype=torch.float64)  # |cos(g, q_i)| = a_i |c_i| / ‖a ⊙ c‖
     assert grad_cos == pytest.approx((ac[:K].abs() / ac.norm()).tolist(), abs=1e-12)
-    assert rec["alignment"]["grad_cos"] == pytest.approx(grad_cos, abs=1e-10)
-    assert rec["alignment"]["grad_fraction"] == pytest.approx(grad_fraction, abs=1e-10)
+    assert rec.grad_cos == pytest.approx(grad_cos, abs=1e-10)
+    assert rec.grad_fraction == pytest.approx(grad_fraction, abs=1e-10)
 
     lr = 0.05
     sgd_step(model, torch.optim.SGD(model.parameters(), lr=lr), data)
     done = tracker.after_step(0, model)
-    assert done is not None and records == [rec, done] and done["kind"] == "alignment" and done["step"] == 0
-    assert done["update_cos"] == pytest.approx([-c for c in grad_cos], abs=1e-10)  # Δ = −η g
-    assert done["update_fraction"] == pytest.approx(grad_fraction, abs=1e-10)
-    assert done["update_norm"] == pytest.approx(lr * float(g.norm()), rel=1e-12)
+    assert done is not None and records == [rec, done] and isinstance(done, Alignment) and done.step == 0
+    assert list(done.update_cos or ()) == pytest.approx([-c for c in grad_cos], abs=1e-10)  # Δ = −η g
+    assert done.update_fraction == pytest.approx(grad_fraction, abs=1e-10)
+    assert done.update_norm == pytest.approx(lr * float(g.norm()), rel=1e-12)
     assert tracker.after_step(0, model) is None  # completed once; nothing is pending any more
 
 
@@ -103,9 +104,9 @@ def test_a_momentum_update_is_measured_as_taken_not_as_the_gradient() -> None:
     torch.testing.assert_close(model.weight.detach()[0] - before, delta, rtol=1e-12, atol=1e-14)
     done = tracker.after_step(1, model)
     update_cos, update_fraction = closed_form(delta, q, g1)
-    assert done is not None and done["update_cos"] == pytest.approx(update_cos, abs=1e-10)
-    assert done["update_fraction"] == pytest.approx(update_fraction, abs=1e-10)
-    assert 0 <= done["update_fraction"] <= 1 and update_fraction < 0.999  # Δ leaves the top-2 subspace
+    assert done is not None and list(done.update_cos or ()) == pytest.approx(update_cos, abs=1e-10)
+    assert done.update_fraction == pytest.approx(update_fraction, abs=1e-10)
+    assert 0 <= done.update_fraction <= 1 and update_fraction < 0.999  # Δ leaves the top-2 subspace
 
 
 def test_a_pending_alignment_survives_a_state_round_trip() -> None:

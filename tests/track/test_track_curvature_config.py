@@ -75,16 +75,16 @@ def test_an_old_run_directory_resumes_to_the_uninterrupted_records_and_plots(tmp
         train(cfg, tmp_path / "old", progress=crash_at_5)
     write_config(tmp_path / "old", old_layout(cfg))
     resumed = train(cfg, tmp_path / "old")
-    assert resumed["session"]["resumed_from_step"] == 3
+    assert resumed.resumed_from_step == 3
     assert without_timings(RunDirectory(tmp_path / "old").read_metrics()) == \
         without_timings(RunDirectory(tmp_path / "ref").read_metrics())
-    assert without_timings(resumed["final"]) == without_timings(reference["final"])
+    assert without_timings(resumed.final) == without_timings(reference.final)
     assert json.loads((tmp_path / "old" / "config.json").read_text()) == stamped(cfg.to_dict())  # now the current format
 
     # a finished old run is recognised as finished, and reads and plots like a new one
     write_config(tmp_path / "ref", old_layout(cfg))
     checksums.record(tmp_path / "ref" / "config.json")
-    assert train(cfg, tmp_path / "ref")["already_complete"] is True
+    assert train(cfg, tmp_path / "ref").already_complete is True
     assert TrainConfig.from_dict(load_run(tmp_path / "ref").config) == cfg
     old, new = ([{**run, "path": None} for run in jsonsafe.to_jsonable(
         sharpness_data([tmp_path / name], labels=["run"], k=2))["runs"]] for name in ("ref", "old"))

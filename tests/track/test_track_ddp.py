@@ -55,11 +55,11 @@ def crash(step: int, total: int, record: dict | None) -> None:
 
 def worker(rank: int, folder: str) -> None:
     root = Path(folder) / ("ranks" if rank == 0 else "rank1-never-written")
-    summaries = {name: train(config(**over), root / name) for name, over in SCENARIOS.items()}
+    summaries = {name: train(config(**over), root / name).to_json() for name, over in SCENARIOS.items()}
     resumable = config(**SCENARIOS["full-batch-gd"])
     with pytest.raises(Crash):
         train(resumable, root / "resumed", progress=crash)
-    summaries["resumed"] = train(resumable, root / "resumed")
+    summaries["resumed"] = train(resumable, root / "resumed").to_json()
     (Path(folder) / f"summaries{rank}.json").write_text(json.dumps(summaries))
 
 
@@ -96,7 +96,7 @@ def weights(run: RunDirectory) -> torch.Tensor:
 
 
 def test_two_gloo_ranks_train_like_one_process_and_only_rank0_writes(tmp_path: Path) -> None:
-    references = {name: train(config(**over), tmp_path / "single" / name) for name, over in SCENARIOS.items()}
+    references = {name: train(config(**over), tmp_path / "single" / name).to_json() for name, over in SCENARIOS.items()}
     spawn_ranks(worker, tmp_path)
     assert not (tmp_path / "rank1-never-written").exists()
     s0, s1 = (json.loads((tmp_path / f"summaries{r}.json").read_text()) for r in (0, 1))

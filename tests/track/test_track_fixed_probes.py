@@ -39,15 +39,15 @@ def test_fixed_probes_give_the_same_reading_of_the_same_hessian_at_every_step() 
     """On a quadratic the Hessian is one matrix: with fixed probes the 6-probe Hutchinson estimate (far from
     exact) is the same number at every step although the weights move; redrawn probes scatter it."""
     fixed = readings("fixed", [0, 3, 8], lr=0.05)
-    first = fixed[0]["trace"]["estimate"]
+    first = fixed[0].trace["estimate"]
     for rec in fixed[1:]:
-        assert rec["trace"]["estimate"] == pytest.approx(first, rel=1e-12)
-        assert rec["trace"]["stderr"] == pytest.approx(fixed[0]["trace"]["stderr"], rel=1e-12)
-    assert fixed[0]["train_loss"] != fixed[2]["train_loss"]  # the weights did move
-    assert all(rec["settings"]["probes"] == "fixed" for rec in fixed)
+        assert rec.trace["estimate"] == pytest.approx(first, rel=1e-12)
+        assert rec.trace["stderr"] == pytest.approx(fixed[0].trace["stderr"], rel=1e-12)
+    assert fixed[0].train_loss != fixed[2].train_loss  # the weights did move
+    assert all(rec.settings["probes"] == "fixed" for rec in fixed)
     per_step = readings("per-step", [0, 3, 8], lr=0.05)
-    assert per_step[0]["trace"]["estimate"] == first  # fixed probes are those step 0 draws
-    spread = max(abs(rec["trace"]["estimate"] - first) for rec in per_step[1:])
+    assert per_step[0].trace["estimate"] == first  # fixed probes are those step 0 draws
+    spread = max(abs(rec.trace["estimate"] - first) for rec in per_step[1:])
     assert spread > 1e-6 * abs(first)
     exact = float(torch.trace(problem()[1].T @ problem()[1]) / 200)
     assert abs(first - exact) > 1e-6 * exact  # six probes do not give the exact trace: the agreement is the probes'
@@ -57,8 +57,8 @@ def test_fixed_probes_with_unchanged_weights_give_identical_records() -> None:
     """Same weights, same probes: step 0 and step 5 read identical eigenvalues, residuals and trace."""
     a, b = readings("fixed", [0, 5], lr=0.0)
     for key in ("eigenvalues", "residuals", "hvps"):
-        assert a[key] == b[key]
-    assert a["trace"]["estimate"] == b["trace"]["estimate"] and a["trace"]["stderr"] == b["trace"]["stderr"]
+        assert getattr(a, key) == getattr(b, key)
+    assert a.trace["estimate"] == b.trace["estimate"] and a.trace["stderr"] == b.trace["stderr"]
 
 
 def test_a_run_with_fixed_probes_records_them_and_bad_values_are_refused(tmp_path: Path) -> None:

@@ -37,11 +37,11 @@ def test_a_run_continues_from_another_runs_latest_weights(tmp_path: Path) -> Non
     straight = train(tiny(steps=6), tmp_path / "c")
     wb, wc = _weights(tmp_path / "b"), _weights(tmp_path / "c")
     assert wb.keys() == wc.keys() and all(torch.allclose(wb[k], wc[k], rtol=1e-12, atol=1e-15) for k in wb)
-    assert second["init"] == {"path": first["checkpoint"], "step": 3}
+    assert second.init == {"path": first.checkpoint, "step": 3}
     records_b = RunDirectory(tmp_path / "b").read_metrics()
     records_c = RunDirectory(tmp_path / "c").read_metrics()
     assert records_b[0]["train_loss"] == pytest.approx(records_c[3]["train_loss"], rel=1e-12)
-    assert straight["init"] is None
+    assert straight.init is None
     assert RunDirectory(tmp_path / "b").read_config()["init_from"] == str(tmp_path / "a")
 
 
@@ -52,7 +52,7 @@ def test_a_checkpoint_file_is_loaded_and_recorded(tmp_path: Path) -> None:
     summary = train(cfg.with_overrides({"init_from": str(path)}), tmp_path / "run")
     got = _weights(tmp_path / "run")
     assert all(torch.equal(got[k], v) for k, v in model.state_dict().items())
-    assert summary["init"] == {"path": str(Path(path).resolve()), "step": None}
+    assert summary.init == {"path": str(Path(path).resolve()), "step": None}
 
 
 def test_bad_sources_are_refused_with_the_reason(tmp_path: Path) -> None:

@@ -44,9 +44,9 @@ def test_every_checkpoint_is_kept_only_when_asked_and_the_numbers_do_not_change(
     kept = train(tiny(keep_checkpoints=True), tmp_path / "kept")
     assert steps_of(tmp_path / "latest") == [12]
     assert steps_of(tmp_path / "kept") == [0, 4, 8, 12]
-    assert without_timings(kept["final"]) == without_timings(latest_only["final"])
+    assert without_timings(kept.final) == without_timings(latest_only.final)
     short = train(tiny(steps=4), tmp_path / "short")  # a 4-step run ends where the kept step-4 checkpoint is
-    assert short["step"] == 4
+    assert short.step == 4
     four = dict(RunDirectory(tmp_path / "kept").checkpoints())[4]
     end = RunDirectory(tmp_path / "short").latest_checkpoint()[1]
     a, b = weights(four), weights(end)
@@ -65,11 +65,11 @@ def test_a_crashed_run_with_kept_checkpoints_resumes_from_the_latest(tmp_path: P
         train(cfg, tmp_path / "run", progress=crash_at_7)
     assert steps_of(tmp_path / "run") == [0, 4]
     resumed = train(cfg, tmp_path / "run")
-    assert resumed["session"]["resumed_from_step"] == 4 and resumed["status"] == "completed"
+    assert resumed.resumed_from_step == 4 and resumed.status == "completed"
     assert steps_of(tmp_path / "run") == [0, 4, 8, 12]
     assert without_timings(RunDirectory(tmp_path / "run").read_metrics()) == \
         without_timings(RunDirectory(tmp_path / "ref").read_metrics())
-    assert without_timings(resumed["final"]) == without_timings(reference["final"])
+    assert without_timings(resumed.final) == without_timings(reference.final)
 
 
 def test_keep_checkpoints_must_be_a_bool() -> None:

@@ -64,7 +64,7 @@ def test_a_resumed_run_logs_the_rows_and_scalars_of_an_uninterrupted_run(tmp_pat
     before = tensorboard_scalars(tmp_path / "run-tb")
     assert [s for s, _ in before["sharpness/lambda_max"]] == [0, 3, 6]  # step 6 is recomputed after the resume
     summary = train(cfg("run"), tmp_path / "run")
-    assert summary["session"]["resumed_from_step"] == 4
+    assert summary.resumed_from_step == 4
 
     rows, reference_rows = csv_rows(tmp_path / "run.csv"), csv_rows(tmp_path / "ref.csv")
     assert rows == reference_rows
@@ -120,7 +120,7 @@ def test_log_entries_are_checked_and_may_change_on_resume(tmp_path: Path) -> Non
     with pytest.raises(Crash):
         train(cfg, tmp_path / "run", progress=lambda step, total, record: crash_at_7(step + 6, total, record))
     resumed = train(tiny(steps=3, log=[f"csv:{tmp_path / 'late.csv'}"]), tmp_path / "run")  # a sink added on resume
-    assert resumed["session"]["resumed_from_step"] == 0 and resumed["status"] == "completed"
+    assert resumed.resumed_from_step == 0 and resumed.status == "completed"
     assert RunDirectory(tmp_path / "run").read_config()["log"] == [f"csv:{tmp_path / 'late.csv'}"]
     rows = csv_rows(tmp_path / "late.csv")  # caught up from the kept records, then continued
     assert [(r["kind"], r["step"]) for r in rows] == [("measurement", "0"), ("measurement", "3")]
@@ -185,7 +185,7 @@ def test_wandb_offline_run_through_train(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
     summary = train(tiny(steps=3, log=["wandb:sharpscope-test"]), tmp_path / "run")
-    assert summary["status"] == "completed"
+    assert summary.status == "completed"
     assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
 
 
@@ -238,7 +238,7 @@ def test_changing_the_logs_of_a_finished_run_keeps_its_checksums(tmp_path: Path)
 
     train(tiny(steps=3), tmp_path / "run")
     again = train(tiny(steps=3, log=[f"csv:{tmp_path / 'm.csv'}"]), tmp_path / "run")
-    assert again["already_complete"]
+    assert again.already_complete
     run = RunDirectory(tmp_path / "run")
     assert run.read_config()["log"] == [f"csv:{tmp_path / 'm.csv'}"]
     assert all(checksums.verify(run.path / name) == "good" for name in ("config.json", "metrics.jsonl", "summary.json"))

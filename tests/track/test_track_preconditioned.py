@@ -14,6 +14,7 @@ from torch import nn
 from sharpscope.curvature import CurvatureSettings, Objective, exact_hessian
 from sharpscope.errors import ConfigError
 from sharpscope.io.jsonsafe import without_timings
+from sharpscope.io.records import Measurement, RunRecord, RunSummary
 from sharpscope.losses import mse
 from sharpscope.optim import SAM
 from sharpscope.plots.trajectory import sharpness_data, sharpness_figure
@@ -82,30 +83,31 @@ def test_recorded_preconditioned_eigenvalues_equal_the_dense_ones(kind: str) -> 
     adam = opt.base_optimizer if isinstance(opt, SAM) else opt
     expected = dense_preconditioned(model, x, y, adam)
     rec = tracker(preconditioned=True)(x, y).measure(4, model, opt)
-    assert rec["preconditioned_eigenvalues"] == pytest.approx(expected[:2].tolist(), rel=1e-8)
-    assert max(rec["preconditioned_residuals"]) < 1e-8 and rec["preconditioned_hvps"] > 0
-    assert rec["cost"]["hvps"] == rec["hvps"] + rec["preconditioned_hvps"]
-    assert rec["settings"]["preconditioned"] == "adam" and "errors" not in rec
+    assert list(rec.preconditioned_eigenvalues) == pytest.approx(expected[:2].tolist(), rel=1e-8)
+    assert max(rec.preconditioned_residuals) < 1e-8 and rec.preconditioned_hvps > 0
+    assert rec.cost["hvps"] == rec.hvps + rec.preconditioned_hvps
+    assert rec.settings["preconditioned"] == "adam" and rec.errors is None
     # the raw spectrum is another operator: with ε = 1e-4 and small v̂ the two differ by orders of magnitude
     raw = np.linalg.eigvalsh(exact_hessian(Objective(model, mse, (x, y))).numpy())[::-1]
-    assert rec["eigenvalues"] == pytest.approx(raw[:2].tolist(), rel=1e-8)
-    assert rec["preconditioned_eigenvalues"][0] > 10 * rec["eigenvalues"][0]
+    assert list(rec.eigenvalues) == pytest.approx(raw[:2].tolist(), rel=1e-8)
+    assert rec.preconditioned_eigenvalues[0] > 10 * rec.eigenvalues[0]
 
     plain = tracker()(x, y).measure(4, model, opt)  # preconditioned=False: the rest of the record is unchanged
-    assert not set(NEW_KEYS) & set(plain) and plain["settings"]["preconditioned"] is None
-    strip = {k: v for k, v in rec.items() if k not in NEW_KEYS}
-    strip["cost"] = dict(rec["cost"], hvps=rec["hvps"])
-    strip["settings"] = dict(rec["settings"], preconditioned=None)
-    assert list(strip) == list(plain) and without_timings(strip) == without_timings(plain)
+    stored = plain.to_json()
+    assert not set(NEW_KEYS) & set(stored) and plain.settings["preconditioned"] is None
+    strip = {k: v for k, v in rec.to_json().items() if k not in NEW_KEYS}
+    strip["cost"] = dict(strip["cost"], hvps=rec.hvps)
+    strip["settings"] = dict(strip["settings"], preconditioned=None)
+    assert list(strip) == list(stored) and without_timings(strip) == without_timings(stored)
 
 
 def test_before_the_first_adam_step_the_value_is_none_with_a_reason() -> None:
     model, x, y = problem()
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     rec = tracker(preconditioned=True)(x, y).measure(0, model, opt)
-    assert all(rec[key] is None for key in NEW_KEYS)
-    assert "no state yet" in rec["errors"]["preconditioned_eigenvalues"]
-    assert rec["eigenvalues"] is not None and rec["cost"]["hvps"] == rec["hvps"]
+    assert all(getattr(rec, key) is None for key in NEW_KEYS) and set(NEW_KEYS) <= set(rec.to_json())
+    assert "no state yet" in rec.errors["preconditioned_eigenvalues"]
+    assert rec.eigenvalues is not None and rec.cost["hvps"] == rec.hvps
 
 
 @pytest.mark.parametrize("make", [lambda m: torch.optim.SGD(m.parameters(), lr=0.1),
@@ -113,7 +115,7 @@ def test_before_the_first_adam_step_the_value_is_none_with_a_reason() -> None:
                                   lambda m: None], ids=["sgd", "sam-sgd", "none"])
 def test_a_non_adam_optimizer_is_a_config_error_before_anything_is_recorded(make: Callable[[nn.Module], Any]) -> None:
     model, x, y = problem()
-    records: list[dict[str, Any]] = []
+    records: list[RunRecord] = []
     t = SharpnessTracker((x, y), mse, every=1, preconditioned=True, sink=records.append)
     with pytest.raises(ConfigError, match="preconditioned=True .* needs torch.optim.Adam"):
         t.measure(0, model, make(model))
@@ -136,11 +138,11 @@ def test_the_preconditioned_warm_start_survives_a_state_round_trip() -> None:
     resumed = make(x, y)
     resumed.load_state_dict(state)
     again, cont = resumed.measure(3, model, opt), first.measure(3, model, opt)
-    assert again["warm_start"] and without_timings(again) == without_timings(cont)  # bit-identical
+    assert again.warm_start and without_timings(again.to_json()) == without_timings(cont.to_json())  # bit-identical
     partial = make(x, y)  # the same state without the preconditioned vectors: that Lanczos starts afresh
     partial.load_state_dict({**state, "preconditioned_eigenvectors": None})
     cold = partial.measure(3, model, opt)
-    assert cold["hvps"] == cont["hvps"] and cold["preconditioned_hvps"] > cont["preconditioned_hvps"]
+    assert cold.hvps == cont.hvps and cold.preconditioned_hvps > cont.preconditioned_hvps
     with pytest.raises(ConfigError, match="preconditioned_eigenvectors must be a tensor"):
         resumed.load_state_dict({**state, "preconditioned_eigenvectors": [1.0]})
 
@@ -195,9 +197,10 @@ def test_summary_and_cli_compare_the_edge_with_the_sharpness_it_bounds() -> None
     adam = {"eigenvalues": [3.0], "preconditioned_eigenvalues": [41000.0],
             "thresholds": {"rule": "adam_edge", "edge": 38000.0}}
     gd = {"eigenvalues": [3.0], "preconditioned_eigenvalues": None, "thresholds": {"rule": "gd_edge", "edge": 2.0}}
-    assert bounded_sharpness(adam) == ("λ_max(P⁻¹H)", 41000.0)
-    assert bounded_sharpness(gd) == ("λ_max", 3.0)
-    assert bounded_sharpness({**adam, "preconditioned_eigenvalues": None}) == ("λ_max(P⁻¹H)", None)
+    typed = lambda part: Measurement.from_json({"step": 5, **part})  # noqa: E731
+    assert bounded_sharpness(typed(adam)) == ("λ_max(P⁻¹H)", 41000.0)
+    assert bounded_sharpness(typed(gd)) == ("λ_max", 3.0)
+    assert bounded_sharpness(typed({**adam, "preconditioned_eigenvalues": None})) == ("λ_max(P⁻¹H)", None)
     summary = {"status": "finished", "step": 5, "steps_requested": 5, "final": adam, "measurements": 2,
                "hvps_total": 10, "run_dir": "r"}
-    assert "λ_max(P⁻¹H) 4.1e+04 vs adam_edge 3.8e+04" in summary_line(summary)
+    assert "λ_max(P⁻¹H) 4.1e+04 vs adam_edge 3.8e+04" in summary_line(RunSummary.from_json(summary))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ def test_a_full_batch_step_descends_the_tracked_objective(tmp_path: Path) -> Non
     records = RunDirectory(tmp_path / "run").read_metrics()
     assert records[0]["grad_norm"] == pytest.approx(float(objective.gradient().norm()), rel=1e-12)
     assert records[0]["settings"]["num_batches"] == 3 and records[0]["settings"]["probe_examples"] == 64
-    assert summary["status"] == "completed" and [r["step"] for r in records] == [0, 1]
+    assert summary.status == "completed" and [r["step"] for r in records] == [0, 1]
 
 
 def test_a_non_finite_loss_stops_the_run_cleanly(tmp_path: Path) -> None:
@@ -57,9 +58,9 @@ def test_a_non_finite_loss_stops_the_run_cleanly(tmp_path: Path) -> None:
     summary = train(cfg, tmp_path / "run")
     assert torch.equal(torch.get_rng_state(), rng)  # the caller's global RNG is untouched
     run = RunDirectory(tmp_path / "run")
-    step = summary["diverged_at_step"]
-    assert summary["status"] == "diverged" and 0 < step < cfg.steps and summary["step"] == step
-    assert summary["nonfinite_loss"] in ("NaN", "Infinity", "-Infinity")
+    step = summary.diverged_at_step
+    assert summary.status == "diverged" and 0 < step < cfg.steps and summary.step == step
+    assert summary.nonfinite_loss is not None and not math.isfinite(summary.nonfinite_loss)
     records = run.read_metrics()  # strict JSON throughout
     events = [r for r in records if r.get("kind") == "diverged"]
     assert len(events) == 1 and events[0]["step"] == step
@@ -68,17 +69,17 @@ def test_a_non_finite_loss_stops_the_run_cleanly(tmp_path: Path) -> None:
     assert raw is not None and raw.extra["step"] == step  # the run directory stays usable
     assert json.loads(run.summary_path.read_text())["status"] == "diverged"
     again = train(cfg, tmp_path / "run")  # the same command again: nothing is redone
-    assert again["already_complete"] and run.read_metrics() == records
+    assert again.already_complete and run.read_metrics() == records
 
 
 def test_training_stops_at_the_accuracy_goal_with_a_final_measurement(tmp_path: Path) -> None:
     cfg = tiny(loss="ce", steps=200, measure_every=50, stop_at_train_acc=0.3, test_data=None, k=1)
     summary = train(cfg, tmp_path / "run")
     run = RunDirectory(tmp_path / "run")
-    stop = summary["step"]
-    assert summary["status"] == "reached_train_acc" and 0 < stop < 50
+    stop = summary.step
+    assert summary.status == "reached_train_acc" and 0 < stop < 50
     assert [r["step"] for r in run.read_metrics()] == [0, stop]
-    assert summary["final"]["train_acc"] >= 0.3 and run.latest_checkpoint()[0] == stop
+    assert summary.final["train_acc"] >= 0.3 and run.latest_checkpoint()[0] == stop
 
 
 @pytest.mark.parametrize("batch_size", [16, None], ids=["mini-batch", "full-batch"])
@@ -92,7 +93,7 @@ def test_training_stops_at_the_loss_goal_where_the_unstopped_run_first_reaches_i
     first = next(i for i, loss in enumerate(losses) if loss <= goal)
     summary = train(cfg.with_overrides({"stop_at_train_loss": goal}), tmp_path / "stopped")
     stopped = RunDirectory(tmp_path / "stopped").read_metrics()
-    assert summary["status"] == "reached_train_loss" and 0 < first <= 5
+    assert summary.status == "reached_train_loss" and 0 < first <= 5
     assert [r["train_loss"] for r in stopped][:first + 1] == losses[:first + 1]
     assert stopped[-1]["train_loss"] <= goal and all(r["train_loss"] > goal for r in stopped[:first])
     with pytest.raises(ConfigError, match="stop_at_train_loss"):
@@ -131,13 +132,13 @@ def test_a_crashed_run_resumes_to_exactly_the_uninterrupted_records(tmp_path: Pa
     steps = lambda recs: [r["step"] for r in recs if r.get("kind", "measurement") == "measurement"]  # noqa: E731
     assert steps(run.read_metrics()) == [0, 3, 6] and run.latest_checkpoint()[0] == 4
     resumed = train(cfg, tmp_path / "run")
-    assert resumed["session"]["resumed_from_step"] == 4
+    assert resumed.resumed_from_step == 4
     ref_records = RunDirectory(tmp_path / "ref").read_metrics()
     records = run.read_metrics()
     assert steps(records) == [0, 3, 6, 9, 12]
     assert without_timings(records) == without_timings(ref_records)  # SAM batch records included, once each
     assert [r["warm_start"] for r in records if "warm_start" in r] == [False, True, True, True, True]
-    assert without_timings(resumed["final"]) == without_timings(reference["final"])
+    assert without_timings(resumed.final) == without_timings(reference.final)
 
 
 def test_configs_overrides_and_recipes() -> None:
@@ -178,7 +179,7 @@ def test_fresh_label_noise_changes_the_run_and_is_drawn_per_step(tmp_path: Path)
             "measure_every": 6, "test_data": None}
     finals = {}
     for name, extra in (("clean", {}), ("noisy", {"label_noise": 0.5})):
-        finals[name] = train(tiny(**base, **extra), tmp_path / name)["final"]["train_loss"]
+        finals[name] = train(tiny(**base, **extra), tmp_path / name).final["train_loss"]
     assert finals["clean"] != finals["noisy"]
     with pytest.raises(ConfigError, match="batch_size"):
         tiny(label_noise=0.2, loss="ce")

@@ -13,6 +13,7 @@ from torch import nn
 from sharpscope.curvature import CurvatureSettings
 from sharpscope.data import ShuffledLoader
 from sharpscope.io import read_checkpoint
+from sharpscope.io.records import RunRecord, SamBatch
 from sharpscope.losses import mse, mse_mean
 from sharpscope.optim import SAM, SparseSAM
 from sharpscope.plots.trajectory import sharpness_data
@@ -34,7 +35,7 @@ def test_batch_norm_is_the_norm_sam_normalised() -> None:
     """After the step from θ_t on a mini-batch B, the record holds ‖∇L_B(θ_t)‖ (computed here by hand) and
     the SAM-edge of that norm, next to the measurement's full-batch ‖∇L(θ_t)‖."""
     model, x, y = _problem()
-    records: list[dict] = []
+    records: list[RunRecord] = []
     tracker = SharpnessTracker((x, y), mse, every=1, curvature=CurvatureSettings(hvp_mode="rev-rev"),
                                sink=records.append)
     opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.02)
@@ -52,10 +53,10 @@ def test_batch_norm_is_the_norm_sam_normalised() -> None:
     opt.step(closure)
     tracker.after_step(0, model, opt)
     batch = records[-1]
-    assert batch["kind"] == "sam_batch" and batch["step"] == 0
-    assert batch["batch_grad_norm"] == pytest.approx(hand_norm, rel=1e-12)
-    assert batch["sam_edge_batch"] == pytest.approx(sam_edge(0.02, 0.05, hand_norm), rel=1e-12)
-    assert abs(full["grad_norm"] - hand_norm) > 1e-6  # the two norms differ, so the check can fail
+    assert isinstance(batch, SamBatch) and batch.step == 0
+    assert batch.batch_grad_norm == pytest.approx(hand_norm, rel=1e-12)
+    assert batch.sam_edge_batch == pytest.approx(sam_edge(0.02, 0.05, hand_norm), rel=1e-12)
+    assert abs(full.grad_norm - hand_norm) > 1e-6  # the two norms differ, so the check can fail
     tracker.after_step(1, model, opt)  # no measurement at step 1: nothing recorded
     assert records[-1] is batch
 
@@ -69,12 +70,12 @@ def test_no_edge_where_none_is_derived(tmp_path: Path) -> None:
     for opt in (SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.01, adaptive=True),
                 SparseSAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.01, sparsity=0.5, mask="random"),
                 SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.01, momentum=0.9, nesterov=True)):
-        th = tracker.measure(0, model, opt)["thresholds"]
+        th = tracker.measure(0, model, opt).thresholds
         assert th["edge"] is None and th["sam_edge_indicative"] > 0 and "no edge applies" in th["derived_for"]
     heavy = tracker.measure(0, model, SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.01, momentum=0.9))
-    g = heavy["grad_norm"]
-    assert heavy["thresholds"]["edge"] == pytest.approx(sam_edge(0.01, 0.05, g, momentum=0.9), rel=1e-12)
-    assert heavy["thresholds"]["edge"] > sam_edge(0.01, 0.05, g)
+    g = heavy.grad_norm
+    assert heavy.thresholds["edge"] == pytest.approx(sam_edge(0.01, 0.05, g, momentum=0.9), rel=1e-12)
+    assert heavy.thresholds["edge"] > sam_edge(0.01, 0.05, g)
     base = {"model": {"name": "mlp", "kwargs": {"in_features": 40, "num_classes": 10, "widths": [8]}},
             "data": "mnist1d", "n": 64, "loss": "mse-mean", "optimizer": "sam", "batch_size": 16, "steps": 4,
             "measure_every": 2, "checkpoint_every": 2}

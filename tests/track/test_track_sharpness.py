@@ -36,13 +36,13 @@ def test_tracker_records_the_measures_as_the_library_computes_them() -> None:
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     objective = Objective(model, mse, (x, y))
     seeded = SharpnessSettings(rho=0.1, m=10, steps=5, samples=4, seed=step_seed(3, 7, 4))
-    assert rec["sharpness"]["worst"]["value"] == pytest.approx(measure("worst", objective, seeded).value, rel=1e-12)
-    assert rec["sharpness"]["average"]["value"] == pytest.approx(measure("average", objective, seeded).value,
+    assert rec.sharpness["worst"]["value"] == pytest.approx(measure("worst", objective, seeded).value, rel=1e-12)
+    assert rec.sharpness["average"]["value"] == pytest.approx(measure("average", objective, seeded).value,
                                                                  rel=1e-12)
-    assert rec["sharpness"]["worst"]["details"]["sets"] == 4 and "per_set" not in rec["sharpness"]["worst"]["details"]
-    assert rec["settings"]["sharpness"] == ["worst", "average", "keskar"] and rec["cost"]["sharpness_seconds"] > 0
-    assert "errors" not in rec
-    dumps(rec)
+    assert rec.sharpness["worst"]["details"]["sets"] == 4 and "per_set" not in rec.sharpness["worst"]["details"]
+    assert rec.settings["sharpness"] == ["worst", "average", "keskar"] and rec.cost["sharpness_seconds"] > 0
+    assert rec.errors is None
+    dumps(rec.to_json())
     assert "sharpness.keskar.value" in flatten_record(rec)
 
 
@@ -51,9 +51,9 @@ def test_a_failing_measure_records_its_error_and_the_rest_goes_on() -> None:
     tracker = SharpnessTracker((x, y), mse, every=1, threshold=None, sharpness=("worst", "average"),
                                sharpness_settings=SharpnessSettings(m=100))  # sets of 100 examples from 40
     rec = tracker.measure(0, model)
-    assert rec["sharpness"] == {"worst": None, "average": None}
-    assert "m=100 exceeds every probe batch" in rec["errors"]["sharpness.worst"]
-    assert rec["eigenvalues"] is not None
+    assert rec.sharpness == {"worst": None, "average": None}
+    assert "m=100 exceeds every probe batch" in rec.errors["sharpness.worst"]
+    assert rec.eigenvalues is not None
 
 
 def test_unknown_measures_are_refused_when_the_tracker_is_made() -> None:

@@ -42,5 +42,5 @@ def test_sparse_sam_run_differs_from_gd_and_from_sam(tmp_path: Path) -> None:
     finals = {}
     for name, cfg in {"gd": config("gd"), "sam": config("sam"), "ssam": config("sparse-sam", sparsity=0.5)}.items():
         summary = train(cfg, tmp_path / name)
-        finals[name] = summary["final"]["train_loss"]
+        finals[name] = summary.final["train_loss"]
     assert finals["ssam"] != finals["gd"] and finals["ssam"] != finals["sam"]

@@ -32,23 +32,23 @@ def test_recorded_outcomes_match_the_accuracy_and_an_independent_count() -> None
         tracker = SharpnessTracker(train_data, nn.CrossEntropyLoss(), every=1, test_data=(xt, yt), batch_size=8,
                                    test_predictions=True)
         rec = tracker.measure(0, model)
-        correct = unpack_correct(rec["test_correct"])
+        correct = unpack_correct(rec.test_correct)
         expected = (model(xt).argmax(dim=1) == yt).numpy()
         assert np.array_equal(correct, expected)  # batches of 8 over 37 examples, in order
-        assert correct.mean() == pytest.approx(rec["test_acc"], abs=1e-12)
+        assert correct.mean() == pytest.approx(rec.test_acc, abs=1e-12)
         records.append(rec)
-    a, b = (unpack_correct(r["test_correct"]) for r in records)
-    assert paired_accuracy(a, b).estimate == pytest.approx(records[0]["test_acc"] - records[1]["test_acc"], abs=1e-12)
+    a, b = (unpack_correct(r.test_correct) for r in records)
+    assert paired_accuracy(a, b).estimate == pytest.approx(records[0].test_acc - records[1].test_acc, abs=1e-12)
 
 
 def test_no_outcomes_without_class_scores_or_when_not_asked() -> None:
     model = nn.Linear(5, 1)
     x, y = torch.randn(10, 5), torch.randn(10, 1)
     rec = SharpnessTracker((x, y), nn.MSELoss(), every=1, test_data=(x, y), test_predictions=True).measure(0, model)
-    assert rec["test_correct"] is None
+    assert rec.test_correct is None
     model, train_data, test = model_and_data(0)
     assert "test_correct" not in SharpnessTracker(train_data, nn.CrossEntropyLoss(), every=1,
-                                                  test_data=test).measure(0, model)
+                                                  test_data=test).measure(0, model).to_json()
 
 
 def test_a_training_run_stores_them_in_its_records(tmp_path: Path) -> None:

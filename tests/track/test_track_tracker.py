@@ -11,6 +11,7 @@ from torch import nn
 
 from sharpscope.curvature import CurvatureSettings
 from sharpscope.io.jsonsafe import dumps, loads
+from sharpscope.io.records import Measurement
 from sharpscope.losses import mse
 from sharpscope.optim import SAM
 from sharpscope.thresholds import sam_edge
@@ -48,22 +49,22 @@ def test_eigenvalues_trace_gradient_and_losses_are_exact_on_least_squares() -> N
     rec = tracker.measure(0, model, torch.optim.SGD(model.parameters(), lr=0.1))
     hessian = x.T @ x / len(x)  # ½‖Xw − y‖²/N has Hessian XᵀX/N
     exact = torch.linalg.eigvalsh(hessian).flip(0)[:3]
-    assert torch.allclose(torch.tensor(rec["eigenvalues"], dtype=torch.float64), exact, rtol=1e-8, atol=0)
-    assert rec["converged"] and max(rec["residuals"]) < 1e-10 and rec["hvps"] == rec["lanczos_steps"] > 3
-    tr = rec["trace"]
+    assert torch.allclose(torch.tensor(rec.eigenvalues, dtype=torch.float64), exact, rtol=1e-8, atol=0)
+    assert rec.converged and max(rec.residuals) < 1e-10 and rec.hvps == rec.lanczos_steps > 3
+    tr = rec.trace
     assert abs(tr["estimate"] - float(hessian.trace())) <= 5 * tr["stderr"] + 1e-9 and tr["hvps"] == 36
     w = model.weight.detach().T
     residual = x @ w - y
-    assert rec["grad_norm"] == pytest.approx(float((x.T @ residual / len(x)).norm()), rel=1e-12)
-    assert rec["train_loss"] == pytest.approx(float(0.5 * (residual**2).mean()), rel=1e-12)
-    assert rec["test_loss"] == pytest.approx(float(0.5 * ((xt @ w - yt) ** 2).mean()), rel=1e-12)
-    assert rec["train_acc"] is None  # one output column: no classes
-    assert rec["thresholds"]["rule"] == "gd_edge" and rec["thresholds"]["edge"] == pytest.approx(20.0)
-    assert rec["cost"]["hvps"] == rec["hvps"] + 36 and rec["cost"]["seconds"] > 0
-    s = rec["settings"]
+    assert rec.grad_norm == pytest.approx(float((x.T @ residual / len(x)).norm()), rel=1e-12)
+    assert rec.train_loss == pytest.approx(float(0.5 * (residual**2).mean()), rel=1e-12)
+    assert rec.test_loss == pytest.approx(float(0.5 * ((xt @ w - yt) ** 2).mean()), rel=1e-12)
+    assert rec.train_acc is None  # one output column: no classes
+    assert rec.thresholds["rule"] == "gd_edge" and rec.thresholds["edge"] == pytest.approx(20.0)
+    assert rec.cost["hvps"] == rec.hvps + 36 and rec.cost["seconds"] > 0
+    s = rec.settings
     assert (s["probe_examples"], s["num_batches"], s["bn"], s["hvp_mode"], s["dim"], s["test_examples"]) == \
         (200, 4, "eval", "rev-rev", 40, 50)
-    assert loads(dumps(rec)) == loads(dumps(rec))  # strict JSON
+    assert loads(dumps(rec.to_json())) == rec.to_json()  # strict JSON
 
 
 def test_warm_start_uses_fewer_products_than_cold_and_survives_a_state_round_trip() -> None:
@@ -73,15 +74,15 @@ def test_warm_start_uses_fewer_products_than_cold_and_survives_a_state_round_tri
     cold = tracker.measure(0, model)
     state = tracker.state_dict()
     warm = tracker.measure(1, model)  # same Hessian (quadratic): the previous eigenvectors span the answer
-    assert cold["warm_start"] is False and warm["warm_start"] is True
-    assert warm["hvps"] < cold["hvps"]
-    assert warm["eigenvalues"] == pytest.approx(cold["eigenvalues"], rel=1e-9)
+    assert cold.warm_start is False and warm.warm_start is True
+    assert warm.hvps < cold.hvps
+    assert warm.eigenvalues == pytest.approx(cold.eigenvalues, rel=1e-9)
     never_warm = SharpnessTracker((x, y), mse, warm_start=False, **kwargs).measure(1, model)
-    assert never_warm["warm_start"] is False and never_warm["hvps"] > warm["hvps"]
+    assert never_warm.warm_start is False and never_warm.hvps > warm.hvps
     restored = SharpnessTracker((x, y), mse, **kwargs)
     restored.load_state_dict(state)
     again = restored.measure(1, model)
-    assert without_seconds(again) == without_seconds(warm)  # a resumed tracker continues identically
+    assert without_seconds(again.to_json()) == without_seconds(warm.to_json())  # a resumed tracker continues identically
 
 
 def test_measuring_changes_nothing_in_the_training_state() -> None:
@@ -113,8 +114,8 @@ def test_thresholds_follow_the_optimizer() -> None:
     assert adam["rule"] == "adam_edge" and adam["edge"] == pytest.approx(3800.0) and "P^-1" in adam["on"]
     tracker = SharpnessTracker((x, y), mse, every=1, curvature=CurvatureSettings(hvp_mode="rev-rev"))
     rec = tracker.measure(0, model, SAM(params, torch.optim.SGD, rho=0.05, lr=0.01))
-    th = rec["thresholds"]
-    assert th["rule"] == "sam_edge" and th["edge"] == pytest.approx(sam_edge(0.01, 0.05, rec["grad_norm"]), rel=1e-12)
+    th = rec.thresholds
+    assert th["rule"] == "sam_edge" and th["edge"] == pytest.approx(sam_edge(0.01, 0.05, rec.grad_norm), rel=1e-12)
     assert th["edge"] < 200.0 and th["derived_for"] == "sam(p=2) over gd"
 
 
@@ -123,7 +124,7 @@ def test_non_finite_parameters_are_recorded_not_raised_and_any_loop_can_use_the_
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(40, 8), nn.Tanh(), nn.Linear(8, 1)).double()  # H depends on the weights
-    records: list[dict] = []
+    records: list[Measurement] = []
     tracker = SharpnessTracker((x, y), mse, every=2, curvature=CurvatureSettings(k=1, trace_matvecs=8), trace=True,
                                sink=records.append)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -132,11 +133,11 @@ def test_non_finite_parameters_are_recorded_not_raised_and_any_loop_can_use_the_
         opt.zero_grad()
         mse(model(x), y).backward()
         opt.step()
-    assert [r["step"] for r in records] == [0, 2, 4] and [r["warm_start"] for r in records] == [False, True, True]
+    assert [r.step for r in records] == [0, 2, 4] and [r.warm_start for r in records] == [False, True, True]
     with torch.no_grad():
         model[0].weight[0, 0] = math.nan
     rec = tracker.measure(6, model, opt)
-    assert rec["eigenvalues"] is None and rec["trace"] is None and "eigenvalues" in rec["errors"]
-    assert math.isnan(rec["train_loss"]) and math.isnan(rec["grad_norm"])
-    assert loads(dumps(rec))["train_loss"] == "NaN"
-    assert tracker.measure(7, model, opt)["warm_start"] is False  # no vectors survive a failed measurement
+    assert rec.eigenvalues is None and rec.trace is None and "eigenvalues" in rec.errors
+    assert math.isnan(rec.train_loss) and math.isnan(rec.grad_norm)
+    assert loads(dumps(rec.to_json()))["train_loss"] == "NaN"
+    assert tracker.measure(7, model, opt).warm_start is False  # no vectors survive a failed measurement

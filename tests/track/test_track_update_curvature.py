@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from sharpscope.curvature.settings import RUN_DEFAULTS, CurvatureSettings
 from sharpscope.errors import ConfigError
 from sharpscope.io.jsonsafe import without_timings
+from sharpscope.io.records import RunRecord, UpdateReading
 from sharpscope.losses import mse
 from sharpscope.track import RunDirectory, SharpnessTracker, TrainConfig, train
 from sharpscope.track import runner as runner_module
@@ -43,8 +44,8 @@ def designed_quadratic(d: int = 6) -> tuple[nn.Module, tuple[Tensor, Tensor], Te
     return model, (x, torch.zeros(2 * d, 1, dtype=torch.float64)), x.T @ x / x.shape[0]
 
 
-def tracker_for(data: Any, method: str, loss: Any = mse, **kw: Any) -> tuple[SharpnessTracker, list[dict[str, Any]]]:
-    records: list[dict[str, Any]] = []
+def tracker_for(data: Any, method: str, loss: Any = mse, **kw: Any) -> tuple[SharpnessTracker, list[RunRecord]]:
+    records: list[RunRecord] = []
     tracker = SharpnessTracker(data, loss, every=1000, curvature=CurvatureSettings(k=1, hvp_mode="rev-rev"),
                                update_curvature=method, sink=records.append, **kw)
     return tracker, records
@@ -76,12 +77,12 @@ def dense_hessian(model: nn.Module, data: tuple[Tensor, Tensor], theta: Tensor, 
 
 
 def read_one(tracker: SharpnessTracker, model: nn.Module, opt: torch.optim.Optimizer, data: tuple[Tensor, Tensor],
-             records: list[dict[str, Any]], step: int = 0, loss: Any = mse) -> tuple[dict[str, Any], Tensor, Tensor]:
+             records: list[RunRecord], step: int = 0, loss: Any = mse) -> tuple[UpdateReading, Tensor, Tensor]:
     theta0 = flat(model)
     tracker.before_step(step, model)
     take_step(model, opt, data, loss)
     tracker.after_step(step, model, opt)
-    rec = [r for r in records if r["kind"] == "update_curvature"][-1]
+    rec = [r for r in records if isinstance(r, UpdateReading)][-1]
     return rec, theta0, flat(model) - theta0
 
 
@@ -92,11 +93,11 @@ def test_hvp_form_on_a_quadratic_is_the_rayleigh_quotient_of_A(momentum: float) 
     tracker, records = tracker_for(data, "hvp")
     for step in range(3):  # with momentum the later updates are not −η∇L
         rec, _, u = read_one(tracker, model, opt, data, records, step)
-        assert rec["step"] == step and rec["method"] == "hvp"
-        assert rec["kappa"] == pytest.approx(float(u @ a @ u / (u @ u)), rel=1e-12)
-        assert rec["update_norm"] == pytest.approx(float(u.norm()), rel=1e-12)
-        assert rec["cost"]["hvps"] == 1 and rec["cost"]["forwards"] == 0
-        assert rec["kappa_preconditioned"] is None and rec["thresholds"]["edge"] == pytest.approx(
+        assert rec.step == step and rec.method == "hvp"
+        assert rec.kappa == pytest.approx(float(u @ a @ u / (u @ u)), rel=1e-12)
+        assert rec.update_norm == pytest.approx(float(u.norm()), rel=1e-12)
+        assert rec.cost["hvps"] == 1 and rec.cost["forwards"] == 0
+        assert rec.kappa_preconditioned is None and rec.thresholds["edge"] == pytest.approx(
             2 / 0.1 if momentum == 0 else (2 + 2 * momentum) / 0.1)
 
 
@@ -112,7 +113,7 @@ def test_hvp_form_is_taken_at_theta_t_and_leaves_the_model_as_the_step_left_it()
     h1 = dense_hessian(model, data, theta0 + u)
     at0, at1 = float(u @ h0 @ u / (u @ u)), float(u @ h1 @ u / (u @ u))
     assert abs(at0 - at1) > 1e-3 * abs(at0)  # the two points differ enough to tell apart
-    assert rec["kappa"] == pytest.approx(at0, rel=1e-10)
+    assert rec.kappa == pytest.approx(at0, rel=1e-10)
     assert torch.equal(flat(model), theta0 + u)  # θ_{t+1}, bit for bit (u was formed from it)
     assert all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters()))
 
@@ -143,11 +144,11 @@ def test_fd_form_on_a_quadratic_is_exact_within_its_rounding_bound() -> None:
     rec, theta0, u = read_one(tracker, model, opt, data, records)
     exact = float(u @ a @ u / (u @ u))
     bound = fd_bound_quadratic(data[0], theta0, u, a)
-    assert abs(rec["kappa"] - exact) <= bound
+    assert abs(rec.kappa - exact) <= bound
     assert bound < 1e-10 * exact  # the bound is tight enough to mean something
-    assert rec["cost"] == {"hvps": 0, "forwards": 3, "seconds": rec["cost"]["seconds"]}
-    lm, l0, lp = rec["fd"]["losses"]
-    assert rec["fd"]["rounding"] == pytest.approx(EPS64 * (abs(lp) + 2 * abs(l0) + abs(lm)) / float(u @ u))
+    assert rec.cost == {"hvps": 0, "forwards": 3, "seconds": rec.cost["seconds"]}
+    lm, l0, lp = rec.fd["losses"]
+    assert rec.fd["rounding"] == pytest.approx(EPS64 * (abs(lp) + 2 * abs(l0) + abs(lm)) / float(u @ u))
 
 
 class Square(nn.Module):
@@ -179,8 +180,8 @@ def test_fd_form_on_a_quartic_differs_from_hvp_by_the_fourth_derivative_over_12(
         tracker, records = tracker_for(data, method, loss=half_mse)
         readings[method], _, u = read_one(tracker, model, opt, data, records, loss=half_mse)
     fourth = float(((x @ u) ** 4).mean()) / float(u @ u)
-    assert fourth > 1e-3 * abs(readings["hvp"]["kappa"])  # a difference the test can see
-    assert readings["fd"]["kappa"] - readings["hvp"]["kappa"] == pytest.approx(fourth, rel=1e-7)
+    assert fourth > 1e-3 * abs(readings["hvp"].kappa)  # a difference the test can see
+    assert readings["fd"].kappa - readings["hvp"].kappa == pytest.approx(fourth, rel=1e-7)
 
 
 def test_adam_preconditioned_form_against_a_dense_computation() -> None:
@@ -199,10 +200,10 @@ def test_adam_preconditioned_form_against_a_dense_computation() -> None:
         h = dense_hessian(model, data, theta0)
         uhu = float(u @ h @ u)
         rel = 1e-10 if method == "hvp" else 1e-3  # fd: the triangle-weighted curvature over θ_t ± u
-        assert rec["kappa_preconditioned"] == pytest.approx(uhu / float(p_diag @ u ** 2), rel=rel)
-        assert rec["uPu"] == pytest.approx(float(p_diag @ u ** 2), rel=1e-12)
-        assert rec["kappa"] == pytest.approx(uhu / float(u @ u), rel=rel)
-        assert rec["thresholds"]["rule"] == "adam_edge" and rec["settings"]["preconditioner"] == "adam"
+        assert rec.kappa_preconditioned == pytest.approx(uhu / float(p_diag @ u ** 2), rel=rel)
+        assert rec.uPu == pytest.approx(float(p_diag @ u ** 2), rel=1e-12)
+        assert rec.kappa == pytest.approx(uhu / float(u @ u), rel=rel)
+        assert rec.thresholds["rule"] == "adam_edge" and rec.settings["preconditioner"] == "adam"
 
 
 def test_update_every_before_step_and_bad_input() -> None:
@@ -213,7 +214,7 @@ def test_update_every_before_step_and_bad_input() -> None:
         tracker.before_step(step, model)
         take_step(model, opt, data)
         tracker.after_step(step, model, opt)
-    assert [r["step"] for r in records] == [0, 3, 6]
+    assert [r.step for r in records] == [0, 3, 6]
     take_step(model, opt, data)
     tracker.after_step(9, model, opt)  # no before_step: nothing to read
     assert len(records) == 3
@@ -237,7 +238,7 @@ def test_a_captured_theta_survives_a_state_round_trip() -> None:
     theta0 = state["update_before"]["params"]["weight"][0]
     fresh.after_step(4, model, opt)
     u = flat(model) - theta0
-    assert records[0]["step"] == 4 and records[0]["kappa"] == pytest.approx(float(u @ a @ u / (u @ u)), rel=1e-12)
+    assert records[0].step == 4 and records[0].kappa == pytest.approx(float(u @ a @ u / (u @ u)), rel=1e-12)
     with pytest.raises(ConfigError, match="update_before"):
         fresh.load_state_dict({**state, "update_before": {"step": 1, "params": [1]}})
 

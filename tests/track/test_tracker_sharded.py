@@ -66,8 +66,9 @@ def update_readings(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], 
                     delta = distribute_tensor(delta, p.device_mesh, p.placements)
                 p.add_(delta)
         t.after_step(0, model)
-        out[method] = t.last_update["kappa"]
-        out[f"{method}_cost"] = t.last_update["cost"]["hvps"] + t.last_update["cost"]["forwards"]
+        assert t.last_update is not None
+        out[method] = t.last_update.kappa
+        out[f"{method}_cost"] = t.last_update.hvps + t.last_update.forwards
         with torch.no_grad():
             for p, b in zip(model.parameters(), before):
                 p.copy_(b)
@@ -77,7 +78,7 @@ def update_readings(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], 
 def reference(folder: Path) -> None:
     """One process: the tracker's records, and the trace a one-process sharded operator draws."""
     model, train, test = make_model(), make_data(N, 1), make_data(N_TEST, 2)
-    records = [tracker(train, test).measure(0, model)]
+    records = [tracker(train, test).measure(0, model).to_json()]
     objective = Objective(model, nn.CrossEntropyLoss(), train, batch_size=4, validate=False)
     fd = ShardedHessianOperator(objective)
     records[0]["fd_trace"] = trace_estimator(CURVATURE.trace_method)(fd, CURVATURE.trace_matvecs,
@@ -99,7 +100,7 @@ def rank_work(rank: int, folder: str) -> None:
     lo, hi = shard_bounds(N, 2, rank)
     tlo, thi = shard_bounds(N_TEST, 2, rank)
     t = tracker((x[lo:hi], y[lo:hi]), (xt[tlo:thi], yt[tlo:thi]))
-    first, again = t.measure(0, model), t.measure(1, model)  # the second starts from the first's eigenvector
+    first, again = t.measure(0, model).to_json(), t.measure(1, model).to_json()  # the second starts from the first's eigenvector
     update = update_readings(model, (x[lo:hi], y[lo:hi]), sharded=True)
     with pytest.raises(ConfigError, match="alignment=True"):
         SharpnessTracker((x, y), nn.CrossEntropyLoss(), every=1, alignment=True).measure(0, model)

@@ -247,7 +247,7 @@ def reading(run_dir: Path, sc: A3Scale, step: int | None = None) -> dict[str, An
                                trace=True, threshold=None, warm_start=False, seed=0, probes="fixed",
                                test_predictions=True, sharpness=("jacobian",),
                                sharpness_settings=SharpnessSettings(trace="exact"), batch_size=500)
-    rec = tracker.measure(step, model)
+    rec = jsonsafe.decode(tracker.measure(step, model).to_json())
     objective = Objective(model, get_loss("ce"), (clean.x, clean.y), batch_size=500)
     paired = hutchinson(RUN_DEFAULTS.hessian(objective), sc.paired_probes, seed=0)
     jac = (rec.get("sharpness") or {}).get("jacobian") or {}

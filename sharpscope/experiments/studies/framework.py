@@ -170,7 +170,7 @@ def run(study: Study, scale: str, out_dir: str | Path, *, only: list[str] | None
         cfg.recipe, cfg.scale = f"{study.name}/{stage.name}", scale
         if stage.init_from is not None:
             cfg.init_from = str((out / stage.init_from).resolve())
-        summaries[stage.name] = finished_summary(out / stage.name, cfg) or train(cfg, out / stage.name)
+        summaries[stage.name] = finished_summary(out / stage.name, cfg) or train(cfg, out / stage.name).to_json()
         if progress is not None:
             progress(stage.name, summaries[stage.name])
     results = study.evaluate({s: out / s for s in summaries})
