@@ -194,6 +194,25 @@ class Measurement(_Record):
         return None if not self.trace else self.trace.get("estimate")
 
     @property
+    def trace_stderr(self) -> float | None:
+        """The trace estimate's standard error, or None when not measured."""
+        return None if not self.trace else self.trace.get("stderr")
+
+    def eigenvalue(self, i: int) -> float | None:
+        """The ``i``-th largest measured Hessian eigenvalue (``i = 0``: λ_max), or None when fewer were measured."""
+        return float(self.eigenvalues[i]) if self.eigenvalues is not None and 0 <= i < len(self.eigenvalues) else None
+
+    @property
+    def edge(self) -> float | None:
+        """The stability threshold the sharpness is compared with (``thresholds.edge``), or None."""
+        return (self.thresholds or {}).get("edge")
+
+    @property
+    def gd_edge(self) -> float | None:
+        """Gradient descent's threshold 2/η (``thresholds.gd_edge``), or None."""
+        return (self.thresholds or {}).get("gd_edge")
+
+    @property
     def total_hvps(self) -> int:
         """Hessian-vector products the whole measurement cost, ``cost.hvps`` (0 when not recorded)."""
         return int((self.cost or {}).get("hvps") or 0)

@@ -56,6 +56,7 @@ from sharpscope.experiments.verdicts import Verdict
 from sharpscope.io import jsonsafe
 from sharpscope.io.atomic import atomic_write_bytes
 from sharpscope.io.predictions import unpack_correct
+from sharpscope.io.studysummary import StudySummary
 from sharpscope.track import RunDirectory, TrainConfig
 
 
@@ -94,6 +95,9 @@ SCALES: dict[str, A3Scale] = {
 
 ARMS = ("sa", "rs", "twin", "sgd-lrp", "sgd")
 CONTROLS = ("twin", "sgd-lrp", "sgd")
+COMPARED = {"trace": ("lower", "tr(H) (Hutch++)"), "trace_paired": ("lower", "tr(H)"),
+            "jacobian_trace": ("lower", "Jacobian trace"), "test_acc": ("higher", "test accuracy")}
+"""What SA is compared with each arm in (:func:`compare`): the direction that is better and the label."""
 READINGS = "readings"  # folder of the cached readings in the study folder
 POWER = 0.8
 
@@ -333,7 +337,14 @@ def compare(pairs: Sequence[Mapping[str, Any]], quantity: str, *, better: str, w
         else:
             per.append(sa[quantity] - arm[quantity])
             ses.append(math.hypot(sa["trace_stderr"], arm["trace_stderr"]) if quantity == "trace" else 0.0)
-    se = _rms(ses)
+    return judge(per, _rms(ses), better=better, what=what, at_most=at_most)
+
+
+def judge(per: Sequence[float], se: float, *, better: str, what: str, at_most: bool = False) -> dict[str, Any]:
+    """The per-minimizer differences ``per`` with the estimator error ``se`` the minimizers do not vary, judged:
+    their paired interval (:func:`~sharpscope.experiments.statistics.paired_difference`), the MDE of that design
+    (:func:`paired_mde` at the differences' sd) and the verdict in direction ``better`` (``at_most``: no worse,
+    at margin 0). :func:`compare` ends here, and so does judging a stored comparison again (:func:`rejudge`)."""
     d = statistics.paired_difference(per, estimator_se=se)
     sd = float(np.std(per, ddof=1)) if len(per) >= 2 else math.nan
     mde = paired_mde(len(per), sd, se) if math.isfinite(sd) else math.nan
@@ -343,6 +354,13 @@ def compare(pairs: Sequence[Mapping[str, Any]], quantity: str, *, better: str, w
     out = _diff_json(d, v, per)
     out["estimator_se"] = se
     return out
+
+
+def rejudged(stored: Mapping[str, Any], *, better: str, what: str, at_most: bool = False) -> dict[str, Any]:
+    """A stored comparison (:func:`compare`) judged again from its ``per_minimizer`` differences and
+    ``estimator_se`` (:func:`judge`)."""
+    return judge([float(x) for x in stored["per_minimizer"]], float(stored["estimator_se"]), better=better,
+                 what=what, at_most=at_most)
 
 
 def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
@@ -362,13 +380,22 @@ def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
         comparisons[arm] = {
             "pairs": [{k: v for k, v in p.items() if k not in ("sa", "arm")} | {
                 "sa": brief(p["sa"]), "arm": brief(p["arm"])} for p in pairs],
-            "trace": compare(pairs, "trace", better="lower", what=f"tr(H) (Hutch++) SA − {arm}"),
-            "trace_paired": compare(pairs, "trace_paired", better="lower", what=f"tr(H) SA − {arm}"),
-            "jacobian_trace": compare(pairs, "jacobian_trace", better="lower", what=f"Jacobian trace SA − {arm}"),
-            "test_acc": compare(pairs, "test_acc", better="higher", what=f"test accuracy SA − {arm}"),
-        }
+            **{q: compare(pairs, q, better=better, what=f"{label} SA − {arm}")
+               for q, (better, label) in COMPARED.items()}}
     return {"minimizers": {str(m): brief(r) for m, r in minimizers.items()}, "comparisons": comparisons,
             "A3": a3_verdict(comparisons, len(ms))}
+
+
+def rejudge(results: Mapping[str, Any]) -> dict[str, Any]:
+    """A3 judged again from a stored study summary's ``results`` (:func:`evaluate`'s): every comparison from its
+    stored per-minimizer differences and estimator error (:func:`rejudged`), then :func:`a3_verdict`. The readings
+    themselves are not repeated."""
+    comparisons = {arm: {q: rejudged(cmp[q], better=better, what=f"{label} SA − {arm}")
+                         for q, (better, label) in COMPARED.items()}
+                   for arm, cmp in (results.get("comparisons") or {}).items()}
+    if not comparisons:  # not run: nothing to judge again
+        return {"A3": dict(results.get("A3") or {})}
+    return {"comparisons": comparisons, "A3": a3_verdict(comparisons, int(results["A3"]["minimizers"]))}
 
 
 def brief(r: Mapping[str, Any]) -> dict[str, Any]:
@@ -398,15 +425,15 @@ def a3_verdict(comparisons: Mapping[str, Any], minimizers: int) -> dict[str, Any
             "mde": verdict.mde}
 
 
-def figures(summary: Mapping[str, Any]) -> list[tuple[str, Any, dict[str, Any], str]]:
+def figures(summary: StudySummary) -> list[tuple[str, Any, dict[str, Any], str]]:
     """tr(H), Jacobian trace and test accuracy of SA and each arm at equal loss, and the differences."""
     from sharpscope.plots.escape_a3 import a3_figure
 
-    results = summary.get("results") or {}
+    results = summary.results
     if not results.get("comparisons"):
         return []
     fig, data = a3_figure(results)
-    info = summary.get("data") or {}
+    info = summary.data or {}
     design = info.get("plan") or {}
     caption = (f"A3 at equal training loss, from {results['A3']['minimizers']} bad minimizers (pre-training seeds "
                f"{', '.join(results['minimizers'])}; every arm from minimizer m uses seed m, so the arms of one "
@@ -416,10 +443,10 @@ def figures(summary: Mapping[str, Any]) -> list[tuple[str, Any, dict[str, Any], 
                "Wilson interval on the test set) of SA and each arm at the matched point, grey lines joining the two readings from one "
                "minimizer. Bottom: SA − arm per minimizer (tr(H) from the shared Hutchinson probes) and the mean with "
                "its 95% paired interval over minimizers. Scale "
-               f"'{summary.get('scale')}' ({info.get('clean_examples')} training inputs of shape "
+               f"'{summary.scale}' ({info.get('clean_examples')} training inputs of shape "
                f"{'×'.join(map(str, info.get('input_shape') or []))} from {info.get('source')}, a small version of the "
                "paper's experiment); measured "
-               f"on CPU. Command: sharpscope reproduce escape-a3 --scale {summary.get('scale')} --out runs/escape-a3 "
+               f"on CPU. Command: sharpscope reproduce escape-a3 --scale {summary.scale} --out runs/escape-a3 "
                "--figures figures.")
     return [("matched", fig, data, caption)]
 
