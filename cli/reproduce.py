@@ -62,11 +62,12 @@ def reproduce_cmd(
             f"sharpscope reproduce {study} --scale {scale.value} --out {out_dir} --figures {figures}"
         for path in study_figures(study, out_dir, figures, command=command):
             err.print(f"wrote {path}", highlight=False)
-    stored = summary.to_json()
+    from sharpscope.io.jsonsafe import to_jsonable
+
     if as_json:
-        sys.stdout.write(json.dumps(stored) + "\n")
+        sys.stdout.write(json.dumps(summary.to_json()) + "\n")
     else:
-        typer.echo(json.dumps(stored["results"], indent=1, default=str))
+        typer.echo(json.dumps(to_jsonable(summary.results), indent=1, default=str))
     diverged = summary.diverged
     if diverged:
         err.print(f"diverged: {', '.join(diverged)} (non-finite training loss; the study's numbers above do not "

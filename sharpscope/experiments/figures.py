@@ -24,6 +24,7 @@ from sharpscope.experiments.studies import STUDIES, summary_path
 from sharpscope.experiments.studies.framework import Figure
 from sharpscope.io import jsonsafe
 from sharpscope.io.atomic import atomic_write_bytes
+from sharpscope.io.records import RunSummary
 from sharpscope.io.studysummary import read_study_summary
 from sharpscope.plots.kinds import RUN_KINDS, draw_from_data, run_figure
 from sharpscope.plots.runs import load_run
@@ -122,15 +123,17 @@ def upgrade_plot(plot: dict[str, Any], run_summaries: dict[str, Any]) -> dict[st
     (its summary's thresholds) and β (the edge named (2+2β)/η, or the run's stage prefix ``mb-mom``)."""
     from sharpscope.thresholds import sam_edge
 
+    summaries = {label: RunSummary.from_json(s) for label, s in run_summaries.items() if s}
+
     def examples(label: str) -> int | None:
-        test = (((run_summaries.get(label) or {}).get("data") or {}).get("test") or {})
-        return test.get("examples")
+        return summaries[label].test_examples if label in summaries else None
 
     for item in plot.get("arms") or []:
         item.setdefault("test_examples", next((n for n in map(examples, item["runs"]) if n), None))
     for item in plot.get("runs") or []:
         if "lambda_full" in item and item.get("edge_batch") is not None and item.get("edge_full") is None:
-            thresholds = ((run_summaries.get(item["label"]) or {}).get("final") or {}).get("thresholds") or {}
+            final = summaries[item["label"]].final_measurement if item["label"] in summaries else None
+            thresholds = (None if final is None else final.thresholds) or {}
             beta = 0.9 if item["label"].startswith("mb-mom") else 0.0
             item["edge_full"] = [sam_edge(thresholds["lr"], thresholds.get("rho", 0.0), g, beta)
                                  for g in map(jsonsafe.as_float, item["grad_norm_full"])]

@@ -202,6 +202,15 @@ class Measurement(_Record):
         """The ``i``-th largest measured Hessian eigenvalue (``i = 0``: λ_max), or None when fewer were measured."""
         return float(self.eigenvalues[i]) if self.eigenvalues is not None and 0 <= i < len(self.eigenvalues) else None
 
+    def sharpness_value(self, name: str) -> float | None:
+        """The value of the sharpness measure ``name`` (``sharpness.<name>.value``), or None when not measured."""
+        return ((self.extra.get("sharpness") or {}).get(name) or {}).get("value")
+
+    @property
+    def test_correct(self) -> str | None:
+        """Which test examples the model got right, packed (``test_correct``), or None when not recorded."""
+        return self.extra.get("test_correct")
+
     @property
     def edge(self) -> float | None:
         """The stability threshold the sharpness is compared with (``thresholds.edge``), or None."""

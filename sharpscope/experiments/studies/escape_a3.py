@@ -56,6 +56,7 @@ from sharpscope.experiments.verdicts import Verdict
 from sharpscope.io import jsonsafe
 from sharpscope.io.atomic import atomic_write_bytes
 from sharpscope.io.predictions import unpack_correct
+from sharpscope.io.records import Measurement, as_number, read_measurements, read_summary
 from sharpscope.io.studysummary import StudySummary
 from sharpscope.track import RunDirectory, TrainConfig
 
@@ -197,10 +198,11 @@ def _arm(arm: str, m: int):  # noqa: ANN202 - a Stage builder
 
 def final_loss(run_dir: Path) -> float:
     """The training loss of a finished run's last reading."""
-    records = [r for r in RunDirectory(run_dir).read_metrics() if r.get("kind", "measurement") == "measurement"]
-    if not records or not isinstance(records[-1].get("train_loss"), float):
+    records = read_measurements(run_dir)
+    loss = records[-1].train_loss if records else None
+    if not isinstance(loss, float) or not math.isfinite(loss):
         raise ConfigError(f"{run_dir} has no training-loss reading to stop the other arms at")
-    return float(records[-1]["train_loss"])
+    return loss
 
 
 def stages(scale: str) -> list[Stage]:
@@ -251,26 +253,24 @@ def reading(run_dir: Path, sc: A3Scale, step: int | None = None) -> dict[str, An
                                trace=True, threshold=None, warm_start=False, seed=0, probes="fixed",
                                test_predictions=True, sharpness=("jacobian",),
                                sharpness_settings=SharpnessSettings(trace="exact"), batch_size=500)
-    rec = tracker.measure(step, model)
+    rec = Measurement.from_json(tracker.measure(step, model))
     objective = Objective(model, get_loss("ce"), (clean.x, clean.y), batch_size=500)
     paired = hutchinson(RUN_DEFAULTS.hessian(objective), sc.paired_probes, seed=0)
-    jac = (rec.get("sharpness") or {}).get("jacobian") or {}
-    out = {"run": run_dir.name, "step": step, "checkpoint": where, "train_loss": rec["train_loss"],
-           "train_acc": rec["train_acc"], "test_acc": rec["test_acc"], "test_correct": rec["test_correct"],
-           "trace": rec["trace"]["estimate"] if rec.get("trace") else math.nan,
-           "trace_stderr": rec["trace"]["stderr"] if rec.get("trace") else math.nan,
-           "lambda_max": (rec.get("eigenvalues") or [math.nan])[0], "jacobian_trace": jac.get("value", math.nan),
+    out = {"run": run_dir.name, "step": step, "checkpoint": where, "train_loss": rec.train_loss,
+           "train_acc": rec.train_acc, "test_acc": rec.test_acc, "test_correct": rec.test_correct,
+           "trace": as_number(rec.trace_estimate), "trace_stderr": as_number(rec.trace_stderr),
+           "lambda_max": as_number(rec.lambda_max), "jacobian_trace": as_number(rec.sharpness_value("jacobian")),
            "trace_samples": paired.samples.tolist(), "trace_paired": paired.estimate,
-           "hvps": rec["cost"]["hvps"] + paired.hvps, "seconds": rec["cost"]["seconds"] + paired.seconds,
+           "hvps": rec.total_hvps + paired.hvps, "seconds": rec.total_seconds + paired.seconds,
            "probe_examples": len(clean.y), "settings": settings,
-           "test_examples": len(test_set.y), "errors": rec.get("errors")}
+           "test_examples": len(test_set.y), "errors": rec.errors}
     atomic_write_bytes(cache, (jsonsafe.dumps(out, indent=1) + "\n").encode())
     return out
 
 
 def _loss_series(run_dir: Path) -> list[tuple[int, float]]:
-    return [(int(r["step"]), float(r["train_loss"])) for r in RunDirectory(run_dir).read_metrics()
-            if r.get("kind", "measurement") == "measurement" and isinstance(r.get("train_loss"), float)]
+    return [(m.step, m.train_loss) for m in read_measurements(run_dir)
+            if isinstance(m.train_loss, float) and math.isfinite(m.train_loss)]
 
 
 def sa_step_at(sa_dir: Path, loss: float) -> int:
@@ -283,7 +283,8 @@ def matched_pair(out: Path, arm: str, m: int, sc: A3Scale) -> dict[str, Any]:
     """SA and ``arm`` from minimizer ``m`` read at equal loss: the arm at its stop (SA's final loss) when it got
     there, else SA where its run passes the arm's final loss."""
     arm_dir, sa_dir = out / stage(arm, m), out / stage("sa", m)
-    status = (RunDirectory(arm_dir).read_summary() or {}).get("status")
+    summary = read_summary(arm_dir)
+    status = None if summary is None else summary.status
     other = reading(arm_dir, sc)
     if status == "reached_train_loss":
         sa, how = reading(sa_dir, sc), "the arm stopped at SA's final loss"
