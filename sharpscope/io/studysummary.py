@@ -39,7 +39,7 @@ class StudySummary:
     study: str
     scale: str
     checks: tuple[str, ...] = ()
-    data: Any = None
+    data: dict[str, Any] | None = None
     data_root: dict[str, Any] | None = None
     stages: dict[str, RunSummary] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
@@ -60,7 +60,11 @@ class StudySummary:
         if not isinstance(stages, Mapping) or not isinstance(results, Mapping):
             raise DataError("a study summary's 'stages' and 'results' must be JSON objects")
         checks = record.get("checks") or []
-        return cls(study=study, scale=scale, checks=tuple(str(c) for c in checks),
+        if not isinstance(checks, list) or not all(isinstance(c, str) for c in checks):
+            raise DataError(f"a study summary's 'checks' must be a list of claim names, got {checks!r}")
+        if not isinstance(record.get("data"), (Mapping, type(None))):
+            raise DataError(f"a study summary's 'data' must be a JSON object or null, got {record.get('data')!r}")
+        return cls(study=study, scale=scale, checks=tuple(checks),
                    data=jsonsafe.decode(record.get("data")), data_root=jsonsafe.decode(record.get("data_root")),
                    stages={str(k): RunSummary.from_json(v) for k, v in stages.items()},
                    results=jsonsafe.decode(dict(results)), detectable=jsonsafe.decode(record.get("detectable")),

@@ -54,6 +54,8 @@ def test_a_summary_made_in_code_decodes_and_writes_the_stored_form() -> None:
     ([1, 2], "must be a JSON object, got list"),
     ({"scale": "cpu"}, "needs a string 'study' and 'scale'"),
     ({"study": "s", "scale": "cpu", "stages": [1]}, "'stages' and 'results' must be JSON objects"),
+    ({"study": "s", "scale": "cpu", "checks": "A3"}, "'checks' must be a list of claim names, got 'A3'"),
+    ({"study": "s", "scale": "cpu", "data": [1]}, "'data' must be a JSON object or null"),
     ({"study": "s", "scale": "cpu", "stages": {"a": {"status": 3}}}, "needs a string 'status'"),
 ])
 def test_a_malformed_summary_is_refused_in_one_line(stored: object, problem: str, tmp_path: Path) -> None:
