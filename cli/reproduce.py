@@ -7,16 +7,16 @@ import shlex
 import sys
 import warnings
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from sharpscope_cli._common import DATA_ROOT_HELP, EXIT_DIVERGED, STUDY_NAMES, Scale, err, use_data_root
 
-
-def _stage_line(stage: str, summary: dict[str, Any]) -> None:
+if TYPE_CHECKING:
     from sharpscope.io.records import RunSummary
 
-    s = RunSummary.from_json(summary)
+
+def _stage_line(stage: str, s: RunSummary) -> None:
     final = s.final_measurement
     acc = None if final is None else final.test_acc if "test_acc" in final.keys else final.train_acc
     note = f", acc {acc:.1%}" if isinstance(acc, (int, float)) else ""
@@ -62,12 +62,13 @@ def reproduce_cmd(
             f"sharpscope reproduce {study} --scale {scale.value} --out {out_dir} --figures {figures}"
         for path in study_figures(study, out_dir, figures, command=command):
             err.print(f"wrote {path}", highlight=False)
+    from sharpscope.io.jsonsafe import to_jsonable
+
     if as_json:
-        sys.stdout.write(json.dumps(summary) + "\n")
+        sys.stdout.write(json.dumps(summary.to_json()) + "\n")
     else:
-        typer.echo(json.dumps(summary["results"], indent=1, default=str))
-    diverged = [name for name, stage in (summary.get("stages") or {}).items()
-                if isinstance(stage, dict) and stage.get("status") == "diverged"]
+        typer.echo(json.dumps(to_jsonable(summary.results), indent=1, default=str))
+    diverged = summary.diverged
     if diverged:
         err.print(f"diverged: {', '.join(diverged)} (non-finite training loss; the study's numbers above do not "
                   "stand for those runs)", highlight=False, soft_wrap=True)

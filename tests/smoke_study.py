@@ -4,15 +4,15 @@ the study cannot do without."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from sharpscope.data import MissingDataError
 from sharpscope.experiments.studies import run_study
+from sharpscope.io.studysummary import StudySummary
 
 
-def run_smoke_study(name: str, factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+def run_smoke_study(name: str, factory: pytest.TempPathFactory) -> tuple[Path, StudySummary]:
     """``(folder, summary)`` of study ``name`` run at smoke scale in a fresh folder."""
     out = factory.mktemp(name)
     try:

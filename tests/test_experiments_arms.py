@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from sharpscope.experiments import arms as ec
+from sharpscope.io.studysummary import StudySummary
 
 
 def _run(root: Path, name: str, traces: list[float], accs: list[float], losses: list[float] | None = None,
@@ -156,7 +157,7 @@ def test_the_report_quotes_the_criteria(tmp_path: Path) -> None:
     sa = _arm(tmp_path, "best-sa", [5.0, 5.2, 4.8], [0.50, 0.51, 0.49])
     rs = _arm(tmp_path, "best-rs", [10.0, 10.5, 9.5], [0.40, 0.41, 0.39])
     results = ec.escape_results({**sa, **rs})
-    text = study_report({"study": "escape", "scale": "cpu", "results": results})
+    text = study_report(StudySummary(study="escape", scale="cpu", results=results))
     assert "| best-sa | 3 |" in text and "| best-rs | 3 |" in text
     assert f"**A3** — {results['A3']['criterion']}: **{results['A3']['verdict']}**" in text
     assert "| vs best-rs | trace |" in text

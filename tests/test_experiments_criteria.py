@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from sharpscope.experiments import criteria
+from sharpscope.io.records import Measurement, read_measurements
 from sharpscope.io.series import rolling_median
 from sharpscope.track import RunDirectory
 
 
-def _records(lam: list[float], edge: list[float], loss: list[float], gd: float | None = None) -> list[dict]:
-    return [{"kind": "measurement", "step": 10 * i, "eigenvalues": [a], "train_loss": ell,
-             "thresholds": {"edge": e, "gd_edge": gd if gd is not None else e}} for i, (a, e, ell) in
-            enumerate(zip(lam, edge, loss))]
+def _records(lam: list[float], edge: list[float], loss: list[float], gd: float | None = None) -> list[Measurement]:
+    return [Measurement.from_json({"kind": "measurement", "step": 10 * i, "eigenvalues": [a], "train_loss": ell,
+                                   "thresholds": {"edge": e, "gd_edge": gd if gd is not None else e}})
+            for i, (a, e, ell) in enumerate(zip(lam, edge, loss))]
 
 
 LOSS = [2.0, 1.9, 1.8, 1.7, 1.6, 1.5, 1.6, 1.4, 1.45, 1.3, 1.2]
@@ -51,7 +53,7 @@ def test_edge_statistics_of_a_run_that_holds_and_of_one_that_never_crosses() -> 
     never = criteria.edge_stats(_records([4, 5, 6], [10.0] * 3, LOSS[:3]))
     assert not never["crossed"] and not never["holds"] and never["max_ratio"] == 0.6
     with_nan = _records(lam, [10.0] * 11, LOSS)
-    with_nan[3]["eigenvalues"] = ["NaN"]  # a failed measurement is skipped, not fatal
+    with_nan[3] = replace(with_nan[3], eigenvalues=(math.nan,))  # a failed measurement is skipped, not fatal
     assert criteria.edge_stats(with_nan)["checkpoints"] == 10
 
 
@@ -61,7 +63,7 @@ def test_sam_edge_statistics_follow_a_moving_edge() -> None:
     assert s["tracking_from"] == 20 and s["after"] == 3 and s["in_band"] == pytest.approx(2 / 3)
     assert s["max_lambda_over_2_eta"] == pytest.approx(1.3 / 4) and s["median"] == pytest.approx(1.1)
     assert not s["holds"]
-    recs[3]["eigenvalues"] = [1.2]
+    recs[3] = replace(recs[3], eigenvalues=(1.2,))
     assert criteria.sam_edge_stats(recs)["holds"]
 
 
@@ -76,9 +78,10 @@ def test_staying_below_two_over_eta_from_initialisation_is_not_evidence() -> Non
 
 
 def test_trace_accuracy_and_the_final_record(tmp_path: Path) -> None:
-    recs = [{"kind": "measurement", "step": s, "trace": {"estimate": t}, "test_acc": a, "train_acc": 1.0,
-             "eigenvalues": [8.0, 4.0, 3.0, 2.5, 2.0]}
-            for s, t, a in [(0, 5.0, 0.5), (5, 4.0, 0.6), (10, 3.0, 0.55), (15, 2.0, 0.8)]]
+    stored = [{"kind": "measurement", "step": s, "trace": {"estimate": t}, "test_acc": a, "train_acc": 1.0,
+               "eigenvalues": [8.0, 4.0, 3.0, 2.5, 2.0]}
+              for s, t, a in [(0, 5.0, 0.5), (5, 4.0, 0.6), (10, 3.0, 0.55), (15, 2.0, 0.8)]]
+    recs = [Measurement.from_json(r) for r in stored]
     out = criteria.trace_accuracy(recs)
     # ranks of trace 4 3 2 1 and of accuracy 1 3 2 4: d = 3 0 0 -3, ρ = 1 - 6·18/(4·15) = -0.8
     assert out["spearman_trace_test_acc"] == pytest.approx(-0.8)
@@ -87,10 +90,11 @@ def test_trace_accuracy_and_the_final_record(tmp_path: Path) -> None:
     assert final["lambda1_over_lambda5"] == 4.0 and final["trace"] == 2.0 and final["test_acc"] == 0.8
     run = RunDirectory(tmp_path / "run")
     run.create({"model": {"name": "mlp"}})
-    for r in [*recs, {"kind": "diverged", "step": 20}]:
+    for r in [*stored, {"kind": "diverged", "step": 20}]:
         run.append_metric(r)
-    assert [r["step"] for r in criteria.measurements(tmp_path / "run")] == [0, 5, 10, 15]
-    assert math.isnan(criteria.column([{"a": {}}], "a.b")[0])
+    assert read_measurements(tmp_path / "run") == recs
+    assert criteria.column(recs, lambda m: m.eigenvalue(4)) == [2.0] * 4
+    assert all(math.isnan(x) for x in criteria.column(recs, lambda m: m.eigenvalue(5)))  # not measured
 
 
 def test_rolling_median_and_minibatch_edge_pairings(tmp_path: Path) -> None:

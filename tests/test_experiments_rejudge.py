@@ -5,21 +5,25 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from scipy import stats
 
 from sharpscope.experiments import rejudge
 from sharpscope.experiments.verdicts import VERDICTS
+from sharpscope.io import jsonsafe
+from sharpscope.io.studysummary import StudySummary, read_study_summary
 
 FIGURES = Path(__file__).resolve().parents[1] / "figures"
 
 
-def _summary(study: str) -> dict:
+def _summary(study: str) -> StudySummary:
     path = FIGURES / f"{study}-summary.json"
     if not path.is_file():
         pytest.skip(f"{path.name} is not in this checkout")
-    return json.loads(path.read_text())
+    return read_study_summary(path)
 
 
 def test_escape_from_its_summary() -> None:
@@ -80,3 +84,50 @@ def test_the_smoothing_identity_from_its_summaries() -> None:
     assert relu["noise"]["0.01"]["ceiling"] > 0.5 > relu["rhos"]["0.01"][-1]["cosine"]
     escape = rejudge.escape(_summary("escape"))["A5"]
     assert escape["verdict"] == "not testable at this scale" and "first-order term" in escape["reason"]
+
+
+def _stored(x: object) -> object:
+    return jsonsafe.loads(jsonsafe.dumps(x))
+
+
+def test_escape_a3_is_judged_again_from_its_per_minimizer_differences() -> None:
+    """The committed comparisons and verdict come back exactly; the interval is d̄ ± t·√(s²/n + e²) with the
+    Welch–Satterthwaite ν; differences where SA wins everywhere make A3 hold, so the verdict is recomputed, not
+    copied."""
+    summary = _summary("escape-a3")
+    out = rejudge.escape_a3(summary)
+    stored = summary.to_json()["results"]
+    assert _stored(out["A3"]) == stored["A3"]
+    for arm, cmp in out["comparisons"].items():
+        assert _stored(cmp) == {k: v for k, v in stored["comparisons"][arm].items() if k != "pairs"}
+    rs = out["comparisons"]["rs"]["trace_paired"]
+    d = rs["per_minimizer"]
+    n, mean = len(d), sum(d) / len(d)
+    var = sum((x - mean) ** 2 for x in d) / (n - 1) / n
+    se = math.sqrt(var + rs["estimator_se"] ** 2)
+    df = se ** 4 * (n - 1) / var ** 2
+    assert rs["interval"] == pytest.approx([mean - stats.t.ppf(0.975, df) * se, mean + stats.t.ppf(0.975, df) * se])
+    wins = {arm: {**cmp, "trace_paired": {**cmp["trace_paired"], "per_minimizer": [-10.0, -11.0, -12.0]},
+                  "test_acc": {**cmp["test_acc"], "per_minimizer": [0.05, 0.06, 0.05]}}
+            for arm, cmp in summary.results["comparisons"].items()}
+    better = rejudge.escape_a3(replace(summary, results={**summary.results, "comparisons": wins}))
+    assert out["A3"]["verdict"] == "inconclusive" and better["A3"]["verdict"] == "holds"
+
+
+def test_escape_a4_is_judged_again_from_its_per_minimizer_differences() -> None:
+    """The committed comparisons (at the end and at equal loss) and the A4 verdict come back exactly; reversing the
+    scaled form's tr(H) differences makes that form hold (none of its runs left its minimizer)."""
+    summary = _summary("escape-a4")
+    out = rejudge.escape_a4(summary)
+    stored = summary.to_json()["results"]
+    assert _stored(out["A4"]) == stored["A4"]
+    assert _stored(out["comparisons"]) == stored["comparisons"]
+    assert _stored(out["at_equal_loss"]) == stored["at_equal_loss"]
+    assert out["A4"]["verdict"] == "does not hold" and out["A4"]["scaled"]["label"] == "does not hold"
+    scaled = summary.results["comparisons"]["scaled"]
+    flipped = {key: {**cmp, "trace_paired": {**cmp["trace_paired"],
+                                             "per_minimizer": [-x for x in cmp["trace_paired"]["per_minimizer"]]}}
+               for key, cmp in scaled.items()}
+    results = {**summary.results, "comparisons": {**summary.results["comparisons"], "scaled": flipped}}
+    again = rejudge.escape_a4(replace(summary, results=results))
+    assert again["A4"]["scaled"]["label"] == "holds" and again["A4"]["verdict"] == "does not hold"  # unscaled: B = 1 left

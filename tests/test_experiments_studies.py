@@ -67,15 +67,15 @@ def test_every_study_runs_at_smoke_scale_with_its_figures(name: str, root: Path,
             pytest.skip(str(e))
         raise
     stages = [s.name for s in study_stages(name, "smoke")]
-    assert list(summary["stages"]) == stages
-    assert all(s["status"] in ("completed", "reached_train_acc", "reached_train_loss") for s in summary["stages"].values())
-    assert json.loads((out / f"{name}-summary.json").read_text())["results"].keys() == summary["results"].keys()
+    assert list(summary.stages) == stages
+    assert all(s.status in ("completed", "reached_train_acc", "reached_train_loss") for s in summary.stages.values())
+    assert json.loads((out / f"{name}-summary.json").read_text()) == summary.to_json()  # written as returned
     for stage in study_stages(name, "smoke"):  # a stage that starts from another has its final weights
         if stage.init_from is not None:
-            init = summary["stages"][stage.name]["init"]
-            assert init["path"] == summary["stages"][stage.init_from]["checkpoint"]
+            init = summary.stages[stage.name].init or {}
+            assert init["path"] == summary.stages[stage.init_from].checkpoint
     again = run_study(name, "smoke", out)  # resumable: finished stages are not trained again
-    assert all(s.get("already_complete") for s in again["stages"].values())
+    assert all(s.already_complete for s in again.stages.values())
     files = study_figures(name, out, tmp_path / "figs", command="cmd")
     figures = [f for f in files if f.suffix == ".json" and not f.name.endswith("summary.json")]
     drawn = [f for f in STUDIES[name].figures if any(fnmatch(s, p) for p in f.stages for s in stages)]

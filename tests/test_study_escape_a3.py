@@ -44,13 +44,13 @@ def test_rs_sa_and_the_twin_share_rho_and_eta_prime_and_every_arm_stops_at_sa_fi
         assert config(out, f"sgd-lrp-m{m}")["optimizer_kwargs"]["lr"] == SC.lr_perturb
         goal = final_loss(out / f"sa-m{m}")
         for arm in ("rs", "twin", "sgd-lrp", "sgd"):
-            cfg, run = config(out, f"{arm}-m{m}"), summary["stages"][f"{arm}-m{m}"]
+            cfg, run = config(out, f"{arm}-m{m}"), summary.stages[f"{arm}-m{m}"]
             assert cfg["stop_at_train_loss"] == goal and cfg["probes"] == "fixed" and cfg["probe_seed"] == 0
             assert cfg["seed"] == m == config(out, f"pretrain-m{m}")["seed"]  # one batch order per minimizer
-            if run["status"] == "reached_train_loss":
+            if run.status == "reached_train_loss":
                 assert final_loss(out / f"{arm}-m{m}") <= goal
             else:
-                assert run["status"] == "completed" and run["step"] == SC.max_steps
+                assert run.status == "completed" and run.step == SC.max_steps
 
 
 def test_readings_use_the_same_probes_in_every_run(study) -> None:
@@ -72,8 +72,8 @@ def test_readings_use_the_same_probes_in_every_run(study) -> None:
 
 def test_each_comparison_is_the_paired_interval_of_the_readings_at_equal_loss(study) -> None:
     out, summary = study
-    results = summary["results"]
-    planned = [e["mde"] for e in summary["detectable"]]  # before the run, per sd of the per-minimizer differences
+    results = summary.results
+    planned = [e["mde"] for e in (summary.detectable or [])]  # before the run, per sd of the per-minimizer differences
     assert planned == pytest.approx([paired_mde(len(SC.minimizers))] * 2)
     for cmp in results["comparisons"].values():
         pairs = cmp["pairs"]
@@ -82,7 +82,7 @@ def test_each_comparison_is_the_paired_interval_of_the_readings_at_equal_loss(st
             if pair["status"] != "reached_train_loss":  # SA read where its loss is nearest the arm's
                 assert pair["sa"]["step"] == sa_step_at(out / f"sa-m{m}", pair["arm"]["train_loss"])
             else:
-                assert pair["sa"]["step"] == summary["stages"][f"sa-m{m}"]["step"]
+                assert pair["sa"]["step"] == summary.stages[f"sa-m{m}"].step
         trace = [p["sa"]["trace"] - p["arm"]["trace"] for p in pairs]
         acc = [p["sa"]["test_acc"] - p["arm"]["test_acc"] for p in pairs]  # paired: (n10 − n01)/n
         assert cmp["trace"]["per_minimizer"] == pytest.approx(trace, abs=1e-9)
@@ -105,7 +105,7 @@ def test_the_figure_plots_the_comparisons(study) -> None:
     _, summary = study
     [(stem, _, plotted, caption)] = figures(summary)
     assert stem == "matched" and "Scale 'smoke'" in caption
-    for arm, cmp in summary["results"]["comparisons"].items():
+    for arm, cmp in summary.results["comparisons"].items():
         assert plotted["differences"]["trace"][arm]["difference"] == pytest.approx(cmp["trace_paired"]["difference"])
         assert len(plotted["readings"]["test_acc"][arm]) == 2 * len(SC.minimizers)
 

@@ -70,7 +70,7 @@ def test_the_arms_differ_from_sa_only_in_the_perturbation_batch_and_its_scaling(
 
 def test_each_comparison_is_the_paired_interval_of_the_end_readings(study) -> None:
     out, summary = study
-    results = summary["results"]
+    results = summary.results
     assert results["batches"] == [ONE, MID, FULL] and results["minimizers"] == list(SC.minimizers)
     for form in ("unscaled", "scaled"):
         for a, b in ((ONE, MID), (MID, FULL), (ONE, FULL)):
@@ -102,7 +102,7 @@ def test_each_comparison_is_the_paired_interval_of_the_end_readings(study) -> No
 
 def test_at_equal_loss_each_end_meets_the_main_batch_run_where_its_loss_is_nearest(study) -> None:
     out, summary = study
-    results = summary["results"]
+    results = summary.results
     for form in ("unscaled", "scaled"):
         gone = results["A4"]["left_minimizer"][form]
         parts = {}
@@ -135,7 +135,7 @@ def test_the_figure_plots_the_end_readings(study) -> None:
     [(stem, _, plotted, caption)] = figures(summary)
     assert stem == "batches" and "Scale 'smoke'" in caption
     for form in ("unscaled", "scaled"):
-        rows = summary["results"]["readings"][form]
+        rows = summary.results["readings"][form]
         for j in range(len(SC.minimizers)):
             assert plotted["trace"][form][j] == [rows[str(b)][j]["trace"] for b in (ONE, MID, FULL)]
             assert plotted["trace_per_loss"][form][j] == pytest.approx(

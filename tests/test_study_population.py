@@ -34,19 +34,19 @@ def test_registered_with_a_grid_over_every_axis() -> None:
 
 def test_smoke_models_are_trained_to_the_stop_and_measured(smoke: tuple[Path, dict[str, Any]]) -> None:
     out, summary = smoke
-    results = summary["results"]
+    results = summary.results
     models = results["models"]
     assert len(models) == len(pop.grid("smoke")) == 8
     for m in models:
-        run = summary["stages"][m["name"]]
-        assert m["reached_stop"] == (run["status"] == "reached_train_acc")
+        run = summary.stages[m["name"]]
+        assert m["reached_stop"] == (run.status == "reached_train_acc")
         if not m["reached_stop"]:
             assert m["name"] in results["excluded"]
             continue
         # the study's own evaluation of the final weights agrees with the tracker's at the stop
-        assert m["train_acc"] == pytest.approx(run["final"]["train_acc"], abs=1e-6)
+        assert m["train_acc"] == pytest.approx(run.final_measurement.train_acc, abs=1e-6)
         assert m["train_acc"] >= pop.SCALES["smoke"].target
-        assert m["test_acc"] == pytest.approx(run["final"]["test_acc"], abs=1e-6)
+        assert m["test_acc"] == pytest.approx(run.final_measurement.test_acc, abs=1e-6)
         assert m["gap_acc"] == pytest.approx(m["train_acc"] - m["test_acc"])
         correct = m["test_correct"]
         assert len(correct) == 512 and set(correct) <= {"0", "1"}
@@ -66,22 +66,22 @@ def test_smoke_models_are_trained_to_the_stop_and_measured(smoke: tuple[Path, di
     for p in pairs:  # the paired difference is the difference of the two accuracies
         assert p["difference"] == pytest.approx(by_name[p["sam"]]["test_acc"] - by_name[p["sgd"]]["test_acc"])
         assert p["interval"][0] <= p["difference"] <= p["interval"][1] and 0 < p["p_value"] <= 1
-    before = summary["data"]["mde_before"]  # computed before any training, for the whole grid
+    before = summary.data["mde_before"]  # computed before any training, for the whole grid
     assert before["n"] == 8 and before == rc.tau_mde(8, resamples=pop.SCALES["smoke"].resamples)
 
 
 def test_smoke_rankings_table_and_figure(smoke: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     out, summary = smoke
-    ranking = summary["results"]["ranking"]
-    included = [m for m in summary["results"]["models"] if m["reached_stop"]]
+    ranking = summary.results["ranking"]
+    included = [m for m in summary.results["models"] if m["reached_stop"]]
     assert ranking["n"] == len(included)
     gap = [m["gap_acc"] for m in included]
     for name, row in ranking["measures"].items():
         values = [m["measures"][name]["value"] for m in included]
         assert row["gap"]["tau"] == pytest.approx(rc.kendall_tau(values, gap), nan_ok=True)
         assert set(row["granulated"]["axes"]) == set(pop.AXES)
-    assert "Smallest detectable |τ|" in summary["results"]["table"]
-    assert (out / pop.TABLE_FILE).read_text(encoding="utf-8") == summary["results"]["table"]
+    assert "Smallest detectable |τ|" in summary.results["table"]
+    assert (out / pop.TABLE_FILE).read_text(encoding="utf-8") == summary.results["table"]
     written = study_figures("population", out, tmp_path, command="sharpscope reproduce population --scale smoke")
     assert {p.name for p in written} >= {"population-tau.png", "population-tau.pdf", "population-tau.json"}
     plotted = json.loads((tmp_path / "population-tau.json").read_text())["data"]["plot"]
@@ -96,8 +96,8 @@ def test_resume_reuses_training_and_measures(smoke: tuple[Path, dict[str, Any]],
 
     monkeypatch.setattr(pop, "measure", refuse)
     again = run_study("population", "smoke", out)
-    assert all(s.get("already_complete") for s in again["stages"].values())
-    assert again["results"]["ranking"] == first["results"]["ranking"]
+    assert all(s.already_complete for s in again.stages.values())
+    assert again.to_json()["results"]["ranking"] == first.to_json()["results"]["ranking"]
 
 
 def test_options_are_refused(tmp_path: Path) -> None:

@@ -31,9 +31,9 @@ def test_independent_draws_as_an_option(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="pairing must be one of"):
         run_study("smoothing", "smoke", tmp_path / "y", options={"pairing": "paired"})
     out = run_study("smoothing", "smoke", tmp_path, only=["fit-gelu-avgpool"], options={"pairing": "independent"})
-    result = out["results"]["A5-gelu-avgpool"]
+    result = out.results["A5-gelu-avgpool"]
     sc = SCALES["smoke"]
     assert result["pairing"] == "independent" and result["gradients"] == 1 + len(sc.rhos) * sc.draws
-    assert list(out["results"]) == ["A5-gelu-avgpool"] and out["data"]["pairing"] == "independent"
+    assert list(out.results) == ["A5-gelu-avgpool"] and out.data["pairing"] == "independent"
     assert json.loads((tmp_path / "fit-gelu-avgpool" / "identity.json").read_text())["settings"]["pairing"] == \
         "independent"

@@ -30,7 +30,7 @@ from typing import Any
 
 from sharpscope.experiments import criteria, evidence, statistics, verdicts
 from sharpscope.experiments.verdicts import Verdict
-from sharpscope.io.records import read_summary
+from sharpscope.io.records import read_measurements, read_summary
 from sharpscope.track import RunDirectory
 
 _SEED = re.compile(r"^(?P<arm>.+)-s(?P<seed>\d+)$")
@@ -52,13 +52,14 @@ def arms(dirs: Mapping[str, Path]) -> dict[str, list[Path]]:
 
 def series(path: Path) -> dict[str, Any]:
     """One run's measurements as columns, its status and its test-set size."""
-    rec = criteria.measurements(path)
+    rec = read_measurements(path)
     summary = read_summary(path)
-    lam1, lam5 = criteria.column(rec, "eigenvalues.0"), criteria.column(rec, "eigenvalues.4")
-    return {"step": criteria.column(rec, "step"), "loss": criteria.column(rec, "train_loss"),
-            "trace": criteria.column(rec, "trace.estimate"), "trace_stderr": criteria.column(rec, "trace.stderr"),
-            "test_acc": criteria.column(rec, "test_acc"),
-            "train_acc": criteria.column(rec, "train_acc"), "lambda_max": lam1,
+    lam1, lam5 = criteria.column(rec, lambda m: m.lambda_max), criteria.column(rec, lambda m: m.eigenvalue(4))
+    return {"step": criteria.column(rec, lambda m: m.step), "loss": criteria.column(rec, lambda m: m.train_loss),
+            "trace": criteria.column(rec, lambda m: m.trace_estimate),
+            "trace_stderr": criteria.column(rec, lambda m: m.trace_stderr),
+            "test_acc": criteria.column(rec, lambda m: m.test_acc),
+            "train_acc": criteria.column(rec, lambda m: m.train_acc), "lambda_max": lam1,
             "lambda1_over_lambda5": [a / b if b > 0 else math.nan for a, b in zip(lam1, lam5)],
             "status": None if summary is None else summary.status,
             "test_examples": None if summary is None else summary.test_examples}

@@ -1,8 +1,7 @@
 """The pass criteria of the edge-of-stability, SAM-edge and trace studies, computed from a run directory's records.
 
-Every function takes the measurement records of a run (``metrics.jsonl`` rows of kind
-``measurement``; non-finite values may be strings, read with :func:`sharpscope.io.records.number_at`)
-and returns a JSON-ready dict of the numbers the criterion is stated in, with ``holds`` (bool)
+Every function takes the typed measurement records of a run (:class:`~sharpscope.io.records.Measurement`,
+as :func:`~sharpscope.io.records.read_measurements` gives them) and returns a JSON-ready dict of the numbers the criterion is stated in, with ``holds`` (bool)
 where the criterion is a test.
 
 * :func:`edge_stats` (E1, E2, E3): ratio ``r_t = λ_t/edge_t``; first crossing ``c`` = first
@@ -27,37 +26,43 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 from sharpscope.experiments import evidence, verdicts
-from sharpscope.io.jsonsafe import as_float
-from sharpscope.io.records import number_at, read_measurements
+from sharpscope.io.records import Measurement, as_number, number_at
 from sharpscope.io.rundir import RunDirectory
 from sharpscope.io.series import ROLLING_WINDOW, rolling_median, sam_batch_pairs
 
 
-def measurements(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The measurement records of a run directory, in step order."""
-    return [m.to_json() for m in read_measurements(run_dir)]
+def column(records: Sequence[Measurement], get: Callable[[Measurement], Any]) -> list[float]:
+    """``get(m)`` of every record ``m`` as a float, NaN where missing or not a number
+    (:func:`sharpscope.io.records.as_number`)."""
+    return [as_number(get(m)) for m in records]
 
 
-def column(records: Sequence[dict[str, Any]], key: str) -> list[float]:
-    """``records[i][a][b]...`` for a dotted ``key`` (list indices allowed), NaN where missing or not a number
-    (:func:`sharpscope.io.records.number_at`)."""
-    return [number_at(r, key) for r in records]
+def _step(m: Measurement) -> int:
+    return m.step
+
+
+def _lambda_max(m: Measurement) -> float | None:
+    return m.lambda_max
+
+
+def _edge(m: Measurement) -> float | None:
+    return m.edge
 
 
 def _finite(pairs: Sequence[tuple[float, ...]]) -> list[tuple[float, ...]]:
     return [p for p in pairs if all(math.isfinite(v) for v in p)]
 
 
-def edge_stats(records: Sequence[dict[str, Any]], band: tuple[float, float] = (0.9, 1.25)) -> dict[str, Any]:
+def edge_stats(records: Sequence[Measurement], band: tuple[float, float] = (0.9, 1.25)) -> dict[str, Any]:
     """E1-style statistics of ``λ_max/edge`` (see the module docstring); ``crossed`` False if never ``≥ 1``."""
-    rows = _finite(list(zip(column(records, "step"), column(records, "eigenvalues.0"),
-                            column(records, "thresholds.edge"), column(records, "train_loss"))))
+    rows = _finite(list(zip(column(records, _step), column(records, _lambda_max),
+                            column(records, _edge), column(records, lambda m: m.train_loss))))
     if not rows:
         return {"crossed": False, "holds": False, "checkpoints": 0}
     steps, lam, edge, loss = (list(c) for c in zip(*rows))
@@ -101,18 +106,18 @@ def crossing_stats(steps: Sequence[int], sharpness: Sequence[float], edges: Sequ
             "loss_nonmonotone": any(b > a for a, b in pairwise(loss[c:])), "loss_end_below_cross": loss[-1] < loss[c]}
 
 
-def steps_after_ratio(records: Sequence[dict[str, Any]], ratio: float) -> int | None:
+def steps_after_ratio(records: Sequence[Measurement], ratio: float) -> int | None:
     """Steps run after the first measurement with ``λ_max ≥ ratio·edge`` (None if never)."""
-    rows = _finite(list(zip(column(records, "step"), column(records, "eigenvalues.0"),
-                            column(records, "thresholds.edge"))))
+    rows = _finite(list(zip(column(records, _step), column(records, _lambda_max),
+                            column(records, _edge))))
     first = next((s for s, lam, e in rows if lam >= ratio * e), None)
     return None if first is None else int(rows[-1][0] - first)
 
 
-def sam_edge_stats(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def sam_edge_stats(records: Sequence[Measurement]) -> dict[str, Any]:
     """E5: ``λ/SAM_edge`` from the first ``≥ 0.9`` on, and ``max λ`` against ``2/η``."""
-    rows = _finite(list(zip(column(records, "step"), column(records, "eigenvalues.0"),
-                            column(records, "thresholds.edge"), column(records, "thresholds.gd_edge"))))
+    rows = _finite(list(zip(column(records, _step), column(records, _lambda_max),
+                            column(records, _edge), column(records, lambda m: m.gd_edge))))
     if not rows:
         return {"holds": False, "checkpoints": 0}
     steps, lam, edge, gd = (list(c) for c in zip(*rows))
@@ -174,10 +179,10 @@ def minibatch_edge_stats(run_dir: str | Path, window: int = ROLLING_WINDOW) -> d
     return out
 
 
-def trace_accuracy(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def trace_accuracy(records: Sequence[Measurement]) -> dict[str, Any]:
     """Trace and test accuracy at the first and last checkpoint, and their Spearman correlation."""
-    rows = _finite(list(zip(column(records, "step"), column(records, "trace.estimate"),
-                            column(records, "test_acc"), column(records, "train_acc"))))
+    rows = _finite(list(zip(column(records, _step), column(records, lambda m: m.trace_estimate),
+                            column(records, lambda m: m.test_acc), column(records, lambda m: m.train_acc))))
     if not rows:
         return {"checkpoints": 0}
     steps, trace, test, train = (list(c) for c in zip(*rows))
@@ -188,18 +193,19 @@ def trace_accuracy(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "spearman_trace_test_acc": float(rho)}
 
 
-def final_record(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def final_record(records: Sequence[Measurement]) -> dict[str, Any]:
     """The last measurement's eigenvalues, trace, accuracies and losses (as floats)."""
     if not records:
         return {}
     last = records[-1]
-    eig = [as_float(v) for v in last.get("eigenvalues") or []]
-    out: dict[str, Any] = {"step": last.get("step"), "eigenvalues": eig}
-    for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
-        if last.get(key) is not None:
-            out[key] = as_float(last[key])
-    if isinstance(last.get("trace"), dict):
-        out["trace"] = as_float(last["trace"].get("estimate"))
+    eig = [as_number(v) for v in last.eigenvalues or ()]
+    out: dict[str, Any] = {"step": last.step, "eigenvalues": eig}
+    for key, value in (("train_loss", last.train_loss), ("train_acc", last.train_acc),
+                       ("test_loss", last.test_loss), ("test_acc", last.test_acc)):
+        if value is not None:
+            out[key] = as_number(value)
+    if last.trace is not None:
+        out["trace"] = as_number(last.trace_estimate)
     if len(eig) >= 5 and eig[4] > 0:
         out["lambda1_over_lambda5"] = eig[0] / eig[4]
     return out

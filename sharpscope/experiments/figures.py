@@ -24,6 +24,8 @@ from sharpscope.experiments.studies import STUDIES, summary_path
 from sharpscope.experiments.studies.framework import Figure
 from sharpscope.io import jsonsafe
 from sharpscope.io.atomic import atomic_write_bytes
+from sharpscope.io.records import RunSummary
+from sharpscope.io.studysummary import read_study_summary
 from sharpscope.plots.kinds import RUN_KINDS, draw_from_data, run_figure
 from sharpscope.plots.runs import load_run
 from sharpscope.plots.save import figure_paths, load_figure_data, save_figure
@@ -80,9 +82,9 @@ def _draw_options(spec: Figure) -> tuple[dict[str, Any], dict[str, Any]]:
 def study_figures(name: str, out_dir: str | Path, fig_dir: str | Path, *, command: str) -> list[Path]:
     """Draw every figure of study ``name`` with a finished stage in ``out_dir``; return the files written."""
     out, figs = Path(out_dir), Path(fig_dir)
-    summary = jsonsafe.loads(summary_path(name, out).read_text(encoding="utf-8"))
+    summary = read_study_summary(summary_path(name, out))
     written: list[Path] = []
-    finished = [s for s in summary["stages"] if (out / s / "summary.json").is_file()]
+    finished = [s for s in summary.stages if (out / s / "summary.json").is_file()]
     for spec in STUDIES[name].figures:
         stages = [s for pattern in spec.stages for s in finished if fnmatch(s, pattern)]
         if not stages:
@@ -90,9 +92,9 @@ def study_figures(name: str, out_dir: str | Path, fig_dir: str | Path, *, comman
         runs = [load_run(out / s, label=s) for s in dict.fromkeys(stages)]
         options, draw = _draw_options(spec)
         fig, plotted = run_figure(spec.kind, runs, draw=draw, **options)
-        data = {"plot": plotted, "results": {r.label: summary["results"].get(r.label) for r in runs},
+        data = {"plot": plotted, "results": {r.label: summary.results.get(r.label) for r in runs},
                 "run_summaries": {r.label: None if r.summary is None else r.summary.to_json() for r in runs}}
-        caption = _caption(spec, plotted, seeds_note(runs), device_note(summary["scale"], runs))
+        caption = _caption(spec, plotted, seeds_note(runs), device_note(summary.scale, runs))
         written += save_figure(fig, figs / f"{name}-{spec.stem}", data=data, command=command, caption=caption)
     draw_fn = STUDIES[name].draw
     if draw_fn is not None:
@@ -100,7 +102,7 @@ def study_figures(name: str, out_dir: str | Path, fig_dir: str | Path, *, comman
             written += save_figure(fig, figs / f"{name}-{stem}", data={"plot": plotted}, command=command,
                                    caption=caption)
     target = figs / f"{name}-summary.json"
-    written.append(atomic_write_bytes(target, (jsonsafe.dumps(summary, indent=2) + "\n").encode()))
+    written.append(atomic_write_bytes(target, summary.to_text().encode()))
     return written
 
 
@@ -121,15 +123,17 @@ def upgrade_plot(plot: dict[str, Any], run_summaries: dict[str, Any]) -> dict[st
     (its summary's thresholds) and β (the edge named (2+2β)/η, or the run's stage prefix ``mb-mom``)."""
     from sharpscope.thresholds import sam_edge
 
+    summaries = {label: RunSummary.from_json(s) for label, s in run_summaries.items() if s}
+
     def examples(label: str) -> int | None:
-        test = (((run_summaries.get(label) or {}).get("data") or {}).get("test") or {})
-        return test.get("examples")
+        return summaries[label].test_examples if label in summaries else None
 
     for item in plot.get("arms") or []:
         item.setdefault("test_examples", next((n for n in map(examples, item["runs"]) if n), None))
     for item in plot.get("runs") or []:
         if "lambda_full" in item and item.get("edge_batch") is not None and item.get("edge_full") is None:
-            thresholds = ((run_summaries.get(item["label"]) or {}).get("final") or {}).get("thresholds") or {}
+            final = summaries[item["label"]].final_measurement if item["label"] in summaries else None
+            thresholds = (None if final is None else final.thresholds) or {}
             beta = 0.9 if item["label"].startswith("mb-mom") else 0.0
             item["edge_full"] = [sam_edge(thresholds["lr"], thresholds.get("rho", 0.0), g, beta)
                                  for g in map(jsonsafe.as_float, item["grad_norm_full"])]

@@ -9,6 +9,9 @@ the run directories. What a summary lacks is said in each result's ``notes``:
   value;
 * the runs store no per-example predictions, so accuracy differences carry unpaired binomial errors.
 
+``escape-a3`` and ``escape-a4`` store each comparison's per-minimizer differences and estimator error, so their
+intervals, MDEs and verdicts are recomputed exactly, by the studies' own judging code.
+
 ``python -m sharpscope.experiments.rejudge figures`` reads ``figures/*-summary.json``, writes
 ``figures/verdicts.json`` and prints one markdown table per study (the tables ``docs/reproductions.md``
 quotes).
@@ -16,7 +19,6 @@ quotes).
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import sys
@@ -28,14 +30,18 @@ from sharpscope.experiments import arms as ac
 from sharpscope.experiments import evidence, verdicts
 from sharpscope.experiments.report import verdict_text
 from sharpscope.experiments.studies import escape as escape_study
+from sharpscope.experiments.studies import escape_a3 as a3_study
+from sharpscope.experiments.studies import escape_a4 as a4_study
 from sharpscope.experiments.studies import flatness as flatness_study
 from sharpscope.io import jsonsafe
 from sharpscope.io.atomic import atomic_write_bytes
+from sharpscope.io.records import RunSummary, as_number
+from sharpscope.io.studysummary import StudySummary, read_study_summary
 
 STDERR_NOTE = ("trace estimator stderr: each run's last reading; at matched loss, the same relative error times the "
                "matched value")
-__all__ = ["REJUDGE", "escape", "label_noise", "main", "sam_edge", "sam_flatness", "smoothing_study", "verdict_table",
-           "with_matched_stderr", "with_stored_stderr"]
+__all__ = ["REJUDGE", "escape", "escape_a3", "escape_a4", "label_noise", "main", "sam_edge", "sam_flatness",
+           "smoothing_study", "verdict_table", "with_matched_stderr", "with_stored_stderr"]
 
 PAIRED_NOTE = "no per-example predictions stored: accuracy differences carry unpaired binomial errors"
 
@@ -47,18 +53,19 @@ def _f(x: Any) -> float:
         return math.nan
 
 
-def _final_trace(stages: Mapping[str, Any], run: str) -> tuple[float, float, float]:
+def _final_trace(stages: Mapping[str, RunSummary], run: str) -> tuple[float, float, float]:
     """``(tr(H), its stderr, training loss)`` of a run's last reading (NaN where missing)."""
-    final = (stages.get(run) or {}).get("final") or {}
-    trace = final.get("trace") or {}
-    return _f(trace.get("estimate")), _f(trace.get("stderr")), _f(final.get("train_loss"))
+    final = stages[run].final_measurement if run in stages else None
+    if final is None:
+        return math.nan, math.nan, math.nan
+    return as_number(final.trace_estimate), as_number(final.trace_stderr), as_number(final.train_loss)
 
 
-def _runs_of(stages: Mapping[str, Any], arm: str) -> list[str]:
+def _runs_of(stages: Mapping[str, RunSummary], arm: str) -> list[str]:
     return [name for name in stages if ac.arm_of(name) == arm]
 
 
-def with_stored_stderr(arm_summaries: Mapping[str, Any], stages: Mapping[str, Any]) -> dict[str, Any]:
+def with_stored_stderr(arm_summaries: Mapping[str, Any], stages: Mapping[str, RunSummary]) -> dict[str, Any]:
     """Arm summaries with ``trace_stderr`` and ``trace_over_loss_stderr`` from the runs' final readings."""
     out = {}
     for arm, a in arm_summaries.items():
@@ -69,11 +76,11 @@ def with_stored_stderr(arm_summaries: Mapping[str, Any], stages: Mapping[str, An
     return out
 
 
-def _relative_stderr(stages: Mapping[str, Any], arm: str) -> list[float]:
+def _relative_stderr(stages: Mapping[str, RunSummary], arm: str) -> list[float]:
     return [se / t if t > 0 else math.nan for t, se, _ in (_final_trace(stages, r) for r in _runs_of(stages, arm))]
 
 
-def with_matched_stderr(matched: Mapping[str, Any], stages: Mapping[str, Any]) -> dict[str, Any]:
+def with_matched_stderr(matched: Mapping[str, Any], stages: Mapping[str, RunSummary]) -> dict[str, Any]:
     """A matched-loss reading (:func:`arms.at_matched_loss`) with ``trace_stderr`` per level (see the module
     docstring)."""
     out: dict[str, Any] = {"levels": list(matched.get("levels") or []), "arms": {}}
@@ -101,16 +108,16 @@ def _best_eta(arm_summaries: Mapping[str, Any], kind: str) -> float | None:
     return min(candidates)[2] if candidates else None
 
 
-def escape(summary: Mapping[str, Any]) -> dict[str, Any]:
+def escape(summary: StudySummary) -> dict[str, Any]:
     """A1–A4 of the escape study with the stored trace errors and the best η′ of SA and RS; A5 not testable."""
-    res, stages = summary["results"], summary.get("stages") or {}
+    res, stages = summary.results, summary.stages
     summaries = with_stored_stderr(res["arms"], stages)
     matched = with_matched_stderr((res.get("A3") or {}).get("matched_loss") or {}, stages)
     eta = {arm: e for arm, kind in (("best-sa", "sa"), ("best-rs", "rs"))
            if (e := _best_eta(res["arms"], kind)) is not None}
     out = ac.escape_verdicts(summaries, matched, eta)
     if "A5" in res:
-        network = escape_study.network(summary.get("scale", "cpu"), summary.get("data") or {})
+        network = escape_study.network(summary.scale, summary.data or {})
         out["A5"] = _identity(res["A5"], network)
     return {**out, "notes": [STDERR_NOTE, PAIRED_NOTE]}
 
@@ -128,15 +135,27 @@ def _identity(result: Mapping[str, Any], network: Mapping[str, Any] | None = Non
     return {**result, "verdict": v.label, "reason": v.reason}
 
 
-def smoothing_study(summary: Mapping[str, Any]) -> dict[str, Any]:
+def smoothing_study(summary: StudySummary) -> dict[str, Any]:
     """A5 on each network of the ``smoothing`` study."""
-    return {claim: _identity(r) for claim, r in (summary.get("results") or {}).items()}
+    return {claim: _identity(r) for claim, r in summary.results.items()}
 
 
-def label_noise(summary: Mapping[str, Any]) -> dict[str, Any]:
+def escape_a3(summary: StudySummary) -> dict[str, Any]:
+    """A3 of the ``escape-a3`` study: every comparison at equal loss judged again from its per-minimizer differences
+    (:func:`sharpscope.experiments.studies.escape_a3.rejudge`)."""
+    return a3_study.rejudge(summary.results)
+
+
+def escape_a4(summary: StudySummary) -> dict[str, Any]:
+    """A4 of the ``escape-a4`` study: every comparison between batches, at the end and at equal loss, judged again
+    from its per-minimizer differences (:func:`sharpscope.experiments.studies.escape_a4.rejudge`)."""
+    return a4_study.rejudge(summary.results)
+
+
+def label_noise(summary: StudySummary) -> dict[str, Any]:
     """G6 of the label-noise study: per-seed Spearman correlations and tr(H) against the noiseless arm at
     the lowest common loss."""
-    res, stages = summary["results"], summary.get("stages") or {}
+    res, stages = summary.results, summary.stages
     summaries = with_stored_stderr(res["arms"], stages)
     g6 = res.get("G6") or {}
     stored = (g6.get("vs_noiseless") or {}).get("trace_at_lowest_common_loss")
@@ -158,16 +177,16 @@ def label_noise(summary: Mapping[str, Any]) -> dict[str, Any]:
             "notes": [STDERR_NOTE, PAIRED_NOTE]}
 
 
-def sam_flatness(summary: Mapping[str, Any]) -> dict[str, Any]:
+def sam_flatness(summary: StudySummary) -> dict[str, Any]:
     """G1, G3, G4, G5 of the SAM-flatness study from its arm summaries and matched-loss readings."""
-    res = summary["results"]
+    res = summary.results
     return {**flatness_study.flatness_verdicts(res["arms"], res.get("matched_loss") or {}), "notes": [PAIRED_NOTE]}
 
 
-def sam_edge(summary: Mapping[str, Any]) -> dict[str, Any]:
+def sam_edge(summary: StudySummary) -> dict[str, Any]:
     """E5's "max λ < 0.8·(2/η)" for each SAM run (λ at initialisation is at most the run's maximum, so the part
     is met at initialisation whenever it is met), and E7 with the three-seed rule."""
-    res = summary["results"]
+    res = summary.results
     out: dict[str, Any] = {}
     for name, r in res.items():
         if "max_lambda_over_2_eta" in r and not name.endswith("rho0"):
@@ -191,9 +210,9 @@ def sam_edge(summary: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-REJUDGE: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
-    "escape": escape, "label-noise": label_noise, "sam-flatness": sam_flatness, "sam-edge": sam_edge,
-    "smoothing": smoothing_study}
+REJUDGE: dict[str, Callable[[StudySummary], dict[str, Any]]] = {
+    "escape": escape, "escape-a3": escape_a3, "escape-a4": escape_a4, "label-noise": label_noise,
+    "sam-flatness": sam_flatness, "sam-edge": sam_edge, "smoothing": smoothing_study}
 
 
 def verdict_table(study: str, results: Mapping[str, Any]) -> str:
@@ -216,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         path = folder / f"{study}-summary.json"
         if not path.is_file():
             continue
-        out[study] = judge(json.loads(path.read_text()))
+        out[study] = judge(read_study_summary(path))
         sys.stdout.write(verdict_table(study, out[study]) + "\n\n")
     atomic_write_bytes(folder / "verdicts.json", (jsonsafe.dumps(out, indent=2) + "\n").encode())
     return 0

@@ -6,12 +6,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
+
+from sharpscope.io.studysummary import StudySummary, read_study_summary
 
 
 def _pm(stats: Mapping[str, Any] | None, scale: float = 1.0, digits: int = 3) -> str:
@@ -79,10 +79,10 @@ def comparison_table(title: str, comparisons: Mapping[str, Mapping[str, Any]]) -
     return "\n".join(rows)
 
 
-def study_report(summary: Mapping[str, Any]) -> str:
+def study_report(summary: StudySummary) -> str:
     """The markdown for a study summary: arms, comparisons and verdicts (with their reasons)."""
-    res = summary["results"]
-    parts = [f"### {summary['study']} ({summary['scale']})", "", arms_table(res.get("arms", {})), ""]
+    res = summary.results
+    parts = [f"### {summary.study} ({summary.scale})", "", arms_table(res.get("arms", {})), ""]
     checks = [c for c in res if c not in ("arms", "matched_loss")]
     for check in checks:
         r = res[check]
@@ -111,7 +111,7 @@ def study_report(summary: Mapping[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Print the report of each study summary named on the command line."""
     for path in argv if argv is not None else sys.argv[1:]:
-        sys.stdout.write(study_report(json.loads(Path(path).read_text())) + "\n")
+        sys.stdout.write(study_report(read_study_summary(path)) + "\n")
     return 0
 
 

@@ -291,6 +291,14 @@ class Measurement(_Record):
         stored = self.to_json()
         return {key: stored[key] for key in SUMMARY_FIELDS if key in stored}
 
+    def eigenvalue(self, i: int) -> float | None:
+        """The ``i``-th largest measured Hessian eigenvalue (``i = 0``: λ_max), or None when fewer were measured."""
+        return float(self.eigenvalues[i]) if self.eigenvalues is not None and 0 <= i < len(self.eigenvalues) else None
+
+    def sharpness_value(self, name: str) -> float | None:
+        """The value of the sharpness measure ``name`` (``sharpness.<name>.value``), or None when not measured."""
+        return _entry((self.sharpness or {}).get(name), "value")
+
     @property
     def total_hvps(self) -> int:
         """Hessian-vector products the whole measurement cost, ``cost.hvps`` (0 when not recorded)."""

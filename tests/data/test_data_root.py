@@ -82,9 +82,9 @@ def test_a_study_run_warns_with_its_fallback_and_records_it(root: Path, tmp_path
     line = data_fallbacks(study, "smoke")[0]
     with pytest.warns(DataFallbackWarning, match=f"^{re.escape(f'study tiny: {line}')}$"):
         summary = run(study, "smoke", tmp_path / "out")
-    assert summary["data_root"] == {"root": str(root.resolve()), "fallbacks": [line]}
+    assert summary.data_root == {"root": str(root.resolve()), "fallbacks": [line]}
     stored = json.loads((tmp_path / "out" / "tiny-summary.json").read_text())
-    assert stored["data_root"] == summary["data_root"]
+    assert stored["data_root"] == summary.data_root
 
 
 def test_the_command_line_sets_the_root_states_fallbacks_and_refuses_a_missing_folder(root: Path, tmp_path: Path,

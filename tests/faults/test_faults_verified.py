@@ -14,7 +14,6 @@ from sharpscope_cli.main import app
 from typer.testing import CliRunner
 
 from sharpscope.errors import CheckpointError, ConfigError
-from sharpscope.experiments import criteria
 from sharpscope.io import checksums, jsonsafe, read_checkpoint, read_measurements, recordlines
 from sharpscope.plots.runs import load_run
 from sharpscope.track import RunDirectory, train
@@ -86,7 +85,7 @@ def test_every_reader_refuses_a_damaged_record_in_one_line_naming_the_file_and_l
     before = run.metrics_path.read_bytes()
     where = re.escape(f"{run.metrics_path}: line 3: ")
     for read in (lambda: read_measurements(out), lambda: metrics_dataframe(out), lambda: load_run(out),
-                 lambda: criteria.measurements(out), lambda: RunDirectory(out).read_metrics(torn_ok=True),
+                 lambda: RunDirectory(out).read_metrics(torn_ok=True),
                  lambda: RunDirectory(out).append_metric({"step": 99})):
         with pytest.raises(CheckpointError, match=where) as info:
             read()

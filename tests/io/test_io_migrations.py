@@ -13,8 +13,8 @@ from sharpscope.curvature.settings import RUN_DEFAULTS
 from sharpscope.errors import ConfigError
 from sharpscope.experiments.rejudge import REJUDGE
 from sharpscope.experiments.report import study_report
-from sharpscope.io import jsonsafe
 from sharpscope.io.migrations import FORMAT_VERSION, VERSION_KEY, format_version, migrate_config
+from sharpscope.io.studysummary import read_study_summary
 from sharpscope.track import RunDirectory, TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,12 +95,12 @@ def test_an_unknown_version_is_refused_in_one_line(tmp_path: Path, version: Any)
 
 @pytest.mark.parametrize("path", SUMMARIES, ids=[p.name for p in SUMMARIES])
 def test_every_committed_study_summary_loads(path: Path) -> None:
-    summary = jsonsafe.loads(path.read_text(encoding="utf-8"))
-    assert summary["study"] == path.name.removesuffix("-summary.json") and summary["stages"]
-    assert all(stage["status"] for stage in summary["stages"].values())
-    assert study_report(summary).startswith(f"### {summary['study']} ")
-    if summary["study"] in REJUDGE:
-        assert REJUDGE[summary["study"]](summary)
+    summary = read_study_summary(path)
+    assert summary.study == path.name.removesuffix("-summary.json") and summary.stages
+    assert all(stage.status for stage in summary.stages.values())
+    assert study_report(summary).startswith(f"### {summary.study} ")
+    if summary.study in REJUDGE:
+        assert REJUDGE[summary.study](summary)
 
 
 def test_the_repository_holds_summaries_to_load() -> None:

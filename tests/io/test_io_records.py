@@ -53,6 +53,21 @@ def test_a_stored_measurement_round_trips_byte_for_byte_and_decodes_its_numbers(
     assert m.preconditioned_eigenvalues is None and m.preconditioned_lambda_max is None
 
 
+def test_the_nested_readings_of_a_measurement_have_properties() -> None:
+    """tr(H)'s stderr, the i-th eigenvalue, the edges, a sharpness measure's value and the packed test predictions,
+    None where the record lacks them."""
+    m = Measurement.from_json({**STORED, "thresholds": {"rule": "sam_edge", "edge": 20.0, "gd_edge": 40.0},
+                               "sharpness": {"jacobian": {"value": 7.5, "stderr": 0.0}, "sam": None},
+                               "test_correct": "AAE="})
+    assert math.isnan(m.trace_stderr) and m.eigenvalue(0) == 12.5 and m.eigenvalue(2) == 3.0
+    assert math.isnan(m.eigenvalue(1)) and m.eigenvalue(3) is None and m.eigenvalue(-1) is None
+    assert m.edge == 20.0 and m.gd_edge == 40.0 and m.test_correct == "AAE="
+    assert m.sharpness_value("jacobian") == 7.5 and m.sharpness_value("sam") is None
+    assert m.sharpness_value("fisher") is None
+    bare = Measurement(step=0)
+    assert bare.trace_stderr is bare.edge is bare.gd_edge is bare.test_correct is bare.eigenvalue(0) is None
+
+
 def test_a_record_made_in_code_writes_kind_step_and_only_what_it_holds() -> None:
     m = Measurement(step=3, eigenvalues=(2.0, math.inf), extra={"note": "x"})
     assert m.to_json() == {"kind": "measurement", "step": 3, "eigenvalues": [2.0, "Infinity"], "note": "x"}

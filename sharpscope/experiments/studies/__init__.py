@@ -41,6 +41,7 @@ from sharpscope.experiments.studies.framework import (
     run,
     summary_path,
 )
+from sharpscope.io.studysummary import StudySummary
 
 STUDIES: dict[str, Study] = {
     "eos": eos.STUDY,
@@ -68,15 +69,15 @@ def study_stages(name: str, scale: str) -> list[Stage]:
 
 def run_study(name: str, scale: str, out_dir: str | Path, *, only: list[str] | None = None,
               progress: Progress | None = None, options: Mapping[str, Any] | None = None,
-              notice: Notice | None = None) -> dict[str, Any]:
+              notice: Notice | None = None) -> StudySummary:
     """Run (or resume) study ``name`` into ``out_dir`` and write :func:`summary_path`.
 
     ``only`` restricts to these stages (the stages they start from or wait for are run too).
     ``progress(stage, summary)`` is called after each stage; ``options`` go to the study's data
     preparation (``escape``/``label-noise``: ``construction``); ``notice(line)`` receives, before the first
-    stage, one line per claim with the smallest effect it can detect. Returns the study summary:
-    ``{"study", "scale", "checks", "data", "stages": {name: run summary}, "results": criteria}`` (and
-    ``detectable``: the plan behind those lines).
+    stage, one line per claim with the smallest effect it can detect. Returns the study summary
+    (:class:`~sharpscope.io.studysummary.StudySummary`: every stage's run summary, the criteria ``results`` and
+    ``detectable``, the plan behind those lines).
     """
     if name not in STUDIES:
         raise ConfigError(f"unknown study {name!r}; valid: {', '.join(STUDIES)}")

@@ -14,6 +14,7 @@ from sharpscope.experiments import criteria
 from sharpscope.experiments.recipes import eos_ce, eos_cifar5k, eos_gd, eos_momentum
 from sharpscope.experiments.studies.framework import Figure, Stage, Study
 from sharpscope.experiments.studies.framework import recipe_stage as _stage
+from sharpscope.io.records import as_number, read_measurements
 
 
 def _eos_stages(scale: str) -> list[Stage]:
@@ -38,10 +39,10 @@ def _eos_stages(scale: str) -> list[Stage]:
 def _eos_evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, path in dirs.items():
-        rec = criteria.measurements(path)
+        rec = read_measurements(path)
         stats = criteria.edge_stats(rec)
         if name == "momentum":  # E2: the stated criterion on the momentum edge; the plateau must not be GD's
-            gd_edge = criteria.column(rec, "thresholds.gd_edge")[0]
+            gd_edge = as_number(rec[0].gd_edge) if rec else math.nan
             stats["median_lambda_over_gd_edge"] = stats.get("median_lambda", math.nan) / gd_edge
             stats["holds"] = bool(stats.get("holds") and stats["median_lambda_over_gd_edge"] >= 1.5)
             stats["strict_holds"] = bool(stats["holds"] and stats.get("in_band", 0) >= 0.9)
@@ -49,7 +50,7 @@ def _eos_evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
         if name.startswith("cifar5k"):  # E1 on Cohen et al.'s data: also the share in [0.8, 1.25]
             wide = criteria.edge_stats(rec, band=(0.8, 1.25))
             stats["in_band_0_8_1_25"] = wide.get("in_band")
-            stats["lambda_initial"] = criteria.column(rec, "eigenvalues.0")[0] if rec else math.nan
+            stats["lambda_initial"] = as_number(rec[0].lambda_max) if rec else math.nan
             stats["steps_after_0_9_edge"] = criteria.steps_after_ratio(rec, 0.9)
     gd = [v for k, v in out.items() if k.startswith("gd-")]
     out["E1"] = {"holds_for": [k for k, v in out.items() if k.startswith("gd-") and v.get("holds")],

@@ -56,6 +56,8 @@ from sharpscope.experiments.verdicts import Verdict
 from sharpscope.io import jsonsafe
 from sharpscope.io.atomic import atomic_write_bytes
 from sharpscope.io.predictions import unpack_correct
+from sharpscope.io.records import as_number, read_measurements, read_summary
+from sharpscope.io.studysummary import StudySummary
 from sharpscope.track import RunDirectory, TrainConfig
 
 
@@ -94,6 +96,9 @@ SCALES: dict[str, A3Scale] = {
 
 ARMS = ("sa", "rs", "twin", "sgd-lrp", "sgd")
 CONTROLS = ("twin", "sgd-lrp", "sgd")
+COMPARED = {"trace": ("lower", "tr(H) (Hutch++)"), "trace_paired": ("lower", "tr(H)"),
+            "jacobian_trace": ("lower", "Jacobian trace"), "test_acc": ("higher", "test accuracy")}
+"""What SA is compared with each arm in (:func:`compare`): the direction that is better and the label."""
 READINGS = "readings"  # folder of the cached readings in the study folder
 POWER = 0.8
 
@@ -193,10 +198,11 @@ def _arm(arm: str, m: int):  # noqa: ANN202 - a Stage builder
 
 def final_loss(run_dir: Path) -> float:
     """The training loss of a finished run's last reading."""
-    records = [r for r in RunDirectory(run_dir).read_metrics() if r.get("kind", "measurement") == "measurement"]
-    if not records or not isinstance(records[-1].get("train_loss"), float):
+    records = read_measurements(run_dir)
+    loss = records[-1].train_loss if records else None
+    if not isinstance(loss, float) or not math.isfinite(loss):
         raise ConfigError(f"{run_dir} has no training-loss reading to stop the other arms at")
-    return float(records[-1]["train_loss"])
+    return loss
 
 
 def stages(scale: str) -> list[Stage]:
@@ -247,26 +253,24 @@ def reading(run_dir: Path, sc: A3Scale, step: int | None = None) -> dict[str, An
                                trace=True, threshold=None, warm_start=False, seed=0, probes="fixed",
                                test_predictions=True, sharpness=("jacobian",),
                                sharpness_settings=SharpnessSettings(trace="exact"), batch_size=500)
-    rec = jsonsafe.decode(tracker.measure(step, model).to_json())
+    rec = tracker.measure(step, model)
     objective = Objective(model, get_loss("ce"), (clean.x, clean.y), batch_size=500)
     paired = hutchinson(RUN_DEFAULTS.hessian(objective), sc.paired_probes, seed=0)
-    jac = (rec.get("sharpness") or {}).get("jacobian") or {}
-    out = {"run": run_dir.name, "step": step, "checkpoint": where, "train_loss": rec["train_loss"],
-           "train_acc": rec["train_acc"], "test_acc": rec["test_acc"], "test_correct": rec["test_correct"],
-           "trace": rec["trace"]["estimate"] if rec.get("trace") else math.nan,
-           "trace_stderr": rec["trace"]["stderr"] if rec.get("trace") else math.nan,
-           "lambda_max": (rec.get("eigenvalues") or [math.nan])[0], "jacobian_trace": jac.get("value", math.nan),
+    out = {"run": run_dir.name, "step": step, "checkpoint": where, "train_loss": rec.train_loss,
+           "train_acc": rec.train_acc, "test_acc": rec.test_acc, "test_correct": rec.test_correct,
+           "trace": as_number(rec.trace_estimate), "trace_stderr": as_number(rec.trace_stderr),
+           "lambda_max": as_number(rec.lambda_max), "jacobian_trace": as_number(rec.sharpness_value("jacobian")),
            "trace_samples": paired.samples.tolist(), "trace_paired": paired.estimate,
-           "hvps": rec["cost"]["hvps"] + paired.hvps, "seconds": rec["cost"]["seconds"] + paired.seconds,
+           "hvps": rec.total_hvps + paired.hvps, "seconds": rec.total_seconds + paired.seconds,
            "probe_examples": len(clean.y), "settings": settings,
-           "test_examples": len(test_set.y), "errors": rec.get("errors")}
+           "test_examples": len(test_set.y), "errors": rec.errors}
     atomic_write_bytes(cache, (jsonsafe.dumps(out, indent=1) + "\n").encode())
     return out
 
 
 def _loss_series(run_dir: Path) -> list[tuple[int, float]]:
-    return [(int(r["step"]), float(r["train_loss"])) for r in RunDirectory(run_dir).read_metrics()
-            if r.get("kind", "measurement") == "measurement" and isinstance(r.get("train_loss"), float)]
+    return [(m.step, m.train_loss) for m in read_measurements(run_dir)
+            if isinstance(m.train_loss, float) and math.isfinite(m.train_loss)]
 
 
 def sa_step_at(sa_dir: Path, loss: float) -> int:
@@ -279,7 +283,8 @@ def matched_pair(out: Path, arm: str, m: int, sc: A3Scale) -> dict[str, Any]:
     """SA and ``arm`` from minimizer ``m`` read at equal loss: the arm at its stop (SA's final loss) when it got
     there, else SA where its run passes the arm's final loss."""
     arm_dir, sa_dir = out / stage(arm, m), out / stage("sa", m)
-    status = (RunDirectory(arm_dir).read_summary() or {}).get("status")
+    summary = read_summary(arm_dir)
+    status = None if summary is None else summary.status
     other = reading(arm_dir, sc)
     if status == "reached_train_loss":
         sa, how = reading(sa_dir, sc), "the arm stopped at SA's final loss"
@@ -333,7 +338,14 @@ def compare(pairs: Sequence[Mapping[str, Any]], quantity: str, *, better: str, w
         else:
             per.append(sa[quantity] - arm[quantity])
             ses.append(math.hypot(sa["trace_stderr"], arm["trace_stderr"]) if quantity == "trace" else 0.0)
-    se = _rms(ses)
+    return judge(per, _rms(ses), better=better, what=what, at_most=at_most)
+
+
+def judge(per: Sequence[float], se: float, *, better: str, what: str, at_most: bool = False) -> dict[str, Any]:
+    """The per-minimizer differences ``per`` with the estimator error ``se`` the minimizers do not vary, judged:
+    their paired interval (:func:`~sharpscope.experiments.statistics.paired_difference`), the MDE of that design
+    (:func:`paired_mde` at the differences' sd) and the verdict in direction ``better`` (``at_most``: no worse,
+    at margin 0). :func:`compare` ends here, and so does judging a stored comparison again (:func:`rejudge`)."""
     d = statistics.paired_difference(per, estimator_se=se)
     sd = float(np.std(per, ddof=1)) if len(per) >= 2 else math.nan
     mde = paired_mde(len(per), sd, se) if math.isfinite(sd) else math.nan
@@ -343,6 +355,13 @@ def compare(pairs: Sequence[Mapping[str, Any]], quantity: str, *, better: str, w
     out = _diff_json(d, v, per)
     out["estimator_se"] = se
     return out
+
+
+def rejudged(stored: Mapping[str, Any], *, better: str, what: str, at_most: bool = False) -> dict[str, Any]:
+    """A stored comparison (:func:`compare`) judged again from its ``per_minimizer`` differences and
+    ``estimator_se`` (:func:`judge`)."""
+    return judge([float(x) for x in stored["per_minimizer"]], float(stored["estimator_se"]), better=better,
+                 what=what, at_most=at_most)
 
 
 def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
@@ -362,13 +381,22 @@ def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
         comparisons[arm] = {
             "pairs": [{k: v for k, v in p.items() if k not in ("sa", "arm")} | {
                 "sa": brief(p["sa"]), "arm": brief(p["arm"])} for p in pairs],
-            "trace": compare(pairs, "trace", better="lower", what=f"tr(H) (Hutch++) SA − {arm}"),
-            "trace_paired": compare(pairs, "trace_paired", better="lower", what=f"tr(H) SA − {arm}"),
-            "jacobian_trace": compare(pairs, "jacobian_trace", better="lower", what=f"Jacobian trace SA − {arm}"),
-            "test_acc": compare(pairs, "test_acc", better="higher", what=f"test accuracy SA − {arm}"),
-        }
+            **{q: compare(pairs, q, better=better, what=f"{label} SA − {arm}")
+               for q, (better, label) in COMPARED.items()}}
     return {"minimizers": {str(m): brief(r) for m, r in minimizers.items()}, "comparisons": comparisons,
             "A3": a3_verdict(comparisons, len(ms))}
+
+
+def rejudge(results: Mapping[str, Any]) -> dict[str, Any]:
+    """A3 judged again from a stored study summary's ``results`` (:func:`evaluate`'s): every comparison from its
+    stored per-minimizer differences and estimator error (:func:`rejudged`), then :func:`a3_verdict`. The readings
+    themselves are not repeated."""
+    comparisons = {arm: {q: rejudged(cmp[q], better=better, what=f"{label} SA − {arm}")
+                         for q, (better, label) in COMPARED.items()}
+                   for arm, cmp in (results.get("comparisons") or {}).items()}
+    if not comparisons:  # not run: nothing to judge again
+        return {"A3": dict(results.get("A3") or {})}
+    return {"comparisons": comparisons, "A3": a3_verdict(comparisons, int(results["A3"]["minimizers"]))}
 
 
 def brief(r: Mapping[str, Any]) -> dict[str, Any]:
@@ -398,15 +426,15 @@ def a3_verdict(comparisons: Mapping[str, Any], minimizers: int) -> dict[str, Any
             "mde": verdict.mde}
 
 
-def figures(summary: Mapping[str, Any]) -> list[tuple[str, Any, dict[str, Any], str]]:
+def figures(summary: StudySummary) -> list[tuple[str, Any, dict[str, Any], str]]:
     """tr(H), Jacobian trace and test accuracy of SA and each arm at equal loss, and the differences."""
     from sharpscope.plots.escape_a3 import a3_figure
 
-    results = summary.get("results") or {}
+    results = summary.results
     if not results.get("comparisons"):
         return []
     fig, data = a3_figure(results)
-    info = summary.get("data") or {}
+    info = summary.data or {}
     design = info.get("plan") or {}
     caption = (f"A3 at equal training loss, from {results['A3']['minimizers']} bad minimizers (pre-training seeds "
                f"{', '.join(results['minimizers'])}; every arm from minimizer m uses seed m, so the arms of one "
@@ -416,10 +444,10 @@ def figures(summary: Mapping[str, Any]) -> list[tuple[str, Any, dict[str, Any], 
                "Wilson interval on the test set) of SA and each arm at the matched point, grey lines joining the two readings from one "
                "minimizer. Bottom: SA − arm per minimizer (tr(H) from the shared Hutchinson probes) and the mean with "
                "its 95% paired interval over minimizers. Scale "
-               f"'{summary.get('scale')}' ({info.get('clean_examples')} training inputs of shape "
+               f"'{summary.scale}' ({info.get('clean_examples')} training inputs of shape "
                f"{'×'.join(map(str, info.get('input_shape') or []))} from {info.get('source')}, a small version of the "
                "paper's experiment); measured "
-               f"on CPU. Command: sharpscope reproduce escape-a3 --scale {summary.get('scale')} --out runs/escape-a3 "
+               f"on CPU. Command: sharpscope reproduce escape-a3 --scale {summary.scale} --out runs/escape-a3 "
                "--figures figures.")
     return [("matched", fig, data, caption)]
 

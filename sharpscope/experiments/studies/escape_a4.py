@@ -25,7 +25,7 @@ stages, so a folder of that study is reused as it is):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,18 @@ from sharpscope.experiments import verdicts
 from sharpscope.experiments.detectable import Assumption, plan
 from sharpscope.experiments.studies import escape_a3
 from sharpscope.experiments.studies.escape import without_data
-from sharpscope.experiments.studies.escape_a3 import brief, compare, comparison_verdict, reading, sa_step_at, stage
+from sharpscope.experiments.studies.escape_a3 import (
+    brief,
+    compare,
+    comparison_verdict,
+    reading,
+    rejudged,
+    sa_step_at,
+    stage,
+)
 from sharpscope.experiments.studies.framework import Stage, Study
 from sharpscope.experiments.verdicts import Verdict
+from sharpscope.io.studysummary import StudySummary
 from sharpscope.track import RunDirectory, TrainConfig
 
 BATCHES: dict[str, tuple[int, int, int]] = {"smoke": (1, 16, 32), "cpu": (1, 64, 128)}
@@ -131,62 +140,123 @@ def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
         return {"A4": {"verdict": verdicts.NOT_RUN, "reason": "fewer than 2 minimizers have all their arms"}}
     reads = {f: {b: [reading(out / arm(b, f, m, full), sc) for m in ms] for b in bs} for f in FORMS}
     comparisons: dict[str, Any] = {}
-    parts: dict[str, dict[str, verdicts.Verdict]] = {}
     for f in FORMS:
         comparisons[f] = {}
         for a, b in ((one, mid), (mid, full), (one, full)):
-            pairs, at_most = _pairs(reads[f][a], reads[f][b]), (a, b) == (mid, full)
-            cmp: dict[str, Any] = {q: compare(pairs, q, better="lower", what=f"{label} B = {a} − B = {b} ({f})", at_most=at_most)
-                   for q, label in QUANTITIES.items()}
+            pairs = _pairs(reads[f][a], reads[f][b])
+            cmp = _judged(_comparing(pairs), a, b, bs, f)
             cmp["train_loss"] = [p["sa"]["train_loss"] - p["arm"]["train_loss"] for p in pairs]
             comparisons[f][f"{a}-{b}"] = cmp
-        parts[f] = {label: verdicts.combine({
-            f"B = 1 < B = {mid}": comparison_verdict(comparisons[f][f"{one}-{mid}"][q]),
-            f"B = {mid} ≤ B = {full}": comparison_verdict(comparisons[f][f"{mid}-{full}"][q])}) for q, label in QUANTITIES.items()}
     start = [reading(out / stage("finetune", m), sc) for m in ms]
     gone = {f: left(reads[f], start) for f in FORMS}
+    results: dict[str, Any] = {
+        "batches": list(bs), "minimizers": ms, "start": [brief(r) for r in start],
+        "readings": {f: {str(b): [brief(r) for r in reads[f][b]] for b in bs} for f in FORMS},
+        "comparisons": comparisons,
+        "at_equal_loss": {f: at_equal_loss(out, sc, ms, reads[f], gone[f], bs, f) for f in FORMS}}
+    return {**results, "A4": a4_verdict(results)}
+
+
+def _comparing(pairs: Sequence[Mapping[str, Any]]) -> Callable[[str, bool, str], dict[str, Any]]:
+    """``(quantity, at_most, what) ↦`` :func:`~sharpscope.experiments.studies.escape_a3.compare` of ``pairs``, lower
+    being better."""
+    return lambda q, at_most, what: compare(pairs, q, better="lower", what=what, at_most=at_most)
+
+
+def _judged(judge_one: Callable[[str, bool, str], dict[str, Any]], a: int, b: int, bs: Sequence[int], form: str,
+            equal: bool = False) -> dict[str, Any]:
+    """Each of :data:`QUANTITIES` for B = ``a`` − B = ``b`` in ``form``, by ``judge_one(quantity, at_most, what)``,
+    lower being better: at most 0 for the middle batch against the main one, below 0 otherwise."""
+    at_most = (a, b) == (bs[1], bs[2])
+    where = " at equal loss" if equal else ""
+    return {q: judge_one(q, at_most, f"{label} B = {a} − B = {b}{where} ({form})") for q, label in QUANTITIES.items()}
+
+
+def a4_verdict(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The A4 verdict from the study's stored numbers (:func:`evaluate`'s ``results`` without ``A4``): per form,
+    tr(H), tr(H)/L and the Jacobian trace ordered between batches at the end (:func:`form_verdict` with the runs
+    that left their minimizer, :func:`left`) and at equal loss; the headline is tr(H) with ρ and η′ unscaled."""
+    one, mid, full = bs = [int(b) for b in results["batches"]]
+    parts: dict[str, dict[str, Verdict]] = {}
+    for f in FORMS:
+        cmp = results["comparisons"][f]
+        parts[f] = {label: verdicts.combine({
+            f"B = 1 < B = {mid}": comparison_verdict(cmp[f"{one}-{mid}"][q]),
+            f"B = {mid} ≤ B = {full}": comparison_verdict(cmp[f"{mid}-{full}"][q])}) for q, label in QUANTITIES.items()}
+    gone = {f: left({int(b): rs for b, rs in results["readings"][f].items()}, results["start"]) for f in FORMS}
     heads = {f: form_verdict(parts[f]["tr(H)"], gone[f], one) for f in FORMS}
-    equal = {f: at_equal_loss(out, sc, ms, reads[f], gone[f], bs, f) for f in FORMS}
+    equal = {f: equal_loss_verdict(results["at_equal_loss"][f], bs) for f in FORMS}
     head = heads["unscaled"]
-    return {"batches": list(bs), "minimizers": ms, "start": [brief(r) for r in start],
-            "readings": {f: {str(b): [brief(r) for r in reads[f][b]] for b in bs} for f in FORMS},
-            "comparisons": comparisons, "at_equal_loss": {f: e for f, (e, _) in equal.items()},
-            "A4": {"criterion": f"at each run's end, tr(H) of B = 1 − B = {mid} below 0 and of B = {mid} − B = {full} "
-                                "at most 0 (95% intervals over the bad minimizers, with the paired-probe error), "
-                                "with ρ and η′ unscaled; the scaled form, tr(H)/L and the Jacobian trace beside it",
-                   "minimizers": len(ms), "verdict": head.label, "mde": head.mde,
-                   "reason": f"ρ and η′ unscaled: {head.text()} | scaled by √(B/{full}): {heads['scaled'].text()}",
-                   "at_equal_loss": {f: v.to_json() for f, (_, v) in equal.items()},
-                   "scaled": heads["scaled"].to_json(), "left_minimizer": {f: {str(b): v for b, v in g.items()}
-                                                                          for f, g in gone.items()},
-                   "parts": {f: {k: v.to_json() for k, v in p.items()} for f, p in parts.items()}}}
+    return {"criterion": f"at each run's end, tr(H) of B = 1 − B = {mid} below 0 and of B = {mid} − B = {full} "
+                         "at most 0 (95% intervals over the bad minimizers, with the paired-probe error), "
+                         "with ρ and η′ unscaled; the scaled form, tr(H)/L and the Jacobian trace beside it",
+            "minimizers": len(results["minimizers"]), "verdict": head.label, "mde": head.mde,
+            "reason": f"ρ and η′ unscaled: {head.text()} | scaled by √(B/{full}): {heads['scaled'].text()}",
+            "at_equal_loss": {f: v.to_json() for f, v in equal.items()},
+            "scaled": heads["scaled"].to_json(), "left_minimizer": {f: {str(b): v for b, v in g.items()}
+                                                                   for f, g in gone.items()},
+            "parts": {f: {k: v.to_json() for k, v in p.items()} for f, p in parts.items()}}
+
+
+def rejudge(results: Mapping[str, Any]) -> dict[str, Any]:
+    """A4 judged again from a stored study summary's ``results`` (:func:`evaluate`'s): every comparison, at the
+    end and at equal loss, from its stored per-minimizer differences and estimator error
+    (:func:`~sharpscope.experiments.studies.escape_a3.rejudged`), then :func:`a4_verdict`. The readings themselves
+    are not repeated."""
+    if not results.get("readings"):  # not run: nothing to judge again
+        return {"A4": dict(results.get("A4") or {})}
+    bs = [int(b) for b in results["batches"]]
+
+    def again(stored: Mapping[str, Any], key: str, form: str, equal: bool) -> dict[str, Any]:
+        """The stored comparison ``key`` (``"<a>-<b>"``: B = a − B = b) judged again."""
+        if "skipped" in stored:
+            return dict(stored)
+        a, b = (int(x) for x in key.split("-"))
+        judged = _judged(lambda q, at_most, what: rejudged(stored[q], better="lower", what=what, at_most=at_most),
+                         a, b, bs, form, equal)
+        return {**stored, **judged}
+
+    comparisons = {f: {key: again(c, key, f, False) for key, c in cmp.items()}
+                   for f, cmp in results["comparisons"].items()}
+    equal = {f: {key: again(c, key, f, True) for key, c in cmp.items()} for f, cmp in results["at_equal_loss"].items()}
+    new = {**results, "comparisons": comparisons, "at_equal_loss": equal}
+    return {"comparisons": comparisons, "at_equal_loss": equal, "A4": a4_verdict(new)}
 
 
 def at_equal_loss(out: Path, sc: escape_a3.A3Scale, ms: Sequence[int], reads: Mapping[int, list[dict[str, Any]]],
-                  gone: Mapping[int, Sequence[int]], bs: Sequence[int], form: str) -> tuple[dict[str, Any], Verdict]:
+                  gone: Mapping[int, Sequence[int]], bs: Sequence[int], form: str) -> dict[str, Any]:
     """Each smaller batch's end against SA at the main batch where that run's loss is nearest (its kept
     checkpoints, :func:`~sharpscope.experiments.studies.escape_a3.sa_step_at`): B = 1 below it and B₁ at most
-    it, in tr(H), tr(H)/L and the Jacobian trace. A batch whose runs left the minimizer (:func:`left`) is not
-    matched: SA at the main batch never reaches such a loss."""
+    it, in tr(H), tr(H)/L and the Jacobian trace (judged by :func:`equal_loss_verdict`). A batch whose runs left
+    the minimizer (:func:`left`) is not matched: SA at the main batch never reaches such a loss."""
     one, mid, full = bs
     out_cmp: dict[str, Any] = {}
-    parts: dict[str, Verdict] = {}
     for b in (one, mid):
         key = f"{b}-{full}"
         if b in gone:
             out_cmp[key] = {"skipped": f"B = {b} left the bad minimizer"}
-            parts[f"B = {b} vs B = {full}"] = Verdict(verdicts.NOT_TESTABLE, out_cmp[key]["skipped"])
             continue
         steps = [sa_step_at(out / stage("sa", m), r["train_loss"]) for m, r in zip(ms, reads[b], strict=True)]
         ref = [reading(out / stage("sa", m), sc, step) for m, step in zip(ms, steps, strict=True)]
         pairs = _pairs(reads[b], ref)
-        cmp: dict[str, Any] = {q: compare(pairs, q, better="lower", at_most=b == mid,
-                                          what=f"{label} B = {b} − B = {full} at equal loss ({form})")
-                               for q, label in QUANTITIES.items()}
+        cmp = _judged(_comparing(pairs), b, full, bs, form, True)
         cmp.update(steps=steps, loss_ratio=[p["sa"]["train_loss"] / p["arm"]["train_loss"] for p in pairs])
         out_cmp[key] = cmp
-        parts[f"B = {b} {'<' if b == one else '≤'} B = {full}"] = comparison_verdict(cmp["trace_paired"])
-    return out_cmp, verdicts.combine(parts)
+    return out_cmp
+
+
+def equal_loss_verdict(compared: Mapping[str, Any], bs: Sequence[int]) -> Verdict:
+    """B = 1 below the main batch and B₁ at most it at equal loss (:func:`at_equal_loss`'s comparisons, tr(H) from
+    the shared probes); a batch that left the minimizer is not testable."""
+    one, mid, full = bs
+    parts: dict[str, Verdict] = {}
+    for b in (one, mid):
+        cmp = compared[f"{b}-{full}"]
+        if "skipped" in cmp:
+            parts[f"B = {b} vs B = {full}"] = Verdict(verdicts.NOT_TESTABLE, cmp["skipped"])
+        else:
+            parts[f"B = {b} {'<' if b == one else '≤'} B = {full}"] = comparison_verdict(cmp["trace_paired"])
+    return verdicts.combine(parts)
 
 
 def left(reads: Mapping[int, Sequence[Mapping[str, Any]]], start: Sequence[Mapping[str, Any]]) -> dict[int, list[int]]:
@@ -209,15 +279,15 @@ def form_verdict(ordering: Verdict, gone: Mapping[int, Sequence[int]], one: int)
                           f"minimizer's): {which}; at the end {ordering.text()}")
 
 
-def figures(summary: Mapping[str, Any]) -> list[tuple[str, Any, dict[str, Any], str]]:
+def figures(summary: StudySummary) -> list[tuple[str, Any, dict[str, Any], str]]:
     """tr(H), tr(H)/L and the training loss at each run's end against B, per minimizer and form."""
     from sharpscope.plots.escape_a4 import a4_figure
 
-    results = summary.get("results") or {}
+    results = summary.results
     if not results.get("readings"):
         return []
     fig, data = a4_figure(results)
-    info = summary.get("data") or {}
+    info = summary.data or {}
     design = info.get("plan") or {}
     caption = (f"A4 from {len(results['minimizers'])} bad minimizers of escape-a3 (seeds "
                f"{', '.join(map(str, results['minimizers']))}): SA with perturbation batch B ∈ "
@@ -226,8 +296,8 @@ def figures(summary: Mapping[str, Any]) -> list[tuple[str, Any, dict[str, Any], 
                f"{(design.get('sizes') or {}).get('steps')} steps at η = {design.get('eta')}; each run read at its "
                "end with the probes every model shares. Left: tr(H) (Hutch++); middle: tr(H)/L (the loss scale of "
                "cross entropy removed; log scale); right: the training loss (log scale). One colour per minimizer. Scale "
-               f"'{summary.get('scale')}'; measured on CPU. Command: sharpscope reproduce escape-a4 --scale "
-               f"{summary.get('scale')} --out runs/escape-a4 --figures figures.")
+               f"'{summary.scale}'; measured on CPU. Command: sharpscope reproduce escape-a4 --scale "
+               f"{summary.scale} --out runs/escape-a4 --figures figures.")
     return [("batches", fig, data, caption)]
 
 

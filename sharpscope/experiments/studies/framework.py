@@ -27,9 +27,11 @@ from sharpscope.errors import ConfigError
 from sharpscope.experiments.recipes import check_scale
 from sharpscope.io import jsonsafe
 from sharpscope.io.atomic import atomic_write_bytes
+from sharpscope.io.records import RunSummary
+from sharpscope.io.studysummary import StudySummary
 from sharpscope.track import RunDirectory, TrainConfig, train
 
-Progress = Callable[[str, dict[str, Any]], None]
+Progress = Callable[[str, RunSummary], None]
 Notice = Callable[[str], None]
 Build = Callable[[str, Path], TrainConfig]
 
@@ -76,7 +78,7 @@ class Study:
     evaluate: Callable[[Mapping[str, Path]], dict[str, Any]]
     prepare: Callable[[str, Path, Mapping[str, Any]], dict[str, Any]] | None = None
     figures: tuple[Figure, ...] = field(default=())
-    draw: Callable[[Mapping[str, Any]], list[tuple[str, Any, dict[str, Any], str]]] | None = None
+    draw: Callable[[StudySummary], list[tuple[str, Any, dict[str, Any], str]]] | None = None
     detectable: Callable[[str], list[dict[str, Any]]] | None = None
     without_data: Callable[[str], Mapping[str, str]] | None = None
 
@@ -98,7 +100,7 @@ def recipe_stage(name: str, cfg: Callable[[str], TrainConfig], overrides: Mappin
     return Stage(name, build)
 
 
-def finished_summary(run_dir: Path, cfg: TrainConfig) -> dict[str, Any] | None:
+def finished_summary(run_dir: Path, cfg: TrainConfig) -> RunSummary | None:
     """The stored summary of a finished run of ``cfg``, also when its ``config.json`` is of an older
     format (read by :meth:`RunDirectory.read_config`), lacks config fields (they count at their defaults) or
     was made by another study sharing the stage (``recipe`` differs); else None."""
@@ -110,7 +112,7 @@ def finished_summary(run_dir: Path, cfg: TrainConfig) -> dict[str, Any] | None:
            if k != "recipe"):
         return None
     summary = run.read_summary()
-    return None if summary is None else {**summary, "already_complete": True}
+    return None if summary is None else RunSummary.from_json({**summary, "already_complete": True})
 
 
 def summary_path(name: str, out_dir: str | Path) -> Path:
@@ -141,8 +143,9 @@ def stage_order(stages: list[Stage], wanted: list[str]) -> list[str]:
 
 def run(study: Study, scale: str, out_dir: str | Path, *, only: list[str] | None = None,
         progress: Progress | None = None, options: Mapping[str, Any] | None = None,
-        notice: Notice | None = None) -> dict[str, Any]:
-    """Run (or resume) ``study`` into ``out_dir`` and write :func:`summary_path` (see the module docstring)."""
+        notice: Notice | None = None) -> StudySummary:
+    """Run (or resume) ``study`` into ``out_dir``, write its :class:`StudySummary` to :func:`summary_path` (see the
+    module docstring) and return it."""
     from sharpscope.experiments.detectable import lines
 
     check_scale(scale)
@@ -163,22 +166,21 @@ def run(study: Study, scale: str, out_dir: str | Path, *, only: list[str] | None
     if notice is not None:
         for text in lines(detectable or []):
             notice(text)
-    summaries: dict[str, Any] = {}
+    summaries: dict[str, RunSummary] = {}
     for stage_name in order:
         stage = by_name[stage_name]
         cfg = stage.build(scale, out)
         cfg.recipe, cfg.scale = f"{study.name}/{stage.name}", scale
         if stage.init_from is not None:
             cfg.init_from = str((out / stage.init_from).resolve())
-        summaries[stage.name] = finished_summary(out / stage.name, cfg) or train(cfg, out / stage.name).to_json()
+        summaries[stage.name] = finished_summary(out / stage.name, cfg) or train(cfg, out / stage.name)
         if progress is not None:
             progress(stage.name, summaries[stage.name])
     results = study.evaluate({s: out / s for s in summaries})
     root = data_root()
-    summary: dict[str, Any] = {"study": study.name, "scale": scale, "checks": list(study.checks), "data": data,
-                               "data_root": {"root": None if root is None else str(root), "fallbacks": fallbacks},
-                               "stages": summaries, "results": results}
-    if detectable is not None:
-        summary["detectable"] = detectable
-    atomic_write_bytes(summary_path(study.name, out), (jsonsafe.dumps(summary, indent=2) + "\n").encode())
-    return jsonsafe.loads(jsonsafe.dumps(summary))
+    made = StudySummary(study=study.name, scale=scale, checks=tuple(study.checks), data=data,
+                        data_root={"root": None if root is None else str(root), "fallbacks": fallbacks},
+                        stages=summaries, results=results, detectable=detectable)
+    text = made.to_text()
+    atomic_write_bytes(summary_path(study.name, out), text.encode())
+    return StudySummary.from_json(jsonsafe.loads(text))

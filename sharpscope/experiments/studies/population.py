@@ -49,6 +49,7 @@ from sharpscope.experiments.studies.framework import Build, Stage, Study
 from sharpscope.io import jsonsafe
 from sharpscope.io.atomic import atomic_write_bytes
 from sharpscope.io.records import RunSummary
+from sharpscope.io.studysummary import StudySummary
 from sharpscope.losses import get_loss
 from sharpscope.measures import SharpnessSettings, measure
 from sharpscope.measures.settings import Norm
@@ -286,11 +287,11 @@ def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
             "sam_vs_sgd": sam_pairs(models)}
 
 
-def figures(summary: Mapping[str, Any]) -> list[tuple[str, Any, dict[str, Any], str]]:
+def figures(summary: StudySummary) -> list[tuple[str, Any, dict[str, Any], str]]:
     """The study's summary figure (:func:`sharpscope.plots.population.population_figure`)."""
     from sharpscope.plots.population import population_figure
 
-    results = summary.get("results") or {}
+    results = summary.results
     if not (results.get("ranking") or {}).get("measures"):
         return []
     fig, data = population_figure(results)
@@ -299,7 +300,7 @@ def figures(summary: Mapping[str, Any]) -> list[tuple[str, Any, dict[str, Any], 
     caption = (f"Kendall's τ_b of each measure with the generalisation gap (train − test accuracy) and with the "
                f"test error over {results['ranking']['n']} models trained to a fixed training accuracy, with "
                "bootstrap 95% intervals; the band is the smallest |τ| the population can detect. Right: the "
-               f"best- and worst-ranking measures against the gap. Scale '{summary.get('scale')}'; measured on {where}.")
+               f"best- and worst-ranking measures against the gap. Scale '{summary.scale}'; measured on {where}.")
     return [("tau", fig, data, caption)]
 
 

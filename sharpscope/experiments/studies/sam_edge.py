@@ -21,6 +21,7 @@ from sharpscope.experiments.recipes import sam_edge, sam_edge_cnn, sam_minibatch
 from sharpscope.experiments.studies.framework import Figure, Stage, Study
 from sharpscope.experiments.studies.framework import recipe_stage as _stage
 from sharpscope.experiments.verdicts import MIN_SEEDS
+from sharpscope.io.records import read_measurements
 
 MINIBATCH = {"mb": 0.0, "mb-mom": 0.9}  # stage prefix: heavy-ball momentum
 
@@ -50,7 +51,7 @@ def _sam_evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
         if name.startswith("mb"):  # mb-*, mb-mom-*
             out[name] = criteria.minibatch_edge_stats(path)
             continue
-        rec = criteria.measurements(path)
+        rec = read_measurements(path)
         out[name] = criteria.edge_stats(rec) if name.endswith("rho0") else criteria.sam_edge_stats(rec)
     for prefix in MINIBATCH:
         sam, control = out.get(f"{prefix}-rho0.05"), out.get(f"{prefix}-rho0")

@@ -40,6 +40,7 @@ from sharpscope.experiments.studies import escape
 from sharpscope.experiments.studies.framework import Build, Stage, Study
 from sharpscope.io import jsonsafe
 from sharpscope.io.atomic import atomic_write_bytes
+from sharpscope.io.records import read_summary
 from sharpscope.track import RunDirectory, TrainConfig
 
 
@@ -131,9 +132,12 @@ def identity_check(run_dir: Path, scale: str, pairing: str = "antithetic") -> di
     result = smoothing.identity_at_run(run_dir, examples=sc.examples, draws=sc.draws, probes=sc.probes,
                                        rhos=sc.rhos, counts=sorted({16, sc.draws}), pairing=pairing)
     verdict = smoothing.judge_identity(result, result["nonsmooth"])
-    final = (RunDirectory(run_dir).read_summary() or {}).get("final") or {}
+    summary = read_summary(run_dir)
+    final = None if summary is None else summary.final_measurement
     result.update(settings=settings, criterion=smoothing.CRITERION, verdict=verdict.label, reason=verdict.reason,
-                  minimizer={k: final.get(k) for k in ("step", "train_loss", "train_acc", "test_acc")})
+                  minimizer=dict.fromkeys(("step", "train_loss", "train_acc", "test_acc")) if final is None else
+                  {"step": final.step, "train_loss": final.train_loss, "train_acc": final.train_acc,
+                   "test_acc": final.test_acc})
     atomic_write_bytes(stored, (jsonsafe.dumps(result, indent=2) + "\n").encode())
     return jsonsafe.loads(jsonsafe.dumps(result))
 
