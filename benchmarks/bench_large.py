@@ -12,7 +12,10 @@ Stages, each with seconds, products, the peak resident memory of the process dur
 4. a ``--density-steps``-step SLQ density (``--density-runs`` runs);
 5. PyHessian's power iteration (its defaults: ``maxIter=100, tol=1e-3``) on the same objective, where
    it runs (``--skip pyhessian`` leaves it out); curvlinops is left out when it is not installed;
-6. ``lanczos(op, k=1)`` on a diagonal operator of GPT-2 small's dimension at the defaults, the case
+6. the cost of a Lanczos step with the Krylov basis beside the model (``basis="device"``) and in
+   pinned host memory (``basis="host"``): ``--basis-steps`` steps of each (no early stop), seconds per
+   step and their ratio (on the CPU both are the same memory: the ratio checks the path, not a cost);
+7. ``lanczos(op, k=1)`` on a diagonal operator of GPT-2 small's dimension at the defaults, the case
    that a worst-case-sized basis used to refuse.
 
     python benchmarks/bench_large.py --out benchmarks/results/large_cpu
@@ -196,9 +199,20 @@ def run(args: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> dic
         return dict(trace=esd.trace, extreme_nodes=[float(used.min()), float(used.max())], hvps=esd.hvps,
                     memory=esd.settings["memory"], reorthogonalize=esd.settings["reorthogonalize"])
 
+    def basis_cost() -> dict[str, Any]:
+        per_step, hvps = {}, 0
+        for where in ("device", "host"):
+            start = time.perf_counter()
+            r = lanczos(H, k=1, tol=1e-14, max_iter=args.basis_steps, seed=args.seed, basis=where)
+            per_step[where] = (time.perf_counter() - start) / r.settings["steps"]
+            hvps += r.hvps
+        return dict(device_step_seconds=round(per_step["device"], 4), host_step_seconds=round(per_step["host"], 4),
+                    host_over_device=round(per_step["host"] / per_step["device"], 3), hvps=hvps)
+
     for name, stage in (("lambda_max (lanczos, defaults)", top_eigenvalue),
                         (f"trace (hutchinson, {args.trace_matvecs} probes)", trace),
-                        (f"density (slq, {args.density_runs} x {args.density_steps})", density)):
+                        (f"density (slq, {args.density_runs} x {args.density_steps})", density),
+                        (f"lanczos step, basis on device vs host ({args.basis_steps} steps each)", basis_cost)):
         row = {}
         with warnings.catch_warnings(), peak_rss(row):
             warnings.simplefilter("ignore", ConvergenceWarning)
@@ -258,6 +272,9 @@ def markdown(result: dict[str, Any], command: str) -> str:
             value = f"{row['product_seconds']} s = {row['product_over_gradient']}× a gradient"
         elif "gradient_seconds" in row:
             value = f"{row['gradient_seconds']} s per gradient"
+        elif "host_over_device" in row:
+            value = (f"{row['device_step_seconds']} s per step on the device, {row['host_step_seconds']} s in host"
+                     f" memory: {row['host_over_device']}×")
         elif "estimate" in row:
             value = f"{row['estimate']:.4g} ± {row['stderr']:.2g}"
         elif "value" in row:
@@ -279,6 +296,7 @@ def main() -> None:
     parser.add_argument("--trace-matvecs", type=int, default=10)
     parser.add_argument("--density-steps", type=int, default=30)
     parser.add_argument("--density-runs", type=int, default=1)
+    parser.add_argument("--basis-steps", type=int, default=20, help="Lanczos steps per basis location")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip", default="", help="comma-separated: pyhessian")
     parser.add_argument("--config", default="gpt2",

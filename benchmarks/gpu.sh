@@ -7,7 +7,8 @@
 # Runs, each with the rest of the budget: bench_engine.py --setting gpu-resnet18 (cold λ_max, trace
 # and products against PyHessian, strict fp32), then bench_landscape.py --setting gpu (the 41×41
 # ResNet-18 slice), then bench_large.py on GPT-2 medium/large (float32) and a 1.1 B Llama-style model
-# (bf16 weights). Writes their tables under OUT and OUT/gpu-device.txt (the GPU, driver, torch and
+# (bf16 weights), each with the cost of a Lanczos step with its basis in pinned host memory against the
+# basis on the device. Writes their tables under OUT and OUT/gpu-device.txt (the GPU, driver, torch and
 # CUDA versions). The trajectory benchmark (bench_trajectory.py) runs on the CPU only for now.
 set -euo pipefail
 OUT=${1:-benchmarks/results}
@@ -38,7 +39,7 @@ run engine python benchmarks/bench_engine.py "${engine[@]}" "${data[@]}" --out "
 run landscape python benchmarks/bench_landscape.py "${landscape[@]}" "${data[@]}" --out "$OUT"
 # large models (bench_large.py): GPT-2 medium and large in float32, a 1.1 B Llama-style model with bf16 weights
 if [ -n "${SMOKE:-}" ]; then
-  small=(--seqs 1 --seq-len 16 --density-steps 5 --trace-matvecs 2 --skip pyhessian)
+  small=(--seqs 1 --seq-len 16 --density-steps 5 --trace-matvecs 2 --basis-steps 3 --skip pyhessian)
   run large-tiny python benchmarks/bench_large.py --config tiny "${small[@]}" --out "$OUT/large_smoke-tiny"
   run large-llama-tiny python benchmarks/bench_large.py --config llama-tiny --weights bf16 "${small[@]}" \
     --out "$OUT/large_smoke-llama-tiny"
