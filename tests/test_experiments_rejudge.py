@@ -90,6 +90,18 @@ def _stored(x: object) -> object:
     return jsonsafe.loads(jsonsafe.dumps(x))
 
 
+def _recomputed(x: object) -> object:
+    """The committed values with every float compared to 1e-12 relative: scipy's quantiles and root finds may differ
+    in the last digit between machines, so the recomputation is checked to rounding, not to the bit."""
+    if isinstance(x, float):
+        return pytest.approx(x, rel=1e-12, abs=1e-300)
+    if isinstance(x, dict):
+        return {k: _recomputed(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_recomputed(v) for v in x]
+    return x
+
+
 def test_escape_a3_is_judged_again_from_its_per_minimizer_differences() -> None:
     """The committed comparisons and verdict come back exactly; the interval is d̄ ± t·√(s²/n + e²) with the
     Welch–Satterthwaite ν; differences where SA wins everywhere make A3 hold, so the verdict is recomputed, not
@@ -97,9 +109,9 @@ def test_escape_a3_is_judged_again_from_its_per_minimizer_differences() -> None:
     summary = _summary("escape-a3")
     out = rejudge.escape_a3(summary)
     stored = summary.to_json()["results"]
-    assert _stored(out["A3"]) == stored["A3"]
+    assert _stored(out["A3"]) == _recomputed(stored["A3"])
     for arm, cmp in out["comparisons"].items():
-        assert _stored(cmp) == {k: v for k, v in stored["comparisons"][arm].items() if k != "pairs"}
+        assert _stored(cmp) == _recomputed({k: v for k, v in stored["comparisons"][arm].items() if k != "pairs"})
     rs = out["comparisons"]["rs"]["trace_paired"]
     d = rs["per_minimizer"]
     n, mean = len(d), sum(d) / len(d)
@@ -120,9 +132,9 @@ def test_escape_a4_is_judged_again_from_its_per_minimizer_differences() -> None:
     summary = _summary("escape-a4")
     out = rejudge.escape_a4(summary)
     stored = summary.to_json()["results"]
-    assert _stored(out["A4"]) == stored["A4"]
-    assert _stored(out["comparisons"]) == stored["comparisons"]
-    assert _stored(out["at_equal_loss"]) == stored["at_equal_loss"]
+    assert _stored(out["A4"]) == _recomputed(stored["A4"])
+    assert _stored(out["comparisons"]) == _recomputed(stored["comparisons"])
+    assert _stored(out["at_equal_loss"]) == _recomputed(stored["at_equal_loss"])
     assert out["A4"]["verdict"] == "does not hold" and out["A4"]["scaled"]["label"] == "does not hold"
     scaled = summary.results["comparisons"]["scaled"]
     flipped = {key: {**cmp, "trace_paired": {**cmp["trace_paired"],
