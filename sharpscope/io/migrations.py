@@ -16,6 +16,10 @@ Versions:
   file is read unverified (:func:`records_v0`) and gets its checksums at the next write.
 * 1 — ``format_version: 1``; the curvature settings complete under ``"curvature"``.
 
+Two migrations do not depend on the version: a config written before a field was added means that field at
+its default (:func:`with_added_fields`, applied when a run resumes), and a sparse-SAM optimizer state saved
+before its ``scored`` flag existed gets the flag from its masks (:func:`with_scored_flag`).
+
 >>> migrate_config({"model": {"name": "mlp"}, "k": 3, "allow_tf32": True})["curvature"]["k"]
 3
 >>> migrate_config({"model": {"name": "mlp"}, "format_version": 1}) == {"model": {"name": "mlp"}}
@@ -93,6 +97,32 @@ def migrate_config(config: Mapping[str, Any]) -> dict[str, Any]:
 def stamped(config: Mapping[str, Any]) -> dict[str, Any]:
     """``config`` (current layout) with the current ``format_version``: what ``config.json`` holds."""
     return {**config, VERSION_KEY: FORMAT_VERSION}
+
+
+def with_added_fields(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with each top-level field of ``defaults`` it lacks at its default: a config written before
+    a field was added means that field at its default. Fields ``config`` has are kept as they are.
+
+    >>> with_added_fields({"steps": 5}, {"steps": 10, "keep_checkpoints": False})
+    {'keep_checkpoints': False, 'steps': 5}
+    """
+    return {**{key: value for key, value in defaults.items() if key not in config}, **config}
+
+
+#: The keys of a sparse-SAM optimizer's extra state that hold its masks (one per parameter) and whether
+#: they were scored (an unscored ``"fisher"``/``"nm"`` mask is all zeros until scores arrive).
+MASKS_KEY = "masks"
+SCORED_KEY = "scored"
+
+
+def with_scored_flag(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A sparse-SAM extra state with :data:`SCORED_KEY`: one saved before the flag existed was scored iff
+    any entry of its masks is nonzero (``any(mask ≠ 0)``; an unscored mask is all zeros). A state with the
+    flag, or without masks, comes back unchanged (a copy)."""
+    out = dict(state)
+    if MASKS_KEY in out and SCORED_KEY not in out:
+        out[SCORED_KEY] = any(bool((mask != 0).any()) for mask in out[MASKS_KEY])
+    return out
 
 
 def records_v0(scan: Scan) -> Scan:

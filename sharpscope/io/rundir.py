@@ -96,14 +96,9 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): d}
 
 
-def config_differences(old: Mapping[str, Any], new: Mapping[str, Any], *,
-                       defaults: Mapping[str, Any] | None = None) -> list[str]:
-    """Dotted keys whose values differ between two configs (``"optimizer_kwargs.lr"``).
-
-    A top-level key absent from ``old`` counts as ``defaults[key]`` when ``defaults`` has it: a
-    run made before a config field was added equals the same run with that field at its default.
-    """
-    old = {**{k: v for k, v in (defaults or {}).items() if k not in old}, **old}
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two configs (``"optimizer_kwargs.lr"``); a key present in
+    only one of them differs."""
     a, b = _flat(jsonsafe.to_jsonable(old)), _flat(jsonsafe.to_jsonable(new))
     return sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
 
@@ -239,7 +234,8 @@ class RunDirectory:
         * missing or empty folder: write ``config.json`` (``config`` with the current
           ``format_version``, :mod:`sharpscope.io.migrations`), return ``"new"``;
         * a run folder whose ``config.json`` equals ``config``: return ``"resume"`` (the stored config is
-          first migrated to the current format, keys missing from it count as their ``defaults``, and
+          first migrated to the current format, keys missing from it count as their ``defaults``
+          (:func:`~sharpscope.io.migrations.with_added_fields`), and
           when it was of an older format or lacked keys it is rewritten, atomically, in the current one);
         * anything else (another config, a folder that is not a run) raises :class:`ConfigError`
           naming ``force=True`` (its ``argument`` is ``"force"``);
@@ -267,7 +263,8 @@ class RunDirectory:
                                   "pass force=True to start the run again", argument="force") from None
             old = self._migrated(stored)
             new = migrations.migrate_config(jsonsafe.loads(text))
-            diff = [key for key in config_differences(old, new, defaults=defaults) if key.split(".")[0] not in outputs]
+            diff = [key for key in config_differences(migrations.with_added_fields(old, defaults or {}), new)
+                    if key.split(".")[0] not in outputs]
             if diff:
                 shown = ", ".join(diff[:8]) + (f" (+{len(diff) - 8} more)" if len(diff) > 8 else "")
                 raise ConfigError(f"{self.path} holds a run with a different configuration (differs in {shown}); "

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from sharpscope.errors import ConfigError, DataError
+from sharpscope.io.migrations import MASKS_KEY, SCORED_KEY, with_scored_flag
 from sharpscope.optim._base import LossFn, Tensors, make_generator
 from sharpscope.optim.batchnorm import frozen_bn_stats
 from sharpscope.optim.sam import SAM
@@ -393,17 +394,17 @@ class SparseSAM(SAM):
     # -- state -------------------------------------------------------------------------------
     def _extra_state(self) -> dict[str, Any]:
         extra = super()._extra_state()
-        extra["masks"] = [mk.clone() for mk in self.masks]
+        extra[MASKS_KEY] = [mk.clone() for mk in self.masks]
         extra["dynamic_done_at"] = self._dynamic_done_at
-        extra["scored"] = self.scored
+        extra[SCORED_KEY] = self.scored
         extra["first_scored_at"] = self.first_scored_at
         return extra
 
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         super()._load_extra_state(extra)
-        if "masks" in extra:
-            self.set_masks(extra["masks"])
-            # state from before this flag: a mask with any one in it was scored
-            self.scored = bool(extra.get("scored", any(bool(mk.any()) for mk in self.masks)))
+        extra = with_scored_flag(extra)
+        if MASKS_KEY in extra:
+            self.set_masks(extra[MASKS_KEY])
+            self.scored = bool(extra[SCORED_KEY])
         self.first_scored_at = extra.get("first_scored_at")
         self._dynamic_done_at = int(extra.get("dynamic_done_at", -1))

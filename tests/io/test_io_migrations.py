@@ -8,12 +8,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from sharpscope.curvature.settings import RUN_DEFAULTS
 from sharpscope.errors import ConfigError
 from sharpscope.experiments.rejudge import REJUDGE
 from sharpscope.experiments.report import study_report
-from sharpscope.io.migrations import FORMAT_VERSION, VERSION_KEY, format_version, migrate_config
+from sharpscope.io.migrations import (
+    FORMAT_VERSION,
+    MASKS_KEY,
+    SCORED_KEY,
+    VERSION_KEY,
+    format_version,
+    migrate_config,
+    with_added_fields,
+    with_scored_flag,
+)
 from sharpscope.io.studysummary import read_study_summary
 from sharpscope.track import RunDirectory, TrainConfig, train
 
@@ -77,6 +87,26 @@ def test_each_migration_is_needed_and_a_twice_given_key_is_refused() -> None:
         migrate_config({**cfg.to_dict(), "k": 2})
     with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['k'\]"):  # the current format has no flat keys
         TrainConfig.from_dict({**cfg.to_dict(), "k": 2, VERSION_KEY: FORMAT_VERSION})
+
+
+def test_a_field_added_since_a_config_takes_its_default_and_a_given_one_is_kept() -> None:
+    old = {"steps": 5, "optimizer_kwargs": {"lr": 0.1}}
+    defaults = {"steps": 10, "keep_checkpoints": False, "optimizer_kwargs": {"lr": 0.5, "momentum": 0.9}}
+    assert with_added_fields(old, defaults) == {"steps": 5, "optimizer_kwargs": {"lr": 0.1}, "keep_checkpoints": False}
+    assert old == {"steps": 5, "optimizer_kwargs": {"lr": 0.1}}  # not changed in place
+    assert with_added_fields(old, {}) == old
+
+
+def test_a_sparse_state_without_the_scored_flag_was_scored_iff_a_mask_has_a_nonzero_entry() -> None:
+    zeros = [torch.zeros(3, dtype=torch.bool), torch.zeros(2, 2)]
+    one = [torch.zeros(3, dtype=torch.bool), torch.tensor([[0.0, 0.0], [1.0, 0.0]])]
+    assert with_scored_flag({MASKS_KEY: zeros, "num_steps": 4}) == {MASKS_KEY: zeros, "num_steps": 4, SCORED_KEY: False}
+    assert with_scored_flag({MASKS_KEY: one})[SCORED_KEY] is True
+    assert with_scored_flag({MASKS_KEY: zeros, SCORED_KEY: True})[SCORED_KEY] is True  # a saved flag is kept
+    assert with_scored_flag({"num_steps": 4}) == {"num_steps": 4}  # no masks: nothing to infer
+    state = {MASKS_KEY: one}
+    with_scored_flag(state)
+    assert state == {MASKS_KEY: one}  # not changed in place
 
 
 @pytest.mark.parametrize("version", [FORMAT_VERSION + 1, -1, "1", True])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from sharpscope.errors import ConfigError
+from sharpscope.io.migrations import SCORED_KEY
 from sharpscope.optim import (
     SAM,
     SparseSAM,
@@ -237,6 +239,41 @@ def test_an_unscored_fisher_mask_without_score_fn_is_refused_not_silently_sgd() 
     restored = SparseSAM(tiny_mlp().parameters(), torch.optim.SGD, rho=0.1, mask="nm", lr=0.05)
     restored.load_state_dict(opt.state_dict())
     assert restored.scored  # a resumed optimizer keeps its scored mask
+
+
+@pytest.mark.parametrize("scored", [True, False])
+def test_a_state_saved_without_the_scored_flag_resumes_as_with_it(scored: bool) -> None:
+    """A state saved before the ``scored`` flag existed: its mask was scored iff it has a one. A scored one
+    resumes bit for bit as the same state with the flag (and the uninterrupted run); an all-zero one is
+    still refused at the next step, not taken as a scored mask of zeros (plain SGD)."""
+    model, (x, y) = tiny_mlp(), data()
+
+    def nm_sam(m: nn.Module) -> SparseSAM:
+        return SparseSAM(m.parameters(), torch.optim.SGD, rho=0.1, mask="nm", lr=0.05, momentum=0.9)
+
+    opt = nm_sam(model)
+    if scored:
+        opt.update_mask(scores=[p.detach().abs() for p in model.parameters()])
+        opt.step(make_closure(opt, model, x, y))
+    current = opt.state_dict()
+    assert current["sharpscope"][SCORED_KEY] is scored
+    old = {**current, "sharpscope": {k: v for k, v in current["sharpscope"].items() if k != SCORED_KEY}}
+    resumed = []
+    for state in (current, old):
+        twin = copy.deepcopy(model)
+        restored = nm_sam(twin)
+        restored.load_state_dict(copy.deepcopy(state))  # its buffers, not the live ones
+        assert restored.scored is scored
+        assert all(torch.equal(a, b) for a, b in zip(restored.masks, opt.masks))
+        if scored:
+            restored.step(make_closure(restored, twin, x, y))
+            resumed.append(flat(params_of(twin)))
+        else:
+            with pytest.raises(ConfigError, match="has no scores yet"):
+                restored.step(make_closure(restored, twin, x, y))
+    if scored:
+        opt.step(make_closure(opt, model, x, y))
+        assert torch.equal(resumed[0], resumed[1]) and torch.equal(resumed[1], flat(params_of(model)))
 
 
 def test_nm_sparse_sam_masks_satisfy_the_pattern() -> None:
