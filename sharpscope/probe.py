@@ -143,18 +143,13 @@ class ProbeReport:
         """The JSON of ``sharpscope probe --json``: each estimate with its cost; ``eigensolver`` is how the
         top eigenvalues were computed (method, block, steps, which, seed, ...), ``settings`` how the
         operator was set up (see :func:`probe`)."""
-        top = self.top.to_dict()
-        out: dict[str, object] = {
-            "eigenvalues": top["eigenvalues"], "residuals": top["residuals"], "error_bounds": top["error_bounds"],
-            "converged": top["converged"],
-            "hvps": top["hvps"], "seconds": top["seconds"], "eigensolver": solver_settings(self.top),
-            "loss": self.loss, "grad_norm": self.grad_norm,
-        }
-        if self.most_negative is not None:
-            neg = self.most_negative.to_dict()
-            out["most_negative"] = {"eigenvalue": neg["eigenvalues"][0], "residual": neg["residuals"][0],
-                                    "converged": neg["converged"], "hvps": neg["hvps"], "seconds": neg["seconds"],
-                                    "eigensolver": solver_settings(self.most_negative)}
+        out: dict[str, object] = {**self.top.estimates(), "eigensolver": solver_settings(self.top),
+                                  "loss": self.loss, "grad_norm": self.grad_norm}
+        neg = self.most_negative
+        if neg is not None:
+            out["most_negative"] = {"eigenvalue": float(neg.eigenvalues[0]), "residual": float(neg.residuals[0]),
+                                    "converged": neg.converged, "hvps": neg.hvps, "seconds": neg.seconds,
+                                    "eigensolver": solver_settings(neg)}
         out["trace"] = None if self.trace is None else self.trace.to_dict()
         out["density"] = None if self.density is None else self.density.to_dict()
         out["settings"] = self.settings

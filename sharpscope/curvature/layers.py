@@ -46,7 +46,7 @@ from sharpscope.curvature.algorithms.lanczos import lanczos
 from sharpscope.curvature.algorithms.trace import trace_estimator
 from sharpscope.curvature.operators.hessian import HessianOperator
 from sharpscope.curvature.operators.objective import LossFn, Objective, ParamSelector, select_parameters
-from sharpscope.curvature.results import EigenResult, TraceResult
+from sharpscope.curvature.results import EigenResult, TraceResult, float_list
 from sharpscope.curvature.settings import DEFAULTS, CurvatureSettings
 from sharpscope.errors import ConfigError
 from sharpscope.validation import check_bool, check_seed, offset_seed
@@ -114,9 +114,9 @@ class LayerCurvature:
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready row: the group, its eigenvalues, residuals, trace ± stderr and cost (eigenvectors left out)."""
-        top = self.top.to_dict()
         return {"name": self.name, "parameters": list(self.parameters), "numel": self.numel,
-                "eigenvalues": top["eigenvalues"], "residuals": top["residuals"], "converged": top["converged"],
+                "eigenvalues": float_list(self.top.eigenvalues), "residuals": float_list(self.top.residuals),
+                "converged": self.top.converged,
                 "trace": None if self.trace is None else {"estimate": self.trace.estimate, "stderr": self.trace.stderr,
                                                           "num_samples": int(self.trace.samples.numel())},
                 "hvps": self.hvps, "seconds": self.seconds, "hvp_mode": self.hvp_mode}

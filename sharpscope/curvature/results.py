@@ -13,7 +13,8 @@ from torch import Tensor
 from sharpscope.errors import ConfigError
 
 
-def _floats(values: Tensor | np.ndarray | list[float]) -> list[float]:
+def float_list(values: Tensor | np.ndarray | list[float]) -> list[float]:
+    """The entries of a one-dimensional tensor, array or list as Python floats (JSON-ready)."""
     return [float(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]
 
 
@@ -37,11 +38,16 @@ class EigenResult:
     settings: dict[str, object] = field(default_factory=dict)
     error_bounds: Tensor | None = None
 
+    def estimates(self) -> dict[str, Any]:
+        """JSON-ready eigenvalues, residuals, error bounds, convergence and cost (eigenvectors and settings
+        left out)."""
+        bounds = None if self.error_bounds is None else float_list(self.error_bounds)
+        return {"eigenvalues": float_list(self.eigenvalues), "residuals": float_list(self.residuals),
+                "error_bounds": bounds, "converged": self.converged, "hvps": self.hvps, "seconds": self.seconds}
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (eigenvectors left out)."""
-        bounds = None if self.error_bounds is None else _floats(self.error_bounds)
-        return {"eigenvalues": _floats(self.eigenvalues), "residuals": _floats(self.residuals),
-                "error_bounds": bounds, "converged": self.converged, "hvps": self.hvps, "seconds": self.seconds, "settings": self.settings}
+        """JSON-ready summary: :meth:`estimates` and the settings (eigenvectors left out)."""
+        return {**self.estimates(), "settings": self.settings}
 
 
 @dataclass(frozen=True)
