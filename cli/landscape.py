@@ -80,9 +80,8 @@ def write_figures(result: SliceResult, out_dir: Path, *, command: str, log: bool
 
 def summary_text(result: SliceResult, out_dir: Path) -> str:
     """One line: the slice, its grid, the loss at the center and its range, the cost, where."""
-    record = result.to_dict()
     shape = "×".join(str(len(a)) for a in (result.alphas, result.betas) if a is not None)
-    low, high = (f"{record[k]:.6g}" if record[k] is not None else "n/a" for k in ("loss_min", "loss_max"))
+    low, high = ("n/a", "n/a") if result.loss_range is None else (f"{v:.6g}" for v in result.loss_range)
     return (f"{result.directions['kind']} {result.dims}-D slice ({shape} points, {result.settings['method']}): center "
             f"loss {result.center_loss:.6g}, min {low}, max {high}; {result.evaluations} evaluations in "
             f"{result.seconds:.1f} s -> {out_dir}")

@@ -53,7 +53,10 @@ from sharpscope.validation import check_bool, check_choice, check_int, check_see
 DirectionKind = Literal["random", "eig", "pca", "interp"]
 Axis = tuple[float, float, int]
 DIRECTION_KINDS: tuple[str, ...] = get_args(DirectionKind)
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+ModelDtype = Literal["float32", "float64"]
+MODEL_DTYPES: tuple[str, ...] = get_args(ModelDtype)
+#: The torch dtype of each :data:`ModelDtype` name.
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in MODEL_DTYPES}
 DEFAULT_POINTS = 21  # points on an axis the settings leave to the slice
 
 
@@ -103,7 +106,7 @@ class SliceSettings:
     tol: float = 1e-3
     max_iter: int | None = None
     device: str | None = None
-    dtype: Literal["float32", "float64"] | None = None
+    dtype: ModelDtype | None = None
     precision: ProductPrecision = "strict"
     seed: int = 0
 
@@ -123,7 +126,7 @@ class SliceSettings:
         check_choice("method", self.method, get_args(Method))
         check_choice("precision", self.precision, PRECISIONS)
         if self.dtype is not None:
-            check_choice("dtype", self.dtype, tuple(DTYPES))
+            check_choice("dtype", self.dtype, MODEL_DTYPES)
             resolve_precision(self.precision, DTYPES[self.dtype])
         check_bool("include_bn_bias", self.include_bn_bias)
         if self.device is not None and not isinstance(self.device, str):

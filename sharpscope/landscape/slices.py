@@ -65,14 +65,18 @@ class SliceResult:
         """1 for a line (``betas`` is None), 2 for a plane."""
         return 1 if self.betas is None else 2
 
+    @property
+    def loss_range(self) -> tuple[float, float] | None:
+        """``(min, max)`` of the finite losses on the grid; None when none is finite."""
+        finite = self.loss[np.isfinite(self.loss)]
+        return (float(finite.min()), float(finite.max())) if finite.size else None
+
     def to_dict(self) -> dict[str, Any]:
         """Everything but the arrays, JSON-ready (the arrays' shapes are listed under ``arrays``)."""
         arrays = {name: list(getattr(self, name).shape) for name in _ARRAYS if getattr(self, name) is not None}
-        finite = self.loss[np.isfinite(self.loss)]
+        low, high = self.loss_range or (None, None)
         return {"format": FORMAT, "dims": self.dims, "center_loss": self.center_loss,
-                "center_accuracy": self.center_accuracy,
-                "loss_min": float(finite.min()) if finite.size else None,
-                "loss_max": float(finite.max()) if finite.size else None,
+                "center_accuracy": self.center_accuracy, "loss_min": low, "loss_max": high,
                 "directions": self.directions, "settings": self.settings, "seconds": self.seconds,
                 "evaluations": self.evaluations, "path_labels": self.path_labels,
                 "arrays": arrays}

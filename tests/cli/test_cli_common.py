@@ -128,7 +128,7 @@ def test_choices_are_the_librarys() -> None:
     assert values(_common.Operator) == list(OPERATORS)
     assert values(_common.Scale) == list(SCALES)
     assert sorted(values(_common.DirectionKind)) == sorted(around.DIRECTION_KINDS)
-    assert values(_common.DType) == list(around.DTYPES)
+    assert values(_common.DType) == list(around.MODEL_DTYPES) == list(around.DTYPES)
     assert values(_common.ProductPrecision) == list(PRECISIONS)
     assert values(_common.BasisLocation) == list(BASIS_LOCATIONS)
     assert values(_common.Shard) == list(get_args(Shard))

@@ -127,3 +127,19 @@ def test_figures_interpolation_and_no_silent_overwrite(run_folder: Path, tmp_pat
     at_other = Objective(SPEC.build().double(), cross_entropy,
                          (torch.from_numpy(data["x"]).double(), torch.from_numpy(data["y"]))).loss()
     assert result.loss[15] == pytest.approx(at_other, rel=1e-10)  # t = 1 is the other checkpoint
+
+
+def test_the_loss_range_is_over_the_finite_losses_as_recorded_and_summarised(tmp_path: Path) -> None:
+    from sharpscope_cli.landscape import summary_text
+
+    def line(loss: list[float]) -> SliceResult:
+        return SliceResult(alphas=np.array([-1.0, 0.0, 1.0]), betas=None, loss=np.array(loss), accuracy=None,
+                           center_loss=0.5, center_accuracy=None, directions={"kind": "random"},
+                           settings={"method": "loop"}, seconds=0.5, evaluations=3)
+
+    finite, blown = line([2.5, 0.5, float("inf")]), line([float("nan"), float("inf"), float("-inf")])
+    assert finite.loss_range == (0.5, 2.5) and blown.loss_range is None
+    assert [(r.to_dict()["loss_min"], r.to_dict()["loss_max"]) for r in (finite, blown)] == [(0.5, 2.5), (None, None)]
+    assert summary_text(finite, tmp_path) == (f"random 1-D slice (3 points, loop): center loss 0.5, min 0.5, max 2.5; "
+                                              f"3 evaluations in 0.5 s -> {tmp_path}")
+    assert "min n/a, max n/a;" in summary_text(blown, tmp_path)
