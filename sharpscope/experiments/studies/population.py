@@ -45,7 +45,7 @@ from sharpscope.errors import ConfigError
 from sharpscope.experiments import rank_correlation as rc
 from sharpscope.experiments import statistics
 from sharpscope.experiments.recipes import cifar_data, fc, mnist1d_data
-from sharpscope.experiments.studies.framework import Build, Stage, Study
+from sharpscope.experiments.studies.framework import Build, DrawnFigures, Stage, Study
 from sharpscope.io import jsonsafe
 from sharpscope.io.atomic import atomic_write_bytes
 from sharpscope.io.records import RunSummary
@@ -287,7 +287,7 @@ def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
             "sam_vs_sgd": sam_pairs(models)}
 
 
-def figures(summary: StudySummary) -> list[tuple[str, Any, dict[str, Any], str]]:
+def figures(summary: StudySummary) -> DrawnFigures:
     """The study's summary figure (:func:`sharpscope.plots.population.population_figure`)."""
     from sharpscope.plots.population import population_figure
 
