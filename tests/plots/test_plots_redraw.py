@@ -102,6 +102,14 @@ def test_study_figure_json_is_what_its_study_draws_from_its_summary(stem: str, s
     np.testing.assert_array_equal(pixels(draw_from_data(stored["data"])), pixels(fig))
 
 
+def test_update_curvature_legend_names_each_optimizers_edge() -> None:
+    fig, _, _ = figure_from_json(FIGURES / "update-curvature-eos.json")
+    labels = texts(fig)
+    assert {"gd: λ_max/(2/η)", "gd: κ_u/(2/η) (hvp)", "momentum: λ_max/((2+2β)/η)", "momentum: κ_u/((2+2β)/η) (hvp)",
+            "adam: λ(P⁻¹H)_max/(38/η)", "adam: κ_u^P/(38/η) (hvp)"} <= set(labels)
+    assert not any(t.endswith("/edge") for t in labels)
+
+
 def synthetic_population() -> dict[str, Any]:
     """Three measures over five models: ``a`` ranks the gap exactly (τ = 1), ``c`` in reverse (τ = −1)."""
     gaps = [0.1, 0.2, 0.3, 0.4, 0.5]
