@@ -4,6 +4,7 @@ table, the figure, and resuming without retraining or remeasuring."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,9 @@ from sharpscope.experiments import rank_correlation as rc
 from sharpscope.experiments.figures import study_figures
 from sharpscope.experiments.studies import STUDIES, run_study, study_stages
 from sharpscope.experiments.studies import population as pop
+from sharpscope.io.studysummary import read_study_summary
+
+FIGURES = Path(__file__).resolve().parents[1] / "figures"
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +88,25 @@ def test_smoke_rankings_table_and_figure(smoke: tuple[Path, dict[str, Any]], tmp
     assert (out / pop.TABLE_FILE).read_text(encoding="utf-8") == summary.results["table"]
     written = study_figures("population", out, tmp_path, command="sharpscope reproduce population --scale smoke")
     assert {p.name for p in written} >= {"population-tau.png", "population-tau.pdf", "population-tau.json"}
-    plotted = json.loads((tmp_path / "population-tau.json").read_text())["data"]["plot"]
-    assert plotted["measures"] == list(ranking["measures"])
+    stored = json.loads((tmp_path / "population-tau.json").read_text())
+    assert stored["data"]["plot"]["measures"] == list(ranking["measures"])
+    assert (f"over the {len(included)} models that reached 90% training accuracy" in stored["caption"]
+            and "the grid is lr × SAM ρ × width, one seed (0) per configuration, 256 MNIST-1D training images, "
+                "512 test images" in stored["caption"] and "one small MLP family" in stored["caption"])
+
+
+def test_caption_of_the_committed_figure_is_the_studys() -> None:
+    """The committed figure's caption is the one the study writes from the committed summary; the models left
+    out are counted by why."""
+    summary = read_study_summary(FIGURES / "population-summary.json")
+    assert pop.caption(summary) == json.loads((FIGURES / "population-tau.json").read_text())["caption"]
+    models = summary.results["models"]
+    one_diverged = [{**m, "status": "diverged"} if m["name"] == summary.results["excluded"][0] else m for m in models]
+    text = pop.caption(replace(summary, results={**summary.results, "models": one_diverged}))
+    assert "(2 of the 32-model grid hit the 3 000-step cap or diverged and are excluded)" in text
+    all_ranked = [{**m, "reached_stop": True} for m in models]
+    text = pop.caption(replace(summary, results={**summary.results, "models": all_ranked}))
+    assert "reached 99% training accuracy (the whole 32-model grid)" in text
 
 
 def test_resume_reuses_training_and_measures(smoke: tuple[Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:

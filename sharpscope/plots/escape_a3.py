@@ -1,12 +1,14 @@
 """The figure of the ``escape-a3`` study: SA against each arm at equal training loss, over bad minimizers.
 
-:func:`a3_figure` has two rows of three panels. Top: the readings of tr(H) (± its Hutch++ stderr), of the
+:func:`draw_a3` has two rows of three panels. Top: the readings of tr(H) (± its Hutch++ stderr), of the
 exact Jacobian trace and of test accuracy (its 95% Wilson interval on the test set,
 :func:`~sharpscope.plots.intervals.wilson_interval`) of SA and of each
 arm at their matched point, one marker per bad minimizer, a grey line joining the two readings from
 one minimizer. Bottom: SA − arm for the same three quantities
 (tr(H) from the probes both models share), each minimizer's difference and the mean with its 95% interval
 over minimizers (the study's paired interval, with the estimator and paired test-set errors).
+:func:`a3_data` reads the plotted numbers from the study's results; :func:`draw_a3` draws them alone (a
+figure's JSON, ``sharpscope plot --from-figure``).
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from sharpscope.plots.style import color, label_axes, legend, new_figure
 QUANTITIES = (("trace", "tr(H)"), ("jacobian_trace", "Jacobian trace"), ("test_acc", "test accuracy (%)"))
 DIFFERENCE = {"trace": "trace_paired"}  # tr(H) differences from the shared Hutchinson probes
 NAMES = {"rs": "RS", "twin": "SA ρ = 0", "sgd-lrp": "SGD at η′", "sgd": "SGD at η"}
+SIDES = (("sa", "o"), ("arm", "s"))  # each pair's two readings, SA first: the key and the marker
 
 
 def _num(value: Any) -> float:
+    """A stored number (non-finite ones come back from JSON as strings such as ``"NaN"``; None is NaN)."""
     return math.nan if value is None else float(value)
 
 
@@ -46,43 +50,65 @@ def _error(reading: Mapping[str, Any], quantity: str) -> tuple[float, float]:
 
 
 def a3_figure(results: Mapping[str, Any]) -> tuple[Figure, dict[str, Any]]:
-    """The figure and its plotted numbers from the study's ``results`` (``comparisons``)."""
+    """The figure and its plotted numbers (:func:`a3_data`, drawn by :func:`draw_a3`)."""
+    data = a3_data(results)
+    return draw_a3(data), data
+
+
+def a3_data(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The plotted numbers from the study's ``results`` (``comparisons``): the compared ``arms``; per quantity
+    and arm, ``readings`` (per minimizer, SA's row then the arm's: ``minimizer``, ``who``, ``value``, ``error``
+    below and above, ``loss``) and ``differences`` (SA − arm ``per_minimizer``, the mean ``difference``, its 95%
+    ``interval`` and ``verdict``); test accuracy in percent."""
     comparisons = results["comparisons"]
     arms = [a for a in NAMES if a in comparisons]
-    fig, axes = new_figure(2, 3)
-    plotted: dict[str, Any] = {"arms": arms, "readings": {}, "differences": {}}
-    for col, (quantity, label) in enumerate(QUANTITIES):
-        top, bottom = axes[col], axes[3 + col]
+    plotted: dict[str, Any] = {"figure": "a3-matched", "arms": arms, "readings": {}, "differences": {}}
+    for quantity, _ in QUANTITIES:
         scale = 100.0 if quantity == "test_acc" else 1.0
         plotted["readings"][quantity], plotted["differences"][quantity] = {}, {}
-        for i, arm in enumerate(arms):
-            pairs = comparisons[arm]["pairs"]
-            rows = []
-            for j, pair in enumerate(pairs):
-                ends = [(i + (k - 0.5) * 0.35 + (j - 1) * 0.06, scale * _num(pair[side].get(quantity)))
-                        for k, side in enumerate(("sa", "arm"))]
-                top.plot(*zip(*ends), color="0.7", lw=0.7)  # one bad minimizer: SA and the arm, paired
-                for k, (side, who) in enumerate((("sa", "SA"), ("arm", NAMES[arm]))):
-                    value = scale * _num(pair[side].get(quantity))
-                    err = _error(pair[side], quantity)
-                    x = i + (k - 0.5) * 0.35 + (j - 1) * 0.06
-                    top.errorbar([x], [value], yerr=[[err[0]], [err[1]]] if all(map(math.isfinite, err)) else None,
-                                 fmt="o" if k == 0 else "s",
-                                 color=color(0 if k == 0 else i + 1), ms=4, capsize=2,
-                                 label=who if (j == 0 and (k == 1 or i == 0)) else None)
-                    rows.append({"minimizer": j, "who": who, "value": value, "error": list(err),
-                                 "loss": _num(pair[side].get("train_loss"))})
-            plotted["readings"][quantity][arm] = rows
+        for arm in arms:
+            plotted["readings"][quantity][arm] = [
+                {"minimizer": j, "who": "SA" if side == "sa" else NAMES[arm],
+                 "value": scale * _num(pair[side].get(quantity)), "error": list(_error(pair[side], quantity)),
+                 "loss": _num(pair[side].get("train_loss"))}
+                for j, pair in enumerate(comparisons[arm]["pairs"]) for side, _ in SIDES]
             cmp = comparisons[arm][DIFFERENCE.get(quantity, quantity)]
-            per = [scale * _num(v) for v in cmp["per_minimizer"]]
-            est, (lo, hi) = scale * _num(cmp["difference"]), (scale * _num(v) for v in cmp["interval"])
-            bottom.scatter([i + (j - 1) * 0.08 for j in range(len(per))], per, color=color(i + 1), s=12, alpha=0.7)
+            plotted["differences"][quantity][arm] = {
+                "per_minimizer": [scale * _num(v) for v in cmp["per_minimizer"]],
+                "difference": scale * _num(cmp["difference"]), "interval": [scale * _num(v) for v in cmp["interval"]],
+                "verdict": cmp["verdict"]}
+    return plotted
+
+
+def draw_a3(data: Mapping[str, Any]) -> Figure:
+    """The two rows of panels of the module docstring from :func:`a3_data`'s plotted numbers alone; the bottom
+    panels' dots of each arm's per-minimizer differences carry the gid ``per_minimizer``."""
+    arms = list(data["arms"])
+    fig, axes = new_figure(2, 3)
+    for col, (quantity, label) in enumerate(QUANTITIES):
+        top, bottom = axes[col], axes[3 + col]
+        for i, arm in enumerate(arms):
+            rows = data["readings"][quantity][arm]
+            for sa, other in zip(rows[0::2], rows[1::2], strict=True):
+                j = int(sa["minimizer"])
+                xs = [i + (k - 0.5) * 0.35 + (j - 1) * 0.06 for k in range(len(SIDES))]
+                top.plot(xs, [_num(sa["value"]), _num(other["value"])], color="0.7", lw=0.7)  # one minimizer, paired
+                for k, (row, (_, marker)) in enumerate(zip((sa, other), SIDES, strict=True)):
+                    err = [_num(e) for e in row["error"]]
+                    top.errorbar([xs[k]], [_num(row["value"])],
+                                 yerr=[[err[0]], [err[1]]] if all(map(math.isfinite, err)) else None, fmt=marker,
+                                 color=color(0 if k == 0 else i + 1), ms=4, capsize=2,
+                                 label=row["who"] if (j == 0 and (k == 1 or i == 0)) else None)
+            diff = data["differences"][quantity][arm]
+            per = [_num(v) for v in diff["per_minimizer"]]
+            est, (lo, hi) = _num(diff["difference"]), (_num(v) for v in diff["interval"])
+            dots = bottom.scatter([i + (j - 1) * 0.08 for j in range(len(per))], per, color=color(i + 1), s=12,
+                                  alpha=0.7)
+            dots.set_gid("per_minimizer")
             if math.isfinite(lo) and math.isfinite(hi):
                 bottom.errorbar([i + 0.3], [est], yerr=[[est - lo], [hi - est]], fmt="D", color="k", ms=4, capsize=3)
             else:
                 bottom.scatter([i + 0.3], [est], marker="D", color="k", s=14)
-            plotted["differences"][quantity][arm] = {"per_minimizer": per, "difference": est, "interval": [lo, hi],
-                                                     "verdict": cmp["verdict"]}
         for ax in (top, bottom):
             ax.set_xticks(np.arange(len(arms)), [f"vs {NAMES[a]}" for a in arms], fontsize=7)
         bottom.axhline(0.0, color="0.5", lw=0.8)
@@ -92,4 +118,4 @@ def a3_figure(results: Mapping[str, Any]) -> tuple[Figure, dict[str, Any]]:
                    title="per minimizer; mean with 95% interval")
         if col == 0:
             legend(top, inside=1)
-    return fig, plotted
+    return fig

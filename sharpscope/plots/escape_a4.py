@@ -1,5 +1,10 @@
 """The figure of the ``escape-a4`` study: tr(H), tr(H)/L and the training loss at the end of SA against the
-perturbation batch B, one colour per bad minimizer, ρ and η′ unscaled (solid) and scaled by √(B/B₀) (dashed)."""
+perturbation batch B, one colour per bad minimizer, ρ and η′ unscaled (solid) and scaled by √(B/B₀) (dashed).
+
+:func:`a4_data` reads the plotted numbers from the study's results; :func:`draw_a4` draws them alone (a
+figure's JSON, ``sharpscope plot --from-figure``), with the batch sizes themselves as the ticks of the
+logarithmic B axis and the legend below the panels.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
-from sharpscope.plots.style import color, label_axes, legend, new_figure
+from sharpscope.plots.style import color, figure_legend, label_axes, log_axis, new_figure
 
 PANELS = (("trace", "tr(H)"), ("trace_per_loss", "tr(H)/L"), ("train_loss", "training loss L"))
 STYLES = {"unscaled": "-", "scaled": "--"}
@@ -23,25 +29,40 @@ def _value(reading: Mapping[str, Any], quantity: str) -> float:
 
 
 def a4_figure(results: Mapping[str, Any]) -> tuple[Figure, dict[str, Any]]:
-    """The figure and its plotted numbers from the study's ``results`` (``readings[form][B]``, one per
-    minimizer); tr(H)/L is the shared-probe tr(H) over the reading's training loss."""
+    """The figure and its plotted numbers (:func:`a4_data`, drawn by :func:`draw_a4`)."""
+    data = a4_data(results)
+    return draw_a4(data), data
+
+
+def a4_data(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The plotted numbers from the study's ``results`` (``readings[form][B]``, one per minimizer): the
+    ``batches``, the ``minimizers``, each reading's ``runs``, and per quantity of :data:`PANELS` and form one
+    line per minimizer over the batches; tr(H)/L is the shared-probe tr(H) over the reading's training loss."""
     bs = [int(b) for b in results["batches"]]
-    fig, axes = new_figure(1, len(PANELS))
-    plotted: dict[str, Any] = {"batches": bs, "minimizers": list(results["minimizers"]),
+    minimizers = list(results["minimizers"])
+    plotted: dict[str, Any] = {"figure": "a4-batches", "batches": bs, "minimizers": minimizers,
                                "runs": {form: {str(b): [r["run"] for r in results["readings"][form][str(b)]] for b in bs}
                                         for form in STYLES}}
+    for quantity, _ in PANELS:
+        plotted[quantity] = {form: [[_value(results["readings"][form][str(b)][j], quantity) for b in bs]
+                                    for j in range(len(minimizers))] for form in STYLES}
+    return plotted
+
+
+def draw_a4(data: Mapping[str, Any]) -> Figure:
+    """The three panels of the module docstring from :func:`a4_data`'s plotted numbers alone."""
+    bs = [int(b) for b in data["batches"]]
+    fig, axes = new_figure(1, len(PANELS))
     for ax, (quantity, label) in zip(axes, PANELS, strict=True):
-        plotted[quantity] = {}
         for form, style in STYLES.items():
-            rows = results["readings"][form]
-            lines = [[_value(rows[str(b)][j], quantity) for b in bs] for j in range(len(plotted["minimizers"]))]
-            for j, ys in enumerate(lines):
-                ax.plot(bs, ys, style, marker="o", ms=3, color=color(j),
-                        label=f"minimizer {plotted['minimizers'][j]}, {form}")
-            plotted[quantity][form] = lines
+            for j, ys in enumerate(data[quantity][form]):
+                ax.plot(bs, [float(y) for y in ys], style, marker="o", ms=3, color=color(j),
+                        label=f"minimizer {data['minimizers'][j]}, {form}")
         ax.set_xscale("log", base=2)
+        ax.set_xticks(bs, [str(b) for b in bs])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         if quantity != "trace":
-            ax.set_yscale("log")  # a run that leaves its minimizer ends orders of magnitude away
+            log_axis(ax, "y")  # a run that leaves its minimizer ends orders of magnitude away
         label_axes(ax, "perturbation batch B", label, title=f"{label} at the end of SA")
-    legend(axes[0], inside=6)
-    return fig, plotted
+    figure_legend(fig, axes[0], columns=len(STYLES) * len(data["minimizers"]))
+    return fig

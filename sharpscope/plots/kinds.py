@@ -18,8 +18,8 @@ Each run kind is a data function (run directories → plotted numbers) and a dra
 numbers → figure); :func:`run_figure` stores the drawing options in the data (``"draw"``), so
 :func:`draw_from_data` draws the same figure again from a figure's stored JSON
 (``sharpscope plot --from-figure``). The other figures' plotted numbers name their drawing function the same
-way (their ``figure`` entry, :data:`OTHER_DRAWERS`): densities, per-layer bars, landscape slices and the
-population study's ranking.
+way (their ``figure`` entry, :data:`OTHER_DRAWERS`): densities, per-layer bars, landscape slices, the
+population study's ranking and the ``escape-a3`` and ``escape-a4`` studies' figures.
 A folder of run directories (a ``sharpscope reproduce`` study folder) stands for those runs. The run
 kinds are one registry (:data:`RUN_KINDS`), which the studies' figures use too.
 :func:`cannot_draw` lists, one line each, what a figure's inputs could not give (no edge recorded, fewer
@@ -64,6 +64,8 @@ OTHER_DRAWERS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "contour": ("landscape", "draw_slice", {}),
     "surface": ("landscape", "draw_slice", {}),
     "population": ("population", "draw_population", {}),
+    "a3-matched": ("escape_a3", "draw_a3", {}),
+    "a4-batches": ("escape_a4", "draw_a4", {}),
 }
 KINDS = ("auto", *RUN_KINDS, "density", "layers")
 ESCAPE_OPTIMIZERS = ("rs", "sa")

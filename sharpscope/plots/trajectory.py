@@ -7,7 +7,7 @@
   edge ``(2+2β₁)/(η(1−β₁))`` (38/η at β₁ = 0.9) bounds the *preconditioned* sharpness λ_max(P⁻¹H):
   it is drawn against ``preconditioned_eigenvalues`` when the records carry them, and left out
   (only 2/η as a reference) when they hold λ_max(H) alone. ``ratio=True`` plots λ/edge with the
-  band :data:`RATIO_BAND`. A run that diverged gets an ✕ at the step its loss became non-finite.
+  band :data:`RATIO_BAND`, each run's legend naming its edge (:func:`edge_symbol`). A run that diverged gets an ✕ at the step its loss became non-finite.
   A run recorded with ``update_curvature`` also shows ``κ_u = uᵀHu/‖u‖²``, the curvature along each
   update (thin line beside λ_max; ``uᵀHu/uᵀPu`` beside λ_max(P⁻¹H) under Adam's edge), against the same edge.
 * :func:`trace_accuracy_figure` — tr(H) ± 1.96 stderr and test accuracy against step, and tr(H)
@@ -47,9 +47,12 @@ from sharpscope.plots.style import EIGEN_STYLES, color, figure_legend, label_axe
 from sharpscope.validation import check_int
 
 RATIO_BAND = (0.8, 1.25)
-EDGE_NAMES = {"gd_edge": "2/η", "momentum_edge": "momentum edge (2+2β)/η",
-              "ema_momentum_edge": "EMA momentum edge (2+2β)/(η(1−β))", "sam_edge": "SAM-edge",
-              "adam_edge": "Adam edge (2+2β₁)/(η(1−β₁))"}
+EDGE_SYMBOLS = {"gd_edge": "2/η", "momentum_edge": "(2+2β)/η", "ema_momentum_edge": "(2+2β)/(η(1−β))",
+                "sam_edge": "SAM-edge", "adam_edge": "(2+2β₁)/(η(1−β₁))"}
+EDGE_NAMES = {rule: f"{words} {EDGE_SYMBOLS[rule]}" if words else EDGE_SYMBOLS[rule]
+              for rule, words in (("gd_edge", ""), ("momentum_edge", "momentum edge"),
+                                  ("ema_momentum_edge", "EMA momentum edge"), ("sam_edge", ""),
+                                  ("adam_edge", "Adam edge"))}
 PRECONDITIONED = "preconditioned_eigenvalues"
 
 
@@ -75,6 +78,31 @@ def _rule(run: RunData) -> str | None:
 
 def _name_item(item: dict[str, Any], text: str, several: bool) -> str:
     return f"{item['label']}: {text}" if several else text
+
+
+def _edge_is_gd(item: dict[str, Any]) -> bool:
+    """Whether a run's edge is its 2/η at every measurement (gradient descent, and SAM with ρ = 0)."""
+    gd = np.asarray(item["gd_edge"], dtype=float)
+    edge = None if item["edge"] is None else np.asarray(item["edge"], dtype=float)
+    return edge is not None and edge.shape == gd.shape and np.allclose(edge, gd, rtol=1e-12, equal_nan=True)
+
+
+def edge_symbol(item: dict[str, Any]) -> str:
+    """The edge a run's λ/edge divides by, as its legend names it: 2/η when the edge is 2/η, the rule's symbol
+    (:data:`EDGE_SYMBOLS`), and Adam's (2+2β₁)/(η(1−β₁)) as its multiple ``c`` of 1/η, ``c = 2·edge/(2/η)``
+    (38/η at β₁ = 0.9); ``edge`` when no edge is known."""
+    if _edge_is_gd(item):
+        return "2/η"
+    if item["rule"] == "adam_edge" and item["edge"] is not None:
+        multiple = 2 * np.asarray(item["edge"], dtype=float) / np.asarray(item["gd_edge"], dtype=float)
+        if np.isfinite(multiple).any():
+            return f"{float(np.nanmedian(multiple)):.3g}/η"
+    return EDGE_SYMBOLS.get(item["rule"] or "", "edge") if item["edge"] is not None else "edge"
+
+
+def _over(text: str, symbol: str) -> str:
+    """``text`` divided by the edge ``symbol``: ``λ_max/(2/η)``, ``λ_max/SAM-edge``."""
+    return f"{text}/({symbol})" if "/" in symbol else f"{text}/{symbol}"
 
 
 # ------------------------------------------------------------------------------ sharpness
@@ -180,23 +208,24 @@ def draw_sharpness(data: dict[str, Any], *, loss: bool = True, log: bool = False
         steps = np.asarray(item["steps"], dtype=float)
         sym = "λ(P⁻¹H)" if item["quantity"] != "lambda_max(H)" else "λ"
         ys = item["ratio"] if ratio else item["eigenvalues"]
+        edge_name = edge_symbol(item)
         for j, y in enumerate(ys):
             text = f"{sym}_max" if j == 0 else f"{sym}_{j + 1}"
             (line,) = ax.plot(steps, y, color=c, linestyle=EIGEN_STYLES[j % len(EIGEN_STYLES)],
                               linewidth=1.4 if j == 0 else 0.9, marker="." if len(steps) < 30 else None,
-                              markersize=3, label=_name_item(item, text + ("/edge" if ratio else ""), several))
+                              markersize=3, label=_name_item(item, _over(text, edge_name) if ratio else text, several))
             line.set_gid(f"lambda{j + 1}")
         upd = item.get("update_curvature")
         if upd is not None:
-            text = "κ_u^P = uᵀHu/uᵀPu" if upd["key"] == "kappa_preconditioned" else "κ_u = uᵀHu/‖u‖²"
+            kappa, form = (("κ_u^P", "uᵀHu/uᵀPu") if upd["key"] == "kappa_preconditioned" else ("κ_u", "uᵀHu/‖u‖²"))
+            text = _over(kappa, edge_name) if ratio else f"{kappa} = {form}"  # a ratio's legend: no room for the form
             (line,) = ax.plot(upd["steps"], upd["ratio"] if ratio else upd["values"], color=c, linewidth=0.7,
-                              alpha=0.55, label=_name_item(item, f"{text} ({upd['method']})" + ("/edge" if ratio else ""),
-                                                           several))
+                              alpha=0.55, label=_name_item(item, f"{text} ({upd['method']})", several))
             line.set_gid("kappa_u")
         if not ratio:
             gd = np.asarray(item["gd_edge"], dtype=float)
             edge = None if item["edge"] is None else np.asarray(item["edge"], dtype=float)
-            is_gd = edge is not None and edge.shape == gd.shape and np.allclose(edge, gd, rtol=1e-12, equal_nan=True)
+            is_gd = _edge_is_gd(item)
             if edge is not None:  # SAM with ρ = 0 is gradient descent: its edge is 2/η, named so
                 name = "2/η" if is_gd else EDGE_NAMES.get(item["rule"] or "", "edge")
                 (line,) = ax.plot(steps, edge, color=c, linestyle=(0, (5, 2)), linewidth=1.0, alpha=0.8,

@@ -14,15 +14,20 @@ from matplotlib.figure import Figure
 
 from sharpscope.errors import DataError
 from sharpscope.experiments.figures import figure_from_json
+from sharpscope.experiments.studies import STUDIES
 from sharpscope.io import jsonsafe
+from sharpscope.io.studysummary import read_study_summary
 from sharpscope.plots.kinds import draw_from_data, figure_name
 from sharpscope.plots.layers import layer_curvature_figure
 from sharpscope.plots.population import population_figure
+from sharpscope.plots.save import load_figure_data
 from tests.pixels import pixels
 
 FIGURES = Path(__file__).resolve().parents[2] / "figures"
 REDRAWN = ["eos-cifar5k", "eos-gd-sweep", "sam-edge-mlp", "sam-edge-cnn-smooth", "update-curvature-eos",
-           "population-tau", "layers-resnet18", "landscape-resnet18/contour", "landscape-resnet18/surface"]
+           "population-tau", "layers-resnet18", "landscape-resnet18/contour", "landscape-resnet18/surface",
+           "escape-a3-matched", "escape-a4-batches"]
+DRAWN_BY_STUDY = {"escape-a3-matched": "escape-a3", "escape-a4-batches": "escape-a4"}  # from its summary
 
 
 def through_json(data: dict[str, Any]) -> dict[str, Any]:
@@ -64,6 +69,17 @@ def test_committed_figure_draws_again_from_its_json(stem: str) -> None:
     elif name == "layers":
         bars = [p.get_width() for p in fig.axes[0].patches]
         np.testing.assert_allclose(bars, [row["eigenvalues"][0] for row in numbers["per_layer"]["layers"]])
+    elif name == "a3-matched":  # each arm's SA − arm per minimizer are the dots of the bottom panels
+        for ax, quantity in zip(fig.axes[3:], ("trace", "jacobian_trace", "test_acc"), strict=True):
+            dots = [c.get_offsets()[:, 1] for c in ax.collections if c.get_gid() == "per_minimizer"]
+            stored = [numbers["differences"][quantity][arm]["per_minimizer"] for arm in numbers["arms"]]
+            np.testing.assert_allclose(np.asarray(dots, dtype=float), np.asarray(stored, dtype=float))
+    elif name == "a4-batches":  # one line per form and minimizer over the batches, in each panel
+        for ax, quantity in zip(fig.axes, ("trace", "trace_per_loss", "train_loss"), strict=True):
+            assert [line.get_xdata().tolist() for line in ax.get_lines()] == [numbers["batches"]] * 6
+            stored = [ys for form in ("unscaled", "scaled") for ys in numbers[quantity][form]]
+            np.testing.assert_allclose([line.get_ydata() for line in ax.get_lines()], np.asarray(stored, dtype=float))
+        assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["1", "64", "128"]  # the batches themselves
     elif name == "contour":
         (path_line,) = [ln for ln in fig.axes[0].get_lines() if ln.get_label() == "training path"]
         np.testing.assert_allclose(path_line.get_xydata(), np.asarray(numbers["path"], dtype=float))
@@ -73,6 +89,25 @@ def test_committed_figure_draws_again_from_its_json(stem: str) -> None:
         assert fig.axes[0].get_legend() is None and fig.legends  # below the panels, over no interval
     else:
         assert name == "surface" and fig.axes[0].name == "3d"
+
+
+@pytest.mark.parametrize(("stem", "study"), DRAWN_BY_STUDY.items())
+def test_study_figure_json_is_what_its_study_draws_from_its_summary(stem: str, study: str) -> None:
+    """The committed figure's plotted numbers and caption are those its study draws from the committed summary, and
+    redrawing them from the JSON gives the study's pixels."""
+    summary = read_study_summary(FIGURES / f"{study}-summary.json")
+    [(_, fig, numbers, caption)] = STUDIES[study].draw(summary)
+    stored = load_figure_data(FIGURES / f"{stem}.json")
+    assert through_json({"plot": numbers}) == stored["data"] and caption == stored["caption"]
+    np.testing.assert_array_equal(pixels(draw_from_data(stored["data"])), pixels(fig))
+
+
+def test_update_curvature_legend_names_each_optimizers_edge() -> None:
+    fig, _, _ = figure_from_json(FIGURES / "update-curvature-eos.json")
+    labels = texts(fig)
+    assert {"gd: λ_max/(2/η)", "gd: κ_u/(2/η) (hvp)", "momentum: λ_max/((2+2β)/η)", "momentum: κ_u/((2+2β)/η) (hvp)",
+            "adam: λ(P⁻¹H)_max/(38/η)", "adam: κ_u^P/(38/η) (hvp)"} <= set(labels)
+    assert not any(t.endswith("/edge") for t in labels)
 
 
 def synthetic_population() -> dict[str, Any]:

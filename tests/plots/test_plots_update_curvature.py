@@ -39,3 +39,15 @@ def test_kappa_is_drawn_in_the_form_the_edge_bounds() -> None:
                    summary=None, label="r")
     assert sharpness_data(none)["runs"][0]["update_curvature"] is None
     assert "kappa_u" not in {line.get_gid() for line in sharpness_figure(none).axes[0].get_lines()}
+
+
+def test_each_ratio_names_its_own_edge() -> None:
+    """λ/edge and κ_u/edge name the edge they divide by: Adam's as its multiple of 1/η, 2·edge/(2/η)."""
+    def legend(rule: str, edge: float, adam: bool) -> list[str]:
+        fig = sharpness_figure(run(rule, edge, adam=adam), ratio=True)
+        return [t.get_text() for t in fig.axes[0].get_legend().get_texts()][1:]  # after the band
+
+    assert legend("adam_edge", 3800.0, True) == ["λ(P⁻¹H)_max/(380/η)", "κ_u^P/(380/η) (hvp)"]
+    assert legend("momentum_edge", 38.0, False) == ["λ_max/((2+2β)/η)", "κ_u/((2+2β)/η) (hvp)"]
+    assert legend("sam_edge", 20.0, False) == ["λ_max/(2/η)", "κ_u/(2/η) (hvp)"]  # ρ = 0: the edge is 2/η
+    assert legend("sam_edge", 15.0, False)[0] == "λ_max/SAM-edge"

@@ -37,7 +37,7 @@ bad minimizer. Here:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,7 @@ from sharpscope.errors import ConfigError
 from sharpscope.experiments import statistics, verdicts
 from sharpscope.experiments.detectable import Assumption, plan
 from sharpscope.experiments.studies.escape import ETA, data_info, prepare_data, small_network, without_data
-from sharpscope.experiments.studies.framework import Stage, Study
+from sharpscope.experiments.studies.framework import DrawnFigures, Stage, Study
 from sharpscope.experiments.verdicts import Verdict
 from sharpscope.io import jsonsafe
 from sharpscope.io.atomic import atomic_write_bytes
@@ -426,30 +426,42 @@ def a3_verdict(comparisons: Mapping[str, Any], minimizers: int) -> dict[str, Any
             "mde": verdict.mde}
 
 
-def figures(summary: StudySummary) -> list[tuple[str, Any, dict[str, Any], str]]:
+def one_figure(summary: StudySummary, stem: str, needs: str,
+                 draw: Callable[[Mapping[str, Any]], tuple[Any, dict[str, Any]]],
+                 caption: Callable[[StudySummary, Mapping[str, Any]], str]) -> DrawnFigures:
+    """The one figure ``stem`` of an escape study: ``draw`` over the summary's results (the figure and its
+    plotted numbers) and ``caption(summary, plan)`` with the design the study prepared (``data.plan``); none
+    while the results lack ``needs`` (the study has not run)."""
+    if not summary.results.get(needs):
+        return []
+    fig, plotted = draw(summary.results)
+    return [(stem, fig, plotted, caption(summary, (summary.data or {}).get("plan") or {}))]
+
+
+def figures(summary: StudySummary) -> DrawnFigures:
     """tr(H), Jacobian trace and test accuracy of SA and each arm at equal loss, and the differences."""
     from sharpscope.plots.escape_a3 import a3_figure
 
-    results = summary.results
-    if not results.get("comparisons"):
-        return []
-    fig, data = a3_figure(results)
-    info = summary.data or {}
-    design = info.get("plan") or {}
-    caption = (f"A3 at equal training loss, from {results['A3']['minimizers']} bad minimizers (pre-training seeds "
-               f"{', '.join(results['minimizers'])}; every arm from minimizer m uses seed m, so the arms of one "
-               f"minimizer see the same batches); η = {design.get('eta')}, η′ = {design.get('lr_perturb')} and "
-               f"ρ = {design.get('rho')} for RS and SA. Top: tr(H) (Hutch++, the same probes for every model; error "
-               "bars ± one Hutch++ stderr), the exact Jacobian trace and test accuracy (error bars: the 95% "
-               "Wilson interval on the test set) of SA and each arm at the matched point, grey lines joining the two readings from one "
-               "minimizer. Bottom: SA − arm per minimizer (tr(H) from the shared Hutchinson probes) and the mean with "
-               "its 95% paired interval over minimizers. Scale "
-               f"'{summary.scale}' ({info.get('clean_examples')} training inputs of shape "
-               f"{'×'.join(map(str, info.get('input_shape') or []))} from {info.get('source')}, a small version of the "
-               "paper's experiment); measured "
-               f"on CPU. Command: sharpscope reproduce escape-a3 --scale {summary.scale} --out runs/escape-a3 "
-               "--figures figures.")
-    return [("matched", fig, data, caption)]
+    return one_figure(summary, "matched", "comparisons", a3_figure, caption)
+
+
+def caption(summary: StudySummary, design: Mapping[str, Any]) -> str:
+    """The caption of :func:`figures`: the minimizers, η, η′ and ρ of ``design``, what each panel draws, the scale
+    and the data."""
+    results, info = summary.results, summary.data or {}
+    return (f"A3 at equal training loss, from {results['A3']['minimizers']} bad minimizers (pre-training seeds "
+            f"{', '.join(results['minimizers'])}; every arm from minimizer m uses seed m, so the arms of one "
+            f"minimizer see the same batches); η = {design.get('eta')}, η′ = {design.get('lr_perturb')} and "
+            f"ρ = {design.get('rho')} for RS and SA. Top: tr(H) (Hutch++, the same probes for every model; error "
+            "bars ± one Hutch++ stderr), the exact Jacobian trace and test accuracy (error bars: the 95% "
+            "Wilson interval on the test set) of SA and each arm at the matched point, grey lines joining the two readings from one "
+            "minimizer. Bottom: SA − arm per minimizer (tr(H) from the shared Hutchinson probes) and the mean with "
+            "its 95% paired interval over minimizers. Scale "
+            f"'{summary.scale}' ({info.get('clean_examples')} training inputs of shape "
+            f"{'×'.join(map(str, info.get('input_shape') or []))} from {info.get('source')}, a small version of the "
+            "paper's experiment); measured "
+            f"on CPU. Command: sharpscope reproduce escape-a3 --scale {summary.scale} --out runs/escape-a3 "
+            "--figures figures.")
 
 
 STUDY = Study("escape-a3", ("A3",), stages, evaluate, prepare=prepare, draw=figures, detectable=detectable,

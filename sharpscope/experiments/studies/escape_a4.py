@@ -38,12 +38,13 @@ from sharpscope.experiments.studies.escape_a3 import (
     brief,
     compare,
     comparison_verdict,
+    one_figure,
     reading,
     rejudged,
     sa_step_at,
     stage,
 )
-from sharpscope.experiments.studies.framework import Stage, Study
+from sharpscope.experiments.studies.framework import DrawnFigures, Stage, Study
 from sharpscope.experiments.verdicts import Verdict
 from sharpscope.io.studysummary import StudySummary
 from sharpscope.track import RunDirectory, TrainConfig
@@ -279,26 +280,26 @@ def form_verdict(ordering: Verdict, gone: Mapping[int, Sequence[int]], one: int)
                           f"minimizer's): {which}; at the end {ordering.text()}")
 
 
-def figures(summary: StudySummary) -> list[tuple[str, Any, dict[str, Any], str]]:
+def figures(summary: StudySummary) -> DrawnFigures:
     """tr(H), tr(H)/L and the training loss at each run's end against B, per minimizer and form."""
     from sharpscope.plots.escape_a4 import a4_figure
 
+    return one_figure(summary, "batches", "readings", a4_figure, caption)
+
+
+def caption(summary: StudySummary, design: Mapping[str, Any]) -> str:
+    """The caption of :func:`figures`: the minimizers, batches, ρ, η′, steps and η of ``design``, what each panel
+    draws and the scale."""
     results = summary.results
-    if not results.get("readings"):
-        return []
-    fig, data = a4_figure(results)
-    info = summary.data or {}
-    design = info.get("plan") or {}
-    caption = (f"A4 from {len(results['minimizers'])} bad minimizers of escape-a3 (seeds "
-               f"{', '.join(map(str, results['minimizers']))}): SA with perturbation batch B ∈ "
-               f"{{{', '.join(map(str, results['batches']))}}} at ρ = {design.get('rho')} and η′ = "
-               f"{design.get('lr_perturb')} unscaled (solid) and scaled by √(B/{results['batches'][-1]}) (dashed), "
-               f"{(design.get('sizes') or {}).get('steps')} steps at η = {design.get('eta')}; each run read at its "
-               "end with the probes every model shares. Left: tr(H) (Hutch++); middle: tr(H)/L (the loss scale of "
-               "cross entropy removed; log scale); right: the training loss (log scale). One colour per minimizer. Scale "
-               f"'{summary.scale}'; measured on CPU. Command: sharpscope reproduce escape-a4 --scale "
-               f"{summary.scale} --out runs/escape-a4 --figures figures.")
-    return [("batches", fig, data, caption)]
+    return (f"A4 from {len(results['minimizers'])} bad minimizers of escape-a3 (seeds "
+            f"{', '.join(map(str, results['minimizers']))}): SA with perturbation batch B ∈ "
+            f"{{{', '.join(map(str, results['batches']))}}} at ρ = {design.get('rho')} and η′ = "
+            f"{design.get('lr_perturb')} unscaled (solid) and scaled by √(B/{results['batches'][-1]}) (dashed), "
+            f"{(design.get('sizes') or {}).get('steps')} steps at η = {design.get('eta')}; each run read at its "
+            "end with the probes every model shares. Left: tr(H) (Hutch++); middle: tr(H)/L (the loss scale of "
+            "cross entropy removed; log scale); right: the training loss (log scale). One colour per minimizer. Scale "
+            f"'{summary.scale}'; measured on CPU. Command: sharpscope reproduce escape-a4 --scale "
+            f"{summary.scale} --out runs/escape-a4 --figures figures.")
 
 
 STUDY = Study("escape-a4", ("A4",), stages, evaluate, prepare=prepare, draw=figures, detectable=detectable,

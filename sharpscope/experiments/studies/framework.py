@@ -64,6 +64,10 @@ class Figure:
     facts: Callable[[Mapping[str, Any]], str] | None = None
 
 
+DrawnFigures = list[tuple[str, Any, dict[str, Any], str]]
+"""What a study's ``draw`` gives: ``(stem, figure, plotted numbers, caption)`` for each figure."""
+
+
 @dataclass(frozen=True)
 class Study:
     """``stages(scale)``; ``evaluate({stage: run dir})`` gives the criteria; ``prepare(scale, out_dir,
@@ -78,7 +82,7 @@ class Study:
     evaluate: Callable[[Mapping[str, Path]], dict[str, Any]]
     prepare: Callable[[str, Path, Mapping[str, Any]], dict[str, Any]] | None = None
     figures: tuple[Figure, ...] = field(default=())
-    draw: Callable[[StudySummary], list[tuple[str, Any, dict[str, Any], str]]] | None = None
+    draw: Callable[[StudySummary], DrawnFigures] | None = None
     detectable: Callable[[str], list[dict[str, Any]]] | None = None
     without_data: Callable[[str], Mapping[str, str]] | None = None
 

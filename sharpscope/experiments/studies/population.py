@@ -45,7 +45,7 @@ from sharpscope.errors import ConfigError
 from sharpscope.experiments import rank_correlation as rc
 from sharpscope.experiments import statistics
 from sharpscope.experiments.recipes import cifar_data, fc, mnist1d_data
-from sharpscope.experiments.studies.framework import Build, Stage, Study
+from sharpscope.experiments.studies.framework import Build, DrawnFigures, Stage, Study
 from sharpscope.io import jsonsafe
 from sharpscope.io.atomic import atomic_write_bytes
 from sharpscope.io.records import RunSummary
@@ -56,6 +56,10 @@ from sharpscope.measures.settings import Norm
 from sharpscope.track import TrainConfig
 
 AXES = ("lr", "batch", "rho", "wd", "width")
+AXIS_NAMES = {"lr": "lr", "batch": "batch", "rho": "SAM ρ", "wd": "weight decay", "width": "width"}  # in captions
+DATASETS = {"cifar10": ("CIFAR-10", "CNN family without normalisation"), "mnist1d": ("MNIST-1D", "MLP family")}
+"""The data a run's name starts with: its name in captions and the model family trained on it."""
+SEED = 0  # of every model
 MEASURES_FILE = "population-measures.json"
 TABLE_FILE = "population-table.md"
 
@@ -126,7 +130,7 @@ def model_config(scale: str, c: Mapping[str, Any]) -> TrainConfig:
     return TrainConfig(model=model, **data, loss="ce", optimizer=optimizer, optimizer_kwargs=kwargs,
                        batch_size=c["batch"], probe_n=None, physical_batch_size=1000, steps=sc.max_steps,
                        stop_at_train_acc=sc.target, measure_every=sc.check_every, checkpoint_every=sc.check_every,
-                       seed=0, probe_seed=0, device="auto" if scale == "gpu" else "cpu",
+                       seed=SEED, probe_seed=0, device="auto" if scale == "gpu" else "cpu",
                        curvature=RUN_DEFAULTS.replace(k=1, max_iter=2))
 
 
@@ -287,21 +291,49 @@ def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
             "sam_vs_sgd": sam_pairs(models)}
 
 
-def figures(summary: StudySummary) -> list[tuple[str, Any, dict[str, Any], str]]:
-    """The study's summary figure (:func:`sharpscope.plots.population.population_figure`)."""
+def figures(summary: StudySummary) -> DrawnFigures:
+    """The study's summary figure (:func:`sharpscope.plots.population.population_figure`) with :func:`caption`."""
     from sharpscope.plots.population import population_figure
 
-    results = summary.results
-    if not (results.get("ranking") or {}).get("measures"):
+    if not (summary.results.get("ranking") or {}).get("measures"):
         return []
-    fig, data = population_figure(results)
-    devices = sorted({str(m.get("device", "?")) for m in results["models"] if m.get("reached_stop")})
+    fig, data = population_figure(summary.results)
+    return [("tau", fig, data, caption(summary))]
+
+
+def _count(n: int) -> str:
+    """``n`` with its thousands apart: ``3 000``."""
+    return f"{n:,}".replace(",", " ")
+
+
+def caption(summary: StudySummary) -> str:
+    """The figure's caption from the study's summary: the ranked models and why the others are left out, the
+    grid's varied axes, the seed and the data (the ranked models' run summaries), the intervals and the
+    permutation critical |τ| of the ranking, and the scale and devices."""
+    sc, results = SCALES[summary.scale], summary.results
+    ranking, models = results["ranking"], results["models"]
+    ranked = [m for m in models if m["reached_stop"]]
+    left_out = [m for m in models if not m["reached_stop"]]
+    why = " or ".join(reason for reason, hit in ((f"hit the {_count(sc.max_steps)}-step cap",
+                                                  any(m["status"] != "diverged" for m in left_out)),
+                                                 ("diverged", any(m["status"] == "diverged" for m in left_out))) if hit)
+    excluded = (f"{len(left_out)} of the {len(models)}-model grid {why} and {'is' if len(left_out) == 1 else 'are'} "
+                "excluded" if left_out else f"the whole {len(models)}-model grid")
+    varied = [AXIS_NAMES[a] for a in results["axes"] if len({m["axes"][a] for m in models}) > 1]
+    data = summary.stages[ranked[0]["name"]].data or {}
+    name, family = DATASETS[str(data["train"]["name"]).split("-")[0]]
+    mde = ranking["mde"]
+    devices = sorted({str(m.get("device", "?")) for m in ranked})
     where = ", ".join(d.upper() if d == "cpu" else d for d in devices)
-    caption = (f"Kendall's τ_b of each measure with the generalisation gap (train − test accuracy) and with the "
-               f"test error over {results['ranking']['n']} models trained to a fixed training accuracy, with "
-               "bootstrap 95% intervals; the band is the smallest |τ| the population can detect. Right: the "
-               f"best- and worst-ranking measures against the gap. Scale '{summary.scale}'; measured on {where}.")
-    return [("tau", fig, data, caption)]
+    return (f"Kendall's τ_b of each measure with the generalisation gap (train − test accuracy) and with the test error "
+            f"over the {ranking['n']} models that reached {sc.target:.0%} training accuracy ({excluded}); the grid is "
+            f"{' × '.join(varied)}, one seed ({SEED}) per configuration, {_count(data['train']['examples'])} {name} "
+            f"training images, {_count(data['test']['examples'])} test images. Segments: 95% percentile bootstrap "
+            f"intervals over models; grey band: |τ| below the {mde['level']:.0%} permutation critical value "
+            f"({mde['critical']:.2f} for {mde['n']} models), where a correlation cannot be told from 0. Right: each "
+            "model's gap against the measure with the highest and with the lowest τ with the gap. Not the papers' "
+            f"setting: one small {family}, far fewer models than Jiang et al. Scale '{summary.scale}'; measured on "
+            f"{where}.")
 
 
 def prepare(scale: str, _: Path, options: Mapping[str, Any]) -> dict[str, Any]:
