@@ -64,12 +64,14 @@ class ShuffledLoader:
             self._perm = perm.to(self.dataset.device)
         return self._perm
 
+    def _roll_over(self) -> None:
+        """Start the next epoch (a new permutation at first use) when the current one is used up."""
+        if self._position >= len(self):
+            self.epoch, self._position, self._perm = self.epoch + 1, 0, None
+
     def next_batch(self) -> tuple[Tensor, Tensor]:
         """The next batch, starting a new epoch when the current one is used up."""
-        if self._position >= len(self):
-            self.epoch += 1
-            self._position = 0
-            self._perm = None
+        self._roll_over()
         perm = self._ensure_epoch()
         i = self._position * self.batch_size
         idx = perm[i:i + self.batch_size]
@@ -78,10 +80,7 @@ class ShuffledLoader:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         """The remaining batches of the current epoch (a full epoch if it is finished)."""
-        if self._position >= len(self):
-            self.epoch += 1
-            self._position = 0
-            self._perm = None
+        self._roll_over()
         while self._position < len(self):
             yield self.next_batch()
 
