@@ -266,14 +266,11 @@ def clean_errors(fn: Callable[..., None]) -> Callable[..., None]:
         try:
             with sigterm_as_interrupt():
                 fn(*args, **kwargs)
-        except Terminated:
-            err.print("terminated (SIGTERM); files already written are intact (a training run resumes when the "
-                      "same command is run again)", highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_TERMINATED) from None
-        except KeyboardInterrupt:
-            err.print("interrupted; files already written are intact (a training run resumes when the same "
-                      "command is run again)", highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except KeyboardInterrupt as e:
+            terminated = isinstance(e, Terminated)
+            err.print(f"{'terminated (SIGTERM)' if terminated else 'interrupted'}; files already written are intact "
+                      "(a training run resumes when the same command is run again)", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED) from None
         except Exception as e:
             line = error_line(e, command_flags(fn))
             if line is None:
