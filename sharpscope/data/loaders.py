@@ -10,7 +10,7 @@ from torch import Tensor
 
 from sharpscope.data.dataset import ArrayDataset
 from sharpscope.errors import ConfigError
-from sharpscope.validation import check_int
+from sharpscope.validation import check_int, check_type
 
 
 def batches(dataset: ArrayDataset, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
@@ -39,8 +39,7 @@ class ShuffledLoader:
     def __init__(self, dataset: ArrayDataset, batch_size: int, generator: torch.Generator, drop_last: bool = False,
                  device: torch.device | str | None = None) -> None:
         check_int("batch_size", batch_size, low=1)
-        if not isinstance(generator, torch.Generator):
-            raise ConfigError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        check_type("generator", generator, torch.Generator, "a torch.Generator")
         if drop_last and batch_size > len(dataset):
             raise ConfigError(f"drop_last with batch_size {batch_size} > {len(dataset)} examples yields no batch")
         self.dataset = dataset if device is None else dataset.to(device)

@@ -10,15 +10,14 @@ import torch
 from torch import Tensor
 
 from sharpscope.data.dataset import ArrayDataset
-from sharpscope.errors import ConfigError, DataError
-from sharpscope.validation import check_choice, check_int, check_real, check_seed
+from sharpscope.errors import DataError
+from sharpscope.validation import check_choice, check_int, check_real, check_seed, check_type
 
 _CHUNK = 4096
 
 
 def _check_generator(generator: torch.Generator) -> None:
-    if not isinstance(generator, torch.Generator):
-        raise ConfigError(f"generator must be a torch.Generator (explicit seeds), got {type(generator).__name__}")
+    check_type("generator", generator, torch.Generator, "a torch.Generator (explicit seeds)")
 
 
 def label_noise(y: Tensor, p: float, num_classes: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
