@@ -57,13 +57,9 @@ OVERLAYS: dict[str, list[str]] = {
 
 def _number(value: Any) -> float | None:
     """A record value as a float (booleans as 0/1, the stored ``"NaN"``/``"Infinity"`` strings decoded); None otherwise."""
-    if isinstance(value, bool):
+    if isinstance(value, (bool, int, float)):
         return float(value)
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str) and value in jsonsafe.NONFINITE:
-        return jsonsafe.NONFINITE[value]
-    return None
+    return jsonsafe.NONFINITE.get(value) if isinstance(value, str) else None
 
 
 def _tagged(pairs: Iterable[tuple[str, Any]]) -> dict[str, float]:
