@@ -58,106 +58,24 @@ def use_data_root(path: Path | None) -> None:
 
 
 # ------------------------------------------------------------------------------------- choices
-class Loss(str, Enum):
-    ce = "ce"
-    mse = "mse"
-    mse_mean = "mse-mean"
-    token_ce = "token-ce"
-
-
-class BN(str, Enum):
-    eval = "eval"
-    batch = "batch"
-
-
-class HVPMode(str, Enum):
-    auto = "auto"
-    fwd_rev = "fwd-rev"
-    rev_rev = "rev-rev"
-    fd = "fd"
-
-
-class Operator(str, Enum):
-    hessian = "hessian"
-    ggn = "ggn"
-    ef = "ef"
-
-
-class Shard(str, Enum):
-    data = "data"
-    fsdp = "fsdp"
-
-
-class SharpnessNorm(str, Enum):
-    l2 = "l2"
-    linf = "linf"
-
-
-class OutputTrace(str, Enum):
-    exact = "exact"
-    hutchinson = "hutchinson"
-    hutchpp = "hutch++"
-
-
-class Stop(str, Enum):
-    residual = "residual"
-    eigenvalue = "eigenvalue"
-
-
-class TraceMethod(str, Enum):
-    hutchpp = "hutch++"
-    hutchinson = "hutchinson"
-
-
-class ProductPrecision(str, Enum):
-    strict = "strict"
-    tf32 = "tf32"
-    bf16 = "bf16"
-
-
-class BasisLocation(str, Enum):
-    device = "device"
-    host = "host"
-
-
-class DType(str, Enum):
-    float32 = "float32"
-    float64 = "float64"
-
-
-class ProbeDType(str, Enum):
-    float32 = "float32"
-    float64 = "float64"
-    bfloat16 = "bfloat16"
-
-
-class WeightPrecision(str, Enum):
-    upcast = "upcast"
-    native = "native"
-
-
-class Scale(str, Enum):
-    smoke = "smoke"
-    cpu = "cpu"
-    gpu = "gpu"
-
-
-class DirectionKind(str, Enum):
-    eig = "eig"
-    random = "random"
-    pca = "pca"
-    interp = "interp"
-
-
-class Normalization(str, Enum):
-    filter = "filter"
-    layer = "layer"
-
-
-class GridMethod(str, Enum):
-    auto = "auto"
-    vmap = "vmap"
-    loop = "loop"
+Loss = Enum("Loss", {"ce": "ce", "mse": "mse", "mse_mean": "mse-mean", "token_ce": "token-ce"}, type=str)
+BN = Enum("BN", {"eval": "eval", "batch": "batch"}, type=str)
+HVPMode = Enum("HVPMode", {"auto": "auto", "fwd_rev": "fwd-rev", "rev_rev": "rev-rev", "fd": "fd"}, type=str)
+Operator = Enum("Operator", {"hessian": "hessian", "ggn": "ggn", "ef": "ef"}, type=str)
+Shard = Enum("Shard", {"data": "data", "fsdp": "fsdp"}, type=str)
+SharpnessNorm = Enum("SharpnessNorm", {"l2": "l2", "linf": "linf"}, type=str)
+OutputTrace = Enum("OutputTrace", {"exact": "exact", "hutchinson": "hutchinson", "hutchpp": "hutch++"}, type=str)
+Stop = Enum("Stop", {"residual": "residual", "eigenvalue": "eigenvalue"}, type=str)
+TraceMethod = Enum("TraceMethod", {"hutchpp": "hutch++", "hutchinson": "hutchinson"}, type=str)
+ProductPrecision = Enum("ProductPrecision", {"strict": "strict", "tf32": "tf32", "bf16": "bf16"}, type=str)
+BasisLocation = Enum("BasisLocation", {"device": "device", "host": "host"}, type=str)
+DType = Enum("DType", {"float32": "float32", "float64": "float64"}, type=str)
+ProbeDType = Enum("ProbeDType", {"float32": "float32", "float64": "float64", "bfloat16": "bfloat16"}, type=str)
+WeightPrecision = Enum("WeightPrecision", {"upcast": "upcast", "native": "native"}, type=str)
+Scale = Enum("Scale", {"smoke": "smoke", "cpu": "cpu", "gpu": "gpu"}, type=str)
+DirectionKind = Enum("DirectionKind", {"eig": "eig", "random": "random", "pca": "pca", "interp": "interp"}, type=str)
+Normalization = Enum("Normalization", {"filter": "filter", "layer": "layer"}, type=str)
+GridMethod = Enum("GridMethod", {"auto": "auto", "vmap": "vmap", "loop": "loop"}, type=str)
 
 
 #: Each field of ``sharpscope.measures.SharpnessSettings`` and the ``probe`` flag that sets it (the seed
@@ -348,14 +266,11 @@ def clean_errors(fn: Callable[..., None]) -> Callable[..., None]:
         try:
             with sigterm_as_interrupt():
                 fn(*args, **kwargs)
-        except Terminated:
-            err.print("terminated (SIGTERM); files already written are intact (a training run resumes when the "
-                      "same command is run again)", highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_TERMINATED) from None
-        except KeyboardInterrupt:
-            err.print("interrupted; files already written are intact (a training run resumes when the same "
-                      "command is run again)", highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except KeyboardInterrupt as e:
+            terminated = isinstance(e, Terminated)
+            err.print(f"{'terminated (SIGTERM)' if terminated else 'interrupted'}; files already written are intact "
+                      "(a training run resumes when the same command is run again)", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED) from None
         except Exception as e:
             line = error_line(e, command_flags(fn))
             if line is None:

@@ -49,7 +49,7 @@ from sharpscope.curvature.operators.objective import LossFn, Objective, ParamSel
 from sharpscope.curvature.results import EigenResult, TraceResult, float_list
 from sharpscope.curvature.settings import DEFAULTS, CurvatureSettings
 from sharpscope.errors import ConfigError
-from sharpscope.validation import check_bool, check_seed, offset_seed
+from sharpscope.validation import check_bool, check_seed, check_type, offset_seed
 
 LayerGrouping = Literal["module"] | int | Mapping[str, ParamSelector]
 Progress = Callable[[str, int, int], None]
@@ -164,8 +164,7 @@ def per_layer_curvature(model: nn.Module, loss_fn: LossFn, data: object, *, grou
     reproduces a probe). ``progress(stage, done, total)`` is called after every product, one stage
     per group and measurement.
     """
-    if not isinstance(settings, CurvatureSettings):
-        raise ConfigError(f"settings must be a CurvatureSettings, got {type(settings).__name__}", argument="settings")
+    check_type("settings", settings, CurvatureSettings, "a CurvatureSettings")
     check_bool("trace", trace)
     check_seed("seed", seed)
     estimator = trace_estimator(settings.trace_method)

@@ -44,7 +44,7 @@ from torch import Tensor
 from sharpscope.data._npz import check_labels, read_npz
 from sharpscope.data.dataset import ArrayDataset
 from sharpscope.errors import ConfigError, DataError
-from sharpscope.validation import check_int
+from sharpscope.validation import check_choice, check_int
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -253,8 +253,7 @@ def _standardize(x_nhwc: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.nd
 def _load(path: str | Path, dataset: str, *, train: bool, n: int | None, standardize: Standardize,
           flatten: bool, label_key: str, channel_stats: Any, feature_stats: Any) -> ArrayDataset:
     check_int("n", n, low=1, optional=True)
-    if standardize not in ("channel", "feature", None):
-        raise ConfigError(f"standardize must be 'channel', 'feature' or None, got {standardize!r}")
+    check_choice("standardize", standardize, ("channel", "feature", None))
     path = Path(path).expanduser()
     own_stats = standardize == "feature" and feature_stats is None
     split = _read_split(path, dataset, train, None if (own_stats and train) else n, label_key)
@@ -326,7 +325,6 @@ def cifar100(path: str | Path, *, train: bool = True, n: int | None = None, stan
              channel_stats: tuple[Sequence[float], Sequence[float]] | None = None,
              feature_stats: tuple[Tensor, Tensor] | None = None) -> ArrayDataset:
     """CIFAR-100 (``fine`` 100 classes or ``coarse`` 20) from a python folder or an ``.npz``."""
-    if labels not in ("fine", "coarse"):
-        raise ConfigError(f"labels must be 'fine' or 'coarse', got {labels!r}")
+    check_choice("labels", labels, ("fine", "coarse"))
     return _load(path, "cifar100", train=train, n=n, standardize=standardize, flatten=flatten,
                  label_key=f"{labels}_labels", channel_stats=channel_stats, feature_stats=feature_stats)

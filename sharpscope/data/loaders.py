@@ -10,7 +10,7 @@ from torch import Tensor
 
 from sharpscope.data.dataset import ArrayDataset
 from sharpscope.errors import ConfigError
-from sharpscope.validation import check_int
+from sharpscope.validation import check_int, check_type
 
 
 def batches(dataset: ArrayDataset, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
@@ -39,8 +39,7 @@ class ShuffledLoader:
     def __init__(self, dataset: ArrayDataset, batch_size: int, generator: torch.Generator, drop_last: bool = False,
                  device: torch.device | str | None = None) -> None:
         check_int("batch_size", batch_size, low=1)
-        if not isinstance(generator, torch.Generator):
-            raise ConfigError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        check_type("generator", generator, torch.Generator, "a torch.Generator")
         if drop_last and batch_size > len(dataset):
             raise ConfigError(f"drop_last with batch_size {batch_size} > {len(dataset)} examples yields no batch")
         self.dataset = dataset if device is None else dataset.to(device)
@@ -64,12 +63,14 @@ class ShuffledLoader:
             self._perm = perm.to(self.dataset.device)
         return self._perm
 
+    def _roll_over(self) -> None:
+        """Start the next epoch (a new permutation at first use) when the current one is used up."""
+        if self._position >= len(self):
+            self.epoch, self._position, self._perm = self.epoch + 1, 0, None
+
     def next_batch(self) -> tuple[Tensor, Tensor]:
         """The next batch, starting a new epoch when the current one is used up."""
-        if self._position >= len(self):
-            self.epoch += 1
-            self._position = 0
-            self._perm = None
+        self._roll_over()
         perm = self._ensure_epoch()
         i = self._position * self.batch_size
         idx = perm[i:i + self.batch_size]
@@ -78,10 +79,7 @@ class ShuffledLoader:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         """The remaining batches of the current epoch (a full epoch if it is finished)."""
-        if self._position >= len(self):
-            self.epoch += 1
-            self._position = 0
-            self._perm = None
+        self._roll_over()
         while self._position < len(self):
             yield self.next_batch()
 

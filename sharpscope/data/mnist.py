@@ -26,19 +26,17 @@ import torch
 
 from sharpscope.data._npz import check_labels, read_npz
 from sharpscope.data.dataset import ArrayDataset
-from sharpscope.errors import ConfigError, DataError
-from sharpscope.validation import check_int
+from sharpscope.errors import DataError
+from sharpscope.validation import check_choice, check_int
 
 
 def mnist_npz(path: str | Path, *, n: int | None = None, flatten: bool = True,
               center: Literal["scalar", "feature"] | None = "scalar",
               order: Literal["file", "interleave"] = "file") -> ArrayDataset:
     """MNIST images as float32 (N, 784) (or (N, 1, 28, 28) with ``flatten=False``), int64 labels."""
-    if order not in ("file", "interleave"):
-        raise ConfigError(f"order must be 'file' or 'interleave', got {order!r}")
+    check_choice("order", order, ("file", "interleave"))
     check_int("n", n, low=1, optional=True)
-    if center not in ("scalar", "feature", None):
-        raise ConfigError(f"center must be 'scalar', 'feature' or None, got {center!r}")
+    check_choice("center", center, ("scalar", "feature", None))
     path = Path(path).expanduser()
     arrays = read_npz(path, ("x", "y"))
     x = arrays["x"]

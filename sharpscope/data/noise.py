@@ -10,15 +10,14 @@ import torch
 from torch import Tensor
 
 from sharpscope.data.dataset import ArrayDataset
-from sharpscope.errors import ConfigError, DataError
-from sharpscope.validation import check_int, check_real, check_seed
+from sharpscope.errors import DataError
+from sharpscope.validation import check_choice, check_int, check_real, check_seed, check_type
 
 _CHUNK = 4096
 
 
 def _check_generator(generator: torch.Generator) -> None:
-    if not isinstance(generator, torch.Generator):
-        raise ConfigError(f"generator must be a torch.Generator (explicit seeds), got {type(generator).__name__}")
+    check_type("generator", generator, torch.Generator, "a torch.Generator (explicit seeds)")
 
 
 def label_noise(y: Tensor, p: float, num_classes: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -103,8 +102,7 @@ def confusion_set(x: Tensor | ArrayDataset, num_classes: int, *, copies: int = 1
     check_int("num_classes", num_classes, low=2)
     check_int("copies", copies, low=1)
     zero_frac = check_real("zero_frac", zero_frac, low=0.0, high=1.0)
-    if mode not in ("pixel", "entry"):
-        raise ConfigError(f"mode must be 'pixel' or 'entry', got {mode!r}")
+    check_choice("mode", mode, ("pixel", "entry"))
     n = x.shape[0]
     if mode == "pixel" and x.dim() == 4:
         mask_shape = (1, *x.shape[2:])  # broadcast over channels

@@ -16,7 +16,7 @@ from torch import Tensor
 from sharpscope.curvature.operators.objective import Objective
 from sharpscope.curvature.sampling import make_generator
 from sharpscope.errors import ConfigError
-from sharpscope.measures.perturbed import Counter, PerturbedLoss, draw, example_batches, perturbation_scale
+from sharpscope.measures.perturbed import Counter, PerturbedLoss, Reading, draw, example_batches, perturbation_scale
 from sharpscope.measures.settings import FIELDS_USED, SharpnessSettings
 
 #: PAC-Bayes σ bracket: the first trial σ (relative to |w| in the magnitude-aware form), and the doublings allowed to reach the target.
@@ -36,8 +36,7 @@ def _draws(settings: SharpnessSettings, gen: torch.Generator, dim: int, like: Te
     return draw(gen, settings.samples, dim, "uniform", like) * settings.rho
 
 
-def average_case(objective: Objective, settings: SharpnessSettings, counter: Counter) -> tuple[
-        float, float | None, dict[str, object] | None, dict[str, object], dict[str, object]]:
+def average_case(objective: Objective, settings: SharpnessSettings, counter: Counter) -> Reading:
     """``E_z L(w + s ⊙ z) − L(w)`` with its Monte-Carlo standard error; for m-sharpness the mean over
     sets of ``m`` examples of each set's estimate, with the standard error over the sets (which
     holds the Monte-Carlo noise of each set too)."""
@@ -64,8 +63,7 @@ def average_case(objective: Objective, settings: SharpnessSettings, counter: Cou
     return value, stderr, None, details, used
 
 
-def pac_bayes(objective: Objective, settings: SharpnessSettings, counter: Counter) -> tuple[
-        float, float | None, dict[str, object] | None, dict[str, object], dict[str, object]]:
+def pac_bayes(objective: Objective, settings: SharpnessSettings, counter: Counter) -> Reading:
     """PAC-Bayes flatness (Jiang et al. 2019): the largest ``σ`` with ``E L(w + σ s⊙z) − L(w) ≤ target``,
     ``z ~ N(0, I)``, ``s = 1`` or ``|w|`` (magnitude-aware). Found by bisection on ``σ`` with the same
     draws at every ``σ`` (common random numbers), so the estimated increase is a smooth function of

@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -33,7 +34,7 @@ from sharpscope.curvature.algorithms.trace import trace_estimator
 from sharpscope.curvature.operators.gauss_newton import GGNOperator, OutputCurvatureOperator, batch_outputs
 from sharpscope.curvature.operators.objective import Batch, Objective
 from sharpscope.errors import ConfigError
-from sharpscope.measures.perturbed import Counter
+from sharpscope.measures.perturbed import Counter, Reading
 from sharpscope.measures.settings import FIELDS_USED, SharpnessSettings
 
 #: Output elements (rows of all ``J_b``) above which the exact traces are refused: each costs a reverse pass.
@@ -64,6 +65,14 @@ def _dot(r: dict[str, Tensor], s: dict[str, Tensor]) -> Tensor:
     return sum((r[n] * s[n]).sum() for n in r)  # type: ignore[return-value]
 
 
+def _output_hessian(objective: Objective, out: Tensor, batch: Batch) -> Callable[[Tensor], tuple[Tensor]]:
+    """``E -> (H_b E,)``: products with the Hessian ``H_b = ∇²_f ℓ_b`` of the batch's loss in its outputs ``out``."""
+    def loss_of(o: Tensor) -> Tensor:
+        return objective.output_loss(o, batch)
+
+    return vjp(grad(loss_of), out)[1]
+
+
 @torch.no_grad()
 def _exact_batch(objective: Objective, params: dict[str, Tensor], batch: Batch, ggn: bool, block: int,
                  counter: Counter) -> float:
@@ -71,12 +80,7 @@ def _exact_batch(objective: Objective, params: dict[str, Tensor], batch: Batch, 
     out, pullback = vjp(lambda p: batch_outputs(objective, p, batch), params)[:2]
     out = out.detach()
     counter.forwards += 1
-    hessian = None
-    if ggn:
-        def loss_of(o: Tensor) -> Tensor:
-            return objective.output_loss(o, batch)
-
-        hessian = vjp(grad(loss_of), out)[1]
+    hessian = _output_hessian(objective, out, batch) if ggn else None
     total = torch.zeros((), dtype=torch.float64, device=out.device)
     for start in range(0, out.numel(), block):
         E = _rows(out, start, min(start + block, out.numel()))
@@ -113,11 +117,7 @@ def _per_example_batch(objective: Objective, params: dict[str, Tensor], batch: B
     if ggn:
         out = batch_outputs(objective, params, batch).detach()
         counter.forwards += 1
-
-        def loss_of(o: Tensor) -> Tensor:
-            return objective.output_loss(o, batch)
-
-        hessian = vjp(grad(loss_of), out)[1]
+        hessian = _output_hessian(objective, out, batch)
         width = out[0].numel()
     total = torch.zeros((), dtype=torch.float64, device=x.device)
     for start in range(0, n, block):
@@ -155,8 +155,7 @@ def _check_exact(objective: Objective, counter: Counter) -> None:
                           argument="trace")
 
 
-def _output_trace(objective: Objective, settings: SharpnessSettings, counter: Counter, ggn: bool) -> tuple[
-        float, float | None, dict[str, object] | None, dict[str, object], dict[str, object]]:
+def _output_trace(objective: Objective, settings: SharpnessSettings, counter: Counter, ggn: bool) -> Reading:
     if objective.closure is not None:
         raise ConfigError("the Jacobian and GGN traces need the model output; this objective's loss is a closure "
                           "(give loss_fn with forward=/output= instead)")
@@ -199,13 +198,11 @@ def _output_trace(objective: Objective, settings: SharpnessSettings, counter: Co
     return result.estimate, stderr, None, details, used
 
 
-def jacobian_trace(objective: Objective, settings: SharpnessSettings, counter: Counter) -> tuple[
-        float, float | None, dict[str, object] | None, dict[str, object], dict[str, object]]:
+def jacobian_trace(objective: Objective, settings: SharpnessSettings, counter: Counter) -> Reading:
     """``(1/N) Σ_i ‖∂f(x_i)/∂w‖_F²`` (see the module docstring)."""
     return _output_trace(objective, settings, counter, ggn=False)
 
 
-def ggn_trace(objective: Objective, settings: SharpnessSettings, counter: Counter) -> tuple[
-        float, float | None, dict[str, object] | None, dict[str, object], dict[str, object]]:
+def ggn_trace(objective: Objective, settings: SharpnessSettings, counter: Counter) -> Reading:
     """``tr G = Σ_b (n_b/N) tr(J_bᵀ ∇²_f ℓ_b J_b)`` (see the module docstring)."""
     return _output_trace(objective, settings, counter, ggn=True)

@@ -33,6 +33,10 @@ def weights_restored(model: nn.Module) -> Iterator[None]:
                     t.copy_(before)
 
 
+#: What a measure returns: ``(value, stderr, convergence, details, settings used)``.
+Reading = tuple[float, float | None, dict[str, object] | None, dict[str, object], dict[str, object]]
+
+
 class Counter:
     """Model calls on one batch each: forward and backward passes."""
 

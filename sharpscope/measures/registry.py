@@ -10,15 +10,14 @@ from sharpscope.curvature.sampling import Stopwatch
 from sharpscope.errors import ConfigError
 from sharpscope.measures.average_case import average_case, pac_bayes
 from sharpscope.measures.output_traces import ggn_trace, jacobian_trace
-from sharpscope.measures.perturbed import Counter, weights_restored
+from sharpscope.measures.perturbed import Counter, Reading, weights_restored
 from sharpscope.measures.result import SharpnessResult
 from sharpscope.measures.settings import DEFAULTS, SharpnessSettings
 from sharpscope.measures.worst_case import keskar, worst_case
 from sharpscope.validation import check_type
 
 #: ``(objective, settings, counter) -> (value, stderr, convergence, details, settings used)``.
-MeasureFn = Callable[[Objective, SharpnessSettings, Counter], tuple[
-    float, "float | None", "dict[str, object] | None", dict[str, object], dict[str, object]]]
+MeasureFn = Callable[[Objective, SharpnessSettings, Counter], Reading]
 
 MEASURES: dict[str, MeasureFn] = {
     "worst": worst_case,

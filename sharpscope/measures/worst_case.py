@@ -23,6 +23,7 @@ from sharpscope.curvature.sampling import make_generator
 from sharpscope.measures.perturbed import (
     Counter,
     PerturbedLoss,
+    Reading,
     example_batches,
     perturbation_scale,
 )
@@ -147,8 +148,7 @@ def _merged(records: list[dict[str, object]]) -> dict[str, object]:
             "last_gain_window": first["last_gain_window"]}
 
 
-def worst_case(objective: Objective, settings: SharpnessSettings, counter: Counter) -> tuple[
-        float, float | None, dict[str, object], dict[str, object], dict[str, object]]:
+def worst_case(objective: Objective, settings: SharpnessSettings, counter: Counter) -> Reading:
     """``max_{‖z‖_p≤ρ} L(w + s ⊙ z) − L(w)`` (``s = |w|`` when adaptive), averaged over sets of ``m``
     examples for m-sharpness (standard error over the sets)."""
     kind = "adaptive" if settings.adaptive else "plain"
@@ -163,8 +163,7 @@ def worst_case(objective: Objective, settings: SharpnessSettings, counter: Count
     return value, stderr, _merged(records), details, used
 
 
-def keskar(objective: Objective, settings: SharpnessSettings, counter: Counter) -> tuple[
-        float, float | None, dict[str, object], dict[str, object], dict[str, object]]:
+def keskar(objective: Objective, settings: SharpnessSettings, counter: Counter) -> Reading:
     """Keskar et al. (2017): ``100 · (max_{δ∈C_ε} L(w + δ) − L(w)) / (1 + L(w))`` on the box
     ``C_ε = {|δ_i| ≤ ε(|w_i| + 1)}`` (ℓ∞ ascent on ``z`` with ``δ = (|w| + 1) ⊙ z``, ``‖z‖_∞ ≤ ε``)."""
     bases, maxima, records = _over_sets(objective, settings, "keskar", settings.epsilon, "linf", None, counter)

@@ -11,7 +11,7 @@ from sharpscope.errors import ConfigError
 from sharpscope.models._layers import NORMS, check_norm, int_list, norm2d
 from sharpscope.models._layers import activation as make_activation
 from sharpscope.models.registry import register_model
-from sharpscope.validation import check_int
+from sharpscope.validation import check_choice, check_int
 
 
 class CNN(nn.Module):
@@ -49,8 +49,7 @@ def cnn(in_channels: int, num_classes: int, channels: Sequence[int] = (32, 32), 
     channels = int_list(channels, "channels")
     image_size = check_int("image_size", image_size, low=1)
     check_norm(norm, NORMS)
-    if pool not in ("max", "avg"):
-        raise ConfigError(f"unknown pool {pool!r}; valid: 'max', 'avg'")
+    check_choice("pool", pool, ("max", "avg"))
     if image_size >> len(channels) < 1:
         raise ConfigError(f"image_size {image_size} is too small for {len(channels)} 2x2 poolings")
     return CNN(in_channels, num_classes, channels, activation, norm, pool, image_size)

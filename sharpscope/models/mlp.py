@@ -7,11 +7,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from sharpscope.errors import ConfigError, DataError
+from sharpscope.errors import DataError
 from sharpscope.models._layers import activation as make_activation
 from sharpscope.models._layers import int_list
 from sharpscope.models.registry import register_model
-from sharpscope.validation import check_bool, check_int
+from sharpscope.validation import check_bool, check_choice, check_int
 
 
 class MLP(nn.Module):
@@ -49,8 +49,7 @@ def mlp(in_features: int, num_classes: int, widths: Sequence[int] = (200, 200), 
     in_features = check_int("in_features", in_features, low=1)
     num_classes = check_int("num_classes", num_classes, low=1)
     widths = int_list(widths, "widths", allow_empty=True)
-    if init not in ("torch", "glorot_normal"):
-        raise ConfigError(f"unknown init {init!r}; valid: 'torch', 'glorot_normal'")
+    check_choice("init", init, ("torch", "glorot_normal"))
     check_bool("bias", bias)
     check_bool("flatten", flatten)
     model = MLP(in_features, num_classes, widths, activation, bias, flatten)

@@ -67,8 +67,7 @@ def maybe_no_sync(model: nn.Module | None) -> Iterator[None]:
 
 def make_generator(generator: torch.Generator | None, seed: int) -> torch.Generator:
     """The given CPU generator, or a fresh one seeded with ``seed`` (never the global RNG)."""
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise ConfigError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    check_type("generator", generator, torch.Generator, "a torch.Generator", optional=True)
     return sampling.make_generator(generator if generator is not None else check_seed("seed", seed))
 
 

@@ -71,7 +71,7 @@ from sharpscope.optim._base import (
     require_closure,
 )
 from sharpscope.optim.batchnorm import frozen_bn_stats, running_stats_restored_on_error
-from sharpscope.validation import check_bool, check_int, check_real
+from sharpscope.validation import check_bool, check_choice, check_int, check_real
 
 __all__ = ["BATCH_SCALINGS", "PERTURBATION_BATCHES", "RS", "SA", "StepRecord", "batch_scaled", "sample_unit_sphere"]
 
@@ -95,8 +95,7 @@ def batch_scaled(rho: float, lr_perturb: float, batch: int, reference_batch: int
     >>> batch_scaled(0.05, 0.01, 32, 128, "rho+lr")
     (0.025, 0.005)
     """
-    if rule not in BATCH_SCALINGS:
-        raise ConfigError(f"batch_scaling must be one of {', '.join(BATCH_SCALINGS)}; got {rule!r}")
+    check_choice("batch_scaling", rule, BATCH_SCALINGS)
     factor = math.sqrt(check_int("batch", batch, low=1) / check_int("reference_batch", reference_batch, low=1))
     if rule == "none":
         return rho, lr_perturb
@@ -139,8 +138,7 @@ class _RandomPerturbation(PerturbedOptimizer):
                            ("inclusive", inclusive), ("include_gradient_step", include_gradient_step),
                            ("difference", difference)):
             check_bool(name, flag)
-        if perturbation_batch not in PERTURBATION_BATCHES:
-            raise ConfigError(f"perturbation_batch must be 'same' or 'independent', got {perturbation_batch!r}")
+        check_choice("perturbation_batch", perturbation_batch, PERTURBATION_BATCHES)
         self.project, self.tolerance_branch = project, tolerance_branch
         self.inclusive, self.include_gradient_step = inclusive, include_gradient_step
         self.perturbation_batch, self.difference = perturbation_batch, difference

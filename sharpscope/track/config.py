@@ -262,8 +262,7 @@ class TrainConfig:
         resolve_method(self.update_curvature)
         check_bool("keep_checkpoints", self.keep_checkpoints)
         check_logs(self.log)
-        if self.dtype not in ("float32", "float64"):
-            raise ConfigError(f"dtype must be float32 or float64, got {self.dtype!r}", argument="dtype")
+        check_choice("dtype", self.dtype, ("float32", "float64"))
         if not isinstance(self.device, str) or not self.device:
             raise ConfigError(f"device must be a string like cpu, cuda, cuda:1 or auto, got {self.device!r}",
                               argument="device")

@@ -127,7 +127,7 @@ class CSVSink:
 
     def __call__(self, record: AnyRecord) -> None:
         """Append ``record`` as a CSV row, widening the header when new fields appear."""
-        flat = {k: "" if v is None else v for k, v in flatten_record(record).items()}
+        flat = self._row(record)
         new = [k for k in flat if k not in self.columns]
         if new or not self.path.is_file():
             self._rewrite([*self.columns, *new], flat)
@@ -141,26 +141,28 @@ class CSVSink:
         their keys first appear: what it holds after those records alone (a resumed run's kept records;
         ``step``, its checkpoint, is implied by them)."""
         del step
-        flats = [{k: "" if v is None else v for k, v in flatten_record(r).items()} for r in records]
-        columns = list(dict.fromkeys(key for flat in flats for key in flat))
-        text = io.StringIO()
-        writer = csv.DictWriter(text, columns, restval="")
-        if columns:
-            writer.writeheader()
-        writer.writerows(flats)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.path, text.getvalue().encode("utf-8"))
-        self.columns = columns
+        flats = [self._row(r) for r in records]
+        self._write(list(dict.fromkeys(key for flat in flats for key in flat)), flats)
+
+    @staticmethod
+    def _row(record: AnyRecord) -> dict[str, Any]:
+        """The flattened record with None as an empty cell."""
+        return {k: "" if v is None else v for k, v in flatten_record(record).items()}
 
     def _rewrite(self, columns: list[str], row: Mapping[str, Any]) -> None:
         rows: list[dict[str, str]] = []
         if self.path.is_file():
             with open(self.path, newline="", encoding="utf-8") as f:
                 rows = list(csv.DictReader(f))
+        self._write(columns, [*rows, row])
+
+    def _write(self, columns: list[str], rows: Sequence[Mapping[str, Any]]) -> None:
+        """Replace the file (atomically) by a header of ``columns`` (none when empty) and ``rows``."""
         text = io.StringIO()
         writer = csv.DictWriter(text, columns, restval="")
-        writer.writeheader()
-        writer.writerows([*rows, row])
+        if columns:
+            writer.writeheader()
+        writer.writerows(rows)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.path, text.getvalue().encode("utf-8"))
         self.columns = columns

@@ -32,7 +32,7 @@ keep every number under ``kind/key`` (keys flattened by :func:`~sharpscope.track
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sharpscope.io import jsonsafe
@@ -57,77 +57,56 @@ OVERLAYS: dict[str, list[str]] = {
 
 def _number(value: Any) -> float | None:
     """A record value as a float (booleans as 0/1, the stored ``"NaN"``/``"Infinity"`` strings decoded); None otherwise."""
-    if isinstance(value, bool):
+    if isinstance(value, (bool, int, float)):
         return float(value)
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str) and value in jsonsafe.NONFINITE:
-        return jsonsafe.NONFINITE[value]
-    return None
+    return jsonsafe.NONFINITE.get(value) if isinstance(value, str) else None
 
 
-def _put(out: dict[str, float], tag: str, value: Any) -> None:
-    number = _number(value)
-    if number is not None:
-        out[tag] = number
+def _tagged(pairs: Iterable[tuple[str, Any]]) -> dict[str, float]:
+    """``{tag: number}`` of the ``(tag, value)`` pairs whose value is a number (:func:`_number`), in order."""
+    return {tag: number for tag, value in pairs if (number := _number(value)) is not None}
 
 
-def _listed(out: dict[str, float], values: Sequence[Any] | None, first: str, other: str) -> None:
+def _listed(values: Sequence[Any] | None, first: str, other: str) -> list[tuple[str, Any]]:
     """``values[0]`` as ``first``, ``values[i]`` as ``other.format(i + 1)``."""
-    if isinstance(values, (list, tuple)):
-        for i, value in enumerate(values):
-            _put(out, first if i == 0 else other.format(i + 1), value)
+    if not isinstance(values, (list, tuple)):
+        return []
+    return [(first if i == 0 else other.format(i + 1), value) for i, value in enumerate(values)]
 
 
 def _measurement(m: Measurement) -> dict[str, float]:
-    out: dict[str, float] = {}
-    _listed(out, m.eigenvalues, "sharpness/lambda_max", "sharpness/lambda_{}")
-    _listed(out, m.preconditioned_eigenvalues, "sharpness/preconditioned_lambda_max",
-            "sharpness/preconditioned_lambda_{}")
     preconditioned = m.threshold_rule == "adam_edge"  # Adam's edge bounds λ_max(P⁻¹H), not λ_max(H)
-    _put(out, "sharpness/preconditioned_edge" if preconditioned else "sharpness/edge", m.edge)
-    if m.threshold_rule not in (None, "gd_edge"):
-        _put(out, "sharpness/gd_edge", m.gd_edge)
-    _put(out, "trace", m.trace_estimate)
-    _put(out, "trace/stderr", m.trace_stderr)
-    _put(out, "trace/per_param", m.trace_per_param)
-    for tag, value in (("loss/train", m.train_loss), ("loss/test", m.test_loss), ("accuracy/train", m.train_acc),
-                       ("accuracy/test", m.test_acc), ("grad_norm", m.grad_norm), ("lanczos/converged", m.converged)):
-        _put(out, tag, value)
-    if m.residuals:
-        _put(out, "lanczos/residual", m.residuals[0])
-    _put(out, "cost/hvps", m.cost_hvps)
-    _put(out, "cost/seconds", m.cost_seconds)
-    _put(out, "alignment/grad_fraction", m.grad_fraction)
-    _listed(out, m.grad_cos, "alignment/grad_cos_1", "alignment/grad_cos_{}")
-    return out
+    return _tagged([
+        *_listed(m.eigenvalues, "sharpness/lambda_max", "sharpness/lambda_{}"),
+        *_listed(m.preconditioned_eigenvalues, "sharpness/preconditioned_lambda_max",
+                 "sharpness/preconditioned_lambda_{}"),
+        ("sharpness/preconditioned_edge" if preconditioned else "sharpness/edge", m.edge),
+        ("sharpness/gd_edge", m.gd_edge if m.threshold_rule not in (None, "gd_edge") else None),
+        ("trace", m.trace_estimate), ("trace/stderr", m.trace_stderr), ("trace/per_param", m.trace_per_param),
+        ("loss/train", m.train_loss), ("loss/test", m.test_loss), ("accuracy/train", m.train_acc),
+        ("accuracy/test", m.test_acc), ("grad_norm", m.grad_norm), ("lanczos/converged", m.converged),
+        ("lanczos/residual", m.residuals[0] if m.residuals else None),
+        ("cost/hvps", m.cost_hvps), ("cost/seconds", m.cost_seconds), ("alignment/grad_fraction", m.grad_fraction),
+        *_listed(m.grad_cos, "alignment/grad_cos_1", "alignment/grad_cos_{}"),
+    ])
 
 
 def _alignment(a: Alignment) -> dict[str, float]:
-    out: dict[str, float] = {}
-    _put(out, "alignment/update_norm", a.update_norm)
-    _put(out, "alignment/update_fraction", a.update_fraction)
-    _listed(out, a.update_cos, "alignment/update_cos_1", "alignment/update_cos_{}")
-    return out
+    return _tagged([("alignment/update_norm", a.update_norm), ("alignment/update_fraction", a.update_fraction),
+                    *_listed(a.update_cos, "alignment/update_cos_1", "alignment/update_cos_{}")])
 
 
 def _sam_batch(b: SamBatch) -> dict[str, float]:
-    out: dict[str, float] = {}
-    _put(out, "sam_batch/grad_norm", b.batch_grad_norm)
-    _put(out, "sam_batch/edge", b.sam_edge_batch)
-    _put(out, "sam_batch/lambda_max", b.batch_lambda_max)
-    return out
+    return _tagged([("sam_batch/grad_norm", b.batch_grad_norm), ("sam_batch/edge", b.sam_edge_batch),
+                    ("sam_batch/lambda_max", b.batch_lambda_max)])
 
 
 def _update_curvature(u: UpdateReading) -> dict[str, float]:
-    out: dict[str, float] = {}
-    _put(out, "sharpness/kappa_u", u.kappa)
-    _put(out, "sharpness/preconditioned_kappa_u", u.kappa_preconditioned)
-    _put(out, "update_curvature/update_norm", u.update_norm)
-    if u.cost is not None:
-        _put(out, "update_curvature/hvps", u.hvps)
-        _put(out, "update_curvature/forwards", u.forwards)
-    return out
+    costed = u.cost is not None
+    return _tagged([("sharpness/kappa_u", u.kappa), ("sharpness/preconditioned_kappa_u", u.kappa_preconditioned),
+                    ("update_curvature/update_norm", u.update_norm),
+                    ("update_curvature/hvps", u.hvps if costed else None),
+                    ("update_curvature/forwards", u.forwards if costed else None)])
 
 
 def readable_scalars(record: RunRecord | Mapping[str, Any]) -> dict[str, float]:

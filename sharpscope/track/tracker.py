@@ -174,9 +174,7 @@ class SharpnessTracker:
         self.sharpness = check_measure_names(sharpness, "sharpness") if sharpness else ()
         check_type("sharpness_settings", sharpness_settings, SharpnessSettings, "a SharpnessSettings")
         self.sharpness_settings = sharpness_settings
-        if not isinstance(curvature, CurvatureSettings):
-            raise ConfigError(f"curvature must be a CurvatureSettings, got {type(curvature).__name__}",
-                              argument="curvature")
+        check_type("curvature", curvature, CurvatureSettings, "a CurvatureSettings")
         for name, flag in (("trace", trace), ("grad_norm", grad_norm), ("warm_start", warm_start),
                            ("alignment", alignment), ("preconditioned", preconditioned),
                            ("test_predictions", test_predictions)):

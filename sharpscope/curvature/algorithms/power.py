@@ -15,6 +15,7 @@ from sharpscope.curvature.operators.linear_operator import LinearOperator, check
 from sharpscope.curvature.results import EigenResult
 from sharpscope.curvature.sampling import Stopwatch, make_generator, seed_record
 from sharpscope.errors import ConfigError
+from sharpscope.validation import check_choice
 
 
 def power_iteration(op: LinearOperator, *, tol: float = 1e-3, max_iter: int = 100,
@@ -28,8 +29,7 @@ def power_iteration(op: LinearOperator, *, tol: float = 1e-3, max_iter: int = 10
     more products than Lanczos for the same accuracy.
     """
     check_operator(op)
-    if criterion not in ("residual", "change"):
-        raise ConfigError(f"criterion must be 'residual' or 'change', got {criterion!r}")
+    check_choice("criterion", criterion, ("residual", "change"))
     if max_iter < 1 or not tol > 0:
         raise ConfigError(f"need max_iter >= 1 and tol > 0, got {max_iter} and {tol}")
     clock, start_hvps = Stopwatch(op.device), op.matvecs

@@ -38,7 +38,7 @@ from sharpscope.curvature.operators.precision import (
 )
 from sharpscope.curvature.sampling import Stopwatch
 from sharpscope.errors import ConfigError, DataError, ObjectiveError
-from sharpscope.validation import check_choice, check_int, check_type
+from sharpscope.validation import check_bool, check_choice, check_int, check_type
 
 HVPMode = Literal["auto", "fwd-rev", "rev-rev", "fd"]
 
@@ -125,10 +125,8 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
         check_type("objective", objective, Objective, "an Objective (model, loss and probe data)")
         check_int("block_size", block_size, low=1)
         check_choice("mode", mode, get_args(HVPMode))
-        if cache_graphs not in (True, False, "auto"):
-            raise ConfigError(f"cache_graphs must be True, False or 'auto', got {cache_graphs!r}")
-        if compile not in (True, False):
-            raise ConfigError(f"compile must be True or False, got {compile!r}")
+        check_choice("cache_graphs", cache_graphs, (True, False, "auto"))
+        check_bool("compile", compile)
         self.precision: ProductPrecision = resolve_precision(precision, objective.dtype)
         if compile and (mode in ("rev-rev", "fd") or cache_graphs is True):
             raise ConfigError("compile=True compiles forward-over-reverse products (torch.compile does not "

@@ -39,7 +39,7 @@ from torch import Tensor
 from sharpscope.curvature.operators.linear_operator import LinearOperator
 from sharpscope.curvature.operators.objective import Objective
 from sharpscope.errors import ConfigError
-from sharpscope.validation import check_bool
+from sharpscope.validation import check_bool, check_type
 
 __all__ = ["PreconditionedOperator", "adam_optimizer", "adam_preconditioner"]
 
@@ -60,10 +60,8 @@ class PreconditionedOperator(LinearOperator):
     """
 
     def __init__(self, op: LinearOperator, diag_p: Tensor) -> None:
-        if not isinstance(op, LinearOperator):
-            raise ConfigError(f"op must be a LinearOperator, got {type(op).__name__}")
-        if not isinstance(diag_p, Tensor):
-            raise ConfigError(f"diag_p must be a tensor, got {type(diag_p).__name__}")
+        check_type("op", op, LinearOperator, "a LinearOperator")
+        check_type("diag_p", diag_p, Tensor, "a tensor")
         if diag_p.ndim != 1 or diag_p.shape[0] != op.dim:
             raise ConfigError(f"diag_p must have shape ({op.dim},) to match the operator, got {tuple(diag_p.shape)}")
         p = diag_p.detach().to(dtype=torch.float64)

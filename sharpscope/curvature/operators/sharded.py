@@ -46,7 +46,7 @@ from sharpscope.curvature.operators.objective import Batch, Objective
 from sharpscope.curvature.sampling import Distribution
 from sharpscope.errors import ConfigError, ObjectiveError
 from sharpscope.losses import correct_fraction
-from sharpscope.validation import check_choice, check_real
+from sharpscope.validation import check_choice, check_real, check_type
 
 DRAW_BLOCK = 1 << 16  # elements of a parameter's flat index drawn from one seed
 
@@ -186,9 +186,7 @@ class ShardedHessianOperator(LinearOperator):
     """
 
     def __init__(self, objective: Objective, *, step: float | None = None) -> None:
-        if not isinstance(objective, Objective):
-            raise ConfigError(f"objective must be a sharpscope Objective, got {type(objective).__name__}",
-                              argument="objective")
+        check_type("objective", objective, Objective, "a sharpscope Objective")
         if step is not None:
             check_real("step", step, low=0.0, low_open=True)
         if objective._upcast:
@@ -295,6 +293,20 @@ class ShardedHessianOperator(LinearOperator):
                 local.add_(v[start:start + s.numel].view_as(local).to(local.dtype), alpha=h)
             start += s.numel
 
+    def _passes(self) -> Iterator[tuple[Batch, bool]]:
+        """The batches of this rank (flagged True), then its first batch again (flagged False) until it has made as
+        many passes as the rank with the most batches: FSDP's collectives need a partner on every rank."""
+        first: Batch | None = None
+        done = 0
+        for batch in self.objective.batches:
+            first = first or batch
+            yield batch, True
+            done += 1
+        if first is None:
+            raise ObjectiveError("this rank's probe set is empty")
+        for _ in range(self.num_batches - done):
+            yield first, False
+
     def _gradient(self) -> Tensor:
         """``∇L`` at the current weights, this rank's slice: every rank runs the same number of forward and
         backward passes (FSDP's collectives need it), a rank with fewer batches repeating its first with
@@ -303,17 +315,9 @@ class ShardedHessianOperator(LinearOperator):
         obj = self.objective
         for p in obj.model.parameters():
             p.grad = None
-        first: Batch | None = None
-        done = 0
         with obj.mode():
-            for batch in obj.batches:
-                first = first or batch
-                (obj.module_loss(batch) * (batch.size / obj.num_examples * self.divide)).backward()
-                done += 1
-            if first is None:
-                raise ObjectiveError("this rank's probe set is empty")
-            for _ in range(self.num_batches - done):
-                (obj.module_loss(first) * 0.0).backward()
+            for batch, own in self._passes():
+                (obj.module_loss(batch) * (batch.size / obj.num_examples * self.divide if own else 0.0)).backward()
         self.gradients += 1
         parts = []
         with torch.no_grad():
@@ -329,20 +333,26 @@ class ShardedHessianOperator(LinearOperator):
         self._set_weights(theta, v, -h)
         return plus.sub_(self._gradient()).div_(2 * h)
 
-    def _matmat(self, V: Tensor) -> Tensor:
-        obj = self.objective
-        saved = {p: p.grad for p in obj.model.parameters()}
+    @contextlib.contextmanager
+    def _kept(self) -> Iterator[Tensor]:
+        """Yield the local weights (a copy); afterwards, also on raise, copy them back and put back the
+        gradients the model held."""
+        saved = {p: p.grad for p in self.objective.model.parameters()}
         theta = self._weights()
-        out = self._made(torch.zeros_like(V))
-        norms = self.allsum((V.double() * V.double()).sum(dim=0)).sqrt()
         try:
-            for j in range(V.shape[1]):
-                if float(norms[j]) > 0:
-                    out[:, j] = self._difference(theta, V[:, j] / norms[j].to(V.dtype), self.step) * norms[j].to(V.dtype)
+            yield theta
         finally:
             self._set_weights(theta)
             for p, grad in saved.items():
                 p.grad = grad
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        out = self._made(torch.zeros_like(V))
+        norms = self.allsum((V.double() * V.double()).sum(dim=0)).sqrt()
+        with self._kept() as theta:
+            for j in range(V.shape[1]):
+                if float(norms[j]) > 0:
+                    out[:, j] = self._difference(theta, V[:, j] / norms[j].to(V.dtype), self.step) * norms[j].to(V.dtype)
         return out
 
     def loss(self) -> float:
@@ -357,32 +367,24 @@ class ShardedHessianOperator(LinearOperator):
         obj = self.objective
         sums = torch.zeros(2, dtype=torch.float64)
         scores = accuracy and obj.closure is None
-        first: Batch | None = None
-        done = 0
         with torch.no_grad(), obj.mode():
-            for batch in obj.batches:
-                first = first or batch
+            for batch, own in self._passes():
                 out = obj.module_output(batch)
+                if not own:
+                    continue
                 loss = obj.module_loss_of(out, batch)
                 sums[0] += float(loss) * batch.size
                 scores = scores and isinstance(out, Tensor) and out.ndim == 2 and out.shape[1] > 1
                 if scores:
                     sums[1] += float(correct_fraction(out, batch.y)) * batch.size  # type: ignore[arg-type]
-                done += 1
-            for _ in range(self.num_batches - done):  # the other ranks' extra passes need partners
-                obj.module_output(first)  # type: ignore[arg-type]
         scores = self.common_count(int(scores), largest=False) == 1
         total = self.allsum(sums) / float(obj.num_examples)
         return float(total[0]), float(total[1]) if scores else None
 
     def gradient_norm(self) -> float:
         """``‖∇L‖`` at the current weights (one gradient; the model's own gradients are put back)."""
-        saved = {p: p.grad for p in self.objective.model.parameters()}
-        try:
+        with self._kept():
             return float(self._norm(self._gradient()))
-        finally:
-            for p, grad in saved.items():
-                p.grad = grad
 
     # ------------------------------------------------------------------ accuracy and records
     def estimate_error(self, seed: int = 0) -> float:
@@ -393,15 +395,9 @@ class ShardedHessianOperator(LinearOperator):
         sharpest directions the truncation error can be larger than along a random one."""
         v = self.draw_columns(1, "gaussian", torch.Generator().manual_seed(seed))[:, 0].to(self.dtype)
         v = v / self._norm(v).to(self.dtype)
-        saved = {p: p.grad for p in self.objective.model.parameters()}
-        theta = self._weights()
-        try:
+        with self._kept() as theta:
             one = self._difference(theta, v, self.step)
             two = self._difference(theta, v, 2 * self.step)
-        finally:
-            self._set_weights(theta)
-            for p, grad in saved.items():
-                p.grad = grad
         self.fd_error = float(self._norm(one - two) / (3 * self._norm(one)))
         return self.fd_error
 
