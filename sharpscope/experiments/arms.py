@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -50,75 +51,165 @@ def arms(dirs: Mapping[str, Path]) -> dict[str, list[Path]]:
     return out
 
 
-def series(path: Path) -> dict[str, Any]:
+QUANTITIES = ("trace", "trace_stderr", "lambda_max", "lambda1_over_lambda5", "test_acc", "train_acc", "loss")
+SUMMARISED = (*QUANTITIES, "trace_over_loss", "trace_over_loss_stderr")  # an arm summary's per-seed quantities
+
+
+def _over_loss(x: float, loss: float) -> float:
+    return x / loss if loss > 0 else math.nan
+
+
+@dataclass(frozen=True)
+class RunSeries:
+    """One run's measurements as columns of :data:`QUANTITIES` and ``step`` (NaN where a measurement lacks the
+    quantity; ``lambda1_over_lambda5`` = λ_1/λ_5), its status and its test-set size."""
+
+    step: list[float]
+    loss: list[float]
+    trace: list[float]
+    trace_stderr: list[float]
+    test_acc: list[float]
+    train_acc: list[float]
+    lambda_max: list[float]
+    lambda1_over_lambda5: list[float]
+    status: str | None = None
+    test_examples: int | None = None
+
+    def column(self, quantity: str) -> list[float]:
+        """The column of ``quantity``, one of :data:`QUANTITIES`."""
+        if quantity not in QUANTITIES:
+            raise KeyError(f"no column {quantity!r}: one of {', '.join(QUANTITIES)}")
+        return list(getattr(self, quantity))
+
+
+@dataclass(frozen=True)
+class RunPoint:
+    """:data:`QUANTITIES` at one reading of a run (NaN where missing), and tr(H)/L and its stderr over L."""
+
+    trace: float = math.nan
+    trace_stderr: float = math.nan
+    lambda_max: float = math.nan
+    lambda1_over_lambda5: float = math.nan
+    test_acc: float = math.nan
+    train_acc: float = math.nan
+    loss: float = math.nan
+
+    @property
+    def trace_over_loss(self) -> float:
+        """tr(H)/L (NaN unless L > 0)."""
+        return _over_loss(self.trace, self.loss)
+
+    @property
+    def trace_over_loss_stderr(self) -> float:
+        """The trace estimator's standard error over L (NaN unless L > 0)."""
+        return _over_loss(self.trace_stderr, self.loss)
+
+    def value(self, quantity: str) -> float:
+        """The value of ``quantity``, one of :data:`SUMMARISED`."""
+        if quantity not in SUMMARISED:
+            raise KeyError(f"no quantity {quantity!r}: one of {', '.join(SUMMARISED)}")
+        return float(getattr(self, quantity))
+
+
+@dataclass(frozen=True)
+class RunNumbers:
+    """Start and end of one run (``end``: each quantity's last finite value), its status, number of
+    measurements, minimum train accuracy and test-set size (None for a run without measurements)."""
+
+    status: str | None
+    measurements: int = 0
+    start: RunPoint = field(default_factory=RunPoint)
+    end: RunPoint = field(default_factory=RunPoint)
+    min_train_acc: float = math.nan
+    test_examples: int | None = None
+
+
+def series(path: Path) -> RunSeries:
     """One run's measurements as columns, its status and its test-set size."""
     rec = read_measurements(path)
     summary = read_summary(path)
     lam1, lam5 = criteria.column(rec, lambda m: m.lambda_max), criteria.column(rec, lambda m: m.eigenvalue(4))
-    return {"step": criteria.column(rec, lambda m: m.step), "loss": criteria.column(rec, lambda m: m.train_loss),
-            "trace": criteria.column(rec, lambda m: m.trace_estimate),
-            "trace_stderr": criteria.column(rec, lambda m: m.trace_stderr),
-            "test_acc": criteria.column(rec, lambda m: m.test_acc),
-            "train_acc": criteria.column(rec, lambda m: m.train_acc), "lambda_max": lam1,
-            "lambda1_over_lambda5": [a / b if b > 0 else math.nan for a, b in zip(lam1, lam5)],
-            "status": None if summary is None else summary.status,
-            "test_examples": None if summary is None else summary.test_examples}
-
-
-QUANTITIES = ("trace", "trace_stderr", "lambda_max", "lambda1_over_lambda5", "test_acc", "train_acc", "loss")
+    return RunSeries(step=criteria.column(rec, lambda m: m.step), loss=criteria.column(rec, lambda m: m.train_loss),
+                     trace=criteria.column(rec, lambda m: m.trace_estimate),
+                     trace_stderr=criteria.column(rec, lambda m: m.trace_stderr),
+                     test_acc=criteria.column(rec, lambda m: m.test_acc),
+                     train_acc=criteria.column(rec, lambda m: m.train_acc), lambda_max=lam1,
+                     lambda1_over_lambda5=[a / b if b > 0 else math.nan for a, b in zip(lam1, lam5)],
+                     status=None if summary is None else summary.status,
+                     test_examples=None if summary is None else summary.test_examples)
 
 
 def _last_finite(values: Sequence[float]) -> float:
     return next((v for v in reversed(values) if math.isfinite(v)), math.nan)
 
 
-def run_numbers(path: Path) -> dict[str, Any]:
+def run_numbers(path: Path) -> RunNumbers:
     """Start and end of one run: tr(H), λ_max, λ_1/λ_5, test and train accuracy, loss, tr(H)/L, and the
     minimum train accuracy."""
     s = series(path)
-    out: dict[str, Any] = {"status": s["status"], "measurements": len(s["step"])}
-    if not s["step"]:
-        return out
-    for key in QUANTITIES:
-        out[key] = [s[key][0], _last_finite(s[key])]
-    ratio = [t / loss if loss > 0 else math.nan for t, loss in zip(out["trace"], out["loss"])]
-    out["trace_over_loss"] = ratio
-    out["trace_over_loss_stderr"] = [e / loss if loss > 0 else math.nan for e, loss in zip(out["trace_stderr"], out["loss"])]
-    finite_train = [a for a in s["train_acc"] if math.isfinite(a)]
-    out["min_train_acc"] = min(finite_train) if finite_train else math.nan
-    out["test_examples"] = s["test_examples"]
-    return out
+    if not s.step:
+        return RunNumbers(s.status)
+    finite_train = [a for a in s.train_acc if math.isfinite(a)]
+    return RunNumbers(s.status, len(s.step), start=RunPoint(**{q: s.column(q)[0] for q in QUANTITIES}),
+                      end=RunPoint(**{q: _last_finite(s.column(q)) for q in QUANTITIES}),
+                      min_train_acc=min(finite_train) if finite_train else math.nan, test_examples=s.test_examples)
 
 
 def arm_summary(paths: Sequence[Path]) -> dict[str, Any]:
     """Per-seed end values of an arm and their mean ± std; the test accuracy's binomial standard error."""
     runs = [run_numbers(p) for p in paths]
-    out: dict[str, Any] = {"seeds": len(runs), "status": [r.get("status") for r in runs]}
-    for key in (*QUANTITIES, "trace_over_loss", "trace_over_loss_stderr"):
-        out[key] = evidence.seed_stats([r[key][1] if key in r else math.nan for r in runs])
-        out[f"{key}_start"] = evidence.seed_stats([r[key][0] if key in r else math.nan for r in runs])
-    out["min_train_acc"] = min((r.get("min_train_acc", math.nan) for r in runs), default=math.nan)
-    n = next((r.get("test_examples") for r in runs if r.get("test_examples")), None)
+    out: dict[str, Any] = {"seeds": len(runs), "status": [r.status for r in runs]}
+    for key in SUMMARISED:
+        out[key] = evidence.seed_stats([r.end.value(key) for r in runs])
+        out[f"{key}_start"] = evidence.seed_stats([r.start.value(key) for r in runs])
+    out["min_train_acc"] = min((r.min_train_acc for r in runs), default=math.nan)
+    n = next((r.test_examples for r in runs if r.test_examples), None)
     acc = out["test_acc"]["mean"]
     out["test_acc_stderr"] = evidence.binomial_stderr(acc, n) if n and math.isfinite(acc) else math.nan
     out["test_examples"] = n
     return out
 
 
+@dataclass(frozen=True)
+class MatchedLoss:
+    """Readings at training-loss ``levels`` (descending) that every compared run reaches: ``arms[arm][quantity]``
+    holds one :func:`evidence.seed_stats` over the arm's seeds per level; the last level is the lowest, the one
+    the verdicts compare. Stored as :meth:`to_dict`."""
+
+    levels: list[float]
+    arms: dict[str, dict[str, list[dict[str, Any]]]]
+
+    def compares(self, *arms: str) -> bool:
+        """Whether there is a level and each of ``arms`` was read at it."""
+        return bool(self.levels) and all(a in self.arms for a in arms)
+
+    def lowest(self, arm: str, quantity: str) -> dict[str, Any]:
+        """``quantity`` of ``arm`` at the lowest level (``{}`` where it was not read)."""
+        return (self.arms[arm].get(quantity) or [{}])[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"levels", "arms"}`` as stored in a study's results."""
+        return {"levels": self.levels, "arms": self.arms}
+
+    @classmethod
+    def from_dict(cls, stored: Mapping[str, Any]) -> MatchedLoss:
+        """The reading stored by :meth:`to_dict` (no levels and no arms when empty)."""
+        return cls(list(stored.get("levels") or []), {a: dict(q) for a, q in (stored.get("arms") or {}).items()})
+
+
 def at_matched_loss(groups: Mapping[str, Sequence[Path]], num: int = 4,
-                    quantities: Sequence[str] = ("trace", "test_acc", "lambda_max")) -> dict[str, Any]:
+                    quantities: Sequence[str] = ("trace", "test_acc", "lambda_max")) -> MatchedLoss:
     """``quantities`` of each arm (per level: mean ± std over seeds) at training-loss levels every run of
     ``groups`` reaches; with ``trace``, also the trace estimator's standard error read the same way."""
     runs = {arm: [series(p) for p in paths] for arm, paths in groups.items()}
-    losses = [s["loss"] for ss in runs.values() for s in ss]
-    levels = evidence.common_loss_levels(losses, num=num)
+    levels = evidence.common_loss_levels([s.loss for ss in runs.values() for s in ss], num=num)
     wanted = list(quantities) + (["trace_stderr"] if "trace" in quantities else [])
-    out: dict[str, Any] = {"levels": levels, "arms": {}}
+    out = MatchedLoss(levels, {})
     for arm, ss in runs.items():
-        out["arms"][arm] = {}
+        out.arms[arm] = {}
         for q in wanted:
-            vals = [evidence.interpolate_at_loss(s["loss"], s[q], levels) for s in ss]
-            out["arms"][arm][q] = [evidence.seed_stats([v[i] for v in vals]) for i in range(len(levels))]
+            vals = [evidence.interpolate_at_loss(s.loss, s.column(q), levels) for s in ss]
+            out.arms[arm][q] = [evidence.seed_stats([v[i] for v in vals]) for i in range(len(levels))]
     return out
 
 
@@ -161,7 +252,7 @@ def verdict_of(cmp: Mapping[str, Any]) -> Verdict:
     return Verdict(cmp["verdict"], cmp.get("reason", ""), mde if isinstance(mde, float) and math.isfinite(mde) else None)
 
 
-def versus(a: Mapping[str, Any], b: Mapping[str, Any], matched: Mapping[str, Any] | None = None,
+def versus(a: Mapping[str, Any], b: Mapping[str, Any], matched: MatchedLoss | None = None,
            a_arm: str = "", b_arm: str = "") -> dict[str, Any]:
     """Arm ``a`` against ``b``: lower tr(H) and higher test accuracy (:func:`accuracy_comparison`) at the
     end, lower tr(H)/L, and lower tr(H) at the lowest common loss level (when ``matched`` holds both arms).
@@ -169,11 +260,9 @@ def versus(a: Mapping[str, Any], b: Mapping[str, Any], matched: Mapping[str, Any
     (:func:`verdicts.combine`); ``better``: it holds."""
     out: dict[str, Any] = {"trace": trace_comparison(a, b), "test_acc": accuracy_comparison(a, b),
                            "trace_over_loss": trace_comparison(a, b, "trace_over_loss")}
-    if matched and matched.get("levels") and a_arm in matched["arms"] and b_arm in matched["arms"]:
-        ma, mb = matched["arms"][a_arm], matched["arms"][b_arm]
-        out["trace_at_lowest_common_loss"] = trace_comparison(
-            {"trace": ma["trace"][-1], "trace_stderr": (ma.get("trace_stderr") or [{}])[-1]},
-            {"trace": mb["trace"][-1], "trace_stderr": (mb.get("trace_stderr") or [{}])[-1]})
+    if matched is not None and matched.compares(a_arm, b_arm):
+        ma, mb = ({q: matched.lowest(arm, q) for q in ("trace", "trace_stderr")} for arm in (a_arm, b_arm))
+        out["trace_at_lowest_common_loss"] = trace_comparison(ma, mb)
     parts = {"tr(H) at the end": verdict_of(out["trace"]), "test accuracy": verdict_of(out["test_acc"])}
     if "trace_at_lowest_common_loss" in out:
         parts["tr(H) at the lowest common loss"] = verdict_of(out["trace_at_lowest_common_loss"])
@@ -194,11 +283,11 @@ def best_setting(out_dir: Path, names: Sequence[str]) -> dict[str, Any] | None:
         if not (path / "summary.json").is_file():
             continue
         nums = run_numbers(path)
-        score = nums.get("trace", [math.nan, math.nan])[1]
-        if nums.get("status") != "completed" or not math.isfinite(score):
+        score = nums.end.trace
+        if nums.status != "completed" or not math.isfinite(score):
             continue
-        kept = bool(nums.get("min_train_acc", 0) >= 0.99)
-        candidates.append((not kept, score, name, kept, nums["trace_over_loss"][1]))
+        kept = bool(nums.min_train_acc >= 0.99)
+        candidates.append((not kept, score, name, kept, nums.end.trace_over_loss))
     if not candidates:
         return None
     _, score, name, kept, ratio = min(candidates)
@@ -255,7 +344,7 @@ def _a2(sgd: Mapping[str, Any]) -> dict[str, Any]:
             "verdict": v.label, "reason": v.reason}
 
 
-def escape_verdicts(summaries: Mapping[str, Mapping[str, Any]], matched: Mapping[str, Any] | None = None,
+def escape_verdicts(summaries: Mapping[str, Mapping[str, Any]], matched: MatchedLoss | None = None,
                     lr_perturb: Mapping[str, float] | None = None) -> dict[str, Any]:
     """A1–A4 from arm summaries (:func:`arm_summary`), A3's matched-loss reading (:func:`at_matched_loss` over
     its arms) and the perturbation step sizes η′ of ``best-sa`` and ``best-rs`` (when known: RS and SA at
@@ -277,8 +366,8 @@ def escape_verdicts(summaries: Mapping[str, Mapping[str, Any]], matched: Mapping
             verdict = Verdict(verdicts.NOT_TESTABLE, f"SA ran at η′ = {eta['best-sa']:g} and RS at η′ = "
                               f"{eta['best-rs']:g}: the comparison confounds the algorithm with the step size "
                               f"({verdict.text()})")
-        out["A3"] = {"sa_vs_rs": vs_rs, "sa_vs_controls": vs_controls, "matched_loss": matched or {},
-                     "lr_perturb": eta,
+        out["A3"] = {"sa_vs_rs": vs_rs, "sa_vs_controls": vs_controls,
+                     "matched_loss": {} if matched is None else matched.to_dict(), "lr_perturb": eta,
                      "criterion": "SA below RS in tr(H) and above it in test accuracy (95% intervals of the "
                                   "difference, with the estimator and test-set errors), and the same against every "
                                   "control",
@@ -361,20 +450,20 @@ def label_noise_results(dirs: Mapping[str, Path]) -> dict[str, Any]:
     per_seed = []
     for path in groups["label-noise"]:
         s = series(path)
-        after = evidence.spearman_with_ci(s["trace"][1:], s["test_acc"][1:])
+        after = evidence.spearman_with_ci(s.trace[1:], s.test_acc[1:])
         per_seed.append({"run": path.name, "after_step_0": after,
-                         "with_step_0": evidence.spearman_with_ci(s["trace"], s["test_acc"])["rho"]})
+                         "with_step_0": evidence.spearman_with_ci(s.trace, s.test_acc)["rho"]})
     control = []
     for path in groups.get("noiseless", []):
         s = series(path)
-        control.append(evidence.spearman_with_ci(s["trace"][1:], s["test_acc"][1:])["rho"])
+        control.append(evidence.spearman_with_ci(s.trace[1:], s.test_acc[1:])["rho"])
     rhos = [p["after_step_0"]["rho"] for p in per_seed]
     vs, at_start = None, False
     if "noiseless" in groups:
         matched = at_matched_loss({a: groups[a] for a in ("label-noise", "noiseless")})
         vs = versus(out["arms"]["label-noise"], out["arms"]["noiseless"], matched, "label-noise", "noiseless")
-        starts = [s["loss"][0] for a in ("label-noise", "noiseless") for s in map(series, groups[a]) if s["loss"]]
-        at_start = bool(matched["levels"]) and bool(starts) and matched["levels"][-1] >= min(starts)
+        starts = [s.loss[0] for a in ("label-noise", "noiseless") for s in map(series, groups[a]) if s.loss]
+        at_start = bool(matched.levels) and bool(starts) and matched.levels[-1] >= min(starts)
     verdict = label_noise_verdict(per_seed, vs, at_start)
     out["G6"] = {"spearman_per_seed": per_seed, "spearman_after_step_0": evidence.seed_stats(rhos),
                  "noiseless_spearman_after_step_0": control, "vs_noiseless": vs,

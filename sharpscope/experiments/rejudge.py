@@ -80,18 +80,18 @@ def _relative_stderr(stages: Mapping[str, RunSummary], arm: str) -> list[float]:
     return [se / t if t > 0 else math.nan for t, se, _ in (_final_trace(stages, r) for r in _runs_of(stages, arm))]
 
 
-def with_matched_stderr(matched: Mapping[str, Any], stages: Mapping[str, RunSummary]) -> dict[str, Any]:
+def with_matched_stderr(matched: ac.MatchedLoss, stages: Mapping[str, RunSummary]) -> ac.MatchedLoss:
     """A matched-loss reading (:func:`arms.at_matched_loss`) with ``trace_stderr`` per level (see the module
     docstring)."""
-    out: dict[str, Any] = {"levels": list(matched.get("levels") or []), "arms": {}}
-    for arm, q in (matched.get("arms") or {}).items():
+    out = ac.MatchedLoss(list(matched.levels), {})
+    for arm, q in matched.arms.items():
         rel = _relative_stderr(stages, arm)
         levels = []
         for stats in q.get("trace", []):
             values = [_f(v) for v in stats.get("values", [])]
             levels.append(evidence.seed_stats([v * r for v, r in zip(values, rel)] if len(rel) == len(values)
                                               else [math.nan] * len(values)))
-        out["arms"][arm] = {**q, "trace_stderr": levels}
+        out.arms[arm] = {**q, "trace_stderr": levels}
     return out
 
 
@@ -112,7 +112,7 @@ def escape(summary: StudySummary) -> dict[str, Any]:
     """A1–A4 of the escape study with the stored trace errors and the best η′ of SA and RS; A5 not testable."""
     res, stages = summary.results, summary.stages
     summaries = with_stored_stderr(res["arms"], stages)
-    matched = with_matched_stderr((res.get("A3") or {}).get("matched_loss") or {}, stages)
+    matched = with_matched_stderr(ac.MatchedLoss.from_dict((res.get("A3") or {}).get("matched_loss") or {}), stages)
     eta = {arm: e for arm, kind in (("best-sa", "sa"), ("best-rs", "rs"))
            if (e := _best_eta(res["arms"], kind)) is not None}
     out = ac.escape_verdicts(summaries, matched, eta)
@@ -161,8 +161,8 @@ def label_noise(summary: StudySummary) -> dict[str, Any]:
     stored = (g6.get("vs_noiseless") or {}).get("trace_at_lowest_common_loss")
     matched = None
     if stored:  # the lowest common level's per-seed traces are stored with the comparison
-        matched = with_matched_stderr({"levels": [math.nan], "arms": {"label-noise": {"trace": [stored["a"]]},
-                                                                      "noiseless": {"trace": [stored["b"]]}}}, stages)
+        matched = with_matched_stderr(ac.MatchedLoss([math.nan], {"label-noise": {"trace": [stored["a"]]},
+                                                                  "noiseless": {"trace": [stored["b"]]}}), stages)
     vs = ac.versus(summaries["label-noise"], summaries["noiseless"], matched, "label-noise", "noiseless") \
         if "noiseless" in summaries and "label-noise" in summaries else None
     # the lowest common loss level is the shared start when both arms' readings there are their first ones
@@ -180,7 +180,7 @@ def label_noise(summary: StudySummary) -> dict[str, Any]:
 def sam_flatness(summary: StudySummary) -> dict[str, Any]:
     """G1, G3, G4, G5 of the SAM-flatness study from its arm summaries and matched-loss readings."""
     res = summary.results
-    return {**flatness_study.flatness_verdicts(res["arms"], res.get("matched_loss") or {}), "notes": [PAIRED_NOTE]}
+    return {**flatness_study.flatness_verdicts(res["arms"], ac.MatchedLoss.from_dict(res.get("matched_loss") or {})), "notes": [PAIRED_NOTE]}
 
 
 def sam_edge(summary: StudySummary) -> dict[str, Any]:

@@ -129,7 +129,7 @@ def _ratio_verdict(sgd: Sequence[float], sam: Sequence[float], factor: float) ->
     return Verdict(verdicts.INCONCLUSIVE, f"{text} reaches {factor:g}")
 
 
-def flatness_verdicts(summaries: Mapping[str, Mapping[str, Any]], matched: Mapping[str, Any]) -> dict[str, Any]:
+def flatness_verdicts(summaries: Mapping[str, Mapping[str, Any]], matched: arm_criteria.MatchedLoss) -> dict[str, Any]:
     """G1, G3, G4, G5 from arm summaries and the matched-loss readings (:func:`arm_criteria.at_matched_loss`)."""
     out: dict[str, Any] = {}
     sam, sgd = summaries["sam"], summaries["sgd"]
@@ -140,14 +140,12 @@ def flatness_verdicts(summaries: Mapping[str, Mapping[str, Any]], matched: Mappi
                               "binomial error of the test set)",
                  "verdict": g1["verdict"], "reason": g1["reason"], "mde": g1["mde"]}
     ratio_end = sgd["lambda_max"]["mean"] / sam["lambda_max"]["mean"]
-    low = matched.get("arms", {})
-    has_matched = bool(matched.get("levels")) and "sam" in low and "sgd" in low
-    ratio_matched = (low["sgd"]["lambda_max"][-1]["mean"] / low["sam"]["lambda_max"][-1]["mean"]
-                     if has_matched else math.nan)
+    has_matched = matched.compares("sam", "sgd")
+    low_sgd, low_sam = (matched.lowest(a, "lambda_max") for a in ("sgd", "sam")) if has_matched else ({}, {})
+    ratio_matched = low_sgd["mean"] / low_sam["mean"] if has_matched else math.nan
     lower = _lambda_lower(sam["lambda_max"]["values"], sgd["lambda_max"]["values"])
-    at_loss = (_lambda_lower(low["sam"]["lambda_max"][-1]["values"], low["sgd"]["lambda_max"][-1]["values"])
-               if has_matched else None)
-    ratio = (_ratio_verdict(low["sgd"]["lambda_max"][-1]["values"], low["sam"]["lambda_max"][-1]["values"], 5.0)
+    at_loss = _lambda_lower(low_sam["values"], low_sgd["values"]) if has_matched else None
+    ratio = (_ratio_verdict(low_sgd["values"], low_sam["values"], 5.0)
              if has_matched else Verdict(verdicts.NOT_RUN, "no common loss level"))
     parts = {"lower at the end": arm_criteria.verdict_of(lower),
              "lower at the lowest common loss": (arm_criteria.verdict_of(at_loss) if at_loss else
@@ -180,7 +178,7 @@ def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
     if "sgd" not in summaries or "sam" not in summaries:
         return out
     matched = arm_criteria.at_matched_loss(groups, quantities=("lambda_max", "trace", "test_acc"))
-    out["matched_loss"] = matched
+    out["matched_loss"] = matched.to_dict()
     return {**out, **flatness_verdicts(summaries, matched)}
 
 
