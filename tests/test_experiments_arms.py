@@ -98,8 +98,8 @@ def test_the_trace_estimator_error_widens_the_interval(tmp_path: Path) -> None:
         groups = ec.arms({**arm(root, "x", [5.0, 5.2, 4.8], stderr), **arm(root, "y", [10.0, 10.5, 9.5], stderr)})
         a, b = (ec.arm_summary(groups[k]) for k in ("x", "y"))
         cmp = ec.trace_comparison(a, b)
-        assert cmp["verdict"] == verdict
-        assert cmp["estimator_se"] == pytest.approx(0.0 if stderr is None else math.hypot(3.0, 3.0))
+        assert cmp.verdict.label == verdict
+        assert cmp.estimator_se == pytest.approx(0.0 if stderr is None else math.hypot(3.0, 3.0))
 
 
 def test_two_seeds_never_pass(tmp_path: Path) -> None:
@@ -188,7 +188,8 @@ def test_run_numbers_are_the_first_and_last_finite_readings(tmp_path: Path) -> N
 
 
 def test_a_matched_loss_reading_read_back_from_json_gives_the_same_comparison(tmp_path: Path) -> None:
-    """:func:`versus` on the study's own reading and on that reading stored and read back: the same JSON."""
+    """:func:`versus` on the study's own reading and on that reading stored and read back: the same JSON, which
+    is what the study stores, its numbers those of the typed comparison."""
     dirs = {**_arm(tmp_path, "best-sa", [5.0, 5.2, 4.8], [0.50, 0.51, 0.49]),
             **_arm(tmp_path, "best-rs", [10.0, 10.5, 9.5], [0.40, 0.41, 0.39])}
     groups = ec.arms(dirs)
@@ -198,4 +199,10 @@ def test_a_matched_loss_reading_read_back_from_json_gives_the_same_comparison(tm
     assert jsonsafe.dumps(stored) == jsonsafe.dumps(matched.to_dict())
     again = ec.MatchedLoss.from_dict(jsonsafe.loads(jsonsafe.dumps(stored)))
     direct, read = (ec.versus(a, b, m, "best-sa", "best-rs") for m in (matched, again))
-    assert "trace_at_lowest_common_loss" in direct and jsonsafe.dumps(direct) == jsonsafe.dumps(read)
+    assert direct.at_lowest_common_loss is not None and jsonsafe.dumps(direct.to_dict()) == jsonsafe.dumps(read.to_dict())
+    stored_vs = ec.escape_results(dirs)["A3"]["sa_vs_rs"]
+    assert jsonsafe.dumps(stored_vs) == jsonsafe.dumps(direct.to_dict())
+    low = stored_vs["trace_at_lowest_common_loss"]
+    assert low["difference"] == direct.at_lowest_common_loss.difference.estimate and low["verdict"] == "holds"
+    assert (stored_vs["verdict"], stored_vs["mde"], stored_vs["better"]) == (direct.verdict.label, direct.verdict.mde,
+                                                                             direct.verdict.passes)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -225,7 +225,7 @@ def estimator_se(stats: Mapping[str, Any] | None) -> float:
     return math.sqrt(sum(v * v for v in values) / len(values)) if values else 0.0
 
 
-def trace_comparison(a: Mapping[str, Any], b: Mapping[str, Any], key: str = "trace") -> dict[str, Any]:
+def trace_comparison(a: Mapping[str, Any], b: Mapping[str, Any], key: str = "trace") -> evidence.Comparison:
     """``a``'s ``key`` (``trace`` or ``trace_over_loss``) below ``b``'s: :func:`evidence.compare_seeds` with each
     arm's trace estimator standard error."""
     return evidence.compare_seeds(_values(a[key]), _values(b[key]), lower_is_better=True,
@@ -233,7 +233,7 @@ def trace_comparison(a: Mapping[str, Any], b: Mapping[str, Any], key: str = "tra
                                   estimator_se_b=estimator_se(b.get(f"{key}_stderr")))
 
 
-def accuracy_comparison(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+def accuracy_comparison(a: Mapping[str, Any], b: Mapping[str, Any]) -> evidence.Comparison:
     """``a``'s test accuracy above ``b``'s: Welch's interval over seeds with the binomial standard error of each
     arm's accuracy added (the seeds share one test set, so its sampling error is not in the seed spread). The
     two binomial errors are added as if independent: a paired test needs each arm's per-example predictions,
@@ -243,32 +243,45 @@ def accuracy_comparison(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str,
     se_b = se_b if isinstance(se_b, (int, float)) and math.isfinite(se_b) else 0.0
     out = evidence.compare_seeds(_values(a["test_acc"]), _values(b["test_acc"]), lower_is_better=False,
                                  estimator_se_a=se_a, estimator_se_b=se_b)
-    return {**out, "binomial_stderr": math.hypot(se_a, se_b), "paired": False}
+    return replace(out, binomial_stderr=math.hypot(se_a, se_b))
 
 
-def verdict_of(cmp: Mapping[str, Any]) -> Verdict:
-    """The :class:`Verdict` stored in a comparison (:func:`evidence.compare_seeds`, :func:`versus`)."""
-    mde = cmp.get("mde")
-    return Verdict(cmp["verdict"], cmp.get("reason", ""), mde if isinstance(mde, float) and math.isfinite(mde) else None)
+@dataclass(frozen=True)
+class Versus:
+    """Arm ``a`` against ``b`` (:func:`versus`): tr(H), test accuracy and tr(H)/L at the end, tr(H) at the lowest
+    common loss (None without one), and the verdict they combine to. Stored as :meth:`to_dict`."""
+
+    trace: evidence.Comparison
+    test_acc: evidence.Comparison
+    trace_over_loss: evidence.Comparison
+    at_lowest_common_loss: evidence.Comparison | None
+    verdict: Verdict
+
+    def to_dict(self) -> dict[str, Any]:
+        """Each comparison's :meth:`~evidence.Comparison.to_dict` under its quantity (tr(H) at the lowest common
+        loss as ``trace_at_lowest_common_loss``), the verdict, and ``better``: whether it holds."""
+        out = {"trace": self.trace.to_dict(), "test_acc": self.test_acc.to_dict(),
+               "trace_over_loss": self.trace_over_loss.to_dict()}
+        if self.at_lowest_common_loss is not None:
+            out["trace_at_lowest_common_loss"] = self.at_lowest_common_loss.to_dict()
+        return {**out, **self.verdict.as_result(), "better": self.verdict.passes}
 
 
 def versus(a: Mapping[str, Any], b: Mapping[str, Any], matched: MatchedLoss | None = None,
-           a_arm: str = "", b_arm: str = "") -> dict[str, Any]:
+           a_arm: str = "", b_arm: str = "") -> Versus:
     """Arm ``a`` against ``b``: lower tr(H) and higher test accuracy (:func:`accuracy_comparison`) at the
     end, lower tr(H)/L, and lower tr(H) at the lowest common loss level (when ``matched`` holds both arms).
-    ``verdict``: tr(H) and test accuracy at the end and tr(H) at the lowest common loss, combined
-    (:func:`verdicts.combine`); ``better``: it holds."""
-    out: dict[str, Any] = {"trace": trace_comparison(a, b), "test_acc": accuracy_comparison(a, b),
-                           "trace_over_loss": trace_comparison(a, b, "trace_over_loss")}
+    The verdict: tr(H) and test accuracy at the end and tr(H) at the lowest common loss, combined
+    (:func:`verdicts.combine`)."""
+    trace, acc = trace_comparison(a, b), accuracy_comparison(a, b)
+    low = None
     if matched is not None and matched.compares(a_arm, b_arm):
         ma, mb = ({q: matched.lowest(arm, q) for q in ("trace", "trace_stderr")} for arm in (a_arm, b_arm))
-        out["trace_at_lowest_common_loss"] = trace_comparison(ma, mb)
-    parts = {"tr(H) at the end": verdict_of(out["trace"]), "test accuracy": verdict_of(out["test_acc"])}
-    if "trace_at_lowest_common_loss" in out:
-        parts["tr(H) at the lowest common loss"] = verdict_of(out["trace_at_lowest_common_loss"])
-    verdict = verdicts.combine(parts)
-    out.update(verdict=verdict.label, reason=verdict.reason, mde=verdict.mde, better=verdict.passes)
-    return out
+        low = trace_comparison(ma, mb)
+    parts = {"tr(H) at the end": trace.verdict, "test accuracy": acc.verdict}
+    if low is not None:
+        parts["tr(H) at the lowest common loss"] = low.verdict
+    return Versus(trace, acc, trace_comparison(a, b, "trace_over_loss"), low, verdicts.combine(parts))
 
 
 def best_setting(out_dir: Path, names: Sequence[str]) -> dict[str, Any] | None:
@@ -360,18 +373,18 @@ def escape_verdicts(summaries: Mapping[str, Mapping[str, Any]], matched: Matched
         controls += [a for a in summaries if a.startswith("sgd-lr")]
         vs_rs = versus(summaries["best-sa"], summaries["best-rs"], matched, "best-sa", "best-rs")
         vs_controls = {c: versus(summaries["best-sa"], summaries[c], matched, "best-sa", c) for c in controls}
-        verdict = verdicts.with_controls(verdict_of(vs_rs), {c: verdict_of(v) for c, v in vs_controls.items()})
+        verdict = verdicts.with_controls(vs_rs.verdict, {c: v.verdict for c, v in vs_controls.items()})
         eta = dict(lr_perturb or {})
         if "best-sa" in eta and "best-rs" in eta and eta["best-sa"] != eta["best-rs"]:
             verdict = Verdict(verdicts.NOT_TESTABLE, f"SA ran at η′ = {eta['best-sa']:g} and RS at η′ = "
                               f"{eta['best-rs']:g}: the comparison confounds the algorithm with the step size "
                               f"({verdict.text()})")
-        out["A3"] = {"sa_vs_rs": vs_rs, "sa_vs_controls": vs_controls,
+        out["A3"] = {"sa_vs_rs": vs_rs.to_dict(), "sa_vs_controls": {c: v.to_dict() for c, v in vs_controls.items()},
                      "matched_loss": {} if matched is None else matched.to_dict(), "lr_perturb": eta,
                      "criterion": "SA below RS in tr(H) and above it in test accuracy (95% intervals of the "
                                   "difference, with the estimator and test-set errors), and the same against every "
                                   "control",
-                     "verdict": verdict.label, "reason": verdict.reason, "mde": verdict.mde}
+                     **verdict.as_result()}
     batch_arms = sorted((a for a in summaries if re.fullmatch(r"sa-b\d+", a)), key=lambda a: int(a[4:]))
     if batch_arms:
         tr = {a: summaries[a]["trace"]["mean"] for a in batch_arms}
@@ -379,15 +392,16 @@ def escape_verdicts(summaries: Mapping[str, Mapping[str, Any]], matched: Matched
         ordering = {f"{a} < {b}": trace_comparison(summaries[a], summaries[b]) for a, b in pairwise(batch_arms)}
         diverged = [a for a in batch_arms if "diverged" in summaries[a]["status"]]
         seeds = min(summaries[a]["seeds"] for a in batch_arms)
-        main_v = verdicts.combine({k: verdict_of(v) for k, v in ordering.items()})
+        main_v = verdicts.combine({k: v.verdict for k, v in ordering.items()})
         if diverged:
             main_v = Verdict(verdicts.DOES_NOT_HOLD, f"diverged: {', '.join(diverged)}")
         twin = twins.get(batch_arms[0])
-        verdict = verdicts.with_controls(main_v, {f"{batch_arms[0]} vs its ρ = 0 twin": verdict_of(twin)}
+        verdict = verdicts.with_controls(main_v, {f"{batch_arms[0]} vs its ρ = 0 twin": twin.verdict}
                                          if twin else {})
-        out["A4"] = {"trace_by_batch": tr, "ordering": ordering, "vs_rho0_twin": twins, "diverged": diverged,
+        out["A4"] = {"trace_by_batch": tr, "ordering": {k: v.to_dict() for k, v in ordering.items()},
+                     "vs_rho0_twin": {a: v.to_dict() for a, v in twins.items()}, "diverged": diverged,
                      "criterion": "tr(H) ordered B = 1 < 64 < 128 (95% intervals), and B = 1 below its ρ = 0 twin",
-                     "seeds": seeds, "verdict": verdict.label, "reason": verdict.reason, "mde": verdict.mde}
+                     "seeds": seeds, **verdict.as_result()}
     return out
 
 
@@ -422,7 +436,7 @@ def spearman_verdict(per_seed: Sequence[Mapping[str, Any]], threshold: float = -
     return Verdict(verdicts.INCONCLUSIVE, f"{text}: an interval reaches past 0 or ρ_s above {threshold:g}")
 
 
-def label_noise_verdict(per_seed: Sequence[Mapping[str, Any]], vs: Mapping[str, Any] | None,
+def label_noise_verdict(per_seed: Sequence[Mapping[str, Any]], vs: Versus | None,
                         common_loss_is_start: bool = False) -> Verdict:
     """G6: the correlation part (:func:`spearman_verdict`) and tr(H) below the noiseless control at equal
     training loss (the cross-entropy Hessian grows with the loss, which label noise holds up). When the only
@@ -431,11 +445,11 @@ def label_noise_verdict(per_seed: Sequence[Mapping[str, Any]], vs: Mapping[str, 
     key = "tr(H) below the noiseless control at equal loss"
     if vs is None:
         parts[key] = Verdict(verdicts.NOT_RUN, "no noiseless control")
-    elif common_loss_is_start or "trace_at_lowest_common_loss" not in vs:
+    elif common_loss_is_start or vs.at_lowest_common_loss is None:
         parts[key] = Verdict(verdicts.NOT_TESTABLE, "the arms share no training loss after the start (label noise "
-                             f"raises it); at the end: {verdict_of(vs['trace']).text()}")
+                             f"raises it); at the end: {vs.trace.verdict.text()}")
     else:
-        parts[key] = verdict_of(vs["trace_at_lowest_common_loss"])
+        parts[key] = vs.at_lowest_common_loss.verdict
     return verdicts.combine(parts)
 
 
@@ -466,8 +480,8 @@ def label_noise_results(dirs: Mapping[str, Path]) -> dict[str, Any]:
         at_start = bool(matched.levels) and bool(starts) and matched.levels[-1] >= min(starts)
     verdict = label_noise_verdict(per_seed, vs, at_start)
     out["G6"] = {"spearman_per_seed": per_seed, "spearman_after_step_0": evidence.seed_stats(rhos),
-                 "noiseless_spearman_after_step_0": control, "vs_noiseless": vs,
+                 "noiseless_spearman_after_step_0": control, "vs_noiseless": None if vs is None else vs.to_dict(),
                  "criterion": "ρ_s ≤ −0.7 with its 95% interval below 0 in every seed, and tr(H) below the "
                               "noiseless control (95% interval of the difference)",
-                 "verdict": verdict.label, "reason": verdict.reason, "mde": verdict.mde}
+                 **verdict.as_result()}
     return out

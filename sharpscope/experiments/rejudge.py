@@ -172,8 +172,8 @@ def label_noise(summary: StudySummary) -> dict[str, Any]:
                        for k, arm in (("a", "label-noise"), ("b", "noiseless")))
     verdict = ac.label_noise_verdict(g6.get("spearman_per_seed") or [], vs, at_start)
     return {"G6": {**{k: g6[k] for k in ("spearman_per_seed", "spearman_after_step_0") if k in g6},
-                   "vs_noiseless": vs, "criterion": g6.get("criterion", ""), "verdict": verdict.label,
-                   "reason": verdict.reason, "mde": verdict.mde},
+                   "vs_noiseless": None if vs is None else vs.to_dict(), "criterion": g6.get("criterion", ""),
+                   **verdict.as_result()},
             "notes": [STDERR_NOTE, PAIRED_NOTE]}
 
 
