@@ -31,7 +31,7 @@ from typing import Any
 
 from sharpscope.experiments import criteria, evidence, statistics, verdicts
 from sharpscope.experiments.verdicts import Verdict
-from sharpscope.io.records import read_measurements, read_summary
+from sharpscope.io.records import as_number, read_measurements, read_summary
 from sharpscope.track import RunDirectory
 
 _SEED = re.compile(r"^(?P<arm>.+)-s(?P<seed>\d+)$")
@@ -155,19 +155,49 @@ def run_numbers(path: Path) -> RunNumbers:
                       min_train_acc=min(finite_train) if finite_train else math.nan, test_examples=s.test_examples)
 
 
-def arm_summary(paths: Sequence[Path]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ArmSummary:
+    """An arm over its seeds (:func:`arm_summary`): the seed count, each run's status, per quantity of
+    :data:`SUMMARISED` (those recorded) the :func:`evidence.seed_stats` of the runs' values at the end (``end``)
+    and at their first measurement (``start``), the lowest train accuracy of any run, the binomial standard
+    error of the test accuracy and the test-set size. Stored as :meth:`to_dict`."""
+
+    seeds: int
+    status: list[str | None]
+    end: dict[str, dict[str, Any]]
+    start: dict[str, dict[str, Any]]
+    min_train_acc: float = math.nan
+    test_acc_stderr: float = math.nan
+    test_examples: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"seeds", "status", <quantity>, "<quantity>_start", …, "min_train_acc", "test_acc_stderr",
+        "test_examples"}``."""
+        out: dict[str, Any] = {"seeds": self.seeds, "status": self.status}
+        for q, stats in self.end.items():
+            out.update({q: stats, f"{q}_start": self.start[q]})
+        return {**out, "min_train_acc": self.min_train_acc, "test_acc_stderr": self.test_acc_stderr,
+                "test_examples": self.test_examples}
+
+    @classmethod
+    def from_dict(cls, stored: Mapping[str, Any]) -> ArmSummary:
+        """The summary stored by :meth:`to_dict` (non-numbers read as NaN)."""
+        held = [q for q in SUMMARISED if q in stored]
+        return cls(int(stored["seeds"]), list(stored["status"]), {q: stored[q] for q in held},
+                   {q: stored[f"{q}_start"] for q in held}, as_number(stored.get("min_train_acc")),
+                   as_number(stored.get("test_acc_stderr")), stored.get("test_examples"))
+
+
+def arm_summary(paths: Sequence[Path]) -> ArmSummary:
     """Per-seed end values of an arm and their mean ± std; the test accuracy's binomial standard error."""
     runs = [run_numbers(p) for p in paths]
-    out: dict[str, Any] = {"seeds": len(runs), "status": [r.status for r in runs]}
-    for key in SUMMARISED:
-        out[key] = evidence.seed_stats([r.end.value(key) for r in runs])
-        out[f"{key}_start"] = evidence.seed_stats([r.start.value(key) for r in runs])
-    out["min_train_acc"] = min((r.min_train_acc for r in runs), default=math.nan)
+    end = {q: evidence.seed_stats([r.end.value(q) for r in runs]) for q in SUMMARISED}
     n = next((r.test_examples for r in runs if r.test_examples), None)
-    acc = out["test_acc"]["mean"]
-    out["test_acc_stderr"] = evidence.binomial_stderr(acc, n) if n and math.isfinite(acc) else math.nan
-    out["test_examples"] = n
-    return out
+    acc = end["test_acc"]["mean"]
+    return ArmSummary(len(runs), [r.status for r in runs], end,
+                      {q: evidence.seed_stats([r.start.value(q) for r in runs]) for q in SUMMARISED},
+                      min((r.min_train_acc for r in runs), default=math.nan),
+                      evidence.binomial_stderr(acc, n) if n and math.isfinite(acc) else math.nan, n)
 
 
 @dataclass(frozen=True)
@@ -227,21 +257,20 @@ def estimator_se(stats: Mapping[str, Any] | None) -> float:
 
 def trace_comparison(a: Mapping[str, Any], b: Mapping[str, Any], key: str = "trace") -> evidence.Comparison:
     """``a``'s ``key`` (``trace`` or ``trace_over_loss``) below ``b``'s: :func:`evidence.compare_seeds` with each
-    arm's trace estimator standard error."""
+    arm's trace estimator standard error. ``a``, ``b``: :func:`evidence.seed_stats` by quantity (an
+    :class:`ArmSummary`'s ``end``, or a matched-loss reading)."""
     return evidence.compare_seeds(_values(a[key]), _values(b[key]), lower_is_better=True,
                                   estimator_se_a=estimator_se(a.get(f"{key}_stderr")),
                                   estimator_se_b=estimator_se(b.get(f"{key}_stderr")))
 
 
-def accuracy_comparison(a: Mapping[str, Any], b: Mapping[str, Any]) -> evidence.Comparison:
+def accuracy_comparison(a: ArmSummary, b: ArmSummary) -> evidence.Comparison:
     """``a``'s test accuracy above ``b``'s: Welch's interval over seeds with the binomial standard error of each
     arm's accuracy added (the seeds share one test set, so its sampling error is not in the seed spread). The
     two binomial errors are added as if independent: a paired test needs each arm's per-example predictions,
     which the runs do not store, and is tighter whenever the arms err on the same examples."""
-    se_a, se_b = a.get("test_acc_stderr", math.nan), b.get("test_acc_stderr", math.nan)
-    se_a = se_a if isinstance(se_a, (int, float)) and math.isfinite(se_a) else 0.0
-    se_b = se_b if isinstance(se_b, (int, float)) and math.isfinite(se_b) else 0.0
-    out = evidence.compare_seeds(_values(a["test_acc"]), _values(b["test_acc"]), lower_is_better=False,
+    se_a, se_b = (x.test_acc_stderr if math.isfinite(x.test_acc_stderr) else 0.0 for x in (a, b))
+    out = evidence.compare_seeds(_values(a.end["test_acc"]), _values(b.end["test_acc"]), lower_is_better=False,
                                  estimator_se_a=se_a, estimator_se_b=se_b)
     return replace(out, binomial_stderr=math.hypot(se_a, se_b))
 
@@ -267,13 +296,13 @@ class Versus:
         return {**out, **self.verdict.as_result(), "better": self.verdict.passes}
 
 
-def versus(a: Mapping[str, Any], b: Mapping[str, Any], matched: MatchedLoss | None = None,
+def versus(a: ArmSummary, b: ArmSummary, matched: MatchedLoss | None = None,
            a_arm: str = "", b_arm: str = "") -> Versus:
     """Arm ``a`` against ``b``: lower tr(H) and higher test accuracy (:func:`accuracy_comparison`) at the
     end, lower tr(H)/L, and lower tr(H) at the lowest common loss level (when ``matched`` holds both arms).
     The verdict: tr(H) and test accuracy at the end and tr(H) at the lowest common loss, combined
     (:func:`verdicts.combine`)."""
-    trace, acc = trace_comparison(a, b), accuracy_comparison(a, b)
+    trace, acc = trace_comparison(a.end, b.end), accuracy_comparison(a, b)
     low = None
     if matched is not None and matched.compares(a_arm, b_arm):
         ma, mb = ({q: matched.lowest(arm, q) for q in ("trace", "trace_stderr")} for arm in (a_arm, b_arm))
@@ -281,7 +310,7 @@ def versus(a: Mapping[str, Any], b: Mapping[str, Any], matched: MatchedLoss | No
     parts = {"tr(H) at the end": trace.verdict, "test accuracy": acc.verdict}
     if low is not None:
         parts["tr(H) at the lowest common loss"] = low.verdict
-    return Versus(trace, acc, trace_comparison(a, b, "trace_over_loss"), low, verdicts.combine(parts))
+    return Versus(trace, acc, trace_comparison(a.end, b.end, "trace_over_loss"), low, verdicts.combine(parts))
 
 
 def best_setting(out_dir: Path, names: Sequence[str]) -> dict[str, Any] | None:
@@ -310,41 +339,40 @@ def best_setting(out_dir: Path, names: Sequence[str]) -> dict[str, Any] | None:
             "kept_train_acc": kept}
 
 
-def _a1(good: Mapping[str, Any], bad: Mapping[str, Any]) -> dict[str, Any]:
+def _a1(good: ArmSummary, bad: ArmSummary) -> dict[str, Any]:
     """A1: the bad minimizer's test accuracy ≥ 20 points below the random-init fits'. The interval carries the
     random-init seeds' spread and both binomial errors; with one bad minimizer the spread between minimizers
     is not in it."""
-    acc = good["test_acc"]
-    gap = acc["mean"] - bad["test_acc"]["mean"]
+    acc, bad_acc = good.end["test_acc"], bad.end["test_acc"]["mean"]
+    gap = acc["mean"] - bad_acc
     seed_se = acc["std"] / math.sqrt(acc["n"]) if acc["n"] >= 2 else math.nan
-    d = statistics.compare_readings(acc["mean"], bad["test_acc"]["mean"],
-                                    se_a=math.hypot(seed_se, good["test_acc_stderr"]), se_b=bad["test_acc_stderr"]) \
-        if math.isfinite(seed_se) and math.isfinite(gap) else None
-    out: dict[str, Any] = {"random_init_test_acc": acc, "bad_test_acc": bad["test_acc"]["mean"],
-                           "bad_train_acc": bad["train_acc"]["mean"], "gap_points": 100 * gap,
+    d = statistics.compare_readings(acc["mean"], bad_acc, se_a=math.hypot(seed_se, good.test_acc_stderr),
+                                    se_b=bad.test_acc_stderr) if math.isfinite(seed_se) and math.isfinite(gap) else None
+    out: dict[str, Any] = {"random_init_test_acc": acc, "bad_test_acc": bad_acc,
+                           "bad_train_acc": bad.end["train_acc"]["mean"], "gap_points": 100 * gap,
                            "stderr_points": 100 * d.se if d else math.nan,
                            "interval_points": [100 * d.low, 100 * d.high] if d else [math.nan, math.nan],
-                           "bad_minimizers": bad["seeds"], "criterion": "gap ≥ 20 points"}
+                           "bad_minimizers": bad.seeds, "criterion": "gap ≥ 20 points"}
     if d is None or acc["n"] < verdicts.MIN_SEEDS:
         v = Verdict(verdicts.INCONCLUSIVE, f"fewer than {verdicts.MIN_SEEDS} random-init seeds")
     else:
         text = f"gap {100 * gap:.3g} points, 95% interval [{100 * d.low:.3g}, {100 * d.high:.3g}]"
-        if bad["seeds"] < verdicts.MIN_SEEDS:
-            text += f" (from {bad['seeds']} bad minimizer(s): the spread between minimizers is not in it)"
+        if bad.seeds < verdicts.MIN_SEEDS:
+            text += f" (from {bad.seeds} bad minimizer(s): the spread between minimizers is not in it)"
         label = (verdicts.HOLDS if d.low > 0.2 else verdicts.PARTLY if d.low > 0 and d.high < 0.2 else
                  verdicts.DOES_NOT_HOLD if d.high <= 0 else verdicts.INCONCLUSIVE)
         v = Verdict(label, text + ("; worse, but by less than 20 points" if label == verdicts.PARTLY else ""))
     return {**out, "verdict": v.label, "reason": v.reason}
 
 
-def _a2(sgd: Mapping[str, Any]) -> dict[str, Any]:
+def _a2(sgd: ArmSummary) -> dict[str, Any]:
     """A2: SGD at η does not escape: the change of test accuracy from the minimizer to the end within ±2 points
     (an equivalence test: the whole interval inside ±2 points). Start and end are read on the same test set;
     without per-example predictions their binomial errors are added as if independent."""
-    start, end = _values(sgd["test_acc_start"]), _values(sgd["test_acc"])
-    n = sgd.get("test_examples")
+    start, end = _values(sgd.start["test_acc"]), _values(sgd.end["test_acc"])
+    n = sgd.test_examples
     se = [evidence.binomial_stderr(x["mean"], n) if n and math.isfinite(x["mean"]) else 0.0
-          for x in (sgd["test_acc"], sgd["test_acc_start"])]
+          for x in (sgd.end["test_acc"], sgd.start["test_acc"])]
     d = statistics.welch_difference(end, start, estimator_se_a=se[0], estimator_se_b=se[1])
     v = verdicts.judge_equivalence(d, margin=0.02, what="end − start") if d.n_a >= verdicts.MIN_SEEDS else \
         Verdict(verdicts.INCONCLUSIVE, f"fewer than {verdicts.MIN_SEEDS} seeds")
@@ -352,12 +380,12 @@ def _a2(sgd: Mapping[str, Any]) -> dict[str, Any]:
     return {"delta_test_acc_points": {k: 100 * v if isinstance(v, float) else v for k, v in delta.items()
                                       if k != "values"},
             "interval_points": [100 * d.low, 100 * d.high],
-            "trace_start_end": [sgd["trace_start"]["mean"], sgd["trace"]["mean"]],
+            "trace_start_end": [sgd.start["trace"]["mean"], sgd.end["trace"]["mean"]],
             "criterion": "|Δ test accuracy| < 2 points (the 95% interval inside ±2 points)",
             "verdict": v.label, "reason": v.reason}
 
 
-def escape_verdicts(summaries: Mapping[str, Mapping[str, Any]], matched: MatchedLoss | None = None,
+def escape_verdicts(summaries: Mapping[str, ArmSummary], matched: MatchedLoss | None = None,
                     lr_perturb: Mapping[str, float] | None = None) -> dict[str, Any]:
     """A1–A4 from arm summaries (:func:`arm_summary`), A3's matched-loss reading (:func:`at_matched_loss` over
     its arms) and the perturbation step sizes η′ of ``best-sa`` and ``best-rs`` (when known: RS and SA at
@@ -387,11 +415,11 @@ def escape_verdicts(summaries: Mapping[str, Mapping[str, Any]], matched: Matched
                      **verdict.as_result()}
     batch_arms = sorted((a for a in summaries if re.fullmatch(r"sa-b\d+", a)), key=lambda a: int(a[4:]))
     if batch_arms:
-        tr = {a: summaries[a]["trace"]["mean"] for a in batch_arms}
+        tr = {a: summaries[a].end["trace"]["mean"] for a in batch_arms}
         twins = {a: versus(summaries[a], summaries[f"{a}-rho0"]) for a in batch_arms if f"{a}-rho0" in summaries}
-        ordering = {f"{a} < {b}": trace_comparison(summaries[a], summaries[b]) for a, b in pairwise(batch_arms)}
-        diverged = [a for a in batch_arms if "diverged" in summaries[a]["status"]]
-        seeds = min(summaries[a]["seeds"] for a in batch_arms)
+        ordering = {f"{a} < {b}": trace_comparison(summaries[a].end, summaries[b].end) for a, b in pairwise(batch_arms)}
+        diverged = [a for a in batch_arms if "diverged" in summaries[a].status]
+        seeds = min(summaries[a].seeds for a in batch_arms)
         main_v = verdicts.combine({k: v.verdict for k, v in ordering.items()})
         if diverged:
             main_v = Verdict(verdicts.DOES_NOT_HOLD, f"diverged: {', '.join(diverged)}")
@@ -418,7 +446,7 @@ def escape_results(dirs: Mapping[str, Path]) -> dict[str, Any]:
             kwargs = RunDirectory(groups[arm][0]).read_config().get("optimizer_kwargs") or {}
             if isinstance(kwargs.get("lr_perturb"), (int, float)):
                 eta[arm] = float(kwargs["lr_perturb"])
-    return {"arms": summaries, **escape_verdicts(summaries, matched, eta)}
+    return {"arms": {a: s.to_dict() for a, s in summaries.items()}, **escape_verdicts(summaries, matched, eta)}
 
 
 def spearman_verdict(per_seed: Sequence[Mapping[str, Any]], threshold: float = -0.7) -> Verdict:
@@ -458,7 +486,8 @@ def label_noise_results(dirs: Mapping[str, Path]) -> dict[str, Any]:
     after step 0 (the stated rule: step 0 is the minimizer before any noise, so it is left out; the value
     with it is reported beside) and the comparison with noiseless SGD at the same step size."""
     groups = arms(dirs)
-    out: dict[str, Any] = {"arms": {a: arm_summary(p) for a, p in groups.items()}}
+    summaries = {a: arm_summary(p) for a, p in groups.items()}
+    out: dict[str, Any] = {"arms": {a: s.to_dict() for a, s in summaries.items()}}
     if "label-noise" not in groups:
         return out
     per_seed = []
@@ -475,7 +504,7 @@ def label_noise_results(dirs: Mapping[str, Path]) -> dict[str, Any]:
     vs, at_start = None, False
     if "noiseless" in groups:
         matched = at_matched_loss({a: groups[a] for a in ("label-noise", "noiseless")})
-        vs = versus(out["arms"]["label-noise"], out["arms"]["noiseless"], matched, "label-noise", "noiseless")
+        vs = versus(summaries["label-noise"], summaries["noiseless"], matched, "label-noise", "noiseless")
         starts = [s.loss[0] for a in ("label-noise", "noiseless") for s in map(series, groups[a]) if s.loss]
         at_start = bool(matched.levels) and bool(starts) and matched.levels[-1] >= min(starts)
     verdict = label_noise_verdict(per_seed, vs, at_start)

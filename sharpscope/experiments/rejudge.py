@@ -23,6 +23,7 @@ import math
 import re
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -65,15 +66,20 @@ def _runs_of(stages: Mapping[str, RunSummary], arm: str) -> list[str]:
     return [name for name in stages if ac.arm_of(name) == arm]
 
 
-def with_stored_stderr(arm_summaries: Mapping[str, Any], stages: Mapping[str, RunSummary]) -> dict[str, Any]:
-    """Arm summaries with ``trace_stderr`` and ``trace_over_loss_stderr`` from the runs' final readings."""
+def with_stored_stderr(arm_summaries: Mapping[str, Any], stages: Mapping[str, RunSummary]) -> dict[str, ac.ArmSummary]:
+    """The stored arm summaries with ``trace_stderr`` and ``trace_over_loss_stderr`` from the runs' final readings."""
     out = {}
-    for arm, a in arm_summaries.items():
+    for arm, a in _summaries(arm_summaries).items():
         finals = [_final_trace(stages, r) for r in _runs_of(stages, arm)]
-        out[arm] = {**a, "trace_stderr": evidence.seed_stats([se for _, se, _ in finals]),
-                    "trace_over_loss_stderr": evidence.seed_stats([se / loss if loss > 0 else math.nan
-                                                                   for _, se, loss in finals])}
+        out[arm] = replace(a, end={**a.end, "trace_stderr": evidence.seed_stats([se for _, se, _ in finals]),
+                                   "trace_over_loss_stderr": evidence.seed_stats([se / loss if loss > 0 else math.nan
+                                                                                  for _, se, loss in finals])})
     return out
+
+
+def _summaries(stored: Mapping[str, Any]) -> dict[str, ac.ArmSummary]:
+    """The arm summaries stored in a study's results (:meth:`arms.ArmSummary.to_dict`)."""
+    return {arm: ac.ArmSummary.from_dict(a) for arm, a in stored.items()}
 
 
 def _relative_stderr(stages: Mapping[str, RunSummary], arm: str) -> list[float]:
@@ -99,12 +105,12 @@ def _best_eta(arm_summaries: Mapping[str, Any], kind: str) -> float | None:
     """η′ of the sweep's best ``kind`` (``rs`` or ``sa``) by the study's own rule (:func:`arms.best_setting`):
     the lowest final tr(H) among completed runs, preferring those that kept ≥ 99% train accuracy."""
     candidates = []
-    for name, a in arm_summaries.items():
+    for name, a in _summaries(arm_summaries).items():
         m = re.fullmatch(rf"sweep-{kind}(-same|-ind)?-rho([\d.e-]+)-lrp([\d.e-]+)", name)
-        score = _f((a.get("trace") or {}).get("mean"))
-        if not m or a.get("status") != ["completed"] or not math.isfinite(score):
+        score = _f(a.end.get("trace", {}).get("mean"))
+        if not m or a.status != ["completed"] or not math.isfinite(score):
             continue
-        candidates.append((not _f(a.get("min_train_acc")) >= 0.99, score, float(m.group(3)) * escape_study.ETA))
+        candidates.append((not a.min_train_acc >= 0.99, score, float(m.group(3)) * escape_study.ETA))
     return min(candidates)[2] if candidates else None
 
 
@@ -168,7 +174,7 @@ def label_noise(summary: StudySummary) -> dict[str, Any]:
     # the lowest common loss level is the shared start when both arms' readings there are their first ones
     at_start = False
     if stored:
-        at_start = all([_f(x) for x in stored[k]["values"]] == [_f(x) for x in res["arms"][arm]["trace_start"]["values"]]
+        at_start = all([_f(x) for x in stored[k]["values"]] == [_f(x) for x in summaries[arm].start["trace"]["values"]]
                        for k, arm in (("a", "label-noise"), ("b", "noiseless")))
     verdict = ac.label_noise_verdict(g6.get("spearman_per_seed") or [], vs, at_start)
     return {"G6": {**{k: g6[k] for k in ("spearman_per_seed", "spearman_after_step_0") if k in g6},
@@ -180,7 +186,8 @@ def label_noise(summary: StudySummary) -> dict[str, Any]:
 def sam_flatness(summary: StudySummary) -> dict[str, Any]:
     """G1, G3, G4, G5 of the SAM-flatness study from its arm summaries and matched-loss readings."""
     res = summary.results
-    return {**flatness_study.flatness_verdicts(res["arms"], ac.MatchedLoss.from_dict(res.get("matched_loss") or {})), "notes": [PAIRED_NOTE]}
+    matched = ac.MatchedLoss.from_dict(res.get("matched_loss") or {})
+    return {**flatness_study.flatness_verdicts(_summaries(res["arms"]), matched), "notes": [PAIRED_NOTE]}
 
 
 def sam_edge(summary: StudySummary) -> dict[str, Any]:
