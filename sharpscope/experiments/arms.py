@@ -159,8 +159,8 @@ def run_numbers(path: Path) -> RunNumbers:
 class ArmSummary:
     """An arm over its seeds (:func:`arm_summary`): the seed count, each run's status, per quantity of
     :data:`SUMMARISED` (those recorded) the :func:`evidence.seed_stats` of the runs' values at the end (``end``)
-    and at their first measurement (``start``), the lowest train accuracy of any run, the binomial standard
-    error of the test accuracy and the test-set size. Stored as :meth:`to_dict`."""
+    and at their first measurement (``start``, where recorded), the lowest train accuracy of any run, the
+    binomial standard error of the test accuracy and the test-set size. Stored as :meth:`to_dict`."""
 
     seeds: int
     status: list[str | None]
@@ -175,7 +175,9 @@ class ArmSummary:
         "test_examples"}``."""
         out: dict[str, Any] = {"seeds": self.seeds, "status": self.status}
         for q, stats in self.end.items():
-            out.update({q: stats, f"{q}_start": self.start[q]})
+            out[q] = stats
+            if q in self.start:
+                out[f"{q}_start"] = self.start[q]
         return {**out, "min_train_acc": self.min_train_acc, "test_acc_stderr": self.test_acc_stderr,
                 "test_examples": self.test_examples}
 
@@ -184,7 +186,7 @@ class ArmSummary:
         """The summary stored by :meth:`to_dict` (non-numbers read as NaN)."""
         held = [q for q in SUMMARISED if q in stored]
         return cls(int(stored["seeds"]), list(stored["status"]), {q: stored[q] for q in held},
-                   {q: stored[f"{q}_start"] for q in held}, as_number(stored.get("min_train_acc")),
+                   {q: stored[f"{q}_start"] for q in held if f"{q}_start" in stored}, as_number(stored.get("min_train_acc")),
                    as_number(stored.get("test_acc_stderr")), stored.get("test_examples"))
 
 
