@@ -6,8 +6,8 @@ stated the same way everywhere:
 * :func:`interpolate_at_loss` reads a quantity along one run at the first time its training loss
   falls to given levels; :func:`common_loss_levels` picks levels that every run reaches.
 * :func:`seed_stats` and :func:`compare_seeds` summarise per-seed values and decide whether one arm
-  beats another: Welch's interval of the difference (with the estimator's own standard error) and a
-  verdict from :mod:`sharpscope.experiments.verdicts`.
+  beats another (a :class:`Comparison`): Welch's interval of the difference (with the estimator's own
+  standard error) and a verdict from :mod:`sharpscope.experiments.verdicts`.
 * :func:`binomial_stderr` is the standard error of an accuracy measured on ``n`` examples.
 * :func:`spearman_with_ci` is a Spearman rank correlation with a percentile bootstrap interval.
 """
