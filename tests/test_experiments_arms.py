@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from sharpscope.experiments import arms as ec
+from sharpscope.io import jsonsafe
 from sharpscope.io.studysummary import StudySummary
 
 
@@ -96,9 +97,9 @@ def test_the_trace_estimator_error_widens_the_interval(tmp_path: Path) -> None:
         root = tmp_path / str(stderr)
         groups = ec.arms({**arm(root, "x", [5.0, 5.2, 4.8], stderr), **arm(root, "y", [10.0, 10.5, 9.5], stderr)})
         a, b = (ec.arm_summary(groups[k]) for k in ("x", "y"))
-        cmp = ec.trace_comparison(a, b)
-        assert cmp["verdict"] == verdict
-        assert cmp["estimator_se"] == pytest.approx(0.0 if stderr is None else math.hypot(3.0, 3.0))
+        cmp = ec.trace_comparison(a.end, b.end)
+        assert cmp.verdict.label == verdict
+        assert cmp.estimator_se == pytest.approx(0.0 if stderr is None else math.hypot(3.0, 3.0))
 
 
 def test_two_seeds_never_pass(tmp_path: Path) -> None:
@@ -119,11 +120,14 @@ def test_matched_loss_reads_each_arm_at_equal_training_loss(tmp_path: Path) -> N
                                losses=[0.1 ** (j / 4) for j in range(5)]) for i in range(3)}
     groups = ec.arms({**fast, **slow})
     matched = ec.at_matched_loss(groups)
-    assert matched["levels"]
-    for i, level in enumerate(matched["levels"]):
+    assert matched.levels and matched.compares("fast", "slow") and not matched.compares("fast", "other")
+    for i, level in enumerate(matched.levels):
         for arm in ("fast", "slow"):
-            assert matched["arms"][arm]["trace"][i]["mean"] == pytest.approx(curve(level), rel=1e-9)
-    ends = {a: ec.arm_summary(p)["trace"]["mean"] for a, p in groups.items()}
+            assert matched.arms[arm]["trace"][i]["mean"] == pytest.approx(curve(level), rel=1e-9)
+        assert matched.lowest("fast", "trace") is matched.arms["fast"]["trace"][-1]
+    stored = jsonsafe.dumps(matched.to_dict())  # NaN stderrs (none recorded): compared as stored
+    assert jsonsafe.dumps(ec.MatchedLoss.from_dict(jsonsafe.loads(stored)).to_dict()) == stored
+    ends = {a: ec.arm_summary(p).end["trace"]["mean"] for a, p in groups.items()}
     assert ends["fast"] > ends["slow"] + 10
 
 
@@ -161,3 +165,56 @@ def test_the_report_quotes_the_criteria(tmp_path: Path) -> None:
     assert "| best-sa | 3 |" in text and "| best-rs | 3 |" in text
     assert f"**A3** — {results['A3']['criterion']}: **{results['A3']['verdict']}**" in text
     assert "| vs best-rs | trace |" in text
+
+
+def test_run_numbers_are_the_first_and_last_finite_readings(tmp_path: Path) -> None:
+    """Start and end of a run whose last loss is not finite: the end is each quantity's last finite value, and
+    tr(H)/L is read from the two ends; a run without measurements has NaN ends and no test-set size."""
+    path = _run(tmp_path, "x-s0", [20.0, 8.0, 6.0], [0.3, 0.4, 0.5], losses=[0.5, 0.25, "nan"])  # stored NaN
+    s = ec.series(path)
+    assert s.column("trace") == [20.0, 8.0, 6.0] and s.step == [0.0, 10.0, 20.0] and s.test_examples == 2000
+    with pytest.raises(KeyError):
+        s.column("status")
+    nums = ec.run_numbers(path)
+    assert (nums.status, nums.measurements, nums.test_examples, nums.min_train_acc) == ("completed", 3, 2000, 1.0)
+    assert (nums.start.trace, nums.end.trace, nums.end.loss, nums.end.test_acc) == (20.0, 6.0, 0.25, 0.5)
+    assert nums.start.trace_over_loss == 40.0 and nums.end.trace_over_loss == 24.0
+    assert nums.end.value("trace_over_loss") == 24.0 and math.isnan(nums.end.trace_over_loss_stderr)
+    summary = ec.arm_summary([path])
+    assert summary.end["trace_over_loss"]["values"] == [24.0] and summary.start["trace"]["values"] == [20.0]
+    assert (summary.seeds, summary.status, summary.min_train_acc, summary.test_examples) == (1, ["completed"], 1.0, 2000)
+    assert summary.test_acc_stderr == pytest.approx(math.sqrt(0.5 * 0.5 / 2000), rel=1e-12)
+    stored = summary.to_dict()
+    assert list(stored)[:4] == ["seeds", "status", "trace", "trace_start"]
+    assert list(stored)[-3:] == ["min_train_acc", "test_acc_stderr", "test_examples"]
+    assert stored["trace_over_loss_start"]["values"] == [40.0]
+    again = ec.ArmSummary.from_dict(jsonsafe.loads(jsonsafe.dumps(stored)))
+    assert jsonsafe.dumps(again.to_dict()) == jsonsafe.dumps(stored)
+    (path / "metrics.jsonl").write_text("")
+    empty = ec.run_numbers(path)
+    assert empty.measurements == 0 and empty.test_examples is None and math.isnan(empty.end.value("trace"))
+
+
+def test_a_matched_loss_reading_read_back_from_json_gives_the_same_comparison(tmp_path: Path) -> None:
+    """:func:`versus` on the study's own reading and arm summaries and on those stored and read back: the same
+    JSON, which is what the study stores, its numbers those of the typed comparison."""
+    dirs = {**_arm(tmp_path, "best-sa", [5.0, 5.2, 4.8], [0.50, 0.51, 0.49]),
+            **_arm(tmp_path, "best-rs", [10.0, 10.5, 9.5], [0.40, 0.41, 0.39])}
+    groups = ec.arms(dirs)
+    a, b = (ec.arm_summary(groups[k]) for k in ("best-sa", "best-rs"))
+    matched = ec.at_matched_loss(groups)
+    stored = ec.escape_results(dirs)["A3"]["matched_loss"]
+    assert jsonsafe.dumps(stored) == jsonsafe.dumps(matched.to_dict())
+    again = ec.MatchedLoss.from_dict(jsonsafe.loads(jsonsafe.dumps(stored)))
+    direct, read = (ec.versus(a, b, m, "best-sa", "best-rs") for m in (matched, again))
+    assert direct.at_lowest_common_loss is not None
+    assert jsonsafe.dumps(direct.to_dict()) == jsonsafe.dumps(read.to_dict())
+    results = jsonsafe.loads(jsonsafe.dumps(ec.escape_results(dirs)))
+    stored_vs = results["A3"]["sa_vs_rs"]
+    assert jsonsafe.dumps(stored_vs) == jsonsafe.dumps(direct.to_dict())
+    a_read, b_read = (ec.ArmSummary.from_dict(results["arms"][k]) for k in ("best-sa", "best-rs"))
+    assert jsonsafe.dumps(ec.versus(a_read, b_read, again, "best-sa", "best-rs").to_dict()) == jsonsafe.dumps(stored_vs)
+    low = stored_vs["trace_at_lowest_common_loss"]
+    assert low["difference"] == direct.at_lowest_common_loss.difference.estimate and low["verdict"] == "holds"
+    assert (stored_vs["verdict"], stored_vs["mde"], stored_vs["better"]) == (direct.verdict.label, direct.verdict.mde,
+                                                                             direct.verdict.passes)

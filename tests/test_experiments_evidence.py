@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from itertools import pairwise
 
 import numpy as np
@@ -119,17 +120,18 @@ def test_compare_seeds_is_welch_interval_of_the_difference() -> None:
     c = compare_seeds(a, b, lower_is_better=True)
     ref = ttest_ind(a, b, equal_var=False)
     ci = ref.confidence_interval(0.95)
-    assert c["difference"] == -1.5 and c["a_better"]
-    assert c["interval"] == pytest.approx([ci.low, ci.high], rel=1e-12) and c["p_value"] == pytest.approx(ref.pvalue)
-    assert c["verdict"] == "inconclusive" and not c["holds"] and 1.5 < c["mde"] < 6.0
+    assert c.difference.estimate == -1.5 and c.a_better
+    d = c.difference
+    assert [d.low, d.high] == pytest.approx([ci.low, ci.high], rel=1e-12) and d.p_value == pytest.approx(ref.pvalue)
+    assert c.verdict.label == "inconclusive" and not c.verdict.passes and 1.5 < c.mde < 6.0
 
 
 def test_compare_seeds_interval_below_zero_holds_and_wrong_direction_does_not() -> None:
     c = compare_seeds([1.0, 2.0, 3.0], [4.0, 5.0, 6.0], lower_is_better=True)
-    assert c["difference"] == -3.0 and c["interval"][1] < 0 and c["holds"] and c["verdict"] == "holds"
+    assert c.difference.estimate == -3.0 and c.difference.high < 0 and c.verdict.passes and c.verdict.label == "holds"
     w = compare_seeds([1.0, 2.0, 3.0], [4.0, 5.0, 6.0], lower_is_better=False)
-    assert not w["a_better"] and not w["holds"] and w["verdict"] == "does not hold"
-    assert compare_seeds([4.0, 5.0, 6.0], [1.0, 2.0, 3.0], lower_is_better=False)["holds"]
+    assert not w.a_better and not w.verdict.passes and w.verdict.label == "does not hold"
+    assert compare_seeds([4.0, 5.0, 6.0], [1.0, 2.0, 3.0], lower_is_better=False).verdict.passes
 
 
 def test_compare_seeds_sees_what_the_sd_sum_rule_misses() -> None:
@@ -138,24 +140,40 @@ def test_compare_seeds_sees_what_the_sd_sum_rule_misses() -> None:
     z = np.linspace(-1.0, 1.0, 10)
     z = z / z.std(ddof=1)
     c = compare_seeds(list(z), list(z + 1.5), lower_is_better=True)
-    assert abs(c["difference"]) < 2.0 and c["holds"]
+    assert abs(c.difference.estimate) < 2.0 and c.verdict.passes
 
 
 def test_compare_seeds_estimator_error_widens_the_interval() -> None:
     plain = compare_seeds([1.0, 2.0, 3.0], [4.0, 5.0, 6.0], lower_is_better=True)
     noisy = compare_seeds([1.0, 2.0, 3.0], [4.0, 5.0, 6.0], lower_is_better=True, estimator_se_a=2.0,
                           estimator_se_b=2.0)
-    assert noisy["se"] == pytest.approx(math.sqrt(plain["se"] ** 2 + 8.0))
-    assert plain["holds"] and noisy["verdict"] == "inconclusive" and noisy["mde"] > plain["mde"]
+    assert noisy.difference.se == pytest.approx(math.sqrt(plain.difference.se ** 2 + 8.0))
+    assert plain.verdict.passes and noisy.verdict.label == "inconclusive" and noisy.mde > plain.mde
 
 
 def test_compare_seeds_two_seeds_is_inconclusive() -> None:
     c = compare_seeds([1.0, 1.1], [9.0, 9.1, 9.2], lower_is_better=True)
-    assert not c["holds"] and c["a_better"] and c["verdict"] == "inconclusive"
-    assert "fewer than 3" in c["reason"]
+    assert not c.verdict.passes and c.a_better and c.verdict.label == "inconclusive"
+    assert "fewer than 3" in c.verdict.reason
     # A NaN seed does not count towards the three.
     c = compare_seeds([1.0, 1.1, math.nan], [9.0, 9.1, 9.2], lower_is_better=True)
-    assert not c["holds"] and c["a"]["n"] == 2 and c["verdict"] == "inconclusive"
+    assert not c.verdict.passes and c.a["n"] == 2 and c.verdict.label == "inconclusive"
+
+
+def test_a_comparison_is_stored_with_its_numbers_under_their_names() -> None:
+    """:meth:`Comparison.to_dict` holds the record's own numbers; an accuracy comparison adds its binomial error; a
+    stored comparison read back as a verdict is the record's verdict (with the MDE where finite)."""
+    c = compare_seeds([1.0, 2.0, 3.0], [2.5, 3.5, 4.5], lower_is_better=True, estimator_se_a=0.3)
+    stored = c.to_dict()
+    assert list(stored) == ["a", "b", "difference", "interval", "level", "se", "df", "p_value", "estimator_se", "mde",
+                            "a_better", "verdict", "reason", "holds"]
+    assert stored["interval"] == [c.difference.low, c.difference.high] and stored["se"] == c.difference.se
+    assert stored["estimator_se"] == 0.3 and stored["mde"] == c.mde == c.verdict.mde and stored["a"] == c.a
+    assert (stored["verdict"], stored["reason"], stored["holds"]) == (c.verdict.label, c.verdict.reason, False)
+    acc = replace(c, binomial_stderr=0.01).to_dict()
+    assert acc == {**stored, "binomial_stderr": 0.01, "paired": False}
+    one = compare_seeds([1.0], [2.5, 3.5], lower_is_better=True)
+    assert math.isnan(one.mde) and one.verdict.mde is None and "binomial_stderr" not in one.to_dict()
 
 
 def test_spearman_perfectly_monotone_gives_one() -> None:

@@ -39,6 +39,20 @@ def test_escape_from_its_summary() -> None:
     assert out["A1"]["verdict"] == "partly" and 0 < out["A1"]["interval_points"][0] < out["A1"]["gap_points"] < 20
 
 
+def test_stored_arm_summaries_read_back_as_records_with_the_runs_trace_errors() -> None:
+    """Every stored arm summary read as a record gives its stored numbers back (the same JSON once the two added
+    errors are left out), and its trace error is each run's last recorded one."""
+    summary = _summary("escape")
+    arms = rejudge.with_stored_stderr(summary.results["arms"], summary.stages)
+    added = ("trace_stderr", "trace_over_loss_stderr")
+    for arm, stored in summary.results["arms"].items():
+        again = {k: v for k, v in arms[arm].to_dict().items() if k not in added}
+        assert jsonsafe.dumps(again) == jsonsafe.dumps(stored)
+    runs = [name for name in summary.stages if name.startswith("best-sa-s")]
+    finals = [summary.stages[r].final_measurement for r in runs]
+    assert runs and arms["best-sa"].end["trace_stderr"]["values"] == [m.trace_stderr for m in finals if m]
+
+
 def test_flatness_and_label_noise_from_their_summaries() -> None:
     flat = rejudge.sam_flatness(_summary("sam-flatness"))
     assert flat["G4"]["verdict"] == "inconclusive" and math.isfinite(flat["G4"]["mde"])

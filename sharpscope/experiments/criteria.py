@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from sharpscope.experiments import evidence, verdicts
-from sharpscope.io.records import Measurement, as_number, number_at
+from sharpscope.io.records import Measurement, SamBatch, as_number, typed_record
 from sharpscope.io.rundir import RunDirectory
 from sharpscope.io.series import ROLLING_WINDOW, rolling_median, sam_batch_pairs
 
@@ -159,12 +159,12 @@ def minibatch_edge_stats(run_dir: str | Path, window: int = ROLLING_WINDOW) -> d
     set (``full``) or of the step's mini-batch (``batch``) against the SAM-edge from the probe set's
     gradient norm or from the norm SAM normalised, each ratio smoothed by a rolling median of ``window``
     checkpoints (:func:`_tracking`). ``batch/batch`` is Long & Bartlett's mini-batch reading."""
+    records = (typed_record(r) for r in RunDirectory(run_dir).read_metrics())
     rows = []
-    for step, m, b in sam_batch_pairs(RunDirectory(run_dir).read_metrics()):
-        values = (number_at(m, "eigenvalues.0"), number_at(b, "batch_sharpness.eigenvalue"),
-                  number_at(m, "thresholds.edge"), number_at(b, "sam_edge_batch"), number_at(m, "grad_norm"),
-                  number_at(b, "batch_grad_norm"))
-        if all(isinstance(v, float) and math.isfinite(v) for v in values):
+    for step, m, b in sam_batch_pairs(r for r in records if isinstance(r, (Measurement, SamBatch))):
+        values = tuple(as_number(v) for v in (m.lambda_max, b.batch_lambda_max, m.edge, b.sam_edge_batch,
+                                              m.grad_norm, b.batch_grad_norm))
+        if all(math.isfinite(v) for v in values):
             rows.append((step, *values))
     if not rows:
         return {"checkpoints": 0}

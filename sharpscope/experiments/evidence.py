@@ -6,8 +6,8 @@ stated the same way everywhere:
 * :func:`interpolate_at_loss` reads a quantity along one run at the first time its training loss
   falls to given levels; :func:`common_loss_levels` picks levels that every run reaches.
 * :func:`seed_stats` and :func:`compare_seeds` summarise per-seed values and decide whether one arm
-  beats another: Welch's interval of the difference (with the estimator's own standard error) and a
-  verdict from :mod:`sharpscope.experiments.verdicts`.
+  beats another (a :class:`Comparison`): Welch's interval of the difference (with the estimator's own
+  standard error) and a verdict from :mod:`sharpscope.experiments.verdicts`.
 * :func:`binomial_stderr` is the standard error of an accuracy measured on ``n`` examples.
 * :func:`spearman_with_ci` is a Spearman rank correlation with a percentile bootstrap interval.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from sharpscope.experiments import statistics, verdicts
 from sharpscope.io.series import as_float as _as_float
 from sharpscope.io.series import common_loss_levels, interpolate_at_loss, spearman_with_ci
 
-__all__ = ["VERDICTS", "binomial_stderr", "common_loss_levels", "compare_seeds", "interpolate_at_loss",
+__all__ = ["VERDICTS", "Comparison", "binomial_stderr", "common_loss_levels", "compare_seeds", "interpolate_at_loss",
            "seed_stats", "spearman_with_ci"]
 
 VERDICTS = verdicts.VERDICTS  # the labels, defined in sharpscope.experiments.verdicts
@@ -66,18 +67,43 @@ def _mde(sa: Mapping[str, Any], sb: Mapping[str, Any], estimator_se: float, leve
                                                 estimator_se=estimator_se, level=level)
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """Arm ``a`` against arm ``b`` over seeds (:func:`compare_seeds`): each arm's :func:`seed_stats`, Welch's
+    ``difference`` of the means, the estimator standard error ``estimator_se`` that the seeds do not vary, the
+    minimum detectable effect ``mde`` (NaN where it cannot be computed), whether the estimate alone favours
+    ``a``, and the ``verdict`` (with ``mde`` where finite); ``binomial_stderr``: the test-set error added to an
+    accuracy comparison (NaN for any other). Stored as :meth:`to_dict`."""
+
+    a: dict[str, Any]
+    b: dict[str, Any]
+    difference: statistics.Difference
+    estimator_se: float
+    mde: float
+    a_better: bool
+    verdict: verdicts.Verdict
+    binomial_stderr: float = math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"a", "b", "difference", "interval", "level", "se", "df", "p_value", "estimator_se", "mde",
+        "a_better", "verdict", "reason", "holds"}`` and, for accuracy, ``"binomial_stderr"`` and
+        ``"paired": False`` (the arms' per-example predictions are not stored)."""
+        d, v = self.difference, self.verdict
+        out = {"a": self.a, "b": self.b, "difference": d.estimate, "interval": [d.low, d.high], "level": d.level,
+               "se": d.se, "df": d.df, "p_value": d.p_value, "estimator_se": self.estimator_se, "mde": self.mde,
+               "a_better": self.a_better, "verdict": v.label, "reason": v.reason, "holds": v.passes}
+        return out if math.isnan(self.binomial_stderr) else {**out, "binomial_stderr": self.binomial_stderr,
+                                                              "paired": False}
+
+
 def compare_seeds(a: Sequence[float], b: Sequence[float], *, lower_is_better: bool, estimator_se_a: float = 0.0,
                   estimator_se_b: float = 0.0, level: float = statistics.LEVEL,
-                  effect_of_interest: float | None = None) -> dict[str, Any]:
+                  effect_of_interest: float | None = None) -> Comparison:
     """Whether arm ``a`` beats arm ``b``: Welch's interval of ``mean_a − mean_b`` over seeds
-    (:func:`~sharpscope.experiments.statistics.welch_difference`, with each arm's estimator standard error
-    that its seeds do not vary), judged by :func:`~sharpscope.experiments.verdicts.judge_difference`.
-
-    Returns ``{"a", "b"}`` (:func:`seed_stats`), ``"difference" = mean_a − mean_b``, ``"interval"``
-    (``level``, two-sided), ``"se"``, ``"df"``, ``"p_value"``, ``"mde"`` (the minimum detectable effect at these
-    seeds and the observed noise, 80% power), ``"a_better"`` (the direction of the estimate alone),
-    ``"verdict"`` and ``"reason"`` (:data:`VERDICTS`), and ``"holds"`` (the verdict is "holds": the interval
-    lies on the better side of 0). Fewer than three finite seeds in an arm: inconclusive.
+    (:func:`~sharpscope.experiments.statistics.welch_difference`, ``level`` two-sided, with each arm's estimator
+    standard error that its seeds do not vary), judged by :func:`~sharpscope.experiments.verdicts.judge_difference`
+    (:data:`VERDICTS`; "holds": the interval lies on the better side of 0) with the minimum detectable effect at
+    these seeds and the observed noise (80% power). Fewer than three finite seeds in an arm: inconclusive.
     """
     d = statistics.welch_difference(a, b, level=level, estimator_se_a=estimator_se_a, estimator_se_b=estimator_se_b)
     sa, sb = seed_stats(a), seed_stats(b)
@@ -86,8 +112,7 @@ def compare_seeds(a: Sequence[float], b: Sequence[float], *, lower_is_better: bo
     verdict = verdicts.judge_difference(d, better="lower" if lower_is_better else "higher", mde=mde,
                                         effect_of_interest=effect_of_interest)
     a_better = bool(d.estimate < 0) if lower_is_better else bool(d.estimate > 0)
-    return {"a": sa, "b": sb, "difference": d.estimate, "interval": [d.low, d.high], "level": level, "se": d.se,
-            "df": d.df, "p_value": d.p_value, "estimator_se": e, "mde": mde, "a_better": a_better,
-            "verdict": verdict.label, "reason": verdict.reason, "holds": verdict.passes}
+    return Comparison(sa, sb, d, e, mde, a_better,
+                      verdicts.Verdict(verdict.label, verdict.reason, mde if math.isfinite(mde) else None))
 
 

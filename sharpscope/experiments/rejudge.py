@@ -23,6 +23,7 @@ import math
 import re
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -65,33 +66,38 @@ def _runs_of(stages: Mapping[str, RunSummary], arm: str) -> list[str]:
     return [name for name in stages if ac.arm_of(name) == arm]
 
 
-def with_stored_stderr(arm_summaries: Mapping[str, Any], stages: Mapping[str, RunSummary]) -> dict[str, Any]:
-    """Arm summaries with ``trace_stderr`` and ``trace_over_loss_stderr`` from the runs' final readings."""
+def with_stored_stderr(arm_summaries: Mapping[str, Any], stages: Mapping[str, RunSummary]) -> dict[str, ac.ArmSummary]:
+    """The stored arm summaries with ``trace_stderr`` and ``trace_over_loss_stderr`` from the runs' final readings."""
     out = {}
-    for arm, a in arm_summaries.items():
+    for arm, a in _summaries(arm_summaries).items():
         finals = [_final_trace(stages, r) for r in _runs_of(stages, arm)]
-        out[arm] = {**a, "trace_stderr": evidence.seed_stats([se for _, se, _ in finals]),
-                    "trace_over_loss_stderr": evidence.seed_stats([se / loss if loss > 0 else math.nan
-                                                                   for _, se, loss in finals])}
+        out[arm] = replace(a, end={**a.end, "trace_stderr": evidence.seed_stats([se for _, se, _ in finals]),
+                                   "trace_over_loss_stderr": evidence.seed_stats([se / loss if loss > 0 else math.nan
+                                                                                  for _, se, loss in finals])})
     return out
+
+
+def _summaries(stored: Mapping[str, Any]) -> dict[str, ac.ArmSummary]:
+    """The arm summaries stored in a study's results (:meth:`arms.ArmSummary.to_dict`)."""
+    return {arm: ac.ArmSummary.from_dict(a) for arm, a in stored.items()}
 
 
 def _relative_stderr(stages: Mapping[str, RunSummary], arm: str) -> list[float]:
     return [se / t if t > 0 else math.nan for t, se, _ in (_final_trace(stages, r) for r in _runs_of(stages, arm))]
 
 
-def with_matched_stderr(matched: Mapping[str, Any], stages: Mapping[str, RunSummary]) -> dict[str, Any]:
+def with_matched_stderr(matched: ac.MatchedLoss, stages: Mapping[str, RunSummary]) -> ac.MatchedLoss:
     """A matched-loss reading (:func:`arms.at_matched_loss`) with ``trace_stderr`` per level (see the module
     docstring)."""
-    out: dict[str, Any] = {"levels": list(matched.get("levels") or []), "arms": {}}
-    for arm, q in (matched.get("arms") or {}).items():
+    out = ac.MatchedLoss(list(matched.levels), {})
+    for arm, q in matched.arms.items():
         rel = _relative_stderr(stages, arm)
         levels = []
         for stats in q.get("trace", []):
             values = [_f(v) for v in stats.get("values", [])]
             levels.append(evidence.seed_stats([v * r for v, r in zip(values, rel)] if len(rel) == len(values)
                                               else [math.nan] * len(values)))
-        out["arms"][arm] = {**q, "trace_stderr": levels}
+        out.arms[arm] = {**q, "trace_stderr": levels}
     return out
 
 
@@ -99,12 +105,12 @@ def _best_eta(arm_summaries: Mapping[str, Any], kind: str) -> float | None:
     """η′ of the sweep's best ``kind`` (``rs`` or ``sa``) by the study's own rule (:func:`arms.best_setting`):
     the lowest final tr(H) among completed runs, preferring those that kept ≥ 99% train accuracy."""
     candidates = []
-    for name, a in arm_summaries.items():
+    for name, a in _summaries(arm_summaries).items():
         m = re.fullmatch(rf"sweep-{kind}(-same|-ind)?-rho([\d.e-]+)-lrp([\d.e-]+)", name)
-        score = _f((a.get("trace") or {}).get("mean"))
-        if not m or a.get("status") != ["completed"] or not math.isfinite(score):
+        score = _f(a.end.get("trace", {}).get("mean"))
+        if not m or a.status != ["completed"] or not math.isfinite(score):
             continue
-        candidates.append((not _f(a.get("min_train_acc")) >= 0.99, score, float(m.group(3)) * escape_study.ETA))
+        candidates.append((not a.min_train_acc >= 0.99, score, float(m.group(3)) * escape_study.ETA))
     return min(candidates)[2] if candidates else None
 
 
@@ -112,7 +118,7 @@ def escape(summary: StudySummary) -> dict[str, Any]:
     """A1–A4 of the escape study with the stored trace errors and the best η′ of SA and RS; A5 not testable."""
     res, stages = summary.results, summary.stages
     summaries = with_stored_stderr(res["arms"], stages)
-    matched = with_matched_stderr((res.get("A3") or {}).get("matched_loss") or {}, stages)
+    matched = with_matched_stderr(ac.MatchedLoss.from_dict((res.get("A3") or {}).get("matched_loss") or {}), stages)
     eta = {arm: e for arm, kind in (("best-sa", "sa"), ("best-rs", "rs"))
            if (e := _best_eta(res["arms"], kind)) is not None}
     out = ac.escape_verdicts(summaries, matched, eta)
@@ -161,26 +167,27 @@ def label_noise(summary: StudySummary) -> dict[str, Any]:
     stored = (g6.get("vs_noiseless") or {}).get("trace_at_lowest_common_loss")
     matched = None
     if stored:  # the lowest common level's per-seed traces are stored with the comparison
-        matched = with_matched_stderr({"levels": [math.nan], "arms": {"label-noise": {"trace": [stored["a"]]},
-                                                                      "noiseless": {"trace": [stored["b"]]}}}, stages)
+        matched = with_matched_stderr(ac.MatchedLoss([math.nan], {"label-noise": {"trace": [stored["a"]]},
+                                                                  "noiseless": {"trace": [stored["b"]]}}), stages)
     vs = ac.versus(summaries["label-noise"], summaries["noiseless"], matched, "label-noise", "noiseless") \
         if "noiseless" in summaries and "label-noise" in summaries else None
     # the lowest common loss level is the shared start when both arms' readings there are their first ones
     at_start = False
     if stored:
-        at_start = all([_f(x) for x in stored[k]["values"]] == [_f(x) for x in res["arms"][arm]["trace_start"]["values"]]
+        at_start = all([_f(x) for x in stored[k]["values"]] == [_f(x) for x in summaries[arm].start["trace"]["values"]]
                        for k, arm in (("a", "label-noise"), ("b", "noiseless")))
     verdict = ac.label_noise_verdict(g6.get("spearman_per_seed") or [], vs, at_start)
     return {"G6": {**{k: g6[k] for k in ("spearman_per_seed", "spearman_after_step_0") if k in g6},
-                   "vs_noiseless": vs, "criterion": g6.get("criterion", ""), "verdict": verdict.label,
-                   "reason": verdict.reason, "mde": verdict.mde},
+                   "vs_noiseless": None if vs is None else vs.to_dict(), "criterion": g6.get("criterion", ""),
+                   **verdict.as_result()},
             "notes": [STDERR_NOTE, PAIRED_NOTE]}
 
 
 def sam_flatness(summary: StudySummary) -> dict[str, Any]:
     """G1, G3, G4, G5 of the SAM-flatness study from its arm summaries and matched-loss readings."""
     res = summary.results
-    return {**flatness_study.flatness_verdicts(res["arms"], res.get("matched_loss") or {}), "notes": [PAIRED_NOTE]}
+    matched = ac.MatchedLoss.from_dict(res.get("matched_loss") or {})
+    return {**flatness_study.flatness_verdicts(_summaries(res["arms"]), matched), "notes": [PAIRED_NOTE]}
 
 
 def sam_edge(summary: StudySummary) -> dict[str, Any]:

@@ -67,6 +67,10 @@ class Verdict:
         """``{"label", "reason", "mde"}``."""
         return {"label": self.label, "reason": self.reason, "mde": self.mde}
 
+    def as_result(self) -> dict[str, Any]:
+        """``{"verdict", "reason", "mde"}``: the verdict as a claim's result stores it."""
+        return {"verdict": self.label, "reason": self.reason, "mde": self.mde}
+
 
 def _mde(mde: float | None) -> float | None:
     return None if mde is None or not math.isfinite(mde) else float(mde)

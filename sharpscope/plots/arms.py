@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,45 @@ def _stack(rows: list[Any]) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True, eq=False)
+class ArmRun:
+    """One run of an arm as an arms figure stores it (an entry of ``per_run``): its label, the step it diverged
+    at (None) and its series of tr(H), λ_max, training loss, test and train accuracy (NaN where missing)."""
+
+    label: str
+    diverged_at_step: int | None
+    trace: np.ndarray
+    lambda_max: np.ndarray
+    loss: np.ndarray
+    test_acc: np.ndarray
+    train_acc: np.ndarray
+
+    @classmethod
+    def of(cls, run: RunData) -> ArmRun:
+        """The series of a loaded run."""
+        return cls(run.label, run.diverged_at, **{k: series(run, key)[1] for k, key in _KEYS.items()})
+
+    @classmethod
+    def from_dict(cls, stored: Mapping[str, Any]) -> ArmRun:
+        """The run stored by :meth:`to_dict` (series as float arrays)."""
+        return cls(str(stored["label"]), stored["diverged_at_step"],
+                   **{k: np.asarray(stored[k], dtype=float) for k in _KEYS})
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"label", "diverged_at_step", "trace", "lambda_max", "loss", "test_acc", "train_acc"}``."""
+        return {"label": self.label, "diverged_at_step": self.diverged_at_step, **{k: self.column(k) for k in _KEYS}}
+
+    def column(self, quantity: str) -> np.ndarray:
+        """The series of ``quantity``, one of ``trace``, ``lambda_max``, ``loss``, ``test_acc``, ``train_acc``."""
+        if quantity not in _KEYS:
+            raise KeyError(f"no series {quantity!r}: one of {', '.join(_KEYS)}")
+        return np.asarray(getattr(self, quantity))
+
+
+def _runs(item: Mapping[str, Any]) -> list[ArmRun]:
+    return [ArmRun.from_dict(p) for p in item["per_run"]]
+
+
 def test_set_size(run: RunData) -> int | None:
     """The size of the test set a run's test accuracy is counted on (its summary's ``data.test.examples``)."""
     n = None if run.summary is None else run.summary.test_examples
@@ -70,8 +110,7 @@ def arms_data(runs: RunLike | Sequence[RunLike], *, labels: Sequence[str] | None
         steps = [series(r, "step")[1] for r in members]
         item["steps"] = max(steps, key=len)
         item["test_examples"] = next((n for n in map(test_set_size, members) if n), None)
-        item["per_run"] = [{"label": r.label, "diverged_at_step": r.diverged_at,
-                            **{k: series(r, key)[1] for k, key in _KEYS.items()}} for r in members]
+        item["per_run"] = [ArmRun.of(r).to_dict() for r in members]
         arms.append(item)
     data = {"figure": "arms", "arms": arms}
     return {**data, **derived_arms(data)}
@@ -88,7 +127,7 @@ def arm_intervals(item: Mapping[str, Any]) -> dict[str, Any]:
     """``{quantity: {"mean", "low", "high"}}`` over the seeds of one arm (NaN bounds for one seed)."""
     out = {}
     for k in _KEYS:
-        mean, low, high = seed_interval(_stack([p[k] for p in item["per_run"]]))
+        mean, low, high = seed_interval(_stack([r.column(k) for r in _runs(item)]))
         out[k] = {"mean": mean, "low": low, "high": high}
     return out
 
@@ -97,14 +136,14 @@ def matched_loss(arms: Sequence[Mapping[str, Any]], num: int = LEVELS) -> dict[s
     """``{"levels", "arms": {arm: {quantity: {"mean", "low", "high", "values"}}}}``: tr(H) and λ_max of each run
     read at ``num`` training-loss levels that every run of every arm reaches (log-linear interpolation, the
     criteria's :func:`~sharpscope.io.series.interpolate_at_loss`), mean and 95% interval over seeds."""
-    runs = [p for item in arms for p in item["per_run"]]
-    levels = common_loss_levels([list(map(float, p["loss"])) for p in runs], num=num)
+    runs = [_runs(item) for item in arms]
+    levels = common_loss_levels([list(map(float, r.loss)) for rs in runs for r in rs], num=num)
     out: dict[str, Any] = {"levels": levels, "arms": {}}
-    for item in arms:
+    for item, rs in zip(arms, runs):
         out["arms"][item["arm"]] = {}
         for q in ("trace", "lambda_max"):
-            values = np.array([interpolate_at_loss(list(map(float, p["loss"])), list(map(float, p[q])), levels)
-                               for p in item["per_run"]], dtype=float).reshape(len(item["per_run"]), len(levels))
+            values = np.array([interpolate_at_loss(list(map(float, r.loss)), list(map(float, r.column(q))), levels)
+                               for r in rs], dtype=float).reshape(len(rs), len(levels))
             mean, low, high = seed_interval(values) if levels else (np.array([]),) * 3
             out["arms"][item["arm"]][q] = {"mean": mean, "low": low, "high": high, "values": values}
     return out
@@ -166,13 +205,13 @@ def draw_arms(data: Mapping[str, Any], *, quantity: str = "trace") -> Figure:
             err = np.vstack([np.where(np.isfinite(low), mean - low, 0.0), np.where(np.isfinite(high), high - mean, 0.0)])
             cont = axes[1].errorbar(x, mean, yerr=err, color=c, marker="o", markersize=3.5, linewidth=1.0, capsize=2.0)
             cont.lines[0].set_gid(f"{quantity}_at_matched_loss")
-        for run in item["per_run"]:
-            at = run["diverged_at_step"]
+        for run in _runs(item):
+            at = run.diverged_at_step
             if at is not None:
                 for ax in (axes[0], axes[2], axes[3]):
                     y = np.nanmax(np.asarray(item[quantity]["mean"], dtype=float)) if ax is axes[0] else 0.0
                     ax.plot([at], [y], marker="x", color=c, markersize=8, linestyle="none",
-                            label=f"{run['label']} diverged")
+                            label=f"{run.label} diverged")
     label_axes(axes[0], "step", _NAMES[quantity])
     if quantity == "trace" and axes[0].get_ylim()[0] < 0:  # tr(H) ≥ 0 near a minimum: the interval runs on below
         axes[0].set_ylim(bottom=0.0)

@@ -12,7 +12,7 @@ import pytest
 from matplotlib.axes import Axes
 from scipy import stats
 
-from sharpscope.plots.arms import arms_figure, matched_loss
+from sharpscope.plots.arms import ArmRun, arms_figure, matched_loss
 from sharpscope.plots.intervals import ERRORBAR_GID, has_accuracy_errorbars, seed_interval, wilson_interval
 from sharpscope.plots.runs import load_run
 
@@ -82,11 +82,18 @@ def test_arms_figure_of_smoke_runs_draws_wilson_bars_and_seed_intervals(run_dirs
     np.testing.assert_allclose([s[1, 1] for s in segments], expected_high)
 
 
+def _stored_run(label: str, loss: list[float], trace: list[float], lam: float) -> dict:
+    """A run of an arms figure as stored, accuracies constant."""
+    ones = np.ones(len(loss))
+    return ArmRun(label, None, trace=np.array(trace), lambda_max=lam * ones, loss=np.array(loss), test_acc=0.5 * ones,
+                  train_acc=ones).to_dict()
+
+
 def test_matched_loss_readout_reads_every_seed_at_common_levels() -> None:
     loss = [1.0, 0.5, 0.25, 0.125]
-    arms = [{"arm": "a", "per_run": [{"loss": loss, "trace": [8.0, 4.0, 2.0, 1.0], "lambda_max": [1.0] * 4},
-                                     {"loss": loss, "trace": [10.0, 6.0, 4.0, 3.0], "lambda_max": [2.0] * 4}]},
-            {"arm": "b", "per_run": [{"loss": loss[:3], "trace": [1.0, 1.0, 1.0], "lambda_max": [3.0] * 3}]}]
+    arms = [{"arm": "a", "per_run": [_stored_run("a-s0", loss, [8.0, 4.0, 2.0, 1.0], 1.0),
+                                     _stored_run("a-s1", loss, [10.0, 6.0, 4.0, 3.0], 2.0)]},
+            {"arm": "b", "per_run": [_stored_run("b-s0", loss[:3], [1.0, 1.0, 1.0], 3.0)]}]
     out = matched_loss(arms, num=3)
     assert out["levels"] == pytest.approx([1.0, 0.5, 0.25])  # down to the lowest loss every run reaches
     a = out["arms"]["a"]["trace"]
@@ -94,6 +101,22 @@ def test_matched_loss_readout_reads_every_seed_at_common_levels() -> None:
     lo, hi = stats.t.interval(0.95, 1, loc=3.0, scale=stats.sem([2.0, 4.0]))
     assert a["low"][2] == pytest.approx(lo) and a["high"][2] == pytest.approx(hi)
     assert math.isnan(out["arms"]["b"]["trace"]["low"][0])  # one seed: no interval
+
+
+def test_an_arm_run_reads_back_as_stored(run_dirs: dict[str, Path]) -> None:
+    """A run's series stored in a figure's JSON and read back: the same numbers under the same names."""
+    from sharpscope.io import jsonsafe
+    from sharpscope.plots.runs import load_run, series
+
+    run = load_run(run_dirs["sam"])
+    stored = ArmRun.of(run).to_dict()
+    assert list(stored) == ["label", "diverged_at_step", "trace", "lambda_max", "loss", "test_acc", "train_acc"]
+    assert stored["label"] == run.label and stored["diverged_at_step"] == run.diverged_at
+    np.testing.assert_array_equal(stored["trace"], series(run, "trace.estimate")[1])
+    again = ArmRun.from_dict(jsonsafe.loads(jsonsafe.dumps(stored)))
+    assert jsonsafe.dumps(again.to_dict()) == jsonsafe.dumps(stored)
+    with pytest.raises(KeyError):
+        again.column("label")
 
 
 def committed_accuracy_figures() -> list[Path]:

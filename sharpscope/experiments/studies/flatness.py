@@ -94,21 +94,19 @@ def stages(scale: str) -> list[Stage]:
     return [Stage(f"{arm}-s{seed}", build(arm, seed)) for arm in ARMS for seed in SCALES[scale].seeds]
 
 
-def _acc_vs(a: Mapping[str, Any], b: Mapping[str, Any], margin: float) -> dict[str, Any]:
+def _acc_vs(a: arm_criteria.ArmSummary, b: arm_criteria.ArmSummary, margin: float) -> dict[str, Any]:
     """``a``'s test accuracy no worse than ``b``'s by more than ``margin`` (a non-inferiority test on the 95%
     interval of ``a − b`` over seeds, with both binomial errors: :func:`arm_criteria.accuracy_comparison`)."""
     cmp = arm_criteria.accuracy_comparison(a, b)
-    d = statistics.Difference(estimate=cmp["difference"], low=cmp["interval"][0], high=cmp["interval"][1],
-                              se=cmp["se"], df=cmp["df"], p_value=cmp["p_value"], level=cmp["level"], method="welch",
-                              n_a=cmp["a"]["n"], n_b=cmp["b"]["n"])
-    v = verdicts.judge_non_inferiority(d, margin=margin, mde=cmp["mde"])
+    d = cmp.difference
+    v = verdicts.judge_non_inferiority(d, margin=margin, mde=cmp.mde)
     return {"difference_points": 100 * d.estimate, "interval_points": [100 * d.low, 100 * d.high],
-            "stderr_points": 100 * cmp["binomial_stderr"], "mde_points": 100 * cmp["mde"],
+            "stderr_points": 100 * cmp.binomial_stderr, "mde_points": 100 * cmp.mde,
             "seeds": min(d.n_a, d.n_b), "margin_points": 100 * margin, "verdict": v.label, "reason": v.reason,
-            "mde": cmp["mde"]}
+            "mde": cmp.mde}
 
 
-def _lambda_lower(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+def _lambda_lower(a: Sequence[float], b: Sequence[float]) -> evidence.Comparison:
     return evidence.compare_seeds(list(a), list(b), lower_is_better=True)
 
 
@@ -129,35 +127,36 @@ def _ratio_verdict(sgd: Sequence[float], sam: Sequence[float], factor: float) ->
     return Verdict(verdicts.INCONCLUSIVE, f"{text} reaches {factor:g}")
 
 
-def flatness_verdicts(summaries: Mapping[str, Mapping[str, Any]], matched: Mapping[str, Any]) -> dict[str, Any]:
+def flatness_verdicts(summaries: Mapping[str, arm_criteria.ArmSummary],
+                      matched: arm_criteria.MatchedLoss) -> dict[str, Any]:
     """G1, G3, G4, G5 from arm summaries and the matched-loss readings (:func:`arm_criteria.at_matched_loss`)."""
     out: dict[str, Any] = {}
     sam, sgd = summaries["sam"], summaries["sgd"]
     g1 = arm_criteria.accuracy_comparison(sam, sgd)
-    out["G1"] = {"sam_minus_sgd_points": 100 * g1["difference"], "interval_points": [100 * x for x in g1["interval"]],
-                 "mde_points": 100 * g1["mde"], "stderr_points": 100 * g1["binomial_stderr"],
+    out["G1"] = {"sam_minus_sgd_points": 100 * g1.difference.estimate,
+                 "interval_points": [100 * g1.difference.low, 100 * g1.difference.high],
+                 "mde_points": 100 * g1.mde, "stderr_points": 100 * g1.binomial_stderr,
                  "criterion": "SAM's test accuracy above SGD's (95% interval of the difference over seeds, with the "
                               "binomial error of the test set)",
-                 "verdict": g1["verdict"], "reason": g1["reason"], "mde": g1["mde"]}
-    ratio_end = sgd["lambda_max"]["mean"] / sam["lambda_max"]["mean"]
-    low = matched.get("arms", {})
-    has_matched = bool(matched.get("levels")) and "sam" in low and "sgd" in low
-    ratio_matched = (low["sgd"]["lambda_max"][-1]["mean"] / low["sam"]["lambda_max"][-1]["mean"]
-                     if has_matched else math.nan)
-    lower = _lambda_lower(sam["lambda_max"]["values"], sgd["lambda_max"]["values"])
-    at_loss = (_lambda_lower(low["sam"]["lambda_max"][-1]["values"], low["sgd"]["lambda_max"][-1]["values"])
-               if has_matched else None)
-    ratio = (_ratio_verdict(low["sgd"]["lambda_max"][-1]["values"], low["sam"]["lambda_max"][-1]["values"], 5.0)
+                 "verdict": g1.verdict.label, "reason": g1.verdict.reason, "mde": g1.mde}
+    ratio_end = sgd.end["lambda_max"]["mean"] / sam.end["lambda_max"]["mean"]
+    has_matched = matched.compares("sam", "sgd")
+    low_sgd, low_sam = (matched.lowest(a, "lambda_max") for a in ("sgd", "sam")) if has_matched else ({}, {})
+    ratio_matched = low_sgd["mean"] / low_sam["mean"] if has_matched else math.nan
+    lower = _lambda_lower(sam.end["lambda_max"]["values"], sgd.end["lambda_max"]["values"])
+    at_loss = _lambda_lower(low_sam["values"], low_sgd["values"]) if has_matched else None
+    ratio = (_ratio_verdict(low_sgd["values"], low_sam["values"], 5.0)
              if has_matched else Verdict(verdicts.NOT_RUN, "no common loss level"))
-    parts = {"lower at the end": arm_criteria.verdict_of(lower),
-             "lower at the lowest common loss": (arm_criteria.verdict_of(at_loss) if at_loss else
+    parts = {"lower at the end": lower.verdict,
+             "lower at the lowest common loss": (at_loss.verdict if at_loss else
                                                  Verdict(verdicts.NOT_RUN, "no common loss level")),
              "ratio ≥ 5 at the lowest common loss": ratio}
     g3 = verdicts.combine(parts)
     out["G3"] = {"lambda_max_sgd_over_sam_end": ratio_end, "lambda_max_sgd_over_sam_at_lowest_common_loss":
-                 ratio_matched, "sam_lower_end": lower, "sam_lower_at_matched_loss": at_loss,
-                 "lambda1_over_lambda5_sgd_sam": [sgd["lambda1_over_lambda5"]["mean"],
-                                                  sam["lambda1_over_lambda5"]["mean"]],
+                 ratio_matched, "sam_lower_end": lower.to_dict(),
+                 "sam_lower_at_matched_loss": None if at_loss is None else at_loss.to_dict(),
+                 "lambda1_over_lambda5_sgd_sam": [sgd.end["lambda1_over_lambda5"]["mean"],
+                                                  sam.end["lambda1_over_lambda5"]["mean"]],
                  "criterion": "λ_max(SGD)/λ_max(SAM) ≥ 5, and SAM lower (95% interval) at the end and at the lowest "
                               "common training loss",
                  "verdict": g3.label, "reason": g3.reason, "mde": g3.mde}
@@ -176,11 +175,11 @@ def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
     """G1, G3, G4 and G5 from the arms' runs."""
     groups = arm_criteria.arms(dirs)
     summaries = {arm: arm_criteria.arm_summary(paths) for arm, paths in groups.items()}
-    out: dict[str, Any] = {"arms": summaries}
+    out: dict[str, Any] = {"arms": {a: s.to_dict() for a, s in summaries.items()}}
     if "sgd" not in summaries or "sam" not in summaries:
         return out
     matched = arm_criteria.at_matched_loss(groups, quantities=("lambda_max", "trace", "test_acc"))
-    out["matched_loss"] = matched
+    out["matched_loss"] = matched.to_dict()
     return {**out, **flatness_verdicts(summaries, matched)}
 
 
