@@ -41,7 +41,8 @@ def a4_data(results: Mapping[str, Any]) -> dict[str, Any]:
     line per minimizer over the batches; tr(H)/L is the shared-probe tr(H) over the reading's training loss."""
     bs = [int(b) for b in results["batches"]]
     minimizers = list(results["minimizers"])
-    reads = {form: {b: [Reading.from_dict(r) for r in results["readings"][form][str(b)]] for b in bs} for form in STYLES}
+    reads = {form: {b: [Reading.from_dict(r) for r in results["readings"][form][str(b)]] for b in bs}
+             for form in STYLES}
     plotted: dict[str, Any] = {"figure": "a4-batches", "batches": bs, "minimizers": minimizers,
                                "runs": {form: {str(b): [r.run for r in reads[form][b]] for b in bs} for form in STYLES}}
     for quantity, _ in PANELS:
