@@ -60,14 +60,14 @@ def test_readings_use_the_same_probes_in_every_run(study) -> None:
     start, minimizer = reading(out / "sa-m0", SC, 0), reading(out / "finetune-m0", SC)
     for key in ("trace", "trace_stderr", "trace_samples", "jacobian_trace", "train_loss", "test_correct",
                 "lambda_max"):
-        assert start[key] == minimizer[key]
+        assert getattr(start, key) == getattr(minimizer, key)
     end = reading(out / "sa-m0", SC)
-    assert end["trace"] != start["trace"] and end["trace_samples"] != start["trace_samples"]
-    assert end["hvps"] == start["hvps"] == SC.trace_matvecs + SC.lanczos_iter + SC.paired_probes
-    assert end["trace_paired"] == pytest.approx(float(np.mean(end["trace_samples"])), rel=1e-12)
+    assert end.trace != start.trace and end.trace_samples != start.trace_samples
+    assert end.hvps == start.hvps == SC.trace_matvecs + SC.lanczos_iter + SC.paired_probes
+    assert end.trace_paired == pytest.approx(float(np.mean(end.trace_samples)), rel=1e-12)
     more = reading(out / "sa-m0", replace(SC, paired_probes=SC.paired_probes + 2))  # the cache is for other sizes
-    assert len(more["trace_samples"]) == SC.paired_probes + 2
-    assert reading(out / "sa-m0", SC)["trace_samples"] == end["trace_samples"]  # read again, to the same numbers
+    assert len(more.trace_samples or []) == SC.paired_probes + 2
+    assert reading(out / "sa-m0", SC).trace_samples == end.trace_samples  # read again, to the same numbers
 
 
 def test_each_comparison_is_the_paired_interval_of_the_readings_at_equal_loss(study) -> None:
@@ -90,8 +90,8 @@ def test_each_comparison_is_the_paired_interval_of_the_readings_at_equal_loss(st
         e = math.sqrt(np.mean([p["sa"]["trace_stderr"] ** 2 + p["arm"]["trace_stderr"] ** 2 for p in pairs]))
         d = st.paired_difference(trace, estimator_se=e)
         assert cmp["trace"]["interval"] == pytest.approx([d.low, d.high], rel=1e-9)
-        full = [{side: reading(out / p[side]["run"], SC, p[side]["step"]) for side in ("sa", "arm")} for p in pairs]
-        diffs = [np.subtract(p["sa"]["trace_samples"], p["arm"]["trace_samples"]) for p in full]
+        full = [[reading(out / p[side]["run"], SC, p[side]["step"]) for side in ("sa", "arm")] for p in pairs]
+        diffs = [np.subtract(sa.trace_samples, other.trace_samples) for sa, other in full]
         e = math.sqrt(np.mean([np.var(x, ddof=1) / x.size for x in diffs]))
         d = st.paired_difference([float(x.mean()) for x in diffs], estimator_se=e)
         assert cmp["trace_paired"]["interval"] == pytest.approx([d.low, d.high], rel=1e-9)

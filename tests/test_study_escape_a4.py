@@ -17,6 +17,7 @@ from sharpscope.experiments.studies import run_study, study_stages
 from sharpscope.experiments.studies.escape_a3 import SCALES, reading, sa_step_at
 from sharpscope.experiments.studies.escape_a4 import BATCHES, LEFT_FACTOR, arm, form_verdict, left
 from sharpscope.experiments.studies.framework import finished_summary
+from sharpscope.io.readings import Reading
 from sharpscope.optim.random_perturbation import batch_scaled
 from sharpscope.track import RunDirectory
 from tests.smoke_study import run_smoke_study
@@ -78,8 +79,8 @@ def test_each_comparison_is_the_paired_interval_of_the_end_readings(study) -> No
             ra = [reading(out / arm(a, form, m, FULL), SC) for m in SC.minimizers]
             rb = [reading(out / arm(b, form, m, FULL), SC) for m in SC.minimizers]
             for q, scaled in (("trace_paired", False), ("trace_per_loss", True)):
-                diffs = [np.asarray(x["trace_samples"]) / (x["train_loss"] if scaled else 1.0)
-                         - np.asarray(y["trace_samples"]) / (y["train_loss"] if scaled else 1.0)
+                diffs = [np.asarray(x.trace_samples) / (x.train_loss if scaled else 1.0)
+                         - np.asarray(y.trace_samples) / (y.train_loss if scaled else 1.0)
                          for x, y in zip(ra, rb, strict=True)]
                 e = math.sqrt(np.mean([np.var(d, ddof=1) / d.size for d in diffs]))
                 d = st.paired_difference([float(x.mean()) for x in diffs], estimator_se=e)
@@ -88,7 +89,7 @@ def test_each_comparison_is_the_paired_interval_of_the_end_readings(study) -> No
                 judged = (verdicts.judge_non_inferiority(d, margin=0.0, better="lower") if (a, b) == (MID, FULL)
                           else verdicts.judge_difference(d, better="lower"))
                 assert cmp[q]["verdict"] == judged.label
-            assert cmp["train_loss"] == pytest.approx([x["train_loss"] - y["train_loss"] for x, y in zip(ra, rb)])
+            assert cmp["train_loss"] == pytest.approx([x.train_loss - y.train_loss for x, y in zip(ra, rb)])
     a4 = results["A4"]
     parts = {k: verdicts.Verdict(v["verdict"]) for k, v in (
         ("1", results["comparisons"]["unscaled"][f"{ONE}-{MID}"]["trace_paired"]),
@@ -113,10 +114,10 @@ def test_at_equal_loss_each_end_meets_the_main_batch_run_where_its_loss_is_neare
                 parts[b] = verdicts.Verdict(verdicts.NOT_TESTABLE)
                 continue
             ends = [reading(out / arm(b, form, m, FULL), SC) for m in SC.minimizers]
-            steps = [sa_step_at(out / f"sa-m{m}", e["train_loss"]) for m, e in zip(SC.minimizers, ends)]
+            steps = [sa_step_at(out / f"sa-m{m}", e.train_loss) for m, e in zip(SC.minimizers, ends)]
             ref = [reading(out / f"sa-m{m}", SC, step) for m, step in zip(SC.minimizers, steps)]
             assert cmp["steps"] == steps
-            diffs = [np.subtract(e["trace_samples"], r["trace_samples"]) for e, r in zip(ends, ref)]
+            diffs = [np.subtract(e.trace_samples, r.trace_samples) for e, r in zip(ends, ref)]
             e = math.sqrt(np.mean([np.var(d, ddof=1) / d.size for d in diffs]))
             d = st.paired_difference([float(x.mean()) for x in diffs], estimator_se=e)
             assert cmp["trace_paired"]["interval"] == pytest.approx([d.low, d.high], rel=1e-9)
@@ -164,9 +165,12 @@ def test_the_report_tables_every_comparison_of_both_forms(study) -> None:
 def test_a_run_that_leaves_its_minimizer_decides_the_form() -> None:
     """A run ending above LEFT_FACTOR × the minimizer's loss is no minimizer: B = 1 among them → does not hold
     whatever tr(H) says; only another batch → not testable; none → the tr(H) ordering itself."""
-    start = [{"train_loss": 0.01}, {"train_loss": 0.02}]
+    def at(loss: float) -> Reading:
+        return Reading.from_dict({"train_loss": loss})
+
+    start = [at(0.01), at(0.02)]
     just_in, just_out = LEFT_FACTOR * 0.01, LEFT_FACTOR * 0.01 * 1.001
-    ends = {1: [{"train_loss": just_out}, {"train_loss": 0.01}], 64: [{"train_loss": just_in}, {"train_loss": 0.0}]}
+    ends = {1: [at(just_out), at(0.01)], 64: [at(just_in), at(0.0)]}
     assert left(ends, start) == {1: [0]}
     holds = verdicts.Verdict(verdicts.HOLDS, "ordered")
     assert form_verdict(holds, left(ends, start), 1).label == verdicts.DOES_NOT_HOLD

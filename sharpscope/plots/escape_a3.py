@@ -20,13 +20,14 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from sharpscope.io.readings import Comparison, Pair, Reading
 from sharpscope.plots.intervals import wilson_interval
 from sharpscope.plots.style import color, label_axes, legend, new_figure
 
 QUANTITIES = (("trace", "tr(H)"), ("jacobian_trace", "Jacobian trace"), ("test_acc", "test accuracy (%)"))
 DIFFERENCE = {"trace": "trace_paired"}  # tr(H) differences from the shared Hutchinson probes
 NAMES = {"rs": "RS", "twin": "SA ρ = 0", "sgd-lrp": "SGD at η′", "sgd": "SGD at η"}
-SIDES = (("sa", "o"), ("arm", "s"))  # each pair's two readings, SA first: the key and the marker
+MARKERS = ("o", "s")  # of each pair's two readings, SA first
 
 
 def _num(value: Any) -> float:
@@ -34,14 +35,14 @@ def _num(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
-def _error(reading: Mapping[str, Any], quantity: str) -> tuple[float, float]:
+def _error(reading: Reading, quantity: str) -> tuple[float, float]:
     """One reading's error bar below and above it: ± the Hutch++ stderr of tr(H); the 95% Wilson interval of
     test accuracy (in points); none for the exact Jacobian trace."""
     if quantity == "trace":
-        se = _num(reading.get("trace_stderr"))
+        se = _num(reading.trace_stderr)
         return se, se
     if quantity == "test_acc":
-        p, n = _num(reading.get("test_acc")), reading.get("test_examples") or 0
+        p, n = _num(reading.test_acc), reading.test_examples or 0
         if not (n and 0 <= p <= 1):
             return math.nan, math.nan
         low, high = wilson_interval(p, n)
@@ -67,16 +68,16 @@ def a3_data(results: Mapping[str, Any]) -> dict[str, Any]:
         scale = 100.0 if quantity == "test_acc" else 1.0
         plotted["readings"][quantity], plotted["differences"][quantity] = {}, {}
         for arm in arms:
+            pairs = [Pair.from_dict(p) for p in comparisons[arm]["pairs"]]
             plotted["readings"][quantity][arm] = [
-                {"minimizer": j, "who": "SA" if side == "sa" else NAMES[arm],
-                 "value": scale * _num(pair[side].get(quantity)), "error": list(_error(pair[side], quantity)),
-                 "loss": _num(pair[side].get("train_loss"))}
-                for j, pair in enumerate(comparisons[arm]["pairs"]) for side, _ in SIDES]
-            cmp = comparisons[arm][DIFFERENCE.get(quantity, quantity)]
+                {"minimizer": j, "who": who, "value": scale * _num(getattr(r, quantity)),
+                 "error": list(_error(r, quantity)), "loss": _num(r.train_loss)}
+                for j, pair in enumerate(pairs) for who, r in (("SA", pair.sa), (NAMES[arm], pair.arm))]
+            cmp = Comparison.from_dict(comparisons[arm][DIFFERENCE.get(quantity, quantity)])
             plotted["differences"][quantity][arm] = {
-                "per_minimizer": [scale * _num(v) for v in cmp["per_minimizer"]],
-                "difference": scale * _num(cmp["difference"]), "interval": [scale * _num(v) for v in cmp["interval"]],
-                "verdict": cmp["verdict"]}
+                "per_minimizer": [scale * _num(v) for v in cmp.per_minimizer],
+                "difference": scale * _num(cmp.difference), "interval": [scale * _num(v) for v in cmp.interval],
+                "verdict": cmp.verdict}
     return plotted
 
 
@@ -91,9 +92,9 @@ def draw_a3(data: Mapping[str, Any]) -> Figure:
             rows = data["readings"][quantity][arm]
             for sa, other in zip(rows[0::2], rows[1::2], strict=True):
                 j = int(sa["minimizer"])
-                xs = [i + (k - 0.5) * 0.35 + (j - 1) * 0.06 for k in range(len(SIDES))]
+                xs = [i + (k - 0.5) * 0.35 + (j - 1) * 0.06 for k in range(len(MARKERS))]
                 top.plot(xs, [_num(sa["value"]), _num(other["value"])], color="0.7", lw=0.7)  # one minimizer, paired
-                for k, (row, (_, marker)) in enumerate(zip((sa, other), SIDES, strict=True)):
+                for k, (row, marker) in enumerate(zip((sa, other), MARKERS, strict=True)):
                     err = [_num(e) for e in row["error"]]
                     top.errorbar([xs[k]], [_num(row["value"])],
                                  yerr=[[err[0]], [err[1]]] if all(map(math.isfinite, err)) else None, fmt=marker,

@@ -56,6 +56,7 @@ from sharpscope.experiments.verdicts import Verdict
 from sharpscope.io import jsonsafe
 from sharpscope.io.atomic import atomic_write_bytes
 from sharpscope.io.predictions import unpack_correct
+from sharpscope.io.readings import Comparison, Pair, Reading, stored_comparisons
 from sharpscope.io.records import as_number, read_measurements, read_summary
 from sharpscope.io.studysummary import StudySummary
 from sharpscope.track import RunDirectory, TrainConfig
@@ -218,12 +219,11 @@ def stages(scale: str) -> list[Stage]:
 
 
 # ------------------------------------------------------------------------------ readings
-def reading(run_dir: Path, sc: A3Scale, step: int | None = None) -> dict[str, Any]:
-    """The model of ``run_dir`` at checkpoint ``step`` (None: the latest) read once with fixed probes: tr(H)
-    (Hutch++, ``trace_matvecs`` products, probe seed 0 at every model), the ``paired_probes`` Hutchinson
-    quadratic forms ``z_iᵀHz_i`` (Rademacher ``z_i`` from seed 0: the same vectors for every model), λ_max,
-    the exact Jacobian trace, train loss and accuracy on all clean images, and the test predictions; cached
-    in ``readings/`` (read again when the scale's reading sizes differ from the cached ones)."""
+def reading(run_dir: Path, sc: A3Scale, step: int | None = None) -> Reading:
+    """The model of ``run_dir`` at checkpoint ``step`` (None: the latest) read once on all clean images
+    (:class:`~sharpscope.io.readings.Reading`): Hutch++ with ``trace_matvecs`` products and ``paired_probes``
+    Rademacher probes, both from seed 0 at every model; cached in ``readings/`` (read again when the scale's
+    reading sizes differ from the cached ones)."""
     from sharpscope.curvature import Objective, hutchinson
     from sharpscope.losses import get_loss
     from sharpscope.measures import SharpnessSettings
@@ -240,7 +240,7 @@ def reading(run_dir: Path, sc: A3Scale, step: int | None = None) -> dict[str, An
     if cache.is_file():
         stored = dict(jsonsafe.loads(cache.read_text(encoding="utf-8")))
         if stored.get("settings") == settings:
-            return stored
+            return Reading.from_dict(stored)
     cfg = TrainConfig.from_dict(run.read_config())
     model, spec = build_model(cfg, torch.device("cpu"), torch.float32)
     where = load_initial_weights(str(kept[step]), model, spec)
@@ -256,15 +256,15 @@ def reading(run_dir: Path, sc: A3Scale, step: int | None = None) -> dict[str, An
     rec = tracker.measure(step, model)
     objective = Objective(model, get_loss("ce"), (clean.x, clean.y), batch_size=500)
     paired = hutchinson(RUN_DEFAULTS.hessian(objective), sc.paired_probes, seed=0)
-    out = {"run": run_dir.name, "step": step, "checkpoint": where, "train_loss": rec.train_loss,
-           "train_acc": rec.train_acc, "test_acc": rec.test_acc, "test_correct": rec.test_correct,
-           "trace": as_number(rec.trace_estimate), "trace_stderr": as_number(rec.trace_stderr),
-           "lambda_max": as_number(rec.lambda_max), "jacobian_trace": as_number(rec.sharpness_value("jacobian")),
-           "trace_samples": paired.samples.tolist(), "trace_paired": paired.estimate,
-           "hvps": rec.total_hvps + paired.hvps, "seconds": rec.total_seconds + paired.seconds,
-           "probe_examples": len(clean.y), "settings": settings,
-           "test_examples": len(test_set.y), "errors": rec.errors}
-    atomic_write_bytes(cache, (jsonsafe.dumps(out, indent=1) + "\n").encode())
+    out = Reading(run=run_dir.name, step=step, checkpoint=where, train_loss=as_number(rec.train_loss),
+                  train_acc=rec.train_acc, test_acc=rec.test_acc, test_correct=rec.test_correct,
+                  trace=as_number(rec.trace_estimate), trace_stderr=as_number(rec.trace_stderr),
+                  lambda_max=as_number(rec.lambda_max), jacobian_trace=as_number(rec.sharpness_value("jacobian")),
+                  trace_samples=paired.samples.tolist(), trace_paired=paired.estimate,
+                  hvps=rec.total_hvps + paired.hvps, seconds=rec.total_seconds + paired.seconds,
+                  probe_examples=len(clean.y), settings=settings,
+                  test_examples=len(test_set.y), errors=rec.errors)
+    atomic_write_bytes(cache, (jsonsafe.dumps(out.to_dict(), indent=1) + "\n").encode())
     return out
 
 
@@ -279,7 +279,7 @@ def sa_step_at(sa_dir: Path, loss: float) -> int:
     return min(series, key=lambda sv: abs(math.log(sv[1] / loss)))[0]
 
 
-def matched_pair(out: Path, arm: str, m: int, sc: A3Scale) -> dict[str, Any]:
+def matched_pair(out: Path, arm: str, m: int, sc: A3Scale) -> Pair:
     """SA and ``arm`` from minimizer ``m`` read at equal loss: the arm at its stop (SA's final loss) when it got
     there, else SA where its run passes the arm's final loss."""
     arm_dir, sa_dir = out / stage(arm, m), out / stage("sa", m)
@@ -289,10 +289,9 @@ def matched_pair(out: Path, arm: str, m: int, sc: A3Scale) -> dict[str, Any]:
     if status == "reached_train_loss":
         sa, how = reading(sa_dir, sc), "the arm stopped at SA's final loss"
     else:
-        sa = reading(sa_dir, sc, sa_step_at(sa_dir, other["train_loss"]))
+        sa = reading(sa_dir, sc, sa_step_at(sa_dir, other.train_loss))
         how = "SA read at its checkpoint closest to the arm's final loss"
-    return {"sa": sa, "arm": other, "matched": how, "status": status,
-            "loss_ratio": other["train_loss"] / sa["train_loss"] if sa["train_loss"] > 0 else math.nan}
+    return Pair(sa, other, how, status, other.train_loss / sa.train_loss if sa.train_loss > 0 else math.nan)
 
 
 def _rms(values: Sequence[float]) -> float:
@@ -300,13 +299,7 @@ def _rms(values: Sequence[float]) -> float:
     return math.sqrt(sum(v * v for v in finite) / len(finite)) if finite else 0.0
 
 
-def _diff_json(d: statistics.Difference, v: Verdict, per: Sequence[float]) -> dict[str, Any]:
-    return {"per_minimizer": list(per), "difference": d.estimate, "interval": [d.low, d.high], "se": d.se,
-            "df": d.df, "p_value": d.p_value, "method": d.method, "mde": v.mde, "verdict": v.label, "reason": v.reason}
-
-
-def compare(pairs: Sequence[Mapping[str, Any]], quantity: str, *, better: str, what: str,
-            at_most: bool = False) -> dict[str, Any]:
+def compare(pairs: Sequence[Pair], quantity: str, *, better: str, what: str, at_most: bool = False) -> Comparison:
     """SA − arm of ``quantity`` over minimizers, judged in direction ``better`` (``at_most``: the claim "SA is
     no worse than the arm", :func:`~sharpscope.experiments.verdicts.judge_non_inferiority` with margin 0).
 
@@ -325,23 +318,23 @@ def compare(pairs: Sequence[Mapping[str, Any]], quantity: str, *, better: str, w
     per: list[float] = []
     ses: list[float] = []
     for p in pairs:
-        sa, arm = p["sa"], p["arm"]
+        sa, arm = p.sa, p.arm
         if quantity == "test_acc":
-            d = statistics.paired_accuracy(unpack_correct(sa["test_correct"]), unpack_correct(arm["test_correct"]))
+            d = statistics.paired_accuracy(*(unpack_correct(r.test_correct or {}) for r in (sa, arm)))
             per.append(d.estimate)
             ses.append(d.se)
         elif quantity in ("trace_paired", "trace_per_loss"):
-            a, b = (np.asarray(r["trace_samples"], dtype=float) for r in (sa, arm))
-            diffs = a / sa["train_loss"] - b / arm["train_loss"] if quantity == "trace_per_loss" else a - b
+            a, b = (np.asarray(r.trace_samples, dtype=float) for r in (sa, arm))
+            diffs = a / sa.train_loss - b / arm.train_loss if quantity == "trace_per_loss" else a - b
             per.append(float(diffs.mean()))
             ses.append(float(diffs.std(ddof=1)) / math.sqrt(diffs.size) if diffs.size > 1 else math.nan)
         else:
-            per.append(sa[quantity] - arm[quantity])
-            ses.append(math.hypot(sa["trace_stderr"], arm["trace_stderr"]) if quantity == "trace" else 0.0)
+            per.append(getattr(sa, quantity) - getattr(arm, quantity))
+            ses.append(math.hypot(sa.trace_stderr, arm.trace_stderr) if quantity == "trace" else 0.0)
     return judge(per, _rms(ses), better=better, what=what, at_most=at_most)
 
 
-def judge(per: Sequence[float], se: float, *, better: str, what: str, at_most: bool = False) -> dict[str, Any]:
+def judge(per: Sequence[float], se: float, *, better: str, what: str, at_most: bool = False) -> Comparison:
     """The per-minimizer differences ``per`` with the estimator error ``se`` the minimizers do not vary, judged:
     their paired interval (:func:`~sharpscope.experiments.statistics.paired_difference`), the MDE of that design
     (:func:`paired_mde` at the differences' sd) and the verdict in direction ``better`` (``at_most``: no worse,
@@ -352,16 +345,15 @@ def judge(per: Sequence[float], se: float, *, better: str, what: str, at_most: b
     known = mde if math.isfinite(mde) else None
     v = (verdicts.judge_non_inferiority(d, margin=0.0, better=better, mde=known, what=what) if at_most else
          verdicts.judge_difference(d, better=better, mde=known, what=what))
-    out = _diff_json(d, v, per)
-    out["estimator_se"] = se
-    return out
+    return Comparison(list(per), d.estimate, [d.low, d.high], d.se, d.df, d.p_value, d.method, v.mde, v.label,
+                      v.reason, se)
 
 
-def rejudged(stored: Mapping[str, Any], *, better: str, what: str, at_most: bool = False) -> dict[str, Any]:
-    """A stored comparison (:func:`compare`) judged again from its ``per_minimizer`` differences and
-    ``estimator_se`` (:func:`judge`)."""
-    return judge([float(x) for x in stored["per_minimizer"]], float(stored["estimator_se"]), better=better,
-                 what=what, at_most=at_most)
+def rejudged(stored: Comparison, *, better: str, what: str, at_most: bool = False) -> Comparison:
+    """A stored comparison (:func:`compare`) judged again from its per-minimizer differences and estimator error
+    (:func:`judge`)."""
+    return judge([float(x) for x in stored.per_minimizer], float(stored.estimator_se), better=better, what=what,
+                 at_most=at_most)
 
 
 def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
@@ -375,15 +367,14 @@ def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
     if not ms:
         return {"A3": {"verdict": verdicts.NOT_RUN, "reason": "no minimizer has all its arms"}}
     minimizers = {m: reading(out / stage("finetune", m), sc) for m in ms}
-    comparisons: dict[str, Any] = {}
+    comparisons: dict[str, dict[str, Comparison]] = {}
+    stored: dict[str, Any] = {}
     for arm in ("rs", *CONTROLS):
         pairs = [matched_pair(out, arm, m, sc) for m in ms]
-        comparisons[arm] = {
-            "pairs": [{k: v for k, v in p.items() if k not in ("sa", "arm")} | {
-                "sa": brief(p["sa"]), "arm": brief(p["arm"])} for p in pairs],
-            **{q: compare(pairs, q, better=better, what=f"{label} SA − {arm}")
-               for q, (better, label) in COMPARED.items()}}
-    return {"minimizers": {str(m): brief(r) for m, r in minimizers.items()}, "comparisons": comparisons,
+        comparisons[arm] = {q: compare(pairs, q, better=better, what=f"{label} SA − {arm}")
+                            for q, (better, label) in COMPARED.items()}
+        stored[arm] = {"pairs": [p.to_dict() for p in pairs], **stored_comparisons(comparisons[arm])}
+    return {"minimizers": {str(m): r.to_dict(brief=True) for m, r in minimizers.items()}, "comparisons": stored,
             "A3": a3_verdict(comparisons, len(ms))}
 
 
@@ -391,30 +382,25 @@ def rejudge(results: Mapping[str, Any]) -> dict[str, Any]:
     """A3 judged again from a stored study summary's ``results`` (:func:`evaluate`'s): every comparison from its
     stored per-minimizer differences and estimator error (:func:`rejudged`), then :func:`a3_verdict`. The readings
     themselves are not repeated."""
-    comparisons = {arm: {q: rejudged(cmp[q], better=better, what=f"{label} SA − {arm}")
+    comparisons = {arm: {q: rejudged(Comparison.from_dict(cmp[q]), better=better, what=f"{label} SA − {arm}")
                          for q, (better, label) in COMPARED.items()}
                    for arm, cmp in (results.get("comparisons") or {}).items()}
     if not comparisons:  # not run: nothing to judge again
         return {"A3": dict(results.get("A3") or {})}
-    return {"comparisons": comparisons, "A3": a3_verdict(comparisons, int(results["A3"]["minimizers"]))}
+    return {"comparisons": {arm: stored_comparisons(c) for arm, c in comparisons.items()},
+            "A3": a3_verdict(comparisons, int(results["A3"]["minimizers"]))}
 
 
-def brief(r: Mapping[str, Any]) -> dict[str, Any]:
-    """A reading without its bulky members (the packed test predictions and the per-probe samples)."""
-    return {k: v for k, v in r.items() if k not in ("test_correct", "trace_samples")}
-
-
-def _parts(cmp: Mapping[str, Any]) -> Verdict:
+def _parts(cmp: Mapping[str, Comparison]) -> Verdict:
     return verdicts.combine({"tr(H)": comparison_verdict(cmp["trace_paired"]), "test accuracy": comparison_verdict(cmp["test_acc"])})
 
 
-def comparison_verdict(d: Mapping[str, Any]) -> Verdict:
-    """The :class:`Verdict` a stored comparison (:func:`compare`) holds, with its MDE when finite."""
-    mde = d.get("mde")
-    return Verdict(d["verdict"], d.get("reason", ""), mde if isinstance(mde, float) and math.isfinite(mde) else None)
+def comparison_verdict(d: Comparison) -> Verdict:
+    """The :class:`Verdict` a comparison (:func:`compare`) holds, with its MDE when finite."""
+    return Verdict(d.verdict, d.reason, d.mde if isinstance(d.mde, float) and math.isfinite(d.mde) else None)
 
 
-def a3_verdict(comparisons: Mapping[str, Any], minimizers: int) -> dict[str, Any]:
+def a3_verdict(comparisons: Mapping[str, Mapping[str, Comparison]], minimizers: int) -> dict[str, Any]:
     """SA against RS (tr(H) lower and test accuracy higher, at equal loss), counted only if SA also beats
     every control (:func:`~sharpscope.experiments.verdicts.with_controls`)."""
     main = _parts(comparisons["rs"])

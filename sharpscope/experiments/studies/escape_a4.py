@@ -35,7 +35,6 @@ from sharpscope.experiments.detectable import Assumption, plan
 from sharpscope.experiments.studies import escape_a3
 from sharpscope.experiments.studies.escape import without_data
 from sharpscope.experiments.studies.escape_a3 import (
-    brief,
     compare,
     comparison_verdict,
     one_figure,
@@ -46,6 +45,7 @@ from sharpscope.experiments.studies.escape_a3 import (
 )
 from sharpscope.experiments.studies.framework import DrawnFigures, Stage, Study
 from sharpscope.experiments.verdicts import Verdict
+from sharpscope.io.readings import Comparison, Pair, Reading, stored_comparisons
 from sharpscope.io.studysummary import StudySummary
 from sharpscope.track import RunDirectory, TrainConfig
 
@@ -124,8 +124,8 @@ def detectable(scale: str) -> list[dict[str, Any]]:
                  for form in FORMS])
 
 
-def _pairs(small: list[dict[str, Any]], large: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"sa": a, "arm": b} for a, b in zip(small, large, strict=True)]
+def _pairs(small: Sequence[Reading], large: Sequence[Reading]) -> list[Pair]:
+    return [Pair(a, b) for a, b in zip(small, large, strict=True)]
 
 
 def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
@@ -145,27 +145,26 @@ def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
         comparisons[f] = {}
         for a, b in ((one, mid), (mid, full), (one, full)):
             pairs = _pairs(reads[f][a], reads[f][b])
-            cmp = _judged(_comparing(pairs), a, b, bs, f)
-            cmp["train_loss"] = [p["sa"]["train_loss"] - p["arm"]["train_loss"] for p in pairs]
-            comparisons[f][f"{a}-{b}"] = cmp
+            comparisons[f][f"{a}-{b}"] = {**stored_comparisons(_judged(_comparing(pairs), a, b, bs, f)),
+                                          "train_loss": [p.sa.train_loss - p.arm.train_loss for p in pairs]}
     start = [reading(out / stage("finetune", m), sc) for m in ms]
     gone = {f: left(reads[f], start) for f in FORMS}
     results: dict[str, Any] = {
-        "batches": list(bs), "minimizers": ms, "start": [brief(r) for r in start],
-        "readings": {f: {str(b): [brief(r) for r in reads[f][b]] for b in bs} for f in FORMS},
+        "batches": list(bs), "minimizers": ms, "start": [r.to_dict(brief=True) for r in start],
+        "readings": {f: {str(b): [r.to_dict(brief=True) for r in reads[f][b]] for b in bs} for f in FORMS},
         "comparisons": comparisons,
         "at_equal_loss": {f: at_equal_loss(out, sc, ms, reads[f], gone[f], bs, f) for f in FORMS}}
     return {**results, "A4": a4_verdict(results)}
 
 
-def _comparing(pairs: Sequence[Mapping[str, Any]]) -> Callable[[str, bool, str], dict[str, Any]]:
+def _comparing(pairs: Sequence[Pair]) -> Callable[[str, bool, str], Comparison]:
     """``(quantity, at_most, what) ↦`` :func:`~sharpscope.experiments.studies.escape_a3.compare` of ``pairs``, lower
     being better."""
     return lambda q, at_most, what: compare(pairs, q, better="lower", what=what, at_most=at_most)
 
 
-def _judged(judge_one: Callable[[str, bool, str], dict[str, Any]], a: int, b: int, bs: Sequence[int], form: str,
-            equal: bool = False) -> dict[str, Any]:
+def _judged(judge_one: Callable[[str, bool, str], Comparison], a: int, b: int, bs: Sequence[int], form: str,
+            equal: bool = False) -> dict[str, Comparison]:
     """Each of :data:`QUANTITIES` for B = ``a`` − B = ``b`` in ``form``, by ``judge_one(quantity, at_most, what)``,
     lower being better: at most 0 for the middle batch against the main one, below 0 otherwise."""
     at_most = (a, b) == (bs[1], bs[2])
@@ -182,9 +181,11 @@ def a4_verdict(results: Mapping[str, Any]) -> dict[str, Any]:
     for f in FORMS:
         cmp = results["comparisons"][f]
         parts[f] = {label: verdicts.combine({
-            f"B = 1 < B = {mid}": comparison_verdict(cmp[f"{one}-{mid}"][q]),
-            f"B = {mid} ≤ B = {full}": comparison_verdict(cmp[f"{mid}-{full}"][q])}) for q, label in QUANTITIES.items()}
-    gone = {f: left({int(b): rs for b, rs in results["readings"][f].items()}, results["start"]) for f in FORMS}
+            f"B = 1 < B = {mid}": _stored_verdict(cmp[f"{one}-{mid}"][q]),
+            f"B = {mid} ≤ B = {full}": _stored_verdict(cmp[f"{mid}-{full}"][q])}) for q, label in QUANTITIES.items()}
+    start = [Reading.from_dict(r) for r in results["start"]]
+    gone = {f: left({int(b): [Reading.from_dict(r) for r in rs] for b, rs in results["readings"][f].items()}, start)
+            for f in FORMS}
     heads = {f: form_verdict(parts[f]["tr(H)"], gone[f], one) for f in FORMS}
     equal = {f: equal_loss_verdict(results["at_equal_loss"][f], bs) for f in FORMS}
     head = heads["unscaled"]
@@ -213,9 +214,9 @@ def rejudge(results: Mapping[str, Any]) -> dict[str, Any]:
         if "skipped" in stored:
             return dict(stored)
         a, b = (int(x) for x in key.split("-"))
-        judged = _judged(lambda q, at_most, what: rejudged(stored[q], better="lower", what=what, at_most=at_most),
-                         a, b, bs, form, equal)
-        return {**stored, **judged}
+        judged = _judged(lambda q, at_most, what: rejudged(Comparison.from_dict(stored[q]), better="lower", what=what,
+                                                           at_most=at_most), a, b, bs, form, equal)
+        return {**stored, **stored_comparisons(judged)}
 
     comparisons = {f: {key: again(c, key, f, False) for key, c in cmp.items()}
                    for f, cmp in results["comparisons"].items()}
@@ -224,7 +225,7 @@ def rejudge(results: Mapping[str, Any]) -> dict[str, Any]:
     return {"comparisons": comparisons, "at_equal_loss": equal, "A4": a4_verdict(new)}
 
 
-def at_equal_loss(out: Path, sc: escape_a3.A3Scale, ms: Sequence[int], reads: Mapping[int, list[dict[str, Any]]],
+def at_equal_loss(out: Path, sc: escape_a3.A3Scale, ms: Sequence[int], reads: Mapping[int, Sequence[Reading]],
                   gone: Mapping[int, Sequence[int]], bs: Sequence[int], form: str) -> dict[str, Any]:
     """Each smaller batch's end against SA at the main batch where that run's loss is nearest (its kept
     checkpoints, :func:`~sharpscope.experiments.studies.escape_a3.sa_step_at`): B = 1 below it and B₁ at most
@@ -237,12 +238,10 @@ def at_equal_loss(out: Path, sc: escape_a3.A3Scale, ms: Sequence[int], reads: Ma
         if b in gone:
             out_cmp[key] = {"skipped": f"B = {b} left the bad minimizer"}
             continue
-        steps = [sa_step_at(out / stage("sa", m), r["train_loss"]) for m, r in zip(ms, reads[b], strict=True)]
-        ref = [reading(out / stage("sa", m), sc, step) for m, step in zip(ms, steps, strict=True)]
-        pairs = _pairs(reads[b], ref)
-        cmp = _judged(_comparing(pairs), b, full, bs, form, True)
-        cmp.update(steps=steps, loss_ratio=[p["sa"]["train_loss"] / p["arm"]["train_loss"] for p in pairs])
-        out_cmp[key] = cmp
+        steps = [sa_step_at(out / stage("sa", m), r.train_loss) for m, r in zip(ms, reads[b], strict=True)]
+        pairs = _pairs(reads[b], [reading(out / stage("sa", m), sc, step) for m, step in zip(ms, steps, strict=True)])
+        out_cmp[key] = {**stored_comparisons(_judged(_comparing(pairs), b, full, bs, form, True)), "steps": steps,
+                        "loss_ratio": [p.sa.train_loss / p.arm.train_loss for p in pairs]}
     return out_cmp
 
 
@@ -256,15 +255,21 @@ def equal_loss_verdict(compared: Mapping[str, Any], bs: Sequence[int]) -> Verdic
         if "skipped" in cmp:
             parts[f"B = {b} vs B = {full}"] = Verdict(verdicts.NOT_TESTABLE, cmp["skipped"])
         else:
-            parts[f"B = {b} {'<' if b == one else '≤'} B = {full}"] = comparison_verdict(cmp["trace_paired"])
+            parts[f"B = {b} {'<' if b == one else '≤'} B = {full}"] = _stored_verdict(cmp["trace_paired"])
     return verdicts.combine(parts)
 
 
-def left(reads: Mapping[int, Sequence[Mapping[str, Any]]], start: Sequence[Mapping[str, Any]]) -> dict[int, list[int]]:
+def _stored_verdict(stored: Mapping[str, Any]) -> Verdict:
+    """The :class:`Verdict` a stored comparison holds
+    (:func:`~sharpscope.experiments.studies.escape_a3.comparison_verdict`)."""
+    return comparison_verdict(Comparison.from_dict(stored))
+
+
+def left(reads: Mapping[int, Sequence[Reading]], start: Sequence[Reading]) -> dict[int, list[int]]:
     """Per batch B with any, the positions of the minimizers whose run at B ended with a training loss above
     :data:`LEFT_FACTOR` times the minimizer's (``start``, in the same order)."""
     out = {b: [j for j, (r, s) in enumerate(zip(rs, start, strict=True))
-               if r["train_loss"] > LEFT_FACTOR * s["train_loss"]] for b, rs in reads.items()}
+               if r.train_loss > LEFT_FACTOR * s.train_loss] for b, rs in reads.items()}
     return {b: js for b, js in out.items() if js}
 
 
