@@ -1,5 +1,5 @@
 """Readings of compared models (:class:`Reading`), two compared (:class:`Pair`) and the judged differences over
-pairs (:class:`Comparison`) of the ``escape-a3`` and ``escape-a4`` studies; each stored as the JSON object of its
+pairs (:class:`PairedComparison`) of the ``escape-a3`` and ``escape-a4`` studies; each stored as the JSON object of its
 fields in their order (``to_dict``), read back by ``from_dict`` with the stored non-finite strings decoded."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from sharpscope.io.jsonsafe import decode
 BULKY = ("test_correct", "trace_samples")
 """The members of a :class:`Reading` a brief one leaves out: the packed test predictions and the probe values."""
 
-_S = TypeVar("_S", "Reading", "Comparison")
+_S = TypeVar("_S", "Reading", "PairedComparison")
 
 
 def _read(cls: type[_S], stored: Mapping[str, Any]) -> _S:
@@ -21,7 +21,7 @@ def _read(cls: type[_S], stored: Mapping[str, Any]) -> _S:
     return cls(**{f.name: decode(stored.get(f.name)) for f in fields(cls)})
 
 
-def _write(record: Reading | Comparison, leave_out: Sequence[str] = ()) -> dict[str, Any]:
+def _write(record: Reading | PairedComparison, leave_out: Sequence[str] = ()) -> dict[str, Any]:
     """The stored object of ``record``: its fields in their order, but those in ``leave_out``."""
     return {f.name: getattr(record, f.name) for f in fields(record) if f.name not in leave_out}
 
@@ -90,7 +90,7 @@ class Pair:
 
 
 @dataclass(frozen=True)
-class Comparison:
+class PairedComparison:
     """The differences of one quantity over pairs, one ``per_minimizer``, judged: their mean ``difference``, its
     95% ``interval``, standard error ``se`` with ``df`` degrees of freedom, ``p_value`` and ``method``, the
     minimum detectable effect ``mde``, the ``verdict`` label with its ``reason``, and the ``estimator_se`` the
@@ -109,7 +109,7 @@ class Comparison:
     estimator_se: float
 
     @classmethod
-    def from_dict(cls, stored: Mapping[str, Any]) -> Comparison:
+    def from_dict(cls, stored: Mapping[str, Any]) -> PairedComparison:
         """The comparison of a stored one."""
         return _read(cls, stored)
 
@@ -118,6 +118,6 @@ class Comparison:
         return _write(self)
 
 
-def stored_comparisons(judged: Mapping[str, Comparison]) -> dict[str, dict[str, Any]]:
-    """Each quantity's stored comparison of ``judged`` (quantity ↦ :class:`Comparison`)."""
+def stored_comparisons(judged: Mapping[str, PairedComparison]) -> dict[str, dict[str, Any]]:
+    """Each quantity's stored comparison of ``judged`` (quantity ↦ :class:`PairedComparison`)."""
     return {q: c.to_dict() for q, c in judged.items()}

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from sharpscope.io.readings import Comparison, Pair, Reading
+from sharpscope.io.readings import Pair, PairedComparison, Reading
 from sharpscope.plots.intervals import wilson_interval
 from sharpscope.plots.style import color, label_axes, legend, new_figure
 
@@ -73,7 +73,7 @@ def a3_data(results: Mapping[str, Any]) -> dict[str, Any]:
                 {"minimizer": j, "who": who, "value": scale * _num(getattr(r, quantity)),
                  "error": list(_error(r, quantity)), "loss": _num(r.train_loss)}
                 for j, pair in enumerate(pairs) for who, r in (("SA", pair.sa), (NAMES[arm], pair.arm))]
-            cmp = Comparison.from_dict(comparisons[arm][DIFFERENCE.get(quantity, quantity)])
+            cmp = PairedComparison.from_dict(comparisons[arm][DIFFERENCE.get(quantity, quantity)])
             plotted["differences"][quantity][arm] = {
                 "per_minimizer": [scale * _num(v) for v in cmp.per_minimizer],
                 "difference": scale * _num(cmp.difference), "interval": [scale * _num(v) for v in cmp.interval],

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from sharpscope.io import jsonsafe
-from sharpscope.io.readings import BULKY, Comparison, Pair, Reading
+from sharpscope.io.readings import BULKY, Pair, PairedComparison, Reading
 
 FIGURES = Path(__file__).resolve().parents[2] / "figures"
 
@@ -60,7 +60,7 @@ def test_every_stored_comparison_reads_back_byte_identical() -> None:
                    for q in ("trace_paired", "trace_per_loss", "jacobian_trace")]
     assert len(stored) == 4 * 4 + 2 * 3 * 3 + 3 * 3  # B = 1 unscaled left its minimizer: not matched
     for one in stored:
-        assert _stored(Comparison.from_dict(one).to_dict()) == _stored(one)
+        assert _stored(PairedComparison.from_dict(one).to_dict()) == _stored(one)
 
 
 def test_a_full_reading_keeps_its_bulky_members_and_decodes_non_finite_numbers() -> None:

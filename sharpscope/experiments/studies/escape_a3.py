@@ -56,7 +56,7 @@ from sharpscope.experiments.verdicts import Verdict
 from sharpscope.io import jsonsafe
 from sharpscope.io.atomic import atomic_write_bytes
 from sharpscope.io.predictions import unpack_correct
-from sharpscope.io.readings import Comparison, Pair, Reading, stored_comparisons
+from sharpscope.io.readings import Pair, PairedComparison, Reading, stored_comparisons
 from sharpscope.io.records import as_number, read_measurements, read_summary
 from sharpscope.io.studysummary import StudySummary
 from sharpscope.track import RunDirectory, TrainConfig
@@ -299,7 +299,7 @@ def _rms(values: Sequence[float]) -> float:
     return math.sqrt(sum(v * v for v in finite) / len(finite)) if finite else 0.0
 
 
-def compare(pairs: Sequence[Pair], quantity: str, *, better: str, what: str, at_most: bool = False) -> Comparison:
+def compare(pairs: Sequence[Pair], quantity: str, *, better: str, what: str, at_most: bool = False) -> PairedComparison:
     """SA − arm of ``quantity`` over minimizers, judged in direction ``better`` (``at_most``: the claim "SA is
     no worse than the arm", :func:`~sharpscope.experiments.verdicts.judge_non_inferiority` with margin 0).
 
@@ -334,7 +334,7 @@ def compare(pairs: Sequence[Pair], quantity: str, *, better: str, what: str, at_
     return judge(per, _rms(ses), better=better, what=what, at_most=at_most)
 
 
-def judge(per: Sequence[float], se: float, *, better: str, what: str, at_most: bool = False) -> Comparison:
+def judge(per: Sequence[float], se: float, *, better: str, what: str, at_most: bool = False) -> PairedComparison:
     """The per-minimizer differences ``per`` with the estimator error ``se`` the minimizers do not vary, judged:
     their paired interval (:func:`~sharpscope.experiments.statistics.paired_difference`), the MDE of that design
     (:func:`paired_mde` at the differences' sd) and the verdict in direction ``better`` (``at_most``: no worse,
@@ -345,11 +345,11 @@ def judge(per: Sequence[float], se: float, *, better: str, what: str, at_most: b
     known = mde if math.isfinite(mde) else None
     v = (verdicts.judge_non_inferiority(d, margin=0.0, better=better, mde=known, what=what) if at_most else
          verdicts.judge_difference(d, better=better, mde=known, what=what))
-    return Comparison(list(per), d.estimate, [d.low, d.high], d.se, d.df, d.p_value, d.method, v.mde, v.label,
+    return PairedComparison(list(per), d.estimate, [d.low, d.high], d.se, d.df, d.p_value, d.method, v.mde, v.label,
                       v.reason, se)
 
 
-def rejudged(stored: Comparison, *, better: str, what: str, at_most: bool = False) -> Comparison:
+def rejudged(stored: PairedComparison, *, better: str, what: str, at_most: bool = False) -> PairedComparison:
     """A stored comparison (:func:`compare`) judged again from its per-minimizer differences and estimator error
     (:func:`judge`)."""
     return judge([float(x) for x in stored.per_minimizer], float(stored.estimator_se), better=better, what=what,
@@ -367,7 +367,7 @@ def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
     if not ms:
         return {"A3": {"verdict": verdicts.NOT_RUN, "reason": "no minimizer has all its arms"}}
     minimizers = {m: reading(out / stage("finetune", m), sc) for m in ms}
-    comparisons: dict[str, dict[str, Comparison]] = {}
+    comparisons: dict[str, dict[str, PairedComparison]] = {}
     stored: dict[str, Any] = {}
     for arm in ("rs", *CONTROLS):
         pairs = [matched_pair(out, arm, m, sc) for m in ms]
@@ -382,7 +382,7 @@ def rejudge(results: Mapping[str, Any]) -> dict[str, Any]:
     """A3 judged again from a stored study summary's ``results`` (:func:`evaluate`'s): every comparison from its
     stored per-minimizer differences and estimator error (:func:`rejudged`), then :func:`a3_verdict`. The readings
     themselves are not repeated."""
-    comparisons = {arm: {q: rejudged(Comparison.from_dict(cmp[q]), better=better, what=f"{label} SA − {arm}")
+    comparisons = {arm: {q: rejudged(PairedComparison.from_dict(cmp[q]), better=better, what=f"{label} SA − {arm}")
                          for q, (better, label) in COMPARED.items()}
                    for arm, cmp in (results.get("comparisons") or {}).items()}
     if not comparisons:  # not run: nothing to judge again
@@ -391,16 +391,16 @@ def rejudge(results: Mapping[str, Any]) -> dict[str, Any]:
             "A3": a3_verdict(comparisons, int(results["A3"]["minimizers"]))}
 
 
-def _parts(cmp: Mapping[str, Comparison]) -> Verdict:
+def _parts(cmp: Mapping[str, PairedComparison]) -> Verdict:
     return verdicts.combine({"tr(H)": comparison_verdict(cmp["trace_paired"]), "test accuracy": comparison_verdict(cmp["test_acc"])})
 
 
-def comparison_verdict(d: Comparison) -> Verdict:
+def comparison_verdict(d: PairedComparison) -> Verdict:
     """The :class:`Verdict` a comparison (:func:`compare`) holds, with its MDE when finite."""
     return Verdict(d.verdict, d.reason, d.mde if isinstance(d.mde, float) and math.isfinite(d.mde) else None)
 
 
-def a3_verdict(comparisons: Mapping[str, Mapping[str, Comparison]], minimizers: int) -> dict[str, Any]:
+def a3_verdict(comparisons: Mapping[str, Mapping[str, PairedComparison]], minimizers: int) -> dict[str, Any]:
     """SA against RS (tr(H) lower and test accuracy higher, at equal loss), counted only if SA also beats
     every control (:func:`~sharpscope.experiments.verdicts.with_controls`)."""
     main = _parts(comparisons["rs"])

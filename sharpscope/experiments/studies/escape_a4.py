@@ -45,7 +45,7 @@ from sharpscope.experiments.studies.escape_a3 import (
 )
 from sharpscope.experiments.studies.framework import DrawnFigures, Stage, Study
 from sharpscope.experiments.verdicts import Verdict
-from sharpscope.io.readings import Comparison, Pair, Reading, stored_comparisons
+from sharpscope.io.readings import Pair, PairedComparison, Reading, stored_comparisons
 from sharpscope.io.studysummary import StudySummary
 from sharpscope.track import RunDirectory, TrainConfig
 
@@ -157,14 +157,14 @@ def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
     return {**results, "A4": a4_verdict(results)}
 
 
-def _comparing(pairs: Sequence[Pair]) -> Callable[[str, bool, str], Comparison]:
+def _comparing(pairs: Sequence[Pair]) -> Callable[[str, bool, str], PairedComparison]:
     """``(quantity, at_most, what) ↦`` :func:`~sharpscope.experiments.studies.escape_a3.compare` of ``pairs``, lower
     being better."""
     return lambda q, at_most, what: compare(pairs, q, better="lower", what=what, at_most=at_most)
 
 
-def _judged(judge_one: Callable[[str, bool, str], Comparison], a: int, b: int, bs: Sequence[int], form: str,
-            equal: bool = False) -> dict[str, Comparison]:
+def _judged(judge_one: Callable[[str, bool, str], PairedComparison], a: int, b: int, bs: Sequence[int], form: str,
+            equal: bool = False) -> dict[str, PairedComparison]:
     """Each of :data:`QUANTITIES` for B = ``a`` − B = ``b`` in ``form``, by ``judge_one(quantity, at_most, what)``,
     lower being better: at most 0 for the middle batch against the main one, below 0 otherwise."""
     at_most = (a, b) == (bs[1], bs[2])
@@ -214,7 +214,7 @@ def rejudge(results: Mapping[str, Any]) -> dict[str, Any]:
         if "skipped" in stored:
             return dict(stored)
         a, b = (int(x) for x in key.split("-"))
-        judged = _judged(lambda q, at_most, what: rejudged(Comparison.from_dict(stored[q]), better="lower", what=what,
+        judged = _judged(lambda q, at_most, what: rejudged(PairedComparison.from_dict(stored[q]), better="lower", what=what,
                                                            at_most=at_most), a, b, bs, form, equal)
         return {**stored, **stored_comparisons(judged)}
 
@@ -262,7 +262,7 @@ def equal_loss_verdict(compared: Mapping[str, Any], bs: Sequence[int]) -> Verdic
 def _stored_verdict(stored: Mapping[str, Any]) -> Verdict:
     """The :class:`Verdict` a stored comparison holds
     (:func:`~sharpscope.experiments.studies.escape_a3.comparison_verdict`)."""
-    return comparison_verdict(Comparison.from_dict(stored))
+    return comparison_verdict(PairedComparison.from_dict(stored))
 
 
 def left(reads: Mapping[int, Sequence[Reading]], start: Sequence[Reading]) -> dict[int, list[int]]:
