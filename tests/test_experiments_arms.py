@@ -123,11 +123,11 @@ def test_matched_loss_reads_each_arm_at_equal_training_loss(tmp_path: Path) -> N
     assert matched.levels and matched.compares("fast", "slow") and not matched.compares("fast", "other")
     for i, level in enumerate(matched.levels):
         for arm in ("fast", "slow"):
-            assert matched.arms[arm]["trace"][i]["mean"] == pytest.approx(curve(level), rel=1e-9)
+            assert matched.arms[arm]["trace"][i].mean == pytest.approx(curve(level), rel=1e-9)
         assert matched.lowest("fast", "trace") is matched.arms["fast"]["trace"][-1]
     stored = jsonsafe.dumps(matched.to_dict())  # NaN stderrs (none recorded): compared as stored
     assert jsonsafe.dumps(ec.MatchedLoss.from_dict(jsonsafe.loads(stored)).to_dict()) == stored
-    ends = {a: ec.arm_summary(p).end["trace"]["mean"] for a, p in groups.items()}
+    ends = {a: ec.arm_summary(p).end["trace"].mean for a, p in groups.items()}
     assert ends["fast"] > ends["slow"] + 10
 
 
@@ -181,7 +181,7 @@ def test_run_numbers_are_the_first_and_last_finite_readings(tmp_path: Path) -> N
     assert nums.start.trace_over_loss == 40.0 and nums.end.trace_over_loss == 24.0
     assert nums.end.value("trace_over_loss") == 24.0 and math.isnan(nums.end.trace_over_loss_stderr)
     summary = ec.arm_summary([path])
-    assert summary.end["trace_over_loss"]["values"] == [24.0] and summary.start["trace"]["values"] == [20.0]
+    assert summary.end["trace_over_loss"].values == [24.0] and summary.start["trace"].values == [20.0]
     assert (summary.seeds, summary.status, summary.min_train_acc, summary.test_examples) == (1, ["completed"], 1.0, 2000)
     assert summary.test_acc_stderr == pytest.approx(math.sqrt(0.5 * 0.5 / 2000), rel=1e-12)
     stored = summary.to_dict()

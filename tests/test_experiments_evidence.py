@@ -13,6 +13,7 @@ from scipy.stats import spearmanr, ttest_ind
 from sharpscope.experiments import evidence
 from sharpscope.experiments.evidence import (
     VERDICTS,
+    SeedStats,
     binomial_stderr,
     common_loss_levels,
     compare_seeds,
@@ -20,6 +21,7 @@ from sharpscope.experiments.evidence import (
     seed_stats,
     spearman_with_ci,
 )
+from sharpscope.io import jsonsafe
 
 
 def _linear_in_log(loss: float) -> float:
@@ -106,11 +108,25 @@ def test_binomial_stderr_exact() -> None:
 
 def test_seed_stats_ignores_nan() -> None:
     s = seed_stats([1.0, 2.0, math.nan, 3.0])
-    assert s["mean"] == 2.0 and s["std"] == 1.0 and s["n"] == 3 and len(s["values"]) == 4
+    assert (s.mean, s.std, s.n, len(s.values)) == (2.0, 1.0, 3, 4)
     one = seed_stats([5.0, math.nan])
-    assert one["mean"] == 5.0 and math.isnan(one["std"]) and one["n"] == 1
+    assert one.mean == 5.0 and math.isnan(one.std) and one.n == 1
     none = seed_stats([])
-    assert math.isnan(none["mean"]) and none["n"] == 0
+    assert math.isnan(none.mean) and none.n == 0 and none.values == []
+
+
+def test_seed_stats_are_stored_as_a_dict_and_read_back() -> None:
+    """:meth:`SeedStats.to_dict` under the stored names, read back by :meth:`SeedStats.from_dict` to the same JSON;
+    a stored non-finite value (``"NaN"``) reads as NaN, a missing field as no seeds."""
+    s = seed_stats([1.0, "x", 4.0])  # type: ignore[list-item]
+    stored = s.to_dict()
+    assert list(stored) == ["mean", "std", "n", "values"] and stored["n"] == 2 and stored["mean"] == 2.5
+    text = jsonsafe.dumps(stored)
+    assert '"NaN"' in text and jsonsafe.dumps(SeedStats.from_dict(jsonsafe.loads(text)).to_dict()) == text
+    back = SeedStats.from_dict(jsonsafe.loads(text))
+    assert back.values[0] == 1.0 and math.isnan(back.values[1]) and back.std == pytest.approx(math.sqrt(4.5))
+    empty = SeedStats.from_dict({})
+    assert math.isnan(empty.mean) and math.isnan(empty.std) and (empty.n, empty.values) == (0, [])
 
 
 def test_compare_seeds_is_welch_interval_of_the_difference() -> None:
@@ -157,7 +173,7 @@ def test_compare_seeds_two_seeds_is_inconclusive() -> None:
     assert "fewer than 3" in c.verdict.reason
     # A NaN seed does not count towards the three.
     c = compare_seeds([1.0, 1.1, math.nan], [9.0, 9.1, 9.2], lower_is_better=True)
-    assert not c.verdict.passes and c.a["n"] == 2 and c.verdict.label == "inconclusive"
+    assert not c.verdict.passes and c.a.n == 2 and c.verdict.label == "inconclusive"
 
 
 def test_a_comparison_is_stored_with_its_numbers_under_their_names() -> None:
@@ -168,7 +184,7 @@ def test_a_comparison_is_stored_with_its_numbers_under_their_names() -> None:
     assert list(stored) == ["a", "b", "difference", "interval", "level", "se", "df", "p_value", "estimator_se", "mde",
                             "a_better", "verdict", "reason", "holds"]
     assert stored["interval"] == [c.difference.low, c.difference.high] and stored["se"] == c.difference.se
-    assert stored["estimator_se"] == 0.3 and stored["mde"] == c.mde == c.verdict.mde and stored["a"] == c.a
+    assert stored["estimator_se"] == 0.3 and stored["mde"] == c.mde == c.verdict.mde and stored["a"] == c.a.to_dict()
     assert (stored["verdict"], stored["reason"], stored["holds"]) == (c.verdict.label, c.verdict.reason, False)
     acc = replace(c, binomial_stderr=0.01).to_dict()
     assert acc == {**stored, "binomial_stderr": 0.01, "paired": False}

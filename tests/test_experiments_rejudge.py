@@ -50,7 +50,7 @@ def test_stored_arm_summaries_read_back_as_records_with_the_runs_trace_errors() 
         assert jsonsafe.dumps(again) == jsonsafe.dumps(stored)
     runs = [name for name in summary.stages if name.startswith("best-sa-s")]
     finals = [summary.stages[r].final_measurement for r in runs]
-    assert runs and arms["best-sa"].end["trace_stderr"]["values"] == [m.trace_stderr for m in finals if m]
+    assert runs and arms["best-sa"].end["trace_stderr"].values == [m.trace_stderr for m in finals if m]
 
 
 def test_flatness_and_label_noise_from_their_summaries() -> None:

@@ -164,8 +164,8 @@ class ArmSummary:
 
     seeds: int
     status: list[str | None]
-    end: dict[str, dict[str, Any]]
-    start: dict[str, dict[str, Any]]
+    end: dict[str, evidence.SeedStats]
+    start: dict[str, evidence.SeedStats]
     min_train_acc: float = math.nan
     test_acc_stderr: float = math.nan
     test_examples: int | None = None
@@ -175,9 +175,9 @@ class ArmSummary:
         "test_examples"}``."""
         out: dict[str, Any] = {"seeds": self.seeds, "status": self.status}
         for q, stats in self.end.items():
-            out[q] = stats
+            out[q] = stats.to_dict()
             if q in self.start:
-                out[f"{q}_start"] = self.start[q]
+                out[f"{q}_start"] = self.start[q].to_dict()
         return {**out, "min_train_acc": self.min_train_acc, "test_acc_stderr": self.test_acc_stderr,
                 "test_examples": self.test_examples}
 
@@ -185,8 +185,9 @@ class ArmSummary:
     def from_dict(cls, stored: Mapping[str, Any]) -> ArmSummary:
         """The summary stored by :meth:`to_dict` (non-numbers read as NaN)."""
         held = [q for q in SUMMARISED if q in stored]
-        return cls(int(stored["seeds"]), list(stored["status"]), {q: stored[q] for q in held},
-                   {q: stored[f"{q}_start"] for q in held if f"{q}_start" in stored}, as_number(stored.get("min_train_acc")),
+        read = evidence.SeedStats.from_dict
+        return cls(int(stored["seeds"]), list(stored["status"]), {q: read(stored[q]) for q in held},
+                   {q: read(stored[f"{q}_start"]) for q in held if f"{q}_start" in stored}, as_number(stored.get("min_train_acc")),
                    as_number(stored.get("test_acc_stderr")), stored.get("test_examples"))
 
 
@@ -195,7 +196,7 @@ def arm_summary(paths: Sequence[Path]) -> ArmSummary:
     runs = [run_numbers(p) for p in paths]
     end = {q: evidence.seed_stats([r.end.value(q) for r in runs]) for q in SUMMARISED}
     n = next((r.test_examples for r in runs if r.test_examples), None)
-    acc = end["test_acc"]["mean"]
+    acc = end["test_acc"].mean
     return ArmSummary(len(runs), [r.status for r in runs], end,
                       {q: evidence.seed_stats([r.start.value(q) for r in runs]) for q in SUMMARISED},
                       min((r.min_train_acc for r in runs), default=math.nan),
@@ -209,24 +210,27 @@ class MatchedLoss:
     the verdicts compare. Stored as :meth:`to_dict`."""
 
     levels: list[float]
-    arms: dict[str, dict[str, list[dict[str, Any]]]]
+    arms: dict[str, dict[str, list[evidence.SeedStats]]]
 
     def compares(self, *arms: str) -> bool:
         """Whether there is a level and each of ``arms`` was read at it."""
         return bool(self.levels) and all(a in self.arms for a in arms)
 
-    def lowest(self, arm: str, quantity: str) -> dict[str, Any]:
-        """``quantity`` of ``arm`` at the lowest level (``{}`` where it was not read)."""
-        return (self.arms[arm].get(quantity) or [{}])[-1]
+    def lowest(self, arm: str, quantity: str) -> evidence.SeedStats:
+        """``quantity`` of ``arm`` at the lowest level (no seeds where it was not read)."""
+        return (self.arms.get(arm, {}).get(quantity) or [evidence.seed_stats([])])[-1]
 
     def to_dict(self) -> dict[str, Any]:
         """``{"levels", "arms"}`` as stored in a study's results."""
-        return {"levels": self.levels, "arms": self.arms}
+        return {"levels": self.levels,
+                "arms": {a: {q: [s.to_dict() for s in ss] for q, ss in qs.items()} for a, qs in self.arms.items()}}
 
     @classmethod
     def from_dict(cls, stored: Mapping[str, Any]) -> MatchedLoss:
         """The reading stored by :meth:`to_dict` (no levels and no arms when empty)."""
-        return cls(list(stored.get("levels") or []), {a: dict(q) for a, q in (stored.get("arms") or {}).items()})
+        return cls(list(stored.get("levels") or []), {a: {q: list(map(evidence.SeedStats.from_dict, ss))
+                                                          for q, ss in qs.items()}
+                                                      for a, qs in (stored.get("arms") or {}).items()})
 
 
 def at_matched_loss(groups: Mapping[str, Sequence[Path]], num: int = 4,
@@ -245,23 +249,20 @@ def at_matched_loss(groups: Mapping[str, Sequence[Path]], num: int = 4,
     return out
 
 
-def _values(stats: Mapping[str, Any]) -> list[float]:
-    return list(stats.get("values", []))
-
-
-def estimator_se(stats: Mapping[str, Any] | None) -> float:
+def estimator_se(stats: evidence.SeedStats | None) -> float:
     """One arm's estimator standard error from its per-seed stderrs (:func:`evidence.seed_stats` of them): their
     root mean square, 0 when none is recorded. Probes are shared across seeds, so this is the estimator error
     of the arm's mean too (it does not shrink with the seed count)."""
-    values = [float(v) for v in _values(stats or {}) if isinstance(v, (int, float)) and math.isfinite(v)]
+    values = [v for v in (stats.values if stats else []) if math.isfinite(v)]
     return math.sqrt(sum(v * v for v in values) / len(values)) if values else 0.0
 
 
-def trace_comparison(a: Mapping[str, Any], b: Mapping[str, Any], key: str = "trace") -> evidence.Comparison:
+def trace_comparison(a: Mapping[str, evidence.SeedStats], b: Mapping[str, evidence.SeedStats],
+                     key: str = "trace") -> evidence.Comparison:
     """``a``'s ``key`` (``trace`` or ``trace_over_loss``) below ``b``'s: :func:`evidence.compare_seeds` with each
     arm's trace estimator standard error. ``a``, ``b``: :func:`evidence.seed_stats` by quantity (an
     :class:`ArmSummary`'s ``end``, or a matched-loss reading)."""
-    return evidence.compare_seeds(_values(a[key]), _values(b[key]), lower_is_better=True,
+    return evidence.compare_seeds(a[key].values, b[key].values, lower_is_better=True,
                                   estimator_se_a=estimator_se(a.get(f"{key}_stderr")),
                                   estimator_se_b=estimator_se(b.get(f"{key}_stderr")))
 
@@ -272,7 +273,7 @@ def accuracy_comparison(a: ArmSummary, b: ArmSummary) -> evidence.Comparison:
     two binomial errors are added as if independent: a paired test needs each arm's per-example predictions,
     which the runs do not store, and is tighter whenever the arms err on the same examples."""
     se_a, se_b = (x.test_acc_stderr if math.isfinite(x.test_acc_stderr) else 0.0 for x in (a, b))
-    out = evidence.compare_seeds(_values(a.end["test_acc"]), _values(b.end["test_acc"]), lower_is_better=False,
+    out = evidence.compare_seeds(a.end["test_acc"].values, b.end["test_acc"].values, lower_is_better=False,
                                  estimator_se_a=se_a, estimator_se_b=se_b)
     return replace(out, binomial_stderr=math.hypot(se_a, se_b))
 
@@ -345,17 +346,17 @@ def _a1(good: ArmSummary, bad: ArmSummary) -> dict[str, Any]:
     """A1: the bad minimizer's test accuracy ≥ 20 points below the random-init fits'. The interval carries the
     random-init seeds' spread and both binomial errors; with one bad minimizer the spread between minimizers
     is not in it."""
-    acc, bad_acc = good.end["test_acc"], bad.end["test_acc"]["mean"]
-    gap = acc["mean"] - bad_acc
-    seed_se = acc["std"] / math.sqrt(acc["n"]) if acc["n"] >= 2 else math.nan
-    d = statistics.compare_readings(acc["mean"], bad_acc, se_a=math.hypot(seed_se, good.test_acc_stderr),
+    acc, bad_acc = good.end["test_acc"], bad.end["test_acc"].mean
+    gap = acc.mean - bad_acc
+    seed_se = acc.std / math.sqrt(acc.n) if acc.n >= 2 else math.nan
+    d = statistics.compare_readings(acc.mean, bad_acc, se_a=math.hypot(seed_se, good.test_acc_stderr),
                                     se_b=bad.test_acc_stderr) if math.isfinite(seed_se) and math.isfinite(gap) else None
-    out: dict[str, Any] = {"random_init_test_acc": acc, "bad_test_acc": bad_acc,
-                           "bad_train_acc": bad.end["train_acc"]["mean"], "gap_points": 100 * gap,
+    out: dict[str, Any] = {"random_init_test_acc": acc.to_dict(), "bad_test_acc": bad_acc,
+                           "bad_train_acc": bad.end["train_acc"].mean, "gap_points": 100 * gap,
                            "stderr_points": 100 * d.se if d else math.nan,
                            "interval_points": [100 * d.low, 100 * d.high] if d else [math.nan, math.nan],
                            "bad_minimizers": bad.seeds, "criterion": "gap ≥ 20 points"}
-    if d is None or acc["n"] < verdicts.MIN_SEEDS:
+    if d is None or acc.n < verdicts.MIN_SEEDS:
         v = Verdict(verdicts.INCONCLUSIVE, f"fewer than {verdicts.MIN_SEEDS} random-init seeds")
     else:
         text = f"gap {100 * gap:.3g} points, 95% interval [{100 * d.low:.3g}, {100 * d.high:.3g}]"
@@ -371,18 +372,16 @@ def _a2(sgd: ArmSummary) -> dict[str, Any]:
     """A2: SGD at η does not escape: the change of test accuracy from the minimizer to the end within ±2 points
     (an equivalence test: the whole interval inside ±2 points). Start and end are read on the same test set;
     without per-example predictions their binomial errors are added as if independent."""
-    start, end = _values(sgd.start["test_acc"]), _values(sgd.end["test_acc"])
+    start, end = sgd.start["test_acc"], sgd.end["test_acc"]
     n = sgd.test_examples
-    se = [evidence.binomial_stderr(x["mean"], n) if n and math.isfinite(x["mean"]) else 0.0
-          for x in (sgd.end["test_acc"], sgd.start["test_acc"])]
-    d = statistics.welch_difference(end, start, estimator_se_a=se[0], estimator_se_b=se[1])
+    se = [evidence.binomial_stderr(x.mean, n) if n and math.isfinite(x.mean) else 0.0 for x in (end, start)]
+    d = statistics.welch_difference(end.values, start.values, estimator_se_a=se[0], estimator_se_b=se[1])
     v = verdicts.judge_equivalence(d, margin=0.02, what="end − start") if d.n_a >= verdicts.MIN_SEEDS else \
         Verdict(verdicts.INCONCLUSIVE, f"fewer than {verdicts.MIN_SEEDS} seeds")
-    delta = evidence.seed_stats([a - b for a, b in zip(end, start)])
-    return {"delta_test_acc_points": {k: 100 * v if isinstance(v, float) else v for k, v in delta.items()
-                                      if k != "values"},
+    delta = evidence.seed_stats([a - b for a, b in zip(end.values, start.values)])
+    return {"delta_test_acc_points": {"mean": 100 * delta.mean, "std": 100 * delta.std, "n": delta.n},
             "interval_points": [100 * d.low, 100 * d.high],
-            "trace_start_end": [sgd.start["trace"]["mean"], sgd.end["trace"]["mean"]],
+            "trace_start_end": [sgd.start["trace"].mean, sgd.end["trace"].mean],
             "criterion": "|Δ test accuracy| < 2 points (the 95% interval inside ±2 points)",
             "verdict": v.label, "reason": v.reason}
 
@@ -417,7 +416,7 @@ def escape_verdicts(summaries: Mapping[str, ArmSummary], matched: MatchedLoss | 
                      **verdict.as_result()}
     batch_arms = sorted((a for a in summaries if re.fullmatch(r"sa-b\d+", a)), key=lambda a: int(a[4:]))
     if batch_arms:
-        tr = {a: summaries[a].end["trace"]["mean"] for a in batch_arms}
+        tr = {a: summaries[a].end["trace"].mean for a in batch_arms}
         twins = {a: versus(summaries[a], summaries[f"{a}-rho0"]) for a in batch_arms if f"{a}-rho0" in summaries}
         ordering = {f"{a} < {b}": trace_comparison(summaries[a].end, summaries[b].end) for a, b in pairwise(batch_arms)}
         diverged = [a for a in batch_arms if "diverged" in summaries[a].status]
@@ -510,7 +509,7 @@ def label_noise_results(dirs: Mapping[str, Path]) -> dict[str, Any]:
         starts = [s.loss[0] for a in ("label-noise", "noiseless") for s in map(series, groups[a]) if s.loss]
         at_start = bool(matched.levels) and bool(starts) and matched.levels[-1] >= min(starts)
     verdict = label_noise_verdict(per_seed, vs, at_start)
-    out["G6"] = {"spearman_per_seed": per_seed, "spearman_after_step_0": evidence.seed_stats(rhos),
+    out["G6"] = {"spearman_per_seed": per_seed, "spearman_after_step_0": evidence.seed_stats(rhos).to_dict(),
                  "noiseless_spearman_after_step_0": control, "vs_noiseless": None if vs is None else vs.to_dict(),
                  "criterion": "ρ_s ≤ −0.7 with its 95% interval below 0 in every seed, and tr(H) below the "
                               "noiseless control (95% interval of the difference)",

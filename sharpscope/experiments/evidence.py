@@ -25,7 +25,7 @@ from sharpscope.experiments import statistics, verdicts
 from sharpscope.io.series import as_float as _as_float
 from sharpscope.io.series import common_loss_levels, interpolate_at_loss, spearman_with_ci
 
-__all__ = ["VERDICTS", "Comparison", "binomial_stderr", "common_loss_levels", "compare_seeds", "interpolate_at_loss",
+__all__ = ["VERDICTS", "Comparison", "SeedStats", "binomial_stderr", "common_loss_levels", "compare_seeds", "interpolate_at_loss",
            "seed_stats", "spearman_with_ci"]
 
 VERDICTS = verdicts.VERDICTS  # the labels, defined in sharpscope.experiments.verdicts
@@ -41,29 +41,44 @@ def binomial_stderr(p: float, n: int) -> float:
     return math.sqrt(p * (1.0 - p) / n)
 
 
-def seed_stats(values: Sequence[float]) -> dict[str, Any]:
-    """Mean, sample standard deviation (``ddof=1``) and count of the finite values.
+@dataclass(frozen=True)
+class SeedStats:
+    """Per-seed ``values`` (floats, NaN where missing) with the ``mean``, the sample standard deviation ``std``
+    (``ddof=1``) and the count ``n`` of the finite ones. Stored as :meth:`to_dict`."""
 
-    Returns ``{"mean", "std", "n", "values"}``: non-finite values are ignored, ``n`` counts the
-    finite ones, ``std`` is NaN with fewer than two and ``mean`` NaN with none; ``values`` are the
-    inputs as floats.
-    """
+    mean: float
+    std: float
+    n: int
+    values: list[float]
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"mean", "std", "n", "values"}``."""
+        return {"mean": self.mean, "std": self.std, "n": self.n, "values": self.values}
+
+    @classmethod
+    def from_dict(cls, stored: Mapping[str, Any]) -> SeedStats:
+        """The statistics stored by :meth:`to_dict` (non-numbers read as NaN; missing: no seeds)."""
+        return cls(_as_float(stored.get("mean")), _as_float(stored.get("std")), int(stored.get("n", 0)),
+                   [_as_float(v) for v in stored.get("values", [])])
+
+
+def seed_stats(values: Sequence[float]) -> SeedStats:
+    """:class:`SeedStats` of ``values``: non-finite values are ignored by ``mean``, ``std`` and ``n``; ``std``
+    is NaN with fewer than two finite values and ``mean`` NaN with none."""
     all_values = [_as_float(v) for v in values]
     finite = np.array([v for v in all_values if math.isfinite(v)], dtype=float)
     n = int(finite.size)
-    mean = float(finite.mean()) if n else math.nan
-    std = float(finite.std(ddof=1)) if n >= 2 else math.nan
-    return {"mean": mean, "std": std, "n": n, "values": all_values}
+    return SeedStats(float(finite.mean()) if n else math.nan, float(finite.std(ddof=1)) if n >= 2 else math.nan, n,
+                     all_values)
 
 
-def _mde(sa: Mapping[str, Any], sb: Mapping[str, Any], estimator_se: float, level: float) -> float:
+def _mde(sa: SeedStats, sb: SeedStats, estimator_se: float, level: float) -> float:
     """The minimum detectable effect at the arms' seeds and observed noise (NaN when it cannot be computed)."""
-    sd_a, sd_b = sa["std"], sb["std"]
-    if sa["n"] < 2 or sb["n"] < 2 or not (math.isfinite(sd_a) and math.isfinite(sd_b)):
+    if sa.n < 2 or sb.n < 2 or not (math.isfinite(sa.std) and math.isfinite(sb.std)):
         return math.nan
-    if sd_a == 0 and sd_b == 0 and estimator_se == 0:
+    if sa.std == 0 and sb.std == 0 and estimator_se == 0:
         return math.nan
-    return statistics.minimum_detectable_effect(n_a=sa["n"], n_b=sb["n"], sd_a=sd_a, sd_b=sd_b,
+    return statistics.minimum_detectable_effect(n_a=sa.n, n_b=sb.n, sd_a=sa.std, sd_b=sb.std,
                                                 estimator_se=estimator_se, level=level)
 
 
@@ -75,8 +90,8 @@ class Comparison:
     ``a``, and the ``verdict`` (with ``mde`` where finite); ``binomial_stderr``: the test-set error added to an
     accuracy comparison (NaN for any other). Stored as :meth:`to_dict`."""
 
-    a: dict[str, Any]
-    b: dict[str, Any]
+    a: SeedStats
+    b: SeedStats
     difference: statistics.Difference
     estimator_se: float
     mde: float
@@ -89,7 +104,7 @@ class Comparison:
         "a_better", "verdict", "reason", "holds"}`` and, for accuracy, ``"binomial_stderr"`` and
         ``"paired": False`` (the arms' per-example predictions are not stored)."""
         d, v = self.difference, self.verdict
-        out = {"a": self.a, "b": self.b, "difference": d.estimate, "interval": [d.low, d.high], "level": d.level,
+        out = {"a": self.a.to_dict(), "b": self.b.to_dict(), "difference": d.estimate, "interval": [d.low, d.high], "level": d.level,
                "se": d.se, "df": d.df, "p_value": d.p_value, "estimator_se": self.estimator_se, "mde": self.mde,
                "a_better": self.a_better, "verdict": v.label, "reason": v.reason, "holds": v.passes}
         return out if math.isnan(self.binomial_stderr) else {**out, "binomial_stderr": self.binomial_stderr,

@@ -37,6 +37,7 @@ from sharpscope.experiments.studies import flatness as flatness_study
 from sharpscope.io import jsonsafe
 from sharpscope.io.atomic import atomic_write_bytes
 from sharpscope.io.records import RunSummary, as_number
+from sharpscope.io.series import as_float as _f
 from sharpscope.io.studysummary import StudySummary, read_study_summary
 
 STDERR_NOTE = ("trace estimator stderr: each run's last reading; at matched loss, the same relative error times the "
@@ -45,13 +46,6 @@ __all__ = ["REJUDGE", "escape", "escape_a3", "escape_a4", "label_noise", "main",
            "smoothing_study", "verdict_table", "with_matched_stderr", "with_stored_stderr"]
 
 PAIRED_NOTE = "no per-example predictions stored: accuracy differences carry unpaired binomial errors"
-
-
-def _f(x: Any) -> float:
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def _final_trace(stages: Mapping[str, RunSummary], run: str) -> tuple[float, float, float]:
@@ -92,12 +86,9 @@ def with_matched_stderr(matched: ac.MatchedLoss, stages: Mapping[str, RunSummary
     out = ac.MatchedLoss(list(matched.levels), {})
     for arm, q in matched.arms.items():
         rel = _relative_stderr(stages, arm)
-        levels = []
-        for stats in q.get("trace", []):
-            values = [_f(v) for v in stats.get("values", [])]
-            levels.append(evidence.seed_stats([v * r for v, r in zip(values, rel)] if len(rel) == len(values)
-                                              else [math.nan] * len(values)))
-        out.arms[arm] = {**q, "trace_stderr": levels}
+        out.arms[arm] = {**q, "trace_stderr": [evidence.seed_stats([v * r for v, r in zip(s.values, rel)]
+                                                                   if len(rel) == len(s.values) else [math.nan] * len(s.values))
+                                               for s in q.get("trace", [])]}
     return out
 
 
@@ -107,7 +98,7 @@ def _best_eta(arm_summaries: Mapping[str, Any], kind: str) -> float | None:
     candidates = []
     for name, a in _summaries(arm_summaries).items():
         m = re.fullmatch(rf"sweep-{kind}(-same|-ind)?-rho([\d.e-]+)-lrp([\d.e-]+)", name)
-        score = _f(a.end.get("trace", {}).get("mean"))
+        score = a.end["trace"].mean if "trace" in a.end else math.nan
         if not m or a.status != ["completed"] or not math.isfinite(score):
             continue
         candidates.append((not a.min_train_acc >= 0.99, score, float(m.group(3)) * escape_study.ETA))
@@ -165,17 +156,15 @@ def label_noise(summary: StudySummary) -> dict[str, Any]:
     summaries = with_stored_stderr(res["arms"], stages)
     g6 = res.get("G6") or {}
     stored = (g6.get("vs_noiseless") or {}).get("trace_at_lowest_common_loss")
-    matched = None
+    matched, at_start = None, False
     if stored:  # the lowest common level's per-seed traces are stored with the comparison
-        matched = with_matched_stderr(ac.MatchedLoss([math.nan], {"label-noise": {"trace": [stored["a"]]},
-                                                                  "noiseless": {"trace": [stored["b"]]}}), stages)
+        read = dict(zip(("label-noise", "noiseless"), map(evidence.SeedStats.from_dict, (stored["a"], stored["b"]))))
+        matched = with_matched_stderr(ac.MatchedLoss([math.nan], {arm: {"trace": [s]} for arm, s in read.items()}),
+                                      stages)
+        # the lowest common loss level is the shared start when both arms' readings there are their first ones
+        at_start = all(s.values == summaries[arm].start["trace"].values for arm, s in read.items())
     vs = ac.versus(summaries["label-noise"], summaries["noiseless"], matched, "label-noise", "noiseless") \
         if "noiseless" in summaries and "label-noise" in summaries else None
-    # the lowest common loss level is the shared start when both arms' readings there are their first ones
-    at_start = False
-    if stored:
-        at_start = all([_f(x) for x in stored[k]["values"]] == [_f(x) for x in summaries[arm].start["trace"]["values"]]
-                       for k, arm in (("a", "label-noise"), ("b", "noiseless")))
     verdict = ac.label_noise_verdict(g6.get("spearman_per_seed") or [], vs, at_start)
     return {"G6": {**{k: g6[k] for k in ("spearman_per_seed", "spearman_after_step_0") if k in g6},
                    "vs_noiseless": None if vs is None else vs.to_dict(), "criterion": g6.get("criterion", ""),

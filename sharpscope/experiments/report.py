@@ -11,16 +11,17 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from sharpscope.experiments.evidence import SeedStats
 from sharpscope.io.studysummary import StudySummary, read_study_summary
 
 
-def _pm(stats: Mapping[str, Any] | None, scale: float = 1.0, digits: int = 3) -> str:
-    if not stats or not isinstance(stats.get("mean"), (int, float)) or not math.isfinite(stats["mean"]):
+def _pm(stored: Mapping[str, Any] | None, scale: float = 1.0, digits: int = 3) -> str:
+    """A stored :class:`~sharpscope.experiments.evidence.SeedStats` as ``mean ± std`` (``–`` without a mean)."""
+    s = SeedStats.from_dict(stored or {})
+    if not math.isfinite(s.mean):
         return "–"
-    mean, std, n = stats["mean"] * scale, stats.get("std", math.nan), stats.get("n", 0)
-    if n > 1 and isinstance(std, (int, float)) and math.isfinite(std):
-        return f"{mean:.{digits}g} ± {std * scale:.{digits - 1}g}"
-    return f"{mean:.{digits}g}"
+    text = f"{s.mean * scale:.{digits}g}"
+    return f"{text} ± {s.std * scale:.{digits - 1}g}" if s.n > 1 and math.isfinite(s.std) else text
 
 
 def arms_table(arms: Mapping[str, Mapping[str, Any]]) -> str:

@@ -139,13 +139,13 @@ def flatness_verdicts(summaries: Mapping[str, arm_criteria.ArmSummary],
                  "criterion": "SAM's test accuracy above SGD's (95% interval of the difference over seeds, with the "
                               "binomial error of the test set)",
                  "verdict": g1.verdict.label, "reason": g1.verdict.reason, "mde": g1.mde}
-    ratio_end = sgd.end["lambda_max"]["mean"] / sam.end["lambda_max"]["mean"]
+    ratio_end = sgd.end["lambda_max"].mean / sam.end["lambda_max"].mean
     has_matched = matched.compares("sam", "sgd")
-    low_sgd, low_sam = (matched.lowest(a, "lambda_max") for a in ("sgd", "sam")) if has_matched else ({}, {})
-    ratio_matched = low_sgd["mean"] / low_sam["mean"] if has_matched else math.nan
-    lower = _lambda_lower(sam.end["lambda_max"]["values"], sgd.end["lambda_max"]["values"])
-    at_loss = _lambda_lower(low_sam["values"], low_sgd["values"]) if has_matched else None
-    ratio = (_ratio_verdict(low_sgd["values"], low_sam["values"], 5.0)
+    low_sgd, low_sam = (matched.lowest(a, "lambda_max") for a in ("sgd", "sam"))
+    ratio_matched = low_sgd.mean / low_sam.mean if has_matched else math.nan
+    lower = _lambda_lower(sam.end["lambda_max"].values, sgd.end["lambda_max"].values)
+    at_loss = _lambda_lower(low_sam.values, low_sgd.values) if has_matched else None
+    ratio = (_ratio_verdict(low_sgd.values, low_sam.values, 5.0)
              if has_matched else Verdict(verdicts.NOT_RUN, "no common loss level"))
     parts = {"lower at the end": lower.verdict,
              "lower at the lowest common loss": (at_loss.verdict if at_loss else
@@ -155,8 +155,8 @@ def flatness_verdicts(summaries: Mapping[str, arm_criteria.ArmSummary],
     out["G3"] = {"lambda_max_sgd_over_sam_end": ratio_end, "lambda_max_sgd_over_sam_at_lowest_common_loss":
                  ratio_matched, "sam_lower_end": lower.to_dict(),
                  "sam_lower_at_matched_loss": None if at_loss is None else at_loss.to_dict(),
-                 "lambda1_over_lambda5_sgd_sam": [sgd.end["lambda1_over_lambda5"]["mean"],
-                                                  sam.end["lambda1_over_lambda5"]["mean"]],
+                 "lambda1_over_lambda5_sgd_sam": [sgd.end["lambda1_over_lambda5"].mean,
+                                                  sam.end["lambda1_over_lambda5"].mean],
                  "criterion": "λ_max(SGD)/λ_max(SAM) ≥ 5, and SAM lower (95% interval) at the end and at the lowest "
                               "common training loss",
                  "verdict": g3.label, "reason": g3.reason, "mde": g3.mde}
