@@ -184,11 +184,11 @@ class ArmSummary:
     @classmethod
     def from_dict(cls, stored: Mapping[str, Any]) -> ArmSummary:
         """The summary stored by :meth:`to_dict` (non-numbers read as NaN)."""
-        held = [q for q in SUMMARISED if q in stored]
-        read = evidence.SeedStats.from_dict
+        held, read = [q for q in SUMMARISED if q in stored], evidence.SeedStats.from_dict
         return cls(int(stored["seeds"]), list(stored["status"]), {q: read(stored[q]) for q in held},
-                   {q: read(stored[f"{q}_start"]) for q in held if f"{q}_start" in stored}, as_number(stored.get("min_train_acc")),
-                   as_number(stored.get("test_acc_stderr")), stored.get("test_examples"))
+                   {q: read(stored[f"{q}_start"]) for q in held if f"{q}_start" in stored},
+                   as_number(stored.get("min_train_acc")), as_number(stored.get("test_acc_stderr")),
+                   stored.get("test_examples"))
 
 
 def arm_summary(paths: Sequence[Path]) -> ArmSummary:
@@ -497,10 +497,8 @@ def label_noise_results(dirs: Mapping[str, Path]) -> dict[str, Any]:
         after = evidence.spearman_with_ci(s.trace[1:], s.test_acc[1:])
         per_seed.append({"run": path.name, "after_step_0": after,
                          "with_step_0": evidence.spearman_with_ci(s.trace, s.test_acc)["rho"]})
-    control = []
-    for path in groups.get("noiseless", []):
-        s = series(path)
-        control.append(evidence.spearman_with_ci(s.trace[1:], s.test_acc[1:])["rho"])
+    control = [evidence.spearman_with_ci(s.trace[1:], s.test_acc[1:])["rho"]
+               for s in map(series, groups.get("noiseless", []))]
     rhos = [p["after_step_0"]["rho"] for p in per_seed]
     vs, at_start = None, False
     if "noiseless" in groups:

@@ -25,8 +25,8 @@ from sharpscope.experiments import statistics, verdicts
 from sharpscope.io.series import as_float as _as_float
 from sharpscope.io.series import common_loss_levels, interpolate_at_loss, spearman_with_ci
 
-__all__ = ["VERDICTS", "Comparison", "SeedStats", "binomial_stderr", "common_loss_levels", "compare_seeds", "interpolate_at_loss",
-           "seed_stats", "spearman_with_ci"]
+__all__ = ["VERDICTS", "Comparison", "binomial_stderr", "common_loss_levels", "compare_seeds", "interpolate_at_loss",
+           "SeedStats", "seed_stats", "spearman_with_ci"]
 
 VERDICTS = verdicts.VERDICTS  # the labels, defined in sharpscope.experiments.verdicts
 MIN_SEEDS = verdicts.MIN_SEEDS
@@ -104,9 +104,9 @@ class Comparison:
         "a_better", "verdict", "reason", "holds"}`` and, for accuracy, ``"binomial_stderr"`` and
         ``"paired": False`` (the arms' per-example predictions are not stored)."""
         d, v = self.difference, self.verdict
-        out = {"a": self.a.to_dict(), "b": self.b.to_dict(), "difference": d.estimate, "interval": [d.low, d.high], "level": d.level,
-               "se": d.se, "df": d.df, "p_value": d.p_value, "estimator_se": self.estimator_se, "mde": self.mde,
-               "a_better": self.a_better, "verdict": v.label, "reason": v.reason, "holds": v.passes}
+        out = {"a": self.a.to_dict(), "b": self.b.to_dict(), "difference": d.estimate, "interval": [d.low, d.high],
+               "level": d.level, "se": d.se, "df": d.df, "p_value": d.p_value, "estimator_se": self.estimator_se,
+               "mde": self.mde, "a_better": self.a_better, "verdict": v.label, "reason": v.reason, "holds": v.passes}
         return out if math.isnan(self.binomial_stderr) else {**out, "binomial_stderr": self.binomial_stderr,
                                                               "paired": False}
 

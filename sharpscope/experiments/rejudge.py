@@ -37,7 +37,7 @@ from sharpscope.experiments.studies import flatness as flatness_study
 from sharpscope.io import jsonsafe
 from sharpscope.io.atomic import atomic_write_bytes
 from sharpscope.io.records import RunSummary, as_number
-from sharpscope.io.series import as_float as _f
+from sharpscope.io.series import as_float
 from sharpscope.io.studysummary import StudySummary, read_study_summary
 
 STDERR_NOTE = ("trace estimator stderr: each run's last reading; at matched loss, the same relative error times the "
@@ -86,9 +86,9 @@ def with_matched_stderr(matched: ac.MatchedLoss, stages: Mapping[str, RunSummary
     out = ac.MatchedLoss(list(matched.levels), {})
     for arm, q in matched.arms.items():
         rel = _relative_stderr(stages, arm)
-        out.arms[arm] = {**q, "trace_stderr": [evidence.seed_stats([v * r for v, r in zip(s.values, rel)]
-                                                                   if len(rel) == len(s.values) else [math.nan] * len(s.values))
-                                               for s in q.get("trace", [])]}
+        out.arms[arm] = {**q, "trace_stderr": [
+            evidence.seed_stats([v * r for v, r in zip(s.values, rel)] if len(rel) == len(s.values)
+                                else [math.nan] * len(s.values)) for s in q.get("trace", [])]}
     return out
 
 
@@ -186,7 +186,7 @@ def sam_edge(summary: StudySummary) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, r in res.items():
         if "max_lambda_over_2_eta" in r and not name.endswith("rho0"):
-            ratio = _f(r["max_lambda_over_2_eta"])
+            ratio = as_float(r["max_lambda_over_2_eta"])
             v = verdicts.judge_threshold(ratio < 0.8, met_at_start=ratio < 0.8,
                                          reason=f"max λ = {ratio:.3g}·(2/η)")
             out[f"E5-below-2-eta-{name}"] = {"criterion": "max λ < 0.8·(2/η)", "verdict": v.label, "reason": v.reason}
