@@ -28,7 +28,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, overload
 
 from sharpscope.errors import DataError
 from sharpscope.io.jsonsafe import NONFINITE, decode, to_jsonable
@@ -104,6 +104,25 @@ def _first(values: tuple[float, ...] | None) -> float | None:
 def _entry(part: Mapping[str, Any] | None, key: str) -> Any:
     """``part[key]`` of a record's dict field, None when the field or the entry is missing."""
     return None if not part else part.get(key)
+
+
+_V = TypeVar("_V")
+
+
+class _Entry(Generic[_V]):
+    """A read-only attribute of a record: entry ``key`` of its dict field ``part`` (:func:`_entry`)."""
+
+    def __init__(self, part: str, key: str, doc: str) -> None:
+        self.part, self.key, self.__doc__ = part, key, doc
+
+    @overload
+    def __get__(self, record: None, owner: type) -> _Entry[_V]: ...
+
+    @overload
+    def __get__(self, record: object, owner: type) -> _V | None: ...
+
+    def __get__(self, record: object, owner: type) -> _Entry[_V] | _V | None:
+        return self if record is None else _entry(getattr(record, self.part), self.key)
 
 
 _R = TypeVar("_R", bound="_Record")
@@ -235,55 +254,24 @@ class Measurement(_Record):
         """The top eigenvalue of ``P⁻¹H``, or None when not measured."""
         return _first(self.preconditioned_eigenvalues)
 
-    @property
-    def trace_estimate(self) -> float | None:
-        """The trace estimate, or None when not measured."""
-        return _entry(self.trace, "estimate")
-
-    @property
-    def trace_stderr(self) -> float | None:
-        """The standard error of the trace estimate, or None when not measured."""
-        return _entry(self.trace, "stderr")
-
-    @property
-    def trace_per_param(self) -> float | None:
-        """The trace estimate over the parameter count, ``tr(H)/d``, or None when not measured."""
-        return _entry(self.trace, "per_param")
-
-    @property
-    def edge(self) -> float | None:
-        """The optimizer's threshold ``thresholds.edge`` (decoded), or None when not recorded."""
-        return _entry(self.thresholds, "edge")
-
-    @property
-    def gd_edge(self) -> float | None:
-        """GD's threshold ``2/η`` (``thresholds.gd_edge``), or None when not recorded."""
-        return _entry(self.thresholds, "gd_edge")
-
-    @property
-    def threshold_rule(self) -> str | None:
-        """The rule of the optimizer's threshold ``thresholds.rule`` (``"gd_edge"``, ``"adam_edge"``, ...), or None."""
-        return _entry(self.thresholds, "rule")
-
-    @property
-    def grad_cos(self) -> list[float] | None:
-        """``cos(g, v_i)`` of the gradient with each top eigenvector (``alignment.grad_cos``), or None."""
-        return _entry(self.alignment, "grad_cos")
-
-    @property
-    def grad_fraction(self) -> float | None:
-        """``‖P_k g‖/‖g‖``, the gradient's fraction in the top eigenspace (``alignment.grad_fraction``), or None."""
-        return _entry(self.alignment, "grad_fraction")
-
-    @property
-    def cost_hvps(self) -> int | None:
-        """``cost.hvps`` as recorded (None when the record has no cost; :attr:`total_hvps` counts that as 0)."""
-        return _entry(self.cost, "hvps")
-
-    @property
-    def cost_seconds(self) -> float | None:
-        """``cost.seconds`` as recorded (None when the record has no cost)."""
-        return _entry(self.cost, "seconds")
+    trace_estimate = _Entry[float]("trace", "estimate", "The trace estimate, or None when not measured.")
+    trace_stderr = _Entry[float]("trace", "stderr", "The standard error of the trace estimate, or None when not "
+                                 "measured.")
+    trace_per_param = _Entry[float]("trace", "per_param", "The trace estimate over the parameter count, "
+                                    "``tr(H)/d``, or None when not measured.")
+    edge = _Entry[float]("thresholds", "edge", "The optimizer's threshold ``thresholds.edge`` (decoded), or None "
+                         "when not recorded.")
+    gd_edge = _Entry[float]("thresholds", "gd_edge", "GD's threshold ``2/η`` (``thresholds.gd_edge``), or None when "
+                            "not recorded.")
+    threshold_rule = _Entry[str]("thresholds", "rule", "The rule of the optimizer's threshold ``thresholds.rule`` "
+                                 '(``"gd_edge"``, ``"adam_edge"``, ...), or None.')
+    grad_cos = _Entry[list[float]]("alignment", "grad_cos", "``cos(g, v_i)`` of the gradient with each top "
+                                   "eigenvector (``alignment.grad_cos``), or None.")
+    grad_fraction = _Entry[float]("alignment", "grad_fraction", "``‖P_k g‖/‖g‖``, the gradient's fraction in the "
+                                  "top eigenspace (``alignment.grad_fraction``), or None.")
+    cost_hvps = _Entry[int]("cost", "hvps", "``cost.hvps`` as recorded (None when the record has no cost; "
+                            ":attr:`total_hvps` counts that as 0).")
+    cost_seconds = _Entry[float]("cost", "seconds", "``cost.seconds`` as recorded (None when the record has no cost).")
 
     def summary_part(self) -> dict[str, Any]:
         """The stored fields a run summary keeps of its last measurement (its ``final``), in
@@ -346,10 +334,8 @@ class SamBatch(_Record):
     extra: dict[str, Any] = field(default_factory=dict)
     keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
-    @property
-    def batch_lambda_max(self) -> float | None:
-        """λ_max of the loss on the mini-batch (``batch_sharpness.eigenvalue``), or None when not measured."""
-        return _entry(self.batch_sharpness, "eigenvalue")
+    batch_lambda_max = _Entry[float]("batch_sharpness", "eigenvalue", "λ_max of the loss on the mini-batch "
+                                     "(``batch_sharpness.eigenvalue``), or None when not measured.")
 
 
 @dataclass(frozen=True)
@@ -469,15 +455,9 @@ class RunSummary(_Record):
         final = {"step": self.step, **self.final}
         return Measurement.from_json(final) if self.final and isinstance(final["step"], int) else None
 
-    @property
-    def seconds(self) -> float | None:
-        """Seconds this session trained (``session.seconds``)."""
-        return self.session.get("seconds")
-
-    @property
-    def resumed_from_step(self) -> int | None:
-        """The step this session resumed from, or None for a fresh run."""
-        return self.session.get("resumed_from_step")
+    seconds = _Entry[float]("session", "seconds", "Seconds this session trained (``session.seconds``).")
+    resumed_from_step = _Entry[int]("session", "resumed_from_step", "The step this session resumed from, or None "
+                                    "for a fresh run.")
 
     @property
     def notes(self) -> list[str]:
