@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, overload
 
@@ -125,6 +125,16 @@ class _Entry(Generic[_V]):
         return self if record is None else _entry(getattr(record, self.part), self.key)
 
 
+def ordered_json(keys: Iterable[str], known: Container[str], extra: Mapping[str, Any],
+                 stored: Callable[[str], Any]) -> dict[str, Any]:
+    """A record's stored object with ``keys`` in order: ``stored(key)`` for a ``known`` key, else ``extra``'s
+    value (a key in neither left out); then the ``extra`` keys added after reading."""
+    out = {key: stored(key) if key in known else extra[key] for key in keys if key in known or key in extra}
+    for key, value in extra.items():
+        out.setdefault(key, value)
+    return out
+
+
 _R = TypeVar("_R", bound="_Record")
 
 #: The fields of a run's last measurement that its summary keeps under ``final``, in their stored order.
@@ -190,19 +200,9 @@ class _Record:
 
     def _write(self, made: tuple[str, ...]) -> dict[str, Any]:
         """The stored form with the keys read (or ``made`` and ``extra`` for a record made in code)."""
-        typed = self._typed()
-        keys = self.keys or (*made, *self.extra)
-        out: dict[str, Any] = {}
-        for key in keys:
-            if key == "kind" and key not in self.extra:
-                out[key] = self.KIND
-            elif key in typed:
-                out[key] = to_jsonable(getattr(self, key))
-            elif key in self.extra:
-                out[key] = self.extra[key]
-        for key, value in self.extra.items():  # added after reading
-            out.setdefault(key, value)
-        return out
+        known = {*self._typed(), *(() if "kind" in self.extra else ("kind",))}
+        return ordered_json(self.keys or (*made, *self.extra), known, self.extra,
+                            lambda key: self.KIND if key == "kind" else to_jsonable(getattr(self, key)))
 
 
 @dataclass(frozen=True)
