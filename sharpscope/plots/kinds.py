@@ -151,15 +151,6 @@ def run_figure(kind: str, runs: list[RunData], draw: dict[str, Any] | None = Non
     return getattr(home, drawer)(data, **data["draw"]), data
 
 
-def data_kind(data: dict[str, Any]) -> str:
-    """The run kind whose drawing function draws ``data`` (a run kind's plotted numbers, as stored in a figure's
-    JSON ``data`` or its ``plot`` entry), from :func:`figure_name` (:data:`DATA_KINDS`)."""
-    name = figure_name(data)
-    if name not in DATA_KINDS:
-        raise DataError(f"figure data of kind {name!r} are not a run figure's: valid {', '.join(DATA_KINDS)}")
-    return DATA_KINDS[name]
-
-
 def figure_name(data: dict[str, Any]) -> str:
     """The ``figure`` entry of plotted numbers, or what numbers stored without one are: a probe report's
     ``per_layer`` rows are ``layers``, the population ranking's ``tau`` per ``measures`` is ``population``, and
