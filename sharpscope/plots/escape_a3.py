@@ -45,12 +45,6 @@ def _error(reading: Reading, quantity: str) -> tuple[float, float]:
     return 0.0, 0.0
 
 
-def a3_figure(results: Mapping[str, Any]) -> tuple[Figure, dict[str, Any]]:
-    """The figure and its plotted numbers (:func:`a3_data`, drawn by :func:`draw_a3`)."""
-    data = a3_data(results)
-    return draw_a3(data), data
-
-
 def a3_data(results: Mapping[str, Any]) -> dict[str, Any]:
     """The plotted numbers from the study's ``results`` (``comparisons``): the compared ``arms``; per quantity
     and arm, ``readings`` (per minimizer, SA's row then the arm's: ``minimizer``, ``who``, ``value``, ``error``
