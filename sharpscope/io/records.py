@@ -28,7 +28,7 @@ import math
 import os
 from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, overload
+from typing import Any, ClassVar, Generic, TypeVar, overload
 
 from sharpscope.errors import DataError
 from sharpscope.io.jsonsafe import NONFINITE, decode, to_jsonable
@@ -142,23 +142,20 @@ SUMMARY_FIELDS = ("step", "eigenvalues", "residuals", "converged", "precondition
                   "train_loss", "train_acc", "test_loss", "test_acc", "thresholds")
 
 
+@dataclass(frozen=True)
 class _Record:
     """Shared reading and writing of the typed records: typed fields, ``extra`` and the stored key order."""
 
     KIND: ClassVar[str]
     _HEAD: ClassVar[tuple[str, ...]] = ("kind",)  # the stored keys before the fields
-    if TYPE_CHECKING:  # the dataclass subclasses define these fields and the __init__ taking them
-        extra: dict[str, Any]
-        keys: tuple[str, ...]
-
-        def __init__(self, **fields: Any) -> None: ...
-
+    extra: dict[str, Any] = field(default_factory=dict, kw_only=True)
+    keys: tuple[str, ...] = field(default=(), repr=False, compare=False, kw_only=True)
     _VECTORS: ClassVar[frozenset[str]] = frozenset()
     _DICTS: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
     def _typed(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls) if f.name not in ("extra", "keys")]  # type: ignore[arg-type]
+        return [f.name for f in dataclasses.fields(cls) if f.name not in ("extra", "keys")]
 
     @classmethod
     def from_json(cls, record: Mapping[str, Any]) -> Any:
@@ -190,7 +187,7 @@ class _Record:
         unknown = [name for name in fields if name not in typed]
         if unknown:
             raise TypeError(f"{cls.__name__} has no field {', '.join(map(repr, unknown))}")
-        values = {k: tuple(v) if k in cls._VECTORS and v is not None else v for k, v in fields.items()}
+        values: dict[str, Any] = {k: tuple(v) if k in cls._VECTORS and v is not None else v for k, v in fields.items()}
         return cls(**values, keys=(*cls._HEAD, *fields))
 
     def to_json(self) -> dict[str, Any]:
@@ -241,8 +238,6 @@ class Measurement(_Record):
     settings: dict[str, Any] | None = None
     errors: dict[str, str] | None = None
     alignment: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def lambda_max(self) -> float | None:
@@ -311,8 +306,6 @@ class Alignment(_Record):
     update_norm: float | None = None
     update_cos: tuple[float, ...] | None = None
     update_fraction: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -331,8 +324,6 @@ class SamBatch(_Record):
     sam_edge_batch: float | None = None
     derived_for: str | None = None
     batch_sharpness: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     batch_lambda_max = _Entry[float]("batch_sharpness", "eigenvalue", "λ_max of the loss on the mini-batch "
                                      "(``batch_sharpness.eigenvalue``), or None when not measured.")
@@ -349,8 +340,6 @@ class Divergence(_Record):
     train_loss: float | None = None
     train_acc: float | None = None
     batch: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -375,8 +364,6 @@ class UpdateReading(_Record):
     thresholds: dict[str, Any] | None = None
     settings: dict[str, Any] | None = None
     errors: dict[str, str] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def hvps(self) -> int:
@@ -425,8 +412,6 @@ class RunSummary(_Record):
     checkpoint: str | None = None
     run_dir: str | None = None
     already_complete: bool | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     @classmethod
     def from_json(cls, record: Mapping[str, Any]) -> RunSummary:
