@@ -28,6 +28,7 @@ import math
 import statistics
 from collections.abc import Callable, Sequence
 from itertools import pairwise
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -43,26 +44,16 @@ def column(records: Sequence[Measurement], get: Callable[[Measurement], Any]) ->
     return [as_number(get(m)) for m in records]
 
 
-def _step(m: Measurement) -> int:
-    return m.step
-
-
-def _lambda_max(m: Measurement) -> float | None:
-    return m.lambda_max
-
-
-def _edge(m: Measurement) -> float | None:
-    return m.edge
-
-
-def _finite(pairs: Sequence[tuple[float, ...]]) -> list[tuple[float, ...]]:
-    return [p for p in pairs if all(math.isfinite(v) for v in p)]
+def _rows(records: Sequence[Measurement], *names: str) -> list[tuple[float, ...]]:
+    """Per record, the :func:`column` of each of its attributes ``names``; the records with one of them not
+    finite left out."""
+    rows = zip(*(column(records, attrgetter(name)) for name in names))
+    return [row for row in rows if all(math.isfinite(v) for v in row)]
 
 
 def edge_stats(records: Sequence[Measurement], band: tuple[float, float] = (0.9, 1.25)) -> dict[str, Any]:
     """E1-style statistics of ``λ_max/edge`` (see the module docstring); ``crossed`` False if never ``≥ 1``."""
-    rows = _finite(list(zip(column(records, _step), column(records, _lambda_max),
-                            column(records, _edge), column(records, lambda m: m.train_loss))))
+    rows = _rows(records, "step", "lambda_max", "edge", "train_loss")
     if not rows:
         return {"crossed": False, "holds": False, "checkpoints": 0}
     steps, lam, edge, loss = (list(c) for c in zip(*rows))
@@ -108,16 +99,14 @@ def crossing_stats(steps: Sequence[int], sharpness: Sequence[float], edges: Sequ
 
 def steps_after_ratio(records: Sequence[Measurement], ratio: float) -> int | None:
     """Steps run after the first measurement with ``λ_max ≥ ratio·edge`` (None if never)."""
-    rows = _finite(list(zip(column(records, _step), column(records, _lambda_max),
-                            column(records, _edge))))
+    rows = _rows(records, "step", "lambda_max", "edge")
     first = next((s for s, lam, e in rows if lam >= ratio * e), None)
     return None if first is None else int(rows[-1][0] - first)
 
 
 def sam_edge_stats(records: Sequence[Measurement]) -> dict[str, Any]:
     """E5: ``λ/SAM_edge`` from the first ``≥ 0.9`` on, and ``max λ`` against ``2/η``."""
-    rows = _finite(list(zip(column(records, _step), column(records, _lambda_max),
-                            column(records, _edge), column(records, lambda m: m.gd_edge))))
+    rows = _rows(records, "step", "lambda_max", "edge", "gd_edge")
     if not rows:
         return {"holds": False, "checkpoints": 0}
     steps, lam, edge, gd = (list(c) for c in zip(*rows))
@@ -181,8 +170,7 @@ def minibatch_edge_stats(run_dir: str | Path, window: int = ROLLING_WINDOW) -> d
 
 def trace_accuracy(records: Sequence[Measurement]) -> dict[str, Any]:
     """Trace and test accuracy at the first and last checkpoint, and their Spearman correlation."""
-    rows = _finite(list(zip(column(records, _step), column(records, lambda m: m.trace_estimate),
-                            column(records, lambda m: m.test_acc), column(records, lambda m: m.train_acc))))
+    rows = _rows(records, "step", "trace_estimate", "test_acc", "train_acc")
     if not rows:
         return {"checkpoints": 0}
     steps, trace, test, train = (list(c) for c in zip(*rows))

@@ -65,6 +65,13 @@ def tau_rows(a: np.ndarray, b: np.ndarray, *, chunk: int = 256) -> np.ndarray:
     return out
 
 
+def _check_resampling(resamples: int, level: float, seed: int) -> None:
+    """Validate the resampling arguments: at least 10 ``resamples``, a ``level`` in (0, 1), a ``seed``."""
+    check_int("resamples", resamples, low=10)
+    check_real("level", level, low=0.0, high=1.0, low_open=True, high_open=True)
+    check_seed("seed", seed)
+
+
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
     """Kendall's τ_b of ``x`` and ``y``; NaN with fewer than 2 values or when either is constant."""
     return _tau(*_pair(x, y))
@@ -75,9 +82,7 @@ def bootstrap_tau(x: Sequence[float], y: Sequence[float], *, resamples: int = 20
     """τ_b with a percentile bootstrap interval: models resampled with replacement ``resamples`` times
     (seeded); resamples where τ is undefined (a constant resample) are dropped and counted."""
     a, b = _pair(x, y)
-    check_int("resamples", resamples, low=10)
-    check_real("level", level, low=0.0, high=1.0, low_open=True, high_open=True)
-    check_seed("seed", seed)
+    _check_resampling(resamples, level, seed)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(a), size=(resamples, len(a)))
     draws = tau_rows(a[idx], b[idx])
@@ -97,9 +102,7 @@ def tau_null(x: Sequence[float], y: Sequence[float], *, resamples: int = 2000, l
     quantile of ``|τ_perm|`` (an observed ``|τ|`` above it rejects at ``1 − level``); ``null_sd`` the
     spread of the null."""
     a, b = _pair(x, y)
-    check_int("resamples", resamples, low=10)
-    check_real("level", level, low=0.0, high=1.0, low_open=True, high_open=True)
-    check_seed("seed", seed)
+    _check_resampling(resamples, level, seed)
     tau = _tau(a, b)
     rng = np.random.default_rng(seed)
     null = tau_rows(np.broadcast_to(a, (resamples, len(a))), rng.permuted(np.tile(b, (resamples, 1)), axis=1))
@@ -214,9 +217,7 @@ def rank_measures(records: Sequence[Mapping[str, Any]], *, axes: Sequence[str] |
         if unknown or not names:
             raise ConfigError(f"axes must name hyperparameters of the records ({', '.join(records[0]['axes'])}); "
                               f"got {', '.join(map(repr, unknown)) if unknown else 'none'}")
-    check_int("resamples", resamples, low=10)
-    check_real("level", level, low=0.0, high=1.0, low_open=True, high_open=True)
-    check_seed("seed", seed)
+    _check_resampling(resamples, level, seed)
     first = records[0]["measures"] if records else {}
     measures = {name: [measure_value(r["measures"][name], name) for r in records] for name in first}
     n = len(records)

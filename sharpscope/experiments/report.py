@@ -30,13 +30,16 @@ def arms_table(arms: Mapping[str, Mapping[str, Any]]) -> str:
     rows = ["| arm | seeds | tr(H) start | tr(H) end | tr(H)/L end | λ_max end | test acc end (%) | binomial SE (pts) "
             "| min train acc (%) | status |", "|---|---|---|---|---|---|---|---|---|---|"]
     for arm, a in arms.items():
-        se_text, low_text = (f"{100 * x:.2f}" if isinstance(x, (int, float)) and math.isfinite(x) else "–"
-                             for x in (a.get("test_acc_stderr"), a.get("min_train_acc")))
         status = ", ".join(sorted({str(s) for s in a.get("status", [])}))
         rows.append(f"| {arm} | {a.get('seeds')} | {_pm(a.get('trace_start'))} | {_pm(a.get('trace'))} "
                     f"| {_pm(a.get('trace_over_loss'))} | {_pm(a.get('lambda_max'))} | {_pm(a.get('test_acc'), 100)} "
-                    f"| {se_text} | {low_text} | {status} |")
+                    f"| {_points(a.get('test_acc_stderr'))} | {_points(a.get('min_train_acc'))} | {status} |")
     return "\n".join(rows)
+
+
+def _points(x: Any) -> str:
+    """A fraction in points with two decimals (``12.34``); ``–`` when not a finite number."""
+    return f"{100 * x:.2f}" if isinstance(x, (int, float)) and math.isfinite(x) else "–"
 
 
 def _num(x: Any, scale: float = 1.0, digits: int = 3) -> str:

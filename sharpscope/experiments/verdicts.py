@@ -99,10 +99,9 @@ def judge_difference(diff: Difference, *, better: str, mde: float | None = None,
     sign = {"lower": -1, "higher": 1}[check_choice("better", better, ("lower", "higher"))]
     if effect_of_interest is not None and not effect_of_interest > 0:
         raise ConfigError(f"effect_of_interest must be > 0, got {effect_of_interest!r}", argument="effect_of_interest")
-    interval = _interval(diff, what)
-    unjudgeable = _unjudgeable(diff, what, mde)
-    if unjudgeable is not None:
+    if (unjudgeable := _unjudgeable(diff, what, mde)) is not None:
         return unjudgeable
+    interval = _interval(diff, what)
     side = diff.side()
     if side == sign:
         return Verdict(HOLDS, interval)
@@ -123,10 +122,9 @@ def judge_non_inferiority(diff: Difference, *, margin: float, better: str = "hig
     sign = {"lower": -1, "higher": 1}[check_choice("better", better, ("lower", "higher"))]
     if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
         raise ConfigError(f"margin must be a finite number >= 0, got {margin!r}", argument="margin")
-    interval = _interval(diff, what)
-    unjudgeable = _unjudgeable(diff, what, mde)
-    if unjudgeable is not None:
+    if (unjudgeable := _unjudgeable(diff, what, mde)) is not None:
         return unjudgeable
+    interval = _interval(diff, what)
     worst, best = (diff.low, diff.high) if sign > 0 else (-diff.high, -diff.low)
     if worst > -margin:
         return Verdict(HOLDS, f"{interval}, above the margin −{margin:.4g}" if sign > 0 else

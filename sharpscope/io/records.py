@@ -26,9 +26,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, overload
 
 from sharpscope.errors import DataError
 from sharpscope.io.jsonsafe import NONFINITE, decode, to_jsonable
@@ -106,6 +106,35 @@ def _entry(part: Mapping[str, Any] | None, key: str) -> Any:
     return None if not part else part.get(key)
 
 
+_V = TypeVar("_V")
+
+
+class _Entry(Generic[_V]):
+    """A read-only attribute of a record: entry ``key`` of its dict field ``part`` (:func:`_entry`)."""
+
+    def __init__(self, part: str, key: str, doc: str) -> None:
+        self.part, self.key, self.__doc__ = part, key, doc
+
+    @overload
+    def __get__(self, record: None, owner: type) -> _Entry[_V]: ...
+
+    @overload
+    def __get__(self, record: object, owner: type) -> _V | None: ...
+
+    def __get__(self, record: object, owner: type) -> _Entry[_V] | _V | None:
+        return self if record is None else _entry(getattr(record, self.part), self.key)
+
+
+def ordered_json(keys: Iterable[str], known: Container[str], extra: Mapping[str, Any],
+                 stored: Callable[[str], Any]) -> dict[str, Any]:
+    """A record's stored object with ``keys`` in order: ``stored(key)`` for a ``known`` key, else ``extra``'s
+    value (a key in neither left out); then the ``extra`` keys added after reading."""
+    out = {key: stored(key) if key in known else extra[key] for key in keys if key in known or key in extra}
+    for key, value in extra.items():
+        out.setdefault(key, value)
+    return out
+
+
 _R = TypeVar("_R", bound="_Record")
 
 #: The fields of a run's last measurement that its summary keeps under ``final``, in their stored order.
@@ -113,23 +142,20 @@ SUMMARY_FIELDS = ("step", "eigenvalues", "residuals", "converged", "precondition
                   "train_loss", "train_acc", "test_loss", "test_acc", "thresholds")
 
 
+@dataclass(frozen=True)
 class _Record:
     """Shared reading and writing of the typed records: typed fields, ``extra`` and the stored key order."""
 
     KIND: ClassVar[str]
     _HEAD: ClassVar[tuple[str, ...]] = ("kind",)  # the stored keys before the fields
-    if TYPE_CHECKING:  # the dataclass subclasses define these fields and the __init__ taking them
-        extra: dict[str, Any]
-        keys: tuple[str, ...]
-
-        def __init__(self, **fields: Any) -> None: ...
-
+    extra: dict[str, Any] = field(default_factory=dict, kw_only=True)
+    keys: tuple[str, ...] = field(default=(), repr=False, compare=False, kw_only=True)
     _VECTORS: ClassVar[frozenset[str]] = frozenset()
     _DICTS: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
     def _typed(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls) if f.name not in ("extra", "keys")]  # type: ignore[arg-type]
+        return [f.name for f in dataclasses.fields(cls) if f.name not in ("extra", "keys")]
 
     @classmethod
     def from_json(cls, record: Mapping[str, Any]) -> Any:
@@ -161,7 +187,7 @@ class _Record:
         unknown = [name for name in fields if name not in typed]
         if unknown:
             raise TypeError(f"{cls.__name__} has no field {', '.join(map(repr, unknown))}")
-        values = {k: tuple(v) if k in cls._VECTORS and v is not None else v for k, v in fields.items()}
+        values: dict[str, Any] = {k: tuple(v) if k in cls._VECTORS and v is not None else v for k, v in fields.items()}
         return cls(**values, keys=(*cls._HEAD, *fields))
 
     def to_json(self) -> dict[str, Any]:
@@ -171,19 +197,9 @@ class _Record:
 
     def _write(self, made: tuple[str, ...]) -> dict[str, Any]:
         """The stored form with the keys read (or ``made`` and ``extra`` for a record made in code)."""
-        typed = self._typed()
-        keys = self.keys or (*made, *self.extra)
-        out: dict[str, Any] = {}
-        for key in keys:
-            if key == "kind" and key not in self.extra:
-                out[key] = self.KIND
-            elif key in typed:
-                out[key] = to_jsonable(getattr(self, key))
-            elif key in self.extra:
-                out[key] = self.extra[key]
-        for key, value in self.extra.items():  # added after reading
-            out.setdefault(key, value)
-        return out
+        known = {*self._typed(), *(() if "kind" in self.extra else ("kind",))}
+        return ordered_json(self.keys or (*made, *self.extra), known, self.extra,
+                            lambda key: self.KIND if key == "kind" else to_jsonable(getattr(self, key)))
 
 
 @dataclass(frozen=True)
@@ -222,8 +238,6 @@ class Measurement(_Record):
     settings: dict[str, Any] | None = None
     errors: dict[str, str] | None = None
     alignment: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def lambda_max(self) -> float | None:
@@ -235,55 +249,24 @@ class Measurement(_Record):
         """The top eigenvalue of ``P⁻¹H``, or None when not measured."""
         return _first(self.preconditioned_eigenvalues)
 
-    @property
-    def trace_estimate(self) -> float | None:
-        """The trace estimate, or None when not measured."""
-        return _entry(self.trace, "estimate")
-
-    @property
-    def trace_stderr(self) -> float | None:
-        """The standard error of the trace estimate, or None when not measured."""
-        return _entry(self.trace, "stderr")
-
-    @property
-    def trace_per_param(self) -> float | None:
-        """The trace estimate over the parameter count, ``tr(H)/d``, or None when not measured."""
-        return _entry(self.trace, "per_param")
-
-    @property
-    def edge(self) -> float | None:
-        """The optimizer's threshold ``thresholds.edge`` (decoded), or None when not recorded."""
-        return _entry(self.thresholds, "edge")
-
-    @property
-    def gd_edge(self) -> float | None:
-        """GD's threshold ``2/η`` (``thresholds.gd_edge``), or None when not recorded."""
-        return _entry(self.thresholds, "gd_edge")
-
-    @property
-    def threshold_rule(self) -> str | None:
-        """The rule of the optimizer's threshold ``thresholds.rule`` (``"gd_edge"``, ``"adam_edge"``, ...), or None."""
-        return _entry(self.thresholds, "rule")
-
-    @property
-    def grad_cos(self) -> list[float] | None:
-        """``cos(g, v_i)`` of the gradient with each top eigenvector (``alignment.grad_cos``), or None."""
-        return _entry(self.alignment, "grad_cos")
-
-    @property
-    def grad_fraction(self) -> float | None:
-        """``‖P_k g‖/‖g‖``, the gradient's fraction in the top eigenspace (``alignment.grad_fraction``), or None."""
-        return _entry(self.alignment, "grad_fraction")
-
-    @property
-    def cost_hvps(self) -> int | None:
-        """``cost.hvps`` as recorded (None when the record has no cost; :attr:`total_hvps` counts that as 0)."""
-        return _entry(self.cost, "hvps")
-
-    @property
-    def cost_seconds(self) -> float | None:
-        """``cost.seconds`` as recorded (None when the record has no cost)."""
-        return _entry(self.cost, "seconds")
+    trace_estimate = _Entry[float]("trace", "estimate", "The trace estimate, or None when not measured.")
+    trace_stderr = _Entry[float]("trace", "stderr", "The standard error of the trace estimate, or None when not "
+                                 "measured.")
+    trace_per_param = _Entry[float]("trace", "per_param", "The trace estimate over the parameter count, "
+                                    "``tr(H)/d``, or None when not measured.")
+    edge = _Entry[float]("thresholds", "edge", "The optimizer's threshold ``thresholds.edge`` (decoded), or None "
+                         "when not recorded.")
+    gd_edge = _Entry[float]("thresholds", "gd_edge", "GD's threshold ``2/η`` (``thresholds.gd_edge``), or None when "
+                            "not recorded.")
+    threshold_rule = _Entry[str]("thresholds", "rule", "The rule of the optimizer's threshold ``thresholds.rule`` "
+                                 '(``"gd_edge"``, ``"adam_edge"``, ...), or None.')
+    grad_cos = _Entry[list[float]]("alignment", "grad_cos", "``cos(g, v_i)`` of the gradient with each top "
+                                   "eigenvector (``alignment.grad_cos``), or None.")
+    grad_fraction = _Entry[float]("alignment", "grad_fraction", "``‖P_k g‖/‖g‖``, the gradient's fraction in the "
+                                  "top eigenspace (``alignment.grad_fraction``), or None.")
+    cost_hvps = _Entry[int]("cost", "hvps", "``cost.hvps`` as recorded (None when the record has no cost; "
+                            ":attr:`total_hvps` counts that as 0).")
+    cost_seconds = _Entry[float]("cost", "seconds", "``cost.seconds`` as recorded (None when the record has no cost).")
 
     def summary_part(self) -> dict[str, Any]:
         """The stored fields a run summary keeps of its last measurement (its ``final``), in
@@ -323,8 +306,6 @@ class Alignment(_Record):
     update_norm: float | None = None
     update_cos: tuple[float, ...] | None = None
     update_fraction: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -343,13 +324,9 @@ class SamBatch(_Record):
     sam_edge_batch: float | None = None
     derived_for: str | None = None
     batch_sharpness: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
-    @property
-    def batch_lambda_max(self) -> float | None:
-        """λ_max of the loss on the mini-batch (``batch_sharpness.eigenvalue``), or None when not measured."""
-        return _entry(self.batch_sharpness, "eigenvalue")
+    batch_lambda_max = _Entry[float]("batch_sharpness", "eigenvalue", "λ_max of the loss on the mini-batch "
+                                     "(``batch_sharpness.eigenvalue``), or None when not measured.")
 
 
 @dataclass(frozen=True)
@@ -363,8 +340,6 @@ class Divergence(_Record):
     train_loss: float | None = None
     train_acc: float | None = None
     batch: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -389,8 +364,6 @@ class UpdateReading(_Record):
     thresholds: dict[str, Any] | None = None
     settings: dict[str, Any] | None = None
     errors: dict[str, str] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def hvps(self) -> int:
@@ -439,8 +412,6 @@ class RunSummary(_Record):
     checkpoint: str | None = None
     run_dir: str | None = None
     already_complete: bool | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     @classmethod
     def from_json(cls, record: Mapping[str, Any]) -> RunSummary:
@@ -469,15 +440,9 @@ class RunSummary(_Record):
         final = {"step": self.step, **self.final}
         return Measurement.from_json(final) if self.final and isinstance(final["step"], int) else None
 
-    @property
-    def seconds(self) -> float | None:
-        """Seconds this session trained (``session.seconds``)."""
-        return self.session.get("seconds")
-
-    @property
-    def resumed_from_step(self) -> int | None:
-        """The step this session resumed from, or None for a fresh run."""
-        return self.session.get("resumed_from_step")
+    seconds = _Entry[float]("session", "seconds", "Seconds this session trained (``session.seconds``).")
+    resumed_from_step = _Entry[int]("session", "resumed_from_step", "The step this session resumed from, or None "
+                                    "for a fresh run.")
 
     @property
     def notes(self) -> list[str]:

@@ -23,7 +23,7 @@ from typing import Any
 
 from sharpscope.errors import DataError
 from sharpscope.io import jsonsafe
-from sharpscope.io.records import RunSummary
+from sharpscope.io.records import RunSummary, ordered_json
 
 _ORDER = ("study", "scale", "checks", "data", "data_root", "stages", "results", "detectable")
 _OPTIONAL = frozenset({"data_root", "detectable"})  # left out of a summary made in code when None
@@ -74,19 +74,13 @@ class StudySummary:
         """The summary as stored: strict-JSON types, the stored key order when it was read from a file (a summary
         made in code leaves out ``data_root`` and ``detectable`` when None), ``extra`` kept."""
         made = tuple(k for k in _ORDER if k not in _OPTIONAL or getattr(self, k) is not None)
-        out: dict[str, Any] = {}
-        for key in self.keys or (*made, *self.extra):
-            if key == "stages":
-                out[key] = {name: s.to_json() for name, s in self.stages.items()}
-            elif key == "checks":
-                out[key] = list(self.checks)
-            elif key in _ORDER:
-                out[key] = jsonsafe.to_jsonable(getattr(self, key))
-            elif key in self.extra:
-                out[key] = self.extra[key]
-        for key, value in self.extra.items():  # added after reading
-            out.setdefault(key, value)
-        return out
+        return ordered_json(self.keys or (*made, *self.extra), _ORDER, self.extra, self._stored)
+
+    def _stored(self, key: str) -> Any:
+        """The stored value of the field ``key``."""
+        if key == "stages":
+            return {name: s.to_json() for name, s in self.stages.items()}
+        return list(self.checks) if key == "checks" else jsonsafe.to_jsonable(getattr(self, key))
 
     def to_text(self) -> str:
         """The file's text: :meth:`to_json` as strict JSON, indented by 2, with a final newline."""

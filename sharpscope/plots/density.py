@@ -28,6 +28,7 @@ from sharpscope.curvature import DensityResult
 from sharpscope.curvature.results import gaussian_density
 from sharpscope.errors import ConfigError, DataError
 from sharpscope.io import jsonsafe
+from sharpscope.plots.kinds import read_json_object
 from sharpscope.plots.style import color, label_axes, legend, new_figure
 
 DensityLike = DensityResult | Mapping[str, Any]
@@ -103,15 +104,11 @@ def load_density(path: str | os.PathLike[str]) -> dict[str, Any]:
     saved ``DensityResult.to_dict()``."""
     path = Path(path)
     try:
-        obj = jsonsafe.loads(path.read_text(encoding="utf-8"))
+        obj = read_json_object(path, jsonsafe.loads)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise ConfigError(f"{path} is a folder, not a density JSON file (sharpscope probe --density --json)") from None
-    except (UnicodeDecodeError, ValueError) as e:
-        raise DataError(f"{path} is not a JSON file ({e})") from None
-    if not isinstance(obj, dict):
-        raise DataError(f"{path}: expected a JSON object, got {type(obj).__name__}")
     try:
         return dict(_unwrap(obj))
     except DataError as e:

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 from sharpscope.io.readings import Pair, PairedComparison, Reading
 from sharpscope.plots.intervals import wilson_interval
-from sharpscope.plots.style import color, label_axes, legend, new_figure
+from sharpscope.plots.style import color, label_axes, legend, new_figure, number
 
 QUANTITIES = (("trace", "tr(H)"), ("jacobian_trace", "Jacobian trace"), ("test_acc", "test accuracy (%)"))
 DIFFERENCE = {"trace": "trace_paired"}  # tr(H) differences from the shared Hutchinson probes
@@ -30,30 +30,19 @@ NAMES = {"rs": "RS", "twin": "SA ρ = 0", "sgd-lrp": "SGD at η′", "sgd": "SGD
 MARKERS = ("o", "s")  # of each pair's two readings, SA first
 
 
-def _num(value: Any) -> float:
-    """A stored number (non-finite ones come back from JSON as strings such as ``"NaN"``; None is NaN)."""
-    return math.nan if value is None else float(value)
-
-
 def _error(reading: Reading, quantity: str) -> tuple[float, float]:
     """One reading's error bar below and above it: ± the Hutch++ stderr of tr(H); the 95% Wilson interval of
     test accuracy (in points); none for the exact Jacobian trace."""
     if quantity == "trace":
-        se = _num(reading.trace_stderr)
+        se = number(reading.trace_stderr)
         return se, se
     if quantity == "test_acc":
-        p, n = _num(reading.test_acc), reading.test_examples or 0
+        p, n = number(reading.test_acc), reading.test_examples or 0
         if not (n and 0 <= p <= 1):
             return math.nan, math.nan
         low, high = wilson_interval(p, n)
         return 100 * (p - float(low)), 100 * (float(high) - p)
     return 0.0, 0.0
-
-
-def a3_figure(results: Mapping[str, Any]) -> tuple[Figure, dict[str, Any]]:
-    """The figure and its plotted numbers (:func:`a3_data`, drawn by :func:`draw_a3`)."""
-    data = a3_data(results)
-    return draw_a3(data), data
 
 
 def a3_data(results: Mapping[str, Any]) -> dict[str, Any]:
@@ -70,13 +59,13 @@ def a3_data(results: Mapping[str, Any]) -> dict[str, Any]:
         for arm in arms:
             pairs = [Pair.from_dict(p) for p in comparisons[arm]["pairs"]]
             plotted["readings"][quantity][arm] = [
-                {"minimizer": j, "who": who, "value": scale * _num(getattr(r, quantity)),
-                 "error": list(_error(r, quantity)), "loss": _num(r.train_loss)}
+                {"minimizer": j, "who": who, "value": scale * number(getattr(r, quantity)),
+                 "error": list(_error(r, quantity)), "loss": number(r.train_loss)}
                 for j, pair in enumerate(pairs) for who, r in (("SA", pair.sa), (NAMES[arm], pair.arm))]
             cmp = PairedComparison.from_dict(comparisons[arm][DIFFERENCE.get(quantity, quantity)])
             plotted["differences"][quantity][arm] = {
-                "per_minimizer": [scale * _num(v) for v in cmp.per_minimizer],
-                "difference": scale * _num(cmp.difference), "interval": [scale * _num(v) for v in cmp.interval],
+                "per_minimizer": [scale * number(v) for v in cmp.per_minimizer],
+                "difference": scale * number(cmp.difference), "interval": [scale * number(v) for v in cmp.interval],
                 "verdict": cmp.verdict}
     return plotted
 
@@ -93,16 +82,16 @@ def draw_a3(data: Mapping[str, Any]) -> Figure:
             for sa, other in zip(rows[0::2], rows[1::2], strict=True):
                 j = int(sa["minimizer"])
                 xs = [i + (k - 0.5) * 0.35 + (j - 1) * 0.06 for k in range(len(MARKERS))]
-                top.plot(xs, [_num(sa["value"]), _num(other["value"])], color="0.7", lw=0.7)  # one minimizer, paired
+                top.plot(xs, [number(sa["value"]), number(other["value"])], color="0.7", lw=0.7)  # one minimizer, paired
                 for k, (row, marker) in enumerate(zip((sa, other), MARKERS, strict=True)):
-                    err = [_num(e) for e in row["error"]]
-                    top.errorbar([xs[k]], [_num(row["value"])],
+                    err = [number(e) for e in row["error"]]
+                    top.errorbar([xs[k]], [number(row["value"])],
                                  yerr=[[err[0]], [err[1]]] if all(map(math.isfinite, err)) else None, fmt=marker,
                                  color=color(0 if k == 0 else i + 1), ms=4, capsize=2,
                                  label=row["who"] if (j == 0 and (k == 1 or i == 0)) else None)
             diff = data["differences"][quantity][arm]
-            per = [_num(v) for v in diff["per_minimizer"]]
-            est, (lo, hi) = _num(diff["difference"]), (_num(v) for v in diff["interval"])
+            per = [number(v) for v in diff["per_minimizer"]]
+            est, (lo, hi) = number(diff["difference"]), (number(v) for v in diff["interval"])
             dots = bottom.scatter([i + (j - 1) * 0.08 for j in range(len(per))], per, color=color(i + 1), s=12,
                                   alpha=0.7)
             dots.set_gid("per_minimizer")

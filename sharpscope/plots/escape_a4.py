@@ -29,12 +29,6 @@ def _value(reading: Reading, quantity: str) -> float:
     return float(getattr(reading, quantity))
 
 
-def a4_figure(results: Mapping[str, Any]) -> tuple[Figure, dict[str, Any]]:
-    """The figure and its plotted numbers (:func:`a4_data`, drawn by :func:`draw_a4`)."""
-    data = a4_data(results)
-    return draw_a4(data), data
-
-
 def a4_data(results: Mapping[str, Any]) -> dict[str, Any]:
     """The plotted numbers from the study's ``results`` (``readings[form][B]``, one per minimizer): the
     ``batches``, the ``minimizers``, each reading's ``runs``, and per quantity of :data:`PANELS` and form one

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,7 +78,7 @@ def auto_kind(inputs: Sequence[str | os.PathLike[str]]) -> str:
         raise DataError("nothing to plot: give run directories or density JSON files")
     files = [p.is_file() for p in paths]
     if all(files):
-        reports = [_read_json(p) for p in paths]
+        reports = [read_json_object(p) for p in paths]
         per_layer = all(isinstance(r.get("per_layer"), dict) and r.get("density") is None for r in reports)
         return "layers" if per_layer else "density"
     if any(files):
@@ -98,10 +98,11 @@ def cannot_draw(data: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path`` (``probe --json`` output may hold bare ``NaN``)."""
+def read_json_object(path: Path, loads: Callable[[str], Any] = json.loads) -> dict[str, Any]:
+    """The JSON object in ``path`` parsed by ``loads`` (by default lenient: ``probe --json`` output may hold bare
+    ``NaN``); :class:`DataError` for a file that is not JSON or holds no object."""
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        obj = loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise DataError(f"{path} is not a JSON file ({e})") from None
     if not isinstance(obj, dict):
@@ -116,7 +117,7 @@ def layers_data(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: not a file; --kind layers reads the JSON of sharpscope probe --per-layer --json")
-    report = _read_json(path)
+    report = read_json_object(path)
     if not isinstance(report.get("per_layer"), dict):
         raise DataError(f"{path}: no per-layer curvature (run sharpscope probe with --per-layer --json)")
     return {"figure": "layers", "draw": {"log": True}, "source": str(path),
@@ -149,15 +150,6 @@ def run_figure(kind: str, runs: list[RunData], draw: dict[str, Any] | None = Non
     data = getattr(home, data_fn)(runs, **options)
     data["draw"] = {**kind_options, **(draw or {})}
     return getattr(home, drawer)(data, **data["draw"]), data
-
-
-def data_kind(data: dict[str, Any]) -> str:
-    """The run kind whose drawing function draws ``data`` (a run kind's plotted numbers, as stored in a figure's
-    JSON ``data`` or its ``plot`` entry), from :func:`figure_name` (:data:`DATA_KINDS`)."""
-    name = figure_name(data)
-    if name not in DATA_KINDS:
-        raise DataError(f"figure data of kind {name!r} are not a run figure's: valid {', '.join(DATA_KINDS)}")
-    return DATA_KINDS[name]
 
 
 def figure_name(data: dict[str, Any]) -> str:

@@ -407,11 +407,6 @@ def smoothing_check(finetune: Path, scale: str, *, pairing: str = "antithetic") 
 
 
 
-def evaluate_label_noise(dirs: Mapping[str, Path]) -> dict[str, Any]:
-    """G6's criteria from the label-noise and noiseless runs."""
-    return arm_criteria.label_noise_results(dirs)
-
-
 _ASSUMED = "noise of the committed cpu runs, figures/{}-summary.json"
 
 
@@ -466,7 +461,7 @@ ESCAPE = Study("escape", ("A1", "A2", "A3", "A4", "A5"), escape_stages, evaluate
            "Fitting the clean images from a random initialisation (seeds) and from the confusion-set "
            "pre-training (the bad minimizer). " + _CAPTION),
 ), detectable=detectable_escape)
-LABEL_NOISE = Study("label-noise", ("G6",), label_noise_stages, evaluate_label_noise, prepare,
+LABEL_NOISE = Study("label-noise", ("G6",), label_noise_stages, arm_criteria.label_noise_results, prepare,
                     without_data=without_data, figures=(
     Figure("g6", "arms", ("label-noise-s*", "noiseless-s*"),
            "Label-noise SGD (p = 0.2, fresh noise each step) from the bad minimizer and the same SGD without "

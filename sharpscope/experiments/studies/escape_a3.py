@@ -412,23 +412,23 @@ def a3_verdict(comparisons: Mapping[str, Mapping[str, PairedComparison]], minimi
             "mde": verdict.mde}
 
 
-def one_figure(summary: StudySummary, stem: str, needs: str,
-                 draw: Callable[[Mapping[str, Any]], tuple[Any, dict[str, Any]]],
-                 caption: Callable[[StudySummary, Mapping[str, Any]], str]) -> DrawnFigures:
-    """The one figure ``stem`` of an escape study: ``draw`` over the summary's results (the figure and its
-    plotted numbers) and ``caption(summary, plan)`` with the design the study prepared (``data.plan``); none
+def one_figure(summary: StudySummary, stem: str, needs: str, data: Callable[[Mapping[str, Any]], dict[str, Any]],
+               draw: Callable[[Mapping[str, Any]], Any],
+               caption: Callable[[StudySummary, Mapping[str, Any]], str]) -> DrawnFigures:
+    """The one figure ``stem`` of an escape study: ``draw`` of the plotted numbers ``data`` reads from the
+    summary's results, and ``caption(summary, plan)`` with the design the study prepared (``data.plan``); none
     while the results lack ``needs`` (the study has not run)."""
     if not summary.results.get(needs):
         return []
-    fig, plotted = draw(summary.results)
-    return [(stem, fig, plotted, caption(summary, (summary.data or {}).get("plan") or {}))]
+    plotted = data(summary.results)
+    return [(stem, draw(plotted), plotted, caption(summary, (summary.data or {}).get("plan") or {}))]
 
 
 def figures(summary: StudySummary) -> DrawnFigures:
     """tr(H), Jacobian trace and test accuracy of SA and each arm at equal loss, and the differences."""
-    from sharpscope.plots.escape_a3 import a3_figure
+    from sharpscope.plots.escape_a3 import a3_data, draw_a3
 
-    return one_figure(summary, "matched", "comparisons", a3_figure, caption)
+    return one_figure(summary, "matched", "comparisons", a3_data, draw_a3, caption)
 
 
 def caption(summary: StudySummary, design: Mapping[str, Any]) -> str:

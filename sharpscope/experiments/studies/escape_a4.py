@@ -287,9 +287,9 @@ def form_verdict(ordering: Verdict, gone: Mapping[int, Sequence[int]], one: int)
 
 def figures(summary: StudySummary) -> DrawnFigures:
     """tr(H), tr(H)/L and the training loss at each run's end against B, per minimizer and form."""
-    from sharpscope.plots.escape_a4 import a4_figure
+    from sharpscope.plots.escape_a4 import a4_data, draw_a4
 
-    return one_figure(summary, "batches", "readings", a4_figure, caption)
+    return one_figure(summary, "batches", "readings", a4_data, draw_a4, caption)
 
 
 def caption(summary: StudySummary, design: Mapping[str, Any]) -> str:
