@@ -16,8 +16,16 @@ from torch import Tensor
 from sharpscope.curvature.operators.objective import Objective
 from sharpscope.curvature.sampling import make_generator
 from sharpscope.errors import ConfigError
-from sharpscope.measures.perturbed import Counter, PerturbedLoss, Reading, draw, example_batches, perturbation_scale
-from sharpscope.measures.settings import FIELDS_USED, SharpnessSettings
+from sharpscope.measures.perturbed import (
+    Counter,
+    PerturbedLoss,
+    Reading,
+    draw,
+    example_batches,
+    mean_stderr,
+    perturbation_scale,
+)
+from sharpscope.measures.settings import SharpnessSettings
 
 #: PAC-Bayes σ bracket: the first trial σ (relative to |w| in the magnitude-aware form), and the doublings allowed to reach the target.
 SIGMA_START = 1e-2
@@ -49,18 +57,17 @@ def average_case(objective: Objective, settings: SharpnessSettings, counter: Cou
             base = loss.value()
             samples = _pair_samples(loss, base, _draws(settings, gen, loss.dim, loss.w))
             per_set.append(statistics.fmean(samples))
-            stderrs.append(statistics.stdev(samples) / math.sqrt(len(samples)))
+            stderrs.append(mean_stderr(samples))
             bases.append(base)
     if len(per_set) == 1:
         value, stderr = per_set[0], stderrs[0]
     else:
-        value, stderr = statistics.fmean(per_set), statistics.stdev(per_set) / math.sqrt(len(per_set))
+        value, stderr = statistics.fmean(per_set), mean_stderr(per_set)
     details: dict[str, object] = {"loss": statistics.fmean(bases), "sets": len(per_set), "pairs": settings.samples,
                                   "distribution": "gaussian" if settings.norm == "l2" else "uniform"}
     if settings.m is not None:
         details.update(examples=len(per_set) * settings.m, per_set=per_set)
-    used = settings.record(*FIELDS_USED["average"])
-    return value, stderr, None, details, used
+    return value, stderr, None, details
 
 
 def pac_bayes(objective: Objective, settings: SharpnessSettings, counter: Counter) -> Reading:
@@ -81,7 +88,7 @@ def pac_bayes(objective: Objective, settings: SharpnessSettings, counter: Counte
 
         def increase(sigma: float) -> tuple[float, float]:
             samples = _pair_samples(loss, base, sigma * Z)
-            return statistics.fmean(samples), statistics.stdev(samples) / math.sqrt(len(samples))
+            return statistics.fmean(samples), mean_stderr(samples)
 
         lo, lo_stats = 0.0, (0.0, 0.0)
         hi = SIGMA_START
@@ -117,5 +124,4 @@ def pac_bayes(objective: Objective, settings: SharpnessSettings, counter: Counte
     details: dict[str, object] = {"sigma": lo, "sigma_upper": hi, "increase": lo_stats[0],
                                   "increase_stderr": lo_stats[1], "loss": base, "evaluations": evaluations,
                                   "pairs": settings.samples}
-    used = settings.record(*FIELDS_USED["pacbayes"])
-    return 1 / lo**2, lo_stats[1], None, details, used
+    return 1 / lo**2, lo_stats[1], None, details

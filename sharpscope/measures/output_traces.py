@@ -35,7 +35,7 @@ from sharpscope.curvature.operators.gauss_newton import GGNOperator, OutputCurva
 from sharpscope.curvature.operators.objective import Batch, Objective
 from sharpscope.errors import ConfigError
 from sharpscope.measures.perturbed import Counter, Reading
-from sharpscope.measures.settings import FIELDS_USED, SharpnessSettings
+from sharpscope.measures.settings import SharpnessSettings
 
 #: Output elements (rows of all ``J_b``) above which the exact traces are refused: each costs a reverse pass.
 MAX_EXACT_ROWS = 200_000
@@ -159,8 +159,6 @@ def _output_trace(objective: Objective, settings: SharpnessSettings, counter: Co
     if objective.closure is not None:
         raise ConfigError("the Jacobian and GGN traces need the model output; this objective's loss is a closure "
                           "(give loss_fn with forward=/output= instead)")
-    stochastic_only = ("matvecs", "seed") if settings.trace == "exact" else ()
-    used = settings.record(*(f for f in FIELDS_USED["ggn" if ggn else "jacobian"] if f not in stochastic_only))
     if settings.trace == "exact":
         independent, checked = _independent(objective), False
         params = objective.param_values()
@@ -185,7 +183,7 @@ def _output_trace(objective: Objective, settings: SharpnessSettings, counter: Co
                 else:
                     methods.add("exact per-example")
                 total += value * (batch.size if ggn else 1.0) / objective.num_examples
-        return total, None, None, {"method": ", ".join(sorted(methods))}, used
+        return total, None, None, {"method": ", ".join(sorted(methods))}
     op = (GGNOperator if ggn else JacobianGramOperator)(objective, block_size=settings.block)
     counter.forwards += 1  # the operator checks the first batch's outputs
     result = trace_estimator(settings.trace)(op, settings.matvecs, seed=settings.seed, block_size=settings.block)
@@ -195,7 +193,7 @@ def _output_trace(objective: Objective, settings: SharpnessSettings, counter: Co
     details: dict[str, object] = {"method": settings.trace, "products": result.hvps, **{
         k: v for k, v in result.settings.items() if k in ("sketch_size", "distribution")}}
     stderr = result.stderr if math.isfinite(result.stderr) else None
-    return result.estimate, stderr, None, details, used
+    return result.estimate, stderr, None, details
 
 
 def jacobian_trace(objective: Objective, settings: SharpnessSettings, counter: Counter) -> Reading:

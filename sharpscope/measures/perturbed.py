@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import statistics
 from collections.abc import Iterable, Iterator, Sequence
 
 import torch
@@ -33,8 +34,13 @@ def weights_restored(model: nn.Module) -> Iterator[None]:
                     t.copy_(before)
 
 
-#: What a measure returns: ``(value, stderr, convergence, details, settings used)``.
-Reading = tuple[float, float | None, dict[str, object] | None, dict[str, object], dict[str, object]]
+#: What a measure returns: ``(value, stderr, convergence, details)``.
+Reading = tuple[float, float | None, dict[str, object] | None, dict[str, object]]
+
+
+def mean_stderr(values: Sequence[float]) -> float:
+    """The standard error of the mean of ``values``, ``s / √n``."""
+    return statistics.stdev(values) / math.sqrt(len(values))
 
 
 class Counter:

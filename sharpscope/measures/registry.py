@@ -16,7 +16,7 @@ from sharpscope.measures.settings import DEFAULTS, SharpnessSettings
 from sharpscope.measures.worst_case import keskar, worst_case
 from sharpscope.validation import check_type
 
-#: ``(objective, settings, counter) -> (value, stderr, convergence, details, settings used)``.
+#: ``(objective, settings, counter) -> (value, stderr, convergence, details)``.
 MeasureFn = Callable[[Objective, SharpnessSettings, Counter], Reading]
 
 MEASURES: dict[str, MeasureFn] = {
@@ -71,8 +71,8 @@ def measure(name: str, objective: Objective, settings: SharpnessSettings = DEFAU
     counter = Counter()
     clock = Stopwatch(objective.device)
     with weights_restored(objective.model):
-        value, stderr, convergence, details, used = MEASURES[name](objective, settings, counter)
+        value, stderr, convergence, details = MEASURES[name](objective, settings, counter)
     return SharpnessResult(name=name, value=value, stderr=stderr, forwards=counter.forwards,
                            backwards=counter.backwards, seconds=clock.seconds(),
-                           settings={**used, "dim": objective.dim, "probe_examples": objective.num_examples},
+                           settings={**settings.used(name), "dim": objective.dim, "probe_examples": objective.num_examples},
                            convergence=convergence, details=details)

@@ -72,10 +72,12 @@ class SharpnessSettings:
             raise ConfigError(f"Hutch++ needs matvecs >= 6 (a sketch and two probes), got {self.matvecs}",
                               argument="matvecs")
 
-    def record(self, *fields: str) -> dict[str, object]:
-        """The named fields as a JSON-ready dict (what a measure used)."""
+    def used(self, name: str) -> dict[str, object]:
+        """The fields measure ``name`` read (:data:`FIELDS_USED`), as a JSON-ready dict; an exact Jacobian or
+        GGN trace reads neither ``matvecs`` nor ``seed``."""
         values = asdict(self)
-        return {name: values[name] for name in fields}
+        skipped = ("matvecs", "seed") if name in ("jacobian", "ggn") and self.trace == "exact" else ()
+        return {field: values[field] for field in FIELDS_USED[name] if field not in skipped}
 
 
 #: The default settings of every measure.

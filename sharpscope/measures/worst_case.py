@@ -25,9 +25,10 @@ from sharpscope.measures.perturbed import (
     PerturbedLoss,
     Reading,
     example_batches,
+    mean_stderr,
     perturbation_scale,
 )
-from sharpscope.measures.settings import FIELDS_USED, SharpnessSettings
+from sharpscope.measures.settings import SharpnessSettings
 
 MOMENTUM = 0.75
 INCREASE_FRACTION = 0.75
@@ -155,12 +156,11 @@ def worst_case(objective: Objective, settings: SharpnessSettings, counter: Count
     bases, maxima, records = _over_sets(objective, settings, kind, settings.rho, settings.norm, settings.m, counter)
     values = [top - base for base, top in zip(bases, maxima)]
     value = statistics.fmean(values)
-    stderr = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
+    stderr = mean_stderr(values) if len(values) > 1 else None
     details: dict[str, object] = {"loss": statistics.fmean(bases), "sets": len(values)}
     if settings.m is not None:
         details.update(examples=len(values) * settings.m, per_set=values)
-    used = settings.record(*FIELDS_USED["worst"])
-    return value, stderr, _merged(records), details, used
+    return value, stderr, _merged(records), details
 
 
 def keskar(objective: Objective, settings: SharpnessSettings, counter: Counter) -> Reading:
@@ -170,4 +170,4 @@ def keskar(objective: Objective, settings: SharpnessSettings, counter: Counter) 
     base, top = bases[0], maxima[0]
     value = 100 * (top - base) / (1 + base)
     details: dict[str, object] = {"loss": base, "max_loss": top}
-    return value, None, records[0], details, settings.record(*FIELDS_USED["keskar"])
+    return value, None, records[0], details
