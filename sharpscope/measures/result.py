@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sharpscope.errors import ConfigError
@@ -27,15 +27,13 @@ class SharpnessResult:
     forwards: int
     backwards: int
     seconds: float
-    settings: dict[str, object] = field(default_factory=dict)
     convergence: dict[str, object] | None = None
     details: dict[str, object] = field(default_factory=dict)
+    settings: dict[str, object] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary."""
-        return {"name": self.name, "value": self.value, "stderr": self.stderr, "forwards": self.forwards,
-                "backwards": self.backwards, "seconds": self.seconds, "convergence": self.convergence,
-                "details": self.details, "settings": self.settings}
+        """JSON-ready summary (a deep copy of the fields, in order)."""
+        return asdict(self)
 
 
 def measure_value(entry: Any, name: str = "measure") -> float:

@@ -9,11 +9,10 @@ True
 
 from __future__ import annotations
 
-import copy
 import inspect
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 from torch import nn
@@ -109,7 +108,7 @@ class ModelSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """``{"name": ..., "kwargs": {...}}`` (a deep copy)."""
-        return {"name": self.name, "kwargs": copy.deepcopy(self.kwargs)}
+        return asdict(self)
 
     def to_json(self) -> str:
         """Compact JSON with sorted keys."""
