@@ -198,9 +198,7 @@ class _RandomPerturbation(PerturbedOptimizer):
         self._perturb(self._params(), shift)
         self._perturbed = True
         try:
-            with frozen_bn_stats(self.model):
-                call_closure(closure)
-            return self._grads()
+            return self._gradient_here(closure)
         finally:
             self._restore()
             self._perturbed = False

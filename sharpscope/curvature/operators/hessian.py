@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 from collections.abc import Callable, Iterator
 from typing import Literal, TypeVar, cast, get_args
 
@@ -28,7 +27,7 @@ from sharpscope.curvature.operators.hvp import (
 )
 from sharpscope.curvature.operators.linear_operator import LinearOperator
 from sharpscope.curvature.operators.loaded import is_fused_attention_error
-from sharpscope.curvature.operators.objective import LOW_PRECISION, Batch, Objective
+from sharpscope.curvature.operators.objective import LOW_PRECISION, Batch, Objective, finite_batch_loss
 from sharpscope.curvature.operators.precision import (
     MeasuredPrecision,
     ProductPrecision,
@@ -259,10 +258,7 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
         total = 0.0
         gradient = torch.zeros(self.objective.dim, dtype=self.objective.dtype, device=self.device)
         for i, (graph, w) in enumerate(zip(self._graphs, self.objective.weights())):
-            value = float(graph.loss)
-            if not math.isfinite(value):
-                raise ObjectiveError(f"loss is {value} on batch {i} of the probe set")
-            total += w * value
+            total += w * finite_batch_loss(float(graph.loss), i)
             gradient += w * graph.gradient(self.objective)
         return (sum_scalar_across_ranks(total, device=self.device), sum_across_ranks(gradient),
                 "from the cached gradient graphs (no extra pass)")

@@ -82,8 +82,7 @@ def entry_path(key: tuple[object, ...], version: str) -> Path | None:
 def load(key: tuple[object, ...], device: torch.device) -> tuple[dict[str, object] | None, str]:
     """The stored record of ``key`` (None when absent, stale or unreadable) and a note saying which."""
     version = version_key(device)
-    path = entry_path(key, version)
-    if path is None:
+    if (path := entry_path(key, version)) is None:
         return None, f"disabled ({CACHE_ENV}=off)"
     try:
         stored = json.loads(path.read_text())
@@ -100,8 +99,7 @@ def load(key: tuple[object, ...], device: torch.device) -> tuple[dict[str, objec
 def store(key: tuple[object, ...], device: torch.device, record: dict[str, object]) -> str:
     """Write ``record`` for ``key`` atomically; returns the file's path, or why nothing was written."""
     version = version_key(device)
-    path = entry_path(key, version)
-    if path is None:
+    if (path := entry_path(key, version)) is None:
         return f"not stored ({CACHE_ENV}=off)"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

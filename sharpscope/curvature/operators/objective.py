@@ -120,6 +120,13 @@ def select_parameters(model: nn.Module, params: ParamSelector) -> dict[str, nn.P
     return chosen
 
 
+def finite_batch_loss(value: float, index: int) -> float:
+    """``value``, the loss on batch ``index`` of the probe set; :class:`ObjectiveError` when it is not finite."""
+    if not math.isfinite(value):
+        raise ObjectiveError(f"loss is {value} on batch {index} of the probe set")
+    return value
+
+
 class Objective:
     """Mean loss of ``model`` over a fixed probe set, as a function of the selected parameters.
 
@@ -467,10 +474,7 @@ class Objective:
         params = self.param_values()
         with torch.no_grad(), self.mode():
             for i, (batch, w) in enumerate(zip(self.batches, self.weights())):
-                value = float(self.batch_loss(params, batch))
-                if not math.isfinite(value):
-                    raise ObjectiveError(f"loss is {value} on batch {i} of the probe set")
-                total += w * value
+                total += w * finite_batch_loss(float(self.batch_loss(params, batch)), i)
         return sum_scalar_across_ranks(total, device=self.device)
 
     def evaluate_batch(self, thetas: Tensor, batch: Batch, *, vectorize: bool = False) -> tuple[Tensor, Tensor | None]:
