@@ -87,9 +87,7 @@ class ProbeSettings:
             raise ConfigError(f"sharpness must be a sequence of measure names, got {self.sharpness!r}",
                               argument="sharpness")
         check_type("sharpness_settings", self.sharpness_settings, SharpnessSettings, "a SharpnessSettings")
-        if not isinstance(self.curvature, CurvatureSettings):
-            raise ConfigError(f"curvature must be a CurvatureSettings, got {type(self.curvature).__name__}",
-                              argument="curvature")
+        check_type("curvature", self.curvature, CurvatureSettings, "a CurvatureSettings")
         check_choice("operator", self.operator, get_args(Operator))
         if self.operator != "hessian":
             hessian_only = {"per_layer=True": self.per_layer, "cache_graphs=True": self.curvature.cache_graphs is True,
