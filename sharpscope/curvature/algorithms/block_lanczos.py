@@ -29,8 +29,8 @@ from torch import Tensor
 
 from sharpscope.curvature.algorithms.krylov_basis import DEFAULT_CHUNK, KrylovBasis, basis_device
 from sharpscope.curvature.algorithms.ritz import Stop, Which, check_ritz, ritz_result
-from sharpscope.curvature.memory import MemoryBudget, gib, resolve_budget, vector_bytes
-from sharpscope.curvature.operators.linear_operator import LinearOperator, check_operator
+from sharpscope.curvature.memory import MemoryBudget, gib, vector_bytes
+from sharpscope.curvature.operators.linear_operator import LinearOperator
 from sharpscope.curvature.results import EigenResult
 from sharpscope.curvature.sampling import Stopwatch, make_generator, seed_record
 from sharpscope.errors import ConfigError, ObjectiveError
@@ -88,7 +88,7 @@ def _next_block(op: LinearOperator, basis: KrylovBasis, Qw: Tensor, R: Tensor, w
 def block_lanczos(op: LinearOperator, k: int, *, block: int, which: Which = "LA", tol: float = 1e-3,
                   max_iter: int, v0: Tensor | None = None, seed: int | torch.Generator | None = None,
                   return_eigenvectors: bool = True, stop: Stop = "residual",
-                  block_rule: str = "requested", guards: int = 0, budget: MemoryBudget | None = None,
+                  block_rule: str = "requested", guards: int = 0, budget: MemoryBudget,
                   basis_location: str = "device") -> EigenResult:
     """The ``k`` extreme eigenpairs by block Lanczos with block size ``block``; arguments are checked
     and documented by :func:`~sharpscope.curvature.algorithms.lanczos.lanczos`, which calls this.
@@ -97,13 +97,10 @@ def block_lanczos(op: LinearOperator, k: int, *, block: int, which: Which = "LA"
     narrowed to stay within it and within ``dim``. The stopping rules are the same, on the block
     residuals ``‖B_m s_m‖`` of the wanted and ``guards`` guard Ritz pairs. The basis is never
     restarted: a ``budget`` (:class:`~sharpscope.curvature.memory.MemoryBudget`) below the full basis
-    is refused, naming single-vector Lanczos, which restarts within it.
+    (resolved by the caller) is refused, naming single-vector Lanczos, which restarts within it.
     """
-    check_operator(op)
     b = block
     chunk = max(DEFAULT_CHUNK, b)
-    where = basis_device(op.device, basis_location)
-    budget = budget or resolve_budget(None, op.dim, op.dtype, where, op.settle_memory)
     worst = -(-max_iter // chunk) * chunk + 3 * b + (k if return_eigenvectors else 0)
     if not budget.fits(worst):
         raise ConfigError(f"a block Lanczos basis of up to {max_iter} vectors of length {op.dim:,} needs "
@@ -115,7 +112,8 @@ def block_lanczos(op: LinearOperator, k: int, *, block: int, which: Which = "LA"
     eps = float(torch.finfo(op.dtype).eps)
     min_vectors = min(max_iter, 2 * k + 4)  # as for single-vector Lanczos, counted in basis vectors
 
-    basis = KrylovBasis(op.dim, op.dtype, where, chunk=chunk, pinned=basis_location == "host")
+    basis = KrylovBasis(op.dim, op.dtype, basis_device(op.device, basis_location), chunk=chunk,
+                        pinned=basis_location == "host")
     Q = start_block(op, b, v0, gen)
     T = np.zeros((max_iter + b, max_iter + b))
     steps = restarts = 0
