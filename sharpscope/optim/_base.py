@@ -137,8 +137,7 @@ class PerturbedOptimizer(torch.optim.Optimizer):
     generator: torch.Generator | None = None
 
     def __init__(self, params: Any, defaults: dict[str, Any], *, model: nn.Module | None = None) -> None:
-        if model is not None and not isinstance(model, nn.Module):
-            raise ConfigError(f"model must be an nn.Module or None, got {type(model).__name__}", argument="model")
+        check_type("model", model, nn.Module, "an nn.Module", optional=True)
         super().__init__(check_params(params), defaults)
         self.model = model
         self._stash: dict[Tensor, Tensor] = {}  # persistent buffers holding w during a perturbation

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from sharpscope.errors import ConfigError
-from sharpscope.validation import check_int
+from sharpscope.validation import check_int, check_type
 
 if TYPE_CHECKING:
     import scipy.sparse.linalg
@@ -26,15 +26,8 @@ if TYPE_CHECKING:
 def check_operator(op: object, name: str = "op") -> None:
     """Refuse, naming ``name``, anything that is not a :class:`LinearOperator` (a matrix, a model, a
     string): every algorithm calls it first, so a wrong argument is one line, not a deep type error."""
-    if not isinstance(op, LinearOperator):
-        raise ConfigError(f"{name} must be a sharpscope LinearOperator (HessianOperator(objective), GGNOperator, "
-                          f"MatrixOperator(matrix), LambdaOperator(fn, dim), ...), got {type(op).__name__}",
-                          argument=name)
-
-
-def _check_tensor(name: str, value: object) -> None:
-    if not isinstance(value, Tensor):
-        raise ConfigError(f"{name} must be a torch.Tensor, got {type(value).__name__}", argument=name)
+    check_type(name, op, LinearOperator, "a sharpscope LinearOperator (HessianOperator(objective), GGNOperator, "
+               "MatrixOperator(matrix), LambdaOperator(fn, dim), ...)")
 
 
 class LinearOperator:
@@ -54,7 +47,7 @@ class LinearOperator:
 
     def matmat(self, V: Tensor) -> Tensor:
         """Return ``A V`` for the columns of ``V`` (shape ``(dim, m)``); counts ``m`` products."""
-        _check_tensor("V", V)
+        check_type("V", V, Tensor, "a torch.Tensor")
         if V.ndim != 2 or V.shape[0] != self.dim:
             raise ConfigError(f"matmat expects a ({self.dim}, m) tensor, got shape {tuple(V.shape)}")
         out = self._matmat(V.to(device=self.device, dtype=self.dtype))
@@ -65,13 +58,13 @@ class LinearOperator:
 
     def matvec(self, v: Tensor) -> Tensor:
         """Return ``A v`` for one vector of shape ``(dim,)``."""
-        _check_tensor("v", v)
+        check_type("v", v, Tensor, "a torch.Tensor")
         if v.ndim != 1 or v.shape[0] != self.dim:
             raise ConfigError(f"matvec expects a ({self.dim},) vector, got shape {tuple(v.shape)}")
         return self.matmat(v[:, None])[:, 0]
 
     def __matmul__(self, other: Tensor) -> Tensor:
-        _check_tensor("other", other)
+        check_type("other", other, Tensor, "a torch.Tensor")
         return self.matvec(other) if other.ndim == 1 else self.matmat(other)
 
     def to_scipy(self) -> scipy.sparse.linalg.LinearOperator:
@@ -155,7 +148,7 @@ class MatrixOperator(LinearOperator):
     """A dense symmetric matrix as an operator (tests, exact Hessians, small problems)."""
 
     def __init__(self, matrix: Tensor) -> None:
-        _check_tensor("matrix", matrix)
+        check_type("matrix", matrix, Tensor, "a torch.Tensor")
         if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
             raise ConfigError(f"MatrixOperator needs a square matrix, got shape {tuple(matrix.shape)}")
         super().__init__(matrix.shape[0], matrix.dtype, matrix.device)
