@@ -9,7 +9,6 @@ runs cycle through it in order, and line styles tell λ_1, λ_2, ... and thresho
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -18,12 +17,6 @@ PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#0
 EIGEN_STYLES = ("-", "--", ":", "-.")
 FONT_SIZE = 8.0
 PANEL_SIZE = (4.2, 2.7)
-
-
-def number(value: Any) -> float:
-    """A stored plotted number as a float (non-finite ones come back from JSON as strings such as ``"NaN"``;
-    None is NaN)."""
-    return math.nan if value is None else float(value)
 
 
 def color(i: int) -> str:
