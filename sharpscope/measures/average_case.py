@@ -18,8 +18,8 @@ from sharpscope.curvature.sampling import make_generator
 from sharpscope.errors import ConfigError
 from sharpscope.measures.perturbed import (
     Counter,
+    MeasureOutput,
     PerturbedLoss,
-    Reading,
     draw,
     example_batches,
     mean_stderr,
@@ -44,7 +44,7 @@ def _draws(settings: SharpnessSettings, gen: torch.Generator, dim: int, like: Te
     return draw(gen, settings.samples, dim, "uniform", like) * settings.rho
 
 
-def average_case(objective: Objective, settings: SharpnessSettings, counter: Counter) -> Reading:
+def average_case(objective: Objective, settings: SharpnessSettings, counter: Counter) -> MeasureOutput:
     """``E_z L(w + s ⊙ z) − L(w)`` with its Monte-Carlo standard error; for m-sharpness the mean over
     sets of ``m`` examples of each set's estimate, with the standard error over the sets (which
     holds the Monte-Carlo noise of each set too)."""
@@ -70,7 +70,7 @@ def average_case(objective: Objective, settings: SharpnessSettings, counter: Cou
     return value, stderr, None, details
 
 
-def pac_bayes(objective: Objective, settings: SharpnessSettings, counter: Counter) -> Reading:
+def pac_bayes(objective: Objective, settings: SharpnessSettings, counter: Counter) -> MeasureOutput:
     """PAC-Bayes flatness (Jiang et al. 2019): the largest ``σ`` with ``E L(w + σ s⊙z) − L(w) ≤ target``,
     ``z ~ N(0, I)``, ``s = 1`` or ``|w|`` (magnitude-aware). Found by bisection on ``σ`` with the same
     draws at every ``σ`` (common random numbers), so the estimated increase is a smooth function of

@@ -34,7 +34,7 @@ from sharpscope.curvature.algorithms.trace import trace_estimator
 from sharpscope.curvature.operators.gauss_newton import GGNOperator, OutputCurvatureOperator, batch_outputs
 from sharpscope.curvature.operators.objective import Batch, Objective
 from sharpscope.errors import ConfigError
-from sharpscope.measures.perturbed import Counter, Reading
+from sharpscope.measures.perturbed import Counter, MeasureOutput
 from sharpscope.measures.settings import SharpnessSettings
 
 #: Output elements (rows of all ``J_b``) above which the exact traces are refused: each costs a reverse pass.
@@ -155,7 +155,7 @@ def _check_exact(objective: Objective, counter: Counter) -> None:
                           argument="trace")
 
 
-def _output_trace(objective: Objective, settings: SharpnessSettings, counter: Counter, ggn: bool) -> Reading:
+def _output_trace(objective: Objective, settings: SharpnessSettings, counter: Counter, ggn: bool) -> MeasureOutput:
     if objective.closure is not None:
         raise ConfigError("the Jacobian and GGN traces need the model output; this objective's loss is a closure "
                           "(give loss_fn with forward=/output= instead)")
@@ -196,11 +196,11 @@ def _output_trace(objective: Objective, settings: SharpnessSettings, counter: Co
     return result.estimate, stderr, None, details
 
 
-def jacobian_trace(objective: Objective, settings: SharpnessSettings, counter: Counter) -> Reading:
+def jacobian_trace(objective: Objective, settings: SharpnessSettings, counter: Counter) -> MeasureOutput:
     """``(1/N) Σ_i ‖∂f(x_i)/∂w‖_F²`` (see the module docstring)."""
     return _output_trace(objective, settings, counter, ggn=False)
 
 
-def ggn_trace(objective: Objective, settings: SharpnessSettings, counter: Counter) -> Reading:
+def ggn_trace(objective: Objective, settings: SharpnessSettings, counter: Counter) -> MeasureOutput:
     """``tr G = Σ_b (n_b/N) tr(J_bᵀ ∇²_f ℓ_b J_b)`` (see the module docstring)."""
     return _output_trace(objective, settings, counter, ggn=True)

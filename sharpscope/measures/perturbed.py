@@ -35,7 +35,7 @@ def weights_restored(model: nn.Module) -> Iterator[None]:
 
 
 #: What a measure returns: ``(value, stderr, convergence, details)``.
-Reading = tuple[float, float | None, dict[str, object] | None, dict[str, object]]
+MeasureOutput = tuple[float, float | None, dict[str, object] | None, dict[str, object]]
 
 
 def mean_stderr(values: Sequence[float]) -> float:

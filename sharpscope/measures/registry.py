@@ -10,14 +10,14 @@ from sharpscope.curvature.sampling import Stopwatch
 from sharpscope.errors import ConfigError
 from sharpscope.measures.average_case import average_case, pac_bayes
 from sharpscope.measures.output_traces import ggn_trace, jacobian_trace
-from sharpscope.measures.perturbed import Counter, Reading, weights_restored
+from sharpscope.measures.perturbed import Counter, MeasureOutput, weights_restored
 from sharpscope.measures.result import SharpnessResult
 from sharpscope.measures.settings import DEFAULTS, SharpnessSettings
 from sharpscope.measures.worst_case import keskar, worst_case
 from sharpscope.validation import check_type
 
 #: ``(objective, settings, counter) -> (value, stderr, convergence, details)``.
-MeasureFn = Callable[[Objective, SharpnessSettings, Counter], Reading]
+MeasureFn = Callable[[Objective, SharpnessSettings, Counter], MeasureOutput]
 
 MEASURES: dict[str, MeasureFn] = {
     "worst": worst_case,

@@ -22,8 +22,8 @@ from sharpscope.curvature.operators.objective import Objective
 from sharpscope.curvature.sampling import make_generator
 from sharpscope.measures.perturbed import (
     Counter,
+    MeasureOutput,
     PerturbedLoss,
-    Reading,
     example_batches,
     mean_stderr,
     perturbation_scale,
@@ -149,7 +149,7 @@ def _merged(records: list[dict[str, object]]) -> dict[str, object]:
             "last_gain_window": first["last_gain_window"]}
 
 
-def worst_case(objective: Objective, settings: SharpnessSettings, counter: Counter) -> Reading:
+def worst_case(objective: Objective, settings: SharpnessSettings, counter: Counter) -> MeasureOutput:
     """``max_{‖z‖_p≤ρ} L(w + s ⊙ z) − L(w)`` (``s = |w|`` when adaptive), averaged over sets of ``m``
     examples for m-sharpness (standard error over the sets)."""
     kind = "adaptive" if settings.adaptive else "plain"
@@ -163,7 +163,7 @@ def worst_case(objective: Objective, settings: SharpnessSettings, counter: Count
     return value, stderr, _merged(records), details
 
 
-def keskar(objective: Objective, settings: SharpnessSettings, counter: Counter) -> Reading:
+def keskar(objective: Objective, settings: SharpnessSettings, counter: Counter) -> MeasureOutput:
     """Keskar et al. (2017): ``100 · (max_{δ∈C_ε} L(w + δ) − L(w)) / (1 + L(w))`` on the box
     ``C_ε = {|δ_i| ≤ ε(|w_i| + 1)}`` (ℓ∞ ascent on ``z`` with ``δ = (|w| + 1) ⊙ z``, ``‖z‖_∞ ≤ ε``)."""
     bases, maxima, records = _over_sets(objective, settings, "keskar", settings.epsilon, "linf", None, counter)
