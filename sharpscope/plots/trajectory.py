@@ -7,7 +7,8 @@
   edge ``(2+2β₁)/(η(1−β₁))`` (38/η at β₁ = 0.9) bounds the *preconditioned* sharpness λ_max(P⁻¹H):
   it is drawn against ``preconditioned_eigenvalues`` when the records carry them, and left out
   (only 2/η as a reference) when they hold λ_max(H) alone. ``ratio=True`` plots λ/edge with the
-  band :data:`RATIO_BAND`, each run's legend naming its edge (:func:`edge_symbol`). A run that diverged gets an ✕ at the step its loss became non-finite.
+  band :data:`RATIO_BAND`, each run's legend naming its edge (:func:`edge_symbol`). A run that diverged
+  gets an ✕ at the step its loss became non-finite.
   A run recorded with ``update_curvature`` also shows ``κ_u = uᵀHu/‖u‖²``, the curvature along each
   update (thin line beside λ_max; ``uᵀHu/uᵀPu`` beside λ_max(P⁻¹H) under Adam's edge), against the same edge.
 * :func:`trace_accuracy_figure` — tr(H) ± 1.96 stderr and test accuracy against step, and tr(H)

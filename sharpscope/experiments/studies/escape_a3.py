@@ -345,8 +345,8 @@ def judge(per: Sequence[float], se: float, *, better: str, what: str, at_most: b
     known = mde if math.isfinite(mde) else None
     v = (verdicts.judge_non_inferiority(d, margin=0.0, better=better, mde=known, what=what) if at_most else
          verdicts.judge_difference(d, better=better, mde=known, what=what))
-    return PairedComparison(list(per), d.estimate, [d.low, d.high], d.se, d.df, d.p_value, d.method, v.mde, v.label,
-                      v.reason, se)
+    return PairedComparison(list(per), d.estimate, [d.low, d.high], d.se, d.df, d.p_value, d.method, v.mde,
+                            v.label, v.reason, se)
 
 
 def rejudged(stored: PairedComparison, *, better: str, what: str, at_most: bool = False) -> PairedComparison:

@@ -214,8 +214,8 @@ def rejudge(results: Mapping[str, Any]) -> dict[str, Any]:
         if "skipped" in stored:
             return dict(stored)
         a, b = (int(x) for x in key.split("-"))
-        judged = _judged(lambda q, at_most, what: rejudged(PairedComparison.from_dict(stored[q]), better="lower", what=what,
-                                                           at_most=at_most), a, b, bs, form, equal)
+        judged = _judged(lambda q, at_most, what: rejudged(PairedComparison.from_dict(stored[q]), better="lower",
+                                                           what=what, at_most=at_most), a, b, bs, form, equal)
         return {**stored, **stored_comparisons(judged)}
 
     comparisons = {f: {key: again(c, key, f, False) for key, c in cmp.items()}
