@@ -48,15 +48,12 @@ from sharpscope.landscape.grid import GridProgress, Method, check_grid_memory
 from sharpscope.landscape.iterates import Source, covering_grid
 from sharpscope.landscape.slices import SliceResult, slice_1d, slice_2d
 from sharpscope.losses import LOSSES, get_loss
+from sharpscope.models.registry import DTYPES, MODEL_DTYPES, ModelDtype
 from sharpscope.validation import check_bool, check_choice, check_int, check_seed, check_tol
 
 DirectionKind = Literal["random", "eig", "pca", "interp"]
 Axis = tuple[float, float, int]
 DIRECTION_KINDS: tuple[str, ...] = get_args(DirectionKind)
-ModelDtype = Literal["float32", "float64"]
-MODEL_DTYPES: tuple[str, ...] = get_args(ModelDtype)
-#: The torch dtype of each :data:`ModelDtype` name.
-DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in MODEL_DTYPES}
 DEFAULT_POINTS = 21  # points on an axis the settings leave to the slice
 
 

@@ -13,13 +13,18 @@ import inspect
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
+import torch
 from torch import nn
 
 from sharpscope.errors import ConfigError, SharpscopeError
 
 F = TypeVar("F", bound=Callable[..., nn.Module])
+ModelDtype = Literal["float32", "float64"]
+MODEL_DTYPES: tuple[str, ...] = get_args(ModelDtype)
+#: The torch dtype of each :data:`ModelDtype` name (the dtypes a trained or sliced model is held in).
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in MODEL_DTYPES}
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 

@@ -23,6 +23,7 @@ from sharpscope.io import fit_state_dict, read_checkpoint
 from sharpscope.io.records import RunRecord
 from sharpscope.io.rundir import RunDirectory
 from sharpscope.models import ModelSpec
+from sharpscope.models.registry import DTYPES
 from sharpscope.optim import RS, SA, SAM, SparseSAM, empirical_fisher_diagonal
 from sharpscope.track.config import TrainConfig
 from sharpscope.track.tracker import SharpnessTracker
@@ -172,7 +173,7 @@ def check_optimizer_options(cfg: TrainConfig) -> None:
     configured count), so that a bad option fails in one line naming ``optimizer_kwargs.KEY`` before any
     data or model loads. Only the optimizers' own argument checks are reported; anything else the
     stand-in trips on is left to the real build."""
-    dtype = getattr(torch, cfg.dtype)
+    dtype = DTYPES[cfg.dtype]
     count = max(8, cfg.n or 0, cfg.batch_size or 0)
     stand_in = ArrayDataset(torch.zeros(count, 2, dtype=dtype), torch.zeros(count, dtype=torch.long), "stand-in")
     try:

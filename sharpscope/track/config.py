@@ -19,6 +19,7 @@ from typing import Any
 from sharpscope.curvature.settings import RUN_DEFAULTS, CurvatureSettings
 from sharpscope.errors import ConfigError
 from sharpscope.io.migrations import migrate_config
+from sharpscope.models.registry import MODEL_DTYPES, ModelDtype
 from sharpscope.track.logs import check_logs
 from sharpscope.track.tracker import PROBES
 from sharpscope.track.update_curvature import resolve_method
@@ -137,7 +138,7 @@ class TrainConfig:
     probe_seed: int | None = None
     probes: str = "per-step"
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: ModelDtype = "float32"
     recipe: str | None = None
     scale: str | None = None
     log: list[str] = field(default_factory=list)
@@ -262,7 +263,7 @@ class TrainConfig:
         resolve_method(self.update_curvature)
         check_bool("keep_checkpoints", self.keep_checkpoints)
         check_logs(self.log)
-        check_choice("dtype", self.dtype, ("float32", "float64"))
+        check_choice("dtype", self.dtype, MODEL_DTYPES)
         if not isinstance(self.device, str) or not self.device:
             raise ConfigError(f"device must be a string like cpu, cuda, cuda:1 or auto, got {self.device!r}",
                               argument="device")

@@ -78,6 +78,7 @@ from sharpscope.io.records import (
 )
 from sharpscope.io.rundir import RunDirectory
 from sharpscope.losses import accuracy, get_loss
+from sharpscope.models.registry import DTYPES
 from sharpscope.optim import RS, SA, PerturbedOptimizer
 from sharpscope.parallel import (
     gather_to_rank0,
@@ -116,7 +117,7 @@ class _Session:
     def __init__(self, cfg: TrainConfig, run: RunDirectory, progress: Progress | None) -> None:
         self.cfg, self.run, self.progress = cfg, run, progress
         self.device = local_device(resolve_device(cfg.device))
-        self.dtype = getattr(torch, cfg.dtype)
+        self.dtype = DTYPES[cfg.dtype]
         self.lead = rank() == 0  # only rank 0 writes the run directory
         check_optimizer_options(cfg)  # a bad option fails before the data and the model load
         train_set, test_set = build_data(cfg)

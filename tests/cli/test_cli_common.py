@@ -118,6 +118,7 @@ def test_choices_are_the_librarys() -> None:
     from sharpscope.losses import LOSSES
     from sharpscope.measures.settings import Norm as SharpnessNorm
     from sharpscope.measures.settings import TraceMethod as OutputTrace
+    from sharpscope.models import registry
     from sharpscope.probe import OPERATORS, Shard
 
     def values(enum: type) -> list[str]:
@@ -128,7 +129,7 @@ def test_choices_are_the_librarys() -> None:
     assert values(_common.Operator) == list(OPERATORS)
     assert values(_common.Scale) == list(SCALES)
     assert sorted(values(_common.DirectionKind)) == sorted(around.DIRECTION_KINDS)
-    assert values(_common.DType) == list(around.MODEL_DTYPES) == list(around.DTYPES)
+    assert values(_common.DType) == list(registry.MODEL_DTYPES) == list(registry.DTYPES)
     assert values(_common.ProductPrecision) == list(PRECISIONS)
     assert values(_common.BasisLocation) == list(BASIS_LOCATIONS)
     assert values(_common.Shard) == list(get_args(Shard))
