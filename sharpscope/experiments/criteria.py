@@ -18,8 +18,6 @@ where the criterion is a test.
 * :func:`minibatch_edge_stats` (E7): mini-batch SAM's sharpness (probe set or the step's batch) over
   the SAM-edge (from either gradient norm), as a rolling median of 10 checkpoints; "tracks" when,
   from the first smoothed ratio ≥ 0.9 on, ≥ 80% of at least 5 checkpoints lie in ``[0.8, 1.25]``.
-* :func:`trace_accuracy` (G6, A2–A4): trace and test accuracy along the run and their Spearman
-  rank correlation.
 """
 
 from __future__ import annotations
@@ -32,7 +30,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
-from sharpscope.experiments import evidence, verdicts
+from sharpscope.experiments import verdicts
 from sharpscope.io.records import Measurement, SamBatch, as_number, typed_record
 from sharpscope.io.rundir import RunDirectory
 from sharpscope.io.series import ROLLING_WINDOW, rolling_median, sam_batch_pairs
@@ -167,33 +165,3 @@ def minibatch_edge_stats(run_dir: str | Path, window: int = ROLLING_WINDOW) -> d
             out[f"{name}/{edge_name}"] = _tracking(t, lam, edge, window)
     return out
 
-
-def trace_accuracy(records: Sequence[Measurement]) -> dict[str, Any]:
-    """Trace and test accuracy at the first and last checkpoint, and their Spearman correlation."""
-    rows = _rows(records, "step", "trace_estimate", "test_acc", "train_acc")
-    if not rows:
-        return {"checkpoints": 0}
-    steps, trace, test, train = (list(c) for c in zip(*rows))
-    varies = len(rows) >= 3 and len(set(trace)) > 1 and len(set(test)) > 1  # else the correlation is undefined
-    rho = evidence.spearman_with_ci(trace, test, resamples=0)["rho"] if varies else math.nan
-    return {"checkpoints": len(rows), "steps": [int(steps[0]), int(steps[-1])], "trace": [trace[0], trace[-1]],
-            "test_acc": [test[0], test[-1]], "train_acc": [train[0], train[-1]], "min_train_acc": min(train),
-            "spearman_trace_test_acc": float(rho)}
-
-
-def final_record(records: Sequence[Measurement]) -> dict[str, Any]:
-    """The last measurement's eigenvalues, trace, accuracies and losses (as floats)."""
-    if not records:
-        return {}
-    last = records[-1]
-    eig = [as_number(v) for v in last.eigenvalues or ()]
-    out: dict[str, Any] = {"step": last.step, "eigenvalues": eig}
-    for key, value in (("train_loss", last.train_loss), ("train_acc", last.train_acc),
-                       ("test_loss", last.test_loss), ("test_acc", last.test_acc)):
-        if value is not None:
-            out[key] = as_number(value)
-    if last.trace is not None:
-        out["trace"] = as_number(last.trace_estimate)
-    if len(eig) >= 5 and eig[4] > 0:
-        out["lambda1_over_lambda5"] = eig[0] / eig[4]
-    return out
