@@ -20,11 +20,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from sharpscope.errors import DataError
 
 NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
@@ -105,4 +108,16 @@ def without_timings(obj: Any) -> Any:
         return {k: without_timings(v) for k, v in obj.items() if "seconds" not in k}
     if isinstance(obj, list):
         return [without_timings(v) for v in obj]
+    return obj
+
+
+def read_json_object(path: Path, loads: Callable[[str], Any] = json.loads) -> dict[str, Any]:
+    """The JSON object in ``path`` parsed by ``loads`` (by default lenient: ``probe --json`` output may hold bare
+    ``NaN``); :class:`DataError` for a file that is not JSON or holds no object."""
+    try:
+        obj = loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"{path} is not a JSON file ({e})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(obj).__name__}")
     return obj

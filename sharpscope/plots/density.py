@@ -28,7 +28,6 @@ from sharpscope.curvature import DensityResult
 from sharpscope.curvature.results import gaussian_density
 from sharpscope.errors import ConfigError, DataError
 from sharpscope.io import jsonsafe
-from sharpscope.plots.kinds import read_json_object
 from sharpscope.plots.style import color, label_axes, legend, new_figure
 
 DensityLike = DensityResult | Mapping[str, Any]
@@ -104,7 +103,7 @@ def load_density(path: str | os.PathLike[str]) -> dict[str, Any]:
     saved ``DensityResult.to_dict()``."""
     path = Path(path)
     try:
-        obj = read_json_object(path, jsonsafe.loads)
+        obj = jsonsafe.read_json_object(path, jsonsafe.loads)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
     except IsADirectoryError:

@@ -32,13 +32,13 @@ eigenvalues than asked, no test accuracy, ...); ``sharpscope plot`` prints them.
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sharpscope.errors import ConfigError, DataError
+from sharpscope.io.jsonsafe import read_json_object
 from sharpscope.plots.runs import RunData, as_runs, expand_runs, has_values
 
 if TYPE_CHECKING:
@@ -96,18 +96,6 @@ def cannot_draw(data: dict[str, Any]) -> list[str]:
         for text in ([item["note"]] if item.get("note") else []) + list(item.get("cannot_draw") or []):
             lines.append(f"{item.get('label')}: {text}")
     return lines
-
-
-def read_json_object(path: Path, loads: Callable[[str], Any] = json.loads) -> dict[str, Any]:
-    """The JSON object in ``path`` parsed by ``loads`` (by default lenient: ``probe --json`` output may hold bare
-    ``NaN``); :class:`DataError` for a file that is not JSON or holds no object."""
-    try:
-        obj = loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise DataError(f"{path} is not a JSON file ({e})") from None
-    if not isinstance(obj, dict):
-        raise DataError(f"{path}: expected a JSON object, got {type(obj).__name__}")
-    return obj
 
 
 def layers_data(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -9,16 +9,13 @@ its rows, and the same structure with new leaves.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, cast
+from collections.abc import Callable, Iterable, Mapping
+from typing import cast
 
 import torch
 from torch import Tensor
 
 from sharpscope.errors import DataError
-
-if TYPE_CHECKING:
-    from sharpscope.curvature.operators.objective import Batch
 
 
 def is_pair(data: object) -> bool:
@@ -80,43 +77,3 @@ def split_rows(data: object, batch_size: int) -> list[object]:
     n = rows(data, 0)
     return [slice_rows(data, i, i + batch_size) for i in range(0, n, batch_size)]
 
-
-class StreamedBatches:
-    """A re-iterable source read afresh, batch by batch, at every pass over the probe set.
-
-    Each pass places one batch at a time on the device (through ``make``), so device memory holds
-    one batch, never the probe set. Every pass must yield the batches of the first pass, with the
-    same example counts in the same order; a source that changes raises :class:`DataError`.
-    """
-
-    def __init__(self, source: Iterable[object], make: Callable[[int, object], Batch],
-                 counts: list[float]) -> None:
-        self.source = source
-        self.make = make
-        self.counts = counts
-
-    def __len__(self) -> int:
-        return sum(1 for c in self.counts if c > 0)
-
-    def __iter__(self) -> Iterator[Batch]:
-        kept = [i for i, c in enumerate(self.counts) if c > 0]
-        seen = 0
-        for i, raw in enumerate(self.source):
-            if i >= len(self.counts):
-                raise DataError(f"the data source yielded more than its {len(self.counts)} batches on a later "
-                                "pass; a streamed probe set must give the same batches every pass")
-            batch = self.make(i, raw)
-            if batch.size != self.counts[i]:
-                raise DataError(f"batch {i} held {self.counts[i]} examples on the first pass and {batch.size} "
-                                "now; a streamed probe set must give the same batches every pass (no shuffling)")
-            if batch.size > 0:
-                seen += 1
-                yield batch
-        if seen != len(kept):
-            raise DataError(f"the data source yielded {seen} of its {len(kept)} batches on a later pass")
-
-    def __getitem__(self, index: int) -> Batch:
-        for i, batch in enumerate(self):
-            if i == index:
-                return batch
-        raise IndexError(index)

@@ -31,7 +31,7 @@ from torch.func import functional_call
 from sharpscope.curvature.operators import batches as structure
 from sharpscope.curvature.operators.distributed import sum_across_ranks, sum_scalar_across_ranks, world_size
 from sharpscope.curvature.operators.loaded import loaded_setup
-from sharpscope.curvature.operators.probe_set import Batch, CountFn, ProbeSet
+from sharpscope.curvature.operators.probe_set import Batch, CountFn, ProbeSet, StreamedBatches
 from sharpscope.errors import ConfigError, DataError, ObjectiveError
 from sharpscope.losses import correct_fraction
 from sharpscope.validation import check_choice, check_int, check_type
@@ -289,7 +289,7 @@ class Objective:
 
     # ----------------------------------------------------------------------------------- the probe set
     @property
-    def batches(self) -> list[Batch] | structure.StreamedBatches:
+    def batches(self) -> list[Batch] | StreamedBatches:
         """The probe set's batches (:class:`~sharpscope.curvature.operators.probe_set.ProbeSet`)."""
         return self.probe_set.batches
 

@@ -52,6 +52,47 @@ class Batch:
         return self.data[1] if self.pair else self.data  # type: ignore[index]
 
 
+class StreamedBatches:
+    """A re-iterable source read afresh, batch by batch, at every pass over the probe set.
+
+    Each pass places one batch at a time on the device (through ``make``), so device memory holds
+    one batch, never the probe set. Every pass must yield the batches of the first pass, with the
+    same example counts in the same order; a source that changes raises :class:`DataError`.
+    """
+
+    def __init__(self, source: Iterable[object], make: Callable[[int, object], Batch],
+                 counts: list[float]) -> None:
+        self.source = source
+        self.make = make
+        self.counts = counts
+
+    def __len__(self) -> int:
+        return sum(1 for c in self.counts if c > 0)
+
+    def __iter__(self) -> Iterator[Batch]:
+        kept = [i for i, c in enumerate(self.counts) if c > 0]
+        seen = 0
+        for i, raw in enumerate(self.source):
+            if i >= len(self.counts):
+                raise DataError(f"the data source yielded more than its {len(self.counts)} batches on a later "
+                                "pass; a streamed probe set must give the same batches every pass")
+            batch = self.make(i, raw)
+            if batch.size != self.counts[i]:
+                raise DataError(f"batch {i} held {self.counts[i]} examples on the first pass and {batch.size} "
+                                "now; a streamed probe set must give the same batches every pass (no shuffling)")
+            if batch.size > 0:
+                seen += 1
+                yield batch
+        if seen != len(kept):
+            raise DataError(f"the data source yielded {seen} of its {len(kept)} batches on a later pass")
+
+    def __getitem__(self, index: int) -> Batch:
+        for i, batch in enumerate(self):
+            if i == index:
+                return batch
+        raise IndexError(index)
+
+
 def _is_single(data: object) -> bool:
     """One tensor, ``(x, y)`` pair or mapping (split by ``batch_size``), not an iterable of batches."""
     return structure.is_pair(data) and isinstance(data, tuple) or isinstance(data, (Tensor, Mapping))
@@ -114,7 +155,7 @@ class ProbeSet:
         stream: read the data afresh at every pass (see :func:`stream_choice`).
         needs: keys every batch (a mapping) must hold, and ``needed_by`` names what needs them.
 
-    Attributes: ``batches`` (a list, or :class:`~sharpscope.curvature.operators.batches.StreamedBatches`),
+    Attributes: ``batches`` (a list, or :class:`StreamedBatches`),
     ``counts`` (``n_b`` of the non-empty batches), ``local_examples`` (their sum on this rank) and
     ``num_examples`` (``N``, over all ranks).
     """
@@ -127,10 +168,10 @@ class ProbeSet:
         self.count_fn, self.needs, self.needed_by = count_fn, needs, needed_by
         self.streamed, self.stream_reason = stream_choice(data, stream)
         source = _as_batches(data, batch_size)
-        self.batches: list[Batch] | structure.StreamedBatches
+        self.batches: list[Batch] | StreamedBatches
         if self.streamed:
             counts = [self.make(i, raw).size for i, raw in enumerate(source)]
-            self.batches = structure.StreamedBatches(source, self.make, counts)
+            self.batches = StreamedBatches(source, self.make, counts)
             self.counts = [c for c in counts if c > 0]
         else:
             kept = [self.make(i, raw) for i, raw in enumerate(source)]
@@ -173,8 +214,8 @@ class ProbeSet:
         """The same probe set with floating tensors in ``dtype`` (a shallow copy; nothing re-counted)."""
         twin = copy.copy(self)
         twin.dtype = dtype
-        if isinstance(self.batches, structure.StreamedBatches):
-            twin.batches = structure.StreamedBatches(self.batches.source, twin.make, self.batches.counts)
+        if isinstance(self.batches, StreamedBatches):
+            twin.batches = StreamedBatches(self.batches.source, twin.make, self.batches.counts)
         else:
             twin.batches = [Batch(structure.place(b.data, self.device, dtype), b.size) for b in self.batches]
         return twin
