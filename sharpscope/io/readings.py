@@ -1,4 +1,4 @@
-"""Readings of compared models (:class:`Reading`), two compared (:class:`Pair`) and the judged differences over
+"""Readings of compared models (:class:`ModelReading`), two compared (:class:`Pair`) and the judged differences over
 pairs (:class:`PairedComparison`) of the ``escape-a3`` and ``escape-a4`` studies; each stored as the JSON object of its
 fields in their order (``to_dict``), read back by ``from_dict`` with the stored non-finite strings decoded."""
 
@@ -11,9 +11,10 @@ from typing import Any, TypeVar
 from sharpscope.io.jsonsafe import decode
 
 BULKY = ("test_correct", "trace_samples")
-"""The members of a :class:`Reading` a brief one leaves out: the packed test predictions and the probe values."""
+"""The members of a :class:`ModelReading` a brief one leaves out: the packed test predictions and the probe
+values."""
 
-_S = TypeVar("_S", "Reading", "PairedComparison")
+_S = TypeVar("_S", "ModelReading", "PairedComparison")
 
 
 def _read(cls: type[_S], stored: Mapping[str, Any]) -> _S:
@@ -21,13 +22,13 @@ def _read(cls: type[_S], stored: Mapping[str, Any]) -> _S:
     return cls(**{f.name: decode(stored.get(f.name)) for f in fields(cls)})
 
 
-def _write(record: Reading | PairedComparison, leave_out: Sequence[str] = ()) -> dict[str, Any]:
+def _write(record: ModelReading | PairedComparison, leave_out: Sequence[str] = ()) -> dict[str, Any]:
     """The stored object of ``record``: its fields in their order, but those in ``leave_out``."""
     return {f.name: getattr(record, f.name) for f in fields(record) if f.name not in leave_out}
 
 
 @dataclass(frozen=True)
-class Reading:
+class ModelReading:
     """Model ``run`` at checkpoint ``step`` read once: tr(H) by Hutch++ (``trace`` ± ``trace_stderr``), the
     quadratic forms ``z_iᵀHz_i`` of the probes every model shares (``trace_samples``, their mean ``trace_paired``),
     λ_max, the exact Jacobian trace ``(1/n) Σ_i ‖∂f(x_i)/∂w‖_F²``, training loss and accuracy on the
@@ -56,7 +57,7 @@ class Reading:
     errors: Any
 
     @classmethod
-    def from_dict(cls, stored: Mapping[str, Any]) -> Reading:
+    def from_dict(cls, stored: Mapping[str, Any]) -> ModelReading:
         """The reading of a stored (or brief) reading."""
         return _read(cls, stored)
 
@@ -71,8 +72,8 @@ class Pair:
     a pair matched at equal loss says ``matched`` how, the arm's run ``status`` and the ``loss_ratio``
     L_arm / L_SA."""
 
-    sa: Reading
-    arm: Reading
+    sa: ModelReading
+    arm: ModelReading
     matched: str | None = None
     status: str | None = None
     loss_ratio: float | None = None
@@ -80,7 +81,7 @@ class Pair:
     @classmethod
     def from_dict(cls, stored: Mapping[str, Any]) -> Pair:
         """The pair of a stored one (brief readings)."""
-        return cls(Reading.from_dict(stored["sa"]), Reading.from_dict(stored["arm"]), stored.get("matched"),
+        return cls(ModelReading.from_dict(stored["sa"]), ModelReading.from_dict(stored["arm"]), stored.get("matched"),
                    stored.get("status"), decode(stored.get("loss_ratio")))
 
     def to_dict(self) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from sharpscope.io.readings import Pair, PairedComparison, Reading
+from sharpscope.io.readings import ModelReading, Pair, PairedComparison
 from sharpscope.io.series import as_float
 from sharpscope.plots.intervals import wilson_interval
 from sharpscope.plots.style import color, label_axes, legend, new_figure
@@ -31,7 +31,7 @@ NAMES = {"rs": "RS", "twin": "SA ρ = 0", "sgd-lrp": "SGD at η′", "sgd": "SGD
 MARKERS = ("o", "s")  # of each pair's two readings, SA first
 
 
-def _error(reading: Reading, quantity: str) -> tuple[float, float]:
+def _error(reading: ModelReading, quantity: str) -> tuple[float, float]:
     """One reading's error bar below and above it: ± the Hutch++ stderr of tr(H); the 95% Wilson interval of
     test accuracy (in points); none for the exact Jacobian trace."""
     if quantity == "trace":

@@ -15,14 +15,14 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from sharpscope.io.readings import Reading
+from sharpscope.io.readings import ModelReading
 from sharpscope.plots.style import color, figure_legend, label_axes, log_axis, new_figure
 
 PANELS = (("trace", "tr(H)"), ("trace_per_loss", "tr(H)/L"), ("train_loss", "training loss L"))
 STYLES = {"unscaled": "-", "scaled": "--"}
 
 
-def _value(reading: Reading, quantity: str) -> float:
+def _value(reading: ModelReading, quantity: str) -> float:
     if quantity == "trace_per_loss":
         loss = float(reading.train_loss)
         return float(reading.trace_paired) / loss if loss > 0 else math.nan
@@ -35,7 +35,7 @@ def a4_data(results: Mapping[str, Any]) -> dict[str, Any]:
     line per minimizer over the batches; tr(H)/L is the shared-probe tr(H) over the reading's training loss."""
     bs = [int(b) for b in results["batches"]]
     minimizers = list(results["minimizers"])
-    reads = {form: {b: [Reading.from_dict(r) for r in results["readings"][form][str(b)]] for b in bs}
+    reads = {form: {b: [ModelReading.from_dict(r) for r in results["readings"][form][str(b)]] for b in bs}
              for form in STYLES}
     plotted: dict[str, Any] = {"figure": "a4-batches", "batches": bs, "minimizers": minimizers,
                                "runs": {form: {str(b): [r.run for r in reads[form][b]] for b in bs} for form in STYLES}}

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from sharpscope.io import jsonsafe
-from sharpscope.io.readings import BULKY, Pair, PairedComparison, Reading
+from sharpscope.io.readings import BULKY, ModelReading, Pair, PairedComparison
 
 FIGURES = Path(__file__).resolve().parents[2] / "figures"
 
@@ -35,9 +35,9 @@ def test_every_stored_reading_of_both_studies_reads_back_to_the_same_members() -
     briefs += [r for form in a4["readings"].values() for rs in form.values() for r in rs]
     briefs += [p[side] for cmp in a3["comparisons"].values() for p in cmp["pairs"] for side in ("sa", "arm")]
     assert len(briefs) == 3 + 3 + 2 * 3 * 3 + 4 * 3 * 2
-    brief_fields = [f.name for f in fields(Reading) if f.name not in BULKY]
+    brief_fields = [f.name for f in fields(ModelReading) if f.name not in BULKY]
     for stored in briefs:
-        back = Reading.from_dict(stored).to_dict(brief=True)
+        back = ModelReading.from_dict(stored).to_dict(brief=True)
         assert list(back) == brief_fields and sorted(stored) == sorted(brief_fields)
         assert json.loads(_stored(back)) == stored
 
@@ -64,11 +64,11 @@ def test_every_stored_comparison_reads_back_byte_identical() -> None:
 
 
 def test_a_full_reading_keeps_its_bulky_members_and_decodes_non_finite_numbers() -> None:
-    stored = {f.name: i for i, f in enumerate(fields(Reading))} | {
+    stored = {f.name: i for i, f in enumerate(fields(ModelReading))} | {
         "trace_samples": [1.0, "NaN"], "test_correct": {"n": 2, "bits": "gA=="}, "lambda_max": "-Infinity"}
-    reading = Reading.from_dict(stored)
+    reading = ModelReading.from_dict(stored)
     assert reading.lambda_max == -math.inf and math.isnan((reading.trace_samples or [])[1])
     assert _stored(reading.to_dict()) == _stored(stored)
     assert list(reading.to_dict(brief=True)) == [k for k in stored if k not in ("trace_samples", "test_correct")]
-    assert Reading.from_dict({"train_loss": 0.5}).to_dict(brief=True) == {
-        f.name: 0.5 if f.name == "train_loss" else None for f in fields(Reading) if f.name not in BULKY}
+    assert ModelReading.from_dict({"train_loss": 0.5}).to_dict(brief=True) == {
+        f.name: 0.5 if f.name == "train_loss" else None for f in fields(ModelReading) if f.name not in BULKY}

@@ -56,7 +56,7 @@ from sharpscope.experiments.verdicts import Verdict
 from sharpscope.io import jsonsafe
 from sharpscope.io.atomic import atomic_write_bytes
 from sharpscope.io.predictions import unpack_correct
-from sharpscope.io.readings import Pair, PairedComparison, Reading, stored_comparisons
+from sharpscope.io.readings import ModelReading, Pair, PairedComparison, stored_comparisons
 from sharpscope.io.records import as_number, read_measurements, read_summary
 from sharpscope.io.studysummary import StudySummary
 from sharpscope.track import RunDirectory, TrainConfig
@@ -219,9 +219,9 @@ def stages(scale: str) -> list[Stage]:
 
 
 # ------------------------------------------------------------------------------ readings
-def reading(run_dir: Path, sc: A3Scale, step: int | None = None) -> Reading:
+def reading(run_dir: Path, sc: A3Scale, step: int | None = None) -> ModelReading:
     """The model of ``run_dir`` at checkpoint ``step`` (None: the latest) read once on all clean images
-    (:class:`~sharpscope.io.readings.Reading`): Hutch++ with ``trace_matvecs`` products and ``paired_probes``
+    (:class:`~sharpscope.io.readings.ModelReading`): Hutch++ with ``trace_matvecs`` products and ``paired_probes``
     Rademacher probes, both from seed 0 at every model; cached in ``readings/`` (read again when the scale's
     reading sizes differ from the cached ones)."""
     from sharpscope.curvature import Objective, hutchinson
@@ -240,7 +240,7 @@ def reading(run_dir: Path, sc: A3Scale, step: int | None = None) -> Reading:
     if cache.is_file():
         stored = dict(jsonsafe.loads(cache.read_text(encoding="utf-8")))
         if stored.get("settings") == settings:
-            return Reading.from_dict(stored)
+            return ModelReading.from_dict(stored)
     cfg = TrainConfig.from_dict(run.read_config())
     model, spec = build_model(cfg, torch.device("cpu"), torch.float32)
     where = load_initial_weights(str(kept[step]), model, spec)
@@ -256,7 +256,7 @@ def reading(run_dir: Path, sc: A3Scale, step: int | None = None) -> Reading:
     rec = tracker.measure(step, model)
     objective = Objective(model, get_loss("ce"), (clean.x, clean.y), batch_size=500)
     paired = hutchinson(RUN_DEFAULTS.hessian(objective), sc.paired_probes, seed=0)
-    out = Reading(run=run_dir.name, step=step, checkpoint=where, train_loss=as_number(rec.train_loss),
+    out = ModelReading(run=run_dir.name, step=step, checkpoint=where, train_loss=as_number(rec.train_loss),
                   train_acc=rec.train_acc, test_acc=rec.test_acc, test_correct=rec.test_correct,
                   trace=as_number(rec.trace_estimate), trace_stderr=as_number(rec.trace_stderr),
                   lambda_max=as_number(rec.lambda_max), jacobian_trace=as_number(rec.sharpness_value("jacobian")),

@@ -45,7 +45,7 @@ from sharpscope.experiments.studies.escape_a3 import (
 )
 from sharpscope.experiments.studies.framework import DrawnFigures, Stage, Study
 from sharpscope.experiments.verdicts import Verdict
-from sharpscope.io.readings import Pair, PairedComparison, Reading, stored_comparisons
+from sharpscope.io.readings import ModelReading, Pair, PairedComparison, stored_comparisons
 from sharpscope.io.studysummary import StudySummary
 from sharpscope.track import RunDirectory, TrainConfig
 
@@ -124,7 +124,7 @@ def detectable(scale: str) -> list[dict[str, Any]]:
                  for form in FORMS])
 
 
-def _pairs(small: Sequence[Reading], large: Sequence[Reading]) -> list[Pair]:
+def _pairs(small: Sequence[ModelReading], large: Sequence[ModelReading]) -> list[Pair]:
     return [Pair(a, b) for a, b in zip(small, large, strict=True)]
 
 
@@ -183,9 +183,9 @@ def a4_verdict(results: Mapping[str, Any]) -> dict[str, Any]:
         parts[f] = {label: verdicts.combine({
             f"B = 1 < B = {mid}": _stored_verdict(cmp[f"{one}-{mid}"][q]),
             f"B = {mid} ≤ B = {full}": _stored_verdict(cmp[f"{mid}-{full}"][q])}) for q, label in QUANTITIES.items()}
-    start = [Reading.from_dict(r) for r in results["start"]]
-    gone = {f: left({int(b): [Reading.from_dict(r) for r in rs] for b, rs in results["readings"][f].items()}, start)
-            for f in FORMS}
+    start = [ModelReading.from_dict(r) for r in results["start"]]
+    gone = {f: left({int(b): [ModelReading.from_dict(r) for r in rs] for b, rs in results["readings"][f].items()},
+                    start) for f in FORMS}
     heads = {f: form_verdict(parts[f]["tr(H)"], gone[f], one) for f in FORMS}
     equal = {f: equal_loss_verdict(results["at_equal_loss"][f], bs) for f in FORMS}
     head = heads["unscaled"]
@@ -225,8 +225,9 @@ def rejudge(results: Mapping[str, Any]) -> dict[str, Any]:
     return {"comparisons": comparisons, "at_equal_loss": equal, "A4": a4_verdict(new)}
 
 
-def at_equal_loss(out: Path, sc: escape_a3.A3Scale, ms: Sequence[int], reads: Mapping[int, Sequence[Reading]],
-                  gone: Mapping[int, Sequence[int]], bs: Sequence[int], form: str) -> dict[str, Any]:
+def at_equal_loss(out: Path, sc: escape_a3.A3Scale, ms: Sequence[int],
+                  reads: Mapping[int, Sequence[ModelReading]], gone: Mapping[int, Sequence[int]], bs: Sequence[int],
+                  form: str) -> dict[str, Any]:
     """Each smaller batch's end against SA at the main batch where that run's loss is nearest (its kept
     checkpoints, :func:`~sharpscope.experiments.studies.escape_a3.sa_step_at`): B = 1 below it and B₁ at most
     it, in tr(H), tr(H)/L and the Jacobian trace (judged by :func:`equal_loss_verdict`). A batch whose runs left
@@ -265,7 +266,7 @@ def _stored_verdict(stored: Mapping[str, Any]) -> Verdict:
     return comparison_verdict(PairedComparison.from_dict(stored))
 
 
-def left(reads: Mapping[int, Sequence[Reading]], start: Sequence[Reading]) -> dict[int, list[int]]:
+def left(reads: Mapping[int, Sequence[ModelReading]], start: Sequence[ModelReading]) -> dict[int, list[int]]:
     """Per batch B with any, the positions of the minimizers whose run at B ended with a training loss above
     :data:`LEFT_FACTOR` times the minimizer's (``start``, in the same order)."""
     out = {b: [j for j, (r, s) in enumerate(zip(rs, start, strict=True))
