@@ -120,16 +120,15 @@ def draw_a3(data: Mapping[str, Any]) -> Figure:
                 j = sa.minimizer
                 xs = [i + (k - 0.5) * 0.35 + (j - 1) * 0.06 for k in range(len(MARKERS))]
                 # one minimizer: SA and the arm, paired
-                top.plot(xs, [as_float(sa.value), as_float(other.value)], color="0.7", lw=0.7)
+                top.plot(xs, [sa.value, other.value], color="0.7", lw=0.7)
                 for k, (row, marker) in enumerate(zip((sa, other), MARKERS, strict=True)):
-                    err = [as_float(e) for e in row.error]
-                    top.errorbar([xs[k]], [as_float(row.value)],
-                                 yerr=[[err[0]], [err[1]]] if all(map(math.isfinite, err)) else None, fmt=marker,
+                    low, high = row.error
+                    top.errorbar([xs[k]], [row.value],
+                                 yerr=[[low], [high]] if all(map(math.isfinite, row.error)) else None, fmt=marker,
                                  color=color(0 if k == 0 else i + 1), ms=4, capsize=2,
                                  label=row.who if (j == 0 and (k == 1 or i == 0)) else None)
             diff = plotted.differences[quantity][arm]
-            per = [as_float(v) for v in diff.per_minimizer]
-            est, (lo, hi) = as_float(diff.difference), (as_float(v) for v in diff.interval)
+            per, est, (lo, hi) = diff.per_minimizer, diff.difference, diff.interval
             dots = bottom.scatter([i + (j - 1) * 0.08 for j in range(len(per))], per, color=color(i + 1), s=12,
                                   alpha=0.7)
             dots.set_gid("per_minimizer")

@@ -64,7 +64,7 @@ def draw_a4(data: Mapping[str, Any]) -> Figure:
     for ax, (quantity, label) in zip(axes, PANELS, strict=True):
         for form, style in STYLES.items():
             for j, ys in enumerate(getattr(plotted, quantity)[form]):
-                ax.plot(bs, [float(y) for y in ys], style, marker="o", ms=3, color=color(j),
+                ax.plot(bs, ys, style, marker="o", ms=3, color=color(j),
                         label=f"minimizer {plotted.minimizers[j]}, {form}")
         ax.set_xscale("log", base=2)
         ax.set_xticks(bs, [str(b) for b in bs])
