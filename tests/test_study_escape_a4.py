@@ -17,7 +17,7 @@ from sharpscope.experiments.studies import run_study, study_stages
 from sharpscope.experiments.studies.escape_a3 import SCALES, reading, sa_step_at
 from sharpscope.experiments.studies.escape_a4 import BATCHES, LEFT_FACTOR, arm, form_verdict, left
 from sharpscope.experiments.studies.framework import finished_summary
-from sharpscope.io.readings import Reading
+from sharpscope.io.readings import ModelReading
 from sharpscope.optim.random_perturbation import batch_scaled
 from sharpscope.track import RunDirectory
 from tests.smoke_study import run_smoke_study
@@ -165,8 +165,8 @@ def test_the_report_tables_every_comparison_of_both_forms(study) -> None:
 def test_a_run_that_leaves_its_minimizer_decides_the_form() -> None:
     """A run ending above LEFT_FACTOR × the minimizer's loss is no minimizer: B = 1 among them → does not hold
     whatever tr(H) says; only another batch → not testable; none → the tr(H) ordering itself."""
-    def at(loss: float) -> Reading:
-        return Reading.from_dict({"train_loss": loss})
+    def at(loss: float) -> ModelReading:
+        return ModelReading.from_dict({"train_loss": loss})
 
     start = [at(0.01), at(0.02)]
     just_in, just_out = LEFT_FACTOR * 0.01, LEFT_FACTOR * 0.01 * 1.001

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from sharpscope.io.readings import Pair, PairedComparison, Reading
+from sharpscope.io.readings import A3Results, ModelReading, PairedComparison, StoredRecord
 from sharpscope.io.series import as_float
 from sharpscope.plots.intervals import wilson_interval
 from sharpscope.plots.style import color, label_axes, legend, new_figure
@@ -31,7 +32,41 @@ NAMES = {"rs": "RS", "twin": "SA ρ = 0", "sgd-lrp": "SGD at η′", "sgd": "SGD
 MARKERS = ("o", "s")  # of each pair's two readings, SA first
 
 
-def _error(reading: Reading, quantity: str) -> tuple[float, float]:
+@dataclass(frozen=True)
+class MatchedReading(StoredRecord):
+    """One plotted reading of a pair: from bad ``minimizer`` j, ``who`` (SA or the arm), its ``value``, the
+    ``error`` below and above it and its training ``loss``."""
+
+    minimizer: int
+    who: str
+    value: float
+    error: list[float]
+    loss: float
+
+
+@dataclass(frozen=True)
+class Difference(StoredRecord):
+    """SA − an arm plotted: the ``per_minimizer`` differences, their mean ``difference``, its 95% ``interval`` and
+    the ``verdict``."""
+
+    per_minimizer: list[float]
+    difference: float
+    interval: list[float]
+    verdict: str
+
+
+@dataclass(frozen=True)
+class A3Figure(StoredRecord):
+    """The plotted numbers of :func:`draw_a3` (``figure`` names it): the compared ``arms`` and, per quantity and
+    arm, the ``readings`` (per minimizer, SA's then the arm's) and the ``differences``."""
+
+    figure: str
+    arms: list[str]
+    readings: dict[str, dict[str, list[MatchedReading]]]
+    differences: dict[str, dict[str, Difference]]
+
+
+def _error(reading: ModelReading, quantity: str) -> tuple[float, float]:
     """One reading's error bar below and above it: ± the Hutch++ stderr of tr(H); the 95% Wilson interval of
     test accuracy (in points); none for the exact Jacobian trace."""
     if quantity == "trace":
@@ -46,54 +81,54 @@ def _error(reading: Reading, quantity: str) -> tuple[float, float]:
     return 0.0, 0.0
 
 
+def _scale(quantity: str) -> float:
+    return 100.0 if quantity == "test_acc" else 1.0
+
+
+def _difference(cmp: PairedComparison, quantity: str) -> Difference:
+    scale = _scale(quantity)
+    return Difference([scale * as_float(v) for v in cmp.per_minimizer], scale * as_float(cmp.difference),
+                      [scale * as_float(v) for v in cmp.interval], cmp.verdict)
+
+
 def a3_data(results: Mapping[str, Any]) -> dict[str, Any]:
-    """The plotted numbers from the study's ``results`` (``comparisons``): the compared ``arms``; per quantity
-    and arm, ``readings`` (per minimizer, SA's row then the arm's: ``minimizer``, ``who``, ``value``, ``error``
-    below and above, ``loss``) and ``differences`` (SA − arm ``per_minimizer``, the mean ``difference``, its 95%
-    ``interval`` and ``verdict``); test accuracy in percent."""
-    comparisons = results["comparisons"]
+    """The stored :class:`A3Figure` of the study's ``results`` (:class:`~sharpscope.io.readings.A3Results`): the
+    compared arms' readings at their matched points and SA − arm; test accuracy in percent."""
+    comparisons = A3Results.from_dict(results).comparisons
     arms = [a for a in NAMES if a in comparisons]
-    plotted: dict[str, Any] = {"figure": "a3-matched", "arms": arms, "readings": {}, "differences": {}}
-    for quantity, _ in QUANTITIES:
-        scale = 100.0 if quantity == "test_acc" else 1.0
-        plotted["readings"][quantity], plotted["differences"][quantity] = {}, {}
-        for arm in arms:
-            pairs = [Pair.from_dict(p) for p in comparisons[arm]["pairs"]]
-            plotted["readings"][quantity][arm] = [
-                {"minimizer": j, "who": who, "value": scale * as_float(getattr(r, quantity)),
-                 "error": list(_error(r, quantity)), "loss": as_float(r.train_loss)}
-                for j, pair in enumerate(pairs) for who, r in (("SA", pair.sa), (NAMES[arm], pair.arm))]
-            cmp = PairedComparison.from_dict(comparisons[arm][DIFFERENCE.get(quantity, quantity)])
-            plotted["differences"][quantity][arm] = {
-                "per_minimizer": [scale * as_float(v) for v in cmp.per_minimizer],
-                "difference": scale * as_float(cmp.difference), "interval": [scale * as_float(v) for v in cmp.interval],
-                "verdict": cmp.verdict}
-    return plotted
+    readings = {quantity: {arm: [
+        MatchedReading(j, who, _scale(quantity) * as_float(getattr(r, quantity)), list(_error(r, quantity)),
+                       as_float(r.train_loss))
+        for j, pair in enumerate(comparisons[arm].pairs or []) for who, r in (("SA", pair.sa), (NAMES[arm], pair.arm))]
+        for arm in arms} for quantity, _ in QUANTITIES}
+    differences = {quantity: {arm: _difference(comparisons[arm].judged[DIFFERENCE.get(quantity, quantity)], quantity)
+                              for arm in arms} for quantity, _ in QUANTITIES}
+    return A3Figure("a3-matched", arms, readings, differences).to_dict()
 
 
 def draw_a3(data: Mapping[str, Any]) -> Figure:
     """The two rows of panels of the module docstring from :func:`a3_data`'s plotted numbers alone; the bottom
     panels' dots of each arm's per-minimizer differences carry the gid ``per_minimizer``."""
-    arms = list(data["arms"])
+    plotted = A3Figure.from_dict(data)
+    arms = plotted.arms
     fig, axes = new_figure(2, 3)
     for col, (quantity, label) in enumerate(QUANTITIES):
         top, bottom = axes[col], axes[3 + col]
         for i, arm in enumerate(arms):
-            rows = data["readings"][quantity][arm]
+            rows = plotted.readings[quantity][arm]
             for sa, other in zip(rows[0::2], rows[1::2], strict=True):
-                j = int(sa["minimizer"])
+                j = sa.minimizer
                 xs = [i + (k - 0.5) * 0.35 + (j - 1) * 0.06 for k in range(len(MARKERS))]
                 # one minimizer: SA and the arm, paired
-                top.plot(xs, [as_float(sa["value"]), as_float(other["value"])], color="0.7", lw=0.7)
+                top.plot(xs, [sa.value, other.value], color="0.7", lw=0.7)
                 for k, (row, marker) in enumerate(zip((sa, other), MARKERS, strict=True)):
-                    err = [as_float(e) for e in row["error"]]
-                    top.errorbar([xs[k]], [as_float(row["value"])],
-                                 yerr=[[err[0]], [err[1]]] if all(map(math.isfinite, err)) else None, fmt=marker,
+                    low, high = row.error
+                    top.errorbar([xs[k]], [row.value],
+                                 yerr=[[low], [high]] if all(map(math.isfinite, row.error)) else None, fmt=marker,
                                  color=color(0 if k == 0 else i + 1), ms=4, capsize=2,
-                                 label=row["who"] if (j == 0 and (k == 1 or i == 0)) else None)
-            diff = data["differences"][quantity][arm]
-            per = [as_float(v) for v in diff["per_minimizer"]]
-            est, (lo, hi) = as_float(diff["difference"]), (as_float(v) for v in diff["interval"])
+                                 label=row.who if (j == 0 and (k == 1 or i == 0)) else None)
+            diff = plotted.differences[quantity][arm]
+            per, est, (lo, hi) = diff.per_minimizer, diff.difference, diff.interval
             dots = bottom.scatter([i + (j - 1) * 0.08 for j in range(len(per))], per, color=color(i + 1), s=12,
                                   alpha=0.7)
             dots.set_gid("per_minimizer")

@@ -17,6 +17,8 @@ from sharpscope.experiments.figures import figure_from_json
 from sharpscope.experiments.studies import STUDIES
 from sharpscope.io import jsonsafe
 from sharpscope.io.studysummary import read_study_summary
+from sharpscope.plots.escape_a3 import A3Figure
+from sharpscope.plots.escape_a4 import A4Figure
 from sharpscope.plots.kinds import draw_from_data, figure_name
 from sharpscope.plots.layers import layer_curvature_figure
 from sharpscope.plots.population import population_figure
@@ -100,6 +102,12 @@ def test_study_figure_json_is_what_its_study_draws_from_its_summary(stem: str, s
     stored = load_figure_data(FIGURES / f"{stem}.json")
     assert through_json({"plot": numbers}) == stored["data"] and caption == stored["caption"]
     np.testing.assert_array_equal(pixels(draw_from_data(stored["data"])), pixels(fig))
+
+
+@pytest.mark.parametrize(("stem", "typed"), [("escape-a3-matched", A3Figure), ("escape-a4-batches", A4Figure)])
+def test_study_figure_numbers_read_back_byte_identical(stem: str, typed: type) -> None:
+    stored = load_figure_data(FIGURES / f"{stem}.json")["data"]["plot"]
+    assert jsonsafe.dumps(typed.from_dict(stored).to_dict()) == jsonsafe.dumps(stored)
 
 
 def test_update_curvature_legend_names_each_optimizers_edge() -> None:

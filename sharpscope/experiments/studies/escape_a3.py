@@ -56,7 +56,7 @@ from sharpscope.experiments.verdicts import Verdict
 from sharpscope.io import jsonsafe
 from sharpscope.io.atomic import atomic_write_bytes
 from sharpscope.io.predictions import unpack_correct
-from sharpscope.io.readings import Pair, PairedComparison, Reading, stored_comparisons
+from sharpscope.io.readings import A3Results, Contrast, ModelReading, Pair, PairedComparison
 from sharpscope.io.records import as_number, read_measurements, read_summary
 from sharpscope.io.studysummary import StudySummary
 from sharpscope.track import RunDirectory, TrainConfig
@@ -219,9 +219,9 @@ def stages(scale: str) -> list[Stage]:
 
 
 # ------------------------------------------------------------------------------ readings
-def reading(run_dir: Path, sc: A3Scale, step: int | None = None) -> Reading:
+def reading(run_dir: Path, sc: A3Scale, step: int | None = None) -> ModelReading:
     """The model of ``run_dir`` at checkpoint ``step`` (None: the latest) read once on all clean images
-    (:class:`~sharpscope.io.readings.Reading`): Hutch++ with ``trace_matvecs`` products and ``paired_probes``
+    (:class:`~sharpscope.io.readings.ModelReading`): Hutch++ with ``trace_matvecs`` products and ``paired_probes``
     Rademacher probes, both from seed 0 at every model; cached in ``readings/`` (read again when the scale's
     reading sizes differ from the cached ones)."""
     from sharpscope.curvature import Objective, hutchinson
@@ -238,9 +238,9 @@ def reading(run_dir: Path, sc: A3Scale, step: int | None = None) -> Reading:
     cache = run_dir.parent / READINGS / f"{run_dir.name}@{step}.json"
     settings = {"trace_matvecs": sc.trace_matvecs, "paired_probes": sc.paired_probes, "lanczos_iter": sc.lanczos_iter}
     if cache.is_file():
-        stored = dict(jsonsafe.loads(cache.read_text(encoding="utf-8")))
-        if stored.get("settings") == settings:
-            return Reading.from_dict(stored)
+        cached = ModelReading.from_dict(jsonsafe.loads(cache.read_text(encoding="utf-8")))
+        if cached.settings == settings:
+            return cached
     cfg = TrainConfig.from_dict(run.read_config())
     model, spec = build_model(cfg, torch.device("cpu"), torch.float32)
     where = load_initial_weights(str(kept[step]), model, spec)
@@ -256,7 +256,7 @@ def reading(run_dir: Path, sc: A3Scale, step: int | None = None) -> Reading:
     rec = tracker.measure(step, model)
     objective = Objective(model, get_loss("ce"), (clean.x, clean.y), batch_size=500)
     paired = hutchinson(RUN_DEFAULTS.hessian(objective), sc.paired_probes, seed=0)
-    out = Reading(run=run_dir.name, step=step, checkpoint=where, train_loss=as_number(rec.train_loss),
+    out = ModelReading(run=run_dir.name, step=step, checkpoint=where, train_loss=as_number(rec.train_loss),
                   train_acc=rec.train_acc, test_acc=rec.test_acc, test_correct=rec.test_correct,
                   trace=as_number(rec.trace_estimate), trace_stderr=as_number(rec.trace_stderr),
                   lambda_max=as_number(rec.lambda_max), jacobian_trace=as_number(rec.sharpness_value("jacobian")),
@@ -291,7 +291,8 @@ def matched_pair(out: Path, arm: str, m: int, sc: A3Scale) -> Pair:
     else:
         sa = reading(sa_dir, sc, sa_step_at(sa_dir, other.train_loss))
         how = "SA read at its checkpoint closest to the arm's final loss"
-    return Pair(sa, other, how, status, other.train_loss / sa.train_loss if sa.train_loss > 0 else math.nan)
+    return Pair(sa, other, matched=how, status=status,
+                loss_ratio=other.train_loss / sa.train_loss if sa.train_loss > 0 else math.nan)
 
 
 def _rms(values: Sequence[float]) -> float:
@@ -367,32 +368,31 @@ def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
     if not ms:
         return {"A3": {"verdict": verdicts.NOT_RUN, "reason": "no minimizer has all its arms"}}
     minimizers = {m: reading(out / stage("finetune", m), sc) for m in ms}
-    comparisons: dict[str, dict[str, PairedComparison]] = {}
-    stored: dict[str, Any] = {}
+    comparisons: dict[str, Contrast] = {}
     for arm in ("rs", *CONTROLS):
         pairs = [matched_pair(out, arm, m, sc) for m in ms]
-        comparisons[arm] = {q: compare(pairs, q, better=better, what=f"{label} SA − {arm}")
-                            for q, (better, label) in COMPARED.items()}
-        stored[arm] = {"pairs": [p.to_dict() for p in pairs], **stored_comparisons(comparisons[arm])}
-    return {"minimizers": {str(m): r.to_dict(brief=True) for m, r in minimizers.items()}, "comparisons": stored,
-            "A3": a3_verdict(comparisons, len(ms))}
+        comparisons[arm] = Contrast(pairs=pairs, judged={q: compare(pairs, q, better=better, what=f"{label} SA − {arm}")
+                                                         for q, (better, label) in COMPARED.items()})
+    return {**A3Results(minimizers, comparisons).to_dict(), "A3": a3_verdict(comparisons, len(ms))}
 
 
 def rejudge(results: Mapping[str, Any]) -> dict[str, Any]:
     """A3 judged again from a stored study summary's ``results`` (:func:`evaluate`'s): every comparison from its
     stored per-minimizer differences and estimator error (:func:`rejudged`), then :func:`a3_verdict`. The readings
     themselves are not repeated."""
-    comparisons = {arm: {q: rejudged(PairedComparison.from_dict(cmp[q]), better=better, what=f"{label} SA − {arm}")
-                         for q, (better, label) in COMPARED.items()}
-                   for arm, cmp in (results.get("comparisons") or {}).items()}
-    if not comparisons:  # not run: nothing to judge again
+    if not results.get("comparisons"):  # not run: nothing to judge again
         return {"A3": dict(results.get("A3") or {})}
-    return {"comparisons": {arm: stored_comparisons(c) for arm, c in comparisons.items()},
-            "A3": a3_verdict(comparisons, int(results["A3"]["minimizers"]))}
+    stored = A3Results.from_dict(results)
+    comparisons = {arm: Contrast(judged={q: rejudged(c.judged[q], better=better, what=f"{label} SA − {arm}")
+                                         for q, (better, label) in COMPARED.items()})
+                   for arm, c in stored.comparisons.items()}
+    return {"comparisons": {arm: c.to_dict() for arm, c in comparisons.items()},
+            "A3": a3_verdict(comparisons, len(stored.minimizers))}
 
 
-def _parts(cmp: Mapping[str, PairedComparison]) -> Verdict:
-    return verdicts.combine({"tr(H)": comparison_verdict(cmp["trace_paired"]), "test accuracy": comparison_verdict(cmp["test_acc"])})
+def _parts(cmp: Contrast) -> Verdict:
+    return verdicts.combine({"tr(H)": comparison_verdict(cmp.judged["trace_paired"]),
+                             "test accuracy": comparison_verdict(cmp.judged["test_acc"])})
 
 
 def comparison_verdict(d: PairedComparison) -> Verdict:
@@ -400,7 +400,7 @@ def comparison_verdict(d: PairedComparison) -> Verdict:
     return Verdict(d.verdict, d.reason, d.mde if isinstance(d.mde, float) and math.isfinite(d.mde) else None)
 
 
-def a3_verdict(comparisons: Mapping[str, Mapping[str, PairedComparison]], minimizers: int) -> dict[str, Any]:
+def a3_verdict(comparisons: Mapping[str, Contrast], minimizers: int) -> dict[str, Any]:
     """SA against RS (tr(H) lower and test accuracy higher, at equal loss), counted only if SA also beats
     every control (:func:`~sharpscope.experiments.verdicts.with_controls`)."""
     main = _parts(comparisons["rs"])
@@ -434,9 +434,9 @@ def figures(summary: StudySummary) -> DrawnFigures:
 def caption(summary: StudySummary, design: Mapping[str, Any]) -> str:
     """The caption of :func:`figures`: the minimizers, η, η′ and ρ of ``design``, what each panel draws, the scale
     and the data."""
-    results, info = summary.results, summary.data or {}
-    return (f"A3 at equal training loss, from {results['A3']['minimizers']} bad minimizers (pre-training seeds "
-            f"{', '.join(results['minimizers'])}; every arm from minimizer m uses seed m, so the arms of one "
+    minimizers, info = A3Results.from_dict(summary.results).minimizers, summary.data or {}
+    return (f"A3 at equal training loss, from {len(minimizers)} bad minimizers (pre-training seeds "
+            f"{', '.join(map(str, minimizers))}; every arm from minimizer m uses seed m, so the arms of one "
             f"minimizer see the same batches); η = {design.get('eta')}, η′ = {design.get('lr_perturb')} and "
             f"ρ = {design.get('rho')} for RS and SA. Top: tr(H) (Hutch++, the same probes for every model; error "
             "bars ± one Hutch++ stderr), the exact Jacobian trace and test accuracy (error bars: the 95% "

@@ -26,6 +26,7 @@ stages, so a folder of that study is reused as it is):
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ from sharpscope.experiments.studies.escape_a3 import (
 )
 from sharpscope.experiments.studies.framework import DrawnFigures, Stage, Study
 from sharpscope.experiments.verdicts import Verdict
-from sharpscope.io.readings import Pair, PairedComparison, Reading, stored_comparisons
+from sharpscope.io.readings import A4Results, Contrast, ModelReading, Pair, PairedComparison
 from sharpscope.io.studysummary import StudySummary
 from sharpscope.track import RunDirectory, TrainConfig
 
@@ -124,7 +125,7 @@ def detectable(scale: str) -> list[dict[str, Any]]:
                  for form in FORMS])
 
 
-def _pairs(small: Sequence[Reading], large: Sequence[Reading]) -> list[Pair]:
+def _pairs(small: Sequence[ModelReading], large: Sequence[ModelReading]) -> list[Pair]:
     return [Pair(a, b) for a, b in zip(small, large, strict=True)]
 
 
@@ -140,21 +141,17 @@ def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
     if len(ms) < 2:
         return {"A4": {"verdict": verdicts.NOT_RUN, "reason": "fewer than 2 minimizers have all their arms"}}
     reads = {f: {b: [reading(out / arm(b, f, m, full), sc) for m in ms] for b in bs} for f in FORMS}
-    comparisons: dict[str, Any] = {}
+    comparisons: dict[str, dict[str, Contrast]] = {f: {} for f in FORMS}
     for f in FORMS:
-        comparisons[f] = {}
         for a, b in ((one, mid), (mid, full), (one, full)):
             pairs = _pairs(reads[f][a], reads[f][b])
-            comparisons[f][f"{a}-{b}"] = {**stored_comparisons(_judged(_comparing(pairs), a, b, bs, f)),
-                                          "train_loss": [p.sa.train_loss - p.arm.train_loss for p in pairs]}
+            comparisons[f][f"{a}-{b}"] = Contrast(judged=_judged(_comparing(pairs), a, b, bs, f),
+                                                  train_loss=[p.sa.train_loss - p.arm.train_loss for p in pairs])
     start = [reading(out / stage("finetune", m), sc) for m in ms]
     gone = {f: left(reads[f], start) for f in FORMS}
-    results: dict[str, Any] = {
-        "batches": list(bs), "minimizers": ms, "start": [r.to_dict(brief=True) for r in start],
-        "readings": {f: {str(b): [r.to_dict(brief=True) for r in reads[f][b]] for b in bs} for f in FORMS},
-        "comparisons": comparisons,
-        "at_equal_loss": {f: at_equal_loss(out, sc, ms, reads[f], gone[f], bs, f) for f in FORMS}}
-    return {**results, "A4": a4_verdict(results)}
+    results = A4Results(list(bs), ms, start, reads, comparisons,
+                        {f: at_equal_loss(out, sc, ms, reads[f], gone[f], bs, f) for f in FORMS})
+    return {**results.to_dict(), "A4": a4_verdict(results)}
 
 
 def _comparing(pairs: Sequence[Pair]) -> Callable[[str, bool, str], PairedComparison]:
@@ -172,27 +169,26 @@ def _judged(judge_one: Callable[[str, bool, str], PairedComparison], a: int, b: 
     return {q: judge_one(q, at_most, f"{label} B = {a} − B = {b}{where} ({form})") for q, label in QUANTITIES.items()}
 
 
-def a4_verdict(results: Mapping[str, Any]) -> dict[str, Any]:
-    """The A4 verdict from the study's stored numbers (:func:`evaluate`'s ``results`` without ``A4``): per form,
+def a4_verdict(results: A4Results) -> dict[str, Any]:
+    """The A4 verdict from the study's numbers (:func:`evaluate`'s ``results`` without ``A4``): per form,
     tr(H), tr(H)/L and the Jacobian trace ordered between batches at the end (:func:`form_verdict` with the runs
     that left their minimizer, :func:`left`) and at equal loss; the headline is tr(H) with ρ and η′ unscaled."""
-    one, mid, full = bs = [int(b) for b in results["batches"]]
+    one, mid, full = bs = results.batches
     parts: dict[str, dict[str, Verdict]] = {}
     for f in FORMS:
-        cmp = results["comparisons"][f]
+        cmp = results.comparisons[f]
         parts[f] = {label: verdicts.combine({
-            f"B = 1 < B = {mid}": _stored_verdict(cmp[f"{one}-{mid}"][q]),
-            f"B = {mid} ≤ B = {full}": _stored_verdict(cmp[f"{mid}-{full}"][q])}) for q, label in QUANTITIES.items()}
-    start = [Reading.from_dict(r) for r in results["start"]]
-    gone = {f: left({int(b): [Reading.from_dict(r) for r in rs] for b, rs in results["readings"][f].items()}, start)
-            for f in FORMS}
+            f"B = 1 < B = {mid}": comparison_verdict(cmp[f"{one}-{mid}"].judged[q]),
+            f"B = {mid} ≤ B = {full}": comparison_verdict(cmp[f"{mid}-{full}"].judged[q])})
+            for q, label in QUANTITIES.items()}
+    gone = {f: left(results.readings[f], results.start) for f in FORMS}
     heads = {f: form_verdict(parts[f]["tr(H)"], gone[f], one) for f in FORMS}
-    equal = {f: equal_loss_verdict(results["at_equal_loss"][f], bs) for f in FORMS}
+    equal = {f: equal_loss_verdict(results.at_equal_loss[f], bs) for f in FORMS}
     head = heads["unscaled"]
     return {"criterion": f"at each run's end, tr(H) of B = 1 − B = {mid} below 0 and of B = {mid} − B = {full} "
                          "at most 0 (95% intervals over the bad minimizers, with the paired-probe error), "
                          "with ρ and η′ unscaled; the scaled form, tr(H)/L and the Jacobian trace beside it",
-            "minimizers": len(results["minimizers"]), "verdict": head.label, "mde": head.mde,
+            "minimizers": len(results.minimizers), "verdict": head.label, "mde": head.mde,
             "reason": f"ρ and η′ unscaled: {head.text()} | scaled by √(B/{full}): {heads['scaled'].text()}",
             "at_equal_loss": {f: v.to_json() for f, v in equal.items()},
             "scaled": heads["scaled"].to_json(), "left_minimizer": {f: {str(b): v for b, v in g.items()}
@@ -207,65 +203,61 @@ def rejudge(results: Mapping[str, Any]) -> dict[str, Any]:
     are not repeated."""
     if not results.get("readings"):  # not run: nothing to judge again
         return {"A4": dict(results.get("A4") or {})}
-    bs = [int(b) for b in results["batches"]]
+    stored = A4Results.from_dict(results)
 
-    def again(stored: Mapping[str, Any], key: str, form: str, equal: bool) -> dict[str, Any]:
-        """The stored comparison ``key`` (``"<a>-<b>"``: B = a − B = b) judged again."""
-        if "skipped" in stored:
-            return dict(stored)
+    def again(c: Contrast, key: str, form: str, equal: bool) -> Contrast:
+        """The stored contrast ``key`` (``"<a>-<b>"``: B = a − B = b) judged again."""
+        if c.skipped is not None:
+            return c
         a, b = (int(x) for x in key.split("-"))
-        judged = _judged(lambda q, at_most, what: rejudged(PairedComparison.from_dict(stored[q]), better="lower",
-                                                           what=what, at_most=at_most), a, b, bs, form, equal)
-        return {**stored, **stored_comparisons(judged)}
+        return replace(c, judged=_judged(
+            lambda q, at_most, what: rejudged(c.judged[q], better="lower", what=what, at_most=at_most),
+            a, b, stored.batches, form, equal))
 
-    comparisons = {f: {key: again(c, key, f, False) for key, c in cmp.items()}
-                   for f, cmp in results["comparisons"].items()}
-    equal = {f: {key: again(c, key, f, True) for key, c in cmp.items()} for f, cmp in results["at_equal_loss"].items()}
-    new = {**results, "comparisons": comparisons, "at_equal_loss": equal}
-    return {"comparisons": comparisons, "at_equal_loss": equal, "A4": a4_verdict(new)}
+    new = replace(stored, comparisons={f: {key: again(c, key, f, False) for key, c in cmp.items()}
+                                       for f, cmp in stored.comparisons.items()},
+                  at_equal_loss={f: {key: again(c, key, f, True) for key, c in cmp.items()}
+                                 for f, cmp in stored.at_equal_loss.items()})
+    written = new.to_dict()
+    return {"comparisons": written["comparisons"], "at_equal_loss": written["at_equal_loss"], "A4": a4_verdict(new)}
 
 
-def at_equal_loss(out: Path, sc: escape_a3.A3Scale, ms: Sequence[int], reads: Mapping[int, Sequence[Reading]],
-                  gone: Mapping[int, Sequence[int]], bs: Sequence[int], form: str) -> dict[str, Any]:
+def at_equal_loss(out: Path, sc: escape_a3.A3Scale, ms: Sequence[int],
+                  reads: Mapping[int, Sequence[ModelReading]], gone: Mapping[int, Sequence[int]], bs: Sequence[int],
+                  form: str) -> dict[str, Contrast]:
     """Each smaller batch's end against SA at the main batch where that run's loss is nearest (its kept
     checkpoints, :func:`~sharpscope.experiments.studies.escape_a3.sa_step_at`): B = 1 below it and B₁ at most
     it, in tr(H), tr(H)/L and the Jacobian trace (judged by :func:`equal_loss_verdict`). A batch whose runs left
     the minimizer (:func:`left`) is not matched: SA at the main batch never reaches such a loss."""
     one, mid, full = bs
-    out_cmp: dict[str, Any] = {}
+    out_cmp: dict[str, Contrast] = {}
     for b in (one, mid):
         key = f"{b}-{full}"
         if b in gone:
-            out_cmp[key] = {"skipped": f"B = {b} left the bad minimizer"}
+            out_cmp[key] = Contrast(skipped=f"B = {b} left the bad minimizer")
             continue
         steps = [sa_step_at(out / stage("sa", m), r.train_loss) for m, r in zip(ms, reads[b], strict=True)]
         pairs = _pairs(reads[b], [reading(out / stage("sa", m), sc, step) for m, step in zip(ms, steps, strict=True)])
-        out_cmp[key] = {**stored_comparisons(_judged(_comparing(pairs), b, full, bs, form, True)), "steps": steps,
-                        "loss_ratio": [p.sa.train_loss / p.arm.train_loss for p in pairs]}
+        out_cmp[key] = Contrast(judged=_judged(_comparing(pairs), b, full, bs, form, True), steps=steps,
+                                loss_ratio=[p.sa.train_loss / p.arm.train_loss for p in pairs])
     return out_cmp
 
 
-def equal_loss_verdict(compared: Mapping[str, Any], bs: Sequence[int]) -> Verdict:
+def equal_loss_verdict(compared: Mapping[str, Contrast], bs: Sequence[int]) -> Verdict:
     """B = 1 below the main batch and B₁ at most it at equal loss (:func:`at_equal_loss`'s comparisons, tr(H) from
     the shared probes); a batch that left the minimizer is not testable."""
     one, mid, full = bs
     parts: dict[str, Verdict] = {}
     for b in (one, mid):
         cmp = compared[f"{b}-{full}"]
-        if "skipped" in cmp:
-            parts[f"B = {b} vs B = {full}"] = Verdict(verdicts.NOT_TESTABLE, cmp["skipped"])
+        if cmp.skipped is not None:
+            parts[f"B = {b} vs B = {full}"] = Verdict(verdicts.NOT_TESTABLE, cmp.skipped)
         else:
-            parts[f"B = {b} {'<' if b == one else '≤'} B = {full}"] = _stored_verdict(cmp["trace_paired"])
+            parts[f"B = {b} {'<' if b == one else '≤'} B = {full}"] = comparison_verdict(cmp.judged["trace_paired"])
     return verdicts.combine(parts)
 
 
-def _stored_verdict(stored: Mapping[str, Any]) -> Verdict:
-    """The :class:`Verdict` a stored comparison holds
-    (:func:`~sharpscope.experiments.studies.escape_a3.comparison_verdict`)."""
-    return comparison_verdict(PairedComparison.from_dict(stored))
-
-
-def left(reads: Mapping[int, Sequence[Reading]], start: Sequence[Reading]) -> dict[int, list[int]]:
+def left(reads: Mapping[int, Sequence[ModelReading]], start: Sequence[ModelReading]) -> dict[int, list[int]]:
     """Per batch B with any, the positions of the minimizers whose run at B ended with a training loss above
     :data:`LEFT_FACTOR` times the minimizer's (``start``, in the same order)."""
     out = {b: [j for j, (r, s) in enumerate(zip(rs, start, strict=True))
@@ -295,11 +287,11 @@ def figures(summary: StudySummary) -> DrawnFigures:
 def caption(summary: StudySummary, design: Mapping[str, Any]) -> str:
     """The caption of :func:`figures`: the minimizers, batches, ρ, η′, steps and η of ``design``, what each panel
     draws and the scale."""
-    results = summary.results
-    return (f"A4 from {len(results['minimizers'])} bad minimizers of escape-a3 (seeds "
-            f"{', '.join(map(str, results['minimizers']))}): SA with perturbation batch B ∈ "
-            f"{{{', '.join(map(str, results['batches']))}}} at ρ = {design.get('rho')} and η′ = "
-            f"{design.get('lr_perturb')} unscaled (solid) and scaled by √(B/{results['batches'][-1]}) (dashed), "
+    results = A4Results.from_dict(summary.results)
+    return (f"A4 from {len(results.minimizers)} bad minimizers of escape-a3 (seeds "
+            f"{', '.join(map(str, results.minimizers))}): SA with perturbation batch B ∈ "
+            f"{{{', '.join(map(str, results.batches))}}} at ρ = {design.get('rho')} and η′ = "
+            f"{design.get('lr_perturb')} unscaled (solid) and scaled by √(B/{results.batches[-1]}) (dashed), "
             f"{(design.get('sizes') or {}).get('steps')} steps at η = {design.get('eta')}; each run read at its "
             "end with the probes every model shares. Left: tr(H) (Hutch++); middle: tr(H)/L (the loss scale of "
             "cross entropy removed; log scale); right: the training loss (log scale). One colour per minimizer. Scale "
