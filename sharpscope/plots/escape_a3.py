@@ -21,7 +21,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from sharpscope.io.readings import Pair, PairedComparison, Reading
-from sharpscope.io.series import as_float
+from sharpscope.io.records import as_number
 from sharpscope.plots.intervals import wilson_interval
 from sharpscope.plots.style import color, label_axes, legend, new_figure
 
@@ -35,10 +35,10 @@ def _error(reading: Reading, quantity: str) -> tuple[float, float]:
     """One reading's error bar below and above it: ± the Hutch++ stderr of tr(H); the 95% Wilson interval of
     test accuracy (in points); none for the exact Jacobian trace."""
     if quantity == "trace":
-        se = as_float(reading.trace_stderr)
+        se = as_number(reading.trace_stderr)
         return se, se
     if quantity == "test_acc":
-        p, n = as_float(reading.test_acc), reading.test_examples or 0
+        p, n = as_number(reading.test_acc), reading.test_examples or 0
         if not (n and 0 <= p <= 1):
             return math.nan, math.nan
         low, high = wilson_interval(p, n)
@@ -60,13 +60,13 @@ def a3_data(results: Mapping[str, Any]) -> dict[str, Any]:
         for arm in arms:
             pairs = [Pair.from_dict(p) for p in comparisons[arm]["pairs"]]
             plotted["readings"][quantity][arm] = [
-                {"minimizer": j, "who": who, "value": scale * as_float(getattr(r, quantity)),
-                 "error": list(_error(r, quantity)), "loss": as_float(r.train_loss)}
+                {"minimizer": j, "who": who, "value": scale * as_number(getattr(r, quantity)),
+                 "error": list(_error(r, quantity)), "loss": as_number(r.train_loss)}
                 for j, pair in enumerate(pairs) for who, r in (("SA", pair.sa), (NAMES[arm], pair.arm))]
             cmp = PairedComparison.from_dict(comparisons[arm][DIFFERENCE.get(quantity, quantity)])
             plotted["differences"][quantity][arm] = {
-                "per_minimizer": [scale * as_float(v) for v in cmp.per_minimizer],
-                "difference": scale * as_float(cmp.difference), "interval": [scale * as_float(v) for v in cmp.interval],
+                "per_minimizer": [scale * as_number(v) for v in cmp.per_minimizer],
+                "difference": scale * as_number(cmp.difference), "interval": [scale * as_number(v) for v in cmp.interval],
                 "verdict": cmp.verdict}
     return plotted
 
@@ -84,16 +84,16 @@ def draw_a3(data: Mapping[str, Any]) -> Figure:
                 j = int(sa["minimizer"])
                 xs = [i + (k - 0.5) * 0.35 + (j - 1) * 0.06 for k in range(len(MARKERS))]
                 # one minimizer: SA and the arm, paired
-                top.plot(xs, [as_float(sa["value"]), as_float(other["value"])], color="0.7", lw=0.7)
+                top.plot(xs, [as_number(sa["value"]), as_number(other["value"])], color="0.7", lw=0.7)
                 for k, (row, marker) in enumerate(zip((sa, other), MARKERS, strict=True)):
-                    err = [as_float(e) for e in row["error"]]
-                    top.errorbar([xs[k]], [as_float(row["value"])],
+                    err = [as_number(e) for e in row["error"]]
+                    top.errorbar([xs[k]], [as_number(row["value"])],
                                  yerr=[[err[0]], [err[1]]] if all(map(math.isfinite, err)) else None, fmt=marker,
                                  color=color(0 if k == 0 else i + 1), ms=4, capsize=2,
                                  label=row["who"] if (j == 0 and (k == 1 or i == 0)) else None)
             diff = data["differences"][quantity][arm]
-            per = [as_float(v) for v in diff["per_minimizer"]]
-            est, (lo, hi) = as_float(diff["difference"]), (as_float(v) for v in diff["interval"])
+            per = [as_number(v) for v in diff["per_minimizer"]]
+            est, (lo, hi) = as_number(diff["difference"]), (as_number(v) for v in diff["interval"])
             dots = bottom.scatter([i + (j - 1) * 0.08 for j in range(len(per))], per, color=color(i + 1), s=12,
                                   alpha=0.7)
             dots.set_gid("per_minimizer")
