@@ -96,7 +96,8 @@ def test_the_trace_estimator_error_widens_the_interval(tmp_path: Path) -> None:
     for stderr, verdict in ((None, "holds"), (3.0, "inconclusive")):
         root = tmp_path / str(stderr)
         groups = ec.arms({**arm(root, "x", [5.0, 5.2, 4.8], stderr), **arm(root, "y", [10.0, 10.5, 9.5], stderr)})
-        a, b = (ec.arm_summary(groups[k]) for k in ("x", "y"))
+        runs = ec.arm_series(groups)
+        a, b = (ec.arm_summary(runs[k]) for k in ("x", "y"))
         cmp = ec.trace_comparison(a.end, b.end)
         assert cmp.verdict.label == verdict
         assert cmp.estimator_se == pytest.approx(0.0 if stderr is None else math.hypot(3.0, 3.0))
@@ -118,8 +119,8 @@ def test_matched_loss_reads_each_arm_at_equal_training_loss(tmp_path: Path) -> N
                                losses=[0.1 ** (j / 2) for j in range(5)]) for i in range(3)}
     slow = {f"slow-s{i}": _run(tmp_path, f"slow-s{i}", [curve(0.1 ** (j / 4)) for j in range(5)], [0.3] * 5,
                                losses=[0.1 ** (j / 4) for j in range(5)]) for i in range(3)}
-    groups = ec.arms({**fast, **slow})
-    matched = ec.at_matched_loss(groups)
+    runs = ec.arm_series(ec.arms({**fast, **slow}))
+    matched = ec.at_matched_loss(runs)
     assert matched.levels and matched.compares("fast", "slow") and not matched.compares("fast", "other")
     for i, level in enumerate(matched.levels):
         for arm in ("fast", "slow"):
@@ -127,7 +128,7 @@ def test_matched_loss_reads_each_arm_at_equal_training_loss(tmp_path: Path) -> N
         assert matched.lowest("fast", "trace") is matched.arms["fast"]["trace"][-1]
     stored = jsonsafe.dumps(matched.to_dict())  # NaN stderrs (none recorded): compared as stored
     assert jsonsafe.dumps(ec.MatchedLoss.from_dict(jsonsafe.loads(stored)).to_dict()) == stored
-    ends = {a: ec.arm_summary(p).end["trace"].mean for a, p in groups.items()}
+    ends = {a: ec.arm_summary(ss).end["trace"].mean for a, ss in runs.items()}
     assert ends["fast"] > ends["slow"] + 10
 
 
@@ -141,14 +142,23 @@ def test_best_setting_prefers_runs_that_kept_their_accuracy(tmp_path: Path) -> N
     assert best["rho"] == 0.1 and best["lr_perturb"] == 0.01 and best["kept_train_acc"]
 
 
-def test_label_noise_criterion(tmp_path: Path) -> None:
+def test_label_noise_criterion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """ρ_s after step 0 from runs where the trace falls as the accuracy rises; the noiseless control keeps a
-    higher trace."""
+    higher trace. Each run's measurements are read once."""
     noisy = {f"label-noise-s{i}": _run(tmp_path, f"label-noise-s{i}", [30, 25 - i, 20, 15, 10, 8 + i * 0.1],
                                        [0.3, 0.31, 0.33, 0.35, 0.37, 0.40]) for i in range(3)}
     quiet = {f"noiseless-s{i}": _run(tmp_path, f"noiseless-s{i}", [30, 30, 29, 30, 31, 30 + i],
                                      [0.3, 0.3, 0.3, 0.3, 0.3, 0.3]) for i in range(3)}
+    reads: list[str] = []
+    read = ec.read_measurements
+
+    def counted(path: Path) -> list:
+        reads.append(path.name)
+        return read(path)
+
+    monkeypatch.setattr(ec, "read_measurements", counted)
     res = ec.label_noise_results({**noisy, **quiet})["G6"]
+    assert sorted(reads) == sorted([*noisy, *quiet])
     assert all(p["after_step_0"]["rho"] == pytest.approx(-1.0) for p in res["spearman_per_seed"])
     assert res["verdict"] == "holds"
     assert math.isfinite(res["spearman_after_step_0"]["mean"])
@@ -175,12 +185,12 @@ def test_run_numbers_are_the_first_and_last_finite_readings(tmp_path: Path) -> N
     assert s.column("trace") == [20.0, 8.0, 6.0] and s.step == [0.0, 10.0, 20.0] and s.test_examples == 2000
     with pytest.raises(KeyError):
         s.column("status")
-    nums = ec.run_numbers(path)
+    nums = ec.run_numbers(s)
     assert (nums.status, nums.measurements, nums.test_examples, nums.min_train_acc) == ("completed", 3, 2000, 1.0)
     assert (nums.start.trace, nums.end.trace, nums.end.loss, nums.end.test_acc) == (20.0, 6.0, 0.25, 0.5)
     assert nums.start.trace_over_loss == 40.0 and nums.end.trace_over_loss == 24.0
     assert nums.end.value("trace_over_loss") == 24.0 and math.isnan(nums.end.trace_over_loss_stderr)
-    summary = ec.arm_summary([path])
+    summary = ec.arm_summary([s])
     assert summary.end["trace_over_loss"].values == [24.0] and summary.start["trace"].values == [20.0]
     assert (summary.seeds, summary.status, summary.min_train_acc, summary.test_examples) == (1, ["completed"], 1.0, 2000)
     assert summary.test_acc_stderr == pytest.approx(math.sqrt(0.5 * 0.5 / 2000), rel=1e-12)
@@ -191,7 +201,7 @@ def test_run_numbers_are_the_first_and_last_finite_readings(tmp_path: Path) -> N
     again = ec.ArmSummary.from_dict(jsonsafe.loads(jsonsafe.dumps(stored)))
     assert jsonsafe.dumps(again.to_dict()) == jsonsafe.dumps(stored)
     (path / "metrics.jsonl").write_text("")
-    empty = ec.run_numbers(path)
+    empty = ec.run_numbers(ec.series(path))
     assert empty.measurements == 0 and empty.test_examples is None and math.isnan(empty.end.value("trace"))
 
 
@@ -200,9 +210,9 @@ def test_a_matched_loss_reading_read_back_from_json_gives_the_same_comparison(tm
     JSON, which is what the study stores, its numbers those of the typed comparison."""
     dirs = {**_arm(tmp_path, "best-sa", [5.0, 5.2, 4.8], [0.50, 0.51, 0.49]),
             **_arm(tmp_path, "best-rs", [10.0, 10.5, 9.5], [0.40, 0.41, 0.39])}
-    groups = ec.arms(dirs)
-    a, b = (ec.arm_summary(groups[k]) for k in ("best-sa", "best-rs"))
-    matched = ec.at_matched_loss(groups)
+    runs = ec.arm_series(ec.arms(dirs))
+    a, b = (ec.arm_summary(runs[k]) for k in ("best-sa", "best-rs"))
+    matched = ec.at_matched_loss(runs)
     stored = ec.escape_results(dirs)["A3"]["matched_loss"]
     assert jsonsafe.dumps(stored) == jsonsafe.dumps(matched.to_dict())
     again = ec.MatchedLoss.from_dict(jsonsafe.loads(jsonsafe.dumps(stored)))

@@ -143,10 +143,14 @@ def _last_finite(values: Sequence[float]) -> float:
     return next((v for v in reversed(values) if math.isfinite(v)), math.nan)
 
 
-def run_numbers(path: Path) -> RunNumbers:
-    """Start and end of one run: tr(H), λ_max, λ_1/λ_5, test and train accuracy, loss, tr(H)/L, and the
+def arm_series(groups: Mapping[str, Sequence[Path]]) -> dict[str, list[RunSeries]]:
+    """Each arm's runs read once (:func:`series`), in the order of their directories."""
+    return {arm: [series(p) for p in paths] for arm, paths in groups.items()}
+
+
+def run_numbers(s: RunSeries) -> RunNumbers:
+    """Start and end of one run's series: tr(H), λ_max, λ_1/λ_5, test and train accuracy, loss, tr(H)/L, and the
     minimum train accuracy."""
-    s = series(path)
     if not s.step:
         return RunNumbers(s.status)
     finite_train = [a for a in s.train_acc if math.isfinite(a)]
@@ -191,9 +195,10 @@ class ArmSummary:
                    stored.get("test_examples"))
 
 
-def arm_summary(paths: Sequence[Path]) -> ArmSummary:
-    """Per-seed end values of an arm and their mean ± std; the test accuracy's binomial standard error."""
-    runs = [run_numbers(p) for p in paths]
+def arm_summary(seeds: Sequence[RunSeries]) -> ArmSummary:
+    """Per-seed end values of an arm (its runs' series) and their mean ± std; the test accuracy's binomial
+    standard error."""
+    runs = [run_numbers(s) for s in seeds]
     end = {q: evidence.seed_stats([r.end.value(q) for r in runs]) for q in SUMMARISED}
     n = next((r.test_examples for r in runs if r.test_examples), None)
     acc = end["test_acc"].mean
@@ -233,11 +238,11 @@ class MatchedLoss:
                                                       for a, qs in (stored.get("arms") or {}).items()})
 
 
-def at_matched_loss(groups: Mapping[str, Sequence[Path]], num: int = 4,
+def at_matched_loss(runs: Mapping[str, Sequence[RunSeries]], num: int = 4,
                     quantities: Sequence[str] = ("trace", "test_acc", "lambda_max")) -> MatchedLoss:
     """``quantities`` of each arm (per level: mean ± std over seeds) at training-loss levels every run of
-    ``groups`` reaches; with ``trace``, also the trace estimator's standard error read the same way."""
-    runs = {arm: [series(p) for p in paths] for arm, paths in groups.items()}
+    ``runs`` (each arm's series) reaches; with ``trace``, also the trace estimator's standard error read the same
+    way."""
     levels = evidence.common_loss_levels([s.loss for ss in runs.values() for s in ss], num=num)
     wanted = list(quantities) + (["trace_stderr"] if "trace" in quantities else [])
     out = MatchedLoss(levels, {})
@@ -327,7 +332,7 @@ def best_setting(out_dir: Path, names: Sequence[str]) -> dict[str, Any] | None:
         path = out_dir / name
         if not (path / "summary.json").is_file():
             continue
-        nums = run_numbers(path)
+        nums = run_numbers(series(path))
         score = nums.end.trace
         if nums.status != "completed" or not math.isfinite(score):
             continue
@@ -437,12 +442,13 @@ def escape_verdicts(summaries: Mapping[str, ArmSummary], matched: MatchedLoss | 
 def escape_results(dirs: Mapping[str, Path]) -> dict[str, Any]:
     """A1–A4 from the escape study's run directories (:func:`escape_verdicts`)."""
     groups = arms(dirs)
-    summaries = {arm: arm_summary(paths) for arm, paths in groups.items()}
+    runs = arm_series(groups)
+    summaries = {arm: arm_summary(ss) for arm, ss in runs.items()}
     matched = None
     eta: dict[str, float] = {}
     if "best-sa" in groups and "best-rs" in groups:
         compared = [a for a in summaries if a in ("best-sa", "best-rs", "best-sa-rho0", "sgd") or a.startswith("sgd-lr")]
-        matched = at_matched_loss({a: groups[a] for a in compared})
+        matched = at_matched_loss({a: runs[a] for a in compared})
         for arm in ("best-sa", "best-rs"):
             kwargs = RunDirectory(groups[arm][0]).read_config().get("optimizer_kwargs") or {}
             if isinstance(kwargs.get("lr_perturb"), (int, float)):
@@ -487,24 +493,24 @@ def label_noise_results(dirs: Mapping[str, Path]) -> dict[str, Any]:
     after step 0 (the stated rule: step 0 is the minimizer before any noise, so it is left out; the value
     with it is reported beside) and the comparison with noiseless SGD at the same step size."""
     groups = arms(dirs)
-    summaries = {a: arm_summary(p) for a, p in groups.items()}
+    runs = arm_series(groups)
+    summaries = {a: arm_summary(ss) for a, ss in runs.items()}
     out: dict[str, Any] = {"arms": {a: s.to_dict() for a, s in summaries.items()}}
-    if "label-noise" not in groups:
+    if "label-noise" not in runs:
         return out
     per_seed = []
-    for path in groups["label-noise"]:
-        s = series(path)
+    for path, s in zip(groups["label-noise"], runs["label-noise"], strict=True):
         after = evidence.spearman_with_ci(s.trace[1:], s.test_acc[1:])
         per_seed.append({"run": path.name, "after_step_0": after,
                          "with_step_0": evidence.spearman_with_ci(s.trace, s.test_acc)["rho"]})
-    control = [evidence.spearman_with_ci(s.trace[1:], s.test_acc[1:])["rho"]
-               for s in map(series, groups.get("noiseless", []))]
+    control = [evidence.spearman_with_ci(s.trace[1:], s.test_acc[1:])["rho"] for s in runs.get("noiseless", [])]
     rhos = [p["after_step_0"]["rho"] for p in per_seed]
     vs, at_start = None, False
-    if "noiseless" in groups:
-        matched = at_matched_loss({a: groups[a] for a in ("label-noise", "noiseless")})
+    if "noiseless" in runs:
+        compared = {a: runs[a] for a in ("label-noise", "noiseless")}
+        matched = at_matched_loss(compared)
         vs = versus(summaries["label-noise"], summaries["noiseless"], matched, "label-noise", "noiseless")
-        starts = [s.loss[0] for a in ("label-noise", "noiseless") for s in map(series, groups[a]) if s.loss]
+        starts = [s.loss[0] for ss in compared.values() for s in ss if s.loss]
         at_start = bool(matched.levels) and bool(starts) and matched.levels[-1] >= min(starts)
     verdict = label_noise_verdict(per_seed, vs, at_start)
     out["G6"] = {"spearman_per_seed": per_seed, "spearman_after_step_0": evidence.seed_stats(rhos).to_dict(),

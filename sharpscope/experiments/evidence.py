@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from sharpscope.experiments import statistics, verdicts
-from sharpscope.io.series import as_float as _as_float
+from sharpscope.io.records import as_number
 from sharpscope.io.series import common_loss_levels, interpolate_at_loss, spearman_with_ci
 
 __all__ = ["VERDICTS", "Comparison", "binomial_stderr", "common_loss_levels", "compare_seeds", "interpolate_at_loss",
@@ -58,14 +58,14 @@ class SeedStats:
     @classmethod
     def from_dict(cls, stored: Mapping[str, Any]) -> SeedStats:
         """The statistics stored by :meth:`to_dict` (non-numbers read as NaN; missing: no seeds)."""
-        return cls(_as_float(stored.get("mean")), _as_float(stored.get("std")), int(stored.get("n", 0)),
-                   [_as_float(v) for v in stored.get("values", [])])
+        return cls(as_number(stored.get("mean")), as_number(stored.get("std")), int(stored.get("n", 0)),
+                   [as_number(v) for v in stored.get("values", [])])
 
 
 def seed_stats(values: Sequence[float]) -> SeedStats:
     """:class:`SeedStats` of ``values``: non-finite values are ignored by ``mean``, ``std`` and ``n``; ``std``
     is NaN with fewer than two finite values and ``mean`` NaN with none."""
-    all_values = [_as_float(v) for v in values]
+    all_values = [as_number(v) for v in values]
     finite = np.array([v for v in all_values if math.isfinite(v)], dtype=float)
     n = int(finite.size)
     return SeedStats(float(finite.mean()) if n else math.nan, float(finite.std(ddof=1)) if n >= 2 else math.nan, n,

@@ -37,7 +37,6 @@ from sharpscope.experiments.studies import flatness as flatness_study
 from sharpscope.io import jsonsafe
 from sharpscope.io.atomic import atomic_write_bytes
 from sharpscope.io.records import RunSummary, as_number
-from sharpscope.io.series import as_float
 from sharpscope.io.studysummary import StudySummary, read_study_summary
 
 STDERR_NOTE = ("trace estimator stderr: each run's last reading; at matched loss, the same relative error times the "
@@ -186,7 +185,7 @@ def sam_edge(summary: StudySummary) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, r in res.items():
         if "max_lambda_over_2_eta" in r and not name.endswith("rho0"):
-            ratio = as_float(r["max_lambda_over_2_eta"])
+            ratio = as_number(r["max_lambda_over_2_eta"])
             v = verdicts.judge_threshold(ratio < 0.8, met_at_start=ratio < 0.8,
                                          reason=f"max λ = {ratio:.3g}·(2/η)")
             out[f"E5-below-2-eta-{name}"] = {"criterion": "max λ < 0.8·(2/η)", "verdict": v.label, "reason": v.reason}

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -75,11 +76,12 @@ def lookup(record: Mapping[str, Any], key: str) -> Any:
 
 
 def as_number(value: Any) -> float:
-    """A stored value as a float: numbers as floats, the stored non-finite strings decoded, anything else
-    (None, booleans, other strings, containers) NaN."""
+    """A stored or computed value as a float: real numbers (Python's and NumPy's scalars) as floats, the stored
+    non-finite strings ``"NaN"``/``"Infinity"``/``"-Infinity"`` decoded, anything else NaN (None, booleans,
+    other strings, containers, tensors)."""
     if isinstance(value, str):
         return NONFINITE.get(value, math.nan)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return math.nan
     return float(value)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from sharpscope.io.records import SAM_BATCH, RunRecord, is_measurement, record_kind, record_step
+from sharpscope.io.records import SAM_BATCH, RunRecord, as_number, is_measurement, record_kind, record_step
 
 ROLLING_WINDOW = 10  # checkpoints in the rolling median of the mini-batch edge ratios
 
@@ -33,21 +33,13 @@ def sam_batch_pairs(records: Iterable[RunRecord | Mapping[str, Any]]) -> list[tu
     return [(t, full[t], batch[t]) for t in sorted(set(full) & set(batch))]
 
 
-def as_float(x: Any) -> float:
-    """``float(x)``, or NaN when ``x`` is not a number."""
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def _valid_records(losses: Sequence[float], values: Sequence[float]) -> list[tuple[float, float]]:
     """The ``(loss, value)`` pairs in order, without non-finite pairs and non-positive losses."""
     if len(losses) != len(values):
         raise ValueError(f"losses and values differ in length: {len(losses)} != {len(values)}")
     out = []
     for loss, value in zip(losses, values, strict=True):
-        lf, vf = as_float(loss), as_float(value)
+        lf, vf = as_number(loss), as_number(value)
         if math.isfinite(lf) and math.isfinite(vf) and lf > 0:
             out.append((lf, vf))
     return out
@@ -80,7 +72,7 @@ def interpolate_at_loss(losses: Sequence[float], values: Sequence[float], levels
     A level above the first loss, or never reached, gives NaN.
     """
     records = _valid_records(losses, values)
-    return [_at_level(records, as_float(level)) for level in levels]
+    return [_at_level(records, as_number(level)) for level in levels]
 
 
 def common_loss_levels(runs_losses: Sequence[Sequence[float]], num: int = 5) -> list[float]:
@@ -95,7 +87,7 @@ def common_loss_levels(runs_losses: Sequence[Sequence[float]], num: int = 5) -> 
         return []
     lows, highs = [], []
     for losses in runs_losses:
-        usable = [x for x in map(as_float, losses) if math.isfinite(x) and x > 0]
+        usable = [x for x in map(as_number, losses) if math.isfinite(x) and x > 0]
         if not usable:
             return []
         lows.append(min(usable))
@@ -132,8 +124,8 @@ def spearman_with_ci(x: Sequence[float], y: Sequence[float], *, resamples: int =
         raise ValueError(f"level must be in (0, 1), got {level}")
     if len(x) != len(y):
         raise ValueError(f"x and y differ in length: {len(x)} != {len(y)}")
-    xs = np.array([as_float(v) for v in x], dtype=float)
-    ys = np.array([as_float(v) for v in y], dtype=float)
+    xs = np.array([as_number(v) for v in x], dtype=float)
+    ys = np.array([as_number(v) for v in y], dtype=float)
     keep = np.isfinite(xs) & np.isfinite(ys)
     xs, ys = xs[keep], ys[keep]
     n = int(xs.size)

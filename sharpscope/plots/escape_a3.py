@@ -22,7 +22,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from sharpscope.io.readings import A3Results, ModelReading, PairedComparison, StoredRecord
-from sharpscope.io.series import as_float
+from sharpscope.io.records import as_number
 from sharpscope.plots.intervals import wilson_interval
 from sharpscope.plots.style import color, label_axes, legend, new_figure
 
@@ -70,10 +70,10 @@ def _error(reading: ModelReading, quantity: str) -> tuple[float, float]:
     """One reading's error bar below and above it: ± the Hutch++ stderr of tr(H); the 95% Wilson interval of
     test accuracy (in points); none for the exact Jacobian trace."""
     if quantity == "trace":
-        se = as_float(reading.trace_stderr)
+        se = as_number(reading.trace_stderr)
         return se, se
     if quantity == "test_acc":
-        p, n = as_float(reading.test_acc), reading.test_examples or 0
+        p, n = as_number(reading.test_acc), reading.test_examples or 0
         if not (n and 0 <= p <= 1):
             return math.nan, math.nan
         low, high = wilson_interval(p, n)
@@ -87,8 +87,8 @@ def _scale(quantity: str) -> float:
 
 def _difference(cmp: PairedComparison, quantity: str) -> Difference:
     scale = _scale(quantity)
-    return Difference([scale * as_float(v) for v in cmp.per_minimizer], scale * as_float(cmp.difference),
-                      [scale * as_float(v) for v in cmp.interval], cmp.verdict)
+    return Difference([scale * as_number(v) for v in cmp.per_minimizer], scale * as_number(cmp.difference),
+                      [scale * as_number(v) for v in cmp.interval], cmp.verdict)
 
 
 def a3_data(results: Mapping[str, Any]) -> dict[str, Any]:
@@ -97,8 +97,8 @@ def a3_data(results: Mapping[str, Any]) -> dict[str, Any]:
     comparisons = A3Results.from_dict(results).comparisons
     arms = [a for a in NAMES if a in comparisons]
     readings = {quantity: {arm: [
-        MatchedReading(j, who, _scale(quantity) * as_float(getattr(r, quantity)), list(_error(r, quantity)),
-                       as_float(r.train_loss))
+        MatchedReading(j, who, _scale(quantity) * as_number(getattr(r, quantity)), list(_error(r, quantity)),
+                       as_number(r.train_loss))
         for j, pair in enumerate(comparisons[arm].pairs or []) for who, r in (("SA", pair.sa), (NAMES[arm], pair.arm))]
         for arm in arms} for quantity, _ in QUANTITIES}
     differences = {quantity: {arm: _difference(comparisons[arm].judged[DIFFERENCE.get(quantity, quantity)], quantity)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from sharpscope.io.series import as_float
+from sharpscope.io.records import as_number
 from sharpscope.measures.result import measure_value
 from sharpscope.plots.style import color, figure_legend, label_axes, log_axis, new_figure
 
@@ -41,15 +41,15 @@ def population_data(results: Mapping[str, Any]) -> dict[str, Any]:
     plotted: dict[str, Any] = {"figure": "population", "measures": names,
                                "critical": (ranking.get("mde") or {}).get("critical"), "tau": {}}
     for target in TARGETS:
-        plotted["tau"][target] = {"tau": [as_float(rows[n][target]["tau"]) for n in names],
-                                  "low": [as_float(rows[n][target]["interval"][0]) for n in names],
-                                  "high": [as_float(rows[n][target]["interval"][1]) for n in names]}
+        plotted["tau"][target] = {"tau": [as_number(rows[n][target]["tau"]) for n in names],
+                                  "low": [as_number(rows[n][target]["interval"][0]) for n in names],
+                                  "high": [as_number(rows[n][target]["interval"][1]) for n in names]}
     included = [m for m in results["models"] if m.get("reached_stop", True)]  # records without it: all ranked
-    gap = [as_float(m["gap_acc"]) for m in included]
+    gap = [as_number(m["gap_acc"]) for m in included]
     plotted["runs"] = [str(m.get("name", i)) for i, m in enumerate(included)]
     if names:
-        defined = [n for n in names if np.isfinite(as_float(rows[n]["gap"]["tau"]))] or names
-        order = sorted(defined, key=lambda n: as_float(rows[n]["gap"]["tau"]))
+        defined = [n for n in names if np.isfinite(as_number(rows[n]["gap"]["tau"]))] or names
+        order = sorted(defined, key=lambda n: as_number(rows[n]["gap"]["tau"]))
         for name in (order[-1], order[0]):
             values = [measure_value(m["measures"][name], name) for m in included]
             plotted[f"scatter:{name}"] = {"value": values, "gap": gap}
@@ -67,7 +67,7 @@ def draw_population(data: Mapping[str, Any]) -> Figure:
         ax.axvspan(-critical, critical, color="0.85", label=f"|τ| < {critical:.2f}: undetectable")
     for i, target in enumerate(TARGETS):
         row = data["tau"][target]
-        tau, lo, hi = (np.array([as_float(v) for v in row[key]]) for key in ("tau", "low", "high"))
+        tau, lo, hi = (np.array([as_number(v) for v in row[key]]) for key in ("tau", "low", "high"))
         offset = (i - 0.5) * 0.3
         # a percentile interval need not contain the point estimate: drawn as a segment, not as ± errors
         ax.hlines(y + offset, lo, hi, color=color(i), lw=1.2)
@@ -80,11 +80,11 @@ def draw_population(data: Mapping[str, Any]) -> Figure:
     gap_tau = dict(zip(names, data["tau"]["gap"]["tau"]))
     scatters = [key.removeprefix("scatter:") for key in data if key.startswith("scatter:")]
     for panel, name in zip((best_ax, worst_ax), scatters):
-        values = np.array([as_float(v) for v in data[f"scatter:{name}"]["value"]])
-        gap = np.array([as_float(v) for v in data[f"scatter:{name}"]["gap"]])
+        values = np.array([as_number(v) for v in data[f"scatter:{name}"]["value"]])
+        gap = np.array([as_number(v) for v in data[f"scatter:{name}"]["gap"]])
         panel.scatter(values, 100 * gap, s=12, color=color(2))
         if (values > 0).all() and values.max() > 10 * values.min():
             log_axis(panel, "x")
         label_axes(panel, name, "gap (train − test accuracy, points)",
-                   title=f"{name}: τ = {as_float(gap_tau[name]):+.2f}")
+                   title=f"{name}: τ = {as_number(gap_tau[name]):+.2f}")
     return fig

@@ -2,9 +2,12 @@
 
 import json
 import math
+from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from sharpscope.errors import DataError
 from sharpscope.io import jsonsafe
@@ -16,6 +19,7 @@ from sharpscope.io.records import (
     RunSummary,
     SamBatch,
     UpdateReading,
+    as_number,
     is_measurement,
     lookup,
     number_at,
@@ -95,6 +99,22 @@ def test_dotted_keys_read_numbers_and_give_nan_for_anything_else() -> None:
     assert number_at(STORED, "residuals.1") == math.inf
     for key in ("thresholds.rule", "converged", "trace.estimate.x", "missing", "eigenvalues.x", "future_key"):
         assert math.isnan(number_at(STORED, key)), key
+
+
+def test_as_number_reads_real_numbers_and_the_stored_strings_and_nothing_else() -> None:
+    """Python's and NumPy's real scalars read as the float of their value (exact for these), the three stored
+    non-finite strings decoded; booleans (Python's and NumPy's), other strings, None, containers and tensors NaN."""
+    read = [(3, 3.0), (-2.5, -2.5), (Fraction(1, 4), 0.25), (np.float32(0.375), 0.375), (np.float64(-1.5), -1.5),
+            (np.int64(7), 7.0), (np.float16(0.5), 0.5), (math.inf, math.inf), ("Infinity", math.inf),
+            ("-Infinity", -math.inf)]
+    for value, expected in read:
+        got = as_number(value)
+        assert type(got) is float and got == expected, (value, got)
+    assert math.isnan(as_number("NaN")) and math.isnan(as_number(math.nan)) and math.isnan(as_number(np.float32("nan")))
+    refused = [True, False, np.bool_(True), "1.5", "nan", "inf", "", None, [1.0], (1.0,), {"value": 1.0},
+               torch.tensor(1.0), torch.tensor([2.0]), np.array([1.0]), 1 + 2j]
+    for value in refused:
+        assert math.isnan(as_number(value)), value
 
 
 def test_bounded_sharpness_reads_the_sharpness_the_rule_bounds() -> None:

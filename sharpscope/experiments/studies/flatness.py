@@ -173,12 +173,12 @@ def flatness_verdicts(summaries: Mapping[str, arm_criteria.ArmSummary],
 
 def evaluate(dirs: Mapping[str, Path]) -> dict[str, Any]:
     """G1, G3, G4 and G5 from the arms' runs."""
-    groups = arm_criteria.arms(dirs)
-    summaries = {arm: arm_criteria.arm_summary(paths) for arm, paths in groups.items()}
+    runs = arm_criteria.arm_series(arm_criteria.arms(dirs))
+    summaries = {arm: arm_criteria.arm_summary(ss) for arm, ss in runs.items()}
     out: dict[str, Any] = {"arms": {a: s.to_dict() for a, s in summaries.items()}}
     if "sgd" not in summaries or "sam" not in summaries:
         return out
-    matched = arm_criteria.at_matched_loss(groups, quantities=("lambda_max", "trace", "test_acc"))
+    matched = arm_criteria.at_matched_loss(runs, quantities=("lambda_max", "trace", "test_acc"))
     out["matched_loss"] = matched.to_dict()
     return {**out, **flatness_verdicts(summaries, matched)}
 
