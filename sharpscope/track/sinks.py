@@ -79,17 +79,13 @@ def flatten_record(record: AnyRecord) -> dict[str, Any]:
 
 def record_scalars(record: AnyRecord) -> tuple[str, int, dict[str, float]]:
     """``(kind, step, {key: number})`` of a record, for the sinks that store numbers only."""
+    from sharpscope.track.tags import numbers_of
+
     flat = flatten_record(record)
     kind, step = str(flat.pop("kind", "metrics")), flat.pop("step", None)
     if not isinstance(step, int) or isinstance(step, bool):
         raise ConfigError(f"a record needs an integer 'step', got {step!r}")
-    numbers: dict[str, float] = {}
-    for key, value in flat.items():
-        if isinstance(value, (bool, int, float)):
-            numbers[key] = float(value)
-        elif isinstance(value, str) and value in jsonsafe.NONFINITE:
-            numbers[key] = jsonsafe.NONFINITE[value]
-    return kind, step, numbers
+    return kind, step, numbers_of(flat.items())
 
 
 class JSONLSink:
