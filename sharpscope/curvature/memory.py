@@ -25,7 +25,7 @@ import math
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -160,8 +160,7 @@ def resolve_budget(spec: MemoryBudgetSpec, dim: int, dtype: torch.dtype, device:
     budget = _resolve(spec, dim, dtype, device, settle)
     if agree is None or budget.vectors is None:
         return budget
-    return MemoryBudget(agree(budget.vectors), budget.vector_bytes, budget.rule + ", the least over all processes",
-                        budget.explicit)
+    return replace(budget, vectors=agree(budget.vectors), rule=budget.rule + ", the least over all processes")
 
 
 def _resolve(spec: MemoryBudgetSpec, dim: int, dtype: torch.dtype, device: torch.device,

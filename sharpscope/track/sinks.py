@@ -126,7 +126,11 @@ class CSVSink:
         flat = self._row(record)
         new = [k for k in flat if k not in self.columns]
         if new or not self.path.is_file():
-            self._rewrite([*self.columns, *new], flat)
+            rows: list[dict[str, str]] = []
+            if self.path.is_file():
+                with open(self.path, newline="", encoding="utf-8") as f:
+                    rows = list(csv.DictReader(f))
+            self._write([*self.columns, *new], [*rows, flat])
             return
         row = io.StringIO()
         csv.DictWriter(row, self.columns).writerow(flat)
@@ -144,13 +148,6 @@ class CSVSink:
     def _row(record: AnyRecord) -> dict[str, Any]:
         """The flattened record with None as an empty cell."""
         return {k: "" if v is None else v for k, v in flatten_record(record).items()}
-
-    def _rewrite(self, columns: list[str], row: Mapping[str, Any]) -> None:
-        rows: list[dict[str, str]] = []
-        if self.path.is_file():
-            with open(self.path, newline="", encoding="utf-8") as f:
-                rows = list(csv.DictReader(f))
-        self._write(columns, [*rows, row])
 
     def _write(self, columns: list[str], rows: Sequence[Mapping[str, Any]]) -> None:
         """Replace the file (atomically) by a header of ``columns`` (none when empty) and ``rows``."""

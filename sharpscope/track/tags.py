@@ -32,7 +32,7 @@ keep every number under ``kind/key`` (keys flattened by :func:`~sharpscope.track
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from sharpscope.io import jsonsafe
@@ -109,6 +109,12 @@ def _update_curvature(u: UpdateReading) -> dict[str, float]:
                     ("update_curvature/forwards", u.forwards if costed else None)])
 
 
+#: The charts of each typed record.
+_CHARTS: dict[type, Callable[[Any], dict[str, float]]] = {
+    Measurement: _measurement, Alignment: _alignment, SamBatch: _sam_batch, UpdateReading: _update_curvature,
+    Divergence: lambda _: {"diverged": 1.0}}
+
+
 def readable_scalars(record: RunRecord | Mapping[str, Any]) -> dict[str, float]:
     """``{chart name: number}`` of one record, typed or stored (the table in the module docstring).
 
@@ -123,16 +129,8 @@ def readable_scalars(record: RunRecord | Mapping[str, Any]) -> dict[str, float]:
     from sharpscope.track.sinks import record_scalars
 
     typed = typed_record(record)
-    if isinstance(typed, Measurement):
-        return _measurement(typed)
-    if isinstance(typed, Alignment):
-        return _alignment(typed)
-    if isinstance(typed, SamBatch):
-        return _sam_batch(typed)
-    if isinstance(typed, UpdateReading):
-        return _update_curvature(typed)
-    if isinstance(typed, Divergence):
-        return {"diverged": 1.0}
+    if typed is not None:
+        return _CHARTS[type(typed)](typed)
     kind, _, numbers = record_scalars(record)
     return {f"{kind}/{key}": value for key, value in numbers.items()}
 

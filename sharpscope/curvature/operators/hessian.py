@@ -285,10 +285,8 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
                     stop = min(start + self.block_size, rows.shape[0])
                     block = rows[start:stop].to(native)
                     try:
-                        if fn is None:
-                            out[start:stop] += w * apply_graph(self.objective, self._graphs[index], block, keep=True)
-                        else:
-                            out[start:stop] += w * fn(self.objective, params, batch, block)
+                        out[start:stop] += w * (fn(self.objective, params, batch, block) if fn is not None else
+                                                apply_graph(self.objective, self._graphs[index], block, keep=True))
                     except torch.OutOfMemoryError:
                         if stop - start == 1:
                             raise ObjectiveError(
