@@ -142,6 +142,8 @@ class RunDirectory:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).expanduser()
+        self.config_path, self.metrics_path = self.path / CONFIG, self.path / METRICS
+        self.summary_path, self.checkpoint_dir = self.path / SUMMARY, self.path / CHECKPOINTS
         self._keys: set[tuple[str, int]] | None = None
         self._last = ""  # the digest of the last record line (recordlines), once the keys are read
         self._unchecked = False  # the file holds format-0 records (no checksums)
@@ -161,27 +163,6 @@ class RunDirectory:
     def _note(self, line: str) -> None:
         self.notes.append(line)
         _log.warning(line)
-
-    # ----------------------------------------------------------------------------- paths
-    @property
-    def config_path(self) -> Path:
-        """``config.json``."""
-        return self.path / CONFIG
-
-    @property
-    def metrics_path(self) -> Path:
-        """``metrics.jsonl``."""
-        return self.path / METRICS
-
-    @property
-    def summary_path(self) -> Path:
-        """``summary.json``."""
-        return self.path / SUMMARY
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        """The folder of the checkpoints."""
-        return self.path / CHECKPOINTS
 
     # ------------------------------------------------------------------------ life cycle
     @contextlib.contextmanager
@@ -289,7 +270,6 @@ class RunDirectory:
                 (self.path / name).unlink()
         remove_entry(self.checkpoint_dir)  # a link is unlinked, never followed
         self._remove_temporaries()
-        self._keys, self._last, self._unchecked, self._torn = set(), "", False, False
 
     def read_config(self) -> dict[str, Any]:
         """The stored ``config.json`` migrated to the current format (:func:`sharpscope.io.migrations.migrate_config`:
@@ -371,10 +351,7 @@ class RunDirectory:
 
     def find_metric(self, kind: str, step: int) -> dict[str, Any] | None:
         """The stored record ``(kind, step)``, or None (reads the file)."""
-        for rec in self.read_metrics(torn_ok=True):
-            if record_key(rec) == (kind, step):
-                return rec
-        return None
+        return next((rec for rec in self.read_metrics(torn_ok=True) if record_key(rec) == (kind, step)), None)
 
     def append_metric(self, record: RunRecord | Mapping[str, Any]) -> bool:
         """Append one record (a typed record of :mod:`sharpscope.io.records`, stored as its ``to_json()``, or a
