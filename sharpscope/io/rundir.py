@@ -456,8 +456,7 @@ class RunDirectory:
             self._note(f"{self.metrics_path} lacks {len(missing)} record(s) ({shown}); replaying from "
                        + (f"the checkpoint at step {chosen[0]}" if chosen is not None else "the start")
                        + " to recompute them")
-        resume_step = None if chosen is None else chosen[0]
-        self._resume_raw = None if chosen is None else chosen[1]
+        resume_step, self._resume_raw = (None, None) if chosen is None else chosen
         keep = [r for r in records if resume_step is not None and record_key(r)[1] <= resume_step]
         if format_0:
             self._adopt_checksums()

@@ -327,9 +327,8 @@ class WandbSink:
         self.run = run
         self.run.define_metric("step")
         self.run.define_metric("*", step_metric="step")
-        summary = getattr(run, "summary", None)
-        last = summary.get("sharpscope/last_step") if summary is not None else None
-        kinds = summary.get("sharpscope/last_kinds") if summary is not None else None
+        summary = getattr(run, "summary", None) or {}
+        last, kinds = summary.get("sharpscope/last_step"), summary.get("sharpscope/last_kinds")
         self._last: tuple[int, list[str]] | None = None
         if isinstance(last, (int, float)) and not isinstance(last, bool):
             self._last = (int(last), [str(k) for k in kinds] if isinstance(kinds, list) else [])

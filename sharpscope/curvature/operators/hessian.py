@@ -393,8 +393,7 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
         local = sum(b.size for b in self.objective.batches)
         estimate = int(nbytes * local / self.objective.batches[0].size)
         free = available_bytes(self.device)
-        fits = free is not None and estimate <= free // 2
-        fits = from_rank0(fits)  # every rank makes rank 0's choice
+        fits = from_rank0(free is not None and estimate <= free // 2)  # every rank makes rank 0's choice
         record: dict[str, object] = {"chosen": fits, "estimate_bytes": estimate,
                                      "rule": "cache when the graphs of all batches fit in half the free memory"}
         self.selection["cache_graphs"] = record
