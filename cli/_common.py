@@ -122,9 +122,6 @@ def check_sharpness_flags(given: set[str], measures: tuple[str, ...]) -> None:
 
 
 # ------------------------------------------------------------------------------------ progress
-Update = Callable[..., None]
-
-
 class ProgressLines:
     """``progress(stage, done, total, info="")`` callback writing
     ``stage: done/total UNIT, t s in this stage (T s in all)`` lines to ``stream``: at most one line every
@@ -150,7 +147,7 @@ class ProgressLines:
 
 
 @contextmanager
-def progress(*, unit: str, bar: bool, lines: bool = False) -> Iterator[Update | None]:
+def progress(*, unit: str, bar: bool, lines: bool = False) -> Iterator[Callable[..., None] | None]:
     """``update(stage, done, total, info="")``: a progress bar on stderr with one row per stage
     (``bar``), else plain :class:`ProgressLines` (``lines``, for a stderr that is not a terminal),
     else None."""
