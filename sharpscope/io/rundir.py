@@ -399,17 +399,12 @@ class RunDirectory:
         scan = self._scan()
         if scan is None:
             return [], [], 0
-        records, seen, repeated = [], set(), 0
-        for line in scan.lines:
-            if line.record is None:
-                continue
-            key = record_key(line.record)
-            if key in seen:
-                repeated += 1
-            else:
-                seen.add(key)
-                records.append(line.record)
-        return records, scan.problems + ([scan.torn] if scan.torn is not None else []), repeated
+        readable = [line.record for line in scan.lines if line.record is not None]
+        first: dict[tuple[str, int], dict[str, Any]] = {}
+        for record in readable:
+            first.setdefault(record_key(record), record)
+        return list(first.values()), scan.problems + ([scan.torn] if scan.torn is not None else []), \
+            len(readable) - len(first)
 
     def prepare_resume(self, *, replay: bool = True) -> int | None:
         """Make the directory consistent with its newest good checkpoint; return that checkpoint's step.
@@ -476,8 +471,7 @@ class RunDirectory:
         """``(step, path)`` of every ``step-*.pt`` file, by step, its write finished or not."""
         if not self.checkpoint_dir.is_dir():
             return []
-        found = [(int(m.group(1)), p) for p in self.checkpoint_dir.iterdir() if (m := _CKPT.match(p.name))]
-        return sorted(found)
+        return sorted((int(m.group(1)), p) for p in self.checkpoint_dir.iterdir() if (m := _CKPT.match(p.name)))
 
     def checksummed(self) -> bool:
         """Whether this run was written with checksums (a ``SHA256SUMS`` beside its files, or records that
