@@ -21,6 +21,7 @@ they refuse only what fits in no strategy.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -54,13 +55,10 @@ def available_bytes(device: torch.device) -> int | None:
         return int(free)
     if device.type != "cpu":
         return None
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
     try:
         return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):

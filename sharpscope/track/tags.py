@@ -31,7 +31,6 @@ keep every number under ``kind/key`` (keys flattened by :func:`~sharpscope.track
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -153,11 +152,7 @@ def record_constants(record: RunRecord | Mapping[str, Any]) -> dict[str, Any]:
 
 def constants_table(constants: Mapping[str, Any]) -> str:
     """A Markdown table ``| key | value |`` of ``constants`` (how TensorBoard's text panel shows them)."""
-    rows = ["| key | value |", "|---|---|"]
-    for key, value in constants.items():
-        shown = value if not isinstance(value, float) or math.isfinite(value) else str(value)
-        rows.append(f"| {key} | {shown} |")
-    return "\n".join(rows)
+    return "\n".join(["| key | value |", "|---|---|", *(f"| {key} | {value} |" for key, value in constants.items())])
 
 
 def hparam_values(constants: Mapping[str, Any]) -> dict[str, bool | int | float | str]:
