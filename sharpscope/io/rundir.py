@@ -626,9 +626,8 @@ class RunDirectory:
             problems.append(f"{self.config_path}: not strict JSON ({str(e).splitlines()[0]})")
         scan = self._scan()
         if scan is not None:
-            problems += [f"{self.metrics_path}: line {line.number}: {line.problem}" for line in scan.problems]
-            if scan.torn is not None:
-                problems.append(f"{self.metrics_path}: line {scan.torn.number}: {scan.torn.problem}")
+            problems += [f"{self.metrics_path}: line {line.number}: {line.problem}"
+                         for line in scan.problems + ([scan.torn] if scan.torn is not None else [])]
         recorded = checksums.read_manifest(self.path)
         for path in (self.config_path, self.metrics_path, self.summary_path):
             try:
