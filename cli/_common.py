@@ -122,9 +122,6 @@ def check_sharpness_flags(given: set[str], measures: tuple[str, ...]) -> None:
 
 
 # ------------------------------------------------------------------------------------ progress
-Update = Callable[..., None]
-
-
 class ProgressLines:
     """``progress(stage, done, total, info="")`` callback writing
     ``stage: done/total UNIT, t s in this stage (T s in all)`` lines to ``stream``: at most one line every
@@ -150,7 +147,7 @@ class ProgressLines:
 
 
 @contextmanager
-def progress(*, unit: str, bar: bool, lines: bool = False) -> Iterator[Update | None]:
+def progress(*, unit: str, bar: bool, lines: bool = False) -> Iterator[Callable[..., None] | None]:
     """``update(stage, done, total, info="")``: a progress bar on stderr with one row per stage
     (``bar``), else plain :class:`ProgressLines` (``lines``, for a stderr that is not a terminal),
     else None."""
@@ -201,15 +198,6 @@ def option_flag(argument: str, flags: dict[str, list[str]]) -> str | None:
     return flags[argument][0] if argument in flags else None
 
 
-def user_message(exc: BaseException, flags: dict[str, list[str]]) -> str:
-    """The error's one-line message, the library argument it names (``exc.argument``) replaced by the
-    command's flag where the command has one."""
-    message = str(exc)
-    argument = getattr(exc, "argument", None)
-    flag = option_flag(argument, flags) if isinstance(argument, str) and argument else None
-    return message if flag is None else renamed(message, str(argument), flag)
-
-
 def renamed(message: str, argument: str, flag: str) -> str:
     """``message`` with the library argument ``argument`` spelled as the command's ``flag`` (the word
     alone; "force=True" names an on/off flag, which the command line spells "--force")."""
@@ -217,12 +205,15 @@ def renamed(message: str, argument: str, flag: str) -> str:
 
 
 def error_line(exc: Exception, flags: dict[str, list[str]]) -> str | None:
-    """The one line shown for an error the user can act on, or None for a bug (shown in full).
+    """The one line shown for an error the user can act on, or None for a bug (shown in full): a sharpscope
+    error's message with the library argument it names (``exc.argument``) spelled as the command's flag where
+    the command has one.
 
     Looked up in ``sys.modules`` so that no error class imports torch."""
     errors = sys.modules.get("sharpscope.errors")
     if errors is not None and isinstance(exc, errors.SharpscopeError):
-        return user_message(exc, flags)
+        flag = option_flag(exc.argument, flags) if exc.argument else None
+        return str(exc) if flag is None else renamed(str(exc), exc.argument, flag)
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError):
         return "out of GPU memory; use a smaller --batch-size or --n"

@@ -39,7 +39,6 @@ from sharpscope.validation import check_bool, check_choice, check_int, check_see
 Progress = Callable[[str, int, int], None]
 Operator = Literal["hessian", "ggn", "ef"]
 Shard = Literal["data", "fsdp"]
-OPERATORS: tuple[str, ...] = get_args(Operator)
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,12 @@ they refuse only what fits in no strategy.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -54,13 +55,10 @@ def available_bytes(device: torch.device) -> int | None:
         return int(free)
     if device.type != "cpu":
         return None
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
     try:
         return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
@@ -160,8 +158,7 @@ def resolve_budget(spec: MemoryBudgetSpec, dim: int, dtype: torch.dtype, device:
     budget = _resolve(spec, dim, dtype, device, settle)
     if agree is None or budget.vectors is None:
         return budget
-    return MemoryBudget(agree(budget.vectors), budget.vector_bytes, budget.rule + ", the least over all processes",
-                        budget.explicit)
+    return replace(budget, vectors=agree(budget.vectors), rule=budget.rule + ", the least over all processes")
 
 
 def _resolve(spec: MemoryBudgetSpec, dim: int, dtype: torch.dtype, device: torch.device,

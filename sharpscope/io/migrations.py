@@ -37,8 +37,6 @@ from sharpscope.io.recordlines import NO_DIGEST, Scan
 
 FORMAT_VERSION = 1
 VERSION_KEY = "format_version"
-#: The key of version 0 that stood for ``precision = "tf32"`` in the curvature settings.
-TF32_KEY_V0 = "allow_tf32"
 
 
 def format_version(config: Mapping[str, Any]) -> int:
@@ -70,7 +68,7 @@ def _v0_to_v1(config: dict[str, Any]) -> dict[str, Any]:
     if "model" not in config or not isinstance(nested, Mapping):
         return config  # TrainConfig.from_dict reports the bad value
     flat = {key: config.pop(key) for key in CURVATURE_V0 if key in config}
-    if config.pop(TF32_KEY_V0, False) is True:
+    if config.pop("allow_tf32", False) is True:
         flat["precision"] = "tf32"
     twice = sorted(set(flat) & set(nested))
     if twice:

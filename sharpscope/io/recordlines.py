@@ -56,9 +56,9 @@ def _sha256(text: str) -> str:
 def encode(record: Mapping[str, Any], previous: str = "") -> tuple[str, str]:
     """The line (without its newline) that stores ``record`` after a line whose digest is ``previous``
     (``""`` for the first line), and the new line's digest."""
-    body = jsonsafe.dumps(dict(record))
-    if not body.startswith("{") or body == "{}":
+    if not record:
         raise ValueError("a record is a non-empty JSON object")
+    body = jsonsafe.dumps(dict(record))
     covered = f'{body[:-1]}, "{PREVIOUS}": "{previous}"}}'
     digest = _sha256(covered)
     return f'{covered[:-1]}, "{MEMBER}": "{digest}"}}', digest

@@ -171,12 +171,8 @@ class _Record:
     @classmethod
     def _read(cls, record: Mapping[str, Any], skip: tuple[str, ...]) -> Any:
         typed = cls._typed()
-        values: dict[str, Any] = {}
-        for name in typed:
-            if name in record:
-                raw = record[name]
-                values[name] = (_vector(raw) if name in cls._VECTORS else decode(raw) if name in cls._DICTS
-                                else _scalar(raw))
+        read = {**dict.fromkeys(cls._VECTORS, _vector), **dict.fromkeys(cls._DICTS, decode)}
+        values = {name: read.get(name, _scalar)(record[name]) for name in typed if name in record}
         extra = {k: v for k, v in record.items() if k not in typed and k not in skip}
         return cls(**values, extra=extra, keys=tuple(record))
 

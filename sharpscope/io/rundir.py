@@ -142,6 +142,8 @@ class RunDirectory:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).expanduser()
+        self.config_path, self.metrics_path = self.path / CONFIG, self.path / METRICS
+        self.summary_path, self.checkpoint_dir = self.path / SUMMARY, self.path / CHECKPOINTS
         self._keys: set[tuple[str, int]] | None = None
         self._last = ""  # the digest of the last record line (recordlines), once the keys are read
         self._unchecked = False  # the file holds format-0 records (no checksums)
@@ -161,27 +163,6 @@ class RunDirectory:
     def _note(self, line: str) -> None:
         self.notes.append(line)
         _log.warning(line)
-
-    # ----------------------------------------------------------------------------- paths
-    @property
-    def config_path(self) -> Path:
-        """``config.json``."""
-        return self.path / CONFIG
-
-    @property
-    def metrics_path(self) -> Path:
-        """``metrics.jsonl``."""
-        return self.path / METRICS
-
-    @property
-    def summary_path(self) -> Path:
-        """``summary.json``."""
-        return self.path / SUMMARY
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        """The folder of the checkpoints."""
-        return self.path / CHECKPOINTS
 
     # ------------------------------------------------------------------------ life cycle
     @contextlib.contextmanager
@@ -289,7 +270,6 @@ class RunDirectory:
                 (self.path / name).unlink()
         remove_entry(self.checkpoint_dir)  # a link is unlinked, never followed
         self._remove_temporaries()
-        self._keys, self._last, self._unchecked, self._torn = set(), "", False, False
 
     def read_config(self) -> dict[str, Any]:
         """The stored ``config.json`` migrated to the current format (:func:`sharpscope.io.migrations.migrate_config`:
@@ -371,10 +351,7 @@ class RunDirectory:
 
     def find_metric(self, kind: str, step: int) -> dict[str, Any] | None:
         """The stored record ``(kind, step)``, or None (reads the file)."""
-        for rec in self.read_metrics(torn_ok=True):
-            if record_key(rec) == (kind, step):
-                return rec
-        return None
+        return next((rec for rec in self.read_metrics(torn_ok=True) if record_key(rec) == (kind, step)), None)
 
     def append_metric(self, record: RunRecord | Mapping[str, Any]) -> bool:
         """Append one record (a typed record of :mod:`sharpscope.io.records`, stored as its ``to_json()``, or a
@@ -422,17 +399,12 @@ class RunDirectory:
         scan = self._scan()
         if scan is None:
             return [], [], 0
-        records, seen, repeated = [], set(), 0
-        for line in scan.lines:
-            if line.record is None:
-                continue
-            key = record_key(line.record)
-            if key in seen:
-                repeated += 1
-            else:
-                seen.add(key)
-                records.append(line.record)
-        return records, scan.problems + ([scan.torn] if scan.torn is not None else []), repeated
+        readable = [line.record for line in scan.lines if line.record is not None]
+        first: dict[tuple[str, int], dict[str, Any]] = {}
+        for record in readable:
+            first.setdefault(record_key(record), record)
+        return list(first.values()), scan.problems + ([scan.torn] if scan.torn is not None else []), \
+            len(readable) - len(first)
 
     def prepare_resume(self, *, replay: bool = True) -> int | None:
         """Make the directory consistent with its newest good checkpoint; return that checkpoint's step.
@@ -479,8 +451,7 @@ class RunDirectory:
             self._note(f"{self.metrics_path} lacks {len(missing)} record(s) ({shown}); replaying from "
                        + (f"the checkpoint at step {chosen[0]}" if chosen is not None else "the start")
                        + " to recompute them")
-        resume_step = None if chosen is None else chosen[0]
-        self._resume_raw = None if chosen is None else chosen[1]
+        resume_step, self._resume_raw = (None, None) if chosen is None else chosen
         keep = [r for r in records if resume_step is not None and record_key(r)[1] <= resume_step]
         if format_0:
             self._adopt_checksums()
@@ -500,8 +471,7 @@ class RunDirectory:
         """``(step, path)`` of every ``step-*.pt`` file, by step, its write finished or not."""
         if not self.checkpoint_dir.is_dir():
             return []
-        found = [(int(m.group(1)), p) for p in self.checkpoint_dir.iterdir() if (m := _CKPT.match(p.name))]
-        return sorted(found)
+        return sorted((int(m.group(1)), p) for p in self.checkpoint_dir.iterdir() if (m := _CKPT.match(p.name)))
 
     def checksummed(self) -> bool:
         """Whether this run was written with checksums (a ``SHA256SUMS`` beside its files, or records that
@@ -656,9 +626,8 @@ class RunDirectory:
             problems.append(f"{self.config_path}: not strict JSON ({str(e).splitlines()[0]})")
         scan = self._scan()
         if scan is not None:
-            problems += [f"{self.metrics_path}: line {line.number}: {line.problem}" for line in scan.problems]
-            if scan.torn is not None:
-                problems.append(f"{self.metrics_path}: line {scan.torn.number}: {scan.torn.problem}")
+            problems += [f"{self.metrics_path}: line {line.number}: {line.problem}"
+                         for line in scan.problems + ([scan.torn] if scan.torn is not None else [])]
         recorded = checksums.read_manifest(self.path)
         for path in (self.config_path, self.metrics_path, self.summary_path):
             try:

@@ -80,7 +80,7 @@ class StudySummary:
         """The stored value of the field ``key``."""
         if key == "stages":
             return {name: s.to_json() for name, s in self.stages.items()}
-        return list(self.checks) if key == "checks" else jsonsafe.to_jsonable(getattr(self, key))
+        return jsonsafe.to_jsonable(getattr(self, key))
 
     def to_text(self) -> str:
         """The file's text: :meth:`to_json` as strict JSON, indented by 2, with a final newline."""

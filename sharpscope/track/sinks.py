@@ -79,17 +79,13 @@ def flatten_record(record: AnyRecord) -> dict[str, Any]:
 
 def record_scalars(record: AnyRecord) -> tuple[str, int, dict[str, float]]:
     """``(kind, step, {key: number})`` of a record, for the sinks that store numbers only."""
+    from sharpscope.track.tags import numbers_of
+
     flat = flatten_record(record)
     kind, step = str(flat.pop("kind", "metrics")), flat.pop("step", None)
     if not isinstance(step, int) or isinstance(step, bool):
         raise ConfigError(f"a record needs an integer 'step', got {step!r}")
-    numbers: dict[str, float] = {}
-    for key, value in flat.items():
-        if isinstance(value, (bool, int, float)):
-            numbers[key] = float(value)
-        elif isinstance(value, str) and value in jsonsafe.NONFINITE:
-            numbers[key] = jsonsafe.NONFINITE[value]
-    return kind, step, numbers
+    return kind, step, numbers_of(flat.items())
 
 
 class JSONLSink:
@@ -130,7 +126,11 @@ class CSVSink:
         flat = self._row(record)
         new = [k for k in flat if k not in self.columns]
         if new or not self.path.is_file():
-            self._rewrite([*self.columns, *new], flat)
+            rows: list[dict[str, str]] = []
+            if self.path.is_file():
+                with open(self.path, newline="", encoding="utf-8") as f:
+                    rows = list(csv.DictReader(f))
+            self._write([*self.columns, *new], [*rows, flat])
             return
         row = io.StringIO()
         csv.DictWriter(row, self.columns).writerow(flat)
@@ -148,13 +148,6 @@ class CSVSink:
     def _row(record: AnyRecord) -> dict[str, Any]:
         """The flattened record with None as an empty cell."""
         return {k: "" if v is None else v for k, v in flatten_record(record).items()}
-
-    def _rewrite(self, columns: list[str], row: Mapping[str, Any]) -> None:
-        rows: list[dict[str, str]] = []
-        if self.path.is_file():
-            with open(self.path, newline="", encoding="utf-8") as f:
-                rows = list(csv.DictReader(f))
-        self._write(columns, [*rows, row])
 
     def _write(self, columns: list[str], rows: Sequence[Mapping[str, Any]]) -> None:
         """Replace the file (atomically) by a header of ``columns`` (none when empty) and ``rows``."""
@@ -334,9 +327,8 @@ class WandbSink:
         self.run = run
         self.run.define_metric("step")
         self.run.define_metric("*", step_metric="step")
-        summary = getattr(run, "summary", None)
-        last = summary.get("sharpscope/last_step") if summary is not None else None
-        kinds = summary.get("sharpscope/last_kinds") if summary is not None else None
+        summary = getattr(run, "summary", None) or {}
+        last, kinds = summary.get("sharpscope/last_step"), summary.get("sharpscope/last_kinds")
         self._last: tuple[int, list[str]] | None = None
         if isinstance(last, (int, float)) and not isinstance(last, bool):
             self._last = (int(last), [str(k) for k in kinds] if isinstance(kinds, list) else [])

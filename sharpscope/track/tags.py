@@ -31,8 +31,7 @@ keep every number under ``kind/key`` (keys flattened by :func:`~sharpscope.track
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from sharpscope.io import jsonsafe
@@ -62,8 +61,8 @@ def _number(value: Any) -> float | None:
     return jsonsafe.NONFINITE.get(value) if isinstance(value, str) else None
 
 
-def _tagged(pairs: Iterable[tuple[str, Any]]) -> dict[str, float]:
-    """``{tag: number}`` of the ``(tag, value)`` pairs whose value is a number (:func:`_number`), in order."""
+def numbers_of(pairs: Iterable[tuple[str, Any]]) -> dict[str, float]:
+    """``{key: number}`` of the ``(key, value)`` pairs whose value is a number (:func:`_number`), in order."""
     return {tag: number for tag, value in pairs if (number := _number(value)) is not None}
 
 
@@ -76,7 +75,7 @@ def _listed(values: Sequence[Any] | None, first: str, other: str) -> list[tuple[
 
 def _measurement(m: Measurement) -> dict[str, float]:
     preconditioned = m.threshold_rule == "adam_edge"  # Adam's edge bounds λ_max(P⁻¹H), not λ_max(H)
-    return _tagged([
+    return numbers_of([
         *_listed(m.eigenvalues, "sharpness/lambda_max", "sharpness/lambda_{}"),
         *_listed(m.preconditioned_eigenvalues, "sharpness/preconditioned_lambda_max",
                  "sharpness/preconditioned_lambda_{}"),
@@ -92,21 +91,27 @@ def _measurement(m: Measurement) -> dict[str, float]:
 
 
 def _alignment(a: Alignment) -> dict[str, float]:
-    return _tagged([("alignment/update_norm", a.update_norm), ("alignment/update_fraction", a.update_fraction),
+    return numbers_of([("alignment/update_norm", a.update_norm), ("alignment/update_fraction", a.update_fraction),
                     *_listed(a.update_cos, "alignment/update_cos_1", "alignment/update_cos_{}")])
 
 
 def _sam_batch(b: SamBatch) -> dict[str, float]:
-    return _tagged([("sam_batch/grad_norm", b.batch_grad_norm), ("sam_batch/edge", b.sam_edge_batch),
+    return numbers_of([("sam_batch/grad_norm", b.batch_grad_norm), ("sam_batch/edge", b.sam_edge_batch),
                     ("sam_batch/lambda_max", b.batch_lambda_max)])
 
 
 def _update_curvature(u: UpdateReading) -> dict[str, float]:
     costed = u.cost is not None
-    return _tagged([("sharpness/kappa_u", u.kappa), ("sharpness/preconditioned_kappa_u", u.kappa_preconditioned),
+    return numbers_of([("sharpness/kappa_u", u.kappa), ("sharpness/preconditioned_kappa_u", u.kappa_preconditioned),
                     ("update_curvature/update_norm", u.update_norm),
                     ("update_curvature/hvps", u.hvps if costed else None),
                     ("update_curvature/forwards", u.forwards if costed else None)])
+
+
+#: The charts of each typed record.
+_CHARTS: dict[type, Callable[[Any], dict[str, float]]] = {
+    Measurement: _measurement, Alignment: _alignment, SamBatch: _sam_batch, UpdateReading: _update_curvature,
+    Divergence: lambda _: {"diverged": 1.0}}
 
 
 def readable_scalars(record: RunRecord | Mapping[str, Any]) -> dict[str, float]:
@@ -123,16 +128,8 @@ def readable_scalars(record: RunRecord | Mapping[str, Any]) -> dict[str, float]:
     from sharpscope.track.sinks import record_scalars
 
     typed = typed_record(record)
-    if isinstance(typed, Measurement):
-        return _measurement(typed)
-    if isinstance(typed, Alignment):
-        return _alignment(typed)
-    if isinstance(typed, SamBatch):
-        return _sam_batch(typed)
-    if isinstance(typed, UpdateReading):
-        return _update_curvature(typed)
-    if isinstance(typed, Divergence):
-        return {"diverged": 1.0}
+    if typed is not None:
+        return _CHARTS[type(typed)](typed)
     kind, _, numbers = record_scalars(record)
     return {f"{kind}/{key}": value for key, value in numbers.items()}
 
@@ -155,11 +152,7 @@ def record_constants(record: RunRecord | Mapping[str, Any]) -> dict[str, Any]:
 
 def constants_table(constants: Mapping[str, Any]) -> str:
     """A Markdown table ``| key | value |`` of ``constants`` (how TensorBoard's text panel shows them)."""
-    rows = ["| key | value |", "|---|---|"]
-    for key, value in constants.items():
-        shown = value if not isinstance(value, float) or math.isfinite(value) else str(value)
-        rows.append(f"| {key} | {shown} |")
-    return "\n".join(rows)
+    return "\n".join(["| key | value |", "|---|---|", *(f"| {key} | {value} |" for key, value in constants.items())])
 
 
 def hparam_values(constants: Mapping[str, Any]) -> dict[str, bool | int | float | str]:

@@ -35,7 +35,8 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,26 +50,17 @@ from sharpscope.errors import ConfigError
 
 METHODS = ("hvp", "fd")
 
-__all__ = ["METHODS", "UpdateCurvature", "at_parameters", "check_method", "curvature_along", "curvature_along_sharded",
-           "preconditioned_norm", "resolve_method"]
-
-
-def check_method(method: object) -> str:
-    """``method`` if it is one of :data:`METHODS`, else :class:`ConfigError` naming the choices."""
-    if not isinstance(method, str) or method not in METHODS:
-        raise ConfigError(f"update_curvature must be one of {', '.join(METHODS)} (true: hvp; false or null: off), "
-                          f"got {method!r}", argument="update_curvature")
-    return method
-
-
 def resolve_method(value: object) -> str | None:
     """The method an ``update_curvature`` setting names: None or False → None (off), True → ``"hvp"``, a
-    name of :data:`METHODS` → itself; anything else raises :class:`ConfigError` (:func:`check_method`)."""
+    name of :data:`METHODS` → itself; anything else raises :class:`ConfigError` naming the choices."""
     if value is None or value is False:
         return None
     if value is True:
         return "hvp"
-    return check_method(value)
+    if not isinstance(value, str) or value not in METHODS:
+        raise ConfigError(f"update_curvature must be one of {', '.join(METHODS)} (true: hvp; false or null: off), "
+                          f"got {value!r}", argument="update_curvature")
+    return value
 
 
 @dataclass(frozen=True)
@@ -126,23 +118,30 @@ def at_parameters(objective: Objective, values: Mapping[str, Tensor]) -> Iterato
                 p.copy_(current[n])
 
 
-def _reading(method: str, num: float, norm2: float, start: float, *, hvps: int = 0, upu: float | None = None,
+def _reading(norm2: float, start: float, *, num: float = math.nan, hvps: int = 0, upu: float | None = None,
              losses: tuple[float, float, float] | None = None, eps: float = 0.0) -> UpdateCurvature:
-    """The reading from the numerator ``num``, ``‖u‖² = norm2`` and (``fd``) the three losses: the quotients,
-    and the rounding bound ``eps (|L₊| + 2|L₀| + |L₋|) / ‖u‖²``."""
-    kappa = num / norm2 if norm2 > 0 and math.isfinite(num) else None
-    pre = num / upu if upu is not None and upu > 0 and math.isfinite(num) else None
+    """The reading from ``‖u‖² = norm2`` and the numerator: ``num`` for ``hvp``, or for ``fd`` (given the losses
+    ``(L₋, L₀, L₊)``) ``D = L₊ − 2L₀ + L₋`` with the rounding bound ``eps (|L₊| + 2|L₀| + |L₋|) / ‖u‖²``."""
     rounding = None
     if losses is not None:
         lm, l0, lp = losses
+        num = lp - 2.0 * l0 + lm
         rounding = eps * (abs(lp) + 2 * abs(l0) + abs(lm)) / norm2 if norm2 > 0 else math.inf
-    return UpdateCurvature(method, kappa, pre, num, upu, math.sqrt(norm2), hvps, 0 if losses is None else 3,
-                           time.perf_counter() - start, losses=losses, rounding=rounding)
+    kappa = num / norm2 if norm2 > 0 and math.isfinite(num) else None
+    pre = num / upu if upu is not None and upu > 0 and math.isfinite(num) else None
+    return UpdateCurvature("hvp" if losses is None else "fd", kappa, pre, num, upu, math.sqrt(norm2), hvps,
+                           0 if losses is None else 3, time.perf_counter() - start, losses=losses, rounding=rounding)
 
 
-def _second_difference(lm: float, l0: float, lp: float) -> tuple[float, tuple[float, float, float]]:
-    """``D = L₊ − 2L₀ + L₋`` and the losses ``(L₋, L₀, L₊)``."""
-    return lp - 2.0 * l0 + lm, (lm, l0, lp)
+def _product_reading(op: LinearOperator, u: Tensor, norm2: float, start: float, at_theta: AbstractContextManager[None],
+                     total: Callable[[Tensor], float], upu: float | None = None) -> UpdateCurvature:
+    """The ``hvp`` reading: ``uᵀHu = total(uᵀ(Hu))`` by one product taken inside ``at_theta`` (the parameters
+    at ``θ_t``); no product for ``u = 0``."""
+    if norm2 == 0:
+        return _reading(norm2, start, num=0.0, upu=upu)
+    with at_theta:
+        hu = op.matvec(u)
+    return _reading(norm2, start, num=total(u.double() @ hu.double()), hvps=1, upu=upu)
 
 
 def curvature_along(method: str, objective: Objective, before: Mapping[str, Tensor], *,
@@ -154,29 +153,21 @@ def curvature_along(method: str, objective: Objective, before: Mapping[str, Tens
     model's parameters set to ``θ_t`` for that one product, then restored) or ``"fd"`` (three evaluations of
     ``objective`` at ``θ_t − u, θ_t, θ_t + u``; the model is not touched). ``diag_p`` (flat, objective order)
     adds the preconditioned quotient."""
-    check_method(method)
     missing = sorted(set(objective.params) - set(before))
     if missing:
         raise ConfigError(f"captured parameters lack {missing[:4]}: capture before the step with the same objective")
-    if method == "hvp" and op is None:
-        raise ConfigError("method 'hvp' needs the Hessian operator op", argument="op")
     start = time.perf_counter()
     theta0 = objective.flatten([before[n].detach().to(objective.device, objective.dtype) for n in objective.names])
     u = objective.parameter_vector() - theta0
     norm2 = float(u.double().square().sum())
     upu = None if diag_p is None else preconditioned_norm(u, diag_p)
     if method == "hvp":
-        assert op is not None
-        num, hvps = 0.0, 0
-        if norm2 > 0:
-            with at_parameters(objective, before):
-                hu = op.matvec(u)
-            num, hvps = float(u.double() @ hu.double()), 1
-        return _reading("hvp", num, norm2, start, hvps=hvps, upu=upu)
+        if op is None:
+            raise ConfigError("method 'hvp' needs the Hessian operator op", argument="op")
+        return _product_reading(op, u, norm2, start, at_parameters(objective, before), float, upu)
     points = torch.stack([theta0 - u, theta0, theta0 + u])
     lm, l0, lp = (float(v) for v in objective.evaluate(points, accuracy=False)[0].tolist())
-    num, losses = _second_difference(lm, l0, lp)
-    return _reading("fd", num, norm2, start, upu=upu, losses=losses, eps=torch.finfo(objective.dtype).eps)
+    return _reading(norm2, start, upu=upu, losses=(lm, l0, lp), eps=torch.finfo(objective.dtype).eps)
 
 
 def curvature_along_sharded(method: str, op: ShardedHessianOperator, before: Tensor) -> UpdateCurvature:
@@ -185,7 +176,6 @@ def curvature_along_sharded(method: str, op: ShardedHessianOperator, before: Ten
     ``uᵀu`` and ``uᵀHu`` are sums over the ranks; ``hvp`` takes the operator's finite-difference product
     at ``θ_t``, ``fd`` three loss evaluations. No preconditioned quotient (an optimizer's state is sharded
     too). Every rank must call it; the weights are put back bit for bit."""
-    check_method(method)
     start = time.perf_counter()
     after = op.local_weights()
     u = after - before.to(after.device, after.dtype)
@@ -195,15 +185,9 @@ def curvature_along_sharded(method: str, op: ShardedHessianOperator, before: Ten
 
     norm2 = total(u.double().square().sum())
     if method == "hvp":
-        num, hvps = 0.0, 0
-        if norm2 > 0:
-            with op.at_weights(before):
-                hu = op.matvec(u)
-            num, hvps = total(u.double() @ hu.double()), 1
-        return _reading("hvp", num, norm2, start, hvps=hvps)
+        return _product_reading(op, u, norm2, start, op.at_weights(before), total)
     with op.at_weights(before - u):
         lm = op.loss()
     with op.at_weights(before):
         l0 = op.loss()
-    num, losses = _second_difference(lm, l0, op.loss())
-    return _reading("fd", num, norm2, start, losses=losses, eps=torch.finfo(op.dtype).eps)
+    return _reading(norm2, start, losses=(lm, l0, op.loss()), eps=torch.finfo(op.dtype).eps)

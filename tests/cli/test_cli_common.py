@@ -119,14 +119,14 @@ def test_choices_are_the_librarys() -> None:
     from sharpscope.measures.settings import Norm as SharpnessNorm
     from sharpscope.measures.settings import TraceMethod as OutputTrace
     from sharpscope.models import registry
-    from sharpscope.probe import OPERATORS, Shard
+    from sharpscope.probe import Operator, Shard
 
     def values(enum: type) -> list[str]:
         return [member.value for member in enum]
 
     assert values(_common.Loss) == list(LOSSES)
     assert values(_common.HVPMode) == list(get_args(HVPMode))
-    assert values(_common.Operator) == list(OPERATORS)
+    assert values(_common.Operator) == list(get_args(Operator))
     assert values(_common.Scale) == list(SCALES)
     assert sorted(values(_common.DirectionKind)) == sorted(around.DIRECTION_KINDS)
     assert values(_common.DType) == list(registry.MODEL_DTYPES) == list(registry.DTYPES)

@@ -285,10 +285,8 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
                     stop = min(start + self.block_size, rows.shape[0])
                     block = rows[start:stop].to(native)
                     try:
-                        if fn is None:
-                            out[start:stop] += w * apply_graph(self.objective, self._graphs[index], block, keep=True)
-                        else:
-                            out[start:stop] += w * fn(self.objective, params, batch, block)
+                        out[start:stop] += w * (fn(self.objective, params, batch, block) if fn is not None else
+                                                apply_graph(self.objective, self._graphs[index], block, keep=True))
                     except torch.OutOfMemoryError:
                         if stop - start == 1:
                             raise ObjectiveError(
@@ -395,8 +393,7 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
         local = sum(b.size for b in self.objective.batches)
         estimate = int(nbytes * local / self.objective.batches[0].size)
         free = available_bytes(self.device)
-        fits = free is not None and estimate <= free // 2
-        fits = from_rank0(fits)  # every rank makes rank 0's choice
+        fits = from_rank0(free is not None and estimate <= free // 2)  # every rank makes rank 0's choice
         record: dict[str, object] = {"chosen": fits, "estimate_bytes": estimate,
                                      "rule": "cache when the graphs of all batches fit in half the free memory"}
         self.selection["cache_graphs"] = record
