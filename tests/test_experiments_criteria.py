@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from sharpscope.experiments import criteria
-from sharpscope.io.records import Measurement, read_measurements
+from sharpscope.io.records import Measurement
+from sharpscope.io.rundir import read_measurements
 from sharpscope.io.series import rolling_median
 from sharpscope.track import RunDirectory
 

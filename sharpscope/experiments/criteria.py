@@ -1,7 +1,7 @@
 """The pass criteria of the edge-of-stability, SAM-edge and trace studies, computed from a run directory's records.
 
 Every function takes the typed measurement records of a run (:class:`~sharpscope.io.records.Measurement`,
-as :func:`~sharpscope.io.records.read_measurements` gives them) and returns a JSON-ready dict of the numbers the criterion is stated in, with ``holds`` (bool)
+as :func:`~sharpscope.io.rundir.read_measurements` gives them) and returns a JSON-ready dict of the numbers the criterion is stated in, with ``holds`` (bool)
 where the criterion is a test.
 
 * :func:`edge_stats` (E1, E2, E3): ratio ``r_t = λ_t/edge_t``; first crossing ``c`` = first

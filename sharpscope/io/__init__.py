@@ -13,7 +13,8 @@ from sharpscope.io.checkpoints import (
     save_checkpoint,
 )
 from sharpscope.io.eigenvectors import EigenvectorFile, load_eigenvectors, save_eigenvectors
-from sharpscope.io.records import Alignment, Measurement, read_measurements
+from sharpscope.io.records import Alignment, Measurement
+from sharpscope.io.rundir import read_measurements
 
 __all__ = [
     "Alignment",

@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import os
 from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar, overload
@@ -472,20 +471,3 @@ def typed_record(record: RunRecord | Mapping[str, Any]) -> RunRecord | None:
 def stored_record(record: RunRecord | Mapping[str, Any]) -> dict[str, Any]:
     """``record`` as stored: :meth:`to_json` of a typed record, a copy of a mapping."""
     return record.to_json() if isinstance(record, _Record) else dict(record)
-
-
-def read_summary(run_dir: str | os.PathLike[str]) -> RunSummary | None:
-    """The typed summary of the run directory ``run_dir``, or None while the run is unfinished."""
-    from sharpscope.io.rundir import RunDirectory  # lazy: loads torch.nn and the models
-
-    stored = RunDirectory(run_dir).read_summary()
-    return None if stored is None else RunSummary.from_json(stored)
-
-
-def read_measurements(run_dir: str | os.PathLike[str], *, torn_ok: bool = False) -> list[Measurement]:
-    """The measurement records of the run directory ``run_dir``, typed, in step order (``torn_ok`` skips a
-    last line torn by a kill, as :meth:`~sharpscope.track.RunDirectory.read_metrics` does)."""
-    from sharpscope.io.rundir import RunDirectory  # lazy: loads torch.nn and the models
-
-    records = RunDirectory(run_dir).read_metrics(torn_ok=torn_ok)
-    return sorted((Measurement.from_json(r) for r in records if is_measurement(r)), key=lambda m: m.step)

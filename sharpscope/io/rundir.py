@@ -61,18 +61,10 @@ from typing import Any, Literal
 from torch import nn
 
 from sharpscope.errors import CheckpointError, ConfigError, StorageError, os_error_text
-from sharpscope.io import (
-    RawCheckpoint,
-    atomic_write_bytes,
-    checksums,
-    jsonsafe,
-    migrations,
-    read_checkpoint,
-    recordlines,
-    save_checkpoint,
-)
-from sharpscope.io.atomic import append_bytes, refuse_links, remove_entry
-from sharpscope.io.records import RunRecord, record_kind, stored_record
+from sharpscope.io import checksums, jsonsafe, migrations, recordlines
+from sharpscope.io.atomic import append_bytes, atomic_write_bytes, refuse_links, remove_entry
+from sharpscope.io.checkpoints import RawCheckpoint, read_checkpoint, save_checkpoint
+from sharpscope.io.records import Measurement, RunRecord, RunSummary, is_measurement, record_kind, stored_record
 from sharpscope.models import ModelSpec
 
 CONFIG = "config.json"
@@ -697,3 +689,16 @@ class RunDirectory:
         except (CheckpointError, ValueError, UnicodeDecodeError) as e:
             self._note(f"{str(e).splitlines()[0]}; rebuilding the run's summary from its last checkpoint")
             return None
+
+
+def read_summary(run_dir: str | os.PathLike[str]) -> RunSummary | None:
+    """The typed summary of the run directory ``run_dir``, or None while the run is unfinished."""
+    stored = RunDirectory(run_dir).read_summary()
+    return None if stored is None else RunSummary.from_json(stored)
+
+
+def read_measurements(run_dir: str | os.PathLike[str], *, torn_ok: bool = False) -> list[Measurement]:
+    """The measurement records of the run directory ``run_dir``, typed, in step order (``torn_ok`` skips a
+    last line torn by a kill, as :meth:`~sharpscope.track.RunDirectory.read_metrics` does)."""
+    records = RunDirectory(run_dir).read_metrics(torn_ok=torn_ok)
+    return sorted((Measurement.from_json(r) for r in records if is_measurement(r)), key=lambda m: m.step)

@@ -35,7 +35,8 @@ if TYPE_CHECKING:  # what the names below resolve to, for type checkers (nothing
     from sharpscope.track.config import OPTIMIZERS, TrainConfig
     from sharpscope.track.dataframe import metrics_dataframe
     from sharpscope.track.runner import train
-    from sharpscope.track.sinks import CSVSink, JSONLSink, MultiSink, TensorBoardSink, WandbSink, flatten_record
+    from sharpscope.track.sinks import CSVSink, JSONLSink, MultiSink, TensorBoardSink, WandbSink
+    from sharpscope.track.tags import flatten_record
     from sharpscope.track.thresholds import default_thresholds
     from sharpscope.track.tracker import SharpnessTracker, evaluate
 
@@ -48,7 +49,7 @@ _HOME = {
     "train": "runner",
     "resolve_device": "sharpscope.parallel",
     "CSVSink": "sinks", "JSONLSink": "sinks", "MultiSink": "sinks", "TensorBoardSink": "sinks",
-    "WandbSink": "sinks", "flatten_record": "sinks",
+    "WandbSink": "sinks", "flatten_record": "tags",
     "default_thresholds": "thresholds",
     "SharpnessTracker": "tracker", "evaluate": "tracker",
 }

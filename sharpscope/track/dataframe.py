@@ -9,12 +9,12 @@ from sharpscope.errors import ConfigError
 from sharpscope.io import jsonsafe
 from sharpscope.io.records import record_kind
 from sharpscope.io.rundir import RunDirectory
-from sharpscope.track.sinks import flatten_record
+from sharpscope.track.tags import flatten_record
 
 
 def metrics_dataframe(run: RunDirectory | str | os.PathLike[str], *, kind: str | None = None) -> Any:
     """One row per record of ``metrics.jsonl`` (in file order), one column per flattened key
-    (:func:`~sharpscope.track.sinks.flatten_record`: ``eigenvalues.0``, ``trace.estimate``, ...).
+    (:func:`~sharpscope.track.tags.flatten_record`: ``eigenvalues.0``, ``trace.estimate``, ...).
 
     ``kind`` keeps only records of that kind (``"measurement"``, ``"alignment"``, ...). Stored
     non-finite strings come back as floats in otherwise numeric columns; absent keys are missing

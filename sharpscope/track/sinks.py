@@ -10,6 +10,8 @@ and ``WandbSink(...)`` join the same way):
     >>> import tempfile
     >>> from sharpscope.io.records import Measurement
     >>> from sharpscope.io.rundir import RunDirectory
+from sharpscope.track import tags
+from sharpscope.track.tags import AnyRecord, flatten_record, record_scalars
     >>> run = RunDirectory(tempfile.mkdtemp() + "/gd")
     >>> _ = run.create({"model": {"name": "mlp"}})
     >>> sink = MultiSink(JSONLSink(run), CSVSink(run.path / "metrics.csv"))
@@ -19,7 +21,7 @@ and ``WandbSink(...)`` join the same way):
     'kind,step,eigenvalues.0,eigenvalues.1,trace.estimate'
 
 CSV and :func:`~sharpscope.track.dataframe.metrics_dataframe` see a record flattened by
-:func:`flatten_record`: nested keys joined by dots (``trace.estimate``), list entries indexed
+:func:`~sharpscope.track.tags.flatten_record`: nested keys joined by dots (``trace.estimate``), list entries indexed
 (``eigenvalues.0``). TensorBoard and W&B chart the quantities that change along a run under the names
 of :mod:`sharpscope.track.tags` (``sharpness/lambda_max``, ``sharpness/edge``, ``trace``,
 ``loss/train``, ...) and show the constants (probe size, seed, step size, ...) once.
@@ -44,48 +46,13 @@ from pathlib import Path
 from typing import Any
 
 from sharpscope.errors import ConfigError
-from sharpscope.io import atomic_write_bytes, jsonsafe
+from sharpscope.io import atomic_write_bytes
 from sharpscope.io.atomic import append_bytes
-from sharpscope.io.records import RunRecord, stored_record
 from sharpscope.io.rundir import RunDirectory
+from sharpscope.track import tags
+from sharpscope.track.tags import AnyRecord, flatten_record, record_scalars
 
-#: What a sink takes: a typed record or its stored form.
-AnyRecord = RunRecord | Mapping[str, Any]
 Sink = Callable[[AnyRecord], Any]
-
-
-def flatten_record(record: AnyRecord) -> dict[str, Any]:
-    """One level of ``key: value`` with JSON-safe scalar values (see the module docstring).
-
-    Empty lists and dicts are kept as their JSON text (``"[]"``, ``"{}"``), so no key is lost.
-    """
-    out: dict[str, Any] = {}
-
-    def walk(value: Any, key: str) -> None:
-        if isinstance(value, Mapping) and value:
-            for k, v in value.items():
-                walk(v, f"{key}.{k}" if key else str(k))
-        elif isinstance(value, list) and value:
-            for i, v in enumerate(value):
-                walk(v, f"{key}.{i}")
-        elif isinstance(value, (Mapping, list)):
-            out[key] = jsonsafe.dumps(value)
-        else:
-            out[key] = value
-
-    walk(jsonsafe.to_jsonable(stored_record(record)), "")
-    return out
-
-
-def record_scalars(record: AnyRecord) -> tuple[str, int, dict[str, float]]:
-    """``(kind, step, {key: number})`` of a record, for the sinks that store numbers only."""
-    from sharpscope.track.tags import numbers_of
-
-    flat = flatten_record(record)
-    kind, step = str(flat.pop("kind", "metrics")), flat.pop("step", None)
-    if not isinstance(step, int) or isinstance(step, bool):
-        raise ConfigError(f"a record needs an integer 'step', got {step!r}")
-    return kind, step, numbers_of(flat.items())
 
 
 class JSONLSink:
@@ -213,8 +180,6 @@ class TensorBoardSink:
     def _write(self, record: AnyRecord, present: set[tuple[str, int]] | None) -> None:
         """Write ``record`` (its scalars not already ``present`` as ``(tag, step)``), and the one-off summaries
         not yet written; flush."""
-        from sharpscope.track import tags
-
         _, step, _ = record_scalars(record)
         writer = self.writer
         if not self._written["layout"]:
@@ -336,8 +301,6 @@ class WandbSink:
 
     def __call__(self, record: AnyRecord) -> bool:
         """Log ``record``; False when the run already holds it (see the class docstring)."""
-        from sharpscope.track import tags
-
         kind, step, _ = record_scalars(record)
         if self._last is not None and (step < self._last[0] or (step == self._last[0] and kind in self._last[1])):
             return False

@@ -26,7 +26,7 @@ An ``alignment`` record gives ``alignment/update_norm``, ``alignment/update_frac
 and ``sam_batch/lambda_max``; an ``update_curvature`` record ``sharpness/kappa_u`` (``uᵀHu/‖u‖²``),
 ``sharpness/preconditioned_kappa_u`` (``uᵀHu/uᵀPu``, Adam), ``update_curvature/update_norm``,
 ``update_curvature/hvps`` and ``update_curvature/forwards``; a ``diverged`` record ``diverged`` = 1. Records of any other kind
-keep every number under ``kind/key`` (keys flattened by :func:`~sharpscope.track.sinks.flatten_record`).
+keep every number under ``kind/key`` (keys flattened by :func:`flatten_record`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from sharpscope.errors import ConfigError
 from sharpscope.io import jsonsafe
 from sharpscope.io.records import (
     Alignment,
@@ -42,8 +43,45 @@ from sharpscope.io.records import (
     RunRecord,
     SamBatch,
     UpdateReading,
+    stored_record,
     typed_record,
 )
+
+#: What a sink takes: a typed record or its stored form.
+AnyRecord = RunRecord | Mapping[str, Any]
+
+
+def flatten_record(record: AnyRecord) -> dict[str, Any]:
+    """One level of ``key: value`` with JSON-safe scalar values (nested keys joined by dots, list entries indexed).
+
+    Empty lists and dicts are kept as their JSON text (``"[]"``, ``"{}"``), so no key is lost.
+    """
+    out: dict[str, Any] = {}
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, Mapping) and value:
+            for k, v in value.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(value, list) and value:
+            for i, v in enumerate(value):
+                walk(v, f"{key}.{i}")
+        elif isinstance(value, (Mapping, list)):
+            out[key] = jsonsafe.dumps(value)
+        else:
+            out[key] = value
+
+    walk(jsonsafe.to_jsonable(stored_record(record)), "")
+    return out
+
+
+def record_scalars(record: AnyRecord) -> tuple[str, int, dict[str, float]]:
+    """``(kind, step, {key: number})`` of a record, for the sinks that store numbers only."""
+    flat = flatten_record(record)
+    kind, step = str(flat.pop("kind", "metrics")), flat.pop("step", None)
+    if not isinstance(step, int) or isinstance(step, bool):
+        raise ConfigError(f"a record needs an integer 'step', got {step!r}")
+    return kind, step, numbers_of(flat.items())
+
 
 #: The chart pairs a custom-scalars layout overlays: λ_max with the threshold that bounds it.
 OVERLAYS: dict[str, list[str]] = {
@@ -125,8 +163,6 @@ def readable_scalars(record: RunRecord | Mapping[str, Any]) -> dict[str, float]:
     ...                   "thresholds": {"rule": "gd_edge", "edge": 40.0, "gd_edge": 40.0, "lr": 0.05}})
     {'sharpness/lambda_max': 4.0, 'sharpness/lambda_2': 1.0, 'sharpness/edge': 40.0, 'loss/train': 0.5}
     """
-    from sharpscope.track.sinks import record_scalars
-
     typed = typed_record(record)
     if typed is not None:
         return _CHARTS[type(typed)](typed)
@@ -138,8 +174,6 @@ def record_constants(record: RunRecord | Mapping[str, Any]) -> dict[str, Any]:
     """What a measurement records that does not change along a run, flattened: ``settings.*`` (probe size,
     BN mode, dimension, seed, ...) and the thresholds' rule and hyperparameters (``thresholds.lr``, ...)
     other than the edges themselves. Empty for records of other kinds."""
-    from sharpscope.track.sinks import flatten_record
-
     typed = typed_record(record)
     if not isinstance(typed, Measurement):
         return {}

@@ -23,12 +23,11 @@ from sharpscope.io.records import (
     is_measurement,
     lookup,
     number_at,
-    read_measurements,
     record_kind,
     stored_record,
     typed_record,
 )
-from sharpscope.io.rundir import RunDirectory
+from sharpscope.io.rundir import RunDirectory, read_measurements
 from sharpscope.track.thresholds import bounded_sharpness
 
 # A measurement as the tracker writes it (non-finite values stored as strings), plus a key no reader knows.

@@ -9,8 +9,8 @@ import pytest
 
 from sharpscope.errors import DataError
 from sharpscope.io.jsonsafe import dumps, loads
-from sharpscope.io.records import Measurement, RunSummary, read_summary
-from sharpscope.io.rundir import RunDirectory
+from sharpscope.io.records import Measurement, RunSummary
+from sharpscope.io.rundir import RunDirectory, read_summary
 
 STORED = {
     "status": "diverged", "step": 7, "steps_requested": 12, "recipe": "tiny", "scale": None, "diverged_at_step": 7,

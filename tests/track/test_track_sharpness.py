@@ -12,7 +12,7 @@ from sharpscope.io.jsonsafe import dumps
 from sharpscope.losses import mse
 from sharpscope.measures import SharpnessSettings, measure
 from sharpscope.track import SharpnessTracker
-from sharpscope.track.sinks import flatten_record
+from sharpscope.track.tags import flatten_record
 from sharpscope.track.tracker import step_seed
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -57,7 +57,8 @@ from sharpscope.io import jsonsafe
 from sharpscope.io.atomic import atomic_write_bytes
 from sharpscope.io.predictions import unpack_correct
 from sharpscope.io.readings import A3Results, Contrast, ModelReading, Pair, PairedComparison
-from sharpscope.io.records import as_number, read_measurements, read_summary
+from sharpscope.io.records import as_number
+from sharpscope.io.rundir import read_measurements, read_summary
 from sharpscope.io.studysummary import StudySummary
 from sharpscope.track import RunDirectory, TrainConfig
 

@@ -21,7 +21,7 @@ from sharpscope.experiments.recipes import sam_edge, sam_edge_cnn, sam_minibatch
 from sharpscope.experiments.studies.framework import Figure, Stage, Study
 from sharpscope.experiments.studies.framework import recipe_stage as _stage
 from sharpscope.experiments.verdicts import MIN_SEEDS
-from sharpscope.io.records import read_measurements
+from sharpscope.io.rundir import read_measurements
 
 MINIBATCH = {"mb": 0.0, "mb-mom": 0.9}  # stage prefix: heavy-ball momentum
 

@@ -40,7 +40,7 @@ from sharpscope.experiments.studies import escape
 from sharpscope.experiments.studies.framework import Build, Stage, Study
 from sharpscope.io import jsonsafe
 from sharpscope.io.atomic import atomic_write_bytes
-from sharpscope.io.records import read_summary
+from sharpscope.io.rundir import read_summary
 from sharpscope.track import RunDirectory, TrainConfig
 
 
