@@ -62,6 +62,8 @@ def test_auto_cache_is_chosen_when_it_fits_and_gives_the_same_numbers(monkeypatc
     record = tight.describe()["mode_selection"]["cache_graphs"]
     assert record["chosen"] is False and not tight.cache_graphs and tight._graphs == []
     assert record["estimate_bytes"] > 500  # what did not fit is recorded
+    timing = tight.describe()["mode_selection"]["probes=3"]  # without the cache, "auto" times the modes
+    assert timing["chosen"] in ("fwd-rev", "rev-rev") and timing["how"] != "decided from architecture"
 
 
 def test_graph_memory_estimate_counts_the_activations() -> None:

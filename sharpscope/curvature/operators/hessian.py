@@ -159,9 +159,9 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
         self.cudnn_benchmark = cudnn_benchmark
         self._graphs: list[GradientGraph] = []
         self._graph_key: tuple[tuple[int, int], ...] | None = None
-        if cache_graphs and mode == "auto":
+        if cache_graphs is True and mode == "auto":
             mode = "rev-rev"  # the cache exists for double backward only
-        elif cache_graphs and mode != "rev-rev":
+        elif cache_graphs is True and mode != "rev-rev":
             raise ConfigError(f"cache_graphs needs mode='rev-rev' (or 'auto'), got {mode!r}")
         self.modes: dict[str, str] = {} if mode == "auto" else {"single": mode, "block": mode}
         if cache_graphs is True:
