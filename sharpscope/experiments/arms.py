@@ -31,7 +31,7 @@ from typing import Any
 
 from sharpscope.experiments import criteria, evidence, statistics, verdicts
 from sharpscope.experiments.verdicts import Verdict
-from sharpscope.io.records import as_number
+from sharpscope.io.jsonsafe import as_number
 from sharpscope.io.rundir import read_measurements, read_summary
 from sharpscope.track import RunDirectory
 

@@ -31,14 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from sharpscope.experiments import verdicts
-from sharpscope.io.records import Measurement, SamBatch, as_number, typed_record
+from sharpscope.io.jsonsafe import as_number
+from sharpscope.io.records import Measurement, SamBatch, typed_record
 from sharpscope.io.rundir import RunDirectory
 from sharpscope.io.series import ROLLING_WINDOW, rolling_median, sam_batch_pairs
 
 
 def column(records: Sequence[Measurement], get: Callable[[Measurement], Any]) -> list[float]:
     """``get(m)`` of every record ``m`` as a float, NaN where missing or not a number
-    (:func:`sharpscope.io.records.as_number`)."""
+    (:func:`sharpscope.io.jsonsafe.as_number`)."""
     return [as_number(get(m)) for m in records]
 
 

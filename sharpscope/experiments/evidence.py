@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from sharpscope.experiments import statistics, verdicts
-from sharpscope.io.records import as_number
+from sharpscope.io.jsonsafe import as_number
 from sharpscope.io.series import common_loss_levels, interpolate_at_loss, spearman_with_ci
 
 __all__ = ["VERDICTS", "Comparison", "binomial_stderr", "common_loss_levels", "compare_seeds", "interpolate_at_loss",

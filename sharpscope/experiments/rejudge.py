@@ -36,7 +36,8 @@ from sharpscope.experiments.studies import escape_a4 as a4_study
 from sharpscope.experiments.studies import flatness as flatness_study
 from sharpscope.io import jsonsafe
 from sharpscope.io.atomic import atomic_write_bytes
-from sharpscope.io.records import RunSummary, as_number
+from sharpscope.io.jsonsafe import as_number
+from sharpscope.io.records import RunSummary
 from sharpscope.io.studysummary import StudySummary, read_study_summary
 
 STDERR_NOTE = ("trace estimator stderr: each run's last reading; at matched loss, the same relative error times the "

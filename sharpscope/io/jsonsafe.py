@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -76,12 +77,24 @@ def loads(text: str) -> Any:
 
 
 def as_float(value: Any) -> float:
-    """A stored number back as a float: numbers as they are, ``"NaN"``/``"Infinity"``/``"-Infinity"`` decoded."""
+    """A stored number back as a float: numbers as they are, ``"NaN"``/``"Infinity"``/``"-Infinity"`` decoded;
+    another string raises ``ValueError`` (the strict reader; :func:`as_number` reads what is not a number as NaN)."""
     if isinstance(value, str):
         try:
             return NONFINITE[value]
         except KeyError:
             raise ValueError(f"not a stored number: {value!r}") from None
+    return float(value)
+
+
+def as_number(value: Any) -> float:
+    """A stored or computed value as a float: real numbers (Python's and NumPy's scalars) as floats, the stored
+    non-finite strings ``"NaN"``/``"Infinity"``/``"-Infinity"`` decoded, anything else NaN (None, booleans,
+    other strings, containers, tensors)."""
+    if isinstance(value, str):
+        return NONFINITE.get(value, math.nan)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return math.nan
     return float(value)
 
 

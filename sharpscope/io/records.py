@@ -24,14 +24,12 @@ Dotted keys reach into a record: ``"eigenvalues.0"`` is ``λ_max``, ``"trace.est
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar, overload
 
 from sharpscope.errors import DataError
-from sharpscope.io.jsonsafe import NONFINITE, decode, to_jsonable
+from sharpscope.io.jsonsafe import NONFINITE, as_number, decode, to_jsonable
 
 MEASUREMENT = "measurement"
 ALIGNMENT = "alignment"
@@ -72,17 +70,6 @@ def lookup(record: Mapping[str, Any], key: str) -> Any:
         else:
             return None
     return node
-
-
-def as_number(value: Any) -> float:
-    """A stored or computed value as a float: real numbers (Python's and NumPy's scalars) as floats, the stored
-    non-finite strings ``"NaN"``/``"Infinity"``/``"-Infinity"`` decoded, anything else NaN (None, booleans,
-    other strings, containers, tensors)."""
-    if isinstance(value, str):
-        return NONFINITE.get(value, math.nan)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return math.nan
-    return float(value)
 
 
 def number_at(record: Mapping[str, Any], key: str) -> float:

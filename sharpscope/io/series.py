@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from sharpscope.io.records import SAM_BATCH, RunRecord, as_number, is_measurement, record_kind, record_step
+from sharpscope.io.jsonsafe import as_number
+from sharpscope.io.records import SAM_BATCH, RunRecord, is_measurement, record_kind, record_step
 
 ROLLING_WINDOW = 10  # checkpoints in the rolling median of the mini-batch edge ratios
 

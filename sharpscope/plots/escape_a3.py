@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from sharpscope.io.jsonsafe import as_number
 from sharpscope.io.readings import A3Results, ModelReading, PairedComparison, StoredRecord
-from sharpscope.io.records import as_number
 from sharpscope.plots.intervals import wilson_interval
 from sharpscope.plots.style import color, label_axes, legend, new_figure
 

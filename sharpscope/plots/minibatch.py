@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from sharpscope.io.records import as_number
+from sharpscope.io.jsonsafe import as_number
 from sharpscope.io.series import ROLLING_WINDOW, rolling_median, sam_batch_pairs
 from sharpscope.plots.runs import RunLike, as_runs
 from sharpscope.plots.style import color, figure_legend, label_axes, legend, log_axis, new_figure

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from sharpscope.io.records import as_number
+from sharpscope.io.jsonsafe import as_number
 from sharpscope.measures.result import measure_value
 from sharpscope.plots.style import color, figure_legend, label_axes, log_axis, new_figure
 

@@ -63,6 +63,7 @@ from sharpscope.curvature.operators.distributed import broadcast_buffers, sum_ac
 from sharpscope.data import ShuffledLoader, fresh_label_noise
 from sharpscope.errors import CheckpointError, ConfigError, StorageError, os_error_text
 from sharpscope.io import fit_state_dict
+from sharpscope.io.jsonsafe import as_number
 from sharpscope.io.records import (
     MEASUREMENT,
     SAM_BATCH,
@@ -72,7 +73,6 @@ from sharpscope.io.records import (
     RunRecord,
     RunSummary,
     UpdateReading,
-    as_number,
     is_measurement,
     record_kind,
 )

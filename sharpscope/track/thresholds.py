@@ -39,7 +39,8 @@ from typing import Any
 import torch
 
 from sharpscope.errors import SharpscopeError
-from sharpscope.io.records import Measurement, SamBatch, as_number
+from sharpscope.io.jsonsafe import as_number
+from sharpscope.io.records import Measurement, SamBatch
 from sharpscope.thresholds import adam_edge, ema_momentum_edge, gd_edge, momentum_edge, sam_edge
 
 

@@ -11,6 +11,7 @@ import torch
 
 from sharpscope.errors import DataError
 from sharpscope.io import jsonsafe
+from sharpscope.io.jsonsafe import as_number
 from sharpscope.io.records import (
     SUMMARY_FIELDS,
     Alignment,
@@ -19,7 +20,6 @@ from sharpscope.io.records import (
     RunSummary,
     SamBatch,
     UpdateReading,
-    as_number,
     is_measurement,
     lookup,
     number_at,

@@ -14,7 +14,7 @@ from sharpscope.experiments import criteria
 from sharpscope.experiments.recipes import eos_ce, eos_cifar5k, eos_gd, eos_momentum
 from sharpscope.experiments.studies.framework import Figure, Stage, Study
 from sharpscope.experiments.studies.framework import recipe_stage as _stage
-from sharpscope.io.records import as_number
+from sharpscope.io.jsonsafe import as_number
 from sharpscope.io.rundir import read_measurements
 
 

@@ -55,9 +55,9 @@ from sharpscope.experiments.studies.framework import DrawnFigures, Stage, Study
 from sharpscope.experiments.verdicts import Verdict
 from sharpscope.io import jsonsafe
 from sharpscope.io.atomic import atomic_write_bytes
+from sharpscope.io.jsonsafe import as_number
 from sharpscope.io.predictions import unpack_correct
 from sharpscope.io.readings import A3Results, Contrast, ModelReading, Pair, PairedComparison
-from sharpscope.io.records import as_number
 from sharpscope.io.rundir import read_measurements, read_summary
 from sharpscope.io.studysummary import StudySummary
 from sharpscope.track import RunDirectory, TrainConfig
