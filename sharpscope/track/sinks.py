@@ -10,8 +10,6 @@ and ``WandbSink(...)`` join the same way):
     >>> import tempfile
     >>> from sharpscope.io.records import Measurement
     >>> from sharpscope.io.rundir import RunDirectory
-from sharpscope.track import tags
-from sharpscope.track.tags import AnyRecord, flatten_record, record_scalars
     >>> run = RunDirectory(tempfile.mkdtemp() + "/gd")
     >>> _ = run.create({"model": {"name": "mlp"}})
     >>> sink = MultiSink(JSONLSink(run), CSVSink(run.path / "metrics.csv"))
