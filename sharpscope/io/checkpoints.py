@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from sharpscope.errors import CheckpointError, ConfigError, SharpscopeError
-from sharpscope.io import checksums
+from sharpscope.io import checksums, runlayout
 from sharpscope.io.atomic import atomic_write
 from sharpscope.models.registry import ModelSpec
 from sharpscope.validation import check_module_path
@@ -301,7 +301,7 @@ def read_checkpoint(path: str | os.PathLike[str], *, unsafe_load: bool = False,
     A file with a ``SHA256SUMS`` next to it is verified first, before any byte is unpickled: a mismatch
     raises :class:`CheckpointError` ("corrupt file"), and so does a file the manifest does not record (a
     write that did not finish, a file copied in later, a damaged manifest). A checkpoint inside a run
-    directory written with checksums needs its manifest (:meth:`~sharpscope.io.rundir.RunDirectory.verify_checkpoint`). ``unsafe_flag`` is the
+    directory written with checksums needs its manifest (:func:`~sharpscope.io.runlayout.verify_checkpoint`). ``unsafe_flag`` is the
     command-line flag that a refusal of an unsafe pickle names (``""``: the command has none).
     """
     path = Path(path).expanduser()
@@ -328,10 +328,7 @@ def read_checkpoint(path: str | os.PathLike[str], *, unsafe_load: bool = False,
 
 def _verify(path: Path) -> None:
     """Check ``path`` against the manifest beside it (see :func:`read_checkpoint`)."""
-    from sharpscope.io.rundir import RunDirectory  # lazy: the run directory builds on this module
-
-    run = RunDirectory.of_checkpoint(path)
-    verdict = checksums.verify(path) if run is None else run.verify_checkpoint(path)
+    verdict = runlayout.verify_checkpoint(path, runlayout.run_of_checkpoint(path))
     if verdict != "unrecorded":
         return
     manifest = checksums.manifest_path(path)

@@ -61,18 +61,14 @@ from typing import Any, Literal
 from torch import nn
 
 from sharpscope.errors import CheckpointError, ConfigError, StorageError, os_error_text
-from sharpscope.io import checksums, jsonsafe, migrations, recordlines
+from sharpscope.io import checksums, jsonsafe, migrations, recordlines, runlayout
 from sharpscope.io.atomic import append_bytes, atomic_write_bytes, refuse_links, remove_entry
 from sharpscope.io.checkpoints import RawCheckpoint, read_checkpoint, save_checkpoint
 from sharpscope.io.records import Measurement, RunRecord, RunSummary, is_measurement, record_kind, stored_record
+from sharpscope.io.runlayout import CHECKPOINTS, CONFIG, MANIFEST, METRICS, SUMMARY
 from sharpscope.models import ModelSpec
 
-CONFIG = "config.json"
-METRICS = "metrics.jsonl"
-SUMMARY = "summary.json"
-CHECKPOINTS = "checkpoints"
 LOCK = ".lock"
-MANIFEST = checksums.MANIFEST
 _CKPT = re.compile(r"^step-(\d+)\.pt$")
 _OWN = (CONFIG, METRICS, SUMMARY, CHECKPOINTS, LOCK, MANIFEST)
 _OWN_TEMP = re.compile(r"^\.(config\.json|metrics\.jsonl|summary\.json|SHA256SUMS|step-\d+\.pt)\..+\.tmp$")
@@ -147,10 +143,8 @@ class RunDirectory:
     def of_checkpoint(cls, path: str | os.PathLike[str]) -> RunDirectory | None:
         """The run directory that holds checkpoint ``path`` (``RUN/checkpoints/NAME`` beside
         ``RUN/config.json``), or None for a checkpoint elsewhere."""
-        folder = Path(path).expanduser().absolute().parent
-        if folder.name != CHECKPOINTS or not (folder.parent / CONFIG).is_file():
-            return None
-        return cls(folder.parent)
+        run = runlayout.run_of_checkpoint(path)
+        return None if run is None else cls(run)
 
     def _note(self, line: str) -> None:
         self.notes.append(line)
@@ -282,12 +276,8 @@ class RunDirectory:
 
     # --------------------------------------------------------------------------- metrics
     def _scan(self) -> recordlines.Scan | None:
-        """Every line of ``metrics.jsonl`` checked (:mod:`sharpscope.io.recordlines`; a file of format 0 read
-        by :func:`~sharpscope.io.migrations.records_v0`), or None without the file."""
-        try:
-            return migrations.records_v0(recordlines.scan(self.metrics_path.read_bytes()))
-        except FileNotFoundError:
-            return None
+        """Every line of ``metrics.jsonl`` checked (:func:`~sharpscope.io.runlayout.scan_metrics`), or None."""
+        return runlayout.scan_metrics(self.path)
 
     def _recorded_metrics_digest(self) -> str | None:
         """The digest of ``metrics.jsonl`` recorded when the run finished, while its summary still verifies
@@ -466,18 +456,12 @@ class RunDirectory:
         return sorted((int(m.group(1)), p) for p in self.checkpoint_dir.iterdir() if (m := _CKPT.match(p.name)))
 
     def checksummed(self) -> bool:
-        """Whether this run was written with checksums (a ``SHA256SUMS`` beside its files, or records that
-        carry them): then every checkpoint must be recorded in ``checkpoints/SHA256SUMS``."""
-        if (self.path / MANIFEST).is_file() or (self.checkpoint_dir / MANIFEST).is_file():
-            return True
-        scan = self._scan()
-        return scan is not None and scan.checked
+        """Whether this run was written with checksums (:func:`~sharpscope.io.runlayout.written_with_checksums`)."""
+        return runlayout.written_with_checksums(self.path)
 
     def verify_checkpoint(self, path: str | os.PathLike[str]) -> checksums.Verdict:
-        """:func:`sharpscope.io.checksums.verify` of a checkpoint of this run, except that a checksummed run
-        whose ``checkpoints/SHA256SUMS`` is gone reads ``"unrecorded"``: nothing is loaded unchecked."""
-        verdict = checksums.verify(path)
-        return "unrecorded" if verdict == "no-manifest" and self.checksummed() else verdict
+        """A checkpoint of this run verified by the run's rule (:func:`~sharpscope.io.runlayout.verify_checkpoint`)."""
+        return runlayout.verify_checkpoint(path, self.path)
 
     def checkpoints(self) -> list[tuple[int, Path]]:
         """``(step, path)`` of the stored checkpoints, by step: those whose checksum is recorded

@@ -49,7 +49,8 @@ from sharpscope.io.records import (
     stored_record,
     typed_record,
 )
-from sharpscope.io.rundir import CONFIG, METRICS, RunDirectory
+from sharpscope.io.rundir import RunDirectory
+from sharpscope.io.runlayout import CONFIG, METRICS
 
 #: A record other than a measurement: typed for the kinds sharpscope writes, the decoded JSON for any other.
 Event = RunRecord | dict[str, Any]
