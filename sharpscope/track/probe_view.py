@@ -25,7 +25,6 @@ from sharpscope.curvature import HessianOperator, Objective
 from sharpscope.curvature.operators.distributed import world_size
 from sharpscope.curvature.operators.preconditioned import adam_optimizer, adam_preconditioner
 from sharpscope.curvature.operators.sharded import ShardedHessianOperator, local_part
-from sharpscope.curvature.settings import CurvatureSettings
 from sharpscope.errors import ConfigError
 from sharpscope.io.predictions import pack_correct
 from sharpscope.track.update_curvature import UpdateCurvature, curvature_along, curvature_along_sharded
@@ -80,9 +79,10 @@ class WholeView(ProbeView):
         """The parameters, by name (whole tensors, aliasing the model's)."""
         return dict(self.objective.params)
 
-    def product_settings(self, curvature: CurvatureSettings) -> dict[str, Any]:
-        """How a Hessian-vector product is taken (for a record's ``settings``)."""
-        return {"hvp_mode": self.op.mode, "cache_graphs": curvature.cache_graphs}
+    def product_settings(self) -> dict[str, Any]:
+        """How a Hessian-vector product is taken (for a record's ``settings``): the modes and graph cache in
+        use, as chosen under ``"auto"``."""
+        return {"hvp_mode": self.op.mode, "cache_graphs": self.op.graph_cache}
 
     def update_curvature(self, method: str, before: Mapping[str, Tensor], optimizer: torch.optim.Optimizer | None,
                          update_op: Callable[[], HessianOperator], how: dict[str, Any]) -> UpdateCurvature:
@@ -128,7 +128,7 @@ class ShardedView(ProbeView):
         """Each parameter's slice on this rank, by name."""
         return {n: local_part(p) for n, p in self.objective.params.items()}
 
-    def product_settings(self, curvature: CurvatureSettings) -> dict[str, Any]:
+    def product_settings(self) -> dict[str, Any]:
         """How the sharded products are taken, for the record's ``settings``."""
         shard = {key: value for key, value in self.op.describe().items()
                  if key in ("world_size", "step", "step_rule", "gradient_divide_factor")}

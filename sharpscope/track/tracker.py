@@ -110,10 +110,12 @@ class SharpnessTracker:
         every: measure when ``step % every == 0``.
         curvature: how each measurement is computed (:class:`~sharpscope.curvature.CurvatureSettings`:
             the top ``k`` eigenvalues, Lanczos' ``tol``/``max_iter``/``stop``, the trace estimator,
-            BatchNorm mode, product mode...). By default no gradient graph is cached between products
-            (``cache_graphs=True`` keeps them: same values, fewer passes, their activation memory held
-            between measurements). ``hvp_mode="auto"`` picks the faster exact mode by timing (once per
-            tracker, kept in :meth:`state_dict`); a fixed mode makes records reproducible to the last bit.
+            BatchNorm mode, product mode...). By default (``cache_graphs="auto"``) a measurement keeps every
+            batch's gradient graph between its products when they fit in half the free memory (same values,
+            fewer passes); the graphs are freed after each measurement, and each record's
+            ``settings["cache_graphs"]`` says whether they were kept. ``hvp_mode="auto"`` picks the faster
+            exact mode by timing (once per tracker, kept in :meth:`state_dict`); a fixed mode makes records
+            reproducible to the last bit.
         trace: also estimate ``tr(H)`` with ``curvature.trace_method`` and ``curvature.trace_matvecs`` products.
         batch_size: physical batch size of the probe (memory only: the objective is the same).
         test_data: optional fixed test set for test loss and accuracy.
@@ -415,7 +417,7 @@ class SharpnessTracker:
         return {"probe_examples": objective.num_examples, "num_batches": len(objective.batches),
                 "world_size": world_size(), "bn": c.bn,
                 "dim": objective.dim, "dtype": str(objective.dtype).removeprefix("torch."),
-                "device": str(objective.device), **probe.product_settings(c),
+                "device": str(objective.device), **probe.product_settings(),
                 "k": c.k, "tol": c.tol, "stop": c.stop,
                 "max_iter": c.max_iter, "trace": c.trace_method if self.trace else None,
                 "trace_matvecs": c.trace_matvecs if self.trace else None,

@@ -102,8 +102,8 @@ def test_whole_and_sharded_views_agree_on_one_process() -> None:
     assert sharded.gradient() == (None, pytest.approx(norm, rel=1e-12))
     assert {n: p.shape for n, p in whole.local_params().items()} == {
         n: p.shape for n, p in sharded.local_params().items()}
-    assert whole.product_settings(CurvatureSettings())["hvp_mode"] != "finite difference (sharded)"
-    assert sharded.product_settings(CurvatureSettings())["hvp_mode"] == "finite difference (sharded)"
+    assert whole.product_settings()["hvp_mode"] != "finite difference (sharded)"
+    assert sharded.product_settings()["hvp_mode"] == "finite difference (sharded)"
     test = examples_view(Objective(model, nn.CrossEntropyLoss(), (x[:5], y[:5]), validate=False), sharded=False)
     correct = (model(x[:5]).argmax(1) == y[:5]).double().mean().item()
     assert test.evaluate()[1] == pytest.approx(correct, rel=1e-12)

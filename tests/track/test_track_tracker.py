@@ -141,3 +141,14 @@ def test_non_finite_parameters_are_recorded_not_raised_and_any_loop_can_use_the_
     assert math.isnan(rec.train_loss) and math.isnan(rec.grad_norm)
     assert loads(dumps(rec.to_json()))["train_loss"] == "NaN"
     assert tracker.measure(7, model, opt).warm_start is False  # no vectors survive a failed measurement
+
+
+@pytest.mark.parametrize(("setting", "streamed", "used"), [("auto", False, True), ("auto", True, False),
+                                                           (True, False, True), (False, False, False)])
+def test_a_record_names_the_graph_cache_in_use_not_the_setting(setting: object, streamed: bool, used: bool) -> None:
+    model, x, y = problem(n=96, d=6)
+    data = (torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32) if streamed else (x, y))
+    tracker = SharpnessTracker(data, mse, every=1, batch_size=None if streamed else 32,
+                               curvature=CurvatureSettings(hvp_mode="rev-rev", cache_graphs=setting))
+    settings = tracker.measure(0, model).settings
+    assert settings is not None and settings["cache_graphs"] is used and settings["hvp_mode"] == "rev-rev"

@@ -196,6 +196,12 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
         return mode, cache_graphs
 
     @property
+    def graph_cache(self) -> bool | str:
+        """Whether the gradient graphs are cached, or ``"auto (not yet chosen)"`` until the first product
+        (or :meth:`settle_memory`) decides; why is in ``mode_selection["cache_graphs"]``."""
+        return "auto (not yet chosen)" if self._cache_pending else self.cache_graphs
+
+    @property
     def mode(self) -> str:
         """The product mode in use: one name, or ``single/block`` when auto chose differently."""
         if not self.modes:
@@ -505,5 +511,5 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
         return {**self.objective.describe(), "hvp_mode": self.mode, "hvp_mode_requested": self.requested,
                 "mode_selection": self.selection, "block_size": self.block_size,
                 "product_precision": self.precision_record(),
-                "cache_graphs": "auto (not yet chosen)" if self._cache_pending else self.cache_graphs,
+                "cache_graphs": self.graph_cache,
                 "cudnn_benchmark": self.cudnn_benchmark if self.device.type == "cuda" else None}
