@@ -157,9 +157,10 @@ def per_layer_curvature(model: nn.Module, loss_fn: LossFn, data: object, *, grou
 
     ``groups`` is read by :func:`parameter_groups`; the objective is the mean ``loss_fn`` over
     ``data`` as in :class:`Objective` (``settings.bn``, ``batch_size``). ``settings`` says how each
-    block is measured (:class:`~sharpscope.curvature.CurvatureSettings`; by default no gradient graph
-    is cached). A group with fewer than ``k`` parameters gets as many eigenvalues as it has
-    parameters. Lanczos starts from ``seed`` and the trace probes from ``seed + 2`` in every group
+    block is measured (:class:`~sharpscope.curvature.CurvatureSettings`; by default each group's gradient
+    graphs are cached when they fit, as in a probe). A group with fewer than ``k`` parameters gets as many
+    eigenvalues as it has parameters, and a group measured for one eigenvalue takes single-vector Lanczos
+    whatever ``settings.block``. Lanczos starts from ``seed`` and the trace probes from ``seed + 2`` in every group
     (the seeds of :func:`sharpscope.probe.probe`, so a single group holding every parameter
     reproduces a probe). ``progress(stage, done, total)`` is called after every product, one stage
     per group and measurement.

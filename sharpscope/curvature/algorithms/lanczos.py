@@ -165,7 +165,7 @@ def lanczos(op: LinearOperator, k: int = 1, *, which: Which = "LA", tol: float =
         block: ``None`` (default) for single-vector Lanczos; an integer ``b ≥ 2`` for block Lanczos
             (:mod:`sharpscope.curvature.algorithms.block_lanczos`), which multiplies ``b`` vectors per step in
             one block product and finds up to ``b`` copies of a repeated eigenvalue; ``"auto"`` for
-            ``b = k`` capped at the operator's probes per pass. ``max_iter`` still counts products,
+            ``b = k`` capped at the operator's probes per pass, and at least 2. ``max_iter`` still counts products,
             and ``hvps`` counts vectors. Block Lanczos needs more products than single-vector
             Lanczos for the same accuracy, so it pays only where a block of ``b`` products costs
             well under ``b`` single ones (vmapped products on a GPU) or where eigenvalues repeat;
