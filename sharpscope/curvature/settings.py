@@ -74,9 +74,9 @@ class CurvatureSettings:
             ``k`` capped at ``block_size`` and at least 2, so block Lanczos even for ``k = 1``), see :func:`~sharpscope.curvature.algorithms.lanczos`.
         weight_precision: float16/bfloat16 weights: ``"upcast"`` (the default) computes on float32 copies
             (exact products, 4 bytes more per parameter); ``"native"`` keeps their dtype, with
-            finite-difference products under ``hvp_mode="auto"`` whose error against exact products of a
-            float32 copy is measured once and recorded (see :class:`~sharpscope.curvature.HessianOperator`).
-            No effect on float32/float64 weights.
+            finite-difference products under ``hvp_mode="auto"`` (double backward with ``cache_graphs=True``)
+            whose error against exact products of a float32 copy is measured once and recorded (see
+            :class:`~sharpscope.curvature.HessianOperator`). No effect on float32/float64 weights.
         cache_graphs: keep every batch's gradient graph between products (``rev-rev``): True, False or
             ``"auto"`` (the default: when the graphs fit in half the free memory; the choice is
             recorded). The graphs hold until the parameters change or the operator releases them (a

@@ -86,3 +86,19 @@ def test_a_fixed_product_mode_turns_the_automatic_cache_off() -> None:
     assert not op.cache_graphs and op.describe()["mode_selection"]["cache_graphs"]["chosen"] is False
     with pytest.raises(ConfigError, match="cache_graphs must be"):
         HessianOperator(obj, cache_graphs="yes")  # type: ignore[arg-type]
+
+
+def test_a_requested_cache_takes_double_backward_on_natively_computed_bf16_weights() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 3, generator=gen), torch.randn(16, 1, generator=gen)
+    model = nn.Linear(3, 1).to(torch.bfloat16)
+    loss = nn.MSELoss()
+    v = torch.randn(4, generator=gen)
+    auto = HessianOperator(Objective(model, loss, (x, y), weight_precision="native"), cache_graphs=True)
+    fixed = HessianOperator(Objective(model, loss, (x, y), weight_precision="native"), mode="rev-rev",
+                            cache_graphs=True)
+    assert torch.equal(auto.matvec(v), fixed.matvec(v))
+    assert auto.mode == "rev-rev" and auto.cache_graphs and auto.precision_record()["mode"] == "rev-rev"
+    assert auto.describe()["mode_selection"] == {"cache_graphs": {"chosen": "rev-rev", "reason": "graph cache requested"}}
+    default = HessianOperator(Objective(model, loss, (x, y), weight_precision="native"))
+    assert default.mode == "fd" and default.describe()["mode_selection"]["cache_graphs"]["chosen"] is False

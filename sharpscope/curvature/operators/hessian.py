@@ -76,7 +76,8 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
             modes used, and why, are in :meth:`describe`. Models as users load them
             (:mod:`sharpscope.curvature.operators.loaded`): activation-checkpointed layers take
             ``rev-rev`` under ``"auto"`` and refuse ``"fwd-rev"``; float16/bfloat16 weights computed
-            natively (``Objective(weight_precision="native")``) take ``"fd"`` under ``"auto"``, the step chosen
+            natively (``Objective(weight_precision="native")``) take ``"fd"`` under ``"auto"`` (``rev-rev``
+            with ``cache_graphs=True``), the step chosen
             and the deviation from exact products of a float32 copy measured at the first product
             (any mode on such weights is measured); the operator's vectors are then float32.
         block_size: probe vectors per vmapped pass; on out-of-memory the failing block is halved
@@ -187,7 +188,7 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
         if cache_graphs == "auto":
             self.selection["cache_graphs"] = {"chosen": False, "reason": why}
             cache_graphs = False
-        if mode == "auto":
+        if mode == "auto" and not (native and cache_graphs is True):  # a requested cache takes rev-rev
             mode = "fd" if native else "rev-rev"
             self.selection["mode"] = {"chosen": mode, "how": "decided from architecture", "reason": why + (
                 ": central differences of two gradients, step from the weights' precision; their relative error "
