@@ -71,7 +71,8 @@ class CurvatureSettings:
         compile: ``torch.compile`` the forward-over-reverse product (opt-in: compiling costs tens of
             seconds; its deviation from the eager product is recorded the same way).
         block: Lanczos block size for ``k > 1`` (None: single-vector Lanczos, the default; ``"auto"``:
-            ``k`` capped at ``block_size`` and at least 2, so block Lanczos even for ``k = 1``), see :func:`~sharpscope.curvature.algorithms.lanczos`.
+            ``k`` capped at ``block_size`` and at least 2, so block Lanczos even for ``k = 1``), see
+            :func:`~sharpscope.curvature.algorithms.lanczos`.
         weight_precision: float16/bfloat16 weights: ``"upcast"`` (the default) computes on float32 copies
             (exact products, 4 bytes more per parameter); ``"native"`` keeps their dtype, with
             finite-difference products under ``hvp_mode="auto"`` (double backward with ``cache_graphs=True``)
