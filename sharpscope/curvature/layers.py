@@ -101,7 +101,8 @@ def parameter_groups(model: nn.Module, groups: LayerGrouping = "module") -> dict
 @dataclass(frozen=True)
 class LayerCurvature:
     """Curvature of one group's diagonal Hessian block: top eigenvalues (with Ritz residuals) and
-    optionally the trace ± standard error; ``hvps`` and ``seconds`` cover both."""
+    optionally the trace ± standard error; ``hvps`` and ``seconds`` cover both; ``hvp_mode`` and
+    ``cache_graphs`` are the product mode and graph cache its operator used (as chosen under ``"auto"``)."""
 
     name: str
     parameters: tuple[str, ...]
@@ -111,15 +112,18 @@ class LayerCurvature:
     hvps: int
     seconds: float
     hvp_mode: str
+    cache_graphs: bool | str
 
     def to_dict(self) -> dict[str, object]:
-        """JSON-ready row: the group, its eigenvalues, residuals, trace ± stderr and cost (eigenvectors left out)."""
+        """JSON-ready row: the group, its eigenvalues, residuals, trace ± stderr, cost and product settings
+        (eigenvectors left out)."""
         return {"name": self.name, "parameters": list(self.parameters), "numel": self.numel,
                 "eigenvalues": float_list(self.top.eigenvalues), "residuals": float_list(self.top.residuals),
                 "converged": self.top.converged,
                 "trace": None if self.trace is None else {"estimate": self.trace.estimate, "stderr": self.trace.stderr,
                                                           "num_samples": int(self.trace.samples.numel())},
-                "hvps": self.hvps, "seconds": self.seconds, "hvp_mode": self.hvp_mode}
+                "hvps": self.hvps, "seconds": self.seconds, "hvp_mode": self.hvp_mode,
+                "cache_graphs": self.cache_graphs}
 
 
 @dataclass(frozen=True)
@@ -194,7 +198,8 @@ def per_layer_curvature(model: nn.Module, loss_fn: LossFn, data: object, *, grou
                 tr = estimator(op, settings.trace_matvecs, seed=offset_seed(seed, 2), memory_budget=settings.memory_budget)
         op.on_matmat = None
         rows.append(LayerCurvature(name=group, parameters=tuple(params), numel=objective.dim, top=top, trace=tr,
-                                   hvps=op.matvecs, seconds=time.perf_counter() - t0, hvp_mode=op.mode))
+                                   hvps=op.matvecs, seconds=time.perf_counter() - t0, hvp_mode=op.mode,
+                                   cache_graphs=op.graph_cache))
     settings_record = {
         **full.describe(), "grouping": _grouping_name(groups), "k": settings.k, "tol": settings.tol,
         "stop": settings.stop, "max_iter": settings.max_iter,

@@ -179,3 +179,12 @@ def test_probe_settings_check_the_layer_options() -> None:
     assert info.value.argument == "layer_depth"
     with pytest.raises(ConfigError, match="layer_depth must be a positive depth"):
         ProbeSettings(per_layer=True, layer_depth=0)
+
+
+@pytest.mark.parametrize(("setting", "used"), [("auto", True), (False, False)])
+def test_each_row_names_the_graph_cache_its_products_used(setting: object, used: bool) -> None:
+    model, x, y, _ = parallel_problem()
+    res = per_layer_curvature(model, mse, (x, y), settings=CurvatureSettings(hvp_mode="rev-rev", cache_graphs=setting),
+                              batch_size=25)
+    assert [row.cache_graphs for row in res.rows] == [used] * 3
+    assert [row["cache_graphs"] for row in res.to_dict()["layers"]] == [used] * 3  # type: ignore[index]
