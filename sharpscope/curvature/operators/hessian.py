@@ -151,6 +151,10 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
             if cache_graphs == "auto":
                 self.selection["cache_graphs"] = {"chosen": False, "reason": "compiled fwd-rev products"}
                 cache_graphs = False
+        if cache_graphs is True and mode == "auto":
+            mode = "rev-rev"  # the cache exists for double backward only
+        elif cache_graphs is True and mode != "rev-rev":
+            raise ConfigError(f"cache_graphs needs mode='rev-rev' (or 'auto'), got {mode!r}")
         mode, cache_graphs = self._loaded_model_modes(objective, mode, cache_graphs)
         if cache_graphs == "auto" and mode in ("fwd-rev", "fd"):
             self.selection["cache_graphs"] = {"chosen": False, "reason": f"mode {mode!r} requested"}
@@ -160,10 +164,6 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
         self.cudnn_benchmark = cudnn_benchmark
         self._graphs: list[GradientGraph] = []
         self._graph_key: tuple[tuple[int, int], ...] | None = None
-        if cache_graphs is True and mode == "auto":
-            mode = "rev-rev"  # the cache exists for double backward only
-        elif cache_graphs is True and mode != "rev-rev":
-            raise ConfigError(f"cache_graphs needs mode='rev-rev' (or 'auto'), got {mode!r}")
         self.modes: dict[str, str] = {} if mode == "auto" else {"single": mode, "block": mode}
         if cache_graphs is True:
             self.selection["cache_graphs"] = {"chosen": "rev-rev", "reason": "graph cache requested"}
@@ -188,7 +188,7 @@ class HessianOperator(MeasuredPrecision, LinearOperator):
         if cache_graphs == "auto":
             self.selection["cache_graphs"] = {"chosen": False, "reason": why}
             cache_graphs = False
-        if mode == "auto" and not (native and cache_graphs is True):  # a requested cache takes rev-rev
+        if mode == "auto":
             mode = "fd" if native else "rev-rev"
             self.selection["mode"] = {"chosen": mode, "how": "decided from architecture", "reason": why + (
                 ": central differences of two gradients, step from the weights' precision; their relative error "
