@@ -139,13 +139,6 @@ class RunDirectory:
         self._resume_raw: RawCheckpoint | None = None
         self.notes: list[str] = []  # one line per repair made on resume (also logged)
 
-    @classmethod
-    def of_checkpoint(cls, path: str | os.PathLike[str]) -> RunDirectory | None:
-        """The run directory that holds checkpoint ``path`` (``RUN/checkpoints/NAME`` beside
-        ``RUN/config.json``), or None for a checkpoint elsewhere."""
-        run = runlayout.run_of_checkpoint(path)
-        return None if run is None else cls(run)
-
     def _note(self, line: str) -> None:
         self.notes.append(line)
         _log.warning(line)

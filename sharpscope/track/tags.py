@@ -1,4 +1,5 @@
-"""Chart names for the records a run writes: the scalars TensorBoard and W&B plot, and the constants they show once.
+"""Chart names for the records a run writes: the scalars TensorBoard and W&B plot, and the constants they show once;
+and the flattened record (:func:`flatten_record`: nested keys joined by dots) the CSV sink and data frames hold.
 
 A measurement record holds a few quantities that change along training and many that do not (the
 probe size, the parameter count, the seed, the step size). Charts get the first kind under names a
@@ -130,20 +131,20 @@ def _measurement(m: Measurement) -> dict[str, float]:
 
 def _alignment(a: Alignment) -> dict[str, float]:
     return numbers_of([("alignment/update_norm", a.update_norm), ("alignment/update_fraction", a.update_fraction),
-                    *_listed(a.update_cos, "alignment/update_cos_1", "alignment/update_cos_{}")])
+                       *_listed(a.update_cos, "alignment/update_cos_1", "alignment/update_cos_{}")])
 
 
 def _sam_batch(b: SamBatch) -> dict[str, float]:
     return numbers_of([("sam_batch/grad_norm", b.batch_grad_norm), ("sam_batch/edge", b.sam_edge_batch),
-                    ("sam_batch/lambda_max", b.batch_lambda_max)])
+                       ("sam_batch/lambda_max", b.batch_lambda_max)])
 
 
 def _update_curvature(u: UpdateReading) -> dict[str, float]:
     costed = u.cost is not None
     return numbers_of([("sharpness/kappa_u", u.kappa), ("sharpness/preconditioned_kappa_u", u.kappa_preconditioned),
-                    ("update_curvature/update_norm", u.update_norm),
-                    ("update_curvature/hvps", u.hvps if costed else None),
-                    ("update_curvature/forwards", u.forwards if costed else None)])
+                       ("update_curvature/update_norm", u.update_norm),
+                       ("update_curvature/hvps", u.hvps if costed else None),
+                       ("update_curvature/forwards", u.forwards if costed else None)])
 
 
 #: The charts of each typed record.
@@ -152,7 +153,7 @@ _CHARTS: dict[type, Callable[[Any], dict[str, float]]] = {
     Divergence: lambda _: {"diverged": 1.0}}
 
 
-def readable_scalars(record: RunRecord | Mapping[str, Any]) -> dict[str, float]:
+def readable_scalars(record: AnyRecord) -> dict[str, float]:
     """``{chart name: number}`` of one record, typed or stored (the table in the module docstring).
 
     >>> readable_scalars({"kind": "measurement", "step": 0, "eigenvalues": [9.0], "preconditioned_eigenvalues": [300.0],
@@ -170,7 +171,7 @@ def readable_scalars(record: RunRecord | Mapping[str, Any]) -> dict[str, float]:
     return {f"{kind}/{key}": value for key, value in numbers.items()}
 
 
-def record_constants(record: RunRecord | Mapping[str, Any]) -> dict[str, Any]:
+def record_constants(record: AnyRecord) -> dict[str, Any]:
     """What a measurement records that does not change along a run, flattened: ``settings.*`` (probe size,
     BN mode, dimension, seed, ...) and the thresholds' rule and hyperparameters (``thresholds.lr``, ...)
     other than the edges themselves. Empty for records of other kinds."""

@@ -258,13 +258,13 @@ def reading(run_dir: Path, sc: A3Scale, step: int | None = None) -> ModelReading
     objective = Objective(model, get_loss("ce"), (clean.x, clean.y), batch_size=500)
     paired = hutchinson(RUN_DEFAULTS.hessian(objective), sc.paired_probes, seed=0)
     out = ModelReading(run=run_dir.name, step=step, checkpoint=where, train_loss=as_number(rec.train_loss),
-                  train_acc=rec.train_acc, test_acc=rec.test_acc, test_correct=rec.test_correct,
-                  trace=as_number(rec.trace_estimate), trace_stderr=as_number(rec.trace_stderr),
-                  lambda_max=as_number(rec.lambda_max), jacobian_trace=as_number(rec.sharpness_value("jacobian")),
-                  trace_samples=paired.samples.tolist(), trace_paired=paired.estimate,
-                  hvps=rec.total_hvps + paired.hvps, seconds=rec.total_seconds + paired.seconds,
-                  probe_examples=len(clean.y), settings=settings,
-                  test_examples=len(test_set.y), errors=rec.errors)
+                       train_acc=rec.train_acc, test_acc=rec.test_acc, test_correct=rec.test_correct,
+                       trace=as_number(rec.trace_estimate), trace_stderr=as_number(rec.trace_stderr),
+                       lambda_max=as_number(rec.lambda_max), jacobian_trace=as_number(rec.sharpness_value("jacobian")),
+                       trace_samples=paired.samples.tolist(), trace_paired=paired.estimate,
+                       hvps=rec.total_hvps + paired.hvps, seconds=rec.total_seconds + paired.seconds,
+                       probe_examples=len(clean.y), settings=settings,
+                       test_examples=len(test_set.y), errors=rec.errors)
     atomic_write_bytes(cache, (jsonsafe.dumps(out.to_dict(), indent=1) + "\n").encode())
     return out
 
