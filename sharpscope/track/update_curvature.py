@@ -47,6 +47,7 @@ from sharpscope.curvature.operators.linear_operator import LinearOperator
 from sharpscope.curvature.operators.objective import Objective
 from sharpscope.curvature.operators.sharded import ShardedHessianOperator
 from sharpscope.errors import ConfigError
+from sharpscope.validation import check_choice
 
 METHODS = ("hvp", "fd")
 
@@ -153,6 +154,7 @@ def curvature_along(method: str, objective: Objective, before: Mapping[str, Tens
     model's parameters set to ``θ_t`` for that one product, then restored) or ``"fd"`` (three evaluations of
     ``objective`` at ``θ_t − u, θ_t, θ_t + u``; the model is not touched). ``diag_p`` (flat, objective order)
     adds the preconditioned quotient."""
+    check_choice("method", method, METHODS)
     missing = sorted(set(objective.params) - set(before))
     if missing:
         raise ConfigError(f"captured parameters lack {missing[:4]}: capture before the step with the same objective")
@@ -176,6 +178,7 @@ def curvature_along_sharded(method: str, op: ShardedHessianOperator, before: Ten
     ``uᵀu`` and ``uᵀHu`` are sums over the ranks; ``hvp`` takes the operator's finite-difference product
     at ``θ_t``, ``fd`` three loss evaluations. No preconditioned quotient (an optimizer's state is sharded
     too). Every rank must call it; the weights are put back bit for bit."""
+    check_choice("method", method, METHODS)
     start = time.perf_counter()
     after = op.local_weights()
     u = after - before.to(after.device, after.dtype)

@@ -327,3 +327,15 @@ def test_after_step_with_another_model_is_refused_in_one_line() -> None:
     other = nn.Linear(6, 1, bias=True).double()
     with pytest.raises(ConfigError, match="parameters differ from those before_step captured"):
         tracker.after_step(0, other, None)
+
+
+def test_a_misspelt_method_is_refused_not_read_as_finite_differences() -> None:
+    from sharpscope.curvature import Objective
+    from sharpscope.track.update_curvature import curvature_along
+
+    model, data, _ = designed_quadratic()
+    objective = Objective(model, mse, data)
+    before = {n: p.detach().clone() for n, p in objective.params.items()}
+    with pytest.raises(ConfigError, match="method must be 'hvp' or 'fd', got 'hpv'"):
+        curvature_along("hpv", objective, before)
+    assert curvature_along("fd", objective, before).method == "fd"  # the names it takes still work
